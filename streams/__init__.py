@@ -1,0 +1,6 @@
+"""Kourier's runtime on Apache Kafka: records, topics, broker tooling, worker, ingress, client."""
+
+from streams.settings import Settings
+from streams.topics import Topics
+
+__all__ = ["Settings", "Topics"]

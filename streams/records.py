@@ -1,0 +1,282 @@
+"""Every record Kourier writes to or reads from Kafka, as versioned pydantic models.
+
+All records are JSON objects with ``"v": 1`` and a ``"kind"`` discriminator.
+The ingress topic carries :data:`IngressRecord` (invoke, cancel, kill, attach,
+completion); the response topic carries :class:`Response`; the delay topic
+carries :class:`Delayed`; the dead-letter topic carries :class:`DeadLetter`.
+External producers write :data:`ExternalRecord`, whose JSON Schema
+``kourier schema`` prints.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+WIRE_VERSION = 1
+_T = TypeVar("_T")
+_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$"
+
+
+class RecordError(ValueError):
+    """A record that cannot be decoded; ``reason`` is a short machine-readable word."""
+
+    retriable = False
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Record(_Model):
+    v: Literal[1] = Field(default=1, description="wire format version")
+
+
+class Target(_Model):
+    """The handler an invocation runs: ``service/handler`` or ``service/key/handler``."""
+
+    service: str = Field(pattern=_NAME, description="service, virtual object or workflow name")
+    handler: str = Field(pattern=_NAME)
+    key: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="object key or workflow id; absent for services",
+    )
+
+    def path(self) -> str:
+        if self.key is None:
+            return f"{self.service}/{self.handler}"
+        return f"{self.service}/{self.key}/{self.handler}"
+
+
+class Failure(_Model):
+    """A terminal failure: an HTTP-like status code and a message."""
+
+    code: int = Field(ge=400, le=599)
+    message: str
+
+
+class Caller(_Model):
+    """Internal: the invocation (and its journal entry) waiting for a call's outcome."""
+
+    invocation_id: str
+    entry: int = Field(ge=0)
+
+
+class Invoke(_Record):
+    """Run ``target`` with ``argument``.
+
+    Outside producers set ``request_id`` when they want the outcome on the
+    response topic, and may leave ``invocation_id`` out (the worker assigns one).
+    """
+
+    kind: Literal["invoke"] = "invoke"
+    target: Target
+    argument: JsonValue = None
+    invocation_id: str | None = None
+    mode: Literal["call", "send"] = Field(
+        default="call", description="'send' is one-way: nobody waits for the outcome"
+    )
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=1024)
+    request_id: str | None = Field(
+        default=None, description="correlation id echoed on the response topic"
+    )
+    headers: dict[str, str] = Field(default_factory=dict)
+    caller: Caller | None = Field(default=None, description="internal: set by Kourier workers")
+
+
+class Cancel(_Record):
+    """Cancel an invocation: it sees a 409 terminal error at its next await point."""
+
+    kind: Literal["cancel"] = "cancel"
+    invocation_id: str
+    request_id: str | None = None
+
+
+class Kill(_Record):
+    """Stop an invocation at once, without running compensation."""
+
+    kind: Literal["kill"] = "kill"
+    invocation_id: str
+    request_id: str | None = None
+
+
+class AttachRequest(_Record):
+    """Ask for an invocation's outcome on the response topic.
+
+    Name the invocation by ``invocation_id``, or by ``target`` plus
+    ``idempotency_key``, or (for a workflow) by ``target`` alone with the
+    workflow id as key. ``wait=false`` asks for output now (470 when not ready).
+    """
+
+    kind: Literal["attach"] = "attach"
+    request_id: str
+    invocation_id: str | None = None
+    target: Target | None = None
+    idempotency_key: str | None = None
+    wait: bool = True
+
+    @model_validator(mode="after")
+    def _names_one_invocation(self) -> Self:
+        if self.invocation_id is None and self.target is None:
+            raise ValueError("attach needs invocation_id, or target (with idempotency_key)")
+        return self
+
+
+class Completion(_Record):
+    """Internal: the outcome of a call, delivered to the caller's journal entry."""
+
+    kind: Literal["completion"] = "completion"
+    caller: Caller
+    invocation_id: str = Field(description="the callee")
+    value: JsonValue = None
+    failure: Failure | None = None
+
+
+class Response(_Record):
+    """An outcome on the response topic, for whoever set ``request_id``."""
+
+    kind: Literal["response"] = "response"
+    request_id: str | None = None
+    invocation_id: str | None = None
+    status: Literal["success", "failure", "accepted", "previously_accepted"]
+    value: JsonValue = None
+    failure: Failure | None = None
+
+    @model_validator(mode="after")
+    def _failure_matches_status(self) -> Self:
+        if (self.status == "failure") != (self.failure is not None):
+            raise ValueError("'failure' is set exactly when status is 'failure'")
+        return self
+
+
+class Delayed(_Record):
+    """An invocation held on the delay topic until ``due``, then released to ingress."""
+
+    kind: Literal["delayed"] = "delayed"
+    due: AwareDatetime
+    invoke: Invoke
+
+
+class DeadLetter(_Record):
+    """A record that could not be processed, kept with where it came from and why."""
+
+    kind: Literal["deadletter"] = "deadletter"
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = Field(default=None, description="original key, base64")
+    payload: str = Field(description="original value, base64")
+    at: datetime
+
+    @classmethod
+    def of(
+        cls,
+        error: RecordError,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        at: datetime,
+    ) -> DeadLetter:
+        return cls(
+            reason=error.reason,
+            detail=error.detail,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=None if key is None else base64.b64encode(key).decode(),
+            payload=base64.b64encode(value or b"").decode(),
+            at=at,
+        )
+
+    def original_value(self) -> bytes:
+        return base64.b64decode(self.payload)
+
+
+IngressRecord = Annotated[
+    Invoke | Cancel | Kill | AttachRequest | Completion, Field(discriminator="kind")
+]
+ExternalRecord = Annotated[Invoke | Cancel | Kill | AttachRequest, Field(discriminator="kind")]
+
+_INGRESS: TypeAdapter[Invoke | Cancel | Kill | AttachRequest | Completion] = TypeAdapter(
+    IngressRecord
+)
+_EXTERNAL: TypeAdapter[Invoke | Cancel | Kill | AttachRequest] = TypeAdapter(ExternalRecord)
+_RESPONSE: TypeAdapter[Response] = TypeAdapter(Response)
+_DELAYED: TypeAdapter[Delayed] = TypeAdapter(Delayed)
+
+
+def encode(record: BaseModel) -> bytes:
+    """The record as compact JSON bytes; fields left at ``None`` are omitted."""
+    return record.model_dump_json(exclude_none=True).encode()
+
+
+def _load(data: bytes | None) -> dict[str, Any]:
+    if data is None:
+        raise RecordError("empty", "record has no value")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError("not-json", str(exc)) from None
+    if not isinstance(obj, dict):
+        raise RecordError("bad-schema", f"expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("v", WIRE_VERSION)
+    if version != WIRE_VERSION:
+        raise RecordError("unsupported-version", f"v={version!r}; this Kourier reads v=1")
+    return obj
+
+
+def _validate(adapter: TypeAdapter[_T], data: bytes | None) -> _T:
+    obj = _load(data)
+    try:
+        return adapter.validate_python(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "record"
+        raise RecordError("bad-schema", f"{where}: {first['msg']}") from None
+
+
+def decode_ingress(data: bytes | None) -> Invoke | Cancel | Kill | AttachRequest | Completion:
+    """Decode an ingress-topic value, or raise :class:`RecordError` saying why not."""
+    return _validate(_INGRESS, data)
+
+
+def decode_response(data: bytes | None) -> Response:
+    return _validate(_RESPONSE, data)
+
+
+def decode_delayed(data: bytes | None) -> Delayed:
+    return _validate(_DELAYED, data)
+
+
+def json_schemas() -> dict[str, Any]:
+    """JSON Schemas of what outside producers write and what they read back."""
+    return {
+        "$comment": "Kourier wire format v1: write 'ingress' records to <namespace>.ingress, "
+        "read 'response' records from <namespace>.responses",
+        "ingress": _EXTERNAL.json_schema(),
+        "response": _RESPONSE.json_schema(),
+    }

@@ -1,0 +1,57 @@
+"""Small helpers for tests that talk to the real broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, Message
+from confluent_kafka.admin import NewTopic
+
+from streams.admin import admin_client
+from streams.settings import Settings
+
+
+def create_topic(settings: Settings, suffix: str, partitions: int = 1) -> str:
+    """Create ``<namespace>.<suffix>`` and wait until it is usable."""
+    name = f"{settings.namespace}.{suffix}"
+    admin = admin_client(settings)  # must outlive the future
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=30)
+    return name
+
+
+def drain(
+    settings: Settings,
+    topic: str,
+    *,
+    expect: int,
+    isolation: str = "read_committed",
+    timeout: float = 20.0,
+    settle: float = 0.5,
+) -> list[Message]:
+    """Read ``topic`` from the start until ``expect`` records arrived, then ``settle`` seconds
+    more to catch any extra record; fail with a clear message if fewer arrive in ``timeout``."""
+    consumer = Consumer(settings.client_config(**{
+        "group.id": f"drain-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "isolation.level": isolation,
+    }))  # fmt: skip
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and len(messages) < expect:
+            for message in consumer.consume(num_messages=500, timeout=0.5):
+                if message.error() is None:
+                    messages.append(message)
+        if len(messages) < expect:
+            raise AssertionError(
+                f"{topic}: {len(messages)} of {expect} records within {timeout:.0f}s ({isolation})"
+            )
+        extra_until = time.monotonic() + settle
+        while time.monotonic() < extra_until:
+            messages.extend(
+                m for m in consumer.consume(num_messages=500, timeout=0.1) if m.error() is None
+            )
+    finally:
+        consumer.close()
+    return messages

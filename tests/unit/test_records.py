@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from streams import records as r
+
+INVOKE = r.Invoke(
+    target=r.Target(service="Counter", key="alice", handler="add"),
+    argument={"n": 3},
+    invocation_id="inv_1",
+    idempotency_key="once",
+    request_id="req-1",
+    headers={"x-trace": "t"},
+)
+
+ALL_RECORDS: list[r._Record] = [
+    INVOKE,
+    r.Cancel(invocation_id="inv_1"),
+    r.Kill(invocation_id="inv_1", request_id="req-2"),
+    r.AttachRequest(request_id="req-3", invocation_id="inv_1", wait=False),
+    r.Completion(caller=r.Caller(invocation_id="inv_0", entry=2), invocation_id="inv_1", value=7),
+    r.Completion(
+        caller=r.Caller(invocation_id="inv_0", entry=3),
+        invocation_id="inv_1",
+        failure=r.Failure(code=409, message="cancelled"),
+    ),
+]
+
+
+@pytest.mark.parametrize("record", ALL_RECORDS, ids=lambda rec: rec.__class__.__name__)
+def test_ingress_records_round_trip(record: r._Record) -> None:
+    data = r.encode(record)
+    assert json.loads(data)["v"] == 1
+    assert r.decode_ingress(data) == record
+
+
+def test_other_records_round_trip() -> None:
+    response = r.Response(request_id="req-1", invocation_id="inv_1", status="success", value=[1])
+    assert r.decode_response(r.encode(response)) == response
+    delayed = r.Delayed(due=datetime(2030, 1, 1, tzinfo=UTC), invoke=INVOKE)
+    assert r.decode_delayed(r.encode(delayed)) == delayed
+    error = r.RecordError("not-json", "boom")
+    letter = r.DeadLetter.of(
+        error, topic="ns.ingress", partition=3, offset=9, key=b"k", value=b"\xff\x00",
+        at=datetime.now(UTC),
+    )  # fmt: skip
+    again = r.DeadLetter.model_validate_json(r.encode(letter))
+    assert again.original_value() == b"\xff\x00"
+    assert (again.reason, again.partition, again.offset) == ("not-json", 3, 9)
+
+
+def test_minimal_external_invoke_gets_defaults() -> None:
+    record = r.decode_ingress(
+        b'{"kind":"invoke","target":{"service":"Greeter","handler":"greet"},"argument":"bob"}'
+    )
+    assert isinstance(record, r.Invoke)
+    assert (record.v, record.mode, record.invocation_id, record.headers) == (1, "call", None, {})
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (None, "empty"),
+        (b"\xff\xfe", "not-json"),
+        (b"{not json", "not-json"),
+        (b"[1, 2]", "bad-schema"),
+        (b'{"v": 2, "kind": "invoke"}', "unsupported-version"),
+        (b'{"kind": "teleport"}', "bad-schema"),
+        (b'{"kind": "invoke", "target": {"service": "S"}}', "bad-schema"),
+        (b'{"kind": "invoke", "target": {"service": "S", "handler": "h"}, "extra": 1}', "bad-schema"),
+        (b'{"kind": "invoke", "target": {"service": "no spaces", "handler": "h"}}', "bad-schema"),
+        (b'{"kind": "attach", "request_id": "r"}', "bad-schema"),
+    ],
+)
+def test_bad_records_say_why(data: bytes | None, reason: str) -> None:
+    with pytest.raises(r.RecordError) as failure:
+        r.decode_ingress(data)
+    assert failure.value.reason == reason
+    assert failure.value.detail
+
+
+def test_response_failure_field_matches_status() -> None:
+    with pytest.raises(ValidationError):
+        r.Response(status="failure", invocation_id="inv_1")
+    with pytest.raises(ValidationError):
+        r.Response(status="success", failure=r.Failure(code=500, message="x"))
+
+
+def test_delayed_due_must_carry_a_timezone() -> None:
+    with pytest.raises(ValidationError):
+        r.Delayed(due=datetime(2030, 1, 1), invoke=INVOKE)  # noqa: DTZ001
+    assert r.Delayed(due=datetime.now(UTC) + timedelta(seconds=5), invoke=INVOKE).due.tzinfo
+
+
+def test_published_schemas_are_valid_and_match_the_records() -> None:
+    schemas = r.json_schemas()
+    ingress = jsonschema.Draft202012Validator(schemas["ingress"])
+    response = jsonschema.Draft202012Validator(schemas["response"])
+    jsonschema.Draft202012Validator.check_schema(schemas["ingress"])
+    jsonschema.Draft202012Validator.check_schema(schemas["response"])
+    for record in ALL_RECORDS[:4]:
+        ingress.validate(json.loads(r.encode(record)))
+    response.validate(json.loads(r.encode(r.Response(status="accepted", invocation_id="inv_1"))))
+    # The schema rejects what the decoder rejects.
+    assert not ingress.is_valid({"kind": "invoke", "target": {"service": "S"}})
+    assert not ingress.is_valid({"kind": "completion", "invocation_id": "x"})

@@ -1,0 +1,43 @@
+import pytest
+from pydantic import ValidationError
+
+from streams.settings import Settings
+from streams.topics import Topics
+
+
+def test_settings_from_environment_and_flags() -> None:
+    env = {
+        "KOURIER_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+        "KOURIER_NAMESPACE": "prod",
+        "KOURIER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KOURIER_KAFKA_SASL_PASSWORD": "hunter2",
+    }
+    settings = Settings.from_env(env, namespace="override", partitions=None)
+    assert settings.bootstrap_servers == "k1:9092,k2:9092"
+    assert settings.namespace == "override"
+    assert settings.partitions == 8
+    config = settings.client_config(**{"group.id": "g"})
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.password"] == "hunter2"
+    assert config["group.id"] == "g"
+    assert "hunter2" not in repr(settings.redacted())
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "a/b", "x" * 101])
+def test_namespace_must_be_a_topic_prefix(bad: str) -> None:
+    with pytest.raises(ValidationError, match="namespace"):
+        Settings(namespace=bad)
+
+
+def test_topic_names_come_from_the_namespace() -> None:
+    topics = Topics("shop")
+    assert topics.ingress == "shop.ingress"
+    assert topics.delay == "shop.delay"
+    assert topics.responses == "shop.responses"
+    assert topics.deadletter == "shop.deadletter"
+    specs = {s.name: s for s in topics.specs(partitions=12)}
+    assert set(specs) == set(topics.all())
+    compacted = {n for n, s in specs.items() if s.config.get("cleanup.policy") == "compact"}
+    assert compacted == {"shop.state", "shop.invocations", "shop.dedup"}
+    # State lives next to its partition: changelogs share the ingress partition count.
+    assert all(specs[n].partitions == 12 for n in compacted | {"shop.ingress", "shop.delay"})
