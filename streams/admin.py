@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._metadata import TopicMetadata
+from confluent_kafka.cimpl import NewTopic
 
 from streams.settings import Settings
 from streams.topics import Topics, TopicSpec
@@ -50,7 +54,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"could not create {name}: {exc.args[0].str()}") from None
-    metadata = admin.list_topics(timeout=timeout).topics
+    metadata = _wait_for_metadata(admin, specs, timeout)
     states = []
     for spec in specs:
         have = len(metadata[spec.name].partitions) if spec.name in metadata else 0
@@ -61,6 +65,21 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
             )
         states.append(TopicState(spec=spec, created=spec in missing, partitions=have))
     return states
+
+
+def _wait_for_metadata(
+    admin: AdminClient, specs: list[TopicSpec], timeout: float
+) -> dict[str, TopicMetadata]:
+    """Topic metadata once every spec's topic shows its partitions (new topics take a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout).topics
+        ready = all(
+            spec.name in metadata and len(metadata[spec.name].partitions) > 0 for spec in specs
+        )
+        if ready or time.monotonic() > deadline:
+            return metadata
+        time.sleep(0.1)
 
 
 def describe_topics(settings: Settings, timeout: float = 30.0) -> list[dict[str, object]]:

@@ -10,6 +10,7 @@ start downloads anything. A data directory holds everything of one broker:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -51,7 +52,9 @@ def cache_dir() -> Path:
 
 
 def kafka_version(deploy_dir: Path = DEPLOY_DIR) -> str:
-    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", (deploy_dir / "pom.xml").read_text())
+    match = re.search(
+        r"<kafka.version>([^<]+)</kafka.version>", (deploy_dir / "pom.xml").read_text()
+    )
     if not match:
         raise BrokerError(f"{deploy_dir / 'pom.xml'} does not pin <kafka.version>")
     return match.group(1)
@@ -179,7 +182,7 @@ def start(
         raise BrokerError(f"port of {address} is already in use; choose another with --port")
     _format_storage(java, libs, props, data_dir)
     command = [
-        java, f"-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        java, "-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
         f"-Dkafka.logs.dir={data_dir}",
         f"-Dlog4j2.configurationFile={deploy_dir / 'log4j2.properties'}",
         "-cp", f"{libs}/*", "kafka.Kafka", str(props),
@@ -199,7 +202,9 @@ def start(
     return broker
 
 
-def wait_ready(bootstrap: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_ready(
+    bootstrap: str, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     """Wait until the broker answers a metadata request and can create topics."""
     from confluent_kafka.admin import AdminClient
 
@@ -216,7 +221,9 @@ def wait_ready(bootstrap: str, timeout: float, process: subprocess.Popen[bytes] 
         except Exception as exc:  # KafkaException while the broker boots
             last_error = str(exc)
         time.sleep(0.2)
-    raise BrokerError(f"the broker at {bootstrap} did not answer within {timeout:.0f}s: {last_error}")
+    raise BrokerError(
+        f"the broker at {bootstrap} did not answer within {timeout:.0f}s: {last_error}"
+    )
 
 
 def stop(data_dir: Path, timeout: float = 30.0) -> bool:
@@ -253,7 +260,5 @@ def kill(data_dir: Path) -> None:
 
 def _reap(pid: int) -> None:
     """Collect the exit status when the broker is our child, so it leaves no zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -41,6 +41,11 @@ def _broker_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_jars(args: argparse.Namespace) -> int:
+    print(broker.resolve_jars())
+    return 0
+
+
 def _broker_stop(args: argparse.Namespace) -> int:
     stopped = broker.stop(Path(args.data))
     _say("kourier: broker stopped" if stopped else "kourier: no broker was running there")
@@ -109,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("start", _broker_start, "resolve the jars, format storage, start, wait until ready"),
         ("stop", _broker_stop, "stop the broker by its PID"),
         ("status", _broker_status, "print whether the broker runs (exit 1 if not)"),
+        ("jars", _broker_jars, "resolve the broker jars with Maven and print their directory"),
     ):
         op = broker_ops.add_parser(name, help=text)
-        op.add_argument("--data", default=str(_DEFAULT_DATA), help="data directory")
+        if name != "jars":
+            op.add_argument("--data", default=str(_DEFAULT_DATA), help="data directory")
         if name == "start":
             op.add_argument("--port", type=int, default=9092, help="listener port (0 = any free)")
         op.set_defaults(func=func)

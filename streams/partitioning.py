@@ -33,6 +33,6 @@ def murmur2(data: bytes) -> int:
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
-    """The partition Kafka's Java producer (and librdkafka's ``murmur2_random``) picks for ``key``."""
+    """The partition that Kafka's Java producer and librdkafka's ``murmur2_random`` pick."""
     raw = key.encode() if isinstance(key, str) else key
     return (murmur2(raw) & 0x7FFFFFFF) % partitions

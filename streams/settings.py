@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _KAFKA_PREFIX = "KOURIER_KAFKA_"
+#: A librdkafka configuration value.
+ClientValue = str | int | float | bool
 # Client properties whose values must never be printed or logged.
 SECRET_PROPERTIES = frozenset(
     {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
@@ -43,9 +45,7 @@ class Settings(BaseModel):
         return value
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``KOURIER_*`` variables; non-``None`` overrides (CLI flags) win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -64,17 +64,18 @@ class Settings(BaseModel):
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
 
-    def client_config(self, **extra: str | int | bool) -> dict[str, str | int | bool]:
-        """librdkafka configuration for a new client: bootstrap, pass-through, then ``extra``."""
-        config: dict[str, str | int | bool] = {"bootstrap.servers": self.bootstrap_servers}
+    def client_config(
+        self, extra: Mapping[str, ClientValue] | None = None, /, **more: ClientValue
+    ) -> dict[str, ClientValue]:
+        """librdkafka configuration for a new client: bootstrap, pass-through, then extras."""
+        config: dict[str, ClientValue] = {"bootstrap.servers": self.bootstrap_servers}
         config.update(self.kafka)
-        config.update(extra)
+        config.update(extra or {})
+        config.update(more)
         return config
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict that is safe to print: secret properties are masked."""
         data = self.model_dump()
-        data["kafka"] = {
-            k: ("***" if k in SECRET_PROPERTIES else v) for k, v in self.kafka.items()
-        }
+        data["kafka"] = {k: ("***" if k in SECRET_PROPERTIES else v) for k, v in self.kafka.items()}
         return data

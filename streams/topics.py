@@ -70,12 +70,16 @@ class Topics:
     def specs(self, partitions: int) -> list[TopicSpec]:
         """Every topic of the namespace, as it should be created."""
         return [
-            TopicSpec(self.ingress, partitions, {}, "calls and control records, keyed by object key"),
+            TopicSpec(
+                self.ingress, partitions, {}, "calls and control records, keyed by object key"
+            ),
             TopicSpec(self.delay, partitions, {}, "delayed sends until they are due"),
             TopicSpec(self.responses, partitions, {}, "outcomes read by attach and clients"),
             TopicSpec(self.deadletter, 1, {}, "malformed records with reason headers"),
             TopicSpec(self.state, partitions, dict(_COMPACTED), "object and workflow state"),
-            TopicSpec(self.invocations, partitions, dict(_COMPACTED), "invocation status, journals"),
+            TopicSpec(
+                self.invocations, partitions, dict(_COMPACTED), "invocation status, journals"
+            ),
             TopicSpec(self.dedup, partitions, dict(_COMPACTED), "idempotency-key table"),
         ]
 

@@ -6,7 +6,7 @@ import time
 import uuid
 
 from confluent_kafka import Consumer, Message
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.cimpl import NewTopic
 
 from streams.admin import admin_client
 from streams.settings import Settings
@@ -31,7 +31,7 @@ def drain(
 ) -> list[Message]:
     """Read ``topic`` from the start until ``expect`` records arrived, then ``settle`` seconds
     more to catch any extra record; fail with a clear message if fewer arrive in ``timeout``."""
-    consumer = Consumer(settings.client_config(**{
+    consumer = Consumer(settings.client_config({
         "group.id": f"drain-{uuid.uuid4()}", "auto.offset.reset": "earliest",
         "enable.auto.commit": False, "isolation.level": isolation,
     }))  # fmt: skip

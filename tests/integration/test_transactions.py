@@ -13,7 +13,7 @@ from tests.kafka_helpers import create_topic, drain
 
 
 def _producer(settings: Settings, transactional_id: str) -> Producer:
-    producer = Producer(settings.client_config(**{"transactional.id": transactional_id}))
+    producer = Producer(settings.client_config({"transactional.id": transactional_id}))
     producer.init_transactions(30)
     return producer
 
@@ -55,7 +55,7 @@ def test_offsets_commit_atomically_with_output(settings: Settings) -> None:
     group = f"g-{uuid.uuid4()}"
 
     def step(commit: bool) -> list[bytes]:
-        consumer = Consumer(settings.client_config(**{
+        consumer = Consumer(settings.client_config({
             "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "isolation.level": "read_committed",
         }))  # fmt: skip

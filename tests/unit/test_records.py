@@ -72,7 +72,10 @@ def test_minimal_external_invoke_gets_defaults() -> None:
         (b'{"v": 2, "kind": "invoke"}', "unsupported-version"),
         (b'{"kind": "teleport"}', "bad-schema"),
         (b'{"kind": "invoke", "target": {"service": "S"}}', "bad-schema"),
-        (b'{"kind": "invoke", "target": {"service": "S", "handler": "h"}, "extra": 1}', "bad-schema"),
+        (
+            b'{"kind": "invoke", "target": {"service": "S", "handler": "h"}, "extra": 1}',
+            "bad-schema",
+        ),
         (b'{"kind": "invoke", "target": {"service": "no spaces", "handler": "h"}}', "bad-schema"),
         (b'{"kind": "attach", "request_id": "r"}', "bad-schema"),
     ],
@@ -93,7 +96,7 @@ def test_response_failure_field_matches_status() -> None:
 
 def test_delayed_due_must_carry_a_timezone() -> None:
     with pytest.raises(ValidationError):
-        r.Delayed(due=datetime(2030, 1, 1), invoke=INVOKE)  # noqa: DTZ001
+        r.Delayed(due=datetime(2030, 1, 1), invoke=INVOKE)
     assert r.Delayed(due=datetime.now(UTC) + timedelta(seconds=5), invoke=INVOKE).due.tzinfo
 
 

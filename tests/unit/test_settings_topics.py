@@ -16,7 +16,7 @@ def test_settings_from_environment_and_flags() -> None:
     assert settings.bootstrap_servers == "k1:9092,k2:9092"
     assert settings.namespace == "override"
     assert settings.partitions == 8
-    config = settings.client_config(**{"group.id": "g"})
+    config = settings.client_config({"group.id": "g"})
     assert config["security.protocol"] == "SASL_SSL"
     assert config["sasl.password"] == "hunter2"
     assert config["group.id"] == "g"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepares this machine for Kourier, from nothing: Java and Maven (Debian packages),
+# kcat, a virtualenv in .venv with Kourier and its dev tools, and the Apache Kafka
+# jars (resolved with Maven, cached in ~/.m2 and ~/.cache/kourier).
+# Safe to run again: every step is skipped when already done.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${KOURIER_VENV:-$ROOT/.venv}
+
+missing=()
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+command -v kcat >/dev/null || missing+=(kcat)
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]} (Debian packages)" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "setup: Kourier needs Python 3.11 or newer" >&2; exit 1; }
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+stamp="$VENV/.kourier-installed"
+want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Kourier and its dev tools into $VENV" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+  echo "$want" > "$stamp"
+fi
+"$VENV/bin/kourier" broker jars >/dev/null

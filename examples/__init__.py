@@ -1,0 +1,1 @@
+"""Runnable example handlers used by the README, the demo and the tests."""

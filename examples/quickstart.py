@@ -1,0 +1,85 @@
+"""The README's examples: a greeter service, a counter object, a chain of calls, a workflow.
+
+Run them with ``kourier dev examples.quickstart``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from handlers import (
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    Service,
+    TerminalError,
+    VirtualObject,
+    Workflow,
+    WorkflowContext,
+    WorkflowSharedContext,
+)
+
+greeter = Service("Greeter")
+
+
+@greeter.handler()
+async def greet(ctx: Context, name: str) -> str:
+    if not name:
+        raise TerminalError("name must not be empty", status_code=400)
+    return f"Hello {name}"
+
+
+counter = VirtualObject("Counter")
+
+
+@counter.handler()
+async def add(ctx: ObjectContext, n: int) -> int:
+    value: int = (await ctx.get("count") or 0) + n
+    ctx.set("count", value)
+    return value
+
+
+@counter.handler(kind="shared")
+async def get(ctx: ObjectSharedContext) -> int:
+    value: int = await ctx.get("count") or 0
+    return value
+
+
+@counter.handler()
+async def reset(ctx: ObjectContext) -> None:
+    ctx.clear_all()
+
+
+class Transfer(BaseModel):
+    source: str
+    target: str
+    amount: int
+
+
+bank = Service("Bank")
+
+
+@bank.handler()
+async def transfer(ctx: Context, move: Transfer) -> dict[str, int]:
+    """A chain of calls: take from one counter, then give to the other."""
+    left = await ctx.object(add, move.source).request(-move.amount)
+    right = await ctx.object(add, move.target).request(move.amount)
+    return {move.source: left, move.target: right}
+
+
+signup = Workflow("Signup")
+
+
+@signup.main()
+async def run(ctx: WorkflowContext, email: str) -> bool:
+    ctx.set("email", email)
+    secret = await ctx.promise("email-link").value()
+    return bool(secret == "ok")
+
+
+@signup.handler()
+async def click(ctx: WorkflowSharedContext, secret: str) -> None:
+    await ctx.promise("email-link").resolve(secret)
+
+
+SERVICES = [greeter, counter, bank, signup]

@@ -1,0 +1,29 @@
+"""The errors a handler raises or sees."""
+
+from __future__ import annotations
+
+
+class TerminalError(Exception):
+    """Ends the invocation with a failure that is returned to the caller and never retried.
+
+    ``status_code`` is HTTP-like: 4xx for the caller's mistakes, 5xx for the
+    handler's, 409 for a cancelled or killed invocation, 408 for a timed-out call.
+    """
+
+    def __init__(self, message: str, status_code: int = 500) -> None:
+        if not 400 <= status_code <= 599:
+            raise ValueError(f"status_code must be 400-599, got {status_code}")
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+    def __repr__(self) -> str:
+        return f"TerminalError({self.message!r}, status_code={self.status_code})"
+
+
+class NonDeterminismError(Exception):
+    """A replayed handler did something other than what its journal recorded.
+
+    The invocation fails instead of corrupting state; fix the handler so that
+    it issues the same context operations, in the same order, on every run.
+    """

@@ -1,0 +1,34 @@
+"""How an invocation is retried after a non-terminal exception."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: ``initial``, times ``factor`` per attempt, capped at ``max_interval``.
+
+    After ``max_attempts`` failed attempts the invocation is *paused*: kept,
+    visible and resumable from the admin API, never dropped. ``None`` retries forever.
+    """
+
+    initial: timedelta = timedelta(milliseconds=50)
+    factor: float = 2.0
+    max_interval: timedelta = timedelta(seconds=60)
+    max_attempts: int | None = 20
+
+    def __post_init__(self) -> None:
+        if self.initial <= timedelta(0) or self.factor < 1.0:
+            raise ValueError("RetryPolicy needs initial > 0 and factor >= 1")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1 (or None)")
+
+    def delay(self, attempt: int) -> timedelta:
+        """Backoff before attempt ``attempt + 1``, where ``attempt`` (from 1) just failed."""
+        seconds = self.initial.total_seconds() * self.factor ** (attempt - 1)
+        return min(timedelta(seconds=seconds), self.max_interval)
+
+    def exhausted(self, attempt: int) -> bool:
+        return self.max_attempts is not None and attempt >= self.max_attempts

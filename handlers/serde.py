@@ -1,0 +1,73 @@
+"""JSON in and out of handlers; pydantic-typed parameters and results are validated."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
+
+from handlers.exceptions import TerminalError
+
+_NO_TYPE = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Serde:
+    """Converts between JSON-compatible values and the Python type of a handler's signature."""
+
+    annotation: Any = Any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_adapter", TypeAdapter(self.annotation))
+
+    @property
+    def adapter(self) -> TypeAdapter[Any]:
+        adapter: TypeAdapter[Any] = self.__dict__["_adapter"]
+        return adapter
+
+    def load(self, value: Any, what: str) -> Any:
+        """Validate a decoded JSON value; bad input is the caller's mistake (400, not retried)."""
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            detail = f"{where}: {first['msg']}" if where else first["msg"]
+            raise TerminalError(f"invalid {what}: {detail}", status_code=400) from None
+
+    def dump(self, value: Any) -> Any:
+        """A JSON-compatible value (pydantic models become dicts)."""
+        return self.adapter.dump_python(value, mode="json")
+
+
+JSON = Serde(Any)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a handler takes and returns, read from its annotations."""
+
+    takes_input: bool
+    input: Serde
+    output: Serde
+
+
+def signature_of(fn: Callable[..., Any]) -> Signature:
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or len(params) > 2:
+        raise TypeError(
+            f"handler {fn.__qualname__} must take (ctx) or (ctx, input), "
+            f"not {len(params)} parameters"
+        )
+    hints = get_type_hints(fn)
+    takes_input = len(params) == 2
+    input_type = hints.get(params[1].name, Any) if takes_input else Any
+    output_type = hints.get("return", Any)
+    return Signature(
+        takes_input=takes_input,
+        input=Serde(input_type),
+        output=Serde(output_type),
+    )

@@ -1,0 +1,169 @@
+"""Services, virtual objects and workflows: named groups of handlers.
+
+Decorators only record a handler on its definition object; nothing else
+happens at import. The runtime binds definitions when a worker starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from functools import cached_property
+from typing import Any, ClassVar, Literal, TypeVar
+
+from handlers.retry import RetryPolicy
+from handlers.serde import Signature, signature_of
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+ServiceKind = Literal["service", "object", "workflow"]
+HandlerKind = Literal["exclusive", "shared", "workflow"]
+_REF_ATTR = "__kourier_handler__"
+
+
+class HandlerDef:
+    """One handler: its function, its kind and options."""
+
+    def __init__(
+        self,
+        service: ServiceDefinition,
+        name: str,
+        fn: Callable[..., Awaitable[Any]],
+        kind: HandlerKind | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        self.service = service
+        self.name = name
+        self.fn = fn
+        self.kind = kind
+        self._retry = retry
+
+    @property
+    def path(self) -> str:
+        return f"{self.service.name}/{self.name}"
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._retry or self.service.retry
+
+    @property
+    def exclusive(self) -> bool:
+        """Runs alone on its key: object handlers by default, and a workflow's ``run``."""
+        return self.kind in ("exclusive", "workflow")
+
+    @cached_property
+    def signature(self) -> Signature:
+        """Read lazily, so annotations may name types defined later in the module."""
+        return signature_of(self.fn)
+
+    def __repr__(self) -> str:
+        return f"<handler {self.path} ({self.kind or 'service'})>"
+
+
+class ServiceDefinition:
+    """Common ground of :class:`Service`, :class:`VirtualObject` and :class:`Workflow`."""
+
+    kind: ClassVar[ServiceKind]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        retry: RetryPolicy | None = None,
+        idempotency_retention: timedelta = timedelta(hours=24),
+        completed_retention: timedelta = timedelta(0),
+        inactivity_timeout: timedelta = timedelta(seconds=60),
+        description: str = "",
+    ) -> None:
+        """``idempotency_retention``: how long idempotency keys (and workflow runs) are
+        remembered; ``completed_retention``: how long other invocations' outcomes stay
+        attachable; ``inactivity_timeout``: how long a waiting handler stays in memory
+        before it is suspended."""
+        if not name.isidentifier():
+            raise ValueError(f"service name {name!r} must be a Python identifier")
+        self.name = name
+        self.retry = retry or RetryPolicy()
+        self.idempotency_retention = idempotency_retention
+        self.completed_retention = completed_retention
+        self.inactivity_timeout = inactivity_timeout
+        self.description = description
+        self.handlers: dict[str, HandlerDef] = {}
+
+    @property
+    def keyed(self) -> bool:
+        return self.kind != "service"
+
+    def _register(
+        self, name: str | None, kind: HandlerKind | None, retry: RetryPolicy | None
+    ) -> Callable[[F], F]:
+        def record(fn: F) -> F:
+            handler_name = name or fn.__name__
+            if not handler_name.isidentifier():
+                raise ValueError(f"handler name {handler_name!r} must be a Python identifier")
+            if handler_name in self.handlers:
+                raise ValueError(f"{self.name} already has a handler named {handler_name!r}")
+            definition = HandlerDef(self, handler_name, fn, kind, retry)
+            self.handlers[handler_name] = definition
+            setattr(fn, _REF_ATTR, definition)
+            return fn
+
+        return record
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name}: {', '.join(self.handlers)}>"
+
+
+class Service(ServiceDefinition):
+    """Stateless handlers; any number run at once, anywhere."""
+
+    kind = "service"
+
+    def handler(
+        self, name: str | None = None, *, retry: RetryPolicy | None = None
+    ) -> Callable[[F], F]:
+        return self._register(name, None, retry)
+
+
+class VirtualObject(ServiceDefinition):
+    """Handlers addressed by key, with durable state per key.
+
+    ``exclusive`` handlers (the default) run one at a time per key, in arrival
+    order; ``shared`` handlers run concurrently and may only read state.
+    """
+
+    kind = "object"
+
+    def handler(
+        self,
+        name: str | None = None,
+        *,
+        kind: Literal["exclusive", "shared"] = "exclusive",
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[F], F]:
+        return self._register(name, kind, retry)
+
+
+class Workflow(ServiceDefinition):
+    """A ``run`` handler that executes once per workflow id, plus shared handlers
+    that may be called during and after it (within the retention)."""
+
+    kind = "workflow"
+
+    def main(self, name: str = "run", *, retry: RetryPolicy | None = None) -> Callable[[F], F]:
+        return self._register(name, "workflow", retry)
+
+    def handler(
+        self, name: str | None = None, *, retry: RetryPolicy | None = None
+    ) -> Callable[[F], F]:
+        return self._register(name, "shared", retry)
+
+    @property
+    def run_handler(self) -> HandlerDef | None:
+        return next((h for h in self.handlers.values() if h.kind == "workflow"), None)
+
+
+def handler_of(ref: Callable[..., Any]) -> HandlerDef:
+    """The definition behind a decorated handler function."""
+    definition = getattr(ref, _REF_ATTR, None)
+    if not isinstance(definition, HandlerDef):
+        raise TypeError(f"{ref!r} is not a Kourier handler (decorate it with .handler())")
+    return definition

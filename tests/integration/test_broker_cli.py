@@ -1,0 +1,91 @@
+"""`kourier broker start|status|stop` on a broker of its own, and topic creation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from streams import broker
+from streams.admin import TopicError, create_topics, describe_topics
+from streams.partitioning import partition_for
+from streams.settings import Settings
+from tests.kafka_helpers import drain
+
+
+def kourier(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_broker_start_status_stop_and_restart_keeps_data(tmp_path: Path) -> None:
+    data = tmp_path / "broker"
+    try:
+        started = kourier("broker", "start", "--port", "0", "--data", str(data))
+        assert started.returncode == 0, started.stderr
+        bootstrap = started.stdout.strip()
+        assert bootstrap.startswith("127.0.0.1:")
+
+        status = kourier("broker", "status", "--data", str(data))
+        assert status.returncode == 0
+        assert json.loads(status.stdout)["bootstrap"] == bootstrap
+
+        settings = Settings(bootstrap_servers=bootstrap, namespace="restart", partitions=2)
+        create_topics(settings)
+        producer = Producer(settings.client_config())
+        producer.produce("restart.ingress", value=b"kept", partition=0)
+        assert producer.flush(10) == 0
+
+        stopped = kourier("broker", "stop", "--data", str(data))
+        assert stopped.returncode == 0, stopped.stderr
+        assert kourier("broker", "status", "--data", str(data)).returncode == 1
+
+        again = kourier("broker", "start", "--port", "0", "--data", str(data))
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == bootstrap, "a data dir keeps its port"
+        kept = drain(settings, "restart.ingress", expect=1)
+        assert [m.value() for m in kept] == [b"kept"]
+    finally:
+        broker.stop(data)
+    assert broker.status(data) is None
+
+
+def test_topics_create_is_idempotent_and_compacts_changelogs(settings: Settings) -> None:
+    first = create_topics(settings)
+    assert all(state.created for state in first)
+    second = create_topics(settings)
+    assert not any(state.created for state in second)
+    described = {row["topic"]: row for row in describe_topics(settings)}
+    ns = settings.namespace
+    assert described[f"{ns}.ingress"]["partitions"] == 4
+    assert described[f"{ns}.state"]["cleanup.policy"] == "compact"
+    assert described[f"{ns}.dedup"]["cleanup.policy"] == "compact"
+    assert described[f"{ns}.ingress"]["cleanup.policy"] == "delete"
+
+
+def test_topics_create_refuses_a_different_partition_count(settings: Settings) -> None:
+    create_topics(settings)
+    with pytest.raises(TopicError, match="partitions"):
+        create_topics(settings.model_copy(update={"partitions": 6}))
+
+
+def test_kourier_partitioning_matches_the_kafka_client(settings: Settings) -> None:
+    """librdkafka's murmur2 partitioner (the Java client's) agrees with partition_for."""
+    create_topics(settings)
+    topic = f"{settings.namespace}.ingress"
+    producer = Producer(settings.client_config(partitioner="murmur2_random"))
+    keys = [f"user-{i}" for i in range(64)]
+    for key in keys:
+        producer.produce(topic, key=key.encode(), value=b"x")
+    assert producer.flush(10) == 0
+    landed = {m.key(): m.partition() for m in drain(settings, topic, expect=len(keys))}
+    assert landed == {key.encode(): partition_for(key, 4) for key in keys}

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+import handlers
+from handlers import RetryPolicy, Service, TerminalError, VirtualObject, Workflow
+from handlers.context import Context, ObjectContext, ObjectSharedContext, WorkflowContext
+from handlers.service import handler_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(handlers.__all__) == sorted([
+        "CallFuture", "Callee", "Context", "DurableFuture", "DurablePromise", "HandlerDef",
+        "NonDeterminismError", "ObjectContext", "ObjectSharedContext", "Recipient", "Request",
+        "RetryPolicy", "SendHandle", "Service", "ServiceDefinition", "TerminalError",
+        "VirtualObject", "Workflow", "WorkflowContext", "WorkflowSharedContext", "gather",
+        "select",
+    ])  # fmt: skip
+
+
+def test_importing_handlers_pulls_in_no_kafka_and_no_runtime() -> None:
+    code = (
+        "import sys, handlers; "
+        "bad = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('confluent_kafka', 'faust', 'aiokafka', 'streams')); "
+        "print(','.join(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def test_no_handlers_module_imports_kafka_or_streams() -> None:
+    forbidden = {"confluent_kafka", "faust", "aiokafka", "streams", "mode"}
+    for path in (ROOT / "handlers").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not {n.split(".")[0] for n in names} & forbidden, f"{path} imports {names}"
+
+
+class Order(BaseModel):
+    item: str
+    quantity: int
+
+
+def test_decorators_record_handlers_and_their_kinds() -> None:
+    shop = VirtualObject("Shop")
+
+    @shop.handler()
+    async def buy(ctx: ObjectContext, order: Order) -> int:
+        return order.quantity
+
+    @shop.handler(kind="shared")
+    async def peek(ctx: ObjectSharedContext) -> list[str]:
+        return []
+
+    assert set(shop.handlers) == {"buy", "peek"}
+    assert shop.handlers["buy"].exclusive
+    assert not shop.handlers["peek"].exclusive
+    assert handler_of(buy) is shop.handlers["buy"]
+    sig = shop.handlers["buy"].signature
+    assert sig.takes_input
+    assert sig.input.load({"item": "tea", "quantity": 2}, "input") == Order(item="tea", quantity=2)
+    assert not shop.handlers["peek"].signature.takes_input
+    assert shop.keyed
+
+
+def test_bad_input_is_a_terminal_400() -> None:
+    svc = Service("Svc")
+
+    @svc.handler()
+    async def take(ctx: Context, order: Order) -> None:
+        return None
+
+    with pytest.raises(TerminalError) as failure:
+        svc.handlers["take"].signature.input.load({"item": "tea"}, "input")
+    assert failure.value.status_code == 400
+    assert "quantity" in failure.value.message
+
+
+def test_duplicate_and_invalid_names_are_rejected() -> None:
+    svc = Service("Svc")
+
+    @svc.handler()
+    async def one(ctx: Context) -> None: ...
+
+    with pytest.raises(ValueError, match="already has a handler"):
+        svc.handler("one")(one)
+    with pytest.raises(ValueError, match="identifier"):
+        Service("not valid")
+
+
+def test_workflow_has_one_run_and_shared_handlers() -> None:
+    flow = Workflow("Signup", idempotency_retention=timedelta(hours=1))
+
+    @flow.main()
+    async def run(ctx: WorkflowContext, email: str) -> bool:
+        return True
+
+    @flow.handler()
+    async def click(ctx: WorkflowContext, secret: str) -> None: ...
+
+    assert flow.run_handler is flow.handlers["run"]
+    assert flow.handlers["run"].exclusive
+    assert flow.handlers["click"].kind == "shared"
+
+
+def test_retry_policy_backs_off_exponentially_up_to_a_cap() -> None:
+    policy = RetryPolicy(max_attempts=5)
+    assert policy.delay(1) == timedelta(milliseconds=50)
+    assert policy.delay(2) == timedelta(milliseconds=100)
+    assert policy.delay(30) == timedelta(seconds=60)
+    assert not policy.exhausted(4)
+    assert policy.exhausted(5)
+    with pytest.raises(ValueError, match="factor"):
+        RetryPolicy(factor=0.5)
+
+
+def test_terminal_error_keeps_code_and_message() -> None:
+    error = TerminalError("nope", status_code=404)
+    assert (error.message, error.status_code) == ("nope", 404)
+    with pytest.raises(ValueError, match="400-599"):
+        TerminalError("bad", status_code=200)
