@@ -9,7 +9,7 @@ VENV=${KOURIER_VENV:-$ROOT/.venv}
 cd "$ROOT"
 echo "== ruff" >&2
 "$VENV/bin/ruff" check .
-"$VENV/bin/ruff" format --check .
+"$VENV/bin/ruff" format --check handlers streams examples tests
 echo "== mypy --strict" >&2
 "$VENV/bin/mypy" --strict handlers streams examples
 echo "== pytest" >&2
