@@ -1,13 +1,8 @@
-"""Side-by-side prototype: exactly-once keyed counting on a real local Kafka broker.
+"""Exactly-once keyed counting on a real local broker: (a) faust-streaming exactly_once with a
+Table, (b) confluent-kafka consumer + transactional producer (KIP-447) with a dict mirrored to a
+compacted changelog (retry.backoff.ms 5 and default 100), (c) raw consume->produce, no txns.
 
-(a) faust-streaming, processing_guarantee="exactly_once", a Table with its changelog;
-(b) confluent-kafka: one consumer + one transactional producer (KIP-447), dict state
-    mirrored to a compacted changelog, a transaction every ~100 records or 20 ms
-    (run twice: retry.backoff.ms=5 and librdkafka's default 100);
-(c) the raw ceiling: confluent consume -> produce, no transactions.
-
-Run from the repo root:  /tmp/venv/bin/python tests/bench/engine_prototype.py
-It starts its own broker in a temp dir, stops it at the end and prints one JSON document.
+Run:  /tmp/venv/bin/python tests/bench/engine_prototype.py  (own broker in a temp dir; one JSON)
 """
 
 from __future__ import annotations
@@ -38,6 +33,7 @@ N, KEYS, PARTITIONS = 20_000, 100, 4
 TXN_RECORDS, TXN_SECONDS = 100, 0.020
 PHASE_TIMEOUT = 75.0  # seconds for one pipeline to make all N outputs visible
 FAUST_COMMIT_INTERVAL = 0.1  # seconds (faust's default broker_commit_interval is 2.8)
+FAUST_SETTLE = 2.0  # seconds between the last visible output and reading faust's changelog
 
 Result = dict[str, Any]
 Record = tuple[float, bytes, bytes]  # (arrival time, key, value)
@@ -76,8 +72,7 @@ def read_topic(bootstrap: str, topic: str, deadline: float, expect: int | None =
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     if ready is not None:
         ready.set()
-    records: list[Record] = []
-    last_seen = time.monotonic()
+    records, last_seen = list[Record](), time.monotonic()
     try:
         while time.monotonic() < deadline:
             if expect is not None and len(records) >= expect:
@@ -143,8 +138,7 @@ def confluent_pipeline(bootstrap: str, source: str, sink: str, group: str,
     })  # fmt: skip
     producer = Producer({"bootstrap.servers": bootstrap, **producer_config})
     state: dict[bytes, int] = defaultdict(int)
-    processed, pending, txn_start = 0, 0, 0.0
-    offsets: dict[int, int] = {}
+    processed, pending, txn_start, offsets = 0, 0, 0.0, dict[int, int]()  # offsets by partition
     try:
         if transactional:
             producer.init_transactions(30)
@@ -191,8 +185,7 @@ def confluent_phase(bootstrap: str, source: str, sink: str, changelog: str | Non
         producer_config = {**producer_config, "transactional.id": group}
     result: Result = {"producer_config": producer_config, "error": None}
     try:
-        ready, records = threading.Event(), []
-        t0 = time.monotonic()
+        ready, records, t0 = threading.Event(), list[Record](), time.monotonic()
         watch = (bootstrap, sink, t0 + PHASE_TIMEOUT + 2, N, ready)
         watcher = threading.Thread(target=lambda: records.extend(read_topic(*watch)), daemon=True)
         watcher.start()
@@ -237,23 +230,20 @@ async def faust_phase(bootstrap: str, source: str, sink: str, workdir: Path) -> 
     @app.agent(src)
     async def count(stream: Any) -> None:
         async for key, _ in stream.items():
-            k = key.decode()
-            counts[k] += 1
-            await out.send(key=key, value=b"%d" % counts[k])
+            counts[key.decode()] += 1
+            await out.send(key=key, value=b"%d" % counts[key.decode()])
 
     result: Result = {"app_id": app_id, "commit_interval_s": FAUST_COMMIT_INTERVAL, "error": None}
-    ready = threading.Event()
-    t0 = time.monotonic()
+    ready, t0 = threading.Event(), time.monotonic()
     watch = asyncio.create_task(
-        asyncio.to_thread(read_topic, bootstrap, sink, t0 + PHASE_TIMEOUT, N, ready)
-    )
+        asyncio.to_thread(read_topic, bootstrap, sink, t0 + PHASE_TIMEOUT, N, ready))  # fmt: skip
     await asyncio.to_thread(ready.wait, 10)
     state_sum: int | None = None
     try:
         await asyncio.wait_for(app.start(), 60)
         records = await watch
         state_sum = sum(counts.values())
-        await asyncio.sleep(2.0)  # > 10 commit intervals: let the buffered changelog catch up
+        await asyncio.sleep(FAUST_SETTLE)  # let the buffered changelog writes catch up
         result["changelog_while_running"] = await asyncio.to_thread(
             read_changelog, bootstrap, changelog)  # fmt: skip
     except Exception as exc:
@@ -265,8 +255,8 @@ async def faust_phase(bootstrap: str, source: str, sink: str, workdir: Path) -> 
         except Exception as exc:
             result["stop_error"] = f"{type(exc).__name__}: {exc}"
         logging.getLogger().removeHandler(collect)
-    after = await asyncio.to_thread(read_changelog, bootstrap, changelog)
-    result["changelog_after_stop"] = after
+    result["changelog_after_stop"] = after = await asyncio.to_thread(
+        read_changelog, bootstrap, changelog)  # fmt: skip
     result["changelog_after_stop_read_uncommitted"] = await asyncio.to_thread(
         read_changelog, bootstrap, changelog, "read_uncommitted")  # fmt: skip
     offsets = await asyncio.to_thread(committed_total, bootstrap, app_id, source)
@@ -281,8 +271,7 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="proto-kafka-"))
     report: Result = {"cpus": os.cpu_count(), "records": N, "keys": KEYS, "partitions": PARTITIONS}
     try:
-        b = broker.start(data_dir, port=0)
-        run = uuid.uuid4().hex[:8]
+        b, run = broker.start(data_dir, port=0), uuid.uuid4().hex[:8]
         source, changelogs = f"proto.{run}.source", [f"proto.{run}.changelog-{i}" for i in (1, 2)]
         sinks = [f"proto.{run}.sink-{x}" for x in "abcd"]
         create_topics(b.bootstrap, [source, *sinks, *changelogs], set(changelogs))
