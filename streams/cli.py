@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from streams import broker
 from streams.settings import Settings
@@ -90,6 +91,156 @@ def _topics_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- worker, calls -------------------------------------------------------------------
+
+
+def _configure_logging(verbose: bool = False) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run_until_signal(main: Any) -> int:
+    """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM."""
+    import asyncio
+    import signal
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.registry import load_services
+    from streams.worker import Worker
+
+    _configure_logging(args.verbose)
+    sys.path.insert(0, ".")
+    worker = Worker(_settings(args), load_services(args.module), worker_id=args.worker_id)
+
+    async def main(stop: Any) -> None:
+        task = asyncio.create_task(worker.run())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        worker.stop()
+        await task
+
+    return _run_until_signal(main)
+
+
+def _ingress(args: argparse.Namespace) -> int:
+    from streams.ingress import serve
+
+    _configure_logging()
+
+    async def main(stop: Any) -> None:
+        ingress, runners = await serve(_settings(args), host=args.host, port=args.port,
+                                       admin_port=args.admin_port)  # fmt: skip
+        print(f"http://{args.host}:{args.port}", flush=True)
+        await stop.wait()
+        for runner in runners:
+            await runner.cleanup()
+        await ingress.close()
+
+    return _run_until_signal(main)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go."""
+    import asyncio
+    import os
+
+    from streams.admin import create_topics
+    from streams.ingress import serve
+    from streams.registry import load_services
+    from streams.worker import Worker
+
+    _configure_logging(args.verbose)
+    sys.path.insert(0, ".")
+    services = load_services(args.module)
+    data_dir = Path(args.data)
+    started_broker = False
+    if os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers:
+        settings = _settings(args)
+    else:
+        running = broker.start(data_dir, port=args.kafka_port)
+        started_broker = True
+        settings = _settings(args).model_copy(update={"bootstrap_servers": running.bootstrap})
+    try:
+        create_topics(settings)
+        worker = Worker(settings, services)
+
+        async def main(stop: Any) -> None:
+            work = asyncio.create_task(worker.run())
+            ingress, runners = await serve(settings, host=args.host, port=args.port,
+                                           admin_port=args.admin_port)  # fmt: skip
+            _say(f"kourier dev: Kafka {settings.bootstrap_servers}, namespace "
+                 f"{settings.namespace}, ingress http://{args.host}:{args.port}, "
+                 f"admin http://{args.host}:{args.admin_port}")  # fmt: skip
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for runner in runners:
+                await runner.cleanup()
+            await ingress.close()
+            worker.stop()
+            await work
+
+        return _run_until_signal(main)
+    finally:
+        if started_broker:
+            broker.stop(data_dir)
+
+
+def _parse_target(text: str) -> Any:
+    from streams.records import Target
+
+    parts = text.strip("/").split("/")
+    if len(parts) == 2:
+        return Target(service=parts[0], handler=parts[1])
+    if len(parts) == 3:
+        return Target(service=parts[0], key=parts[1], handler=parts[2])
+    raise ValueError(f"target {text!r} must be Service/handler or Object/key/handler")
+
+
+def _call(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.client import Client
+
+    target = _parse_target(args.target)
+    argument = json.loads(args.json) if args.json is not None else None
+
+    async def main() -> int:
+        async with Client(_settings(args)) as client:
+            if args.command == "send":
+                receipt = await client.send_to(target, argument,
+                                               idempotency_key=args.idempotency_key)  # fmt: skip
+                print(json.dumps({"invocationId": receipt.invocation_id, "status": receipt.status}))
+                return 0
+            inv_id, response = await client.call(target, argument,
+                                                 idempotency_key=args.idempotency_key)  # fmt: skip
+            _say(f"invocation {inv_id}")
+            if response.failure is not None:
+                print(json.dumps(response.failure.model_dump()))
+                return 1
+            print(json.dumps(response.value))
+            return 0
+
+    return asyncio.run(main())
+
+
 # -- parser -------------------------------------------------------------------
 
 
@@ -100,6 +251,12 @@ def _kafka_flags(parser: argparse.ArgumentParser, partitions: bool = False) -> N
         parser.add_argument(
             "--partitions", type=int, help="ingress partitions (KOURIER_PARTITIONS, default 8)"
         )
+
+
+def _http_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP ingress port")
+    parser.add_argument("--admin-port", type=int, default=9070, help="admin API port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +292,35 @@ def build_parser() -> argparse.ArgumentParser:
     describe = topic_ops.add_parser("describe", help="show the namespace's topics")
     _kafka_flags(describe, partitions=True)
     describe.set_defaults(func=_topics_describe)
+    worker = commands.add_parser("worker", help="run handlers: MODULE or MODULE:ATTR")
+    worker.add_argument("module", help="e.g. examples.quickstart or app.services:ALL")
+    worker.add_argument("--worker-id", help="stable id (default: host name + free slot)")
+    worker.add_argument("-v", "--verbose", action="store_true")
+    _kafka_flags(worker)
+    worker.set_defaults(func=_worker)
+
+    ingress = commands.add_parser("ingress", help="the HTTP ingress and the admin API")
+    _http_flags(ingress)
+    _kafka_flags(ingress)
+    ingress.set_defaults(func=_ingress)
+
+    dev = commands.add_parser("dev", help="broker + topics + worker + ingress, for development")
+    dev.add_argument("module", help="the handlers to run, e.g. examples.quickstart")
+    dev.add_argument("--kafka-port", type=int, default=0, help="local broker port (0 = free)")
+    dev.add_argument("--data", default=str(_DEFAULT_DATA.with_name("dev-broker")))
+    dev.add_argument("-v", "--verbose", action="store_true")
+    _http_flags(dev)
+    _kafka_flags(dev, partitions=True)
+    dev.set_defaults(func=_dev)
+
+    for name, text in (("call", "call a handler and print its result"),
+                       ("send", "send a one-way message to a handler")):  # fmt: skip
+        cmd = commands.add_parser(name, help=text)
+        cmd.add_argument("target", help="Service/handler or Object/key/handler")
+        cmd.add_argument("json", nargs="?", help="the argument, as JSON")
+        cmd.add_argument("--idempotency-key")
+        _kafka_flags(cmd)
+        cmd.set_defaults(func=_call)
     return parser
 
 

@@ -67,6 +67,11 @@ class Topics:
         """Changelog of the idempotency-key table (compacted)."""
         return self._name("dedup")
 
+    @property
+    def services(self) -> str:
+        """What each worker hosts (service manifests), read by the ingress (compacted)."""
+        return self._name("services")
+
     def specs(self, partitions: int) -> list[TopicSpec]:
         """Every topic of the namespace, as it should be created."""
         return [
@@ -81,6 +86,7 @@ class Topics:
                 self.invocations, partitions, dict(_COMPACTED), "invocation status, journals"
             ),
             TopicSpec(self.dedup, partitions, dict(_COMPACTED), "idempotency-key table"),
+            TopicSpec(self.services, 1, dict(_COMPACTED), "deployed services and handlers"),
         ]
 
     def all(self) -> list[str]:

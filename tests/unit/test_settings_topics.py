@@ -38,6 +38,7 @@ def test_topic_names_come_from_the_namespace() -> None:
     specs = {s.name: s for s in topics.specs(partitions=12)}
     assert set(specs) == set(topics.all())
     compacted = {n for n, s in specs.items() if s.config.get("cleanup.policy") == "compact"}
-    assert compacted == {"shop.state", "shop.invocations", "shop.dedup"}
+    assert compacted == {"shop.state", "shop.invocations", "shop.dedup", "shop.services"}
     # State lives next to its partition: changelogs share the ingress partition count.
-    assert all(specs[n].partitions == 12 for n in compacted | {"shop.ingress", "shop.delay"})
+    co_partitioned = compacted - {"shop.services"} | {"shop.ingress", "shop.delay"}
+    assert all(specs[n].partitions == 12 for n in co_partitioned)

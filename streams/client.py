@@ -1,0 +1,325 @@
+"""The Python client: calls and sends through the ingress topic, outcomes from the response topic.
+
+```python
+async with Client(Settings.from_env()) as client:
+    greeting = await client.service("Greeter", "greet").request("Ada")
+    receipt = await client.object_send("Counter", "ada", "add").send(1)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from pydantic import BaseModel, JsonValue
+
+from handlers.exceptions import TerminalError
+from handlers.serde import JSON
+from streams import ids
+from streams.records import Invoke, RecordError, Response, Target, decode_response, encode
+from streams.settings import Settings
+from streams.topics import Topics
+
+_TIMEOUT = 30.0
+
+
+class ServiceInfo(BaseModel):
+    """A service as its workers announce it on the services topic."""
+
+    name: str
+    kind: Literal["service", "object", "workflow"]
+    handlers: dict[str, dict[str, str]]
+    worker: str | None = None
+
+    def handler_kind(self, handler: str) -> str | None:
+        info = self.handlers.get(handler)
+        return None if info is None else info.get("kind")
+
+
+class KafkaUnavailable(RuntimeError):
+    """Kafka could not take or deliver the record in time (HTTP 503)."""
+
+    retriable = True
+
+
+@dataclass(frozen=True)
+class CallResult:
+    invocation_id: str
+    value: JsonValue
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    invocation_id: str
+    status: Literal["Accepted", "PreviouslyAccepted"]
+
+
+class Client:
+    """Talks to Kourier workers through Kafka; use as ``async with Client(...)``."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.topics = Topics(self.settings.namespace)
+        self.partitions = 0
+        self._pending: dict[str, asyncio.Future[Response]] = {}
+        self._running = False
+        self._catalog_end = 0
+        self.services: dict[str, ServiceInfo] = {}
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._catalog_ready = asyncio.Event()
+        self._producer = Producer(self.settings.client_config({
+            "enable.idempotence": True, "linger.ms": 1, "message.timeout.ms": 15_000,
+            "log_level": 3,
+        }))  # fmt: skip
+        self._reader = Consumer(self.settings.client_config({
+            "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 10, "log_level": 3,
+        }))  # fmt: skip
+        await asyncio.to_thread(self._assign_reader)
+        self._running = True
+        self._thread = threading.Thread(target=self._pump, name="kourier-client", daemon=True)
+        self._thread.start()
+
+    def _assign_reader(self) -> None:
+        """Read responses from the current end, fixed now, so no response can be missed."""
+        metadata = self._reader.list_topics(timeout=_TIMEOUT).topics
+        for name in (self.topics.ingress, self.topics.responses):
+            if name not in metadata or metadata[name].error is not None:
+                raise KafkaUnavailable(f"topic {name} is missing: run `kourier topics create`")
+        self.partitions = len(metadata[self.topics.ingress].partitions)
+        start = []
+        for partition in metadata[self.topics.responses].partitions:
+            tp = TopicPartition(self.topics.responses, partition)
+            _, high = self._reader.get_watermark_offsets(tp, timeout=_TIMEOUT)
+            start.append(TopicPartition(self.topics.responses, partition, high))
+        catalog = TopicPartition(self.topics.services, 0)
+        _, self._catalog_end = self._reader.get_watermark_offsets(catalog, timeout=_TIMEOUT)
+        start.append(TopicPartition(self.topics.services, 0, OFFSET_BEGINNING))
+        self._reader.assign(start)
+
+    async def close(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        await asyncio.to_thread(self._thread.join)
+        self._reader.close()
+        await asyncio.to_thread(self._producer.flush, 5)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(KafkaUnavailable("client closed"))
+
+    def _pump(self) -> None:
+        """Background thread: delivery reports and the response topic."""
+        catalog = [TopicPartition(self.topics.services, 0)]
+        catalog_read = False
+        while self._running:
+            self._producer.poll(0)
+            for message in self._reader.consume(500, 0.05):
+                if message.error() is None:
+                    self._on_message(message)
+            if not catalog_read:
+                # Positions, not record offsets: transaction markers take offsets too.
+                catalog_read = self._reader.position(catalog)[0].offset >= self._catalog_end
+                if catalog_read:
+                    self._loop.call_soon_threadsafe(self._catalog_ready.set)
+
+    def _on_message(self, message: Message) -> None:
+        if message.topic() == self.topics.services:
+            self._on_catalog(message)
+        else:
+            self._on_response(message)
+
+    def _on_catalog(self, message: Message) -> None:
+        key = (message.key() or b"").decode()
+        value = message.value()
+        if value is None:
+            self.services.pop(key, None)
+        else:
+            with contextlib.suppress(ValueError):
+                self.services[key] = ServiceInfo.model_validate_json(value)
+
+    async def catalog(self, timeout: float = 10.0) -> dict[str, ServiceInfo]:
+        """The services workers have announced, once the catalog has been read to its end."""
+        if self._catalog_end == 0:
+            self._catalog_ready.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._catalog_ready.wait(), timeout)
+        return self.services
+
+    def _on_response(self, message: Message) -> None:
+        try:
+            response = decode_response(message.value())
+        except RecordError:
+            return
+        if response.request_id is None:
+            return
+        self._loop.call_soon_threadsafe(self._resolve, response.request_id, response)
+
+    def _resolve(self, request_id: str, response: Response) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    # -- producing --------------------------------------------------------------------
+
+    async def _produce(self, record: Invoke, partition: int, key: str) -> None:
+        delivered: asyncio.Future[None] = self._loop.create_future()
+
+        def report(error: KafkaError | None, message: Message) -> None:
+            self._loop.call_soon_threadsafe(_settle, delivered, error)
+
+        while True:
+            try:
+                self._producer.produce(self.topics.ingress, value=encode(record),
+                                       key=key.encode(), partition=partition,
+                                       on_delivery=report)  # fmt: skip
+                break
+            except BufferError:
+                await asyncio.sleep(0.005)
+        await delivered
+
+    async def call(
+        self,
+        target: Target,
+        argument: JsonValue = None,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        invocation_id: str | None = None,
+    ) -> tuple[str, Response]:
+        """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
+        inv_id = invocation_id or ids.new_id(target.key, self.partitions)
+        request_id = uuid.uuid4().hex
+        record = Invoke(target=target, argument=argument, invocation_id=inv_id,
+                        idempotency_key=idempotency_key, request_id=request_id,
+                        headers=dict(headers or {}))  # fmt: skip
+        future: asyncio.Future[Response] = self._loop.create_future()
+        self._pending[request_id] = future
+        try:
+            await self._produce(record, ids.partition_of(inv_id, self.partitions),
+                                target.key or inv_id)  # fmt: skip
+            return inv_id, await future
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def send_to(
+        self,
+        target: Target,
+        argument: JsonValue = None,
+        *,
+        delay: timedelta | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> SendReceipt:
+        """One-way: returns once Kafka has the message."""
+        if delay is not None:
+            raise NotImplementedError("delayed sends are not supported yet")
+        inv_id = ids.new_id(target.key, self.partitions)
+        record = Invoke(target=target, argument=argument, invocation_id=inv_id, mode="send",
+                        idempotency_key=idempotency_key, headers=dict(headers or {}))  # fmt: skip
+        await self._produce(record, ids.partition_of(inv_id, self.partitions),
+                            target.key or inv_id)  # fmt: skip
+        return SendReceipt(invocation_id=inv_id, status="Accepted")
+
+    # -- the handler-like API ----------------------------------------------------------
+
+    def service(self, service: str, handler: str) -> ClientCallee:
+        return ClientCallee(self, Target(service=service, handler=handler))
+
+    def object(self, obj: str, key: str, handler: str) -> ClientCallee:
+        return ClientCallee(self, Target(service=obj, key=key, handler=handler))
+
+    def workflow(self, workflow: str, workflow_id: str, handler: str = "run") -> ClientCallee:
+        return ClientCallee(self, Target(service=workflow, key=workflow_id, handler=handler))
+
+    def service_send(self, service: str, handler: str) -> ClientRecipient:
+        return ClientRecipient(self, Target(service=service, handler=handler))
+
+    def object_send(self, obj: str, key: str, handler: str) -> ClientRecipient:
+        return ClientRecipient(self, Target(service=obj, key=key, handler=handler))
+
+    def workflow_send(
+        self, workflow: str, workflow_id: str, handler: str = "run"
+    ) -> ClientRecipient:
+        return ClientRecipient(self, Target(service=workflow, key=workflow_id, handler=handler))
+
+
+def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(KafkaUnavailable(f"Kafka did not take the record: {error.str()}"))
+
+
+def outcome(response: Response) -> JsonValue:
+    """The value of a response, or its failure raised as :class:`TerminalError`."""
+    if response.failure is not None:
+        raise TerminalError(response.failure.message, response.failure.code)
+    return response.value
+
+
+class ClientCallee:
+    def __init__(self, client: Client, target: Target) -> None:
+        self._client = client
+        self._target = target
+
+    async def request(
+        self,
+        arg: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """The handler's result; its ``TerminalError`` is raised here."""
+        _, response = await self._client.call(
+            self._target, JSON.dump(arg), idempotency_key=idempotency_key, headers=headers
+        )
+        return outcome(response)
+
+
+class ClientRecipient:
+    def __init__(self, client: Client, target: Target) -> None:
+        self._client = client
+        self._target = target
+
+    async def send(
+        self,
+        arg: Any = None,
+        *,
+        delay: timedelta | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> SendReceipt:
+        return await self._client.send_to(
+            self._target, JSON.dump(arg), delay=delay, idempotency_key=idempotency_key,
+            headers=headers,
+        )  # fmt: skip

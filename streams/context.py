@@ -1,0 +1,323 @@
+"""The runtime's implementation of the ``handlers`` contexts: every operation is a journal entry.
+
+On first execution an operation appends an entry (and emits its effect: a call,
+a send, a state write). On replay, after a crash or a retry, the same operation
+finds its entry and returns the recorded result instead; an operation that
+differs from its entry fails the invocation with :class:`NonDeterminismError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from pydantic import TypeAdapter
+
+from handlers.context import (
+    Callee,
+    CallFuture,
+    DurableFuture,
+    DurablePromise,
+    HandlerRef,
+    Recipient,
+    Request,
+    SendHandle,
+    WorkflowContext,
+)
+from handlers.exceptions import NonDeterminismError, TerminalError
+from handlers.serde import JSON
+from handlers.service import handler_of
+from streams import ids
+from streams.journal import Entry, EntryKind
+from streams.records import Failure, Target
+
+if TYPE_CHECKING:
+    from streams.invocation import Invocation
+
+T = TypeVar("T")
+
+
+class InvocationClosed(Exception):
+    """The invocation's partition moved away or the invocation was stopped; its task must end."""
+
+
+def _outcome(entry: Entry) -> Any:
+    if entry.failure is not None:
+        raise TerminalError(entry.failure.message, entry.failure.code)
+    return entry.value
+
+
+class _EntryFuture(CallFuture[Any]):
+    """Awaits journal entry ``index`` of an invocation."""
+
+    def __init__(self, ctx: InvocationContext, index: int) -> None:
+        self._ctx = ctx
+        self._index = index
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._ctx.invocation.wait_for(self._index).__await__()
+
+    async def invocation_id(self) -> str:
+        callee = self._ctx.invocation.journal[self._index].callee
+        assert callee is not None
+        return callee
+
+
+class _CoroutineFuture(DurableFuture[T]):
+    def __init__(self, make: Callable[[], Awaitable[T]]) -> None:
+        self._make = make
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._make().__await__()
+
+
+class _SentHandle(SendHandle):
+    def __init__(self, callee: str) -> None:
+        self._callee = callee
+
+    async def invocation_id(self) -> str:
+        return self._callee
+
+
+class _Callee(Callee):
+    def __init__(self, ctx: InvocationContext, target: Target) -> None:
+        self._ctx = ctx
+        self._target = target
+
+    def request(
+        self,
+        arg: Any = None,
+        *,
+        timeout: timedelta | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> CallFuture[Any]:
+        if timeout is not None:
+            raise NotImplementedError("call timeouts are not supported yet")
+        index = self._ctx.outgoing("call", self._target, arg, idempotency_key, headers, None)
+        return _EntryFuture(self._ctx, index)
+
+
+class _Recipient(Recipient):
+    def __init__(self, ctx: InvocationContext, target: Target) -> None:
+        self._ctx = ctx
+        self._target = target
+
+    def send(
+        self,
+        arg: Any = None,
+        *,
+        delay: timedelta | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> SendHandle:
+        index = self._ctx.outgoing("send", self._target, arg, idempotency_key, headers, delay)
+        callee = self._ctx.invocation.journal[index].callee
+        assert callee is not None
+        return _SentHandle(callee)
+
+
+def _target(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
+    if isinstance(ref, str):
+        if handler is None:
+            raise TypeError(f"name the handler: ctx.{kind}({ref!r}, ..., 'handler')")
+        return Target(service=ref, handler=handler, key=key)
+    definition = handler_of(ref)
+    return Target(service=definition.service.name, handler=handler or definition.name, key=key)
+
+
+class InvocationContext(WorkflowContext):
+    """One implementation for every context type; the handler's annotation limits what it uses."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        self.invocation = invocation
+        self._cursor = 0
+
+    # -- journal -----------------------------------------------------------
+
+    def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
+        """Claim the next journal index; return the recorded entry when replaying."""
+        self.invocation.check_open()
+        index = self._cursor
+        self._cursor += 1
+        journal = self.invocation.journal
+        if index >= len(journal):
+            return index, None
+        entry = journal[index]
+        mismatched = entry.kind != kind or any(
+            getattr(entry, name) != value for name, value in expected.items()
+        )
+        if mismatched:
+            wanted = Entry(kind=kind, **expected).describe()
+            raise NonDeterminismError(
+                f"journal entry {index} of {self.invocation.meta.id} is {entry.describe()}, "
+                f"but the handler now does {wanted}: handlers must repeat the same context "
+                "operations in the same order on every run"
+            )
+        return index, entry
+
+    def outgoing(
+        self,
+        kind: EntryKind,
+        target: Target,
+        arg: Any,
+        idempotency_key: str | None,
+        headers: Mapping[str, str] | None,
+        delay: timedelta | None,
+    ) -> int:
+        index, entry = self._step(kind, target=target)
+        if entry is None:
+            callee = ids.child_id(
+                self.invocation.meta.id, index, target.key, self.invocation.partitions
+            )
+            due = time.time() + delay.total_seconds() if delay else None
+            self.invocation.append(
+                Entry(kind=kind, target=target, callee=callee, done=kind == "send", due=due)
+            )
+            self.invocation.emit_invoke(
+                target=target,
+                argument=JSON.dump(arg),
+                callee=callee,
+                index=index,
+                mode="call" if kind == "call" else "send",
+                idempotency_key=idempotency_key,
+                headers=dict(headers or {}),
+                due=due,
+            )
+        return index
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def invocation_id(self) -> str:
+        return self.invocation.meta.id
+
+    @property
+    def key(self) -> str:
+        key = self.invocation.meta.target.key
+        if key is None:
+            raise TypeError("a service has no key")
+        return key
+
+    def request(self) -> Request:
+        meta = self.invocation.meta
+        return Request(id=meta.id, headers=dict(meta.headers), attempt=meta.attempt)
+
+    # -- calls and sends -------------------------------------------------------
+
+    def service(self, service: HandlerRef, handler: str | None = None) -> Callee:
+        return _Callee(self, _target(service, None, handler, "service"))
+
+    def object(self, obj: HandlerRef, key: str, handler: str | None = None) -> Callee:
+        return _Callee(self, _target(obj, key, handler, "object"))
+
+    def workflow(
+        self, workflow: HandlerRef, workflow_id: str, handler: str | None = None
+    ) -> Callee:
+        return _Callee(self, _target(workflow, workflow_id, handler, "workflow"))
+
+    def service_send(self, service: HandlerRef, handler: str | None = None) -> Recipient:
+        return _Recipient(self, _target(service, None, handler, "service_send"))
+
+    def object_send(self, obj: HandlerRef, key: str, handler: str | None = None) -> Recipient:
+        return _Recipient(self, _target(obj, key, handler, "object_send"))
+
+    def workflow_send(
+        self, workflow: HandlerRef, workflow_id: str, handler: str | None = None
+    ) -> Recipient:
+        return _Recipient(self, _target(workflow, workflow_id, handler, "workflow_send"))
+
+    def attach_invocation(self, invocation_id: str) -> DurableFuture[Any]:
+        raise NotImplementedError("attach from a handler is not supported yet")
+
+    def cancel_invocation(self, invocation_id: str) -> None:
+        raise NotImplementedError("cancel from a handler is not supported yet")
+
+    # -- timers and side effects ----------------------------------------------
+
+    def sleep(self, duration: timedelta) -> DurableFuture[None]:
+        index, entry = self._step("sleep")
+        if entry is None:
+            self.invocation.append(Entry(kind="sleep", due=time.time() + duration.total_seconds()))
+        return _CoroutineFuture(lambda: self._sleep(index))
+
+    async def _sleep(self, index: int) -> None:
+        entry = self.invocation.journal[index]
+        if not entry.done:
+            assert entry.due is not None
+            await asyncio.sleep(max(0.0, entry.due - time.time()))
+            self.invocation.check_open()
+            self.invocation.complete_entry(index, value=None)
+
+    def run(
+        self, name: str, action: Callable[[], Awaitable[T]] | Callable[[], T]
+    ) -> DurableFuture[T]:
+        index, entry = self._step("run", name=name)
+        if entry is None:
+            self.invocation.append(Entry(kind="run", name=name))
+        return _CoroutineFuture(lambda: self._run(index, action))
+
+    async def _run(self, index: int, action: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
+        entry = self.invocation.journal[index]
+        if not entry.done:
+            try:
+                result = action()
+                if inspect.isawaitable(result):
+                    result = await result
+            except TerminalError as error:
+                self.invocation.check_open()
+                self.invocation.complete_entry(
+                    index, failure=Failure(code=error.status_code, message=error.message)
+                )
+                raise
+            self.invocation.check_open()
+            self.invocation.complete_entry(index, value=JSON.dump(result))
+            entry = self.invocation.journal[index]
+        return cast(T, _outcome(entry))
+
+    # -- state -------------------------------------------------------------------
+
+    async def get(self, name: str, type_hint: type[T] | None = None) -> Any:
+        index, entry = self._step("get", name=name)
+        if entry is None:
+            value = self.invocation.state_get(name)
+            self.invocation.append(Entry(kind="get", name=name, value=value, done=True))
+        else:
+            value = entry.value
+        if type_hint is None or value is None:
+            return value
+        return TypeAdapter(type_hint).validate_python(value)
+
+    async def state_keys(self) -> list[str]:
+        index, entry = self._step("state_keys")
+        if entry is None:
+            keys = self.invocation.state_keys()
+            self.invocation.append(Entry(kind="state_keys", value=list(keys), done=True))
+            return keys
+        return list(cast(list[str], entry.value))
+
+    def set(self, name: str, value: Any) -> None:
+        self._write("set", name, JSON.dump(value))
+
+    def clear(self, name: str) -> None:
+        self._write("clear", name, None)
+
+    def clear_all(self) -> None:
+        self._write("clear_all", None, None)
+
+    def _write(self, kind: EntryKind, name: str | None, value: Any) -> None:
+        if not self.invocation.handler.exclusive:
+            raise TerminalError(f"shared handler {self.invocation.handler.path} cannot write state")
+        index, entry = self._step(kind, name=name)
+        if entry is None:
+            self.invocation.append(Entry(kind=kind, name=name, value=value, done=True))
+            self.invocation.state_write(kind, name, value)
+
+    # -- workflow promises -------------------------------------------------------
+
+    def promise(self, name: str) -> DurablePromise[Any]:
+        raise NotImplementedError("durable promises are not supported yet")

@@ -1,0 +1,74 @@
+"""Invocation ids that say which partition owns them.
+
+An id is ``inv_`` + 8 hex digits of a 31-bit routing hash + 24 hex digits that
+make it unique. For a keyed target the routing hash is Kafka's murmur2 of the
+object key, so the id routes to the key's partition; for a service it is any
+hash that lands on the chosen partition. Anyone holding an id can therefore
+send a cancel or an attach to the right partition without a lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from streams.partitioning import murmur2
+
+_ID = re.compile(r"^inv_[0-9a-f]{32}$")
+
+
+class InvalidId(ValueError):
+    retriable = False
+
+
+def key_hash(key: str) -> int:
+    return murmur2(key.encode()) & 0x7FFFFFFF
+
+
+def _make(routing: int, unique: str) -> str:
+    return f"inv_{routing:08x}{unique}"
+
+
+def new_id(key: str | None, partitions: int) -> str:
+    """A fresh id: routed by ``key``, or (for a service) to a random partition."""
+    routing = key_hash(key) if key is not None else secrets.randbits(31)
+    return _make(routing, secrets.token_hex(12))
+
+
+def id_on_partition(partition: int, partitions: int, seed: str) -> str:
+    """A deterministic id whose routing hash lands on ``partition`` (for unkeyed records)."""
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    base = int(digest[:8], 16) & 0x7FFFFFFF
+    routing = base - base % partitions + partition
+    if routing > 0x7FFFFFFF:
+        routing -= partitions
+    return _make(routing, digest[8:32])
+
+
+def keyed_id(key: str, seed: str) -> str:
+    """A deterministic id routed by ``key`` (same seed, same id)."""
+    return _make(key_hash(key), hashlib.sha256(seed.encode()).hexdigest()[:24])
+
+
+def child_id(parent: str, entry: int, key: str | None, partitions: int) -> str:
+    """The id of the call or send made by journal entry ``entry`` of ``parent``.
+
+    Derived, not random, so a replay of the parent names the same callee.
+    """
+    seed = f"{parent}/{entry}"
+    if key is not None:
+        return keyed_id(key, seed)
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
+
+
+def validate(invocation_id: str) -> str:
+    if not _ID.match(invocation_id):
+        raise InvalidId(f"{invocation_id!r} is not a Kourier invocation id (inv_ + 32 hex digits)")
+    return invocation_id
+
+
+def partition_of(invocation_id: str, partitions: int) -> int:
+    """The partition that owns ``invocation_id``."""
+    return int(validate(invocation_id)[4:12], 16) % partitions

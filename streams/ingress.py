@@ -1,0 +1,251 @@
+"""The HTTP ingress, wire-compatible with Restate's: calls and sends become Kafka records.
+
+Served with aiohttp: an asyncio server with a C HTTP parser, sharing one event
+loop with the Kafka client, and already a dependency of faust-streaming.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import JsonValue
+
+from streams.client import Client, KafkaUnavailable, ServiceInfo
+from streams.records import Target
+from streams.settings import Settings
+
+log = logging.getLogger("kourier.ingress")
+
+REQUESTS = Counter(
+    "kourier_ingress_requests_total", "HTTP requests by kind and status", ["kind", "status"]
+)
+LATENCY = Histogram(
+    "kourier_ingress_request_seconds",
+    "HTTP request latency, from request to response",
+    ["kind"],
+    buckets=(0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2, 5, 10),
+)
+
+#: Headers that describe the HTTP exchange itself and are not passed to handlers.
+_HOP_HEADERS = frozenset({
+    "host", "content-length", "content-type", "connection", "keep-alive", "transfer-encoding",
+    "accept-encoding", "accept", "user-agent", "idempotency-key", "authorization", "expect",
+})  # fmt: skip
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"code": status, "message": message}, status=status, headers=headers)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``500ms``, ``5s``, ``10m``, ``1h``, ``2d`` or ISO-8601 ``PT5S``."""
+    match = _DURATION.match(text)
+    if match:
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    iso = _ISO_DURATION.match(text)
+    if iso and text not in ("P", "PT") and not text.endswith("T"):
+        parts = {k: float(v) for k, v in iso.groupdict().items() if v}
+        return timedelta(days=parts.get("d", 0), hours=parts.get("h", 0),
+                         minutes=parts.get("m", 0), seconds=parts.get("s", 0))  # fmt: skip
+    raise HttpError(400, f"invalid delay {text!r}: use 500ms, 5s, 10m, 1h or ISO-8601 like PT5S")
+
+
+@dataclass(frozen=True)
+class Route:
+    target: Target
+    mode: Literal["call", "send"]
+
+
+def route(path: str, services: dict[str, ServiceInfo]) -> Route:
+    """Map a URL path to a target: both of Restate's URL families."""
+    segments = [s for s in path.split("/") if s]
+    mode: Literal["call", "send"] = "call"
+    if len(segments) >= 2 and segments[0] == "restate" and segments[1] in ("call", "send"):
+        mode = "call" if segments[1] == "call" else "send"
+        segments = segments[2:]
+        suffixed = False
+    else:
+        suffixed = True
+    if not segments:
+        raise HttpError(404, "no service in the path")
+    info = services.get(segments[0])
+    if info is None:
+        raise HttpError(404, f"unknown service {segments[0]!r}")
+    expected = 3 if info.kind != "service" else 2
+    if suffixed and len(segments) == expected + 1 and segments[-1] == "send":
+        mode = "send"
+        segments = segments[:-1]
+    if len(segments) != expected:
+        shape = "/Service/handler" if expected == 2 else f"/{info.kind.title()}/key/handler"
+        raise HttpError(400, f"bad path {path!r}: {info.name} is a {info.kind}, use {shape}")
+    key = segments[1] if expected == 3 else None
+    handler = segments[-1]
+    if info.handler_kind(handler) is None:
+        raise HttpError(404, f"{info.name} has no handler {handler!r}")
+    return Route(Target(service=info.name, key=key, handler=handler), mode)
+
+
+class Ingress:
+    """``kourier ingress``: HTTP calls and sends on ``port``; health and metrics on both ports."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_body: int = 900 * 1024,
+        max_in_flight: int = 20_000,
+    ) -> None:
+        self.settings = settings
+        self.client = Client(settings)
+        self.max_body = max_body
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def start(self) -> None:
+        await self.client.start()
+        await self.client.catalog()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body, middlewares=[json_errors])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_post("/{path:.*}", self.invoke)
+        return app
+
+    def admin_app(self) -> web.Application:
+        app = web.Application(middlewares=[json_errors])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/services", self.list_services)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "services": sorted(self.client.services)})
+
+    async def list_services(self, request: web.Request) -> web.Response:
+        return web.json_response([s.model_dump() for s in self.client.services.values()])
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        began = time.perf_counter()
+        kind = "call"
+        try:
+            target_route = route(request.path, self.client.services)
+            kind = target_route.mode
+            response = await self._invoke(request, target_route)
+        except HttpError as error:
+            response = error_response(error.status, error.message)
+        except web.HTTPRequestEntityTooLarge:
+            response = error_response(413, f"body larger than {self.max_body} bytes")
+        except KafkaUnavailable as error:
+            response = error_response(503, str(error))
+        REQUESTS.labels(kind, str(response.status)).inc()
+        LATENCY.labels(kind).observe(time.perf_counter() - began)
+        return response
+
+    async def _invoke(self, request: web.Request, target_route: Route) -> web.Response:
+        delay_text = request.query.get("delay")
+        delay = parse_duration(delay_text) if delay_text else None
+        if delay is not None and target_route.mode == "call":
+            raise HttpError(400, "?delay= is only allowed on sends")
+        argument = await _read_json(request, self.max_body)
+        idempotency_key = request.headers.get("idempotency-key") or None
+        headers = {k.lower(): v for k, v in request.headers.items()
+                   if k.lower() not in _HOP_HEADERS}  # fmt: skip
+        if self.in_flight >= self.max_in_flight:
+            raise HttpError(429, "too many requests in flight; retry later")
+        self.in_flight += 1
+        try:
+            if target_route.mode == "send":
+                receipt = await self.client.send_to(
+                    target_route.target, argument, delay=delay,
+                    idempotency_key=idempotency_key, headers=headers,
+                )  # fmt: skip
+                body = {"invocationId": receipt.invocation_id, "status": receipt.status}
+                return web.json_response(body, status=202)
+            inv_id, outcome = await self.client.call(
+                target_route.target, argument, idempotency_key=idempotency_key, headers=headers
+            )
+        finally:
+            self.in_flight -= 1
+        id_header = {"x-restate-id": inv_id}
+        if outcome.failure is not None:
+            return error_response(outcome.failure.code, outcome.failure.message, id_header)
+        return web.Response(body=json.dumps(outcome.value).encode(), status=200,
+                            content_type="application/json", headers=id_header)  # fmt: skip
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (404 route, 405 method, ...) as JSON bodies, like ours."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(error.status, error.reason, {"allow": error.headers.get("allow", "")}
+                              if error.status == 405 else None)  # fmt: skip
+
+
+async def _read_json(request: web.Request, max_body: int) -> JsonValue:
+    if request.content_length is not None and request.content_length > max_body:
+        raise HttpError(413, f"body larger than {max_body} bytes")
+    body = await request.read()
+    if not body:
+        return None
+    content_type = request.headers.get("content-type", "application/json").lower()
+    if "json" not in content_type:
+        raise HttpError(415, f"content-type {content_type!r} is not JSON")
+    try:
+        value: JsonValue = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HttpError(400, f"body is not valid JSON: {error}") from None
+    return value
+
+
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+async def serve(
+    settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9070
+) -> tuple[Ingress, list[web.AppRunner]]:
+    """Start the ingress and its admin server; returns them for a clean shutdown."""
+    ingress = Ingress(settings)
+    await ingress.start()
+    runners = []
+    for app, bind_port in ((ingress.app(), port), (ingress.admin_app(), admin_port)):
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, bind_port).start()
+        runners.append(runner)
+    log.info("ingress on http://%s:%d, admin on http://%s:%d", host, port, host, admin_port)
+    return ingress, runners

@@ -1,0 +1,142 @@
+"""One invocation in a worker's memory: its status, its journal and the task running it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import JsonValue
+
+from handlers.service import HandlerDef
+from streams.context import InvocationClosed, _outcome
+from streams.journal import Entry, EntryKind, InvocationMeta
+from streams.records import Failure, Target
+
+if TYPE_CHECKING:
+    from streams.partition import PartitionProcessor
+
+
+class Invocation:
+    """Meta and journal of one invocation, and the link between its context and its partition.
+
+    Changes are marked dirty and written to the changelog at the next commit;
+    an invocation that starts and ends between two commits never writes its
+    journal at all, only its effects.
+    """
+
+    def __init__(
+        self,
+        meta: InvocationMeta,
+        journal: list[Entry],
+        handler: HandlerDef | None,
+        processor: PartitionProcessor,
+    ) -> None:
+        self.meta = meta
+        self.journal = journal
+        self.handler_def = handler
+        self.processor = processor
+        self.task: asyncio.Task[None] | None = None
+        self.waiting: dict[int, asyncio.Future[Entry]] = {}
+        self.dirty_entries: set[int] = set()
+        self.persisted_entries = len(journal)  # entries already in the changelog
+        self.persisted = bool(journal) or meta.status != "pending"
+        self.closed = False
+
+    @property
+    def handler(self) -> HandlerDef:
+        assert self.handler_def is not None
+        return self.handler_def
+
+    @property
+    def partitions(self) -> int:
+        return self.processor.partitions
+
+    @property
+    def lock_key(self) -> tuple[str, str] | None:
+        """The object key this invocation holds exclusively while it runs."""
+        if self.meta.exclusive and self.meta.target.key is not None:
+            return (self.meta.target.service, self.meta.target.key)
+        return None
+
+    # -- used by the context ---------------------------------------------------
+
+    def check_open(self) -> None:
+        if self.closed or self.processor.closed:
+            raise InvocationClosed(self.meta.id)
+
+    def append(self, entry: Entry) -> None:
+        self.check_open()
+        self.journal.append(entry)
+        self.dirty_entries.add(len(self.journal) - 1)
+        self.meta.journal_length = len(self.journal)
+        self.processor.touch(self)
+
+    def complete_entry(
+        self, index: int, *, value: JsonValue = None, failure: Failure | None = None
+    ) -> None:
+        """Record the result of entry ``index`` and wake whoever awaits it."""
+        old = self.journal[index]
+        if old.done:
+            return
+        entry = old.model_copy(update={"value": value, "failure": failure, "done": True})
+        self.journal[index] = entry
+        self.dirty_entries.add(index)
+        self.processor.touch(self)
+        waiter = self.waiting.pop(index, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(entry)
+
+    async def wait_for(self, index: int) -> Any:
+        entry = self.journal[index]
+        if not entry.done:
+            self.check_open()
+            future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+            self.waiting[index] = future
+            entry = await future
+            self.check_open()
+        return _outcome(entry)
+
+    def emit_invoke(
+        self,
+        *,
+        target: Target,
+        argument: JsonValue,
+        callee: str,
+        index: int,
+        mode: Literal["call", "send"],
+        idempotency_key: str | None,
+        headers: dict[str, str],
+        due: float | None,
+    ) -> None:
+        self.processor.emit_invoke(
+            self,
+            target=target,
+            argument=argument,
+            callee=callee,
+            index=index,
+            mode=mode,
+            idempotency_key=idempotency_key,
+            headers=headers,
+            due=due,
+        )
+
+    def state_get(self, name: str) -> JsonValue:
+        return self.processor.state_of(self.meta.target).get(name)
+
+    def state_keys(self) -> list[str]:
+        return sorted(self.processor.state_of(self.meta.target))
+
+    def state_write(self, kind: EntryKind, name: str | None, value: JsonValue) -> None:
+        self.processor.state_write(self.meta.target, kind, name, value)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the task (partition revoked, or the invocation is done with)."""
+        self.closed = True
+        for future in self.waiting.values():
+            if not future.done():
+                future.cancel()
+        self.waiting.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()

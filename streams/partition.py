@@ -1,0 +1,521 @@
+"""Everything one ingress partition owns: its invocations, object state and key locks.
+
+A :class:`PartitionProcessor` is pure logic: it takes ingress records and
+changelog records in, and hands out :class:`Out` records (calls, responses,
+completions, changelog writes) to whoever commits them. The worker wraps it
+in Kafka transactions; unit tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import JsonValue, ValidationError
+
+from handlers.exceptions import NonDeterminismError, TerminalError
+from streams import ids
+from streams.context import InvocationClosed, InvocationContext
+from streams.invocation import Invocation
+from streams.journal import Entry, EntryKind, InvocationMeta
+from streams.partitioning import partition_for
+from streams.records import (
+    AttachRequest,
+    Caller,
+    Cancel,
+    Completion,
+    DeadLetter,
+    Failure,
+    Invoke,
+    Kill,
+    RecordError,
+    Response,
+    Target,
+    decode_ingress,
+    encode,
+)
+from streams.registry import Registry
+from streams.topics import Topics
+
+log = logging.getLogger("kourier.partition")
+_Record = Invoke | Cancel | Kill | AttachRequest | Completion
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """A record to produce in the next transaction."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+
+
+class PartitionProcessor:
+    """The invocations, state and locks of ingress partition ``partition``."""
+
+    def __init__(
+        self,
+        *,
+        partition: int,
+        partitions: int,
+        topics: Topics,
+        registry: Registry,
+        emit: Callable[[Out], None],
+        wake: Callable[[], None],
+    ) -> None:
+        self.partition = partition
+        self.partitions = partitions
+        self.topics = topics
+        self.registry = registry
+        self._emit = emit
+        self._wake = wake
+        self.invocations: dict[str, Invocation] = {}
+        self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
+        self.locks: dict[tuple[str, str], str] = {}
+        self.inbox: dict[tuple[str, str], deque[str]] = {}
+        self.closed = False
+        self._dirty: set[str] = set()
+        self._dirty_state: set[tuple[str, str, str]] = set()
+        self._tombstones: list[tuple[str, int]] = []
+        self._restored_meta: dict[str, InvocationMeta] = {}
+        self._restored_entries: dict[str, dict[int, Entry]] = {}
+
+    # -- restore ---------------------------------------------------------------------
+
+    def restore_state(self, key: bytes, value: bytes | None) -> None:
+        service, obj, name = json.loads(key)
+        if value is None:
+            self.state.get((service, obj), {}).pop(name, None)
+        else:
+            self.state.setdefault((service, obj), {})[name] = json.loads(value)
+
+    def restore_invocation(self, key: bytes, value: bytes | None) -> None:
+        text = key.decode()
+        if text.startswith("m/"):
+            inv_id = text[2:]
+            if value is None:
+                self._restored_meta.pop(inv_id, None)
+                self._restored_entries.pop(inv_id, None)
+            else:
+                self._restored_meta[inv_id] = InvocationMeta.model_validate_json(value)
+        elif text.startswith("j/"):
+            inv_id, _, index = text[2:].rpartition("/")
+            entries = self._restored_entries.setdefault(inv_id, {})
+            if value is None:
+                entries.pop(int(index), None)
+            else:
+                entries[int(index)] = Entry.model_validate_json(value)
+
+    def start(self) -> None:
+        """After restore: rebuild locks and queues, resume what was in flight."""
+        metas = sorted(self._restored_meta.values(), key=lambda m: m.seq)
+        for meta in metas:
+            entries = self._restored_entries.get(meta.id, {})
+            journal = [entries[i] for i in range(meta.journal_length) if i in entries]
+            if len(journal) != meta.journal_length:
+                log.error("invocation %s: journal incomplete in the changelog", meta.id)
+                meta.status, meta.last_error = "paused", "journal incomplete in the changelog"
+            try:
+                handler = self.registry.resolve(meta.target)
+            except LookupError as exc:
+                handler = None
+                if meta.status != "completed":
+                    meta.status, meta.last_error = "paused", f"not deployed here: {exc}"
+            inv = Invocation(meta, journal, handler, self)
+            inv.persisted = True
+            self.invocations[meta.id] = inv
+            lock = inv.lock_key
+            if meta.status == "pending" and lock is not None:
+                self.inbox.setdefault(lock, deque()).append(meta.id)
+            elif meta.status != "completed" and lock is not None:
+                self.locks[lock] = meta.id
+        self._restored_meta.clear()
+        self._restored_entries.clear()
+        for inv in list(self.invocations.values()):
+            status = inv.meta.status
+            if status in ("running", "suspended"):
+                self._run(inv)
+            elif status == "backing-off":
+                self._schedule_retry(inv, max(0.0, (inv.meta.retry_at or 0) - time.time()))
+            elif status == "pending" and inv.lock_key is None:
+                self._run(inv)
+        for lock in list(self.inbox):
+            if lock not in self.locks:
+                self._unlock_next(lock)
+
+    # -- ingress records -----------------------------------------------------------
+
+    def on_message(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+        """Apply one ingress record; malformed ones go to the dead-letter topic."""
+        try:
+            record = decode_ingress(value)
+            owner = self._owner(record)
+        except RecordError as error:
+            self._dead_letter(error, key, value, offset)
+            return
+        if owner != self.partition:
+            # A producer that partitioned differently (e.g. kcat's default): move it.
+            self._emit(Out(self.topics.ingress, owner, key, value))
+            return
+        if isinstance(record, Invoke):
+            self._on_invoke(record, key, value, offset)
+        elif isinstance(record, Completion):
+            self._on_completion(record)
+        else:
+            self._unsupported(record)
+        self._wake()
+
+    def _owner(self, record: _Record) -> int:
+        try:
+            if isinstance(record, Invoke):
+                if record.target.key is not None:
+                    return partition_for(record.target.key, self.partitions)
+                if record.invocation_id is not None:
+                    return ids.partition_of(record.invocation_id, self.partitions)
+                return self.partition
+            if isinstance(record, Completion):
+                return ids.partition_of(record.caller.invocation_id, self.partitions)
+            if isinstance(record, AttachRequest) and record.invocation_id is None:
+                assert record.target is not None
+                if record.target.key is not None:
+                    return partition_for(record.target.key, self.partitions)
+                return self.partition
+            assert record.invocation_id is not None
+            return ids.partition_of(record.invocation_id, self.partitions)
+        except ids.InvalidId as exc:
+            raise RecordError("bad-schema", str(exc)) from None
+
+    def _on_invoke(
+        self, record: Invoke, key: bytes | None, value: bytes | None, offset: int
+    ) -> None:
+        try:
+            handler = self.registry.resolve(record.target)
+        except LookupError as exc:
+            if record.request_id is None and record.caller is None:
+                error = RecordError("unknown-target", str(exc))
+                self._dead_letter(error, key, value, offset)
+            self._fail_unrouted(record, Failure(code=404, message=str(exc)))
+            return
+        seed = f"{self.topics.ingress}/{self.partition}/{offset}"
+        if record.invocation_id is not None:
+            inv_id = record.invocation_id
+        elif record.target.key is not None:
+            inv_id = ids.keyed_id(record.target.key, seed)
+        else:
+            inv_id = ids.id_on_partition(self.partition, self.partitions, seed)
+        existing = self.invocations.get(inv_id)
+        if existing is not None:
+            self._join(existing, record.request_id)
+            return
+        now = time.time()
+        meta = InvocationMeta(
+            id=inv_id,
+            target=record.target,
+            exclusive=handler.exclusive,
+            argument=record.argument,
+            headers=record.headers,
+            mode=record.mode,
+            idempotency_key=record.idempotency_key,
+            request_ids=[record.request_id] if record.request_id else [],
+            caller=record.caller,
+            seq=offset,
+            created_at=now,
+            modified_at=now,
+        )
+        inv = Invocation(meta, [], handler, self)
+        self.invocations[inv_id] = inv
+        self.touch(inv)
+        lock = inv.lock_key
+        if lock is None:
+            self._run(inv)
+        elif lock in self.locks:
+            self.inbox.setdefault(lock, deque()).append(inv_id)
+        else:
+            self.locks[lock] = inv_id
+            self._run(inv)
+
+    def _join(self, inv: Invocation, request_id: str | None) -> None:
+        """A second record for a known invocation: answer it too, never run it twice."""
+        if request_id is None or request_id in inv.meta.request_ids:
+            return
+        if inv.meta.status == "completed":
+            self._respond(request_id, inv.meta)
+        else:
+            inv.meta.request_ids.append(request_id)
+            self.touch(inv)
+
+    def _on_completion(self, record: Completion) -> None:
+        inv = self.invocations.get(record.caller.invocation_id)
+        if inv is None or inv.meta.status == "completed":
+            return
+        index = record.caller.entry
+        if index >= len(inv.journal) or inv.journal[index].callee != record.invocation_id:
+            log.warning("completion for %s entry %d matches no call", inv.meta.id, index)
+            return
+        inv.complete_entry(index, value=record.value, failure=record.failure)
+
+    def _unsupported(self, record: _Record) -> None:
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            failure = Failure(code=501, message=f"{record.kind} is not supported by this worker")
+            response = Response(request_id=request_id, status="failure", failure=failure)
+            self._emit_response(request_id, response)
+
+    # -- running handlers -------------------------------------------------------------
+
+    def _run(self, inv: Invocation) -> None:
+        inv.meta.status = "running"
+        inv.closed = False
+        inv.waiting.clear()
+        self.touch(inv)
+        inv.task = asyncio.get_running_loop().create_task(self._execute(inv))
+
+    async def _execute(self, inv: Invocation) -> None:
+        handler = inv.handler
+        signature = handler.signature
+        ctx = InvocationContext(inv)
+        failure: Failure | None = None
+        value: JsonValue = None
+        try:
+            if signature.takes_input:
+                argument = signature.input.load(inv.meta.argument, "input")
+                result = await handler.fn(ctx, argument)
+            else:
+                result = await handler.fn(ctx)
+            try:
+                value = signature.output.dump(result)
+            except (ValidationError, TypeError, ValueError) as exc:
+                raise TerminalError(f"{handler.path} returned a value that is not JSON: {exc}")
+        except TerminalError as error:
+            failure = Failure(code=error.status_code, message=error.message)
+        except NonDeterminismError as error:
+            log.error("%s: %s", inv.meta.id, error)
+            failure = Failure(code=500, message=f"non-deterministic handler: {error}")
+        except (InvocationClosed, asyncio.CancelledError):
+            if inv.closed or self.closed:
+                return
+            raise
+        except Exception as error:
+            if not (inv.closed or self.closed):
+                self._back_off(inv, error)
+            return
+        if not (inv.closed or self.closed):
+            self._complete(inv, value, failure)
+
+    def _back_off(self, inv: Invocation, error: Exception) -> None:
+        meta = inv.meta
+        policy = inv.handler.retry
+        meta.last_error = f"{type(error).__name__}: {error}"
+        inv.task = None
+        if policy.exhausted(meta.attempt):
+            meta.status = "paused"
+            log.error("%s paused after %d attempts: %s", meta.id, meta.attempt, meta.last_error)
+        else:
+            delay = policy.delay(meta.attempt).total_seconds()
+            meta.attempt += 1
+            meta.status = "backing-off"
+            meta.retry_at = time.time() + delay
+            log.warning("%s attempt %d failed (%s); retry in %.2fs",
+                        meta.id, meta.attempt - 1, meta.last_error, delay)  # fmt: skip
+            self._schedule_retry(inv, delay)
+        self.touch(inv)
+
+    def _schedule_retry(self, inv: Invocation, delay: float) -> None:
+        def retry() -> None:
+            current = self.invocations.get(inv.meta.id)
+            if current is inv and inv.meta.status == "backing-off" and not self.closed:
+                self._run(inv)
+
+        asyncio.get_running_loop().call_later(delay, retry)
+
+    def _complete(self, inv: Invocation, value: JsonValue, failure: Failure | None) -> None:
+        meta = inv.meta
+        now = time.time()
+        meta.status = "completed"
+        meta.value, meta.failure = value, failure
+        meta.modified_at = now
+        inv.task = None
+        for request_id in meta.request_ids:
+            self._respond(request_id, meta)
+        if meta.caller is not None:
+            completion = Completion(
+                caller=meta.caller, invocation_id=meta.id, value=value, failure=failure
+            )
+            owner = ids.partition_of(meta.caller.invocation_id, self.partitions)
+            self._emit(Out(self.topics.ingress, owner, meta.caller.invocation_id.encode(),
+                           encode(completion)))  # fmt: skip
+        service = inv.handler.service
+        retention = service.completed_retention
+        if meta.idempotency_key is not None or inv.handler.kind == "workflow":
+            retention = max(retention, service.idempotency_retention)
+        if retention.total_seconds() > 0:
+            meta.expires_at = now + retention.total_seconds()
+            self.touch(inv)
+        else:
+            self._forget(inv)
+        lock = inv.lock_key
+        if lock is not None and self.locks.get(lock) == meta.id:
+            del self.locks[lock]
+            self._unlock_next(lock)
+
+    def _unlock_next(self, lock: tuple[str, str]) -> None:
+        queue = self.inbox.get(lock)
+        while queue:
+            candidate = self.invocations.get(queue.popleft())
+            if candidate is not None and candidate.meta.status == "pending":
+                self.locks[lock] = candidate.meta.id
+                self._run(candidate)
+                break
+        if queue is not None and not queue:
+            del self.inbox[lock]
+
+    def _forget(self, inv: Invocation) -> None:
+        self.invocations.pop(inv.meta.id, None)
+        self._dirty.discard(inv.meta.id)
+        if inv.persisted:
+            self._tombstones.append((inv.meta.id, max(inv.persisted_entries, len(inv.journal))))
+        self._wake()
+
+    # -- outputs -------------------------------------------------------------------
+
+    def _respond(self, request_id: str, meta: InvocationMeta) -> None:
+        if meta.failure is not None:
+            response = Response(request_id=request_id, invocation_id=meta.id, status="failure",
+                                failure=meta.failure)  # fmt: skip
+        else:
+            response = Response(request_id=request_id, invocation_id=meta.id, status="success",
+                                value=meta.value)  # fmt: skip
+        self._emit_response(request_id, response)
+
+    def _emit_response(self, request_id: str, response: Response) -> None:
+        partition = partition_for(request_id, self.partitions)
+        self._emit(Out(self.topics.responses, partition, request_id.encode(), encode(response)))
+
+    def _fail_unrouted(self, record: Invoke, failure: Failure) -> None:
+        """Answer a call that cannot run (unknown target) without creating an invocation."""
+        if record.request_id is not None:
+            response = Response(request_id=record.request_id,
+                                invocation_id=record.invocation_id, status="failure",
+                                failure=failure)  # fmt: skip
+            self._emit_response(record.request_id, response)
+        if record.caller is not None and record.invocation_id is not None:
+            completion = Completion(caller=record.caller, invocation_id=record.invocation_id,
+                                    failure=failure)  # fmt: skip
+            owner = ids.partition_of(record.caller.invocation_id, self.partitions)
+            self._emit(Out(self.topics.ingress, owner, record.caller.invocation_id.encode(),
+                           encode(completion)))  # fmt: skip
+
+    def _dead_letter(
+        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
+    ) -> None:
+        log.warning("dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset,
+                    error)  # fmt: skip
+        letter = DeadLetter.of(error, topic=self.topics.ingress, partition=self.partition,
+                               offset=offset, key=key, value=value, at=datetime.now(UTC))  # fmt: skip
+        self._emit(Out(self.topics.deadletter, 0, key, encode(letter)))
+        self._wake()
+
+    def emit_invoke(
+        self,
+        caller: Invocation,
+        *,
+        target: Target,
+        argument: JsonValue,
+        callee: str,
+        index: int,
+        mode: Literal["call", "send"],
+        idempotency_key: str | None,
+        headers: dict[str, str],
+        due: float | None,
+    ) -> None:
+        if due is not None:
+            raise NotImplementedError("delayed sends are not supported yet")
+        record = Invoke(
+            target=target,
+            argument=argument,
+            invocation_id=callee,
+            mode=mode,
+            idempotency_key=idempotency_key,
+            headers=headers,
+            caller=Caller(invocation_id=caller.meta.id, entry=index) if mode == "call" else None,
+        )
+        owner = ids.partition_of(callee, self.partitions)
+        key = (target.key if target.key is not None else callee).encode()
+        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+
+    # -- state ----------------------------------------------------------------------
+
+    def state_of(self, target: Target) -> dict[str, JsonValue]:
+        assert target.key is not None
+        return self.state.get((target.service, target.key), {})
+
+    def state_write(
+        self, target: Target, kind: EntryKind, name: str | None, value: JsonValue
+    ) -> None:
+        assert target.key is not None
+        scope = (target.service, target.key)
+        values = self.state.setdefault(scope, {})
+        names = list(values) if kind == "clear_all" else [name] if name is not None else []
+        for each in names:
+            if kind == "set":
+                values[each] = value
+            else:
+                values.pop(each, None)
+            self._dirty_state.add((*scope, each))
+        if not values:
+            self.state.pop(scope, None)
+        self._wake()
+
+    # -- commit --------------------------------------------------------------------------
+
+    def touch(self, inv: Invocation) -> None:
+        inv.meta.modified_at = time.time()
+        self._dirty.add(inv.meta.id)
+        self._wake()
+
+    def flush(self) -> list[Out]:
+        """The changelog records for everything changed since the last flush."""
+        out: list[Out] = []
+        for service, obj, name in self._dirty_state:
+            value = self.state.get((service, obj), {}).get(name, _MISSING)
+            out.append(Out(self.topics.state, self.partition,
+                           json.dumps([service, obj, name]).encode(),
+                           None if value is _MISSING else json.dumps(value).encode()))  # fmt: skip
+        self._dirty_state.clear()
+        changelog = self.topics.invocations
+        for inv_id in self._dirty:
+            inv = self.invocations.get(inv_id)
+            if inv is None:
+                continue
+            out.append(Out(changelog, self.partition, f"m/{inv_id}".encode(),
+                           inv.meta.model_dump_json().encode()))  # fmt: skip
+            for index in sorted(inv.dirty_entries):
+                out.append(Out(changelog, self.partition, f"j/{inv_id}/{index}".encode(),
+                               inv.journal[index].model_dump_json().encode()))  # fmt: skip
+            inv.dirty_entries.clear()
+            inv.persisted = True
+            inv.persisted_entries = len(inv.journal)
+        self._dirty.clear()
+        for inv_id, entries in self._tombstones:
+            out.append(Out(changelog, self.partition, f"m/{inv_id}".encode(), None))
+            out.extend(Out(changelog, self.partition, f"j/{inv_id}/{i}".encode(), None)
+                       for i in range(entries))  # fmt: skip
+        self._tombstones.clear()
+        return out
+
+    def close(self) -> None:
+        """Stop every task: the partition is revoked, or the worker stops."""
+        self.closed = True
+        for inv in self.invocations.values():
+            inv.close()
+
+
+_MISSING = object()

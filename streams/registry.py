@@ -1,0 +1,75 @@
+"""Binds handler definitions at start-up: one registry per worker, duplicates rejected."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import Any
+
+from handlers.service import HandlerDef, ServiceDefinition
+from streams.records import Target
+
+
+class RegistryError(ValueError):
+    retriable = False
+
+
+class Registry:
+    """The services a worker hosts, by name."""
+
+    def __init__(self, services: Iterable[ServiceDefinition]) -> None:
+        self.services: dict[str, ServiceDefinition] = {}
+        for service in services:
+            if service.name in self.services:
+                raise RegistryError(f"two services are named {service.name!r}")
+            if not service.handlers:
+                raise RegistryError(f"service {service.name!r} has no handlers")
+            for handler in service.handlers.values():
+                _ = handler.signature  # fail now, not at the first call, on a bad signature
+            self.services[service.name] = service
+
+    def resolve(self, target: Target) -> HandlerDef:
+        """The handler for ``target``, or a :class:`LookupError` saying what is missing."""
+        service = self.services.get(target.service)
+        if service is None:
+            raise LookupError(f"unknown service {target.service!r}")
+        handler = service.handlers.get(target.handler)
+        if handler is None:
+            raise LookupError(f"{target.service} has no handler {target.handler!r}")
+        if service.keyed and target.key is None:
+            raise LookupError(f"{service.kind} {target.service} needs a key")
+        if not service.keyed and target.key is not None:
+            raise LookupError(f"service {target.service} takes no key")
+        return handler
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """What the ingress needs to route and validate calls."""
+        return [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "handlers": {h.name: {"kind": h.kind or "service"} for h in s.handlers.values()},
+            }
+            for s in self.services.values()
+        ]
+
+
+def load_services(spec: str) -> list[ServiceDefinition]:
+    """Services from ``module`` (every definition in it) or ``module:attr`` (one or a list)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RegistryError(f"cannot import {module_name!r}: {exc}") from None
+    if attr:
+        if not hasattr(module, attr):
+            raise RegistryError(f"{module_name} has no attribute {attr!r}")
+        found = getattr(module, attr)
+        items = found if isinstance(found, list | tuple) else [found]
+    else:
+        items = list(vars(module).values())
+    services = [item for item in items if isinstance(item, ServiceDefinition)]
+    if not services:
+        raise RegistryError(f"{spec} defines no Service, VirtualObject or Workflow")
+    unique: dict[int, ServiceDefinition] = {id(s): s for s in services}
+    return list(unique.values())

@@ -1,0 +1,31 @@
+import pytest
+
+from streams import ids
+from streams.partitioning import partition_for
+
+
+def test_keyed_ids_route_to_the_keys_partition() -> None:
+    for n in (1, 4, 8, 13):
+        for key in ("alice", "bob", "", "ключ"):
+            assert ids.partition_of(ids.new_id(key, n), n) == partition_for(key, n)
+            assert ids.partition_of(ids.keyed_id(key, "seed"), n) == partition_for(key, n)
+
+
+def test_unkeyed_ids_land_where_asked_and_are_deterministic() -> None:
+    for partition in range(8):
+        made = ids.id_on_partition(partition, 8, seed=f"ns/ingress/{partition}/42")
+        assert ids.partition_of(made, 8) == partition
+        assert made == ids.id_on_partition(partition, 8, seed=f"ns/ingress/{partition}/42")
+
+
+def test_child_ids_are_stable_across_replays() -> None:
+    parent = ids.new_id(None, 8)
+    assert ids.child_id(parent, 3, "k", 8) == ids.child_id(parent, 3, "k", 8)
+    assert ids.child_id(parent, 3, "k", 8) != ids.child_id(parent, 4, "k", 8)
+    assert ids.partition_of(ids.child_id(parent, 3, "k", 8), 8) == partition_for("k", 8)
+
+
+@pytest.mark.parametrize("bad", ["", "inv_", "inv_xyz", "abc_" + "0" * 32, "inv_" + "0" * 31])
+def test_malformed_ids_are_rejected(bad: str) -> None:
+    with pytest.raises(ids.InvalidId, match="not a Kourier invocation id"):
+        ids.partition_of(bad, 8)
