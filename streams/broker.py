@@ -76,9 +76,15 @@ def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
     staging = libs.with_name(f"libs.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     command = [
-        mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-    ]  # fmt: skip
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BrokerError(f"Maven could not resolve the Kafka jars:\n{done.stdout}{done.stderr}")
@@ -146,8 +152,17 @@ def _format_storage(java: str, libs: Path, props: Path, data_dir: Path) -> None:
     if (data_dir / "kafka-logs" / "meta.properties").is_file():
         return
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    command = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-               "-t", cluster_id, "-c", str(props)]  # fmt: skip
+    command = [
+        java,
+        "-cp",
+        f"{libs}/*",
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(props),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BrokerError(f"formatting KRaft storage failed:\n{done.stdout}{done.stderr}")
@@ -182,16 +197,26 @@ def start(
         raise BrokerError(f"port of {address} is already in use; choose another with --port")
     _format_storage(java, libs, props, data_dir)
     command = [
-        java, "-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        java,
+        "-Xms256m",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
         f"-Dkafka.logs.dir={data_dir}",
         f"-Dlog4j2.configurationFile={deploy_dir / 'log4j2.properties'}",
-        "-cp", f"{libs}/*", "kafka.Kafka", str(props),
-    ]  # fmt: skip
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(props),
+    ]
     with (data_dir / "broker.out").open("ab") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     (data_dir / "broker.pid").write_text(str(process.pid))
     broker = Broker(bootstrap=address, pid=process.pid, data_dir=data_dir)
     try:

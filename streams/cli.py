@@ -58,8 +58,16 @@ def _broker_status(args: argparse.Namespace) -> int:
     if running is None:
         print(json.dumps({"running": False, "data": str(args.data)}))
         return 1
-    print(json.dumps({"running": True, "bootstrap": running.bootstrap, "pid": running.pid,
-                      "data": str(running.data_dir)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "running": True,
+                "bootstrap": running.bootstrap,
+                "pid": running.pid,
+                "data": str(running.data_dir),
+            }
+        )
+    )
     return 0
 
 
@@ -146,8 +154,9 @@ def _ingress(args: argparse.Namespace) -> int:
     _configure_logging()
 
     async def main(stop: Any) -> None:
-        ingress, runners = await serve(_settings(args), host=args.host, port=args.port,
-                                       admin_port=args.admin_port)  # fmt: skip
+        ingress, runners = await serve(
+            _settings(args), host=args.host, port=args.port, admin_port=args.admin_port
+        )
         print(f"http://{args.host}:{args.port}", flush=True)
         await stop.wait()
         for runner in runners:
@@ -184,11 +193,14 @@ def _dev(args: argparse.Namespace) -> int:
 
         async def main(stop: Any) -> None:
             work = asyncio.create_task(worker.run())
-            ingress, runners = await serve(settings, host=args.host, port=args.port,
-                                           admin_port=args.admin_port)  # fmt: skip
-            _say(f"kourier dev: Kafka {settings.bootstrap_servers}, namespace "
-                 f"{settings.namespace}, ingress http://{args.host}:{args.port}, "
-                 f"admin http://{args.host}:{args.admin_port}")  # fmt: skip
+            ingress, runners = await serve(
+                settings, host=args.host, port=args.port, admin_port=args.admin_port
+            )
+            _say(
+                f"kourier dev: Kafka {settings.bootstrap_servers}, namespace "
+                f"{settings.namespace}, ingress http://{args.host}:{args.port}, "
+                f"admin http://{args.host}:{args.admin_port}"
+            )
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
             for runner in runners:
@@ -225,12 +237,14 @@ def _call(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with Client(_settings(args)) as client:
             if args.command == "send":
-                receipt = await client.send_to(target, argument,
-                                               idempotency_key=args.idempotency_key)  # fmt: skip
+                receipt = await client.send_to(
+                    target, argument, idempotency_key=args.idempotency_key
+                )
                 print(json.dumps({"invocationId": receipt.invocation_id, "status": receipt.status}))
                 return 0
-            inv_id, response = await client.call(target, argument,
-                                                 idempotency_key=args.idempotency_key)  # fmt: skip
+            inv_id, response = await client.call(
+                target, argument, idempotency_key=args.idempotency_key
+            )
             _say(f"invocation {inv_id}")
             if response.failure is not None:
                 print(json.dumps(response.failure.model_dump()))
@@ -313,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_flags(dev, partitions=True)
     dev.set_defaults(func=_dev)
 
-    for name, text in (("call", "call a handler and print its result"),
-                       ("send", "send a one-way message to a handler")):  # fmt: skip
+    for name, text in (
+        ("call", "call a handler and print its result"),
+        ("send", "send a one-way message to a handler"),
+    ):
         cmd = commands.add_parser(name, help=text)
         cmd.add_argument("target", help="Service/handler or Object/key/handler")
         cmd.add_argument("json", nargs="?", help="the argument, as JSON")

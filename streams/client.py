@@ -93,15 +93,27 @@ class Client:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._catalog_ready = asyncio.Event()
-        self._producer = Producer(self.settings.client_config({
-            "enable.idempotence": True, "linger.ms": 1, "message.timeout.ms": 15_000,
-            "log_level": 3,
-        }))  # fmt: skip
-        self._reader = Consumer(self.settings.client_config({
-            "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
-            "enable.auto.commit": False, "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 10, "log_level": 3,
-        }))  # fmt: skip
+        self._producer = Producer(
+            self.settings.client_config(
+                {
+                    "enable.idempotence": True,
+                    "linger.ms": 1,
+                    "message.timeout.ms": 15_000,
+                    "log_level": 3,
+                }
+            )
+        )
+        self._reader = Consumer(
+            self.settings.client_config(
+                {
+                    "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 10,
+                    "log_level": 3,
+                }
+            )
+        )
         await asyncio.to_thread(self._assign_reader)
         self._running = True
         self._thread = threading.Thread(target=self._pump, name="kourier-client", daemon=True)
@@ -165,12 +177,13 @@ class Client:
             with contextlib.suppress(ValueError):
                 self.services[key] = ServiceInfo.model_validate_json(value)
 
-    async def catalog(self, timeout: float = 10.0) -> dict[str, ServiceInfo]:
-        """The services workers have announced, once the catalog has been read to its end."""
+    async def catalog(self) -> dict[str, ServiceInfo]:
+        """The services workers have announced, once the catalog has been read to its end
+        (or after 10 s, whatever has been read by then)."""
         if self._catalog_end == 0:
             self._catalog_ready.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._catalog_ready.wait(), timeout)
+            await asyncio.wait_for(self._catalog_ready.wait(), 10.0)
         return self.services
 
     def _on_response(self, message: Message) -> None:
@@ -197,9 +210,13 @@ class Client:
 
         while True:
             try:
-                self._producer.produce(self.topics.ingress, value=encode(record),
-                                       key=key.encode(), partition=partition,
-                                       on_delivery=report)  # fmt: skip
+                self._producer.produce(
+                    self.topics.ingress,
+                    value=encode(record),
+                    key=key.encode(),
+                    partition=partition,
+                    on_delivery=report,
+                )
                 break
             except BufferError:
                 await asyncio.sleep(0.005)
@@ -217,14 +234,20 @@ class Client:
         """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
         inv_id = invocation_id or ids.new_id(target.key, self.partitions)
         request_id = uuid.uuid4().hex
-        record = Invoke(target=target, argument=argument, invocation_id=inv_id,
-                        idempotency_key=idempotency_key, request_id=request_id,
-                        headers=dict(headers or {}))  # fmt: skip
+        record = Invoke(
+            target=target,
+            argument=argument,
+            invocation_id=inv_id,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+            headers=dict(headers or {}),
+        )
         future: asyncio.Future[Response] = self._loop.create_future()
         self._pending[request_id] = future
         try:
-            await self._produce(record, ids.partition_of(inv_id, self.partitions),
-                                target.key or inv_id)  # fmt: skip
+            await self._produce(
+                record, ids.partition_of(inv_id, self.partitions), target.key or inv_id
+            )
             return inv_id, await future
         finally:
             self._pending.pop(request_id, None)
@@ -242,10 +265,15 @@ class Client:
         if delay is not None:
             raise NotImplementedError("delayed sends are not supported yet")
         inv_id = ids.new_id(target.key, self.partitions)
-        record = Invoke(target=target, argument=argument, invocation_id=inv_id, mode="send",
-                        idempotency_key=idempotency_key, headers=dict(headers or {}))  # fmt: skip
-        await self._produce(record, ids.partition_of(inv_id, self.partitions),
-                            target.key or inv_id)  # fmt: skip
+        record = Invoke(
+            target=target,
+            argument=argument,
+            invocation_id=inv_id,
+            mode="send",
+            idempotency_key=idempotency_key,
+            headers=dict(headers or {}),
+        )
+        await self._produce(record, ids.partition_of(inv_id, self.partitions), target.key or inv_id)
         return SendReceipt(invocation_id=inv_id, status="Accepted")
 
     # -- the handler-like API ----------------------------------------------------------
@@ -320,6 +348,9 @@ class ClientRecipient:
         headers: Mapping[str, str] | None = None,
     ) -> SendReceipt:
         return await self._client.send_to(
-            self._target, JSON.dump(arg), delay=delay, idempotency_key=idempotency_key,
+            self._target,
+            JSON.dump(arg),
+            delay=delay,
+            idempotency_key=idempotency_key,
             headers=headers,
-        )  # fmt: skip
+        )

@@ -282,7 +282,7 @@ class InvocationContext(WorkflowContext):
     # -- state -------------------------------------------------------------------
 
     async def get(self, name: str, type_hint: type[T] | None = None) -> Any:
-        index, entry = self._step("get", name=name)
+        _index, entry = self._step("get", name=name)
         if entry is None:
             value = self.invocation.state_get(name)
             self.invocation.append(Entry(kind="get", name=name, value=value, done=True))
@@ -293,7 +293,7 @@ class InvocationContext(WorkflowContext):
         return TypeAdapter(type_hint).validate_python(value)
 
     async def state_keys(self) -> list[str]:
-        index, entry = self._step("state_keys")
+        _index, entry = self._step("state_keys")
         if entry is None:
             keys = self.invocation.state_keys()
             self.invocation.append(Entry(kind="state_keys", value=list(keys), done=True))
@@ -312,7 +312,7 @@ class InvocationContext(WorkflowContext):
     def _write(self, kind: EntryKind, name: str | None, value: Any) -> None:
         if not self.invocation.handler.exclusive:
             raise TerminalError(f"shared handler {self.invocation.handler.path} cannot write state")
-        index, entry = self._step(kind, name=name)
+        _index, entry = self._step(kind, name=name)
         if entry is None:
             self.invocation.append(Entry(kind=kind, name=name, value=value, done=True))
             self.invocation.state_write(kind, name, value)

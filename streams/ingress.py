@@ -35,10 +35,22 @@ LATENCY = Histogram(
 )
 
 #: Headers that describe the HTTP exchange itself and are not passed to handlers.
-_HOP_HEADERS = frozenset({
-    "host", "content-length", "content-type", "connection", "keep-alive", "transfer-encoding",
-    "accept-encoding", "accept", "user-agent", "idempotency-key", "authorization", "expect",
-})  # fmt: skip
+_HOP_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "accept-encoding",
+        "accept",
+        "user-agent",
+        "idempotency-key",
+        "authorization",
+        "expect",
+    }
+)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
@@ -68,8 +80,12 @@ def parse_duration(text: str) -> timedelta:
     iso = _ISO_DURATION.match(text)
     if iso and text not in ("P", "PT") and not text.endswith("T"):
         parts = {k: float(v) for k, v in iso.groupdict().items() if v}
-        return timedelta(days=parts.get("d", 0), hours=parts.get("h", 0),
-                         minutes=parts.get("m", 0), seconds=parts.get("s", 0))  # fmt: skip
+        return timedelta(
+            days=parts.get("d", 0),
+            hours=parts.get("h", 0),
+            minutes=parts.get("m", 0),
+            seconds=parts.get("s", 0),
+        )
     raise HttpError(400, f"invalid delay {text!r}: use 500ms, 5s, 10m, 1h or ISO-8601 like PT5S")
 
 
@@ -175,17 +191,21 @@ class Ingress:
             raise HttpError(400, "?delay= is only allowed on sends")
         argument = await _read_json(request, self.max_body)
         idempotency_key = request.headers.get("idempotency-key") or None
-        headers = {k.lower(): v for k, v in request.headers.items()
-                   if k.lower() not in _HOP_HEADERS}  # fmt: skip
+        headers = {
+            k.lower(): v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS
+        }
         if self.in_flight >= self.max_in_flight:
             raise HttpError(429, "too many requests in flight; retry later")
         self.in_flight += 1
         try:
             if target_route.mode == "send":
                 receipt = await self.client.send_to(
-                    target_route.target, argument, delay=delay,
-                    idempotency_key=idempotency_key, headers=headers,
-                )  # fmt: skip
+                    target_route.target,
+                    argument,
+                    delay=delay,
+                    idempotency_key=idempotency_key,
+                    headers=headers,
+                )
                 body = {"invocationId": receipt.invocation_id, "status": receipt.status}
                 return web.json_response(body, status=202)
             inv_id, outcome = await self.client.call(
@@ -196,8 +216,12 @@ class Ingress:
         id_header = {"x-restate-id": inv_id}
         if outcome.failure is not None:
             return error_response(outcome.failure.code, outcome.failure.message, id_header)
-        return web.Response(body=json.dumps(outcome.value).encode(), status=200,
-                            content_type="application/json", headers=id_header)  # fmt: skip
+        return web.Response(
+            body=json.dumps(outcome.value).encode(),
+            status=200,
+            content_type="application/json",
+            headers=id_header,
+        )
 
 
 @web.middleware
@@ -209,8 +233,11 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, error.reason, {"allow": error.headers.get("allow", "")}
-                              if error.status == 405 else None)  # fmt: skip
+        return error_response(
+            error.status,
+            error.reason,
+            {"allow": error.headers.get("allow", "")} if error.status == 405 else None,
+        )
 
 
 async def _read_json(request: web.Request, max_body: int) -> JsonValue:

@@ -23,10 +23,23 @@ Status = Literal[
 ]
 
 EntryKind = Literal[
-    "call", "send", "get", "set", "clear", "clear_all", "state_keys", "run", "sleep",
-    "attach", "cancel", "promise_get", "promise_peek", "promise_resolve", "promise_reject",
+    "call",
+    "send",
+    "get",
+    "set",
+    "clear",
+    "clear_all",
+    "state_keys",
+    "run",
+    "sleep",
+    "attach",
+    "cancel",
+    "promise_get",
+    "promise_peek",
+    "promise_resolve",
+    "promise_reject",
     "select",
-]  # fmt: skip
+]
 
 
 class Entry(BaseModel):

@@ -293,7 +293,8 @@ class PartitionProcessor:
             try:
                 value = signature.output.dump(result)
             except (ValidationError, TypeError, ValueError) as exc:
-                raise TerminalError(f"{handler.path} returned a value that is not JSON: {exc}")
+                message = f"{handler.path} returned a value that is not JSON: {exc}"
+                raise TerminalError(message) from None
         except TerminalError as error:
             failure = Failure(code=error.status_code, message=error.message)
         except NonDeterminismError as error:
@@ -323,8 +324,13 @@ class PartitionProcessor:
             meta.attempt += 1
             meta.status = "backing-off"
             meta.retry_at = time.time() + delay
-            log.warning("%s attempt %d failed (%s); retry in %.2fs",
-                        meta.id, meta.attempt - 1, meta.last_error, delay)  # fmt: skip
+            log.warning(
+                "%s attempt %d failed (%s); retry in %.2fs",
+                meta.id,
+                meta.attempt - 1,
+                meta.last_error,
+                delay,
+            )
             self._schedule_retry(inv, delay)
         self.touch(inv)
 
@@ -350,8 +356,14 @@ class PartitionProcessor:
                 caller=meta.caller, invocation_id=meta.id, value=value, failure=failure
             )
             owner = ids.partition_of(meta.caller.invocation_id, self.partitions)
-            self._emit(Out(self.topics.ingress, owner, meta.caller.invocation_id.encode(),
-                           encode(completion)))  # fmt: skip
+            self._emit(
+                Out(
+                    self.topics.ingress,
+                    owner,
+                    meta.caller.invocation_id.encode(),
+                    encode(completion),
+                )
+            )
         service = inv.handler.service
         retention = service.completed_retention
         if meta.idempotency_key is not None or inv.handler.kind == "workflow":
@@ -388,11 +400,13 @@ class PartitionProcessor:
 
     def _respond(self, request_id: str, meta: InvocationMeta) -> None:
         if meta.failure is not None:
-            response = Response(request_id=request_id, invocation_id=meta.id, status="failure",
-                                failure=meta.failure)  # fmt: skip
+            response = Response(
+                request_id=request_id, invocation_id=meta.id, status="failure", failure=meta.failure
+            )
         else:
-            response = Response(request_id=request_id, invocation_id=meta.id, status="success",
-                                value=meta.value)  # fmt: skip
+            response = Response(
+                request_id=request_id, invocation_id=meta.id, status="success", value=meta.value
+            )
         self._emit_response(request_id, response)
 
     def _emit_response(self, request_id: str, response: Response) -> None:
@@ -402,24 +416,42 @@ class PartitionProcessor:
     def _fail_unrouted(self, record: Invoke, failure: Failure) -> None:
         """Answer a call that cannot run (unknown target) without creating an invocation."""
         if record.request_id is not None:
-            response = Response(request_id=record.request_id,
-                                invocation_id=record.invocation_id, status="failure",
-                                failure=failure)  # fmt: skip
+            response = Response(
+                request_id=record.request_id,
+                invocation_id=record.invocation_id,
+                status="failure",
+                failure=failure,
+            )
             self._emit_response(record.request_id, response)
         if record.caller is not None and record.invocation_id is not None:
-            completion = Completion(caller=record.caller, invocation_id=record.invocation_id,
-                                    failure=failure)  # fmt: skip
+            completion = Completion(
+                caller=record.caller, invocation_id=record.invocation_id, failure=failure
+            )
             owner = ids.partition_of(record.caller.invocation_id, self.partitions)
-            self._emit(Out(self.topics.ingress, owner, record.caller.invocation_id.encode(),
-                           encode(completion)))  # fmt: skip
+            self._emit(
+                Out(
+                    self.topics.ingress,
+                    owner,
+                    record.caller.invocation_id.encode(),
+                    encode(completion),
+                )
+            )
 
     def _dead_letter(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
     ) -> None:
-        log.warning("dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset,
-                    error)  # fmt: skip
-        letter = DeadLetter.of(error, topic=self.topics.ingress, partition=self.partition,
-                               offset=offset, key=key, value=value, at=datetime.now(UTC))  # fmt: skip
+        log.warning(
+            "dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset, error
+        )
+        letter = DeadLetter.of(
+            error,
+            topic=self.topics.ingress,
+            partition=self.partition,
+            offset=offset,
+            key=key,
+            value=value,
+            at=datetime.now(UTC),
+        )
         self._emit(Out(self.topics.deadletter, 0, key, encode(letter)))
         self._wake()
 
@@ -486,28 +518,47 @@ class PartitionProcessor:
         out: list[Out] = []
         for service, obj, name in self._dirty_state:
             value = self.state.get((service, obj), {}).get(name, _MISSING)
-            out.append(Out(self.topics.state, self.partition,
-                           json.dumps([service, obj, name]).encode(),
-                           None if value is _MISSING else json.dumps(value).encode()))  # fmt: skip
+            out.append(
+                Out(
+                    self.topics.state,
+                    self.partition,
+                    json.dumps([service, obj, name]).encode(),
+                    None if value is _MISSING else json.dumps(value).encode(),
+                )
+            )
         self._dirty_state.clear()
         changelog = self.topics.invocations
         for inv_id in self._dirty:
             inv = self.invocations.get(inv_id)
             if inv is None:
                 continue
-            out.append(Out(changelog, self.partition, f"m/{inv_id}".encode(),
-                           inv.meta.model_dump_json().encode()))  # fmt: skip
+            out.append(
+                Out(
+                    changelog,
+                    self.partition,
+                    f"m/{inv_id}".encode(),
+                    inv.meta.model_dump_json().encode(),
+                )
+            )
             for index in sorted(inv.dirty_entries):
-                out.append(Out(changelog, self.partition, f"j/{inv_id}/{index}".encode(),
-                               inv.journal[index].model_dump_json().encode()))  # fmt: skip
+                out.append(
+                    Out(
+                        changelog,
+                        self.partition,
+                        f"j/{inv_id}/{index}".encode(),
+                        inv.journal[index].model_dump_json().encode(),
+                    )
+                )
             inv.dirty_entries.clear()
             inv.persisted = True
             inv.persisted_entries = len(inv.journal)
         self._dirty.clear()
         for inv_id, entries in self._tombstones:
             out.append(Out(changelog, self.partition, f"m/{inv_id}".encode(), None))
-            out.extend(Out(changelog, self.partition, f"j/{inv_id}/{i}".encode(), None)
-                       for i in range(entries))  # fmt: skip
+            out.extend(
+                Out(changelog, self.partition, f"j/{inv_id}/{i}".encode(), None)
+                for i in range(entries)
+            )
         self._tombstones.clear()
         return out
 

@@ -109,32 +109,37 @@ class Worker:
 
     def _new_producer(self) -> Producer:
         producer = Producer(
-            self._client({
-                "transactional.id": self._transactional_id(),
-                "transaction.timeout.ms": 10_000,
-                "linger.ms": 1,
-                # The default 100 ms backoff caps a transactional producer at ~10 commits/s:
-                # the next transaction waits for the previous one's markers.
-                "retry.backoff.ms": 5,
-                "retry.backoff.max.ms": 100,
-            })
-        )  # fmt: skip
+            self._client(
+                {
+                    "transactional.id": self._transactional_id(),
+                    "transaction.timeout.ms": 10_000,
+                    "linger.ms": 1,
+                    # The default 100 ms backoff caps a transactional producer at ~10 commits/s:
+                    # the next transaction waits for the previous one's markers.
+                    "retry.backoff.ms": 5,
+                    "retry.backoff.max.ms": 100,
+                }
+            )
+        )
         producer.init_transactions(_TIMEOUT)
         return producer
 
     def _new_consumer(self, group: str | None = None) -> Consumer:
         return Consumer(
-            self._client({
-                "group.id": group or f"{self.settings.namespace}.workers",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "partition.assignment.strategy": "cooperative-sticky",
-                "fetch.wait.max.ms": 10,
-                "session.timeout.ms": 6_000,  # the broker's minimum: a dead worker's partitions move fast
-                "heartbeat.interval.ms": 1_000,
-            })
-        )  # fmt: skip
+            self._client(
+                {
+                    "group.id": group or f"{self.settings.namespace}.workers",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    "fetch.wait.max.ms": 10,
+                    # The broker's minimum, so that a dead worker's partitions move on quickly.
+                    "session.timeout.ms": 6_000,
+                    "heartbeat.interval.ms": 1_000,
+                }
+            )
+        )
 
     def _publish_manifest(self) -> None:
         self._producer.begin_transaction()
@@ -252,8 +257,12 @@ class Worker:
             for record in out:
                 while True:
                     try:
-                        producer.produce(record.topic, value=record.value, key=record.key,
-                                         partition=record.partition)  # fmt: skip
+                        producer.produce(
+                            record.topic,
+                            value=record.value,
+                            key=record.key,
+                            partition=record.partition,
+                        )
                         break
                     except BufferError:
                         producer.poll(0.01)
@@ -307,8 +316,11 @@ class Worker:
             await asyncio.to_thread(self._restore, processor)
             self.processors[partition] = processor
             processor.start()
-        log.info("assigned partitions %s (restored in %.2fs)", sorted(partitions),
-                 time.monotonic() - began)  # fmt: skip
+        log.info(
+            "assigned partitions %s (restored in %.2fs)",
+            sorted(partitions),
+            time.monotonic() - began,
+        )
 
     async def _revoke(self, partitions: list[int]) -> None:
         """Hand partitions over cleanly: stop their handlers, commit, forget them."""

@@ -31,10 +31,16 @@ def drain(
 ) -> list[Message]:
     """Read ``topic`` from the start until ``expect`` records arrived, then ``settle`` seconds
     more to catch any extra record; fail with a clear message if fewer arrive in ``timeout``."""
-    consumer = Consumer(settings.client_config({
-        "group.id": f"drain-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False, "isolation.level": isolation,
-    }))  # fmt: skip
+    consumer = Consumer(
+        settings.client_config(
+            {
+                "group.id": f"drain-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": isolation,
+            }
+        )
+    )
     consumer.subscribe([topic])
     messages: list[Message] = []
     deadline = time.monotonic() + timeout

@@ -39,8 +39,10 @@ def test_read_committed_sees_only_committed_records(settings: Settings) -> None:
     # The aborted records are really in the log: a read_uncommitted reader sees them.
     everything = drain(settings, topic, isolation="read_uncommitted", expect=6)
     assert sorted(m.value() for m in everything if m.value().startswith(b"aborted")) == [
-        b"aborted-0", b"aborted-1", b"aborted-2",
-    ]  # fmt: skip
+        b"aborted-0",
+        b"aborted-1",
+        b"aborted-2",
+    ]
 
 
 def test_offsets_commit_atomically_with_output(settings: Settings) -> None:
@@ -55,10 +57,16 @@ def test_offsets_commit_atomically_with_output(settings: Settings) -> None:
     group = f"g-{uuid.uuid4()}"
 
     def step(commit: bool) -> list[bytes]:
-        consumer = Consumer(settings.client_config({
-            "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }))  # fmt: skip
+        consumer = Consumer(
+            settings.client_config(
+                {
+                    "group.id": group,
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                }
+            )
+        )
         consumer.assign([TopicPartition(source, 0)])
         batch = consumer.consume(num_messages=4, timeout=10)
         assert len(batch) == 4, "the source records did not arrive"
