@@ -70,12 +70,15 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
 def _wait_for_metadata(
     admin: AdminClient, specs: list[TopicSpec], timeout: float
 ) -> dict[str, TopicMetadata]:
-    """Topic metadata once every spec's topic shows its partitions (new topics take a moment)."""
+    """Topic metadata once every partition of every spec has a leader (new topics take a moment)."""
     deadline = time.monotonic() + timeout
     while True:
         metadata = admin.list_topics(timeout=timeout).topics
         ready = all(
-            spec.name in metadata and len(metadata[spec.name].partitions) > 0 for spec in specs
+            spec.name in metadata
+            and len(metadata[spec.name].partitions) > 0
+            and all(p.leader >= 0 for p in metadata[spec.name].partitions.values())
+            for spec in specs
         )
         if ready or time.monotonic() > deadline:
             return metadata

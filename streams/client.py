@@ -31,6 +31,7 @@ from pydantic import BaseModel, JsonValue
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import ids
+from streams.offsets import watermarks
 from streams.records import Invoke, RecordError, Response, Target, decode_response, encode
 from streams.settings import Settings
 from streams.topics import Topics
@@ -129,10 +130,10 @@ class Client:
         start = []
         for partition in metadata[self.topics.responses].partitions:
             tp = TopicPartition(self.topics.responses, partition)
-            _, high = self._reader.get_watermark_offsets(tp, timeout=_TIMEOUT)
+            _, high = watermarks(self._reader, tp)
             start.append(TopicPartition(self.topics.responses, partition, high))
         catalog = TopicPartition(self.topics.services, 0)
-        _, self._catalog_end = self._reader.get_watermark_offsets(catalog, timeout=_TIMEOUT)
+        _, self._catalog_end = watermarks(self._reader, catalog)
         start.append(TopicPartition(self.topics.services, 0, OFFSET_BEGINNING))
         self._reader.assign(start)
 
@@ -143,6 +144,7 @@ class Client:
         await asyncio.to_thread(self._thread.join)
         self._reader.close()
         await asyncio.to_thread(self._producer.flush, 5)
+        del self._producer, self._reader  # librdkafka handles live until garbage collected
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(KafkaUnavailable("client closed"))

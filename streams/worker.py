@@ -31,6 +31,7 @@ from confluent_kafka import (
 
 from handlers.service import ServiceDefinition
 from streams.broker import cache_dir
+from streams.offsets import watermarks
 from streams.partition import Out, PartitionProcessor
 from streams.registry import Registry
 from streams.settings import Settings
@@ -193,6 +194,8 @@ class Worker:
             self._restorer.close()
             self._offset_reader.close()
             self._producer.flush(5)
+            # librdkafka handles live until garbage collected: drop ours now.
+            del self._producer, self._consumer, self._restorer, self._offset_reader
 
     def stop(self) -> None:
         self._stopping = True
@@ -381,9 +384,7 @@ class Worker:
         }
         ends: dict[str, int] = {}
         for topic in sources:
-            _, high = self._restorer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=_TIMEOUT
-            )
+            _, high = watermarks(self._restorer, TopicPartition(topic, partition))
             ends[topic] = high
         pending = [TopicPartition(t, partition, OFFSET_BEGINNING) for t, end in ends.items() if end]
         if not pending:

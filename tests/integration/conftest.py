@@ -1,7 +1,149 @@
+"""Fixtures for tests against the real broker: topics, workers (in-process or processes), ingress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
 import pytest
+from aiohttp import web
+
+from streams.admin import create_topics
+from streams.broker import free_port
+from streams.client import Client
+from streams.ingress import Ingress
+from streams.settings import Settings
+from streams.worker import Worker
+from tests.integration import apps
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Settings:
+    """Settings whose namespace has all its topics."""
+    create_topics(settings)
+    return settings
+
+
+@pytest.fixture
+async def worker(topics: Settings) -> AsyncIterator[Worker]:
+    """An in-process worker hosting tests.integration.apps, stopped after the test."""
+    running = Worker(topics, apps.SERVICES, worker_id=f"inproc-{topics.namespace}")
+    task = asyncio.create_task(running.run())
+    yield running
+    running.stop()
+    await asyncio.wait_for(task, 60)
+    apps.GATES.clear()
+    apps.STARTED.clear()
+
+
+@pytest.fixture
+async def client(topics: Settings) -> AsyncIterator[Client]:
+    async with Client(topics) as connected:
+        yield connected
+
+
+@pytest.fixture
+async def ingress_url(topics: Settings, worker: Worker) -> AsyncIterator[str]:
+    """An in-process HTTP ingress on a free port; the worker has announced its services."""
+    ingress = Ingress(topics)
+    await ingress.start()
+    for _ in range(100):
+        if set(ingress.client.services) >= {"Tally", "Relay"}:
+            break
+        await asyncio.sleep(0.1)
+    runner = web.AppRunner(ingress.app(), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+    await ingress.close()
+
+
+class WorkerProcess:
+    """``kourier worker`` as a real process, stopped by PID."""
+
+    def __init__(self, settings: Settings, module: str, log_dir: Path) -> None:
+        self.settings = settings
+        self.module = module
+        self.log_dir = log_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            KOURIER_BOOTSTRAP_SERVERS=self.settings.bootstrap_servers,
+            KOURIER_NAMESPACE=self.settings.namespace,
+            PYTHONPATH=str(ROOT),
+        )
+        self.starts += 1
+        log = (self.log_dir / f"worker-{id(self)}-{self.starts}.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", self.module],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+class WorkerProcesses:
+    """Starts worker processes for one test and stops every one of them afterwards."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.started: list[WorkerProcess] = []
+
+    def spawn(self, module: str = "tests.integration.apps") -> WorkerProcess:
+        process = WorkerProcess(self.settings, module, self.log_dir)
+        process.start()
+        self.started.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-3000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+
+
+@pytest.fixture
+def worker_processes(topics: Settings, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    processes = WorkerProcesses(topics, tmp_path)
+    yield processes
+    for process in processes.started:
+        with contextlib.suppress(Exception):
+            process.stop()

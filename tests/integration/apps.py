@@ -1,0 +1,120 @@
+"""Handlers used by the integration tests (importable by worker subprocesses too)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from handlers import (
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    Service,
+    TerminalError,
+    VirtualObject,
+)
+
+# In-process tests release a blocked handler through these (not durable, test-only).
+GATES: dict[str, asyncio.Event] = {}
+STARTED: dict[str, asyncio.Event] = {}
+
+tally = VirtualObject("Tally")
+
+
+@tally.handler()
+async def add(ctx: ObjectContext, n: int) -> int:
+    value: int = (await ctx.get("count") or 0) + n
+    ctx.set("count", value)
+    return value
+
+
+@tally.handler(kind="shared")
+async def count(ctx: ObjectSharedContext) -> int:
+    value: int = await ctx.get("count") or 0
+    return value
+
+
+@tally.handler()
+async def append(ctx: ObjectContext, item: int) -> int:
+    items: list[int] = await ctx.get("items") or []
+    items.append(item)
+    ctx.set("items", items)
+    return len(items)
+
+
+@tally.handler(kind="shared")
+async def items(ctx: ObjectSharedContext) -> list[int]:
+    value: list[int] = await ctx.get("items") or []
+    return value
+
+
+@tally.handler()
+async def hold(ctx: ObjectContext) -> str:
+    """Exclusive: waits for the test to open its gate."""
+    STARTED.setdefault(ctx.key, asyncio.Event()).set()
+    await GATES.setdefault(ctx.key, asyncio.Event()).wait()
+    ctx.set("held", True)
+    return "released"
+
+
+@tally.handler()
+async def refuse(ctx: ObjectContext, code: int) -> None:
+    raise TerminalError(f"refused with {code}", status_code=code)
+
+
+@tally.handler(kind="shared")
+async def whoami(ctx: ObjectSharedContext) -> int:
+    return os.getpid()
+
+
+relay = Service("Relay")
+
+
+@relay.handler()
+async def fan_out(ctx: Context, spec: dict[str, object]) -> int:
+    """Sends ``count`` items to one key, then returns how many were sent."""
+    key = str(spec["key"])
+    total = int(str(spec["count"]))
+    for item in range(total):
+        ctx.object_send(append, key).send(item)
+    return total
+
+
+@relay.handler()
+async def mixed(ctx: Context, key: str) -> list[int]:
+    """Calls and sends to one key, interleaved: the object sees them in issue order."""
+    await ctx.object(append, key).request(0)
+    ctx.object_send(append, key).send(1)
+    ctx.object_send(append, key).send(2)
+    await ctx.object(append, key).request(3)
+    result: list[int] = await ctx.object("Tally", key, "items").request()
+    return result
+
+
+@relay.handler()
+async def sum_of(ctx: Context, keys: list[str]) -> int:
+    """Request-response to several objects; returns the sum of their counts."""
+    total = 0
+    for key in keys:
+        total += await ctx.object(add, key).request(1)
+    return total
+
+
+@relay.handler()
+async def passes_on(ctx: Context, code: int) -> str:
+    """A callee's terminal error reaches the caller with its code; the caller may catch it."""
+    try:
+        await ctx.object(refuse, "x").request(code)
+    except TerminalError as error:
+        if error.status_code == 418:
+            return f"caught {error.status_code}: {error.message}"
+        raise
+    return "unreachable"
+
+
+@relay.handler()
+async def echo(ctx: Context, value: object) -> dict[str, object]:
+    return {"value": value, "headers": dict(ctx.request().headers)}
+
+
+SERVICES = [tally, relay]
