@@ -16,8 +16,9 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Sequence
-from typing import IO, Any
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -39,6 +40,15 @@ from streams.topics import Topics
 
 log = logging.getLogger("kourier.worker")
 _TIMEOUT = 30.0
+_T = TypeVar("_T")
+
+
+@dataclass
+class Snapshot:
+    """What one transaction commits."""
+
+    out: list[Out]
+    offsets: list[TopicPartition]
 
 
 class WorkerError(RuntimeError):
@@ -82,7 +92,7 @@ class Worker:
         self.processors: dict[int, PartitionProcessor] = {}
         self._outbox: list[Out] = []
         self._offsets: dict[int, int] = {}
-        self._epoch = 0
+        self._dirty = False
         self._stopping = False
         self.partitions = 0
         self.commits = 0
@@ -152,18 +162,24 @@ class Worker:
         self._producer.commit_transaction(_TIMEOUT)
 
     # -- the loop -------------------------------------------------------------------
+    #
+    # Two threads share the work. The event loop runs handlers and the partition
+    # processors; it never touches a Kafka client. The Kafka thread alone uses the
+    # consumer and the transactional producer, in a strict cycle: consume, hand the
+    # records to the loop, take a snapshot of pending effects, commit it. Rebalance
+    # callbacks run inside consume() on that same thread, so a commit never overlaps a
+    # rebalance (librdkafka blocks consumer calls from other threads during one).
 
     async def run(self) -> None:
         """Run until :meth:`stop`; in-flight invocations resume elsewhere by replay."""
         self._loop = asyncio.get_running_loop()
-        self._dirty = asyncio.Event()
-        self._commit_lock = asyncio.Lock()
+        self._dirty = False
         self.partitions = await asyncio.to_thread(self._ingress_partitions)
         self._producer = await asyncio.to_thread(self._new_producer)
         await asyncio.to_thread(self._publish_manifest)
         self._restorer = self._new_consumer(f"{self.settings.namespace}.restore")
-        # Reads the group's committed offsets; it never subscribes, so it never joins the
-        # group (asking the subscribed consumer from inside its rebalance callback blocks).
+        # Reads the group's committed offsets. It never subscribes, so never joins the group;
+        # the subscribed consumer cannot answer that from inside its rebalance callback.
         self._offset_reader = self._new_consumer()
         self._consumer = self._new_consumer()
         self._consumer.subscribe(
@@ -173,32 +189,44 @@ class Worker:
             on_lost=self._on_lost,
         )
         log.info("worker %s hosts %s", self._worker_id, ", ".join(self.registry.services))
-        committer = asyncio.create_task(self._commit_loop())
         try:
-            while not self._stopping:
-                epoch = self._epoch
-                batch = await asyncio.to_thread(self._consumer.consume, 1000, 0.05)
-                if epoch != self._epoch:
-                    continue  # fetched before a reset: those records will be read again
-                self._dispatch(batch)
+            await asyncio.to_thread(self._kafka_thread)
         finally:
             self._stopping = True
             for processor in self.processors.values():
                 processor.close()
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
-            with contextlib.suppress(KafkaException):
-                await self._commit()
-            await asyncio.to_thread(self._consumer.close)
-            self._restorer.close()
-            self._offset_reader.close()
-            self._producer.flush(5)
             # librdkafka handles live until garbage collected: drop ours now.
             del self._producer, self._consumer, self._restorer, self._offset_reader
 
     def stop(self) -> None:
         self._stopping = True
+
+    def _kafka_thread(self) -> None:
+        try:
+            while not self._stopping:
+                # Commit promptly when handlers have produced effects; otherwise wait for input.
+                batch = self._consumer.consume(1000, 0.0 if self._dirty else 0.01)
+                snapshot = self._on_loop(self._step(batch))
+                self._commit(snapshot)
+            self._commit(self._on_loop(self._step([], closing=True)))
+        finally:
+            self._consumer.close()  # runs on_revoke, which hands over what is left
+            self._restorer.close()
+            self._offset_reader.close()
+            self._producer.flush(5)
+
+    def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro`` on the event loop and wait for its result (Kafka thread only)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _step(self, batch: list[Message], closing: bool = False) -> Snapshot:
+        """Apply ``batch``, let the handlers it started take their first steps, snapshot."""
+        self._dispatch(batch)
+        await asyncio.sleep(0)
+        if closing:
+            for processor in self.processors.values():
+                processor.close()
+        return self._snapshot()
 
     def _dispatch(self, batch: list[Message]) -> None:
         for message in batch:
@@ -216,48 +244,44 @@ class Worker:
             assert offset is not None
             processor.on_message(message.key(), message.value(), offset)
             self._offsets[partition] = offset + 1
-        if batch:
-            self._dirty.set()
 
     def _wake(self) -> None:
-        self._dirty.set()
+        self._dirty = True
 
     def _emit(self, out: Out) -> None:
         self._outbox.append(out)
 
     # -- commits ------------------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self._commit()
-            except KafkaException as exc:
-                log.error("commit failed, restoring owned partitions: %s", exc)
-                await self._reset()
+    def _snapshot(self) -> Snapshot:
+        """Everything to commit now: outputs, changelog writes, consumed offsets (on the loop)."""
+        self._dirty = False
+        out = self._outbox
+        self._outbox = []
+        for processor in self.processors.values():
+            out.extend(processor.flush())
+        offsets = [
+            TopicPartition(self.topics.ingress, partition, offset)
+            for partition, offset in self._offsets.items()
+        ]
+        return Snapshot(out, offsets)
 
-    async def _commit(self) -> None:
-        """One transaction: every pending output, changelog write and consumed offset."""
-        async with self._commit_lock:
-            out = self._outbox
-            self._outbox = []
-            for processor in self.processors.values():
-                out.extend(processor.flush())
-            offsets = [
-                TopicPartition(self.topics.ingress, partition, offset)
-                for partition, offset in self._offsets.items()
-            ]
-            if not out:
-                return
-            await asyncio.to_thread(self._transact, out, offsets)
+    def _commit(self, snapshot: Snapshot) -> None:
+        """One transaction for ``snapshot`` (Kafka thread); on failure, restore and go on."""
+        if not snapshot.out:
+            return
+        try:
+            self._transact(snapshot)
             self.commits += 1
+        except KafkaException as exc:
+            log.error("commit failed, restoring owned partitions from Kafka: %s", exc)
+            self._recover()
 
-    def _transact(self, out: list[Out], offsets: list[TopicPartition]) -> None:
+    def _transact(self, snapshot: Snapshot) -> None:
         producer = self._producer
         producer.begin_transaction()
         try:
-            for record in out:
+            for record in snapshot.out:
                 while True:
                     try:
                         producer.produce(
@@ -269,9 +293,9 @@ class Worker:
                         break
                     except BufferError:
                         producer.poll(0.01)
-            if offsets:
+            if snapshot.offsets:
                 metadata = self._consumer.consumer_group_metadata()
-                producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT)
+                producer.send_offsets_to_transaction(snapshot.offsets, metadata, _TIMEOUT)
             producer.commit_transaction(_TIMEOUT)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
@@ -282,28 +306,50 @@ class Worker:
                 self._producer = self._new_producer()
             raise
 
-    # -- partitions ---------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Drop everything uncommitted, rewind to the committed offsets, restore (Kafka thread)."""
+        owned = self._on_loop(self._drop_all())
+        if not owned:
+            return
+        committed = self._offset_reader.committed(
+            [TopicPartition(self.topics.ingress, p) for p in owned], _TIMEOUT
+        )
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        self._on_loop(self._assign(owned, committed))
 
-    def _call_on_loop(self, coro: Any) -> None:
-        """Run ``coro`` on the event loop from the consumer's thread, and wait for it."""
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    async def _drop_all(self) -> list[int]:
+        owned = list(self.processors)
+        for processor in self.processors.values():
+            processor.close()
+        self.processors.clear()
+        self._offsets.clear()
+        self._outbox = []
+        return owned
+
+    # -- partitions (rebalance callbacks run on the Kafka thread, inside consume) ---------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._call_on_loop(self._assign([tp.partition for tp in partitions]))
+        owned = [tp.partition for tp in partitions]
+        committed = self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
+        self._on_loop(self._assign(owned, committed))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._call_on_loop(self._revoke([tp.partition for tp in partitions]))
+        """Hand partitions over cleanly: stop their handlers, commit, forget them."""
+        revoked = [tp.partition for tp in partitions]
+        self._commit(self._on_loop(self._close(revoked)))
+        self._on_loop(self._forget(revoked))
+        log.info("revoked partitions %s", sorted(revoked))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._call_on_loop(self._lose([tp.partition for tp in partitions]))
+        lost = [tp.partition for tp in partitions]
+        log.warning("lost partitions %s without a clean hand-over", sorted(lost))
+        self._on_loop(self._forget(lost, close=True))
+        self._recover()
 
-    async def _assign(self, partitions: list[int]) -> None:
+    async def _assign(self, partitions: list[int], committed: list[TopicPartition]) -> None:
         began = time.monotonic()
-        committed = await asyncio.to_thread(
-            self._offset_reader.committed,
-            [TopicPartition(self.topics.ingress, p) for p in partitions],
-            _TIMEOUT,
-        )
         for tp in committed:
             if tp.offset >= 0:
                 self._offsets[tp.partition] = tp.offset
@@ -325,55 +371,18 @@ class Worker:
             time.monotonic() - began,
         )
 
-    async def _revoke(self, partitions: list[int]) -> None:
-        """Hand partitions over cleanly: stop their handlers, commit, forget them."""
+    async def _close(self, partitions: list[int]) -> Snapshot:
         for partition in partitions:
             if partition in self.processors:
                 self.processors[partition].close()
-        try:
-            await self._commit()
-            failed = False
-        except KafkaException as exc:
-            log.error("commit before hand-over failed: %s", exc)
-            failed = True
-        for partition in partitions:
-            self.processors.pop(partition, None)
-            self._offsets.pop(partition, None)
-        log.info("revoked partitions %s", sorted(partitions))
-        if failed:
-            await self._reset()
+        return self._snapshot()
 
-    async def _lose(self, partitions: list[int]) -> None:
-        log.warning("lost partitions %s without a clean hand-over", sorted(partitions))
+    async def _forget(self, partitions: list[int], close: bool = False) -> None:
         for partition in partitions:
             processor = self.processors.pop(partition, None)
-            if processor is not None:
+            if processor is not None and close:
                 processor.close()
             self._offsets.pop(partition, None)
-        await self._reset()
-
-    async def _reset(self) -> None:
-        """After a failed commit: drop everything uncommitted, restore from Kafka, go on."""
-        async with self._commit_lock:
-            self._epoch += 1
-            self._outbox = []
-            owned = list(self.processors)
-            for processor in self.processors.values():
-                processor.close()
-            self.processors.clear()
-            self._offsets.clear()
-            if owned:
-                positions = [TopicPartition(self.topics.ingress, p) for p in owned]
-                committed = await asyncio.to_thread(
-                    self._offset_reader.committed, positions, _TIMEOUT
-                )
-                for tp in committed:
-                    offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                    await asyncio.to_thread(
-                        self._consumer.seek, TopicPartition(tp.topic, tp.partition, offset)
-                    )
-        if owned:
-            await self._assign(owned)
 
     def _restore(self, processor: PartitionProcessor) -> None:
         """Read the partition's changelogs from the start to their end (blocking)."""

@@ -15,8 +15,6 @@ from tests.integration import apps
 JSON = {"content-type": "application/json"}
 
 
-
-
 async def poll_until(fetch, expected, timeout: float, what: str):  # type: ignore[no-untyped-def]
     """Call ``fetch()`` until it returns ``expected``; fail with the last value after ``timeout``."""
     deadline = asyncio.get_running_loop().time() + timeout

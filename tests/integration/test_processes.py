@@ -1,0 +1,133 @@
+"""Worker processes: state across restarts, two processes sharing partitions, Kafka ingress."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import uuid
+
+from confluent_kafka import Consumer, Producer
+
+from streams.client import Client
+from streams.settings import Settings
+from streams.topics import Topics
+from tests.integration.conftest import WorkerProcesses
+
+
+async def test_state_survives_a_worker_restart(
+    client: Client, worker_processes: WorkerProcesses
+) -> None:
+    first = worker_processes.spawn()
+    for n in (1, 2, 3):
+        await asyncio.wait_for(client.object("Tally", "durable", "add").request(n), 60)
+    first.stop()
+    assert first.process is not None
+    assert first.process.returncode == 0, worker_processes.logs()
+    worker_processes.spawn()
+    total = await asyncio.wait_for(client.object("Tally", "durable", "count").request(), 60)
+    assert total == 6
+    assert await asyncio.wait_for(client.object("Tally", "durable", "add").request(4), 60) == 10
+
+
+async def test_two_worker_processes_share_the_partitions(
+    client: Client, worker_processes: WorkerProcesses
+) -> None:
+    one = worker_processes.spawn()
+    two = worker_processes.spawn()
+    keys = [f"spread-{i}" for i in range(16)]
+    seen: set[int] = set()
+    deadline = time.monotonic() + 90
+    while seen != {one.pid, two.pid} and time.monotonic() < deadline:
+        pids = await asyncio.gather(
+            *(client.object("Tally", key, "whoami").request() for key in keys)
+        )
+        seen = set(pids)
+        await asyncio.sleep(0.2)
+    assert seen == {one.pid, two.pid}, f"only {seen} answered\n{worker_processes.logs()}"
+    # Both keep working correctly together: exact counts across both processes.
+    await asyncio.gather(*(client.object_send("Tally", key, "add").send(1) for key in keys))
+    await asyncio.gather(*(client.object_send("Tally", key, "add").send(1) for key in keys))
+    counts = await asyncio.gather(*(client.object("Tally", key, "count").request() for key in keys))
+    assert counts == [2] * len(keys)
+
+
+def _read_response(settings: Settings, request_id: str, timeout: float = 60) -> dict[str, object]:
+    """A plain confluent-kafka consumer reading the response topic, as any outside program would."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"outside-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([Topics(settings.namespace).responses])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                continue
+            response: dict[str, object] = json.loads(message.value() or b"null")
+            if response.get("request_id") == request_id:
+                return response
+    finally:
+        consumer.close()
+    raise AssertionError(f"no response for {request_id} within {timeout}s")
+
+
+async def test_a_plain_kafka_producer_calls_a_handler(
+    topics: Settings, worker_processes: WorkerProcesses
+) -> None:
+    worker_processes.spawn()
+    producer = Producer({"bootstrap.servers": topics.bootstrap_servers})
+    request_id = f"outside-{uuid.uuid4()}"
+    record = {
+        "v": 1,
+        "kind": "invoke",
+        "target": {"service": "Tally", "key": "kafka", "handler": "add"},
+        "argument": 7,
+        "request_id": request_id,
+    }
+    # librdkafka's default partitioner is not Kafka's: the worker moves the record if needed.
+    producer.produce(Topics(topics.namespace).ingress, key=b"kafka", value=json.dumps(record))
+    assert producer.flush(10) == 0
+    response = await asyncio.to_thread(_read_response, topics, request_id)
+    assert response["status"] == "success"
+    assert response["value"] == 7
+    assert str(response["invocation_id"]).startswith("inv_")
+
+
+async def test_the_readme_kcat_round_trip(
+    topics: Settings, worker_processes: WorkerProcesses
+) -> None:
+    kcat = shutil.which("kcat")
+    assert kcat is not None, "kcat is installed by deploy/setup.sh"
+    worker_processes.spawn()
+    ns = topics.namespace
+    record = (
+        '{"v":1,"kind":"invoke","target":{"service":"Tally","key":"cat","handler":"add"},'
+        '"argument":5,"request_id":"r1"}'
+    )
+    subprocess.run(
+        [kcat, "-P", "-b", topics.bootstrap_servers, "-t", f"{ns}.ingress", "-k", "cat"],
+        input=record.encode(),
+        check=True,
+        timeout=30,
+    )
+    # The README's reader: every response so far, then exit; repeated until ours is there.
+    reader = [kcat, "-C", "-b", topics.bootstrap_servers, "-t", f"{ns}.responses",
+              "-X", "isolation.level=read_committed", "-o", "beginning", "-e", "-q"]  # fmt: skip
+    deadline = time.monotonic() + 60
+    found: list[dict[str, object]] = []
+    while not found and time.monotonic() < deadline:
+        read = await asyncio.to_thread(subprocess.run, reader, capture_output=True, timeout=30)
+        lines = [json.loads(line) for line in read.stdout.splitlines() if line.strip()]
+        found = [r for r in lines if r.get("request_id") == "r1"]
+        await asyncio.sleep(0.2)
+    assert found, f"kcat saw no response to r1 within 60s\n{worker_processes.logs()}"
+    assert found[0]["status"] == "success"
+    assert found[0]["value"] == 5
