@@ -1,4 +1,4 @@
-"""Fixtures for tests against the real broker: topics, workers (in-process or processes), ingress."""
+"""Fixtures for tests against the real broker: topics, workers, ingress."""
 
 from __future__ import annotations
 

@@ -11,20 +11,9 @@ from handlers import TerminalError
 from streams.client import Client
 from streams.worker import Worker
 from tests.integration import apps
+from tests.integration.helpers import poll_until
 
 JSON = {"content-type": "application/json"}
-
-
-async def poll_until(fetch, expected, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    """Call ``fetch()`` until it returns ``expected``; fail with the last value after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    last = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await fetch()
-        if last == expected:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: expected {expected!r}, last saw {last!r} after {timeout}s")
 
 
 async def test_one_way_sends_over_http_are_each_applied_once(ingress_url: str) -> None:

@@ -112,7 +112,8 @@ async def test_the_readme_kcat_round_trip(
         '{"v":1,"kind":"invoke","target":{"service":"Tally","key":"cat","handler":"add"},'
         '"argument":5,"request_id":"r1"}'
     )
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         [kcat, "-P", "-b", topics.bootstrap_servers, "-t", f"{ns}.ingress", "-k", "cat"],
         input=record.encode(),
         check=True,
