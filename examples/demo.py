@@ -1,93 +1,154 @@
-"""The README's demo: a real broker, Kourier's topics, and records crossing Kafka.
+"""The README's demo: a real broker, a worker, the HTTP ingress, and Kourier at work.
 
-Run it with ``deploy/demo.sh``; it stops everything it started.
+Run it with ``deploy/demo.sh``. Everything it starts is stopped by PID at the end.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka import Consumer
-
-from streams import broker, records
+from streams import broker
 from streams.admin import create_topics
 from streams.settings import Settings
-from streams.topics import Topics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
+def http(method: str, url: str, body: Any = None) -> tuple[int, Any, dict[str, str]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read() or b"null"), dict(reply.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null"), dict(error.headers)
+
+
+def show(method: str, url: str, body: Any = None) -> Any:
+    shown = f" --json '{json.dumps(body)}'" if body is not None else ""
+    print(f"$ curl -X {method} {url}{shown}")
+    status, value, headers = http(method, url, body)
+    extra = f"  (x-restate-id: {headers['x-restate-id']})" if "x-restate-id" in headers else ""
+    print(f"  {status} {json.dumps(value)}{extra}")
+    return value
+
+
+def wait_for_services(url: str, services: set[str], seconds: float) -> None:
+    """Wait until the ingress answers and knows ``services`` (workers announce them)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            status, health, _ = http("GET", url)
+            if status == 200 and services <= set(health["services"]):
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not list {sorted(services)} within {seconds}s")
+
+
 def main() -> int:
-    data_dir = Path(tempfile.mkdtemp(prefix="kourier-demo-"))
+    work = Path(tempfile.mkdtemp(prefix="kourier-demo-"))
+    processes: list[subprocess.Popen[bytes]] = []
     step("starting a genuine Apache Kafka broker (KRaft) from deploy/kafka")
-    running = broker.start(data_dir, port=0)
+    running = broker.start(work / "kafka", port=0)
     print(f"broker pid {running.pid} at {running.bootstrap}")
     try:
         settings = Settings(bootstrap_servers=running.bootstrap, namespace="demo")
-        topics = Topics(settings.namespace)
-
         step("kourier topics create")
         for state in create_topics(settings):
             print(f"  {state.spec.name:<18} {state.partitions} partitions  {state.spec.purpose}")
 
-        step("an outside producer (kcat) writes an invoke record to the ingress topic")
-        record = {
-            "v": 1,
-            "kind": "invoke",
-            "target": {"service": "Counter", "key": "alice", "handler": "add"},
-            "argument": 5,
-            "request_id": f"demo-{uuid.uuid4().hex[:8]}",
-        }
-        line = json.dumps(record)
-        print(f"  kcat -P -b {running.bootstrap} -t {topics.ingress} -k alice")
-        print(f"  {line}")
+        step("starting `kourier worker examples.quickstart` and `kourier ingress`")
+        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
+                   KOURIER_NAMESPACE="demo", PYTHONPATH=str(ROOT))  # fmt: skip
+        port, admin = broker.free_port(), broker.free_port()
+        for name, args in (
+            ("worker", ["worker", "examples.quickstart"]),
+            ("ingress", ["ingress", "--port", str(port), "--admin-port", str(admin)]),
+        ):
+            log = (work / f"{name}.log").open("wb")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=env,
+                stdout=log, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+            print(f"  {name} pid {processes[-1].pid}, log {work / f'{name}.log'}")
+        base = f"http://127.0.0.1:{port}"
+        wait_for_services(f"{base}/health", {"Greeter", "Counter", "Bank"}, 60)
+
+        step("request-response: a service, then an object's exclusive and shared handlers")
+        show("POST", f"{base}/Greeter/greet", "Ada")
+        show("POST", f"{base}/Counter/ada/add", 5)
+        show("POST", f"{base}/restate/call/Counter/ada/add", 2)
+        show("POST", f"{base}/Counter/ada/get")
+
+        step("one-way sends: 202 at once, applied once each, in order per key")
+        for _ in range(3):
+            show("POST", f"{base}/Counter/bob/add/send", 10)
+        deadline = time.monotonic() + 30
+        while http("POST", f"{base}/Counter/bob/get")[1] != 30 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        show("POST", f"{base}/Counter/bob/get")
+
+        step("a chain of calls: Bank/transfer calls Counter/add on two keys")
+        show("POST", f"{base}/Bank/transfer", {"source": "bob", "target": "ada", "amount": 4})
+
+        step("errors keep their status codes")
+        show("POST", f"{base}/Greeter/greet", "")
+        show("POST", f"{base}/Nope/greet", "x")
+
+        step("the Kafka way in: kcat writes the ingress topic, reads the response topic")
         kcat = shutil.which("kcat")
         if kcat is None:
             print("kcat is not installed (deploy/setup.sh installs it)", file=sys.stderr)
             return 1
-        subprocess.run(
-            [kcat, "-P", "-b", running.bootstrap, "-t", topics.ingress, "-k", "alice"],
-            input=line.encode(),
-            check=True,
-        )
-
-        step("Kourier reads it back and validates it against the wire schema")
-        consumer = Consumer(
-            settings.client_config(
-                {"group.id": "demo", "auto.offset.reset": "earliest", "log_level": 3}
-            )
-        )
-        consumer.subscribe([topics.ingress])
-        message = None
-        for _ in range(40):
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
+        record = json.dumps({"v": 1, "kind": "invoke",
+                             "target": {"service": "Counter", "key": "ada", "handler": "add"},
+                             "argument": 100, "request_id": "demo-kcat"})  # fmt: skip
+        print(f"$ echo '{record}' | kcat -P -b {running.bootstrap} -t demo.ingress -k ada")
+        subprocess.run([kcat, "-P", "-b", running.bootstrap, "-t", "demo.ingress", "-k", "ada"],
+                       input=record.encode(), check=True)  # fmt: skip
+        reader = [kcat, "-C", "-b", running.bootstrap, "-t", "demo.responses", "-o", "beginning",
+                  "-X", "isolation.level=read_committed", "-e", "-q"]  # fmt: skip
+        print(f"$ kcat {' '.join(reader[1:])} | grep demo-kcat")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines = subprocess.run(reader, capture_output=True, check=True).stdout.splitlines()
+            found = [line for line in lines if b'"demo-kcat"' in line]
+            if found:
+                print(f"  {found[0].decode()}")
                 break
-        consumer.close()
-        if message is None or message.error() is not None:
-            print("the record did not arrive within 20 s", file=sys.stderr)
+            time.sleep(0.2)
+        else:
+            print("  no response within 30 s", file=sys.stderr)
             return 1
-        decoded = records.decode_ingress(message.value())
-        print(f"  partition {message.partition()} offset {message.offset()}: {decoded!r}")
-
-        step("a malformed record is named, not guessed at")
-        try:
-            records.decode_ingress(b'{"kind": "invoke", "target": {"service": "Counter"}}')
-        except records.RecordError as error:
-            print(f"  {error.reason}: {error.detail}")
         return 0
     finally:
-        step("stopping the broker")
-        broker.stop(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        step("stopping the ingress, the worker and the broker (by PID)")
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        broker.stop(work / "kafka")
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
