@@ -31,7 +31,7 @@ from pydantic import BaseModel, JsonValue
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import ids
-from streams.offsets import watermarks
+from streams.offsets import consume_ready, watermarks
 from streams.records import Invoke, RecordError, Response, Target, decode_response, encode
 from streams.settings import Settings
 from streams.topics import Topics
@@ -155,7 +155,7 @@ class Client:
         catalog_read = False
         while self._running:
             self._producer.poll(0)
-            for message in self._reader.consume(500, 0.05):
+            for message in consume_ready(self._reader, 500, 0.05):
                 if message.error() is None:
                     self._on_message(message)
             if not catalog_read:

@@ -1,11 +1,11 @@
-"""Offset queries that ride out a broker's transient answers (a new topic's leader not yet
-ready, a broker restarting)."""
+"""Consumer helpers: offset queries that ride out a broker's transient answers (a new
+topic's leader not yet ready, a broker restarting), and low-latency batch reads."""
 
 from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 # Answers that pass by themselves: leadership moving or not yet settled, a broker restarting.
 _TRANSIENT = {
@@ -34,3 +34,15 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
             if not transient(exc.args[0]) or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Message]:
+    """Wait up to ``timeout`` for one record, then take whatever else is already fetched.
+
+    ``Consumer.consume(n, timeout)`` waits for all ``n`` records or the whole timeout,
+    which would add the timeout to the latency of every lone record.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(limit - 1, 0)]

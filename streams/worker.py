@@ -32,7 +32,7 @@ from confluent_kafka import (
 
 from handlers.service import ServiceDefinition
 from streams.broker import cache_dir
-from streams.offsets import watermarks
+from streams.offsets import consume_ready, watermarks
 from streams.partition import Out, PartitionProcessor
 from streams.registry import Registry
 from streams.settings import Settings
@@ -205,7 +205,7 @@ class Worker:
         try:
             while not self._stopping:
                 # Commit promptly when handlers have produced effects; otherwise wait for input.
-                batch = self._consumer.consume(1000, 0.0 if self._dirty else 0.01)
+                batch = consume_ready(self._consumer, 1000, 0.0 if self._dirty else 0.01)
                 snapshot = self._on_loop(self._step(batch))
                 self._commit(snapshot)
             self._commit(self._on_loop(self._step([], closing=True)))
@@ -402,7 +402,7 @@ class Worker:
         deadline = time.monotonic() + 5 * _TIMEOUT
         try:
             while True:
-                for message in self._restorer.consume(1000, 0.1):
+                for message in consume_ready(self._restorer, 1000, 0.1):
                     if message.error() is None:
                         key = message.key()
                         assert key is not None

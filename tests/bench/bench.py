@@ -1,0 +1,276 @@
+"""Kourier's benchmark: DESIGN.md §9 workloads against a genuine Apache Kafka broker.
+
+    .venv/bin/python -m tests.bench.bench [--quick]
+
+Starts its own broker, a worker process and an ingress process, runs each workload,
+stops everything by PID, and prints one JSON document. Load generators run in their
+own processes on the same machine, so every figure shares the machine's cores with
+the broker, the worker and the ingress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from streams import broker, ids
+from streams.admin import create_topics
+from streams.partitioning import partition_for
+from streams.records import Invoke, Target, encode
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = [f"key-{i}" for i in range(100)]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def wait_counts(url: str, expected: dict[str, int], seconds: float) -> float:
+    """Poll every key's count until all equal ``expected``; the time it happened."""
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            pending = dict(expected)
+            for key in list(pending):
+                async with http.post(f"{url}/Meter/{key}/count") as reply:
+                    if await reply.json() == pending[key]:
+                        del pending[key]
+            if not pending:
+                return time.monotonic()
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"counts not exact within {seconds}s")
+
+
+async def http_load(
+    url: str, paths: list[tuple[str, Any]], concurrency: int
+) -> tuple[float, list[float], int]:
+    """POST every (path, body); returns (elapsed s, latencies s, non-2xx count)."""
+    queue = list(reversed(paths))
+    latencies: list[float] = []
+    failures = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def runner() -> None:
+            nonlocal failures
+            while queue:
+                path, body = queue.pop()
+                began = time.perf_counter()
+                async with http.post(url + path, json=body) as reply:
+                    await reply.read()
+                    if reply.status >= 300:
+                        failures += 1
+                latencies.append(time.perf_counter() - began)
+
+        began = time.monotonic()
+        await asyncio.gather(*(runner() for _ in range(concurrency)))
+        return time.monotonic() - began, latencies, failures
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def workload_http_sends(url: str, total: int) -> dict[str, Any]:
+    paths = [(f"/Meter/{KEYS[i % len(KEYS)]}/add/send", 1) for i in range(total)]
+    began = time.monotonic()
+    _, _, failures = await http_load(url, paths, 64)
+    done = await wait_counts(url, {k: total // len(KEYS) for k in KEYS}, 120)
+    return {"sends": total, "keys": len(KEYS), "non_2xx": failures,
+            "sends_per_s": round(total / (done - began))}  # fmt: skip
+
+
+async def workload_kafka_sends(
+    url: str, settings: Settings, total: int, already: int
+) -> dict[str, Any]:
+    """Producers write invoke records straight to the ingress topic; each key already
+    counts ``already`` from the HTTP workload."""
+    producer = Producer(settings.client_config({"linger.ms": 5, "batch.num.messages": 10000}))
+    partitions = settings.partitions
+    topic = f"{settings.namespace}.ingress"
+    began = time.monotonic()
+    for i in range(total):
+        key = KEYS[i % len(KEYS)]
+        record = Invoke(target=Target(service="Meter", key=key, handler="add"), argument=1,
+                        invocation_id=ids.new_id(key, partitions), mode="send")  # fmt: skip
+        while True:
+            try:
+                producer.produce(topic, encode(record), key.encode(),
+                                 partition=partition_for(key, partitions))  # fmt: skip
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(60)
+    produced = time.monotonic()
+    done = await wait_counts(url, {k: already + total // len(KEYS) for k in KEYS}, 300)
+    return {"invocations": total, "produce_s": round(produced - began, 2),
+            "invocations_per_s": round(total / (done - began))}  # fmt: skip
+
+
+async def workload_echo(url: str, total: int, concurrency: int) -> dict[str, Any]:
+    paths = [("/Echo/echo_value", i) for i in range(total)]
+    elapsed, latencies, failures = await http_load(url, paths, concurrency)
+    result = {"calls": total, "concurrency": concurrency, "non_2xx": failures,
+              "calls_per_s": round(total / elapsed),
+              "p50_ms": round(pct(latencies, 0.5) * 1000, 2),
+              "p99_ms": round(pct(latencies, 0.99) * 1000, 2)}  # fmt: skip
+    if concurrency == 1:
+        result["mean_ms"] = round(statistics.fmean(latencies) * 1000, 2)
+    return result
+
+
+async def workload_chain(url: str, total: int) -> dict[str, Any]:
+    paths = [("/Chain/bump", KEYS[i % len(KEYS)]) for i in range(total)]
+    elapsed, latencies, failures = await http_load(url, paths, 32)
+    return {"calls": total, "concurrency": 32, "non_2xx": failures,
+            "calls_per_s": round(total / elapsed),
+            "p50_ms": round(pct(latencies, 0.5) * 1000, 2)}  # fmt: skip
+
+
+def raw_pipeline(settings: Settings, total: int) -> dict[str, Any]:
+    """The ceiling: confluent-kafka consume -> produce, no transactions, same broker."""
+    admin = AdminClient(settings.client_config())
+    source, sink = f"{settings.namespace}.raw-in", f"{settings.namespace}.raw-out"
+    for future in admin.create_topics([NewTopic(t, settings.partitions, 1)
+                                       for t in (source, sink)]).values():  # fmt: skip
+        future.result(30)
+    producer = Producer(settings.client_config({"linger.ms": 5, "batch.num.messages": 10000}))
+    payload = b'{"v":1,"kind":"invoke","target":{"service":"Meter","key":"k","handler":"add"}}'
+    for i in range(total):
+        while True:
+            try:
+                producer.produce(source, payload, KEYS[i % len(KEYS)].encode())
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(60)
+    consumer = Consumer(settings.client_config({"group.id": f"raw-{uuid.uuid4()}",
+                                                "auto.offset.reset": "earliest"}))  # fmt: skip
+    consumer.subscribe([source])
+    copied = 0
+    began = None
+    deadline = time.monotonic() + 120
+    while copied < total and time.monotonic() < deadline:
+        for message in consumer.consume(10000, 0.5):
+            if message.error() is not None:
+                continue
+            began = began or time.monotonic()
+            while True:
+                try:
+                    producer.produce(sink, message.value(), message.key())
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            copied += 1
+    producer.flush(60)
+    elapsed = time.monotonic() - (began or time.monotonic())
+    consumer.close()
+    return {"records": copied, "records_per_s": round(copied / max(elapsed, 1e-9))}
+
+
+def say(results: dict[str, Any]) -> None:
+    """Progress on stderr: the last workload's figures."""
+    name = list(results)[-1]
+    print(f"bench: {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    scale = 0.25 if quick else 1.0
+    work = Path(tempfile.mkdtemp(prefix="kourier-bench-"))
+    running = broker.start(work / "kafka", port=0)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        settings = Settings(bootstrap_servers=running.bootstrap, namespace="bench", partitions=8)
+        create_topics(settings)
+        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
+                   KOURIER_NAMESPACE="bench", PYTHONPATH=str(ROOT))  # fmt: skip
+        port = broker.free_port()
+        worker = spawn(["worker", "tests.bench.apps"], env, work / "worker.log")
+        ingress = spawn(["ingress", "--port", str(port), "--admin-port", str(broker.free_port())],
+                        env, work / "ingress.log")  # fmt: skip
+        processes += [worker, ingress]
+        url = f"http://127.0.0.1:{port}"
+        await wait_ready(url)
+        await http_load(url, [("/Echo/echo_value", 0)] * 200, 8)  # warm-up
+        results: dict[str, Any] = {"cpus": os.cpu_count(), "kafka": broker.kafka_version(),
+                                   "partitions": settings.partitions}  # fmt: skip
+        http_sends = int(20000 * scale)
+        results["http_sends_100_keys"] = await workload_http_sends(url, http_sends)
+        say(results)
+        results["kafka_ingress_sends_100_keys"] = await workload_kafka_sends(
+            url, settings, int(40000 * scale), http_sends // len(KEYS)
+        )
+        say(results)
+        results["http_echo_64_concurrent"] = await workload_echo(url, int(20000 * scale), 64)
+        say(results)
+        results["http_echo_sequential"] = await workload_echo(url, int(2000 * scale), 1)
+        say(results)
+        results["http_chain_32_concurrent"] = await workload_chain(url, int(10000 * scale))
+        say(results)
+        results["worker_rss_mib"] = round(rss_mib(worker.pid), 1)
+        results["ingress_rss_mib"] = round(rss_mib(ingress.pid), 1)
+        results["raw_pipeline"] = raw_pipeline(settings, int(200000 * scale))
+        ceiling = results["raw_pipeline"]["records_per_s"]
+        kafka_rate = results["kafka_ingress_sends_100_keys"]["invocations_per_s"]
+        results["kafka_ingress_vs_raw_pipeline"] = round(kafka_rate / ceiling, 3)
+        return results
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        broker.stop(work / "kafka")
+
+
+async def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"{url}/health") as reply:
+                    if {"Meter", "Echo", "Chain"} <= set((await reply.json())["services"]):
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the ingress did not list the benchmark services within 60s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a quarter of the work")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.quick)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
