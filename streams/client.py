@@ -110,7 +110,7 @@ class Client:
                     "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": 10,
+                    "fetch.wait.max.ms": 5,
                     "log_level": 3,
                 }
             )

@@ -96,6 +96,8 @@ class Worker:
         self._stopping = False
         self.partitions = 0
         self.commits = 0
+        self._commit_time = 0.0
+        self._committed_records = 0
 
     # -- set-up -------------------------------------------------------------------
 
@@ -127,8 +129,8 @@ class Worker:
                     "linger.ms": 1,
                     # The default 100 ms backoff caps a transactional producer at ~10 commits/s:
                     # the next transaction waits for the previous one's markers.
-                    "retry.backoff.ms": 5,
-                    "retry.backoff.max.ms": 100,
+                    "retry.backoff.ms": 1,
+                    "retry.backoff.max.ms": 20,
                 }
             )
         )
@@ -144,7 +146,7 @@ class Worker:
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",
                     "partition.assignment.strategy": "cooperative-sticky",
-                    "fetch.wait.max.ms": 10,
+                    "fetch.wait.max.ms": 5,
                     # The broker's minimum, so that a dead worker's partitions move on quickly.
                     "session.timeout.ms": 6_000,
                     "heartbeat.interval.ms": 1_000,
@@ -271,8 +273,18 @@ class Worker:
         if not snapshot.out:
             return
         try:
+            began = time.perf_counter()
             self._transact(snapshot)
             self.commits += 1
+            self._commit_time += time.perf_counter() - began
+            self._committed_records += len(snapshot.out)
+            if log.isEnabledFor(logging.DEBUG) and self.commits % 200 == 0:
+                log.debug(
+                    "commits %d, %.1f ms each, %.1f records each",
+                    self.commits,
+                    1000 * self._commit_time / self.commits,
+                    self._committed_records / self.commits,
+                )
         except KafkaException as exc:
             log.error("commit failed, restoring owned partitions from Kafka: %s", exc)
             self._recover()
