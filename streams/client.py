@@ -117,8 +117,12 @@ class Client:
         )
         await asyncio.to_thread(self._assign_reader)
         self._running = True
-        self._thread = threading.Thread(target=self._pump, name="kourier-client", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._pump, name="kourier-responses", daemon=True),
+            threading.Thread(target=self._deliveries, name="kourier-deliveries", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def _assign_reader(self) -> None:
         """Read responses from the current end, fixed now, so no response can be missed."""
@@ -141,7 +145,8 @@ class Client:
         if not self._running:
             return
         self._running = False
-        await asyncio.to_thread(self._thread.join)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
         self._reader.close()
         await asyncio.to_thread(self._producer.flush, 5)
         del self._producer, self._reader  # librdkafka handles live until garbage collected
@@ -149,12 +154,16 @@ class Client:
             if not future.done():
                 future.set_exception(KafkaUnavailable("client closed"))
 
+    def _deliveries(self) -> None:
+        """Background thread: delivery reports, served as soon as the broker acknowledges."""
+        while self._running:
+            self._producer.poll(0.05)
+
     def _pump(self) -> None:
-        """Background thread: delivery reports and the response topic."""
+        """Background thread: the response topic and the service catalog."""
         catalog = [TopicPartition(self.topics.services, 0)]
         catalog_read = False
         while self._running:
-            self._producer.poll(0)
             for message in consume_ready(self._reader, 500, 0.05):
                 if message.error() is None:
                     self._on_message(message)

@@ -50,12 +50,12 @@ async def wait_counts(url: str, expected: dict[str, int], seconds: float) -> flo
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
-            pending = dict(expected)
-            for key in list(pending):
+
+            async def exact(key: str) -> bool:
                 async with http.post(f"{url}/Meter/{key}/count") as reply:
-                    if await reply.json() == pending[key]:
-                        del pending[key]
-            if not pending:
+                    return bool(await reply.json() == expected[key])
+
+            if all(await asyncio.gather(*(exact(key) for key in expected))):
                 return time.monotonic()
             await asyncio.sleep(0.05)
     raise RuntimeError(f"counts not exact within {seconds}s")
