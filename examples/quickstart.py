@@ -61,8 +61,9 @@ bank = Service("Bank")
 
 @bank.handler()
 async def transfer(ctx: Context, move: Transfer) -> dict[str, int]:
-    """A chain of calls: take from one counter, then give to the other."""
+    """A chain of calls: take from one counter, count the transfer, give to the other."""
     left = await ctx.object(add, move.source).request(-move.amount)
+    ctx.object_send(add, "audit").send(1)  # one-way: counts transfers
     right = await ctx.object(add, move.target).request(move.amount)
     return {move.source: left, move.target: right}
 

@@ -274,7 +274,7 @@ class Client:
     ) -> SendReceipt:
         """One-way: returns once Kafka has the message."""
         if delay is not None:
-            raise NotImplementedError("delayed sends are not supported yet")
+            raise TerminalError("delayed sends are not supported by this Kourier version", 501)
         inv_id = ids.new_id(target.key, self.partitions)
         record = Invoke(
             target=target,

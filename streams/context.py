@@ -45,6 +45,11 @@ class InvocationClosed(Exception):
     """The invocation's partition moved away or the invocation was stopped; its task must end."""
 
 
+def _unsupported(feature: str) -> TerminalError:
+    """A feature this runtime does not have yet: a terminal 501, never a retry loop."""
+    return TerminalError(f"{feature} are not supported by this Kourier version", 501)
+
+
 def _outcome(entry: Entry) -> Any:
     if entry.failure is not None:
         raise TerminalError(entry.failure.message, entry.failure.code)
@@ -97,7 +102,7 @@ class _Callee(Callee):
         headers: Mapping[str, str] | None = None,
     ) -> CallFuture[Any]:
         if timeout is not None:
-            raise NotImplementedError("call timeouts are not supported yet")
+            raise _unsupported("call timeouts")
         index = self._ctx.outgoing("call", self._target, arg, idempotency_key, headers, None)
         return _EntryFuture(self._ctx, index)
 
@@ -169,6 +174,8 @@ class InvocationContext(WorkflowContext):
         headers: Mapping[str, str] | None,
         delay: timedelta | None,
     ) -> int:
+        if delay is not None:
+            raise _unsupported("delayed sends")
         index, entry = self._step(kind, target=target)
         if entry is None:
             callee = ids.child_id(
@@ -232,10 +239,10 @@ class InvocationContext(WorkflowContext):
         return _Recipient(self, _target(workflow, workflow_id, handler, "workflow_send"))
 
     def attach_invocation(self, invocation_id: str) -> DurableFuture[Any]:
-        raise NotImplementedError("attach from a handler is not supported yet")
+        raise _unsupported("attach from a handler")
 
     def cancel_invocation(self, invocation_id: str) -> None:
-        raise NotImplementedError("cancel from a handler is not supported yet")
+        raise _unsupported("cancel from a handler")
 
     # -- timers and side effects ----------------------------------------------
 
@@ -320,4 +327,4 @@ class InvocationContext(WorkflowContext):
     # -- workflow promises -------------------------------------------------------
 
     def promise(self, name: str) -> DurablePromise[Any]:
-        raise NotImplementedError("durable promises are not supported yet")
+        raise _unsupported("durable promises")

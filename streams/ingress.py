@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import JsonValue
 
+from handlers.exceptions import TerminalError
 from streams.client import Client, KafkaUnavailable, ServiceInfo
 from streams.records import Target
 from streams.settings import Settings
@@ -180,6 +181,8 @@ class Ingress:
             response = error_response(413, f"body larger than {self.max_body} bytes")
         except KafkaUnavailable as error:
             response = error_response(503, str(error))
+        except TerminalError as error:
+            response = error_response(error.status_code, error.message)
         REQUESTS.labels(kind, str(response.status)).inc()
         LATENCY.labels(kind).observe(time.perf_counter() - began)
         return response

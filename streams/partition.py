@@ -468,8 +468,6 @@ class PartitionProcessor:
         headers: dict[str, str],
         due: float | None,
     ) -> None:
-        if due is not None:
-            raise NotImplementedError("delayed sends are not supported yet")
         record = Invoke(
             target=target,
             argument=argument,

@@ -17,7 +17,7 @@ from streams.topics import Topics
 from tests.integration.conftest import WorkerProcesses
 
 
-async def test_state_survives_a_worker_restart(
+async def test_state_survives_a_worker_restart_and_a_kill(
     client: Client, worker_processes: WorkerProcesses
 ) -> None:
     first = worker_processes.spawn()
@@ -26,10 +26,13 @@ async def test_state_survives_a_worker_restart(
     first.stop()
     assert first.process is not None
     assert first.process.returncode == 0, worker_processes.logs()
-    worker_processes.spawn()
+    second = worker_processes.spawn()
     total = await asyncio.wait_for(client.object("Tally", "durable", "count").request(), 60)
     assert total == 6
     assert await asyncio.wait_for(client.object("Tally", "durable", "add").request(4), 60) == 10
+    second.kill()  # kill -9: no clean hand-over
+    worker_processes.spawn()
+    assert await asyncio.wait_for(client.object("Tally", "durable", "add").request(5), 90) == 15
 
 
 async def test_two_worker_processes_share_the_partitions(

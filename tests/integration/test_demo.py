@@ -1,0 +1,28 @@
+"""The README's first command runs the demo; this keeps the demo working."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_demo_runs_end_to_end() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert '200 "Hello Ada"' in out
+    assert "200 7" in out  # 5 then 2 added to one counter
+    assert '"status": "Accepted"' in out
+    assert "200 30" in out  # three one-way sends of 10, each applied once
+    assert '400 {"code": 400, "message": "name must not be empty"}' in out
+    assert '"request_id":"demo-kcat"' in out
+    assert "stopping the ingress, the worker and the broker" in out
