@@ -1,0 +1,194 @@
+"""The partition processor as pure logic: records in, records out, no Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from handlers import Context, ObjectContext, RetryPolicy, Service, TerminalError, VirtualObject
+from streams import ids
+from streams.partition import Out, PartitionProcessor
+from streams.records import Caller, Completion, Invoke, Target, decode_response, encode
+from streams.registry import Registry
+from streams.topics import Topics
+
+TOPICS = Topics("unit")
+calls = {"flaky": 0}
+
+box = VirtualObject("Box")
+
+
+@box.handler()
+async def put(ctx: ObjectContext, n: int) -> int:
+    value: int = (await ctx.get("n") or 0) + n
+    ctx.set("n", value)
+    return value
+
+
+@box.handler()
+async def wait_twice(ctx: ObjectContext) -> int:
+    first: int = await ctx.service("Helper", "one").request()
+    second: int = await ctx.service("Helper", "one").request()
+    ctx.set("n", first + second)
+    return first + second
+
+
+svc = Service("Helper", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=3))
+
+
+@svc.handler()
+async def one(ctx: Context) -> int:
+    return 1
+
+
+@svc.handler()
+async def flaky(ctx: Context) -> str:
+    calls["flaky"] += 1
+    raise RuntimeError("transient")
+
+
+@svc.handler()
+async def refuse(ctx: Context) -> None:
+    raise TerminalError("no", 403)
+
+
+class Harness:
+    def __init__(self, partitions: int = 1) -> None:
+        self.out: list[Out] = []
+        self.offset = 0
+        self.processor = self.make(partitions)
+
+    def make(self, partitions: int = 1) -> PartitionProcessor:
+        return PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
+                                  registry=Registry([box, svc]), emit=self.out.append,
+                                  wake=lambda: None)  # fmt: skip
+
+    def send(self, record: Any) -> None:
+        self.processor.on_message(None, encode(record), self.offset)
+        self.offset += 1
+
+    def call(self, target: Target, argument: Any = None, request_id: str = "r") -> str:
+        inv_id = ids.new_id(target.key, 1)
+        self.send(Invoke(target=target, argument=argument, invocation_id=inv_id,
+                         request_id=request_id))  # fmt: skip
+        return inv_id
+
+    def responses(self) -> dict[str, Any]:
+        found = {}
+        for out in self.out:
+            if out.topic == TOPICS.responses:
+                response = decode_response(out.value)
+                found[response.request_id] = response
+        return found
+
+    def invokes(self) -> list[Invoke]:
+        return [
+            r
+            for r in (json.loads(o.value or b"{}") for o in self.out if o.topic == TOPICS.ingress)
+            if r.get("kind") == "invoke"
+        ]  # type: ignore[misc]
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_exclusive_calls_on_one_key_run_in_order_and_answer() -> None:
+    h = Harness()
+    for i in range(5):
+        h.call(Target(service="Box", key="a", handler="put"), 1, request_id=f"r{i}")
+    await settle()
+    responses = h.responses()
+    assert [responses[f"r{i}"].value for i in range(5)] == [1, 2, 3, 4, 5]
+
+
+async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
+    h = Harness()
+    h.call(Target(service="Helper", handler="refuse"), request_id="no")
+    await settle()
+    failure = h.responses()["no"].failure
+    assert failure is not None
+    assert (failure.code, failure.message) == (403, "no")
+    flaky_id = h.call(Target(service="Helper", handler="flaky"), request_id="flaky")
+    await asyncio.sleep(0.1)
+    assert calls["flaky"] == 3
+    assert h.processor.invocations[flaky_id].meta.status == "paused"
+    assert "flaky" not in h.responses()
+
+
+async def test_a_restored_invocation_replays_without_repeating_its_calls() -> None:
+    h = Harness()
+    inv_id = h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
+    await settle()
+    first_calls = h.invokes()
+    assert len(first_calls) == 1, "the handler waits on its first call"
+    changelog = [o for o in h.processor.flush() if o.topic == TOPICS.invocations]
+    h.processor.close()
+
+    # A new owner restores the changelog and resumes by replay: the call is not re-sent.
+    h.out.clear()
+    restored = h.make()
+    for record in changelog:
+        assert record.key is not None
+        restored.restore_invocation(record.key, record.value)
+    h.processor = restored
+    restored.start()
+    await settle()
+    assert h.invokes() == []
+    callee = first_calls[0]["invocation_id"]
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0), invocation_id=callee,
+                      value=1))  # fmt: skip
+    await settle()
+    second = h.invokes()
+    assert len(second) == 1
+    assert second[0]["invocation_id"] != callee
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=1),
+                      invocation_id=second[0]["invocation_id"], value=1))  # fmt: skip
+    await settle()
+    assert h.responses()["w"].value == 2
+    assert restored.state[("Box", "k")] == {"n": 2}
+
+
+async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
+    h = Harness()
+    inv_id = h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
+    await settle()
+    inv = h.processor.invocations[inv_id]
+    # Pretend the journal recorded something else at entry 0.
+    inv.journal[0] = inv.journal[0].model_copy(
+        update={"target": Target(service="Helper", handler="flaky")}
+    )
+    inv.close()
+    h.processor._run(inv)
+    await settle()
+    failure = h.responses()["w"].failure
+    assert failure is not None
+    assert failure.code == 500
+    assert "journal entry 0" in failure.message
+    assert "non-deterministic" in failure.message
+
+
+async def test_malformed_and_misrouted_records() -> None:
+    h = Harness(partitions=4)
+    h.processor.on_message(b"k", b"not json", 0)
+    letters = [o for o in h.out if o.topic == TOPICS.deadletter]
+    assert len(letters) == 1
+    assert json.loads(letters[0].value or b"{}")["reason"] == "not-json"
+    # A keyed invoke that belongs to another partition is moved there untouched.
+    key = next(k for k in (f"k{i}" for i in range(100)) if ids.partition_of(ids.new_id(k, 4), 4))
+    raw = encode(Invoke(target=Target(service="Box", key=key, handler="put"), argument=1))
+    h.processor.on_message(key.encode(), raw, 1)
+    moved = [o for o in h.out if o.topic == TOPICS.ingress]
+    assert len(moved) == 1
+    assert moved[0].value == raw
+    assert moved[0].partition == ids.partition_of(ids.new_id(key, 4), 4)
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    calls["flaky"] = 0
