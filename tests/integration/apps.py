@@ -117,4 +117,17 @@ async def echo(ctx: Context, value: object) -> dict[str, object]:
     return {"value": value, "headers": dict(ctx.request().headers)}
 
 
+def _append_line(path: str, line: str) -> None:
+    with open(path, "a") as file:
+        file.write(line + "\n")
+
+
+@relay.handler()
+async def effect_then_add(ctx: Context, spec: dict[str, str]) -> int:
+    """A side effect outside Kourier (a line appended to a file), then a call."""
+    await ctx.run("append", lambda: _append_line(spec["file"], spec["tag"]))
+    result: int = await ctx.object(add, spec["key"]).request(1)
+    return result
+
+
 SERVICES = [tally, relay]
