@@ -256,6 +256,7 @@ class InvocationContext(WorkflowContext):
         entry = self.invocation.journal[index]
         if not entry.done:
             assert entry.due is not None
+            self.invocation.processor.waiting(self.invocation)
             await asyncio.sleep(max(0.0, entry.due - time.time()))
             self.invocation.check_open()
             self.invocation.complete_entry(index, value=None)

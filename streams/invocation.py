@@ -85,6 +85,8 @@ class Invocation:
         waiter = self.waiting.pop(index, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(entry)
+        if self.meta.status == "suspended":
+            self.processor.resume(self)
 
     async def wait_for(self, index: int) -> Any:
         entry = self.journal[index]
@@ -92,6 +94,7 @@ class Invocation:
             self.check_open()
             future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
             self.waiting[index] = future
+            self.processor.waiting(self)
             entry = await future
             self.check_open()
         return _outcome(entry)

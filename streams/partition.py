@@ -311,6 +311,45 @@ class PartitionProcessor:
         if not (inv.closed or self.closed):
             self._complete(inv, value, failure)
 
+    # -- suspension ------------------------------------------------------------------
+
+    def waiting(self, inv: Invocation) -> None:
+        """``inv`` awaits a call, a timer or a promise: suspend it if it is still waiting
+        after its service's inactivity timeout, so that it holds no task meanwhile."""
+        timeout = inv.handler.service.inactivity_timeout.total_seconds()
+        attempt = inv.task
+        asyncio.get_running_loop().call_later(timeout, self._suspend_if_idle, inv, attempt)
+
+    def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
+        if self.closed or inv.task is not task or task is None or task.done():
+            return
+        if inv.meta.status != "running" or not self._is_waiting(inv):
+            return
+        inv.close()
+        inv.task = None
+        inv.meta.status = "suspended"
+        self.touch(inv)
+        timers = [e.due for e in inv.journal if e.kind == "sleep" and not e.done and e.due]
+        if timers:
+            delay = max(0.0, min(timers) - time.time())
+            asyncio.get_running_loop().call_later(delay, self._wake_sleeper, inv)
+        log.debug("%s suspended", inv.meta.id)
+
+    @staticmethod
+    def _is_waiting(inv: Invocation) -> bool:
+        pending = any(not f.done() for f in inv.waiting.values())
+        sleeping = any(e.kind == "sleep" and not e.done for e in inv.journal)
+        return pending or sleeping
+
+    def _wake_sleeper(self, inv: Invocation) -> None:
+        if inv.meta.status == "suspended" and self.invocations.get(inv.meta.id) is inv:
+            self.resume(inv)
+
+    def resume(self, inv: Invocation) -> None:
+        """Run a suspended invocation again; it replays its journal up to where it waited."""
+        if not self.closed and inv.meta.status == "suspended":
+            self._run(inv)
+
     def _back_off(self, inv: Invocation, error: Exception) -> None:
         meta = inv.meta
         policy = inv.handler.retry

@@ -37,6 +37,16 @@ async def wait_twice(ctx: ObjectContext) -> int:
     return first + second
 
 
+patient = VirtualObject("Patient", inactivity_timeout=timedelta(milliseconds=20))
+
+
+@patient.handler()
+async def ask(ctx: ObjectContext) -> int:
+    answer: int = await ctx.service("Helper", "one").request()
+    await ctx.sleep(timedelta(milliseconds=50))
+    return answer + 1
+
+
 svc = Service("Helper", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=3))
 
 
@@ -64,7 +74,7 @@ class Harness:
 
     def make(self, partitions: int = 1) -> PartitionProcessor:
         return PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
-                                  registry=Registry([box, svc]), emit=self.out.append,
+                                  registry=Registry([box, svc, patient]), emit=self.out.append,
                                   wake=lambda: None)  # fmt: skip
 
     def send(self, record: Any) -> None:
@@ -91,6 +101,14 @@ class Harness:
             for r in (json.loads(o.value or b"{}") for o in self.out if o.topic == TOPICS.ingress)
             if r.get("kind") == "invoke"
         ]  # type: ignore[misc]
+
+
+async def until(condition: Any, seconds: float = 5.0) -> None:
+    """Let the loop run until ``condition()`` holds; fail after ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
 
 
 async def settle() -> None:
@@ -192,3 +210,19 @@ async def test_malformed_and_misrouted_records() -> None:
 @pytest.fixture(autouse=True)
 def _reset_calls() -> None:
     calls["flaky"] = 0
+
+
+async def test_a_waiting_invocation_is_suspended_and_resumed_by_replay() -> None:
+    h = Harness()
+    inv_id = h.call(Target(service="Patient", key="p", handler="ask"), request_id="ask")
+    inv = h.processor.invocations[inv_id]
+    await until(lambda: inv.meta.status == "suspended")
+    assert inv.task is None, "a suspended invocation holds no task"
+    (call,) = h.invokes()
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0),
+                      invocation_id=call["invocation_id"], value=41))  # fmt: skip
+    # Resumed by replay, then in its durable sleep: suspended again, woken by its timer.
+    await until(lambda: inv.meta.status == "suspended" and inv.journal[-1].kind == "sleep")
+    await until(lambda: "ask" in h.responses())
+    assert h.responses()["ask"].value == 42
+    assert len(h.invokes()) == 1, "the replay did not repeat the call"
