@@ -185,7 +185,8 @@ class InvocationContext(WorkflowContext):
             self.invocation.append(
                 Entry(kind=kind, target=target, callee=callee, done=kind == "send", due=due)
             )
-            self.invocation.emit_invoke(
+            self.invocation.processor.emit_invoke(
+                self.invocation,
                 target=target,
                 argument=JSON.dump(arg),
                 callee=callee,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
 from handlers.service import HandlerDef
 from streams.context import InvocationClosed, _outcome
 from streams.journal import Entry, EntryKind, InvocationMeta
-from streams.records import Failure, Target
+from streams.records import Failure
 
 if TYPE_CHECKING:
     from streams.partition import PartitionProcessor
@@ -98,30 +98,6 @@ class Invocation:
             entry = await future
             self.check_open()
         return _outcome(entry)
-
-    def emit_invoke(
-        self,
-        *,
-        target: Target,
-        argument: JsonValue,
-        callee: str,
-        index: int,
-        mode: Literal["call", "send"],
-        idempotency_key: str | None,
-        headers: dict[str, str],
-        due: float | None,
-    ) -> None:
-        self.processor.emit_invoke(
-            self,
-            target=target,
-            argument=argument,
-            callee=callee,
-            index=index,
-            mode=mode,
-            idempotency_key=idempotency_key,
-            headers=headers,
-            due=due,
-        )
 
     def state_get(self, name: str) -> JsonValue:
         return self.processor.state_of(self.meta.target).get(name)
