@@ -8,8 +8,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Producer
 
+from handlers import TerminalError
 from streams import broker, ids
 from streams.admin import create_topics
 from streams.client import Client
@@ -164,3 +166,24 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
             worker.stop()
     finally:
         broker.stop(data)
+
+
+async def test_a_non_deterministic_handler_is_reported_not_replayed(
+    client: Client, worker_processes: WorkerProcesses, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    first = worker_processes.spawn()
+    call = asyncio.create_task(client.service("Relay", "drifting").request(str(marker)))
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the handler never ran"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1)  # its first journal entry (the call to hold) is committed by now
+    first.kill()
+    worker_processes.spawn()
+    with pytest.raises(TerminalError) as failure:
+        await asyncio.wait_for(call, 90)
+    assert failure.value.status_code == 500
+    assert "journal entry 0" in failure.value.message
+    assert "Tally/drift/hold" in failure.value.message
+    assert await client.object("Tally", "drift", "count").request() == 0, "nothing was applied"

@@ -130,4 +130,22 @@ async def effect_then_add(ctx: Context, spec: dict[str, str]) -> int:
     return result
 
 
+def _first_time(marker: str) -> bool:
+    if os.path.exists(marker):
+        return False
+    with open(marker, "w") as file:
+        file.write("first run")
+    return True
+
+
+@relay.handler()
+async def drifting(ctx: Context, marker: str) -> str:
+    """Non-deterministic on purpose: after a restart it calls another handler than before."""
+    if _first_time(marker):
+        await ctx.object(hold, "drift").request()  # never released in a worker process
+    else:
+        await ctx.object(add, "drift").request(1)
+    return "done"
+
+
 SERVICES = [tally, relay]

@@ -15,6 +15,7 @@ from streams.client import Client
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.integration.conftest import WorkerProcesses
+from tests.integration.helpers import poll_until
 
 
 async def test_state_survives_a_worker_restart_and_a_kill(
@@ -53,8 +54,14 @@ async def test_two_worker_processes_share_the_partitions(
     # Both keep working correctly together: exact counts across both processes.
     await asyncio.gather(*(client.object_send("Tally", key, "add").send(1) for key in keys))
     await asyncio.gather(*(client.object_send("Tally", key, "add").send(1) for key in keys))
-    counts = await asyncio.gather(*(client.object("Tally", key, "count").request() for key in keys))
-    assert counts == [2] * len(keys)
+
+    async def counts() -> list[int]:
+        # Shared handlers do not wait behind the exclusive adds: poll until they are applied.
+        return list(
+            await asyncio.gather(*(client.object("Tally", key, "count").request() for key in keys))
+        )
+
+    await poll_until(counts, [2] * len(keys), 60, "counts after two sends per key")
 
 
 def _read_response(settings: Settings, request_id: str, timeout: float = 60) -> dict[str, object]:
