@@ -391,18 +391,9 @@ class PartitionProcessor:
         for request_id in meta.request_ids:
             self._respond(request_id, meta)
         if meta.caller is not None:
-            completion = Completion(
+            self._emit_completion(Completion(
                 caller=meta.caller, invocation_id=meta.id, value=value, failure=failure
-            )
-            owner = ids.partition_of(meta.caller.invocation_id, self.partitions)
-            self._emit(
-                Out(
-                    self.topics.ingress,
-                    owner,
-                    meta.caller.invocation_id.encode(),
-                    encode(completion),
-                )
-            )
+            ))  # fmt: skip
         service = inv.handler.service
         retention = service.completed_retention
         if meta.idempotency_key is not None or inv.handler.kind == "workflow":
@@ -463,18 +454,15 @@ class PartitionProcessor:
             )
             self._emit_response(record.request_id, response)
         if record.caller is not None and record.invocation_id is not None:
-            completion = Completion(
+            self._emit_completion(Completion(
                 caller=record.caller, invocation_id=record.invocation_id, failure=failure
-            )
-            owner = ids.partition_of(record.caller.invocation_id, self.partitions)
-            self._emit(
-                Out(
-                    self.topics.ingress,
-                    owner,
-                    record.caller.invocation_id.encode(),
-                    encode(completion),
-                )
-            )
+            ))  # fmt: skip
+
+    def _emit_completion(self, completion: Completion) -> None:
+        """A callee's outcome, to the partition of the caller waiting for it."""
+        caller = completion.caller.invocation_id
+        owner = ids.partition_of(caller, self.partitions)
+        self._emit(Out(self.topics.ingress, owner, caller.encode(), encode(completion)))
 
     def _dead_letter(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
