@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import TypeAdapter
 
+from handlers.combinators import Combinable
 from handlers.context import (
     Callee,
     CallFuture,
@@ -45,6 +46,10 @@ class InvocationClosed(Exception):
     """The invocation's partition moved away or the invocation was stopped; its task must end."""
 
 
+async def _awaited(future: DurableFuture[T]) -> T:
+    return await future
+
+
 def _unsupported(feature: str) -> TerminalError:
     """A feature this runtime does not have yet: a terminal 501, never a retry loop."""
     return TerminalError(f"{feature} are not supported by this Kourier version", 501)
@@ -56,7 +61,16 @@ def _outcome(entry: Entry) -> Any:
     return entry.value
 
 
-class _EntryFuture(CallFuture[Any]):
+class _Selectable(Combinable):
+    """Futures of one context can be raced with ``handlers.select``."""
+
+    _ctx: InvocationContext
+
+    async def _kourier_select(self, futures: dict[str, DurableFuture[Any]]) -> tuple[str, Any]:
+        return await self._ctx.select(futures)
+
+
+class _EntryFuture(_Selectable, CallFuture[Any]):
     """Awaits journal entry ``index`` of an invocation."""
 
     def __init__(self, ctx: InvocationContext, index: int) -> None:
@@ -72,8 +86,9 @@ class _EntryFuture(CallFuture[Any]):
         return callee
 
 
-class _CoroutineFuture(DurableFuture[T]):
-    def __init__(self, make: Callable[[], Awaitable[T]]) -> None:
+class _CoroutineFuture(_Selectable, DurableFuture[T]):
+    def __init__(self, ctx: InvocationContext, make: Callable[[], Awaitable[T]]) -> None:
+        self._ctx = ctx
         self._make = make
 
     def __await__(self) -> Generator[Any, None, T]:
@@ -245,13 +260,37 @@ class InvocationContext(WorkflowContext):
     def cancel_invocation(self, invocation_id: str) -> None:
         raise _unsupported("cancel from a handler")
 
+    # -- combinators ------------------------------------------------------------------
+
+    async def select(self, futures: dict[str, DurableFuture[Any]]) -> tuple[str, Any]:
+        """The first of ``futures`` to complete; the winner's name is journaled, so a
+        replay takes the same branch even if another future completes first this time."""
+        index, entry = self._step("select", name=",".join(futures))
+        if entry is not None and entry.done:
+            winner = str(entry.value)
+            return winner, await futures[winner]
+        if entry is None:
+            self.invocation.append(Entry(kind="select", name=",".join(futures)))
+        tasks = {asyncio.ensure_future(_awaited(f)): name for name, f in futures.items()}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+        first = next(task for task in tasks if task in done)
+        winner = tasks[first]
+        self.invocation.check_open()
+        self.invocation.complete_entry(index, value=winner)
+        return winner, first.result()
+
     # -- timers and side effects ----------------------------------------------
 
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
         index, entry = self._step("sleep")
         if entry is None:
             self.invocation.append(Entry(kind="sleep", due=time.time() + duration.total_seconds()))
-        return _CoroutineFuture(lambda: self._sleep(index))
+        return _CoroutineFuture(self, lambda: self._sleep(index))
 
     async def _sleep(self, index: int) -> None:
         entry = self.invocation.journal[index]
@@ -268,7 +307,7 @@ class InvocationContext(WorkflowContext):
         index, entry = self._step("run", name=name)
         if entry is None:
             self.invocation.append(Entry(kind="run", name=name))
-        return _CoroutineFuture(lambda: self._run(index, action))
+        return _CoroutineFuture(self, lambda: self._run(index, action))
 
     async def _run(self, index: int, action: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
         entry = self.invocation.journal[index]

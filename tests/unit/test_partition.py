@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from handlers import Context, ObjectContext, RetryPolicy, Service, TerminalError, VirtualObject
+from handlers import (
+    Context,
+    ObjectContext,
+    RetryPolicy,
+    Service,
+    TerminalError,
+    VirtualObject,
+    select,
+)
 from streams import ids
 from streams.partition import Out, PartitionProcessor
 from streams.records import Caller, Completion, Invoke, Target, decode_response, encode
@@ -45,6 +53,14 @@ async def ask(ctx: ObjectContext) -> int:
     answer: int = await ctx.service("Helper", "one").request()
     await ctx.sleep(timedelta(milliseconds=50))
     return answer + 1
+
+
+@patient.handler()
+async def race(ctx: ObjectContext, wait_ms: int) -> list[object]:
+    call = ctx.service("Helper", "one").request()
+    timer = ctx.sleep(timedelta(milliseconds=wait_ms))
+    name, value = await select(answer=call, timeout=timer)
+    return [name, value]
 
 
 svc = Service("Helper", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=3))
@@ -226,3 +242,19 @@ async def test_a_waiting_invocation_is_suspended_and_resumed_by_replay() -> None
     await until(lambda: "ask" in h.responses())
     assert h.responses()["ask"].value == 42
     assert len(h.invokes()) == 1, "the replay did not repeat the call"
+
+
+async def test_select_returns_whichever_completes_first() -> None:
+    h = Harness()
+    inv_id = h.call(Target(service="Patient", key="r", handler="race"), 30, request_id="slow")
+    await until(lambda: "slow" in h.responses())
+    assert h.responses()["slow"].value == ["timeout", None]
+    # A call that answers before the timer wins.
+    fast_id = h.call(Target(service="Patient", key="f", handler="race"), 60_000, request_id="fast")
+    await until(lambda: len(h.invokes()) == 2)
+    callee = h.invokes()[1]["invocation_id"]
+    h.send(Completion(caller=Caller(invocation_id=fast_id, entry=0), invocation_id=callee,
+                      value=7))  # fmt: skip
+    await until(lambda: "fast" in h.responses())
+    assert h.responses()["fast"].value == ["answer", 7]
+    assert inv_id != fast_id
