@@ -15,7 +15,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from confluent_kafka import (
@@ -32,7 +32,7 @@ from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import ids
 from streams.offsets import consume_ready, watermarks
-from streams.records import Invoke, RecordError, Response, Target, decode_response, encode
+from streams.records import Delayed, Invoke, RecordError, Response, Target, decode_response, encode
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -213,7 +213,7 @@ class Client:
 
     # -- producing --------------------------------------------------------------------
 
-    async def _produce(self, record: Invoke, partition: int, key: str) -> None:
+    async def _produce(self, topic: str, record: BaseModel, partition: int, key: str) -> None:
         delivered: asyncio.Future[None] = self._loop.create_future()
 
         def report(error: KafkaError | None, message: Message) -> None:
@@ -222,7 +222,7 @@ class Client:
         while True:
             try:
                 self._producer.produce(
-                    self.topics.ingress,
+                    topic,
                     value=encode(record),
                     key=key.encode(),
                     partition=partition,
@@ -257,7 +257,10 @@ class Client:
         self._pending[request_id] = future
         try:
             await self._produce(
-                record, ids.partition_of(inv_id, self.partitions), target.key or inv_id
+                self.topics.ingress,
+                record,
+                ids.partition_of(inv_id, self.partitions),
+                target.key or inv_id,
             )
             return inv_id, await future
         finally:
@@ -273,8 +276,6 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> SendReceipt:
         """One-way: returns once Kafka has the message."""
-        if delay is not None:
-            raise TerminalError("delayed sends are not supported by this Kourier version", 501)
         inv_id = ids.new_id(target.key, self.partitions)
         record = Invoke(
             target=target,
@@ -284,7 +285,12 @@ class Client:
             idempotency_key=idempotency_key,
             headers=dict(headers or {}),
         )
-        await self._produce(record, ids.partition_of(inv_id, self.partitions), target.key or inv_id)
+        partition = ids.partition_of(inv_id, self.partitions)
+        if delay is None:
+            await self._produce(self.topics.ingress, record, partition, target.key or inv_id)
+        else:
+            delayed = Delayed(due=datetime.now(UTC) + delay, invoke=record)
+            await self._produce(self.topics.delay, delayed, partition, target.key or inv_id)
         return SendReceipt(invocation_id=inv_id, status="Accepted")
 
     # -- the handler-like API ----------------------------------------------------------

@@ -189,8 +189,6 @@ class InvocationContext(WorkflowContext):
         headers: Mapping[str, str] | None,
         delay: timedelta | None,
     ) -> int:
-        if delay is not None:
-            raise _unsupported("delayed sends")
         index, entry = self._step(kind, target=target)
         if entry is None:
             callee = ids.child_id(

@@ -32,6 +32,7 @@ from streams.records import (
     Cancel,
     Completion,
     DeadLetter,
+    Delayed,
     Failure,
     Invoke,
     Kill,
@@ -506,7 +507,11 @@ class PartitionProcessor:
         )
         owner = ids.partition_of(callee, self.partitions)
         key = (target.key if target.key is not None else callee).encode()
-        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+        if due is None:
+            self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+        else:
+            delayed = Delayed(due=datetime.fromtimestamp(due, UTC), invoke=record)
+            self._emit(Out(self.topics.delay, owner, key, encode(delayed)))
 
     # -- state ----------------------------------------------------------------------
 

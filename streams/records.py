@@ -176,6 +176,13 @@ class Delayed(_Record):
     invoke: Invoke
 
 
+class Fired(_Record):
+    """Marks the delayed record at ``offset`` of the same delay partition as released."""
+
+    kind: Literal["fired"] = "fired"
+    offset: int = Field(ge=0)
+
+
 class DeadLetter(_Record):
     """A record that could not be processed, kept with where it came from and why."""
 
@@ -226,7 +233,9 @@ _INGRESS: TypeAdapter[Invoke | Cancel | Kill | AttachRequest | Completion] = Typ
 )
 _EXTERNAL: TypeAdapter[Invoke | Cancel | Kill | AttachRequest] = TypeAdapter(ExternalRecord)
 _RESPONSE: TypeAdapter[Response] = TypeAdapter(Response)
-_DELAYED: TypeAdapter[Delayed] = TypeAdapter(Delayed)
+_DELAY: TypeAdapter[Delayed | Fired] = TypeAdapter(
+    Annotated[Delayed | Fired, Field(discriminator="kind")]
+)
 
 
 def encode(record: BaseModel) -> bytes:
@@ -268,8 +277,9 @@ def decode_response(data: bytes | None) -> Response:
     return _validate(_RESPONSE, data)
 
 
-def decode_delayed(data: bytes | None) -> Delayed:
-    return _validate(_DELAYED, data)
+def decode_delay(data: bytes | None) -> Delayed | Fired:
+    """Decode a delay-topic value: a delayed invocation, or the marker that released one."""
+    return _validate(_DELAY, data)
 
 
 def json_schemas() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from confluent_kafka import (
 
 from handlers.service import ServiceDefinition
 from streams.broker import cache_dir
+from streams.delay import DelayProcessor
 from streams.offsets import consume_ready, watermarks
 from streams.partition import Out, PartitionProcessor
 from streams.registry import Registry
@@ -53,6 +54,13 @@ class Snapshot:
 
 class WorkerError(RuntimeError):
     retriable = False
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic.rsplit(".", 1)[-1], []).append(tp.partition)
+    return ", ".join(f"{topic} {sorted(ps)}" for topic, ps in sorted(by_topic.items())) or "nothing"
 
 
 def _claim_slot(namespace: str) -> tuple[int, IO[str]]:
@@ -90,6 +98,7 @@ class Worker:
         self.topics = Topics(settings.namespace)
         self._worker_id = worker_id
         self.processors: dict[int, PartitionProcessor] = {}
+        self.delays: dict[int, DelayProcessor] = {}
         self._outbox: list[Out] = []
         self._offsets: dict[int, int] = {}
         self._dirty = False
@@ -145,7 +154,9 @@ class Worker:
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",
-                    "partition.assignment.strategy": "cooperative-sticky",
+                    # Range assigns partition p of the ingress and the delay topic to one worker,
+                    # and spreads both evenly (cooperative-sticky balances their sum instead).
+                    "partition.assignment.strategy": "range",
                     "fetch.wait.max.ms": 5,
                     # The broker's minimum, so that a dead worker's partitions move on quickly.
                     "session.timeout.ms": 6_000,
@@ -185,7 +196,7 @@ class Worker:
         self._offset_reader = self._new_consumer()
         self._consumer = self._new_consumer()
         self._consumer.subscribe(
-            [self.topics.ingress],
+            [self.topics.ingress, self.topics.delay],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -195,8 +206,7 @@ class Worker:
             await asyncio.to_thread(self._kafka_thread)
         finally:
             self._stopping = True
-            for processor in self.processors.values():
-                processor.close()
+            self._close_all()
             # librdkafka handles live until garbage collected: drop ours now.
             del self._producer, self._consumer, self._restorer, self._offset_reader
 
@@ -208,7 +218,7 @@ class Worker:
             while not self._stopping:
                 # Commit promptly when handlers have produced effects; otherwise wait for input.
                 batch = consume_ready(self._consumer, 1000, 0.0 if self._dirty else 0.01)
-                snapshot = self._on_loop(self._step(batch))
+                snapshot = self._on_loop(self._step(batch, self._delay_positions()))
                 self._commit(snapshot)
             self._commit(self._on_loop(self._step([], closing=True)))
         finally:
@@ -221,14 +231,32 @@ class Worker:
         """Run ``coro`` on the event loop and wait for its result (Kafka thread only)."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _step(self, batch: list[Message], closing: bool = False) -> Snapshot:
+    def _delay_positions(self) -> dict[int, int]:
+        """Consumer positions of delay partitions still catching up (Kafka thread)."""
+        catching_up = [p for p, d in list(self.delays.items()) if not d.caught_up]
+        if not catching_up:
+            return {}
+        tps = [TopicPartition(self.topics.delay, p) for p in catching_up]
+        return {tp.partition: tp.offset for tp in self._consumer.position(tps) if tp.offset >= 0}
+
+    async def _step(
+        self, batch: list[Message], positions: dict[int, int] | None = None, closing: bool = False
+    ) -> Snapshot:
         """Apply ``batch``, let the handlers it started take their first steps, snapshot."""
         self._dispatch(batch)
+        for partition, position in (positions or {}).items():
+            if partition in self.delays:
+                self.delays[partition].advance(position)
         await asyncio.sleep(0)
         if closing:
-            for processor in self.processors.values():
-                processor.close()
+            self._close_all()
         return self._snapshot()
+
+    def _close_all(self) -> None:
+        for processor in self.processors.values():
+            processor.close()
+        for delay in self.delays.values():
+            delay.close()
 
     def _dispatch(self, batch: list[Message]) -> None:
         for message in batch:
@@ -238,12 +266,17 @@ class Worker:
                     log.warning("consumer: %s", error)
                 continue
             partition = message.partition()
+            offset = message.offset()
             assert partition is not None
+            assert offset is not None
+            if message.topic() == self.topics.delay:
+                delay = self.delays.get(partition)
+                if delay is not None:
+                    delay.on_message(message.key(), message.value(), offset)
+                continue
             processor = self.processors.get(partition)
             if processor is None:
                 continue
-            offset = message.offset()
-            assert offset is not None
             processor.on_message(message.key(), message.value(), offset)
             self._offsets[partition] = offset + 1
 
@@ -265,6 +298,11 @@ class Worker:
         offsets = [
             TopicPartition(self.topics.ingress, partition, offset)
             for partition, offset in self._offsets.items()
+        ]
+        offsets += [
+            TopicPartition(self.topics.delay, partition, delay.commit_offset())
+            for partition, delay in self.delays.items()
+            if delay.caught_up
         ]
         return Snapshot(out, offsets)
 
@@ -323,51 +361,68 @@ class Worker:
         owned = self._on_loop(self._drop_all())
         if not owned:
             return
-        committed = self._offset_reader.committed(
-            [TopicPartition(self.topics.ingress, p) for p in owned], _TIMEOUT
-        )
+        committed = self._offset_reader.committed(owned, _TIMEOUT)
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-        self._on_loop(self._assign(owned, committed))
+        self._on_loop(self._assign(committed, self._delay_ends(committed)))
 
-    async def _drop_all(self) -> list[int]:
-        owned = list(self.processors)
-        for processor in self.processors.values():
-            processor.close()
+    async def _drop_all(self) -> list[TopicPartition]:
+        owned = [TopicPartition(self.topics.ingress, p) for p in self.processors]
+        owned += [TopicPartition(self.topics.delay, p) for p in self.delays]
+        self._close_all()
         self.processors.clear()
+        self.delays.clear()
         self._offsets.clear()
         self._outbox = []
         return owned
 
     # -- partitions (rebalance callbacks run on the Kafka thread, inside consume) ---------
 
+    def _delay_ends(self, partitions: list[TopicPartition]) -> dict[int, int]:
+        """Last stable offsets of the delay partitions among ``partitions`` (Kafka thread)."""
+        return {
+            tp.partition: watermarks(self._restorer, TopicPartition(tp.topic, tp.partition))[1]
+            for tp in partitions
+            if tp.topic == self.topics.delay
+        }
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        owned = [tp.partition for tp in partitions]
         committed = self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
-        self._on_loop(self._assign(owned, committed))
+        self._on_loop(self._assign(committed, self._delay_ends(committed)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Hand partitions over cleanly: stop their handlers, commit, forget them."""
-        revoked = [tp.partition for tp in partitions]
-        self._commit(self._on_loop(self._close(revoked)))
-        self._on_loop(self._forget(revoked))
-        log.info("revoked partitions %s", sorted(revoked))
+        """Hand partitions over cleanly: stop their handlers and timers, commit, forget them."""
+        self._commit(self._on_loop(self._close(partitions)))
+        self._on_loop(self._forget(partitions))
+        log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = [tp.partition for tp in partitions]
-        log.warning("lost partitions %s without a clean hand-over", sorted(lost))
-        self._on_loop(self._forget(lost, close=True))
+        log.warning("lost %s without a clean hand-over", _describe(partitions))
+        self._on_loop(self._forget(partitions, close=True))
         self._recover()
 
-    async def _assign(self, partitions: list[int], committed: list[TopicPartition]) -> None:
+    async def _assign(self, committed: list[TopicPartition], delay_ends: dict[int, int]) -> None:
+        """Take over partitions: ingress ones restore their changelogs; delay ones re-read
+        their pending messages (from the committed offset) before releasing any."""
         began = time.monotonic()
         for tp in committed:
+            if tp.topic == self.topics.delay:
+                start = max(tp.offset, 0)
+                self.delays[tp.partition] = DelayProcessor(
+                    partition=tp.partition,
+                    partitions=self.partitions,
+                    topics=self.topics,
+                    start_offset=start,
+                    caught_up_at=delay_ends.get(tp.partition, start),
+                    emit=self._emit,
+                    wake=self._wake,
+                )
+                continue
             if tp.offset >= 0:
                 self._offsets[tp.partition] = tp.offset
-        for partition in partitions:
             processor = PartitionProcessor(
-                partition=partition,
+                partition=tp.partition,
                 partitions=self.partitions,
                 topics=self.topics,
                 registry=self.registry,
@@ -375,26 +430,29 @@ class Worker:
                 wake=self._wake,
             )
             await asyncio.to_thread(self._restore, processor)
-            self.processors[partition] = processor
+            self.processors[tp.partition] = processor
             processor.start()
-        log.info(
-            "assigned partitions %s (restored in %.2fs)",
-            sorted(partitions),
-            time.monotonic() - began,
-        )
+        log.info("assigned %s (restored in %.2fs)", _describe(committed), time.monotonic() - began)
 
-    async def _close(self, partitions: list[int]) -> Snapshot:
-        for partition in partitions:
-            if partition in self.processors:
-                self.processors[partition].close()
+    async def _close(self, partitions: list[TopicPartition]) -> Snapshot:
+        for tp in partitions:
+            if tp.topic == self.topics.delay and tp.partition in self.delays:
+                self.delays[tp.partition].close()
+            elif tp.topic == self.topics.ingress and tp.partition in self.processors:
+                self.processors[tp.partition].close()
         return self._snapshot()
 
-    async def _forget(self, partitions: list[int], close: bool = False) -> None:
-        for partition in partitions:
-            processor = self.processors.pop(partition, None)
+    async def _forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
+        for tp in partitions:
+            if tp.topic == self.topics.delay:
+                delay = self.delays.pop(tp.partition, None)
+                if delay is not None and close:
+                    delay.close()
+                continue
+            processor = self.processors.pop(tp.partition, None)
             if processor is not None and close:
                 processor.close()
-            self._offsets.pop(partition, None)
+            self._offsets.pop(tp.partition, None)
 
     def _restore(self, processor: PartitionProcessor) -> None:
         """Read the partition's changelogs from the start to their end (blocking)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import timedelta
 
 from handlers import (
     Context,
@@ -146,6 +147,13 @@ async def drifting(ctx: Context, marker: str) -> str:
     else:
         await ctx.object(add, "drift").request(1)
     return "done"
+
+
+@relay.handler()
+async def later(ctx: Context, spec: dict[str, int | str]) -> None:
+    """A delayed one-way send from a handler."""
+    delay = timedelta(milliseconds=int(spec["ms"]))
+    ctx.object_send(add, str(spec["key"])).send(1, delay=delay)
 
 
 SERVICES = [tally, relay]

@@ -43,7 +43,8 @@ def test_other_records_round_trip() -> None:
     response = r.Response(request_id="req-1", invocation_id="inv_1", status="success", value=[1])
     assert r.decode_response(r.encode(response)) == response
     delayed = r.Delayed(due=datetime(2030, 1, 1, tzinfo=UTC), invoke=INVOKE)
-    assert r.decode_delayed(r.encode(delayed)) == delayed
+    assert r.decode_delay(r.encode(delayed)) == delayed
+    assert r.decode_delay(r.encode(r.Fired(offset=3))) == r.Fired(offset=3)
     error = r.RecordError("not-json", "boom")
     letter = r.DeadLetter.of(
         error, topic="ns.ingress", partition=3, offset=9, key=b"k", value=b"\xff\x00",
