@@ -105,6 +105,16 @@ def main() -> int:
             time.sleep(0.1)
         show("POST", f"{base}/Counter/bob/get")
 
+        step("a delayed send: queued on the delay topic, released when due (here 2 s)")
+        sent = time.monotonic()
+        show("POST", f"{base}/Counter/carol/add/send?delay=2s", 1)
+        show("POST", f"{base}/Counter/carol/get")
+        deadline = time.monotonic() + 30
+        while http("POST", f"{base}/Counter/carol/get")[1] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(f"  ... applied {time.monotonic() - sent:.1f} s after it was sent")
+        show("POST", f"{base}/Counter/carol/get")
+
         step("a chain of calls: Bank/transfer calls Counter/add on two keys")
         show("POST", f"{base}/Bank/transfer", {"source": "bob", "target": "ada", "amount": 4})
 

@@ -23,6 +23,9 @@ def test_the_demo_runs_end_to_end() -> None:
     assert "200 7" in out  # 5 then 2 added to one counter
     assert '"status": "Accepted"' in out
     assert "200 30" in out  # three one-way sends of 10, each applied once
+    assert "add/send?delay=2s" in out
+    assert "200 0" in out  # the delayed send has not run yet
+    assert "applied" in out
     assert '400 {"code": 400, "message": "name must not be empty"}' in out
     assert '"request_id":"demo-kcat"' in out
     assert "stopping the ingress, the worker and the broker" in out
