@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from handlers import Context, ObjectContext, ObjectSharedContext, Service, VirtualObject
 
 meter = VirtualObject("Meter")
@@ -37,4 +39,21 @@ async def bump(ctx: Context, key: str) -> int:
     return result
 
 
-SERVICES = [meter, echo, chain]
+lateness = VirtualObject("Lateness")
+
+
+@lateness.handler()
+async def record(ctx: ObjectContext, due: float) -> None:
+    """How late a delayed send ran: now minus the due time it carries."""
+    values: list[float] = await ctx.get("values") or []
+    values.append(time.time() - due)
+    ctx.set("values", values)
+
+
+@lateness.handler(kind="shared")
+async def values(ctx: ObjectSharedContext) -> list[float]:
+    found: list[float] = await ctx.get("values") or []
+    return found
+
+
+SERVICES = [meter, echo, chain, lateness]

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from streams import broker, ids
 from streams.admin import create_topics
+from streams.client import Client
 from streams.partitioning import partition_for
 from streams.records import Invoke, Target, encode
 from streams.settings import Settings
@@ -148,6 +150,37 @@ async def workload_chain(url: str, total: int) -> dict[str, Any]:
             "p50_ms": round(pct(latencies, 0.5) * 1000, 2)}  # fmt: skip
 
 
+async def workload_delayed(settings: Settings, total: int) -> dict[str, Any]:
+    """Delayed sends (2 s) spread over 10 keys: how late each ran after its due time."""
+    keys = [f"late-{i}" for i in range(10)]
+    delay = 2.0
+    async with Client(settings) as client:
+        sends = []
+        for i in range(total):
+            due = time.time() + delay
+            sends.append(client.object_send("Lateness", keys[i % 10], "record").send(
+                due, delay=timedelta(seconds=delay)
+            ))  # fmt: skip
+        await asyncio.gather(*sends)
+        deadline = time.monotonic() + 120
+        found: list[float] = []
+        while time.monotonic() < deadline:
+            lists = await asyncio.gather(
+                *(client.object("Lateness", key, "values").request() for key in keys)
+            )
+            found = [value for values in lists for value in values]
+            if len(found) >= total:
+                break
+            await asyncio.sleep(0.2)
+    if len(found) < total:
+        raise RuntimeError(f"only {len(found)} of {total} delayed sends ran within 120s")
+    return {"sends": total, "delay_s": delay,
+            "lateness_p50_ms": round(pct(found, 0.5) * 1000, 1),
+            "lateness_p99_ms": round(pct(found, 0.99) * 1000, 1),
+            "lateness_max_ms": round(max(found) * 1000, 1),
+            "earliest_ms": round(min(found) * 1000, 1)}  # fmt: skip
+
+
 def raw_pipeline(settings: Settings, total: int) -> dict[str, Any]:
     """The ceiling: confluent-kafka consume -> produce, no transactions, same broker."""
     admin = AdminClient(settings.client_config())
@@ -233,6 +266,8 @@ async def run(quick: bool) -> dict[str, Any]:
         say(results)
         results["http_chain_32_concurrent"] = await workload_chain(url, int(10000 * scale))
         say(results)
+        results["delayed_send_lateness"] = await workload_delayed(settings, int(2000 * scale))
+        say(results)
         results["worker_rss_mib"] = round(rss_mib(worker.pid), 1)
         results["ingress_rss_mib"] = round(rss_mib(ingress.pid), 1)
         results["raw_pipeline"] = raw_pipeline(settings, int(200000 * scale))
@@ -257,7 +292,9 @@ async def wait_ready(url: str) -> None:
         while time.monotonic() < deadline:
             try:
                 async with http.get(f"{url}/health") as reply:
-                    if {"Meter", "Echo", "Chain"} <= set((await reply.json())["services"]):
+                    if {"Meter", "Echo", "Chain", "Lateness"} <= set(
+                        (await reply.json())["services"]
+                    ):
                         return
             except aiohttp.ClientError:
                 pass
