@@ -243,7 +243,7 @@ class Client:
         invocation_id: str | None = None,
     ) -> tuple[str, Response]:
         """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
-        inv_id = invocation_id or ids.new_id(target.key, self.partitions)
+        inv_id = invocation_id or _new_id(target, idempotency_key, self.partitions)
         request_id = uuid.uuid4().hex
         record = Invoke(
             target=target,
@@ -276,7 +276,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> SendReceipt:
         """One-way: returns once Kafka has the message."""
-        inv_id = ids.new_id(target.key, self.partitions)
+        inv_id = _new_id(target, idempotency_key, self.partitions)
         record = Invoke(
             target=target,
             argument=argument,
@@ -314,6 +314,12 @@ class Client:
         self, workflow: str, workflow_id: str, handler: str = "run"
     ) -> ClientRecipient:
         return ClientRecipient(self, Target(service=workflow, key=workflow_id, handler=handler))
+
+
+def _new_id(target: Target, idempotency_key: str | None, partitions: int) -> str:
+    if idempotency_key is None:
+        return ids.new_id(target.key, partitions)
+    return ids.idempotent_id(target.service, target.key, target.handler, idempotency_key)
 
 
 def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:

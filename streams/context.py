@@ -191,9 +191,14 @@ class InvocationContext(WorkflowContext):
     ) -> int:
         index, entry = self._step(kind, target=target)
         if entry is None:
-            callee = ids.child_id(
-                self.invocation.meta.id, index, target.key, self.invocation.partitions
-            )
+            if idempotency_key is not None:
+                callee = ids.idempotent_id(
+                    target.service, target.key, target.handler, idempotency_key
+                )
+            else:
+                callee = ids.child_id(
+                    self.invocation.meta.id, index, target.key, self.invocation.partitions
+                )
             due = time.time() + delay.total_seconds() if delay else None
             self.invocation.append(
                 Entry(kind=kind, target=target, callee=callee, done=kind == "send", due=due)

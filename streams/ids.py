@@ -10,6 +10,7 @@ send a cancel or an attach to the right partition without a lookup.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 
@@ -57,6 +58,18 @@ def child_id(parent: str, entry: int, key: str | None, partitions: int) -> str:
     Derived, not random, so a replay of the parent names the same callee.
     """
     seed = f"{parent}/{entry}"
+    if key is not None:
+        return keyed_id(key, seed)
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
+
+
+def idempotent_id(service: str, key: str | None, handler: str, idempotency_key: str) -> str:
+    """The one id every request with this idempotency key for this target gets.
+
+    Scope = target + key, so duplicates meet on one partition as one invocation.
+    """
+    seed = json.dumps(["idempotency", service, key, handler, idempotency_key])
     if key is not None:
         return keyed_id(key, seed)
     digest = hashlib.sha256(seed.encode()).hexdigest()

@@ -9,6 +9,7 @@ in Kafka transactions; unit tests drive it directly.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import time
@@ -86,6 +87,7 @@ class PartitionProcessor:
         self._dirty: set[str] = set()
         self._dirty_state: set[tuple[str, str, str]] = set()
         self._tombstones: list[tuple[str, int]] = []
+        self._expiries: list[tuple[float, str]] = []  # (expires_at, id) of retained outcomes
         self._restored_meta: dict[str, InvocationMeta] = {}
         self._restored_entries: dict[str, dict[int, Entry]] = {}
 
@@ -151,6 +153,24 @@ class PartitionProcessor:
         for lock in list(self.inbox):
             if lock not in self.locks:
                 self._unlock_next(lock)
+        for inv in self.invocations.values():
+            if inv.meta.status == "completed" and inv.meta.expires_at is not None:
+                heapq.heappush(self._expiries, (inv.meta.expires_at, inv.meta.id))
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Forget completed invocations whose retention has passed (their idempotency keys
+        and outcomes with them), then look again in a second."""
+        if self.closed:
+            return
+        now = time.time()
+        while self._expiries and self._expiries[0][0] <= now:
+            _, inv_id = heapq.heappop(self._expiries)
+            inv = self.invocations.get(inv_id)
+            expires = inv.meta.expires_at if inv is not None else None
+            if inv is not None and inv.meta.status == "completed" and expires and expires <= now:
+                self._forget(inv)
+        asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     # -- ingress records -----------------------------------------------------------
 
@@ -181,6 +201,12 @@ class PartitionProcessor:
                     return partition_for(record.target.key, self.partitions)
                 if record.invocation_id is not None:
                     return ids.partition_of(record.invocation_id, self.partitions)
+                if record.idempotency_key is not None:
+                    target = record.target
+                    same = ids.idempotent_id(
+                        target.service, None, target.handler, record.idempotency_key
+                    )
+                    return ids.partition_of(same, self.partitions)
                 return self.partition
             if isinstance(record, Completion):
                 return ids.partition_of(record.caller.invocation_id, self.partitions)
@@ -208,6 +234,11 @@ class PartitionProcessor:
         seed = f"{self.topics.ingress}/{self.partition}/{offset}"
         if record.invocation_id is not None:
             inv_id = record.invocation_id
+        elif record.idempotency_key is not None:
+            target = record.target
+            inv_id = ids.idempotent_id(
+                target.service, target.key, target.handler, record.idempotency_key
+            )
         elif record.target.key is not None:
             inv_id = ids.keyed_id(record.target.key, seed)
         else:
@@ -401,6 +432,7 @@ class PartitionProcessor:
             retention = max(retention, service.idempotency_retention)
         if retention.total_seconds() > 0:
             meta.expires_at = now + retention.total_seconds()
+            heapq.heappush(self._expiries, (meta.expires_at, meta.id))
             self.touch(inv)
         else:
             self._forget(inv)

@@ -156,4 +156,15 @@ async def later(ctx: Context, spec: dict[str, int | str]) -> None:
     ctx.object_send(add, str(spec["key"])).send(1, delay=delay)
 
 
-SERVICES = [tally, relay]
+brief = VirtualObject("Brief", idempotency_retention=timedelta(seconds=2))
+
+
+@brief.handler()
+async def bump(ctx: ObjectContext) -> int:
+    """Remembers idempotency keys for 2 s only."""
+    value: int = (await ctx.get("n") or 0) + 1
+    ctx.set("n", value)
+    return value
+
+
+SERVICES = [tally, relay, brief]

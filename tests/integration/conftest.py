@@ -62,7 +62,7 @@ async def ingress_url(topics: Settings, worker: Worker) -> AsyncIterator[str]:
     ingress = Ingress(topics)
     await ingress.start()
     for _ in range(100):
-        if set(ingress.client.services) >= {"Tally", "Relay"}:
+        if set(ingress.client.services) >= {"Tally", "Relay", "Brief"}:
             break
         await asyncio.sleep(0.1)
     runner = web.AppRunner(ingress.app(), access_log=None)

@@ -1,0 +1,63 @@
+"""Idempotency keys: duplicates within retention get the same invocation and outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from streams.client import Client
+from streams.records import Target
+from streams.worker import Worker
+
+
+async def test_concurrent_duplicates_run_once_and_share_one_answer(
+    client: Client, worker: Worker
+) -> None:
+    target = Target(service="Tally", key="idem", handler="add")
+    answers = await asyncio.gather(
+        *(client.call(target, 5, idempotency_key="pay-1") for _ in range(20))
+    )
+    assert {inv_id for inv_id, _ in answers} == {answers[0][0]}, "one invocation id"
+    assert {response.value for _, response in answers} == {5}
+    assert await client.object("Tally", "idem", "count").request() == 5, "ran once"
+    # Later duplicates get the retained outcome, without running again.
+    again_id, again = await client.call(target, 5, idempotency_key="pay-1")
+    assert (again_id, again.value) == (answers[0][0], 5)
+    assert await client.object("Tally", "idem", "count").request() == 5
+
+
+async def test_idempotent_http_sends_get_the_same_id(ingress_url: str, client: Client) -> None:
+    ids = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            async with http.post(
+                f"{ingress_url}/Tally/idem-send/add/send", json=1,
+                headers={"idempotency-key": "once"},
+            ) as reply:  # fmt: skip
+                assert reply.status == 202
+                ids.append((await reply.json())["invocationId"])
+        async with http.post(
+            f"{ingress_url}/Tally/idem-send/add", json=1, headers={"idempotency-key": "other"}
+        ) as reply:
+            assert reply.status == 200
+    assert len(set(ids)) == 1
+    # The call with another key ran after the three sends (one key, exclusive, in order).
+    assert await client.object("Tally", "idem-send", "count").request() == 2
+
+
+async def test_keys_are_forgotten_after_the_retention(client: Client, worker: Worker) -> None:
+    target = Target(service="Brief", key="b", handler="bump")
+    _, first = await client.call(target, idempotency_key="k")
+    _, duplicate = await client.call(target, idempotency_key="k")
+    assert (first.value, duplicate.value) == (1, 1)
+    began = time.monotonic()
+    while True:
+        _, later = await client.call(target, idempotency_key="k")
+        if later.value == 2:
+            break
+        assert later.value == 1
+        assert time.monotonic() - began < 20, "the key was never forgotten"
+        await asyncio.sleep(0.25)
+    assert time.monotonic() - began >= 1.0, "forgotten before its 2 s retention"
