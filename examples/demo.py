@@ -28,10 +28,14 @@ def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def http(method: str, url: str, body: Any = None) -> tuple[int, Any, dict[str, str]]:
+def http(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("content-type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, json.loads(reply.read() or b"null"), dict(reply.headers)
@@ -39,10 +43,11 @@ def http(method: str, url: str, body: Any = None) -> tuple[int, Any, dict[str, s
         return error.code, json.loads(error.read() or b"null"), dict(error.headers)
 
 
-def show(method: str, url: str, body: Any = None) -> Any:
+def show(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
     shown = f" --json '{json.dumps(body)}'" if body is not None else ""
+    shown += "".join(f" -H '{name}: {value}'" for name, value in (headers or {}).items())
     print(f"$ curl -X {method} {url}{shown}")
-    status, value, headers = http(method, url, body)
+    status, value, headers = http(method, url, body, headers)
     extra = f"  (x-restate-id: {headers['x-restate-id']})" if "x-restate-id" in headers else ""
     print(f"  {status} {json.dumps(value)}{extra}")
     return value
@@ -114,6 +119,11 @@ def main() -> int:
             time.sleep(0.05)
         print(f"  ... applied {time.monotonic() - sent:.1f} s after it was sent")
         show("POST", f"{base}/Counter/carol/get")
+
+        step("an idempotent retry: the same idempotency key, the same invocation, run once")
+        for _ in range(2):
+            show("POST", f"{base}/Counter/dave/add", 50, {"idempotency-key": "order-17"})
+        show("POST", f"{base}/Counter/dave/get")
 
         step("a chain of calls: Bank/transfer calls Counter/add on two keys")
         show("POST", f"{base}/Bank/transfer", {"source": "bob", "target": "ada", "amount": 4})
