@@ -32,7 +32,16 @@ from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import ids
 from streams.offsets import consume_ready, watermarks
-from streams.records import Delayed, Invoke, RecordError, Response, Target, decode_response, encode
+from streams.records import (
+    AttachRequest,
+    Delayed,
+    Invoke,
+    RecordError,
+    Response,
+    Target,
+    decode_response,
+    encode,
+)
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -292,6 +301,28 @@ class Client:
             delayed = Delayed(due=datetime.now(UTC) + delay, invoke=record)
             await self._produce(self.topics.delay, delayed, partition, target.key or inv_id)
         return SendReceipt(invocation_id=inv_id, status="Accepted")
+
+    async def attach(self, invocation_id: str) -> Any:
+        """Wait for an invocation and return its result (``TerminalError`` on failure; 404
+        when it is unknown or its outcome was not retained)."""
+        return outcome(await self.attach_response(invocation_id, wait=True))
+
+    async def output(self, invocation_id: str) -> Any:
+        """The result now: ``TerminalError`` 470 while it still runs."""
+        return outcome(await self.attach_response(invocation_id, wait=False))
+
+    async def attach_response(self, invocation_id: str, *, wait: bool) -> Response:
+        ids.validate(invocation_id)
+        request_id = uuid.uuid4().hex
+        record = AttachRequest(request_id=request_id, invocation_id=invocation_id, wait=wait)
+        future: asyncio.Future[Response] = self._loop.create_future()
+        self._pending[request_id] = future
+        try:
+            partition = ids.partition_of(invocation_id, self.partitions)
+            await self._produce(self.topics.ingress, record, partition, invocation_id)
+            return await future
+        finally:
+            self._pending.pop(request_id, None)
 
     # -- the handler-like API ----------------------------------------------------------
 

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import JsonValue
 
 from handlers.exceptions import TerminalError
+from streams import ids
 from streams.client import Client, KafkaUnavailable, ServiceInfo
 from streams.records import Target
 from streams.settings import Settings
@@ -152,6 +153,13 @@ class Ingress:
         app = web.Application(client_max_size=self.max_body, middlewares=[json_errors])
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", metrics)
+        for path, wait in (
+            ("/restate/attach/{id}", True),
+            ("/restate/output/{id}", False),
+            ("/restate/invocation/{id}/attach", True),
+            ("/restate/invocation/{id}/output", False),
+        ):
+            app.router.add_get(path, self._attach_route(wait))
         app.router.add_post("/{path:.*}", self.invoke)
         return app
 
@@ -167,6 +175,23 @@ class Ingress:
 
     async def list_services(self, request: web.Request) -> web.Response:
         return web.json_response([s.model_dump() for s in self.client.services.values()])
+
+    def _attach_route(self, wait: bool) -> Any:
+        async def attach(request: web.Request) -> web.Response:
+            inv_id = request.match_info["id"]
+            try:
+                ids.validate(inv_id)
+                outcome = await self.client.attach_response(inv_id, wait=wait)
+            except ids.InvalidId as error:
+                return error_response(400, str(error))
+            except KafkaUnavailable as error:
+                return error_response(503, str(error))
+            if outcome.failure is not None:
+                return error_response(outcome.failure.code, outcome.failure.message)
+            return web.Response(body=json.dumps(outcome.value).encode(), status=200,
+                                content_type="application/json")  # fmt: skip
+
+        return attach
 
     async def invoke(self, request: web.Request) -> web.Response:
         began = time.perf_counter()

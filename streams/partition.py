@@ -190,6 +190,8 @@ class PartitionProcessor:
             self._on_invoke(record, key, value, offset)
         elif isinstance(record, Completion):
             self._on_completion(record)
+        elif isinstance(record, AttachRequest):
+            self._on_attach(record)
         else:
             self._unsupported(record)
         self._wake()
@@ -293,6 +295,40 @@ class PartitionProcessor:
             log.warning("completion for %s entry %d matches no call", inv.meta.id, index)
             return
         inv.complete_entry(index, value=record.value, failure=record.failure)
+
+    def _on_attach(self, record: AttachRequest) -> None:
+        """Attach (wait for the outcome) or output (the outcome now, 470 if not ready)."""
+        inv_id = record.invocation_id
+        if inv_id is None:
+            assert record.target is not None
+            target = record.target
+            if record.idempotency_key is None:
+                problem = "attach by target needs an idempotency key"
+                self._fail_request(record.request_id, None, Failure(code=400, message=problem))
+                return
+            inv_id = ids.idempotent_id(
+                target.service, target.key, target.handler, record.idempotency_key
+            )
+        inv = self.invocations.get(inv_id)
+        if inv is None:
+            message = (
+                f"invocation {inv_id} is unknown here: it never existed, or it completed and "
+                "its outcome was not retained (only idempotent and workflow invocations keep "
+                "theirs, for the service's retention)"
+            )
+            self._fail_request(record.request_id, inv_id, Failure(code=404, message=message))
+        elif inv.meta.status == "completed":
+            self._respond(record.request_id, inv.meta)
+        elif not record.wait:
+            self._fail_request(record.request_id, inv_id, Failure(code=470, message="not ready"))
+        else:
+            self._join(inv, record.request_id)
+
+    def _fail_request(self, request_id: str, inv_id: str | None, failure: Failure) -> None:
+        response = Response(
+            request_id=request_id, invocation_id=inv_id, status="failure", failure=failure
+        )
+        self._emit_response(request_id, response)
 
     def _unsupported(self, record: _Record) -> None:
         request_id = getattr(record, "request_id", None)
