@@ -125,6 +125,12 @@ def main() -> int:
             show("POST", f"{base}/Counter/dave/add", 50, {"idempotency-key": "order-17"})
         show("POST", f"{base}/Counter/dave/get")
 
+        step("attach: an idempotent invocation's outcome stays retrievable by its id")
+        _, _, headers = http(
+            "POST", f"{base}/Counter/dave/add", 50, {"idempotency-key": "order-17"}
+        )
+        show("GET", f"{base}/restate/attach/{headers['x-restate-id']}")
+
         step("a chain of calls: Bank/transfer calls Counter/add on two keys")
         show("POST", f"{base}/Bank/transfer", {"source": "bob", "target": "ada", "amount": 4})
 

@@ -28,6 +28,7 @@ def test_the_demo_runs_end_to_end() -> None:
     assert "applied" in out
     assert out.count("-H 'idempotency-key: order-17'") == 2
     assert "200 50" in out  # dave's counter after two idempotent adds of 50
+    assert "/restate/attach/inv_" in out
     assert '400 {"code": 400, "message": "name must not be empty"}' in out
     assert '"request_id":"demo-kcat"' in out
     assert "stopping the ingress, the worker and the broker" in out
