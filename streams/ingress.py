@@ -21,7 +21,7 @@ from pydantic import JsonValue
 from handlers.exceptions import TerminalError
 from streams import ids
 from streams.client import Client, KafkaUnavailable, ServiceInfo
-from streams.records import Target
+from streams.records import Response, Target
 from streams.settings import Settings
 
 log = logging.getLogger("kourier.ingress")
@@ -72,6 +72,14 @@ def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.json_response({"code": status, "message": message}, status=status, headers=headers)
+
+
+def outcome_response(outcome: Response, headers: dict[str, str] | None = None) -> web.Response:
+    """An invocation's outcome as HTTP: 200 with the JSON value, or the failure's code."""
+    if outcome.failure is not None:
+        return error_response(outcome.failure.code, outcome.failure.message, headers)
+    body = json.dumps(outcome.value).encode()
+    return web.Response(body=body, status=200, content_type="application/json", headers=headers)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -186,10 +194,7 @@ class Ingress:
                 return error_response(400, str(error))
             except KafkaUnavailable as error:
                 return error_response(503, str(error))
-            if outcome.failure is not None:
-                return error_response(outcome.failure.code, outcome.failure.message)
-            return web.Response(body=json.dumps(outcome.value).encode(), status=200,
-                                content_type="application/json")  # fmt: skip
+            return outcome_response(outcome)
 
         return attach
 
@@ -242,14 +247,7 @@ class Ingress:
         finally:
             self.in_flight -= 1
         id_header = {"x-restate-id": inv_id}
-        if outcome.failure is not None:
-            return error_response(outcome.failure.code, outcome.failure.message, id_header)
-        return web.Response(
-            body=json.dumps(outcome.value).encode(),
-            status=200,
-            content_type="application/json",
-            headers=id_header,
-        )
+        return outcome_response(outcome, id_header)
 
 
 @web.middleware
