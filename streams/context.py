@@ -33,8 +33,8 @@ from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.serde import JSON
 from handlers.service import handler_of
 from streams import ids
-from streams.journal import Entry, EntryKind
-from streams.records import Failure, Target
+from streams.journal import CANCELLED, Entry, EntryKind, Promise
+from streams.records import Caller, Completion, Failure, Target
 
 if TYPE_CHECKING:
     from streams.invocation import Invocation
@@ -116,9 +116,9 @@ class _Callee(Callee):
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> CallFuture[Any]:
-        if timeout is not None:
-            raise _unsupported("call timeouts")
         index = self._ctx.outgoing("call", self._target, arg, idempotency_key, headers, None)
+        if timeout is not None:
+            self._ctx.deadline(index, timeout)
         return _EntryFuture(self._ctx, index)
 
 
@@ -180,6 +180,34 @@ class InvocationContext(WorkflowContext):
             )
         return index, entry
 
+    def _new_entry(self, entry: Entry) -> int:
+        """Append ``entry``, or, when a cancel is pending, the same operation already failed
+        with 409 (it never takes effect): this is where a cancel reaches the handler."""
+        if self.invocation.take_cancel():
+            entry = entry.model_copy(update={"done": True, "failure": CANCELLED})
+        self.invocation.append(entry)
+        return len(self.invocation.journal) - 1
+
+    def deadline(self, index: int, timeout: timedelta) -> None:
+        """Fail call ``index`` with 408 unless it completes within ``timeout``."""
+        entry = self.invocation.journal[index]
+        if entry.due is not None or entry.done:
+            return  # replay: the timer exists already
+        due = time.time() + timeout.total_seconds()
+        self.invocation.journal[index] = entry.model_copy(update={"due": due})
+        self.invocation.dirty_entries.add(index)
+        assert entry.callee is not None
+        seconds = timeout.total_seconds()
+        failure = Failure(
+            code=408, message=f"call to {entry.describe()} timed out after {seconds}s"
+        )
+        completion = Completion(
+            caller=Caller(invocation_id=self.invocation.meta.id, entry=index),
+            invocation_id=entry.callee,
+            failure=failure,
+        )
+        self.invocation.processor.emit_timer(self.invocation, index, due, completion)
+
     def outgoing(
         self,
         kind: EntryKind,
@@ -200,9 +228,13 @@ class InvocationContext(WorkflowContext):
                     self.invocation.meta.id, index, target.key, self.invocation.partitions
                 )
             due = time.time() + delay.total_seconds() if delay else None
-            self.invocation.append(
-                Entry(kind=kind, target=target, callee=callee, done=kind == "send", due=due)
-            )
+            entry = Entry(kind=kind, target=target, callee=callee, done=kind == "send", due=due)
+            if kind == "call":
+                index = self._new_entry(entry)
+                if self.invocation.journal[index].done:
+                    return index  # cancelled before it was made
+            else:
+                self.invocation.append(entry)
             self.invocation.processor.emit_invoke(
                 self.invocation,
                 target=target,
@@ -258,10 +290,26 @@ class InvocationContext(WorkflowContext):
         return _Recipient(self, _target(workflow, workflow_id, handler, "workflow_send"))
 
     def attach_invocation(self, invocation_id: str) -> DurableFuture[Any]:
-        raise _unsupported("attach from a handler")
+        try:
+            ids.validate(invocation_id)
+        except ids.InvalidId as error:
+            raise TerminalError(str(error), 400) from None
+        index, entry = self._step("attach", callee=invocation_id)
+        if entry is None:
+            index = self._new_entry(Entry(kind="attach", callee=invocation_id))
+            if not self.invocation.journal[index].done:
+                self.invocation.processor.emit_attach(self.invocation, index, invocation_id)
+        return _EntryFuture(self, index)
 
     def cancel_invocation(self, invocation_id: str) -> None:
-        raise _unsupported("cancel from a handler")
+        try:
+            ids.validate(invocation_id)
+        except ids.InvalidId as error:
+            raise TerminalError(str(error), 400) from None
+        _index, entry = self._step("cancel", callee=invocation_id)
+        if entry is None:
+            self.invocation.append(Entry(kind="cancel", callee=invocation_id, done=True))
+            self.invocation.processor.emit_cancel(invocation_id)
 
     # -- combinators ------------------------------------------------------------------
 
@@ -290,19 +338,16 @@ class InvocationContext(WorkflowContext):
     # -- timers and side effects ----------------------------------------------
 
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
+        """A timer on the delay topic: its firing is a completion like a call's outcome."""
         index, entry = self._step("sleep")
         if entry is None:
-            self.invocation.append(Entry(kind="sleep", due=time.time() + duration.total_seconds()))
-        return _CoroutineFuture(self, lambda: self._sleep(index))
-
-    async def _sleep(self, index: int) -> None:
-        entry = self.invocation.journal[index]
-        if not entry.done:
-            assert entry.due is not None
-            self.invocation.processor.waiting(self.invocation)
-            await asyncio.sleep(max(0.0, entry.due - time.time()))
-            self.invocation.check_open()
-            self.invocation.complete_entry(index, value=None)
+            me = self.invocation.meta.id
+            due = time.time() + duration.total_seconds()
+            index = self._new_entry(Entry(kind="sleep", callee=me, due=due))
+            if not self.invocation.journal[index].done:
+                fired = Completion(caller=Caller(invocation_id=me, entry=index), invocation_id=me)
+                self.invocation.processor.emit_timer(self.invocation, index, due, fired)
+        return _EntryFuture(self, index)
 
     def run(
         self, name: str, action: Callable[[], Awaitable[T]] | Callable[[], T]
@@ -314,6 +359,9 @@ class InvocationContext(WorkflowContext):
 
     async def _run(self, index: int, action: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
         entry = self.invocation.journal[index]
+        if not entry.done and self.invocation.take_cancel():
+            self.invocation.complete_entry(index, failure=CANCELLED)
+            entry = self.invocation.journal[index]
         if not entry.done:
             try:
                 result = action()
@@ -371,4 +419,55 @@ class InvocationContext(WorkflowContext):
     # -- workflow promises -------------------------------------------------------
 
     def promise(self, name: str) -> DurablePromise[Any]:
-        raise _unsupported("durable promises")
+        if self.invocation.handler.service.kind != "workflow":
+            raise TerminalError("durable promises belong to workflows", 400)
+        return _Promise(self, name)
+
+
+class _Promise(DurablePromise[Any]):
+    """A workflow promise, kept by the workflow's partition; every use is journaled."""
+
+    def __init__(self, ctx: InvocationContext, name: str) -> None:
+        self._ctx = ctx
+        self._name = name
+
+    def value(self) -> DurableFuture[Any]:
+        ctx, invocation = self._ctx, self._ctx.invocation
+        index, entry = ctx._step("promise_get", name=self._name)
+        if entry is None:
+            index = ctx._new_entry(Entry(kind="promise_get", name=self._name))
+            if not invocation.journal[index].done:
+                invocation.processor.promise_get(invocation, index, self._name)
+        return _EntryFuture(ctx, index)
+
+    async def peek(self) -> Any:
+        invocation = self._ctx.invocation
+        _index, entry = self._ctx._step("promise_peek", name=self._name)
+        if entry is None:
+            promise = invocation.processor.promise_of(invocation.meta.target, self._name)
+            value = None if promise is None else promise.value
+            failure = None if promise is None else promise.failure
+            entry = Entry(kind="promise_peek", name=self._name, value=value, failure=failure)
+            invocation.append(entry.model_copy(update={"done": True}))
+        return _outcome(entry)
+
+    async def resolve(self, value: Any) -> None:
+        await self._complete("promise_resolve", JSON.dump(value), None)
+
+    async def reject(self, message: str) -> None:
+        await self._complete("promise_reject", None, Failure(code=500, message=message))
+
+    async def _complete(self, kind: EntryKind, value: Any, failure: Failure | None) -> None:
+        invocation = self._ctx.invocation
+        _index, entry = self._ctx._step(kind, name=self._name)
+        if entry is None:
+            promise = Promise(value=value, failure=failure)
+            done = invocation.processor.promise_complete(
+                invocation.meta.target, self._name, promise
+            )
+            problem = None
+            if not done:
+                problem = Failure(code=409, message=f"promise {self._name!r} is already completed")
+            entry = Entry(kind=kind, name=self._name, failure=problem, done=True)
+            invocation.append(entry)
+        _outcome(entry)

@@ -76,6 +76,11 @@ def idempotent_id(service: str, key: str | None, handler: str, idempotency_key: 
     return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
 
 
+def workflow_run_id(workflow: str, workflow_id: str) -> str:
+    """The id of a workflow's ``run``: one per workflow id, so a second run meets the first."""
+    return keyed_id(workflow_id, json.dumps(["workflow", workflow, workflow_id]))
+
+
 def validate(invocation_id: str) -> str:
     if not _ID.match(invocation_id):
         raise InvalidId(f"{invocation_id!r} is not a Kourier invocation id (inv_ + 32 hex digits)")

@@ -9,7 +9,7 @@ from pydantic import JsonValue
 
 from handlers.service import HandlerDef
 from streams.context import InvocationClosed, _outcome
-from streams.journal import Entry, EntryKind, InvocationMeta
+from streams.journal import CANCELLED, LOCAL_WAITS, Entry, EntryKind, InvocationMeta
 from streams.records import Failure
 
 if TYPE_CHECKING:
@@ -88,8 +88,19 @@ class Invocation:
         if self.meta.status == "suspended":
             self.processor.resume(self)
 
+    def take_cancel(self) -> bool:
+        """Consume a pending cancel: the operation asking delivers it to the handler."""
+        if not self.meta.cancel_requested:
+            return False
+        self.meta.cancel_requested = False
+        self.processor.touch(self)
+        return True
+
     async def wait_for(self, index: int) -> Any:
         entry = self.journal[index]
+        if not entry.done and entry.kind in LOCAL_WAITS and self.take_cancel():
+            self.complete_entry(index, failure=CANCELLED)
+            entry = self.journal[index]
         if not entry.done:
             self.check_open()
             future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()

@@ -6,6 +6,7 @@ an :class:`InvocationMeta`, key ``j/<id>/<index>`` one :class:`Entry`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -54,7 +55,7 @@ class Entry(BaseModel):
     value: JsonValue = None
     failure: Failure | None = None
     done: bool = False
-    due: float | None = None  # sleeps and delayed sends: epoch seconds
+    due: float | None = None  # sleeps, delayed sends, call deadlines: epoch seconds
 
     def describe(self) -> str:
         what = self.target.path() if self.target else (self.name or self.callee or "")
@@ -75,6 +76,8 @@ class InvocationMeta(BaseModel):
     idempotency_key: str | None = None
     request_ids: list[str] = Field(default_factory=list)
     caller: Caller | None = None
+    attachers: list[Caller] = Field(default_factory=list)  # handlers attached to it
+    cancel_requested: bool = False  # a cancel not yet delivered at an await point
     status: Status = "pending"
     seq: int = 0  # arrival order within the partition (ingress offset)
     attempt: int = 1
@@ -86,3 +89,20 @@ class InvocationMeta(BaseModel):
     value: JsonValue = None  # the outcome, once completed
     failure: Failure | None = None
     expires_at: float | None = None  # completed and retained until then
+
+
+CANCELLED = Failure(code=409, message="cancelled")
+KILLED = Failure(code=409, message="killed")
+#: Entries that wait on something other than a call: a cancel fails them directly.
+LOCAL_WAITS = frozenset({"sleep", "promise_get", "attach"})
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """A workflow's durable promise once completed: a value, or a rejection.
+
+    Kept in the ``<ns>.state`` changelog under ``[workflow, id, name, "promise"]``.
+    """
+
+    value: JsonValue = None
+    failure: Failure | None = None

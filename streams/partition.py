@@ -25,20 +25,31 @@ from handlers.exceptions import NonDeterminismError, TerminalError
 from streams import ids
 from streams.context import InvocationClosed, InvocationContext
 from streams.invocation import Invocation
-from streams.journal import Entry, EntryKind, InvocationMeta
+from streams.journal import (
+    CANCELLED,
+    KILLED,
+    LOCAL_WAITS,
+    Entry,
+    EntryKind,
+    InvocationMeta,
+    Promise,
+)
 from streams.partitioning import partition_for
 from streams.records import (
     AttachRequest,
     Caller,
     Cancel,
     Completion,
+    Control,
     DeadLetter,
     Delayed,
     Failure,
     Invoke,
     Kill,
+    Purge,
     RecordError,
     Response,
+    Resume,
     Target,
     decode_ingress,
     encode,
@@ -47,7 +58,7 @@ from streams.registry import Registry
 from streams.topics import Topics
 
 log = logging.getLogger("kourier.partition")
-_Record = Invoke | Cancel | Kill | AttachRequest | Completion
+_Record = Invoke | Control | AttachRequest | Completion
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +99,42 @@ class PartitionProcessor:
         self._dirty_state: set[tuple[str, str, str]] = set()
         self._tombstones: list[tuple[str, int]] = []
         self._expiries: list[tuple[float, str]] = []  # (expires_at, id) of retained outcomes
+        self.promises: dict[tuple[str, str], dict[str, Promise]] = {}
+        self.dedup: dict[str, str] = {}  # idempotency scope -> invocation id
+        self._promise_waiters: dict[tuple[str, str, str], set[tuple[str, int]]] = {}
+        self._dirty_promises: set[tuple[str, str, str]] = set()
+        self._dirty_dedup: set[str] = set()
         self._restored_meta: dict[str, InvocationMeta] = {}
         self._restored_entries: dict[str, dict[int, Entry]] = {}
 
     # -- restore ---------------------------------------------------------------------
 
     def restore_state(self, key: bytes, value: bytes | None) -> None:
-        service, obj, name = json.loads(key)
+        parts = json.loads(key)
+        if len(parts) == 4:  # [workflow, id, name, "promise"]
+            service, obj, name, _ = parts
+            if value is None:
+                self.promises.get((service, obj), {}).pop(name, None)
+            else:
+                data = json.loads(value)
+                failure = data.get("failure")
+                promise = Promise(
+                    data.get("value"), Failure.model_validate(failure) if failure else None
+                )
+                self.promises.setdefault((service, obj), {})[name] = promise
+            return
+        service, obj, name = parts
         if value is None:
             self.state.get((service, obj), {}).pop(name, None)
         else:
             self.state.setdefault((service, obj), {})[name] = json.loads(value)
+
+    def restore_dedup(self, key: bytes, value: bytes | None) -> None:
+        scope = key.decode()
+        if value is None:
+            self.dedup.pop(scope, None)
+        else:
+            self.dedup[scope] = json.loads(value)["invocation_id"]
 
     def restore_invocation(self, key: bytes, value: bytes | None) -> None:
         text = key.decode()
@@ -153,9 +189,13 @@ class PartitionProcessor:
         for lock in list(self.inbox):
             if lock not in self.locks:
                 self._unlock_next(lock)
-        for inv in self.invocations.values():
+        for inv in list(self.invocations.values()):
             if inv.meta.status == "completed" and inv.meta.expires_at is not None:
                 heapq.heappush(self._expiries, (inv.meta.expires_at, inv.meta.id))
+            elif inv.meta.status != "completed" and inv.meta.target.key is not None:
+                for index, entry in enumerate(inv.journal):
+                    if entry.kind == "promise_get" and not entry.done and entry.name:
+                        self.promise_get(inv, index, entry.name)
         self._sweep()
 
     def _sweep(self) -> None:
@@ -193,7 +233,7 @@ class PartitionProcessor:
         elif isinstance(record, AttachRequest):
             self._on_attach(record)
         else:
-            self._unsupported(record)
+            self._on_control(record)
         self._wake()
 
     def _owner(self, record: _Record) -> int:
@@ -216,6 +256,12 @@ class PartitionProcessor:
                 assert record.target is not None
                 if record.target.key is not None:
                     return partition_for(record.target.key, self.partitions)
+                if record.idempotency_key is not None:
+                    target = record.target
+                    same = ids.idempotent_id(
+                        target.service, None, target.handler, record.idempotency_key
+                    )
+                    return ids.partition_of(same, self.partitions)
                 return self.partition
             assert record.invocation_id is not None
             return ids.partition_of(record.invocation_id, self.partitions)
@@ -233,37 +279,49 @@ class PartitionProcessor:
                 self._dead_letter(error, key, value, offset)
             self._fail_unrouted(record, Failure(code=404, message=str(exc)))
             return
+        target = record.target
         seed = f"{self.topics.ingress}/{self.partition}/{offset}"
-        if record.invocation_id is not None:
-            inv_id = record.invocation_id
+        scope = None
+        if handler.kind == "workflow":
+            inv_id = ids.workflow_run_id(target.service, target.key or "")
         elif record.idempotency_key is not None:
-            target = record.target
-            inv_id = ids.idempotent_id(
+            scope = _scope(target, record.idempotency_key)
+            inv_id = self.dedup.get(scope) or ids.idempotent_id(
                 target.service, target.key, target.handler, record.idempotency_key
             )
-        elif record.target.key is not None:
-            inv_id = ids.keyed_id(record.target.key, seed)
+        elif record.invocation_id is not None:
+            inv_id = record.invocation_id
+        elif target.key is not None:
+            inv_id = ids.keyed_id(target.key, seed)
         else:
             inv_id = ids.id_on_partition(self.partition, self.partitions, seed)
         existing = self.invocations.get(inv_id)
         if existing is not None:
-            self._join(existing, record.request_id)
+            self._duplicate(existing, record)
             return
         now = time.time()
         meta = InvocationMeta(
             id=inv_id,
-            target=record.target,
+            target=target,
             exclusive=handler.exclusive,
             argument=record.argument,
             headers=record.headers,
             mode=record.mode,
             idempotency_key=record.idempotency_key,
-            request_ids=[record.request_id] if record.request_id else [],
+            request_ids=[record.request_id] if record.request_id and record.mode == "call" else [],
             caller=record.caller,
             seq=offset,
             created_at=now,
             modified_at=now,
         )
+        if record.mode == "send" and record.request_id is not None:
+            self._emit_response(
+                record.request_id,
+                Response(request_id=record.request_id, invocation_id=inv_id, status="accepted"),
+            )
+        if scope is not None:
+            self.dedup[scope] = inv_id
+            self._dirty_dedup.add(scope)
         inv = Invocation(meta, [], handler, self)
         self.invocations[inv_id] = inv
         self.touch(inv)
@@ -276,14 +334,51 @@ class PartitionProcessor:
             self.locks[lock] = inv_id
             self._run(inv)
 
-    def _join(self, inv: Invocation, request_id: str | None) -> None:
-        """A second record for a known invocation: answer it too, never run it twice."""
-        if request_id is None or request_id in inv.meta.request_ids:
+    def _duplicate(self, inv: Invocation, record: Invoke) -> None:
+        """An invoke for an invocation that exists: same idempotency key, or a workflow's
+        ``run`` again. It never runs twice; callers get its outcome, senders a receipt."""
+        if inv.handler_def is not None and inv.handler.kind == "workflow" and record.mode == "call":
+            target = record.target
+            failure = Failure(
+                code=409,
+                message=f"workflow {target.service}/{target.key} has already been started "
+                f"(invocation {inv.meta.id}); attach to it for its outcome",
+            )
+            if record.request_id is not None:
+                self._fail_request(record.request_id, inv.meta.id, failure)
+            if record.caller is not None:
+                callee = record.invocation_id or inv.meta.id
+                self._emit_completion(
+                    Completion(caller=record.caller, invocation_id=callee, failure=failure)
+                )
             return
-        if inv.meta.status == "completed":
-            self._respond(request_id, inv.meta)
-        else:
-            inv.meta.request_ids.append(request_id)
+        if record.mode == "send":
+            if record.request_id is not None:
+                receipt = Response(
+                    request_id=record.request_id,
+                    invocation_id=inv.meta.id,
+                    status="previously_accepted",
+                )
+                self._emit_response(record.request_id, receipt)
+            return
+        self._join(inv, record.request_id, record.caller)
+
+    def _join(self, inv: Invocation, request_id: str | None, caller: Caller | None) -> None:
+        """Someone else waits for ``inv``: answer now if it is done, else when it is."""
+        meta = inv.meta
+        if meta.status == "completed":
+            if request_id is not None:
+                self._respond(request_id, meta)
+            if caller is not None:
+                self._emit_completion(Completion(
+                    caller=caller, invocation_id=meta.id, value=meta.value, failure=meta.failure
+                ))  # fmt: skip
+            return
+        if request_id is not None and request_id not in meta.request_ids:
+            meta.request_ids.append(request_id)
+            self.touch(inv)
+        if caller is not None and caller != meta.caller and caller not in meta.attachers:
+            meta.attachers.append(caller)
             self.touch(inv)
 
     def _on_completion(self, record: Completion) -> None:
@@ -294,21 +389,24 @@ class PartitionProcessor:
         if index >= len(inv.journal) or inv.journal[index].callee != record.invocation_id:
             log.warning("completion for %s entry %d matches no call", inv.meta.id, index)
             return
-        inv.complete_entry(index, value=record.value, failure=record.failure)
+        entry = inv.journal[index]
+        if entry.done:
+            return
+        failure = record.failure
+        if entry.kind == "call" and failure is not None:
+            if failure.code == 408 and entry.due is not None and entry.callee is not None:
+                self._control_callee(Cancel(invocation_id=entry.callee))  # deadline passed
+            if failure.code == 409 and inv.meta.cancel_requested:
+                inv.meta.cancel_requested = False  # the cancel reached the handler through it
+        inv.complete_entry(index, value=record.value, failure=failure)
 
     def _on_attach(self, record: AttachRequest) -> None:
         """Attach (wait for the outcome) or output (the outcome now, 470 if not ready)."""
-        inv_id = record.invocation_id
+        inv_id = self._attached_id(record)
         if inv_id is None:
-            assert record.target is not None
-            target = record.target
-            if record.idempotency_key is None:
-                problem = "attach by target needs an idempotency key"
-                self._fail_request(record.request_id, None, Failure(code=400, message=problem))
-                return
-            inv_id = ids.idempotent_id(
-                target.service, target.key, target.handler, record.idempotency_key
-            )
+            problem = "attach by target needs an idempotency key, or a workflow id"
+            self._answer_attach(record, None, Failure(code=400, message=problem))
+            return
         inv = self.invocations.get(inv_id)
         if inv is None:
             message = (
@@ -316,26 +414,165 @@ class PartitionProcessor:
                 "its outcome was not retained (only idempotent and workflow invocations keep "
                 "theirs, for the service's retention)"
             )
-            self._fail_request(record.request_id, inv_id, Failure(code=404, message=message))
-        elif inv.meta.status == "completed":
-            self._respond(record.request_id, inv.meta)
-        elif not record.wait:
-            self._fail_request(record.request_id, inv_id, Failure(code=470, message="not ready"))
+            self._answer_attach(record, inv_id, Failure(code=404, message=message))
+        elif inv.meta.status != "completed" and not record.wait:
+            self._answer_attach(record, inv_id, Failure(code=470, message="not ready"))
         else:
-            self._join(inv, record.request_id)
+            self._join(inv, record.request_id if record.caller is None else None, record.caller)
+
+    def _attached_id(self, record: AttachRequest) -> str | None:
+        """The invocation an attach names: by id, by idempotency key, or a workflow's run."""
+        if record.invocation_id is not None:
+            return record.invocation_id
+        target = record.target
+        assert target is not None
+        if record.idempotency_key is not None:
+            scope = _scope(target, record.idempotency_key)
+            return self.dedup.get(scope) or ids.idempotent_id(
+                target.service, target.key, target.handler, record.idempotency_key
+            )
+        try:
+            handler = self.registry.resolve(target)
+        except LookupError:
+            return None
+        if handler.kind == "workflow" and target.key is not None:
+            return ids.workflow_run_id(target.service, target.key)
+        return None
+
+    def _answer_attach(self, record: AttachRequest, inv_id: str | None, failure: Failure) -> None:
+        if record.caller is not None:
+            self._emit_completion(
+                Completion(caller=record.caller, invocation_id=inv_id or "", failure=failure)
+            )
+        else:
+            self._fail_request(record.request_id, inv_id, failure)
+
+    # -- cancel, kill, purge, resume -------------------------------------------------
+
+    def _on_control(self, record: Control) -> None:
+        """Act on an invocation by id; answer ``request_id`` with what happened."""
+        inv = self.invocations.get(record.invocation_id)
+        outcome: Failure | Literal["success", "accepted"]
+        if inv is None:
+            outcome = Failure(
+                code=404,
+                message=f"invocation {record.invocation_id} is unknown: it never existed, or "
+                "it completed and its outcome is no longer retained",
+            )
+        elif isinstance(record, Purge):
+            if inv.meta.status == "completed":
+                self._forget(inv)
+                outcome = "success"
+            else:
+                outcome = Failure(
+                    code=409, message=f"invocation is {inv.meta.status}; only completed ones purge"
+                )
+        elif isinstance(record, Resume):
+            if inv.meta.status == "paused":
+                inv.meta.attempt, inv.meta.last_error = 1, None
+                self._run(inv)
+                outcome = "success"
+            else:
+                outcome = Failure(
+                    code=409, message=f"invocation is {inv.meta.status}; only paused ones resume"
+                )
+        elif inv.meta.status == "completed":
+            outcome = Failure(code=409, message="invocation already completed")
+        elif isinstance(record, Kill):
+            self.kill(inv)
+            outcome = "success"
+        else:
+            outcome = "success" if self.cancel(inv) else "accepted"
+        if record.request_id is None:
+            return
+        if isinstance(outcome, Failure):
+            self._fail_request(record.request_id, record.invocation_id, outcome)
+        else:
+            response = Response(
+                request_id=record.request_id, invocation_id=record.invocation_id, status=outcome
+            )
+            self._emit_response(record.request_id, response)
+
+    def cancel(self, inv: Invocation) -> bool:
+        """Cancel ``inv``; True when it is done with at once (it had not started)."""
+        meta = inv.meta
+        if meta.status in ("pending", "paused"):
+            inv.close()
+            self._complete(inv, None, CANCELLED)
+            return True
+        meta.cancel_requested = True
+        self.touch(inv)
+        for callee in _open_calls(inv):
+            self._control_callee(Cancel(invocation_id=callee))
+        self.deliver_cancel(inv)
+        return False
+
+    def deliver_cancel(self, inv: Invocation) -> None:
+        """Fail what ``inv`` awaits (a timer, a promise, an attach) with 409 cancelled.
+
+        Awaited calls are not failed here: the cancel travels to the callee first
+        (leaves first), and its 409 comes back as the call's outcome.
+        """
+        if not inv.meta.cancel_requested:
+            return
+        suspended = inv.meta.status == "suspended"
+        for index, entry in enumerate(inv.journal):
+            if entry.done or entry.kind not in LOCAL_WAITS:
+                continue
+            if suspended or index in inv.waiting:
+                inv.meta.cancel_requested = False
+                inv.complete_entry(index, failure=CANCELLED)
+                return
+
+    def kill(self, inv: Invocation) -> None:
+        """Stop ``inv`` now, without compensation; its open calls are killed too."""
+        for callee in _open_calls(inv):
+            self._control_callee(Kill(invocation_id=callee))
+        inv.close()
+        self._complete(inv, None, KILLED)
+
+    def _control_callee(self, record: Cancel | Kill) -> None:
+        owner = ids.partition_of(record.invocation_id, self.partitions)
+        key = record.invocation_id.encode()
+        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+
+    # -- workflow promises ------------------------------------------------------------
+
+    def promise_of(self, target: Target, name: str) -> Promise | None:
+        assert target.key is not None
+        return self.promises.get((target.service, target.key), {}).get(name)
+
+    def promise_get(self, inv: Invocation, index: int, name: str) -> None:
+        """Complete entry ``index`` when promise ``name`` of ``inv``'s workflow completes."""
+        promise = self.promise_of(inv.meta.target, name)
+        if promise is not None:
+            inv.complete_entry(index, value=promise.value, failure=promise.failure)
+            return
+        target = inv.meta.target
+        assert target.key is not None
+        waiters = self._promise_waiters.setdefault((target.service, target.key, name), set())
+        waiters.add((inv.meta.id, index))
+
+    def promise_complete(self, target: Target, name: str, promise: Promise) -> bool:
+        """Resolve or reject a promise; False when it was already completed."""
+        assert target.key is not None
+        scope = (target.service, target.key)
+        if name in self.promises.get(scope, {}):
+            return False
+        self.promises.setdefault(scope, {})[name] = promise
+        self._dirty_promises.add((*scope, name))
+        for inv_id, index in self._promise_waiters.pop((*scope, name), set()):
+            waiter = self.invocations.get(inv_id)
+            if waiter is not None and waiter.meta.status != "completed":
+                waiter.complete_entry(index, value=promise.value, failure=promise.failure)
+        self._wake()
+        return True
 
     def _fail_request(self, request_id: str, inv_id: str | None, failure: Failure) -> None:
         response = Response(
             request_id=request_id, invocation_id=inv_id, status="failure", failure=failure
         )
         self._emit_response(request_id, response)
-
-    def _unsupported(self, record: _Record) -> None:
-        request_id = getattr(record, "request_id", None)
-        if request_id:
-            failure = Failure(code=501, message=f"{record.kind} is not supported by this worker")
-            response = Response(request_id=request_id, status="failure", failure=failure)
-            self._emit_response(request_id, response)
 
     # -- running handlers -------------------------------------------------------------
 
@@ -397,21 +634,11 @@ class PartitionProcessor:
         inv.task = None
         inv.meta.status = "suspended"
         self.touch(inv)
-        timers = [e.due for e in inv.journal if e.kind == "sleep" and not e.done and e.due]
-        if timers:
-            delay = max(0.0, min(timers) - time.time())
-            asyncio.get_running_loop().call_later(delay, self._wake_sleeper, inv)
         log.debug("%s suspended", inv.meta.id)
 
     @staticmethod
     def _is_waiting(inv: Invocation) -> bool:
-        pending = any(not f.done() for f in inv.waiting.values())
-        sleeping = any(e.kind == "sleep" and not e.done for e in inv.journal)
-        return pending or sleeping
-
-    def _wake_sleeper(self, inv: Invocation) -> None:
-        if inv.meta.status == "suspended" and self.invocations.get(inv.meta.id) is inv:
-            self.resume(inv)
+        return any(not f.done() for f in inv.waiting.values())
 
     def resume(self, inv: Invocation) -> None:
         """Run a suspended invocation again; it replays its journal up to where it waited."""
@@ -458,10 +685,11 @@ class PartitionProcessor:
         inv.task = None
         for request_id in meta.request_ids:
             self._respond(request_id, meta)
-        if meta.caller is not None:
+        for caller in [meta.caller, *meta.attachers] if meta.caller else meta.attachers:
             self._emit_completion(Completion(
-                caller=meta.caller, invocation_id=meta.id, value=value, failure=failure
+                caller=caller, invocation_id=meta.id, value=value, failure=failure
             ))  # fmt: skip
+        meta.cancel_requested = False
         service = inv.handler.service
         retention = service.completed_retention
         if meta.idempotency_key is not None or inv.handler.kind == "workflow":
@@ -489,6 +717,18 @@ class PartitionProcessor:
             del self.inbox[lock]
 
     def _forget(self, inv: Invocation) -> None:
+        """Drop a completed invocation: its outcome, its idempotency key, and for a
+        workflow's run the workflow's state and promises."""
+        meta = inv.meta
+        if meta.idempotency_key is not None:
+            scope = _scope(meta.target, meta.idempotency_key)
+            if self.dedup.pop(scope, None) is not None:
+                self._dirty_dedup.add(scope)
+        if inv.handler_def is not None and inv.handler.kind == "workflow":
+            assert meta.target.key is not None
+            self.state_write(meta.target, "clear_all", None, None)
+            for name in self.promises.pop((meta.target.service, meta.target.key), {}):
+                self._dirty_promises.add((meta.target.service, meta.target.key, name))
         self.invocations.pop(inv.meta.id, None)
         self._dirty.discard(inv.meta.id)
         if inv.persisted:
@@ -581,6 +821,27 @@ class PartitionProcessor:
             delayed = Delayed(due=datetime.fromtimestamp(due, UTC), invoke=record)
             self._emit(Out(self.topics.delay, owner, key, encode(delayed)))
 
+    def emit_attach(self, inv: Invocation, index: int, invocation_id: str) -> None:
+        """``ctx.attach_invocation``: the outcome comes back as a completion of ``index``."""
+        record = AttachRequest(
+            request_id=f"{inv.meta.id}/{index}",
+            invocation_id=invocation_id,
+            caller=Caller(invocation_id=inv.meta.id, entry=index),
+        )
+        owner = ids.partition_of(invocation_id, self.partitions)
+        self._emit(Out(self.topics.ingress, owner, invocation_id.encode(), encode(record)))
+
+    def emit_cancel(self, invocation_id: str) -> None:
+        """``ctx.cancel_invocation``."""
+        self._control_callee(Cancel(invocation_id=invocation_id))
+
+    def emit_timer(self, inv: Invocation, index: int, due: float, completion: Completion) -> None:
+        """A durable timer: ``completion`` reaches entry ``index`` of ``inv`` at ``due``,
+        through the delay topic (a sleep ending, or a call's deadline)."""
+        delayed = Delayed(due=datetime.fromtimestamp(due, UTC), completion=completion)
+        owner = ids.partition_of(inv.meta.id, self.partitions)
+        self._emit(Out(self.topics.delay, owner, inv.meta.id.encode(), encode(delayed)))
+
     # -- state ----------------------------------------------------------------------
 
     def state_of(self, target: Target) -> dict[str, JsonValue]:
@@ -625,6 +886,27 @@ class PartitionProcessor:
                 )
             )
         self._dirty_state.clear()
+        for service, obj, name in self._dirty_promises:
+            promise = self.promises.get((service, obj), {}).get(name)
+            data = None
+            if promise is not None:
+                data = {"value": promise.value}
+                if promise.failure is not None:
+                    data["failure"] = promise.failure.model_dump()
+            out.append(
+                Out(
+                    self.topics.state,
+                    self.partition,
+                    json.dumps([service, obj, name, "promise"]).encode(),
+                    None if data is None else json.dumps(data).encode(),
+                )
+            )
+        self._dirty_promises.clear()
+        for scope in self._dirty_dedup:
+            inv_id = self.dedup.get(scope)
+            row = None if inv_id is None else json.dumps({"invocation_id": inv_id}).encode()
+            out.append(Out(self.topics.dedup, self.partition, scope.encode(), row))
+        self._dirty_dedup.clear()
         changelog = self.topics.invocations
         for inv_id in self._dirty:
             inv = self.invocations.get(inv_id)
@@ -668,3 +950,13 @@ class PartitionProcessor:
 
 
 _MISSING = object()
+
+
+def _scope(target: Target, idempotency_key: str) -> str:
+    """The dedup table's key: target + idempotency key."""
+    return json.dumps([target.service, target.key, target.handler, idempotency_key])
+
+
+def _open_calls(inv: Invocation) -> list[str]:
+    """Callees of the calls ``inv`` still waits for."""
+    return [e.callee for e in inv.journal if e.kind == "call" and not e.done and e.callee]

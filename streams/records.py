@@ -119,6 +119,22 @@ class Kill(_Record):
     request_id: str | None = None
 
 
+class Purge(_Record):
+    """Forget a completed invocation's retained outcome (and its idempotency key) now."""
+
+    kind: Literal["purge"] = "purge"
+    invocation_id: str
+    request_id: str | None = None
+
+
+class Resume(_Record):
+    """Retry a ``paused`` invocation (retries exhausted) from attempt 1."""
+
+    kind: Literal["resume"] = "resume"
+    invocation_id: str
+    request_id: str | None = None
+
+
 class AttachRequest(_Record):
     """Ask for an invocation's outcome on the response topic.
 
@@ -133,6 +149,9 @@ class AttachRequest(_Record):
     target: Target | None = None
     idempotency_key: str | None = None
     wait: bool = True
+    caller: Caller | None = Field(
+        default=None, description="internal: a handler's ctx.attach_invocation waiting for it"
+    )
 
     @model_validator(mode="after")
     def _names_one_invocation(self) -> Self:
@@ -169,11 +188,35 @@ class Response(_Record):
 
 
 class Delayed(_Record):
-    """An invocation held on the delay topic until ``due``, then released to ingress."""
+    """A record held on the delay topic until ``due``, then released to ingress.
+
+    It carries either a delayed send (``invoke``) or a durable timer firing
+    (``completion``: a ``ctx.sleep`` ending, or a call's deadline passing).
+    """
 
     kind: Literal["delayed"] = "delayed"
     due: AwareDatetime
-    invoke: Invoke
+    invoke: Invoke | None = None
+    completion: Completion | None = None
+
+    @model_validator(mode="after")
+    def _holds_one_record(self) -> Self:
+        if (self.invoke is None) == (self.completion is None):
+            raise ValueError("a delayed record holds exactly one of 'invoke' and 'completion'")
+        return self
+
+    def released(self) -> Invoke | Completion:
+        """The record to put on the ingress topic when due."""
+        inner = self.invoke if self.invoke is not None else self.completion
+        assert inner is not None
+        return inner
+
+    def owner_id(self) -> str | None:
+        """The invocation whose partition receives the released record."""
+        if self.completion is not None:
+            return self.completion.caller.invocation_id
+        assert self.invoke is not None
+        return self.invoke.invocation_id
 
 
 class Fired(_Record):
@@ -223,15 +266,18 @@ class DeadLetter(_Record):
         return base64.b64decode(self.payload)
 
 
+#: Records that act on an existing invocation, named by its id.
+Control = Cancel | Kill | Purge | Resume
 IngressRecord = Annotated[
-    Invoke | Cancel | Kill | AttachRequest | Completion, Field(discriminator="kind")
+    Invoke | Cancel | Kill | Purge | Resume | AttachRequest | Completion,
+    Field(discriminator="kind"),
 ]
-ExternalRecord = Annotated[Invoke | Cancel | Kill | AttachRequest, Field(discriminator="kind")]
+ExternalRecord = Annotated[
+    Invoke | Cancel | Kill | Purge | Resume | AttachRequest, Field(discriminator="kind")
+]
 
-_INGRESS: TypeAdapter[Invoke | Cancel | Kill | AttachRequest | Completion] = TypeAdapter(
-    IngressRecord
-)
-_EXTERNAL: TypeAdapter[Invoke | Cancel | Kill | AttachRequest] = TypeAdapter(ExternalRecord)
+_INGRESS: TypeAdapter[Invoke | Control | AttachRequest | Completion] = TypeAdapter(IngressRecord)
+_EXTERNAL: TypeAdapter[Invoke | Control | AttachRequest] = TypeAdapter(ExternalRecord)
 _RESPONSE: TypeAdapter[Response] = TypeAdapter(Response)
 _DELAY: TypeAdapter[Delayed | Fired] = TypeAdapter(
     Annotated[Delayed | Fired, Field(discriminator="kind")]
@@ -268,7 +314,7 @@ def _validate(adapter: TypeAdapter[_T], data: bytes | None) -> _T:
         raise RecordError("bad-schema", f"{where}: {first['msg']}") from None
 
 
-def decode_ingress(data: bytes | None) -> Invoke | Cancel | Kill | AttachRequest | Completion:
+def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Completion:
     """Decode an ingress-topic value, or raise :class:`RecordError` saying why not."""
     return _validate(_INGRESS, data)
 

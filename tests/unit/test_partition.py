@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -19,12 +18,15 @@ from handlers import (
     select,
 )
 from streams import ids
-from streams.partition import Out, PartitionProcessor
-from streams.records import Caller, Completion, Invoke, Target, decode_response, encode
-from streams.registry import Registry
-from streams.topics import Topics
+from streams.records import (
+    Caller,
+    Completion,
+    Invoke,
+    Target,
+    encode,
+)
+from tests.unit.harness import TOPICS, Harness, settle, until
 
-TOPICS = Topics("unit")
 calls = {"flaky": 0}
 
 box = VirtualObject("Box")
@@ -82,58 +84,8 @@ async def refuse(ctx: Context) -> None:
     raise TerminalError("no", 403)
 
 
-class Harness:
-    def __init__(self, partitions: int = 1) -> None:
-        self.out: list[Out] = []
-        self.offset = 0
-        self.processor = self.make(partitions)
-
-    def make(self, partitions: int = 1) -> PartitionProcessor:
-        return PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
-                                  registry=Registry([box, svc, patient]), emit=self.out.append,
-                                  wake=lambda: None)  # fmt: skip
-
-    def send(self, record: Any) -> None:
-        self.processor.on_message(None, encode(record), self.offset)
-        self.offset += 1
-
-    def call(self, target: Target, argument: Any = None, request_id: str = "r") -> str:
-        inv_id = ids.new_id(target.key, 1)
-        self.send(Invoke(target=target, argument=argument, invocation_id=inv_id,
-                         request_id=request_id))  # fmt: skip
-        return inv_id
-
-    def responses(self) -> dict[str, Any]:
-        found = {}
-        for out in self.out:
-            if out.topic == TOPICS.responses:
-                response = decode_response(out.value)
-                found[response.request_id] = response
-        return found
-
-    def invokes(self) -> list[Invoke]:
-        return [
-            r
-            for r in (json.loads(o.value or b"{}") for o in self.out if o.topic == TOPICS.ingress)
-            if r.get("kind") == "invoke"
-        ]  # type: ignore[misc]
-
-
-async def until(condition: Any, seconds: float = 5.0) -> None:
-    """Let the loop run until ``condition()`` holds; fail after ``seconds``."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
 async def test_exclusive_calls_on_one_key_run_in_order_and_answer() -> None:
-    h = Harness()
+    h = Harness([box, svc, patient])
     for i in range(5):
         h.call(Target(service="Box", key="a", handler="put"), 1, request_id=f"r{i}")
     await settle()
@@ -142,7 +94,7 @@ async def test_exclusive_calls_on_one_key_run_in_order_and_answer() -> None:
 
 
 async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
-    h = Harness()
+    h = Harness([box, svc, patient])
     h.call(Target(service="Helper", handler="refuse"), request_id="no")
     await settle()
     failure = h.responses()["no"].failure
@@ -156,7 +108,7 @@ async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
 
 
 async def test_a_restored_invocation_replays_without_repeating_its_calls() -> None:
-    h = Harness()
+    h = Harness([box, svc, patient])
     inv_id = h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
     await settle()
     first_calls = h.invokes()
@@ -189,7 +141,7 @@ async def test_a_restored_invocation_replays_without_repeating_its_calls() -> No
 
 
 async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
-    h = Harness()
+    h = Harness([box, svc, patient])
     inv_id = h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
     await settle()
     inv = h.processor.invocations[inv_id]
@@ -208,7 +160,7 @@ async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
 
 
 async def test_malformed_and_misrouted_records() -> None:
-    h = Harness(partitions=4)
+    h = Harness([box, svc, patient], partitions=4)
     h.processor.on_message(b"k", b"not json", 0)
     letters = [o for o in h.out if o.topic == TOPICS.deadletter]
     assert len(letters) == 1
@@ -229,7 +181,7 @@ def _reset_calls() -> None:
 
 
 async def test_a_waiting_invocation_is_suspended_and_resumed_by_replay() -> None:
-    h = Harness()
+    h = Harness([box, svc, patient])
     inv_id = h.call(Target(service="Patient", key="p", handler="ask"), request_id="ask")
     inv = h.processor.invocations[inv_id]
     await until(lambda: inv.meta.status == "suspended")
@@ -245,7 +197,7 @@ async def test_a_waiting_invocation_is_suspended_and_resumed_by_replay() -> None
 
 
 async def test_select_returns_whichever_completes_first() -> None:
-    h = Harness()
+    h = Harness([box, svc, patient])
     inv_id = h.call(Target(service="Patient", key="r", handler="race"), 30, request_id="slow")
     await until(lambda: "slow" in h.responses())
     assert h.responses()["slow"].value == ["timeout", None]

@@ -1,0 +1,105 @@
+"""A partition processor driven directly: records in, records out, no Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from handlers.service import ServiceDefinition
+from streams import ids
+from streams.partition import Out, PartitionProcessor
+from streams.records import Delayed, Invoke, Target, decode_delay, decode_response, encode
+from streams.registry import Registry
+from streams.topics import Topics
+
+TOPICS = Topics("unit")
+
+
+class Harness:
+    """A partition processor whose output is collected; durable timers (delay-topic
+    records) are released back to it when due, as the delay processor would.
+
+    With ``loopback``, records it writes to the ingress topic (calls, completions,
+    cancels) come back to it too, as they would on a one-partition topic.
+    """
+
+    def __init__(
+        self, services: list[ServiceDefinition], partitions: int = 1, *, loopback: bool = False
+    ) -> None:
+        self.services = services
+        self.out: list[Out] = []
+        self.offset = 0
+        self.processor = self.make(partitions)
+        self.processor.start()
+        self.fired: set[int] = set()
+        self.loopback = loopback
+        self.timers = asyncio.get_running_loop().create_task(self._release())
+
+    async def _release(self) -> None:
+        while True:
+            await asyncio.sleep(0.002)
+            now = datetime.now(UTC)
+            for index, out in enumerate(list(self.out)):
+                if index in self.fired:
+                    continue
+                if out.topic == TOPICS.ingress and self.loopback:
+                    self.fired.add(index)
+                    self.processor.on_message(out.key, out.value, self.offset)
+                    self.offset += 1
+                if out.topic != TOPICS.delay:
+                    continue
+                delayed = decode_delay(out.value)
+                assert isinstance(delayed, Delayed)
+                if delayed.due <= now:
+                    self.fired.add(index)
+                    self.send(delayed.released())
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """Ingress-topic records of ``kind`` written so far, as JSON objects."""
+        found = (json.loads(o.value or b"{}") for o in self.out if o.topic == TOPICS.ingress)
+        return [r for r in found if r.get("kind") == kind]
+
+    def make(self, partitions: int = 1) -> PartitionProcessor:
+        return PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
+                                  registry=Registry(self.services), emit=self.out.append,
+                                  wake=lambda: None)  # fmt: skip
+
+    def send(self, record: Any) -> None:
+        self.processor.on_message(None, encode(record), self.offset)
+        self.offset += 1
+
+    def call(self, target: Target, argument: Any = None, request_id: str = "r") -> str:
+        inv_id = ids.new_id(target.key, 1)
+        self.send(Invoke(target=target, argument=argument, invocation_id=inv_id,
+                         request_id=request_id))  # fmt: skip
+        return inv_id
+
+    def responses(self) -> dict[str, Any]:
+        found = {}
+        for out in self.out:
+            if out.topic == TOPICS.responses:
+                response = decode_response(out.value)
+                found[response.request_id] = response
+        return found
+
+    def invokes(self) -> list[Invoke]:
+        return [
+            r
+            for r in (json.loads(o.value or b"{}") for o in self.out if o.topic == TOPICS.ingress)
+            if r.get("kind") == "invoke"
+        ]  # type: ignore[misc]
+
+
+async def until(condition: Any, seconds: float = 5.0) -> None:
+    """Let the loop run until ``condition()`` holds; fail after ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)

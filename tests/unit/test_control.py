@@ -1,0 +1,305 @@
+"""Cancel, kill, timeouts, attach from a handler, workflows and promises, purge and resume,
+idempotent sends: the partition processor's rules, driven without Kafka."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from handlers import (
+    ObjectContext,
+    ObjectSharedContext,
+    RetryPolicy,
+    TerminalError,
+    VirtualObject,
+    Workflow,
+    WorkflowContext,
+    WorkflowSharedContext,
+)
+from streams import ids
+from streams.records import AttachRequest, Cancel, Invoke, Kill, Purge, Resume, Target
+from tests.unit.harness import TOPICS, Harness, until
+
+trail: list[str] = []
+flaky_state = {"failing": True, "runs": 0}
+
+saga = VirtualObject("Saga", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=2))
+
+
+@saga.handler()
+async def book(ctx: ObjectContext, hold_ms: int) -> str:
+    try:
+        await ctx.sleep(timedelta(milliseconds=hold_ms))
+    except TerminalError as error:
+        ctx.set("undone", error.status_code)
+        trail.append(f"undo {ctx.key} {error.status_code}")
+        raise
+    return "booked"
+
+
+@saga.handler()
+async def trip(ctx: ObjectContext) -> str:
+    try:
+        result: str = await ctx.object("Saga", f"{ctx.key}-child", "book").request(60_000)
+    except TerminalError as error:
+        trail.append(f"compensate {ctx.key} {error.status_code}")
+        raise
+    return result
+
+
+@saga.handler()
+async def impatient(ctx: ObjectContext, wait_ms: int) -> str:
+    call = ctx.object("Saga", f"{ctx.key}-slow", "book")
+    try:
+        result: str = await call.request(60_000, timeout=timedelta(milliseconds=wait_ms))
+    except TerminalError as error:
+        return f"gave up {error.status_code}"
+    return result
+
+
+@saga.handler(kind="shared")
+async def watch(ctx: ObjectSharedContext, invocation_id: str) -> Any:
+    return await ctx.attach_invocation(invocation_id)
+
+
+@saga.handler()
+async def flaky(ctx: ObjectContext) -> int:
+    flaky_state["runs"] += 1
+    if flaky_state["failing"]:
+        raise RuntimeError("not yet")
+    return flaky_state["runs"]
+
+
+signup = Workflow("Signup", idempotency_retention=timedelta(seconds=1))
+
+
+@signup.main()
+async def run(ctx: WorkflowContext, email: str) -> str:
+    ctx.set("email", email)
+    try:
+        secret = await ctx.promise("link").value()
+    except TerminalError as error:
+        ctx.set("status", f"aborted {error.status_code}")
+        raise
+    ctx.set("status", "verified")
+    return f"{email}:{secret}"
+
+
+@signup.handler()
+async def click(ctx: WorkflowSharedContext, secret: str) -> None:
+    await ctx.promise("link").resolve(secret)
+
+
+@signup.handler()
+async def status(ctx: WorkflowSharedContext) -> dict[str, Any]:
+    return {"status": await ctx.get("status"), "link": await ctx.promise("link").peek()}
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    trail.clear()
+    flaky_state.update(failing=True, runs=0)
+
+
+def harness(loopback: bool = False) -> Harness:
+    return Harness([saga, signup], loopback=loopback)
+
+
+def saga_target(key: str, handler: str) -> Target:
+    return Target(service="Saga", key=key, handler=handler)
+
+
+def waiting_in(h: Harness, inv_id: str, kind: str) -> bool:
+    inv = h.processor.invocations.get(inv_id)
+    return inv is not None and any(e.kind == kind and not e.done for e in inv.journal)
+
+
+async def test_cancel_reaches_a_sleeping_handler_which_compensates() -> None:
+    h = harness()
+    inv_id = h.call(saga_target("a", "book"), 60_000, request_id="book")
+    await until(lambda: waiting_in(h, inv_id, "sleep"))
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    await until(lambda: "book" in h.responses())
+    assert h.responses()["cancel"].status == "accepted"
+    failure = h.responses()["book"].failure
+    assert failure is not None
+    assert (failure.code, failure.message) == (409, "cancelled")
+    assert trail == ["undo a 409"]
+    assert h.processor.state[("Saga", "a")] == {"undone": 409}
+
+
+async def test_cancel_travels_down_the_call_tree_leaves_first() -> None:
+    h = harness(loopback=True)
+    parent = h.call(saga_target("t", "trip"), request_id="trip")
+    await until(lambda: any(waiting_in(h, i, "sleep") for i in list(h.processor.invocations)))
+    h.send(Cancel(invocation_id=parent))
+    await until(lambda: "trip" in h.responses())
+    failure = h.responses()["trip"].failure
+    assert failure is not None
+    assert failure.code == 409
+    assert trail == ["undo t-child 409", "compensate t 409"]
+
+
+async def test_kill_stops_the_tree_without_compensation_and_unlocks_keys() -> None:
+    h = harness(loopback=True)
+    parent = h.call(saga_target("k", "trip"), request_id="trip")
+    await until(lambda: any(waiting_in(h, i, "sleep") for i in list(h.processor.invocations)))
+    child = next(i for i in h.processor.invocations if i != parent)
+    h.send(Kill(invocation_id=parent, request_id="kill"))
+    assert h.responses()["kill"].status == "success"
+    failure = h.responses()["trip"].failure
+    assert failure is not None
+    assert failure.message == "killed"
+    await until(lambda: child not in h.processor.invocations)
+    assert [r["invocation_id"] for r in h.records("kill")] == [child]
+    assert trail == []
+    assert h.processor.locks == {}
+    h.call(saga_target("k-child", "book"), 0, request_id="after")
+    await until(lambda: "after" in h.responses())
+    assert h.responses()["after"].value == "booked"
+
+
+async def test_cancelling_the_holder_of_a_key_lets_the_next_call_run() -> None:
+    h = harness()
+    holder = h.call(saga_target("u", "book"), 60_000, request_id="holder")
+    queued = h.call(saga_target("u", "book"), 0, request_id="queued")
+    also = h.call(saga_target("u", "book"), 0, request_id="also")
+    await until(lambda: waiting_in(h, holder, "sleep"))
+    assert h.processor.invocations[queued].meta.status == "pending"
+    # A queued invocation is removed at once and answers 409, without running.
+    h.send(Cancel(invocation_id=queued, request_id="cancel-queued"))
+    assert h.responses()["cancel-queued"].status == "success"
+    assert h.responses()["queued"].failure.code == 409
+    h.send(Cancel(invocation_id=holder))
+    await until(lambda: "also" in h.responses())
+    assert h.responses()["also"].value == "booked"
+    assert trail == ["undo u 409"], "the queued invocation never ran"
+    assert also not in h.processor.invocations
+
+
+async def test_cancel_and_kill_answer_404_and_409() -> None:
+    h = harness()
+    unknown = ids.new_id("x", 1)
+    h.send(Cancel(invocation_id=unknown, request_id="unknown"))
+    assert h.responses()["unknown"].failure.code == 404
+    done = h.call(saga_target("d", "book"), 0, request_id="done")
+    await until(lambda: "done" in h.responses())
+    assert done not in h.processor.invocations, "not retained: forgotten at once"
+    retained = Invoke(target=saga_target("d", "book"), argument=0, idempotency_key="once",
+                      request_id="kept")  # fmt: skip
+    h.send(retained)
+    await until(lambda: "kept" in h.responses())
+    kept_id = h.responses()["kept"].invocation_id
+    h.send(Kill(invocation_id=kept_id, request_id="late"))
+    assert h.responses()["late"].failure.code == 409
+
+
+async def test_a_call_deadline_fails_the_call_with_408_and_cancels_the_callee() -> None:
+    h = harness(loopback=True)
+    h.call(saga_target("x", "impatient"), 30, request_id="impatient")
+    await until(lambda: "impatient" in h.responses())
+    assert h.responses()["impatient"].value == "gave up 408"
+    await until(lambda: trail == ["undo x-slow 409"])
+
+
+async def test_a_handler_attaches_to_another_invocation() -> None:
+    h = harness(loopback=True)
+    booking = h.call(saga_target("w", "book"), 50, request_id="book")
+    h.call(saga_target("watcher", "watch"), booking, request_id="watch")
+    await until(lambda: "watch" in h.responses())
+    assert h.responses()["watch"].value == "booked"
+    assert h.responses()["book"].value == "booked"
+
+
+async def test_workflow_runs_once_and_promises_connect_its_handlers() -> None:
+    h = harness()
+    run_target = Target(service="Signup", key="w1", handler="run")
+    run_id = ids.workflow_run_id("Signup", "w1")
+    h.call(run_target, "a@example.com", request_id="run")
+    await until(lambda: waiting_in(h, run_id, "promise_get"))
+    # Calling run again: 409. Sending it again: PreviouslyAccepted with the same id.
+    h.call(run_target, "b@example.com", request_id="again")
+    assert h.responses()["again"].failure.code == 409
+    h.send(Invoke(target=run_target, argument="c", mode="send", request_id="resend"))
+    assert h.responses()["resend"].status == "previously_accepted"
+    assert h.responses()["resend"].invocation_id == run_id
+    h.call(Target(service="Signup", key="w1", handler="status"), request_id="during")
+    await until(lambda: "during" in h.responses())
+    assert h.responses()["during"].value == {"status": None, "link": None}
+    h.call(Target(service="Signup", key="w1", handler="click"), "ok", request_id="click")
+    await until(lambda: "run" in h.responses())
+    assert h.responses()["run"].value == "a@example.com:ok"
+    assert h.responses()["run"].invocation_id == run_id
+    h.call(Target(service="Signup", key="w1", handler="click"), "again", request_id="click2")
+    await until(lambda: "click2" in h.responses())
+    assert h.responses()["click2"].failure.code == 409, "a promise completes once"
+    # After run: shared handlers still see state and the promise; attach gets the result.
+    h.call(Target(service="Signup", key="w1", handler="status"), request_id="after")
+    h.send(AttachRequest(request_id="attach", target=run_target))
+    await until(lambda: "after" in h.responses() and "attach" in h.responses())
+    assert h.responses()["after"].value == {"status": "verified", "link": "ok"}
+    assert h.responses()["attach"].value == "a@example.com:ok"
+    changelog = [json.loads(o.key or b"") for o in h.processor.flush() if o.topic == TOPICS.state]
+    assert ["Signup", "w1", "link", "promise"] in changelog
+    # Past the workflow's retention its run, state and promises are gone.
+    await until(lambda: run_id not in h.processor.invocations, seconds=4)
+    assert ("Signup", "w1") not in h.processor.state
+    assert ("Signup", "w1") not in h.processor.promises
+    h.send(AttachRequest(request_id="gone", target=run_target, wait=False))
+    assert h.responses()["gone"].failure.code == 404
+
+
+async def test_cancel_reaches_a_workflow_waiting_on_a_promise() -> None:
+    h = harness()
+    run_id = ids.workflow_run_id("Signup", "w2")
+    h.call(Target(service="Signup", key="w2", handler="run"), "x", request_id="run")
+    await until(lambda: waiting_in(h, run_id, "promise_get"))
+    h.send(Cancel(invocation_id=run_id))
+    await until(lambda: "run" in h.responses())
+    assert h.responses()["run"].failure.code == 409
+    assert h.processor.state[("Signup", "w2")]["status"] == "aborted 409"
+
+
+async def test_a_paused_invocation_resumes_and_a_completed_one_purges() -> None:
+    h = harness()
+    inv_id = h.call(saga_target("p", "flaky"), request_id="flaky")
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
+    assert flaky_state["runs"] == 2
+    h.send(Purge(invocation_id=inv_id, request_id="early"))
+    assert h.responses()["early"].failure.code == 409
+    flaky_state["failing"] = False
+    h.send(Resume(invocation_id=inv_id, request_id="resume"))
+    assert h.responses()["resume"].status == "success"
+    await until(lambda: "flaky" in h.responses())
+    assert h.responses()["flaky"].value == 3
+    h.send(Resume(invocation_id=inv_id, request_id="again"))
+    assert h.responses()["again"].failure.code == 404, "not retained after completion"
+    keyed = Invoke(target=saga_target("p", "book"), argument=0, idempotency_key="k",
+                   request_id="keyed")  # fmt: skip
+    h.send(keyed)
+    await until(lambda: "keyed" in h.responses())
+    keyed_id = h.responses()["keyed"].invocation_id
+    h.send(Purge(invocation_id=keyed_id, request_id="purge"))
+    assert h.responses()["purge"].status == "success"
+    h.send(AttachRequest(request_id="attach", invocation_id=keyed_id))
+    assert h.responses()["attach"].failure.code == 404
+
+
+async def test_idempotent_sends_are_accepted_once_and_recorded_in_the_dedup_table() -> None:
+    h = harness()
+    send = Invoke(target=saga_target("s", "book"), argument=0, mode="send",
+                  idempotency_key="pay-1", request_id="first")  # fmt: skip
+    h.send(send)
+    h.send(send.model_copy(update={"request_id": "second"}))
+    first, second = h.responses()["first"], h.responses()["second"]
+    assert (first.status, second.status) == ("accepted", "previously_accepted")
+    assert first.invocation_id == second.invocation_id
+    rows = {o.key: o.value for o in h.processor.flush() if o.topic == TOPICS.dedup}
+    assert rows == {
+        json.dumps(["Saga", "s", "book", "pay-1"]).encode(): json.dumps(
+            {"invocation_id": first.invocation_id}
+        ).encode()
+    }
