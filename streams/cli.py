@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -169,7 +170,6 @@ def _ingress(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go."""
     import asyncio
-    import os
 
     from streams.admin import create_topics
     from streams.ingress import serve
@@ -230,6 +230,7 @@ def _call(args: argparse.Namespace) -> int:
     import asyncio
 
     from streams.client import Client
+    from streams.ingress import parse_duration
 
     target = _parse_target(args.target)
     argument = json.loads(args.json) if args.json is not None else None
@@ -237,11 +238,14 @@ def _call(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with Client(_settings(args)) as client:
             if args.command == "send":
+                delay = parse_duration(args.delay) if args.delay else None
+                await client.catalog()
                 receipt = await client.send_to(
-                    target, argument, idempotency_key=args.idempotency_key
+                    target, argument, delay=delay, idempotency_key=args.idempotency_key
                 )
                 print(json.dumps({"invocationId": receipt.invocation_id, "status": receipt.status}))
                 return 0
+            await client.catalog()
             inv_id, response = await client.call(
                 target, argument, idempotency_key=args.idempotency_key
             )
@@ -253,6 +257,52 @@ def _call(args: argparse.Namespace) -> int:
             return 0
 
     return asyncio.run(main())
+
+
+# -- admin: invocations, services, state (over the admin HTTP API) --------------
+
+
+def _http(method: str, url: str) -> tuple[int, Any]:
+    """One JSON request; returns (status, decoded body) for 2xx and 4xx/5xx alike."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    try:
+        with urlopen(Request(url, method=method), timeout=120) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body)
+        except ValueError:
+            return error.code, {"code": error.code, "message": body.decode(errors="replace")}
+    except URLError as error:
+        message = f"cannot reach {url}: {error.reason} (is `kourier ingress` up?)"
+        raise ConnectionError(message) from None
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from urllib.parse import quote, urlencode
+
+    admin = args.admin_url.rstrip("/")
+    op = getattr(args, "op", None)
+    if args.command == "services":
+        status, body = _http("GET", f"{admin}/services")
+    elif args.command == "state":
+        status, body = _http("GET", f"{admin}/state/{quote(args.service)}/{quote(args.key)}")
+    elif op == "list":
+        query = {"status": args.status, "service": args.service, "key": args.key}
+        params = urlencode({k: v for k, v in query.items() if v} | {"limit": args.limit})
+        status, body = _http("GET", f"{admin}/invocations?{params}")
+    elif op == "describe":
+        status, body = _http("GET", f"{admin}/invocations/{quote(args.id)}")
+    elif op == "attach":
+        ingress = args.ingress_url.rstrip("/")
+        status, body = _http("GET", f"{ingress}/restate/attach/{quote(args.id)}")
+    else:
+        status, body = _http("PATCH", f"{admin}/invocations/{quote(args.id)}/{op}")
+    print(json.dumps(body, indent=2))
+    return 0 if status < 400 else 1
 
 
 # -- parser -------------------------------------------------------------------
@@ -335,9 +385,53 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("target", help="Service/handler or Object/key/handler")
         cmd.add_argument("json", nargs="?", help="the argument, as JSON")
         cmd.add_argument("--idempotency-key")
+        if name == "send":
+            cmd.add_argument("--delay", help="run no earlier than this: 500ms, 5s, 10m, PT1H")
         _kafka_flags(cmd)
         cmd.set_defaults(func=_call)
+
+    invocations = commands.add_parser("invocations", help="list, inspect and control invocations")
+    invocation_ops = invocations.add_subparsers(dest="op", required=True)
+    listing = invocation_ops.add_parser("list", help="invocations, newest first")
+    listing.add_argument("--status", help="pending, running, suspended, backing-off, paused, ...")
+    listing.add_argument("--service")
+    listing.add_argument("--key")
+    listing.add_argument("--limit", type=int, default=50)
+    _admin_flags(listing)
+    for name, text in (
+        ("describe", "status, journal and what it waits on"),
+        ("cancel", "cancel: a 409 at its next await; it may compensate"),
+        ("kill", "stop it and its calls at once, without compensation"),
+        ("purge", "forget a completed invocation's retained outcome"),
+        ("resume", "retry a paused invocation"),
+        ("attach", "wait for its outcome and print it"),
+    ):
+        op = invocation_ops.add_parser(name, help=text)
+        op.add_argument("id", help="invocation id (inv_...)")
+        _admin_flags(op)
+    services = commands.add_parser("services", help="services the workers announce")
+    _admin_flags(services)
+    state = commands.add_parser("state", help="an object's or workflow's state")
+    state_ops = state.add_subparsers(dest="op", required=True)
+    state_get = state_ops.add_parser("get", help="print the state of one key")
+    state_get.add_argument("service")
+    state_get.add_argument("key")
+    _admin_flags(state_get)
     return parser
+
+
+def _admin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get("KOURIER_ADMIN_URL", "http://127.0.0.1:9070"),
+        help="admin API (KOURIER_ADMIN_URL)",
+    )
+    parser.add_argument(
+        "--ingress-url",
+        default=os.environ.get("KOURIER_INGRESS_URL", "http://127.0.0.1:8080"),
+        help="HTTP ingress, for attach (KOURIER_INGRESS_URL)",
+    )
+    parser.set_defaults(func=_admin)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if getattr(exc, "retriable", None) is False or isinstance(exc, ValueError):
+        known = (ValueError, ConnectionError)
+        if getattr(exc, "retriable", None) is False or isinstance(exc, known):
             _say(f"kourier: error: {exc}")
             return 2
         raise

@@ -34,10 +34,14 @@ from streams import ids
 from streams.offsets import consume_ready, watermarks
 from streams.records import (
     AttachRequest,
+    Cancel,
     Delayed,
     Invoke,
+    Kill,
+    Purge,
     RecordError,
     Response,
+    Resume,
     Target,
     decode_response,
     encode,
@@ -252,7 +256,7 @@ class Client:
         invocation_id: str | None = None,
     ) -> tuple[str, Response]:
         """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
-        inv_id = invocation_id or _new_id(target, idempotency_key, self.partitions)
+        inv_id = invocation_id or self._new_id(target, idempotency_key)
         request_id = uuid.uuid4().hex
         record = Invoke(
             target=target,
@@ -262,18 +266,32 @@ class Client:
             request_id=request_id,
             headers=dict(headers or {}),
         )
+        response = await self._request(record, inv_id, target.key or inv_id)
+        return response.invocation_id or inv_id, response
+
+    async def _request(self, record: BaseModel, owner: str, key: str) -> Response:
+        """Produce a record carrying ``request_id`` to the partition of invocation ``owner``
+        and wait for the worker's response."""
+        request_id = getattr(record, "request_id", None)
+        assert isinstance(request_id, str)
         future: asyncio.Future[Response] = self._loop.create_future()
         self._pending[request_id] = future
         try:
-            await self._produce(
-                self.topics.ingress,
-                record,
-                ids.partition_of(inv_id, self.partitions),
-                target.key or inv_id,
-            )
-            return inv_id, await future
+            partition = ids.partition_of(owner, self.partitions)
+            await self._produce(self.topics.ingress, record, partition, key)
+            return await future
         finally:
             self._pending.pop(request_id, None)
+
+    def _new_id(self, target: Target, idempotency_key: str | None) -> str:
+        """The id an invocation will have: derived for a workflow's run and for idempotency
+        keys (so duplicates meet), fresh otherwise."""
+        info = self.services.get(target.service)
+        if info is not None and info.handler_kind(target.handler) == "workflow":
+            return ids.workflow_run_id(target.service, target.key or "")
+        if idempotency_key is None:
+            return ids.new_id(target.key, self.partitions)
+        return ids.idempotent_id(target.service, target.key, target.handler, idempotency_key)
 
     async def send_to(
         self,
@@ -284,8 +302,16 @@ class Client:
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> SendReceipt:
-        """One-way: returns once Kafka has the message."""
-        inv_id = _new_id(target, idempotency_key, self.partitions)
+        """One-way: returns once Kafka has the message.
+
+        A send that may meet an earlier one (an idempotency key, a workflow's run) asks
+        the worker, which answers ``Accepted`` or ``PreviouslyAccepted``; a delayed send
+        is answered ``Accepted`` when the delay topic has it (it meets others when due).
+        """
+        inv_id = self._new_id(target, idempotency_key)
+        may_repeat = idempotency_key is not None or inv_id == ids.workflow_run_id(
+            target.service, target.key or ""
+        )
         record = Invoke(
             target=target,
             argument=argument,
@@ -293,13 +319,23 @@ class Client:
             mode="send",
             idempotency_key=idempotency_key,
             headers=dict(headers or {}),
+            request_id=uuid.uuid4().hex if may_repeat and delay is None else None,
         )
+        key = target.key or inv_id
+        if record.request_id is not None:
+            response = await self._request(record, inv_id, key)
+            if response.failure is not None:
+                raise TerminalError(response.failure.message, response.failure.code)
+            again = response.status == "previously_accepted"
+            return SendReceipt(
+                response.invocation_id or inv_id, "PreviouslyAccepted" if again else "Accepted"
+            )
         partition = ids.partition_of(inv_id, self.partitions)
         if delay is None:
-            await self._produce(self.topics.ingress, record, partition, target.key or inv_id)
+            await self._produce(self.topics.ingress, record, partition, key)
         else:
             delayed = Delayed(due=datetime.now(UTC) + delay, invoke=record)
-            await self._produce(self.topics.delay, delayed, partition, target.key or inv_id)
+            await self._produce(self.topics.delay, delayed, partition, key)
         return SendReceipt(invocation_id=inv_id, status="Accepted")
 
     async def attach(self, invocation_id: str) -> Any:
@@ -311,18 +347,53 @@ class Client:
         """The result now: ``TerminalError`` 470 while it still runs."""
         return outcome(await self.attach_response(invocation_id, wait=False))
 
-    async def attach_response(self, invocation_id: str, *, wait: bool) -> Response:
+    async def attach_response(
+        self,
+        invocation_id: str | None = None,
+        *,
+        wait: bool,
+        target: Target | None = None,
+        idempotency_key: str | None = None,
+    ) -> Response:
+        """Attach (``wait``) or output, naming the invocation by id, by ``target`` plus
+        ``idempotency_key``, or by a workflow ``target`` (service, workflow id, ``run``)."""
+        if invocation_id is None:
+            if target is None:
+                raise ValueError("name the invocation: an id, or a target")
+            invocation_id = self._new_id(target, idempotency_key)
         ids.validate(invocation_id)
-        request_id = uuid.uuid4().hex
-        record = AttachRequest(request_id=request_id, invocation_id=invocation_id, wait=wait)
-        future: asyncio.Future[Response] = self._loop.create_future()
-        self._pending[request_id] = future
-        try:
-            partition = ids.partition_of(invocation_id, self.partitions)
-            await self._produce(self.topics.ingress, record, partition, invocation_id)
-            return await future
-        finally:
-            self._pending.pop(request_id, None)
+        record = AttachRequest(
+            request_id=uuid.uuid4().hex,
+            invocation_id=invocation_id,
+            wait=wait,
+        )
+        return await self._request(record, invocation_id, invocation_id)
+
+    async def cancel(self, invocation_id: str) -> str:
+        """Cancel: the invocation sees a 409 ``TerminalError`` at its next await and may
+        compensate. Returns ``"accepted"`` (delivered asynchronously) or ``"success"`` (it
+        was queued and is now completed); raises ``TerminalError`` 404 / 409."""
+        return await self._control(Cancel, invocation_id)
+
+    async def kill(self, invocation_id: str) -> str:
+        """Stop an invocation and the calls it waits on at once, without compensation."""
+        return await self._control(Kill, invocation_id)
+
+    async def purge(self, invocation_id: str) -> str:
+        """Forget a completed invocation's retained outcome and idempotency key now."""
+        return await self._control(Purge, invocation_id)
+
+    async def resume(self, invocation_id: str) -> str:
+        """Retry a ``paused`` invocation from attempt 1."""
+        return await self._control(Resume, invocation_id)
+
+    async def _control(self, kind: type[Cancel | Kill | Purge | Resume], invocation_id: str) -> str:
+        ids.validate(invocation_id)
+        record = kind(invocation_id=invocation_id, request_id=uuid.uuid4().hex)
+        response = await self._request(record, invocation_id, invocation_id)
+        if response.failure is not None:
+            raise TerminalError(response.failure.message, response.failure.code)
+        return response.status
 
     # -- the handler-like API ----------------------------------------------------------
 
@@ -345,12 +416,6 @@ class Client:
         self, workflow: str, workflow_id: str, handler: str = "run"
     ) -> ClientRecipient:
         return ClientRecipient(self, Target(service=workflow, key=workflow_id, handler=handler))
-
-
-def _new_id(target: Target, idempotency_key: str | None, partitions: int) -> str:
-    if idempotency_key is None:
-        return ids.new_id(target.key, partitions)
-    return ids.idempotent_id(target.service, target.key, target.handler, idempotency_key)
 
 
 def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:

@@ -6,6 +6,7 @@ loop with the Kafka client, and already a dependency of faust-streaming.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from pydantic import JsonValue
 from handlers.exceptions import TerminalError
 from streams import ids
 from streams.client import Client, KafkaUnavailable, ServiceInfo
+from streams.index import InvocationIndex
 from streams.records import Response, Target
 from streams.settings import Settings
 
@@ -59,6 +61,10 @@ _ISO_DURATION = re.compile(
     r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NOT_INDEXED = (
+    "invocation {} is not known to the admin index: it never existed, it completed and was "
+    "not retained, or it started and completed between two commits of its worker"
+)
 
 
 class HttpError(Exception):
@@ -146,6 +152,7 @@ class Ingress:
     ) -> None:
         self.settings = settings
         self.client = Client(settings)
+        self.index = InvocationIndex(settings)
         self.max_body = max_body
         self.max_in_flight = max_in_flight
         self.in_flight = 0
@@ -153,21 +160,19 @@ class Ingress:
     async def start(self) -> None:
         await self.client.start()
         await self.client.catalog()
+        await asyncio.to_thread(self.index.start)
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.index.close)
         await self.client.close()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body, middlewares=[json_errors])
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", metrics)
-        for path, wait in (
-            ("/restate/attach/{id}", True),
-            ("/restate/output/{id}", False),
-            ("/restate/invocation/{id}/attach", True),
-            ("/restate/invocation/{id}/output", False),
-        ):
-            app.router.add_get(path, self._attach_route(wait))
+        app.router.add_get("/restate/{verb:attach|output}/{id}", self.attach)
+        app.router.add_get("/restate/invocation/{rest:.+}/{verb:attach|output}", self.attach)
+        app.router.add_get("/restate/workflow/{service}/{key}/{verb:attach|output}", self.attach)
         app.router.add_post("/{path:.*}", self.invoke)
         return app
 
@@ -176,6 +181,10 @@ class Ingress:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/services", self.list_services)
+        app.router.add_get("/invocations", self.list_invocations)
+        app.router.add_get("/invocations/{id}", self.describe_invocation)
+        app.router.add_patch("/invocations/{id}/{action}", self.control_invocation)
+        app.router.add_get("/state/{service}/{key}", self.object_state)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -184,19 +193,114 @@ class Ingress:
     async def list_services(self, request: web.Request) -> web.Response:
         return web.json_response([s.model_dump() for s in self.client.services.values()])
 
-    def _attach_route(self, wait: bool) -> Any:
-        async def attach(request: web.Request) -> web.Response:
-            inv_id = request.match_info["id"]
-            try:
-                ids.validate(inv_id)
-                outcome = await self.client.attach_response(inv_id, wait=wait)
-            except ids.InvalidId as error:
-                return error_response(400, str(error))
-            except KafkaUnavailable as error:
-                return error_response(503, str(error))
-            return outcome_response(outcome)
+    async def attach(self, request: web.Request) -> web.Response:
+        """Attach (wait) or output (now, 470 while running), by invocation id, by
+        idempotency key (``/restate/invocation/Svc[/key]/handler/idemKey/...``) or for a
+        workflow (``/restate/workflow/Wf/id/...``)."""
+        info = request.match_info
+        wait = info["verb"] == "attach"
+        try:
+            if "service" in info:
+                target = self._workflow_run(info["service"], info["key"])
+                outcome = await self.client.attach_response(target=target, wait=wait)
+            else:
+                segments = (info.get("rest") or info["id"]).split("/")
+                if len(segments) == 1:
+                    inv_id = ids.validate(segments[0])
+                    outcome = await self.client.attach_response(inv_id, wait=wait)
+                else:
+                    target, idempotency_key = self._idempotent_target(segments)
+                    outcome = await self.client.attach_response(
+                        target=target, idempotency_key=idempotency_key, wait=wait
+                    )
+        except ids.InvalidId as error:
+            return error_response(400, str(error))
+        except HttpError as error:
+            return error_response(error.status, error.message)
+        except KafkaUnavailable as error:
+            return error_response(503, str(error))
+        return outcome_response(outcome)
 
-        return attach
+    def _workflow_run(self, service: str, key: str) -> Target:
+        info = self.client.services.get(service)
+        if info is None or info.kind != "workflow":
+            raise HttpError(404, f"unknown workflow {service!r}")
+        run = next((h for h in info.handlers if info.handler_kind(h) == "workflow"), None)
+        if run is None:
+            raise HttpError(404, f"workflow {service!r} has no run handler")
+        return Target(service=service, key=key, handler=run)
+
+    def _idempotent_target(self, segments: list[str]) -> tuple[Target, str]:
+        """``Svc/handler/idemKey`` or ``Obj/key/handler/idemKey``."""
+        info = self.client.services.get(segments[0])
+        if info is None:
+            raise HttpError(404, f"unknown service {segments[0]!r}")
+        expected = 3 if info.kind == "service" else 4
+        if len(segments) != expected:
+            shape = "Svc/handler/idempotencyKey" if expected == 3 else "Obj/key/handler/key"
+            raise HttpError(400, f"bad path: use /restate/invocation/{shape}/attach|output")
+        key = segments[1] if expected == 4 else None
+        if info.handler_kind(segments[-2]) is None:
+            raise HttpError(404, f"{info.name} has no handler {segments[-2]!r}")
+        return Target(service=info.name, key=key, handler=segments[-2]), segments[-1]
+
+    # -- admin ----------------------------------------------------------------------------
+
+    async def list_invocations(self, request: web.Request) -> web.Response:
+        """``GET /invocations?status=&service=&key=&limit=``: newest first."""
+        query = request.query
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            return error_response(400, "limit must be an integer")
+        rows = self.index.list(
+            status=query.get("status") or None,
+            service=query.get("service") or None,
+            key=query.get("key") or None,
+            limit=max(0, limit),
+        )
+        return web.json_response({"invocations": rows, "caught_up": self.index.caught_up()})
+
+    async def describe_invocation(self, request: web.Request) -> web.Response:
+        inv_id = request.match_info["id"]
+        try:
+            ids.validate(inv_id)
+        except ids.InvalidId as error:
+            return error_response(400, str(error))
+        detail = self.index.describe(inv_id)
+        if detail is None:
+            return error_response(404, _NOT_INDEXED.format(inv_id))
+        return web.json_response(detail)
+
+    async def control_invocation(self, request: web.Request) -> web.Response:
+        """``PATCH /invocations/{id}/cancel|kill|purge|resume``: 200 done, 202 accepted
+        (a cancel reaches a running handler at its next await), 404, 409."""
+        inv_id, action = request.match_info["id"], request.match_info["action"]
+        actions = {
+            "cancel": self.client.cancel,
+            "kill": self.client.kill,
+            "purge": self.client.purge,
+            "resume": self.client.resume,
+        }
+        if action not in actions:
+            return error_response(404, f"no action {action!r}: use {', '.join(actions)}")
+        try:
+            ids.validate(inv_id)
+            status = await actions[action](inv_id)
+        except ids.InvalidId as error:
+            return error_response(400, str(error))
+        except TerminalError as error:
+            return error_response(error.status_code, error.message)
+        except KafkaUnavailable as error:
+            return error_response(503, str(error))
+        code = 202 if status == "accepted" else 200
+        return web.json_response(
+            {"invocationId": inv_id, "action": action, "status": status}, status=code
+        )
+
+    async def object_state(self, request: web.Request) -> web.Response:
+        service, key = request.match_info["service"], request.match_info["key"]
+        return web.json_response(self.index.state_of(service, key))
 
     async def invoke(self, request: web.Request) -> web.Response:
         began = time.perf_counter()

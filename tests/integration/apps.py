@@ -10,9 +10,13 @@ from handlers import (
     Context,
     ObjectContext,
     ObjectSharedContext,
+    RetryPolicy,
     Service,
     TerminalError,
     VirtualObject,
+    Workflow,
+    WorkflowContext,
+    WorkflowSharedContext,
 )
 
 # In-process tests release a blocked handler through these (not durable, test-only).
@@ -167,4 +171,72 @@ async def bump(ctx: ObjectContext) -> int:
     return value
 
 
-SERVICES = [tally, relay, brief]
+trip = VirtualObject("Trip")
+
+
+@trip.handler()
+async def reserve(ctx: ObjectContext, hold_ms: int) -> str:
+    """Holds its key in a durable sleep; on cancel it records its compensation."""
+    try:
+        await ctx.sleep(timedelta(milliseconds=hold_ms))
+    except TerminalError as error:
+        ctx.set("compensated", error.status_code)
+        raise
+    ctx.set("reserved", True)
+    return "reserved"
+
+
+@trip.handler()
+async def plan(ctx: ObjectContext, hold_ms: int) -> str:
+    """Waits in a call to ``reserve`` on the key ``<key>-hotel``; compensates on failure."""
+    try:
+        result: str = await ctx.object(reserve, f"{ctx.key}-hotel").request(hold_ms)
+    except TerminalError as error:
+        ctx.set("compensated", error.status_code)
+        raise
+    return result
+
+
+@trip.handler(kind="shared")
+async def notes(ctx: ObjectSharedContext) -> dict[str, object]:
+    return {name: await ctx.get(name) for name in await ctx.state_keys()}
+
+
+signup = Workflow("Signup")
+
+
+@signup.main()
+async def run(ctx: WorkflowContext, email: str) -> str:
+    """Waits for the emailed link to be clicked (a durable promise)."""
+    ctx.set("email", email)
+    try:
+        secret: str = await ctx.promise("link").value()
+    except TerminalError as error:
+        ctx.set("status", f"aborted {error.status_code}")
+        raise
+    ctx.set("status", "verified")
+    return f"{email} verified with {secret}"
+
+
+@signup.handler()
+async def click(ctx: WorkflowSharedContext, secret: str) -> None:
+    await ctx.promise("link").resolve(secret)
+
+
+@signup.handler()
+async def progress(ctx: WorkflowSharedContext) -> dict[str, object]:
+    return {"status": await ctx.get("status"), "link": await ctx.promise("link").peek()}
+
+
+fragile = Service("Fragile", retry=RetryPolicy(initial=timedelta(milliseconds=10), max_attempts=2))
+
+
+@fragile.handler()
+async def needs_file(ctx: Context, path: str) -> str:
+    """Fails (and, after two attempts, pauses) until ``path`` exists."""
+    if not await asyncio.to_thread(os.path.exists, path):
+        raise RuntimeError(f"{path} does not exist yet")
+    return "found"
+
+
+SERVICES = [tally, relay, brief, trip, signup, fragile]

@@ -62,16 +62,33 @@ async def ingress_url(topics: Settings, worker: Worker) -> AsyncIterator[str]:
     ingress = Ingress(topics)
     await ingress.start()
     for _ in range(100):
-        if set(ingress.client.services) >= {"Tally", "Relay", "Brief"}:
+        if set(ingress.client.services) >= {s.name for s in apps.SERVICES}:
             break
         await asyncio.sleep(0.1)
-    runner = web.AppRunner(ingress.app(), access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    runners = []
+    urls = []
+    for app in (ingress.app(), ingress.admin_app()):
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{port}")
+    ADMIN_URLS[urls[0]] = urls[1]
+    yield urls[0]
+    for runner in runners:
+        await runner.cleanup()
     await ingress.close()
+
+
+#: The admin API that goes with each ingress URL the ``ingress_url`` fixture served.
+ADMIN_URLS: dict[str, str] = {}
+
+
+@pytest.fixture
+def admin_url(ingress_url: str) -> str:
+    """The admin API (``/invocations``, ``/services``, ``/state``) of ``ingress_url``."""
+    return ADMIN_URLS[ingress_url]
 
 
 class WorkerProcess:

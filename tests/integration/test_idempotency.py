@@ -30,6 +30,7 @@ async def test_concurrent_duplicates_run_once_and_share_one_answer(
 
 async def test_idempotent_http_sends_get_the_same_id(ingress_url: str, client: Client) -> None:
     ids = []
+    statuses = []
     async with aiohttp.ClientSession() as http:
         for _ in range(3):
             async with http.post(
@@ -37,7 +38,20 @@ async def test_idempotent_http_sends_get_the_same_id(ingress_url: str, client: C
                 headers={"idempotency-key": "once"},
             ) as reply:  # fmt: skip
                 assert reply.status == 202
-                ids.append((await reply.json())["invocationId"])
+                body = await reply.json()
+                ids.append(body["invocationId"])
+                statuses.append(body["status"])
+        assert statuses == ["Accepted", "PreviouslyAccepted", "PreviouslyAccepted"]
+        # Attach and output by idempotency key: /restate/invocation/Obj/key/handler/idemKey/..
+        for verb in ("attach", "output"):
+            path = f"/restate/invocation/Tally/idem-send/add/once/{verb}"
+            async with http.get(f"{ingress_url}{path}") as reply:
+                assert reply.status == 200, path
+                assert await reply.json() == 1
+        async with http.get(
+            f"{ingress_url}/restate/invocation/Tally/idem-send/add/nope/output"
+        ) as reply:
+            assert reply.status == 404
         async with http.post(
             f"{ingress_url}/Tally/idem-send/add", json=1, headers={"idempotency-key": "other"}
         ) as reply:

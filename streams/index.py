@@ -1,0 +1,236 @@
+"""A read-only view of every partition's invocations and object state, for the admin API.
+
+The admin server follows the compacted ``<ns>.invocations`` and ``<ns>.state``
+changelogs (read_committed, from the beginning, then live) into memory. It
+therefore sees what the workers have committed: every invocation that is
+queued, running, suspended, backing off, paused, or completed and retained.
+An invocation that starts and completes between two commits of its worker
+(a short call with nothing retained) is never written to the changelog, so
+it never appears here; its caller has its outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pydantic import JsonValue, ValidationError
+
+from streams.journal import Entry, InvocationMeta
+from streams.offsets import consume_ready, watermarks
+from streams.settings import Settings
+from streams.topics import Topics
+
+
+@dataclass
+class Indexed:
+    meta: InvocationMeta
+    entries: dict[int, Entry] = field(default_factory=dict)
+
+    def journal(self) -> list[Entry]:
+        return [self.entries[i] for i in sorted(self.entries) if i < self.meta.journal_length]
+
+    def waiting_on(self) -> list[str]:
+        """What the invocation awaits: open calls, timers, promises, attaches."""
+        if self.meta.status == "completed":
+            return []
+        return [
+            f"{entry.describe()} (entry {i})" + (f" due {_iso(entry.due)}" if entry.due else "")
+            for i, entry in enumerate(self.journal())
+            if not entry.done and entry.kind != "select"
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        meta = self.meta
+        row: dict[str, Any] = {
+            "id": meta.id,
+            "target": meta.target.path(),
+            "service": meta.target.service,
+            "handler": meta.target.handler,
+            "key": meta.target.key,
+            "status": meta.status,
+            "mode": meta.mode,
+            "attempt": meta.attempt,
+            "created_at": _iso(meta.created_at),
+            "modified_at": _iso(meta.modified_at),
+        }
+        if meta.idempotency_key is not None:
+            row["idempotency_key"] = meta.idempotency_key
+        if meta.last_error is not None:
+            row["last_error"] = meta.last_error
+        if meta.caller is not None:
+            row["caller"] = meta.caller.invocation_id
+        return row
+
+    def detail(self) -> dict[str, Any]:
+        meta = self.meta
+        row = self.summary()
+        row["argument"] = meta.argument
+        row["headers"] = meta.headers
+        row["waiting_on"] = self.waiting_on()
+        row["journal"] = [
+            {"index": i, **entry.model_dump(exclude_none=True)}
+            for i, entry in enumerate(self.journal())
+        ]
+        if meta.status == "completed":
+            row["outcome"] = (
+                {"failure": meta.failure.model_dump()} if meta.failure else {"value": meta.value}
+            )
+            row["expires_at"] = _iso(meta.expires_at) if meta.expires_at else None
+        if meta.retry_at is not None and meta.status == "backing-off":
+            row["retry_at"] = _iso(meta.retry_at)
+        return row
+
+
+class InvocationIndex:
+    """Follows the changelogs on a background thread; read its dicts from any thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.namespace)
+        self.invocations: dict[str, Indexed] = {}
+        self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
+        self._orphans: dict[str, dict[int, Entry]] = {}
+        self._lock = threading.Lock()
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._consumer = Consumer(
+            self.settings.client_config(
+                {
+                    "group.id": f"{self.settings.namespace}.admin.{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 50,
+                    "log_level": 3,
+                }
+            )
+        )
+        metadata = self._consumer.list_topics(timeout=30).topics
+        assignment = [
+            TopicPartition(topic, p, OFFSET_BEGINNING)
+            for topic in (self.topics.invocations, self.topics.state)
+            if topic in metadata
+            for p in metadata[topic].partitions
+        ]
+        self._ends = {
+            (tp.topic, tp.partition): watermarks(self._consumer, tp)[1] for tp in assignment
+        }
+        self._consumer.assign(assignment)
+        self._running = True
+        self._thread = threading.Thread(target=self._follow, name="kourier-index", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._running = False
+        if self._thread is not None:
+            self._thread.join()
+            self._consumer.close()
+
+    def caught_up(self) -> bool:
+        """Whether the changelogs have been read up to where they ended at start."""
+        return not self._ends
+
+    def wait_caught_up(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._ends and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self._ends
+
+    def _follow(self) -> None:
+        while self._running:
+            messages = consume_ready(self._consumer, 1000, 0.1)
+            with self._lock:
+                for message in messages:
+                    if message.error() is None:
+                        self._apply(message.topic() or "", message.key(), message.value())
+            if self._ends:
+                positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
+                for tp in positions:
+                    if tp.offset >= self._ends[(tp.topic, tp.partition)]:
+                        del self._ends[(tp.topic, tp.partition)]
+
+    def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        try:
+            if topic == self.topics.state:
+                self._apply_state(key, value)
+            else:
+                self._apply_invocation(key.decode(), value)
+        except (ValueError, ValidationError):
+            return  # a record this version does not understand: not the index's to judge
+
+    def _apply_state(self, key: bytes, value: bytes | None) -> None:
+        parts = json.loads(key)
+        if len(parts) != 3:
+            return  # workflow promises
+        service, obj, name = parts
+        if value is None:
+            self.state.get((service, obj), {}).pop(name, None)
+        else:
+            self.state.setdefault((service, obj), {})[name] = json.loads(value)
+
+    def _apply_invocation(self, text: str, value: bytes | None) -> None:
+        if text.startswith("m/"):
+            inv_id = text[2:]
+            if value is None:
+                self.invocations.pop(inv_id, None)
+                return
+            meta = InvocationMeta.model_validate_json(value)
+            known = self.invocations.get(inv_id)
+            if known is None:
+                entries = self._orphans.pop(inv_id, {})
+                self.invocations[inv_id] = Indexed(meta, entries)
+            else:
+                known.meta = meta
+        elif text.startswith("j/"):
+            inv_id, _, index = text[2:].rpartition("/")
+            holder = self.invocations.get(inv_id)
+            entries = holder.entries if holder is not None else self._orphans.setdefault(inv_id, {})
+            if value is None:
+                entries.pop(int(index), None)
+                if holder is None and not entries:
+                    self._orphans.pop(inv_id, None)
+            else:
+                entries[int(index)] = Entry.model_validate_json(value)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        service: str | None = None,
+        key: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [
+                item.summary()
+                for item in self.invocations.values()
+                if (status is None or item.meta.status == status)
+                and (service is None or item.meta.target.service == service)
+                and (key is None or item.meta.target.key == key)
+            ]
+        rows.sort(key=lambda r: str(r["created_at"]), reverse=True)
+        return rows[:limit]
+
+    def describe(self, invocation_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            item = self.invocations.get(invocation_id)
+            return None if item is None else item.detail()
+
+    def state_of(self, service: str, key: str) -> dict[str, JsonValue]:
+        with self._lock:
+            return dict(self.state.get((service, key), {}))
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
