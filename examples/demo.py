@@ -94,7 +94,8 @@ def main() -> int:
             ))  # fmt: skip
             print(f"  {name} pid {processes[-1].pid}, log {work / f'{name}.log'}")
         base = f"http://127.0.0.1:{port}"
-        wait_for_services(f"{base}/health", {"Greeter", "Counter", "Bank"}, 60)
+        admin_url = f"http://127.0.0.1:{admin}"
+        wait_for_services(f"{base}/health", {"Greeter", "Counter", "Bank", "Booking"}, 60)
 
         step("request-response: a service, then an object's exclusive and shared handlers")
         show("POST", f"{base}/Greeter/greet", "Ada")
@@ -130,6 +131,29 @@ def main() -> int:
             "POST", f"{base}/Counter/dave/add", 50, {"idempotency-key": "order-17"}
         )
         show("GET", f"{base}/restate/attach/{headers['x-restate-id']}")
+
+        step("cancel: a running hold is cancelled; its handler compensates in `except`")
+        receipt = show("POST", f"{base}/Booking/seat-7/hold/send", 600)
+        seat = receipt["invocationId"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            detail = http("GET", f"{admin_url}/invocations/{seat}")[1]
+            if isinstance(detail, dict) and detail.get("waiting_on"):
+                break
+            time.sleep(0.1)
+        show("GET", f"{admin_url}/invocations?service=Booking")
+        show("PATCH", f"{admin_url}/invocations/{seat}/cancel")
+        while http("POST", f"{base}/Booking/seat-7/status")[1] != "released":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        show("POST", f"{base}/Booking/seat-7/status")
+
+        step("a workflow: run once per id, a durable promise resolved by another handler")
+        show("POST", f"{base}/Signup/ada/run/send", "ada@example.com")
+        show("POST", f"{base}/Signup/ada/run/send", "ada@example.com")
+        show("POST", f"{base}/Signup/ada/click", "ok")
+        show("GET", f"{base}/restate/workflow/Signup/ada/attach")
 
         step("a chain of calls: Bank/transfer calls Counter/add on two keys")
         show("POST", f"{base}/Bank/transfer", {"source": "bob", "target": "ada", "amount": 4})

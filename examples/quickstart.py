@@ -1,9 +1,12 @@
-"""The README's examples: a greeter service, a counter object, a chain of calls, a workflow.
+"""The README's examples: a greeter service, a counter object, a chain of calls, a booking
+that compensates when cancelled, and a workflow.
 
 Run them with ``kourier dev examples.quickstart``.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from pydantic import BaseModel
 
@@ -68,6 +71,28 @@ async def transfer(ctx: Context, move: Transfer) -> dict[str, int]:
     return {move.source: left, move.target: right}
 
 
+booking = VirtualObject("Booking")
+
+
+@booking.handler()
+async def hold(ctx: ObjectContext, seconds: float) -> str:
+    """Hold a seat for a while (a durable timer), then confirm; release it if cancelled."""
+    ctx.set("status", "held")
+    try:
+        await ctx.sleep(timedelta(seconds=seconds))
+    except TerminalError:
+        ctx.set("status", "released")  # compensation: runs when the hold is cancelled
+        raise
+    ctx.set("status", "confirmed")
+    return "confirmed"
+
+
+@booking.handler(kind="shared")
+async def status(ctx: ObjectSharedContext) -> str | None:
+    value: str | None = await ctx.get("status")
+    return value
+
+
 signup = Workflow("Signup")
 
 
@@ -83,4 +108,4 @@ async def click(ctx: WorkflowSharedContext, secret: str) -> None:
     await ctx.promise("email-link").resolve(secret)
 
 
-SERVICES = [greeter, counter, bank, signup]
+SERVICES = [greeter, counter, bank, booking, signup]

@@ -119,9 +119,8 @@ class InvocationIndex:
             if topic in metadata
             for p in metadata[topic].partitions
         ]
-        self._ends = {
-            (tp.topic, tp.partition): watermarks(self._consumer, tp)[1] for tp in assignment
-        }
+        ends = {(tp.topic, tp.partition): watermarks(self._consumer, tp)[1] for tp in assignment}
+        self._ends = {where: end for where, end in ends.items() if end > 0}
         self._consumer.assign(assignment)
         self._running = True
         self._thread = threading.Thread(target=self._follow, name="kourier-index", daemon=True)

@@ -30,5 +30,9 @@ def test_the_demo_runs_end_to_end() -> None:
     assert "200 50" in out  # dave's counter after two idempotent adds of 50
     assert "/restate/attach/inv_" in out
     assert '400 {"code": 400, "message": "name must not be empty"}' in out
+    assert '/cancel\n  202 {"invocationId": "inv_' in out
+    assert '200 "released"' in out  # the cancelled hold compensated
+    assert '"status": "PreviouslyAccepted"' in out  # a workflow's run sent twice
+    assert "/restate/workflow/Signup/ada/attach\n  200 true" in out
     assert '"request_id":"demo-kcat"' in out
     assert "stopping the ingress, the worker and the broker" in out
