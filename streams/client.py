@@ -338,14 +338,34 @@ class Client:
             await self._produce(self.topics.delay, delayed, partition, key)
         return SendReceipt(invocation_id=inv_id, status="Accepted")
 
-    async def attach(self, invocation_id: str) -> Any:
+    async def attach(
+        self,
+        invocation_id: str | None = None,
+        *,
+        target: Target | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
         """Wait for an invocation and return its result (``TerminalError`` on failure; 404
-        when it is unknown or its outcome was not retained)."""
-        return outcome(await self.attach_response(invocation_id, wait=True))
+        when it is unknown or its outcome was not retained). Name it by id, by ``target``
+        plus ``idempotency_key``, or by a workflow's ``target`` (``Target(service="Signup",
+        key=workflow_id, handler="run")``)."""
+        response = await self.attach_response(
+            invocation_id, wait=True, target=target, idempotency_key=idempotency_key
+        )
+        return outcome(response)
 
-    async def output(self, invocation_id: str) -> Any:
+    async def output(
+        self,
+        invocation_id: str | None = None,
+        *,
+        target: Target | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
         """The result now: ``TerminalError`` 470 while it still runs."""
-        return outcome(await self.attach_response(invocation_id, wait=False))
+        response = await self.attach_response(
+            invocation_id, wait=False, target=target, idempotency_key=idempotency_key
+        )
+        return outcome(response)
 
     async def attach_response(
         self,
