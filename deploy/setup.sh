@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this machine for Kourier, from nothing: Java and Maven (Debian packages),
-# kcat, a virtualenv in .venv with Kourier and its dev tools, and the Apache Kafka
+# kcat, Chromium (for the web UI's browser tests), a virtualenv in .venv with Kourier and its dev tools, and the Apache Kafka
 # jars (resolved with Maven, cached in ~/.m2 and ~/.cache/kourier).
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
@@ -11,6 +11,7 @@ missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v kcat >/dev/null || missing+=(kcat)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]} (Debian packages)" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

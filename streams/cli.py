@@ -138,6 +138,11 @@ def _worker(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     sys.path.insert(0, ".")
     worker = Worker(_settings(args), load_services(args.module), worker_id=args.worker_id)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host)
+        _say(f"kourier: worker metrics on http://{args.metrics_host}:{args.metrics_port}/metrics")
 
     async def main(stop: Any) -> None:
         task = asyncio.create_task(worker.run())
@@ -305,6 +310,24 @@ def _admin(args: argparse.Namespace) -> int:
     return 0 if status < 400 else 1
 
 
+def _dlq(args: argparse.Namespace) -> int:
+    from streams import deadletters
+
+    settings = _settings(args)
+    letters = deadletters.read(settings, reason=args.reason)
+    if args.op == "list":
+        rows = [letter.model_dump(mode="json") for letter in letters[-args.limit :]]
+        print(json.dumps(rows, indent=2))
+        return 0
+    chosen = [x for x in letters if args.all or x.dlq_offset in set(args.offset or [])]
+    if not chosen:
+        _say("kourier: nothing to replay: give --offset N (repeatable) or --all")
+        return 1
+    count = deadletters.replay(settings, chosen)
+    print(json.dumps({"replayed": count, "offsets": [x.dlq_offset for x in chosen]}))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------
 
 
@@ -360,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("module", help="e.g. examples.quickstart or app.services:ALL")
     worker.add_argument("--worker-id", help="stable id (default: host name + free slot)")
     worker.add_argument("-v", "--verbose", action="store_true")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ["KOURIER_METRICS_PORT"])
+        if os.environ.get("KOURIER_METRICS_PORT")
+        else None,
+        help="serve Prometheus metrics on this port (KOURIER_METRICS_PORT; default: off)",
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="interface for metrics")
     _kafka_flags(worker)
     worker.set_defaults(func=_worker)
 
@@ -409,6 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
         op = invocation_ops.add_parser(name, help=text)
         op.add_argument("id", help="invocation id (inv_...)")
         _admin_flags(op)
+    dlq = commands.add_parser("dlq", help="dead letters: list them, replay them to ingress")
+    dlq_ops = dlq.add_subparsers(dest="op", required=True)
+    dlq_list = dlq_ops.add_parser("list", help="dead letters with their reason, newest last")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_replay = dlq_ops.add_parser("replay", help="produce dead letters to ingress again")
+    dlq_replay.add_argument("--offset", type=int, action="append", help="a DLQ offset")
+    dlq_replay.add_argument("--all", action="store_true", help="every one (of --reason)")
+    for op in (dlq_list, dlq_replay):
+        op.add_argument("--reason", help="only these: not-json, bad-schema, unknown-target, ...")
+        _kafka_flags(op)
+        op.set_defaults(func=_dlq)
     services = commands.add_parser("services", help="services the workers announce")
     _admin_flags(services)
     state = commands.add_parser("state", help="an object's or workflow's state")

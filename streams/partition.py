@@ -34,6 +34,14 @@ from streams.journal import (
     InvocationMeta,
     Promise,
 )
+from streams.metrics import (
+    ATTEMPT_SECONDS,
+    DEADLETTERS,
+    INVOCATION_SECONDS,
+    INVOCATIONS,
+    PAUSED,
+    RETRIES,
+)
 from streams.partitioning import partition_for
 from streams.records import (
     AttachRequest,
@@ -59,6 +67,8 @@ from streams.topics import Topics
 
 log = logging.getLogger("kourier.partition")
 _Record = Invoke | Control | AttachRequest | Completion
+#: Larger ingress records go to the dead-letter topic (as the HTTP ingress answers 413).
+MAX_RECORD_BYTES = 900 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,7 @@ class Out:
     partition: int
     key: bytes | None
     value: bytes | None
+    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 class PartitionProcessor:
@@ -217,6 +228,11 @@ class PartitionProcessor:
     def on_message(self, key: bytes | None, value: bytes | None, offset: int) -> None:
         """Apply one ingress record; malformed ones go to the dead-letter topic."""
         try:
+            if value is not None and len(value) > MAX_RECORD_BYTES:
+                self._oversize(value)
+                raise RecordError(
+                    "oversize", f"{len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
+                )
             record = decode_ingress(value)
             owner = self._owner(record)
         except RecordError as error:
@@ -235,6 +251,16 @@ class PartitionProcessor:
         else:
             self._on_control(record)
         self._wake()
+
+    def _oversize(self, value: bytes) -> None:
+        """Tell whoever waits for an oversize invocation that it will not run (413)."""
+        try:
+            record = decode_ingress(value)
+        except RecordError:
+            return
+        if isinstance(record, Invoke):
+            failure = Failure(code=413, message="the record is larger than Kourier accepts")
+            self._fail_unrouted(record, failure)
 
     def _owner(self, record: _Record) -> int:
         try:
@@ -585,6 +611,16 @@ class PartitionProcessor:
 
     async def _execute(self, inv: Invocation) -> None:
         handler = inv.handler
+        began = time.perf_counter()
+        try:
+            await self._attempt(inv)
+        finally:
+            ATTEMPT_SECONDS.labels(handler.service.name, handler.name).observe(
+                time.perf_counter() - began
+            )
+
+    async def _attempt(self, inv: Invocation) -> None:
+        handler = inv.handler
         signature = handler.signature
         ctx = InvocationContext(inv)
         failure: Failure | None = None
@@ -650,7 +686,9 @@ class PartitionProcessor:
         policy = inv.handler.retry
         meta.last_error = f"{type(error).__name__}: {error}"
         inv.task = None
+        RETRIES.labels(meta.target.service, meta.target.handler).inc()
         if policy.exhausted(meta.attempt):
+            PAUSED.labels(meta.target.service).inc()
             meta.status = "paused"
             log.error("%s paused after %d attempts: %s", meta.id, meta.attempt, meta.last_error)
         else:
@@ -679,6 +717,12 @@ class PartitionProcessor:
     def _complete(self, inv: Invocation, value: JsonValue, failure: Failure | None) -> None:
         meta = inv.meta
         now = time.time()
+        target = meta.target
+        outcome = "success" if failure is None else "failure"
+        if failure is CANCELLED or failure is KILLED:
+            outcome = failure.message
+        INVOCATIONS.labels(target.service, target.handler, outcome).inc()
+        INVOCATION_SECONDS.labels(target.service, target.handler).observe(now - meta.created_at)
         meta.status = "completed"
         meta.value, meta.failure = value, failure
         meta.modified_at = now
@@ -788,7 +832,8 @@ class PartitionProcessor:
             value=value,
             at=datetime.now(UTC),
         )
-        self._emit(Out(self.topics.deadletter, 0, key, encode(letter)))
+        DEADLETTERS.labels(error.reason).inc()
+        self._emit(Out(self.topics.deadletter, 0, key, value, letter.headers()))
         self._wake()
 
     def emit_invoke(

@@ -226,10 +226,15 @@ class Fired(_Record):
     offset: int = Field(ge=0)
 
 
-class DeadLetter(_Record):
-    """A record that could not be processed, kept with where it came from and why."""
+class DeadLetter(_Model):
+    """A record that could not be processed, and where it came from and why.
 
-    kind: Literal["deadletter"] = "deadletter"
+    On the dead-letter topic the record keeps its original key and value, byte for byte,
+    and this metadata travels in ``kourier.*`` headers (:meth:`headers`), as Kafka
+    Connect's dead-letter queues do: nothing is re-encoded, so nothing can grow past the
+    broker's size limit, and a replay produces exactly what arrived.
+    """
+
     reason: str
     detail: str
     topic: str
@@ -238,6 +243,7 @@ class DeadLetter(_Record):
     key: str | None = Field(default=None, description="original key, base64")
     payload: str = Field(description="original value, base64")
     at: datetime
+    dlq_offset: int | None = Field(default=None, description="where it sits on the DLQ topic")
 
     @classmethod
     def of(
@@ -261,6 +267,46 @@ class DeadLetter(_Record):
             payload=base64.b64encode(value or b"").decode(),
             at=at,
         )
+
+    def headers(self) -> list[tuple[str, str | bytes | None]]:
+        return [
+            ("kourier.reason", self.reason.encode()),
+            ("kourier.detail", self.detail.encode()),
+            ("kourier.topic", self.topic.encode()),
+            ("kourier.partition", str(self.partition).encode()),
+            ("kourier.offset", str(self.offset).encode()),
+            ("kourier.at", self.at.isoformat().encode()),
+        ]
+
+    @classmethod
+    def from_record(
+        cls,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        dlq_offset: int | None = None,
+    ) -> DeadLetter:
+        """Read a dead-letter topic record back (missing headers read as unknown)."""
+        found = {name: data.decode(errors="replace") for name, data in headers or []}
+
+        def number(name: str) -> int:
+            text = found.get(f"kourier.{name}", "-1")
+            return int(text) if text.lstrip("-").isdigit() else -1
+
+        return cls(
+            reason=found.get("kourier.reason", "unknown"),
+            detail=found.get("kourier.detail", ""),
+            topic=found.get("kourier.topic", ""),
+            partition=number("partition"),
+            offset=number("offset"),
+            key=None if key is None else base64.b64encode(key).decode(),
+            payload=base64.b64encode(value or b"").decode(),
+            at=datetime.fromisoformat(found.get("kourier.at", "1970-01-01T00:00:00+00:00")),
+            dlq_offset=dlq_offset,
+        )
+
+    def original_key(self) -> bytes | None:
+        return None if self.key is None else base64.b64decode(self.key)
 
     def original_value(self) -> bytes:
         return base64.b64decode(self.payload)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import timedelta
 
 import pytest
@@ -164,7 +163,14 @@ async def test_malformed_and_misrouted_records() -> None:
     h.processor.on_message(b"k", b"not json", 0)
     letters = [o for o in h.out if o.topic == TOPICS.deadletter]
     assert len(letters) == 1
-    assert json.loads(letters[0].value or b"{}")["reason"] == "not-json"
+    assert letters[0].value == b"not json", "the original record, unchanged"
+    assert dict(letters[0].headers or [])["kourier.reason"] == b"not-json"
+    # Oversize records too, and a caller waiting for one hears 413.
+    big = Invoke(target=Target(service="Helper", handler="one"), argument="x" * 1_000_000,
+                 request_id="big")  # fmt: skip
+    h.processor.on_message(None, encode(big), 2)
+    assert dict(h.out[-1].headers or [])["kourier.reason"] == b"oversize"
+    assert h.responses()["big"].failure.code == 413
     # A keyed invoke that belongs to another partition is moved there untouched.
     key = next(k for k in (f"k{i}" for i in range(100)) if ids.partition_of(ids.new_id(k, 4), 4))
     raw = encode(Invoke(target=Target(service="Box", key=key, handler="put"), argument=1))

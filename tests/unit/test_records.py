@@ -50,9 +50,11 @@ def test_other_records_round_trip() -> None:
         error, topic="ns.ingress", partition=3, offset=9, key=b"k", value=b"\xff\x00",
         at=datetime.now(UTC),
     )  # fmt: skip
-    again = r.DeadLetter.model_validate_json(r.encode(letter))
+    again = r.DeadLetter.from_record(b"k", b"\xff\x00", letter.headers(), dlq_offset=4)
     assert again.original_value() == b"\xff\x00"
+    assert again.original_key() == b"k"
     assert (again.reason, again.partition, again.offset) == ("not-json", 3, 9)
+    assert (again.at, again.dlq_offset) == (letter.at, 4)
 
 
 def test_minimal_external_invoke_gets_defaults() -> None:

@@ -1,0 +1,92 @@
+"""The dead-letter topic: list what landed there and why, and replay records to ingress.
+
+A dead letter is the original ingress record, key and value unchanged, with ``kourier.*``
+headers saying why it was set aside (:class:`~streams.records.DeadLetter`). Replaying
+produces the original record to the ingress topic again — after the cause is fixed (a
+service deployed, a producer corrected); a record that still fails comes back here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+
+from streams.offsets import consume_ready, watermarks
+from streams.partitioning import partition_for
+from streams.records import DeadLetter
+from streams.settings import Settings
+from streams.topics import Topics
+
+
+def read(
+    settings: Settings, *, reason: str | None = None, timeout: float = 30.0
+) -> list[DeadLetter]:
+    """Every dead letter now on the topic (oldest first), optionally of one ``reason``."""
+    topics = Topics(settings.namespace)
+    consumer = Consumer(
+        settings.client_config(
+            {
+                "group.id": f"{settings.namespace}.dlq.{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "log_level": 3,
+            }
+        )
+    )
+    letters: list[DeadLetter] = []
+    try:
+        tp = TopicPartition(topics.deadletter, 0, OFFSET_BEGINNING)
+        _, end = watermarks(consumer, tp)
+        if end == 0:
+            return letters
+        consumer.assign([tp])
+        deadline = time.monotonic() + timeout
+        while consumer.position([tp])[0].offset < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topics.deadletter} took longer than {timeout}s")
+            for message in consume_ready(consumer, 500, 0.1):
+                if message.error() is not None:
+                    continue
+                headers = message.headers() or []
+                pairs = headers.items() if isinstance(headers, dict) else headers
+                letter = DeadLetter.from_record(
+                    message.key(),
+                    message.value(),
+                    [(name, value if isinstance(value, bytes) else (value or "").encode())
+                     for name, value in pairs],
+                    message.offset(),
+                )  # fmt: skip
+                if reason is None or letter.reason == reason:
+                    letters.append(letter)
+    finally:
+        consumer.close()
+    return letters
+
+
+def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 30.0) -> int:
+    """Produce each letter's original record to the ingress topic; returns how many."""
+    topics = Topics(settings.namespace)
+    producer = Producer(settings.client_config({"enable.idempotence": True, "log_level": 3}))
+    metadata = producer.list_topics(topics.ingress, timeout=timeout).topics[topics.ingress]
+    partitions = len(metadata.partitions)
+    errors: list[str] = []
+    count = 0
+    for letter in letters:
+        key = letter.original_key()
+        partition = partition_for(key, partitions) if key else 0
+        producer.produce(
+            topics.ingress,
+            value=letter.original_value(),
+            key=key,
+            partition=partition,
+            headers=[("kourier.replayed-from", str(letter.dlq_offset).encode())],
+            on_delivery=lambda error, _message: errors.append(str(error)) if error else None,
+        )
+        count += 1
+    remaining = producer.flush(timeout)
+    if remaining or errors:
+        raise KafkaException(f"replay: {remaining} records undelivered, errors: {errors[:3]}")
+    return count

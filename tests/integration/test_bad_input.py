@@ -1,0 +1,198 @@
+"""Bad input, on a real broker: malformed ingress records go to the dead-letter topic with
+their reason and are counted; arbitrary input never stalls a partition or loses a call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import aiohttp
+from confluent_kafka import Producer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams import deadletters, ids
+from streams.client import Client
+from streams.metrics import DEADLETTERS
+from streams.partition import MAX_RECORD_BYTES
+from streams.records import Invoke, RecordError, Target, decode_ingress
+from streams.settings import Settings
+from streams.worker import Worker
+from tests.integration.conftest import ROOT
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+#: Almost-records too: the right kind with wrong or missing fields.
+NEAR_MISSES = st.fixed_dictionaries(
+    {"kind": st.sampled_from(["invoke", "cancel", "attach", "completion", "kill"])},
+    optional={"target": JSON, "v": st.integers(0, 3), "invocation_id": st.text(max_size=40)},
+)
+PAYLOADS = (
+    st.binary(max_size=300)
+    | JSON.map(lambda v: json.dumps(v).encode())
+    | NEAR_MISSES.map(lambda v: json.dumps(v).encode())
+)
+
+
+PATHS = [
+    "Tally/k/add",
+    "Tally/add",
+    "Relay/echo",
+    "Nope/x",
+    "restate/call/Tally/k/add",
+    "Tally/k/add/send",
+    "restate/send/Relay/echo",
+]
+
+
+def dead_count(reason: str) -> float:
+    return DEADLETTERS.labels(reason)._value.get()
+
+
+def rejected(payload: bytes) -> bool:
+    """Whether Kourier must set ``payload`` aside (it does not decode, or is too large)."""
+    if len(payload) > MAX_RECORD_BYTES:
+        return True
+    try:
+        record = decode_ingress(payload)
+    except RecordError:
+        return True
+    named = getattr(record, "invocation_id", None)
+    routed_by_key = isinstance(record, Invoke) and record.target.key is not None
+    if named is not None and not routed_by_key:
+        try:
+            ids.validate(named)
+        except ids.InvalidId:
+            return True  # it names no partition
+    return False
+
+
+async def test_malformed_records_are_dead_lettered_with_reasons(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    producer = Producer(topics.client_config({"linger.ms": 1}))
+    bad: list[tuple[bytes, str]] = [
+        (b"not json at all", "not-json"),
+        (b'{"kind": "invoke"}', "bad-schema"),
+        (b'{"v": 9, "kind": "invoke"}', "unsupported-version"),
+        (json.dumps({"kind": "invoke", "target": {"service": "Nope", "handler": "h"}}).encode(),
+         "unknown-target"),
+        (b'"' + b"x" * (MAX_RECORD_BYTES + 10) + b'"', "oversize"),
+    ]  # fmt: skip
+    before = {reason: dead_count(reason) for _, reason in bad}
+    for index, (payload, _) in enumerate(bad):
+        producer.produce(topics.namespace + ".ingress", payload, key=f"bad-{index}".encode())
+    assert producer.flush(30) == 0
+    # The partition is not stalled: a call after the bad records is answered.
+    assert await client.object("Tally", "after-bad", "add").request(1) == 1
+    letters: list[Any] = []
+    for _ in range(100):
+        letters = await asyncio.to_thread(deadletters.read, topics)
+        if len(letters) >= len(bad):
+            break
+        await asyncio.sleep(0.1)
+    # Each with its reason, and the original key and value byte for byte.
+    found = {letter.original_key(): letter for letter in letters}
+    assert {key: letter.reason for key, letter in found.items()} == {
+        f"bad-{i}".encode(): reason for i, (_, reason) in enumerate(bad)
+    }
+    for i, (payload, _) in enumerate(bad):
+        assert found[f"bad-{i}".encode()].original_value() == payload
+    for _, reason in bad:
+        assert dead_count(reason) == before[reason] + 1, reason
+    # The CLI lists them and replays one: the same bytes go back to ingress, and back here.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=topics.bootstrap_servers,
+               KOURIER_NAMESPACE=topics.namespace)  # fmt: skip
+
+    def kourier(*args: str) -> Any:
+        command = [sys.executable, "-m", "streams.cli", "dlq", *args]
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+        )
+        return json.loads(done.stdout)
+
+    listed = await asyncio.to_thread(kourier, "list", "--reason", "bad-schema")
+    assert [(row["reason"], row["dlq_offset"]) for row in listed] == [
+        ("bad-schema", found[b"bad-1"].dlq_offset)
+    ]
+    offset = found[b"bad-0"].dlq_offset
+    replayed = await asyncio.to_thread(kourier, "replay", "--offset", str(offset))
+    assert replayed == {"replayed": 1, "offsets": [offset]}
+    for _ in range(100):
+        again = await asyncio.to_thread(deadletters.read, topics, reason="not-json")
+        if len(again) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert [letter.original_value() for letter in again] == [b"not json at all"] * 2
+
+
+async def test_arbitrary_bytes_and_json_never_stall_or_lose_calls(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    producer = Producer(topics.client_config({"linger.ms": 5}))
+    thrown: list[bytes] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(payload=PAYLOADS, key=st.binary(max_size=8) | st.none())
+    def throw(payload: bytes, key: bytes | None) -> None:
+        producer.produce(topics.namespace + ".ingress", payload, key=key)
+        thrown.append(payload)
+
+    await asyncio.to_thread(throw)
+    assert producer.flush(30) == 0
+    # Calls interleaved with the garbage on every key: each answered, exactly once.
+    target = Target(service="Tally", key="prop", handler="add")
+    answers = [await client.call(target, 1) for _ in range(10)]
+    assert sorted(response.value for _, response in answers) == list(range(1, 11))
+    expected = sum(1 for payload in thrown if rejected(payload))
+    letters: list[Any] = []
+    for _ in range(200):
+        letters = await asyncio.to_thread(deadletters.read, topics)
+        if len(letters) >= expected:
+            break
+        await asyncio.sleep(0.1)
+    # Everything that could not be decoded is set aside; what decoded (by chance) was handled.
+    assert len([x for x in letters if x.reason != "unknown-target"]) == expected
+    assert await client.object("Tally", "prop", "count").request() == 10
+
+
+async def test_arbitrary_http_requests_get_json_errors(ingress_url: str, client: Client) -> None:
+    statuses: list[int] = []
+
+    async def probe(path: str, body: bytes, content_type: str) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{ingress_url}/{path}", data=body, headers={"content-type": content_type}
+            ) as reply,
+        ):
+            assert reply.status < 500 or reply.status == 503, (path, reply.status)
+            if reply.status >= 400:
+                payload = await reply.json(content_type=None)
+                assert set(payload) >= {"code", "message"}, payload
+            statuses.append(reply.status)
+
+    cases: list[tuple[str, bytes, str]] = []
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        path=st.sampled_from(PATHS) | st.text(alphabet="abcXYZ/%._-", max_size=30),
+        body=st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode()),
+        content_type=st.sampled_from(["application/json", "text/plain", "application/json; x=1"]),
+    )
+    def collect(path: str, body: bytes, content_type: str) -> None:
+        cases.append((path, body, content_type))
+
+    collect()
+    for case in cases:
+        await probe(*case)
+    assert any(code >= 400 for code in statuses)
+    # The ingress still works afterwards.
+    assert (await client.service("Relay", "echo").request({"ok": 1}))["value"] == {"ok": 1}

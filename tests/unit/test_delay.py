@@ -1,0 +1,479 @@
+"""The delay processor as pure logic: a delay partition simulated as a list, a fake clock,
+a fake read-back; never early, never twice, the commit offset, the horizon."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams import delay, ids
+from streams.delay import DelayProcessor, Deliver, OffsetSet
+from streams.partition import Out
+from streams.records import Caller, Completion, Delayed, Fired, Invoke, Target, decode_delay, encode
+from streams.topics import Topics
+
+TOPICS = Topics("unit")
+PARTITIONS = 4
+T0 = 1_800_000_000.0  # the fake clock's start
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Log:
+    """One delay partition: offset = index."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+
+    def append(self, key: bytes | None, value: bytes | None) -> int:
+        self.records.append((key, value))
+        return len(self.records) - 1
+
+    def delayed(self, due: float, key: str = "k") -> int:
+        invoke = Invoke(
+            target=Target(service="S", key=key, handler="h"),
+            argument=due,
+            invocation_id=ids.new_id(key, PARTITIONS),
+            mode="send",
+        )
+        record = Delayed(due=datetime.fromtimestamp(due, UTC), invoke=invoke)
+        return self.append(key.encode(), encode(record))
+
+    @property
+    def end(self) -> int:
+        return len(self.records)
+
+
+class Fetcher:
+    """Read-back requests, answered when the test says so."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.requests: list[tuple[list[int], Deliver]] = []
+        self.asked: list[list[int]] = []  # every request, answered or not
+
+    def fetch(self, partition: int, offsets: Sequence[int], deliver: Deliver) -> None:
+        assert list(offsets) == sorted(offsets)
+        self.requests.append((list(offsets), deliver))
+        self.asked.append(list(offsets))
+
+    def serve(self, gone: Sequence[int] = ()) -> list[int]:
+        """Answer every request; the offsets asked for."""
+        asked: list[int] = []
+        while self.requests:
+            offsets, deliver = self.requests.pop(0)
+            asked += offsets
+            found = [(o, *self.log.records[o]) for o in offsets if o not in gone]
+            deliver(found, [o for o in offsets if o in gone])
+        return asked
+
+
+class Rig:
+    """A processor reading ``log`` from ``start``, its emitted records, a fake clock."""
+
+    def __init__(self, log: Log, clock: Clock, start: int = 0, **options: float) -> None:
+        self.log = log
+        self.clock = clock
+        self.out: list[Out] = []
+        self.fetcher = Fetcher(log)
+        self.processor = DelayProcessor(
+            partition=0,
+            partitions=PARTITIONS,
+            topics=TOPICS,
+            start_offset=start,
+            caught_up_at=log.end,
+            emit=self.out.append,
+            wake=lambda: None,
+            fetcher=self.fetcher,
+            clock=clock,
+            **options,
+        )
+        self.read = start
+        self.released: dict[int, float] = {}  # offset -> clock when released
+        self.committed = start  # the delay partition's committed offset
+
+    def feed(self) -> None:
+        """Read the log to its end, as the worker's consumer would."""
+        while self.read < self.log.end:
+            key, value = self.log.records[self.read]
+            self.processor.on_message(key, value, self.read)
+            self.read += 1
+
+    def commit(self) -> None:
+        """The worker's transaction: released records leave, markers join the log."""
+        for out in self.out:
+            if out.topic == TOPICS.delay:
+                marker = decode_delay(out.value)
+                assert isinstance(marker, Fired)
+                assert marker.offset not in self.released, f"{marker.offset} released twice"
+                self.released[marker.offset] = self.clock.now
+                self.log.append(out.key, out.value)
+            else:
+                assert out.topic == TOPICS.ingress
+        self.out.clear()
+        if self.processor.caught_up:
+            self.committed = self.processor.commit_offset()
+
+    def tick(self, to: float | None = None) -> None:
+        if to is not None:
+            self.clock.now = to
+        self.processor.tick()
+        self.commit()
+
+
+def due_of(log: Log, offset: int) -> float:
+    record = decode_delay(log.records[offset][1])
+    assert isinstance(record, Delayed)
+    return record.due.timestamp()
+
+
+# -- the offset set ---------------------------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40_000)), max_size=300))
+def test_offset_set_matches_a_python_set(operations: list[tuple[bool, int]]) -> None:
+    members = OffsetSet(100)
+    model: set[int] = set()
+    top = 100
+    for add, step in operations:
+        if add:
+            top += step % 9000  # offsets are added in order, as read
+            members.add(top)
+            model.add(top)
+        elif model:
+            victim = sorted(model)[step % len(model)]
+            assert members.discard(victim)
+            model.discard(victim)
+        assert len(members) == len(model)
+        assert members.lowest() == (min(model) if model else None)
+    assert all(o in members for o in model)
+    assert not members.discard(99)
+
+
+def test_offset_set_trims_its_front_and_keeps_accepting_later_offsets() -> None:
+    members = OffsetSet(0)
+    for offset in range(0, 200_000, 3):
+        members.add(offset)
+    for offset in range(0, 200_000, 3):
+        members.discard(offset)
+        if offset % 30_000 == 0:
+            assert members.lowest() == offset + 3
+    assert members.lowest() is None
+    members.add(200_001)
+    assert members.lowest() == 200_001
+    with pytest.raises(ValueError, match="below"):
+        members.add(10)
+
+
+# -- releasing ----------------------------------------------------------------------------
+
+
+async def test_a_near_message_is_held_and_released_at_its_due_time_not_before() -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock)
+    offset = log.delayed(T0 + 5)
+    rig.feed()
+    assert rig.processor.held == 1
+    assert rig.processor.next_due == T0 + 5
+    rig.tick(T0 + 4.999)
+    assert rig.out == []
+    assert rig.released == {}
+    rig.tick(T0 + 5)
+    assert rig.released == {offset: T0 + 5}
+    assert rig.processor.pending == 0
+
+
+async def test_release_emits_the_inner_record_to_its_owner_partition_and_a_marker() -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock)
+    offset = log.delayed(T0 + 1, key="ada")
+    caller = Caller(invocation_id=ids.new_id("bob", PARTITIONS), entry=3)
+    fired = Completion(caller=caller, invocation_id=caller.invocation_id, value=None)
+    record = Delayed(due=datetime.fromtimestamp(T0 + 1, UTC), completion=fired)
+    timer = log.append(b"bob", encode(record))
+    rig.feed()
+    clock.now = T0 + 2
+    rig.processor.tick()
+    ingress = [o for o in rig.out if o.topic == TOPICS.ingress]
+    markers = [decode_delay(o.value) for o in rig.out if o.topic == TOPICS.delay]
+    assert {o.partition for o in ingress} == {
+        ids.partition_of(caller.invocation_id, PARTITIONS),
+        ids.partition_of(_invocation_id(log, offset), PARTITIONS),
+    }
+    assert encode(fired) in {o.value for o in ingress}
+    assert markers == [Fired(offset=offset), Fired(offset=timer)]
+
+
+def _invocation_id(log: Log, offset: int) -> str:
+    record = decode_delay(log.records[offset][1])
+    assert isinstance(record, Delayed)
+    owner = record.owner_id()
+    assert owner is not None
+    return owner
+
+
+async def test_messages_are_released_in_due_order_and_the_commit_offset_is_the_oldest_pending() -> (
+    None
+):
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, start=0)
+    dues = [T0 + 3, T0 + 1, T0 + 2, T0 + 1.5]
+    offsets = [log.delayed(d) for d in dues]
+    rig.feed()
+    assert rig.processor.commit_offset() == 0
+    order: list[int] = []
+    for now in (T0 + 1, T0 + 1.5, T0 + 2, T0 + 3):
+        rig.tick(now)
+        order += [o for o in rig.released if o not in order]
+        if now == T0 + 1.5:
+            assert rig.processor.commit_offset() == 0  # offset 0 (due +3) still pending
+    assert order == [offsets[1], offsets[3], offsets[2], offsets[0]]
+    rig.feed()  # its own markers
+    assert rig.processor.commit_offset() == log.end
+
+
+async def test_bad_records_are_skipped_and_do_not_hold_the_commit_offset() -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock)
+    log.append(b"x", b"not json")
+    no_id = Delayed(
+        due=datetime.fromtimestamp(T0, UTC),
+        invoke=Invoke(target=Target(service="S", handler="h")),
+    )
+    log.append(b"x", encode(no_id))
+    good = log.delayed(T0 + 1)
+    rig.feed()
+    assert rig.processor.pending == 1
+    assert rig.processor.commit_offset() == good
+
+
+# -- the horizon and read-back --------------------------------------------------------------
+
+
+async def test_a_far_message_is_kept_as_an_offset_and_read_back_before_it_is_due() -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    far = log.delayed(T0 + 3600)
+    near = log.delayed(T0 + 20)
+    rig.feed()
+    assert rig.processor.pending == 2
+    assert rig.processor.held == 1  # only the near one in full
+    rig.tick(T0 + 3600 - 10.5)
+    assert rig.fetcher.requests == []
+    assert rig.released == {near: T0 + 3600 - 10.5}
+    rig.tick(T0 + 3600 - 10)
+    assert rig.fetcher.serve() == [far]
+    assert rig.processor.held == 1
+    rig.tick(T0 + 3599.999)
+    assert far not in rig.released
+    rig.tick(T0 + 3600)
+    assert rig.released[far] == T0 + 3600
+
+
+async def test_a_message_due_inside_the_read_back_window_is_held_at_once() -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    first = log.delayed(T0 + 100)
+    rig.feed()
+    rig.tick(T0 + 90)  # the window now reaches T0 + 120
+    assert rig.fetcher.serve() == [first]
+    later = log.delayed(T0 + 110)  # inside the window already read back: no read-back
+    rig.feed()
+    assert rig.processor.held == 2
+    rig.tick(T0 + 111)
+    assert set(rig.released) == {first, later}
+    assert rig.fetcher.requests == []
+
+
+async def test_a_message_marked_fired_is_not_read_back() -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    a = log.delayed(T0 + 600)
+    b = log.delayed(T0 + 601)
+    log.append(b"k", encode(Fired(offset=a)))  # released by a previous owner
+    rig.feed()
+    assert rig.processor.pending == 1
+    rig.tick(T0 + 595)
+    assert rig.fetcher.serve() == [b]
+
+
+async def test_a_message_gone_from_the_partition_is_dropped_with_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    gone = log.delayed(T0 + 600)
+    kept = log.delayed(T0 + 600)
+    rig.feed()
+    rig.tick(T0 + 595)
+    rig.fetcher.serve(gone=[gone])
+    assert "no longer on the partition" in caplog.text
+    assert rig.processor.commit_offset() == kept
+    rig.tick(T0 + 600)
+    assert set(rig.released) == {kept}
+
+
+async def test_a_crowded_second_is_read_back_in_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delay, "FETCH_BATCH", 100)
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    offsets = [log.delayed(T0 + 600.5) for _ in range(250)]
+    rig.feed()
+    rig.tick(T0 + 595)
+    rig.fetcher.serve()
+    asked = rig.fetcher.asked
+    assert [len(a) for a in asked] == [100, 100, 50]
+    assert [o for part in asked for o in part] == offsets
+    rig.tick(T0 + 600.5)
+    assert len(rig.released) == 250
+
+
+async def test_a_million_far_messages_cost_no_records_in_memory() -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock)
+    template = log.records[log.delayed(T0 + 5 * 3600)]
+    due = decode_delay(template[1])
+    assert isinstance(due, Delayed)
+    for i in range(1, 50_000):
+        later = due.model_copy(update={"due": datetime.fromtimestamp(T0 + 5 * 3600 + i, UTC)})
+        log.append(template[0], encode(later))
+    rig.feed()
+    assert rig.processor.pending == 50_000
+    assert rig.processor.held == 0
+    assert rig.processor.next_due is None
+    assert rig.fetcher.requests == []
+
+
+async def test_an_idle_processor_has_one_timer_for_its_next_read_back_and_none_else() -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock)
+    log.delayed(T0 + 5 * 3600)
+    rig.feed()
+    processor = rig.processor
+    assert processor._timer is None
+    assert processor._refill_at == T0 + 5 * 3600 - delay.LEAD
+
+
+# -- restarts and rebalances --------------------------------------------------------------
+
+
+async def test_a_new_owner_releases_nothing_before_it_has_caught_up_and_nothing_twice() -> None:
+    log, clock = Log(), Clock()
+    first = Rig(log, clock)
+    offsets = [log.delayed(T0 + i) for i in range(1, 6)]
+    first.feed()
+    first.tick(T0 + 2.5)
+    assert set(first.released) == set(offsets[:2])
+    start = first.processor.commit_offset()
+    assert start == offsets[2]
+    first.processor.close()
+
+    clock.now = T0 + 10  # everything is overdue for the new owner
+    second = Rig(log, clock, start=start)
+    key, value = log.records[start]
+    second.processor.on_message(key, value, start)
+    second.read = start + 1
+    assert not second.processor.caught_up
+    second.tick()
+    assert second.out == []
+    assert second.released == {}
+    second.feed()
+    assert second.processor.caught_up
+    second.tick()
+    assert set(second.released) == set(offsets[2:])
+
+
+async def test_timers_fire_on_the_event_loop_with_the_real_clock() -> None:
+    log = Log()
+    out: list[Out] = []
+    processor = DelayProcessor(
+        partition=0,
+        partitions=PARTITIONS,
+        topics=TOPICS,
+        start_offset=0,
+        caught_up_at=0,
+        emit=out.append,
+        wake=lambda: None,
+        fetcher=Fetcher(log),
+    )
+    due = time.time() + 0.05
+    offset = log.delayed(due)
+    processor.on_message(*log.records[offset], offset)
+    await asyncio.sleep(0.02)
+    assert out == []
+    for _ in range(1000):
+        if out:
+            break
+        await asyncio.sleep(0.001)
+    assert time.time() >= due
+    assert len(out) == 2
+    processor.close()
+
+
+# -- never early, never twice, whatever the order ----------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dues=st.lists(st.floats(0, 300), min_size=1, max_size=60),
+    steps=st.lists(st.floats(0.01, 40), min_size=1, max_size=30),
+    restart_at=st.integers(-1, 30),
+    serve_late=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_never_early_never_twice_all_eventually(
+    dues: list[float], steps: list[float], restart_at: int, serve_late: bool, seed: int
+) -> None:
+    asyncio.run(_scenario(dues, steps, restart_at, serve_late, seed))
+
+
+async def _scenario(
+    dues: list[float], steps: list[float], restart_at: int, serve_late: bool, seed: int
+) -> None:
+    shuffle = random.Random(seed)
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    waiting = list(dues)
+    released: dict[int, float] = {}
+    for index, step in enumerate(steps):
+        for _ in range(shuffle.randint(0, 3)):  # new messages arrive as time passes
+            if waiting:
+                log.delayed(clock.now + waiting.pop())
+        rig.feed()
+        clock.now += step
+        rig.tick()
+        if not serve_late or index % 2:
+            rig.fetcher.serve()
+            rig.tick()
+        rig.feed()
+        if index == restart_at:  # a new owner takes over from the committed offset
+            released.update(rig.released)
+            rig.processor.close()
+            rig = Rig(log, clock, start=rig.committed, horizon=30, lead=10)
+    clock.now += 400  # past every due time
+    rig.feed()
+    rig.tick()
+    rig.fetcher.serve()
+    rig.tick()
+    released.update(rig.released)
+    delayed = [o for o in range(log.end) if isinstance(decode_delay(log.records[o][1]), Delayed)]
+    for offset, at in released.items():
+        assert at >= due_of(log, offset), f"{offset} released early"
+    markers = [decode_delay(v) for _, v in log.records]
+    fired = [m.offset for m in markers if isinstance(m, Fired)]
+    assert sorted(fired) == sorted(set(fired)), "a message released twice"
+    assert set(fired) == set(delayed)
+    assert rig.processor.pending == 0
