@@ -299,6 +299,8 @@ def _admin(args: argparse.Namespace) -> int:
         query = {"status": args.status, "service": args.service, "key": args.key}
         params = urlencode({k: v for k, v in query.items() if v} | {"limit": args.limit})
         status, body = _http("GET", f"{admin}/invocations?{params}")
+    elif op == "deadlocks":
+        status, body = _http("GET", f"{admin}/deadlocks")
     elif op == "describe":
         status, body = _http("GET", f"{admin}/invocations/{quote(args.id)}")
     elif op == "attach":
@@ -430,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--key")
     listing.add_argument("--limit", type=int, default=50)
     _admin_flags(listing)
+    deadlocks = invocation_ops.add_parser("deadlocks", help="wait-for cycles between invocations")
+    _admin_flags(deadlocks)
     for name, text in (
         ("describe", "status, journal and what it waits on"),
         ("cancel", "cancel: a 409 at its next await; it may compensate"),

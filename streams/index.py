@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import JsonValue, ValidationError
 
+from streams.deadlocks import describe, find_cycles, wait_for_edges
 from streams.journal import Entry, InvocationMeta
 from streams.offsets import consume_ready, watermarks
 from streams.settings import Settings
@@ -202,7 +203,7 @@ class InvocationIndex:
 
     # -- queries -----------------------------------------------------------------------
 
-    def list(
+    def query(
         self,
         *,
         status: str | None = None,
@@ -225,6 +226,14 @@ class InvocationIndex:
         with self._lock:
             item = self.invocations.get(invocation_id)
             return None if item is None else item.detail()
+
+    def deadlocks(self) -> list[dict[str, Any]]:
+        """Wait-for cycles among the indexed invocations (see ``streams/deadlocks.py``)."""
+        with self._lock:
+            pairs = [(item.meta, item.journal()) for item in self.invocations.values()]
+        metas = {meta.id: meta for meta, _ in pairs}
+        cycles = find_cycles(wait_for_edges(pairs))
+        return [describe(cycle, metas) for cycle in cycles]
 
     def state_of(self, service: str, key: str) -> dict[str, JsonValue]:
         with self._lock:

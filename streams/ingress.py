@@ -23,6 +23,7 @@ from handlers.exceptions import TerminalError
 from streams import ids
 from streams.client import Client, KafkaUnavailable, ServiceInfo
 from streams.index import InvocationIndex
+from streams.metrics import DEADLOCKS
 from streams.records import Response, Target
 from streams.settings import Settings
 
@@ -161,8 +162,24 @@ class Ingress:
         await self.client.start()
         await self.client.catalog()
         await asyncio.to_thread(self.index.start)
+        self._watch = asyncio.create_task(self._watch_deadlocks())
+
+    async def _watch_deadlocks(self) -> None:
+        """Every second: the deadlock gauge, and a log line for each new cycle."""
+        known: set[frozenset[str]] = set()
+        while True:
+            await asyncio.sleep(1.0)
+            cycles = self.index.deadlocks()
+            DEADLOCKS.set(len(cycles))
+            now = {frozenset(m["id"] for m in cycle["members"]) for cycle in cycles}
+            for cycle in cycles:
+                if frozenset(m["id"] for m in cycle["members"]) not in known:
+                    chain = " -> ".join(f"{m['target']} ({m['id']})" for m in cycle["members"])
+                    log.warning("deadlock: %s; cancel any member to break it", chain)
+            known = now
 
     async def close(self) -> None:
+        self._watch.cancel()
         await asyncio.to_thread(self.index.close)
         await self.client.close()
 
@@ -185,6 +202,7 @@ class Ingress:
         app.router.add_get("/invocations/{id}", self.describe_invocation)
         app.router.add_patch("/invocations/{id}/{action}", self.control_invocation)
         app.router.add_get("/state/{service}/{key}", self.object_state)
+        app.router.add_get("/deadlocks", self.list_deadlocks)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -253,7 +271,7 @@ class Ingress:
             limit = int(query.get("limit", "100"))
         except ValueError:
             return error_response(400, "limit must be an integer")
-        rows = self.index.list(
+        rows = self.index.query(
             status=query.get("status") or None,
             service=query.get("service") or None,
             key=query.get("key") or None,
@@ -297,6 +315,10 @@ class Ingress:
         return web.json_response(
             {"invocationId": inv_id, "action": action, "status": status}, status=code
         )
+
+    async def list_deadlocks(self, request: web.Request) -> web.Response:
+        """``GET /deadlocks``: wait-for cycles between invocations, each with its members."""
+        return web.json_response({"deadlocks": self.index.deadlocks()})
 
     async def object_state(self, request: web.Request) -> web.Response:
         service, key = request.match_info["service"], request.match_info["key"]

@@ -239,4 +239,17 @@ async def needs_file(ctx: Context, path: str) -> str:
     return "found"
 
 
-SERVICES = [tally, relay, brief, trip, signup, fragile]
+loop = VirtualObject("Loop")
+
+
+@loop.handler()
+async def bounce(ctx: ObjectContext, path: list[str]) -> list[str]:
+    """Calls ``bounce`` on ``path[0]`` with the rest: ``["b", "a"]`` from key ``a`` calls
+    back into ``a`` while ``a`` waits — a deadlock, by the contract."""
+    if not path:
+        return [ctx.key]
+    rest: list[str] = await ctx.object(bounce, path[0]).request(path[1:])
+    return [ctx.key, *rest]
+
+
+SERVICES = [tally, relay, brief, trip, signup, fragile, loop]
