@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
@@ -203,6 +204,9 @@ class Ingress:
         app.router.add_patch("/invocations/{id}/{action}", self.control_invocation)
         app.router.add_get("/state/{service}/{key}", self.object_state)
         app.router.add_get("/deadlocks", self.list_deadlocks)
+        app.router.add_get("/ui", ui_page)
+        app.router.add_get("/ui/", ui_page)
+        app.router.add_get("/", to_ui)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -406,6 +410,18 @@ async def _read_json(request: web.Request, max_body: int) -> JsonValue:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HttpError(400, f"body is not valid JSON: {error}") from None
     return value
+
+
+_UI = Path(__file__).with_name("ui") / "index.html"
+
+
+async def to_ui(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui")
+
+
+async def ui_page(request: web.Request) -> web.Response:
+    """The web UI: one static page that talks to this admin API."""
+    return web.Response(body=_UI.read_bytes(), content_type="text/html")
 
 
 async def metrics(request: web.Request) -> web.Response:

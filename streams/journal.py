@@ -58,6 +58,8 @@ class Entry(BaseModel):
     due: float | None = None  # sleeps, delayed sends, call deadlines: epoch seconds
 
     def describe(self) -> str:
+        if self.kind == "sleep":
+            return "sleep"
         what = self.target.path() if self.target else (self.name or self.callee or "")
         return f"{self.kind}({what})" if what else self.kind
 
