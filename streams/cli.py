@@ -272,8 +272,12 @@ def _http(method: str, url: str) -> tuple[int, Any]:
     from urllib.error import HTTPError, URLError
     from urllib.request import Request, urlopen
 
+    request = Request(url, method=method)
+    token = os.environ.get("KOURIER_TOKEN")
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
     try:
-        with urlopen(Request(url, method=method), timeout=120) as response:
+        with urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read() or b"null")
     except HTTPError as error:
         body = error.read()

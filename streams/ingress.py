@@ -7,6 +7,7 @@ loop with the Kafka client, and already a dependency of faust-streaming.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import re
@@ -185,7 +186,9 @@ class Ingress:
         await self.client.close()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body, middlewares=[json_errors])
+        app = web.Application(
+            client_max_size=self.max_body, middlewares=[json_errors, bearer(self.settings.token)]
+        )
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/restate/{verb:attach|output}/{id}", self.attach)
@@ -195,7 +198,7 @@ class Ingress:
         return app
 
     def admin_app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors])
+        app = web.Application(middlewares=[json_errors, bearer(self.settings.token)])
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/services", self.list_services)
@@ -380,6 +383,29 @@ class Ingress:
         return outcome_response(outcome, id_header)
 
 
+#: Paths served without a token: liveness for orchestrators, and the UI's static page
+#: (it holds no data; it asks for the token and sends it with every API request).
+_OPEN_PATHS = frozenset({"/health", "/ui", "/ui/", "/"})
+
+
+def bearer(token: str | None) -> Any:
+    """Require ``Authorization: Bearer <token>`` when a token is configured (401 otherwise)."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if expected is not None and request.path not in _OPEN_PATHS:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return error_response(
+                    401, "missing or wrong bearer token", {"www-authenticate": "Bearer"}
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return check
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """aiohttp's own errors (404 route, 405 method, ...) as JSON bodies, like ours."""
@@ -434,6 +460,7 @@ async def serve(
     settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9070
 ) -> tuple[Ingress, list[web.AppRunner]]:
     """Start the ingress and its admin server; returns them for a clean shutdown."""
+    log.info("settings: %s", settings.redacted())
     ingress = Ingress(settings)
     await ingress.start()
     runners = []

@@ -34,6 +34,9 @@ class Settings(BaseModel):
     namespace: str = "kourier"
     partitions: int = Field(default=8, ge=1, le=10_000)
     kafka: dict[str, str] = Field(default_factory=dict)
+    token: str | None = Field(
+        default=None, repr=False, description="bearer token the ingress and admin API require"
+    )
 
     @field_validator("namespace")
     @classmethod
@@ -53,6 +56,7 @@ class Settings(BaseModel):
             ("bootstrap_servers", "KOURIER_BOOTSTRAP_SERVERS"),
             ("namespace", "KOURIER_NAMESPACE"),
             ("partitions", "KOURIER_PARTITIONS"),
+            ("token", "KOURIER_TOKEN"),
         ):
             if env.get(var):
                 values[field] = env[var]
@@ -77,5 +81,7 @@ class Settings(BaseModel):
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict that is safe to print: secret properties are masked."""
         data = self.model_dump()
+        if data.get("token"):
+            data["token"] = "***"
         data["kafka"] = {k: ("***" if k in SECRET_PROPERTIES else v) for k, v in self.kafka.items()}
         return data
