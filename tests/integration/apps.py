@@ -228,6 +228,18 @@ async def progress(ctx: WorkflowSharedContext) -> dict[str, object]:
     return {"status": await ctx.get("status"), "link": await ctx.promise("link").peek()}
 
 
+@relay.handler()
+async def impatient(ctx: Context, spec: dict[str, int | str]) -> str:
+    """Calls ``Trip/<key>/reserve`` (which sleeps ``hold_ms``) with a deadline of ``wait_ms``."""
+    call = ctx.object(reserve, str(spec["key"]))
+    deadline = timedelta(milliseconds=int(spec["wait_ms"]))
+    try:
+        result: str = await call.request(int(spec["hold_ms"]), timeout=deadline)
+    except TerminalError as error:
+        return f"gave up: {error.status_code}"
+    return result
+
+
 fragile = Service("Fragile", retry=RetryPolicy(initial=timedelta(milliseconds=10), max_attempts=2))
 
 
