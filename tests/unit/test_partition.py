@@ -64,6 +64,15 @@ async def race(ctx: ObjectContext, wait_ms: int) -> list[object]:
     return [name, value]
 
 
+@patient.handler()
+async def race_then_ask(ctx: ObjectContext, wait_ms: int) -> list[object]:
+    call = ctx.service("Helper", "one").request()
+    timer = ctx.sleep(timedelta(milliseconds=wait_ms))
+    name, value = await select(answer=call, timeout=timer)
+    extra: int = await ctx.service("Helper", "one").request()
+    return [name, value, extra]
+
+
 svc = Service("Helper", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=3))
 
 
@@ -216,3 +225,34 @@ async def test_select_returns_whichever_completes_first() -> None:
     await until(lambda: "fast" in h.responses())
     assert h.responses()["fast"].value == ["answer", 7]
     assert inv_id != fast_id
+
+
+async def test_a_replayed_select_takes_the_journaled_branch() -> None:
+    h = Harness([box, svc, patient])
+    target = Target(service="Patient", key="s", handler="race_then_ask")
+    inv_id = h.call(target, 60_000, request_id="r1")
+    await settle()
+    (call,) = h.invokes()
+    # The timer fires first (as if 60 s had passed): the select journals "timeout".
+    inv = h.processor.invocations[inv_id]
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=1), invocation_id=inv_id))
+    await until(lambda: len(h.invokes()) == 2)  # past the select, in its second call
+    changelog = [o for o in h.processor.flush() if o.topic == TOPICS.invocations]
+    h.processor.close()
+    # A new owner replays; meanwhile the call's answer has arrived too. The replay must take
+    # the journaled branch, not whichever completes first now.
+    h.out.clear()
+    h.processor = restored = h.make()
+    for record in changelog:
+        assert record.key is not None
+        restored.restore_invocation(record.key, record.value)
+    restored.start()
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0),
+                      invocation_id=call["invocation_id"], value=7))  # fmt: skip
+    await settle()
+    assert h.invokes() == [], "the replay sent nothing again"
+    second = inv.journal[3].callee
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=3), invocation_id=second,
+                      value=1))  # fmt: skip
+    await until(lambda: "r1" in h.responses())
+    assert h.responses()["r1"].value == ["timeout", None, 1]
