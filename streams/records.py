@@ -103,36 +103,35 @@ class Invoke(_Record):
     caller: Caller | None = Field(default=None, description="internal: set by Kourier workers")
 
 
-class Cancel(_Record):
+class _ControlRecord(_Record):
+    """Acts on the invocation ``invocation_id``; its partition answers ``request_id``."""
+
+    invocation_id: str
+    request_id: str | None = None
+
+
+class Cancel(_ControlRecord):
     """Cancel an invocation: it sees a 409 terminal error at its next await point."""
 
     kind: Literal["cancel"] = "cancel"
-    invocation_id: str
-    request_id: str | None = None
 
 
-class Kill(_Record):
+class Kill(_ControlRecord):
     """Stop an invocation at once, without running compensation."""
 
     kind: Literal["kill"] = "kill"
-    invocation_id: str
-    request_id: str | None = None
 
 
-class Purge(_Record):
+class Purge(_ControlRecord):
     """Forget a completed invocation's retained outcome (and its idempotency key) now."""
 
     kind: Literal["purge"] = "purge"
-    invocation_id: str
-    request_id: str | None = None
 
 
-class Resume(_Record):
+class Resume(_ControlRecord):
     """Retry a ``paused`` invocation (retries exhausted) from attempt 1."""
 
     kind: Literal["resume"] = "resume"
-    invocation_id: str
-    request_id: str | None = None
 
 
 class AttachRequest(_Record):
