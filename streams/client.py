@@ -256,6 +256,8 @@ class Client:
         invocation_id: str | None = None,
     ) -> tuple[str, Response]:
         """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
+        if target.service not in self.services:
+            await self.catalog()  # to know whether it is a workflow
         inv_id = invocation_id or self._new_id(target, idempotency_key)
         request_id = uuid.uuid4().hex
         record = Invoke(
@@ -308,6 +310,8 @@ class Client:
         the worker, which answers ``Accepted`` or ``PreviouslyAccepted``; a delayed send
         is answered ``Accepted`` when the delay topic has it (it meets others when due).
         """
+        if target.service not in self.services:
+            await self.catalog()  # to know whether it is a workflow
         inv_id = self._new_id(target, idempotency_key)
         may_repeat = idempotency_key is not None or inv_id == ids.workflow_run_id(
             target.service, target.key or ""
