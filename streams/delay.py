@@ -1,30 +1,153 @@
 """Delayed sends: the delay topic's partitions, their timers, and the release of due messages.
 
-A delayed send is a :class:`~streams.records.Delayed` record on ``<ns>.delay``, on the
-partition that owns its target. The worker that owns a delay partition keeps every
-pending record of it in a heap ordered by due time, with an event-loop timer for the
-earliest. When one is due it emits, in the next transaction, the invocation to the
+A delayed send (or a durable timer) is a :class:`~streams.records.Delayed` record on
+``<ns>.delay``, on the partition that owns its target. The worker that owns a delay
+partition knows every pending record of it and keeps one event-loop timer for the
+earliest. When one is due it emits, in the next transaction, the released record to the
 ingress topic and a :class:`~streams.records.Fired` marker to the same delay partition;
 the delay partition's committed offset is the lowest offset still pending. After a
 restart or rebalance the new owner reads from that offset and skips what a marker says
 was released; it releases nothing until it has read to the partition's end, so nothing is
-released twice and nothing early. A waiting message costs a heap entry, no CPU.
+released twice and nothing early (a message is released only once the wall clock has
+passed its due time). A waiting message costs memory, no CPU: nothing runs until the
+earliest timer.
+
+Memory. Only messages due within the *horizon* (30 s) are held in full: the record to
+release, its key and its owner partition, in a heap by due time. A message due later is
+held as its offset alone, in an ``array`` bucket per due second (8 bytes each), and
+whether an offset is still pending is one bit in a bitmap that starts at the lowest
+pending offset (so ``Fired`` markers need no lookup). Once the earliest bucket comes within
+``LEAD`` (10 s) of its due time, a :class:`DelayReader` reads back, by offset, the records
+of every bucket now inside the horizon, on its own thread with its own ``read_committed``
+consumer, and the loop moves them into the heap; neither the loop nor the worker's Kafka
+thread waits for it. The invariant: every pending message due before ``_loaded_until`` (a
+whole second that only grows) is held in full or being read back, and buckets hold only
+later ones; so a message read from the partition that is due before ``_loaded_until`` is
+held in full at once, and a short delay never waits for a read-back. A record that is no
+longer on the partition when read back (deleted by retention) is logged as an error and
+dropped. 1 M messages due in hours cost about 10 MiB in Python. Reading them leaves about
+100 MiB of librdkafka buffers freed but resident in the C heap, so after every 100,000
+records read the processor hands that memory back to the OS (``malloc_trim``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import heapq
 import logging
+import math
+import queue
+import re
+import threading
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams import ids
+from streams.offsets import consume_ready, watermarks
 from streams.partition import Out
 from streams.records import Delayed, Fired, RecordError, decode_delay, encode
 from streams.topics import Topics
 
 log = logging.getLogger("kourier.delay")
+
+HORIZON = 30.0  # messages due sooner than this are held in full
+LEAD = 10.0  # read far messages back once the earliest is due within this
+FETCH_BATCH = 20_000  # offsets per read-back
+MAX_HELD = 200_000  # no read-back while this many messages are held in full
+RELEASE_BATCH = 5_000  # releases per event-loop callback, so one transaction stays small
+REPORT_EVERY = 10.0  # seconds between log lines of the pending count while it changes
+TRIM_AFTER = 100_000  # records read, after which freed heap memory goes back to the OS
+
+#: ``(offset, key, value)`` of a record read back from the delay partition.
+Fetched = tuple[int, bytes | None, bytes | None]
+#: Called on the event loop with the records found and the offsets no longer there.
+Deliver = Callable[[list[Fetched], list[int]], None]
+
+
+class Fetcher(Protocol):
+    """Reads records of a delay partition back by offset (:class:`DelayReader`)."""
+
+    def fetch(self, partition: int, offsets: Sequence[int], deliver: Deliver) -> None:
+        """Read ``offsets`` (ascending) of ``partition``; call ``deliver`` once, on the
+        running event loop, with what was found and which offsets are gone."""
+
+
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free memory back to the OS (glibc's ``malloc_trim``); whether
+    any was. Reading a backlog of a million delay records leaves ~100 MiB of librdkafka
+    buffers freed but still resident, which the RSS would otherwise keep showing."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+class OffsetSet:
+    """A set of offsets at or above ``base``, one bit each, from the lowest member up."""
+
+    def __init__(self, base: int) -> None:
+        self._base = base
+        self._bits = bytearray()
+        self._low = 0  # every byte before this one is zero
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, offset: int) -> bool:
+        index = offset - self._base
+        byte = index >> 3
+        return index >= 0 and byte < len(self._bits) and bool(self._bits[byte] >> (index & 7) & 1)
+
+    def add(self, offset: int) -> None:
+        index = offset - self._base
+        if index < 0:
+            raise ValueError(f"offset {offset} below the set's base {self._base}")
+        byte = index >> 3
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits)))
+        mask = 1 << (index & 7)
+        if not self._bits[byte] & mask:
+            self._bits[byte] |= mask
+            self._count += 1
+            self._low = min(self._low, byte)
+
+    def discard(self, offset: int) -> bool:
+        """Remove ``offset``; whether it was a member."""
+        if offset not in self:
+            return False
+        index = offset - self._base
+        self._bits[index >> 3] &= ~(1 << (index & 7)) & 0xFF
+        self._count -= 1
+        return True
+
+    def lowest(self) -> int | None:
+        found = _NONZERO.search(self._bits, self._low)
+        if found is None:
+            # Keep the last byte: offsets added later may share it.
+            self._low = max(0, len(self._bits) - 1)
+            self._trim()
+            return None
+        self._low = found.start()
+        self._trim()
+        value = self._bits[self._low]
+        return self._base + 8 * self._low + (value & -value).bit_length() - 1
+
+    def _trim(self) -> None:
+        """Drop the leading zero bytes once they are most of the bitmap."""
+        if self._low >= 4096 and 2 * self._low >= len(self._bits):
+            del self._bits[: self._low]
+            self._base += 8 * self._low
+            self._low = 0
 
 
 class DelayProcessor:
@@ -40,18 +163,46 @@ class DelayProcessor:
         caught_up_at: int,
         emit: Callable[[Out], None],
         wake: Callable[[], None],
+        fetcher: Fetcher,
+        horizon: float | None = None,
+        lead: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        horizon = HORIZON if horizon is None else horizon
+        lead = LEAD if lead is None else lead
+        if lead + 1 > horizon:
+            raise ValueError("the horizon must exceed the read-back lead by a second or more")
         self.partition = partition
         self.partitions = partitions
         self.topics = topics
         self._caught_up_at = caught_up_at  # release nothing before reading this far
         self._emit = emit
         self._wake = wake
-        self._heap: list[tuple[float, int]] = []  # (due, offset)
-        self._pending: dict[int, tuple[bytes | None, bytes, str]] = {}  # offset -> key, invoke, id
+        self._fetcher = fetcher
+        self._horizon = horizon
+        self._lead = lead
+        self._clock = clock
         self._next_offset = start_offset
+        self._pending = OffsetSet(start_offset)  # every offset not yet released
+        # Due within the horizon: a heap of (due, offset) and the records themselves.
+        self._near: list[tuple[float, int]] = []
+        self._held: dict[int, tuple[bytes | None, bytes, int]] = {}  # offset -> key, value, owner
+        # Due later: offsets by due second, and a heap of those seconds.
+        self._far: dict[int, array[int]] = {}
+        self._far_seconds: list[int] = []
+        self._far_size = 0  # offsets in buckets, some of them perhaps released since
+        self._loaded_until = math.floor(clock() + horizon)
+        self._fetching = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._refill_timer: asyncio.TimerHandle | None = None
+        self._refill_at: float | None = None
+        self._report: asyncio.TimerHandle | None = None
+        self._reported = -1
+        self._read_since_trim = 0
         self.closed = False
+
+    # -- reading the partition -------------------------------------------------------
 
     @property
     def caught_up(self) -> bool:
@@ -60,76 +211,380 @@ class DelayProcessor:
     def advance(self, position: int) -> None:
         """The consumer's position (past transaction markers, which carry no record)."""
         if position > self._next_offset:
+            was = self.caught_up
             self._next_offset = position
-            self._arm()
+            self._on_progress(was)
 
     def on_message(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+        was = self.caught_up
         self._next_offset = offset + 1
+        self._read_since_trim += 1
         try:
             record = decode_delay(value)
         except RecordError as error:
             log.warning("delay %d@%d: %s (skipped)", self.partition, offset, error)
-            return
+            record = None
         if isinstance(record, Fired):
-            if record.offset in self._pending:
-                del self._pending[record.offset]
-        else:
+            if self._pending.discard(record.offset):
+                self._held.pop(record.offset, None)
+        elif record is not None:
             self._add(record, key, offset)
+        self._on_progress(was)
+
+    def _on_progress(self, was_caught_up: bool) -> None:
+        if self.caught_up and not was_caught_up:
+            log.info(
+                "delay %d: caught up at offset %d, %d pending",
+                self.partition,
+                self._next_offset,
+                self.pending,
+            )
+        self._changed()
         self._arm()
 
     def _add(self, record: Delayed, key: bytes | None, offset: int) -> None:
-        invocation_id = record.invoke.invocation_id
-        if invocation_id is None:
+        released = self._releasable(record, offset)
+        if released is None:
+            return
+        self._pending.add(offset)
+        due = record.due.timestamp()
+        self._extend_horizon(self._clock())
+        second = math.floor(due)
+        if second < self._loaded_until:
+            self._hold(offset, due, key, *released)
+            return
+        bucket = self._far.get(second)
+        if bucket is None:
+            bucket = self._far[second] = array("q")
+            heapq.heappush(self._far_seconds, second)
+        bucket.append(offset)
+        self._far_size += 1
+
+    def _releasable(self, record: Delayed, offset: int) -> tuple[bytes, int] | None:
+        """The encoded record to release and its owner partition, or None (logged)."""
+        owner_id = record.owner_id()
+        if owner_id is None:
             log.warning(
                 "delay %d@%d: delayed invoke without an id (skipped)", self.partition, offset
             )
-            return
-        self._pending[offset] = (key, encode(record.invoke), invocation_id)
-        heapq.heappush(self._heap, (record.due.timestamp(), offset))
+            return None
+        try:
+            owner = ids.partition_of(owner_id, self.partitions)
+        except ids.InvalidId as error:
+            log.warning("delay %d@%d: %s (skipped)", self.partition, offset, error)
+            return None
+        return encode(record.released()), owner
+
+    def _hold(self, offset: int, due: float, key: bytes | None, value: bytes, owner: int) -> None:
+        self._held[offset] = (key, value, owner)
+        heapq.heappush(self._near, (due, offset))
+
+    # -- what the worker asks -----------------------------------------------------------
 
     def commit_offset(self) -> int:
         """Where a new owner must start reading: the oldest message not yet released."""
-        return min(self._pending, default=self._next_offset)
+        lowest = self._pending.lowest()
+        return self._next_offset if lowest is None else lowest
 
     @property
     def pending(self) -> int:
+        """Messages read and not yet released."""
         return len(self._pending)
 
-    def _arm(self) -> None:
-        """One timer, for the earliest due message (once caught up)."""
-        if self.closed or not self.caught_up:
-            return
-        while self._heap and self._heap[0][1] not in self._pending:
-            heapq.heappop(self._heap)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._heap:
-            delay = max(0.0, self._heap[0][0] - time.time())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._release)
+    @property
+    def held(self) -> int:
+        """Messages held in full (due within the horizon, or read back)."""
+        return len(self._held)
 
-    def _release(self) -> None:
-        self._timer = None
+    @property
+    def next_due(self) -> float | None:
+        """When the next release is due (wall-clock seconds), once caught up; an attribute
+        read, so the worker's Kafka thread may ask."""
+        return self._timer_at
+
+    # -- horizon and read-back -------------------------------------------------------------
+
+    def _extend_horizon(self, now: float) -> None:
+        """Move the horizon forward when no bucket would fall behind it."""
+        limit = math.floor(now + self._horizon)
+        if limit > self._loaded_until and (not self._far_seconds or self._far_seconds[0] >= limit):
+            self._loaded_until = limit
+
+    def _refill(self, now: float) -> None:
+        """Read back the buckets that came inside the horizon, once the earliest is near."""
+        if self._fetching or not self._far_seconds or len(self._held) >= MAX_HELD:
+            return
+        if self._far_seconds[0] > now + self._lead:
+            return
+        limit = math.floor(now + self._horizon)
+        offsets: list[int] = []
+        while self._far_seconds and self._far_seconds[0] < limit and len(offsets) < FETCH_BATCH:
+            second = self._far_seconds[0]
+            bucket = self._far[second]
+            # A crowded second is read back in parts; the horizon passes it after the last.
+            taken = bucket[: FETCH_BATCH - len(offsets)]
+            del bucket[: len(taken)]
+            self._far_size -= len(taken)
+            offsets.extend(o for o in taken if o in self._pending)
+            if not bucket:
+                heapq.heappop(self._far_seconds)
+                del self._far[second]
+                self._loaded_until = max(self._loaded_until, second + 1)
+        self._extend_horizon(now)
+        if offsets:
+            offsets.sort()
+            self._fetching = True
+            self._fetcher.fetch(self.partition, offsets, self._on_fetched)
+
+    def _on_fetched(self, found: list[Fetched], missing: list[int]) -> None:
+        """Records read back (on the loop): hold them in full until due."""
         if self.closed:
             return
-        now = time.time()
-        released = 0
-        while self._heap and self._heap[0][0] <= now:
-            _, offset = heapq.heappop(self._heap)
-            pending = self._pending.pop(offset, None)
-            if pending is None:
+        self._fetching = False
+        for offset, key, value in found:
+            if offset not in self._pending:
+                continue  # released or marked fired meanwhile
+            try:
+                record = decode_delay(value)
+            except RecordError as error:
+                log.warning("delay %d@%d: %s (dropped)", self.partition, offset, error)
+                self._pending.discard(offset)
                 continue
-            key, invoke, invocation_id = pending
-            owner = ids.partition_of(invocation_id, self.partitions)
-            self._emit(Out(self.topics.ingress, owner, key, invoke))
+            released = self._releasable(record, offset) if isinstance(record, Delayed) else None
+            if released is None or isinstance(record, Fired):
+                self._pending.discard(offset)
+                continue
+            self._hold(offset, record.due.timestamp(), key, *released)
+        for offset in missing:
+            if self._pending.discard(offset):
+                log.error(
+                    "delay %d@%d: pending message no longer on the partition (retention?); "
+                    "it cannot be released",
+                    self.partition,
+                    offset,
+                )
+        self._changed()
+        self._arm()
+
+    # -- timers and release ----------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """One timer for the earliest message held in full, one for the next read-back
+        (once caught up); re-armed only when their time changes."""
+        if self.closed or not self.caught_up:
+            return
+        now = self._clock()
+        self._extend_horizon(now)
+        self._refill(now)
+        while self._near and self._near[0][1] not in self._held:
+            heapq.heappop(self._near)  # released through a marker
+        due = self._near[0][0] if self._near else None
+        if due != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._later(due - now, self._on_due) if due is not None else None
+            self._timer_at = due
+        refill_at = None
+        if self._far_seconds and not self._fetching and len(self._held) < MAX_HELD:
+            refill_at = self._far_seconds[0] - self._lead
+            if refill_at <= now:  # not possible yet; a release or read-back re-arms
+                refill_at = None
+        if refill_at != self._refill_at:
+            if self._refill_timer is not None:
+                self._refill_timer.cancel()
+            self._refill_timer = (
+                self._later(refill_at - now, self._on_refill) if refill_at is not None else None
+            )
+            self._refill_at = refill_at
+
+    @staticmethod
+    def _later(delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(max(0.0, delay), callback)
+
+    def _on_due(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self.closed:
+            self._release(self._clock())
+            self._arm()
+
+    def _on_refill(self) -> None:
+        self._refill_timer = None
+        self._refill_at = None
+        self._arm()
+
+    def _release(self, now: float) -> None:
+        """Emit what is due (never before its due time), at most a batch at a time."""
+        released = 0
+        while self._near and self._near[0][0] <= now and released < RELEASE_BATCH:
+            _, offset = heapq.heappop(self._near)
+            held = self._held.pop(offset, None)
+            if held is None:
+                continue
+            self._pending.discard(offset)
+            key, value, owner = held
+            self._emit(Out(self.topics.ingress, owner, key, value))
             self._emit(Out(self.topics.delay, self.partition, key, encode(Fired(offset=offset))))
             released += 1
         if released:
             self._wake()
+            self._changed()
+
+    def tick(self) -> None:
+        """Release what is due now and start a due read-back (the timers call this too)."""
+        if not self.closed and self.caught_up:
+            self._release(self._clock())
         self._arm()
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """Log the pending count within REPORT_EVERY of a change; nothing while idle."""
+        changed = self.pending != self._reported or self._read_since_trim >= TRIM_AFTER
+        if self._report is None and not self.closed and changed:
+            self._report = asyncio.get_running_loop().call_later(REPORT_EVERY, self._log_pending)
+
+    def _log_pending(self) -> None:
+        self._report = None
+        if self._read_since_trim >= TRIM_AFTER:
+            self._read_since_trim = 0
+            asyncio.get_running_loop().run_in_executor(None, trim_heap)
+        if self.pending != self._reported:
+            self._reported = self.pending
+            log.info(
+                "delay %d: %d pending (%d held in full, %d by offset)",
+                self.partition,
+                self.pending,
+                self.held,
+                self._far_size,
+            )
 
     def close(self) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._refill_timer, self._report):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._refill_timer = self._report = None
+        self._timer_at = self._refill_at = None
+
+
+class DelayReader:
+    """Reads delayed records back by offset for every delay partition of a worker.
+
+    One ``read_committed`` consumer, outside any group's assignment, used only by the
+    reader's own thread: neither the event loop nor the worker's Kafka thread waits for a
+    read. Requests run one after another; each result is delivered on the loop that asked.
+    """
+
+    _SEEK_GAP = 2_000  # offsets: read through a smaller gap, seek over a larger one
+    _STALL = 5.0  # seconds without a record before checking the partition's bounds
+
+    def __init__(self, config: dict[str, Any], topic: str) -> None:
+        self._config = {
+            **config,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 5,
+            "queued.max.messages.kbytes": 8192,
+        }
+        self._topic = topic
+        self._requests: queue.SimpleQueue[
+            tuple[int, list[int], Deliver, asyncio.AbstractEventLoop] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def fetch(self, partition: int, offsets: Sequence[int], deliver: Deliver) -> None:
+        if self._closed:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kourier-delay-reader")
+            self._thread.daemon = True
+            self._thread.start()
+        self._requests.put((partition, list(offsets), deliver, asyncio.get_running_loop()))
+
+    def close(self) -> None:
+        """Stop the thread (a read in progress is abandoned) and close the consumer."""
+        self._closed = True
+        if self._thread is not None:
+            self._requests.put(None)
+            self._thread.join(30)
+            self._thread = None
+
+    def _run(self) -> None:
+        consumer = Consumer(self._config)
+        try:
+            while not self._closed:
+                request = self._requests.get()
+                if request is None:
+                    return
+                partition, offsets, deliver, loop = request
+                while True:
+                    try:
+                        result = self._read(consumer, partition, offsets)
+                        break
+                    except Exception:  # a dead reader would strand every far message
+                        log.exception("delay reader: partition %d; retrying", partition)
+                        if self._closed:
+                            return
+                        time.sleep(1.0)
+                if result is None:
+                    return
+                try:
+                    loop.call_soon_threadsafe(deliver, *result)
+                except RuntimeError:  # the loop has closed
+                    return
+        finally:
+            consumer.close()
+
+    def _read(
+        self, consumer: Consumer, partition: int, offsets: list[int]
+    ) -> tuple[list[Fetched], list[int]] | None:
+        found: list[Fetched] = []
+        missing: list[int] = []
+        i = 0
+        while i < len(offsets):
+            consumer.assign([TopicPartition(self._topic, partition, offsets[i])])
+            seen = offsets[i] - 1
+            heard = time.monotonic()
+            while i < len(offsets):
+                if self._closed:
+                    return None
+                batch = consume_ready(consumer, 1000, 0.2)
+                for message in batch:
+                    offset = message.offset()
+                    if message.error() is not None or offset is None:
+                        continue
+                    heard = time.monotonic()
+                    seen = offset
+                    while i < len(offsets) and offsets[i] < offset:
+                        missing.append(offsets[i])
+                        i += 1
+                    if i < len(offsets) and offsets[i] == offset:
+                        found.append((offset, message.key(), message.value()))
+                        i += 1
+                if i < len(offsets) and offsets[i] - seen > self._SEEK_GAP:
+                    break
+                if not batch and time.monotonic() - heard > self._STALL:
+                    heard = time.monotonic()
+                    i = self._skip_gone(consumer, partition, offsets, i, missing)
+                    break
+        consumer.unassign()
+        return found, missing
+
+    def _skip_gone(
+        self, consumer: Consumer, partition: int, offsets: list[int], i: int, missing: list[int]
+    ) -> int:
+        """After a stall: offsets outside the partition's bounds are gone for good."""
+        try:
+            low, high = watermarks(consumer, TopicPartition(self._topic, partition), 5.0)
+        except KafkaException as exc:
+            log.warning("delay reader: partition %d stalled (%s); retrying", partition, exc)
+            return i
+        while i < len(offsets) and (offsets[i] < low or offsets[i] >= high):
+            missing.append(offsets[i])
+            i += 1
+        if i < len(offsets):
+            log.warning("delay reader: partition %d slow at offset %d", partition, offsets[i])
+        return i

@@ -78,7 +78,8 @@ class Topics:
             TopicSpec(
                 self.ingress, partitions, {}, "calls and control records, keyed by object key"
             ),
-            TopicSpec(self.delay, partitions, {}, "delayed sends until they are due"),
+            # Kept until deleted: a pending record must outlive its delay, however long.
+            TopicSpec(self.delay, partitions, {"retention.ms": "-1"}, "delayed sends and timers"),
             TopicSpec(self.responses, partitions, {}, "outcomes read by attach and clients"),
             TopicSpec(self.deadletter, 1, {}, "malformed records with reason headers"),
             TopicSpec(self.state, partitions, dict(_COMPACTED), "object and workflow state"),

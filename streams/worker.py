@@ -32,7 +32,8 @@ from confluent_kafka import (
 
 from handlers.service import ServiceDefinition
 from streams.broker import cache_dir
-from streams.delay import DelayProcessor
+from streams.delay import DelayProcessor, DelayReader
+from streams.metrics import INBOX, LAG, PENDING_TIMERS
 from streams.offsets import consume_ready, watermarks
 from streams.partition import Out, PartitionProcessor
 from streams.registry import Registry
@@ -99,9 +100,11 @@ class Worker:
         self._worker_id = worker_id
         self.processors: dict[int, PartitionProcessor] = {}
         self.delays: dict[int, DelayProcessor] = {}
+        self._delay_reader: DelayReader | None = None
         self._outbox: list[Out] = []
         self._offsets: dict[int, int] = {}
         self._dirty = False
+        self._observed_at = 0.0
         self._stopping = False
         self.partitions = 0
         self.commits = 0
@@ -202,11 +205,15 @@ class Worker:
             on_lost=self._on_lost,
         )
         log.info("worker %s hosts %s", self._worker_id, ", ".join(self.registry.services))
+        log.info("settings: %s", self.settings.redacted())
         try:
             await asyncio.to_thread(self._kafka_thread)
         finally:
             self._stopping = True
             self._close_all()
+            if self._delay_reader is not None:
+                await asyncio.to_thread(self._delay_reader.close)
+                self._delay_reader = None
             # librdkafka handles live until garbage collected: drop ours now.
             del self._producer, self._consumer, self._restorer, self._offset_reader
 
@@ -217,9 +224,11 @@ class Worker:
         try:
             while not self._stopping:
                 # Commit promptly when handlers have produced effects; otherwise wait for input.
-                batch = consume_ready(self._consumer, 1000, 0.0 if self._dirty else 0.01)
+                batch = consume_ready(self._consumer, 1000, 0.0 if self._dirty else self._wait())
                 snapshot = self._on_loop(self._step(batch, self._delay_positions()))
                 self._commit(snapshot)
+                if time.monotonic() >= self._observed_at + 1.0:
+                    self._observe()
             self._commit(self._on_loop(self._step([], closing=True)))
         finally:
             self._consumer.close()  # runs on_revoke, which hands over what is left
@@ -227,9 +236,34 @@ class Worker:
             self._offset_reader.close()
             self._producer.flush(5)
 
+    def _observe(self) -> None:
+        """Refresh the gauges: consumer lag, inbox depth, pending timers (Kafka thread)."""
+        self._observed_at = time.monotonic()
+        owned = [TopicPartition(self.topics.ingress, p) for p in list(self.processors)]
+        owned += [TopicPartition(self.topics.delay, p) for p in list(self.delays)]
+        with contextlib.suppress(KafkaException):
+            for tp in self._consumer.position(owned):
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+                if tp.offset >= 0 and high >= 0:
+                    LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+        for partition, processor in list(self.processors.items()):
+            depth = sum(len(queue) for queue in list(processor.inbox.values()))
+            INBOX.labels(str(partition)).set(depth)
+        for partition, delay in list(self.delays.items()):
+            PENDING_TIMERS.labels(str(partition)).set(delay.pending)
+
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the event loop and wait for its result (Kafka thread only)."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _wait(self, longest: float = 0.01) -> float:
+        """How long to wait for input: not past the next delayed message's due time, so
+        that its release reaches the very next transaction (Kafka thread)."""
+        dues = [d.next_due for d in list(self.delays.values())]
+        soonest = min((due for due in dues if due is not None), default=None)
+        if soonest is None:
+            return longest
+        return min(longest, max(0.0, soonest - time.time()))
 
     def _delay_positions(self) -> dict[int, int]:
         """Consumer positions of delay partitions still catching up (Kafka thread)."""
@@ -247,6 +281,10 @@ class Worker:
         for partition, position in (positions or {}).items():
             if partition in self.delays:
                 self.delays[partition].advance(position)
+        now = time.time()
+        for delay in self.delays.values():
+            if delay.next_due is not None and delay.next_due <= now:
+                delay.tick()  # due while the Kafka thread waited: into this snapshot
         await asyncio.sleep(0)
         if closing:
             self._close_all()
@@ -339,6 +377,7 @@ class Worker:
                             value=record.value,
                             key=record.key,
                             partition=record.partition,
+                            headers=record.headers,
                         )
                         break
                     except BufferError:
@@ -417,6 +456,7 @@ class Worker:
                     caught_up_at=delay_ends.get(tp.partition, start),
                     emit=self._emit,
                     wake=self._wake,
+                    fetcher=self._reader(),
                 )
                 continue
             if tp.offset >= 0:
@@ -434,6 +474,13 @@ class Worker:
             processor.start()
         log.info("assigned %s (restored in %.2fs)", _describe(committed), time.monotonic() - began)
 
+    def _reader(self) -> DelayReader:
+        """The thread that reads far-off delayed messages back by offset (started lazily)."""
+        if self._delay_reader is None:
+            group = f"{self.settings.namespace}.delay-reader"
+            self._delay_reader = DelayReader(self._client({"group.id": group}), self.topics.delay)
+        return self._delay_reader
+
     async def _close(self, partitions: list[TopicPartition]) -> Snapshot:
         for tp in partitions:
             if tp.topic == self.topics.delay and tp.partition in self.delays:
@@ -444,6 +491,7 @@ class Worker:
 
     async def _forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
         for tp in partitions:
+            _forget_gauges(tp)
             if tp.topic == self.topics.delay:
                 delay = self.delays.pop(tp.partition, None)
                 if delay is not None and close:
@@ -460,6 +508,7 @@ class Worker:
         sources = {
             self.topics.state: processor.restore_state,
             self.topics.invocations: processor.restore_invocation,
+            self.topics.dedup: processor.restore_dedup,
         }
         ends: dict[str, int] = {}
         for topic in sources:
@@ -484,3 +533,13 @@ class Worker:
                     raise WorkerError(f"restoring partition {partition} took too long")
         finally:
             self._restorer.unassign()
+
+
+def _forget_gauges(tp: TopicPartition) -> None:
+    """Drop the per-partition gauges of a partition this worker no longer owns, so that
+    two workers never report one partition."""
+    with contextlib.suppress(KeyError):
+        LAG.remove(tp.topic, str(tp.partition))
+    for gauge in (INBOX, PENDING_TIMERS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(str(tp.partition))

@@ -5,12 +5,24 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import TypeVar
 
 import aiohttp
+import pytest
+from confluent_kafka import Producer, TopicPartition
 
+from streams import delay
+from streams.admin import admin_client
 from streams.client import Client
+from streams.delay import DelayReader
+from streams.settings import Settings
+from streams.topics import Topics
 from streams.worker import Worker
+from tests.integration import apps
 from tests.integration.conftest import WorkerProcesses
+from tests.integration.helpers import poll_until
+
+T = TypeVar("T")
 
 
 async def count(client: Client, key: str) -> int:
@@ -65,3 +77,97 @@ async def test_a_delayed_send_survives_a_worker_kill(
     assert time.monotonic() - sent >= 3.0
     await asyncio.sleep(1.5)
     assert await count(client, "durable-delay") == 1, "released once"
+
+
+@pytest.fixture
+def short_horizon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers created after this hold only messages due within 3 s in full; later ones
+    wait as offsets and are read back from the delay topic 1 s before they are due."""
+    monkeypatch.setattr(delay, "HORIZON", 3.0)
+    monkeypatch.setattr(delay, "LEAD", 1.0)
+
+
+def pending_and_held(worker: Worker) -> tuple[int, int]:
+    return (
+        sum(d.pending for d in worker.delays.values()),
+        sum(d.held for d in worker.delays.values()),
+    )
+
+
+async def test_far_off_delayed_sends_wait_as_offsets_and_are_read_back_in_time(
+    short_horizon: None, client: Client, worker: Worker
+) -> None:
+    keys = [f"far-{i}" for i in range(20)]
+    assert await asyncio.wait_for(count(client, keys[0]), 60) == 0  # the worker is up
+    sent = time.monotonic()
+    dues = {key: 6.0 + 0.1 * i for i, key in enumerate(keys)}
+    for key, due in dues.items():
+        await client.object_send("Tally", key, "add").send(1, delay=timedelta(seconds=due))
+    await poll_until(lambda: _async(pending_and_held(worker)), (20, 0), 3, "held as offsets")
+    while time.monotonic() - sent < 5.9:  # nothing runs before its due time
+        counts = await asyncio.gather(*(count(client, key) for key in keys))
+        assert counts == [0] * len(keys), f"ran early, {time.monotonic() - sent:.2f}s after send"
+        await asyncio.sleep(0.2)
+    for key in keys:
+        await time_until(client, key, 1, 30)
+    assert time.monotonic() - sent >= dues[keys[-1]]
+    assert pending_and_held(worker) == (0, 0)
+    await asyncio.sleep(1)
+    assert await asyncio.gather(*(count(client, key) for key in keys)) == [1] * len(keys)
+
+
+async def test_far_off_pending_sends_move_to_a_new_worker_and_run_once(
+    short_horizon: None, client: Client, topics: Settings
+) -> None:
+    first = Worker(topics, apps.SERVICES, worker_id=f"first-{topics.namespace}")
+    running = asyncio.create_task(first.run())
+    keys = [f"moved-{i}" for i in range(10)]
+    assert await asyncio.wait_for(count(client, keys[0]), 60) == 0
+    sent = time.monotonic()
+    for key in keys:
+        await client.object_send("Tally", key, "add").send(1, delay=timedelta(seconds=8))
+    await poll_until(lambda: _async(pending_and_held(first)), (10, 0), 5, "held as offsets")
+    first.stop()
+    await asyncio.wait_for(running, 60)
+
+    second = Worker(topics, apps.SERVICES, worker_id=f"second-{topics.namespace}")
+    running = asyncio.create_task(second.run())
+    try:
+        await poll_until(lambda: _async(pending_and_held(second)), (10, 0), 20, "re-read")
+        for key in keys:
+            await time_until(client, key, 1, 30)
+        assert time.monotonic() - sent >= 8.0
+        await asyncio.sleep(1.5)
+        assert await asyncio.gather(*(count(client, key) for key in keys)) == [1] * len(keys)
+    finally:
+        second.stop()
+        await asyncio.wait_for(running, 60)
+
+
+async def _async(value: T) -> T:
+    return value
+
+
+async def test_the_delay_reader_reads_offsets_back_and_names_those_gone(topics: Settings) -> None:
+    topic = Topics(topics.namespace).delay
+    producer = Producer(topics.client_config())
+    for i in range(3000):
+        producer.produce(topic, f"record {i}".encode(), b"k", partition=0)
+    producer.flush(30)
+    admin = admin_client(topics)
+    gone = admin.delete_records([TopicPartition(topic, 0, 100)])
+    for future in gone.values():
+        future.result(30)
+    reader = DelayReader(topics.client_config({"group.id": f"{topics.namespace}.reader"}), topic)
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[tuple[list[delay.Fetched], list[int]]] = loop.create_future()
+    try:
+        wanted = [50, 120, 121, 2500, 2999]  # 50 was deleted; a gap to seek over
+        reader.fetch(0, wanted, lambda found, missing: answer.set_result((found, missing)))
+        found, missing = await asyncio.wait_for(answer, 60)
+    finally:
+        await asyncio.to_thread(reader.close)
+    assert [(offset, value) for offset, _, value in found] == [
+        (o, f"record {o}".encode()) for o in (120, 121, 2500, 2999)
+    ]
+    assert missing == [50]

@@ -477,3 +477,29 @@ async def _scenario(
     assert sorted(fired) == sorted(set(fired)), "a message released twice"
     assert set(fired) == set(delayed)
     assert rig.processor.pending == 0
+
+
+async def test_after_reading_many_records_freed_heap_memory_goes_back_to_the_os(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trims: list[bool] = []
+    monkeypatch.setattr(delay, "TRIM_AFTER", 10)
+    monkeypatch.setattr(delay, "REPORT_EVERY", 0.01)
+    real_trim = delay.trim_heap
+    assert isinstance(real_trim(), bool)
+
+    def trim() -> bool:
+        trims.append(True)
+        return True
+
+    monkeypatch.setattr(delay, "trim_heap", trim)
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock)
+    for i in range(25):
+        log.delayed(T0 + 3600 + i)
+    rig.feed()
+    for _ in range(100):
+        if trims:
+            break
+        await asyncio.sleep(0.01)
+    assert trims == [True]

@@ -1,0 +1,369 @@
+"""Delayed sends: release lateness under steady load, and worker memory with 1 M pending.
+
+    .venv/bin/python -m tests.bench.delay_bench [--sends 2000] [--pending 1000000] [--no-watch]
+
+Starts its own broker and one worker process (``tests.bench.apps``), stops both by PID,
+and prints one JSON document (``--pending 0``: the lateness part only):
+
+- ``lateness``: delayed sends through the Python client, paced evenly over 10 s; half due
+  2 s after sending (held in full from the start, released while the other sends still
+  arrive), half due 45 s after (beyond the worker's 30 s horizon: kept as offsets and read
+  back from the delay partition before they are due). Lateness = the time the handler
+  starts minus the due time. ``on_ingress`` is when the released invocation became
+  readable (committed) on the ingress topic, from a consumer in this process. Run twice:
+  ``lateness_first_round`` also warms up the broker's JIT and the worker, and runs slower.
+- ``idle_no_pending``: the worker's RSS and CPU seconds over 10 s with nothing pending.
+- ``pending``: ``--pending`` ``Delayed`` records due in 5 to 6 hours produced straight
+  onto the delay topic; once the worker reports them all pending (the
+  ``kourier_pending_timers`` gauge, or else its log lines), its RSS and CPU seconds over
+  10 s, and its RSS after those 10 s.
+- ``restart``: a new worker process that re-reads all of them from the delay topic: how
+  long until it reports them all, its RSS then, CPU seconds over 10 s, RSS after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from streams import broker, ids
+from streams.admin import create_topics
+from streams.client import Client
+from streams.offsets import consume_ready
+from streams.partitioning import partition_for
+from streams.records import Delayed, Invoke, Target, encode
+from streams.settings import Settings
+from tests.bench.bench import ROOT, pct, rss_mib, spawn
+
+NEAR, FAR = 2.0, 45.0  # seconds of delay: inside and beyond the worker's 30 s horizon
+SPREAD = 10.0  # seconds over which the sends are paced
+KEYS = 40  # Lateness objects per round
+REPORT_SETTLE = 12.0  # seconds: the worker logs pending counts within 10 s of a change
+_PENDING = re.compile(r"delay (\d+): (\d+) pending")
+_GAUGE = re.compile(r"^kourier_pending_timers\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_over(pid: int, seconds: float) -> float:
+    began = cpu_seconds(pid)
+    time.sleep(seconds)
+    return round(cpu_seconds(pid) - began, 3)
+
+
+class WorkerProcess:
+    """``kourier worker tests.bench.apps``; its pending count from the Prometheus gauge
+    ``kourier_pending_timers`` (metrics on a free port), or else from its log lines."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.metrics = f"http://127.0.0.1:{broker.free_port()}/metrics"
+        port = self.metrics.rsplit(":", 1)[1].split("/")[0]
+        self.process = spawn(
+            ["worker", "tests.bench.apps"], {**env, "KOURIER_METRICS_PORT": port}, log
+        )
+        self.pid = self.process.pid
+
+    def pending_from_metrics(self) -> int | None:
+        try:
+            with urllib.request.urlopen(self.metrics, timeout=5) as reply:
+                text = reply.read().decode()
+        except OSError:
+            return None
+        values = [float(m[1]) for m in _GAUGE.finditer(text)]
+        return round(sum(values)) if values else None
+
+    def pending_from_log(self) -> int:
+        last: dict[int, int] = {}
+        for match in _PENDING.finditer(self.log.read_text(errors="replace")):
+            last[int(match[1])] = int(match[2])
+        return sum(last.values())
+
+    def pending(self) -> int:
+        from_metrics = self.pending_from_metrics()
+        return self.pending_from_log() if from_metrics is None else from_metrics
+
+    def wait_pending(self, expected: int, seconds: float) -> float:
+        """Wait until the worker reports ``expected`` pending messages; when it did."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.pending() == expected:
+                return time.monotonic()
+            time.sleep(0.5)
+        raise RuntimeError(f"the worker reported {self.pending()} of {expected} pending")
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(pct(values, 0.5) * 1000, 1),
+        "p95_ms": round(pct(values, 0.95) * 1000, 1),
+        "p99_ms": round(pct(values, 0.99) * 1000, 1),
+        "max_ms": round(max(values) * 1000, 1),
+        "earliest_ms": round(min(values) * 1000, 1),
+    }
+
+
+class IngressWatch:
+    """Notes when each released invocation becomes readable on the ingress topic."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.seen: dict[str, float] = {}
+        self._settings = settings
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> IngressWatch:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        consumer = Consumer(
+            self._settings.client_config(
+                {
+                    "group.id": "delay-bench-watch",
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 5,  # like the worker; shorter costs the broker CPU
+                }
+            )
+        )
+        topic = f"{self._settings.namespace}.ingress"
+        consumer.assign(
+            [TopicPartition(topic, p, OFFSET_END) for p in range(self._settings.partitions)]
+        )
+        self._ready.set()
+        while not self._stop.is_set():
+            for message in consume_ready(consumer, 500, 0.1):
+                if message.error() is None:
+                    now = time.time()
+                    with_id = json.loads(message.value() or b"{}").get("invocation_id")
+                    if with_id is not None:
+                        self.seen.setdefault(with_id, now)
+        consumer.close()
+
+
+async def workload_lateness(
+    settings: Settings, total: int, watch_ingress: bool, round_name: str
+) -> dict[str, Any]:
+    """``total`` delayed sends paced over SPREAD seconds; lateness at the handler's start.
+    Even sends are due NEAR seconds later, to the first half of the keys; odd ones FAR."""
+    keys = [f"{round_name}-{i}" for i in range(KEYS)]
+    dues: dict[str, tuple[str, float]] = {}  # invocation id -> (near|far, due)
+    half = len(keys) // 2
+    watch = IngressWatch(settings)
+    with watch if watch_ingress else contextlib.nullcontext(watch):
+        async with Client(settings) as client:
+            for key in keys:  # every partition's owner is up before the clock starts
+                await asyncio.wait_for(client.object("Lateness", key, "values").request(), 120)
+            began = time.monotonic()
+
+            async def one(i: int) -> None:
+                await asyncio.sleep(began + i * SPREAD / total - time.monotonic())
+                kind, delay = ("near", NEAR) if i % 2 == 0 else ("far", FAR)
+                key = keys[(i // 2) % half + (0 if kind == "near" else half)]
+                due = time.time() + delay
+                callee = client.object_send("Lateness", key, "record")
+                receipt = await callee.send(due, delay=timedelta(seconds=delay))
+                dues[receipt.invocation_id] = (kind, due)
+
+            await asyncio.gather(*(one(i) for i in range(total)))
+            deadline = time.monotonic() + FAR + 120
+            found: dict[str, list[float]] = {}
+            while time.monotonic() < deadline:
+                lists = await asyncio.gather(
+                    *(client.object("Lateness", key, "values").request() for key in keys)
+                )
+                found = dict(zip(keys, lists, strict=True))
+                if sum(len(values) for values in found.values()) >= total:
+                    break
+                await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
+    every = [late for values in found.values() for late in values]
+    if len(every) < total:
+        raise RuntimeError(f"only {len(every)} of {total} delayed sends ran")
+    near = [late for key in keys[:half] for late in found[key]]
+    far = [late for key in keys[half:] for late in found[key]]
+    visible = {
+        kind: [watch.seen[i] - due for i, (k, due) in dues.items() if k == kind and i in watch.seen]
+        for kind in ("near", "far")
+    }
+    result: dict[str, Any] = {
+        "sends": total,
+        "spread_s": SPREAD,
+        "handler_start": summary(every),
+        f"handler_start_due_in_{NEAR:.0f}s": summary(near),
+        f"handler_start_due_in_{FAR:.0f}s_read_back": summary(far),
+        "ran": len(every),
+        "early": sum(1 for late in every if late < 0),
+    }
+    if watch_ingress:
+        result["on_ingress"] = summary(visible["near"] + visible["far"])
+        result[f"on_ingress_due_in_{NEAR:.0f}s"] = summary(visible["near"])
+        result[f"on_ingress_due_in_{FAR:.0f}s"] = summary(visible["far"])
+    return result
+
+
+def produce_pending(settings: Settings, total: int) -> float:
+    """``total`` Delayed records due in 5 to 6 hours, straight onto the delay topic."""
+    producer = Producer(
+        settings.client_config(
+            {"linger.ms": 20, "batch.num.messages": 10000, "compression.type": "lz4"}
+        )
+    )
+    topic = f"{settings.namespace}.delay"
+    now = datetime.now(UTC)
+    rng = random.Random(7)
+    keys = [f"far-{i}" for i in range(1000)]
+    began = time.monotonic()
+    for i in range(total):
+        key = keys[i % len(keys)]
+        invoke = Invoke(
+            target=Target(service="Meter", key=key, handler="add"),
+            argument=1,
+            invocation_id=ids.new_id(key, settings.partitions),
+            mode="send",
+        )
+        due = now + timedelta(hours=5, seconds=rng.uniform(0, 3600))
+        value = encode(Delayed(due=due, invoke=invoke))
+        while True:
+            try:
+                producer.produce(
+                    topic, value, key.encode(), partition=partition_for(key, settings.partitions)
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    return time.monotonic() - began
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+
+
+async def run(sends: int, pending: int, watch_ingress: bool = True) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="kourier-delay-bench-"))
+    running = broker.start(work / "kafka", port=0)
+    workers: list[WorkerProcess] = []
+    try:
+        settings = Settings(bootstrap_servers=running.bootstrap, namespace="dbench", partitions=8)
+        create_topics(settings)
+        env = dict(
+            os.environ,
+            KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
+            KOURIER_NAMESPACE=settings.namespace,
+            PYTHONPATH=str(ROOT),
+        )
+        worker = WorkerProcess(env, work / "worker-1.log")
+        workers.append(worker)
+        results: dict[str, Any] = {
+            "cpus": os.cpu_count(),
+            "kafka": broker.kafka_version(),
+            "partitions": settings.partitions,
+        }
+        # The first round also warms the broker's JIT and the worker up; the second is
+        # the figure (bench.py warms up with echo calls for the same reason).
+        results["lateness_first_round"] = await workload_lateness(
+            settings, sends, watch_ingress, "first"
+        )
+        say("lateness_first_round", results)
+        results["lateness"] = await workload_lateness(settings, sends, watch_ingress, "second")
+        say("lateness", results)
+        if not pending:
+            return results
+
+        await asyncio.sleep(REPORT_SETTLE)
+        idle = {
+            "worker_rss_mib": round(rss_mib(worker.pid), 1),
+            "worker_cpu_s_over_10s": await asyncio.to_thread(cpu_over, worker.pid, 10.0),
+            "reported_pending": worker.pending(),
+        }
+        results["idle_no_pending"] = idle
+        say("idle_no_pending", results)
+        produce_s = await asyncio.to_thread(produce_pending, settings, pending)
+        produced = time.monotonic()
+        seen = await asyncio.to_thread(worker.wait_pending, pending, 600)
+        results["pending"] = {
+            "messages": pending,
+            "due_in_h": [5, 6],
+            "produce_s": round(produce_s, 1),
+            "reported_s_after_produced": round(seen - produced, 1),
+            "reported_pending_metric": worker.pending_from_metrics(),
+            "reported_pending_log": worker.pending_from_log(),
+            "worker_rss_mib": round(rss_mib(worker.pid), 1),
+            "worker_cpu_s_over_10s": await asyncio.to_thread(cpu_over, worker.pid, 10.0),
+        }
+        results["pending"]["worker_rss_after_those_10s_mib"] = round(rss_mib(worker.pid), 1)
+        say("pending", results)
+
+        worker.stop()
+        began = time.monotonic()
+        worker = WorkerProcess(env, work / "worker-2.log")
+        workers.append(worker)
+        seen = await asyncio.to_thread(worker.wait_pending, pending, 600)
+        results["restart"] = {
+            "reported_s_after_start": round(seen - began, 1),
+            "reported_pending": worker.pending(),
+            "worker_rss_mib": round(rss_mib(worker.pid), 1),
+            "worker_cpu_s_over_10s": await asyncio.to_thread(cpu_over, worker.pid, 10.0),
+        }
+        results["restart"]["worker_rss_after_those_10s_mib"] = round(rss_mib(worker.pid), 1)
+        return results
+    finally:
+        for each in workers:
+            each.stop()
+        broker.stop(work / "kafka")
+
+
+def say(name: str, results: dict[str, Any]) -> None:
+    print(f"delay-bench: {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sends", type=int, default=2000, help="delayed sends for lateness")
+    parser.add_argument("--pending", type=int, default=1_000_000, help="far-off messages; 0: none")
+    parser.add_argument(
+        "--no-watch", action="store_true", help="do not time releases on the ingress topic"
+    )
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.sends, args.pending, not args.no_watch)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
