@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import secrets
+from functools import lru_cache
 
 from streams.partitioning import murmur2
 
@@ -23,6 +24,7 @@ class InvalidId(ValueError):
     retriable = False
 
 
+@lru_cache(maxsize=65_536)
 def key_hash(key: str) -> int:
     return murmur2(key.encode()) & 0x7FFFFFFF
 

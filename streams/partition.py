@@ -776,7 +776,7 @@ class PartitionProcessor:
         self.invocations.pop(inv.meta.id, None)
         self._dirty.discard(inv.meta.id)
         if inv.persisted:
-            self._tombstones.append((inv.meta.id, max(inv.persisted_entries, len(inv.journal))))
+            self._tombstones.append((inv.meta.id, inv.persisted_entries))
         self._wake()
 
     # -- outputs -------------------------------------------------------------------
@@ -913,7 +913,7 @@ class PartitionProcessor:
     # -- commit --------------------------------------------------------------------------
 
     def touch(self, inv: Invocation) -> None:
-        inv.meta.modified_at = time.time()
+        """``inv`` changed: write it at the next flush (which stamps ``modified_at``)."""
         self._dirty.add(inv.meta.id)
         self._wake()
 
@@ -953,10 +953,12 @@ class PartitionProcessor:
             out.append(Out(self.topics.dedup, self.partition, scope.encode(), row))
         self._dirty_dedup.clear()
         changelog = self.topics.invocations
+        now = time.time()
         for inv_id in self._dirty:
             inv = self.invocations.get(inv_id)
             if inv is None:
                 continue
+            inv.meta.modified_at = now
             out.append(
                 Out(
                     changelog,

@@ -3,6 +3,8 @@ language, puts one object key on one partition."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -32,6 +34,7 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
+@lru_cache(maxsize=65_536)  # hot object keys repeat; murmur2 in Python costs microseconds
 def partition_for(key: str | bytes, partitions: int) -> int:
     """The partition that Kafka's Java producer and librdkafka's ``murmur2_random`` pick."""
     raw = key.encode() if isinstance(key, str) else key

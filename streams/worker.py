@@ -17,7 +17,6 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from confluent_kafka import (
@@ -32,6 +31,7 @@ from confluent_kafka import (
 
 from handlers.service import ServiceDefinition
 from streams.broker import cache_dir
+from streams.committer import Committer, Snapshot
 from streams.delay import DelayProcessor, DelayReader
 from streams.metrics import INBOX, LAG, PENDING_TIMERS
 from streams.offsets import consume_ready, watermarks
@@ -43,14 +43,6 @@ from streams.topics import Topics
 log = logging.getLogger("kourier.worker")
 _TIMEOUT = 30.0
 _T = TypeVar("_T")
-
-
-@dataclass
-class Snapshot:
-    """What one transaction commits."""
-
-    out: list[Out]
-    offsets: list[TopicPartition]
 
 
 class WorkerError(RuntimeError):
@@ -221,20 +213,33 @@ class Worker:
         self._stopping = True
 
     def _kafka_thread(self) -> None:
+        self._committer = Committer(self._transact_counted)
         try:
             while not self._stopping:
-                # Commit promptly when handlers have produced effects; otherwise wait for input.
-                batch = consume_ready(self._consumer, 1000, 0.0 if self._dirty else self._wait())
+                if self._committer.failure is not None:
+                    self._recover_from(self._committer.failure)
+                batch = consume_ready(self._consumer, 1000, self._poll_timeout())
                 snapshot = self._on_loop(self._step(batch, self._delay_positions()))
-                self._commit(snapshot)
+                if snapshot.out:
+                    snapshot.metadata = self._consumer.consumer_group_metadata()
+                    self._committer.submit(snapshot)
                 if time.monotonic() >= self._observed_at + 1.0:
                     self._observe()
             self._commit(self._on_loop(self._step([], closing=True)))
         finally:
             self._consumer.close()  # runs on_revoke, which hands over what is left
+            self._committer.close()
             self._restorer.close()
             self._offset_reader.close()
             self._producer.flush(5)
+
+    def _poll_timeout(self) -> float:
+        """Commit promptly when handlers have produced effects and the committer is free;
+        while a transaction is in flight, new effects wait for it anyway; with nothing to
+        commit, wait for input (Kafka thread)."""
+        if not self._dirty:
+            return self._wait()
+        return 0.0 if self._committer.idle else 0.001
 
     def _observe(self) -> None:
         """Refresh the gauges: consumer lag, inbox depth, pending timers (Kafka thread)."""
@@ -345,25 +350,34 @@ class Worker:
         return Snapshot(out, offsets)
 
     def _commit(self, snapshot: Snapshot) -> None:
-        """One transaction for ``snapshot`` (Kafka thread); on failure, restore and go on."""
-        if not snapshot.out:
-            return
-        try:
-            began = time.perf_counter()
-            self._transact(snapshot)
-            self.commits += 1
-            self._commit_time += time.perf_counter() - began
-            self._committed_records += len(snapshot.out)
-            if log.isEnabledFor(logging.DEBUG) and self.commits % 200 == 0:
-                log.debug(
-                    "commits %d, %.1f ms each, %.1f records each",
-                    self.commits,
-                    1000 * self._commit_time / self.commits,
-                    self._committed_records / self.commits,
-                )
-        except KafkaException as exc:
-            log.error("commit failed, restoring owned partitions from Kafka: %s", exc)
-            self._recover()
+        """Commit ``snapshot`` after everything submitted before it, and wait (Kafka thread);
+        on failure, restore and go on."""
+        if snapshot.out:
+            snapshot.metadata = self._consumer.consumer_group_metadata()
+            self._committer.submit(snapshot)
+        failure = self._committer.flush()
+        if failure is not None:
+            self._recover_from(failure)
+
+    def _recover_from(self, failure: Exception) -> None:
+        log.error("commit failed, restoring owned partitions from Kafka: %s", failure)
+        self._recover()
+        self._committer.clear()
+
+    def _transact_counted(self, snapshot: Snapshot) -> None:
+        """One transaction, with statistics (committer thread)."""
+        began = time.perf_counter()
+        self._transact(snapshot)
+        self.commits += 1
+        self._commit_time += time.perf_counter() - began
+        self._committed_records += len(snapshot.out)
+        if log.isEnabledFor(logging.DEBUG) and self.commits % 200 == 0:
+            log.debug(
+                "commits %d, %.1f ms each, %.1f records each",
+                self.commits,
+                1000 * self._commit_time / self.commits,
+                self._committed_records / self.commits,
+            )
 
     def _transact(self, snapshot: Snapshot) -> None:
         producer = self._producer
@@ -383,7 +397,7 @@ class Worker:
                     except BufferError:
                         producer.poll(0.01)
             if snapshot.offsets:
-                metadata = self._consumer.consumer_group_metadata()
+                metadata = snapshot.metadata
                 producer.send_offsets_to_transaction(snapshot.offsets, metadata, _TIMEOUT)
             producer.commit_transaction(_TIMEOUT)
         except KafkaException as exc:
@@ -438,8 +452,10 @@ class Worker:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s without a clean hand-over", _describe(partitions))
+        self._committer.flush()  # what was queued cannot commit any more: let it fail
         self._on_loop(self._forget(partitions, close=True))
         self._recover()
+        self._committer.clear()
 
     async def _assign(self, committed: list[TopicPartition], delay_ends: dict[int, int]) -> None:
         """Take over partitions: ingress ones restore their changelogs; delay ones re-read

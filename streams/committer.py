@@ -1,0 +1,128 @@
+"""The committer thread: Kafka transactions run while the worker consumes the next batch.
+
+A transaction commit takes several milliseconds of waiting on the broker. The Kafka thread
+hands each snapshot (outgoing records, changelog writes, offsets, the group metadata they
+were consumed under) to this thread and goes back to consuming; snapshots that arrive while
+a transaction is in flight are merged and committed together as the next one. Order is
+kept: a snapshot is never committed before one taken earlier.
+
+A failed transaction poisons what was taken after it (those snapshots built on state the
+failed one did not commit): the committer drops them and reports the failure, and the
+Kafka thread restores its partitions from Kafka (:meth:`Worker._recover`) before it
+submits anything new.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from streams.partition import Out
+
+
+@dataclass
+class Snapshot:
+    """What one transaction commits."""
+
+    out: list[Out]
+    offsets: list[TopicPartition]
+    metadata: Any = field(default=None, repr=False)  # the consumer's group metadata
+
+    def merge(self, later: Snapshot) -> None:
+        """Add ``later``'s records after this one's; its offsets and metadata win."""
+        self.out.extend(later.out)
+        latest = {(tp.topic, tp.partition): tp for tp in self.offsets}
+        latest.update({(tp.topic, tp.partition): tp for tp in later.offsets})
+        self.offsets = list(latest.values())
+        if later.metadata is not None:
+            self.metadata = later.metadata
+
+
+class Committer:
+    """One thread that runs ``transact(snapshot)`` for what the Kafka thread submits."""
+
+    #: Records waiting beyond this make :meth:`submit` wait for the commit in flight.
+    MAX_PENDING = 20_000
+
+    def __init__(self, transact: Callable[[Snapshot], None]) -> None:
+        self._transact = transact
+        self._pending: Snapshot | None = None
+        self._busy = False
+        self._failure: Exception | None = None
+        self._closing = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="kourier-committer", daemon=True)
+        self._thread.start()
+
+    @property
+    def failure(self) -> Exception | None:
+        """The error of a failed transaction, until :meth:`clear`."""
+        return self._failure
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and self._pending is None
+
+    def submit(self, snapshot: Snapshot) -> None:
+        """Queue ``snapshot`` (merged with what already waits); dropped after a failure."""
+        if not snapshot.out:
+            return
+        with self._changed:
+            while (
+                self._pending is not None
+                and len(self._pending.out) > self.MAX_PENDING
+                and self._failure is None
+            ):
+                self._changed.wait()
+            if self._failure is not None:
+                return
+            if self._pending is None:
+                self._pending = snapshot
+            else:
+                self._pending.merge(snapshot)
+            self._changed.notify_all()
+
+    def flush(self) -> Exception | None:
+        """Wait until everything submitted is committed (or failed); return the failure."""
+        with self._changed:
+            while (self._pending is not None or self._busy) and self._failure is None:
+                self._changed.wait()
+            return self._failure
+
+    def clear(self) -> None:
+        """After recovery: forget the failure and anything still queued."""
+        with self._changed:
+            self._failure = None
+            self._pending = None
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while self._pending is None and not self._closing:
+                    self._changed.wait()
+                if self._pending is None:
+                    return
+                snapshot, self._pending = self._pending, None
+                self._busy = True
+                self._changed.notify_all()
+            try:
+                self._transact(snapshot)
+            except Exception as exc:
+                with self._changed:
+                    self._failure = exc
+                    self._pending = None
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
