@@ -106,6 +106,7 @@ class PartitionProcessor:
         self.locks: dict[tuple[str, str], str] = {}
         self.inbox: dict[tuple[str, str], deque[str]] = {}
         self.closed = False
+        self.started = 0  # handler runs begun, so the worker can tell when a step settles
         self._dirty: set[str] = set()
         self._dirty_state: set[tuple[str, str, str]] = set()
         self._tombstones: list[tuple[str, int]] = []
@@ -608,6 +609,7 @@ class PartitionProcessor:
         inv.waiting.clear()
         self.touch(inv)
         inv.task = asyncio.get_running_loop().create_task(self._execute(inv))
+        self.started += 1
 
     async def _execute(self, inv: Invocation) -> None:
         handler = inv.handler

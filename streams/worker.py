@@ -290,10 +290,20 @@ class Worker:
         for delay in self.delays.values():
             if delay.next_due is not None and delay.next_due <= now:
                 delay.tick()  # due while the Kafka thread waited: into this snapshot
-        await asyncio.sleep(0)
+        await self._settle()
         if closing:
             self._close_all()
         return self._snapshot()
+
+    async def _settle(self, rounds: int = 256) -> None:
+        """Let handlers run until no new ones start: an exclusive call that completes at
+        once unlocks its key and starts the next queued one, and so on. Queued calls that
+        run within the step never reach the changelog as queued."""
+        for _ in range(rounds):
+            before = sum(p.started for p in self.processors.values())
+            await asyncio.sleep(0)
+            if sum(p.started for p in self.processors.values()) == before:
+                return
 
     def _close_all(self) -> None:
         for processor in self.processors.values():
