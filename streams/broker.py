@@ -158,8 +158,9 @@ def _format_storage(java: str, libs: Path, props: Path, data_dir: Path) -> None:
         f"{libs}/*",
         "kafka.tools.StorageTool",
         "format",
-        "-t",
-        cluster_id,
+        # One argument with "=": a random id may start with "-", which argparse would
+        # otherwise take for an option (1 start in 64 failed that way).
+        f"--cluster-id={cluster_id}",
         "-c",
         str(props),
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 import uuid
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import ids
 from streams.offsets import consume_ready, watermarks
+from streams.partitioning import partition_of_key
 from streams.records import (
     AttachRequest,
     Cancel,
@@ -144,11 +146,14 @@ class Client:
             if name not in metadata or metadata[name].error is not None:
                 raise KafkaUnavailable(f"topic {name} is missing: run `kourier topics create`")
         self.partitions = len(metadata[self.topics.ingress].partitions)
-        start = []
-        for partition in metadata[self.topics.responses].partitions:
-            tp = TopicPartition(self.topics.responses, partition)
-            _, high = watermarks(self._reader, tp)
-            start.append(TopicPartition(self.topics.responses, partition, high))
+        # Responses land on the partition their request id hashes to; this client picks ids
+        # that all hash to one partition, and reads only that one. A worker's transaction
+        # then touches one response partition per client, not all of them.
+        self._home = random.randrange(len(metadata[self.topics.responses].partitions))
+        self._response_partitions = len(metadata[self.topics.responses].partitions)
+        tp = TopicPartition(self.topics.responses, self._home)
+        _, high = watermarks(self._reader, tp)
+        start = [TopicPartition(self.topics.responses, self._home, high)]
         catalog = TopicPartition(self.topics.services, 0)
         _, self._catalog_end = watermarks(self._reader, catalog)
         start.append(TopicPartition(self.topics.services, 0, OFFSET_BEGINNING))
@@ -259,7 +264,7 @@ class Client:
         if target.service not in self.services:
             await self.catalog()  # to know whether it is a workflow
         inv_id = invocation_id or self._new_id(target, idempotency_key)
-        request_id = uuid.uuid4().hex
+        request_id = self._request_id()
         record = Invoke(
             target=target,
             argument=argument,
@@ -284,6 +289,13 @@ class Client:
             return await future
         finally:
             self._pending.pop(request_id, None)
+
+    def _request_id(self) -> str:
+        """A fresh request id whose responses land on this client's partition."""
+        while True:
+            candidate = uuid.uuid4().hex
+            if partition_of_key(candidate, self._response_partitions) == self._home:
+                return candidate
 
     def _new_id(self, target: Target, idempotency_key: str | None) -> str:
         """The id an invocation will have: derived for a workflow's run and for idempotency
@@ -323,7 +335,7 @@ class Client:
             mode="send",
             idempotency_key=idempotency_key,
             headers=dict(headers or {}),
-            request_id=uuid.uuid4().hex if may_repeat and delay is None else None,
+            request_id=self._request_id() if may_repeat and delay is None else None,
         )
         key = target.key or inv_id
         if record.request_id is not None:
@@ -387,7 +399,7 @@ class Client:
             invocation_id = self._new_id(target, idempotency_key)
         ids.validate(invocation_id)
         record = AttachRequest(
-            request_id=uuid.uuid4().hex,
+            request_id=self._request_id(),
             invocation_id=invocation_id,
             wait=wait,
         )
@@ -413,7 +425,7 @@ class Client:
 
     async def _control(self, kind: type[Cancel | Kill | Purge | Resume], invocation_id: str) -> str:
         ids.validate(invocation_id)
-        record = kind(invocation_id=invocation_id, request_id=uuid.uuid4().hex)
+        record = kind(invocation_id=invocation_id, request_id=self._request_id())
         response = await self._request(record, invocation_id, invocation_id)
         if response.failure is not None:
             raise TerminalError(response.failure.message, response.failure.code)

@@ -42,7 +42,7 @@ from streams.metrics import (
     PAUSED,
     RETRIES,
 )
-from streams.partitioning import partition_for
+from streams.partitioning import partition_for, partition_of_key
 from streams.records import (
     AttachRequest,
     Caller,
@@ -795,7 +795,7 @@ class PartitionProcessor:
         self._emit_response(request_id, response)
 
     def _emit_response(self, request_id: str, response: Response) -> None:
-        partition = partition_for(request_id, self.partitions)
+        partition = partition_of_key(request_id, self.partitions)
         self._emit(Out(self.topics.responses, partition, request_id.encode(), encode(response)))
 
     def _fail_unrouted(self, record: Invoke, failure: Failure) -> None:

@@ -34,8 +34,12 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
-@lru_cache(maxsize=65_536)  # hot object keys repeat; murmur2 in Python costs microseconds
-def partition_for(key: str | bytes, partitions: int) -> int:
+def partition_of_key(key: str | bytes, partitions: int) -> int:
     """The partition that Kafka's Java producer and librdkafka's ``murmur2_random`` pick."""
     raw = key.encode() if isinstance(key, str) else key
     return (murmur2(raw) & 0x7FFFFFFF) % partitions
+
+
+#: The same, remembered: object keys repeat, and murmur2 in Python costs microseconds.
+#: Keys used once (request ids) go to :func:`partition_of_key` instead.
+partition_for = lru_cache(maxsize=65_536)(partition_of_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -89,3 +90,21 @@ def test_kourier_partitioning_matches_the_kafka_client(settings: Settings) -> No
     assert producer.flush(10) == 0
     landed = {m.key(): m.partition() for m in drain(settings, topic, expect=len(keys))}
     assert landed == {key.encode(): partition_for(key, 4) for key in keys}
+
+
+def test_a_cluster_id_that_starts_with_a_dash_formats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KRaft cluster ids are random base64; one in 64 starts with "-"."""
+
+    class DashFirst:
+        bytes = base64.urlsafe_b64decode("-" + "A" * 21 + "==")
+
+    monkeypatch.setattr(broker.uuid, "uuid4", DashFirst)
+    running = broker.start(tmp_path / "kafka", port=0)
+    try:
+        meta = (tmp_path / "kafka" / "kafka-logs" / "meta.properties").read_text()
+        assert "cluster.id=-AAA" in meta
+    finally:
+        broker.stop(tmp_path / "kafka")
+    assert running.pid > 0
