@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -108,10 +108,19 @@ async def workload_kafka_sends(
 ) -> dict[str, Any]:
     """Producers write invoke records straight to the ingress topic; each key already
     counts ``already`` from the HTTP workload."""
+    began = time.monotonic()
+    await asyncio.to_thread(produce_sends, settings, total)
+    produced = time.monotonic()
+    done = await wait_counts(url, {k: already + total // len(KEYS) for k in KEYS}, 300)
+    return {"invocations": total, "produce_s": round(produced - began, 2),
+            "invocations_per_s": round(total / (done - began))}  # fmt: skip
+
+
+def produce_sends(settings: Settings, total: int) -> None:
+    """``total`` one-way ``Meter/add`` invocations, spread over the keys, onto the ingress."""
     producer = Producer(settings.client_config({"linger.ms": 5, "batch.num.messages": 10000}))
     partitions = settings.partitions
     topic = f"{settings.namespace}.ingress"
-    began = time.monotonic()
     for i in range(total):
         key = KEYS[i % len(KEYS)]
         record = Invoke(target=Target(service="Meter", key=key, handler="add"), argument=1,
@@ -124,10 +133,44 @@ async def workload_kafka_sends(
             except BufferError:
                 producer.poll(0.01)
     producer.flush(60)
-    produced = time.monotonic()
-    done = await wait_counts(url, {k: already + total // len(KEYS) for k in KEYS}, 300)
-    return {"invocations": total, "produce_s": round(produced - began, 2),
-            "invocations_per_s": round(total / (done - began))}  # fmt: skip
+
+
+def committed_total(consumer: Consumer, settings: Settings) -> tuple[int, int]:
+    """(offsets the worker group has committed, end offsets) summed over ingress partitions."""
+    tps = [TopicPartition(f"{settings.namespace}.ingress", p) for p in range(settings.partitions)]
+    done = sum(max(tp.offset, 0) for tp in consumer.committed(tps, 30))
+    end = sum(consumer.get_watermark_offsets(tp, 30)[1] for tp in tps)
+    return done, end
+
+
+async def workload_kafka_backlog(
+    url: str, settings: Settings, total: int, already: int, restart: Any
+) -> dict[str, Any]:
+    """Like the raw pipeline, a backlog: ``total`` invocations wait on the ingress topic
+    while the worker is stopped; timed from the worker's first commit to its last."""
+    await asyncio.to_thread(restart, "stop")
+    await asyncio.to_thread(produce_sends, settings, total)
+    consumer = Consumer(settings.client_config({"group.id": f"{settings.namespace}.workers",
+                                                "enable.auto.commit": False}))  # fmt: skip
+    base, end = await asyncio.to_thread(committed_total, consumer, settings)
+    await asyncio.to_thread(restart, "start")
+    first = last = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done, end = await asyncio.to_thread(committed_total, consumer, settings)
+        now = time.monotonic()
+        if done > base and first is None:
+            first = now
+        if done >= end:
+            last = now
+            break
+        await asyncio.sleep(0.02)
+    consumer.close()
+    if first is None or last is None:
+        raise RuntimeError("the backlog was not drained within 300 s")
+    await wait_counts(url, {k: already + total // len(KEYS) for k in KEYS}, 120)
+    return {"invocations": total, "drain_s": round(last - first, 2),
+            "invocations_per_s": round(total / max(last - first, 1e-9))}  # fmt: skip
 
 
 async def workload_echo(url: str, total: int, concurrency: int) -> dict[str, Any]:
@@ -256,8 +299,24 @@ async def run(quick: bool) -> dict[str, Any]:
         http_sends = int(20000 * scale)
         results["http_sends_100_keys"] = await workload_http_sends(url, http_sends)
         say(results)
+        kafka_sends = int(40000 * scale)
         results["kafka_ingress_sends_100_keys"] = await workload_kafka_sends(
-            url, settings, int(40000 * scale), http_sends // len(KEYS)
+            url, settings, kafka_sends, http_sends // len(KEYS)
+        )
+        say(results)
+
+        def restart(what: str) -> None:
+            nonlocal worker
+            if what == "stop":
+                worker.terminate()
+                worker.wait(60)
+            else:
+                worker = spawn(["worker", "tests.bench.apps"], env, work / "worker-2.log")
+                processes.append(worker)
+
+        already = (http_sends + kafka_sends) // len(KEYS)
+        results["kafka_ingress_backlog_100_keys"] = await workload_kafka_backlog(
+            url, settings, kafka_sends, already, restart
         )
         say(results)
         results["http_echo_64_concurrent"] = await workload_echo(url, int(20000 * scale), 64)
@@ -274,6 +333,8 @@ async def run(quick: bool) -> dict[str, Any]:
         ceiling = results["raw_pipeline"]["records_per_s"]
         kafka_rate = results["kafka_ingress_sends_100_keys"]["invocations_per_s"]
         results["kafka_ingress_vs_raw_pipeline"] = round(kafka_rate / ceiling, 3)
+        backlog_rate = results["kafka_ingress_backlog_100_keys"]["invocations_per_s"]
+        results["kafka_backlog_vs_raw_pipeline"] = round(backlog_rate / ceiling, 3)
         return results
     finally:
         for process in processes:
