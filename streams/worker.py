@@ -171,11 +171,12 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------------
     #
-    # Two threads share the work. The event loop runs handlers and the partition
+    # Three threads share the work. The event loop runs handlers and the partition
     # processors; it never touches a Kafka client. The Kafka thread alone uses the
-    # consumer and the transactional producer, in a strict cycle: consume, hand the
-    # records to the loop, take a snapshot of pending effects, commit it. Rebalance
-    # callbacks run inside consume() on that same thread, so a commit never overlaps a
+    # consumer: consume, hand the records to the loop, take a snapshot of pending
+    # effects, pass it to the committer thread, which alone uses the transactional
+    # producer (streams/committer.py). Rebalance callbacks run inside consume() on the
+    # Kafka thread and wait for the committer first, so a commit never overlaps a
     # rebalance (librdkafka blocks consumer calls from other threads during one).
 
     async def run(self) -> None:
