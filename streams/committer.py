@@ -15,6 +15,7 @@ submits anything new.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class Committer:
         self._transact = transact
         self._pending: Snapshot | None = None
         self._busy = False
+        self._busy_since = 0.0
         self._failure: Exception | None = None
         self._closing = False
         self._changed = threading.Condition()
@@ -86,12 +88,29 @@ class Committer:
                 self._pending.merge(snapshot)
             self._changed.notify_all()
 
-    def flush(self) -> Exception | None:
-        """Wait until everything submitted is committed (or failed); return the failure."""
+    def flush(self, timeout: float) -> Exception | None:
+        """Wait until everything submitted is committed (or failed); return the failure,
+        or a :class:`TimeoutError` when a transaction is still running after ``timeout``."""
+        deadline = time.monotonic() + timeout
         with self._changed:
             while (self._pending is not None or self._busy) and self._failure is None:
-                self._changed.wait()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return TimeoutError(f"a transaction has run for {self.busy_for():.0f}s")
+                self._changed.wait(left)
             return self._failure
+
+    def busy_for(self) -> float:
+        """How long the transaction in flight has been running (0 when idle)."""
+        return time.monotonic() - self._busy_since if self._busy else 0.0
+
+    def abandon(self) -> None:
+        """Give up on a thread stuck in a transaction: it exits when (if ever) the call
+        returns, and commits nothing more. The worker has fenced its producer already."""
+        with self._changed:
+            self._closing = True
+            self._pending = None
+            self._changed.notify_all()
 
     def clear(self) -> None:
         """After recovery: forget the failure and anything still queued."""
@@ -115,6 +134,7 @@ class Committer:
                     return
                 snapshot, self._pending = self._pending, None
                 self._busy = True
+                self._busy_since = time.monotonic()
                 self._changed.notify_all()
             try:
                 self._transact(snapshot)

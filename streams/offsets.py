@@ -15,6 +15,9 @@ _TRANSIENT = {
     KafkaError._TRANSPORT,
     KafkaError._TIMED_OUT,
     KafkaError._ALL_BROKERS_DOWN,
+    # Local metadata not known yet, as right after the broker restarted.
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._UNKNOWN_TOPIC,
 }
 
 

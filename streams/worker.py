@@ -42,6 +42,10 @@ from streams.topics import Topics
 
 log = logging.getLogger("kourier.worker")
 _TIMEOUT = 30.0
+#: A transaction running longer than this is stuck: librdkafka's send_offsets_to_transaction
+#: can block past its timeout when the group coordinator went away during the call
+#: (confluentinc/librdkafka#5456). The worker then fences that producer with a new one.
+_STUCK = 45.0
 _T = TypeVar("_T")
 
 
@@ -219,6 +223,8 @@ class Worker:
             while not self._stopping:
                 if self._committer.failure is not None:
                     self._recover_from(self._committer.failure)
+                if self._committer.busy_for() > _STUCK:
+                    self._replace_stuck_producer()
                 batch = consume_ready(self._consumer, 1000, self._poll_timeout())
                 snapshot = self._on_loop(self._step(batch, self._delay_positions()))
                 if snapshot.out:
@@ -366,9 +372,32 @@ class Worker:
         if snapshot.out:
             snapshot.metadata = self._consumer.consumer_group_metadata()
             self._committer.submit(snapshot)
-        failure = self._committer.flush()
-        if failure is not None:
+        failure = self._committer.flush(_STUCK)
+        if isinstance(failure, TimeoutError):
+            self._replace_stuck_producer()
+        elif failure is not None:
             self._recover_from(failure)
+
+    def _replace_stuck_producer(self, recover: bool = True) -> None:
+        """A transaction is stuck inside librdkafka: a new producer with the same
+        transactional id fences the stuck one (its open transaction is aborted), a new
+        committer thread takes over, and the partitions are restored from Kafka."""
+        log.error(
+            "a transaction has been stuck for %.0fs; fencing it with a new producer",
+            self._committer.busy_for(),
+        )
+        self._committer.abandon()
+        while True:
+            try:
+                self._producer = self._new_producer()
+                break
+            except KafkaException as exc:
+                if self._stopping:
+                    raise
+                log.warning("new producer not ready yet: %s", exc)
+        self._committer = Committer(self._transact_counted)
+        if recover:
+            self._recover()
 
     def _recover_from(self, failure: Exception) -> None:
         log.error("commit failed, restoring owned partitions from Kafka: %s", failure)
@@ -416,7 +445,7 @@ class Worker:
             if error.txn_requires_abort():
                 with contextlib.suppress(KafkaException):
                     producer.abort_transaction(_TIMEOUT)
-            elif error.fatal():
+            elif error.fatal() and self._producer is producer:
                 self._producer = self._new_producer()
             raise
 
@@ -463,7 +492,9 @@ class Worker:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s without a clean hand-over", _describe(partitions))
-        self._committer.flush()  # what was queued cannot commit any more: let it fail
+        # What was queued cannot commit any more: let it fail, or fence it if it is stuck.
+        if isinstance(self._committer.flush(_STUCK), TimeoutError):
+            self._replace_stuck_producer(recover=False)
         self._on_loop(self._forget(partitions, close=True))
         self._recover()
         self._committer.clear()

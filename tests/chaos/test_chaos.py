@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -153,13 +154,25 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
         workers.spawn()
         records = increments(3000, settings)
         await produce_sends(settings, records[:1500])
+        # Delayed sends due after the restart: on the delay topic while the broker is down.
+        async with Client(settings) as client:
+            for _ in range(5):
+                await client.object_send("Tally", "after-restart", "add").send(
+                    1, delay=timedelta(seconds=4)
+                )
         await asyncio.sleep(0.5)
         broker.stop(data)
         await asyncio.to_thread(broker.start, data, 0)
         await produce_sends(settings, records[1500:])
         async with Client(settings) as client:
             counts = await counts_when_settled(client, 3000, 180)
-        assert counts == [300] * len(KEYS), f"{counts}\n{workers.logs()}"
+            assert counts == [300] * len(KEYS), f"{counts}\n{workers.logs()}"
+            deadline = time.monotonic() + 60
+            delayed = await client.object("Tally", "after-restart", "count").request()
+            while delayed < 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                delayed = await client.object("Tally", "after-restart", "count").request()
+            assert delayed == 5, f"5 delayed sends across a broker restart ran {delayed} times"
         alive = [w for w in workers.started if w.process and w.process.poll() is None]
         assert len(alive) == 1, "the worker recovered without a restart"
         for worker in workers.started:
