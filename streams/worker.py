@@ -255,9 +255,9 @@ class Worker:
         owned += [TopicPartition(self.topics.delay, p) for p in list(self.delays)]
         with contextlib.suppress(KafkaException):
             for tp in self._consumer.position(owned):
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
-                if tp.offset >= 0 and high >= 0:
-                    LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+                if high == 0 or (tp.offset >= 0 and high >= 0):  # an empty partition: 0
+                    LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - max(tp.offset, 0)))
         for partition, processor in list(self.processors.items()):
             depth = sum(len(queue) for queue in list(processor.inbox.values()))
             INBOX.labels(str(partition)).set(depth)

@@ -94,10 +94,17 @@ def admin_url(ingress_url: str) -> str:
 class WorkerProcess:
     """``kourier worker`` as a real process, stopped by PID."""
 
-    def __init__(self, settings: Settings, module: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        module: str,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.module = module
         self.log_dir = log_dir
+        self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -108,6 +115,7 @@ class WorkerProcess:
             KOURIER_NAMESPACE=self.settings.namespace,
             PYTHONPATH=str(ROOT),
         )
+        env.update(self.extra_env)
         self.starts += 1
         log = (self.log_dir / f"worker-{id(self)}-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
@@ -147,8 +155,10 @@ class WorkerProcesses:
         self.log_dir = log_dir
         self.started: list[WorkerProcess] = []
 
-    def spawn(self, module: str = "tests.integration.apps") -> WorkerProcess:
-        process = WorkerProcess(self.settings, module, self.log_dir)
+    def spawn(
+        self, module: str = "tests.integration.apps", env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        process = WorkerProcess(self.settings, module, self.log_dir, env)
         process.start()
         self.started.append(process)
         return process
