@@ -141,6 +141,14 @@ class _Recipient(Recipient):
         return _SentHandle(callee)
 
 
+def _checked(invocation_id: str) -> None:
+    """A malformed id from handler code is the handler's terminal error (400)."""
+    try:
+        ids.validate(invocation_id)
+    except ids.InvalidId as error:
+        raise TerminalError(str(error), 400) from None
+
+
 def _target(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
     if isinstance(ref, str):
         if handler is None:
@@ -290,10 +298,7 @@ class InvocationContext(WorkflowContext):
         return _Recipient(self, _target(workflow, workflow_id, handler, "workflow_send"))
 
     def attach_invocation(self, invocation_id: str) -> DurableFuture[Any]:
-        try:
-            ids.validate(invocation_id)
-        except ids.InvalidId as error:
-            raise TerminalError(str(error), 400) from None
+        _checked(invocation_id)
         index, entry = self._step("attach", callee=invocation_id)
         if entry is None:
             index = self._new_entry(Entry(kind="attach", callee=invocation_id))
@@ -302,10 +307,7 @@ class InvocationContext(WorkflowContext):
         return _EntryFuture(self, index)
 
     def cancel_invocation(self, invocation_id: str) -> None:
-        try:
-            ids.validate(invocation_id)
-        except ids.InvalidId as error:
-            raise TerminalError(str(error), 400) from None
+        _checked(invocation_id)
         _index, entry = self._step("cancel", callee=invocation_id)
         if entry is None:
             self.invocation.append(Entry(kind="cancel", callee=invocation_id, done=True))
