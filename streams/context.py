@@ -50,11 +50,6 @@ async def _awaited(future: DurableFuture[T]) -> T:
     return await future
 
 
-def _unsupported(feature: str) -> TerminalError:
-    """A feature this runtime does not have yet: a terminal 501, never a retry loop."""
-    return TerminalError(f"{feature} are not supported by this Kourier version", 501)
-
-
 def _outcome(entry: Entry) -> Any:
     if entry.failure is not None:
         raise TerminalError(entry.failure.message, entry.failure.code)
