@@ -3,6 +3,7 @@ topic's leader not yet ready, a broker restarting), and low-latency batch reads.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -36,6 +37,10 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
         except KafkaException as exc:
             if not transient(exc.args[0]) or time.monotonic() > deadline:
                 raise
+            # Ask for the topic's metadata now: after a broker restart the client may have
+            # cached the partition as unknown until its next periodic refresh (minutes).
+            with contextlib.suppress(KafkaException):
+                consumer.list_topics(tp.topic, timeout=5)
             time.sleep(0.1)
 
 
