@@ -15,77 +15,67 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import JsonValue, ValidationError
 
 from streams.deadlocks import describe, find_cycles, wait_for_edges
-from streams.journal import Entry, InvocationMeta
+from streams.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
 from streams.offsets import consume_ready, watermarks
 from streams.settings import Settings
 from streams.topics import Topics
 
 
-@dataclass
-class Indexed:
-    meta: InvocationMeta
-    entries: dict[int, Entry] = field(default_factory=dict)
+def waiting_on(meta: InvocationMeta, journal: list[Entry]) -> list[str]:
+    """What the invocation awaits: open calls, timers, promises, attaches."""
+    if meta.status == "completed":
+        return []
+    return [
+        f"{entry.describe()} (entry {i})" + (f" due {_iso(entry.due)}" if entry.due else "")
+        for i, entry in enumerate(journal)
+        if not entry.done and entry.kind != "select"
+    ]
 
-    def journal(self) -> list[Entry]:
-        return [self.entries[i] for i in sorted(self.entries) if i < self.meta.journal_length]
 
-    def waiting_on(self) -> list[str]:
-        """What the invocation awaits: open calls, timers, promises, attaches."""
-        if self.meta.status == "completed":
-            return []
-        return [
-            f"{entry.describe()} (entry {i})" + (f" due {_iso(entry.due)}" if entry.due else "")
-            for i, entry in enumerate(self.journal())
-            if not entry.done and entry.kind != "select"
-        ]
+def summary(meta: InvocationMeta) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": meta.id,
+        "target": meta.target.path(),
+        "service": meta.target.service,
+        "handler": meta.target.handler,
+        "key": meta.target.key,
+        "status": meta.status,
+        "mode": meta.mode,
+        "attempt": meta.attempt,
+        "created_at": _iso(meta.created_at),
+        "modified_at": _iso(meta.modified_at),
+    }
+    if meta.idempotency_key is not None:
+        row["idempotency_key"] = meta.idempotency_key
+    if meta.last_error is not None:
+        row["last_error"] = meta.last_error
+    if meta.caller is not None:
+        row["caller"] = meta.caller.invocation_id
+    return row
 
-    def summary(self) -> dict[str, Any]:
-        meta = self.meta
-        row: dict[str, Any] = {
-            "id": meta.id,
-            "target": meta.target.path(),
-            "service": meta.target.service,
-            "handler": meta.target.handler,
-            "key": meta.target.key,
-            "status": meta.status,
-            "mode": meta.mode,
-            "attempt": meta.attempt,
-            "created_at": _iso(meta.created_at),
-            "modified_at": _iso(meta.modified_at),
-        }
-        if meta.idempotency_key is not None:
-            row["idempotency_key"] = meta.idempotency_key
-        if meta.last_error is not None:
-            row["last_error"] = meta.last_error
-        if meta.caller is not None:
-            row["caller"] = meta.caller.invocation_id
-        return row
 
-    def detail(self) -> dict[str, Any]:
-        meta = self.meta
-        row = self.summary()
-        row["argument"] = meta.argument
-        row["headers"] = meta.headers
-        row["waiting_on"] = self.waiting_on()
-        row["journal"] = [
-            {"index": i, **entry.model_dump(exclude_none=True)}
-            for i, entry in enumerate(self.journal())
-        ]
-        if meta.status == "completed":
-            row["outcome"] = (
-                {"failure": meta.failure.model_dump()} if meta.failure else {"value": meta.value}
-            )
-            row["expires_at"] = _iso(meta.expires_at) if meta.expires_at else None
-        if meta.retry_at is not None and meta.status == "backing-off":
-            row["retry_at"] = _iso(meta.retry_at)
-        return row
+def detail(meta: InvocationMeta, journal: list[Entry]) -> dict[str, Any]:
+    row = summary(meta)
+    row["argument"] = meta.argument
+    row["headers"] = meta.headers
+    row["waiting_on"] = waiting_on(meta, journal)
+    row["journal"] = [
+        {"index": i, **entry.model_dump(exclude_none=True)} for i, entry in enumerate(journal)
+    ]
+    if meta.status == "completed":
+        row["outcome"] = (
+            {"failure": meta.failure.model_dump()} if meta.failure else {"value": meta.value}
+        )
+        row["expires_at"] = _iso(meta.expires_at) if meta.expires_at else None
+    if meta.retry_at is not None and meta.status == "backing-off":
+        row["retry_at"] = _iso(meta.retry_at)
+    return row
 
 
 class InvocationIndex:
@@ -94,9 +84,8 @@ class InvocationIndex:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.namespace)
-        self.invocations: dict[str, Indexed] = {}
+        self.log = InvocationLog()
         self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
-        self._orphans: dict[str, dict[int, Entry]] = {}
         self._lock = threading.Lock()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -163,43 +152,18 @@ class InvocationIndex:
             if topic == self.topics.state:
                 self._apply_state(key, value)
             else:
-                self._apply_invocation(key.decode(), value)
+                self.log.apply(key, value)
         except (ValueError, ValidationError):
             return  # a record this version does not understand: not the index's to judge
 
     def _apply_state(self, key: bytes, value: bytes | None) -> None:
-        parts = json.loads(key)
-        if len(parts) != 3:
-            return  # workflow promises
-        service, obj, name = parts
+        service, obj, name, is_promise = parse_state_key(key)
+        if is_promise:
+            return
         if value is None:
             self.state.get((service, obj), {}).pop(name, None)
         else:
             self.state.setdefault((service, obj), {})[name] = json.loads(value)
-
-    def _apply_invocation(self, text: str, value: bytes | None) -> None:
-        if text.startswith("m/"):
-            inv_id = text[2:]
-            if value is None:
-                self.invocations.pop(inv_id, None)
-                return
-            meta = InvocationMeta.model_validate_json(value)
-            known = self.invocations.get(inv_id)
-            if known is None:
-                entries = self._orphans.pop(inv_id, {})
-                self.invocations[inv_id] = Indexed(meta, entries)
-            else:
-                known.meta = meta
-        elif text.startswith("j/"):
-            inv_id, _, index = text[2:].rpartition("/")
-            holder = self.invocations.get(inv_id)
-            entries = holder.entries if holder is not None else self._orphans.setdefault(inv_id, {})
-            if value is None:
-                entries.pop(int(index), None)
-                if holder is None and not entries:
-                    self._orphans.pop(inv_id, None)
-            else:
-                entries[int(index)] = Entry.model_validate_json(value)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -213,24 +177,24 @@ class InvocationIndex:
     ) -> list[dict[str, Any]]:
         with self._lock:
             rows = [
-                item.summary()
-                for item in self.invocations.values()
-                if (status is None or item.meta.status == status)
-                and (service is None or item.meta.target.service == service)
-                and (key is None or item.meta.target.key == key)
+                summary(meta)
+                for meta in self.log.metas.values()
+                if (status is None or meta.status == status)
+                and (service is None or meta.target.service == service)
+                and (key is None or meta.target.key == key)
             ]
         rows.sort(key=lambda r: str(r["created_at"]), reverse=True)
         return rows[:limit]
 
     def describe(self, invocation_id: str) -> dict[str, Any] | None:
         with self._lock:
-            item = self.invocations.get(invocation_id)
-            return None if item is None else item.detail()
+            meta = self.log.metas.get(invocation_id)
+            return None if meta is None else detail(meta, self.log.journal(invocation_id))
 
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/deadlocks.py``)."""
         with self._lock:
-            pairs = [(item.meta, item.journal()) for item in self.invocations.values()]
+            pairs = [(meta, self.log.journal(meta.id)) for meta in self.log.metas.values()]
         metas = {meta.id: meta for meta, _ in pairs}
         cycles = find_cycles(wait_for_edges(pairs))
         return [describe(cycle, metas) for cycle in cycles]

@@ -1,11 +1,15 @@
-"""What a partition remembers about its invocations: status and journal.
+"""What a partition remembers about its invocations: status and journal; and the keys of
+its changelogs.
 
 Stored in the compacted ``<ns>.invocations`` changelog: key ``m/<id>`` holds
-an :class:`InvocationMeta`, key ``j/<id>/<index>`` one :class:`Entry`.
+an :class:`InvocationMeta`, key ``j/<id>/<index>`` one :class:`Entry`. The
+``<ns>.state`` changelog is keyed ``[object, key, name]`` for state and
+``[workflow, id, name, "promise"]`` for workflow promises (JSON arrays).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -108,3 +112,60 @@ class Promise:
 
     value: JsonValue = None
     failure: Failure | None = None
+
+
+def meta_key(invocation_id: str) -> bytes:
+    return f"m/{invocation_id}".encode()
+
+
+def entry_key(invocation_id: str, index: int) -> bytes:
+    return f"j/{invocation_id}/{index}".encode()
+
+
+def state_key(service: str, key: str, name: str, *, promise: bool = False) -> bytes:
+    return json.dumps([service, key, name, "promise"] if promise else [service, key, name]).encode()
+
+
+def parse_state_key(key: bytes) -> tuple[str, str, str, bool]:
+    """``(service, key, name, is_promise)`` of a ``<ns>.state`` record key."""
+    parts = json.loads(key)
+    return parts[0], parts[1], parts[2], len(parts) == 4
+
+
+class InvocationLog:
+    """The ``<ns>.invocations`` changelog read back: metas and journal entries by id.
+
+    Metas and entries are kept apart until asked for, because compaction keeps only the
+    newest record of each key, so a meta (rewritten often) may come after its entries.
+    """
+
+    def __init__(self) -> None:
+        self.metas: dict[str, InvocationMeta] = {}
+        self.entries: dict[str, dict[int, Entry]] = {}
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        """One changelog record; ``None`` is a tombstone."""
+        text = key.decode()
+        if text.startswith("m/"):
+            inv_id = text[2:]
+            if value is None:
+                self.metas.pop(inv_id, None)
+                self.entries.pop(inv_id, None)
+            else:
+                self.metas[inv_id] = InvocationMeta.model_validate_json(value)
+        elif text.startswith("j/"):
+            inv_id, _, index = text[2:].rpartition("/")
+            if value is not None:
+                self.entries.setdefault(inv_id, {})[int(index)] = Entry.model_validate_json(value)
+                return
+            entries = self.entries.get(inv_id)
+            if entries is not None:
+                entries.pop(int(index), None)
+                if not entries:
+                    del self.entries[inv_id]
+
+    def journal(self, invocation_id: str) -> list[Entry]:
+        """The entries of an invocation's journal that the changelog holds, in order."""
+        meta = self.metas[invocation_id]
+        entries = self.entries.get(invocation_id, {})
+        return [entries[i] for i in range(meta.journal_length) if i in entries]

@@ -29,10 +29,14 @@ from streams.journal import (
     CANCELLED,
     KILLED,
     LOCAL_WAITS,
-    Entry,
     EntryKind,
+    InvocationLog,
     InvocationMeta,
     Promise,
+    entry_key,
+    meta_key,
+    parse_state_key,
+    state_key,
 )
 from streams.metrics import (
     ATTEMPT_SECONDS,
@@ -116,15 +120,13 @@ class PartitionProcessor:
         self._promise_waiters: dict[tuple[str, str, str], set[tuple[str, int]]] = {}
         self._dirty_promises: set[tuple[str, str, str]] = set()
         self._dirty_dedup: set[str] = set()
-        self._restored_meta: dict[str, InvocationMeta] = {}
-        self._restored_entries: dict[str, dict[int, Entry]] = {}
+        self._restored = InvocationLog()  # the changelog, until start()
 
     # -- restore ---------------------------------------------------------------------
 
     def restore_state(self, key: bytes, value: bytes | None) -> None:
-        parts = json.loads(key)
-        if len(parts) == 4:  # [workflow, id, name, "promise"]
-            service, obj, name, _ = parts
+        service, obj, name, is_promise = parse_state_key(key)
+        if is_promise:
             if value is None:
                 self.promises.get((service, obj), {}).pop(name, None)
             else:
@@ -135,7 +137,6 @@ class PartitionProcessor:
                 )
                 self.promises.setdefault((service, obj), {})[name] = promise
             return
-        service, obj, name = parts
         if value is None:
             self.state.get((service, obj), {}).pop(name, None)
         else:
@@ -149,28 +150,13 @@ class PartitionProcessor:
             self.dedup[scope] = json.loads(value)["invocation_id"]
 
     def restore_invocation(self, key: bytes, value: bytes | None) -> None:
-        text = key.decode()
-        if text.startswith("m/"):
-            inv_id = text[2:]
-            if value is None:
-                self._restored_meta.pop(inv_id, None)
-                self._restored_entries.pop(inv_id, None)
-            else:
-                self._restored_meta[inv_id] = InvocationMeta.model_validate_json(value)
-        elif text.startswith("j/"):
-            inv_id, _, index = text[2:].rpartition("/")
-            entries = self._restored_entries.setdefault(inv_id, {})
-            if value is None:
-                entries.pop(int(index), None)
-            else:
-                entries[int(index)] = Entry.model_validate_json(value)
+        self._restored.apply(key, value)
 
     def start(self) -> None:
         """After restore: rebuild locks and queues, resume what was in flight."""
-        metas = sorted(self._restored_meta.values(), key=lambda m: m.seq)
+        metas = sorted(self._restored.metas.values(), key=lambda m: m.seq)
         for meta in metas:
-            entries = self._restored_entries.get(meta.id, {})
-            journal = [entries[i] for i in range(meta.journal_length) if i in entries]
+            journal = self._restored.journal(meta.id)
             if len(journal) != meta.journal_length:
                 log.error("invocation %s: journal incomplete in the changelog", meta.id)
                 meta.status, meta.last_error = "paused", "journal incomplete in the changelog"
@@ -188,8 +174,7 @@ class PartitionProcessor:
                 self.inbox.setdefault(lock, deque()).append(meta.id)
             elif meta.status != "completed" and lock is not None:
                 self.locks[lock] = meta.id
-        self._restored_meta.clear()
-        self._restored_entries.clear()
+        self._restored = InvocationLog()
         for inv in list(self.invocations.values()):
             status = inv.meta.status
             if status in ("running", "suspended"):
@@ -928,7 +913,7 @@ class PartitionProcessor:
                 Out(
                     self.topics.state,
                     self.partition,
-                    json.dumps([service, obj, name]).encode(),
+                    state_key(service, obj, name),
                     None if value is _MISSING else json.dumps(value).encode(),
                 )
             )
@@ -944,7 +929,7 @@ class PartitionProcessor:
                 Out(
                     self.topics.state,
                     self.partition,
-                    json.dumps([service, obj, name, "promise"]).encode(),
+                    state_key(service, obj, name, promise=True),
                     None if data is None else json.dumps(data).encode(),
                 )
             )
@@ -965,7 +950,7 @@ class PartitionProcessor:
                 Out(
                     changelog,
                     self.partition,
-                    f"m/{inv_id}".encode(),
+                    meta_key(inv_id),
                     inv.meta.model_dump_json().encode(),
                 )
             )
@@ -974,7 +959,7 @@ class PartitionProcessor:
                     Out(
                         changelog,
                         self.partition,
-                        f"j/{inv_id}/{index}".encode(),
+                        entry_key(inv_id, index),
                         inv.journal[index].model_dump_json().encode(),
                     )
                 )
@@ -983,10 +968,9 @@ class PartitionProcessor:
             inv.persisted_entries = len(inv.journal)
         self._dirty.clear()
         for inv_id, entries in self._tombstones:
-            out.append(Out(changelog, self.partition, f"m/{inv_id}".encode(), None))
+            out.append(Out(changelog, self.partition, meta_key(inv_id), None))
             out.extend(
-                Out(changelog, self.partition, f"j/{inv_id}/{i}".encode(), None)
-                for i in range(entries)
+                Out(changelog, self.partition, entry_key(inv_id, i), None) for i in range(entries)
             )
         self._tombstones.clear()
         return out
