@@ -251,34 +251,36 @@ class PartitionProcessor:
     def _owner(self, record: _Record) -> int:
         try:
             if isinstance(record, Invoke):
-                if record.target.key is not None:
-                    return partition_for(record.target.key, self.partitions)
-                if record.invocation_id is not None:
+                if record.target.key is None and record.invocation_id is not None:
                     return ids.partition_of(record.invocation_id, self.partitions)
-                if record.idempotency_key is not None:
-                    target = record.target
-                    same = ids.idempotent_id(
-                        target.service, None, target.handler, record.idempotency_key
-                    )
-                    return ids.partition_of(same, self.partitions)
-                return self.partition
+                return self._owner_of(record.target, record.idempotency_key)
             if isinstance(record, Completion):
                 return ids.partition_of(record.caller.invocation_id, self.partitions)
             if isinstance(record, AttachRequest) and record.invocation_id is None:
                 assert record.target is not None
-                if record.target.key is not None:
-                    return partition_for(record.target.key, self.partitions)
-                if record.idempotency_key is not None:
-                    target = record.target
-                    same = ids.idempotent_id(
-                        target.service, None, target.handler, record.idempotency_key
-                    )
-                    return ids.partition_of(same, self.partitions)
-                return self.partition
+                return self._owner_of(record.target, record.idempotency_key)
             assert record.invocation_id is not None
             return ids.partition_of(record.invocation_id, self.partitions)
         except ids.InvalidId as exc:
             raise RecordError("bad-schema", str(exc)) from None
+
+    def _owner_of(self, target: Target, idempotency_key: str | None) -> int:
+        """The partition of ``target``: its object key's, or for a service with an
+        idempotency key the one its derived id names (this one otherwise)."""
+        if target.key is not None:
+            return partition_for(target.key, self.partitions)
+        if idempotency_key is not None:
+            same = ids.idempotent_id(target.service, None, target.handler, idempotency_key)
+            return ids.partition_of(same, self.partitions)
+        return self.partition
+
+    def _idempotent(self, target: Target, idempotency_key: str) -> tuple[str, str]:
+        """The dedup-table scope of a request, and the invocation id it names."""
+        scope = _scope(target, idempotency_key)
+        derived = self.dedup.get(scope) or ids.idempotent_id(
+            target.service, target.key, target.handler, idempotency_key
+        )
+        return scope, derived
 
     def _on_invoke(
         self, record: Invoke, key: bytes | None, value: bytes | None, offset: int
@@ -297,10 +299,7 @@ class PartitionProcessor:
         if handler.kind == "workflow":
             inv_id = ids.workflow_run_id(target.service, target.key or "")
         elif record.idempotency_key is not None:
-            scope = _scope(target, record.idempotency_key)
-            inv_id = self.dedup.get(scope) or ids.idempotent_id(
-                target.service, target.key, target.handler, record.idempotency_key
-            )
+            scope, inv_id = self._idempotent(target, record.idempotency_key)
         elif record.invocation_id is not None:
             inv_id = record.invocation_id
         elif target.key is not None:
@@ -439,10 +438,7 @@ class PartitionProcessor:
         target = record.target
         assert target is not None
         if record.idempotency_key is not None:
-            scope = _scope(target, record.idempotency_key)
-            return self.dedup.get(scope) or ids.idempotent_id(
-                target.service, target.key, target.handler, record.idempotency_key
-            )
+            return self._idempotent(target, record.idempotency_key)[1]
         try:
             handler = self.registry.resolve(target)
         except LookupError:
