@@ -35,6 +35,7 @@ from streams.client import Client
 from streams.partitioning import partition_for
 from streams.records import Invoke, Target, encode
 from streams.settings import Settings
+from tests.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = [f"key-{i}" for i in range(100)]
@@ -308,8 +309,7 @@ async def run(quick: bool) -> dict[str, Any]:
         def restart(what: str) -> None:
             nonlocal worker
             if what == "stop":
-                worker.terminate()
-                worker.wait(60)
+                stop_process(worker, 60)
             else:
                 worker = spawn(["worker", "tests.bench.apps"], env, work / "worker-2.log")
                 processes.append(worker)
@@ -338,12 +338,7 @@ async def run(quick: bool) -> dict[str, Any]:
         return results
     finally:
         for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
         broker.stop(work / "kafka")
 
 

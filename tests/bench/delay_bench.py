@@ -30,8 +30,6 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +49,7 @@ from streams.partitioning import partition_for
 from streams.records import Delayed, Invoke, Target, encode
 from streams.settings import Settings
 from tests.bench.bench import ROOT, pct, rss_mib, spawn
+from tests.processes import stop_process
 
 NEAR, FAR = 2.0, 45.0  # seconds of delay: inside and beyond the worker's 30 s horizon
 SPREAD = 10.0  # seconds over which the sends are paced
@@ -114,7 +113,7 @@ class WorkerProcess:
         raise RuntimeError(f"the worker reported {self.pending()} of {expected} pending")
 
     def stop(self) -> None:
-        stop(self.process)
+        stop_process(self.process)
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -264,16 +263,6 @@ def produce_pending(settings: Settings, total: int) -> float:
                 producer.poll(0.05)
     producer.flush(120)
     return time.monotonic() - began
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
 
 
 async def run(sends: int, pending: int, watch_ingress: bool = True) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +20,7 @@ from streams.ingress import Ingress
 from streams.settings import Settings
 from streams.worker import Worker
 from tests.integration import apps
+from tests.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,13 +133,8 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process is not None:
+            stop_process(self.process, timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from streams.broker import free_port
 from streams.settings import Settings
 from streams.worker import Worker
 from tests.integration.conftest import ROOT
+from tests.processes import stop_process
 
 TOKEN = "t0ken-that-must-not-leak"
 PASSWORD = "sasl-password-that-must-not-leak"
@@ -77,12 +77,7 @@ async def test_token_is_required_and_secrets_never_logged(
             )  # fmt: skip
             assert listed.returncode == 0, listed.stdout + listed.stderr
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        await asyncio.to_thread(stop_process, process)
     logged = await asyncio.to_thread(log_path.read_text)
     assert "settings:" in logged, "the ingress logs its (redacted) settings"
     assert TOKEN not in logged
