@@ -147,10 +147,10 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
     """Its own broker, so that restarting it disturbs no other test."""
     data = tmp_path / "kafka"
     running = broker.start(data, port=0)
+    settings = Settings(bootstrap_servers=running.bootstrap, namespace="restart", partitions=4)
+    workers = WorkerProcesses(settings, tmp_path)
     try:
-        settings = Settings(bootstrap_servers=running.bootstrap, namespace="restart", partitions=4)
         create_topics(settings)
-        workers = WorkerProcesses(settings, tmp_path)
         workers.spawn()
         records = increments(3000, settings)
         await produce_sends(settings, records[:1500])
@@ -175,9 +175,9 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
             assert delayed == 5, f"5 delayed sends across a broker restart ran {delayed} times"
         alive = [w for w in workers.started if w.process and w.process.poll() is None]
         assert len(alive) == 1, "the worker recovered without a restart"
-        for worker in workers.started:
-            worker.stop()
     finally:
+        for worker in workers.started:  # also when the test fails
+            worker.stop()
         broker.stop(data)
 
 
