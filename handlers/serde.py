@@ -42,6 +42,13 @@ class Serde:
         """A JSON-compatible value (pydantic models become dicts)."""
         return self.adapter.dump_python(value, mode="json")
 
+    def encode(self, value: Any, what: str) -> Any:
+        """:meth:`dump`, where a value that is not JSON is the caller's mistake (400)."""
+        try:
+            return self.dump(value)
+        except (ValueError, TypeError) as exc:
+            raise TerminalError(f"{what} is not JSON: {exc}", status_code=400) from None
+
 
 JSON = Serde(Any)
 

@@ -37,7 +37,6 @@ from streams.partitioning import partition_of_key
 from streams.records import (
     AttachRequest,
     Cancel,
-    Delayed,
     Invoke,
     Kill,
     Purge,
@@ -263,7 +262,7 @@ class Client:
         """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
         if target.service not in self.services:
             await self.catalog()  # to know whether it is a workflow
-        inv_id = invocation_id or self._new_id(target, idempotency_key)
+        inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
         request_id = self._request_id()
         record = Invoke(
             target=target,
@@ -297,7 +296,7 @@ class Client:
             if partition_of_key(candidate, self._response_partitions) == self._home:
                 return candidate
 
-    def _new_id(self, target: Target, idempotency_key: str | None) -> str:
+    def invocation_id_for(self, target: Target, idempotency_key: str | None) -> str:
         """The id an invocation will have: derived for a workflow's run and for idempotency
         keys (so duplicates meet), fresh otherwise."""
         info = self.services.get(target.service)
@@ -319,15 +318,22 @@ class Client:
         """One-way: returns once Kafka has the message.
 
         A send that may meet an earlier one (an idempotency key, a workflow's run) asks
-        the worker, which answers ``Accepted`` or ``PreviouslyAccepted``; a delayed send
-        is answered ``Accepted`` when the delay topic has it (it meets others when due).
+        the worker, which answers ``Accepted`` or ``PreviouslyAccepted``. A delayed send
+        is an invocation from then on (status ``scheduled``): it can be listed, cancelled
+        and attached to by its id before it runs.
         """
         if target.service not in self.services:
             await self.catalog()  # to know whether it is a workflow
-        inv_id = self._new_id(target, idempotency_key)
+        inv_id = self.invocation_id_for(target, idempotency_key)
         may_repeat = idempotency_key is not None or inv_id == ids.workflow_run_id(
             target.service, target.key or ""
         )
+        due = None
+        if delay is not None:
+            try:
+                due = datetime.now(UTC) + delay
+            except OverflowError:
+                raise TerminalError(f"delay {delay} is too far in the future", 400) from None
         record = Invoke(
             target=target,
             argument=argument,
@@ -335,7 +341,8 @@ class Client:
             mode="send",
             idempotency_key=idempotency_key,
             headers=dict(headers or {}),
-            request_id=self._request_id() if may_repeat and delay is None else None,
+            request_id=self._request_id() if may_repeat else None,
+            due=due,
         )
         key = target.key or inv_id
         if record.request_id is not None:
@@ -347,11 +354,7 @@ class Client:
                 response.invocation_id or inv_id, "PreviouslyAccepted" if again else "Accepted"
             )
         partition = ids.partition_of(inv_id, self.partitions)
-        if delay is None:
-            await self._produce(self.topics.ingress, record, partition, key)
-        else:
-            delayed = Delayed(due=datetime.now(UTC) + delay, invoke=record)
-            await self._produce(self.topics.delay, delayed, partition, key)
+        await self._produce(self.topics.ingress, record, partition, key)
         return SendReceipt(invocation_id=inv_id, status="Accepted")
 
     async def attach(
@@ -396,7 +399,7 @@ class Client:
         if invocation_id is None:
             if target is None:
                 raise ValueError("name the invocation: an id, or a target")
-            invocation_id = self._new_id(target, idempotency_key)
+            invocation_id = self.invocation_id_for(target, idempotency_key)
         ids.validate(invocation_id)
         record = AttachRequest(
             request_id=self._request_id(),
@@ -483,8 +486,9 @@ class ClientCallee:
         headers: Mapping[str, str] | None = None,
     ) -> Any:
         """The handler's result; its ``TerminalError`` is raised here."""
+        argument = JSON.encode(arg, f"the argument of {self._target.path()}")
         _, response = await self._client.call(
-            self._target, JSON.dump(arg), idempotency_key=idempotency_key, headers=headers
+            self._target, argument, idempotency_key=idempotency_key, headers=headers
         )
         return outcome(response)
 
@@ -504,7 +508,7 @@ class ClientRecipient:
     ) -> SendReceipt:
         return await self._client.send_to(
             self._target,
-            JSON.dump(arg),
+            JSON.encode(arg, f"the argument of {self._target.path()}"),
             delay=delay,
             idempotency_key=idempotency_key,
             headers=headers,

@@ -9,6 +9,7 @@ differs from its entry fails the invocation with :class:`NonDeterminismError`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
@@ -144,6 +145,15 @@ def _checked(invocation_id: str) -> None:
         raise TerminalError(str(error), 400) from None
 
 
+def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers of a call or send: names and values are strings, or it is a 400."""
+    found = dict(headers or {})
+    for name, value in found.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TerminalError(f"header {name!r}: names and values must be strings", 400)
+    return found
+
+
 def _target(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
     if isinstance(ref, str):
         if handler is None:
@@ -222,14 +232,12 @@ class InvocationContext(WorkflowContext):
     ) -> int:
         index, entry = self._step(kind, target=target)
         if entry is None:
-            if idempotency_key is not None:
-                callee = ids.idempotent_id(
-                    target.service, target.key, target.handler, idempotency_key
-                )
-            else:
-                callee = ids.child_id(
-                    self.invocation.meta.id, index, target.key, self.invocation.partitions
-                )
+            # Encode before journaling: an argument that cannot be sent fails here, and
+            # leaves no entry behind that a retry would wait on forever.
+            argument = JSON.encode(arg, f"the argument of {kind} {target.path()}")
+            sent_headers = _headers(headers)
+            processor = self.invocation.processor
+            callee = processor.callee_id(self.invocation, index, target, idempotency_key)
             due = time.time() + delay.total_seconds() if delay else None
             entry = Entry(kind=kind, target=target, callee=callee, done=kind == "send", due=due)
             if kind == "call":
@@ -238,15 +246,15 @@ class InvocationContext(WorkflowContext):
                     return index  # cancelled before it was made
             else:
                 self.invocation.append(entry)
-            self.invocation.processor.emit_invoke(
+            processor.emit_invoke(
                 self.invocation,
                 target=target,
-                argument=JSON.dump(arg),
+                argument=argument,
                 callee=callee,
                 index=index,
                 mode="call" if kind == "call" else "send",
                 idempotency_key=idempotency_key,
-                headers=dict(headers or {}),
+                headers=sent_headers,
                 due=due,
             )
         return index
@@ -361,9 +369,7 @@ class InvocationContext(WorkflowContext):
             entry = self.invocation.journal[index]
         if not entry.done:
             try:
-                result = action()
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await _perform(action)
             except TerminalError as error:
                 self.invocation.check_open()
                 self.invocation.complete_entry(
@@ -419,6 +425,25 @@ class InvocationContext(WorkflowContext):
         if self.invocation.handler.service.kind != "workflow":
             raise TerminalError("durable promises belong to workflows", 400)
         return _Promise(self, name)
+
+
+async def _perform(action: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
+    """Run a ``ctx.run`` action: a coroutine function on the event loop, anything else on
+    a worker thread, so that a blocking client library never stalls other handlers (what
+    a plain function returns may still be awaitable, and is then awaited on the loop)."""
+    if _is_async(action):
+        return await cast(Callable[[], Awaitable[T]], action)()
+    result = await asyncio.to_thread(action)
+    if inspect.isawaitable(result):
+        return cast(T, await result)
+    return cast(T, result)
+
+
+def _is_async(action: Callable[..., Any]) -> bool:
+    while isinstance(action, functools.partial):
+        action = action.func
+    call = getattr(action, "__call__", None)  # noqa: B004 - an object with async __call__
+    return inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(call)
 
 
 class _Promise(DurablePromise[Any]):

@@ -21,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import JsonValue, ValidationError
 
 from streams.deadlocks import describe, find_cycles, wait_for_edges
+from streams.headers import DENIED_HEADERS, allowed_headers
 from streams.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
 from streams.offsets import consume_ready, watermarks
 from streams.settings import Settings
@@ -57,13 +58,17 @@ def summary(meta: InvocationMeta) -> dict[str, Any]:
         row["last_error"] = meta.last_error
     if meta.caller is not None:
         row["caller"] = meta.caller.invocation_id
+    if meta.due is not None:
+        row["due_at"] = _iso(meta.due)
     return row
 
 
-def detail(meta: InvocationMeta, journal: list[Entry]) -> dict[str, Any]:
+def detail(
+    meta: InvocationMeta, journal: list[Entry], denied: frozenset[str] = DENIED_HEADERS
+) -> dict[str, Any]:
     row = summary(meta)
     row["argument"] = meta.argument
-    row["headers"] = meta.headers
+    row["headers"] = allowed_headers(meta.headers, denied)
     row["waiting_on"] = waiting_on(meta, journal)
     row["journal"] = [
         {"index": i, **entry.model_dump(exclude_none=True)} for i, entry in enumerate(journal)
@@ -189,7 +194,10 @@ class InvocationIndex:
     def describe(self, invocation_id: str) -> dict[str, Any] | None:
         with self._lock:
             meta = self.log.metas.get(invocation_id)
-            return None if meta is None else detail(meta, self.log.journal(invocation_id))
+            if meta is None:
+                return None
+            journal = self.log.journal(invocation_id)
+            return detail(meta, journal, self.settings.header_denylist)
 
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/deadlocks.py``)."""

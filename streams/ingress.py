@@ -13,13 +13,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from pydantic import JsonValue
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import TerminalError
 from streams import ids
@@ -27,7 +27,7 @@ from streams.client import Client, KafkaUnavailable, ServiceInfo
 from streams.index import InvocationIndex
 from streams.metrics import DEADLOCKS
 from streams.records import Response, Target
-from streams.settings import Settings
+from streams.settings import Settings, short_duration
 
 log = logging.getLogger("kourier.ingress")
 
@@ -39,6 +39,10 @@ LATENCY = Histogram(
     "HTTP request latency, from request to response",
     ["kind"],
     buckets=(0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2, 5, 10),
+)
+
+IN_FLIGHT = Gauge(
+    "kourier_ingress_in_flight", "HTTP calls and sends waiting for Kafka or for an outcome"
 )
 
 #: Headers that describe the HTTP exchange itself and are not passed to handlers.
@@ -54,16 +58,14 @@ _HOP_HEADERS = frozenset(
         "accept",
         "user-agent",
         "idempotency-key",
-        "authorization",
         "expect",
     }
 )
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_MAX_IDEMPOTENCY_KEY = 1024
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
     r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NOT_INDEXED = (
     "invocation {} is not known to the admin index: it never existed, it completed and was "
     "not retained, or it started and completed between two commits of its worker"
@@ -92,19 +94,24 @@ def outcome_response(outcome: Response, headers: dict[str, str] | None = None) -
 
 
 def parse_duration(text: str) -> timedelta:
-    """``500ms``, ``5s``, ``10m``, ``1h``, ``2d`` or ISO-8601 ``PT5S``."""
-    match = _DURATION.match(text)
-    if match:
-        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    iso = _ISO_DURATION.match(text)
-    if iso and text not in ("P", "PT") and not text.endswith("T"):
-        parts = {k: float(v) for k, v in iso.groupdict().items() if v}
-        return timedelta(
-            days=parts.get("d", 0),
-            hours=parts.get("h", 0),
-            minutes=parts.get("m", 0),
-            seconds=parts.get("s", 0),
-        )
+    """``500ms``, ``5s``, ``10m``, ``1h``, ``2d`` or ISO-8601 ``PT5S``, due at a time a
+    datetime can hold."""
+    try:
+        duration = short_duration(text)
+        iso = _ISO_DURATION.match(text)
+        if duration is None and iso and text not in ("P", "PT") and not text.endswith("T"):
+            parts = {k: float(v) for k, v in iso.groupdict().items() if v}
+            duration = timedelta(
+                days=parts.get("d", 0),
+                hours=parts.get("h", 0),
+                minutes=parts.get("m", 0),
+                seconds=parts.get("s", 0),
+            )
+        # Adding it to now raises OverflowError past the year 9999.
+        if duration is not None and datetime.now(UTC) + duration:
+            return duration
+    except OverflowError:
+        raise HttpError(400, f"delay {text!r} ends after the year 9999") from None
     raise HttpError(400, f"invalid delay {text!r}: use 500ms, 5s, 10m, 1h or ISO-8601 like PT5S")
 
 
@@ -140,7 +147,16 @@ def route(path: str, services: dict[str, ServiceInfo]) -> Route:
     handler = segments[-1]
     if info.handler_kind(handler) is None:
         raise HttpError(404, f"{info.name} has no handler {handler!r}")
-    return Route(Target(service=info.name, key=key, handler=handler), mode)
+    return Route(_target(info.name, key, handler), mode)
+
+
+def _target(service: str, key: str | None, handler: str) -> Target:
+    try:
+        return Target(service=service, key=key, handler=handler)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "target"
+        raise HttpError(400, f"bad {where}: {first['msg']}") from None
 
 
 class Ingress:
@@ -159,6 +175,8 @@ class Ingress:
         self.max_body = max_body
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.denied_headers = settings.header_denylist
+        self.call_timeout = settings.call_timeout.total_seconds()
 
     async def start(self) -> None:
         await self.client.start()
@@ -253,7 +271,7 @@ class Ingress:
         run = next((h for h in info.handlers if info.handler_kind(h) == "workflow"), None)
         if run is None:
             raise HttpError(404, f"workflow {service!r} has no run handler")
-        return Target(service=service, key=key, handler=run)
+        return _target(service, key, run)
 
     def _idempotent_target(self, segments: list[str]) -> tuple[Target, str]:
         """``Svc/handler/idemKey`` or ``Obj/key/handler/idemKey``."""
@@ -267,7 +285,7 @@ class Ingress:
         key = segments[1] if expected == 4 else None
         if info.handler_kind(segments[-2]) is None:
             raise HttpError(404, f"{info.name} has no handler {segments[-2]!r}")
-        return Target(service=info.name, key=key, handler=segments[-2]), segments[-1]
+        return _target(info.name, key, segments[-2]), _idempotency_key(segments[-1])
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -356,36 +374,56 @@ class Ingress:
         if delay is not None and target_route.mode == "call":
             raise HttpError(400, "?delay= is only allowed on sends")
         argument = await _read_json(request, self.max_body)
-        idempotency_key = request.headers.get("idempotency-key") or None
+        given_key = request.headers.get("idempotency-key")
+        idempotency_key = _idempotency_key(given_key) if given_key else None
         headers = {
-            k.lower(): v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS
+            name: value
+            for name, value in ((k.lower(), v) for k, v in request.headers.items())
+            if name not in _HOP_HEADERS and name not in self.denied_headers
         }
         if self.in_flight >= self.max_in_flight:
             raise HttpError(429, "too many requests in flight; retry later")
+        # Whatever ends this request (an outcome, the call timeout, the client hanging up,
+        # which cancels this handler) frees its slot and its pending response.
         self.in_flight += 1
+        IN_FLIGHT.inc()
         try:
+            target = target_route.target
             if target_route.mode == "send":
                 receipt = await self.client.send_to(
-                    target_route.target,
-                    argument,
-                    delay=delay,
-                    idempotency_key=idempotency_key,
-                    headers=headers,
+                    target, argument, delay=delay, idempotency_key=idempotency_key, headers=headers
                 )
                 body = {"invocationId": receipt.invocation_id, "status": receipt.status}
                 return web.json_response(body, status=202)
-            inv_id, outcome = await self.client.call(
-                target_route.target, argument, idempotency_key=idempotency_key, headers=headers
+            inv_id = self.client.invocation_id_for(target, idempotency_key)
+            call = self.client.call(
+                target,
+                argument,
+                idempotency_key=idempotency_key,
+                headers=headers,
+                invocation_id=inv_id,
             )
+            try:
+                inv_id, outcome = await asyncio.wait_for(call, self.call_timeout)
+            except TimeoutError:
+                message = (
+                    f"no outcome within {self.call_timeout:g}s; invocation {inv_id} goes on: "
+                    f"attach to it (GET /restate/attach/{inv_id}) for its outcome"
+                )
+                return error_response(408, message, {"x-restate-id": inv_id})
         finally:
             self.in_flight -= 1
+            IN_FLIGHT.dec()
         id_header = {"x-restate-id": inv_id}
         return outcome_response(outcome, id_header)
 
 
-#: Paths served without a token: liveness for orchestrators, and the UI's static page
-#: (it holds no data; it asks for the token and sends it with every API request).
-_OPEN_PATHS = frozenset({"/health", "/ui", "/ui/", "/"})
+#: Routes served without a token, by method and path: liveness for orchestrators, and the
+#: UI's static page (it holds no data; it asks for the token and sends it with every API
+#: request). Anything else, such as ``POST /health`` to a service named ``health``, needs it.
+_OPEN_ROUTES = frozenset(
+    (method, path) for method in ("GET", "HEAD") for path in ("/health", "/ui", "/ui/", "/")
+)
 
 
 def bearer(token: str | None) -> Any:
@@ -394,7 +432,7 @@ def bearer(token: str | None) -> Any:
 
     @web.middleware
     async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        if expected is not None and request.path not in _OPEN_PATHS:
+        if expected is not None and (request.method, request.path) not in _OPEN_ROUTES:
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return error_response(
@@ -408,7 +446,8 @@ def bearer(token: str | None) -> Any:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own errors (404 route, 405 method, ...) as JSON bodies, like ours."""
+    """aiohttp's own errors (404 route, 405 method, ...) as JSON bodies, like ours; and
+    anything unforeseen as a logged 500 JSON (a bug, but never a text page)."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -420,6 +459,25 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             error.reason,
             {"allow": error.headers.get("allow", "")} if error.status == 405 else None,
         )
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal error; the ingress log has the details")
+
+
+def _idempotency_key(text: str) -> str:
+    if len(text) > _MAX_IDEMPOTENCY_KEY:
+        raise HttpError(
+            400, f"idempotency key of {len(text)} characters; at most {_MAX_IDEMPOTENCY_KEY}"
+        )
+    return text
+
+
+def app_runner(app: web.Application) -> web.AppRunner:
+    """A runner for an ingress or admin app. A client that hangs up cancels its request's
+    handler, so a call nobody waits for any more frees its slot and its pending response."""
+    return web.AppRunner(app, access_log=None, handler_cancellation=True)
 
 
 async def _read_json(request: web.Request, max_body: int) -> JsonValue:
@@ -465,7 +523,7 @@ async def serve(
     await ingress.start()
     runners = []
     for app, bind_port in ((ingress.app(), port), (ingress.admin_app(), admin_port)):
-        runner = web.AppRunner(app, access_log=None)
+        runner = app_runner(app)
         await runner.setup()
         await web.TCPSite(runner, host, bind_port).start()
         runners.append(runner)

@@ -106,7 +106,12 @@ class Invocation:
             future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
             self.waiting[index] = future
             self.processor.waiting(self)
-            entry = await future
+            try:
+                entry = await future
+            finally:
+                # A select that lost this branch cancelled it: the handler no longer waits.
+                if self.waiting.get(index) is future:
+                    del self.waiting[index]
             self.check_open()
         return _outcome(entry)
 

@@ -91,6 +91,7 @@ class InvocationMeta(BaseModel):
     created_at: float = 0.0
     modified_at: float = 0.0
     retry_at: float | None = None
+    due: float | None = None  # a scheduled invocation: when it runs (epoch seconds)
     last_error: str | None = None
     value: JsonValue = None  # the outcome, once completed
     failure: Failure | None = None

@@ -24,11 +24,13 @@ from pydantic import JsonValue, ValidationError
 from handlers.exceptions import NonDeterminismError, TerminalError
 from streams import ids
 from streams.context import InvocationClosed, InvocationContext
+from streams.headers import DENIED_HEADERS, allowed_headers
 from streams.invocation import Invocation
 from streams.journal import (
     CANCELLED,
     KILLED,
     LOCAL_WAITS,
+    Entry,
     EntryKind,
     InvocationLog,
     InvocationMeta,
@@ -62,6 +64,7 @@ from streams.records import (
     RecordError,
     Response,
     Resume,
+    Start,
     Target,
     decode_ingress,
     encode,
@@ -70,7 +73,7 @@ from streams.registry import Registry
 from streams.topics import Topics
 
 log = logging.getLogger("kourier.partition")
-_Record = Invoke | Control | AttachRequest | Completion
+_Record = Invoke | Control | AttachRequest | Completion | Start
 #: Larger ingress records go to the dead-letter topic (as the HTTP ingress answers 413).
 MAX_RECORD_BYTES = 900 * 1024
 
@@ -98,6 +101,7 @@ class PartitionProcessor:
         registry: Registry,
         emit: Callable[[Out], None],
         wake: Callable[[], None],
+        denied_headers: frozenset[str] = DENIED_HEADERS,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
@@ -105,6 +109,7 @@ class PartitionProcessor:
         self.registry = registry
         self._emit = emit
         self._wake = wake
+        self.denied_headers = denied_headers
         self.invocations: dict[str, Invocation] = {}
         self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
         self.locks: dict[tuple[str, str], str] = {}
@@ -172,7 +177,7 @@ class PartitionProcessor:
             lock = inv.lock_key
             if meta.status == "pending" and lock is not None:
                 self.inbox.setdefault(lock, deque()).append(meta.id)
-            elif meta.status != "completed" and lock is not None:
+            elif meta.status not in ("completed", "scheduled") and lock is not None:
                 self.locks[lock] = meta.id
         self._restored = InvocationLog()
         for inv in list(self.invocations.values()):
@@ -234,6 +239,8 @@ class PartitionProcessor:
             self._on_completion(record)
         elif isinstance(record, AttachRequest):
             self._on_attach(record)
+        elif isinstance(record, Start):
+            self._on_start(record, offset)
         else:
             self._on_control(record)
         self._wake()
@@ -256,6 +263,8 @@ class PartitionProcessor:
                 return self._owner_of(record.target, record.idempotency_key)
             if isinstance(record, Completion):
                 return ids.partition_of(record.caller.invocation_id, self.partitions)
+            if isinstance(record, Start):
+                return ids.partition_of(record.invocation_id, self.partitions)
             if isinstance(record, AttachRequest) and record.invocation_id is None:
                 assert record.target is not None
                 return self._owner_of(record.target, record.idempotency_key)
@@ -316,7 +325,7 @@ class PartitionProcessor:
             target=target,
             exclusive=handler.exclusive,
             argument=record.argument,
-            headers=record.headers,
+            headers=allowed_headers(record.headers, self.denied_headers),
             mode=record.mode,
             idempotency_key=record.idempotency_key,
             request_ids=[record.request_id] if record.request_id and record.mode == "call" else [],
@@ -336,13 +345,39 @@ class PartitionProcessor:
         inv = Invocation(meta, [], handler, self)
         self.invocations[inv_id] = inv
         self.touch(inv)
+        if record.due is not None and record.due.timestamp() > now:
+            self._schedule(inv, record.due.timestamp())
+        else:
+            self._enqueue(inv)
+
+    def _schedule(self, inv: Invocation, due: float) -> None:
+        """A delayed send: the invocation exists now (listed, cancellable, attachable) and
+        a :class:`Start` on the delay topic runs it at ``due``."""
+        inv.meta.status, inv.meta.due = "scheduled", due
+        start = Start(invocation_id=inv.meta.id)
+        delayed = Delayed(due=datetime.fromtimestamp(due, UTC), start=start)
+        owner = ids.partition_of(inv.meta.id, self.partitions)
+        self._emit(Out(self.topics.delay, owner, inv.meta.id.encode(), encode(delayed)))
+
+    def _on_start(self, record: Start, offset: int) -> None:
+        """A scheduled invocation is due: it queues for its key like a new arrival. One
+        cancelled or killed meanwhile is completed (or forgotten): nothing runs."""
+        inv = self.invocations.get(record.invocation_id)
+        if inv is None or inv.meta.status != "scheduled":
+            return
+        inv.meta.status, inv.meta.seq = "pending", offset
+        self.touch(inv)
+        self._enqueue(inv)
+
+    def _enqueue(self, inv: Invocation) -> None:
+        """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""
         lock = inv.lock_key
         if lock is None:
             self._run(inv)
         elif lock in self.locks:
-            self.inbox.setdefault(lock, deque()).append(inv_id)
+            self.inbox.setdefault(lock, deque()).append(inv.meta.id)
         else:
-            self.locks[lock] = inv_id
+            self.locks[lock] = inv.meta.id
             self._run(inv)
 
     def _duplicate(self, inv: Invocation, record: Invoke) -> None:
@@ -397,7 +432,7 @@ class PartitionProcessor:
         if inv is None or inv.meta.status == "completed":
             return
         index = record.caller.entry
-        if index >= len(inv.journal) or inv.journal[index].callee != record.invocation_id:
+        if index >= len(inv.journal) or not _names_callee(inv.journal[index], record.invocation_id):
             log.warning("completion for %s entry %d matches no call", inv.meta.id, index)
             return
         entry = inv.journal[index]
@@ -504,7 +539,7 @@ class PartitionProcessor:
     def cancel(self, inv: Invocation) -> bool:
         """Cancel ``inv``; True when it is done with at once (it had not started)."""
         meta = inv.meta
-        if meta.status in ("pending", "paused"):
+        if meta.status in ("pending", "paused", "scheduled"):
             inv.close()
             self._complete(inv, None, CANCELLED)
             return True
@@ -516,18 +551,22 @@ class PartitionProcessor:
         return False
 
     def deliver_cancel(self, inv: Invocation) -> None:
-        """Fail what ``inv`` awaits (a timer, a promise, an attach) with 409 cancelled.
+        """Fail what ``inv`` awaits right now (a timer, a promise, an attach) with 409.
 
-        Awaited calls are not failed here: the cancel travels to the callee first
-        (leaves first), and its 409 comes back as the call's outcome.
+        Only a wait the handler is in counts: an entry left open by a ``select`` it lost
+        is no longer awaited. A suspended invocation runs again, and its replay meets the
+        cancel at the first open wait it reaches. Awaited calls are not failed here: the
+        cancel travels to the callee first (leaves first), and its 409 comes back as the
+        call's outcome.
         """
         if not inv.meta.cancel_requested:
             return
-        suspended = inv.meta.status == "suspended"
-        for index, entry in enumerate(inv.journal):
-            if entry.done or entry.kind not in LOCAL_WAITS:
-                continue
-            if suspended or index in inv.waiting:
+        if inv.meta.status == "suspended":
+            self._run(inv)
+            return
+        for index, future in sorted(inv.waiting.items()):
+            entry = inv.journal[index]
+            if not future.done() and not entry.done and entry.kind in LOCAL_WAITS:
                 inv.meta.cancel_requested = False
                 inv.complete_entry(index, failure=CANCELLED)
                 return
@@ -575,6 +614,20 @@ class PartitionProcessor:
                 waiter.complete_entry(index, value=promise.value, failure=promise.failure)
         self._wake()
         return True
+
+    def _drop_promise_waits(self, inv: Invocation) -> None:
+        """A completed invocation (cancelled or killed, perhaps) waits on no promise."""
+        target = inv.meta.target
+        if target.key is None:
+            return
+        for index, entry in enumerate(inv.journal):
+            if entry.kind == "promise_get" and not entry.done and entry.name:
+                scope = (target.service, target.key, entry.name)
+                waiters = self._promise_waiters.get(scope)
+                if waiters is not None:
+                    waiters.discard((inv.meta.id, index))
+                    if not waiters:
+                        del self._promise_waiters[scope]
 
     def _fail_request(self, request_id: str, inv_id: str | None, failure: Failure) -> None:
         response = Response(
@@ -710,6 +763,7 @@ class PartitionProcessor:
         meta.value, meta.failure = value, failure
         meta.modified_at = now
         inv.task = None
+        self._drop_promise_waits(inv)
         for request_id in meta.request_ids:
             self._respond(request_id, meta)
         for caller in [meta.caller, *meta.attachers] if meta.caller else meta.attachers:
@@ -841,13 +895,23 @@ class PartitionProcessor:
             headers=headers,
             caller=Caller(invocation_id=caller.meta.id, entry=index) if mode == "call" else None,
         )
+        if due is not None:  # scheduled by the callee's partition from now on
+            record = record.model_copy(update={"due": datetime.fromtimestamp(due, UTC)})
         owner = ids.partition_of(callee, self.partitions)
         key = (target.key if target.key is not None else callee).encode()
-        if due is None:
-            self._emit(Out(self.topics.ingress, owner, key, encode(record)))
-        else:
-            delayed = Delayed(due=datetime.fromtimestamp(due, UTC), invoke=record)
-            self._emit(Out(self.topics.delay, owner, key, encode(delayed)))
+        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+
+    def callee_id(
+        self, caller: Invocation, index: int, target: Target, idempotency_key: str | None
+    ) -> str:
+        """The id of the invocation that journal entry ``index`` of ``caller`` calls or sends
+        to: a workflow's run has one id per workflow id, an idempotent call the one its key
+        names; others are derived from the caller, so a replay names the same callee."""
+        if target.key is not None and self.registry.is_workflow_run(target):
+            return ids.workflow_run_id(target.service, target.key)
+        if idempotency_key is not None:
+            return ids.idempotent_id(target.service, target.key, target.handler, idempotency_key)
+        return ids.child_id(caller.meta.id, index, target.key, self.partitions)
 
     def emit_attach(self, inv: Invocation, index: int, invocation_id: str) -> None:
         """``ctx.attach_invocation``: the outcome comes back as a completion of ``index``."""
@@ -984,6 +1048,22 @@ _MISSING = object()
 def _scope(target: Target, idempotency_key: str) -> str:
     """The dedup table's key: target + idempotency key."""
     return json.dumps([target.service, target.key, target.handler, idempotency_key])
+
+
+def _names_callee(entry: Entry, invocation_id: str) -> bool:
+    """Whether a completion for ``invocation_id`` belongs to ``entry``. A call into a
+    workflow journaled by an older worker, or one that did not host the workflow yet (a
+    rolling deploy), went out under a derived id; the workflow's partition ran it as the
+    workflow's run, and answers under that id."""
+    if entry.callee == invocation_id:
+        return True
+    target = entry.target
+    return (
+        entry.kind == "call"
+        and target is not None
+        and target.key is not None
+        and invocation_id == ids.workflow_run_id(target.service, target.key)
+    )
 
 
 def _open_calls(inv: Invocation) -> list[str]:

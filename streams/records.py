@@ -101,6 +101,17 @@ class Invoke(_Record):
     )
     headers: dict[str, str] = Field(default_factory=dict)
     caller: Caller | None = Field(default=None, description="internal: set by Kourier workers")
+    due: AwareDatetime | None = Field(
+        default=None,
+        description="a delayed send: the invocation exists (status 'scheduled') from now on "
+        "and runs no earlier than this time",
+    )
+
+    @model_validator(mode="after")
+    def _only_sends_are_delayed(self) -> Self:
+        if self.due is not None and (self.mode != "send" or self.caller is not None):
+            raise ValueError("'due' is for one-way sends only")
+        return self
 
 
 class _ControlRecord(_Record):
@@ -169,6 +180,13 @@ class Completion(_Record):
     failure: Failure | None = None
 
 
+class Start(_Record):
+    """Internal: the scheduled invocation ``invocation_id`` is due; its partition runs it."""
+
+    kind: Literal["start"] = "start"
+    invocation_id: str
+
+
 class Response(_Record):
     """An outcome on the response topic, for whoever set ``request_id``."""
 
@@ -189,29 +207,36 @@ class Response(_Record):
 class Delayed(_Record):
     """A record held on the delay topic until ``due``, then released to ingress.
 
-    It carries either a delayed send (``invoke``) or a durable timer firing
-    (``completion``: a ``ctx.sleep`` ending, or a call's deadline passing).
+    It carries a scheduled invocation becoming due (``start``), a durable timer firing
+    (``completion``: a ``ctx.sleep`` ending, or a call's deadline passing), or, as
+    written by earlier versions, a whole delayed send (``invoke``).
     """
 
     kind: Literal["delayed"] = "delayed"
     due: AwareDatetime
-    invoke: Invoke | None = None
+    start: Start | None = None
     completion: Completion | None = None
+    invoke: Invoke | None = None
 
     @model_validator(mode="after")
     def _holds_one_record(self) -> Self:
-        if (self.invoke is None) == (self.completion is None):
-            raise ValueError("a delayed record holds exactly one of 'invoke' and 'completion'")
+        held = [r for r in (self.start, self.completion, self.invoke) if r is not None]
+        if len(held) != 1:
+            raise ValueError(
+                "a delayed record holds exactly one of 'start', 'completion' and 'invoke'"
+            )
         return self
 
-    def released(self) -> Invoke | Completion:
+    def released(self) -> Start | Completion | Invoke:
         """The record to put on the ingress topic when due."""
-        inner = self.invoke if self.invoke is not None else self.completion
+        inner = self.start or self.completion or self.invoke
         assert inner is not None
         return inner
 
     def owner_id(self) -> str | None:
         """The invocation whose partition receives the released record."""
+        if self.start is not None:
+            return self.start.invocation_id
         if self.completion is not None:
             return self.completion.caller.invocation_id
         assert self.invoke is not None
@@ -314,14 +339,16 @@ class DeadLetter(_Model):
 #: Records that act on an existing invocation, named by its id.
 Control = Cancel | Kill | Purge | Resume
 IngressRecord = Annotated[
-    Invoke | Cancel | Kill | Purge | Resume | AttachRequest | Completion,
+    Invoke | Cancel | Kill | Purge | Resume | AttachRequest | Completion | Start,
     Field(discriminator="kind"),
 ]
 ExternalRecord = Annotated[
     Invoke | Cancel | Kill | Purge | Resume | AttachRequest, Field(discriminator="kind")
 ]
 
-_INGRESS: TypeAdapter[Invoke | Control | AttachRequest | Completion] = TypeAdapter(IngressRecord)
+_INGRESS: TypeAdapter[Invoke | Control | AttachRequest | Completion | Start] = TypeAdapter(
+    IngressRecord
+)
 _EXTERNAL: TypeAdapter[Invoke | Control | AttachRequest] = TypeAdapter(ExternalRecord)
 _RESPONSE: TypeAdapter[Response] = TypeAdapter(Response)
 _DELAY: TypeAdapter[Delayed | Fired] = TypeAdapter(
@@ -359,7 +386,7 @@ def _validate(adapter: TypeAdapter[_T], data: bytes | None) -> _T:
         raise RecordError("bad-schema", f"{where}: {first['msg']}") from None
 
 
-def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Completion:
+def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Completion | Start:
     """Decode an ingress-topic value, or raise :class:`RecordError` saying why not."""
     if data is not None:
         try:  # the common case, in one pass; a record that fails is decoded again to say why

@@ -42,6 +42,13 @@ class Registry:
             raise LookupError(f"service {target.service} takes no key")
         return handler
 
+    def is_workflow_run(self, target: Target) -> bool:
+        """Whether ``target`` is a workflow's ``run`` (every worker of a namespace hosts
+        every service, so the registry knows)."""
+        service = self.services.get(target.service)
+        handler = None if service is None else service.handlers.get(target.handler)
+        return handler is not None and handler.kind == "workflow"
+
     def manifest(self) -> list[dict[str, Any]]:
         """What the ingress needs to route and validate calls."""
         return [

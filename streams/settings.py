@@ -5,18 +5,32 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from streams.headers import denied
+
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _KAFKA_PREFIX = "KOURIER_KAFKA_"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 #: A librdkafka configuration value.
 ClientValue = str | int | float | bool
 # Client properties whose values must never be printed or logged.
 SECRET_PROPERTIES = frozenset(
     {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
 )
+
+
+def short_duration(text: str) -> timedelta | None:
+    """``500ms``, ``5s``, ``10m``, ``1h`` or ``2d`` as a timedelta; None for other text.
+    Raises OverflowError for a duration beyond what a timedelta holds."""
+    match = _DURATION.match(text)
+    if match is None:
+        return None
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
 class Settings(BaseModel):
@@ -37,6 +51,20 @@ class Settings(BaseModel):
     token: str | None = Field(
         default=None, repr=False, description="bearer token the ingress and admin API require"
     )
+    denied_headers: tuple[str, ...] = Field(
+        default=(),
+        description="request headers never stored with an invocation, besides the credentials "
+        "that streams.headers.DENIED_HEADERS names",
+    )
+    call_timeout: timedelta = Field(
+        default=timedelta(minutes=10),
+        gt=timedelta(0),
+        description="how long an HTTP call waits for its outcome before answering 408 "
+        "(the invocation goes on; attach to it for its outcome)",
+    )
+    run_threads: int = Field(
+        default=64, ge=1, le=4096, description="threads for synchronous ctx.run actions"
+    )
 
     @field_validator("namespace")
     @classmethod
@@ -46,6 +74,24 @@ class Settings(BaseModel):
                 f"namespace {value!r} may hold only letters, digits, '.', '_' and '-' (1-100 chars)"
             )
         return value
+
+    @field_validator("denied_headers")
+    @classmethod
+    def _lower_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(name.strip().lower() for name in value if name.strip())
+
+    @field_validator("call_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        """``KOURIER_CALL_TIMEOUT=90s`` (or ``500ms``, ``10m``, ``1h``; plain seconds too)."""
+        if isinstance(value, str):
+            return short_duration(value.strip()) or value
+        return value
+
+    @property
+    def header_denylist(self) -> frozenset[str]:
+        """Every header name kept out of invocation metadata."""
+        return denied(self.denied_headers)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -57,9 +103,13 @@ class Settings(BaseModel):
             ("namespace", "KOURIER_NAMESPACE"),
             ("partitions", "KOURIER_PARTITIONS"),
             ("token", "KOURIER_TOKEN"),
+            ("call_timeout", "KOURIER_CALL_TIMEOUT"),
+            ("run_threads", "KOURIER_RUN_THREADS"),
         ):
             if env.get(var):
                 values[field] = env[var]
+        if env.get("KOURIER_DENIED_HEADERS"):
+            values["denied_headers"] = tuple(env["KOURIER_DENIED_HEADERS"].split(","))
         values["kafka"] = {
             name[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
             for name, value in env.items()

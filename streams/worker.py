@@ -17,6 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from confluent_kafka import (
@@ -186,6 +187,11 @@ class Worker:
     async def run(self) -> None:
         """Run until :meth:`stop`; in-flight invocations resume elsewhere by replay."""
         self._loop = asyncio.get_running_loop()
+        # Synchronous ctx.run actions run on the loop's default executor (as does this
+        # worker's Kafka thread): size it for blocking client libraries.
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(self.settings.run_threads + 4, thread_name_prefix="kourier")
+        )
         self._dirty = False
         self.partitions = await asyncio.to_thread(self._ingress_partitions)
         self._producer = await asyncio.to_thread(self._new_producer)
@@ -526,6 +532,7 @@ class Worker:
                 registry=self.registry,
                 emit=self._emit,
                 wake=self._wake,
+                denied_headers=self.settings.header_denylist,
             )
             await asyncio.to_thread(self._restore, processor)
             self.processors[tp.partition] = processor

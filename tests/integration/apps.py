@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from datetime import timedelta
 
 from handlers import (
@@ -17,6 +19,7 @@ from handlers import (
     Workflow,
     WorkflowContext,
     WorkflowSharedContext,
+    select,
 )
 
 # In-process tests release a blocked handler through these (not durable, test-only).
@@ -264,4 +267,95 @@ async def bounce(ctx: ObjectContext, path: list[str]) -> list[str]:
     return [ctx.key, *rest]
 
 
-SERVICES = [tally, relay, brief, trip, signup, fragile, loop]
+@relay.handler()
+async def start_signup(ctx: Context, spec: dict[str, int | str]) -> str:
+    """Request-response into a workflow's run, with a deadline when ``timeout_ms`` is set."""
+    call = ctx.workflow(run, str(spec["id"]))
+    timeout = timedelta(milliseconds=int(spec["timeout_ms"])) if "timeout_ms" in spec else None
+    try:
+        result: str = await call.request(str(spec["email"]), timeout=timeout)
+    except TerminalError as error:
+        return f"failed {error.status_code}"
+    return result
+
+
+@relay.handler()
+async def send_signup(ctx: Context, spec: dict[str, str]) -> str:
+    """A one-way send to a workflow's run (named by strings); returns the run's id."""
+    handle = ctx.workflow_send("Signup", spec["id"], "run").send(spec["email"])
+    return await handle.invocation_id()
+
+
+@relay.handler()
+async def schedule_then_cancel(ctx: Context, spec: dict[str, int | str]) -> str:
+    """A delayed send to ``Tally/<key>/add``, cancelled by the id its handle gives."""
+    delay = timedelta(milliseconds=int(spec["ms"]))
+    handle = ctx.object_send(add, str(spec["key"])).send(1, delay=delay)
+    invocation_id = await handle.invocation_id()
+    ctx.cancel_invocation(invocation_id)
+    return invocation_id
+
+
+@relay.handler()
+async def unsendable(ctx: Context, kind: str) -> dict[str, object]:
+    """Calls or sends an argument that is not JSON; then a call that works."""
+    try:
+        if kind == "call":
+            await ctx.service(echo).request(object())
+        else:
+            ctx.service_send(echo).send({"when": object()})
+    except TerminalError as error:
+        caught = f"{error.status_code}: {error.message}"
+    else:
+        caught = "nothing raised"
+    after: dict[str, object] = await ctx.service(echo).request("after")
+    return {"caught": caught, "after": after["value"]}
+
+
+#: Synchronous ctx.run actions in flight (set from a worker thread, so threading events).
+BLOCKING: dict[str, threading.Event] = {}
+FINISHED: dict[str, threading.Event] = {}
+
+
+def _block(tag: str, seconds: float) -> str:
+    BLOCKING.setdefault(tag, threading.Event()).set()
+    time.sleep(seconds)  # a blocking client library, say
+    FINISHED.setdefault(tag, threading.Event()).set()
+    return tag
+
+
+@relay.handler()
+async def blocking_effect(ctx: Context, spec: dict[str, str | float]) -> str:
+    """A synchronous ``ctx.run`` action that blocks its thread for ``seconds``."""
+    tag, seconds = str(spec["tag"]), float(spec["seconds"])
+    result: str = await ctx.run("block", lambda: _block(tag, seconds))
+    return result
+
+
+async def _race(ctx: ObjectContext, hold_ms: int) -> str:
+    """``select`` between a short and a long sleep, then a durable wait that compensates
+    on cancel: the cancel must reach that wait, not the sleep that lost the race."""
+    winner, _ = await select(
+        fast=ctx.sleep(timedelta(milliseconds=100)), slow=ctx.sleep(timedelta(minutes=2))
+    )
+    try:
+        await ctx.sleep(timedelta(milliseconds=hold_ms))
+    except TerminalError as error:
+        ctx.set("compensated", error.status_code)
+        raise
+    return winner
+
+
+trip.handler("race")(_race)
+
+#: The same race, on an object whose waiting handlers suspend after 200 ms.
+sleepy = VirtualObject("Sleepy", inactivity_timeout=timedelta(milliseconds=200))
+sleepy.handler("race")(_race)
+
+
+@sleepy.handler(kind="shared")
+async def sleepy_notes(ctx: ObjectSharedContext) -> dict[str, object]:
+    return {name: await ctx.get(name) for name in await ctx.state_keys()}
+
+
+SERVICES = [tally, relay, brief, trip, signup, fragile, loop, sleepy]

@@ -16,7 +16,7 @@ from aiohttp import web
 from streams.admin import create_topics
 from streams.broker import free_port
 from streams.client import Client
-from streams.ingress import Ingress
+from streams.ingress import Ingress, app_runner
 from streams.settings import Settings
 from streams.worker import Worker
 from tests.integration import apps
@@ -56,10 +56,11 @@ async def client(topics: Settings) -> AsyncIterator[Client]:
         yield connected
 
 
-@pytest.fixture
-async def ingress_url(topics: Settings, worker: Worker) -> AsyncIterator[str]:
-    """An in-process HTTP ingress on a free port; the worker has announced its services."""
-    ingress = Ingress(topics)
+@contextlib.asynccontextmanager
+async def served_ingress(settings: Settings, **options: int) -> AsyncIterator[tuple[Ingress, str]]:
+    """An in-process HTTP ingress (and its admin API) on free ports, once the worker's
+    services are announced; yields it and its URL (``ADMIN_URLS`` maps that to the admin)."""
+    ingress = Ingress(settings, **options)
     await ingress.start()
     for _ in range(100):
         if set(ingress.client.services) >= {s.name for s in apps.SERVICES}:
@@ -67,18 +68,27 @@ async def ingress_url(topics: Settings, worker: Worker) -> AsyncIterator[str]:
         await asyncio.sleep(0.1)
     runners = []
     urls = []
-    for app in (ingress.app(), ingress.admin_app()):
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        urls.append(f"http://127.0.0.1:{port}")
-    ADMIN_URLS[urls[0]] = urls[1]
-    yield urls[0]
-    for runner in runners:
-        await runner.cleanup()
-    await ingress.close()
+    try:
+        for app in (ingress.app(), ingress.admin_app()):
+            runner = app_runner(app)
+            await runner.setup()
+            port = free_port()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            runners.append(runner)
+            urls.append(f"http://127.0.0.1:{port}")
+        ADMIN_URLS[urls[0]] = urls[1]
+        yield ingress, urls[0]
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await ingress.close()
+
+
+@pytest.fixture
+async def ingress_url(topics: Settings, worker: Worker) -> AsyncIterator[str]:
+    """An in-process HTTP ingress on a free port; the worker has announced its services."""
+    async with served_ingress(topics) as (_, url):
+        yield url
 
 
 #: The admin API that goes with each ingress URL the ``ingress_url`` fixture served.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -23,3 +23,19 @@ async def poll_until(
             return last
         await asyncio.sleep(0.1)
     raise AssertionError(f"{what}: expected {expected!r}, last saw {last!r} after {seconds}s")
+
+
+async def invocation_status(
+    http: Any, admin_url: str, invocation_id: str, expected: str, seconds: float = 30
+) -> dict[str, Any]:
+    """The admin API's description of ``invocation_id`` once its status is ``expected``
+    (the admin index follows the changelog, so it may lag a commit behind)."""
+
+    async def status() -> str | None:
+        async with http.get(f"{admin_url}/invocations/{invocation_id}") as reply:
+            found[0] = await reply.json() if reply.status == 200 else {}
+            return str(found[0].get("status")) if found[0] else None
+
+    found: list[dict[str, Any]] = [{}]
+    await poll_until(status, expected, seconds, f"status of {invocation_id}")
+    return found[0]

@@ -196,3 +196,46 @@ async def test_arbitrary_http_requests_get_json_errors(ingress_url: str, client:
     assert any(code >= 400 for code in statuses)
     # The ingress still works afterwards.
     assert (await client.service("Relay", "echo").request({"ok": 1}))["value"] == {"ok": 1}
+
+
+DELAYS = st.sampled_from(["5s", "500ms", "PT5S", "99999999999d", "P99999999D", "1e3s", "-1s", ""])
+HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+
+
+async def test_no_path_header_or_query_gets_a_500(ingress_url: str, client: Client) -> None:
+    """Generated paths (keys up to 5,000 characters), idempotency keys (up to 1,500),
+    arbitrary headers and delays: every answer is below 500 (or 503), in JSON."""
+    cases: list[tuple[str, dict[str, str], dict[str, str]]] = []
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        path=st.sampled_from(PATHS)
+        | st.builds(lambda n: f"Tally/{'k' * n}/add", st.integers(4000, 5000))
+        | st.builds(lambda n: f"restate/send/Tally/{'k' * n}/add", st.integers(4090, 4100)),
+        idempotency_key=st.none() | st.builds(lambda n: "i" * n, st.integers(1, 1500)),
+        headers=st.dictionaries(
+            st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12),
+            HEADER_TEXT,
+            max_size=4,
+        ),
+        delay=st.none() | DELAYS,
+    )
+    def collect(
+        path: str, idempotency_key: str | None, headers: dict[str, str], delay: str | None
+    ) -> None:
+        sent = dict(headers)
+        if idempotency_key is not None:
+            sent["idempotency-key"] = idempotency_key
+        cases.append((path, sent, {} if delay is None else {"delay": delay}))
+
+    collect()
+    async with aiohttp.ClientSession() as http:
+        for path, headers, query in cases:
+            async with http.post(
+                f"{ingress_url}/{path}", json=1, headers=headers, params=query
+            ) as reply:
+                assert reply.status < 500 or reply.status == 503, (path, query, reply.status)
+                if reply.status >= 400:
+                    payload = await reply.json(content_type=None)
+                    assert set(payload) >= {"code", "message"}, payload
+    assert (await client.service("Relay", "echo").request({"ok": 2}))["value"] == {"ok": 2}

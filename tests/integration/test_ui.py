@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,19 @@ async def test_the_deadlock_banner(
     await expect(banner).to_be_hidden(timeout=30_000)
     result = await asyncio.gather(blocked, return_exceptions=True)
     assert getattr(result[0], "status_code", None) == 409
+
+
+async def test_a_scheduled_invocation_shows_its_due_time_and_cancels(
+    page: Page, client: Client, ingress_url: str, admin_url: str
+) -> None:
+    receipt = await client.object_send("Tally", "ui-later", "add").send(
+        1, delay=timedelta(minutes=10)
+    )
+    await page.goto(f"{admin_url}/ui#/?status=scheduled")
+    row = page.locator(f"#invocations tr.row[data-id={receipt.invocation_id}]")
+    await expect(row).to_contain_text("due ", timeout=30_000)
+    await row.click()
+    await expect(page.get_by_test_id("status")).to_have_text("scheduled", timeout=30_000)
+    await expect(page.get_by_test_id("due")).to_contain_text("T")
+    await page.locator("[data-action=cancel]").click()
+    await expect(page.locator("#message")).to_contain_text("cancel: 200 success")

@@ -263,6 +263,17 @@ async def test_cancel_reaches_a_workflow_waiting_on_a_promise() -> None:
     assert h.processor.state[("Signup", "w2")]["status"] == "aborted 409"
 
 
+async def test_a_killed_workflow_no_longer_waits_on_its_promise() -> None:
+    h = harness()
+    run_id = ids.workflow_run_id("Signup", "w3")
+    h.call(Target(service="Signup", key="w3", handler="run"), "x", request_id="run")
+    await until(lambda: waiting_in(h, run_id, "promise_get"))
+    assert h.processor._promise_waiters
+    h.send(Kill(invocation_id=run_id))
+    await until(lambda: "run" in h.responses())
+    assert h.processor._promise_waiters == {}, "the killed run's waiter is dropped"
+
+
 async def test_a_paused_invocation_resumes_and_a_completed_one_purges() -> None:
     h = harness()
     inv_id = h.call(saga_target("p", "flaky"), request_id="flaky")

@@ -44,6 +44,7 @@ DOCUMENTED_METRICS = {
     "kourier_deadlocks": set(),
     "kourier_ingress_requests": {"kind", "status"},
     "kourier_ingress_request_seconds": {"kind"},
+    "kourier_ingress_in_flight": set(),
 }
 
 #: The series a family of each type exposes (a counter's family name has no ``_total``).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,6 +21,7 @@ from streams.records import (
     Caller,
     Completion,
     Invoke,
+    Start,
     Target,
     encode,
 )
@@ -256,3 +257,35 @@ async def test_a_replayed_select_takes_the_journaled_branch() -> None:
                       value=1))  # fmt: skip
     await until(lambda: "r1" in h.responses())
     assert h.responses()["r1"].value == ["timeout", None, 1]
+
+
+async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key() -> None:
+    h = Harness([box, svc, patient])
+    target = Target(service="Box", key="s", handler="put")
+    later = ids.new_id("s", 1)
+    due = datetime.now(UTC) + timedelta(hours=1)
+    h.send(Invoke(target=target, argument=5, invocation_id=later, mode="send", due=due))
+    await settle()
+    assert h.processor.invocations[later].meta.status == "scheduled"
+    starts = [o for o in h.out if o.topic == TOPICS.delay]
+    assert len(starts) == 1, "one Start on the delay topic, due when the send is"
+    changelog = [o for o in h.processor.flush() if o.topic == TOPICS.invocations]
+    h.processor.close()
+
+    h.out.clear()
+    restored = h.make()
+    for record in changelog:
+        assert record.key is not None
+        restored.restore_invocation(record.key, record.value)
+    h.processor = restored
+    restored.start()
+    assert restored.invocations[later].meta.status == "scheduled"
+    h.call(target, 1, request_id="now")
+    await until(lambda: "now" in h.responses())
+    assert h.responses()["now"].value == 1, "the key is free while the send waits"
+    h.send(Start(invocation_id=later))
+    await until(lambda: restored.invocations.get(later) is None)
+    assert restored.state[("Box", "s")] == {"n": 6}
+    h.send(Start(invocation_id=later))  # a second release changes nothing
+    await settle()
+    assert restored.state[("Box", "s")] == {"n": 6}

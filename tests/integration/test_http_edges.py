@@ -1,0 +1,123 @@
+"""The HTTP ingress at its edges: limits answered 400 in JSON, credentials kept out of
+invocation metadata, method-exact open routes, and calls whose client has gone."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import aiohttp
+import pytest
+
+from streams.client import Client
+from streams.settings import Settings
+from streams.worker import Worker
+from tests.integration import apps
+from tests.integration.conftest import ADMIN_URLS, served_ingress
+from tests.integration.helpers import invocation_status, poll_until
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "words"),
+    [
+        (f"Tally/{'k' * 4097}/add", {}, "key"),
+        ("Tally/k/add", {"idempotency-key": "i" * 1025}, "idempotency key"),
+        ("Tally/k/add/send?delay=99999999999d", {}, "9999"),
+        ("restate/send/Tally/k/add?delay=P99999999D", {}, "9999"),
+    ],
+)
+async def test_limits_are_400_with_a_json_body(
+    ingress_url: str, path: str, headers: dict[str, str], words: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{ingress_url}/{path}", json=1, headers=headers) as reply,
+    ):
+        assert reply.status == 400
+        assert reply.content_type == "application/json"
+        body = await reply.json()
+        assert body["code"] == 400
+        assert words in body["message"]
+
+
+async def test_credentials_are_never_stored_but_other_headers_pass(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    settings = topics.model_copy(update={"denied_headers": ("x-tenant-secret",)})
+    secrets = {
+        "Authorization": "Basic c2VjcmV0",
+        "Cookie": "session=s3cret",
+        "Proxy-Authorization": "Basic c2VjcmV0",
+        "X-Tenant-Secret": "configured",
+    }
+    async with served_ingress(settings) as (_, url), aiohttp.ClientSession() as http:
+        headers = {**secrets, "X-Request-Source": "test", "idempotency-key": "headers-1"}
+        async with http.post(f"{url}/Relay/echo", json="hi", headers=headers) as reply:
+            assert reply.status == 200
+            inv_id = reply.headers["x-restate-id"]
+            seen = (await reply.json())["headers"]
+        assert seen == {"x-request-source": "test"}, "the handler sees only what may be kept"
+        detail = await invocation_status(http, ADMIN_URLS[url], inv_id, "completed")
+        assert detail["headers"] == {"x-request-source": "test"}
+    # Records from other producers (here the Python client) are filtered by the worker.
+    echoed = await client.service("Relay", "echo").request(
+        "hi", headers={"cookie": "session=s3cret", "x-trace": "1"}
+    )
+    assert echoed["headers"] == {"x-trace": "1"}
+
+
+async def test_open_routes_are_method_exact(topics: Settings, worker: Worker) -> None:
+    settings = topics.model_copy(update={"token": "t0ken"})
+    async with served_ingress(settings) as (_, url), aiohttp.ClientSession() as http:
+        for base in (url, ADMIN_URLS[url]):
+            async with http.get(f"{base}/health") as reply:
+                assert reply.status == 200
+            for path in ("/health", "/ui", "/"):
+                async with http.post(f"{base}{path}", json=1) as reply:
+                    assert reply.status == 401, (base, path)
+                    assert (await reply.json())["code"] == 401
+
+
+async def test_a_client_that_hangs_up_frees_its_slot(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    async with served_ingress(topics, max_in_flight=2) as (ingress, url):
+        for key in ("gone-1", "gone-2"):
+            async with aiohttp.ClientSession() as http:
+                call = asyncio.create_task(http.post(f"{url}/Tally/{key}/hold"))
+                started = apps.STARTED.setdefault(key, asyncio.Event())
+                await asyncio.wait_for(started.wait(), 30)
+                call.cancel()  # the client gives up and closes its connection
+
+        async def in_flight() -> int:
+            return ingress.in_flight
+
+        await poll_until(in_flight, 0, 30, "calls in flight after their clients left")
+        assert not ingress.client._pending, "no response is awaited for a client that left"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{url}/Relay/echo", json=1) as reply,
+        ):
+            assert reply.status == 200, "not 429: the slots were freed"
+        for key in ("gone-1", "gone-2"):
+            apps.GATES.setdefault(key, asyncio.Event()).set()
+
+
+async def test_a_call_past_the_timeout_answers_408_and_goes_on(
+    topics: Settings, worker: Worker
+) -> None:
+    settings = topics.model_copy(update={"call_timeout": timedelta(seconds=1)})
+    async with served_ingress(settings) as (_, url), aiohttp.ClientSession() as http:
+        # An idempotency key keeps the outcome after completion, so attach finds it later.
+        keyed = {"idempotency-key": "slow-1"}
+        async with http.post(f"{url}/Tally/slow/hold", headers=keyed) as reply:
+            assert reply.status == 408
+            body = await reply.json()
+            inv_id = reply.headers["x-restate-id"]
+        assert body["code"] == 408
+        assert inv_id in body["message"]
+        await invocation_status(http, ADMIN_URLS[url], inv_id, "running")
+        apps.GATES.setdefault("slow", asyncio.Event()).set()
+        async with http.get(f"{url}/restate/attach/{inv_id}") as reply:
+            assert reply.status == 200
+            assert await reply.json() == "released"
