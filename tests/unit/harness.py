@@ -66,6 +66,20 @@ class Harness:
                                   registry=Registry(self.services), emit=self.out.append,
                                   wake=lambda: None)  # fmt: skip
 
+    def hand_over(self) -> PartitionProcessor:
+        """Move the partition to a new owner: flush the invocations changelog, close this
+        processor, and start a new one restored from what was flushed (output cleared)."""
+        changelog = [o for o in self.processor.flush() if o.topic == TOPICS.invocations]
+        self.processor.close()
+        self.out.clear()
+        restored = self.make()
+        for record in changelog:
+            assert record.key is not None
+            restored.restore_invocation(record.key, record.value)
+        self.processor = restored
+        restored.start()
+        return restored
+
     def send(self, record: Any) -> None:
         self.processor.on_message(None, encode(record), self.offset)
         self.offset += 1

@@ -122,17 +122,8 @@ async def test_a_restored_invocation_replays_without_repeating_its_calls() -> No
     await settle()
     first_calls = h.invokes()
     assert len(first_calls) == 1, "the handler waits on its first call"
-    changelog = [o for o in h.processor.flush() if o.topic == TOPICS.invocations]
-    h.processor.close()
-
     # A new owner restores the changelog and resumes by replay: the call is not re-sent.
-    h.out.clear()
-    restored = h.make()
-    for record in changelog:
-        assert record.key is not None
-        restored.restore_invocation(record.key, record.value)
-    h.processor = restored
-    restored.start()
+    restored = h.hand_over()
     await settle()
     assert h.invokes() == []
     callee = first_calls[0]["invocation_id"]
@@ -238,16 +229,9 @@ async def test_a_replayed_select_takes_the_journaled_branch() -> None:
     inv = h.processor.invocations[inv_id]
     h.send(Completion(caller=Caller(invocation_id=inv_id, entry=1), invocation_id=inv_id))
     await until(lambda: len(h.invokes()) == 2)  # past the select, in its second call
-    changelog = [o for o in h.processor.flush() if o.topic == TOPICS.invocations]
-    h.processor.close()
     # A new owner replays; meanwhile the call's answer has arrived too. The replay must take
     # the journaled branch, not whichever completes first now.
-    h.out.clear()
-    h.processor = restored = h.make()
-    for record in changelog:
-        assert record.key is not None
-        restored.restore_invocation(record.key, record.value)
-    restored.start()
+    h.hand_over()
     h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0),
                       invocation_id=call["invocation_id"], value=7))  # fmt: skip
     await settle()
@@ -269,16 +253,7 @@ async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key
     assert h.processor.invocations[later].meta.status == "scheduled"
     starts = [o for o in h.out if o.topic == TOPICS.delay]
     assert len(starts) == 1, "one Start on the delay topic, due when the send is"
-    changelog = [o for o in h.processor.flush() if o.topic == TOPICS.invocations]
-    h.processor.close()
-
-    h.out.clear()
-    restored = h.make()
-    for record in changelog:
-        assert record.key is not None
-        restored.restore_invocation(record.key, record.value)
-    h.processor = restored
-    restored.start()
+    restored = h.hand_over()
     assert restored.invocations[later].meta.status == "scheduled"
     h.call(target, 1, request_id="now")
     await until(lambda: "now" in h.responses())
