@@ -9,11 +9,13 @@ differs from its entry fails the invocation with :class:`NonDeterminismError`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
-from datetime import timedelta
+from concurrent.futures import Executor
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import TypeAdapter
@@ -112,6 +114,8 @@ class _Callee(Callee):
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> CallFuture[Any]:
+        if timeout is not None:
+            _due_after(timeout, f"the timeout of a call to {self._target.path()}")
         index = self._ctx.outgoing("call", self._target, arg, idempotency_key, headers, None)
         if timeout is not None:
             self._ctx.deadline(index, timeout)
@@ -152,6 +156,18 @@ def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         if not isinstance(name, str) or not isinstance(value, str):
             raise TerminalError(f"header {name!r}: names and values must be strings", 400)
     return found
+
+
+#: Latest due time a timer or a delayed send may have: what a datetime holds.
+_LATEST = datetime.max.replace(tzinfo=UTC).timestamp() - 86_400
+
+
+def _due_after(duration: timedelta, what: str) -> float:
+    """Now plus ``duration`` as epoch seconds; past the year 9999 it is a 400."""
+    due = time.time() + duration.total_seconds()
+    if due > _LATEST:
+        raise TerminalError(f"{what} ({duration}) ends after the year 9999", 400)
+    return due
 
 
 def _target(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
@@ -230,15 +246,16 @@ class InvocationContext(WorkflowContext):
         headers: Mapping[str, str] | None,
         delay: timedelta | None,
     ) -> int:
+        # Checked before the journal, on every run: an argument that cannot be sent fails
+        # here on replay too, so the handler's next operation meets the same entry, and no
+        # entry is left behind that a retry would wait on forever.
+        argument = JSON.encode(arg, f"the argument of {kind} {target.path()}")
+        sent_headers = _headers(headers)
+        due = _due_after(delay, f"the delay of {target.path()}") if delay else None
         index, entry = self._step(kind, target=target)
         if entry is None:
-            # Encode before journaling: an argument that cannot be sent fails here, and
-            # leaves no entry behind that a retry would wait on forever.
-            argument = JSON.encode(arg, f"the argument of {kind} {target.path()}")
-            sent_headers = _headers(headers)
             processor = self.invocation.processor
             callee = processor.callee_id(self.invocation, index, target, idempotency_key)
-            due = time.time() + delay.total_seconds() if delay else None
             entry = Entry(kind=kind, target=target, callee=callee, done=kind == "send", due=due)
             if kind == "call":
                 index = self._new_entry(entry)
@@ -344,10 +361,10 @@ class InvocationContext(WorkflowContext):
 
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
         """A timer on the delay topic: its firing is a completion like a call's outcome."""
+        due = _due_after(duration, "a sleep")
         index, entry = self._step("sleep")
         if entry is None:
             me = self.invocation.meta.id
-            due = time.time() + duration.total_seconds()
             index = self._new_entry(Entry(kind="sleep", callee=me, due=due))
             if not self.invocation.journal[index].done:
                 fired = Completion(caller=Caller(invocation_id=me, entry=index), invocation_id=me)
@@ -368,14 +385,17 @@ class InvocationContext(WorkflowContext):
             self.invocation.complete_entry(index, failure=CANCELLED)
             entry = self.invocation.journal[index]
         if not entry.done:
+            self.invocation.effects += 1
             try:
-                result = await _perform(action)
+                result = await _perform(action, self.invocation.processor.run_executor)
             except TerminalError as error:
                 self.invocation.check_open()
                 self.invocation.complete_entry(
                     index, failure=Failure(code=error.status_code, message=error.message)
                 )
                 raise
+            finally:
+                self.invocation.effects -= 1
             self.invocation.check_open()
             self.invocation.complete_entry(index, value=JSON.dump(result))
             entry = self.invocation.journal[index]
@@ -427,13 +447,18 @@ class InvocationContext(WorkflowContext):
         return _Promise(self, name)
 
 
-async def _perform(action: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
+async def _perform(
+    action: Callable[[], Awaitable[T]] | Callable[[], T], executor: Executor | None
+) -> T:
     """Run a ``ctx.run`` action: a coroutine function on the event loop, anything else on
-    a worker thread, so that a blocking client library never stalls other handlers (what
-    a plain function returns may still be awaitable, and is then awaited on the loop)."""
+    ``executor``'s threads, so that a blocking client library never stalls other handlers
+    (what a plain function returns may still be awaitable, and is then awaited on the
+    loop). A plain function has no running event loop: code that needs one is ``async``."""
     if _is_async(action):
         return await cast(Callable[[], Awaitable[T]], action)()
-    result = await asyncio.to_thread(action)
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(executor, context.run, action)
     if inspect.isawaitable(result):
         return cast(T, await result)
     return cast(T, result)

@@ -41,6 +41,7 @@ class Invocation:
         self.persisted_entries = len(journal)  # entries already in the changelog
         self.persisted = bool(journal) or meta.status != "pending"
         self.closed = False
+        self.effects = 0  # ctx.run actions running now: no suspension until they end
 
     @property
     def handler(self) -> HandlerDef:
@@ -98,6 +99,8 @@ class Invocation:
 
     async def wait_for(self, index: int) -> Any:
         entry = self.journal[index]
+        if entry.done and entry.kind == "call" and _is_conflict(entry):
+            self.take_cancel()  # the handler now meets the 409 its cancel caused
         if not entry.done and entry.kind in LOCAL_WAITS and self.take_cancel():
             self.complete_entry(index, failure=CANCELLED)
             entry = self.journal[index]
@@ -113,6 +116,8 @@ class Invocation:
                 if self.waiting.get(index) is future:
                     del self.waiting[index]
             self.check_open()
+            if entry.kind == "call" and _is_conflict(entry):
+                self.take_cancel()
         return _outcome(entry)
 
     def state_get(self, name: str) -> JsonValue:
@@ -135,3 +140,7 @@ class Invocation:
         self.waiting.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+
+def _is_conflict(entry: Entry) -> bool:
+    return entry.failure is not None and entry.failure.code == 409

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -102,6 +103,7 @@ class PartitionProcessor:
         emit: Callable[[Out], None],
         wake: Callable[[], None],
         denied_headers: frozenset[str] = DENIED_HEADERS,
+        run_executor: Executor | None = None,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
@@ -110,6 +112,7 @@ class PartitionProcessor:
         self._emit = emit
         self._wake = wake
         self.denied_headers = denied_headers
+        self.run_executor = run_executor  # threads for synchronous ctx.run actions
         self.invocations: dict[str, Invocation] = {}
         self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
         self.locks: dict[tuple[str, str], str] = {}
@@ -354,7 +357,7 @@ class PartitionProcessor:
         """A delayed send: the invocation exists now (listed, cancellable, attachable) and
         a :class:`Start` on the delay topic runs it at ``due``."""
         inv.meta.status, inv.meta.due = "scheduled", due
-        start = Start(invocation_id=inv.meta.id)
+        start = Start(invocation_id=inv.meta.id, seq=inv.meta.seq)
         delayed = Delayed(due=datetime.fromtimestamp(due, UTC), start=start)
         owner = ids.partition_of(inv.meta.id, self.partitions)
         self._emit(Out(self.topics.delay, owner, inv.meta.id.encode(), encode(delayed)))
@@ -363,8 +366,8 @@ class PartitionProcessor:
         """A scheduled invocation is due: it queues for its key like a new arrival. One
         cancelled or killed meanwhile is completed (or forgotten): nothing runs."""
         inv = self.invocations.get(record.invocation_id)
-        if inv is None or inv.meta.status != "scheduled":
-            return
+        if inv is None or inv.meta.status != "scheduled" or inv.meta.seq != record.seq:
+            return  # cancelled, killed, or scheduled again since
         inv.meta.status, inv.meta.seq = "pending", offset
         self.touch(inv)
         self._enqueue(inv)
@@ -442,8 +445,10 @@ class PartitionProcessor:
         if entry.kind == "call" and failure is not None:
             if failure.code == 408 and entry.due is not None and entry.callee is not None:
                 self._control_callee(Cancel(invocation_id=entry.callee))  # deadline passed
-            if failure.code == 409 and inv.meta.cancel_requested:
-                inv.meta.cancel_requested = False  # the cancel reached the handler through it
+            if failure.code == 409 and inv.meta.cancel_requested and index in inv.waiting:
+                # The cancel reaches the handler through the call it awaits. A call nobody
+                # awaits now (a select lost it) leaves the cancel for the next wait.
+                inv.meta.cancel_requested = False
         inv.complete_entry(index, value=record.value, failure=failure)
 
     def _on_attach(self, record: AttachRequest) -> None:
@@ -610,7 +615,10 @@ class PartitionProcessor:
         self._dirty_promises.add((*scope, name))
         for inv_id, index in self._promise_waiters.pop((*scope, name), set()):
             waiter = self.invocations.get(inv_id)
-            if waiter is not None and waiter.meta.status != "completed":
+            if waiter is None or waiter.meta.status == "completed":
+                continue
+            entry = waiter.journal[index] if index < len(waiter.journal) else None
+            if entry is not None and entry.kind == "promise_get" and entry.name == name:
                 waiter.complete_entry(index, value=promise.value, failure=promise.failure)
         self._wake()
         return True
@@ -621,7 +629,7 @@ class PartitionProcessor:
         if target.key is None:
             return
         for index, entry in enumerate(inv.journal):
-            if entry.kind == "promise_get" and not entry.done and entry.name:
+            if entry.kind == "promise_get" and entry.name:
                 scope = (target.service, target.key, entry.name)
                 waiters = self._promise_waiters.get(scope)
                 if waiters is not None:
@@ -700,8 +708,8 @@ class PartitionProcessor:
     def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
         if self.closed or inv.task is not task or task is None or task.done():
             return
-        if inv.meta.status != "running" or not self._is_waiting(inv):
-            return
+        if inv.meta.status != "running" or inv.effects or not self._is_waiting(inv):
+            return  # busy, or a ctx.run action still runs (its result must be journaled)
         inv.close()
         inv.task = None
         inv.meta.status = "suspended"
@@ -810,6 +818,7 @@ class PartitionProcessor:
             self.state_write(meta.target, "clear_all", None, None)
             for name in self.promises.pop((meta.target.service, meta.target.key), {}):
                 self._dirty_promises.add((meta.target.service, meta.target.key, name))
+        self._drop_promise_waits(inv)
         self.invocations.pop(inv.meta.id, None)
         self._dirty.discard(inv.meta.id)
         if inv.persisted:
@@ -1000,6 +1009,14 @@ class PartitionProcessor:
             out.append(Out(self.topics.dedup, self.partition, scope.encode(), row))
         self._dirty_dedup.clear()
         changelog = self.topics.invocations
+        # Tombstones first: an id forgotten and created again since the last flush (a purge,
+        # then the same workflow id or idempotency key) keeps its new records.
+        for inv_id, entries in self._tombstones:
+            out.append(Out(changelog, self.partition, meta_key(inv_id), None))
+            out.extend(
+                Out(changelog, self.partition, entry_key(inv_id, i), None) for i in range(entries)
+            )
+        self._tombstones.clear()
         now = time.time()
         for inv_id in self._dirty:
             inv = self.invocations.get(inv_id)
@@ -1011,7 +1028,7 @@ class PartitionProcessor:
                     changelog,
                     self.partition,
                     meta_key(inv_id),
-                    inv.meta.model_dump_json().encode(),
+                    inv.meta.model_dump_json(exclude_none=True).encode(),
                 )
             )
             for index in sorted(inv.dirty_entries):
@@ -1020,19 +1037,13 @@ class PartitionProcessor:
                         changelog,
                         self.partition,
                         entry_key(inv_id, index),
-                        inv.journal[index].model_dump_json().encode(),
+                        inv.journal[index].model_dump_json(exclude_none=True).encode(),
                     )
                 )
             inv.dirty_entries.clear()
             inv.persisted = True
             inv.persisted_entries = len(inv.journal)
         self._dirty.clear()
-        for inv_id, entries in self._tombstones:
-            out.append(Out(changelog, self.partition, meta_key(inv_id), None))
-            out.extend(
-                Out(changelog, self.partition, entry_key(inv_id, i), None) for i in range(entries)
-            )
-        self._tombstones.clear()
         return out
 
     def close(self) -> None:

@@ -181,10 +181,16 @@ class Completion(_Record):
 
 
 class Start(_Record):
-    """Internal: the scheduled invocation ``invocation_id`` is due; its partition runs it."""
+    """Internal: the scheduled invocation ``invocation_id`` is due; its partition runs it.
+
+    ``seq`` is the offset of the record that scheduled it: an id can be scheduled again
+    (a workflow's run, an idempotency key after its retention or a purge), and a ``Start``
+    left behind by an earlier, cancelled one must not run the new one early.
+    """
 
     kind: Literal["start"] = "start"
     invocation_id: str
+    seq: int = Field(ge=0)
 
 
 class Response(_Record):

@@ -16,6 +16,7 @@ _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _KAFKA_PREFIX = "KOURIER_KAFKA_"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 #: A librdkafka configuration value.
 ClientValue = str | int | float | bool
 # Client properties whose values must never be printed or logged.
@@ -84,9 +85,16 @@ class Settings(BaseModel):
     @classmethod
     def _duration(cls, value: Any) -> Any:
         """``KOURIER_CALL_TIMEOUT=90s`` (or ``500ms``, ``10m``, ``1h``; plain seconds too)."""
-        if isinstance(value, str):
-            return short_duration(value.strip()) or value
-        return value
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        try:
+            if _SECONDS.match(text):
+                return float(text)
+            duration = short_duration(text)
+        except OverflowError:
+            raise ValueError(f"duration {text!r} is too long") from None
+        return text if duration is None else duration
 
     @property
     def header_denylist(self) -> frozenset[str]:

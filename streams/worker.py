@@ -187,10 +187,10 @@ class Worker:
     async def run(self) -> None:
         """Run until :meth:`stop`; in-flight invocations resume elsewhere by replay."""
         self._loop = asyncio.get_running_loop()
-        # Synchronous ctx.run actions run on the loop's default executor (as does this
-        # worker's Kafka thread): size it for blocking client libraries.
-        self._loop.set_default_executor(
-            ThreadPoolExecutor(self.settings.run_threads + 4, thread_name_prefix="kourier")
+        # Synchronous ctx.run actions get threads of their own, so that however many block,
+        # the worker's own threads (Kafka, restores) never queue behind them.
+        self._run_pool = ThreadPoolExecutor(
+            self.settings.run_threads, thread_name_prefix="kourier-run"
         )
         self._dirty = False
         self.partitions = await asyncio.to_thread(self._ingress_partitions)
@@ -217,6 +217,7 @@ class Worker:
             if self._delay_reader is not None:
                 await asyncio.to_thread(self._delay_reader.close)
                 self._delay_reader = None
+            self._run_pool.shutdown(wait=False, cancel_futures=True)
             # librdkafka handles live until garbage collected: drop ours now.
             del self._producer, self._consumer, self._restorer, self._offset_reader
 
@@ -533,6 +534,7 @@ class Worker:
                 emit=self._emit,
                 wake=self._wake,
                 denied_headers=self.settings.header_denylist,
+                run_executor=self._run_pool,
             )
             await asyncio.to_thread(self._restore, processor)
             self.processors[tp.partition] = processor

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from datetime import timedelta
 
 from handlers import (
@@ -312,23 +311,24 @@ async def unsendable(ctx: Context, kind: str) -> dict[str, object]:
     return {"caught": caught, "after": after["value"]}
 
 
-#: Synchronous ctx.run actions in flight (set from a worker thread, so threading events).
+#: Synchronous ctx.run actions (threading events: they are set and awaited on threads).
 BLOCKING: dict[str, threading.Event] = {}
+RELEASE: dict[str, threading.Event] = {}
 FINISHED: dict[str, threading.Event] = {}
 
 
-def _block(tag: str, seconds: float) -> str:
+def _block(tag: str) -> str:
     BLOCKING.setdefault(tag, threading.Event()).set()
-    time.sleep(seconds)  # a blocking client library, say
+    RELEASE.setdefault(tag, threading.Event()).wait(60)  # a blocking client library, say
     FINISHED.setdefault(tag, threading.Event()).set()
     return tag
 
 
 @relay.handler()
-async def blocking_effect(ctx: Context, spec: dict[str, str | float]) -> str:
-    """A synchronous ``ctx.run`` action that blocks its thread for ``seconds``."""
-    tag, seconds = str(spec["tag"]), float(spec["seconds"])
-    result: str = await ctx.run("block", lambda: _block(tag, seconds))
+async def blocking_effect(ctx: Context, tag: str) -> str:
+    """A synchronous ``ctx.run`` action that blocks its thread until the test releases it
+    (60 s at most)."""
+    result: str = await ctx.run("block", lambda: _block(tag))
     return result
 
 

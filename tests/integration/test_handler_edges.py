@@ -69,13 +69,16 @@ async def test_a_blocking_run_does_not_stall_other_handlers(
     client: Client, ingress_url: str
 ) -> None:
     tag = "blocker"
-    blocked = asyncio.create_task(
-        client.service("Relay", "blocking_effect").request({"tag": tag, "seconds": 4})
-    )
-    started = apps.BLOCKING.setdefault(tag, threading.Event())
-    assert await asyncio.to_thread(started.wait, 30), "the blocking action never started"
-    echoed = await asyncio.wait_for(client.service("Relay", "echo").request("meanwhile"), 30)
-    assert echoed["value"] == "meanwhile"
-    finished = apps.FINISHED.setdefault(tag, threading.Event())
-    assert not finished.is_set(), "the echo had to wait for the blocking action"
+    released = apps.RELEASE.setdefault(tag, threading.Event())
+    try:
+        blocked = asyncio.create_task(client.service("Relay", "blocking_effect").request(tag))
+        started = apps.BLOCKING.setdefault(tag, threading.Event())
+        assert await asyncio.to_thread(started.wait, 30), "the blocking action never started"
+        # The action holds its thread until released; an echo on the same worker answers.
+        echoed = await asyncio.wait_for(client.service("Relay", "echo").request("meanwhile"), 30)
+        assert echoed["value"] == "meanwhile"
+        finished = apps.FINISHED.setdefault(tag, threading.Event())
+        assert not finished.is_set(), "the echo had to wait for the blocking action"
+    finally:
+        released.set()
     assert await asyncio.wait_for(blocked, 30) == tag

@@ -51,7 +51,10 @@ async def test_a_delayed_send_is_listed_cancelled_and_never_runs(
     client: Client, ingress_url: str, admin_url: str
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        first = await send_later(http, ingress_url, "3s", key="s1")
+        # Due in ten minutes, so nothing below races its release; the idempotency key keeps
+        # its outcome, so attach answers the same before and after the cancel.
+        keyed = {"idempotency-key": "first"}
+        first = await send_later(http, ingress_url, "10m", key="s1", headers=keyed)
         detail = await invocation_status(http, admin_url, first, "scheduled")
         assert detail["target"] == "Tally/s1/add"
         assert detail["due_at"], "the due time is shown"
@@ -61,38 +64,37 @@ async def test_a_delayed_send_is_listed_cancelled_and_never_runs(
         assert [row["due_at"] for row in json.loads(listing)["invocations"] if row["id"] == first]
         async with http.get(f"{ingress_url}/restate/output/{first}") as reply:
             assert reply.status == 470, "not run yet"
-        second = await send_later(http, ingress_url, "4s", key="s1")
-        # Attach, then cancel, through one client: its attach record is produced (in the
-        # task's first step) before the cancel, to the same partition, so it is read first.
-        attach_first = asyncio.create_task(client.attach(first))
-        await asyncio.sleep(0)
-        assert await client.cancel(first) == "success"
-        with pytest.raises(TerminalError) as cancelled:
-            await asyncio.wait_for(attach_first, 30)
-        assert cancelled.value.status_code == 409, "an attached caller learns it was cancelled"
-        # The second, due later on the same key, runs; once it has, the first would have
-        # run before it had it not been cancelled.
+        attach = asyncio.create_task(http.get(f"{ingress_url}/restate/attach/{first}"))
+        async with http.patch(f"{admin_url}/invocations/{first}/cancel") as reply:
+            assert reply.status == 200, await reply.text()
+            assert (await reply.json())["status"] == "success"
+        async with await asyncio.wait_for(attach, 30) as reply:
+            assert reply.status == 409, "an attached caller learns it was cancelled"
+        detail = await invocation_status(http, admin_url, first, "completed")
+        assert detail["outcome"] == {"failure": {"code": 409, "message": "cancelled"}}
+        # It holds no lock meanwhile: a later delayed send to the key runs.
+        second = await send_later(http, ingress_url, "1s", key="s1")
         async with http.get(f"{ingress_url}/restate/attach/{second}") as reply:
             assert reply.status == 200
-            assert await reply.json() == 1
-    assert await count(client, "s1") == 1
+            assert await reply.json() == 1, "the cancelled one never ran"
 
 
 async def test_a_scheduled_invocation_can_be_killed_and_attached_to(
     client: Client, ingress_url: str, admin_url: str
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        doomed = await send_later(http, ingress_url, "2s", key="s2")
+        keyed = {"idempotency-key": "doomed"}
+        doomed = await send_later(http, ingress_url, "10m", key="s2", headers=keyed)
         await invocation_status(http, admin_url, doomed, "scheduled")
         async with http.patch(f"{admin_url}/invocations/{doomed}/kill") as reply:
             assert reply.status == 200
+        async with http.get(f"{ingress_url}/restate/output/{doomed}") as reply:
+            assert reply.status == 409
+            assert (await reply.json())["message"] == "killed"
         kept = await send_later(http, ingress_url, "1s", key="s2")
         async with http.get(f"{ingress_url}/restate/attach/{kept}") as reply:
             assert reply.status == 200, "attach waits until it ran"
             assert await reply.json() == 1
-        later = await send_later(http, ingress_url, "2500ms", key="s2")
-        async with http.get(f"{ingress_url}/restate/attach/{later}") as reply:
-            assert await reply.json() == 2, "the killed one, due before, never ran"
 
 
 async def test_a_repeated_idempotent_delayed_send_is_previously_accepted(
@@ -119,7 +121,7 @@ async def test_a_repeated_idempotent_delayed_send_is_previously_accepted(
     )
     assert receipt.status == "PreviouslyAccepted"
     assert receipt.invocation_id == receipts[0]["invocationId"]
-    doomed = await client.object_send("Tally", "s3", "add").send(1, delay=timedelta(seconds=2))
+    doomed = await client.object_send("Tally", "s3", "add").send(1, delay=timedelta(minutes=10))
     assert await client.cancel(doomed.invocation_id) == "success"
     kept = await client.object_send("Tally", "s3", "add").send(1, delay=timedelta(seconds=3))
     assert await client.attach(kept.invocation_id) == 2

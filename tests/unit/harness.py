@@ -98,12 +98,9 @@ class Harness:
                 found[response.request_id] = response
         return found
 
-    def invokes(self) -> list[Invoke]:
-        return [
-            r
-            for r in (json.loads(o.value or b"{}") for o in self.out if o.topic == TOPICS.ingress)
-            if r.get("kind") == "invoke"
-        ]  # type: ignore[misc]
+    def invokes(self) -> list[dict[str, Any]]:
+        """Invoke records written to the ingress topic so far, as JSON objects."""
+        return self.records("invoke")
 
 
 async def until(condition: Any, seconds: float = 5.0) -> None:

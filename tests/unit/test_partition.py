@@ -249,6 +249,7 @@ async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key
     later = ids.new_id("s", 1)
     due = datetime.now(UTC) + timedelta(hours=1)
     h.send(Invoke(target=target, argument=5, invocation_id=later, mode="send", due=due))
+    seq = h.offset - 1
     await settle()
     assert h.processor.invocations[later].meta.status == "scheduled"
     starts = [o for o in h.out if o.topic == TOPICS.delay]
@@ -258,9 +259,9 @@ async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key
     h.call(target, 1, request_id="now")
     await until(lambda: "now" in h.responses())
     assert h.responses()["now"].value == 1, "the key is free while the send waits"
-    h.send(Start(invocation_id=later))
+    h.send(Start(invocation_id=later, seq=seq))
     await until(lambda: restored.invocations.get(later) is None)
     assert restored.state[("Box", "s")] == {"n": 6}
-    h.send(Start(invocation_id=later))  # a second release changes nothing
+    h.send(Start(invocation_id=later, seq=seq))  # a second release changes nothing
     await settle()
     assert restored.state[("Box", "s")] == {"n": 6}

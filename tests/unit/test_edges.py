@@ -1,0 +1,233 @@
+"""The partition processor at its edges: ids scheduled twice, replays after a refused
+argument, cancels that meet a lost select branch, effects that outlive a timer, promise
+waiters of finished runs, and changelog order when an id is forgotten and made again."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from handlers import (
+    Context,
+    ObjectContext,
+    Service,
+    TerminalError,
+    VirtualObject,
+    Workflow,
+    WorkflowContext,
+    WorkflowSharedContext,
+    select,
+)
+from streams import ids
+from streams.journal import meta_key
+from streams.records import (
+    Caller,
+    Cancel,
+    Completion,
+    Failure,
+    Invoke,
+    Kill,
+    Purge,
+    Start,
+    Target,
+)
+from tests.unit.harness import TOPICS, Harness, settle, until
+
+helper = Service("Helper")
+
+
+@helper.handler()
+async def one(ctx: Context) -> int:
+    return 1
+
+
+edge = VirtualObject("Edge", inactivity_timeout=timedelta(milliseconds=20))
+GATE: dict[str, asyncio.Event] = {}
+
+
+@edge.handler()
+async def put(ctx: ObjectContext, n: int) -> int:
+    value: int = (await ctx.get("n") or 0) + n
+    ctx.set("n", value)
+    return value
+
+
+@edge.handler()
+async def refused_then_call(ctx: ObjectContext) -> list[object]:
+    """An argument that is not JSON is refused at the call site; the handler goes on."""
+    try:
+        await ctx.service(one).request(object())
+    except TerminalError as error:
+        refused = error.status_code
+    answer: int = await ctx.service(one).request()
+    return [refused, answer]
+
+
+@edge.handler()
+async def too_late(ctx: ObjectContext) -> int:
+    try:
+        ctx.object_send(put, "x").send(1, delay=timedelta(days=4_000_000))
+    except TerminalError as error:
+        return error.status_code
+    return 0
+
+
+@edge.handler()
+async def lose_then_sleep(ctx: ObjectContext) -> str:
+    """A call loses a select, the handler works a while, then sleeps (and compensates)."""
+    await select(reply=ctx.service(one).request(), timeout=ctx.sleep(timedelta(0)))
+    await ctx.run("work", GATE.setdefault(ctx.key, asyncio.Event()).wait)
+    try:
+        await ctx.sleep(timedelta(hours=1))
+    except TerminalError as error:
+        ctx.set("compensated", error.status_code)
+        raise
+    return "slept"
+
+
+@edge.handler()
+async def effect_or_timeout(ctx: ObjectContext) -> str:
+    """An effect that outlives the service's inactivity timeout, raced with a timer."""
+
+    async def slow() -> str:
+        await GATE.setdefault(ctx.key, asyncio.Event()).wait()
+        return "done"
+
+    name, _ = await select(effect=ctx.run("slow", slow), timeout=ctx.sleep(timedelta(hours=1)))
+    return name
+
+
+flow = Workflow("Flow")
+
+
+@flow.main()
+async def run(ctx: WorkflowContext, wait: str) -> str:
+    if wait == "promise":
+        try:
+            value: str = await ctx.promise("p").value()
+        except TerminalError as error:
+            ctx.set("aborted", error.status_code)
+            raise
+        return value
+    await ctx.sleep(timedelta(hours=1))
+    return "slept an hour"
+
+
+@flow.handler()
+async def resolve(ctx: WorkflowSharedContext, value: str) -> None:
+    await ctx.promise("p").resolve(value)
+
+
+def harness() -> Harness:
+    return Harness([helper, edge, flow])
+
+
+def later(hours: int) -> datetime:
+    return datetime.now(UTC) + timedelta(hours=hours)
+
+
+async def test_a_start_left_by_a_cancelled_schedule_does_not_run_the_next_one() -> None:
+    h = harness()
+    target = Target(service="Edge", key="s", handler="put")
+    inv_id = ids.idempotent_id("Edge", "s", "put", "k")
+    h.send(Invoke(target=target, argument=1, mode="send", idempotency_key="k", due=later(1)))
+    first_seq = h.offset - 1
+    h.send(Cancel(invocation_id=inv_id))
+    h.send(Purge(invocation_id=inv_id))
+    await settle()
+    assert inv_id not in h.processor.invocations
+    h.send(Invoke(target=target, argument=5, mode="send", idempotency_key="k", due=later(2)))
+    second_seq = h.offset - 1
+    h.send(Start(invocation_id=inv_id, seq=first_seq))  # the cancelled one's, due first
+    await settle()
+    assert h.processor.invocations[inv_id].meta.status == "scheduled"
+    h.send(Start(invocation_id=inv_id, seq=second_seq))
+    await until(lambda: h.processor.state.get(("Edge", "s")) == {"n": 5})
+
+
+async def test_a_refused_argument_leaves_the_journal_as_a_replay_sees_it() -> None:
+    h = harness()
+    inv_id = h.call(Target(service="Edge", key="r", handler="refused_then_call"),
+                    request_id="r")  # fmt: skip
+    await settle()
+    (call,) = h.invokes()
+    inv = h.processor.invocations[inv_id]
+    assert [e.kind for e in inv.journal] == ["call"], "the refused call journaled nothing"
+    restored = h.hand_over()  # replays: the refused call is refused again, at the same place
+    await settle()
+    assert h.invokes() == [], "the replay sent nothing again"
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0),
+                      invocation_id=call["invocation_id"], value=1))  # fmt: skip
+    await until(lambda: "r" in h.responses())
+    assert h.responses()["r"].value == [400, 1]
+    assert inv_id not in restored.invocations
+
+
+async def test_a_delay_past_the_year_9999_is_a_400_at_the_call_site() -> None:
+    h = harness()
+    h.call(Target(service="Edge", key="t", handler="too_late"), request_id="t")
+    await until(lambda: "t" in h.responses())
+    assert h.responses()["t"].value == 400
+    assert h.invokes() == []
+
+
+async def test_a_cancel_is_not_used_up_by_a_call_that_lost_a_select() -> None:
+    h = harness()
+    inv_id = h.call(Target(service="Edge", key="c", handler="lose_then_sleep"), request_id="c")
+    await until(lambda: any(e.kind == "run" for e in h.processor.invocations[inv_id].journal))
+    (call,) = h.invokes()
+    h.send(Cancel(invocation_id=inv_id))  # the handler is in its ctx.run: nothing to fail yet
+    # The losing call's callee answers the cancel that went to it with 409.
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0),
+                      invocation_id=call["invocation_id"],
+                      failure=Failure(code=409, message="cancelled")))  # fmt: skip
+    await settle()
+    GATE["c"].set()
+    await until(lambda: "c" in h.responses())
+    assert h.responses()["c"].failure.code == 409, "the sleep after the work met the cancel"
+    assert h.processor.state[("Edge", "c")] == {"compensated": 409}
+
+
+async def test_an_effect_in_flight_keeps_its_invocation_from_suspending() -> None:
+    h = harness()
+    h.call(Target(service="Edge", key="e", handler="effect_or_timeout"), request_id="e")
+    await asyncio.sleep(0.1)  # five inactivity timeouts pass while the effect runs
+    GATE.setdefault("e", asyncio.Event()).set()
+    await until(lambda: "e" in h.responses())
+    assert h.responses()["e"].value == "effect"
+
+
+async def test_finished_runs_leave_no_promise_waiters_behind() -> None:
+    h = harness()
+    run_id = ids.workflow_run_id("Flow", "f")
+    target = Target(service="Flow", key="f", handler="run")
+    for end in (Cancel, Kill):
+        h.call(target, "promise", request_id=end.__name__)
+        await until(lambda: bool(h.processor._promise_waiters))
+        h.send(end(invocation_id=run_id))
+        await until(lambda e=end.__name__: e in h.responses())
+        assert h.processor._promise_waiters == {}, end.__name__
+        h.send(Purge(invocation_id=run_id))
+    # A new run with the same id sleeps at the entry where the old one waited: resolving
+    # the old promise must not end its sleep.
+    h.call(target, "sleep", request_id="sleeper")
+    await until(lambda: run_id in h.processor.invocations)
+    h.call(Target(service="Flow", key="f", handler="resolve"), "late", request_id="resolve")
+    await until(lambda: "resolve" in h.responses())
+    await settle()
+    assert "sleeper" not in h.responses()
+
+
+async def test_an_id_forgotten_and_made_again_keeps_its_new_changelog_records() -> None:
+    h = harness()
+    target = Target(service="Edge", key="p", handler="put")
+    inv_id = ids.idempotent_id("Edge", "p", "put", "again")
+    h.send(Invoke(target=target, argument=1, mode="send", idempotency_key="again"))
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "completed")
+    h.processor.flush()
+    h.send(Purge(invocation_id=inv_id))
+    h.send(Invoke(target=target, argument=2, mode="send", idempotency_key="again",
+                  due=later(1)))  # fmt: skip
+    metas = [o for o in h.processor.flush() if o.topic == TOPICS.invocations
+             and o.key == meta_key(inv_id)]  # fmt: skip
+    assert [o.value is None for o in metas] == [True, False], "tombstone, then the new meta"
