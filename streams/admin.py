@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TypedDict
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -26,10 +27,26 @@ class TopicState:
     spec: TopicSpec
     created: bool
     partitions: int
+    replication_factor: int
 
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.client_config(log_level=4))
+
+
+def replication_for(settings: Settings, brokers: int) -> int:
+    """Replicas per topic: as configured, else min(3, brokers), so that one broker's loss
+    loses nothing and (with ``min.insync.replicas`` = min(2, RF)) stalls no write."""
+    wanted = settings.replication_factor or min(3, max(1, brokers))
+    if wanted > brokers:
+        raise TopicError(
+            f"replication factor {wanted} needs {wanted} brokers; the cluster has {brokers}"
+        )
+    return wanted
+
+
+def min_insync(replication_factor: int) -> int:
+    return min(2, replication_factor)
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]:
@@ -40,11 +57,15 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
     """
     admin = admin_client(settings)
     specs = Topics(settings.namespace).specs(settings.partitions)
-    existing = admin.list_topics(timeout=timeout).topics
+    cluster = admin.list_topics(timeout=timeout)
+    existing = cluster.topics
+    replicas = replication_for(settings, len(cluster.brokers))
+    insync = {"min.insync.replicas": str(min_insync(replicas))}
     missing = [spec for spec in specs if spec.name not in existing]
     if missing:
+        new = [NewTopic(s.name, s.partitions, replicas, config=s.config | insync) for s in missing]
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, 1, config=s.config) for s in missing],
+            new,
             operation_timeout=timeout,
             request_timeout=timeout,
         )
@@ -63,7 +84,9 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
                 f"topic {spec.name} has {have} partitions, Kourier expects {spec.partitions}: "
                 "co-partitioned topics must share one partition count (set --partitions)"
             )
-        states.append(TopicState(spec=spec, created=spec in missing, partitions=have))
+        partitions = metadata[spec.name].partitions.values()
+        factor = min((len(p.replicas) for p in partitions), default=0)
+        states.append(TopicState(spec, spec in missing, have, factor))
     return states
 
 
@@ -85,25 +108,62 @@ def _wait_for_metadata(
         time.sleep(0.1)
 
 
-def describe_topics(settings: Settings, timeout: float = 30.0) -> list[dict[str, object]]:
-    """Each topic of the namespace: whether it exists, partitions, cleanup policy."""
+class TopicsDescription(TypedDict):
+    brokers: int
+    topics: list[dict[str, object]]
+    warnings: list[str]
+
+
+def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescription:
+    """The cluster's brokers, and each topic of the namespace: whether it exists, its
+    partitions, replication factor, the smallest in-sync replica set of its partitions,
+    ``min.insync.replicas`` and cleanup policy; ``warnings`` for what risks data or
+    availability (one replica on a cluster, a partition whose ISR is below its minimum)."""
     admin = admin_client(settings)
     specs = Topics(settings.namespace).specs(settings.partitions)
-    metadata = admin.list_topics(timeout=timeout).topics
+    cluster = admin.list_topics(timeout=timeout)
+    metadata = cluster.topics
+    brokers = len(cluster.brokers)
     present = [s.name for s in specs if s.name in metadata]
-    policies: dict[str, str] = {}
+    configs: dict[str, dict[str, str]] = {}
     if present:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in present]
         for resource, future in admin.describe_configs(resources).items():
-            entry = future.result().get("cleanup.policy")
-            policies[resource.name] = entry.value if entry is not None else "?"
-    return [
-        {
+            found = future.result()
+            configs[resource.name] = {
+                name: found[name].value
+                for name in ("cleanup.policy", "min.insync.replicas")
+                if name in found
+            }
+    rows: list[dict[str, object]] = []
+    warnings: list[str] = []
+    for spec in specs:
+        topic = metadata.get(spec.name)
+        partitions = list(topic.partitions.values()) if topic is not None else []
+        factor = min((len(p.replicas) for p in partitions), default=0)
+        isr = min((len(p.isrs) for p in partitions), default=0)
+        config = configs.get(spec.name, {})
+        floor = int(config.get("min.insync.replicas", "1"))
+        rows.append({
             "topic": spec.name,
-            "exists": spec.name in metadata,
-            "partitions": len(metadata[spec.name].partitions) if spec.name in metadata else 0,
-            "cleanup.policy": policies.get(spec.name),
+            "exists": topic is not None,
+            "partitions": len(partitions),
+            "replication_factor": factor,
+            "min_isr": isr,
+            "min.insync.replicas": floor if topic is not None else None,
+            "cleanup.policy": config.get("cleanup.policy"),
             "purpose": spec.purpose,
-        }
-        for spec in specs
-    ]
+        })  # fmt: skip
+        if topic is None:
+            continue
+        if factor == 1 and brokers > 1:
+            warnings.append(
+                f"{spec.name} has one replica on a {brokers}-broker cluster: losing its broker "
+                "loses its data (recreate it with --replication-factor)"
+            )
+        if isr < floor:
+            warnings.append(
+                f"{spec.name}: a partition has {isr} in-sync replicas, below its "
+                f"min.insync.replicas={floor}; writes to it fail until a replica catches up"
+            )
+    return {"brokers": brokers, "topics": rows, "warnings": warnings}

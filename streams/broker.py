@@ -1,10 +1,13 @@
-"""A local, genuine Apache Kafka broker (KRaft, single node) for development and tests.
+"""A local, genuine Apache Kafka broker (KRaft) for development and tests: one node, or a
+cluster of several on loopback.
 
 The broker jars come from Maven Central through ``deploy/kafka/pom.xml``
 (``mvn dependency:copy-dependencies``); Maven caches them in ``~/.m2`` and
 Kourier keeps the copied class path in ``~/.cache/kourier``, so only the first
 start downloads anything. A data directory holds everything of one broker:
-``server.properties``, the Kafka log dirs, ``server.log`` and ``broker.pid``.
+``server.properties``, the Kafka log dirs, ``server.log`` and ``broker.pid``. A cluster's
+data directory holds one such directory per node (``node-1``, ``node-2``, ...), each
+node a combined broker and controller.
 """
 
 from __future__ import annotations
@@ -45,6 +48,24 @@ class Broker:
     @property
     def log_file(self) -> Path:
         return self.data_dir / "server.log"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running local cluster: its nodes, in node-id order."""
+
+    nodes: list[Broker]
+    data_dir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+
+def node_dirs(data_dir: Path) -> list[Path]:
+    """The node directories of a cluster's data directory (none for a single broker)."""
+    found = [p for p in data_dir.glob("node-*") if p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
 def cache_dir() -> Path:
@@ -137,21 +158,51 @@ def _write_properties(data_dir: Path, port: int, deploy_dir: Path) -> Path:
         current = re.search(r"^listeners=PLAINTEXT://127\.0\.0\.1:(\d+),", props.read_text(), re.M)
         if current and (port == 0 or int(current.group(1)) == port):
             return props
-    if port == 0:
-        port = free_port()
-    template = Template((deploy_dir / "server.properties.template").read_text())
-    props.write_text(
-        template.substitute(
-            port=port, controller_port=free_port(), log_dirs=data_dir / "kafka-logs"
-        )
-    )
+    _write_nodes([data_dir], [port], deploy_dir)
     return props
 
 
-def _format_storage(java: str, libs: Path, props: Path, data_dir: Path) -> None:
+def _write_nodes(dirs: list[Path], ports: list[int], deploy_dir: Path) -> None:
+    """Write every node's ``server.properties``: each node is broker and controller, and
+    all of them vote in the controller quorum. Port 0 picks a free one."""
+    template = Template((deploy_dir / "server.properties.template").read_text())
+    controllers = [free_port() for _ in dirs]
+    voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(controllers, 1))
+    replicas = min(3, len(dirs))
+    for node_id, (node_dir, port, controller) in enumerate(
+        zip(dirs, ports, controllers, strict=True), 1
+    ):
+        node_dir.mkdir(parents=True, exist_ok=True)
+        (node_dir / "server.properties").write_text(
+            template.substitute(
+                node_id=node_id,
+                voters=voters,
+                port=port or free_port(),
+                controller_port=controller,
+                log_dirs=node_dir / "kafka-logs",
+                replicas=replicas,
+                min_isr=min(2, replicas),
+            )
+        )
+
+
+def _cluster_id(data_dir: Path) -> str:
+    """One id for every node of a cluster, kept in its data directory."""
+    stored = data_dir / "cluster.id"
+    if stored.is_file():
+        return stored.read_text().strip()
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    stored.write_text(cluster_id)
+    return cluster_id
+
+
+def _format_storage(
+    java: str, libs: Path, props: Path, data_dir: Path, cluster_id: str | None = None
+) -> None:
     if (data_dir / "kafka-logs" / "meta.properties").is_file():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if cluster_id is None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     command = [
         java,
         "-cp",
@@ -197,6 +248,21 @@ def start(
     if _port_in_use(int(address.rsplit(":", 1)[1])):
         raise BrokerError(f"port of {address} is already in use; choose another with --port")
     _format_storage(java, libs, props, data_dir)
+    process = _launch(java, libs, props, data_dir, deploy_dir, heap)
+    broker = Broker(bootstrap=address, pid=process.pid, data_dir=data_dir)
+    try:
+        wait_ready(address, timeout, process)
+    except BaseException:
+        stop(data_dir)
+        raise
+    return broker
+
+
+def _launch(
+    java: str, libs: Path, props: Path, data_dir: Path, deploy_dir: Path, heap: str
+) -> subprocess.Popen[bytes]:
+    """Start ``kafka.Kafka`` on ``props`` in a session of its own; its PID goes to
+    ``broker.pid``, its output to ``broker.out``."""
     command = [
         java,
         "-Xms256m",
@@ -219,31 +285,101 @@ def start(
             start_new_session=True,
         )
     (data_dir / "broker.pid").write_text(str(process.pid))
-    broker = Broker(bootstrap=address, pid=process.pid, data_dir=data_dir)
+    return process
+
+
+def start_cluster(
+    data_dir: Path,
+    nodes: int = 3,
+    port: int = 9092,
+    *,
+    deploy_dir: Path = DEPLOY_DIR,
+    heap: str = "512m",
+    timeout: float = _READY_TIMEOUT,
+) -> Cluster:
+    """Start ``nodes`` KRaft nodes from ``data_dir/node-<i>`` on loopback, listening on
+    ``port``, ``port + 1``, ... (``port=0``: free ports), and wait until every one of them
+    is a broker of the cluster. Restarting keeps topics, offsets and ports; nodes that
+    already run are left alone (so a killed node can be started again this way)."""
+    if nodes < 2:
+        raise BrokerError("a cluster has two or more nodes; use start() for one")
+    data_dir = data_dir.resolve()
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("Java 17+ is not installed: apt-get install openjdk-17-jre-headless")
+    libs = resolve_jars(deploy_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    dirs = [data_dir / f"node-{i}" for i in range(1, nodes + 1)]
+    existing = node_dirs(data_dir)
+    if existing and len(existing) != nodes:
+        raise BrokerError(f"{data_dir} holds a {len(existing)}-node cluster, not {nodes}")
+    if not all((d / "server.properties").is_file() for d in dirs):
+        ports = [0] * nodes if port == 0 else [port + i for i in range(nodes)]
+        _write_nodes(dirs, ports, deploy_dir)
+    cluster_id = _cluster_id(data_dir)
+    launched: dict[Path, subprocess.Popen[bytes]] = {}
     try:
-        wait_ready(address, timeout, process)
+        for node_dir in dirs:
+            if status(node_dir) is not None:
+                continue
+            props = node_dir / "server.properties"
+            address = _address(props)
+            if _port_in_use(int(address.rsplit(":", 1)[1])):
+                raise BrokerError(f"port of {address} is already in use; choose another --port")
+            _format_storage(java, libs, props, node_dir, cluster_id)
+            launched[node_dir] = _launch(java, libs, props, node_dir, deploy_dir, heap)
+        nodes_now = [_node(d, launched.get(d)) for d in dirs]
+        cluster = Cluster(nodes_now, data_dir)
+        wait_ready(cluster.bootstrap, timeout, *launched.values(), brokers=nodes)
     except BaseException:
         stop(data_dir)
         raise
-    return broker
+    return cluster
+
+
+def _address(props: Path) -> str:
+    found = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", props.read_text(), re.M)
+    if found is None:
+        raise BrokerError(f"{props} has no advertised listener")
+    return found.group(1)
+
+
+def _node(node_dir: Path, process: subprocess.Popen[bytes] | None) -> Broker:
+    """The broker of ``node_dir``: the one just launched, or the one already running."""
+    if process is not None:
+        return Broker(_address(node_dir / "server.properties"), process.pid, node_dir)
+    running = status(node_dir)
+    if running is None:
+        raise BrokerError(f"the node in {node_dir} stopped: see its server.log")
+    return running
+
+
+def cluster_status(data_dir: Path) -> list[tuple[Path, Broker | None]]:
+    """Each node directory of a cluster, with its running broker or ``None``."""
+    return [(node_dir, status(node_dir)) for node_dir in node_dirs(data_dir.resolve())]
 
 
 def wait_ready(
-    bootstrap: str, timeout: float, process: subprocess.Popen[bytes] | None = None
+    bootstrap: str,
+    timeout: float,
+    *processes: subprocess.Popen[bytes],
+    brokers: int = 1,
 ) -> None:
-    """Wait until the broker answers a metadata request and can create topics."""
+    """Wait until ``brokers`` brokers answer a metadata request (they can create topics)."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise BrokerError(f"the broker exited with code {process.returncode} while starting")
+        for process in processes:
+            if process.poll() is not None:
+                raise BrokerError(f"a broker exited with code {process.returncode} while starting")
         try:
             metadata = admin.list_topics(timeout=1.0)
-            if metadata.brokers:
+            if len(metadata.brokers) >= brokers:
                 return
+            last_error = f"{len(metadata.brokers)} of {brokers} brokers registered"
         except Exception as exc:  # KafkaException while the broker boots
             last_error = str(exc)
         time.sleep(0.2)
@@ -253,25 +389,28 @@ def wait_ready(
 
 
 def stop(data_dir: Path, timeout: float = 30.0) -> bool:
-    """Stop the broker of ``data_dir`` by its PID (SIGTERM, then SIGKILL). True if one ran."""
+    """Stop the broker of ``data_dir``, or every node of the cluster there, by PID
+    (SIGTERM, then SIGKILL). True if one ran."""
     data_dir = data_dir.resolve()
-    pid_file = data_dir / "broker.pid"
-    if not pid_file.is_file():
-        return False
-    pid = int(pid_file.read_text())
-    was_alive = _alive(pid)
-    if was_alive:
+    # A cluster's nodes are stopped together: one by one, the last ones would wait for a
+    # controller quorum that the first ones took away.
+    pid_files = [d / "broker.pid" for d in node_dirs(data_dir) or [data_dir]]
+    pids = {f: int(f.read_text()) for f in pid_files if f.is_file()}
+    alive = [pid for pid in pids.values() if _alive(pid)]
+    for pid in alive:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in alive) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in alive:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.05)
-    _reap(pid)
-    pid_file.unlink(missing_ok=True)
-    return was_alive
+    for pid_file, pid in pids.items():
+        _reap(pid)
+        pid_file.unlink(missing_ok=True)
+    return bool(alive)
 
 
 def kill(data_dir: Path) -> None:

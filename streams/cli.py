@@ -22,6 +22,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         bootstrap_servers=getattr(args, "bootstrap_servers", None),
         namespace=getattr(args, "namespace", None),
         partitions=getattr(args, "partitions", None),
+        replication_factor=getattr(args, "replication_factor", None),
     )
 
 
@@ -36,6 +37,13 @@ def _broker_start(args: argparse.Namespace) -> int:
     began = time.monotonic()
     _say(f"kourier: resolving Apache Kafka {broker.kafka_version()} with Maven ...")
     broker.resolve_jars()
+    if args.nodes > 1:
+        _say(f"kourier: starting {args.nodes} KRaft nodes in {args.data} ...")
+        cluster = broker.start_cluster(Path(args.data), args.nodes, port=args.port)
+        pids = ", ".join(str(node.pid) for node in cluster.nodes)
+        _say(f"kourier: cluster ready in {time.monotonic() - began:.1f}s (pids {pids})")
+        print(cluster.bootstrap)
+        return 0
     _say(f"kourier: starting the broker in {args.data} ...")
     running = broker.start(Path(args.data), port=args.port)
     _say(f"kourier: broker pid {running.pid} ready in {time.monotonic() - began:.1f}s")
@@ -55,6 +63,16 @@ def _broker_stop(args: argparse.Namespace) -> int:
 
 
 def _broker_status(args: argparse.Namespace) -> int:
+    nodes = broker.cluster_status(Path(args.data))
+    if nodes:
+        rows = [
+            {"data": str(node_dir), "running": running is not None}
+            | ({"bootstrap": running.bootstrap, "pid": running.pid} if running else {})
+            for node_dir, running in nodes
+        ]
+        up = sum(row["running"] is True for row in rows)
+        print(json.dumps({"running": up == len(rows), "nodes": rows}))
+        return 0 if up == len(rows) else 1
     running = broker.status(Path(args.data))
     if running is None:
         print(json.dumps({"running": False, "data": str(args.data)}))
@@ -89,14 +107,18 @@ def _topics_create(args: argparse.Namespace) -> int:
 
     for state in create_topics(_settings(args)):
         verb = "created" if state.created else "exists "
-        print(f"{verb} {state.spec.name} ({state.partitions} partitions)")
+        shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
+        print(f"{verb} {state.spec.name} ({shape})")
     return 0
 
 
 def _topics_describe(args: argparse.Namespace) -> int:
     from streams.admin import describe_topics
 
-    print(json.dumps(describe_topics(_settings(args)), indent=2))
+    described = describe_topics(_settings(args))
+    print(json.dumps(described, indent=2))
+    for warning in described["warnings"]:
+        _say(f"kourier: warning: {warning}")
     return 0
 
 
@@ -370,7 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "jars":
             op.add_argument("--data", default=str(_DEFAULT_DATA), help="data directory")
         if name == "start":
-            op.add_argument("--port", type=int, default=9092, help="listener port (0 = any free)")
+            op.add_argument(
+                "--port", type=int, default=9092, help="listener port, the first node's with "
+                "--nodes (the others take the next ones); 0 = any free"
+            )  # fmt: skip
+            op.add_argument(
+                "--nodes", type=int, default=1, help="KRaft nodes: 3 starts a local cluster"
+            )
         op.set_defaults(func=func)
 
     schema = commands.add_parser("schema", help="JSON Schema of the ingress and response records")
@@ -381,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     topic_ops = topics.add_subparsers(dest="op", required=True)
     create = topic_ops.add_parser("create", help="create missing topics (idempotent)")
     _kafka_flags(create, partitions=True)
+    create.add_argument(
+        "--replication-factor",
+        type=int,
+        help="replicas per topic (KOURIER_REPLICATION_FACTOR; default min(3, brokers))",
+    )
     create.set_defaults(func=_topics_create)
     describe = topic_ops.add_parser("describe", help="show the namespace's topics")
     _kafka_flags(describe, partitions=True)

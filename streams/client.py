@@ -109,7 +109,7 @@ class Client:
         self._loop = asyncio.get_running_loop()
         self._catalog_ready = asyncio.Event()
         self._producer = Producer(
-            self.settings.client_config(
+            self.settings.producer_config(
                 {
                     "enable.idempotence": True,
                     "linger.ms": 1,

@@ -69,7 +69,7 @@ def read(
 def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 30.0) -> int:
     """Produce each letter's original record to the ingress topic; returns how many."""
     topics = Topics(settings.namespace)
-    producer = Producer(settings.client_config({"enable.idempotence": True, "log_level": 3}))
+    producer = Producer(settings.producer_config({"enable.idempotence": True, "log_level": 3}))
     metadata = producer.list_topics(topics.ingress, timeout=timeout).topics[topics.ingress]
     partitions = len(metadata.partitions)
     errors: list[str] = []

@@ -17,7 +17,9 @@ from functools import lru_cache
 
 from streams.partitioning import murmur2
 
-_ID = re.compile(r"^inv_[0-9a-f]{32}$")
+#: What every invocation id looks like; records validate theirs against it when decoded.
+ID_PATTERN = r"^inv_[0-9a-f]{32}$"
+_ID = re.compile(ID_PATTERN)
 
 
 class InvalidId(ValueError):

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import JsonValue, ValidationError
@@ -236,6 +236,16 @@ class PartitionProcessor:
             # A producer that partitioned differently (e.g. kcat's default): move it.
             self._emit(Out(self.topics.ingress, owner, key, value))
             return
+        try:
+            self._apply(record, key, value, offset)
+        except Exception as error:  # one record never stops the partition
+            log.exception("%s/%d@%d could not be applied", self.topics.ingress, self.partition,
+                          offset)  # fmt: skip
+            failed = RecordError("apply-failed", f"{type(error).__name__}: {error}")
+            self._dead_letter(failed, key, value, offset)
+        self._wake()
+
+    def _apply(self, record: _Record, key: bytes | None, value: bytes | None, offset: int) -> None:
         if isinstance(record, Invoke):
             self._on_invoke(record, key, value, offset)
         elif isinstance(record, Completion):
@@ -246,7 +256,6 @@ class PartitionProcessor:
             self._on_start(record, offset)
         else:
             self._on_control(record)
-        self._wake()
 
     def _oversize(self, value: bytes) -> None:
         """Tell whoever waits for an oversize invocation that it will not run (413)."""
@@ -263,7 +272,17 @@ class PartitionProcessor:
             if isinstance(record, Invoke):
                 if record.target.key is None and record.invocation_id is not None:
                     return ids.partition_of(record.invocation_id, self.partitions)
-                return self._owner_of(record.target, record.idempotency_key)
+                owner = self._owner_of(record.target, record.idempotency_key)
+                if record.invocation_id is not None:
+                    named = ids.partition_of(record.invocation_id, self.partitions)
+                    if named != owner:
+                        raise RecordError(
+                            "bad-schema",
+                            f"invocation_id routes to partition {named}, but key "
+                            f"{record.target.key!r} lives on partition {owner}: derive the id "
+                            "from the key (streams.ids.new_id) or leave it out",
+                        )
+                return owner
             if isinstance(record, Completion):
                 return ids.partition_of(record.caller.invocation_id, self.partitions)
             if isinstance(record, Start):
@@ -489,9 +508,9 @@ class PartitionProcessor:
 
     def _answer_attach(self, record: AttachRequest, inv_id: str | None, failure: Failure) -> None:
         if record.caller is not None:
-            self._emit_completion(
-                Completion(caller=record.caller, invocation_id=inv_id or "", failure=failure)
-            )
+            if inv_id is not None:  # a handler's attach always names an id
+                completion = Completion(caller=record.caller, invocation_id=inv_id, failure=failure)
+                self._emit_completion(completion)
         else:
             self._fail_request(record.request_id, inv_id, failure)
 
@@ -516,7 +535,11 @@ class PartitionProcessor:
                     code=409, message=f"invocation is {inv.meta.status}; only completed ones purge"
                 )
         elif isinstance(record, Resume):
-            if inv.meta.status == "paused":
+            if inv.handler_def is None:
+                outcome = Failure(
+                    code=409, message=f"{inv.meta.target.path()} is not deployed on this worker"
+                )
+            elif inv.meta.status == "paused":
                 inv.meta.attempt, inv.meta.last_error = 1, None
                 self._run(inv)
                 outcome = "success"
@@ -779,10 +802,7 @@ class PartitionProcessor:
                 caller=caller, invocation_id=meta.id, value=value, failure=failure
             ))  # fmt: skip
         meta.cancel_requested = False
-        service = inv.handler.service
-        retention = service.completed_retention
-        if meta.idempotency_key is not None or inv.handler.kind == "workflow":
-            retention = max(retention, service.idempotency_retention)
+        retention = _retention(inv)
         if retention.total_seconds() > 0:
             meta.expires_at = now + retention.total_seconds()
             heapq.heappush(self._expiries, (meta.expires_at, meta.id))
@@ -1059,6 +1079,24 @@ _MISSING = object()
 def _scope(target: Target, idempotency_key: str) -> str:
     """The dedup table's key: target + idempotency key."""
     return json.dumps([target.service, target.key, target.handler, idempotency_key])
+
+
+def _retention(inv: Invocation) -> timedelta:
+    """How long ``inv``'s outcome is kept: its service's completed retention, or for an
+    idempotent invocation or a workflow's run the idempotency retention, if longer. An
+    invocation of a handler this worker does not host (restored, then cancelled or killed)
+    keeps its outcome for the default idempotency retention when it has a key."""
+    handler = inv.handler_def
+    if handler is None:
+        return _DEFAULT_RETENTION if inv.meta.idempotency_key is not None else timedelta(0)
+    service = handler.service
+    retention = service.completed_retention
+    if inv.meta.idempotency_key is not None or handler.kind == "workflow":
+        retention = max(retention, service.idempotency_retention)
+    return retention
+
+
+_DEFAULT_RETENTION = timedelta(hours=24)
 
 
 def _names_callee(entry: Entry, invocation_id: str) -> bool:

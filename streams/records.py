@@ -26,7 +26,12 @@ from pydantic import (
     model_validator,
 )
 
+from streams.ids import ID_PATTERN
+
 WIRE_VERSION = 1
+#: An invocation id (``inv_`` + 32 hex digits): checked when a record is decoded, so that a
+#: malformed one is a dead letter, not an error deep inside a partition.
+InvocationId = Annotated[str, Field(pattern=ID_PATTERN)]
 _T = TypeVar("_T")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$"
 
@@ -77,7 +82,7 @@ class Failure(_Model):
 class Caller(_Model):
     """Internal: the invocation (and its journal entry) waiting for a call's outcome."""
 
-    invocation_id: str
+    invocation_id: InvocationId
     entry: int = Field(ge=0)
 
 
@@ -91,7 +96,7 @@ class Invoke(_Record):
     kind: Literal["invoke"] = "invoke"
     target: Target
     argument: JsonValue = None
-    invocation_id: str | None = None
+    invocation_id: InvocationId | None = None
     mode: Literal["call", "send"] = Field(
         default="call", description="'send' is one-way: nobody waits for the outcome"
     )
@@ -117,7 +122,7 @@ class Invoke(_Record):
 class _ControlRecord(_Record):
     """Acts on the invocation ``invocation_id``; its partition answers ``request_id``."""
 
-    invocation_id: str
+    invocation_id: InvocationId
     request_id: str | None = None
 
 
@@ -155,7 +160,7 @@ class AttachRequest(_Record):
 
     kind: Literal["attach"] = "attach"
     request_id: str
-    invocation_id: str | None = None
+    invocation_id: InvocationId | None = None
     target: Target | None = None
     idempotency_key: str | None = None
     wait: bool = True
@@ -175,7 +180,7 @@ class Completion(_Record):
 
     kind: Literal["completion"] = "completion"
     caller: Caller
-    invocation_id: str = Field(description="the callee")
+    invocation_id: InvocationId = Field(description="the callee")
     value: JsonValue = None
     failure: Failure | None = None
 
@@ -189,7 +194,7 @@ class Start(_Record):
     """
 
     kind: Literal["start"] = "start"
-    invocation_id: str
+    invocation_id: InvocationId
     seq: int = Field(ge=0)
 
 

@@ -66,6 +66,12 @@ class Settings(BaseModel):
     run_threads: int = Field(
         default=64, ge=1, le=4096, description="threads for synchronous ctx.run actions"
     )
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        le=32,
+        description="replicas of each topic Kourier creates; min(3, brokers) when unset",
+    )
 
     @field_validator("namespace")
     @classmethod
@@ -113,6 +119,7 @@ class Settings(BaseModel):
             ("token", "KOURIER_TOKEN"),
             ("call_timeout", "KOURIER_CALL_TIMEOUT"),
             ("run_threads", "KOURIER_RUN_THREADS"),
+            ("replication_factor", "KOURIER_REPLICATION_FACTOR"),
         ):
             if env.get(var):
                 values[field] = env[var]
@@ -135,6 +142,12 @@ class Settings(BaseModel):
         config.update(extra or {})
         config.update(more)
         return config
+
+    def producer_config(
+        self, extra: Mapping[str, ClientValue] | None = None, /, **more: ClientValue
+    ) -> dict[str, ClientValue]:
+        """A producer's configuration: every write waits for all in-sync replicas."""
+        return self.client_config({"acks": "all", **(extra or {})}, **more)
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict that is safe to print: secret properties are masked."""

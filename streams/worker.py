@@ -131,8 +131,9 @@ class Worker:
 
     def _new_producer(self) -> Producer:
         producer = Producer(
-            self._client(
+            self.settings.producer_config(
                 {
+                    "log_level": 4,
                     "transactional.id": self._transactional_id(),
                     "transaction.timeout.ms": 10_000,
                     "linger.ms": 1,

@@ -65,7 +65,7 @@ def test_topics_create_is_idempotent_and_compacts_changelogs(settings: Settings)
     assert all(state.created for state in first)
     second = create_topics(settings)
     assert not any(state.created for state in second)
-    described = {row["topic"]: row for row in describe_topics(settings)}
+    described = {row["topic"]: row for row in describe_topics(settings)["topics"]}
     ns = settings.namespace
     assert described[f"{ns}.ingress"]["partitions"] == 4
     assert described[f"{ns}.state"]["cleanup.policy"] == "compact"

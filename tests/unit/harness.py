@@ -84,6 +84,11 @@ class Harness:
         self.processor.on_message(None, encode(record), self.offset)
         self.offset += 1
 
+    def send_raw(self, record: dict[str, Any]) -> None:
+        """A record as JSON, not checked on the way in (as another producer might write it)."""
+        self.processor.on_message(None, json.dumps(record).encode(), self.offset)
+        self.offset += 1
+
     def call(self, target: Target, argument: Any = None, request_id: str = "r") -> str:
         inv_id = ids.new_id(target.key, 1)
         self.send(Invoke(target=target, argument=argument, invocation_id=inv_id,

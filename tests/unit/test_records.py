@@ -9,10 +9,13 @@ from pydantic import ValidationError
 
 from streams import records as r
 
+ID0 = "inv_" + "0" * 32
+ID1 = "inv_" + "1" * 32
+
 INVOKE = r.Invoke(
     target=r.Target(service="Counter", key="alice", handler="add"),
     argument={"n": 3},
-    invocation_id="inv_1",
+    invocation_id=ID1,
     idempotency_key="once",
     request_id="req-1",
     headers={"x-trace": "t"},
@@ -20,13 +23,13 @@ INVOKE = r.Invoke(
 
 ALL_RECORDS: list[r._Record] = [
     INVOKE,
-    r.Cancel(invocation_id="inv_1"),
-    r.Kill(invocation_id="inv_1", request_id="req-2"),
-    r.AttachRequest(request_id="req-3", invocation_id="inv_1", wait=False),
-    r.Completion(caller=r.Caller(invocation_id="inv_0", entry=2), invocation_id="inv_1", value=7),
+    r.Cancel(invocation_id=ID1),
+    r.Kill(invocation_id=ID1, request_id="req-2"),
+    r.AttachRequest(request_id="req-3", invocation_id=ID1, wait=False),
+    r.Completion(caller=r.Caller(invocation_id=ID0, entry=2), invocation_id=ID1, value=7),
     r.Completion(
-        caller=r.Caller(invocation_id="inv_0", entry=3),
-        invocation_id="inv_1",
+        caller=r.Caller(invocation_id=ID0, entry=3),
+        invocation_id=ID1,
         failure=r.Failure(code=409, message="cancelled"),
     ),
 ]
@@ -40,7 +43,7 @@ def test_ingress_records_round_trip(record: r._Record) -> None:
 
 
 def test_other_records_round_trip() -> None:
-    response = r.Response(request_id="req-1", invocation_id="inv_1", status="success", value=[1])
+    response = r.Response(request_id="req-1", invocation_id=ID1, status="success", value=[1])
     assert r.decode_response(r.encode(response)) == response
     delayed = r.Delayed(due=datetime(2030, 1, 1, tzinfo=UTC), invoke=INVOKE)
     assert r.decode_delay(r.encode(delayed)) == delayed
@@ -92,7 +95,7 @@ def test_bad_records_say_why(data: bytes | None, reason: str) -> None:
 
 def test_response_failure_field_matches_status() -> None:
     with pytest.raises(ValidationError):
-        r.Response(status="failure", invocation_id="inv_1")
+        r.Response(status="failure", invocation_id=ID1)
     with pytest.raises(ValidationError):
         r.Response(status="success", failure=r.Failure(code=500, message="x"))
 
@@ -111,7 +114,7 @@ def test_published_schemas_are_valid_and_match_the_records() -> None:
     jsonschema.Draft202012Validator.check_schema(schemas["response"])
     for record in ALL_RECORDS[:4]:
         ingress.validate(json.loads(r.encode(record)))
-    response.validate(json.loads(r.encode(r.Response(status="accepted", invocation_id="inv_1"))))
+    response.validate(json.loads(r.encode(r.Response(status="accepted", invocation_id=ID1))))
     # The schema rejects what the decoder rejects.
     assert not ingress.is_valid({"kind": "invoke", "target": {"service": "S"}})
     assert not ingress.is_valid({"kind": "completion", "invocation_id": "x"})

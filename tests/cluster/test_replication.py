@@ -1,0 +1,103 @@
+"""Kourier on a 3-node cluster: replicated topics, and calls that go on when a broker dies.
+
+Every broker here is a genuine Apache Kafka node of one KRaft cluster on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from streams import broker
+from streams.admin import admin_client, create_topics, describe_topics
+from streams.client import Client
+from streams.partitioning import partition_for
+from streams.settings import Settings
+from tests.integration.conftest import ROOT, WorkerProcesses
+
+KEYS = [f"c{i}" for i in range(8)]
+
+
+def kourier(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_topics_have_three_replicas_and_two_in_sync(settings: Settings) -> None:
+    states = create_topics(settings)
+    assert {state.replication_factor for state in states} == {3}
+    described = describe_topics(settings)
+    assert described["brokers"] == 3
+    assert described["warnings"] == []
+    for row in described["topics"]:
+        assert (row["replication_factor"], row["min.insync.replicas"]) == (3, 2), row
+        assert row["min_isr"] == 3, row
+
+
+def test_describe_warns_about_one_replica_on_a_cluster(settings: Settings) -> None:
+    single = settings.model_copy(update={"replication_factor": 1})
+    create_topics(single)
+    done = kourier("topics", "describe", "--bootstrap-servers", settings.bootstrap_servers,
+                   "--namespace", settings.namespace, "--partitions", "4")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["topics"][0]["replication_factor"] == 1
+    assert "one replica on a 3-broker cluster" in done.stderr
+
+
+def leader_of(settings: Settings, topic: str, partition: int) -> int:
+    metadata = admin_client(settings).list_topics(topic, timeout=10).topics[topic]
+    return int(metadata.partitions[partition].leader)
+
+
+async def test_calls_go_on_when_a_partition_leader_dies(
+    cluster: broker.Cluster,
+    topics: Settings,
+    worker_processes: WorkerProcesses,
+    client: Client,
+    record_property: Callable[[str, object], None],
+) -> None:
+    worker_processes.spawn()
+    await client.catalog()
+    # Warm up: every key answers before anything is killed.
+    for key in KEYS:
+        assert await asyncio.wait_for(client.object("Tally", key, "add").request(0), 60) == 0
+    ingress = f"{topics.namespace}.ingress"
+    victim_id = leader_of(topics, ingress, partition_for(KEYS[0], topics.partitions))
+    victim = cluster.nodes[victim_id - 1]
+    assert victim.data_dir.name == f"node-{victim_id}"
+
+    stalls: list[float] = []
+    answered = 0
+    killed_at = 0.0
+    restarted = False
+
+    async def one(key: str) -> None:
+        nonlocal answered
+        began = time.monotonic()
+        await asyncio.wait_for(client.object("Tally", key, "add").request(1), 90)
+        stalls.append(time.monotonic() - began)
+        answered += 1
+
+    rounds = 30
+    for round_ in range(rounds):
+        if round_ == 5:
+            broker.kill(victim.data_dir)  # kill -9 the leader of the first key's partition
+            killed_at = time.monotonic()
+        if round_ == 20:
+            await asyncio.to_thread(broker.start_cluster, cluster.data_dir, 3, 0)
+            restarted = True
+        await asyncio.gather(*(one(key) for key in KEYS))
+    assert killed_at
+    assert restarted
+    assert answered == rounds * len(KEYS), "every call answered, none lost"
+    counts = await asyncio.gather(*(client.object("Tally", k, "count").request() for k in KEYS))
+    assert counts == [rounds] * len(KEYS), "every call applied exactly once"
+    longest = max(stalls)
+    record_property("longest_call_seconds", round(longest, 3))
+    print(f"\nlongest call with a broker down: {longest:.2f}s over {len(stalls)} calls")

@@ -1,0 +1,110 @@
+"""Records that decode as JSON of the right shape but are wrong all the same: bad ids,
+ids on the wrong partition, invocations of handlers this worker does not host. Each is
+dead-lettered or answered with a clear failure; the partition and its keys go on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from handlers import ObjectContext, RetryPolicy, VirtualObject
+from streams import ids
+from streams.partition import PartitionProcessor
+from streams.records import Cancel, Invoke, Resume, Target
+from tests.unit.harness import TOPICS, Harness, settle, until
+
+box = VirtualObject("Box", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=1))
+
+
+@box.handler()
+async def put(ctx: ObjectContext, n: int) -> int:
+    value: int = (await ctx.get("n") or 0) + n
+    ctx.set("n", value)
+    return value
+
+
+@box.handler()
+async def broken(ctx: ObjectContext) -> None:
+    raise RuntimeError("always")
+
+
+def reasons(h: Harness) -> list[str]:
+    return [
+        dict(o.headers or [])["kourier.reason"].decode()  # type: ignore[union-attr]
+        for o in h.out
+        if o.topic == TOPICS.deadletter
+    ]
+
+
+def put_on(key: str) -> Target:
+    return Target(service="Box", key=key, handler="put")
+
+
+async def test_a_malformed_caller_id_is_a_dead_letter_and_locks_nothing() -> None:
+    h = Harness([box])
+    record = {"kind": "invoke", "target": put_on("a").model_dump(), "argument": 1,
+              "caller": {"invocation_id": "inv_not-a-real-id", "entry": 0}}  # fmt: skip
+    h.send_raw(record)
+    assert reasons(h) == ["bad-schema"]
+    h.call(put_on("a"), 5, request_id="after")
+    await until(lambda: "after" in h.responses())
+    assert h.responses()["after"].value == 5, "the key was never locked"
+
+
+async def test_every_id_field_is_checked_when_decoded() -> None:
+    h = Harness([box])
+    bad = "inv_zz"
+    for record in (
+        {"kind": "cancel", "invocation_id": bad},
+        {"kind": "attach", "request_id": "r", "invocation_id": bad},
+        {"kind": "completion", "caller": {"invocation_id": bad, "entry": 0},
+         "invocation_id": ids.new_id("a", 1)},
+        {"kind": "start", "invocation_id": bad, "seq": 0},
+        {"kind": "invoke", "target": put_on("a").model_dump(), "invocation_id": bad},
+    ):  # fmt: skip
+        h.send_raw(record)
+    assert reasons(h) == ["bad-schema"] * 5
+
+
+async def test_an_id_that_routes_away_from_its_key_is_a_dead_letter() -> None:
+    h = Harness([box], partitions=4)
+    key = next(
+        k for k in (f"k{i}" for i in range(100)) if ids.partition_of(ids.new_id(k, 4), 4) == 0
+    )
+    stray = next(i for i in (ids.new_id(None, 4) for _ in range(100)) if ids.partition_of(i, 4))
+    h.send(Invoke(target=put_on(key), argument=1, invocation_id=stray, request_id="stray"))
+    assert reasons(h) == ["bad-schema"]
+    assert stray not in h.processor.invocations
+
+
+async def test_a_record_that_fails_to_apply_is_a_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness([box])
+
+    def explode(self: PartitionProcessor, record: Any) -> None:
+        raise KeyError("something unforeseen")
+
+    monkeypatch.setattr(PartitionProcessor, "_on_control", explode)
+    h.send(Cancel(invocation_id=ids.new_id("a", 1)))
+    assert reasons(h) == ["apply-failed"]
+    h.call(put_on("a"), 2, request_id="next")
+    await until(lambda: "next" in h.responses())
+    assert h.responses()["next"].value == 2
+
+
+async def test_a_paused_invocation_of_a_handler_not_hosted_here_cancels_cleanly() -> None:
+    h = Harness([box])
+    inv_id = h.call(Target(service="Box", key="p", handler="broken"), request_id="p")
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
+    h.services = []  # the next owner does not host Box
+    restored = h.hand_over()
+    assert restored.invocations[inv_id].meta.status == "paused"
+    h.send(Resume(invocation_id=inv_id, request_id="resume"))
+    assert h.responses()["resume"].failure.code == 409
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    await settle()
+    assert h.responses()["cancel"].status == "success"
+    assert inv_id not in restored.invocations
