@@ -37,7 +37,14 @@ from handlers.serde import JSON
 from handlers.service import handler_of
 from streams import ids
 from streams.journal import CANCELLED, Entry, EntryKind, Promise
-from streams.records import Caller, Completion, Failure, Target
+from streams.records import (
+    MAX_VALUE_BYTES,
+    Caller,
+    Completion,
+    Failure,
+    Target,
+    value_size,
+)
 
 if TYPE_CHECKING:
     from streams.invocation import Invocation
@@ -149,6 +156,20 @@ def _checked(invocation_id: str) -> None:
         raise TerminalError(str(error), 400) from None
 
 
+def writable(value: Any, what: str) -> Any:
+    """``value`` as JSON that fits in a record: not JSON is a 400, too large a 413, raised
+    where the handler made it, before anything is journaled (so a replay raises the same)."""
+    encoded = JSON.encode(value, what)
+    size = value_size(encoded)
+    if size > MAX_VALUE_BYTES:
+        raise TerminalError(
+            f"{what} is {size} bytes of JSON; Kourier writes at most {MAX_VALUE_BYTES} "
+            "in one record",
+            413,
+        )
+    return encoded
+
+
 def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """Headers of a call or send: names and values are strings, or it is a 400."""
     found = dict(headers or {})
@@ -249,7 +270,7 @@ class InvocationContext(WorkflowContext):
         # Checked before the journal, on every run: an argument that cannot be sent fails
         # here on replay too, so the handler's next operation meets the same entry, and no
         # entry is left behind that a retry would wait on forever.
-        argument = JSON.encode(arg, f"the argument of {kind} {target.path()}")
+        argument = writable(arg, f"the argument of {kind} {target.path()}")
         sent_headers = _headers(headers)
         due = _due_after(delay, f"the delay of {target.path()}") if delay else None
         index, entry = self._step(kind, target=target)
@@ -397,7 +418,13 @@ class InvocationContext(WorkflowContext):
             finally:
                 self.invocation.effects -= 1
             self.invocation.check_open()
-            self.invocation.complete_entry(index, value=JSON.dump(result))
+            try:
+                value = writable(result, f"the result of ctx.run({entry.name!r})")
+            except TerminalError as error:  # journaled as the action's outcome: never rerun
+                failure = Failure(code=error.status_code, message=error.message)
+                self.invocation.complete_entry(index, failure=failure)
+                raise
+            self.invocation.complete_entry(index, value=value)
             entry = self.invocation.journal[index]
         return cast(T, _outcome(entry))
 
@@ -423,7 +450,7 @@ class InvocationContext(WorkflowContext):
         return list(cast(list[str], entry.value))
 
     def set(self, name: str, value: Any) -> None:
-        self._write("set", name, JSON.dump(value))
+        self._write("set", name, writable(value, f"state {name!r}"))
 
     def clear(self, name: str) -> None:
         self._write("clear", name, None)
@@ -499,7 +526,7 @@ class _Promise(DurablePromise[Any]):
         return _outcome(entry)
 
     async def resolve(self, value: Any) -> None:
-        await self._complete("promise_resolve", JSON.dump(value), None)
+        await self._complete("promise_resolve", writable(value, f"promise {self._name!r}"), None)
 
     async def reject(self, message: str) -> None:
         await self._complete("promise_reject", None, Failure(code=500, message=message))

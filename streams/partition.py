@@ -24,7 +24,7 @@ from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import NonDeterminismError, TerminalError
 from streams import ids
-from streams.context import InvocationClosed, InvocationContext
+from streams.context import InvocationClosed, InvocationContext, writable
 from streams.headers import DENIED_HEADERS, allowed_headers
 from streams.invocation import Invocation
 from streams.journal import (
@@ -51,6 +51,7 @@ from streams.metrics import (
 )
 from streams.partitioning import partition_for, partition_of_key
 from streams.records import (
+    MAX_VALUE_BYTES,
     AttachRequest,
     Caller,
     Cancel,
@@ -69,6 +70,7 @@ from streams.records import (
     Target,
     decode_ingress,
     encode,
+    value_size,
 )
 from streams.registry import Registry
 from streams.topics import Topics
@@ -77,6 +79,12 @@ log = logging.getLogger("kourier.partition")
 _Record = Invoke | Control | AttachRequest | Completion | Start
 #: Larger ingress records go to the dead-letter topic (as the HTTP ingress answers 413).
 MAX_RECORD_BYTES = 900 * 1024
+#: A dead letter's copy of a larger record keeps this much of it (``kourier.truncated``
+#: gives the original length), so that copy and headers fit a 1 MB record.
+MAX_DEADLETTER_BYTES = MAX_RECORD_BYTES
+#: Callers and attached handlers one invocation answers at most; more wait in vain, so
+#: they are told so (429) rather than grow the invocation's record past what Kafka takes.
+MAX_WAITERS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +450,14 @@ class PartitionProcessor:
                     caller=caller, invocation_id=meta.id, value=meta.value, failure=meta.failure
                 ))  # fmt: skip
             return
+        if len(meta.request_ids) + len(meta.attachers) >= MAX_WAITERS:
+            busy = Failure(code=429, message=f"{MAX_WAITERS} already wait for {meta.id}")
+            if request_id is not None and request_id not in meta.request_ids:
+                self._fail_request(request_id, meta.id, busy)
+            if caller is not None and caller != meta.caller and caller not in meta.attachers:
+                self._emit_completion(Completion(caller=caller, invocation_id=meta.id,
+                                                 failure=busy))  # fmt: skip
+            return
         if request_id is not None and request_id not in meta.request_ids:
             meta.request_ids.append(request_id)
             self.touch(inv)
@@ -703,6 +719,8 @@ class PartitionProcessor:
             except (ValidationError, TypeError, ValueError) as exc:
                 message = f"{handler.path} returned a value that is not JSON: {exc}"
                 raise TerminalError(message) from None
+            value = writable(value, f"the result of {handler.path}")
+            _fits_with_argument(value, inv.meta.argument, handler.path)
         except TerminalError as error:
             failure = Failure(code=error.status_code, message=error.message)
         except NonDeterminismError as error:
@@ -899,7 +917,12 @@ class PartitionProcessor:
             at=datetime.now(UTC),
         )
         DEADLETTERS.labels(error.reason).inc()
-        self._emit(Out(self.topics.deadletter, 0, key, value, letter.headers()))
+        headers = letter.headers()
+        if value is not None and len(value) > MAX_DEADLETTER_BYTES:
+            # The copy must fit the broker's limit, with the headers that say why it is there.
+            headers.append(("kourier.truncated", str(len(value)).encode()))
+            value = value[:MAX_DEADLETTER_BYTES]
+        self._emit(Out(self.topics.deadletter, 0, key, value, headers))
         self._wake()
 
     def emit_invoke(
@@ -1079,6 +1102,17 @@ _MISSING = object()
 def _scope(target: Target, idempotency_key: str) -> str:
     """The dedup table's key: target + idempotency key."""
     return json.dumps([target.service, target.key, target.handler, idempotency_key])
+
+
+def _fits_with_argument(value: JsonValue, argument: JsonValue, path: str) -> None:
+    """A retained outcome is written with the invocation's argument: both in one record."""
+    size = value_size(value)
+    if size > 64 * 1024 and size + value_size(argument) > MAX_VALUE_BYTES:
+        raise TerminalError(
+            f"the result of {path} ({size} bytes of JSON) and its argument together exceed "
+            f"the {MAX_VALUE_BYTES} bytes Kourier writes in one record",
+            413,
+        )
 
 
 def _retention(inv: Invocation) -> timedelta:

@@ -29,6 +29,10 @@ from pydantic import (
 from streams.ids import ID_PATTERN
 
 WIRE_VERSION = 1
+#: The largest JSON value Kourier writes into one record: a call's argument, a result, a
+#: state value, a promise, a ``ctx.run`` result. Brokers refuse records over 1 MiB by default
+#: (``message.max.bytes``); the rest is room for the record around the value.
+MAX_VALUE_BYTES = 900 * 1024
 #: An invocation id (``inv_`` + 32 hex digits): checked when a record is decoded, so that a
 #: malformed one is a dead letter, not an error deep inside a partition.
 InvocationId = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -365,6 +369,11 @@ _RESPONSE: TypeAdapter[Response] = TypeAdapter(Response)
 _DELAY: TypeAdapter[Delayed | Fired] = TypeAdapter(
     Annotated[Delayed | Fired, Field(discriminator="kind")]
 )
+
+
+def value_size(value: JsonValue) -> int:
+    """The size of ``value`` as compact UTF-8 JSON, as Kourier writes it."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def encode(record: BaseModel) -> bytes:

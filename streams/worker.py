@@ -428,9 +428,13 @@ class Worker:
             )
 
     def _transact(self, snapshot: Snapshot) -> None:
+        """One transaction (committer thread). Whatever fails in it ends in an abort, or
+        when even that fails in a fresh producer, and is raised: the Kafka thread then
+        restores its partitions from Kafka, so no transaction is left open to wedge the
+        next ones."""
         producer = self._producer
-        producer.begin_transaction()
         try:
+            producer.begin_transaction()
             for record in snapshot.out:
                 while True:
                     try:
@@ -450,12 +454,21 @@ class Worker:
             producer.commit_transaction(_TIMEOUT)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.txn_requires_abort():
-                with contextlib.suppress(KafkaException):
-                    producer.abort_transaction(_TIMEOUT)
-            elif error.fatal() and self._producer is producer:
+            if not error.fatal() and self._aborted(producer):
+                raise
+            if self._producer is producer:
                 self._producer = self._new_producer()
             raise
+
+    @staticmethod
+    def _aborted(producer: Producer) -> bool:
+        """Abort the open transaction; False when the producer cannot (it is replaced)."""
+        try:
+            producer.abort_transaction(_TIMEOUT)
+        except KafkaException as exc:
+            log.warning("abort failed (%s); a new producer takes over", exc.args[0])
+            return False
+        return True
 
     def _recover(self) -> None:
         """Drop everything uncommitted, rewind to the committed offsets, restore (Kafka thread)."""

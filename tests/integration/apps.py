@@ -69,6 +69,19 @@ async def refuse(ctx: ObjectContext, code: int) -> None:
     raise TerminalError(f"refused with {code}", status_code=code)
 
 
+@tally.handler()
+async def hoard(ctx: ObjectContext, what: str) -> object:
+    """Produces a value larger than a Kafka record may be, as ``what`` says."""
+    big = "x" * 1_200_000
+    if what == "state":
+        ctx.set("big", big)
+    elif what == "run":
+        await ctx.run("big", lambda: big)
+    elif what == "call":
+        await ctx.service(echo).request(big)
+    return big if what == "result" else "unreachable"
+
+
 @tally.handler(kind="shared")
 async def whoami(ctx: ObjectSharedContext) -> int:
     return os.getpid()
