@@ -92,6 +92,8 @@ class InvocationIndex:
         self.log = InvocationLog()
         self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
         self._lock = threading.Lock()
+        self._version = 0  # changes with every changelog record applied
+        self._cycles: tuple[int, list[dict[str, Any]]] = (-1, [])
         self._running = False
         self._thread: threading.Thread | None = None
 
@@ -144,6 +146,7 @@ class InvocationIndex:
                 for message in messages:
                     if message.error() is None:
                         self._apply(message.topic() or "", message.key(), message.value())
+                self._version += len(messages)
             if self._ends:
                 positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
                 for tp in positions:
@@ -200,12 +203,24 @@ class InvocationIndex:
             return detail(meta, journal, self.settings.header_denylist)
 
     def deadlocks(self) -> list[dict[str, Any]]:
-        """Wait-for cycles among the indexed invocations (see ``streams/deadlocks.py``)."""
+        """Wait-for cycles among the indexed invocations (see ``streams/deadlocks.py``).
+
+        Only invocations still in flight can wait, so only their journals are read; the
+        answer is kept until the changelogs move on. Blocking: call it off the event loop.
+        """
         with self._lock:
-            pairs = [(meta, self.log.journal(meta.id)) for meta in self.log.metas.values()]
+            version = self._version
+            if self._cycles[0] == version:
+                return self._cycles[1]
+            pairs = [
+                (meta, self.log.journal(meta.id))
+                for meta in self.log.metas.values()
+                if meta.status != "completed"
+            ]
         metas = {meta.id: meta for meta, _ in pairs}
-        cycles = find_cycles(wait_for_edges(pairs))
-        return [describe(cycle, metas) for cycle in cycles]
+        found = [describe(cycle, metas) for cycle in find_cycles(wait_for_edges(pairs))]
+        self._cycles = (version, found)
+        return found
 
     def state_of(self, service: str, key: str) -> dict[str, JsonValue]:
         with self._lock:

@@ -189,7 +189,7 @@ class Ingress:
         known: set[frozenset[str]] = set()
         while True:
             await asyncio.sleep(1.0)
-            cycles = self.index.deadlocks()
+            cycles = await asyncio.to_thread(self.index.deadlocks)
             DEADLOCKS.set(len(cycles))
             now = {frozenset(m["id"] for m in cycle["members"]) for cycle in cycles}
             for cycle in cycles:
@@ -343,7 +343,7 @@ class Ingress:
 
     async def list_deadlocks(self, request: web.Request) -> web.Response:
         """``GET /deadlocks``: wait-for cycles between invocations, each with its members."""
-        return web.json_response({"deadlocks": self.index.deadlocks()})
+        return web.json_response({"deadlocks": await asyncio.to_thread(self.index.deadlocks)})
 
     async def object_state(self, request: web.Request) -> web.Response:
         service, key = request.match_info["service"], request.match_info["key"]

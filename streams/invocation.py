@@ -24,6 +24,20 @@ class Invocation:
     journal at all, only its effects.
     """
 
+    __slots__ = (
+        "closed",
+        "dirty_entries",
+        "effects",
+        "handler_def",
+        "journal",
+        "meta",
+        "persisted",
+        "persisted_entries",
+        "processor",
+        "task",
+        "waiting",
+    )
+
     def __init__(
         self,
         meta: InvocationMeta,

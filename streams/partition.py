@@ -172,8 +172,10 @@ class PartitionProcessor:
         """After restore: rebuild locks and queues, resume what was in flight."""
         metas = sorted(self._restored.metas.values(), key=lambda m: m.seq)
         for meta in metas:
-            journal = self._restored.journal(meta.id)
-            if len(journal) != meta.journal_length:
+            # A completed invocation keeps its outcome in memory, not its journal.
+            done = meta.status == "completed"
+            journal = [] if done else self._restored.journal(meta.id)
+            if not done and len(journal) != meta.journal_length:
                 log.error("invocation %s: journal incomplete in the changelog", meta.id)
                 meta.status, meta.last_error = "paused", "journal incomplete in the changelog"
             try:
@@ -184,6 +186,7 @@ class PartitionProcessor:
                     meta.status, meta.last_error = "paused", f"not deployed here: {exc}"
             inv = Invocation(meta, journal, handler, self)
             inv.persisted = True
+            inv.persisted_entries = meta.journal_length
             self.invocations[meta.id] = inv
             lock = inv.lock_key
             if meta.status == "pending" and lock is not None:
@@ -819,6 +822,8 @@ class PartitionProcessor:
             self._emit_completion(Completion(
                 caller=caller, invocation_id=meta.id, value=value, failure=failure
             ))  # fmt: skip
+        meta.request_ids.clear()  # answered: a retained outcome needs neither
+        meta.attachers.clear()
         meta.cancel_requested = False
         retention = _retention(inv)
         if retention.total_seconds() > 0:
@@ -1085,7 +1090,9 @@ class PartitionProcessor:
                 )
             inv.dirty_entries.clear()
             inv.persisted = True
-            inv.persisted_entries = len(inv.journal)
+            inv.persisted_entries = max(inv.persisted_entries, len(inv.journal))
+            if inv.meta.status == "completed":
+                inv.journal = []  # written; a retained outcome is its meta alone
         self._dirty.clear()
         return out
 

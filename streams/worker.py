@@ -506,9 +506,13 @@ class Worker:
         self._on_loop(self._assign(committed, self._delay_ends(committed)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Hand partitions over cleanly: stop their handlers and timers, commit, forget them."""
-        self._commit(self._on_loop(self._close(partitions)))
-        self._on_loop(self._forget(partitions))
+        """Hand partitions over cleanly: stop their handlers and timers, take what they have
+        to commit, forget them, then commit. Forgotten first, so that a commit that fails
+        restores only the partitions this worker keeps (a restore of the revoked ones would
+        leave processors running that nothing closes)."""
+        snapshot = self._on_loop(self._close(partitions))
+        self._on_loop(self._forget(partitions, close=True))
+        self._commit(snapshot)
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

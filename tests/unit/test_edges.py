@@ -231,3 +231,20 @@ async def test_an_id_forgotten_and_made_again_keeps_its_new_changelog_records() 
     metas = [o for o in h.processor.flush() if o.topic == TOPICS.invocations
              and o.key == meta_key(inv_id)]  # fmt: skip
     assert [o.value is None for o in metas] == [True, False], "tombstone, then the new meta"
+
+
+async def test_a_retained_outcome_keeps_its_meta_not_its_journal() -> None:
+    h = harness()
+    target = Target(service="Edge", key="m", handler="put")
+    inv_id = ids.idempotent_id("Edge", "m", "put", "kept")
+    h.send(Invoke(target=target, argument=1, mode="send", idempotency_key="kept"))
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "completed")
+    inv = h.processor.invocations[inv_id]
+    assert len(inv.journal) == 2, "get and set, until they are written"
+    restored = h.hand_over()  # flushes the changelog, then restores a new owner from it
+    assert inv.journal == [], "written: the old owner dropped it"
+    assert restored.invocations[inv_id].journal == []
+    assert restored.invocations[inv_id].meta.status == "completed"
+    h.send(Purge(invocation_id=inv_id))
+    gone = [o for o in restored.flush() if o.topic == TOPICS.invocations]
+    assert [o.value for o in gone] == [None, None, None], "tombstones for meta and entries"
