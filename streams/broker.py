@@ -131,9 +131,9 @@ def _alive(pid: int) -> bool:
     """Whether ``pid`` is a live Kafka broker (not a recycled PID of something else)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone, perhaps between the two reads
         return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
     zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
     return b"kafka.Kafka" in cmdline and not zombie
 
@@ -233,6 +233,8 @@ def start(
     Restarting an existing data dir keeps its topics, offsets and port.
     """
     data_dir = data_dir.resolve()
+    if node_dirs(data_dir):
+        raise BrokerError(f"{data_dir} holds a cluster; start it with --nodes")
     running = status(data_dir)
     if running is not None:
         return running
@@ -304,6 +306,8 @@ def start_cluster(
     if nodes < 2:
         raise BrokerError("a cluster has two or more nodes; use start() for one")
     data_dir = data_dir.resolve()
+    if (data_dir / "server.properties").is_file():
+        raise BrokerError(f"{data_dir} holds a single broker; give the cluster another --data")
     java = shutil.which("java")
     if java is None:
         raise BrokerError("Java 17+ is not installed: apt-get install openjdk-17-jre-headless")
@@ -330,9 +334,13 @@ def start_cluster(
             launched[node_dir] = _launch(java, libs, props, node_dir, deploy_dir, heap)
         nodes_now = [_node(d, launched.get(d)) for d in dirs]
         cluster = Cluster(nodes_now, data_dir)
+        for node in nodes_now:  # a node killed moments ago may still be listed: ask each
+            if node.data_dir in launched:
+                wait_ready(node.bootstrap, timeout, launched[node.data_dir])
         wait_ready(cluster.bootstrap, timeout, *launched.values(), brokers=nodes)
     except BaseException:
-        stop(data_dir)
+        for node_dir in launched:  # only what this call started: running nodes stay up
+            stop(node_dir)
         raise
     return cluster
 
@@ -394,7 +402,7 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
     data_dir = data_dir.resolve()
     # A cluster's nodes are stopped together: one by one, the last ones would wait for a
     # controller quorum that the first ones took away.
-    pid_files = [d / "broker.pid" for d in node_dirs(data_dir) or [data_dir]]
+    pid_files = [d / "broker.pid" for d in [*node_dirs(data_dir), data_dir]]
     pids = {f: int(f.read_text()) for f in pid_files if f.is_file()}
     alive = [pid for pid in pids.values() if _alive(pid)]
     for pid in alive:

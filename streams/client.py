@@ -33,7 +33,7 @@ from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import ids
 from streams.offsets import consume_ready, watermarks
-from streams.partitioning import partition_of_key
+from streams.partitioning import partition_for, partition_of_key
 from streams.records import (
     AttachRequest,
     Cancel,
@@ -113,7 +113,10 @@ class Client:
                 {
                     "enable.idempotence": True,
                     "linger.ms": 1,
-                    "message.timeout.ms": 15_000,
+                    # No delivery timeout: a record whose fate is unknown (brokers away) is
+                    # retried until Kafka says, so a failure reported here always means "not
+                    # written" (HTTP 503), never "perhaps written".
+                    "message.timeout.ms": 0,
                     "log_level": 3,
                 }
             )
@@ -263,6 +266,10 @@ class Client:
         if target.service not in self.services:
             await self.catalog()  # to know whether it is a workflow
         inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
+        if target.key is not None and ids.partition_of(inv_id, self.partitions) != partition_for(
+            target.key, self.partitions
+        ):
+            raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
         request_id = self._request_id()
         record = Invoke(
             target=target,

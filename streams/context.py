@@ -160,7 +160,10 @@ def writable(value: Any, what: str) -> Any:
     """``value`` as JSON that fits in a record: not JSON is a 400, too large a 413, raised
     where the handler made it, before anything is journaled (so a replay raises the same)."""
     encoded = JSON.encode(value, what)
-    size = value_size(encoded)
+    try:
+        size = value_size(encoded)
+    except UnicodeEncodeError:
+        raise TerminalError(f"{what} holds a lone UTF-16 surrogate: not JSON", 400) from None
     if size > MAX_VALUE_BYTES:
         raise TerminalError(
             f"{what} is {size} bytes of JSON; Kourier writes at most {MAX_VALUE_BYTES} "
@@ -171,12 +174,18 @@ def writable(value: Any, what: str) -> Any:
 
 
 def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Headers of a call or send: names and values are strings, or it is a 400."""
+    """Headers of a call or send: names and values are strings (400), of 64 KiB in all at
+    most (413), as an HTTP server would take them."""
     found = dict(headers or {})
     for name, value in found.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise TerminalError(f"header {name!r}: names and values must be strings", 400)
+    if found and value_size(found) > _MAX_HEADER_BYTES:
+        raise TerminalError(f"headers over {_MAX_HEADER_BYTES} bytes", 413)
     return found
+
+
+_MAX_HEADER_BYTES = 64 * 1024
 
 
 #: Latest due time a timer or a delayed send may have: what a datetime holds.

@@ -10,11 +10,14 @@ an :class:`InvocationMeta`, key ``j/<id>/<index>`` one :class:`Entry`. The
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from streams.ids import ID_PATTERN
 from streams.records import Caller, Failure, Target
 
 Status = Literal[
@@ -98,6 +101,9 @@ class InvocationMeta(BaseModel):
     expires_at: float | None = None  # completed and retained until then
 
 
+log = logging.getLogger("kourier.journal")
+_ID = re.compile(ID_PATTERN)
+
 CANCELLED = Failure(code=409, message="cancelled")
 KILLED = Failure(code=409, message="killed")
 #: Entries that wait on something other than a call: a cancel fails them directly.
@@ -153,11 +159,18 @@ class InvocationLog:
                 self.metas.pop(inv_id, None)
                 self.entries.pop(inv_id, None)
             else:
-                self.metas[inv_id] = InvocationMeta.model_validate_json(value)
+                meta = _salvaged(value)
+                if meta is not None:
+                    self.metas[inv_id] = meta
         elif text.startswith("j/"):
             inv_id, _, index = text[2:].rpartition("/")
             if value is not None:
-                self.entries.setdefault(inv_id, {})[int(index)] = Entry.model_validate_json(value)
+                try:
+                    entry = Entry.model_validate_json(value)
+                except ValidationError as error:
+                    log.error("changelog entry %s unreadable, left out: %s", text, error)
+                    return
+                self.entries.setdefault(inv_id, {})[int(index)] = entry
                 return
             entries = self.entries.get(inv_id)
             if entries is not None:
@@ -170,3 +183,27 @@ class InvocationLog:
         meta = self.metas[invocation_id]
         entries = self.entries.get(invocation_id, {})
         return [entries[i] for i in range(meta.journal_length) if i in entries]
+
+
+def _salvaged(value: bytes) -> InvocationMeta | None:
+    """A meta from the changelog. One written before ids were checked may name a caller or
+    an attached handler by a malformed id: those are dropped (nobody can be answered under
+    such an id), so the invocation itself still restores. Unreadable otherwise: left out."""
+    try:
+        return InvocationMeta.model_validate_json(value)
+    except ValidationError:
+        pass
+    try:
+        data = json.loads(value)
+        caller = data.get("caller")
+        if isinstance(caller, dict) and not _ID.match(str(caller.get("invocation_id"))):
+            log.error("invocation %s: caller id %r dropped", data.get("id"), caller)
+            data["caller"] = None
+        data["attachers"] = [
+            a for a in data.get("attachers") or []
+            if isinstance(a, dict) and _ID.match(str(a.get("invocation_id")))
+        ]  # fmt: skip
+        return InvocationMeta.model_validate(data)
+    except (ValueError, ValidationError, AttributeError) as error:
+        log.error("changelog meta unreadable, left out: %s", error)
+        return None

@@ -69,7 +69,9 @@ from streams.records import (
     Start,
     Target,
     decode_ingress,
+    dump_value,
     encode,
+    shorten,
     value_size,
 )
 from streams.registry import Registry
@@ -239,8 +241,14 @@ class PartitionProcessor:
                     "oversize", f"{len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
                 )
             record = decode_ingress(value)
+        except RecordError as error:
+            self._dead_letter(error, key, value, offset)
+            return
+        try:
             owner = self._owner(record)
         except RecordError as error:
+            if isinstance(record, Invoke):  # whoever waits hears why it will not run
+                self._fail_unrouted(record, Failure(code=400, message=error.detail))
             self._dead_letter(error, key, value, offset)
             return
         if owner != self.partition:
@@ -723,7 +731,8 @@ class PartitionProcessor:
                 message = f"{handler.path} returned a value that is not JSON: {exc}"
                 raise TerminalError(message) from None
             value = writable(value, f"the result of {handler.path}")
-            _fits_with_argument(value, inv.meta.argument, handler.path)
+            if _retention(inv).total_seconds() > 0:  # kept: written with its argument
+                _fits_with_argument(value, inv.meta.argument, handler.path)
         except TerminalError as error:
             failure = Failure(code=error.status_code, message=error.message)
         except NonDeterminismError as error:
@@ -772,7 +781,7 @@ class PartitionProcessor:
     def _back_off(self, inv: Invocation, error: Exception) -> None:
         meta = inv.meta
         policy = inv.handler.retry
-        meta.last_error = f"{type(error).__name__}: {error}"
+        meta.last_error = shorten(f"{type(error).__name__}: {error}")
         inv.task = None
         RETRIES.labels(meta.target.service, meta.target.handler).inc()
         if policy.exhausted(meta.attempt):
@@ -856,7 +865,7 @@ class PartitionProcessor:
             scope = _scope(meta.target, meta.idempotency_key)
             if self.dedup.pop(scope, None) is not None:
                 self._dirty_dedup.add(scope)
-        if inv.handler_def is not None and inv.handler.kind == "workflow":
+        if _is_workflow_run(inv):
             assert meta.target.key is not None
             self.state_write(meta.target, "clear_all", None, None)
             for name in self.promises.pop((meta.target.service, meta.target.key), {}):
@@ -1031,7 +1040,7 @@ class PartitionProcessor:
                     self.topics.state,
                     self.partition,
                     state_key(service, obj, name),
-                    None if value is _MISSING else json.dumps(value).encode(),
+                    None if value is _MISSING else dump_value(value),
                 )
             )
         self._dirty_state.clear()
@@ -1047,7 +1056,7 @@ class PartitionProcessor:
                     self.topics.state,
                     self.partition,
                     state_key(service, obj, name, promise=True),
-                    None if data is None else json.dumps(data).encode(),
+                    None if data is None else dump_value(data),
                 )
             )
         self._dirty_promises.clear()
@@ -1122,6 +1131,15 @@ def _fits_with_argument(value: JsonValue, argument: JsonValue, path: str) -> Non
         )
 
 
+def _is_workflow_run(inv: Invocation) -> bool:
+    """Whether ``inv`` is a workflow's run: by its handler, or (a handler not hosted here)
+    by its id, which only a run has."""
+    if inv.handler_def is not None:
+        return inv.handler_def.kind == "workflow"
+    target = inv.meta.target
+    return target.key is not None and inv.meta.id == ids.workflow_run_id(target.service, target.key)
+
+
 def _retention(inv: Invocation) -> timedelta:
     """How long ``inv``'s outcome is kept: its service's completed retention, or for an
     idempotent invocation or a workflow's run the idempotency retention, if longer. An
@@ -1129,7 +1147,8 @@ def _retention(inv: Invocation) -> timedelta:
     keeps its outcome for the default idempotency retention when it has a key."""
     handler = inv.handler_def
     if handler is None:
-        return _DEFAULT_RETENTION if inv.meta.idempotency_key is not None else timedelta(0)
+        kept = inv.meta.idempotency_key is not None or _is_workflow_run(inv)
+        return _DEFAULT_RETENTION if kept else timedelta(0)
     service = handler.service
     retention = service.completed_retention
     if inv.meta.idempotency_key is not None or handler.kind == "workflow":

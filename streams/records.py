@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self, TypeVar
 
@@ -23,6 +24,7 @@ from pydantic import (
     JsonValue,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -77,10 +79,27 @@ class Target(_Model):
 
 
 class Failure(_Model):
-    """A terminal failure: an HTTP-like status code and a message."""
+    """A terminal failure: an HTTP-like status code and a message. A longer message is cut
+    to :data:`MAX_MESSAGE_CHARS`, so that no error text can grow a record past Kafka's limit."""
 
     code: int = Field(ge=400, le=599)
     message: str
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        return shorten(value) if isinstance(value, str) else value
+
+
+#: Longest failure message (or last error) kept, in characters.
+MAX_MESSAGE_CHARS = 8_192
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text``, cut to ``limit`` characters with a note of how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters in all)"
 
 
 class Caller(_Model):
@@ -371,9 +390,16 @@ _DELAY: TypeAdapter[Delayed | Fired] = TypeAdapter(
 )
 
 
-def value_size(value: JsonValue) -> int:
-    """The size of ``value`` as compact UTF-8 JSON, as Kourier writes it."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+def dump_value(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON: how Kourier writes state and promise values, and
+    measures every value against :data:`MAX_VALUE_BYTES`. Raises ``UnicodeEncodeError``
+    for a string with a lone surrogate, which no JSON writer can encode as UTF-8."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def value_size(value: Any) -> int:
+    """The size of ``value`` as Kourier writes it (:func:`dump_value`)."""
+    return len(dump_value(value))
 
 
 def encode(record: BaseModel) -> bytes:
@@ -410,10 +436,30 @@ def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Com
     """Decode an ingress-topic value, or raise :class:`RecordError` saying why not."""
     if data is not None:
         try:  # the common case, in one pass; a record that fails is decoded again to say why
-            return _INGRESS.validate_json(data)
+            record = _INGRESS.validate_json(data)
         except ValidationError:
             pass
-    return _validate(_INGRESS, data)
+        else:
+            _check_surrogates(data)
+            return record
+    record = _validate(_INGRESS, data)
+    assert data is not None
+    _check_surrogates(data)
+    return record
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_surrogates(data: bytes) -> None:
+    """A JSON string may spell a lone UTF-16 surrogate (``"\\ud800"``): it decodes, but no
+    record holding it can be written again. Such a record is refused here."""
+    if _SURROGATE_ESCAPE.search(data) is None:
+        return
+    try:
+        dump_value(json.loads(data))
+    except UnicodeEncodeError:
+        raise RecordError("bad-schema", "a string holds a lone UTF-16 surrogate") from None
 
 
 def decode_response(data: bytes | None) -> Response:

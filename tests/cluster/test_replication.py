@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Callable
 
+import aiohttp
+
 from streams import broker
 from streams.admin import admin_client, create_topics, describe_topics
 from streams.client import Client
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from tests.integration.conftest import ROOT, WorkerProcesses
+from tests.integration.conftest import ROOT, WorkerProcesses, served_ingress
 
 KEYS = [f"c{i}" for i in range(8)]
 
@@ -101,3 +103,31 @@ async def test_calls_go_on_when_a_partition_leader_dies(
     longest = max(stalls)
     record_property("longest_call_seconds", round(longest, 3))
     print(f"\nlongest call with a broker down: {longest:.2f}s over {len(stalls)} calls")
+
+
+async def test_sends_while_two_brokers_are_down_wait_for_their_outcome(
+    cluster: broker.Cluster,
+    topics: Settings,
+    worker_processes: WorkerProcesses,
+    client: Client,
+) -> None:
+    """With two of three brokers gone no write can reach its two in-sync replicas: a send
+    must wait for its outcome (202 once written), not answer 503 while it may yet be."""
+    worker_processes.spawn()
+    await client.catalog()
+    assert await asyncio.wait_for(client.object("Tally", "quorum", "add").request(0), 60) == 0
+    async with served_ingress(topics) as (_, url), aiohttp.ClientSession() as http:
+        down = cluster.nodes[1:]
+        for node in down:
+            broker.kill(node.data_dir)
+        sends = [
+            asyncio.create_task(http.post(f"{url}/Tally/quorum/add/send", json=1)) for _ in range(5)
+        ]
+        # Longer than any delivery timeout the client had: nothing may be answered 503.
+        done, _ = await asyncio.wait(sends, timeout=20)
+        assert all((await task).status != 503 for task in done), "503 while it may be written"
+        await asyncio.to_thread(broker.start_cluster, cluster.data_dir, 3, 0)
+        replies = await asyncio.wait_for(asyncio.gather(*sends), 120)
+        assert [reply.status for reply in replies] == [202] * 5
+    counts = client.object("Tally", "quorum", "count").request()
+    assert await asyncio.wait_for(counts, 120) == 5, "every accepted send applied once"

@@ -21,6 +21,7 @@ from handlers import (
 from streams import ids
 from streams.journal import meta_key
 from streams.records import (
+    MAX_VALUE_BYTES,
     Caller,
     Cancel,
     Completion,
@@ -248,3 +249,49 @@ async def test_a_retained_outcome_keeps_its_meta_not_its_journal() -> None:
     h.send(Purge(invocation_id=inv_id))
     gone = [o for o in restored.flush() if o.topic == TOPICS.invocations]
     assert [o.value for o in gone] == [None, None, None], "tombstones for meta and entries"
+
+
+@edge.handler()
+async def keep(ctx: ObjectContext, value: object) -> str:
+    ctx.set("v", value)
+    return "kept"
+
+
+@edge.handler()
+async def shout(ctx: ObjectContext, kind: str) -> str:
+    if kind == "terminal":
+        raise TerminalError("e" * 2_000_000, 418)
+    raise RuntimeError("r" * 2_000_000)
+
+
+@helper.handler()
+async def large(ctx: Context, size: int) -> str:
+    return "x" * size
+
+
+async def test_values_are_measured_as_they_are_written() -> None:
+    h = harness()
+    for key, value in (("cjk", "漢" * 300_000), ("list", [0] * 400_000)):
+        h.call(Target(service="Edge", key=key, handler="keep"), value, request_id=key)
+        await until(lambda k=key: k in h.responses())
+        assert h.responses()[key].value == "kept"
+        (record,) = [o for o in h.processor.flush() if o.topic == TOPICS.state]
+        assert record.value is not None
+        assert len(record.value) <= MAX_VALUE_BYTES, "written as compact UTF-8, as measured"
+
+
+async def test_error_texts_are_bounded() -> None:
+    h = harness()
+    h.call(Target(service="Edge", key="t", handler="shout"), "terminal", request_id="t")
+    await until(lambda: "t" in h.responses())
+    assert len(h.responses()["t"].failure.message) < 9_000
+    inv_id = h.call(Target(service="Edge", key="r", handler="shout"), "retry", request_id="r")
+    await until(lambda: h.processor.invocations[inv_id].meta.last_error is not None)
+    assert len(h.processor.invocations[inv_id].meta.last_error or "") < 9_000
+
+
+async def test_a_large_result_nobody_retains_is_not_refused() -> None:
+    h = harness()
+    h.call(Target(service="Helper", handler="large"), 500_000, request_id="big")
+    await until(lambda: "big" in h.responses())
+    assert h.responses()["big"].failure is None

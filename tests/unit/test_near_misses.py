@@ -4,6 +4,7 @@ dead-lettered or answered with a clear failure; the partition and its keys go on
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from handlers import ObjectContext, RetryPolicy, VirtualObject
 from streams import ids
+from streams.journal import InvocationLog, meta_key
 from streams.partition import PartitionProcessor
 from streams.records import Cancel, Invoke, Resume, Target
 from tests.unit.harness import TOPICS, Harness, settle, until
@@ -77,6 +79,7 @@ async def test_an_id_that_routes_away_from_its_key_is_a_dead_letter() -> None:
     h.send(Invoke(target=put_on(key), argument=1, invocation_id=stray, request_id="stray"))
     assert reasons(h) == ["bad-schema"]
     assert stray not in h.processor.invocations
+    assert h.responses()["stray"].failure.code == 400, "the caller hears why"
 
 
 async def test_a_record_that_fails_to_apply_is_a_dead_letter(
@@ -108,3 +111,37 @@ async def test_a_paused_invocation_of_a_handler_not_hosted_here_cancels_cleanly(
     await settle()
     assert h.responses()["cancel"].status == "success"
     assert inv_id not in restored.invocations
+
+
+async def test_a_lone_surrogate_is_refused_when_decoded() -> None:
+    h = Harness([box])
+    h.send_raw({"kind": "invoke", "target": put_on("s").model_dump(), "argument": "\ud800"})
+    assert reasons(h) == ["bad-schema"]
+    assert h.processor.invocations == {}
+
+
+async def test_internal_ids_are_checked_too() -> None:
+    h = Harness([box])
+    good = ids.new_id("a", 1)
+    h.send_raw({"kind": "completion", "caller": {"invocation_id": good, "entry": 0},
+                "invocation_id": "inv_bad"})  # fmt: skip
+    h.send_raw({"kind": "attach", "request_id": "r", "invocation_id": good,
+                "caller": {"invocation_id": "inv_bad", "entry": 0}})  # fmt: skip
+    assert reasons(h) == ["bad-schema", "bad-schema"]
+
+
+def test_a_meta_written_before_ids_were_checked_still_restores() -> None:
+    log = InvocationLog()
+    meta = {
+        "id": ids.new_id("a", 1),
+        "target": put_on("a").model_dump(),
+        "exclusive": True,
+        "status": "running",
+        "caller": {"invocation_id": "inv_not-a-real-id", "entry": 0},
+        "attachers": [{"invocation_id": "inv_zz", "entry": 1}],
+    }
+    log.apply(meta_key(meta["id"]), json.dumps(meta).encode())
+    restored = log.metas[meta["id"]]
+    assert restored.caller is None
+    assert restored.attachers == []
+    assert restored.status == "running"

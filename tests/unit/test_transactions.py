@@ -1,0 +1,101 @@
+"""The worker's transaction error paths, with a stand-in producer: whatever fails ends in
+an abort, or in a fresh producer when the abort fails too, so no transaction stays open.
+
+(Kafka itself is not needed to see which calls the worker makes; what the broker does with
+them is tested on the real one, in tests/integration/test_oversize.py.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from streams.committer import Snapshot
+from streams.partition import Out
+from streams.settings import Settings
+from streams.worker import Worker
+from tests.unit.test_near_misses import box
+
+
+class StandIn:
+    """Records the transactional calls; raises where told."""
+
+    def __init__(self, fail: dict[str, KafkaError]) -> None:
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name in self.fail:
+            raise KafkaException(self.fail[name])
+
+    def begin_transaction(self) -> None:
+        self._call("begin")
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self._call("produce")
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        self._call("offsets")
+
+    def commit_transaction(self, *args: Any) -> None:
+        self._call("commit")
+
+    def abort_transaction(self, *args: Any) -> None:
+        self._call("abort")
+
+
+def worker_with(producer: StandIn, monkeypatch: pytest.MonkeyPatch) -> tuple[Worker, list[Any]]:
+    worker = Worker(Settings(), [box], worker_id="unit")
+    worker._producer = producer  # type: ignore[assignment]
+    fresh: list[Any] = []
+
+    def new_producer() -> Any:
+        fresh.append(StandIn({}))
+        return fresh[-1]
+
+    monkeypatch.setattr(worker, "_new_producer", new_producer)
+    return worker, fresh
+
+
+SNAPSHOT = Snapshot(out=[Out("t", 0, b"k", b"v")], offsets=[])
+
+
+@pytest.mark.parametrize(
+    ("where", "code"),
+    [
+        ("produce", KafkaError.MSG_SIZE_TOO_LARGE),
+        ("begin", KafkaError._STATE),
+        ("commit", KafkaError._TIMED_OUT),
+    ],
+)
+def test_a_failed_transaction_is_aborted(
+    where: str, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = StandIn({where: KafkaError(code)})
+    worker, fresh = worker_with(producer, monkeypatch)
+    with pytest.raises(KafkaException):
+        worker._transact(SNAPSHOT)
+    assert producer.calls[-1] == "abort"
+    assert fresh == [], "an abort was enough"
+
+
+def test_a_producer_that_cannot_abort_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = StandIn({"commit": KafkaError(KafkaError._TIMED_OUT),
+                        "abort": KafkaError(KafkaError._STATE)})  # fmt: skip
+    worker, fresh = worker_with(producer, monkeypatch)
+    with pytest.raises(KafkaException):
+        worker._transact(SNAPSHOT)
+    assert len(fresh) == 1
+    assert worker._producer is fresh[0]
+
+
+def test_a_fatal_error_replaces_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
+    worker, fresh = worker_with(producer, monkeypatch)
+    with pytest.raises(KafkaException):
+        worker._transact(SNAPSHOT)
+    assert "abort" not in producer.calls
+    assert worker._producer is fresh[0]
