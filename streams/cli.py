@@ -351,7 +351,11 @@ def _dlq(args: argparse.Namespace) -> int:
     if not chosen:
         _say("kourier: nothing to replay: give --offset N (repeatable) or --all")
         return 1
-    count = deadletters.replay(settings, chosen)
+    try:
+        count = deadletters.replay(settings, chosen)
+    except ValueError as error:
+        _say(f"kourier: {error}; nothing was replayed")
+        return 1
     print(json.dumps({"replayed": count, "offsets": [x.dlq_offset for x in chosen]}))
     return 0
 

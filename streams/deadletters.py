@@ -67,14 +67,19 @@ def read(
 
 
 def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 30.0) -> int:
-    """Produce each letter's original record to the ingress topic; returns how many."""
+    """Produce each letter's original record to the ingress topic; returns how many.
+    Truncated letters are refused (``ValueError``) before anything is produced."""
+    chosen = list(letters)
+    cut = [letter.dlq_offset for letter in chosen if letter.truncated is not None]
+    if cut:
+        raise ValueError(f"dead letters at offsets {cut} keep only the start of their record")
     topics = Topics(settings.namespace)
     producer = Producer(settings.producer_config({"enable.idempotence": True, "log_level": 3}))
     metadata = producer.list_topics(topics.ingress, timeout=timeout).topics[topics.ingress]
     partitions = len(metadata.partitions)
     errors: list[str] = []
     count = 0
-    for letter in letters:
+    for letter in chosen:
         key = letter.original_key()
         partition = partition_for(key, partitions) if key else 0
         producer.produce(

@@ -289,8 +289,10 @@ class DeadLetter(_Model):
 
     On the dead-letter topic the record keeps its original key and value, byte for byte,
     and this metadata travels in ``kourier.*`` headers (:meth:`headers`), as Kafka
-    Connect's dead-letter queues do: nothing is re-encoded, so nothing can grow past the
-    broker's size limit, and a replay produces exactly what arrived.
+    Connect's dead-letter queues do: nothing is re-encoded, and a replay produces exactly
+    what arrived. Only a record so near Kafka's size limit that it would not fit with its
+    headers keeps just the start of its value (``kourier.truncated``: the original
+    length); such a letter cannot be replayed.
     """
 
     reason: str
@@ -302,6 +304,9 @@ class DeadLetter(_Model):
     payload: str = Field(description="original value, base64")
     at: datetime
     dlq_offset: int | None = Field(default=None, description="where it sits on the DLQ topic")
+    truncated: int | None = Field(
+        default=None, description="the original value's length, when only its start is kept"
+    )
 
     @classmethod
     def of(
@@ -361,6 +366,7 @@ class DeadLetter(_Model):
             payload=base64.b64encode(value or b"").decode(),
             at=datetime.fromisoformat(found.get("kourier.at", "1970-01-01T00:00:00+00:00")),
             dlq_offset=dlq_offset,
+            truncated=number("truncated") if "kourier.truncated" in found else None,
         )
 
     def original_key(self) -> bytes | None:

@@ -428,10 +428,12 @@ class Worker:
             )
 
     def _transact(self, snapshot: Snapshot) -> None:
-        """One transaction (committer thread). Whatever fails in it ends in an abort, or
-        when even that fails in a fresh producer, and is raised: the Kafka thread then
-        restores its partitions from Kafka, so no transaction is left open to wedge the
-        next ones."""
+        """One transaction (committer thread). A failure is raised, and the Kafka thread then
+        restores its partitions from Kafka. Before that, a transaction that failed for good
+        (a record refused, an abortable error) is aborted, or when even that fails the
+        producer is replaced, so that no open transaction wedges the next ones; a fatal
+        error replaces the producer; a retriable one (a commit that timed out) is left to
+        complete or to the stuck-transaction fence."""
         producer = self._producer
         try:
             producer.begin_transaction()
@@ -454,11 +456,23 @@ class Worker:
             producer.commit_transaction(_TIMEOUT)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if not error.fatal() and self._aborted(producer):
+            if error.retriable() and not error.txn_requires_abort() and not error.fatal():
+                # A commit that timed out may still complete: leave it to librdkafka (a
+                # transaction stuck past _STUCK is fenced by the Kafka thread).
                 raise
-            if self._producer is producer:
-                self._producer = self._new_producer()
+            if error.fatal() or not self._aborted(producer):
+                self._replace_producer(producer)
             raise
+
+    def _replace_producer(self, failed: Producer) -> None:
+        """A new producer with the same transactional id (committer thread); when Kafka
+        cannot be reached, the old one stays and the next failure tries again."""
+        if self._producer is not failed:
+            return
+        try:
+            self._producer = self._new_producer()
+        except KafkaException as exc:
+            log.warning("no new producer yet: %s", exc.args[0])
 
     @staticmethod
     def _aborted(producer: Producer) -> bool:
@@ -475,11 +489,19 @@ class Worker:
         owned = self._on_loop(self._drop_all())
         if not owned:
             return
-        committed = self._offset_reader.committed(owned, _TIMEOUT)
-        for tp in committed:
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-        self._on_loop(self._assign(committed, self._delay_ends(committed)))
+        while True:
+            try:
+                committed = self._offset_reader.committed(owned, _TIMEOUT)
+                for tp in committed:
+                    offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                break
+            except KafkaException as exc:
+                if self._stopping:
+                    raise
+                log.warning("reading committed offsets failed (%s); trying again", exc)
+                time.sleep(1.0)
+        self._take_over(committed)
 
     async def _drop_all(self) -> list[TopicPartition]:
         owned = [TopicPartition(self.topics.ingress, p) for p in self.processors]
@@ -502,8 +524,26 @@ class Worker:
         }
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        committed = self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
-        self._on_loop(self._assign(committed, self._delay_ends(committed)))
+        self._take_over(partitions)
+
+    def _take_over(self, partitions: list[TopicPartition]) -> None:
+        """Read the committed offsets, restore, start (Kafka thread). While brokers come
+        and go this can time out: it is tried again, from scratch, rather than end the
+        worker, until it succeeds or the worker stops (the group evicts a worker that stays
+        in here past ``max.poll.interval.ms``, and its partitions move on)."""
+        while True:
+            try:
+                committed = (
+                    self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
+                )
+                self._on_loop(self._assign(committed, self._delay_ends(committed)))
+                return
+            except (KafkaException, WorkerError) as exc:
+                if self._stopping:
+                    raise
+                log.warning("taking over %s failed (%s); trying again", _describe(partitions), exc)
+                self._on_loop(self._forget(partitions, close=True))
+                time.sleep(1.0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Hand partitions over cleanly: stop their handlers and timers, take what they have

@@ -11,8 +11,9 @@ import pytest
 from confluent_kafka import Producer
 
 from handlers import TerminalError
+from streams import deadletters
 from streams.client import Client
-from streams.records import Invoke, Target, encode
+from streams.records import DeadLetter, Invoke, Target, encode
 from streams.settings import Settings
 from streams.worker import Worker
 from tests.kafka_helpers import drain
@@ -48,6 +49,10 @@ async def test_a_dead_letter_of_a_record_near_the_limit_fits(
     assert headers["kourier.reason"] == b"oversize"
     assert int(headers["kourier.truncated"]) == len(body)
     assert len(letter.value() or b"") < len(body)
+    parsed = DeadLetter.from_record(letter.key(), letter.value(), letter.headers())
+    assert parsed.truncated == len(body)
+    with pytest.raises(ValueError, match="keep only the start"):
+        deadletters.replay(topics, [parsed])
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{ingress_url}/Tally/near/add", json=3) as reply,

@@ -65,13 +65,9 @@ SNAPSHOT = Snapshot(out=[Out("t", 0, b"k", b"v")], offsets=[])
 
 @pytest.mark.parametrize(
     ("where", "code"),
-    [
-        ("produce", KafkaError.MSG_SIZE_TOO_LARGE),
-        ("begin", KafkaError._STATE),
-        ("commit", KafkaError._TIMED_OUT),
-    ],
+    [("produce", KafkaError.MSG_SIZE_TOO_LARGE), ("begin", KafkaError._STATE)],
 )
-def test_a_failed_transaction_is_aborted(
+def test_a_transaction_that_failed_for_good_is_aborted(
     where: str, code: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     producer = StandIn({where: KafkaError(code)})
@@ -82,8 +78,17 @@ def test_a_failed_transaction_is_aborted(
     assert fresh == [], "an abort was enough"
 
 
+def test_a_commit_that_timed_out_is_left_to_complete(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = StandIn({"commit": KafkaError(KafkaError._TIMED_OUT, retriable=True)})
+    worker, fresh = worker_with(producer, monkeypatch)
+    with pytest.raises(KafkaException):
+        worker._transact(SNAPSHOT)
+    assert producer.calls[-1] == "commit", "no abort while the commit may still complete"
+    assert fresh == []
+
+
 def test_a_producer_that_cannot_abort_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    producer = StandIn({"commit": KafkaError(KafkaError._TIMED_OUT),
+    producer = StandIn({"commit": KafkaError(KafkaError.INVALID_RECORD),
                         "abort": KafkaError(KafkaError._STATE)})  # fmt: skip
     worker, fresh = worker_with(producer, monkeypatch)
     with pytest.raises(KafkaException):
