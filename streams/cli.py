@@ -211,9 +211,12 @@ def _dev(args: argparse.Namespace) -> int:
     if os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers:
         settings = _settings(args)
     else:
-        running = broker.start(data_dir, port=args.kafka_port)
+        if args.nodes > 1:
+            bootstrap = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port).bootstrap
+        else:
+            bootstrap = broker.start(data_dir, port=args.kafka_port).bootstrap
         started_broker = True
-        settings = _settings(args).model_copy(update={"bootstrap_servers": running.bootstrap})
+        settings = _settings(args).model_copy(update={"bootstrap_servers": bootstrap})
     try:
         create_topics(settings)
         worker = Worker(settings, services)
@@ -446,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="broker + topics + worker + ingress, for development")
     dev.add_argument("module", help="the handlers to run, e.g. examples.quickstart")
     dev.add_argument("--kafka-port", type=int, default=0, help="local broker port (0 = free)")
+    dev.add_argument("--nodes", type=int, default=1, help="local KRaft nodes (3: a cluster)")
     dev.add_argument("--data", default=str(_DEFAULT_DATA.with_name("dev-broker")))
     dev.add_argument("-v", "--verbose", action="store_true")
     _http_flags(dev)

@@ -22,6 +22,9 @@ _TRANSIENT = {
 }
 
 
+_TRY = 3.0  # seconds per offset query before the metadata is refreshed
+
+
 def transient(error: KafkaError) -> bool:
     return bool(error.retriable()) or error.code() in _TRANSIENT
 
@@ -31,8 +34,11 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
     last stable offset. Retriable errors are retried until ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
+        # Short tries: a partition whose leader just died answers only once the client
+        # has asked for fresh metadata, which happens between tries.
+        left = max(0.1, min(_TRY, deadline - time.monotonic()))
         try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            low, high = consumer.get_watermark_offsets(tp, timeout=left)
             return int(low), int(high)
         except KafkaException as exc:
             if not transient(exc.args[0]) or time.monotonic() > deadline:
