@@ -19,6 +19,7 @@ from streams import deadletters, ids
 from streams.client import Client
 from streams.metrics import DEADLETTERS
 from streams.partition import MAX_RECORD_BYTES
+from streams.partitioning import partition_for
 from streams.records import Invoke, RecordError, Target, decode_ingress
 from streams.settings import Settings
 from streams.worker import Worker
@@ -239,3 +240,73 @@ async def test_no_path_header_or_query_gets_a_500(ingress_url: str, client: Clie
                     payload = await reply.json(content_type=None)
                     assert set(payload) >= {"code", "message"}, payload
     assert (await client.service("Relay", "echo").request({"ok": 2}))["value"] == {"ok": 2}
+
+
+KEYS = [f"near{i}" for i in range(4)]
+VALID_IDS = st.builds(lambda key: ids.new_id(key, 4), st.sampled_from([*KEYS, "elsewhere"]))
+
+
+def near_miss(kind: str, key: str, some_id: str, entry: int) -> dict[str, Any]:
+    """A record of the right shape that is wrong all the same: ids nobody knows, ids that
+    route elsewhere, handlers nobody hosts, completions and starts for nothing."""
+    target = {"service": "Tally", "key": key, "handler": "add"}
+    records: dict[str, dict[str, Any]] = {
+        "foreign-caller": {"kind": "invoke", "target": target, "argument": 1,
+                           "caller": {"invocation_id": some_id, "entry": entry}},
+        "stray-id": {"kind": "invoke", "target": target, "argument": 1,
+                     "invocation_id": some_id},
+        "malformed-caller": {"kind": "invoke", "target": target, "argument": 1,
+                             "caller": {"invocation_id": some_id[:-3] + "xyz", "entry": 0}},
+        "unknown-handler": {"kind": "invoke", "target": {**target, "handler": "nope"}},
+        "foreign-service": {"kind": "invoke", "target": {"service": "Nope", "handler": "x"}},
+        "control": {"kind": "cancel", "invocation_id": some_id, "request_id": "r"},
+        "kill": {"kind": "kill", "invocation_id": some_id},
+        "resume": {"kind": "resume", "invocation_id": some_id},
+        "attach": {"kind": "attach", "request_id": "r", "invocation_id": some_id},
+        "completion": {"kind": "completion", "invocation_id": some_id,
+                       "caller": {"invocation_id": some_id, "entry": entry}},
+        "start": {"kind": "start", "invocation_id": some_id, "seq": entry},
+        "late-send": {"kind": "invoke", "target": target, "argument": 1, "mode": "send",
+                      "due": "2000-01-01T00:00:00+00:00"},
+    }  # fmt: skip
+    return records[kind]
+
+
+NEAR_MISS_KINDS = [
+    "foreign-caller", "stray-id", "unknown-handler", "foreign-service", "control", "kill",
+    "resume", "attach", "completion", "start", "late-send", "malformed-caller",
+]  # fmt: skip
+
+
+async def test_near_miss_records_never_lock_a_key_or_stop_the_worker(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    producer = Producer(topics.client_config({"linger.ms": 5}))
+    thrown: list[tuple[str, str]] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        kind=st.sampled_from(NEAR_MISS_KINDS),
+        key=st.sampled_from(KEYS),
+        some_id=VALID_IDS,
+        entry=st.integers(0, 5),
+    )
+    def throw(kind: str, key: str, some_id: str, entry: int) -> None:
+        record = near_miss(kind, key, some_id, entry)
+        partition = partition_for(key, topics.partitions)
+        producer.produce(f"{topics.namespace}.ingress", json.dumps(record).encode(),
+                         key=key.encode(), partition=partition)  # fmt: skip
+        if kind == "stray-id" and ids.partition_of(some_id, 4) == partition_for(key, 4):
+            kind = "routed-id"  # by chance on its key's partition: a valid call
+        thrown.append((kind, key))
+
+    await asyncio.to_thread(throw)
+    assert await asyncio.to_thread(producer.flush, 30) == 0
+    assert {"foreign-caller", "malformed-caller", "completion"} <= {kind for kind, _ in thrown}
+    # Every key still answers after everything thrown at it, and what was a valid call in
+    # all of that (an unknown caller, a send due long ago) ran once, in order, before it.
+    for key in KEYS:
+        valid = ("foreign-caller", "late-send", "routed-id")
+        ran = sum(1 for kind, k in thrown if k == key and kind in valid)
+        after = await asyncio.wait_for(client.object("Tally", key, "add").request(1), 60)
+        assert after == ran + 1, key
