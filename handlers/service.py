@@ -18,6 +18,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 ServiceKind = Literal["service", "object", "workflow"]
 HandlerKind = Literal["exclusive", "shared", "workflow"]
 _REF_ATTR = "__kourier_handler__"
+#: How long idempotency keys and workflow runs are remembered, unless a service says.
+DEFAULT_IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 
 class HandlerDef:
@@ -69,7 +71,7 @@ class ServiceDefinition:
         name: str,
         *,
         retry: RetryPolicy | None = None,
-        idempotency_retention: timedelta = timedelta(hours=24),
+        idempotency_retention: timedelta = DEFAULT_IDEMPOTENCY_RETENTION,
         completed_retention: timedelta = timedelta(0),
         inactivity_timeout: timedelta = timedelta(seconds=60),
         description: str = "",

@@ -33,7 +33,7 @@ from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import ids
 from streams.offsets import consume_ready, watermarks
-from streams.partitioning import partition_for, partition_of_key
+from streams.partitioning import partition_of_key
 from streams.records import (
     AttachRequest,
     Cancel,
@@ -266,9 +266,7 @@ class Client:
         if target.service not in self.services:
             await self.catalog()  # to know whether it is a workflow
         inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
-        if target.key is not None and ids.partition_of(inv_id, self.partitions) != partition_for(
-            target.key, self.partitions
-        ):
+        if target.key is not None and not ids.belongs_to_key(inv_id, target.key, self.partitions):
             raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
         request_id = self._request_id()
         record = Invoke(

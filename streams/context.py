@@ -159,6 +159,11 @@ def _checked(invocation_id: str) -> None:
 def writable(value: Any, what: str) -> Any:
     """``value`` as JSON that fits in a record: not JSON is a 400, too large a 413, raised
     where the handler made it, before anything is journaled (so a replay raises the same)."""
+    return measured(value, what)[0]
+
+
+def measured(value: Any, what: str) -> tuple[Any, int]:
+    """:func:`writable`, with the size of the JSON it will be written as."""
     encoded = JSON.encode(value, what)
     try:
         size = value_size(encoded)
@@ -170,7 +175,7 @@ def writable(value: Any, what: str) -> Any:
             "in one record",
             413,
         )
-    return encoded
+    return encoded, size
 
 
 def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:

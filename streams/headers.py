@@ -8,7 +8,7 @@ the default deny-list below, plus any that ``KOURIER_DENIED_HEADERS`` names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 #: Credentials, by their usual names. Matched case-insensitively.
 DENIED_HEADERS = frozenset(
@@ -23,11 +23,6 @@ DENIED_HEADERS = frozenset(
         "x-xsrf-token",
     }
 )
-
-
-def denied(extra: Iterable[str] = ()) -> frozenset[str]:
-    """The default deny-list plus ``extra`` names (lower-cased)."""
-    return DENIED_HEADERS | {name.strip().lower() for name in extra if name.strip()}
 
 
 def allowed_headers(headers: Mapping[str, str], deny: frozenset[str]) -> dict[str, str]:

@@ -85,6 +85,17 @@ def workflow_run_id(workflow: str, workflow_id: str) -> str:
     return keyed_id(workflow_id, json.dumps(["workflow", workflow, workflow_id]))
 
 
+def is_id(text: str) -> bool:
+    """Whether ``text`` has the shape of an invocation id."""
+    return _ID.match(text) is not None
+
+
+def belongs_to_key(invocation_id: str, key: str, partitions: int) -> bool:
+    """Whether ``invocation_id`` routes to the partition that owns object ``key``, as the
+    id of an invocation of that key must."""
+    return partition_of(invocation_id, partitions) == key_hash(key) % partitions
+
+
 def validate(invocation_id: str) -> str:
     if not _ID.match(invocation_id):
         raise InvalidId(f"{invocation_id!r} is not a Kourier invocation id (inv_ + 32 hex digits)")

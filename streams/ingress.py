@@ -107,8 +107,8 @@ def parse_duration(text: str) -> timedelta:
                 minutes=parts.get("m", 0),
                 seconds=parts.get("s", 0),
             )
-        # Adding it to now raises OverflowError past the year 9999.
-        if duration is not None and datetime.now(UTC) + duration:
+        if duration is not None:
+            datetime.now(UTC) + duration  # raises OverflowError past the year 9999
             return duration
     except OverflowError:
         raise HttpError(400, f"delay {text!r} ends after the year 9999") from None

@@ -113,8 +113,6 @@ class Invocation:
 
     async def wait_for(self, index: int) -> Any:
         entry = self.journal[index]
-        if entry.done and entry.kind == "call" and _is_conflict(entry):
-            self.take_cancel()  # the handler now meets the 409 its cancel caused
         if not entry.done and entry.kind in LOCAL_WAITS and self.take_cancel():
             self.complete_entry(index, failure=CANCELLED)
             entry = self.journal[index]
@@ -130,8 +128,8 @@ class Invocation:
                 if self.waiting.get(index) is future:
                     del self.waiting[index]
             self.check_open()
-            if entry.kind == "call" and _is_conflict(entry):
-                self.take_cancel()
+        if entry.kind == "call" and _is_conflict(entry):
+            self.take_cancel()  # the handler now meets the 409 its cancel caused
         return _outcome(entry)
 
     def state_get(self, name: str) -> JsonValue:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from streams.ids import ID_PATTERN
+from streams.ids import is_id
 from streams.records import Caller, Failure, Target
 
 Status = Literal[
@@ -102,7 +101,6 @@ class InvocationMeta(BaseModel):
 
 
 log = logging.getLogger("kourier.journal")
-_ID = re.compile(ID_PATTERN)
 
 CANCELLED = Failure(code=409, message="cancelled")
 KILLED = Failure(code=409, message="killed")
@@ -196,12 +194,12 @@ def _salvaged(value: bytes) -> InvocationMeta | None:
     try:
         data = json.loads(value)
         caller = data.get("caller")
-        if isinstance(caller, dict) and not _ID.match(str(caller.get("invocation_id"))):
+        if isinstance(caller, dict) and not is_id(str(caller.get("invocation_id"))):
             log.error("invocation %s: caller id %r dropped", data.get("id"), caller)
             data["caller"] = None
         data["attachers"] = [
             a for a in data.get("attachers") or []
-            if isinstance(a, dict) and _ID.match(str(a.get("invocation_id")))
+            if isinstance(a, dict) and is_id(str(a.get("invocation_id")))
         ]  # fmt: skip
         return InvocationMeta.model_validate(data)
     except (ValueError, ValidationError, AttributeError) as error:

@@ -23,8 +23,9 @@ from typing import Literal
 from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import NonDeterminismError, TerminalError
+from handlers.service import DEFAULT_IDEMPOTENCY_RETENTION
 from streams import ids
-from streams.context import InvocationClosed, InvocationContext, writable
+from streams.context import InvocationClosed, InvocationContext, measured
 from streams.headers import DENIED_HEADERS, allowed_headers
 from streams.invocation import Invocation
 from streams.journal import (
@@ -292,17 +293,19 @@ class PartitionProcessor:
             if isinstance(record, Invoke):
                 if record.target.key is None and record.invocation_id is not None:
                     return ids.partition_of(record.invocation_id, self.partitions)
-                owner = self._owner_of(record.target, record.idempotency_key)
-                if record.invocation_id is not None:
-                    named = ids.partition_of(record.invocation_id, self.partitions)
-                    if named != owner:
-                        raise RecordError(
-                            "bad-schema",
-                            f"invocation_id routes to partition {named}, but key "
-                            f"{record.target.key!r} lives on partition {owner}: derive the id "
-                            "from the key (streams.ids.new_id) or leave it out",
-                        )
-                return owner
+                key = record.target.key
+                given = record.invocation_id
+                if (
+                    given is not None
+                    and key is not None
+                    and not ids.belongs_to_key(given, key, self.partitions)
+                ):
+                    raise RecordError(
+                        "bad-schema",
+                        f"invocation_id does not route to the partition of key {key!r}: "
+                        "derive the id from the key (streams.ids.new_id) or leave it out",
+                    )
+                return self._owner_of(record.target, record.idempotency_key)
             if isinstance(record, Completion):
                 return ids.partition_of(record.caller.invocation_id, self.partitions)
             if isinstance(record, Start):
@@ -731,9 +734,9 @@ class PartitionProcessor:
             except (ValidationError, TypeError, ValueError) as exc:
                 message = f"{handler.path} returned a value that is not JSON: {exc}"
                 raise TerminalError(message) from None
-            value = writable(value, f"the result of {handler.path}")
+            value, size = measured(value, f"the result of {handler.path}")
             if _retention(inv).total_seconds() > 0:  # kept: written with its argument
-                _fits_with_argument(value, inv.meta.argument, handler.path)
+                _fits_with_argument(size, inv.meta.argument, handler.path)
         except TerminalError as error:
             failure = Failure(code=error.status_code, message=error.message)
         except NonDeterminismError as error:
@@ -871,7 +874,6 @@ class PartitionProcessor:
             self.state_write(meta.target, "clear_all", None, None)
             for name in self.promises.pop((meta.target.service, meta.target.key), {}):
                 self._dirty_promises.add((meta.target.service, meta.target.key, name))
-        self._drop_promise_waits(inv)
         self.invocations.pop(inv.meta.id, None)
         self._dirty.discard(inv.meta.id)
         if inv.persisted:
@@ -1126,9 +1128,9 @@ def _scope(target: Target, idempotency_key: str) -> str:
     return json.dumps([target.service, target.key, target.handler, idempotency_key])
 
 
-def _fits_with_argument(value: JsonValue, argument: JsonValue, path: str) -> None:
-    """A retained outcome is written with the invocation's argument: both in one record."""
-    size = value_size(value)
+def _fits_with_argument(size: int, argument: JsonValue, path: str) -> None:
+    """A retained outcome (``size`` bytes of JSON) is written with the invocation's
+    argument: both in one record."""
     if size > 64 * 1024 and size + value_size(argument) > MAX_VALUE_BYTES:
         raise TerminalError(
             f"the result of {path} ({size} bytes of JSON) and its argument together exceed "
@@ -1154,15 +1156,12 @@ def _retention(inv: Invocation) -> timedelta:
     handler = inv.handler_def
     if handler is None:
         kept = inv.meta.idempotency_key is not None or _is_workflow_run(inv)
-        return _DEFAULT_RETENTION if kept else timedelta(0)
+        return DEFAULT_IDEMPOTENCY_RETENTION if kept else timedelta(0)
     service = handler.service
     retention = service.completed_retention
     if inv.meta.idempotency_key is not None or handler.kind == "workflow":
         retention = max(retention, service.idempotency_retention)
     return retention
-
-
-_DEFAULT_RETENTION = timedelta(hours=24)
 
 
 def _names_callee(entry: Entry, invocation_id: str) -> bool:

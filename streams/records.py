@@ -440,17 +440,11 @@ def _validate(adapter: TypeAdapter[_T], data: bytes | None) -> _T:
 
 def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Completion | Start:
     """Decode an ingress-topic value, or raise :class:`RecordError` saying why not."""
-    if data is not None:
-        try:  # the common case, in one pass; a record that fails is decoded again to say why
-            record = _INGRESS.validate_json(data)
-        except ValidationError:
-            pass
-        else:
-            _check_surrogates(data)
-            return record
-    record = _validate(_INGRESS, data)
-    assert data is not None
-    _check_surrogates(data)
+    try:  # the common case, in one pass; a record that fails is decoded again to say why
+        record = _INGRESS.validate_json(data or b"")
+    except ValidationError:
+        record = _validate(_INGRESS, data)
+    _check_surrogates(data or b"")
     return record
 
 

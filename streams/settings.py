@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from streams.headers import denied
+from streams.headers import DENIED_HEADERS
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _KAFKA_PREFIX = "KOURIER_KAFKA_"
@@ -105,7 +105,7 @@ class Settings(BaseModel):
     @property
     def header_denylist(self) -> frozenset[str]:
         """Every header name kept out of invocation metadata."""
-        return denied(self.denied_headers)
+        return DENIED_HEADERS | frozenset(self.denied_headers)  # lower-cased when read
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -489,19 +489,9 @@ class Worker:
         owned = self._on_loop(self._drop_all())
         if not owned:
             return
-        while True:
-            try:
-                committed = self._offset_reader.committed(owned, _TIMEOUT)
-                for tp in committed:
-                    offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-                break
-            except KafkaException as exc:
-                if self._stopping:
-                    raise
-                log.warning("reading committed offsets failed (%s); trying again", exc)
-                time.sleep(1.0)
-        self._take_over(committed)
+        for tp in self._take_over(owned):  # then read on from what is committed
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     async def _drop_all(self) -> list[TopicPartition]:
         owned = [TopicPartition(self.topics.ingress, p) for p in self.processors]
@@ -526,18 +516,19 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._take_over(partitions)
 
-    def _take_over(self, partitions: list[TopicPartition]) -> None:
-        """Read the committed offsets, restore, start (Kafka thread). While brokers come
-        and go this can time out: it is tried again, from scratch, rather than end the
-        worker, until it succeeds or the worker stops (the group evicts a worker that stays
-        in here past ``max.poll.interval.ms``, and its partitions move on)."""
+    def _take_over(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Read the committed offsets, restore, start (Kafka thread); the offsets read.
+        While brokers come and go this can time out: it is tried again, from scratch,
+        rather than end the worker, until it succeeds or the worker stops (the group evicts
+        a worker that stays in here past ``max.poll.interval.ms``, and its partitions move
+        on)."""
         while True:
             try:
                 committed = (
                     self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
                 )
                 self._on_loop(self._assign(committed, self._delay_ends(committed)))
-                return
+                return committed
             except (KafkaException, WorkerError) as exc:
                 if self._stopping:
                     raise
