@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
@@ -428,12 +428,14 @@ class Worker:
             )
 
     def _transact(self, snapshot: Snapshot) -> None:
-        """One transaction (committer thread). A failure is raised, and the Kafka thread then
-        restores its partitions from Kafka. Before that, a transaction that failed for good
-        (a record refused, an abortable error) is aborted, or when even that fails the
-        producer is replaced, so that no open transaction wedges the next ones; a fatal
-        error replaces the producer; a retriable one (a commit that timed out) is left to
-        complete or to the stuck-transaction fence."""
+        """One transaction (committer thread). Sending the offsets and committing are tried
+        again while they fail retriably (a broker away): until they settle, nobody knows
+        whether the transaction committed, and restoring from Kafka meanwhile would apply
+        its records a second time if it did. Any other failure is raised, and the Kafka
+        thread then restores its partitions from Kafka; before that a transaction that
+        failed for good (a record refused, an abortable error) is aborted, or when even that
+        fails the producer is replaced, so that no open transaction wedges the next ones. A
+        transaction that never settles is fenced by the Kafka thread (``_STUCK``)."""
         producer = self._producer
         try:
             producer.begin_transaction()
@@ -451,18 +453,30 @@ class Worker:
                     except BufferError:
                         producer.poll(0.01)
             if snapshot.offsets:
-                metadata = snapshot.metadata
-                producer.send_offsets_to_transaction(snapshot.offsets, metadata, _TIMEOUT)
-            producer.commit_transaction(_TIMEOUT)
+                offsets, metadata = snapshot.offsets, snapshot.metadata
+                self._settled(
+                    producer,
+                    lambda: producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT),
+                )
+            self._settled(producer, lambda: producer.commit_transaction(_TIMEOUT))
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.retriable() and not error.txn_requires_abort() and not error.fatal():
-                # A commit that timed out may still complete: leave it to librdkafka (a
-                # transaction stuck past _STUCK is fenced by the Kafka thread).
-                raise
+            if _in_doubt(error):
+                raise  # the producer was fenced meanwhile: the fence settles it
             if error.fatal() or not self._aborted(producer):
                 self._replace_producer(producer)
             raise
+
+    def _settled(self, producer: Producer, call: Callable[[], None]) -> None:
+        """``call`` again while it fails retriably and ``producer`` is still the worker's."""
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                if not _in_doubt(exc.args[0]) or self._producer is not producer:
+                    raise
+                log.warning("transaction not settled yet (%s); trying again", exc.args[0])
 
     def _replace_producer(self, failed: Producer) -> None:
         """A new producer with the same transactional id (committer thread); when Kafka
@@ -649,6 +663,11 @@ class Worker:
                     raise WorkerError(f"restoring partition {partition} took too long")
         finally:
             self._restorer.unassign()
+
+
+def _in_doubt(error: KafkaError) -> bool:
+    """A transactional call that failed without an outcome: it may be tried again."""
+    return bool(error.retriable() and not error.txn_requires_abort() and not error.fatal())
 
 
 def _forget_gauges(tp: TopicPartition) -> None:

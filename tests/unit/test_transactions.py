@@ -22,13 +22,15 @@ from tests.unit.test_near_misses import box
 class StandIn:
     """Records the transactional calls; raises where told."""
 
-    def __init__(self, fail: dict[str, KafkaError]) -> None:
+    def __init__(self, fail: dict[str, KafkaError], times: int = -1) -> None:
         self.fail = fail
+        self.times = times  # how many calls fail (-1: all)
         self.calls: list[str] = []
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
-        if name in self.fail:
+        if name in self.fail and self.times != 0:
+            self.times -= 1
             raise KafkaException(self.fail[name])
 
     def begin_transaction(self) -> None:
@@ -78,12 +80,34 @@ def test_a_transaction_that_failed_for_good_is_aborted(
     assert fresh == [], "an abort was enough"
 
 
-def test_a_commit_that_timed_out_is_left_to_complete(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_commit_in_doubt_is_tried_again_not_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that timed out may have committed: restoring from Kafka now would apply its
+    records twice if it did, so the commit is tried again until it settles."""
+    producer = StandIn({"commit": KafkaError(KafkaError._TIMED_OUT, retriable=True)}, times=2)
+    worker, fresh = worker_with(producer, monkeypatch)
+    worker._transact(SNAPSHOT)  # settles on the third try: no failure for the Kafka thread
+    assert producer.calls == ["begin", "produce", "commit", "commit", "commit"]
+    assert fresh == []
+
+
+def test_a_commit_in_doubt_on_a_fenced_producer_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the Kafka thread fenced a stuck producer, its commit stops being tried."""
     producer = StandIn({"commit": KafkaError(KafkaError._TIMED_OUT, retriable=True)})
     worker, fresh = worker_with(producer, monkeypatch)
+    original = producer._call
+
+    def fence_on_second_commit(name: str) -> None:
+        if name == "commit" and producer.calls.count("commit") == 1:
+            worker._producer = StandIn({})  # type: ignore[assignment]
+        original(name)
+
+    producer._call = fence_on_second_commit  # type: ignore[method-assign]
     with pytest.raises(KafkaException):
         worker._transact(SNAPSHOT)
-    assert producer.calls[-1] == "commit", "no abort while the commit may still complete"
+    assert producer.calls.count("commit") == 2
+    assert "abort" not in producer.calls
     assert fresh == []
 
 
