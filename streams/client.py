@@ -169,6 +169,10 @@ class Client:
             await asyncio.to_thread(thread.join)
         self._reader.close()
         await asyncio.to_thread(self._producer.flush, 5)
+        # Records still undelivered (Kafka away: they have no delivery timeout) are dropped
+        # now, their senders told so below; otherwise the producer could never be destroyed.
+        self._producer.purge()
+        await asyncio.to_thread(self._producer.flush, 1)
         del self._producer, self._reader  # librdkafka handles live until garbage collected
         for future in self._pending.values():
             if not future.done():
