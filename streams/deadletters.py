@@ -68,12 +68,17 @@ def read(
 
 def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 30.0) -> int:
     """Produce each letter's original record to the ingress topic; returns how many.
-    Truncated letters are refused (``ValueError``) before anything is produced."""
+    Truncated letters, and letters from the delay topic, are refused (``ValueError``)
+    before anything is produced."""
     chosen = list(letters)
+    topics = Topics(settings.namespace)
     cut = [letter.dlq_offset for letter in chosen if letter.truncated is not None]
     if cut:
         raise ValueError(f"dead letters at offsets {cut} keep only the start of their record")
-    topics = Topics(settings.namespace)
+    foreign = [letter.dlq_offset for letter in chosen if letter.topic != topics.ingress]
+    if foreign:
+        # A delay record set aside names no invocation (or a bad one): nothing can run it.
+        raise ValueError(f"dead letters at offsets {foreign} are not from the ingress topic")
     producer = Producer(settings.producer_config({"enable.idempotence": True, "log_level": 3}))
     metadata = producer.list_topics(topics.ingress, timeout=timeout).topics[topics.ingress]
     partitions = len(metadata.partitions)

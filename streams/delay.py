@@ -43,14 +43,16 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams import ids
+from streams.metrics import DEADLETTERS
 from streams.offsets import consume_ready, watermarks
 from streams.partition import Out
-from streams.records import Delayed, Fired, RecordError, decode_delay, encode
+from streams.records import DeadLetter, Delayed, Fired, RecordError, decode_delay, encode
 from streams.topics import Topics
 
 log = logging.getLogger("kourier.delay")
@@ -186,7 +188,7 @@ class DelayProcessor:
         self._pending = OffsetSet(start_offset)  # every offset not yet released
         # Due within the horizon: a heap of (due, offset) and the records themselves.
         self._near: list[tuple[float, int]] = []
-        self._held: dict[int, tuple[bytes | None, bytes, int]] = {}  # offset -> key, value, owner
+        self._held: dict[int, Out] = {}  # offset -> the record to emit when due
         # Due later: offsets by due second, and a heap of those seconds.
         self._far: dict[int, array[int]] = {}
         self._far_seconds: list[int] = []
@@ -221,14 +223,17 @@ class DelayProcessor:
         self._read_since_trim += 1
         try:
             record = decode_delay(value)
+            if isinstance(record, Fired):
+                if self._pending.discard(record.offset):
+                    self._held.pop(record.offset, None)
+            else:
+                self._add(record, offset, self._releasable(record, key))
         except RecordError as error:
-            log.warning("delay %d@%d: %s (skipped)", self.partition, offset, error)
-            record = None
-        if isinstance(record, Fired):
-            if self._pending.discard(record.offset):
-                self._held.pop(record.offset, None)
-        elif record is not None:
-            self._add(record, key, offset)
+            # Released at once, to the dead-letter topic, with a Fired marker like any other:
+            # so it is set aside once, however often the partition is read again.
+            log.warning("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
+            self._pending.add(offset)
+            self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
         self._on_progress(was)
 
     def _on_progress(self, was_caught_up: bool) -> None:
@@ -242,16 +247,13 @@ class DelayProcessor:
         self._changed()
         self._arm()
 
-    def _add(self, record: Delayed, key: bytes | None, offset: int) -> None:
-        released = self._releasable(record, offset)
-        if released is None:
-            return
+    def _add(self, record: Delayed, offset: int, released: Out) -> None:
         self._pending.add(offset)
         due = record.due.timestamp()
         self._extend_horizon(self._clock())
         second = math.floor(due)
         if second < self._loaded_until:
-            self._hold(offset, due, key, *released)
+            self._hold(offset, due, released)
             return
         bucket = self._far.get(second)
         if bucket is None:
@@ -260,23 +262,35 @@ class DelayProcessor:
         bucket.append(offset)
         self._far_size += 1
 
-    def _releasable(self, record: Delayed, offset: int) -> tuple[bytes, int] | None:
-        """The encoded record to release and its owner partition, or None (logged)."""
+    def _releasable(self, record: Delayed, key: bytes | None) -> Out:
+        """The ingress record to release, on its owner's partition (``RecordError`` when the
+        record names no owner, or one that is not a Kourier id)."""
         owner_id = record.owner_id()
         if owner_id is None:
-            log.warning(
-                "delay %d@%d: delayed invoke without an id (skipped)", self.partition, offset
-            )
-            return None
+            raise RecordError("bad-schema", "a delayed invoke without an invocation id")
         try:
             owner = ids.partition_of(owner_id, self.partitions)
         except ids.InvalidId as error:
-            log.warning("delay %d@%d: %s (skipped)", self.partition, offset, error)
-            return None
-        return encode(record.released()), owner
+            raise RecordError("bad-schema", str(error)) from None
+        return Out(self.topics.ingress, owner, key, encode(record.released()))
 
-    def _hold(self, offset: int, due: float, key: bytes | None, value: bytes, owner: int) -> None:
-        self._held[offset] = (key, value, owner)
+    def _dead_letter(
+        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
+    ) -> Out:
+        letter = DeadLetter.of(
+            error,
+            topic=self.topics.delay,
+            partition=self.partition,
+            offset=offset,
+            key=key,
+            value=value,
+            at=datetime.now(UTC),
+        )
+        DEADLETTERS.labels(error.reason).inc()
+        return Out(self.topics.deadletter, 0, key, *letter.record(key, value))
+
+    def _hold(self, offset: int, due: float, released: Out) -> None:
+        self._held[offset] = released
         heapq.heappush(self._near, (due, offset))
 
     # -- what the worker asks -----------------------------------------------------------
@@ -346,15 +360,12 @@ class DelayProcessor:
                 continue  # released or marked fired meanwhile
             try:
                 record = decode_delay(value)
-            except RecordError as error:
-                log.warning("delay %d@%d: %s (dropped)", self.partition, offset, error)
-                self._pending.discard(offset)
-                continue
-            released = self._releasable(record, offset) if isinstance(record, Delayed) else None
-            if released is None or isinstance(record, Fired):
-                self._pending.discard(offset)
-                continue
-            self._hold(offset, record.due.timestamp(), key, *released)
+                if not isinstance(record, Delayed):
+                    raise RecordError("bad-schema", f"a {record.kind} record read back as delayed")
+                self._hold(offset, record.due.timestamp(), self._releasable(record, key))
+            except RecordError as error:  # it was a valid delayed record when first read
+                log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
+                self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
         for offset in missing:
             if self._pending.discard(offset):
                 log.error(
@@ -422,9 +433,9 @@ class DelayProcessor:
             if held is None:
                 continue
             self._pending.discard(offset)
-            key, value, owner = held
-            self._emit(Out(self.topics.ingress, owner, key, value))
-            self._emit(Out(self.topics.delay, self.partition, key, encode(Fired(offset=offset))))
+            self._emit(held)
+            fired = encode(Fired(offset=offset))
+            self._emit(Out(self.topics.delay, self.partition, held.key, fired))
             released += 1
         if released:
             self._wake()

@@ -82,10 +82,6 @@ log = logging.getLogger("kourier.partition")
 _Record = Invoke | Control | AttachRequest | Completion | Start
 #: Larger ingress records go to the dead-letter topic (as the HTTP ingress answers 413).
 MAX_RECORD_BYTES = 900 * 1024
-#: What a dead letter (key, value and headers) may take: librdkafka refuses records over
-#: 1,000,000 bytes. A copy that would not fit keeps what does of the original value, and
-#: ``kourier.truncated`` gives the original length.
-MAX_DEADLETTER_BYTES = 990_000
 #: Callers and attached handlers one invocation answers at most; more wait in vain, so
 #: they are told so (429) rather than grow the invocation's record past what Kafka takes.
 MAX_WAITERS = 1_000
@@ -934,16 +930,7 @@ class PartitionProcessor:
             at=datetime.now(UTC),
         )
         DEADLETTERS.labels(error.reason).inc()
-        headers = letter.headers()
-        room = (
-            MAX_DEADLETTER_BYTES
-            - len(key or b"")
-            - sum(len(name) + len(data or b"") for name, data in headers)
-        )
-        if value is not None and len(value) > room:
-            # The copy must fit, with the headers that say why it is there.
-            headers.append(("kourier.truncated", str(len(value)).encode()))
-            value = value[: max(0, room - 64)]
+        value, headers = letter.record(key, value)
         self._emit(Out(self.topics.deadletter, 0, key, value, headers))
         self._wake()
 

@@ -42,6 +42,14 @@ _T = TypeVar("_T")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$"
 
 
+#: What a dead letter (key, value and headers) may take: librdkafka refuses records over
+#: 1,000,000 bytes. A copy that would not fit keeps what does of the original value, and
+#: ``kourier.truncated`` gives the original length.
+MAX_DEADLETTER_BYTES = 990_000
+#: The value and headers of a dead letter as produced.
+DeadLetterRecord = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
+
+
 class RecordError(ValueError):
     """A record that cannot be decoded; ``reason`` is a short machine-readable word."""
 
@@ -330,6 +338,20 @@ class DeadLetter(_Model):
             payload=base64.b64encode(value or b"").decode(),
             at=at,
         )
+
+    def record(self, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
+        """The value and headers to put on the dead-letter topic: the original value, cut
+        (and marked ``kourier.truncated``) only when it would not fit with its headers."""
+        headers = self.headers()
+        room = (
+            MAX_DEADLETTER_BYTES
+            - len(key or b"")
+            - sum(len(name) + len(data or b"") for name, data in headers)
+        )
+        if value is not None and len(value) > room:
+            headers.append(("kourier.truncated", str(len(value)).encode()))
+            value = value[: max(0, room - 64)]
+        return value, headers
 
     def headers(self) -> list[tuple[str, str | bytes | None]]:
         return [

@@ -8,9 +8,11 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import pytest
 from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,10 +22,11 @@ from streams.client import Client
 from streams.metrics import DEADLETTERS
 from streams.partition import MAX_RECORD_BYTES
 from streams.partitioning import partition_for
-from streams.records import Invoke, RecordError, Target, decode_ingress
+from streams.records import Delayed, Invoke, RecordError, Target, decode_ingress, encode
 from streams.settings import Settings
 from streams.worker import Worker
 from tests.integration.conftest import ROOT
+from tests.integration.helpers import poll_until
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -132,6 +135,40 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
             break
         await asyncio.sleep(0.1)
     assert [letter.original_value() for letter in again] == [b"not json at all"] * 2
+
+
+async def test_bad_delay_records_are_dead_lettered_and_delays_go_on(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    producer = Producer(topics.client_config({"linger.ms": 1}))
+    no_id = Delayed(
+        due=datetime.now(UTC), invoke=Invoke(target=Target(service="Tally", key="d", handler="add"))
+    )
+    bad = {b"delay-0": b"not json", b"delay-1": encode(no_id)}
+    for key, value in bad.items():
+        producer.produce(topics.namespace + ".delay", value, key=key, partition=0)
+    assert producer.flush(30) == 0
+    await client.object_send("Tally", "after-bad-delay", "add").send(1, delay=timedelta(seconds=0.2))
+
+    async def count() -> int:
+        value: int = await client.object("Tally", "after-bad-delay", "count").request()
+        return value
+
+    await poll_until(count, 1, 60, "a delayed send after the bad delay records")
+    letters: list[Any] = []
+    for _ in range(100):
+        letters = await asyncio.to_thread(deadletters.read, topics)
+        if {letter.original_key() for letter in letters} >= set(bad):
+            break
+        await asyncio.sleep(0.1)
+    found = {letter.original_key(): letter for letter in letters}
+    assert {key: (found[key].reason, found[key].topic) for key in bad} == {
+        b"delay-0": ("not-json", topics.namespace + ".delay"),
+        b"delay-1": ("bad-schema", topics.namespace + ".delay"),
+    }
+    assert [found[key].original_value() for key in bad] == list(bad.values())
+    with pytest.raises(ValueError, match="not from the ingress topic"):
+        deadletters.replay(topics, [found[b"delay-0"]])
 
 
 async def test_arbitrary_bytes_and_json_never_stall_or_lose_calls(

@@ -16,7 +16,17 @@ from hypothesis import strategies as st
 from streams import delay, ids
 from streams.delay import DelayProcessor, Deliver, OffsetSet
 from streams.partition import Out
-from streams.records import Caller, Completion, Delayed, Fired, Invoke, Target, decode_delay, encode
+from streams.records import (
+    Caller,
+    Completion,
+    DeadLetter,
+    Delayed,
+    Fired,
+    Invoke,
+    Target,
+    decode_delay,
+    encode,
+)
 from streams.topics import Topics
 
 TOPICS = Topics("unit")
@@ -104,6 +114,7 @@ class Rig:
         self.read = start
         self.released: dict[int, float] = {}  # offset -> clock when released
         self.committed = start  # the delay partition's committed offset
+        self.emitted: list[Out] = []  # to ingress and dead-letter topics, as committed
 
     def feed(self) -> None:
         """Read the log to its end, as the worker's consumer would."""
@@ -122,7 +133,8 @@ class Rig:
                 self.released[marker.offset] = self.clock.now
                 self.log.append(out.key, out.value)
             else:
-                assert out.topic == TOPICS.ingress
+                assert out.topic in (TOPICS.ingress, TOPICS.deadletter), out.topic
+                self.emitted.append(out)
         self.out.clear()
         if self.processor.caught_up:
             self.committed = self.processor.commit_offset()
@@ -245,7 +257,7 @@ async def test_messages_are_released_in_due_order_and_the_commit_offset_is_the_o
     assert rig.processor.commit_offset() == log.end
 
 
-async def test_bad_records_are_skipped_and_do_not_hold_the_commit_offset() -> None:
+async def test_bad_records_are_dead_lettered_once_and_do_not_hold_the_commit_offset() -> None:
     log, clock = Log(), Clock()
     rig = Rig(log, clock)
     log.append(b"x", b"not json")
@@ -253,11 +265,28 @@ async def test_bad_records_are_skipped_and_do_not_hold_the_commit_offset() -> No
         due=datetime.fromtimestamp(T0, UTC),
         invoke=Invoke(target=Target(service="S", handler="h")),
     )
-    log.append(b"x", encode(no_id))
+    log.append(b"y", encode(no_id))
     good = log.delayed(T0 + 1)
     rig.feed()
+    rig.tick()
+    letters = [DeadLetter.from_record(o.key, o.value, o.headers or [], 0) for o in rig.emitted]
+    assert [(o.topic, o.key) for o in rig.emitted] == [
+        (TOPICS.deadletter, b"x"),
+        (TOPICS.deadletter, b"y"),
+    ]
+    assert [(letter.reason, letter.topic, letter.offset) for letter in letters] == [
+        ("not-json", TOPICS.delay, 0),
+        ("bad-schema", TOPICS.delay, 1),
+    ]
+    assert letters[1].original_value() == log.records[1][1], "the record, byte for byte"
+    assert "without an invocation id" in letters[1].detail
     assert rig.processor.pending == 1
-    assert rig.processor.commit_offset() == good
+    assert rig.committed == good
+    # A new owner that reads the partition again from the start sets nothing aside twice.
+    again = Rig(log, clock)
+    again.feed()
+    again.tick(T0 + 2)
+    assert [o.topic for o in again.emitted] == [TOPICS.ingress], "only the good one, when due"
 
 
 # -- the horizon and read-back --------------------------------------------------------------
