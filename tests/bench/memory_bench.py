@@ -1,0 +1,155 @@
+"""Worker memory with many retained idempotent outcomes.
+
+    .venv/bin/python -m tests.bench.memory_bench [--invocations 100000]
+
+Starts its own broker and one worker process (``tests.bench.apps``), stops both by PID,
+and prints one JSON document:
+
+- ``warm``: the worker's RSS after 1,000 idempotent sends (imports, buffers, JIT-free
+  Python warmed up).
+- ``retained``: ``--invocations`` one-way ``Meter/add`` sends, each with its own
+  idempotency key, produced straight onto the ingress topic; once every one has counted,
+  the worker's RSS, and the growth per retained outcome over ``warm``.
+- ``repeated``: the same records produced again, then one plain send per key: only those
+  may count (every repeat is answered from its retained outcome), and the RSS after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from streams import broker
+from streams.admin import create_topics
+from streams.client import Client
+from streams.partitioning import partition_for
+from streams.records import Invoke, Target, encode
+from streams.settings import Settings
+from tests.bench.bench import KEYS, ROOT, rss_mib, spawn
+from tests.processes import stop_process
+
+
+def produce_idempotent(settings: Settings, first: int, total: int) -> None:
+    """Sends ``first`` .. ``first + total - 1``, each with idempotency key ``idem-<n>``."""
+    producer = Producer(settings.client_config({"linger.ms": 5, "batch.num.messages": 10000}))
+    topic = f"{settings.namespace}.ingress"
+    for n in range(first, first + total):
+        key = KEYS[n % len(KEYS)]
+        record = Invoke(target=Target(service="Meter", key=key, handler="add"), argument=1,
+                        mode="send", idempotency_key=f"idem-{n}")  # fmt: skip
+        while True:
+            try:
+                producer.produce(topic, encode(record), key.encode(),
+                                 partition=partition_for(key, settings.partitions))  # fmt: skip
+                break
+            except BufferError:
+                producer.poll(0.01)
+    if producer.flush(60):
+        raise RuntimeError("records left undelivered after 60 s")
+
+
+async def total_count(client: Client) -> int:
+    counts = await asyncio.gather(*(client.object("Meter", k, "count").request() for k in KEYS))
+    return sum(counts)
+
+
+async def wait_total(client: Client, expected: int, seconds: float) -> float:
+    deadline = time.monotonic() + seconds
+    seen = -1
+    while time.monotonic() < deadline:
+        seen = await total_count(client)
+        if seen == expected:
+            return time.monotonic()
+        if seen > expected:
+            raise RuntimeError(f"counted {seen}, more than the {expected} sends")
+        await asyncio.sleep(1)
+    raise RuntimeError(f"counted {seen} of {expected} within {seconds} s")
+
+
+def produce_markers(settings: Settings) -> None:
+    """One plain ``Meter/add`` per key: once each has counted, everything produced to that
+    key before it has been processed (one key's invocations run in order)."""
+    producer = Producer(settings.client_config({"linger.ms": 5}))
+    for key in KEYS:
+        record = Invoke(target=Target(service="Meter", key=key, handler="add"), argument=1,
+                        mode="send")  # fmt: skip
+        producer.produce(f"{settings.namespace}.ingress", encode(record), key.encode(),
+                         partition=partition_for(key, settings.partitions))  # fmt: skip
+    if producer.flush(60):
+        raise RuntimeError("records left undelivered after 60 s")
+
+
+async def run(invocations: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="kourier-memory-bench-"))
+    running = broker.start(work / "kafka", port=0)
+    worker = None
+    try:
+        settings = Settings(bootstrap_servers=running.bootstrap, namespace="mbench", partitions=8)
+        create_topics(settings)
+        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
+                   KOURIER_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))  # fmt: skip
+        worker = spawn(["worker", "tests.bench.apps"], env, work / "worker.log")
+        results: dict[str, Any] = {"cpus": os.cpu_count(), "kafka": broker.kafka_version()}
+        warm = 1000
+        async with Client(settings) as client:
+            await asyncio.to_thread(produce_idempotent, settings, 0, warm)
+            await wait_total(client, warm, 120)
+            results["warm"] = {"sends": warm, "worker_rss_mib": round(rss_mib(worker.pid), 1)}
+            say(results)
+
+            began = time.monotonic()
+            await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
+            done = await wait_total(client, warm + invocations, 1800)
+            rss = rss_mib(worker.pid)
+            growth = (rss - results["warm"]["worker_rss_mib"]) * 1024 * 1024 / invocations
+            results["retained"] = {
+                "invocations": invocations,
+                "seconds": round(done - began, 1),
+                "worker_rss_mib": round(rss, 1),
+                "bytes_per_retained_outcome": round(growth),
+            }
+            say(results)
+
+            began = time.monotonic()
+            await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
+            await asyncio.to_thread(produce_markers, settings)
+            expected = warm + invocations + len(KEYS)  # the repeats count nothing
+            await wait_total(client, expected, 1800)
+            results["repeated"] = {
+                "invocations": invocations,
+                "seconds": round(time.monotonic() - began, 1),
+                "total_count_after": await total_count(client),
+                "expected_count": expected,
+                "worker_rss_mib": round(rss_mib(worker.pid), 1),
+            }
+            say(results)
+        return results
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        broker.stop(work / "kafka")
+
+
+def say(results: dict[str, Any]) -> None:
+    name = list(results)[-1]
+    print(f"memory-bench: {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--invocations", type=int, default=100_000)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.invocations)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
