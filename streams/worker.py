@@ -46,7 +46,9 @@ _TIMEOUT = 30.0
 #: A transaction running longer than this is stuck: librdkafka's send_offsets_to_transaction
 #: can block past its timeout when the group coordinator went away during the call
 #: (confluentinc/librdkafka#5456). The worker then fences that producer with a new one.
-_STUCK = 45.0
+#: Twice ``transaction.timeout.ms``: by then the coordinator has aborted any transaction
+#: that had not reached its commit, and the fence only waits for one that had.
+_STUCK = 20.0
 _T = TypeVar("_T")
 
 

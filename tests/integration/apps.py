@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from datetime import timedelta
 
 from handlers import (
@@ -52,6 +53,26 @@ async def append(ctx: ObjectContext, item: int) -> int:
 @tally.handler(kind="shared")
 async def items(ctx: ObjectSharedContext) -> list[int]:
     value: list[int] = await ctx.get("items") or []
+    return value
+
+
+def _seconds_since(moment: float) -> float:
+    return time.time() - moment
+
+
+@tally.handler()
+async def arrive(ctx: ObjectContext, spec: dict[str, float]) -> int:
+    """A delayed send arriving: keeps its tag and how late it ran (negative: early)."""
+    late = await ctx.run("lateness", lambda: _seconds_since(spec["due"]))
+    arrivals: list[list[float]] = await ctx.get("arrivals") or []
+    arrivals.append([spec["tag"], late])
+    ctx.set("arrivals", arrivals)
+    return len(arrivals)
+
+
+@tally.handler(kind="shared")
+async def arrivals(ctx: ObjectSharedContext) -> list[list[float]]:
+    value: list[list[float]] = await ctx.get("arrivals") or []
     return value
 
 

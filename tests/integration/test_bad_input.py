@@ -148,7 +148,9 @@ async def test_bad_delay_records_are_dead_lettered_and_delays_go_on(
     for key, value in bad.items():
         producer.produce(topics.namespace + ".delay", value, key=key, partition=0)
     assert producer.flush(30) == 0
-    await client.object_send("Tally", "after-bad-delay", "add").send(1, delay=timedelta(seconds=0.2))
+    await client.object_send("Tally", "after-bad-delay", "add").send(
+        1, delay=timedelta(seconds=0.2)
+    )
 
     async def count() -> int:
         value: int = await client.object("Tally", "after-bad-delay", "count").request()
