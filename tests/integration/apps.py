@@ -165,8 +165,9 @@ def _append_line(path: str, line: str) -> None:
 
 @relay.handler()
 async def effect_then_add(ctx: Context, spec: dict[str, str]) -> int:
-    """A side effect outside Kourier (a line appended to a file), then a call."""
-    await ctx.run("append", lambda: _append_line(spec["file"], spec["tag"]))
+    """A side effect outside Kourier (a line appended to a file: the tag and the process
+    that ran it, see ``helpers.effect_runs``), then a call."""
+    await ctx.run("append", lambda: _append_line(spec["file"], f"{spec['tag']} {os.getpid()}"))
     result: int = await ctx.object(add, spec["key"]).request(1)
     return result
 

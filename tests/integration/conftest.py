@@ -117,6 +117,7 @@ class WorkerProcess:
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.log_file: Path | None = None
 
     def start(self) -> None:
         env = dict(os.environ)
@@ -127,7 +128,8 @@ class WorkerProcess:
         )
         env.update(self.extra_env)
         self.starts += 1
-        log = (self.log_dir / f"worker-{id(self)}-{self.starts}.log").open("wb")
+        self.log_file = self.log_dir / f"worker-{id(self)}-{self.starts}.log"
+        log = self.log_file.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", self.module],
             cwd=ROOT,

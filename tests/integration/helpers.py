@@ -1,9 +1,10 @@
-"""Bounded waiting for integration tests."""
+"""Bounded waiting for integration tests, and reading what their handlers left behind."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -39,3 +40,14 @@ async def invocation_status(
     found: list[dict[str, Any]] = [{}]
     await poll_until(status, expected, seconds, f"status of {invocation_id}")
     return found[0]
+
+
+def effect_runs(path: Path) -> dict[str, list[int]]:
+    """The ``effect_then_add`` effects in ``path``: each tag, and the process ids that ran
+    it, in order (a tag ran more than once when it has more than one)."""
+    runs: dict[str, list[int]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            tag, pid = line.split()
+            runs.setdefault(tag, []).append(int(pid))
+    return runs
