@@ -12,5 +12,7 @@ echo "== ruff" >&2
 "$VENV/bin/ruff" format --check handlers streams examples tests
 echo "== mypy --strict" >&2
 "$VENV/bin/mypy" --strict handlers streams examples
+echo "== import contracts" >&2
+"$VENV/bin/lint-imports"
 echo "== pytest" >&2
 exec "$VENV/bin/python" -m pytest "${@:-tests}"

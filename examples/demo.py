@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from streams import broker
-from streams.admin import create_topics
+from streams.kafka import broker
+from streams.kafka.admin import create_topics
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

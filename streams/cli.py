@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from streams import broker
+from streams.errors import KourierError
+from streams.kafka import broker
 from streams.settings import Settings
 
 _DEFAULT_DATA = Path.home() / ".cache" / "kourier" / "broker"
@@ -94,7 +95,7 @@ def _broker_status(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from streams.records import json_schemas
+    from streams.wire.records import json_schemas
 
     schemas = json_schemas()
     document = schemas if args.which == "all" else schemas[args.which]
@@ -103,7 +104,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _topics_create(args: argparse.Namespace) -> int:
-    from streams.admin import create_topics
+    from streams.kafka.admin import create_topics
 
     for state in create_topics(_settings(args)):
         verb = "created" if state.created else "exists "
@@ -113,7 +114,7 @@ def _topics_create(args: argparse.Namespace) -> int:
 
 
 def _topics_describe(args: argparse.Namespace) -> int:
-    from streams.admin import describe_topics
+    from streams.kafka.admin import describe_topics
 
     described = describe_topics(_settings(args))
     print(json.dumps(described, indent=2))
@@ -154,8 +155,8 @@ def _run_until_signal(main: Any) -> int:
 def _worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    from streams.registry import load_services
-    from streams.worker import Worker
+    from streams.engine.registry import load_services
+    from streams.kafka.worker import Worker
 
     _configure_logging(args.verbose)
     sys.path.insert(0, ".")
@@ -177,7 +178,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _ingress(args: argparse.Namespace) -> int:
-    from streams.ingress import serve
+    from streams.http.ingress import serve
 
     _configure_logging()
 
@@ -198,10 +199,10 @@ def _dev(args: argparse.Namespace) -> int:
     """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go."""
     import asyncio
 
-    from streams.admin import create_topics
-    from streams.ingress import serve
-    from streams.registry import load_services
-    from streams.worker import Worker
+    from streams.engine.registry import load_services
+    from streams.http.ingress import serve
+    from streams.kafka.admin import create_topics
+    from streams.kafka.worker import Worker
 
     _configure_logging(args.verbose)
     sys.path.insert(0, ".")
@@ -246,7 +247,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _parse_target(text: str) -> Any:
-    from streams.records import Target
+    from streams.wire.records import Target
 
     parts = text.strip("/").split("/")
     if len(parts) == 2:
@@ -260,7 +261,7 @@ def _call(args: argparse.Namespace) -> int:
     import asyncio
 
     from streams.client import Client
-    from streams.ingress import parse_duration
+    from streams.http.ingress import parse_duration
 
     target = _parse_target(args.target)
     argument = json.loads(args.json) if args.json is not None else None
@@ -342,7 +343,7 @@ def _admin(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from streams import deadletters
+    from streams.kafka import deadletters
 
     settings = _settings(args)
     letters = deadletters.read(settings, reason=args.reason)
@@ -534,8 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        known = (ValueError, ConnectionError)
-        if getattr(exc, "retriable", None) is False or isinstance(exc, known):
+        refused = isinstance(exc, KourierError) and not exc.retriable
+        if refused or isinstance(exc, (ValueError, ConnectionError)):
             _say(f"kourier: error: {exc}")
             return 2
         raise

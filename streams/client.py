@@ -31,10 +31,12 @@ from pydantic import BaseModel, JsonValue
 
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
-from streams import ids
-from streams.offsets import consume_ready, watermarks
-from streams.partitioning import partition_of_key
-from streams.records import (
+from streams.errors import KourierError
+from streams.kafka.offsets import consume_ready, watermarks
+from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.partitioning import partition_of_key
+from streams.wire.records import (
     AttachRequest,
     Cancel,
     Invoke,
@@ -47,8 +49,7 @@ from streams.records import (
     decode_response,
     encode,
 )
-from streams.settings import Settings
-from streams.topics import Topics
+from streams.wire.topics import Topics
 
 _TIMEOUT = 30.0
 
@@ -66,7 +67,7 @@ class ServiceInfo(BaseModel):
         return None if info is None else info.get("kind")
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(KourierError, RuntimeError):
     """Kafka could not take or deliver the record in time (HTTP 503)."""
 
     retriable = True

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from streams.headers import DENIED_HEADERS
+from streams.wire.headers import DENIED_HEADERS
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _KAFKA_PREFIX = "KOURIER_KAFKA_"
@@ -55,7 +55,7 @@ class Settings(BaseModel):
     denied_headers: tuple[str, ...] = Field(
         default=(),
         description="request headers never stored with an invocation, besides the credentials "
-        "that streams.headers.DENIED_HEADERS names",
+        "that streams.wire.headers.DENIED_HEADERS names",
     )
     call_timeout: timedelta = Field(
         default=timedelta(minutes=10),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams import broker
+from streams.kafka import broker
 from streams.settings import Settings
 
 

@@ -8,7 +8,7 @@ import uuid
 from confluent_kafka import Consumer, Message
 from confluent_kafka.cimpl import NewTopic
 
-from streams.admin import admin_client
+from streams.kafka.admin import admin_client
 from streams.settings import Settings
 
 

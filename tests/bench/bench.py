@@ -29,12 +29,13 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streams import broker, ids
-from streams.admin import create_topics
 from streams.client import Client
-from streams.partitioning import partition_for
-from streams.records import Invoke, Target, encode
+from streams.kafka import broker
+from streams.kafka.admin import create_topics
 from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.partitioning import partition_for
+from streams.wire.records import Invoke, Target, encode
 from tests.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]

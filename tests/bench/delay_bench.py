@@ -41,13 +41,14 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from streams import broker, ids
-from streams.admin import create_topics
 from streams.client import Client
-from streams.offsets import consume_ready
-from streams.partitioning import partition_for
-from streams.records import Delayed, Invoke, Target, encode
+from streams.kafka import broker
+from streams.kafka.admin import create_topics
+from streams.kafka.offsets import consume_ready
 from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.partitioning import partition_for
+from streams.wire.records import Delayed, Invoke, Target, encode
 from tests.bench.bench import ROOT, pct, rss_mib, spawn
 from tests.processes import stop_process
 

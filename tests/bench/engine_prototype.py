@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streams import broker
+from streams.kafka import broker
 
 N, KEYS, PARTITIONS = 20_000, 100, 4
 TXN_RECORDS, TXN_SECONDS = 100, 0.020

@@ -28,12 +28,12 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from streams import broker
-from streams.admin import create_topics
 from streams.client import Client
-from streams.partitioning import partition_for
-from streams.records import Invoke, Target, encode
+from streams.kafka import broker
+from streams.kafka.admin import create_topics
 from streams.settings import Settings
+from streams.wire.partitioning import partition_for
+from streams.wire.records import Invoke, Target, encode
 from tests.bench.bench import KEYS, ROOT, rss_mib, spawn
 from tests.processes import stop_process
 

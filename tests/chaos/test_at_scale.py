@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from pydantic import JsonValue
 
-from streams import ids
 from streams.client import Client
-from streams.records import Invoke, Target
 from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.records import Invoke, Target
 from tests.chaos.test_chaos import produce_sends
 from tests.integration.conftest import WorkerProcess, WorkerProcesses
 from tests.integration.helpers import effect_runs, poll_until

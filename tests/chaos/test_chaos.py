@@ -12,11 +12,12 @@ import pytest
 from confluent_kafka import Producer
 
 from handlers import TerminalError
-from streams import broker, ids
-from streams.admin import create_topics
 from streams.client import Client
-from streams.records import Invoke, Target, encode
+from streams.kafka import broker
+from streams.kafka.admin import create_topics
 from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.records import Invoke, Target, encode
 from tests.integration.conftest import WorkerProcesses
 from tests.integration.helpers import effect_runs
 

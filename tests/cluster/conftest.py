@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams import broker
+from streams.kafka import broker
 from tests.integration.conftest import (  # noqa: F401 - the integration fixtures, on the cluster
     client,
     topics,

@@ -22,12 +22,12 @@ from typing import Any
 import aiohttp
 from confluent_kafka import Producer
 
-from streams import broker
-from streams.admin import admin_client
 from streams.client import Client
-from streams.partitioning import partition_for
-from streams.records import Invoke, Target, encode
+from streams.kafka import broker
+from streams.kafka.admin import admin_client
 from streams.settings import Settings
+from streams.wire.partitioning import partition_for
+from streams.wire.records import Invoke, Target, encode
 from tests.integration.conftest import WorkerProcesses, served_ingress
 from tests.integration.helpers import effect_runs, poll_until
 

@@ -13,9 +13,9 @@ import sys
 
 import aiohttp
 
-from streams import broker
-from streams.admin import create_topics, describe_topics
 from streams.client import Client
+from streams.kafka import broker
+from streams.kafka.admin import create_topics, describe_topics
 from streams.settings import Settings
 from tests.integration.conftest import ROOT, WorkerProcesses, served_ingress
 from tests.integration.helpers import poll_until

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from streams.admin import create_topics
-from streams.broker import free_port
 from streams.client import Client
-from streams.ingress import Ingress, app_runner
+from streams.http.ingress import Ingress, app_runner
+from streams.kafka.admin import create_topics
+from streams.kafka.broker import free_port
+from streams.kafka.worker import Worker
 from streams.settings import Settings
-from streams.worker import Worker
 from tests.integration import apps
 from tests.processes import stop_process
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from streams.client import Client
-from streams.records import Target
+from streams.wire.records import Target
 
 
 async def wait_for_status(

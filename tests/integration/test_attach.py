@@ -9,7 +9,7 @@ import pytest
 
 from handlers import TerminalError
 from streams.client import Client
-from streams.records import Target
+from streams.wire.records import Target
 from tests.integration import apps
 
 

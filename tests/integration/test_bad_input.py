@@ -17,14 +17,15 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import deadletters, ids
 from streams.client import Client
+from streams.engine.partition import MAX_RECORD_BYTES
+from streams.kafka import deadletters
+from streams.kafka.worker import Worker
 from streams.metrics import DEADLETTERS
-from streams.partition import MAX_RECORD_BYTES
-from streams.partitioning import partition_for
-from streams.records import Delayed, Invoke, RecordError, Target, decode_ingress, encode
 from streams.settings import Settings
-from streams.worker import Worker
+from streams.wire import ids
+from streams.wire.partitioning import partition_for
+from streams.wire.records import Delayed, Invoke, RecordError, Target, decode_ingress, encode
 from tests.integration.conftest import ROOT
 from tests.integration.helpers import poll_until
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from streams import broker
-from streams.admin import TopicError, create_topics, describe_topics
-from streams.partitioning import partition_for
+from streams.kafka import broker
+from streams.kafka.admin import TopicError, create_topics, describe_topics
 from streams.settings import Settings
+from streams.wire.partitioning import partition_for
 from tests.kafka_helpers import drain
 
 

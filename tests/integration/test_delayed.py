@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 from confluent_kafka import Producer, TopicPartition
 
-from streams import delay
-from streams.admin import admin_client
 from streams.client import Client
-from streams.delay import DelayReader
+from streams.engine import delay
+from streams.kafka.admin import admin_client
+from streams.kafka.delay_reader import DelayReader
+from streams.kafka.worker import Worker
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.worker import Worker
+from streams.wire.topics import Topics
 from tests.integration import apps
 from tests.integration.conftest import WorkerProcesses
 from tests.integration.helpers import poll_until

@@ -9,7 +9,7 @@ import pytest
 
 from handlers import TerminalError
 from streams.client import Client
-from streams.worker import Worker
+from streams.kafka.worker import Worker
 from tests.integration import apps
 from tests.integration.helpers import poll_until
 

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from streams.client import Client
+from streams.kafka.worker import Worker
 from streams.settings import Settings
-from streams.worker import Worker
 from tests.integration import apps
 from tests.integration.conftest import ADMIN_URLS, served_ingress
 from tests.integration.helpers import invocation_status, poll_until

@@ -8,8 +8,8 @@ import time
 import aiohttp
 
 from streams.client import Client
-from streams.records import Target
-from streams.worker import Worker
+from streams.kafka.worker import Worker
+from streams.wire.records import Target
 
 
 async def test_concurrent_duplicates_run_once_and_share_one_answer(

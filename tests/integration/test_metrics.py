@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 
 from handlers import TerminalError
-from streams.broker import free_port
 from streams.client import Client
+from streams.kafka.broker import free_port
 from tests.integration.conftest import WorkerProcesses
 
 

@@ -11,11 +11,11 @@ import pytest
 from confluent_kafka import Producer
 
 from handlers import TerminalError
-from streams import deadletters
 from streams.client import Client
-from streams.records import DeadLetter, Invoke, Target, encode
+from streams.kafka import deadletters
+from streams.kafka.worker import Worker
 from streams.settings import Settings
-from streams.worker import Worker
+from streams.wire.records import DeadLetter, Invoke, Target, encode
 from tests.kafka_helpers import drain
 
 

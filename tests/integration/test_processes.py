@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Producer
 
 from streams.client import Client
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.wire.topics import Topics
 from tests.integration.conftest import WorkerProcesses
 from tests.integration.helpers import poll_until
 

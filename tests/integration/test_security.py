@@ -10,9 +10,9 @@ from pathlib import Path
 
 import aiohttp
 
-from streams.broker import free_port
+from streams.kafka.broker import free_port
+from streams.kafka.worker import Worker
 from streams.settings import Settings
-from streams.worker import Worker
 from tests.integration.conftest import ROOT
 from tests.processes import stop_process
 

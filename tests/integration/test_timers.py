@@ -7,9 +7,9 @@ import asyncio
 import time
 
 from streams.client import Client
-from streams.index import InvocationIndex
+from streams.http.index import InvocationIndex
+from streams.kafka.worker import Worker
 from streams.settings import Settings
-from streams.worker import Worker
 from tests.integration.conftest import WorkerProcesses
 
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from streams.admin import admin_client
+from streams.kafka.admin import admin_client
 from streams.settings import Settings
 from tests.kafka_helpers import create_topic, drain
 

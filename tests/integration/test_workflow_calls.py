@@ -6,8 +6,8 @@ import asyncio
 
 import aiohttp
 
-from streams import ids
 from streams.client import Client
+from streams.wire import ids
 from tests.integration.helpers import invocation_status
 
 

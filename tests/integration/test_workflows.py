@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from handlers import TerminalError
-from streams import ids
 from streams.client import Client
+from streams.wire import ids
 
 
 async def test_workflow_lifecycle_over_http(ingress_url: str) -> None:

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handlers.service import ServiceDefinition
-from streams import ids
-from streams.partition import Out, PartitionProcessor
-from streams.records import Delayed, Invoke, Target, decode_delay, decode_response, encode
-from streams.registry import Registry
-from streams.topics import Topics
+from streams.engine.partition import Out, PartitionProcessor
+from streams.engine.registry import Registry
+from streams.wire import ids
+from streams.wire.records import Delayed, Invoke, Target, decode_delay, decode_response, encode
+from streams.wire.topics import Topics
 
 TOPICS = Topics("unit")
 

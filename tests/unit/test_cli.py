@@ -26,3 +26,39 @@ def test_kourier_without_arguments_explains_itself() -> None:
     )
     assert done.returncode == 2
     assert "broker" in done.stderr
+
+
+def test_a_runtime_error_that_retrying_cannot_fix_is_one_line_not_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker", "no_such_module_xyz"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "kourier: error: cannot import 'no_such_module_xyz': No module named 'no_such_module_xyz'"
+    ]
+
+
+def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> None:
+    from streams.client import KafkaUnavailable
+    from streams.engine.registry import RegistryError
+    from streams.errors import KourierError
+    from streams.http.ingress import HttpError
+    from streams.kafka.admin import TopicError
+    from streams.kafka.broker import BrokerError
+    from streams.kafka.worker import WorkerError
+    from streams.wire.ids import InvalidId
+    from streams.wire.records import RecordError
+
+    refused = [
+        RegistryError,
+        HttpError,
+        TopicError,
+        BrokerError,
+        WorkerError,
+        InvalidId,
+        RecordError,
+    ]
+    assert all(issubclass(kind, KourierError) and not kind.retriable for kind in refused)
+    assert issubclass(KafkaUnavailable, KourierError)
+    assert KafkaUnavailable.retriable, "Kafka away: the same send may succeed later"

@@ -19,8 +19,8 @@ from handlers import (
     WorkflowContext,
     WorkflowSharedContext,
 )
-from streams import ids
-from streams.records import AttachRequest, Cancel, Invoke, Kill, Purge, Resume, Target
+from streams.wire import ids
+from streams.wire.records import AttachRequest, Cancel, Invoke, Kill, Purge, Resume, Target
 from tests.unit.harness import TOPICS, Harness, until
 
 trail: list[str] = []

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from streams import ids
-from streams.deadlocks import find_cycles, wait_for_edges
-from streams.journal import Entry, InvocationMeta, Status
-from streams.records import Target
+from streams.engine.deadlocks import find_cycles, wait_for_edges
+from streams.engine.journal import Entry, InvocationMeta, Status
+from streams.wire import ids
+from streams.wire.records import Target
 
 
 def meta(name: str, key: str, status: Status, exclusive: bool = True) -> InvocationMeta:

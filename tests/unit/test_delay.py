@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import delay, ids
-from streams.delay import DelayProcessor, Deliver, OffsetSet
-from streams.partition import Out
-from streams.records import (
+from streams.engine import delay
+from streams.engine.delay import DelayProcessor, Deliver, OffsetSet
+from streams.engine.partition import Out
+from streams.wire import ids
+from streams.wire.records import (
     Caller,
     Completion,
     DeadLetter,
@@ -27,7 +28,7 @@ from streams.records import (
     decode_delay,
     encode,
 )
-from streams.topics import Topics
+from streams.wire.topics import Topics
 
 TOPICS = Topics("unit")
 PARTITIONS = 4

@@ -17,12 +17,12 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-import streams.ingress
+import streams.http.ingress
+import streams.kafka.worker
 import streams.metrics
-import streams.worker
 from streams.cli import build_parser
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.wire.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -137,7 +137,7 @@ def _series() -> dict[str, str]:
 def _labels() -> dict[str, frozenset[str]]:
     """Label names per family, from the metric objects the two modules define."""
     found = {}
-    for module in (streams.metrics, streams.ingress):
+    for module in (streams.metrics, streams.http.ingress):
         for value in vars(module).values():
             if isinstance(value, MetricWrapperBase):
                 (family,) = value.describe()
@@ -412,8 +412,8 @@ def test_keda_scales_the_workers_group_on_its_ingress_topic(
     namespace = config["KOURIER_NAMESPACE"]
     # The group id the worker really uses: build its consumer config without Kafka.
     configs: list[dict[str, Any]] = []
-    monkeypatch.setattr(streams.worker, "Consumer", configs.append)
-    streams.worker.Worker(Settings(namespace=namespace), [])._new_consumer()
+    monkeypatch.setattr(streams.kafka.worker, "Consumer", configs.append)
+    streams.kafka.worker.Worker(Settings(namespace=namespace), [])._new_consumer()
     (consumer,) = configs
     group = consumer["group.id"]
     scaled = _k8s_object("ScaledObject", "kourier-worker")

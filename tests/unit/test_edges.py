@@ -18,9 +18,9 @@ from handlers import (
     WorkflowSharedContext,
     select,
 )
-from streams import ids
-from streams.journal import meta_key
-from streams.records import (
+from streams.engine.journal import meta_key
+from streams.wire import ids
+from streams.wire.records import (
     MAX_VALUE_BYTES,
     Caller,
     Cancel,

@@ -1,7 +1,7 @@
 import pytest
 
-from streams import ids
-from streams.partitioning import partition_for
+from streams.wire import ids
+from streams.wire.partitioning import partition_for
 
 
 def test_keyed_ids_route_to_the_keys_partition() -> None:

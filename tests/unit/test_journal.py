@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.journal import Entry, InvocationLog, InvocationMeta, entry_key, meta_key
-from streams.records import Target
+from streams.engine.journal import Entry, InvocationLog, InvocationMeta, entry_key, meta_key
+from streams.wire.records import Target
 
 
 def test_entries_before_their_meta_and_tombstones_leave_nothing() -> None:

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from handlers import ObjectContext, RetryPolicy, VirtualObject
-from streams import ids
-from streams.journal import InvocationLog, meta_key
-from streams.partition import PartitionProcessor
-from streams.records import Cancel, Invoke, Resume, Target
+from streams.engine.journal import InvocationLog, meta_key
+from streams.engine.partition import PartitionProcessor
+from streams.wire import ids
+from streams.wire.records import Cancel, Invoke, Resume, Target
 from tests.unit.harness import TOPICS, Harness, settle, until
 
 box = VirtualObject("Box", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=1))

@@ -16,8 +16,8 @@ from handlers import (
     VirtualObject,
     select,
 )
-from streams import ids
-from streams.records import (
+from streams.wire import ids
+from streams.wire.records import (
     Caller,
     Completion,
     Invoke,

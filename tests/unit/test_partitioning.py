@@ -1,6 +1,6 @@
 import pytest
 
-from streams.partitioning import murmur2, partition_for
+from streams.wire.partitioning import murmur2, partition_for
 
 
 # Vectors from Apache Kafka's own UtilsTest.testMurmur2.

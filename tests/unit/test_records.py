@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from streams import records as r
+from streams.wire import records as r
 
 ID0 = "inv_" + "0" * 32
 ID1 = "inv_" + "1" * 32

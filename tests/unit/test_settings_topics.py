@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.wire.topics import Topics
 
 
 def test_settings_from_environment_and_flags() -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from streams.committer import Snapshot
-from streams.partition import Out
+from streams.engine.partition import Out
+from streams.kafka.committer import Snapshot
+from streams.kafka.worker import Worker
 from streams.settings import Settings
-from streams.worker import Worker
 from tests.unit.test_near_misses import box
 
 

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from streams.ids import is_id
-from streams.records import Caller, Failure, Target
+from streams.wire.ids import is_id
+from streams.wire.records import Caller, Failure, Target
 
 Status = Literal[
     "pending",  # queued behind another exclusive call on its key

@@ -28,7 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from streams.ids import ID_PATTERN
+from streams.errors import KourierError
+from streams.wire.ids import ID_PATTERN
 
 WIRE_VERSION = 1
 #: The largest JSON value Kourier writes into one record: a call's argument, a result, a
@@ -50,10 +51,8 @@ MAX_DEADLETTER_BYTES = 990_000
 DeadLetterRecord = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
 
 
-class RecordError(ValueError):
+class RecordError(KourierError, ValueError):
     """A record that cannot be decoded; ``reason`` is a short machine-readable word."""
-
-    retriable = False
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

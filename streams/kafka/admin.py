@@ -12,14 +12,13 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._metadata import TopicMetadata
 from confluent_kafka.cimpl import NewTopic
 
+from streams.errors import KourierError
 from streams.settings import Settings
-from streams.topics import Topics, TopicSpec
+from streams.wire.topics import Topics, TopicSpec
 
 
-class TopicError(RuntimeError):
+class TopicError(KourierError, RuntimeError):
     """A topic exists with a shape Kourier cannot use, or could not be created."""
-
-    retriable = False
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from handlers.service import HandlerDef
-from streams.context import InvocationClosed, _outcome
-from streams.journal import CANCELLED, LOCAL_WAITS, Entry, EntryKind, InvocationMeta
-from streams.records import Failure
+from streams.engine.context import InvocationClosed, _outcome
+from streams.engine.journal import CANCELLED, LOCAL_WAITS, Entry, EntryKind, InvocationMeta
+from streams.wire.records import Failure
 
 if TYPE_CHECKING:
-    from streams.partition import PartitionProcessor
+    from streams.engine.partition import PartitionProcessor
 
 
 class Invocation:

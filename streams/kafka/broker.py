@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
+from streams.errors import KourierError
+
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 _READY_TIMEOUT = 90.0
 
 
-class BrokerError(RuntimeError):
+class BrokerError(KourierError, RuntimeError):
     """The local broker could not be resolved, started or stopped."""
-
-    retriable = False
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,17 @@ from confluent_kafka import (
 )
 
 from handlers.service import ServiceDefinition
-from streams.broker import cache_dir
-from streams.committer import Committer, Snapshot
-from streams.delay import DelayProcessor, DelayReader
+from streams.engine.delay import DelayProcessor
+from streams.engine.partition import Out, PartitionProcessor
+from streams.engine.registry import Registry
+from streams.errors import KourierError
+from streams.kafka.broker import cache_dir
+from streams.kafka.committer import Committer, Snapshot
+from streams.kafka.delay_reader import DelayReader
+from streams.kafka.offsets import consume_ready, watermarks
 from streams.metrics import INBOX, LAG, PENDING_TIMERS
-from streams.offsets import consume_ready, watermarks
-from streams.partition import Out, PartitionProcessor
-from streams.registry import Registry
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.worker")
 _TIMEOUT = 30.0
@@ -52,8 +54,8 @@ _STUCK = 20.0
 _T = TypeVar("_T")
 
 
-class WorkerError(RuntimeError):
-    retriable = False
+class WorkerError(KourierError, RuntimeError):
+    """The worker cannot run: topics missing or of the wrong shape, no services."""
 
 
 def _describe(partitions: list[TopicPartition]) -> str:
@@ -183,7 +185,7 @@ class Worker:
     # processors; it never touches a Kafka client. The Kafka thread alone uses the
     # consumer: consume, hand the records to the loop, take a snapshot of pending
     # effects, pass it to the committer thread, which alone uses the transactional
-    # producer (streams/committer.py). Rebalance callbacks run inside consume() on the
+    # producer (streams/kafka/committer.py). Rebalance callbacks run inside consume() on the
     # Kafka thread and wait for the committer first, so a commit never overlaps a
     # rebalance (librdkafka blocks consumer calls from other threads during one).
 

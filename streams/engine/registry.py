@@ -7,11 +7,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from handlers.service import HandlerDef, ServiceDefinition
-from streams.records import Target
+from streams.errors import KourierError
+from streams.wire.records import Target
 
 
-class RegistryError(ValueError):
-    retriable = False
+class RegistryError(KourierError, ValueError):
+    """A service or handler that cannot be registered or found."""
 
 
 class Registry:

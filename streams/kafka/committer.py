@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from streams.partition import Out
+from streams.engine.partition import Out
 
 
 @dataclass

@@ -22,12 +22,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import TerminalError
-from streams import ids
 from streams.client import Client, KafkaUnavailable, ServiceInfo
-from streams.index import InvocationIndex
+from streams.errors import KourierError
+from streams.http.index import InvocationIndex
 from streams.metrics import DEADLOCKS
-from streams.records import Response, Target
 from streams.settings import Settings, short_duration
+from streams.wire import ids
+from streams.wire.records import Response, Target
 
 log = logging.getLogger("kourier.ingress")
 
@@ -72,7 +73,9 @@ _NOT_INDEXED = (
 )
 
 
-class HttpError(Exception):
+class HttpError(KourierError):
+    """A request answered with ``status`` and a JSON error body."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -15,15 +15,16 @@ import re
 import secrets
 from functools import lru_cache
 
-from streams.partitioning import murmur2
+from streams.errors import KourierError
+from streams.wire.partitioning import murmur2
 
 #: What every invocation id looks like; records validate theirs against it when decoded.
 ID_PATTERN = r"^inv_[0-9a-f]{32}$"
 _ID = re.compile(ID_PATTERN)
 
 
-class InvalidId(ValueError):
-    retriable = False
+class InvalidId(KourierError, ValueError):
+    """Not a Kourier invocation id, or one of another partition."""
 
 
 @lru_cache(maxsize=65_536)

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from streams.journal import Entry, InvocationMeta
+from streams.engine.journal import Entry, InvocationMeta
 
 _HOLDING = frozenset({"running", "suspended", "backing-off", "paused"})
 

@@ -24,11 +24,9 @@ from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.service import DEFAULT_IDEMPOTENCY_RETENTION
-from streams import ids
-from streams.context import InvocationClosed, InvocationContext, measured
-from streams.headers import DENIED_HEADERS, allowed_headers
-from streams.invocation import Invocation
-from streams.journal import (
+from streams.engine.context import InvocationClosed, InvocationContext, measured
+from streams.engine.invocation import Invocation
+from streams.engine.journal import (
     CANCELLED,
     KILLED,
     LOCAL_WAITS,
@@ -42,6 +40,7 @@ from streams.journal import (
     parse_state_key,
     state_key,
 )
+from streams.engine.registry import Registry
 from streams.metrics import (
     ATTEMPT_SECONDS,
     DEADLETTERS,
@@ -50,8 +49,10 @@ from streams.metrics import (
     PAUSED,
     RETRIES,
 )
-from streams.partitioning import partition_for, partition_of_key
-from streams.records import (
+from streams.wire import ids
+from streams.wire.headers import DENIED_HEADERS, allowed_headers
+from streams.wire.partitioning import partition_for, partition_of_key
+from streams.wire.records import (
     MAX_VALUE_BYTES,
     AttachRequest,
     Caller,
@@ -75,8 +76,7 @@ from streams.records import (
     shorten,
     value_size,
 )
-from streams.registry import Registry
-from streams.topics import Topics
+from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.partition")
 _Record = Invoke | Control | AttachRequest | Completion | Start
@@ -299,7 +299,7 @@ class PartitionProcessor:
                     raise RecordError(
                         "bad-schema",
                         f"invocation_id does not route to the partition of key {key!r}: "
-                        "derive the id from the key (streams.ids.new_id) or leave it out",
+                        "derive the id from the key (streams.wire.ids.new_id) or leave it out",
                     )
                 return self._owner_of(record.target, record.idempotency_key)
             if isinstance(record, Completion):

@@ -35,9 +35,10 @@ from handlers.context import (
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.serde import JSON
 from handlers.service import handler_of
-from streams import ids
-from streams.journal import CANCELLED, Entry, EntryKind, Promise
-from streams.records import (
+from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise
+from streams.errors import KourierError
+from streams.wire import ids
+from streams.wire.records import (
     MAX_VALUE_BYTES,
     Caller,
     Completion,
@@ -47,12 +48,12 @@ from streams.records import (
 )
 
 if TYPE_CHECKING:
-    from streams.invocation import Invocation
+    from streams.engine.invocation import Invocation
 
 T = TypeVar("T")
 
 
-class InvocationClosed(Exception):
+class InvocationClosed(KourierError):
     """The invocation's partition moved away or the invocation was stopped; its task must end."""
 
 

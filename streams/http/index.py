@@ -20,12 +20,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import JsonValue, ValidationError
 
-from streams.deadlocks import describe, find_cycles, wait_for_edges
-from streams.headers import DENIED_HEADERS, allowed_headers
-from streams.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
-from streams.offsets import consume_ready, watermarks
+from streams.engine.deadlocks import describe, find_cycles, wait_for_edges
+from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
+from streams.kafka.offsets import consume_ready, watermarks
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.wire.headers import DENIED_HEADERS, allowed_headers
+from streams.wire.topics import Topics
 
 
 def waiting_on(meta: InvocationMeta, journal: list[Entry]) -> list[str]:
@@ -203,7 +203,7 @@ class InvocationIndex:
             return detail(meta, journal, self.settings.header_denylist)
 
     def deadlocks(self) -> list[dict[str, Any]]:
-        """Wait-for cycles among the indexed invocations (see ``streams/deadlocks.py``).
+        """Wait-for cycles among the indexed invocations (see ``streams/engine/deadlocks.py``).
 
         Only invocations still in flight can wait, so only their journals are read; the
         answer is kept until the changelogs move on. Blocking: call it off the event loop.

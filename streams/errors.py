@@ -1,0 +1,16 @@
+"""The runtime's own errors: one base, and whether trying again can help.
+
+Errors a handler raises or meets (``TerminalError`` and the like) belong to ``handlers``;
+these are Kourier's: a record that cannot be decoded, a topic of the wrong shape, a broker
+that would not start, Kafka away. ``retriable`` says whether the same request, tried again
+later, can succeed (Kafka away: yes; bad input or configuration: no). The CLI prints a
+non-retriable one as a one-line error instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class KourierError(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+    retriable: bool = False

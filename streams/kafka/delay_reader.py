@@ -1,0 +1,140 @@
+"""Reads delayed records back by offset for the delay store (the engine's ``Fetcher``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streams.engine.delay import Deliver, Fetched
+from streams.kafka.offsets import consume_ready, watermarks
+
+log = logging.getLogger("kourier.delay")
+
+
+class DelayReader:
+    """Reads delayed records back by offset for every delay partition of a worker.
+
+    One ``read_committed`` consumer, outside any group's assignment, used only by the
+    reader's own thread: neither the event loop nor the worker's Kafka thread waits for a
+    read. Requests run one after another; each result is delivered on the loop that asked.
+    """
+
+    _SEEK_GAP = 2_000  # offsets: read through a smaller gap, seek over a larger one
+    _STALL = 5.0  # seconds without a record before checking the partition's bounds
+
+    def __init__(self, config: dict[str, Any], topic: str) -> None:
+        self._config = {
+            **config,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 5,
+            "queued.max.messages.kbytes": 8192,
+        }
+        self._topic = topic
+        self._requests: queue.SimpleQueue[
+            tuple[int, list[int], Deliver, asyncio.AbstractEventLoop] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def fetch(self, partition: int, offsets: Sequence[int], deliver: Deliver) -> None:
+        if self._closed:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kourier-delay-reader")
+            self._thread.daemon = True
+            self._thread.start()
+        self._requests.put((partition, list(offsets), deliver, asyncio.get_running_loop()))
+
+    def close(self) -> None:
+        """Stop the thread (a read in progress is abandoned) and close the consumer."""
+        self._closed = True
+        if self._thread is not None:
+            self._requests.put(None)
+            self._thread.join(30)
+            self._thread = None
+
+    def _run(self) -> None:
+        consumer = Consumer(self._config)
+        try:
+            while not self._closed:
+                request = self._requests.get()
+                if request is None:
+                    return
+                partition, offsets, deliver, loop = request
+                while True:
+                    try:
+                        result = self._read(consumer, partition, offsets)
+                        break
+                    except Exception:  # a dead reader would strand every far message
+                        log.exception("delay reader: partition %d; retrying", partition)
+                        if self._closed:
+                            return
+                        time.sleep(1.0)
+                if result is None:
+                    return
+                try:
+                    loop.call_soon_threadsafe(deliver, *result)
+                except RuntimeError:  # the loop has closed
+                    return
+        finally:
+            consumer.close()
+
+    def _read(
+        self, consumer: Consumer, partition: int, offsets: list[int]
+    ) -> tuple[list[Fetched], list[int]] | None:
+        found: list[Fetched] = []
+        missing: list[int] = []
+        i = 0
+        while i < len(offsets):
+            consumer.assign([TopicPartition(self._topic, partition, offsets[i])])
+            seen = offsets[i] - 1
+            heard = time.monotonic()
+            while i < len(offsets):
+                if self._closed:
+                    return None
+                batch = consume_ready(consumer, 1000, 0.2)
+                for message in batch:
+                    offset = message.offset()
+                    if message.error() is not None or offset is None:
+                        continue
+                    heard = time.monotonic()
+                    seen = offset
+                    while i < len(offsets) and offsets[i] < offset:
+                        missing.append(offsets[i])
+                        i += 1
+                    if i < len(offsets) and offsets[i] == offset:
+                        found.append((offset, message.key(), message.value()))
+                        i += 1
+                if i < len(offsets) and offsets[i] - seen > self._SEEK_GAP:
+                    break
+                if not batch and time.monotonic() - heard > self._STALL:
+                    heard = time.monotonic()
+                    i = self._skip_gone(consumer, partition, offsets, i, missing)
+                    break
+        consumer.unassign()
+        return found, missing
+
+    def _skip_gone(
+        self, consumer: Consumer, partition: int, offsets: list[int], i: int, missing: list[int]
+    ) -> int:
+        """After a stall: offsets outside the partition's bounds are gone for good."""
+        try:
+            low, high = watermarks(consumer, TopicPartition(self._topic, partition), 5.0)
+        except KafkaException as exc:
+            log.warning("delay reader: partition %d stalled (%s); retrying", partition, exc)
+            return i
+        while i < len(offsets) and (offsets[i] < low or offsets[i] >= high):
+            missing.append(offsets[i])
+            i += 1
+        if i < len(offsets):
+            log.warning("delay reader: partition %d slow at offset %d", partition, offsets[i])
+        return i
