@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-from streams.engine.partition import Out
+from streams.engine.outbox import Out
 from streams.metrics import DEADLETTERS
 from streams.wire import ids
 from streams.wire.records import DeadLetter, Delayed, Fired, RecordError, decode_delay, encode

@@ -10,6 +10,7 @@ from pydantic import JsonValue
 from handlers.service import HandlerDef
 from streams.engine.context import InvocationClosed, _outcome
 from streams.engine.journal import CANCELLED, LOCAL_WAITS, Entry, EntryKind, InvocationMeta
+from streams.engine.store import ObjectKey
 from streams.wire.records import Failure
 
 if TYPE_CHECKING:
@@ -67,10 +68,10 @@ class Invocation:
         return self.processor.partitions
 
     @property
-    def lock_key(self) -> tuple[str, str] | None:
+    def lock_key(self) -> ObjectKey | None:
         """The object key this invocation holds exclusively while it runs."""
         if self.meta.exclusive and self.meta.target.key is not None:
-            return (self.meta.target.service, self.meta.target.key)
+            return ObjectKey(self.meta.target.service, self.meta.target.key)
         return None
 
     # -- used by the context ---------------------------------------------------

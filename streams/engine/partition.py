@@ -9,14 +9,11 @@ in Kafka transactions; unit tests drive it directly.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -26,24 +23,22 @@ from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.service import DEFAULT_IDEMPOTENCY_RETENTION
 from streams.engine.context import InvocationClosed, InvocationContext, measured
 from streams.engine.invocation import Invocation
+from streams.engine.invocations import InvocationTable
 from streams.engine.journal import (
     CANCELLED,
     KILLED,
     LOCAL_WAITS,
     Entry,
     EntryKind,
-    InvocationLog,
     InvocationMeta,
     Promise,
-    entry_key,
-    meta_key,
-    parse_state_key,
-    state_key,
 )
+from streams.engine.locks import KeyLocks
+from streams.engine.outbox import Out, Outbox
 from streams.engine.registry import Registry
+from streams.engine.store import ObjectKey, PartitionStore
 from streams.metrics import (
     ATTEMPT_SECONDS,
-    DEADLETTERS,
     INVOCATION_SECONDS,
     INVOCATIONS,
     PAUSED,
@@ -51,7 +46,7 @@ from streams.metrics import (
 )
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
-from streams.wire.partitioning import partition_for, partition_of_key
+from streams.wire.partitioning import partition_for
 from streams.wire.records import (
     MAX_VALUE_BYTES,
     AttachRequest,
@@ -59,7 +54,6 @@ from streams.wire.records import (
     Cancel,
     Completion,
     Control,
-    DeadLetter,
     Delayed,
     Failure,
     Invoke,
@@ -71,8 +65,6 @@ from streams.wire.records import (
     Start,
     Target,
     decode_ingress,
-    dump_value,
-    encode,
     shorten,
     value_size,
 )
@@ -85,17 +77,6 @@ MAX_RECORD_BYTES = 900 * 1024
 #: Callers and attached handlers one invocation answers at most; more wait in vain, so
 #: they are told so (429) rather than grow the invocation's record past what Kafka takes.
 MAX_WAITERS = 1_000
-
-
-@dataclass(frozen=True, slots=True)
-class Out:
-    """A record to produce in the next transaction."""
-
-    topic: str
-    partition: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 class PartitionProcessor:
@@ -117,65 +98,32 @@ class PartitionProcessor:
         self.partitions = partitions
         self.topics = topics
         self.registry = registry
-        self._emit = emit
+        self.outbox = Outbox(topics, partition, partitions, emit)
         self._wake = wake
         self.denied_headers = denied_headers
         self.run_executor = run_executor  # threads for synchronous ctx.run actions
-        self.invocations: dict[str, Invocation] = {}
-        self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
-        self.locks: dict[tuple[str, str], str] = {}
-        self.inbox: dict[tuple[str, str], deque[str]] = {}
+        self.invocations = InvocationTable(topics, partition)
+        self.store = PartitionStore(topics, partition)
+        self.locks = KeyLocks()
         self.closed = False
         self.started = 0  # handler runs begun, so the worker can tell when a step settles
-        self._dirty: set[str] = set()
-        self._dirty_state: set[tuple[str, str, str]] = set()
-        self._tombstones: list[tuple[str, int]] = []
-        self._expiries: list[tuple[float, str]] = []  # (expires_at, id) of retained outcomes
-        self.promises: dict[tuple[str, str], dict[str, Promise]] = {}
-        self.dedup: dict[str, str] = {}  # idempotency scope -> invocation id
         self._promise_waiters: dict[tuple[str, str, str], set[tuple[str, int]]] = {}
-        self._dirty_promises: set[tuple[str, str, str]] = set()
-        self._dirty_dedup: set[str] = set()
-        self._restored = InvocationLog()  # the changelog, until start()
 
     # -- restore ---------------------------------------------------------------------
 
     def restore_state(self, key: bytes, value: bytes | None) -> None:
-        service, obj, name, is_promise = parse_state_key(key)
-        if is_promise:
-            if value is None:
-                self.promises.get((service, obj), {}).pop(name, None)
-            else:
-                data = json.loads(value)
-                failure = data.get("failure")
-                promise = Promise(
-                    data.get("value"), Failure.model_validate(failure) if failure else None
-                )
-                self.promises.setdefault((service, obj), {})[name] = promise
-            return
-        if value is None:
-            self.state.get((service, obj), {}).pop(name, None)
-        else:
-            self.state.setdefault((service, obj), {})[name] = json.loads(value)
+        self.store.restore_state(key, value)
 
     def restore_dedup(self, key: bytes, value: bytes | None) -> None:
-        scope = key.decode()
-        if value is None:
-            self.dedup.pop(scope, None)
-        else:
-            self.dedup[scope] = json.loads(value)["invocation_id"]
+        self.store.restore_dedup(key, value)
 
     def restore_invocation(self, key: bytes, value: bytes | None) -> None:
-        self._restored.apply(key, value)
+        self.invocations.restore(key, value)
 
     def start(self) -> None:
         """After restore: rebuild locks and queues, resume what was in flight."""
-        metas = sorted(self._restored.metas.values(), key=lambda m: m.seq)
-        for meta in metas:
-            # A completed invocation keeps its outcome in memory, not its journal.
-            done = meta.status == "completed"
-            journal = [] if done else self._restored.journal(meta.id)
-            if not done and len(journal) != meta.journal_length:
+        for meta, journal in self.invocations.take_restored():
+            if meta.status != "completed" and len(journal) != meta.journal_length:
                 log.error("invocation %s: journal incomplete in the changelog", meta.id)
                 meta.status, meta.last_error = "paused", "journal incomplete in the changelog"
             try:
@@ -187,13 +135,12 @@ class PartitionProcessor:
             inv = Invocation(meta, journal, handler, self)
             inv.persisted = True
             inv.persisted_entries = meta.journal_length
-            self.invocations[meta.id] = inv
+            self.invocations[meta.id] = inv  # as restored: nothing to write
             lock = inv.lock_key
             if meta.status == "pending" and lock is not None:
-                self.inbox.setdefault(lock, deque()).append(meta.id)
+                self.locks.queue(lock, meta.id)
             elif meta.status not in ("completed", "scheduled") and lock is not None:
-                self.locks[lock] = meta.id
-        self._restored = InvocationLog()
+                self.locks.hold(lock, meta.id)
         for inv in list(self.invocations.values()):
             status = inv.meta.status
             if status in ("running", "suspended"):
@@ -202,12 +149,11 @@ class PartitionProcessor:
                 self._schedule_retry(inv, max(0.0, (inv.meta.retry_at or 0) - time.time()))
             elif status == "pending" and inv.lock_key is None:
                 self._run(inv)
-        for lock in list(self.inbox):
-            if lock not in self.locks:
-                self._unlock_next(lock)
+        for lock in self.locks.unheld():
+            self._unlock_next(lock)
         for inv in list(self.invocations.values()):
             if inv.meta.status == "completed" and inv.meta.expires_at is not None:
-                heapq.heappush(self._expiries, (inv.meta.expires_at, inv.meta.id))
+                self.invocations.retain(inv)
             elif inv.meta.status != "completed" and inv.meta.target.key is not None:
                 for index, entry in enumerate(inv.journal):
                     if entry.kind == "promise_get" and not entry.done and entry.name:
@@ -219,13 +165,8 @@ class PartitionProcessor:
         and outcomes with them), then look again in a second."""
         if self.closed:
             return
-        now = time.time()
-        while self._expiries and self._expiries[0][0] <= now:
-            _, inv_id = heapq.heappop(self._expiries)
-            inv = self.invocations.get(inv_id)
-            expires = inv.meta.expires_at if inv is not None else None
-            if inv is not None and inv.meta.status == "completed" and expires and expires <= now:
-                self._forget(inv)
+        for inv in self.invocations.expired(time.time()):
+            self._forget(inv)
         asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     # -- ingress records -----------------------------------------------------------
@@ -240,18 +181,18 @@ class PartitionProcessor:
                 )
             record = decode_ingress(value)
         except RecordError as error:
-            self._dead_letter(error, key, value, offset)
+            self._set_aside(error, key, value, offset)
             return
         try:
             owner = self._owner(record)
         except RecordError as error:
             if isinstance(record, Invoke):  # whoever waits hears why it will not run
                 self._fail_unrouted(record, Failure(code=400, message=error.detail))
-            self._dead_letter(error, key, value, offset)
+            self._set_aside(error, key, value, offset)
             return
         if owner != self.partition:
             # A producer that partitioned differently (e.g. kcat's default): move it.
-            self._emit(Out(self.topics.ingress, owner, key, value))
+            self.outbox.forward(owner, key, value)
             return
         try:
             self._apply(record, key, value, offset)
@@ -259,7 +200,7 @@ class PartitionProcessor:
             log.exception("%s/%d@%d could not be applied", self.topics.ingress, self.partition,
                           offset)  # fmt: skip
             failed = RecordError("apply-failed", f"{type(error).__name__}: {error}")
-            self._dead_letter(failed, key, value, offset)
+            self._set_aside(failed, key, value, offset)
         self._wake()
 
     def _apply(self, record: _Record, key: bytes | None, value: bytes | None, offset: int) -> None:
@@ -273,6 +214,12 @@ class PartitionProcessor:
             self._on_start(record, offset)
         else:
             self._on_control(record)
+
+    def _set_aside(
+        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
+    ) -> None:
+        self.outbox.dead_letter(error, key, value, offset)
+        self._wake()
 
     def _oversize(self, value: bytes) -> None:
         """Tell whoever waits for an oversize invocation that it will not run (413)."""
@@ -327,7 +274,7 @@ class PartitionProcessor:
     def _idempotent(self, target: Target, idempotency_key: str) -> tuple[str, str]:
         """The dedup-table scope of a request, and the invocation id it names."""
         scope = _scope(target, idempotency_key)
-        derived = self.dedup.get(scope) or ids.idempotent_id(
+        derived = self.store.deduplicated(scope) or ids.idempotent_id(
             target.service, target.key, target.handler, idempotency_key
         )
         return scope, derived
@@ -340,7 +287,7 @@ class PartitionProcessor:
         except LookupError as exc:
             if record.request_id is None and record.caller is None:
                 error = RecordError("unknown-target", str(exc))
-                self._dead_letter(error, key, value, offset)
+                self._set_aside(error, key, value, offset)
             self._fail_unrouted(record, Failure(code=404, message=str(exc)))
             return
         target = record.target
@@ -376,16 +323,14 @@ class PartitionProcessor:
             modified_at=now,
         )
         if record.mode == "send" and record.request_id is not None:
-            self._emit_response(
-                record.request_id,
-                Response(request_id=record.request_id, invocation_id=inv_id, status="accepted"),
+            self.outbox.response(
+                Response(request_id=record.request_id, invocation_id=inv_id, status="accepted")
             )
         if scope is not None:
-            self.dedup[scope] = inv_id
-            self._dirty_dedup.add(scope)
+            self.store.remember(scope, inv_id)
         inv = Invocation(meta, [], handler, self)
-        self.invocations[inv_id] = inv
-        self.touch(inv)
+        self.invocations.add(inv)
+        self._wake()
         if record.due is not None and record.due.timestamp() > now:
             self._schedule(inv, record.due.timestamp())
         else:
@@ -396,9 +341,7 @@ class PartitionProcessor:
         a :class:`Start` on the delay topic runs it at ``due``."""
         inv.meta.status, inv.meta.due = "scheduled", due
         start = Start(invocation_id=inv.meta.id, seq=inv.meta.seq)
-        delayed = Delayed(due=datetime.fromtimestamp(due, UTC), start=start)
-        owner = ids.partition_of(inv.meta.id, self.partitions)
-        self._emit(Out(self.topics.delay, owner, inv.meta.id.encode(), encode(delayed)))
+        self.outbox.delayed(Delayed(due=datetime.fromtimestamp(due, UTC), start=start), inv.meta.id)
 
     def _on_start(self, record: Start, offset: int) -> None:
         """A scheduled invocation is due: it queues for its key like a new arrival. One
@@ -413,12 +356,7 @@ class PartitionProcessor:
     def _enqueue(self, inv: Invocation) -> None:
         """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""
         lock = inv.lock_key
-        if lock is None:
-            self._run(inv)
-        elif lock in self.locks:
-            self.inbox.setdefault(lock, deque()).append(inv.meta.id)
-        else:
-            self.locks[lock] = inv.meta.id
+        if lock is None or self.locks.take_or_queue(lock, inv.meta.id):
             self._run(inv)
 
     def _duplicate(self, inv: Invocation, record: Invoke) -> None:
@@ -432,10 +370,10 @@ class PartitionProcessor:
                 f"(invocation {inv.meta.id}); attach to it for its outcome",
             )
             if record.request_id is not None:
-                self._fail_request(record.request_id, inv.meta.id, failure)
+                self.outbox.failure_response(record.request_id, inv.meta.id, failure)
             if record.caller is not None:
                 callee = record.invocation_id or inv.meta.id
-                self._emit_completion(
+                self.outbox.completion(
                     Completion(caller=record.caller, invocation_id=callee, failure=failure)
                 )
             return
@@ -446,7 +384,7 @@ class PartitionProcessor:
                     invocation_id=inv.meta.id,
                     status="previously_accepted",
                 )
-                self._emit_response(record.request_id, receipt)
+                self.outbox.response(receipt)
             return
         self._join(inv, record.request_id, record.caller)
 
@@ -457,16 +395,16 @@ class PartitionProcessor:
             if request_id is not None:
                 self._respond(request_id, meta)
             if caller is not None:
-                self._emit_completion(Completion(
+                self.outbox.completion(Completion(
                     caller=caller, invocation_id=meta.id, value=meta.value, failure=meta.failure
                 ))  # fmt: skip
             return
         if len(meta.request_ids) + len(meta.attachers) >= MAX_WAITERS:
             busy = Failure(code=429, message=f"{MAX_WAITERS} already wait for {meta.id}")
             if request_id is not None and request_id not in meta.request_ids:
-                self._fail_request(request_id, meta.id, busy)
+                self.outbox.failure_response(request_id, meta.id, busy)
             if caller is not None and caller != meta.caller and caller not in meta.attachers:
-                self._emit_completion(Completion(caller=caller, invocation_id=meta.id,
+                self.outbox.completion(Completion(caller=caller, invocation_id=meta.id,
                                                  failure=busy))  # fmt: skip
             return
         if request_id is not None and request_id not in meta.request_ids:
@@ -490,7 +428,7 @@ class PartitionProcessor:
         failure = record.failure
         if entry.kind == "call" and failure is not None:
             if failure.code == 408 and entry.due is not None and entry.callee is not None:
-                self._control_callee(Cancel(invocation_id=entry.callee))  # deadline passed
+                self.outbox.control(Cancel(invocation_id=entry.callee))  # deadline passed
             if failure.code == 409 and inv.meta.cancel_requested and index in inv.waiting:
                 # The cancel reaches the handler through the call it awaits. A call nobody
                 # awaits now (a select lost it) leaves the cancel for the next wait.
@@ -537,9 +475,9 @@ class PartitionProcessor:
         if record.caller is not None:
             if inv_id is not None:  # a handler's attach always names an id
                 completion = Completion(caller=record.caller, invocation_id=inv_id, failure=failure)
-                self._emit_completion(completion)
+                self.outbox.completion(completion)
         else:
-            self._fail_request(record.request_id, inv_id, failure)
+            self.outbox.failure_response(record.request_id, inv_id, failure)
 
     # -- cancel, kill, purge, resume -------------------------------------------------
 
@@ -584,12 +522,12 @@ class PartitionProcessor:
         if record.request_id is None:
             return
         if isinstance(outcome, Failure):
-            self._fail_request(record.request_id, record.invocation_id, outcome)
+            self.outbox.failure_response(record.request_id, record.invocation_id, outcome)
         else:
             response = Response(
                 request_id=record.request_id, invocation_id=record.invocation_id, status=outcome
             )
-            self._emit_response(record.request_id, response)
+            self.outbox.response(response)
 
     def cancel(self, inv: Invocation) -> bool:
         """Cancel ``inv``; True when it is done with at once (it had not started)."""
@@ -601,7 +539,7 @@ class PartitionProcessor:
         meta.cancel_requested = True
         self.touch(inv)
         for callee in _open_calls(inv):
-            self._control_callee(Cancel(invocation_id=callee))
+            self.outbox.control(Cancel(invocation_id=callee))
         self.deliver_cancel(inv)
         return False
 
@@ -629,20 +567,14 @@ class PartitionProcessor:
     def kill(self, inv: Invocation) -> None:
         """Stop ``inv`` now, without compensation; its open calls are killed too."""
         for callee in _open_calls(inv):
-            self._control_callee(Kill(invocation_id=callee))
+            self.outbox.control(Kill(invocation_id=callee))
         inv.close()
         self._complete(inv, None, KILLED)
-
-    def _control_callee(self, record: Cancel | Kill) -> None:
-        owner = ids.partition_of(record.invocation_id, self.partitions)
-        key = record.invocation_id.encode()
-        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
 
     # -- workflow promises ------------------------------------------------------------
 
     def promise_of(self, target: Target, name: str) -> Promise | None:
-        assert target.key is not None
-        return self.promises.get((target.service, target.key), {}).get(name)
+        return self.store.promise(ObjectKey.of(target), name)
 
     def promise_get(self, inv: Invocation, index: int, name: str) -> None:
         """Complete entry ``index`` when promise ``name`` of ``inv``'s workflow completes."""
@@ -657,13 +589,10 @@ class PartitionProcessor:
 
     def promise_complete(self, target: Target, name: str, promise: Promise) -> bool:
         """Resolve or reject a promise; False when it was already completed."""
-        assert target.key is not None
-        scope = (target.service, target.key)
-        if name in self.promises.get(scope, {}):
+        obj = ObjectKey.of(target)
+        if not self.store.complete_promise(obj, name, promise):
             return False
-        self.promises.setdefault(scope, {})[name] = promise
-        self._dirty_promises.add((*scope, name))
-        for inv_id, index in self._promise_waiters.pop((*scope, name), set()):
+        for inv_id, index in self._promise_waiters.pop((*obj, name), set()):
             waiter = self.invocations.get(inv_id)
             if waiter is None or waiter.meta.status == "completed":
                 continue
@@ -686,12 +615,6 @@ class PartitionProcessor:
                     waiters.discard((inv.meta.id, index))
                     if not waiters:
                         del self._promise_waiters[scope]
-
-    def _fail_request(self, request_id: str, inv_id: str | None, failure: Failure) -> None:
-        response = Response(
-            request_id=request_id, invocation_id=inv_id, status="failure", failure=failure
-        )
-        self._emit_response(request_id, response)
 
     # -- running handlers -------------------------------------------------------------
 
@@ -828,7 +751,7 @@ class PartitionProcessor:
         for request_id in meta.request_ids:
             self._respond(request_id, meta)
         for caller in [meta.caller, *meta.attachers] if meta.caller else meta.attachers:
-            self._emit_completion(Completion(
+            self.outbox.completion(Completion(
                 caller=caller, invocation_id=meta.id, value=value, failure=failure
             ))  # fmt: skip
         meta.request_ids.clear()  # answered: a retained outcome needs neither
@@ -837,43 +760,32 @@ class PartitionProcessor:
         retention = _retention(inv)
         if retention.total_seconds() > 0:
             meta.expires_at = now + retention.total_seconds()
-            heapq.heappush(self._expiries, (meta.expires_at, meta.id))
+            self.invocations.retain(inv)
             self.touch(inv)
         else:
             self._forget(inv)
         lock = inv.lock_key
-        if lock is not None and self.locks.get(lock) == meta.id:
-            del self.locks[lock]
+        if lock is not None and self.locks.release(lock, meta.id):
             self._unlock_next(lock)
 
-    def _unlock_next(self, lock: tuple[str, str]) -> None:
-        queue = self.inbox.get(lock)
-        while queue:
-            candidate = self.invocations.get(queue.popleft())
-            if candidate is not None and candidate.meta.status == "pending":
-                self.locks[lock] = candidate.meta.id
-                self._run(candidate)
-                break
-        if queue is not None and not queue:
-            del self.inbox[lock]
+    def _unlock_next(self, lock: ObjectKey) -> None:
+        def still_pending(inv_id: str) -> bool:
+            candidate = self.invocations.get(inv_id)
+            return candidate is not None and candidate.meta.status == "pending"
+
+        chosen = self.locks.hand_on(lock, still_pending)
+        if chosen is not None:
+            self._run(self.invocations[chosen])
 
     def _forget(self, inv: Invocation) -> None:
         """Drop a completed invocation: its outcome, its idempotency key, and for a
         workflow's run the workflow's state and promises."""
         meta = inv.meta
         if meta.idempotency_key is not None:
-            scope = _scope(meta.target, meta.idempotency_key)
-            if self.dedup.pop(scope, None) is not None:
-                self._dirty_dedup.add(scope)
+            self.store.forget(_scope(meta.target, meta.idempotency_key))
         if _is_workflow_run(inv):
-            assert meta.target.key is not None
-            self.state_write(meta.target, "clear_all", None, None)
-            for name in self.promises.pop((meta.target.service, meta.target.key), {}):
-                self._dirty_promises.add((meta.target.service, meta.target.key, name))
-        self.invocations.pop(inv.meta.id, None)
-        self._dirty.discard(inv.meta.id)
-        if inv.persisted:
-            self._tombstones.append((inv.meta.id, inv.persisted_entries))
+            self.store.drop_object(ObjectKey.of(meta.target))
+        self.invocations.forget(inv)
         self._wake()
 
     # -- outputs -------------------------------------------------------------------
@@ -887,11 +799,7 @@ class PartitionProcessor:
             response = Response(
                 request_id=request_id, invocation_id=meta.id, status="success", value=meta.value
             )
-        self._emit_response(request_id, response)
-
-    def _emit_response(self, request_id: str, response: Response) -> None:
-        partition = partition_of_key(request_id, self.partitions)
-        self._emit(Out(self.topics.responses, partition, request_id.encode(), encode(response)))
+        self.outbox.response(response)
 
     def _fail_unrouted(self, record: Invoke, failure: Failure) -> None:
         """Answer a call that cannot run (unknown target) without creating an invocation."""
@@ -902,37 +810,11 @@ class PartitionProcessor:
                 status="failure",
                 failure=failure,
             )
-            self._emit_response(record.request_id, response)
+            self.outbox.response(response)
         if record.caller is not None and record.invocation_id is not None:
-            self._emit_completion(Completion(
+            self.outbox.completion(Completion(
                 caller=record.caller, invocation_id=record.invocation_id, failure=failure
             ))  # fmt: skip
-
-    def _emit_completion(self, completion: Completion) -> None:
-        """A callee's outcome, to the partition of the caller waiting for it."""
-        caller = completion.caller.invocation_id
-        owner = ids.partition_of(caller, self.partitions)
-        self._emit(Out(self.topics.ingress, owner, caller.encode(), encode(completion)))
-
-    def _dead_letter(
-        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
-    ) -> None:
-        log.warning(
-            "dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset, error
-        )
-        letter = DeadLetter.of(
-            error,
-            topic=self.topics.ingress,
-            partition=self.partition,
-            offset=offset,
-            key=key,
-            value=value,
-            at=datetime.now(UTC),
-        )
-        DEADLETTERS.labels(error.reason).inc()
-        value, headers = letter.record(key, value)
-        self._emit(Out(self.topics.deadletter, 0, key, value, headers))
-        self._wake()
 
     def emit_invoke(
         self,
@@ -958,9 +840,7 @@ class PartitionProcessor:
         )
         if due is not None:  # scheduled by the callee's partition from now on
             record = record.model_copy(update={"due": datetime.fromtimestamp(due, UTC)})
-        owner = ids.partition_of(callee, self.partitions)
-        key = (target.key if target.key is not None else callee).encode()
-        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+        self.outbox.invoke(record)
 
     def callee_id(
         self, caller: Invocation, index: int, target: Target, idempotency_key: str | None
@@ -981,133 +861,44 @@ class PartitionProcessor:
             invocation_id=invocation_id,
             caller=Caller(invocation_id=inv.meta.id, entry=index),
         )
-        owner = ids.partition_of(invocation_id, self.partitions)
-        self._emit(Out(self.topics.ingress, owner, invocation_id.encode(), encode(record)))
+        self.outbox.attach(record)
 
     def emit_cancel(self, invocation_id: str) -> None:
         """``ctx.cancel_invocation``."""
-        self._control_callee(Cancel(invocation_id=invocation_id))
+        self.outbox.control(Cancel(invocation_id=invocation_id))
 
     def emit_timer(self, inv: Invocation, index: int, due: float, completion: Completion) -> None:
         """A durable timer: ``completion`` reaches entry ``index`` of ``inv`` at ``due``,
         through the delay topic (a sleep ending, or a call's deadline)."""
-        delayed = Delayed(due=datetime.fromtimestamp(due, UTC), completion=completion)
-        owner = ids.partition_of(inv.meta.id, self.partitions)
-        self._emit(Out(self.topics.delay, owner, inv.meta.id.encode(), encode(delayed)))
+        self.outbox.timer(inv.meta.id, due, completion)
 
     # -- state ----------------------------------------------------------------------
 
     def state_of(self, target: Target) -> dict[str, JsonValue]:
-        assert target.key is not None
-        return self.state.get((target.service, target.key), {})
+        return self.store.state_of(ObjectKey.of(target))
 
     def state_write(
         self, target: Target, kind: EntryKind, name: str | None, value: JsonValue
     ) -> None:
-        assert target.key is not None
-        scope = (target.service, target.key)
-        values = self.state.setdefault(scope, {})
-        names = list(values) if kind == "clear_all" else [name] if name is not None else []
-        for each in names:
-            if kind == "set":
-                values[each] = value
-            else:
-                values.pop(each, None)
-            self._dirty_state.add((*scope, each))
-        if not values:
-            self.state.pop(scope, None)
+        self.store.write_state(ObjectKey.of(target), kind, name, value)
         self._wake()
 
     # -- commit --------------------------------------------------------------------------
 
     def touch(self, inv: Invocation) -> None:
         """``inv`` changed: write it at the next flush (which stamps ``modified_at``)."""
-        self._dirty.add(inv.meta.id)
+        self.invocations.touch(inv)
         self._wake()
 
     def flush(self) -> list[Out]:
         """The changelog records for everything changed since the last flush."""
-        out: list[Out] = []
-        for service, obj, name in self._dirty_state:
-            value = self.state.get((service, obj), {}).get(name, _MISSING)
-            out.append(
-                Out(
-                    self.topics.state,
-                    self.partition,
-                    state_key(service, obj, name),
-                    None if value is _MISSING else dump_value(value),
-                )
-            )
-        self._dirty_state.clear()
-        for service, obj, name in self._dirty_promises:
-            promise = self.promises.get((service, obj), {}).get(name)
-            data = None
-            if promise is not None:
-                data = {"value": promise.value}
-                if promise.failure is not None:
-                    data["failure"] = promise.failure.model_dump()
-            out.append(
-                Out(
-                    self.topics.state,
-                    self.partition,
-                    state_key(service, obj, name, promise=True),
-                    None if data is None else dump_value(data),
-                )
-            )
-        self._dirty_promises.clear()
-        for scope in self._dirty_dedup:
-            inv_id = self.dedup.get(scope)
-            row = None if inv_id is None else json.dumps({"invocation_id": inv_id}).encode()
-            out.append(Out(self.topics.dedup, self.partition, scope.encode(), row))
-        self._dirty_dedup.clear()
-        changelog = self.topics.invocations
-        # Tombstones first: an id forgotten and created again since the last flush (a purge,
-        # then the same workflow id or idempotency key) keeps its new records.
-        for inv_id, entries in self._tombstones:
-            out.append(Out(changelog, self.partition, meta_key(inv_id), None))
-            out.extend(
-                Out(changelog, self.partition, entry_key(inv_id, i), None) for i in range(entries)
-            )
-        self._tombstones.clear()
-        now = time.time()
-        for inv_id in self._dirty:
-            inv = self.invocations.get(inv_id)
-            if inv is None:
-                continue
-            inv.meta.modified_at = now
-            out.append(
-                Out(
-                    changelog,
-                    self.partition,
-                    meta_key(inv_id),
-                    inv.meta.model_dump_json(exclude_none=True).encode(),
-                )
-            )
-            for index in sorted(inv.dirty_entries):
-                out.append(
-                    Out(
-                        changelog,
-                        self.partition,
-                        entry_key(inv_id, index),
-                        inv.journal[index].model_dump_json(exclude_none=True).encode(),
-                    )
-                )
-            inv.dirty_entries.clear()
-            inv.persisted = True
-            inv.persisted_entries = max(inv.persisted_entries, len(inv.journal))
-            if inv.meta.status == "completed":
-                inv.journal = []  # written; a retained outcome is its meta alone
-        self._dirty.clear()
-        return out
+        return self.store.changelog() + self.invocations.changelog()
 
     def close(self) -> None:
         """Stop every task: the partition is revoked, or the worker stops."""
         self.closed = True
         for inv in self.invocations.values():
             inv.close()
-
-
-_MISSING = object()
 
 
 def _scope(target: Target, idempotency_key: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from streams.engine.partition import Out
+from streams.engine.outbox import Out
 
 
 @dataclass

@@ -32,7 +32,8 @@ from confluent_kafka import (
 
 from handlers.service import ServiceDefinition
 from streams.engine.delay import DelayProcessor
-from streams.engine.partition import Out, PartitionProcessor
+from streams.engine.outbox import Out
+from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.errors import KourierError
 from streams.kafka.broker import cache_dir
@@ -271,7 +272,7 @@ class Worker:
                 if high == 0 or (tp.offset >= 0 and high >= 0):  # an empty partition: 0
                     LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - max(tp.offset, 0)))
         for partition, processor in list(self.processors.items()):
-            depth = sum(len(queue) for queue in list(processor.inbox.values()))
+            depth = processor.locks.waiting()
             INBOX.labels(str(partition)).set(depth)
         for partition, delay in list(self.delays.items()):
             PENDING_TIMERS.labels(str(partition)).set(delay.pending)

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handlers.service import ServiceDefinition
-from streams.engine.partition import Out, PartitionProcessor
+from streams.engine.outbox import Out
+from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.wire import ids
 from streams.wire.records import Delayed, Invoke, Target, decode_delay, decode_response, encode

@@ -128,7 +128,7 @@ async def test_cancel_reaches_a_sleeping_handler_which_compensates() -> None:
     assert failure is not None
     assert (failure.code, failure.message) == (409, "cancelled")
     assert trail == ["undo a 409"]
-    assert h.processor.state[("Saga", "a")] == {"undone": 409}
+    assert h.processor.store.state[("Saga", "a")] == {"undone": 409}
 
 
 async def test_cancel_travels_down_the_call_tree_leaves_first() -> None:
@@ -156,7 +156,7 @@ async def test_kill_stops_the_tree_without_compensation_and_unlocks_keys() -> No
     await until(lambda: child not in h.processor.invocations)
     assert [r["invocation_id"] for r in h.records("kill")] == [child]
     assert trail == []
-    assert h.processor.locks == {}
+    assert h.processor.locks.holders == {}
     h.call(saga_target("k-child", "book"), 0, request_id="after")
     await until(lambda: "after" in h.responses())
     assert h.responses()["after"].value == "booked"
@@ -246,8 +246,8 @@ async def test_workflow_runs_once_and_promises_connect_its_handlers() -> None:
     assert ["Signup", "w1", "link", "promise"] in changelog
     # Past the workflow's retention its run, state and promises are gone.
     await until(lambda: run_id not in h.processor.invocations, seconds=4)
-    assert ("Signup", "w1") not in h.processor.state
-    assert ("Signup", "w1") not in h.processor.promises
+    assert ("Signup", "w1") not in h.processor.store.state
+    assert ("Signup", "w1") not in h.processor.store.promises
     h.send(AttachRequest(request_id="gone", target=run_target, wait=False))
     assert h.responses()["gone"].failure.code == 404
 
@@ -260,7 +260,7 @@ async def test_cancel_reaches_a_workflow_waiting_on_a_promise() -> None:
     h.send(Cancel(invocation_id=run_id))
     await until(lambda: "run" in h.responses())
     assert h.responses()["run"].failure.code == 409
-    assert h.processor.state[("Signup", "w2")]["status"] == "aborted 409"
+    assert h.processor.store.state[("Signup", "w2")]["status"] == "aborted 409"
 
 
 async def test_a_killed_workflow_no_longer_waits_on_its_promise() -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from streams.engine import delay
 from streams.engine.delay import DelayProcessor, Deliver, OffsetSet
-from streams.engine.partition import Out
+from streams.engine.outbox import Out
 from streams.wire import ids
 from streams.wire.records import (
     Caller,

@@ -143,7 +143,7 @@ async def test_a_start_left_by_a_cancelled_schedule_does_not_run_the_next_one() 
     await settle()
     assert h.processor.invocations[inv_id].meta.status == "scheduled"
     h.send(Start(invocation_id=inv_id, seq=second_seq))
-    await until(lambda: h.processor.state.get(("Edge", "s")) == {"n": 5})
+    await until(lambda: h.processor.store.state.get(("Edge", "s")) == {"n": 5})
 
 
 async def test_a_refused_argument_leaves_the_journal_as_a_replay_sees_it() -> None:
@@ -186,7 +186,7 @@ async def test_a_cancel_is_not_used_up_by_a_call_that_lost_a_select() -> None:
     GATE["c"].set()
     await until(lambda: "c" in h.responses())
     assert h.responses()["c"].failure.code == 409, "the sleep after the work met the cancel"
-    assert h.processor.state[("Edge", "c")] == {"compensated": 409}
+    assert h.processor.store.state[("Edge", "c")] == {"compensated": 409}
 
 
 async def test_an_effect_in_flight_keeps_its_invocation_from_suspending() -> None:

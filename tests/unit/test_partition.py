@@ -137,7 +137,7 @@ async def test_a_restored_invocation_replays_without_repeating_its_calls() -> No
                       invocation_id=second[0]["invocation_id"], value=1))  # fmt: skip
     await settle()
     assert h.responses()["w"].value == 2
-    assert restored.state[("Box", "k")] == {"n": 2}
+    assert restored.store.state[("Box", "k")] == {"n": 2}
 
 
 async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
@@ -261,7 +261,7 @@ async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key
     assert h.responses()["now"].value == 1, "the key is free while the send waits"
     h.send(Start(invocation_id=later, seq=seq))
     await until(lambda: restored.invocations.get(later) is None)
-    assert restored.state[("Box", "s")] == {"n": 6}
+    assert restored.store.state[("Box", "s")] == {"n": 6}
     h.send(Start(invocation_id=later, seq=seq))  # a second release changes nothing
     await settle()
-    assert restored.state[("Box", "s")] == {"n": 6}
+    assert restored.store.state[("Box", "s")] == {"n": 6}

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from streams.engine.partition import Out
+from streams.engine.outbox import Out
 from streams.kafka.committer import Snapshot
 from streams.kafka.worker import Worker
 from streams.settings import Settings

@@ -1,0 +1,131 @@
+"""Every record a partition sends out, built in one place.
+
+The processor and the invocations it runs never encode a record themselves: they ask the
+:class:`Outbox` for a response, a completion, an invoke, an attach, a control record, a
+durable timer or a dead letter. The outbox encodes it, picks the topic and partition that
+owns it, and hands an :class:`Out` to ``emit`` — the worker, which produces it in the next
+transaction, or a test, which collects it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from streams.metrics import DEADLETTERS
+from streams.wire import ids
+from streams.wire.partitioning import partition_of_key
+from streams.wire.records import (
+    AttachRequest,
+    Completion,
+    Control,
+    DeadLetter,
+    Delayed,
+    Failure,
+    Invoke,
+    RecordError,
+    Response,
+    encode,
+)
+from streams.wire.topics import Topics
+
+log = logging.getLogger("kourier.partition")
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """A record to produce in the next transaction."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, str | bytes | None]] | None = None
+
+
+class Outbox:
+    """Builds the outgoing records of ingress partition ``partition``."""
+
+    def __init__(
+        self, topics: Topics, partition: int, partitions: int, emit: Callable[[Out], None]
+    ) -> None:
+        self.topics = topics
+        self.partition = partition
+        self.partitions = partitions
+        self._emit = emit
+
+    def response(self, response: Response) -> None:
+        """To the response topic, on the partition of its request id (where clients read)."""
+        request_id = response.request_id
+        assert request_id is not None, "a response answers a request"
+        partition = partition_of_key(request_id, self.partitions)
+        self._emit(Out(self.topics.responses, partition, request_id.encode(), encode(response)))
+
+    def failure_response(self, request_id: str, inv_id: str | None, failure: Failure) -> None:
+        self.response(
+            Response(request_id=request_id, invocation_id=inv_id, status="failure", failure=failure)
+        )
+
+    def completion(self, completion: Completion) -> None:
+        """A callee's outcome, to the partition of the caller waiting for it."""
+        caller = completion.caller.invocation_id
+        owner = ids.partition_of(caller, self.partitions)
+        self._emit(Out(self.topics.ingress, owner, caller.encode(), encode(completion)))
+
+    def invoke(self, record: Invoke) -> None:
+        """A call or send a handler made, to the partition of the callee's id."""
+        callee = record.invocation_id
+        assert callee is not None
+        owner = ids.partition_of(callee, self.partitions)
+        key = (record.target.key if record.target.key is not None else callee).encode()
+        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+
+    def attach(self, record: AttachRequest) -> None:
+        """A handler's attach: to the partition of the invocation it names."""
+        assert record.invocation_id is not None
+        owner = ids.partition_of(record.invocation_id, self.partitions)
+        key = record.invocation_id.encode()
+        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+
+    def control(self, record: Control) -> None:
+        """A cancel or kill for an invocation, on its partition."""
+        owner = ids.partition_of(record.invocation_id, self.partitions)
+        key = record.invocation_id.encode()
+        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+
+    def timer(self, invocation_id: str, due: float, completion: Completion) -> None:
+        """A durable timer: ``completion`` comes back through the delay topic at ``due``."""
+        delayed = Delayed(due=datetime.fromtimestamp(due, UTC), completion=completion)
+        owner = ids.partition_of(invocation_id, self.partitions)
+        self._emit(Out(self.topics.delay, owner, invocation_id.encode(), encode(delayed)))
+
+    def delayed(self, record: Delayed, owner_id: str) -> None:
+        """A record held on the delay topic until due (a scheduled invocation's start)."""
+        owner = ids.partition_of(owner_id, self.partitions)
+        self._emit(Out(self.topics.delay, owner, owner_id.encode(), encode(record)))
+
+    def forward(self, owner: int, key: bytes | None, value: bytes | None) -> None:
+        """An ingress record that belongs to another partition, moved there unchanged."""
+        self._emit(Out(self.topics.ingress, owner, key, value))
+
+    def dead_letter(
+        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
+    ) -> None:
+        """An ingress record set aside, unchanged, with the reason in its headers."""
+        log.warning(
+            "dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset, error
+        )
+        letter = DeadLetter.of(
+            error,
+            topic=self.topics.ingress,
+            partition=self.partition,
+            offset=offset,
+            key=key,
+            value=value,
+            at=datetime.now(UTC),
+        )
+        DEADLETTERS.labels(error.reason).inc()
+        value, headers = letter.record(key, value)
+        self._emit(Out(self.topics.deadletter, 0, key, value, headers))

@@ -1,0 +1,162 @@
+"""One partition's durable tables: object state, workflow promises and the idempotency
+(dedup) table.
+
+Each table is restored from its compacted changelog when the partition is assigned, changed
+in memory while handlers run, and remembers what changed: :meth:`PartitionStore.changelog`
+gives the records for those changes (a tombstone for what was removed), which the worker
+commits in the same transaction as everything else of the step.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from pydantic import JsonValue
+
+from streams.engine.journal import EntryKind, Promise, parse_state_key, state_key
+from streams.engine.outbox import Out
+from streams.wire.records import Failure, Target, dump_value
+from streams.wire.topics import Topics
+
+
+class ObjectKey(NamedTuple):
+    """A virtual object or workflow instance: its service and its key."""
+
+    service: str
+    key: str
+
+    @classmethod
+    def of(cls, target: Target) -> ObjectKey:
+        assert target.key is not None, f"{target.service} has no key"
+        return cls(target.service, target.key)
+
+
+class PartitionStore:
+    """State, promises and idempotency keys of one partition, and what changed in them."""
+
+    def __init__(self, topics: Topics, partition: int) -> None:
+        self.topics = topics
+        self.partition = partition
+        self.state: dict[ObjectKey, dict[str, JsonValue]] = {}
+        self.promises: dict[ObjectKey, dict[str, Promise]] = {}
+        self.dedup: dict[str, str] = {}  # idempotency scope -> invocation id
+        self._changed_state: set[tuple[ObjectKey, str]] = set()
+        self._changed_promises: set[tuple[ObjectKey, str]] = set()
+        self._changed_dedup: set[str] = set()
+
+    # -- restore ---------------------------------------------------------------------
+
+    def restore_state(self, key: bytes, value: bytes | None) -> None:
+        """One record of the ``<ns>.state`` changelog (state and promises)."""
+        service, name_of_key, name, is_promise = parse_state_key(key)
+        obj = ObjectKey(service, name_of_key)
+        if is_promise:
+            if value is None:
+                self.promises.get(obj, {}).pop(name, None)
+            else:
+                data = json.loads(value)
+                failure = data.get("failure")
+                promise = Promise(
+                    data.get("value"), Failure.model_validate(failure) if failure else None
+                )
+                self.promises.setdefault(obj, {})[name] = promise
+        elif value is None:
+            self.state.get(obj, {}).pop(name, None)
+        else:
+            self.state.setdefault(obj, {})[name] = json.loads(value)
+
+    def restore_dedup(self, key: bytes, value: bytes | None) -> None:
+        """One record of the ``<ns>.dedup`` changelog."""
+        scope = key.decode()
+        if value is None:
+            self.dedup.pop(scope, None)
+        else:
+            self.dedup[scope] = json.loads(value)["invocation_id"]
+
+    # -- state -----------------------------------------------------------------------
+
+    def state_of(self, obj: ObjectKey) -> dict[str, JsonValue]:
+        return self.state.get(obj, {})
+
+    def write_state(
+        self, obj: ObjectKey, kind: EntryKind, name: str | None, value: JsonValue
+    ) -> None:
+        """``set`` or ``clear`` one name, or ``clear_all`` of them."""
+        values = self.state.setdefault(obj, {})
+        names = list(values) if kind == "clear_all" else [name] if name is not None else []
+        for each in names:
+            if kind == "set":
+                values[each] = value
+            else:
+                values.pop(each, None)
+            self._changed_state.add((obj, each))
+        if not values:
+            self.state.pop(obj, None)
+
+    # -- promises --------------------------------------------------------------------
+
+    def promise(self, obj: ObjectKey, name: str) -> Promise | None:
+        return self.promises.get(obj, {}).get(name)
+
+    def complete_promise(self, obj: ObjectKey, name: str, promise: Promise) -> bool:
+        """Keep ``promise`` under ``name``; False when one was already there."""
+        held = self.promises.setdefault(obj, {})
+        if name in held:
+            return False
+        held[name] = promise
+        self._changed_promises.add((obj, name))
+        return True
+
+    def drop_object(self, obj: ObjectKey) -> None:
+        """Forget an object's (a workflow's) state and promises."""
+        self.write_state(obj, "clear_all", None, None)
+        for name in self.promises.pop(obj, {}):
+            self._changed_promises.add((obj, name))
+
+    # -- idempotency keys ------------------------------------------------------------
+
+    def deduplicated(self, scope: str) -> str | None:
+        """The invocation id an idempotency scope already names, if any."""
+        return self.dedup.get(scope)
+
+    def remember(self, scope: str, invocation_id: str) -> None:
+        self.dedup[scope] = invocation_id
+        self._changed_dedup.add(scope)
+
+    def forget(self, scope: str) -> None:
+        if self.dedup.pop(scope, None) is not None:
+            self._changed_dedup.add(scope)
+
+    # -- changelog -------------------------------------------------------------------
+
+    def changelog(self) -> list[Out]:
+        """The changelog records of every change since the last call."""
+        out: list[Out] = []
+        for obj, name in self._changed_state:
+            value = self.state.get(obj, {}).get(name, _MISSING)
+            row = None if value is _MISSING else dump_value(value)
+            out.append(Out(self.topics.state, self.partition, state_key(*obj, name), row))
+        self._changed_state.clear()
+        for obj, name in self._changed_promises:
+            promise = self.promises.get(obj, {}).get(name)
+            row = None if promise is None else dump_value(_promise_row(promise))
+            key = state_key(*obj, name, promise=True)
+            out.append(Out(self.topics.state, self.partition, key, row))
+        self._changed_promises.clear()
+        for scope in self._changed_dedup:
+            inv_id = self.dedup.get(scope)
+            row = None if inv_id is None else json.dumps({"invocation_id": inv_id}).encode()
+            out.append(Out(self.topics.dedup, self.partition, scope.encode(), row))
+        self._changed_dedup.clear()
+        return out
+
+
+_MISSING = object()
+
+
+def _promise_row(promise: Promise) -> JsonValue:
+    row: dict[str, JsonValue] = {"value": promise.value}
+    if promise.failure is not None:
+        row["failure"] = promise.failure.model_dump()
+    return row
