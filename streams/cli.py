@@ -14,6 +14,7 @@ from typing import Any
 from streams.errors import KourierError
 from streams.kafka import broker
 from streams.settings import Settings
+from streams.wire.topics import Topics
 
 _DEFAULT_DATA = Path.home() / ".cache" / "kourier" / "broker"
 
@@ -352,6 +353,12 @@ def _dlq(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     chosen = [x for x in letters if args.all or x.dlq_offset in set(args.offset or [])]
+    if args.all:  # letters that cannot be replayed are left where they are, and named
+        ingress = Topics(settings.namespace).ingress
+        kept = [x.dlq_offset for x in chosen if x.truncated is not None or x.topic != ingress]
+        if kept:
+            _say(f"kourier: leaving {len(kept)} letters that cannot be replayed: offsets {kept}")
+        chosen = [x for x in chosen if x.dlq_offset not in kept]
     if not chosen:
         _say("kourier: nothing to replay: give --offset N (repeatable) or --all")
         return 1

@@ -225,11 +225,16 @@ class DelayProcessor:
             else:
                 self._add(record, offset, self._releasable(record, key))
         except RecordError as error:
-            # Released at once, to the dead-letter topic, with a Fired marker like any other:
-            # so it is set aside once, however often the partition is read again.
-            log.warning("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
             self._pending.add(offset)
-            self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
+            if error.reason == "unsupported-version":
+                # Written by a newer Kourier (a rolling upgrade): pending, never released
+                # here, so the commit offset waits for it and a newer owner releases it.
+                log.warning("delay %d@%d: %s (left for a newer worker)", self.partition,
+                            offset, error)  # fmt: skip
+            else:
+                # Released at once, to the dead-letter topic, with a Fired marker like any
+                # other: so it is set aside once, however often the partition is read again.
+                self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
         self._on_progress(was)
 
     def _on_progress(self, was_caught_up: bool) -> None:
@@ -268,7 +273,11 @@ class DelayProcessor:
             owner = ids.partition_of(owner_id, self.partitions)
         except ids.InvalidId as error:
             raise RecordError("bad-schema", str(error)) from None
-        return Out(self.topics.ingress, owner, key, encode(record.released()))
+        try:
+            released = encode(record.released())
+        except ValueError as error:  # e.g. a lone surrogate, which JSON read but cannot write
+            raise RecordError("bad-schema", f"cannot be released: {error}") from None
+        return Out(self.topics.ingress, owner, key, released)
 
     def _dead_letter(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
@@ -282,7 +291,6 @@ class DelayProcessor:
             value=value,
             at=datetime.now(UTC),
         )
-        DEADLETTERS.labels(error.reason).inc()
         return Out(self.topics.deadletter, 0, key, *letter.record(key, value))
 
     def _hold(self, offset: int, due: float, released: Out) -> None:
@@ -430,6 +438,11 @@ class DelayProcessor:
                 continue
             self._pending.discard(offset)
             self._emit(held)
+            if held.topic == self.topics.deadletter:  # counted when set aside, not when read
+                reason = dict(held.headers or []).get("kourier.reason")
+                text = reason.decode() if isinstance(reason, bytes) else str(reason)
+                log.warning("delay %d@%d: dead-lettered (%s)", self.partition, offset, text)
+                DEADLETTERS.labels(text).inc()
             fired = encode(Fired(offset=offset))
             self._emit(Out(self.topics.delay, self.partition, held.key, fired))
             released += 1

@@ -182,6 +182,8 @@ def _write_nodes(dirs: list[Path], ports: list[int], deploy_dir: Path) -> None:
                 log_dirs=node_dir / "kafka-logs",
                 replicas=replicas,
                 min_isr=min(2, replicas),
+                heartbeat_ms=500 if len(dirs) > 1 else 2000,
+                session_ms=3000 if len(dirs) > 1 else 9000,
             )
         )
 

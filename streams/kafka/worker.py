@@ -49,8 +49,10 @@ _TIMEOUT = 30.0
 #: A transaction running longer than this is stuck: librdkafka's send_offsets_to_transaction
 #: can block past its timeout when the group coordinator went away during the call
 #: (confluentinc/librdkafka#5456). The worker then fences that producer with a new one.
-#: Twice ``transaction.timeout.ms``: by then the coordinator has aborted any transaction
-#: that had not reached its commit, and the fence only waits for one that had.
+#: Fencing is safe at any time: the new producer's ``init_transactions`` completes a
+#: transaction that reached its commit and aborts one that had not, before the partitions
+#: are restored. 20 s bounds the pause; it is shorter than ``_TIMEOUT``, so a commit call
+#: that hangs inside librdkafka is cut short by the fence rather than waited out.
 _STUCK = 20.0
 _T = TypeVar("_T")
 

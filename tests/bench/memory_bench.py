@@ -124,10 +124,13 @@ async def run(invocations: int) -> dict[str, Any]:
             await asyncio.to_thread(produce_markers, settings)
             expected = warm + invocations + len(KEYS)  # the repeats count nothing
             await wait_total(client, expected, 1800)
+            total = await total_count(client)
+            if total != expected:
+                raise RuntimeError(f"counted {total} after the repeats, not {expected}")
             results["repeated"] = {
                 "invocations": invocations,
                 "seconds": round(time.monotonic() - began, 1),
-                "total_count_after": await total_count(client),
+                "total_count_after": total,
                 "expected_count": expected,
                 "worker_rss_mib": round(rss_mib(worker.pid), 1),
             }

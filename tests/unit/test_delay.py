@@ -290,6 +290,31 @@ async def test_bad_records_are_dead_lettered_once_and_do_not_hold_the_commit_off
     assert [o.topic for o in again.emitted] == [TOPICS.ingress], "only the good one, when due"
 
 
+async def test_a_record_of_a_newer_version_waits_for_a_newer_worker() -> None:
+    log, clock = Log(), Clock()
+    newer = log.append(b"n", b'{"v": 9, "kind": "delayed"}')
+    good = log.delayed(T0 + 1)
+    rig = Rig(log, clock)
+    rig.feed()
+    rig.tick(T0 + 2)
+    assert [o.topic for o in rig.emitted] == [TOPICS.ingress], "set aside: nothing"
+    assert rig.committed == newer, "the commit offset waits for it"
+    assert good > newer
+
+
+async def test_a_record_that_cannot_be_written_again_is_dead_lettered_not_raised() -> None:
+    log, clock = Log(), Clock()
+    invoke = Invoke(target=Target(service="S", key="k", handler="h"),
+                    invocation_id=ids.new_id("k", PARTITIONS), mode="send")  # fmt: skip
+    record = Delayed(due=datetime.fromtimestamp(T0, UTC), invoke=invoke)
+    lone = encode(record).replace(b'"mode"', b'"argument":"\\ud800","mode"')
+    log.append(b"k", lone)
+    rig = Rig(log, clock)
+    rig.feed()
+    rig.tick()
+    assert [o.topic for o in rig.emitted] == [TOPICS.deadletter]
+
+
 # -- the horizon and read-back --------------------------------------------------------------
 
 
