@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import TypeAdapter
 
@@ -35,8 +35,8 @@ from handlers.context import (
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.serde import JSON
 from handlers.service import handler_of
+from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise
-from streams.errors import KourierError
 from streams.wire import ids
 from streams.wire.records import (
     MAX_VALUE_BYTES,
@@ -47,24 +47,11 @@ from streams.wire.records import (
     value_size,
 )
 
-if TYPE_CHECKING:
-    from streams.engine.invocation import Invocation
-
 T = TypeVar("T")
-
-
-class InvocationClosed(KourierError):
-    """The invocation's partition moved away or the invocation was stopped; its task must end."""
 
 
 async def _awaited(future: DurableFuture[T]) -> T:
     return await future
-
-
-def _outcome(entry: Entry) -> Any:
-    if entry.failure is not None:
-        raise TerminalError(entry.failure.message, entry.failure.code)
-    return entry.value
 
 
 class _Selectable(Combinable):
@@ -259,8 +246,7 @@ class InvocationContext(WorkflowContext):
         if entry.due is not None or entry.done:
             return  # replay: the timer exists already
         due = time.time() + timeout.total_seconds()
-        self.invocation.journal[index] = entry.model_copy(update={"due": due})
-        self.invocation.dirty_entries.add(index)
+        self.invocation.set_entry(index, entry.model_copy(update={"due": due}))
         assert entry.callee is not None
         seconds = timeout.total_seconds()
         failure = Failure(
@@ -271,7 +257,7 @@ class InvocationContext(WorkflowContext):
             invocation_id=entry.callee,
             failure=failure,
         )
-        self.invocation.processor.emit_timer(self.invocation, index, due, completion)
+        self.invocation.timer(index, due, completion)
 
     def outgoing(
         self,
@@ -290,8 +276,7 @@ class InvocationContext(WorkflowContext):
         due = _due_after(delay, f"the delay of {target.path()}") if delay else None
         index, entry = self._step(kind, target=target)
         if entry is None:
-            processor = self.invocation.processor
-            callee = processor.callee_id(self.invocation, index, target, idempotency_key)
+            callee = self.invocation.callee_id(index, target, idempotency_key)
             entry = Entry(kind=kind, target=target, callee=callee, done=kind == "send", due=due)
             if kind == "call":
                 index = self._new_entry(entry)
@@ -299,12 +284,11 @@ class InvocationContext(WorkflowContext):
                     return index  # cancelled before it was made
             else:
                 self.invocation.append(entry)
-            processor.emit_invoke(
-                self.invocation,
+            self.invocation.invoke(
+                index,
                 target=target,
                 argument=argument,
                 callee=callee,
-                index=index,
                 mode="call" if kind == "call" else "send",
                 idempotency_key=idempotency_key,
                 headers=sent_headers,
@@ -359,7 +343,7 @@ class InvocationContext(WorkflowContext):
         if entry is None:
             index = self._new_entry(Entry(kind="attach", callee=invocation_id))
             if not self.invocation.journal[index].done:
-                self.invocation.processor.emit_attach(self.invocation, index, invocation_id)
+                self.invocation.attach(index, invocation_id)
         return _EntryFuture(self, index)
 
     def cancel_invocation(self, invocation_id: str) -> None:
@@ -367,7 +351,7 @@ class InvocationContext(WorkflowContext):
         _index, entry = self._step("cancel", callee=invocation_id)
         if entry is None:
             self.invocation.append(Entry(kind="cancel", callee=invocation_id, done=True))
-            self.invocation.processor.emit_cancel(invocation_id)
+            self.invocation.cancel_invocation(invocation_id)
 
     # -- combinators ------------------------------------------------------------------
 
@@ -404,7 +388,7 @@ class InvocationContext(WorkflowContext):
             index = self._new_entry(Entry(kind="sleep", callee=me, due=due))
             if not self.invocation.journal[index].done:
                 fired = Completion(caller=Caller(invocation_id=me, entry=index), invocation_id=me)
-                self.invocation.processor.emit_timer(self.invocation, index, due, fired)
+                self.invocation.timer(index, due, fired)
         return _EntryFuture(self, index)
 
     def run(
@@ -423,7 +407,7 @@ class InvocationContext(WorkflowContext):
         if not entry.done:
             self.invocation.effects += 1
             try:
-                result = await _perform(action, self.invocation.processor.run_executor)
+                result = await _perform(action, self.invocation.run_executor)
             except TerminalError as error:
                 self.invocation.check_open()
                 self.invocation.complete_entry(
@@ -441,7 +425,7 @@ class InvocationContext(WorkflowContext):
                 raise
             self.invocation.complete_entry(index, value=value)
             entry = self.invocation.journal[index]
-        return cast(T, _outcome(entry))
+        return cast(T, outcome(entry))
 
     # -- state -------------------------------------------------------------------
 
@@ -526,19 +510,19 @@ class _Promise(DurablePromise[Any]):
         if entry is None:
             index = ctx._new_entry(Entry(kind="promise_get", name=self._name))
             if not invocation.journal[index].done:
-                invocation.processor.promise_get(invocation, index, self._name)
+                invocation.await_promise(index, self._name)
         return _EntryFuture(ctx, index)
 
     async def peek(self) -> Any:
         invocation = self._ctx.invocation
         _index, entry = self._ctx._step("promise_peek", name=self._name)
         if entry is None:
-            promise = invocation.processor.promise_of(invocation.meta.target, self._name)
+            promise = invocation.promise(self._name)
             value = None if promise is None else promise.value
             failure = None if promise is None else promise.failure
             entry = Entry(kind="promise_peek", name=self._name, value=value, failure=failure)
             invocation.append(entry.model_copy(update={"done": True}))
-        return _outcome(entry)
+        return outcome(entry)
 
     async def resolve(self, value: Any) -> None:
         await self._complete("promise_resolve", writable(value, f"promise {self._name!r}"), None)
@@ -551,12 +535,10 @@ class _Promise(DurablePromise[Any]):
         _index, entry = self._ctx._step(kind, name=self._name)
         if entry is None:
             promise = Promise(value=value, failure=failure)
-            done = invocation.processor.promise_complete(
-                invocation.meta.target, self._name, promise
-            )
+            done = invocation.complete_promise(self._name, promise)
             problem = None
             if not done:
                 problem = Failure(code=409, message=f"promise {self._name!r} is already completed")
             entry = Entry(kind=kind, name=self._name, failure=problem, done=True)
             invocation.append(entry)
-        _outcome(entry)
+        outcome(entry)

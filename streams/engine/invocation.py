@@ -3,18 +3,75 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Executor
+from typing import Any, Literal, Protocol
 
 from pydantic import JsonValue
 
+from handlers.exceptions import TerminalError
 from handlers.service import HandlerDef
-from streams.engine.context import InvocationClosed, _outcome
-from streams.engine.journal import CANCELLED, LOCAL_WAITS, Entry, EntryKind, InvocationMeta
+from streams.engine.journal import (
+    CANCELLED,
+    LOCAL_WAITS,
+    Entry,
+    EntryKind,
+    InvocationMeta,
+    Promise,
+)
 from streams.engine.store import ObjectKey
-from streams.wire.records import Failure
+from streams.errors import KourierError
+from streams.wire.records import Completion, Failure, Target
 
-if TYPE_CHECKING:
-    from streams.engine.partition import PartitionProcessor
+
+class InvocationClosed(KourierError):
+    """The invocation's partition moved away or the invocation was stopped; its task must end."""
+
+
+def outcome(entry: Entry) -> Any:
+    """A completed entry's value, or its failure raised as the handler sees it."""
+    if entry.failure is not None:
+        raise TerminalError(entry.failure.message, entry.failure.code)
+    return entry.value
+
+
+class Partition(Protocol):
+    """What an invocation asks of the partition that runs it (``PartitionProcessor``)."""
+
+    closed: bool
+    partitions: int
+    run_executor: Executor | None
+
+    def touch(self, inv: Invocation) -> None: ...
+    def waiting(self, inv: Invocation) -> None: ...
+    def resume(self, inv: Invocation) -> None: ...
+    def state_of(self, target: Target) -> dict[str, JsonValue]: ...
+    def state_write(
+        self, target: Target, kind: EntryKind, name: str | None, value: JsonValue
+    ) -> None: ...
+    def callee_id(
+        self, caller: Invocation, index: int, target: Target, idempotency_key: str | None
+    ) -> str: ...
+    def emit_invoke(
+        self,
+        caller: Invocation,
+        *,
+        target: Target,
+        argument: JsonValue,
+        callee: str,
+        index: int,
+        mode: Literal["call", "send"],
+        idempotency_key: str | None,
+        headers: dict[str, str],
+        due: float | None,
+    ) -> None: ...
+    def emit_attach(self, inv: Invocation, index: int, invocation_id: str) -> None: ...
+    def emit_cancel(self, invocation_id: str) -> None: ...
+    def emit_timer(
+        self, inv: Invocation, index: int, due: float, completion: Completion
+    ) -> None: ...
+    def promise_get(self, inv: Invocation, index: int, name: str) -> None: ...
+    def promise_of(self, target: Target, name: str) -> Promise | None: ...
+    def promise_complete(self, target: Target, name: str, promise: Promise) -> bool: ...
 
 
 class Invocation:
@@ -44,7 +101,7 @@ class Invocation:
         meta: InvocationMeta,
         journal: list[Entry],
         handler: HandlerDef | None,
-        processor: PartitionProcessor,
+        processor: Partition,
     ) -> None:
         self.meta = meta
         self.journal = journal
@@ -131,7 +188,7 @@ class Invocation:
             self.check_open()
         if entry.kind == "call" and _is_conflict(entry):
             self.take_cancel()  # the handler now meets the 409 its cancel caused
-        return _outcome(entry)
+        return outcome(entry)
 
     def state_get(self, name: str) -> JsonValue:
         return self.processor.state_of(self.meta.target).get(name)
@@ -141,6 +198,59 @@ class Invocation:
 
     def state_write(self, kind: EntryKind, name: str | None, value: JsonValue) -> None:
         self.processor.state_write(self.meta.target, kind, name, value)
+
+    def set_entry(self, index: int, entry: Entry) -> None:
+        """Rewrite entry ``index`` (a call's deadline added); written at the next commit."""
+        self.check_open()
+        self.journal[index] = entry
+        self.dirty_entries.add(index)
+        self.processor.touch(self)
+
+    @property
+    def run_executor(self) -> Executor | None:
+        """Threads for synchronous ``ctx.run`` actions (None: the loop's default)."""
+        return self.processor.run_executor
+
+    def callee_id(self, index: int, target: Target, idempotency_key: str | None) -> str:
+        return self.processor.callee_id(self, index, target, idempotency_key)
+
+    def invoke(
+        self,
+        index: int,
+        *,
+        target: Target,
+        argument: JsonValue,
+        callee: str,
+        mode: Literal["call", "send"],
+        idempotency_key: str | None,
+        headers: dict[str, str],
+        due: float | None,
+    ) -> None:
+        """Send the call or one-way send journaled at ``index``."""
+        self.processor.emit_invoke(
+            self, target=target, argument=argument, callee=callee, index=index, mode=mode,
+            idempotency_key=idempotency_key, headers=headers, due=due,
+        )  # fmt: skip
+
+    def attach(self, index: int, invocation_id: str) -> None:
+        self.processor.emit_attach(self, index, invocation_id)
+
+    def cancel_invocation(self, invocation_id: str) -> None:
+        self.processor.emit_cancel(invocation_id)
+
+    def timer(self, index: int, due: float, completion: Completion) -> None:
+        """A durable timer: ``completion`` reaches entry ``index`` at ``due``."""
+        self.processor.emit_timer(self, index, due, completion)
+
+    def await_promise(self, index: int, name: str) -> None:
+        """Complete entry ``index`` once the workflow's promise ``name`` completes."""
+        self.processor.promise_get(self, index, name)
+
+    def promise(self, name: str) -> Promise | None:
+        return self.processor.promise_of(self.meta.target, name)
+
+    def complete_promise(self, name: str, promise: Promise) -> bool:
+        return self.processor.promise_complete(self.meta.target, name, promise)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -21,8 +21,8 @@ from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.service import DEFAULT_IDEMPOTENCY_RETENTION
-from streams.engine.context import InvocationClosed, InvocationContext, measured
-from streams.engine.invocation import Invocation
+from streams.engine.context import InvocationContext, measured
+from streams.engine.invocation import Invocation, InvocationClosed
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import (
     CANCELLED,
