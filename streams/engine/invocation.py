@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+from datetime import timedelta
 from typing import Any, Literal, Protocol
 
 from pydantic import JsonValue
 
 from handlers.exceptions import TerminalError
-from handlers.service import HandlerDef
+from handlers.service import DEFAULT_IDEMPOTENCY_RETENTION, HandlerDef
 from streams.engine.journal import (
     CANCELLED,
     LOCAL_WAITS,
@@ -20,6 +21,7 @@ from streams.engine.journal import (
 )
 from streams.engine.store import ObjectKey
 from streams.errors import KourierError
+from streams.wire import ids
 from streams.wire.records import Completion, Failure, Target
 
 
@@ -251,6 +253,31 @@ class Invocation:
 
     def complete_promise(self, name: str, promise: Promise) -> bool:
         return self.processor.promise_complete(self.meta.target, name, promise)
+
+    def is_workflow_run(self) -> bool:
+        """Whether this is a workflow's run: by its handler, or (a handler not hosted here)
+        by its id, which only a run has."""
+        if self.handler_def is not None:
+            return self.handler_def.kind == "workflow"
+        target = self.meta.target
+        return target.key is not None and self.meta.id == ids.workflow_run_id(
+            target.service, target.key
+        )
+
+    def retention(self) -> timedelta:
+        """How long the outcome is kept: the service's completed retention, or for an
+        idempotent invocation or a workflow's run the idempotency retention, if longer. An
+        invocation of a handler this worker does not host (restored, then cancelled or
+        killed) keeps its outcome for the default idempotency retention when it has a key."""
+        handler = self.handler_def
+        if handler is None:
+            kept = self.meta.idempotency_key is not None or self.is_workflow_run()
+            return DEFAULT_IDEMPOTENCY_RETENTION if kept else timedelta(0)
+        service = handler.service
+        retention = service.completed_retention
+        if self.meta.idempotency_key is not None or handler.kind == "workflow":
+            retention = max(retention, service.idempotency_retention)
+        return retention
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -14,15 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import JsonValue, ValidationError
+from pydantic import JsonValue
 
-from handlers.exceptions import NonDeterminismError, TerminalError
-from handlers.service import DEFAULT_IDEMPOTENCY_RETENTION
-from streams.engine.context import InvocationContext, measured
-from streams.engine.invocation import Invocation, InvocationClosed
+from streams.engine.attempts import Attempts
+from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import (
     CANCELLED,
@@ -38,17 +36,13 @@ from streams.engine.outbox import Out, Outbox
 from streams.engine.registry import Registry
 from streams.engine.store import ObjectKey, PartitionStore
 from streams.metrics import (
-    ATTEMPT_SECONDS,
     INVOCATION_SECONDS,
     INVOCATIONS,
-    PAUSED,
-    RETRIES,
 )
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.partitioning import partition_for
 from streams.wire.records import (
-    MAX_VALUE_BYTES,
     AttachRequest,
     Caller,
     Cancel,
@@ -65,8 +59,6 @@ from streams.wire.records import (
     Start,
     Target,
     decode_ingress,
-    shorten,
-    value_size,
 )
 from streams.wire.topics import Topics
 
@@ -105,8 +97,10 @@ class PartitionProcessor:
         self.invocations = InvocationTable(topics, partition)
         self.store = PartitionStore(topics, partition)
         self.locks = KeyLocks()
+        self.attempts = Attempts(
+            self.invocations, complete=self._complete, touch=self.touch, closed=lambda: self.closed
+        )
         self.closed = False
-        self.started = 0  # handler runs begun, so the worker can tell when a step settles
         self._promise_waiters: dict[tuple[str, str, str], set[tuple[str, int]]] = {}
 
     # -- restore ---------------------------------------------------------------------
@@ -144,11 +138,11 @@ class PartitionProcessor:
         for inv in list(self.invocations.values()):
             status = inv.meta.status
             if status in ("running", "suspended"):
-                self._run(inv)
+                self.attempts.run(inv)
             elif status == "backing-off":
-                self._schedule_retry(inv, max(0.0, (inv.meta.retry_at or 0) - time.time()))
+                self.attempts.schedule_retry(inv, max(0.0, (inv.meta.retry_at or 0) - time.time()))
             elif status == "pending" and inv.lock_key is None:
-                self._run(inv)
+                self.attempts.run(inv)
         for lock in self.locks.unheld():
             self._unlock_next(lock)
         for inv in list(self.invocations.values()):
@@ -357,7 +351,7 @@ class PartitionProcessor:
         """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""
         lock = inv.lock_key
         if lock is None or self.locks.take_or_queue(lock, inv.meta.id):
-            self._run(inv)
+            self.attempts.run(inv)
 
     def _duplicate(self, inv: Invocation, record: Invoke) -> None:
         """An invoke for an invocation that exists: same idempotency key, or a workflow's
@@ -506,7 +500,7 @@ class PartitionProcessor:
                 )
             elif inv.meta.status == "paused":
                 inv.meta.attempt, inv.meta.last_error = 1, None
-                self._run(inv)
+                self.attempts.run(inv)
                 outcome = "success"
             else:
                 outcome = Failure(
@@ -555,7 +549,7 @@ class PartitionProcessor:
         if not inv.meta.cancel_requested:
             return
         if inv.meta.status == "suspended":
-            self._run(inv)
+            self.attempts.run(inv)
             return
         for index, future in sorted(inv.waiting.items()):
             entry = inv.journal[index]
@@ -616,124 +610,6 @@ class PartitionProcessor:
                     if not waiters:
                         del self._promise_waiters[scope]
 
-    # -- running handlers -------------------------------------------------------------
-
-    def _run(self, inv: Invocation) -> None:
-        inv.meta.status = "running"
-        inv.closed = False
-        inv.waiting.clear()
-        self.touch(inv)
-        inv.task = asyncio.get_running_loop().create_task(self._execute(inv))
-        self.started += 1
-
-    async def _execute(self, inv: Invocation) -> None:
-        handler = inv.handler
-        began = time.perf_counter()
-        try:
-            await self._attempt(inv)
-        finally:
-            ATTEMPT_SECONDS.labels(handler.service.name, handler.name).observe(
-                time.perf_counter() - began
-            )
-
-    async def _attempt(self, inv: Invocation) -> None:
-        handler = inv.handler
-        signature = handler.signature
-        ctx = InvocationContext(inv)
-        failure: Failure | None = None
-        value: JsonValue = None
-        try:
-            if signature.takes_input:
-                argument = signature.input.load(inv.meta.argument, "input")
-                result = await handler.fn(ctx, argument)
-            else:
-                result = await handler.fn(ctx)
-            try:
-                value = signature.output.dump(result)
-            except (ValidationError, TypeError, ValueError) as exc:
-                message = f"{handler.path} returned a value that is not JSON: {exc}"
-                raise TerminalError(message) from None
-            value, size = measured(value, f"the result of {handler.path}")
-            if _retention(inv).total_seconds() > 0:  # kept: written with its argument
-                _fits_with_argument(size, inv.meta.argument, handler.path)
-        except TerminalError as error:
-            failure = Failure(code=error.status_code, message=error.message)
-        except NonDeterminismError as error:
-            log.error("%s: %s", inv.meta.id, error)
-            failure = Failure(code=500, message=f"non-deterministic handler: {error}")
-        except (InvocationClosed, asyncio.CancelledError):
-            if inv.closed or self.closed:
-                return
-            raise
-        except Exception as error:
-            if not (inv.closed or self.closed):
-                self._back_off(inv, error)
-            return
-        if not (inv.closed or self.closed):
-            self._complete(inv, value, failure)
-
-    # -- suspension ------------------------------------------------------------------
-
-    def waiting(self, inv: Invocation) -> None:
-        """``inv`` awaits a call, a timer or a promise: suspend it if it is still waiting
-        after its service's inactivity timeout, so that it holds no task meanwhile."""
-        timeout = inv.handler.service.inactivity_timeout.total_seconds()
-        attempt = inv.task
-        asyncio.get_running_loop().call_later(timeout, self._suspend_if_idle, inv, attempt)
-
-    def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
-        if self.closed or inv.task is not task or task is None or task.done():
-            return
-        if inv.meta.status != "running" or inv.effects or not self._is_waiting(inv):
-            return  # busy, or a ctx.run action still runs (its result must be journaled)
-        inv.close()
-        inv.task = None
-        inv.meta.status = "suspended"
-        self.touch(inv)
-        log.debug("%s suspended", inv.meta.id)
-
-    @staticmethod
-    def _is_waiting(inv: Invocation) -> bool:
-        return any(not f.done() for f in inv.waiting.values())
-
-    def resume(self, inv: Invocation) -> None:
-        """Run a suspended invocation again; it replays its journal up to where it waited."""
-        if not self.closed and inv.meta.status == "suspended":
-            self._run(inv)
-
-    def _back_off(self, inv: Invocation, error: Exception) -> None:
-        meta = inv.meta
-        policy = inv.handler.retry
-        meta.last_error = shorten(f"{type(error).__name__}: {error}")
-        inv.task = None
-        RETRIES.labels(meta.target.service, meta.target.handler).inc()
-        if policy.exhausted(meta.attempt):
-            PAUSED.labels(meta.target.service).inc()
-            meta.status = "paused"
-            log.error("%s paused after %d attempts: %s", meta.id, meta.attempt, meta.last_error)
-        else:
-            delay = policy.delay(meta.attempt).total_seconds()
-            meta.attempt += 1
-            meta.status = "backing-off"
-            meta.retry_at = time.time() + delay
-            log.warning(
-                "%s attempt %d failed (%s); retry in %.2fs",
-                meta.id,
-                meta.attempt - 1,
-                meta.last_error,
-                delay,
-            )
-            self._schedule_retry(inv, delay)
-        self.touch(inv)
-
-    def _schedule_retry(self, inv: Invocation, delay: float) -> None:
-        def retry() -> None:
-            current = self.invocations.get(inv.meta.id)
-            if current is inv and inv.meta.status == "backing-off" and not self.closed:
-                self._run(inv)
-
-        asyncio.get_running_loop().call_later(delay, retry)
-
     def _complete(self, inv: Invocation, value: JsonValue, failure: Failure | None) -> None:
         meta = inv.meta
         now = time.time()
@@ -757,7 +633,7 @@ class PartitionProcessor:
         meta.request_ids.clear()  # answered: a retained outcome needs neither
         meta.attachers.clear()
         meta.cancel_requested = False
-        retention = _retention(inv)
+        retention = inv.retention()
         if retention.total_seconds() > 0:
             meta.expires_at = now + retention.total_seconds()
             self.invocations.retain(inv)
@@ -775,7 +651,7 @@ class PartitionProcessor:
 
         chosen = self.locks.hand_on(lock, still_pending)
         if chosen is not None:
-            self._run(self.invocations[chosen])
+            self.attempts.run(self.invocations[chosen])
 
     def _forget(self, inv: Invocation) -> None:
         """Drop a completed invocation: its outcome, its idempotency key, and for a
@@ -783,7 +659,7 @@ class PartitionProcessor:
         meta = inv.meta
         if meta.idempotency_key is not None:
             self.store.forget(_scope(meta.target, meta.idempotency_key))
-        if _is_workflow_run(inv):
+        if inv.is_workflow_run():
             self.store.drop_object(ObjectKey.of(meta.target))
         self.invocations.forget(inv)
         self._wake()
@@ -885,6 +761,17 @@ class PartitionProcessor:
 
     # -- commit --------------------------------------------------------------------------
 
+    @property
+    def started(self) -> int:
+        """Attempts begun, so the worker can tell when a step settles."""
+        return self.attempts.started
+
+    def waiting(self, inv: Invocation) -> None:
+        self.attempts.waiting(inv)
+
+    def resume(self, inv: Invocation) -> None:
+        self.attempts.resume(inv)
+
     def touch(self, inv: Invocation) -> None:
         """``inv`` changed: write it at the next flush (which stamps ``modified_at``)."""
         self.invocations.touch(inv)
@@ -904,42 +791,6 @@ class PartitionProcessor:
 def _scope(target: Target, idempotency_key: str) -> str:
     """The dedup table's key: target + idempotency key."""
     return json.dumps([target.service, target.key, target.handler, idempotency_key])
-
-
-def _fits_with_argument(size: int, argument: JsonValue, path: str) -> None:
-    """A retained outcome (``size`` bytes of JSON) is written with the invocation's
-    argument: both in one record."""
-    if size > 64 * 1024 and size + value_size(argument) > MAX_VALUE_BYTES:
-        raise TerminalError(
-            f"the result of {path} ({size} bytes of JSON) and its argument together exceed "
-            f"the {MAX_VALUE_BYTES} bytes Kourier writes in one record",
-            413,
-        )
-
-
-def _is_workflow_run(inv: Invocation) -> bool:
-    """Whether ``inv`` is a workflow's run: by its handler, or (a handler not hosted here)
-    by its id, which only a run has."""
-    if inv.handler_def is not None:
-        return inv.handler_def.kind == "workflow"
-    target = inv.meta.target
-    return target.key is not None and inv.meta.id == ids.workflow_run_id(target.service, target.key)
-
-
-def _retention(inv: Invocation) -> timedelta:
-    """How long ``inv``'s outcome is kept: its service's completed retention, or for an
-    idempotent invocation or a workflow's run the idempotency retention, if longer. An
-    invocation of a handler this worker does not host (restored, then cancelled or killed)
-    keeps its outcome for the default idempotency retention when it has a key."""
-    handler = inv.handler_def
-    if handler is None:
-        kept = inv.meta.idempotency_key is not None or _is_workflow_run(inv)
-        return DEFAULT_IDEMPOTENCY_RETENTION if kept else timedelta(0)
-    service = handler.service
-    retention = service.completed_retention
-    if inv.meta.idempotency_key is not None or handler.kind == "workflow":
-        retention = max(retention, service.idempotency_retention)
-    return retention
 
 
 def _names_callee(entry: Entry, invocation_id: str) -> bool:

@@ -150,7 +150,7 @@ async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
         update={"target": Target(service="Helper", handler="flaky")}
     )
     inv.close()
-    h.processor._run(inv)
+    h.processor.attempts.run(inv)
     await settle()
     failure = h.responses()["w"].failure
     assert failure is not None

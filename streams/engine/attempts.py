@@ -1,0 +1,177 @@
+"""Running handlers: one attempt at a time, retries with back-off, suspension while waiting.
+
+An attempt runs the handler from the start of its journal (replaying what is recorded)
+on the event loop. It ends in an outcome (``complete``), in a failure that is retried after
+the service's back-off (``backing-off``), or, once the retry policy is spent, ``paused``
+until an operator resumes it. An invocation that waits longer than its service's
+inactivity timeout is suspended: its task ends, its journal stays, and the completion it
+waits for runs it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from pydantic import JsonValue, ValidationError
+
+from handlers.exceptions import NonDeterminismError, TerminalError
+from streams.engine.context import InvocationContext, measured
+from streams.engine.invocation import Invocation, InvocationClosed
+from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES
+from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
+
+log = logging.getLogger("kourier.partition")
+
+#: What an attempt ends with: the invocation, its value and its failure (None: success).
+Complete = Callable[[Invocation, JsonValue, Failure | None], None]
+
+
+class Attempts:
+    """Runs the handlers of one partition's invocations."""
+
+    def __init__(
+        self,
+        invocations: Mapping[str, Invocation],
+        *,
+        complete: Complete,
+        touch: Callable[[Invocation], None],
+        closed: Callable[[], bool],
+    ) -> None:
+        self._invocations = invocations
+        self._complete = complete
+        self._touch = touch
+        self._closed = closed
+        self.started = 0  # attempts begun, so the worker can tell when a step settles
+
+    def run(self, inv: Invocation) -> None:
+        """Start an attempt of ``inv``'s handler (from its journal's start: a replay)."""
+        inv.meta.status = "running"
+        inv.closed = False
+        inv.waiting.clear()
+        self._touch(inv)
+        inv.task = asyncio.get_running_loop().create_task(self._execute(inv))
+        self.started += 1
+
+    async def _execute(self, inv: Invocation) -> None:
+        handler = inv.handler
+        began = time.perf_counter()
+        try:
+            await self._attempt(inv)
+        finally:
+            ATTEMPT_SECONDS.labels(handler.service.name, handler.name).observe(
+                time.perf_counter() - began
+            )
+
+    async def _attempt(self, inv: Invocation) -> None:
+        handler = inv.handler
+        signature = handler.signature
+        ctx = InvocationContext(inv)
+        failure: Failure | None = None
+        value: JsonValue = None
+        try:
+            if signature.takes_input:
+                argument = signature.input.load(inv.meta.argument, "input")
+                result = await handler.fn(ctx, argument)
+            else:
+                result = await handler.fn(ctx)
+            try:
+                value = signature.output.dump(result)
+            except (ValidationError, TypeError, ValueError) as exc:
+                message = f"{handler.path} returned a value that is not JSON: {exc}"
+                raise TerminalError(message) from None
+            value, size = measured(value, f"the result of {handler.path}")
+            if inv.retention().total_seconds() > 0:  # kept: written with its argument
+                fits_with_argument(size, inv.meta.argument, handler.path)
+        except TerminalError as error:
+            failure = Failure(code=error.status_code, message=error.message)
+        except NonDeterminismError as error:
+            log.error("%s: %s", inv.meta.id, error)
+            failure = Failure(code=500, message=f"non-deterministic handler: {error}")
+        except (InvocationClosed, asyncio.CancelledError):
+            if inv.closed or self._closed():
+                return
+            raise
+        except Exception as error:
+            if not (inv.closed or self._closed()):
+                self._back_off(inv, error)
+            return
+        if not (inv.closed or self._closed()):
+            self._complete(inv, value, failure)
+
+    # -- suspension ------------------------------------------------------------------
+
+    def waiting(self, inv: Invocation) -> None:
+        """``inv`` awaits a call, a timer or a promise: suspend it if it is still waiting
+        after its service's inactivity timeout, so that it holds no task meanwhile."""
+        timeout = inv.handler.service.inactivity_timeout.total_seconds()
+        attempt = inv.task
+        asyncio.get_running_loop().call_later(timeout, self._suspend_if_idle, inv, attempt)
+
+    def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
+        if self._closed() or inv.task is not task or task is None or task.done():
+            return
+        if inv.meta.status != "running" or inv.effects or not self._is_waiting(inv):
+            return  # busy, or a ctx.run action still runs (its result must be journaled)
+        inv.close()
+        inv.task = None
+        inv.meta.status = "suspended"
+        self._touch(inv)
+        log.debug("%s suspended", inv.meta.id)
+
+    @staticmethod
+    def _is_waiting(inv: Invocation) -> bool:
+        return any(not f.done() for f in inv.waiting.values())
+
+    def resume(self, inv: Invocation) -> None:
+        """Run a suspended invocation again; it replays its journal up to where it waited."""
+        if not self._closed() and inv.meta.status == "suspended":
+            self.run(inv)
+
+    def _back_off(self, inv: Invocation, error: Exception) -> None:
+        meta = inv.meta
+        policy = inv.handler.retry
+        meta.last_error = shorten(f"{type(error).__name__}: {error}")
+        inv.task = None
+        RETRIES.labels(meta.target.service, meta.target.handler).inc()
+        if policy.exhausted(meta.attempt):
+            PAUSED.labels(meta.target.service).inc()
+            meta.status = "paused"
+            log.error("%s paused after %d attempts: %s", meta.id, meta.attempt, meta.last_error)
+        else:
+            delay = policy.delay(meta.attempt).total_seconds()
+            meta.attempt += 1
+            meta.status = "backing-off"
+            meta.retry_at = time.time() + delay
+            log.warning(
+                "%s attempt %d failed (%s); retry in %.2fs",
+                meta.id,
+                meta.attempt - 1,
+                meta.last_error,
+                delay,
+            )
+            self.schedule_retry(inv, delay)
+        self._touch(inv)
+
+    def schedule_retry(self, inv: Invocation, delay: float) -> None:
+        """Run ``inv`` again after ``delay`` seconds, unless it moved on meanwhile."""
+
+        def retry() -> None:
+            current = self._invocations.get(inv.meta.id)
+            if current is inv and inv.meta.status == "backing-off" and not self._closed():
+                self.run(inv)
+
+        asyncio.get_running_loop().call_later(delay, retry)
+
+
+def fits_with_argument(size: int, argument: JsonValue, path: str) -> None:
+    """A retained outcome (``size`` bytes of JSON) is written with the invocation's
+    argument: both in one record."""
+    if size > 64 * 1024 and size + value_size(argument) > MAX_VALUE_BYTES:
+        raise TerminalError(
+            f"the result of {path} ({size} bytes of JSON) and its argument together exceed "
+            f"the {MAX_VALUE_BYTES} bytes Kourier writes in one record",
+            413,
+        )
