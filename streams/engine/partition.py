@@ -20,12 +20,12 @@ from typing import Literal
 from pydantic import JsonValue
 
 from streams.engine.attempts import Attempts
+from streams.engine.control import Controls
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import (
     CANCELLED,
     KILLED,
-    LOCAL_WAITS,
     Entry,
     EntryKind,
     InvocationMeta,
@@ -51,11 +51,8 @@ from streams.wire.records import (
     Delayed,
     Failure,
     Invoke,
-    Kill,
-    Purge,
     RecordError,
     Response,
-    Resume,
     Start,
     Target,
     decode_ingress,
@@ -100,6 +97,10 @@ class PartitionProcessor:
         self.attempts = Attempts(
             self.invocations, complete=self._complete, touch=self.touch, closed=lambda: self.closed
         )
+        self.controls = Controls(
+            self.invocations, self.outbox, self.attempts,
+            complete=self._complete, forget=self._forget, touch=self.touch,
+        )  # fmt: skip
         self.closed = False
         self._promise_waiters: dict[tuple[str, str, str], set[tuple[str, int]]] = {}
 
@@ -207,7 +208,7 @@ class PartitionProcessor:
         elif isinstance(record, Start):
             self._on_start(record, offset)
         else:
-            self._on_control(record)
+            self.controls.apply(record)
 
     def _set_aside(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
@@ -473,98 +474,6 @@ class PartitionProcessor:
         else:
             self.outbox.failure_response(record.request_id, inv_id, failure)
 
-    # -- cancel, kill, purge, resume -------------------------------------------------
-
-    def _on_control(self, record: Control) -> None:
-        """Act on an invocation by id; answer ``request_id`` with what happened."""
-        inv = self.invocations.get(record.invocation_id)
-        outcome: Failure | Literal["success", "accepted"]
-        if inv is None:
-            outcome = Failure(
-                code=404,
-                message=f"invocation {record.invocation_id} is unknown: it never existed, or "
-                "it completed and its outcome is no longer retained",
-            )
-        elif isinstance(record, Purge):
-            if inv.meta.status == "completed":
-                self._forget(inv)
-                outcome = "success"
-            else:
-                outcome = Failure(
-                    code=409, message=f"invocation is {inv.meta.status}; only completed ones purge"
-                )
-        elif isinstance(record, Resume):
-            if inv.handler_def is None:
-                outcome = Failure(
-                    code=409, message=f"{inv.meta.target.path()} is not deployed on this worker"
-                )
-            elif inv.meta.status == "paused":
-                inv.meta.attempt, inv.meta.last_error = 1, None
-                self.attempts.run(inv)
-                outcome = "success"
-            else:
-                outcome = Failure(
-                    code=409, message=f"invocation is {inv.meta.status}; only paused ones resume"
-                )
-        elif inv.meta.status == "completed":
-            outcome = Failure(code=409, message="invocation already completed")
-        elif isinstance(record, Kill):
-            self.kill(inv)
-            outcome = "success"
-        else:
-            outcome = "success" if self.cancel(inv) else "accepted"
-        if record.request_id is None:
-            return
-        if isinstance(outcome, Failure):
-            self.outbox.failure_response(record.request_id, record.invocation_id, outcome)
-        else:
-            response = Response(
-                request_id=record.request_id, invocation_id=record.invocation_id, status=outcome
-            )
-            self.outbox.response(response)
-
-    def cancel(self, inv: Invocation) -> bool:
-        """Cancel ``inv``; True when it is done with at once (it had not started)."""
-        meta = inv.meta
-        if meta.status in ("pending", "paused", "scheduled"):
-            inv.close()
-            self._complete(inv, None, CANCELLED)
-            return True
-        meta.cancel_requested = True
-        self.touch(inv)
-        for callee in _open_calls(inv):
-            self.outbox.control(Cancel(invocation_id=callee))
-        self.deliver_cancel(inv)
-        return False
-
-    def deliver_cancel(self, inv: Invocation) -> None:
-        """Fail what ``inv`` awaits right now (a timer, a promise, an attach) with 409.
-
-        Only a wait the handler is in counts: an entry left open by a ``select`` it lost
-        is no longer awaited. A suspended invocation runs again, and its replay meets the
-        cancel at the first open wait it reaches. Awaited calls are not failed here: the
-        cancel travels to the callee first (leaves first), and its 409 comes back as the
-        call's outcome.
-        """
-        if not inv.meta.cancel_requested:
-            return
-        if inv.meta.status == "suspended":
-            self.attempts.run(inv)
-            return
-        for index, future in sorted(inv.waiting.items()):
-            entry = inv.journal[index]
-            if not future.done() and not entry.done and entry.kind in LOCAL_WAITS:
-                inv.meta.cancel_requested = False
-                inv.complete_entry(index, failure=CANCELLED)
-                return
-
-    def kill(self, inv: Invocation) -> None:
-        """Stop ``inv`` now, without compensation; its open calls are killed too."""
-        for callee in _open_calls(inv):
-            self.outbox.control(Kill(invocation_id=callee))
-        inv.close()
-        self._complete(inv, None, KILLED)
-
     # -- workflow promises ------------------------------------------------------------
 
     def promise_of(self, target: Target, name: str) -> Promise | None:
@@ -807,8 +716,3 @@ def _names_callee(entry: Entry, invocation_id: str) -> bool:
         and target.key is not None
         and invocation_id == ids.workflow_run_id(target.service, target.key)
     )
-
-
-def _open_calls(inv: Invocation) -> list[str]:
-    """Callees of the calls ``inv`` still waits for."""
-    return [e.callee for e in inv.journal if e.kind == "call" and not e.done and e.callee]

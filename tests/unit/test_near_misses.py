@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from handlers import ObjectContext, RetryPolicy, VirtualObject
+from streams.engine.control import Controls
 from streams.engine.journal import InvocationLog, meta_key
-from streams.engine.partition import PartitionProcessor
 from streams.wire import ids
 from streams.wire.records import Cancel, Invoke, Resume, Target
 from tests.unit.harness import TOPICS, Harness, settle, until
@@ -87,10 +87,10 @@ async def test_a_record_that_fails_to_apply_is_a_dead_letter(
 ) -> None:
     h = Harness([box])
 
-    def explode(self: PartitionProcessor, record: Any) -> None:
+    def explode(self: Controls, record: Any) -> None:
         raise KeyError("something unforeseen")
 
-    monkeypatch.setattr(PartitionProcessor, "_on_control", explode)
+    monkeypatch.setattr(Controls, "apply", explode)
     h.send(Cancel(invocation_id=ids.new_id("a", 1)))
     assert reasons(h) == ["apply-failed"]
     h.call(put_on("a"), 2, request_id="next")

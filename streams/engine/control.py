@@ -1,0 +1,137 @@
+"""Cancel, kill, purge and resume: what operators and handlers do to an invocation by id.
+
+A cancel is cooperative: an invocation that has not started completes at once with 409;
+a running one gets the 409 at its next await (a timer, a promise, an attach; an awaited
+call first cancels its callee, leaves first, and the 409 comes back as its outcome). A kill
+stops it now, without compensation, and kills the calls it has open. Purge forgets a
+completed invocation's retained outcome; resume runs a paused one again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+from pydantic import JsonValue
+
+from streams.engine.attempts import Attempts
+from streams.engine.invocation import Invocation
+from streams.engine.journal import CANCELLED, KILLED, LOCAL_WAITS
+from streams.engine.outbox import Outbox
+from streams.wire.records import Cancel, Control, Failure, Kill, Purge, Response, Resume
+
+
+class Controls:
+    """Applies control records to one partition's invocations and answers them."""
+
+    def __init__(
+        self,
+        invocations: Mapping[str, Invocation],
+        outbox: Outbox,
+        attempts: Attempts,
+        *,
+        complete: Callable[[Invocation, JsonValue, Failure | None], None],
+        forget: Callable[[Invocation], None],
+        touch: Callable[[Invocation], None],
+    ) -> None:
+        self._invocations = invocations
+        self._outbox = outbox
+        self._attempts = attempts
+        self._complete = complete
+        self._forget = forget
+        self._touch = touch
+
+    def apply(self, record: Control) -> None:
+        """Act on an invocation by id; answer ``request_id`` with what happened."""
+        inv = self._invocations.get(record.invocation_id)
+        outcome: Failure | Literal["success", "accepted"]
+        if inv is None:
+            outcome = Failure(
+                code=404,
+                message=f"invocation {record.invocation_id} is unknown: it never existed, or "
+                "it completed and its outcome is no longer retained",
+            )
+        elif isinstance(record, Purge):
+            if inv.meta.status == "completed":
+                self._forget(inv)
+                outcome = "success"
+            else:
+                outcome = Failure(
+                    code=409, message=f"invocation is {inv.meta.status}; only completed ones purge"
+                )
+        elif isinstance(record, Resume):
+            if inv.handler_def is None:
+                outcome = Failure(
+                    code=409, message=f"{inv.meta.target.path()} is not deployed on this worker"
+                )
+            elif inv.meta.status == "paused":
+                inv.meta.attempt, inv.meta.last_error = 1, None
+                self._attempts.run(inv)
+                outcome = "success"
+            else:
+                outcome = Failure(
+                    code=409, message=f"invocation is {inv.meta.status}; only paused ones resume"
+                )
+        elif inv.meta.status == "completed":
+            outcome = Failure(code=409, message="invocation already completed")
+        elif isinstance(record, Kill):
+            self.kill(inv)
+            outcome = "success"
+        else:
+            outcome = "success" if self.cancel(inv) else "accepted"
+        if record.request_id is None:
+            return
+        if isinstance(outcome, Failure):
+            self._outbox.failure_response(record.request_id, record.invocation_id, outcome)
+        else:
+            response = Response(
+                request_id=record.request_id, invocation_id=record.invocation_id, status=outcome
+            )
+            self._outbox.response(response)
+
+    def cancel(self, inv: Invocation) -> bool:
+        """Cancel ``inv``; True when it is done with at once (it had not started)."""
+        meta = inv.meta
+        if meta.status in ("pending", "paused", "scheduled"):
+            inv.close()
+            self._complete(inv, None, CANCELLED)
+            return True
+        meta.cancel_requested = True
+        self._touch(inv)
+        for callee in _open_calls(inv):
+            self._outbox.control(Cancel(invocation_id=callee))
+        self.deliver_cancel(inv)
+        return False
+
+    def deliver_cancel(self, inv: Invocation) -> None:
+        """Fail what ``inv`` awaits right now (a timer, a promise, an attach) with 409.
+
+        Only a wait the handler is in counts: an entry left open by a ``select`` it lost
+        is no longer awaited. A suspended invocation runs again, and its replay meets the
+        cancel at the first open wait it reaches. Awaited calls are not failed here: the
+        cancel travels to the callee first (leaves first), and its 409 comes back as the
+        call's outcome.
+        """
+        if not inv.meta.cancel_requested:
+            return
+        if inv.meta.status == "suspended":
+            self._attempts.run(inv)
+            return
+        for index, future in sorted(inv.waiting.items()):
+            entry = inv.journal[index]
+            if not future.done() and not entry.done and entry.kind in LOCAL_WAITS:
+                inv.meta.cancel_requested = False
+                inv.complete_entry(index, failure=CANCELLED)
+                return
+
+    def kill(self, inv: Invocation) -> None:
+        """Stop ``inv`` now, without compensation; its open calls are killed too."""
+        for callee in _open_calls(inv):
+            self._outbox.control(Kill(invocation_id=callee))
+        inv.close()
+        self._complete(inv, None, KILLED)
+
+
+def _open_calls(inv: Invocation) -> list[str]:
+    """Callees of the calls ``inv`` still waits for."""
+    return [e.callee for e in inv.journal if e.kind == "call" and not e.done and e.callee]
