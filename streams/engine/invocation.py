@@ -46,14 +46,14 @@ class Partition(Protocol):
     def touch(self, inv: Invocation) -> None: ...
     def waiting(self, inv: Invocation) -> None: ...
     def resume(self, inv: Invocation) -> None: ...
-    def state_of(self, target: Target) -> dict[str, JsonValue]: ...
-    def state_write(
+    def handler_state(self, target: Target) -> dict[str, JsonValue]: ...
+    def handler_write_state(
         self, target: Target, kind: EntryKind, name: str | None, value: JsonValue
     ) -> None: ...
-    def callee_id(
+    def handler_callee_id(
         self, caller: Invocation, index: int, target: Target, idempotency_key: str | None
     ) -> str: ...
-    def emit_invoke(
+    def handler_invoke(
         self,
         caller: Invocation,
         *,
@@ -66,14 +66,14 @@ class Partition(Protocol):
         headers: dict[str, str],
         due: float | None,
     ) -> None: ...
-    def emit_attach(self, inv: Invocation, index: int, invocation_id: str) -> None: ...
-    def emit_cancel(self, invocation_id: str) -> None: ...
-    def emit_timer(
+    def handler_attach(self, inv: Invocation, index: int, invocation_id: str) -> None: ...
+    def handler_cancel(self, invocation_id: str) -> None: ...
+    def handler_timer(
         self, inv: Invocation, index: int, due: float, completion: Completion
     ) -> None: ...
-    def promise_get(self, inv: Invocation, index: int, name: str) -> None: ...
-    def promise_of(self, target: Target, name: str) -> Promise | None: ...
-    def promise_complete(self, target: Target, name: str, promise: Promise) -> bool: ...
+    def handler_await_promise(self, inv: Invocation, index: int, name: str) -> None: ...
+    def handler_promise(self, target: Target, name: str) -> Promise | None: ...
+    def handler_complete_promise(self, target: Target, name: str, promise: Promise) -> bool: ...
 
 
 class Invocation:
@@ -193,13 +193,13 @@ class Invocation:
         return outcome(entry)
 
     def state_get(self, name: str) -> JsonValue:
-        return self.processor.state_of(self.meta.target).get(name)
+        return self.processor.handler_state(self.meta.target).get(name)
 
     def state_keys(self) -> list[str]:
-        return sorted(self.processor.state_of(self.meta.target))
+        return sorted(self.processor.handler_state(self.meta.target))
 
     def state_write(self, kind: EntryKind, name: str | None, value: JsonValue) -> None:
-        self.processor.state_write(self.meta.target, kind, name, value)
+        self.processor.handler_write_state(self.meta.target, kind, name, value)
 
     def set_entry(self, index: int, entry: Entry) -> None:
         """Rewrite entry ``index`` (a call's deadline added); written at the next commit."""
@@ -214,7 +214,7 @@ class Invocation:
         return self.processor.run_executor
 
     def callee_id(self, index: int, target: Target, idempotency_key: str | None) -> str:
-        return self.processor.callee_id(self, index, target, idempotency_key)
+        return self.processor.handler_callee_id(self, index, target, idempotency_key)
 
     def invoke(
         self,
@@ -229,30 +229,30 @@ class Invocation:
         due: float | None,
     ) -> None:
         """Send the call or one-way send journaled at ``index``."""
-        self.processor.emit_invoke(
+        self.processor.handler_invoke(
             self, target=target, argument=argument, callee=callee, index=index, mode=mode,
             idempotency_key=idempotency_key, headers=headers, due=due,
         )  # fmt: skip
 
     def attach(self, index: int, invocation_id: str) -> None:
-        self.processor.emit_attach(self, index, invocation_id)
+        self.processor.handler_attach(self, index, invocation_id)
 
     def cancel_invocation(self, invocation_id: str) -> None:
-        self.processor.emit_cancel(invocation_id)
+        self.processor.handler_cancel(invocation_id)
 
     def timer(self, index: int, due: float, completion: Completion) -> None:
         """A durable timer: ``completion`` reaches entry ``index`` at ``due``."""
-        self.processor.emit_timer(self, index, due, completion)
+        self.processor.handler_timer(self, index, due, completion)
 
     def await_promise(self, index: int, name: str) -> None:
         """Complete entry ``index`` once the workflow's promise ``name`` completes."""
-        self.processor.promise_get(self, index, name)
+        self.processor.handler_await_promise(self, index, name)
 
     def promise(self, name: str) -> Promise | None:
-        return self.processor.promise_of(self.meta.target, name)
+        return self.processor.handler_promise(self.meta.target, name)
 
     def complete_promise(self, name: str, promise: Promise) -> bool:
-        return self.processor.promise_complete(self.meta.target, name, promise)
+        return self.processor.handler_complete_promise(self.meta.target, name, promise)
 
     def is_workflow_run(self) -> bool:
         """Whether this is a workflow's run: by its handler, or (a handler not hosted here)

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
+from streams.engine.journal import InvocationMeta
 from streams.metrics import DEADLETTERS
 from streams.wire import ids
 from streams.wire.partitioning import partition_of_key
@@ -67,6 +69,22 @@ class Outbox:
         self.response(
             Response(request_id=request_id, invocation_id=inv_id, status="failure", failure=failure)
         )
+
+    def outcome(self, request_id: str, meta: InvocationMeta) -> None:
+        """A completed invocation's outcome, to whoever sent ``request_id``."""
+        status: Literal["success", "failure"] = "success" if meta.failure is None else "failure"
+        self.response(Response(request_id=request_id, invocation_id=meta.id, status=status,
+                               value=meta.value, failure=meta.failure))  # fmt: skip
+
+    def unrouted(self, record: Invoke, failure: Failure) -> None:
+        """Answer a call that cannot run (unknown target, too large, a bad id) without
+        creating an invocation: to its request id, and to a calling handler."""
+        if record.request_id is not None:
+            self.failure_response(record.request_id, record.invocation_id, failure)
+        if record.caller is not None and record.invocation_id is not None:
+            self.completion(Completion(
+                caller=record.caller, invocation_id=record.invocation_id, failure=failure
+            ))  # fmt: skip
 
     def completion(self, completion: Completion) -> None:
         """A callee's outcome, to the partition of the caller waiting for it."""

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import JsonValue
 
+from streams.engine import routing
 from streams.engine.attempts import Attempts
 from streams.engine.control import Controls
 from streams.engine.invocation import Invocation
@@ -33,6 +34,7 @@ from streams.engine.journal import (
 )
 from streams.engine.locks import KeyLocks
 from streams.engine.outbox import Out, Outbox
+from streams.engine.promises import Promises
 from streams.engine.registry import Registry
 from streams.engine.store import ObjectKey, PartitionStore
 from streams.metrics import (
@@ -41,7 +43,6 @@ from streams.metrics import (
 )
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
-from streams.wire.partitioning import partition_for
 from streams.wire.records import (
     AttachRequest,
     Caller,
@@ -94,6 +95,7 @@ class PartitionProcessor:
         self.invocations = InvocationTable(topics, partition)
         self.store = PartitionStore(topics, partition)
         self.locks = KeyLocks()
+        self.promises = Promises(self.store, self.invocations, wake)
         self.attempts = Attempts(
             self.invocations, complete=self._complete, touch=self.touch, closed=lambda: self.closed
         )
@@ -102,7 +104,6 @@ class PartitionProcessor:
             complete=self._complete, forget=self._forget, touch=self.touch,
         )  # fmt: skip
         self.closed = False
-        self._promise_waiters: dict[tuple[str, str, str], set[tuple[str, int]]] = {}
 
     # -- restore ---------------------------------------------------------------------
 
@@ -152,7 +153,7 @@ class PartitionProcessor:
             elif inv.meta.status != "completed" and inv.meta.target.key is not None:
                 for index, entry in enumerate(inv.journal):
                     if entry.kind == "promise_get" and not entry.done and entry.name:
-                        self.promise_get(inv, index, entry.name)
+                        self.promises.wait(inv, index, entry.name)
         self._sweep()
 
     def _sweep(self) -> None:
@@ -179,10 +180,10 @@ class PartitionProcessor:
             self._set_aside(error, key, value, offset)
             return
         try:
-            owner = self._owner(record)
+            owner = routing.owner(record, self.partitions, self.partition)
         except RecordError as error:
             if isinstance(record, Invoke):  # whoever waits hears why it will not run
-                self._fail_unrouted(record, Failure(code=400, message=error.detail))
+                self.outbox.unrouted(record, Failure(code=400, message=error.detail))
             self._set_aside(error, key, value, offset)
             return
         if owner != self.partition:
@@ -200,13 +201,13 @@ class PartitionProcessor:
 
     def _apply(self, record: _Record, key: bytes | None, value: bytes | None, offset: int) -> None:
         if isinstance(record, Invoke):
-            self._on_invoke(record, key, value, offset)
+            self._apply_invoke(record, key, value, offset)
         elif isinstance(record, Completion):
-            self._on_completion(record)
+            self._apply_completion(record)
         elif isinstance(record, AttachRequest):
-            self._on_attach(record)
+            self._apply_attach(record)
         elif isinstance(record, Start):
-            self._on_start(record, offset)
+            self._apply_start(record, offset)
         else:
             self.controls.apply(record)
 
@@ -224,47 +225,7 @@ class PartitionProcessor:
             return
         if isinstance(record, Invoke):
             failure = Failure(code=413, message="the record is larger than Kourier accepts")
-            self._fail_unrouted(record, failure)
-
-    def _owner(self, record: _Record) -> int:
-        try:
-            if isinstance(record, Invoke):
-                if record.target.key is None and record.invocation_id is not None:
-                    return ids.partition_of(record.invocation_id, self.partitions)
-                key = record.target.key
-                given = record.invocation_id
-                if (
-                    given is not None
-                    and key is not None
-                    and not ids.belongs_to_key(given, key, self.partitions)
-                ):
-                    raise RecordError(
-                        "bad-schema",
-                        f"invocation_id does not route to the partition of key {key!r}: "
-                        "derive the id from the key (streams.wire.ids.new_id) or leave it out",
-                    )
-                return self._owner_of(record.target, record.idempotency_key)
-            if isinstance(record, Completion):
-                return ids.partition_of(record.caller.invocation_id, self.partitions)
-            if isinstance(record, Start):
-                return ids.partition_of(record.invocation_id, self.partitions)
-            if isinstance(record, AttachRequest) and record.invocation_id is None:
-                assert record.target is not None
-                return self._owner_of(record.target, record.idempotency_key)
-            assert record.invocation_id is not None
-            return ids.partition_of(record.invocation_id, self.partitions)
-        except ids.InvalidId as exc:
-            raise RecordError("bad-schema", str(exc)) from None
-
-    def _owner_of(self, target: Target, idempotency_key: str | None) -> int:
-        """The partition of ``target``: its object key's, or for a service with an
-        idempotency key the one its derived id names (this one otherwise)."""
-        if target.key is not None:
-            return partition_for(target.key, self.partitions)
-        if idempotency_key is not None:
-            same = ids.idempotent_id(target.service, None, target.handler, idempotency_key)
-            return ids.partition_of(same, self.partitions)
-        return self.partition
+            self.outbox.unrouted(record, failure)
 
     def _idempotent(self, target: Target, idempotency_key: str) -> tuple[str, str]:
         """The dedup-table scope of a request, and the invocation id it names."""
@@ -274,7 +235,7 @@ class PartitionProcessor:
         )
         return scope, derived
 
-    def _on_invoke(
+    def _apply_invoke(
         self, record: Invoke, key: bytes | None, value: bytes | None, offset: int
     ) -> None:
         try:
@@ -283,7 +244,7 @@ class PartitionProcessor:
             if record.request_id is None and record.caller is None:
                 error = RecordError("unknown-target", str(exc))
                 self._set_aside(error, key, value, offset)
-            self._fail_unrouted(record, Failure(code=404, message=str(exc)))
+            self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
             return
         target = record.target
         seed = f"{self.topics.ingress}/{self.partition}/{offset}"
@@ -338,7 +299,7 @@ class PartitionProcessor:
         start = Start(invocation_id=inv.meta.id, seq=inv.meta.seq)
         self.outbox.delayed(Delayed(due=datetime.fromtimestamp(due, UTC), start=start), inv.meta.id)
 
-    def _on_start(self, record: Start, offset: int) -> None:
+    def _apply_start(self, record: Start, offset: int) -> None:
         """A scheduled invocation is due: it queues for its key like a new arrival. One
         cancelled or killed meanwhile is completed (or forgotten): nothing runs."""
         inv = self.invocations.get(record.invocation_id)
@@ -388,7 +349,7 @@ class PartitionProcessor:
         meta = inv.meta
         if meta.status == "completed":
             if request_id is not None:
-                self._respond(request_id, meta)
+                self.outbox.outcome(request_id, meta)
             if caller is not None:
                 self.outbox.completion(Completion(
                     caller=caller, invocation_id=meta.id, value=meta.value, failure=meta.failure
@@ -409,7 +370,7 @@ class PartitionProcessor:
             meta.attachers.append(caller)
             self.touch(inv)
 
-    def _on_completion(self, record: Completion) -> None:
+    def _apply_completion(self, record: Completion) -> None:
         inv = self.invocations.get(record.caller.invocation_id)
         if inv is None or inv.meta.status == "completed":
             return
@@ -430,7 +391,7 @@ class PartitionProcessor:
                 inv.meta.cancel_requested = False
         inv.complete_entry(index, value=record.value, failure=failure)
 
-    def _on_attach(self, record: AttachRequest) -> None:
+    def _apply_attach(self, record: AttachRequest) -> None:
         """Attach (wait for the outcome) or output (the outcome now, 470 if not ready)."""
         inv_id = self._attached_id(record)
         if inv_id is None:
@@ -474,51 +435,6 @@ class PartitionProcessor:
         else:
             self.outbox.failure_response(record.request_id, inv_id, failure)
 
-    # -- workflow promises ------------------------------------------------------------
-
-    def promise_of(self, target: Target, name: str) -> Promise | None:
-        return self.store.promise(ObjectKey.of(target), name)
-
-    def promise_get(self, inv: Invocation, index: int, name: str) -> None:
-        """Complete entry ``index`` when promise ``name`` of ``inv``'s workflow completes."""
-        promise = self.promise_of(inv.meta.target, name)
-        if promise is not None:
-            inv.complete_entry(index, value=promise.value, failure=promise.failure)
-            return
-        target = inv.meta.target
-        assert target.key is not None
-        waiters = self._promise_waiters.setdefault((target.service, target.key, name), set())
-        waiters.add((inv.meta.id, index))
-
-    def promise_complete(self, target: Target, name: str, promise: Promise) -> bool:
-        """Resolve or reject a promise; False when it was already completed."""
-        obj = ObjectKey.of(target)
-        if not self.store.complete_promise(obj, name, promise):
-            return False
-        for inv_id, index in self._promise_waiters.pop((*obj, name), set()):
-            waiter = self.invocations.get(inv_id)
-            if waiter is None or waiter.meta.status == "completed":
-                continue
-            entry = waiter.journal[index] if index < len(waiter.journal) else None
-            if entry is not None and entry.kind == "promise_get" and entry.name == name:
-                waiter.complete_entry(index, value=promise.value, failure=promise.failure)
-        self._wake()
-        return True
-
-    def _drop_promise_waits(self, inv: Invocation) -> None:
-        """A completed invocation (cancelled or killed, perhaps) waits on no promise."""
-        target = inv.meta.target
-        if target.key is None:
-            return
-        for index, entry in enumerate(inv.journal):
-            if entry.kind == "promise_get" and entry.name:
-                scope = (target.service, target.key, entry.name)
-                waiters = self._promise_waiters.get(scope)
-                if waiters is not None:
-                    waiters.discard((inv.meta.id, index))
-                    if not waiters:
-                        del self._promise_waiters[scope]
-
     def _complete(self, inv: Invocation, value: JsonValue, failure: Failure | None) -> None:
         meta = inv.meta
         now = time.time()
@@ -532,9 +448,9 @@ class PartitionProcessor:
         meta.value, meta.failure = value, failure
         meta.modified_at = now
         inv.task = None
-        self._drop_promise_waits(inv)
+        self.promises.forget_waits(inv)
         for request_id in meta.request_ids:
-            self._respond(request_id, meta)
+            self.outbox.outcome(request_id, meta)
         for caller in [meta.caller, *meta.attachers] if meta.caller else meta.attachers:
             self.outbox.completion(Completion(
                 caller=caller, invocation_id=meta.id, value=value, failure=failure
@@ -575,33 +491,7 @@ class PartitionProcessor:
 
     # -- outputs -------------------------------------------------------------------
 
-    def _respond(self, request_id: str, meta: InvocationMeta) -> None:
-        if meta.failure is not None:
-            response = Response(
-                request_id=request_id, invocation_id=meta.id, status="failure", failure=meta.failure
-            )
-        else:
-            response = Response(
-                request_id=request_id, invocation_id=meta.id, status="success", value=meta.value
-            )
-        self.outbox.response(response)
-
-    def _fail_unrouted(self, record: Invoke, failure: Failure) -> None:
-        """Answer a call that cannot run (unknown target) without creating an invocation."""
-        if record.request_id is not None:
-            response = Response(
-                request_id=record.request_id,
-                invocation_id=record.invocation_id,
-                status="failure",
-                failure=failure,
-            )
-            self.outbox.response(response)
-        if record.caller is not None and record.invocation_id is not None:
-            self.outbox.completion(Completion(
-                caller=record.caller, invocation_id=record.invocation_id, failure=failure
-            ))  # fmt: skip
-
-    def emit_invoke(
+    def handler_invoke(
         self,
         caller: Invocation,
         *,
@@ -627,7 +517,7 @@ class PartitionProcessor:
             record = record.model_copy(update={"due": datetime.fromtimestamp(due, UTC)})
         self.outbox.invoke(record)
 
-    def callee_id(
+    def handler_callee_id(
         self, caller: Invocation, index: int, target: Target, idempotency_key: str | None
     ) -> str:
         """The id of the invocation that journal entry ``index`` of ``caller`` calls or sends
@@ -639,7 +529,7 @@ class PartitionProcessor:
             return ids.idempotent_id(target.service, target.key, target.handler, idempotency_key)
         return ids.child_id(caller.meta.id, index, target.key, self.partitions)
 
-    def emit_attach(self, inv: Invocation, index: int, invocation_id: str) -> None:
+    def handler_attach(self, inv: Invocation, index: int, invocation_id: str) -> None:
         """``ctx.attach_invocation``: the outcome comes back as a completion of ``index``."""
         record = AttachRequest(
             request_id=f"{inv.meta.id}/{index}",
@@ -648,21 +538,34 @@ class PartitionProcessor:
         )
         self.outbox.attach(record)
 
-    def emit_cancel(self, invocation_id: str) -> None:
+    def handler_cancel(self, invocation_id: str) -> None:
         """``ctx.cancel_invocation``."""
         self.outbox.control(Cancel(invocation_id=invocation_id))
 
-    def emit_timer(self, inv: Invocation, index: int, due: float, completion: Completion) -> None:
+    def handler_timer(
+        self, inv: Invocation, index: int, due: float, completion: Completion
+    ) -> None:
         """A durable timer: ``completion`` reaches entry ``index`` of ``inv`` at ``due``,
         through the delay topic (a sleep ending, or a call's deadline)."""
         self.outbox.timer(inv.meta.id, due, completion)
 
+    # -- workflow promises ------------------------------------------------------------
+
+    def handler_promise(self, target: Target, name: str) -> Promise | None:
+        return self.promises.get(ObjectKey.of(target), name)
+
+    def handler_await_promise(self, inv: Invocation, index: int, name: str) -> None:
+        self.promises.wait(inv, index, name)
+
+    def handler_complete_promise(self, target: Target, name: str, promise: Promise) -> bool:
+        return self.promises.complete(ObjectKey.of(target), name, promise)
+
     # -- state ----------------------------------------------------------------------
 
-    def state_of(self, target: Target) -> dict[str, JsonValue]:
+    def handler_state(self, target: Target) -> dict[str, JsonValue]:
         return self.store.state_of(ObjectKey.of(target))
 
-    def state_write(
+    def handler_write_state(
         self, target: Target, kind: EntryKind, name: str | None, value: JsonValue
     ) -> None:
         self.store.write_state(ObjectKey.of(target), kind, name, value)

@@ -268,10 +268,10 @@ async def test_a_killed_workflow_no_longer_waits_on_its_promise() -> None:
     run_id = ids.workflow_run_id("Signup", "w3")
     h.call(Target(service="Signup", key="w3", handler="run"), "x", request_id="run")
     await until(lambda: waiting_in(h, run_id, "promise_get"))
-    assert h.processor._promise_waiters
+    assert h.processor.promises.waiters
     h.send(Kill(invocation_id=run_id))
     await until(lambda: "run" in h.responses())
-    assert h.processor._promise_waiters == {}, "the killed run's waiter is dropped"
+    assert h.processor.promises.waiters == {}, "the killed run's waiter is dropped"
 
 
 async def test_a_paused_invocation_resumes_and_a_completed_one_purges() -> None:

@@ -204,10 +204,10 @@ async def test_finished_runs_leave_no_promise_waiters_behind() -> None:
     target = Target(service="Flow", key="f", handler="run")
     for end in (Cancel, Kill):
         h.call(target, "promise", request_id=end.__name__)
-        await until(lambda: bool(h.processor._promise_waiters))
+        await until(lambda: bool(h.processor.promises.waiters))
         h.send(end(invocation_id=run_id))
         await until(lambda e=end.__name__: e in h.responses())
-        assert h.processor._promise_waiters == {}, end.__name__
+        assert h.processor.promises.waiters == {}, end.__name__
         h.send(Purge(invocation_id=run_id))
     # A new run with the same id sleeps at the entry where the old one waited: resolving
     # the old promise must not end its sleep.
