@@ -37,10 +37,8 @@ from streams.engine.outbox import Out, Outbox
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
 from streams.engine.store import ObjectKey, PartitionStore
-from streams.metrics import (
-    INVOCATION_SECONDS,
-    INVOCATIONS,
-)
+from streams.engine.waiters import Waiters
+from streams.metrics import INVOCATION_SECONDS, INVOCATIONS
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
@@ -48,7 +46,6 @@ from streams.wire.records import (
     Caller,
     Cancel,
     Completion,
-    Control,
     Delayed,
     Failure,
     Invoke,
@@ -61,12 +58,8 @@ from streams.wire.records import (
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.partition")
-_Record = Invoke | Control | AttachRequest | Completion | Start
 #: Larger ingress records go to the dead-letter topic (as the HTTP ingress answers 413).
 MAX_RECORD_BYTES = 900 * 1024
-#: Callers and attached handlers one invocation answers at most; more wait in vain, so
-#: they are told so (429) rather than grow the invocation's record past what Kafka takes.
-MAX_WAITERS = 1_000
 
 
 class PartitionProcessor:
@@ -96,6 +89,10 @@ class PartitionProcessor:
         self.store = PartitionStore(topics, partition)
         self.locks = KeyLocks()
         self.promises = Promises(self.store, self.invocations, wake)
+        self.waiters = Waiters(
+            self.invocations, self.outbox, registry, touch=self.touch,
+            named_by_key=lambda target, key: self._idempotent(target, key)[1],
+        )  # fmt: skip
         self.attempts = Attempts(
             self.invocations, complete=self._complete, touch=self.touch, closed=lambda: self.closed
         )
@@ -199,13 +196,15 @@ class PartitionProcessor:
             self._set_aside(failed, key, value, offset)
         self._wake()
 
-    def _apply(self, record: _Record, key: bytes | None, value: bytes | None, offset: int) -> None:
+    def _apply(
+        self, record: routing.IngressRecord, key: bytes | None, value: bytes | None, offset: int
+    ) -> None:
         if isinstance(record, Invoke):
             self._apply_invoke(record, key, value, offset)
         elif isinstance(record, Completion):
             self._apply_completion(record)
         elif isinstance(record, AttachRequest):
-            self._apply_attach(record)
+            self.waiters.apply(record)
         elif isinstance(record, Start):
             self._apply_start(record, offset)
         else:
@@ -261,7 +260,7 @@ class PartitionProcessor:
             inv_id = ids.id_on_partition(self.partition, self.partitions, seed)
         existing = self.invocations.get(inv_id)
         if existing is not None:
-            self._duplicate(existing, record)
+            self.waiters.duplicate(existing, record)
             return
         now = time.time()
         meta = InvocationMeta(
@@ -315,61 +314,6 @@ class PartitionProcessor:
         if lock is None or self.locks.take_or_queue(lock, inv.meta.id):
             self.attempts.run(inv)
 
-    def _duplicate(self, inv: Invocation, record: Invoke) -> None:
-        """An invoke for an invocation that exists: same idempotency key, or a workflow's
-        ``run`` again. It never runs twice; callers get its outcome, senders a receipt."""
-        if inv.handler_def is not None and inv.handler.kind == "workflow" and record.mode == "call":
-            target = record.target
-            failure = Failure(
-                code=409,
-                message=f"workflow {target.service}/{target.key} has already been started "
-                f"(invocation {inv.meta.id}); attach to it for its outcome",
-            )
-            if record.request_id is not None:
-                self.outbox.failure_response(record.request_id, inv.meta.id, failure)
-            if record.caller is not None:
-                callee = record.invocation_id or inv.meta.id
-                self.outbox.completion(
-                    Completion(caller=record.caller, invocation_id=callee, failure=failure)
-                )
-            return
-        if record.mode == "send":
-            if record.request_id is not None:
-                receipt = Response(
-                    request_id=record.request_id,
-                    invocation_id=inv.meta.id,
-                    status="previously_accepted",
-                )
-                self.outbox.response(receipt)
-            return
-        self._join(inv, record.request_id, record.caller)
-
-    def _join(self, inv: Invocation, request_id: str | None, caller: Caller | None) -> None:
-        """Someone else waits for ``inv``: answer now if it is done, else when it is."""
-        meta = inv.meta
-        if meta.status == "completed":
-            if request_id is not None:
-                self.outbox.outcome(request_id, meta)
-            if caller is not None:
-                self.outbox.completion(Completion(
-                    caller=caller, invocation_id=meta.id, value=meta.value, failure=meta.failure
-                ))  # fmt: skip
-            return
-        if len(meta.request_ids) + len(meta.attachers) >= MAX_WAITERS:
-            busy = Failure(code=429, message=f"{MAX_WAITERS} already wait for {meta.id}")
-            if request_id is not None and request_id not in meta.request_ids:
-                self.outbox.failure_response(request_id, meta.id, busy)
-            if caller is not None and caller != meta.caller and caller not in meta.attachers:
-                self.outbox.completion(Completion(caller=caller, invocation_id=meta.id,
-                                                 failure=busy))  # fmt: skip
-            return
-        if request_id is not None and request_id not in meta.request_ids:
-            meta.request_ids.append(request_id)
-            self.touch(inv)
-        if caller is not None and caller != meta.caller and caller not in meta.attachers:
-            meta.attachers.append(caller)
-            self.touch(inv)
-
     def _apply_completion(self, record: Completion) -> None:
         inv = self.invocations.get(record.caller.invocation_id)
         if inv is None or inv.meta.status == "completed":
@@ -390,50 +334,6 @@ class PartitionProcessor:
                 # awaits now (a select lost it) leaves the cancel for the next wait.
                 inv.meta.cancel_requested = False
         inv.complete_entry(index, value=record.value, failure=failure)
-
-    def _apply_attach(self, record: AttachRequest) -> None:
-        """Attach (wait for the outcome) or output (the outcome now, 470 if not ready)."""
-        inv_id = self._attached_id(record)
-        if inv_id is None:
-            problem = "attach by target needs an idempotency key, or a workflow id"
-            self._answer_attach(record, None, Failure(code=400, message=problem))
-            return
-        inv = self.invocations.get(inv_id)
-        if inv is None:
-            message = (
-                f"invocation {inv_id} is unknown here: it never existed, or it completed and "
-                "its outcome was not retained (only idempotent and workflow invocations keep "
-                "theirs, for the service's retention)"
-            )
-            self._answer_attach(record, inv_id, Failure(code=404, message=message))
-        elif inv.meta.status != "completed" and not record.wait:
-            self._answer_attach(record, inv_id, Failure(code=470, message="not ready"))
-        else:
-            self._join(inv, record.request_id if record.caller is None else None, record.caller)
-
-    def _attached_id(self, record: AttachRequest) -> str | None:
-        """The invocation an attach names: by id, by idempotency key, or a workflow's run."""
-        if record.invocation_id is not None:
-            return record.invocation_id
-        target = record.target
-        assert target is not None
-        if record.idempotency_key is not None:
-            return self._idempotent(target, record.idempotency_key)[1]
-        try:
-            handler = self.registry.resolve(target)
-        except LookupError:
-            return None
-        if handler.kind == "workflow" and target.key is not None:
-            return ids.workflow_run_id(target.service, target.key)
-        return None
-
-    def _answer_attach(self, record: AttachRequest, inv_id: str | None, failure: Failure) -> None:
-        if record.caller is not None:
-            if inv_id is not None:  # a handler's attach always names an id
-                completion = Completion(caller=record.caller, invocation_id=inv_id, failure=failure)
-                self.outbox.completion(completion)
-        else:
-            self.outbox.failure_response(record.request_id, inv_id, failure)
 
     def _complete(self, inv: Invocation, value: JsonValue, failure: Failure | None) -> None:
         meta = inv.meta

@@ -1,0 +1,149 @@
+"""Who waits for an invocation's outcome, and attaching to one.
+
+An invocation answers everyone who waits for it when it completes: the request ids of
+callers outside Kourier, the handler that called it, and handlers attached to it. A call
+that names an invocation that exists already (the same idempotency key, a workflow's id)
+joins it instead of running again; a send gets a receipt. An attach names an invocation by
+id, by idempotency key, or as a workflow's run, and waits for its outcome (or, without
+``wait``, asks for it now: 470 while it runs). At most ``MAX_WAITERS`` wait for one
+invocation; more are told so (429) rather than grow its record past what Kafka takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from streams.engine.invocation import Invocation
+from streams.engine.outbox import Outbox
+from streams.engine.registry import Registry
+from streams.wire import ids
+from streams.wire.records import (
+    AttachRequest,
+    Caller,
+    Completion,
+    Failure,
+    Invoke,
+    Response,
+    Target,
+)
+
+#: Callers and attached handlers one invocation answers at most.
+MAX_WAITERS = 1_000
+
+
+class Waiters:
+    """Joins callers and attachers to one partition's invocations, and answers them."""
+
+    def __init__(
+        self,
+        invocations: Mapping[str, Invocation],
+        outbox: Outbox,
+        registry: Registry,
+        *,
+        named_by_key: Callable[[Target, str], str],
+        touch: Callable[[Invocation], None],
+    ) -> None:
+        self._invocations = invocations
+        self._outbox = outbox
+        self._registry = registry
+        self._named_by_key = named_by_key
+        self._touch = touch
+
+    def duplicate(self, inv: Invocation, record: Invoke) -> None:
+        """An invoke for an invocation that exists: same idempotency key, or a workflow's
+        ``run`` again. It never runs twice; callers get its outcome, senders a receipt."""
+        if inv.handler_def is not None and inv.handler.kind == "workflow" and record.mode == "call":
+            target = record.target
+            failure = Failure(
+                code=409,
+                message=f"workflow {target.service}/{target.key} has already been started "
+                f"(invocation {inv.meta.id}); attach to it for its outcome",
+            )
+            if record.request_id is not None:
+                self._outbox.failure_response(record.request_id, inv.meta.id, failure)
+            if record.caller is not None:
+                callee = record.invocation_id or inv.meta.id
+                self._outbox.completion(
+                    Completion(caller=record.caller, invocation_id=callee, failure=failure)
+                )
+            return
+        if record.mode == "send":
+            if record.request_id is not None:
+                receipt = Response(
+                    request_id=record.request_id,
+                    invocation_id=inv.meta.id,
+                    status="previously_accepted",
+                )
+                self._outbox.response(receipt)
+            return
+        self.join(inv, record.request_id, record.caller)
+
+    def join(self, inv: Invocation, request_id: str | None, caller: Caller | None) -> None:
+        """Someone else waits for ``inv``: answer now if it is done, else when it is."""
+        meta = inv.meta
+        if meta.status == "completed":
+            if request_id is not None:
+                self._outbox.outcome(request_id, meta)
+            if caller is not None:
+                self._outbox.completion(Completion(
+                    caller=caller, invocation_id=meta.id, value=meta.value, failure=meta.failure
+                ))  # fmt: skip
+            return
+        if len(meta.request_ids) + len(meta.attachers) >= MAX_WAITERS:
+            busy = Failure(code=429, message=f"{MAX_WAITERS} already wait for {meta.id}")
+            if request_id is not None and request_id not in meta.request_ids:
+                self._outbox.failure_response(request_id, meta.id, busy)
+            if caller is not None and caller != meta.caller and caller not in meta.attachers:
+                self._outbox.completion(Completion(caller=caller, invocation_id=meta.id,
+                                                 failure=busy))  # fmt: skip
+            return
+        if request_id is not None and request_id not in meta.request_ids:
+            meta.request_ids.append(request_id)
+            self._touch(inv)
+        if caller is not None and caller != meta.caller and caller not in meta.attachers:
+            meta.attachers.append(caller)
+            self._touch(inv)
+
+    def apply(self, record: AttachRequest) -> None:
+        """Attach (wait for the outcome) or output (the outcome now, 470 if not ready)."""
+        inv_id = self._attached_id(record)
+        if inv_id is None:
+            problem = "attach by target needs an idempotency key, or a workflow id"
+            self._answer_attach(record, None, Failure(code=400, message=problem))
+            return
+        inv = self._invocations.get(inv_id)
+        if inv is None:
+            message = (
+                f"invocation {inv_id} is unknown here: it never existed, or it completed and "
+                "its outcome was not retained (only idempotent and workflow invocations keep "
+                "theirs, for the service's retention)"
+            )
+            self._answer_attach(record, inv_id, Failure(code=404, message=message))
+        elif inv.meta.status != "completed" and not record.wait:
+            self._answer_attach(record, inv_id, Failure(code=470, message="not ready"))
+        else:
+            self.join(inv, record.request_id if record.caller is None else None, record.caller)
+
+    def _attached_id(self, record: AttachRequest) -> str | None:
+        """The invocation an attach names: by id, by idempotency key, or a workflow's run."""
+        if record.invocation_id is not None:
+            return record.invocation_id
+        target = record.target
+        assert target is not None
+        if record.idempotency_key is not None:
+            return self._named_by_key(target, record.idempotency_key)
+        try:
+            handler = self._registry.resolve(target)
+        except LookupError:
+            return None
+        if handler.kind == "workflow" and target.key is not None:
+            return ids.workflow_run_id(target.service, target.key)
+        return None
+
+    def _answer_attach(self, record: AttachRequest, inv_id: str | None, failure: Failure) -> None:
+        if record.caller is not None:
+            if inv_id is not None:  # a handler's attach always names an id
+                completion = Completion(caller=record.caller, invocation_id=inv_id, failure=failure)
+                self._outbox.completion(completion)
+        else:
+            self._outbox.failure_response(record.request_id, inv_id, failure)
