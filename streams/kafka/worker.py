@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
@@ -40,6 +40,7 @@ from streams.kafka.broker import cache_dir
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.transactions import Transactions
 from streams.metrics import INBOX, LAG, PENDING_TIMERS
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -174,13 +175,14 @@ class Worker:
         )
 
     def _publish_manifest(self) -> None:
-        self._producer.begin_transaction()
+        producer = self._transactions.producer
+        producer.begin_transaction()
         for service in self.registry.manifest():
             service["worker"] = self._worker_id
-            self._producer.produce(
+            producer.produce(
                 self.topics.services, key=service["name"].encode(), value=json.dumps(service)
             )
-        self._producer.commit_transaction(_TIMEOUT)
+        producer.commit_transaction(_TIMEOUT)
 
     # -- the loop -------------------------------------------------------------------
     #
@@ -202,7 +204,7 @@ class Worker:
         )
         self._dirty = False
         self.partitions = await asyncio.to_thread(self._ingress_partitions)
-        self._producer = await asyncio.to_thread(self._new_producer)
+        self._transactions = await asyncio.to_thread(Transactions, self._new_producer)
         await asyncio.to_thread(self._publish_manifest)
         self._restorer = self._new_consumer(f"{self.settings.namespace}.restore")
         # Reads the group's committed offsets. It never subscribes, so never joins the group;
@@ -227,7 +229,7 @@ class Worker:
                 self._delay_reader = None
             self._run_pool.shutdown(wait=False, cancel_futures=True)
             # librdkafka handles live until garbage collected: drop ours now.
-            del self._producer, self._consumer, self._restorer, self._offset_reader
+            del self._transactions, self._consumer, self._restorer, self._offset_reader
 
     def stop(self) -> None:
         self._stopping = True
@@ -253,7 +255,7 @@ class Worker:
             self._committer.close()
             self._restorer.close()
             self._offset_reader.close()
-            self._producer.flush(5)
+            self._transactions.producer.flush(5)
 
     def _poll_timeout(self) -> float:
         """Commit promptly when handlers have produced effects and the committer is free;
@@ -402,14 +404,7 @@ class Worker:
             self._committer.busy_for(),
         )
         self._committer.abandon()
-        while True:
-            try:
-                self._producer = self._new_producer()
-                break
-            except KafkaException as exc:
-                if self._stopping:
-                    raise
-                log.warning("new producer not ready yet: %s", exc)
+        self._transactions.fence(lambda: self._stopping)
         self._committer = Committer(self._transact_counted)
         if recover:
             self._recover()
@@ -422,7 +417,7 @@ class Worker:
     def _transact_counted(self, snapshot: Snapshot) -> None:
         """One transaction, with statistics (committer thread)."""
         began = time.perf_counter()
-        self._transact(snapshot)
+        self._transactions.commit(snapshot)
         self.commits += 1
         self._commit_time += time.perf_counter() - began
         self._committed_records += len(snapshot.out)
@@ -433,77 +428,6 @@ class Worker:
                 1000 * self._commit_time / self.commits,
                 self._committed_records / self.commits,
             )
-
-    def _transact(self, snapshot: Snapshot) -> None:
-        """One transaction (committer thread). Sending the offsets and committing are tried
-        again while they fail retriably (a broker away): until they settle, nobody knows
-        whether the transaction committed, and restoring from Kafka meanwhile would apply
-        its records a second time if it did. Any other failure is raised, and the Kafka
-        thread then restores its partitions from Kafka; before that a transaction that
-        failed for good (a record refused, an abortable error) is aborted, or when even that
-        fails the producer is replaced, so that no open transaction wedges the next ones. A
-        transaction that never settles is fenced by the Kafka thread (``_STUCK``)."""
-        producer = self._producer
-        try:
-            producer.begin_transaction()
-            for record in snapshot.out:
-                while True:
-                    try:
-                        producer.produce(
-                            record.topic,
-                            value=record.value,
-                            key=record.key,
-                            partition=record.partition,
-                            headers=record.headers,
-                        )
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
-            if snapshot.offsets:
-                offsets, metadata = snapshot.offsets, snapshot.metadata
-                self._settled(
-                    producer,
-                    lambda: producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT),
-                )
-            self._settled(producer, lambda: producer.commit_transaction(_TIMEOUT))
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if _in_doubt(error):
-                raise  # the producer was fenced meanwhile: the fence settles it
-            if error.fatal() or not self._aborted(producer):
-                self._replace_producer(producer)
-            raise
-
-    def _settled(self, producer: Producer, call: Callable[[], None]) -> None:
-        """``call`` again while it fails retriably and ``producer`` is still the worker's."""
-        while True:
-            try:
-                call()
-                return
-            except KafkaException as exc:
-                if not _in_doubt(exc.args[0]) or self._producer is not producer:
-                    raise
-                log.warning("transaction not settled yet (%s); trying again", exc.args[0])
-
-    def _replace_producer(self, failed: Producer) -> None:
-        """A new producer with the same transactional id (committer thread); when Kafka
-        cannot be reached, the old one stays and the next failure tries again."""
-        if self._producer is not failed:
-            return
-        try:
-            self._producer = self._new_producer()
-        except KafkaException as exc:
-            log.warning("no new producer yet: %s", exc.args[0])
-
-    @staticmethod
-    def _aborted(producer: Producer) -> bool:
-        """Abort the open transaction; False when the producer cannot (it is replaced)."""
-        try:
-            producer.abort_transaction(_TIMEOUT)
-        except KafkaException as exc:
-            log.warning("abort failed (%s); a new producer takes over", exc.args[0])
-            return False
-        return True
 
     def _recover(self) -> None:
         """Drop everything uncommitted, rewind to the committed offsets, restore (Kafka thread)."""
@@ -670,11 +594,6 @@ class Worker:
                     raise WorkerError(f"restoring partition {partition} took too long")
         finally:
             self._restorer.unassign()
-
-
-def _in_doubt(error: KafkaError) -> bool:
-    """A transactional call that failed without an outcome: it may be tried again."""
-    return bool(error.retriable() and not error.txn_requires_abort() and not error.fatal())
 
 
 def _forget_gauges(tp: TopicPartition) -> None:

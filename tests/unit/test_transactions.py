@@ -1,5 +1,6 @@
-"""The worker's transaction error paths, with a stand-in producer: whatever fails ends in
-an abort, or in a fresh producer when the abort fails too, so no transaction stays open.
+"""The worker's transaction error paths (``streams.kafka.transactions``), with a stand-in
+producer: whatever fails ends in an abort, or in a fresh producer when the abort fails too,
+so no transaction stays open.
 
 (Kafka itself is not needed to see which calls the worker makes; what the broker does with
 them is tested on the real one, in tests/integration/test_oversize.py.)
@@ -14,9 +15,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from streams.engine.outbox import Out
 from streams.kafka.committer import Snapshot
-from streams.kafka.worker import Worker
-from streams.settings import Settings
-from tests.unit.test_near_misses import box
+from streams.kafka.transactions import Transactions
 
 
 class StandIn:
@@ -49,17 +48,18 @@ class StandIn:
         self._call("abort")
 
 
-def worker_with(producer: StandIn, monkeypatch: pytest.MonkeyPatch) -> tuple[Worker, list[Any]]:
-    worker = Worker(Settings(), [box], worker_id="unit")
-    worker._producer = producer  # type: ignore[assignment]
+def transactions_on(producer: StandIn) -> tuple[Transactions, list[Any]]:
+    """The worker's transactions on ``producer``; the producers made after it, in order."""
+    first: list[Any] = [producer]
     fresh: list[Any] = []
 
     def new_producer() -> Any:
+        if first:
+            return first.pop()
         fresh.append(StandIn({}))
         return fresh[-1]
 
-    monkeypatch.setattr(worker, "_new_producer", new_producer)
-    return worker, fresh
+    return Transactions(new_producer), fresh
 
 
 SNAPSHOT = Snapshot(out=[Out("t", 0, b"k", b"v")], offsets=[])
@@ -69,62 +69,58 @@ SNAPSHOT = Snapshot(out=[Out("t", 0, b"k", b"v")], offsets=[])
     ("where", "code"),
     [("produce", KafkaError.MSG_SIZE_TOO_LARGE), ("begin", KafkaError._STATE)],
 )
-def test_a_transaction_that_failed_for_good_is_aborted(
-    where: str, code: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_transaction_that_failed_for_good_is_aborted(where: str, code: int) -> None:
     producer = StandIn({where: KafkaError(code)})
-    worker, fresh = worker_with(producer, monkeypatch)
+    tx, fresh = transactions_on(producer)
     with pytest.raises(KafkaException):
-        worker._transact(SNAPSHOT)
+        tx.commit(SNAPSHOT)
     assert producer.calls[-1] == "abort"
     assert fresh == [], "an abort was enough"
 
 
-def test_a_commit_in_doubt_is_tried_again_not_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_commit_in_doubt_is_tried_again_not_restored() -> None:
     """A commit that timed out may have committed: restoring from Kafka now would apply its
     records twice if it did, so the commit is tried again until it settles."""
     producer = StandIn({"commit": KafkaError(KafkaError._TIMED_OUT, retriable=True)}, times=2)
-    worker, fresh = worker_with(producer, monkeypatch)
-    worker._transact(SNAPSHOT)  # settles on the third try: no failure for the Kafka thread
+    tx, fresh = transactions_on(producer)
+    tx.commit(SNAPSHOT)  # settles on the third try: no failure for the Kafka thread
     assert producer.calls == ["begin", "produce", "commit", "commit", "commit"]
     assert fresh == []
 
 
-def test_a_commit_in_doubt_on_a_fenced_producer_is_raised(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_commit_in_doubt_on_a_fenced_producer_is_raised() -> None:
     """Once the Kafka thread fenced a stuck producer, its commit stops being tried."""
     producer = StandIn({"commit": KafkaError(KafkaError._TIMED_OUT, retriable=True)})
-    worker, fresh = worker_with(producer, monkeypatch)
+    tx, fresh = transactions_on(producer)
     original = producer._call
 
     def fence_on_second_commit(name: str) -> None:
         if name == "commit" and producer.calls.count("commit") == 1:
-            worker._producer = StandIn({})  # type: ignore[assignment]
+            tx.producer = StandIn({})  # type: ignore[assignment]
         original(name)
 
     producer._call = fence_on_second_commit  # type: ignore[method-assign]
     with pytest.raises(KafkaException):
-        worker._transact(SNAPSHOT)
+        tx.commit(SNAPSHOT)
     assert producer.calls.count("commit") == 2
     assert "abort" not in producer.calls
     assert fresh == []
 
 
-def test_a_producer_that_cannot_abort_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_producer_that_cannot_abort_is_replaced() -> None:
     producer = StandIn({"commit": KafkaError(KafkaError.INVALID_RECORD),
                         "abort": KafkaError(KafkaError._STATE)})  # fmt: skip
-    worker, fresh = worker_with(producer, monkeypatch)
+    tx, fresh = transactions_on(producer)
     with pytest.raises(KafkaException):
-        worker._transact(SNAPSHOT)
+        tx.commit(SNAPSHOT)
     assert len(fresh) == 1
-    assert worker._producer is fresh[0]
+    assert tx.producer is fresh[0]
 
 
-def test_a_fatal_error_replaces_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fatal_error_replaces_the_producer() -> None:
     producer = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
-    worker, fresh = worker_with(producer, monkeypatch)
+    tx, fresh = transactions_on(producer)
     with pytest.raises(KafkaException):
-        worker._transact(SNAPSHOT)
+        tx.commit(SNAPSHOT)
     assert "abort" not in producer.calls
-    assert worker._producer is fresh[0]
+    assert tx.producer is fresh[0]

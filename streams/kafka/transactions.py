@@ -1,0 +1,120 @@
+"""The worker's transactional producer, and one Kafka transaction per snapshot on it.
+
+One transaction holds a step's outgoing records, its changelog writes and its consumed
+offsets (KIP-447). It commits, or it fails for good and is aborted — or, when even the abort
+fails, its producer is replaced — so no open transaction wedges the next one. A commit (or
+offset send) that fails without an outcome, as when a broker is away, is tried again until
+it settles: restoring while it might still commit would apply its records twice. Runs on
+the committer thread (``streams.kafka.committer``), apart from :meth:`Transactions.fence`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from streams.kafka.committer import Snapshot
+
+log = logging.getLogger("kourier.worker")
+
+#: Seconds a transactional call may take before librdkafka gives up on it.
+TIMEOUT = 30.0
+
+
+class Transactions:
+    """Commits snapshots on a transactional producer, replacing it when it fails for good."""
+
+    def __init__(self, new_producer: Callable[[], Producer]) -> None:
+        self._new_producer = new_producer
+        self.producer = new_producer()
+
+    def fence(self, stopping: Callable[[], bool]) -> None:
+        """A new producer with the same transactional id, which fences the current one (a
+        transaction stuck inside it is completed or aborted by the coordinator); tried
+        until Kafka answers or the worker stops (Kafka thread)."""
+        while True:
+            try:
+                self.producer = self._new_producer()
+                return
+            except KafkaException as exc:
+                if stopping():
+                    raise
+                log.warning("new producer not ready yet: %s", exc)
+
+    def commit(self, snapshot: Snapshot) -> None:
+        """One transaction (committer thread). Sending the offsets and committing are tried
+        again while they fail retriably (a broker away): until they settle, nobody knows
+        whether the transaction committed, and restoring from Kafka meanwhile would apply
+        its records a second time if it did. Any other failure is raised, and the Kafka
+        thread then restores its partitions from Kafka; before that a transaction that
+        failed for good (a record refused, an abortable error) is aborted, or when even that
+        fails the producer is replaced, so that no open transaction wedges the next ones. A
+        transaction that never settles is fenced by the Kafka thread (:meth:`fence`)."""
+        producer = self.producer
+        try:
+            producer.begin_transaction()
+            for record in snapshot.out:
+                while True:
+                    try:
+                        producer.produce(
+                            record.topic,
+                            value=record.value,
+                            key=record.key,
+                            partition=record.partition,
+                            headers=record.headers,
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+            if snapshot.offsets:
+                offsets, metadata = snapshot.offsets, snapshot.metadata
+                self._settled(
+                    producer,
+                    lambda: producer.send_offsets_to_transaction(offsets, metadata, TIMEOUT),
+                )
+            self._settled(producer, lambda: producer.commit_transaction(TIMEOUT))
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if in_doubt(error):
+                raise  # the producer was fenced meanwhile: the fence settles it
+            if error.fatal() or not self._aborted(producer):
+                self.replace(producer)
+            raise
+
+    def _settled(self, producer: Producer, call: Callable[[], None]) -> None:
+        """``call`` again while it fails retriably and ``producer`` is still the worker's."""
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                if not in_doubt(exc.args[0]) or self.producer is not producer:
+                    raise
+                log.warning("transaction not settled yet (%s); trying again", exc.args[0])
+
+    def replace(self, failed: Producer) -> None:
+        """A new producer with the same transactional id (committer thread); when Kafka
+        cannot be reached, the old one stays and the next failure tries again."""
+        if self.producer is not failed:
+            return
+        try:
+            self.producer = self._new_producer()
+        except KafkaException as exc:
+            log.warning("no new producer yet: %s", exc.args[0])
+
+    @staticmethod
+    def _aborted(producer: Producer) -> bool:
+        """Abort the open transaction; False when the producer cannot (it is replaced)."""
+        try:
+            producer.abort_transaction(TIMEOUT)
+        except KafkaException as exc:
+            log.warning("abort failed (%s); a new producer takes over", exc.args[0])
+            return False
+        return True
+
+
+def in_doubt(error: KafkaError) -> bool:
+    """A transactional call that failed without an outcome: it may be tried again."""
+    return bool(error.retriable() and not error.txn_requires_abort() and not error.fatal())
