@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import socket
 import time
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -36,10 +35,10 @@ from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.errors import KourierError
-from streams.kafka.broker import cache_dir
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.restore import RestoreError, claim_slot, restore_partition
 from streams.kafka.transactions import Transactions
 from streams.metrics import INBOX, LAG, PENDING_TIMERS
 from streams.settings import Settings
@@ -67,26 +66,6 @@ def _describe(partitions: list[TopicPartition]) -> str:
     for tp in partitions:
         by_topic.setdefault(tp.topic.rsplit(".", 1)[-1], []).append(tp.partition)
     return ", ".join(f"{topic} {sorted(ps)}" for topic, ps in sorted(by_topic.items())) or "nothing"
-
-
-def _claim_slot(namespace: str) -> tuple[int, IO[str]]:
-    """A per-host slot number, held by a file lock for the life of the process.
-
-    A worker restarted after ``kill -9`` gets its old slot back, hence its old
-    transactional id, which aborts the dead process's open transaction at once
-    instead of after ``transaction.timeout.ms``.
-    """
-    folder = cache_dir() / "slots"
-    folder.mkdir(parents=True, exist_ok=True)
-    for slot in range(4096):
-        handle = (folder / f"{namespace}-{slot}.lock").open("w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        return slot, handle
-    raise WorkerError("no free worker slot on this host")
 
 
 class Worker:
@@ -133,7 +112,7 @@ class Worker:
 
     def _transactional_id(self) -> str:
         if self._worker_id is None:
-            slot, self._slot_lock = _claim_slot(self.settings.namespace)
+            slot, self._slot_lock = claim_slot(self.settings.namespace)
             self._worker_id = f"{socket.gethostname()}-{slot}"
         return f"{self.settings.namespace}.worker.{self._worker_id}"
 
@@ -474,7 +453,7 @@ class Worker:
                 )
                 self._on_loop(self._assign(committed, self._delay_ends(committed)))
                 return committed
-            except (KafkaException, WorkerError) as exc:
+            except (KafkaException, WorkerError, RestoreError) as exc:
                 if self._stopping:
                     raise
                 log.warning("taking over %s failed (%s); trying again", _describe(partitions), exc)
@@ -530,7 +509,7 @@ class Worker:
                 denied_headers=self.settings.header_denylist,
                 run_executor=self._run_pool,
             )
-            await asyncio.to_thread(self._restore, processor)
+            await asyncio.to_thread(restore_partition, self._restorer, self.topics, processor)
             self.processors[tp.partition] = processor
             processor.start()
         log.info("assigned %s (restored in %.2fs)", _describe(committed), time.monotonic() - began)
@@ -562,38 +541,6 @@ class Worker:
             if processor is not None and close:
                 processor.close()
             self._offsets.pop(tp.partition, None)
-
-    def _restore(self, processor: PartitionProcessor) -> None:
-        """Read the partition's changelogs from the start to their end (blocking)."""
-        partition = processor.partition
-        sources = {
-            self.topics.state: processor.restore_state,
-            self.topics.invocations: processor.restore_invocation,
-            self.topics.dedup: processor.restore_dedup,
-        }
-        ends: dict[str, int] = {}
-        for topic in sources:
-            _, high = watermarks(self._restorer, TopicPartition(topic, partition))
-            ends[topic] = high
-        pending = [TopicPartition(t, partition, OFFSET_BEGINNING) for t, end in ends.items() if end]
-        if not pending:
-            return
-        self._restorer.assign(pending)
-        deadline = time.monotonic() + 5 * _TIMEOUT
-        try:
-            while True:
-                for message in consume_ready(self._restorer, 1000, 0.1):
-                    if message.error() is None:
-                        key = message.key()
-                        assert key is not None
-                        sources[message.topic() or ""](key, message.value())
-                positions = self._restorer.position(pending)
-                if all(tp.offset >= ends[tp.topic] for tp in positions):
-                    return
-                if time.monotonic() > deadline:
-                    raise WorkerError(f"restoring partition {partition} took too long")
-        finally:
-            self._restorer.unassign()
 
 
 def _forget_gauges(tp: TopicPartition) -> None:

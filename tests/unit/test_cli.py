@@ -46,6 +46,7 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
     from streams.http.ingress import HttpError
     from streams.kafka.admin import TopicError
     from streams.kafka.broker import BrokerError
+    from streams.kafka.restore import NoSlot, RestoreError
     from streams.kafka.worker import WorkerError
     from streams.wire.ids import InvalidId
     from streams.wire.records import RecordError
@@ -58,7 +59,10 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
         WorkerError,
         InvalidId,
         RecordError,
+        NoSlot,
     ]
     assert all(issubclass(kind, KourierError) and not kind.retriable for kind in refused)
     assert issubclass(KafkaUnavailable, KourierError)
     assert KafkaUnavailable.retriable, "Kafka away: the same send may succeed later"
+    assert issubclass(RestoreError, KourierError)
+    assert RestoreError.retriable, "a slow restore: the take-over is tried again"
