@@ -1,0 +1,164 @@
+"""``streams.testing.Harness``: users' handlers tested without Kafka, on a clock moved by hand."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from handlers import (
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    Service,
+    TerminalError,
+    VirtualObject,
+    Workflow,
+    WorkflowContext,
+    WorkflowSharedContext,
+)
+from streams.testing import Harness
+
+counter = VirtualObject("Counter")
+
+
+@counter.handler()
+async def add(ctx: ObjectContext, n: int) -> int:
+    value: int = (await ctx.get("count") or 0) + n
+    ctx.set("count", value)
+    return value
+
+
+@counter.handler(kind="shared")
+async def current(ctx: ObjectSharedContext) -> int:
+    value: int = await ctx.get("count") or 0
+    return value
+
+
+@counter.handler()
+async def add_later(ctx: ObjectContext, hours: int) -> str:
+    """Sleeps (a durable timer), adds one, sleeps again, adds one more."""
+    await ctx.sleep(timedelta(hours=hours))
+    await add(ctx, 1)
+    await ctx.sleep(timedelta(hours=hours))
+    await add(ctx, 1)
+    return "done"
+
+
+greeter = Service("Greeter")
+
+
+@greeter.handler()
+async def greet(ctx: Context, name: str) -> str:
+    visits: int = await ctx.object(add, name).request(1)
+    if name == "nobody":
+        raise TerminalError("nobody is not welcome", 403)
+    return f"hello {name}, visit {visits}"
+
+
+signup = Workflow("Signup")
+
+
+@signup.main()
+async def run(ctx: WorkflowContext, email: str) -> str:
+    secret: str = await ctx.promise("link").value()
+    return f"{email} verified with {secret}"
+
+
+@signup.handler()
+async def click(ctx: WorkflowSharedContext, secret: str) -> None:
+    await ctx.promise("link").resolve(secret)
+
+
+SERVICES = [counter, greeter, signup]
+
+
+async def test_calls_between_handlers_and_state() -> None:
+    async with Harness(SERVICES) as h:
+        assert await h.call(greet, "ada") == "hello ada, visit 1"
+        assert await h.call(greet, "ada") == "hello ada, visit 2"
+        assert await h.call(current, key="ada") == 2
+        assert h.state("Counter", "ada") == {"count": 2}
+        assert await h.call("Counter/current", key="bob") == 0, "by name, too"
+
+
+async def test_a_terminal_error_reaches_the_caller() -> None:
+    async with Harness(SERVICES) as h:
+        with pytest.raises(TerminalError) as failure:
+            await h.call(greet, "nobody")
+        assert (failure.value.status_code, failure.value.message) == (403, "nobody is not welcome")
+        assert h.state("Counter", "nobody") == {"count": 1}, "the call before it stands"
+
+
+async def test_sends_once_per_idempotency_key() -> None:
+    async with Harness(SERVICES) as h:
+        first = h.send(add, 5, key="k", idempotency_key="order-1")
+        again = h.send(add, 5, key="k", idempotency_key="order-1")
+        await h.settle()
+        assert first == again
+        assert h.outcome(first) == 5
+        assert h.state("Counter", "k") == {"count": 5}
+
+
+async def test_a_delayed_send_runs_when_the_clock_is_advanced() -> None:
+    async with Harness(SERVICES) as h:
+        sent = h.send(add, 1, key="d", delay=timedelta(hours=2))
+        await h.advance(timedelta(hours=1))
+        assert h.status(sent) == "scheduled"
+        assert h.state("Counter", "d") == {}
+        await h.advance(timedelta(hours=1))
+        assert h.state("Counter", "d") == {"count": 1}
+
+
+async def test_sleeps_fall_due_one_after_the_other_within_one_advance() -> None:
+    async with Harness(SERVICES) as h:
+        sleeper = h.send(add_later, 3, key="s")
+        await h.settle()
+        assert h.status(sleeper) == "running"
+        await h.advance(timedelta(hours=3))
+        assert h.state("Counter", "s") == {"count": 1}
+        await h.advance(timedelta(hours=2, minutes=59))
+        assert h.state("Counter", "s") == {"count": 1}, "not a minute early"
+        await h.advance(timedelta(minutes=1))
+        assert h.state("Counter", "s") == {"count": 2}
+        again = h.send(add_later, 1, key="t")
+        await h.advance(timedelta(hours=2))
+        assert h.state("Counter", "t") == {"count": 2}, "both sleeps in one advance"
+        assert h.status(again) is None, "completed, and not retained"
+
+
+async def test_cancel_reaches_a_sleeping_handler() -> None:
+    async with Harness(SERVICES) as h:
+        sleeper = h.send(add_later, 1, key="c", idempotency_key="keep-it")
+        await h.settle()
+        h.cancel(sleeper)
+        await h.settle()
+        with pytest.raises(TerminalError) as failure:
+            h.outcome(sleeper)
+        assert failure.value.status_code == 409
+        assert h.state("Counter", "c") == {}
+        assert await h.call(add, 1, key="c") == 1, "the key is free again"
+
+
+async def test_a_workflow_waits_for_its_promise() -> None:
+    async with Harness(SERVICES) as h:
+        run_id = h.send(run, "ada@example.com", key="w1")
+        await h.settle()
+        assert h.status(run_id) == "running"
+        await h.call(click, "s3cret", key="w1")
+        await h.settle()
+        assert h.outcome(run_id) == "ada@example.com verified with s3cret"
+        with pytest.raises(TerminalError) as again:
+            await h.call(run, "ada@example.com", key="w1")
+        assert again.value.status_code == 409, "a workflow runs once per id"
+
+
+async def test_the_readme_example() -> None:
+    from examples.quickstart import greet, greeter
+
+    async with Harness([greeter]) as h:
+        assert await h.call(greet, "Ada") == "Hello Ada"
+        later = h.send(greet, "Bob", delay=timedelta(hours=1))
+        assert h.status(later) == "scheduled"
+        await h.advance(timedelta(hours=1))  # due now: it has run
+        assert h.status(later) is None, "completed (and, without a key, not retained)"
