@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
 
 from streams.engine.journal import InvocationMeta
 from streams.metrics import DEADLETTERS
@@ -71,10 +70,13 @@ class Outbox:
         )
 
     def outcome(self, request_id: str, meta: InvocationMeta) -> None:
-        """A completed invocation's outcome, to whoever sent ``request_id``."""
-        status: Literal["success", "failure"] = "success" if meta.failure is None else "failure"
-        self.response(Response(request_id=request_id, invocation_id=meta.id, status=status,
-                               value=meta.value, failure=meta.failure))  # fmt: skip
+        """A completed invocation's outcome, to whoever sent ``request_id``: its failure
+        alone (a value refused as too large never travels with it), or its value."""
+        if meta.failure is not None:
+            self.failure_response(request_id, meta.id, meta.failure)
+        else:
+            self.response(Response(request_id=request_id, invocation_id=meta.id,
+                                   status="success", value=meta.value))  # fmt: skip
 
     def unrouted(self, record: Invoke, failure: Failure) -> None:
         """Answer a call that cannot run (unknown target, too large, a bad id) without

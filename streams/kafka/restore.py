@@ -50,7 +50,7 @@ def restore_partition(restorer: Consumer, topics: Topics, processor: PartitionPr
     if not pending:
         return
     restorer.assign(pending)
-    deadline = time.monotonic() + 5 * RESTORE_TIMEOUT
+    deadline = time.monotonic() + RESTORE_TIMEOUT
     try:
         while True:
             for message in consume_ready(restorer, 1000, 0.1):

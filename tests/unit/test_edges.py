@@ -295,3 +295,14 @@ async def test_a_large_result_nobody_retains_is_not_refused() -> None:
     h.call(Target(service="Helper", handler="large"), 500_000, request_id="big")
     await until(lambda: "big" in h.responses())
     assert h.responses()["big"].failure is None
+
+
+async def test_a_result_refused_as_too_large_is_answered_by_its_failure_alone() -> None:
+    h = harness()
+    h.call(Target(service="Helper", handler="large"), 1_100_000, request_id="huge")
+    await until(lambda: "huge" in h.responses())
+    failure = h.responses()["huge"].failure
+    assert failure is not None
+    assert failure.code == 413
+    answer = next(o for o in h.out if o.topic == TOPICS.responses)
+    assert len(answer.value or b"") < 2_000, "the refused value never travels with its 413"
