@@ -22,6 +22,7 @@ broker (crashes, rebalances, exactly-once across processes) is not what this is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -95,6 +96,8 @@ class Harness:
     ) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         self.processor.close()
 
     # -- what a test does ---------------------------------------------------------------
