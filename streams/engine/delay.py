@@ -41,13 +41,12 @@ import re
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Protocol
 
-from streams.engine.outbox import Out
+from streams.engine.outbox import Out, set_aside
 from streams.metrics import DEADLETTERS
 from streams.wire import ids
-from streams.wire.records import DeadLetter, Delayed, Fired, RecordError, decode_delay, encode
+from streams.wire.records import Delayed, Fired, RecordError, decode_delay, encode
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.delay")
@@ -282,16 +281,8 @@ class DelayProcessor:
     def _dead_letter(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
     ) -> Out:
-        letter = DeadLetter.of(
-            error,
-            topic=self.topics.delay,
-            partition=self.partition,
-            offset=offset,
-            key=key,
-            value=value,
-            at=datetime.now(UTC),
-        )
-        return Out(self.topics.deadletter, 0, key, *letter.record(key, value))
+        source = (self.topics.delay, self.partition, offset)
+        return set_aside(error, source, key, value, self.topics.deadletter)
 
     def _hold(self, offset: int, due: float, released: Out) -> None:
         self._held[offset] = released

@@ -137,15 +137,21 @@ class Outbox:
         log.warning(
             "dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset, error
         )
-        letter = DeadLetter.of(
-            error,
-            topic=self.topics.ingress,
-            partition=self.partition,
-            offset=offset,
-            key=key,
-            value=value,
-            at=datetime.now(UTC),
-        )
         DEADLETTERS.labels(error.reason).inc()
-        value, headers = letter.record(key, value)
-        self._emit(Out(self.topics.deadletter, 0, key, value, headers))
+        source = (self.topics.ingress, self.partition, offset)
+        self._emit(set_aside(error, source, key, value, self.topics.deadletter))
+
+
+def set_aside(
+    error: RecordError,
+    source: tuple[str, int, int],
+    key: bytes | None,
+    value: bytes | None,
+    deadletter_topic: str,
+) -> Out:
+    """The dead letter of the record at ``source`` (topic, partition, offset): its key and
+    value unchanged, why in its headers, cut only if it would not fit."""
+    topic, partition, offset = source
+    letter = DeadLetter.of(error, topic=topic, partition=partition, offset=offset, key=key,
+                           value=value, at=datetime.now(UTC))  # fmt: skip
+    return Out(deadletter_topic, 0, key, *letter.record(key, value))
