@@ -142,6 +142,11 @@ class Client:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def awaited(self) -> int:
+        """Responses this client still waits for (one per call in flight)."""
+        return len(self._pending)
+
     def _assign_reader(self) -> None:
         """Read responses from the current end, fixed now, so no response can be missed."""
         metadata = self._reader.list_topics(timeout=_TIMEOUT).topics

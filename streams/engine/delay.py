@@ -311,6 +311,11 @@ class DelayProcessor:
         read, so the worker's Kafka thread may ask."""
         return self._timer_at
 
+    @property
+    def next_read_back(self) -> float | None:
+        """When the next read-back of far messages is due (wall-clock seconds), if armed."""
+        return self._refill_at
+
     # -- horizon and read-back -------------------------------------------------------------
 
     def _extend_horizon(self, now: float) -> None:

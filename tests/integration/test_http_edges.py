@@ -93,7 +93,7 @@ async def test_a_client_that_hangs_up_frees_its_slot(
             return ingress.in_flight
 
         await poll_until(in_flight, 0, 30, "calls in flight after their clients left")
-        assert not ingress.client._pending, "no response is awaited for a client that left"
+        assert ingress.client.awaited == 0, "no response is awaited for a client that left"
         async with (
             aiohttp.ClientSession() as http,
             http.post(f"{url}/Relay/echo", json=1) as reply,

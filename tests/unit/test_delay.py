@@ -418,8 +418,8 @@ async def test_an_idle_processor_has_one_timer_for_its_next_read_back_and_none_e
     log.delayed(T0 + 5 * 3600)
     rig.feed()
     processor = rig.processor
-    assert processor._timer is None
-    assert processor._refill_at == T0 + 5 * 3600 - delay.LEAD
+    assert processor.next_due is None, "no release timer"
+    assert processor.next_read_back == T0 + 5 * 3600 - delay.LEAD
 
 
 # -- restarts and rebalances --------------------------------------------------------------
