@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import NonDeterminismError, TerminalError
-from streams.engine.context import InvocationContext, measured
+from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
+from streams.engine.values import measured
 from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES
 from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
 

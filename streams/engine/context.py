@@ -15,7 +15,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import Executor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from pydantic import TypeAdapter
@@ -33,18 +33,15 @@ from handlers.context import (
     WorkflowContext,
 )
 from handlers.exceptions import NonDeterminismError, TerminalError
-from handlers.serde import JSON
 from handlers.service import handler_of
 from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise
-from streams.wire import ids
+from streams.engine.values import checked_headers, checked_id, due_after, writable
 from streams.wire.records import (
-    MAX_VALUE_BYTES,
     Caller,
     Completion,
     Failure,
     Target,
-    value_size,
 )
 
 T = TypeVar("T")
@@ -110,7 +107,7 @@ class _Callee(Callee):
         headers: Mapping[str, str] | None = None,
     ) -> CallFuture[Any]:
         if timeout is not None:
-            _due_after(timeout, f"the timeout of a call to {self._target.path()}")
+            due_after(timeout, f"the timeout of a call to {self._target.path()}")
         index = self._ctx.outgoing("call", self._target, arg, idempotency_key, headers, None)
         if timeout is not None:
             self._ctx.deadline(index, timeout)
@@ -134,63 +131,6 @@ class _Recipient(Recipient):
         callee = self._ctx.invocation.journal[index].callee
         assert callee is not None
         return _SentHandle(callee)
-
-
-def _checked(invocation_id: str) -> None:
-    """A malformed id from handler code is the handler's terminal error (400)."""
-    try:
-        ids.validate(invocation_id)
-    except ids.InvalidId as error:
-        raise TerminalError(str(error), 400) from None
-
-
-def writable(value: Any, what: str) -> Any:
-    """``value`` as JSON that fits in a record: not JSON is a 400, too large a 413, raised
-    where the handler made it, before anything is journaled (so a replay raises the same)."""
-    return measured(value, what)[0]
-
-
-def measured(value: Any, what: str) -> tuple[Any, int]:
-    """:func:`writable`, with the size of the JSON it will be written as."""
-    encoded = JSON.encode(value, what)
-    try:
-        size = value_size(encoded)
-    except UnicodeEncodeError:
-        raise TerminalError(f"{what} holds a lone UTF-16 surrogate: not JSON", 400) from None
-    if size > MAX_VALUE_BYTES:
-        raise TerminalError(
-            f"{what} is {size} bytes of JSON; Kourier writes at most {MAX_VALUE_BYTES} "
-            "in one record",
-            413,
-        )
-    return encoded, size
-
-
-def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Headers of a call or send: names and values are strings (400), of 64 KiB in all at
-    most (413), as an HTTP server would take them."""
-    found = dict(headers or {})
-    for name, value in found.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TerminalError(f"header {name!r}: names and values must be strings", 400)
-    if found and value_size(found) > _MAX_HEADER_BYTES:
-        raise TerminalError(f"headers over {_MAX_HEADER_BYTES} bytes", 413)
-    return found
-
-
-_MAX_HEADER_BYTES = 64 * 1024
-
-
-#: Latest due time a timer or a delayed send may have: what a datetime holds.
-_LATEST = datetime.max.replace(tzinfo=UTC).timestamp() - 86_400
-
-
-def _due_after(duration: timedelta, what: str) -> float:
-    """Now plus ``duration`` as epoch seconds; past the year 9999 it is a 400."""
-    due = time.time() + duration.total_seconds()
-    if due > _LATEST:
-        raise TerminalError(f"{what} ({duration}) ends after the year 9999", 400)
-    return due
 
 
 def _target(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
@@ -272,8 +212,8 @@ class InvocationContext(WorkflowContext):
         # here on replay too, so the handler's next operation meets the same entry, and no
         # entry is left behind that a retry would wait on forever.
         argument = writable(arg, f"the argument of {kind} {target.path()}")
-        sent_headers = _headers(headers)
-        due = _due_after(delay, f"the delay of {target.path()}") if delay else None
+        sent_headers = checked_headers(headers)
+        due = due_after(delay, f"the delay of {target.path()}") if delay else None
         index, entry = self._step(kind, target=target)
         if entry is None:
             callee = self.invocation.callee_id(index, target, idempotency_key)
@@ -338,7 +278,7 @@ class InvocationContext(WorkflowContext):
         return _Recipient(self, _target(workflow, workflow_id, handler, "workflow_send"))
 
     def attach_invocation(self, invocation_id: str) -> DurableFuture[Any]:
-        _checked(invocation_id)
+        checked_id(invocation_id)
         index, entry = self._step("attach", callee=invocation_id)
         if entry is None:
             index = self._new_entry(Entry(kind="attach", callee=invocation_id))
@@ -347,7 +287,7 @@ class InvocationContext(WorkflowContext):
         return _EntryFuture(self, index)
 
     def cancel_invocation(self, invocation_id: str) -> None:
-        _checked(invocation_id)
+        checked_id(invocation_id)
         _index, entry = self._step("cancel", callee=invocation_id)
         if entry is None:
             self.invocation.append(Entry(kind="cancel", callee=invocation_id, done=True))
@@ -381,7 +321,7 @@ class InvocationContext(WorkflowContext):
 
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
         """A timer on the delay topic: its firing is a completion like a call's outcome."""
-        due = _due_after(duration, "a sleep")
+        due = due_after(duration, "a sleep")
         index, entry = self._step("sleep")
         if entry is None:
             me = self.invocation.meta.id

@@ -8,6 +8,8 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from streams.settings import Settings
+
 # Answers that pass by themselves: leadership moving or not yet settled, a broker restarting.
 _TRANSIENT = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -60,3 +62,26 @@ def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Messag
     if first is None:
         return []
     return [first, *consumer.consume(limit - 1, 0)]
+
+
+def worker_consumer(settings: Settings, group: str) -> Consumer:
+    """A ``read_committed`` consumer as the worker uses them: in ``group`` (the workers'
+    group, or one of its own for restores), committing nothing by itself."""
+    return Consumer(
+        settings.client_config(
+            {
+                "log_level": 4,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                # Range assigns partition p of the ingress and the delay topic to one worker,
+                # and spreads both evenly (cooperative-sticky balances their sum instead).
+                "partition.assignment.strategy": "range",
+                "fetch.wait.max.ms": 5,
+                # The broker's minimum, so that a dead worker's partitions move on quickly.
+                "session.timeout.ms": 6_000,
+                "heartbeat.interval.ms": 1_000,
+            }
+        )
+    )

@@ -16,11 +16,32 @@ from collections.abc import Callable
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streams.kafka.committer import Snapshot
+from streams.settings import Settings
 
 log = logging.getLogger("kourier.worker")
 
 #: Seconds a transactional call may take before librdkafka gives up on it.
 TIMEOUT = 30.0
+
+
+def transactional_producer(settings: Settings, transactional_id: str) -> Producer:
+    """A producer for one worker's transactions, its earlier self's open one aborted."""
+    producer = Producer(
+        settings.producer_config(
+            {
+                "log_level": 4,
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": 10_000,
+                "linger.ms": 1,
+                # The default 100 ms backoff caps a transactional producer at ~10 commits/s:
+                # the next transaction waits for the previous one's markers.
+                "retry.backoff.ms": 1,
+                "retry.backoff.max.ms": 20,
+            }
+        )
+    )
+    producer.init_transactions(TIMEOUT)
+    return producer
 
 
 class Transactions:

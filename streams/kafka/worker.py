@@ -10,7 +10,6 @@ so a worker that lost its partitions (a zombie) can no longer commit anything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
@@ -37,10 +36,10 @@ from streams.engine.registry import Registry
 from streams.errors import KourierError
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
-from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.gauges import forget_gauges, observe
+from streams.kafka.offsets import consume_ready, watermarks, worker_consumer
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
-from streams.kafka.transactions import Transactions
-from streams.metrics import INBOX, LAG, PENDING_TIMERS
+from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
 from streams.wire.topics import Topics
 
@@ -117,41 +116,10 @@ class Worker:
         return f"{self.settings.namespace}.worker.{self._worker_id}"
 
     def _new_producer(self) -> Producer:
-        producer = Producer(
-            self.settings.producer_config(
-                {
-                    "log_level": 4,
-                    "transactional.id": self._transactional_id(),
-                    "transaction.timeout.ms": 10_000,
-                    "linger.ms": 1,
-                    # The default 100 ms backoff caps a transactional producer at ~10 commits/s:
-                    # the next transaction waits for the previous one's markers.
-                    "retry.backoff.ms": 1,
-                    "retry.backoff.max.ms": 20,
-                }
-            )
-        )
-        producer.init_transactions(_TIMEOUT)
-        return producer
+        return transactional_producer(self.settings, self._transactional_id())
 
     def _new_consumer(self, group: str | None = None) -> Consumer:
-        return Consumer(
-            self._client(
-                {
-                    "group.id": group or f"{self.settings.namespace}.workers",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "isolation.level": "read_committed",
-                    # Range assigns partition p of the ingress and the delay topic to one worker,
-                    # and spreads both evenly (cooperative-sticky balances their sum instead).
-                    "partition.assignment.strategy": "range",
-                    "fetch.wait.max.ms": 5,
-                    # The broker's minimum, so that a dead worker's partitions move on quickly.
-                    "session.timeout.ms": 6_000,
-                    "heartbeat.interval.ms": 1_000,
-                }
-            )
-        )
+        return worker_consumer(self.settings, group or f"{self.settings.namespace}.workers")
 
     def _publish_manifest(self) -> None:
         producer = self._transactions.producer
@@ -245,20 +213,9 @@ class Worker:
         return 0.0 if self._committer.idle else 0.001
 
     def _observe(self) -> None:
-        """Refresh the gauges: consumer lag, inbox depth, pending timers (Kafka thread)."""
+        """Refresh the gauges (Kafka thread)."""
         self._observed_at = time.monotonic()
-        owned = [TopicPartition(self.topics.ingress, p) for p in list(self.processors)]
-        owned += [TopicPartition(self.topics.delay, p) for p in list(self.delays)]
-        with contextlib.suppress(KafkaException):
-            for tp in self._consumer.position(owned):
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-                if high == 0 or (tp.offset >= 0 and high >= 0):  # an empty partition: 0
-                    LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - max(tp.offset, 0)))
-        for partition, processor in list(self.processors.items()):
-            depth = processor.locks.waiting()
-            INBOX.labels(str(partition)).set(depth)
-        for partition, delay in list(self.delays.items()):
-            PENDING_TIMERS.labels(str(partition)).set(delay.pending)
+        observe(self._consumer, self.topics, self.processors, self.delays)
 
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the event loop and wait for its result (Kafka thread only)."""
@@ -531,7 +488,7 @@ class Worker:
 
     async def _forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
         for tp in partitions:
-            _forget_gauges(tp)
+            forget_gauges(tp)
             if tp.topic == self.topics.delay:
                 delay = self.delays.pop(tp.partition, None)
                 if delay is not None and close:
@@ -541,13 +498,3 @@ class Worker:
             if processor is not None and close:
                 processor.close()
             self._offsets.pop(tp.partition, None)
-
-
-def _forget_gauges(tp: TopicPartition) -> None:
-    """Drop the per-partition gauges of a partition this worker no longer owns, so that
-    two workers never report one partition."""
-    with contextlib.suppress(KeyError):
-        LAG.remove(tp.topic, str(tp.partition))
-    for gauge in (INBOX, PENDING_TIMERS):
-        with contextlib.suppress(KeyError):
-            gauge.remove(str(tp.partition))

@@ -1,0 +1,76 @@
+"""What a handler hands to Kourier is checked where the handler hands it over.
+
+An argument, a result, a ``ctx.run`` value, headers, a delay or an invocation id that
+Kourier could not write, or that is not what it claims, is the handler's terminal error
+(400, or 413 when too large), raised at the call site before anything is journaled: a
+replay meets the same error at the same place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from handlers.exceptions import TerminalError
+from handlers.serde import JSON
+from streams.wire import ids
+from streams.wire.records import MAX_VALUE_BYTES, value_size
+
+
+def checked_id(invocation_id: str) -> None:
+    """A malformed id from handler code is the handler's terminal error (400)."""
+    try:
+        ids.validate(invocation_id)
+    except ids.InvalidId as error:
+        raise TerminalError(str(error), 400) from None
+
+
+def writable(value: Any, what: str) -> Any:
+    """``value`` as JSON that fits in a record: not JSON is a 400, too large a 413, raised
+    where the handler made it, before anything is journaled (so a replay raises the same)."""
+    return measured(value, what)[0]
+
+
+def measured(value: Any, what: str) -> tuple[Any, int]:
+    """:func:`writable`, with the size of the JSON it will be written as."""
+    encoded = JSON.encode(value, what)
+    try:
+        size = value_size(encoded)
+    except UnicodeEncodeError:
+        raise TerminalError(f"{what} holds a lone UTF-16 surrogate: not JSON", 400) from None
+    if size > MAX_VALUE_BYTES:
+        raise TerminalError(
+            f"{what} is {size} bytes of JSON; Kourier writes at most {MAX_VALUE_BYTES} "
+            "in one record",
+            413,
+        )
+    return encoded, size
+
+
+def checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers of a call or send: names and values are strings (400), of 64 KiB in all at
+    most (413), as an HTTP server would take them."""
+    found = dict(headers or {})
+    for name, value in found.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TerminalError(f"header {name!r}: names and values must be strings", 400)
+    if found and value_size(found) > _MAX_HEADER_BYTES:
+        raise TerminalError(f"headers over {_MAX_HEADER_BYTES} bytes", 413)
+    return found
+
+
+_MAX_HEADER_BYTES = 64 * 1024
+
+
+#: Latest due time a timer or a delayed send may have: what a datetime holds.
+_LATEST = datetime.max.replace(tzinfo=UTC).timestamp() - 86_400
+
+
+def due_after(duration: timedelta, what: str) -> float:
+    """Now plus ``duration`` as epoch seconds; past the year 9999 it is a 400."""
+    due = time.time() + duration.total_seconds()
+    if due > _LATEST:
+        raise TerminalError(f"{what} ({duration}) ends after the year 9999", 400)
+    return due

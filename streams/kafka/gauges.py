@@ -1,0 +1,47 @@
+"""The worker's per-partition gauges: consumer lag, inbox depth, pending timers.
+
+Refreshed by the Kafka thread about once a second; a partition's gauges are dropped when
+the worker gives it up, so that two workers never report one partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streams.engine.delay import DelayProcessor
+from streams.engine.partition import PartitionProcessor
+from streams.metrics import INBOX, LAG, PENDING_TIMERS
+from streams.wire.topics import Topics
+
+
+def observe(
+    consumer: Consumer,
+    topics: Topics,
+    processors: Mapping[int, PartitionProcessor],
+    delays: Mapping[int, DelayProcessor],
+) -> None:
+    """Refresh the gauges: consumer lag, inbox depth, pending timers (Kafka thread)."""
+    owned = [TopicPartition(topics.ingress, p) for p in list(processors)]
+    owned += [TopicPartition(topics.delay, p) for p in list(delays)]
+    with contextlib.suppress(KafkaException):
+        for tp in consumer.position(owned):
+            _, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            if high == 0 or (tp.offset >= 0 and high >= 0):  # an empty partition: 0
+                LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - max(tp.offset, 0)))
+    for partition, processor in list(processors.items()):
+        INBOX.labels(str(partition)).set(processor.locks.waiting())
+    for partition, delay in list(delays.items()):
+        PENDING_TIMERS.labels(str(partition)).set(delay.pending)
+
+
+def forget_gauges(tp: TopicPartition) -> None:
+    """Drop the per-partition gauges of a partition this worker no longer owns, so that
+    two workers never report one partition."""
+    with contextlib.suppress(KeyError):
+        LAG.remove(tp.topic, str(tp.partition))
+    for gauge in (INBOX, PENDING_TIMERS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(str(tp.partition))
