@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 import streams.http.ingress
+import streams.kafka.offsets
 import streams.kafka.worker
 import streams.metrics
 from streams.cli import build_parser
@@ -412,7 +413,7 @@ def test_keda_scales_the_workers_group_on_its_ingress_topic(
     namespace = config["KOURIER_NAMESPACE"]
     # The group id the worker really uses: build its consumer config without Kafka.
     configs: list[dict[str, Any]] = []
-    monkeypatch.setattr(streams.kafka.worker, "Consumer", configs.append)
+    monkeypatch.setattr(streams.kafka.offsets, "Consumer", configs.append)
     streams.kafka.worker.Worker(Settings(namespace=namespace), [])._new_consumer()
     (consumer,) = configs
     group = consumer["group.id"]
