@@ -1,4 +1,4 @@
-"""The ``kourier`` command line."""
+"""What each ``kourier`` command does; ``streams.cli.parser`` maps the command line to them."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from streams.errors import KourierError
 from streams.kafka import broker
 from streams.settings import Settings
 from streams.wire.topics import Topics
 
-_DEFAULT_DATA = Path.home() / ".cache" / "kourier" / "broker"
+DEFAULT_DATA = Path.home() / ".cache" / "kourier" / "broker"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -28,43 +26,43 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 # -- broker ------------------------------------------------------------------
 
 
-def _broker_start(args: argparse.Namespace) -> int:
+def broker_start(args: argparse.Namespace) -> int:
     began = time.monotonic()
-    _say(f"kourier: resolving Apache Kafka {broker.kafka_version()} with Maven ...")
+    say(f"kourier: resolving Apache Kafka {broker.kafka_version()} with Maven ...")
     broker.resolve_jars()
     if args.nodes > 1:
-        _say(f"kourier: starting {args.nodes} KRaft nodes in {args.data} ...")
+        say(f"kourier: starting {args.nodes} KRaft nodes in {args.data} ...")
         cluster = broker.start_cluster(Path(args.data), args.nodes, port=args.port)
         pids = ", ".join(str(node.pid) for node in cluster.nodes)
-        _say(f"kourier: cluster ready in {time.monotonic() - began:.1f}s (pids {pids})")
+        say(f"kourier: cluster ready in {time.monotonic() - began:.1f}s (pids {pids})")
         print(cluster.bootstrap)
         return 0
-    _say(f"kourier: starting the broker in {args.data} ...")
+    say(f"kourier: starting the broker in {args.data} ...")
     running = broker.start(Path(args.data), port=args.port)
-    _say(f"kourier: broker pid {running.pid} ready in {time.monotonic() - began:.1f}s")
+    say(f"kourier: broker pid {running.pid} ready in {time.monotonic() - began:.1f}s")
     print(running.bootstrap)
     return 0
 
 
-def _broker_jars(args: argparse.Namespace) -> int:
+def broker_jars(args: argparse.Namespace) -> int:
     print(broker.resolve_jars())
     return 0
 
 
-def _broker_stop(args: argparse.Namespace) -> int:
+def broker_stop(args: argparse.Namespace) -> int:
     stopped = broker.stop(Path(args.data))
-    _say("kourier: broker stopped" if stopped else "kourier: no broker was running there")
+    say("kourier: broker stopped" if stopped else "kourier: no broker was running there")
     return 0
 
 
-def _broker_status(args: argparse.Namespace) -> int:
+def broker_status(args: argparse.Namespace) -> int:
     nodes = broker.cluster_status(Path(args.data))
     if nodes:
         rows = [
@@ -95,7 +93,7 @@ def _broker_status(args: argparse.Namespace) -> int:
 # -- schema and topics ---------------------------------------------------------
 
 
-def _schema(args: argparse.Namespace) -> int:
+def schema(args: argparse.Namespace) -> int:
     from streams.wire.records import json_schemas
 
     schemas = json_schemas()
@@ -104,7 +102,7 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _topics_create(args: argparse.Namespace) -> int:
+def topics_create(args: argparse.Namespace) -> int:
     from streams.kafka.admin import create_topics
 
     for state in create_topics(_settings(args)):
@@ -114,13 +112,13 @@ def _topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _topics_describe(args: argparse.Namespace) -> int:
+def topics_describe(args: argparse.Namespace) -> int:
     from streams.kafka.admin import describe_topics
 
     described = describe_topics(_settings(args))
     print(json.dumps(described, indent=2))
     for warning in described["warnings"]:
-        _say(f"kourier: warning: {warning}")
+        say(f"kourier: warning: {warning}")
     return 0
 
 
@@ -153,7 +151,7 @@ def _run_until_signal(main: Any) -> int:
     return 0
 
 
-def _worker(args: argparse.Namespace) -> int:
+def worker(args: argparse.Namespace) -> int:
     import asyncio
 
     from streams.engine.registry import load_services
@@ -166,7 +164,7 @@ def _worker(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=args.metrics_host)
-        _say(f"kourier: worker metrics on http://{args.metrics_host}:{args.metrics_port}/metrics")
+        say(f"kourier: worker metrics on http://{args.metrics_host}:{args.metrics_port}/metrics")
 
     async def main(stop: Any) -> None:
         task = asyncio.create_task(worker.run())
@@ -178,7 +176,7 @@ def _worker(args: argparse.Namespace) -> int:
     return _run_until_signal(main)
 
 
-def _ingress(args: argparse.Namespace) -> int:
+def ingress(args: argparse.Namespace) -> int:
     from streams.http.ingress import serve
 
     _configure_logging()
@@ -196,7 +194,7 @@ def _ingress(args: argparse.Namespace) -> int:
     return _run_until_signal(main)
 
 
-def _dev(args: argparse.Namespace) -> int:
+def dev(args: argparse.Namespace) -> int:
     """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go."""
     import asyncio
 
@@ -228,7 +226,7 @@ def _dev(args: argparse.Namespace) -> int:
             ingress, runners = await serve(
                 settings, host=args.host, port=args.port, admin_port=args.admin_port
             )
-            _say(
+            say(
                 f"kourier dev: Kafka {settings.bootstrap_servers}, namespace "
                 f"{settings.namespace}, ingress http://{args.host}:{args.port}, "
                 f"admin http://{args.host}:{args.admin_port}"
@@ -258,7 +256,7 @@ def _parse_target(text: str) -> Any:
     raise ValueError(f"target {text!r} must be Service/handler or Object/key/handler")
 
 
-def _call(args: argparse.Namespace) -> int:
+def call(args: argparse.Namespace) -> int:
     import asyncio
 
     from streams.client import Client
@@ -281,7 +279,7 @@ def _call(args: argparse.Namespace) -> int:
             inv_id, response = await client.call(
                 target, argument, idempotency_key=args.idempotency_key
             )
-            _say(f"invocation {inv_id}")
+            say(f"invocation {inv_id}")
             if response.failure is not None:
                 print(json.dumps(response.failure.model_dump()))
                 return 1
@@ -317,7 +315,7 @@ def _http(method: str, url: str) -> tuple[int, Any]:
         raise ConnectionError(message) from None
 
 
-def _admin(args: argparse.Namespace) -> int:
+def admin(args: argparse.Namespace) -> int:
     from urllib.parse import quote, urlencode
 
     admin = args.admin_url.rstrip("/")
@@ -343,7 +341,7 @@ def _admin(args: argparse.Namespace) -> int:
     return 0 if status < 400 else 1
 
 
-def _dlq(args: argparse.Namespace) -> int:
+def dlq(args: argparse.Namespace) -> int:
     from streams.kafka import deadletters
 
     settings = _settings(args)
@@ -357,197 +355,15 @@ def _dlq(args: argparse.Namespace) -> int:
         ingress = Topics(settings.namespace).ingress
         kept = [x.dlq_offset for x in chosen if x.truncated is not None or x.topic != ingress]
         if kept:
-            _say(f"kourier: leaving {len(kept)} letters that cannot be replayed: offsets {kept}")
+            say(f"kourier: leaving {len(kept)} letters that cannot be replayed: offsets {kept}")
         chosen = [x for x in chosen if x.dlq_offset not in kept]
     if not chosen:
-        _say("kourier: nothing to replay: give --offset N (repeatable) or --all")
+        say("kourier: nothing to replay: give --offset N (repeatable) or --all")
         return 1
     try:
         count = deadletters.replay(settings, chosen)
     except ValueError as error:
-        _say(f"kourier: {error}; nothing was replayed")
+        say(f"kourier: {error}; nothing was replayed")
         return 1
     print(json.dumps({"replayed": count, "offsets": [x.dlq_offset for x in chosen]}))
     return 0
-
-
-# -- parser -------------------------------------------------------------------
-
-
-def _kafka_flags(parser: argparse.ArgumentParser, partitions: bool = False) -> None:
-    parser.add_argument("--bootstrap-servers", help="Kafka bootstrap (KOURIER_BOOTSTRAP_SERVERS)")
-    parser.add_argument("--namespace", help="topic prefix (KOURIER_NAMESPACE, default kourier)")
-    if partitions:
-        parser.add_argument(
-            "--partitions", type=int, help="ingress partitions (KOURIER_PARTITIONS, default 8)"
-        )
-
-
-def _http_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="HTTP ingress port")
-    parser.add_argument("--admin-port", type=int, default=9070, help="admin API port")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kourier", description="Durable service invocation on Apache Kafka."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    broker_cmd = commands.add_parser("broker", help="a local Apache Kafka broker (KRaft)")
-    broker_ops = broker_cmd.add_subparsers(dest="op", required=True)
-    for name, func, text in (
-        ("start", _broker_start, "resolve the jars, format storage, start, wait until ready"),
-        ("stop", _broker_stop, "stop the broker by its PID"),
-        ("status", _broker_status, "print whether the broker runs (exit 1 if not)"),
-        ("jars", _broker_jars, "resolve the broker jars with Maven and print their directory"),
-    ):
-        op = broker_ops.add_parser(name, help=text)
-        if name != "jars":
-            op.add_argument("--data", default=str(_DEFAULT_DATA), help="data directory")
-        if name == "start":
-            op.add_argument(
-                "--port", type=int, default=9092, help="listener port, the first node's with "
-                "--nodes (the others take the next ones); 0 = any free"
-            )  # fmt: skip
-            op.add_argument(
-                "--nodes", type=int, default=1, help="KRaft nodes: 3 starts a local cluster"
-            )
-        op.set_defaults(func=func)
-
-    schema = commands.add_parser("schema", help="JSON Schema of the ingress and response records")
-    schema.add_argument("which", nargs="?", choices=("all", "ingress", "response"), default="all")
-    schema.set_defaults(func=_schema)
-
-    topics = commands.add_parser("topics", help="create or describe Kourier's topics")
-    topic_ops = topics.add_subparsers(dest="op", required=True)
-    create = topic_ops.add_parser("create", help="create missing topics (idempotent)")
-    _kafka_flags(create, partitions=True)
-    create.add_argument(
-        "--replication-factor",
-        type=int,
-        help="replicas per topic (KOURIER_REPLICATION_FACTOR; default min(3, brokers))",
-    )
-    create.set_defaults(func=_topics_create)
-    describe = topic_ops.add_parser("describe", help="show the namespace's topics")
-    _kafka_flags(describe, partitions=True)
-    describe.set_defaults(func=_topics_describe)
-    worker = commands.add_parser("worker", help="run handlers: MODULE or MODULE:ATTR")
-    worker.add_argument("module", help="e.g. examples.quickstart or app.services:ALL")
-    worker.add_argument("--worker-id", help="stable id (default: host name + free slot)")
-    worker.add_argument("-v", "--verbose", action="store_true")
-    worker.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(os.environ["KOURIER_METRICS_PORT"])
-        if os.environ.get("KOURIER_METRICS_PORT")
-        else None,
-        help="serve Prometheus metrics on this port (KOURIER_METRICS_PORT; default: off)",
-    )
-    worker.add_argument("--metrics-host", default="127.0.0.1", help="interface for metrics")
-    _kafka_flags(worker)
-    worker.set_defaults(func=_worker)
-
-    ingress = commands.add_parser("ingress", help="the HTTP ingress and the admin API")
-    _http_flags(ingress)
-    _kafka_flags(ingress)
-    ingress.set_defaults(func=_ingress)
-
-    dev = commands.add_parser("dev", help="broker + topics + worker + ingress, for development")
-    dev.add_argument("module", help="the handlers to run, e.g. examples.quickstart")
-    dev.add_argument("--kafka-port", type=int, default=0, help="local broker port (0 = free)")
-    dev.add_argument("--nodes", type=int, default=1, help="local KRaft nodes (3: a cluster)")
-    dev.add_argument("--data", default=str(_DEFAULT_DATA.with_name("dev-broker")))
-    dev.add_argument("-v", "--verbose", action="store_true")
-    _http_flags(dev)
-    _kafka_flags(dev, partitions=True)
-    dev.set_defaults(func=_dev)
-
-    for name, text in (
-        ("call", "call a handler and print its result"),
-        ("send", "send a one-way message to a handler"),
-    ):
-        cmd = commands.add_parser(name, help=text)
-        cmd.add_argument("target", help="Service/handler or Object/key/handler")
-        cmd.add_argument("json", nargs="?", help="the argument, as JSON")
-        cmd.add_argument("--idempotency-key")
-        if name == "send":
-            cmd.add_argument("--delay", help="run no earlier than this: 500ms, 5s, 10m, PT1H")
-        _kafka_flags(cmd)
-        cmd.set_defaults(func=_call)
-
-    invocations = commands.add_parser("invocations", help="list, inspect and control invocations")
-    invocation_ops = invocations.add_subparsers(dest="op", required=True)
-    listing = invocation_ops.add_parser("list", help="invocations, newest first")
-    listing.add_argument("--status", help="pending, running, suspended, backing-off, paused, ...")
-    listing.add_argument("--service")
-    listing.add_argument("--key")
-    listing.add_argument("--limit", type=int, default=50)
-    _admin_flags(listing)
-    deadlocks = invocation_ops.add_parser("deadlocks", help="wait-for cycles between invocations")
-    _admin_flags(deadlocks)
-    for name, text in (
-        ("describe", "status, journal and what it waits on"),
-        ("cancel", "cancel: a 409 at its next await; it may compensate"),
-        ("kill", "stop it and its calls at once, without compensation"),
-        ("purge", "forget a completed invocation's retained outcome"),
-        ("resume", "retry a paused invocation"),
-        ("attach", "wait for its outcome and print it"),
-    ):
-        op = invocation_ops.add_parser(name, help=text)
-        op.add_argument("id", help="invocation id (inv_...)")
-        _admin_flags(op)
-    dlq = commands.add_parser("dlq", help="dead letters: list them, replay them to ingress")
-    dlq_ops = dlq.add_subparsers(dest="op", required=True)
-    dlq_list = dlq_ops.add_parser("list", help="dead letters with their reason, newest last")
-    dlq_list.add_argument("--limit", type=int, default=100)
-    dlq_replay = dlq_ops.add_parser("replay", help="produce dead letters to ingress again")
-    dlq_replay.add_argument("--offset", type=int, action="append", help="a DLQ offset")
-    dlq_replay.add_argument("--all", action="store_true", help="every one (of --reason)")
-    for op in (dlq_list, dlq_replay):
-        op.add_argument("--reason", help="only these: not-json, bad-schema, unknown-target, ...")
-        _kafka_flags(op)
-        op.set_defaults(func=_dlq)
-    services = commands.add_parser("services", help="services the workers announce")
-    _admin_flags(services)
-    state = commands.add_parser("state", help="an object's or workflow's state")
-    state_ops = state.add_subparsers(dest="op", required=True)
-    state_get = state_ops.add_parser("get", help="print the state of one key")
-    state_get.add_argument("service")
-    state_get.add_argument("key")
-    _admin_flags(state_get)
-    return parser
-
-
-def _admin_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get("KOURIER_ADMIN_URL", "http://127.0.0.1:9070"),
-        help="admin API (KOURIER_ADMIN_URL)",
-    )
-    parser.add_argument(
-        "--ingress-url",
-        default=os.environ.get("KOURIER_INGRESS_URL", "http://127.0.0.1:8080"),
-        help="HTTP ingress, for attach (KOURIER_INGRESS_URL)",
-    )
-    parser.set_defaults(func=_admin)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        refused = isinstance(exc, KourierError) and not exc.retriable
-        if refused or isinstance(exc, (ValueError, ConnectionError)):
-            _say(f"kourier: error: {exc}")
-            return 2
-        raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The ``kourier`` command line: its parser, and running the chosen command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+
+from streams.cli import commands as run
+from streams.errors import KourierError
+
+
+def _kafka_flags(parser: argparse.ArgumentParser, partitions: bool = False) -> None:
+    parser.add_argument("--bootstrap-servers", help="Kafka bootstrap (KOURIER_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--namespace", help="topic prefix (KOURIER_NAMESPACE, default kourier)")
+    if partitions:
+        parser.add_argument(
+            "--partitions", type=int, help="ingress partitions (KOURIER_PARTITIONS, default 8)"
+        )
+
+
+def _http_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP ingress port")
+    parser.add_argument("--admin-port", type=int, default=9070, help="admin API port")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kourier", description="Durable service invocation on Apache Kafka."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    broker_cmd = commands.add_parser("broker", help="a local Apache Kafka broker (KRaft)")
+    broker_ops = broker_cmd.add_subparsers(dest="op", required=True)
+    for name, func, text in (
+        ("start", run.broker_start, "resolve the jars, format storage, start, wait until ready"),
+        ("stop", run.broker_stop, "stop the broker by its PID"),
+        ("status", run.broker_status, "print whether the broker runs (exit 1 if not)"),
+        ("jars", run.broker_jars, "resolve the broker jars with Maven and print their directory"),
+    ):
+        op = broker_ops.add_parser(name, help=text)
+        if name != "jars":
+            op.add_argument("--data", default=str(run.DEFAULT_DATA), help="data directory")
+        if name == "start":
+            op.add_argument(
+                "--port", type=int, default=9092, help="listener port, the first node's with "
+                "--nodes (the others take the next ones); 0 = any free"
+            )  # fmt: skip
+            op.add_argument(
+                "--nodes", type=int, default=1, help="KRaft nodes: 3 starts a local cluster"
+            )
+        op.set_defaults(func=func)
+
+    schema = commands.add_parser("schema", help="JSON Schema of the ingress and response records")
+    schema.add_argument("which", nargs="?", choices=("all", "ingress", "response"), default="all")
+    schema.set_defaults(func=run.schema)
+
+    topics = commands.add_parser("topics", help="create or describe Kourier's topics")
+    topic_ops = topics.add_subparsers(dest="op", required=True)
+    create = topic_ops.add_parser("create", help="create missing topics (idempotent)")
+    _kafka_flags(create, partitions=True)
+    create.add_argument(
+        "--replication-factor",
+        type=int,
+        help="replicas per topic (KOURIER_REPLICATION_FACTOR; default min(3, brokers))",
+    )
+    create.set_defaults(func=run.topics_create)
+    describe = topic_ops.add_parser("describe", help="show the namespace's topics")
+    _kafka_flags(describe, partitions=True)
+    describe.set_defaults(func=run.topics_describe)
+    worker = commands.add_parser("worker", help="run handlers: MODULE or MODULE:ATTR")
+    worker.add_argument("module", help="e.g. examples.quickstart or app.services:ALL")
+    worker.add_argument("--worker-id", help="stable id (default: host name + free slot)")
+    worker.add_argument("-v", "--verbose", action="store_true")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ["KOURIER_METRICS_PORT"])
+        if os.environ.get("KOURIER_METRICS_PORT")
+        else None,
+        help="serve Prometheus metrics on this port (KOURIER_METRICS_PORT; default: off)",
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="interface for metrics")
+    _kafka_flags(worker)
+    worker.set_defaults(func=run.worker)
+
+    ingress = commands.add_parser("ingress", help="the HTTP ingress and the admin API")
+    _http_flags(ingress)
+    _kafka_flags(ingress)
+    ingress.set_defaults(func=run.ingress)
+
+    dev = commands.add_parser("dev", help="broker + topics + worker + ingress, for development")
+    dev.add_argument("module", help="the handlers to run, e.g. examples.quickstart")
+    dev.add_argument("--kafka-port", type=int, default=0, help="local broker port (0 = free)")
+    dev.add_argument("--nodes", type=int, default=1, help="local KRaft nodes (3: a cluster)")
+    dev.add_argument("--data", default=str(run.DEFAULT_DATA.with_name("dev-broker")))
+    dev.add_argument("-v", "--verbose", action="store_true")
+    _http_flags(dev)
+    _kafka_flags(dev, partitions=True)
+    dev.set_defaults(func=run.dev)
+
+    for name, text in (
+        ("call", "call a handler and print its result"),
+        ("send", "send a one-way message to a handler"),
+    ):
+        cmd = commands.add_parser(name, help=text)
+        cmd.add_argument("target", help="Service/handler or Object/key/handler")
+        cmd.add_argument("json", nargs="?", help="the argument, as JSON")
+        cmd.add_argument("--idempotency-key")
+        if name == "send":
+            cmd.add_argument("--delay", help="run no earlier than this: 500ms, 5s, 10m, PT1H")
+        _kafka_flags(cmd)
+        cmd.set_defaults(func=run.call)
+
+    invocations = commands.add_parser("invocations", help="list, inspect and control invocations")
+    invocation_ops = invocations.add_subparsers(dest="op", required=True)
+    listing = invocation_ops.add_parser("list", help="invocations, newest first")
+    listing.add_argument("--status", help="pending, running, suspended, backing-off, paused, ...")
+    listing.add_argument("--service")
+    listing.add_argument("--key")
+    listing.add_argument("--limit", type=int, default=50)
+    _admin_flags(listing)
+    deadlocks = invocation_ops.add_parser("deadlocks", help="wait-for cycles between invocations")
+    _admin_flags(deadlocks)
+    for name, text in (
+        ("describe", "status, journal and what it waits on"),
+        ("cancel", "cancel: a 409 at its next await; it may compensate"),
+        ("kill", "stop it and its calls at once, without compensation"),
+        ("purge", "forget a completed invocation's retained outcome"),
+        ("resume", "retry a paused invocation"),
+        ("attach", "wait for its outcome and print it"),
+    ):
+        op = invocation_ops.add_parser(name, help=text)
+        op.add_argument("id", help="invocation id (inv_...)")
+        _admin_flags(op)
+    dlq = commands.add_parser("dlq", help="dead letters: list them, replay them to ingress")
+    dlq_ops = dlq.add_subparsers(dest="op", required=True)
+    dlq_list = dlq_ops.add_parser("list", help="dead letters with their reason, newest last")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_replay = dlq_ops.add_parser("replay", help="produce dead letters to ingress again")
+    dlq_replay.add_argument("--offset", type=int, action="append", help="a DLQ offset")
+    dlq_replay.add_argument("--all", action="store_true", help="every one (of --reason)")
+    for op in (dlq_list, dlq_replay):
+        op.add_argument("--reason", help="only these: not-json, bad-schema, unknown-target, ...")
+        _kafka_flags(op)
+        op.set_defaults(func=run.dlq)
+    services = commands.add_parser("services", help="services the workers announce")
+    _admin_flags(services)
+    state = commands.add_parser("state", help="an object's or workflow's state")
+    state_ops = state.add_subparsers(dest="op", required=True)
+    state_get = state_ops.add_parser("get", help="print the state of one key")
+    state_get.add_argument("service")
+    state_get.add_argument("key")
+    _admin_flags(state_get)
+    return parser
+
+
+def _admin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get("KOURIER_ADMIN_URL", "http://127.0.0.1:9070"),
+        help="admin API (KOURIER_ADMIN_URL)",
+    )
+    parser.add_argument(
+        "--ingress-url",
+        default=os.environ.get("KOURIER_INGRESS_URL", "http://127.0.0.1:8080"),
+        help="HTTP ingress, for attach (KOURIER_INGRESS_URL)",
+    )
+    parser.set_defaults(func=run.admin)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        refused = isinstance(exc, KourierError) and not exc.retriable
+        if refused or isinstance(exc, (ValueError, ConnectionError)):
+            run.say(f"kourier: error: {exc}")
+            return 2
+        raise
