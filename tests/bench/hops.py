@@ -1,0 +1,163 @@
+"""Where the time of one call goes: a sequential echo, hop by hop, from Kafka timestamps.
+
+    .venv/bin/python -m tests.bench.hops [--calls 1000]
+
+Starts its own broker and one worker process (``tests.bench.apps``, debug logging for its
+commit statistics), stops both by PID, and prints one JSON document. Each call is an
+``Invoke`` for ``Echo/echo_value`` with a request id, produced straight to the ingress topic
+(acks=all, no linger), and its response read from the response topic by a
+``read_committed`` consumer with ``fetch.wait.max.ms=5``, as the client and ingress read it.
+Per call, with the record timestamps (CreateTime, set where each record is produced):
+
+- ``produce_ack``: the invoke produced until the broker acknowledged it;
+- ``to_response``: the invoke's timestamp until the worker produced the response (the
+  worker's fetch wake-up, the handler, and the step until the snapshot is produced, inside
+  the open transaction);
+- ``commit_and_read``: the response's timestamp until this process read it (the rest of the
+  transaction: offsets, commit, markers; then the ``read_committed`` fetch wake-up);
+- ``total``: produce until the response was read.
+
+Timestamps have millisecond resolution, so each hop is known to about a millisecond.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams.kafka import broker
+from streams.kafka.admin import create_topics
+from streams.kafka.offsets import consume_ready, watermarks
+from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.records import Invoke, Target, decode_response, encode
+from tests.bench.bench import ROOT, spawn
+from tests.processes import stop_process
+
+_COMMITS = re.compile(r"commits (\d+), ([0-9.]+) ms each, ([0-9.]+) records each")
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {
+        "p50": at(0.5),
+        "p90": at(0.9),
+        "p99": at(0.99),
+        "mean": round(statistics.fmean(ordered), 2),
+    }
+
+
+def measure(settings: Settings, calls: int) -> dict[str, Any]:
+    producer = Producer(settings.producer_config({"linger.ms": 0, "enable.idempotence": True}))
+    consumer = Consumer(settings.client_config({
+        "group.id": f"hops-{uuid.uuid4().hex}", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "fetch.wait.max.ms": 5,
+        "auto.offset.reset": "latest",
+    }))  # fmt: skip
+    topic = f"{settings.namespace}.responses"
+    partitions = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    assignment = []
+    for p in range(partitions):
+        _, high = watermarks(consumer, TopicPartition(topic, p))
+        assignment.append(TopicPartition(topic, p, high))
+    consumer.assign(assignment)
+    hops: dict[str, list[float]] = {"produce_ack": [], "to_response": [], "commit_and_read": [],
+                                    "total": []}  # fmt: skip
+    try:
+        for i in range(calls + 50):  # the first 50 warm up
+            request_id = uuid.uuid4().hex
+            inv_id = ids.new_id(None, settings.partitions)
+            record = Invoke(target=Target(service="Echo", handler="echo_value"), argument=i,
+                            invocation_id=inv_id, request_id=request_id)  # fmt: skip
+            acked: list[float] = []
+            began = time.time()
+            producer.produce(f"{settings.namespace}.ingress", encode(record), inv_id.encode(),
+                             partition=ids.partition_of(inv_id, settings.partitions),
+                             on_delivery=_stamp_into(acked))  # fmt: skip
+            producer.flush(10)
+            ack_at = time.time()
+            answered = _response(consumer, request_id, began + 30)
+            read_at, response_ts = answered
+            if i < 50:
+                continue
+            invoke_ts = acked[0]
+            hops["produce_ack"].append(1000 * (ack_at - began))
+            hops["to_response"].append(1000 * (response_ts - invoke_ts))
+            hops["commit_and_read"].append(1000 * (read_at - response_ts))
+            hops["total"].append(1000 * (read_at - began))
+    finally:
+        consumer.close()
+    return {name: percentiles(values) for name, values in hops.items()}
+
+
+def _stamp_into(stamps: list[float]) -> Any:
+    """A delivery callback that keeps the record's timestamp (seconds)."""
+
+    def delivered(error: Any, message: Any) -> None:
+        if error is None:
+            stamps.append(message.timestamp()[1] / 1000)
+
+    return delivered
+
+
+def _response(consumer: Consumer, request_id: str, deadline: float) -> tuple[float, float]:
+    """When the response to ``request_id`` was read, and its record's timestamp."""
+    while time.time() < deadline:
+        for message in consume_ready(consumer, 100, 0.05):
+            if message.error() is not None:
+                continue
+            if decode_response(message.value()).request_id == request_id:
+                return time.time(), message.timestamp()[1] / 1000
+    raise RuntimeError(f"no response to {request_id} in time")
+
+
+def run(calls: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="kourier-hops-"))
+    running = broker.start(work / "kafka", port=0)
+    worker = None
+    try:
+        settings = Settings(bootstrap_servers=running.bootstrap, namespace="hops", partitions=8)
+        create_topics(settings)
+        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
+                   KOURIER_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))  # fmt: skip
+        log = work / "worker.log"
+        worker = spawn(["worker", "-v", "tests.bench.apps"], env, log)
+        results: dict[str, Any] = {"calls": calls, "kafka": broker.kafka_version(),
+                                   "hops_ms": measure(settings, calls)}  # fmt: skip
+        found = _COMMITS.findall(log.read_text(errors="replace"))
+        if found:
+            commits, ms, records = found[-1]
+            results["worker_commits"] = {"commits": int(commits), "ms_each": float(ms),
+                                         "records_each": float(records)}  # fmt: skip
+        return results
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        broker.stop(work / "kafka")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    args = parser.parse_args()
+    print(json.dumps(run(args.calls), indent=2))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
