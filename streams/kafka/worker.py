@@ -358,11 +358,14 @@ class Worker:
         self._commit_time += time.perf_counter() - began
         self._committed_records += len(snapshot.out)
         if log.isEnabledFor(logging.DEBUG) and self.commits % 200 == 0:
+            phases = self._transactions.phases
             log.debug(
-                "commits %d, %.1f ms each, %.1f records each",
+                "commits %d, %.1f ms each, %.1f records each (records %.1f, offsets %.1f, "
+                "commit %.1f ms)",
                 self.commits,
                 1000 * self._commit_time / self.commits,
                 self._committed_records / self.commits,
+                *(1000 * phases[step] / self.commits for step in ("records", "offsets", "commit")),
             )
 
     def _recover(self) -> None:

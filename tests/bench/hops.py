@@ -45,7 +45,10 @@ from streams.wire.records import Invoke, Target, decode_response, encode
 from tests.bench.bench import ROOT, spawn
 from tests.processes import stop_process
 
-_COMMITS = re.compile(r"commits (\d+), ([0-9.]+) ms each, ([0-9.]+) records each")
+_COMMITS = re.compile(
+    r"commits (\d+), ([0-9.]+) ms each, ([0-9.]+) records each "
+    r"\(records ([0-9.]+), offsets ([0-9.]+), commit ([0-9.]+) ms\)"
+)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -141,9 +144,12 @@ def run(calls: int) -> dict[str, Any]:
                                    "hops_ms": measure(settings, calls)}  # fmt: skip
         found = _COMMITS.findall(log.read_text(errors="replace"))
         if found:
-            commits, ms, records = found[-1]
-            results["worker_commits"] = {"commits": int(commits), "ms_each": float(ms),
-                                         "records_each": float(records)}  # fmt: skip
+            commits, ms, records, producing, offsets, committing = found[-1]
+            results["worker_commits"] = {
+                "commits": int(commits), "ms_each": float(ms), "records_each": float(records),
+                "ms_in_begin_and_produce": float(producing),
+                "ms_in_send_offsets": float(offsets), "ms_in_commit": float(committing),
+            }  # fmt: skip
         return results
     finally:
         if worker is not None:
