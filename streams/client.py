@@ -32,7 +32,7 @@ from pydantic import BaseModel, JsonValue
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams.errors import KourierError
-from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import partition_of_key
@@ -113,7 +113,7 @@ class Client:
             self.settings.producer_config(
                 {
                     "enable.idempotence": True,
-                    "linger.ms": 1,
+                    "linger.ms": 0,
                     # No delivery timeout: a record whose fate is unknown (brokers away) is
                     # retried until Kafka says, so a failure reported here always means "not
                     # written" (HTTP 503), never "perhaps written".
@@ -128,7 +128,7 @@ class Client:
                     "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": 5,
+                    "fetch.wait.max.ms": FETCH_WAIT_MS,
                     "log_level": 3,
                 }
             )

@@ -22,7 +22,7 @@ from pydantic import JsonValue, ValidationError
 
 from streams.engine.deadlocks import describe, find_cycles, wait_for_edges
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
-from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.topics import Topics
@@ -104,7 +104,7 @@ class InvocationIndex:
                     "group.id": f"{self.settings.namespace}.admin.{uuid.uuid4().hex}",
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": 50,
+                    "fetch.wait.max.ms": FETCH_WAIT_MS,
                     "log_level": 3,
                 }
             )

@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.engine.delay import Deliver, Fetched
-from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 
 log = logging.getLogger("kourier.delay")
 
@@ -35,7 +35,7 @@ class DelayReader:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 5,
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
             "queued.max.messages.kbytes": 8192,
         }
         self._topic = topic

@@ -26,6 +26,12 @@ _TRANSIENT = {
 
 _TRY = 3.0  # seconds per offset query before the metadata is refreshed
 
+#: How long the broker may hold a fetch with nothing to return. Kafka answers a waiting
+#: fetch as soon as records arrive (for ``read_committed``, as soon as their transaction
+#: commits), so a long wait costs no latency; a short one makes every idle consumer send
+#: hundreds of empty fetches a second, which the broker pays for in CPU.
+FETCH_WAIT_MS = 500
+
 
 def transient(error: KafkaError) -> bool:
     return bool(error.retriable()) or error.code() in _TRANSIENT
@@ -64,7 +70,7 @@ def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Messag
     return [first, *consumer.consume(limit - 1, 0)]
 
 
-def worker_consumer(settings: Settings, group: str) -> Consumer:
+def worker_consumer(settings: Settings, group: str, fetch_wait_ms: int = FETCH_WAIT_MS) -> Consumer:
     """A ``read_committed`` consumer as the worker uses them: in ``group`` (the workers'
     group, or one of its own for restores), committing nothing by itself."""
     return Consumer(
@@ -78,7 +84,7 @@ def worker_consumer(settings: Settings, group: str) -> Consumer:
                 # Range assigns partition p of the ingress and the delay topic to one worker,
                 # and spreads both evenly (cooperative-sticky balances their sum instead).
                 "partition.assignment.strategy": "range",
-                "fetch.wait.max.ms": 5,
+                "fetch.wait.max.ms": fetch_wait_ms,
                 # The broker's minimum, so that a dead worker's partitions move on quickly.
                 "session.timeout.ms": 6_000,
                 "heartbeat.interval.ms": 1_000,

@@ -33,7 +33,7 @@ def transactional_producer(settings: Settings, transactional_id: str) -> Produce
                 "log_level": 4,
                 "transactional.id": transactional_id,
                 "transaction.timeout.ms": 10_000,
-                "linger.ms": 1,
+                "linger.ms": 0,
                 # The default 100 ms backoff caps a transactional producer at ~10 commits/s:
                 # the next transaction waits for the previous one's markers.
                 "retry.backoff.ms": 1,

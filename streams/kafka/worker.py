@@ -37,7 +37,7 @@ from streams.errors import KourierError
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.gauges import forget_gauges, observe
-from streams.kafka.offsets import consume_ready, watermarks, worker_consumer
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks, worker_consumer
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
@@ -53,6 +53,8 @@ _TIMEOUT = 30.0
 #: are restored. 20 s bounds the pause; it is shorter than ``_TIMEOUT``, so a commit call
 #: that hangs inside librdkafka is cut short by the fence rather than waited out.
 _STUCK = 20.0
+#: Seconds between steps on the event loop when the Kafka thread has nothing for it.
+_IDLE_STEP = 0.1
 _T = TypeVar("_T")
 
 
@@ -88,11 +90,13 @@ class Worker:
         self._offsets: dict[int, int] = {}
         self._dirty = False
         self._observed_at = 0.0
+        self._stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
         self._stopping = False
         self.partitions = 0
         self.commits = 0
         self._commit_time = 0.0
         self._committed_records = 0
+        self._committed_partitions = 0
 
     # -- set-up -------------------------------------------------------------------
 
@@ -118,8 +122,10 @@ class Worker:
     def _new_producer(self) -> Producer:
         return transactional_producer(self.settings, self._transactional_id())
 
-    def _new_consumer(self, group: str | None = None) -> Consumer:
-        return worker_consumer(self.settings, group or f"{self.settings.namespace}.workers")
+    def _new_consumer(self, group: str | None = None, wait_ms: int = FETCH_WAIT_MS) -> Consumer:
+        return worker_consumer(
+            self.settings, group or f"{self.settings.namespace}.workers", wait_ms
+        )
 
     def _publish_manifest(self) -> None:
         producer = self._transactions.producer
@@ -153,7 +159,8 @@ class Worker:
         self.partitions = await asyncio.to_thread(self._ingress_partitions)
         self._transactions = await asyncio.to_thread(Transactions, self._new_producer)
         await asyncio.to_thread(self._publish_manifest)
-        self._restorer = self._new_consumer(f"{self.settings.namespace}.restore")
+        # Restores read to a partition's end and stop: short fetch waits end them sooner.
+        self._restorer = self._new_consumer(f"{self.settings.namespace}.restore", 5)
         # Reads the group's committed offsets. It never subscribes, so never joins the group;
         # the subscribed consumer cannot answer that from inside its rebalance callback.
         self._offset_reader = self._new_consumer()
@@ -190,10 +197,12 @@ class Worker:
                 if self._committer.busy_for() > _STUCK:
                     self._replace_stuck_producer()
                 batch = consume_ready(self._consumer, 1000, self._poll_timeout())
-                snapshot = self._on_loop(self._step(batch, self._delay_positions()))
-                if snapshot.out:
-                    snapshot.metadata = self._consumer.consumer_group_metadata()
-                    self._committer.submit(snapshot)
+                positions = self._delay_positions()
+                if self._needs_step(batch, positions):
+                    snapshot = self._on_loop(self._step(batch, positions))
+                    if snapshot.out:
+                        snapshot.metadata = self._consumer.consumer_group_metadata()
+                        self._committer.submit(snapshot)
                 if time.monotonic() >= self._observed_at + 1.0:
                     self._observe()
             self._commit(self._on_loop(self._step([], closing=True)))
@@ -220,6 +229,21 @@ class Worker:
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the event loop and wait for its result (Kafka thread only)."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _needs_step(self, batch: list[Message], positions: dict[int, int]) -> bool:
+        """Whether the loop has work: records, delay partitions catching up, effects to
+        commit, a delayed message due; and at least every ``_IDLE_STEP`` seconds, so that
+        nothing waits longer than that. Idle, the Kafka thread then leaves the loop alone
+        instead of waking it every poll (Kafka thread)."""
+        now = time.monotonic()
+        if batch or positions or self._dirty or now >= self._stepped_at + _IDLE_STEP:
+            self._stepped_at = now
+            return True
+        wall = time.time()
+        due = any(d.next_due is not None and d.next_due <= wall for d in list(self.delays.values()))
+        if due:
+            self._stepped_at = now
+        return due
 
     def _wait(self, longest: float = 0.01) -> float:
         """How long to wait for input: not past the next delayed message's due time, so
@@ -357,14 +381,16 @@ class Worker:
         self.commits += 1
         self._commit_time += time.perf_counter() - began
         self._committed_records += len(snapshot.out)
+        self._committed_partitions += len({(out.topic, out.partition) for out in snapshot.out})
         if log.isEnabledFor(logging.DEBUG) and self.commits % 200 == 0:
             phases = self._transactions.phases
             log.debug(
-                "commits %d, %.1f ms each, %.1f records each (records %.1f, offsets %.1f, "
-                "commit %.1f ms)",
+                "commits %d, %.1f ms each, %.1f records in %.1f partitions each (records %.1f, "
+                "offsets %.1f, commit %.1f ms)",
                 self.commits,
                 1000 * self._commit_time / self.commits,
                 self._committed_records / self.commits,
+                self._committed_partitions / self.commits,
                 *(1000 * phases[step] / self.commits for step in ("records", "offsets", "commit")),
             )
 

@@ -6,7 +6,7 @@ Starts its own broker and one worker process (``tests.bench.apps``, debug loggin
 commit statistics), stops both by PID, and prints one JSON document. Each call is an
 ``Invoke`` for ``Echo/echo_value`` with a request id, produced straight to the ingress topic
 (acks=all, no linger), and its response read from the response topic by a
-``read_committed`` consumer with ``fetch.wait.max.ms=5``, as the client and ingress read it.
+``read_committed`` consumer with the fetch wait the client and ingress use.
 Per call, with the record timestamps (CreateTime, set where each record is produced):
 
 - ``produce_ack``: the invoke produced until the broker acknowledged it;
@@ -38,7 +38,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import broker
 from streams.kafka.admin import create_topics
-from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Invoke, Target, decode_response, encode
@@ -46,7 +46,7 @@ from tests.bench.bench import ROOT, spawn
 from tests.processes import stop_process
 
 _COMMITS = re.compile(
-    r"commits (\d+), ([0-9.]+) ms each, ([0-9.]+) records each "
+    r"commits (\d+), ([0-9.]+) ms each, ([0-9.]+) records in ([0-9.]+) partitions each "
     r"\(records ([0-9.]+), offsets ([0-9.]+), commit ([0-9.]+) ms\)"
 )
 
@@ -65,11 +65,15 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+#: Calls not counted: the first few hundred run slower while the broker's JIT compiles.
+_WARMUP = 500
+
+
 def measure(settings: Settings, calls: int) -> dict[str, Any]:
     producer = Producer(settings.producer_config({"linger.ms": 0, "enable.idempotence": True}))
     consumer = Consumer(settings.client_config({
         "group.id": f"hops-{uuid.uuid4().hex}", "enable.auto.commit": False,
-        "isolation.level": "read_committed", "fetch.wait.max.ms": 5,
+        "isolation.level": "read_committed", "fetch.wait.max.ms": FETCH_WAIT_MS,
         "auto.offset.reset": "latest",
     }))  # fmt: skip
     topic = f"{settings.namespace}.responses"
@@ -82,7 +86,7 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
     hops: dict[str, list[float]] = {"produce_ack": [], "to_response": [], "commit_and_read": [],
                                     "total": []}  # fmt: skip
     try:
-        for i in range(calls + 50):  # the first 50 warm up
+        for i in range(calls + _WARMUP):  # the broker's JIT warms up first
             request_id = uuid.uuid4().hex
             inv_id = ids.new_id(None, settings.partitions)
             record = Invoke(target=Target(service="Echo", handler="echo_value"), argument=i,
@@ -96,7 +100,7 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
             ack_at = time.time()
             answered = _response(consumer, request_id, began + 30)
             read_at, response_ts = answered
-            if i < 50:
+            if i < _WARMUP:
                 continue
             invoke_ts = acked[0]
             hops["produce_ack"].append(1000 * (ack_at - began))
@@ -144,9 +148,10 @@ def run(calls: int) -> dict[str, Any]:
                                    "hops_ms": measure(settings, calls)}  # fmt: skip
         found = _COMMITS.findall(log.read_text(errors="replace"))
         if found:
-            commits, ms, records, producing, offsets, committing = found[-1]
+            commits, ms, records, partitions, producing, offsets, committing = found[-1]
             results["worker_commits"] = {
                 "commits": int(commits), "ms_each": float(ms), "records_each": float(records),
+                "partitions_each": float(partitions),
                 "ms_in_begin_and_produce": float(producing),
                 "ms_in_send_offsets": float(offsets), "ms_in_commit": float(committing),
             }  # fmt: skip
