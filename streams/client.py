@@ -93,6 +93,10 @@ class Client:
         self.topics = Topics(self.settings.namespace)
         self.partitions = 0
         self._pending: dict[str, asyncio.Future[Response]] = {}
+        # Delivery reports and responses read by the background threads, not yet handed
+        # to the loop (each list is touched by one thread at a time; see the threads).
+        self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
+        self._answered: list[Response] = []
         self._running = False
         self._catalog_end = 0
         self.services: dict[str, ServiceInfo] = {}
@@ -179,15 +183,30 @@ class Client:
         # now, their senders told so below; otherwise the producer could never be destroyed.
         self._producer.purge()
         await asyncio.to_thread(self._producer.flush, 1)
+        self._settle_all(self._hand_over())  # reports served by those flushes
         del self._producer, self._reader  # librdkafka handles live until garbage collected
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(KafkaUnavailable("client closed"))
 
     def _deliveries(self) -> None:
-        """Background thread: delivery reports, served as soon as the broker acknowledges."""
+        """Background thread: delivery reports, served as soon as the broker acknowledges,
+        handed to the loop once per poll (one wake-up of the loop for all of them)."""
         while self._running:
             self._producer.poll(0.05)
+            reports = self._hand_over()
+            if reports:
+                self._loop.call_soon_threadsafe(self._settle_all, reports)
+
+    def _hand_over(self) -> list[tuple[asyncio.Future[None], KafkaError | None]]:
+        """The delivery reports gathered since the last call (the polling thread)."""
+        reports, self._reports = self._reports, []
+        return reports
+
+    @staticmethod
+    def _settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
+        for future, error in reports:
+            _settle(future, error)
 
     def _pump(self) -> None:
         """Background thread: the response topic and the service catalog."""
@@ -197,6 +216,9 @@ class Client:
             for message in consume_ready(self._reader, 500, 0.05):
                 if message.error() is None:
                     self._on_message(message)
+            if self._answered:
+                answered, self._answered = self._answered, []
+                self._loop.call_soon_threadsafe(self._resolve_all, answered)
             if not catalog_read:
                 # Positions, not record offsets: transaction markers take offsets too.
                 catalog_read = self._reader.position(catalog)[0].offset >= self._catalog_end
@@ -234,12 +256,13 @@ class Client:
             return
         if response.request_id is None:
             return
-        self._loop.call_soon_threadsafe(self._resolve, response.request_id, response)
+        self._answered.append(response)
 
-    def _resolve(self, request_id: str, response: Response) -> None:
-        future = self._pending.pop(request_id, None)
-        if future is not None and not future.done():
-            future.set_result(response)
+    def _resolve_all(self, answered: list[Response]) -> None:
+        for response in answered:
+            future = self._pending.pop(response.request_id or "", None)
+            if future is not None and not future.done():
+                future.set_result(response)
 
     # -- producing --------------------------------------------------------------------
 
@@ -247,7 +270,7 @@ class Client:
         delivered: asyncio.Future[None] = self._loop.create_future()
 
         def report(error: KafkaError | None, message: Message) -> None:
-            self._loop.call_soon_threadsafe(_settle, delivered, error)
+            self._reports.append((delivered, error))
 
         while True:
             try:
