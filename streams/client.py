@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import random
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     Message,
@@ -98,7 +98,6 @@ class Client:
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
         self._answered: list[Response] = []
         self._running = False
-        self._catalog_end = 0
         self.services: dict[str, ServiceInfo] = {}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -112,7 +111,6 @@ class Client:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._catalog_ready = asyncio.Event()
         self._producer = Producer(
             self.settings.producer_config(
                 {
@@ -166,10 +164,43 @@ class Client:
         tp = TopicPartition(self.topics.responses, self._home)
         _, high = watermarks(self._reader, tp)
         start = [TopicPartition(self.topics.responses, self._home, high)]
-        catalog = TopicPartition(self.topics.services, 0)
-        _, self._catalog_end = watermarks(self._reader, catalog)
-        start.append(TopicPartition(self.topics.services, 0, OFFSET_BEGINNING))
+        low, end = watermarks(self._reader, TopicPartition(self.topics.services, 0))
+        start.append(TopicPartition(self.topics.services, 0, self._read_catalog(low, end)))
         self._reader.assign(start)
+
+    def _read_catalog(self, low: int, end: int) -> int:
+        """Read the service catalog from ``low`` to ``end`` (or for 10 s) with a consumer of
+        its own; the offset to follow it from. The reader's long fetch wait would make this
+        slow: its position passes the catalog's final commit marker only on the fetch
+        after. Explicit offsets: a new consumer asked for the beginning waits 500 ms for
+        the partition's leader before it asks where the beginning is."""
+        if end <= low:
+            return end
+        reader = Consumer(
+            self.settings.client_config(
+                {
+                    "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 5,
+                    "log_level": 3,
+                }
+            )
+        )
+        catalog = [TopicPartition(self.topics.services, 0)]
+        try:
+            reader.assign([TopicPartition(self.topics.services, 0, low)])
+            position = low
+            deadline = time.monotonic() + 10.0
+            # Positions, not record offsets: transaction markers take offsets too.
+            while position < end and time.monotonic() < deadline:
+                for message in consume_ready(reader, 500, 0.1):
+                    if message.error() is None:
+                        self._on_catalog(message)
+                position = reader.position(catalog)[0].offset
+            return max(position, low)
+        finally:
+            reader.close()
 
     async def close(self) -> None:
         if not self._running:
@@ -210,8 +241,6 @@ class Client:
 
     def _pump(self) -> None:
         """Background thread: the response topic and the service catalog."""
-        catalog = [TopicPartition(self.topics.services, 0)]
-        catalog_read = False
         while self._running:
             for message in consume_ready(self._reader, 500, 0.05):
                 if message.error() is None:
@@ -219,11 +248,6 @@ class Client:
             if self._answered:
                 answered, self._answered = self._answered, []
                 self._loop.call_soon_threadsafe(self._resolve_all, answered)
-            if not catalog_read:
-                # Positions, not record offsets: transaction markers take offsets too.
-                catalog_read = self._reader.position(catalog)[0].offset >= self._catalog_end
-                if catalog_read:
-                    self._loop.call_soon_threadsafe(self._catalog_ready.set)
 
     def _on_message(self, message: Message) -> None:
         if message.topic() == self.topics.services:
@@ -241,12 +265,8 @@ class Client:
                 self.services[key] = ServiceInfo.model_validate_json(value)
 
     async def catalog(self) -> dict[str, ServiceInfo]:
-        """The services workers have announced, once the catalog has been read to its end
-        (or after 10 s, whatever has been read by then)."""
-        if self._catalog_end == 0:
-            self._catalog_ready.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._catalog_ready.wait(), 10.0)
+        """The services workers have announced: the catalog as read to its end when the
+        client started (for at most 10 s), and followed since."""
         return self.services
 
     def _on_response(self, message: Message) -> None:

@@ -1,6 +1,6 @@
 """Where the time of one call goes: a sequential echo, hop by hop, from Kafka timestamps.
 
-    .venv/bin/python -m tests.bench.hops [--calls 1000]
+    .venv/bin/python -m tests.bench.hops [--calls 1000] [--chain]
 
 Starts its own broker and one worker process (``tests.bench.apps``, debug logging for its
 commit statistics), stops both by PID, and prints one JSON document. Each call is an
@@ -16,6 +16,11 @@ Per call, with the record timestamps (CreateTime, set where each record is produ
 - ``commit_and_read``: the response's timestamp until this process read it (the rest of the
   transaction: offsets, commit, markers; then the ``read_committed`` fetch wake-up);
 - ``total``: produce until the response was read.
+
+With ``--chain`` each call is ``Chain/bump``, which calls ``Meter/add`` on one key and
+returns its result: three transactions in a row (the call to the object, the object's
+completion back to the caller, the caller's response), so ``to_response`` then spans the
+first two and the worker's statistics count three commits per call.
 
 Timestamps have millisecond resolution, so each hop is known to about a millisecond.
 """
@@ -69,7 +74,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 _WARMUP = 500
 
 
-def measure(settings: Settings, calls: int) -> dict[str, Any]:
+def measure(settings: Settings, calls: int, chain: bool) -> dict[str, Any]:
     producer = Producer(settings.producer_config({"linger.ms": 0, "enable.idempotence": True}))
     consumer = Consumer(settings.client_config({
         "group.id": f"hops-{uuid.uuid4().hex}", "enable.auto.commit": False,
@@ -89,7 +94,12 @@ def measure(settings: Settings, calls: int) -> dict[str, Any]:
         for i in range(calls + _WARMUP):  # the broker's JIT warms up first
             request_id = uuid.uuid4().hex
             inv_id = ids.new_id(None, settings.partitions)
-            record = Invoke(target=Target(service="Echo", handler="echo_value"), argument=i,
+            target, argument = (
+                (Target(service="Chain", handler="bump"), "hops")
+                if chain
+                else (Target(service="Echo", handler="echo_value"), i)
+            )
+            record = Invoke(target=target, argument=argument,
                             invocation_id=inv_id, request_id=request_id)  # fmt: skip
             acked: list[float] = []
             began = time.time()
@@ -133,7 +143,7 @@ def _response(consumer: Consumer, request_id: str, deadline: float) -> tuple[flo
     raise RuntimeError(f"no response to {request_id} in time")
 
 
-def run(calls: int) -> dict[str, Any]:
+def run(calls: int, chain: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="kourier-hops-"))
     running = broker.start(work / "kafka", port=0)
     worker = None
@@ -145,7 +155,8 @@ def run(calls: int) -> dict[str, Any]:
         log = work / "worker.log"
         worker = spawn(["worker", "-v", "tests.bench.apps"], env, log)
         results: dict[str, Any] = {"calls": calls, "kafka": broker.kafka_version(),
-                                   "hops_ms": measure(settings, calls)}  # fmt: skip
+                                   "call": "Chain/bump" if chain else "Echo/echo_value",
+                                   "hops_ms": measure(settings, calls, chain)}  # fmt: skip
         found = _COMMITS.findall(log.read_text(errors="replace"))
         if found:
             commits, ms, records, partitions, producing, offsets, committing = found[-1]
@@ -165,8 +176,9 @@ def run(calls: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--chain", action="store_true", help="Chain/bump -> Meter/add calls")
     args = parser.parse_args()
-    print(json.dumps(run(args.calls), indent=2))
+    print(json.dumps(run(args.calls, args.chain), indent=2))
     sys.stdout.flush()
 
 
