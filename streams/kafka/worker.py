@@ -55,6 +55,8 @@ _TIMEOUT = 30.0
 _STUCK = 20.0
 #: Seconds between steps on the event loop when the Kafka thread has nothing for it.
 _IDLE_STEP = 0.1
+#: Seconds without records after which the Kafka thread counts as idle.
+_IDLE_AFTER = 1.0
 _T = TypeVar("_T")
 
 
@@ -91,6 +93,7 @@ class Worker:
         self._dirty = False
         self._observed_at = 0.0
         self._stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
+        self._busy_until = 0.0  # until when it steps after every poll (records came)
         self._stopping = False
         self.partitions = 0
         self.commits = 0
@@ -231,12 +234,16 @@ class Worker:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _needs_step(self, batch: list[Message], positions: dict[int, int]) -> bool:
-        """Whether the loop has work: records, delay partitions catching up, effects to
-        commit, a delayed message due; and at least every ``_IDLE_STEP`` seconds, so that
-        nothing waits longer than that. Idle, the Kafka thread then leaves the loop alone
-        instead of waking it every poll (Kafka thread)."""
+        """Whether to run a step on the loop: after every poll while records keep coming
+        (measured: sequential calls were 0.5-1 ms slower when the loop slept between
+        them), and once idle only for records, delay partitions catching up, effects to
+        commit or a delayed message due, and at least every ``_IDLE_STEP`` seconds, so
+        that nothing waits longer than that (Kafka thread)."""
         now = time.monotonic()
-        if batch or positions or self._dirty or now >= self._stepped_at + _IDLE_STEP:
+        if batch:
+            self._busy_until = now + _IDLE_AFTER
+        busy = now < self._busy_until or now >= self._stepped_at + _IDLE_STEP
+        if batch or positions or self._dirty or busy:
             self._stepped_at = now
             return True
         wall = time.time()
