@@ -67,6 +67,10 @@ class ServiceInfo(BaseModel):
         return None if info is None else info.get("kind")
 
 
+class MissingTopics(KourierError, RuntimeError):
+    """The namespace's topics do not exist (``kourier topics create`` makes them)."""
+
+
 class KafkaUnavailable(KourierError, RuntimeError):
     """Kafka could not take or deliver the record in time (HTTP 503)."""
 
@@ -154,7 +158,7 @@ class Client:
         metadata = self._reader.list_topics(timeout=_TIMEOUT).topics
         for name in (self.topics.ingress, self.topics.responses):
             if name not in metadata or metadata[name].error is not None:
-                raise KafkaUnavailable(f"topic {name} is missing: run `kourier topics create`")
+                raise MissingTopics(f"topic {name} is missing: run `kourier topics create`")
         self.partitions = len(metadata[self.topics.ingress].partitions)
         # Responses land on the partition their request id hashes to; this client picks ids
         # that all hash to one partition, and reads only that one. A worker's transaction
@@ -182,6 +186,7 @@ class Client:
                     "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
+                    "auto.offset.reset": "earliest",
                     "fetch.wait.max.ms": 5,
                     "log_level": 3,
                 }
@@ -209,12 +214,15 @@ class Client:
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
         self._reader.close()
-        await asyncio.to_thread(self._producer.flush, 5)
-        # Records still undelivered (Kafka away: they have no delivery timeout) are dropped
-        # now, their senders told so below; otherwise the producer could never be destroyed.
-        self._producer.purge()
-        await asyncio.to_thread(self._producer.flush, 1)
-        self._settle_all(self._hand_over())  # reports served by those flushes
+        try:
+            await asyncio.to_thread(self._producer.flush, 5)
+            # Records still undelivered (Kafka away: they have no delivery timeout) are
+            # dropped now, their senders told so; otherwise the producer could never be
+            # destroyed.
+            self._producer.purge()
+            await asyncio.to_thread(self._producer.flush, 1)
+        finally:
+            self._settle_all(self._hand_over())  # reports served by those flushes
         del self._producer, self._reader  # librdkafka handles live until garbage collected
         for future in self._pending.values():
             if not future.done():
@@ -256,7 +264,7 @@ class Client:
             self._on_response(message)
 
     def _on_catalog(self, message: Message) -> None:
-        key = (message.key() or b"").decode()
+        key = (message.key() or b"").decode(errors="replace")
         value = message.value()
         if value is None:
             self.services.pop(key, None)

@@ -112,6 +112,18 @@ def topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensure_topics(args: argparse.Namespace, settings: Settings) -> None:
+    """Create the namespace's missing topics (unless ``--no-create-topics``), saying which."""
+    if not args.create_topics:
+        return
+    from streams.kafka.admin import create_topics
+
+    for state in create_topics(settings):
+        if state.created:
+            shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
+            say(f"kourier: created {state.spec.name} ({shape})")
+
+
 def topics_describe(args: argparse.Namespace) -> int:
     from streams.kafka.admin import describe_topics
 
@@ -159,7 +171,10 @@ def worker(args: argparse.Namespace) -> int:
 
     _configure_logging(args.verbose)
     sys.path.insert(0, ".")
-    worker = Worker(_settings(args), load_services(args.module), worker_id=args.worker_id)
+    settings = _settings(args)
+    services = load_services(args.module)
+    _ensure_topics(args, settings)
+    worker = Worker(settings, services, worker_id=args.worker_id)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -180,10 +195,12 @@ def ingress(args: argparse.Namespace) -> int:
     from streams.http.ingress import serve
 
     _configure_logging()
+    settings = _settings(args)
+    _ensure_topics(args, settings)
 
     async def main(stop: Any) -> None:
         ingress, runners = await serve(
-            _settings(args), host=args.host, port=args.port, admin_port=args.admin_port
+            settings, host=args.host, port=args.port, admin_port=args.admin_port
         )
         print(f"http://{args.host}:{args.port}", flush=True)
         await stop.wait()

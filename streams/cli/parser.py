@@ -19,6 +19,24 @@ def _kafka_flags(parser: argparse.ArgumentParser, partitions: bool = False) -> N
         )
 
 
+def _topic_flags(parser: argparse.ArgumentParser) -> None:
+    """Creating the namespace's missing topics at start, as Kafka Streams does."""
+    parser.add_argument(
+        "--partitions", type=int, help="partitions of topics it creates (KOURIER_PARTITIONS)"
+    )
+    parser.add_argument(
+        "--replication-factor",
+        type=int,
+        help="replicas of topics it creates (KOURIER_REPLICATION_FACTOR; default min(3, brokers))",
+    )
+    parser.add_argument(
+        "--no-create-topics",
+        dest="create_topics",
+        action="store_false",
+        help="never create topics (where only operators may): missing ones are an error",
+    )
+
+
 def _http_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--port", type=int, default=8080, help="HTTP ingress port")
@@ -83,11 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--metrics-host", default="127.0.0.1", help="interface for metrics")
     _kafka_flags(worker)
+    _topic_flags(worker)
     worker.set_defaults(func=run.worker)
 
     ingress = commands.add_parser("ingress", help="the HTTP ingress and the admin API")
     _http_flags(ingress)
     _kafka_flags(ingress)
+    _topic_flags(ingress)
     ingress.set_defaults(func=run.ingress)
 
     dev = commands.add_parser("dev", help="broker + topics + worker + ingress, for development")

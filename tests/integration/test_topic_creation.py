@@ -1,0 +1,103 @@
+"""`kourier worker` and `kourier ingress` create missing topics, unless told not to."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from streams.client import Client
+from streams.kafka.admin import describe_topics
+from streams.kafka.broker import free_port
+from streams.settings import Settings
+from streams.wire.topics import Topics
+from tests.integration.helpers import poll_until
+from tests.processes import stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kourier(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+               KOURIER_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))  # fmt: skip
+    env.pop("KOURIER_PARTITIONS", None)
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def shapes(settings: Settings) -> list[tuple[str, bool, int]]:
+    """Each topic of the namespace: (name, exists, partitions)."""
+    rows = describe_topics(settings)["topics"]
+    return [(str(r["topic"]), bool(r["exists"]), int(str(r["partitions"]))) for r in rows]
+
+
+async def test_a_worker_creates_missing_topics_with_the_given_partitions(
+    settings: Settings, tmp_path: Path
+) -> None:
+    assert not any(exists for _, exists, _ in await asyncio.to_thread(shapes, settings))
+    log = tmp_path / "worker.log"
+    worker = kourier(settings, "worker", "tests.integration.apps", "--partitions", "3", log=log)
+    try:
+        three = settings.model_copy(update={"partitions": 3})
+        expected = [(spec.name, True, spec.partitions)
+                    for spec in Topics(settings.namespace).specs(3)]  # fmt: skip
+
+        async def current() -> list[tuple[str, bool, int]]:
+            return await asyncio.to_thread(shapes, three)
+
+        await poll_until(current, expected, 60, "topics created by the worker")
+        async with Client(three) as client:
+            add = client.object("Tally", "created", "add")
+            assert await asyncio.wait_for(add.request(2), 60) == 2
+        assert "created" in log.read_text()
+    finally:
+        stop_process(worker)
+
+
+async def test_an_ingress_creates_missing_topics_and_serves(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port, admin = free_port(), free_port()
+    log = tmp_path / "ingress.log"
+    args = ("ingress", "--port", str(port), "--admin-port", str(admin))
+    ingress = kourier(settings, *args, log=log)
+    try:
+
+        async def healthy() -> bool:
+            try:
+                url = f"http://127.0.0.1:{port}/health"
+                async with aiohttp.ClientSession() as http, http.get(url) as reply:
+                    return reply.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await poll_until(healthy, True, 60, f"ingress health ({log.read_text()[-500:]})")
+        assert all(exists for _, exists, _ in await asyncio.to_thread(shapes, settings))
+    finally:
+        stop_process(ingress)
+
+
+async def test_with_no_create_topics_both_refuse_with_a_clear_error(
+    settings: Settings, tmp_path: Path
+) -> None:
+    commands = {
+        "worker": ("worker", "tests.integration.apps", "--no-create-topics"),
+        "ingress": ("ingress", "--port", str(free_port()), "--admin-port", str(free_port()),
+                    "--no-create-topics"),
+    }  # fmt: skip
+    for name, args in commands.items():
+        log = tmp_path / f"{name}.log"
+        process = kourier(settings, *args, log=log)
+        try:
+            code = await asyncio.to_thread(process.wait, 90)
+        finally:
+            stop_process(process)
+        output = log.read_text()
+        assert code == 2, f"{name} exited {code}: {output[-2000:]}"
+        assert "kourier topics create" in output, output[-2000:]
+        assert "Traceback" not in output, output[-2000:]
+    assert not any(exists for _, exists, _ in await asyncio.to_thread(shapes, settings))
