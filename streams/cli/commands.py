@@ -116,12 +116,11 @@ def _ensure_topics(args: argparse.Namespace, settings: Settings) -> None:
     """Create the namespace's missing topics (unless ``--no-create-topics``), saying which."""
     if not args.create_topics:
         return
-    from streams.kafka.admin import create_topics
+    from streams.kafka.admin import create_missing_topics
 
-    for state in create_topics(settings):
-        if state.created:
-            shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
-            say(f"kourier: created {state.spec.name} ({shape})")
+    for state in create_missing_topics(settings):
+        shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
+        say(f"kourier: created {state.spec.name} ({shape})")
 
 
 def topics_describe(args: argparse.Namespace) -> int:

@@ -89,6 +89,21 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
     return states
 
 
+def create_missing_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]:
+    """What ``kourier worker`` and ``kourier ingress`` do at start: nothing when every topic
+    exists (the worker checks their shape itself); otherwise create the missing ones,
+    co-partitioned with the namespace's ingress topic when that exists (its partition count
+    wins over the setting). Returns the topics it created."""
+    metadata = admin_client(settings).list_topics(timeout=timeout).topics
+    topics = Topics(settings.namespace)
+    if all(spec.name in metadata for spec in topics.specs(settings.partitions)):
+        return []
+    ingress = metadata.get(topics.ingress)
+    if ingress is not None:
+        settings = settings.model_copy(update={"partitions": len(ingress.partitions)})
+    return [state for state in create_topics(settings, timeout) if state.created]
+
+
 def _wait_for_metadata(
     admin: AdminClient, specs: list[TopicSpec], timeout: float
 ) -> dict[str, TopicMetadata]:
