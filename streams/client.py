@@ -128,17 +128,7 @@ class Client:
                 }
             )
         )
-        self._reader = Consumer(
-            self.settings.client_config(
-                {
-                    "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": FETCH_WAIT_MS,
-                    "log_level": 3,
-                }
-            )
-        )
+        self._reader = self._new_reader(FETCH_WAIT_MS)
         await asyncio.to_thread(self._assign_reader)
         self._running = True
         self._threads = [
@@ -172,6 +162,22 @@ class Client:
         start.append(TopicPartition(self.topics.services, 0, self._read_catalog(low, end)))
         self._reader.assign(start)
 
+    def _new_reader(self, wait_ms: int, extra: Mapping[str, str] | None = None) -> Consumer:
+        """A ``read_committed`` consumer outside any group's assignment (it is assigned
+        partitions and commits nothing), with ``wait_ms`` as its fetch wait."""
+        return Consumer(
+            self.settings.client_config(
+                {
+                    "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": wait_ms,
+                    "log_level": 3,
+                    **(extra or {}),
+                }
+            )
+        )
+
     def _read_catalog(self, low: int, end: int) -> int:
         """Read the service catalog from ``low`` to ``end`` (or for 10 s) with a consumer of
         its own; the offset to follow it from. The reader's long fetch wait would make this
@@ -180,18 +186,7 @@ class Client:
         the partition's leader before it asks where the beginning is."""
         if end <= low:
             return end
-        reader = Consumer(
-            self.settings.client_config(
-                {
-                    "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 5,
-                    "log_level": 3,
-                }
-            )
-        )
+        reader = self._new_reader(5, {"auto.offset.reset": "earliest"})
         catalog = [TopicPartition(self.topics.services, 0)]
         try:
             reader.assign([TopicPartition(self.topics.services, 0, low)])
