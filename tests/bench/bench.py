@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -273,6 +275,23 @@ def say(results: dict[str, Any]) -> None:
     print(f"bench: {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def local_kafka(prefix: str, namespace: str) -> Iterator[tuple[Path, Settings, dict[str, str]]]:
+    """A broker of its own in a new work directory, with the namespace's topics (8
+    partitions), stopped by PID on exit: the work directory, the settings, and the
+    environment a ``kourier`` process needs to use them."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    running = broker.start(work / "kafka", port=0)
+    try:
+        settings = Settings(bootstrap_servers=running.bootstrap, namespace=namespace, partitions=8)
+        create_topics(settings)
+        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
+                   KOURIER_NAMESPACE=namespace, PYTHONPATH=str(ROOT))  # fmt: skip
+        yield work, settings, env
+    finally:
+        broker.stop(work / "kafka")
+
+
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
@@ -280,67 +299,72 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 async def run(quick: bool) -> dict[str, Any]:
     scale = 0.25 if quick else 1.0
-    work = Path(tempfile.mkdtemp(prefix="kourier-bench-"))
-    running = broker.start(work / "kafka", port=0)
     processes: list[subprocess.Popen[bytes]] = []
-    try:
-        settings = Settings(bootstrap_servers=running.bootstrap, namespace="bench", partitions=8)
-        create_topics(settings)
-        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
-                   KOURIER_NAMESPACE="bench", PYTHONPATH=str(ROOT))  # fmt: skip
-        port = broker.free_port()
-        worker = spawn(["worker", "tests.bench.apps"], env, work / "worker.log")
-        ingress = spawn(["ingress", "--port", str(port), "--admin-port", str(broker.free_port())],
-                        env, work / "ingress.log")  # fmt: skip
-        processes += [worker, ingress]
-        url = f"http://127.0.0.1:{port}"
-        await wait_ready(url)
-        await http_load(url, [("/Echo/echo_value", 0)] * 200, 8)  # warm-up
-        results: dict[str, Any] = {"cpus": os.cpu_count(), "kafka": broker.kafka_version(),
-                                   "partitions": settings.partitions}  # fmt: skip
-        http_sends = int(20000 * scale)
-        results["http_sends_100_keys"] = await workload_http_sends(url, http_sends)
-        say(results)
-        kafka_sends = int(40000 * scale)
-        results["kafka_ingress_sends_100_keys"] = await workload_kafka_sends(
-            url, settings, kafka_sends, http_sends // len(KEYS)
-        )
-        say(results)
+    with local_kafka("kourier-bench-", "bench") as (work, settings, env):
+        try:
+            return await _workloads(work, settings, env, scale, processes)
+        finally:
+            for process in processes:
+                stop_process(process)
 
-        def restart(what: str) -> None:
-            nonlocal worker
-            if what == "stop":
-                stop_process(worker, 60)
-            else:
-                worker = spawn(["worker", "tests.bench.apps"], env, work / "worker-2.log")
-                processes.append(worker)
 
-        already = (http_sends + kafka_sends) // len(KEYS)
-        results["kafka_ingress_backlog_100_keys"] = await workload_kafka_backlog(
-            url, settings, kafka_sends, already, restart
-        )
-        say(results)
-        results["http_echo_64_concurrent"] = await workload_echo(url, int(20000 * scale), 64)
-        say(results)
-        results["http_echo_sequential"] = await workload_echo(url, int(2000 * scale), 1)
-        say(results)
-        results["http_chain_32_concurrent"] = await workload_chain(url, int(10000 * scale))
-        say(results)
-        results["delayed_send_lateness"] = await workload_delayed(settings, int(2000 * scale))
-        say(results)
-        results["worker_rss_mib"] = round(rss_mib(worker.pid), 1)
-        results["ingress_rss_mib"] = round(rss_mib(ingress.pid), 1)
-        results["raw_pipeline"] = raw_pipeline(settings, int(200000 * scale))
-        ceiling = results["raw_pipeline"]["records_per_s"]
-        kafka_rate = results["kafka_ingress_sends_100_keys"]["invocations_per_s"]
-        results["kafka_ingress_vs_raw_pipeline"] = round(kafka_rate / ceiling, 3)
-        backlog_rate = results["kafka_ingress_backlog_100_keys"]["invocations_per_s"]
-        results["kafka_backlog_vs_raw_pipeline"] = round(backlog_rate / ceiling, 3)
-        return results
-    finally:
-        for process in processes:
-            stop_process(process)
-        broker.stop(work / "kafka")
+async def _workloads(
+    work: Path,
+    settings: Settings,
+    env: dict[str, str],
+    scale: float,
+    processes: list[subprocess.Popen[bytes]],
+) -> dict[str, Any]:
+    """Every workload, against a worker and an ingress it starts (into ``processes``)."""
+    port = broker.free_port()
+    worker = spawn(["worker", "tests.bench.apps"], env, work / "worker.log")
+    ingress = spawn(["ingress", "--port", str(port), "--admin-port", str(broker.free_port())],
+                    env, work / "ingress.log")  # fmt: skip
+    processes += [worker, ingress]
+    url = f"http://127.0.0.1:{port}"
+    await wait_ready(url)
+    await http_load(url, [("/Echo/echo_value", 0)] * 200, 8)  # warm-up
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "kafka": broker.kafka_version(),
+                               "partitions": settings.partitions}  # fmt: skip
+    http_sends = int(20000 * scale)
+    results["http_sends_100_keys"] = await workload_http_sends(url, http_sends)
+    say(results)
+    kafka_sends = int(40000 * scale)
+    results["kafka_ingress_sends_100_keys"] = await workload_kafka_sends(
+        url, settings, kafka_sends, http_sends // len(KEYS)
+    )
+    say(results)
+
+    def restart(what: str) -> None:
+        nonlocal worker
+        if what == "stop":
+            stop_process(worker, 60)
+        else:
+            worker = spawn(["worker", "tests.bench.apps"], env, work / "worker-2.log")
+            processes.append(worker)
+
+    already = (http_sends + kafka_sends) // len(KEYS)
+    results["kafka_ingress_backlog_100_keys"] = await workload_kafka_backlog(
+        url, settings, kafka_sends, already, restart
+    )
+    say(results)
+    results["http_echo_64_concurrent"] = await workload_echo(url, int(20000 * scale), 64)
+    say(results)
+    results["http_echo_sequential"] = await workload_echo(url, int(2000 * scale), 1)
+    say(results)
+    results["http_chain_32_concurrent"] = await workload_chain(url, int(10000 * scale))
+    say(results)
+    results["delayed_send_lateness"] = await workload_delayed(settings, int(2000 * scale))
+    say(results)
+    results["worker_rss_mib"] = round(rss_mib(worker.pid), 1)
+    results["ingress_rss_mib"] = round(rss_mib(ingress.pid), 1)
+    results["raw_pipeline"] = raw_pipeline(settings, int(200000 * scale))
+    ceiling = results["raw_pipeline"]["records_per_s"]
+    kafka_rate = results["kafka_ingress_sends_100_keys"]["invocations_per_s"]
+    results["kafka_ingress_vs_raw_pipeline"] = round(kafka_rate / ceiling, 3)
+    backlog_rate = results["kafka_ingress_backlog_100_keys"]["invocations_per_s"]
+    results["kafka_backlog_vs_raw_pipeline"] = round(backlog_rate / ceiling, 3)
+    return results
 
 
 async def wait_ready(url: str) -> None:

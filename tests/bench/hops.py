@@ -29,25 +29,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import broker
-from streams.kafka.admin import create_topics
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Invoke, Target, decode_response, encode
-from tests.bench.bench import ROOT, spawn
+from tests.bench.bench import local_kafka, spawn
 from tests.processes import stop_process
 
 _COMMITS = re.compile(
@@ -144,33 +140,25 @@ def _response(consumer: Consumer, request_id: str, deadline: float) -> tuple[flo
 
 
 def run(calls: int, chain: bool) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="kourier-hops-"))
-    running = broker.start(work / "kafka", port=0)
-    worker = None
-    try:
-        settings = Settings(bootstrap_servers=running.bootstrap, namespace="hops", partitions=8)
-        create_topics(settings)
-        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
-                   KOURIER_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))  # fmt: skip
+    with local_kafka("kourier-hops-", "hops") as (work, settings, env):
         log = work / "worker.log"
         worker = spawn(["worker", "-v", "tests.bench.apps"], env, log)
-        results: dict[str, Any] = {"calls": calls, "kafka": broker.kafka_version(),
-                                   "call": "Chain/bump" if chain else "Echo/echo_value",
-                                   "hops_ms": measure(settings, calls, chain)}  # fmt: skip
-        found = _COMMITS.findall(log.read_text(errors="replace"))
-        if found:
-            commits, ms, records, partitions, producing, offsets, committing = found[-1]
-            results["worker_commits"] = {
-                "commits": int(commits), "ms_each": float(ms), "records_each": float(records),
-                "partitions_each": float(partitions),
-                "ms_in_begin_and_produce": float(producing),
-                "ms_in_send_offsets": float(offsets), "ms_in_commit": float(committing),
-            }  # fmt: skip
-        return results
-    finally:
-        if worker is not None:
+        try:
+            results: dict[str, Any] = {"calls": calls, "kafka": broker.kafka_version(),
+                                       "call": "Chain/bump" if chain else "Echo/echo_value",
+                                       "hops_ms": measure(settings, calls, chain)}  # fmt: skip
+            found = _COMMITS.findall(log.read_text(errors="replace"))
+            if found:
+                commits, ms, records, partitions, producing, offsets, committing = found[-1]
+                results["worker_commits"] = {
+                    "commits": int(commits), "ms_each": float(ms), "records_each": float(records),
+                    "partitions_each": float(partitions),
+                    "ms_in_begin_and_produce": float(producing),
+                    "ms_in_send_offsets": float(offsets), "ms_in_commit": float(committing),
+                }  # fmt: skip
+            return results
+        finally:
             stop_process(worker)
-        broker.stop(work / "kafka")
 
 
 def main() -> None:

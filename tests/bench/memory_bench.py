@@ -21,20 +21,17 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
 
 from streams.client import Client
 from streams.kafka import broker
-from streams.kafka.admin import create_topics
 from streams.settings import Settings
 from streams.wire.partitioning import partition_for
 from streams.wire.records import Invoke, Target, encode
-from tests.bench.bench import KEYS, ROOT, rss_mib, spawn
+from tests.bench.bench import KEYS, local_kafka, rss_mib, spawn
 from tests.processes import stop_process
 
 
@@ -89,57 +86,49 @@ def produce_markers(settings: Settings) -> None:
 
 
 async def run(invocations: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="kourier-memory-bench-"))
-    running = broker.start(work / "kafka", port=0)
-    worker = None
-    try:
-        settings = Settings(bootstrap_servers=running.bootstrap, namespace="mbench", partitions=8)
-        create_topics(settings)
-        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
-                   KOURIER_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))  # fmt: skip
+    with local_kafka("kourier-memory-bench-", "mbench") as (work, settings, env):
         worker = spawn(["worker", "tests.bench.apps"], env, work / "worker.log")
-        results: dict[str, Any] = {"cpus": os.cpu_count(), "kafka": broker.kafka_version()}
-        warm = 1000
-        async with Client(settings) as client:
-            await asyncio.to_thread(produce_idempotent, settings, 0, warm)
-            await wait_total(client, warm, 120)
-            results["warm"] = {"sends": warm, "worker_rss_mib": round(rss_mib(worker.pid), 1)}
-            say(results)
+        try:
+            results: dict[str, Any] = {"cpus": os.cpu_count(), "kafka": broker.kafka_version()}
+            warm = 1000
+            async with Client(settings) as client:
+                await asyncio.to_thread(produce_idempotent, settings, 0, warm)
+                await wait_total(client, warm, 120)
+                results["warm"] = {"sends": warm, "worker_rss_mib": round(rss_mib(worker.pid), 1)}
+                say(results)
 
-            began = time.monotonic()
-            await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
-            done = await wait_total(client, warm + invocations, 1800)
-            rss = rss_mib(worker.pid)
-            growth = (rss - results["warm"]["worker_rss_mib"]) * 1024 * 1024 / invocations
-            results["retained"] = {
-                "invocations": invocations,
-                "seconds": round(done - began, 1),
-                "worker_rss_mib": round(rss, 1),
-                "bytes_per_retained_outcome": round(growth),
-            }
-            say(results)
+                began = time.monotonic()
+                await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
+                done = await wait_total(client, warm + invocations, 1800)
+                rss = rss_mib(worker.pid)
+                growth = (rss - results["warm"]["worker_rss_mib"]) * 1024 * 1024 / invocations
+                results["retained"] = {
+                    "invocations": invocations,
+                    "seconds": round(done - began, 1),
+                    "worker_rss_mib": round(rss, 1),
+                    "bytes_per_retained_outcome": round(growth),
+                }
+                say(results)
 
-            began = time.monotonic()
-            await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
-            await asyncio.to_thread(produce_markers, settings)
-            expected = warm + invocations + len(KEYS)  # the repeats count nothing
-            await wait_total(client, expected, 1800)
-            total = await total_count(client)
-            if total != expected:
-                raise RuntimeError(f"counted {total} after the repeats, not {expected}")
-            results["repeated"] = {
-                "invocations": invocations,
-                "seconds": round(time.monotonic() - began, 1),
-                "total_count_after": total,
-                "expected_count": expected,
-                "worker_rss_mib": round(rss_mib(worker.pid), 1),
-            }
-            say(results)
-        return results
-    finally:
-        if worker is not None:
+                began = time.monotonic()
+                await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
+                await asyncio.to_thread(produce_markers, settings)
+                expected = warm + invocations + len(KEYS)  # the repeats count nothing
+                await wait_total(client, expected, 1800)
+                total = await total_count(client)
+                if total != expected:
+                    raise RuntimeError(f"counted {total} after the repeats, not {expected}")
+                results["repeated"] = {
+                    "invocations": invocations,
+                    "seconds": round(time.monotonic() - began, 1),
+                    "total_count_after": total,
+                    "expected_count": expected,
+                    "worker_rss_mib": round(rss_mib(worker.pid), 1),
+                }
+                say(results)
+            return results
+        finally:
             stop_process(worker)
-        broker.stop(work / "kafka")
 
 
 def say(results: dict[str, Any]) -> None:
