@@ -341,14 +341,27 @@ class Client:
         and wait for the worker's response."""
         request_id = getattr(record, "request_id", None)
         assert isinstance(request_id, str)
-        future: asyncio.Future[Response] = self._loop.create_future()
-        self._pending[request_id] = future
+        partition = ids.partition_of(owner, self.partitions)
+        future = self.expect(request_id)
         try:
-            partition = ids.partition_of(owner, self.partitions)
             await self._produce(self.topics.ingress, record, partition, key)
             return await future
         finally:
-            self._pending.pop(request_id, None)
+            future.cancel()
+
+    def expect(self, request_id: str) -> asyncio.Future[Response]:
+        """The response to ``request_id``, once read: register before producing the record
+        (by any producer: the Faust integration writes through Faust's), cancel to stop
+        waiting. ``request_id`` must come from :meth:`new_request_id`, whose ids hash to the
+        one response partition this client reads."""
+        future: asyncio.Future[Response] = self._loop.create_future()
+        self._pending[request_id] = future
+        future.add_done_callback(lambda _: self._pending.pop(request_id, None))
+        return future
+
+    def new_request_id(self) -> str:
+        """A fresh request id whose responses this client reads."""
+        return self._request_id()
 
     def _request_id(self) -> str:
         """A fresh request id whose responses land on this client's partition."""

@@ -1,0 +1,92 @@
+"""A Faust application that hands its work to Kourier handlers (``examples.quickstart``).
+
+- ``place``: every order on ``<ns>.orders`` (keyed by customer) adds its amount to the
+  ``Counter`` object of that customer and waits for the new total, which it writes to
+  ``<ns>.order-totals``. A customer's orders are added in the order they were placed.
+- ``welcome``: every name on ``<ns>.signups`` is greeted by the ``Greeter`` service
+  without waiting; ``greeted`` reads the greetings from Kourier's outcomes, as a stream,
+  and writes them to ``<ns>.greetings``.
+
+Run it next to a Kourier worker (``kourier worker examples.quickstart``)::
+
+    python -m examples.faust_orders worker -l info
+
+Settings: ``KOURIER_BOOTSTRAP_SERVERS`` and ``KOURIER_NAMESPACE`` as for every Kourier
+process; ``ORDERS_COMMIT_INTERVAL`` (seconds, default 2.8) is how often Faust commits the
+offsets of events it has processed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import faust
+
+from streams import Settings, Target
+from streams.faust import Kourier, ResponseRecord
+
+settings = Settings.from_env()
+app = faust.App(
+    f"{settings.namespace}-orders",
+    broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+    web_enabled=False,
+    store="memory://",
+    consumer_auto_offset_reset="earliest",
+    topic_partitions=4,
+    # A worker that dies without leaving its group hands its partitions over after 10 s.
+    broker_session_timeout=10.0,
+    broker_commit_interval=float(os.environ.get("ORDERS_COMMIT_INTERVAL", "2.8")),
+)
+kourier = Kourier(app, settings)
+
+
+class Order(faust.Record, serializer="json"):
+    id: str
+    customer: str
+    amount: int
+
+
+class Total(faust.Record, serializer="json"):
+    order: str
+    customer: str
+    total: int
+
+
+class Greeting(faust.Record, serializer="json"):
+    request_id: str
+    greeting: str
+
+
+orders = app.topic(f"{settings.namespace}.orders", value_type=Order)
+totals = app.topic(f"{settings.namespace}.order-totals", value_type=Total)
+signups = app.topic(f"{settings.namespace}.signups", value_type=str, value_serializer="raw")
+greetings = app.topic(f"{settings.namespace}.greetings", value_type=Greeting)
+
+
+@app.agent(orders)
+async def place(stream: faust.StreamT[Order]) -> None:
+    async for order in stream:
+        counter = Target(service="Counter", key=order.customer, handler="add")
+        total = await kourier.request(counter, order.amount)
+        await totals.send(
+            key=order.customer.encode(),
+            value=Total(order=order.id, customer=order.customer, total=total),
+        )
+
+
+@app.agent(signups)
+async def welcome(stream: faust.StreamT[str]) -> None:
+    async for name in stream:
+        await kourier.call(Target(service="Greeter", handler="greet"), name)
+
+
+@app.agent(kourier.outcomes)
+async def greeted(stream: faust.StreamT[ResponseRecord]) -> None:
+    async for outcome in stream:
+        await greetings.send(
+            value=Greeting(request_id=outcome.request_id, greeting=outcome.result())
+        )
+
+
+if __name__ == "__main__":
+    app.main()

@@ -1,0 +1,254 @@
+"""Faust applications invoke Kourier handlers from their streams.
+
+```python
+app = faust.App("orders", broker="kafka://127.0.0.1:9092")
+kourier = Kourier(app)                     # the namespace from KOURIER_NAMESPACE
+
+@app.agent(app.topic("orders", value_type=Order))
+async def place(orders: faust.StreamT[Order]) -> None:
+    async for order in orders:              # one partition's events, in offset order
+        total = await kourier.request(Target(service="Counter", key=order.customer,
+                                             handler="add"), order.amount)
+```
+
+Faust does the producing: every call is an :class:`InvokeRecord` written through the app's
+own producer to the ingress topic, keyed by the object key, so one key's calls keep their
+order. Each call made while an agent processes an event gets an idempotency key derived
+from that event (app id, topic, partition, offset, and the call's position within the
+event), so an event that Faust delivers again after a crash or a rebalance invokes nothing
+twice: Kourier answers the repeat with the first outcome.
+
+Outcomes are read ``read_committed`` from the response topic by a :class:`streams.Client`
+running inside the app (Faust's own consumer reads ``read_uncommitted`` unless the whole
+app runs with ``processing_guarantee="exactly_once"``, and would see responses of aborted
+transactions). :meth:`Kourier.request` returns one; the outcomes of :meth:`Kourier.call`
+arrive on :attr:`Kourier.outcomes`, a Faust channel that agents consume as a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from faust.streams import current_event
+from mode import Service
+
+from handlers.exceptions import TerminalError
+from handlers.serde import JSON
+from streams.client import Client
+from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.records import Response, Target
+from streams.wire.topics import Topics
+
+__all__ = ["FailureRecord", "InvokeRecord", "Kourier", "ResponseRecord", "TargetRecord"]
+
+
+# -- the wire records, as Faust models (the schema is `kourier schema`) -------------------
+
+
+class TargetRecord(faust.Record, include_metadata=False, serializer="json"):
+    """``Service/handler``, or ``Object/key/handler`` with ``key`` set."""
+
+    service: str
+    handler: str
+    key: str | None = None
+
+
+class FailureRecord(faust.Record, include_metadata=False, serializer="json"):
+    code: int
+    message: str
+
+
+class InvokeRecord(faust.Record, include_metadata=False, serializer="json"):
+    """A call or send on the ingress topic (``kind: invoke``)."""
+
+    target: TargetRecord
+    argument: Any = None
+    invocation_id: str | None = None
+    mode: str = "call"
+    idempotency_key: str | None = None
+    request_id: str | None = None
+    headers: dict[str, str] = {}  # noqa: RUF012  (Faust copies field defaults)
+    due: str | None = None
+    v: int = 1
+    kind: str = "invoke"
+
+
+class ResponseRecord(faust.Record, include_metadata=False, serializer="json"):
+    """An outcome on the response topic (``kind: response``)."""
+
+    status: str
+    request_id: str | None = None
+    invocation_id: str | None = None
+    value: Any = None
+    failure: FailureRecord | None = None
+    v: int = 1
+    kind: str = "response"
+
+    def result(self) -> Any:
+        """The handler's value, or its failure raised as :class:`TerminalError`."""
+        if self.failure is not None:
+            raise TerminalError(self.failure.message, self.failure.code)
+        return self.value
+
+
+# -- the integration ----------------------------------------------------------------------
+
+
+class Kourier(Service):  # mode.Service: started and stopped with the app
+    """Kourier calls and sends from the agents of one Faust app."""
+
+    def __init__(self, app: faust.App, settings: Settings | None = None) -> None:
+        super().__init__(loop=None)
+        self.app = app
+        self.settings = settings or Settings.from_env()
+        self.topics = Topics(self.settings.namespace)
+        self.ingress = app.topic(
+            self.topics.ingress, key_type=bytes, value_type=InvokeRecord, key_serializer="raw"
+        )
+        #: Outcomes of :meth:`call`, in the order they arrive: ``app.agent(kourier.outcomes)``.
+        self.outcomes = app.channel(value_type=ResponseRecord)
+        self._client = Client(self.settings)
+        # Calls made so far while processing each event, for the idempotency keys.
+        self._calls: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        app.add_dependency(self)
+
+    async def on_start(self) -> None:
+        await self._client.start()
+
+    async def on_stop(self) -> None:
+        await self._client.close()
+
+    # -- the three verbs -----------------------------------------------------------------
+
+    async def request(
+        self,
+        target: Target,
+        argument: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Call ``target`` and return its result (its ``TerminalError`` is raised here).
+
+        Awaited inside an agent, the event is acknowledged only once the outcome is in, so
+        a crash before then makes Faust deliver the event again, and the repeat (same
+        idempotency key) gets the same outcome.
+        """
+        request_id = self._client.new_request_id()
+        record = self._invoke(target, argument, request_id, idempotency_key, headers, None)
+        answer = self._client.expect(request_id)
+        try:
+            await self._produce(target, record)
+            return _as_record(await answer).result()
+        finally:
+            answer.cancel()
+
+    async def call(
+        self,
+        target: Target,
+        argument: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Call ``target`` without waiting: returns, once Kafka has the record, the request
+        id that the outcome on :attr:`outcomes` carries. Outcomes arrive while the app runs;
+        one that comes while it is down is not delivered again unless the call is (use
+        :meth:`request` when the outcome must be seen)."""
+        request_id = self._client.new_request_id()
+        record = self._invoke(target, argument, request_id, idempotency_key, headers, None)
+        answer = self._client.expect(request_id)
+        try:
+            await self._produce(target, record)
+        except BaseException:
+            answer.cancel()
+            raise
+        answer.add_done_callback(self._forward)
+        return request_id
+
+    def _forward(self, answer: asyncio.Future[Response]) -> None:
+        if not answer.cancelled():
+            self.add_future(self.outcomes.send(value=_as_record(answer.result())))
+
+    async def send(
+        self,
+        target: Target,
+        argument: Any = None,
+        *,
+        delay: timedelta | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """One-way: returns the invocation id once Kafka has the record."""
+        due = (datetime.now(UTC) + delay).isoformat() if delay is not None else None
+        record = self._invoke(target, argument, None, idempotency_key, headers, due)
+        await self._produce(target, record)
+        assert record.invocation_id is not None
+        return record.invocation_id
+
+    # -- building and producing records --------------------------------------------------
+
+    def _invoke(
+        self,
+        target: Target,
+        argument: Any,
+        request_id: str | None,
+        idempotency_key: str | None,
+        headers: Mapping[str, str] | None,
+        due: str | None,
+    ) -> InvokeRecord:
+        key = idempotency_key or self._derived_key()
+        invocation_id = self._client.invocation_id_for(target, key)
+        return InvokeRecord(
+            target=TargetRecord(service=target.service, handler=target.handler, key=target.key),
+            argument=JSON.encode(argument, f"the argument of {target.path()}"),
+            invocation_id=invocation_id,
+            mode="call" if request_id is not None else "send",
+            idempotency_key=key,
+            request_id=request_id,
+            headers=dict(headers or {}),
+            due=due,
+        )
+
+    def _derived_key(self) -> str:
+        """An idempotency key for the next call of the event being processed."""
+        event = current_event()
+        if event is None:
+            raise RuntimeError(
+                "no Faust event is being processed: pass idempotency_key= outside an agent"
+            )
+        n = self._calls.get(event, 0)
+        self._calls[event] = n + 1
+        message = event.message
+        return f"faust:{self.app.conf.id}:{message.topic}:{message.partition}:{message.offset}:{n}"
+
+    async def _produce(self, target: Target, record: InvokeRecord) -> None:
+        """Write ``record`` now (not as a Faust attachment sent after the event is acked),
+        keyed by the object key so Kafka's murmur2 puts it on the key's partition; an
+        unkeyed call goes to the partition its invocation id names."""
+        assert record.invocation_id is not None
+        key = target.key if target.key is not None else record.invocation_id
+        partition = None
+        if target.key is None:
+            partition = ids.partition_of(record.invocation_id, self._client.partitions)
+        delivery = await self.ingress.send(
+            key=key.encode(), value=record, partition=partition, force=True
+        )
+        await delivery
+
+
+def _as_record(response: Response) -> ResponseRecord:
+    failure = response.failure
+    return ResponseRecord(
+        status=response.status,
+        request_id=response.request_id,
+        invocation_id=response.invocation_id,
+        value=response.value,
+        failure=FailureRecord(code=failure.code, message=failure.message) if failure else None,
+    )
