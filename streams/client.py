@@ -31,6 +31,7 @@ from pydantic import BaseModel, JsonValue
 
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
+from streams import tracing
 from streams.errors import KourierError
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
@@ -303,6 +304,10 @@ class Client:
                     key=key.encode(),
                     partition=partition,
                     on_delivery=report,
+                    # An invocation continues the trace of whoever invokes (streams.tracing).
+                    headers=tracing.as_headers(tracing.current())
+                    if isinstance(record, Invoke)
+                    else None,
                 )
                 break
             except BufferError:

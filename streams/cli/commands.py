@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streams.cli import output
 from streams.kafka import broker
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -42,13 +43,21 @@ def broker_start(args: argparse.Namespace) -> int:
         cluster = broker.start_cluster(Path(args.data), args.nodes, port=args.port)
         pids = ", ".join(str(node.pid) for node in cluster.nodes)
         say(f"kourier: cluster ready in {time.monotonic() - began:.1f}s (pids {pids})")
-        print(cluster.bootstrap)
+        _started(args, cluster.bootstrap, [node.pid for node in cluster.nodes])
         return 0
     say(f"kourier: starting the broker in {args.data} ...")
     running = broker.start(Path(args.data), port=args.port)
     say(f"kourier: broker pid {running.pid} ready in {time.monotonic() - began:.1f}s")
-    print(running.bootstrap)
+    _started(args, running.bootstrap, [running.pid])
     return 0
+
+
+def _started(args: argparse.Namespace, bootstrap: str, pids: list[int]) -> None:
+    """The bootstrap address alone (scripts capture it), or with ``--json`` a document."""
+    if args.json:
+        print(json.dumps({"bootstrap": bootstrap, "pids": pids, "data": str(args.data)}))
+    else:
+        print(bootstrap)
 
 
 def broker_jars(args: argparse.Namespace) -> int:
@@ -71,22 +80,24 @@ def broker_status(args: argparse.Namespace) -> int:
             for node_dir, running in nodes
         ]
         up = sum(row["running"] is True for row in rows)
-        print(json.dumps({"running": up == len(rows), "nodes": rows}))
+        cluster = {"running": up == len(rows), "nodes": rows}
+        output.emit(
+            args,
+            cluster,
+            lambda c: output.table(c["nodes"], ["data", "running", "bootstrap", "pid"]),
+        )
         return 0 if up == len(rows) else 1
     running = broker.status(Path(args.data))
     if running is None:
-        print(json.dumps({"running": False, "data": str(args.data)}))
+        output.emit(args, {"running": False, "data": str(args.data)}, output.one_line)
         return 1
-    print(
-        json.dumps(
-            {
-                "running": True,
-                "bootstrap": running.bootstrap,
-                "pid": running.pid,
-                "data": str(running.data_dir),
-            }
-        )
-    )
+    found = {
+        "running": True,
+        "bootstrap": running.bootstrap,
+        "pid": running.pid,
+        "data": str(running.data_dir),
+    }
+    output.emit(args, found, output.one_line)
     return 0
 
 
@@ -105,7 +116,20 @@ def schema(args: argparse.Namespace) -> int:
 def topics_create(args: argparse.Namespace) -> int:
     from streams.kafka.admin import create_topics
 
-    for state in create_topics(_settings(args)):
+    states = create_topics(_settings(args))
+    if args.json:  # the lines below are the established output, piped or not
+        rows = [
+            {
+                "topic": state.spec.name,
+                "created": state.created,
+                "partitions": state.partitions,
+                "replication_factor": state.replication_factor,
+            }
+            for state in states
+        ]
+        print(json.dumps({"topics": rows}, indent=2))
+        return 0
+    for state in states:
         verb = "created" if state.created else "exists "
         shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
         print(f"{verb} {state.spec.name} ({shape})")
@@ -127,7 +151,7 @@ def topics_describe(args: argparse.Namespace) -> int:
     from streams.kafka.admin import describe_topics
 
     described = describe_topics(_settings(args))
-    print(json.dumps(described, indent=2))
+    output.emit(args, described, output.topics)
     for warning in described["warnings"]:
         say(f"kourier: warning: {warning}")
     return 0
@@ -146,10 +170,16 @@ def _configure_logging(verbose: bool = False) -> None:
     )
 
 
-def _run_until_signal(main: Any) -> int:
-    """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM."""
+def _run_until_signal(main: Any, traced_as: str) -> int:
+    """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM,
+    exporting its spans as service ``traced_as`` when ``OTEL_TRACES_EXPORTER`` says so."""
     import asyncio
     import signal
+
+    from streams import tracing
+
+    if tracing.configure(traced_as):
+        say(f"kourier: traces exported ({os.environ['OTEL_TRACES_EXPORTER']})")
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -158,7 +188,10 @@ def _run_until_signal(main: Any) -> int:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    finally:
+        tracing.shutdown()
     return 0
 
 
@@ -187,7 +220,7 @@ def worker(args: argparse.Namespace) -> int:
         worker.stop()
         await task
 
-    return _run_until_signal(main)
+    return _run_until_signal(main, "kourier-worker")
 
 
 def ingress(args: argparse.Namespace) -> int:
@@ -207,7 +240,7 @@ def ingress(args: argparse.Namespace) -> int:
             await runner.cleanup()
         await ingress.close()
 
-    return _run_until_signal(main)
+    return _run_until_signal(main, "kourier-ingress")
 
 
 def dev(args: argparse.Namespace) -> int:
@@ -255,7 +288,7 @@ def dev(args: argparse.Namespace) -> int:
             worker.stop()
             await work
 
-        return _run_until_signal(main)
+        return _run_until_signal(main, "kourier")
     finally:
         if started_broker:
             broker.stop(data_dir)
@@ -279,7 +312,7 @@ def call(args: argparse.Namespace) -> int:
     from streams.http.ingress import parse_duration
 
     target = _parse_target(args.target)
-    argument = json.loads(args.json) if args.json is not None else None
+    argument = json.loads(args.argument) if args.argument is not None else None
 
     async def main() -> int:
         async with Client(_settings(args)) as client:
@@ -305,58 +338,6 @@ def call(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-# -- admin: invocations, services, state (over the admin HTTP API) --------------
-
-
-def _http(method: str, url: str) -> tuple[int, Any]:
-    """One JSON request; returns (status, decoded body) for 2xx and 4xx/5xx alike."""
-    from urllib.error import HTTPError, URLError
-    from urllib.request import Request, urlopen
-
-    request = Request(url, method=method)
-    token = os.environ.get("KOURIER_TOKEN")
-    if token:
-        request.add_header("authorization", f"Bearer {token}")
-    try:
-        with urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except HTTPError as error:
-        body = error.read()
-        try:
-            return error.code, json.loads(body)
-        except ValueError:
-            return error.code, {"code": error.code, "message": body.decode(errors="replace")}
-    except URLError as error:
-        message = f"cannot reach {url}: {error.reason} (is `kourier ingress` up?)"
-        raise ConnectionError(message) from None
-
-
-def admin(args: argparse.Namespace) -> int:
-    from urllib.parse import quote, urlencode
-
-    admin = args.admin_url.rstrip("/")
-    op = getattr(args, "op", None)
-    if args.command == "services":
-        status, body = _http("GET", f"{admin}/services")
-    elif args.command == "state":
-        status, body = _http("GET", f"{admin}/state/{quote(args.service)}/{quote(args.key)}")
-    elif op == "list":
-        query = {"status": args.status, "service": args.service, "key": args.key}
-        params = urlencode({k: v for k, v in query.items() if v} | {"limit": args.limit})
-        status, body = _http("GET", f"{admin}/invocations?{params}")
-    elif op == "deadlocks":
-        status, body = _http("GET", f"{admin}/deadlocks")
-    elif op == "describe":
-        status, body = _http("GET", f"{admin}/invocations/{quote(args.id)}")
-    elif op == "attach":
-        ingress = args.ingress_url.rstrip("/")
-        status, body = _http("GET", f"{ingress}/restate/attach/{quote(args.id)}")
-    else:
-        status, body = _http("PATCH", f"{admin}/invocations/{quote(args.id)}/{op}")
-    print(json.dumps(body, indent=2))
-    return 0 if status < 400 else 1
-
-
 def dlq(args: argparse.Namespace) -> int:
     from streams.kafka import deadletters
 
@@ -364,7 +345,7 @@ def dlq(args: argparse.Namespace) -> int:
     letters = deadletters.read(settings, reason=args.reason)
     if args.op == "list":
         rows = [letter.model_dump(mode="json") for letter in letters[-args.limit :]]
-        print(json.dumps(rows, indent=2))
+        output.emit(args, rows, output.dead_letters)
         return 0
     chosen = [x for x in letters if args.all or x.dlq_offset in set(args.offset or [])]
     if args.all:  # letters that cannot be replayed are left where they are, and named
@@ -381,5 +362,6 @@ def dlq(args: argparse.Namespace) -> int:
     except ValueError as error:
         say(f"kourier: {error}; nothing was replayed")
         return 1
-    print(json.dumps({"replayed": count, "offsets": [x.dlq_offset for x in chosen]}))
+    replayed = {"replayed": count, "offsets": [x.dlq_offset for x in chosen]}
+    output.emit(args, replayed, output.one_line)
     return 0

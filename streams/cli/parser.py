@@ -5,9 +5,22 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
+from typing import get_args
 
+from streams.cli import admin as admin_api
 from streams.cli import commands as run
+from streams.engine.journal import Status
 from streams.errors import KourierError
+
+STATUSES = get_args(Status)
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (the default when standard output is not a terminal)",
+    )
 
 
 def _kafka_flags(parser: argparse.ArgumentParser, partitions: bool = False) -> None:
@@ -68,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
             op.add_argument(
                 "--nodes", type=int, default=1, help="KRaft nodes: 3 starts a local cluster"
             )
+        if name in ("start", "status"):
+            _json_flag(op)
         op.set_defaults(func=func)
 
     schema = commands.add_parser("schema", help="JSON Schema of the ingress and response records")
@@ -83,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="replicas per topic (KOURIER_REPLICATION_FACTOR; default min(3, brokers))",
     )
+    _json_flag(create)
     create.set_defaults(func=run.topics_create)
     describe = topic_ops.add_parser("describe", help="show the namespace's topics")
     _kafka_flags(describe, partitions=True)
+    _json_flag(describe)
     describe.set_defaults(func=run.topics_describe)
     worker = commands.add_parser("worker", help="run handlers: MODULE or MODULE:ATTR")
     worker.add_argument("module", help="e.g. examples.quickstart or app.services:ALL")
@@ -126,17 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         cmd = commands.add_parser(name, help=text)
         cmd.add_argument("target", help="Service/handler or Object/key/handler")
-        cmd.add_argument("json", nargs="?", help="the argument, as JSON")
+        cmd.add_argument("argument", nargs="?", metavar="json", help="the argument, as JSON")
         cmd.add_argument("--idempotency-key")
         if name == "send":
             cmd.add_argument("--delay", help="run no earlier than this: 500ms, 5s, 10m, PT1H")
         _kafka_flags(cmd)
+        _json_flag(cmd)  # what they print is JSON already: the result, or the receipt
         cmd.set_defaults(func=run.call)
 
     invocations = commands.add_parser("invocations", help="list, inspect and control invocations")
     invocation_ops = invocations.add_subparsers(dest="op", required=True)
     listing = invocation_ops.add_parser("list", help="invocations, newest first")
-    listing.add_argument("--status", help="pending, running, suspended, backing-off, paused, ...")
+    listing.add_argument("--status", choices=STATUSES, metavar="STATUS", help=", ".join(STATUSES))
     listing.add_argument("--service")
     listing.add_argument("--key")
     listing.add_argument("--limit", type=int, default=50)
@@ -152,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("attach", "wait for its outcome and print it"),
     ):
         op = invocation_ops.add_parser(name, help=text)
-        op.add_argument("id", help="invocation id (inv_...)")
+        if name in admin_api.BULK_OPS:
+            _bulk_flags(op)
+        else:
+            op.add_argument("id", help="invocation id (inv_...)")
         _admin_flags(op)
     dlq = commands.add_parser("dlq", help="dead letters: list them, replay them to ingress")
     dlq_ops = dlq.add_subparsers(dest="op", required=True)
@@ -164,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     for op in (dlq_list, dlq_replay):
         op.add_argument("--reason", help="only these: not-json, bad-schema, unknown-target, ...")
         _kafka_flags(op)
+        _json_flag(op)
         op.set_defaults(func=run.dlq)
     services = commands.add_parser("services", help="services the workers announce")
     _admin_flags(services)
@@ -176,7 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bulk_flags(parser: argparse.ArgumentParser) -> None:
+    """One invocation by id, or every one a filter matches (see ``streams/cli/admin.py``)."""
+    parser.add_argument("id", nargs="?", help="invocation id (inv_...), or filter instead:")
+    parser.add_argument("--service", help="every invocation of this service or object")
+    parser.add_argument("--status", choices=STATUSES, metavar="STATUS", help=", ".join(STATUSES))
+    parser.add_argument("--key", help="every invocation of this object key or workflow id")
+    parser.add_argument("--dry-run", action="store_true", help="list what matches; do nothing")
+    parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "--limit", type=int, default=1000, help="act on at most N, the newest (default 1000)"
+    )
+
+
 def _admin_flags(parser: argparse.ArgumentParser) -> None:
+    _json_flag(parser)
     parser.add_argument(
         "--admin-url",
         default=os.environ.get("KOURIER_ADMIN_URL", "http://127.0.0.1:9070"),
@@ -187,7 +223,7 @@ def _admin_flags(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("KOURIER_INGRESS_URL", "http://127.0.0.1:8080"),
         help="HTTP ingress, for attach (KOURIER_INGRESS_URL)",
     )
-    parser.set_defaults(func=run.admin)
+    parser.set_defaults(func=admin_api.admin)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

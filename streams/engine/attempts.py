@@ -15,9 +15,11 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import NonDeterminismError, TerminalError
+from streams import tracing
 from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
 from streams.engine.values import measured
@@ -67,6 +69,26 @@ class Attempts:
             )
 
     async def _attempt(self, inv: Invocation) -> None:
+        """One attempt, as one span of the invocation's trace (see streams.tracing)."""
+        meta = inv.meta
+        with tracing.tracer.start_as_current_span(
+            inv.handler.path,
+            context=tracing.context_of(meta.trace),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "kourier.invocation_id": meta.id,
+                "kourier.attempt": meta.attempt,
+                "kourier.target": meta.target.path(),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            outcome = await self._attempt_in(inv)
+            if outcome is not None:
+                span.set_status(Status(StatusCode.ERROR, outcome))
+
+    async def _attempt_in(self, inv: Invocation) -> str | None:
+        """Run the handler; what went wrong, if anything (None: completed, or closed)."""
         handler = inv.handler
         signature = handler.signature
         ctx = InvocationContext(inv)
@@ -93,14 +115,17 @@ class Attempts:
             failure = Failure(code=500, message=f"non-deterministic handler: {error}")
         except (InvocationClosed, asyncio.CancelledError):
             if inv.closed or self._closed():
-                return
+                return None
             raise
         except Exception as error:
-            if not (inv.closed or self._closed()):
-                self._back_off(inv, error)
-            return
-        if not (inv.closed or self._closed()):
-            self._complete(inv, value, failure)
+            if inv.closed or self._closed():
+                return None
+            self._back_off(inv, error)
+            return f"{type(error).__name__}: {error}"
+        if inv.closed or self._closed():
+            return None
+        self._complete(inv, value, failure)
+        return None if failure is None else f"{failure.code} {failure.message}"
 
     # -- suspension ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
+from opentelemetry.trace import SpanKind
 from pydantic import TypeAdapter
 
 from handlers.combinators import Combinable
@@ -34,6 +35,7 @@ from handlers.context import (
 )
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.service import handler_of
+from streams import tracing
 from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise
 from streams.engine.values import checked_headers, checked_id, due_after, writable
@@ -224,16 +226,22 @@ class InvocationContext(WorkflowContext):
                     return index  # cancelled before it was made
             else:
                 self.invocation.append(entry)
-            self.invocation.invoke(
-                index,
-                target=target,
-                argument=argument,
-                callee=callee,
-                mode="call" if kind == "call" else "send",
-                idempotency_key=idempotency_key,
-                headers=sent_headers,
-                due=due,
-            )
+            with tracing.tracer.start_as_current_span(
+                f"{kind} {target.path()}",
+                kind=SpanKind.PRODUCER,
+                attributes={"kourier.callee": callee, "kourier.entry": index},
+            ):
+                self.invocation.invoke(
+                    index,
+                    target=target,
+                    argument=argument,
+                    callee=callee,
+                    mode="call" if kind == "call" else "send",
+                    idempotency_key=idempotency_key,
+                    headers=sent_headers,
+                    due=due,
+                    trace=tracing.current(),
+                )
         return index
 
     # -- identity ------------------------------------------------------------
@@ -328,7 +336,10 @@ class InvocationContext(WorkflowContext):
             index = self._new_entry(Entry(kind="sleep", callee=me, due=due))
             if not self.invocation.journal[index].done:
                 fired = Completion(caller=Caller(invocation_id=me, entry=index), invocation_id=me)
-                self.invocation.timer(index, due, fired)
+                with tracing.tracer.start_as_current_span(
+                    f"sleep {duration}", attributes={"kourier.due": due, "kourier.entry": index}
+                ):
+                    self.invocation.timer(index, due, fired)
         return _EntryFuture(self, index)
 
     def run(
@@ -347,7 +358,10 @@ class InvocationContext(WorkflowContext):
         if not entry.done:
             self.invocation.effects += 1
             try:
-                result = await _perform(action, self.invocation.run_executor)
+                with tracing.tracer.start_as_current_span(
+                    f"run {entry.name}", attributes={"kourier.entry": index}
+                ):
+                    result = await _perform(action, self.invocation.run_executor)
             except TerminalError as error:
                 self.invocation.check_open()
                 self.invocation.complete_entry(

@@ -65,6 +65,7 @@ class Partition(Protocol):
         idempotency_key: str | None,
         headers: dict[str, str],
         due: float | None,
+        trace: str | None,
     ) -> None: ...
     def handler_attach(self, inv: Invocation, index: int, invocation_id: str) -> None: ...
     def handler_cancel(self, invocation_id: str) -> None: ...
@@ -227,11 +228,13 @@ class Invocation:
         idempotency_key: str | None,
         headers: dict[str, str],
         due: float | None,
+        trace: str | None,
     ) -> None:
-        """Send the call or one-way send journaled at ``index``."""
+        """Send the call or one-way send journaled at ``index`` (``trace``: the span that
+        made it, the parent of the callee's attempts)."""
         self.processor.handler_invoke(
             self, target=target, argument=argument, callee=callee, index=index, mode=mode,
-            idempotency_key=idempotency_key, headers=headers, due=due,
+            idempotency_key=idempotency_key, headers=headers, due=due, trace=trace,
         )  # fmt: skip
 
     def attach(self, index: int, invocation_id: str) -> None:

@@ -98,6 +98,7 @@ class InvocationMeta(BaseModel):
     value: JsonValue = None  # the outcome, once completed
     failure: Failure | None = None
     expires_at: float | None = None  # completed and retained until then
+    trace: str | None = None  # W3C trace context of what started it (streams.tracing)
 
 
 log = logging.getLogger("kourier.journal")

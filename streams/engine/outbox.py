@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from streams.engine.journal import InvocationMeta
 from streams.metrics import DEADLETTERS
+from streams.tracing import as_headers
 from streams.wire import ids
 from streams.wire.partitioning import partition_of_key
 from streams.wire.records import (
@@ -94,13 +95,14 @@ class Outbox:
         owner = ids.partition_of(caller, self.partitions)
         self._emit(Out(self.topics.ingress, owner, caller.encode(), encode(completion)))
 
-    def invoke(self, record: Invoke) -> None:
-        """A call or send a handler made, to the partition of the callee's id."""
+    def invoke(self, record: Invoke, trace: str | None = None) -> None:
+        """A call or send a handler made, to the partition of the callee's id, with the
+        trace context of the span that made it in its headers."""
         callee = record.invocation_id
         assert callee is not None
         owner = ids.partition_of(callee, self.partitions)
         key = (record.target.key if record.target.key is not None else callee).encode()
-        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+        self._emit(Out(self.topics.ingress, owner, key, encode(record), as_headers(trace)))
 
     def attach(self, record: AttachRequest) -> None:
         """A handler's attach: to the partition of the invocation it names."""
@@ -126,9 +128,12 @@ class Outbox:
         owner = ids.partition_of(owner_id, self.partitions)
         self._emit(Out(self.topics.delay, owner, owner_id.encode(), encode(record)))
 
-    def forward(self, owner: int, key: bytes | None, value: bytes | None) -> None:
-        """An ingress record that belongs to another partition, moved there unchanged."""
-        self._emit(Out(self.topics.ingress, owner, key, value))
+    def forward(
+        self, owner: int, key: bytes | None, value: bytes | None, trace: str | None = None
+    ) -> None:
+        """An ingress record that belongs to another partition, moved there unchanged (its
+        trace context too)."""
+        self._emit(Out(self.topics.ingress, owner, key, value, as_headers(trace)))
 
     def dead_letter(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int

@@ -164,8 +164,11 @@ class PartitionProcessor:
 
     # -- ingress records -----------------------------------------------------------
 
-    def on_message(self, key: bytes | None, value: bytes | None, offset: int) -> None:
-        """Apply one ingress record; malformed ones go to the dead-letter topic."""
+    def on_message(
+        self, key: bytes | None, value: bytes | None, offset: int, trace: str | None = None
+    ) -> None:
+        """Apply one ingress record; malformed ones go to the dead-letter topic. ``trace`` is
+        the trace context its headers carried (:mod:`streams.tracing`)."""
         try:
             if value is not None and len(value) > MAX_RECORD_BYTES:
                 self._oversize(value)
@@ -185,10 +188,10 @@ class PartitionProcessor:
             return
         if owner != self.partition:
             # A producer that partitioned differently (e.g. kcat's default): move it.
-            self.outbox.forward(owner, key, value)
+            self.outbox.forward(owner, key, value, trace)
             return
         try:
-            self._apply(record, key, value, offset)
+            self._apply(record, key, value, offset, trace)
         except Exception as error:  # one record never stops the partition
             log.exception("%s/%d@%d could not be applied", self.topics.ingress, self.partition,
                           offset)  # fmt: skip
@@ -197,10 +200,15 @@ class PartitionProcessor:
         self._wake()
 
     def _apply(
-        self, record: routing.IngressRecord, key: bytes | None, value: bytes | None, offset: int
+        self,
+        record: routing.IngressRecord,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
+        trace: str | None,
     ) -> None:
         if isinstance(record, Invoke):
-            self._apply_invoke(record, key, value, offset)
+            self._apply_invoke(record, key, value, offset, trace)
         elif isinstance(record, Completion):
             self._apply_completion(record)
         elif isinstance(record, AttachRequest):
@@ -235,7 +243,12 @@ class PartitionProcessor:
         return scope, derived
 
     def _apply_invoke(
-        self, record: Invoke, key: bytes | None, value: bytes | None, offset: int
+        self,
+        record: Invoke,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
+        trace: str | None = None,
     ) -> None:
         try:
             handler = self.registry.resolve(record.target)
@@ -276,6 +289,7 @@ class PartitionProcessor:
             seq=offset,
             created_at=now,
             modified_at=now,
+            trace=trace,
         )
         if record.mode == "send" and record.request_id is not None:
             self.outbox.response(
@@ -403,6 +417,7 @@ class PartitionProcessor:
         idempotency_key: str | None,
         headers: dict[str, str],
         due: float | None,
+        trace: str | None,
     ) -> None:
         record = Invoke(
             target=target,
@@ -415,7 +430,7 @@ class PartitionProcessor:
         )
         if due is not None:  # scheduled by the callee's partition from now on
             record = record.model_copy(update={"due": datetime.fromtimestamp(due, UTC)})
-        self.outbox.invoke(record)
+        self.outbox.invoke(record, trace)
 
     def handler_callee_id(
         self, caller: Invocation, index: int, target: Target, idempotency_key: str | None

@@ -22,6 +22,7 @@ from pydantic import JsonValue, ValidationError
 
 from streams.engine.deadlocks import describe, find_cycles, wait_for_edges
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
+from streams.http.calltree import CallLinks, call_tree, iso, parent_of
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
@@ -33,13 +34,14 @@ def waiting_on(meta: InvocationMeta, journal: list[Entry]) -> list[str]:
     if meta.status == "completed":
         return []
     return [
-        f"{entry.describe()} (entry {i})" + (f" due {_iso(entry.due)}" if entry.due else "")
+        f"{entry.describe()} (entry {i})" + (f" due {iso(entry.due)}" if entry.due else "")
         for i, entry in enumerate(journal)
         if not entry.done and entry.kind != "select"
     ]
 
 
-def summary(meta: InvocationMeta) -> dict[str, Any]:
+def summary(meta: InvocationMeta, links: CallLinks | None = None) -> dict[str, Any]:
+    """An invocation's list row. ``caller`` is whoever called or sent it, when known."""
     row: dict[str, Any] = {
         "id": meta.id,
         "target": meta.target.path(),
@@ -49,24 +51,28 @@ def summary(meta: InvocationMeta) -> dict[str, Any]:
         "status": meta.status,
         "mode": meta.mode,
         "attempt": meta.attempt,
-        "created_at": _iso(meta.created_at),
-        "modified_at": _iso(meta.modified_at),
+        "created_at": iso(meta.created_at),
+        "modified_at": iso(meta.modified_at),
     }
     if meta.idempotency_key is not None:
         row["idempotency_key"] = meta.idempotency_key
     if meta.last_error is not None:
         row["last_error"] = meta.last_error
-    if meta.caller is not None:
-        row["caller"] = meta.caller.invocation_id
+    link = parent_of(meta, meta.id, links)
+    if link is not None:
+        row["caller"] = link.parent
     if meta.due is not None:
-        row["due_at"] = _iso(meta.due)
+        row["due_at"] = iso(meta.due)
     return row
 
 
 def detail(
-    meta: InvocationMeta, journal: list[Entry], denied: frozenset[str] = DENIED_HEADERS
+    meta: InvocationMeta,
+    journal: list[Entry],
+    denied: frozenset[str] = DENIED_HEADERS,
+    links: CallLinks | None = None,
 ) -> dict[str, Any]:
-    row = summary(meta)
+    row = summary(meta, links)
     row["argument"] = meta.argument
     row["headers"] = allowed_headers(meta.headers, denied)
     row["waiting_on"] = waiting_on(meta, journal)
@@ -77,9 +83,9 @@ def detail(
         row["outcome"] = (
             {"failure": meta.failure.model_dump()} if meta.failure else {"value": meta.value}
         )
-        row["expires_at"] = _iso(meta.expires_at) if meta.expires_at else None
+        row["expires_at"] = iso(meta.expires_at) if meta.expires_at else None
     if meta.retry_at is not None and meta.status == "backing-off":
-        row["retry_at"] = _iso(meta.retry_at)
+        row["retry_at"] = iso(meta.retry_at)
     return row
 
 
@@ -90,6 +96,7 @@ class InvocationIndex:
         self.settings = settings
         self.topics = Topics(settings.namespace)
         self.log = InvocationLog()
+        self.links = CallLinks()  # who sent what: a send's callee does not name its sender
         self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
         self._lock = threading.Lock()
         self._version = 0  # changes with every changelog record applied
@@ -160,9 +167,20 @@ class InvocationIndex:
             if topic == self.topics.state:
                 self._apply_state(key, value)
             else:
-                self.log.apply(key, value)
+                self._apply_invocation(key, value)
         except (ValueError, ValidationError):
             return  # a record this version does not understand: not the index's to judge
+
+    def _apply_invocation(self, key: bytes, value: bytes | None) -> None:
+        self.log.apply(key, value)
+        text = key.decode()
+        if text.startswith("m/") and value is None:
+            self.links.forget(text[2:])
+        elif text.startswith("j/") and value is not None:
+            inv_id, _, index = text[2:].rpartition("/")
+            entry = self.log.entries.get(inv_id, {}).get(int(index))
+            if entry is not None:
+                self.links.record(inv_id, int(index), entry)
 
     def _apply_state(self, key: bytes, value: bytes | None) -> None:
         service, obj, name, is_promise = parse_state_key(key)
@@ -185,14 +203,35 @@ class InvocationIndex:
     ) -> list[dict[str, Any]]:
         with self._lock:
             rows = [
-                summary(meta)
-                for meta in self.log.metas.values()
-                if (status is None or meta.status == status)
-                and (service is None or meta.target.service == service)
-                and (key is None or meta.target.key == key)
+                summary(meta, self.links)
+                for meta in self._matching(status=status, service=service, key=key)
             ]
         rows.sort(key=lambda r: str(r["created_at"]), reverse=True)
         return rows[:limit]
+
+    def matching(
+        self, *, status: str | None = None, service: str | None = None, key: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """``(id, status, target)`` of every invocation the filter matches, newest first:
+        what a bulk action chooses from (no row limit, no rows built)."""
+        with self._lock:
+            found = [
+                (meta.created_at, meta.id, meta.status, meta.target.path())
+                for meta in self._matching(status=status, service=service, key=key)
+            ]
+        found.sort(reverse=True)
+        return [(inv_id, inv_status, target) for _, inv_id, inv_status, target in found]
+
+    def _matching(
+        self, *, status: str | None, service: str | None, key: str | None
+    ) -> list[InvocationMeta]:
+        return [
+            meta
+            for meta in self.log.metas.values()
+            if (status is None or meta.status == status)
+            and (service is None or meta.target.service == service)
+            and (key is None or meta.target.key == key)
+        ]
 
     def describe(self, invocation_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -200,7 +239,12 @@ class InvocationIndex:
             if meta is None:
                 return None
             journal = self.log.journal(invocation_id)
-            return detail(meta, journal, self.settings.header_denylist)
+            row = detail(meta, journal, self.settings.header_denylist, self.links)
+            row["tree"] = call_tree(invocation_id, self.log.metas, self._journal, self.links)
+            return row
+
+    def _journal(self, invocation_id: str) -> list[Entry]:
+        return self.log.journal(invocation_id) if invocation_id in self.log.metas else []
 
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/engine/deadlocks.py``).
@@ -225,7 +269,3 @@ class InvocationIndex:
     def state_of(self, service: str, key: str) -> dict[str, JsonValue]:
         with self._lock:
             return dict(self.state.get((service, key), {}))
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"

@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import TerminalError
+from streams import tracing
 from streams.client import Client, KafkaUnavailable, ServiceInfo
 from streams.errors import KourierError
+from streams.http import bulk
 from streams.http.index import InvocationIndex
 from streams.metrics import DEADLOCKS
 from streams.settings import Settings, short_duration
@@ -226,6 +230,7 @@ class Ingress:
         app.router.add_get("/invocations", self.list_invocations)
         app.router.add_get("/invocations/{id}", self.describe_invocation)
         app.router.add_patch("/invocations/{id}/{action}", self.control_invocation)
+        app.router.add_post("/invocations/{action}", self.bulk_control)
         app.router.add_get("/state/{service}/{key}", self.object_state)
         app.router.add_get("/deadlocks", self.list_deadlocks)
         app.router.add_get("/ui", ui_page)
@@ -322,27 +327,14 @@ class Ingress:
         """``PATCH /invocations/{id}/cancel|kill|purge|resume``: 200 done, 202 accepted
         (a cancel reaches a running handler at its next await), 404, 409."""
         inv_id, action = request.match_info["id"], request.match_info["action"]
-        actions = {
-            "cancel": self.client.cancel,
-            "kill": self.client.kill,
-            "purge": self.client.purge,
-            "resume": self.client.resume,
-        }
-        if action not in actions:
-            return error_response(404, f"no action {action!r}: use {', '.join(actions)}")
-        try:
-            ids.validate(inv_id)
-            status = await actions[action](inv_id)
-        except ids.InvalidId as error:
-            return error_response(400, str(error))
-        except TerminalError as error:
-            return error_response(error.status_code, error.message)
-        except KafkaUnavailable as error:
-            return error_response(503, str(error))
-        code = 202 if status == "accepted" else 200
-        return web.json_response(
-            {"invocationId": inv_id, "action": action, "status": status}, status=code
-        )
+        if action not in bulk.ACTIONS:
+            return error_response(404, f"no action {action!r}: use {', '.join(bulk.ACTIONS)}")
+        code, body = await bulk.control_one(self.client, action, inv_id)
+        return web.json_response(body, status=code)
+
+    async def bulk_control(self, request: web.Request) -> web.Response:
+        """``POST /invocations/{action}?status=&service=&key=&dry_run=``: see ``bulk.py``."""
+        return await bulk.bulk_control(request, self.index.matching, self.client)
 
     async def list_deadlocks(self, request: web.Request) -> web.Response:
         """``GET /deadlocks``: wait-for cycles between invocations, each with its members."""
@@ -353,6 +345,21 @@ class Ingress:
         return web.json_response(self.index.state_of(service, key))
 
     async def invoke(self, request: web.Request) -> web.Response:
+        """A call or send, as one span that continues the caller's W3C ``traceparent``; the
+        record it produces carries this span's context to the worker."""
+        with tracing.tracer.start_as_current_span(
+            f"{request.method} {request.path}",
+            context=propagate.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.path},
+        ) as span:
+            response = await self._answer(request)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(StatusCode.ERROR)
+            return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
         began = time.perf_counter()
         kind = "call"
         try:

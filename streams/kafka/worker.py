@@ -41,6 +41,7 @@ from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks, work
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
+from streams.tracing import from_headers
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.worker")
@@ -321,7 +322,8 @@ class Worker:
             processor = self.processors.get(partition)
             if processor is None:
                 continue
-            processor.on_message(message.key(), message.value(), offset)
+            trace = from_headers(message.headers())
+            processor.on_message(message.key(), message.value(), offset, trace)
             self._offsets[partition] = offset + 1
 
     def _wake(self) -> None:

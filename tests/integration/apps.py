@@ -172,6 +172,16 @@ async def effect_then_add(ctx: Context, spec: dict[str, str]) -> int:
     return result
 
 
+@relay.handler()
+async def traced(ctx: Context, key: str) -> int:
+    """One of each traced operation: ``ctx.run``, a sleep, a send and a call."""
+    await ctx.run("stamp", lambda: key)
+    await ctx.sleep(timedelta(milliseconds=10))
+    ctx.object_send(add, key).send(1)
+    result: int = await ctx.object(add, key).request(2)
+    return result
+
+
 def _first_time(marker: str) -> bool:
     if os.path.exists(marker):
         return False

@@ -1,14 +1,23 @@
-"""The admin API: invocations listed and described from the changelog; resume, purge."""
+"""The admin API: invocations listed and described from the changelog; resume, purge; the
+call tree; bulk control by filter, over HTTP and from the CLI, with its dry run."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from streams.client import Client
 from streams.wire.records import Target
+from tests.integration.conftest import ROOT
+from tests.integration.helpers import invocation_status, poll_until
 
 
 async def wait_for_status(
@@ -77,3 +86,170 @@ async def test_retained_outcomes_are_described_and_purged(
             assert reply.status == 200
         async with http.get(f"{ingress_url}/restate/output/{inv_id}") as reply:
             assert reply.status == 404
+
+
+async def scheduled_ids(http: aiohttp.ClientSession, admin_url: str, service: str) -> set[str]:
+    params = {"service": service, "status": "scheduled"}
+    async with http.get(f"{admin_url}/invocations", params=params) as reply:
+        return {str(row["id"]) for row in (await reply.json())["invocations"]}
+
+
+async def schedule(client: Client, prefix: str, count: int) -> list[str]:
+    """``count`` sends to ``Tally/<prefix>-<i>/add``, due in ten minutes (nothing races their
+    release), with idempotency keys so their cancelled outcomes are kept and can be read."""
+    receipts = [
+        await client.object_send("Tally", f"{prefix}-{i}", "add").send(
+            1, delay=timedelta(minutes=10), idempotency_key=f"{prefix}-{i}"
+        )
+        for i in range(count)
+    ]
+    return [receipt.invocation_id for receipt in receipts]
+
+
+async def test_describe_shows_the_call_tree_both_ways(
+    client: Client, ingress_url: str, admin_url: str
+) -> None:
+    call = asyncio.create_task(
+        client.object("Trip", "adm-tree", "plan").request(60_000, idempotency_key="adm-tree")
+    )
+    async with aiohttp.ClientSession() as http:
+
+        async def plans() -> int:
+            params = {"service": "Trip", "key": "adm-tree"}
+            async with http.get(f"{admin_url}/invocations", params=params) as reply:
+                rows[:] = (await reply.json())["invocations"]
+            return len(rows)
+
+        rows: list[dict[str, Any]] = []
+        await poll_until(plans, 1, 30, "plan indexed")
+        (plan,) = rows
+        assert plan["target"] == "Trip/adm-tree/plan"
+
+        async def callees() -> list[str]:
+            async with http.get(f"{admin_url}/invocations/{plan['id']}") as reply:
+                found[0] = await reply.json()
+            return [str(n["target"]) for n in found[0]["tree"]["callees"]]
+
+        found: list[dict[str, Any]] = [{}]
+        await poll_until(callees, ["Trip/adm-tree-hotel/reserve"], 30, "plan's callees")
+        (reserve,) = found[0]["tree"]["callees"]
+        assert found[0]["tree"]["callers"] == [], "called from outside: no caller"
+        assert (reserve["via"], reserve["entry"], reserve["indexed"]) == ("call", 0, True)
+        assert reserve["status"] in ("running", "suspended")
+        assert reserve["created_at"].endswith("Z")
+        assert reserve["age_ms"] >= 0
+        async with http.get(f"{admin_url}/invocations/{reserve['id']}") as reply:
+            below = await reply.json()
+        assert below["caller"] == plan["id"]
+        assert [(n["id"], n["via"]) for n in below["tree"]["callers"]] == [(plan["id"], "call")]
+        assert below["tree"]["callees"] == []
+        async with http.patch(f"{admin_url}/invocations/{plan['id']}/cancel") as reply:
+            assert reply.status == 202
+        done = await invocation_status(http, admin_url, str(plan["id"]), "completed")
+        (finished,) = done["tree"]["callees"]
+        assert finished["status"] == "completed"
+        assert finished["failure"] == {"code": 409, "message": "cancelled"}
+    result = await asyncio.gather(call, return_exceptions=True)
+    assert getattr(result[0], "status_code", None) == 409
+
+
+async def test_bulk_cancel_dry_run_then_real(
+    client: Client, ingress_url: str, admin_url: str
+) -> None:
+    sent = await schedule(client, "adm-bulk", 3)
+    async with aiohttp.ClientSession() as http:
+        await poll_until(
+            lambda: scheduled_ids(http, admin_url, "Tally"), set(sent), 30, "scheduled sends"
+        )
+        url = f"{admin_url}/invocations/cancel"
+        async with http.post(url, params={"service": "Tally", "dry_run": "true"}) as reply:
+            assert reply.status == 200, await reply.text()
+            dry = await reply.json()
+        assert set(dry["ids"]) == set(sent)
+        assert dry["matched"] == 3
+        assert "results" not in dry
+        assert {row["status"] for row in dry["invocations"]} == {"scheduled"}
+        assert await scheduled_ids(http, admin_url, "Tally") == set(sent), "a dry run did nothing"
+
+        # The ids a dry run listed narrow the action: two of the three are cancelled.
+        chosen = {"ids": dry["ids"][:2]}
+        async with http.post(url, params={"service": "Tally"}, json=chosen) as reply:
+            done = await reply.json()
+        assert done["ids"] == chosen["ids"]
+        assert done["results"] == {i: {"code": 200, "status": "success"} for i in chosen["ids"]}
+        assert (done["succeeded"], done["failed"]) == (2, 0)
+        for invocation_id in chosen["ids"]:
+            detail = await invocation_status(http, admin_url, invocation_id, "completed")
+            assert detail["outcome"] == {"failure": {"code": 409, "message": "cancelled"}}
+        (left,) = set(sent) - set(chosen["ids"])
+        assert await scheduled_ids(http, admin_url, "Tally") == {left}
+
+        # Completed ones are passed over, and counted as such; the last one is killed by key.
+        async with http.post(url, params={"service": "Tally", "dry_run": "1"}) as reply:
+            again = await reply.json()
+        assert (again["ids"], again["skipped"]) == ([left], 2)
+        key = next(f"adm-bulk-{i}" for i, inv_id in enumerate(sent) if inv_id == left)
+        async with http.post(f"{admin_url}/invocations/kill", params={"key": key}) as reply:
+            killed = await reply.json()
+        assert killed["results"] == {left: {"code": 200, "status": "success"}}
+
+        # Refused: no filter, an unknown status, an unknown action.
+        async with http.post(url) as reply:
+            assert reply.status == 400
+        async with http.post(url, params={"status": "runing"}) as reply:
+            assert reply.status == 400
+            assert "unknown status" in (await reply.json())["message"]
+        async with http.post(f"{admin_url}/invocations/explode?key=k") as reply:
+            assert reply.status == 404
+
+
+async def kourier(admin_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kourier ARGS --admin-url ADMIN`` in a process, off the loop the worker runs on."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "streams.cli", *args, "--admin-url", admin_url],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+        timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def test_the_cli_prints_json_and_cancels_by_filter(
+    client: Client, ingress_url: str, admin_url: str
+) -> None:
+    sent = await schedule(client, "cli-bulk", 2)
+    async with aiohttp.ClientSession() as http:
+        await poll_until(
+            lambda: scheduled_ids(http, admin_url, "Tally"), set(sent), 30, "scheduled sends"
+        )
+        filters = ("--service", "Tally", "--status", "scheduled")
+        listed = await kourier(admin_url, "invocations", "list", *filters, "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)["invocations"]
+        assert {row["id"] for row in rows} == set(sent)
+        assert all(row["due_at"] for row in rows)
+        described = await kourier(admin_url, "invocations", "describe", sent[0], "--json")
+        assert json.loads(described.stdout)["tree"] == {
+            "callers": [], "callees": [], "truncated": False,
+        }  # fmt: skip
+        services = await kourier(admin_url, "services", "--json")
+        assert "Tally" in {s["name"] for s in json.loads(services.stdout)}
+
+        dry = await kourier(admin_url, "invocations", "cancel", *filters, "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        assert set(json.loads(dry.stdout)["ids"]) == set(sent)
+        assert await scheduled_ids(http, admin_url, "Tally") == set(sent), "a dry run did nothing"
+
+        unasked = await kourier(admin_url, "invocations", "cancel", *filters)
+        assert unasked.returncode == 2
+        assert "pass --yes" in unasked.stderr
+        assert await scheduled_ids(http, admin_url, "Tally") == set(sent)
+
+        done = await kourier(admin_url, "invocations", "cancel", *filters, "--yes", "--json")
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert set(answer["results"]) == set(sent)
+        assert answer["succeeded"] == 2
+        for invocation_id in sent:
+            await invocation_status(http, admin_url, invocation_id, "completed")
+        none_left = await kourier(admin_url, "invocations", "cancel", *filters, "--yes", "--json")
+        assert json.loads(none_left.stdout)["ids"] == [], "nothing left to cancel"

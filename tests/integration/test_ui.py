@@ -1,5 +1,7 @@
 """The web UI in a real browser (Debian's Chromium, driven by Playwright): find a blocked
-invocation, see what it waits on, cancel it, watch its status change; the deadlock banner.
+invocation, see what it waits on, cancel it, watch its status change; the deadlock banner;
+the call tree with its links; scheduled invocations' due times; a bulk cancel that says how
+many it will cancel before it does.
 
 The screenshots the README shows are taken here, into ``docs/ui/``.
 """
@@ -11,11 +13,13 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from streams.client import Client
 from tests.integration.conftest import ROOT
+from tests.integration.helpers import invocation_status
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "docs" / "ui"
@@ -93,9 +97,92 @@ async def test_a_scheduled_invocation_shows_its_due_time_and_cancels(
     )
     await page.goto(f"{admin_url}/ui#/?status=scheduled")
     row = page.locator(f"#invocations tr.row[data-id={receipt.invocation_id}]")
-    await expect(row).to_contain_text("due ", timeout=30_000)
+    await expect(row.get_by_test_id("due-at")).to_contain_text("T", timeout=30_000)
+    await expect(row.get_by_test_id("due-in")).to_contain_text("m")  # "9m 58s"
     await row.click()
     await expect(page.get_by_test_id("status")).to_have_text("scheduled", timeout=30_000)
     await expect(page.get_by_test_id("due")).to_contain_text("T")
     await page.locator("[data-action=cancel]").click()
     await expect(page.locator("#message")).to_contain_text("cancel: 200 success")
+
+
+async def test_the_call_tree_links_caller_and_callee(
+    page: Page, client: Client, ingress_url: str, admin_url: str
+) -> None:
+    await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
+    # plan on ui-tree waits in a call to reserve on ui-tree-hotel, which holds a 60 s timer;
+    # the idempotency key keeps plan's outcome (and page) once it completes.
+    call = asyncio.create_task(
+        client.object("Trip", "ui-tree", "plan").request(60_000, idempotency_key="ui-tree")
+    )
+    await page.goto(f"{admin_url}/ui#/?service=Trip&key=ui-tree")
+    row = page.locator("#invocations tr.row", has_text="Trip/ui-tree/plan")
+    await expect(row).to_have_count(1, timeout=30_000)
+    plan_id = await row.get_attribute("data-id")
+    await row.click()
+    tree = page.get_by_test_id("tree")
+    await expect(tree.locator(".node.self")).to_contain_text("Trip/ui-tree/plan")
+    callee = tree.get_by_role("link", name="Trip/ui-tree-hotel/reserve")
+    await expect(callee).to_be_visible(timeout=30_000)
+    callee_row = tree.locator(
+        ".node", has=page.get_by_role("link", name="Trip/ui-tree-hotel/reserve")
+    )
+    await expect(callee_row).to_contain_text("call")
+    await page.screenshot(path=str(SHOTS / "calltree.png"))
+    # Follow the link down: the callee's page shows its caller above it, linked back.
+    await callee.click()
+    await expect(page.locator("main .grid")).to_contain_text("Trip/ui-tree-hotel/reserve")
+    caller = tree.locator(f".node[data-id={plan_id}]")
+    await expect(caller.get_by_role("link", name="Trip/ui-tree/plan")).to_be_visible()
+    await expect(tree.locator(".node.self")).to_contain_text("Trip/ui-tree-hotel/reserve")
+    # Cancel the caller from its page: the cancel reaches the callee first, the tree shows
+    # both completed, the callee with its 409.
+    await caller.get_by_role("link").click()
+    await page.locator("[data-action=cancel]").click()
+    await expect(page.locator("#message")).to_contain_text("cancel: 202")
+    await expect(tree.get_by_test_id("tree-status")).to_have_text(
+        ["completed", "completed"], timeout=30_000
+    )
+    await expect(tree).to_contain_text("409 cancelled")  # the callee's, from plan's journal
+    result = await asyncio.gather(call, return_exceptions=True)
+    assert getattr(result[0], "status_code", None) == 409
+
+
+async def test_bulk_cancel_of_scheduled_invocations_asks_with_the_count(
+    page: Page, client: Client, ingress_url: str, admin_url: str
+) -> None:
+    await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
+    # Idempotency keys keep the cancelled outcomes, so they can be checked afterwards.
+    sent = [
+        (await client.object_send("Tally", f"ui-bulk-{i}", "add").send(
+            1, delay=timedelta(minutes=10 + i), idempotency_key=f"ui-bulk-{i}"
+        )).invocation_id
+        for i in range(3)
+    ]  # fmt: skip
+    await page.goto(f"{admin_url}/ui#/?status=scheduled&service=Tally")
+    rows = page.locator("#invocations tr.row")
+    await expect(rows).to_have_count(3, timeout=30_000)
+    await expect(page.get_by_test_id("due-at")).to_have_count(3)
+    await page.screenshot(path=str(SHOTS / "scheduled.png"))
+    # Asked first, with the count the server's dry run found; "Keep them" does nothing.
+    await page.locator("[data-bulk=cancel]").click()
+    dialog = page.get_by_test_id("confirm")
+    await expect(dialog).to_contain_text("Cancel 3 invocations?")
+    await page.locator("[data-confirm=no]").click()
+    await expect(dialog).to_have_count(0)
+    await expect(rows).to_have_count(3)
+    await page.locator("[data-bulk=cancel]").click()
+    await expect(dialog).to_contain_text("Cancel 3 invocations?")
+    await page.screenshot(path=str(SHOTS / "bulk-cancel.png"))
+    await page.locator("[data-confirm=yes]").click()
+    await expect(page.locator("#bulk-message")).to_contain_text("Cancel: 3 of 3 done")
+    await expect(page.locator("#invocations")).to_contain_text(
+        "No invocations match.", timeout=30_000
+    )
+    async with aiohttp.ClientSession() as http:
+        for invocation_id in sent:
+            detail = await invocation_status(http, admin_url, invocation_id, "completed")
+            assert detail["outcome"] == {"failure": {"code": 409, "message": "cancelled"}}
+    # Without a filter there is nothing to confirm: the buttons are off.
+    await page.goto(f"{admin_url}/ui#/")
+    await expect(page.locator("[data-bulk=cancel]")).to_be_disabled()

@@ -1,0 +1,218 @@
+"""Control requests for one invocation, or for every invocation a filter matches.
+
+``PATCH /invocations/{id}/{action}`` acts on one invocation; ``POST /invocations/{action}
+?service=&status=&key=`` acts on each invocation the admin index matches, through the same
+per-invocation path (one control record each, answered by the owning partition), so a bulk
+cancel means exactly what N single cancels mean. ``dry_run=true`` only says what would be
+done. A body ``{"ids": [...]}`` narrows the action to invocations a dry run listed, so what
+a user confirmed ("Cancel 12 invocations?") is what is acted on, even if more match by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, get_args
+
+from aiohttp import web
+
+from handlers.exceptions import TerminalError
+from streams.client import Client, KafkaUnavailable
+from streams.engine.journal import Status
+from streams.errors import KourierError
+from streams.wire import ids
+
+ACTIONS = ("cancel", "kill", "purge", "resume")
+STATUSES: tuple[str, ...] = get_args(Status)
+#: The statuses each action applies to; a bulk action leaves the others alone (a single
+#: one would answer them 409), so its count is what it will really act on.
+APPLIES_TO: dict[str, frozenset[str]] = {
+    "cancel": frozenset(STATUSES) - {"completed"},
+    "kill": frozenset(STATUSES) - {"completed"},
+    "purge": frozenset({"completed"}),
+    "resume": frozenset({"paused"}),
+}
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+#: Control requests in flight at once for one bulk action.
+CONCURRENCY = 32
+
+
+class BulkRefused(KourierError):
+    """A bulk request that cannot be run as asked: answered ``status`` with the reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRequest:
+    """What a bulk action acts on: a filter, at most ``limit`` invocations, and optionally
+    only the ``ids`` a dry run listed."""
+
+    action: str
+    status: str | None = None
+    service: str | None = None
+    key: str | None = None
+    dry_run: bool = False
+    limit: int = DEFAULT_LIMIT
+    ids: frozenset[str] | None = None
+
+    def filter(self) -> dict[str, str]:
+        found = {"status": self.status, "service": self.service, "key": self.key}
+        return {name: value for name, value in found.items() if value}
+
+
+def parse_bulk(action: str, query: Mapping[str, str], body: Any = None) -> BulkRequest:
+    """A bulk request from the URL's action and query (and the JSON body, if any).
+
+    A filter is required: an action on every invocation of a namespace is not one a typo
+    or an empty form should start. The status must be one the index knows, so a misspelt
+    one is a 400, not a silent "0 matched".
+    """
+    if action not in ACTIONS:
+        raise BulkRefused(404, f"no action {action!r}: use {', '.join(ACTIONS)}")
+    status = query.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BulkRefused(400, f"unknown status {status!r}: use {', '.join(STATUSES)}")
+    service, key = query.get("service") or None, query.get("key") or None
+    if status is None and service is None and key is None:
+        raise BulkRefused(400, f"bulk {action} needs a filter: status, service or key")
+    dry_run = _flag(query.get("dry_run", ""), "dry_run")
+    try:
+        limit = int(query.get("limit", str(DEFAULT_LIMIT)))
+    except ValueError:
+        raise BulkRefused(400, "limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BulkRefused(400, f"limit must be between 1 and {MAX_LIMIT}")
+    chosen: frozenset[str] | None = None
+    if body is not None:
+        given = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(given, list) or not all(isinstance(i, str) for i in given):
+            raise BulkRefused(400, 'the body, when given, is {"ids": ["inv_...", ...]}')
+        chosen = frozenset(given)
+    return BulkRequest(action, status, service, key, dry_run, limit, chosen)
+
+
+def _flag(text: str, name: str) -> bool:
+    if text.lower() in ("", "0", "false", "no"):
+        return False
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    raise BulkRefused(400, f"{name} must be true or false")
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The invocations a bulk action acts on, newest first, and what it passed over."""
+
+    chosen: list[tuple[str, str, str]]  # (id, status, target)
+    matched: int  # the filter matched these, and the action applies to them
+    skipped: int  # the filter matched these, but the action does not apply (completed...)
+
+    @property
+    def ids(self) -> list[str]:
+        return [inv_id for inv_id, _, _ in self.chosen]
+
+
+def select(request: BulkRequest, matches: list[tuple[str, str, str]]) -> Selection:
+    """Choose from the index's ``(id, status, target)`` matches, newest first."""
+    applies = APPLIES_TO[request.action]
+    considered = [m for m in matches if request.ids is None or m[0] in request.ids]
+    eligible = [m for m in considered if m[1] in applies]
+    return Selection(eligible[: request.limit], len(eligible), len(considered) - len(eligible))
+
+
+Control = Callable[[str], Awaitable[str]]
+
+
+def controls(client: Client) -> dict[str, Control]:
+    return {
+        "cancel": client.cancel,
+        "kill": client.kill,
+        "purge": client.purge,
+        "resume": client.resume,
+    }
+
+
+async def control_one(client: Client, action: str, inv_id: str) -> tuple[int, dict[str, Any]]:
+    """One control request, as ``(HTTP status, body)``: 200 done, 202 accepted (a cancel
+    reaches a running handler at its next await), 400 bad id, 404, 409, 503."""
+    try:
+        ids.validate(inv_id)
+        status = await controls(client)[action](inv_id)
+    except ids.InvalidId as error:
+        return 400, {"code": 400, "message": str(error)}
+    except TerminalError as error:
+        return error.status_code, {"code": error.status_code, "message": error.message}
+    except KafkaUnavailable as error:
+        return 503, {"code": 503, "message": str(error)}
+    code = 202 if status == "accepted" else 200
+    return code, {"invocationId": inv_id, "action": action, "status": status}
+
+
+async def run_bulk(
+    request: BulkRequest, selection: Selection, act: Callable[[str], Awaitable[tuple[int, Any]]]
+) -> dict[str, Any]:
+    """The bulk answer: what was chosen and, unless a dry run, each one's result."""
+    answer: dict[str, Any] = {
+        "action": request.action,
+        "dry_run": request.dry_run,
+        "filter": request.filter(),
+        "matched": selection.matched,
+        "skipped": selection.skipped,
+        "ids": selection.ids,
+        "invocations": [
+            {"id": inv_id, "target": target, "status": status}
+            for inv_id, status, target in selection.chosen
+        ],
+        "truncated": selection.matched > len(selection.ids),
+    }
+    if request.dry_run:
+        return answer
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(inv_id: str) -> tuple[int, Any]:
+        async with gate:
+            return await act(inv_id)
+
+    outcomes = await asyncio.gather(*(one(inv_id) for inv_id in selection.ids))
+    results = {
+        inv_id: {"code": code, "status": body.get("status") or body.get("message")}
+        for inv_id, (code, body) in zip(selection.ids, outcomes, strict=True)
+    }
+    answer["results"] = results
+    answer["succeeded"] = sum(r["code"] < 400 for r in results.values())
+    answer["failed"] = len(results) - answer["succeeded"]
+    return answer
+
+
+async def bulk_control(
+    request: web.Request, matching: Callable[..., list[tuple[str, str, str]]], client: Client
+) -> web.Response:
+    """``POST /invocations/{action}?status=&service=&key=&dry_run=&limit=``."""
+    try:
+        text = await request.text() if request.can_read_body else ""
+        body = json.loads(text) if text.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return _refused(BulkRefused(400, f"body is not valid JSON: {error}"))
+    try:
+        bulk = parse_bulk(request.match_info["action"], request.query, body)
+    except BulkRefused as refused:
+        return _refused(refused)
+    matches = matching(status=bulk.status, service=bulk.service, key=bulk.key)
+    selection = select(bulk, matches)
+
+    async def act(inv_id: str) -> tuple[int, Any]:
+        return await control_one(client, bulk.action, inv_id)
+
+    return web.json_response(await run_bulk(bulk, selection, act))
+
+
+def _refused(refused: BulkRefused) -> web.Response:
+    body = {"code": refused.status, "message": refused.message}
+    return web.json_response(body, status=refused.status)

@@ -1,0 +1,119 @@
+"""OpenTelemetry traces: one request's path across handlers, partitions and workers.
+
+The W3C trace context (``traceparent``, ``tracestate``) travels in the headers of every
+record that starts an invocation: the HTTP ingress continues the caller's, the Python client
+and the Faust integration send the current one, a worker sends the span of the call or send
+that made the record, and any other producer may set it. The worker keeps it with the
+invocation, so every attempt of that invocation, on whichever worker and after however many
+restarts, is a span of the same trace; each call, send, sleep and ``ctx.run`` of an attempt
+is a child span.
+
+Spans go nowhere unless ``OTEL_TRACES_EXPORTER`` names an exporter (``otlp`` or
+``console``); the other ``OTEL_*`` variables (endpoint, headers, service name, sampler)
+configure it as for any OpenTelemetry SDK. Without one, the API's spans cost a few
+microseconds and record nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+
+#: Kafka record headers that carry the trace context.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+tracer = trace.get_tracer("kourier")
+
+
+def configure(service_name: str) -> bool:
+    """Install an SDK tracer provider that exports as ``OTEL_*`` says; False when tracing
+    stays off (no ``OTEL_TRACES_EXPORTER``, or ``none``)."""
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    if exporter_name in ("", "none") or os.environ.get("OTEL_SDK_DISABLED") == "true":
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
+
+    exporter: SpanExporter
+    if exporter_name == "console":
+        exporter = ConsoleSpanExporter()
+    elif exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    else:
+        raise ValueError(f"OTEL_TRACES_EXPORTER={exporter_name!r}: use otlp, console or none")
+    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return True
+
+
+def shutdown() -> None:
+    """Export what is still buffered (the SDK's provider has ``shutdown``; the API's not)."""
+    provider = trace.get_tracer_provider()
+    stop = getattr(provider, "shutdown", None)
+    if callable(stop):
+        stop()
+
+
+def context_of(carrier: str | None) -> Context | None:
+    """The context a stored ``traceparent`` (optionally ``;``-joined with its tracestate)
+    names, as the parent of a new span."""
+    if not carrier:
+        return None
+    parent, _, state = carrier.partition(";")
+    values = {"traceparent": parent}
+    if state:
+        values["tracestate"] = state
+    return propagate.extract(values)
+
+
+Headers = Iterable[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None]
+
+
+def from_headers(headers: Headers | None) -> str | None:
+    """A record's trace context, as kept with its invocation: ``traceparent[;tracestate]``."""
+    if not headers:
+        return None
+    found: dict[str, str] = {}
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
+        if name in TRACE_HEADERS and value is not None:
+            found[name] = value.decode(errors="replace") if isinstance(value, bytes) else value
+    return _joined(found)
+
+
+def current() -> str | None:
+    """The current span's context, as kept with an invocation (see :func:`from_headers`)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return _joined(carrier)
+
+
+def _joined(found: Mapping[str, str]) -> str | None:
+    parent = found.get("traceparent")
+    if parent is None:
+        return None
+    state = found.get("tracestate")
+    return f"{parent};{state}" if state else parent
+
+
+def as_headers(carrier: str | None) -> list[tuple[str, str | bytes | None]] | None:
+    """Kafka record headers for a kept context (the reverse of :func:`from_headers`)."""
+    if not carrier:
+        return None
+    parent, _, state = carrier.partition(";")
+    headers: list[tuple[str, str | bytes | None]] = [("traceparent", parent)]
+    if state:
+        headers.append(("tracestate", state))
+    return headers

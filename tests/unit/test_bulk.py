@@ -1,0 +1,158 @@
+"""Bulk control: the request's rules, what it chooses, and ``POST /invocations/{action}``
+over HTTP with a stand-in for the Kafka client."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from handlers.exceptions import TerminalError
+from streams.client import Client
+from streams.http import bulk
+from streams.http.bulk import BulkRefused, BulkRequest, parse_bulk, select
+from streams.wire import ids
+
+A, B, C, D = (ids.keyed_id(name, name) for name in "abcd")
+MATCHES = [
+    (A, "running", "Trip/a/reserve"),
+    (B, "scheduled", "Trip/b/reserve"),
+    (C, "completed", "Trip/c/reserve"),
+    (D, "paused", "Trip/d/reserve"),
+]
+
+
+def refused(action: str, query: dict[str, str], body: Any = None) -> tuple[int, str]:
+    with pytest.raises(BulkRefused) as caught:
+        parse_bulk(action, query, body)
+    return caught.value.status, caught.value.message
+
+
+def test_a_bulk_request_needs_a_known_action_a_filter_and_a_known_status() -> None:
+    assert refused("explode", {"service": "Trip"})[0] == 404
+    status, message = refused("cancel", {})
+    assert status == 400
+    assert "needs a filter" in message
+    status, message = refused("cancel", {"status": "runing"})
+    assert status == 400
+    assert "unknown status 'runing'" in message
+    assert refused("cancel", {"service": "Trip", "limit": "0"})[0] == 400
+    assert refused("cancel", {"service": "Trip", "limit": "x"})[0] == 400
+    assert refused("cancel", {"service": "Trip", "dry_run": "maybe"})[0] == 400
+    assert refused("cancel", {"service": "Trip"}, {"ids": "inv_x"})[0] == 400
+    assert refused("cancel", {"service": "Trip"}, [A])[0] == 400
+
+
+def test_a_bulk_request_parses() -> None:
+    query = {"service": "Trip", "status": "running", "dry_run": "true", "limit": "5", "key": ""}
+    request = parse_bulk("kill", query, {"ids": [A]})
+    assert request == BulkRequest("kill", "running", "Trip", None, True, 5, frozenset({A}))
+    assert request.filter() == {"status": "running", "service": "Trip"}
+    assert not parse_bulk("cancel", {"key": "k"}).dry_run
+
+
+def test_each_action_chooses_only_what_it_applies_to() -> None:
+    cancel = select(BulkRequest("cancel", service="Trip"), MATCHES)
+    assert (cancel.ids, cancel.matched, cancel.skipped) == ([A, B, D], 3, 1)
+    assert select(BulkRequest("purge", service="Trip"), MATCHES).ids == [C]
+    assert select(BulkRequest("resume", service="Trip"), MATCHES).ids == [D]
+    capped = select(BulkRequest("kill", service="Trip", limit=2), MATCHES)
+    assert (capped.ids, capped.matched) == ([A, B], 3), "the newest, and how many matched"
+    confirmed = select(BulkRequest("cancel", service="Trip", ids=frozenset({B, C})), MATCHES)
+    assert (confirmed.ids, confirmed.skipped) == ([B], 1), "only what a dry run listed"
+
+
+async def test_a_dry_run_acts_on_nothing_and_a_real_run_reports_each() -> None:
+    acted: list[str] = []
+
+    async def act(inv_id: str) -> tuple[int, Any]:
+        acted.append(inv_id)
+        if inv_id == B:
+            return 409, {"code": 409, "message": "already completed"}
+        return 202, {"invocationId": inv_id, "action": "cancel", "status": "accepted"}
+
+    chosen = select(BulkRequest("cancel", service="Trip"), MATCHES)
+    dry = await bulk.run_bulk(BulkRequest("cancel", service="Trip", dry_run=True), chosen, act)
+    assert acted == []
+    assert "results" not in dry
+    assert dry["ids"] == [A, B, D]
+    assert dry["matched"] == 3
+    assert not dry["truncated"]
+    assert dry["invocations"][0] == {"id": A, "target": "Trip/a/reserve", "status": "running"}
+    done = await bulk.run_bulk(BulkRequest("cancel", service="Trip"), chosen, act)
+    assert sorted(acted) == sorted([A, B, D])
+    assert done["results"][A] == {"code": 202, "status": "accepted"}
+    assert done["results"][B] == {"code": 409, "status": "already completed"}
+    assert (done["succeeded"], done["failed"]) == (2, 1)
+
+
+class FakeClient:
+    """The control half of the Client: answers like a partition would."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    async def _answer(self, action: str, inv_id: str) -> str:
+        self.seen.append((action, inv_id))
+        if inv_id == D:
+            raise TerminalError("not found", 404)
+        return "accepted" if action == "cancel" else "success"
+
+    async def cancel(self, inv_id: str) -> str:
+        return await self._answer("cancel", inv_id)
+
+    async def kill(self, inv_id: str) -> str:
+        return await self._answer("kill", inv_id)
+
+    async def purge(self, inv_id: str) -> str:
+        return await self._answer("purge", inv_id)
+
+    async def resume(self, inv_id: str) -> str:
+        return await self._answer("resume", inv_id)
+
+
+async def test_bulk_over_http() -> None:
+    fake = FakeClient()
+    filters: list[dict[str, Any]] = []
+
+    def matching(**query: Any) -> list[tuple[str, str, str]]:
+        filters.append(query)
+        return MATCHES
+
+    async def handler(request: web.Request) -> web.Response:
+        return await bulk.bulk_control(request, matching, cast(Client, fake))
+
+    app = web.Application()
+    app.router.add_post("/invocations/{action}", handler)
+    async with TestClient(TestServer(app)) as http:
+        reply = await http.post("/invocations/cancel?service=Trip&dry_run=true")
+        assert reply.status == 200
+        dry = await reply.json()
+        assert dry["ids"] == [A, B, D]
+        assert fake.seen == []
+        assert filters[-1] == {"status": None, "service": "Trip", "key": None}
+
+        reply = await http.post("/invocations/cancel?service=Trip", json={"ids": [A, D]})
+        done = await reply.json()
+        assert done["ids"] == [A, D], "what the dry run listed and the user confirmed"
+        assert done["results"][A] == {"code": 202, "status": "accepted"}
+        assert done["results"][D] == {"code": 404, "status": "not found"}
+        assert sorted(fake.seen) == sorted([("cancel", A), ("cancel", D)])
+
+        reply = await http.post("/invocations/cancel")
+        assert reply.status == 400
+        assert "needs a filter" in (await reply.json())["message"]
+        reply = await http.post("/invocations/cancel?service=Trip", data=b"{nope")
+        assert reply.status == 400
+
+
+async def test_one_control_request_answers_as_before() -> None:
+    fake = cast(Client, FakeClient())
+    assert await bulk.control_one(fake, "cancel", A) == (
+        202, {"invocationId": A, "action": "cancel", "status": "accepted"},
+    )  # fmt: skip
+    assert (await bulk.control_one(fake, "purge", A))[0] == 200
+    assert await bulk.control_one(fake, "kill", D) == (404, {"code": 404, "message": "not found"})
+    assert (await bulk.control_one(fake, "kill", "nope"))[0] == 400

@@ -1,0 +1,197 @@
+"""The call tree the admin API shows: callers up to the root, callees below, bounded; and
+the admin index building it from changelog records, sends included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.engine.journal import Entry, InvocationMeta, Status, entry_key, meta_key
+from streams.http.calltree import CallLinks, call_tree
+from streams.http.index import InvocationIndex
+from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.records import Caller, Failure, Target
+
+
+def an_id(name: str) -> str:
+    return ids.keyed_id(name, name)
+
+
+def meta(
+    inv_id: str,
+    handler: str,
+    status: Status = "suspended",
+    *,
+    caller: str | None = None,
+    entry: int = 0,
+    journal_length: int = 0,
+) -> InvocationMeta:
+    return InvocationMeta(
+        id=inv_id, target=Target(service="Svc", handler=handler), exclusive=False,
+        status=status, caller=Caller(invocation_id=caller, entry=entry) if caller else None,
+        created_at=100.0, modified_at=101.5, journal_length=journal_length,
+    )  # fmt: skip
+
+
+def call(callee: str, handler: str, *, done: bool = False, failure: Failure | None = None) -> Entry:
+    target = Target(service="Svc", handler=handler)
+    return Entry(kind="call", target=target, callee=callee, done=done, failure=failure)
+
+
+def send(callee: str, handler: str) -> Entry:
+    return Entry(
+        kind="send", target=Target(service="Svc", handler=handler), callee=callee, done=True
+    )
+
+
+class Graph:
+    """Metas and journals in memory, with the links the index would have read."""
+
+    def __init__(self) -> None:
+        self.metas: dict[str, InvocationMeta] = {}
+        self.journals: dict[str, list[Entry]] = {}
+        self.links = CallLinks()
+
+    def add(self, m: InvocationMeta, *entries: Entry) -> str:
+        self.metas[m.id] = m
+        self.journals[m.id] = list(entries)
+        for index, entry in enumerate(entries):
+            self.links.record(m.id, index, entry)
+        return m.id
+
+    def tree(self, inv_id: str, **bounds: int) -> dict[str, Any]:
+        journal = lambda i: self.journals.get(i, [])  # noqa: E731
+        return call_tree(inv_id, self.metas, journal, self.links, now=110.0, **bounds)
+
+
+def test_callers_run_from_the_root_and_callees_nest_below() -> None:
+    root, mid, leaf, sent = an_id("root"), an_id("mid"), an_id("leaf"), an_id("sent")
+    g = Graph()
+    g.add(meta(root, "top"), call(mid, "middle"))
+    g.add(meta(mid, "middle", caller=root), send(sent, "later"), call(leaf, "bottom"))
+    g.add(meta(leaf, "bottom", caller=mid, entry=1))
+    g.add(meta(sent, "later", "completed"))  # a send: its meta names no caller
+
+    tree = g.tree(mid)
+    assert [(n["id"], n["via"], n["entry"]) for n in tree["callers"]] == [(root, "call", 0)]
+    assert [(n["id"], n["via"], n["entry"]) for n in tree["callees"]] == [
+        (sent, "send", 0), (leaf, "call", 1),
+    ]  # fmt: skip
+    done = tree["callees"][0]
+    assert done["status"] == "completed"
+    assert done["duration_ms"] == 1500
+    assert tree["callees"][1]["age_ms"] == 10_000, "in flight: how long so far"
+    assert tree["callees"][1]["target"] == "Svc/bottom"
+    assert not tree["truncated"]
+
+    # From the sent invocation, the sender is found through the sender's journal alone.
+    up = g.tree(sent)
+    assert [n["id"] for n in up["callers"]] == [root, mid]
+    assert [n["via"] for n in up["callers"]] == ["call", "send"], "each says how it went on"
+
+    # From the root, two levels of callees.
+    down = g.tree(root)
+    assert down["callers"] == []
+    assert [c["id"] for c in down["callees"][0]["callees"]] == [sent, leaf]
+
+
+def test_a_callee_the_index_never_held_shows_what_its_entry_knows() -> None:
+    parent, quick, failed, fired = an_id("p"), an_id("quick"), an_id("failed"), an_id("fired")
+    g = Graph()
+    refused = Failure(code=418, message="teapot")
+    g.add(
+        meta(parent, "p"),
+        call(quick, "quick", done=True),
+        call(failed, "refuse", done=True, failure=refused),
+        send(fired, "fire"),
+    )
+    nodes = g.tree(parent)["callees"]
+    assert [(n["indexed"], n["status"]) for n in nodes] == [
+        (False, "completed"), (False, "completed"), (False, "unknown"),
+    ]  # fmt: skip
+    assert nodes[1]["failure"] == {"code": 418, "message": "teapot"}
+    assert nodes[2]["target"] == "Svc/fire"
+
+
+def test_the_tree_is_bounded_in_depth_and_in_nodes() -> None:
+    g = Graph()
+    chain = [an_id(f"c{i}") for i in range(10)]
+    for i, inv_id in enumerate(chain):
+        below = [call(chain[i + 1], f"h{i + 1}")] if i + 1 < len(chain) else []
+        g.add(meta(inv_id, f"h{i}", caller=chain[i - 1] if i else None), *below)
+
+    middle = g.tree(chain[7], max_depth=5)
+    assert [n["id"] for n in middle["callers"]] == chain[2:7], "the nearest five callers"
+    assert middle["truncated"], "the chain goes on above"
+
+    top = g.tree(chain[0], max_depth=3)
+    level = top["callees"]
+    for depth in range(3):
+        assert len(level) == 1
+        if depth < 2:
+            level = level[0]["callees"]
+    assert level[0]["callees"] == []
+    assert level[0]["more"] == 1, "says what lies below"
+
+    wide = Graph()
+    fan = [an_id(f"f{i}") for i in range(30)]
+    hub = wide.add(meta(an_id("hub"), "hub"), *(send(f, "leaf") for f in fan))
+    capped = wide.tree(hub, max_nodes=10)
+    assert len(capped["callees"]) == 10
+    assert capped["truncated"]
+
+
+def test_a_call_back_into_a_workflow_run_is_not_a_loop() -> None:
+    run = ids.workflow_run_id("Signup", "ada")
+    g = Graph()
+    g.add(meta(run, "run", caller=run), call(run, "run"))
+    tree = g.tree(run)
+    assert tree["callers"] == []
+    assert [n["id"] for n in tree["callees"]] == [run]
+    assert tree["callees"][0]["callees"] == [], "an id already shown is not expanded again"
+
+
+def test_the_first_link_wins_and_goes_with_its_parent() -> None:
+    first, second, shared = an_id("first"), an_id("second"), an_id("shared")
+    links = CallLinks()
+    links.record(first, 2, send(shared, "x"))
+    links.record(second, 0, call(shared, "x"))  # an idempotent call to the same one
+    link = links.get(shared)
+    assert link is not None
+    assert (link.parent, link.entry, link.via) == (first, 2, "send")
+    links.forget(second)
+    assert links.get(shared) is not None, "not second's link to drop"
+    links.forget(first)
+    assert links.get(shared) is None
+    assert len(links) == 0
+    links.record(first, 0, Entry(kind="get", name="n"))
+    assert len(links) == 0, "only calls and sends link"
+
+
+def test_the_index_links_sends_from_changelog_records() -> None:
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    sender, sent = an_id("sender"), an_id("sent")
+    records = [
+        (meta_key(sender), meta(sender, "fan", journal_length=1)),
+        (entry_key(sender, 0), send(sent, "later")),
+        (meta_key(sent), meta(sent, "later", "scheduled")),
+    ]
+    for key, value in records:
+        index._apply(topic, key, value.model_dump_json(exclude_none=True).encode())
+
+    described = index.describe(sent)
+    assert described is not None
+    assert described["caller"] == sender, "a send's sender, though its meta names none"
+    assert [n["id"] for n in described["tree"]["callers"]] == [sender]
+    assert [row["caller"] for row in index.query(status="scheduled")] == [sender]
+    sender_view = index.describe(sender)
+    assert sender_view is not None
+    assert [n["id"] for n in sender_view["tree"]["callees"]] == [sent]
+    assert index.matching(service="Svc", status="scheduled") == [(sent, "scheduled", "Svc/later")]
+
+    index._apply(topic, meta_key(sender), None)  # the sender is forgotten
+    forgotten = index.describe(sent)
+    assert forgotten is not None
+    assert "caller" not in forgotten
+    assert forgotten["tree"]["callers"] == []
