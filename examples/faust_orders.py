@@ -57,10 +57,23 @@ class Greeting(faust.Record, serializer="json"):
     greeting: str
 
 
-orders = app.topic(f"{settings.namespace}.orders", value_type=Order)
-totals = app.topic(f"{settings.namespace}.order-totals", value_type=Total)
-signups = app.topic(f"{settings.namespace}.signups", value_type=str, value_serializer="raw")
-greetings = app.topic(f"{settings.namespace}.greetings", value_type=Greeting)
+# The app owns these topics (internal=True): Faust creates them, with 4 partitions, when
+# missing. Kourier's own topics are created by `kourier worker`.
+orders = app.topic(f"{settings.namespace}.orders", value_type=Order, internal=True)
+totals = app.topic(f"{settings.namespace}.order-totals", value_type=Total, internal=True)
+signups = app.topic(
+    f"{settings.namespace}.signups", value_type=str, value_serializer="raw", internal=True
+)
+greetings = app.topic(f"{settings.namespace}.greetings", value_type=Greeting, internal=True)
+
+
+async def declare_outputs() -> None:
+    """Faust creates the topics agents read; these two are only written to."""
+    for topic in (totals, greetings):
+        await topic.maybe_declare()
+
+
+app.task(declare_outputs)
 
 
 @app.agent(orders)

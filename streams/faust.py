@@ -28,6 +28,7 @@ arrive on :attr:`Kourier.outcomes`, a Faust channel that agents consume as a str
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from mode import Service
 
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
+from streams import tracing
 from streams.client import Client
 from streams.settings import Settings
 from streams.wire import ids
@@ -46,6 +48,8 @@ from streams.wire.records import Response, Target
 from streams.wire.topics import Topics
 
 __all__ = ["FailureRecord", "InvokeRecord", "Kourier", "ResponseRecord", "TargetRecord"]
+
+log = logging.getLogger("kourier.faust")
 
 
 # -- the wire records, as Faust models (the schema is `kourier schema`) -------------------
@@ -133,21 +137,32 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         *,
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        within: timedelta | None = None,
     ) -> Any:
         """Call ``target`` and return its result (its ``TerminalError`` is raised here).
 
         Awaited inside an agent, the event is acknowledged only once the outcome is in, so
         a crash before then makes Faust deliver the event again, and the repeat (same
-        idempotency key) gets the same outcome.
+        idempotency key) gets the same outcome. An agent waiting here also holds up Faust's
+        rebalances and shutdown, so the wait ends after ``within`` (default
+        ``KOURIER_CALL_TIMEOUT``, 10 minutes) with ``TimeoutError``; the invocation goes on.
         """
         request_id = self._client.new_request_id()
         record = self._invoke(target, argument, request_id, idempotency_key, headers, None)
         answer = self._client.expect(request_id)
+        limit = (within or self.settings.call_timeout).total_seconds()
         try:
             await self._produce(target, record)
-            return _as_record(await answer).result()
+            async with asyncio.timeout(limit):
+                response = await answer
+        except TimeoutError:
+            raise TimeoutError(
+                f"no outcome of {target.path()} within {limit:g}s; invocation "
+                f"{record.invocation_id} goes on"
+            ) from None
         finally:
             answer.cancel()
+        return _as_record(response).result()
 
     async def call(
         self,
@@ -173,8 +188,13 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         return request_id
 
     def _forward(self, answer: asyncio.Future[Response]) -> None:
-        if not answer.cancelled():
-            self.add_future(self.outcomes.send(value=_as_record(answer.result())))
+        if answer.cancelled():
+            return
+        error = answer.exception()
+        if error is not None:  # the client closed before the outcome came
+            log.warning("an outcome of kourier.call() is not delivered: %s", error)
+            return
+        self.add_future(self.outcomes.send(value=_as_record(answer.result())))
 
     async def send(
         self,
@@ -223,9 +243,16 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
             raise RuntimeError(
                 "no Faust event is being processed: pass idempotency_key= outside an agent"
             )
+        message = event.message
+        if message.topic is None or message.offset < 0:
+            # An in-memory channel's events (kourier.outcomes, app.channel(), agent.cast)
+            # have no offset: every one would get the same key.
+            raise RuntimeError(
+                "this event comes from a channel, not a Kafka topic, so no idempotency key "
+                "can be derived from it: pass idempotency_key="
+            )
         n = self._calls.get(event, 0)
         self._calls[event] = n + 1
-        message = event.message
         return f"faust:{self.app.conf.id}:{message.topic}:{message.partition}:{message.offset}:{n}"
 
     async def _produce(self, target: Target, record: InvokeRecord) -> None:
@@ -238,7 +265,11 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         if target.key is None:
             partition = ids.partition_of(record.invocation_id, self._client.partitions)
         delivery = await self.ingress.send(
-            key=key.encode(), value=record, partition=partition, force=True
+            key=key.encode(),
+            value=record,
+            partition=partition,
+            headers=_trace_headers(),
+            force=True,
         )
         await delivery
 
@@ -252,3 +283,9 @@ def _as_record(response: Response) -> ResponseRecord:
         value=response.value,
         failure=FailureRecord(code=failure.code, message=failure.message) if failure else None,
     )
+
+
+def _trace_headers() -> list[tuple[str, bytes]] | None:
+    """The current span's context as Faust record headers (see streams.tracing)."""
+    carrier = tracing.as_headers(tracing.current()) or []
+    return [(name, value.encode()) for name, value in carrier if isinstance(value, str)] or None

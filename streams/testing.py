@@ -40,6 +40,7 @@ from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.engine.store import ObjectKey
+from streams.tracing import from_headers
 from streams.wire import ids
 from streams.wire.records import (
     Cancel,
@@ -250,7 +251,8 @@ class Harness:
         while self._queue:
             out = self._queue.pop(0)
             if out.topic == self.topics.ingress:
-                self.processor.on_message(out.key, out.value, next(self._offsets))
+                trace = from_headers(out.headers)
+                self.processor.on_message(out.key, out.value, next(self._offsets), trace)
             elif out.topic == self.topics.responses:
                 response = decode_response(out.value)
                 waiter = self._waiting.get(response.request_id or "")

@@ -19,20 +19,26 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 #: Kafka record headers that carry the trace context.
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 tracer = trace.get_tracer("kourier")
 
+#: W3C trace context, whatever ``OTEL_PROPAGATORS`` says: it is the format of the headers.
+W3C = TraceContextTextMapPropagator()
+
 
 def configure(service_name: str) -> bool:
     """Install an SDK tracer provider that exports as ``OTEL_*`` says; False when tracing
-    stays off (no ``OTEL_TRACES_EXPORTER``, or ``none``)."""
-    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
-    if exporter_name in ("", "none") or os.environ.get("OTEL_SDK_DISABLED") == "true":
+    stays off (no ``OTEL_TRACES_EXPORTER``, or ``none``). ``OTEL_TRACES_EXPORTER`` is a
+    comma-separated list of ``otlp`` (OTLP over HTTP) and ``console``."""
+    setting = os.environ.get("OTEL_TRACES_EXPORTER", "none").lower()
+    names = [name.strip() for name in setting.split(",") if name.strip() not in ("", "none")]
+    if not names or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -42,18 +48,20 @@ def configure(service_name: str) -> bool:
         SpanExporter,
     )
 
-    exporter: SpanExporter
-    if exporter_name == "console":
-        exporter = ConsoleSpanExporter()
-    elif exporter_name == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter()
-    else:
-        raise ValueError(f"OTEL_TRACES_EXPORTER={exporter_name!r}: use otlp, console or none")
-    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({"service.name": name}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+            exporters.append(OTLPSpanExporter())
+        else:
+            raise ValueError(f"OTEL_TRACES_EXPORTER={setting!r}: use otlp, console or none")
+    service = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return True
 
@@ -66,16 +74,17 @@ def shutdown() -> None:
         stop()
 
 
-def context_of(carrier: str | None) -> Context | None:
+def context_of(carrier: str | None) -> Context:
     """The context a stored ``traceparent`` (optionally ``;``-joined with its tracestate)
-    names, as the parent of a new span."""
+    names, as the parent of a new span; without one, an empty context, so that the span
+    starts a trace of its own rather than inherit whatever span scheduled its task."""
     if not carrier:
-        return None
+        return Context()
     parent, _, state = carrier.partition(";")
     values = {"traceparent": parent}
     if state:
         values["tracestate"] = state
-    return propagate.extract(values)
+    return W3C.extract(values)
 
 
 Headers = Iterable[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None]
@@ -96,7 +105,7 @@ def from_headers(headers: Headers | None) -> str | None:
 def current() -> str | None:
     """The current span's context, as kept with an invocation (see :func:`from_headers`)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    W3C.inject(carrier)
     return _joined(carrier)
 
 

@@ -38,6 +38,9 @@ DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 #: Control requests in flight at once for one bulk action.
 CONCURRENCY = 32
+#: How long one control waits for its partition's answer (a partition without an owner
+#: answers when a worker takes it over).
+CONTROL_TIMEOUT = 30.0
 
 
 class BulkRefused(KourierError):
@@ -144,7 +147,14 @@ async def control_one(client: Client, action: str, inv_id: str) -> tuple[int, di
     reaches a running handler at its next await), 400 bad id, 404, 409, 503."""
     try:
         ids.validate(inv_id)
-        status = await controls(client)[action](inv_id)
+        async with asyncio.timeout(CONTROL_TIMEOUT):
+            status = await controls(client)[action](inv_id)
+    except TimeoutError:
+        message = (
+            f"no answer from the partition of {inv_id} within {CONTROL_TIMEOUT:g}s: the "
+            "request is on Kafka and takes effect when a worker owns that partition again"
+        )
+        return 504, {"code": 504, "message": message}
     except ids.InvalidId as error:
         return 400, {"code": 400, "message": str(error)}
     except TerminalError as error:
@@ -200,6 +210,8 @@ async def bulk_control(
         body = json.loads(text) if text.strip() else None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         return _refused(BulkRefused(400, f"body is not valid JSON: {error}"))
+    if text.strip() and body is None:  # `null` must not widen the action to every match
+        return _refused(BulkRefused(400, 'the body must be {"ids": [...]} or absent'))
     try:
         bulk = parse_bulk(request.match_info["action"], request.query, body)
     except BulkRefused as refused:

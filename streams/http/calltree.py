@@ -61,6 +61,9 @@ class CallLinks:
             link = self._parent_of.get(callee)
             if link is not None and link.parent == parent:
                 del self._parent_of[callee]
+        # And its own link: a later invocation with the same id (idempotency ids are
+        # derived) must not inherit this one's caller.
+        self._parent_of.pop(parent, None)
 
     def get(self, callee: str) -> Link | None:
         return self._parent_of.get(callee)

@@ -206,7 +206,10 @@ class InvocationIndex:
                 summary(meta, self.links)
                 for meta in self._matching(status=status, service=service, key=key)
             ]
-        rows.sort(key=lambda r: str(r["created_at"]), reverse=True)
+        if status == "scheduled":  # the soonest due first, so the limit keeps those
+            rows.sort(key=lambda r: str(r.get("due_at") or ""))
+        else:
+            rows.sort(key=lambda r: str(r["created_at"]), reverse=True)
         return rows[:limit]
 
     def matching(

@@ -102,7 +102,8 @@ def admin_url(ingress_url: str) -> str:
 
 
 class WorkerProcess:
-    """``kourier worker`` as a real process, stopped by PID."""
+    """``kourier worker`` (or ``argv``, another Python program of this project) as a real
+    process in the namespace of ``settings``, stopped by PID."""
 
     def __init__(
         self,
@@ -110,11 +111,13 @@ class WorkerProcess:
         module: str,
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
     ) -> None:
         self.settings = settings
         self.module = module
         self.log_dir = log_dir
         self.extra_env = extra_env or {}
+        self.argv = argv or ["-m", "streams.cli", "worker", module]
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.log_file: Path | None = None
@@ -131,7 +134,7 @@ class WorkerProcess:
         self.log_file = self.log_dir / f"worker-{id(self)}-{self.starts}.log"
         log = self.log_file.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", self.module],
+            [sys.executable, *self.argv],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -163,9 +166,12 @@ class WorkerProcesses:
         self.started: list[WorkerProcess] = []
 
     def spawn(
-        self, module: str = "tests.integration.apps", env: dict[str, str] | None = None
+        self,
+        module: str = "tests.integration.apps",
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
     ) -> WorkerProcess:
-        process = WorkerProcess(self.settings, module, self.log_dir, env)
+        process = WorkerProcess(self.settings, module, self.log_dir, env, argv)
         process.start()
         self.started.append(process)
         return process

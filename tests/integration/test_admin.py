@@ -201,6 +201,10 @@ async def test_bulk_cancel_dry_run_then_real(
             assert "unknown status" in (await reply.json())["message"]
         async with http.post(f"{admin_url}/invocations/explode?key=k") as reply:
             assert reply.status == 404
+        # A body of `null` is not "no ids": it would widen the action to every match.
+        async with http.post(url, params={"service": "Tally"}, data=b"null") as reply:
+            assert reply.status == 400
+            assert "ids" in (await reply.json())["message"]
 
 
 async def kourier(admin_url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from confluent_kafka import Producer
@@ -18,10 +13,9 @@ from examples import quickstart
 from streams.client import Client
 from streams.kafka.worker import Worker
 from streams.settings import Settings
-from tests.kafka_helpers import create_topic, drain
-from tests.processes import stop_process
+from tests.integration.conftest import WorkerProcess, WorkerProcesses
+from tests.kafka_helpers import drain
 
-ROOT = Path(__file__).resolve().parents[2]
 CUSTOMERS = ["ada", "bob", "cyd", "dee", "eve"]
 
 
@@ -35,47 +29,17 @@ async def kourier_worker(topics: Settings) -> AsyncIterator[Worker]:
     await asyncio.wait_for(task, 60)
 
 
-class FaustApp:
-    """``python -m examples.faust_orders worker``, stopped by PID."""
-
-    def __init__(self, settings: Settings, log_dir: Path, commit_interval: float) -> None:
-        self.settings = settings
-        self.log_dir = log_dir
-        self.commit_interval = commit_interval
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        env = dict(
-            os.environ,
-            KOURIER_BOOTSTRAP_SERVERS=self.settings.bootstrap_servers,
-            KOURIER_NAMESPACE=self.settings.namespace,
-            ORDERS_COMMIT_INTERVAL=str(self.commit_interval),
-            PYTHONPATH=str(ROOT),
-        )
-        log = (self.log_dir / f"faust-{len(self.processes)}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "examples.faust_orders", "worker", "-l", "info"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.processes.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text()[-4000:] for p in sorted(self.log_dir.glob("faust-*.log")))
+#: The example Faust app; it creates its own topics (orders, order-totals, signups,
+#: greetings). It commits nothing for 600 s, so a killed one leaves every event unacked.
+FAUST = ["-m", "examples.faust_orders", "worker", "-l", "info"]
 
 
 @pytest.fixture
-def faust_app(topics: Settings, tmp_path: Path) -> Iterator[FaustApp]:
-    for suffix in ("orders", "order-totals", "signups", "greetings"):
-        create_topic(topics, suffix, partitions=4)
-    app = FaustApp(topics, tmp_path, commit_interval=600.0)
-    yield app
-    for process in app.processes:
-        with contextlib.suppress(Exception):
-            stop_process(process)
+def faust_app(worker_processes: WorkerProcesses) -> Callable[[], WorkerProcess]:
+    def start() -> WorkerProcess:
+        return worker_processes.spawn(env={"ORDERS_COMMIT_INTERVAL": "600"}, argv=FAUST)
+
+    return start
 
 
 def produce(settings: Settings, topic: str, records: list[tuple[str | None, bytes]]) -> None:
@@ -104,9 +68,12 @@ async def totals(settings: Settings, expect: int) -> list[dict[str, object]]:
 
 
 async def test_orders_reach_objects_in_key_order_and_totals_come_back(
-    topics: Settings, kourier_worker: Worker, faust_app: FaustApp
+    topics: Settings,
+    kourier_worker: Worker,
+    faust_app: Callable[[], WorkerProcess],
+    worker_processes: WorkerProcesses,
 ) -> None:
-    faust_app.start()
+    faust_app()
     await asyncio.to_thread(produce, topics, "orders", orders(40))
 
     seen = await totals(topics, 40)
@@ -118,33 +85,35 @@ async def test_orders_reach_objects_in_key_order_and_totals_come_back(
         amounts = [n + 1 for n in range(i, 40, 5)]
         running = [sum(amounts[: j + 1]) for j in range(len(amounts))]
         # Totals in the order the orders were placed: one customer's adds ran in key order.
-        assert by_customer[customer] == running, (customer, faust_app.logs())
+        assert by_customer[customer] == running, (customer, worker_processes.logs())
     async with Client(topics) as client:
         assert await client.object("Counter", "ada", "get").request() == sum(range(1, 41, 5))
 
 
 async def test_a_faust_crash_before_its_commit_invokes_nothing_twice(
-    topics: Settings, kourier_worker: Worker, faust_app: FaustApp
+    topics: Settings,
+    kourier_worker: Worker,
+    faust_app: Callable[[], WorkerProcess],
+    worker_processes: WorkerProcesses,
 ) -> None:
     """Faust commits nothing for 600 s here, so after SIGKILL the new Faust worker processes
     every order again; the derived idempotency keys make Kourier answer the repeats with the
     first outcomes instead of adding again."""
-    first = faust_app.start()
+    first = faust_app()
     await asyncio.to_thread(produce, topics, "orders", orders(20))
     await totals(topics, 20)
     first.kill()
-    first.wait(30)
 
-    faust_app.start()
+    faust_app()
     after = await totals(topics, 40)
 
     per_order: dict[str, list[object]] = {}
     for total in after:
         per_order.setdefault(str(total["order"]), []).append(total["total"])
-    assert len(per_order) == 20, faust_app.logs()
+    assert len(per_order) == 20, worker_processes.logs()
     for order, seen in per_order.items():
         # Each order once before the crash and once after, with the same total both times.
-        assert seen == [seen[0], seen[0]], (order, seen, faust_app.logs())
+        assert seen == [seen[0], seen[0]], (order, seen, worker_processes.logs())
     async with Client(topics) as client:
         for i, customer in enumerate(CUSTOMERS):
             expected = sum(range(i + 1, 21, 5))
@@ -152,9 +121,12 @@ async def test_a_faust_crash_before_its_commit_invokes_nothing_twice(
 
 
 async def test_calls_outcomes_arrive_as_a_faust_stream(
-    topics: Settings, kourier_worker: Worker, faust_app: FaustApp
+    topics: Settings,
+    kourier_worker: Worker,
+    faust_app: Callable[[], WorkerProcess],
+    worker_processes: WorkerProcesses,
 ) -> None:
-    faust_app.start()
+    faust_app()
     names = [f"n{i}" for i in range(10)]
     await asyncio.to_thread(produce, topics, "signups", [(None, n.encode()) for n in names])
 
@@ -163,4 +135,4 @@ async def test_calls_outcomes_arrive_as_a_faust_stream(
     )
 
     greetings = sorted(json.loads(m.value() or b"")["greeting"] for m in messages)
-    assert greetings == sorted(f"Hello {n}" for n in names), faust_app.logs()
+    assert greetings == sorted(f"Hello {n}" for n in names), worker_processes.logs()

@@ -1,0 +1,80 @@
+"""streams.faust without a broker: its records against Kourier's wire format, and the
+idempotency keys it derives from Faust events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+import pytest
+
+from streams import faust as integration
+from streams.faust import InvokeRecord, Kourier, ResponseRecord, TargetRecord
+from streams.settings import Settings
+from streams.wire.records import Failure, Invoke, Response, decode_ingress, encode
+
+
+@dataclass
+class Message:
+    topic: str | None
+    partition: int
+    offset: int
+
+
+@dataclass(eq=False)
+class Event:
+    message: Message
+
+
+@pytest.fixture
+def kourier() -> Kourier:
+    app = faust.App("unit-orders", broker="kafka://127.0.0.1:1", web_enabled=False)
+    return Kourier(app, Settings(namespace="unit"))
+
+
+def test_an_invoke_record_is_what_the_worker_decodes() -> None:
+    record = InvokeRecord(
+        target=TargetRecord(service="Counter", handler="add", key="ada"),
+        argument={"n": 5},
+        idempotency_key="k1",
+        request_id="r1",
+        headers={"x-tenant": "blue"},
+    )
+    decoded = decode_ingress(record.dumps())
+    assert isinstance(decoded, Invoke)
+    assert decoded.target.path() == "Counter/ada/add"
+    assert (decoded.argument, decoded.idempotency_key, decoded.request_id) == ({"n": 5}, "k1", "r1")
+    assert decoded.headers == {"x-tenant": "blue"}
+
+
+def test_a_response_reads_as_a_response_record() -> None:
+    ok = ResponseRecord.loads(encode(Response(request_id="r", status="success", value=[1, 2])))
+    assert ok.result() == [1, 2]
+    failure = Failure(code=409, message="cancelled")
+    failed = ResponseRecord.loads(encode(Response(status="failure", failure=failure)))
+    with pytest.raises(Exception, match="cancelled") as raised:
+        failed.result()
+    assert getattr(raised.value, "status_code", None) == 409
+
+
+def test_keys_derive_from_the_event_and_repeat_on_redelivery(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = Event(Message("unit.orders", 2, 41))
+    monkeypatch.setattr(integration, "current_event", lambda: first)
+    assert kourier._derived_key() == "faust:unit-orders:unit.orders:2:41:0"
+    assert kourier._derived_key() == "faust:unit-orders:unit.orders:2:41:1"
+    again = Event(Message("unit.orders", 2, 41))  # the same record, delivered again
+    monkeypatch.setattr(integration, "current_event", lambda: again)
+    assert kourier._derived_key() == "faust:unit-orders:unit.orders:2:41:0"
+
+
+def test_a_channel_event_has_no_key_to_derive(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(integration, "current_event", lambda: Event(Message(None, 0, -1)))
+    with pytest.raises(RuntimeError, match="pass idempotency_key="):
+        kourier._derived_key()
+    monkeypatch.setattr(integration, "current_event", lambda: None)
+    with pytest.raises(RuntimeError, match="outside an agent"):
+        kourier._derived_key()
