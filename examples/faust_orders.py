@@ -40,19 +40,19 @@ app = faust.App(
 kourier = Kourier(app, settings)
 
 
-class Order(faust.Record, serializer="json"):
+class Order(faust.Record, serializer="json", include_metadata=False):
     id: str
     customer: str
     amount: int
 
 
-class Total(faust.Record, serializer="json"):
+class Total(faust.Record, serializer="json", include_metadata=False):
     order: str
     customer: str
     total: int
 
 
-class Greeting(faust.Record, serializer="json"):
+class Greeting(faust.Record, serializer="json", include_metadata=False):
     request_id: str
     greeting: str
 
