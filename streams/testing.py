@@ -82,6 +82,7 @@ class Harness:
             registry=self.registry,
             emit=self._emit,
             wake=lambda: None,
+            clock=self.now,
         )
 
     async def __aenter__(self) -> Harness:

@@ -46,7 +46,7 @@ from typing import Protocol
 from streams.engine.outbox import Out, set_aside
 from streams.metrics import DEADLETTERS
 from streams.wire import ids
-from streams.wire.records import Delayed, Fired, RecordError, decode_delay, encode
+from streams.wire.records import START_LEAD, Delayed, Fired, RecordError, decode_delay, encode
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.delay")
@@ -75,6 +75,15 @@ class Fetcher(Protocol):
 
 
 _NONZERO = re.compile(rb"[^\x00]")
+
+
+def release_time(record: Delayed) -> float:
+    """When to release ``record``: its due time, or ``START_LEAD`` before it for the start
+    of a scheduled invocation, so that the release transaction and the ingress fetch (a few
+    ms) overlap the wait; the partition then queues the invocation when it is due. Timers
+    (sleeps, call deadlines) go at their due time: a waiting handler wakes on them."""
+    due = record.due.timestamp()
+    return due - START_LEAD if record.start is not None else due
 
 
 def trim_heap() -> bool:
@@ -249,7 +258,7 @@ class DelayProcessor:
 
     def _add(self, record: Delayed, offset: int, released: Out) -> None:
         self._pending.add(offset)
-        due = record.due.timestamp()
+        due = release_time(record)
         self._extend_horizon(self._clock())
         second = math.floor(due)
         if second < self._loaded_until:
@@ -362,7 +371,7 @@ class DelayProcessor:
                 record = decode_delay(value)
                 if not isinstance(record, Delayed):
                     raise RecordError("bad-schema", f"a {record.kind} record read back as delayed")
-                self._hold(offset, record.due.timestamp(), self._releasable(record, key))
+                self._hold(offset, release_time(record), self._releasable(record, key))
             except RecordError as error:  # it was a valid delayed record when first read
                 log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
                 self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
@@ -425,7 +434,8 @@ class DelayProcessor:
         self._arm()
 
     def _release(self, now: float) -> None:
-        """Emit what is due (never before its due time), at most a batch at a time."""
+        """Emit what is due (never before its release time, see :func:`release_time`), at
+        most a batch at a time."""
         released = 0
         while self._near and self._near[0][0] <= now and released < RELEASE_BATCH:
             _, offset = heapq.heappop(self._near)

@@ -42,6 +42,7 @@ from streams.metrics import INVOCATION_SECONDS, INVOCATIONS
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
+    START_LEAD,
     AttachRequest,
     Caller,
     Cancel,
@@ -76,6 +77,7 @@ class PartitionProcessor:
         wake: Callable[[], None],
         denied_headers: frozenset[str] = DENIED_HEADERS,
         run_executor: Executor | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
@@ -85,6 +87,7 @@ class PartitionProcessor:
         self._wake = wake
         self.denied_headers = denied_headers
         self.run_executor = run_executor  # threads for synchronous ctx.run actions
+        self._clock = clock  # wall-clock seconds (the test harness moves its own)
         self.invocations = InvocationTable(topics, partition)
         self.store = PartitionStore(topics, partition)
         self.locks = KeyLocks()
@@ -320,7 +323,23 @@ class PartitionProcessor:
             return  # cancelled, killed, or scheduled again since
         inv.meta.status, inv.meta.seq = "pending", offset
         self.touch(inv)
-        self._enqueue(inv)
+        early = (inv.meta.due or 0.0) - self._clock()
+        if 0 < early <= START_LEAD:
+            # Released a little before its due time, so that the release overlaps the wait
+            # (engine/delay.py): it queues for its key when due, not before.
+            asyncio.get_running_loop().call_later(early, self._enqueue_when_due, inv, offset)
+        else:
+            self._enqueue(inv)
+
+    def _enqueue_when_due(self, inv: Invocation, seq: int) -> None:
+        """Queue a started invocation that was waiting for its due time, unless it was
+        cancelled, killed or handed over meanwhile."""
+        meta = inv.meta
+        if self.closed or self.invocations.get(meta.id) is not inv:
+            return
+        if meta.status == "pending" and meta.seq == seq:
+            self._enqueue(inv)
+            self._wake()
 
     def _enqueue(self, inv: Invocation) -> None:
         """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""

@@ -215,6 +215,12 @@ class Completion(_Record):
     failure: Failure | None = None
 
 
+#: How long before its due time a scheduled invocation's :class:`Start` leaves the delay
+#: topic (``engine/delay.py``); the partition that applies it waits out the rest
+#: (``engine/partition.py``), so nothing runs before it is due.
+START_LEAD = 0.025
+
+
 class Start(_Record):
     """Internal: the scheduled invocation ``invocation_id`` is due; its partition runs it.
 

@@ -18,12 +18,14 @@ from streams.engine.delay import DelayProcessor, Deliver, OffsetSet
 from streams.engine.outbox import Out
 from streams.wire import ids
 from streams.wire.records import (
+    START_LEAD,
     Caller,
     Completion,
     DeadLetter,
     Delayed,
     Fired,
     Invoke,
+    Start,
     Target,
     decode_delay,
     encode,
@@ -228,6 +230,28 @@ async def test_release_emits_the_inner_record_to_its_owner_partition_and_a_marke
     }
     assert encode(fired) in {o.value for o in ingress}
     assert markers == [Fired(offset=offset), Fired(offset=timer)]
+
+
+async def test_a_start_leaves_early_by_the_lead_and_a_timer_at_its_due_time() -> None:
+    """A scheduled invocation's Start overlaps its release hop with the wait (its partition
+    waits out the rest); a sleep's completion wakes a handler, so it never leaves early."""
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock)
+    owner = ids.new_id("ada", PARTITIONS)
+    due = datetime.fromtimestamp(T0 + 1, UTC)
+    started = log.append(b"ada", encode(Delayed(due=due, start=Start(invocation_id=owner, seq=7))))
+    caller = Caller(invocation_id=owner, entry=0)
+    fired = Completion(caller=caller, invocation_id=owner, value=None)
+    timer = log.append(b"ada", encode(Delayed(due=due, completion=fired)))
+    rig.feed()
+    rig.tick(T0 + 1 - START_LEAD - 0.001)
+    assert rig.released == {}
+    rig.tick(T0 + 1 - START_LEAD)
+    assert rig.released == {started: T0 + 1 - START_LEAD}
+    rig.tick(T0 + 0.999)
+    assert timer not in rig.released
+    rig.tick(T0 + 1)
+    assert rig.released[timer] == T0 + 1
 
 
 def _invocation_id(log: Log, offset: int) -> str:

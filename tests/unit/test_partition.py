@@ -18,7 +18,9 @@ from handlers import (
 )
 from streams.wire import ids
 from streams.wire.records import (
+    START_LEAD,
     Caller,
+    Cancel,
     Completion,
     Invoke,
     Start,
@@ -241,6 +243,30 @@ async def test_a_replayed_select_takes_the_journaled_branch() -> None:
                       value=1))  # fmt: skip
     await until(lambda: "r1" in h.responses())
     assert h.responses()["r1"].value == ["timeout", None, 1]
+
+
+async def test_a_start_released_early_queues_its_invocation_when_due_not_before() -> None:
+    """The delay topic releases a Start START_LEAD early; the partition waits out the rest,
+    without holding the key meanwhile, and a cancel in that wait means nothing runs."""
+    h = Harness([box, svc, patient])
+    target = Target(service="Box", key="e", handler="put")
+    due = datetime.now(UTC) + timedelta(seconds=START_LEAD)
+    soon, cancelled = ids.new_id("e", 1), ids.new_id("e", 1)
+    for inv_id in (soon, cancelled):
+        h.send(Invoke(target=target, argument=5, invocation_id=inv_id, mode="send", due=due))
+    seqs = {soon: h.offset - 2, cancelled: h.offset - 1}
+    await settle()
+    for inv_id in (soon, cancelled):
+        h.send(Start(invocation_id=inv_id, seq=seqs[inv_id]))
+    h.send(Cancel(invocation_id=cancelled))
+    await settle()
+    assert h.processor.invocations[soon].meta.status == "pending", "not before it is due"
+    h.call(target, 1, request_id="now")
+    await until(lambda: "now" in h.responses())
+    assert h.responses()["now"].value == 1, "the key is free while the Start waits"
+    await until(lambda: h.processor.invocations.get(soon) is None)
+    assert datetime.now(UTC) >= due
+    assert h.processor.store.state[("Box", "e")] == {"n": 6}, "the cancelled one never ran"
 
 
 async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key() -> None:
