@@ -133,7 +133,9 @@ class PartitionProcessor:
             inv.persisted_entries = meta.journal_length
             self.invocations[meta.id] = inv  # as restored: nothing to write
             lock = inv.lock_key
-            if meta.status == "pending" and lock is not None:
+            if meta.status == "pending" and self._due_in(inv) > 0:
+                pass  # started a little early: queued when due (below)
+            elif meta.status == "pending" and lock is not None:
                 self.locks.queue(lock, meta.id)
             elif meta.status not in ("completed", "scheduled") and lock is not None:
                 self.locks.hold(lock, meta.id)
@@ -143,6 +145,9 @@ class PartitionProcessor:
                 self.attempts.run(inv)
             elif status == "backing-off":
                 self.attempts.schedule_retry(inv, max(0.0, (inv.meta.retry_at or 0) - time.time()))
+            elif status == "pending" and (early := self._due_in(inv)) > 0:
+                loop = asyncio.get_running_loop()
+                loop.call_later(early, self._enqueue_when_due, inv, inv.meta.seq)
             elif status == "pending" and inv.lock_key is None:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
@@ -323,13 +328,20 @@ class PartitionProcessor:
             return  # cancelled, killed, or scheduled again since
         inv.meta.status, inv.meta.seq = "pending", offset
         self.touch(inv)
-        early = (inv.meta.due or 0.0) - self._clock()
-        if 0 < early <= START_LEAD:
+        early = self._due_in(inv)
+        if early > 0:
             # Released a little before its due time, so that the release overlaps the wait
             # (engine/delay.py): it queues for its key when due, not before.
             asyncio.get_running_loop().call_later(early, self._enqueue_when_due, inv, offset)
         else:
             self._enqueue(inv)
+
+    def _due_in(self, inv: Invocation) -> float:
+        """Seconds until a started invocation is due, when its ``Start`` came early by at
+        most ``START_LEAD``; 0 otherwise (one that came earlier still, e.g. from a worker
+        whose clock runs ahead, is not held back longer than that)."""
+        early = (inv.meta.due or 0.0) - self._clock()
+        return early if 0 < early <= START_LEAD else 0.0
 
     def _enqueue_when_due(self, inv: Invocation, seq: int) -> None:
         """Queue a started invocation that was waiting for its due time, unless it was

@@ -269,6 +269,22 @@ async def test_a_start_released_early_queues_its_invocation_when_due_not_before(
     assert h.processor.store.state[("Box", "e")] == {"n": 6}, "the cancelled one never ran"
 
 
+async def test_a_start_released_early_and_handed_over_runs_when_due_not_before() -> None:
+    h = Harness([box, svc, patient])
+    target = Target(service="Box", key="h", handler="put")
+    due = datetime.now(UTC) + timedelta(seconds=START_LEAD)
+    soon = ids.new_id("h", 1)
+    h.send(Invoke(target=target, argument=5, invocation_id=soon, mode="send", due=due))
+    await settle()
+    h.send(Start(invocation_id=soon, seq=h.offset - 1))
+    restored = h.hand_over()  # the new owner restores it pending, within the lead
+    await settle()
+    assert restored.invocations[soon].meta.status == "pending", "not before it is due"
+    await until(lambda: restored.invocations.get(soon) is None)
+    assert datetime.now(UTC) >= due
+    assert restored.store.state[("Box", "h")] == {"n": 5}
+
+
 async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key() -> None:
     h = Harness([box, svc, patient])
     target = Target(service="Box", key="s", handler="put")
