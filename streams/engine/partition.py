@@ -42,7 +42,6 @@ from streams.metrics import INVOCATION_SECONDS, INVOCATIONS
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
-    START_LEAD,
     AttachRequest,
     Caller,
     Cancel,
@@ -59,6 +58,10 @@ from streams.wire.records import (
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.partition")
+
+#: A ``Start`` at most this early by the partition's clock waits for its due time (see
+#: ``_due_in``): ``START_LEAD`` plus clock skew between workers.
+MAX_EARLY = 1.0
 #: Larger ingress records go to the dead-letter topic (as the HTTP ingress answers 413).
 MAX_RECORD_BYTES = 900 * 1024
 
@@ -118,6 +121,7 @@ class PartitionProcessor:
 
     def start(self) -> None:
         """After restore: rebuild locks and queues, resume what was in flight."""
+        held: dict[str, float] = {}  # started early, with the seconds until due
         for meta, journal in self.invocations.take_restored():
             if meta.status != "completed" and len(journal) != meta.journal_length:
                 log.error("invocation %s: journal incomplete in the changelog", meta.id)
@@ -133,8 +137,8 @@ class PartitionProcessor:
             inv.persisted_entries = meta.journal_length
             self.invocations[meta.id] = inv  # as restored: nothing to write
             lock = inv.lock_key
-            if meta.status == "pending" and self._due_in(inv) > 0:
-                pass  # started a little early: queued when due (below)
+            if meta.status == "pending" and (early := self._due_in(inv)) > 0:
+                held[meta.id] = early  # started a little early: queued when due (below)
             elif meta.status == "pending" and lock is not None:
                 self.locks.queue(lock, meta.id)
             elif meta.status not in ("completed", "scheduled") and lock is not None:
@@ -145,9 +149,9 @@ class PartitionProcessor:
                 self.attempts.run(inv)
             elif status == "backing-off":
                 self.attempts.schedule_retry(inv, max(0.0, (inv.meta.retry_at or 0) - time.time()))
-            elif status == "pending" and (early := self._due_in(inv)) > 0:
+            elif inv.meta.id in held:
                 loop = asyncio.get_running_loop()
-                loop.call_later(early, self._enqueue_when_due, inv, inv.meta.seq)
+                loop.call_later(held[inv.meta.id], self._enqueue_when_due, inv, inv.meta.seq)
             elif status == "pending" and inv.lock_key is None:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
@@ -337,11 +341,12 @@ class PartitionProcessor:
             self._enqueue(inv)
 
     def _due_in(self, inv: Invocation) -> float:
-        """Seconds until a started invocation is due, when its ``Start`` came early by at
-        most ``START_LEAD``; 0 otherwise (one that came earlier still, e.g. from a worker
-        whose clock runs ahead, is not held back longer than that)."""
+        """Seconds until a started invocation is due by this partition's clock: a ``Start``
+        comes ``START_LEAD`` early, more if the worker that released it has a clock ahead
+        of this one. 0 when it is due, and for a ``Start`` more than ``MAX_EARLY`` early,
+        which no release sends (one written by hand runs the invocation at once)."""
         early = (inv.meta.due or 0.0) - self._clock()
-        return early if 0 < early <= START_LEAD else 0.0
+        return early if 0 < early <= MAX_EARLY else 0.0
 
     def _enqueue_when_due(self, inv: Invocation, seq: int) -> None:
         """Queue a started invocation that was waiting for its due time, unless it was
@@ -349,9 +354,14 @@ class PartitionProcessor:
         meta = inv.meta
         if self.closed or self.invocations.get(meta.id) is not inv:
             return
-        if meta.status == "pending" and meta.seq == seq:
-            self._enqueue(inv)
-            self._wake()
+        if meta.status != "pending" or meta.seq != seq:
+            return
+        early = self._due_in(inv)  # the loop's timer and the wall clock may disagree
+        if early > 0:
+            asyncio.get_running_loop().call_later(early, self._enqueue_when_due, inv, seq)
+            return
+        self._enqueue(inv)
+        self._wake()
 
     def _enqueue(self, inv: Invocation) -> None:
         """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,9 +29,15 @@ class Harness:
     """
 
     def __init__(
-        self, services: list[ServiceDefinition], partitions: int = 1, *, loopback: bool = False
+        self,
+        services: list[ServiceDefinition],
+        partitions: int = 1,
+        *,
+        loopback: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.services = services
+        self.clock = clock  # the processor's wall clock (a test may hold it still)
         self.out: list[Out] = []
         self.offset = 0
         self.processor = self.make(partitions)
@@ -65,7 +73,7 @@ class Harness:
     def make(self, partitions: int = 1) -> PartitionProcessor:
         return PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
                                   registry=Registry(self.services), emit=self.out.append,
-                                  wake=lambda: None)  # fmt: skip
+                                  wake=lambda: None, clock=self.clock)  # fmt: skip
 
     def hand_over(self) -> PartitionProcessor:
         """Move the partition to a new owner: flush the invocations changelog, close this

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -245,44 +246,93 @@ async def test_a_replayed_select_takes_the_journaled_branch() -> None:
     assert h.responses()["r1"].value == ["timeout", None, 1]
 
 
+class HeldClock:
+    """The processor's wall clock, moved by the test: what is due is due only when the
+    test says, however long the test takes."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scheduled(h: Harness, key: str, due: float) -> tuple[str, int]:
+    """A delayed send to Box/key/put(5) due at ``due``: its id and the offset of its Start."""
+    inv_id = ids.new_id(key, 1)
+    when = datetime.fromtimestamp(due, UTC)
+    target = Target(service="Box", key=key, handler="put")
+    h.send(Invoke(target=target, argument=5, invocation_id=inv_id, mode="send", due=when))
+    return inv_id, h.offset - 1
+
+
 async def test_a_start_released_early_queues_its_invocation_when_due_not_before() -> None:
-    """The delay topic releases a Start START_LEAD early; the partition waits out the rest,
-    without holding the key meanwhile, and a cancel in that wait means nothing runs."""
-    h = Harness([box, svc, patient])
-    target = Target(service="Box", key="e", handler="put")
-    due = datetime.now(UTC) + timedelta(seconds=START_LEAD)
-    soon, cancelled = ids.new_id("e", 1), ids.new_id("e", 1)
-    for inv_id in (soon, cancelled):
-        h.send(Invoke(target=target, argument=5, invocation_id=inv_id, mode="send", due=due))
-    seqs = {soon: h.offset - 2, cancelled: h.offset - 1}
+    """The delay topic releases a Start START_LEAD early (or more, from a worker whose
+    clock runs ahead); the partition waits out the rest by its own clock, without holding
+    the key, and a cancel in that wait means nothing runs."""
+    clock = HeldClock()
+    h = Harness([box, svc, patient], clock=clock)
+    due = clock.now + 0.5  # START_LEAD, plus 475 ms of skew
+    soon, soon_seq = scheduled(h, "e", due)
+    cancelled, cancelled_seq = scheduled(h, "e", due)
     await settle()
-    for inv_id in (soon, cancelled):
-        h.send(Start(invocation_id=inv_id, seq=seqs[inv_id]))
+    h.send(Start(invocation_id=soon, seq=soon_seq))
+    h.send(Start(invocation_id=cancelled, seq=cancelled_seq))
     h.send(Cancel(invocation_id=cancelled))
-    await settle()
-    assert h.processor.invocations[soon].meta.status == "pending", "not before it is due"
-    h.call(target, 1, request_id="now")
+    h.call(Target(service="Box", key="e", handler="put"), 1, request_id="now")
     await until(lambda: "now" in h.responses())
     assert h.responses()["now"].value == 1, "the key is free while the Start waits"
+    await asyncio.sleep(0.6)  # the loop's timer fires; the partition's clock says not yet
+    assert h.processor.invocations[soon].meta.status == "pending", "not before it is due"
+    clock.now = due + 0.001  # due times travel with microseconds
     await until(lambda: h.processor.invocations.get(soon) is None)
-    assert datetime.now(UTC) >= due
     assert h.processor.store.state[("Box", "e")] == {"n": 6}, "the cancelled one never ran"
 
 
 async def test_a_start_released_early_and_handed_over_runs_when_due_not_before() -> None:
-    h = Harness([box, svc, patient])
-    target = Target(service="Box", key="h", handler="put")
-    due = datetime.now(UTC) + timedelta(seconds=START_LEAD)
-    soon = ids.new_id("h", 1)
-    h.send(Invoke(target=target, argument=5, invocation_id=soon, mode="send", due=due))
+    clock = HeldClock()
+    h = Harness([box, svc, patient], clock=clock)
+    due = clock.now + START_LEAD
+    soon, seq = scheduled(h, "h", due)
     await settle()
-    h.send(Start(invocation_id=soon, seq=h.offset - 1))
+    h.send(Start(invocation_id=soon, seq=seq))
     restored = h.hand_over()  # the new owner restores it pending, within the lead
-    await settle()
+    clock.now = due - 0.001  # restoring took time, and it is still not due
+    await asyncio.sleep(0.05)
     assert restored.invocations[soon].meta.status == "pending", "not before it is due"
+    clock.now = due + 0.001  # due times travel with microseconds
     await until(lambda: restored.invocations.get(soon) is None)
-    assert datetime.now(UTC) >= due
     assert restored.store.state[("Box", "h")] == {"n": 5}
+
+
+async def test_a_start_restored_as_its_due_time_passes_is_queued_once() -> None:
+    """Restoring takes time: the clock may pass the due time while the new owner looks at
+    the invocation. It decides once whether to wait, and the invocation runs either way."""
+    clock = HeldClock()
+    h = Harness([box, svc, patient], clock=clock)
+    due = clock.now + START_LEAD
+    soon, seq = scheduled(h, "r", due)
+    await settle()
+    h.send(Start(invocation_id=soon, seq=seq))
+    readings = iter([due - 0.01])  # the first look during the restore; then it is due
+
+    def restoring() -> float:
+        return next(readings, due + 0.001)
+
+    h.clock = restoring
+    restored = h.hand_over()
+    await until(lambda: restored.invocations.get(soon) is None)
+    assert restored.store.state[("Box", "r")] == {"n": 5}
+
+
+async def test_a_start_far_too_early_runs_at_once() -> None:
+    """No release sends a Start an hour early; one written by hand runs the invocation."""
+    clock = HeldClock()
+    h = Harness([box, svc, patient], clock=clock)
+    inv_id, seq = scheduled(h, "f", clock.now + 3600)
+    await settle()
+    h.send(Start(invocation_id=inv_id, seq=seq))
+    await until(lambda: h.processor.invocations.get(inv_id) is None)
 
 
 async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key() -> None:
