@@ -289,13 +289,20 @@ async def test_a_start_released_early_queues_its_invocation_when_due_not_before(
     assert h.processor.store.state[("Box", "e")] == {"n": 6}, "the cancelled one never ran"
 
 
-async def test_a_start_released_early_and_handed_over_runs_when_due_not_before() -> None:
+async def started_early(key: str) -> tuple[Harness, HeldClock, str, float]:
+    """A partition that applied the Start of Box/key/put(5) START_LEAD before it is due:
+    the harness, its clock, the invocation and its due time."""
     clock = HeldClock()
     h = Harness([box, svc, patient], clock=clock)
     due = clock.now + START_LEAD
-    soon, seq = scheduled(h, "h", due)
+    soon, seq = scheduled(h, key, due)
     await settle()
     h.send(Start(invocation_id=soon, seq=seq))
+    return h, clock, soon, due
+
+
+async def test_a_start_released_early_and_handed_over_runs_when_due_not_before() -> None:
+    h, clock, soon, due = await started_early("h")
     restored = h.hand_over()  # the new owner restores it pending, within the lead
     clock.now = due - 0.001  # restoring took time, and it is still not due
     await asyncio.sleep(0.05)
@@ -308,12 +315,7 @@ async def test_a_start_released_early_and_handed_over_runs_when_due_not_before()
 async def test_a_start_restored_as_its_due_time_passes_is_queued_once() -> None:
     """Restoring takes time: the clock may pass the due time while the new owner looks at
     the invocation. It decides once whether to wait, and the invocation runs either way."""
-    clock = HeldClock()
-    h = Harness([box, svc, patient], clock=clock)
-    due = clock.now + START_LEAD
-    soon, seq = scheduled(h, "r", due)
-    await settle()
-    h.send(Start(invocation_id=soon, seq=seq))
+    h, _, soon, due = await started_early("r")
     readings = iter([due - 0.01])  # the first look during the restore; then it is due
 
     def restoring() -> float:
