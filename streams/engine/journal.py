@@ -138,6 +138,16 @@ def parse_state_key(key: bytes) -> tuple[str, str, str, bool]:
     return parts[0], parts[1], parts[2], len(parts) == 4
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one changelog record was about: an invocation's meta (``index`` None) or one of
+    its journal entries, with the entry it wrote (None for a meta or a tombstone)."""
+
+    invocation_id: str
+    index: int | None
+    entry: Entry | None
+
+
 class InvocationLog:
     """The ``<ns>.invocations`` changelog read back: metas and journal entries by id.
 
@@ -149,8 +159,9 @@ class InvocationLog:
         self.metas: dict[str, InvocationMeta] = {}
         self.entries: dict[str, dict[int, Entry]] = {}
 
-    def apply(self, key: bytes, value: bytes | None) -> None:
-        """One changelog record; ``None`` is a tombstone."""
+    def apply(self, key: bytes, value: bytes | None) -> Applied | None:
+        """One changelog record; ``None`` is a tombstone. What it was about, or None for a
+        key that is not an invocation's and an entry that cannot be read."""
         text = key.decode()
         if text.startswith("m/"):
             inv_id = text[2:]
@@ -161,21 +172,25 @@ class InvocationLog:
                 meta = _salvaged(value)
                 if meta is not None:
                     self.metas[inv_id] = meta
-        elif text.startswith("j/"):
-            inv_id, _, index = text[2:].rpartition("/")
-            if value is not None:
-                try:
-                    entry = Entry.model_validate_json(value)
-                except ValidationError as error:
-                    log.error("changelog entry %s unreadable, left out: %s", text, error)
-                    return
-                self.entries.setdefault(inv_id, {})[int(index)] = entry
-                return
-            entries = self.entries.get(inv_id)
-            if entries is not None:
-                entries.pop(int(index), None)
-                if not entries:
-                    del self.entries[inv_id]
+            return Applied(inv_id, None, None)
+        if not text.startswith("j/"):
+            return None
+        inv_id, _, position = text[2:].rpartition("/")
+        index = int(position)
+        if value is not None:
+            try:
+                entry = Entry.model_validate_json(value)
+            except ValidationError as error:
+                log.error("changelog entry %s unreadable, left out: %s", text, error)
+                return None
+            self.entries.setdefault(inv_id, {})[index] = entry
+            return Applied(inv_id, index, entry)
+        entries = self.entries.get(inv_id)
+        if entries is not None:
+            entries.pop(index, None)
+            if not entries:
+                del self.entries[inv_id]
+        return Applied(inv_id, index, None)
 
     def journal(self, invocation_id: str) -> list[Entry]:
         """The entries of an invocation's journal that the changelog holds, in order."""

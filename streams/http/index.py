@@ -172,15 +172,13 @@ class InvocationIndex:
             return  # a record this version does not understand: not the index's to judge
 
     def _apply_invocation(self, key: bytes, value: bytes | None) -> None:
-        self.log.apply(key, value)
-        text = key.decode()
-        if text.startswith("m/") and value is None:
-            self.links.forget(text[2:])
-        elif text.startswith("j/") and value is not None:
-            inv_id, _, index = text[2:].rpartition("/")
-            entry = self.log.entries.get(inv_id, {}).get(int(index))
-            if entry is not None:
-                self.links.record(inv_id, int(index), entry)
+        applied = self.log.apply(key, value)
+        if applied is None:
+            return
+        if applied.index is None and value is None:  # the invocation is gone
+            self.links.forget(applied.invocation_id)
+        elif applied.index is not None and applied.entry is not None:
+            self.links.record(applied.invocation_id, applied.index, applied.entry)
 
     def _apply_state(self, key: bytes, value: bytes | None) -> None:
         service, obj, name, is_promise = parse_state_key(key)
