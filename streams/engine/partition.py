@@ -121,7 +121,7 @@ class PartitionProcessor:
 
     def start(self) -> None:
         """After restore: rebuild locks and queues, resume what was in flight."""
-        held: dict[str, float] = {}  # started early, with the seconds until due
+        held: set[str] = set()  # started a little early: queued when due (below)
         for meta, journal in self.invocations.take_restored():
             if meta.status != "completed" and len(journal) != meta.journal_length:
                 log.error("invocation %s: journal incomplete in the changelog", meta.id)
@@ -137,8 +137,8 @@ class PartitionProcessor:
             inv.persisted_entries = meta.journal_length
             self.invocations[meta.id] = inv  # as restored: nothing to write
             lock = inv.lock_key
-            if meta.status == "pending" and (early := self._due_in(inv)) > 0:
-                held[meta.id] = early  # started a little early: queued when due (below)
+            if meta.status == "pending" and self._due_in(inv) > 0:
+                held.add(meta.id)
             elif meta.status == "pending" and lock is not None:
                 self.locks.queue(lock, meta.id)
             elif meta.status not in ("completed", "scheduled") and lock is not None:
@@ -149,9 +149,8 @@ class PartitionProcessor:
                 self.attempts.run(inv)
             elif status == "backing-off":
                 self.attempts.schedule_retry(inv, max(0.0, (inv.meta.retry_at or 0) - time.time()))
-            elif inv.meta.id in held:
-                loop = asyncio.get_running_loop()
-                loop.call_later(held[inv.meta.id], self._enqueue_when_due, inv, inv.meta.seq)
+            elif inv.meta.id in held:  # after the restore, by the clock then
+                asyncio.get_running_loop().call_soon(self._enqueue_when_due, inv, inv.meta.seq)
             elif status == "pending" and inv.lock_key is None:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
@@ -332,13 +331,9 @@ class PartitionProcessor:
             return  # cancelled, killed, or scheduled again since
         inv.meta.status, inv.meta.seq = "pending", offset
         self.touch(inv)
-        early = self._due_in(inv)
-        if early > 0:
-            # Released a little before its due time, so that the release overlaps the wait
-            # (engine/delay.py): it queues for its key when due, not before.
-            asyncio.get_running_loop().call_later(early, self._enqueue_when_due, inv, offset)
-        else:
-            self._enqueue(inv)
+        # Released a little before its due time, so that the release overlaps the wait
+        # (engine/delay.py): it queues for its key when due, not before.
+        self._enqueue_when_due(inv, offset)
 
     def _due_in(self, inv: Invocation) -> float:
         """Seconds until a started invocation is due by this partition's clock: a ``Start``
@@ -349,8 +344,8 @@ class PartitionProcessor:
         return early if 0 < early <= MAX_EARLY else 0.0
 
     def _enqueue_when_due(self, inv: Invocation, seq: int) -> None:
-        """Queue a started invocation that was waiting for its due time, unless it was
-        cancelled, killed or handed over meanwhile."""
+        """Queue a started invocation now if it is due, or else when it is (a timer that
+        comes back here), unless it was cancelled, killed or handed over meanwhile."""
         meta = inv.meta
         if self.closed or self.invocations.get(meta.id) is not inv:
             return
