@@ -296,18 +296,18 @@ class Client:
         def report(error: KafkaError | None, message: Message) -> None:
             self._reports.append((delivered, error))
 
+        value = encode(record)
+        # An invocation continues the trace of whoever invokes (streams.tracing).
+        headers = tracing.as_headers(tracing.current()) if isinstance(record, Invoke) else None
         while True:
             try:
                 self._producer.produce(
                     topic,
-                    value=encode(record),
+                    value=value,
                     key=key.encode(),
                     partition=partition,
                     on_delivery=report,
-                    # An invocation continues the trace of whoever invokes (streams.tracing).
-                    headers=tracing.as_headers(tracing.current())
-                    if isinstance(record, Invoke)
-                    else None,
+                    headers=headers,
                 )
                 break
             except BufferError:
@@ -329,7 +329,7 @@ class Client:
         inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
         if target.key is not None and not ids.belongs_to_key(inv_id, target.key, self.partitions):
             raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
-        request_id = self._request_id()
+        request_id = self.new_request_id()
         record = Invoke(
             target=target,
             argument=argument,
@@ -365,11 +365,7 @@ class Client:
         return future
 
     def new_request_id(self) -> str:
-        """A fresh request id whose responses this client reads."""
-        return self._request_id()
-
-    def _request_id(self) -> str:
-        """A fresh request id whose responses land on this client's partition."""
+        """A fresh request id whose responses land on the partition this client reads."""
         while True:
             candidate = uuid.uuid4().hex
             if partition_of_key(candidate, self._response_partitions) == self._home:
@@ -420,7 +416,7 @@ class Client:
             mode="send",
             idempotency_key=idempotency_key,
             headers=dict(headers or {}),
-            request_id=self._request_id() if may_repeat else None,
+            request_id=self.new_request_id() if may_repeat else None,
             due=due,
         )
         key = target.key or inv_id
@@ -481,7 +477,7 @@ class Client:
             invocation_id = self.invocation_id_for(target, idempotency_key)
         ids.validate(invocation_id)
         record = AttachRequest(
-            request_id=self._request_id(),
+            request_id=self.new_request_id(),
             invocation_id=invocation_id,
             wait=wait,
         )
@@ -507,7 +503,7 @@ class Client:
 
     async def _control(self, kind: type[Cancel | Kill | Purge | Resume], invocation_id: str) -> str:
         ids.validate(invocation_id)
-        record = kind(invocation_id=invocation_id, request_id=self._request_id())
+        record = kind(invocation_id=invocation_id, request_id=self.new_request_id())
         response = await self._request(record, invocation_id, invocation_id)
         if response.failure is not None:
             raise TerminalError(response.failure.message, response.failure.code)

@@ -41,7 +41,7 @@ from mode import Service
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import tracing
-from streams.client import Client
+from streams.client import Client, outcome
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Response, Target
@@ -162,7 +162,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
             ) from None
         finally:
             answer.cancel()
-        return _as_record(response).result()
+        return outcome(response)
 
     async def call(
         self,
@@ -257,13 +257,11 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
 
     async def _produce(self, target: Target, record: InvokeRecord) -> None:
         """Write ``record`` now (not as a Faust attachment sent after the event is acked),
-        keyed by the object key so Kafka's murmur2 puts it on the key's partition; an
-        unkeyed call goes to the partition its invocation id names."""
+        as the Python client does: to the partition its invocation id names (for an object,
+        its key's), keyed by the object key."""
         assert record.invocation_id is not None
         key = target.key if target.key is not None else record.invocation_id
-        partition = None
-        if target.key is None:
-            partition = ids.partition_of(record.invocation_id, self._client.partitions)
+        partition = ids.partition_of(record.invocation_id, self._client.partitions)
         delivery = await self.ingress.send(
             key=key.encode(),
             value=record,
