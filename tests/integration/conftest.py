@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from handlers.service import ServiceDefinition
 from streams.client import Client
 from streams.http.ingress import Ingress, app_runner
 from streams.kafka.admin import create_topics
@@ -38,14 +39,25 @@ def topics(settings: Settings) -> Settings:
     return settings
 
 
+@contextlib.asynccontextmanager
+async def in_process_worker(
+    settings: Settings, services: list[ServiceDefinition], worker_id: str
+) -> AsyncIterator[Worker]:
+    """A worker hosting ``services`` on this event loop, stopped on the way out."""
+    running = Worker(settings, services, worker_id=worker_id)
+    task = asyncio.create_task(running.run())
+    try:
+        yield running
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 60)
+
+
 @pytest.fixture
 async def worker(topics: Settings) -> AsyncIterator[Worker]:
     """An in-process worker hosting tests.integration.apps, stopped after the test."""
-    running = Worker(topics, apps.SERVICES, worker_id=f"inproc-{topics.namespace}")
-    task = asyncio.create_task(running.run())
-    yield running
-    running.stop()
-    await asyncio.wait_for(task, 60)
+    async with in_process_worker(topics, apps.SERVICES, f"inproc-{topics.namespace}") as running:
+        yield running
     apps.GATES.clear()
     apps.STARTED.clear()
 

@@ -13,7 +13,7 @@ from examples import quickstart
 from streams.client import Client
 from streams.kafka.worker import Worker
 from streams.settings import Settings
-from tests.integration.conftest import WorkerProcess, WorkerProcesses
+from tests.integration.conftest import WorkerProcess, WorkerProcesses, in_process_worker
 from tests.kafka_helpers import drain
 
 CUSTOMERS = ["ada", "bob", "cyd", "dee", "eve"]
@@ -22,11 +22,8 @@ CUSTOMERS = ["ada", "bob", "cyd", "dee", "eve"]
 @pytest.fixture
 async def kourier_worker(topics: Settings) -> AsyncIterator[Worker]:
     """The quickstart handlers (Counter, Greeter, ...) in this process."""
-    running = Worker(topics, quickstart.SERVICES, worker_id=f"faust-{topics.namespace}")
-    task = asyncio.create_task(running.run())
-    yield running
-    running.stop()
-    await asyncio.wait_for(task, 60)
+    async with in_process_worker(topics, quickstart.SERVICES, f"faust-{topics.namespace}") as w:
+        yield w
 
 
 #: The example Faust app; it creates its own topics (orders, order-totals, signups,
