@@ -125,13 +125,16 @@ async def test_describe_shows_the_call_tree_both_ways(
         (plan,) = rows
         assert plan["target"] == "Trip/adm-tree/plan"
 
-        async def callees() -> list[str]:
+        async def callees() -> list[tuple[str, bool]]:
             async with http.get(f"{admin_url}/invocations/{plan['id']}") as reply:
                 found[0] = await reply.json()
-            return [str(n["target"]) for n in found[0]["tree"]["callees"]]
+            return [(str(n["target"]), bool(n["indexed"])) for n in found[0]["tree"]["callees"]]
 
         found: list[dict[str, Any]] = [{}]
-        await poll_until(callees, ["Trip/adm-tree-hotel/reserve"], 30, "plan's callees")
+        # The caller's journal names the callee first; the callee's own record follows from
+        # its partition's transaction, and only then is it indexed.
+        expected = [("Trip/adm-tree-hotel/reserve", True)]
+        await poll_until(callees, expected, 30, "plan's callees, indexed")
         (reserve,) = found[0]["tree"]["callees"]
         assert found[0]["tree"]["callers"] == [], "called from outside: no caller"
         assert (reserve["via"], reserve["entry"], reserve["indexed"]) == ("call", 0, True)
