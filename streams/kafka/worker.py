@@ -91,6 +91,7 @@ class Worker:
         self._delay_reader: DelayReader | None = None
         self._outbox: list[Out] = []
         self._offsets: dict[int, int] = {}
+        self._group_metadata: Any = None  # of the current generation, see _metadata()
         self._dirty = False
         self._observed_at = 0.0
         self._stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
@@ -205,7 +206,7 @@ class Worker:
                 if self._needs_step(batch, positions):
                     snapshot = self._on_loop(self._step(batch, positions))
                     if snapshot.out:
-                        snapshot.metadata = self._consumer.consumer_group_metadata()
+                        snapshot.metadata = self._metadata()
                         self._committer.submit(snapshot)
                 if time.monotonic() >= self._observed_at + 1.0:
                     self._observe()
@@ -356,13 +357,28 @@ class Worker:
         """Commit ``snapshot`` after everything submitted before it, and wait (Kafka thread);
         on failure, restore and go on."""
         if snapshot.out:
-            snapshot.metadata = self._consumer.consumer_group_metadata()
+            snapshot.metadata = self._metadata()
             self._committer.submit(snapshot)
         failure = self._committer.flush(_STUCK)
         if isinstance(failure, TimeoutError):
             self._replace_stuck_producer()
         elif failure is not None:
             self._recover_from(failure)
+
+    def _metadata(self) -> Any:
+        """The consumer's group metadata, which a transaction's offsets carry so that the
+        broker refuses them from a worker of an older generation (KIP-447); read once per
+        generation (Kafka thread).
+
+        librdkafka answers ``consumer_group_metadata()`` from its main thread, and the call
+        holds the GIL while it waits: read for every snapshot, it held up the event loop
+        and the committer under load. A generation ends only in a rebalance, and with the
+        eager ``range`` assignment every rebalance runs the revoke and assign callbacks,
+        which forget the metadata, as does a failed commit. A stale generation could only
+        make the broker refuse a commit, never accept one."""
+        if self._group_metadata is None:
+            self._group_metadata = self._consumer.consumer_group_metadata()
+        return self._group_metadata
 
     def _replace_stuck_producer(self, recover: bool = True) -> None:
         """A transaction is stuck inside librdkafka: a new producer with the same
@@ -380,6 +396,7 @@ class Worker:
 
     def _recover_from(self, failure: Exception) -> None:
         log.error("commit failed, restoring owned partitions from Kafka: %s", failure)
+        self._group_metadata = None
         self._recover()
         self._committer.clear()
 
@@ -433,6 +450,7 @@ class Worker:
         }
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._group_metadata = None  # a new generation
         self._take_over(partitions)
 
     def _take_over(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
@@ -463,10 +481,12 @@ class Worker:
         snapshot = self._on_loop(self._close(partitions))
         self._on_loop(self._forget(partitions, close=True))
         self._commit(snapshot)
+        self._group_metadata = None  # the generation ends with this rebalance
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s without a clean hand-over", _describe(partitions))
+        self._group_metadata = None
         # What was queued cannot commit any more: let it fail, or fence it if it is stuck.
         if isinstance(self._committer.flush(_STUCK), TimeoutError):
             self._replace_stuck_producer(recover=False)

@@ -40,8 +40,12 @@ async def test_two_worker_processes_share_the_partitions(
     client: Client, worker_processes: WorkerProcesses
 ) -> None:
     one = worker_processes.spawn()
-    two = worker_processes.spawn()
     keys = [f"spread-{i}" for i in range(16)]
+    # The first worker commits under the group's first generation before the second joins.
+    assert (
+        await asyncio.wait_for(client.object("Tally", keys[0], "whoami").request(), 60) == one.pid
+    )
+    two = worker_processes.spawn()
     seen: set[int] = set()
     deadline = time.monotonic() + 90
     while seen != {one.pid, two.pid} and time.monotonic() < deadline:
@@ -62,6 +66,15 @@ async def test_two_worker_processes_share_the_partitions(
         )
 
     await poll_until(counts, [2] * len(keys), 60, "counts after two sends per key")
+    # Each worker's transactions carry the group generation they were consumed under, which
+    # changed when the second one joined: none of them was refused for an older one.
+    failed = [
+        line
+        for log in sorted(worker_processes.log_dir.glob("worker-*.log"))
+        for line in log.read_text().splitlines()
+        if "commit failed" in line
+    ]
+    assert not failed, failed
 
 
 def _read_response(settings: Settings, request_id: str, timeout: float = 60) -> dict[str, object]:
