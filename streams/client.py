@@ -36,7 +36,7 @@ from streams.errors import KourierError
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
 from streams.wire import ids
-from streams.wire.partitioning import partition_of_key
+from streams.wire.partitioning import KeysOn
 from streams.wire.records import (
     AttachRequest,
     Cancel,
@@ -156,6 +156,7 @@ class Client:
         # then touches one response partition per client, not all of them.
         self._home = random.randrange(len(metadata[self.topics.responses].partitions))
         self._response_partitions = len(metadata[self.topics.responses].partitions)
+        self._request_ids = KeysOn(self._home, self._response_partitions)
         tp = TopicPartition(self.topics.responses, self._home)
         _, high = watermarks(self._reader, tp)
         start = [TopicPartition(self.topics.responses, self._home, high)]
@@ -366,10 +367,7 @@ class Client:
 
     def new_request_id(self) -> str:
         """A fresh request id whose responses land on the partition this client reads."""
-        while True:
-            candidate = uuid.uuid4().hex
-            if partition_of_key(candidate, self._response_partitions) == self._home:
-                return candidate
+        return next(self._request_ids)
 
     def invocation_id_for(self, target: Target, idempotency_key: str | None) -> str:
         """The id an invocation will have: derived for a workflow's run and for idempotency
