@@ -374,8 +374,9 @@ class Worker:
         holds the GIL while it waits: read for every snapshot, it held up the event loop
         and the committer under load. A generation ends only in a rebalance, and with the
         eager ``range`` assignment every rebalance runs the revoke and assign callbacks,
-        which forget the metadata, as does a failed commit. A stale generation could only
-        make the broker refuse a commit, never accept one."""
+        which forget the metadata, as does a failed commit. The broker refuses offsets of an
+        older generation, so metadata kept too long would cost a refused commit and a
+        restore, never let a worker that lost its partitions commit."""
         if self._group_metadata is None:
             self._group_metadata = self._consumer.consumer_group_metadata()
         return self._group_metadata

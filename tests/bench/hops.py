@@ -23,17 +23,24 @@ completion back to the caller, the caller's response), so ``to_response`` then s
 first two and the worker's statistics count three commits per call.
 
 Timestamps have millisecond resolution, so each hop is known to about a millisecond.
+
+``broker_cpu_ms_per_call`` splits the broker's CPU over the measured calls by its threads
+(``/proc``): ``jit`` is its JIT compilers, ``requests`` its network and request handler
+threads (the controller's among them: broker and controller share the process), ``other``
+the rest of the process (coordinators, marker sender, GC, threads that ended meanwhile).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -70,7 +77,35 @@ def percentiles(values: list[float]) -> dict[str, float]:
 _WARMUP = 500
 
 
-def measure(settings: Settings, calls: int, chain: bool) -> dict[str, Any]:
+def _cpu_seconds(stat_path: Path) -> tuple[str, float]:
+    """A process's or thread's name and its user + system CPU seconds, from its ``stat``."""
+    stat = stat_path.read_text()
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_threads(pid: int) -> dict[str, float]:
+    """CPU seconds the broker has used so far, by kind of thread (see the docstring). The
+    process total keeps the time of threads that ended (the JVM starts and stops compiler
+    threads), so ``other`` is what the total has beyond the live JIT and request threads."""
+    used = {"jit": 0.0, "requests": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, seconds = _cpu_seconds(task / "stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+        if "CompilerThre" in name:
+            used["jit"] += seconds
+        elif "data-plane" in name:
+            used["requests"] += seconds
+    _, total = _cpu_seconds(Path(f"/proc/{pid}/stat"))
+    return {**used, "other": total - used["jit"] - used["requests"]}
+
+
+def measure(
+    settings: Settings, calls: int, chain: bool, broker_pid: int | None = None
+) -> dict[str, Any]:
     producer = Producer(settings.producer_config({"linger.ms": 0, "enable.idempotence": True}))
     consumer = Consumer(settings.client_config({
         "group.id": f"hops-{uuid.uuid4().hex}", "enable.auto.commit": False,
@@ -86,6 +121,7 @@ def measure(settings: Settings, calls: int, chain: bool) -> dict[str, Any]:
     consumer.assign(assignment)
     hops: dict[str, list[float]] = {"produce_ack": [], "to_response": [], "commit_and_read": [],
                                     "total": []}  # fmt: skip
+    cpu_before: dict[str, float] = {}
     try:
         for i in range(calls + _WARMUP):  # the broker's JIT warms up first
             request_id = uuid.uuid4().hex
@@ -107,6 +143,8 @@ def measure(settings: Settings, calls: int, chain: bool) -> dict[str, Any]:
             answered = _response(consumer, request_id, began + 30)
             read_at, response_ts = answered
             if i < _WARMUP:
+                if i == _WARMUP - 1 and broker_pid is not None:
+                    cpu_before = broker_threads(broker_pid)
                 continue
             invoke_ts = acked[0]
             hops["produce_ack"].append(1000 * (ack_at - began))
@@ -115,7 +153,14 @@ def measure(settings: Settings, calls: int, chain: bool) -> dict[str, Any]:
             hops["total"].append(1000 * (read_at - began))
     finally:
         consumer.close()
-    return {name: percentiles(values) for name, values in hops.items()}
+    results: dict[str, Any] = {name: percentiles(values) for name, values in hops.items()}
+    if broker_pid is not None and cpu_before:
+        cpu_after = broker_threads(broker_pid)
+        results["broker_cpu_ms_per_call"] = {
+            kind: round(1000 * (cpu_after[kind] - cpu_before[kind]) / calls, 2)
+            for kind in cpu_after
+        }
+    return results
 
 
 def _stamp_into(stamps: list[float]) -> Any:
@@ -143,10 +188,12 @@ def run(calls: int, chain: bool) -> dict[str, Any]:
     with local_kafka("kourier-hops-", "hops") as (work, settings, env):
         log = work / "worker.log"
         worker = spawn(["worker", "-v", "tests.bench.apps"], env, log)
+        running = broker.status(work / "kafka")
+        pid = running.pid if running is not None else None
         try:
             results: dict[str, Any] = {"calls": calls, "kafka": broker.kafka_version(),
                                        "call": "Chain/bump" if chain else "Echo/echo_value",
-                                       "hops_ms": measure(settings, calls, chain)}  # fmt: skip
+                                       "hops_ms": measure(settings, calls, chain, pid)}  # fmt: skip
             found = _COMMITS.findall(log.read_text(errors="replace"))
             if found:
                 commits, ms, records, partitions, producing, offsets, committing = found[-1]
