@@ -154,9 +154,9 @@ class Client:
         # Responses land on the partition their request id hashes to; this client picks ids
         # that all hash to one partition, and reads only that one. A worker's transaction
         # then touches one response partition per client, not all of them.
-        self._home = random.randrange(len(metadata[self.topics.responses].partitions))
-        self._response_partitions = len(metadata[self.topics.responses].partitions)
-        self._request_ids = KeysOn(self._home, self._response_partitions)
+        response_partitions = len(metadata[self.topics.responses].partitions)
+        self._home = random.randrange(response_partitions)
+        self._request_ids = KeysOn(self._home, response_partitions)
         tp = TopicPartition(self.topics.responses, self._home)
         _, high = watermarks(self._reader, tp)
         start = [TopicPartition(self.topics.responses, self._home, high)]

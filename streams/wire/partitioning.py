@@ -21,9 +21,9 @@ def _seed(length: int) -> int:
     return (0x9747B28C ^ length) & _MASK
 
 
-def _blocks(h: int, data: bytes, end: int, start: int = 0) -> int:
-    """``h`` after mixing in the 4-byte blocks of ``data[start:end]``."""
-    for i in range(start, end, 4):
+def _blocks(h: int, data: bytes, end: int) -> int:
+    """``h`` after mixing in the 4-byte blocks of ``data[:end]``."""
+    for i in range(0, end, 4):
         k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
         k = (k * _M) & _MASK
         k ^= k >> 24
@@ -51,7 +51,12 @@ def _finish(h: int, data: bytes, end: int) -> int:
 def partition_of_key(key: str | bytes, partitions: int) -> int:
     """The partition that Kafka's Java producer and librdkafka's ``murmur2_random`` pick."""
     raw = key.encode() if isinstance(key, str) else key
-    return (murmur2(raw) & 0x7FFFFFFF) % partitions
+    return _partition(murmur2(raw), partitions)
+
+
+def _partition(hash_: int, partitions: int) -> int:
+    """The partition of a murmur2 hash, as Kafka's default partitioner picks it."""
+    return (hash_ & 0x7FFFFFFF) % partitions
 
 
 #: The same, remembered: object keys repeat, and murmur2 in Python costs microseconds.
@@ -85,5 +90,5 @@ class KeysOn:
             suffix = b"%04x" % self._counter
             self._counter += 1
             h = _finish(_blocks(self._state, suffix, 4), b"", 0)
-            if (h & 0x7FFFFFFF) % self._partitions == self._partition:
+            if _partition(h, self._partitions) == self._partition:
                 return (self._prefix + suffix).decode()
