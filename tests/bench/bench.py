@@ -44,6 +44,13 @@ ROOT = Path(__file__).resolve().parents[2]
 KEYS = [f"key-{i}" for i in range(100)]
 
 
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time so far of process ``pid``, or of its thread ``thread``."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -49,7 +49,7 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import partition_for
 from streams.wire.records import Delayed, Invoke, Target, encode
-from tests.bench.bench import ROOT, pct, rss_mib, spawn
+from tests.bench.bench import ROOT, cpu_seconds, pct, rss_mib, spawn
 from tests.processes import stop_process
 
 NEAR, FAR = 2.0, 45.0  # seconds of delay: inside and beyond the worker's 30 s horizon
@@ -58,12 +58,6 @@ KEYS = 40  # Lateness objects per round
 REPORT_SETTLE = 12.0  # seconds: the worker logs pending counts within 10 s of a change
 _PENDING = re.compile(r"delay (\d+): (\d+) pending")
 _GAUGE = re.compile(r"^kourier_pending_timers\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_over(pid: int, seconds: float) -> float:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
@@ -50,7 +49,7 @@ from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Invoke, Target, decode_response, encode
-from tests.bench.bench import local_kafka, spawn
+from tests.bench.bench import cpu_seconds, local_kafka, spawn
 from tests.processes import stop_process
 
 _COMMITS = re.compile(
@@ -77,14 +76,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
 _WARMUP = 500
 
 
-def _cpu_seconds(stat_path: Path) -> tuple[str, float]:
-    """A process's or thread's name and its user + system CPU seconds, from its ``stat``."""
-    stat = stat_path.read_text()
-    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def broker_threads(pid: int) -> dict[str, float]:
     """CPU seconds the broker has used so far, by kind of thread (see the docstring). The
     process total keeps the time of threads that ended (the JVM starts and stops compiler
@@ -92,15 +83,15 @@ def broker_threads(pid: int) -> dict[str, float]:
     used = {"jit": 0.0, "requests": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name, seconds = _cpu_seconds(task / "stat")
+            name = (task / "comm").read_text()
+            seconds = cpu_seconds(pid, int(task.name))
         except OSError:  # the thread ended meanwhile
             continue
         if "CompilerThre" in name:
             used["jit"] += seconds
         elif "data-plane" in name:
             used["requests"] += seconds
-    _, total = _cpu_seconds(Path(f"/proc/{pid}/stat"))
-    return {**used, "other": total - used["jit"] - used["requests"]}
+    return {**used, "other": cpu_seconds(pid) - used["jit"] - used["requests"]}
 
 
 def measure(
