@@ -37,6 +37,7 @@ from typing import Any
 import faust
 from faust.streams import current_event
 from mode import Service
+from mode.utils.queues import ThrowableQueue
 
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
@@ -116,7 +117,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
             self.topics.ingress, key_type=bytes, value_type=InvokeRecord, key_serializer="raw"
         )
         #: Outcomes of :meth:`call`, in the order they arrive: ``app.agent(kourier.outcomes)``.
-        self.outcomes = app.channel(value_type=ResponseRecord)
+        self.outcomes: faust.ChannelT[ResponseRecord] = _Outcomes(app, value_type=ResponseRecord)
         self._client = Client(self.settings)
         # Calls made so far while processing each event, for the idempotency keys.
         self._calls: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -194,7 +195,13 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         if error is not None:  # the client closed before the outcome came
             log.warning("an outcome of kourier.call() is not delivered: %s", error)
             return
-        self.add_future(self.outcomes.send(value=_as_record(answer.result())))
+        response = answer.result()
+        if not self.outcomes.subscriber_count:
+            log.warning(
+                "no agent reads kourier.outcomes; the outcome of request %s is dropped",
+                response.request_id,
+            )
+        self.add_future(self.outcomes.send(value=_as_record(response)))
 
     async def send(
         self,
@@ -270,6 +277,22 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
             force=True,
         )
         await delivery
+
+
+class _Outcomes(faust.Channel[ResponseRecord]):
+    """An in-memory channel whose buffers survive a rebalance.
+
+    Faust suspends its streams while a rebalance runs and clears their buffers when it
+    resumes them, because a topic's events are fetched again from the committed offsets.
+    No one fetches an outcome again, so these buffers are kept (every subscriber's clone
+    is an ``_Outcomes`` too, and the buffer is created lazily by each)."""
+
+    @property
+    def queue(self) -> ThrowableQueue[Any]:
+        if self._queue is None:
+            maxsize = self.maxsize or self.app.conf.stream_buffer_maxsize
+            self._queue = self.app.FlowControlQueue(maxsize=maxsize, clear_on_resume=False)
+        return self._queue
 
 
 def _as_record(response: Response) -> ResponseRecord:

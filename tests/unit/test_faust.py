@@ -3,6 +3,8 @@ idempotency keys it derives from Faust events."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import faust
@@ -78,3 +80,30 @@ def test_a_channel_event_has_no_key_to_derive(
     monkeypatch.setattr(integration, "current_event", lambda: None)
     with pytest.raises(RuntimeError, match="outside an agent"):
         kourier._derived_key()
+
+
+async def test_outcomes_waiting_for_an_agent_survive_a_rebalance(kourier: Kourier) -> None:
+    """Faust suspends its streams during a rebalance and, when it resumes them, clears their
+    buffers (the topics' events are fetched again from the committed offsets). Nothing
+    fetches an outcome again, so the outcomes channel keeps its buffer."""
+    flow = kourier.app.flow_control
+    flow.resume()  # as when the app has recovered its first assignment
+    stream = aiter(kourier.outcomes)  # an agent's subscription: a clone with its own buffer
+    first = Response(request_id="r1", status="success", value="Hello ada")
+    await kourier.outcomes.send(value=integration._as_record(first))
+
+    # A rebalance, as App._on_partitions_revoked and Recovery go through it.
+    flow.suspend()
+    flow.clear()
+    flow.resume()
+
+    second = Response(request_id="r2", status="success", value="Hello bob")
+    await kourier.outcomes.send(value=integration._as_record(second))
+    received: list[str | None] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2):
+            while len(received) < 2:
+                outcome = (await anext(stream)).value
+                assert isinstance(outcome, ResponseRecord)
+                received.append(outcome.request_id)
+    assert received == ["r1", "r2"], "an outcome buffered before the rebalance was dropped"
