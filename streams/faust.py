@@ -198,7 +198,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         response = answer.result()
         if not self.outcomes.subscriber_count:
             log.warning(
-                "no agent reads kourier.outcomes; the outcome of request %s is dropped",
+                "nothing subscribes to kourier.outcomes; the outcome of request %s is dropped",
                 response.request_id,
             )
         self.add_future(self.outcomes.send(value=_as_record(response)))
@@ -282,15 +282,18 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
 class _Outcomes(faust.Channel[ResponseRecord]):
     """An in-memory channel whose buffers survive a rebalance.
 
-    Faust suspends its streams while a rebalance runs and clears their buffers when it
-    resumes them, because a topic's events are fetched again from the committed offsets.
-    No one fetches an outcome again, so these buffers are kept (every subscriber's clone
-    is an ``_Outcomes`` too, and the buffer is created lazily by each)."""
+    Faust suspends its streams while a rebalance runs, and clears their buffers when it
+    starts and again when it resumes them, because a topic's events are fetched again from
+    the committed offsets. No one fetches an outcome again, so these buffers are kept
+    (every subscriber's clone is an ``_Outcomes`` too, and the buffer is created lazily
+    by each)."""
 
     @property
     def queue(self) -> ThrowableQueue[Any]:
         if self._queue is None:
-            maxsize = self.maxsize or self.app.conf.stream_buffer_maxsize
+            maxsize = self.maxsize
+            if maxsize is None:
+                maxsize = self.app.conf.stream_buffer_maxsize
             self._queue = self.app.FlowControlQueue(maxsize=maxsize, clear_on_resume=False)
         return self._queue
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message
 from confluent_kafka.cimpl import NewTopic
@@ -28,9 +29,11 @@ def drain(
     isolation: str = "read_committed",
     timeout: float = 20.0,
     settle: float = 0.5,
+    count: Callable[[list[Message]], int] = len,
 ) -> list[Message]:
-    """Read ``topic`` from the start until ``expect`` records arrived, then ``settle`` seconds
-    more to catch any extra record; fail with a clear message if fewer arrive in ``timeout``."""
+    """Read ``topic`` from the start until ``expect`` records arrived (as ``count`` counts
+    them: by default every record), then ``settle`` seconds more to catch any extra record;
+    fail with a clear message if fewer arrive in ``timeout``."""
     consumer = Consumer(
         settings.client_config(
             {
@@ -45,13 +48,14 @@ def drain(
     messages: list[Message] = []
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and len(messages) < expect:
+        while time.monotonic() < deadline and count(messages) < expect:
             for message in consumer.consume(num_messages=500, timeout=0.5):
                 if message.error() is None:
                     messages.append(message)
-        if len(messages) < expect:
+        if count(messages) < expect:
             raise AssertionError(
-                f"{topic}: {len(messages)} of {expect} records within {timeout:.0f}s ({isolation})"
+                f"{topic}: {count(messages)} of {expect} records within {timeout:.0f}s "
+                f"({isolation}; {len(messages)} read)"
             )
         extra_until = time.monotonic() + settle
         while time.monotonic() < extra_until:
