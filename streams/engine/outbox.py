@@ -51,12 +51,18 @@ class Outbox:
     """Builds the outgoing records of ingress partition ``partition``."""
 
     def __init__(
-        self, topics: Topics, partition: int, partitions: int, emit: Callable[[Out], None]
+        self,
+        topics: Topics,
+        partition: int,
+        partitions: int,
+        emit: Callable[[Out], None],
+        deliver_locally: Callable[[int, Completion], None] | None = None,
     ) -> None:
         self.topics = topics
         self.partition = partition
         self.partitions = partitions
         self._emit = emit
+        self._deliver_locally = deliver_locally
 
     def response(self, response: Response) -> None:
         """To the response topic, on the partition of its request id (where clients read)."""
@@ -90,10 +96,15 @@ class Outbox:
             ))  # fmt: skip
 
     def completion(self, completion: Completion) -> None:
-        """A callee's outcome, to the partition of the caller waiting for it."""
+        """A callee's outcome, to the partition of the caller waiting for it; and, when
+        that partition runs in this process, to its processor at once (``deliver_locally``).
+        The record still goes out: it is what a crash or a rebalance recovers from, and
+        applying it after that changes nothing."""
         caller = completion.caller.invocation_id
         owner = ids.partition_of(caller, self.partitions)
         self._emit(Out(self.topics.ingress, owner, caller.encode(), encode(completion)))
+        if self._deliver_locally is not None:
+            self._deliver_locally(owner, completion)
 
     def invoke(self, record: Invoke, trace: str | None = None) -> None:
         """A call or send a handler made, to the partition of the callee's id, with the

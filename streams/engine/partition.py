@@ -78,6 +78,7 @@ class PartitionProcessor:
         registry: Registry,
         emit: Callable[[Out], None],
         wake: Callable[[], None],
+        deliver_locally: Callable[[int, Completion], None] | None = None,
         denied_headers: frozenset[str] = DENIED_HEADERS,
         run_executor: Executor | None = None,
         clock: Callable[[], float] = time.time,
@@ -86,7 +87,7 @@ class PartitionProcessor:
         self.partitions = partitions
         self.topics = topics
         self.registry = registry
-        self.outbox = Outbox(topics, partition, partitions, emit)
+        self.outbox = Outbox(topics, partition, partitions, emit, deliver_locally)
         self._wake = wake
         self.denied_headers = denied_headers
         self.run_executor = run_executor  # threads for synchronous ctx.run actions
@@ -363,6 +364,13 @@ class PartitionProcessor:
         lock = inv.lock_key
         if lock is None or self.locks.take_or_queue(lock, inv.meta.id):
             self.attempts.run(inv)
+
+    def on_completion(self, record: Completion) -> None:
+        """A completion given by a partition of the same process, ahead of its record
+        (:meth:`Outbox.completion`); the record, when it comes, is a no-op then."""
+        if not self.closed:
+            self._apply_completion(record)
+            self._wake()
 
     def _apply_completion(self, record: Completion) -> None:
         inv = self.invocations.get(record.caller.invocation_id)

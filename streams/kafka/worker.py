@@ -42,6 +42,7 @@ from streams.kafka.restore import RestoreError, claim_slot, restore_partition
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
 from streams.tracing import from_headers
+from streams.wire.records import Completion
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.worker")
@@ -96,6 +97,7 @@ class Worker:
         self._observed_at = 0.0
         self._stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
         self._busy_until = 0.0  # until when it steps after every poll (records came)
+        self._delivered_locally = 0  # completions given straight to a caller's processor
         self._stopping = False
         self.partitions = 0
         self.commits = 0
@@ -289,13 +291,20 @@ class Worker:
         return self._snapshot()
 
     async def _settle(self, rounds: int = 256) -> None:
-        """Let handlers run until no new ones start: an exclusive call that completes at
-        once unlocks its key and starts the next queued one, and so on. Queued calls that
-        run within the step never reach the changelog as queued."""
+        """Let handlers run until no new ones start and no completion is delivered locally: an
+        exclusive call that completes at once unlocks its key and starts the next queued
+        one, a callee that completes resumes its caller here, and so on. Queued calls that
+        run within the step never reach the changelog as queued; a caller that completes
+        within the step answers in the same transaction as its callee."""
+        quiet = 0
         for _ in range(rounds):
-            before = sum(p.started for p in self.processors.values())
+            before = self._delivered_locally + sum(p.started for p in self.processors.values())
             await asyncio.sleep(0)
-            if sum(p.started for p in self.processors.values()) == before:
+            after = self._delivered_locally + sum(p.started for p in self.processors.values())
+            # A completion delivered locally takes a round to wake its caller and another for
+            # the caller to finish.
+            quiet = 0 if after != before else quiet + 1
+            if quiet >= 3:
                 return
 
     def _close_all(self) -> None:
@@ -522,6 +531,7 @@ class Worker:
                 registry=self.registry,
                 emit=self._emit,
                 wake=self._wake,
+                deliver_locally=self._deliver_locally,
                 denied_headers=self.settings.header_denylist,
                 run_executor=self._run_pool,
             )
@@ -529,6 +539,16 @@ class Worker:
             self.processors[tp.partition] = processor
             processor.start()
         log.info("assigned %s (restored in %.2fs)", _describe(committed), time.monotonic() - began)
+
+    def _deliver_locally(self, owner: int, completion: Completion) -> None:
+        """Give a completion to the caller's processor when this worker runs its partition,
+        so the caller resumes without waiting for the record's transaction and fetch. Its
+        effects reach a snapshot no earlier than the completion's record, and a failed
+        transaction restores both partitions from Kafka (loop thread)."""
+        processor = self.processors.get(owner)
+        if processor is not None:
+            self._delivered_locally += 1
+            self._loop.call_soon(processor.on_completion, completion)
 
     def _reader(self) -> DelayReader:
         """The thread that reads far-off delayed messages back by offset (started lazily)."""

@@ -14,7 +14,15 @@ from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.wire import ids
-from streams.wire.records import Delayed, Invoke, Target, decode_delay, decode_response, encode
+from streams.wire.records import (
+    Completion,
+    Delayed,
+    Invoke,
+    Target,
+    decode_delay,
+    decode_response,
+    encode,
+)
 from streams.wire.topics import Topics
 
 TOPICS = Topics("unit")
@@ -34,10 +42,12 @@ class Harness:
         partitions: int = 1,
         *,
         loopback: bool = False,
+        local: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.services = services
         self.clock = clock  # the processor's wall clock (a test may hold it still)
+        self.local = local  # completions go straight back to the processor, as in a worker
         self.out: list[Out] = []
         self.offset = 0
         self.processor = self.make(partitions)
@@ -71,9 +81,15 @@ class Harness:
         return [r for r in found if r.get("kind") == kind]
 
     def make(self, partitions: int = 1) -> PartitionProcessor:
+        deliver = self._deliver if self.local else None
         return PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
                                   registry=Registry(self.services), emit=self.out.append,
-                                  wake=lambda: None, clock=self.clock)  # fmt: skip
+                                  wake=lambda: None, clock=self.clock,
+                                  deliver_locally=deliver)  # fmt: skip
+
+    def _deliver(self, owner: int, completion: Completion) -> None:
+        if owner == 0:
+            asyncio.get_running_loop().call_soon(self.processor.on_completion, completion)
 
     def hand_over(self) -> PartitionProcessor:
         """Move the partition to a new owner: flush the invocations changelog, close this

@@ -143,6 +143,29 @@ async def test_a_restored_invocation_replays_without_repeating_its_calls() -> No
     assert restored.store.state[("Box", "k")] == {"n": 2}
 
 
+async def test_a_completion_delivered_locally_resumes_its_caller_before_the_record() -> None:
+    """In a worker that runs the caller's partition, the callee's completion reaches the
+    caller at once; its record, applied when it comes, changes nothing."""
+    h = Harness([box, svc, patient], local=True)
+    h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
+    for n in (1, 2):  # deliver each call the handler makes, and nothing else
+        await until(lambda count=n: len(h.invokes()) == count)
+        call = [o for o in h.out if o.topic == TOPICS.ingress and b'"invoke"' in (o.value or b"")]
+        h.processor.on_message(call[-1].key, call[-1].value, h.offset)
+        h.offset += 1
+    await until(lambda: "w" in h.responses())
+    assert h.responses()["w"].value == 2
+
+    completions = [o for o in h.out if b'"completion"' in (o.value or b"")]
+    assert len(completions) == 2, "the records still go out"
+    for record in completions:
+        h.processor.on_message(record.key, record.value, h.offset)
+        h.offset += 1
+    await settle()
+    assert [o.topic for o in h.out].count(TOPICS.responses) == 1
+    assert h.processor.store.state[("Box", "k")] == {"n": 2}
+
+
 async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
     h = Harness([box, svc, patient])
     inv_id = h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
