@@ -68,7 +68,9 @@ greetings = app.topic(f"{settings.namespace}.greetings", value_type=Greeting, in
 
 
 async def declare_outputs() -> None:
-    """Faust creates the topics agents read; these two are only written to."""
+    """Faust creates the topics agents read; these two are only written to. In a deployment,
+    create them before the app starts: aiokafka's producer has stalled when a topic it sends
+    to was created moments before (see the README's Faust section)."""
     for topic in (totals, greetings):
         await topic.maybe_declare()
 

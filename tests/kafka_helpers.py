@@ -14,11 +14,18 @@ from streams.settings import Settings
 
 
 def create_topic(settings: Settings, suffix: str, partitions: int = 1) -> str:
-    """Create ``<namespace>.<suffix>`` and wait until it is usable."""
+    """Create ``<namespace>.<suffix>`` and wait until every partition has a leader."""
     name = f"{settings.namespace}.{suffix}"
     admin = admin_client(settings)  # must outlive the future
     admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=30)
-    return name
+    deadline = time.monotonic() + 30
+    while True:
+        found = admin.list_topics(name, timeout=10).topics[name].partitions
+        if len(found) == partitions and all(p.leader >= 0 for p in found.values()):
+            return name
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: partitions without a leader after 30s: {found}")
+        time.sleep(0.05)
 
 
 def drain(

@@ -18,9 +18,10 @@ Per call, with the record timestamps (CreateTime, set where each record is produ
 - ``total``: produce until the response was read.
 
 With ``--chain`` each call is ``Chain/bump``, which calls ``Meter/add`` on one key and
-returns its result: three transactions in a row (the call to the object, the object's
-completion back to the caller, the caller's response), so ``to_response`` then spans the
-first two and the worker's statistics count three commits per call.
+returns its result: two transactions in a row (the call to the object; then the object's
+completion, which the worker also hands straight to the caller, with the caller's
+response), so ``to_response`` then spans the first and the worker's statistics count two
+commits per call.
 
 Timestamps have millisecond resolution, so each hop is known to about a millisecond.
 

@@ -15,7 +15,7 @@ from streams.client import Client
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from tests.integration.conftest import WorkerProcess, WorkerProcesses, in_process_worker
-from tests.kafka_helpers import drain
+from tests.kafka_helpers import create_topic, drain
 
 CUSTOMERS = ["ada", "bob", "cyd", "dee", "eve"]
 
@@ -28,9 +28,15 @@ async def kourier_worker(topics: Settings) -> AsyncIterator[Worker]:
 
 
 @pytest.fixture
-def faust_app(worker_processes: WorkerProcesses) -> Callable[[], WorkerProcess]:
-    """The example Faust app; it creates its own topics (orders, order-totals, signups,
-    greetings). It commits nothing for 600 s, so a killed one leaves every event unacked."""
+def faust_app(topics: Settings, worker_processes: WorkerProcesses) -> Callable[[], WorkerProcess]:
+    """The example Faust app. It commits nothing for 600 s, so a killed one leaves every
+    event unacked. Its four topics exist, with a leader on every partition, before it
+    starts, as in a deployment. When the app created its output topics itself while it was
+    already sending (``declare_outputs``), its producer now and then stopped sending
+    altogether: a task dump showed aiokafka's sender waiting on a metadata update for a
+    ``greetings`` partition without a leader, and the ingress records queued behind it."""
+    for name in ("orders", "signups", "order-totals", "greetings"):
+        create_topic(topics, name, partitions=4)
     datadir = str(worker_processes.log_dir / "faust")
     argv = ["-m", "examples.faust_orders", "--datadir", datadir, "worker", "-l", "info"]
 
@@ -59,7 +65,7 @@ def orders(count: int) -> list[tuple[str | None, bytes]]:
 
 
 def values(messages: list[Message]) -> list[dict[str, Any]]:
-    return values(messages)
+    return [json.loads(m.value() or b"") for m in messages]
 
 
 async def read(
@@ -78,7 +84,7 @@ async def read(
         )
     except AssertionError as missing:
         raise AssertionError(f"{missing}\n{processes.logs()}") from None
-    return [json.loads(m.value() or b"") for m in messages]
+    return values(messages)
 
 
 async def test_orders_reach_objects_in_key_order_and_totals_come_back(
