@@ -368,9 +368,15 @@ class PartitionProcessor:
     def on_completion(self, record: Completion) -> None:
         """A completion given by a partition of the same process, ahead of its record
         (:meth:`Outbox.completion`); the record, when it comes, is a no-op then."""
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             self._apply_completion(record)
-            self._wake()
+        except Exception:  # the record, when it comes, is applied (or set aside) as usual
+            caller = record.caller.invocation_id
+            log.exception("%s/%d: a completion for %s could not be applied here",
+                          self.topics.ingress, self.partition, caller)  # fmt: skip
+        self._wake()
 
     def _apply_completion(self, record: Completion) -> None:
         inv = self.invocations.get(record.caller.invocation_id)

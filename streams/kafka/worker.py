@@ -59,6 +59,8 @@ _STUCK = 20.0
 _IDLE_STEP = 0.1
 #: Seconds without records after which the Kafka thread counts as idle.
 _IDLE_AFTER = 1.0
+#: Loop rounds after which locally delivered completions no longer extend a step.
+_DELIVERY_ROUNDS = 16
 _T = TypeVar("_T")
 
 
@@ -290,21 +292,29 @@ class Worker:
             self._close_all()
         return self._snapshot()
 
-    async def _settle(self, rounds: int = 256) -> None:
-        """Let handlers run until no new ones start and no completion is delivered locally: an
-        exclusive call that completes at once unlocks its key and starts the next queued
-        one, a callee that completes resumes its caller here, and so on. Queued calls that
-        run within the step never reach the changelog as queued; a caller that completes
-        within the step answers in the same transaction as its callee."""
-        quiet = 0
-        for _ in range(rounds):
-            before = self._delivered_locally + sum(p.started for p in self.processors.values())
+    async def _settle(self, rounds: int = 256, after_delivery: int = 3) -> None:
+        """Let handlers run until no new ones start: an exclusive call that completes at
+        once unlocks its key and starts the next queued one, and so on. Queued calls that
+        run within the step never reach the changelog as queued.
+
+        A completion delivered locally (:meth:`_deliver_locally`) keeps the step going for
+        ``after_delivery`` more rounds, the time its caller takes to wake and finish, so
+        that the caller answers in the same transaction as its callee. Deliveries extend a
+        step only up to ``_DELIVERY_ROUNDS``: under load, callees of earlier steps keep
+        completing and would otherwise hold the Kafka thread. A caller that needs more
+        rounds (one waiting in ``select``) answers in the next transaction."""
+        delivered = self._delivered_locally
+        last_delivery: int | None = None
+        for n in range(rounds):
+            before = sum(p.started for p in self.processors.values())
             await asyncio.sleep(0)
-            after = self._delivered_locally + sum(p.started for p in self.processors.values())
-            # A completion delivered locally takes a round to wake its caller and another for
-            # the caller to finish.
-            quiet = 0 if after != before else quiet + 1
-            if quiet >= 3:
+            if self._delivered_locally != delivered:
+                delivered, last_delivery = self._delivered_locally, n
+            if sum(p.started for p in self.processors.values()) != before:
+                continue
+            if last_delivery is None or n - last_delivery >= after_delivery:
+                return
+            if n >= _DELIVERY_ROUNDS:
                 return
 
     def _close_all(self) -> None:
