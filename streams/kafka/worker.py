@@ -59,7 +59,9 @@ _STUCK = 20.0
 _IDLE_STEP = 0.1
 #: Seconds without records after which the Kafka thread counts as idle.
 _IDLE_AFTER = 1.0
-#: Loop rounds after which locally delivered completions no longer extend a step.
+#: Loop rounds a step goes on after a completion delivered locally (its caller wakes, then
+#: finishes), and the round after which such deliveries no longer extend a step.
+_AFTER_DELIVERY = 3
 _DELIVERY_ROUNDS = 16
 _T = TypeVar("_T")
 
@@ -292,13 +294,13 @@ class Worker:
             self._close_all()
         return self._snapshot()
 
-    async def _settle(self, rounds: int = 256, after_delivery: int = 3) -> None:
+    async def _settle(self, rounds: int = 256) -> None:
         """Let handlers run until no new ones start: an exclusive call that completes at
         once unlocks its key and starts the next queued one, and so on. Queued calls that
         run within the step never reach the changelog as queued.
 
         A completion delivered locally (:meth:`_deliver_locally`) keeps the step going for
-        ``after_delivery`` more rounds, the time its caller takes to wake and finish, so
+        ``_AFTER_DELIVERY`` more rounds, the time its caller takes to wake and finish, so
         that the caller answers in the same transaction as its callee. Deliveries extend a
         step only up to ``_DELIVERY_ROUNDS``: under load, callees of earlier steps keep
         completing and would otherwise hold the Kafka thread. A caller that needs more
@@ -312,7 +314,7 @@ class Worker:
                 delivered, last_delivery = self._delivered_locally, n
             if sum(p.started for p in self.processors.values()) != before:
                 continue
-            if last_delivery is None or n - last_delivery >= after_delivery:
+            if last_delivery is None or n - last_delivery >= _AFTER_DELIVERY:
                 return
             if n >= _DELIVERY_ROUNDS:
                 return

@@ -83,9 +83,9 @@ def test_a_channel_event_has_no_key_to_derive(
 
 
 async def test_outcomes_waiting_for_an_agent_survive_a_rebalance(kourier: Kourier) -> None:
-    """Faust suspends its streams during a rebalance and, when it resumes them, clears their
-    buffers (the topics' events are fetched again from the committed offsets). Nothing
-    fetches an outcome again, so the outcomes channel keeps its buffer."""
+    """Faust suspends its streams during a rebalance and clears their buffers when it starts
+    and when it resumes them (the topics' events are fetched again from the committed
+    offsets). Nothing fetches an outcome again, so the outcomes channel keeps its buffer."""
     flow = kourier.app.flow_control
     flow.resume()  # as when the app has recovered its first assignment
     stream = aiter(kourier.outcomes)  # an agent's subscription: a clone with its own buffer

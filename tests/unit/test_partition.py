@@ -150,19 +150,16 @@ async def test_a_completion_delivered_locally_resumes_its_caller_before_the_reco
     h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
     for n in (1, 2):  # deliver each call the handler makes, and nothing else
         await until(lambda count=n: len(h.invokes()) == count)
-        call = [o for o in h.out if o.topic == TOPICS.ingress and b'"invoke"' in (o.value or b"")]
-        h.processor.on_message(call[-1].key, call[-1].value, h.offset)
-        h.offset += 1
+        h.send_raw(h.invokes()[-1])
     await until(lambda: "w" in h.responses())
     assert h.responses()["w"].value == 2
 
-    completions = [o for o in h.out if b'"completion"' in (o.value or b"")]
+    completions = h.records("completion")
     assert len(completions) == 2, "the records still go out"
     h.processor.flush()
     written = len(h.out)
     for record in completions:
-        h.processor.on_message(record.key, record.value, h.offset)
-        h.offset += 1
+        h.send_raw(record)
     await settle()
     assert len(h.out) == written, "applying the records after the delivery writes nothing"
     assert h.processor.flush() == [], "... and changes nothing"
