@@ -56,7 +56,7 @@ class Outbox:
         partition: int,
         partitions: int,
         emit: Callable[[Out], None],
-        deliver_locally: Callable[[int, Completion], None] | None = None,
+        deliver_locally: Callable[[int, Completion, Out], None] | None = None,
     ) -> None:
         self.topics = topics
         self.partition = partition
@@ -97,14 +97,15 @@ class Outbox:
 
     def completion(self, completion: Completion) -> None:
         """A callee's outcome, to the partition of the caller waiting for it; and, when
-        that partition runs in this process, to its processor at once (``deliver_locally``).
-        The record still goes out: it is what a crash or a rebalance recovers from, and
-        applying it after that changes nothing."""
+        that partition runs in this process, to its processor at once (``deliver_locally``,
+        ``streams.engine.local``, which also tells the worker when the record is redundant).
+        Applied after the caller's journal has it, the record changes nothing."""
         caller = completion.caller.invocation_id
         owner = ids.partition_of(caller, self.partitions)
-        self._emit(Out(self.topics.ingress, owner, caller.encode(), encode(completion)))
+        record = Out(self.topics.ingress, owner, caller.encode(), encode(completion))
+        self._emit(record)
         if self._deliver_locally is not None:
-            self._deliver_locally(owner, completion)
+            self._deliver_locally(owner, completion, record)
 
     def invoke(self, record: Invoke, trace: str | None = None) -> None:
         """A call or send a handler made, to the partition of the callee's id, with the

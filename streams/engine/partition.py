@@ -78,7 +78,7 @@ class PartitionProcessor:
         registry: Registry,
         emit: Callable[[Out], None],
         wake: Callable[[], None],
-        deliver_locally: Callable[[int, Completion], None] | None = None,
+        deliver_locally: Callable[[int, Completion, Out], None] | None = None,
         denied_headers: frozenset[str] = DENIED_HEADERS,
         run_executor: Executor | None = None,
         clock: Callable[[], float] = time.time,
@@ -365,30 +365,34 @@ class PartitionProcessor:
         if lock is None or self.locks.take_or_queue(lock, inv.meta.id):
             self.attempts.run(inv)
 
-    def on_completion(self, record: Completion) -> None:
+    def on_completion(self, record: Completion) -> bool:
         """A completion given by a partition of the same process, ahead of its record
-        (:meth:`Outbox.completion`); the record, when it comes, is a no-op then."""
+        (``streams.engine.local``); the record, when it comes, is a no-op then. Whether
+        it completed a journal entry (which the next flush writes)."""
         if self.closed:
-            return
+            return False
         try:
-            self._apply_completion(record)
+            applied = self._apply_completion(record)
         except Exception:  # the record, when it comes, is applied (or set aside) as usual
             caller = record.caller.invocation_id
             log.exception("%s/%d: a completion for %s could not be applied here",
                           self.topics.ingress, self.partition, caller)  # fmt: skip
+            applied = False
         self._wake()
+        return applied
 
-    def _apply_completion(self, record: Completion) -> None:
+    def _apply_completion(self, record: Completion) -> bool:
+        """Complete the caller's journal entry; False when there is none left to complete."""
         inv = self.invocations.get(record.caller.invocation_id)
         if inv is None or inv.meta.status == "completed":
-            return
+            return False
         index = record.caller.entry
         if index >= len(inv.journal) or not _names_callee(inv.journal[index], record.invocation_id):
             log.warning("completion for %s entry %d matches no call", inv.meta.id, index)
-            return
+            return False
         entry = inv.journal[index]
         if entry.done:
-            return
+            return False
         failure = record.failure
         if entry.kind == "call" and failure is not None:
             if failure.code == 408 and entry.due is not None and entry.callee is not None:
@@ -398,6 +402,7 @@ class PartitionProcessor:
                 # awaits now (a select lost it) leaves the cancel for the next wait.
                 inv.meta.cancel_requested = False
         inv.complete_entry(index, value=record.value, failure=failure)
+        return True
 
     def _complete(self, inv: Invocation, value: JsonValue, failure: Failure | None) -> None:
         meta = inv.meta

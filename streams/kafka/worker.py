@@ -30,6 +30,7 @@ from confluent_kafka import (
 
 from handlers.service import ServiceDefinition
 from streams.engine.delay import DelayProcessor
+from streams.engine.local import LocalCompletions
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
@@ -42,7 +43,6 @@ from streams.kafka.restore import RestoreError, claim_slot, restore_partition
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
 from streams.tracing import from_headers
-from streams.wire.records import Completion
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.worker")
@@ -101,7 +101,8 @@ class Worker:
         self._observed_at = 0.0
         self._stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
         self._busy_until = 0.0  # until when it steps after every poll (records came)
-        self._delivered_locally = 0  # completions given straight to a caller's processor
+        # Completions given straight to a caller's processor in this worker.
+        self._local = LocalCompletions(self.processors)
         self._stopping = False
         self.partitions = 0
         self.commits = 0
@@ -299,19 +300,19 @@ class Worker:
         once unlocks its key and starts the next queued one, and so on. Queued calls that
         run within the step never reach the changelog as queued.
 
-        A completion delivered locally (:meth:`_deliver_locally`) keeps the step going for
+        A completion delivered locally (``streams.engine.local``) keeps the step going for
         ``_AFTER_DELIVERY`` more rounds, the time its caller takes to wake and finish, so
         that the caller answers in the same transaction as its callee. Deliveries extend a
         step only up to ``_DELIVERY_ROUNDS``: under load, callees of earlier steps keep
         completing and would otherwise hold the Kafka thread. A caller that needs more
         rounds (one waiting in ``select``) answers in the next transaction."""
-        delivered = self._delivered_locally
+        delivered = self._local.delivered
         last_delivery: int | None = None
         for n in range(rounds):
             before = sum(p.started for p in self.processors.values())
             await asyncio.sleep(0)
-            if self._delivered_locally != delivered:
-                delivered, last_delivery = self._delivered_locally, n
+            if self._local.delivered != delivered:
+                delivered, last_delivery = self._local.delivered, n
             if sum(p.started for p in self.processors.values()) != before:
                 continue
             if last_delivery is None or n - last_delivery >= _AFTER_DELIVERY:
@@ -359,7 +360,9 @@ class Worker:
     def _snapshot(self) -> Snapshot:
         """Everything to commit now: outputs, changelog writes, consumed offsets (on the loop)."""
         self._dirty = False
-        out = self._outbox
+        # Completion records whose callers have applied them go no further: the flushes
+        # below write the callers' journals with the outcomes in them.
+        out = self._local.needed(self._outbox)
         self._outbox = []
         for processor in self.processors.values():
             out.extend(processor.flush())
@@ -543,7 +546,7 @@ class Worker:
                 registry=self.registry,
                 emit=self._emit,
                 wake=self._wake,
-                deliver_locally=self._deliver_locally,
+                deliver_locally=self._local.deliver,
                 denied_headers=self.settings.header_denylist,
                 run_executor=self._run_pool,
             )
@@ -551,16 +554,6 @@ class Worker:
             self.processors[tp.partition] = processor
             processor.start()
         log.info("assigned %s (restored in %.2fs)", _describe(committed), time.monotonic() - began)
-
-    def _deliver_locally(self, owner: int, completion: Completion) -> None:
-        """Give a completion to the caller's processor when this worker runs its partition,
-        so the caller resumes without waiting for the record's transaction and fetch. Its
-        effects reach a snapshot no earlier than the completion's record, and a failed
-        transaction restores both partitions from Kafka (loop thread)."""
-        processor = self.processors.get(owner)
-        if processor is not None:
-            self._delivered_locally += 1
-            self._loop.call_soon(processor.on_completion, completion)
 
     def _reader(self) -> DelayReader:
         """The thread that reads far-off delayed messages back by offset (started lazily)."""

@@ -1,6 +1,6 @@
 """Where the time of one call goes: a sequential echo, hop by hop, from Kafka timestamps.
 
-    .venv/bin/python -m tests.bench.hops [--calls 1000] [--chain]
+    .venv/bin/python -m tests.bench.hops [--calls 1000] [--chain] [--http]
 
 Starts its own broker and one worker process (``tests.bench.apps``, debug logging for its
 commit statistics), stops both by PID, and prints one JSON document. Each call is an
@@ -23,6 +23,18 @@ completion, which the worker also hands straight to the caller, with the caller'
 response), so ``to_response`` then spans the first and the worker's statistics count two
 commits per call.
 
+With ``--http`` the calls go through an ingress process instead (``POST /Echo/echo_value``
+on one keep-alive connection), and a ``read_uncommitted`` consumer of the ingress and
+response topics in this process finds both records by the ``x-restate-id`` answered:
+
+- ``to_invoke``: the request sent until the ingress produced the invoke (HTTP parsing,
+  routing, the record's encoding);
+- ``to_response``: as above;
+- ``commit_and_answer``: the response's timestamp until the HTTP answer arrived (the rest
+  of the transaction, the ingress's ``read_committed`` fetch, its hand-over to the event
+  loop, the HTTP answer);
+- ``total``: the request sent until its answer arrived.
+
 Timestamps have millisecond resolution, so each hop is known to about a millisecond.
 
 ``broker_cpu_ms_per_call`` splits the broker's CPU over the measured calls by its threads
@@ -34,10 +46,13 @@ the rest of the process (coordinators, marker sender, GC, threads that ended mea
 from __future__ import annotations
 
 import argparse
+import asyncio
+import http.client
 import json
 import re
 import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -50,7 +65,7 @@ from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Invoke, Target, decode_response, encode
-from tests.bench.bench import cpu_seconds, local_kafka, spawn
+from tests.bench.bench import cpu_seconds, local_kafka, spawn, wait_ready
 from tests.processes import stop_process
 
 _COMMITS = re.compile(
@@ -155,6 +170,98 @@ def measure(
     return results
 
 
+class _Stamps:
+    """The timestamp (seconds) of every invoke and response record, by invocation id, read
+    ``read_uncommitted`` by a thread: a record counts when it is produced, not committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.invokes: dict[str, float] = {}
+        self.responses: dict[str, float] = {}
+        self._consumer = Consumer(settings.client_config({
+            "group.id": f"hops-{uuid.uuid4().hex}", "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 1,
+        }))  # fmt: skip
+        assignment = []
+        for name in ("ingress", "responses"):
+            topic = f"{settings.namespace}.{name}"
+            found = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            for p in found:
+                _, high = watermarks(self._consumer, TopicPartition(topic, p))
+                assignment.append(TopicPartition(topic, p, high))
+        self._consumer.assign(assignment)
+        self._running = True
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while self._running:
+            for message in consume_ready(self._consumer, 500, 0.05):
+                value = message.value()
+                if message.error() is not None or value is None:
+                    continue
+                record = json.loads(value)
+                inv_id = record.get("invocation_id")
+                if not isinstance(inv_id, str):
+                    continue
+                kind = record.get("kind")
+                if kind in ("invoke", "response"):
+                    stamps = self.invokes if kind == "invoke" else self.responses
+                    stamps[inv_id] = message.timestamp()[1] / 1000
+
+    def both(self, inv_id: str, deadline: float) -> tuple[float, float]:
+        while time.time() < deadline:
+            if inv_id in self.invokes and inv_id in self.responses:
+                return self.invokes[inv_id], self.responses[inv_id]
+            time.sleep(0.001)
+        raise RuntimeError(f"the records of {inv_id} were not read in time")
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join()
+        self._consumer.close()
+
+
+def measure_http(
+    settings: Settings, port: int, calls: int, broker_pid: int | None = None
+) -> dict[str, Any]:
+    stamps = _Stamps(settings)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    hops: dict[str, list[float]] = {"to_invoke": [], "to_response": [],
+                                    "commit_and_answer": [], "total": []}  # fmt: skip
+    cpu_before: dict[str, float] = {}
+    try:
+        for i in range(calls + _WARMUP):
+            began = time.time()
+            connection.request("POST", "/Echo/echo_value", body=str(i),
+                               headers={"content-type": "application/json"})  # fmt: skip
+            reply = connection.getresponse()
+            body = reply.read()
+            answered = time.time()
+            if reply.status != 200 or json.loads(body) != i:
+                raise RuntimeError(f"call {i} answered {reply.status} {body!r}")
+            inv_id = reply.getheader("x-restate-id") or ""
+            invoke_ts, response_ts = stamps.both(inv_id, answered + 10)
+            if i < _WARMUP:
+                if i == _WARMUP - 1 and broker_pid is not None:
+                    cpu_before = broker_threads(broker_pid)
+                continue
+            hops["to_invoke"].append(1000 * (invoke_ts - began))
+            hops["to_response"].append(1000 * (response_ts - invoke_ts))
+            hops["commit_and_answer"].append(1000 * (answered - response_ts))
+            hops["total"].append(1000 * (answered - began))
+    finally:
+        connection.close()
+        stamps.close()
+    results: dict[str, Any] = {name: percentiles(values) for name, values in hops.items()}
+    if broker_pid is not None and cpu_before:
+        cpu_after = broker_threads(broker_pid)
+        results["broker_cpu_ms_per_call"] = {
+            kind: round(1000 * (cpu_after[kind] - cpu_before[kind]) / calls, 2)
+            for kind in cpu_after
+        }
+    return results
+
+
 def _stamp_into(stamps: list[float]) -> Any:
     """A delivery callback that keeps the record's timestamp (seconds)."""
 
@@ -176,16 +283,27 @@ def _response(consumer: Consumer, request_id: str, deadline: float) -> tuple[flo
     raise RuntimeError(f"no response to {request_id} in time")
 
 
-def run(calls: int, chain: bool) -> dict[str, Any]:
+def run(calls: int, chain: bool, over_http: bool) -> dict[str, Any]:
     with local_kafka("kourier-hops-", "hops") as (work, settings, env):
         log = work / "worker.log"
         worker = spawn(["worker", "-v", "tests.bench.apps"], env, log)
+        processes = [worker]
         running = broker.status(work / "kafka")
         pid = running.pid if running is not None else None
         try:
+            call = "Chain/bump" if chain else "Echo/echo_value"
             results: dict[str, Any] = {"calls": calls, "kafka": broker.kafka_version(),
-                                       "call": "Chain/bump" if chain else "Echo/echo_value",
-                                       "hops_ms": measure(settings, calls, chain, pid)}  # fmt: skip
+                                       "call": call}  # fmt: skip
+            if over_http:
+                port = broker.free_port()
+                admin = str(broker.free_port())
+                processes.append(spawn(["ingress", "--port", str(port), "--admin-port", admin],
+                                       env, work / "ingress.log"))  # fmt: skip
+                asyncio.run(wait_ready(f"http://127.0.0.1:{port}"))
+                results["via"] = "HTTP ingress"
+                results["hops_ms"] = measure_http(settings, port, calls, pid)
+            else:
+                results["hops_ms"] = measure(settings, calls, chain, pid)
             found = _COMMITS.findall(log.read_text(errors="replace"))
             if found:
                 commits, ms, records, partitions, producing, offsets, committing = found[-1]
@@ -197,15 +315,19 @@ def run(calls: int, chain: bool) -> dict[str, Any]:
                 }  # fmt: skip
             return results
         finally:
-            stop_process(worker)
+            for process in processes:
+                stop_process(process)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--chain", action="store_true", help="Chain/bump -> Meter/add calls")
+    parser.add_argument("--http", action="store_true", help="Echo calls through an ingress")
     args = parser.parse_args()
-    print(json.dumps(run(args.calls, args.chain), indent=2))
+    if args.chain and args.http:
+        parser.error("--http measures Echo calls only")
+    print(json.dumps(run(args.calls, args.chain, args.http), indent=2))
     sys.stdout.flush()
 
 

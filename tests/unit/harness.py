@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handlers.service import ServiceDefinition
+from streams.engine.local import LocalCompletions
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.wire import ids
 from streams.wire.records import (
-    Completion,
     Delayed,
     Invoke,
     Target,
@@ -50,6 +50,9 @@ class Harness:
         self.local = local  # completions go straight back to the processor, as in a worker
         self.out: list[Out] = []
         self.offset = 0
+        # With ``local``: the processor as a worker's partition 0, and its local deliveries.
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.completions = LocalCompletions(self.processors)
         self.processor = self.make(partitions)
         self.processor.start()
         self.fired: set[int] = set()
@@ -81,15 +84,13 @@ class Harness:
         return [r for r in found if r.get("kind") == kind]
 
     def make(self, partitions: int = 1) -> PartitionProcessor:
-        deliver = self._deliver if self.local else None
-        return PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
-                                  registry=Registry(self.services), emit=self.out.append,
-                                  wake=lambda: None, clock=self.clock,
-                                  deliver_locally=deliver)  # fmt: skip
-
-    def _deliver(self, owner: int, completion: Completion) -> None:
-        if owner == 0:
-            asyncio.get_running_loop().call_soon(self.processor.on_completion, completion)
+        deliver = self.completions.deliver if self.local else None
+        processor = PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
+                                       registry=Registry(self.services), emit=self.out.append,
+                                       wake=lambda: None, clock=self.clock,
+                                       deliver_locally=deliver)  # fmt: skip
+        self.processors[0] = processor
+        return processor
 
     def hand_over(self) -> PartitionProcessor:
         """Move the partition to a new owner: flush the invocations changelog, close this

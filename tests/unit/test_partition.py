@@ -166,6 +166,53 @@ async def test_a_completion_delivered_locally_resumes_its_caller_before_the_reco
     assert h.processor.store.state[("Box", "k")] == {"n": 2}
 
 
+async def test_a_completion_its_caller_applied_leaves_the_snapshot_to_the_journal() -> None:
+    """A completion record whose caller took the outcome before the snapshot is left out
+    of it; the caller's journal, flushed into the same snapshot, is enough to resume."""
+    h = Harness([box, svc, patient], local=True)
+    h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
+    await until(lambda: len(h.invokes()) == 1)
+    h.send_raw(h.invokes()[0])
+    await until(lambda: len(h.invokes()) == 2)  # the caller took the outcome, called again
+    second_call = h.invokes()[1]
+
+    written = list(h.out)
+    [completion] = [o for o in written if b'"completion"' in (o.value or b"")]
+    kept = h.completions.needed(written)
+    assert completion not in kept
+    assert kept == [o for o in written if o is not completion], "nothing else is left out"
+    assert h.completions.needed(written) == written, "each snapshot decides once"
+
+    # A new owner restored from the snapshot's changelog alone (no completion record)
+    # resumes the caller at its second call, without sending the first one again.
+    h.hand_over()
+    await settle()
+    assert h.invokes() == []
+    h.send_raw(second_call)
+    await until(lambda: "w" in h.responses())
+    assert h.responses()["w"].value == 2
+
+
+async def test_a_completion_not_applied_in_its_snapshot_keeps_its_record() -> None:
+    h = Harness([box, svc, patient], local=True)
+    h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
+    await until(lambda: len(h.invokes()) == 1)
+    h.send_raw(h.invokes()[0])
+    await until(lambda: len(h.invokes()) == 2)
+    [completion] = [o for o in h.out if b'"completion"' in (o.value or b"")]
+    # The caller's partition moved on before the snapshot: its journal is not in it.
+    h.processors[0] = h.make()
+    assert completion in h.completions.needed(list(h.out))
+
+    # A completion for a caller the partition does not have is not applied at all.
+    unknown = Completion(caller=Caller(invocation_id=ids.new_id("k", 1), entry=0),
+                         invocation_id=ids.new_id(None, 1), value=1)  # fmt: skip
+    record = h.out[0]
+    h.completions.deliver(0, unknown, record)
+    await settle()
+    assert h.completions.needed([record]) == [record]
+
+
 async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
     h = Harness([box, svc, patient])
     inv_id = h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
