@@ -49,6 +49,11 @@ class LocalCompletions:
         if processor.on_completion(completion):
             self._applied[id(record)] = (record, processor)
 
+    def forget(self) -> None:
+        """Drop what was applied since the last snapshot: the worker dropped its
+        partitions and their records (a failed transaction, before restoring)."""
+        self._applied = {}
+
     def needed(self, out: list[Out]) -> list[Out]:
         """``out``, a snapshot's records, without the completions that callers applied
         since the last snapshot. Call it right before flushing the processors, so that the

@@ -367,8 +367,8 @@ class PartitionProcessor:
 
     def on_completion(self, record: Completion) -> bool:
         """A completion given by a partition of the same process, ahead of its record
-        (``streams.engine.local``); the record, when it comes, is a no-op then. Whether
-        it completed a journal entry (which the next flush writes)."""
+        (``streams.engine.local``), which is then left out or, when it comes, a no-op.
+        Whether it completed a journal entry (which the next flush writes)."""
         if self.closed:
             return False
         try:

@@ -462,6 +462,7 @@ class Worker:
         self.delays.clear()
         self._offsets.clear()
         self._outbox = []
+        self._local.forget()
         return owned
 
     # -- partitions (rebalance callbacks run on the Kafka thread, inside consume) ---------

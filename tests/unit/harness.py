@@ -92,10 +92,12 @@ class Harness:
         self.processors[0] = processor
         return processor
 
-    def hand_over(self) -> PartitionProcessor:
+    def hand_over(self, earlier: list[Out] | None = None) -> PartitionProcessor:
         """Move the partition to a new owner: flush the invocations changelog, close this
-        processor, and start a new one restored from what was flushed (output cleared)."""
-        changelog = [o for o in self.processor.flush() if o.topic == TOPICS.invocations]
+        processor, and start a new one restored from what was flushed (output cleared),
+        after the ``earlier`` flushes' records when given."""
+        flushed = [*(earlier or []), *self.processor.flush()]
+        changelog = [o for o in flushed if o.topic == TOPICS.invocations]
         self.processor.close()
         self.out.clear()
         restored = self.make()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,11 @@ from handlers import (
     VirtualObject,
     select,
 )
+from streams.engine.journal import entry_key
+from streams.engine.outbox import Out
+from streams.engine.partition import PartitionProcessor
+from streams.kafka.worker import Worker
+from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import (
     START_LEAD,
@@ -155,7 +161,7 @@ async def test_a_completion_delivered_locally_resumes_its_caller_before_the_reco
     assert h.responses()["w"].value == 2
 
     completions = h.records("completion")
-    assert len(completions) == 2, "the records still go out"
+    assert len(completions) == 2, "the records are written (a worker's snapshot decides)"
     h.processor.flush()
     written = len(h.out)
     for record in completions:
@@ -172,6 +178,7 @@ async def test_a_completion_its_caller_applied_leaves_the_snapshot_to_the_journa
     h = Harness([box, svc, patient], local=True)
     h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
     await until(lambda: len(h.invokes()) == 1)
+    first_snapshot = h.processor.flush()  # the caller, waiting on its first call
     h.send_raw(h.invokes()[0])
     await until(lambda: len(h.invokes()) == 2)  # the caller took the outcome, called again
     second_call = h.invokes()[1]
@@ -183,9 +190,9 @@ async def test_a_completion_its_caller_applied_leaves_the_snapshot_to_the_journa
     assert kept == [o for o in written if o is not completion], "nothing else is left out"
     assert h.completions.needed(written) == written, "each snapshot decides once"
 
-    # A new owner restored from the snapshot's changelog alone (no completion record)
-    # resumes the caller at its second call, without sending the first one again.
-    h.hand_over()
+    # A new owner restored from both snapshots' changelogs (no completion record) resumes
+    # the caller at its second call, without sending the first one again.
+    h.hand_over(earlier=first_snapshot)
     await settle()
     assert h.invokes() == []
     h.send_raw(second_call)
@@ -193,24 +200,44 @@ async def test_a_completion_its_caller_applied_leaves_the_snapshot_to_the_journa
     assert h.responses()["w"].value == 2
 
 
-async def test_a_completion_not_applied_in_its_snapshot_keeps_its_record() -> None:
-    h = Harness([box, svc, patient], local=True)
+async def _first_completion_applied(h: Harness) -> Out:
+    """Call ``wait_twice``, run its first call; the completion record the caller applied."""
     h.call(Target(service="Box", key="k", handler="wait_twice"), request_id="w")
     await until(lambda: len(h.invokes()) == 1)
     h.send_raw(h.invokes()[0])
     await until(lambda: len(h.invokes()) == 2)
     [completion] = [o for o in h.out if b'"completion"' in (o.value or b"")]
-    # The caller's partition moved on before the snapshot: its journal is not in it.
+    return completion
+
+
+async def test_a_completion_not_applied_in_its_snapshot_keeps_its_record() -> None:
+    # The caller's partition moved to a new processor before the snapshot (a restore).
+    h = Harness([box, svc, patient], local=True)
+    completion = await _first_completion_applied(h)
     h.processors[0] = h.make()
     assert completion in h.completions.needed(list(h.out))
 
-    # A completion for a caller the partition does not have is not applied at all.
+    # The caller's processor was closed before the snapshot (the partition revoked).
+    h = Harness([box, svc, patient], local=True)
+    completion = await _first_completion_applied(h)
+    h.processor.close()
+    assert completion in h.completions.needed(list(h.out))
+
+    # The same completion again: the entry is done already, so it applies nothing.
+    h = Harness([box, svc, patient], local=True)
+    completion = await _first_completion_applied(h)
+    h.completions.needed(list(h.out))  # the first one's snapshot
+    again = Out(completion.topic, completion.partition, completion.key, completion.value)
+    h.completions.deliver(0, Completion.model_validate_json(completion.value or b""), again)
+    await settle()
+    assert h.completions.needed([again]) == [again]
+
+    # A completion for a caller the partition does not have.
     unknown = Completion(caller=Caller(invocation_id=ids.new_id("k", 1), entry=0),
                          invocation_id=ids.new_id(None, 1), value=1)  # fmt: skip
-    record = h.out[0]
-    h.completions.deliver(0, unknown, record)
+    h.completions.deliver(0, unknown, again)
     await settle()
-    assert h.completions.needed([record]) == [record]
+    assert h.completions.needed([again]) == [again]
 
 
 async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
@@ -429,3 +456,38 @@ async def test_a_scheduled_invocation_survives_a_restore_without_locking_its_key
     h.send(Start(invocation_id=later, seq=seq))  # a second release changes nothing
     await settle()
     assert restored.store.state[("Box", "s")] == {"n": 6}
+
+
+async def test_a_worker_snapshot_carries_the_callers_journal_not_the_completion() -> None:
+    """Two partitions of one worker (the callee runs on either): the callee's completion
+    reaches the caller at once, and the worker's snapshot holds the caller's journal
+    entry, done, instead of the completion record."""
+    worker = Worker(Settings(namespace=TOPICS.namespace), [box, svc, patient])
+    for p in (0, 1):
+        worker.processors[p] = PartitionProcessor(
+            partition=p, partitions=2, topics=TOPICS, registry=worker.registry,
+            emit=worker._emit, wake=lambda: None, deliver_locally=worker._local.deliver,
+        )  # fmt: skip
+        worker.processors[p].start()
+    inv_id = ids.new_id("k", 2)
+    caller = worker.processors[ids.partition_of(inv_id, 2)]
+    caller.on_message(b"k", encode(Invoke(target=Target(service="Box", key="k",
+                      handler="wait_twice"), invocation_id=inv_id, request_id="w")), 0)  # fmt: skip
+
+    def invokes() -> list[Out]:
+        return [o for o in worker._outbox if b'"invoke"' in (o.value or b"")]
+
+    await until(lambda: len(invokes()) == 1)
+    [call] = invokes()
+    worker._snapshot()  # the caller, waiting on its first call, is written
+    worker.processors[call.partition].on_message(call.key, call.value, 1)
+    await until(lambda: len(invokes()) == 1)  # the second call
+    snapshot = worker._snapshot()
+    kinds = [json.loads(o.value)["kind"] for o in snapshot.out
+             if o.topic == TOPICS.ingress and o.value]  # fmt: skip
+    assert kinds == ["invoke"], "the second call goes out, the completion record does not"
+    entries = {o.key: json.loads(o.value) for o in snapshot.out
+               if o.topic == TOPICS.invocations and o.value}  # fmt: skip
+    assert entries[entry_key(inv_id, 0)]["done"] is True
+    assert entries[entry_key(inv_id, 0)]["value"] == 1
+    worker._close_all()
