@@ -70,13 +70,15 @@ def _median_ms(values: list[float]) -> float:
     return round(1000 * statistics.median(values), 2)
 
 
-def probe(bootstrap: str, transactions: int, offsets: int) -> dict[str, Any]:
+def probe(
+    bootstrap: str, transactions: int, offsets: int, offsets_first: bool = False
+) -> dict[str, Any]:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics(
         [NewTopic("probe.in", max(offsets, 1), 1), NewTopic("probe.out", 1, 1)]
     ).values():
         future.result()
-    steps = _rounds(bootstrap, transactions, offsets, None)
+    steps = _rounds(bootstrap, transactions, offsets, None, offsets_first=offsets_first)
     trips = _RoundTrips()
     logger = logging.getLogger("txn_probe.librdkafka")
     logger.addHandler(trips)
@@ -101,6 +103,7 @@ def _rounds(
     offsets: int,
     trips: _RoundTrips | None,
     logging_config: dict[str, Any] | None = None,
+    offsets_first: bool = False,
 ) -> dict[str, list[float]]:
     """One run: the warm-up rounds, then ``transactions`` measured ones; the step times."""
     producer = Producer({
@@ -130,13 +133,24 @@ def _rounds(
                 if time.monotonic() > deadline:
                     raise RuntimeError("the probe did not finish within 10 minutes")
                 message = consumer.poll(1.0)
-            began = time.perf_counter()
-            producer.begin_transaction()
-            producer.produce("probe.out", b"y", partition=0)
-            produced = time.perf_counter()
             positions = [TopicPartition("probe.in", 0, (message.offset() or 0) + 1)]
             positions += [TopicPartition("probe.in", p, 0) for p in range(1, offsets)]
-            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata())
+            metadata = consumer.consumer_group_metadata()
+            began = time.perf_counter()
+            producer.begin_transaction()
+            if offsets_first and i % 2:
+                producer.send_offsets_to_transaction(positions, metadata)
+                sent = time.perf_counter()
+                producer.produce("probe.out", b"y", partition=0)
+                producer.commit_transaction(30)
+                if i >= _WARMUP:
+                    steps["offsets_first.send_offsets"].append(sent - began)
+                    steps["offsets_first.commit"].append(time.perf_counter() - sent)
+                    steps["offsets_first.transaction"].append(time.perf_counter() - began)
+                continue
+            producer.produce("probe.out", b"y", partition=0)
+            produced = time.perf_counter()
+            producer.send_offsets_to_transaction(positions, metadata)
             sent = time.perf_counter()
             producer.commit_transaction(30)
             if i >= _WARMUP:
@@ -149,7 +163,7 @@ def _rounds(
     return steps
 
 
-def run(transactions: int, offsets: int) -> dict[str, Any]:
+def run(transactions: int, offsets: int, offsets_first: bool = False) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="kourier-txn-probe-"))
     try:
         running = broker.start(work / "kafka", port=0)
@@ -158,7 +172,7 @@ def run(transactions: int, offsets: int) -> dict[str, Any]:
                 "kafka": broker.kafka_version(),
                 "transactions": transactions,
                 "offsets_partitions": offsets,
-                **probe(running.bootstrap, transactions, offsets),
+                **probe(running.bootstrap, transactions, offsets, offsets_first),
             }
         finally:
             broker.stop(work / "kafka")
@@ -170,8 +184,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=2000)
     parser.add_argument("--offsets", type=int, default=16, help="input partitions in offsets")
+    parser.add_argument("--offsets-first", action="store_true",
+                        help="every other round sends the offsets before producing")  # fmt: skip
     args = parser.parse_args()
-    print(json.dumps(run(args.transactions, args.offsets), indent=2))
+    print(json.dumps(run(args.transactions, args.offsets, args.offsets_first), indent=2))
     sys.stdout.flush()
 
 
