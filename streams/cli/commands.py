@@ -172,8 +172,15 @@ def _configure_logging(verbose: bool = False) -> None:
 
 def _run_until_signal(main: Any, traced_as: str) -> int:
     """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM,
-    exporting its spans as service ``traced_as`` when ``OTEL_TRACES_EXPORTER`` says so."""
+    exporting its spans as service ``traced_as`` when ``OTEL_TRACES_EXPORTER`` says so.
+
+    What the process built before this point (modules, the services, settings) lives as
+    long as it does, so it is taken out of the garbage collector's reach (``gc.freeze``).
+    Otherwise every full collection walks it: about 53,000 objects after the imports,
+    28 ms a collection, once or so every 30 s under load, and every call in flight then
+    waits (measured in a worker and an ingress with ``hops --http``)."""
     import asyncio
+    import gc
     import signal
 
     from streams import tracing
@@ -188,6 +195,7 @@ def _run_until_signal(main: Any, traced_as: str) -> int:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
+    gc.freeze()
     try:
         asyncio.run(runner())
     finally:
