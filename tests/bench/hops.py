@@ -110,6 +110,20 @@ def broker_threads(pid: int) -> dict[str, float]:
     return {**used, "other": cpu_seconds(pid) - used["jit"] - used["requests"]}
 
 
+def summary(
+    hops: dict[str, list[float]], calls: int, broker_pid: int | None, cpu_before: dict[str, float]
+) -> dict[str, Any]:
+    """Percentiles of each hop, and the broker's CPU per call since ``cpu_before``."""
+    results: dict[str, Any] = {name: percentiles(values) for name, values in hops.items()}
+    if broker_pid is not None and cpu_before:
+        cpu_after = broker_threads(broker_pid)
+        results["broker_cpu_ms_per_call"] = {
+            kind: round(1000 * (cpu_after[kind] - cpu_before[kind]) / calls, 2)
+            for kind in cpu_after
+        }
+    return results
+
+
 def measure(
     settings: Settings, calls: int, chain: bool, broker_pid: int | None = None
 ) -> dict[str, Any]:
@@ -160,14 +174,7 @@ def measure(
             hops["total"].append(1000 * (read_at - began))
     finally:
         consumer.close()
-    results: dict[str, Any] = {name: percentiles(values) for name, values in hops.items()}
-    if broker_pid is not None and cpu_before:
-        cpu_after = broker_threads(broker_pid)
-        results["broker_cpu_ms_per_call"] = {
-            kind: round(1000 * (cpu_after[kind] - cpu_before[kind]) / calls, 2)
-            for kind in cpu_after
-        }
-    return results
+    return summary(hops, calls, broker_pid, cpu_before)
 
 
 class _Stamps:
@@ -252,14 +259,7 @@ def measure_http(
     finally:
         connection.close()
         stamps.close()
-    results: dict[str, Any] = {name: percentiles(values) for name, values in hops.items()}
-    if broker_pid is not None and cpu_before:
-        cpu_after = broker_threads(broker_pid)
-        results["broker_cpu_ms_per_call"] = {
-            kind: round(1000 * (cpu_after[kind] - cpu_before[kind]) / calls, 2)
-            for kind in cpu_after
-        }
-    return results
+    return summary(hops, calls, broker_pid, cpu_before)
 
 
 def _stamp_into(stamps: list[float]) -> Any:
