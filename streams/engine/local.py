@@ -33,7 +33,8 @@ class LocalCompletions:
         #: Completions handed to a processor so far (a worker's step waits on new ones).
         self.delivered = 0
         # Records whose completion a caller applied since the last snapshot, by id(): the
-        # record itself, kept so that the id stays its own, and the caller's processor.
+        # record itself (held, so no other object can take its id) and the caller's
+        # processor.
         self._applied: dict[int, tuple[Out, PartitionProcessor]] = {}
 
     def deliver(self, owner: int, completion: Completion, record: Out) -> None:
@@ -65,7 +66,7 @@ class LocalCompletions:
 
         def redundant(record: Out) -> bool:
             found = applied.get(id(record))
-            if found is None or found[0] is not record:
+            if found is None:
                 return False
             owner = found[1]
             return self._processors.get(owner.partition) is owner and not owner.closed

@@ -308,12 +308,13 @@ class Worker:
         rounds (one waiting in ``select``) answers in the next transaction."""
         delivered = self._local.delivered
         last_delivery: int | None = None
+        started = sum(p.started for p in self.processors.values())
         for n in range(rounds):
-            before = sum(p.started for p in self.processors.values())
             await asyncio.sleep(0)
             if self._local.delivered != delivered:
                 delivered, last_delivery = self._local.delivered, n
-            if sum(p.started for p in self.processors.values()) != before:
+            before, started = started, sum(p.started for p in self.processors.values())
+            if started != before:
                 continue
             if last_delivery is None or n - last_delivery >= _AFTER_DELIVERY:
                 return
