@@ -80,8 +80,7 @@ class Harness:
 
     def records(self, kind: str) -> list[dict[str, Any]]:
         """Ingress-topic records of ``kind`` written so far, as JSON objects."""
-        found = (json.loads(o.value or b"{}") for o in self.out if o.topic == TOPICS.ingress)
-        return [r for r in found if r.get("kind") == kind]
+        return [json.loads(o.value or b"{}") for o in of_kind(self.out, kind)]
 
     def make(self, partitions: int = 1) -> PartitionProcessor:
         deliver = self.completions.deliver if self.local else None
@@ -134,6 +133,15 @@ class Harness:
     def invokes(self) -> list[dict[str, Any]]:
         """Invoke records written to the ingress topic so far, as JSON objects."""
         return self.records("invoke")
+
+
+def of_kind(out: list[Out], kind: str) -> list[Out]:
+    """The ingress-topic records of ``kind`` among ``out``."""
+    return [
+        o
+        for o in out
+        if o.topic == TOPICS.ingress and json.loads(o.value or b"{}").get("kind") == kind
+    ]
 
 
 async def until(condition: Any, seconds: float = 5.0) -> None:

@@ -34,7 +34,7 @@ from streams.wire.records import (
     Target,
     encode,
 )
-from tests.unit.harness import TOPICS, Harness, settle, until
+from tests.unit.harness import TOPICS, Harness, of_kind, settle, until
 
 calls = {"flaky": 0}
 
@@ -184,7 +184,7 @@ async def test_a_completion_its_caller_applied_leaves_the_snapshot_to_the_journa
     second_call = h.invokes()[1]
 
     written = list(h.out)
-    [completion] = [o for o in written if b'"completion"' in (o.value or b"")]
+    [completion] = of_kind(written, "completion")
     kept = h.completions.needed(written)
     assert completion not in kept
     assert kept == [o for o in written if o is not completion], "nothing else is left out"
@@ -206,7 +206,7 @@ async def _first_completion_applied(h: Harness) -> Out:
     await until(lambda: len(h.invokes()) == 1)
     h.send_raw(h.invokes()[0])
     await until(lambda: len(h.invokes()) == 2)
-    [completion] = [o for o in h.out if b'"completion"' in (o.value or b"")]
+    [completion] = of_kind(h.out, "completion")
     return completion
 
 
@@ -475,7 +475,7 @@ async def test_a_worker_snapshot_carries_the_callers_journal_not_the_completion(
                       handler="wait_twice"), invocation_id=inv_id, request_id="w")), 0)  # fmt: skip
 
     def invokes() -> list[Out]:
-        return [o for o in worker._outbox if b'"invoke"' in (o.value or b"")]
+        return of_kind(worker._outbox, "invoke")
 
     await until(lambda: len(invokes()) == 1)
     [call] = invokes()
