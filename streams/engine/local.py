@@ -1,6 +1,17 @@
-"""Completions between two partitions of one process.
+"""Calls and completions between two partitions of one process.
 
-A callee's outcome travels to its caller as a ``Completion`` record on the caller's
+**Calls.** A call or send that a handler makes to an invocation whose partition runs in the
+same process is held by :class:`LocalCalls` until the end of the step. The worker then
+checks, per partition, that nothing can be ahead of it: every record on the partition has
+been read (the consumer's position is at the partition's high watermark, asked of the
+broker after the call was made) and none of the worker's own records to it is still
+uncommitted. Where that holds, the callee's processor applies the call as if its record had
+arrived there and then, and the record is never written: the callee's invocation goes to
+the changelog in the same transaction as the caller's journal entry that made the call.
+Where it does not, or where the callee's key is busy, the call travels as a record, as do
+the records held behind it; order per partition is kept either way.
+
+**Completions.** A callee's outcome travels to its caller as a ``Completion`` record on the caller's
 partition. When one process runs both partitions, :class:`LocalCompletions` also hands the
 completion straight to the caller's processor, so that the caller resumes in its callee's
 transaction instead of one transaction and one fetch later.
@@ -17,11 +28,106 @@ what the next owner of the caller's partition resumes the caller from.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
-from streams.wire.records import Completion
+from streams.wire.records import Completion, Invoke
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    out: Out  # the record, written when the call cannot run here
+    invoke: Invoke | None  # None: another record, held so as not to pass a held call
+    trace: str | None
+
+
+class LocalCalls:
+    """Holds calls to the processors in ``processors`` (by ingress partition) until the
+    worker knows which partitions have nothing ahead of them, then runs or emits them."""
+
+    def __init__(self, processors: Mapping[int, PartitionProcessor], ingress: str) -> None:
+        self._processors = processors
+        self._ingress = ingress
+        self._held: dict[int, list[_Held]] = {}
+        self._taken: set[int] = set()  # partitions of the batch being decided (take)
+        #: Calls run without their records so far (statistics).
+        self.ran = 0
+
+    @property
+    def held(self) -> bool:
+        return bool(self._held)
+
+    def hold(self, owner: int, invoke: Invoke, out: Out, trace: str | None) -> bool:
+        """Hold ``invoke`` (written as ``out``), a handler's call or send to partition
+        ``owner``; False when it cannot skip Kafka (another process runs the partition,
+        or it is a delayed send), and the caller emits it."""
+        processor = self._processors.get(owner)
+        if processor is None or processor.closed or invoke.due is not None:
+            return False
+        self._held.setdefault(owner, []).append(_Held(out, invoke, trace))
+        return True
+
+    def behind(self, out: Out) -> bool:
+        """Hold ``out`` too when it goes to an ingress partition with a call held or being
+        decided, which it must not pass; False when it can be emitted now."""
+        if out.topic != self._ingress:
+            return False
+        if out.partition not in self._held and out.partition not in self._taken:
+            return False
+        self._held.setdefault(out.partition, []).append(_Held(out, None, None))
+        return True
+
+    def take(self) -> dict[int, list[_Held]]:
+        """What is held now, by partition, to :meth:`release` once the worker knows which
+        of its partitions have nothing ahead of them. Calls made meanwhile are held for
+        the next batch: they were made after the worker asked."""
+        batch, self._held = self._held, {}
+        self._taken = set(batch)
+        return batch
+
+    def release(
+        self,
+        batch: dict[int, list[_Held]],
+        ready: Mapping[int, int],
+        unsent: Collection[tuple[int, bytes | None]],
+        emit: Callable[[Out], None],
+    ) -> int:
+        """Run the calls of ``batch`` held for the ``ready`` partitions (partition -> the
+        offset the next record there will have) in their processors, in order, except
+        those whose partition and key are in ``unsent`` (records of this process to that
+        key are not committed yet); ``emit`` every other record of the batch, in order. A
+        call to a key whose record was emitted goes as a record too, so as not to pass it.
+        How many calls ran."""
+        ran = 0
+        for owner, queue in batch.items():
+            self._taken.discard(owner)
+            processor = self._processors.get(owner)
+            seq = ready.get(owner)
+            passed: set[bytes | None] = set()  # keys of the records emitted here
+            for item in queue:
+                key = item.out.key
+                if (
+                    processor is not None
+                    and seq is not None
+                    and item.invoke is not None
+                    and key not in passed
+                    and (owner, key) not in unsent
+                    and processor.invoke_locally(item.invoke, item.out, item.trace, seq)
+                ):
+                    ran += 1
+                    continue
+                passed.add(key)
+                emit(item.out)
+        self._taken = set()
+        self.ran += ran
+        return ran
+
+    def forget(self) -> None:
+        """Drop what is held: the worker dropped its partitions (a failed transaction)."""
+        self._held = {}
+        self._taken = set()
 
 
 class LocalCompletions:
@@ -54,6 +160,11 @@ class LocalCompletions:
         """Drop what was applied since the last snapshot: the worker dropped its
         partitions and their records (a failed transaction, before restoring)."""
         self._applied = {}
+
+    def applied(self, record: Out) -> bool:
+        """Whether a caller applied the completion written as ``record`` since the last
+        snapshot (so that the snapshot will most likely leave the record out)."""
+        return id(record) in self._applied
 
     def needed(self, out: list[Out]) -> list[Out]:
         """``out``, a snapshot's records, without the completions that callers applied

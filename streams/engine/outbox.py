@@ -57,12 +57,14 @@ class Outbox:
         partitions: int,
         emit: Callable[[Out], None],
         deliver_locally: Callable[[int, Completion, Out], None] | None = None,
+        call_locally: Callable[[int, Invoke, Out, str | None], bool] | None = None,
     ) -> None:
         self.topics = topics
         self.partition = partition
         self.partitions = partitions
         self._emit = emit
         self._deliver_locally = deliver_locally
+        self._call_locally = call_locally
 
     def response(self, response: Response) -> None:
         """To the response topic, on the partition of its request id (where clients read)."""
@@ -109,12 +111,16 @@ class Outbox:
 
     def invoke(self, record: Invoke, trace: str | None = None) -> None:
         """A call or send a handler made, to the partition of the callee's id, with the
-        trace context of the span that made it in its headers."""
+        trace context of the span that made it in its headers; or, when that partition runs
+        in this process, to ``call_locally`` (``streams.engine.local``), which may run it
+        there without the record."""
         callee = record.invocation_id
         assert callee is not None
         owner = ids.partition_of(callee, self.partitions)
         key = (record.target.key if record.target.key is not None else callee).encode()
-        self._emit(Out(self.topics.ingress, owner, key, encode(record), as_headers(trace)))
+        out = Out(self.topics.ingress, owner, key, encode(record), as_headers(trace))
+        if self._call_locally is None or not self._call_locally(owner, record, out, trace):
+            self._emit(out)
 
     def attach(self, record: AttachRequest) -> None:
         """A handler's attach: to the partition of the invocation it names."""

@@ -79,6 +79,7 @@ class PartitionProcessor:
         emit: Callable[[Out], None],
         wake: Callable[[], None],
         deliver_locally: Callable[[int, Completion, Out], None] | None = None,
+        call_locally: Callable[[int, Invoke, Out, str | None], bool] | None = None,
         denied_headers: frozenset[str] = DENIED_HEADERS,
         run_executor: Executor | None = None,
         clock: Callable[[], float] = time.time,
@@ -87,7 +88,7 @@ class PartitionProcessor:
         self.partitions = partitions
         self.topics = topics
         self.registry = registry
-        self.outbox = Outbox(topics, partition, partitions, emit, deliver_locally)
+        self.outbox = Outbox(topics, partition, partitions, emit, deliver_locally, call_locally)
         self._wake = wake
         self.denied_headers = denied_headers
         self.run_executor = run_executor  # threads for synchronous ctx.run actions
@@ -316,6 +317,33 @@ class PartitionProcessor:
             self._schedule(inv, record.due.timestamp())
         else:
             self._enqueue(inv)
+
+    def invoke_locally(self, record: Invoke, out: Out, trace: str | None, seq: int) -> bool:
+        """Apply a call or send that a handler of this process made to this partition, as
+        if its record (``out``) had arrived as the partition's next record, at offset
+        ``seq`` (``streams.engine.local``): only when it runs at once, so that nothing
+        queued for its key is passed, and only when its record would be applied. False when
+        the record must travel instead (nothing was applied)."""
+        if self.closed or out.value is None or len(out.value) > MAX_RECORD_BYTES:
+            return False
+        try:
+            if routing.owner(record, self.partitions, self.partition) != self.partition:
+                return False
+            self.registry.resolve(record.target)
+        except (RecordError, LookupError):
+            return False  # the record says why, to the caller and the dead-letter topic
+        key = record.target.key
+        if key is not None:
+            obj = ObjectKey(record.target.service, key)
+            if self.locks.holder(obj) is not None or obj in self.locks.inboxes:
+                return False
+        try:
+            self._apply_invoke(record, out.key, out.value, seq, trace)
+        except Exception:  # the record, when it comes, is applied (or set aside) as usual
+            log.exception("%s/%d: a call to %s could not be applied here", self.topics.ingress,
+                          self.partition, record.invocation_id)  # fmt: skip
+            return False
+        return True
 
     def _schedule(self, inv: Invocation, due: float) -> None:
         """A delayed send: the invocation exists now (listed, cancellable, attachable) and

@@ -52,6 +52,7 @@ class Committer:
     def __init__(self, transact: Callable[[Snapshot], None]) -> None:
         self._transact = transact
         self._pending: Snapshot | None = None
+        self._current: Snapshot | None = None  # in the transaction in flight
         self._busy = False
         self._busy_since = 0.0
         self._failure: Exception | None = None
@@ -68,6 +69,13 @@ class Committer:
     @property
     def idle(self) -> bool:
         return not self._busy and self._pending is None
+
+    def writing_to(self, topic: str) -> set[tuple[int, bytes | None]]:
+        """The partitions and keys of ``topic`` that records not committed yet go to:
+        queued, or in the transaction in flight (any thread)."""
+        with self._changed:
+            snapshots = [s for s in (self._current, self._pending) if s is not None]
+            return {(o.partition, o.key) for s in snapshots for o in s.out if o.topic == topic}
 
     def submit(self, snapshot: Snapshot) -> None:
         """Queue ``snapshot`` (merged with what already waits); dropped after a failure."""
@@ -133,6 +141,7 @@ class Committer:
                 if self._pending is None:
                     return
                 snapshot, self._pending = self._pending, None
+                self._current = snapshot
                 self._busy = True
                 self._busy_since = time.monotonic()
                 self._changed.notify_all()
@@ -144,5 +153,6 @@ class Committer:
                     self._pending = None
             finally:
                 with self._changed:
+                    self._current = None
                     self._busy = False
                     self._changed.notify_all()

@@ -21,16 +21,18 @@ from typing import Any, TypeVar
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from handlers.service import ServiceDefinition
 from streams.engine.delay import DelayProcessor
-from streams.engine.local import LocalCompletions
+from streams.engine.local import LocalCalls, LocalCompletions
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
@@ -63,6 +65,13 @@ _IDLE_AFTER = 1.0
 #: finishes), and the round after which such deliveries no longer extend a step.
 _AFTER_DELIVERY = 3
 _DELIVERY_ROUNDS = 16
+#: Rounds of held calls run in one step (``_run_held``): a callee run here may call on.
+_LOCAL_ROUNDS = 4
+#: Seconds to wait for the partitions' high watermarks before the held calls go as records,
+#: and after a watermark did not come, seconds during which held calls go as records unasked
+#: (a broker away would otherwise hold up every step by the wait).
+_ENDS_TIMEOUT = 1.0
+_ENDS_PAUSE = 5.0
 _T = TypeVar("_T")
 
 
@@ -103,6 +112,9 @@ class Worker:
         self._busy_until = 0.0  # until when it steps after every poll (records came)
         # Completions given straight to a caller's processor in this worker.
         self._local = LocalCompletions(self.processors)
+        # Calls to partitions of this worker, run here when nothing can be ahead of them.
+        self._calls = LocalCalls(self.processors, self.topics.ingress)
+        self._ends_paused_until = 0.0  # see _ENDS_PAUSE
         self._stopping = False
         self.partitions = 0
         self.commits = 0
@@ -116,8 +128,6 @@ class Worker:
         return self.settings.client_config({"log_level": 4, **extra})
 
     def _ingress_partitions(self) -> int:
-        from confluent_kafka.admin import AdminClient
-
         admin = AdminClient(self._client({}))
         topics = admin.list_topics(timeout=_TIMEOUT).topics
         missing = [t for t in self.topics.all() if t not in topics]
@@ -177,6 +187,7 @@ class Worker:
         # the subscribed consumer cannot answer that from inside its rebalance callback.
         self._offset_reader = self._new_consumer()
         self._consumer = self._new_consumer()
+        self._admin = AdminClient(self._client({}))  # asks for high watermarks (_read_to_end)
         self._consumer.subscribe(
             [self.topics.ingress, self.topics.delay],
             on_assign=self._on_assign,
@@ -196,6 +207,7 @@ class Worker:
             self._run_pool.shutdown(wait=False, cancel_futures=True)
             # librdkafka handles live until garbage collected: drop ours now.
             del self._transactions, self._consumer, self._restorer, self._offset_reader
+            del self._admin
 
     def stop(self) -> None:
         self._stopping = True
@@ -291,9 +303,67 @@ class Worker:
             if delay.next_due is not None and delay.next_due <= now:
                 delay.tick()  # due while the Kafka thread waited: into this snapshot
         await self._settle()
+        await self._run_held(closing)
         if closing:
             self._close_all()
         return self._snapshot()
+
+    async def _run_held(self, closing: bool = False) -> None:
+        """Run the calls held for partitions of this worker (``streams.engine.local``)
+        where nothing can be ahead of them, and let what they start settle; a callee may
+        call on, for up to ``_LOCAL_ROUNDS`` rounds. What cannot run here is emitted as
+        records, in order (on the loop, while the Kafka thread waits for the step)."""
+        for _ in range(_LOCAL_ROUNDS):
+            if closing or not self._calls.held:
+                break
+            batch = self._calls.take()
+            unsent = self._unsent()  # before asking, so nothing falls between the two
+            ready = await self._read_to_end(set(batch))
+            if self._calls.release(batch, ready, unsent, self._outbox.append):
+                await self._settle()
+        self._calls.release(self._calls.take(), {}, (), self._outbox.append)
+
+    def _unsent(self) -> set[tuple[int, bytes | None]]:
+        """Ingress partitions and keys of this worker's records still to be committed: no
+        call to one of those keys may pass them (on the loop). A completion that its caller
+        has applied is left out of the snapshot, so it does not count."""
+        ingress = self.topics.ingress
+        waiting = {(out.partition, out.key) for out in self._outbox
+                   if out.topic == ingress and not self._local.applied(out)}  # fmt: skip
+        return waiting | self._committer.writing_to(ingress)
+
+    async def _read_to_end(self, partitions: set[int]) -> dict[int, int]:
+        """Of ``partitions`` (ingress), those whose every record the worker has read: the
+        consumer's position is at the high watermark the partition's leader gives now,
+        so every record committed so far, and every record of a transaction still open,
+        is behind it; with the position (on the loop, while the Kafka thread waits, so the
+        position stands still). A partition whose watermark does not come in time is left
+        out, and all of them for ``_ENDS_PAUSE`` seconds after that."""
+        if time.monotonic() < self._ends_paused_until:
+            return {}
+        latest = {TopicPartition(self.topics.ingress, p): OffsetSpec.latest() for p in partitions}
+        futures = self._admin.list_offsets(latest, isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                                           request_timeout=_ENDS_TIMEOUT)  # fmt: skip
+        ends: dict[int, int] = {}
+        for tp, future in futures.items():
+            try:
+                answer = await asyncio.wait_for(asyncio.wrap_future(future), _ENDS_TIMEOUT)
+            except (KafkaException, TimeoutError) as exc:
+                log.info("high watermark of %s/%d: %s; calls go as records for %.0fs",
+                         tp.topic, tp.partition, exc, _ENDS_PAUSE)  # fmt: skip
+                self._ends_paused_until = time.monotonic() + _ENDS_PAUSE
+                continue
+            ends[tp.partition] = answer.offset
+        asked = [TopicPartition(self.topics.ingress, p) for p in ends]
+        ready = {}
+        for tp in self._consumer.position(asked) if asked else []:
+            # No position before the first record read since the partition was assigned:
+            # reading starts at the offset committed by its previous owner, then.
+            valid = tp.error is None and tp.offset >= 0
+            at = tp.offset if valid else self._offsets.get(tp.partition)
+            if at is not None and at >= ends[tp.partition]:
+                ready[tp.partition] = at
+        return ready
 
     async def _settle(self, rounds: int = 256) -> None:
         """Let handlers run until no new ones start: an exclusive call that completes at
@@ -354,13 +424,16 @@ class Worker:
         self._dirty = True
 
     def _emit(self, out: Out) -> None:
-        self._outbox.append(out)
+        if not self._calls.behind(out):
+            self._outbox.append(out)
 
     # -- commits ------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot:
         """Everything to commit now: outputs, changelog writes, consumed offsets (on the loop)."""
         self._dirty = False
+        # Nothing is held past a step (a revoke's snapshot comes between steps).
+        self._calls.release(self._calls.take(), {}, (), self._outbox.append)
         # Completion records whose callers have applied them go no further: the flushes
         # below write the callers' journals with the outcomes in them.
         out = self._local.needed(self._outbox)
@@ -438,12 +511,13 @@ class Worker:
             phases = self._transactions.phases
             log.debug(
                 "commits %d, %.1f ms each, %.1f records in %.1f partitions each (records %.1f, "
-                "offsets %.1f, commit %.1f ms)",
+                "offsets %.1f, commit %.1f ms); %d calls run without their records",
                 self.commits,
                 1000 * self._commit_time / self.commits,
                 self._committed_records / self.commits,
                 self._committed_partitions / self.commits,
                 *(1000 * phases[step] / self.commits for step in ("records", "offsets", "commit")),
+                self._calls.ran,
             )
 
     def _recover(self) -> None:
@@ -464,6 +538,7 @@ class Worker:
         self._offsets.clear()
         self._outbox = []
         self._local.forget()
+        self._calls.forget()
         return owned
 
     # -- partitions (rebalance callbacks run on the Kafka thread, inside consume) ---------
@@ -549,6 +624,7 @@ class Worker:
                 emit=self._emit,
                 wake=self._wake,
                 deliver_locally=self._local.deliver,
+                call_locally=self._calls.hold,
                 denied_headers=self.settings.header_denylist,
                 run_executor=self._run_pool,
             )

@@ -1,0 +1,87 @@
+"""Calls between partitions of one worker, against the real broker: a call runs without its
+record only where the worker has read every record of the callee's partition."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streams.client import Client
+from streams.kafka.offsets import worker_consumer
+from streams.kafka.worker import Worker
+from streams.settings import Settings
+from streams.wire.topics import Topics
+from tests.integration import apps
+from tests.kafka_helpers import drain
+
+
+def tally_invokes(messages: list[Message]) -> int:
+    """Invoke records among ``messages`` that call the Tally object."""
+    found = 0
+    for message in messages:
+        record = json.loads(message.value() or b"{}")
+        if record.get("kind") == "invoke" and record["target"]["service"] == "Tally":
+            found += 1
+    return found
+
+
+async def test_a_call_to_a_partition_read_to_its_end_writes_no_record(
+    client: Client, worker: Worker, topics: Settings
+) -> None:
+    keys = ["a", "b", "c"]
+    # A call to a partition the worker has read no record from yet (no position, nothing
+    # committed) goes as a record; one to a partition it has read may not.
+    assert await client.service("Relay", "sum_of").request(keys) == 3
+    first = worker._calls.ran
+    assert first < 3
+    assert await client.service("Relay", "sum_of").request(keys) == 6
+    assert worker._calls.ran - first == 3, "each call of the second request ran without a record"
+    ingress = Topics(topics.namespace).ingress
+    written = drain(topics, ingress, expect=3 - first, count=tally_invokes)
+    assert tally_invokes(written) == 3 - first, "the second request's calls wrote no records"
+
+
+def _read(consumer: Consumer, partition: TopicPartition, offset: int, seconds: float = 20) -> None:
+    """Poll until the consumer's position on ``partition`` reaches ``offset``."""
+    deadline = time.monotonic() + seconds
+    while consumer.position([partition])[0].offset < offset:
+        assert time.monotonic() < deadline, f"position did not reach {offset} in {seconds}s"
+        consumer.poll(0.1)
+
+
+async def test_a_partition_is_read_to_its_end_only_once_its_records_are_read(
+    topics: Settings,
+) -> None:
+    """``Worker._read_to_end`` with the broker's answers: a record produced and not yet
+    read, or one in a transaction still open, keeps the partition from being ready."""
+    worker = Worker(topics, apps.SERVICES)
+    ingress = Topics(topics.namespace).ingress
+    partition = TopicPartition(ingress, 0)
+    worker._admin = AdminClient(topics.client_config())
+    consumer = worker_consumer(topics, f"{topics.namespace}.probe")
+    consumer.assign([TopicPartition(ingress, 0, 0)])
+    worker._consumer = consumer
+    plain = Producer(topics.producer_config({}))
+    writer = Producer(topics.producer_config({"transactional.id": f"probe-{uuid.uuid4()}"}))
+    writer.init_transactions(30)
+    try:
+        plain.produce(ingress, b"{}", b"k", partition=0)
+        plain.flush(10)
+        assert await worker._read_to_end({0}) == {}, "a record is left to read"
+        await asyncio.to_thread(_read, consumer, partition, 1)
+        assert await worker._read_to_end({0}) == {0: 1}
+
+        writer.begin_transaction()
+        writer.produce(ingress, b"{}", b"k", partition=0)
+        writer.flush(10)  # written, not committed: no read_committed reader passes it
+        assert await worker._read_to_end({0}) == {}, "a record of an open transaction"
+        writer.commit_transaction(30)
+        await asyncio.to_thread(_read, consumer, partition, 3)  # the record and its marker
+        assert await worker._read_to_end({0}) == {0: 3}
+    finally:
+        consumer.close()

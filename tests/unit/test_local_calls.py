@@ -1,0 +1,249 @@
+"""Calls between two partitions of one worker, run without their records
+(``streams.engine.local.LocalCalls``): which calls may, and what the snapshot then holds.
+
+The worker asks the broker whether a partition has records left to read
+(``Worker._read_to_end``, tested against Kafka in tests/integration/test_local_calls.py);
+here the answer is given, and everything else is the worker's own logic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from handlers import Context, ObjectContext, Service, VirtualObject
+from streams.engine.outbox import Out
+from streams.engine.partition import PartitionProcessor
+from streams.kafka.committer import Committer
+from streams.kafka.worker import Worker
+from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.partitioning import partition_of_key
+from streams.wire.records import Invoke, Target, encode
+from tests.unit.harness import TOPICS, of_kind, until
+
+meter = VirtualObject("Meter")
+
+
+@meter.handler()
+async def add(ctx: ObjectContext, n: int) -> int:
+    value: int = (await ctx.get("count") or 0) + n
+    ctx.set("count", value)
+    return value
+
+
+@meter.handler()
+async def nap(ctx: ObjectContext) -> str:
+    await ctx.sleep(timedelta(hours=1))
+    return "rested"
+
+
+caller = Service("Caller")
+
+
+@caller.handler()
+async def bump(ctx: Context, key: str) -> int:
+    result: int = await ctx.object(add, key).request(1)
+    return result
+
+
+@caller.handler()
+async def send_two(ctx: Context, key: str) -> None:
+    ctx.object_send(add, key).send(1)
+    ctx.object_send(add, key).send(10)
+
+
+@caller.handler()
+async def wake(ctx: Context, key: str) -> str:
+    result: str = await ctx.object(nap, key).request()
+    return result
+
+
+#: A key of partition 1 of 2; the callers below run on partition 0.
+KEY = next(f"k{i}" for i in range(100) if partition_of_key(f"k{i}", 2) == 1)
+OTHER_KEY = next(f"o{i}" for i in range(100) if partition_of_key(f"o{i}", 2) == 1)
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[Worker]:
+    """A worker (no Kafka) that runs both partitions of a two-partition namespace."""
+    worker = Worker(Settings(namespace=TOPICS.namespace), [meter, caller])
+    for p in (0, 1):
+        worker.processors[p] = make(worker, p)
+        worker.processors[p].start()
+    worker._committer = Committer(lambda snapshot: None)
+    yield worker
+    worker._committer.close()
+    worker._close_all()
+
+
+def make(worker: Worker, partition: int) -> PartitionProcessor:
+    return PartitionProcessor(
+        partition=partition, partitions=2, topics=TOPICS, registry=worker.registry,
+        emit=worker._emit, wake=lambda: None, deliver_locally=worker._local.deliver,
+        call_locally=worker._calls.hold,
+    )  # fmt: skip
+
+
+def start(worker: Worker, handler: str, key: str, request_id: str = "r") -> str:
+    """Invoke ``Caller/<handler>(key)`` on partition 0, as its record would."""
+    inv_id = ids.id_on_partition(0, 2, request_id)
+    record = Invoke(target=Target(service="Caller", handler=handler), argument=key,
+                    invocation_id=inv_id, request_id=request_id)  # fmt: skip
+    worker.processors[0].on_message(inv_id.encode(), encode(record), 0)
+    return inv_id
+
+
+def release(worker: Worker, ready: dict[int, int], unsent: set[Any] | None = None) -> int:
+    return worker._calls.release(worker._calls.take(), ready, unsent or set(), worker._emit)
+
+
+def arguments(out: list[Out]) -> list[Any]:
+    return [json.loads(o.value or b"{}")["argument"] for o in of_kind(out, "invoke")]
+
+
+def response(out: list[Out], request_id: str) -> Any:
+    for o in out:
+        if o.topic == TOPICS.responses and o.key == request_id.encode():
+            return json.loads(o.value or b"{}").get("value")
+    return None
+
+
+async def test_a_call_to_a_partition_read_to_its_end_runs_there_without_its_record(
+    worker: Worker,
+) -> None:
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    assert not of_kind(worker._outbox, "invoke"), "the call is held"
+
+    assert release(worker, {1: 7}) == 1
+    await until(lambda: response(worker._outbox, "r") == 1)
+    snapshot = worker._snapshot()
+    kinds = [json.loads(o.value)["kind"] for o in snapshot.out
+             if o.topic == TOPICS.ingress and o.value]  # fmt: skip
+    assert kinds == [], "neither the call nor its completion is written"
+    state = [o for o in snapshot.out if o.topic == TOPICS.state and o.value]
+    assert [json.loads(o.value or b"null") for o in state] == [1], "the object's state is"
+    assert worker._calls.ran == 1
+
+
+async def test_a_call_to_a_partition_with_records_left_to_read_goes_as_its_record(
+    worker: Worker,
+) -> None:
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    assert release(worker, {}) == 0
+    assert arguments(worker._outbox) == [1]
+    assert not any(
+        inv.meta.target.service == "Meter" for inv in worker.processors[1].invocations.values()
+    ), "the callee's partition applies the record when it reads it, not before"
+
+
+async def test_a_call_waits_behind_an_unsent_record_to_its_key(worker: Worker) -> None:
+    start(worker, "send_two", KEY)
+    await until(lambda: worker._calls.held)  # both sends: the handler makes them at once
+    assert release(worker, {1: 0}, {(1, KEY.encode())}) == 0
+    assert arguments(worker._outbox) == [1, 10], "both go as records, in the order sent"
+
+
+async def test_an_unsent_record_to_another_key_holds_nothing_back(worker: Worker) -> None:
+    start(worker, "send_two", KEY)
+    await until(lambda: worker._calls.held)  # both sends: the handler makes them at once
+    # The first send runs here and takes the key; the second finds it busy, so it queues
+    # the only way that keeps its place: as its record.
+    assert release(worker, {1: 0}, {(1, OTHER_KEY.encode())}) == 1
+    assert arguments(worker._outbox) == [10]
+    running = [inv for inv in worker.processors[1].invocations.values()
+               if inv.meta.target.service == "Meter"]  # fmt: skip
+    assert [inv.meta.argument for inv in running] == [1]
+
+
+async def test_a_record_to_a_partition_with_a_held_call_keeps_its_place(worker: Worker) -> None:
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    later = Out(TOPICS.ingress, 1, b"x", b"{}")
+    worker._emit(later)
+    assert later not in worker._outbox, "held behind the call"
+    assert release(worker, {}) == 0
+    assert worker._outbox[-2:] == [of_kind(worker._outbox, "invoke")[0], later]
+
+
+async def test_a_record_emitted_while_the_worker_asks_waits_for_the_next_batch(
+    worker: Worker,
+) -> None:
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    batch = worker._calls.take()
+    later = Out(TOPICS.ingress, 1, b"x", b"{}")
+    worker._emit(later)  # while the batch's partitions are being asked about
+    worker._calls.release(batch, {}, set(), worker._outbox.append)
+    assert later not in worker._outbox, "after the batch, not in it"
+    assert worker._calls.held
+    worker._snapshot()  # nothing stays held past a snapshot
+    assert not worker._calls.held
+
+
+async def test_a_call_to_a_busy_key_goes_as_its_record(worker: Worker) -> None:
+    start(worker, "wake", KEY, request_id="first")
+    await until(lambda: worker._calls.held)
+    assert release(worker, {1: 0}) == 1  # the napping call takes the key
+    start(worker, "bump", KEY, request_id="second")
+    await until(lambda: worker._calls.held)
+    assert release(worker, {1: 0}) == 0
+    assert arguments(worker._outbox) == [1]
+
+
+async def test_the_callees_invocation_is_in_the_snapshot_with_its_callers_journal(
+    worker: Worker,
+) -> None:
+    """The call has no record: a new owner of the callee's partition resumes the callee
+    from the changelog the caller's transaction wrote."""
+    caller_id = start(worker, "wake", KEY)
+    await until(lambda: worker._calls.held)
+    release(worker, {1: 3})
+    await until(lambda: any(o.topic == TOPICS.delay for o in worker._outbox))  # its nap
+    snapshot = worker._snapshot()
+    assert of_kind(snapshot.out, "invoke") == []
+
+    new_owner = make(worker, 1)
+    for o in snapshot.out:
+        if o.topic == TOPICS.invocations and o.partition == 1:
+            assert o.key is not None
+            new_owner.restore_invocation(o.key, o.value)
+    new_owner.start()
+    [callee] = [inv for inv in new_owner.invocations.values()
+                if inv.meta.target.service == "Meter"]  # fmt: skip
+    assert callee.meta.caller is not None
+    assert callee.meta.caller.invocation_id == caller_id
+    assert callee.meta.seq == 3, "placed where the partition's next record would have been"
+    new_owner.close()
+
+
+async def test_unsent_counts_the_outbox_and_the_committer_but_not_applied_completions(
+    worker: Worker,
+) -> None:
+    worker._outbox.append(Out(TOPICS.ingress, 1, b"a", b"{}"))
+    worker._outbox.append(Out(TOPICS.responses, 0, b"b", b"{}"))
+    assert worker._unsent() == {(1, b"a")}
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    release(worker, {1: 0})
+    await until(lambda: response(worker._outbox, "r") == 1)
+    # The callee's completion record is in the outbox, applied by its caller already.
+    assert worker._unsent() == {(1, b"a")}
+
+
+async def test_a_call_does_not_pass_a_record_to_its_key_held_before_it(worker: Worker) -> None:
+    start(worker, "bump", OTHER_KEY, request_id="first")
+    await until(lambda: worker._calls.held)
+    earlier = Out(TOPICS.ingress, 1, KEY.encode(), b"{}")  # say, a cancel someone sent
+    worker._emit(earlier)
+    start(worker, "bump", KEY, request_id="second")
+    await until(lambda: sum(len(queue) for queue in worker._calls._held.values()) == 3)
+    assert release(worker, {1: 0}) == 1, "the call to the other key runs here"
+    assert worker._outbox[-2:] == [earlier, of_kind(worker._outbox, "invoke")[0]]
+    assert arguments(worker._outbox) == [1]
