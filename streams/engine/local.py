@@ -87,6 +87,11 @@ class LocalCalls:
         self._taken = set(batch)
         return batch
 
+    @staticmethod
+    def calling(batch: Mapping[int, list[_Held]]) -> set[int]:
+        """The partitions of ``batch`` with a call held (others hold only records)."""
+        return {owner for owner, queue in batch.items() if any(i.invoke for i in queue)}
+
     def release(
         self,
         batch: dict[int, list[_Held]],

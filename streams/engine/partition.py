@@ -337,7 +337,7 @@ class PartitionProcessor:
             obj = ObjectKey(record.target.service, key)
             if self.locks.holder(obj) is not None or obj in self.locks.inboxes:
                 return False
-        try:
+        try:  # nothing above changes anything, so a record can still take its place
             self._apply_invoke(record, out.key, out.value, seq, trace)
         except Exception:  # the record, when it comes, is applied (or set aside) as usual
             log.exception("%s/%d: a call to %s could not be applied here", self.topics.ingress,

@@ -162,10 +162,12 @@ class Worker:
     # -- the loop -------------------------------------------------------------------
     #
     # Three threads share the work. The event loop runs handlers and the partition
-    # processors; it never touches a Kafka client. The Kafka thread alone uses the
-    # consumer: consume, hand the records to the loop, take a snapshot of pending
-    # effects, pass it to the committer thread, which alone uses the transactional
-    # producer (streams/kafka/committer.py). Rebalance callbacks run inside consume() on the
+    # processors; it touches a Kafka client only in a step's ``_read_to_end`` (the admin
+    # client, and the consumer's positions while the Kafka thread waits for that step,
+    # never inside a rebalance). The Kafka thread alone polls the consumer: consume,
+    # hand the records to the loop, take a snapshot of pending effects, pass it to the
+    # committer thread, which alone uses the transactional producer
+    # (streams/kafka/committer.py). Rebalance callbacks run inside consume() on the
     # Kafka thread and wait for the committer first, so a commit never overlaps a
     # rebalance (librdkafka blocks consumer calls from other threads during one).
 
@@ -318,7 +320,11 @@ class Worker:
                 break
             batch = self._calls.take()
             unsent = self._unsent()  # before asking, so nothing falls between the two
-            ready = await self._read_to_end(set(batch))
+            try:
+                ready = await self._read_to_end(LocalCalls.calling(batch))
+            except Exception:  # whatever it was, the batch goes as records, not nowhere
+                log.exception("asking for the ends of partitions %s failed", sorted(batch))
+                ready = {}
             if self._calls.release(batch, ready, unsent, self._outbox.append):
                 await self._settle()
         self._calls.release(self._calls.take(), {}, (), self._outbox.append)
@@ -339,21 +345,24 @@ class Worker:
         is behind it; with the position (on the loop, while the Kafka thread waits, so the
         position stands still). A partition whose watermark does not come in time is left
         out, and all of them for ``_ENDS_PAUSE`` seconds after that."""
-        if time.monotonic() < self._ends_paused_until:
+        if not partitions or time.monotonic() < self._ends_paused_until:
             return {}
         latest = {TopicPartition(self.topics.ingress, p): OffsetSpec.latest() for p in partitions}
         futures = self._admin.list_offsets(latest, isolation_level=IsolationLevel.READ_UNCOMMITTED,
                                            request_timeout=_ENDS_TIMEOUT)  # fmt: skip
+        waiting = {asyncio.wrap_future(future): tp.partition for tp, future in futures.items()}
+        done, late = await asyncio.wait(waiting, timeout=_ENDS_TIMEOUT)  # one deadline for all
+        for future in late:
+            future.cancel()
         ends: dict[int, int] = {}
-        for tp, future in futures.items():
-            try:
-                answer = await asyncio.wait_for(asyncio.wrap_future(future), _ENDS_TIMEOUT)
-            except (KafkaException, TimeoutError) as exc:
-                log.info("high watermark of %s/%d: %s; calls go as records for %.0fs",
-                         tp.topic, tp.partition, exc, _ENDS_PAUSE)  # fmt: skip
-                self._ends_paused_until = time.monotonic() + _ENDS_PAUSE
-                continue
-            ends[tp.partition] = answer.offset
+        for future in done:
+            if future.exception() is None:
+                ends[waiting[future]] = future.result().offset
+        if len(ends) < len(waiting):
+            failed = sorted(set(waiting.values()) - set(ends))
+            log.info("no high watermark for %s/%s; calls go as records for %.0fs",
+                     self.topics.ingress, failed, _ENDS_PAUSE)  # fmt: skip
+            self._ends_paused_until = time.monotonic() + _ENDS_PAUSE
         asked = [TopicPartition(self.topics.ingress, p) for p in ends]
         ready = {}
         for tp in self._consumer.position(asked) if asked else []:

@@ -8,7 +8,9 @@ here the answer is given, and everything else is the worker's own logic.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 import pytest
 
 from handlers import Context, ObjectContext, Service, VirtualObject
+from streams.engine.journal import entry_key
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
-from streams.kafka.committer import Committer
+from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from streams.wire import ids
@@ -208,6 +211,10 @@ async def test_the_callees_invocation_is_in_the_snapshot_with_its_callers_journa
     await until(lambda: any(o.topic == TOPICS.delay for o in worker._outbox))  # its nap
     snapshot = worker._snapshot()
     assert of_kind(snapshot.out, "invoke") == []
+    calls = [o for o in snapshot.out if o.topic == TOPICS.invocations and o.partition == 0
+             and o.key == entry_key(caller_id, 0)]  # fmt: skip
+    assert len(calls) == 1, "the caller's journal entry for the call is in the same snapshot"
+    assert json.loads(calls[0].value or b"{}")["kind"] == "call"
 
     new_owner = make(worker, 1)
     for o in snapshot.out:
@@ -247,3 +254,50 @@ async def test_a_call_does_not_pass_a_record_to_its_key_held_before_it(worker: W
     assert release(worker, {1: 0}) == 1, "the call to the other key runs here"
     assert worker._outbox[-2:] == [earlier, of_kind(worker._outbox, "invoke")[0]]
     assert arguments(worker._outbox) == [1]
+
+
+async def test_unsent_counts_records_the_committer_has_not_committed(worker: Worker) -> None:
+    worker._committer.close()
+    going = threading.Event()
+    worker._committer = Committer(lambda snapshot: going.wait(10))
+    worker._committer.submit(Snapshot([Out(TOPICS.ingress, 1, b"in-flight", b"{}")], []))
+    await until(lambda: not worker._committer.idle)
+    worker._committer.submit(Snapshot([Out(TOPICS.ingress, 0, b"queued", b"{}")], []))
+    assert worker._unsent() == {(1, b"in-flight"), (0, b"queued")}
+    going.set()
+    await until(lambda: worker._committer.idle)
+    assert worker._unsent() == set()
+
+
+async def test_a_step_runs_held_calls_where_the_partition_is_read_to_its_end(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[set[int]] = []
+
+    async def read_to_end(partitions: set[int]) -> dict[int, int]:
+        asked.append(partitions)
+        return {p: 0 for p in partitions}
+
+    monkeypatch.setattr(worker, "_read_to_end", read_to_end)
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    await worker._run_held()
+    assert asked == [{1}]
+    assert worker._calls.ran == 1
+    await until(lambda: response(worker._outbox, "r") == 1)
+    assert of_kind(worker._outbox, "invoke") == []
+
+
+async def test_a_step_that_cannot_ask_sends_its_held_calls_as_records(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def read_to_end(partitions: set[int]) -> dict[int, int]:
+        await asyncio.sleep(0)
+        raise RuntimeError("no answer")
+
+    monkeypatch.setattr(worker, "_read_to_end", read_to_end)
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    await worker._run_held()
+    assert arguments(worker._outbox) == [1], "the call is not lost"
+    assert not worker._calls.held
