@@ -180,7 +180,9 @@ class Client:
             )
         )
 
-    def _read_catalog(self, low: int, end: int) -> int:
+    def _read_catalog(
+        self, low: int, end: int, services: dict[str, ServiceInfo] | None = None
+    ) -> int:
         """Read the service catalog from ``low`` to ``end`` (or for 10 s) with a consumer of
         its own; the offset to follow it from. The reader's long fetch wait would make this
         slow: its position passes the catalog's final commit marker only on the fetch
@@ -198,7 +200,7 @@ class Client:
             while position < end and time.monotonic() < deadline:
                 for message in consume_ready(reader, 500, 0.1):
                     if message.error() is None:
-                        self._on_catalog(message)
+                        self._on_catalog(message, services)
                 position = reader.position(catalog)[0].offset
             return max(position, low)
         finally:
@@ -260,19 +262,38 @@ class Client:
         else:
             self._on_response(message)
 
-    def _on_catalog(self, message: Message) -> None:
+    def _on_catalog(self, message: Message, services: dict[str, ServiceInfo] | None = None) -> None:
+        """Apply a catalog record to ``services`` (by default the client's)."""
+        services = self.services if services is None else services
         key = (message.key() or b"").decode(errors="replace")
         value = message.value()
         if value is None:
-            self.services.pop(key, None)
+            services.pop(key, None)
         else:
             with contextlib.suppress(ValueError):
-                self.services[key] = ServiceInfo.model_validate_json(value)
+                services[key] = ServiceInfo.model_validate_json(value)
 
-    async def catalog(self) -> dict[str, ServiceInfo]:
+    async def catalog(self, refresh: bool = False) -> dict[str, ServiceInfo]:
         """The services workers have announced: the catalog as read to its end when the
-        client started (for at most 10 s), and followed since."""
+        client started (for at most 10 s), and followed since. With ``refresh``, read to
+        its end again first: the follower reads with a long fetch wait, so a service
+        announced a moment ago may not have reached it yet."""
+        if refresh:
+            await asyncio.to_thread(self._catch_up_catalog)
         return self.services
+
+    def _catch_up_catalog(self) -> None:
+        """Read the catalog to its current end and add the services not known yet (the
+        follower, reading on meanwhile, applies updates and removals in order)."""
+        reader = self._new_reader(5)
+        try:
+            low, end = watermarks(reader, TopicPartition(self.topics.services, 0))
+        finally:
+            reader.close()
+        found: dict[str, ServiceInfo] = {}
+        self._read_catalog(low, end, found)
+        for name, info in found.items():
+            self.services.setdefault(name, info)
 
     def _on_response(self, message: Message) -> None:
         try:
@@ -326,7 +347,7 @@ class Client:
     ) -> tuple[str, Response]:
         """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
         if target.service not in self.services:
-            await self.catalog()  # to know whether it is a workflow
+            await self.catalog(refresh=True)  # to know whether it is a workflow
         inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
         if target.key is not None and not ids.belongs_to_key(inv_id, target.key, self.partitions):
             raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
@@ -396,7 +417,7 @@ class Client:
         and attached to by its id before it runs.
         """
         if target.service not in self.services:
-            await self.catalog()  # to know whether it is a workflow
+            await self.catalog(refresh=True)  # to know whether it is a workflow
         inv_id = self.invocation_id_for(target, idempotency_key)
         may_repeat = idempotency_key is not None or inv_id == ids.workflow_run_id(
             target.service, target.key or ""
