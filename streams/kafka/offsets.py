@@ -3,10 +3,20 @@ topic's leader not yet ready, a broker restarting), and low-latency batch reads.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.settings import Settings
 
@@ -56,6 +66,22 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
             with contextlib.suppress(KafkaException):
                 consumer.list_topics(tp.topic, timeout=5)
             time.sleep(0.1)
+
+
+async def high_watermarks(
+    admin: AdminClient, topic: str, partitions: Iterable[int], within: float
+) -> dict[int, int]:
+    """The high watermarks (``read_uncommitted`` ends: past every record written,
+    committed or not) of ``partitions`` of ``topic``, asked of their leaders in one request
+    per broker; a partition that does not answer ``within`` seconds is left out."""
+    latest = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
+    futures = admin.list_offsets(latest, isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                                 request_timeout=within)  # fmt: skip
+    waiting = {asyncio.wrap_future(future): tp.partition for tp, future in futures.items()}
+    done, late = await asyncio.wait(waiting, timeout=within)  # one deadline for all
+    for future in late:
+        future.cancel()
+    return {waiting[f]: f.result().offset for f in done if f.exception() is None}
 
 
 def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Message]:

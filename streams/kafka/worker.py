@@ -21,14 +21,13 @@ from typing import Any, TypeVar
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
 from handlers.service import ServiceDefinition
 from streams.engine.delay import DelayProcessor
@@ -40,7 +39,13 @@ from streams.errors import KourierError
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.gauges import forget_gauges, observe
-from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks, worker_consumer
+from streams.kafka.offsets import (
+    FETCH_WAIT_MS,
+    consume_ready,
+    high_watermarks,
+    watermarks,
+    worker_consumer,
+)
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
@@ -314,7 +319,8 @@ class Worker:
         """Run the calls held for partitions of this worker (``streams.engine.local``)
         where nothing can be ahead of them, and let what they start settle; a callee may
         call on, for up to ``_LOCAL_ROUNDS`` rounds. What cannot run here is emitted as
-        records, in order (on the loop, while the Kafka thread waits for the step)."""
+        records, in order, and the snapshot that follows emits what is still held (on the
+        loop, while the Kafka thread waits for the step)."""
         for _ in range(_LOCAL_ROUNDS):
             if closing or not self._calls.held:
                 break
@@ -327,7 +333,6 @@ class Worker:
                 ready = {}
             if self._calls.release(batch, ready, unsent, self._outbox.append):
                 await self._settle()
-        self._calls.release(self._calls.take(), {}, (), self._outbox.append)
 
     def _unsent(self) -> set[tuple[int, bytes | None]]:
         """Ingress partitions and keys of this worker's records still to be committed: no
@@ -347,19 +352,9 @@ class Worker:
         out, and all of them for ``_ENDS_PAUSE`` seconds after that."""
         if not partitions or time.monotonic() < self._ends_paused_until:
             return {}
-        latest = {TopicPartition(self.topics.ingress, p): OffsetSpec.latest() for p in partitions}
-        futures = self._admin.list_offsets(latest, isolation_level=IsolationLevel.READ_UNCOMMITTED,
-                                           request_timeout=_ENDS_TIMEOUT)  # fmt: skip
-        waiting = {asyncio.wrap_future(future): tp.partition for tp, future in futures.items()}
-        done, late = await asyncio.wait(waiting, timeout=_ENDS_TIMEOUT)  # one deadline for all
-        for future in late:
-            future.cancel()
-        ends: dict[int, int] = {}
-        for future in done:
-            if future.exception() is None:
-                ends[waiting[future]] = future.result().offset
-        if len(ends) < len(waiting):
-            failed = sorted(set(waiting.values()) - set(ends))
+        ends = await high_watermarks(self._admin, self.topics.ingress, partitions, _ENDS_TIMEOUT)
+        if len(ends) < len(partitions):
+            failed = sorted(partitions - set(ends))
             log.info("no high watermark for %s/%s; calls go as records for %.0fs",
                      self.topics.ingress, failed, _ENDS_PAUSE)  # fmt: skip
             self._ends_paused_until = time.monotonic() + _ENDS_PAUSE
