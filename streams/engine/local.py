@@ -52,6 +52,11 @@ class LocalCalls:
         self._ingress = ingress
         self._held: dict[int, list[_Held]] = {}
         self._taken: set[int] = set()  # partitions of the batch being decided (take)
+        self._called: set[int] = set()  # partitions with a call held since the last take
+        #: Partitions of the batch :meth:`take` returned last with a call held since the
+        #: take before: a call kept by :meth:`release` may be decided against the watermark
+        #: asked for it, but such a call needs one asked after it was made.
+        self.called_since: set[int] = set()
         #: Calls run without their records so far (statistics).
         self.ran = 0
 
@@ -67,6 +72,7 @@ class LocalCalls:
         if processor is None or processor.closed or invoke.due is not None:
             return False
         self._held.setdefault(owner, []).append(_Held(out, invoke, trace))
+        self._called.add(owner)
         return True
 
     def behind(self, out: Out) -> bool:
@@ -85,6 +91,7 @@ class LocalCalls:
         the next batch: they were made after the worker asked."""
         batch, self._held = self._held, {}
         self._taken = set(batch)
+        self.called_since, self._called = self._called, set()
         return batch
 
     @staticmethod
@@ -98,16 +105,21 @@ class LocalCalls:
         ready: Mapping[int, int],
         unsent: Collection[tuple[int, bytes | None]],
         emit: Callable[[Out], None],
+        keep: Collection[int] = (),
     ) -> int:
         """Run the calls of ``batch`` held for the ``ready`` partitions (partition -> the
         offset the next record there will have) in their processors, in order, except
         those whose partition and key are in ``unsent`` (records of this process to that
         key are not committed yet); ``emit`` every other record of the batch, in order. A
         call to a key whose record was emitted goes as a record too, so as not to pass it.
-        How many calls ran."""
+        What is held for a partition in ``keep`` stays held, ahead of what was held since
+        :meth:`take`: the worker reads the records ahead of it first. How many calls ran."""
         ran = 0
         for owner, queue in batch.items():
             self._taken.discard(owner)
+            if owner in keep:
+                self._held[owner] = queue + self._held.get(owner, [])
+                continue
             processor = self._processors.get(owner)
             seq = ready.get(owner)
             passed: set[bytes | None] = set()  # keys of the records emitted here
@@ -133,6 +145,7 @@ class LocalCalls:
         """Drop what is held: the worker dropped its partitions (a failed transaction)."""
         self._held = {}
         self._taken = set()
+        self._called = set()
 
 
 class LocalCompletions:

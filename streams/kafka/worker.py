@@ -77,6 +77,11 @@ _LOCAL_ROUNDS = 4
 #: (a broker away would otherwise hold up every step by the wait).
 _ENDS_TIMEOUT = 1.0
 _ENDS_PAUSE = 5.0
+#: Held calls whose partition has at most this many records the consumer has not read yet
+#: get another look within the step: the Kafka thread reads those records for up to
+#: ``_READ_AHEAD`` seconds, the step applies them, then the calls (``_read_ahead``).
+_READ_AHEAD_RECORDS = 500
+_READ_AHEAD = 0.005
 _T = TypeVar("_T")
 
 
@@ -120,6 +125,11 @@ class Worker:
         # Calls to partitions of this worker, run here when nothing can be ahead of them.
         self._calls = LocalCalls(self.processors, self.topics.ingress)
         self._ends_paused_until = 0.0  # see _ENDS_PAUSE
+        # Partitions with calls kept for another look -> the high watermark the consumer
+        # must reach first (see _READ_AHEAD); statistics of those looks.
+        self._waiting: dict[int, int] = {}
+        self.read_aheads = 0
+        self.read_ahead_hits = 0
         self._stopping = False
         self.partitions = 0
         self.commits = 0
@@ -231,12 +241,17 @@ class Worker:
                 positions = self._delay_positions()
                 if self._needs_step(batch, positions):
                     snapshot = self._on_loop(self._step(batch, positions))
+                    if snapshot is None:  # held calls wait for records about to be read
+                        snapshot = self._on_loop(self._step(self._read_ahead(), again=True))
+                    assert snapshot is not None
                     if snapshot.out:
                         snapshot.metadata = self._metadata()
                         self._committer.submit(snapshot)
                 if time.monotonic() >= self._observed_at + 1.0:
                     self._observe()
-            self._commit(self._on_loop(self._step([], closing=True)))
+            last = self._on_loop(self._step([], closing=True))
+            assert last is not None
+            self._commit(last)
         finally:
             self._consumer.close()  # runs on_revoke, which hands over what is left
             self._committer.close()
@@ -298,9 +313,15 @@ class Worker:
         return {tp.partition: tp.offset for tp in self._consumer.position(tps) if tp.offset >= 0}
 
     async def _step(
-        self, batch: list[Message], positions: dict[int, int] | None = None, closing: bool = False
-    ) -> Snapshot:
-        """Apply ``batch``, let the handlers it started take their first steps, snapshot."""
+        self,
+        batch: list[Message],
+        positions: dict[int, int] | None = None,
+        closing: bool = False,
+        again: bool = False,
+    ) -> Snapshot | None:
+        """Apply ``batch``, let the handlers it started take their first steps, snapshot;
+        None instead when held calls wait for a few records the consumer has still to
+        read (``_READ_AHEAD``): the Kafka thread reads them and runs the step ``again``."""
         self._dispatch(batch)
         for partition, position in (positions or {}).items():
             if partition in self.delays:
@@ -310,29 +331,44 @@ class Worker:
             if delay.next_due is not None and delay.next_due <= now:
                 delay.tick()  # due while the Kafka thread waited: into this snapshot
         await self._settle()
-        await self._run_held(closing)
+        await self._run_held(closing, again)
+        if self._waiting:
+            return None
         if closing:
             self._close_all()
         return self._snapshot()
 
-    async def _run_held(self, closing: bool = False) -> None:
+    async def _run_held(self, closing: bool = False, again: bool = False) -> None:
         """Run the calls held for partitions of this worker (``streams.engine.local``)
         where nothing can be ahead of them, and let what they start settle; a callee may
         call on, for up to ``_LOCAL_ROUNDS`` rounds. What cannot run here is emitted as
         records, in order, and the snapshot that follows emits what is still held (on the
-        loop, while the Kafka thread waits for the step)."""
+        loop, while the Kafka thread waits for the step).
+
+        Calls to a partition with only a few records still unread are kept instead, with
+        the partition's high watermark in ``_waiting``, unless the step runs ``again``
+        after reading those: the step then ends without a snapshot, and its second run
+        decides them against that same watermark (a partition with a call made since is
+        asked again)."""
+        known, self._waiting = self._waiting, {}
         for _ in range(_LOCAL_ROUNDS):
             if closing or not self._calls.held:
                 break
             batch = self._calls.take()
             unsent = self._unsent()  # before asking, so nothing falls between the two
+            known = {p: end for p, end in known.items() if p not in self._calls.called_since}
             try:
-                ready = await self._read_to_end(LocalCalls.calling(batch))
+                ready, behind = await self._read_to_end(LocalCalls.calling(batch), known)
             except Exception:  # whatever it was, the batch goes as records, not nowhere
                 log.exception("asking for the ends of partitions %s failed", sorted(batch))
-                ready = {}
-            if self._calls.release(batch, ready, unsent, self._outbox.append):
+                ready, behind = {}, {}
+            known = {}
+            keep = {} if again else behind
+            self._waiting.update(keep)
+            if self._calls.release(batch, ready, unsent, self._outbox.append, keep):
                 await self._settle()
+            if self._waiting:
+                break
 
     def _unsent(self) -> set[tuple[int, bytes | None]]:
         """Ingress partitions and keys of this worker's records still to be committed: no
@@ -343,31 +379,66 @@ class Worker:
                    if out.topic == ingress and not self._local.applied(out)}  # fmt: skip
         return waiting | self._committer.writing_to(ingress)
 
-    async def _read_to_end(self, partitions: set[int]) -> dict[int, int]:
+    async def _read_to_end(
+        self, partitions: set[int], known: dict[int, int]
+    ) -> tuple[dict[int, int], dict[int, int]]:
         """Of ``partitions`` (ingress), those whose every record the worker has read: the
         consumer's position is at the high watermark the partition's leader gives now,
         so every record committed so far, and every record of a transaction still open,
         is behind it; with the position (on the loop, while the Kafka thread waits, so the
         position stands still). A partition whose watermark does not come in time is left
-        out, and all of them for ``_ENDS_PAUSE`` seconds after that."""
+        out, and all of them for ``_ENDS_PAUSE`` seconds after that. Second, the
+        partitions up to ``_READ_AHEAD_RECORDS`` short of their watermark, with it. The
+        watermarks in ``known``, asked before the records that reached them were read,
+        are not asked again.
+
+        A call must not pass a record written before it was made. Every such record is
+        below the watermark asked after the call was made (or is one of this worker's
+        uncommitted records, see ``_unsent``), so a watermark stays good for a call
+        however long the call waits; records written after it may go either way."""
         if not partitions or time.monotonic() < self._ends_paused_until:
-            return {}
-        ends = await high_watermarks(self._admin, self.topics.ingress, partitions, _ENDS_TIMEOUT)
-        if len(ends) < len(partitions):
-            failed = sorted(partitions - set(ends))
-            log.info("no high watermark for %s/%s; calls go as records for %.0fs",
-                     self.topics.ingress, failed, _ENDS_PAUSE)  # fmt: skip
-            self._ends_paused_until = time.monotonic() + _ENDS_PAUSE
-        asked = [TopicPartition(self.topics.ingress, p) for p in ends]
-        ready = {}
-        for tp in self._consumer.position(asked) if asked else []:
+            return {}, {}
+        ends = {p: end for p, end in known.items() if p in partitions}
+        if partitions - ends.keys():
+            asked = await high_watermarks(self._admin, self.topics.ingress,
+                                          partitions - ends.keys(), _ENDS_TIMEOUT)  # fmt: skip
+            if len(asked) < len(partitions - ends.keys()):
+                failed = sorted(partitions - ends.keys() - set(asked))
+                log.info("no high watermark for %s/%s; calls go as records for %.0fs",
+                         self.topics.ingress, failed, _ENDS_PAUSE)  # fmt: skip
+                self._ends_paused_until = time.monotonic() + _ENDS_PAUSE
+            ends.update(asked)
+        tps = [TopicPartition(self.topics.ingress, p) for p in ends]
+        ready, behind = {}, {}
+        for tp in self._consumer.position(tps) if tps else []:
             # No position before the first record read since the partition was assigned:
             # reading starts at the offset committed by its previous owner, then.
             valid = tp.error is None and tp.offset >= 0
             at = tp.offset if valid else self._offsets.get(tp.partition)
-            if at is not None and at >= ends[tp.partition]:
+            end = ends[tp.partition]
+            if at is not None and at >= end:
                 ready[tp.partition] = at
-        return ready
+            elif at is not None and end - at <= _READ_AHEAD_RECORDS:
+                behind[tp.partition] = end
+        return ready, behind
+
+    def _read_ahead(self) -> list[Message]:
+        """Read for up to ``_READ_AHEAD`` seconds, until the consumer's positions reach the
+        watermarks in ``_waiting``, and return what was read (Kafka thread). The records
+        are usually fetched already, or about to be; those of a transaction still open
+        come at its commit, and the calls then go as records."""
+        self.read_aheads += 1
+        deadline = time.monotonic() + _READ_AHEAD
+        tps = [TopicPartition(self.topics.ingress, p) for p in self._waiting]
+        read: list[Message] = []
+        while True:
+            read += consume_ready(self._consumer, 1000, max(0.0, deadline - time.monotonic()))
+            at = {tp.partition: tp.offset for tp in self._consumer.position(tps)}
+            if all(at.get(p, -1) >= end for p, end in self._waiting.items()):
+                self.read_ahead_hits += 1
+                return read
+            if time.monotonic() >= deadline:
+                return read
 
     async def _settle(self, rounds: int = 256) -> None:
         """Let handlers run until no new ones start: an exclusive call that completes at
@@ -437,6 +508,7 @@ class Worker:
         """Everything to commit now: outputs, changelog writes, consumed offsets (on the loop)."""
         self._dirty = False
         # Nothing is held past a step (a revoke's snapshot comes between steps).
+        self._waiting = {}
         self._calls.release(self._calls.take(), {}, (), self._outbox.append)
         # Completion records whose callers have applied them go no further: the flushes
         # below write the callers' journals with the outcomes in them.
@@ -515,13 +587,16 @@ class Worker:
             phases = self._transactions.phases
             log.debug(
                 "commits %d, %.1f ms each, %.1f records in %.1f partitions each (records %.1f, "
-                "offsets %.1f, commit %.1f ms); %d calls run without their records",
+                "offsets %.1f, commit %.1f ms); %d calls run without their records, "
+                "%d of %d reads ahead reached their watermarks",
                 self.commits,
                 1000 * self._commit_time / self.commits,
                 self._committed_records / self.commits,
                 self._committed_partitions / self.commits,
                 *(1000 * phases[step] / self.commits for step in ("records", "offsets", "commit")),
                 self._calls.ran,
+                self.read_ahead_hits,
+                self.read_aheads,
             )
 
     def _recover(self) -> None:
@@ -543,6 +618,7 @@ class Worker:
         self._outbox = []
         self._local.forget()
         self._calls.forget()
+        self._waiting = {}
         return owned
 
     # -- partitions (rebalance callbacks run on the Kafka thread, inside consume) ---------

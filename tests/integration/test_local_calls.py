@@ -72,16 +72,58 @@ async def test_a_partition_is_read_to_its_end_only_once_its_records_are_read(
     try:
         plain.produce(ingress, b"{}", b"k", partition=0)
         plain.flush(10)
-        assert await worker._read_to_end({0}) == {}, "a record is left to read"
+        assert await worker._read_to_end({0}, {}) == ({}, {}), "no position, nothing committed"
+        worker._offsets[0] = 0  # as if committed by a previous owner: reading starts there
+        assert await worker._read_to_end({0}, {}) == ({}, {0: 1}), "a record is left to read"
         await asyncio.to_thread(_read, consumer, partition, 1)
-        assert await worker._read_to_end({0}) == {0: 1}
+        assert await worker._read_to_end({0}, {}) == ({0: 1}, {})
 
         writer.begin_transaction()
         writer.produce(ingress, b"{}", b"k", partition=0)
         writer.flush(10)  # written, not committed: no read_committed reader passes it
-        assert await worker._read_to_end({0}) == {}, "a record of an open transaction"
+        assert await worker._read_to_end({0}, {}) == ({}, {0: 2}), "an open transaction's"
         writer.commit_transaction(30)
         await asyncio.to_thread(_read, consumer, partition, 3)  # the record and its marker
-        assert await worker._read_to_end({0}) == {0: 3}
+        assert await worker._read_to_end({0}, {}) == ({0: 3}, {})
+        # A watermark known already is not asked again: one past the end is not reached.
+        assert await worker._read_to_end({0}, {0: 4}) == ({}, {0: 4})
+    finally:
+        consumer.close()
+
+
+async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
+    topics: Settings,
+) -> None:
+    """``Worker._read_ahead``: the Kafka thread reads the records ahead of kept calls, and
+    gives up on those of a transaction still open once ``_READ_AHEAD`` has passed."""
+    worker = Worker(topics, apps.SERVICES)
+    ingress = Topics(topics.namespace).ingress
+    consumer = worker_consumer(topics, f"{topics.namespace}.probe")
+    consumer.assign([TopicPartition(ingress, 0, 0)])
+    worker._consumer = consumer
+    plain = Producer(topics.producer_config({}))
+    writer = Producer(topics.producer_config({"transactional.id": f"probe-{uuid.uuid4()}"}))
+    writer.init_transactions(30)
+    try:
+        for n in range(3):
+            plain.produce(ingress, b"{}", f"k{n}".encode(), partition=0)
+        plain.flush(10)
+        worker._waiting = {0: 3}
+        read: list[Message] = []
+        deadline = time.monotonic() + 20  # the first fetch after an assign can take a while
+        while worker.read_ahead_hits == 0:
+            assert time.monotonic() < deadline, "the three records were not read in 20s"
+            read += await asyncio.to_thread(worker._read_ahead)
+        assert [m.key() for m in read] == [b"k0", b"k1", b"k2"]
+
+        writer.begin_transaction()
+        writer.produce(ingress, b"{}", b"open", partition=0)
+        writer.flush(10)
+        worker._waiting = {0: 4}
+        began = time.monotonic()
+        assert await asyncio.to_thread(worker._read_ahead) == []
+        assert time.monotonic() - began < 1, "bounded by _READ_AHEAD"
+        assert worker.read_ahead_hits == 1
+        writer.abort_transaction(30)
     finally:
         consumer.close()

@@ -274,9 +274,11 @@ async def test_a_step_runs_held_calls_where_the_partition_is_read_to_its_end(
 ) -> None:
     asked: list[set[int]] = []
 
-    async def read_to_end(partitions: set[int]) -> dict[int, int]:
+    async def read_to_end(
+        partitions: set[int], known: dict[int, int]
+    ) -> tuple[dict[int, int], dict[int, int]]:
         asked.append(partitions)
-        return {p: 0 for p in partitions}
+        return {p: 0 for p in partitions}, {}
 
     monkeypatch.setattr(worker, "_read_to_end", read_to_end)
     start(worker, "bump", KEY)
@@ -291,7 +293,9 @@ async def test_a_step_runs_held_calls_where_the_partition_is_read_to_its_end(
 async def test_a_step_that_cannot_ask_sends_its_held_calls_as_records(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def read_to_end(partitions: set[int]) -> dict[int, int]:
+    async def read_to_end(
+        partitions: set[int], known: dict[int, int]
+    ) -> tuple[dict[int, int], dict[int, int]]:
         await asyncio.sleep(0)
         raise RuntimeError("no answer")
 
@@ -301,3 +305,84 @@ async def test_a_step_that_cannot_ask_sends_its_held_calls_as_records(
     await worker._run_held()
     assert arguments(worker._outbox) == [1], "the call is not lost"
     assert not worker._calls.held
+
+
+async def test_calls_kept_by_a_release_stay_ahead_of_those_held_since(worker: Worker) -> None:
+    start(worker, "bump", KEY, request_id="first")
+    await until(lambda: worker._calls.held)
+    batch = worker._calls.take()
+    later = Out(TOPICS.ingress, 1, b"x", b"{}")
+    worker._emit(later)  # held behind the batch being decided
+    assert worker._calls.release(batch, {}, set(), worker._emit, keep={1}) == 0
+    assert of_kind(worker._outbox, "invoke") == []
+    assert later not in worker._outbox
+    assert worker._calls.called_since == {1}, "the batch's call was held since the take before"
+    assert release(worker, {}) == 0
+    assert worker._outbox[-2:] == [of_kind(worker._outbox, "invoke")[0], later], "in order"
+
+
+class Answers:
+    """``Worker._read_to_end`` with given answers, one per call, and what it was asked."""
+
+    def __init__(self, *answers: tuple[dict[int, int], dict[int, int]]) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[set[int], dict[int, int]]] = []
+
+    async def __call__(
+        self, partitions: set[int], known: dict[int, int]
+    ) -> tuple[dict[int, int], dict[int, int]]:
+        self.asked.append((partitions, dict(known)))
+        return self.answers.pop(0)
+
+
+async def test_a_call_a_few_records_short_of_its_partitions_end_waits_for_them(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step ends without a snapshot; once those records are read, its second run
+    decides the call against the watermark asked the first time."""
+    answers = Answers(({}, {1: 5}), ({1: 5}, {}))
+    monkeypatch.setattr(worker, "_read_to_end", answers)
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    assert await worker._step([]) is None, "no snapshot while the call waits"
+    assert worker._waiting == {1: 5}
+    assert worker._calls.held
+    assert of_kind(worker._outbox, "invoke") == []
+    snapshot = await worker._step([], again=True)
+    assert snapshot is not None
+    assert answers.asked == [({1}, {}), ({1}, {1: 5})], "the second run reuses the watermark"
+    assert worker._calls.ran == 1
+    assert of_kind(snapshot.out, "invoke") == []
+    assert response(snapshot.out, "r") == 1
+
+
+async def test_a_step_run_again_sends_what_is_still_short_as_records(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5}), ({}, {1: 5})))
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    assert await worker._step([]) is None
+    snapshot = await worker._step([], again=True)
+    assert snapshot is not None, "a second run never waits"
+    assert worker._waiting == {}
+    assert arguments(snapshot.out) == [1]
+    assert worker._calls.ran == 0
+
+
+async def test_a_call_made_after_the_first_ask_gets_a_watermark_of_its_own(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record written after the first ask may have been written before this call was
+    made: the old watermark does not cover it."""
+    answers = Answers(({}, {1: 5}), ({1: 9}, {}))
+    monkeypatch.setattr(worker, "_read_to_end", answers)
+    start(worker, "bump", KEY, request_id="first")
+    await until(lambda: worker._calls.held)
+    assert await worker._step([]) is None
+    start(worker, "bump", OTHER_KEY, request_id="second")  # as a record read meanwhile would
+    await until(lambda: len(worker._calls._held[1]) == 2)
+    snapshot = await worker._step([], again=True)
+    assert snapshot is not None
+    assert answers.asked[1] == ({1}, {}), "partition 1 is asked again"
+    assert worker._calls.ran == 2
