@@ -79,9 +79,13 @@ _ENDS_TIMEOUT = 1.0
 _ENDS_PAUSE = 5.0
 #: Held calls whose partition has at most this many records the consumer has not read yet
 #: get another look within the step: the Kafka thread reads those records for up to
-#: ``_READ_AHEAD`` seconds, the step applies them, then the calls (``_read_ahead``).
+#: ``_READ_AHEAD`` seconds, the step applies them, then the calls (``_read_ahead``). A
+#: partition whose records did not come in time (another worker's transaction still open)
+#: gets no other look for ``_READ_AHEAD_PAUSE`` seconds, so it costs at most one wait a
+#: second.
 _READ_AHEAD_RECORDS = 500
 _READ_AHEAD = 0.005
+_READ_AHEAD_PAUSE = 1.0
 _T = TypeVar("_T")
 
 
@@ -128,6 +132,7 @@ class Worker:
         # Partitions with calls kept for another look -> the high watermark the consumer
         # must reach first (see _READ_AHEAD); statistics of those looks.
         self._waiting: dict[int, int] = {}
+        self._read_ahead_missed: dict[int, float] = {}  # partition -> when (monotonic)
         self.read_aheads = 0
         self.read_ahead_hits = 0
         self._stopping = False
@@ -410,6 +415,7 @@ class Worker:
             ends.update(asked)
         tps = [TopicPartition(self.topics.ingress, p) for p in ends]
         ready, behind = {}, {}
+        missed_since = time.monotonic() - _READ_AHEAD_PAUSE
         for tp in self._consumer.position(tps) if tps else []:
             # No position before the first record read since the partition was assigned:
             # reading starts at the offset committed by its previous owner, then.
@@ -418,7 +424,11 @@ class Worker:
             end = ends[tp.partition]
             if at is not None and at >= end:
                 ready[tp.partition] = at
-            elif at is not None and end - at <= _READ_AHEAD_RECORDS:
+            elif (
+                at is not None
+                and end - at <= _READ_AHEAD_RECORDS
+                and self._read_ahead_missed.get(tp.partition, 0.0) < missed_since
+            ):
                 behind[tp.partition] = end
         return ready, behind
 
@@ -426,7 +436,7 @@ class Worker:
         """Read for up to ``_READ_AHEAD`` seconds, until the consumer's positions reach the
         watermarks in ``_waiting``, and return what was read (Kafka thread). The records
         are usually fetched already, or about to be; those of a transaction still open
-        come at its commit, and the calls then go as records."""
+        come at its commit, and the calls then go as records (``_READ_AHEAD_PAUSE``)."""
         self.read_aheads += 1
         deadline = time.monotonic() + _READ_AHEAD
         tps = [TopicPartition(self.topics.ingress, p) for p in self._waiting]
@@ -434,10 +444,13 @@ class Worker:
         while True:
             read += consume_ready(self._consumer, 1000, max(0.0, deadline - time.monotonic()))
             at = {tp.partition: tp.offset for tp in self._consumer.position(tps)}
-            if all(at.get(p, -1) >= end for p, end in self._waiting.items()):
+            short = [p for p, end in self._waiting.items() if at.get(p, -1) < end]
+            if not short:
                 self.read_ahead_hits += 1
                 return read
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
+                self._read_ahead_missed.update((p, now) for p in short)
                 return read
 
     async def _settle(self, rounds: int = 256) -> None:

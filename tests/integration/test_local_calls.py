@@ -95,8 +95,10 @@ async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
     topics: Settings,
 ) -> None:
     """``Worker._read_ahead``: the Kafka thread reads the records ahead of kept calls, and
-    gives up on those of a transaction still open once ``_READ_AHEAD`` has passed."""
+    gives up on those of a transaction still open once ``_READ_AHEAD`` has passed; that
+    partition then gets no other look for a while."""
     worker = Worker(topics, apps.SERVICES)
+    worker._admin = AdminClient(topics.client_config())
     ingress = Topics(topics.namespace).ingress
     consumer = worker_consumer(topics, f"{topics.namespace}.probe")
     consumer.assign([TopicPartition(ingress, 0, 0)])
@@ -124,6 +126,9 @@ async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
         assert await asyncio.to_thread(worker._read_ahead) == []
         assert time.monotonic() - began < 1, "bounded by _READ_AHEAD"
         assert worker.read_ahead_hits == 1
+        assert await worker._read_to_end({0}, {}) == ({}, {}), "no other look for now"
+        worker._read_ahead_missed.clear()
+        assert await worker._read_to_end({0}, {}) == ({}, {0: 4})
         writer.abort_transaction(30)
     finally:
         consumer.close()
