@@ -133,6 +133,11 @@ class Worker:
         # must reach first (see _READ_AHEAD); statistics of those looks.
         self._waiting: dict[int, int] = {}
         self._read_ahead_missed: dict[int, float] = {}  # partition -> when (monotonic)
+        # This worker's uncommitted records (partition, key) when the calls were kept: a
+        # record committed while they wait is still ahead of them, and may be past the
+        # watermark asked.
+        self._waiting_unsent: set[tuple[int, bytes | None]] = set()
+        self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self.read_aheads = 0
         self.read_ahead_hits = 0
         self._stopping = False
@@ -245,24 +250,31 @@ class Worker:
                 batch = consume_ready(self._consumer, 1000, self._poll_timeout())
                 positions = self._delay_positions()
                 if self._needs_step(batch, positions):
-                    snapshot = self._on_loop(self._step(batch, positions))
-                    if snapshot is None:  # held calls wait for records about to be read
-                        snapshot = self._on_loop(self._step(self._read_ahead(), again=True))
-                    assert snapshot is not None
+                    snapshot = self._stepped(batch, positions)
                     if snapshot.out:
                         snapshot.metadata = self._metadata()
                         self._committer.submit(snapshot)
                 if time.monotonic() >= self._observed_at + 1.0:
                     self._observe()
-            last = self._on_loop(self._step([], closing=True))
-            assert last is not None
-            self._commit(last)
+            self._commit(self._stepped([], {}, closing=True))
         finally:
             self._consumer.close()  # runs on_revoke, which hands over what is left
             self._committer.close()
             self._restorer.close()
             self._offset_reader.close()
             self._transactions.producer.flush(5)
+
+    def _stepped(
+        self, batch: list[Message], positions: dict[int, int], closing: bool = False
+    ) -> Snapshot:
+        """Run a step on the loop; when held calls wait for a few records not read yet,
+        read those and run it again (``_READ_AHEAD``); the snapshot (Kafka thread)."""
+        snapshot = self._on_loop(self._step(batch, positions, closing))
+        if snapshot is None:
+            snapshot = self._on_loop(self._step(self._read_ahead(), again=True))
+        if snapshot is None:  # a step run again keeps nothing, so it always snapshots
+            raise AssertionError("a step run again ended without a snapshot")
+        return snapshot
 
     def _poll_timeout(self) -> float:
         """Commit promptly when handlers have produced effects and the committer is free;
@@ -326,7 +338,8 @@ class Worker:
     ) -> Snapshot | None:
         """Apply ``batch``, let the handlers it started take their first steps, snapshot;
         None instead when held calls wait for a few records the consumer has still to
-        read (``_READ_AHEAD``): the Kafka thread reads them and runs the step ``again``."""
+        read (``_READ_AHEAD``): the Kafka thread reads them and runs the step ``again``,
+        which always snapshots."""
         self._dispatch(batch)
         for partition, position in (positions or {}).items():
             if partition in self.delays:
@@ -351,25 +364,30 @@ class Worker:
         loop, while the Kafka thread waits for the step).
 
         Calls to a partition with only a few records still unread are kept instead, with
-        the partition's high watermark in ``_waiting``, unless the step runs ``again``
-        after reading those: the step then ends without a snapshot, and its second run
-        decides them against that same watermark (a partition with a call made since is
-        asked again)."""
+        the partition's high watermark in ``_waiting``, and the step ends without a
+        snapshot. Its second run (``again``) reads those records first, then decides the
+        kept calls against that same watermark and the records of this worker that were
+        uncommitted when it was asked; a partition with a call made since is asked again.
+        A second run keeps nothing."""
         known, self._waiting = self._waiting, {}
+        kept_unsent, self._waiting_unsent = self._waiting_unsent, set()
         for _ in range(_LOCAL_ROUNDS):
             if closing or not self._calls.held:
                 break
             batch = self._calls.take()
-            unsent = self._unsent()  # before asking, so nothing falls between the two
+            # Before asking, so nothing falls between the two; with what was uncommitted at
+            # the ask whose watermarks are reused.
+            unsent = self._unsent() | kept_unsent
             known = {p: end for p, end in known.items() if p not in self._calls.called_since}
             try:
                 ready, behind = await self._read_to_end(LocalCalls.calling(batch), known)
             except Exception:  # whatever it was, the batch goes as records, not nowhere
                 log.exception("asking for the ends of partitions %s failed", sorted(batch))
                 ready, behind = {}, {}
-            known = {}
+            known, kept_unsent = {}, set()
             keep = {} if again else behind
             self._waiting.update(keep)
+            self._waiting_unsent |= {(p, key) for p, key in unsent if p in keep}
             if self._calls.release(batch, ready, unsent, self._outbox.append, keep):
                 await self._settle()
             if self._waiting:
@@ -398,11 +416,13 @@ class Worker:
         are not asked again.
 
         A call must not pass a record written before it was made. Every such record is
-        below the watermark asked after the call was made (or is one of this worker's
-        uncommitted records, see ``_unsent``), so a watermark stays good for a call
-        however long the call waits; records written after it may go either way."""
+        below the watermark asked after the call was made, or is one of this worker's
+        records uncommitted at that ask (``_unsent``). So a watermark, with the records
+        uncommitted when it was asked, stays good for a call however long the call waits;
+        records written after the call may go either way."""
         if not partitions or time.monotonic() < self._ends_paused_until:
             return {}, {}
+        missed_since = time.monotonic() - _READ_AHEAD_PAUSE  # see _read_ahead
         ends = {p: end for p, end in known.items() if p in partitions}
         if partitions - ends.keys():
             asked = await high_watermarks(self._admin, self.topics.ingress,
@@ -412,10 +432,10 @@ class Worker:
                 log.info("no high watermark for %s/%s; calls go as records for %.0fs",
                          self.topics.ingress, failed, _ENDS_PAUSE)  # fmt: skip
                 self._ends_paused_until = time.monotonic() + _ENDS_PAUSE
+                missed_since = time.monotonic()  # nothing kept for a second look meanwhile
             ends.update(asked)
         tps = [TopicPartition(self.topics.ingress, p) for p in ends]
         ready, behind = {}, {}
-        missed_since = time.monotonic() - _READ_AHEAD_PAUSE
         for tp in self._consumer.position(tps) if tps else []:
             # No position before the first record read since the partition was assigned:
             # reading starts at the offset committed by its previous owner, then.
@@ -439,10 +459,23 @@ class Worker:
         come at its commit, and the calls then go as records (``_READ_AHEAD_PAUSE``)."""
         self.read_aheads += 1
         deadline = time.monotonic() + _READ_AHEAD
+        began = self._rebalances
         tps = [TopicPartition(self.topics.ingress, p) for p in self._waiting]
         read: list[Message] = []
         while True:
-            read += consume_ready(self._consumer, 1000, max(0.0, deadline - time.monotonic()))
+            # One record per poll, so that a rebalance callback run inside a poll splits
+            # what was read before it from what was read after: the earlier records are
+            # dropped, as a partition assigned again is read again from its committed
+            # offset. Short waits, so that a position that moves past a commit marker
+            # (no record) is seen at once.
+            rebalances = self._rebalances
+            message = self._consumer.poll(min(0.001, max(0.0, deadline - time.monotonic())))
+            if self._rebalances != rebalances:
+                read = []
+            if message is not None:
+                read.append(message)
+            if self._rebalances != began:  # its snapshot sent the kept calls as records
+                return read
             at = {tp.partition: tp.offset for tp in self._consumer.position(tps)}
             short = [p for p, end in self._waiting.items() if at.get(p, -1) < end]
             if not short:
@@ -520,8 +553,9 @@ class Worker:
     def _snapshot(self) -> Snapshot:
         """Everything to commit now: outputs, changelog writes, consumed offsets (on the loop)."""
         self._dirty = False
-        # Nothing is held past a step (a revoke's snapshot comes between steps).
-        self._waiting = {}
+        # Nothing is held past a snapshot (a revoke's can come between the two runs of a
+        # step that kept calls: they go as records then).
+        self._waiting, self._waiting_unsent = {}, set()
         self._calls.release(self._calls.take(), {}, (), self._outbox.append)
         # Completion records whose callers have applied them go no further: the flushes
         # below write the callers' journals with the outcomes in them.
@@ -631,7 +665,7 @@ class Worker:
         self._outbox = []
         self._local.forget()
         self._calls.forget()
-        self._waiting = {}
+        self._waiting, self._waiting_unsent = {}, set()
         return owned
 
     # -- partitions (rebalance callbacks run on the Kafka thread, inside consume) ---------
@@ -645,6 +679,7 @@ class Worker:
         }
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalances += 1
         self._group_metadata = None  # a new generation
         self._take_over(partitions)
 
@@ -673,6 +708,7 @@ class Worker:
         to commit, forget them, then commit. Forgotten first, so that a commit that fails
         restores only the partitions this worker keeps (a restore of the revoked ones would
         leave processors running that nothing closes)."""
+        self._rebalances += 1
         snapshot = self._on_loop(self._close(partitions))
         self._on_loop(self._forget(partitions, close=True))
         self._commit(snapshot)
@@ -681,6 +717,7 @@ class Worker:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s without a clean hand-over", _describe(partitions))
+        self._rebalances += 1
         self._group_metadata = None
         # What was queued cannot commit any more: let it fail, or fence it if it is stuck.
         if isinstance(self._committer.flush(_STUCK), TimeoutError):

@@ -386,3 +386,55 @@ async def test_a_call_made_after_the_first_ask_gets_a_watermark_of_its_own(
     assert snapshot is not None
     assert answers.asked[1] == ({1}, {}), "partition 1 is asked again"
     assert worker._calls.ran == 2
+
+
+async def test_a_kept_call_does_not_pass_a_record_committed_while_it_waited(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record of this worker to the key, uncommitted at the first ask, may lie past the
+    watermark reused by the second run even once it has committed."""
+    monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5}), ({1: 5}, {})))
+    in_flight = {(1, KEY.encode())}
+    monkeypatch.setattr(worker._committer, "writing_to", lambda topic: set(in_flight))
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    assert await worker._step([]) is None
+    in_flight.clear()  # the record's transaction commits while the call waits
+    snapshot = await worker._step([], again=True)
+    assert snapshot is not None
+    assert worker._calls.ran == 0
+    assert arguments(snapshot.out) == [1], "the call goes as its record, behind the other"
+
+
+async def test_the_kafka_thread_reads_ahead_then_runs_the_step_again(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5}), ({1: 5}, {})))
+    reads: list[dict[int, int]] = []
+
+    def read_ahead() -> list[Any]:
+        reads.append(dict(worker._waiting))
+        return []
+
+    monkeypatch.setattr(worker, "_read_ahead", read_ahead)
+    worker._loop = asyncio.get_running_loop()
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    snapshot = await asyncio.to_thread(worker._stepped, [], {})
+    assert reads == [{1: 5}], "one read ahead, for the watermark the call waits for"
+    assert worker._calls.ran == 1
+    assert of_kind(snapshot.out, "invoke") == []
+    assert response(snapshot.out, "r") == 1
+
+
+async def test_the_kafka_thread_runs_a_step_again_at_most_once(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5}), ({}, {1: 5})))
+    monkeypatch.setattr(worker, "_read_ahead", list)
+    worker._loop = asyncio.get_running_loop()
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    snapshot = await asyncio.to_thread(worker._stepped, [], {})
+    assert arguments(snapshot.out) == [1], "still short: the call goes as its record"
+    assert not worker._calls.held
