@@ -86,6 +86,9 @@ _ENDS_PAUSE = 5.0
 _READ_AHEAD_RECORDS = 500
 _READ_AHEAD = 0.005
 _READ_AHEAD_PAUSE = 1.0
+#: Reads ahead in one step at most: the records read start handlers whose calls may find
+#: their partitions short in turn; the last run keeps nothing.
+_READ_AHEAD_RUNS = 3
 _T = TypeVar("_T")
 
 
@@ -133,10 +136,6 @@ class Worker:
         # must reach first (see _READ_AHEAD); statistics of those looks.
         self._waiting: dict[int, int] = {}
         self._read_ahead_missed: dict[int, float] = {}  # partition -> when (monotonic)
-        # This worker's uncommitted records (partition, key) when the calls were kept: a
-        # record committed while they wait is still ahead of them, and may be past the
-        # watermark asked.
-        self._waiting_unsent: set[tuple[int, bytes | None]] = set()
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self.read_aheads = 0
         self.read_ahead_hits = 0
@@ -267,13 +266,17 @@ class Worker:
     def _stepped(
         self, batch: list[Message], positions: dict[int, int], closing: bool = False
     ) -> Snapshot:
-        """Run a step on the loop; when held calls wait for a few records not read yet,
-        read those and run it again (``_READ_AHEAD``); the snapshot (Kafka thread)."""
+        """Run a step on the loop; while held calls wait for a few records not read yet,
+        read those and run it again (``_READ_AHEAD``), up to ``_READ_AHEAD_RUNS`` times;
+        the snapshot (Kafka thread)."""
         snapshot = self._on_loop(self._step(batch, positions, closing))
-        if snapshot is None:
-            snapshot = self._on_loop(self._step(self._read_ahead(), again=True))
-        if snapshot is None:  # a step run again keeps nothing, so it always snapshots
-            raise AssertionError("a step run again ended without a snapshot")
+        for run in range(1, _READ_AHEAD_RUNS + 1):
+            if snapshot is not None:
+                return snapshot
+            keep = run < _READ_AHEAD_RUNS
+            snapshot = self._on_loop(self._step(self._read_ahead(), keep=keep))
+        if snapshot is None:  # the last run keeps nothing, so it always snapshots
+            raise AssertionError("the last run of a step ended without a snapshot")
         return snapshot
 
     def _poll_timeout(self) -> float:
@@ -334,12 +337,12 @@ class Worker:
         batch: list[Message],
         positions: dict[int, int] | None = None,
         closing: bool = False,
-        again: bool = False,
+        keep: bool = True,
     ) -> Snapshot | None:
         """Apply ``batch``, let the handlers it started take their first steps, snapshot;
         None instead when held calls wait for a few records the consumer has still to
-        read (``_READ_AHEAD``): the Kafka thread reads them and runs the step ``again``,
-        which always snapshots."""
+        read (``_READ_AHEAD``): the Kafka thread reads them and runs the step again. A
+        run that may not ``keep`` always snapshots."""
         self._dispatch(batch)
         for partition, position in (positions or {}).items():
             if partition in self.delays:
@@ -349,14 +352,14 @@ class Worker:
             if delay.next_due is not None and delay.next_due <= now:
                 delay.tick()  # due while the Kafka thread waited: into this snapshot
         await self._settle()
-        await self._run_held(closing, again)
+        await self._run_held(closing, keep)
         if self._waiting:
             return None
         if closing:
             self._close_all()
         return self._snapshot()
 
-    async def _run_held(self, closing: bool = False, again: bool = False) -> None:
+    async def _run_held(self, closing: bool = False, keep_short: bool = True) -> None:
         """Run the calls held for partitions of this worker (``streams.engine.local``)
         where nothing can be ahead of them, and let what they start settle; a callee may
         call on, for up to ``_LOCAL_ROUNDS`` rounds. What cannot run here is emitted as
@@ -365,29 +368,29 @@ class Worker:
 
         Calls to a partition with only a few records still unread are kept instead, with
         the partition's high watermark in ``_waiting``, and the step ends without a
-        snapshot. Its second run (``again``) reads those records first, then decides the
-        kept calls against that same watermark and the records of this worker that were
-        uncommitted when it was asked; a partition with a call made since is asked again.
-        A second run keeps nothing."""
+        snapshot (not where this worker has records of its own uncommitted). Its next run
+        reads those records first, then decides the kept calls against that same
+        watermark; a partition with a call made since is asked again. Nothing is kept
+        unless ``keep_short``."""
         known, self._waiting = self._waiting, {}
-        kept_unsent, self._waiting_unsent = self._waiting_unsent, set()
         for _ in range(_LOCAL_ROUNDS):
             if closing or not self._calls.held:
                 break
             batch = self._calls.take()
-            # Before asking, so nothing falls between the two; with what was uncommitted at
-            # the ask whose watermarks are reused.
-            unsent = self._unsent() | kept_unsent
+            unsent = self._unsent()  # before asking, so nothing falls between the two
             known = {p: end for p, end in known.items() if p not in self._calls.called_since}
             try:
                 ready, behind = await self._read_to_end(LocalCalls.calling(batch), known)
             except Exception:  # whatever it was, the batch goes as records, not nowhere
                 log.exception("asking for the ends of partitions %s failed", sorted(batch))
                 ready, behind = {}, {}
-            known, kept_unsent = {}, set()
-            keep = {} if again else behind
+            known = {}
+            # Not where this worker has records of its own uncommitted: one in the
+            # transaction in flight holds the consumer back until it commits, and one that
+            # commits while the calls wait may lie past the watermark, yet is ahead of them.
+            writing = {p for p, _ in unsent}
+            keep = {p: end for p, end in behind.items() if keep_short and p not in writing}
             self._waiting.update(keep)
-            self._waiting_unsent |= {(p, key) for p, key in unsent if p in keep}
             if self._calls.release(batch, ready, unsent, self._outbox.append, keep):
                 await self._settle()
             if self._waiting:
@@ -417,9 +420,9 @@ class Worker:
 
         A call must not pass a record written before it was made. Every such record is
         below the watermark asked after the call was made, or is one of this worker's
-        records uncommitted at that ask (``_unsent``). So a watermark, with the records
-        uncommitted when it was asked, stays good for a call however long the call waits;
-        records written after the call may go either way."""
+        records uncommitted at that ask (``_unsent``). So where this worker had none, the
+        watermark stays good for the call however long it waits; records written after
+        the call may go either way."""
         if not partitions or time.monotonic() < self._ends_paused_until:
             return {}, {}
         missed_since = time.monotonic() - _READ_AHEAD_PAUSE  # see _read_ahead
@@ -555,7 +558,7 @@ class Worker:
         self._dirty = False
         # Nothing is held past a snapshot (a revoke's can come between the two runs of a
         # step that kept calls: they go as records then).
-        self._waiting, self._waiting_unsent = {}, set()
+        self._waiting = {}
         self._calls.release(self._calls.take(), {}, (), self._outbox.append)
         # Completion records whose callers have applied them go no further: the flushes
         # below write the callers' journals with the outcomes in them.
@@ -665,7 +668,7 @@ class Worker:
         self._outbox = []
         self._local.forget()
         self._calls.forget()
-        self._waiting, self._waiting_unsent = {}, set()
+        self._waiting = {}
         return owned
 
     # -- partitions (rebalance callbacks run on the Kafka thread, inside consume) ---------

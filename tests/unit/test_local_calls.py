@@ -22,7 +22,7 @@ from streams.engine.journal import entry_key
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.kafka.committer import Committer, Snapshot
-from streams.kafka.worker import Worker
+from streams.kafka.worker import _READ_AHEAD_RUNS, Worker
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import partition_of_key
@@ -348,7 +348,7 @@ async def test_a_call_a_few_records_short_of_its_partitions_end_waits_for_them(
     assert worker._waiting == {1: 5}
     assert worker._calls.held
     assert of_kind(worker._outbox, "invoke") == []
-    snapshot = await worker._step([], again=True)
+    snapshot = await worker._step([], keep=False)
     assert snapshot is not None
     assert answers.asked == [({1}, {}), ({1}, {1: 5})], "the second run reuses the watermark"
     assert worker._calls.ran == 1
@@ -356,15 +356,15 @@ async def test_a_call_a_few_records_short_of_its_partitions_end_waits_for_them(
     assert response(snapshot.out, "r") == 1
 
 
-async def test_a_step_run_again_sends_what_is_still_short_as_records(
+async def test_a_run_that_may_not_keep_sends_what_is_still_short_as_records(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5}), ({}, {1: 5})))
     start(worker, "bump", KEY)
     await until(lambda: worker._calls.held)
     assert await worker._step([]) is None
-    snapshot = await worker._step([], again=True)
-    assert snapshot is not None, "a second run never waits"
+    snapshot = await worker._step([], keep=False)
+    assert snapshot is not None, "a run that may not keep never waits"
     assert worker._waiting == {}
     assert arguments(snapshot.out) == [1]
     assert worker._calls.ran == 0
@@ -382,28 +382,25 @@ async def test_a_call_made_after_the_first_ask_gets_a_watermark_of_its_own(
     assert await worker._step([]) is None
     start(worker, "bump", OTHER_KEY, request_id="second")  # as a record read meanwhile would
     await until(lambda: len(worker._calls._held[1]) == 2)
-    snapshot = await worker._step([], again=True)
+    snapshot = await worker._step([], keep=False)
     assert snapshot is not None
     assert answers.asked[1] == ({1}, {}), "partition 1 is asked again"
     assert worker._calls.ran == 2
 
 
-async def test_a_kept_call_does_not_pass_a_record_committed_while_it_waited(
+async def test_calls_are_not_kept_where_the_worker_has_records_uncommitted(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A record of this worker to the key, uncommitted at the first ask, may lie past the
-    watermark reused by the second run even once it has committed."""
-    monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5}), ({1: 5}, {})))
-    in_flight = {(1, KEY.encode())}
-    monkeypatch.setattr(worker._committer, "writing_to", lambda topic: set(in_flight))
+    """One in the transaction in flight holds the consumer back until it commits; and once
+    committed, while the calls wait, it may lie past the watermark, yet is ahead of them."""
+    monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5})))
+    monkeypatch.setattr(worker._committer, "writing_to", lambda topic: {(1, b"other")})
     start(worker, "bump", KEY)
     await until(lambda: worker._calls.held)
-    assert await worker._step([]) is None
-    in_flight.clear()  # the record's transaction commits while the call waits
-    snapshot = await worker._step([], again=True)
-    assert snapshot is not None
-    assert worker._calls.ran == 0
-    assert arguments(snapshot.out) == [1], "the call goes as its record, behind the other"
+    snapshot = await worker._step([])
+    assert snapshot is not None, "nothing kept"
+    assert worker._waiting == {}
+    assert arguments(snapshot.out) == [1]
 
 
 async def test_the_kafka_thread_reads_ahead_then_runs_the_step_again(
@@ -427,14 +424,17 @@ async def test_the_kafka_thread_reads_ahead_then_runs_the_step_again(
     assert response(snapshot.out, "r") == 1
 
 
-async def test_the_kafka_thread_runs_a_step_again_at_most_once(
+async def test_the_kafka_thread_reads_ahead_a_bounded_number_of_times(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5}), ({}, {1: 5})))
-    monkeypatch.setattr(worker, "_read_ahead", list)
+    runs = 1 + _READ_AHEAD_RUNS
+    monkeypatch.setattr(worker, "_read_to_end", Answers(*[({}, {1: 5})] * runs))
+    reads: list[int] = []
+    monkeypatch.setattr(worker, "_read_ahead", lambda: reads.append(1) or [])
     worker._loop = asyncio.get_running_loop()
     start(worker, "bump", KEY)
     await until(lambda: worker._calls.held)
     snapshot = await asyncio.to_thread(worker._stepped, [], {})
     assert arguments(snapshot.out) == [1], "still short: the call goes as its record"
     assert not worker._calls.held
+    assert len(reads) == _READ_AHEAD_RUNS
