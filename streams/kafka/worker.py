@@ -38,14 +38,9 @@ from streams.engine.registry import Registry
 from streams.errors import KourierError
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
+from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
-from streams.kafka.offsets import (
-    FETCH_WAIT_MS,
-    consume_ready,
-    high_watermarks,
-    watermarks,
-    worker_consumer,
-)
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks, worker_consumer
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
@@ -72,22 +67,8 @@ _AFTER_DELIVERY = 3
 _DELIVERY_ROUNDS = 16
 #: Rounds of held calls run in one step (``_run_held``): a callee run here may call on.
 _LOCAL_ROUNDS = 4
-#: Seconds to wait for the partitions' high watermarks before the held calls go as records,
-#: and after a watermark did not come, seconds during which held calls go as records unasked
-#: (a broker away would otherwise hold up every step by the wait).
-_ENDS_TIMEOUT = 1.0
-_ENDS_PAUSE = 5.0
-#: Held calls whose partition has at most this many records the consumer has not read yet
-#: get another look within the step: the Kafka thread reads those records for up to
-#: ``_READ_AHEAD`` seconds, the step applies them, then the calls (``_read_ahead``). A
-#: partition whose records did not come in time (another worker's transaction still open)
-#: gets no other look for ``_READ_AHEAD_PAUSE`` seconds, so it costs at most one wait a
-#: second.
-_READ_AHEAD_RECORDS = 500
-_READ_AHEAD = 0.005
-_READ_AHEAD_PAUSE = 1.0
-#: Reads ahead in one step at most: the records read start handlers whose calls may find
-#: their partitions short in turn; the last run keeps nothing.
+#: Reads ahead in one step at most (``streams.kafka.ends``): the records read start handlers
+#: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
 _T = TypeVar("_T")
 
@@ -131,14 +112,10 @@ class Worker:
         self._local = LocalCompletions(self.processors)
         # Calls to partitions of this worker, run here when nothing can be ahead of them.
         self._calls = LocalCalls(self.processors, self.topics.ingress)
-        self._ends_paused_until = 0.0  # see _ENDS_PAUSE
         # Partitions with calls kept for another look -> the high watermark the consumer
-        # must reach first (see _READ_AHEAD); statistics of those looks.
+        # must reach first (streams.kafka.ends).
         self._waiting: dict[int, int] = {}
-        self._read_ahead_missed: dict[int, float] = {}  # partition -> when (monotonic)
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
-        self.read_aheads = 0
-        self.read_ahead_hits = 0
         self._stopping = False
         self.partitions = 0
         self.commits = 0
@@ -213,7 +190,7 @@ class Worker:
         # the subscribed consumer cannot answer that from inside its rebalance callback.
         self._offset_reader = self._new_consumer()
         self._consumer = self._new_consumer()
-        self._admin = AdminClient(self._client({}))  # asks for high watermarks (_read_to_end)
+        self._ends = PartitionEnds(AdminClient(self._client({})), self.topics.ingress)
         self._consumer.subscribe(
             [self.topics.ingress, self.topics.delay],
             on_assign=self._on_assign,
@@ -233,7 +210,7 @@ class Worker:
             self._run_pool.shutdown(wait=False, cancel_futures=True)
             # librdkafka handles live until garbage collected: drop ours now.
             del self._transactions, self._consumer, self._restorer, self._offset_reader
-            del self._admin
+            del self._ends
 
     def stop(self) -> None:
         self._stopping = True
@@ -267,8 +244,8 @@ class Worker:
         self, batch: list[Message], positions: dict[int, int], closing: bool = False
     ) -> Snapshot:
         """Run a step on the loop; while held calls wait for a few records not read yet,
-        read those and run it again (``_READ_AHEAD``), up to ``_READ_AHEAD_RUNS`` times;
-        the snapshot (Kafka thread)."""
+        read those and run it again, up to ``_READ_AHEAD_RUNS`` times; the snapshot
+        (Kafka thread)."""
         snapshot = self._on_loop(self._step(batch, positions, closing))
         for run in range(1, _READ_AHEAD_RUNS + 1):
             if snapshot is not None:
@@ -341,8 +318,8 @@ class Worker:
     ) -> Snapshot | None:
         """Apply ``batch``, let the handlers it started take their first steps, snapshot;
         None instead when held calls wait for a few records the consumer has still to
-        read (``_READ_AHEAD``): the Kafka thread reads them and runs the step again. A
-        run that may not ``keep`` always snapshots."""
+        read: the Kafka thread reads them and runs the step again. A run that may not
+        ``keep`` always snapshots."""
         self._dispatch(batch)
         for partition, position in (positions or {}).items():
             if partition in self.delays:
@@ -408,86 +385,14 @@ class Worker:
     async def _read_to_end(
         self, partitions: set[int], known: dict[int, int]
     ) -> tuple[dict[int, int], dict[int, int]]:
-        """Of ``partitions`` (ingress), those whose every record the worker has read: the
-        consumer's position is at the high watermark the partition's leader gives now,
-        so every record committed so far, and every record of a transaction still open,
-        is behind it; with the position (on the loop, while the Kafka thread waits, so the
-        position stands still). A partition whose watermark does not come in time is left
-        out, and all of them for ``_ENDS_PAUSE`` seconds after that. Second, the
-        partitions up to ``_READ_AHEAD_RECORDS`` short of their watermark, with it. The
-        watermarks in ``known``, asked before the records that reached them were read,
-        are not asked again.
-
-        A call must not pass a record written before it was made. Every such record is
-        below the watermark asked after the call was made, or is one of this worker's
-        records uncommitted at that ask (``_unsent``). So where this worker had none, the
-        watermark stays good for the call however long it waits; records written after
-        the call may go either way."""
-        if not partitions or time.monotonic() < self._ends_paused_until:
-            return {}, {}
-        missed_since = time.monotonic() - _READ_AHEAD_PAUSE  # see _read_ahead
-        ends = {p: end for p, end in known.items() if p in partitions}
-        if partitions - ends.keys():
-            asked = await high_watermarks(self._admin, self.topics.ingress,
-                                          partitions - ends.keys(), _ENDS_TIMEOUT)  # fmt: skip
-            if len(asked) < len(partitions - ends.keys()):
-                failed = sorted(partitions - ends.keys() - set(asked))
-                log.info("no high watermark for %s/%s; calls go as records for %.0fs",
-                         self.topics.ingress, failed, _ENDS_PAUSE)  # fmt: skip
-                self._ends_paused_until = time.monotonic() + _ENDS_PAUSE
-                missed_since = time.monotonic()  # nothing kept for a second look meanwhile
-            ends.update(asked)
-        tps = [TopicPartition(self.topics.ingress, p) for p in ends]
-        ready, behind = {}, {}
-        for tp in self._consumer.position(tps) if tps else []:
-            # No position before the first record read since the partition was assigned:
-            # reading starts at the offset committed by its previous owner, then.
-            valid = tp.error is None and tp.offset >= 0
-            at = tp.offset if valid else self._offsets.get(tp.partition)
-            end = ends[tp.partition]
-            if at is not None and at >= end:
-                ready[tp.partition] = at
-            elif (
-                at is not None
-                and end - at <= _READ_AHEAD_RECORDS
-                and self._read_ahead_missed.get(tp.partition, 0.0) < missed_since
-            ):
-                behind[tp.partition] = end
-        return ready, behind
+        """Of ``partitions`` (ingress), those the consumer has read to their ends, and
+        those a few records short, with their watermarks (``PartitionEnds.read_to_end``;
+        on the loop, while the Kafka thread waits, so the positions stand still)."""
+        return await self._ends.read_to_end(self._consumer, partitions, known, self._offsets)
 
     def _read_ahead(self) -> list[Message]:
-        """Read for up to ``_READ_AHEAD`` seconds, until the consumer's positions reach the
-        watermarks in ``_waiting``, and return what was read (Kafka thread). The records
-        are usually fetched already, or about to be; those of a transaction still open
-        come at its commit, and the calls then go as records (``_READ_AHEAD_PAUSE``)."""
-        self.read_aheads += 1
-        deadline = time.monotonic() + _READ_AHEAD
-        began = self._rebalances
-        tps = [TopicPartition(self.topics.ingress, p) for p in self._waiting]
-        read: list[Message] = []
-        while True:
-            # One record per poll, so that a rebalance callback run inside a poll splits
-            # what was read before it from what was read after: the earlier records are
-            # dropped, as a partition assigned again is read again from its committed
-            # offset. Short waits, so that a position that moves past a commit marker
-            # (no record) is seen at once.
-            rebalances = self._rebalances
-            message = self._consumer.poll(min(0.001, max(0.0, deadline - time.monotonic())))
-            if self._rebalances != rebalances:
-                read = []
-            if message is not None:
-                read.append(message)
-            if self._rebalances != began:  # its snapshot sent the kept calls as records
-                return read
-            at = {tp.partition: tp.offset for tp in self._consumer.position(tps)}
-            short = [p for p, end in self._waiting.items() if at.get(p, -1) < end]
-            if not short:
-                self.read_ahead_hits += 1
-                return read
-            now = time.monotonic()
-            if now >= deadline:
-                self._read_ahead_missed.update((p, now) for p in short)
-                return read
+        """Read up to the watermarks the kept calls wait for (Kafka thread)."""
+        return self._ends.read_ahead(self._consumer, self._waiting, lambda: self._rebalances)
 
     async def _settle(self, rounds: int = 256) -> None:
         """Let handlers run until no new ones start: an exclusive call that completes at
@@ -645,8 +550,8 @@ class Worker:
                 self._committed_partitions / self.commits,
                 *(1000 * phases[step] / self.commits for step in ("records", "offsets", "commit")),
                 self._calls.ran,
-                self.read_ahead_hits,
-                self.read_aheads,
+                self._ends.read_ahead_hits,
+                self._ends.read_aheads,
             )
 
     def _recover(self) -> None:

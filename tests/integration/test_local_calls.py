@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.client import Client
+from streams.kafka.ends import PartitionEnds
 from streams.kafka.offsets import worker_consumer
 from streams.kafka.worker import Worker
 from streams.settings import Settings
@@ -62,7 +63,9 @@ async def test_a_partition_is_read_to_its_end_only_once_its_records_are_read(
     worker = Worker(topics, apps.SERVICES)
     ingress = Topics(topics.namespace).ingress
     partition = TopicPartition(ingress, 0)
-    worker._admin = AdminClient(topics.client_config())
+    worker._ends = PartitionEnds(
+        AdminClient(topics.client_config()), Topics(topics.namespace).ingress
+    )
     consumer = worker_consumer(topics, f"{topics.namespace}.probe")
     consumer.assign([TopicPartition(ingress, 0, 0)])
     worker._consumer = consumer
@@ -95,10 +98,12 @@ async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
     topics: Settings,
 ) -> None:
     """``Worker._read_ahead``: the Kafka thread reads the records ahead of kept calls, and
-    gives up on those of a transaction still open once ``_READ_AHEAD`` has passed; that
+    gives up on those of a transaction still open once ``READ_AHEAD`` has passed; that
     partition then gets no other look for a while."""
     worker = Worker(topics, apps.SERVICES)
-    worker._admin = AdminClient(topics.client_config())
+    worker._ends = PartitionEnds(
+        AdminClient(topics.client_config()), Topics(topics.namespace).ingress
+    )
     ingress = Topics(topics.namespace).ingress
     consumer = worker_consumer(topics, f"{topics.namespace}.probe")
     consumer.assign([TopicPartition(ingress, 0, 0)])
@@ -113,7 +118,7 @@ async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
         worker._waiting = {0: 3}
         read: list[Message] = []
         deadline = time.monotonic() + 20  # the first fetch after an assign can take a while
-        while worker.read_ahead_hits == 0:
+        while worker._ends.read_ahead_hits == 0:
             assert time.monotonic() < deadline, "the three records were not read in 20s"
             read += await asyncio.to_thread(worker._read_ahead)
         assert [m.key() for m in read] == [b"k0", b"k1", b"k2"]
@@ -124,10 +129,10 @@ async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
         worker._waiting = {0: 4}
         began = time.monotonic()
         assert await asyncio.to_thread(worker._read_ahead) == []
-        assert time.monotonic() - began < 0.25, "bounded by _READ_AHEAD (5 ms)"
-        assert worker.read_ahead_hits == 1
+        assert time.monotonic() - began < 0.25, "bounded by READ_AHEAD (5 ms)"
+        assert worker._ends.read_ahead_hits == 1
         assert await worker._read_to_end({0}, {}) == ({}, {}), "no other look for now"
-        worker._read_ahead_missed.clear()
+        worker._ends._missed.clear()
         assert await worker._read_to_end({0}, {}) == ({}, {0: 4})
         writer.abort_transaction(30)
     finally:
