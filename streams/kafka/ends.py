@@ -77,7 +77,7 @@ class PartitionEnds:
                 log.info("no high watermark for %s/%s; calls go as records for %.0fs",
                          self._topic, sorted(unknown - set(asked)), ENDS_PAUSE)  # fmt: skip
                 self._paused_until = time.monotonic() + ENDS_PAUSE
-                missed_since = time.monotonic()  # nothing kept for a second look meanwhile
+                missed_since = float("-inf")  # nothing kept: the next run would not ask
             ends.update(asked)
         tps = [TopicPartition(self._topic, p) for p in ends]
         ready, behind = {}, {}
@@ -108,23 +108,21 @@ class PartitionEnds:
         ``rebalances`` counts the rebalance callbacks run so far. Records are read one per
         poll, so that a callback run inside a poll splits what was read before it from what
         was read after: the earlier records are dropped, as a partition assigned again is
-        read again from its committed offset, and the reading stops (the rebalance's
-        snapshot sent the waiting calls as records). Polls wait 1 ms at most, so that a
-        position that moves past a commit marker (no record) is seen at once."""
+        read again from its committed offset, and the reading stops (a revoke sent the
+        waiting calls as records; a lost partition dropped them, and their callers replay).
+        Polls wait 1 ms at most, so that a position that moves past a commit marker (no
+        record) is seen at once."""
         self.read_aheads += 1
         deadline = time.monotonic() + READ_AHEAD
         began = rebalances()
         tps = [TopicPartition(self._topic, p) for p in waiting]
         read: list[Message] = []
         while True:
-            before = rebalances()
             message = consumer.poll(min(0.001, max(0.0, deadline - time.monotonic())))
-            if rebalances() != before:
-                read = []
+            if rebalances() != began:  # inside this poll; what it returned came after
+                return [message] if message is not None else []
             if message is not None:
                 read.append(message)
-            if rebalances() != began:
-                return read
             at = {tp.partition: tp.offset for tp in consumer.position(tps)}
             short = [p for p, end in waiting.items() if at.get(p, -1) < end]
             if not short:

@@ -65,7 +65,7 @@ _IDLE_AFTER = 1.0
 #: finishes), and the round after which such deliveries no longer extend a step.
 _AFTER_DELIVERY = 3
 _DELIVERY_ROUNDS = 16
-#: Rounds of held calls run in one step (``_run_held``): a callee run here may call on.
+#: Rounds of held calls in one run of a step (``_run_held``): a callee run here may call on.
 _LOCAL_ROUNDS = 4
 #: Reads ahead in one step at most (``streams.kafka.ends``): the records read start handlers
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
@@ -168,9 +168,10 @@ class Worker:
     # never inside a rebalance). The Kafka thread alone polls the consumer: consume,
     # hand the records to the loop, take a snapshot of pending effects, pass it to the
     # committer thread, which alone uses the transactional producer
-    # (streams/kafka/committer.py). Rebalance callbacks run inside consume() on the
-    # Kafka thread and wait for the committer first, so a commit never overlaps a
-    # rebalance (librdkafka blocks consumer calls from other threads during one).
+    # (streams/kafka/committer.py). Rebalance callbacks run inside the consumer's polls
+    # (consume_ready, and the read ahead between the runs of a step) on the Kafka thread,
+    # and wait for the committer first, so a commit never overlaps a rebalance
+    # (librdkafka blocks consumer calls from other threads during one).
 
     async def run(self) -> None:
         """Run until :meth:`stop`; in-flight invocations resume elsewhere by replay."""
@@ -461,8 +462,8 @@ class Worker:
     def _snapshot(self) -> Snapshot:
         """Everything to commit now: outputs, changelog writes, consumed offsets (on the loop)."""
         self._dirty = False
-        # Nothing is held past a snapshot (a revoke's can come between the two runs of a
-        # step that kept calls: they go as records then).
+        # Nothing is held past a snapshot (a revoke's can come between the runs of a step
+        # that kept calls: they go as records then).
         self._waiting = {}
         self._calls.release(self._calls.take(), {}, (), self._outbox.append)
         # Completion records whose callers have applied them go no further: the flushes
@@ -576,7 +577,7 @@ class Worker:
         self._waiting = {}
         return owned
 
-    # -- partitions (rebalance callbacks run on the Kafka thread, inside consume) ---------
+    # -- partitions (rebalance callbacks run on the Kafka thread, inside its polls) -------
 
     def _delay_ends(self, partitions: list[TopicPartition]) -> dict[int, int]:
         """Last stable offsets of the delay partitions among ``partitions`` (Kafka thread)."""

@@ -47,6 +47,23 @@ async def test_a_call_to_a_partition_read_to_its_end_writes_no_record(
     assert tally_invokes(written) == 3 - first, "the second request's calls wrote no records"
 
 
+class Probe:
+    """A worker that is not running, with the partition-ends checker and a consumer of
+    ingress partition 0 of its own, and a plain and a transactional producer."""
+
+    def __init__(self, topics: Settings) -> None:
+        self.worker = Worker(topics, apps.SERVICES)
+        self.ingress = Topics(topics.namespace).ingress
+        self.worker._ends = PartitionEnds(AdminClient(topics.client_config()), self.ingress)
+        self.consumer = worker_consumer(topics, f"{topics.namespace}.probe")
+        self.consumer.assign([TopicPartition(self.ingress, 0, 0)])
+        self.worker._consumer = self.consumer
+        self.plain = Producer(topics.producer_config({}))
+        transactional = {"transactional.id": f"probe-{uuid.uuid4()}"}
+        self.writer = Producer(topics.producer_config(transactional))
+        self.writer.init_transactions(30)
+
+
 def _read(consumer: Consumer, partition: TopicPartition, offset: int, seconds: float = 20) -> None:
     """Poll until the consumer's position on ``partition`` reaches ``offset``."""
     deadline = time.monotonic() + seconds
@@ -60,18 +77,10 @@ async def test_a_partition_is_read_to_its_end_only_once_its_records_are_read(
 ) -> None:
     """``Worker._read_to_end`` with the broker's answers: a record produced and not yet
     read, or one in a transaction still open, keeps the partition from being ready."""
-    worker = Worker(topics, apps.SERVICES)
-    ingress = Topics(topics.namespace).ingress
+    probe = Probe(topics)
+    worker, consumer, ingress = probe.worker, probe.consumer, probe.ingress
+    plain, writer = probe.plain, probe.writer
     partition = TopicPartition(ingress, 0)
-    worker._ends = PartitionEnds(
-        AdminClient(topics.client_config()), Topics(topics.namespace).ingress
-    )
-    consumer = worker_consumer(topics, f"{topics.namespace}.probe")
-    consumer.assign([TopicPartition(ingress, 0, 0)])
-    worker._consumer = consumer
-    plain = Producer(topics.producer_config({}))
-    writer = Producer(topics.producer_config({"transactional.id": f"probe-{uuid.uuid4()}"}))
-    writer.init_transactions(30)
     try:
         plain.produce(ingress, b"{}", b"k", partition=0)
         plain.flush(10)
@@ -100,17 +109,9 @@ async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
     """``Worker._read_ahead``: the Kafka thread reads the records ahead of kept calls, and
     gives up on those of a transaction still open once ``READ_AHEAD`` has passed; that
     partition then gets no other look for a while."""
-    worker = Worker(topics, apps.SERVICES)
-    worker._ends = PartitionEnds(
-        AdminClient(topics.client_config()), Topics(topics.namespace).ingress
-    )
-    ingress = Topics(topics.namespace).ingress
-    consumer = worker_consumer(topics, f"{topics.namespace}.probe")
-    consumer.assign([TopicPartition(ingress, 0, 0)])
-    worker._consumer = consumer
-    plain = Producer(topics.producer_config({}))
-    writer = Producer(topics.producer_config({"transactional.id": f"probe-{uuid.uuid4()}"}))
-    writer.init_transactions(30)
+    probe = Probe(topics)
+    worker, consumer, ingress = probe.worker, probe.consumer, probe.ingress
+    plain, writer = probe.plain, probe.writer
     try:
         for n in range(3):
             plain.produce(ingress, b"{}", f"k{n}".encode(), partition=0)

@@ -438,3 +438,32 @@ async def test_the_kafka_thread_reads_ahead_a_bounded_number_of_times(
     assert arguments(snapshot.out) == [1], "still short: the call goes as its record"
     assert not worker._calls.held
     assert len(reads) == _READ_AHEAD_RUNS
+
+
+async def test_a_watermark_asked_again_is_the_one_the_next_run_reuses(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = Answers(({}, {1: 5}), ({}, {1: 7}), ({1: 7}, {}))
+    monkeypatch.setattr(worker, "_read_to_end", answers)
+    start(worker, "bump", KEY, request_id="first")
+    await until(lambda: worker._calls.held)
+    assert await worker._step([]) is None
+    start(worker, "bump", OTHER_KEY, request_id="second")  # made after the first ask
+    await until(lambda: len(worker._calls._held[1]) == 2)
+    assert await worker._step([]) is None, "still short: both kept"
+    snapshot = await worker._step([], keep=False)
+    assert snapshot is not None
+    assert [known for _, known in answers.asked] == [{}, {}, {1: 7}]
+    assert worker._calls.ran == 2
+
+
+async def test_calls_are_not_kept_behind_an_unsent_record_in_the_outbox(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5})))
+    worker._outbox.append(Out(TOPICS.ingress, 1, b"other", b"{}"))
+    start(worker, "bump", KEY)
+    await until(lambda: worker._calls.held)
+    snapshot = await worker._step([])
+    assert snapshot is not None
+    assert worker._waiting == {}
