@@ -248,13 +248,11 @@ class Worker:
         read those and run it again, up to ``_READ_AHEAD_RUNS`` times; the snapshot
         (Kafka thread)."""
         snapshot = self._on_loop(self._step(batch, positions, closing))
-        for run in range(1, _READ_AHEAD_RUNS + 1):
-            if snapshot is not None:
-                return snapshot
-            keep = run < _READ_AHEAD_RUNS
+        runs = 0
+        while snapshot is None:  # ends: the last run keeps nothing, so it snapshots
+            runs += 1
+            keep = runs < _READ_AHEAD_RUNS
             snapshot = self._on_loop(self._step(self._read_ahead(), keep=keep))
-        if snapshot is None:  # the last run keeps nothing, so it always snapshots
-            raise AssertionError("the last run of a step ended without a snapshot")
         return snapshot
 
     def _poll_timeout(self) -> float:
