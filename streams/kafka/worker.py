@@ -541,13 +541,14 @@ class Worker:
             phases = self._transactions.phases
             log.debug(
                 "commits %d, %.1f ms each, %.1f records in %.1f partitions each (records %.1f, "
-                "offsets %.1f, commit %.1f ms); %d calls run without their records, "
-                "%d of %d reads ahead reached their watermarks",
+                "offsets %.1f, commit %.1f ms; offsets first in %d); %d calls run without their "
+                "records, %d of %d reads ahead reached their watermarks",
                 self.commits,
                 1000 * self._commit_time / self.commits,
                 self._committed_records / self.commits,
                 self._committed_partitions / self.commits,
                 *(1000 * phases[step] / self.commits for step in ("records", "offsets", "commit")),
+                self._transactions.offsets_first,
                 self._calls.ran,
                 self._ends.read_ahead_hits,
                 self._ends.read_aheads,

@@ -70,7 +70,7 @@ from tests.processes import stop_process
 
 _COMMITS = re.compile(
     r"commits (\d+), ([0-9.]+) ms each, ([0-9.]+) records in ([0-9.]+) partitions each "
-    r"\(records ([0-9.]+), offsets ([0-9.]+), commit ([0-9.]+) ms\)"
+    r"\(records ([0-9.]+), offsets ([0-9.]+), commit ([0-9.]+) ms; offsets first in (\d+)\)"
 )
 
 
@@ -306,12 +306,13 @@ def run(calls: int, chain: bool, over_http: bool) -> dict[str, Any]:
                 results["hops_ms"] = measure(settings, calls, chain, pid)
             found = _COMMITS.findall(log.read_text(errors="replace"))
             if found:
-                commits, ms, records, partitions, producing, offsets, committing = found[-1]
+                commits, ms, records, partitions, producing, offsets, committing, first = found[-1]
                 results["worker_commits"] = {
                     "commits": int(commits), "ms_each": float(ms), "records_each": float(records),
                     "partitions_each": float(partitions),
                     "ms_in_begin_and_produce": float(producing),
                     "ms_in_send_offsets": float(offsets), "ms_in_commit": float(committing),
+                    "offsets_first": int(first),
                 }  # fmt: skip
             return results
         finally:

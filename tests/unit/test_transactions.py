@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.engine.outbox import Out
+from streams.kafka import transactions
 from streams.kafka.committer import Snapshot
 from streams.kafka.transactions import Transactions
 
@@ -124,3 +125,49 @@ def test_a_fatal_error_replaces_the_producer() -> None:
         tx.commit(SNAPSHOT)
     assert "abort" not in producer.calls
     assert tx.producer is fresh[0]
+
+
+def with_offsets() -> Snapshot:
+    return Snapshot(out=[Out("t", 0, b"k", b"v")], offsets=[TopicPartition("t", 0, 1)])
+
+
+def test_a_transaction_right_after_a_commit_sends_its_offsets_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Right after a commit the coordinator refuses the next transaction's first requests
+    while it writes the markers. librdkafka retries refused offsets within a millisecond
+    but a refused partition registration only after 20 ms, so the offsets go first."""
+    monkeypatch.setattr(transactions, "SETTLING", 3600.0)  # every gap counts as right after
+    producer = StandIn({})
+    tx, _ = transactions_on(producer)
+    tx.commit(with_offsets())
+    assert producer.calls == ["begin", "produce", "offsets", "commit"], "no commit before it"
+    producer.calls.clear()
+    tx.commit(with_offsets())
+    assert producer.calls == ["begin", "offsets", "produce", "commit"]
+    assert tx.offsets_first == 1
+
+
+def test_a_transaction_long_after_a_commit_sends_its_records_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its partitions register while the offsets travel (the sequential case)."""
+    monkeypatch.setattr(transactions, "SETTLING", 0.0)  # every gap counts as long after
+    producer = StandIn({})
+    tx, _ = transactions_on(producer)
+    for _ in range(2):
+        tx.commit(with_offsets())
+    assert producer.calls == ["begin", "produce", "offsets", "commit"] * 2
+    assert tx.offsets_first == 0
+
+
+def test_a_failed_commit_does_not_count_as_a_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transactions, "SETTLING", 3600.0)
+    producer = StandIn({"commit": KafkaError(KafkaError.INVALID_RECORD)})
+    tx, _ = transactions_on(producer)
+    with pytest.raises(KafkaException):
+        tx.commit(with_offsets())
+    producer.fail.clear()
+    producer.calls.clear()
+    tx.commit(with_offsets())
+    assert producer.calls == ["begin", "produce", "offsets", "commit"]
