@@ -3,9 +3,15 @@
     .venv/bin/python -m tests.bench.bench [--quick]
 
 Starts its own broker, a worker process and an ingress process, runs each workload,
-stops everything by PID, and prints one JSON document. Load generators run in their
-own processes on the same machine, so every figure shares the machine's cores with
-the broker, the worker and the ingress.
+stops everything by PID, and prints one JSON document. The load generators run in this
+process, on the same machine, so every figure shares the machine's cores with the
+broker, the worker and the ingress.
+
+Each workload also reports ``cpu_ms_per_invocation``: the CPU time (``/proc``, user +
+system) that each process used over the workload, divided by its invocations. The
+processes are the broker, the worker, the ingress and ``load_generator`` (this process).
+An HTTP chain call counts as one invocation, though it runs two handlers. ``idle`` is
+each process's share of a core over a quiet spell after the warm-up.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +55,18 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_readings(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process."""
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def cpu_per_invocation(
+    before: dict[str, float], after: dict[str, float], invocations: int
+) -> dict[str, float]:
+    """Milliseconds of CPU per invocation of each process between two readings."""
+    return {name: round((after[name] - before[name]) / invocations * 1000, 3) for name in before}
 
 
 def rss_mib(pid: int) -> float:
@@ -155,10 +173,11 @@ def committed_total(consumer: Consumer, settings: Settings) -> tuple[int, int]:
 
 
 async def workload_kafka_backlog(
-    url: str, settings: Settings, total: int, already: int, restart: Any
+    url: str, settings: Settings, total: int, already: int, restart: Any, cpu: Any
 ) -> dict[str, Any]:
     """Like the raw pipeline, a backlog: ``total`` invocations wait on the ingress topic
-    while the worker is stopped; timed from the worker's first commit to its last."""
+    while the worker is stopped; timed, and its CPU read (``cpu()``), from the worker's
+    first commit to its last."""
     await asyncio.to_thread(restart, "stop")
     await asyncio.to_thread(produce_sends, settings, total)
     consumer = Consumer(settings.client_config({"group.id": f"{settings.namespace}.workers",
@@ -171,17 +190,19 @@ async def workload_kafka_backlog(
         done, end = await asyncio.to_thread(committed_total, consumer, settings)
         now = time.monotonic()
         if done > base and first is None:
-            first = now
+            first, cpu_first, done_first = now, cpu(), done
         if done >= end:
-            last = now
+            last, cpu_last = now, cpu()
             break
         await asyncio.sleep(0.02)
     consumer.close()
     if first is None or last is None:
         raise RuntimeError("the backlog was not drained within 300 s")
     await wait_counts(url, {k: already + total // len(KEYS) for k in KEYS}, 120)
+    between = max(done - done_first, 1)  # invocations committed from the first reading
     return {"invocations": total, "drain_s": round(last - first, 2),
-            "invocations_per_s": round(total / max(last - first, 1e-9))}  # fmt: skip
+            "invocations_per_s": round(total / max(last - first, 1e-9)),
+            "cpu_ms_per_invocation": cpu_per_invocation(cpu_first, cpu_last, between)}  # fmt: skip
 
 
 async def workload_echo(url: str, total: int, concurrency: int) -> dict[str, Any]:
@@ -329,16 +350,36 @@ async def _workloads(
                     env, work / "ingress.log")  # fmt: skip
     processes += [worker, ingress]
     url = f"http://127.0.0.1:{port}"
+    broker_pid = int((work / "kafka" / "broker.pid").read_text())
+
+    def cpu() -> dict[str, float]:
+        return cpu_readings({"broker": broker_pid, "worker": worker.pid,
+                             "ingress": ingress.pid, "load_generator": os.getpid()})  # fmt: skip
+
+    async def measured(invocations: int, workload: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        before = cpu()
+        result = await workload
+        result["cpu_ms_per_invocation"] = cpu_per_invocation(before, cpu(), invocations)
+        return result
+
     await wait_ready(url)
     await http_load(url, [("/Echo/echo_value", 0)] * 200, 8)  # warm-up
     results: dict[str, Any] = {"cpus": os.cpu_count(), "kafka": broker.kafka_version(),
                                "partitions": settings.partitions}  # fmt: skip
+    quiet = 20 * scale  # seconds of the idle reading: 5 with --quick
+    before = cpu()
+    await asyncio.sleep(quiet)  # a measuring window, not a wait for an event
+    shares = {name: round((used - before[name]) / quiet * 100, 1) for name, used in cpu().items()}
+    results["idle"] = {"seconds": quiet, "cpu_pct": shares}
+    say(results)
     http_sends = int(20000 * scale)
-    results["http_sends_100_keys"] = await workload_http_sends(url, http_sends)
+    results["http_sends_100_keys"] = await measured(
+        http_sends, workload_http_sends(url, http_sends)
+    )
     say(results)
     kafka_sends = int(40000 * scale)
-    results["kafka_ingress_sends_100_keys"] = await workload_kafka_sends(
-        url, settings, kafka_sends, http_sends // len(KEYS)
+    results["kafka_ingress_sends_100_keys"] = await measured(
+        kafka_sends, workload_kafka_sends(url, settings, kafka_sends, http_sends // len(KEYS))
     )
     say(results)
 
@@ -352,16 +393,17 @@ async def _workloads(
 
     already = (http_sends + kafka_sends) // len(KEYS)
     results["kafka_ingress_backlog_100_keys"] = await workload_kafka_backlog(
-        url, settings, kafka_sends, already, restart
+        url, settings, kafka_sends, already, restart, cpu
     )
     say(results)
-    results["http_echo_64_concurrent"] = await workload_echo(url, int(20000 * scale), 64)
+    echoes, sequential, chains, delayed = (int(n * scale) for n in (20000, 2000, 10000, 2000))
+    results["http_echo_64_concurrent"] = await measured(echoes, workload_echo(url, echoes, 64))
     say(results)
-    results["http_echo_sequential"] = await workload_echo(url, int(2000 * scale), 1)
+    results["http_echo_sequential"] = await measured(sequential, workload_echo(url, sequential, 1))
     say(results)
-    results["http_chain_32_concurrent"] = await workload_chain(url, int(10000 * scale))
+    results["http_chain_32_concurrent"] = await measured(chains, workload_chain(url, chains))
     say(results)
-    results["delayed_send_lateness"] = await workload_delayed(settings, int(2000 * scale))
+    results["delayed_send_lateness"] = await measured(delayed, workload_delayed(settings, delayed))
     say(results)
     results["worker_rss_mib"] = round(rss_mib(worker.pid), 1)
     results["ingress_rss_mib"] = round(rss_mib(ingress.pid), 1)
