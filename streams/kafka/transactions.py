@@ -98,9 +98,11 @@ class Transactions:
             time.perf_counter() - self._committed_at < SETTLING
         )
         try:
+            began = time.perf_counter()
             producer.begin_transaction()
+            records = time.perf_counter() - began  # counted with the records, as before
             offsets = self._send_offsets(producer, snapshot) if offsets_first else 0.0
-            records = self._produce(producer, snapshot)
+            records += self._produce(producer, snapshot)
             if not offsets_first:
                 offsets = self._send_offsets(producer, snapshot)
             began = time.perf_counter()

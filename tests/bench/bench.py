@@ -7,10 +7,13 @@ stops everything by PID, and prints one JSON document. The load generators run i
 process, on the same machine, so every figure shares the machine's cores with the
 broker, the worker and the ingress.
 
-Each workload also reports ``cpu_ms_per_invocation``: the CPU time (``/proc``, user +
-system) that each process used over the workload, divided by its invocations. The
-processes are the broker, the worker, the ingress and ``load_generator`` (this process).
-An HTTP chain call counts as one invocation, though it runs two handlers. ``idle`` is
+Each workload but the delayed sends also reports ``cpu_ms_per_invocation``: the CPU time
+(``/proc``, user + system) that each process used over the workload, divided by its
+invocations. The processes are the broker, the worker, the ingress and ``load_generator``
+(this process). The sends are measured until the worker has committed all of them, before
+their counts are read; the backlog from the worker's first commit to its last. An HTTP
+chain call counts as one invocation, though it runs two handlers. The delayed sends have
+no figure: most of their time is the wait and the polling of their results. ``idle`` is
 each process's share of a core over a quiet spell after the warm-up.
 """
 
@@ -27,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -123,26 +126,52 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def workload_http_sends(url: str, total: int) -> dict[str, Any]:
+async def workload_http_sends(
+    url: str, settings: Settings, total: int, cpu: Callable[[], dict[str, float]]
+) -> dict[str, Any]:
+    """One-way sends via HTTP; CPU read (``cpu()``) until the worker has committed them."""
     paths = [(f"/Meter/{KEYS[i % len(KEYS)]}/add/send", 1) for i in range(total)]
-    began = time.monotonic()
+    began, before = time.monotonic(), cpu()
     _, _, failures = await http_load(url, paths, 64)
+    await until_committed(settings, 120)
+    used = cpu_per_invocation(before, cpu(), total)
     done = await wait_counts(url, {k: total // len(KEYS) for k in KEYS}, 120)
     return {"sends": total, "keys": len(KEYS), "non_2xx": failures,
-            "sends_per_s": round(total / (done - began))}  # fmt: skip
+            "sends_per_s": round(total / (done - began)),
+            "cpu_ms_per_invocation": used}  # fmt: skip
 
 
 async def workload_kafka_sends(
-    url: str, settings: Settings, total: int, already: int
+    url: str, settings: Settings, total: int, already: int, cpu: Callable[[], dict[str, float]]
 ) -> dict[str, Any]:
     """Producers write invoke records straight to the ingress topic; each key already
-    counts ``already`` from the HTTP workload."""
-    began = time.monotonic()
+    counts ``already`` from the HTTP workload. CPU read until the worker has committed them."""
+    began, before = time.monotonic(), cpu()
     await asyncio.to_thread(produce_sends, settings, total)
     produced = time.monotonic()
+    await until_committed(settings, 300)
+    used = cpu_per_invocation(before, cpu(), total)
     done = await wait_counts(url, {k: already + total // len(KEYS) for k in KEYS}, 300)
     return {"invocations": total, "produce_s": round(produced - began, 2),
-            "invocations_per_s": round(total / (done - began))}  # fmt: skip
+            "invocations_per_s": round(total / (done - began)),
+            "cpu_ms_per_invocation": used}  # fmt: skip
+
+
+async def until_committed(settings: Settings, seconds: float) -> None:
+    """Until the workers have committed everything on the ingress topic. It reads offsets
+    only, so unlike :func:`wait_counts` it adds no invocation to what is measured."""
+    consumer = Consumer(settings.client_config({"group.id": f"{settings.namespace}.workers",
+                                                "enable.auto.commit": False}))  # fmt: skip
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            done, end = await asyncio.to_thread(committed_total, consumer, settings)
+            if done >= end:
+                return
+            await asyncio.sleep(0.02)
+        raise RuntimeError(f"the ingress topic was not committed to its end within {seconds}s")
+    finally:
+        consumer.close()
 
 
 def produce_sends(settings: Settings, total: int) -> None:
@@ -373,13 +402,11 @@ async def _workloads(
     results["idle"] = {"seconds": quiet, "cpu_pct": shares}
     say(results)
     http_sends = int(20000 * scale)
-    results["http_sends_100_keys"] = await measured(
-        http_sends, workload_http_sends(url, http_sends)
-    )
+    results["http_sends_100_keys"] = await workload_http_sends(url, settings, http_sends, cpu)
     say(results)
     kafka_sends = int(40000 * scale)
-    results["kafka_ingress_sends_100_keys"] = await measured(
-        kafka_sends, workload_kafka_sends(url, settings, kafka_sends, http_sends // len(KEYS))
+    results["kafka_ingress_sends_100_keys"] = await workload_kafka_sends(
+        url, settings, kafka_sends, http_sends // len(KEYS), cpu
     )
     say(results)
 
@@ -403,7 +430,7 @@ async def _workloads(
     say(results)
     results["http_chain_32_concurrent"] = await measured(chains, workload_chain(url, chains))
     say(results)
-    results["delayed_send_lateness"] = await measured(delayed, workload_delayed(settings, delayed))
+    results["delayed_send_lateness"] = await workload_delayed(settings, delayed)
     say(results)
     results["worker_rss_mib"] = round(rss_mib(worker.pid), 1)
     results["ingress_rss_mib"] = round(rss_mib(ingress.pid), 1)

@@ -162,6 +162,7 @@ def test_a_transaction_long_after_a_commit_sends_its_records_first(
 
 
 def test_a_failed_commit_does_not_count_as_a_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a commit that returned makes the next transaction send its offsets first."""
     monkeypatch.setattr(transactions, "SETTLING", 3600.0)
     producer = StandIn({"commit": KafkaError(KafkaError.INVALID_RECORD)})
     tx, _ = transactions_on(producer)
@@ -171,3 +172,21 @@ def test_a_failed_commit_does_not_count_as_a_commit(monkeypatch: pytest.MonkeyPa
     producer.calls.clear()
     tx.commit(with_offsets())
     assert producer.calls == ["begin", "produce", "offsets", "commit"]
+
+
+def test_offsets_refused_before_the_records_abort_the_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In the offsets-first order a refusal comes before any record: the transaction is
+    aborted with nothing produced, as in the other order."""
+    monkeypatch.setattr(transactions, "SETTLING", 3600.0)
+    producer = StandIn({})
+    tx, fresh = transactions_on(producer)
+    tx.commit(with_offsets())
+    producer.fail["offsets"] = KafkaError(KafkaError.INVALID_TXN_STATE)
+    producer.calls.clear()
+    with pytest.raises(KafkaException):
+        tx.commit(with_offsets())
+    assert producer.calls == ["begin", "offsets", "abort"]
+    assert fresh == [], "an abort was enough"
+    assert tx.offsets_first == 0, "only committed transactions are counted"
