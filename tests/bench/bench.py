@@ -134,7 +134,8 @@ async def workload_http_sends(
     paths = [(f"/Meter/{KEYS[i % len(KEYS)]}/add/send", 1) for i in range(total)]
     began, before = time.monotonic(), cpu()
     _, _, failures = await http_load(url, paths, 64)
-    await until_committed(settings, 120)
+    with contextlib.closing(group_offsets(settings)) as offsets:
+        await until_committed(offsets, settings, 120)
     used = cpu_per_invocation(before, cpu(), total)
     done = await wait_counts(url, {k: total // len(KEYS) for k in KEYS}, 120)
     return {"sends": total, "keys": len(KEYS), "non_2xx": failures,
@@ -150,7 +151,8 @@ async def workload_kafka_sends(
     began, before = time.monotonic(), cpu()
     await asyncio.to_thread(produce_sends, settings, total)
     produced = time.monotonic()
-    await until_committed(settings, 300)
+    with contextlib.closing(group_offsets(settings)) as offsets:
+        await until_committed(offsets, settings, 300)
     used = cpu_per_invocation(before, cpu(), total)
     done = await wait_counts(url, {k: already + total // len(KEYS) for k in KEYS}, 300)
     return {"invocations": total, "produce_s": round(produced - began, 2),
@@ -158,21 +160,23 @@ async def workload_kafka_sends(
             "cpu_ms_per_invocation": used}  # fmt: skip
 
 
-async def until_committed(settings: Settings, seconds: float) -> None:
-    """Until the workers have committed everything on the ingress topic. It reads offsets
-    only, so unlike :func:`wait_counts` it adds no invocation to what is measured."""
-    consumer = Consumer(settings.client_config({"group.id": f"{settings.namespace}.workers",
-                                                "enable.auto.commit": False}))  # fmt: skip
-    try:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            done, end = await asyncio.to_thread(committed_total, consumer, settings)
-            if done >= end:
-                return
-            await asyncio.sleep(0.02)
-        raise RuntimeError(f"the ingress topic was not committed to its end within {seconds}s")
-    finally:
-        consumer.close()
+def group_offsets(settings: Settings) -> Consumer:
+    """A consumer that reads the worker group's committed offsets (it never joins)."""
+    return Consumer(settings.client_config({"group.id": f"{settings.namespace}.workers",
+                                            "enable.auto.commit": False}))  # fmt: skip
+
+
+async def until_committed(consumer: Consumer, settings: Settings, seconds: float) -> int:
+    """Until the workers have committed everything on the ingress topic; the committed
+    total then. It reads offsets only (``consumer``: :func:`group_offsets`), so unlike
+    :func:`wait_counts` it adds no invocation to what is measured."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, end = await asyncio.to_thread(committed_total, consumer, settings)
+        if done >= end:
+            return done
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"the ingress topic was not committed to its end within {seconds}s")
 
 
 def produce_sends(settings: Settings, total: int) -> None:
@@ -217,9 +221,7 @@ async def workload_kafka_backlog(
     first commit is no start mark: a fast worker can take the whole backlog in one.)"""
     await asyncio.to_thread(restart, "stop")
     await asyncio.to_thread(produce_sends, settings, total)
-    consumer = Consumer(settings.client_config({"group.id": f"{settings.namespace}.workers",
-                                                "enable.auto.commit": False}))  # fmt: skip
-    try:
+    with contextlib.closing(group_offsets(settings)) as offsets:
         await asyncio.to_thread(restart, "start")
         deadline = time.monotonic() + 300
         while not assigned():
@@ -227,17 +229,9 @@ async def workload_kafka_backlog(
                 raise RuntimeError("the restarted worker had no partitions within 300 s")
             await asyncio.sleep(0.02)
         first, cpu_first = time.monotonic(), cpu()
-        done_first, end = await asyncio.to_thread(committed_total, consumer, settings)
-        while True:
-            done, end = await asyncio.to_thread(committed_total, consumer, settings)
-            if done >= end:
-                last, cpu_last = time.monotonic(), cpu()
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the backlog was not drained within 300 s")
-            await asyncio.sleep(0.02)
-    finally:
-        consumer.close()
+        done_first, _ = await asyncio.to_thread(committed_total, offsets, settings)
+        done = await until_committed(offsets, settings, 300)
+        last, cpu_last = time.monotonic(), cpu()
     await wait_counts(url, {k: already + total // len(KEYS) for k in KEYS}, 120)
     between = max(done - done_first, 1)  # invocations committed after the first reading
     return {"invocations": total, "drain_s": round(last - first, 2),
