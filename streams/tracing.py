@@ -10,14 +10,19 @@ is a child span.
 
 Spans go nowhere unless ``OTEL_TRACES_EXPORTER`` names an exporter (``otlp`` or
 ``console``); the other ``OTEL_*`` variables (endpoint, headers, service name, sampler)
-configure it as for any OpenTelemetry SDK. Without one, the API's spans cost a few
-microseconds and record nothing.
+configure it as for any OpenTelemetry SDK. Without one (and with no other tracer provider
+installed), a span with a parent is still started, as the API's no-op span, so that the
+context it continues travels on unchanged; a span with no parent is not started at all
+(:func:`span`): it would record nothing and pass nothing on, and it would cost more than
+the rest of a small handler's invocation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -64,6 +69,34 @@ def configure(service_name: str) -> bool:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return True
+
+
+def span(
+    name: str,
+    *,
+    context: Context | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    attributes: dict[str, Any] | None = None,
+    record_exception: bool = True,
+    set_status_on_exception: bool = True,
+) -> contextlib.AbstractContextManager[trace.Span]:
+    """``tracer.start_as_current_span``, or nothing at all (the invalid span, not made
+    current) when nothing would come of it: no tracer provider is installed and the span
+    has no parent (``context``'s span, else the current one) whose context it would pass on."""
+    if not trace.get_current_span(context).get_span_context().is_valid and not recording():
+        return _NO_SPAN
+    return tracer.start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes,
+        record_exception=record_exception, set_status_on_exception=set_status_on_exception,
+    )  # fmt: skip
+
+
+def recording() -> bool:
+    """Whether a tracer provider is installed (:func:`configure`, or the application's)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+_NO_SPAN: contextlib.AbstractContextManager[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
 def shutdown() -> None:

@@ -23,7 +23,7 @@ from streams import tracing
 from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
 from streams.engine.values import measured
-from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES
+from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES, labelled
 from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
 
 log = logging.getLogger("kourier.partition")
@@ -64,14 +64,14 @@ class Attempts:
         try:
             await self._attempt(inv)
         finally:
-            ATTEMPT_SECONDS.labels(handler.service.name, handler.name).observe(
+            labelled(ATTEMPT_SECONDS, handler.service.name, handler.name).observe(
                 time.perf_counter() - began
             )
 
     async def _attempt(self, inv: Invocation) -> None:
         """One attempt, as one span of the invocation's trace (see streams.tracing)."""
         meta = inv.meta
-        with tracing.tracer.start_as_current_span(
+        with tracing.span(
             inv.handler.path,
             context=tracing.context_of(meta.trace),
             kind=SpanKind.CONSUMER,
@@ -161,9 +161,9 @@ class Attempts:
         policy = inv.handler.retry
         meta.last_error = shorten(f"{type(error).__name__}: {error}")
         inv.task = None
-        RETRIES.labels(meta.target.service, meta.target.handler).inc()
+        labelled(RETRIES, meta.target.service, meta.target.handler).inc()
         if policy.exhausted(meta.attempt):
-            PAUSED.labels(meta.target.service).inc()
+            labelled(PAUSED, meta.target.service).inc()
             meta.status = "paused"
             log.error("%s paused after %d attempts: %s", meta.id, meta.attempt, meta.last_error)
         else:

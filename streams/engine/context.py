@@ -226,7 +226,7 @@ class InvocationContext(WorkflowContext):
                     return index  # cancelled before it was made
             else:
                 self.invocation.append(entry)
-            with tracing.tracer.start_as_current_span(
+            with tracing.span(
                 f"{kind} {target.path()}",
                 kind=SpanKind.PRODUCER,
                 attributes={"kourier.callee": callee, "kourier.entry": index},
@@ -336,7 +336,7 @@ class InvocationContext(WorkflowContext):
             index = self._new_entry(Entry(kind="sleep", callee=me, due=due))
             if not self.invocation.journal[index].done:
                 fired = Completion(caller=Caller(invocation_id=me, entry=index), invocation_id=me)
-                with tracing.tracer.start_as_current_span(
+                with tracing.span(
                     f"sleep {duration}", attributes={"kourier.due": due, "kourier.entry": index}
                 ):
                     self.invocation.timer(index, due, fired)
@@ -358,9 +358,7 @@ class InvocationContext(WorkflowContext):
         if not entry.done:
             self.invocation.effects += 1
             try:
-                with tracing.tracer.start_as_current_span(
-                    f"run {entry.name}", attributes={"kourier.entry": index}
-                ):
+                with tracing.span(f"run {entry.name}", attributes={"kourier.entry": index}):
                     result = await _perform(action, self.invocation.run_executor)
             except TerminalError as error:
                 self.invocation.check_open()

@@ -29,7 +29,7 @@ from streams.client import Client, KafkaUnavailable, ServiceInfo
 from streams.errors import KourierError
 from streams.http import bulk
 from streams.http.index import InvocationIndex
-from streams.metrics import DEADLOCKS
+from streams.metrics import DEADLOCKS, labelled
 from streams.settings import Settings, short_duration
 from streams.wire import ids
 from streams.wire.records import Response, Target
@@ -347,7 +347,7 @@ class Ingress:
     async def invoke(self, request: web.Request) -> web.Response:
         """A call or send, as one span that continues the caller's W3C ``traceparent``; the
         record it produces carries this span's context to the worker."""
-        with tracing.tracer.start_as_current_span(
+        with tracing.span(
             f"{request.method} {request.path}",
             context=propagate.extract(request.headers),
             kind=SpanKind.SERVER,
@@ -374,8 +374,8 @@ class Ingress:
             response = error_response(503, str(error))
         except TerminalError as error:
             response = error_response(error.status_code, error.message)
-        REQUESTS.labels(kind, str(response.status)).inc()
-        LATENCY.labels(kind).observe(time.perf_counter() - began)
+        labelled(REQUESTS, kind, str(response.status)).inc()
+        labelled(LATENCY, kind).observe(time.perf_counter() - began)
         return response
 
     async def _invoke(self, request: web.Request, target_route: Route) -> web.Response:

@@ -432,6 +432,8 @@ def dump_value(value: Any) -> bytes:
 
 def value_size(value: Any) -> int:
     """The size of ``value`` as Kourier writes it (:func:`dump_value`)."""
+    if type(value) is int:  # a counter's state, say: as JSON writes it, without writing it
+        return len(repr(value))
     return len(dump_value(value))
 
 
