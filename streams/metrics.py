@@ -6,8 +6,7 @@ Every worker process exposes them with ``kourier worker --metrics-port``; names 
 
 from __future__ import annotations
 
-import functools
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -62,9 +61,15 @@ DEADLOCKS = Gauge(
 )
 
 
-@functools.cache
+_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
+
+
 def labelled(metric: _M, *values: str) -> _M:
     """``metric.labels(*values)``, kept: the client takes a lock and checks the values on
-    every ``labels`` call, a sizeable share of a small invocation's cost. Only for label
-    values from a bounded set (services, handlers, outcomes), as every child is kept."""
-    return metric.labels(*values)
+    every ``labels`` call, a sizeable share of a small invocation's cost. The client keeps
+    every child it makes too, so this grows no further than it does."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:  # two threads at once: the client hands both the same child
+        child = _children[key] = metric.labels(*values)
+    return cast(_M, child)

@@ -81,14 +81,21 @@ def span(
     set_status_on_exception: bool = True,
 ) -> contextlib.AbstractContextManager[trace.Span]:
     """``tracer.start_as_current_span``, or nothing at all (the invalid span, not made
-    current) when nothing would come of it: no tracer provider is installed and the span
-    has no parent (``context``'s span, else the current one) whose context it would pass on."""
-    if not trace.get_current_span(context).get_span_context().is_valid and not recording():
+    current) when nothing would come of it: no tracer provider is installed, the span has
+    no parent (``context``'s span, else the current one) whose context it would pass on,
+    and no current span is left in place that it would have hidden (an attempt's task
+    inherits the context of whatever scheduled it, perhaps another invocation's span)."""
+    hides_nothing = context is None or not _valid(trace.get_current_span())
+    if hides_nothing and not _valid(trace.get_current_span(context)) and not recording():
         return _NO_SPAN
     return tracer.start_as_current_span(
         name, context=context, kind=kind, attributes=attributes,
         record_exception=record_exception, set_status_on_exception=set_status_on_exception,
     )  # fmt: skip
+
+
+def _valid(span: trace.Span) -> bool:
+    return span.get_span_context().is_valid
 
 
 def recording() -> bool:

@@ -1,7 +1,10 @@
 """``streams.tracing.span``: no span where nothing would record it, and the trace context a
-worker received travels on whether or not spans are recorded."""
+worker received travels on whether or not spans are recorded, to that invocation only."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -12,26 +15,58 @@ from streams import tracing
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
+class CountingTracer(trace.NoOpTracer):
+    """The API's no-op tracer, counting the spans it starts."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        self.started += 1
+        return super().start_span(*args, **kwargs)
+
+
 @pytest.fixture
-def no_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_provider(monkeypatch: pytest.MonkeyPatch) -> CountingTracer:
     """As in a process where no tracer provider is installed (another test module may
     have installed one for the whole process)."""
+    tracer = CountingTracer()
     monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
-    monkeypatch.setattr(tracing, "tracer", trace.NoOpTracer())
+    monkeypatch.setattr(tracing, "tracer", tracer)
+    return tracer
 
 
-def test_without_a_provider_or_a_parent_no_span_starts(no_provider: None) -> None:
+def test_without_a_provider_or_a_parent_no_span_starts(no_provider: CountingTracer) -> None:
     assert not tracing.recording()
     with tracing.span("attempt", context=tracing.context_of(None)) as span:
         assert span is trace.INVALID_SPAN
         assert tracing.current() is None  # nothing to pass on
+        with tracing.span("call Meter/add"):
+            assert tracing.current() is None
+    assert no_provider.started == 0
 
 
-def test_without_a_provider_the_parent_context_travels_on(no_provider: None) -> None:
+def test_without_a_provider_the_parent_context_travels_on(no_provider: CountingTracer) -> None:
     with tracing.span("attempt", context=tracing.context_of(PARENT)):
         assert tracing.current() == PARENT
         with tracing.span("call Meter/add"):  # a child: its parent is the current span
             assert tracing.current() == PARENT
+    assert no_provider.started == 2
+
+
+async def test_an_attempt_scheduled_from_a_traced_one_does_not_pass_its_trace_on(
+    no_provider: CountingTracer,
+) -> None:
+    """The next call queued on a key starts from inside the completing attempt's span, and
+    its task inherits that context; without a trace of its own it must pass none on."""
+
+    async def untraced_attempt() -> str | None:
+        with tracing.span("Meter/add", context=tracing.context_of(None)):
+            return tracing.current()
+
+    with tracing.span("Meter/add", context=tracing.context_of(PARENT)):
+        scheduled = asyncio.get_running_loop().create_task(untraced_attempt())
+    assert await scheduled is None
 
 
 def test_with_a_provider_a_span_starts_without_a_parent(monkeypatch: pytest.MonkeyPatch) -> None:
