@@ -12,9 +12,9 @@ Spans go nowhere unless ``OTEL_TRACES_EXPORTER`` names an exporter (``otlp`` or
 ``console``); the other ``OTEL_*`` variables (endpoint, headers, service name, sampler)
 configure it as for any OpenTelemetry SDK. Without one (and with no other tracer provider
 installed), a span with a parent is still started, as the API's no-op span, so that the
-context it continues travels on unchanged; a span with no parent is not started at all
-(:func:`span`): it would record nothing and pass nothing on, and it would cost more than
-the rest of a small handler's invocation.
+context it continues travels on unchanged, and so is one that hides a span its task
+inherited; any other span is not started at all (:func:`span`): it would record nothing
+and pass nothing on, and it costs several per cent of a small invocation's CPU.
 """
 
 from __future__ import annotations
