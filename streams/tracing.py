@@ -81,12 +81,12 @@ def span(
     set_status_on_exception: bool = True,
 ) -> contextlib.AbstractContextManager[trace.Span]:
     """``tracer.start_as_current_span``, or nothing at all (the invalid span, not made
-    current) when nothing would come of it: no tracer provider is installed, the span has
-    no parent (``context``'s span, else the current one) whose context it would pass on,
-    and no current span is left in place that it would have hidden (an attempt's task
-    inherits the context of whatever scheduled it, perhaps another invocation's span)."""
-    hides_nothing = context is None or not _valid(trace.get_current_span())
-    if hides_nothing and not _valid(trace.get_current_span(context)) and not recording():
+    current) when nothing would come of it: no tracer provider is installed, ``context``
+    names no parent whose context the span would pass on, and there is no current span,
+    which it would either continue or hide (an attempt's task inherits the context of
+    whatever scheduled it, perhaps another invocation's span)."""
+    parent = context is not None and _valid(trace.get_current_span(context))
+    if not parent and not _valid(trace.get_current_span()) and not recording():
         return _NO_SPAN
     return tracer.start_as_current_span(
         name, context=context, kind=kind, attributes=attributes,
