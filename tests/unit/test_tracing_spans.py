@@ -31,7 +31,7 @@ def no_provider(monkeypatch: pytest.MonkeyPatch) -> CountingTracer:
     """As in a process where no tracer provider is installed (another test module may
     have installed one for the whole process)."""
     tracer = CountingTracer()
-    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)  # what set_tracer_provider sets
     monkeypatch.setattr(tracing, "tracer", tracer)
     return tracer
 
@@ -71,7 +71,7 @@ async def test_an_attempt_scheduled_from_a_traced_one_does_not_pass_its_trace_on
 
 def test_with_a_provider_a_span_starts_without_a_parent(monkeypatch: pytest.MonkeyPatch) -> None:
     provider = TracerProvider()
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
     monkeypatch.setattr(tracing, "tracer", provider.get_tracer("kourier"))
     assert tracing.recording()
     with tracing.span("attempt", context=tracing.context_of(None)) as span:
