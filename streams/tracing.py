@@ -100,17 +100,18 @@ def _valid(span: trace.Span) -> bool:
 
 def recording() -> bool:
     """Whether a tracer provider is installed (:func:`configure`, or the application's)."""
-    # Until a provider is installed, get_tracer_provider() looks for an environment
-    # variable that names one, on every call: 2.4 us, once per attempt. Where that variable
-    # is not set, the API's module global says the same for nothing.
+    # Until a provider is installed, get_tracer_provider() looks up
+    # OTEL_PYTHON_TRACER_PROVIDER in the environment on every call: 2.4 us, once per
+    # attempt. That variable was read when this module made its tracer at import, which
+    # installs the provider it names; since then only set_tracer_provider installs one,
+    # and it sets the API's module global, read here for nothing.
     installed = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
-    if installed is _UNKNOWN or _PROVIDER_FROM_ENV:
-        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    return installed is not None
+    if installed is _UNKNOWN:  # an API without that global
+        installed = trace.get_tracer_provider()
+    return installed is not None and not isinstance(installed, trace.ProxyTracerProvider)
 
 
 _UNKNOWN = object()
-_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 _NO_SPAN: contextlib.AbstractContextManager[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)

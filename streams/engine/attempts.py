@@ -22,7 +22,7 @@ from handlers.exceptions import NonDeterminismError, TerminalError
 from streams import tracing
 from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
-from streams.engine.values import measured
+from streams.engine.values import measured, own_copy
 from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES, labelled
 from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
 
@@ -96,7 +96,7 @@ class Attempts:
         value: JsonValue = None
         try:
             if signature.takes_input:
-                argument = signature.input.load(inv.meta.argument, "input")
+                argument = signature.input.load(own_copy(inv.meta.argument), "input")
                 result = await handler.fn(ctx, argument)
             else:
                 result = await handler.fn(ctx)

@@ -38,7 +38,7 @@ from handlers.service import handler_of
 from streams import tracing
 from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise
-from streams.engine.values import checked_headers, checked_id, due_after, writable
+from streams.engine.values import checked_headers, checked_id, due_after, own_copy, writable
 from streams.wire.records import (
     Caller,
     Completion,
@@ -178,7 +178,7 @@ class InvocationContext(WorkflowContext):
         """Append ``entry``, or, when a cancel is pending, the same operation already failed
         with 409 (it never takes effect): this is where a cancel reaches the handler."""
         if self.invocation.take_cancel():
-            entry = entry.model_copy(update={"done": True, "failure": CANCELLED})
+            entry = entry.replace(done=True, failure=CANCELLED)
         self.invocation.append(entry)
         return len(self.invocation.journal) - 1
 
@@ -188,7 +188,7 @@ class InvocationContext(WorkflowContext):
         if entry.due is not None or entry.done:
             return  # replay: the timer exists already
         due = time.time() + timeout.total_seconds()
-        self.invocation.set_entry(index, entry.model_copy(update={"due": due}))
+        self.invocation.set_entry(index, entry.replace(due=due))
         assert entry.callee is not None
         seconds = timeout.total_seconds()
         failure = Failure(
@@ -388,6 +388,7 @@ class InvocationContext(WorkflowContext):
             self.invocation.append(Entry(kind="get", name=name, value=value, done=True))
         else:
             value = entry.value
+        value = own_copy(value)  # the state and the journal keep theirs
         if type_hint is None or value is None:
             return value
         return TypeAdapter(type_hint).validate_python(value)
@@ -473,7 +474,7 @@ class _Promise(DurablePromise[Any]):
             value = None if promise is None else promise.value
             failure = None if promise is None else promise.failure
             entry = Entry(kind="promise_peek", name=self._name, value=value, failure=failure)
-            invocation.append(entry.model_copy(update={"done": True}))
+            invocation.append(entry.replace(done=True))
         return outcome(entry)
 
     async def resolve(self, value: Any) -> None:

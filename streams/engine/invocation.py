@@ -20,6 +20,7 @@ from streams.engine.journal import (
     Promise,
 )
 from streams.engine.store import ObjectKey
+from streams.engine.values import own_copy
 from streams.errors import KourierError
 from streams.wire import ids
 from streams.wire.records import Completion, Failure, Target
@@ -33,7 +34,7 @@ def outcome(entry: Entry) -> Any:
     """A completed entry's value, or its failure raised as the handler sees it."""
     if entry.failure is not None:
         raise TerminalError(entry.failure.message, entry.failure.code)
-    return entry.value
+    return own_copy(entry.value)
 
 
 class Partition(Protocol):
@@ -154,7 +155,7 @@ class Invocation:
         old = self.journal[index]
         if old.done:
             return
-        entry = old.model_copy(update={"value": value, "failure": failure, "done": True})
+        entry = old.replace(value=value, failure=failure, done=True)
         self.journal[index] = entry
         self.dirty_entries.add(index)
         self.processor.touch(self)

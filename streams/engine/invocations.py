@@ -92,10 +92,10 @@ class InvocationTable(dict[str, Invocation]):
             if inv is None:
                 continue
             inv.meta.modified_at = now
-            meta = inv.meta.model_dump_json(exclude_none=True).encode()
+            meta = inv.meta.to_json()
             out.append(Out(topic, partition, meta_key(inv_id), meta))
             for index in sorted(inv.dirty_entries):
-                entry = inv.journal[index].model_dump_json(exclude_none=True).encode()
+                entry = inv.journal[index].to_json()
                 out.append(Out(topic, partition, entry_key(inv_id, index), entry))
             inv.dirty_entries.clear()
             inv.persisted = True

@@ -9,12 +9,13 @@ an :class:`InvocationMeta`, key ``j/<id>/<index>`` one :class:`Entry`. The
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SkipValidation, ValidationError
+from pydantic import ConfigDict, JsonValue, SkipValidation, TypeAdapter, ValidationError
 
 from streams.wire.ids import is_id
 from streams.wire.records import Caller, Failure, Target
@@ -53,13 +54,23 @@ EntryKind = Literal[
 #: or a meta either from a decoded record or changelog (JSON by construction, checked where
 #: the record is decoded) or from a handler, through ``values.writable`` or ``Serde.dump``;
 #: checking it once more here cost 1.4-4 us per model, a few per cent of a small invocation.
+#: Nor is it copied: an entry may hold the very object the state holds, and what a handler
+#: is given is its own copy (``values.own_copy``), so nothing changes either in place.
 Json = Annotated[JsonValue, SkipValidation]
 
 
-class Entry(BaseModel):
+# Entries and metas are plain slotted dataclasses, made and changed several times per
+# invocation; pydantic reads and writes them only at the changelog (``to_json``,
+# ``from_json``) and the admin API (``dump``). A pydantic model cost 7.8 us to make a meta
+# and 0.65 us per attribute set, against 2.0 and 0.11 us for the dataclass; the JSON is
+# the same.
+
+
+@dataclass(slots=True)
+class Entry:
     """One context operation of an invocation, and its result once known."""
 
-    model_config = ConfigDict(extra="forbid")
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     kind: EntryKind
     name: str | None = None  # state key, ctx.run name, promise name
@@ -76,22 +87,40 @@ class Entry(BaseModel):
         what = self.target.path() if self.target else (self.name or self.callee or "")
         return f"{self.kind}({what})" if what else self.kind
 
+    def replace(self, **changes: Any) -> Entry:
+        """A copy with ``changes`` (entries are replaced, not changed, once journaled)."""
+        return dataclasses.replace(self, **changes)
 
-class InvocationMeta(BaseModel):
+    def to_json(self) -> bytes:
+        return _ENTRY.dump_json(self, exclude_none=True)
+
+    @staticmethod
+    def from_json(value: bytes | str) -> Entry:
+        """An entry read back from the changelog; ``ValidationError`` when it is not one."""
+        return _ENTRY.validate_json(value)
+
+    def dump(self) -> dict[str, Any]:
+        """The entry as JSON-ready data, without unset fields (the admin API)."""
+        data: dict[str, Any] = _ENTRY.dump_python(self, mode="json", exclude_none=True)
+        return data
+
+
+@dataclass(slots=True)
+class InvocationMeta:
     """Everything about an invocation except its journal entries."""
 
-    model_config = ConfigDict(extra="forbid")
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     id: str
     target: Target
     exclusive: bool
     argument: Json = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
     mode: Literal["call", "send"] = "call"
     idempotency_key: str | None = None
-    request_ids: list[str] = Field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
     caller: Caller | None = None
-    attachers: list[Caller] = Field(default_factory=list)  # handlers attached to it
+    attachers: list[Caller] = field(default_factory=list)  # handlers attached to it
     cancel_requested: bool = False  # a cancel not yet delivered at an await point
     status: Status = "pending"
     seq: int = 0  # arrival order within the partition (ingress offset)
@@ -106,6 +135,23 @@ class InvocationMeta(BaseModel):
     failure: Failure | None = None
     expires_at: float | None = None  # completed and retained until then
     trace: str | None = None  # W3C trace context of what started it (streams.tracing)
+
+    def to_json(self) -> bytes:
+        return _META.dump_json(self, exclude_none=True)
+
+    @staticmethod
+    def from_json(value: bytes | str) -> InvocationMeta:
+        """A meta read back from the changelog; ``ValidationError`` when it is not one."""
+        return _META.validate_json(value)
+
+    @staticmethod
+    def from_data(data: Any) -> InvocationMeta:
+        """A meta from decoded JSON data; ``ValidationError`` when it is not one."""
+        return _META.validate_python(data)
+
+
+_ENTRY = TypeAdapter(Entry)
+_META = TypeAdapter(InvocationMeta)
 
 
 log = logging.getLogger("kourier.journal")
@@ -186,7 +232,7 @@ class InvocationLog:
         index = int(position)
         if value is not None:
             try:
-                entry = Entry.model_validate_json(value)
+                entry = Entry.from_json(value)
             except ValidationError as error:
                 log.error("changelog entry %s unreadable, left out: %s", text, error)
                 return None
@@ -211,7 +257,7 @@ def _salvaged(value: bytes) -> InvocationMeta | None:
     an attached handler by a malformed id: those are dropped (nobody can be answered under
     such an id), so the invocation itself still restores. Unreadable otherwise: left out."""
     try:
-        return InvocationMeta.model_validate_json(value)
+        return InvocationMeta.from_json(value)
     except ValidationError:
         pass
     try:
@@ -224,7 +270,9 @@ def _salvaged(value: bytes) -> InvocationMeta | None:
             a for a in data.get("attachers") or []
             if isinstance(a, dict) and is_id(str(a.get("invocation_id")))
         ]  # fmt: skip
-        return InvocationMeta.model_validate(data)
+        meta = InvocationMeta.from_data(data)
+        meta.to_json()  # what json.loads takes the serializer may not (nesting): left out
+        return meta
     except (ValueError, ValidationError, AttributeError) as error:
         log.error("changelog meta unreadable, left out: %s", error)
         return None

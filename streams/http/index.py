@@ -76,9 +76,7 @@ def detail(
     row["argument"] = meta.argument
     row["headers"] = allowed_headers(meta.headers, denied)
     row["waiting_on"] = waiting_on(meta, journal)
-    row["journal"] = [
-        {"index": i, **entry.model_dump(exclude_none=True)} for i, entry in enumerate(journal)
-    ]
+    row["journal"] = [{"index": i, **entry.dump()} for i, entry in enumerate(journal)]
     if meta.status == "completed":
         row["outcome"] = (
             {"failure": meta.failure.model_dump()} if meta.failure else {"value": meta.value}

@@ -178,7 +178,7 @@ def test_the_index_links_sends_from_changelog_records() -> None:
         (meta_key(sent), meta(sent, "later", "scheduled")),
     ]
     for key, value in records:
-        index._apply(topic, key, value.model_dump_json(exclude_none=True).encode())
+        index._apply(topic, key, value.to_json())
 
     described = index.describe(sent)
     assert described is not None

@@ -246,9 +246,7 @@ async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
     await settle()
     inv = h.processor.invocations[inv_id]
     # Pretend the journal recorded something else at entry 0.
-    inv.journal[0] = inv.journal[0].model_copy(
-        update={"target": Target(service="Helper", handler="flaky")}
-    )
+    inv.journal[0] = inv.journal[0].replace(target=Target(service="Helper", handler="flaky"))
     inv.close()
     h.processor.attempts.run(inv)
     await settle()

@@ -1,0 +1,86 @@
+"""A handler owns the values it is given: changing them in place changes neither the
+object's state, nor the journal, nor the stored argument that a replay starts from."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from handlers import Context, ObjectContext, Service, VirtualObject
+from streams.wire.records import Target
+from tests.unit.harness import Harness, until
+
+bag = VirtualObject("Bag")
+
+
+@bag.handler()
+async def fill(ctx: ObjectContext, items: list[str]) -> None:
+    ctx.set("items", items)
+
+
+@bag.handler()
+async def spoil_what_get_gave(ctx: ObjectContext) -> list[str]:
+    items: list[str] = await ctx.get("items")
+    items.append("spoiled")
+    again: list[str] = await ctx.get("items")
+    return again
+
+
+@bag.handler()
+async def contents(ctx: ObjectContext) -> list[str]:
+    items: list[str] = await ctx.get("items")
+    return items
+
+
+tools = Service("Tools")
+
+
+@tools.handler()
+async def spoil_argument(ctx: Context, items: Any) -> Any:
+    items.append("spoiled")  # untyped: a typed input is validated into a new list anyway
+    await ctx.sleep(timedelta(milliseconds=200))
+    return items
+
+
+@tools.handler()
+async def spoil_what_run_gave(ctx: Context) -> dict[str, list[int]]:
+    made: dict[str, list[int]] = await ctx.run("make", lambda: {"n": [1]})
+    made["n"].append(2)
+    await ctx.sleep(timedelta(milliseconds=200))
+    return made
+
+
+def on(handler: str, key: str | None = "b") -> Target:
+    service = "Bag" if key is not None else "Tools"
+    return Target(service=service, key=key, handler=handler)
+
+
+async def test_changing_what_get_returned_changes_neither_state_nor_journal() -> None:
+    h = Harness([bag])
+    h.call(on("fill"), ["a"], request_id="fill")
+    spoiler = h.call(on("spoil_what_get_gave"), request_id="spoil")
+    h.call(on("contents"), request_id="contents")
+    await until(lambda: "contents" in h.responses())
+    responses = h.responses()
+    assert responses["spoil"].value == ["a"], "the second get saw the first one's change"
+    assert responses["contents"].value == ["a"], "the state changed without a set"
+    written = [o for o in h.out if o.key is not None and spoiler in o.key.decode()]
+    assert all(b"spoiled" not in (o.value or b"") for o in written), "the journal changed"
+
+
+async def test_changing_the_argument_leaves_the_stored_one_alone() -> None:
+    h = Harness([tools])
+    inv = h.processor.invocations[h.call(on("spoil_argument", key=None), ["a"], request_id="spoil")]
+    await until(lambda: bool(inv.journal) and inv.journal[-1].kind == "sleep")
+    assert inv.meta.argument == ["a"], "the argument a replay starts from changed"
+    await until(lambda: "spoil" in h.responses())
+    assert h.responses()["spoil"].value == ["a", "spoiled"]
+
+
+async def test_changing_a_run_result_leaves_its_journal_entry_alone() -> None:
+    h = Harness([tools])
+    inv = h.processor.invocations[h.call(on("spoil_what_run_gave", key=None), request_id="spoil")]
+    await until(lambda: bool(inv.journal) and inv.journal[-1].kind == "sleep")
+    assert inv.journal[0].value == {"n": [1]}, "the journaled result a replay returns changed"
+    await until(lambda: "spoil" in h.responses())
+    assert h.responses()["spoil"].value == {"n": [1, 2]}
