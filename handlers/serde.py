@@ -40,6 +40,8 @@ class Serde:
 
     def dump(self, value: Any) -> Any:
         """A JSON-compatible value (pydantic models become dicts)."""
+        if self.annotation is Any and type(value) in _AS_IS:  # as the serializer would
+            return value
         return self.adapter.dump_python(value, mode="json")
 
     def encode(self, value: Any, what: str) -> Any:
@@ -51,6 +53,10 @@ class Serde:
 
 
 JSON = Serde(Any)
+
+#: Exactly these types are their own JSON, unchanged by ``Serde(Any).dump`` (not their
+#: subclasses: enums, for one; a typed serde may convert them: an int to a float).
+_AS_IS = frozenset({int, str, bool, type(None)})
 
 
 @dataclass(frozen=True)

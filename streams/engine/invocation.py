@@ -92,6 +92,7 @@ class Invocation:
         "effects",
         "handler_def",
         "journal",
+        "lock_key",
         "meta",
         "persisted",
         "persisted_entries",
@@ -118,6 +119,11 @@ class Invocation:
         self.persisted = bool(journal) or meta.status != "pending"
         self.closed = False
         self.effects = 0  # ctx.run actions running now: no suspension until they end
+        #: The object key this invocation holds exclusively while it runs (its target and
+        #: whether it is exclusive never change).
+        self.lock_key: ObjectKey | None = None
+        if meta.exclusive and meta.target.key is not None:
+            self.lock_key = ObjectKey(meta.target.service, meta.target.key)
 
     @property
     def handler(self) -> HandlerDef:
@@ -127,13 +133,6 @@ class Invocation:
     @property
     def partitions(self) -> int:
         return self.processor.partitions
-
-    @property
-    def lock_key(self) -> ObjectKey | None:
-        """The object key this invocation holds exclusively while it runs."""
-        if self.meta.exclusive and self.meta.target.key is not None:
-            return ObjectKey(self.meta.target.service, self.meta.target.key)
-        return None
 
     # -- used by the context ---------------------------------------------------
 
