@@ -36,6 +36,7 @@ from pydantic import JsonValue
 
 from handlers.exceptions import TerminalError
 from handlers.service import HandlerDef, ServiceDefinition, handler_of
+from streams.engine.journal import own_copy
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
@@ -193,7 +194,7 @@ class Harness:
             raise LookupError(f"{invocation_id} has no outcome here")
         if inv.meta.failure is not None:
             raise TerminalError(inv.meta.failure.message, inv.meta.failure.code)
-        return inv.meta.value
+        return own_copy(inv.meta.value)  # the retained outcome stays as it was
 
     # -- playing Kafka's part ---------------------------------------------------------------
 

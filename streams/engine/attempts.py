@@ -22,7 +22,8 @@ from handlers.exceptions import NonDeterminismError, TerminalError
 from streams import tracing
 from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
-from streams.engine.values import measured, own_copy
+from streams.engine.journal import own_copy
+from streams.engine.values import measured
 from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES, labelled
 from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
 

@@ -37,8 +37,8 @@ from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.service import handler_of
 from streams import tracing
 from streams.engine.invocation import Invocation, outcome
-from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise
-from streams.engine.values import checked_headers, checked_id, due_after, own_copy, writable
+from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy
+from streams.engine.values import checked_headers, checked_id, due_after, writable
 from streams.wire.records import (
     Caller,
     Completion,

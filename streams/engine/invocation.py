@@ -18,9 +18,9 @@ from streams.engine.journal import (
     EntryKind,
     InvocationMeta,
     Promise,
+    own_copy,
 )
 from streams.engine.store import ObjectKey
-from streams.engine.values import own_copy
 from streams.errors import KourierError
 from streams.wire import ids
 from streams.wire.records import Completion, Failure, Target

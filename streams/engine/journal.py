@@ -55,8 +55,21 @@ EntryKind = Literal[
 #: the record is decoded) or from a handler, through ``values.writable`` or ``Serde.dump``;
 #: checking it once more here cost 1.4-4 us per model, a few per cent of a small invocation.
 #: Nor is it copied: an entry may hold the very object the state holds, and what a handler
-#: is given is its own copy (``values.own_copy``), so nothing changes either in place.
+#: is given is its own copy (:func:`own_copy`), so nothing changes either in place.
 Json = Annotated[JsonValue, SkipValidation]
+
+
+def own_copy(value: Any) -> Any:
+    """A JSON value as a handler is given it: its dicts and lists are its own, so that
+    changing them changes neither the object's state nor the journal nor the invocation's
+    stored argument, which a replay must find as they were. (Numbers, strings, booleans
+    and None are immutable and shared.)"""
+    kind = type(value)
+    if kind is dict:
+        return {name: own_copy(item) for name, item in value.items()}
+    if kind is list:
+        return [own_copy(item) for item in value]
+    return value
 
 
 # Entries and metas are plain slotted dataclasses, made and changed several times per

@@ -1,5 +1,4 @@
-"""What a handler hands to Kourier is checked where the handler hands it over, and what
-Kourier hands a handler is the handler's own (:func:`own_copy`).
+"""What a handler hands to Kourier is checked where the handler hands it over.
 
 An argument, a result, a ``ctx.run`` value, headers, a delay or an invocation id that
 Kourier could not write, or that is not what it claims, is the handler's terminal error
@@ -48,19 +47,6 @@ def measured(value: Any, what: str) -> tuple[Any, int]:
             413,
         )
     return encoded, size
-
-
-def own_copy(value: Any) -> Any:
-    """A JSON value as a handler is given it: its dicts and lists are its own, so that
-    changing them changes neither the object's state nor the journal nor the invocation's
-    stored argument, which a replay must find as they were. (Numbers, strings, booleans
-    and None are immutable and shared.)"""
-    kind = type(value)
-    if kind is dict:
-        return {name: own_copy(item) for name, item in value.items()}
-    if kind is list:
-        return [own_copy(item) for item in value]
-    return value
 
 
 def checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
