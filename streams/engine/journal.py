@@ -109,8 +109,19 @@ class Entry:
 
     @staticmethod
     def from_json(value: bytes | str) -> Entry:
-        """An entry read back from the changelog; ``ValidationError`` when it is not one."""
-        return _ENTRY.validate_json(value)
+        """An entry read back from the changelog; ``ValidationError`` when it is not one.
+        pydantic's JSON parser stops at 200 levels of nesting, its serializer (which wrote
+        the entry) at 255: an entry between the two is parsed by the standard library."""
+        try:
+            return _ENTRY.validate_json(value)
+        except ValidationError as error:
+            if error.errors()[0]["type"] != "json_invalid":
+                raise
+            try:
+                data = json.loads(value)
+            except ValueError:
+                raise error from None
+        return _ENTRY.validate_python(data)
 
     def dump(self) -> dict[str, Any]:
         """The entry as JSON-ready data, without unset fields (the admin API)."""

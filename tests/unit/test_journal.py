@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, entry_key, meta_key
+from streams.engine.values import writable
 from streams.wire.records import Target
 
 
@@ -41,3 +42,17 @@ def test_a_meta_that_could_not_be_written_again_is_left_out() -> None:
     log.apply(meta_key(inv_id), None)
     log.apply(meta_key(inv_id), json.dumps({**row, "argument": deep}).encode())
     assert inv_id not in log.metas
+
+
+def test_an_entry_nested_deeper_than_the_json_parser_goes_is_read_back() -> None:
+    """``values.writable`` lets a handler's value through up to the serializer's 255 levels
+    of nesting, pydantic's JSON parser reads 200: an entry in between was written to the
+    changelog, then left out of the journal a restore rebuilt, and the invocation paused."""
+    deep: object = "bottom"
+    for _ in range(230):
+        deep = [deep]
+    value = writable(deep, "the result")
+    log = InvocationLog()
+    log.apply(entry_key("a", 0), Entry(kind="run", value=value, done=True).to_json())
+    assert log.entries["a"][0].value == deep
+    assert log.apply(entry_key("a", 1), b'{"kind": "run", "value": [1}') is None, "not JSON"
