@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def test_broker_start_status_stop_and_restart_keeps_data(tmp_path: Path) -> None
         assert started.returncode == 0, started.stderr
         bootstrap = started.stdout.strip()
         assert bootstrap.startswith("127.0.0.1:")
+        pid = (data / "broker.pid").read_text().strip()
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert all(o.encode() in arguments for o in broker.jvm_performance_opts(os.environ))
 
         status = kourier("broker", "status", "--data", str(data))
         assert status.returncode == 0

@@ -85,3 +85,16 @@ def test_a_long_running_command_keeps_its_startup_objects_from_the_collector() -
         gc.unfreeze()
     assert frozen, "main ran"
     assert frozen[0] > 10_000, "the imported modules' objects are frozen"
+
+
+def test_a_local_broker_takes_its_jvm_options_from_kafkas_variable_when_set() -> None:
+    from streams.kafka.broker import JVM_PERFORMANCE_OPTS, jvm_performance_opts
+
+    assert jvm_performance_opts({}) == list(JVM_PERFORMANCE_OPTS)
+    custom = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 '-Dnote=two words'"
+    assert jvm_performance_opts({"KAFKA_JVM_PERFORMANCE_OPTS": custom}) == [
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Dnote=two words",
+    ]
+    assert jvm_performance_opts({"KAFKA_JVM_PERFORMANCE_OPTS": ""}) == [], "set but empty: none"
