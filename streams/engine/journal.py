@@ -111,17 +111,19 @@ class Entry:
     def from_json(value: bytes | str) -> Entry:
         """An entry read back from the changelog; ``ValidationError`` when it is not one.
         pydantic's JSON parser stops at 200 levels of nesting, its serializer (which wrote
-        the entry) at 255: an entry between the two is parsed by the standard library."""
+        the entry) at 255: an entry between the two is parsed by the standard library,
+        and kept if it can be written again."""
         try:
             return _ENTRY.validate_json(value)
         except ValidationError as error:
-            if error.errors()[0]["type"] != "json_invalid":
+            if "recursion limit exceeded" not in str(error):
                 raise
             try:
-                data = json.loads(value)
-            except ValueError:
+                entry = _ENTRY.validate_python(json.loads(value))
+                entry.to_json()
+            except (ValueError, RecursionError):
                 raise error from None
-        return _ENTRY.validate_python(data)
+            return entry
 
     def dump(self) -> dict[str, Any]:
         """The entry as JSON-ready data, without unset fields (the admin API)."""
@@ -297,6 +299,6 @@ def _salvaged(value: bytes) -> InvocationMeta | None:
         meta = InvocationMeta.from_data(data)
         meta.to_json()  # what json.loads takes the serializer may not (nesting): left out
         return meta
-    except (ValueError, ValidationError, AttributeError) as error:
-        log.error("changelog meta unreadable, left out: %s", error)
+    except (ValueError, ValidationError, AttributeError, RecursionError) as error:
+        log.error("changelog meta unreadable, left out: %r", error)
         return None

@@ -166,7 +166,7 @@ class InvocationIndex:
                 self._apply_state(key, value)
             else:
                 self._apply_invocation(key, value)
-        except (ValueError, ValidationError):
+        except (ValueError, ValidationError, RecursionError):
             return  # a record this version does not understand: not the index's to judge
 
     def _apply_invocation(self, key: bytes, value: bytes | None) -> None:

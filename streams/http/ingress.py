@@ -490,6 +490,11 @@ def app_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, handler_cancellation=True)
 
 
+#: The deepest JSON body the ingress takes: pydantic parses records up to 200 levels.
+MAX_NESTING = 200
+_TOO_DEEP = f"body is JSON nested deeper than {MAX_NESTING} levels"
+
+
 async def _read_json(request: web.Request, max_body: int) -> JsonValue:
     if request.content_length is not None and request.content_length > max_body:
         raise HttpError(413, f"body larger than {max_body} bytes")
@@ -503,7 +508,26 @@ async def _read_json(request: web.Request, max_body: int) -> JsonValue:
         value: JsonValue = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HttpError(400, f"body is not valid JSON: {error}") from None
+    except RecursionError:  # deeper than Python's parser goes
+        raise HttpError(400, _TOO_DEEP) from None
+    # Only a body with that many brackets can nest that deep: the rest skip the scan.
+    if body.count(b"[") + body.count(b"{") > MAX_NESTING and nesting(body) > MAX_NESTING:
+        raise HttpError(400, _TOO_DEEP)
     return value
+
+
+def nesting(body: bytes) -> int:
+    """How deep the arrays and objects of JSON ``body`` nest (brackets in strings do not
+    count)."""
+    depth = deepest = 0
+    for token in re.finditer(rb'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', body):
+        match token.group()[:1]:
+            case b"[" | b"{":
+                depth += 1
+                deepest = max(deepest, depth)
+            case b"]" | b"}":
+                depth -= 1
+    return deepest
 
 
 _UI = Path(__file__).with_name("ui") / "index.html"

@@ -449,6 +449,8 @@ def _load(data: bytes | None) -> dict[str, Any]:
         obj = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError("not-json", str(exc)) from None
+    except RecursionError:
+        raise RecordError("not-json", "nested deeper than the JSON parser goes") from None
     if not isinstance(obj, dict):
         raise RecordError("bad-schema", f"expected a JSON object, got {type(obj).__name__}")
     version = obj.get("v", WIRE_VERSION)

@@ -117,6 +117,8 @@ async def test_http_calls_return_results_errors_and_the_invocation_id(ingress_ur
         ("/Tally/add", b"1", JSON, 400, "bad path"),
         ("/Relay/echo", b"{not json", JSON, 400, "not valid JSON"),
         ("/Relay/echo", b"1", {"content-type": "text/plain"}, 415, "not JSON"),
+        ("/Relay/echo", b"[" * 201 + b"]" * 201, JSON, 400, "nested deeper than 200"),
+        ("/Relay/echo", b"[" * 5_000 + b"]" * 5_000, JSON, 400, "nested deeper than 200"),
         ("/Relay/echo", b"[" + b"1," * 600_000 + b"1]", JSON, 413, "larger than"),
         ("/Tally/k/add", b'"not a number"', JSON, 400, "invalid input"),
         ("/Tally/k/add?delay=5s", b"1", JSON, 400, "only allowed on sends"),

@@ -56,3 +56,8 @@ def test_an_entry_nested_deeper_than_the_json_parser_goes_is_read_back() -> None
     log.apply(entry_key("a", 0), Entry(kind="run", value=value, done=True).to_json())
     assert log.entries["a"][0].value == deep
     assert log.apply(entry_key("a", 1), b'{"kind": "run", "value": [1}') is None, "not JSON"
+    # Deeper than the serializer could have written, or than Python's parser goes: left out.
+    for depth in (400, 5_000):
+        nested = b'{"kind": "run", "value": ' + b"[" * depth + b"]" * depth + b"}"
+        assert log.apply(entry_key("a", 2), nested) is None
+    assert sorted(log.entries["a"]) == [0]

@@ -42,6 +42,18 @@ def test_ingress_records_round_trip(record: r._Record) -> None:
     assert r.decode_ingress(data) == record
 
 
+def test_a_record_nested_deeper_than_any_parser_goes_is_refused_with_a_reason() -> None:
+    """Python's JSON parser raises RecursionError past about 1,000 levels: it escaped
+    decode_ingress, and the partition stalled behind the record (test_bad_input)."""
+    for depth in (300, 5_000):
+        value = b'{"v": 1, "kind": "invoke", "target": {"service": "S", "handler": "h"}, '
+        value += b'"argument": ' + b"[" * depth + b"]" * depth + b"}"
+        with pytest.raises(r.RecordError):
+            r.decode_ingress(value)
+        with pytest.raises(r.RecordError):
+            r.decode_response(value)
+
+
 def test_other_records_round_trip() -> None:
     response = r.Response(request_id="req-1", invocation_id=ID1, status="success", value=[1])
     assert r.decode_response(r.encode(response)) == response
