@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -275,10 +274,11 @@ def start(
 
 
 def jvm_performance_opts(environ: Mapping[str, str]) -> list[str]:
-    """``KAFKA_JVM_PERFORMANCE_OPTS`` from ``environ``, split as a shell would, when it is
-    set; else :data:`JVM_PERFORMANCE_OPTS`."""
-    custom = environ.get("KAFKA_JVM_PERFORMANCE_OPTS")
-    return shlex.split(custom) if custom is not None else list(JVM_PERFORMANCE_OPTS)
+    """``KAFKA_JVM_PERFORMANCE_OPTS`` from ``environ`` split at whitespace, as Kafka's
+    scripts expand it (no quotes removed), when it is set and not empty; else
+    :data:`JVM_PERFORMANCE_OPTS`."""
+    custom = environ.get("KAFKA_JVM_PERFORMANCE_OPTS", "")
+    return custom.split() if custom.strip() else list(JVM_PERFORMANCE_OPTS)
 
 
 def _launch(

@@ -19,14 +19,20 @@ from streams.wire.partitioning import partition_for
 from tests.kafka_helpers import drain
 
 
-def kourier(*args: str) -> subprocess.CompletedProcess[str]:
+def kourier(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
+        env=env,
     )
+
+
+def jvm_arguments(data: Path) -> list[bytes]:
+    pid = (data / "broker.pid").read_text().strip()
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
 
 
 def test_broker_start_status_stop_and_restart_keeps_data(tmp_path: Path) -> None:
@@ -36,9 +42,8 @@ def test_broker_start_status_stop_and_restart_keeps_data(tmp_path: Path) -> None
         assert started.returncode == 0, started.stderr
         bootstrap = started.stdout.strip()
         assert bootstrap.startswith("127.0.0.1:")
-        pid = (data / "broker.pid").read_text().strip()
-        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert all(o.encode() in arguments for o in broker.jvm_performance_opts(os.environ))
+        arguments = jvm_arguments(data)
+        assert all(o.encode() in arguments for o in broker.JVM_PERFORMANCE_OPTS)
 
         status = kourier("broker", "status", "--data", str(data))
         assert status.returncode == 0
@@ -54,8 +59,14 @@ def test_broker_start_status_stop_and_restart_keeps_data(tmp_path: Path) -> None
         assert stopped.returncode == 0, stopped.stderr
         assert kourier("broker", "status", "--data", str(data)).returncode == 1
 
-        again = kourier("broker", "start", "--port", "0", "--data", str(data))
+        custom = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+        env = {**os.environ, "KAFKA_JVM_PERFORMANCE_OPTS": custom}
+        again = kourier("broker", "start", "--port", "0", "--data", str(data), env=env)
         assert again.returncode == 0, again.stderr
+        arguments = jvm_arguments(data)
+        assert b"-XX:+UseSerialGC" in arguments
+        assert b"-XX:TieredStopAtLevel=1" in arguments
+        assert b"-XX:+UseG1GC" not in arguments, "KAFKA_JVM_PERFORMANCE_OPTS replaces the defaults"
         assert again.stdout.strip() == bootstrap, "a data dir keeps its port"
         kept = drain(settings, "restart.ingress", expect=1)
         assert [m.value() for m in kept] == [b"kept"]

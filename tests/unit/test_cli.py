@@ -91,10 +91,12 @@ def test_a_local_broker_takes_its_jvm_options_from_kafkas_variable_when_set() ->
     from streams.kafka.broker import JVM_PERFORMANCE_OPTS, jvm_performance_opts
 
     assert jvm_performance_opts({}) == list(JVM_PERFORMANCE_OPTS)
-    custom = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 '-Dnote=two words'"
+    custom = " -XX:+UseSerialGC\t-XX:TieredStopAtLevel=1  -Dnote=it's "
     assert jvm_performance_opts({"KAFKA_JVM_PERFORMANCE_OPTS": custom}) == [
         "-XX:+UseSerialGC",
         "-XX:TieredStopAtLevel=1",
-        "-Dnote=two words",
-    ]
-    assert jvm_performance_opts({"KAFKA_JVM_PERFORMANCE_OPTS": ""}) == [], "set but empty: none"
+        "-Dnote=it's",
+    ], "split at whitespace, quotes kept, as Kafka's scripts expand it"
+    for blank in ("", "  "):
+        options = jvm_performance_opts({"KAFKA_JVM_PERFORMANCE_OPTS": blank})
+        assert options == list(JVM_PERFORMANCE_OPTS), "set but empty: the defaults, as Kafka's"
