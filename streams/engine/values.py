@@ -33,9 +33,19 @@ def writable(value: Any, what: str) -> Any:
     return measured(value, what)[0]
 
 
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
 def measured(value: Any, what: str) -> tuple[Any, int]:
     """:func:`writable`, with the size of the JSON it will be written as."""
-    encoded = JSON.encode(value, what)
+    if type(value) not in _SCALARS:
+        # Every record holds a value one level down (an invocation's argument, a response's
+        # value, a journal entry's), and pydantic's serializer stops at 255 levels: so a
+        # value is encoded one level down too, and one nested too deep for a record is
+        # refused here instead of failing the record.
+        encoded = JSON.encode([value], what)[0]
+    else:
+        encoded = JSON.encode(value, what)
     try:
         size = value_size(encoded)
     except UnicodeEncodeError:

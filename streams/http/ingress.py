@@ -490,8 +490,9 @@ def app_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, handler_cancellation=True)
 
 
-#: The deepest JSON body the ingress takes: pydantic parses records up to 200 levels.
-MAX_NESTING = 200
+#: The deepest JSON body the ingress takes: the deepest value a record can carry
+#: (pydantic's serializer stops at 255 levels, and the record is one of them).
+MAX_NESTING = 254
 _TOO_DEEP = f"body is JSON nested deeper than {MAX_NESTING} levels"
 
 

@@ -84,3 +84,27 @@ async def test_changing_a_run_result_leaves_its_journal_entry_alone() -> None:
     assert inv.journal[0].value == {"n": [1]}, "the journaled result a replay returns changed"
     await until(lambda: "spoil" in h.responses())
     assert h.responses()["spoil"].value == {"n": [1, 2]}
+
+
+@tools.handler()
+async def deep_result(ctx: Context, depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return {"value": value}  # one level more than the list
+
+
+async def test_a_result_too_deep_for_a_record_fails_the_call_with_400() -> None:
+    """A result that pydantic could serialize alone, but not inside a response record (one
+    level down), failed the record in the engine: the attempt died with the error, and
+    the caller waited for ever."""
+    h = Harness([tools])
+    h.call(on("deep_result", key=None), 253, request_id="fits")
+    h.call(on("deep_result", key=None), 254, request_id="too-deep")
+    await until(lambda: {"fits", "too-deep"} <= h.responses().keys())
+    responses = h.responses()
+    assert responses["fits"].failure is None
+    failure = responses["too-deep"].failure
+    assert failure is not None
+    assert failure.code == 400
+    assert "the result of Tools/deep_result is not JSON" in failure.message
