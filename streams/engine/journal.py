@@ -116,7 +116,8 @@ class Entry:
         try:
             return _ENTRY.validate_json(value)
         except ValidationError as error:
-            if "recursion limit exceeded" not in str(error):
+            first = error.errors()[0]
+            if first["type"] != "json_invalid" or "recursion limit" not in first["msg"]:
                 raise
             try:
                 entry = _ENTRY.validate_python(json.loads(value))

@@ -210,6 +210,8 @@ async def bulk_control(
         body = json.loads(text) if text.strip() else None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         return _refused(BulkRefused(400, f"body is not valid JSON: {error}"))
+    except RecursionError:
+        return _refused(BulkRefused(400, "body is JSON nested deeper than Python parses"))
     if text.strip() and body is None:  # `null` must not widen the action to every match
         return _refused(BulkRefused(400, 'the body must be {"ids": [...]} or absent'))
     try:

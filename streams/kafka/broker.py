@@ -278,7 +278,7 @@ def jvm_performance_opts(environ: Mapping[str, str]) -> list[str]:
     scripts expand it (no quotes removed), when it is set and not empty; else
     :data:`JVM_PERFORMANCE_OPTS`."""
     custom = environ.get("KAFKA_JVM_PERFORMANCE_OPTS", "")
-    return custom.split() if custom.strip() else list(JVM_PERFORMANCE_OPTS)
+    return custom.split() if custom else list(JVM_PERFORMANCE_OPTS)
 
 
 def _launch(

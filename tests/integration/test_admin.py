@@ -208,6 +208,10 @@ async def test_bulk_cancel_dry_run_then_real(
         async with http.post(url, params={"service": "Tally"}, data=b"null") as reply:
             assert reply.status == 400
             assert "ids" in (await reply.json())["message"]
+        deep = b"[" * 5_000 + b"]" * 5_000  # deeper than Python parses: it was a 500
+        async with http.post(url, params={"service": "Tally"}, data=deep) as reply:
+            assert reply.status == 400
+            assert "nested deeper" in (await reply.json())["message"]
 
 
 async def kourier(admin_url: str, *args: str) -> subprocess.CompletedProcess[str]:
