@@ -2,31 +2,171 @@
 
 Every worker process exposes them with ``kourier worker --metrics-port``; names start with
 ``kourier_``. ``deploy/grafana/kourier.json`` charts them.
+
+The three series written for every invocation (:data:`INVOCATIONS`,
+:data:`INVOCATION_SECONDS`, :data:`ATTEMPT_SECONDS`) are kept by :class:`LoopCounter` and
+:class:`LoopHistogram`: plain numbers that only the worker's event loop writes, exposed
+through a collector. The client's own metrics take a lock and run their checks on every
+update, which cost a small invocation 15 µs of its 128 (measured by leaving these three
+updates out of a Kafka-ingress backlog drain).
 """
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import TypeVar, cast
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.utils import floatToGoString
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
-INVOCATIONS = Counter(
-    "kourier_invocations_total",
+
+class CountSeries:
+    """One labelled series of a :class:`LoopCounter`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class HistogramSeries:
+    """One labelled series of a :class:`LoopHistogram`: a count per bucket (the last is
+    +Inf), not yet cumulative, and the sum."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bound >= value: Prometheus buckets count values less than or equal.
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+
+class _LoopFamily(ABC):
+    """A labelled metric family whose series one thread writes without a lock (the
+    worker's event loop: the processors run there, one step at a time). The scrape reads
+    them from the exposition thread, copying each series whole, under the GIL."""
+
+    _kind = "untyped"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        registry.register(self)
+
+    def _check(self, values: tuple[str, ...]) -> None:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+
+    def describe(self) -> list[Metric]:
+        return [Metric(self.name, self.documentation, self._kind)]
+
+    @abstractmethod
+    def collect(self) -> Iterator[Metric]:
+        """The family with a sample per series, read now."""
+
+
+class LoopCounter(_LoopFamily):
+    """A counter (``name`` without ``_total``) written by one thread."""
+
+    _kind = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._series: dict[tuple[str, ...], CountSeries] = {}
+        super().__init__(name, documentation, labelnames, registry)
+
+    def labels(self, *values: str) -> CountSeries:
+        series = self._series.get(values)
+        if series is None:
+            self._check(values)
+            series = self._series[values] = CountSeries()
+        return series
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, series in list(self._series.items()):
+            family.add_metric(values, series.value)
+        yield family
+
+
+class LoopHistogram(_LoopFamily):
+    """A histogram with fixed ``buckets`` written by one thread."""
+
+    _kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.bounds = tuple(sorted(float(b) for b in buckets if not math.isinf(b)))
+        self._series: dict[tuple[str, ...], HistogramSeries] = {}
+        super().__init__(name, documentation, labelnames, registry)
+
+    def labels(self, *values: str) -> HistogramSeries:
+        series = self._series.get(values)
+        if series is None:
+            self._check(values)
+            series = self._series[values] = HistogramSeries(self.bounds)
+        return series
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        edges = [*map(floatToGoString, self.bounds), "+Inf"]
+        for values, series in list(self._series.items()):
+            counts, total = list(series.counts), series.sum  # a copy: the loop goes on
+            cumulative, buckets = 0, []
+            for edge, count in zip(edges, counts, strict=True):
+                cumulative += count
+                buckets.append((edge, float(cumulative)))
+            family.add_metric(values, buckets, total)
+        yield family
+
+
+INVOCATIONS = LoopCounter(
+    "kourier_invocations",
     "Completed invocations by target and outcome (success, failure, cancelled, killed)",
     ["service", "handler", "outcome"],
 )
-INVOCATION_SECONDS = Histogram(
+INVOCATION_SECONDS = LoopHistogram(
     "kourier_invocation_seconds",
     "From an invocation's arrival on its partition to its completion (end to end)",
     ["service", "handler"],
     buckets=_SECONDS,
 )
-ATTEMPT_SECONDS = Histogram(
+ATTEMPT_SECONDS = LoopHistogram(
     "kourier_handler_seconds",
     "How long one attempt of a handler ran, until it returned, failed or was suspended",
     ["service", "handler"],

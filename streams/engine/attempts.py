@@ -65,7 +65,7 @@ class Attempts:
         try:
             await self._attempt(inv)
         finally:
-            labelled(ATTEMPT_SECONDS, handler.service.name, handler.name).observe(
+            ATTEMPT_SECONDS.labels(handler.service.name, handler.name).observe(
                 time.perf_counter() - began
             )
 

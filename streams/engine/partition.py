@@ -38,7 +38,7 @@ from streams.engine.promises import Promises
 from streams.engine.registry import Registry
 from streams.engine.store import ObjectKey, PartitionStore
 from streams.engine.waiters import Waiters
-from streams.metrics import INVOCATION_SECONDS, INVOCATIONS, labelled
+from streams.metrics import INVOCATION_SECONDS, INVOCATIONS
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
@@ -439,8 +439,8 @@ class PartitionProcessor:
         outcome = "success" if failure is None else "failure"
         if failure is CANCELLED or failure is KILLED:
             outcome = failure.message
-        labelled(INVOCATIONS, target.service, target.handler, outcome).inc()
-        labelled(INVOCATION_SECONDS, target.service, target.handler).observe(now - meta.created_at)
+        INVOCATIONS.labels(target.service, target.handler, outcome).inc()
+        INVOCATION_SECONDS.labels(target.service, target.handler).observe(now - meta.created_at)
         meta.status = "completed"
         meta.value, meta.failure = value, failure
         meta.modified_at = now

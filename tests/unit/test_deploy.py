@@ -22,6 +22,7 @@ import streams.kafka.offsets
 import streams.kafka.worker
 import streams.metrics
 from streams.cli import build_parser
+from streams.metrics import LoopCounter, LoopHistogram
 from streams.settings import Settings
 from streams.wire.topics import Topics
 
@@ -144,6 +145,8 @@ def _labels() -> dict[str, frozenset[str]]:
                 (family,) = value.describe()
                 # prometheus_client has no public accessor for a metric's label names.
                 found[family.name] = frozenset(value._labelnames)
+            elif isinstance(value, LoopCounter | LoopHistogram):
+                found[value.name] = frozenset(value.labelnames)
     return found
 
 
