@@ -272,7 +272,6 @@ class PartitionProcessor:
             self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
             return
         target = record.target
-        seed = f"{self.topics.ingress}/{self.partition}/{offset}"
         scope = None
         if handler.kind == "workflow":
             inv_id = ids.workflow_run_id(target.service, target.key or "")
@@ -281,9 +280,9 @@ class PartitionProcessor:
         elif record.invocation_id is not None:
             inv_id = record.invocation_id
         elif target.key is not None:
-            inv_id = ids.keyed_id(target.key, seed)
+            inv_id = ids.keyed_id(target.key, self._seed(offset))
         else:
-            inv_id = ids.id_on_partition(self.partition, self.partitions, seed)
+            inv_id = ids.id_on_partition(self.partition, self.partitions, self._seed(offset))
         existing = self.invocations.get(inv_id)
         if existing is not None:
             self.waiters.duplicate(existing, record)
@@ -317,6 +316,11 @@ class PartitionProcessor:
             self._schedule(inv, record.due.timestamp())
         else:
             self._enqueue(inv)
+
+    def _seed(self, offset: int) -> str:
+        """What the id of a record without one derives from: its place in the topic, so
+        that a replay assigns the same id."""
+        return f"{self.topics.ingress}/{self.partition}/{offset}"
 
     def invoke_locally(self, record: Invoke, out: Out, trace: str | None, seq: int) -> bool:
         """Apply a call or send that a handler of this process made to this partition, as

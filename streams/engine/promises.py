@@ -57,7 +57,7 @@ class Promises:
     def forget_waits(self, inv: Invocation) -> None:
         """A completed invocation (cancelled or killed, perhaps) waits on no promise."""
         target = inv.meta.target
-        if target.key is None:
+        if target.key is None or not self.waiters:  # nobody waits on a promise here
             return
         for index, entry in enumerate(inv.journal):
             if entry.kind == "promise_get" and entry.name:

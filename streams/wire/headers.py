@@ -27,4 +27,6 @@ DENIED_HEADERS = frozenset(
 
 def allowed_headers(headers: Mapping[str, str], deny: frozenset[str]) -> dict[str, str]:
     """``headers`` without those named in ``deny`` (names compared in lower case)."""
+    if not headers:  # most records carry none
+        return {}
     return {name: value for name, value in headers.items() if name.lower() not in deny}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 # Changelog topics keep only the latest value per key, and never delete it by age.
 _COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
@@ -25,6 +26,7 @@ class Topics:
     Topics co-partitioned with ``ingress`` (same partition count, same key ->
     same partition number) hold what a partition's owner needs: its delayed
     messages, its object state, its invocations and its idempotency table.
+    Each name is built once: the worker compares and writes them for every record.
     """
 
     namespace: str
@@ -32,42 +34,42 @@ class Topics:
     def _name(self, suffix: str) -> str:
         return f"{self.namespace}.{suffix}"
 
-    @property
+    @cached_property
     def ingress(self) -> str:
         """Invocations, cancels, kills, attaches and completions, keyed by object key."""
         return self._name("ingress")
 
-    @property
+    @cached_property
     def delay(self) -> str:
         """Delayed messages waiting for their due time, keyed like ``ingress``."""
         return self._name("delay")
 
-    @property
+    @cached_property
     def responses(self) -> str:
         """Outcomes for callers outside Kourier (HTTP ingress, client, external producers)."""
         return self._name("responses")
 
-    @property
+    @cached_property
     def deadletter(self) -> str:
         """Malformed ingress records, with the reason in headers."""
         return self._name("deadletter")
 
-    @property
+    @cached_property
     def state(self) -> str:
         """Changelog of virtual-object and workflow state (compacted)."""
         return self._name("state")
 
-    @property
+    @cached_property
     def invocations(self) -> str:
         """Changelog of invocation status and journals (compacted)."""
         return self._name("invocations")
 
-    @property
+    @cached_property
     def dedup(self) -> str:
         """Changelog of the idempotency-key table (compacted)."""
         return self._name("dedup")
 
-    @property
+    @cached_property
     def services(self) -> str:
         """What each worker hosts (service manifests), read by the ingress (compacted)."""
         return self._name("services")
