@@ -125,7 +125,16 @@ class Attempts:
             return f"{type(error).__name__}: {error}"
         if inv.closed or self._closed():
             return None
-        self._complete(inv, value, failure)
+        try:
+            self._complete(inv, value, failure)
+        except Exception as error:  # a backstop: the caller must hear, the key must free
+            log.exception("%s: its outcome could not be written", inv.meta.id)
+            failure = Failure(
+                code=500,
+                message=f"the outcome of {handler.path} could not be written: "
+                f"{type(error).__name__}: {error}",
+            )
+            self._complete(inv, None, failure)
         return None if failure is None else f"{failure.code} {failure.message}"
 
     # -- suspension ------------------------------------------------------------------

@@ -439,12 +439,6 @@ class PartitionProcessor:
     def _complete(self, inv: Invocation, value: JsonValue, failure: Failure | None) -> None:
         meta = inv.meta
         now = time.time()
-        target = meta.target
-        outcome = "success" if failure is None else "failure"
-        if failure is CANCELLED or failure is KILLED:
-            outcome = failure.message
-        INVOCATIONS.labels(target.service, target.handler, outcome).inc()
-        INVOCATION_SECONDS.labels(target.service, target.handler).observe(now - meta.created_at)
         meta.status = "completed"
         meta.value, meta.failure = value, failure
         meta.modified_at = now
@@ -459,6 +453,14 @@ class PartitionProcessor:
         meta.request_ids.clear()  # answered: a retained outcome needs neither
         meta.attachers.clear()
         meta.cancel_requested = False
+        # Counted once its records are out: a value that failed them is completed again
+        # as a failure (``Attempts``).
+        target = meta.target
+        outcome = "success" if failure is None else "failure"
+        if failure is CANCELLED or failure is KILLED:
+            outcome = failure.message
+        INVOCATIONS.labels(target.service, target.handler, outcome).inc()
+        INVOCATION_SECONDS.labels(target.service, target.handler).observe(now - meta.created_at)
         retention = inv.retention()
         if retention.total_seconds() > 0:
             meta.expires_at = now + retention.total_seconds()
