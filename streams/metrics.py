@@ -7,8 +7,9 @@ The three series written for every invocation (:data:`INVOCATIONS`,
 :data:`INVOCATION_SECONDS`, :data:`ATTEMPT_SECONDS`) are kept by :class:`LoopCounter` and
 :class:`LoopHistogram`: plain numbers that only the worker's event loop writes, exposed
 through a collector. The client's own metrics take a lock and run their checks on every
-update, which cost a small invocation 15 µs of its 128 (measured by leaving these three
-updates out of a Kafka-ingress backlog drain).
+update (1.2 µs an increment and 2.3 µs an observation, against 0.14 and 0.34 here): a
+Kafka-ingress backlog drain took 128 µs of worker CPU per invocation with them, 112-113
+with the three updates left out, and 116-118 with these families.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class HistogramSeries:
 class _LoopFamily(ABC):
     """A labelled metric family whose series one thread writes without a lock (the
     worker's event loop: the processors run there, one step at a time). The scrape reads
-    them from the exposition thread, copying each series whole, under the GIL."""
+    them from the exposition thread: the series table is copied in one C call, and a
+    histogram's counts in another (its sum may hold one observation more or less, as the
+    client's own may)."""
 
     _kind = "untyped"
 
@@ -113,7 +116,7 @@ class LoopCounter(_LoopFamily):
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, series in list(self._series.items()):
+        for values, series in self._series.copy().items():
             family.add_metric(values, series.value)
         yield family
 
@@ -145,7 +148,7 @@ class LoopHistogram(_LoopFamily):
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         edges = [*map(floatToGoString, self.bounds), "+Inf"]
-        for values, series in list(self._series.items()):
+        for values, series in self._series.copy().items():
             counts, total = list(series.counts), series.sum  # a copy: the loop goes on
             cumulative, buckets = 0, []
             for edge, count in zip(edges, counts, strict=True):

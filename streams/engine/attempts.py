@@ -29,8 +29,9 @@ from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
 
 log = logging.getLogger("kourier.partition")
 
-#: What an attempt ends with: the invocation, its value and its failure (None: success).
-Complete = Callable[[Invocation, JsonValue, Failure | None], None]
+#: What an attempt ends with: the invocation, its value and its failure (None: success);
+#: returns the failure written, which replaces an outcome that could not be written.
+Complete = Callable[[Invocation, JsonValue, Failure | None], Failure | None]
 
 
 class Attempts:
@@ -125,16 +126,7 @@ class Attempts:
             return f"{type(error).__name__}: {error}"
         if inv.closed or self._closed():
             return None
-        try:
-            self._complete(inv, value, failure)
-        except Exception as error:  # a backstop: the caller must hear, the key must free
-            log.exception("%s: its outcome could not be written", inv.meta.id)
-            failure = Failure(
-                code=500,
-                message=f"the outcome of {handler.path} could not be written: "
-                f"{type(error).__name__}: {error}",
-            )
-            self._complete(inv, None, failure)
+        failure = self._complete(inv, value, failure)
         return None if failure is None else f"{failure.code} {failure.message}"
 
     # -- suspension ------------------------------------------------------------------

@@ -30,7 +30,7 @@ class Controls:
         outbox: Outbox,
         attempts: Attempts,
         *,
-        complete: Callable[[Invocation, JsonValue, Failure | None], None],
+        complete: Callable[[Invocation, JsonValue, Failure | None], Failure | None],
         forget: Callable[[Invocation], None],
         touch: Callable[[Invocation], None],
     ) -> None:

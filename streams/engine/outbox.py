@@ -9,8 +9,10 @@ transaction, or a test, which collects it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -62,9 +64,29 @@ class Outbox:
         self.topics = topics
         self.partition = partition
         self.partitions = partitions
-        self._emit = emit
+        self._emit_now = emit
         self._deliver_locally = deliver_locally
         self._call_locally = call_locally
+        self._held: list[Callable[[], None]] | None = None
+
+    def _emit(self, out: Out) -> None:
+        if self._held is None:
+            self._emit_now(out)
+        else:
+            self._held.append(functools.partial(self._emit_now, out))
+
+    @contextlib.contextmanager
+    def all_or_none(self) -> Iterator[None]:
+        """Records built inside the block go out, and local deliveries happen, only when
+        the block ends without an error: one record that cannot be encoded sends none."""
+        held: list[Callable[[], None]] = []
+        self._held = held
+        try:
+            yield
+        finally:
+            self._held = None
+        for send in held:
+            send()
 
     def response(self, response: Response) -> None:
         """To the response topic, on the partition of its request id (where clients read)."""
@@ -107,7 +129,11 @@ class Outbox:
         record = Out(self.topics.ingress, owner, caller.encode(), encode(completion))
         self._emit(record)
         if self._deliver_locally is not None:
-            self._deliver_locally(owner, completion, record)
+            deliver = functools.partial(self._deliver_locally, owner, completion, record)
+            if self._held is None:
+                deliver()
+            else:
+                self._held.append(deliver)
 
     def invoke(self, record: Invoke, trace: str | None = None) -> None:
         """A call or send a handler made, to the partition of the callee's id, with the

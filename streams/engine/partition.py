@@ -436,25 +436,36 @@ class PartitionProcessor:
         inv.complete_entry(index, value=record.value, failure=failure)
         return True
 
-    def _complete(self, inv: Invocation, value: JsonValue, failure: Failure | None) -> None:
+    def _complete(
+        self, inv: Invocation, value: JsonValue, failure: Failure | None
+    ) -> Failure | None:
+        """Complete ``inv`` with its outcome: answer whoever waits, count it, keep or
+        forget it, free its key. An outcome whose records cannot be written (none of them
+        goes out) is replaced by a 500 failure, so that nobody waits for ever and the calls
+        queued on the key run. The failure written (None: success)."""
         meta = inv.meta
         now = time.time()
         meta.status = "completed"
-        meta.value, meta.failure = value, failure
         meta.modified_at = now
         inv.task = None
         self.promises.forget_waits(inv)
-        for request_id in meta.request_ids:
-            self.outbox.outcome(request_id, meta)
-        for caller in [meta.caller, *meta.attachers] if meta.caller else meta.attachers:
-            self.outbox.completion(Completion(
-                caller=caller, invocation_id=meta.id, value=value, failure=failure
-            ))  # fmt: skip
+        try:
+            with self.outbox.all_or_none():
+                self._answer(meta, value, failure)
+        except Exception as error:
+            log.exception("%s: its outcome could not be written", meta.id)
+            value, failure = (
+                None,
+                Failure(
+                    code=500,
+                    message=f"the outcome of {meta.target.path()} could not be written: "
+                    f"{type(error).__name__}: {error}",
+                ),
+            )
+            self._answer(meta, value, failure)
         meta.request_ids.clear()  # answered: a retained outcome needs neither
         meta.attachers.clear()
         meta.cancel_requested = False
-        # Counted once its records are out: a value that failed them is completed again
-        # as a failure (``Attempts``).
         target = meta.target
         outcome = "success" if failure is None else "failure"
         if failure is CANCELLED or failure is KILLED:
@@ -471,6 +482,17 @@ class PartitionProcessor:
         lock = inv.lock_key
         if lock is not None and self.locks.release(lock, meta.id):
             self._unlock_next(lock)
+        return failure
+
+    def _answer(self, meta: InvocationMeta, value: JsonValue, failure: Failure | None) -> None:
+        """The outcome, to every request id, the caller and every attacher."""
+        meta.value, meta.failure = value, failure
+        for request_id in meta.request_ids:
+            self.outbox.outcome(request_id, meta)
+        for caller in [meta.caller, *meta.attachers] if meta.caller else meta.attachers:
+            self.outbox.completion(Completion(
+                caller=caller, invocation_id=meta.id, value=value, failure=failure
+            ))  # fmt: skip
 
     def _unlock_next(self, lock: ObjectKey) -> None:
         def still_pending(inv_id: str) -> bool:

@@ -128,11 +128,18 @@ def _registered() -> dict[str, str]:
 
 
 def _series() -> dict[str, str]:
-    """Every series name Kourier can expose -> its family."""
+    """Every series name Kourier can expose -> its family (the worker's lock-free
+    families have no ``_created`` series)."""
+    lock_free = {
+        value.name
+        for value in vars(streams.metrics).values()
+        if isinstance(value, LoopCounter | LoopHistogram)
+    }
     return {
         family + suffix: family
         for family, kind in _registered().items()
         for suffix in _SUFFIXES[kind]
+        if not (family in lock_free and suffix == "_created")
     }
 
 
