@@ -450,8 +450,11 @@ class PartitionProcessor:
         inv.task = None
         self.promises.forget_waits(inv)
         try:
-            with self.outbox.all_or_none():
-                self._answer(meta, value, failure)
+            if meta.request_ids or meta.caller is not None or meta.attachers:
+                with self.outbox.all_or_none():
+                    self._answer(meta, value, failure)
+            else:  # nobody to answer: a one-way send
+                meta.value, meta.failure = value, failure
         except Exception as error:
             log.exception("%s: its outcome could not be written", meta.id)
             value, failure = (
