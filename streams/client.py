@@ -28,6 +28,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from pydantic import BaseModel, JsonValue
+from pydantic_core import PydanticSerializationError
 
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
@@ -318,7 +319,10 @@ class Client:
         def report(error: KafkaError | None, message: Message) -> None:
             self._reports.append((delivered, error))
 
-        value = encode(record)
+        try:
+            value = encode(record)
+        except PydanticSerializationError as error:  # a value fine alone, too deep in a record
+            raise TerminalError(f"the record cannot be written as JSON: {error}", 400) from None
         # An invocation continues the trace of whoever invokes (streams.tracing).
         headers = tracing.as_headers(tracing.current()) if isinstance(record, Invoke) else None
         while True:

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from handlers.exceptions import TerminalError
 from streams.client import Client
 from streams.engine.partition import MAX_RECORD_BYTES
 from streams.kafka import deadletters
@@ -357,3 +358,20 @@ async def test_near_miss_records_never_lock_a_key_or_stop_the_worker(
         ran = sum(1 for kind, k in thrown if k == key and kind in valid)
         after = await asyncio.wait_for(client.object("Tally", key, "add").request(1), 60)
         assert after == ran + 1, key
+
+
+async def test_the_client_refuses_an_argument_too_deep_for_a_record(
+    worker: Worker, client: Client
+) -> None:
+    """An argument that the client's JSON check passes alone (254 levels) but that a record
+    cannot carry one level down raised pydantic's serialization error out of the client; it
+    is the caller's 400, raised before anything is produced, and the next call works."""
+    deep: Any = 1
+    for _ in range(254):
+        deep = [deep]
+    with pytest.raises(TerminalError) as raised:
+        await client.service("Relay", "echo").request(deep)
+    assert raised.value.status_code == 400
+    assert "cannot be written as JSON" in raised.value.message
+    after = await asyncio.wait_for(client.service("Relay", "echo").request({"ok": 3}), 60)
+    assert after["value"] == {"ok": 3}
