@@ -8,7 +8,7 @@ The three series written for every invocation (:data:`INVOCATIONS`,
 :class:`LoopHistogram`: plain numbers that only the worker's event loop writes, exposed
 through a collector. The client's own metrics take a lock and run their checks on every
 update (1.2 µs an increment and 2.3 µs an observation, against 0.14 and 0.34 here): a
-Kafka-ingress backlog drain took 128 µs of worker CPU per invocation with them, 112-113
+Kafka-ingress backlog drain took 128-129 µs of worker CPU per invocation with them, 112-113
 with the three updates left out, and 116-118 with these families.
 """
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import get_args
 
+from handlers.exceptions import TerminalError
 from streams.cli import admin as admin_api
 from streams.cli import commands as run
 from streams.engine.journal import Status
@@ -233,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except TerminalError as exc:  # a request the client refused (an argument too deep)
+        run.say(f"kourier: error: {exc.status_code} {exc.message}")
+        return 2
     except Exception as exc:
         refused = isinstance(exc, KourierError) and not exc.retriable
         if refused or isinstance(exc, (ValueError, ConnectionError)):

@@ -76,17 +76,18 @@ class Outbox:
             self._held.append(functools.partial(self._emit_now, out))
 
     @contextlib.contextmanager
-    def all_or_none(self) -> Iterator[None]:
-        """Records built inside the block go out, and local deliveries happen, only when
-        the block ends without an error: one record that cannot be encoded sends none."""
+    def holding(self) -> Iterator[list[Callable[[], None]]]:
+        """Hold the records emitted in the block, and the local deliveries of its
+        completions: the caller sends them (calls each) once every record was built, or
+        drops them all. Calls made in the block are not held (``invoke`` may run them
+        locally at once); an outcome makes none."""
+        assert self._held is None, "holding() does not nest"
         held: list[Callable[[], None]] = []
         self._held = held
         try:
-            yield
+            yield held
         finally:
             self._held = None
-        for send in held:
-            send()
 
     def response(self, response: Response) -> None:
         """To the response topic, on the partition of its request id (where clients read)."""

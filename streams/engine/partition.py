@@ -449,23 +449,7 @@ class PartitionProcessor:
         meta.modified_at = now
         inv.task = None
         self.promises.forget_waits(inv)
-        try:
-            if meta.request_ids or meta.caller is not None or meta.attachers:
-                with self.outbox.all_or_none():
-                    self._answer(meta, value, failure)
-            else:  # nobody to answer: a one-way send
-                meta.value, meta.failure = value, failure
-        except Exception as error:
-            log.exception("%s: its outcome could not be written", meta.id)
-            value, failure = (
-                None,
-                Failure(
-                    code=500,
-                    message=f"the outcome of {meta.target.path()} could not be written: "
-                    f"{type(error).__name__}: {error}",
-                ),
-            )
-            self._answer(meta, value, failure)
+        failure = self._write_outcome(meta, value, failure)
         meta.request_ids.clear()  # answered: a retained outcome needs neither
         meta.attachers.clear()
         meta.cancel_requested = False
@@ -485,6 +469,30 @@ class PartitionProcessor:
         lock = inv.lock_key
         if lock is not None and self.locks.release(lock, meta.id):
             self._unlock_next(lock)
+        return failure
+
+    def _write_outcome(
+        self, meta: InvocationMeta, value: JsonValue, failure: Failure | None
+    ) -> Failure | None:
+        """Answer whoever waits, all or none: an outcome whose records cannot all be built
+        is replaced by a 500 failure. The failure written (None: success)."""
+        if not (meta.request_ids or meta.caller is not None or meta.attachers):
+            meta.value, meta.failure = value, failure  # nobody to answer: a one-way send
+            return failure
+        try:
+            with self.outbox.holding() as held:
+                self._answer(meta, value, failure)
+        except Exception as error:
+            log.exception("%s: its outcome could not be written", meta.id)
+            failure = Failure(
+                code=500,
+                message=f"the outcome of {meta.target.path()} could not be written: "
+                f"{type(error).__name__}: {error}",
+            )
+            self._answer(meta, None, failure)
+            return failure
+        for send in held:
+            send()
         return failure
 
     def _answer(self, meta: InvocationMeta, value: JsonValue, failure: Failure | None) -> None:

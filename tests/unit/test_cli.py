@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import jsonschema
+import pytest
 
 
 def test_kourier_schema_prints_valid_json_schema() -> None:
@@ -100,3 +101,22 @@ def test_a_local_broker_takes_its_jvm_options_from_kafkas_variable_when_set() ->
     empty = jvm_performance_opts({"KAFKA_JVM_PERFORMANCE_OPTS": ""})
     assert empty == list(JVM_PERFORMANCE_OPTS), "set but empty: the defaults, as Kafka's"
     assert jvm_performance_opts({"KAFKA_JVM_PERFORMANCE_OPTS": "  "}) == [], "blanks: none"
+
+
+def test_a_call_the_client_refuses_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The client refuses an argument too deep for a record with TerminalError 400, which
+    ``kourier call`` and ``kourier send`` let out as a traceback. (The client's side is
+    tested against the broker in tests/integration/test_bad_input.py.)"""
+    from handlers.exceptions import TerminalError
+    from streams.cli import commands, parser
+
+    def refused(args: object) -> int:
+        raise TerminalError("the record cannot be written as JSON: too deep", 400)
+
+    monkeypatch.setattr(commands, "call", refused)
+    for command in ("call", "send"):
+        assert parser.main([command, "Relay/echo", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "kourier: error: 400 the record cannot be written as JSON: too deep"
