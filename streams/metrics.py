@@ -18,7 +18,7 @@ import math
 from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from typing import TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -26,6 +26,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.utils import floatToGoString
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
+_S = TypeVar("_S")
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -59,7 +60,7 @@ class HistogramSeries:
         self.sum += value
 
 
-class _LoopFamily(ABC):
+class _LoopFamily(ABC, Generic[_S]):
     """A labelled metric family whose series one thread writes without a lock (the
     worker's event loop: the processors run there, one step at a time). The scrape reads
     them from the exposition thread: the series table is copied in one C call, and a
@@ -78,41 +79,35 @@ class _LoopFamily(ABC):
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], _S] = {}
         registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> None:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+    def labels(self, *values: str) -> _S:
+        series = self._series.get(values)
+        if series is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+            series = self._series[values] = self._new_series()
+        return series
 
     def describe(self) -> list[Metric]:
         return [Metric(self.name, self.documentation, self._kind)]
+
+    @abstractmethod
+    def _new_series(self) -> _S: ...
 
     @abstractmethod
     def collect(self) -> Iterator[Metric]:
         """The family with a sample per series, read now."""
 
 
-class LoopCounter(_LoopFamily):
+class LoopCounter(_LoopFamily[CountSeries]):
     """A counter (``name`` without ``_total``) written by one thread."""
 
     _kind = "counter"
 
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry = REGISTRY,
-    ) -> None:
-        self._series: dict[tuple[str, ...], CountSeries] = {}
-        super().__init__(name, documentation, labelnames, registry)
-
-    def labels(self, *values: str) -> CountSeries:
-        series = self._series.get(values)
-        if series is None:
-            self._check(values)
-            series = self._series[values] = CountSeries()
-        return series
+    def _new_series(self) -> CountSeries:
+        return CountSeries()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -121,7 +116,7 @@ class LoopCounter(_LoopFamily):
         yield family
 
 
-class LoopHistogram(_LoopFamily):
+class LoopHistogram(_LoopFamily[HistogramSeries]):
     """A histogram with fixed ``buckets`` written by one thread."""
 
     _kind = "histogram"
@@ -135,15 +130,10 @@ class LoopHistogram(_LoopFamily):
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.bounds = tuple(sorted(float(b) for b in buckets if not math.isinf(b)))
-        self._series: dict[tuple[str, ...], HistogramSeries] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramSeries:
-        series = self._series.get(values)
-        if series is None:
-            self._check(values)
-            series = self._series[values] = HistogramSeries(self.bounds)
-        return series
+    def _new_series(self) -> HistogramSeries:
+        return HistogramSeries(self.bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
