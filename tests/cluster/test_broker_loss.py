@@ -279,8 +279,13 @@ async def test_mixed_load_survives_leader_and_coordinator_loss(
     assert set(effects) == set(sent.effects), "every ctx.run effect happened"
     repeated = sorted(tag for tag, pids in effects.items() if len(pids) > 1)
     logs = await asyncio.to_thread(lambda: "".join(p.read_text() for p in tmp_path.glob("*.log")))
+    # A step fails to commit when its transaction fails (the worker restores its
+    # partitions), when it is stuck (fenced), or when the worker's session with a lost
+    # group coordinator times out: the partitions are lost, and what was not committed
+    # yet is dropped and runs again once they are assigned.
     failed_steps = [line for line in logs.splitlines()
-                    if "restoring owned partitions" in line or "fencing it" in line]  # fmt: skip
+                    if "restoring owned partitions" in line or "fencing it" in line
+                    or "without a clean hand-over" in line]  # fmt: skip
     # At least once: an effect repeats only when the step that ran it failed to commit
     # (README, Guarantees), and the worker says so.
     assert not repeated or failed_steps, f"{repeated} repeated, yet every commit went through"
