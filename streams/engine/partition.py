@@ -489,8 +489,12 @@ class PartitionProcessor:
                 message=f"the outcome of {meta.target.path()} could not be written: "
                 f"{type(error).__name__}: {error}",
             )
-            self._answer(meta, None, failure)
-            return failure
+            try:
+                with self.outbox.holding() as held:
+                    self._answer(meta, None, failure)
+            except Exception:  # nobody can be told; the key is freed all the same
+                log.exception("%s: not even its failure could be written", meta.id)
+                return failure
         for send in held:
             send()
         return failure

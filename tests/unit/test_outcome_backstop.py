@@ -99,3 +99,19 @@ async def test_a_record_failing_part_way_sends_none_of_the_outcome(
     told = completions(h.out, callee)
     assert [(c.value, c.failure and c.failure.code) for c in told] == [(None, 500)]
     assert (counted("success"), counted("failure")) == (before[0] + 1, before[1] + 1)
+
+
+async def test_an_outcome_whose_failure_cannot_be_written_either_still_frees_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When not even the 500 can be written (every response to one request id refuses to
+    encode), nobody is told, but the error no longer escapes the completion: the key is
+    freed and the call queued behind it runs."""
+    refuse(monkeypatch, lambda record: getattr(record, "request_id", None) == "mute")
+    h = Harness([box])
+    h.call(TARGET, "anything", request_id="mute")
+    h.call(TARGET, "fine", request_id="next")
+    await until(lambda: "next" in h.responses())
+    assert responses(h.out, "mute") == []
+    (fine,) = responses(h.out, "next")
+    assert (fine.failure, fine.value) == (None, "fine")
