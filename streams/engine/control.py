@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from pydantic import JsonValue
-
-from streams.engine.attempts import Attempts
+from streams.engine.attempts import Attempts, Complete
 from streams.engine.invocation import Invocation
 from streams.engine.journal import CANCELLED, KILLED, LOCAL_WAITS
 from streams.engine.outbox import Outbox
@@ -30,7 +28,7 @@ class Controls:
         outbox: Outbox,
         attempts: Attempts,
         *,
-        complete: Callable[[Invocation, JsonValue, Failure | None], Failure | None],
+        complete: Complete,
         forget: Callable[[Invocation], None],
         touch: Callable[[Invocation], None],
     ) -> None:

@@ -129,12 +129,12 @@ class Outbox:
         owner = ids.partition_of(caller, self.partitions)
         record = Out(self.topics.ingress, owner, caller.encode(), encode(completion))
         self._emit(record)
-        if self._deliver_locally is not None:
-            deliver = functools.partial(self._deliver_locally, owner, completion, record)
-            if self._held is None:
-                deliver()
-            else:
-                self._held.append(deliver)
+        if self._deliver_locally is None:
+            return
+        if self._held is None:
+            self._deliver_locally(owner, completion, record)
+        else:
+            self._held.append(functools.partial(self._deliver_locally, owner, completion, record))
 
     def invoke(self, record: Invoke, trace: str | None = None) -> None:
         """A call or send a handler made, to the partition of the callee's id, with the
