@@ -322,7 +322,8 @@ class Client:
         try:
             value = encode(record)
         except PydanticSerializationError as error:  # a value fine alone, too deep in a record
-            raise TerminalError(f"the record cannot be written as JSON: {error}", 400) from None
+            message = f"the value is nested deeper than a record can carry ({error})"
+            raise TerminalError(message, 400) from None
         # An invocation continues the trace of whoever invokes (streams.tracing).
         headers = tracing.as_headers(tracing.current()) if isinstance(record, Invoke) else None
         while True:

@@ -133,6 +133,7 @@ async def test_http_calls_return_results_errors_and_the_invocation_id(ingress_ur
         ("/Relay/echo", b"[" * 254 + b"1" + b"]" * 254, JSON, 400, "deeper than a record"),
         ("/Relay/echo", b'{"a":' * 254 + b"1" + b"}" * 254, JSON, 400, "deeper than a record"),
         ("/Relay/echo", b"[" * 5_000 + b"]" * 5_000, JSON, 400, "deeper than a record"),
+        ("/Relay/echo/send?delay=1s", b"[" * 254 + b"1" + b"]" * 254, JSON, 400, "deeper than a"),
         ("/Relay/echo", b"[" + b"1," * 600_000 + b"1]", JSON, 413, "larger than"),
         ("/Tally/k/add", b'"not a number"', JSON, 400, "invalid input"),
         ("/Tally/k/add?delay=5s", b"1", JSON, 400, "only allowed on sends"),
