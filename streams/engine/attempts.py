@@ -115,10 +115,14 @@ class Attempts:
         except NonDeterminismError as error:
             log.error("%s: %s", inv.meta.id, error)
             failure = Failure(code=500, message=f"non-deterministic handler: {error}")
-        except (InvocationClosed, asyncio.CancelledError):
+        except (InvocationClosed, asyncio.CancelledError) as error:
             if inv.closed or self._closed():
                 return None
-            raise
+            if isinstance(error, InvocationClosed) or _attempt_cancelled():
+                raise
+            # Something the handler awaited was cancelled, not the attempt: a failure.
+            self._back_off(inv, error)
+            return f"{type(error).__name__}: {error}"
         except Exception as error:
             if inv.closed or self._closed():
                 return None
@@ -158,7 +162,7 @@ class Attempts:
         if not self._closed() and inv.meta.status == "suspended":
             self.run(inv)
 
-    def _back_off(self, inv: Invocation, error: Exception) -> None:
+    def _back_off(self, inv: Invocation, error: BaseException) -> None:
         meta = inv.meta
         policy = inv.handler.retry
         meta.last_error = shorten(f"{type(error).__name__}: {error}")
@@ -192,6 +196,13 @@ class Attempts:
                 self.run(inv)
 
         asyncio.get_running_loop().call_later(delay, retry)
+
+
+def _attempt_cancelled() -> bool:
+    """Whether the running attempt's own task was asked to cancel (not merely something it
+    awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def fits_with_argument(size: int, argument: JsonValue, path: str) -> None:

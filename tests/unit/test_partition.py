@@ -36,7 +36,7 @@ from streams.wire.records import (
 )
 from tests.unit.harness import TOPICS, Harness, of_kind, settle, until
 
-calls = {"flaky": 0}
+calls = {"flaky": 0, "met_a_cancel": 0}
 
 box = VirtualObject("Box")
 
@@ -98,6 +98,18 @@ async def flaky(ctx: Context) -> str:
 
 
 @svc.handler()
+async def meets_a_cancel(ctx: Context) -> str:
+    """The first attempt awaits a future that was cancelled: CancelledError reaches the
+    handler, though nobody cancelled the attempt."""
+    calls["met_a_cancel"] += 1
+    if calls["met_a_cancel"] == 1:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+    return "ran"
+
+
+@svc.handler()
 async def refuse(ctx: Context) -> None:
     raise TerminalError("no", 403)
 
@@ -123,6 +135,20 @@ async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
     assert calls["flaky"] == 3
     assert h.processor.invocations[flaky_id].meta.status == "paused"
     assert "flaky" not in h.responses()
+
+
+async def test_a_cancelled_error_the_handler_meets_is_retried_like_any_failure() -> None:
+    """It used to end the attempt's task as if Kourier had cancelled it: the invocation
+    stayed running with no task, nobody was answered, and an object's key stayed locked."""
+    h = Harness([box, svc, patient])
+    calls["met_a_cancel"] = 0
+    inv_id = h.call(Target(service="Helper", handler="meets_a_cancel"), request_id="c")
+    await until(lambda: "c" in h.responses())
+    assert h.responses()["c"].value == "ran"
+    assert calls["met_a_cancel"] == 2
+    assert h.processor.invocations.get(inv_id) is None or (
+        h.processor.invocations[inv_id].meta.status == "completed"
+    )
 
 
 async def test_a_restored_invocation_replays_without_repeating_its_calls() -> None:
