@@ -122,12 +122,12 @@ class Attempts:
                 raise
             # Something the handler awaited was cancelled, not the attempt: a failure.
             self._back_off(inv, error)
-            return f"{type(error).__name__}: {error}"
+            return _described(error)
         except Exception as error:
             if inv.closed or self._closed():
                 return None
             self._back_off(inv, error)
-            return f"{type(error).__name__}: {error}"
+            return _described(error)
         if inv.closed or self._closed():
             return None
         failure = self._complete(inv, value, failure)
@@ -165,7 +165,7 @@ class Attempts:
     def _back_off(self, inv: Invocation, error: BaseException) -> None:
         meta = inv.meta
         policy = inv.handler.retry
-        meta.last_error = shorten(f"{type(error).__name__}: {error}")
+        meta.last_error = shorten(_described(error))
         inv.task = None
         labelled(RETRIES, meta.target.service, meta.target.handler).inc()
         if policy.exhausted(meta.attempt):
@@ -196,6 +196,12 @@ class Attempts:
                 self.run(inv)
 
         asyncio.get_running_loop().call_later(delay, retry)
+
+
+def _described(error: BaseException) -> str:
+    """An attempt's error as its status and retry log show it: its type and message."""
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def _attempt_cancelled() -> bool:

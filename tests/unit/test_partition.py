@@ -97,8 +97,8 @@ async def flaky(ctx: Context) -> str:
     raise RuntimeError("transient")
 
 
-@svc.handler()
-async def meets_a_cancel(ctx: Context) -> str:
+@box.handler()
+async def meets_a_cancel(ctx: ObjectContext) -> str:
     """The first attempt awaits a future that was cancelled: CancelledError reaches the
     handler, though nobody cancelled the attempt."""
     calls["met_a_cancel"] += 1
@@ -139,16 +139,19 @@ async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
 
 async def test_a_cancelled_error_the_handler_meets_is_retried_like_any_failure() -> None:
     """It used to end the attempt's task as if Kourier had cancelled it: the invocation
-    stayed running with no task, nobody was answered, and an object's key stayed locked."""
+    stayed running with no task, nobody was answered, and the object's key stayed locked
+    for the call queued behind it."""
     h = Harness([box, svc, patient])
     calls["met_a_cancel"] = 0
-    inv_id = h.call(Target(service="Helper", handler="meets_a_cancel"), request_id="c")
-    await until(lambda: "c" in h.responses())
-    assert h.responses()["c"].value == "ran"
+    inv_id = h.call(Target(service="Box", key="c", handler="meets_a_cancel"), request_id="c")
+    h.call(Target(service="Box", key="c", handler="put"), 5, request_id="next")
+    await until(lambda: {"c", "next"} <= h.responses().keys())
+    responses = h.responses()
+    assert responses["c"].value == "ran"
+    assert responses["next"].value == 5, "the call queued on the key ran after it"
     assert calls["met_a_cancel"] == 2
-    assert h.processor.invocations.get(inv_id) is None or (
-        h.processor.invocations[inv_id].meta.status == "completed"
-    )
+    inv = h.processor.invocations.get(inv_id)
+    assert inv is None or inv.meta.status == "completed"
 
 
 async def test_a_restored_invocation_replays_without_repeating_its_calls() -> None:
