@@ -10,12 +10,14 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 import aiohttp
 
 from streams.client import Client
 from streams.kafka import broker
-from streams.kafka.admin import create_topics, describe_topics
+from streams.kafka.admin import TopicsDescription, create_topics, describe_topics
 from streams.settings import Settings
 from tests.integration.conftest import ROOT, WorkerProcesses, served_ingress
 from tests.integration.helpers import poll_until
@@ -30,10 +32,24 @@ def kourier(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def once_every_topic_exists(describe: Callable[[], TopicsDescription]) -> TopicsDescription:
+    """``describe()`` once it lists every topic of the namespace. A new topic reaches each
+    broker's metadata when that broker replays the controller's record, so a client that
+    asks another broker than the one that confirmed the creation may not see it yet."""
+    deadline = time.monotonic() + 30
+    while True:
+        described = describe()
+        if all(row["exists"] for row in described["topics"]):
+            return described
+        missing = [row["topic"] for row in described["topics"] if not row["exists"]]
+        assert time.monotonic() < deadline, f"after 30 s the cluster still lacks {missing}"
+        time.sleep(0.2)
+
+
 def test_topics_have_three_replicas_and_two_in_sync(settings: Settings) -> None:
     states = create_topics(settings)
     assert {state.replication_factor for state in states} == {3}
-    described = describe_topics(settings)
+    described = once_every_topic_exists(lambda: describe_topics(settings))
     assert described["brokers"] == 3
     assert described["warnings"] == []
     for row in described["topics"]:
@@ -44,11 +60,18 @@ def test_topics_have_three_replicas_and_two_in_sync(settings: Settings) -> None:
 def test_describe_warns_about_one_replica_on_a_cluster(settings: Settings) -> None:
     single = settings.model_copy(update={"replication_factor": 1})
     create_topics(single)
-    done = kourier("topics", "describe", "--bootstrap-servers", settings.bootstrap_servers,
-                   "--namespace", settings.namespace, "--partitions", "4")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["topics"][0]["replication_factor"] == 1
-    assert "one replica on a 3-broker cluster" in done.stderr
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def describe() -> TopicsDescription:
+        runs.append(kourier("topics", "describe", "--bootstrap-servers", settings.bootstrap_servers,
+                            "--namespace", settings.namespace, "--partitions", "4"))  # fmt: skip
+        assert runs[-1].returncode == 0, runs[-1].stderr
+        described: TopicsDescription = json.loads(runs[-1].stdout)
+        return described
+
+    described = once_every_topic_exists(describe)
+    assert {row["replication_factor"] for row in described["topics"]} == {1}
+    assert "one replica on a 3-broker cluster" in runs[-1].stderr
 
 
 async def test_sends_while_two_brokers_are_down_wait_for_their_outcome(
