@@ -115,12 +115,17 @@ class Attempts:
         except NonDeterminismError as error:
             log.error("%s: %s", inv.meta.id, error)
             failure = Failure(code=500, message=f"non-deterministic handler: {error}")
-        except (InvocationClosed, asyncio.CancelledError) as error:
+        except InvocationClosed:
             if inv.closed or self._closed():
                 return None
-            if isinstance(error, InvocationClosed) or _attempt_cancelled():
-                raise
-            # Something the handler awaited was cancelled, not the attempt: a failure.
+            raise
+        except asyncio.CancelledError as error:
+            if inv.closed or self._closed():
+                return None
+            # Kourier closes an invocation or its partition before it cancels an attempt.
+            # Any other cancel (a future the handler awaited, or code that cancelled the
+            # attempt's task itself) is a failure: ended here, the invocation would stay
+            # running with no task, and an object's key locked.
             self._back_off(inv, error)
             return _described(error)
         except Exception as error:
@@ -202,13 +207,6 @@ def _described(error: BaseException) -> str:
     """An attempt's error as its status and retry log show it: its type and message."""
     message = str(error)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
-def _attempt_cancelled() -> bool:
-    """Whether the running attempt's own task was asked to cancel (not merely something it
-    awaited)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def fits_with_argument(size: int, argument: JsonValue, path: str) -> None:

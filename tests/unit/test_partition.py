@@ -36,7 +36,7 @@ from streams.wire.records import (
 )
 from tests.unit.harness import TOPICS, Harness, of_kind, settle, until
 
-calls = {"flaky": 0, "met_a_cancel": 0}
+calls = {"flaky": 0, "meets_a_cancel": 0, "cancels_its_own_task": 0}
 
 box = VirtualObject("Box")
 
@@ -101,11 +101,24 @@ async def flaky(ctx: Context) -> str:
 async def meets_a_cancel(ctx: ObjectContext) -> str:
     """The first attempt awaits a future that was cancelled: CancelledError reaches the
     handler, though nobody cancelled the attempt."""
-    calls["met_a_cancel"] += 1
-    if calls["met_a_cancel"] == 1:
+    calls["meets_a_cancel"] += 1
+    if calls["meets_a_cancel"] == 1:
         future = asyncio.get_running_loop().create_future()
         future.cancel()
         await future
+    return "ran"
+
+
+@box.handler()
+async def cancels_its_own_task(ctx: ObjectContext) -> str:
+    """The first attempt's own task is cancelled by code that is not Kourier's (a library
+    that cancels the current task and never takes the cancel back)."""
+    calls["cancels_its_own_task"] += 1
+    if calls["cancels_its_own_task"] == 1:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
     return "ran"
 
 
@@ -137,19 +150,21 @@ async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
     assert "flaky" not in h.responses()
 
 
-async def test_a_cancelled_error_the_handler_meets_is_retried_like_any_failure() -> None:
-    """It used to end the attempt's task as if Kourier had cancelled it: the invocation
-    stayed running with no task, nobody was answered, and the object's key stayed locked
-    for the call queued behind it."""
+@pytest.mark.parametrize("handler", ["meets_a_cancel", "cancels_its_own_task"])
+async def test_a_cancel_that_is_not_kourier_s_is_retried_like_any_failure(handler: str) -> None:
+    """A CancelledError the handler meets (a future it awaited was cancelled), or a cancel
+    of the attempt's task by code other than Kourier's, used to end the attempt as if
+    Kourier had stopped it: the invocation stayed running with no task, nobody was
+    answered, and the object's key stayed locked for the call queued behind it."""
     h = Harness([box, svc, patient])
-    calls["met_a_cancel"] = 0
-    inv_id = h.call(Target(service="Box", key="c", handler="meets_a_cancel"), request_id="c")
+    calls[handler] = 0
+    inv_id = h.call(Target(service="Box", key="c", handler=handler), request_id="c")
     h.call(Target(service="Box", key="c", handler="put"), 5, request_id="next")
     await until(lambda: {"c", "next"} <= h.responses().keys())
     responses = h.responses()
     assert responses["c"].value == "ran"
     assert responses["next"].value == 5, "the call queued on the key ran after it"
-    assert calls["met_a_cancel"] == 2
+    assert calls[handler] == 2
     inv = h.processor.invocations.get(inv_id)
     assert inv is None or inv.meta.status == "completed"
 
