@@ -94,6 +94,14 @@ class Attempts:
         handler = inv.handler
         signature = handler.signature
         ctx = InvocationContext(inv)
+        attempt = asyncio.current_task()
+
+        def stopped() -> bool:
+            """Kourier stopped this attempt: closed the invocation or the partition, or
+            moved on to another attempt (a suspension, then a resume, can start the next
+            before this one has seen its cancel)."""
+            return inv.closed or self._closed() or inv.task is not attempt
+
         failure: Failure | None = None
         value: JsonValue = None
         try:
@@ -116,24 +124,24 @@ class Attempts:
             log.error("%s: %s", inv.meta.id, error)
             failure = Failure(code=500, message=f"non-deterministic handler: {error}")
         except InvocationClosed:
-            if inv.closed or self._closed():
+            if stopped():
                 return None
             raise
         except asyncio.CancelledError as error:
-            if inv.closed or self._closed():
+            if stopped():
                 return None
-            # Kourier closes an invocation or its partition before it cancels an attempt.
-            # Any other cancel (a future the handler awaited, or code that cancelled the
-            # attempt's task itself) is a failure: ended here, the invocation would stay
-            # running with no task, and an object's key locked.
+            # Kourier closes an invocation or its partition, or starts another attempt,
+            # before it cancels one. Any other cancel (a future the handler awaited, or code
+            # that cancelled the attempt's task itself) is a failure: ended here, the
+            # invocation would stay running with no task, and an object's key locked.
             self._back_off(inv, error)
             return _described(error)
         except Exception as error:
-            if inv.closed or self._closed():
+            if stopped():
                 return None
             self._back_off(inv, error)
             return _described(error)
-        if inv.closed or self._closed():
+        if stopped():
             return None
         failure = self._complete(inv, value, failure)
         return None if failure is None else f"{failure.code} {failure.message}"

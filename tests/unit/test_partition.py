@@ -36,7 +36,7 @@ from streams.wire.records import (
 )
 from tests.unit.harness import TOPICS, Harness, of_kind, settle, until
 
-calls = {"flaky": 0, "meets_a_cancel": 0, "cancels_its_own_task": 0}
+calls = {"flaky": 0, "meets_a_cancel": 0, "cancels_its_own_task": 0, "nap": 0}
 
 box = VirtualObject("Box")
 
@@ -122,6 +122,17 @@ async def cancels_its_own_task(ctx: ObjectContext) -> str:
     return "ran"
 
 
+napper = VirtualObject("Napper", inactivity_timeout=timedelta(hours=1))
+
+
+@napper.handler()
+async def nap(ctx: ObjectContext) -> str:
+    calls["nap"] += 1
+    await ctx.sleep(timedelta(hours=1))
+    await asyncio.sleep(0)  # work after the wait: the resumed attempt is not done at once
+    return "done"
+
+
 @svc.handler()
 async def refuse(ctx: Context) -> None:
     raise TerminalError("no", 403)
@@ -167,6 +178,28 @@ async def test_a_cancel_that_is_not_kourier_s_is_retried_like_any_failure(handle
     assert calls[handler] == 2
     inv = h.processor.invocations.get(inv_id)
     assert inv is None or inv.meta.status == "completed"
+
+
+async def test_an_attempt_suspended_then_resumed_before_it_saw_its_cancel_is_not_retried() -> None:
+    """The suspension cancels the attempt's task; a completion in the same loop turn resumes
+    the invocation with a new attempt before the old one has seen its cancel. The old one
+    must end quietly, not be taken for a failure: that backed the invocation off and
+    retried it alongside the attempt already running."""
+    h = Harness([napper])
+    calls["nap"] = 0
+    inv_id = h.call(Target(service="Napper", key="k", handler="nap"), request_id="nap")
+    processor = h.processor
+    await until(lambda: (inv := processor.invocations.get(inv_id)) is not None and inv.waiting)
+    inv = processor.invocations[inv_id]
+    processor.attempts._suspend_if_idle(inv, inv.task)  # its inactivity timeout fires
+    assert inv.meta.status == "suspended"
+    sleep = next(i for i, entry in enumerate(inv.journal) if entry.kind == "sleep")
+    inv.complete_entry(sleep, value=None)  # and the timer is due in the same turn
+    await until(lambda: "nap" in h.responses())
+    await settle()
+    assert h.responses()["nap"].value == "done"
+    assert calls["nap"] == 2, "the first attempt and the resumed one, no retry"
+    assert (inv.meta.attempt, inv.meta.last_error) == (1, None)
 
 
 async def test_a_restored_invocation_replays_without_repeating_its_calls() -> None:
