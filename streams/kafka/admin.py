@@ -140,10 +140,19 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
     brokers = len(cluster.brokers)
     present = [s.name for s in specs if s.name in metadata]
     configs: dict[str, dict[str, str]] = {}
+    # Asked of another broker than the metadata, which may not know a new topic yet: such a
+    # topic is described as not there (yet), like one that no broker lists.
+    unknown: set[str] = set()
     if present:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in present]
         for resource, future in admin.describe_configs(resources).items():
-            found = future.result()
+            try:
+                found = future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+                unknown.add(resource.name)
+                continue
             configs[resource.name] = {
                 name: found[name].value
                 for name in ("cleanup.policy", "min.insync.replicas")
@@ -152,7 +161,7 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
     rows: list[dict[str, object]] = []
     warnings: list[str] = []
     for spec in specs:
-        topic = metadata.get(spec.name)
+        topic = None if spec.name in unknown else metadata.get(spec.name)
         partitions = list(topic.partitions.values()) if topic is not None else []
         factor = min((len(p.replicas) for p in partitions), default=0)
         isr = min((len(p.isrs) for p in partitions), default=0)
