@@ -172,7 +172,9 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
             while delayed < 5 and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
                 delayed = await client.object("Tally", "after-restart", "count").request()
-            assert delayed == 5, f"5 delayed sends across a broker restart ran {delayed} times"
+            assert delayed == 5, (
+                f"5 delayed sends across a broker restart ran {delayed} times\n{workers.logs()}"
+            )
         alive = [w for w in workers.started if w.process and w.process.poll() is None]
         assert len(alive) == 1, "the worker recovered without a restart"
     finally:
