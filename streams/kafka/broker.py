@@ -163,11 +163,16 @@ def status(data_dir: Path) -> Broker | None:
 
 
 def _write_properties(data_dir: Path, port: int, deploy_dir: Path) -> Path:
-    """Write ``server.properties``; a data dir keeps its ports across restarts."""
+    """Write ``server.properties``; a data dir keeps its ports across restarts. One written
+    before single nodes stopped shutting down "controlled" gains that line (see the
+    template: a graceful stop could leave a hanging transaction)."""
     props = data_dir / "server.properties"
     if props.is_file():
-        current = re.search(r"^listeners=PLAINTEXT://127\.0\.0\.1:(\d+),", props.read_text(), re.M)
+        text = props.read_text()
+        current = re.search(r"^listeners=PLAINTEXT://127\.0\.0\.1:(\d+),", text, re.M)
         if current and (port == 0 or int(current.group(1)) == port):
+            if not re.search(r"^controlled\.shutdown\.enable=", text, re.M):
+                props.write_text(text.rstrip("\n") + "\ncontrolled.shutdown.enable=false\n")
             return props
     _write_nodes([data_dir], [port], deploy_dir)
     return props
@@ -195,6 +200,7 @@ def _write_nodes(dirs: list[Path], ports: list[int], deploy_dir: Path) -> None:
                 min_isr=min(2, replicas),
                 heartbeat_ms=500 if len(dirs) > 1 else 2000,
                 session_ms=3000 if len(dirs) > 1 else 9000,
+                controlled_shutdown="true" if len(dirs) > 1 else "false",
             )
         )
 

@@ -22,6 +22,7 @@ import streams.kafka.offsets
 import streams.kafka.worker
 import streams.metrics
 from streams.cli import build_parser
+from streams.kafka import broker
 from streams.metrics import LoopCounter, LoopHistogram
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -481,3 +482,43 @@ def test_k8s_ingress_ports_probes_and_service() -> None:
     assert exposed == {args.port: args.port, args.admin_port: args.admin_port}
     deployment = _k8s_object("Deployment", "kourier-ingress")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def _properties(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_a_single_broker_stops_without_a_controlled_shutdown_and_a_cluster_with_one(
+    tmp_path: Path,
+) -> None:
+    """Kafka 4.4's controlled shutdown of a partition's only replica sets its leader to none
+    while the broker still runs, and a transaction committing then is completed without its
+    markers (KAFKA-20734): a hanging transaction that stops read_committed readers for good.
+    A single node has nobody to hand its leaderships to, so it skips that step; a cluster
+    keeps it, to move leaderships before its nodes stop."""
+    broker._write_nodes([tmp_path / "one"], [0], broker.DEPLOY_DIR)
+    single = _properties(tmp_path / "one" / "server.properties")
+    assert single["controlled.shutdown.enable"] == "false"
+    nodes = [tmp_path / f"n{i}" for i in range(3)]
+    broker._write_nodes(nodes, [0, 0, 0], broker.DEPLOY_DIR)
+    for node in nodes:
+        assert _properties(node / "server.properties")["controlled.shutdown.enable"] == "true"
+
+
+def test_a_single_broker_s_existing_properties_gain_the_setting_and_keep_their_ports(
+    tmp_path: Path,
+) -> None:
+    """A data directory written before the setting existed (its broker restarts with the
+    ports it has) gets the line once; nothing else in the file changes."""
+    broker._write_nodes([tmp_path], [0], broker.DEPLOY_DIR)
+    props = tmp_path / "server.properties"
+    old = "\n".join(
+        line for line in props.read_text().splitlines() if "controlled.shutdown" not in line
+    )
+    props.write_text(old + "\n")
+    assert broker._write_properties(tmp_path, 0, broker.DEPLOY_DIR) == props
+    updated = props.read_text()
+    assert updated == old + "\ncontrolled.shutdown.enable=false\n"
+    broker._write_properties(tmp_path, 0, broker.DEPLOY_DIR)
+    assert props.read_text() == updated, "written once"
