@@ -127,18 +127,14 @@ class Attempts:
             if stopped():
                 return None
             raise
-        except asyncio.CancelledError as error:
+        except (asyncio.CancelledError, Exception) as error:
             if stopped():
                 return None
             # Kourier closes an invocation or its partition, or starts another attempt,
             # before it cancels one. Any other cancel (a future the handler awaited, or code
-            # that cancelled the attempt's task itself) is a failure: ended here, the
-            # invocation would stay running with no task, and an object's key locked.
-            self._back_off(inv, error)
-            return _described(error)
-        except Exception as error:
-            if stopped():
-                return None
+            # that cancelled the attempt's task itself) is a failure like any exception:
+            # ended here, the invocation would stay running with no task, and an object's
+            # key locked.
             self._back_off(inv, error)
             return _described(error)
         if stopped():
