@@ -189,6 +189,12 @@ PENDING_TIMERS = Gauge(
     "Delayed sends, sleeps and call deadlines waiting on the delay topic, per partition",
     ["partition"],
 )
+STALLED = Gauge(
+    "kourier_partition_stalled_seconds",
+    "Seconds an owned partition's last stable offset has stayed below its high watermark "
+    "without moving: read_committed readers wait there for an open transaction",
+    ["topic", "partition"],
+)
 DEADLOCKS = Gauge(
     "kourier_deadlocks", "Wait-for cycles between exclusive invocations, seen by the admin server"
 )

@@ -63,6 +63,12 @@ class Settings(BaseModel):
         description="how long an HTTP call waits for its outcome before answering 408 "
         "(the invocation goes on; attach to it for its outcome)",
     )
+    stall_after: timedelta = Field(
+        default=timedelta(minutes=2),
+        gt=timedelta(0),
+        description="how long an owned partition's readers may wait at an open transaction "
+        "before the worker reports the partition as stalled (streams/kafka/stalls.py)",
+    )
     run_threads: int = Field(
         default=64, ge=1, le=4096, description="threads for synchronous ctx.run actions"
     )
@@ -87,7 +93,7 @@ class Settings(BaseModel):
     def _lower_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(name.strip().lower() for name in value if name.strip())
 
-    @field_validator("call_timeout", mode="before")
+    @field_validator("call_timeout", "stall_after", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         """``KOURIER_CALL_TIMEOUT=90s`` (or ``500ms``, ``10m``, ``1h``; plain seconds too)."""
@@ -118,6 +124,7 @@ class Settings(BaseModel):
             ("partitions", "KOURIER_PARTITIONS"),
             ("token", "KOURIER_TOKEN"),
             ("call_timeout", "KOURIER_CALL_TIMEOUT"),
+            ("stall_after", "KOURIER_STALL_AFTER"),
             ("run_threads", "KOURIER_RUN_THREADS"),
             ("replication_factor", "KOURIER_REPLICATION_FACTOR"),
         ):

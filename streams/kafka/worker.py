@@ -10,6 +10,7 @@ so a worker that lost its partitions (a zombie) can no longer commit anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -42,6 +43,7 @@ from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks, worker_consumer
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
+from streams.kafka.stalls import Partition, watch
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
 from streams.tracing import from_headers
@@ -200,10 +202,20 @@ class Worker:
         )
         log.info("worker %s hosts %s", self._worker_id, ", ".join(self.registry.services))
         log.info("settings: %s", self.settings.redacted())
+        stalls = asyncio.create_task(
+            watch(
+                AdminClient(self._client({})),
+                self._owned,
+                self.settings.stall_after.total_seconds(),
+            )
+        )
         try:
             await asyncio.to_thread(self._kafka_thread)
         finally:
             self._stopping = True
+            stalls.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stalls
             self._close_all()
             if self._delay_reader is not None:
                 await asyncio.to_thread(self._delay_reader.close)
@@ -215,6 +227,15 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping = True
+
+    def _owned(self) -> list[Partition]:
+        """Every partition this worker owns, of the ingress topic and those co-partitioned
+        with it that it writes or reads back (loop)."""
+        topics = self.topics
+        owned = [(topics.delay, p) for p in self.delays]
+        for topic in (topics.ingress, topics.state, topics.invocations, topics.dedup):
+            owned += [(topic, p) for p in self.processors]
+        return owned
 
     def _kafka_thread(self) -> None:
         self._committer = Committer(self._transact_counted)

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import pytest
 from pydantic import ValidationError
 
@@ -21,6 +23,14 @@ def test_settings_from_environment_and_flags() -> None:
     assert config["sasl.password"] == "hunter2"
     assert config["group.id"] == "g"
     assert "hunter2" not in repr(settings.redacted())
+
+
+def test_stall_after_is_read_as_a_duration() -> None:
+    assert Settings().stall_after == timedelta(minutes=2)
+    assert Settings.from_env({"KOURIER_STALL_AFTER": "90s"}).stall_after == timedelta(seconds=90)
+    assert Settings.from_env({"KOURIER_STALL_AFTER": "5"}).stall_after == timedelta(seconds=5)
+    with pytest.raises(ValidationError, match="stall_after"):
+        Settings.from_env({"KOURIER_STALL_AFTER": "0s"})
 
 
 @pytest.mark.parametrize("bad", ["", "has space", "a/b", "x" * 101])

@@ -1,0 +1,102 @@
+"""A partition that an open transaction holds still is reported, ended with Kafka's own
+tool as README "Hanging transactions" says, and cleared once it moves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+from datetime import timedelta
+
+import pytest
+from confluent_kafka import Producer
+from prometheus_client import REGISTRY
+
+from streams.client import Client
+from streams.kafka import broker
+from streams.settings import Settings
+from streams.wire.partitioning import partition_of_key
+from tests.integration import apps
+from tests.integration.conftest import in_process_worker
+from tests.integration.helpers import poll_until
+
+
+def stalled_seconds(topic: str, partition: int) -> float | None:
+    return REGISTRY.get_sample_value(
+        "kourier_partition_stalled_seconds", {"topic": topic, "partition": str(partition)}
+    )
+
+
+async def test_a_partition_an_open_transaction_holds_is_reported_until_the_transaction_ends(
+    topics: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kourier.stalls")
+    settings = topics.model_copy(update={"stall_after": timedelta(seconds=1)})
+    ingress = f"{settings.namespace}.ingress"
+    key = "held"
+    held = partition_of_key(key, settings.partitions)
+    # A producer outside Kourier leaves a transaction open on the key's partition, as a
+    # hanging transaction would, for as long as the broker allows (15 minutes).
+    stuck = Producer(
+        settings.producer_config(
+            {"transactional.id": f"{settings.namespace}.stuck", "transaction.timeout.ms": 900_000}
+        )
+    )
+    await asyncio.to_thread(stuck.init_transactions, 30)
+    async with (
+        in_process_worker(settings, apps.SERVICES, f"stalls-{settings.namespace}") as worker,
+        Client(settings) as client,
+    ):
+        assert await client.object("Tally", key, "add").request(1) == 1
+        stuck.begin_transaction()
+        stuck.produce(ingress, b"written in a transaction left open", key=b"x", partition=held)
+        assert await asyncio.to_thread(stuck.flush, 30) == 0
+        behind = asyncio.create_task(client.object("Tally", key, "add").request(10))
+
+        warning = re.compile(rf"{re.escape(ingress)}/{held}: read_committed readers have "
+                             r"waited at offset (\d+)")  # fmt: skip
+
+        async def reported() -> bool:
+            return any(warning.match(r.getMessage()) for r in caplog.records)
+
+        await poll_until(reported, True, 30, f"a warning about {ingress}/{held}")
+        offsets = {m[1] for r in caplog.records if (m := warning.match(r.getMessage()))}
+        seconds = stalled_seconds(ingress, held)
+        assert seconds is not None
+        assert seconds >= 1.0
+        assert not behind.done(), "a call behind the open transaction ran"
+        others = {p: stalled_seconds(ingress, p) for p in worker.processors if p != held}
+        assert others == dict.fromkeys(others, 0.0), others
+
+        (start_offset,) = offsets
+        await abort(settings.bootstrap_servers, ingress, held, int(start_offset))
+        assert await asyncio.wait_for(behind, 30) == 11
+
+        async def cleared() -> float | None:
+            return stalled_seconds(ingress, held)
+
+        await poll_until(cleared, 0.0, 30, f"the stalled gauge of {ingress}/{held}")
+        assert any(f"{ingress}/{held}: readers moved on past offset" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+
+
+async def abort(bootstrap: str, topic: str, partition: int, start_offset: int) -> None:
+    """End the transaction open at ``start_offset`` with Kafka's TransactionsCommand (what
+    ``kafka-transactions.sh abort`` runs), from the jars ``kourier broker jars`` names."""
+    java = shutil.which("java")
+    assert java is not None, "java is needed to run Kafka's tools"
+    libs = await asyncio.to_thread(broker.resolve_jars)
+    tool = await asyncio.create_subprocess_exec(
+        java, "-cp", f"{libs}/*", "org.apache.kafka.tools.TransactionsCommand",
+        "--bootstrap-server", bootstrap, "abort", "--topic", topic,
+        "--partition", str(partition), "--start-offset", str(start_offset),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(tool.communicate(), 120)
+    finally:
+        if tool.returncode is None:
+            tool.kill()
+            await tool.wait()
+    assert tool.returncode == 0, output.decode()
