@@ -65,7 +65,7 @@ class Settings(BaseModel):
     )
     stall_after: timedelta = Field(
         default=timedelta(minutes=2),
-        gt=timedelta(0),
+        ge=timedelta(seconds=1),
         description="how long an owned partition's readers may wait at an open transaction "
         "before the worker reports the partition as stalled (streams/kafka/stalls.py)",
     )

@@ -74,14 +74,34 @@ async def high_watermarks(
     """The high watermarks (``read_uncommitted`` ends: past every record written,
     committed or not) of ``partitions`` of ``topic``, asked of their leaders in one request
     per broker; a partition that does not answer ``within`` seconds is left out."""
-    latest = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
-    futures = admin.list_offsets(latest, isolation_level=IsolationLevel.READ_UNCOMMITTED,
-                                 request_timeout=within)  # fmt: skip
-    waiting = {asyncio.wrap_future(future): tp.partition for tp, future in futures.items()}
-    done, late = await asyncio.wait(waiting, timeout=within)  # one deadline for all
-    for future in late:
-        future.cancel()
-    return {waiting[f]: f.result().offset for f in done if f.exception() is None}
+    tps = [TopicPartition(topic, p) for p in partitions]
+    ends = await latest_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED, within)
+    return {p: offset for (_, p), offset in ends.items()}
+
+
+async def latest_offsets(
+    admin: AdminClient, partitions: Iterable[TopicPartition], level: IsolationLevel, within: float
+) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> end`` of ``partitions``: the high watermark when ``level`` is
+    ``READ_UNCOMMITTED``, the last stable offset (the first offset of the oldest transaction
+    still open there, or the high watermark) when ``READ_COMMITTED``. Asked of the leaders
+    in one request per broker; a partition that does not answer ``within`` seconds is left
+    out."""
+    latest = {tp: OffsetSpec.latest() for tp in partitions}
+    if not latest:
+        return {}
+    futures = admin.list_offsets(latest, isolation_level=level, request_timeout=within)
+    waiting = {asyncio.wrap_future(future): tp for tp, future in futures.items()}
+    try:
+        done, _ = await asyncio.wait(waiting, timeout=within)  # one deadline for all
+    finally:
+        for future in waiting:
+            future.cancel()  # those that did not answer in time (or all, when cancelled)
+    return {
+        (tp.topic, tp.partition): f.result().offset
+        for f, tp in waiting.items()
+        if f in done and f.exception() is None
+    }
 
 
 def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Message]:

@@ -14,9 +14,10 @@ few seconds, the LSO and the high watermark of every partition it owns (ingress,
 the three changelogs, read back when a partition moves): two ``ListOffsets`` requests per
 broker. A partition whose LSO stays below its high watermark without moving for
 ``stall_after`` (2 minutes by default, past the 60 s timeout most producers use) is
-reported: a warning in the log, again each minute
-while it lasts, a line when it moves again, and ``kourier_partition_stalled_seconds``.
-README "Hanging transactions" says how to find and end one.
+reported: a warning in the log, again each minute while it lasts, a line when it moves
+again or changes owner, and ``kourier_partition_stalled_seconds``. So is a partition whose
+leader has not answered for as long. README "Hanging transactions" says how to find and
+end such a transaction.
 """
 
 from __future__ import annotations
@@ -25,19 +26,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from confluent_kafka import IsolationLevel, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
+from streams.kafka.offsets import latest_offsets
 from streams.metrics import STALLED
 
 log = logging.getLogger("kourier.stalls")
 
-#: Seconds between two looks at a worker's partitions (less when ``stall_after`` is short).
+#: Seconds between two looks at a worker's partitions: less when ``stall_after`` is short,
+#: never less than ``MIN_EVERY``.
 CHECK_EVERY = 10.0
-#: Seconds between two warnings about the same stall.
+MIN_EVERY = 0.25
+#: Seconds between two warnings about the same partition.
 REPORT_EVERY = 60.0
 #: Seconds to wait for the partitions' leaders to answer a look.
 ASK_WITHIN = 5.0
@@ -66,34 +70,42 @@ class Stall:
 
 
 class StallWatch:
-    """Which partitions' LSOs stay below their high watermarks, and for how long."""
+    """Which owned partitions' LSOs stay below their high watermarks, and for how long; and
+    which have not answered."""
 
     def __init__(self, after: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.after = after
         self._clock = clock
         self._held: dict[Partition, _Held] = {}
+        self._silent: dict[Partition, list[float]] = {}  # -> [since, last warned (or -inf)]
         self._gauged: set[Partition] = set()
 
     @property
     def every(self) -> float:
         """Seconds between two looks: a stall is seen within a quarter of ``after``."""
-        return min(CHECK_EVERY, self.after / 4)
+        return max(MIN_EVERY, min(CHECK_EVERY, self.after / 4))
 
-    def update(self, ends: dict[Partition, tuple[int, int]]) -> tuple[list[Stall], list[Stall]]:
-        """Take ``ends`` (partition -> (LSO, high watermark)) of one look; the stalls to
-        warn about now, and those that ended (the LSO moved on)."""
+    def update(
+        self, owned: Collection[Partition], ends: dict[Partition, tuple[int, int]]
+    ) -> tuple[list[Stall], list[Stall]]:
+        """Take one look: ``ends`` maps the ``owned`` partitions that answered to (LSO, high
+        watermark). The stalls to warn about now, and those that ended (the LSO moved)."""
         now = self._clock()
         warn: list[Stall] = []
         ended: list[Stall] = []
-        for tp, (stable, high) in ends.items():
+        for tp in owned:
+            found = ends.get(tp)
             held = self._held.get(tp)
+            if found is None:  # no answer: still waiting there, as far as anyone knows
+                if held is not None:
+                    self._gauge(tp, now - held.since)
+                continue
+            stable, high = found
             if held is not None and held.stable == stable and stable < high:
                 held.high = high
                 seconds = now - held.since
                 self._gauge(tp, seconds)
-                if seconds >= self.after and (
-                    held.reported is None or now - held.reported >= REPORT_EVERY
-                ):
+                if seconds >= self.after and _due(held.reported, now):
                     held.reported = now
                     warn.append(Stall(*tp, stable, high, seconds))
                 continue
@@ -106,78 +118,96 @@ class StallWatch:
             self._gauge(tp, 0.0)
         return warn, ended
 
+    def silent(self, owned: Collection[Partition], answered: Collection[Partition]) -> list[Stall]:
+        """Note which ``owned`` partitions did not answer; those silent for ``after`` or
+        more, to warn about now (``stable`` and ``high`` -1: not known)."""
+        now = self._clock()
+        warn: list[Stall] = []
+        for tp in owned:
+            if tp in answered:
+                self._silent.pop(tp, None)
+                continue
+            since, warned = self._silent.setdefault(tp, [now, float("-inf")])
+            if now - since >= self.after and now - warned >= REPORT_EVERY:
+                self._silent[tp][1] = now
+                warn.append(Stall(*tp, -1, -1, now - since))
+        return warn
+
     def _gauge(self, tp: Partition, seconds: float) -> None:
         STALLED.labels(tp[0], str(tp[1])).set(seconds)
         self._gauged.add(tp)
 
-    def keep_only(self, owned: Collection[Partition]) -> None:
+    def keep_only(self, owned: Collection[Partition]) -> list[Stall]:
         """Forget the partitions no longer owned, and their gauges (so that two workers
-        never report one partition)."""
+        never report one partition); the reported stalls among them."""
+        now = self._clock()
+        gone: list[Stall] = []
         for tp in [tp for tp in self._held if tp not in owned]:
-            del self._held[tp]
+            held = self._held.pop(tp)
+            if held.reported is not None:
+                gone.append(Stall(*tp, held.stable, held.high, now - held.since))
+        for tp in [tp for tp in self._silent if tp not in owned]:
+            del self._silent[tp]
         for tp in [tp for tp in self._gauged if tp not in owned]:
             self._gauged.discard(tp)
             with contextlib.suppress(KeyError):
                 STALLED.remove(tp[0], str(tp[1]))
+        return gone
 
 
-async def ends(
-    admin: AdminClient, partitions: Iterable[Partition], within: float = ASK_WITHIN
-) -> dict[Partition, tuple[int, int]]:
-    """``partition -> (LSO, high watermark)``, asked of the partitions' leaders; a partition
-    that does not answer both within ``within`` seconds is left out."""
-    latest = {TopicPartition(topic, p): OffsetSpec.latest() for topic, p in partitions}
-    if not latest:
-        return {}
-    asks = {
-        level: admin.list_offsets(latest, isolation_level=level, request_timeout=within)
-        for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
-    }
-    waiting = {
-        asyncio.wrap_future(future): (level, tp.topic, tp.partition)
-        for level, futures in asks.items()
-        for tp, future in futures.items()
-    }
-    done, late = await asyncio.wait(waiting, timeout=within)
-    for future in late:
-        future.cancel()
-    found: dict[tuple[IsolationLevel, str, int], int] = {
-        waiting[f]: f.result().offset for f in done if f.exception() is None
-    }
-    answers: dict[Partition, tuple[int, int]] = {}
-    for topic, p in ((tp.topic, tp.partition) for tp in latest):
-        stable = found.get((IsolationLevel.READ_COMMITTED, topic, p))
-        high = found.get((IsolationLevel.READ_UNCOMMITTED, topic, p))
-        if stable is not None and high is not None:
-            answers[topic, p] = (stable, high)
-    return answers
+def _due(reported: float | None, now: float) -> bool:
+    return reported is None or now - reported >= REPORT_EVERY
 
 
-async def watch(admin: AdminClient, owned: Callable[[], list[Partition]], after: float) -> None:
-    """Look at the partitions ``owned()`` names every few seconds and report those whose
-    readers have stopped for ``after`` seconds or more; runs until cancelled."""
-    stalls = StallWatch(after)
-    while True:
-        await asyncio.sleep(stalls.every)
-        try:
-            found = await ends(admin, owned())
-        except Exception:  # a look that fails is taken again at the next
-            log.debug("could not ask the partitions' ends", exc_info=True)
-            found = {}
-        mine = set(owned())  # a rebalance may have run meanwhile
-        stalls.keep_only(mine)
-        warn, ended = stalls.update({tp: e for tp, e in found.items() if tp in mine})
-        for stall in warn:
-            log.warning(
-                "%s/%d: read_committed readers have waited at offset %d for %.0f s, with %d "
-                "records above it: a transaction that is still open holds them. Kafka aborts "
-                "a transaction after its timeout; one open this long is likely hanging "
-                "(README: Hanging transactions)",
-                stall.topic, stall.partition, stall.stable, stall.seconds,
-                stall.high - stall.stable,
-            )  # fmt: skip
-        for stall in ended:
-            log.info(
-                "%s/%d: readers moved on past offset %d after %.0f s",
-                stall.topic, stall.partition, stall.stable, stall.seconds,
-            )  # fmt: skip
+async def watch(
+    admin: AdminClient, stalls: StallWatch, owned: Callable[[], list[Partition]]
+) -> None:
+    """Look at the partitions ``owned()`` names every ``stalls.every`` seconds and report
+    those whose readers have stopped for ``stalls.after`` seconds or more; runs until
+    cancelled, and then forgets every partition's gauge."""
+    try:
+        while True:
+            await asyncio.sleep(stalls.every)
+            try:
+                await _look(admin, stalls, owned)
+            except Exception:  # a defect here must not end the watch, nor the worker
+                log.exception("could not look at the partitions' ends")
+    finally:
+        stalls.keep_only(())
+
+
+async def _look(
+    admin: AdminClient, stalls: StallWatch, owned: Callable[[], list[Partition]]
+) -> None:
+    tps = [TopicPartition(topic, p) for topic, p in owned()]
+    stable, high = await asyncio.gather(
+        latest_offsets(admin, tps, IsolationLevel.READ_COMMITTED, ASK_WITHIN),
+        latest_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED, ASK_WITHIN),
+    )
+    mine = set(owned())  # a rebalance may have run meanwhile
+    for stall in stalls.keep_only(mine):
+        log.info(
+            "%s/%d: no longer owned here; its readers had waited at offset %d for %.0f s",
+            stall.topic, stall.partition, stall.stable, stall.seconds,
+        )  # fmt: skip
+    ends = {tp: (stable[tp], high[tp]) for tp in mine if tp in stable and tp in high}
+    for stall in stalls.silent(mine, ends):
+        log.warning(
+            "%s/%d: its leader has not told its offsets for %.0f s",
+            stall.topic, stall.partition, stall.seconds,
+        )  # fmt: skip
+    warn, ended = stalls.update(mine, ends)
+    for stall in warn:
+        log.warning(
+            "%s/%d: read_committed readers have waited at offset %d for %.0f s, with %d "
+            "records above it: a transaction that is still open holds them. Kafka aborts "
+            "a transaction after its timeout; one open this long is likely hanging "
+            "(README: Hanging transactions)",
+            stall.topic, stall.partition, stall.stable, stall.seconds,
+            stall.high - stall.stable,
+        )  # fmt: skip
+    for stall in ended:
+        log.info(
+            "%s/%d: readers moved on past offset %d after %.0f s",
+            stall.topic, stall.partition, stall.stable, stall.seconds,
+        )  # fmt: skip

@@ -10,7 +10,6 @@ so a worker that lost its partitions (a zombie) can no longer commit anything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
@@ -43,7 +42,7 @@ from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks, worker_consumer
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
-from streams.kafka.stalls import Partition, watch
+from streams.kafka.stalls import Partition, StallWatch, watch
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
 from streams.tracing import from_headers
@@ -117,6 +116,8 @@ class Worker:
         # Partitions with calls kept for another look -> the high watermark the consumer
         # must reach first (streams.kafka.ends).
         self._waiting: dict[int, int] = {}
+        # Owned partitions whose readers wait at a transaction that stays open.
+        self._stalls = StallWatch(settings.stall_after.total_seconds())
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self._stopping = False
         self.partitions = 0
@@ -167,13 +168,13 @@ class Worker:
     # Three threads share the work. The event loop runs handlers and the partition
     # processors; it touches a Kafka client only in a step's ``_read_to_end`` (the admin
     # client, and the consumer's positions while the Kafka thread waits for that step,
-    # never inside a rebalance). The Kafka thread alone polls the consumer: consume,
-    # hand the records to the loop, take a snapshot of pending effects, pass it to the
-    # committer thread, which alone uses the transactional producer
-    # (streams/kafka/committer.py). Rebalance callbacks run inside the consumer's polls
-    # (consume_ready, and the read ahead between the runs of a step) on the Kafka thread,
-    # and wait for the committer first, so a commit never overlaps a rebalance
-    # (librdkafka blocks consumer calls from other threads during one).
+    # never inside a rebalance), and in the stall watch's looks (the admin client). The
+    # Kafka thread alone polls the consumer: consume, hand the records to the loop, take a
+    # snapshot of pending effects, pass it to the committer thread, which alone uses the
+    # transactional producer (streams/kafka/committer.py). Rebalance callbacks run inside
+    # the consumer's polls (consume_ready, and the read ahead between the runs of a step)
+    # on the Kafka thread, and wait for the committer first, so a commit never overlaps a
+    # rebalance (librdkafka blocks consumer calls from other threads during one).
 
     async def run(self) -> None:
         """Run until :meth:`stop`; in-flight invocations resume elsewhere by replay."""
@@ -193,7 +194,8 @@ class Worker:
         # the subscribed consumer cannot answer that from inside its rebalance callback.
         self._offset_reader = self._new_consumer()
         self._consumer = self._new_consumer()
-        self._ends = PartitionEnds(AdminClient(self._client({})), self.topics.ingress)
+        admin = AdminClient(self._client({}))
+        self._ends = PartitionEnds(admin, self.topics.ingress)
         self._consumer.subscribe(
             [self.topics.ingress, self.topics.delay],
             on_assign=self._on_assign,
@@ -202,20 +204,13 @@ class Worker:
         )
         log.info("worker %s hosts %s", self._worker_id, ", ".join(self.registry.services))
         log.info("settings: %s", self.settings.redacted())
-        stalls = asyncio.create_task(
-            watch(
-                AdminClient(self._client({})),
-                self._owned,
-                self.settings.stall_after.total_seconds(),
-            )
-        )
+        stalls = asyncio.create_task(watch(admin, self._stalls, self._owned))
         try:
             await asyncio.to_thread(self._kafka_thread)
         finally:
             self._stopping = True
             stalls.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stalls
+            await asyncio.gather(stalls, return_exceptions=True)  # it logs its own errors
             self._close_all()
             if self._delay_reader is not None:
                 await asyncio.to_thread(self._delay_reader.close)
@@ -719,3 +714,4 @@ class Worker:
             if processor is not None and close:
                 processor.close()
             self._offsets.pop(tp.partition, None)
+        self._stalls.keep_only(self._owned())

@@ -4,13 +4,14 @@ tool as README "Hanging transactions" says, and cleared once it moves."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
 from datetime import timedelta
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from prometheus_client import REGISTRY
 
 from streams.client import Client
@@ -44,41 +45,50 @@ async def test_a_partition_an_open_transaction_holds_is_reported_until_the_trans
         )
     )
     await asyncio.to_thread(stuck.init_transactions, 30)
-    async with (
-        in_process_worker(settings, apps.SERVICES, f"stalls-{settings.namespace}") as worker,
-        Client(settings) as client,
-    ):
-        assert await client.object("Tally", key, "add").request(1) == 1
-        stuck.begin_transaction()
-        stuck.produce(ingress, b"written in a transaction left open", key=b"x", partition=held)
-        assert await asyncio.to_thread(stuck.flush, 30) == 0
-        behind = asyncio.create_task(client.object("Tally", key, "add").request(10))
+    behind: asyncio.Task[int] | None = None
+    try:
+        async with (
+            in_process_worker(settings, apps.SERVICES, f"stalls-{settings.namespace}") as worker,
+            Client(settings) as client,
+        ):
+            assert await client.object("Tally", key, "add").request(1) == 1
+            stuck.begin_transaction()
+            stuck.produce(ingress, b"written in a transaction left open", key=b"x", partition=held)
+            assert await asyncio.to_thread(stuck.flush, 30) == 0
+            behind = asyncio.create_task(client.object("Tally", key, "add").request(10))
 
-        warning = re.compile(rf"{re.escape(ingress)}/{held}: read_committed readers have "
-                             r"waited at offset (\d+)")  # fmt: skip
+            warning = re.compile(rf"{re.escape(ingress)}/{held}: read_committed readers have "
+                                 r"waited at offset (\d+)")  # fmt: skip
 
-        async def reported() -> bool:
-            return any(warning.match(r.getMessage()) for r in caplog.records)
+            async def reported() -> bool:
+                return any(warning.match(r.getMessage()) for r in caplog.records)
 
-        await poll_until(reported, True, 30, f"a warning about {ingress}/{held}")
-        offsets = {m[1] for r in caplog.records if (m := warning.match(r.getMessage()))}
-        seconds = stalled_seconds(ingress, held)
-        assert seconds is not None
-        assert seconds >= 1.0
-        assert not behind.done(), "a call behind the open transaction ran"
-        others = {p: stalled_seconds(ingress, p) for p in worker.processors if p != held}
-        assert others == dict.fromkeys(others, 0.0), others
+            await poll_until(reported, True, 30, f"a warning about {ingress}/{held}")
+            offsets = {m[1] for r in caplog.records if (m := warning.match(r.getMessage()))}
+            seconds = stalled_seconds(ingress, held)
+            assert seconds is not None
+            assert seconds >= 1.0
+            assert not behind.done(), "a call behind the open transaction ran"
+            others = {p: stalled_seconds(ingress, p) for p in worker.processors if p != held}
+            assert {v for v in others.values() if v is not None} <= {0.0}, others
 
-        (start_offset,) = offsets
-        await abort(settings.bootstrap_servers, ingress, held, int(start_offset))
-        assert await asyncio.wait_for(behind, 30) == 11
+            (start_offset,) = offsets
+            await abort(settings.bootstrap_servers, ingress, held, int(start_offset))
+            assert await asyncio.wait_for(behind, 30) == 11
 
-        async def cleared() -> float | None:
-            return stalled_seconds(ingress, held)
+            async def cleared() -> float | None:
+                return stalled_seconds(ingress, held)
 
-        await poll_until(cleared, 0.0, 30, f"the stalled gauge of {ingress}/{held}")
-        assert any(f"{ingress}/{held}: readers moved on past offset" in r.getMessage()
-                   for r in caplog.records)  # fmt: skip
+            await poll_until(cleared, 0.0, 30, f"the stalled gauge of {ingress}/{held}")
+            assert any(f"{ingress}/{held}: readers moved on past offset" in r.getMessage()
+                       for r in caplog.records)  # fmt: skip
+        # A worker that stops reports none of its partitions any more.
+        assert stalled_seconds(ingress, held) is None
+    finally:
+        if behind is not None:
+            behind.cancel()
+        with contextlib.suppress(KafkaException):  # when the test failed before the abort
+            await asyncio.to_thread(stuck.abort_transaction, 30)
 
 
 async def abort(bootstrap: str, topic: str, partition: int, start_offset: int) -> None:
