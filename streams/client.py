@@ -27,6 +27,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, JsonValue
 from pydantic_core import PydanticSerializationError
 
@@ -35,6 +36,7 @@ from handlers.serde import JSON
 from streams import tracing
 from streams.errors import KourierError
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
+from streams.kafka.stalls import StallWatch, watch
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import KeysOn
@@ -133,6 +135,10 @@ class Client:
         self._reader = self._new_reader(FETCH_WAIT_MS)
         await asyncio.to_thread(self._assign_reader)
         self._running = True
+        # A transaction left open on the response partition would hold every answer back.
+        self._admin = AdminClient(self.settings.client_config({"log_level": 3}))
+        stalls = StallWatch(self.settings.stall_after.total_seconds())
+        self._stalls = asyncio.create_task(watch(self._admin, stalls, self._read))
         self._threads = [
             threading.Thread(target=self._pump, name="kourier-responses", daemon=True),
             threading.Thread(target=self._deliveries, name="kourier-deliveries", daemon=True),
@@ -164,6 +170,10 @@ class Client:
         low, end = watermarks(self._reader, TopicPartition(self.topics.services, 0))
         start.append(TopicPartition(self.topics.services, 0, self._read_catalog(low, end)))
         self._reader.assign(start)
+
+    def _read(self) -> list[tuple[str, int]]:
+        """The partitions this client reads: its responses, and the service catalog."""
+        return [(self.topics.responses, self._home), (self.topics.services, 0)]
 
     def _new_reader(self, wait_ms: int, extra: Mapping[str, str] | None = None) -> Consumer:
         """A ``read_committed`` consumer outside any group's assignment (it is assigned
@@ -211,6 +221,8 @@ class Client:
         if not self._running:
             return
         self._running = False
+        self._stalls.cancel()
+        await asyncio.gather(self._stalls, return_exceptions=True)  # it logs its own errors
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
         self._reader.close()
@@ -223,7 +235,8 @@ class Client:
             await asyncio.to_thread(self._producer.flush, 1)
         finally:
             self._settle_all(self._hand_over())  # reports served by those flushes
-        del self._producer, self._reader  # librdkafka handles live until garbage collected
+        # librdkafka handles live until garbage collected
+        del self._producer, self._reader, self._admin
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(KafkaUnavailable("client closed"))

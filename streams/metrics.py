@@ -191,8 +191,9 @@ PENDING_TIMERS = Gauge(
 )
 STALLED = Gauge(
     "kourier_partition_stalled_seconds",
-    "Seconds an owned partition's last stable offset has stayed below its high watermark "
-    "without moving: read_committed readers wait there for an open transaction",
+    "Seconds the last stable offset of a partition this process reads has stayed below "
+    "its high watermark without moving: read_committed readers wait there for an open "
+    "transaction",
     ["topic", "partition"],
 )
 DEADLOCKS = Gauge(

@@ -9,15 +9,15 @@ reaches a partition is a *hanging transaction*, and the partition's readers stop
 good. Kafka 4.4 can leave one when a partition's only replica stops with a controlled
 shutdown while a transaction commits (KAFKA-20734, README "Limits").
 
-The worker's consumer shows nothing of it: it just gets no records. So a worker asks, every
-few seconds, the LSO and the high watermark of every partition it owns (ingress, delay and
-the three changelogs, read back when a partition moves): two ``ListOffsets`` requests per
-broker. A partition whose LSO stays below its high watermark without moving for
-``stall_after`` (2 minutes by default, past the 60 s timeout most producers use) is
-reported: a warning in the log, again each minute while it lasts, a line when it moves
-again or changes owner, and ``kourier_partition_stalled_seconds``. So is a partition whose
-leader has not answered for as long. README "Hanging transactions" says how to find and
-end such a transaction.
+A consumer shows nothing of it: it just gets no records. So a worker asks, every few
+seconds, the LSO and the high watermark of every partition it owns (ingress, delay and the
+three changelogs, read back when a partition moves), and a client those of its response
+partition and the service catalog: two ``ListOffsets`` requests per broker. A partition
+whose LSO stays below its high watermark without moving for ``stall_after`` (2 minutes by
+default, past the 60 s timeout most producers use) is reported: a warning in the log, again
+each minute while it lasts, a line when it moves again or changes owner, and
+``kourier_partition_stalled_seconds``. So is a partition whose leader has not answered for
+as long. README "Hanging transactions" says how to find and end such a transaction.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ class Stall:
 
 
 class StallWatch:
-    """Which owned partitions' LSOs stay below their high watermarks, and for how long; and
-    which have not answered."""
+    """Which of the partitions a process reads (``owned``) have LSOs that stay below their
+    high watermarks, and for how long; and which have not answered."""
 
     def __init__(self, after: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.after = after

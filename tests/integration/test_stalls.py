@@ -110,3 +110,38 @@ async def abort(bootstrap: str, topic: str, partition: int, start_offset: int) -
             tool.kill()
             await tool.wait()
     assert tool.returncode == 0, output.decode()
+
+
+async def test_a_client_reports_its_response_partition_held_by_an_open_transaction(
+    topics: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kourier.stalls")
+    settings = topics.model_copy(update={"stall_after": timedelta(seconds=1)})
+    stuck = Producer(
+        settings.producer_config(
+            {"transactional.id": f"{settings.namespace}.stuck", "transaction.timeout.ms": 900_000}
+        )
+    )
+    await asyncio.to_thread(stuck.init_transactions, 30)
+    try:
+        async with Client(settings) as client:
+            (responses, home), _ = client._read()
+            stuck.begin_transaction()
+            stuck.produce(responses, b"an answer nobody will read", partition=home)
+            assert await asyncio.to_thread(stuck.flush, 30) == 0
+            held = f"{responses}/{home}: read_committed readers have waited at offset"
+
+            async def reported() -> bool:
+                return any(r.getMessage().startswith(held) for r in caplog.records)
+
+            await poll_until(reported, True, 30, f"a warning about {responses}/{home}")
+            await asyncio.to_thread(stuck.abort_transaction, 30)
+            moved = f"{responses}/{home}: readers moved on past offset"
+
+            async def cleared() -> bool:
+                return any(r.getMessage().startswith(moved) for r in caplog.records)
+
+            await poll_until(cleared, True, 30, f"the end of the stall of {responses}/{home}")
+    finally:
+        with contextlib.suppress(KafkaException):  # when the test failed before the abort
+            await asyncio.to_thread(stuck.abort_transaction, 30)
