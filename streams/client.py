@@ -134,11 +134,11 @@ class Client:
         )
         self._reader = self._new_reader(FETCH_WAIT_MS)
         await asyncio.to_thread(self._assign_reader)
-        self._running = True
         # A transaction left open on the response partition would hold every answer back.
         self._admin = AdminClient(self.settings.client_config({"log_level": 3}))
         stalls = StallWatch(self.settings.stall_after.total_seconds())
         self._stalls = asyncio.create_task(watch(self._admin, stalls, self._read))
+        self._running = True
         self._threads = [
             threading.Thread(target=self._pump, name="kourier-responses", daemon=True),
             threading.Thread(target=self._deliveries, name="kourier-deliveries", daemon=True),

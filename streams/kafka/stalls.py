@@ -49,6 +49,10 @@ ASK_WITHIN = 5.0
 #: ``(topic, partition)``.
 Partition = tuple[str, int]
 
+#: How many watches of this process report each partition's gauge (two clients may read
+#: one response partition): the series goes when the last of them lets go.
+_holders: dict[Partition, int] = {}
+
 
 @dataclass(slots=True)
 class _Held:
@@ -135,7 +139,9 @@ class StallWatch:
 
     def _gauge(self, tp: Partition, seconds: float) -> None:
         STALLED.labels(tp[0], str(tp[1])).set(seconds)
-        self._gauged.add(tp)
+        if tp not in self._gauged:
+            self._gauged.add(tp)
+            _holders[tp] = _holders.get(tp, 0) + 1
 
     def keep_only(self, owned: Collection[Partition]) -> list[Stall]:
         """Forget the partitions no longer owned, and their gauges (so that two workers
@@ -150,13 +156,26 @@ class StallWatch:
             del self._silent[tp]
         for tp in [tp for tp in self._gauged if tp not in owned]:
             self._gauged.discard(tp)
-            with contextlib.suppress(KeyError):
-                STALLED.remove(tp[0], str(tp[1]))
+            _holders[tp] -= 1
+            if not _holders[tp]:  # no other watch of this process reports it
+                del _holders[tp]
+                with contextlib.suppress(KeyError):
+                    STALLED.remove(tp[0], str(tp[1]))
         return gone
 
 
 def _due(reported: float | None, now: float) -> bool:
     return reported is None or now - reported >= REPORT_EVERY
+
+
+def forget(stalls: StallWatch, owned: Collection[Partition]) -> None:
+    """Forget every partition but ``owned`` (the others were given up), and say how long
+    the readers of those reported had waited."""
+    for stall in stalls.keep_only(owned):
+        log.info(
+            "%s/%d: no longer read here; its readers had waited at offset %d for %.0f s",
+            stall.topic, stall.partition, stall.stable, stall.seconds,
+        )  # fmt: skip
 
 
 async def watch(
@@ -173,7 +192,7 @@ async def watch(
             except Exception:  # a defect here must not end the watch, nor the worker
                 log.exception("could not look at the partitions' ends")
     finally:
-        stalls.keep_only(())
+        forget(stalls, ())
 
 
 async def _look(
@@ -184,12 +203,10 @@ async def _look(
         latest_offsets(admin, tps, IsolationLevel.READ_COMMITTED, ASK_WITHIN),
         latest_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED, ASK_WITHIN),
     )
-    mine = set(owned())  # a rebalance may have run meanwhile
-    for stall in stalls.keep_only(mine):
-        log.info(
-            "%s/%d: no longer owned here; its readers had waited at offset %d for %.0f s",
-            stall.topic, stall.partition, stall.stable, stall.seconds,
-        )  # fmt: skip
+    # A rebalance may have run meanwhile. Partitions given up are forgotten by whoever gave
+    # them up (forget); one missing here only for a moment (a worker restoring what it
+    # keeps) is left as it was.
+    mine = set(owned())
     ends = {tp: (stable[tp], high[tp]) for tp in mine if tp in stable and tp in high}
     for stall in stalls.silent(mine, ends):
         log.warning(

@@ -42,7 +42,7 @@ from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks, worker_consumer
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
-from streams.kafka.stalls import Partition, StallWatch, watch
+from streams.kafka.stalls import Partition, StallWatch, forget, watch
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
 from streams.tracing import from_headers
@@ -714,4 +714,4 @@ class Worker:
             if processor is not None and close:
                 processor.close()
             self._offsets.pop(tp.partition, None)
-        self._stalls.keep_only(self._owned())
+        forget(self._stalls, self._owned())

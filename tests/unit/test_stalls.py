@@ -3,12 +3,26 @@ unmoved for the whole of ``stall_after``; or its leader silent as long."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
+import pytest
 from prometheus_client import REGISTRY
 
-from streams.kafka.stalls import MIN_EVERY, REPORT_EVERY, StallWatch
+from streams.kafka import stalls
+from streams.kafka.stalls import MIN_EVERY, REPORT_EVERY, StallWatch, forget
+from streams.metrics import STALLED
 
 TP = ("u.ingress", 3)
 OTHER = ("u.delay", 3)
+
+
+@pytest.fixture(autouse=True)
+def fresh_gauge() -> Iterator[None]:
+    """Each test starts with no series and no watch holding one."""
+    yield
+    stalls._holders.clear()
+    STALLED.clear()
 
 
 class Clock:
@@ -120,3 +134,28 @@ def test_a_partition_given_up_loses_its_gauge_and_its_wait() -> None:
 def test_a_short_stall_after_is_looked_for_more_often() -> None:
     assert StallWatch(120).every == 10.0
     assert StallWatch(1).every == MIN_EVERY
+
+
+def test_two_watches_of_one_partition_share_its_gauge_until_the_last_lets_go() -> None:
+    first, second = StallWatch(60), StallWatch(60)  # e.g. two clients on one response partition
+    first.update({TP}, {TP: (4, 4)})
+    second.update({TP}, {TP: (4, 4)})
+    first.keep_only(())
+    assert gauge() == 0.0
+    second.keep_only(())
+    assert gauge() is None
+
+
+def test_a_reported_partition_given_up_says_how_long_it_had_waited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kourier.stalls")
+    clock = Clock()
+    watch = StallWatch(60, clock)
+    look(watch, 7, 9)
+    clock.now += 70
+    look(watch, 7, 9)
+    forget(watch, {OTHER})
+    assert [r.getMessage() for r in caplog.records] == [
+        "u.ingress/3: no longer read here; its readers had waited at offset 7 for 70 s"
+    ]
