@@ -235,8 +235,9 @@ class Client:
             await asyncio.to_thread(self._producer.flush, 1)
         finally:
             self._settle_all(self._hand_over())  # reports served by those flushes
-        # librdkafka handles live until garbage collected
-        del self._producer, self._reader, self._admin
+        # librdkafka handles live until garbage collected (the finished watch task keeps
+        # its admin client through its exception's traceback)
+        del self._producer, self._reader, self._admin, self._stalls
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(KafkaUnavailable("client closed"))

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import shutil
+import weakref
 from datetime import timedelta
 
 import pytest
@@ -145,3 +147,14 @@ async def test_a_client_reports_its_response_partition_held_by_an_open_transacti
     finally:
         with contextlib.suppress(KafkaException):  # when the test failed before the abort
             await asyncio.to_thread(stuck.abort_transaction, 30)
+
+
+async def test_a_closed_client_lets_its_watch_s_admin_client_go(topics: Settings) -> None:
+    """librdkafka handles live until garbage collected: one kept alive by the finished watch
+    would go on talking to the brokers after the client closed."""
+    client = Client(topics)
+    await client.start()
+    admin = weakref.ref(client._admin)
+    await client.close()
+    gc.collect()
+    assert admin() is None, gc.get_referrers(admin())
