@@ -189,6 +189,7 @@ def test_the_deployment_files_exist() -> None:
         "docker-compose.yml",
         "README.md",
         "prometheus/prometheus.yml",
+        "prometheus/alerts.yml",
         "grafana/kourier.json",
         "k8s/namespace.yaml",
         "k8s/config.yaml",
@@ -253,28 +254,35 @@ def test_kourier_registers_the_documented_metrics() -> None:
     assert kinds["kourier_ingress_request_seconds"] == "histogram"
 
 
-def test_the_dashboard_queries_only_real_metrics_and_labels() -> None:
+def _check_query(title: str, expr: str) -> set[str]:
+    """Fail unless ``expr`` queries Kourier metrics that exist, by labels they have; the
+    labels it groups by."""
     series, labels = _series(), _labels()
+    names = re.findall(r"\bkourier_\w+", expr)
+    assert names, f"{title}: {expr!r} queries no Kourier metric"
+    unknown = [name for name in names if name not in series]
+    assert not unknown, f"{title}: {unknown} are not metrics Kourier registers"
+    known = set().union(*(labels[series[name]] for name in names))
+    if any(name.endswith("_bucket") for name in names):
+        known.add("le")
+    grouped = {
+        label.strip()
+        for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+        for label in group.split(",")
+        if label.strip()
+    }
+    matched = {
+        label
+        for selector in re.findall(r"\{([^}]*)\}", expr)
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)
+    }
+    assert grouped | matched <= known, f"{title}: labels {(grouped | matched) - known}"
+    return grouped
+
+
+def test_the_dashboard_queries_only_real_metrics_and_labels() -> None:
     for title, expr, legend in _queries():
-        names = re.findall(r"\bkourier_\w+", expr)
-        assert names, f"{title}: {expr!r} queries no Kourier metric"
-        unknown = [name for name in names if name not in series]
-        assert not unknown, f"{title}: {unknown} are not metrics Kourier registers"
-        known = set().union(*(labels[series[name]] for name in names))
-        if any(name.endswith("_bucket") for name in names):
-            known.add("le")
-        grouped = {
-            label.strip()
-            for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
-            for label in group.split(",")
-            if label.strip()
-        }
-        matched = {
-            label
-            for selector in re.findall(r"\{([^}]*)\}", expr)
-            for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)
-        }
-        assert grouped | matched <= known, f"{title}: labels {(grouped | matched) - known}"
+        grouped = _check_query(title, expr)
         in_legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
         assert in_legend <= grouped, f"{title}: legend {legend!r} uses labels it drops"
 
@@ -294,6 +302,34 @@ def test_histograms_are_charted_as_quantiles_over_buckets() -> None:
         assert exprs, f"{family}: no histogram_quantile over its buckets"
         for quantile in ("0.5", "0.99"):
             assert any(f"histogram_quantile({quantile}," in e for e in exprs), (family, quantile)
+
+
+def _alerts() -> list[dict[str, Any]]:
+    (rules,) = _documents(DEPLOY / "prometheus" / "alerts.yml")
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_the_alerts_query_only_real_metrics_and_name_only_labels_they_keep() -> None:
+    alerts = _alerts()
+    assert {rule["alert"] for rule in alerts} >= {"KourierPartitionStalled", "KourierDeadlock"}
+    for rule in alerts:
+        assert {"alert", "expr", "labels", "annotations"} <= rule.keys(), rule
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        grouped = _check_query(rule["alert"], rule["expr"])
+        text = " ".join(rule["annotations"].values())
+        used = set(re.findall(r"\$labels\.(\w+)", text))
+        assert used <= grouped, f"{rule['alert']}: annotations use labels it drops"
+        for command in re.findall(r"`kourier ([^`]+)`", text):
+            argv = re.sub(r"\{\{[^}]*\}\}", "x", command).split()
+            _parse(rule["alert"], argv)
+
+
+def test_prometheus_loads_the_alerts_that_compose_mounts() -> None:
+    (config,) = _documents(DEPLOY / "prometheus" / "prometheus.yml")
+    mounts = _compose()["services"]["prometheus"]["volumes"]
+    for name in config["rule_files"]:
+        assert (DEPLOY / "prometheus" / name).is_file(), name
+        assert f"./prometheus/{name}:/etc/prometheus/{name}:ro" in mounts, name
 
 
 def _threshold_color(steps: list[dict[str, Any]], value: float) -> str:
