@@ -66,8 +66,9 @@ class Settings(BaseModel):
     stall_after: timedelta = Field(
         default=timedelta(minutes=2),
         ge=timedelta(seconds=1),
-        description="how long an owned partition's readers may wait at an open transaction "
-        "before the worker reports the partition as stalled (streams/kafka/stalls.py)",
+        description="how long the readers of a partition a worker owns (or a client reads) "
+        "may wait at an open transaction before it is reported as stalled "
+        "(streams/kafka/stalls.py)",
     )
     run_threads: int = Field(
         default=64, ge=1, le=4096, description="threads for synchronous ctx.run actions"

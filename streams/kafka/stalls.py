@@ -210,7 +210,7 @@ async def _look(
     ends = {tp: (stable[tp], high[tp]) for tp in mine if tp in stable and tp in high}
     for stall in stalls.silent(mine, ends):
         log.warning(
-            "%s/%d: its leader has not told its offsets for %.0f s",
+            "%s/%d: its leader has not answered a request for its offsets for %.0f s",
             stall.topic, stall.partition, stall.seconds,
         )  # fmt: skip
     warn, ended = stalls.update(mine, ends)
