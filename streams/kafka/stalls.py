@@ -62,6 +62,12 @@ class _Held:
     reported: float | None = None  # when the last warning went out
 
 
+@dataclass(slots=True)
+class _Silent:
+    since: float  # when the partition first did not answer
+    reported: float | None = None  # when the last warning went out
+
+
 @dataclass(frozen=True, slots=True)
 class Stall:
     """A partition whose readers have waited at ``stable`` for ``seconds``."""
@@ -81,7 +87,7 @@ class StallWatch:
         self.after = after
         self._clock = clock
         self._held: dict[Partition, _Held] = {}
-        self._silent: dict[Partition, list[float]] = {}  # -> [since, last warned (or -inf)]
+        self._silent: dict[Partition, _Silent] = {}
         self._gauged: set[Partition] = set()
 
     @property
@@ -131,10 +137,10 @@ class StallWatch:
             if tp in answered:
                 self._silent.pop(tp, None)
                 continue
-            since, warned = self._silent.setdefault(tp, [now, float("-inf")])
-            if now - since >= self.after and now - warned >= REPORT_EVERY:
-                self._silent[tp][1] = now
-                warn.append(Stall(*tp, -1, -1, now - since))
+            silence = self._silent.setdefault(tp, _Silent(now))
+            if now - silence.since >= self.after and _due(silence.reported, now):
+                silence.reported = now
+                warn.append(Stall(*tp, -1, -1, now - silence.since))
         return warn
 
     def _gauge(self, tp: Partition, seconds: float) -> None:
