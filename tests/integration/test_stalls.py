@@ -31,6 +31,18 @@ def stalled_seconds(topic: str, partition: int) -> float | None:
     )
 
 
+async def outside_producer(settings: Settings) -> Producer:
+    """A transactional producer outside Kourier, ready to leave a transaction open, as a
+    hanging transaction would, for as long as the broker allows (15 minutes)."""
+    producer = Producer(
+        settings.producer_config(
+            {"transactional.id": f"{settings.namespace}.stuck", "transaction.timeout.ms": 900_000}
+        )
+    )
+    await asyncio.to_thread(producer.init_transactions, 30)
+    return producer
+
+
 async def test_a_partition_an_open_transaction_holds_is_reported_until_the_transaction_ends(
     topics: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -39,14 +51,7 @@ async def test_a_partition_an_open_transaction_holds_is_reported_until_the_trans
     ingress = f"{settings.namespace}.ingress"
     key = "held"
     held = partition_of_key(key, settings.partitions)
-    # A producer outside Kourier leaves a transaction open on the key's partition, as a
-    # hanging transaction would, for as long as the broker allows (15 minutes).
-    stuck = Producer(
-        settings.producer_config(
-            {"transactional.id": f"{settings.namespace}.stuck", "transaction.timeout.ms": 900_000}
-        )
-    )
-    await asyncio.to_thread(stuck.init_transactions, 30)
+    stuck = await outside_producer(settings)
     behind: asyncio.Task[int] | None = None
     try:
         async with (
@@ -119,12 +124,7 @@ async def test_a_client_reports_its_response_partition_held_by_an_open_transacti
 ) -> None:
     caplog.set_level(logging.INFO, logger="kourier.stalls")
     settings = topics.model_copy(update={"stall_after": timedelta(seconds=1)})
-    stuck = Producer(
-        settings.producer_config(
-            {"transactional.id": f"{settings.namespace}.stuck", "transaction.timeout.ms": 900_000}
-        )
-    )
-    await asyncio.to_thread(stuck.init_transactions, 30)
+    stuck = await outside_producer(settings)
     try:
         async with Client(settings) as client:
             (responses, home), _ = client._read()
