@@ -93,19 +93,22 @@ def kafka_version(deploy_dir: Path = DEPLOY_DIR) -> str:
 
 
 def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
-    """The directory of broker jars, resolved with Maven on first use."""
+    """The directory of broker jars, resolved with Maven on first use.
+
+    Each revision of ``pom.xml`` gets a directory of its own, named by the pom's digest,
+    so a broker that runs from older jars keeps them while newer ones are resolved. Older
+    directories go once no broker on this machine runs from them."""
     pom = deploy_dir / "pom.xml"
     if not pom.is_file():
         raise BrokerError(f"no {pom}: run Kourier from its source checkout")
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-    libs = cache_dir() / f"kafka-{kafka_version(deploy_dir)}" / "libs"
-    stamp = libs / ".pom-sha256"
-    if stamp.is_file() and stamp.read_text() == digest:
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+    libs = cache_dir() / f"kafka-{kafka_version(deploy_dir)}" / f"libs-{digest}"
+    if libs.is_dir():  # a directory is renamed into place only once complete
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError("Maven (mvn) is not installed: apt-get install maven")
-    staging = libs.with_name(f"libs.{os.getpid()}.tmp")
+    staging = libs.with_name(f"staging.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     command = [
         mvn,
@@ -119,11 +122,35 @@ def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         raise BrokerError(f"Maven could not resolve the Kafka jars:\n{done.stdout}{done.stderr}")
-    (staging / ".pom-sha256").write_text(digest)
-    shutil.rmtree(libs, ignore_errors=True)
-    staging.rename(libs)
+    try:
+        staging.rename(libs)
+    except OSError:  # another process put the same jars in place first
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune_jars(libs)
     return libs
+
+
+def _prune_jars(current: Path) -> None:
+    """Remove the jar directories beside ``current`` that no running broker uses."""
+    in_use = _classpaths()
+    for old in current.parent.glob("libs*"):
+        if old != current and old.is_dir() and f"{old}/*" not in in_use:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _classpaths() -> set[str]:
+    """The ``-cp`` arguments of every Kafka broker running on this machine."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if b"kafka.Kafka" in args and b"-cp" in args[:-1]:
+            found.add(args[args.index(b"-cp") + 1].decode(errors="replace"))
+    return found
 
 
 def free_port() -> int:
