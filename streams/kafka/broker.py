@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -95,9 +96,9 @@ def kafka_version(deploy_dir: Path = DEPLOY_DIR) -> str:
 def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
     """The directory of broker jars, resolved with Maven on first use.
 
-    Each revision of ``pom.xml`` gets a directory of its own, named by the pom's digest,
-    so a broker that runs from older jars keeps them while newer ones are resolved. Older
-    directories go once no broker on this machine runs from them."""
+    Each revision of ``pom.xml`` gets a directory of its own, named by its digest, so a
+    broker that runs from older jars keeps them while newer ones are resolved beside them.
+    Nothing here deletes a directory: which brokers run from one is not known for sure."""
     pom = deploy_dir / "pom.xml"
     if not pom.is_file():
         raise BrokerError(f"no {pom}: run Kourier from its source checkout")
@@ -108,8 +109,7 @@ def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError("Maven (mvn) is not installed: apt-get install maven")
-    staging = libs.with_name(f"staging.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = libs.with_name(f"staging-{digest}.{os.getpid()}.{threading.get_ident()}")
     command = [
         mvn,
         "-q",
@@ -120,37 +120,22 @@ def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
         f"-DoutputDirectory={staging}",
         "-DincludeScope=runtime",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise BrokerError(f"Maven could not resolve the Kafka jars:\n{done.stdout}{done.stderr}")
     try:
-        staging.rename(libs)
-    except OSError:  # another process put the same jars in place first
-        shutil.rmtree(staging, ignore_errors=True)
-    _prune_jars(libs)
-    return libs
-
-
-def _prune_jars(current: Path) -> None:
-    """Remove the jar directories beside ``current`` that no running broker uses."""
-    in_use = _classpaths()
-    for old in current.parent.glob("libs*"):
-        if old != current and old.is_dir() and f"{old}/*" not in in_use:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _classpaths() -> set[str]:
-    """The ``-cp`` arguments of every Kafka broker running on this machine."""
-    found = set()
-    for proc in Path("/proc").glob("[0-9]*"):
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BrokerError(
+                f"Maven could not resolve the Kafka jars:\n{done.stdout}{done.stderr}"
+            )
+        if not staging.is_dir():
+            raise BrokerError(f"Maven wrote no jars to {staging}")
         try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if b"kafka.Kafka" in args and b"-cp" in args[:-1]:
-            found.add(args[args.index(b"-cp") + 1].decode(errors="replace"))
-    return found
+            staging.rename(libs)
+        except OSError as error:
+            if not libs.is_dir():  # not merely another process's same jars, first
+                raise BrokerError(f"could not put the Kafka jars in {libs}: {error}") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return libs
 
 
 def free_port() -> int:

@@ -1,16 +1,14 @@
 """The broker jar cache: one directory per revision of ``deploy/kafka/pom.xml``, resolved
-once, and an older one kept while a broker runs from it.
+once, and never replaced under a broker that runs from it.
 
-Maven is replaced by a script on ``PATH`` that writes one jar named after the pom's
-``<kafka.version>`` and counts its runs, so nothing here downloads anything.
+Maven is replaced by a script on ``PATH`` that copies the pom it was given into one "jar"
+and counts its runs, so nothing here downloads anything.
 """
 
 from __future__ import annotations
 
 import stat
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,8 +27,8 @@ for arg in "$@"; do
   [ "$prev" = -f ] && pom="$arg"
   prev="$arg"
 done
-mkdir -p "$out" && cp "$pom" "$out/kafka-server.jar"
 """
+WRITE_JAR = 'mkdir -p "$out" && cp "$pom" "$out/kafka-server.jar"\n'
 
 POM = "<project><properties><kafka.version>4.4.0</kafka.version></properties>{}</project>\n"
 
@@ -39,15 +37,19 @@ POM = "<project><properties><kafka.version>4.4.0</kafka.version></properties>{}<
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A cache directory of its own and the fake Maven first on ``PATH``; its runs are
     counted in ``tmp_path / "runs"``."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    mvn = bin_dir / "mvn"
-    mvn.write_text(FAKE_MVN)
-    mvn.chmod(mvn.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    (tmp_path / "bin").mkdir()
+    _maven(tmp_path, WRITE_JAR)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{Path(sys.executable).parent}:/usr/bin:/bin")
     monkeypatch.setenv("FAKE_MVN_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("KOURIER_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return tmp_path / "cache" / "kafka-4.4.0"
+
+
+def _maven(tmp_path: Path, then: str) -> None:
+    """The fake Maven, finding its arguments and then running the shell lines ``then``."""
+    mvn = tmp_path / "bin" / "mvn"
+    mvn.write_text(FAKE_MVN + then)
+    mvn.chmod(mvn.stat().st_mode | stat.S_IXUSR)
 
 
 def _deploy(tmp_path: Path, extra: str) -> Path:
@@ -62,59 +64,52 @@ def _runs(tmp_path: Path) -> int:
     return len(runs.read_text().splitlines()) if runs.exists() else 0
 
 
-@pytest.fixture
-def fake_broker() -> Iterator[Callable[[Path], None]]:
-    """Starts processes whose command line reads like a broker's running from a given jar
-    directory; each is stopped by PID at the end."""
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(libs: Path) -> None:
-        command = [sys.executable, "-c", "import sys; sys.stdin.read()"]
-        command += ["-cp", f"{libs}/*", "kafka.Kafka"]
-        processes.append(subprocess.Popen(command, stdin=subprocess.PIPE))
-
-    yield start
-    for process in processes:
-        assert process.stdin is not None
-        process.stdin.close()
-        process.wait(10)
+def _files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
 
 
 def test_jars_are_resolved_once_per_pom(tmp_path: Path, cache: Path) -> None:
     deploy = _deploy(tmp_path, "")
     libs = broker.resolve_jars(deploy)
-    assert (libs / "kafka-server.jar").is_file()
-    assert libs.parent == cache / "kafka-4.4.0"
+    assert libs.parent == cache
+    assert (libs / "kafka-server.jar").read_text() == POM.format("")
     assert broker.resolve_jars(deploy) == libs
     assert _runs(tmp_path) == 1, "the second call must reuse the resolved jars"
-    assert [p.name for p in libs.parent.iterdir()] == [libs.name], "no staging left behind"
+    assert _files(cache) == [libs.name, f"{libs.name}/kafka-server.jar"], "staging left behind"
 
 
-def test_a_new_pom_gets_new_jars_and_the_old_ones_go(tmp_path: Path, cache: Path) -> None:
+def test_a_new_pom_leaves_the_jars_a_broker_may_run_from(tmp_path: Path, cache: Path) -> None:
     old = broker.resolve_jars(_deploy(tmp_path, ""))
     new = broker.resolve_jars(_deploy(tmp_path, "<!-- tools -->"))
     assert new != old
-    assert (new / "kafka-server.jar").is_file()
-    assert not old.exists(), "jars no broker runs from are removed"
+    assert (new / "kafka-server.jar").read_text() == POM.format("<!-- tools -->")
+    jar = old / "kafka-server.jar"
+    assert jar.is_file(), "the older jars were removed"
+    assert jar.read_text() == POM.format(""), "the older jars were replaced in place"
     assert _runs(tmp_path) == 2
 
 
-def test_jars_a_broker_runs_from_are_kept(
-    tmp_path: Path, cache: Path, fake_broker: Callable[[Path], None]
+def test_jars_another_process_put_in_place_first_are_used(tmp_path: Path, cache: Path) -> None:
+    # Maven finishes after another resolve of the same pom already renamed its jars in.
+    other = 'digest="${out##*/staging-}"; target="${out%/*}/libs-${digest%%.*}"\n'
+    other += 'mkdir -p "$target" && echo theirs > "$target/kafka-server.jar"\n'
+    _maven(tmp_path, other + WRITE_JAR)
+    libs = broker.resolve_jars(_deploy(tmp_path, ""))
+    assert (libs / "kafka-server.jar").read_text() == "theirs\n"
+    assert _files(cache) == [libs.name, f"{libs.name}/kafka-server.jar"], "staging left behind"
+
+
+@pytest.mark.parametrize(
+    ("then", "error"),
+    [
+        (WRITE_JAR + "echo 'no network' >&2\nexit 1\n", "no network"),  # stopped half way
+        ("exit 0\n", "Maven wrote no jars"),
+    ],
+)
+def test_a_failed_resolve_leaves_nothing(
+    tmp_path: Path, cache: Path, then: str, error: str
 ) -> None:
-    old = broker.resolve_jars(_deploy(tmp_path, ""))
-    fake_broker(old)
-    new = broker.resolve_jars(_deploy(tmp_path, "<!-- tools -->"))
-    jar = old / "kafka-server.jar"
-    assert jar.is_file(), "a running broker's jars were removed"
-    assert jar.read_text() == POM.format(""), "a running broker's jars were replaced"
-    assert (new / "kafka-server.jar").read_text() == POM.format("<!-- tools -->")
-
-
-def test_a_failed_resolve_leaves_nothing(tmp_path: Path, cache: Path) -> None:
-    # Maven that stops half way: one jar copied, then an error.
-    (tmp_path / "bin" / "mvn").write_text(FAKE_MVN + "echo 'no network' >&2\nexit 1\n")
-    with pytest.raises(broker.BrokerError, match="no network"):
+    _maven(tmp_path, then)
+    with pytest.raises(broker.BrokerError, match=error):
         broker.resolve_jars(_deploy(tmp_path, ""))
-    left = list(cache.rglob("*")) if cache.exists() else []
-    assert not [p for p in left if p.is_file()], f"a failed resolve left {left}"
+    assert not cache.exists() or _files(cache) == [], f"a failed resolve left {_files(cache)}"
