@@ -1,4 +1,4 @@
-"""The worker's transactional producer, and one Kafka transaction per snapshot on it.
+"""The worker's transactional producers, and one Kafka transaction per snapshot on them.
 
 One transaction holds a step's outgoing records, its changelog writes and its consumed
 offsets (KIP-447). It commits, or it fails for good and is aborted — or, when even the abort
@@ -6,6 +6,15 @@ fails, its producer is replaced — so no open transaction wedges the next one. 
 offset send) that fails without an outcome, as when a broker is away, is tried again until
 it settles: restoring while it might still commit would apply its records twice. Runs on
 the committer thread (``streams.kafka.committer``), apart from :meth:`Transactions.fence`.
+
+The transactions take two producers in turn, each with a transactional id of its own. For
+a few milliseconds after a commit returns, the coordinator is still writing that
+transaction's markers, and it refuses the same id's next transaction meanwhile
+(``CONCURRENT_TRANSACTIONS``); another id's transaction is not held up by them.
+Transactions still run one at a time, and each begins only once the last commit has
+returned, when that transaction's outcome is decided. So on every partition its records
+come before the next one's, and whichever markers land first, the group coordinator keeps
+the offsets committed last: it keeps the commit written later to ``__consumer_offsets``.
 """
 
 from __future__ import annotations
@@ -24,11 +33,12 @@ log = logging.getLogger("kourier.worker")
 #: Seconds a transactional call may take before librdkafka gives up on it.
 TIMEOUT = 30.0
 
-#: A transaction that begins within this many seconds of the last commit sends its offsets
-#: before its records (see :meth:`Transactions.commit`). Under load the next snapshot is
-#: waiting when a commit returns, and the gap is below it; between sequential calls it is
-#: several milliseconds, and there the records go first.
+#: A transaction that begins within this many seconds of its producer's last commit sends
+#: its offsets before its records (see :meth:`Transactions.commit`). Between sequential
+#: calls the gap is several milliseconds, and there the records go first.
 SETTLING = 0.001
+#: Producers, and transactional ids, that the transactions take in turn (see above).
+PRODUCERS = 2
 
 
 def transactional_producer(settings: Settings, transactional_id: str) -> Producer:
@@ -52,24 +62,36 @@ def transactional_producer(settings: Settings, transactional_id: str) -> Produce
 
 
 class Transactions:
-    """Commits snapshots on a transactional producer, replacing it when it fails for good."""
+    """Commits snapshots on producers taken in turn, replacing one when it fails for good."""
 
-    def __init__(self, new_producer: Callable[[], Producer]) -> None:
-        self._new_producer = new_producer
-        self.producer = new_producer()
+    def __init__(self, new_producer: Callable[[int], Producer], producers: int = PRODUCERS) -> None:
+        self._new_producer = new_producer  # the producer for one turn, by its number
+        self.producers = [new_producer(turn) for turn in range(producers)]
+        self._turn = 0  # whose transaction runs next, or runs now
         #: Seconds spent in each step of the committed transactions, summed (statistics).
         self.phases = {"records": 0.0, "offsets": 0.0, "commit": 0.0}
         #: Transactions that sent their offsets before their records (statistics).
         self.offsets_first = 0
-        self._committed_at = float("-inf")  # perf_counter() when the last commit returned
+        #: perf_counter() when each producer's last commit returned
+        self._committed_at = [float("-inf")] * producers
+
+    @property
+    def producer(self) -> Producer:
+        """The producer whose transaction runs next, or runs now."""
+        return self.producers[self._turn]
+
+    def flush(self, timeout: float) -> None:
+        for producer in self.producers:
+            producer.flush(timeout)
 
     def fence(self, stopping: Callable[[], bool]) -> None:
-        """A new producer with the same transactional id, which fences the current one (a
-        transaction stuck inside it is completed or aborted by the coordinator); tried
-        until Kafka answers or the worker stops (Kafka thread)."""
+        """A new producer with the transactional id of the one whose transaction is stuck,
+        which fences it (a transaction stuck inside it is completed or aborted by the
+        coordinator); tried until Kafka answers or the worker stops (Kafka thread)."""
+        turn = self._turn
         while True:
             try:
-                self.producer = self._new_producer()
+                self.producers[turn] = self._new_producer(turn)
                 return
             except KafkaException as exc:
                 if stopping():
@@ -91,11 +113,13 @@ class Transactions:
         coordinator is still writing that transaction's markers, and it refuses the next
         transaction's first requests. librdkafka asks again after ``retry.backoff.ms`` for
         refused offsets, but after a fixed 20 ms for a refused partition registration. So a
-        transaction that begins within ``SETTLING`` of the last commit, as under load, sends
-        its offsets first; once they are accepted, its partitions register at once."""
-        producer = self.producer
+        transaction that begins within ``SETTLING`` of its producer's last commit sends its
+        offsets first; once they are accepted, its partitions register at once. (With the
+        producers taken in turn, that is rare: see the module's docstring.)"""
+        turn = self._turn
+        producer = self.producers[turn]
         offsets_first = bool(snapshot.offsets) and (
-            time.perf_counter() - self._committed_at < SETTLING
+            time.perf_counter() - self._committed_at[turn] < SETTLING
         )
         try:
             began = time.perf_counter()
@@ -107,10 +131,11 @@ class Transactions:
                 offsets = self._send_offsets(producer, snapshot)
             began = time.perf_counter()
             self._settled(producer, lambda: producer.commit_transaction(TIMEOUT))
-            self._committed_at = time.perf_counter()
+            committed = self._committed_at[turn] = time.perf_counter()
+            self._turn = (turn + 1) % len(self.producers)
             self.phases["records"] += records
             self.phases["offsets"] += offsets
-            self.phases["commit"] += self._committed_at - began
+            self.phases["commit"] += committed - began
             self.offsets_first += offsets_first
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
@@ -157,17 +182,18 @@ class Transactions:
                 call()
                 return
             except KafkaException as exc:
-                if not in_doubt(exc.args[0]) or self.producer is not producer:
+                if not in_doubt(exc.args[0]) or all(p is not producer for p in self.producers):
                     raise
                 log.warning("transaction not settled yet (%s); trying again", exc.args[0])
 
     def replace(self, failed: Producer) -> None:
         """A new producer with the same transactional id (committer thread); when Kafka
         cannot be reached, the old one stays and the next failure tries again."""
-        if self.producer is not failed:
+        turns = [turn for turn, producer in enumerate(self.producers) if producer is failed]
+        if not turns:
             return
         try:
-            self.producer = self._new_producer()
+            self.producers[turns[0]] = self._new_producer(turns[0])
         except KafkaException as exc:
             log.warning("no new producer yet: %s", exc.args[0])
 

@@ -145,8 +145,11 @@ class Worker:
             self._worker_id = f"{socket.gethostname()}-{slot}"
         return f"{self.settings.namespace}.worker.{self._worker_id}"
 
-    def _new_producer(self) -> Producer:
-        return transactional_producer(self.settings, self._transactional_id())
+    def _new_producer(self, turn: int) -> Producer:
+        """The producer of the transactions' ``turn`` (``streams.kafka.transactions``): the
+        first has the worker's transactional id, each other one the id with its number."""
+        suffix = f".{turn}" if turn else ""
+        return transactional_producer(self.settings, self._transactional_id() + suffix)
 
     def _new_consumer(self, group: str | None = None, wait_ms: int = FETCH_WAIT_MS) -> Consumer:
         return worker_consumer(
@@ -255,7 +258,7 @@ class Worker:
             self._committer.close()
             self._restorer.close()
             self._offset_reader.close()
-            self._transactions.producer.flush(5)
+            self._transactions.flush(5)
 
     def _stepped(
         self, batch: list[Message], positions: dict[int, int], closing: bool = False

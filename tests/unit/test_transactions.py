@@ -49,18 +49,20 @@ class StandIn:
         self._call("abort")
 
 
-def transactions_on(producer: StandIn) -> tuple[Transactions, list[Any]]:
-    """The worker's transactions on ``producer``; the producers made after it, in order."""
-    first: list[Any] = [producer]
+def transactions_on(*producers: StandIn) -> tuple[Transactions, list[Any]]:
+    """The worker's transactions on ``producers``, taken in turn; the producers made after
+    them, in order, each with the turn it was made for (``made_for``)."""
+    first: list[Any] = list(producers)
     fresh: list[Any] = []
 
-    def new_producer() -> Any:
+    def new_producer(turn: int) -> Any:
         if first:
-            return first.pop()
+            return first.pop(0)
         fresh.append(StandIn({}))
+        fresh[-1].made_for = turn
         return fresh[-1]
 
-    return Transactions(new_producer), fresh
+    return Transactions(new_producer, len(producers)), fresh
 
 
 SNAPSHOT = Snapshot(out=[Out("t", 0, b"k", b"v")], offsets=[])
@@ -97,7 +99,7 @@ def test_a_commit_in_doubt_on_a_fenced_producer_is_raised() -> None:
 
     def fence_on_second_commit(name: str) -> None:
         if name == "commit" and producer.calls.count("commit") == 1:
-            tx.producer = StandIn({})  # type: ignore[assignment]
+            tx.producers[0] = StandIn({})  # type: ignore[assignment]
         original(name)
 
     producer._call = fence_on_second_commit  # type: ignore[method-assign]
@@ -190,3 +192,59 @@ def test_offsets_refused_before_the_records_abort_the_transaction(
     assert producer.calls == ["begin", "offsets", "abort"]
     assert fresh == [], "an abort was enough"
     assert tx.offsets_first == 0, "only committed transactions are counted"
+
+
+def test_transactions_take_the_producers_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each transaction runs on the producer after the last one's, so none waits for the
+    markers of the transaction its own producer committed just before."""
+    monkeypatch.setattr(transactions, "SETTLING", 0.0)
+    first, second = StandIn({}), StandIn({})
+    tx, fresh = transactions_on(first, second)
+    for _ in range(3):
+        tx.commit(with_offsets())
+    assert first.calls == ["begin", "produce", "offsets", "commit"] * 2
+    assert second.calls == ["begin", "produce", "offsets", "commit"]
+    assert tx.producer is second
+    assert fresh == []
+
+
+def test_a_failed_transaction_keeps_its_turn() -> None:
+    """After an abort the next transaction runs on the same producer, which is clean."""
+    first = StandIn({"commit": KafkaError(KafkaError.INVALID_RECORD)}, times=1)
+    second = StandIn({})
+    tx, _ = transactions_on(first, second)
+    with pytest.raises(KafkaException):
+        tx.commit(SNAPSHOT)
+    tx.commit(SNAPSHOT)
+    assert first.calls == ["begin", "produce", "commit", "abort", "begin", "produce", "commit"]
+    assert second.calls == []
+
+
+def test_only_the_failed_producer_is_replaced() -> None:
+    first = StandIn({})
+    second = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
+    tx, fresh = transactions_on(first, second)
+    tx.commit(SNAPSHOT)
+    with pytest.raises(KafkaException):
+        tx.commit(SNAPSHOT)
+    assert [p.made_for for p in fresh] == [1]
+    assert tx.producers == [first, fresh[0]]
+
+
+def test_a_fence_replaces_the_producer_of_the_stuck_transaction() -> None:
+    first, second = StandIn({}), StandIn({})
+    tx, fresh = transactions_on(first, second)
+    tx.commit(SNAPSHOT)  # the next transaction is the second producer's
+    tx.fence(lambda: False)
+    assert [p.made_for for p in fresh] == [1]
+    assert tx.producers == [first, fresh[0]]
+
+
+def test_every_producer_is_flushed() -> None:
+    flushed: list[float] = []
+    first, second = StandIn({}), StandIn({})
+    for producer in (first, second):
+        producer.flush = flushed.append  # type: ignore[attr-defined]
+    tx, _ = transactions_on(first, second)
+    tx.flush(5)
+    assert flushed == [5, 5]
