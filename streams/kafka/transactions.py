@@ -81,8 +81,10 @@ class Transactions:
         return self.producers[self._turn]
 
     def flush(self, timeout: float) -> None:
+        """Flush every producer, all within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         for producer in self.producers:
-            producer.flush(timeout)
+            producer.flush(max(0.0, deadline - time.monotonic()))
 
     def fence(self, stopping: Callable[[], bool]) -> None:
         """A new producer with the transactional id of the one whose transaction is stuck,
@@ -131,7 +133,10 @@ class Transactions:
                 offsets = self._send_offsets(producer, snapshot)
             began = time.perf_counter()
             self._settled(producer, lambda: producer.commit_transaction(TIMEOUT))
-            committed = self._committed_at[turn] = time.perf_counter()
+            committed = time.perf_counter()
+            if self.producers[turn] is not producer:
+                return  # fenced while it committed: the turns are the new committer's
+            self._committed_at[turn] = committed
             self._turn = (turn + 1) % len(self.producers)
             self.phases["records"] += records
             self.phases["offsets"] += offsets
@@ -143,6 +148,7 @@ class Transactions:
                 raise  # the producer was fenced meanwhile: the fence settles it
             if error.fatal() or not self._aborted(producer):
                 self.replace(producer)
+            self._settle_others(turn)
             raise
 
     @staticmethod
@@ -185,6 +191,20 @@ class Transactions:
                 if not in_doubt(exc.args[0]) or all(p is not producer for p in self.producers):
                     raise
                 log.warning("transaction not settled yet (%s); trying again", exc.args[0])
+
+    def _settle_others(self, turn: int) -> None:
+        """Before the worker restores from Kafka, the other producers' last transactions
+        must be complete. One that committed just before may still be writing its markers,
+        and those of ``__consumer_offsets`` can land before the changelogs': a restore then
+        would read the state from before it, with the offsets from after. A new producer
+        with the same transactional id returns from ``init_transactions`` only once that
+        id's last transaction is complete (committer thread)."""
+        for other in range(len(self.producers)):
+            if other != turn:
+                try:
+                    self.producers[other] = self._new_producer(other)
+                except KafkaException as exc:  # the restore waits on the same broker anyway
+                    log.warning("could not settle producer %d before restoring: %s", other, exc)
 
     def replace(self, failed: Producer) -> None:
         """A new producer with the same transactional id (committer thread); when Kafka

@@ -1,9 +1,9 @@
 """The worker process: consumes the ingress topic, runs handlers, commits effects exactly once.
 
-One consumer in the group ``<ns>.workers`` and one transactional producer per
-process. Every commit is one Kafka transaction holding the outgoing records,
-the changelog writes of every owned partition and the consumed offsets
-(``send_offsets_to_transaction`` with the consumer's group metadata, KIP-447),
+One consumer in the group ``<ns>.workers`` and two transactional producers, taken in
+turn, per process (``streams.kafka.transactions``). Every commit is one Kafka transaction
+holding the outgoing records, the changelog writes of every owned partition and the
+consumed offsets (``send_offsets_to_transaction`` with the consumer's group metadata, KIP-447),
 so a worker that lost its partitions (a zombie) can no longer commit anything.
 """
 
@@ -139,17 +139,18 @@ class Worker:
             raise WorkerError(f"missing topics {missing}: run `kourier topics create` first")
         return len(topics[self.topics.ingress].partitions)
 
-    def _transactional_id(self) -> str:
+    def _transactional_id(self, turn: int = 0) -> str:
+        """The transactional id of the transactions' ``turn`` (``streams.kafka.transactions``):
+        ``<ns>.worker.<id>`` for the first, ``<ns>.worker<turn>.<id>`` for the others, which
+        no worker id can reach (``--worker-id a.1`` gives ``<ns>.worker.a.1``)."""
         if self._worker_id is None:
             slot, self._slot_lock = claim_slot(self.settings.namespace)
             self._worker_id = f"{socket.gethostname()}-{slot}"
-        return f"{self.settings.namespace}.worker.{self._worker_id}"
+        kind = f"worker{turn}" if turn else "worker"
+        return f"{self.settings.namespace}.{kind}.{self._worker_id}"
 
     def _new_producer(self, turn: int) -> Producer:
-        """The producer of the transactions' ``turn`` (``streams.kafka.transactions``): the
-        first has the worker's transactional id, each other one the id with its number."""
-        suffix = f".{turn}" if turn else ""
-        return transactional_producer(self.settings, self._transactional_id() + suffix)
+        return transactional_producer(self.settings, self._transactional_id(turn))
 
     def _new_consumer(self, group: str | None = None, wait_ms: int = FETCH_WAIT_MS) -> Consumer:
         return worker_consumer(
@@ -174,7 +175,7 @@ class Worker:
     # never inside a rebalance), and in the stall watch's looks (the admin client). The
     # Kafka thread alone polls the consumer: consume, hand the records to the loop, take a
     # snapshot of pending effects, pass it to the committer thread, which alone uses the
-    # transactional producer (streams/kafka/committer.py). Rebalance callbacks run inside
+    # transactional producers (streams/kafka/committer.py). Rebalance callbacks run inside
     # the consumer's polls (consume_ready, and the read ahead between the runs of a step)
     # on the Kafka thread, and wait for the committer first, so a commit never overlaps a
     # rebalance (librdkafka blocks consumer calls from other threads during one).

@@ -1,5 +1,6 @@
 """A sustained mixed load on 3 brokers while a partition leader, then the worker's
-transaction coordinator, is killed with ``kill -9`` and started again.
+transaction coordinators (one per producer its transactions take in turn), are killed with
+``kill -9`` and started again.
 
 The load: one-way sends over HTTP and straight onto the ingress topic, delayed sends from
 the Python client, request-response calls and calls whose handler runs a ``ctx.run``
@@ -216,7 +217,8 @@ async def test_mixed_load_survives_leader_and_coordinator_loss(
     assert worker.log_file is not None
     first_lines = await asyncio.to_thread(worker.log_file.read_text)
     worker_id = first_lines.split(" hosts ", 1)[0].rsplit("worker ", 1)[1]
-    transactional_id = f"{topics.namespace}.worker.{worker_id}"
+    # The worker's transactions take two producers in turn (streams.kafka.transactions).
+    transactional_ids = [f"{topics.namespace}.{kind}.{worker_id}" for kind in ("worker", "worker1")]
     ingress = f"{topics.namespace}.ingress"
     events: list[tuple[str, float]] = []
 
@@ -237,8 +239,9 @@ async def test_mixed_load_survives_leader_and_coordinator_loss(
         try:
             leader = leader_of(topics, ingress, partition_for(CALL_KEYS[0], topics.partitions))
             await lose(leader, "partition leader")
-            coordinator = coordinator_of(topics, transactional_id)
-            await lose(coordinator, "transaction coordinator")
+            coordinators = {coordinator_of(topics, tid) for tid in transactional_ids}
+            for coordinator in sorted(coordinators):  # each turn's, once
+                await lose(coordinator, "transaction coordinator")
             await asyncio.sleep(5)
         finally:
             load.stopping.set()

@@ -220,15 +220,16 @@ def test_a_failed_transaction_keeps_its_turn() -> None:
     assert second.calls == []
 
 
-def test_only_the_failed_producer_is_replaced() -> None:
+def test_a_fatal_error_replaces_its_own_producer_then_settles_the_other() -> None:
     first = StandIn({})
     second = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
     tx, fresh = transactions_on(first, second)
     tx.commit(SNAPSHOT)
     with pytest.raises(KafkaException):
         tx.commit(SNAPSHOT)
-    assert [p.made_for for p in fresh] == [1]
-    assert tx.producers == [first, fresh[0]]
+    assert [p.made_for for p in fresh] == [1, 0]
+    assert tx.producers == [fresh[1], fresh[0]]
+    assert tx.producer is fresh[0], "the failed turn runs the next transaction"
 
 
 def test_a_fence_replaces_the_producer_of_the_stuck_transaction() -> None:
@@ -240,11 +241,52 @@ def test_a_fence_replaces_the_producer_of_the_stuck_transaction() -> None:
     assert tx.producers == [first, fresh[0]]
 
 
-def test_every_producer_is_flushed() -> None:
+def test_every_producer_is_flushed_within_one_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker stops within the flush timeout, not within that timeout per producer: here
+    each producer uses all the time it is given."""
+    clock = [100.0]
+    monkeypatch.setattr(transactions.time, "monotonic", lambda: clock[0])
     flushed: list[float] = []
+
+    def flush(timeout: float) -> None:
+        flushed.append(timeout)
+        clock[0] += timeout
+
     first, second = StandIn({}), StandIn({})
     for producer in (first, second):
-        producer.flush = flushed.append  # type: ignore[attr-defined]
+        producer.flush = flush  # type: ignore[attr-defined]
     tx, _ = transactions_on(first, second)
     tx.flush(5)
-    assert flushed == [5, 5]
+    assert flushed == [5.0, 0.0]
+
+
+def test_a_failure_settles_the_other_producers_before_the_restore() -> None:
+    """The transaction committed just before on the other producer may still be writing
+    its markers; a new producer with its id waits for them, so the restore that follows
+    the failure reads that transaction's changelog writes with its offsets."""
+    first = StandIn({})
+    second = StandIn({"commit": KafkaError(KafkaError.INVALID_RECORD)})
+    tx, fresh = transactions_on(first, second)
+    tx.commit(SNAPSHOT)
+    with pytest.raises(KafkaException):
+        tx.commit(SNAPSHOT)
+    assert second.calls[-1] == "abort", "the failed one was aborted, not replaced"
+    assert [p.made_for for p in fresh] == [0]
+    assert tx.producers == [fresh[0], second]
+
+
+def test_a_commit_that_returns_after_its_fence_leaves_the_turns_alone() -> None:
+    """A commit stuck past the fence may still return on the abandoned committer thread;
+    the new committer's turns are not moved by it."""
+    first, second = StandIn({}), StandIn({})
+    tx, fresh = transactions_on(first, second)
+    original = first._call
+
+    def fenced_during_commit(name: str) -> None:
+        original(name)
+        if name == "commit":
+            tx.fence(lambda: False)
+
+    first._call = fenced_during_commit  # type: ignore[method-assign]
+    tx.commit(SNAPSHOT)
+    assert tx.producer is fresh[0], "the next transaction is the fenced turn's new producer"
