@@ -94,11 +94,12 @@ class Transactions:
         while True:
             try:
                 self.producers[turn] = self._new_producer(turn)
-                return
+                break
             except KafkaException as exc:
                 if stopping():
                     raise
                 log.warning("new producer not ready yet: %s", exc)
+        self._settle_others(turn)  # the worker restores next
 
     def commit(self, snapshot: Snapshot) -> None:
         """One transaction (committer thread). Sending the offsets and committing are tried
@@ -146,9 +147,11 @@ class Transactions:
             error: KafkaError = exc.args[0]
             if in_doubt(error):
                 raise  # the producer was fenced meanwhile: the fence settles it
+            ours = self.producers[turn] is producer  # not fenced meanwhile
             if error.fatal() or not self._aborted(producer):
                 self.replace(producer)
-            self._settle_others(turn)
+            if ours:  # else the fence settled them, and a new committer uses them now
+                self._settle_others(turn)
             raise
 
     @staticmethod

@@ -237,8 +237,8 @@ def test_a_fence_replaces_the_producer_of_the_stuck_transaction() -> None:
     tx, fresh = transactions_on(first, second)
     tx.commit(SNAPSHOT)  # the next transaction is the second producer's
     tx.fence(lambda: False)
-    assert [p.made_for for p in fresh] == [1]
-    assert tx.producers == [first, fresh[0]]
+    assert [p.made_for for p in fresh] == [1, 0], "the stuck one fenced, the other settled"
+    assert tx.producers == [fresh[1], fresh[0]]
 
 
 def test_every_producer_is_flushed_within_one_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,4 +289,25 @@ def test_a_commit_that_returns_after_its_fence_leaves_the_turns_alone() -> None:
 
     first._call = fenced_during_commit  # type: ignore[method-assign]
     tx.commit(SNAPSHOT)
+    assert tx.producers[0] is fresh[0]
     assert tx.producer is fresh[0], "the next transaction is the fenced turn's new producer"
+
+
+def test_a_fenced_commit_that_fails_later_leaves_the_new_producers_alone() -> None:
+    """The abandoned committer thread's failure comes after the fence settled everything;
+    by then a new committer uses the producers, and none may be replaced under it."""
+    first = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
+    second = StandIn({})
+    tx, fresh = transactions_on(first, second)
+    original = first._call
+
+    def fenced_then_failed(name: str) -> None:
+        if name == "commit":
+            tx.fence(lambda: False)
+        original(name)
+
+    first._call = fenced_then_failed  # type: ignore[method-assign]
+    with pytest.raises(KafkaException):
+        tx.commit(SNAPSHOT)
+    assert [p.made_for for p in fresh] == [0, 1], "only the fence made new producers"
+    assert tx.producers == fresh
