@@ -5,7 +5,7 @@ offsets (KIP-447). It commits, or it fails for good and is aborted — or, when 
 fails, its producer is replaced — so no open transaction wedges the next one. A commit (or
 offset send) that fails without an outcome, as when a broker is away, is tried again until
 it settles: restoring while it might still commit would apply its records twice. Runs on
-the committer thread (``streams.kafka.committer``), apart from :meth:`Transactions.fence`.
+the committer thread (``streams.kafka.committer``), apart from :meth:`Transactions.settle`.
 
 The transactions take two producers in turn, each with a transactional id of its own. For
 a few milliseconds after a commit returns, the coordinator is still writing that
@@ -86,20 +86,24 @@ class Transactions:
         for producer in self.producers:
             producer.flush(max(0.0, deadline - time.monotonic()))
 
-    def fence(self, stopping: Callable[[], bool]) -> None:
-        """A new producer with the transactional id of the one whose transaction is stuck,
-        which fences it (a transaction stuck inside it is completed or aborted by the
-        coordinator); tried until Kafka answers or the worker stops (Kafka thread)."""
-        turn = self._turn
-        while True:
-            try:
-                self.producers[turn] = self._new_producer(turn)
-                break
-            except KafkaException as exc:
-                if stopping():
-                    raise
-                log.warning("new producer not ready yet: %s", exc)
-        self._settle_others(turn)  # the worker restores next
+    def settle(self, stopping: Callable[[], bool]) -> None:
+        """A new producer for every turn, before the worker restores from Kafka (Kafka
+        thread, with the committer idle or abandoned); each tried until Kafka answers or the
+        worker stops. ``init_transactions`` with an id returns only once that id's last
+        transaction is complete: a stuck one is completed or aborted by the coordinator (the
+        new producer fences the stuck one), and one that committed just before has its
+        markers written. Kafka writes the marker on ``__consumer_offsets`` apart from those
+        on the changelogs, so without this a restore could read the offsets committed after
+        a transaction and the state from before it."""
+        for turn in range(len(self.producers)):
+            while True:
+                try:
+                    self.producers[turn] = self._new_producer(turn)
+                    break
+                except KafkaException as exc:
+                    if stopping():
+                        raise
+                    log.warning("new producer not ready yet: %s", exc)
 
     def commit(self, snapshot: Snapshot) -> None:
         """One transaction (committer thread). Sending the offsets and committing are tried
@@ -109,7 +113,7 @@ class Transactions:
         thread then restores its partitions from Kafka; before that a transaction that
         failed for good (a record refused, an abortable error) is aborted, or when even that
         fails the producer is replaced, so that no open transaction wedges the next ones. A
-        transaction that never settles is fenced by the Kafka thread (:meth:`fence`).
+        transaction that never settles is fenced by the Kafka thread (:meth:`settle`).
 
         The records go first: their partitions register (after librdkafka's 1 ms timer)
         while the offsets travel. But for a few milliseconds after a commit returns, the
@@ -136,7 +140,7 @@ class Transactions:
             self._settled(producer, lambda: producer.commit_transaction(TIMEOUT))
             committed = time.perf_counter()
             if self.producers[turn] is not producer:
-                return  # fenced while it committed: the turns are the new committer's
+                return  # settled while it committed: the turns are the new committer's
             self._committed_at[turn] = committed
             self._turn = (turn + 1) % len(self.producers)
             self.phases["records"] += records
@@ -146,12 +150,9 @@ class Transactions:
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if in_doubt(error):
-                raise  # the producer was fenced meanwhile: the fence settles it
-            ours = self.producers[turn] is producer  # not fenced meanwhile
+                raise  # the producer was fenced meanwhile: settle() settles it
             if error.fatal() or not self._aborted(producer):
                 self.replace(producer)
-            if ours:  # else the fence settled them, and a new committer uses them now
-                self._settle_others(turn)
             raise
 
     @staticmethod
@@ -194,20 +195,6 @@ class Transactions:
                 if not in_doubt(exc.args[0]) or all(p is not producer for p in self.producers):
                     raise
                 log.warning("transaction not settled yet (%s); trying again", exc.args[0])
-
-    def _settle_others(self, turn: int) -> None:
-        """Before the worker restores from Kafka, the other producers' last transactions
-        must be complete. One that committed just before may still be writing its markers,
-        and those of ``__consumer_offsets`` can land before the changelogs': a restore then
-        would read the state from before it, with the offsets from after. A new producer
-        with the same transactional id returns from ``init_transactions`` only once that
-        id's last transaction is complete (committer thread)."""
-        for other in range(len(self.producers)):
-            if other != turn:
-                try:
-                    self.producers[other] = self._new_producer(other)
-                except KafkaException as exc:  # the restore waits on the same broker anyway
-                    log.warning("could not settle producer %d before restoring: %s", other, exc)
 
     def replace(self, failed: Producer) -> None:
         """A new producer with the same transactional id (committer thread); when Kafka

@@ -538,10 +538,10 @@ class Worker:
             self._committer.busy_for(),
         )
         self._committer.abandon()
-        self._transactions.fence(lambda: self._stopping)
+        self._transactions.settle(lambda: self._stopping)  # fences the stuck producer
         self._committer = Committer(self._transact_counted)
         if recover:
-            self._recover()
+            self._recover(settled=True)
 
     def _recover_from(self, failure: Exception) -> None:
         log.error("commit failed, restoring owned partitions from Kafka: %s", failure)
@@ -574,11 +574,15 @@ class Worker:
                 self._ends.read_aheads,
             )
 
-    def _recover(self) -> None:
-        """Drop everything uncommitted, rewind to the committed offsets, restore (Kafka thread)."""
+    def _recover(self, settled: bool = False) -> None:
+        """Drop everything uncommitted, rewind to the committed offsets, restore (Kafka
+        thread); first, unless ``settled`` already, wait until every producer's last
+        transaction is complete (:meth:`Transactions.settle`)."""
         owned = self._on_loop(self._drop_all())
         if not owned:
             return
+        if not settled:
+            self._transactions.settle(lambda: self._stopping)
         for tp in self._take_over(owned):  # then read on from what is committed
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
@@ -648,10 +652,11 @@ class Worker:
         self._rebalances += 1
         self._group_metadata = None
         # What was queued cannot commit any more: let it fail, or fence it if it is stuck.
-        if isinstance(self._committer.flush(_STUCK), TimeoutError):
+        stuck = isinstance(self._committer.flush(_STUCK), TimeoutError)
+        if stuck:
             self._replace_stuck_producer(recover=False)
         self._on_loop(self._forget(partitions, close=True))
-        self._recover()
+        self._recover(settled=stuck)
         self._committer.clear()
 
     async def _assign(self, committed: list[TopicPartition], delay_ends: dict[int, int]) -> None:

@@ -220,25 +220,55 @@ def test_a_failed_transaction_keeps_its_turn() -> None:
     assert second.calls == []
 
 
-def test_a_fatal_error_replaces_its_own_producer_then_settles_the_other() -> None:
+def test_only_the_failed_producer_is_replaced() -> None:
     first = StandIn({})
     second = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
     tx, fresh = transactions_on(first, second)
     tx.commit(SNAPSHOT)
     with pytest.raises(KafkaException):
         tx.commit(SNAPSHOT)
-    assert [p.made_for for p in fresh] == [1, 0]
-    assert tx.producers == [fresh[1], fresh[0]]
+    assert [p.made_for for p in fresh] == [1]
+    assert tx.producers == [first, fresh[0]]
     assert tx.producer is fresh[0], "the failed turn runs the next transaction"
 
 
-def test_a_fence_replaces_the_producer_of_the_stuck_transaction() -> None:
+def test_settling_renews_every_producer_in_turn_order() -> None:
+    """Before a restore, and to fence a stuck transaction: each id's last transaction is
+    complete once a new producer with it is ready (its ``init_transactions``)."""
     first, second = StandIn({}), StandIn({})
     tx, fresh = transactions_on(first, second)
     tx.commit(SNAPSHOT)  # the next transaction is the second producer's
-    tx.fence(lambda: False)
-    assert [p.made_for for p in fresh] == [1, 0], "the stuck one fenced, the other settled"
-    assert tx.producers == [fresh[1], fresh[0]]
+    tx.settle(lambda: False)
+    assert [p.made_for for p in fresh] == [0, 1]
+    assert tx.producers == fresh
+    assert tx.producer is fresh[1], "settling keeps the turn"
+
+
+def test_settling_is_tried_again_until_kafka_answers() -> None:
+    tx, fresh = transactions_on(StandIn({}), StandIn({}))
+    made = tx._new_producer
+    refusals = [KafkaException(KafkaError(KafkaError._TRANSPORT))] * 2
+
+    def flaky(turn: int) -> Any:
+        if turn == 1 and refusals:
+            raise refusals.pop()
+        return made(turn)
+
+    tx._new_producer = flaky
+    tx.settle(lambda: False)
+    assert not refusals, "both refusals were met"
+    assert [p.made_for for p in fresh] == [0, 1]
+
+
+def test_settling_gives_up_when_the_worker_stops() -> None:
+    tx, _ = transactions_on(StandIn({}), StandIn({}))
+
+    def unreachable(turn: int) -> Any:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    tx._new_producer = unreachable
+    with pytest.raises(KafkaException):
+        tx.settle(lambda: True)
 
 
 def test_every_producer_is_flushed_within_one_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -260,24 +290,9 @@ def test_every_producer_is_flushed_within_one_timeout(monkeypatch: pytest.Monkey
     assert flushed == [5.0, 0.0]
 
 
-def test_a_failure_settles_the_other_producers_before_the_restore() -> None:
-    """The transaction committed just before on the other producer may still be writing
-    its markers; a new producer with its id waits for them, so the restore that follows
-    the failure reads that transaction's changelog writes with its offsets."""
-    first = StandIn({})
-    second = StandIn({"commit": KafkaError(KafkaError.INVALID_RECORD)})
-    tx, fresh = transactions_on(first, second)
-    tx.commit(SNAPSHOT)
-    with pytest.raises(KafkaException):
-        tx.commit(SNAPSHOT)
-    assert second.calls[-1] == "abort", "the failed one was aborted, not replaced"
-    assert [p.made_for for p in fresh] == [0]
-    assert tx.producers == [fresh[0], second]
-
-
 def test_a_commit_that_returns_after_its_fence_leaves_the_turns_alone() -> None:
-    """A commit stuck past the fence may still return on the abandoned committer thread;
-    the new committer's turns are not moved by it."""
+    """A commit stuck past the fence (a settle) may still return on the abandoned
+    committer thread; the new committer's turns are not moved by it."""
     first, second = StandIn({}), StandIn({})
     tx, fresh = transactions_on(first, second)
     original = first._call
@@ -285,17 +300,17 @@ def test_a_commit_that_returns_after_its_fence_leaves_the_turns_alone() -> None:
     def fenced_during_commit(name: str) -> None:
         original(name)
         if name == "commit":
-            tx.fence(lambda: False)
+            tx.settle(lambda: False)
 
     first._call = fenced_during_commit  # type: ignore[method-assign]
     tx.commit(SNAPSHOT)
-    assert tx.producers[0] is fresh[0]
+    assert tx.producers == fresh
     assert tx.producer is fresh[0], "the next transaction is the fenced turn's new producer"
 
 
 def test_a_fenced_commit_that_fails_later_leaves_the_new_producers_alone() -> None:
-    """The abandoned committer thread's failure comes after the fence settled everything;
-    by then a new committer uses the producers, and none may be replaced under it."""
+    """The abandoned committer thread's failure comes after the fence renewed every
+    producer; by then a new committer uses them, and none may be replaced under it."""
     first = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
     second = StandIn({})
     tx, fresh = transactions_on(first, second)
@@ -303,7 +318,7 @@ def test_a_fenced_commit_that_fails_later_leaves_the_new_producers_alone() -> No
 
     def fenced_then_failed(name: str) -> None:
         if name == "commit":
-            tx.fence(lambda: False)
+            tx.settle(lambda: False)
         original(name)
 
     first._call = fenced_then_failed  # type: ignore[method-assign]
