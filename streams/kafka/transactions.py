@@ -152,7 +152,7 @@ class Transactions:
             if in_doubt(error):
                 raise  # the producer was fenced meanwhile: settle() settles it
             if error.fatal() or not self._aborted(producer):
-                self.replace(producer)
+                self._replace(turn, producer)
             raise
 
     @staticmethod
@@ -196,14 +196,14 @@ class Transactions:
                     raise
                 log.warning("transaction not settled yet (%s); trying again", exc.args[0])
 
-    def replace(self, failed: Producer) -> None:
-        """A new producer with the same transactional id (committer thread); when Kafka
-        cannot be reached, the old one stays and the next failure tries again."""
-        turns = [turn for turn, producer in enumerate(self.producers) if producer is failed]
-        if not turns:
+    def _replace(self, turn: int, failed: Producer) -> None:
+        """A new producer for ``turn``, with the same transactional id, unless ``failed`` was
+        settled meanwhile (committer thread); when Kafka cannot be reached, the old one
+        stays and the next failure tries again."""
+        if self.producers[turn] is not failed:
             return
         try:
-            self.producers[turns[0]] = self._new_producer(turns[0])
+            self.producers[turn] = self._new_producer(turn)
         except KafkaException as exc:
             log.warning("no new producer yet: %s", exc.args[0])
 
