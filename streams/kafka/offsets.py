@@ -4,6 +4,7 @@ topic's leader not yet ready, a broker restarting), and low-latency batch reads.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import Iterable
@@ -66,6 +67,41 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
             with contextlib.suppress(KafkaException):
                 consumer.list_topics(tp.topic, timeout=5)
             time.sleep(0.1)
+
+
+def log_ends(
+    admin: AdminClient, partitions: list[TopicPartition], timeout: float = 30.0
+) -> list[int]:
+    """The high watermarks of ``partitions``, in order: past every record written to them,
+    committed, aborted or in a transaction still open (blocking). Partitions that answer
+    nothing, or something transient, are asked again until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    ends: dict[tuple[str, int], int] = {}
+    while True:
+        left = max(0.1, min(_TRY, deadline - time.monotonic()))
+        asked = {
+            TopicPartition(tp.topic, tp.partition): OffsetSpec.latest()
+            for tp in partitions
+            if (tp.topic, tp.partition) not in ends
+        }
+        futures = admin.list_offsets(
+            asked, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=left
+        )
+        failure: KafkaError | None = None
+        for tp, future in futures.items():
+            try:
+                ends[(tp.topic, tp.partition)] = future.result(left).offset
+            except KafkaException as exc:
+                if not transient(exc.args[0]):
+                    raise
+                failure = exc.args[0]
+            except concurrent.futures.TimeoutError:
+                failure = KafkaError(KafkaError._TIMED_OUT, f"{tp.topic} [{tp.partition}]")
+        if failure is None:
+            return [ends[(tp.topic, tp.partition)] for tp in partitions]
+        if time.monotonic() > deadline:
+            raise KafkaException(failure)
+        time.sleep(0.1)
 
 
 async def high_watermarks(

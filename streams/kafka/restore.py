@@ -4,24 +4,37 @@ A partition's state lives in three compacted changelogs (``<ns>.state``, ``<ns>.
 and ``<ns>.dedup``), partitioned like the ingress topic. A worker that is assigned ingress
 partition p reads partition p of each from the start to its end, with a consumer outside
 any group, and hands every record to the partition's processor before it applies anything.
+
+The end is the high watermark, not the last stable offset. Only partition p's owner writes
+these partitions, so a transaction still open on one is the last owner's: one that has
+committed while its coordinator is still writing the markers (which it writes on each
+partition apart, and on ``__consumer_offsets`` apart from the changelogs, so the committed
+offsets may already count it), or a zombie's, which Kafka aborts. Reading to the last
+stable offset would stop before such a transaction and restore the state from before it;
+the read committed restorer reaches the high watermark only once every transaction below
+it has ended, committed or aborted.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import time
-from typing import IO
+from typing import IO, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-from streams.engine.partition import PartitionProcessor
 from streams.errors import KourierError
 from streams.kafka.broker import cache_dir
-from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.offsets import consume_ready, log_ends, watermarks
 from streams.wire.topics import Topics
 
 #: A restore that takes longer than this fails, and the worker takes the partition over again.
 RESTORE_TIMEOUT = 150.0
+#: Seconds after which a restore logs the transactions it waits for.
+_WAIT_NOTED = 5.0
+log = logging.getLogger("kourier.restore")
 
 
 class RestoreError(KourierError, RuntimeError):
@@ -34,23 +47,38 @@ class NoSlot(KourierError, RuntimeError):
     """Every worker slot of this namespace on this host is taken."""
 
 
-def restore_partition(restorer: Consumer, topics: Topics, processor: PartitionProcessor) -> None:
-    """Read the partition's changelogs from the start to their end (blocking)."""
+class Changelogs(Protocol):
+    """What a restore hands the records of a partition's changelogs to."""
+
+    @property
+    def partition(self) -> int: ...
+
+    def restore_state(self, key: bytes, value: bytes | None) -> None: ...
+
+    def restore_invocation(self, key: bytes, value: bytes | None) -> None: ...
+
+    def restore_dedup(self, key: bytes, value: bytes | None) -> None: ...
+
+
+def restore_partition(
+    restorer: Consumer, admin: AdminClient, topics: Topics, processor: Changelogs
+) -> None:
+    """Read the partition's changelogs from the start to their high watermarks (blocking;
+    ``restorer`` reads ``read_committed``)."""
     partition = processor.partition
     sources = {
         topics.state: processor.restore_state,
         topics.invocations: processor.restore_invocation,
         topics.dedup: processor.restore_dedup,
     }
-    ends: dict[str, int] = {}
-    for topic in sources:
-        _, high = watermarks(restorer, TopicPartition(topic, partition))
-        ends[topic] = high
+    tps = [TopicPartition(topic, partition) for topic in sources]
+    ends = dict(zip(sources, log_ends(admin, tps), strict=True))
     pending = [TopicPartition(t, partition, OFFSET_BEGINNING) for t, end in ends.items() if end]
     if not pending:
         return
     restorer.assign(pending)
-    deadline = time.monotonic() + RESTORE_TIMEOUT
+    began = time.monotonic()
+    waited = False
     try:
         while True:
             for message in consume_ready(restorer, 1000, 0.1):
@@ -58,13 +86,29 @@ def restore_partition(restorer: Consumer, topics: Topics, processor: PartitionPr
                     key = message.key()
                     assert key is not None
                     sources[message.topic() or ""](key, message.value())
-            positions = restorer.position(pending)
-            if all(tp.offset >= ends[tp.topic] for tp in positions):
+            behind = [tp for tp in restorer.position(pending) if tp.offset < ends[tp.topic]]
+            if not behind:
                 return
-            if time.monotonic() > deadline:
+            if time.monotonic() > began + RESTORE_TIMEOUT:
                 raise RestoreError(f"restoring partition {partition} took too long")
+            if not waited and time.monotonic() > began + _WAIT_NOTED:
+                waited = True
+                _note_open(restorer, behind)
     finally:
         restorer.unassign()
+
+
+def _note_open(restorer: Consumer, behind: list[TopicPartition]) -> None:
+    """Log the changelogs whose readers wait at a transaction still open."""
+    for tp in behind:
+        _, stable = watermarks(restorer, TopicPartition(tp.topic, tp.partition))
+        if tp.offset >= stable:
+            log.warning(
+                "restoring %s [%d] waits for a transaction open at offset %d to end",
+                tp.topic,
+                tp.partition,
+                stable,
+            )
 
 
 def claim_slot(namespace: str) -> tuple[int, IO[str]]:

@@ -198,7 +198,7 @@ class Worker:
         # the subscribed consumer cannot answer that from inside its rebalance callback.
         self._offset_reader = self._new_consumer()
         self._consumer = self._new_consumer()
-        admin = AdminClient(self._client({}))
+        self._admin = admin = AdminClient(self._client({}))
         self._ends = PartitionEnds(admin, self.topics.ingress)
         self._consumer.subscribe(
             [self.topics.ingress, self.topics.delay],
@@ -222,7 +222,7 @@ class Worker:
             self._run_pool.shutdown(wait=False, cancel_futures=True)
             # librdkafka handles live until garbage collected: drop ours now.
             del self._transactions, self._consumer, self._restorer, self._offset_reader
-            del self._ends
+            del self._ends, self._admin
 
     def stop(self) -> None:
         self._stopping = True
@@ -691,7 +691,9 @@ class Worker:
                 denied_headers=self.settings.header_denylist,
                 run_executor=self._run_pool,
             )
-            await asyncio.to_thread(restore_partition, self._restorer, self.topics, processor)
+            await asyncio.to_thread(
+                restore_partition, self._restorer, self._admin, self.topics, processor
+            )
             self.processors[tp.partition] = processor
             processor.start()
         log.info("assigned %s (restored in %.2fs)", _describe(committed), time.monotonic() - began)
