@@ -40,7 +40,7 @@ from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
-from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks, worker_consumer
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, log_ends, worker_consumer
 from streams.kafka.restore import RestoreError, claim_slot, restore_partition
 from streams.kafka.stalls import Partition, StallWatch, forget, watch
 from streams.kafka.transactions import Transactions, transactional_producer
@@ -603,12 +603,13 @@ class Worker:
     # -- partitions (rebalance callbacks run on the Kafka thread, inside its polls) -------
 
     def _delay_ends(self, partitions: list[TopicPartition]) -> dict[int, int]:
-        """Last stable offsets of the delay partitions among ``partitions`` (Kafka thread)."""
-        return {
-            tp.partition: watermarks(self._restorer, TopicPartition(tp.topic, tp.partition))[1]
-            for tp in partitions
-            if tp.topic == self.topics.delay
-        }
+        """High watermarks of the delay partitions among ``partitions``, up to which their
+        processors read before they release anything (Kafka thread). Not the last stable
+        offset: a former owner's last transaction, its markers still being written, may
+        hold the ``Fired`` marker of a message that it released (streams/README.md)."""
+        delays = [tp for tp in partitions if tp.topic == self.topics.delay]
+        ends = log_ends(self._admin, delays, _TIMEOUT) if delays else []
+        return {tp.partition: end for tp, end in zip(delays, ends, strict=True)}
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1

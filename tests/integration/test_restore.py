@@ -1,19 +1,28 @@
-"""Taking a partition over reads its changelogs back to where their last owner wrote them."""
+"""Taking a partition over reads its changelogs, and its delay partition, back to where its
+last owner wrote them: past any transaction of that owner still open there."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from streams.client import Client
 from streams.kafka.admin import admin_client
 from streams.kafka.offsets import worker_consumer
 from streams.kafka.restore import restore_partition
 from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.records import Delayed, Fired, Invoke, Target, encode
 from streams.wire.topics import Topics
+from tests.integration import apps
+from tests.integration.conftest import in_process_worker
+from tests.integration.helpers import poll_until
 
 
 class Restored:
@@ -44,13 +53,15 @@ def restorer(topics: Settings) -> Iterator[Consumer]:
         consumer.close()
 
 
-def _in_transaction(settings: Settings, topic: str, records: dict[bytes, bytes]) -> Producer:
-    """A producer whose open transaction holds ``records`` on partition 0 of ``topic``."""
+def _in_transaction(
+    settings: Settings, topic: str, records: dict[bytes, bytes], partition: int = 0
+) -> Producer:
+    """A producer whose open transaction holds ``records`` on ``partition`` of ``topic``."""
     producer = Producer(settings.client_config({"transactional.id": f"t-{uuid.uuid4()}"}))
     producer.init_transactions(30)
     producer.begin_transaction()
     for key, value in records.items():
-        producer.produce(topic, key=key, value=value, partition=0)
+        producer.produce(topic, key=key, value=value, partition=partition)
     producer.flush(10)  # in the log, below the high watermark, before any marker
     return producer
 
@@ -110,3 +121,67 @@ def test_restore_passes_an_aborted_transaction(topics: Settings, restorer: Consu
     assert not thread.is_alive(), "the restore did not pass the aborted transaction"
     assert errors == []
     assert restored.invocations == {b"inv-1": b"running"}
+
+
+async def test_a_delay_partition_releases_nothing_a_fired_marker_still_in_a_transaction_covers(
+    topics: Settings,
+) -> None:
+    """A former owner released a delayed message and is still writing the markers of the
+    transaction that holds its ``Fired`` marker: the new owner must read that marker before
+    it releases anything, or the message runs twice."""
+    names = Topics(topics.namespace)
+    key = "fired-once"
+    invocation_id = ids.new_id(key, topics.partitions)
+    partition = ids.partition_of(invocation_id, topics.partitions)
+    due = Delayed(
+        due=datetime.now(UTC),
+        invoke=Invoke(
+            target=Target(service="Tally", key=key, handler="add"),
+            argument=5,
+            invocation_id=invocation_id,
+            mode="send",
+        ),
+    )
+    written: list[Message] = []
+
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        assert error is None, error
+        written.append(message)
+
+    plain = Producer(topics.client_config())
+    plain.produce(
+        names.delay, encode(due), key=key.encode(), partition=partition, on_delivery=delivered
+    )
+    assert plain.flush(30) == 0
+    (message,) = written
+    offset = message.offset()
+    assert offset is not None
+    fired = {key.encode(): encode(Fired(offset=offset))}
+    former_owner = _in_transaction(topics, names.delay, fired, partition)
+    try:
+        async with (
+            in_process_worker(topics, apps.SERVICES, f"restore-{topics.namespace}") as worker,
+            Client(topics) as client,
+        ):
+
+            async def read_or_caught_up() -> bool:
+                delay = worker.delays.get(partition)
+                return delay is not None and (delay.pending > 0 or delay.caught_up)
+
+            await poll_until(read_or_caught_up, True, 60, "the delayed message read")
+            delay = worker.delays[partition]
+            assert not delay.caught_up, (
+                "the delay partition counted as read while the Fired marker's transaction "
+                "was open: the message it marks would be released again"
+            )
+            former_owner.commit_transaction(30)
+
+            async def caught_up() -> bool:
+                return delay.caught_up
+
+            await poll_until(caught_up, True, 60, "the delay partition caught up")
+            assert delay.pending == 0
+            assert await client.object("Tally", key, "add").request(1) == 1
+    finally:
+        with contextlib.suppress(KafkaException):  # committed unless the test failed before
+            former_owner.abort_transaction(30)
