@@ -57,6 +57,7 @@ class Committer:
         self._busy_since = 0.0
         self._failure: Exception | None = None
         self._closing = False
+        self.abandoned = False
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="kourier-committer", daemon=True)
         self._thread.start()
@@ -88,7 +89,7 @@ class Committer:
                 and self._failure is None
             ):
                 self._changed.wait()
-            if self._failure is not None:
+            if self._failure is not None or self.abandoned:
                 return
             if self._pending is None:
                 self._pending = snapshot
@@ -98,9 +99,12 @@ class Committer:
 
     def flush(self, timeout: float) -> Exception | None:
         """Wait until everything submitted is committed (or failed); return the failure,
-        or a :class:`TimeoutError` when a transaction is still running after ``timeout``."""
+        or a :class:`TimeoutError` when a transaction is still running after ``timeout``
+        (at once when the committer was abandoned: its transaction is stuck)."""
         deadline = time.monotonic() + timeout
         with self._changed:
+            if self.abandoned and self._busy:
+                return TimeoutError(f"a transaction abandoned after {self.busy_for():.0f}s")
             while (self._pending is not None or self._busy) and self._failure is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -114,9 +118,11 @@ class Committer:
 
     def abandon(self) -> None:
         """Give up on a thread stuck in a transaction: it exits when (if ever) the call
-        returns, and commits nothing more. The worker has fenced its producer already."""
+        returns, and commits nothing more, nor takes anything; :meth:`close` does not wait
+        for it. The worker fences its producer next."""
         with self._changed:
             self._closing = True
+            self.abandoned = True
             self._pending = None
             self._changed.notify_all()
 
@@ -128,9 +134,12 @@ class Committer:
             self._changed.notify_all()
 
     def close(self) -> None:
+        """Commit what was submitted, then end the thread (one abandoned is left to itself)."""
         with self._changed:
             self._closing = True
             self._changed.notify_all()
+            if self.abandoned:
+                return
         self._thread.join()
 
     def _run(self) -> None:

@@ -509,6 +509,8 @@ class Worker:
             self._committer.submit(snapshot)
         failure = self._committer.flush(_STUCK)
         if isinstance(failure, TimeoutError):
+            if self._stopping and self._committer.abandoned:
+                return  # no producer to commit with: the next owner reads it all again
             self._replace_stuck_producer()
         elif failure is not None:
             self._recover_from(failure)
@@ -538,7 +540,16 @@ class Worker:
             self._committer.busy_for(),
         )
         self._committer.abandon()
-        self._transactions.settle(lambda: self._stopping)  # fences the stuck producer
+        try:
+            self._transactions.settle(lambda: self._stopping)  # fences the stuck producer
+        except KafkaException as exc:
+            if not self._stopping:
+                raise
+            # Kafka does not answer and the worker stops: it commits nothing more. Kafka aborts
+            # the transaction after transaction.timeout.ms (at once when this worker restarts
+            # with the same ids), and the partitions' next owner waits for that to restore.
+            log.warning("stopping with a transaction stuck, not fenced: %s", exc)
+            return
         self._committer = Committer(self._transact_counted)
         if recover:
             self._recover(settled=True)
