@@ -29,6 +29,11 @@ _TRANSIENT = {
     KafkaError._TRANSPORT,
     KafkaError._TIMED_OUT,
     KafkaError._ALL_BROKERS_DOWN,
+    # Asked with a leader epoch from before an election, or of a leader not ready yet.
+    KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError.OFFSET_NOT_AVAILABLE,
+    KafkaError.REPLICA_NOT_AVAILABLE,
     # Local metadata not known yet, as right after the broker restarted.
     KafkaError._UNKNOWN_PARTITION,
     KafkaError._UNKNOWN_TOPIC,
@@ -74,33 +79,41 @@ def log_ends(
 ) -> list[int]:
     """The high watermarks of ``partitions``, in order: past every record written to them,
     committed, aborted or in a transaction still open (blocking). Partitions that answer
-    nothing, or something transient, are asked again until ``timeout``."""
+    nothing, or something transient, are asked again until ``timeout``, after a fresh look
+    at their topics' metadata: the admin client keeps leaders and their epochs from its last
+    look, and after brokers restart its requests carry an old epoch until it looks again."""
     deadline = time.monotonic() + timeout
     ends: dict[tuple[str, int], int] = {}
     while True:
         left = max(0.1, min(_TRY, deadline - time.monotonic()))
-        asked = {
-            TopicPartition(tp.topic, tp.partition): OffsetSpec.latest()
-            for tp in partitions
-            if (tp.topic, tp.partition) not in ends
-        }
+        asked = [tp for tp in partitions if (tp.topic, tp.partition) not in ends]
         futures = admin.list_offsets(
-            asked, isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=left
+            {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in asked},
+            isolation_level=IsolationLevel.READ_UNCOMMITTED,
+            request_timeout=left,
         )
-        failure: KafkaError | None = None
+        concurrent.futures.wait(futures.values(), timeout=left)
+        failed: dict[str, KafkaError] = {}
         for tp, future in futures.items():
-            try:
-                ends[(tp.topic, tp.partition)] = future.result(left).offset
-            except KafkaException as exc:
-                if not transient(exc.args[0]):
-                    raise
-                failure = exc.args[0]
-            except concurrent.futures.TimeoutError:
-                failure = KafkaError(KafkaError._TIMED_OUT, f"{tp.topic} [{tp.partition}]")
-        if failure is None:
+            if not future.done():
+                failed[tp.topic] = KafkaError(KafkaError._TIMED_OUT, "no answer")
+                continue
+            error = future.exception()
+            if error is None:
+                ends[(tp.topic, tp.partition)] = future.result().offset
+            elif isinstance(error, KafkaException) and not transient(error.args[0]):
+                raise error
+            else:
+                failed[tp.topic] = (
+                    error.args[0]
+                    if isinstance(error, KafkaException)
+                    else KafkaError(KafkaError._FAIL, repr(error))
+                )
+        if not failed:
             return [ends[(tp.topic, tp.partition)] for tp in partitions]
         if time.monotonic() > deadline:
-            raise KafkaException(failure)
+            raise KafkaException(next(iter(failed.values())))
+        _look_again(admin, failed, left)
         time.sleep(0.1)
 
 
@@ -133,11 +146,23 @@ async def latest_offsets(
     finally:
         for future in waiting:
             future.cancel()  # those that did not answer in time (or all, when cancelled)
+    refused = {tp.topic for f, tp in waiting.items() if f in done and f.exception() is not None}
+    if refused:  # as after an election: a fresh look lets the next ask carry the new epoch
+        await asyncio.to_thread(_look_again, admin, refused, within)
     return {
         (tp.topic, tp.partition): f.result().offset
         for f, tp in waiting.items()
         if f in done and f.exception() is None
     }
+
+
+def _look_again(admin: AdminClient, topics: Iterable[str], within: float) -> None:
+    """Refresh the admin client's metadata of ``topics``: it keeps the leaders and leader
+    epochs of its last look, and a leader answers a request with an older epoch with
+    ``FENCED_LEADER_EPOCH`` until the client looks again."""
+    for topic in topics:
+        with contextlib.suppress(KafkaException):
+            admin.list_topics(topic, timeout=max(0.1, min(5.0, within)))
 
 
 def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Message]:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import time
+from collections.abc import Callable
 from typing import IO, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.errors import KourierError
@@ -32,7 +33,7 @@ from streams.wire.topics import Topics
 
 #: A restore that takes longer than this fails, and the worker takes the partition over again.
 RESTORE_TIMEOUT = 150.0
-#: Seconds after which a restore logs the transactions it waits for.
+#: Seconds between a waiting restore's reports of the transactions it waits for.
 _WAIT_NOTED = 5.0
 log = logging.getLogger("kourier.restore")
 
@@ -61,10 +62,15 @@ class Changelogs(Protocol):
 
 
 def restore_partition(
-    restorer: Consumer, admin: AdminClient, topics: Topics, processor: Changelogs
+    restorer: Consumer,
+    admin: AdminClient,
+    topics: Topics,
+    processor: Changelogs,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> None:
     """Read the partition's changelogs from the start to their high watermarks (blocking;
-    ``restorer`` reads ``read_committed``)."""
+    ``restorer`` reads ``read_committed``). Raises :class:`RestoreError` past
+    ``RESTORE_TIMEOUT``, or at once when ``stopping()``."""
     partition = processor.partition
     sources = {
         topics.state: processor.restore_state,
@@ -78,7 +84,7 @@ def restore_partition(
         return
     restorer.assign(pending)
     began = time.monotonic()
-    waited = False
+    noted = began
     try:
         while True:
             for message in consume_ready(restorer, 1000, 0.1):
@@ -89,20 +95,26 @@ def restore_partition(
             behind = [tp for tp in restorer.position(pending) if tp.offset < ends[tp.topic]]
             if not behind:
                 return
-            if time.monotonic() > began + RESTORE_TIMEOUT:
+            now = time.monotonic()
+            if stopping():
+                raise RestoreError(f"restoring partition {partition} given up: stopping")
+            if now > began + RESTORE_TIMEOUT:
                 raise RestoreError(f"restoring partition {partition} took too long")
-            if not waited and time.monotonic() > began + _WAIT_NOTED:
-                waited = True
+            if now > noted + _WAIT_NOTED:
+                noted = now
                 _note_open(restorer, behind)
     finally:
         restorer.unassign()
 
 
 def _note_open(restorer: Consumer, behind: list[TopicPartition]) -> None:
-    """Log the changelogs whose readers wait at a transaction still open."""
+    """Log the changelogs whose readers wait at a transaction still open (best effort)."""
     for tp in behind:
-        _, stable = watermarks(restorer, TopicPartition(tp.topic, tp.partition))
-        if tp.offset >= stable:
+        try:
+            _, stable = watermarks(restorer, TopicPartition(tp.topic, tp.partition), 2.0)
+        except KafkaException:
+            continue
+        if tp.offset >= stable or tp.offset < 0:  # below 0: nothing read yet
             log.warning(
                 "restoring %s [%d] waits for a transaction open at offset %d to end",
                 tp.topic,

@@ -590,8 +590,8 @@ class Worker:
         thread); first, unless ``settled`` already, wait until every producer's last
         transaction is complete (:meth:`Transactions.settle`)."""
         owned = self._on_loop(self._drop_all())
-        if not owned:
-            return
+        if not owned or self._stopping:
+            return  # a worker on its way out restores nothing: the next owner does
         if not settled:
             self._transactions.settle(lambda: self._stopping)
         for tp in self._take_over(owned):  # then read on from what is committed
@@ -629,10 +629,12 @@ class Worker:
 
     def _take_over(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Read the committed offsets, restore, start (Kafka thread); the offsets read.
-        While brokers come and go this can time out: it is tried again, from scratch,
-        rather than end the worker, until it succeeds or the worker stops (the group evicts
-        a worker that stays in here past ``max.poll.interval.ms``, and its partitions move
-        on)."""
+        While brokers come and go, or a transaction stays open on a changelog, this can
+        fail: it is tried again, from scratch, rather than end the worker, until it succeeds
+        or the worker stops, which ends it with nothing taken over. Meanwhile the worker
+        stays in the group (librdkafka's own thread heartbeats, and a poll that runs this
+        callback does not count against ``max.poll.interval.ms``), so its partitions wait
+        for it."""
         while True:
             try:
                 committed = (
@@ -641,10 +643,11 @@ class Worker:
                 self._on_loop(self._assign(committed, self._delay_ends(committed)))
                 return committed
             except (KafkaException, WorkerError, RestoreError) as exc:
-                if self._stopping:
-                    raise
-                log.warning("taking over %s failed (%s); trying again", _describe(partitions), exc)
                 self._on_loop(self._forget(partitions, close=True))
+                if self._stopping:
+                    log.info("stopping: %s not taken over (%s)", _describe(partitions), exc)
+                    return []
+                log.warning("taking over %s failed (%s); trying again", _describe(partitions), exc)
                 time.sleep(1.0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -704,7 +707,12 @@ class Worker:
                 run_executor=self._run_pool,
             )
             await asyncio.to_thread(
-                restore_partition, self._restorer, self._admin, self.topics, processor
+                restore_partition,
+                self._restorer,
+                self._admin,
+                self.topics,
+                processor,
+                lambda: self._stopping,
             )
             self.processors[tp.partition] = processor
             processor.start()

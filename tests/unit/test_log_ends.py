@@ -1,0 +1,79 @@
+"""``log_ends``: the high watermarks a take-over reads to, asked again through what a
+restarting cluster answers (the calls it makes, with a stand-in admin client; what the
+broker answers is tested on the real one, in tests/integration/test_restore.py and the
+cluster tier)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streams.kafka.offsets import log_ends
+
+A, B = TopicPartition("ns.state", 0), TopicPartition("ns.dedup", 0)
+
+
+class Answer:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class StandInAdmin:
+    """Answers each ``list_offsets`` with the next of ``rounds`` (topic -> offset, error,
+    or None for no answer at all), and records metadata looks."""
+
+    def __init__(self, *rounds: dict[str, int | KafkaError | None]) -> None:
+        self.rounds = list(rounds)
+        self.asked: list[list[str]] = []
+        self.looked: list[str] = []
+
+    def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
+        answers = self.rounds.pop(0)
+        self.asked.append(sorted(tp.topic for tp in wanted))
+        futures: dict[TopicPartition, Future[Answer]] = {}
+        for tp in wanted:
+            future: Future[Answer] = Future()
+            answer = answers[tp.topic]
+            if isinstance(answer, KafkaError):
+                future.set_exception(KafkaException(answer))
+            elif answer is not None:
+                future.set_result(Answer(answer))
+            futures[tp] = future
+        return futures
+
+    def list_topics(self, topic: str, timeout: float) -> None:
+        self.looked.append(topic)
+
+
+def test_an_old_leader_epoch_is_asked_again_after_a_fresh_look_at_the_metadata() -> None:
+    """After brokers restart, the admin client's cached leader epochs are older than the
+    leaders': Kafka answers FENCED_LEADER_EPOCH until the client looks again."""
+    fenced = KafkaError(KafkaError.FENCED_LEADER_EPOCH)
+    admin = StandInAdmin({A.topic: 7, B.topic: fenced}, {B.topic: 3})
+    assert log_ends(admin, [A, B], timeout=10) == [7, 3]  # type: ignore[arg-type]
+    assert admin.asked == [["ns.dedup", "ns.state"], ["ns.dedup"]], "only the failed asked again"
+    assert admin.looked == ["ns.dedup"]
+
+
+def test_a_partition_that_does_not_answer_is_asked_again() -> None:
+    admin = StandInAdmin({A.topic: None, B.topic: 2}, {A.topic: 5})
+    assert log_ends(admin, [A, B], timeout=10) == [5, 2]  # type: ignore[arg-type]
+
+
+def test_a_lasting_failure_is_raised_after_the_timeout() -> None:
+    away = KafkaError(KafkaError.LEADER_NOT_AVAILABLE)
+    admin = StandInAdmin(*[{A.topic: away}] * 1000)
+    with pytest.raises(KafkaException) as raised:
+        log_ends(admin, [A], timeout=0.5)  # type: ignore[arg-type]
+    assert raised.value.args[0].code() == KafkaError.LEADER_NOT_AVAILABLE
+
+
+def test_an_error_that_will_not_pass_is_raised_at_once() -> None:
+    denied = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    admin = StandInAdmin({A.topic: denied})
+    with pytest.raises(KafkaException):
+        log_ends(admin, [A], timeout=30)  # type: ignore[arg-type]
+    assert len(admin.asked) == 1
