@@ -146,9 +146,6 @@ async def latest_offsets(
     finally:
         for future in waiting:
             future.cancel()  # those that did not answer in time (or all, when cancelled)
-    refused = {tp.topic for f, tp in waiting.items() if f in done and f.exception() is not None}
-    if refused:  # as after an election: a fresh look lets the next ask carry the new epoch
-        await asyncio.to_thread(_look_again, admin, refused, within)
     return {
         (tp.topic, tp.partition): f.result().offset
         for f, tp in waiting.items()

@@ -631,10 +631,9 @@ class Worker:
         """Read the committed offsets, restore, start (Kafka thread); the offsets read.
         While brokers come and go, or a transaction stays open on a changelog, this can
         fail: it is tried again, from scratch, rather than end the worker, until it succeeds
-        or the worker stops, which ends it with nothing taken over. Meanwhile the worker
-        stays in the group (librdkafka's own thread heartbeats, and a poll that runs this
-        callback does not count against ``max.poll.interval.ms``), so its partitions wait
-        for it."""
+        or the worker stops, which ends it with nothing taken over. A worker that stays in
+        here past ``max.poll.interval.ms`` may be evicted from the group; KIP-447 then
+        refuses its commits, and the lost-partitions callback follows."""
         while True:
             try:
                 committed = (
