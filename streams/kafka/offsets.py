@@ -53,6 +53,16 @@ def transient(error: KafkaError) -> bool:
     return bool(error.retriable()) or error.code() in _TRANSIENT
 
 
+def _look_again(client: Consumer | AdminClient, topics: Iterable[str], within: float) -> None:
+    """Refresh the client's metadata of ``topics``, best effort. A client keeps what its
+    last look found: after a broker restart a partition may stay unknown until its next
+    periodic refresh (minutes), and a leader answers a request carrying a leader epoch from
+    before an election with ``FENCED_LEADER_EPOCH``, until the client looks again."""
+    for topic in topics:
+        with contextlib.suppress(KafkaException):
+            client.list_topics(topic, timeout=max(0.1, min(5.0, within)))
+
+
 def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
     """``(low, high)`` of ``tp``; with ``isolation.level=read_committed`` the high mark is the
     last stable offset. Retriable errors are retried until ``timeout``."""
@@ -67,10 +77,7 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
         except KafkaException as exc:
             if not transient(exc.args[0]) or time.monotonic() > deadline:
                 raise
-            # Ask for the topic's metadata now: after a broker restart the client may have
-            # cached the partition as unknown until its next periodic refresh (minutes).
-            with contextlib.suppress(KafkaException):
-                consumer.list_topics(tp.topic, timeout=5)
+            _look_again(consumer, [tp.topic], 5.0)
             time.sleep(0.1)
 
 
@@ -151,15 +158,6 @@ async def latest_offsets(
         for f, tp in waiting.items()
         if f in done and f.exception() is None
     }
-
-
-def _look_again(admin: AdminClient, topics: Iterable[str], within: float) -> None:
-    """Refresh the admin client's metadata of ``topics``: it keeps the leaders and leader
-    epochs of its last look, and a leader answers a request with an older epoch with
-    ``FENCED_LEADER_EPOCH`` until the client looks again."""
-    for topic in topics:
-        with contextlib.suppress(KafkaException):
-            admin.list_topics(topic, timeout=max(0.1, min(5.0, within)))
 
 
 def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Message]:

@@ -23,6 +23,7 @@ from streams.wire.topics import Topics
 from tests.integration import apps
 from tests.integration.conftest import in_process_worker
 from tests.integration.helpers import poll_until
+from tests.threads import in_thread
 
 
 class Restored:
@@ -69,17 +70,8 @@ def _in_transaction(
 def _restore_in_thread(
     settings: Settings, restorer: Consumer, into: Restored
 ) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            restore_partition(restorer, admin_client(settings), Topics(settings.namespace), into)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, errors
+    admin = admin_client(settings)
+    return in_thread(lambda: restore_partition(restorer, admin, Topics(settings.namespace), into))
 
 
 def test_restore_waits_for_a_transaction_open_on_a_changelog(

@@ -17,6 +17,7 @@ from streams.engine.outbox import Out
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.worker import Worker
 from streams.settings import Settings
+from tests.threads import in_thread
 from tests.unit.harness import TOPICS
 
 SNAPSHOT = Snapshot(out=[Out(TOPICS.ingress, 0, b"k", b"v")], offsets=[])
@@ -42,20 +43,6 @@ def committer_stuck_in(released: threading.Event) -> Committer:
     committer.submit(Snapshot(out=list(SNAPSHOT.out), offsets=[]))
     assert entered.wait(10), "the committer did not take the snapshot"
     return committer
-
-
-def in_thread(call: Any) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, errors
 
 
 def test_an_abandoned_committer_closes_without_waiting_for_its_thread(
