@@ -7,7 +7,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import (
     Consumer,
@@ -54,13 +54,18 @@ def transient(error: KafkaError) -> bool:
 
 
 def _look_again(client: Consumer | AdminClient, topics: Iterable[str], within: float) -> None:
-    """Refresh the client's metadata of ``topics``, best effort. A client keeps what its
-    last look found: after a broker restart a partition may stay unknown until its next
-    periodic refresh (minutes), and a leader answers a request carrying a leader epoch from
-    before an election with ``FENCED_LEADER_EPOCH``, until the client looks again."""
+    """Refresh the client's metadata of ``topics``, best effort, taking at most about
+    ``within`` seconds for all of them. A client keeps what its last look found: after a
+    broker restart a partition may stay unknown until its next periodic refresh (minutes),
+    and a leader answers a request carrying a leader epoch from before an election with
+    ``FENCED_LEADER_EPOCH``, until the client looks again."""
+    deadline = time.monotonic() + within
     for topic in topics:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
         with contextlib.suppress(KafkaException):
-            client.list_topics(topic, timeout=max(0.1, min(5.0, within)))
+            client.list_topics(topic, timeout=max(0.1, left))
 
 
 def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
@@ -77,18 +82,23 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
         except KafkaException as exc:
             if not transient(exc.args[0]) or time.monotonic() > deadline:
                 raise
-            _look_again(consumer, [tp.topic], 5.0)
+            _look_again(consumer, [tp.topic], min(_TRY, deadline - time.monotonic()))
             time.sleep(0.1)
 
 
 def log_ends(
-    admin: AdminClient, partitions: list[TopicPartition], timeout: float = 30.0
+    admin: AdminClient,
+    partitions: list[TopicPartition],
+    timeout: float = 30.0,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> list[int]:
     """The high watermarks of ``partitions``, in order: past every record written to them,
     committed, aborted or in a transaction still open (blocking). Partitions that answer
     nothing, or something transient, are asked again until ``timeout``, after a fresh look
     at their topics' metadata: the admin client keeps leaders and their epochs from its last
-    look, and after brokers restart its requests carry an old epoch until it looks again."""
+    look, and after brokers restart its requests carry an old epoch until it looks again.
+    Raises :class:`KafkaException` past ``timeout``, and before asking again when
+    ``stopping()``."""
     deadline = time.monotonic() + timeout
     ends: dict[tuple[str, int], int] = {}
     while True:
@@ -120,7 +130,9 @@ def log_ends(
             return [ends[(tp.topic, tp.partition)] for tp in partitions]
         if time.monotonic() > deadline:
             raise KafkaException(next(iter(failed.values())))
-        _look_again(admin, failed, left)
+        if stopping():
+            raise KafkaException(KafkaError(KafkaError._DESTROY, "stopping"))
+        _look_again(admin, failed, min(_TRY, deadline - time.monotonic()))
         time.sleep(0.1)
 
 

@@ -78,7 +78,7 @@ def restore_partition(
         topics.dedup: processor.restore_dedup,
     }
     tps = [TopicPartition(topic, partition) for topic in sources]
-    ends = dict(zip(sources, log_ends(admin, tps), strict=True))
+    ends = dict(zip(sources, log_ends(admin, tps, stopping=stopping), strict=True))
     pending = [TopicPartition(t, partition, OFFSET_BEGINNING) for t, end in ends.items() if end]
     if not pending:
         return
@@ -102,19 +102,22 @@ def restore_partition(
                 raise RestoreError(f"restoring partition {partition} took too long")
             if now > noted + _WAIT_NOTED:
                 noted = now
-                _note_open(restorer, behind)
+                _note_open(restorer, behind, ends)
     finally:
         restorer.unassign()
 
 
-def _note_open(restorer: Consumer, behind: list[TopicPartition]) -> None:
-    """Log the changelogs whose readers wait at a transaction still open (best effort)."""
+def _note_open(restorer: Consumer, behind: list[TopicPartition], ends: dict[str, int]) -> None:
+    """Log the changelogs whose readers wait at a transaction still open below the end they
+    read to (best effort, about a second per changelog at most). A transaction is open there
+    when the last stable offset is below that end; the reader waits at it once it has read
+    everything before it, or while it has read nothing (a position below 0)."""
     for tp in behind:
         try:
-            _, stable = watermarks(restorer, TopicPartition(tp.topic, tp.partition), 2.0)
+            _, stable = watermarks(restorer, TopicPartition(tp.topic, tp.partition), 1.0)
         except KafkaException:
             continue
-        if tp.offset >= stable or tp.offset < 0:  # below 0: nothing read yet
+        if stable < ends[tp.topic] and (tp.offset >= stable or tp.offset < 0):
             log.warning(
                 "restoring %s [%d] waits for a transaction open at offset %d to end",
                 tp.topic,

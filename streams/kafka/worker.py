@@ -593,7 +593,13 @@ class Worker:
         if not owned or self._stopping:
             return  # a worker on its way out restores nothing: the next owner does
         if not settled:
-            self._transactions.settle(lambda: self._stopping)
+            try:
+                self._transactions.settle(lambda: self._stopping)
+            except KafkaException as exc:
+                if not self._stopping:
+                    raise
+                log.warning("stopping before the last transactions settled: %s", exc)
+                return
         for tp in self._take_over(owned):  # then read on from what is committed
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
@@ -619,7 +625,7 @@ class Worker:
         offset: a former owner's last transaction, its markers still being written, may
         hold the ``Fired`` marker of a message that it released (streams/README.md)."""
         delays = [tp for tp in partitions if tp.topic == self.topics.delay]
-        ends = log_ends(self._admin, delays, _TIMEOUT) if delays else []
+        ends = log_ends(self._admin, delays, _TIMEOUT, lambda: self._stopping) if delays else []
         return {tp.partition: end for tp, end in zip(delays, ends, strict=True)}
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -5,6 +5,7 @@ cluster tier)."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -77,3 +78,35 @@ def test_an_error_that_will_not_pass_is_raised_at_once() -> None:
     with pytest.raises(KafkaException):
         log_ends(admin, [A], timeout=30)  # type: ignore[arg-type]
     assert len(admin.asked) == 1
+
+
+class SlowMetadata(StandInAdmin):
+    """Metadata looks that get no answer: each takes the whole time it is given."""
+
+    def list_topics(self, topic: str, timeout: float) -> None:
+        super().list_topics(topic, timeout)
+        time.sleep(timeout)
+
+
+def test_looks_at_many_topics_share_the_time_that_is_left() -> None:
+    """Brokers away: every partition fails and every metadata look waits out its timeout.
+    The looks at the three changelogs of a partition must fit in what is left of the
+    timeout together, not take it each."""
+    away = KafkaError(KafkaError.LEADER_NOT_AVAILABLE)
+    topics = [TopicPartition(f"ns.{name}", 0) for name in ("state", "invocations", "dedup")]
+    admin = SlowMetadata(*[{tp.topic: away for tp in topics}] * 100)
+    began = time.monotonic()
+    with pytest.raises(KafkaException):
+        log_ends(admin, topics, timeout=1.0)  # type: ignore[arg-type]
+    took = time.monotonic() - began
+    assert took < 2.0, f"log_ends(timeout=1.0) took {took:.1f}s"
+    assert admin.looked, "no fresh look at the metadata"
+
+
+def test_a_worker_that_stops_is_not_kept_waiting() -> None:
+    away = KafkaError(KafkaError.LEADER_NOT_AVAILABLE)
+    admin = StandInAdmin(*[{A.topic: away}] * 1000)
+    with pytest.raises(KafkaException) as raised:
+        log_ends(admin, [A], timeout=30, stopping=lambda: True)  # type: ignore[arg-type]
+    assert raised.value.args[0].code() == KafkaError._DESTROY
+    assert len(admin.asked) == 1, "asked again after the worker began to stop"

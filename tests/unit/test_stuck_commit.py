@@ -6,6 +6,7 @@ threads wait for.)
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -85,3 +86,48 @@ def test_a_worker_stopping_with_a_stuck_transaction_commits_nothing_and_returns(
     thread, errors = in_thread(worker._committer.close)
     thread.join(10)
     assert not thread.is_alive(), "closing waits for the stuck transaction"
+
+
+class GoneWhileSettling:
+    """Kafka stops answering while the worker waits for its producers to settle, and the
+    worker is told to stop meanwhile."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def settle(self, stopping: Any) -> None:
+        self.worker._stopping = True
+        assert stopping()
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+
+class Closable:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_stop_while_a_failed_commit_waits_to_settle_ends_the_recovery() -> None:
+    """A commit failed and the worker recovers: it waits for its producers' last
+    transactions to settle before it restores. The worker stops meanwhile, with Kafka
+    away: the recovery ends without restoring and without raising."""
+    worker = Worker(Settings(namespace=TOPICS.namespace), [])
+    worker._transactions = GoneWhileSettling(worker)  # type: ignore[assignment]
+    processor = Closable()
+    worker.processors[0] = processor  # type: ignore[assignment]
+    loop = asyncio.new_event_loop()
+    running = threading.Thread(target=loop.run_forever, daemon=True)
+    running.start()
+    worker._loop = loop
+    try:
+        thread, errors = in_thread(worker._recover)
+        thread.join(10)
+        assert not thread.is_alive(), "the recovery goes on after the worker stopped"
+        assert errors == []
+        assert processor.closed, "owned partitions not closed"
+        assert not worker.processors, "owned partitions not dropped"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        running.join(10)
+        loop.close()
