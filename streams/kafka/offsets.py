@@ -53,7 +53,7 @@ def transient(error: KafkaError) -> bool:
     return bool(error.retriable()) or error.code() in _TRANSIENT
 
 
-def _look_again(client: Consumer | AdminClient, topics: Iterable[str], within: float) -> None:
+def look_again(client: Consumer | AdminClient, topics: Iterable[str], within: float) -> None:
     """Refresh the client's metadata of ``topics``, best effort, taking at most about
     ``within`` seconds for all of them. A client keeps what its last look found: after a
     broker restart a partition may stay unknown until its next periodic refresh (minutes),
@@ -82,7 +82,7 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
         except KafkaException as exc:
             if not transient(exc.args[0]) or time.monotonic() > deadline:
                 raise
-            _look_again(consumer, [tp.topic], min(_TRY, deadline - time.monotonic()))
+            look_again(consumer, [tp.topic], min(_TRY, deadline - time.monotonic()))
             time.sleep(0.1)
 
 
@@ -132,7 +132,7 @@ def log_ends(
             raise KafkaException(next(iter(failed.values())))
         if stopping():
             raise KafkaException(KafkaError(KafkaError._DESTROY, "stopping"))
-        _look_again(admin, failed, min(_TRY, deadline - time.monotonic()))
+        look_again(admin, failed, min(_TRY, deadline - time.monotonic()))
         time.sleep(0.1)
 
 

@@ -4,6 +4,7 @@ A partition's state lives in three compacted changelogs (``<ns>.state``, ``<ns>.
 and ``<ns>.dedup``), partitioned like the ingress topic. A worker that is assigned ingress
 partition p reads partition p of each from the start to its end, with a consumer outside
 any group, and hands every record to the partition's processor before it applies anything.
+The partitions of one assignment are read together, by one consumer.
 
 The end is the high watermark, not the last stable offset. Only partition p's owner writes
 these partitions, so a transaction still open on one is the last owner's: one that has
@@ -17,29 +18,33 @@ it has ended, committed or aborted.
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.errors import KourierError
 from streams.kafka.broker import cache_dir
-from streams.kafka.offsets import consume_ready, log_ends, watermarks
+from streams.kafka.offsets import consume_ready, log_ends
 from streams.wire.topics import Topics
 
-#: A restore that takes longer than this fails, and the worker takes the partition over again.
+#: A restore that reads nothing for this long fails, and the worker takes its partitions over
+#: again (a transaction that stays open on a changelog holds it so).
 RESTORE_TIMEOUT = 150.0
 #: Seconds between a waiting restore's reports of the transactions it waits for.
 _WAIT_NOTED = 5.0
+#: Seconds a report may wait for the last stable offsets it reports.
+_NOTE_WITHIN = 1.0
 log = logging.getLogger("kourier.restore")
 
 
 class RestoreError(KourierError, RuntimeError):
-    """A partition's changelogs could not be read back in time (the take-over is retried)."""
+    """Partitions' changelogs could not be read back (the take-over is retried)."""
 
     retriable = True
 
@@ -61,63 +66,89 @@ class Changelogs(Protocol):
     def restore_dedup(self, key: bytes, value: bytes | None) -> None: ...
 
 
-def restore_partition(
+def restore_partitions(
     restorer: Consumer,
     admin: AdminClient,
     topics: Topics,
-    processor: Changelogs,
+    processors: Sequence[Changelogs],
     stopping: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Read the partition's changelogs from the start to their high watermarks (blocking;
-    ``restorer`` reads ``read_committed``). Raises :class:`RestoreError` past
-    ``RESTORE_TIMEOUT``, or at once when ``stopping()``."""
-    partition = processor.partition
-    sources = {
-        topics.state: processor.restore_state,
-        topics.invocations: processor.restore_invocation,
-        topics.dedup: processor.restore_dedup,
-    }
-    tps = [TopicPartition(topic, partition) for topic in sources]
-    ends = dict(zip(sources, log_ends(admin, tps, stopping=stopping), strict=True))
-    pending = [TopicPartition(t, partition, OFFSET_BEGINNING) for t, end in ends.items() if end]
+    """Read the changelogs of every partition of ``processors`` from the start to their high
+    watermarks, all at once (blocking; ``restorer`` reads ``read_committed``): one offset
+    query for them all, and one assignment, so that the fetches of a whole take-over run
+    together rather than one partition after another. Raises :class:`RestoreError` when
+    nothing has been read for ``RESTORE_TIMEOUT`` seconds, or once ``stopping()``;
+    :class:`KafkaException` when the ends cannot be asked (``log_ends``)."""
+    sinks: dict[tuple[str, int], Callable[[bytes, bytes | None], None]] = {}
+    for processor in processors:
+        sinks[(topics.state, processor.partition)] = processor.restore_state
+        sinks[(topics.invocations, processor.partition)] = processor.restore_invocation
+        sinks[(topics.dedup, processor.partition)] = processor.restore_dedup
+    if not sinks:
+        return
+    tps = [TopicPartition(topic, partition) for topic, partition in sinks]
+    ends = dict(zip(sinks, log_ends(admin, tps, stopping=stopping), strict=True))
+    # From offset 0, not OFFSET_BEGINNING: a new consumer asked for the beginning of a
+    # partition whose leader it does not know yet asks again only after 500 ms. Compaction
+    # keeps a log's start at 0; were it moved, auto.offset.reset=earliest applies.
+    pending = [TopicPartition(t, p, 0) for (t, p), end in ends.items() if end]
     if not pending:
         return
+    named = ", ".join(str(processor.partition) for processor in processors)
     restorer.assign(pending)
-    began = time.monotonic()
-    noted = began
+    read_at = noted = time.monotonic()
     try:
         while True:
-            for message in consume_ready(restorer, 1000, 0.1):
+            batch = consume_ready(restorer, 1000, 0.1)
+            for message in batch:
                 if message.error() is None:
                     key = message.key()
                     assert key is not None
-                    sources[message.topic() or ""](key, message.value())
-            behind = [tp for tp in restorer.position(pending) if tp.offset < ends[tp.topic]]
+                    sinks[(message.topic() or "", message.partition() or 0)](key, message.value())
+            behind = [
+                tp
+                for tp in restorer.position(pending)
+                if tp.offset < ends[(tp.topic, tp.partition)]
+            ]
             if not behind:
                 return
             now = time.monotonic()
+            if batch:
+                read_at = now
             if stopping():
-                raise RestoreError(f"restoring partition {partition} given up: stopping")
-            if now > began + RESTORE_TIMEOUT:
-                raise RestoreError(f"restoring partition {partition} took too long")
+                raise RestoreError(f"restoring partitions {named} given up: stopping")
+            if now > read_at + RESTORE_TIMEOUT:
+                raise RestoreError(
+                    f"restoring partitions {named}: nothing read for {RESTORE_TIMEOUT:.0f}s"
+                )
             if now > noted + _WAIT_NOTED:
                 noted = now
-                _note_open(restorer, behind, ends)
+                _note_open(admin, behind, ends)
     finally:
         restorer.unassign()
 
 
-def _note_open(restorer: Consumer, behind: list[TopicPartition], ends: dict[str, int]) -> None:
+def _note_open(
+    admin: AdminClient, behind: list[TopicPartition], ends: dict[tuple[str, int], int]
+) -> None:
     """Log the changelogs whose readers wait at a transaction still open below the end they
-    read to (best effort, about a second per changelog at most). A transaction is open there
-    when the last stable offset is below that end; the reader waits at it once it has read
-    everything before it, or while it has read nothing (a position below 0)."""
-    for tp in behind:
-        try:
-            _, stable = watermarks(restorer, TopicPartition(tp.topic, tp.partition), 1.0)
-        except KafkaException:
+    read to (best effort: one request per broker for them all, and what has not answered
+    within ``_NOTE_WITHIN`` seconds is left out). A transaction is open there when the last
+    stable offset is below that end; the reader waits at it once it has read everything
+    before it, or while it has read nothing (a position below 0)."""
+    positions = {(tp.topic, tp.partition): tp.offset for tp in behind}
+    futures = admin.list_offsets(
+        {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in behind},
+        isolation_level=IsolationLevel.READ_COMMITTED,
+        request_timeout=_NOTE_WITHIN,
+    )
+    concurrent.futures.wait(futures.values(), timeout=_NOTE_WITHIN)
+    for tp, future in futures.items():
+        if not future.done() or future.exception() is not None:
             continue
-        if stable < ends[tp.topic] and (tp.offset >= stable or tp.offset < 0):
+        stable = future.result().offset
+        position = positions[(tp.topic, tp.partition)]
+        if stable < ends[(tp.topic, tp.partition)] and (position >= stable or position < 0):
             log.warning(
                 "restoring %s [%d] waits for a transaction open at offset %d to end",
                 tp.topic,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from confluent_kafka import IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.kafka.offsets import latest_offsets
+from streams.kafka.offsets import latest_offsets, look_again
 from streams.metrics import STALLED
 
 log = logging.getLogger("kourier.stalls")
@@ -189,21 +190,35 @@ async def watch(
 ) -> None:
     """Look at the partitions ``owned()`` names every ``stalls.every`` seconds and report
     those whose readers have stopped for ``stalls.after`` seconds or more; runs until
-    cancelled, and then forgets every partition's gauge."""
+    cancelled, and then forgets every partition's gauge.
+
+    The topics of partitions that did not answer have their metadata looked at again, on a
+    thread of its own and one look at a time, so that the watch never waits for it: after
+    an election the admin client asks with the leader epochs it last saw, and the new
+    leaders refuse those (``FENCED_LEADER_EPOCH``) until it looks again."""
+    looking: threading.Thread | None = None
     try:
         while True:
             await asyncio.sleep(stalls.every)
             try:
-                await _look(admin, stalls, owned)
+                silent = await _look(admin, stalls, owned)
             except Exception:  # a defect here must not end the watch, nor the worker
                 log.exception("could not look at the partitions' ends")
+                continue
+            if silent and (looking is None or not looking.is_alive()):
+                topics = sorted({topic for topic, _ in silent})
+                looking = threading.Thread(
+                    target=look_again, args=(admin, topics, ASK_WITHIN), daemon=True
+                )
+                looking.start()
     finally:
         forget(stalls, ())
 
 
 async def _look(
     admin: AdminClient, stalls: StallWatch, owned: Callable[[], list[Partition]]
-) -> None:
+) -> list[Partition]:
+    """One look; the partitions that did not answer."""
     tps = [TopicPartition(topic, p) for topic, p in owned()]
     stable, high = await asyncio.gather(
         latest_offsets(admin, tps, IsolationLevel.READ_COMMITTED, ASK_WITHIN),
@@ -234,3 +249,4 @@ async def _look(
             "%s/%d: readers moved on past offset %d after %.0f s",
             stall.topic, stall.partition, stall.stable, stall.seconds,
         )  # fmt: skip
+    return [tp for tp in mine if tp not in ends]

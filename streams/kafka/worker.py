@@ -41,7 +41,7 @@ from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, log_ends, worker_consumer
-from streams.kafka.restore import RestoreError, claim_slot, restore_partition
+from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
 from streams.kafka.stalls import Partition, StallWatch, forget, watch
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.settings import Settings
@@ -683,6 +683,7 @@ class Worker:
         """Take over partitions: ingress ones restore their changelogs; delay ones re-read
         their pending messages (from the committed offset) before releasing any."""
         began = time.monotonic()
+        restoring: list[PartitionProcessor] = []
         for tp in committed:
             if tp.topic == self.topics.delay:
                 start = max(tp.offset, 0)
@@ -699,27 +700,30 @@ class Worker:
                 continue
             if tp.offset >= 0:
                 self._offsets[tp.partition] = tp.offset
-            processor = PartitionProcessor(
-                partition=tp.partition,
-                partitions=self.partitions,
-                topics=self.topics,
-                registry=self.registry,
-                emit=self._emit,
-                wake=self._wake,
-                deliver_locally=self._local.deliver,
-                call_locally=self._calls.hold,
-                denied_headers=self.settings.header_denylist,
-                run_executor=self._run_pool,
+            restoring.append(
+                PartitionProcessor(
+                    partition=tp.partition,
+                    partitions=self.partitions,
+                    topics=self.topics,
+                    registry=self.registry,
+                    emit=self._emit,
+                    wake=self._wake,
+                    deliver_locally=self._local.deliver,
+                    call_locally=self._calls.hold,
+                    denied_headers=self.settings.header_denylist,
+                    run_executor=self._run_pool,
+                )
             )
-            await asyncio.to_thread(
-                restore_partition,
-                self._restorer,
-                self._admin,
-                self.topics,
-                processor,
-                lambda: self._stopping,
-            )
-            self.processors[tp.partition] = processor
+        await asyncio.to_thread(
+            restore_partitions,
+            self._restorer,
+            self._admin,
+            self.topics,
+            restoring,
+            lambda: self._stopping,
+        )
+        for processor in restoring:
+            self.processors[processor.partition] = processor
             processor.start()
         log.info("assigned %s (restored in %.2fs)", _describe(committed), time.monotonic() - began)
 

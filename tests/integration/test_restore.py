@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from streams.client import Client
 from streams.kafka.admin import admin_client
 from streams.kafka.offsets import worker_consumer
-from streams.kafka.restore import restore_partition
+from streams.kafka.restore import restore_partitions
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Delayed, Fired, Invoke, Target, encode
@@ -29,11 +29,11 @@ from tests.threads import in_thread
 class Restored:
     """A partition processor's restore side, recorded."""
 
-    partition = 0
-
-    def __init__(self) -> None:
+    def __init__(self, partition: int = 0) -> None:
+        self.partition = partition
         self.state: dict[bytes, bytes | None] = {}
         self.invocations: dict[bytes, bytes | None] = {}
+        self.dedup: dict[bytes, bytes | None] = {}
 
     def restore_state(self, key: bytes, value: bytes | None) -> None:
         self.state[key] = value
@@ -42,7 +42,7 @@ class Restored:
         self.invocations[key] = value
 
     def restore_dedup(self, key: bytes, value: bytes | None) -> None:
-        pass
+        self.dedup[key] = value
 
 
 @pytest.fixture
@@ -68,10 +68,10 @@ def _in_transaction(
 
 
 def _restore_in_thread(
-    settings: Settings, restorer: Consumer, into: Restored
+    settings: Settings, restorer: Consumer, *into: Restored
 ) -> tuple[threading.Thread, list[BaseException]]:
     admin = admin_client(settings)
-    return in_thread(lambda: restore_partition(restorer, admin, Topics(settings.namespace), into))
+    return in_thread(lambda: restore_partitions(restorer, admin, Topics(settings.namespace), into))
 
 
 def test_restore_waits_for_a_transaction_open_on_a_changelog(
@@ -113,6 +113,33 @@ def test_restore_passes_an_aborted_transaction(topics: Settings, restorer: Consu
     assert not thread.is_alive(), "the restore did not pass the aborted transaction"
     assert errors == []
     assert restored.invocations == {b"inv-1": b"running"}
+
+
+def test_partitions_restored_together_each_fill_their_own_processor_and_wait_for_any(
+    topics: Settings, restorer: Consumer
+) -> None:
+    """Partitions taken over together are read by one consumer: every record reaches the
+    processor of its partition, and the restore waits for a transaction open on any one."""
+    names = Topics(topics.namespace)
+    plain = Producer(topics.client_config())
+    for partition in (0, 1):
+        plain.produce(names.state, key=b"k", value=b"p%d" % partition, partition=partition)
+        plain.produce(names.dedup, key=b"d", value=b"p%d" % partition, partition=partition)
+    plain.flush(10)
+    producer = _in_transaction(topics, names.invocations, {b"inv": b"running"}, partition=2)
+    restored = [Restored(partition) for partition in (0, 1, 2, 3)]
+    thread, errors = _restore_in_thread(topics, restorer, *restored)
+    try:
+        thread.join(3)
+        assert thread.is_alive(), "the restore ended while partition 2's transaction was open"
+    finally:
+        producer.commit_transaction(30)
+    thread.join(60)
+    assert not thread.is_alive(), "the restore did not end once the transaction committed"
+    assert errors == []
+    assert [r.state for r in restored] == [{b"k": b"p0"}, {b"k": b"p1"}, {}, {}]
+    assert [r.dedup for r in restored] == [{b"d": b"p0"}, {b"d": b"p1"}, {}, {}]
+    assert [r.invocations for r in restored] == [{}, {}, {b"inv": b"running"}, {}]
 
 
 async def test_a_delay_partition_releases_nothing_a_fired_marker_still_in_a_transaction_covers(

@@ -1,35 +1,51 @@
 """What a waiting restore reports: a transaction open below the end it reads to, and
-nothing while it merely has records left to read (with a stand-in restorer that answers
-the last stable offset; the waiting itself is tested on a real broker in
+nothing while it merely has records left to read (with a stand-in admin client that
+answers the last stable offset; the waiting itself is tested on a real broker in
 tests/integration/test_restore.py)."""
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import IsolationLevel, TopicPartition
 
 from streams.kafka.restore import _note_open
 
 STATE = "ns.state"
 
 
-class Restorer:
-    """Answers ``get_watermark_offsets`` with ``(0, stable)``: read committed, the high
-    mark is the last stable offset."""
+class Answer:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
 
-    def __init__(self, stable: int) -> None:
+
+class Admin:
+    """Answers ``list_offsets`` with ``stable``, asked read committed: the last stable
+    offset; ``None`` leaves the request unanswered."""
+
+    def __init__(self, stable: int | None) -> None:
         self.stable = stable
 
-    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
-        return 0, self.stable
+    def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
+        assert options["isolation_level"] == IsolationLevel.READ_COMMITTED
+        futures: dict[TopicPartition, Future[Answer]] = {}
+        for tp in wanted:
+            futures[tp] = Future()
+            if self.stable is not None:
+                futures[tp].set_result(Answer(self.stable))
+        return futures
 
 
-def notes(caplog: pytest.LogCaptureFixture, stable: int, position: int, end: int) -> list[str]:
+def notes(
+    caplog: pytest.LogCaptureFixture, stable: int | None, position: int, end: int
+) -> list[str]:
     caplog.clear()
+    behind = [TopicPartition(STATE, 0, position)]
     with caplog.at_level(logging.WARNING, logger="kourier.restore"):
-        _note_open(Restorer(stable), [TopicPartition(STATE, 0, position)], {STATE: end})  # type: ignore[arg-type]
+        _note_open(Admin(stable), behind, {(STATE, 0): end})  # type: ignore[arg-type]
     return [record.getMessage() for record in caplog.records]
 
 
@@ -55,3 +71,7 @@ def test_no_report_while_records_before_the_open_transaction_are_left(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     assert notes(caplog, stable=40, position=10, end=50) == []
+
+
+def test_a_leader_that_does_not_answer_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    assert notes(caplog, stable=None, position=40, end=50) == []
