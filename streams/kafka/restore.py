@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Protocol
 
-from confluent_kafka import Consumer, IsolationLevel, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.errors import KourierError
@@ -97,24 +97,29 @@ def restore_partitions(
     named = ", ".join(str(processor.partition) for processor in processors)
     restorer.assign(pending)
     read_at = noted = time.monotonic()
+    last: list[int] = []  # the positions after the previous poll
     try:
         while True:
-            batch = consume_ready(restorer, 1000, 0.1)
-            for message in batch:
-                if message.error() is None:
+            read = False
+            for message in consume_ready(restorer, 1000, 0.1):
+                error = message.error()
+                if error is None:
                     key = message.key()
                     assert key is not None
                     sinks[(message.topic() or "", message.partition() or 0)](key, message.value())
-            behind = [
-                tp
-                for tp in restorer.position(pending)
-                if tp.offset < ends[(tp.topic, tp.partition)]
-            ]
+                    read = True
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("restoring partitions %s: %s", named, error)
+            positions = restorer.position(pending)
+            behind = [tp for tp in positions if tp.offset < ends[(tp.topic, tp.partition)]]
             if not behind:
                 return
             now = time.monotonic()
-            if batch:
+            # Progress is a record read or a position moved (past aborted records, say); an
+            # error, as while brokers are away, is none.
+            if read or [tp.offset for tp in positions] != last:
                 read_at = now
+                last = [tp.offset for tp in positions]
             if stopping():
                 raise RestoreError(f"restoring partitions {named} given up: stopping")
             if now > read_at + RESTORE_TIMEOUT:
@@ -137,11 +142,14 @@ def _note_open(
     stable offset is below that end; the reader waits at it once it has read everything
     before it, or while it has read nothing (a position below 0)."""
     positions = {(tp.topic, tp.partition): tp.offset for tp in behind}
-    futures = admin.list_offsets(
-        {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in behind},
-        isolation_level=IsolationLevel.READ_COMMITTED,
-        request_timeout=_NOTE_WITHIN,
-    )
+    try:
+        futures = admin.list_offsets(
+            {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in behind},
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=_NOTE_WITHIN,
+        )
+    except KafkaException:
+        return
     concurrent.futures.wait(futures.values(), timeout=_NOTE_WITHIN)
     for tp, future in futures.items():
         if not future.done() or future.exception() is not None:

@@ -208,7 +208,10 @@ async def watch(
             if silent and (looking is None or not looking.is_alive()):
                 topics = sorted({topic for topic, _ in silent})
                 looking = threading.Thread(
-                    target=look_again, args=(admin, topics, ASK_WITHIN), daemon=True
+                    target=look_again,
+                    args=(admin, topics, ASK_WITHIN),
+                    name="kourier-stall-look",
+                    daemon=True,
                 )
                 looking.start()
     finally:

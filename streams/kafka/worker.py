@@ -118,6 +118,7 @@ class Worker:
         self._waiting: dict[int, int] = {}
         # Owned partitions whose readers wait at a transaction that stays open.
         self._stalls = StallWatch(settings.stall_after.total_seconds())
+        self._restoring: list[int] = []  # ingress partitions whose changelogs are read back
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self._stopping = False
         self.partitions = 0
@@ -234,6 +235,8 @@ class Worker:
         owned = [(topics.delay, p) for p in self.delays]
         for topic in (topics.ingress, topics.state, topics.invocations, topics.dedup):
             owned += [(topic, p) for p in self.processors]
+        for topic in (topics.state, topics.invocations, topics.dedup):
+            owned += [(topic, p) for p in self._restoring]  # a restore may wait there
         return owned
 
     def _kafka_thread(self) -> None:
@@ -714,14 +717,18 @@ class Worker:
                     run_executor=self._run_pool,
                 )
             )
-        await asyncio.to_thread(
-            restore_partitions,
-            self._restorer,
-            self._admin,
-            self.topics,
-            restoring,
-            lambda: self._stopping,
-        )
+        self._restoring = [processor.partition for processor in restoring]
+        try:
+            await asyncio.to_thread(
+                restore_partitions,
+                self._restorer,
+                self._admin,
+                self.topics,
+                restoring,
+                lambda: self._stopping,
+            )
+        finally:
+            self._restoring = []
         for processor in restoring:
             self.processors[processor.partition] = processor
             processor.start()

@@ -51,7 +51,7 @@ class StandInAdmin:
 
     def list_topics(self, topic: str, timeout: float) -> None:
         self.looked.append(topic)
-        self.released.wait(timeout)
+        self.released.wait()  # however long the look was given
 
 
 async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
@@ -82,7 +82,7 @@ async def test_a_refused_partition_has_its_topic_looked_at_again_one_look_at_a_t
         await until(lambda: admin.asked >= 8, "the watch waited for the look")  # 4 looks
         assert admin.looked == [FENCED[0]], "a second look while the first was in flight"
         admin.released.set()
-        await until(lambda: len(admin.looked) == 2, "no look after the first ended")
+        await until(lambda: len(admin.looked) >= 2, "no look after the first ended")
 
 
 async def test_no_look_at_the_metadata_while_every_partition_answers() -> None:

@@ -1,5 +1,6 @@
 """A worker's take-over of an assignment (``Worker._assign``): its ingress partitions are
-restored in one go, and none of them runs before all are restored (the restore is a
+restored in one go, the stall watch looks at their changelogs meanwhile, and none of them
+runs before all are restored (the restore is a
 stand-in; reading changelogs from Kafka is in tests/integration/test_restore.py)."""
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ async def test_an_assignment_is_restored_in_one_go_then_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     restores: list[list[int]] = []
+    worker = a_worker()
 
     def restore(
         restorer: Any, admin: Any, topics: Any, processors: Sequence[Changelogs], stopping: Any
     ) -> None:
+        assert worker.processors == {}, "a partition runs before the assignment is restored"
+        assert sorted(worker._owned()) == sorted(
+            (topic, p) for topic in (TOPICS.state, TOPICS.invocations, TOPICS.dedup) for p in (0, 1)
+        ), "the stall watch does not see the changelogs being restored"
         restores.append([processor.partition for processor in processors])
 
     monkeypatch.setattr(worker_module, "restore_partitions", restore)
-    worker = a_worker()
     await worker._assign(ASSIGNED, {})
     try:
         assert restores == [[0, 1]], "not restored together"
@@ -57,3 +62,4 @@ async def test_a_failed_restore_leaves_nothing_of_the_assignment_running(
     with pytest.raises(RestoreError):
         await worker._assign(ASSIGNED, {})
     assert worker.processors == {}, "a partition runs that was not restored"
+    assert worker._owned() == [], "the stall watch still looks at what was given up"

@@ -1,0 +1,165 @@
+"""How a restore waits: what it reports (a transaction open below the end it reads to, and
+nothing while it merely has records left to read), and when it gives up (when it has read
+nothing for ``RESTORE_TIMEOUT``). With stand-ins for the admin client and the restorer; the
+waiting itself is tested on a real broker in tests/integration/test_restore.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from confluent_kafka import IsolationLevel, KafkaError, TopicPartition
+
+from streams.kafka import restore
+from streams.kafka.restore import RestoreError, _note_open, restore_partitions
+from streams.wire.topics import Topics
+from tests.threads import in_thread
+
+TOPICS = Topics("ns")
+STATE = TOPICS.state
+
+
+class Answer:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class Admin:
+    """Answers ``list_offsets`` with ``stable``, asked read committed: the last stable
+    offset; ``None`` leaves the request unanswered."""
+
+    def __init__(self, stable: int | None) -> None:
+        self.stable = stable
+
+    def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
+        assert options["isolation_level"] == IsolationLevel.READ_COMMITTED
+        futures: dict[TopicPartition, Future[Answer]] = {}
+        for tp in wanted:
+            futures[tp] = Future()
+            if self.stable is not None:
+                futures[tp].set_result(Answer(self.stable))
+        return futures
+
+
+def notes(
+    caplog: pytest.LogCaptureFixture, stable: int | None, position: int, end: int
+) -> list[str]:
+    caplog.clear()
+    behind = [TopicPartition(STATE, 0, position)]
+    with caplog.at_level(logging.WARNING, logger="kourier.restore"):
+        _note_open(Admin(stable), behind, {(STATE, 0): end})  # type: ignore[arg-type]
+    return [record.getMessage() for record in caplog.records]
+
+
+def test_a_reader_held_at_an_open_transaction_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert notes(caplog, stable=40, position=40, end=50) == [
+        "restoring ns.state [0] waits for a transaction open at offset 40 to end"
+    ]
+    assert notes(caplog, stable=0, position=-1001, end=50), "nothing read: held at offset 0"
+
+
+def test_no_report_when_no_transaction_is_open_below_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slow reader that has not fetched yet, with every transaction ended: the last
+    stable offset is the end, and nothing waits for a transaction."""
+    assert notes(caplog, stable=50, position=-1001, end=50) == []
+    assert notes(caplog, stable=50, position=20, end=50) == []
+
+
+def test_no_report_while_records_before_the_open_transaction_are_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert notes(caplog, stable=40, position=10, end=50) == []
+
+
+def test_a_leader_that_does_not_answer_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    assert notes(caplog, stable=None, position=40, end=50) == []
+
+
+class Ends:
+    """Answers ``list_offsets`` read uncommitted: ``end`` for the state changelog, 0 for the
+    other two (nothing to read there)."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+
+    def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
+        futures: dict[TopicPartition, Future[Answer]] = {}
+        for tp in wanted:
+            futures[tp] = Future()
+            futures[tp].set_result(Answer(self.end if tp.topic == STATE else 0))
+        return futures
+
+
+class Failing:
+    """A message that is an error, as a consumer returns while brokers are away."""
+
+    def error(self) -> KafkaError:
+        return KafkaError(KafkaError._TRANSPORT)
+
+
+class Restorer:
+    """A restorer whose every poll waits out its timeout, returns ``message`` (or nothing)
+    and moves the position ``step`` offsets on, as skipping aborted records does."""
+
+    def __init__(self, message: object | None, step: int) -> None:
+        self.message, self.step = message, step
+        self.offset = 0
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def unassign(self) -> None:
+        pass
+
+    def poll(self, timeout: float) -> object | None:
+        time.sleep(timeout)
+        self.offset += self.step
+        return self.message
+
+    def consume(self, limit: int, timeout: float) -> list[object]:
+        return []
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.offset) for tp in partitions]
+
+
+class Partition0:
+    partition = 0
+
+    def restore_state(self, key: bytes, value: bytes | None) -> None:
+        raise AssertionError("no record was read")
+
+    restore_invocation = restore_dedup = restore_state
+
+
+def restoring(restorer: Restorer, end: int) -> list[BaseException]:
+    thread, errors = in_thread(
+        lambda: restore_partitions(restorer, Ends(end), TOPICS, [Partition0()])  # type: ignore[arg-type]
+    )
+    thread.join(10)
+    assert not thread.is_alive(), "the restore neither ended nor gave up"
+    return errors
+
+
+def test_a_restore_that_gets_only_errors_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Brokers away: every poll returns an error. That is no progress, and the take-over
+    must start again rather than wait for ever."""
+    monkeypatch.setattr(restore, "RESTORE_TIMEOUT", 0.3)
+    errors = restoring(Restorer(Failing(), step=0), end=5)
+    assert [type(error) for error in errors] == [RestoreError]
+
+
+def test_a_restore_whose_position_keeps_moving_does_not_give_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long run of aborted records: the position moves though no record is returned.
+    That is progress: the restore reads on to its end (ten polls, longer than the timeout)."""
+    monkeypatch.setattr(restore, "RESTORE_TIMEOUT", 0.3)
+    assert restoring(Restorer(None, step=1), end=10) == []
