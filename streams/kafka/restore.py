@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.errors import KourierError
 from streams.kafka.broker import cache_dir
-from streams.kafka.offsets import consume_ready, log_ends
+from streams.kafka.offsets import consume_ready, log_ends, look_again
 from streams.wire.topics import Topics
 
 #: A restore that reads nothing for this long fails, and the worker takes its partitions over
@@ -40,6 +40,8 @@ RESTORE_TIMEOUT = 150.0
 _WAIT_NOTED = 5.0
 #: Seconds a report may wait for the last stable offsets it reports.
 _NOTE_WITHIN = 1.0
+#: Seconds the changelogs' metadata may take to look up before a restore (best effort).
+_LOOK_WITHIN = 5.0
 log = logging.getLogger("kourier.restore")
 
 
@@ -95,6 +97,10 @@ def restore_partitions(
     if not pending:
         return
     named = ", ".join(str(processor.partition) for processor in processors)
+    # Looked up first, the changelogs' leaders are known when they are assigned. A restorer
+    # that does not know them (a new worker's, or one idle past metadata.max.age.ms) waits
+    # for librdkafka's once-a-second scan for topics without leaders: up to a second.
+    look_again(restorer, sorted({tp.topic for tp in pending}), _LOOK_WITHIN)
     restorer.assign(pending)
     read_at = noted = time.monotonic()
     last: list[int] = []  # the positions after the previous poll

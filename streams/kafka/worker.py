@@ -40,13 +40,7 @@ from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
-from streams.kafka.offsets import (
-    FETCH_WAIT_MS,
-    consume_ready,
-    log_ends,
-    look_again,
-    worker_consumer,
-)
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, log_ends, worker_consumer
 from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
 from streams.kafka.stalls import Partition, StallWatch, forget, watch
 from streams.kafka.transactions import Transactions, transactional_producer
@@ -201,11 +195,6 @@ class Worker:
         await asyncio.to_thread(self._publish_manifest)
         # Restores read to a partition's end and stop: short fetch waits end them sooner.
         self._restorer = self._new_consumer(f"{self.settings.namespace}.restore", 5)
-        # Looked up now, the changelogs' leaders are known when the first take-over assigns
-        # them. Otherwise that assignment waits for librdkafka's once-a-second scan for
-        # topics without leaders: a new worker's first restore took about 1 s, not 10 ms.
-        changelogs = [self.topics.state, self.topics.invocations, self.topics.dedup]
-        await asyncio.to_thread(look_again, self._restorer, changelogs, _TIMEOUT)
         # Reads the group's committed offsets. It never subscribes, so never joins the group;
         # the subscribed consumer cannot answer that from inside its rebalance callback.
         self._offset_reader = self._new_consumer()

@@ -9,11 +9,12 @@ records it writes that many keys to every partition of the three changelogs
 ``--partitions`` partitions the way a worker's take-over does (``restore_partitions``):
 
 - ``first_ms``: the first restore of a fresh restorer consumer, all partitions together,
-  as in a worker's first take-over (the consumer has no metadata yet);
-- ``together_ms``: three more restores of all partitions at once;
+  right after the consumer was created;
 - ``idle_first_ms``: the first restore of a fresh restorer that stayed idle for 3 s first,
-  as a worker's does while it joins its group: ``plain``, and ``looked_up`` with the
-  changelogs' metadata looked up at its start, as the worker does (two of each);
+  as a worker's does while it joins its group (two of them). It knows none of the
+  changelogs' leaders when it is assigned them, and ``restore_partitions`` looks them up
+  first; without that, it waited for librdkafka's once-a-second scan for topics without
+  leaders, which a 3 s sleep makes the worst case, close to a second;
 - ``one_by_one_ms``: three rounds of one ``restore_partitions`` call per partition, one
   after another (the worker restored that way before it restored an assignment together;
   both start from offset 0 here).
@@ -34,7 +35,7 @@ from confluent_kafka import Producer
 
 from streams.kafka import broker
 from streams.kafka.admin import admin_client, create_topics
-from streams.kafka.offsets import look_again, worker_consumer
+from streams.kafka.offsets import worker_consumer
 from streams.kafka.restore import restore_partitions
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -73,12 +74,9 @@ def _restore(settings: Settings, restorer: Any, admin: Any, processors: list[Cou
     return round(1000 * (time.perf_counter() - began), 1)
 
 
-def _idle_first(settings: Settings, admin: Any, look_up: bool, expected: int) -> float:
-    topics = Topics(settings.namespace)
+def _idle_first(settings: Settings, admin: Any, expected: int) -> float:
     restorer = worker_consumer(settings, f"{settings.namespace}.restore", 5)
     try:
-        if look_up:
-            look_again(restorer, [topics.state, topics.invocations, topics.dedup], 30.0)
         time.sleep(3.0)  # idle, as a worker is until its group assigns it partitions
         everything = [Counted(p) for p in range(settings.partitions)]
         took = _restore(settings, restorer, admin, everything)
@@ -112,10 +110,7 @@ def measure(bootstrap: str, partitions: int, records: int) -> dict[str, Any]:
                 round(sum(_restore(settings, restorer, admin, [c]) for c in singles), 1)
             )
             assert sum(c.records for c in singles) == expected, "records missed"
-        idle = {
-            "plain": [_idle_first(settings, admin, False, expected) for _ in range(2)],
-            "looked_up": [_idle_first(settings, admin, True, expected) for _ in range(2)],
-        }
+        idle = [_idle_first(settings, admin, expected) for _ in range(2)]
     finally:
         restorer.close()
     return {

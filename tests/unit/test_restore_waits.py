@@ -112,6 +112,9 @@ class Restorer:
         self.message, self.step = message, step
         self.offset = 0
 
+    def list_topics(self, topic: str, timeout: float) -> None:
+        pass
+
     def assign(self, partitions: list[TopicPartition]) -> None:
         pass
 
