@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from confluent_kafka import (
     Consumer,
@@ -104,12 +105,7 @@ def log_ends(
     while True:
         left = max(0.1, min(_TRY, deadline - time.monotonic()))
         asked = [tp for tp in partitions if (tp.topic, tp.partition) not in ends]
-        futures = admin.list_offsets(
-            {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in asked},
-            isolation_level=IsolationLevel.READ_UNCOMMITTED,
-            request_timeout=left,
-        )
-        concurrent.futures.wait(futures.values(), timeout=left)
+        futures = _ask_latest(admin, asked, IsolationLevel.READ_UNCOMMITTED, left)
         failed: dict[str, KafkaError] = {}
         for tp, future in futures.items():
             if not future.done():
@@ -145,6 +141,36 @@ async def high_watermarks(
     tps = [TopicPartition(topic, p) for p in partitions]
     ends = await latest_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED, within)
     return {p: offset for (_, p), offset in ends.items()}
+
+
+def _ask_latest(
+    admin: AdminClient, partitions: Iterable[TopicPartition], level: IsolationLevel, within: float
+) -> dict[TopicPartition, concurrent.futures.Future[Any]]:
+    """Ask the ends of ``partitions`` at ``level``, one request per broker, and wait up to
+    ``within`` seconds for the answers (blocking); the futures, answered or not."""
+    futures = admin.list_offsets(
+        {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in partitions},
+        isolation_level=level,
+        request_timeout=within,
+    )
+    concurrent.futures.wait(futures.values(), timeout=within)
+    return futures
+
+
+def answered_offsets(
+    admin: AdminClient, partitions: Iterable[TopicPartition], level: IsolationLevel, within: float
+) -> dict[tuple[str, int], int]:
+    """:func:`latest_offsets`, blocking, for a thread that is not the event loop: the
+    partitions that failed or did not answer ``within`` seconds are left out."""
+    try:
+        futures = _ask_latest(admin, partitions, level, within)
+    except KafkaException:
+        return {}
+    return {
+        (tp.topic, tp.partition): future.result().offset
+        for tp, future in futures.items()
+        if future.done() and future.exception() is None
+    }
 
 
 async def latest_offsets(

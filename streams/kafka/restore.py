@@ -18,19 +18,18 @@ it has ended, committed or aborted.
 
 from __future__ import annotations
 
-import concurrent.futures
 import fcntl
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Protocol
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streams.errors import KourierError
 from streams.kafka.broker import cache_dir
-from streams.kafka.offsets import consume_ready, log_ends, look_again
+from streams.kafka.offsets import answered_offsets, consume_ready, log_ends, look_again
 from streams.wire.topics import Topics
 
 #: A restore that reads nothing for this long fails, and the worker takes its partitions over
@@ -147,27 +146,19 @@ def _note_open(
     within ``_NOTE_WITHIN`` seconds is left out). A transaction is open there when the last
     stable offset is below that end; the reader waits at it once it has read everything
     before it, or while it has read nothing (a position below 0)."""
-    positions = {(tp.topic, tp.partition): tp.offset for tp in behind}
-    try:
-        futures = admin.list_offsets(
-            {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in behind},
-            isolation_level=IsolationLevel.READ_COMMITTED,
-            request_timeout=_NOTE_WITHIN,
-        )
-    except KafkaException:
-        return
-    concurrent.futures.wait(futures.values(), timeout=_NOTE_WITHIN)
-    for tp, future in futures.items():
-        if not future.done() or future.exception() is not None:
-            continue
-        stable = future.result().offset
-        position = positions[(tp.topic, tp.partition)]
-        if stable < ends[(tp.topic, tp.partition)] and (position >= stable or position < 0):
+    stable = answered_offsets(admin, behind, IsolationLevel.READ_COMMITTED, _NOTE_WITHIN)
+    for tp in behind:
+        key = (tp.topic, tp.partition)
+        if (
+            key in stable
+            and stable[key] < ends[key]
+            and (tp.offset >= stable[key] or tp.offset < 0)
+        ):
             log.warning(
                 "restoring %s [%d] waits for a transaction open at offset %d to end",
                 tp.topic,
                 tp.partition,
-                stable,
+                stable[key],
             )
 
 
