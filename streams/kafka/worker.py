@@ -543,19 +543,27 @@ class Worker:
             self._committer.busy_for(),
         )
         self._committer.abandon()
-        try:
-            self._transactions.settle(lambda: self._stopping)  # fences the stuck producer
-        except KafkaException as exc:
-            if not self._stopping:
-                raise
-            # Kafka does not answer and the worker stops: it commits nothing more. Kafka aborts
-            # the transaction after transaction.timeout.ms (at once when this worker restarts
-            # with the same ids), and the partitions' next owner waits for that to restore.
-            log.warning("stopping with a transaction stuck, not fenced: %s", exc)
+        # New producers fence the stuck one. If Kafka does not answer and the worker stops,
+        # it commits nothing more: Kafka aborts the transaction after transaction.timeout.ms
+        # (at once when this worker restarts with the same ids), and the partitions' next
+        # owner waits for that to restore.
+        if not self._settle_producers():
             return
         self._committer = Committer(self._transact_counted)
         if recover:
             self._recover(settled=True)
+
+    def _settle_producers(self) -> bool:
+        """Wait until every producer's last transaction is complete (Kafka thread;
+        :meth:`Transactions.settle`); False when the worker stops before Kafka answers."""
+        try:
+            self._transactions.settle(lambda: self._stopping)
+        except KafkaException as exc:
+            if not self._stopping:
+                raise
+            log.warning("stopping before the producers' last transactions settled: %s", exc)
+            return False
+        return True
 
     def _recover_from(self, failure: Exception) -> None:
         log.error("commit failed, restoring owned partitions from Kafka: %s", failure)
@@ -595,14 +603,8 @@ class Worker:
         owned = self._on_loop(self._drop_all())
         if not owned or self._stopping:
             return  # a worker on its way out restores nothing: the next owner does
-        if not settled:
-            try:
-                self._transactions.settle(lambda: self._stopping)
-            except KafkaException as exc:
-                if not self._stopping:
-                    raise
-                log.warning("stopping before the last transactions settled: %s", exc)
-                return
+        if not settled and not self._settle_producers():
+            return
         for tp in self._take_over(owned):  # then read on from what is committed
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
