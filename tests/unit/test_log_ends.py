@@ -6,44 +6,31 @@ cluster tier)."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.kafka.offsets import log_ends
+from tests.unit.offset_answers import Reply, answers
 
 A, B = TopicPartition("ns.state", 0), TopicPartition("ns.dedup", 0)
-
-
-class Answer:
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
 
 
 class StandInAdmin:
     """Answers each ``list_offsets`` with the next of ``rounds`` (topic -> offset, error,
     or None for no answer at all), and records metadata looks."""
 
-    def __init__(self, *rounds: dict[str, int | KafkaError | None]) -> None:
+    def __init__(self, *rounds: Mapping[str, Reply]) -> None:
         self.rounds = list(rounds)
         self.asked: list[list[str]] = []
         self.looked: list[str] = []
 
     def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
-        answers = self.rounds.pop(0)
+        replies = self.rounds.pop(0)
         self.asked.append(sorted(tp.topic for tp in wanted))
-        futures: dict[TopicPartition, Future[Answer]] = {}
-        for tp in wanted:
-            future: Future[Answer] = Future()
-            answer = answers[tp.topic]
-            if isinstance(answer, KafkaError):
-                future.set_exception(KafkaException(answer))
-            elif answer is not None:
-                future.set_result(Answer(answer))
-            futures[tp] = future
-        return futures
+        return answers(wanted, lambda tp: replies[tp.topic])
 
     def list_topics(self, topic: str, timeout: float) -> None:
         self.looked.append(topic)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -17,14 +16,10 @@ from streams.kafka import restore
 from streams.kafka.restore import RestoreError, _note_open, restore_partitions
 from streams.wire.topics import Topics
 from tests.threads import in_thread
+from tests.unit.offset_answers import answers
 
 TOPICS = Topics("ns")
 STATE = TOPICS.state
-
-
-class Answer:
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
 
 
 class Admin:
@@ -36,12 +31,7 @@ class Admin:
 
     def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
         assert options["isolation_level"] == IsolationLevel.READ_COMMITTED
-        futures: dict[TopicPartition, Future[Answer]] = {}
-        for tp in wanted:
-            futures[tp] = Future()
-            if self.stable is not None:
-                futures[tp].set_result(Answer(self.stable))
-        return futures
+        return answers(wanted, lambda tp: self.stable)
 
 
 def notes(
@@ -90,11 +80,7 @@ class Ends:
         self.end = end
 
     def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
-        futures: dict[TopicPartition, Future[Answer]] = {}
-        for tp in wanted:
-            futures[tp] = Future()
-            futures[tp].set_result(Answer(self.end if tp.topic == STATE else 0))
-        return futures
+        return answers(wanted, lambda tp: self.end if tp.topic == STATE else 0)
 
 
 class Failing:

@@ -9,22 +9,17 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from streams.kafka import stalls
 from streams.kafka.stalls import StallWatch, watch
 from streams.metrics import STALLED
+from tests.unit.offset_answers import answers
 
 ANSWERS = ("u.ingress", 0)
 FENCED = ("u.state", 0)
-
-
-class Answer:
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
 
 
 class StandInAdmin:
@@ -39,15 +34,10 @@ class StandInAdmin:
 
     def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
         self.asked += 1
-        futures: dict[TopicPartition, Future[Answer]] = {}
-        for tp in wanted:
-            future: Future[Answer] = Future()
-            if (tp.topic, tp.partition) in self.answering:
-                future.set_result(Answer(5))
-            else:
-                future.set_exception(KafkaException(KafkaError(KafkaError.FENCED_LEADER_EPOCH)))
-            futures[tp] = future
-        return futures
+        fenced = KafkaError(KafkaError.FENCED_LEADER_EPOCH)
+        return answers(
+            wanted, lambda tp: 5 if (tp.topic, tp.partition) in self.answering else fenced
+        )
 
     def list_topics(self, topic: str, timeout: float) -> None:
         self.looked.append(topic)
