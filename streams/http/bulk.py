@@ -74,14 +74,12 @@ def parse_bulk(action: str, query: Mapping[str, str], body: Any = None) -> BulkR
     """A bulk request from the URL's action and query (and the JSON body, if any).
 
     A filter is required: an action on every invocation of a namespace is not one a typo
-    or an empty form should start. The status must be one the index knows, so a misspelt
-    one is a 400, not a silent "0 matched".
+    or an empty form should start. The status must be one the index knows
+    (:func:`known_status`), so a misspelt one is a 400, not a silent "0 matched".
     """
     if action not in ACTIONS:
         raise BulkRefused(404, f"no action {action!r}: use {', '.join(ACTIONS)}")
-    status = query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise BulkRefused(400, f"unknown status {status!r}: use {', '.join(STATUSES)}")
+    status = known_status(query.get("status") or None)
     service, key = query.get("service") or None, query.get("key") or None
     if status is None and service is None and key is None:
         raise BulkRefused(400, f"bulk {action} needs a filter: status, service or key")
@@ -99,6 +97,13 @@ def parse_bulk(action: str, query: Mapping[str, str], body: Any = None) -> BulkR
             raise BulkRefused(400, 'the body, when given, is {"ids": ["inv_...", ...]}')
         chosen = frozenset(given)
     return BulkRequest(action, status, service, key, dry_run, limit, chosen)
+
+
+def known_status(status: str | None) -> str | None:
+    """``status`` if the index knows it (or no status): a misspelt one is refused."""
+    if status is not None and status not in STATUSES:
+        raise BulkRefused(400, f"unknown status {status!r}: use {', '.join(STATUSES)}")
+    return status
 
 
 def _flag(text: str, name: str) -> bool:

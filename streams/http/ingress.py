@@ -298,17 +298,24 @@ class Ingress:
     # -- admin ----------------------------------------------------------------------------
 
     async def list_invocations(self, request: web.Request) -> web.Response:
-        """``GET /invocations?status=&service=&key=&limit=``: newest first."""
+        """``GET /invocations?status=&service=&key=&limit=``: newest first; an unknown
+        status or a negative limit is a 400, not an empty list."""
         query = request.query
         try:
             limit = int(query.get("limit", "100"))
         except ValueError:
             return error_response(400, "limit must be an integer")
+        if limit < 0:
+            return error_response(400, "limit must be 0 or more")
+        try:
+            status = bulk.known_status(query.get("status") or None)
+        except bulk.BulkRefused as refused:
+            return error_response(refused.status, refused.message)
         rows = self.index.query(
-            status=query.get("status") or None,
+            status=status,
             service=query.get("service") or None,
             key=query.get("key") or None,
-            limit=max(0, limit),
+            limit=limit,
         )
         return web.json_response({"invocations": rows, "caught_up": self.index.caught_up()})
 
@@ -385,7 +392,7 @@ class Ingress:
             raise HttpError(400, "?delay= is only allowed on sends")
         argument = await _read_json(request, self.max_body)
         given_key = request.headers.get("idempotency-key")
-        idempotency_key = _idempotency_key(given_key) if given_key else None
+        idempotency_key = None if given_key is None else _idempotency_key(given_key)
         headers = {
             name: value
             for name, value in ((k.lower(), v) for k, v in request.headers.items())
@@ -477,6 +484,10 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _idempotency_key(text: str) -> str:
+    """A key as given, refused when empty: an empty key is a caller's bug (an unset
+    variable), and taken for none the call would run again on every retry."""
+    if not text:
+        raise HttpError(400, "idempotency key is empty: give one, or leave the header out")
     if len(text) > _MAX_IDEMPOTENCY_KEY:
         raise HttpError(
             400, f"idempotency key of {len(text)} characters; at most {_MAX_IDEMPOTENCY_KEY}"

@@ -156,6 +156,21 @@ async def test_describe_shows_the_call_tree_both_ways(
     assert getattr(result[0], "status_code", None) == 409
 
 
+async def test_a_listing_refuses_an_unknown_status_and_a_negative_limit(admin_url: str) -> None:
+    """A misspelt status or a negative limit is a 400 naming the mistake, not an empty list
+    that reads as "nothing matched" (the bulk actions refuse them the same way)."""
+    async with aiohttp.ClientSession() as http:
+        for params, words in (
+            ({"status": "runing"}, "unknown status 'runing'"),
+            ({"limit": "-1"}, "limit"),
+        ):
+            async with http.get(f"{admin_url}/invocations", params=params) as reply:
+                assert reply.status == 400, await reply.text()
+                assert words in (await reply.json())["message"]
+        async with http.get(f"{admin_url}/invocations", params={"status": "running"}) as reply:
+            assert reply.status == 200, await reply.text()
+
+
 async def test_bulk_cancel_dry_run_then_real(
     client: Client, ingress_url: str, admin_url: str
 ) -> None:

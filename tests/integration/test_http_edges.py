@@ -40,6 +40,19 @@ async def test_limits_are_400_with_a_json_body(
         assert words in body["message"]
 
 
+async def test_an_empty_idempotency_key_is_400(ingress_url: str) -> None:
+    """An empty key is a caller's bug (an unset variable), not a request without one: taken
+    for none, the call would run again on every retry the caller believes deduplicated."""
+    async with aiohttp.ClientSession() as http:
+        headers = {"idempotency-key": ""}
+        async with http.post(f"{ingress_url}/Tally/k/add", json=1, headers=headers) as reply:
+            assert reply.status == 400, await reply.text()
+            assert "empty" in (await reply.json())["message"]
+        async with http.get(f"{ingress_url}/restate/invocation/Tally/k/add//output") as reply:
+            assert reply.status == 400, await reply.text()
+            assert "empty" in (await reply.json())["message"]
+
+
 async def test_credentials_are_never_stored_but_other_headers_pass(
     topics: Settings, worker: Worker, client: Client
 ) -> None:
