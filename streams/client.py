@@ -23,6 +23,7 @@ from typing import Any, Literal
 from confluent_kafka import (
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -153,7 +154,13 @@ class Client:
 
     def _assign_reader(self) -> None:
         """Read responses from the current end, fixed now, so no response can be missed."""
-        metadata = self._reader.list_topics(timeout=_TIMEOUT).topics
+        try:
+            metadata = self._reader.list_topics(timeout=_TIMEOUT).topics
+        except KafkaException as error:
+            where = self.settings.bootstrap_servers
+            raise KafkaUnavailable(
+                f"Kafka at {where} gave no metadata within {_TIMEOUT:g}s: {error.args[0].str()}"
+            ) from None
         for name in (self.topics.ingress, self.topics.responses):
             if name not in metadata or metadata[name].error is not None:
                 raise MissingTopics(f"topic {name} is missing: run `kourier topics create`")
@@ -335,8 +342,11 @@ class Client:
 
         try:
             value = encode(record)
-        except PydanticSerializationError as error:  # a value fine alone, too deep in a record
-            message = f"the value is nested deeper than a record can carry ({error})"
+        except PydanticSerializationError as error:
+            if "surrogates not allowed" in str(error):  # pydantic names the UnicodeEncodeError
+                message = "the value holds a lone UTF-16 surrogate: not JSON"
+            else:  # a value fine alone, too deep in a record
+                message = f"the value is nested deeper than a record can carry ({error})"
             raise TerminalError(message, 400) from None
         # An invocation continues the trace of whoever invokes (streams.tracing).
         headers = tracing.as_headers(tracing.current()) if isinstance(record, Invoke) else None

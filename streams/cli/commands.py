@@ -321,11 +321,11 @@ def call(args: argparse.Namespace) -> int:
 
     target = _parse_target(args.target)
     argument = json.loads(args.argument) if args.argument is not None else None
+    delay = None if getattr(args, "delay", None) is None else parse_duration(args.delay)
 
     async def main() -> int:
         async with Client(_settings(args)) as client:
             if args.command == "send":
-                delay = parse_duration(args.delay) if args.delay else None
                 await client.catalog()
                 receipt = await client.send_to(
                     target, argument, delay=delay, idempotency_key=args.idempotency_key

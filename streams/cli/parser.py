@@ -242,4 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if refused or isinstance(exc, (ValueError, ConnectionError)):
             run.say(f"kourier: error: {exc}")
             return 2
+        if isinstance(exc, KourierError):  # retriable: the same command may succeed later
+            run.say(f"kourier: error: {exc}; try again")
+            return 1
         raise

@@ -387,7 +387,7 @@ class Ingress:
 
     async def _invoke(self, request: web.Request, target_route: Route) -> web.Response:
         delay_text = request.query.get("delay")
-        delay = parse_duration(delay_text) if delay_text else None
+        delay = None if delay_text is None else parse_duration(delay_text)  # "" is a 400
         if delay is not None and target_route.mode == "call":
             raise HttpError(400, "?delay= is only allowed on sends")
         argument = await _read_json(request, self.max_body)
@@ -476,6 +476,17 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             error.reason,
             {"allow": error.headers.get("allow", "")} if error.status == 405 else None,
         )
+    except web.RequestPayloadError as error:  # a body that does not decompress as it says
+        lines = str(error).strip().splitlines()  # aiohttp's "400, message:", then the reason
+        reason = lines[-1].strip() if lines else "it ended early"
+        answer = error_response(400, f"the body could not be read: {reason}")
+        # The rest of the body cannot be read either, and aiohttp, reading on after the
+        # answer, would log the same error as unhandled: answer now, then close.
+        answer.force_close()
+        await answer.prepare(request)
+        await answer.write_eof()
+        request.protocol.force_close()
+        return answer
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:

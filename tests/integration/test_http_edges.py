@@ -4,6 +4,7 @@ invocation metadata, method-exact open routes, and calls whose client has gone."
 from __future__ import annotations
 
 import asyncio
+import gzip
 from datetime import timedelta
 
 import aiohttp
@@ -23,6 +24,7 @@ from tests.integration.helpers import invocation_status, poll_until
         (f"Tally/{'k' * 4097}/add", {}, "key"),
         ("Tally/k/add", {"idempotency-key": "i" * 1025}, "idempotency key"),
         ("Tally/k/add/send?delay=99999999999d", {}, "9999"),
+        ("Tally/k/add/send?delay=", {}, "invalid delay ''"),  # not a send without a delay
         ("restate/send/Tally/k/add?delay=P99999999D", {}, "9999"),
     ],
 )
@@ -51,6 +53,34 @@ async def test_an_empty_idempotency_key_is_400(ingress_url: str) -> None:
         async with http.get(f"{ingress_url}/restate/invocation/Tally/k/add//output") as reply:
             assert reply.status == 400, await reply.text()
             assert "empty" in (await reply.json())["message"]
+
+
+async def test_a_body_that_does_not_decompress_is_400(ingress_url: str) -> None:
+    """A body that says gzip and is not: a 400 in JSON on both ports, not a 500."""
+    admin_url = ADMIN_URLS[ingress_url]
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    async with aiohttp.ClientSession() as http:
+        for url in (f"{ingress_url}/Tally/k/add", f"{admin_url}/invocations/cancel?key=k"):
+            async with http.post(url, data=b'{"ids": []}', headers=headers) as reply:
+                assert reply.status == 400, (url, await reply.text())
+                assert "gzip" in (await reply.json())["message"]
+        packed = gzip.compress(b"2")
+        async with http.post(f"{ingress_url}/Tally/k/add", data=packed, headers=headers) as reply:
+            assert reply.status == 200, await reply.text()
+
+
+async def test_a_lone_surrogate_is_400_named_as_such(ingress_url: str) -> None:
+    """JSON may spell a lone UTF-16 surrogate; no record can carry one. The 400 says so
+    (it used to call the value nested too deep)."""
+    headers = {"content-type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{ingress_url}/Tally/k/add", data=b'"\\ud800"', headers=headers) as reply,
+    ):
+        assert reply.status == 400, await reply.text()
+        message = (await reply.json())["message"]
+        assert "lone UTF-16 surrogate" in message
+        assert "nested" not in message
 
 
 async def test_credentials_are_never_stored_but_other_headers_pass(

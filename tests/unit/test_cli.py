@@ -120,3 +120,42 @@ def test_a_call_the_client_refuses_is_one_line_not_a_traceback(
         assert parser.main([command, "Relay/echo", "1"]) == 2
         err = capsys.readouterr().err.strip()
         assert err == "kourier: error: 400 the record cannot be written as JSON: too deep"
+
+
+@pytest.mark.parametrize("delay", ["xyz", ""])
+def test_a_send_with_a_bad_delay_is_refused_before_kafka_is_asked(
+    delay: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--delay ''`` is not a send without a delay, and no delay waits for a broker to be
+    refused: nothing listens on port 1, and the command answers at once all the same."""
+    from streams.cli import parser
+
+    argv = ["send", "Relay/echo", "1", "--delay", delay, "--bootstrap-servers", "127.0.0.1:1"]
+    assert parser.main(argv) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"invalid delay {delay!r}: use 500ms, 5s, 10m, 1h or ISO-8601 like PT5S")
+    )
+
+
+def test_kafka_that_does_not_answer_is_one_line_that_says_to_try_again(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``kourier call`` and ``send`` with Kafka away: one line and exit 1 (the same command
+    may succeed later), not a traceback of librdkafka's metadata error."""
+    import socket
+
+    from streams import client
+    from streams.cli import parser
+
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(client, "_TIMEOUT", 1.0)
+    argv = ["send", "Relay/echo", "1", "--bootstrap-servers", f"127.0.0.1:{port}"]
+    assert parser.main(argv) == 1
+    ours = [line for line in capfd.readouterr().err.splitlines() if "rdkafka" not in line]
+    assert len(ours) == 1, ours
+    assert ours[0].startswith(f"kourier: error: Kafka at 127.0.0.1:{port} gave no metadata")
+    assert ours[0].endswith("; try again")
