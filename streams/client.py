@@ -36,7 +36,7 @@ from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import tracing
 from streams.errors import KourierError
-from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, transient, watermarks
 from streams.kafka.stalls import StallWatch, watch
 from streams.settings import Settings
 from streams.wire import ids
@@ -134,7 +134,12 @@ class Client:
             )
         )
         self._reader = self._new_reader(FETCH_WAIT_MS)
-        await asyncio.to_thread(self._assign_reader)
+        try:
+            await asyncio.to_thread(self._assign_reader)
+        except BaseException:
+            self._reader.close()  # nothing was produced: the producer has nothing to flush
+            del self._producer, self._reader
+            raise
         # A transaction left open on the response partition would hold every answer back.
         self._admin = AdminClient(self.settings.client_config({"log_level": 3}))
         stalls = StallWatch(self.settings.stall_after.total_seconds())
@@ -153,14 +158,19 @@ class Client:
         return len(self._pending)
 
     def _assign_reader(self) -> None:
-        """Read responses from the current end, fixed now, so no response can be missed."""
+        """Read responses from the current end, fixed now, so no response can be missed.
+        Kafka away (or a partition without a leader) past the timeouts: KafkaUnavailable."""
         try:
-            metadata = self._reader.list_topics(timeout=_TIMEOUT).topics
-        except KafkaException as error:
+            self._assign_reader_at_end()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not isinstance(error, KafkaError) or not transient(error):
+                raise
             where = self.settings.bootstrap_servers
-            raise KafkaUnavailable(
-                f"Kafka at {where} gave no metadata within {_TIMEOUT:g}s: {error.args[0].str()}"
-            ) from None
+            raise KafkaUnavailable(f"Kafka at {where} did not answer: {error.str()}") from None
+
+    def _assign_reader_at_end(self) -> None:
+        metadata = self._reader.list_topics(timeout=_TIMEOUT).topics
         for name in (self.topics.ingress, self.topics.responses):
             if name not in metadata or metadata[name].error is not None:
                 raise MissingTopics(f"topic {name} is missing: run `kourier topics create`")
@@ -344,7 +354,7 @@ class Client:
             value = encode(record)
         except PydanticSerializationError as error:
             if "surrogates not allowed" in str(error):  # pydantic names the UnicodeEncodeError
-                message = "the value holds a lone UTF-16 surrogate: not JSON"
+                message = "the value or a header holds a lone UTF-16 surrogate: not UTF-8"
             else:  # a value fine alone, too deep in a record
                 message = f"the value is nested deeper than a record can carry ({error})"
             raise TerminalError(message, 400) from None

@@ -3,8 +3,9 @@
 Errors a handler raises or meets (``TerminalError`` and the like) belong to ``handlers``;
 these are Kourier's: a record that cannot be decoded, a topic of the wrong shape, a broker
 that would not start, Kafka away. ``retriable`` says whether the same request, tried again
-later, can succeed (Kafka away: yes; bad input or configuration: no). The CLI prints a
-non-retriable one as a one-line error instead of a traceback.
+later, can succeed (Kafka away: yes; bad input or configuration: no). The CLI prints
+either as a one-line error instead of a traceback, and exits 1 for a retriable one, 2
+for the others.
 """
 
 from __future__ import annotations

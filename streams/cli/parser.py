@@ -245,4 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, KourierError):  # retriable: the same command may succeed later
             run.say(f"kourier: error: {exc}; try again")
             return 1
+        from confluent_kafka import KafkaError, KafkaException
+
+        from streams.kafka.offsets import transient
+
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if isinstance(error, KafkaError):  # Kafka's answer, as librdkafka words it
+            again = transient(error)
+            run.say(f"kourier: error: Kafka: {error.str()}" + ("; try again" if again else ""))
+            return 1 if again else 2
         raise

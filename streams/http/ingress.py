@@ -394,7 +394,7 @@ class Ingress:
         given_key = request.headers.get("idempotency-key")
         idempotency_key = None if given_key is None else _idempotency_key(given_key)
         headers = {
-            name: value
+            name: _utf8(f"header {name!r}", value)
             for name, value in ((k.lower(), v) for k, v in request.headers.items())
             if name not in _HOP_HEADERS and name not in self.denied_headers
         }
@@ -465,6 +465,15 @@ def bearer(token: str | None) -> Any:
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """aiohttp's own errors (404 route, 405 method, ...) as JSON bodies, like ours; and
     anything unforeseen as a logged 500 JSON (a bug, but never a text page)."""
+    response = await _answered(request, handler)
+    if isinstance(request.content.exception(), web.RequestPayloadError):
+        # A body that does not decompress, read or not: aiohttp closes the connection
+        # after this answer (see _BadBodies), so the answer says so.
+        response.force_close()
+    return response
+
+
+async def _answered(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -477,16 +486,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             {"allow": error.headers.get("allow", "")} if error.status == 405 else None,
         )
     except web.RequestPayloadError as error:  # a body that does not decompress as it says
-        lines = str(error).strip().splitlines()  # aiohttp's "400, message:", then the reason
-        reason = lines[-1].strip() if lines else "it ended early"
-        answer = error_response(400, f"the body could not be read: {reason}")
-        # The rest of the body cannot be read either, and aiohttp, reading on after the
-        # answer, would log the same error as unhandled: answer now, then close.
-        answer.force_close()
-        await answer.prepare(request)
-        await answer.write_eof()
-        request.protocol.force_close()
-        return answer
+        return error_response(400, f"the body could not be read: {_reason(error)}")
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
@@ -503,13 +503,57 @@ def _idempotency_key(text: str) -> str:
         raise HttpError(
             400, f"idempotency key of {len(text)} characters; at most {_MAX_IDEMPOTENCY_KEY}"
         )
+    return _utf8("the idempotency key", text)
+
+
+def _utf8(what: str, text: str) -> str:
+    """``text`` if it is UTF-8 as sent. aiohttp decodes other header bytes to lone
+    surrogates, which no record can carry: refused here, named."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise HttpError(400, f"{what} is not UTF-8") from None
     return text
+
+
+def _reason(error: web.RequestPayloadError) -> str:
+    lines = str(error).strip().splitlines()  # aiohttp's "400, message:", then the reason
+    return lines[-1].strip() if lines else "it ended early"
+
+
+class _BadBodies(logging.Filter):
+    """After answering, aiohttp reads whatever is left of a request's body, and logs a body
+    that does not decompress as its content-encoding says as an unhandled error with a
+    traceback, whether or not the request was answered from its body (a 401, a 404). That
+    is a client's mistake, answered with a 4xx: one line at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, web.RequestPayloadError):
+            log.info("a request's body could not be read: %s", _reason(error))
+            return False
+        return True
+
+
+_BAD_BODIES = _BadBodies()
 
 
 def app_runner(app: web.Application) -> web.AppRunner:
     """A runner for an ingress or admin app. A client that hangs up cancels its request's
     handler, so a call nobody waits for any more frees its slot and its pending response."""
-    return web.AppRunner(app, access_log=None, handler_cancellation=True)
+    server_log = logging.getLogger("aiohttp.server")
+    if _BAD_BODIES not in server_log.filters:
+        server_log.addFilter(_BAD_BODIES)
+    return web.AppRunner(
+        app, access_log=None, handler_cancellation=True, max_line_size=_MAX_REQUEST_LINE
+    )
+
+
+#: The longest request line taken. A key may be 4,096 characters, and each UTF-8 byte of it
+#: takes three in the path (``%F0``): aiohttp's default of 8,190 bytes refused keys of as
+#: few as 683 characters with a plain-text 400 before Kourier saw them.
+_MAX_REQUEST_LINE = 64 * 1024
 
 
 #: A body deeper than the JSON parser goes. One it parses may still be too deep for a

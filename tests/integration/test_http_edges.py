@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
+import logging
 from datetime import timedelta
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -55,15 +58,28 @@ async def test_an_empty_idempotency_key_is_400(ingress_url: str) -> None:
             assert "empty" in (await reply.json())["message"]
 
 
-async def test_a_body_that_does_not_decompress_is_400(ingress_url: str) -> None:
-    """A body that says gzip and is not: a 400 in JSON on both ports, not a 500."""
+async def test_a_body_that_does_not_decompress_is_400_and_one_log_line(
+    ingress_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body that says gzip and is not: a 400 in JSON on both ports, not a 500; and
+    whether or not its request was answered from its body (here also a 404), one INFO line
+    each, not aiohttp's "Unhandled exception" with a traceback."""
     admin_url = ADMIN_URLS[ingress_url]
     headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    caplog.set_level(logging.INFO)
     async with aiohttp.ClientSession() as http:
         for url in (f"{ingress_url}/Tally/k/add", f"{admin_url}/invocations/cancel?key=k"):
             async with http.post(url, data=b'{"ids": []}', headers=headers) as reply:
                 assert reply.status == 400, (url, await reply.text())
                 assert "gzip" in (await reply.json())["message"]
+        async with http.post(f"{admin_url}/no/such/route", data=b"xx", headers=headers) as reply:
+            assert reply.status == 404, await reply.text()
+
+        async def unread() -> int:
+            return sum("body could not be read" in r.getMessage() for r in caplog.records)
+
+        await poll_until(unread, 3, 10, "an INFO line for each of the three bodies")
+        assert [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"] == []
         packed = gzip.compress(b"2")
         async with http.post(f"{ingress_url}/Tally/k/add", data=packed, headers=headers) as reply:
             assert reply.status == 200, await reply.text()
@@ -81,6 +97,36 @@ async def test_a_lone_surrogate_is_400_named_as_such(ingress_url: str) -> None:
         message = (await reply.json())["message"]
         assert "lone UTF-16 surrogate" in message
         assert "nested" not in message
+
+
+async def test_a_key_of_the_longest_kind_is_taken(ingress_url: str) -> None:
+    """4,096 characters of four UTF-8 bytes each: 49,152 bytes in the path, six times
+    aiohttp's default request line. The longest key any record may hold is served."""
+    key = "\U0001f600" * 4096
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{ingress_url}/Tally/{quote(key)}/add", json=3) as reply:
+            assert reply.status == 200, await reply.text()
+            assert await reply.json() == 3
+        async with http.get(f"{ADMIN_URLS[ingress_url]}/state/Tally/{quote(key)}") as reply:
+            assert reply.status == 200, await reply.text()
+
+
+async def test_a_header_that_is_not_utf8_is_400_named(ingress_url: str) -> None:
+    """A header sent in another encoding (here Latin-1) reaches aiohttp as lone surrogates;
+    the 400 names the header, not the (fine) JSON argument."""
+    host, port = ingress_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /Tally/k/add HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Note: caf\xe9\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1"
+        )
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert json.loads(body)["message"] == "header 'x-note' is not UTF-8"
 
 
 async def test_credentials_are_never_stored_but_other_headers_pass(

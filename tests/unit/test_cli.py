@@ -157,5 +157,32 @@ def test_kafka_that_does_not_answer_is_one_line_that_says_to_try_again(
     assert parser.main(argv) == 1
     ours = [line for line in capfd.readouterr().err.splitlines() if "rdkafka" not in line]
     assert len(ours) == 1, ours
-    assert ours[0].startswith(f"kourier: error: Kafka at 127.0.0.1:{port} gave no metadata")
+    assert ours[0].startswith(f"kourier: error: Kafka at 127.0.0.1:{port} did not answer: ")
     assert ours[0].endswith("; try again")
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code", "again"),
+    [("_ALL_BROKERS_DOWN", 1, True), ("TOPIC_AUTHORIZATION_FAILED", 2, False)],
+)
+def test_kafkas_own_error_is_one_line_that_says_whether_to_try_again(
+    code: str,
+    exit_code: int,
+    again: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A librdkafka error that reaches the CLI (``topics describe``, ``dlq list``): one
+    line, exit 1 when Kafka may answer later, 2 when it refused."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streams.cli import commands, parser
+
+    def failing(args: object) -> int:
+        raise KafkaException(KafkaError(getattr(KafkaError, code)))
+
+    monkeypatch.setattr(commands, "call", failing)
+    assert parser.main(["call", "Relay/echo", "1"]) == exit_code
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("kourier: error: Kafka: ")
+    assert line.endswith("; try again") is again
