@@ -42,6 +42,7 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import KeysOn
 from streams.wire.records import (
+    MAX_IDEMPOTENCY_KEY,
     AttachRequest,
     Cancel,
     Invoke,
@@ -432,6 +433,12 @@ class Client:
     def invocation_id_for(self, target: Target, idempotency_key: str | None) -> str:
         """The id an invocation will have: derived for a workflow's run and for idempotency
         keys (so duplicates meet), fresh otherwise."""
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise TerminalError(
+                f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} characters, not "
+                f"{len(idempotency_key)}",
+                400,
+            )
         info = self.services.get(target.service)
         if info is not None and info.handler_kind(target.handler) == "workflow":
             return ids.workflow_run_id(target.service, target.key or "")

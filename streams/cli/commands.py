@@ -320,7 +320,12 @@ def call(args: argparse.Namespace) -> int:
     from streams.http.ingress import parse_duration
 
     target = _parse_target(args.target)
-    argument = json.loads(args.argument) if args.argument is not None else None
+    try:
+        argument = json.loads(args.argument) if args.argument is not None else None
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"the argument {args.argument!r} is not JSON ({error}); a string is quoted: '\"ada\"'"
+        ) from None
     delay = None if getattr(args, "delay", None) is None else parse_duration(args.delay)
 
     async def main() -> int:
@@ -362,6 +367,15 @@ def dlq(args: argparse.Namespace) -> int:
         if kept:
             say(f"kourier: leaving {len(kept)} letters that cannot be replayed: offsets {kept}")
         chosen = [x for x in chosen if x.dlq_offset not in kept]
+    else:
+        missing = sorted(set(args.offset or []) - {x.dlq_offset for x in chosen})
+        if missing:
+            which = f" with reason {args.reason}" if args.reason else ""
+            say(
+                f"kourier: no dead letter{which} at offset {', '.join(map(str, missing))}; "
+                "nothing was replayed (`kourier dlq list` shows them)"
+            )
+            return 1
     if not chosen:
         say("kourier: nothing to replay: give --offset N (repeatable) or --all")
         return 1

@@ -32,7 +32,7 @@ from streams.http.index import InvocationIndex
 from streams.metrics import DEADLOCKS, labelled
 from streams.settings import Settings, short_duration
 from streams.wire import ids
-from streams.wire.records import Response, Target
+from streams.wire.records import MAX_IDEMPOTENCY_KEY, Response, Target
 
 log = logging.getLogger("kourier.ingress")
 
@@ -66,7 +66,6 @@ _HOP_HEADERS = frozenset(
         "expect",
     }
 )
-_MAX_IDEMPOTENCY_KEY = 1024
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
     r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
@@ -349,7 +348,10 @@ class Ingress:
 
     async def object_state(self, request: web.Request) -> web.Response:
         service, key = request.match_info["service"], request.match_info["key"]
-        return web.json_response(self.index.state_of(service, key))
+        state = self.index.state_of(service, key)
+        if not state and service not in self.client.services:  # a typo, not an empty state
+            return error_response(404, f"unknown service {service!r}")
+        return web.json_response(state)
 
     async def invoke(self, request: web.Request) -> web.Response:
         """A call or send, as one span that continues the caller's W3C ``traceparent``; the
@@ -499,9 +501,9 @@ def _idempotency_key(text: str) -> str:
     variable), and taken for none the call would run again on every retry."""
     if not text:
         raise HttpError(400, "idempotency key is empty: give one, or leave the header out")
-    if len(text) > _MAX_IDEMPOTENCY_KEY:
+    if len(text) > MAX_IDEMPOTENCY_KEY:
         raise HttpError(
-            400, f"idempotency key of {len(text)} characters; at most {_MAX_IDEMPOTENCY_KEY}"
+            400, f"idempotency key of {len(text)} characters; at most {MAX_IDEMPOTENCY_KEY}"
         )
     return _utf8("the idempotency key", text)
 

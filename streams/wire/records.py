@@ -68,6 +68,10 @@ class _Record(_Model):
     v: Literal[1] = Field(default=1, description="wire format version")
 
 
+#: The longest idempotency key, in characters.
+MAX_IDEMPOTENCY_KEY = 1024
+
+
 class Target(_Model):
     """The handler an invocation runs: ``service/handler`` or ``service/key/handler``."""
 
@@ -130,7 +134,7 @@ class Invoke(_Record):
     mode: Literal["call", "send"] = Field(
         default="call", description="'send' is one-way: nobody waits for the outcome"
     )
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=1024)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
     request_id: str | None = Field(
         default=None, description="correlation id echoed on the response topic"
     )

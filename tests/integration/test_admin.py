@@ -171,6 +171,18 @@ async def test_a_listing_refuses_an_unknown_status_and_a_negative_limit(admin_ur
             assert reply.status == 200, await reply.text()
 
 
+async def test_the_state_of_an_unknown_service_is_404(admin_url: str) -> None:
+    """A misspelt service is a 404, not an empty state; a known object with no state yet
+    is an empty one."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{admin_url}/state/Taly/k") as reply:
+            assert reply.status == 404, await reply.text()
+            assert (await reply.json())["message"] == "unknown service 'Taly'"
+        async with http.get(f"{admin_url}/state/Tally/never-used") as reply:
+            assert reply.status == 200, await reply.text()
+            assert await reply.json() == {}
+
+
 async def test_bulk_cancel_dry_run_then_real(
     client: Client, ingress_url: str, admin_url: str
 ) -> None:

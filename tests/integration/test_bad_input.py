@@ -135,6 +135,21 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
         ("bad-schema", found[b"bad-1"].dlq_offset)
     ]
     offset = found[b"bad-0"].dlq_offset
+    # An offset that holds no dead letter (of that reason) replays nothing, and says so.
+    for extra in (["--offset", str(offset + 10_000)], ["--reason", "bad-schema"]):
+        command = [sys.executable, "-m", "streams.cli", "dlq", "replay", "--offset", str(offset)]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*command, *extra],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stderr
+        assert "no dead letter" in done.stderr
+        assert "nothing was replayed" in done.stderr
     replayed = await asyncio.to_thread(kourier, "replay", "--offset", str(offset))
     assert replayed == {"replayed": 1, "offsets": [offset]}
     for _ in range(100):
@@ -375,3 +390,27 @@ async def test_the_client_refuses_an_argument_too_deep_for_a_record(
     assert "nested deeper than a record can carry" in raised.value.message
     after = await asyncio.wait_for(client.service("Relay", "echo").request({"ok": 3}), 60)
     assert after["value"] == {"ok": 3}
+
+
+@pytest.mark.parametrize("key", ["", "k" * 1025])
+async def test_the_client_refuses_an_idempotency_key_a_record_cannot_carry(
+    client: Client, key: str
+) -> None:
+    """An empty or over-long idempotency key given to the client (or ``kourier send
+    --idempotency-key ''``) was pydantic's multi-line validation error out of the record;
+    it is the caller's 400, raised before anything is produced, for a workflow's run too."""
+    for target in (
+        Target(service="Tally", key="k", handler="add"),
+        Target(service="Signup", key="ada", handler="run"),
+    ):
+        for attempt in (
+            client.call(target, 1, idempotency_key=key),
+            client.send_to(target, 1, idempotency_key=key),
+        ):
+            with pytest.raises(TerminalError) as raised:
+                await attempt
+            assert raised.value.status_code == 400
+            assert (
+                raised.value.message
+                == f"an idempotency key is 1 to 1024 characters, not {len(key)}"
+            )

@@ -186,3 +186,17 @@ def test_kafkas_own_error_is_one_line_that_says_whether_to_try_again(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("kourier: error: Kafka: ")
     assert line.endswith("; try again") is again
+
+
+def test_an_argument_that_is_not_json_is_one_line_that_shows_how_to_quote(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``kourier call Greeter/greet ada``: the argument is JSON, so a bare word is refused
+    before anything connects, with a hint, not json's bare "Expecting value"."""
+    from streams.cli import parser
+
+    argv = ["call", "Relay/echo", "ada", "--bootstrap-servers", "127.0.0.1:1"]
+    assert parser.main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("kourier: error: the argument 'ada' is not JSON (Expecting value")
+    assert line.endswith("""a string is quoted: '"ada"'""")
