@@ -137,7 +137,7 @@ class Client:
         self._reader = self._new_reader(FETCH_WAIT_MS)
         try:
             await asyncio.to_thread(self._assign_reader)
-        except BaseException:
+        except Exception:  # not on a cancel: the thread may still be in a call on the reader
             self._reader.close()  # nothing was produced: the producer has nothing to flush
             del self._producer, self._reader
             raise

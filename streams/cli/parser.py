@@ -227,6 +227,9 @@ def _admin_flags(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=admin_api.admin)
 
 
+_CREATE_THEM = "is the namespace right, and have its topics been created (`kourier topics create`)?"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -245,13 +248,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, KourierError):  # retriable: the same command may succeed later
             run.say(f"kourier: error: {exc}; try again")
             return 1
-        from confluent_kafka import KafkaError, KafkaException
+        said = _kafka_error(exc)
+        if said is None:
+            raise
+        run.say(said[0])
+        return said[1]
 
-        from streams.kafka.offsets import transient
 
-        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-        if isinstance(error, KafkaError):  # Kafka's answer, as librdkafka words it
-            again = transient(error)
-            run.say(f"kourier: error: Kafka: {error.str()}" + ("; try again" if again else ""))
-            return 1 if again else 2
-        raise
+def _kafka_error(exc: Exception) -> tuple[str, int] | None:
+    """librdkafka's error as one line and an exit code: 1 when it may pass, 2 when not."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streams.kafka.offsets import transient
+
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if not isinstance(error, KafkaError):
+        return None
+    line = f"kourier: error: Kafka: {error.str()}"
+    # A topic that is not there passes by itself while topics are being created; met after
+    # a command's retries, it is the wrong namespace or topics never created.
+    missing = (KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION)
+    if error.code() in (*missing, KafkaError.UNKNOWN_TOPIC_OR_PART):
+        return f"{line}: {_CREATE_THEM}", 2
+    if transient(error):
+        return f"{line}; try again", 1
+    return line, 2

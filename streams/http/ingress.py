@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -469,8 +470,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     anything unforeseen as a logged 500 JSON (a bug, but never a text page)."""
     response = await _answered(request, handler)
     if isinstance(request.content.exception(), web.RequestPayloadError):
-        # A body that does not decompress, read or not: aiohttp closes the connection
-        # after this answer (see _BadBodies), so the answer says so.
+        # A body that does not decompress: aiohttp closes the connection after this answer
+        # (see _BadBodies), so the answer says so, when the body has come in by now.
         response.force_close()
     return response
 
@@ -519,7 +520,7 @@ def _utf8(what: str, text: str) -> str:
     return text
 
 
-def _reason(error: web.RequestPayloadError) -> str:
+def _reason(error: Exception) -> str:
     lines = str(error).strip().splitlines()  # aiohttp's "400, message:", then the reason
     return lines[-1].strip() if lines else "it ended early"
 
@@ -527,12 +528,13 @@ def _reason(error: web.RequestPayloadError) -> str:
 class _BadBodies(logging.Filter):
     """After answering, aiohttp reads whatever is left of a request's body, and logs a body
     that does not decompress as its content-encoding says as an unhandled error with a
-    traceback, whether or not the request was answered from its body (a 401, a 404). That
-    is a client's mistake, answered with a 4xx: one line at INFO instead."""
+    traceback, whether or not the request was answered from its body (a 401, a 404); a
+    ``deflate`` body that ends early is logged the same way by its parser. Either is a
+    client's mistake, answered with a 4xx: one line at INFO instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, web.RequestPayloadError):
+        if isinstance(error, (web.RequestPayloadError, ContentEncodingError)):
             log.info("a request's body could not be read: %s", _reason(error))
             return False
         return True
