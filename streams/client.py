@@ -42,7 +42,6 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import KeysOn
 from streams.wire.records import (
-    MAX_IDEMPOTENCY_KEY,
     AttachRequest,
     Cancel,
     Invoke,
@@ -54,6 +53,7 @@ from streams.wire.records import (
     Target,
     decode_response,
     encode,
+    idempotency_key_refusal,
 )
 from streams.wire.topics import Topics
 
@@ -172,7 +172,7 @@ class Client:
 
     def _assign_reader_at_end(self) -> None:
         metadata = self._reader.list_topics(timeout=_TIMEOUT).topics
-        for name in (self.topics.ingress, self.topics.responses):
+        for name in (self.topics.ingress, self.topics.responses, self.topics.services):
             if name not in metadata or metadata[name].error is not None:
                 raise MissingTopics(f"topic {name} is missing: run `kourier topics create`")
         self.partitions = len(metadata[self.topics.ingress].partitions)
@@ -433,12 +433,9 @@ class Client:
     def invocation_id_for(self, target: Target, idempotency_key: str | None) -> str:
         """The id an invocation will have: derived for a workflow's run and for idempotency
         keys (so duplicates meet), fresh otherwise."""
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-            raise TerminalError(
-                f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} characters, not "
-                f"{len(idempotency_key)}",
-                400,
-            )
+        refusal = None if idempotency_key is None else idempotency_key_refusal(idempotency_key)
+        if refusal is not None:
+            raise TerminalError(refusal, 400)
         info = self.services.get(target.service)
         if info is not None and info.handler_kind(target.handler) == "workflow":
             return ids.workflow_run_id(target.service, target.key or "")

@@ -371,11 +371,12 @@ def dlq(args: argparse.Namespace) -> int:
         missing = sorted(set(args.offset or []) - {x.dlq_offset for x in chosen})
         if missing:
             which = f" with reason {args.reason}" if args.reason else ""
+            at = "offsets" if len(missing) > 1 else "offset"
             say(
-                f"kourier: no dead letter{which} at offset {', '.join(map(str, missing))}; "
-                "nothing was replayed (`kourier dlq list` shows them)"
+                f"kourier: error: no dead letter{which} at {at} {', '.join(map(str, missing))};"
+                " nothing was replayed (`kourier dlq list` shows them)"
             )
-            return 1
+            return 2
     if not chosen:
         say("kourier: nothing to replay: give --offset N (repeatable) or --all")
         return 1

@@ -33,7 +33,7 @@ from streams.http.index import InvocationIndex
 from streams.metrics import DEADLOCKS, labelled
 from streams.settings import Settings, short_duration
 from streams.wire import ids
-from streams.wire.records import MAX_IDEMPOTENCY_KEY, Response, Target
+from streams.wire.records import Response, Target, idempotency_key_refusal
 
 log = logging.getLogger("kourier.ingress")
 
@@ -466,8 +466,9 @@ def bearer(token: str | None) -> Any:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own errors (404 route, 405 method, ...) as JSON bodies, like ours; and
-    anything unforeseen as a logged 500 JSON (a bug, but never a text page)."""
+    """aiohttp's own errors (404 route, 405 method, ...) and a body that does not decompress
+    as JSON 4xx bodies, like ours; anything unforeseen as a logged 500 JSON (a bug, but never
+    a text page)."""
     response = await _answered(request, handler)
     if isinstance(request.content.exception(), web.RequestPayloadError):
         # A body that does not decompress: aiohttp closes the connection after this answer
@@ -477,6 +478,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def _answered(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The handler's answer, with every error turned into one (see :func:`json_errors`)."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -498,14 +500,10 @@ async def _answered(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _idempotency_key(text: str) -> str:
-    """A key as given, refused when empty: an empty key is a caller's bug (an unset
-    variable), and taken for none the call would run again on every retry."""
-    if not text:
-        raise HttpError(400, "idempotency key is empty: give one, or leave the header out")
-    if len(text) > MAX_IDEMPOTENCY_KEY:
-        raise HttpError(
-            400, f"idempotency key of {len(text)} characters; at most {MAX_IDEMPOTENCY_KEY}"
-        )
+    """A key as given (header or attach path), or a 400 saying why no record can carry it."""
+    refusal = idempotency_key_refusal(text)
+    if refusal is not None:
+        raise HttpError(400, refusal)
     return _utf8("the idempotency key", text)
 
 
@@ -543,6 +541,12 @@ class _BadBodies(logging.Filter):
 _BAD_BODIES = _BadBodies()
 
 
+#: The longest request line taken. A key may be 4,096 characters, and each UTF-8 byte of it
+#: takes three in the path (``%F0``): aiohttp's default of 8,190 bytes refused keys of as
+#: few as 683 characters with a plain-text 400 before Kourier saw them.
+_MAX_REQUEST_LINE = 64 * 1024
+
+
 def app_runner(app: web.Application) -> web.AppRunner:
     """A runner for an ingress or admin app. A client that hangs up cancels its request's
     handler, so a call nobody waits for any more frees its slot and its pending response."""
@@ -552,12 +556,6 @@ def app_runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(
         app, access_log=None, handler_cancellation=True, max_line_size=_MAX_REQUEST_LINE
     )
-
-
-#: The longest request line taken. A key may be 4,096 characters, and each UTF-8 byte of it
-#: takes three in the path (``%F0``): aiohttp's default of 8,190 bytes refused keys of as
-#: few as 683 characters with a plain-text 400 before Kourier saw them.
-_MAX_REQUEST_LINE = 64 * 1024
 
 
 #: A body deeper than the JSON parser goes. One it parses may still be too deep for a

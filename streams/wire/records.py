@@ -72,6 +72,17 @@ class _Record(_Model):
 MAX_IDEMPOTENCY_KEY = 1024
 
 
+def idempotency_key_refusal(key: str) -> str | None:
+    """Why no record can carry ``key`` as its idempotency key, or None. An empty key is a
+    caller's bug (an unset variable): taken for none, the call would run again on every
+    retry the caller believes deduplicated."""
+    if not key:
+        return "idempotency key is empty: give one, or none"
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        return f"idempotency key of {len(key)} characters; at most {MAX_IDEMPOTENCY_KEY}"
+    return None
+
+
 class Target(_Model):
     """The handler an invocation runs: ``service/handler`` or ``service/key/handler``."""
 

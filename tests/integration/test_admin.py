@@ -162,7 +162,7 @@ async def test_a_listing_refuses_an_unknown_status_and_a_negative_limit(admin_ur
     async with aiohttp.ClientSession() as http:
         for params, words in (
             ({"status": "runing"}, "unknown status 'runing'"),
-            ({"limit": "-1"}, "limit"),
+            ({"limit": "-1"}, "limit must be 0 or more"),
         ):
             async with http.get(f"{admin_url}/invocations", params=params) as reply:
                 assert reply.status == 400, await reply.text()

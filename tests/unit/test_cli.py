@@ -142,8 +142,9 @@ def test_a_send_with_a_bad_delay_is_refused_before_kafka_is_asked(
 def test_kafka_that_does_not_answer_is_one_line_that_says_to_try_again(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """``kourier call`` and ``send`` with Kafka away: one line and exit 1 (the same command
-    may succeed later), not a traceback of librdkafka's metadata error."""
+    """``kourier send`` (and ``call``, the same client start) with Kafka away: one line and
+    exit 1 (the same command may succeed later), not a traceback of librdkafka's metadata
+    error."""
     import socket
 
     from streams import client
@@ -162,34 +163,38 @@ def test_kafka_that_does_not_answer_is_one_line_that_says_to_try_again(
 
 
 @pytest.mark.parametrize(
-    ("code", "exit_code", "again"),
+    ("code", "exit_code", "ending"),
     [
-        ("_ALL_BROKERS_DOWN", 1, True),
-        ("TOPIC_AUTHORIZATION_FAILED", 2, False),
-        ("UNKNOWN_TOPIC_OR_PART", 2, False),  # transient while topics are made; not here
+        ("_ALL_BROKERS_DOWN", 1, "; try again"),
+        ("TOPIC_AUTHORIZATION_FAILED", 2, "authorization failed"),
+        # transient while topics are being made, so flagged retriable here; not after retries
+        ("UNKNOWN_TOPIC_OR_PART", 2, "(`kourier topics create`)?"),
+        ("_UNKNOWN_TOPIC", 2, "(`kourier topics create`)?"),
     ],
 )
 def test_kafkas_own_error_is_one_line_that_says_whether_to_try_again(
     code: str,
     exit_code: int,
-    again: bool,
+    ending: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A librdkafka error that reaches the CLI (``topics describe``, ``dlq list``): one
-    line, exit 1 when Kafka may answer later, 2 when it refused."""
+    line, exit 1 when Kafka may answer later, 2 when it refused or a topic is not there."""
     from confluent_kafka import KafkaError, KafkaException
 
     from streams.cli import commands, parser
 
     def failing(args: object) -> int:
-        raise KafkaException(KafkaError(getattr(KafkaError, code)))
+        raise KafkaException(
+            KafkaError(getattr(KafkaError, code), retriable=code != "TOPIC_AUTHORIZATION_FAILED")
+        )
 
     monkeypatch.setattr(commands, "call", failing)
     assert parser.main(["call", "Relay/echo", "1"]) == exit_code
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("kourier: error: Kafka: ")
-    assert line.endswith("; try again") is again
+    assert line.lower().endswith(ending.lower()), line
 
 
 def test_an_argument_that_is_not_json_is_one_line_that_shows_how_to_quote(
