@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
@@ -128,9 +129,16 @@ class Route:
     mode: Literal["call", "send"]
 
 
-def route(path: str, services: dict[str, ServiceInfo]) -> Route:
-    """Map a URL path to a target: both of Restate's URL families."""
-    segments = [s for s in path.split("/") if s]
+def segments_of(raw_path: str) -> list[str]:
+    """A URL path's segments, each percent-decoded on its own, so that a key may hold a
+    slash (``/Counter/a%2Fb/add`` is key ``a/b``)."""
+    return [unquote(s) for s in raw_path.split("/") if s]
+
+
+def route(raw_path: str, services: dict[str, ServiceInfo]) -> Route:
+    """Map a URL path, as sent, to a target: both of Restate's URL families."""
+    path = unquote(raw_path)
+    segments = segments_of(raw_path)
     mode: Literal["call", "send"] = "call"
     if len(segments) >= 2 and segments[0] == "restate" and segments[1] in ("call", "send"):
         mode = "call" if segments[1] == "call" else "send"
@@ -149,7 +157,8 @@ def route(path: str, services: dict[str, ServiceInfo]) -> Route:
         segments = segments[:-1]
     if len(segments) != expected:
         shape = "/Service/handler" if expected == 2 else f"/{info.kind.title()}/key/handler"
-        raise HttpError(400, f"bad path {path!r}: {info.name} is a {info.kind}, use {shape}")
+        kind = f"an {info.kind}" if info.kind == "object" else f"a {info.kind}"
+        raise HttpError(400, f"bad path {path!r}: {info.name} is {kind}, use {shape}")
     key = segments[1] if expected == 3 else None
     handler = segments[-1]
     if info.handler_kind(handler) is None:
@@ -255,7 +264,11 @@ class Ingress:
                 target = self._workflow_run(info["service"], info["key"])
                 outcome = await self.client.attach_response(target=target, wait=wait)
             else:
-                segments = (info.get("rest") or info["id"]).split("/")
+                if "rest" in info:  # "", "restate", "invocation", <rest>..., <verb>, as sent
+                    sent = request.rel_url.raw_path.split("/")[3:-1]
+                    segments = [unquote(s) for s in sent]  # empty ones kept: a 400 each
+                else:
+                    segments = [info["id"]]
                 if len(segments) == 1:
                     inv_id = ids.validate(segments[0])
                     outcome = await self.client.attach_response(inv_id, wait=wait)
@@ -373,7 +386,7 @@ class Ingress:
         began = time.perf_counter()
         kind = "call"
         try:
-            target_route = route(request.path, self.client.services)
+            target_route = route(request.rel_url.raw_path, self.client.services)
             kind = target_route.mode
             response = await self._invoke(request, target_route)
         except HttpError as error:

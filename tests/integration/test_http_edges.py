@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from streams.client import Client
 from streams.kafka.worker import Worker
@@ -115,6 +116,28 @@ async def test_a_key_of_the_longest_kind_is_taken(ingress_url: str) -> None:
             assert await reply.json() == 3
         async with http.get(f"{ADMIN_URLS[ingress_url]}/state/Tally/{quote(key)}") as reply:
             assert reply.status == 200, await reply.text()
+
+
+async def test_a_key_may_hold_a_slash_sent_as_percent_2f(ingress_url: str) -> None:
+    """``/Tally/a%2Fb/add`` is key ``a/b``, for a call, the object's state and an attach by
+    idempotency key (itself holding a slash): each path segment is decoded on its own.
+    The whole path used to be decoded first, so the key split into two segments (a 400)."""
+    admin_url = ADMIN_URLS[ingress_url]
+    async with aiohttp.ClientSession() as http:
+        headers = {"idempotency-key": "order/7"}
+        url = URL(f"{ingress_url}/Tally/a%2Fb/add", encoded=True)
+        async with http.post(url, json=4, headers=headers) as reply:
+            assert reply.status == 200, await reply.text()
+            assert await reply.json() == 4
+        state = URL(f"{admin_url}/state/Tally/a%2Fb", encoded=True)
+        async with http.get(state) as reply:
+            assert await reply.json() == {"count": 4}
+        output = URL(
+            f"{ingress_url}/restate/invocation/Tally/a%2Fb/add/order%2F7/output", encoded=True
+        )
+        async with http.get(output) as reply:
+            assert reply.status == 200, await reply.text()
+            assert await reply.json() == 4
 
 
 async def test_a_header_that_is_not_utf8_is_400_named(ingress_url: str) -> None:
