@@ -137,7 +137,6 @@ def segments_of(raw_path: str) -> list[str]:
 
 def route(raw_path: str, services: dict[str, ServiceInfo]) -> Route:
     """Map a URL path, as sent, to a target: both of Restate's URL families."""
-    path = unquote(raw_path)
     segments = segments_of(raw_path)
     mode: Literal["call", "send"] = "call"
     if len(segments) >= 2 and segments[0] == "restate" and segments[1] in ("call", "send"):
@@ -158,6 +157,7 @@ def route(raw_path: str, services: dict[str, ServiceInfo]) -> Route:
     if len(segments) != expected:
         shape = "/Service/handler" if expected == 2 else f"/{info.kind.title()}/key/handler"
         kind = f"an {info.kind}" if info.kind == "object" else f"a {info.kind}"
+        path = unquote(raw_path)
         raise HttpError(400, f"bad path {path!r}: {info.name} is {kind}, use {shape}")
     key = segments[1] if expected == 3 else None
     handler = segments[-1]
@@ -410,7 +410,7 @@ class Ingress:
         given_key = request.headers.get("idempotency-key")
         idempotency_key = None if given_key is None else _idempotency_key(given_key)
         headers = {
-            name: _utf8(f"header {name!r}", value)
+            name: _utf8(value, name)
             for name, value in ((k.lower(), v) for k, v in request.headers.items())
             if name not in _HOP_HEADERS and name not in self.denied_headers
         }
@@ -517,18 +517,19 @@ def _idempotency_key(text: str) -> str:
     refusal = idempotency_key_refusal(text)
     if refusal is not None:
         raise HttpError(400, refusal)
-    return _utf8("the idempotency key", text)
+    return _utf8(text, "idempotency-key")
 
 
-def _utf8(what: str, text: str) -> str:
-    """``text`` if it is UTF-8 as sent. aiohttp decodes other header bytes to lone
-    surrogates, which no record can carry: refused here, named."""
-    if not text.isascii():
+def _utf8(value: str, header: str) -> str:
+    """``value`` if it is UTF-8 as sent. aiohttp decodes other header bytes to lone
+    surrogates, which no record can carry: refused here, naming the header. (A key from a
+    path cannot hold one: an invalid escape decodes to U+FFFD.)"""
+    if not value.isascii():
         try:
-            text.encode()
+            value.encode()
         except UnicodeEncodeError:
-            raise HttpError(400, f"{what} is not UTF-8") from None
-    return text
+            raise HttpError(400, f"header {header!r} is not UTF-8") from None
+    return value
 
 
 def _reason(error: Exception) -> str:
