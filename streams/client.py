@@ -36,7 +36,14 @@ from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import tracing
 from streams.errors import KourierError
-from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, transient, watermarks
+from streams.kafka.offsets import (
+    FETCH_WAIT_MS,
+    absent_topic,
+    consume_ready,
+    listed_topics,
+    transient,
+    watermarks,
+)
 from streams.kafka.stalls import StallWatch, watch
 from streams.settings import Settings
 from streams.wire import ids
@@ -171,10 +178,10 @@ class Client:
             raise KafkaUnavailable(f"Kafka at {where} did not answer: {error.str()}") from None
 
     def _assign_reader_at_end(self) -> None:
-        metadata = self._reader.list_topics(timeout=_TIMEOUT).topics
-        for name in (self.topics.ingress, self.topics.responses, self.topics.services):
-            if name not in metadata or metadata[name].error is not None:
-                raise MissingTopics(f"topic {name} is missing: run `kourier topics create`")
+        needed = (self.topics.ingress, self.topics.responses, self.topics.services)
+        metadata, absent = listed_topics(self._reader, needed)
+        if absent:
+            raise MissingTopics(absent_topic(metadata, absent[0]))
         self.partitions = len(metadata[self.topics.ingress].partitions)
         # Responses land on the partition their request id hashes to; this client picks ids
         # that all hash to one partition, and reads only that one. A worker's transaction

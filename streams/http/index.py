@@ -12,6 +12,7 @@ it never appears here; its caller has its outcome.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -23,10 +24,12 @@ from pydantic import JsonValue, ValidationError
 from streams.engine.deadlocks import describe, find_cycles, wait_for_edges
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
 from streams.http.calltree import CallLinks, call_tree, iso, parent_of
-from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
+from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, listed_topics, watermarks
 from streams.settings import Settings
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.topics import Topics
+
+log = logging.getLogger("kourier.ingress")
 
 
 def waiting_on(meta: InvocationMeta, journal: list[Entry]) -> list[str]:
@@ -114,10 +117,13 @@ class InvocationIndex:
                 }
             )
         )
-        metadata = self._consumer.list_topics(timeout=30).topics
+        followed = (self.topics.invocations, self.topics.state)
+        metadata, absent = listed_topics(self._consumer, followed)
+        if absent:
+            log.warning("the admin index follows no %s: the cluster does not list them", absent)
         assignment = [
             TopicPartition(topic, p, OFFSET_BEGINNING)
-            for topic in (self.topics.invocations, self.topics.state)
+            for topic in followed
             if topic in metadata
             for p in metadata[topic].partitions
         ]

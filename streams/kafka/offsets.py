@@ -1,13 +1,15 @@
-"""Consumer helpers: offset queries that ride out a broker's transient answers (a new
-topic's leader not yet ready, a broker restarting), and low-latency batch reads."""
+"""Consumer helpers: topic and offset queries that ride out a broker's transient answers (a
+new topic not listed yet or its leader not ready, a broker restarting), and low-latency
+batch reads."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -19,6 +21,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin._metadata import TopicMetadata
 
 from streams.settings import Settings
 
@@ -40,6 +43,8 @@ _TRANSIENT = {
     KafkaError._UNKNOWN_TOPIC,
 }
 
+
+log = logging.getLogger("kourier.topics")
 
 _TRY = 3.0  # seconds per offset query before the metadata is refreshed
 
@@ -67,6 +72,41 @@ def look_again(client: Consumer | AdminClient, topics: Iterable[str], within: fl
             return
         with contextlib.suppress(KafkaException):
             client.list_topics(topic, timeout=max(0.1, left))
+
+
+#: How long a topic that is not listed is asked for again before it counts as missing.
+TOPIC_GRACE = 10.0
+
+
+def listed_topics(
+    client: Consumer | AdminClient, names: Sequence[str], grace: float = TOPIC_GRACE
+) -> tuple[dict[str, TopicMetadata], list[str]]:
+    """The cluster's topic metadata, and which of ``names`` it does not list (or lists with
+    an error, as a topic whose leaders are not elected yet). On a cluster, the broker asked
+    may learn of a topic a moment after the controller said it was created, so an absent
+    topic is asked for again, for up to ``grace`` seconds, before it is returned as absent;
+    an error that does not pass by itself (not authorised) is returned at once."""
+    deadline = time.monotonic() + grace
+    logged = False
+    while True:
+        metadata: dict[str, TopicMetadata] = client.list_topics(timeout=30.0).topics
+        errors = {n: metadata[n].error for n in names if n in metadata}
+        absent = [n for n in names if n not in errors or errors[n] is not None]
+        final = any(e is not None and not transient(e) for e in errors.values())
+        if not absent or final or time.monotonic() >= deadline:
+            return metadata, absent
+        if not logged:
+            log.info("topics %s are not ready yet; asking again for %gs", absent, grace)
+            logged = True
+        time.sleep(0.2)
+
+
+def absent_topic(metadata: dict[str, TopicMetadata], name: str) -> str:
+    """Why ``name`` counts as absent, with the advice that fits, for an error message."""
+    listed = metadata.get(name)
+    if listed is None or listed.error is None:
+        return f"topic {name} is missing: run `kourier topics create`"
+    return f"topic {name} is not usable: {listed.error.str()}"
 
 
 def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:

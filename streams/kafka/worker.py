@@ -40,7 +40,14 @@ from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
-from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, log_ends, worker_consumer
+from streams.kafka.offsets import (
+    FETCH_WAIT_MS,
+    absent_topic,
+    consume_ready,
+    listed_topics,
+    log_ends,
+    worker_consumer,
+)
 from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
 from streams.kafka.stalls import Partition, StallWatch, forget, watch
 from streams.kafka.transactions import Transactions, transactional_producer
@@ -134,8 +141,10 @@ class Worker:
 
     def _ingress_partitions(self) -> int:
         admin = AdminClient(self._client({}))
-        topics = admin.list_topics(timeout=_TIMEOUT).topics
-        missing = [t for t in self.topics.all() if t not in topics]
+        topics, missing = listed_topics(admin, self.topics.all())
+        unusable = [name for name in missing if name in topics]
+        if unusable:
+            raise WorkerError(absent_topic(topics, unusable[0]))
         if missing:
             raise WorkerError(f"missing topics {missing}: run `kourier topics create` first")
         return len(topics[self.topics.ingress].partitions)

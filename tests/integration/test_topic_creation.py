@@ -1,20 +1,25 @@
-"""`kourier worker` and `kourier ingress` create missing topics, unless told not to."""
+"""`kourier worker` and `kourier ingress` create missing topics, unless told not to; a
+client or worker started while its topics are being created waits for them."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from streams.client import Client
-from streams.kafka.admin import describe_topics
+from streams.kafka.admin import create_topics, describe_topics
 from streams.kafka.broker import free_port
+from streams.kafka.worker import Worker
 from streams.settings import Settings
 from streams.wire.topics import Topics
+from tests.integration import apps
 from tests.integration.helpers import poll_until
 from tests.processes import stop_process
 
@@ -101,3 +106,57 @@ async def test_with_no_create_topics_both_refuse_with_a_clear_error(
         assert "kourier topics create" in output, output[-2000:]
         assert "Traceback" not in output, output[-2000:]
     assert not any(exists for _, exists, _ in await asyncio.to_thread(shapes, settings))
+
+
+async def said_it_waits(starting: asyncio.Task[None], caplog: pytest.LogCaptureFixture) -> None:
+    """Until ``starting`` logs that its topics are not ready yet; its error if it ends first."""
+
+    async def waiting() -> bool:
+        if starting.done():
+            starting.result()
+            raise AssertionError("started without its topics")
+        return any("are not ready yet" in r.getMessage() for r in caplog.records)
+
+    await poll_until(waiting, True, 30, "a log line saying the topics are not ready yet")
+
+
+async def test_a_client_started_before_its_topics_are_listed_waits_for_them(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a cluster, the broker a client asks may list a topic a moment after the
+    controller created it; a client started in that moment waits (it raised MissingTopics)."""
+    caplog.set_level(logging.INFO, logger="kourier.topics")
+    client = Client(settings)
+    starting = asyncio.create_task(client.start())
+    try:
+        await said_it_waits(starting, caplog)
+        await asyncio.to_thread(create_topics, settings)
+        await asyncio.wait([starting], timeout=60)  # the start gives up within 40 s
+        assert starting.done(), "the client did not start within 60 s"
+        starting.result()
+        assert client.partitions == settings.partitions
+    finally:
+        await asyncio.wait([starting], timeout=60)  # not cancelled: its thread would go on
+        if starting.done() and starting.exception() is None:
+            await client.close()
+
+
+async def test_a_worker_started_before_its_topics_are_listed_waits_for_them(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kourier.topics")
+    worker = Worker(settings, apps.SERVICES, worker_id=f"early-{settings.namespace}")
+    running = asyncio.create_task(worker.run())
+    try:
+        await said_it_waits(running, caplog)
+        await asyncio.to_thread(create_topics, settings)
+        async with Client(settings) as client:
+
+            async def announced() -> bool:
+                assert not running.done(), "the worker stopped"
+                return set(client.services) >= {s.name for s in apps.SERVICES}
+
+            await poll_until(announced, True, 60, "the worker's services announced")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 60)
