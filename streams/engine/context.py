@@ -356,28 +356,47 @@ class InvocationContext(WorkflowContext):
             self.invocation.complete_entry(index, failure=CANCELLED)
             entry = self.invocation.journal[index]
         if not entry.done:
-            self.invocation.effects += 1
+            loop = asyncio.get_running_loop()
+            if self.invocation.processor.handing_over:
+                # Start no action that the partition's next owner would start again; the
+                # close that ends the hand-over cancels this wait.
+                await loop.create_future()
+            # Resolved once the action's outcome is journaled (or it was stopped): what a
+            # hand-over waits for (PartitionProcessor.hand_over).
+            journaled: asyncio.Future[None] = loop.create_future()
+            self.invocation.actions.add(journaled)
             try:
-                with tracing.span(f"run {entry.name}", attributes={"kourier.entry": index}):
-                    result = await _perform(action, self.invocation.run_executor)
-            except TerminalError as error:
-                self.invocation.check_open()
-                self.invocation.complete_entry(
-                    index, failure=Failure(code=error.status_code, message=error.message)
-                )
-                raise
+                await self._journal_action(index, entry.name, action)
             finally:
-                self.invocation.effects -= 1
-            self.invocation.check_open()
-            try:
-                value = writable(result, f"the result of ctx.run({entry.name!r})")
-            except TerminalError as error:  # journaled as the action's outcome: never rerun
-                failure = Failure(code=error.status_code, message=error.message)
-                self.invocation.complete_entry(index, failure=failure)
-                raise
-            self.invocation.complete_entry(index, value=value)
+                self.invocation.actions.discard(journaled)
+                journaled.set_result(None)
             entry = self.invocation.journal[index]
         return cast(T, outcome(entry))
+
+    async def _journal_action(
+        self, index: int, name: str | None, action: Callable[[], Awaitable[T]] | Callable[[], T]
+    ) -> None:
+        """Run the action of journal entry ``index`` and journal its outcome."""
+        self.invocation.effects += 1
+        try:
+            with tracing.span(f"run {name}", attributes={"kourier.entry": index}):
+                result = await _perform(action, self.invocation.run_executor)
+        except TerminalError as error:
+            self.invocation.check_open()
+            self.invocation.complete_entry(
+                index, failure=Failure(code=error.status_code, message=error.message)
+            )
+            raise
+        finally:
+            self.invocation.effects -= 1
+        self.invocation.check_open()
+        try:
+            value = writable(result, f"the result of ctx.run({name!r})")
+        except TerminalError as error:  # journaled as the action's outcome: never rerun
+            failure = Failure(code=error.status_code, message=error.message)
+            self.invocation.complete_entry(index, failure=failure)
+            raise
+        self.invocation.complete_entry(index, value=value)
 
     # -- state -------------------------------------------------------------------
 

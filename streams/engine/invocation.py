@@ -41,6 +41,7 @@ class Partition(Protocol):
     """What an invocation asks of the partition that runs it (``PartitionProcessor``)."""
 
     closed: bool
+    handing_over: bool
     partitions: int
     run_executor: Executor | None
 
@@ -87,6 +88,7 @@ class Invocation:
     """
 
     __slots__ = (
+        "actions",
         "closed",
         "dirty_entries",
         "effects",
@@ -119,6 +121,7 @@ class Invocation:
         self.persisted = bool(journal) or meta.status != "pending"
         self.closed = False
         self.effects = 0  # ctx.run actions running now: no suspension until they end
+        self.actions: set[asyncio.Future[None]] = set()  # resolved once each is journaled
         #: The object key this invocation holds exclusively while it runs (its target and
         #: whether it is exclusive never change).
         self.lock_key: ObjectKey | None = None

@@ -109,6 +109,7 @@ class PartitionProcessor:
             complete=self._complete, forget=self._forget, touch=self.touch,
         )  # fmt: skip
         self.closed = False
+        self.handing_over = False  # see hand_over()
 
     # -- restore ---------------------------------------------------------------------
 
@@ -633,6 +634,23 @@ class PartitionProcessor:
     def flush(self) -> list[Out]:
         """The changelog records for everything changed since the last flush."""
         return self.store.changelog() + self.invocations.changelog()
+
+    async def hand_over(self, within: float) -> None:
+        """Before a clean close (the partition revoked, or the worker stopping): start no
+        new ``ctx.run`` action, and give those running up to ``within`` seconds to end, so
+        that their results are journaled in the last snapshot instead of performed again by
+        the next owner. An action still running then is abandoned by the close, as on a
+        crash: its task is cancelled (a synchronous action's thread runs on, its result
+        dropped), and the next owner runs it again (at least once)."""
+        if self.closed:
+            return  # handed over already (a stopping worker's revoke comes after its close)
+        self.handing_over = True
+        running = [action for inv in self.invocations.values() for action in inv.actions]
+        if not running:
+            return
+        log.info("partition %d: waiting up to %gs for %d ctx.run actions", self.partition,
+                 within, len(running))  # fmt: skip
+        await asyncio.wait(running, timeout=within)
 
     def close(self) -> None:
         """Stop every task: the partition is revoked, or the worker stops."""

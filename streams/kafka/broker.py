@@ -376,7 +376,10 @@ def start_cluster(
         for node in nodes_now:  # a node killed moments ago may still be listed: ask each
             if node.data_dir in launched:
                 wait_ready(node.bootstrap, timeout, launched[node.data_dir])
-        wait_ready(cluster.bootstrap, timeout, *launched.values(), brokers=nodes)
+        # Each node learns of the others' registrations on its own: until all list every
+        # broker, a client asking one that does not would create topics with fewer replicas.
+        for node in nodes_now:
+            wait_ready(node.bootstrap, timeout, *launched.values(), brokers=nodes)
     except BaseException:
         for node_dir in launched:  # only what this call started: running nodes stay up
             stop(node_dir)

@@ -65,6 +65,10 @@ _TIMEOUT = 30.0
 #: are restored. 20 s bounds the pause; it is shorter than ``_TIMEOUT``, so a commit call
 #: that hangs inside librdkafka is cut short by the fence rather than waited out.
 _STUCK = 20.0
+#: Seconds the ``ctx.run`` actions running on a partition get to end when it is handed over
+#: cleanly (revoked, or the worker stopping), so that their results are committed rather
+#: than the actions run again by the next owner; the group's rebalance waits meanwhile.
+_HAND_OVER = 5.0
 #: Seconds between steps on the event loop when the Kafka thread has nothing for it.
 _IDLE_STEP = 0.1
 #: Seconds without records after which the Kafka thread counts as idle.
@@ -364,6 +368,8 @@ class Worker:
         if self._waiting:
             return None
         if closing:
+            processors = self.processors.values()
+            await asyncio.gather(*(processor.hand_over(_HAND_OVER) for processor in processors))
             self._close_all()
         return self._snapshot()
 
@@ -753,6 +759,9 @@ class Worker:
         return self._delay_reader
 
     async def _close(self, partitions: list[TopicPartition]) -> Snapshot:
+        ingress = {tp.partition for tp in partitions if tp.topic == self.topics.ingress}
+        handed = [p for n, p in self.processors.items() if n in ingress]
+        await asyncio.gather(*(processor.hand_over(_HAND_OVER) for processor in handed))
         for tp in partitions:
             if tp.topic == self.topics.delay and tp.partition in self.delays:
                 self.delays[tp.partition].close()

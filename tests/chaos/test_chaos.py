@@ -21,6 +21,10 @@ from streams.wire.records import Invoke, Target, encode
 from tests.integration.conftest import WorkerProcesses
 from tests.integration.helpers import effect_runs
 
+# Up to 10 minutes: each test kills or rebalances workers and then waits up to 180 s for
+# the counts to settle, a wait that must be able to end with its own message.
+pytestmark = pytest.mark.timeout(600)
+
 KEYS = [f"k{i}" for i in range(10)]
 
 

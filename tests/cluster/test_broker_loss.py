@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from confluent_kafka import Producer
 
 from streams.client import Client
@@ -31,6 +32,10 @@ from streams.wire.partitioning import partition_for
 from streams.wire.records import Invoke, Target, encode
 from tests.integration.conftest import WorkerProcesses, served_ingress
 from tests.integration.helpers import effect_runs, poll_until
+
+# Up to 10 minutes: the module's first test also starts its 3-broker cluster (fixture
+# set-up counts against the limit), and this one kills and restarts brokers three times.
+pytestmark = pytest.mark.timeout(600)
 
 HTTP_KEYS = [f"h{i}" for i in range(4)]
 KAFKA_KEYS = [f"q{i}" for i in range(4)]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 
 from streams.client import Client
 from streams.kafka import broker
@@ -21,6 +22,10 @@ from streams.kafka.admin import TopicsDescription, create_topics, describe_topic
 from streams.settings import Settings
 from tests.integration.conftest import ROOT, WorkerProcesses, served_ingress
 from tests.integration.helpers import poll_until
+
+# Up to 10 minutes: the first test of a module may start the 3-broker cluster (fixture
+# set-up counts against the limit), and one restarts brokers.
+pytestmark = pytest.mark.timeout(600)
 
 KEYS = [f"c{i}" for i in range(8)]
 

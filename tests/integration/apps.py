@@ -25,6 +25,11 @@ from handlers import (
 # In-process tests release a blocked handler through these (not durable, test-only).
 GATES: dict[str, asyncio.Event] = {}
 STARTED: dict[str, asyncio.Event] = {}
+# ... and a ctx.run action blocked in its thread, and count its runs, through these.
+ACTION_STARTED: dict[str, threading.Event] = {}
+ACTION_GATES: dict[str, threading.Event] = {}
+ACTION_RUNS: dict[str, int] = {}
+_ACTION_RUNS_LOCK = threading.Lock()
 
 tally = VirtualObject("Tally")
 
@@ -83,6 +88,31 @@ async def hold(ctx: ObjectContext) -> str:
     await GATES.setdefault(ctx.key, asyncio.Event()).wait()
     ctx.set("held", True)
     return "released"
+
+
+@tally.handler()
+async def act_twice(ctx: ObjectContext) -> list[int]:
+    """Two ``ctx.run`` actions, the first waiting in its thread for the test's gate, the
+    second taking 0.3 s; returns how many times each has run in this process for the key."""
+    key = ctx.key
+    started = ACTION_STARTED.setdefault(key, threading.Event())
+    gate = ACTION_GATES.setdefault(key, threading.Event())
+
+    def counted(name: str) -> int:
+        with _ACTION_RUNS_LOCK:
+            ACTION_RUNS[f"{key}/{name}"] = ACTION_RUNS.get(f"{key}/{name}", 0) + 1
+            return ACTION_RUNS[f"{key}/{name}"]
+
+    def first() -> int:
+        started.set()
+        gate.wait(60)
+        return counted("first")
+
+    def second() -> int:
+        time.sleep(0.3)  # long enough to be cut off by a hand-over that started it
+        return counted("second")
+
+    return [await ctx.run("first", first), await ctx.run("second", second)]
 
 
 @tally.handler()
