@@ -21,6 +21,7 @@ from streams.kafka.broker import free_port
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from tests.integration import apps
+from tests.integration.helpers import poll_until
 from tests.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,13 +75,15 @@ async def served_ingress(settings: Settings, **options: int) -> AsyncIterator[tu
     services are announced; yields it and its URL (``ADMIN_URLS`` maps that to the admin)."""
     ingress = Ingress(settings, **options)
     await ingress.start()
-    for _ in range(100):
-        if set(ingress.client.services) >= {s.name for s in apps.SERVICES}:
-            break
-        await asyncio.sleep(0.1)
     runners = []
     urls = []
     try:
+
+        async def announced() -> bool:
+            return set(ingress.client.services) >= {s.name for s in apps.SERVICES}
+
+        # A worker's first transactions can be slow on a cold broker: wait, then say so.
+        await poll_until(announced, True, 60, "the worker's services known to the ingress")
         for app in (ingress.app(), ingress.admin_app()):
             runner = app_runner(app)
             await runner.setup()
