@@ -154,7 +154,7 @@ class Attempts:
     def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
         if self._closed() or inv.task is not task or task is None or task.done():
             return
-        if inv.meta.status != "running" or inv.effects or not self._is_waiting(inv):
+        if inv.meta.status != "running" or inv.actions or not self._is_waiting(inv):
             return  # busy, or a ctx.run action still runs (its result must be journaled)
         inv.close()
         inv.task = None

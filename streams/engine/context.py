@@ -361,8 +361,7 @@ class InvocationContext(WorkflowContext):
                 # Start no action that the partition's next owner would start again; the
                 # close that ends the hand-over cancels this wait.
                 await loop.create_future()
-            # Resolved once the action's outcome is journaled (or it was stopped): what a
-            # hand-over waits for (PartitionProcessor.hand_over).
+            # Resolved once the action's outcome is journaled (or it was stopped).
             journaled: asyncio.Future[None] = loop.create_future()
             self.invocation.actions.add(journaled)
             try:
@@ -377,7 +376,6 @@ class InvocationContext(WorkflowContext):
         self, index: int, name: str | None, action: Callable[[], Awaitable[T]] | Callable[[], T]
     ) -> None:
         """Run the action of journal entry ``index`` and journal its outcome."""
-        self.invocation.effects += 1
         try:
             with tracing.span(f"run {name}", attributes={"kourier.entry": index}):
                 result = await _perform(action, self.invocation.run_executor)
@@ -387,8 +385,6 @@ class InvocationContext(WorkflowContext):
                 index, failure=Failure(code=error.status_code, message=error.message)
             )
             raise
-        finally:
-            self.invocation.effects -= 1
         self.invocation.check_open()
         try:
             value = writable(result, f"the result of ctx.run({name!r})")

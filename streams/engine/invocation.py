@@ -91,7 +91,6 @@ class Invocation:
         "actions",
         "closed",
         "dirty_entries",
-        "effects",
         "handler_def",
         "journal",
         "lock_key",
@@ -120,8 +119,9 @@ class Invocation:
         self.persisted_entries = len(journal)  # entries already in the changelog
         self.persisted = bool(journal) or meta.status != "pending"
         self.closed = False
-        self.effects = 0  # ctx.run actions running now: no suspension until they end
-        self.actions: set[asyncio.Future[None]] = set()  # resolved once each is journaled
+        #: The ctx.run actions running now, each resolved once its outcome is journaled: no
+        #: suspension until they end, and a hand-over waits for them.
+        self.actions: set[asyncio.Future[None]] = set()
         #: The object key this invocation holds exclusively while it runs (its target and
         #: whether it is exclusive never change).
         self.lock_key: ObjectKey | None = None
