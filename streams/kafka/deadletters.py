@@ -14,7 +14,13 @@ from collections.abc import Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from streams.kafka.offsets import consume_ready, watermarks
+from streams.kafka.offsets import (
+    TOPIC_GRACE,
+    absent_topic,
+    consume_ready,
+    listed_topics,
+    watermarks,
+)
 from streams.settings import Settings
 from streams.wire.partitioning import partition_for
 from streams.wire.records import DeadLetter
@@ -68,8 +74,8 @@ def read(
 
 def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 30.0) -> int:
     """Produce each letter's original record to the ingress topic; returns how many.
-    Truncated letters, and letters from the delay topic, are refused (``ValueError``)
-    before anything is produced."""
+    Truncated letters, letters from the delay topic, and a missing ingress topic are
+    refused (``ValueError``) before anything is produced."""
     chosen = list(letters)
     topics = Topics(settings.namespace)
     cut = [letter.dlq_offset for letter in chosen if letter.truncated is not None]
@@ -80,8 +86,10 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
         # A delay record set aside names no invocation (or a bad one): nothing can run it.
         raise ValueError(f"dead letters at offsets {foreign} are not from the ingress topic")
     producer = Producer(settings.producer_config({"enable.idempotence": True, "log_level": 3}))
-    metadata = producer.list_topics(topics.ingress, timeout=timeout).topics[topics.ingress]
-    partitions = len(metadata.partitions)
+    listed, absent = listed_topics(producer, [topics.ingress], min(timeout, TOPIC_GRACE))
+    if absent:
+        raise ValueError(absent_topic(listed, topics.ingress))
+    partitions = len(listed[topics.ingress].partitions)
     errors: list[str] = []
     count = 0
     for letter in chosen:

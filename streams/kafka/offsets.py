@@ -18,6 +18,7 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
+    Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -79,7 +80,7 @@ TOPIC_GRACE = 10.0
 
 
 def listed_topics(
-    client: Consumer | AdminClient, names: Sequence[str], grace: float = TOPIC_GRACE
+    client: Consumer | Producer | AdminClient, names: Sequence[str], grace: float = TOPIC_GRACE
 ) -> tuple[dict[str, TopicMetadata], list[str]]:
     """The cluster's topic metadata, and which of ``names`` it does not list (or lists with
     an error, as a topic whose leaders are not elected yet). On a cluster, the broker asked

@@ -4,6 +4,7 @@ their reason and are counted; arbitrary input never stalls a partition or loses 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -27,7 +28,15 @@ from streams.metrics import DEADLETTERS
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import partition_for
-from streams.wire.records import Delayed, Invoke, RecordError, Target, decode_ingress, encode
+from streams.wire.records import (
+    DeadLetter,
+    Delayed,
+    Invoke,
+    RecordError,
+    Target,
+    decode_ingress,
+    encode,
+)
 from tests.integration.conftest import ROOT
 from tests.integration.helpers import poll_until
 
@@ -195,6 +204,23 @@ async def test_bad_delay_records_are_dead_lettered_and_delays_go_on(
     assert [found[key].original_value() for key in bad] == list(bad.values())
     with pytest.raises(ValueError, match="not from the ingress topic"):
         deadletters.replay(topics, [found[b"delay-0"]])
+
+
+def test_a_replay_with_no_ingress_topic_says_so_and_produces_nothing(settings: Settings) -> None:
+    """A namespace whose ingress topic is gone (or was never made): the replay names the
+    topic and refuses, rather than fail on a partition count of zero."""
+    letter = DeadLetter(
+        reason="not-json",
+        detail="",
+        topic=settings.namespace + ".ingress",
+        partition=0,
+        offset=0,
+        key=base64.b64encode(b"k").decode(),
+        payload=base64.b64encode(b"{").decode(),
+        at=datetime.now(UTC),
+    )
+    with pytest.raises(ValueError, match=rf"topic {settings.namespace}\.ingress is missing"):
+        deadletters.replay(settings, [letter], timeout=1.0)
 
 
 async def test_arbitrary_bytes_and_json_never_stall_or_lose_calls(
