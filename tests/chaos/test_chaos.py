@@ -13,6 +13,7 @@ from confluent_kafka import Producer
 
 from handlers import TerminalError
 from streams.client import Client
+from streams.http.index import InvocationIndex
 from streams.kafka import broker
 from streams.kafka.admin import create_topics
 from streams.settings import Settings
@@ -188,16 +189,30 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
 
 
 async def test_a_non_deterministic_handler_is_reported_not_replayed(
-    client: Client, worker_processes: WorkerProcesses, tmp_path: Path
+    topics: Settings, client: Client, worker_processes: WorkerProcesses, tmp_path: Path
 ) -> None:
     marker = tmp_path / "marker"
     first = worker_processes.spawn()
     call = asyncio.create_task(client.service("Relay", "drifting").request(str(marker)))
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the handler never ran"
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1)  # its first journal entry (the call to hold) is committed by now
+    # The index reads the changelog read_committed: once it shows the call to hold, that
+    # journal entry is committed, and the restarted handler must meet it.
+    index = InvocationIndex(topics)
+    await asyncio.to_thread(index.start)
+    try:
+        deadline = time.monotonic() + 60
+        waiting: list[str] = []
+        while not waiting:
+            assert time.monotonic() < deadline, (
+                f"no committed call to hold\n{worker_processes.logs()}"
+            )
+            await asyncio.sleep(0.05)
+            rows = index.query(service="Relay")
+            detail = index.describe(rows[0]["id"]) if rows else None
+            waiting = detail["waiting_on"] if detail else []
+        assert waiting == ["call(Tally/drift/hold) (entry 0)"]
+    finally:
+        await asyncio.to_thread(index.close)
+    assert marker.exists()
     first.kill()
     worker_processes.spawn()
     with pytest.raises(TerminalError) as failure:
