@@ -16,6 +16,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -138,11 +139,39 @@ def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
     return libs
 
 
+#: Ports this process has handed out, never handed out twice.
+_given: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    """The first port the kernel gives outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on, below the range the kernel draws
+    outgoing connections' ports from: a broker restarted on its old port, or a server that
+    binds a moment after this returns, cannot find it taken by some client's connection."""
+    top = _ephemeral_start()
+    low = max(1024, top - 12_000)
+    for _ in range(200 if top - low >= 1000 else 0):
+        port = random.randrange(low, top)
+        if port in _given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
         return port
+    with socket.socket() as sock:  # no room below the range: let the kernel choose
+        sock.bind(("127.0.0.1", 0))
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def _port_in_use(port: int) -> bool:
