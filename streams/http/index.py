@@ -117,6 +117,17 @@ class InvocationIndex:
                 }
             )
         )
+        try:
+            self._assign()
+        except BaseException:  # no thread to close the consumer later
+            self._consumer.close()
+            raise
+        self._running = True
+        self._thread = threading.Thread(target=self._follow, name="kourier-index", daemon=True)
+        self._thread.start()
+
+    def _assign(self) -> None:
+        """Read both changelogs from the start, noting where they end now."""
         followed = (self.topics.invocations, self.topics.state)
         metadata, absent = listed_topics(self._consumer, followed)
         if absent:
@@ -130,9 +141,6 @@ class InvocationIndex:
         ends = {(tp.topic, tp.partition): watermarks(self._consumer, tp)[1] for tp in assignment}
         self._ends = {where: end for where, end in ends.items() if end > 0}
         self._consumer.assign(assignment)
-        self._running = True
-        self._thread = threading.Thread(target=self._follow, name="kourier-index", daemon=True)
-        self._thread.start()
 
     def close(self) -> None:
         self._running = False

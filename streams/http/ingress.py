@@ -196,8 +196,12 @@ class Ingress:
 
     async def start(self) -> None:
         await self.client.start()
-        await self.client.catalog()
-        await asyncio.to_thread(self.index.start)
+        try:
+            await self.client.catalog()
+            await asyncio.to_thread(self.index.start)
+        except BaseException:  # close what started: no caller closes an ingress that did not
+            await self.client.close()
+            raise
         self._watch = asyncio.create_task(self._watch_deadlocks())
 
     async def _watch_deadlocks(self) -> None:

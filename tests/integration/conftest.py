@@ -74,7 +74,7 @@ async def served_ingress(settings: Settings, **options: int) -> AsyncIterator[tu
     """An in-process HTTP ingress (and its admin API) on free ports, once the worker's
     services are announced; yields it and its URL (``ADMIN_URLS`` maps that to the admin)."""
     ingress = Ingress(settings, **options)
-    await ingress.start()
+    await ingress.start()  # closes what it started if it fails
     runners = []
     urls = []
     try:

@@ -1,5 +1,6 @@
 """`kourier worker` and `kourier ingress` create missing topics, unless told not to; a
-client or worker started while its topics are being created waits for them."""
+client or worker started while its topics are being created waits for them; an ingress or
+an admin index whose start fails closes the Kafka clients it opened."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import aiohttp
 import pytest
 
 from streams.client import Client
+from streams.http import index as index_module
+from streams.http.index import InvocationIndex
+from streams.http.ingress import Ingress
 from streams.kafka.admin import create_topics, describe_topics
 from streams.kafka.broker import free_port
 from streams.kafka.worker import Worker
@@ -160,3 +164,36 @@ async def test_a_worker_started_before_its_topics_are_listed_waits_for_them(
     finally:
         worker.stop()
         await asyncio.wait_for(running, 60)
+
+
+async def test_an_ingress_that_fails_to_start_closes_its_client(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the client started (here the admin index's) closes the client: no
+    caller closes an ingress whose start failed, and its Kafka handles would live on."""
+    ingress = Ingress(topics)
+
+    def broken() -> None:
+        raise RuntimeError("the index cannot start")
+
+    monkeypatch.setattr(ingress.index, "start", broken)
+    with pytest.raises(RuntimeError, match="the index cannot start"):
+        await ingress.start()
+    assert not ingress.client._running, "the client was left running"
+
+
+def test_an_index_that_fails_to_start_closes_its_consumer(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the index made its consumer (here reading where the changelogs
+    end) closes that consumer: only a started index's close would."""
+    index = InvocationIndex(topics)
+
+    def broken(*_: object) -> tuple[int, int]:
+        raise RuntimeError("no ends")
+
+    monkeypatch.setattr(index_module, "watermarks", broken)
+    with pytest.raises(RuntimeError, match="no ends"):
+        index.start()
+    with pytest.raises(RuntimeError, match="closed"):
+        index._consumer.assignment()
