@@ -38,6 +38,7 @@ from streams import tracing
 from streams.errors import KourierError
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
+    MissingTopics,
     absent_topic,
     consume_ready,
     listed_topics,
@@ -78,10 +79,6 @@ class ServiceInfo(BaseModel):
     def handler_kind(self, handler: str) -> str | None:
         info = self.handlers.get(handler)
         return None if info is None else info.get("kind")
-
-
-class MissingTopics(KourierError, RuntimeError):
-    """The namespace's topics do not exist (``kourier topics create`` makes them)."""
 
 
 class KafkaUnavailable(KourierError, RuntimeError):

@@ -16,6 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 
 from streams.kafka.offsets import (
     TOPIC_GRACE,
+    MissingTopics,
     absent_topic,
     consume_ready,
     listed_topics,
@@ -30,7 +31,8 @@ from streams.wire.topics import Topics
 def read(
     settings: Settings, *, reason: str | None = None, timeout: float = 30.0
 ) -> list[DeadLetter]:
-    """Every dead letter now on the topic (oldest first), optionally of one ``reason``."""
+    """Every dead letter now on the topic (oldest first), optionally of one ``reason``;
+    ``MissingTopics`` when the namespace has no dead-letter topic."""
     topics = Topics(settings.namespace)
     consumer = Consumer(
         settings.client_config(
@@ -44,6 +46,9 @@ def read(
     )
     letters: list[DeadLetter] = []
     try:
+        listed, absent = listed_topics(consumer, [topics.deadletter], min(timeout, TOPIC_GRACE))
+        if absent:
+            raise MissingTopics(absent_topic(listed, topics.deadletter))
         tp = TopicPartition(topics.deadletter, 0, OFFSET_BEGINNING)
         _, end = watermarks(consumer, tp)
         if end == 0:
@@ -74,8 +79,8 @@ def read(
 
 def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 30.0) -> int:
     """Produce each letter's original record to the ingress topic; returns how many.
-    Truncated letters, letters from the delay topic, and a missing ingress topic are
-    refused (``ValueError``) before anything is produced."""
+    Truncated letters and letters from the delay topic are refused (``ValueError``), and a
+    missing ingress topic (``MissingTopics``), before anything is produced."""
     chosen = list(letters)
     topics = Topics(settings.namespace)
     cut = [letter.dlq_offset for letter in chosen if letter.truncated is not None]
@@ -88,7 +93,7 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
     producer = Producer(settings.producer_config({"enable.idempotence": True, "log_level": 3}))
     listed, absent = listed_topics(producer, [topics.ingress], min(timeout, TOPIC_GRACE))
     if absent:
-        raise ValueError(absent_topic(listed, topics.ingress))
+        raise MissingTopics(absent_topic(listed, topics.ingress))
     partitions = len(listed[topics.ingress].partitions)
     errors: list[str] = []
     count = 0

@@ -24,6 +24,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from confluent_kafka.admin._metadata import TopicMetadata
 
+from streams.errors import KourierError
 from streams.settings import Settings
 
 # Answers that pass by themselves: leadership moving or not yet settled, a broker restarting.
@@ -100,6 +101,10 @@ def listed_topics(
             log.info("topics %s are not ready yet; asking again for %gs", absent, grace)
             logged = True
         time.sleep(0.2)
+
+
+class MissingTopics(KourierError, RuntimeError):
+    """The namespace's topics do not exist (``kourier topics create`` makes them)."""
 
 
 def absent_topic(metadata: dict[str, TopicMetadata], name: str) -> str:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from handlers.exceptions import TerminalError
 from streams.client import Client
 from streams.engine.partition import MAX_RECORD_BYTES
 from streams.kafka import deadletters
+from streams.kafka.offsets import MissingTopics
 from streams.kafka.worker import Worker
 from streams.metrics import DEADLETTERS
 from streams.settings import Settings
@@ -219,8 +221,17 @@ def test_a_replay_with_no_ingress_topic_says_so_and_produces_nothing(settings: S
         payload=base64.b64encode(b"{").decode(),
         at=datetime.now(UTC),
     )
-    with pytest.raises(ValueError, match=rf"topic {settings.namespace}\.ingress is missing"):
+    with pytest.raises(MissingTopics, match=rf"topic {settings.namespace}\.ingress is missing"):
         deadletters.replay(settings, [letter], timeout=1.0)
+
+
+def test_listing_dead_letters_of_a_namespace_without_topics_says_so(settings: Settings) -> None:
+    """It asked for the watermarks of a partition that does not exist, for 30 s, and then
+    reported "Unknown partition"."""
+    began = time.monotonic()
+    with pytest.raises(MissingTopics, match=rf"topic {settings.namespace}\.deadletter is missing"):
+        deadletters.read(settings, timeout=1.0)
+    assert time.monotonic() - began < 10, "it waited out more than the given timeout"
 
 
 async def test_arbitrary_bytes_and_json_never_stall_or_lose_calls(
