@@ -330,18 +330,27 @@ def call(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with Client(_settings(args)) as client:
+            services = await client.catalog()
+            if target.service not in services:  # announced a moment ago, perhaps
+                services = await client.catalog(refresh=True)
+            if target.service not in services:  # Kafka keeps it until a worker hosts it
+                what = "the message waits" if args.command == "send" else "the call waits"
+                say(f"kourier: no worker has announced {target.service}; {what} in Kafka "
+                    "until one does (`kourier services` lists those announced)")  # fmt: skip
             if args.command == "send":
-                await client.catalog()
                 receipt = await client.send_to(
                     target, argument, delay=delay, idempotency_key=args.idempotency_key
                 )
                 print(json.dumps({"invocationId": receipt.invocation_id, "status": receipt.status}))
                 return 0
-            await client.catalog()
-            inv_id, response = await client.call(
-                target, argument, idempotency_key=args.idempotency_key
-            )
+            # Said before the wait, so that a call that waits can be looked up or cancelled.
+            inv_id = client.invocation_id_for(target, args.idempotency_key)
             say(f"invocation {inv_id}")
+            answered_as, response = await client.call(
+                target, argument, idempotency_key=args.idempotency_key, invocation_id=inv_id
+            )
+            if answered_as != inv_id:
+                say(f"answered as invocation {answered_as}")
             if response.failure is not None:
                 print(json.dumps(response.failure.model_dump()))
                 return 1

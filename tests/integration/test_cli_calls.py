@@ -1,0 +1,74 @@
+"""`kourier call` and `kourier send` against a real broker: the result on stdout, the
+invocation id on stderr before the wait, and a word when no worker hosts the service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from streams.client import Client
+from streams.kafka.worker import Worker
+from streams.settings import Settings
+from tests.integration.conftest import ROOT
+from tests.integration.helpers import poll_until
+from tests.processes import stop_process
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_NAMESPACE=settings.namespace,
+                KOURIER_BOOTSTRAP_SERVERS=settings.bootstrap_servers)  # fmt: skip
+
+
+def _kourier(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "streams.cli", *args]
+    return subprocess.run(command, cwd=ROOT, env=_env(settings), capture_output=True, text=True,
+                          timeout=90)  # fmt: skip
+
+
+def _spawn(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "streams.cli", *args]
+    with log.open("wb") as out:
+        return subprocess.Popen(command, cwd=ROOT, env=_env(settings),
+                                stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
+
+
+async def test_a_call_prints_its_result_and_its_invocation_id(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    async def announced() -> bool:
+        return "Tally" in await client.catalog(refresh=True)
+
+    await poll_until(announced, True, 60, "the worker's services announced")
+    done = await asyncio.to_thread(_kourier, topics, "call", "Tally/cli/add", "2")
+    assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
+    assert re.search(r"^invocation inv_[0-9a-f]+$", done.stderr, re.MULTILINE), done.stderr
+    assert "no worker has announced" not in done.stderr
+    sent = await asyncio.to_thread(_kourier, topics, "send", "Tally/cli/add", "3")
+    assert sent.returncode == 0, sent.stderr
+    again = await asyncio.to_thread(_kourier, topics, "call", "Tally/cli/count")
+    assert again.stdout == "5\n", again.stderr
+
+
+async def test_a_call_no_worker_hosts_says_so_and_names_its_invocation_first(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """It waited in silence, and said its invocation id only once answered."""
+    log = tmp_path / "call.log"
+    process = await asyncio.to_thread(_spawn, topics, log, "call", "Nowhere/run", "1")
+    try:
+
+        async def told() -> bool:
+            text = log.read_text()
+            return "no worker has announced Nowhere" in text and "invocation inv_" in text
+
+        await poll_until(told, True, 60, "the call's notice and invocation id")
+        assert process.poll() is None, "the call ended instead of waiting for a worker"
+    finally:
+        await asyncio.to_thread(stop_process, process)
+    sent = await asyncio.to_thread(_kourier, topics, "send", "Nowhere/run", "1")
+    assert sent.returncode == 0, sent.stderr
+    assert "no worker has announced Nowhere; the message waits in Kafka" in sent.stderr
