@@ -24,23 +24,45 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(text: str) -> int:
+    """A TCP port (0: any free one), refused by argparse with its range otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is no port: give a number from 0 to 65535")
+    return port
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1 (partitions, replicas, nodes, rows)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return count
+
+
 def _kafka_flags(parser: argparse.ArgumentParser, partitions: bool = False) -> None:
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap (KOURIER_BOOTSTRAP_SERVERS)")
     parser.add_argument("--namespace", help="topic prefix (KOURIER_NAMESPACE, default kourier)")
     if partitions:
         parser.add_argument(
-            "--partitions", type=int, help="ingress partitions (KOURIER_PARTITIONS, default 8)"
+            "--partitions", type=_count, help="ingress partitions (KOURIER_PARTITIONS, default 8)"
         )
 
 
 def _topic_flags(parser: argparse.ArgumentParser) -> None:
     """Creating the namespace's missing topics at start, as Kafka Streams does."""
     parser.add_argument(
-        "--partitions", type=int, help="partitions of topics it creates (KOURIER_PARTITIONS)"
+        "--partitions", type=_count, help="partitions of topics it creates (KOURIER_PARTITIONS)"
     )
     parser.add_argument(
         "--replication-factor",
-        type=int,
+        type=_count,
         help="replicas of topics it creates (KOURIER_REPLICATION_FACTOR; default min(3, brokers))",
     )
     parser.add_argument(
@@ -53,8 +75,8 @@ def _topic_flags(parser: argparse.ArgumentParser) -> None:
 
 def _http_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="HTTP ingress port")
-    parser.add_argument("--admin-port", type=int, default=9070, help="admin API port")
+    parser.add_argument("--port", type=_port, default=8080, help="HTTP ingress port")
+    parser.add_argument("--admin-port", type=_port, default=9070, help="admin API port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
             op.add_argument("--data", default=str(run.DEFAULT_DATA), help="data directory")
         if name == "start":
             op.add_argument(
-                "--port", type=int, default=9092, help="listener port, the first node's with "
+                "--port", type=_port, default=9092, help="listener port, the first node's with "
                 "--nodes (the others take the next ones); 0 = any free"
             )  # fmt: skip
             op.add_argument(
-                "--nodes", type=int, default=1, help="KRaft nodes: 3 starts a local cluster"
+                "--nodes", type=_count, default=1, help="KRaft nodes: 3 starts a local cluster"
             )
         if name in ("start", "status"):
             _json_flag(op)
@@ -96,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_flags(create, partitions=True)
     create.add_argument(
         "--replication-factor",
-        type=int,
+        type=_count,
         help="replicas per topic (KOURIER_REPLICATION_FACTOR; default min(3, brokers))",
     )
     _json_flag(create)
@@ -111,10 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("-v", "--verbose", action="store_true")
     worker.add_argument(
         "--metrics-port",
-        type=int,
-        default=int(os.environ["KOURIER_METRICS_PORT"])
-        if os.environ.get("KOURIER_METRICS_PORT")
-        else None,
+        type=_port,
+        default=os.environ.get("KOURIER_METRICS_PORT") or None,  # argparse checks a string
         help="serve Prometheus metrics on this port (KOURIER_METRICS_PORT; default: off)",
     )
     worker.add_argument("--metrics-host", default="127.0.0.1", help="interface for metrics")
@@ -130,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="broker + topics + worker + ingress, for development")
     dev.add_argument("module", help="the handlers to run, e.g. examples.quickstart")
-    dev.add_argument("--kafka-port", type=int, default=0, help="local broker port (0 = free)")
-    dev.add_argument("--nodes", type=int, default=1, help="local KRaft nodes (3: a cluster)")
+    dev.add_argument("--kafka-port", type=_port, default=0, help="local broker port (0 = free)")
+    dev.add_argument("--nodes", type=_count, default=1, help="local KRaft nodes (3: a cluster)")
     dev.add_argument("--data", default=str(run.DEFAULT_DATA.with_name("dev-broker")))
     dev.add_argument("-v", "--verbose", action="store_true")
     _http_flags(dev)
@@ -158,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=STATUSES, metavar="STATUS", help=", ".join(STATUSES))
     listing.add_argument("--service")
     listing.add_argument("--key")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_count, default=50)
     _admin_flags(listing)
     deadlocks = invocation_ops.add_parser("deadlocks", help="wait-for cycles between invocations")
     _admin_flags(deadlocks)
@@ -179,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = commands.add_parser("dlq", help="dead letters: list them, replay them to ingress")
     dlq_ops = dlq.add_subparsers(dest="op", required=True)
     dlq_list = dlq_ops.add_parser("list", help="dead letters with their reason, newest last")
-    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--limit", type=_count, default=100)
     dlq_replay = dlq_ops.add_parser("replay", help="produce dead letters to ingress again")
     dlq_replay.add_argument("--offset", type=int, action="append", help="a DLQ offset")
     dlq_replay.add_argument("--all", action="store_true", help="every one (of --reason)")
@@ -208,7 +228,7 @@ def _bulk_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list what matches; do nothing")
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument(
-        "--limit", type=int, default=1000, help="act on at most N, the newest (default 1000)"
+        "--limit", type=_count, default=1000, help="act on at most N, the newest (default 1000)"
     )
 
 

@@ -209,3 +209,43 @@ def test_an_argument_that_is_not_json_is_one_line_that_shows_how_to_quote(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("kourier: error: the argument 'ada' is not JSON (Expecting value")
     assert line.endswith("""a string is quoted: '"ada"'""")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["ingress", "--port", "99999"], "argument --port: '99999' is no port"),
+        (["ingress", "--admin-port", "http"], "argument --admin-port: 'http' is no port"),
+        (["worker", "m", "--metrics-port", "-1"], "argument --metrics-port: '-1' is no port"),
+        (["dev", "m", "--kafka-port", "65536"], "argument --kafka-port: '65536' is no port"),
+        (["topics", "create", "--partitions", "0"], "argument --partitions: '0': give a whole"),
+        (["topics", "create", "--replication-factor", "-3"], "'-3': give a whole number"),
+        (["broker", "start", "--nodes", "0"], "argument --nodes: '0': give a whole number"),
+        (["dlq", "list", "--limit", "-1"], "argument --limit: '-1': give a whole number"),
+        (["invocations", "cancel", "--service", "S", "--limit", "0"], "'0': give a whole"),
+    ],
+)
+def test_a_port_or_count_out_of_range_is_refused_before_anything_starts(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A port past 65535 reached the server's bind() and ended in a traceback; zero nodes
+    started a single broker; a negative --limit listed all but the first dead letter."""
+    from streams.cli import parser
+
+    with pytest.raises(SystemExit) as exited:
+        parser.build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_the_metrics_port_from_the_environment_is_checked_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import parser
+
+    monkeypatch.setenv("KOURIER_METRICS_PORT", "9100")
+    assert parser.build_parser().parse_args(["worker", "m"]).metrics_port == 9100
+    monkeypatch.setenv("KOURIER_METRICS_PORT", "metrics")
+    with pytest.raises(SystemExit):
+        parser.build_parser().parse_args(["worker", "m"])
+    assert "'metrics' is no port" in capsys.readouterr().err
