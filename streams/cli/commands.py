@@ -142,9 +142,14 @@ def _ensure_topics(args: argparse.Namespace, settings: Settings) -> None:
         return
     from streams.kafka.admin import create_missing_topics
 
-    for state in create_missing_topics(settings):
+    created, partitions = create_missing_topics(settings)
+    for state in created:
         shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
         say(f"kourier: created {state.spec.name} ({shape})")
+    asked = getattr(args, "partitions", None)
+    if asked is not None and asked != partitions:
+        say(f"kourier: warning: {Topics(settings.namespace).ingress} has {partitions} partitions;"
+            f" --partitions {asked} applies only to topics not yet created")  # fmt: skip
 
 
 def topics_describe(args: argparse.Namespace) -> int:

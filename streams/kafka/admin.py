@@ -89,19 +89,22 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
     return states
 
 
-def create_missing_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]:
+def create_missing_topics(
+    settings: Settings, timeout: float = 30.0
+) -> tuple[list[TopicState], int]:
     """What ``kourier worker`` and ``kourier ingress`` do at start: nothing when every topic
     exists (the worker checks their shape itself); otherwise create the missing ones,
     co-partitioned with the namespace's ingress topic when that exists (its partition count
-    wins over the setting). Returns the topics it created."""
+    wins over the setting). Returns the topics it created, and the partition count in use."""
     metadata = admin_client(settings).list_topics(timeout=timeout).topics
     topics = Topics(settings.namespace)
-    if all(spec.name in metadata for spec in topics.specs(settings.partitions)):
-        return []
     ingress = metadata.get(topics.ingress)
-    if ingress is not None:
+    if ingress is not None and ingress.partitions:
         settings = settings.model_copy(update={"partitions": len(ingress.partitions)})
-    return [state for state in create_topics(settings, timeout) if state.created]
+    if all(spec.name in metadata for spec in topics.specs(settings.partitions)):
+        return [], settings.partitions
+    created = [state for state in create_topics(settings, timeout) if state.created]
+    return created, settings.partitions
 
 
 def _wait_for_metadata(

@@ -90,6 +90,25 @@ async def test_an_ingress_creates_missing_topics_and_serves(
         stop_process(ingress)
 
 
+async def test_a_worker_told_other_partitions_than_its_topics_have_says_which_it_uses(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """The topics' partition count wins over --partitions; the worker used to say nothing
+    of the flag it ignored."""
+    log = tmp_path / "worker.log"
+    worker = kourier(topics, "worker", "tests.integration.apps", "--partitions", "3", log=log)
+    try:
+        told = f"{topics.namespace}.ingress has {topics.partitions} partitions; --partitions 3"
+
+        async def said() -> bool:
+            return told in log.read_text()
+
+        await poll_until(said, True, 60, f"the warning ({log.read_text()[-500:]})")
+        assert worker.poll() is None, "the worker did not go on with the topics' count"
+    finally:
+        stop_process(worker)
+
+
 async def test_with_no_create_topics_both_refuse_with_a_clear_error(
     settings: Settings, tmp_path: Path
 ) -> None:
