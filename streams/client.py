@@ -38,12 +38,14 @@ from streams import tracing
 from streams.errors import KourierError
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
-    MissingTopics,
     absent_topic,
     consume_ready,
     listed_topics,
     transient,
     watermarks,
+)
+from streams.kafka.offsets import (
+    MissingTopics as MissingTopics,  # raised by start(), so part of this module's API
 )
 from streams.kafka.stalls import StallWatch, watch
 from streams.settings import Settings

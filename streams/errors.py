@@ -15,3 +15,11 @@ class KourierError(Exception):
     """Base of every error the runtime raises on purpose."""
 
     retriable: bool = False
+
+
+class ServeError(KourierError, OSError):
+    """A server (the ingress, the admin API, a worker's metrics) cannot listen where it was
+    told: the port is in use, or the address is not this machine's."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {error.strerror or error}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.cli import output
+from streams.errors import ServeError
 from streams.kafka import broker
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -35,6 +36,8 @@ def say(message: str) -> None:
 
 
 def broker_start(args: argparse.Namespace) -> int:
+    if args.port and args.port + args.nodes - 1 > 65535:  # the other nodes take the next ones
+        raise ValueError(f"--port {args.port} leaves no room for {args.nodes} nodes' ports")
     began = time.monotonic()
     say(f"kourier: resolving Apache Kafka {broker.kafka_version()} with Maven ...")
     broker.resolve_jars()
@@ -148,8 +151,8 @@ def _ensure_topics(args: argparse.Namespace, settings: Settings) -> None:
         say(f"kourier: created {state.spec.name} ({shape})")
     asked = getattr(args, "partitions", None)
     if asked is not None and asked != partitions:
-        say(f"kourier: warning: {Topics(settings.namespace).ingress} has {partitions} partitions;"
-            f" --partitions {asked} applies only to topics not yet created")  # fmt: skip
+        say(f"kourier: warning: --partitions {asked} is ignored: the namespace's topics keep (or"
+            f" are created with) the {partitions} partitions of its ingress topic")  # fmt: skip
 
 
 def topics_describe(args: argparse.Namespace) -> int:
@@ -223,7 +226,10 @@ def worker(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=args.metrics_host)
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_host)
+        except OSError as error:
+            raise ServeError(args.metrics_host, args.metrics_port, error) from None
         say(f"kourier: worker metrics on http://{args.metrics_host}:{args.metrics_port}/metrics")
 
     async def main(stop: Any) -> None:
@@ -338,10 +344,12 @@ def call(args: argparse.Namespace) -> int:
             services = await client.catalog()
             if target.service not in services:  # announced a moment ago, perhaps
                 services = await client.catalog(refresh=True)
-            if target.service not in services:  # Kafka keeps it until a worker hosts it
-                what = "the message waits" if args.command == "send" else "the call waits"
-                say(f"kourier: no worker has announced {target.service}; {what} in Kafka "
-                    "until one does (`kourier services` lists those announced)")  # fmt: skip
+            if target.service not in services:
+                what, refused = ("message", "dead-letters it") if args.command == "send" else (
+                    "call", "answers 404")  # fmt: skip
+                say(f"kourier: no worker has announced {target.service}: with no worker running,"
+                    f" the {what} waits in Kafka until one does; a running worker that does not"
+                    f" host it {refused} (`kourier services` lists those announced)")  # fmt: skip
             if args.command == "send":
                 receipt = await client.send_to(
                     target, argument, delay=delay, idempotency_key=args.idempotency_key

@@ -28,7 +28,7 @@ from pydantic import JsonValue, ValidationError
 from handlers.exceptions import TerminalError
 from streams import tracing
 from streams.client import Client, KafkaUnavailable, ServiceInfo
-from streams.errors import KourierError
+from streams.errors import KourierError, ServeError
 from streams.http import bulk
 from streams.http.index import InvocationIndex
 from streams.metrics import DEADLOCKS, labelled
@@ -624,11 +624,20 @@ async def serve(
     log.info("settings: %s", settings.redacted())
     ingress = Ingress(settings)
     await ingress.start()
-    runners = []
-    for app, bind_port in ((ingress.app(), port), (ingress.admin_app(), admin_port)):
-        runner = app_runner(app)
-        await runner.setup()
-        await web.TCPSite(runner, host, bind_port).start()
-        runners.append(runner)
+    runners: list[web.AppRunner] = []
+    try:
+        for app, bind_port in ((ingress.app(), port), (ingress.admin_app(), admin_port)):
+            runner = app_runner(app)
+            runners.append(runner)
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, host, bind_port).start()
+            except OSError as error:
+                raise ServeError(host, bind_port, error) from None
+    except BaseException:  # close what started: the caller gets nothing to close
+        for runner in runners:
+            await runner.cleanup()
+        await ingress.close()
+        raise
     log.info("ingress on http://%s:%d, admin on http://%s:%d", host, port, host, admin_port)
     return ingress, runners

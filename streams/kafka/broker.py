@@ -154,7 +154,10 @@ def _ephemeral_start() -> int:
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on, below the range the kernel draws
     outgoing connections' ports from: a broker restarted on its old port, or a server that
-    binds a moment after this returns, cannot find it taken by some client's connection."""
+    binds a moment after this returns, cannot find it taken by some client's connection.
+    Never the same port twice in this process; another process that picks ports this way
+    may draw it before either binds (as with any check of a free port), one time in
+    thousands for a handful of ports."""
     top = _ephemeral_start()
     low = max(1024, top - 12_000)
     for _ in range(200 if top - low >= 1000 else 0):
@@ -168,10 +171,13 @@ def free_port() -> int:
                 continue
         _given.add(port)
         return port
-    with socket.socket() as sock:  # no room below the range: let the kernel choose
-        sock.bind(("127.0.0.1", 0))
-        chosen: int = sock.getsockname()[1]
-        return chosen
+    while True:  # no room below the range: let the kernel choose
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            chosen: int = sock.getsockname()[1]
+        if chosen not in _given:
+            _given.add(chosen)
+            return chosen
 
 
 def _port_in_use(port: int) -> bool:

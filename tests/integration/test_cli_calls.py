@@ -1,16 +1,19 @@
-"""`kourier call` and `kourier send` against a real broker: the result on stdout, the
-invocation id on stderr before the wait, and a word when no worker hosts the service."""
+"""The CLI against a real broker: `kourier call` and `kourier send` print the result, the
+invocation id before the wait, and a word when no worker hosts the service; a server told
+to listen on a port in use says so in one line."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from streams.client import Client
+from streams.kafka.broker import free_port
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from tests.integration.conftest import ROOT
@@ -71,4 +74,25 @@ async def test_a_call_no_worker_hosts_says_so_and_names_its_invocation_first(
         await asyncio.to_thread(stop_process, process)
     sent = await asyncio.to_thread(_kourier, topics, "send", "Nowhere/run", "1")
     assert sent.returncode == 0, sent.stderr
-    assert "no worker has announced Nowhere; the message waits in Kafka" in sent.stderr
+    assert "no worker has announced Nowhere: with no worker running, the message waits" in (
+        sent.stderr
+    )
+
+
+async def test_a_port_in_use_is_one_line_that_names_it(topics: Settings) -> None:
+    """The ingress's port and a worker's metrics port, taken: both end with exit 2 and
+    one line naming the port (they ended in a traceback, the ingress's Kafka client open)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        commands = {
+            "ingress": ("ingress", "--port", port, "--admin-port", str(free_port())),
+            "admin": ("ingress", "--port", str(free_port()), "--admin-port", port),
+            "worker": ("worker", "tests.integration.apps", "--metrics-port", port),
+        }
+        for name, args in commands.items():
+            done = await asyncio.to_thread(_kourier, topics, *args)
+            assert done.returncode == 2, f"{name}: {done.stderr[-2000:]}"
+            assert f"kourier: error: cannot listen on 127.0.0.1:{port}: " in done.stderr, name
+            assert "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -2,6 +2,7 @@ import gc
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -249,3 +250,14 @@ def test_the_metrics_port_from_the_environment_is_checked_too(
     with pytest.raises(SystemExit):
         parser.build_parser().parse_args(["worker", "m"])
     assert "'metrics' is no port" in capsys.readouterr().err
+
+
+def test_a_cluster_whose_ports_would_pass_65535_is_refused_before_maven_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import parser
+
+    argv = ["broker", "start", "--port", "65534", "--nodes", "3", "--data", str(tmp_path)]
+    assert parser.main(argv) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ["kourier: error: --port 65534 leaves no room for 3 nodes' ports"]

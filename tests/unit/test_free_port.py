@@ -14,7 +14,8 @@ def test_ports_lie_below_the_outgoing_range_and_are_distinct() -> None:
     top = broker._ephemeral_start()
     ports = [broker.free_port() for _ in range(50)]
     assert len(set(ports)) == 50
-    assert all(1024 <= port < top for port in ports), (top, sorted(ports))
+    if top - 1024 >= 1000:  # else there is no room below the range, and the kernel chooses
+        assert all(1024 <= port < top for port in ports), (top, sorted(ports))
     for port in ports[:5]:  # and each can be listened on
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
@@ -26,6 +27,7 @@ def test_a_port_in_use_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
         taken.bind(("127.0.0.1", broker.free_port()))
         taken.listen()
         busy = taken.getsockname()[1]
+        broker._given.discard(busy)  # only the bind may turn it down
         other = broker.free_port()
         tries = iter([busy, other])
         monkeypatch.setattr(broker.random, "randrange", lambda low, high: next(tries))
