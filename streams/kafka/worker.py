@@ -40,6 +40,7 @@ from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import forget_gauges, observe
+from streams.kafka.membership import Membership
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
     absent_topic,
@@ -220,6 +221,7 @@ class Worker:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        self._membership = Membership(f"{self.settings.namespace}.workers")
         log.info("worker %s hosts %s", self._worker_id, ", ".join(self.registry.services))
         log.info("settings: %s", self.settings.redacted())
         stalls = asyncio.create_task(watch(admin, self._stalls, self._owned))
@@ -300,9 +302,10 @@ class Worker:
         return 0.0 if self._committer.idle else 0.001
 
     def _observe(self) -> None:
-        """Refresh the gauges (Kafka thread)."""
+        """Refresh the gauges, and say if the consumer is out of its group (Kafka thread)."""
         self._observed_at = time.monotonic()
         observe(self._consumer, self.topics, self.processors, self.delays)
+        self._membership.check(self._consumer)
 
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the event loop and wait for its result (Kafka thread only)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,14 +55,19 @@ def increments(n: int, settings: Settings) -> list[tuple[Invoke, str]]:
     return made
 
 
-async def counts_when_settled(client: Client, total: int, seconds: float) -> list[int]:
-    """The counts once they add up to ``total`` (or stop moving), then 2 s later again."""
+async def counts_when_settled(
+    client: Client, total: int, seconds: float, logs: Callable[[], str] = str
+) -> list[int]:
+    """The counts once they add up to ``total`` (or stop moving), then 2 s later again;
+    a round of reads unanswered for 90 s fails with ``logs()`` (the workers')."""
     deadline = time.monotonic() + seconds
     counts: list[int] = []
     while time.monotonic() < deadline:
-        counts = await asyncio.wait_for(
-            asyncio.gather(*(client.object("Tally", k, "count").request() for k in KEYS)), 90
-        )
+        reads = asyncio.gather(*(client.object("Tally", k, "count").request() for k in KEYS))
+        try:
+            counts = await asyncio.wait_for(reads, 90)
+        except TimeoutError:
+            raise AssertionError(f"no worker answered the count reads in 90 s\n{logs()}") from None
         if sum(counts) >= total:
             break
         await asyncio.sleep(0.5)
@@ -88,7 +94,7 @@ async def test_increments_stay_exact_through_kill_9(
     load = asyncio.create_task(produce_sends(topics, increments(5000, topics)))
     kills = await kill_repeatedly(worker_processes, 4, load)
     await load
-    counts = await counts_when_settled(client, 5000, 180)
+    counts = await counts_when_settled(client, 5000, 180, worker_processes.logs)
     assert kills == 4
     assert counts == [500] * len(KEYS), f"{counts}\n{worker_processes.logs()}"
 
@@ -111,7 +117,7 @@ async def test_calls_and_side_effects_through_kill_9(
     load = asyncio.create_task(produce_sends(topics, side_effect_calls(400, topics, effects)))
     await kill_repeatedly(worker_processes, 4, load)
     await load
-    counts = await counts_when_settled(client, 400, 180)
+    counts = await counts_when_settled(client, 400, 180, worker_processes.logs)
     assert counts == [40] * len(KEYS), f"each call's effect once: {counts}"
     # At least once: a ctx.run effect repeats when a kill lands between the effect and the
     # commit of its journal entry (README, Guarantees); the calls after it never repeat.
@@ -125,7 +131,7 @@ async def test_side_effects_run_once_without_failures(
     worker_processes.spawn()
     worker_processes.spawn()  # a rebalance while the load starts is part of the normal case
     await produce_sends(topics, side_effect_calls(400, topics, effects))
-    counts = await counts_when_settled(client, 400, 180)
+    counts = await counts_when_settled(client, 400, 180, worker_processes.logs)
     assert counts == [40] * len(KEYS)
     runs = effect_runs(effects)
     assert {tag: len(pids) for tag, pids in runs.items()} == {f"effect-{i}": 1 for i in range(400)}
@@ -142,7 +148,7 @@ async def test_scale_out_and_back_in_under_load(
     for worker in extra:
         worker.stop()
     await load
-    counts = await counts_when_settled(client, 4000, 180)
+    counts = await counts_when_settled(client, 4000, 180, worker_processes.logs)
     assert counts == [400] * len(KEYS), f"{counts}\n{worker_processes.logs()}"
     assert first.process is not None
     assert first.process.poll() is None, "the first worker kept running throughout"
@@ -170,7 +176,7 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
         await asyncio.to_thread(broker.start, data, 0)
         await produce_sends(settings, records[1500:])
         async with Client(settings) as client:
-            counts = await counts_when_settled(client, 3000, 180)
+            counts = await counts_when_settled(client, 3000, 180, workers.logs)
             assert counts == [300] * len(KEYS), f"{counts}\n{workers.logs()}"
             deadline = time.monotonic() + 60
             delayed = await client.object("Tally", "after-restart", "count").request()
