@@ -274,6 +274,11 @@ def worker_consumer(settings: Settings, group: str, fetch_wait_ms: int = FETCH_W
                 # The broker's minimum, so that a dead worker's partitions move on quickly.
                 "session.timeout.ms": 6_000,
                 "heartbeat.interval.ms": 1_000,
+                # A join waits for the subscribed topics' metadata; if that request fails (its
+                # broker went down), librdkafka's source leaves the join waiting until the
+                # periodic refresh (rd_kafka_cgrp_join, join-state wait-metadata): 5 min by
+                # default, 10 s here, at one metadata request per 10 s per consumer.
+                "topic.metadata.refresh.interval.ms": 10_000,
             }
         )
     )
