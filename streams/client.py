@@ -38,9 +38,8 @@ from streams import tracing
 from streams.errors import KourierError
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
-    absent_topic,
     consume_ready,
-    listed_topics,
+    required_topics,
     transient,
     watermarks,
 )
@@ -178,9 +177,7 @@ class Client:
 
     def _assign_reader_at_end(self) -> None:
         needed = (self.topics.ingress, self.topics.responses, self.topics.services)
-        metadata, absent = listed_topics(self._reader, needed)
-        if absent:
-            raise MissingTopics(absent_topic(metadata, absent[0]))
+        metadata = required_topics(self._reader, needed)
         self.partitions = len(metadata[self.topics.ingress].partitions)
         # Responses land on the partition their request id hashes to; this client picks ids
         # that all hash to one partition, and reads only that one. A worker's transaction

@@ -14,14 +14,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from streams.kafka.offsets import (
-    TOPIC_GRACE,
-    MissingTopics,
-    absent_topic,
-    consume_ready,
-    listed_topics,
-    watermarks,
-)
+from streams.kafka.offsets import TOPIC_GRACE, consume_ready, required_topics, watermarks
 from streams.settings import Settings
 from streams.wire.partitioning import partition_for
 from streams.wire.records import DeadLetter
@@ -46,9 +39,7 @@ def read(
     )
     letters: list[DeadLetter] = []
     try:
-        listed, absent = listed_topics(consumer, [topics.deadletter], min(timeout, TOPIC_GRACE))
-        if absent:
-            raise MissingTopics(absent_topic(listed, topics.deadletter))
+        required_topics(consumer, [topics.deadletter], min(timeout, TOPIC_GRACE))
         tp = TopicPartition(topics.deadletter, 0, OFFSET_BEGINNING)
         _, end = watermarks(consumer, tp)
         if end == 0:
@@ -91,9 +82,7 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
         # A delay record set aside names no invocation (or a bad one): nothing can run it.
         raise ValueError(f"dead letters at offsets {foreign} are not from the ingress topic")
     producer = Producer(settings.producer_config({"enable.idempotence": True, "log_level": 3}))
-    listed, absent = listed_topics(producer, [topics.ingress], min(timeout, TOPIC_GRACE))
-    if absent:
-        raise MissingTopics(absent_topic(listed, topics.ingress))
+    listed = required_topics(producer, [topics.ingress], min(timeout, TOPIC_GRACE))
     partitions = len(listed[topics.ingress].partitions)
     errors: list[str] = []
     count = 0

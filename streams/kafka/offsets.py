@@ -107,6 +107,17 @@ class MissingTopics(KourierError, RuntimeError):
     """The namespace's topics do not exist (``kourier topics create`` makes them)."""
 
 
+def required_topics(
+    client: Consumer | Producer | AdminClient, names: Sequence[str], grace: float = TOPIC_GRACE
+) -> dict[str, TopicMetadata]:
+    """The cluster's topic metadata once it lists every one of ``names`` (``listed_topics``);
+    ``MissingTopics``, naming the first absent one, when it does not within ``grace``."""
+    metadata, absent = listed_topics(client, names, grace)
+    if absent:
+        raise MissingTopics(absent_topic(metadata, absent[0]))
+    return metadata
+
+
 def absent_topic(metadata: dict[str, TopicMetadata], name: str) -> str:
     """Why ``name`` counts as absent, with the advice that fits, for an error message."""
     listed = metadata.get(name)

@@ -110,6 +110,7 @@ class Worker:
         self.settings = settings
         self.registry = Registry(services)
         self.topics = Topics(settings.namespace)
+        self._group = f"{settings.namespace}.workers"  # the consumer group workers share
         self._worker_id = worker_id
         self.processors: dict[int, PartitionProcessor] = {}
         self.delays: dict[int, DelayProcessor] = {}
@@ -168,9 +169,7 @@ class Worker:
         return transactional_producer(self.settings, self._transactional_id(turn))
 
     def _new_consumer(self, group: str | None = None, wait_ms: int = FETCH_WAIT_MS) -> Consumer:
-        return worker_consumer(
-            self.settings, group or f"{self.settings.namespace}.workers", wait_ms
-        )
+        return worker_consumer(self.settings, group or self._group, wait_ms)
 
     def _publish_manifest(self) -> None:
         producer = self._transactions.producer
@@ -221,7 +220,7 @@ class Worker:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        self._membership = Membership(f"{self.settings.namespace}.workers")
+        self._membership = Membership(self._group)
         log.info("worker %s hosts %s", self._worker_id, ", ".join(self.registry.services))
         log.info("settings: %s", self.settings.redacted())
         stalls = asyncio.create_task(watch(admin, self._stalls, self._owned))
