@@ -104,8 +104,17 @@ class InvocationIndex:
         self._cycles: tuple[int, list[dict[str, Any]]] = (-1, [])
         self._running = False
         self._thread: threading.Thread | None = None
+        # start and close run in worker threads (asyncio.to_thread); a start cancelled by
+        # its caller runs on, so close waits for it and a start after close does nothing
+        self._life = threading.Lock()
+        self._closed = False
 
     def start(self) -> None:
+        with self._life:
+            if not self._closed:
+                self._start()
+
+    def _start(self) -> None:
         self._consumer = Consumer(
             self.settings.client_config(
                 {
@@ -143,10 +152,13 @@ class InvocationIndex:
         self._consumer.assign(assignment)
 
     def close(self) -> None:
-        self._running = False
-        if self._thread is not None:
-            self._thread.join()
-            self._consumer.close()
+        with self._life:
+            self._closed = True
+            self._running = False
+            if self._thread is not None:
+                self._thread.join()
+                self._consumer.close()
+                self._thread = None
 
     def caught_up(self) -> bool:
         """Whether the changelogs have been read up to where they ended at start."""

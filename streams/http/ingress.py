@@ -200,6 +200,7 @@ class Ingress:
             await self.client.catalog()
             await asyncio.to_thread(self.index.start)
         except BaseException:  # close what started: no caller closes an ingress that did not
+            await asyncio.to_thread(self.index.close)  # after its start, even a cancelled one
             await self.client.close()
             raise
         self._watch = asyncio.create_task(self._watch_deadlocks())

@@ -1,6 +1,6 @@
 """`kourier worker` and `kourier ingress` create missing topics, unless told not to; a
 client or worker started while its topics are being created waits for them; an ingress or
-an admin index whose start fails closes the Kafka clients it opened."""
+an admin index whose start fails, or is cancelled, closes the Kafka clients it opened."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -219,3 +221,30 @@ def test_an_index_that_fails_to_start_closes_its_consumer(
         index.start()
     with pytest.raises(RuntimeError, match="closed"):
         index._consumer.assignment()
+
+
+async def test_an_ingress_whose_start_is_cancelled_leaves_no_index_running(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel does not stop the thread that starts the admin index: it runs on after the
+    ingress's start has given up. The index it starts must not be left following the
+    changelogs with no one to close it."""
+    ingress = Ingress(topics)
+    entered, gate = threading.Event(), threading.Event()
+    ends = index_module.watermarks
+
+    def held(*args: Any) -> tuple[int, int]:
+        entered.set()
+        gate.wait(30)
+        return ends(*args)
+
+    monkeypatch.setattr(index_module, "watermarks", held)
+    starting = asyncio.create_task(ingress.start())
+    assert await asyncio.to_thread(entered.wait, 30), "the index never began to start"
+    starting.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(starting, 30)
+    follower = ingress.index._thread
+    assert follower is None or not follower.is_alive(), "the admin index was left running"
+    assert not ingress.client._running, "the client was left running"
