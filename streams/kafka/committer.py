@@ -14,6 +14,7 @@ submits anything new.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -78,24 +79,36 @@ class Committer:
             snapshots = [s for s in (self._current, self._pending) if s is not None]
             return {(o.partition, o.key) for s in snapshots for o in s.out if o.topic == topic}
 
-    def submit(self, snapshot: Snapshot) -> None:
-        """Queue ``snapshot`` (merged with what already waits); dropped after a failure."""
+    def submit(self, snapshot: Snapshot, stuck_after: float = math.inf) -> bool:
+        """Queue ``snapshot`` (merged with what already waits); dropped after a failure.
+
+        With more than :attr:`MAX_PENDING` records waiting, wait for the transaction in
+        flight; False, with nothing queued, once it has run for ``stuck_after`` seconds:
+        it is stuck, and the caller fences it."""
         if not snapshot.out:
-            return
+            return True
         with self._changed:
             while (
                 self._pending is not None
                 and len(self._pending.out) > self.MAX_PENDING
                 and self._failure is None
+                and not self.abandoned
             ):
-                self._changed.wait()
+                if not self._busy:  # the thread is about to take what waits
+                    self._changed.wait()
+                    continue
+                left = stuck_after - self.busy_for()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
             if self._failure is not None or self.abandoned:
-                return
+                return True
             if self._pending is None:
                 self._pending = snapshot
             else:
                 self._pending.merge(snapshot)
             self._changed.notify_all()
+            return True
 
     def flush(self, timeout: float) -> Exception | None:
         """Wait until everything submitted is committed (or failed); return the failure,
@@ -113,8 +126,9 @@ class Committer:
             return self._failure
 
     def busy_for(self) -> float:
-        """How long the transaction in flight has been running (0 when idle)."""
-        return time.monotonic() - self._busy_since if self._busy else 0.0
+        """How long the transaction in flight has been running (0 when idle; any thread)."""
+        with self._changed:  # both fields of one transaction, never a start of the last one
+            return time.monotonic() - self._busy_since if self._busy else 0.0
 
     def abandon(self) -> None:
         """Give up on a thread stuck in a transaction: it exits when (if ever) the call

@@ -267,7 +267,8 @@ class Worker:
                     snapshot = self._stepped(batch, positions)
                     if snapshot.out:
                         snapshot.metadata = self._metadata()
-                        self._committer.submit(snapshot)
+                        if not self._committer.submit(snapshot, _STUCK):
+                            self._replace_stuck_producer()  # and restore: drops the snapshot
                 if time.monotonic() >= self._observed_at + 1.0:
                     self._observe()
             self._commit(self._stepped([], {}, closing=True))
@@ -524,10 +525,11 @@ class Worker:
     def _commit(self, snapshot: Snapshot) -> None:
         """Commit ``snapshot`` after everything submitted before it, and wait (Kafka thread);
         on failure, restore and go on."""
+        taken = True
         if snapshot.out:
             snapshot.metadata = self._metadata()
-            self._committer.submit(snapshot)
-        failure = self._committer.flush(_STUCK)
+            taken = self._committer.submit(snapshot, _STUCK)
+        failure = self._committer.flush(_STUCK) if taken else TimeoutError("stuck")
         if isinstance(failure, TimeoutError):
             if self._stopping and self._committer.abandoned:
                 return  # no producer to commit with: the next owner reads it all again

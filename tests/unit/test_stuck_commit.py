@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from streams.engine.outbox import Out
+from streams.kafka import committer as committer_module
+from streams.kafka import worker as worker_module
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.worker import Worker
 from streams.settings import Settings
@@ -131,3 +134,85 @@ def test_a_stop_while_a_failed_commit_waits_to_settle_ends_the_recovery() -> Non
         loop.call_soon_threadsafe(loop.stop)
         running.join(10)
         loop.close()
+
+
+def filled(committer: Committer) -> None:
+    """Queue more than :attr:`Committer.MAX_PENDING` records behind the transaction in
+    flight, so that the next submit waits for room."""
+    many = [SNAPSHOT.out[0]] * (Committer.MAX_PENDING + 1)
+    committer.submit(Snapshot(out=many, offsets=[]))
+
+
+def test_a_full_queue_behind_a_stuck_transaction_lets_the_submitter_go(
+    stuck: threading.Event,
+) -> None:
+    """The Kafka thread that submits waits for room behind the transaction in flight; once
+    that transaction has run past ``stuck_after`` it is told so (False, nothing queued),
+    instead of waiting for it for good, where no one would ever fence it."""
+    committer = committer_stuck_in(stuck)
+    filled(committer)
+    answers: list[bool] = []
+    one = Snapshot(out=list(SNAPSHOT.out), offsets=[])
+    thread, errors = in_thread(lambda: answers.append(committer.submit(one, stuck_after=0.5)))
+    thread.join(10)
+    assert not thread.is_alive(), "submit waits for a stuck transaction for good"
+    assert errors == []
+    assert answers == [False], "a submit behind a stuck transaction says it was not taken"
+
+
+def test_a_worker_whose_queue_is_full_behind_a_stuck_transaction_fences_it(
+    stuck: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last commit (here on the way out, with Kafka away) meets a full queue behind a
+    stuck transaction: the worker fences it after the stuck limit, as it does a stuck
+    transaction with room to spare, and returns."""
+    monkeypatch.setattr(worker_module, "_STUCK", 0.5)
+    worker = Worker(Settings(namespace=TOPICS.namespace), [])
+    worker._transactions = Unreachable()  # type: ignore[assignment]
+    worker._committer = committer = committer_stuck_in(stuck)
+    filled(committer)
+    worker._stopping = True
+    one = Snapshot(out=list(SNAPSHOT.out), offsets=[])
+    worker._group_metadata = object()  # read once per generation; no consumer here
+    thread, errors = in_thread(lambda: worker._commit(one))
+    thread.join(10)
+    assert not thread.is_alive(), "the commit waits for room behind a stuck transaction"
+    assert errors == []
+    assert committer.abandoned, "the stuck transaction was not fenced"
+
+
+def test_how_long_a_transaction_ran_never_pairs_it_with_the_one_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``busy_for()`` is read on the Kafka thread while the committer starts a transaction.
+    Read between the committer's two stores (busy, then when it began), it must not give
+    the new transaction the start of the last one: after an idle spell that reads as a
+    transaction stuck for minutes, and a healthy one is fenced."""
+    inside, go = threading.Event(), threading.Event()
+    real = time.monotonic
+    held: list[threading.Thread] = []  # this committer's thread, not another test's
+
+    def monotonic() -> float:  # holds the committer while it starts its transaction
+        if threading.current_thread() in held and not go.is_set():
+            inside.set()
+            go.wait(10)
+        return real()
+
+    monkeypatch.setattr(committer_module.time, "monotonic", monotonic)
+    committer = Committer(lambda snapshot: None)
+    held.append(committer._thread)
+    try:
+        committer.submit(Snapshot(out=list(SNAPSHOT.out), offsets=[]))
+        assert inside.wait(10), "the committer did not start the transaction"
+        seen: list[float] = []
+        thread, errors = in_thread(lambda: seen.append(committer.busy_for()))
+        # Bounded: a reader that does not wait for the committer answers at once.
+        thread.join(1)
+        go.set()
+        thread.join(10)
+        assert errors == []
+        assert len(seen) == 1, "busy_for() did not answer"
+        assert seen[0] < 5, f"busy_for() read {seen[0]:.0f}s for a new transaction"
+    finally:
+        go.set()
+        committer.close()
