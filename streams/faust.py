@@ -153,8 +153,8 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         answer = self._client.expect(request_id)
         limit = (within or self.settings.call_timeout).total_seconds()
         try:
-            await self._produce(target, record)
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit):  # Faust's producer may wait too, for Kafka
+                await self._produce(target, record)
                 response = await answer
         except TimeoutError:
             raise TimeoutError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from datetime import timedelta
 
 import faust
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from streams import faust as integration
 from streams.faust import InvokeRecord, Kourier, ResponseRecord, TargetRecord
 from streams.settings import Settings
-from streams.wire.records import Failure, Invoke, Response, decode_ingress, encode
+from streams.wire.records import Failure, Invoke, Response, Target, decode_ingress, encode
 
 
 @dataclass
@@ -107,3 +108,26 @@ async def test_outcomes_waiting_for_an_agent_survive_a_rebalance(kourier: Kourie
                 assert isinstance(outcome, ResponseRecord)
                 received.append(outcome.request_id)
     assert received == ["r1", "r2"], "an outcome buffered before the rebalance was dropped"
+
+
+async def test_request_within_bounds_the_produce_too(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``within`` bounds the whole request: Faust's producer waits for Kafka (up to its
+    request timeout, 20 minutes by default), and an agent waiting there holds up Faust's
+    rebalances and shutdown as much as one waiting for the outcome."""
+    produced = asyncio.Event()
+
+    async def kafka_away(target: object, record: object) -> None:
+        produced.set()
+        await asyncio.sleep(3600)  # stands for a producer that never hears from Kafka
+
+    monkeypatch.setattr(kourier, "_produce", kafka_away)
+    monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r-away")
+    monkeypatch.setattr(kourier._client, "partitions", 8)
+    monkeypatch.setattr(kourier._client, "_loop", asyncio.get_running_loop(), raising=False)
+    target = Target(service="Greeter", handler="greet")
+    asking = kourier.request(target, "ada", idempotency_key="k1", within=timedelta(seconds=0.2))
+    with pytest.raises(TimeoutError, match=r"within 0\.2s"):
+        await asyncio.wait_for(asking, 30)
+    assert produced.is_set()

@@ -566,3 +566,21 @@ async def test_a_worker_snapshot_carries_the_callers_journal_not_the_completion(
     assert entries[entry_key(inv_id, 0)]["done"] is True
     assert entries[entry_key(inv_id, 0)]["value"] == 1
     worker._close_all()
+
+
+async def test_a_send_due_past_the_year_9999_in_utc_is_a_dead_letter_and_nothing_else() -> None:
+    """Another producer may write any offset. 9999-12-31 at -14:00 is year 10000 in UTC,
+    which Python cannot hold: it failed half way through applying the record, after the
+    send was answered "accepted" and made an invocation, which stayed "scheduled" with
+    nothing to start it, its idempotency key taken for good."""
+    h = Harness([box, svc, patient])
+    target = {"service": "Box", "key": "far", "handler": "put"}
+    h.send_raw({"v": 1, "kind": "invoke", "target": target, "argument": 1, "mode": "send",
+                "request_id": "far", "idempotency_key": "once",
+                "due": "9999-12-31T23:00:00-14:00"})  # fmt: skip
+    await settle()
+    letters = [o for o in h.out if o.topic == TOPICS.deadletter]
+    assert len(letters) == 1, "the record is set aside"
+    assert dict(letters[0].headers or [])["kourier.reason"] == b"bad-schema"
+    assert "far" not in h.responses(), "nothing was accepted"
+    assert not h.processor.invocations, "no invocation was made"
