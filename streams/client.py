@@ -51,6 +51,8 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import KeysOn
 from streams.wire.records import (
+    LAST_DUE,
+    MAX_RECORD_BYTES,
     AttachRequest,
     Cancel,
     Invoke,
@@ -362,6 +364,12 @@ class Client:
             else:  # a value fine alone, too deep in a record
                 message = f"the value is nested deeper than a record can carry ({error})"
             raise TerminalError(message, 400) from None
+        if len(value) > MAX_RECORD_BYTES:  # a worker would dead-letter it; Kafka may refuse it
+            raise TerminalError(
+                f"the record is {len(value)} bytes of JSON, larger than the {MAX_RECORD_BYTES}"
+                " bytes Kourier takes",
+                413,
+            )
         # An invocation continues the trace of whoever invokes (streams.tracing).
         headers = tracing.as_headers(tracing.current()) if isinstance(record, Invoke) else None
         while True:
@@ -454,6 +462,7 @@ class Client:
         delay: timedelta | None = None,
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        invocation_id: str | None = None,
     ) -> SendReceipt:
         """One-way: returns once Kafka has the message.
 
@@ -464,7 +473,9 @@ class Client:
         """
         if target.service not in self.services:
             await self.catalog(refresh=True)  # to know whether it is a workflow
-        inv_id = self.invocation_id_for(target, idempotency_key)
+        inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
+        if target.key is not None and not ids.belongs_to_key(inv_id, target.key, self.partitions):
+            raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
         may_repeat = idempotency_key is not None or inv_id == ids.workflow_run_id(
             target.service, target.key or ""
         )
@@ -473,7 +484,9 @@ class Client:
             try:
                 due = datetime.now(UTC) + delay
             except OverflowError:
-                raise TerminalError(f"delay {delay} is too far in the future", 400) from None
+                due = None
+            if due is None or due > LAST_DUE:
+                raise TerminalError(f"delay {delay} is too far in the future", 400)
         record = Invoke(
             target=target,
             argument=argument,
@@ -539,6 +552,15 @@ class Client:
         if invocation_id is None:
             if target is None:
                 raise ValueError("name the invocation: an id, or a target")
+            if target.service not in self.services:
+                await self.catalog(refresh=True)  # to know whether it is a workflow
+            info = self.services.get(target.service)
+            run = info is not None and info.handler_kind(target.handler) == "workflow"
+            if idempotency_key is None and not run:
+                raise ValueError(
+                    f"{target.service}/{target.handler} is not a workflow's run: attach to it"
+                    " by its invocation id, or by the idempotency key it was called with"
+                )
             invocation_id = self.invocation_id_for(target, idempotency_key)
         ids.validate(invocation_id)
         record = AttachRequest(

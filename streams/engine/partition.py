@@ -42,6 +42,7 @@ from streams.metrics import INVOCATION_SECONDS, INVOCATIONS
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
+    MAX_RECORD_BYTES,
     AttachRequest,
     Caller,
     Cancel,
@@ -62,8 +63,6 @@ log = logging.getLogger("kourier.partition")
 #: A ``Start`` at most this early by the partition's clock waits for its due time (see
 #: ``_due_in``): ``START_LEAD`` plus clock skew between workers.
 MAX_EARLY = 1.0
-#: Larger ingress records go to the dead-letter topic (as the HTTP ingress answers 413).
-MAX_RECORD_BYTES = 900 * 1024
 
 
 class PartitionProcessor:

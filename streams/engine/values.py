@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams.wire import ids
-from streams.wire.records import MAX_VALUE_BYTES, value_size
+from streams.wire.records import LAST_DUE, MAX_VALUE_BYTES, value_size
 
 
 def checked_id(invocation_id: str) -> None:
@@ -74,8 +74,8 @@ def checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 _MAX_HEADER_BYTES = 64 * 1024
 
 
-#: Latest due time a timer or a delayed send may have: what a datetime holds.
-_LATEST = datetime.max.replace(tzinfo=UTC).timestamp() - 86_400
+#: Latest due time a timer or a delayed send may have: what a record carries.
+_LATEST = LAST_DUE.timestamp()
 
 
 def due_after(duration: timedelta, what: str) -> float:

@@ -34,7 +34,7 @@ from streams.http.index import InvocationIndex
 from streams.metrics import DEADLOCKS, labelled
 from streams.settings import Settings, short_duration
 from streams.wire import ids
-from streams.wire.records import Response, Target, idempotency_key_refusal
+from streams.wire.records import LAST_DUE, Response, Target, idempotency_key_refusal
 
 log = logging.getLogger("kourier.ingress")
 
@@ -116,7 +116,8 @@ def parse_duration(text: str) -> timedelta:
                 seconds=parts.get("s", 0),
             )
         if duration is not None:
-            datetime.now(UTC) + duration  # raises OverflowError past the year 9999
+            if datetime.now(UTC) + duration > LAST_DUE:  # OverflowError past the year 9999
+                raise OverflowError
             return duration
     except OverflowError:
         raise HttpError(400, f"delay {text!r} ends after the year 9999") from None
@@ -427,13 +428,28 @@ class Ingress:
         IN_FLIGHT.inc()
         try:
             target = target_route.target
+            inv_id = self.client.invocation_id_for(target, idempotency_key)
             if target_route.mode == "send":
-                receipt = await self.client.send_to(
-                    target, argument, delay=delay, idempotency_key=idempotency_key, headers=headers
+                # A send that may meet an earlier one waits for a worker's receipt, and any
+                # send waits for Kafka: both within the call timeout, like a call.
+                send = self.client.send_to(
+                    target,
+                    argument,
+                    delay=delay,
+                    idempotency_key=idempotency_key,
+                    headers=headers,
+                    invocation_id=inv_id,
                 )
+                try:
+                    receipt = await asyncio.wait_for(send, self.call_timeout)
+                except TimeoutError:
+                    message = (
+                        f"no receipt within {self.call_timeout:g}s; send {inv_id} may yet be "
+                        f"accepted: attach to it (GET /restate/attach/{inv_id}) to know"
+                    )
+                    return error_response(408, message, {"x-restate-id": inv_id})
                 body = {"invocationId": receipt.invocation_id, "status": receipt.status}
                 return web.json_response(body, status=202)
-            inv_id = self.client.invocation_id_for(target, idempotency_key)
             call = self.client.call(
                 target,
                 argument,
@@ -471,7 +487,8 @@ def bearer(token: str | None) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Any) -> web.StreamResponse:
         if expected is not None and (request.method, request.path) not in _OPEN_ROUTES:
-            given = request.headers.get("authorization", "").encode()
+            # aiohttp keeps bytes that are not UTF-8 as surrogates: such a header is no token
+            given = request.headers.get("authorization", "").encode(errors="surrogateescape")
             if not hmac.compare_digest(given, expected):
                 return error_response(
                     401, "missing or wrong bearer token", {"www-authenticate": "Bearer"}

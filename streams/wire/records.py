@@ -13,10 +13,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -36,9 +37,28 @@ WIRE_VERSION = 1
 #: state value, a promise, a ``ctx.run`` result. Brokers refuse records over 1 MiB by default
 #: (``message.max.bytes``); the rest is room for the record around the value.
 MAX_VALUE_BYTES = 900 * 1024
+#: Larger ingress records go to the dead-letter topic; the client refuses to write one (413).
+MAX_RECORD_BYTES = 900 * 1024
 #: An invocation id (``inv_`` + 32 hex digits): checked when a record is decoded, so that a
 #: malformed one is a dead letter, not an error deep inside a partition.
 InvocationId = Annotated[str, Field(pattern=ID_PATTERN)]
+#: The latest due time a record may carry: a day inside Python's datetime range in UTC,
+#: so that every clock and timestamp conversion of it works.
+LAST_DUE = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def _in_range(due: datetime) -> datetime:
+    try:
+        late = due.astimezone(UTC) > LAST_DUE
+    except OverflowError:  # 9999-12-31 at a negative offset is year 10000 in UTC
+        late = True
+    if late:
+        raise ValueError(f"'due' {due.isoformat()} is past {LAST_DUE.date()} in UTC")
+    return due
+
+
+#: A due time: timezone-aware and within range.
+Due = Annotated[AwareDatetime, AfterValidator(_in_range)]
 _T = TypeVar("_T")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$"
 
@@ -151,7 +171,7 @@ class Invoke(_Record):
     )
     headers: dict[str, str] = Field(default_factory=dict)
     caller: Caller | None = Field(default=None, description="internal: set by Kourier workers")
-    due: AwareDatetime | None = Field(
+    due: Due | None = Field(
         default=None,
         description="a delayed send: the invocation exists (status 'scheduled') from now on "
         "and runs no earlier than this time",
@@ -275,7 +295,7 @@ class Delayed(_Record):
     """
 
     kind: Literal["delayed"] = "delayed"
-    due: AwareDatetime
+    due: Due
     start: Start | None = None
     completion: Completion | None = None
     invoke: Invoke | None = None

@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from handlers.exceptions import TerminalError
 from streams.client import Client
-from streams.engine.partition import MAX_RECORD_BYTES
 from streams.kafka import deadletters
 from streams.kafka.offsets import MissingTopics
 from streams.kafka.worker import Worker
@@ -31,6 +30,7 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import partition_for
 from streams.wire.records import (
+    MAX_RECORD_BYTES,
     DeadLetter,
     Delayed,
     Invoke,

@@ -135,6 +135,10 @@ async def test_http_calls_return_results_errors_and_the_invocation_id(ingress_ur
         ("/Relay/echo", b"[" * 5_000 + b"]" * 5_000, JSON, 400, "deeper than a record"),
         ("/Relay/echo/send?delay=1s", b"[" * 254 + b"1" + b"]" * 254, JSON, 400, "deeper than a"),
         ("/Relay/echo", b"[" + b"1," * 600_000 + b"1]", JSON, 413, "larger than"),
+        # Under the body limit, but written back as JSON each 1e9 is 1000000000.0: a record
+        # over 1 MB, which the Kafka client refused with an error that became a 500.
+        ("/Relay/echo", b"[" + b"1e9," * 180_000 + b"1]", JSON, 413, "larger than"),
+        ("/Relay/echo", b"[" + b"1e9," * 72_000 + b"1]", JSON, 413, "larger than"),
         ("/Tally/k/add", b'"not a number"', JSON, 400, "invalid input"),
         ("/Tally/k/add?delay=5s", b"1", JSON, 400, "only allowed on sends"),
         ("/Tally/k/add/send?delay=soon", b"1", JSON, 400, "invalid delay"),

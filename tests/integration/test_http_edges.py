@@ -19,7 +19,7 @@ from streams.client import Client
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from tests.integration import apps
-from tests.integration.conftest import ADMIN_URLS, served_ingress
+from tests.integration.conftest import ADMIN_URLS, in_process_worker, served_ingress
 from tests.integration.helpers import invocation_status, poll_until
 
 
@@ -163,6 +163,27 @@ async def test_a_header_that_is_not_utf8_is_400_named(ingress_url: str) -> None:
     assert json.loads(body)["message"] == "header 'x-note' is not UTF-8"
 
 
+async def test_a_token_that_is_not_utf8_is_401(topics: Settings, worker: Worker) -> None:
+    """With a token configured, an Authorization header in another encoding is a wrong
+    token (401), not a failure to compare it (a 500)."""
+    settings = topics.model_copy(update={"token": "t0ken"})
+    async with served_ingress(settings) as (_, url):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                b"POST /Tally/k/add HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer t0k\xe9n\r\nContent-Length: 1\r\n"
+                b"Connection: close\r\n\r\n1"
+            )
+            answer = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer
+    assert json.loads(body)["code"] == 401
+
+
 async def test_credentials_are_never_stored_but_other_headers_pass(
     topics: Settings, worker: Worker, client: Client
 ) -> None:
@@ -224,6 +245,26 @@ async def test_a_client_that_hangs_up_frees_its_slot(
             assert reply.status == 200, "not 429: the slots were freed"
         for key in ("gone-1", "gone-2"):
             apps.GATES.setdefault(key, asyncio.Event()).set()
+
+
+async def test_a_send_with_no_receipt_in_time_answers_408(topics: Settings) -> None:
+    """A send that may meet an earlier one (here an idempotency key) waits for a worker's
+    receipt. With no worker on its partition, the ingress answers 408 within the call
+    timeout, naming the send, as it does a call, instead of holding the request (and a
+    slot) until the HTTP client gives up."""
+    async with in_process_worker(topics, apps.SERVICES, f"gone-{topics.namespace}"):
+        pass  # announces the services, then stops: no worker reads the sends
+    settings = topics.model_copy(update={"call_timeout": timedelta(seconds=1)})
+    async with served_ingress(settings) as (ingress, url), aiohttp.ClientSession() as http:
+        keyed = {"idempotency-key": "unanswered"}
+        post = http.post(f"{url}/Tally/k/add/send", json=1, headers=keyed)
+        async with await asyncio.wait_for(post, 30) as reply:
+            assert reply.status == 408, await reply.text()
+            body = await reply.json()
+            inv_id = reply.headers["x-restate-id"]
+        assert body["code"] == 408
+        assert inv_id in body["message"]
+        assert ingress.in_flight == 0, "the send's slot is freed"
 
 
 async def test_a_call_past_the_timeout_answers_408_and_goes_on(

@@ -9,7 +9,9 @@ import pytest
 
 from handlers import TerminalError
 from streams.client import Client
+from streams.kafka.worker import Worker
 from streams.wire import ids
+from streams.wire.records import Target
 
 
 async def test_workflow_lifecycle_over_http(ingress_url: str) -> None:
@@ -67,3 +69,16 @@ async def test_cancelling_a_workflow_waiting_on_a_promise(client: Client, ingres
         "status": "aborted 409",
         "link": None,
     }
+
+
+async def test_attach_by_a_target_that_is_not_a_run_needs_its_idempotency_key(
+    client: Client, worker: Worker
+) -> None:
+    """Only a workflow's run and an idempotency key derive an invocation id from the target.
+    Without either, attach had nothing to name and waited on a fresh id (a 404)."""
+    with pytest.raises(ValueError, match="not a workflow's run"):
+        await client.output(target=Target(service="Tally", key="k", handler="add"))
+    run = Target(service="Signup", key="attach-by-target", handler="run")
+    with pytest.raises(TerminalError) as not_yet:
+        await client.output(target=run)
+    assert not_yet.value.status_code == 404, "no run started for this id: unknown"
