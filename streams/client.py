@@ -552,15 +552,8 @@ class Client:
         if invocation_id is None:
             if target is None:
                 raise ValueError("name the invocation: an id, or a target")
-            if target.service not in self.services:
-                await self.catalog(refresh=True)  # to know whether it is a workflow
-            info = self.services.get(target.service)
-            run = info is not None and info.handler_kind(target.handler) == "workflow"
-            if idempotency_key is None and not run:
-                raise ValueError(
-                    f"{target.service}/{target.handler} is not a workflow's run: attach to it"
-                    " by its invocation id, or by the idempotency key it was called with"
-                )
+            if idempotency_key is None:  # only a workflow's run derives its id from the target
+                await self._require_run(target)
             invocation_id = self.invocation_id_for(target, idempotency_key)
         ids.validate(invocation_id)
         record = AttachRequest(
@@ -569,6 +562,20 @@ class Client:
             wait=wait,
         )
         return await self._request(record, invocation_id, invocation_id)
+
+    async def _require_run(self, target: Target) -> None:
+        """Refuse ``target`` unless it is a workflow's run: 404 for a service no worker has
+        announced, ``ValueError`` for a handler that is not one."""
+        if target.service not in self.services:
+            await self.catalog(refresh=True)
+        info = self.services.get(target.service)
+        if info is None:
+            raise TerminalError(f"no worker has announced service {target.service!r}", 404)
+        if info.handler_kind(target.handler) != "workflow":
+            raise ValueError(
+                f"{target.service}/{target.handler} is not a workflow's run: attach to it by"
+                " its invocation id, or by the idempotency key it was called with"
+            )
 
     async def cancel(self, invocation_id: str) -> str:
         """Cancel: the invocation sees a 409 ``TerminalError`` at its next await and may

@@ -12,6 +12,7 @@ from streams.client import Client
 from streams.kafka.worker import Worker
 from streams.wire import ids
 from streams.wire.records import Target
+from tests.integration.helpers import poll_until
 
 
 async def test_workflow_lifecycle_over_http(ingress_url: str) -> None:
@@ -76,9 +77,17 @@ async def test_attach_by_a_target_that_is_not_a_run_needs_its_idempotency_key(
 ) -> None:
     """Only a workflow's run and an idempotency key derive an invocation id from the target.
     Without either, attach had nothing to name and waited on a fresh id (a 404)."""
+
+    async def announced() -> bool:
+        return "Signup" in await client.catalog(refresh=True)
+
+    await poll_until(announced, True, 60, "the worker's services known to the client")
     with pytest.raises(ValueError, match="not a workflow's run"):
         await client.output(target=Target(service="Tally", key="k", handler="add"))
     run = Target(service="Signup", key="attach-by-target", handler="run")
     with pytest.raises(TerminalError) as not_yet:
         await client.output(target=run)
     assert not_yet.value.status_code == 404, "no run started for this id: unknown"
+    with pytest.raises(TerminalError, match="no worker has announced") as unknown:
+        await client.output(target=Target(service="Nope", key="k", handler="run"))
+    assert unknown.value.status_code == 404
