@@ -90,14 +90,14 @@ class Controls:
     def cancel(self, inv: Invocation) -> bool:
         """Cancel ``inv``; True when it is done with at once (it had not started)."""
         meta = inv.meta
+        for callee in _open_calls(inv):  # a paused one may have left calls open, too
+            self._outbox.control(Cancel(invocation_id=callee))
         if meta.status in ("pending", "paused", "scheduled"):
             inv.close()
             self._complete(inv, None, CANCELLED)
             return True
         meta.cancel_requested = True
         self._touch(inv)
-        for callee in _open_calls(inv):
-            self._outbox.control(Cancel(invocation_id=callee))
         self.deliver_cancel(inv)
         return False
 

@@ -73,6 +73,13 @@ async def flaky(ctx: ObjectContext) -> int:
     return flaky_state["runs"]
 
 
+@saga.handler()
+async def strand(ctx: ObjectContext) -> str:
+    """Calls a child, then fails before awaiting it, every attempt: paused, the call open."""
+    ctx.object("Saga", f"{ctx.key}-child", "book").request(60_000)
+    raise RuntimeError("fails before it awaits its call")
+
+
 signup = Workflow("Signup", idempotency_retention=timedelta(seconds=1))
 
 
@@ -297,6 +304,20 @@ async def test_a_paused_invocation_resumes_and_a_completed_one_purges() -> None:
     assert h.responses()["purge"].status == "success"
     h.send(AttachRequest(request_id="attach", invocation_id=keyed_id))
     assert h.responses()["attach"].failure.code == 404
+
+
+async def test_cancelling_a_paused_invocation_cancels_the_calls_it_left_open() -> None:
+    """A paused invocation completes as cancelled at once; the cancel still travels to the
+    calls it made and never awaited, whose callees would otherwise run on, holding their
+    keys."""
+    h = harness()
+    inv_id = h.call(saga_target("s", "strand"), request_id="strand")
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
+    child = next(e.callee for e in h.processor.invocations[inv_id].journal if e.kind == "call")
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    assert h.responses()["cancel"].status == "success"
+    assert h.responses()["strand"].failure.code == 409
+    assert [r["invocation_id"] for r in h.records("cancel")] == [child]
 
 
 async def test_idempotent_sends_are_accepted_once_and_recorded_in_the_dedup_table() -> None:
