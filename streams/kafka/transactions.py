@@ -39,6 +39,9 @@ TIMEOUT = 30.0
 SETTLING = 0.001
 #: Producers, and transactional ids, that the transactions take in turn (see above).
 PRODUCERS = 2
+#: Seconds between tries of a new producer while Kafka refuses it, doubling up to the max.
+SETTLE_PAUSE = 0.05
+SETTLE_PAUSE_MAX = 2.0
 
 
 def transactional_producer(settings: Settings, transactional_id: str) -> Producer:
@@ -96,6 +99,7 @@ class Transactions:
         on the changelogs, so without this a restore could read the offsets committed after
         a transaction and the state from before it."""
         for turn in range(len(self.producers)):
+            pause = SETTLE_PAUSE  # a refusal that comes at once (an ACL) is not a busy loop
             while True:
                 try:
                     self.producers[turn] = self._new_producer(turn)
@@ -104,6 +108,8 @@ class Transactions:
                     if stopping():
                         raise
                     log.warning("new producer not ready yet: %s", exc)
+                    time.sleep(pause)
+                    pause = min(2 * pause, SETTLE_PAUSE_MAX)
 
     def commit(self, snapshot: Snapshot) -> None:
         """One transaction (committer thread). Sending the offsets and committing are tried

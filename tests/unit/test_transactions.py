@@ -260,6 +260,26 @@ def test_settling_is_tried_again_until_kafka_answers() -> None:
     assert [p.made_for for p in fresh] == [0, 1]
 
 
+def test_settling_backs_off_while_kafka_refuses_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal that comes at once (here the transactional id not authorized) is tried
+    again after a pause that doubles, not in a loop that floods the log and the broker."""
+    tx, fresh = transactions_on(StandIn({}))
+    made = tx._new_producer
+    refusals = [KafkaException(KafkaError(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))] * 7
+    pauses: list[float] = []
+    monkeypatch.setattr(transactions.time, "sleep", pauses.append)
+
+    def refused(turn: int) -> Any:
+        if refusals:
+            raise refusals.pop()
+        return made(turn)
+
+    tx._new_producer = refused
+    tx.settle(lambda: False)
+    assert [p.made_for for p in fresh] == [0]
+    assert pauses == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
+
+
 def test_settling_gives_up_when_the_worker_stops() -> None:
     tx, _ = transactions_on(StandIn({}), StandIn({}))
 
