@@ -90,6 +90,12 @@ class KafkaUnavailable(KourierError, RuntimeError):
     retriable = True
 
 
+class ClientClosed(KourierError, RuntimeError):
+    """The client closed while a call waited: its record may have been written and its
+    invocation may run. Attach to it (by its id) with another client for its outcome;
+    calling again without an idempotency key could run it twice."""
+
+
 @dataclass(frozen=True)
 class CallResult:
     invocation_id: str
@@ -244,26 +250,29 @@ class Client:
         if not self._running:
             return
         self._running = False
-        self._stalls.cancel()
-        await asyncio.gather(self._stalls, return_exceptions=True)  # it logs its own errors
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join)
-        self._reader.close()
         try:
-            await asyncio.to_thread(self._producer.flush, 5)
-            # Records still undelivered (Kafka away: they have no delivery timeout) are
-            # dropped now, their senders told so; otherwise the producer could never be
-            # destroyed.
-            self._producer.purge()
-            await asyncio.to_thread(self._producer.flush, 1)
-        finally:
-            self._settle_all(self._hand_over())  # reports served by those flushes
-        # librdkafka handles live until garbage collected (the finished watch task keeps
-        # its admin client through its exception's traceback)
-        del self._producer, self._reader, self._admin, self._stalls
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(KafkaUnavailable("client closed"))
+            self._stalls.cancel()
+            await asyncio.gather(self._stalls, return_exceptions=True)  # it logs its errors
+            for thread in self._threads:
+                await asyncio.to_thread(thread.join)
+            self._reader.close()
+            try:
+                await asyncio.to_thread(self._producer.flush, 5)
+                # Records still undelivered (Kafka away: they have no delivery timeout) are
+                # dropped now, their senders told so; otherwise the producer could never be
+                # destroyed. One still queued was never written (KafkaUnavailable); one in
+                # flight may have been (ClientClosed, see _settle).
+                self._producer.purge()
+                await asyncio.to_thread(self._producer.flush, 1)
+            finally:
+                self._settle_all(self._hand_over())  # reports served by those flushes
+            # librdkafka handles live until garbage collected (the finished watch task
+            # keeps its admin client through its exception's traceback)
+            del self._producer, self._reader, self._admin, self._stalls
+        finally:  # even when the close is cancelled: no response can come any more
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ClientClosed("client closed before the outcome came"))
 
     def _deliveries(self) -> None:
         """Background thread: delivery reports, served as soon as the broker acknowledges,
@@ -631,6 +640,8 @@ def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
         return
     if error is None:
         future.set_result(None)
+    elif error.code() == KafkaError._PURGE_INFLIGHT:  # sent: Kafka may have written it
+        future.set_exception(ClientClosed("client closed while Kafka had the record"))
     else:
         future.set_exception(KafkaUnavailable(f"Kafka did not take the record: {error.str()}"))
 

@@ -43,7 +43,7 @@ def test_a_runtime_error_that_retrying_cannot_fix_is_one_line_not_a_traceback() 
 
 
 def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> None:
-    from streams.client import KafkaUnavailable
+    from streams.client import ClientClosed, KafkaUnavailable
     from streams.engine.registry import RegistryError
     from streams.errors import KourierError
     from streams.http.ingress import HttpError
@@ -55,6 +55,7 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
     from streams.wire.records import RecordError
 
     refused = [
+        ClientClosed,
         RegistryError,
         HttpError,
         TopicError,

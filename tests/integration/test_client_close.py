@@ -1,0 +1,48 @@
+"""A client closed while calls wait for their outcomes: every waiting call ends, and is told
+that its invocation may go on (not that Kafka refused its record, which a caller would
+retry), even when the close itself is cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.client import Client, ClientClosed
+from streams.settings import Settings
+from tests.integration.helpers import poll_until
+
+
+async def waiting_call(client: Client) -> asyncio.Task[object]:
+    """A call no worker answers (none runs), once it waits for its outcome."""
+    call = asyncio.create_task(client.object("Tally", "closing", "add").request(1))
+
+    async def awaited() -> int:
+        return client.awaited
+
+    await poll_until(awaited, 1, 30, "the call waiting for its outcome")
+    return call
+
+
+async def test_a_call_waiting_when_the_client_closes_is_told_it_closed(topics: Settings) -> None:
+    client = Client(topics)
+    await client.start()
+    call = await waiting_call(client)
+    await client.close()
+    with pytest.raises(ClientClosed):
+        await asyncio.wait_for(call, 30)
+
+
+async def test_a_cancelled_close_still_ends_the_calls_that_wait(topics: Settings) -> None:
+    """No response can come once the close has begun: a close cancelled half way, which a
+    second close cannot finish, must not leave the calls waiting for good."""
+    client = Client(topics)
+    await client.start()
+    call = await waiting_call(client)
+    closing = asyncio.create_task(client.close())
+    await asyncio.sleep(0)  # one turn of the loop: the close runs to its first wait
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    with pytest.raises(ClientClosed):
+        await asyncio.wait_for(call, 30)
