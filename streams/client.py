@@ -121,6 +121,7 @@ class Client:
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
         self._answered: list[Response] = []
         self._running = False
+        self._closing: asyncio.Future[None] | None = None
         self.services: dict[str, ServiceInfo] = {}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -247,8 +248,16 @@ class Client:
             reader.close()
 
     async def close(self) -> None:
-        if not self._running:
-            return
+        """Stop reading, deliver or drop what is still to produce, and end every call that
+        waits (:class:`ClientClosed`). A cancelled close goes on to its end, which a later
+        close waits for."""
+        if self._closing is None:
+            if not self._running:
+                return
+            self._closing = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._closing)
+
+    async def _shut_down(self) -> None:
         self._running = False
         try:
             self._stalls.cancel()

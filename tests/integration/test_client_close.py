@@ -34,8 +34,9 @@ async def test_a_call_waiting_when_the_client_closes_is_told_it_closed(topics: S
 
 
 async def test_a_cancelled_close_still_ends_the_calls_that_wait(topics: Settings) -> None:
-    """No response can come once the close has begun: a close cancelled half way, which a
-    second close cannot finish, must not leave the calls waiting for good."""
+    """No response can come once the close has begun: a close cancelled half way must not
+    leave the calls waiting for good. It goes on to its end, which a second close waits
+    for (and so the client's Kafka handles are closed too)."""
     client = Client(topics)
     await client.start()
     call = await waiting_call(client)
@@ -46,3 +47,5 @@ async def test_a_cancelled_close_still_ends_the_calls_that_wait(topics: Settings
         await closing
     with pytest.raises(ClientClosed):
         await asyncio.wait_for(call, 30)
+    await asyncio.wait_for(client.close(), 30)
+    assert not hasattr(client, "_producer"), "the close did not run to its end"
