@@ -132,7 +132,7 @@ class PartitionProcessor:
                 handler = self.registry.resolve(meta.target)
             except LookupError as exc:
                 handler = None
-                if meta.status != "completed":
+                if meta.status not in ("completed", "scheduled"):  # see _apply_start
                     meta.status, meta.last_error = "paused", f"not deployed here: {exc}"
             inv = Invocation(meta, journal, handler, self)
             inv.persisted = True
@@ -363,6 +363,10 @@ class PartitionProcessor:
         if inv is None or inv.meta.status != "scheduled" or inv.meta.seq != record.seq:
             return  # cancelled, killed, or scheduled again since
         inv.meta.status, inv.meta.seq = "pending", offset
+        if inv.handler_def is None:  # not hosted here: written as pending, so that a worker
+            inv.meta.last_error = "not deployed on this worker"  # that hosts it runs it
+            self.touch(inv)
+            return
         self.touch(inv)
         # Released a little before its due time, so that the release overlaps the wait
         # (engine/delay.py): it queues for its key when due, not before.

@@ -584,3 +584,28 @@ async def test_a_send_due_past_the_year_9999_in_utc_is_a_dead_letter_and_nothing
     assert dict(letters[0].headers or [])["kourier.reason"] == b"bad-schema"
     assert "far" not in h.responses(), "nothing was accepted"
     assert not h.processor.invocations, "no invocation was made"
+
+
+async def test_a_send_due_where_its_service_is_not_hosted_runs_where_it_is() -> None:
+    """A rolling deploy: a worker that does not host the service takes the partition, and
+    the delayed send falls due there. Its Start is consumed, so the worker writes it as
+    pending, which a worker that hosts the service restores and runs. It was marked paused
+    in memory only, the Start dropped: restored elsewhere as scheduled, it never ran."""
+    h = Harness([box, svc, patient])
+    target = Target(service="Box", key="r", handler="put")
+    later = ids.new_id("r", 1)
+    due = datetime.now(UTC) + timedelta(hours=1)
+    h.send(Invoke(target=target, argument=5, invocation_id=later, mode="send", due=due))
+    seq = h.offset - 1
+    await settle()
+    first = h.processor.flush()
+    h.services = [svc, patient]
+    without = h.hand_over(first)
+    assert without.invocations[later].meta.status == "scheduled"
+    h.send(Start(invocation_id=later, seq=seq))
+    await settle()
+    assert without.invocations[later].meta.status == "pending"
+    h.services = [box, svc, patient]
+    hosting = h.hand_over(first)  # the changelog: the first owner's records, then these
+    await until(lambda: hosting.invocations.get(later) is None)
+    assert hosting.store.state[("Box", "r")] == {"n": 5}
