@@ -135,6 +135,7 @@ class Client:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._closing = None  # a client closed before may start again
         self._producer = Producer(
             self.settings.producer_config(
                 {
@@ -497,14 +498,7 @@ class Client:
         may_repeat = idempotency_key is not None or inv_id == ids.workflow_run_id(
             target.service, target.key or ""
         )
-        due = None
-        if delay is not None:
-            try:
-                due = datetime.now(UTC) + delay
-            except OverflowError:
-                due = None
-            if due is None or due > LAST_DUE:
-                raise TerminalError(f"delay {delay} is too far in the future", 400)
+        due = None if delay is None else due_after(delay)
         record = Invoke(
             target=target,
             argument=argument,
@@ -653,6 +647,17 @@ def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
         future.set_exception(ClientClosed("client closed while Kafka had the record"))
     else:
         future.set_exception(KafkaUnavailable(f"Kafka did not take the record: {error.str()}"))
+
+
+def due_after(delay: timedelta) -> datetime:
+    """Now plus ``delay``: a 400 ``TerminalError`` past what a record may carry."""
+    try:
+        due = datetime.now(UTC) + delay
+    except OverflowError:
+        due = None
+    if due is None or due > LAST_DUE:
+        raise TerminalError(f"delay {delay} is too far in the future", 400)
+    return due
 
 
 def outcome(response: Response) -> JsonValue:

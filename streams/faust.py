@@ -31,7 +31,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -42,7 +42,7 @@ from mode.utils.queues import ThrowableQueue
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import tracing
-from streams.client import Client, outcome
+from streams.client import Client, due_after, outcome
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Response, Target
@@ -152,14 +152,17 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         record = self._invoke(target, argument, request_id, idempotency_key, headers, None)
         answer = self._client.expect(request_id)
         limit = (within or self.settings.call_timeout).total_seconds()
+        produced = False
         try:
             async with asyncio.timeout(limit):  # Faust's producer may wait too, for Kafka
                 await self._produce(target, record)
+                produced = True
                 response = await answer
         except TimeoutError:
+            goes_on = "goes on" if produced else "may not have been written"
             raise TimeoutError(
                 f"no outcome of {target.path()} within {limit:g}s; invocation "
-                f"{record.invocation_id} goes on"
+                f"{record.invocation_id} {goes_on}"
             ) from None
         finally:
             answer.cancel()
@@ -213,8 +216,8 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         headers: Mapping[str, str] | None = None,
     ) -> str:
         """One-way: returns the invocation id once Kafka has the record."""
-        due = (datetime.now(UTC) + delay).isoformat() if delay is not None else None
-        record = self._invoke(target, argument, None, idempotency_key, headers, due)
+        when = None if delay is None else due_after(delay).isoformat()
+        record = self._invoke(target, argument, None, idempotency_key, headers, when)
         await self._produce(target, record)
         assert record.invocation_id is not None
         return record.invocation_id

@@ -19,7 +19,7 @@ from typing import Any, get_args
 from aiohttp import web
 
 from handlers.exceptions import TerminalError
-from streams.client import Client, KafkaUnavailable
+from streams.client import Client, ClientClosed, KafkaUnavailable
 from streams.engine.journal import Status
 from streams.errors import KourierError
 from streams.wire import ids
@@ -166,6 +166,8 @@ async def control_one(client: Client, action: str, inv_id: str) -> tuple[int, di
         return error.status_code, {"code": error.status_code, "message": error.message}
     except KafkaUnavailable as error:
         return 503, {"code": 503, "message": str(error)}
+    except ClientClosed as error:  # shutting down: the request may be on Kafka
+        return 504, {"code": 504, "message": str(error)}
     code = 202 if status == "accepted" else 200
     return code, {"invocationId": inv_id, "action": action, "status": status}
 

@@ -131,6 +131,9 @@ class InvocationIndex:
         except BaseException:  # no thread to close the consumer later
             self._consumer.close()
             raise
+        if self._closed:  # closed while it started: close waits for this, then returns
+            self._consumer.close()
+            return
         self._running = True
         self._thread = threading.Thread(target=self._follow, name="kourier-index", daemon=True)
         self._thread.start()
@@ -147,13 +150,17 @@ class InvocationIndex:
             if topic in metadata
             for p in metadata[topic].partitions
         ]
-        ends = {(tp.topic, tp.partition): watermarks(self._consumer, tp)[1] for tp in assignment}
+        ends = {}
+        for tp in assignment:  # one request each: a close meanwhile need not wait for all
+            if self._closed:
+                return
+            ends[tp.topic, tp.partition] = watermarks(self._consumer, tp)[1]
         self._ends = {where: end for where, end in ends.items() if end > 0}
         self._consumer.assign(assignment)
 
     def close(self) -> None:
+        self._closed = True  # first: a start in progress gives up at its next step
         with self._life:
-            self._closed = True
             self._running = False
             if self._thread is not None:
                 self._thread.join()

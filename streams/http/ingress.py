@@ -27,7 +27,7 @@ from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import TerminalError
 from streams import tracing
-from streams.client import Client, KafkaUnavailable, ServiceInfo
+from streams.client import Client, ClientClosed, KafkaUnavailable, ServiceInfo
 from streams.errors import KourierError, ServeError
 from streams.http import bulk
 from streams.http.index import InvocationIndex
@@ -201,8 +201,10 @@ class Ingress:
             await self.client.catalog()
             await asyncio.to_thread(self.index.start)
         except BaseException:  # close what started: no caller closes an ingress that did not
-            await asyncio.to_thread(self.index.close)  # after its start, even a cancelled one
-            await self.client.close()
+            try:
+                await asyncio.to_thread(self.index.close)  # after its start, even a cancelled one
+            finally:
+                await self.client.close()
             raise
         self._watch = asyncio.create_task(self._watch_deadlocks())
 
@@ -289,6 +291,8 @@ class Ingress:
             return error_response(error.status, error.message)
         except KafkaUnavailable as error:
             return error_response(503, str(error))
+        except ClientClosed as error:
+            return error_response(504, str(error))
         return outcome_response(outcome)
 
     def _workflow_run(self, service: str, key: str) -> Target:
@@ -401,6 +405,8 @@ class Ingress:
             response = error_response(413, f"body larger than {self.max_body} bytes")
         except KafkaUnavailable as error:
             response = error_response(503, str(error))
+        except ClientClosed as error:  # shutting down: the record may be on Kafka, unlike a 503
+            response = error_response(504, f"{error}; the invocation may go on: attach to it")
         except TerminalError as error:
             response = error_response(error.status_code, error.message)
         labelled(REQUESTS, kind, str(response.status)).inc()

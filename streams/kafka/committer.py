@@ -14,7 +14,6 @@ submits anything new.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -79,12 +78,12 @@ class Committer:
             snapshots = [s for s in (self._current, self._pending) if s is not None]
             return {(o.partition, o.key) for s in snapshots for o in s.out if o.topic == topic}
 
-    def submit(self, snapshot: Snapshot, stuck_after: float = math.inf) -> bool:
+    def submit(self, snapshot: Snapshot, stuck_after: float | None = None) -> bool:
         """Queue ``snapshot`` (merged with what already waits); dropped after a failure.
 
         With more than :attr:`MAX_PENDING` records waiting, wait for the transaction in
-        flight; False, with nothing queued, once it has run for ``stuck_after`` seconds:
-        it is stuck, and the caller fences it."""
+        flight; False, with nothing queued, once it has run for ``stuck_after`` seconds
+        (when given): it is stuck, and the caller fences it."""
         if not snapshot.out:
             return True
         with self._changed:
@@ -94,7 +93,7 @@ class Committer:
                 and self._failure is None
                 and not self.abandoned
             ):
-                if not self._busy:  # the thread is about to take what waits
+                if not self._busy or stuck_after is None:  # taken soon, or wait it out
                     self._changed.wait()
                     continue
                 left = stuck_after - self.busy_for()

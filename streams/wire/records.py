@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
@@ -44,7 +44,7 @@ MAX_RECORD_BYTES = 900 * 1024
 InvocationId = Annotated[str, Field(pattern=ID_PATTERN)]
 #: The latest due time a record may carry: a day inside Python's datetime range in UTC,
 #: so that every clock and timestamp conversion of it works.
-LAST_DUE = datetime(9999, 12, 30, tzinfo=UTC)
+LAST_DUE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 
 
 def _in_range(due: datetime) -> datetime:

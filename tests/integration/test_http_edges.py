@@ -267,6 +267,24 @@ async def test_a_send_with_no_receipt_in_time_answers_408(topics: Settings) -> N
         assert ingress.in_flight == 0, "the send's slot is freed"
 
 
+async def test_a_call_waiting_when_the_ingress_shuts_down_answers_504(topics: Settings) -> None:
+    """Closing the ingress's client ends the calls that wait with 504, not 503: their
+    records are on Kafka, and the invocations may run."""
+    async with in_process_worker(topics, apps.SERVICES, f"gone-{topics.namespace}"):
+        pass  # announces the services, then stops: no worker answers the call
+    async with served_ingress(topics) as (ingress, url), aiohttp.ClientSession() as http:
+        call = asyncio.create_task(http.post(f"{url}/Tally/k/add", json=1))
+
+        async def awaited() -> int:
+            return ingress.client.awaited
+
+        await poll_until(awaited, 1, 30, "the call waiting for its outcome")
+        await ingress.client.close()
+        async with await asyncio.wait_for(call, 30) as reply:
+            assert reply.status == 504, await reply.text()
+            assert "may go on" in (await reply.json())["message"]
+
+
 async def test_a_call_past_the_timeout_answers_408_and_goes_on(
     topics: Settings, worker: Worker
 ) -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from streams.wire.topics import Topics
 from tests.integration import apps
 from tests.integration.helpers import poll_until
 from tests.processes import stop_process
+from tests.threads import in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -248,3 +250,38 @@ async def test_an_ingress_whose_start_is_cancelled_leaves_no_index_running(
     follower = ingress.index._thread
     assert follower is None or not follower.is_alive(), "the admin index was left running"
     assert not ingress.client._running, "the client was left running"
+
+
+def test_an_index_closed_while_it_starts_stops_at_its_next_step(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start reads where each changelog partition ends, one request each, which on a
+    sick cluster can take a while. A close meanwhile (a cancelled ingress start) waits
+    for the request under way, not for the whole start."""
+    index = InvocationIndex(topics)
+    entered, gate = threading.Event(), threading.Event()
+    ends = index_module.watermarks
+    asked: list[object] = []
+
+    def held(*args: Any) -> tuple[int, int]:
+        asked.append(args[1])
+        entered.set()
+        gate.wait(30)
+        return ends(*args)
+
+    monkeypatch.setattr(index_module, "watermarks", held)
+    starting, start_errors = in_thread(index.start)
+    assert entered.wait(30), "the index never began to read where its changelogs end"
+    closing, close_errors = in_thread(index.close)
+    deadline = time.monotonic() + 30
+    while not index._closed and time.monotonic() < deadline:  # the close has begun
+        time.sleep(0.001)
+    # The close waits for the start; the start gives up once the request under way answers.
+    gate.set()
+    starting.join(30)
+    closing.join(30)
+    assert not starting.is_alive(), "the start goes on"
+    assert not closing.is_alive(), "the close waits for good"
+    assert start_errors == close_errors == []
+    assert len(asked) == 1, f"the closed index went on reading ends: {len(asked)} requests"
+    assert index._thread is None, "the closed index follows the changelogs"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import faust
 import pytest
 
+from handlers import TerminalError
 from streams import faust as integration
 from streams.faust import InvokeRecord, Kourier, ResponseRecord, TargetRecord
 from streams.settings import Settings
@@ -131,3 +132,12 @@ async def test_request_within_bounds_the_produce_too(
     with pytest.raises(TimeoutError, match=r"within 0\.2s"):
         await asyncio.wait_for(asking, 30)
     assert produced.is_set()
+
+
+async def test_a_delayed_send_past_what_a_record_carries_is_a_400(kourier: Kourier) -> None:
+    target = Target(service="Greeter", handler="greet")
+    last_hour = datetime.max.replace(tzinfo=UTC) - datetime.now(UTC) - timedelta(hours=1)
+    for delay in (last_hour, timedelta(days=3_000_000), timedelta.max):
+        with pytest.raises(TerminalError) as refused:
+            await kourier.send(target, "ada", idempotency_key="k", delay=delay)
+        assert refused.value.status_code == 400

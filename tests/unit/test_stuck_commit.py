@@ -160,6 +160,23 @@ def test_a_full_queue_behind_a_stuck_transaction_lets_the_submitter_go(
     assert answers == [False], "a submit behind a stuck transaction says it was not taken"
 
 
+def test_a_submit_with_no_stuck_limit_waits_for_room(stuck: threading.Event) -> None:
+    """Without ``stuck_after`` a full queue is waited out, however long the transaction
+    in flight takes."""
+    committer = committer_stuck_in(stuck)
+    filled(committer)
+    answers: list[bool] = []
+    one = Snapshot(out=list(SNAPSHOT.out), offsets=[])
+    thread, errors = in_thread(lambda: answers.append(committer.submit(one)))
+    thread.join(0.5)  # bounded: a submit that does not wait returns at once
+    assert errors == []
+    assert thread.is_alive(), "submit did not wait for room"
+    stuck.set()
+    thread.join(10)
+    assert not thread.is_alive(), "submit still waits once the transaction is done"
+    assert answers == [True]
+
+
 def test_a_worker_whose_queue_is_full_behind_a_stuck_transaction_fences_it(
     stuck: threading.Event, monkeypatch: pytest.MonkeyPatch
 ) -> None:
