@@ -225,7 +225,9 @@ async def bulk_control(
         bulk = parse_bulk(request.match_info["action"], request.query, body)
     except BulkRefused as refused:
         return _refused(refused)
-    matches = matching(status=bulk.status, service=bulk.service, key=bulk.key)
+    matches = await asyncio.to_thread(
+        matching, status=bulk.status, service=bulk.service, key=bulk.key
+    )  # off the loop: the index's lock is held while it applies a batch of records
     selection = select(bulk, matches)
 
     async def act(inv_id: str) -> tuple[int, Any]:

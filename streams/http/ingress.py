@@ -334,7 +334,10 @@ class Ingress:
             status = bulk.known_status(query.get("status") or None)
         except bulk.BulkRefused as refused:
             return error_response(refused.status, refused.message)
-        rows = self.index.query(
+        # The index's reads run off the loop: the index holds their lock while it applies a
+        # batch of records, and calls and sends share this loop.
+        rows = await asyncio.to_thread(
+            self.index.query,
             status=status,
             service=query.get("service") or None,
             key=query.get("key") or None,
@@ -348,7 +351,7 @@ class Ingress:
             ids.validate(inv_id)
         except ids.InvalidId as error:
             return error_response(400, str(error))
-        detail = self.index.describe(inv_id)
+        detail = await asyncio.to_thread(self.index.describe, inv_id)
         if detail is None:
             return error_response(404, _NOT_INDEXED.format(inv_id))
         return web.json_response(detail)
@@ -372,7 +375,7 @@ class Ingress:
 
     async def object_state(self, request: web.Request) -> web.Response:
         service, key = request.match_info["service"], request.match_info["key"]
-        state = self.index.state_of(service, key)
+        state = await asyncio.to_thread(self.index.state_of, service, key)
         if not state and service not in self.client.services:  # a typo, not an empty state
             return error_response(404, f"unknown service {service!r}")
         return web.json_response(state)

@@ -7,8 +7,10 @@ import asyncio
 import gzip
 import json
 import logging
+import threading
 import zlib
 from datetime import timedelta
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -283,6 +285,46 @@ async def test_a_call_waiting_when_the_ingress_shuts_down_answers_504(topics: Se
         async with await asyncio.wait_for(call, 30) as reply:
             assert reply.status == 504, await reply.text()
             assert "may go on" in (await reply.json())["message"]
+
+
+async def test_an_admin_read_that_waits_for_the_index_holds_up_no_call(
+    topics: Settings, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin index holds its lock while it applies a batch of changelog records (up
+    to 1,000; longer at a catch-up). An admin read waiting for that lock ran on the event
+    loop that also serves the calls, and held them all up."""
+    async with served_ingress(topics) as (ingress, url), aiohttp.ClientSession() as http:
+        index = ingress.index
+        holding, done, released = threading.Event(), threading.Event(), threading.Event()
+
+        def hold() -> None:  # stands for the index applying a long batch
+            with index._lock:
+                holding.set()
+                done.wait(20)
+                released.set()
+
+        entered = threading.Event()
+        query = index.query
+
+        def noted(**filters: Any) -> list[dict[str, Any]]:
+            entered.set()
+            return query(**filters)
+
+        monkeypatch.setattr(index, "query", noted)
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        try:
+            assert await asyncio.to_thread(holding.wait, 10)
+            listing = asyncio.create_task(http.get(f"{ADMIN_URLS[url]}/invocations"))
+            assert await asyncio.to_thread(entered.wait, 10), "the admin read never began"
+            async with http.post(f"{url}/Relay/echo", json="through") as reply:
+                assert reply.status == 200
+            assert not released.is_set(), "the call waited for the index's lock"
+        finally:
+            done.set()
+            holder.join(30)
+        async with await asyncio.wait_for(listing, 30) as reply:
+            assert reply.status == 200
 
 
 async def test_a_call_past_the_timeout_answers_408_and_goes_on(
