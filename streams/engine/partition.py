@@ -287,7 +287,7 @@ class PartitionProcessor:
         if existing is not None:
             self.waiters.duplicate(existing, record)
             return
-        now = time.time()
+        now = self._clock()  # the clock that decides when a started one is due (_due_in)
         meta = InvocationMeta(
             id=inv_id,
             target=target,

@@ -473,6 +473,20 @@ async def started_early(key: str) -> tuple[Harness, HeldClock, str, float]:
     return h, clock, soon, due
 
 
+async def test_a_delayed_send_is_scheduled_by_the_partitions_clock() -> None:
+    """Whether a send is due yet and when its Start may run are read from one clock. The
+    send was judged by the system clock and its Start by the partition's, so with the two
+    apart a send not yet due by the partition's clock ran at once (and in the unit tier a
+    slow machine ran the sends of the tests below before their Start)."""
+    clock = HeldClock()
+    clock.now -= 1.0  # the partition's clock a second behind the system's
+    h = Harness([box, svc, patient], clock=clock)
+    soon, _ = scheduled(h, "clock", clock.now + 0.5)  # past, by the system clock
+    await settle()
+    assert soon in h.processor.invocations, "the send ran at once"
+    assert ("Box", "clock") not in h.processor.store.state, "the send ran at once"
+
+
 async def test_a_start_released_early_and_handed_over_runs_when_due_not_before() -> None:
     h, clock, soon, due = await started_early("h")
     restored = h.hand_over()  # the new owner restores it pending, within the lead
