@@ -606,11 +606,7 @@ async def test_a_send_due_where_its_service_is_not_hosted_runs_where_it_is() -> 
     pending, which a worker that hosts the service restores and runs. It was marked paused
     in memory only, the Start dropped: restored elsewhere as scheduled, it never ran."""
     h = Harness([box, svc, patient])
-    target = Target(service="Box", key="r", handler="put")
-    later = ids.new_id("r", 1)
-    due = datetime.now(UTC) + timedelta(hours=1)
-    h.send(Invoke(target=target, argument=5, invocation_id=later, mode="send", due=due))
-    seq = h.offset - 1
+    later, seq = scheduled(h, "r", time.time() + 3600)
     await settle()
     first = h.processor.flush()
     h.services = [svc, patient]
