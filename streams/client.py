@@ -35,6 +35,7 @@ from pydantic_core import PydanticSerializationError
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import tracing
+from streams.engine.values import due_after
 from streams.errors import KourierError
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
@@ -51,7 +52,6 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.partitioning import KeysOn
 from streams.wire.records import (
-    LAST_DUE,
     MAX_RECORD_BYTES,
     AttachRequest,
     Cancel,
@@ -416,11 +416,7 @@ class Client:
         invocation_id: str | None = None,
     ) -> tuple[str, Response]:
         """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
-        if target.service not in self.services:
-            await self.catalog(refresh=True)  # to know whether it is a workflow
-        inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
-        if target.key is not None and not ids.belongs_to_key(inv_id, target.key, self.partitions):
-            raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
+        inv_id = await self._id_for(target, idempotency_key, invocation_id)
         request_id = self.new_request_id()
         record = Invoke(
             target=target,
@@ -460,6 +456,18 @@ class Client:
         """A fresh request id whose responses land on the partition this client reads."""
         return next(self._request_ids)
 
+    async def _id_for(
+        self, target: Target, idempotency_key: str | None, invocation_id: str | None
+    ) -> str:
+        """The id a call or send gets: ``invocation_id`` when the caller chose it (it must
+        route to the key's partition), else :meth:`invocation_id_for`."""
+        if target.service not in self.services:
+            await self.catalog(refresh=True)  # to know whether it is a workflow
+        inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
+        if target.key is not None and not ids.belongs_to_key(inv_id, target.key, self.partitions):
+            raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
+        return inv_id
+
     def invocation_id_for(self, target: Target, idempotency_key: str | None) -> str:
         """The id an invocation will have: derived for a workflow's run and for idempotency
         keys (so duplicates meet), fresh otherwise."""
@@ -490,15 +498,11 @@ class Client:
         is an invocation from then on (status ``scheduled``): it can be listed, cancelled
         and attached to by its id before it runs.
         """
-        if target.service not in self.services:
-            await self.catalog(refresh=True)  # to know whether it is a workflow
-        inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
-        if target.key is not None and not ids.belongs_to_key(inv_id, target.key, self.partitions):
-            raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
+        inv_id = await self._id_for(target, idempotency_key, invocation_id)
         may_repeat = idempotency_key is not None or inv_id == ids.workflow_run_id(
             target.service, target.key or ""
         )
-        due = None if delay is None else due_after(delay)
+        due = None if delay is None else due_time(delay, f"the delay of {target.path()}")
         record = Invoke(
             target=target,
             argument=argument,
@@ -649,15 +653,10 @@ def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
         future.set_exception(KafkaUnavailable(f"Kafka did not take the record: {error.str()}"))
 
 
-def due_after(delay: timedelta) -> datetime:
-    """Now plus ``delay``: a 400 ``TerminalError`` past what a record may carry."""
-    try:
-        due = datetime.now(UTC) + delay
-    except OverflowError:
-        due = None
-    if due is None or due > LAST_DUE:
-        raise TerminalError(f"delay {delay} is too far in the future", 400)
-    return due
+def due_time(delay: timedelta, what: str) -> datetime:
+    """Now plus ``delay``, as a record's ``due``: the bound handlers' timers have
+    (:func:`streams.engine.values.due_after`, a 400 past it)."""
+    return datetime.fromtimestamp(due_after(delay, what), UTC)
 
 
 def outcome(response: Response) -> JsonValue:

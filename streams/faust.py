@@ -42,7 +42,7 @@ from mode.utils.queues import ThrowableQueue
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import tracing
-from streams.client import Client, due_after, outcome
+from streams.client import Client, due_time, outcome
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Response, Target
@@ -216,7 +216,8 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         headers: Mapping[str, str] | None = None,
     ) -> str:
         """One-way: returns the invocation id once Kafka has the record."""
-        when = None if delay is None else due_after(delay).isoformat()
+        due = None if delay is None else due_time(delay, f"the delay of {target.path()}")
+        when = None if due is None else due.isoformat()
         record = self._invoke(target, argument, None, idempotency_key, headers, when)
         await self._produce(target, record)
         assert record.invocation_id is not None
