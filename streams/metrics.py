@@ -174,6 +174,11 @@ PAUSED = Counter(
 DEADLETTERS = Counter(
     "kourier_deadletters_total", "Ingress records sent to the dead-letter topic", ["reason"]
 )
+CARRIED = Counter(
+    "kourier_delay_carried_total",
+    "Pending delayed messages written again at their delay partition's end, so that its "
+    "committed offset could move on",
+)
 INBOX = Gauge(
     "kourier_inbox_depth",
     "Invocations queued behind an exclusive call on their key, per ingress partition",

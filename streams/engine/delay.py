@@ -28,6 +28,16 @@ longer on the partition when read back (deleted by retention) is logged as an er
 dropped. 1 M messages due in hours cost about 10 MiB in Python. Reading them leaves about
 100 MiB of librdkafka buffers freed but resident in the C heap, so after every 100,000
 records read the processor hands that memory back to the OS (``malloc_trim``).
+
+Carrying forward. The committed offset is the oldest pending message, so one message due in
+a month would pin it while the partition fills with released records and markers: a new
+owner would read them all again, and nothing below could be deleted. Once the oldest pending
+message is ``CARRY_AFTER`` records behind the end, and at most one record in
+``CARRY_SPARSE`` of that span is pending, the oldest far messages are read back and
+written again at the end, byte for byte, each with a ``Fired`` marker for its old offset,
+in one transaction: the copy and the marker become visible together or not at all, so a
+message is released once, from one of its two records. The committed offset then moves
+on, and the worker deletes the records below it (``streams.kafka.trim``).
 """
 
 from __future__ import annotations
@@ -35,16 +45,17 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import heapq
+import itertools
 import logging
 import math
 import re
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from streams.engine.outbox import Out, set_aside
-from streams.metrics import DEADLETTERS
+from streams.metrics import CARRIED, DEADLETTERS
 from streams.wire import ids
 from streams.wire.records import START_LEAD, Delayed, Fired, RecordError, decode_delay, encode
 from streams.wire.topics import Topics
@@ -58,6 +69,9 @@ MAX_HELD = 200_000  # no read-back while this many messages are held in full
 RELEASE_BATCH = 5_000  # releases per event-loop callback, so one transaction stays small
 REPORT_EVERY = 10.0  # seconds between log lines of the pending count while it changes
 TRIM_AFTER = 100_000  # records read, after which freed heap memory goes back to the OS
+CARRY_AFTER = 100_000  # records behind the end before the oldest pending are carried forward
+CARRY_SPARSE = 4  # ... and only while at most one record in this many of them is pending
+CARRY_RETRY = 5.0  # seconds before looking again when nothing could be carried
 
 #: ``(offset, key, value)`` of a record read back from the delay partition.
 Fetched = tuple[int, bytes | None, bytes | None]
@@ -136,6 +150,19 @@ class OffsetSet:
         self._count -= 1
         return True
 
+    def below(self, limit: int) -> Iterator[int]:
+        """The members below ``limit``, lowest first (do not change the set meanwhile)."""
+        end = min(len(self._bits), (limit - self._base + 7) >> 3)
+        for found in _NONZERO.finditer(self._bits, self._low, max(self._low, end)):
+            byte = found.start()
+            value = self._bits[byte]
+            for bit in range(8):
+                if value >> bit & 1:
+                    offset = self._base + 8 * byte + bit
+                    if offset >= limit:
+                        return
+                    yield offset
+
     def lowest(self) -> int | None:
         found = _NONZERO.search(self._bits, self._low)
         if found is None:
@@ -206,6 +233,8 @@ class DelayProcessor:
         self._report: asyncio.TimerHandle | None = None
         self._reported = -1
         self._read_since_trim = 0
+        self._carry_at = 0.0  # no look for messages to carry forward before this
+        self.carried = 0  # messages carried forward, in all
         self.closed = False
 
     # -- reading the partition -------------------------------------------------------
@@ -375,6 +404,11 @@ class DelayProcessor:
             except RecordError as error:  # it was a valid delayed record when first read
                 log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
                 self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
+        self._drop_missing(missing)
+        self._changed()
+        self._arm()
+
+    def _drop_missing(self, missing: list[int]) -> None:
         for offset in missing:
             if self._pending.discard(offset):
                 log.error(
@@ -383,8 +417,75 @@ class DelayProcessor:
                     self.partition,
                     offset,
                 )
+
+    # -- carrying forward -------------------------------------------------------------------
+
+    def _carry(self, now: float) -> None:
+        """Read back the oldest messages kept as offsets when they hold the committed offset
+        far behind a partition that is mostly released (see the module's docstring)."""
+        if self._fetching or now < self._carry_at:
+            return
+        lowest = self._pending.lowest()
+        if lowest is None:
+            return
+        span = self._next_offset - lowest
+        if span < CARRY_AFTER or len(self._pending) * CARRY_SPARSE > span:
+            return
+        # Messages held in full leave within the horizon; the rest move (those left for a
+        # newer worker too: they are copied as they are, never decoded here).
+        limit = self._next_offset - CARRY_AFTER // 2
+        movable = (o for o in self._pending.below(limit) if o not in self._held)
+        offsets = list(itertools.islice(movable, FETCH_BATCH))
+        if not offsets:
+            self._carry_at = now + CARRY_RETRY
+            return
+        self._fetching = True
+        self._fetcher.fetch(self.partition, offsets, self._on_carried)
+
+    def _on_carried(self, found: list[Fetched], missing: list[int]) -> None:
+        """Write each record read back again at the partition's end, with a marker for its
+        old offset; both go in the next transaction, with the commit offset past it."""
+        if self.closed:
+            return
+        self._fetching = False
+        carried = 0
+        for offset, key, value in found:
+            if offset not in self._pending or offset in self._held:
+                continue  # released meanwhile
+            self._pending.discard(offset)
+            self._emit(Out(self.topics.delay, self.partition, key, value))
+            self._emit(Out(self.topics.delay, self.partition, key, encode(Fired(offset=offset))))
+            carried += 1
+        self._drop_missing(missing)
+        if carried:
+            self.carried += carried
+            CARRIED.inc(carried)
+            log.info(
+                "delay %d: %d pending messages carried forward to offset %d or later",
+                self.partition,
+                carried,
+                self._next_offset,
+            )
+            self._wake()
+        self._compact_far()
         self._changed()
         self._arm()
+
+    def _compact_far(self) -> None:
+        """Drop offsets no longer pending from the buckets once they are most of them (a
+        carried message's old offset stays in its bucket until then)."""
+        live = len(self._pending) - len(self._held)
+        if self._far_size <= 2 * live + FETCH_BATCH:
+            return
+        far: dict[int, array[int]] = {}
+        for second, bucket in self._far.items():
+            kept = array("q", (o for o in bucket if o in self._pending))
+            if kept:
+                far[second] = kept
+        self._far = far
+        self._far_seconds = list(far)
+        heapq.heapify(self._far_seconds)
+        self._far_size = sum(len(bucket) for bucket in far.values())
 
     # -- timers and release ----------------------------------------------------------------
 
@@ -396,6 +497,7 @@ class DelayProcessor:
         now = self._clock()
         self._extend_horizon(now)
         self._refill(now)
+        self._carry(now)
         while self._near and self._near[0][1] not in self._held:
             heapq.heappop(self._near)  # released through a marker
         due = self._near[0][0] if self._near else None

@@ -52,6 +52,7 @@ from streams.kafka.offsets import (
 from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
 from streams.kafka.stalls import Partition, StallWatch, forget, watch
 from streams.kafka.transactions import Transactions, transactional_producer
+from streams.kafka.trim import DelayTrimmer
 from streams.settings import Settings
 from streams.tracing import from_headers
 from streams.wire.topics import Topics
@@ -214,6 +215,7 @@ class Worker:
         self._consumer = self._new_consumer()
         self._admin = admin = AdminClient(self._client({}))
         self._ends = PartitionEnds(admin, self.topics.ingress)
+        self._trimmer = DelayTrimmer(admin, self.topics.delay)
         self._consumer.subscribe(
             [self.topics.ingress, self.topics.delay],
             on_assign=self._on_assign,
@@ -237,7 +239,7 @@ class Worker:
             self._run_pool.shutdown(wait=False, cancel_futures=True)
             # librdkafka handles live until garbage collected: drop ours now.
             del self._transactions, self._consumer, self._restorer, self._offset_reader
-            del self._ends, self._admin
+            del self._ends, self._trimmer, self._admin
 
     def stop(self) -> None:
         self._stopping = True
@@ -271,6 +273,7 @@ class Worker:
                             self._replace_stuck_producer()  # and restore: drops the snapshot
                 if time.monotonic() >= self._observed_at + 1.0:
                     self._observe()
+                    self._trimmer.tick()
             self._commit(self._stepped([], {}, closing=True))
         finally:
             self._consumer.close()  # runs on_revoke, which hands over what is left
@@ -594,6 +597,7 @@ class Worker:
         """One transaction, with statistics (committer thread)."""
         began = time.perf_counter()
         self._transactions.commit(snapshot)
+        self._trimmer.committed(snapshot.offsets)
         self.commits += 1
         self._commit_time += time.perf_counter() - began
         self._committed_records += len(snapshot.out)

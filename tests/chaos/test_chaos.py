@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Invoke, Target, encode
 from tests.integration.conftest import WorkerProcesses
-from tests.integration.helpers import effect_runs
+from tests.integration.helpers import delay_watermarks, effect_runs, poll_until
 
 # Up to 10 minutes: each test kills or rebalances workers and then waits up to 180 s for
 # the counts to settle, a wait that must be able to end with its own message.
@@ -75,8 +75,13 @@ async def counts_when_settled(
     return list(await asyncio.gather(*(client.object("Tally", k, "count").request() for k in KEYS)))
 
 
-async def kill_repeatedly(workers: WorkerProcesses, times: int, load: asyncio.Task[None]) -> int:
-    current = workers.spawn()
+async def kill_repeatedly(
+    workers: WorkerProcesses,
+    times: int,
+    load: asyncio.Task[None],
+    module: str = "tests.integration.apps",
+) -> int:
+    current = workers.spawn(module)
     kills = 0
     while kills < times or not load.done():
         await asyncio.sleep(random.uniform(0.7, 1.4))
@@ -84,7 +89,7 @@ async def kill_repeatedly(workers: WorkerProcesses, times: int, load: asyncio.Ta
             continue
         current.kill()
         kills += 1
-        current = workers.spawn()
+        current = workers.spawn(module)
     return kills
 
 
@@ -97,6 +102,54 @@ async def test_increments_stay_exact_through_kill_9(
     counts = await counts_when_settled(client, 5000, 180, worker_processes.logs)
     assert kills == 4
     assert counts == [500] * len(KEYS), f"{counts}\n{worker_processes.logs()}"
+
+
+async def test_far_delayed_sends_carried_forward_through_kill_9(
+    topics: Settings, client: Client, worker_processes: WorkerProcesses
+) -> None:
+    """Workers that carry far messages forward (``tests.chaos.carrying``) are killed while
+    near delayed sends pass through the delay partitions, and again after a carry: each far
+    send still runs once, and not early."""
+    module = "tests.chaos.carrying:SERVICES"
+    worker_processes.spawn(module)
+    assert await asyncio.wait_for(client.object("Tally", KEYS[0], "count").request(), 90) == 0
+    far_due = datetime.now(UTC) + timedelta(seconds=30)
+    far, near = [], []
+    for i in range(2 * len(KEYS)):  # two sends of 1000 per key
+        key = KEYS[i % len(KEYS)]
+        target = Target(service="Tally", key=key, handler="add")
+        inv_id = ids.new_id(key, topics.partitions)
+        invoke = Invoke(target=target, argument=1000, invocation_id=inv_id, mode="send")
+        far.append((invoke.model_copy(update={"due": far_due}), key))
+    await produce_sends(topics, far)
+    near_due = datetime.now(UTC) + timedelta(seconds=1)
+    near = [(r.model_copy(update={"due": near_due}), k) for r, k in increments(2000, topics)]
+    await produce_sends(topics, near)
+    await asyncio.sleep(random.uniform(1.5, 3.5))  # releases and carries under way
+    worker_processes.started[-1].kill()
+    worker_processes.spawn(module)
+    settled = await counts_when_settled(client, 2000, 180, worker_processes.logs)
+    assert settled == [200] * len(KEYS), f"{settled}\n{worker_processes.logs()}"
+
+    async def carried() -> bool:
+        paths = worker_processes.log_dir.glob("worker-*.log")
+        return any("carried forward" in path.read_text() for path in paths)
+
+    await poll_until(carried, True, 20, "a message carried forward")
+
+    async def deleted() -> bool:  # the released records below a carried message
+        marks = await asyncio.to_thread(delay_watermarks, topics)
+        return any(low > 0 for low, _ in marks.values())
+
+    await poll_until(deleted, True, 20, "released delay records deleted")
+    worker_processes.started[-1].kill()  # its successor starts from the carried offsets
+    worker_processes.spawn(module)
+    assert datetime.now(UTC) < far_due - timedelta(seconds=2), "too slow to tell early from late"
+    early = await asyncio.gather(*(client.object("Tally", k, "count").request() for k in KEYS))
+    assert early == [200] * len(KEYS), "a far send ran early"
+    counts = await counts_when_settled(client, 22_000, 180, worker_processes.logs)
+    assert counts == [2200] * len(KEYS), f"{counts}\n{worker_processes.logs()}"
+    assert datetime.now(UTC) >= far_due
 
 
 def side_effect_calls(n: int, settings: Settings, effects: Path) -> list[tuple[Invoke, str]]:

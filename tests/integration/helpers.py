@@ -7,6 +7,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.settings import Settings
+from streams.wire.topics import Topics
+
 T = TypeVar("T")
 
 
@@ -51,3 +56,18 @@ def effect_runs(path: Path) -> dict[str, list[int]]:
             tag, pid = line.split()
             runs.setdefault(tag, []).append(int(pid))
     return runs
+
+
+def delay_watermarks(settings: Settings) -> dict[int, tuple[int, int]]:
+    """(low, high) watermarks of every delay partition that has held records."""
+    topic = Topics(settings.namespace).delay
+    consumer = Consumer(settings.client_config({"group.id": f"{settings.namespace}.marks"}))
+    try:
+        found = {}
+        for partition in range(settings.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+            if high > 0:
+                found[partition] = (low, high)
+        return found
+    finally:
+        consumer.close()

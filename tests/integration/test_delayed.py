@@ -13,6 +13,7 @@ from confluent_kafka import Producer, TopicPartition
 
 from streams.client import Client
 from streams.engine import delay
+from streams.kafka import trim
 from streams.kafka.admin import admin_client
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.worker import Worker
@@ -20,7 +21,7 @@ from streams.settings import Settings
 from streams.wire.topics import Topics
 from tests.integration import apps
 from tests.integration.conftest import WorkerProcesses
-from tests.integration.helpers import poll_until
+from tests.integration.helpers import delay_watermarks, poll_until
 
 T = TypeVar("T")
 
@@ -171,3 +172,51 @@ async def test_the_delay_reader_reads_offsets_back_and_names_those_gone(topics: 
         (o, f"record {o}".encode()) for o in (120, 121, 2500, 2999)
     ]
     assert missing == [50]
+
+
+@pytest.fixture
+def carry_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers created after this carry pending messages forward once their delay partition
+    is 100 records past the oldest, and delete released records every 0.2 s."""
+    monkeypatch.setattr(delay, "CARRY_AFTER", 100)
+    monkeypatch.setattr(trim, "TRIM_EVERY", 0.2)
+    monkeypatch.setattr(trim, "TRIM_LEAST", 1)
+
+
+async def test_a_far_send_is_carried_forward_past_released_records_which_are_deleted(
+    short_horizon: None, carry_soon: None, client: Client, topics: Settings
+) -> None:
+    first = Worker(topics, apps.SERVICES, worker_id=f"first-{topics.namespace}")
+    running = asyncio.create_task(first.run())
+    try:
+        assert await asyncio.wait_for(count(client, "carried"), 60) == 0
+        sent = time.monotonic()
+        tally = client.object_send("Tally", "carried", "add")
+        await tally.send(1000, delay=timedelta(seconds=30))
+        for _ in range(60):  # 60 delayed records and their 60 markers behind the far one
+            await tally.send(1, delay=timedelta(seconds=0.2))
+        # Both waits end well within the far send's 30 s.
+        await time_until(client, "carried", 60, 10)
+
+        async def deleted() -> bool:
+            marks = await asyncio.to_thread(delay_watermarks, topics)
+            return len(marks) == 1 and next(iter(marks.values()))[0] > 0
+
+        await poll_until(deleted, True, 15, "the released records below the far send deleted")
+        assert sum(d.carried for d in first.delays.values()) >= 1
+        assert await count(client, "carried") == 60, "the far send ran early"
+    finally:
+        first.stop()
+        await asyncio.wait_for(running, 60)
+
+    # A new owner starts past the deleted records, at the copy, and runs it once.
+    second = Worker(topics, apps.SERVICES, worker_id=f"second-{topics.namespace}")
+    running = asyncio.create_task(second.run())
+    try:
+        await time_until(client, "carried", 1060, 60)
+        assert time.monotonic() - sent >= 30.0
+        await asyncio.sleep(1.5)
+        assert await count(client, "carried") == 1060, "the far send ran twice"
+    finally:
+        second.stop()
+        await asyncio.wait_for(running, 60)

@@ -28,6 +28,7 @@ from streams.wire.records import (
     Start,
     Target,
     decode_delay,
+    decode_ingress,
     encode,
 )
 from streams.wire.topics import Topics
@@ -116,6 +117,7 @@ class Rig:
         )
         self.read = start
         self.released: dict[int, float] = {}  # offset -> clock when released
+        self.carried: dict[int, int] = {}  # old offset -> the offset of its copy
         self.committed = start  # the delay partition's committed offset
         self.emitted: list[Out] = []  # to ingress and dead-letter topics, as committed
 
@@ -127,17 +129,26 @@ class Rig:
             self.read += 1
 
     def commit(self) -> None:
-        """The worker's transaction: released records leave, markers join the log."""
+        """The worker's transaction: released records leave, markers and copies carried
+        forward join the log."""
+        copy = None  # the offset of a copy just appended: the next marker is its original's
         for out in self.out:
             if out.topic == TOPICS.delay:
-                marker = decode_delay(out.value)
-                assert isinstance(marker, Fired)
-                assert marker.offset not in self.released, f"{marker.offset} released twice"
-                self.released[marker.offset] = self.clock.now
-                self.log.append(out.key, out.value)
+                record = decode_delay(out.value)
+                offset = self.log.append(out.key, out.value)
+                if isinstance(record, Delayed):
+                    copy = offset
+                    continue
+                assert record.offset not in self.released, f"{record.offset} released twice"
+                assert record.offset not in self.carried, f"{record.offset} carried twice"
+                if copy is not None:
+                    self.carried[record.offset] = copy
+                else:
+                    self.released[record.offset] = self.clock.now
             else:
                 assert out.topic in (TOPICS.ingress, TOPICS.deadletter), out.topic
                 self.emitted.append(out)
+            copy = None
         self.out.clear()
         if self.processor.caught_up:
             self.committed = self.processor.commit_offset()
@@ -174,6 +185,8 @@ def test_offset_set_matches_a_python_set(operations: list[tuple[bool, int]]) -> 
             model.discard(victim)
         assert len(members) == len(model)
         assert members.lowest() == (min(model) if model else None)
+        limit = 100 + step
+        assert list(members.below(limit)) == sorted(o for o in model if o < limit)
     assert all(o in members for o in model)
     assert not members.discard(99)
 
@@ -446,6 +459,127 @@ async def test_an_idle_processor_has_one_timer_for_its_next_read_back_and_none_e
     assert processor.next_read_back == T0 + 5 * 3600 - delay.LEAD
 
 
+# -- carrying far messages forward ---------------------------------------------------------
+
+
+@pytest.fixture
+def carry_after_100(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delay, "CARRY_AFTER", 100)
+
+
+def far_behind_released(log: Log, clock: Clock) -> tuple[Rig, int]:
+    """A rig whose oldest pending message is due in an hour, behind 60 released ones and
+    their markers (121 records)."""
+    rig = Rig(log, clock, horizon=30, lead=10)
+    far = log.delayed(T0 + 3600, key="far")
+    for i in range(60):
+        log.delayed(T0 + 1 + i / 100)
+    rig.feed()
+    rig.tick(T0 + 5)
+    assert len(rig.released) == 60
+    rig.feed()  # the markers
+    assert rig.committed == far
+    return rig, far
+
+
+async def test_a_far_message_behind_released_records_is_carried_forward_and_released_once(
+    carry_after_100: None,
+) -> None:
+    log, clock = Log(), Clock()
+    rig, far = far_behind_released(log, clock)
+    assert rig.fetcher.serve() == [far]
+    rig.tick()
+    copy = rig.carried[far]
+    assert log.records[copy] == log.records[far], "copied byte for byte"
+    assert far < rig.committed <= copy, "the committed offset has left the old record behind"
+    rig.feed()
+    assert rig.processor.pending == 1
+    assert rig.processor.commit_offset() == copy
+    assert rig.processor.carried == 1
+
+    rig.processor.close()  # a new owner starts at the committed offset, past the original
+    second = Rig(log, clock, start=rig.committed, horizon=30, lead=10)
+    second.feed()
+    second.tick(T0 + 3600 - 10)
+    assert second.fetcher.serve() == [copy]
+    second.tick(T0 + 3600)
+    assert list(second.released) == [copy]
+    (invoke,) = [decode_ingress(out.value) for out in second.emitted]
+    original = decode_delay(log.records[far][1])
+    assert isinstance(original, Delayed)
+    assert invoke == original.released()
+
+
+async def test_a_carry_lost_with_its_transaction_leaves_the_original_to_the_next_owner(
+    carry_after_100: None,
+) -> None:
+    log, clock = Log(), Clock()
+    rig, far = far_behind_released(log, clock)
+    rig.fetcher.serve()
+    assert len(rig.out) == 2  # the copy and the marker, not committed
+    rig.out.clear()  # the transaction fails
+    rig.processor.close()
+
+    second = Rig(log, clock, start=rig.committed, horizon=30, lead=10)
+    assert second.committed == far
+    second.feed()
+    second.fetcher.serve()  # it carries the message forward itself
+    second.tick()
+    copy = second.carried[far]
+    second.feed()
+    second.tick(T0 + 3600 - 10)
+    second.fetcher.serve()
+    second.tick(T0 + 3600)
+    assert list(second.released) == [copy]
+    assert len(second.emitted) == 1
+
+
+async def test_nothing_is_carried_while_much_of_the_span_is_pending(carry_after_100: None) -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    for i in range(40):
+        log.delayed(T0 + 3600 + i)  # 40 pending in a span of 140: more than one in four
+    for _ in range(50):
+        log.delayed(T0 + 1)
+    rig.feed()
+    rig.tick(T0 + 5)
+    rig.feed()
+    assert log.end == 140
+    assert rig.fetcher.asked == []
+    log.delayed(T0 + 1)  # one more released: now 40 in 142 are pending
+    rig.feed()
+    rig.tick(T0 + 6)
+    rig.feed()
+    assert rig.fetcher.asked == []
+
+
+async def test_old_offsets_of_carried_messages_leave_the_buckets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(delay, "CARRY_AFTER", 100)
+    monkeypatch.setattr(delay, "FETCH_BATCH", 10)
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    for i in range(10):
+        log.delayed(T0 + 3600 + i)
+    for _ in range(20):  # each round releases 100 near messages, then carries the ten
+        for _ in range(100):
+            log.delayed(clock.now + 1)
+        rig.feed()
+        rig.tick(clock.now + 2)
+        rig.feed()
+        rig.fetcher.serve()
+        rig.tick()
+        rig.feed()
+        assert rig.processor.pending == 10
+    assert rig.processor.carried >= 100
+    assert rig.processor._far_size <= 2 * 10 + delay.FETCH_BATCH
+    rig.tick(T0 + 3600 + 20 - 10)
+    rig.fetcher.serve()
+    rig.tick(T0 + 3600 + 20)
+    assert len(rig.emitted) == 20 * 100 + 10
+
+
 # -- restarts and rebalances --------------------------------------------------------------
 
 
@@ -512,21 +646,38 @@ async def test_timers_fire_on_the_event_loop_with_the_real_clock() -> None:
     restart_at=st.integers(-1, 30),
     serve_late=st.booleans(),
     seed=st.integers(0, 1000),
+    carry=st.sampled_from([None, (6, 1), (12, 4)]),
+    abort=st.booleans(),
 )
 def test_never_early_never_twice_all_eventually(
-    dues: list[float], steps: list[float], restart_at: int, serve_late: bool, seed: int
+    dues: list[float],
+    steps: list[float],
+    restart_at: int,
+    serve_late: bool,
+    seed: int,
+    carry: tuple[int, int] | None,
+    abort: bool,
 ) -> None:
-    asyncio.run(_scenario(dues, steps, restart_at, serve_late, seed))
+    """``carry``: (CARRY_AFTER, CARRY_SPARSE), so that messages are carried forward often;
+    ``abort``: the transaction in flight at the restart fails, losing what it held."""
+    saved = delay.CARRY_AFTER, delay.CARRY_SPARSE
+    if carry is not None:
+        delay.CARRY_AFTER, delay.CARRY_SPARSE = carry
+    try:
+        asyncio.run(_scenario(dues, steps, restart_at, serve_late, seed, abort))
+    finally:
+        delay.CARRY_AFTER, delay.CARRY_SPARSE = saved
 
 
 async def _scenario(
-    dues: list[float], steps: list[float], restart_at: int, serve_late: bool, seed: int
+    dues: list[float], steps: list[float], restart_at: int, serve_late: bool, seed: int, abort: bool
 ) -> None:
     shuffle = random.Random(seed)
     log, clock = Log(), Clock()
     rig = Rig(log, clock, horizon=30, lead=10)
     waiting = list(dues)
     released: dict[int, float] = {}
+    emitted: list[Out] = []
     for index, step in enumerate(steps):
         for _ in range(shuffle.randint(0, 3)):  # new messages arrive as time passes
             if waiting:
@@ -539,15 +690,22 @@ async def _scenario(
             rig.tick()
         rig.feed()
         if index == restart_at:  # a new owner takes over from the committed offset
+            if abort:  # releases and copies made since the last commit never reach Kafka
+                rig.fetcher.serve()
+                rig.processor.tick()
+                rig.out.clear()
             released.update(rig.released)
+            emitted += rig.emitted
             rig.processor.close()
             rig = Rig(log, clock, start=rig.committed, horizon=30, lead=10)
     clock.now += 400  # past every due time
-    rig.feed()
-    rig.tick()
-    rig.fetcher.serve()
-    rig.tick()
+    for _ in range(10):  # copies carried forward are read, then released
+        rig.feed()
+        rig.tick()
+        rig.fetcher.serve()
+        rig.tick()
     released.update(rig.released)
+    emitted += rig.emitted
     delayed = [o for o in range(log.end) if isinstance(decode_delay(log.records[o][1]), Delayed)]
     for offset, at in released.items():
         assert at >= due_of(log, offset), f"{offset} released early"
@@ -556,6 +714,10 @@ async def _scenario(
     assert sorted(fired) == sorted(set(fired)), "a message released twice"
     assert set(fired) == set(delayed)
     assert rig.processor.pending == 0
+    # Each message reached the ingress topic once, however often it was carried forward.
+    messages = {log.records[o][1] for o in delayed}
+    invokes = [out.value for out in emitted]
+    assert len(invokes) == len(set(invokes)) == len(messages)
 
 
 async def test_after_reading_many_records_freed_heap_memory_goes_back_to_the_os(

@@ -44,6 +44,7 @@ DOCUMENTED_METRICS = {
     "kourier_inbox_depth": {"partition"},
     "kourier_consumer_lag": {"topic", "partition"},
     "kourier_pending_timers": {"partition"},
+    "kourier_delay_carried": set(),
     "kourier_partition_stalled_seconds": {"topic", "partition"},
     "kourier_deadlocks": set(),
     "kourier_ingress_requests": {"kind", "status"},

@@ -1,0 +1,118 @@
+"""Deleting what the delay topic no longer needs.
+
+A delay partition's committed offset is its oldest message still pending
+(``streams.engine.delay``): everything below it was released or carried forward, and a
+new owner starts reading there. Those records are garbage, and the delay topic keeps
+records for good (``retention.ms=-1``), so a worker deletes them itself: every
+``TRIM_EVERY`` seconds it asks the brokers to delete the records below each delay offset
+it has committed (Kafka's ``DeleteRecords``, as ``kafka-delete-records.sh`` does), for
+each partition where at least ``TRIM_LEAST`` records would go.
+
+A committed delay offset never moves back (a new owner's oldest pending message is at or
+past where it started reading), so an offset committed earlier, even by a worker that has
+since lost the partition, is still safe to delete below. A refusal for want of the
+``DELETE`` permission on the topic stops the trimming, with one warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+log = logging.getLogger("kourier.delay")
+
+TRIM_EVERY = 60.0  # seconds between deletions
+TRIM_LEAST = 10_000  # records below the committed offset before a partition is trimmed
+
+
+class DelayTrimmer:
+    """Deletes a delay topic's records below the offsets its worker committed."""
+
+    def __init__(
+        self,
+        admin: AdminClient,
+        topic: str,
+        every: float | None = None,
+        least: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._admin = admin
+        self._topic = topic
+        self._every = TRIM_EVERY if every is None else every
+        self._least = TRIM_LEAST if least is None else least
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._committed: dict[int, int] = {}  # partition -> highest delay offset committed
+        self._trimmed: dict[int, int] = {}  # partition -> offset deleted below (asked)
+        self._in_flight = 0
+        self._next = clock() + self._every
+        self._refused = False
+        self.deleted_below: dict[int, int] = {}  # partition -> what the brokers confirmed
+
+    def committed(self, offsets: Iterable[TopicPartition]) -> None:
+        """A transaction with ``offsets`` has committed (the committer's thread)."""
+        with self._lock:
+            for tp in offsets:
+                if tp.topic == self._topic and tp.offset >= 0:
+                    known = self._committed.get(tp.partition, 0)
+                    self._committed[tp.partition] = max(known, tp.offset)
+
+    def tick(self) -> None:
+        """Ask for the deletions that are due (the worker's Kafka thread, once a second)."""
+        with self._lock:
+            now = self._clock()
+            if self._refused or self._in_flight or now < self._next:
+                return
+            self._next = now + self._every
+            wanted = [
+                TopicPartition(self._topic, partition, offset)
+                for partition, offset in sorted(self._committed.items())
+                if offset - self._trimmed.get(partition, 0) >= self._least
+            ]
+            if not wanted:
+                return
+            self._in_flight = len(wanted)
+        try:
+            futures = self._admin.delete_records(wanted, request_timeout=30)
+        except (KafkaException, ValueError, TypeError) as exc:
+            with self._lock:
+                self._in_flight = 0
+            log.warning("delay topic: could not ask to delete released records: %s", exc)
+            return
+        for tp, future in futures.items():
+            future.add_done_callback(functools.partial(self._done, tp))
+
+    def _done(self, tp: TopicPartition, future: Future[object]) -> None:
+        """A deletion's answer (librdkafka's background thread)."""
+        error = future.exception()
+        with self._lock:
+            self._in_flight -= 1
+            if error is None:
+                self._trimmed[tp.partition] = max(self._trimmed.get(tp.partition, 0), tp.offset)
+                self.deleted_below[tp.partition] = self._trimmed[tp.partition]
+                log.debug("delay %d: records below %d deleted", tp.partition, tp.offset)
+                return
+            kafka_error = error.args[0] if error.args else None
+            refused = isinstance(kafka_error, KafkaError) and kafka_error.code() in (
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+            )
+            if refused:
+                if not self._refused:
+                    log.warning(
+                        "delay topic %s: not allowed to delete released records (%s); grant "
+                        "this worker DELETE on the topic, or delete below the committed "
+                        "offsets by hand (README, Limits)",
+                        self._topic,
+                        kafka_error,
+                    )
+                self._refused = True
+                return
+        log.warning("delay %d: deleting below %d failed: %s", tp.partition, tp.offset, error)
