@@ -32,12 +32,13 @@ records read the processor hands that memory back to the OS (``malloc_trim``).
 Carrying forward. The committed offset is the oldest pending message, so one message due in
 a month would pin it while the partition fills with released records and markers: a new
 owner would read them all again, and nothing below could be deleted. Once the oldest pending
-message is ``CARRY_AFTER`` records behind the end, and at most one record in
-``CARRY_SPARSE`` of that span is pending, the oldest far messages are read back and
-written again at the end, byte for byte, each with a ``Fired`` marker for its old offset,
-in one transaction: the copy and the marker become visible together or not at all, so a
-message is released once, from one of its two records. The committed offset then moves
-on, and the worker deletes the records below it (``streams.kafka.trim``).
+message is ``CARRY_AFTER`` records behind the end, and carrying every pending message would
+write (a copy and a marker each) at most one record in ``CARRY_SPARSE`` of that span, the
+oldest far messages are read back, in batches, and written again at the end, byte for
+byte, each with a ``Fired`` marker for its old offset, in the worker's next transaction:
+the copy and the marker become visible together or not at all, so a message is released
+once, from one of its two records. The committed offset then moves on, and the worker
+deletes the records below it (``streams.kafka.trim``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ RELEASE_BATCH = 5_000  # releases per event-loop callback, so one transaction st
 REPORT_EVERY = 10.0  # seconds between log lines of the pending count while it changes
 TRIM_AFTER = 100_000  # records read, after which freed heap memory goes back to the OS
 CARRY_AFTER = 100_000  # records behind the end before the oldest pending are carried forward
-CARRY_SPARSE = 4  # ... and only while at most one record in this many of them is pending
+CARRY_SPARSE = 8  # ... while a carry would write (2 per message) at most 1/8 of those records
+CARRY_BATCH = 2_000  # messages per carry: a transaction of its own, however large they are
+CARRY_BYTES = 16 << 20  # ... and at most these many bytes of them
+CARRY_SPAN = 100_000  # offsets one carry may read through (a read-back blocks other reads)
 CARRY_RETRY = 5.0  # seconds before looking again when nothing could be carried
 
 #: ``(offset, key, value)`` of a record read back from the delay partition.
@@ -83,9 +87,12 @@ class Fetcher(Protocol):
     """Reads records of a delay partition back by offset
     (:class:`streams.kafka.delay_reader.DelayReader`)."""
 
-    def fetch(self, partition: int, offsets: Sequence[int], deliver: Deliver) -> None:
+    def fetch(
+        self, partition: int, offsets: Sequence[int], deliver: Deliver, urgent: bool = True
+    ) -> None:
         """Read ``offsets`` (ascending) of ``partition``; call ``deliver`` once, on the
-        running event loop, with what was found and which offsets are gone."""
+        running event loop, with what was found and which offsets are gone. Urgent reads
+        (messages soon due) go before the others (carries)."""
 
 
 _NONZERO = re.compile(rb"[^\x00]")
@@ -423,35 +430,40 @@ class DelayProcessor:
     def _carry(self, now: float) -> None:
         """Read back the oldest messages kept as offsets when they hold the committed offset
         far behind a partition that is mostly released (see the module's docstring)."""
-        if self._fetching or now < self._carry_at:
+        if self._fetching or now < self._carry_at or len(self._held) >= MAX_HELD:
             return
         lowest = self._pending.lowest()
         if lowest is None:
             return
         span = self._next_offset - lowest
-        if span < CARRY_AFTER or len(self._pending) * CARRY_SPARSE > span:
+        if span < CARRY_AFTER or 2 * len(self._pending) * CARRY_SPARSE > span:
             return
         # Messages held in full leave within the horizon; the rest move (those left for a
-        # newer worker too: they are copied as they are, never decoded here).
-        limit = self._next_offset - CARRY_AFTER // 2
+        # newer worker too: they are copied as they are, never decoded here). One read-back
+        # covers at most CARRY_SPAN offsets, so that due read-backs never wait long behind it.
+        limit = min(self._next_offset - CARRY_AFTER // 4, lowest + CARRY_SPAN)
         movable = (o for o in self._pending.below(limit) if o not in self._held)
-        offsets = list(itertools.islice(movable, FETCH_BATCH))
+        offsets = list(itertools.islice(movable, CARRY_BATCH))
         if not offsets:
             self._carry_at = now + CARRY_RETRY
             return
         self._fetching = True
-        self._fetcher.fetch(self.partition, offsets, self._on_carried)
+        self._fetcher.fetch(self.partition, offsets, self._on_carried, urgent=False)
 
     def _on_carried(self, found: list[Fetched], missing: list[int]) -> None:
         """Write each record read back again at the partition's end, with a marker for its
-        old offset; both go in the next transaction, with the commit offset past it."""
+        old offset; both go in the next transaction, whose delay offset can then pass it.
+        At most CARRY_BYTES of them: the rest stay where they are until the next carry."""
         if self.closed:
             return
         self._fetching = False
-        carried = 0
+        carried = size = 0
         for offset, key, value in found:
-            if offset not in self._pending or offset in self._held:
+            if offset not in self._pending:
                 continue  # released meanwhile
+            size += len(value or b"") + len(key or b"")
+            if carried and size > CARRY_BYTES:
+                break
             self._pending.discard(offset)
             self._emit(Out(self.topics.delay, self.partition, key, value))
             self._emit(Out(self.topics.delay, self.partition, key, encode(Fired(offset=offset))))
@@ -467,6 +479,8 @@ class DelayProcessor:
                 self._next_offset,
             )
             self._wake()
+        elif not missing:  # nothing moved: look again later, not at once
+            self._carry_at = self._clock() + CARRY_RETRY
         self._compact_far()
         self._changed()
         self._arm()

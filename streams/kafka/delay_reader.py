@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -17,13 +18,17 @@ from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 
 log = logging.getLogger("kourier.delay")
 
+#: A read-back: the partition, its offsets, whom to tell, and on which loop.
+_Request = tuple[int, list[int], Deliver, asyncio.AbstractEventLoop]
+
 
 class DelayReader:
     """Reads delayed records back by offset for every delay partition of a worker.
 
     One ``read_committed`` consumer, outside any group's assignment, used only by the
     reader's own thread: neither the event loop nor the worker's Kafka thread waits for a
-    read. Requests run one after another; each result is delivered on the loop that asked.
+    read. Requests run one after another, urgent ones (messages soon due) before the rest
+    (carries); each result is delivered on the loop that asked.
     """
 
     _SEEK_GAP = 2_000  # offsets: read through a smaller gap, seek over a larger one
@@ -39,26 +44,32 @@ class DelayReader:
             "queued.max.messages.kbytes": 8192,
         }
         self._topic = topic
-        self._requests: queue.SimpleQueue[
-            tuple[int, list[int], Deliver, asyncio.AbstractEventLoop] | None
-        ] = queue.SimpleQueue()
+        # (rank, sequence, request): stop first, then urgent reads, then the rest, each in
+        # the order asked; the sequence keeps requests from ever being compared.
+        self._requests: queue.PriorityQueue[tuple[int, int, _Request | None]] = (
+            queue.PriorityQueue()
+        )
+        self._asked = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def fetch(self, partition: int, offsets: Sequence[int], deliver: Deliver) -> None:
+    def fetch(
+        self, partition: int, offsets: Sequence[int], deliver: Deliver, urgent: bool = True
+    ) -> None:
         if self._closed:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="kourier-delay-reader")
             self._thread.daemon = True
             self._thread.start()
-        self._requests.put((partition, list(offsets), deliver, asyncio.get_running_loop()))
+        request = (partition, list(offsets), deliver, asyncio.get_running_loop())
+        self._requests.put((1 if urgent else 2, next(self._asked), request))
 
     def close(self) -> None:
         """Stop the thread (a read in progress is abandoned) and close the consumer."""
         self._closed = True
         if self._thread is not None:
-            self._requests.put(None)
+            self._requests.put((0, next(self._asked), None))
             self._thread.join(30)
             self._thread = None
 
@@ -66,7 +77,7 @@ class DelayReader:
         consumer = Consumer(self._config)
         try:
             while not self._closed:
-                request = self._requests.get()
+                _, _, request = self._requests.get()
                 if request is None:
                     return
                 partition, offsets, deliver, loop = request

@@ -75,13 +75,8 @@ async def counts_when_settled(
     return list(await asyncio.gather(*(client.object("Tally", k, "count").request() for k in KEYS)))
 
 
-async def kill_repeatedly(
-    workers: WorkerProcesses,
-    times: int,
-    load: asyncio.Task[None],
-    module: str = "tests.integration.apps",
-) -> int:
-    current = workers.spawn(module)
+async def kill_repeatedly(workers: WorkerProcesses, times: int, load: asyncio.Task[None]) -> int:
+    current = workers.spawn()
     kills = 0
     while kills < times or not load.done():
         await asyncio.sleep(random.uniform(0.7, 1.4))
@@ -89,7 +84,7 @@ async def kill_repeatedly(
             continue
         current.kill()
         kills += 1
-        current = workers.spawn(module)
+        current = workers.spawn()
     return kills
 
 

@@ -174,6 +174,35 @@ async def test_the_delay_reader_reads_offsets_back_and_names_those_gone(topics: 
     assert missing == [50]
 
 
+async def test_the_delay_reader_reads_urgent_offsets_before_carries(topics: Settings) -> None:
+    topic = Topics(topics.namespace).delay
+    producer = Producer(topics.client_config())
+    for i in range(100):
+        producer.produce(topic, f"record {i}".encode(), b"k", partition=0)
+    producer.flush(30)
+    reader = DelayReader(topics.client_config({"group.id": f"{topics.namespace}.reader"}), topic)
+    order: list[str] = []
+    done = asyncio.Event()
+
+    def deliver(name: str) -> delay.Deliver:
+        def delivered(found: list[delay.Fetched], missing: list[int]) -> None:
+            order.append(name)
+            if len(order) == 3:
+                done.set()
+
+        return delivered
+
+    try:
+        # All three are asked before the reader's thread has made its consumer.
+        reader.fetch(0, [1, 2], deliver("carry 1"), urgent=False)
+        reader.fetch(0, [3], deliver("carry 2"), urgent=False)
+        reader.fetch(0, [50], deliver("due"))
+        await asyncio.wait_for(done.wait(), 60)
+    finally:
+        await asyncio.to_thread(reader.close)
+    assert order == ["due", "carry 1", "carry 2"]
+
+
 @pytest.fixture
 def carry_soon(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers created after this carry pending messages forward once their delay partition

@@ -78,11 +78,15 @@ class Fetcher:
         self.log = log
         self.requests: list[tuple[list[int], Deliver]] = []
         self.asked: list[list[int]] = []  # every request, answered or not
+        self.urgent: list[bool] = []  # whether each was urgent
 
-    def fetch(self, partition: int, offsets: Sequence[int], deliver: Deliver) -> None:
+    def fetch(
+        self, partition: int, offsets: Sequence[int], deliver: Deliver, urgent: bool = True
+    ) -> None:
         assert list(offsets) == sorted(offsets)
         self.requests.append((list(offsets), deliver))
         self.asked.append(list(offsets))
+        self.urgent.append(urgent)
 
     def serve(self, gone: Sequence[int] = ()) -> list[int]:
         """Answer every request; the offsets asked for."""
@@ -534,23 +538,58 @@ async def test_a_carry_lost_with_its_transaction_leaves_the_original_to_the_next
     assert len(second.emitted) == 1
 
 
-async def test_nothing_is_carried_while_much_of_the_span_is_pending(carry_after_100: None) -> None:
+async def test_a_carry_waits_until_it_would_write_at_most_an_eighth_of_the_span(
+    carry_after_100: None,
+) -> None:
     log, clock = Log(), Clock()
     rig = Rig(log, clock, horizon=30, lead=10)
-    for i in range(40):
-        log.delayed(T0 + 3600 + i)  # 40 pending in a span of 140: more than one in four
-    for _ in range(50):
-        log.delayed(T0 + 1)
+    for i in range(7):
+        log.delayed(T0 + 3600 + i)
+    for _ in range(200):  # markers of messages released long ago: no pending one changes
+        log.append(b"k", encode(Fired(offset=10**9)))
+    asked_at = None
+    while asked_at is None and rig.read < log.end:
+        key, value = log.records[rig.read]
+        rig.processor.on_message(key, value, rig.read)
+        rig.read += 1
+        if rig.fetcher.asked:
+            asked_at = rig.read
+    # 7 messages, a copy and a marker each, are 14 records: 1/8 of a span of 112.
+    assert asked_at == 2 * 7 * delay.CARRY_SPARSE
+    assert rig.fetcher.asked == [list(range(7))]
+    assert rig.fetcher.urgent == [False], "a carry's read-back waits behind due read-backs"
+
+
+async def test_a_carry_is_cut_to_its_byte_budget_and_its_read_to_its_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(delay, "CARRY_AFTER", 100)
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    far = [log.delayed(T0 + 3600 + i) for i in range(4)]
+    far.append(log.delayed(T0 + 3600))  # a fifth, out of the first read's reach
+    monkeypatch.setattr(delay, "CARRY_SPAN", far[-1])
+    size = sum(len(part or b"") for part in log.records[far[0]])
+    monkeypatch.setattr(delay, "CARRY_BYTES", 2 * size + 1)  # two messages a carry
+    for _ in range(200):
+        log.append(b"k", encode(Fired(offset=10**9)))
     rig.feed()
-    rig.tick(T0 + 5)
+    assert rig.fetcher.asked == [far[:4]]
+    offsets, deliver = rig.fetcher.requests.pop(0)
+    deliver([(o, *log.records[o]) for o in offsets], [])
+    rig.commit()
+    assert sorted(rig.carried) == far[:2]
+    assert rig.fetcher.asked[1] == far[2:], "the next carry reads on from the oldest left"
     rig.feed()
-    assert log.end == 140
-    assert rig.fetcher.asked == []
-    log.delayed(T0 + 1)  # one more released: now 40 in 142 are pending
-    rig.feed()
-    rig.tick(T0 + 6)
-    rig.feed()
-    assert rig.fetcher.asked == []
+    for _ in range(5):  # the rest, in later carries
+        rig.fetcher.serve()
+        rig.tick()
+        rig.feed()
+    assert sorted(rig.carried)[:5] == far
+    rig.tick(T0 + 3600 - 10)
+    rig.fetcher.serve()
+    rig.tick(T0 + 3600 + 10)
+    assert len(rig.emitted) == 5
 
 
 async def test_old_offsets_of_carried_messages_leave_the_buckets(
