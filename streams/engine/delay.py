@@ -72,8 +72,8 @@ REPORT_EVERY = 10.0  # seconds between log lines of the pending count while it c
 TRIM_AFTER = 100_000  # records read, after which freed heap memory goes back to the OS
 CARRY_AFTER = 100_000  # records behind the end before the oldest pending are carried forward
 CARRY_SPARSE = 8  # ... while a carry would write (2 per message) at most 1/8 of those records
-CARRY_BATCH = 2_000  # messages per carry: a transaction of its own, however large they are
-CARRY_BYTES = 16 << 20  # ... and at most these many bytes of them
+CARRY_BATCH = 2_000  # messages per carry (one read-back, and their copies in one snapshot)
+CARRY_BYTES = 16 << 20  # ... and the read-back stops once it holds this many bytes
 CARRY_SPAN = 100_000  # offsets one carry may read through (a read-back blocks other reads)
 CARRY_RETRY = 5.0  # seconds before looking again when nothing could be carried
 
@@ -88,11 +88,18 @@ class Fetcher(Protocol):
     (:class:`streams.kafka.delay_reader.DelayReader`)."""
 
     def fetch(
-        self, partition: int, offsets: Sequence[int], deliver: Deliver, urgent: bool = True
+        self,
+        partition: int,
+        offsets: Sequence[int],
+        deliver: Deliver,
+        urgent: bool = True,
+        max_bytes: int | None = None,
     ) -> None:
         """Read ``offsets`` (ascending) of ``partition``; call ``deliver`` once, on the
         running event loop, with what was found and which offsets are gone. Urgent reads
-        (messages soon due) go before the others (carries)."""
+        (messages soon due) go before the others (carries). With ``max_bytes``, the read
+        may stop once the keys and values found hold that many bytes: the offsets after
+        it are then in neither list."""
 
 
 _NONZERO = re.compile(rb"[^\x00]")
@@ -232,7 +239,8 @@ class DelayProcessor:
         self._far_seconds: list[int] = []
         self._far_size = 0  # offsets in buckets, some of them perhaps released since
         self._loaded_until = math.floor(clock() + horizon)
-        self._fetching = False
+        self._fetching = False  # a read-back of far messages soon due is under way
+        self._carrying = False  # a carry's read-back is under way
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._refill_timer: asyncio.TimerHandle | None = None
@@ -241,6 +249,7 @@ class DelayProcessor:
         self._reported = -1
         self._read_since_trim = 0
         self._carry_at = 0.0  # no look for messages to carry forward before this
+        self._carry_timer: asyncio.TimerHandle | None = None  # ... and then a look
         self.carried = 0  # messages carried forward, in all
         self.closed = False
 
@@ -430,40 +439,36 @@ class DelayProcessor:
     def _carry(self, now: float) -> None:
         """Read back the oldest messages kept as offsets when they hold the committed offset
         far behind a partition that is mostly released (see the module's docstring)."""
-        if self._fetching or now < self._carry_at or len(self._held) >= MAX_HELD:
+        if self._carrying or now < self._carry_at or len(self._held) >= MAX_HELD:
             return
         lowest = self._pending.lowest()
-        if lowest is None:
-            return
+        if lowest is None or lowest in self._held:
+            return  # held messages leave within the horizon: carrying past one moves nothing
         span = self._next_offset - lowest
         if span < CARRY_AFTER or 2 * len(self._pending) * CARRY_SPARSE > span:
             return
-        # Messages held in full leave within the horizon; the rest move (those left for a
-        # newer worker too: they are copied as they are, never decoded here). One read-back
-        # covers at most CARRY_SPAN offsets, so that due read-backs never wait long behind it.
+        # The rest move (those left for a newer worker too: they are copied as they are,
+        # never decoded here). One read-back covers at most CARRY_SPAN offsets, so that the
+        # read-backs of messages soon due never wait long behind it.
         limit = min(self._next_offset - CARRY_AFTER // 4, lowest + CARRY_SPAN)
         movable = (o for o in self._pending.below(limit) if o not in self._held)
         offsets = list(itertools.islice(movable, CARRY_BATCH))
-        if not offsets:
-            self._carry_at = now + CARRY_RETRY
-            return
-        self._fetching = True
-        self._fetcher.fetch(self.partition, offsets, self._on_carried, urgent=False)
+        self._carrying = True
+        self._fetcher.fetch(
+            self.partition, offsets, self._on_carried, urgent=False, max_bytes=CARRY_BYTES
+        )
 
     def _on_carried(self, found: list[Fetched], missing: list[int]) -> None:
         """Write each record read back again at the partition's end, with a marker for its
         old offset; both go in the next transaction, whose delay offset can then pass it.
-        At most CARRY_BYTES of them: the rest stay where they are until the next carry."""
+        Offsets the read-back stopped short of stay where they are, for the next carry."""
         if self.closed:
             return
-        self._fetching = False
-        carried = size = 0
+        self._carrying = False
+        carried = 0
         for offset, key, value in found:
-            if offset not in self._pending:
-                continue  # released meanwhile
-            size += len(value or b"") + len(key or b"")
-            if carried and size > CARRY_BYTES:
-                break
+            if offset not in self._pending or offset in self._held:
+                continue  # released, or read back to be released, meanwhile
             self._pending.discard(offset)
             self._emit(Out(self.topics.delay, self.partition, key, value))
             self._emit(Out(self.topics.delay, self.partition, key, encode(Fired(offset=offset))))
@@ -481,8 +486,15 @@ class DelayProcessor:
             self._wake()
         elif not missing:  # nothing moved: look again later, not at once
             self._carry_at = self._clock() + CARRY_RETRY
+            if self._carry_timer is not None:
+                self._carry_timer.cancel()
+            self._carry_timer = self._later(CARRY_RETRY, self._on_carry_timer)
         self._compact_far()
         self._changed()
+        self._arm()
+
+    def _on_carry_timer(self) -> None:
+        self._carry_timer = None
         self._arm()
 
     def _compact_far(self) -> None:
@@ -603,8 +615,8 @@ class DelayProcessor:
 
     def close(self) -> None:
         self.closed = True
-        for handle in (self._timer, self._refill_timer, self._report):
+        for handle in (self._timer, self._refill_timer, self._report, self._carry_timer):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._refill_timer = self._report = None
+        self._timer = self._refill_timer = self._report = self._carry_timer = None
         self._timer_at = self._refill_at = None

@@ -18,8 +18,9 @@ from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 
 log = logging.getLogger("kourier.delay")
 
-#: A read-back: the partition, its offsets, whom to tell, and on which loop.
-_Request = tuple[int, list[int], Deliver, asyncio.AbstractEventLoop]
+#: A read-back: the partition, its offsets, the most bytes to hold, whom to tell, and on
+#: which loop.
+_Request = tuple[int, list[int], int | None, Deliver, asyncio.AbstractEventLoop]
 
 
 class DelayReader:
@@ -54,7 +55,12 @@ class DelayReader:
         self._closed = False
 
     def fetch(
-        self, partition: int, offsets: Sequence[int], deliver: Deliver, urgent: bool = True
+        self,
+        partition: int,
+        offsets: Sequence[int],
+        deliver: Deliver,
+        urgent: bool = True,
+        max_bytes: int | None = None,
     ) -> None:
         if self._closed:
             return
@@ -62,7 +68,7 @@ class DelayReader:
             self._thread = threading.Thread(target=self._run, name="kourier-delay-reader")
             self._thread.daemon = True
             self._thread.start()
-        request = (partition, list(offsets), deliver, asyncio.get_running_loop())
+        request = (partition, list(offsets), max_bytes, deliver, asyncio.get_running_loop())
         self._requests.put((1 if urgent else 2, next(self._asked), request))
 
     def close(self) -> None:
@@ -80,10 +86,10 @@ class DelayReader:
                 _, _, request = self._requests.get()
                 if request is None:
                     return
-                partition, offsets, deliver, loop = request
+                partition, offsets, max_bytes, deliver, loop = request
                 while True:
                     try:
-                        result = self._read(consumer, partition, offsets)
+                        result = self._read(consumer, partition, offsets, max_bytes)
                         break
                     except Exception:  # a dead reader would strand every far message
                         log.exception("delay reader: partition %d; retrying", partition)
@@ -100,16 +106,19 @@ class DelayReader:
             consumer.close()
 
     def _read(
-        self, consumer: Consumer, partition: int, offsets: list[int]
+        self, consumer: Consumer, partition: int, offsets: list[int], max_bytes: int | None = None
     ) -> tuple[list[Fetched], list[int]] | None:
+        """What was found of ``offsets`` and which are gone; with ``max_bytes``, stopping
+        once what was found holds that many bytes (``None`` once the reader is closed)."""
         found: list[Fetched] = []
         missing: list[int] = []
+        held = 0
         i = 0
-        while i < len(offsets):
+        while i < len(offsets) and (max_bytes is None or held < max_bytes):
             consumer.assign([TopicPartition(self._topic, partition, offsets[i])])
             seen = offsets[i] - 1
             heard = time.monotonic()
-            while i < len(offsets):
+            while i < len(offsets) and (max_bytes is None or held < max_bytes):
                 if self._closed:
                     return None
                 batch = consume_ready(consumer, 1000, 0.2)
@@ -117,13 +126,17 @@ class DelayReader:
                     offset = message.offset()
                     if message.error() is not None or offset is None:
                         continue
+                    if max_bytes is not None and held >= max_bytes:
+                        break
                     heard = time.monotonic()
                     seen = offset
                     while i < len(offsets) and offsets[i] < offset:
                         missing.append(offsets[i])
                         i += 1
                     if i < len(offsets) and offsets[i] == offset:
-                        found.append((offset, message.key(), message.value()))
+                        key, value = message.key(), message.value()
+                        found.append((offset, key, value))
+                        held += len(key or b"") + len(value or b"")
                         i += 1
                 if i < len(offsets) and offsets[i] - seen > self._SEEK_GAP:
                     break

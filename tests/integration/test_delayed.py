@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -174,33 +175,53 @@ async def test_the_delay_reader_reads_offsets_back_and_names_those_gone(topics: 
     assert missing == [50]
 
 
-async def test_the_delay_reader_reads_urgent_offsets_before_carries(topics: Settings) -> None:
+async def test_the_delay_reader_reads_urgent_offsets_first_and_stops_at_a_byte_budget(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     topic = Topics(topics.namespace).delay
     producer = Producer(topics.client_config())
     for i in range(100):
-        producer.produce(topic, f"record {i}".encode(), b"k", partition=0)
+        producer.produce(topic, f"record {i:02}".encode(), b"k", partition=0)
     producer.flush(30)
     reader = DelayReader(topics.client_config({"group.id": f"{topics.namespace}.reader"}), topic)
-    order: list[str] = []
+    reading, go_on = threading.Event(), threading.Event()
+    read = reader._read
+
+    def held_read(*args: Any) -> Any:  # the first read waits until the rest are asked
+        reading.set()
+        go_on.wait(30)
+        return read(*args)
+
+    monkeypatch.setattr(reader, "_read", held_read)
+    answers: list[tuple[str, list[int], list[int]]] = []
     done = asyncio.Event()
 
     def deliver(name: str) -> delay.Deliver:
         def delivered(found: list[delay.Fetched], missing: list[int]) -> None:
-            order.append(name)
-            if len(order) == 3:
+            answers.append((name, [offset for offset, _, _ in found], missing))
+            if len(answers) == 4:
                 done.set()
 
         return delivered
 
     try:
-        # All three are asked before the reader's thread has made its consumer.
-        reader.fetch(0, [1, 2], deliver("carry 1"), urgent=False)
-        reader.fetch(0, [3], deliver("carry 2"), urgent=False)
+        reader.fetch(0, [0], deliver("first"))
+        assert await asyncio.to_thread(reading.wait, 30)
+        # 10 bytes a record (key and value): the budget of 25 ends the carry's read at 3.
+        reader.fetch(0, [1, 2, 3, 4, 5], deliver("carry 1"), urgent=False, max_bytes=25)
+        reader.fetch(0, [6], deliver("carry 2"), urgent=False)
         reader.fetch(0, [50], deliver("due"))
+        go_on.set()
         await asyncio.wait_for(done.wait(), 60)
     finally:
+        go_on.set()
         await asyncio.to_thread(reader.close)
-    assert order == ["due", "carry 1", "carry 2"]
+    assert answers == [
+        ("first", [0], []),
+        ("due", [50], []),
+        ("carry 1", [1, 2, 3], []),
+        ("carry 2", [6], []),
+    ]
 
 
 @pytest.fixture

@@ -72,19 +72,25 @@ class Log:
 
 
 class Fetcher:
-    """Read-back requests, answered when the test says so."""
+    """Read-back requests, answered when the test says so (a byte budget as the reader
+    keeps it: it stops once what it found holds that many bytes)."""
 
     def __init__(self, log: Log) -> None:
         self.log = log
-        self.requests: list[tuple[list[int], Deliver]] = []
+        self.requests: list[tuple[list[int], Deliver, int | None]] = []
         self.asked: list[list[int]] = []  # every request, answered or not
         self.urgent: list[bool] = []  # whether each was urgent
 
     def fetch(
-        self, partition: int, offsets: Sequence[int], deliver: Deliver, urgent: bool = True
+        self,
+        partition: int,
+        offsets: Sequence[int],
+        deliver: Deliver,
+        urgent: bool = True,
+        max_bytes: int | None = None,
     ) -> None:
         assert list(offsets) == sorted(offsets)
-        self.requests.append((list(offsets), deliver))
+        self.requests.append((list(offsets), deliver, max_bytes))
         self.asked.append(list(offsets))
         self.urgent.append(urgent)
 
@@ -92,11 +98,26 @@ class Fetcher:
         """Answer every request; the offsets asked for."""
         asked: list[int] = []
         while self.requests:
-            offsets, deliver = self.requests.pop(0)
-            asked += offsets
-            found = [(o, *self.log.records[o]) for o in offsets if o not in gone]
-            deliver(found, [o for o in offsets if o in gone])
+            asked += self.serve_one(gone)
         return asked
+
+    def serve_one(self, gone: Sequence[int] = ()) -> list[int]:
+        """Answer the oldest request; the offsets it asked for."""
+        offsets, deliver, max_bytes = self.requests.pop(0)
+        found: list[delay.Fetched] = []
+        missing: list[int] = []
+        held = 0
+        for offset in offsets:
+            if max_bytes is not None and held >= max_bytes:
+                break
+            if offset in gone:
+                missing.append(offset)
+                continue
+            key, value = self.log.records[offset]
+            found.append((offset, key, value))
+            held += len(key or b"") + len(value or b"")
+        deliver(found, missing)
+        return offsets
 
 
 class Rig:
@@ -560,6 +581,69 @@ async def test_a_carry_waits_until_it_would_write_at_most_an_eighth_of_the_span(
     assert rig.fetcher.urgent == [False], "a carry's read-back waits behind due read-backs"
 
 
+async def test_a_carry_moves_what_lies_below_the_end_minus_a_quarter_of_carry_after(
+    carry_after_100: None,
+) -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    oldest = log.delayed(T0 + 3600)
+    for _ in range(59):
+        log.append(b"k", encode(Fired(offset=10**9)))
+    inside = log.delayed(T0 + 3600)  # offset 60: 40 behind the end when the carry starts
+    for _ in range(39):
+        log.append(b"k", encode(Fired(offset=10**9)))
+    within = log.delayed(T0 + 3600)  # offset 100, read after the carry was asked
+    rig.feed()
+    assert rig.fetcher.asked == [[oldest, inside]]
+    assert within not in rig.fetcher.asked[0]
+
+
+async def test_no_carry_while_the_oldest_pending_message_is_held_in_full(
+    carry_after_100: None,
+) -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    soon = log.delayed(T0 + 20)  # held in full: it leaves within the horizon anyway
+    far = log.delayed(T0 + 3600)
+    for _ in range(200):
+        log.append(b"k", encode(Fired(offset=10**9)))
+    rig.feed()
+    assert rig.fetcher.asked == []
+    rig.tick(T0 + 20)
+    assert list(rig.released) == [soon]
+    rig.feed()  # its marker: now the far message is the oldest
+    assert rig.fetcher.asked == [[far]]
+
+
+async def test_a_carry_under_way_does_not_hold_back_a_due_read_back(
+    carry_after_100: None,
+) -> None:
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock, horizon=30, lead=10)
+    far = log.delayed(T0 + 3600)
+    sooner = log.delayed(T0 + 60)
+    for _ in range(200):
+        log.append(b"k", encode(Fired(offset=10**9)))
+    rig.feed()
+    assert rig.fetcher.asked == [[far, sooner]]  # the carry, not answered yet
+    rig.tick(T0 + 50)
+    assert rig.fetcher.asked[1:] == [[sooner]], "the read-back of a message soon due"
+    assert rig.fetcher.urgent == [False, True]
+    rig.fetcher.serve_one()  # the carry: both are copied
+    rig.fetcher.serve_one()  # the read-back: its record, already carried, is not held
+    rig.tick()
+    assert set(rig.carried) == {far, sooner}
+    rig.feed()
+    rig.tick(T0 + 60)
+    rig.fetcher.serve()
+    rig.tick(T0 + 60)
+    rig.tick(T0 + 3600 - 10)
+    rig.fetcher.serve()
+    rig.tick(T0 + 3600)
+    assert sorted(rig.released) == sorted(rig.carried.values())
+    assert len(rig.emitted) == 2
+
+
 async def test_a_carry_is_cut_to_its_byte_budget_and_its_read_to_its_span(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -570,13 +654,12 @@ async def test_a_carry_is_cut_to_its_byte_budget_and_its_read_to_its_span(
     far.append(log.delayed(T0 + 3600))  # a fifth, out of the first read's reach
     monkeypatch.setattr(delay, "CARRY_SPAN", far[-1])
     size = sum(len(part or b"") for part in log.records[far[0]])
-    monkeypatch.setattr(delay, "CARRY_BYTES", 2 * size + 1)  # two messages a carry
+    monkeypatch.setattr(delay, "CARRY_BYTES", 2 * size)  # two messages a carry
     for _ in range(200):
         log.append(b"k", encode(Fired(offset=10**9)))
     rig.feed()
     assert rig.fetcher.asked == [far[:4]]
-    offsets, deliver = rig.fetcher.requests.pop(0)
-    deliver([(o, *log.records[o]) for o in offsets], [])
+    rig.fetcher.serve_one()
     rig.commit()
     assert sorted(rig.carried) == far[:2]
     assert rig.fetcher.asked[1] == far[2:], "the next carry reads on from the oldest left"
@@ -685,7 +768,16 @@ async def test_timers_fire_on_the_event_loop_with_the_real_clock() -> None:
     restart_at=st.integers(-1, 30),
     serve_late=st.booleans(),
     seed=st.integers(0, 1000),
-    carry=st.sampled_from([None, (6, 1), (12, 4)]),
+    carry=st.sampled_from(
+        [
+            None,
+            (6, 1, 2000, 10**6, 1 << 30),
+            (12, 4, 2000, 10**6, 1 << 30),
+            (6, 1, 1, 3, 1 << 30),
+            (6, 1, 2, 10, 400),
+            (8, 2, 3, 10**6, 1),
+        ]
+    ),
     abort=st.booleans(),
 )
 def test_never_early_never_twice_all_eventually(
@@ -694,18 +786,21 @@ def test_never_early_never_twice_all_eventually(
     restart_at: int,
     serve_late: bool,
     seed: int,
-    carry: tuple[int, int] | None,
+    carry: tuple[int, int, int, int, int] | None,
     abort: bool,
 ) -> None:
-    """``carry``: (CARRY_AFTER, CARRY_SPARSE), so that messages are carried forward often;
-    ``abort``: the transaction in flight at the restart fails, losing what it held."""
-    saved = delay.CARRY_AFTER, delay.CARRY_SPARSE
-    if carry is not None:
-        delay.CARRY_AFTER, delay.CARRY_SPARSE = carry
+    """``carry``: (CARRY_AFTER, CARRY_SPARSE, CARRY_BATCH, CARRY_SPAN, CARRY_BYTES), so
+    that messages are carried forward often, some carries cut short; ``abort``: the
+    transaction in flight at the restart fails, losing what it held."""
+    names = ("CARRY_AFTER", "CARRY_SPARSE", "CARRY_BATCH", "CARRY_SPAN", "CARRY_BYTES")
+    saved = [getattr(delay, name) for name in names]
+    for name, value in zip(names, carry or saved, strict=True):
+        setattr(delay, name, value)
     try:
         asyncio.run(_scenario(dues, steps, restart_at, serve_late, seed, abort))
     finally:
-        delay.CARRY_AFTER, delay.CARRY_SPARSE = saved
+        for name, value in zip(names, saved, strict=True):
+            setattr(delay, name, value)
 
 
 async def _scenario(
