@@ -66,6 +66,13 @@ class Log:
         record = Delayed(due=datetime.fromtimestamp(due, UTC), invoke=invoke)
         return self.append(key.encode(), encode(record))
 
+    def released_long_ago(self, count: int) -> None:
+        """``count`` markers of messages released before anything here was read: they
+        lengthen the partition and change no pending message."""
+        marker = encode(Fired(offset=10**9))
+        for _ in range(count):
+            self.append(b"k", marker)
+
     @property
     def end(self) -> int:
         return len(self.records)
@@ -566,8 +573,7 @@ async def test_a_carry_waits_until_it_would_write_at_most_an_eighth_of_the_span(
     rig = Rig(log, clock, horizon=30, lead=10)
     for i in range(7):
         log.delayed(T0 + 3600 + i)
-    for _ in range(200):  # markers of messages released long ago: no pending one changes
-        log.append(b"k", encode(Fired(offset=10**9)))
+    log.released_long_ago(200)
     asked_at = None
     while asked_at is None and rig.read < log.end:
         key, value = log.records[rig.read]
@@ -587,11 +593,9 @@ async def test_a_carry_moves_what_lies_below_the_end_minus_a_quarter_of_carry_af
     log, clock = Log(), Clock()
     rig = Rig(log, clock, horizon=30, lead=10)
     oldest = log.delayed(T0 + 3600)
-    for _ in range(59):
-        log.append(b"k", encode(Fired(offset=10**9)))
+    log.released_long_ago(59)
     inside = log.delayed(T0 + 3600)  # offset 60: 40 behind the end when the carry starts
-    for _ in range(39):
-        log.append(b"k", encode(Fired(offset=10**9)))
+    log.released_long_ago(39)
     within = log.delayed(T0 + 3600)  # offset 100, read after the carry was asked
     rig.feed()
     assert rig.fetcher.asked == [[oldest, inside]]
@@ -605,8 +609,7 @@ async def test_no_carry_while_the_oldest_pending_message_is_held_in_full(
     rig = Rig(log, clock, horizon=30, lead=10)
     soon = log.delayed(T0 + 20)  # held in full: it leaves within the horizon anyway
     far = log.delayed(T0 + 3600)
-    for _ in range(200):
-        log.append(b"k", encode(Fired(offset=10**9)))
+    log.released_long_ago(200)
     rig.feed()
     assert rig.fetcher.asked == []
     rig.tick(T0 + 20)
@@ -622,8 +625,7 @@ async def test_a_carry_under_way_does_not_hold_back_a_due_read_back(
     rig = Rig(log, clock, horizon=30, lead=10)
     far = log.delayed(T0 + 3600)
     sooner = log.delayed(T0 + 60)
-    for _ in range(200):
-        log.append(b"k", encode(Fired(offset=10**9)))
+    log.released_long_ago(200)
     rig.feed()
     assert rig.fetcher.asked == [[far, sooner]]  # the carry, not answered yet
     rig.tick(T0 + 50)
@@ -655,8 +657,7 @@ async def test_a_carry_is_cut_to_its_byte_budget_and_its_read_to_its_span(
     monkeypatch.setattr(delay, "CARRY_SPAN", far[-1])
     size = sum(len(part or b"") for part in log.records[far[0]])
     monkeypatch.setattr(delay, "CARRY_BYTES", 2 * size)  # two messages a carry
-    for _ in range(200):
-        log.append(b"k", encode(Fired(offset=10**9)))
+    log.released_long_ago(200)
     rig.feed()
     assert rig.fetcher.asked == [far[:4]]
     rig.fetcher.serve_one()
