@@ -6,7 +6,8 @@ new owner starts reading there. Those records are garbage, and the delay topic k
 records for good (``retention.ms=-1``), so a worker deletes them itself: every
 ``TRIM_EVERY`` seconds it asks the brokers to delete the records below each delay offset
 it has committed (Kafka's ``DeleteRecords``, as ``kafka-delete-records.sh`` does), for
-each partition where at least ``TRIM_LEAST`` records would go.
+each partition whose committed offset is ``TRIM_LEAST`` records past the last deletion it
+asked for (a restarted worker asks once more for every partition).
 
 A committed delay offset never moves back (a new owner's oldest pending message is at or
 past where it started reading), so an offset committed earlier, even by a worker that has
@@ -29,7 +30,7 @@ from confluent_kafka.admin import AdminClient
 log = logging.getLogger("kourier.delay")
 
 TRIM_EVERY = 60.0  # seconds between deletions
-TRIM_LEAST = 10_000  # records below the committed offset before a partition is trimmed
+TRIM_LEAST = 10_000  # records past the last deletion before a partition is trimmed again
 
 
 class DelayTrimmer:
