@@ -21,7 +21,12 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Invoke, Target, encode
 from tests.integration.conftest import WorkerProcesses
-from tests.integration.helpers import delay_watermarks, effect_runs, poll_until
+from tests.integration.helpers import (
+    delay_watermarks,
+    effect_runs,
+    partition_report,
+    poll_until,
+)
 
 # Up to 10 minutes: each test kills or rebalances workers and then waits up to 180 s for
 # the counts to settle, a wait that must be able to end with its own message.
@@ -67,7 +72,10 @@ async def counts_when_settled(
         try:
             counts = await asyncio.wait_for(reads, 90)
         except TimeoutError:
-            raise AssertionError(f"no worker answered the count reads in 90 s\n{logs()}") from None
+            report = await asyncio.to_thread(partition_report, client.settings)
+            raise AssertionError(
+                f"no worker answered the count reads in 90 s\n{report}\n{logs()}"
+            ) from None
         if sum(counts) >= total:
             break
         await asyncio.sleep(0.5)

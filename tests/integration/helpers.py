@@ -71,3 +71,33 @@ def delay_watermarks(settings: Settings) -> dict[int, tuple[int, int]]:
         return found
     finally:
         consumer.close()
+
+
+def partition_report(settings: Settings) -> str:
+    """Per partition of the ingress and responses topics: the low and high watermarks, the
+    last stable offset (where ``read_committed`` readers wait for an open transaction) and
+    the workers' committed offset; for a failure message, when calls go unanswered."""
+    topics = Topics(settings.namespace)
+    group = f"{settings.namespace}.workers"
+    plain = Consumer(settings.client_config({"group.id": group}))
+    committed = Consumer(
+        settings.client_config({"group.id": group, "isolation.level": "read_committed"})
+    )
+    lines = []
+    try:
+        for topic in (topics.ingress, topics.responses):
+            wanted = [TopicPartition(topic, p) for p in range(settings.partitions)]
+            offsets = {tp.partition: tp.offset for tp in plain.committed(wanted, 10)}
+            for tp in wanted:
+                low, high = plain.get_watermark_offsets(tp, 10)
+                _, stable = committed.get_watermark_offsets(tp, 10)
+                lines.append(
+                    f"{topic}[{tp.partition}]: low {low}, high {high}, last stable {stable}, "
+                    f"workers' committed {offsets[tp.partition]}"
+                )
+    except Exception as exc:  # a report for a failure message: never the failure itself
+        lines.append(f"(partition report failed: {exc!r})")
+    finally:
+        plain.close()
+        committed.close()
+    return "\n".join(lines)
