@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -112,13 +113,13 @@ class DelayReader:
         once what was found holds that many bytes (``None`` once the reader is closed)."""
         found: list[Fetched] = []
         missing: list[int] = []
-        held = 0
+        held, budget = 0, math.inf if max_bytes is None else max_bytes
         i = 0
-        while i < len(offsets) and (max_bytes is None or held < max_bytes):
+        while i < len(offsets) and held < budget:
             consumer.assign([TopicPartition(self._topic, partition, offsets[i])])
             seen = offsets[i] - 1
             heard = time.monotonic()
-            while i < len(offsets) and (max_bytes is None or held < max_bytes):
+            while i < len(offsets) and held < budget:
                 if self._closed:
                     return None
                 batch = consume_ready(consumer, 1000, 0.2)
@@ -126,7 +127,7 @@ class DelayReader:
                     offset = message.offset()
                     if message.error() is not None or offset is None:
                         continue
-                    if max_bytes is not None and held >= max_bytes:
+                    if held >= budget:
                         break
                     heard = time.monotonic()
                     seen = offset

@@ -21,7 +21,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -36,26 +36,17 @@ TRIM_LEAST = 10_000  # records past the last deletion before a partition is trim
 class DelayTrimmer:
     """Deletes a delay topic's records below the offsets its worker committed."""
 
-    def __init__(
-        self,
-        admin: AdminClient,
-        topic: str,
-        every: float | None = None,
-        least: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, admin: AdminClient, topic: str) -> None:
         self._admin = admin
         self._topic = topic
-        self._every = TRIM_EVERY if every is None else every
-        self._least = TRIM_LEAST if least is None else least
-        self._clock = clock
+        self._every = TRIM_EVERY
+        self._least = TRIM_LEAST
         self._lock = threading.Lock()
         self._committed: dict[int, int] = {}  # partition -> highest delay offset committed
-        self._trimmed: dict[int, int] = {}  # partition -> offset deleted below (asked)
+        self._trimmed: dict[int, int] = {}  # partition -> offset the brokers deleted below
         self._in_flight = 0
-        self._next = clock() + self._every
+        self._next = time.monotonic() + self._every
         self._refused = False
-        self.deleted_below: dict[int, int] = {}  # partition -> what the brokers confirmed
 
     def committed(self, offsets: Iterable[TopicPartition]) -> None:
         """A transaction with ``offsets`` has committed (the committer's thread)."""
@@ -68,7 +59,7 @@ class DelayTrimmer:
     def tick(self) -> None:
         """Ask for the deletions that are due (the worker's Kafka thread, once a second)."""
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             if self._refused or self._in_flight or now < self._next:
                 return
             self._next = now + self._every
@@ -97,7 +88,6 @@ class DelayTrimmer:
             self._in_flight -= 1
             if error is None:
                 self._trimmed[tp.partition] = max(self._trimmed.get(tp.partition, 0), tp.offset)
-                self.deleted_below[tp.partition] = self._trimmed[tp.partition]
                 log.debug("delay %d: records below %d deleted", tp.partition, tp.offset)
                 return
             kafka_error = error.args[0] if error.args else None
