@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +179,12 @@ def _configure_logging(verbose: bool = False) -> None:
     )
 
 
-def _run_until_signal(main: Any, traced_as: str) -> int:
+def _run_until_signal(
+    main: Any, traced_as: str, status: Callable[[], Mapping[str, Any]] | None = None
+) -> int:
     """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM,
     exporting its spans as service ``traced_as`` when ``OTEL_TRACES_EXPORTER`` says so.
+    SIGUSR1 dumps the threads, ``status()`` and the asyncio tasks (streams/cli/dump.py).
 
     What the process built before this point (modules, the services, settings) lives as
     long as it does, so it is taken out of the garbage collector's reach (``gc.freeze``).
@@ -192,6 +196,7 @@ def _run_until_signal(main: Any, traced_as: str) -> int:
     import signal
 
     from streams import tracing
+    from streams.cli import dump
 
     if tracing.configure(traced_as):
         say(f"kourier: traces exported ({os.environ['OTEL_TRACES_EXPORTER']})")
@@ -201,7 +206,11 @@ def _run_until_signal(main: Any, traced_as: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        dump.install(loop, status)
+        try:
+            await main(stop)
+        finally:
+            dump.uninstall(loop)
 
     gc.freeze()
     try:
@@ -239,7 +248,7 @@ def worker(args: argparse.Namespace) -> int:
         worker.stop()
         await task
 
-    return _run_until_signal(main, "kourier-worker")
+    return _run_until_signal(main, "kourier-worker", worker.status)
 
 
 def ingress(args: argparse.Namespace) -> int:
@@ -307,7 +316,7 @@ def dev(args: argparse.Namespace) -> int:
             worker.stop()
             await work
 
-        return _run_until_signal(main, "kourier")
+        return _run_until_signal(main, "kourier", worker.status)
     finally:
         if started_broker:
             broker.stop(data_dir)

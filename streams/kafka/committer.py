@@ -43,6 +43,22 @@ class Snapshot:
             self.metadata = later.metadata
 
 
+@dataclass
+class CommitStats:
+    """Totals over a worker's transactions (its debug log, every 200 commits)."""
+
+    commits: int = 0
+    seconds: float = 0.0
+    records: int = 0
+    partitions: int = 0
+
+    def add(self, snapshot: Snapshot, seconds: float) -> None:
+        self.commits += 1
+        self.seconds += seconds
+        self.records += len(snapshot.out)
+        self.partitions += len({(out.topic, out.partition) for out in snapshot.out})
+
+
 class Committer:
     """One thread that runs ``transact(snapshot)`` for what the Kafka thread submits."""
 
@@ -123,6 +139,17 @@ class Committer:
                     return TimeoutError(f"a transaction has run for {self.busy_for():.0f}s")
                 self._changed.wait(left)
             return self._failure
+
+    def status(self) -> dict[str, Any]:
+        """The transaction in flight and what waits for it, for a dump (any thread)."""
+        with self._changed:
+            return {
+                "busy_for_s": round(self.busy_for(), 3),
+                "in_flight_records": None if self._current is None else len(self._current.out),
+                "queued_records": None if self._pending is None else len(self._pending.out),
+                "failure": None if self._failure is None else repr(self._failure),
+                "abandoned": self.abandoned,
+            }
 
     def busy_for(self) -> float:
         """How long the transaction in flight has been running (0 when idle; any thread)."""

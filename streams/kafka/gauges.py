@@ -1,4 +1,5 @@
-"""The worker's per-partition gauges: consumer lag, inbox depth, pending timers.
+"""The worker's per-partition gauges: consumer lag, inbox depth, pending timers; and
+the same partitions described in more detail for a dump (``kill -USR1``).
 
 Refreshed by the Kafka thread about once a second; a partition's gauges are dropped when
 the worker gives it up, so that two workers never report one partition.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -45,3 +47,33 @@ def forget_gauges(tp: TopicPartition) -> None:
     for gauge in (INBOX, PENDING_TIMERS):
         with contextlib.suppress(KeyError):
             gauge.remove(str(tp.partition))
+
+
+def describe(
+    processors: Mapping[int, PartitionProcessor], delays: Mapping[int, DelayProcessor]
+) -> dict[str, Any]:
+    """Each owned partition's invocations, key locks and timers (on the loop)."""
+    ingress = {}
+    for partition, processor in sorted(processors.items()):
+        invocations = list(processor.invocations.values())
+        holders = list(processor.locks.holders.items())
+        tasks = [inv.task for inv in invocations if inv.task is not None]
+        ingress[partition] = {
+            "invocations": len(invocations),
+            "running": sum(1 for task in tasks if not task.done()),
+            "keys_held": len(holders),
+            "queued": processor.locks.waiting(),
+            "holders": {f"{obj.service}/{obj.key}": inv_id for obj, inv_id in holders[:10]},
+            "closed": processor.closed,
+        }
+    delay = {
+        partition: {
+            "pending": d.pending,
+            "held": d.held,
+            "caught_up": d.caught_up,
+            "next_due": d.next_due,
+            "commit_offset": d.commit_offset(),
+        }
+        for partition, d in sorted(delays.items())
+    }
+    return {"ingress": ingress, "delay": delay}

@@ -36,10 +36,10 @@ from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.errors import KourierError
-from streams.kafka.committer import Committer, Snapshot
+from streams.kafka.committer import CommitStats, Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
-from streams.kafka.gauges import forget_gauges, observe
+from streams.kafka.gauges import describe, forget_gauges, observe
 from streams.kafka.membership import Membership
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
@@ -136,10 +136,7 @@ class Worker:
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self._stopping = False
         self.partitions = 0
-        self.commits = 0
-        self._commit_time = 0.0
-        self._committed_records = 0
-        self._committed_partitions = 0
+        self.stats = CommitStats()
 
     # -- set-up -------------------------------------------------------------------
 
@@ -243,6 +240,26 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping = True
+
+    def status(self) -> dict[str, Any]:
+        """What this worker is doing, for a dump (``kill -USR1``, streams/cli/dump.py; on
+        the loop): its partitions, the consumed offsets, the transaction in flight."""
+        committer: Committer | None = getattr(self, "_committer", None)
+        return {
+            "worker": self._worker_id,
+            "stopping": self._stopping,
+            "rebalances": self._rebalances,
+            "commits": self.stats.commits,
+            "effects_to_commit": self._dirty,
+            "since_last_step_s": round(time.monotonic() - self._stepped_at, 3)
+            if self._stepped_at
+            else None,
+            "restoring": self._restoring,
+            "reading_ahead_to": self._waiting,
+            "consumed_offsets": dict(self._offsets),
+            "committer": None if committer is None else committer.status(),
+            **describe(self.processors, self.delays),
+        }
 
     def _owned(self) -> list[Partition]:
         """Every partition this worker owns, of the ingress topic and those co-partitioned
@@ -598,21 +615,19 @@ class Worker:
         began = time.perf_counter()
         self._transactions.commit(snapshot)
         self._trimmer.committed(snapshot.offsets)
-        self.commits += 1
-        self._commit_time += time.perf_counter() - began
-        self._committed_records += len(snapshot.out)
-        self._committed_partitions += len({(out.topic, out.partition) for out in snapshot.out})
-        if log.isEnabledFor(logging.DEBUG) and self.commits % 200 == 0:
+        stats = self.stats
+        stats.add(snapshot, time.perf_counter() - began)
+        if log.isEnabledFor(logging.DEBUG) and stats.commits % 200 == 0:
             phases = self._transactions.phases
             log.debug(
                 "commits %d, %.1f ms each, %.1f records in %.1f partitions each (records %.1f, "
                 "offsets %.1f, commit %.1f ms; offsets first in %d); %d calls run without their "
                 "records, %d of %d reads ahead reached their watermarks",
-                self.commits,
-                1000 * self._commit_time / self.commits,
-                self._committed_records / self.commits,
-                self._committed_partitions / self.commits,
-                *(1000 * phases[step] / self.commits for step in ("records", "offsets", "commit")),
+                stats.commits,
+                1000 * stats.seconds / stats.commits,
+                stats.records / stats.commits,
+                stats.partitions / stats.commits,
+                *(1000 * phases[step] / stats.commits for step in ("records", "offsets", "commit")),
                 self._transactions.offsets_first,
                 self._calls.ran,
                 self._ends.read_ahead_hits,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,10 +60,11 @@ def increments(n: int, settings: Settings) -> list[tuple[Invoke, str]]:
 
 
 async def counts_when_settled(
-    client: Client, total: int, seconds: float, logs: Callable[[], str] = str
+    client: Client, total: int, seconds: float, workers: WorkerProcesses
 ) -> list[int]:
     """The counts once they add up to ``total`` (or stop moving), then 2 s later again;
-    a round of reads unanswered for 90 s fails with ``logs()`` (the workers')."""
+    a round of reads unanswered for 90 s fails with the partitions' offsets, the workers'
+    logs and a dump of each worker still running."""
     deadline = time.monotonic() + seconds
     counts: list[int] = []
     while time.monotonic() < deadline:
@@ -73,8 +73,10 @@ async def counts_when_settled(
             counts = await asyncio.wait_for(reads, 90)
         except TimeoutError:
             report = await asyncio.to_thread(partition_report, client.settings)
+            logs = workers.logs()  # before the dumps, which would fill their tails
+            dumps = await asyncio.to_thread(workers.dumps)
             raise AssertionError(
-                f"no worker answered the count reads in 90 s\n{report}\n{logs()}"
+                f"no worker answered the count reads in 90 s\n{report}\n{logs}\n{dumps}"
             ) from None
         if sum(counts) >= total:
             break
@@ -102,7 +104,7 @@ async def test_increments_stay_exact_through_kill_9(
     load = asyncio.create_task(produce_sends(topics, increments(5000, topics)))
     kills = await kill_repeatedly(worker_processes, 4, load)
     await load
-    counts = await counts_when_settled(client, 5000, 180, worker_processes.logs)
+    counts = await counts_when_settled(client, 5000, 180, worker_processes)
     assert kills == 4
     assert counts == [500] * len(KEYS), f"{counts}\n{worker_processes.logs()}"
 
@@ -131,7 +133,7 @@ async def test_far_delayed_sends_carried_forward_through_kill_9(
     await asyncio.sleep(random.uniform(1.5, 3.5))  # releases and carries under way
     worker_processes.started[-1].kill()
     worker_processes.spawn(module)
-    settled = await counts_when_settled(client, 2000, 180, worker_processes.logs)
+    settled = await counts_when_settled(client, 2000, 180, worker_processes)
     assert settled == [200] * len(KEYS), f"{settled}\n{worker_processes.logs()}"
 
     async def carried() -> bool:
@@ -150,7 +152,7 @@ async def test_far_delayed_sends_carried_forward_through_kill_9(
     assert datetime.now(UTC) < far_due - timedelta(seconds=2), "too slow to tell early from late"
     early = await asyncio.gather(*(client.object("Tally", k, "count").request() for k in KEYS))
     assert early == [200] * len(KEYS), "a far send ran early"
-    counts = await counts_when_settled(client, 22_000, 180, worker_processes.logs)
+    counts = await counts_when_settled(client, 22_000, 180, worker_processes)
     assert counts == [2200] * len(KEYS), f"{counts}\n{worker_processes.logs()}"
     assert datetime.now(UTC) >= far_due
 
@@ -173,7 +175,7 @@ async def test_calls_and_side_effects_through_kill_9(
     load = asyncio.create_task(produce_sends(topics, side_effect_calls(400, topics, effects)))
     await kill_repeatedly(worker_processes, 4, load)
     await load
-    counts = await counts_when_settled(client, 400, 180, worker_processes.logs)
+    counts = await counts_when_settled(client, 400, 180, worker_processes)
     assert counts == [40] * len(KEYS), f"each call's effect once: {counts}"
     # At least once: a ctx.run effect repeats when a kill lands between the effect and the
     # commit of its journal entry (README, Guarantees); the calls after it never repeat.
@@ -187,7 +189,7 @@ async def test_side_effects_run_once_without_failures(
     worker_processes.spawn()
     worker_processes.spawn()  # a rebalance while the load starts is part of the normal case
     await produce_sends(topics, side_effect_calls(400, topics, effects))
-    counts = await counts_when_settled(client, 400, 180, worker_processes.logs)
+    counts = await counts_when_settled(client, 400, 180, worker_processes)
     assert counts == [40] * len(KEYS)
     runs = effect_runs(effects)
     assert {tag: len(pids) for tag, pids in runs.items()} == {f"effect-{i}": 1 for i in range(400)}
@@ -204,7 +206,7 @@ async def test_scale_out_and_back_in_under_load(
     for worker in extra:
         worker.stop()
     await load
-    counts = await counts_when_settled(client, 4000, 180, worker_processes.logs)
+    counts = await counts_when_settled(client, 4000, 180, worker_processes)
     assert counts == [400] * len(KEYS), f"{counts}\n{worker_processes.logs()}"
     assert first.process is not None
     assert first.process.poll() is None, "the first worker kept running throughout"
@@ -232,7 +234,7 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
         await asyncio.to_thread(broker.start, data, 0)
         await produce_sends(settings, records[1500:])
         async with Client(settings) as client:
-            counts = await counts_when_settled(client, 3000, 180, workers.logs)
+            counts = await counts_when_settled(client, 3000, 180, workers)
             assert counts == [300] * len(KEYS), f"{counts}\n{workers.logs()}"
             deadline = time.monotonic() + 60
             delayed = await client.object("Tally", "after-restart", "count").request()

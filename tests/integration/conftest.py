@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from handlers.service import ServiceDefinition
+from streams.cli import dump
 from streams.client import Client
 from streams.http.ingress import Ingress, app_runner
 from streams.kafka.admin import create_topics
@@ -171,6 +174,23 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait(30)
 
+    def dump(self, timeout: float = 10) -> str:
+        """What the running process is doing (``kill -USR1``, streams/cli/dump.py): the
+        text its log gained up to the dump's last line; a note instead when it has exited
+        or did not finish one within ``timeout`` (the threads' stacks come regardless)."""
+        if self.process is None or self.process.poll() is not None or self.log_file is None:
+            return f"(worker {self.process and self.process.pid} is not running)"
+        start = self.log_file.stat().st_size
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.log_file.read_bytes()[start:].decode(errors="replace")
+            if dump.END in text:
+                return text[: text.index(dump.END)]
+            time.sleep(0.05)
+        return f"{text}\n(no end of the dump of worker {self.pid} after {timeout}s)"
+
 
 class WorkerProcesses:
     """Starts worker processes for one test and stops every one of them afterwards."""
@@ -193,6 +213,11 @@ class WorkerProcesses:
 
     def logs(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+
+    def dumps(self) -> str:
+        """A dump of every worker still running (:meth:`WorkerProcess.dump`)."""
+        running = [p for p in self.started if p.process is not None and p.process.poll() is None]
+        return "\n".join(f"== worker {p.pid}\n{p.dump()}" for p in running)
 
 
 @pytest.fixture

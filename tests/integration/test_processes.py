@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
@@ -155,3 +157,38 @@ async def test_the_readme_kcat_round_trip(
     assert found, f"kcat saw no response to r1 within 60s\n{worker_processes.logs()}"
     assert found[0]["status"] == "success"
     assert found[0]["value"] == 5
+
+
+async def test_sigusr1_dumps_a_worker_which_goes_on_working(
+    client: Client, worker_processes: WorkerProcesses
+) -> None:
+    worker = worker_processes.spawn()
+    assert await asyncio.wait_for(client.object("Tally", "dumped", "add").request(1), 60) == 1
+    # ``hold`` keeps its key until a gate in the worker opens, which nothing here does.
+    held = await client.object_send("Tally", "dumped", "hold").send()
+    await client.object_send("Tally", "dumped", "add").send(1)
+
+    def status() -> dict[str, Any]:
+        text = worker.dump()
+        assert "in _kafka_thread" in text, text  # the threads' stacks, by faulthandler
+        found = re.search(r"kourier: status\n(.*)\nkourier: \d+ asyncio tasks\n(.*)", text, re.S)
+        assert found is not None, text
+        assert "streams/kafka/worker.py" in found[2], text  # where the tasks wait
+        parsed: dict[str, Any] = json.loads(found[1])
+        return parsed
+
+    async def queued() -> tuple[str | None, int]:
+        ingress = (await asyncio.to_thread(status))["ingress"]
+        holders = {k: v for p in ingress.values() for k, v in p["holders"].items()}
+        return holders.get("Tally/dumped"), sum(p["queued"] for p in ingress.values())
+
+    expected: tuple[str | None, int] = (held.invocation_id, 1)
+    await poll_until(queued, expected, 60, "the held key and the call behind it")
+    described = await asyncio.to_thread(status)
+    owned = sorted(described["ingress"], key=int)
+    assert owned == [str(p) for p in range(client.settings.partitions)]
+    assert described["committer"]["failure"] is None
+    # Still working: another key answers.
+    assert await asyncio.wait_for(client.object("Tally", "other", "add").request(2), 60) == 2
+    assert worker.process is not None
+    assert worker.process.poll() is None
