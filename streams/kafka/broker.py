@@ -196,6 +196,10 @@ def _alive(pid: int) -> bool:
     return b"kafka.Kafka" in cmdline and not zombie
 
 
+#: The address clients are given (of whichever listener: a template may secure it).
+_ADVERTISED = re.compile(r"^advertised\.listeners=[A-Z_]+://(\S+)$", re.M)
+
+
 def status(data_dir: Path) -> Broker | None:
     """The broker running from ``data_dir``, or ``None``."""
     pid_file = data_dir / "broker.pid"
@@ -205,7 +209,7 @@ def status(data_dir: Path) -> Broker | None:
     pid = int(pid_file.read_text())
     if not _alive(pid):
         return None
-    match = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", props.read_text(), re.M)
+    match = _ADVERTISED.search(props.read_text())
     return Broker(bootstrap=match.group(1) if match else "?", pid=pid, data_dir=data_dir)
 
 
@@ -216,7 +220,7 @@ def _write_properties(data_dir: Path, port: int, deploy_dir: Path) -> Path:
     props = data_dir / "server.properties"
     if props.is_file():
         text = props.read_text()
-        current = re.search(r"^listeners=PLAINTEXT://127\.0\.0\.1:(\d+),", text, re.M)
+        current = re.search(r"^listeners=[A-Z_]+://127\.0\.0\.1:(\d+),", text, re.M)
         if current and (port == 0 or int(current.group(1)) == port):
             if not re.search(r"^controlled\.shutdown\.enable=", text, re.M):
                 props.write_text(text.rstrip("\n") + "\ncontrolled.shutdown.enable=false\n")
@@ -293,10 +297,13 @@ def start(
     deploy_dir: Path = DEPLOY_DIR,
     heap: str = "1g",
     timeout: float = _READY_TIMEOUT,
+    client: Mapping[str, str] | None = None,
 ) -> Broker:
     """Start a broker from ``data_dir`` (``port=0`` picks a free port) and wait until it serves.
 
-    Restarting an existing data dir keeps its topics, offsets and port.
+    Restarting an existing data dir keeps its topics, offsets and port. ``client`` holds the
+    librdkafka settings that reach a broker whose template (in ``deploy_dir``) secures its
+    listener: its security protocol and credentials.
     """
     data_dir = data_dir.resolve()
     if node_dirs(data_dir):
@@ -310,16 +317,14 @@ def start(
     libs = resolve_jars(deploy_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     props = _write_properties(data_dir, port, deploy_dir)
-    bootstrap = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", props.read_text(), re.M)
-    assert bootstrap is not None
-    address = bootstrap.group(1)
+    address = _address(props)
     if _port_in_use(int(address.rsplit(":", 1)[1])):
         raise BrokerError(f"port of {address} is already in use; choose another with --port")
     _format_storage(java, libs, props, data_dir)
     process = _launch(java, libs, props, data_dir, deploy_dir, heap)
     broker = Broker(bootstrap=address, pid=process.pid, data_dir=data_dir)
     try:
-        wait_ready(address, timeout, process)
+        wait_ready(address, timeout, process, client=client)
     except BaseException:
         stop(data_dir)
         raise
@@ -423,7 +428,7 @@ def start_cluster(
 
 
 def _address(props: Path) -> str:
-    found = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", props.read_text(), re.M)
+    found = _ADVERTISED.search(props.read_text())
     if found is None:
         raise BrokerError(f"{props} has no advertised listener")
     return found.group(1)
@@ -449,11 +454,12 @@ def wait_ready(
     timeout: float,
     *processes: subprocess.Popen[bytes],
     brokers: int = 1,
+    client: Mapping[str, str] | None = None,
 ) -> None:
     """Wait until ``brokers`` brokers answer a metadata request (they can create topics)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient({**(client or {}), "bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while time.monotonic() < deadline:

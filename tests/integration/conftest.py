@@ -174,6 +174,10 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait(30)
 
+    def read_text(self) -> str:
+        """Its log so far (standard output and error)."""
+        return "" if self.log_file is None else self.log_file.read_text(errors="replace")
+
     def dump(self, timeout: float = 10) -> str:
         """What the running process is doing (``kill -USR1``, streams/cli/dump.py): the
         text its log gained up to the dump's last line; a note instead when it has exited
