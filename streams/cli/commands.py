@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from streams.cli import output
+from streams.cli import dump, output
 from streams.errors import ServeError
 from streams.kafka import broker
 from streams.settings import Settings
@@ -166,6 +166,33 @@ def topics_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def acls(args: argparse.Namespace) -> int:
+    """The ACLs the named principals need in the namespace (``streams.kafka.acls``); with
+    ``--apply``, created with the CLI's own Kafka settings."""
+    from dataclasses import asdict
+
+    from streams.kafka.acls import Role, create_acls, needed
+
+    principals: dict[Role, str] = {}
+    named: tuple[tuple[Role, str | None], ...] = (("worker", args.worker), ("client", args.client))
+    for role, principal in named:
+        if principal is None:
+            continue
+        if ":" not in principal:
+            raise ValueError(f"{principal!r} names no principal type: write User:{principal}")
+        principals[role] = principal
+    if not principals:
+        raise ValueError("name whom to grant: --worker User:NAME, --client User:NAME or both")
+    settings = _settings(args)
+    wanted = needed(settings.namespace, principals)
+    if args.apply:
+        create_acls(settings, wanted)
+    rows = [asdict(acl) for acl in wanted]
+    body = {"namespace": settings.namespace, "applied": args.apply, "acls": rows}
+    output.emit(args, body, output.acls)
+    return 0
+
+
 # -- worker, calls -------------------------------------------------------------------
 
 
@@ -196,7 +223,6 @@ def _run_until_signal(
     import signal
 
     from streams import tracing
-    from streams.cli import dump
 
     if tracing.configure(traced_as):
         say(f"kourier: traces exported ({os.environ['OTEL_TRACES_EXPORTER']})")
@@ -206,8 +232,8 @@ def _run_until_signal(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        dump.install(loop, status)
         try:
+            dump.install(loop, status)
             await main(stop)
         finally:
             dump.uninstall(loop)
@@ -221,6 +247,7 @@ def _run_until_signal(
 
 
 def worker(args: argparse.Namespace) -> int:
+    dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
     import asyncio
 
     from streams.engine.registry import load_services
@@ -252,6 +279,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def ingress(args: argparse.Namespace) -> int:
+    dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
     from streams.http.ingress import serve
 
     _configure_logging()
@@ -273,6 +301,7 @@ def ingress(args: argparse.Namespace) -> int:
 
 def dev(args: argparse.Namespace) -> int:
     """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go."""
+    dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
     import asyncio
 
     from streams.engine.registry import load_services

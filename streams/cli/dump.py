@@ -2,31 +2,41 @@
 
 The signal writes to standard error, in this order:
 
-1. the stack of every thread, at once, by :mod:`faulthandler`, so that it comes even when
-   the event loop is blocked;
-2. then, from the event loop, the process's own status (a worker's owned partitions,
-   offsets, transactions in flight) and the stack of every asyncio task, ending with the
-   line :data:`END`.
+1. the stack of every thread (up to 100, newest first), at once, by :mod:`faulthandler`,
+   so that it comes even when the event loop is blocked;
+2. then, from the event loop: the threads' names, the process's own status (a worker's
+   owned partitions, offsets, transaction in flight), and where the asyncio tasks wait
+   (tasks waiting at the same place are counted together), ending with the line
+   :data:`END`.
 
 Nothing in the process changes: it is a look, for an operator or a test that finds a
-worker silent.
+worker silent. Before :func:`install` and after :func:`uninstall` the signal is ignored
+(:func:`ignore`), so that one sent while a process starts or stops does not end it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import io
 import json
 import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 #: The last line of a dump.
 END = "kourier: end of dump"
-#: Frames shown per asyncio task.
+#: Frames shown per asyncio task, and task names shown per place they wait at.
 _FRAMES = 12
+_NAMES = 5
+
+
+def ignore() -> None:
+    """Let SIGUSR1 do nothing (its default ends the process)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def install(
@@ -34,17 +44,23 @@ def install(
 ) -> None:
     """Dump on SIGUSR1: threads at once, then ``status()`` and the tasks from ``loop``."""
     loop.add_signal_handler(signal.SIGUSR1, _dump, status)
-    # After the loop's handler, which it calls in turn (chain): the threads come first.
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
+    # After the loop's handler, which it calls in turn (chain): the threads come first. A
+    # standard error without a file descriptor (captured) gets the loop's part alone.
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
 
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
     faulthandler.unregister(signal.SIGUSR1)
-    loop.remove_signal_handler(signal.SIGUSR1)
+    loop.remove_signal_handler(signal.SIGUSR1)  # which restores the default: to end
+    ignore()
 
 
 def _dump(status: Callable[[], Mapping[str, Any]] | None) -> None:
     out = io.StringIO()
+    threads = sorted(threading.enumerate(), key=lambda t: t.ident or 0)
+    out.write(f"kourier: {len(threads)} threads\n")
+    out.writelines(f"  {thread.ident or 0:#018x} {thread.name}\n" for thread in threads)
     if status is not None:
         try:
             described = _json(status())
@@ -52,10 +68,14 @@ def _dump(status: Callable[[], Mapping[str, Any]] | None) -> None:
             described = f"(no status: {exc!r})"
         out.write(f"kourier: status\n{described}\n")
     tasks = asyncio.all_tasks()
-    out.write(f"kourier: {len(tasks)} asyncio tasks\n")
-    for task in sorted(tasks, key=lambda t: t.get_name()):
-        out.write(f"{task.get_name()}:\n")
-        out.writelines(f"  {line}\n" for line in _awaiting(task.get_coro()))
+    places: dict[tuple[str, ...], list[str]] = {}
+    for task in tasks:
+        places.setdefault(tuple(_awaiting(task.get_coro())), []).append(task.get_name())
+    out.write(f"kourier: {len(tasks)} asyncio tasks, waiting at {len(places)} places\n")
+    for lines, names in sorted(places.items(), key=lambda item: -len(item[1])):
+        shown = ", ".join(sorted(names)[:_NAMES]) + (", ..." if len(names) > _NAMES else "")
+        out.write(f"{len(names)} ({shown}):\n")
+        out.writelines(f"  {line}\n" for line in lines)
     out.write(f"{END}\n")
     sys.stderr.write(out.getvalue())
     sys.stderr.flush()

@@ -203,6 +203,12 @@ def topics(body: dict[str, Any]) -> str:
     return f"{body['brokers']} brokers\n" + table(body["topics"], columns)
 
 
+def acls(body: dict[str, Any]) -> str:
+    done = "created" if body["applied"] else "needed (--apply creates them)"
+    columns = ["principal", "resource", "name", "pattern", "operation"]
+    return f"ACLs of namespace {body['namespace']}, {done}:\n" + table(body["acls"], columns)
+
+
 def one_line(body: Any) -> str:
     """A small document on one line: ``key=value ...``."""
     if isinstance(body, dict):

@@ -127,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_flags(describe, partitions=True)
     _json_flag(describe)
     describe.set_defaults(func=run.topics_describe)
+    acls = commands.add_parser(
+        "acls", help="the Kafka ACLs a worker and a client need; --apply creates them"
+    )
+    _kafka_flags(acls)
+    acls.add_argument("--worker", metavar="PRINCIPAL", help="the workers' principal: User:NAME")
+    acls.add_argument(
+        "--client",
+        metavar="PRINCIPAL",
+        help="the principal of the ingress, clients and the CLI: User:NAME",
+    )
+    acls.add_argument(
+        "--apply", action="store_true", help="create them (needs Alter on the cluster)"
+    )
+    _json_flag(acls)
+    acls.set_defaults(func=run.acls)
     worker = commands.add_parser("worker", help="run handlers: MODULE or MODULE:ATTR")
     worker.add_argument("module", help="e.g. examples.quickstart or app.services:ALL")
     worker.add_argument("--worker-id", help="stable id (default: host name + free slot)")

@@ -197,7 +197,7 @@ def _alive(pid: int) -> bool:
 
 
 #: The address clients are given (of whichever listener: a template may secure it).
-_ADVERTISED = re.compile(r"^advertised\.listeners=[A-Z_]+://(\S+)$", re.M)
+_ADVERTISED = re.compile(r"^advertised\.listeners=\w+://(\S+)$", re.M)
 
 
 def status(data_dir: Path) -> Broker | None:
@@ -220,7 +220,7 @@ def _write_properties(data_dir: Path, port: int, deploy_dir: Path) -> Path:
     props = data_dir / "server.properties"
     if props.is_file():
         text = props.read_text()
-        current = re.search(r"^listeners=[A-Z_]+://127\.0\.0\.1:(\d+),", text, re.M)
+        current = re.search(r"^listeners=\w+://127\.0\.0\.1:(\d+),", text, re.M)
         if current and (port == 0 or int(current.group(1)) == port):
             if not re.search(r"^controlled\.shutdown\.enable=", text, re.M):
                 props.write_text(text.rstrip("\n") + "\ncontrolled.shutdown.enable=false\n")

@@ -192,6 +192,8 @@ class WorkerProcess:
             text = self.log_file.read_bytes()[start:].decode(errors="replace")
             if dump.END in text:
                 return text[: text.index(dump.END)]
+            if self.process.poll() is not None:
+                return f"{text}\n(worker {self.pid} exited with {self.process.returncode})"
             time.sleep(0.05)
         return f"{text}\n(no end of the dump of worker {self.pid} after {timeout}s)"
 

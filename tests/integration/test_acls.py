@@ -1,6 +1,7 @@
-"""Kafka with SASL and ACLs: a worker, an ingress and a client granted exactly the README's
-ACL table (Operations, Security) serve calls, sends and delayed sends; a worker without
-``DELETE`` on the delay topic says so once and goes on.
+"""Kafka with SASL and ACLs: a worker, an ingress, the Python client and the CLI granted
+exactly what ``kourier acls --apply`` creates (``streams.kafka.acls``, the README's table)
+serve calls, sends and delayed sends; a worker without ``Delete`` on the delay topic says
+so once and goes on.
 
 The broker here is the project's own, from a copy of its template whose client listener
 takes SASL/PLAIN and whose authorizer is Kafka's ``StandardAuthorizer``; it runs for this
@@ -10,38 +11,32 @@ module alone and is stopped by PID.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import (
-    AclBinding,
-    AclOperation,
-    AclPermissionType,
-    AdminClient,
-    OffsetSpec,
-    ResourcePatternType,
-    ResourceType,
-)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.client import Client
 from streams.kafka import broker
+from streams.kafka.acls import NEEDS, create_acls, needed
 from streams.kafka.admin import create_topics
 from streams.kafka.broker import free_port
 from streams.settings import Settings
 from tests.integration.conftest import ROOT, WorkerProcess
 from tests.integration.helpers import poll_until
 
-Row = tuple[str, str, str, list[str]]  # an ACL table's resource, name, pattern, operations
 PASSWORDS = {user: f"{user}-secret" for user in ("admin", "worker", "client", "trimless")}
 # The client listener takes SASL/PLAIN, with these users; the controller listener stays
 # plaintext on loopback, and its principal (ANONYMOUS) and the broker's own are super users.
@@ -80,9 +75,15 @@ def sasl_env(user: str) -> dict[str, str]:
     return {f"KOURIER_KAFKA_{k.replace('.', '_').upper()}": v for k, v in sasl(user).items()}
 
 
+@dataclass
+class Secured:
+    bootstrap: str
+    log: Path  # the broker's log, where the authorizer notes each denial
+
+
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The bootstrap address of a broker that authenticates and authorizes every client."""
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    """A broker that authenticates and authorizes every client."""
     deploy = tmp_path_factory.mktemp("deploy")
     for name in ("pom.xml", "log4j2.properties"):  # the same pom: the same cached jars
         shutil.copy(broker.DEPLOY_DIR / name, deploy / name)
@@ -94,50 +95,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("secured-kafka")
     running = broker.start(data, port=0, deploy_dir=deploy, client=sasl("admin"))
     try:
-        yield running.bootstrap
+        yield Secured(running.bootstrap, data / "server.log")
     finally:
         broker.stop(data)
-
-
-def readme_acls(role: str) -> list[Row]:
-    """The README's ACL rows for ``role``: (resource, name, pattern, operations)."""
-    text = (ROOT / "README.md").read_text()
-    header = "| role | resource | name | pattern | operations |"
-    assert header in text, "the README has no ACL table"
-    rows = []
-    for line in text[text.index(header) :].splitlines()[2:]:
-        if not line.startswith("|"):
-            break
-        roles, resource, name, pattern, operations = (c.strip() for c in line.strip("|").split("|"))
-        if role in [r.strip() for r in roles.split(",")]:
-            ops = [op.strip() for op in operations.split(",")]
-            rows.append((resource, name.strip("`"), pattern, ops))
-    assert rows, f"no ACL rows for {role}"
-    return rows
-
-
-def grant(admin: AdminClient, user: str, rows: list[Row], ns: str) -> None:
-    bindings = []
-    for resource, name, pattern, operations in rows:
-        for operation in operations:
-            bindings.append(
-                AclBinding(
-                    ResourceType[_snake(resource)],
-                    name.replace("<ns>", ns),
-                    ResourcePatternType[pattern.upper()],
-                    f"User:{user}",
-                    "*",
-                    AclOperation[_snake(operation)],
-                    AclPermissionType.ALLOW,
-                )
-            )
-    for future in admin.create_acls(bindings, request_timeout=30).values():
-        future.result(timeout=60)
-
-
-def _snake(name: str) -> str:
-    """``TransactionalId`` -> ``TRANSACTIONAL_ID``, as confluent-kafka's enums name them."""
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).upper()
 
 
 def namespace(bootstrap: str) -> Settings:
@@ -150,13 +110,17 @@ def namespace(bootstrap: str) -> Settings:
     return settings
 
 
-def granted(admin: Settings, user: str, role: str, without: str | None = None) -> Settings:
-    """``user`` granted the README's rows of ``role`` in ``admin``'s namespace (but for
-    any row of the one operation ``without``); the settings ``user`` connects with."""
-    rows = [row for row in readme_acls(role) if row[3] != [without]]
-    client = AdminClient(admin.client_config({}))
-    grant(client, user, rows, admin.namespace)
-    return admin.model_copy(update={"kafka": sasl(user)})
+def as_user(admin: Settings, user: str) -> Settings:
+    """The settings ``user`` connects with, once the broker lets ``user`` see the ingress
+    topic: a broker applies new ACLs a moment after they are created (30 s at most)."""
+    settings = admin.model_copy(update={"kafka": sasl(user)})
+    client = AdminClient(settings.client_config({}))
+    topic = f"{admin.namespace}.ingress"
+    deadline = time.monotonic() + 30
+    while (found := client.list_topics(topic, timeout=10).topics.get(topic)) is None or found.error:
+        assert time.monotonic() < deadline, f"{user} still may not see {topic}: {found}"
+        time.sleep(0.1)
+    return settings
 
 
 def worker_as(user: str, settings: Settings, log_dir: Path) -> WorkerProcess:
@@ -199,17 +163,23 @@ async def count(client: Client, key: str) -> int:
     return value
 
 
-async def test_a_worker_an_ingress_and_a_client_need_no_more_than_the_readme_acls(
-    secured: str, tmp_path: Path
+async def test_a_worker_an_ingress_and_a_client_need_no_more_than_kourier_acls_creates(
+    secured: Secured, tmp_path: Path
 ) -> None:
-    admin = namespace(secured)
-    worker = worker_as("worker", granted(admin, "worker", "worker"), tmp_path)
-    as_client = granted(admin, "client", "client")
+    admin = namespace(secured.bootstrap)
+    applied = cli(admin, "admin", ["acls", "--worker", "User:worker", "--client", "User:client",
+                                   "--apply", "--json"])  # fmt: skip
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    granted = json.loads(applied.stdout)
+    assert granted["applied"] is True
+    assert len(granted["acls"]) == sum(len(need.operations) for need in NEEDS)
+    as_worker, as_client = as_user(admin, "worker"), as_user(admin, "client")
     port, admin_port = free_port(), free_port()
     argv = ["-m", "streams.cli", "ingress", "--port", str(port), "--admin-port", str(admin_port)]
     ingress = WorkerProcess(as_client, "", tmp_path, sasl_env("client"), argv)
-    ingress.start()
+    worker = worker_as("worker", as_worker, tmp_path)
     try:
+        ingress.start()
         async with Client(as_client) as client:
             add = client.object("Tally", "acl", "add").request(1)
             try:
@@ -243,13 +213,18 @@ async def test_a_worker_an_ingress_and_a_client_need_no_more_than_the_readme_acl
     logs = worker.read_text() + ingress.read_text()
     assert "AUTHORIZATION" not in logs.upper(), logs
     assert "not allowed" not in logs, logs
+    denied = [line for line in secured.log.read_text().splitlines()
+              if "Denied" in line and admin.namespace in line]  # fmt: skip
+    assert not denied, "\n".join(denied)
 
 
 async def test_a_worker_not_allowed_to_delete_delay_records_says_so_once_and_goes_on(
-    secured: str, tmp_path: Path
+    secured: Secured, tmp_path: Path
 ) -> None:
-    admin = namespace(secured)
-    worker = worker_as("trimless", granted(admin, "trimless", "worker", without="Delete"), tmp_path)
+    admin = namespace(secured.bootstrap)
+    wanted = needed(admin.namespace, {"worker": "User:trimless"})
+    create_acls(admin, [acl for acl in wanted if acl.operation != "Delete"])
+    worker = worker_as("trimless", as_user(admin, "trimless"), tmp_path)
     refused = "not allowed to delete released records"
     try:
         async with Client(admin) as client:
@@ -275,3 +250,15 @@ async def _healthy(http: aiohttp.ClientSession, base: str) -> bool:
             return reply.status == 200 and "Tally" in (await reply.json())["services"]
     except aiohttp.ClientError:
         return False
+
+
+async def test_acls_apply_on_a_broker_without_an_authorizer_says_so(settings: Settings) -> None:
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=settings.bootstrap_servers
+    )
+    command = [sys.executable, "-m", "streams.cli", "acls", "--worker", "User:w", "--apply"]
+    done = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == "kourier: error: Kafka: No Authorizer is configured.\n"

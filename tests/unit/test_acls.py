@@ -1,0 +1,52 @@
+"""``kourier acls``: the ACLs each role needs in a namespace (no broker; granting them on a
+secured broker is ``tests/integration/test_acls.py``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceType
+
+from streams.cli.parser import main
+from streams.kafka.acls import markdown, needed
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_table_is_the_one_kourier_acls_grants() -> None:
+    assert markdown() in README.read_text()
+
+
+def test_each_role_gets_its_operations_on_the_namespace_names() -> None:
+    client = needed("shop", {"client": "User:web"})
+    assert {(a.resource, a.name, a.pattern, a.operation) for a in client} == {
+        ("Topic", "shop.", "prefixed", "Read"),
+        ("Topic", "shop.", "prefixed", "Describe"),
+        ("Topic", "shop.ingress", "literal", "Write"),
+        ("Group", "shop.", "prefixed", "Describe"),
+    }
+    worker = needed("shop", {"worker": "User:w"})
+    assert {a.principal for a in worker} == {"User:w"}
+    bindings = {(b.restype, b.name, b.resource_pattern_type, b.operation)
+                for b in (a.binding() for a in worker)}  # fmt: skip
+    assert (ResourceType.TOPIC, "shop.delay", ResourcePatternType.LITERAL,
+            AclOperation.DELETE) in bindings  # fmt: skip
+    assert (ResourceType.TRANSACTIONAL_ID, "shop.", ResourcePatternType.PREFIXED,
+            AclOperation.WRITE) in bindings  # fmt: skip
+    assert (ResourceType.GROUP, "shop.", ResourcePatternType.PREFIXED,
+            AclOperation.READ) in bindings  # fmt: skip
+
+
+def test_the_command_prints_them_without_apply_and_refuses_no_principal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["acls", "--namespace", "shop", "--client", "User:web", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["applied"] is False
+    assert len(printed["acls"]) == 4
+    assert main(["acls"]) == 2
+    assert "--worker User:NAME" in capsys.readouterr().err
+    assert main(["acls", "--worker", "web"]) == 2
+    assert "write User:web" in capsys.readouterr().err
