@@ -307,4 +307,9 @@ def _kafka_error(exc: Exception) -> tuple[str, int] | None:
         return f"{line}: {_CREATE_THEM}", 2
     if transient(error):
         return f"{line}; try again", 1
+    refused = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+               KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+               KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)  # fmt: skip
+    if error.code() in refused:  # ACLs that do not allow it
+        return f"{line} (README, Security: the ACLs `kourier acls` lists)", 2
     return line, 2

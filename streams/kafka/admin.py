@@ -16,6 +16,9 @@ from streams.errors import KourierError
 from streams.settings import Settings
 from streams.wire.topics import Topics, TopicSpec
 
+#: Kafka's answers to a principal its ACLs do not allow.
+_REFUSED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+
 
 class TopicError(KourierError, RuntimeError):
     """A topic exists with a shape Kourier cannot use, or could not be created."""
@@ -72,8 +75,15 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
             try:
                 future.result()
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise TopicError(f"could not create {name}: {exc.args[0].str()}") from None
+                error = exc.args[0]
+                if error.code() in _REFUSED:
+                    raise TopicError(
+                        f"could not create {name}: {error.str()} It is missing, or this "
+                        "principal may not see it: with ACLs, using a topic takes Describe on "
+                        "it, creating one Create (README, Security; `kourier acls`)"
+                    ) from None
+                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise TopicError(f"could not create {name}: {error.str()}") from None
     metadata = _wait_for_metadata(admin, specs, timeout)
     states = []
     for spec in specs:

@@ -85,6 +85,8 @@ _LOCAL_ROUNDS = 4
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
 _T = TypeVar("_T")
+#: Consumer errors after which the worker could only wait for nothing: it ends instead.
+_REFUSED = (KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED)
 
 
 class WorkerError(KourierError, RuntimeError):
@@ -490,6 +492,9 @@ class Worker:
         for message in batch:
             error = message.error()
             if error is not None:
+                if error.code() in _REFUSED:  # no partition would ever come: say so, and end
+                    raise WorkerError(f"Kafka refused this worker: {error.str()} (README, "
+                                      "Security: the ACLs `kourier acls` lists)")  # fmt: skip
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s", error)
                 continue

@@ -262,3 +262,23 @@ async def test_acls_apply_on_a_broker_without_an_authorizer_says_so(settings: Se
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr == "kourier: error: Kafka: No Authorizer is configured.\n"
+
+
+@pytest.mark.parametrize("missing", ["Topic", "Group", "TransactionalId"])
+async def test_a_worker_short_of_an_acl_ends_saying_which_and_where_to_look(
+    secured: Secured, missing: str
+) -> None:
+    admin = namespace(secured.bootstrap)
+    wanted = needed(admin.namespace, {"worker": "User:worker"})
+    create_acls(admin, [acl for acl in wanted if acl.resource != missing])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **sasl_env("worker"))
+    env.update(KOURIER_BOOTSTRAP_SERVERS=secured.bootstrap, KOURIER_NAMESPACE=admin.namespace)
+    command = [sys.executable, "-m", "streams.cli", "worker", "tests.integration.apps"]
+    done = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("kourier: error: "), done.stderr
+    assert "authorization failed" in last.lower(), last
+    assert "`kourier acls`" in last, last
