@@ -122,7 +122,11 @@ def absent_topic(metadata: dict[str, TopicMetadata], name: str) -> str:
     """Why ``name`` counts as absent, with the advice that fits, for an error message."""
     listed = metadata.get(name)
     if listed is None or listed.error is None:
-        return f"topic {name} is missing: run `kourier topics create`"
+        # A broker leaves out of its answer the topics a principal may not describe.
+        return (
+            f"topic {name} is missing: run `kourier topics create` (with Kafka ACLs, a "
+            "topic this principal may not describe looks missing: `kourier acls`)"
+        )
     return f"topic {name} is not usable: {listed.error.str()}"
 
 

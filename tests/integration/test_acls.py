@@ -282,3 +282,12 @@ async def test_a_worker_short_of_an_acl_ends_saying_which_and_where_to_look(
     assert last.startswith("kourier: error: "), done.stderr
     assert "authorization failed" in last.lower(), last
     assert "`kourier acls`" in last, last
+
+
+async def test_a_client_without_its_acls_is_told_where_to_look(secured: Secured) -> None:
+    admin = namespace(secured.bootstrap)  # and no ACL for anyone
+    done = await asyncio.to_thread(cli, admin, "client", ["call", "Tally/a/count"])
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"kourier: error: topic {admin.namespace}.ingress is missing"), last
+    assert "`kourier acls`" in last, last
