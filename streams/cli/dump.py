@@ -46,7 +46,7 @@ def install(
     loop.add_signal_handler(signal.SIGUSR1, _dump, status)
     # After the loop's handler, which it calls in turn (chain): the threads come first. A
     # standard error without a file descriptor (captured) gets the loop's part alone.
-    with contextlib.suppress(AttributeError, ValueError, OSError):
+    with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
 
 

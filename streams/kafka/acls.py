@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AclBinding,
     AclOperation,
@@ -29,10 +30,12 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from streams.errors import KourierError
 from streams.kafka.admin import admin_client
 from streams.settings import Settings
 
 Role = Literal["worker", "client"]
+_NOT_ALLOWED = KafkaError.CLUSTER_AUTHORIZATION_FAILED
 
 
 @dataclass(frozen=True)
@@ -80,23 +83,39 @@ class Acl:
 
 
 def needed(namespace: str, principals: Mapping[Role, str]) -> list[Acl]:
-    """The ACLs of each role in ``principals`` (role -> ``User:name``) in ``namespace``."""
-    return [
+    """The ACLs of each role in ``principals`` (role -> ``User:name``) in ``namespace``,
+    each once (one principal may take both roles)."""
+    wanted = [
         Acl(principal, need.resource, need.name.replace("<ns>", namespace), need.pattern, op)
         for role, principal in principals.items()
         for need in NEEDS
         if need.role == role
         for op in need.operations
     ]
+    return list(dict.fromkeys(wanted))
+
+
+class AclError(KourierError, RuntimeError):
+    """This principal may not create ACLs."""
 
 
 def create_acls(settings: Settings, wanted: Sequence[Acl], timeout: float = 30.0) -> None:
     """Create ``wanted`` (ACLs that exist already are kept as they are); raises the first
-    refusal, as a ``KafkaException``."""
+    refusal: :class:`AclError` when ``settings``' principal may not alter the cluster's
+    ACLs, Kafka's own error (a ``KafkaException``) otherwise."""
     admin = admin_client(settings)
     futures = admin.create_acls([acl.binding() for acl in wanted], request_timeout=timeout)
     for future in futures.values():
-        future.result(timeout=timeout)
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == _NOT_ALLOWED:
+                raise AclError(
+                    f"Kafka refused to create ACLs: {error.str().rstrip('.')}. Creating them "
+                    "takes Alter on the cluster: run this with an administrator's Kafka settings"
+                ) from None
+            raise
 
 
 def markdown() -> str:

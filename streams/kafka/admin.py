@@ -77,10 +77,11 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.code() in _REFUSED:
+                    said = error.str().rstrip(".")
                     raise TopicError(
-                        f"could not create {name}: {error.str()} It is missing, or this "
-                        "principal may not see it: with ACLs, using a topic takes Describe on "
-                        "it, creating one Create (README, Security; `kourier acls`)"
+                        f"could not create {name}: {said}. It is missing, or this principal "
+                        "may not see it: with ACLs, using a topic takes Describe on it, "
+                        "creating one Create (README, Security; `kourier acls`)"
                     ) from None
                 if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"could not create {name}: {error.str()}") from None

@@ -85,7 +85,8 @@ _LOCAL_ROUNDS = 4
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
 _T = TypeVar("_T")
-#: Consumer errors after which the worker could only wait for nothing: it ends instead.
+#: Consumer errors before the first assignment after which the worker could only wait for
+#: nothing: it ends instead.
 _REFUSED = (KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED)
 
 
@@ -152,7 +153,7 @@ class Worker:
         if unusable:
             raise WorkerError(absent_topic(topics, unusable[0]))
         if missing:
-            raise WorkerError(f"missing topics {missing}: run `kourier topics create` first")
+            raise WorkerError(absent_topic(topics, missing[0]))
         return len(topics[self.topics.ingress].partitions)
 
     def _transactional_id(self, turn: int = 0) -> str:
@@ -294,6 +295,9 @@ class Worker:
                     self._observe()
                     self._trimmer.tick()
             self._commit(self._stepped([], {}, closing=True))
+        except BaseException:
+            self._stopping = True  # nothing waits for Kafka on the way out
+            raise
         finally:
             self._consumer.close()  # runs on_revoke, which hands over what is left
             self._committer.close()
@@ -492,7 +496,8 @@ class Worker:
         for message in batch:
             error = message.error()
             if error is not None:
-                if error.code() in _REFUSED:  # no partition would ever come: say so, and end
+                if error.code() in _REFUSED and not self._rebalances:  # at start: no
+                    # partition would ever come, so say so and end; later, it may pass
                     raise WorkerError(f"Kafka refused this worker: {error.str()} (README, "
                                       "Security: the ACLs `kourier acls` lists)")  # fmt: skip
                 if error.code() != KafkaError._PARTITION_EOF:

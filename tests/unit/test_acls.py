@@ -16,7 +16,17 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_the_readme_table_is_the_one_kourier_acls_grants() -> None:
-    assert markdown() in README.read_text()
+    text = README.read_text()
+    header = markdown().splitlines()[0]
+    rows = text[text.index(header) :].split("\n\n")[0]  # the table, to its blank line
+    assert rows == markdown()
+
+
+def test_one_principal_in_both_roles_gets_each_acl_once() -> None:
+    both = needed("shop", {"worker": "User:shop", "client": "User:shop"})
+    assert len(both) == len(set(both))
+    worker = needed("shop", {"worker": "User:shop"})
+    assert set(worker) < set(both)  # the client adds its group Describe
 
 
 def test_each_role_gets_its_operations_on_the_namespace_names() -> None:

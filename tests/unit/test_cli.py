@@ -168,7 +168,11 @@ def test_kafka_that_does_not_answer_is_one_line_that_says_to_try_again(
     ("code", "exit_code", "ending"),
     [
         ("_ALL_BROKERS_DOWN", 1, "; try again"),
-        ("TOPIC_AUTHORIZATION_FAILED", 2, "authorization failed"),
+        (
+            "TOPIC_AUTHORIZATION_FAILED",
+            2,
+            "authorization failed (README, Security: the ACLs `kourier acls` lists)",
+        ),
         # transient while topics are being made, so flagged retriable here; not after retries
         ("UNKNOWN_TOPIC_OR_PART", 2, "(`kourier topics create`)?"),
         ("_UNKNOWN_TOPIC", 2, "(`kourier topics create`)?"),

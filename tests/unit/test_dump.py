@@ -27,7 +27,8 @@ async def test_a_dump_names_the_threads_gives_the_status_and_counts_tasks_by_pla
         gate.set()
         await asyncio.gather(*waiting)
     text = capsys.readouterr().err
-    assert re.search(r"kourier: \d+ threads\n  0x[0-9a-f]{16} MainThread\n", text), text
+    assert re.search(r"^kourier: \d+ threads$", text, re.M), text
+    assert re.search(r"^  0x[0-9a-f]{16} MainThread$", text, re.M), text
     found = re.search(r"kourier: status\n(.*?)\nkourier: (\d+) asyncio tasks", text, re.S)
     assert found is not None, text
     assert json.loads(found[1]) == {"ingress": {"0": {"queued": 2}, "1": {"queued": 0}},
