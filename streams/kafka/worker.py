@@ -85,9 +85,17 @@ _LOCAL_ROUNDS = 4
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
 _T = TypeVar("_T")
-#: Consumer errors before the first assignment after which the worker could only wait for
-#: nothing: it ends instead.
-_REFUSED = (KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED)
+#: Kafka's refusals by ACL. Met by the consumer before the first assignment, or by the
+#: services' announcement, they end the worker: it could only wait for nothing.
+_REFUSED = (
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+)
+#: Seconds between tries of the services' announcement, doubling up to the second.
+_MANIFEST_PAUSE = 0.1
+_MANIFEST_PAUSE_MAX = 2.0
 
 
 class WorkerError(KourierError, RuntimeError):
@@ -173,14 +181,30 @@ class Worker:
         return worker_consumer(self.settings, group or self._group, wait_ms)
 
     def _publish_manifest(self) -> None:
-        producer = self._transactions.producer
-        producer.begin_transaction()
-        for service in self.registry.manifest():
-            service["worker"] = self._worker_id
-            producer.produce(
-                self.topics.services, key=service["name"].encode(), value=json.dumps(service)
-            )
-        producer.commit_transaction(_TIMEOUT)
+        """Announce the services this worker hosts (the catalog clients read), in a
+        transaction of its own. Tried again, on new producers, while Kafka does not take
+        it: a broker that restarts as the worker starts must not end it, any more than
+        one that restarts later. A refusal by ACL, or the worker stopping, ends it."""
+        pause = _MANIFEST_PAUSE
+        while True:
+            producer = self._transactions.producer
+            try:
+                producer.begin_transaction()
+                for service in self.registry.manifest():
+                    service["worker"] = self._worker_id
+                    name = service["name"].encode()
+                    producer.produce(self.topics.services, key=name, value=json.dumps(service))
+                producer.commit_transaction(_TIMEOUT)
+                return
+            except KafkaException as exc:
+                if self._stopping or exc.args[0].code() in _REFUSED:
+                    raise
+                log.warning("announcing the services failed (%s); trying again", exc.args[0])
+            time.sleep(pause)
+            pause = min(2 * pause, _MANIFEST_PAUSE_MAX)
+            # New producers: each completes or aborts what its id left open (waiting while
+            # Kafka is away), so the next try begins from a clean transaction.
+            self._transactions.settle(lambda: self._stopping)
 
     # -- the loop -------------------------------------------------------------------
     #

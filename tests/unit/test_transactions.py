@@ -346,3 +346,45 @@ def test_a_fenced_commit_that_fails_later_leaves_the_new_producers_alone() -> No
         tx.commit(SNAPSHOT)
     assert [p.made_for for p in fresh] == [0, 1], "only the fence made new producers"
     assert tx.producers == fresh
+
+
+def announcing_worker(*producers: StandIn) -> tuple[Any, list[Any]]:
+    """A worker (never run) whose services' announcement goes to ``producers``."""
+    from streams.kafka import worker as worker_module
+    from streams.settings import Settings
+    from tests.integration.apps import SERVICES
+
+    worker = worker_module.Worker(Settings(bootstrap_servers="127.0.0.1:1"), SERVICES,
+                                  worker_id="w")  # fmt: skip
+    worker._transactions, fresh = transactions_on(*producers)
+    return worker, fresh
+
+
+def test_an_announcement_that_fails_is_tried_again_on_new_producers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that restarts as a worker starts fails its first transaction, which
+    announces its services: that must not end the worker."""
+    from streams.kafka import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_MANIFEST_PAUSE", 0.0)
+    timed_out = StandIn({"commit": KafkaError(KafkaError._MSG_TIMED_OUT)}, times=1)
+    worker, fresh = announcing_worker(timed_out, StandIn({}))
+    worker._publish_manifest()
+    assert timed_out.calls[-1] == "commit", "the first try failed at its commit"
+    assert [p.made_for for p in fresh] == [0, 1], "then every producer was renewed"
+    assert fresh[0].calls == ["begin", *["produce"] * len(worker.registry.manifest()), "commit"]
+
+
+@pytest.mark.parametrize(
+    ("refused", "stopping"),
+    [(KafkaError.TOPIC_AUTHORIZATION_FAILED, False), (KafkaError._MSG_TIMED_OUT, True)],
+)
+def test_an_announcement_refused_by_acl_or_failing_as_the_worker_stops_ends_it(
+    refused: int, stopping: bool
+) -> None:
+    worker, fresh = announcing_worker(StandIn({"commit": KafkaError(refused)}), StandIn({}))
+    worker._stopping = stopping
+    with pytest.raises(KafkaException):
+        worker._publish_manifest()
+    assert fresh == [], "no new producer: nothing was tried again"
