@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from streams.engine.outbox import Out
 from streams.kafka.committer import Snapshot
 from streams.settings import Settings
 
@@ -110,6 +111,31 @@ class Transactions:
                     log.warning("new producer not ready yet: %s", exc)
                     time.sleep(pause)
                     pause = min(2 * pause, SETTLE_PAUSE_MAX)
+
+    def announce(
+        self, out: list[Out], stopping: Callable[[], bool], refused: Collection[int] = ()
+    ) -> None:
+        """Commit ``out`` in a transaction of its own (a worker's services, as it starts;
+        Kafka thread, before any committer). Tried again while it fails, after a doubling
+        pause and on producers renewed by :meth:`settle`, which waits while Kafka is away:
+        a broker that restarts as the worker starts must not end it, any more than one that
+        restarts later. A failure whose code is in ``refused`` (an ACL's), or one once
+        ``stopping()``, is raised."""
+        pause = SETTLE_PAUSE
+        while True:
+            producer = self.producer
+            try:
+                producer.begin_transaction()
+                self._produce(producer, Snapshot(out, []))
+                producer.commit_transaction(TIMEOUT)
+                return
+            except KafkaException as exc:
+                if stopping() or exc.args[0].code() in refused:
+                    raise
+                log.warning("a transaction of its own failed (%s); trying again", exc.args[0])
+            time.sleep(pause)
+            pause = min(2 * pause, SETTLE_PAUSE_MAX)
+            self.settle(stopping)  # each new producer completes what its id left open
 
     def commit(self, snapshot: Snapshot) -> None:
         """One transaction (committer thread). Sending the offsets and committing are tried

@@ -93,9 +93,6 @@ _REFUSED = (
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     KafkaError.CLUSTER_AUTHORIZATION_FAILED,
 )
-#: Seconds between tries of the services' announcement, doubling up to the second.
-_MANIFEST_PAUSE = 0.1
-_MANIFEST_PAUSE_MAX = 2.0
 
 
 class WorkerError(KourierError, RuntimeError):
@@ -181,30 +178,16 @@ class Worker:
         return worker_consumer(self.settings, group or self._group, wait_ms)
 
     def _publish_manifest(self) -> None:
-        """Announce the services this worker hosts (the catalog clients read), in a
-        transaction of its own. Tried again, on new producers, while Kafka does not take
-        it: a broker that restarts as the worker starts must not end it, any more than
-        one that restarts later. A refusal by ACL, or the worker stopping, ends it."""
-        pause = _MANIFEST_PAUSE
-        while True:
-            producer = self._transactions.producer
-            try:
-                producer.begin_transaction()
-                for service in self.registry.manifest():
-                    service["worker"] = self._worker_id
-                    name = service["name"].encode()
-                    producer.produce(self.topics.services, key=name, value=json.dumps(service))
-                producer.commit_transaction(_TIMEOUT)
-                return
-            except KafkaException as exc:
-                if self._stopping or exc.args[0].code() in _REFUSED:
-                    raise
-                log.warning("announcing the services failed (%s); trying again", exc.args[0])
-            time.sleep(pause)
-            pause = min(2 * pause, _MANIFEST_PAUSE_MAX)
-            # New producers: each completes or aborts what its id left open (waiting while
-            # Kafka is away), so the next try begins from a clean transaction.
-            self._transactions.settle(lambda: self._stopping)
+        """Announce the services this worker hosts (the catalog clients read): its first
+        transaction, tried again while Kafka does not take it (:meth:`Transactions.announce`);
+        a refusal by ACL, or the worker stopping, ends the worker."""
+        out = []
+        for service in self.registry.manifest():
+            service["worker"] = self._worker_id
+            out.append(
+                Out(self.topics.services, 0, service["name"].encode(), json.dumps(service).encode())
+            )
+        self._transactions.announce(out, lambda: self._stopping, _REFUSED)
 
     # -- the loop -------------------------------------------------------------------
     #

@@ -348,43 +348,46 @@ def test_a_fenced_commit_that_fails_later_leaves_the_new_producers_alone() -> No
     assert tx.producers == fresh
 
 
-def announcing_worker(*producers: StandIn) -> tuple[Any, list[Any]]:
-    """A worker (never run) whose services' announcement goes to ``producers``."""
-    from streams.kafka import worker as worker_module
-    from streams.settings import Settings
-    from tests.integration.apps import SERVICES
-
-    worker = worker_module.Worker(Settings(bootstrap_servers="127.0.0.1:1"), SERVICES,
-                                  worker_id="w")  # fmt: skip
-    worker._transactions, fresh = transactions_on(*producers)
-    return worker, fresh
-
-
-def test_an_announcement_that_fails_is_tried_again_on_new_producers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_an_announcement_that_fails_is_tried_again_on_new_producers() -> None:
     """A broker that restarts as a worker starts fails its first transaction, which
-    announces its services: that must not end the worker."""
-    from streams.kafka import worker as worker_module
-
-    monkeypatch.setattr(worker_module, "_MANIFEST_PAUSE", 0.0)
+    announces its services: that must not end the worker (Worker._publish_manifest)."""
     timed_out = StandIn({"commit": KafkaError(KafkaError._MSG_TIMED_OUT)}, times=1)
-    worker, fresh = announcing_worker(timed_out, StandIn({}))
-    worker._publish_manifest()
-    assert timed_out.calls[-1] == "commit", "the first try failed at its commit"
+    tx, fresh = transactions_on(timed_out, StandIn({}))
+    tx.announce(SNAPSHOT.out * 3, lambda: False)
+    assert timed_out.calls == ["begin", "produce", "produce", "produce", "commit"]
     assert [p.made_for for p in fresh] == [0, 1], "then every producer was renewed"
-    assert fresh[0].calls == ["begin", *["produce"] * len(worker.registry.manifest()), "commit"]
+    assert fresh[0].calls == ["begin", "produce", "produce", "produce", "commit"]
 
 
 @pytest.mark.parametrize(
-    ("refused", "stopping"),
+    ("code", "stopping"),
     [(KafkaError.TOPIC_AUTHORIZATION_FAILED, False), (KafkaError._MSG_TIMED_OUT, True)],
 )
-def test_an_announcement_refused_by_acl_or_failing_as_the_worker_stops_ends_it(
-    refused: int, stopping: bool
+def test_an_announcement_refused_by_acl_or_failing_as_the_worker_stops_is_raised(
+    code: int, stopping: bool
 ) -> None:
-    worker, fresh = announcing_worker(StandIn({"commit": KafkaError(refused)}), StandIn({}))
-    worker._stopping = stopping
+    tx, fresh = transactions_on(StandIn({"commit": KafkaError(code)}), StandIn({}))
     with pytest.raises(KafkaException):
-        worker._publish_manifest()
+        tx.announce(SNAPSHOT.out, lambda: stopping, {KafkaError.TOPIC_AUTHORIZATION_FAILED})
     assert fresh == [], "no new producer: nothing was tried again"
+
+
+def test_a_worker_announces_its_services_on_partition_0_of_the_services_topic() -> None:
+    from streams.kafka.worker import Worker
+    from streams.settings import Settings
+    from tests.integration.apps import SERVICES
+
+    worker = Worker(Settings(bootstrap_servers="127.0.0.1:1", namespace="ns"), SERVICES,
+                    worker_id="w")  # fmt: skip
+
+    class Announced:
+        def __init__(self) -> None:
+            self.out: list[Out] = []
+
+        def announce(self, out: list[Out], *_: Any) -> None:
+            self.out.extend(out)
+
+    worker._transactions = announced = Announced()  # type: ignore[assignment]
+    worker._publish_manifest()
+    assert {(o.topic, o.partition) for o in announced.out} == {("ns.services", 0)}
+    assert sorted(o.key for o in announced.out) == sorted(s.name.encode() for s in SERVICES)
