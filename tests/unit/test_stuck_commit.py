@@ -233,3 +233,20 @@ def test_how_long_a_transaction_ran_never_pairs_it_with_the_one_before(
     finally:
         go.set()
         committer.close()
+
+
+def test_a_dump_shows_the_transaction_in_flight_and_what_waits_behind_it(
+    stuck: threading.Event,
+) -> None:
+    """``Committer.status``, part of a worker's ``kill -USR1`` dump."""
+    committer = committer_stuck_in(stuck)
+    committer.submit(Snapshot(out=list(SNAPSHOT.out) * 3, offsets=[]))
+    status = committer.status()
+    assert status["in_flight_records"] == 1
+    assert status["queued_records"] == 3
+    assert status["busy_for_s"] >= 0
+    assert status["failure"] is None
+    stuck.set()
+    assert committer.flush(60) is None
+    assert committer.status()["in_flight_records"] is None
+    committer.close()
