@@ -294,7 +294,7 @@ def _kafka_error(exc: Exception) -> tuple[str, int] | None:
     """librdkafka's error as one line and an exit code: 1 when it may pass, 2 when not."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from streams.kafka.offsets import transient
+    from streams.kafka.offsets import REFUSED, transient
 
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     if not isinstance(error, KafkaError):
@@ -307,9 +307,6 @@ def _kafka_error(exc: Exception) -> tuple[str, int] | None:
         return f"{line}: {_CREATE_THEM}", 2
     if transient(error):
         return f"{line}; try again", 1
-    refused = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
-               KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-               KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)  # fmt: skip
-    if error.code() in refused:  # ACLs that do not allow it
+    if error.code() in REFUSED:  # ACLs that do not allow it
         return f"{line} (README, Security: the ACLs `kourier acls` lists)", 2
     return line, 2

@@ -13,11 +13,9 @@ from confluent_kafka.admin._metadata import TopicMetadata
 from confluent_kafka.cimpl import NewTopic
 
 from streams.errors import KourierError
+from streams.kafka.offsets import REFUSED
 from streams.settings import Settings
 from streams.wire.topics import Topics, TopicSpec
-
-#: Kafka's answers to a principal its ACLs do not allow.
-_REFUSED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
 
 
 class TopicError(KourierError, RuntimeError):
@@ -76,7 +74,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
                 future.result()
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.code() in _REFUSED:
+                if error.code() in REFUSED:
                     said = error.str().rstrip(".")
                     raise TopicError(
                         f"could not create {name}: {said}. It is missing, or this principal "

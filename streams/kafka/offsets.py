@@ -61,6 +61,15 @@ def transient(error: KafkaError) -> bool:
     return bool(error.retriable()) or error.code() in _TRANSIENT
 
 
+#: Kafka's refusals of a principal its ACLs do not allow (README, Security; `kourier acls`).
+REFUSED = (
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+)
+
+
 def look_again(client: Consumer | AdminClient, topics: Iterable[str], within: float) -> None:
     """Refresh the client's metadata of ``topics``, best effort, taking at most about
     ``within`` seconds for all of them. A client keeps what its last look found: after a

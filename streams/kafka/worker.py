@@ -43,6 +43,7 @@ from streams.kafka.gauges import describe, forget_gauges, observe
 from streams.kafka.membership import Membership
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
+    REFUSED,
     absent_topic,
     consume_ready,
     listed_topics,
@@ -85,14 +86,6 @@ _LOCAL_ROUNDS = 4
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
 _T = TypeVar("_T")
-#: Kafka's refusals by ACL. Met by the consumer before the first assignment, or by the
-#: services' announcement, they end the worker: it could only wait for nothing.
-_REFUSED = (
-    KafkaError.GROUP_AUTHORIZATION_FAILED,
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-)
 
 
 class WorkerError(KourierError, RuntimeError):
@@ -187,7 +180,7 @@ class Worker:
             out.append(
                 Out(self.topics.services, 0, service["name"].encode(), json.dumps(service).encode())
             )
-        self._transactions.announce(out, lambda: self._stopping, _REFUSED)
+        self._transactions.announce(out, lambda: self._stopping, REFUSED)
 
     # -- the loop -------------------------------------------------------------------
     #
@@ -503,8 +496,8 @@ class Worker:
         for message in batch:
             error = message.error()
             if error is not None:
-                if error.code() in _REFUSED and not self._rebalances:  # at start: no
-                    # partition would ever come, so say so and end; later, it may pass
+                if error.code() in REFUSED and not self._rebalances:  # an ACL's refusal at
+                    # start: no partition would ever come, so say so and end; later, it may pass
                     raise WorkerError(f"Kafka refused this worker: {error.str()} (README, "
                                       "Security: the ACLs `kourier acls` lists)")  # fmt: skip
                 if error.code() != KafkaError._PARTITION_EOF:
