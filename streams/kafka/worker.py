@@ -39,7 +39,7 @@ from streams.errors import KourierError
 from streams.kafka.committer import CommitStats, Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
-from streams.kafka.gauges import describe, forget_gauges, observe
+from streams.kafka.gauges import describe, observe
 from streams.kafka.membership import Membership
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
@@ -47,11 +47,11 @@ from streams.kafka.offsets import (
     absent_topic,
     consume_ready,
     listed_topics,
-    log_ends,
     worker_consumer,
 )
+from streams.kafka.ownership import Ownership, by_topic, delay_ends
 from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
-from streams.kafka.stalls import Partition, StallWatch, forget, watch
+from streams.kafka.stalls import StallWatch, watch
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.kafka.trim import DelayTrimmer
 from streams.settings import Settings
@@ -68,10 +68,6 @@ _TIMEOUT = 30.0
 #: are restored. 20 s bounds the pause; it is shorter than ``_TIMEOUT``, so a commit call
 #: that hangs inside librdkafka is cut short by the fence rather than waited out.
 _STUCK = 20.0
-#: Seconds the ``ctx.run`` actions running on a partition get to end when it is handed over
-#: cleanly (revoked, or the worker stopping), so that their results are committed rather
-#: than the actions run again by the next owner; the group's rebalance waits meanwhile.
-_HAND_OVER = 5.0
 #: Seconds between steps on the event loop when the Kafka thread has nothing for it.
 _IDLE_STEP = 0.1
 #: Seconds without records after which the Kafka thread counts as idle.
@@ -92,13 +88,6 @@ class WorkerError(KourierError, RuntimeError):
     """The worker cannot run: topics missing or of the wrong shape, no services."""
 
 
-def _describe(partitions: list[TopicPartition]) -> str:
-    by_topic: dict[str, list[int]] = {}
-    for tp in partitions:
-        by_topic.setdefault(tp.topic.rsplit(".", 1)[-1], []).append(tp.partition)
-    return ", ".join(f"{topic} {sorted(ps)}" for topic, ps in sorted(by_topic.items())) or "nothing"
-
-
 class Worker:
     """Hosts ``services`` and processes the ingress partitions the group gives it."""
 
@@ -114,11 +103,14 @@ class Worker:
         self.topics = Topics(settings.namespace)
         self._group = f"{settings.namespace}.workers"  # the consumer group workers share
         self._worker_id = worker_id
-        self.processors: dict[int, PartitionProcessor] = {}
-        self.delays: dict[int, DelayProcessor] = {}
+        # Owned partitions whose readers wait at a transaction that stays open.
+        self._stalls = StallWatch(settings.stall_after.total_seconds())
+        self._ownership = Ownership(self.topics, self._stalls, self._new_processor, self._new_delay)
+        self.processors = self._ownership.processors  # the same dicts, never replaced
+        self.delays = self._ownership.delays
+        self._offsets = self._ownership.offsets
         self._delay_reader: DelayReader | None = None
         self._outbox: list[Out] = []
-        self._offsets: dict[int, int] = {}
         self._group_metadata: Any = None  # of the current generation, see _metadata()
         self._dirty = False
         self._observed_at = 0.0
@@ -131,9 +123,6 @@ class Worker:
         # Partitions with calls kept for another look -> the high watermark the consumer
         # must reach first (streams.kafka.ends).
         self._waiting: dict[int, int] = {}
-        # Owned partitions whose readers wait at a transaction that stays open.
-        self._stalls = StallWatch(settings.stall_after.total_seconds())
-        self._restoring: list[int] = []  # ingress partitions whose changelogs are read back
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self._stopping = False
         self.partitions = 0
@@ -225,14 +214,14 @@ class Worker:
         self._membership = Membership(self._group)
         log.info("worker %s hosts %s", self._worker_id, ", ".join(self.registry.services))
         log.info("settings: %s", self.settings.redacted())
-        stalls = asyncio.create_task(watch(admin, self._stalls, self._owned))
+        stalls = asyncio.create_task(watch(admin, self._stalls, self._ownership.owned))
         try:
             await asyncio.to_thread(self._kafka_thread)
         finally:
             self._stopping = True
             stalls.cancel()
             await asyncio.gather(stalls, return_exceptions=True)  # it logs its own errors
-            self._close_all()
+            self._ownership.close_all()
             if self._delay_reader is not None:
                 await asyncio.to_thread(self._delay_reader.close)
                 self._delay_reader = None
@@ -257,23 +246,12 @@ class Worker:
             "since_last_step_s": round(time.monotonic() - self._stepped_at, 3)
             if self._stepped_at
             else None,
-            "restoring": self._restoring,
+            "restoring": self._ownership.restoring,
             "reading_ahead_to": self._waiting,
             "consumed_offsets": dict(self._offsets),
             "committer": None if committer is None else committer.status(),
             **describe(self.processors, self.delays),
         }
-
-    def _owned(self) -> list[Partition]:
-        """Every partition this worker owns, of the ingress topic and those co-partitioned
-        with it that it writes or reads back (loop)."""
-        topics = self.topics
-        owned = [(topics.delay, p) for p in self.delays]
-        for topic in (topics.ingress, topics.state, topics.invocations, topics.dedup):
-            owned += [(topic, p) for p in self.processors]
-        for topic in (topics.state, topics.invocations, topics.dedup):
-            owned += [(topic, p) for p in self._restoring]  # a restore may wait there
-        return owned
 
     def _kafka_thread(self) -> None:
         self._committer = Committer(self._transact_counted)
@@ -397,9 +375,7 @@ class Worker:
         if self._waiting:
             return None
         if closing:
-            processors = self.processors.values()
-            await asyncio.gather(*(processor.hand_over(_HAND_OVER) for processor in processors))
-            self._close_all()
+            await self._ownership.hand_over_all()
         return self._snapshot()
 
     async def _run_held(self, closing: bool = False, keep_short: bool = True) -> None:
@@ -485,12 +461,6 @@ class Worker:
                 return
             if n >= _DELIVERY_ROUNDS:
                 return
-
-    def _close_all(self) -> None:
-        for processor in self.processors.values():
-            processor.close()
-        for delay in self.delays.values():
-            delay.close()
 
     def _dispatch(self, batch: list[Message]) -> None:
         for message in batch:
@@ -658,12 +628,7 @@ class Worker:
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     async def _drop_all(self) -> list[TopicPartition]:
-        owned = [TopicPartition(self.topics.ingress, p) for p in self.processors]
-        owned += [TopicPartition(self.topics.delay, p) for p in self.delays]
-        self._close_all()
-        self.processors.clear()
-        self.delays.clear()
-        self._offsets.clear()
+        owned = self._ownership.drop_all()
         self._outbox = []
         self._local.forget()
         self._calls.forget()
@@ -671,15 +636,6 @@ class Worker:
         return owned
 
     # -- partitions (rebalance callbacks run on the Kafka thread, inside its polls) -------
-
-    def _delay_ends(self, partitions: list[TopicPartition]) -> dict[int, int]:
-        """High watermarks of the delay partitions among ``partitions``, up to which their
-        processors read before they release anything (Kafka thread). Not the last stable
-        offset: a former owner's last transaction, its markers still being written, may
-        hold the ``Fired`` marker of a message that it released (streams/README.md)."""
-        delays = [tp for tp in partitions if tp.topic == self.topics.delay]
-        ends = log_ends(self._admin, delays, _TIMEOUT, lambda: self._stopping) if delays else []
-        return {tp.partition: end for tp, end in zip(delays, ends, strict=True)}
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
@@ -698,14 +654,15 @@ class Worker:
                 committed = (
                     self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
                 )
-                self._on_loop(self._assign(committed, self._delay_ends(committed)))
+                ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
+                self._on_loop(self._ownership.assign(committed, ends, self._restore))
                 return committed
             except (KafkaException, WorkerError, RestoreError) as exc:
-                self._on_loop(self._forget(partitions, close=True))
+                self._on_loop(self._ownership.forget(partitions, close=True))
                 if self._stopping:
-                    log.info("stopping: %s not taken over (%s)", _describe(partitions), exc)
+                    log.info("stopping: %s not taken over (%s)", by_topic(partitions), exc)
                     return []
-                log.warning("taking over %s failed (%s); trying again", _describe(partitions), exc)
+                log.warning("taking over %s failed (%s); trying again", by_topic(partitions), exc)
                 time.sleep(1.0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -715,74 +672,55 @@ class Worker:
         leave processors running that nothing closes)."""
         self._rebalances += 1
         snapshot = self._on_loop(self._close(partitions))
-        self._on_loop(self._forget(partitions, close=True))
+        self._on_loop(self._ownership.forget(partitions, close=True))
         self._commit(snapshot)
         self._group_metadata = None  # the generation ends with this rebalance
-        log.info("revoked %s", _describe(partitions))
+        log.info("revoked %s", by_topic(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("lost %s without a clean hand-over", _describe(partitions))
+        log.warning("lost %s without a clean hand-over", by_topic(partitions))
         self._rebalances += 1
         self._group_metadata = None
         # What was queued cannot commit any more: let it fail, or fence it if it is stuck.
         stuck = isinstance(self._committer.flush(_STUCK), TimeoutError)
         if stuck:
             self._replace_stuck_producer(recover=False)
-        self._on_loop(self._forget(partitions, close=True))
+        self._on_loop(self._ownership.forget(partitions, close=True))
         self._recover(settled=stuck)
         self._committer.clear()
 
-    async def _assign(self, committed: list[TopicPartition], delay_ends: dict[int, int]) -> None:
-        """Take over partitions: ingress ones restore their changelogs; delay ones re-read
-        their pending messages (from the committed offset) before releasing any."""
-        began = time.monotonic()
-        restoring: list[PartitionProcessor] = []
-        for tp in committed:
-            if tp.topic == self.topics.delay:
-                start = max(tp.offset, 0)
-                self.delays[tp.partition] = DelayProcessor(
-                    partition=tp.partition,
-                    partitions=self.partitions,
-                    topics=self.topics,
-                    start_offset=start,
-                    caught_up_at=delay_ends.get(tp.partition, start),
-                    emit=self._emit,
-                    wake=self._wake,
-                    fetcher=self._reader(),
-                )
-                continue
-            if tp.offset >= 0:
-                self._offsets[tp.partition] = tp.offset
-            restoring.append(
-                PartitionProcessor(
-                    partition=tp.partition,
-                    partitions=self.partitions,
-                    topics=self.topics,
-                    registry=self.registry,
-                    emit=self._emit,
-                    wake=self._wake,
-                    deliver_locally=self._local.deliver,
-                    call_locally=self._calls.hold,
-                    denied_headers=self.settings.header_denylist,
-                    run_executor=self._run_pool,
-                )
-            )
-        self._restoring = [processor.partition for processor in restoring]
-        try:
-            await asyncio.to_thread(
-                restore_partitions,
-                self._restorer,
-                self._admin,
-                self.topics,
-                restoring,
-                lambda: self._stopping,
-            )
-        finally:
-            self._restoring = []
-        for processor in restoring:
-            self.processors[processor.partition] = processor
-            processor.start()
-        log.info("assigned %s (restored in %.2fs)", _describe(committed), time.monotonic() - began)
+    def _new_processor(self, partition: int) -> PartitionProcessor:
+        return PartitionProcessor(
+            partition=partition,
+            partitions=self.partitions,
+            topics=self.topics,
+            registry=self.registry,
+            emit=self._emit,
+            wake=self._wake,
+            deliver_locally=self._local.deliver,
+            call_locally=self._calls.hold,
+            denied_headers=self.settings.header_denylist,
+            run_executor=self._run_pool,
+        )
+
+    def _new_delay(self, partition: int, start: int, caught_up_at: int) -> DelayProcessor:
+        return DelayProcessor(
+            partition=partition,
+            partitions=self.partitions,
+            topics=self.topics,
+            start_offset=start,
+            caught_up_at=caught_up_at,
+            emit=self._emit,
+            wake=self._wake,
+            fetcher=self._reader(),
+        )
+
+    def _restore(self, processors: list[PartitionProcessor]) -> None:
+        """Read back the changelogs of ``processors`` (a thread of its own)."""
+        restore_partitions(self._restorer, self._admin, self.topics, processors, self._stopped)
+
+    def _stopped(self) -> bool:
+        return self._stopping
 
     def _reader(self) -> DelayReader:
         """The thread that reads far-off delayed messages back by offset (started lazily)."""
@@ -792,26 +730,6 @@ class Worker:
         return self._delay_reader
 
     async def _close(self, partitions: list[TopicPartition]) -> Snapshot:
-        ingress = {tp.partition for tp in partitions if tp.topic == self.topics.ingress}
-        handed = [p for n, p in self.processors.items() if n in ingress]
-        await asyncio.gather(*(processor.hand_over(_HAND_OVER) for processor in handed))
-        for tp in partitions:
-            if tp.topic == self.topics.delay and tp.partition in self.delays:
-                self.delays[tp.partition].close()
-            elif tp.topic == self.topics.ingress and tp.partition in self.processors:
-                self.processors[tp.partition].close()
+        """Hand ``partitions`` over, and take what is left to commit (on the loop)."""
+        await self._ownership.hand_over(partitions)
         return self._snapshot()
-
-    async def _forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
-        for tp in partitions:
-            forget_gauges(tp)
-            if tp.topic == self.topics.delay:
-                delay = self.delays.pop(tp.partition, None)
-                if delay is not None and close:
-                    delay.close()
-                continue
-            processor = self.processors.pop(tp.partition, None)
-            if processor is not None and close:
-                processor.close()
-            self._offsets.pop(tp.partition, None)
-        forget(self._stalls, self._owned())

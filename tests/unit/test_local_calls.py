@@ -81,7 +81,7 @@ async def worker() -> AsyncIterator[Worker]:
     worker._committer = Committer(lambda snapshot: None)
     yield worker
     worker._committer.close()
-    worker._close_all()
+    worker._ownership.close_all()
 
 
 def make(worker: Worker, partition: int) -> PartitionProcessor:

@@ -579,7 +579,7 @@ async def test_a_worker_snapshot_carries_the_callers_journal_not_the_completion(
                if o.topic == TOPICS.invocations and o.value}  # fmt: skip
     assert entries[entry_key(inv_id, 0)]["done"] is True
     assert entries[entry_key(inv_id, 0)]["value"] == 1
-    worker._close_all()
+    worker._ownership.close_all()
 
 
 async def test_a_send_due_past_the_year_9999_in_utc_is_a_dead_letter_and_nothing_else() -> None:

@@ -1,65 +1,117 @@
-"""A worker's take-over of an assignment (``Worker._assign``): its ingress partitions are
-restored in one go, the stall watch looks at their changelogs meanwhile, and none of them
-runs before all are restored (the restore is a
-stand-in; reading changelogs from Kafka is in tests/integration/test_restore.py)."""
+"""A worker's partitions through a rebalance (``streams.kafka.ownership.Ownership``): an
+assignment is restored in one go, the stall watch looks at its changelogs meanwhile, none
+of it runs before all is restored; a hand-over closes what it names and keeps the rest.
+The restore is a stand-in; reading changelogs from Kafka is in
+tests/integration/test_restore.py."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
 
-from streams.kafka import worker as worker_module
-from streams.kafka.restore import Changelogs, RestoreError
-from streams.kafka.worker import Worker
-from streams.settings import Settings
+from streams.engine.delay import DelayProcessor
+from streams.engine.partition import PartitionProcessor
+from streams.engine.registry import Registry
+from streams.kafka.ownership import Ownership, by_topic
+from streams.kafka.restore import RestoreError
+from streams.kafka.stalls import StallWatch
 from tests.unit.harness import TOPICS
 
-ASSIGNED = [TopicPartition(TOPICS.ingress, 0, 12), TopicPartition(TOPICS.ingress, 1, -1001)]
+ASSIGNED = [
+    TopicPartition(TOPICS.ingress, 0, 12),
+    TopicPartition(TOPICS.ingress, 1, -1001),
+    TopicPartition(TOPICS.delay, 1, 7),
+]
+CHANGELOGS = (TOPICS.state, TOPICS.invocations, TOPICS.dedup)
 
 
-def a_worker() -> Worker:
-    worker = Worker(Settings(namespace=TOPICS.namespace), [])
-    worker._restorer = worker._admin = worker._run_pool = None  # type: ignore[assignment]
-    return worker
+class Fetcher:
+    def fetch(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("nothing is read back in these tests")
 
 
-async def test_an_assignment_is_restored_in_one_go_then_started(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def ownership() -> Ownership:
+    def new_processor(partition: int) -> PartitionProcessor:
+        return PartitionProcessor(
+            partition=partition,
+            partitions=2,
+            topics=TOPICS,
+            registry=Registry([]),
+            emit=lambda out: None,
+            wake=lambda: None,
+        )
+
+    def new_delay(partition: int, start: int, caught_up_at: int) -> DelayProcessor:
+        return DelayProcessor(
+            partition=partition,
+            partitions=2,
+            topics=TOPICS,
+            start_offset=start,
+            caught_up_at=caught_up_at,
+            emit=lambda out: None,
+            wake=lambda: None,
+            fetcher=Fetcher(),
+        )
+
+    return Ownership(TOPICS, StallWatch(120.0), new_processor, new_delay)
+
+
+async def test_an_assignment_is_restored_in_one_go_then_started() -> None:
     restores: list[list[int]] = []
-    worker = a_worker()
+    owner = ownership()
 
-    def restore(
-        restorer: Any, admin: Any, topics: Any, processors: Sequence[Changelogs], stopping: Any
-    ) -> None:
-        assert worker.processors == {}, "a partition runs before the assignment is restored"
-        assert sorted(worker._owned()) == sorted(
-            (topic, p) for topic in (TOPICS.state, TOPICS.invocations, TOPICS.dedup) for p in (0, 1)
+    def restore(processors: list[PartitionProcessor]) -> None:
+        assert owner.processors == {}, "a partition runs before the assignment is restored"
+        assert sorted(owner.owned()) == sorted(
+            [(TOPICS.delay, 1)] + [(topic, p) for topic in CHANGELOGS for p in (0, 1)]
         ), "the stall watch does not see the changelogs being restored"
         restores.append([processor.partition for processor in processors])
 
-    monkeypatch.setattr(worker_module, "restore_partitions", restore)
-    await worker._assign(ASSIGNED, {})
+    await owner.assign(ASSIGNED, {1: 9}, restore)
     try:
         assert restores == [[0, 1]], "not restored together"
-        assert sorted(worker.processors) == [0, 1]
-        assert worker._offsets == {0: 12}, "a partition with no committed offset has none"
+        assert sorted(owner.processors) == [0, 1]
+        assert owner.offsets == {0: 12}, "a partition with no committed offset has none"
+        assert list(owner.delays) == [1]
+        assert not owner.delays[1].caught_up, "releases before reading to the end it was given"
+        assert owner.restoring == []
     finally:
-        worker._close_all()
+        owner.close_all()
 
 
-async def test_a_failed_restore_leaves_nothing_of_the_assignment_running(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def restore(*args: Any) -> None:
+async def test_a_failed_restore_leaves_nothing_of_the_assignment_running() -> None:
+    def restore(processors: list[PartitionProcessor]) -> None:
         raise RestoreError("restoring partitions 0, 1: nothing read for 150s")
 
-    monkeypatch.setattr(worker_module, "restore_partitions", restore)
-    worker = a_worker()
+    owner = ownership()
     with pytest.raises(RestoreError):
-        await worker._assign(ASSIGNED, {})
-    assert worker.processors == {}, "a partition runs that was not restored"
-    assert worker._owned() == [], "the stall watch still looks at what was given up"
+        await owner.assign(ASSIGNED[:2], {}, restore)
+    assert owner.processors == {}, "a partition runs that was not restored"
+    assert owner.owned() == [], "the stall watch still looks at what was given up"
+
+
+async def test_a_hand_over_closes_what_it_names_and_forget_lets_go_of_it() -> None:
+    owner = ownership()
+    await owner.assign(ASSIGNED, {}, lambda processors: None)
+    try:
+        given_up = [TopicPartition(TOPICS.ingress, 0), TopicPartition(TOPICS.delay, 1)]
+        await owner.hand_over(given_up)
+        assert owner.processors[0].closed, "a partition handed over still runs"
+        assert not owner.processors[1].closed, "a partition kept was closed"
+        assert owner.delays[1].closed, "a delay partition handed over still runs"
+        await owner.forget(given_up)
+        assert sorted(owner.owned()) == [(topic, 1) for topic in (TOPICS.dedup, TOPICS.ingress,
+                                          TOPICS.invocations, TOPICS.state)]  # fmt: skip
+        assert owner.offsets == {}, "the offset of a partition given up would be committed"
+        assert owner.drop_all() == [TopicPartition(TOPICS.ingress, 1)]
+        assert owner.processors == {}
+        assert owner.delays == {}
+    finally:
+        owner.close_all()
+
+
+def test_partitions_are_named_by_topic_for_the_log() -> None:
+    assert by_topic(ASSIGNED) == "delay [1], ingress [0, 1]"
+    assert by_topic([]) == "nothing"

@@ -1,0 +1,191 @@
+"""The partitions a worker owns: their processors, taken over and handed over.
+
+A worker owns ingress partitions, each run by a
+:class:`~streams.engine.partition.PartitionProcessor`, and delay partitions, each run by a
+:class:`~streams.engine.delay.DelayProcessor`. :class:`Ownership` holds both, with the
+ingress offsets consumed so far, and carries them through the group's rebalances:
+
+- **Taken over** (:meth:`Ownership.assign`): from the committed offsets, the processors are
+  built, the ingress partitions' changelogs are restored in one go, and none of them starts
+  before all are restored. A delay partition re-reads its pending messages from its
+  committed offset and releases nothing until it reaches :func:`delay_ends`.
+- **Handed over** (:meth:`Ownership.hand_over`): their handlers get ``HAND_OVER`` seconds to
+  finish their ``ctx.run`` actions, so that what they did is committed rather than run
+  again by the next owner; then they close.
+- **Forgotten** (:meth:`Ownership.forget`, :meth:`Ownership.drop_all`): they leave the
+  gauges and the stall watch, so that two workers never report one partition.
+
+The worker's Kafka thread calls these from its rebalance callbacks and from recovery
+(streams/kafka/worker.py), on the event loop; only :func:`delay_ends` asks Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streams.engine.delay import DelayProcessor
+from streams.engine.partition import PartitionProcessor
+from streams.kafka.gauges import forget_gauges
+from streams.kafka.offsets import log_ends
+from streams.kafka.stalls import Partition, StallWatch, forget
+from streams.wire.topics import Topics
+
+log = logging.getLogger("kourier.worker")
+
+#: Seconds the ``ctx.run`` actions running on a partition get to end when it is handed over
+#: cleanly (revoked, or the worker stopping), so that their results are committed rather
+#: than the actions run again by the next owner; the group's rebalance waits meanwhile.
+HAND_OVER = 5.0
+
+#: Builds the processor of an ingress partition (not started).
+NewProcessor = Callable[[int], PartitionProcessor]
+#: Builds the processor of a delay partition from its partition, its committed offset and
+#: the offset it reads to before it releases anything.
+NewDelay = Callable[[int, int, int], DelayProcessor]
+#: Restores the changelogs of the processors given, on a thread (``restore_partitions``).
+Restore = Callable[[list[PartitionProcessor]], None]
+
+
+def by_topic(partitions: list[TopicPartition]) -> str:
+    """``delay [3], ingress [0, 1]``: partitions by topic, for the log."""
+    topics: dict[str, list[int]] = {}
+    for tp in partitions:
+        topics.setdefault(tp.topic.rsplit(".", 1)[-1], []).append(tp.partition)
+    return ", ".join(f"{topic} {sorted(ps)}" for topic, ps in sorted(topics.items())) or "nothing"
+
+
+def delay_ends(
+    admin: AdminClient,
+    topics: Topics,
+    partitions: list[TopicPartition],
+    timeout: float,
+    stopping: Callable[[], bool],
+) -> dict[int, int]:
+    """High watermarks of the delay partitions among ``partitions``, up to which their
+    processors read before they release anything (Kafka thread). Not the last stable
+    offset: a former owner's last transaction, its markers still being written, may hold
+    the ``Fired`` marker of a message that it released (streams/README.md)."""
+    delays = [tp for tp in partitions if tp.topic == topics.delay]
+    ends = log_ends(admin, delays, timeout, stopping) if delays else []
+    return {tp.partition: end for tp, end in zip(delays, ends, strict=True)}
+
+
+class Ownership:
+    """The processors of the partitions a worker owns, and the ingress offsets consumed."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        stalls: StallWatch,
+        new_processor: NewProcessor,
+        new_delay: NewDelay,
+    ) -> None:
+        self.topics = topics
+        self._stalls = stalls
+        self._new_processor = new_processor
+        self._new_delay = new_delay
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.delays: dict[int, DelayProcessor] = {}
+        #: Ingress partition -> the offset after the last record handed to its processor.
+        self.offsets: dict[int, int] = {}
+        #: Ingress partitions whose changelogs are being read back.
+        self.restoring: list[int] = []
+
+    def owned(self) -> list[Partition]:
+        """Every partition owned, of the ingress topic and those co-partitioned with it
+        that the worker writes or reads back (loop)."""
+        topics = self.topics
+        owned = [(topics.delay, p) for p in self.delays]
+        for topic in (topics.ingress, topics.state, topics.invocations, topics.dedup):
+            owned += [(topic, p) for p in self.processors]
+        for topic in (topics.state, topics.invocations, topics.dedup):
+            owned += [(topic, p) for p in self.restoring]  # a restore may wait there
+        return owned
+
+    async def assign(
+        self, committed: list[TopicPartition], ends: dict[int, int], restore: Restore
+    ) -> None:
+        """Take over partitions at their ``committed`` offsets: ingress ones restore their
+        changelogs, all together, and start once all are restored; delay ones re-read their
+        pending messages before releasing any, up to their ``ends`` (:func:`delay_ends`).
+        A restore that fails leaves none of the ingress partitions owned."""
+        began = time.monotonic()
+        restoring: list[PartitionProcessor] = []
+        for tp in committed:
+            if tp.topic == self.topics.delay:
+                start = max(tp.offset, 0)
+                self.delays[tp.partition] = self._new_delay(
+                    tp.partition, start, ends.get(tp.partition, start)
+                )
+                continue
+            if tp.offset >= 0:
+                self.offsets[tp.partition] = tp.offset
+            restoring.append(self._new_processor(tp.partition))
+        self.restoring = [processor.partition for processor in restoring]
+        try:
+            await asyncio.to_thread(restore, restoring)
+        finally:
+            self.restoring = []
+        for processor in restoring:
+            self.processors[processor.partition] = processor
+            processor.start()
+        log.info("assigned %s (restored in %.2fs)", by_topic(committed), time.monotonic() - began)
+
+    async def hand_over(self, partitions: list[TopicPartition]) -> None:
+        """Let the handlers of the ingress partitions among ``partitions`` end, up to
+        ``HAND_OVER`` seconds, then close those and the delay partitions; what they leave
+        to commit stays with the worker's next snapshot."""
+        ingress = {tp.partition for tp in partitions if tp.topic == self.topics.ingress}
+        handed = [p for n, p in self.processors.items() if n in ingress]
+        await asyncio.gather(*(processor.hand_over(HAND_OVER) for processor in handed))
+        for tp in partitions:
+            if tp.topic == self.topics.delay and tp.partition in self.delays:
+                self.delays[tp.partition].close()
+            elif tp.topic == self.topics.ingress and tp.partition in self.processors:
+                self.processors[tp.partition].close()
+
+    async def hand_over_all(self) -> None:
+        """:meth:`hand_over` every partition, as a worker that stops does."""
+        await asyncio.gather(*(p.hand_over(HAND_OVER) for p in self.processors.values()))
+        self.close_all()
+
+    async def forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
+        """Own ``partitions`` no more (closing their processors first if ``close``), and
+        drop their gauges and stall reports."""
+        for tp in partitions:
+            forget_gauges(tp)
+            if tp.topic == self.topics.delay:
+                delay = self.delays.pop(tp.partition, None)
+                if delay is not None and close:
+                    delay.close()
+                continue
+            processor = self.processors.pop(tp.partition, None)
+            if processor is not None and close:
+                processor.close()
+            self.offsets.pop(tp.partition, None)
+        forget(self._stalls, self.owned())
+
+    def drop_all(self) -> list[TopicPartition]:
+        """Close every processor and let go of it, with the offsets consumed, as recovery
+        does before it takes the same partitions over again from what is committed; the
+        partitions that were owned. Their gauges and stall reports stay."""
+        owned = [TopicPartition(self.topics.ingress, p) for p in self.processors]
+        owned += [TopicPartition(self.topics.delay, p) for p in self.delays]
+        self.close_all()
+        self.processors.clear()
+        self.delays.clear()
+        self.offsets.clear()
+        return owned
+
+    def close_all(self) -> None:
+        """Close every processor: handlers and timers stop, nothing more is emitted."""
+        for processor in self.processors.values():
+            processor.close()
+        for delay in self.delays.values():
+            delay.close()
