@@ -5,30 +5,98 @@ journal entries (``j/<id>/<index>``). The table keeps every invocation the parti
 by id — running, waiting, scheduled, or completed and retained — and marks the changed ones;
 :meth:`InvocationTable.changelog` writes those (a meta rewritten, new or completed entries)
 and the tombstones of forgotten ones. Retained outcomes expire in order of their deadline.
+
+Cold invocations. Most of what a partition holds may be invocations that do nothing: a
+delayed send not yet due (``scheduled``) and a retained outcome (``completed``, kept for
+its idempotency key or workflow id). Once written, such an invocation is kept *cold*: as
+the meta bytes the changelog holds, not as objects (about a fifth of the memory;
+docs/performance.md). Looking one up (:meth:`InvocationTable.get`) *thaws* it into an
+:class:`Invocation` again, through the partition's ``thaw``. A thawed invocation that
+nothing changed is let go at the next changelog (its bytes are still right); one that
+changed is written, and kept cold again with its new bytes if it is still scheduled or
+completed. So nothing holds a thawed invocation past a commit unless it runs.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
+from collections.abc import Callable, Iterator, Mapping
 
 from streams.engine.invocation import Invocation
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, entry_key, meta_key
 from streams.engine.outbox import Out
 from streams.wire.topics import Topics
 
+#: Builds the invocation of a meta read back, with how many journal entries the changelog
+#: holds of it (the partition's ``thaw``).
+Thaw = Callable[[InvocationMeta, int], Invocation]
+#: Statuses of invocations that do nothing until something arrives for them.
+COLD = frozenset({"scheduled", "completed"})
 
-class InvocationTable(dict[str, Invocation]):
-    """Invocations by id, with the changes the next commit writes."""
 
-    def __init__(self, topics: Topics, partition: int) -> None:
-        super().__init__()
+def _idle(inv: Invocation) -> bool:
+    """Whether ``inv`` may be kept as its meta alone: scheduled or completed, no task, no
+    action, no journal to keep (a completed one's is let go once written)."""
+    return (
+        inv.meta.status in COLD
+        and inv.task is None
+        and not inv.actions
+        and not inv.journal
+        and not inv.dirty_entries
+    )
+
+
+class InvocationTable(Mapping[str, Invocation]):
+    """Invocations by id, live or cold, with the changes the next commit writes.
+
+    As a mapping it holds every invocation: looking one up thaws it if it was cold.
+    :meth:`live` gives the invocations held as objects, without thawing any."""
+
+    def __init__(self, topics: Topics, partition: int, thaw: Thaw) -> None:
         self.topics = topics
         self.partition = partition
+        self._thaw = thaw
+        self._live: dict[str, Invocation] = {}
+        #: Cold invocations: id -> (meta as written, journal entries written).
+        self._cold: dict[str, tuple[bytes, int]] = {}
+        self._thawed: set[str] = set()  # cold ones also live now, until the next changelog
         self._changed: set[str] = set()
         self._tombstones: list[tuple[str, int]] = []  # (id, journal entries written)
         self._expiries: list[tuple[float, str]] = []  # (expires_at, id) of retained outcomes
         self._restored = InvocationLog()  # the changelog read back, until taken
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def __getitem__(self, inv_id: str) -> Invocation:
+        inv = self._live.get(inv_id)
+        if inv is not None:
+            return inv
+        meta, entries = self._cold[inv_id]  # KeyError: not known here
+        inv = self._thaw(InvocationMeta.from_json(meta), entries)
+        self._live[inv_id] = inv
+        self._thawed.add(inv_id)
+        return inv
+
+    def __contains__(self, inv_id: object) -> bool:
+        return inv_id in self._live or inv_id in self._cold
+
+    def __iter__(self) -> Iterator[str]:
+        cold = (inv_id for inv_id in self._cold if inv_id not in self._live)
+        return itertools.chain(list(self._live), list(cold))
+
+    def __len__(self) -> int:
+        return len(self._live) + len(self._cold) - len(self._thawed)
+
+    def live(self) -> list[Invocation]:
+        """The invocations held as objects (every one that runs or waits), none thawed."""
+        return list(self._live.values())
+
+    @property
+    def cold(self) -> int:
+        """How many invocations are held as their meta alone."""
+        return len(self._cold) - len(self._thawed)
 
     # -- restore ---------------------------------------------------------------------
 
@@ -43,10 +111,24 @@ class InvocationTable(dict[str, Invocation]):
         metas = sorted(restored.metas.values(), key=lambda m: m.seq)
         return [(m, [] if m.status == "completed" else restored.journal(m.id)) for m in metas]
 
+    def restored(self, inv: Invocation) -> None:
+        """Hold ``inv`` as read back from the changelog (nothing to write): cold if it is
+        idle, with its retention's expiry if it is a retained outcome."""
+        meta = inv.meta
+        if meta.status == "completed" and meta.expires_at is not None:
+            self.retain(inv)
+        if _idle(inv):
+            self._cold[meta.id] = (meta.to_json(), inv.persisted_entries)
+        else:
+            self._live[meta.id] = inv
+
     # -- changes ---------------------------------------------------------------------
 
     def add(self, inv: Invocation) -> None:
-        self[inv.meta.id] = inv
+        """A new invocation (it replaces any cold one of the same id)."""
+        self._live[inv.meta.id] = inv
+        self._cold.pop(inv.meta.id, None)
+        self._thawed.discard(inv.meta.id)
         self._changed.add(inv.meta.id)
 
     def touch(self, inv: Invocation) -> None:
@@ -71,13 +153,17 @@ class InvocationTable(dict[str, Invocation]):
 
     def forget(self, inv: Invocation) -> None:
         """Drop ``inv``; what the changelog holds of it is tombstoned at the next commit."""
-        self.pop(inv.meta.id, None)
-        self._changed.discard(inv.meta.id)
+        inv_id = inv.meta.id
+        self._live.pop(inv_id, None)
+        self._cold.pop(inv_id, None)
+        self._thawed.discard(inv_id)
+        self._changed.discard(inv_id)
         if inv.persisted:
-            self._tombstones.append((inv.meta.id, inv.persisted_entries))
+            self._tombstones.append((inv_id, inv.persisted_entries))
 
     def changelog(self) -> list[Out]:
-        """The changelog records of every change since the last call."""
+        """The changelog records of every change since the last call; then the idle
+        invocations written are kept cold, and those thawed but unchanged let go."""
         out: list[Out] = []
         topic, partition = self.topics.invocations, self.partition
         # Tombstones first: an id forgotten and created again since the last flush (a purge,
@@ -88,7 +174,7 @@ class InvocationTable(dict[str, Invocation]):
         self._tombstones.clear()
         now = time.time()
         for inv_id in self._changed:
-            inv = self.get(inv_id)
+            inv = self._live.get(inv_id)
             if inv is None:
                 continue
             inv.meta.modified_at = now
@@ -102,5 +188,14 @@ class InvocationTable(dict[str, Invocation]):
             inv.persisted_entries = max(inv.persisted_entries, len(inv.journal))
             if inv.meta.status == "completed":
                 inv.journal = []  # written; a retained outcome is its meta alone
+            self._thawed.discard(inv_id)
+            if _idle(inv):
+                self._cold[inv_id] = (meta, inv.persisted_entries)
+                del self._live[inv_id]
+            else:
+                self._cold.pop(inv_id, None)
         self._changed.clear()
+        for inv_id in self._thawed:  # unchanged: the bytes kept are still its meta
+            del self._live[inv_id]
+        self._thawed.clear()
         return out

@@ -92,7 +92,7 @@ class PartitionProcessor:
         self.denied_headers = denied_headers
         self.run_executor = run_executor  # threads for synchronous ctx.run actions
         self._clock = clock  # wall-clock seconds (the test harness moves its own)
-        self.invocations = InvocationTable(topics, partition)
+        self.invocations = InvocationTable(topics, partition, self._thaw)
         self.store = PartitionStore(topics, partition)
         self.locks = KeyLocks()
         self.promises = Promises(self.store, self.invocations, wake)
@@ -121,6 +121,18 @@ class PartitionProcessor:
     def restore_invocation(self, key: bytes, value: bytes | None) -> None:
         self.invocations.restore(key, value)
 
+    def _thaw(self, meta: InvocationMeta, persisted_entries: int) -> Invocation:
+        """A cold invocation (scheduled, or a retained outcome) as an object again: its
+        meta, as written, and no journal (``streams.engine.invocations``)."""
+        try:
+            handler = self.registry.resolve(meta.target)
+        except LookupError:
+            handler = None  # a scheduled one runs where it is hosted (see _apply_start)
+        inv = Invocation(meta, [], handler, self)
+        inv.persisted = True
+        inv.persisted_entries = persisted_entries
+        return inv
+
     def start(self) -> None:
         """After restore: rebuild locks and queues, resume what was in flight."""
         held: set[str] = set()  # started a little early: queued when due (below)
@@ -137,7 +149,7 @@ class PartitionProcessor:
             inv = Invocation(meta, journal, handler, self)
             inv.persisted = True
             inv.persisted_entries = meta.journal_length
-            self.invocations[meta.id] = inv  # as restored: nothing to write
+            self.invocations.restored(inv)  # nothing to write; kept cold if idle
             lock = inv.lock_key
             if meta.status == "pending" and self._due_in(inv) > 0:
                 held.add(meta.id)
@@ -145,7 +157,7 @@ class PartitionProcessor:
                 self.locks.queue(lock, meta.id)
             elif meta.status not in ("completed", "scheduled") and lock is not None:
                 self.locks.hold(lock, meta.id)
-        for inv in list(self.invocations.values()):
+        for inv in self.invocations.live():
             status = inv.meta.status
             if status in ("running", "suspended"):
                 self.attempts.run(inv)
@@ -157,10 +169,8 @@ class PartitionProcessor:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
             self._unlock_next(lock)
-        for inv in list(self.invocations.values()):
-            if inv.meta.status == "completed" and inv.meta.expires_at is not None:
-                self.invocations.retain(inv)
-            elif inv.meta.status != "completed" and inv.meta.target.key is not None:
+        for inv in self.invocations.live():  # retained outcomes were kept cold, expiring
+            if inv.meta.status != "completed" and inv.meta.target.key is not None:
                 for index, entry in enumerate(inv.journal):
                     if entry.kind == "promise_get" and not entry.done and entry.name:
                         self.promises.wait(inv, index, entry.name)
@@ -648,7 +658,7 @@ class PartitionProcessor:
         if self.closed:
             return  # handed over already (a stopping worker's revoke comes after its close)
         self.handing_over = True
-        running = [action for inv in self.invocations.values() for action in inv.actions]
+        running = [action for inv in self.invocations.live() for action in inv.actions]
         if not running:
             return
         log.info("partition %d: waiting up to %gs for %d ctx.run actions", self.partition,
@@ -658,7 +668,7 @@ class PartitionProcessor:
     def close(self) -> None:
         """Stop every task: the partition is revoked, or the worker stops."""
         self.closed = True
-        for inv in self.invocations.values():
+        for inv in self.invocations.live():
             inv.close()
 
 

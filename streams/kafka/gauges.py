@@ -55,11 +55,12 @@ def describe(
     """Each owned partition's invocations, key locks and timers (on the loop)."""
     ingress = {}
     for partition, processor in sorted(processors.items()):
-        invocations = list(processor.invocations.values())
+        table = processor.invocations
         holders = list(processor.locks.holders.items())
-        tasks = [inv.task for inv in invocations if inv.task is not None]
+        tasks = [inv.task for inv in table.live() if inv.task is not None]
         ingress[partition] = {
-            "invocations": len(invocations),
+            "invocations": len(table),
+            "cold": table.cold,
             "running": sum(1 for task in tasks if not task.done()),
             "keys_held": len(holders),
             "queued": processor.locks.waiting(),

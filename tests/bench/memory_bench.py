@@ -1,4 +1,4 @@
-"""Worker memory with many retained idempotent outcomes.
+"""Worker memory with many scheduled invocations and many retained idempotent outcomes.
 
     .venv/bin/python -m tests.bench.memory_bench [--invocations 100000]
 
@@ -7,9 +7,13 @@ and prints one JSON document:
 
 - ``warm``: the worker's RSS after 1,000 idempotent sends (imports, buffers, JIT-free
   Python warmed up).
+- ``scheduled``: ``--invocations`` delayed ``Meter/add`` sends due in two hours, produced
+  straight onto the ingress topic, then one plain send per key; once those have counted
+  (so every delayed send before them is scheduled), the worker's RSS, and the growth per
+  scheduled invocation over ``warm``.
 - ``retained``: ``--invocations`` one-way ``Meter/add`` sends, each with its own
-  idempotency key, produced straight onto the ingress topic; once every one has counted,
-  the worker's RSS, and the growth per retained outcome over ``warm``.
+  idempotency key; once every one has counted, the worker's RSS, and the growth per
+  retained outcome over ``scheduled``.
 - ``repeated``: the same records produced again, then one plain send per key: only those
   may count (every repeat is answered from its retained outcome), and the RSS after.
 """
@@ -22,6 +26,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Producer
@@ -35,14 +41,11 @@ from tests.bench.bench import KEYS, local_kafka, rss_mib, spawn
 from tests.processes import stop_process
 
 
-def produce_idempotent(settings: Settings, first: int, total: int) -> None:
-    """Sends ``first`` .. ``first + total - 1``, each with idempotency key ``idem-<n>``."""
+def produce(settings: Settings, records: Iterator[tuple[str, Invoke]]) -> None:
+    """Produce ``(key, record)`` pairs onto the ingress topic, each to its key's partition."""
     producer = Producer(settings.client_config({"linger.ms": 5, "batch.num.messages": 10000}))
     topic = f"{settings.namespace}.ingress"
-    for n in range(first, first + total):
-        key = KEYS[n % len(KEYS)]
-        record = Invoke(target=Target(service="Meter", key=key, handler="add"), argument=1,
-                        mode="send", idempotency_key=f"idem-{n}")  # fmt: skip
+    for key, record in records:
         while True:
             try:
                 producer.produce(topic, encode(record), key.encode(),
@@ -52,6 +55,24 @@ def produce_idempotent(settings: Settings, first: int, total: int) -> None:
                 producer.poll(0.01)
     if producer.flush(60):
         raise RuntimeError("records left undelivered after 60 s")
+
+
+def meter_add(key: str, **fields: Any) -> tuple[str, Invoke]:
+    """A one-way ``Meter/add(1)`` to ``key``, with ``fields`` of the record, and its key."""
+    target = Target(service="Meter", key=key, handler="add")
+    return key, Invoke(target=target, argument=1, mode="send", **fields)
+
+
+def produce_delayed(settings: Settings, total: int, due: datetime) -> None:
+    """``total`` one-way ``Meter/add`` sends due at ``due``, spread over the keys."""
+    produce(settings, (meter_add(KEYS[n % len(KEYS)], due=due) for n in range(total)))
+
+
+def produce_idempotent(settings: Settings, first: int, total: int) -> None:
+    """Sends ``first`` .. ``first + total - 1``, each with idempotency key ``idem-<n>``."""
+    numbers = range(first, first + total)
+    keyed = (meter_add(KEYS[n % len(KEYS)], idempotency_key=f"idem-{n}") for n in numbers)
+    produce(settings, keyed)
 
 
 async def total_count(client: Client) -> int:
@@ -75,14 +96,7 @@ async def wait_total(client: Client, expected: int, seconds: float) -> float:
 def produce_markers(settings: Settings) -> None:
     """One plain ``Meter/add`` per key: once each has counted, everything produced to that
     key before it has been processed (one key's invocations run in order)."""
-    producer = Producer(settings.client_config({"linger.ms": 5}))
-    for key in KEYS:
-        record = Invoke(target=Target(service="Meter", key=key, handler="add"), argument=1,
-                        mode="send")  # fmt: skip
-        producer.produce(f"{settings.namespace}.ingress", encode(record), key.encode(),
-                         partition=partition_for(key, settings.partitions))  # fmt: skip
-    if producer.flush(60):
-        raise RuntimeError("records left undelivered after 60 s")
+    produce(settings, (meter_add(key) for key in KEYS))
 
 
 async def run(invocations: int) -> dict[str, Any]:
@@ -98,10 +112,26 @@ async def run(invocations: int) -> dict[str, Any]:
                 say(results)
 
                 began = time.monotonic()
-                await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
-                done = await wait_total(client, warm + invocations, 1800)
+                due = datetime.now(UTC) + timedelta(hours=2)
+                await asyncio.to_thread(produce_delayed, settings, invocations, due)
+                await asyncio.to_thread(produce_markers, settings)
+                counted = warm + len(KEYS)  # the delayed sends count nothing for two hours
+                done = await wait_total(client, counted, 1800)
                 rss = rss_mib(worker.pid)
                 growth = (rss - results["warm"]["worker_rss_mib"]) * 1024 * 1024 / invocations
+                results["scheduled"] = {
+                    "invocations": invocations,
+                    "seconds": round(done - began, 1),
+                    "worker_rss_mib": round(rss, 1),
+                    "bytes_per_scheduled_invocation": round(growth),
+                }
+                say(results)
+
+                began = time.monotonic()
+                await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
+                done = await wait_total(client, counted + invocations, 1800)
+                rss = rss_mib(worker.pid)
+                growth = (rss - results["scheduled"]["worker_rss_mib"]) * 1024 * 1024 / invocations
                 results["retained"] = {
                     "invocations": invocations,
                     "seconds": round(done - began, 1),
@@ -113,7 +143,7 @@ async def run(invocations: int) -> dict[str, Any]:
                 began = time.monotonic()
                 await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
                 await asyncio.to_thread(produce_markers, settings)
-                expected = warm + invocations + len(KEYS)  # the repeats count nothing
+                expected = counted + invocations + len(KEYS)  # the repeats count nothing
                 await wait_total(client, expected, 1800)
                 total = await total_count(client)
                 if total != expected:

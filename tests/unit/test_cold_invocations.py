@@ -1,0 +1,149 @@
+"""Cold invocations (``streams.engine.invocations``): a delayed send not yet due and a
+retained outcome are held as their written meta once committed, not as objects; a lookup
+thaws one, and whatever then happens to it (a release, a cancel, an idempotent repeat, its
+expiry, a restore) behaves as it did for an invocation held as an object."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from handlers import ObjectContext, VirtualObject
+from streams.engine.journal import entry_key, meta_key
+from streams.wire import ids
+from streams.wire.records import Cancel, Invoke, Start, Target
+from tests.unit.harness import TOPICS, Harness, settle, until
+
+tally = VirtualObject("Tally")
+brief = VirtualObject("Brief", idempotency_retention=timedelta(milliseconds=1))
+
+
+@tally.handler()
+async def add(ctx: ObjectContext, n: int) -> int:
+    total: int = (await ctx.get("n") or 0) + n
+    ctx.set("n", total)
+    return total
+
+
+@tally.handler()
+async def nap(ctx: ObjectContext) -> None:
+    await ctx.sleep(timedelta(hours=1))
+
+
+@brief.handler()
+async def note(ctx: ObjectContext, n: int) -> int:
+    await ctx.run("noted", lambda: n)
+    return n
+
+
+def later(h: Harness, key: str) -> tuple[str, int]:
+    """A delayed send to Tally/key/add(5), due in an hour: its id and its offset."""
+    inv_id = ids.new_id(key, 1)
+    due = datetime.now(UTC) + timedelta(hours=1)
+    target = Target(service="Tally", key=key, handler="add")
+    h.send(Invoke(target=target, argument=5, invocation_id=inv_id, mode="send", due=due))
+    return inv_id, h.offset - 1
+
+
+def idempotent(h: Harness, service: str, handler: str, request_id: str) -> None:
+    target = Target(service=service, key="k", handler=handler)
+    h.send(Invoke(target=target, argument=3, idempotency_key="once", request_id=request_id))
+
+
+def written(h: Harness) -> list[tuple[bytes | None, bytes | None]]:
+    """The invocations changelog records of one flush: (key, value)."""
+    return [(o.key, o.value) for o in h.processor.flush() if o.topic == TOPICS.invocations]
+
+
+async def test_a_scheduled_invocation_is_cold_once_written_and_runs_when_released() -> None:
+    h = Harness([tally])
+    inv_id, seq = later(h, "a")
+    table = h.processor.invocations
+    assert [inv.meta.id for inv in table.live()] == [inv_id], "cold before it is written"
+    assert written(h), "the scheduled invocation's meta is not written"
+    assert table.live() == [], "held as an object once written"
+    assert table.cold == 1
+    assert len(table) == 1
+    assert inv_id in table
+    assert list(table) == [inv_id]
+
+    thawed = table[inv_id]
+    assert thawed.meta.status == "scheduled"
+    assert thawed.meta.argument == 5
+    assert table.get(inv_id) is thawed, "two lookups before a commit give two objects"
+    assert written(h) == [], "a lookup alone writes nothing"
+    assert table.live() == [], "a thawed invocation that nothing changed is kept"
+
+    h.send(Start(invocation_id=inv_id, seq=seq))
+    await until(lambda: inv_id not in table)
+    assert h.processor.store.state[("Tally", "a")] == {"n": 5}
+    assert (meta_key(inv_id), None) in written(h), "its meta is not tombstoned once it ran"
+    assert table.cold == 0
+
+
+async def test_a_cold_scheduled_invocation_is_cancelled_and_never_runs() -> None:
+    h = Harness([tally])
+    inv_id, seq = later(h, "b")
+    written(h)
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    await settle()
+    assert h.responses()["cancel"].failure is None, "the cancel was not accepted"
+    assert inv_id not in h.processor.invocations
+    h.send(Start(invocation_id=inv_id, seq=seq))
+    await settle()
+    assert ("Tally", "b") not in h.processor.store.state, "a cancelled send ran"
+
+
+async def test_a_retained_outcome_is_cold_and_answers_a_repeat() -> None:
+    h = Harness([tally])
+    idempotent(h, "Tally", "add", "first")
+    await until(lambda: "first" in h.responses())
+    table = h.processor.invocations
+    written(h)
+    assert table.live() == [], "a retained outcome is held as an object"
+    assert table.cold == 1
+
+    idempotent(h, "Tally", "add", "again")
+    await until(lambda: "again" in h.responses())
+    assert h.responses()["again"].value == 3, "the repeat is not answered from the outcome"
+    assert h.processor.store.state[("Tally", "k")] == {"n": 3}, "the repeat ran again"
+    written(h)
+    assert table.live() == [], "the outcome is still held as an object after its repeat"
+    assert table.cold == 1
+
+
+async def test_a_cold_outcome_expires_with_its_journal_tombstoned() -> None:
+    h = Harness([brief])
+    idempotent(h, "Brief", "note", "first")
+    await until(lambda: "first" in h.responses())
+    inv_id = h.responses()["first"].invocation_id
+    records = dict(written(h))
+    entries = [key for key in records if key is not None and key.startswith(b"j/")]
+    assert entries, "the journal was not written"
+    assert h.processor.invocations.cold == 1, "the outcome was not kept cold"
+    await until(lambda: inv_id not in h.processor.invocations, seconds=5.0)
+    tombstones = {key for key, value in written(h) if value is None}
+    assert meta_key(inv_id) in tombstones, "the expired outcome's meta stays"
+    assert {entry_key(inv_id, i) for i in range(len(entries))} <= tombstones, (
+        "journal entries of the expired outcome stay in the changelog"
+    )
+
+
+async def test_a_restore_keeps_idle_invocations_cold_and_running_ones_live() -> None:
+    h = Harness([tally])
+    scheduled_id, seq = later(h, "c")
+    idempotent(h, "Tally", "add", "kept")
+    napping = h.call(Target(service="Tally", key="n", handler="nap"))
+    await until(lambda: "kept" in h.responses())
+    await until(lambda: bool(h.processor.invocations[napping].waiting))
+    restored = h.hand_over()
+    table = restored.invocations
+    assert [inv.meta.id for inv in table.live()] == [napping], "not only the nap is live"
+    assert table.cold == 2, "idle invocations restored as objects"
+    assert len(table) == 3
+    meta = json.loads(dict(written(h)).get(meta_key(scheduled_id)) or b"{}")
+    assert meta == {}, "a restore rewrites what it read back"
+    h.send(Start(invocation_id=scheduled_id, seq=seq))
+    await until(lambda: scheduled_id not in table)
+    assert restored.store.state[("Tally", "c")] == {"n": 5}
+    assert table[napping].task is not None, "the nap does not run again after the restore"
