@@ -14,6 +14,13 @@ offsets may already count it), or a zombie's, which Kafka aborts. Reading to the
 stable offset would stop before such a transaction and restore the state from before it;
 the read committed restorer reaches the high watermark only once every transaction below
 it has ended, committed or aborted.
+
+Once it has read to the ends, a restore asks them again, and reads on where one has moved
+(up to ``CONFIRM`` times). Ends are asked of the partitions' leaders while brokers may be
+coming and going; a second answer that agrees with what was read is what the restore
+trusts. Each restore logs, at DEBUG, the end and the records read of every changelog, and
+warns when a changelog below a non-zero end gave no record at all (every record aborted,
+or none delivered).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import IO, Protocol
 
@@ -41,6 +49,8 @@ _WAIT_NOTED = 5.0
 _NOTE_WITHIN = 1.0
 #: Seconds the changelogs' metadata may take to look up before a restore (best effort).
 _LOOK_WITHIN = 5.0
+#: Times a restore asks the ends again after reading to them before it trusts what it read.
+CONFIRM = 3
 log = logging.getLogger("kourier.restore")
 
 
@@ -89,53 +99,109 @@ def restore_partitions(
         return
     tps = [TopicPartition(topic, partition) for topic, partition in sinks]
     ends = dict(zip(sinks, log_ends(admin, tps, stopping=stopping), strict=True))
-    # From offset 0, not OFFSET_BEGINNING: a new consumer asked for the beginning of a
-    # partition whose leader it does not know yet asks again only after 500 ms. Compaction
-    # keeps a log's start at 0; were it moved, auto.offset.reset=earliest applies.
-    pending = [TopicPartition(t, p, 0) for (t, p), end in ends.items() if end]
-    if not pending:
-        return
     named = ", ".join(str(processor.partition) for processor in processors)
-    # Looked up first, the changelogs' leaders are known when they are assigned. A restorer
-    # that does not know them (a new worker's, or one idle past metadata.max.age.ms) waits
-    # for librdkafka's once-a-second scan for topics without leaders: up to a second.
-    look_again(restorer, sorted({tp.topic for tp in pending}), _LOOK_WITHIN)
-    restorer.assign(pending)
+    read: Counter[tuple[str, int]] = Counter()
+    assigned: list[TopicPartition] = []  # the partitions read, at their positions
+    try:
+        for attempt in range(CONFIRM):
+            reading = {(tp.topic, tp.partition) for tp in assigned}
+            new = [key for key, end in ends.items() if end and key not in reading]
+            if new:
+                # Looked up first, the changelogs' leaders are known when they are assigned.
+                # A restorer that does not know them (a new worker's, or one idle past
+                # metadata.max.age.ms) waits for librdkafka's once-a-second scan for topics
+                # without leaders: up to a second.
+                look_again(restorer, sorted({topic for topic, _ in new}), _LOOK_WITHIN)
+                # From offset 0, not OFFSET_BEGINNING: a new consumer asked for the beginning
+                # of a partition whose leader it does not know yet asks again only after
+                # 500 ms. Compaction keeps a log's start at 0; were it moved,
+                # auto.offset.reset=earliest applies. Those read already go on from where
+                # they are.
+                at = restorer.position(assigned) if assigned else []
+                assigned = [TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)) for tp in at]
+                assigned += [TopicPartition(topic, partition, 0) for topic, partition in new]
+                restorer.assign(assigned)
+            if assigned:
+                _read_to_ends(restorer, admin, sinks, ends, assigned, read, named, stopping)
+            again = dict(zip(sinks, log_ends(admin, tps, stopping=stopping), strict=True))
+            moved = {key: end for key, end in again.items() if end > ends[key]}
+            if not moved:
+                break
+            what = ", ".join(f"{t} [{p}] {ends[(t, p)]} -> {end}" for (t, p), end in moved.items())
+            if attempt == CONFIRM - 1:
+                raise RestoreError(f"restoring partitions {named}: ends keep moving ({what})")
+            log.warning("restoring partitions %s: ends moved once read (%s); reading on",
+                        named, what)  # fmt: skip
+            ends.update(moved)
+    finally:
+        if assigned:
+            restorer.unassign()
+    _report(named, ends, read)
+
+
+def _read_to_ends(
+    restorer: Consumer,
+    admin: AdminClient,
+    sinks: dict[tuple[str, int], Callable[[bytes, bytes | None], None]],
+    ends: dict[tuple[str, int], int],
+    assigned: list[TopicPartition],
+    read: Counter[tuple[str, int]],
+    named: str,
+    stopping: Callable[[], bool],
+) -> None:
+    """Hand every record of the ``assigned`` changelogs to its sink until each position has
+    reached its end, counting them in ``read``; raises :class:`RestoreError` when nothing
+    has been read for ``RESTORE_TIMEOUT`` seconds, or once ``stopping()``."""
+    pending = [TopicPartition(tp.topic, tp.partition) for tp in assigned]
     read_at = noted = time.monotonic()
     last: list[int] = []  # the positions after the previous poll
-    try:
-        while True:
-            read = False
-            for message in consume_ready(restorer, 1000, 0.1):
-                error = message.error()
-                if error is None:
-                    key = message.key()
-                    assert key is not None
-                    sinks[(message.topic() or "", message.partition() or 0)](key, message.value())
-                    read = True
-                elif error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("restoring partitions %s: %s", named, error)
-            positions = restorer.position(pending)
-            behind = [tp for tp in positions if tp.offset < ends[(tp.topic, tp.partition)]]
-            if not behind:
-                return
-            now = time.monotonic()
-            # Progress is a record read or a position moved (past aborted records, say); an
-            # error, as while brokers are away, is none.
-            if read or [tp.offset for tp in positions] != last:
-                read_at = now
-                last = [tp.offset for tp in positions]
-            if stopping():
-                raise RestoreError(f"restoring partitions {named} given up: stopping")
-            if now > read_at + RESTORE_TIMEOUT:
-                raise RestoreError(
-                    f"restoring partitions {named}: nothing read for {RESTORE_TIMEOUT:.0f}s"
-                )
-            if now > noted + _WAIT_NOTED:
-                noted = now
-                _note_open(admin, behind, ends)
-    finally:
-        restorer.unassign()
+    while True:
+        got = False
+        for message in consume_ready(restorer, 1000, 0.1):
+            error = message.error()
+            if error is None:
+                key = message.key()
+                assert key is not None
+                where = (message.topic() or "", message.partition() or 0)
+                sinks[where](key, message.value())
+                read[where] += 1
+                got = True
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("restoring partitions %s: %s", named, error)
+        positions = restorer.position(pending)
+        behind = [tp for tp in positions if tp.offset < ends[(tp.topic, tp.partition)]]
+        if not behind:
+            return
+        now = time.monotonic()
+        # Progress is a record read or a position moved (past aborted records, say); an
+        # error, as while brokers are away, is none.
+        if got or [tp.offset for tp in positions] != last:
+            read_at = now
+            last = [tp.offset for tp in positions]
+        if stopping():
+            raise RestoreError(f"restoring partitions {named} given up: stopping")
+        if now > read_at + RESTORE_TIMEOUT:
+            raise RestoreError(
+                f"restoring partitions {named}: nothing read for {RESTORE_TIMEOUT:.0f}s"
+            )
+        if now > noted + _WAIT_NOTED:
+            noted = now
+            _note_open(admin, behind, ends)
+
+
+def _report(named: str, ends: dict[tuple[str, int], int], read: Counter[tuple[str, int]]) -> None:
+    """Log what a restore read (DEBUG), and warn of a changelog that gave no record below a
+    non-zero end: every record there aborted, or none delivered."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("restored partitions %s: %s", named, ", ".join(
+            f"{t.rsplit('.', 1)[-1]} [{p}] {read[(t, p)]} records to {end}"
+            for (t, p), end in sorted(ends.items())))  # fmt: skip
+    for (topic, partition), end in sorted(ends.items()):
+        if end and not read[(topic, partition)]:
+            log.warning(
+                "restoring %s [%d]: no record read below its end %d (every one aborted, "
+                "or none delivered)", topic, partition, end,
+            )  # fmt: skip
 
 
 def _note_open(

@@ -152,3 +152,121 @@ def test_a_restore_whose_position_keeps_moving_does_not_give_up(
     That is progress: the restore reads on to its end (ten polls, longer than the timeout)."""
     monkeypatch.setattr(restore, "RESTORE_TIMEOUT", 0.3)
     assert restoring(Restorer(None, step=1), end=10) == []
+
+
+class Record:
+    """A changelog record as the restorer returns it."""
+
+    def __init__(self, topic: str, offset: int) -> None:
+        self._topic, self.offset_ = topic, offset
+
+    def error(self) -> None:
+        return None
+
+    def key(self) -> bytes:
+        return f"k{self.offset_}".encode()
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+
+class Log:
+    """The state changelog of partition 0 as a restorer reads it: ``written`` records, of
+    which the first ``withheld`` are passed over without being returned (aborted); asked
+    for its end, it answers ``ends`` in turn (the last one from then on)."""
+
+    def __init__(self, written: int, ends: list[int], withheld: int = 0) -> None:
+        self.written, self.ends, self.withheld = written, ends, withheld
+        self.at = -1001  # the restorer's position
+        self.assigned: list[list[tuple[str, int, int]]] = []
+
+    def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
+        end = self.ends.pop(0) if len(self.ends) > 1 else self.ends[0]
+        return answers(wanted, lambda tp: end if tp.topic == STATE else 0)
+
+    def list_topics(self, topic: str, timeout: float) -> None:
+        pass
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.append([(tp.topic, tp.partition, tp.offset) for tp in partitions])
+
+    def unassign(self) -> None:
+        pass
+
+    def poll(self, timeout: float) -> object | None:
+        start = max(self.at, 0)
+        if start < self.withheld:
+            self.at = self.withheld
+            return None
+        if start >= self.written:
+            return None
+        self.at = start + 1
+        return Record(STATE, start)
+
+    def consume(self, limit: int, timeout: float) -> list[object]:
+        return []
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.at) for tp in partitions]
+
+
+class Sink:
+    partition = 0
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+
+    def restore_state(self, key: bytes, value: bytes | None) -> None:
+        self.keys.append(key)
+
+    def restore_invocation(self, key: bytes, value: bytes | None) -> None:
+        raise AssertionError("nothing is read from the invocations changelog")
+
+    restore_dedup = restore_invocation
+
+
+def restore_from(changelog: Log) -> Sink:
+    sink = Sink()
+    restore_partitions(changelog, changelog, TOPICS, [sink])  # type: ignore[arg-type]
+    return sink
+
+
+def test_an_end_asked_too_early_is_asked_again_and_read_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first answer said the state changelog was empty (a leader that had not caught
+    up, say): the second, once read, says otherwise, and the restore reads every record."""
+    changelog = Log(written=3, ends=[0, 3])
+    with caplog.at_level(logging.WARNING, logger="kourier.restore"):
+        sink = restore_from(changelog)
+    assert sink.keys == [b"k0", b"k1", b"k2"], "records below the end asked again were not read"
+    assert changelog.assigned == [[(STATE, 0, 0)]]
+    assert any("ends moved once read" in r.getMessage() for r in caplog.records)
+
+
+def test_a_partition_read_part_way_goes_on_from_where_it_is() -> None:
+    changelog = Log(written=5, ends=[2, 5])
+    assert restore_from(changelog).keys == [b"k0", b"k1", b"k2", b"k3", b"k4"]
+    assert changelog.assigned == [[(STATE, 0, 0)]], "assigned again, so read again from 0"
+
+
+def test_ends_that_keep_moving_fail_the_restore() -> None:
+    with pytest.raises(RestoreError, match="ends keep moving"):
+        restore_from(Log(written=10, ends=[1, 2, 3, 4]))
+
+
+def test_a_changelog_that_gave_no_record_below_its_end_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="kourier.restore"):
+        assert restore_from(Log(written=4, ends=[4], withheld=4)).keys == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "restoring ns.state [0]: no record read below its end 4 (every one aborted, "
+        "or none delivered)"
+    ]
