@@ -18,9 +18,9 @@ it has ended, committed or aborted.
 Once it has read to the ends, a restore asks them again, and reads on where one has moved
 (up to ``CONFIRM`` times). Ends are asked of the partitions' leaders while brokers may be
 coming and going; a second answer that agrees with what was read is what the restore
-trusts. Each restore logs, at DEBUG, the end and the records read of every changelog, and
-warns when a changelog below a non-zero end gave no record at all (every record aborted,
-or none delivered).
+trusts. Each restore logs the records read and the end of every changelog, and warns
+when a changelog below a non-zero end gave no record at all (every record aborted, or
+none delivered).
 """
 
 from __future__ import annotations
@@ -190,12 +190,16 @@ def _read_to_ends(
 
 
 def _report(named: str, ends: dict[tuple[str, int], int], read: Counter[tuple[str, int]]) -> None:
-    """Log what a restore read (DEBUG), and warn of a changelog that gave no record below a
-    non-zero end: every record there aborted, or none delivered."""
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("restored partitions %s: %s", named, ", ".join(
-            f"{t.rsplit('.', 1)[-1]} [{p}] {read[(t, p)]} records to {end}"
-            for (t, p), end in sorted(ends.items())))  # fmt: skip
+    """Log what a restore read, per changelog: records handed on, and the end read to
+    (``state 0:12/40``); warn of a changelog that gave no record below a non-zero end:
+    every record there aborted, or none delivered."""
+    by_topic: dict[str, list[str]] = {}
+    for (topic, partition), end in sorted(ends.items()):
+        by_topic.setdefault(topic.rsplit(".", 1)[-1], []).append(
+            f"{partition}:{read[(topic, partition)]}/{end}"
+        )
+    read_to = "; ".join(f"{topic} {' '.join(parts)}" for topic, parts in by_topic.items())
+    log.info("restored partitions %s, records read/end: %s", named, read_to)
     for (topic, partition), end in sorted(ends.items()):
         if end and not read[(topic, partition)]:
             log.warning(
