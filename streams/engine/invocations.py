@@ -14,7 +14,9 @@ docs/performance.md). Looking one up (:meth:`InvocationTable.get`) *thaws* it in
 :class:`Invocation` again, through the partition's ``thaw``. A thawed invocation that
 nothing changed is let go at the next changelog (its bytes are still right); one that
 changed is written, and kept cold again with its new bytes if it is still scheduled or
-completed. So nothing holds a thawed invocation past a commit unless it runs.
+completed. So nothing holds a thawed invocation past a commit unless it runs. One written
+scheduled or completed while not yet idle (a killed invocation whose ``ctx.run`` action
+is still unwinding) is kept cold at the first changelog after it is.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class InvocationTable(Mapping[str, Invocation]):
         #: Cold invocations: id -> (meta as written, journal entries written).
         self._cold: dict[str, tuple[bytes, int]] = {}
         self._thawed: set[str] = set()  # cold ones also live now, until the next changelog
+        #: Written scheduled or completed, but not idle yet (a killed one's ``ctx.run``
+        #: action still unwinding): id -> the meta written, kept cold once idle.
+        self._settling: dict[str, bytes] = {}
         self._changed: set[str] = set()
         self._tombstones: list[tuple[str, int]] = []  # (id, journal entries written)
         self._expiries: list[tuple[float, str]] = []  # (expires_at, id) of retained outcomes
@@ -157,6 +162,7 @@ class InvocationTable(Mapping[str, Invocation]):
         self._live.pop(inv_id, None)
         self._cold.pop(inv_id, None)
         self._thawed.discard(inv_id)
+        self._settling.pop(inv_id, None)
         self._changed.discard(inv_id)
         if inv.persisted:
             self._tombstones.append((inv_id, inv.persisted_entries))
@@ -189,11 +195,23 @@ class InvocationTable(Mapping[str, Invocation]):
             if inv.meta.status == "completed":
                 inv.journal = []  # written; a retained outcome is its meta alone
             self._thawed.discard(inv_id)
+            self._settling.pop(inv_id, None)
             if _idle(inv):
                 self._cold[inv_id] = (meta, inv.persisted_entries)
                 del self._live[inv_id]
             else:
                 self._cold.pop(inv_id, None)
+                if inv.meta.status in COLD:
+                    self._settling[inv_id] = meta
+        for inv_id, meta in list(self._settling.items()):
+            if inv_id in self._changed:
+                continue  # written just now
+            inv = self._live[inv_id]
+            if inv.meta.status not in COLD:
+                del self._settling[inv_id]  # changed, and written once touched
+            elif _idle(inv):
+                self._cold[inv_id] = (meta, inv.persisted_entries)
+                del self._live[inv_id], self._settling[inv_id]
         self._changed.clear()
         for inv_id in self._thawed:  # unchanged: the bytes kept are still its meta
             del self._live[inv_id]

@@ -5,13 +5,14 @@ expiry, a restore) behaves as it did for an invocation held as an object."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
 from handlers import ObjectContext, VirtualObject
 from streams.engine.journal import entry_key, meta_key
 from streams.wire import ids
-from streams.wire.records import Cancel, Invoke, Start, Target
+from streams.wire.records import AttachRequest, Cancel, Invoke, Kill, Start, Target
 from tests.unit.harness import TOPICS, Harness, settle, until
 
 tally = VirtualObject("Tally")
@@ -28,6 +29,22 @@ async def add(ctx: ObjectContext, n: int) -> int:
 @tally.handler()
 async def nap(ctx: ObjectContext) -> None:
     await ctx.sleep(timedelta(hours=1))
+
+
+GATE: dict[str, asyncio.Event] = {}
+
+
+@brief.handler()
+async def hold(ctx: ObjectContext, n: int) -> int:
+    async def wait() -> int:
+        try:
+            await GATE["open"].wait()
+        except asyncio.CancelledError:
+            await GATE["unwound"].wait()  # the action takes a while to end
+            raise
+        return n
+
+    return await ctx.run("wait", wait)
 
 
 @brief.handler()
@@ -147,3 +164,51 @@ async def test_a_restore_keeps_idle_invocations_cold_and_running_ones_live() -> 
     await until(lambda: scheduled_id not in table)
     assert restored.store.state[("Tally", "c")] == {"n": 5}
     assert table[napping].task is not None, "the nap does not run again after the restore"
+
+
+async def test_a_killed_invocation_is_kept_cold_once_its_action_has_ended() -> None:
+    GATE.update(open=asyncio.Event(), unwound=asyncio.Event())
+    h = Harness([brief])
+    idempotent(h, "Brief", "hold", "held")
+    table = h.processor.invocations
+    await until(lambda: any(inv.actions for inv in table.live()))
+    inv_id = next(inv.meta.id for inv in table.live())
+    h.send(Kill(invocation_id=inv_id, request_id="kill"))
+    await until(lambda: "kill" in h.responses())
+    assert table[inv_id].meta.status == "completed"
+    written(h)
+    assert table.cold == 0, "cold while its action still runs"
+    GATE["unwound"].set()
+    await until(lambda: not table[inv_id].actions)
+    assert written(h) == [], "nothing changed"
+    assert table.live() == [], "a killed outcome stays an object for its whole retention"
+    assert table.cold == 1
+
+
+async def test_a_cold_scheduled_invocation_takes_an_attacher_and_answers_it_when_run() -> None:
+    h = Harness([tally])
+    inv_id, seq = later(h, "e")
+    written(h)
+    h.send(AttachRequest(invocation_id=inv_id, request_id="attached"))
+    await settle()
+    written(h)
+    assert h.processor.invocations.cold == 1, "not kept cold with its attacher"
+    assert "attached" not in h.responses(), "answered before it ran"
+    h.send(Start(invocation_id=inv_id, seq=seq))
+    await until(lambda: "attached" in h.responses())
+    assert h.responses()["attached"].value == 5
+
+
+async def test_a_kill_of_a_cold_outcome_is_refused_and_keeps_it() -> None:
+    h = Harness([tally])
+    idempotent(h, "Tally", "add", "first")
+    await until(lambda: "first" in h.responses())
+    inv_id = h.responses()["first"].invocation_id
+    written(h)
+    h.send(Kill(invocation_id=inv_id, request_id="kill"))
+    await settle()
+    failure = h.responses()["kill"].failure
+    assert failure is not None
+    assert failure.code == 409
+    assert written(h) == [], "a refused kill rewrote the outcome"
+    assert h.processor.invocations.cold == 1
