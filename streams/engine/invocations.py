@@ -9,7 +9,7 @@ and the tombstones of forgotten ones. Retained outcomes expire in order of their
 Cold invocations. Most of what a partition holds may be invocations that do nothing: a
 delayed send not yet due (``scheduled``) and a retained outcome (``completed``, kept for
 its idempotency key or workflow id). Once written, such an invocation is kept *cold*: as
-the meta bytes the changelog holds, not as objects (about a fifth of the memory;
+the meta bytes the changelog holds, not as objects (a third to a half of the memory;
 docs/performance.md). Looking one up (:meth:`InvocationTable.get`) *thaws* it into an
 :class:`Invocation` again, through the partition's ``thaw``. A thawed invocation that
 nothing changed is let go at the next changelog (its bytes are still right); one that
