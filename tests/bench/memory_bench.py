@@ -117,28 +117,12 @@ async def run(invocations: int) -> dict[str, Any]:
                 await asyncio.to_thread(produce_markers, settings)
                 counted = warm + len(KEYS)  # the delayed sends count nothing for two hours
                 done = await wait_total(client, counted, 1800)
-                rss = rss_mib(worker.pid)
-                growth = (rss - results["warm"]["worker_rss_mib"]) * 1024 * 1024 / invocations
-                results["scheduled"] = {
-                    "invocations": invocations,
-                    "seconds": round(done - began, 1),
-                    "worker_rss_mib": round(rss, 1),
-                    "bytes_per_scheduled_invocation": round(growth),
-                }
-                say(results)
+                grew(results, "scheduled", "warm", worker.pid, invocations, done - began)
 
                 began = time.monotonic()
                 await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
                 done = await wait_total(client, counted + invocations, 1800)
-                rss = rss_mib(worker.pid)
-                growth = (rss - results["scheduled"]["worker_rss_mib"]) * 1024 * 1024 / invocations
-                results["retained"] = {
-                    "invocations": invocations,
-                    "seconds": round(done - began, 1),
-                    "worker_rss_mib": round(rss, 1),
-                    "bytes_per_retained_outcome": round(growth),
-                }
-                say(results)
+                grew(results, "retained", "scheduled", worker.pid, invocations, done - began)
 
                 began = time.monotonic()
                 await asyncio.to_thread(produce_idempotent, settings, warm, invocations)
@@ -159,6 +143,22 @@ async def run(invocations: int) -> dict[str, Any]:
             return results
         finally:
             stop_process(worker)
+
+
+def grew(
+    results: dict[str, Any], phase: str, since: str, pid: int, invocations: int, seconds: float
+) -> None:
+    """Record ``phase``: the worker's RSS now, and its growth per invocation over the RSS
+    after phase ``since``."""
+    rss = rss_mib(pid)
+    growth = (rss - results[since]["worker_rss_mib"]) * 1024 * 1024 / invocations
+    results[phase] = {
+        "invocations": invocations,
+        "seconds": round(seconds, 1),
+        "worker_rss_mib": round(rss, 1),
+        "bytes_per_invocation": round(growth),
+    }
+    say(results)
 
 
 def say(results: dict[str, Any]) -> None:
