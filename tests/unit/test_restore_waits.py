@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import IsolationLevel, KafkaError, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import restore
 from streams.kafka.restore import RestoreError, _note_open, restore_partitions
@@ -273,3 +273,71 @@ def test_a_changelog_that_gave_no_record_below_its_end_is_reported(
         "restoring ns.state [0]: no record read below its end 4 (every one aborted, "
         "or none delivered)"
     ]
+
+
+class Logs:
+    """Two changelogs of partition 0 (state and invocations) as a restorer reads them, each
+    with its own position; asked for their ends, they answer ``ends`` in turn."""
+
+    def __init__(self, written: dict[str, int], ends: list[dict[str, int] | KafkaError]) -> None:
+        self.written, self.ends = written, ends
+        self.at: dict[str, int] = {}
+        self.assigned: list[list[tuple[str, int]]] = []
+        self.unassigned = 0
+
+    def list_offsets(self, wanted: dict[TopicPartition, Any], **options: Any) -> dict[Any, Any]:
+        ends = self.ends.pop(0) if len(self.ends) > 1 else self.ends[0]
+        if isinstance(ends, KafkaError):
+            return answers(wanted, lambda tp: ends)
+        return answers(wanted, lambda tp: ends.get(tp.topic, 0))
+
+    def list_topics(self, topic: str, timeout: float) -> None:
+        pass
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned.append([(tp.topic, tp.offset) for tp in partitions])
+        self.at = {tp.topic: tp.offset for tp in partitions}
+
+    def unassign(self) -> None:
+        self.unassigned += 1
+        self.at = {}
+
+    def poll(self, timeout: float) -> object | None:
+        for topic, offset in self.at.items():
+            if offset < self.written[topic]:
+                self.at[topic] = offset + 1
+                return Record(topic, offset)
+        return None
+
+    def consume(self, limit: int, timeout: float) -> list[object]:
+        return []
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.at[tp.topic]) for tp in partitions]
+
+
+class Both(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.invocations: list[bytes] = []
+
+    def restore_invocation(self, key: bytes, value: bytes | None) -> None:
+        self.invocations.append(key)
+
+
+def test_a_changelog_found_later_is_read_with_the_others_going_on_where_they_are() -> None:
+    invocations = TOPICS.invocations
+    logs = Logs({STATE: 3, invocations: 2}, [{STATE: 3}, {STATE: 3, invocations: 2}])
+    sink = Both()
+    restore_partitions(logs, logs, TOPICS, [sink])  # type: ignore[arg-type]
+    assert sink.keys == [b"k0", b"k1", b"k2"], "state records read twice or not at all"
+    assert sink.invocations == [b"k0", b"k1"]
+    assert logs.assigned == [[(STATE, 0)], [(STATE, 3), (invocations, 0)]]
+    assert logs.unassigned == 1
+
+
+def test_a_failed_restore_lets_go_of_its_partitions() -> None:
+    logs = Logs({STATE: 3}, [{STATE: 3}, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)])
+    with pytest.raises(KafkaException):
+        restore_partitions(logs, logs, TOPICS, [Both()])  # type: ignore[arg-type]
+    assert logs.unassigned == 1, "the restorer keeps its partitions assigned"
