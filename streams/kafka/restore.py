@@ -88,9 +88,11 @@ def restore_partitions(
     """Read the changelogs of every partition of ``processors`` from the start to their high
     watermarks, all at once (blocking; ``restorer`` reads ``read_committed``): one offset
     query for them all, and one assignment, so that the fetches of a whole take-over run
-    together rather than one partition after another. Raises :class:`RestoreError` when
-    nothing has been read for ``RESTORE_TIMEOUT`` seconds, or once ``stopping()``;
-    :class:`KafkaException` when the ends cannot be asked (``log_ends``)."""
+    together rather than one partition after another; then one more query, which must
+    find the same ends (see the module's docstring). Raises :class:`RestoreError` when
+    nothing has been read for ``RESTORE_TIMEOUT`` seconds, once ``stopping()``, or when the
+    ends keep moving; :class:`KafkaException` when the ends cannot be asked
+    (``log_ends``)."""
     sinks: dict[tuple[str, int], Callable[[bytes, bytes | None], None]] = {}
     for processor in processors:
         sinks[(topics.state, processor.partition)] = processor.restore_state
