@@ -169,7 +169,7 @@ class Worker:
             out.append(
                 Out(self.topics.services, 0, service["name"].encode(), json.dumps(service).encode())
             )
-        self._transactions.announce(out, lambda: self._stopping, REFUSED)
+        self._transactions.announce(out, self._stopped, REFUSED)
 
     # -- the loop -------------------------------------------------------------------
     #
@@ -576,7 +576,7 @@ class Worker:
         """Wait until every producer's last transaction is complete (Kafka thread;
         :meth:`Transactions.settle`); False when the worker stops before Kafka answers."""
         try:
-            self._transactions.settle(lambda: self._stopping)
+            self._transactions.settle(self._stopped)
         except KafkaException as exc:
             if not self._stopping:
                 raise
