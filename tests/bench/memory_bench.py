@@ -16,6 +16,9 @@ and prints one JSON document:
   retained outcome over ``scheduled``.
 - ``repeated``: the same records produced again, then one plain send per key: only those
   may count (every repeat is answered from its retained outcome), and the RSS after.
+- ``restarted``: the worker stopped and a new one started, which reads every partition's
+  changelogs back: the seconds its restore took (its log line), the seconds until every
+  key answered again, its peak RSS (``VmHWM``) and its RSS once answering.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
@@ -140,9 +145,37 @@ async def run(invocations: int) -> dict[str, Any]:
                     "worker_rss_mib": round(rss_mib(worker.pid), 1),
                 }
                 say(results)
+
+                stop_process(worker)
+                began = time.monotonic()
+                log = work / "restarted.log"
+                worker = spawn(["worker", "tests.bench.apps"], env, log)
+                await wait_total(client, expected, 1800)
+                results["restarted"] = {
+                    "invocations_held": 2 * invocations + warm,
+                    "restore_seconds": restore_seconds(log),
+                    "answering_after_s": round(time.monotonic() - began, 1),
+                    "worker_peak_rss_mib": round(peak_rss_mib(worker.pid), 1),
+                    "worker_rss_mib": round(rss_mib(worker.pid), 1),
+                }
+                say(results)
             return results
         finally:
             stop_process(worker)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set so far (``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def restore_seconds(log: Path) -> float | None:
+    """The seconds of the worker's last take-over, from its ``restored in`` log line."""
+    found = re.findall(r"\(restored in ([0-9.]+)s\)", log.read_text(errors="replace"))
+    return float(found[-1]) if found else None
 
 
 def grew(
