@@ -106,26 +106,40 @@ class InvocationTable(Mapping[str, Invocation]):
     # -- restore ---------------------------------------------------------------------
 
     def restore(self, key: bytes, value: bytes | None) -> None:
-        """One record of the ``<ns>.invocations`` changelog."""
-        self._restored.apply(key, value)
+        """One record of the ``<ns>.invocations`` changelog (before the partition starts).
+
+        A meta that leaves its invocation idle (scheduled with no journal, or completed) is
+        kept cold at once, as the bytes read, with its retention's expiry: a restore of a
+        million of them never holds a million metas as objects. A later record of the same
+        id (rewritten, or a tombstone) takes it out again."""
+        applied = self._restored.apply(key, value)
+        if applied is None or applied.index is not None:
+            return  # not an invocation's, or one of its journal entries
+        inv_id = applied.invocation_id
+        self._cold.pop(inv_id, None)
+        meta = self._restored.metas.get(inv_id)
+        if meta is None or meta.status not in COLD:
+            return
+        if meta.status == "scheduled" and meta.journal_length:
+            return  # not idle: start() finds its journal incomplete
+        del self._restored.metas[inv_id]
+        assert value is not None
+        written = meta.to_json() if inv_id in self._restored.repaired else value
+        self._cold[inv_id] = (written, meta.journal_length)
+        if meta.status == "completed" and meta.expires_at is not None:
+            heapq.heappush(self._expiries, (meta.expires_at, inv_id))
 
     def take_restored(self) -> list[tuple[InvocationMeta, list[Entry]]]:
-        """Every restored invocation in arrival order, with its journal (none for a
-        completed one: a retained outcome is its meta alone); the log is then let go."""
+        """Every restored invocation not kept cold (:meth:`restore`), in arrival order, with
+        its journal; the log is then let go."""
         restored, self._restored = self._restored, InvocationLog()
         metas = sorted(restored.metas.values(), key=lambda m: m.seq)
-        return [(m, [] if m.status == "completed" else restored.journal(m.id)) for m in metas]
+        return [(m, restored.journal(m.id)) for m in metas]
 
     def restored(self, inv: Invocation) -> None:
-        """Hold ``inv`` as read back from the changelog (nothing to write): cold if it is
-        idle, with its retention's expiry if it is a retained outcome."""
-        meta = inv.meta
-        if meta.status == "completed" and meta.expires_at is not None:
-            self.retain(inv)
-        if _idle(inv):
-            self._cold[meta.id] = (meta.to_json(), inv.persisted_entries)
-        else:
-            self._live[meta.id] = inv
+        """Hold ``inv``, one of :meth:`take_restored`, as read back from the changelog:
+        nothing to write. (The idle ones were kept cold as they were read.)"""
+        self._live[inv.meta.id] = inv
 
     # -- changes ---------------------------------------------------------------------
 

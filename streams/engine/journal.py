@@ -238,6 +238,9 @@ class InvocationLog:
     def __init__(self) -> None:
         self.metas: dict[str, InvocationMeta] = {}
         self.entries: dict[str, dict[int, Entry]] = {}
+        #: Ids whose meta was repaired as it was read (see ``_salvaged``): the record's
+        #: bytes are not that meta's JSON.
+        self.repaired: set[str] = set()
 
     def apply(self, key: bytes, value: bytes | None) -> Applied | None:
         """One changelog record; ``None`` is a tombstone. What it was about, or None for a
@@ -245,13 +248,16 @@ class InvocationLog:
         text = key.decode()
         if text.startswith("m/"):
             inv_id = text[2:]
+            self.repaired.discard(inv_id)
             if value is None:
                 self.metas.pop(inv_id, None)
                 self.entries.pop(inv_id, None)
             else:
-                meta = _salvaged(value)
+                meta, repaired = _salvaged(value)
                 if meta is not None:
                     self.metas[inv_id] = meta
+                if repaired:
+                    self.repaired.add(inv_id)
             return Applied(inv_id, None, None)
         if not text.startswith("j/"):
             return None
@@ -279,12 +285,13 @@ class InvocationLog:
         return [entries[i] for i in range(meta.journal_length) if i in entries]
 
 
-def _salvaged(value: bytes) -> InvocationMeta | None:
-    """A meta from the changelog. One written before ids were checked may name a caller or
-    an attached handler by a malformed id: those are dropped (nobody can be answered under
-    such an id), so the invocation itself still restores. Unreadable otherwise: left out."""
+def _salvaged(value: bytes) -> tuple[InvocationMeta | None, bool]:
+    """A meta from the changelog, and whether it was repaired. One written before ids were
+    checked may name a caller or an attached handler by a malformed id: those are dropped
+    (nobody can be answered under such an id), so the invocation itself still restores.
+    Unreadable otherwise: left out (None)."""
     try:
-        return InvocationMeta.from_json(value)
+        return InvocationMeta.from_json(value), False
     except ValidationError:
         pass
     try:
@@ -299,7 +306,7 @@ def _salvaged(value: bytes) -> InvocationMeta | None:
         ]  # fmt: skip
         meta = InvocationMeta.from_data(data)
         meta.to_json()  # what json.loads takes the serializer may not (nesting): left out
-        return meta
+        return meta, True
     except (ValueError, ValidationError, AttributeError, RecursionError) as error:
         log.error("changelog meta unreadable, left out: %r", error)
-        return None
+        return None, False

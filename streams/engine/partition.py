@@ -149,7 +149,7 @@ class PartitionProcessor:
             inv = Invocation(meta, journal, handler, self)
             inv.persisted = True
             inv.persisted_entries = meta.journal_length
-            self.invocations.restored(inv)  # nothing to write; kept cold if idle
+            self.invocations.restored(inv)
             lock = inv.lock_key
             if meta.status == "pending" and self._due_in(inv) > 0:
                 held.add(meta.id)
@@ -169,7 +169,7 @@ class PartitionProcessor:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
             self._unlock_next(lock)
-        for inv in self.invocations.live():  # retained outcomes were kept cold, expiring
+        for inv in self.invocations.live():  # idle ones were kept cold as they were read
             if inv.meta.status != "completed" and inv.meta.target.key is not None:
                 for index, entry in enumerate(inv.journal):
                     if entry.kind == "promise_get" and not entry.done and entry.name:

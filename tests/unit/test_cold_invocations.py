@@ -10,6 +10,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from handlers import ObjectContext, VirtualObject
+from streams.engine.invocation import Invocation
+from streams.engine.invocations import InvocationTable
 from streams.engine.journal import entry_key, meta_key
 from streams.wire import ids
 from streams.wire.records import AttachRequest, Cancel, Invoke, Kill, Start, Target
@@ -212,3 +214,54 @@ async def test_a_kill_of_a_cold_outcome_is_refused_and_keeps_it() -> None:
     assert failure.code == 409
     assert written(h) == [], "a refused kill rewrote the outcome"
     assert h.processor.invocations.cold == 1
+
+
+def outcome(inv_id: str, **fields: object) -> dict[str, object]:
+    """The meta of a retained outcome of Tally/k/add, as the changelog holds it."""
+    target = {"service": "Tally", "key": "k", "handler": "add"}
+    meta = {"id": inv_id, "target": target, "exclusive": True, "status": "completed",
+            "value": 3, "journal_length": 2, "expires_at": 4e9}  # fmt: skip
+    return {**meta, **fields}
+
+
+def read_back(*records: tuple[bytes, dict[str, object] | None]) -> InvocationTable:
+    """A table that read ``records`` of the invocations changelog, as a restore hands them."""
+    table = InvocationTable(TOPICS, 0, lambda meta, entries: Invocation(meta, [], None, None))
+    for key, meta in records:
+        table.restore(key, None if meta is None else json.dumps(meta).encode())
+    return table
+
+
+def test_a_restore_keeps_an_idle_meta_as_the_bytes_it_read() -> None:
+    inv_id = ids.new_id("k", 1)
+    value = json.dumps(outcome(inv_id)).encode()
+    table = InvocationTable(TOPICS, 0, lambda meta, entries: Invocation(meta, [], None, None))
+    table.restore(meta_key(inv_id), value)
+    assert table.take_restored() == [], "the outcome was restored as an object"
+    assert table.cold == 1
+    assert table._cold[inv_id] == (value, 2), "not the bytes read, or not its journal's length"
+    assert table[inv_id].meta.value == 3
+    assert [inv.meta.id for inv in table.expired(4e9)] == [inv_id], "its retention was lost"
+
+
+def test_a_later_record_of_a_cold_meta_replaces_it() -> None:
+    rewritten, forgotten, scheduled = (ids.new_id("k", n) for n in (1, 2, 3))
+    table = read_back(
+        (meta_key(rewritten), outcome(rewritten, status="scheduled", journal_length=0)),
+        (meta_key(forgotten), outcome(forgotten)),
+        (meta_key(scheduled), outcome(scheduled, status="scheduled", journal_length=0)),
+        (meta_key(rewritten), outcome(rewritten, status="running", seq=7)),
+        (meta_key(forgotten), None),
+    )
+    assert [meta.id for meta, _ in table.take_restored()] == [rewritten]
+    assert rewritten not in table, "a restored object and a cold meta for one id"
+    assert forgotten not in table, "a tombstoned meta stays"
+    assert table.cold == 1
+    assert scheduled in table, "the scheduled one was lost"
+
+
+def test_a_meta_repaired_as_it_is_read_is_kept_as_its_repaired_json() -> None:
+    inv_id = ids.new_id("k", 1)
+    broken = outcome(inv_id, caller={"invocation_id": "inv_not-a-real-id", "entry": 0})
+    table = read_back((meta_key(inv_id), broken))
+    assert table[inv_id].meta.caller is None, "the malformed caller is back"
