@@ -123,6 +123,7 @@ class InvocationTable(Mapping[str, Invocation]):
         if meta.status == "scheduled" and meta.journal_length:
             return  # not idle: start() finds its journal incomplete
         del self._restored.metas[inv_id]
+        self._restored.entries.pop(inv_id, None)  # an outcome's journal is let go once written
         assert value is not None
         written = meta.to_json() if inv_id in self._restored.repaired else value
         self._cold[inv_id] = (written, meta.journal_length)
