@@ -31,7 +31,6 @@ from confluent_kafka.admin import AdminClient
 
 from handlers.service import ServiceDefinition
 from streams.engine.delay import DelayProcessor
-from streams.engine.local import LocalCalls, LocalCompletions
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
@@ -52,10 +51,10 @@ from streams.kafka.offsets import (
 from streams.kafka.ownership import Ownership, by_topic, delay_ends
 from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
 from streams.kafka.stalls import StallWatch, watch
+from streams.kafka.step import Stepper
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.kafka.trim import DelayTrimmer
 from streams.settings import Settings
-from streams.tracing import from_headers
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.worker")
@@ -72,12 +71,6 @@ _STUCK = 20.0
 _IDLE_STEP = 0.1
 #: Seconds without records after which the Kafka thread counts as idle.
 _IDLE_AFTER = 1.0
-#: Loop rounds a step goes on after a completion delivered locally (its caller wakes, then
-#: finishes), and the round after which such deliveries no longer extend a step.
-_AFTER_DELIVERY = 3
-_DELIVERY_ROUNDS = 16
-#: Rounds of held calls in one run of a step (``_run_held``): a callee run here may call on.
-_LOCAL_ROUNDS = 4
 #: Reads ahead in one step at most (``streams.kafka.ends``): the records read start handlers
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
@@ -110,19 +103,17 @@ class Worker:
         self.delays = self._ownership.delays
         self._offsets = self._ownership.offsets
         self._delay_reader: DelayReader | None = None
-        self._outbox: list[Out] = []
+        # The steps on the event loop, and what they emit (streams/kafka/step.py).
+        self._steps = Stepper(
+            self.topics,
+            self._ownership,
+            lambda: self._committer,
+            lambda partitions, known: self._read_to_end(partitions, known),
+        )
         self._group_metadata: Any = None  # of the current generation, see _metadata()
-        self._dirty = False
         self._observed_at = 0.0
         self._stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
         self._busy_until = 0.0  # until when it steps after every poll (records came)
-        # Completions given straight to a caller's processor in this worker.
-        self._local = LocalCompletions(self.processors)
-        # Calls to partitions of this worker, run here when nothing can be ahead of them.
-        self._calls = LocalCalls(self.processors, self.topics.ingress)
-        # Partitions with calls kept for another look -> the high watermark the consumer
-        # must reach first (streams.kafka.ends).
-        self._waiting: dict[int, int] = {}
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self._stopping = False
         self.partitions = 0
@@ -173,16 +164,17 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------------
     #
-    # Three threads share the work. The event loop runs handlers and the partition
-    # processors; it touches a Kafka client only in a step's ``_read_to_end`` (the admin
-    # client, and the consumer's positions while the Kafka thread waits for that step,
-    # never inside a rebalance), and in the stall watch's looks (the admin client). The
-    # Kafka thread alone polls the consumer: consume, hand the records to the loop, take a
-    # snapshot of pending effects, pass it to the committer thread, which alone uses the
-    # transactional producers (streams/kafka/committer.py). Rebalance callbacks run inside
-    # the consumer's polls (consume_ready, and the read ahead between the runs of a step)
-    # on the Kafka thread, and wait for the committer first, so a commit never overlaps a
-    # rebalance (librdkafka blocks consumer calls from other threads during one).
+    # Three threads share the work. The event loop runs handlers, the partition
+    # processors and the steps (streams/kafka/step.py); it touches a Kafka client only in
+    # a step's ``_read_to_end`` (the admin client, and the consumer's positions while the
+    # Kafka thread waits for that step, never inside a rebalance), and in the stall
+    # watch's looks (the admin client). The Kafka thread alone polls the consumer:
+    # consume, hand the records to the loop, take a snapshot of pending effects, pass it
+    # to the committer thread, which alone uses the transactional producers
+    # (streams/kafka/committer.py). Rebalance callbacks run inside the consumer's polls
+    # (consume_ready, and the read ahead between the runs of a step) on the Kafka thread,
+    # and wait for the committer first, so a commit never overlaps a rebalance
+    # (librdkafka blocks consumer calls from other threads during one).
 
     async def run(self) -> None:
         """Run until :meth:`stop`; in-flight invocations resume elsewhere by replay."""
@@ -192,7 +184,7 @@ class Worker:
         self._run_pool = ThreadPoolExecutor(
             self.settings.run_threads, thread_name_prefix="kourier-run"
         )
-        self._dirty = False
+        self._steps.dirty = False
         self.partitions = await asyncio.to_thread(self._ingress_partitions)
         self._transactions = await asyncio.to_thread(Transactions, self._new_producer)
         await asyncio.to_thread(self._publish_manifest)
@@ -242,12 +234,12 @@ class Worker:
             "stopping": self._stopping,
             "rebalances": self._rebalances,
             "commits": self.stats.commits,
-            "effects_to_commit": self._dirty,
+            "effects_to_commit": self._steps.dirty,
             "since_last_step_s": round(time.monotonic() - self._stepped_at, 3)
             if self._stepped_at
             else None,
             "restoring": self._ownership.restoring,
-            "reading_ahead_to": self._waiting,
+            "reading_ahead_to": self._steps.waiting,
             "consumed_offsets": dict(self._offsets),
             "committer": None if committer is None else committer.status(),
             **describe(self.processors, self.delays),
@@ -289,19 +281,20 @@ class Worker:
         """Run a step on the loop; while held calls wait for a few records not read yet,
         read those and run it again, up to ``_READ_AHEAD_RUNS`` times; the snapshot
         (Kafka thread)."""
-        snapshot = self._on_loop(self._step(batch, positions, closing))
+        snapshot = self._on_loop(self._steps.step(self._checked(batch), positions, closing))
         runs = 0
         while snapshot is None:  # ends: the last run keeps nothing, so it snapshots
             runs += 1
             keep = runs < _READ_AHEAD_RUNS
-            snapshot = self._on_loop(self._step(self._read_ahead(), keep=keep))
+            read = self._checked(self._read_ahead())
+            snapshot = self._on_loop(self._steps.step(read, keep=keep))
         return snapshot
 
     def _poll_timeout(self) -> float:
         """Commit promptly when handlers have produced effects and the committer is free;
         while a transaction is in flight, new effects wait for it anyway; with nothing to
         commit, wait for input (Kafka thread)."""
-        if not self._dirty:
+        if not self._steps.dirty:
             return self._wait()
         return 0.0 if self._committer.idle else 0.001
 
@@ -325,7 +318,7 @@ class Worker:
         if batch:
             self._busy_until = now + _IDLE_AFTER
         busy = now < self._busy_until or now >= self._stepped_at + _IDLE_STEP
-        if batch or positions or self._dirty or busy:
+        if batch or positions or self._steps.dirty or busy:
             self._stepped_at = now
             return True
         wall = time.time()
@@ -351,79 +344,6 @@ class Worker:
         tps = [TopicPartition(self.topics.delay, p) for p in catching_up]
         return {tp.partition: tp.offset for tp in self._consumer.position(tps) if tp.offset >= 0}
 
-    async def _step(
-        self,
-        batch: list[Message],
-        positions: dict[int, int] | None = None,
-        closing: bool = False,
-        keep: bool = True,
-    ) -> Snapshot | None:
-        """Apply ``batch``, let the handlers it started take their first steps, snapshot;
-        None instead when held calls wait for a few records the consumer has still to
-        read: the Kafka thread reads them and runs the step again. A run that may not
-        ``keep`` always snapshots."""
-        self._dispatch(batch)
-        for partition, position in (positions or {}).items():
-            if partition in self.delays:
-                self.delays[partition].advance(position)
-        now = time.time()
-        for delay in self.delays.values():
-            if delay.next_due is not None and delay.next_due <= now:
-                delay.tick()  # due while the Kafka thread waited: into this snapshot
-        await self._settle()
-        await self._run_held(closing, keep)
-        if self._waiting:
-            return None
-        if closing:
-            await self._ownership.hand_over_all()
-        return self._snapshot()
-
-    async def _run_held(self, closing: bool = False, keep_short: bool = True) -> None:
-        """Run the calls held for partitions of this worker (``streams.engine.local``)
-        where nothing can be ahead of them, and let what they start settle; a callee may
-        call on, for up to ``_LOCAL_ROUNDS`` rounds. What cannot run here is emitted as
-        records, in order, and the snapshot that follows emits what is still held (on the
-        loop, while the Kafka thread waits for the step).
-
-        Calls to a partition with only a few records still unread are kept instead, with
-        the partition's high watermark in ``_waiting``, and the step ends without a
-        snapshot (not where this worker has records of its own uncommitted). Its next run
-        reads those records first, then decides the kept calls against that same
-        watermark; a partition with a call made since is asked again. Nothing is kept
-        unless ``keep_short``."""
-        known, self._waiting = self._waiting, {}
-        for _ in range(_LOCAL_ROUNDS):
-            if closing or not self._calls.held:
-                break
-            batch = self._calls.take()
-            unsent = self._unsent()  # before asking, so nothing falls between the two
-            known = {p: end for p, end in known.items() if p not in self._calls.called_since}
-            try:
-                ready, behind = await self._read_to_end(LocalCalls.calling(batch), known)
-            except Exception:  # whatever it was, the batch goes as records, not nowhere
-                log.exception("asking for the ends of partitions %s failed", sorted(batch))
-                ready, behind = {}, {}
-            known = {}
-            # Not where this worker has records of its own uncommitted: one in the
-            # transaction in flight holds the consumer back until it commits, and one that
-            # commits while the calls wait may lie past the watermark, yet is ahead of them.
-            writing = {p for p, _ in unsent}
-            keep = {p: end for p, end in behind.items() if keep_short and p not in writing}
-            self._waiting.update(keep)
-            if self._calls.release(batch, ready, unsent, self._outbox.append, keep):
-                await self._settle()
-            if self._waiting:
-                break
-
-    def _unsent(self) -> set[tuple[int, bytes | None]]:
-        """Ingress partitions and keys of this worker's records still to be committed: no
-        call to one of those keys may pass them (on the loop). A completion that its caller
-        has applied is left out of the snapshot, so it does not count."""
-        ingress = self.topics.ingress
-        waiting = {(out.partition, out.key) for out in self._outbox
-                   if out.topic == ingress and not self._local.applied(out)}  # fmt: skip
-        return waiting | self._committer.writing_to(ingress)
-
     async def _read_to_end(
         self, partitions: set[int], known: dict[int, int]
     ) -> tuple[dict[int, int], dict[int, int]]:
@@ -434,93 +354,25 @@ class Worker:
 
     def _read_ahead(self) -> list[Message]:
         """Read up to the watermarks the kept calls wait for (Kafka thread)."""
-        return self._ends.read_ahead(self._consumer, self._waiting, lambda: self._rebalances)
+        return self._ends.read_ahead(self._consumer, self._steps.waiting, lambda: self._rebalances)
 
-    async def _settle(self, rounds: int = 256) -> None:
-        """Let handlers run until no new ones start: an exclusive call that completes at
-        once unlocks its key and starts the next queued one, and so on. Queued calls that
-        run within the step never reach the changelog as queued.
-
-        A completion delivered locally (``streams.engine.local``) keeps the step going for
-        ``_AFTER_DELIVERY`` more rounds, the time its caller takes to wake and finish, so
-        that the caller answers in the same transaction as its callee. Deliveries extend a
-        step only up to ``_DELIVERY_ROUNDS``: under load, callees of earlier steps keep
-        completing and would otherwise hold the Kafka thread. A caller that needs more
-        rounds (one waiting in ``select``) answers in the next transaction."""
-        delivered = self._local.delivered
-        last_delivery: int | None = None
-        started = sum(p.started for p in self.processors.values())
-        for n in range(rounds):
-            await asyncio.sleep(0)
-            if self._local.delivered != delivered:
-                delivered, last_delivery = self._local.delivered, n
-            before, started = started, sum(p.started for p in self.processors.values())
-            if started != before:
-                continue
-            if last_delivery is None or n - last_delivery >= _AFTER_DELIVERY:
-                return
-            if n >= _DELIVERY_ROUNDS:
-                return
-
-    def _dispatch(self, batch: list[Message]) -> None:
+    def _checked(self, batch: list[Message]) -> list[Message]:
+        """The records of ``batch``, its errors logged; an ACL's refusal before the first
+        rebalance ends the worker (Kafka thread)."""
+        records = []
         for message in batch:
             error = message.error()
-            if error is not None:
-                if error.code() in REFUSED and not self._rebalances:  # an ACL's refusal at
-                    # start: no partition would ever come, so say so and end; later, it may pass
-                    raise WorkerError(f"Kafka refused this worker: {error.str()} (README, "
-                                      "Security: the ACLs `kourier acls` lists)")  # fmt: skip
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer: %s", error)
-                continue
-            partition = message.partition()
-            offset = message.offset()
-            assert partition is not None
-            assert offset is not None
-            if message.topic() == self.topics.delay:
-                delay = self.delays.get(partition)
-                if delay is not None:
-                    delay.on_message(message.key(), message.value(), offset)
-                continue
-            processor = self.processors.get(partition)
-            if processor is None:
-                continue
-            trace = from_headers(message.headers())
-            processor.on_message(message.key(), message.value(), offset, trace)
-            self._offsets[partition] = offset + 1
-
-    def _wake(self) -> None:
-        self._dirty = True
-
-    def _emit(self, out: Out) -> None:
-        if not self._calls.behind(out):
-            self._outbox.append(out)
+            if error is None:
+                records.append(message)
+            elif error.code() in REFUSED and not self._rebalances:  # an ACL's refusal at
+                # start: no partition would ever come, so say so and end; later, it may pass
+                raise WorkerError(f"Kafka refused this worker: {error.str()} (README, "
+                                  "Security: the ACLs `kourier acls` lists)")  # fmt: skip
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", error)
+        return records
 
     # -- commits ------------------------------------------------------------------------
-
-    def _snapshot(self) -> Snapshot:
-        """Everything to commit now: outputs, changelog writes, consumed offsets (on the loop)."""
-        self._dirty = False
-        # Nothing is held past a snapshot (a revoke's can come between the runs of a step
-        # that kept calls: they go as records then).
-        self._waiting = {}
-        self._calls.release(self._calls.take(), {}, (), self._outbox.append)
-        # Completion records whose callers have applied them go no further: the flushes
-        # below write the callers' journals with the outcomes in them.
-        out = self._local.needed(self._outbox)
-        self._outbox = []
-        for processor in self.processors.values():
-            out.extend(processor.flush())
-        offsets = [
-            TopicPartition(self.topics.ingress, partition, offset)
-            for partition, offset in self._offsets.items()
-        ]
-        offsets += [
-            TopicPartition(self.topics.delay, partition, delay.commit_offset())
-            for partition, delay in self.delays.items()
-            if delay.caught_up
-        ]
-        return Snapshot(out, offsets)
 
     def _commit(self, snapshot: Snapshot) -> None:
         """Commit ``snapshot`` after everything submitted before it, and wait (Kafka thread);
@@ -609,7 +461,7 @@ class Worker:
                 stats.partitions / stats.commits,
                 *(1000 * phases[step] / stats.commits for step in ("records", "offsets", "commit")),
                 self._transactions.offsets_first,
-                self._calls.ran,
+                self._steps.calls.ran,
                 self._ends.read_ahead_hits,
                 self._ends.read_aheads,
             )
@@ -629,10 +481,7 @@ class Worker:
 
     async def _drop_all(self) -> list[TopicPartition]:
         owned = self._ownership.drop_all()
-        self._outbox = []
-        self._local.forget()
-        self._calls.forget()
-        self._waiting = {}
+        self._steps.drop()
         return owned
 
     # -- partitions (rebalance callbacks run on the Kafka thread, inside its polls) -------
@@ -671,7 +520,7 @@ class Worker:
         restores only the partitions this worker keeps (a restore of the revoked ones would
         leave processors running that nothing closes)."""
         self._rebalances += 1
-        snapshot = self._on_loop(self._close(partitions))
+        snapshot = self._on_loop(self._steps.close(partitions))
         self._on_loop(self._ownership.forget(partitions, close=True))
         self._commit(snapshot)
         self._group_metadata = None  # the generation ends with this rebalance
@@ -695,10 +544,10 @@ class Worker:
             partitions=self.partitions,
             topics=self.topics,
             registry=self.registry,
-            emit=self._emit,
-            wake=self._wake,
-            deliver_locally=self._local.deliver,
-            call_locally=self._calls.hold,
+            emit=self._steps.emit,
+            wake=self._steps.wake,
+            deliver_locally=self._steps.local.deliver,
+            call_locally=self._steps.calls.hold,
             denied_headers=self.settings.header_denylist,
             run_executor=self._run_pool,
         )
@@ -710,8 +559,8 @@ class Worker:
             topics=self.topics,
             start_offset=start,
             caught_up_at=caught_up_at,
-            emit=self._emit,
-            wake=self._wake,
+            emit=self._steps.emit,
+            wake=self._steps.wake,
             fetcher=self._reader(),
         )
 
@@ -728,8 +577,3 @@ class Worker:
             group = f"{self.settings.namespace}.delay-reader"
             self._delay_reader = DelayReader(self._client({"group.id": group}), self.topics.delay)
         return self._delay_reader
-
-    async def _close(self, partitions: list[TopicPartition]) -> Snapshot:
-        """Hand ``partitions`` over, and take what is left to commit (on the loop)."""
-        await self._ownership.hand_over(partitions)
-        return self._snapshot()

@@ -38,10 +38,12 @@ async def test_a_call_to_a_partition_read_to_its_end_writes_no_record(
     # A call to a partition the worker has read no record from yet (no position, nothing
     # committed) goes as a record; one to a partition it has read may not.
     assert await client.service("Relay", "sum_of").request(keys) == 3
-    first = worker._calls.ran
+    first = worker._steps.calls.ran
     assert first < 3
     assert await client.service("Relay", "sum_of").request(keys) == 6
-    assert worker._calls.ran - first == 3, "each call of the second request ran without a record"
+    assert worker._steps.calls.ran - first == 3, (
+        "each call of the second request ran without a record"
+    )
     ingress = Topics(topics.namespace).ingress
     written = drain(topics, ingress, expect=3 - first, count=tally_invokes)
     assert tally_invokes(written) == 3 - first, "the second request's calls wrote no records"
@@ -116,7 +118,7 @@ async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
         for n in range(3):
             plain.produce(ingress, b"{}", f"k{n}".encode(), partition=0)
         plain.flush(10)
-        worker._waiting = {0: 3}
+        worker._steps.waiting = {0: 3}
         read: list[Message] = []
         deadline = time.monotonic() + 20  # the first fetch after an assign can take a while
         while worker._ends.read_ahead_hits == 0:
@@ -127,7 +129,7 @@ async def test_reading_ahead_reads_the_records_up_to_the_watermark_waited_for(
         writer.begin_transaction()
         writer.produce(ingress, b"{}", b"open", partition=0)
         writer.flush(10)
-        worker._waiting = {0: 4}
+        worker._steps.waiting = {0: 4}
         began = time.monotonic()
         assert await asyncio.to_thread(worker._read_ahead) == []
         assert time.monotonic() - began < 0.25, "bounded by READ_AHEAD (5 ms)"

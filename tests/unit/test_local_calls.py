@@ -87,8 +87,8 @@ async def worker() -> AsyncIterator[Worker]:
 def make(worker: Worker, partition: int) -> PartitionProcessor:
     return PartitionProcessor(
         partition=partition, partitions=2, topics=TOPICS, registry=worker.registry,
-        emit=worker._emit, wake=lambda: None, deliver_locally=worker._local.deliver,
-        call_locally=worker._calls.hold,
+        emit=worker._steps.emit, wake=lambda: None, deliver_locally=worker._steps.local.deliver,
+        call_locally=worker._steps.calls.hold,
     )  # fmt: skip
 
 
@@ -102,7 +102,8 @@ def start(worker: Worker, handler: str, key: str, request_id: str = "r") -> str:
 
 
 def release(worker: Worker, ready: dict[int, int], unsent: set[Any] | None = None) -> int:
-    return worker._calls.release(worker._calls.take(), ready, unsent or set(), worker._emit)
+    steps = worker._steps
+    return steps.calls.release(steps.calls.take(), ready, unsent or set(), steps.emit)
 
 
 def arguments(out: list[Out]) -> list[Any]:
@@ -120,27 +121,27 @@ async def test_a_call_to_a_partition_read_to_its_end_runs_there_without_its_reco
     worker: Worker,
 ) -> None:
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
-    assert not of_kind(worker._outbox, "invoke"), "the call is held"
+    await until(lambda: worker._steps.calls.held)
+    assert not of_kind(worker._steps.outbox, "invoke"), "the call is held"
 
     assert release(worker, {1: 7}) == 1
-    await until(lambda: response(worker._outbox, "r") == 1)
-    snapshot = worker._snapshot()
+    await until(lambda: response(worker._steps.outbox, "r") == 1)
+    snapshot = worker._steps.snapshot()
     kinds = [json.loads(o.value)["kind"] for o in snapshot.out
              if o.topic == TOPICS.ingress and o.value]  # fmt: skip
     assert kinds == [], "neither the call nor its completion is written"
     state = [o for o in snapshot.out if o.topic == TOPICS.state and o.value]
     assert [json.loads(o.value or b"null") for o in state] == [1], "the object's state is"
-    assert worker._calls.ran == 1
+    assert worker._steps.calls.ran == 1
 
 
 async def test_a_call_to_a_partition_with_records_left_to_read_goes_as_its_record(
     worker: Worker,
 ) -> None:
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     assert release(worker, {}) == 0
-    assert arguments(worker._outbox) == [1]
+    assert arguments(worker._steps.outbox) == [1]
     assert not any(
         inv.meta.target.service == "Meter" for inv in worker.processors[1].invocations.values()
     ), "the callee's partition applies the record when it reads it, not before"
@@ -148,18 +149,18 @@ async def test_a_call_to_a_partition_with_records_left_to_read_goes_as_its_recor
 
 async def test_a_call_waits_behind_an_unsent_record_to_its_key(worker: Worker) -> None:
     start(worker, "send_two", KEY)
-    await until(lambda: worker._calls.held)  # both sends: the handler makes them at once
+    await until(lambda: worker._steps.calls.held)  # both sends: the handler makes them at once
     assert release(worker, {1: 0}, {(1, KEY.encode())}) == 0
-    assert arguments(worker._outbox) == [1, 10], "both go as records, in the order sent"
+    assert arguments(worker._steps.outbox) == [1, 10], "both go as records, in the order sent"
 
 
 async def test_an_unsent_record_to_another_key_holds_nothing_back(worker: Worker) -> None:
     start(worker, "send_two", KEY)
-    await until(lambda: worker._calls.held)  # both sends: the handler makes them at once
+    await until(lambda: worker._steps.calls.held)  # both sends: the handler makes them at once
     # The first send runs here and takes the key; the second finds it busy, so it queues
     # the only way that keeps its place: as its record.
     assert release(worker, {1: 0}, {(1, OTHER_KEY.encode())}) == 1
-    assert arguments(worker._outbox) == [10]
+    assert arguments(worker._steps.outbox) == [10]
     running = [inv for inv in worker.processors[1].invocations.values()
                if inv.meta.target.service == "Meter"]  # fmt: skip
     assert [inv.meta.argument for inv in running] == [1]
@@ -167,37 +168,37 @@ async def test_an_unsent_record_to_another_key_holds_nothing_back(worker: Worker
 
 async def test_a_record_to_a_partition_with_a_held_call_keeps_its_place(worker: Worker) -> None:
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     later = Out(TOPICS.ingress, 1, b"x", b"{}")
-    worker._emit(later)
-    assert later not in worker._outbox, "held behind the call"
+    worker._steps.emit(later)
+    assert later not in worker._steps.outbox, "held behind the call"
     assert release(worker, {}) == 0
-    assert worker._outbox[-2:] == [of_kind(worker._outbox, "invoke")[0], later]
+    assert worker._steps.outbox[-2:] == [of_kind(worker._steps.outbox, "invoke")[0], later]
 
 
 async def test_a_record_emitted_while_the_worker_asks_waits_for_the_next_batch(
     worker: Worker,
 ) -> None:
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
-    batch = worker._calls.take()
+    await until(lambda: worker._steps.calls.held)
+    batch = worker._steps.calls.take()
     later = Out(TOPICS.ingress, 1, b"x", b"{}")
-    worker._emit(later)  # while the batch's partitions are being asked about
-    worker._calls.release(batch, {}, set(), worker._outbox.append)
-    assert later not in worker._outbox, "after the batch, not in it"
-    assert worker._calls.held
-    worker._snapshot()  # nothing stays held past a snapshot
-    assert not worker._calls.held
+    worker._steps.emit(later)  # while the batch's partitions are being asked about
+    worker._steps.calls.release(batch, {}, set(), worker._steps.outbox.append)
+    assert later not in worker._steps.outbox, "after the batch, not in it"
+    assert worker._steps.calls.held
+    worker._steps.snapshot()  # nothing stays held past a snapshot
+    assert not worker._steps.calls.held
 
 
 async def test_a_call_to_a_busy_key_goes_as_its_record(worker: Worker) -> None:
     start(worker, "wake", KEY, request_id="first")
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     assert release(worker, {1: 0}) == 1  # the napping call takes the key
     start(worker, "bump", KEY, request_id="second")
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     assert release(worker, {1: 0}) == 0
-    assert arguments(worker._outbox) == [1]
+    assert arguments(worker._steps.outbox) == [1]
 
 
 async def test_the_callees_invocation_is_in_the_snapshot_with_its_callers_journal(
@@ -206,10 +207,10 @@ async def test_the_callees_invocation_is_in_the_snapshot_with_its_callers_journa
     """The call has no record: a new owner of the callee's partition resumes the callee
     from the changelog the caller's transaction wrote."""
     caller_id = start(worker, "wake", KEY)
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     release(worker, {1: 3})
-    await until(lambda: any(o.topic == TOPICS.delay for o in worker._outbox))  # its nap
-    snapshot = worker._snapshot()
+    await until(lambda: any(o.topic == TOPICS.delay for o in worker._steps.outbox))  # its nap
+    snapshot = worker._steps.snapshot()
     assert of_kind(snapshot.out, "invoke") == []
     calls = [o for o in snapshot.out if o.topic == TOPICS.invocations and o.partition == 0
              and o.key == entry_key(caller_id, 0)]  # fmt: skip
@@ -233,27 +234,27 @@ async def test_the_callees_invocation_is_in_the_snapshot_with_its_callers_journa
 async def test_unsent_counts_the_outbox_and_the_committer_but_not_applied_completions(
     worker: Worker,
 ) -> None:
-    worker._outbox.append(Out(TOPICS.ingress, 1, b"a", b"{}"))
-    worker._outbox.append(Out(TOPICS.responses, 0, b"b", b"{}"))
-    assert worker._unsent() == {(1, b"a")}
+    worker._steps.outbox.append(Out(TOPICS.ingress, 1, b"a", b"{}"))
+    worker._steps.outbox.append(Out(TOPICS.responses, 0, b"b", b"{}"))
+    assert worker._steps._unsent() == {(1, b"a")}
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     release(worker, {1: 0})
-    await until(lambda: response(worker._outbox, "r") == 1)
+    await until(lambda: response(worker._steps.outbox, "r") == 1)
     # The callee's completion record is in the outbox, applied by its caller already.
-    assert worker._unsent() == {(1, b"a")}
+    assert worker._steps._unsent() == {(1, b"a")}
 
 
 async def test_a_call_does_not_pass_a_record_to_its_key_held_before_it(worker: Worker) -> None:
     start(worker, "bump", OTHER_KEY, request_id="first")
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     earlier = Out(TOPICS.ingress, 1, KEY.encode(), b"{}")  # say, a cancel someone sent
-    worker._emit(earlier)
+    worker._steps.emit(earlier)
     start(worker, "bump", KEY, request_id="second")
-    await until(lambda: sum(len(queue) for queue in worker._calls._held.values()) == 3)
+    await until(lambda: sum(len(queue) for queue in worker._steps.calls._held.values()) == 3)
     assert release(worker, {1: 0}) == 1, "the call to the other key runs here"
-    assert worker._outbox[-2:] == [earlier, of_kind(worker._outbox, "invoke")[0]]
-    assert arguments(worker._outbox) == [1]
+    assert worker._steps.outbox[-2:] == [earlier, of_kind(worker._steps.outbox, "invoke")[0]]
+    assert arguments(worker._steps.outbox) == [1]
 
 
 async def test_unsent_counts_records_the_committer_has_not_committed(worker: Worker) -> None:
@@ -263,10 +264,10 @@ async def test_unsent_counts_records_the_committer_has_not_committed(worker: Wor
     worker._committer.submit(Snapshot([Out(TOPICS.ingress, 1, b"in-flight", b"{}")], []))
     await until(lambda: not worker._committer.idle)
     worker._committer.submit(Snapshot([Out(TOPICS.ingress, 0, b"queued", b"{}")], []))
-    assert worker._unsent() == {(1, b"in-flight"), (0, b"queued")}
+    assert worker._steps._unsent() == {(1, b"in-flight"), (0, b"queued")}
     going.set()
     await until(lambda: worker._committer.idle)
-    assert worker._unsent() == set()
+    assert worker._steps._unsent() == set()
 
 
 async def test_a_step_runs_held_calls_where_the_partition_is_read_to_its_end(
@@ -282,12 +283,12 @@ async def test_a_step_runs_held_calls_where_the_partition_is_read_to_its_end(
 
     monkeypatch.setattr(worker, "_read_to_end", read_to_end)
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
-    await worker._run_held()
+    await until(lambda: worker._steps.calls.held)
+    await worker._steps._run_held()
     assert asked == [{1}]
-    assert worker._calls.ran == 1
-    await until(lambda: response(worker._outbox, "r") == 1)
-    assert of_kind(worker._outbox, "invoke") == []
+    assert worker._steps.calls.ran == 1
+    await until(lambda: response(worker._steps.outbox, "r") == 1)
+    assert of_kind(worker._steps.outbox, "invoke") == []
 
 
 async def test_a_step_that_cannot_ask_sends_its_held_calls_as_records(
@@ -301,24 +302,27 @@ async def test_a_step_that_cannot_ask_sends_its_held_calls_as_records(
 
     monkeypatch.setattr(worker, "_read_to_end", read_to_end)
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
-    await worker._run_held()
-    assert arguments(worker._outbox) == [1], "the call is not lost"
-    assert not worker._calls.held
+    await until(lambda: worker._steps.calls.held)
+    await worker._steps._run_held()
+    assert arguments(worker._steps.outbox) == [1], "the call is not lost"
+    assert not worker._steps.calls.held
 
 
 async def test_calls_kept_by_a_release_stay_ahead_of_those_held_since(worker: Worker) -> None:
     start(worker, "bump", KEY, request_id="first")
-    await until(lambda: worker._calls.held)
-    batch = worker._calls.take()
+    await until(lambda: worker._steps.calls.held)
+    batch = worker._steps.calls.take()
     later = Out(TOPICS.ingress, 1, b"x", b"{}")
-    worker._emit(later)  # held behind the batch being decided
-    assert worker._calls.release(batch, {}, set(), worker._emit, keep={1}) == 0
-    assert of_kind(worker._outbox, "invoke") == []
-    assert later not in worker._outbox
-    assert worker._calls.called_since == {1}, "the batch's call was held since the take before"
+    worker._steps.emit(later)  # held behind the batch being decided
+    assert worker._steps.calls.release(batch, {}, set(), worker._steps.emit, keep={1}) == 0
+    assert of_kind(worker._steps.outbox, "invoke") == []
+    assert later not in worker._steps.outbox
+    assert worker._steps.calls.called_since == {1}, (
+        "the batch's call was held since the take before"
+    )
     assert release(worker, {}) == 0
-    assert worker._outbox[-2:] == [of_kind(worker._outbox, "invoke")[0], later], "in order"
+    outbox = worker._steps.outbox
+    assert outbox[-2:] == [of_kind(outbox, "invoke")[0], later], "in order"
 
 
 class Answers:
@@ -343,15 +347,15 @@ async def test_a_call_a_few_records_short_of_its_partitions_end_waits_for_them(
     answers = Answers(({}, {1: 5}), ({1: 5}, {}))
     monkeypatch.setattr(worker, "_read_to_end", answers)
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
-    assert await worker._step([]) is None, "no snapshot while the call waits"
-    assert worker._waiting == {1: 5}
-    assert worker._calls.held
-    assert of_kind(worker._outbox, "invoke") == []
-    snapshot = await worker._step([], keep=False)
+    await until(lambda: worker._steps.calls.held)
+    assert await worker._steps.step([]) is None, "no snapshot while the call waits"
+    assert worker._steps.waiting == {1: 5}
+    assert worker._steps.calls.held
+    assert of_kind(worker._steps.outbox, "invoke") == []
+    snapshot = await worker._steps.step([], keep=False)
     assert snapshot is not None
     assert answers.asked == [({1}, {}), ({1}, {1: 5})], "the second run reuses the watermark"
-    assert worker._calls.ran == 1
+    assert worker._steps.calls.ran == 1
     assert of_kind(snapshot.out, "invoke") == []
     assert response(snapshot.out, "r") == 1
 
@@ -361,13 +365,13 @@ async def test_a_run_that_may_not_keep_sends_what_is_still_short_as_records(
 ) -> None:
     monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5}), ({}, {1: 5})))
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
-    assert await worker._step([]) is None
-    snapshot = await worker._step([], keep=False)
+    await until(lambda: worker._steps.calls.held)
+    assert await worker._steps.step([]) is None
+    snapshot = await worker._steps.step([], keep=False)
     assert snapshot is not None, "a run that may not keep never waits"
-    assert worker._waiting == {}
+    assert worker._steps.waiting == {}
     assert arguments(snapshot.out) == [1]
-    assert worker._calls.ran == 0
+    assert worker._steps.calls.ran == 0
 
 
 async def test_a_call_made_after_the_first_ask_gets_a_watermark_of_its_own(
@@ -378,14 +382,14 @@ async def test_a_call_made_after_the_first_ask_gets_a_watermark_of_its_own(
     answers = Answers(({}, {1: 5}), ({1: 9}, {}))
     monkeypatch.setattr(worker, "_read_to_end", answers)
     start(worker, "bump", KEY, request_id="first")
-    await until(lambda: worker._calls.held)
-    assert await worker._step([]) is None
+    await until(lambda: worker._steps.calls.held)
+    assert await worker._steps.step([]) is None
     start(worker, "bump", OTHER_KEY, request_id="second")  # as a record read meanwhile would
-    await until(lambda: len(worker._calls._held[1]) == 2)
-    snapshot = await worker._step([], keep=False)
+    await until(lambda: len(worker._steps.calls._held[1]) == 2)
+    snapshot = await worker._steps.step([], keep=False)
     assert snapshot is not None
     assert answers.asked[1] == ({1}, {}), "partition 1 is asked again"
-    assert worker._calls.ran == 2
+    assert worker._steps.calls.ran == 2
 
 
 async def test_calls_are_not_kept_where_the_worker_has_records_uncommitted(
@@ -396,10 +400,10 @@ async def test_calls_are_not_kept_where_the_worker_has_records_uncommitted(
     monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5})))
     monkeypatch.setattr(worker._committer, "writing_to", lambda topic: {(1, b"other")})
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
-    snapshot = await worker._step([])
+    await until(lambda: worker._steps.calls.held)
+    snapshot = await worker._steps.step([])
     assert snapshot is not None, "nothing kept"
-    assert worker._waiting == {}
+    assert worker._steps.waiting == {}
     assert arguments(snapshot.out) == [1]
 
 
@@ -410,16 +414,16 @@ async def test_the_kafka_thread_reads_ahead_then_runs_the_step_again(
     reads: list[dict[int, int]] = []
 
     def read_ahead() -> list[Any]:
-        reads.append(dict(worker._waiting))
+        reads.append(dict(worker._steps.waiting))
         return []
 
     monkeypatch.setattr(worker, "_read_ahead", read_ahead)
     worker._loop = asyncio.get_running_loop()
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     snapshot = await asyncio.to_thread(worker._stepped, [], {})
     assert reads == [{1: 5}], "one read ahead, for the watermark the call waits for"
-    assert worker._calls.ran == 1
+    assert worker._steps.calls.ran == 1
     assert of_kind(snapshot.out, "invoke") == []
     assert response(snapshot.out, "r") == 1
 
@@ -433,10 +437,10 @@ async def test_the_kafka_thread_reads_ahead_a_bounded_number_of_times(
     monkeypatch.setattr(worker, "_read_ahead", lambda: reads.append(1) or [])
     worker._loop = asyncio.get_running_loop()
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
+    await until(lambda: worker._steps.calls.held)
     snapshot = await asyncio.to_thread(worker._stepped, [], {})
     assert arguments(snapshot.out) == [1], "still short: the call goes as its record"
-    assert not worker._calls.held
+    assert not worker._steps.calls.held
     assert len(reads) == _READ_AHEAD_RUNS
 
 
@@ -446,24 +450,24 @@ async def test_a_watermark_asked_again_is_the_one_the_next_run_reuses(
     answers = Answers(({}, {1: 5}), ({}, {1: 7}), ({1: 7}, {}))
     monkeypatch.setattr(worker, "_read_to_end", answers)
     start(worker, "bump", KEY, request_id="first")
-    await until(lambda: worker._calls.held)
-    assert await worker._step([]) is None
+    await until(lambda: worker._steps.calls.held)
+    assert await worker._steps.step([]) is None
     start(worker, "bump", OTHER_KEY, request_id="second")  # made after the first ask
-    await until(lambda: len(worker._calls._held[1]) == 2)
-    assert await worker._step([]) is None, "still short: both kept"
-    snapshot = await worker._step([], keep=False)
+    await until(lambda: len(worker._steps.calls._held[1]) == 2)
+    assert await worker._steps.step([]) is None, "still short: both kept"
+    snapshot = await worker._steps.step([], keep=False)
     assert snapshot is not None
     assert [known for _, known in answers.asked] == [{}, {}, {1: 7}]
-    assert worker._calls.ran == 2
+    assert worker._steps.calls.ran == 2
 
 
 async def test_calls_are_not_kept_behind_an_unsent_record_in_the_outbox(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(worker, "_read_to_end", Answers(({}, {1: 5})))
-    worker._outbox.append(Out(TOPICS.ingress, 1, b"other", b"{}"))
+    worker._steps.outbox.append(Out(TOPICS.ingress, 1, b"other", b"{}"))
     start(worker, "bump", KEY)
-    await until(lambda: worker._calls.held)
-    snapshot = await worker._step([])
+    await until(lambda: worker._steps.calls.held)
+    snapshot = await worker._steps.step([])
     assert snapshot is not None
-    assert worker._waiting == {}
+    assert worker._steps.waiting == {}

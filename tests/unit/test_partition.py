@@ -555,7 +555,7 @@ async def test_a_worker_snapshot_carries_the_callers_journal_not_the_completion(
     for p in (0, 1):
         worker.processors[p] = PartitionProcessor(
             partition=p, partitions=2, topics=TOPICS, registry=worker.registry,
-            emit=worker._emit, wake=lambda: None, deliver_locally=worker._local.deliver,
+            emit=worker._steps.emit, wake=lambda: None, deliver_locally=worker._steps.local.deliver,
         )  # fmt: skip
         worker.processors[p].start()
     inv_id = ids.new_id("k", 2)
@@ -564,14 +564,14 @@ async def test_a_worker_snapshot_carries_the_callers_journal_not_the_completion(
                       handler="wait_twice"), invocation_id=inv_id, request_id="w")), 0)  # fmt: skip
 
     def invokes() -> list[Out]:
-        return of_kind(worker._outbox, "invoke")
+        return of_kind(worker._steps.outbox, "invoke")
 
     await until(lambda: len(invokes()) == 1)
     [call] = invokes()
-    worker._snapshot()  # the caller, waiting on its first call, is written
+    worker._steps.snapshot()  # the caller, waiting on its first call, is written
     worker.processors[call.partition].on_message(call.key, call.value, 1)
     await until(lambda: len(invokes()) == 1)  # the second call
-    snapshot = worker._snapshot()
+    snapshot = worker._steps.snapshot()
     kinds = [json.loads(o.value)["kind"] for o in snapshot.out
              if o.topic == TOPICS.ingress and o.value]  # fmt: skip
     assert kinds == ["invoke"], "the second call goes out, the completion record does not"
