@@ -110,20 +110,25 @@ class InvocationTable(Mapping[str, Invocation]):
 
         A meta that leaves its invocation idle (scheduled with no journal, or completed) is
         kept cold at once, as the bytes read, with its retention's expiry: a restore of a
-        million of them never holds a million metas as objects. A later record of the same
-        id (rewritten, or a tombstone) takes it out again."""
+        million of them never holds a million metas as objects, nor their journals (which
+        the changelog writes after a completed meta). A later record of the same id
+        (rewritten, or a tombstone) takes it out again; an unreadable one leaves it."""
+        if key.startswith(b"j/") and key[2:].rpartition(b"/")[0].decode() in self._cold:
+            return  # an idle invocation's entry: its meta counts its entries, for tombstones
         applied = self._restored.apply(key, value)
         if applied is None or applied.index is not None:
             return  # not an invocation's, or one of its journal entries
         inv_id = applied.invocation_id
-        self._cold.pop(inv_id, None)
         meta = self._restored.metas.get(inv_id)
+        if value is not None and meta is None:
+            return  # unreadable (logged): what was read of it before stands
+        self._cold.pop(inv_id, None)
         if meta is None or meta.status not in COLD:
             return
         if meta.status == "scheduled" and meta.journal_length:
-            return  # not idle: start() finds its journal incomplete
+            return  # it has a journal: restored as an object (start() checks the journal)
         del self._restored.metas[inv_id]
-        self._restored.entries.pop(inv_id, None)  # an outcome's journal is let go once written
+        self._restored.entries.pop(inv_id, None)  # read before its meta
         assert value is not None
         written = meta.to_json() if inv_id in self._restored.repaired else value
         self._cold[inv_id] = (written, meta.journal_length)
@@ -162,14 +167,14 @@ class InvocationTable(Mapping[str, Invocation]):
 
     def expired(self, now: float) -> list[Invocation]:
         """Retained outcomes whose time has passed (still retained, still completed)."""
-        due: list[Invocation] = []
+        due: dict[str, Invocation] = {}  # an outcome retained twice is due once
         while self._expiries and self._expiries[0][0] <= now:
             _, inv_id = heapq.heappop(self._expiries)
             inv = self.get(inv_id)
             expires = inv.meta.expires_at if inv is not None else None
             if inv is not None and inv.meta.status == "completed" and expires and expires <= now:
-                due.append(inv)
-        return due
+                due[inv_id] = inv
+        return list(due.values())
 
     def forget(self, inv: Invocation) -> None:
         """Drop ``inv``; what the changelog holds of it is tombstoned at the next commit."""

@@ -248,16 +248,18 @@ class InvocationLog:
         text = key.decode()
         if text.startswith("m/"):
             inv_id = text[2:]
-            self.repaired.discard(inv_id)
             if value is None:
                 self.metas.pop(inv_id, None)
                 self.entries.pop(inv_id, None)
+                self.repaired.discard(inv_id)
             else:
                 meta, repaired = _salvaged(value)
-                if meta is not None:
+                if meta is not None:  # unreadable: what was read of it before stands
                     self.metas[inv_id] = meta
-                if repaired:
-                    self.repaired.add(inv_id)
+                    if repaired:
+                        self.repaired.add(inv_id)
+                    else:
+                        self.repaired.discard(inv_id)
             return Applied(inv_id, None, None)
         if not text.startswith("j/"):
             return None

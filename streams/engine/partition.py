@@ -134,17 +134,19 @@ class PartitionProcessor:
         return inv
 
     def start(self) -> None:
-        """After restore: rebuild locks and queues, resume what was in flight."""
+        """After restore: rebuild locks and queues, resume what was in flight. (Retained
+        outcomes and scheduled invocations without a journal were kept cold as they were
+        read: ``InvocationTable.restore``.)"""
         held: set[str] = set()  # started a little early: queued when due (below)
         for meta, journal in self.invocations.take_restored():
-            if meta.status != "completed" and len(journal) != meta.journal_length:
+            if len(journal) != meta.journal_length:
                 log.error("invocation %s: journal incomplete in the changelog", meta.id)
                 meta.status, meta.last_error = "paused", "journal incomplete in the changelog"
             try:
                 handler = self.registry.resolve(meta.target)
             except LookupError as exc:
                 handler = None
-                if meta.status not in ("completed", "scheduled"):  # see _apply_start
+                if meta.status != "scheduled":  # see _apply_start
                     meta.status, meta.last_error = "paused", f"not deployed here: {exc}"
             inv = Invocation(meta, journal, handler, self)
             inv.persisted = True
@@ -155,7 +157,7 @@ class PartitionProcessor:
                 held.add(meta.id)
             elif meta.status == "pending" and lock is not None:
                 self.locks.queue(lock, meta.id)
-            elif meta.status not in ("completed", "scheduled") and lock is not None:
+            elif meta.status != "scheduled" and lock is not None:
                 self.locks.hold(lock, meta.id)
         for inv in self.invocations.live():
             status = inv.meta.status
@@ -169,8 +171,8 @@ class PartitionProcessor:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
             self._unlock_next(lock)
-        for inv in self.invocations.live():  # idle ones were kept cold as they were read
-            if inv.meta.status != "completed" and inv.meta.target.key is not None:
+        for inv in self.invocations.live():
+            if inv.meta.target.key is not None:
                 for index, entry in enumerate(inv.journal):
                     if entry.kind == "promise_get" and not entry.done and entry.name:
                         self.promises.wait(inv, index, entry.name)

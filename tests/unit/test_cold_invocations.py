@@ -265,3 +265,28 @@ def test_a_meta_repaired_as_it_is_read_is_kept_as_its_repaired_json() -> None:
     broken = outcome(inv_id, caller={"invocation_id": "inv_not-a-real-id", "entry": 0})
     table = read_back((meta_key(inv_id), broken))
     assert table[inv_id].meta.caller is None, "the malformed caller is back"
+
+
+def test_an_unreadable_meta_after_a_cold_one_leaves_it() -> None:
+    inv_id = ids.new_id("k", 1)
+    table = read_back((meta_key(inv_id), outcome(inv_id)))
+    table.restore(meta_key(inv_id), b"{not json")
+    assert inv_id in table, "the outcome read before the unreadable record was lost"
+    assert table[inv_id].meta.value == 3
+
+
+def test_an_outcomes_entries_read_after_its_meta_are_not_kept() -> None:
+    inv_id = ids.new_id("k", 1)
+    entry = json.dumps({"kind": "get", "name": "n", "value": 1, "done": True}).encode()
+    table = InvocationTable(TOPICS, 0, lambda meta, entries: Invocation(meta, [], None, None))
+    table.restore(entry_key(inv_id, 0), entry)  # written before the meta
+    table.restore(meta_key(inv_id), json.dumps(outcome(inv_id)).encode())
+    table.restore(entry_key(inv_id, 1), entry)  # written after it, in the same flush
+    assert table._restored.entries == {}, "the outcome's journal is held through the restore"
+    assert table._cold[inv_id][1] == 2, "its entries, to tombstone, are not counted"
+
+
+def test_an_outcome_read_twice_expires_once() -> None:
+    inv_id = ids.new_id("k", 1)
+    table = read_back((meta_key(inv_id), outcome(inv_id)), (meta_key(inv_id), outcome(inv_id)))
+    assert [inv.meta.id for inv in table.expired(4e9)] == [inv_id]
