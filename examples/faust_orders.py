@@ -11,9 +11,9 @@ Run it next to a Kourier worker (``kourier worker examples.quickstart``)::
 
     python -m examples.faust_orders worker -l info
 
-Settings: ``KOURIER_BOOTSTRAP_SERVERS`` and ``KOURIER_NAMESPACE`` as for every Kourier
-process; ``ORDERS_COMMIT_INTERVAL`` (seconds, default 2.8) is how often Faust commits the
-offsets of events it has processed.
+Settings: ``KOURIER_BOOTSTRAP_SERVERS``, ``KOURIER_NAMESPACE`` and the ``KOURIER_KAFKA_*``
+security properties as for every Kourier process; ``ORDERS_COMMIT_INTERVAL`` (seconds,
+default 2.8) is how often Faust commits the offsets of events it has processed.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ import os
 import faust
 
 from streams import Settings, Target
-from streams.faust import Kourier, ResponseRecord
+from streams.faust import Kourier, ResponseRecord, broker_credentials
 
 settings = Settings.from_env()
 app = faust.App(
     f"{settings.namespace}-orders",
     broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+    # SASL and TLS from the same KOURIER_KAFKA_* variables as Kourier's own clients.
+    broker_credentials=broker_credentials(settings),
     web_enabled=False,
     store="memory://",
     consumer_auto_offset_reset="earliest",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import weakref
 from collections.abc import Mapping
 from datetime import timedelta
@@ -43,12 +44,21 @@ from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import tracing
 from streams.client import Client, due_time, outcome
+from streams.errors import KourierError
 from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import Response, Target
 from streams.wire.topics import Topics
 
-__all__ = ["FailureRecord", "InvokeRecord", "Kourier", "ResponseRecord", "TargetRecord"]
+__all__ = [
+    "FailureRecord",
+    "FaustSettingsError",
+    "InvokeRecord",
+    "Kourier",
+    "ResponseRecord",
+    "TargetRecord",
+    "broker_credentials",
+]
 
 log = logging.getLogger("kourier.faust")
 
@@ -100,6 +110,65 @@ class ResponseRecord(faust.Record, include_metadata=False, serializer="json"):
         if self.failure is not None:
             raise TerminalError(self.failure.message, self.failure.code)
         return self.value
+
+
+# -- the app's connection ------------------------------------------------------------------
+
+#: SASL mechanisms that Faust's Kafka client (aiokafka) takes a user name and password for.
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class FaustSettingsError(KourierError, ValueError):
+    """Kourier's Kafka settings ask for something :func:`broker_credentials` cannot give
+    Faust's Kafka client: the app's ``broker_credentials`` must be set by hand."""
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust's ``broker_credentials`` from the Kafka settings Kourier's own clients use, so
+    that one set of ``KOURIER_KAFKA_*`` variables connects the whole app; None for plain
+    text::
+
+        app = faust.App("shop-orders", broker=..., broker_credentials=broker_credentials(settings))
+
+    Read: ``security.protocol`` (``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``);
+    for SASL, ``sasl.mechanism`` (PLAIN or SCRAM), ``sasl.username`` and ``sasl.password``;
+    for TLS, ``ssl.ca.location``, a client certificate (``ssl.certificate.location``,
+    ``ssl.key.location``, ``ssl.key.password``) and ``ssl.endpoint.identification.algorithm``
+    (``none`` turns the host name check off, as in librdkafka). Anything else (GSSAPI,
+    OAUTHBEARER, an unknown protocol) raises :class:`FaustSettingsError`."""
+    kafka = settings.kafka
+    protocol = kafka.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = _tls_context(kafka) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+        raise FaustSettingsError(f"security.protocol {protocol!r} is not one Kafka knows")
+    mechanism = kafka.get("sasl.mechanism", "GSSAPI").upper()  # librdkafka's default
+    if mechanism not in _SASL_MECHANISMS:
+        raise FaustSettingsError(
+            f"sasl.mechanism {mechanism}: Kourier gives Faust's Kafka client only "
+            f"{', '.join(_SASL_MECHANISMS)}; set the app's broker_credentials yourself"
+        )
+    return faust.SASLCredentials(
+        username=kafka.get("sasl.username"),
+        password=kafka.get("sasl.password"),
+        ssl_context=context,
+        mechanism=mechanism,
+    )
+
+
+def _tls_context(kafka: Mapping[str, str]) -> ssl.SSLContext:
+    """A client's TLS context from librdkafka's ``ssl.*`` properties."""
+    context = ssl.create_default_context(cafile=kafka.get("ssl.ca.location"))
+    certificate = kafka.get("ssl.certificate.location")
+    if certificate is not None:
+        key = kafka.get("ssl.key.location")
+        context.load_cert_chain(certificate, key, kafka.get("ssl.key.password"))
+    if kafka.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+        context.check_hostname = False
+    return context
 
 
 # -- the integration ----------------------------------------------------------------------

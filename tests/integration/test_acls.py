@@ -25,17 +25,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.client import Client
 from streams.kafka import broker
-from streams.kafka.acls import NEEDS, create_acls, needed
+from streams.kafka.acls import NEEDS, Acl, create_acls, needed
 from streams.kafka.admin import create_topics
 from streams.kafka.broker import free_port
 from streams.settings import Settings
 from tests.integration.conftest import ROOT, WorkerProcess
 from tests.integration.helpers import poll_until
+from tests.kafka_helpers import create_topic, drain
 
 PASSWORDS = {user: f"{user}-secret" for user in ("admin", "worker", "client", "trimless")}
 # The client listener takes SASL/PLAIN, with these users; the controller listener stays
@@ -242,6 +243,56 @@ async def test_a_worker_not_allowed_to_delete_delay_records_says_so_once_and_goe
     logs = worker.read_text()
     assert logs.count(refused) == 1, logs
     assert low_watermarks(admin) == [0] * admin.partitions
+
+
+async def test_a_faust_app_needs_the_clients_acls_and_fausts_own(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """``examples.faust_orders`` as the client, connected by ``broker_credentials`` from the
+    same ``KOURIER_KAFKA_*`` variables as the Kourier client inside it: besides the client's
+    ACLs, Faust's own: its group, its leader-assignment topic, and the two topics it writes.
+    The four topics it declares exist already, so it needs no ``Create``."""
+    admin = namespace(secured.bootstrap)
+    ns = admin.namespace
+    app_topics = [f"{ns}.{name}" for name in ("orders", "signups", "order-totals", "greetings")]
+    faust_own = [
+        Acl("User:client", "Group", f"{ns}-orders", "literal", "Read"),
+        Acl("User:client", "Topic", f"{ns}-orders-", "prefixed", "All"),  # __assignor-__leader
+        *(Acl("User:client", "Topic", topic, "literal", "Write") for topic in app_topics[2:]),
+    ]
+    create_acls(admin, [*needed(ns, {"worker": "User:worker", "client": "User:client"}),
+                        *faust_own])  # fmt: skip
+    for topic in app_topics:  # before the app starts (the README's Faust section)
+        create_topic(admin, topic.removeprefix(f"{ns}."), partitions=2)
+    as_client = as_user(admin, "client")
+    worker = WorkerProcess(as_user(admin, "worker"), "examples.quickstart", tmp_path,
+                           sasl_env("worker"))  # fmt: skip
+    argv = ["-m", "examples.faust_orders", "--datadir", str(tmp_path / "faust"), "worker"]
+    app = WorkerProcess(as_client, "", tmp_path, sasl_env("client"), argv)
+    try:
+        worker.start()
+        app.start()
+        producer = Producer(admin.client_config({}))
+        for n, customer in enumerate(["ada", "bob", "ada"]):
+            order = {"id": f"o{n}", "customer": customer, "amount": n + 1}
+            producer.produce(app_topics[0], json.dumps(order).encode(), customer.encode())
+        assert producer.flush(30) == 0, "orders left undelivered"
+        try:
+            totals = await asyncio.to_thread(drain, admin, app_topics[2], expect=3, timeout=120)
+        except AssertionError as missing:
+            raise AssertionError(f"{missing}\n{app.read_text()}\n{worker.read_text()}") from None
+    finally:
+        app.stop()
+        worker.stop()
+    by_order = {total["order"]: total["total"] for total in map(json.loads, _values(totals))}
+    assert by_order == {"o0": 1, "o1": 2, "o2": 4}, by_order
+    denied = [line for line in secured.log.read_text().splitlines()
+              if "Denied" in line and ns in line]  # fmt: skip
+    assert not denied, "\n".join(denied)
+
+
+def _values(messages: list[Message]) -> list[bytes]:
+    return [message.value() or b"" for message in messages]
 
 
 async def _healthy(http: aiohttp.ClientSession, base: str) -> bool:

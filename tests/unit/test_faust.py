@@ -141,3 +141,46 @@ async def test_a_delayed_send_past_what_a_record_carries_is_a_400(kourier: Kouri
         with pytest.raises(TerminalError) as refused:
             await kourier.send(target, "ada", idempotency_key="k", delay=delay)
         assert refused.value.status_code == 400
+
+
+def credentials(**kafka: str) -> object:
+    """Faust's credentials for librdkafka properties (``sasl_username``: ``sasl.username``)."""
+    return integration.broker_credentials(Settings(kafka={k.replace("_", "."): v
+                                                          for k, v in kafka.items()}))  # fmt: skip
+
+
+def test_broker_credentials_follow_kouriers_kafka_settings() -> None:
+    assert credentials() is None, "plain text takes no credentials"
+    plain = credentials(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                        sasl_username="shop", sasl_password="secret")  # fmt: skip
+    assert isinstance(plain, faust.SASLCredentials)
+    assert (plain.protocol.value, plain.mechanism.value) == ("SASL_PLAINTEXT", "PLAIN")
+    assert (plain.username, plain.password) == ("shop", "secret")
+    scram = credentials(security_protocol="sasl_ssl", sasl_mechanism="SCRAM-SHA-512",
+                        sasl_username="shop", sasl_password="secret")  # fmt: skip
+    assert isinstance(scram, faust.SASLCredentials)
+    assert (scram.protocol.value, scram.mechanism.value) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert scram.ssl_context is not None
+    assert scram.ssl_context.check_hostname, "the host name is checked by default"
+    tls = credentials(security_protocol="SSL", ssl_endpoint_identification_algorithm="none")
+    assert isinstance(tls, faust.SSLCredentials)
+    assert tls.protocol.value == "SSL"
+    assert tls.context is not None
+    assert not tls.context.check_hostname
+    with pytest.raises(FileNotFoundError):  # the CA named is the one loaded
+        credentials(security_protocol="SSL", ssl_ca_location="/nonexistent/ca.pem")
+
+
+@pytest.mark.parametrize(
+    ("kafka", "says"),
+    [
+        ({"security_protocol": "SASL_PLAINTEXT"}, "sasl.mechanism GSSAPI"),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"}, "OAUTHBEARER"),
+        ({"security_protocol": "TLS"}, "security.protocol 'TLS'"),
+    ],
+)
+def test_broker_credentials_refuse_what_faust_cannot_be_given(
+    kafka: dict[str, str], says: str
+) -> None:
+    with pytest.raises(integration.FaustSettingsError, match=says):
+        credentials(**kafka)
