@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import faust
 import pytest
@@ -149,26 +151,36 @@ def credentials(**kafka: str) -> object:
                                                           for k, v in kafka.items()}))  # fmt: skip
 
 
-def test_broker_credentials_follow_kouriers_kafka_settings() -> None:
+def test_broker_credentials_follow_kouriers_kafka_settings(tmp_path: Path) -> None:
     assert credentials() is None, "plain text takes no credentials"
     plain = credentials(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                         sasl_username="shop", sasl_password="secret")  # fmt: skip
     assert isinstance(plain, faust.SASLCredentials)
     assert (plain.protocol.value, plain.mechanism.value) == ("SASL_PLAINTEXT", "PLAIN")
     assert (plain.username, plain.password) == ("shop", "secret")
-    scram = credentials(security_protocol="sasl_ssl", sasl_mechanism="SCRAM-SHA-512",
+    scram = credentials(security_protocol="sasl_ssl", sasl_mechanisms="SCRAM-SHA-256",
                         sasl_username="shop", sasl_password="secret")  # fmt: skip
     assert isinstance(scram, faust.SASLCredentials)
-    assert (scram.protocol.value, scram.mechanism.value) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (scram.protocol.value, scram.mechanism.value) == ("SASL_SSL", "SCRAM-SHA-256")
     assert scram.ssl_context is not None
     assert scram.ssl_context.check_hostname, "the host name is checked by default"
+    assert scram.ssl_context.verify_mode == ssl.CERT_REQUIRED
     tls = credentials(security_protocol="SSL", ssl_endpoint_identification_algorithm="none")
     assert isinstance(tls, faust.SSLCredentials)
     assert tls.protocol.value == "SSL"
     assert tls.context is not None
     assert not tls.context.check_hostname
+    assert tls.context.verify_mode == ssl.CERT_REQUIRED, "the certificate is still verified"
+    unverified = credentials(security_protocol="SSL", enable_ssl_certificate_verification="false")
+    assert isinstance(unverified, faust.SSLCredentials)
+    assert unverified.context.verify_mode == ssl.CERT_NONE
+    assert isinstance(credentials(security_protocol="SSL", ssl_ca_location=str(tmp_path)),
+                      faust.SSLCredentials), "a directory of authorities"  # fmt: skip
     with pytest.raises(FileNotFoundError):  # the CA named is the one loaded
         credentials(security_protocol="SSL", ssl_ca_location="/nonexistent/ca.pem")
+    with pytest.raises(FileNotFoundError):  # and so is the client certificate
+        credentials(security_protocol="SSL", ssl_certificate_location="/nonexistent/me.pem",
+                    ssl_key_location="/nonexistent/me.key")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -176,7 +188,11 @@ def test_broker_credentials_follow_kouriers_kafka_settings() -> None:
     [
         ({"security_protocol": "SASL_PLAINTEXT"}, "sasl.mechanism GSSAPI"),
         ({"security_protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"}, "OAUTHBEARER"),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "plain"}, "sasl.mechanism plain"),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}, "takes sasl.username"),
         ({"security_protocol": "TLS"}, "security.protocol 'TLS'"),
+        ({"security_protocol": "SSL", "ssl_ca_pem": "-----BEGIN"}, "ssl.ca.pem: not given"),
+        ({"security_protocol": "SSL", "ssl_key_location": "k.pem"}, "without ssl.certificate"),
     ],
 )
 def test_broker_credentials_refuse_what_faust_cannot_be_given(
