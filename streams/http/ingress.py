@@ -1,4 +1,5 @@
 """The HTTP ingress, wire-compatible with Restate's: calls and sends become Kafka records.
+Its admin port serves the admin API and the UI (``streams.http.admin``).
 
 Served with aiohttp: an asyncio server with a C HTTP parser, sharing one event
 loop with the Kafka client, and already a dependency of faust-streaming.
@@ -7,31 +8,36 @@ loop with the Kafka client, and already a dependency of faust-streaming.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import unquote
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import TerminalError
 from streams import tracing
 from streams.client import Client, ClientClosed, KafkaUnavailable, ServiceInfo
-from streams.errors import KourierError, ServeError
-from streams.http import bulk
+from streams.errors import ServeError
+from streams.http.admin import AdminApi
 from streams.http.index import InvocationIndex
-from streams.metrics import DEADLOCKS, labelled
+from streams.http.web import (
+    HttpError,
+    app_runner,
+    bearer,
+    error_response,
+    json_errors,
+    metrics,
+)
+from streams.metrics import labelled
 from streams.settings import Settings, short_duration
 from streams.wire import ids
 from streams.wire.records import LAST_DUE, Response, Target, idempotency_key_refusal
@@ -72,25 +78,6 @@ _ISO_DURATION = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
     r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
-_NOT_INDEXED = (
-    "invocation {} is not known to the admin index: it never existed, it completed and was "
-    "not retained, or it started and completed between two commits of its worker"
-)
-
-
-class HttpError(KourierError):
-    """A request answered with ``status`` and a JSON error body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response({"code": status, "message": message}, status=status, headers=headers)
 
 
 def outcome_response(outcome: Response, headers: dict[str, str] | None = None) -> web.Response:
@@ -189,6 +176,7 @@ class Ingress:
         self.settings = settings
         self.client = Client(settings)
         self.index = InvocationIndex(settings)
+        self.admin = AdminApi(self.client, self.index, settings.token)
         self.max_body = max_body
         self.max_in_flight = max_in_flight
         self.in_flight = 0
@@ -206,21 +194,7 @@ class Ingress:
             finally:
                 await self.client.close()
             raise
-        self._watch = asyncio.create_task(self._watch_deadlocks())
-
-    async def _watch_deadlocks(self) -> None:
-        """Every second: the deadlock gauge, and a log line for each new cycle."""
-        known: set[frozenset[str]] = set()
-        while True:
-            await asyncio.sleep(1.0)
-            cycles = await asyncio.to_thread(self.index.deadlocks)
-            DEADLOCKS.set(len(cycles))
-            now = {frozenset(m["id"] for m in cycle["members"]) for cycle in cycles}
-            for cycle in cycles:
-                if frozenset(m["id"] for m in cycle["members"]) not in known:
-                    chain = " -> ".join(f"{m['target']} ({m['id']})" for m in cycle["members"])
-                    log.warning("deadlock: %s; cancel any member to break it", chain)
-            known = now
+        self._watch = asyncio.create_task(self.admin.watch_deadlocks())
 
     async def close(self) -> None:
         self._watch.cancel()
@@ -231,35 +205,13 @@ class Ingress:
         app = web.Application(
             client_max_size=self.max_body, middlewares=[json_errors, bearer(self.settings.token)]
         )
-        app.router.add_get("/health", self.health)
+        app.router.add_get("/health", self.admin.health)  # the same answer on both ports
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/restate/{verb:attach|output}/{id}", self.attach)
         app.router.add_get("/restate/invocation/{rest:.+}/{verb:attach|output}", self.attach)
         app.router.add_get("/restate/workflow/{service}/{key}/{verb:attach|output}", self.attach)
         app.router.add_post("/{path:.*}", self.invoke)
         return app
-
-    def admin_app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors, bearer(self.settings.token)])
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/services", self.list_services)
-        app.router.add_get("/invocations", self.list_invocations)
-        app.router.add_get("/invocations/{id}", self.describe_invocation)
-        app.router.add_patch("/invocations/{id}/{action}", self.control_invocation)
-        app.router.add_post("/invocations/{action}", self.bulk_control)
-        app.router.add_get("/state/{service}/{key}", self.object_state)
-        app.router.add_get("/deadlocks", self.list_deadlocks)
-        app.router.add_get("/ui", ui_page)
-        app.router.add_get("/ui/", ui_page)
-        app.router.add_get("/", to_ui)
-        return app
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "services": sorted(self.client.services)})
-
-    async def list_services(self, request: web.Request) -> web.Response:
-        return web.json_response([s.model_dump() for s in self.client.services.values()])
 
     async def attach(self, request: web.Request) -> web.Response:
         """Attach (wait) or output (now, 470 while running), by invocation id, by
@@ -317,68 +269,6 @@ class Ingress:
         if info.handler_kind(segments[-2]) is None:
             raise HttpError(404, f"{info.name} has no handler {segments[-2]!r}")
         return _target(info.name, key, segments[-2]), _idempotency_key(segments[-1])
-
-    # -- admin ----------------------------------------------------------------------------
-
-    async def list_invocations(self, request: web.Request) -> web.Response:
-        """``GET /invocations?status=&service=&key=&limit=``: newest first; an unknown
-        status or a negative limit is a 400, not an empty list."""
-        query = request.query
-        try:
-            limit = int(query.get("limit", "100"))
-        except ValueError:
-            return error_response(400, "limit must be an integer")
-        if limit < 0:
-            return error_response(400, "limit must be 0 or more")
-        try:
-            status = bulk.known_status(query.get("status") or None)
-        except bulk.BulkRefused as refused:
-            return error_response(refused.status, refused.message)
-        # The index's reads run off the loop: the index holds their lock while it applies a
-        # batch of records, and calls and sends share this loop.
-        rows = await asyncio.to_thread(
-            self.index.query,
-            status=status,
-            service=query.get("service") or None,
-            key=query.get("key") or None,
-            limit=limit,
-        )
-        return web.json_response({"invocations": rows, "caught_up": self.index.caught_up()})
-
-    async def describe_invocation(self, request: web.Request) -> web.Response:
-        inv_id = request.match_info["id"]
-        try:
-            ids.validate(inv_id)
-        except ids.InvalidId as error:
-            return error_response(400, str(error))
-        detail = await asyncio.to_thread(self.index.describe, inv_id)
-        if detail is None:
-            return error_response(404, _NOT_INDEXED.format(inv_id))
-        return web.json_response(detail)
-
-    async def control_invocation(self, request: web.Request) -> web.Response:
-        """``PATCH /invocations/{id}/cancel|kill|purge|resume``: 200 done, 202 accepted
-        (a cancel reaches a running handler at its next await), 404, 409."""
-        inv_id, action = request.match_info["id"], request.match_info["action"]
-        if action not in bulk.ACTIONS:
-            return error_response(404, f"no action {action!r}: use {', '.join(bulk.ACTIONS)}")
-        code, body = await bulk.control_one(self.client, action, inv_id)
-        return web.json_response(body, status=code)
-
-    async def bulk_control(self, request: web.Request) -> web.Response:
-        """``POST /invocations/{action}?status=&service=&key=&dry_run=``: see ``bulk.py``."""
-        return await bulk.bulk_control(request, self.index.matching, self.client)
-
-    async def list_deadlocks(self, request: web.Request) -> web.Response:
-        """``GET /deadlocks``: wait-for cycles between invocations, each with its members."""
-        return web.json_response({"deadlocks": await asyncio.to_thread(self.index.deadlocks)})
-
-    async def object_state(self, request: web.Request) -> web.Response:
-        service, key = request.match_info["service"], request.match_info["key"]
-        state = await asyncio.to_thread(self.index.state_of, service, key)
-        if not state and service not in self.client.services:  # a typo, not an empty state
-            return error_response(404, f"unknown service {service!r}")
-        return web.json_response(state)
 
     async def invoke(self, request: web.Request) -> web.Response:
         """A call or send, as one span that continues the caller's W3C ``traceparent``; the
@@ -481,68 +371,6 @@ class Ingress:
         return outcome_response(outcome, id_header)
 
 
-#: Routes served without a token, by method and path: liveness for orchestrators, and the
-#: UI's static page (it holds no data; it asks for the token and sends it with every API
-#: request). Anything else, such as ``POST /health`` to a service named ``health``, needs it.
-_OPEN_ROUTES = frozenset(
-    (method, path) for method in ("GET", "HEAD") for path in ("/health", "/ui", "/ui/", "/")
-)
-
-
-def bearer(token: str | None) -> Any:
-    """Require ``Authorization: Bearer <token>`` when a token is configured (401 otherwise)."""
-    expected = f"Bearer {token}".encode() if token else None
-
-    @web.middleware
-    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        if expected is not None and (request.method, request.path) not in _OPEN_ROUTES:
-            # aiohttp keeps bytes that are not UTF-8 as surrogates: such a header is no token
-            given = request.headers.get("authorization", "").encode(errors="surrogateescape")
-            if not hmac.compare_digest(given, expected):
-                return error_response(
-                    401, "missing or wrong bearer token", {"www-authenticate": "Bearer"}
-                )
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    return check
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own errors (404 route, 405 method, ...) and a body that does not decompress
-    as JSON 4xx bodies, like ours; anything unforeseen as a logged 500 JSON (a bug, but never
-    a text page)."""
-    response = await _answered(request, handler)
-    if isinstance(request.content.exception(), web.RequestPayloadError):
-        # A body that does not decompress: aiohttp closes the connection after this answer
-        # (see _BadBodies), so the answer says so, when the body has come in by now.
-        response.force_close()
-    return response
-
-
-async def _answered(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The handler's answer, with every error turned into one (see :func:`json_errors`)."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        return error_response(
-            error.status,
-            error.reason,
-            {"allow": error.headers.get("allow", "")} if error.status == 405 else None,
-        )
-    except web.RequestPayloadError as error:  # a body that does not decompress as it says
-        return error_response(400, f"the body could not be read: {_reason(error)}")
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, "internal error; the ingress log has the details")
-
-
 def _idempotency_key(text: str) -> str:
     """A key as given (header or attach path), or a 400 saying why no record can carry it."""
     refusal = idempotency_key_refusal(text)
@@ -561,46 +389,6 @@ def _utf8(value: str, header: str) -> str:
         except UnicodeEncodeError:
             raise HttpError(400, f"header {header!r} is not UTF-8") from None
     return value
-
-
-def _reason(error: Exception) -> str:
-    lines = str(error).strip().splitlines()  # aiohttp's "400, message:", then the reason
-    return lines[-1].strip() if lines else "it ended early"
-
-
-class _BadBodies(logging.Filter):
-    """After answering, aiohttp reads whatever is left of a request's body, and logs a body
-    that does not decompress as its content-encoding says as an unhandled error with a
-    traceback, whether or not the request was answered from its body (a 401, a 404); a
-    ``deflate`` body that ends early is logged the same way by its parser. Either is a
-    client's mistake, answered with a 4xx: one line at INFO instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (web.RequestPayloadError, ContentEncodingError)):
-            log.info("a request's body could not be read: %s", _reason(error))
-            return False
-        return True
-
-
-_BAD_BODIES = _BadBodies()
-
-
-#: The longest request line taken. A key may be 4,096 characters, and each UTF-8 byte of it
-#: takes three in the path (``%F0``): aiohttp's default of 8,190 bytes refused keys of as
-#: few as 683 characters with a plain-text 400 before Kourier saw them.
-_MAX_REQUEST_LINE = 64 * 1024
-
-
-def app_runner(app: web.Application) -> web.AppRunner:
-    """A runner for an ingress or admin app. A client that hangs up cancels its request's
-    handler, so a call nobody waits for any more frees its slot and its pending response."""
-    server_log = logging.getLogger("aiohttp.server")
-    if _BAD_BODIES not in server_log.filters:
-        server_log.addFilter(_BAD_BODIES)
-    return web.AppRunner(
-        app, access_log=None, handler_cancellation=True, max_line_size=_MAX_REQUEST_LINE
-    )
 
 
 #: A body deeper than the JSON parser goes. One it parses may still be too deep for a
@@ -626,24 +414,6 @@ async def _read_json(request: web.Request, max_body: int) -> JsonValue:
     return value
 
 
-_UI = Path(__file__).with_name("ui") / "index.html"
-
-
-async def to_ui(request: web.Request) -> web.Response:
-    raise web.HTTPFound("/ui")
-
-
-async def ui_page(request: web.Request) -> web.Response:
-    """The web UI: one static page that talks to this admin API."""
-    return web.Response(body=_UI.read_bytes(), content_type="text/html")
-
-
-async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=generate_latest())
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return response
-
-
 async def serve(
     settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9070
 ) -> tuple[Ingress, list[web.AppRunner]]:
@@ -653,7 +423,7 @@ async def serve(
     await ingress.start()
     runners: list[web.AppRunner] = []
     try:
-        for app, bind_port in ((ingress.app(), port), (ingress.admin_app(), admin_port)):
+        for app, bind_port in ((ingress.app(), port), (ingress.admin.app(), admin_port)):
             runner = app_runner(app)
             runners.append(runner)
             await runner.setup()

@@ -18,7 +18,8 @@ from aiohttp import web
 from handlers.service import ServiceDefinition
 from streams.cli import dump
 from streams.client import Client
-from streams.http.ingress import Ingress, app_runner
+from streams.http.ingress import Ingress
+from streams.http.web import app_runner
 from streams.kafka.admin import create_topics
 from streams.kafka.broker import free_port
 from streams.kafka.worker import Worker
@@ -87,7 +88,7 @@ async def served_ingress(settings: Settings, **options: int) -> AsyncIterator[tu
 
         # A worker's first transactions can be slow on a cold broker: wait, then say so.
         await poll_until(announced, True, 60, "the worker's services known to the ingress")
-        for app in (ingress.app(), ingress.admin_app()):
+        for app in (ingress.app(), ingress.admin.app()):
             runner = app_runner(app)
             await runner.setup()
             port = free_port()

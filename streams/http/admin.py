@@ -1,0 +1,145 @@
+"""The admin API, on the ingress's admin port: invocations, their control, object state,
+deadlocks, the services, health and metrics, and the web UI (``streams/http/ui``).
+
+What it shows comes from the admin index (``streams.http.index``), which reads the
+changelogs; what it does (cancel, kill, purge, resume, one or in bulk) goes through the
+ingress's client as control records (``streams.http.bulk``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from streams.client import Client
+from streams.http import bulk
+from streams.http.index import InvocationIndex
+from streams.http.web import bearer, error_response, json_errors, metrics
+from streams.metrics import DEADLOCKS
+from streams.wire import ids
+
+log = logging.getLogger("kourier.ingress")
+
+_NOT_INDEXED = (
+    "invocation {} is not known to the admin index: it never existed, it completed and was "
+    "not retained, or it started and completed between two commits of its worker"
+)
+_UI = Path(__file__).with_name("ui") / "index.html"
+
+
+class AdminApi:
+    """The admin port's routes, over the ingress's client and admin index."""
+
+    def __init__(self, client: Client, index: InvocationIndex, token: str | None) -> None:
+        self.client = client
+        self.index = index
+        self.token = token
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[json_errors, bearer(self.token)])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/services", self.list_services)
+        app.router.add_get("/invocations", self.list_invocations)
+        app.router.add_get("/invocations/{id}", self.describe_invocation)
+        app.router.add_patch("/invocations/{id}/{action}", self.control_invocation)
+        app.router.add_post("/invocations/{action}", self.bulk_control)
+        app.router.add_get("/state/{service}/{key}", self.object_state)
+        app.router.add_get("/deadlocks", self.list_deadlocks)
+        app.router.add_get("/ui", ui_page)
+        app.router.add_get("/ui/", ui_page)
+        app.router.add_get("/", to_ui)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        """Liveness, and the services a worker has announced (the ingress's port too)."""
+        return web.json_response({"status": "ok", "services": sorted(self.client.services)})
+
+    async def watch_deadlocks(self) -> None:
+        """Every second: the deadlock gauge, and a log line for each new cycle."""
+        known: set[frozenset[str]] = set()
+        while True:
+            await asyncio.sleep(1.0)
+            cycles = await asyncio.to_thread(self.index.deadlocks)
+            DEADLOCKS.set(len(cycles))
+            now = {frozenset(m["id"] for m in cycle["members"]) for cycle in cycles}
+            for cycle in cycles:
+                if frozenset(m["id"] for m in cycle["members"]) not in known:
+                    chain = " -> ".join(f"{m['target']} ({m['id']})" for m in cycle["members"])
+                    log.warning("deadlock: %s; cancel any member to break it", chain)
+            known = now
+
+    async def list_services(self, request: web.Request) -> web.Response:
+        return web.json_response([s.model_dump() for s in self.client.services.values()])
+
+    async def list_invocations(self, request: web.Request) -> web.Response:
+        """``GET /invocations?status=&service=&key=&limit=``: newest first; an unknown
+        status or a negative limit is a 400, not an empty list."""
+        query = request.query
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            return error_response(400, "limit must be an integer")
+        if limit < 0:
+            return error_response(400, "limit must be 0 or more")
+        try:
+            status = bulk.known_status(query.get("status") or None)
+        except bulk.BulkRefused as refused:
+            return error_response(refused.status, refused.message)
+        # The index's reads run off the loop: the index holds their lock while it applies a
+        # batch of records, and calls and sends share this loop.
+        rows = await asyncio.to_thread(
+            self.index.query,
+            status=status,
+            service=query.get("service") or None,
+            key=query.get("key") or None,
+            limit=limit,
+        )
+        return web.json_response({"invocations": rows, "caught_up": self.index.caught_up()})
+
+    async def describe_invocation(self, request: web.Request) -> web.Response:
+        inv_id = request.match_info["id"]
+        try:
+            ids.validate(inv_id)
+        except ids.InvalidId as error:
+            return error_response(400, str(error))
+        detail = await asyncio.to_thread(self.index.describe, inv_id)
+        if detail is None:
+            return error_response(404, _NOT_INDEXED.format(inv_id))
+        return web.json_response(detail)
+
+    async def control_invocation(self, request: web.Request) -> web.Response:
+        """``PATCH /invocations/{id}/cancel|kill|purge|resume``: 200 done, 202 accepted
+        (a cancel reaches a running handler at its next await), 404, 409."""
+        inv_id, action = request.match_info["id"], request.match_info["action"]
+        if action not in bulk.ACTIONS:
+            return error_response(404, f"no action {action!r}: use {', '.join(bulk.ACTIONS)}")
+        code, body = await bulk.control_one(self.client, action, inv_id)
+        return web.json_response(body, status=code)
+
+    async def bulk_control(self, request: web.Request) -> web.Response:
+        """``POST /invocations/{action}?status=&service=&key=&dry_run=``: see ``bulk.py``."""
+        return await bulk.bulk_control(request, self.index.matching, self.client)
+
+    async def list_deadlocks(self, request: web.Request) -> web.Response:
+        """``GET /deadlocks``: wait-for cycles between invocations, each with its members."""
+        return web.json_response({"deadlocks": await asyncio.to_thread(self.index.deadlocks)})
+
+    async def object_state(self, request: web.Request) -> web.Response:
+        service, key = request.match_info["service"], request.match_info["key"]
+        state = await asyncio.to_thread(self.index.state_of, service, key)
+        if not state and service not in self.client.services:  # a typo, not an empty state
+            return error_response(404, f"unknown service {service!r}")
+        return web.json_response(state)
+
+
+async def to_ui(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui")
+
+
+async def ui_page(request: web.Request) -> web.Response:
+    """The web UI: one static page that talks to this admin API."""
+    return web.Response(body=_UI.read_bytes(), content_type="text/html")

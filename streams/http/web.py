@@ -1,0 +1,141 @@
+"""What Kourier's two HTTP apps share (the ingress, ``streams.http.ingress``, and the admin
+API, ``streams.http.admin``): JSON error bodies for every error, the bearer token, the
+Prometheus exposition, and the runner that serves an app."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.errors import KourierError
+
+log = logging.getLogger("kourier.ingress")
+
+
+class HttpError(KourierError):
+    """A request answered with ``status`` and a JSON error body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"code": status, "message": message}, status=status, headers=headers)
+
+
+#: Routes served without a token, by method and path: liveness for orchestrators, and the
+#: UI's static page (it holds no data; it asks for the token and sends it with every API
+#: request). Anything else, such as ``POST /health`` to a service named ``health``, needs it.
+_OPEN_ROUTES = frozenset(
+    (method, path) for method in ("GET", "HEAD") for path in ("/health", "/ui", "/ui/", "/")
+)
+
+
+def bearer(token: str | None) -> Any:
+    """Require ``Authorization: Bearer <token>`` when a token is configured (401 otherwise)."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if expected is not None and (request.method, request.path) not in _OPEN_ROUTES:
+            # aiohttp keeps bytes that are not UTF-8 as surrogates: such a header is no token
+            given = request.headers.get("authorization", "").encode(errors="surrogateescape")
+            if not hmac.compare_digest(given, expected):
+                return error_response(
+                    401, "missing or wrong bearer token", {"www-authenticate": "Bearer"}
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return check
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (404 route, 405 method, ...) and a body that does not decompress
+    as JSON 4xx bodies, like ours; anything unforeseen as a logged 500 JSON (a bug, but never
+    a text page)."""
+    response = await _answered(request, handler)
+    if isinstance(request.content.exception(), web.RequestPayloadError):
+        # A body that does not decompress: aiohttp closes the connection after this answer
+        # (see _BadBodies), so the answer says so, when the body has come in by now.
+        response.force_close()
+    return response
+
+
+async def _answered(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The handler's answer, with every error turned into one (see :func:`json_errors`)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(
+            error.status,
+            error.reason,
+            {"allow": error.headers.get("allow", "")} if error.status == 405 else None,
+        )
+    except web.RequestPayloadError as error:  # a body that does not decompress as it says
+        return error_response(400, f"the body could not be read: {_reason(error)}")
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal error; the ingress log has the details")
+
+
+def _reason(error: Exception) -> str:
+    lines = str(error).strip().splitlines()  # aiohttp's "400, message:", then the reason
+    return lines[-1].strip() if lines else "it ended early"
+
+
+class _BadBodies(logging.Filter):
+    """After answering, aiohttp reads whatever is left of a request's body, and logs a body
+    that does not decompress as its content-encoding says as an unhandled error with a
+    traceback, whether or not the request was answered from its body (a 401, a 404); a
+    ``deflate`` body that ends early is logged the same way by its parser. Either is a
+    client's mistake, answered with a 4xx: one line at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (web.RequestPayloadError, ContentEncodingError)):
+            log.info("a request's body could not be read: %s", _reason(error))
+            return False
+        return True
+
+
+_BAD_BODIES = _BadBodies()
+
+
+#: The longest request line taken. A key may be 4,096 characters, and each UTF-8 byte of it
+#: takes three in the path (``%F0``): aiohttp's default of 8,190 bytes refused keys of as
+#: few as 683 characters with a plain-text 400 before Kourier saw them.
+_MAX_REQUEST_LINE = 64 * 1024
+
+
+def app_runner(app: web.Application) -> web.AppRunner:
+    """A runner for an ingress or admin app. A client that hangs up cancels its request's
+    handler, so a call nobody waits for any more frees its slot and its pending response."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _BAD_BODIES not in server_log.filters:
+        server_log.addFilter(_BAD_BODIES)
+    return web.AppRunner(
+        app, access_log=None, handler_cancellation=True, max_line_size=_MAX_REQUEST_LINE
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
