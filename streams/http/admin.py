@@ -1,9 +1,10 @@
 """The admin API, on the ingress's admin port: invocations, their control, object state,
 deadlocks, the services, health and metrics, and the web UI (``streams/http/ui``).
 
-What it shows comes from the admin index (``streams.http.index``), which reads the
-changelogs; what it does (cancel, kill, purge, resume, one or in bulk) goes through the
-ingress's client as control records (``streams.http.bulk``).
+Invocations, object state and deadlocks come from the admin index
+(``streams.http.index``), which reads the changelogs; the services and health from the
+client's service catalog; control (cancel, kill, purge, resume, one or in bulk) goes
+through the client as control records (``streams.http.bulk``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp import web
 from streams.client import Client
 from streams.http import bulk
 from streams.http.index import InvocationIndex
-from streams.http.web import bearer, error_response, json_errors, metrics
+from streams.http.shared import bearer, error_response, json_errors, metrics
 from streams.metrics import DEADLOCKS
 from streams.wire import ids
 
@@ -31,7 +32,9 @@ _UI = Path(__file__).with_name("ui") / "index.html"
 
 
 class AdminApi:
-    """The admin port's routes, over the ingress's client and admin index."""
+    """The admin port's routes, over the ingress's client and admin index, and the watch
+    that logs new deadlocks (:meth:`watch_deadlocks`, a task the ingress starts and stops).
+    Its :meth:`health` answers on the ingress's port too."""
 
     def __init__(self, client: Client, index: InvocationIndex, token: str | None) -> None:
         self.client = client

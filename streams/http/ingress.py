@@ -29,7 +29,7 @@ from streams.client import Client, ClientClosed, KafkaUnavailable, ServiceInfo
 from streams.errors import ServeError
 from streams.http.admin import AdminApi
 from streams.http.index import InvocationIndex
-from streams.http.web import (
+from streams.http.shared import (
     HttpError,
     app_runner,
     bearer,
@@ -164,7 +164,8 @@ def _target(service: str, key: str | None, handler: str) -> Target:
 
 
 class Ingress:
-    """``kourier ingress``: HTTP calls and sends on ``port``; health and metrics on both ports."""
+    """``kourier ingress``: HTTP calls and sends (:meth:`app`), with the admin API
+    (``self.admin``, served on the admin port); health and metrics on both (:func:`serve`)."""
 
     def __init__(
         self,

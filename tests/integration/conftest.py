@@ -19,7 +19,7 @@ from handlers.service import ServiceDefinition
 from streams.cli import dump
 from streams.client import Client
 from streams.http.ingress import Ingress
-from streams.http.web import app_runner
+from streams.http.shared import app_runner
 from streams.kafka.admin import create_topics
 from streams.kafka.broker import free_port
 from streams.kafka.worker import Worker

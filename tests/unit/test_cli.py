@@ -46,7 +46,7 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
     from streams.client import ClientClosed, KafkaUnavailable
     from streams.engine.registry import RegistryError
     from streams.errors import KourierError
-    from streams.http.web import HttpError
+    from streams.http.shared import HttpError
     from streams.kafka.admin import TopicError
     from streams.kafka.broker import BrokerError
     from streams.kafka.restore import NoSlot, RestoreError

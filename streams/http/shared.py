@@ -1,6 +1,6 @@
 """What Kourier's two HTTP apps share (the ingress, ``streams.http.ingress``, and the admin
 API, ``streams.http.admin``): JSON error bodies for every error, the bearer token, the
-Prometheus exposition, and the runner that serves an app."""
+Prometheus exposition (one registry, on both ports), and the runner that serves an app."""
 
 from __future__ import annotations
 
