@@ -73,9 +73,11 @@ def cpu_per_invocation(
     return {name: round((after[name] - before[name]) / invocations * 1000, 3) for name in before}
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident set now, or another ``/proc/<pid>/status`` field in kB (``VmHWM``:
+    its peak so far), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 

@@ -155,21 +155,13 @@ async def run(invocations: int) -> dict[str, Any]:
                     "invocations_held": 2 * invocations + warm,
                     "restore_seconds": restore_seconds(log),
                     "answering_after_s": round(time.monotonic() - began, 1),
-                    "worker_peak_rss_mib": round(peak_rss_mib(worker.pid), 1),
+                    "worker_peak_rss_mib": round(rss_mib(worker.pid, "VmHWM"), 1),
                     "worker_rss_mib": round(rss_mib(worker.pid), 1),
                 }
                 say(results)
             return results
         finally:
             stop_process(worker)
-
-
-def peak_rss_mib(pid: int) -> float:
-    """The process's peak resident set so far (``VmHWM``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def restore_seconds(log: Path) -> float | None:
