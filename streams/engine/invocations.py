@@ -27,7 +27,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from streams.engine.invocation import Invocation
-from streams.engine.journal import Entry, InvocationLog, InvocationMeta, entry_key, meta_key
+from streams.engine.journal import (
+    Entry,
+    InvocationLog,
+    InvocationMeta,
+    entry_key,
+    entry_of,
+    meta_key,
+)
 from streams.engine.outbox import Out
 from streams.wire.topics import Topics
 
@@ -113,7 +120,8 @@ class InvocationTable(Mapping[str, Invocation]):
         million of them never holds a million metas as objects, nor their journals (which
         the changelog writes after a completed meta). A later record of the same id
         (rewritten, or a tombstone) takes it out again; an unreadable one leaves it."""
-        if key.startswith(b"j/") and key[2:].rpartition(b"/")[0].decode() in self._cold:
+        entry_at = entry_of(key)
+        if entry_at is not None and entry_at[0] in self._cold:
             return  # an idle invocation's entry: its meta counts its entries, for tombstones
         applied = self._restored.apply(key, value)
         if applied is None or applied.index is not None:

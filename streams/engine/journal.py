@@ -208,6 +208,14 @@ def entry_key(invocation_id: str, index: int) -> bytes:
     return f"j/{invocation_id}/{index}".encode()
 
 
+def entry_of(key: bytes) -> tuple[str, int] | None:
+    """``(invocation_id, index)`` of a journal entry's record key; None for any other key."""
+    if not key.startswith(b"j/"):
+        return None
+    inv_id, _, position = key[2:].decode().rpartition("/")
+    return inv_id, int(position)
+
+
 def state_key(service: str, key: str, name: str, *, promise: bool = False) -> bytes:
     return json.dumps([service, key, name, "promise"] if promise else [service, key, name]).encode()
 
@@ -261,10 +269,10 @@ class InvocationLog:
                     else:
                         self.repaired.discard(inv_id)
             return Applied(inv_id, None, None)
-        if not text.startswith("j/"):
+        entry_at = entry_of(key)
+        if entry_at is None:
             return None
-        inv_id, _, position = text[2:].rpartition("/")
-        index = int(position)
+        inv_id, index = entry_at
         if value is not None:
             try:
                 entry = Entry.from_json(value)
