@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, Message
 from confluent_kafka.cimpl import NewTopic
@@ -72,3 +74,8 @@ def drain(
     finally:
         consumer.close()
     return messages
+
+
+def values(messages: list[Message]) -> list[dict[str, Any]]:
+    """The JSON objects that ``messages`` hold."""
+    return [json.loads(m.value() or b"") for m in messages]

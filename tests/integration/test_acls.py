@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from confluent_kafka import Message, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.client import Client
@@ -36,7 +36,7 @@ from streams.kafka.broker import free_port
 from streams.settings import Settings
 from tests.integration.conftest import ROOT, WorkerProcess
 from tests.integration.helpers import poll_until
-from tests.kafka_helpers import create_topic, drain
+from tests.kafka_helpers import create_topic, drain, values
 
 PASSWORDS = {user: f"{user}-secret" for user in ("admin", "worker", "client", "trimless")}
 # The client listener takes SASL/PLAIN, with these users; the controller listener stays
@@ -284,15 +284,11 @@ async def test_a_faust_app_needs_the_clients_acls_and_fausts_own(
     finally:
         app.stop()
         worker.stop()
-    by_order = {total["order"]: total["total"] for total in map(json.loads, _values(totals))}
+    by_order = {total["order"]: total["total"] for total in values(totals)}
     assert by_order == {"o0": 1, "o1": 2, "o2": 4}, by_order
     denied = [line for line in secured.log.read_text().splitlines()
               if "Denied" in line and ns in line]  # fmt: skip
     assert not denied, "\n".join(denied)
-
-
-def _values(messages: list[Message]) -> list[bytes]:
-    return [message.value() or b"" for message in messages]
 
 
 async def _healthy(http: aiohttp.ClientSession, base: str) -> bool:

@@ -15,7 +15,7 @@ from streams.client import Client
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from tests.integration.conftest import WorkerProcess, WorkerProcesses, in_process_worker
-from tests.kafka_helpers import create_topic, drain
+from tests.kafka_helpers import create_topic, drain, values
 
 CUSTOMERS = ["ada", "bob", "cyd", "dee", "eve"]
 
@@ -62,10 +62,6 @@ def orders(count: int) -> list[tuple[str | None, bytes]]:
         )
         for i in range(count)
     ]
-
-
-def values(messages: list[Message]) -> list[dict[str, Any]]:
-    return [json.loads(m.value() or b"") for m in messages]
 
 
 async def read(
