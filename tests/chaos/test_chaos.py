@@ -63,8 +63,8 @@ async def counts_when_settled(
     client: Client, total: int, seconds: float, workers: WorkerProcesses
 ) -> list[int]:
     """The counts once they add up to ``total`` (or stop moving), then 2 s later again;
-    a round of reads unanswered for 90 s fails with the partitions' offsets, the workers'
-    logs and a dump of each worker still running."""
+    a round of reads unanswered for 90 s fails with the partitions' offsets, a dump of each
+    worker still running and the workers' logs."""
     deadline = time.monotonic() + seconds
     counts: list[int] = []
     while time.monotonic() < deadline:
@@ -75,8 +75,9 @@ async def counts_when_settled(
             report = await asyncio.to_thread(partition_report, client.settings)
             logs = workers.logs()  # before the dumps, which would fill their tails
             dumps = await asyncio.to_thread(workers.dumps)
+            # The dumps before the logs: a summary of a failed run may keep only the start.
             raise AssertionError(
-                f"no worker answered the count reads in 90 s\n{report}\n{logs}\n{dumps}"
+                f"no worker answered the count reads in 90 s\n{report}\n{dumps}\n{logs}"
             ) from None
         if sum(counts) >= total:
             break
