@@ -211,7 +211,8 @@ def _run_until_signal(
 ) -> int:
     """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM,
     exporting its spans as service ``traced_as`` when ``OTEL_TRACES_EXPORTER`` says so.
-    SIGUSR1 dumps the threads, ``status()`` and the asyncio tasks (streams/cli/dump.py).
+    SIGUSR1 dumps the threads, ``status()`` and the asyncio tasks, and a crash writes the
+    threads' stacks before the process ends (streams/cli/dump.py).
 
     What the process built before this point (modules, the services, settings) lives as
     long as it does, so it is taken out of the garbage collector's reach (``gc.freeze``).
@@ -238,6 +239,7 @@ def _run_until_signal(
         finally:
             dump.uninstall(loop)
 
+    dump.on_crash()
     gc.freeze()
     try:
         asyncio.run(runner())

@@ -12,6 +12,10 @@ The signal writes to standard error, in this order:
 Nothing in the process changes: it is a look, for an operator or a test that finds a
 worker silent. Before :func:`install` and after :func:`uninstall` the signal is ignored
 (:func:`ignore`), so that one sent while a process starts or stops does not end it.
+
+A process that dies of a fatal signal (a crash in native code, librdkafka's or Python's
+own) would otherwise end without a line in its log; :func:`on_crash` has it write the
+stack of every thread to standard error first.
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ def install(
     # standard error without a file descriptor (captured) gets the loop's part alone.
     with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
+
+
+def on_crash() -> None:
+    """On SIGSEGV, SIGBUS, SIGABRT, SIGFPE or SIGILL, write every thread's stack to
+    standard error before the process ends (:mod:`faulthandler`), for as long as it runs."""
+    with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
+        faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:

@@ -222,9 +222,16 @@ class WorkerProcesses:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.log_dir.glob("worker-*.log")))
 
     def dumps(self) -> str:
-        """A dump of every worker still running (:meth:`WorkerProcess.dump`)."""
-        running = [p for p in self.started if p.process is not None and p.process.poll() is None]
-        return "\n".join(f"== worker {p.pid}\n{p.dump()}" for p in running)
+        """A dump of every worker still running (:meth:`WorkerProcess.dump`), and how each
+        of the others ended (a negative code is the signal: -9 for a kill, -11 a crash)."""
+        said = []
+        for p in self.started:
+            if p.process is None:
+                continue
+            code = p.process.poll()
+            said.append(f"== worker {p.pid}\n{p.dump()}" if code is None
+                        else f"== worker {p.pid} exited with {code}")  # fmt: skip
+        return "\n".join(said)
 
 
 @pytest.fixture

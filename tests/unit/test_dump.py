@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -79,3 +81,32 @@ def test_sigusr1_before_install_and_after_uninstall_does_not_end_the_process() -
     assert done.stdout == "alive\n"
     assert done.stderr.count(dump.END) == 1, done.stderr
     assert "Current thread 0x" in done.stderr  # faulthandler's part
+
+
+def test_a_process_that_crashes_writes_every_threads_stack_before_it_ends() -> None:
+    """A fatal signal in a ``kourier`` process (a crash in native code) leaves the threads'
+    stacks in its log, not a log that just stops."""
+    script = textwrap.dedent(
+        """
+        import os, signal, threading
+        from streams.cli.commands import _run_until_signal
+
+        parked = threading.Event()
+
+        def parked_thread():
+            parked.wait()
+
+        async def crash_here(stop):
+            threading.Thread(target=parked_thread, name="parked", daemon=True).start()
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+        _run_until_signal(crash_here, "kourier-test")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHONFAULT"))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False, env=env)  # fmt: skip
+    assert done.returncode == -signal.SIGSEGV, done.stderr
+    assert "Fatal Python error: Segmentation fault" in done.stderr, done.stderr
+    assert "in crash_here" in done.stderr, done.stderr  # the thread that crashed
+    assert "in parked_thread" in done.stderr, done.stderr  # and the others
