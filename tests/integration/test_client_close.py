@@ -48,7 +48,7 @@ async def test_a_cancelled_close_still_ends_the_calls_that_wait(topics: Settings
     with pytest.raises(ClientClosed):
         await asyncio.wait_for(call, 30)
     await asyncio.wait_for(client.close(), 30)
-    assert not hasattr(client, "_producer"), "the close did not run to its end"
+    assert not hasattr(client._kafka, "_producer"), "the close did not run to its end"
 
 
 async def test_a_client_started_again_after_a_close_closes_again(topics: Settings) -> None:
@@ -58,6 +58,6 @@ async def test_a_client_started_again_after_a_close_closes_again(topics: Setting
     await client.start()
     call = await waiting_call(client)
     await asyncio.wait_for(client.close(), 30)
-    assert not hasattr(client, "_producer"), "the second close did not run"
+    assert not hasattr(client._kafka, "_producer"), "the second close did not run"
     with pytest.raises(ClientClosed):
         await asyncio.wait_for(call, 30)

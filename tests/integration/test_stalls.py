@@ -127,7 +127,7 @@ async def test_a_client_reports_its_response_partition_held_by_an_open_transacti
     stuck = await outside_producer(settings)
     try:
         async with Client(settings) as client:
-            (responses, home), _ = client._read()
+            (responses, home), _ = client._kafka.read()
             stuck.begin_transaction()
             stuck.produce(responses, b"an answer nobody will read", partition=home)
             assert await asyncio.to_thread(stuck.flush, 30) == 0
@@ -154,7 +154,7 @@ async def test_a_closed_client_lets_its_watch_s_admin_client_go(topics: Settings
     would go on talking to the brokers after the client closed."""
     client = Client(topics)
     await client.start()
-    admin = weakref.ref(client._admin)
+    admin = weakref.ref(client._kafka._admin)
     await client.close()
     gc.collect()
     assert admin() is None, gc.get_referrers(admin())

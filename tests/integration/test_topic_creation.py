@@ -205,7 +205,7 @@ async def test_an_ingress_that_fails_to_start_closes_its_client(
     monkeypatch.setattr(ingress.index, "start", broken)
     with pytest.raises(RuntimeError, match="the index cannot start"):
         await ingress.start()
-    assert not ingress.client._running, "the client was left running"
+    assert not ingress.client.running, "the client was left running"
 
 
 def test_an_index_that_fails_to_start_closes_its_consumer(
@@ -249,7 +249,7 @@ async def test_an_ingress_whose_start_is_cancelled_leaves_no_index_running(
         await asyncio.wait_for(starting, 30)
     follower = ingress.index._thread
     assert follower is None or not follower.is_alive(), "the admin index was left running"
-    assert not ingress.client._running, "the client was left running"
+    assert not ingress.client.running, "the client was left running"
 
 
 def test_an_index_closed_while_it_starts_stops_at_its_next_step(

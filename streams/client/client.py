@@ -5,52 +5,30 @@ async with Client(Settings.from_env()) as client:
     greeting = await client.service("Greeter", "greet").request("Ada")
     receipt = await client.object_send("Counter", "ada", "add").send(1)
 ```
+
+What crosses Kafka (the producer, the readers, their threads) is the client's
+:class:`~streams.client.connection.Connection`; this module builds the records and turns
+the responses into results and errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
-import threading
-import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel, JsonValue
 from pydantic_core import PydanticSerializationError
 
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams import tracing
+from streams.client.connection import Connection, ServiceInfo
 from streams.engine.values import due_after
-from streams.errors import KourierError
-from streams.kafka.offsets import (
-    FETCH_WAIT_MS,
-    consume_ready,
-    required_topics,
-    transient,
-    watermarks,
-)
-from streams.kafka.offsets import (
-    MissingTopics as MissingTopics,  # raised by start(), so part of this module's API
-)
-from streams.kafka.stalls import StallWatch, watch
 from streams.settings import Settings
 from streams.wire import ids
-from streams.wire.partitioning import KeysOn
 from streams.wire.records import (
     MAX_RECORD_BYTES,
     AttachRequest,
@@ -58,42 +36,13 @@ from streams.wire.records import (
     Invoke,
     Kill,
     Purge,
-    RecordError,
     Response,
     Resume,
     Target,
-    decode_response,
     encode,
     idempotency_key_refusal,
 )
 from streams.wire.topics import Topics
-
-_TIMEOUT = 30.0
-
-
-class ServiceInfo(BaseModel):
-    """A service as its workers announce it on the services topic."""
-
-    name: str
-    kind: Literal["service", "object", "workflow"]
-    handlers: dict[str, dict[str, str]]
-    worker: str | None = None
-
-    def handler_kind(self, handler: str) -> str | None:
-        info = self.handlers.get(handler)
-        return None if info is None else info.get("kind")
-
-
-class KafkaUnavailable(KourierError, RuntimeError):
-    """Kafka could not take or deliver the record in time (HTTP 503)."""
-
-    retriable = True
-
-
-class ClientClosed(KourierError, RuntimeError):
-    """The client closed while a call waited: its record may have been written and its
-    invocation may run. Attach to it (by its id) with another client for its outcome;
-    calling again without an idempotency key could run it twice."""
 
 
 @dataclass(frozen=True)
@@ -114,15 +63,7 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.topics = Topics(self.settings.namespace)
-        self.partitions = 0
-        self._pending: dict[str, asyncio.Future[Response]] = {}
-        # Delivery reports and responses read by the background threads, not yet handed
-        # to the loop (each list is touched by one thread at a time; see the threads).
-        self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
-        self._answered: list[Response] = []
-        self._running = False
-        self._closing: asyncio.Future[None] | None = None
-        self.services: dict[str, ServiceInfo] = {}
+        self._kafka = Connection(self.settings, self.topics)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -134,201 +75,36 @@ class Client:
         await self.close()
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._closing = None  # a client closed before may start again
-        self._producer = Producer(
-            self.settings.producer_config(
-                {
-                    "enable.idempotence": True,
-                    "linger.ms": 0,
-                    # No delivery timeout: a record whose fate is unknown (brokers away) is
-                    # retried until Kafka says, so a failure reported here always means "not
-                    # written" (HTTP 503), never "perhaps written".
-                    "message.timeout.ms": 0,
-                    "log_level": 3,
-                }
-            )
-        )
-        self._reader = self._new_reader(FETCH_WAIT_MS)
-        try:
-            await asyncio.to_thread(self._assign_reader)
-        except Exception:  # not on a cancel: the thread may still be in a call on the reader
-            self._reader.close()  # nothing was produced: the producer has nothing to flush
-            del self._producer, self._reader
-            raise
-        # A transaction left open on the response partition would hold every answer back.
-        self._admin = AdminClient(self.settings.client_config({"log_level": 3}))
-        stalls = StallWatch(self.settings.stall_after.total_seconds())
-        self._stalls = asyncio.create_task(watch(self._admin, stalls, self._read))
-        self._running = True
-        self._threads = [
-            threading.Thread(target=self._pump, name="kourier-responses", daemon=True),
-            threading.Thread(target=self._deliveries, name="kourier-deliveries", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        """Connect: read responses from here on, and the service catalog (raises
+        ``MissingTopics`` when the namespace's topics are not there, ``KafkaUnavailable``
+        when Kafka does not answer)."""
+        await self._kafka.start()
+
+    async def close(self) -> None:
+        """Stop reading, deliver or drop what is still to produce, and end every call that
+        waits (``ClientClosed``). A cancelled close goes on to its end, which a later close
+        waits for."""
+        await self._kafka.close()
+
+    @property
+    def running(self) -> bool:
+        """Started, and not closed since."""
+        return self._kafka.running
+
+    @property
+    def partitions(self) -> int:
+        """The ingress topic's partitions (0 before :meth:`start`)."""
+        return self._kafka.partitions
+
+    @property
+    def services(self) -> dict[str, ServiceInfo]:
+        """The service catalog as followed so far (:meth:`catalog`)."""
+        return self._kafka.services
 
     @property
     def awaited(self) -> int:
         """Responses this client still waits for (one per call in flight)."""
-        return len(self._pending)
-
-    def _assign_reader(self) -> None:
-        """Read responses from the current end, fixed now, so no response can be missed.
-        Kafka away (or a partition without a leader) past the timeouts: KafkaUnavailable."""
-        try:
-            self._assign_reader_at_end()
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not isinstance(error, KafkaError) or not transient(error):
-                raise
-            where = self.settings.bootstrap_servers
-            raise KafkaUnavailable(f"Kafka at {where} did not answer: {error.str()}") from None
-
-    def _assign_reader_at_end(self) -> None:
-        needed = (self.topics.ingress, self.topics.responses, self.topics.services)
-        metadata = required_topics(self._reader, needed)
-        self.partitions = len(metadata[self.topics.ingress].partitions)
-        # Responses land on the partition their request id hashes to; this client picks ids
-        # that all hash to one partition, and reads only that one. A worker's transaction
-        # then touches one response partition per client, not all of them.
-        response_partitions = len(metadata[self.topics.responses].partitions)
-        self._home = random.randrange(response_partitions)
-        self._request_ids = KeysOn(self._home, response_partitions)
-        tp = TopicPartition(self.topics.responses, self._home)
-        _, high = watermarks(self._reader, tp)
-        start = [TopicPartition(self.topics.responses, self._home, high)]
-        low, end = watermarks(self._reader, TopicPartition(self.topics.services, 0))
-        start.append(TopicPartition(self.topics.services, 0, self._read_catalog(low, end)))
-        self._reader.assign(start)
-
-    def _read(self) -> list[tuple[str, int]]:
-        """The partitions this client reads: its responses, and the service catalog."""
-        return [(self.topics.responses, self._home), (self.topics.services, 0)]
-
-    def _new_reader(self, wait_ms: int, extra: Mapping[str, str] | None = None) -> Consumer:
-        """A ``read_committed`` consumer outside any group's assignment (it is assigned
-        partitions and commits nothing), with ``wait_ms`` as its fetch wait."""
-        return Consumer(
-            self.settings.client_config(
-                {
-                    "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": wait_ms,
-                    "log_level": 3,
-                    **(extra or {}),
-                }
-            )
-        )
-
-    def _read_catalog(
-        self, low: int, end: int, services: dict[str, ServiceInfo] | None = None
-    ) -> int:
-        """Read the service catalog from ``low`` to ``end`` (or for 10 s) with a consumer of
-        its own; the offset to follow it from. The reader's long fetch wait would make this
-        slow: its position passes the catalog's final commit marker only on the fetch
-        after. Explicit offsets: a new consumer asked for the beginning waits 500 ms for
-        the partition's leader before it asks where the beginning is."""
-        if end <= low:
-            return end
-        reader = self._new_reader(5, {"auto.offset.reset": "earliest"})
-        catalog = [TopicPartition(self.topics.services, 0)]
-        try:
-            reader.assign([TopicPartition(self.topics.services, 0, low)])
-            position = low
-            deadline = time.monotonic() + 10.0
-            # Positions, not record offsets: transaction markers take offsets too.
-            while position < end and time.monotonic() < deadline:
-                for message in consume_ready(reader, 500, 0.1):
-                    if message.error() is None:
-                        self._on_catalog(message, services)
-                position = reader.position(catalog)[0].offset
-            return max(position, low)
-        finally:
-            reader.close()
-
-    async def close(self) -> None:
-        """Stop reading, deliver or drop what is still to produce, and end every call that
-        waits (:class:`ClientClosed`). A cancelled close goes on to its end, which a later
-        close waits for."""
-        if self._closing is None:
-            if not self._running:
-                return
-            self._closing = asyncio.ensure_future(self._shut_down())
-        await asyncio.shield(self._closing)
-
-    async def _shut_down(self) -> None:
-        self._running = False
-        try:
-            self._stalls.cancel()
-            await asyncio.gather(self._stalls, return_exceptions=True)  # it logs its errors
-            for thread in self._threads:
-                await asyncio.to_thread(thread.join)
-            self._reader.close()
-            try:
-                await asyncio.to_thread(self._producer.flush, 5)
-                # Records still undelivered (Kafka away: they have no delivery timeout) are
-                # dropped now, their senders told so; otherwise the producer could never be
-                # destroyed. One still queued was never written (KafkaUnavailable); one in
-                # flight may have been (ClientClosed, see _settle).
-                self._producer.purge()
-                await asyncio.to_thread(self._producer.flush, 1)
-            finally:
-                self._settle_all(self._hand_over())  # reports served by those flushes
-            # librdkafka handles live until garbage collected (the finished watch task
-            # keeps its admin client through its exception's traceback)
-            del self._producer, self._reader, self._admin, self._stalls
-        finally:  # even when the close is cancelled: no response can come any more
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ClientClosed("client closed before the outcome came"))
-
-    def _deliveries(self) -> None:
-        """Background thread: delivery reports, served as soon as the broker acknowledges,
-        handed to the loop once per poll (one wake-up of the loop for all of them)."""
-        while self._running:
-            self._producer.poll(0.05)
-            reports = self._hand_over()
-            if reports:
-                self._loop.call_soon_threadsafe(self._settle_all, reports)
-
-    def _hand_over(self) -> list[tuple[asyncio.Future[None], KafkaError | None]]:
-        """The delivery reports gathered since the last call (the polling thread)."""
-        reports, self._reports = self._reports, []
-        return reports
-
-    @staticmethod
-    def _settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
-        for future, error in reports:
-            _settle(future, error)
-
-    def _pump(self) -> None:
-        """Background thread: the response topic and the service catalog."""
-        while self._running:
-            for message in consume_ready(self._reader, 500, 0.05):
-                if message.error() is None:
-                    self._on_message(message)
-            if self._answered:
-                answered, self._answered = self._answered, []
-                self._loop.call_soon_threadsafe(self._resolve_all, answered)
-
-    def _on_message(self, message: Message) -> None:
-        if message.topic() == self.topics.services:
-            self._on_catalog(message)
-        else:
-            self._on_response(message)
-
-    def _on_catalog(self, message: Message, services: dict[str, ServiceInfo] | None = None) -> None:
-        """Apply a catalog record to ``services`` (by default the client's)."""
-        services = self.services if services is None else services
-        key = (message.key() or b"").decode(errors="replace")
-        value = message.value()
-        if value is None:
-            services.pop(key, None)
-        else:
-            with contextlib.suppress(ValueError):
-                services[key] = ServiceInfo.model_validate_json(value)
+        return self._kafka.awaited
 
     async def catalog(self, refresh: bool = False) -> dict[str, ServiceInfo]:
         """The services workers have announced: the catalog as read to its end when the
@@ -336,45 +112,12 @@ class Client:
         its end again first: the follower reads with a long fetch wait, so a service
         announced a moment ago may not have reached it yet."""
         if refresh:
-            await asyncio.to_thread(self._catch_up_catalog)
+            await asyncio.to_thread(self._kafka.catch_up_catalog)
         return self.services
-
-    def _catch_up_catalog(self) -> None:
-        """Read the catalog to its current end and add the services not known yet (the
-        follower, reading on meanwhile, applies updates and removals in order)."""
-        reader = self._new_reader(5)
-        try:
-            low, end = watermarks(reader, TopicPartition(self.topics.services, 0))
-        finally:
-            reader.close()
-        found: dict[str, ServiceInfo] = {}
-        self._read_catalog(low, end, found)
-        for name, info in found.items():
-            self.services.setdefault(name, info)
-
-    def _on_response(self, message: Message) -> None:
-        try:
-            response = decode_response(message.value())
-        except RecordError:
-            return
-        if response.request_id is None:
-            return
-        self._answered.append(response)
-
-    def _resolve_all(self, answered: list[Response]) -> None:
-        for response in answered:
-            future = self._pending.pop(response.request_id or "", None)
-            if future is not None and not future.done():
-                future.set_result(response)
 
     # -- producing --------------------------------------------------------------------
 
     async def _produce(self, topic: str, record: BaseModel, partition: int, key: str) -> None:
-        delivered: asyncio.Future[None] = self._loop.create_future()
-
-        def report(error: KafkaError | None, message: Message) -> None:
-            self._reports.append((delivered, error))
-
         try:
             value = encode(record)
         except PydanticSerializationError as error:
@@ -391,20 +134,7 @@ class Client:
             )
         # An invocation continues the trace of whoever invokes (streams.tracing).
         headers = tracing.as_headers(tracing.current()) if isinstance(record, Invoke) else None
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    value=value,
-                    key=key.encode(),
-                    partition=partition,
-                    on_delivery=report,
-                    headers=headers,
-                )
-                break
-            except BufferError:
-                await asyncio.sleep(0.005)
-        await delivered
+        await self._kafka.produce(topic, value, partition, key, headers)
 
     async def call(
         self,
@@ -447,14 +177,11 @@ class Client:
         (by any producer: the Faust integration writes through Faust's), cancel to stop
         waiting. ``request_id`` must come from :meth:`new_request_id`, whose ids hash to the
         one response partition this client reads."""
-        future: asyncio.Future[Response] = self._loop.create_future()
-        self._pending[request_id] = future
-        future.add_done_callback(lambda _: self._pending.pop(request_id, None))
-        return future
+        return self._kafka.expect(request_id)
 
     def new_request_id(self) -> str:
         """A fresh request id whose responses land on the partition this client reads."""
-        return next(self._request_ids)
+        return self._kafka.new_request_id()
 
     async def _id_for(
         self, target: Target, idempotency_key: str | None, invocation_id: str | None
@@ -640,17 +367,6 @@ class Client:
         self, workflow: str, workflow_id: str, handler: str = "run"
     ) -> ClientRecipient:
         return ClientRecipient(self, Target(service=workflow, key=workflow_id, handler=handler))
-
-
-def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    elif error.code() == KafkaError._PURGE_INFLIGHT:  # sent: Kafka may have written it
-        future.set_exception(ClientClosed("client closed while Kafka had the record"))
-    else:
-        future.set_exception(KafkaUnavailable(f"Kafka did not take the record: {error.str()}"))
 
 
 def due_time(delay: timedelta, what: str) -> datetime:

@@ -1,0 +1,373 @@
+"""The client's side of Kafka: its producer, its reader of responses and of the service
+catalog, and the two threads that serve them (``streams.client.client`` builds the calls).
+
+Responses land on the partition their request id hashes to. A client draws ids that all
+hash to one partition (:class:`~streams.wire.partitioning.KeysOn`) and reads only that one,
+from its end when the client starts, so a worker's transaction touches one response
+partition per client and no response written after the start can be missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Literal
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from pydantic import BaseModel
+
+from streams.errors import KourierError
+from streams.kafka.offsets import (
+    FETCH_WAIT_MS,
+    consume_ready,
+    required_topics,
+    transient,
+    watermarks,
+)
+from streams.kafka.stalls import StallWatch, watch
+from streams.settings import Settings
+from streams.wire.partitioning import KeysOn
+from streams.wire.records import RecordError, Response, decode_response
+from streams.wire.topics import Topics
+
+#: A delivery report waiting to reach the loop: whose future, and Kafka's error if any.
+_Report = tuple[asyncio.Future[None], KafkaError | None]
+
+
+class ServiceInfo(BaseModel):
+    """A service as its workers announce it on the services topic."""
+
+    name: str
+    kind: Literal["service", "object", "workflow"]
+    handlers: dict[str, dict[str, str]]
+    worker: str | None = None
+
+    def handler_kind(self, handler: str) -> str | None:
+        info = self.handlers.get(handler)
+        return None if info is None else info.get("kind")
+
+
+class KafkaUnavailable(KourierError, RuntimeError):
+    """Kafka could not take or deliver the record in time (HTTP 503)."""
+
+    retriable = True
+
+
+class ClientClosed(KourierError, RuntimeError):
+    """The client closed while a call waited: its record may have been written and its
+    invocation may run. Attach to it (by its id) with another client for its outcome;
+    calling again without an idempotency key could run it twice."""
+
+
+class Connection:
+    """A client's producer and readers; :meth:`start` on the loop that will use it."""
+
+    def __init__(self, settings: Settings, topics: Topics) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.partitions = 0  # of the ingress topic, known once started
+        self.services: dict[str, ServiceInfo] = {}
+        self.running = False
+        self._pending: dict[str, asyncio.Future[Response]] = {}
+        # Delivery reports and responses read by the background threads, not yet handed
+        # to the loop (each list is touched by one thread at a time; see the threads).
+        self._reports: list[_Report] = []
+        self._answered: list[Response] = []
+        self._closing: asyncio.Future[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closing = None  # a client closed before may start again
+        self._producer = Producer(
+            self.settings.producer_config(
+                {
+                    "enable.idempotence": True,
+                    "linger.ms": 0,
+                    # No delivery timeout: a record whose fate is unknown (brokers away) is
+                    # retried until Kafka says, so a failure reported here always means "not
+                    # written" (HTTP 503), never "perhaps written".
+                    "message.timeout.ms": 0,
+                    "log_level": 3,
+                }
+            )
+        )
+        self._reader = self._new_reader(FETCH_WAIT_MS)
+        try:
+            await asyncio.to_thread(self._assign_reader)
+        except Exception:  # not on a cancel: the thread may still be in a call on the reader
+            self._reader.close()  # nothing was produced: the producer has nothing to flush
+            del self._producer, self._reader
+            raise
+        # A transaction left open on the response partition would hold every answer back.
+        self._admin = AdminClient(self.settings.client_config({"log_level": 3}))
+        stalls = StallWatch(self.settings.stall_after.total_seconds())
+        self._stalls = asyncio.create_task(watch(self._admin, stalls, self.read))
+        self.running = True
+        self._threads = [
+            threading.Thread(target=self._pump, name="kourier-responses", daemon=True),
+            threading.Thread(target=self._deliveries, name="kourier-deliveries", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def awaited(self) -> int:
+        """Responses still waited for (one per call in flight)."""
+        return len(self._pending)
+
+    def _assign_reader(self) -> None:
+        """Read responses from the current end, fixed now, so no response can be missed.
+        Kafka away (or a partition without a leader) past the timeouts: KafkaUnavailable."""
+        try:
+            self._assign_reader_at_end()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not isinstance(error, KafkaError) or not transient(error):
+                raise
+            where = self.settings.bootstrap_servers
+            raise KafkaUnavailable(f"Kafka at {where} did not answer: {error.str()}") from None
+
+    def _assign_reader_at_end(self) -> None:
+        needed = (self.topics.ingress, self.topics.responses, self.topics.services)
+        metadata = required_topics(self._reader, needed)
+        self.partitions = len(metadata[self.topics.ingress].partitions)
+        response_partitions = len(metadata[self.topics.responses].partitions)
+        self._home = random.randrange(response_partitions)
+        self._request_ids = KeysOn(self._home, response_partitions)
+        tp = TopicPartition(self.topics.responses, self._home)
+        _, high = watermarks(self._reader, tp)
+        start = [TopicPartition(self.topics.responses, self._home, high)]
+        low, end = watermarks(self._reader, TopicPartition(self.topics.services, 0))
+        start.append(TopicPartition(self.topics.services, 0, self._read_catalog(low, end)))
+        self._reader.assign(start)
+
+    def read(self) -> list[tuple[str, int]]:
+        """The partitions this client reads: its responses, and the service catalog."""
+        return [(self.topics.responses, self._home), (self.topics.services, 0)]
+
+    def _new_reader(self, wait_ms: int, extra: Mapping[str, str] | None = None) -> Consumer:
+        """A ``read_committed`` consumer outside any group's assignment (it is assigned
+        partitions and commits nothing), with ``wait_ms`` as its fetch wait."""
+        return Consumer(
+            self.settings.client_config(
+                {
+                    "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": wait_ms,
+                    "log_level": 3,
+                    **(extra or {}),
+                }
+            )
+        )
+
+    async def close(self) -> None:
+        """Stop reading, deliver or drop what is still to produce, and end every call that
+        waits (:class:`ClientClosed`). A cancelled close goes on to its end, which a later
+        close waits for."""
+        if self._closing is None:
+            if not self.running:
+                return
+            self._closing = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._closing)
+
+    async def _shut_down(self) -> None:
+        self.running = False
+        try:
+            self._stalls.cancel()
+            await asyncio.gather(self._stalls, return_exceptions=True)  # it logs its errors
+            for thread in self._threads:
+                await asyncio.to_thread(thread.join)
+            self._reader.close()
+            try:
+                await asyncio.to_thread(self._producer.flush, 5)
+                # Records still undelivered (Kafka away: they have no delivery timeout) are
+                # dropped now, their senders told so; otherwise the producer could never be
+                # destroyed. One still queued was never written (KafkaUnavailable); one in
+                # flight may have been (ClientClosed, see _settle).
+                self._producer.purge()
+                await asyncio.to_thread(self._producer.flush, 1)
+            finally:
+                self._settle_all(self._hand_over())  # reports served by those flushes
+            # librdkafka handles live until garbage collected (the finished watch task
+            # keeps its admin client through its exception's traceback)
+            del self._producer, self._reader, self._admin, self._stalls
+        finally:  # even when the close is cancelled: no response can come any more
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ClientClosed("client closed before the outcome came"))
+
+    # -- producing --------------------------------------------------------------------
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes,
+        partition: int,
+        key: str,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        """Write one record; returns once Kafka has it (``KafkaUnavailable`` when it did
+        not take it, ``ClientClosed`` when the client closed while it may have)."""
+        delivered: asyncio.Future[None] = self._loop.create_future()
+
+        def report(error: KafkaError | None, message: Message) -> None:
+            self._reports.append((delivered, error))
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key.encode(),
+                    partition=partition,
+                    on_delivery=report,
+                    headers=headers,
+                )
+                break
+            except BufferError:
+                await asyncio.sleep(0.005)
+        await delivered
+
+    def _deliveries(self) -> None:
+        """Background thread: delivery reports, served as soon as the broker acknowledges,
+        handed to the loop once per poll (one wake-up of the loop for all of them)."""
+        while self.running:
+            self._producer.poll(0.05)
+            reports = self._hand_over()
+            if reports:
+                self._loop.call_soon_threadsafe(self._settle_all, reports)
+
+    def _hand_over(self) -> list[_Report]:
+        """The delivery reports gathered since the last call (the polling thread)."""
+        reports, self._reports = self._reports, []
+        return reports
+
+    @staticmethod
+    def _settle_all(reports: list[_Report]) -> None:
+        for future, error in reports:
+            _settle(future, error)
+
+    # -- responses --------------------------------------------------------------------
+
+    def expect(self, request_id: str) -> asyncio.Future[Response]:
+        """The response to ``request_id``, once read: register before producing the record,
+        cancel to stop waiting. ``request_id`` must come from :meth:`new_request_id`."""
+        future: asyncio.Future[Response] = self._loop.create_future()
+        self._pending[request_id] = future
+        future.add_done_callback(lambda _: self._pending.pop(request_id, None))
+        return future
+
+    def new_request_id(self) -> str:
+        """A fresh request id whose responses land on the partition this client reads."""
+        return next(self._request_ids)
+
+    def _pump(self) -> None:
+        """Background thread: the response topic and the service catalog."""
+        while self.running:
+            for message in consume_ready(self._reader, 500, 0.05):
+                if message.error() is None:
+                    self._on_message(message)
+            if self._answered:
+                answered, self._answered = self._answered, []
+                self._loop.call_soon_threadsafe(self._resolve_all, answered)
+
+    def _on_message(self, message: Message) -> None:
+        if message.topic() == self.topics.services:
+            self._on_catalog(message)
+        else:
+            self._on_response(message)
+
+    def _on_response(self, message: Message) -> None:
+        try:
+            response = decode_response(message.value())
+        except RecordError:
+            return
+        if response.request_id is None:
+            return
+        self._answered.append(response)
+
+    def _resolve_all(self, answered: list[Response]) -> None:
+        for response in answered:
+            future = self._pending.pop(response.request_id or "", None)
+            if future is not None and not future.done():
+                future.set_result(response)
+
+    # -- the service catalog ------------------------------------------------------------
+
+    def _on_catalog(self, message: Message, services: dict[str, ServiceInfo] | None = None) -> None:
+        """Apply a catalog record to ``services`` (by default the client's)."""
+        services = self.services if services is None else services
+        key = (message.key() or b"").decode(errors="replace")
+        value = message.value()
+        if value is None:
+            services.pop(key, None)
+        else:
+            with contextlib.suppress(ValueError):
+                services[key] = ServiceInfo.model_validate_json(value)
+
+    def _read_catalog(
+        self, low: int, end: int, services: dict[str, ServiceInfo] | None = None
+    ) -> int:
+        """Read the service catalog from ``low`` to ``end`` (or for 10 s) with a consumer of
+        its own; the offset to follow it from. The reader's long fetch wait would make this
+        slow: its position passes the catalog's final commit marker only on the fetch
+        after. Explicit offsets: a new consumer asked for the beginning waits 500 ms for
+        the partition's leader before it asks where the beginning is."""
+        if end <= low:
+            return end
+        reader = self._new_reader(5, {"auto.offset.reset": "earliest"})
+        catalog = [TopicPartition(self.topics.services, 0)]
+        try:
+            reader.assign([TopicPartition(self.topics.services, 0, low)])
+            position = low
+            deadline = time.monotonic() + 10.0
+            # Positions, not record offsets: transaction markers take offsets too.
+            while position < end and time.monotonic() < deadline:
+                for message in consume_ready(reader, 500, 0.1):
+                    if message.error() is None:
+                        self._on_catalog(message, services)
+                position = reader.position(catalog)[0].offset
+            return max(position, low)
+        finally:
+            reader.close()
+
+    def catch_up_catalog(self) -> None:
+        """Read the catalog to its current end and add the services not known yet (the
+        follower, reading on meanwhile, applies updates and removals in order). Blocks: run
+        it in a thread."""
+        reader = self._new_reader(5)
+        try:
+            low, end = watermarks(reader, TopicPartition(self.topics.services, 0))
+        finally:
+            reader.close()
+        found: dict[str, ServiceInfo] = {}
+        self._read_catalog(low, end, found)
+        for name, info in found.items():
+            self.services.setdefault(name, info)
+
+
+def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    elif error.code() == KafkaError._PURGE_INFLIGHT:  # sent: Kafka may have written it
+        future.set_exception(ClientClosed("client closed while Kafka had the record"))
+    else:
+        future.set_exception(KafkaUnavailable(f"Kafka did not take the record: {error.str()}"))
