@@ -1,11 +1,13 @@
-"""Kafka with SASL and ACLs: a worker, an ingress, the Python client and the CLI granted
-exactly what ``kourier acls --apply`` creates (``streams.kafka.acls``, the README's table)
-serve calls, sends and delayed sends; a worker without ``Delete`` on the delay topic says
-so once and goes on.
+"""Kafka with TLS, SASL and ACLs: a worker, an ingress, the Python client, the CLI and a
+Faust app granted exactly what ``kourier acls --apply`` creates (``streams.kafka.acls``, the
+README's table) serve calls, sends and delayed sends; a worker without ``Delete`` on the
+delay topic says so once and goes on.
 
 The broker here is the project's own, from a copy of its template whose client listener
-takes SASL/PLAIN and whose authorizer is Kafka's ``StandardAuthorizer``; it runs for this
-module alone and is stopped by PID.
+takes SASL/PLAIN over TLS (``SASL_SSL``, with a certificate for 127.0.0.1 that the JDK's
+``keytool`` makes for this module) and whose authorizer is Kafka's ``StandardAuthorizer``;
+it runs for this module alone and is stopped by PID. Every client trusts that certificate
+through ``ssl.ca.location`` and checks the broker's name against it, librdkafka's default.
 """
 
 from __future__ import annotations
@@ -39,35 +41,72 @@ from tests.integration.helpers import poll_until
 from tests.kafka_helpers import create_topic, drain, values
 
 PASSWORDS = {user: f"{user}-secret" for user in ("admin", "worker", "client", "trimless")}
-# The client listener takes SASL/PLAIN, with these users; the controller listener stays
-# plaintext on loopback, and its principal (ANONYMOUS) and the broker's own are super users.
+# The client listener takes SASL/PLAIN over TLS, with these users; the controller listener
+# stays plaintext on loopback, and its principal (ANONYMOUS) and the broker's own are super
+# users.
 _SECURED = {
-    "\nlisteners=PLAINTEXT://": "\nlisteners=SASL_PLAINTEXT://",
-    "\nadvertised.listeners=PLAINTEXT://": "\nadvertised.listeners=SASL_PLAINTEXT://",
-    "inter.broker.listener.name=PLAINTEXT": "inter.broker.listener.name=SASL_PLAINTEXT",
+    "\nlisteners=PLAINTEXT://": "\nlisteners=SASL_SSL://",
+    "\nadvertised.listeners=PLAINTEXT://": "\nadvertised.listeners=SASL_SSL://",
+    "inter.broker.listener.name=PLAINTEXT": "inter.broker.listener.name=SASL_SSL",
     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,": (
-        "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,"
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,"
     ),
 }
 _USERS = " ".join(f'user_{name}="{password}"' for name, password in PASSWORDS.items())
 _SASL = f"""
 sasl.enabled.mechanisms=PLAIN
 sasl.mechanism.inter.broker.protocol=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=\
+listener.name.sasl_ssl.plain.sasl.jaas.config=\
 org.apache.kafka.common.security.plain.PlainLoginModule required \
 username="admin" password="{PASSWORDS["admin"]}" {_USERS};
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:admin;User:ANONYMOUS
 """
+_STORE_PASSWORD = "store-secret"
+#: What every client of the secured broker trusts: the broker's certificate, once the
+#: ``secured`` fixture has made it.
+_TRUST: dict[str, str] = {}
+
+
+def certificate(directory: Path) -> str:
+    """Make the broker's key and self-signed certificate for 127.0.0.1 (the JDK's
+    ``keytool``, which the broker's Java comes with) in ``directory``; the broker's TLS
+    properties. The certificate, as PEM, is ``ca.pem`` there."""
+    stores = {"storetype": "PKCS12", "storepass": _STORE_PASSWORD}
+    pairs = [item for name, value in stores.items() for item in (f"-{name}", value)]
+    keystore, truststore, pem = (directory / n for n in ("broker.p12", "trust.p12", "ca.pem"))
+
+    def keytool(*argv: str) -> None:
+        done = subprocess.run(["keytool", *argv], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    keytool("-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048",
+            "-validity", "2", "-dname", "CN=127.0.0.1", "-ext", "SAN=ip:127.0.0.1",
+            "-keystore", str(keystore), *pairs)  # fmt: skip
+    keytool("-exportcert", "-rfc", "-alias", "broker", "-keystore", str(keystore),
+            "-file", str(pem), *pairs)  # fmt: skip
+    keytool("-importcert", "-noprompt", "-alias", "broker", "-file", str(pem),
+            "-keystore", str(truststore), *pairs)  # fmt: skip
+    return f"""
+ssl.keystore.type=PKCS12
+ssl.keystore.location={keystore}
+ssl.keystore.password={_STORE_PASSWORD}
+ssl.key.password={_STORE_PASSWORD}
+ssl.truststore.type=PKCS12
+ssl.truststore.location={truststore}
+ssl.truststore.password={_STORE_PASSWORD}
+"""
 
 
 def sasl(user: str) -> dict[str, str]:
     """librdkafka settings of ``user``."""
+    assert _TRUST, "the secured broker's certificate is made by the secured fixture"
     return {
-        "security.protocol": "SASL_PLAINTEXT",
+        "security.protocol": "SASL_SSL",
         "sasl.mechanism": "PLAIN",
         "sasl.username": user,
         "sasl.password": PASSWORDS[user],
+        **_TRUST,
     }
 
 
@@ -92,13 +131,18 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     for plain, secure in _SECURED.items():
         assert plain in template, f"the broker template no longer has {plain!r}"
         template = template.replace(plain, secure)
-    (deploy / "server.properties.template").write_text(template + _SASL)
+    tls = certificate(deploy)
+    (deploy / "server.properties.template").write_text(template + _SASL + tls)
+    _TRUST["ssl.ca.location"] = str(deploy / "ca.pem")
     data = tmp_path_factory.mktemp("secured-kafka")
-    running = broker.start(data, port=0, deploy_dir=deploy, client=sasl("admin"))
     try:
-        yield Secured(running.bootstrap, data / "server.log")
+        running = broker.start(data, port=0, deploy_dir=deploy, client=sasl("admin"))
+        try:
+            yield Secured(running.bootstrap, data / "server.log")
+        finally:
+            broker.stop(data)
     finally:
-        broker.stop(data)
+        _TRUST.clear()
 
 
 def namespace(bootstrap: str) -> Settings:
@@ -352,3 +396,24 @@ async def test_a_client_without_its_acls_is_told_where_to_look(secured: Secured)
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"kourier: error: topic {admin.namespace}.ingress is missing"), last
     assert "`kourier acls`" in last, last
+
+
+async def test_a_client_that_does_not_trust_the_brokers_certificate_gets_no_further(
+    secured: Secured,
+) -> None:
+    """The listener is TLS for real: without ``ssl.ca.location`` librdkafka trusts the
+    system's certificates alone, none of which signed the broker's, and the CLI cannot
+    connect."""
+    admin = namespace(secured.bootstrap)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=admin.bootstrap_servers,
+               KOURIER_NAMESPACE=admin.namespace)  # fmt: skip
+    env.update((k, v) for k, v in sasl_env("admin").items() if k != "KOURIER_KAFKA_SSL_CA_LOCATION")
+    command = [sys.executable, "-m", "streams.cli", "call", "Tally/a/count"]
+    done = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    said = f"kourier: error: Kafka at {admin.bootstrap_servers} did not answer"
+    assert last.startswith(said), last
+    assert "certificate verify failed" in done.stderr, done.stderr
