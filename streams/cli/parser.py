@@ -294,7 +294,7 @@ def _kafka_error(exc: Exception) -> tuple[str, int] | None:
     """librdkafka's error as one line and an exit code: 1 when it may pass, 2 when not."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from streams.kafka.offsets import REFUSED, transient
+    from streams.kafka.offsets import CONNECTION_REFUSED, REFUSED, transient
 
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     if not isinstance(error, KafkaError):
@@ -309,4 +309,6 @@ def _kafka_error(exc: Exception) -> tuple[str, int] | None:
         return f"{line}; try again", 1
     if error.code() in REFUSED:  # ACLs that do not allow it
         return f"{line} (README, Security: the ACLs `kourier acls` lists)", 2
+    if error.code() in CONNECTION_REFUSED:  # the TLS or SASL settings
+        return f"{line} (README, Security: the KOURIER_KAFKA_* settings)", 2
     return line, 2

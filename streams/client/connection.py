@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from confluent_kafka import (
     Consumer,
@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from streams.errors import KourierError
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
+    Refusals,
     consume_ready,
     required_topics,
     transient,
@@ -106,7 +107,10 @@ class Connection:
                 }
             )
         )
-        self._reader = self._new_reader(FETCH_WAIT_MS)
+        # Its error callback, served by its polls, tells a TLS handshake or a SASL login the
+        # brokers refused from brokers that do not answer: the start fails at once then.
+        self._refusals = Refusals()
+        self._reader = self._new_reader(FETCH_WAIT_MS, refusals=self._refusals)
         try:
             await asyncio.to_thread(self._assign_reader)
         except Exception:  # not on a cancel: the thread may still be in a call on the reader
@@ -132,7 +136,8 @@ class Connection:
 
     def _assign_reader(self) -> None:
         """Read responses from the current end, fixed now, so no response can be missed.
-        Kafka away (or a partition without a leader) past the timeouts: KafkaUnavailable."""
+        Kafka away (or a partition without a leader) past the timeouts: KafkaUnavailable; a
+        connection the brokers refused (TLS, SASL): their ``KafkaException`` at once."""
         try:
             self._assign_reader_at_end()
         except KafkaException as exc:
@@ -144,7 +149,7 @@ class Connection:
 
     def _assign_reader_at_end(self) -> None:
         needed = (self.topics.ingress, self.topics.responses, self.topics.services)
-        metadata = required_topics(self._reader, needed)
+        metadata = required_topics(self._reader, needed, refusals=self._refusals)
         self.partitions = len(metadata[self.topics.ingress].partitions)
         response_partitions = len(metadata[self.topics.responses].partitions)
         self._home = random.randrange(response_partitions)
@@ -160,21 +165,28 @@ class Connection:
         """The partitions this client reads: its responses, and the service catalog."""
         return [(self.topics.responses, self._home), (self.topics.services, 0)]
 
-    def _new_reader(self, wait_ms: int, extra: Mapping[str, str] | None = None) -> Consumer:
+    def _new_reader(
+        self,
+        wait_ms: int,
+        extra: Mapping[str, str] | None = None,
+        refusals: Refusals | None = None,
+    ) -> Consumer:
         """A ``read_committed`` consumer outside any group's assignment (it is assigned
-        partitions and commits nothing), with ``wait_ms`` as its fetch wait."""
-        return Consumer(
-            self.settings.client_config(
-                {
-                    "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": wait_ms,
-                    "log_level": 3,
-                    **(extra or {}),
-                }
-            )
+        partitions and commits nothing), with ``wait_ms`` as its fetch wait, and
+        ``refusals`` as its error callback."""
+        config: dict[str, Any] = self.settings.client_config(
+            {
+                "group.id": f"{self.settings.namespace}.client.{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": wait_ms,
+                "log_level": 3,
+                **(extra or {}),
+            }
         )
+        if refusals is not None:
+            config["error_cb"] = refusals
+        return Consumer(config)
 
     async def close(self) -> None:
         """Stop reading, deliver or drop what is still to produce, and end every call that

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -13,7 +13,7 @@ from confluent_kafka.admin._metadata import TopicMetadata
 from confluent_kafka.cimpl import NewTopic
 
 from streams.errors import KourierError
-from streams.kafka.offsets import REFUSED
+from streams.kafka.offsets import REFUSED, Refusals, cluster_metadata
 from streams.settings import Settings
 from streams.wire.topics import Topics, TopicSpec
 
@@ -32,6 +32,14 @@ class TopicState:
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.client_config(log_level=4))
+
+
+def checked_admin(settings: Settings) -> tuple[AdminClient, Refusals]:
+    """A short-lived admin client and its error callback, with which :func:`cluster_metadata`
+    tells a connection the brokers refused (TLS, SASL) from brokers that do not answer."""
+    refusals = Refusals()
+    config: dict[str, Any] = {**settings.client_config(log_level=4), "error_cb": refusals}
+    return AdminClient(config), refusals
 
 
 def replication_for(settings: Settings, brokers: int) -> int:
@@ -55,9 +63,9 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
     Existing topics are left alone, but one whose partition count differs from
     the co-partitioned layout is an error: keys would land on other partitions.
     """
-    admin = admin_client(settings)
+    admin, refusals = checked_admin(settings)
     specs = Topics(settings.namespace).specs(settings.partitions)
-    cluster = admin.list_topics(timeout=timeout)
+    cluster = cluster_metadata(admin, timeout, refusals)
     existing = cluster.topics
     replicas = replication_for(settings, len(cluster.brokers))
     insync = {"min.insync.replicas": str(min_insync(replicas))}
@@ -105,7 +113,8 @@ def create_missing_topics(
     exists (the worker checks their shape itself); otherwise create the missing ones,
     co-partitioned with the namespace's ingress topic when that exists (its partition count
     wins over the setting). Returns the topics it created, and the partition count in use."""
-    metadata = admin_client(settings).list_topics(timeout=timeout).topics
+    admin, refusals = checked_admin(settings)
+    metadata = cluster_metadata(admin, timeout, refusals).topics
     topics = Topics(settings.namespace)
     ingress = metadata.get(topics.ingress)
     if ingress is not None and ingress.partitions:
@@ -145,9 +154,9 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
     partitions, replication factor, the smallest in-sync replica set of its partitions,
     ``min.insync.replicas`` and cleanup policy; ``warnings`` for what risks data or
     availability (one replica on a cluster, a partition whose ISR is below its minimum)."""
-    admin = admin_client(settings)
+    admin, refusals = checked_admin(settings)
     specs = Topics(settings.namespace).specs(settings.partitions)
-    cluster = admin.list_topics(timeout=timeout)
+    cluster = cluster_metadata(admin, timeout, refusals)
     metadata = cluster.topics
     brokers = len(cluster.brokers)
     present = [s.name for s in specs if s.name in metadata]

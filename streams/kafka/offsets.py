@@ -22,7 +22,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
-from confluent_kafka.admin._metadata import TopicMetadata
+from confluent_kafka.admin._metadata import ClusterMetadata, TopicMetadata
 
 from streams.errors import KourierError
 from streams.settings import Settings
@@ -85,22 +85,68 @@ def look_again(client: Consumer | AdminClient, topics: Iterable[str], within: fl
             client.list_topics(topic, timeout=max(0.1, left))
 
 
+#: librdkafka's errors for a connection that the same settings will never make: a TLS
+#: handshake that failed (a certificate not trusted, a listener that is not TLS) and a SASL
+#: login the broker refused (README, Security).
+CONNECTION_REFUSED = (KafkaError._SSL, KafkaError._AUTHENTICATION)
+
+
+class Refusals:
+    """A client's ``error_cb``: keeps the last connection the brokers refused
+    (``CONNECTION_REFUSED``), and logs every error, as librdkafka does for a client without
+    one. librdkafka calls it from the client's ``poll``."""
+
+    def __init__(self) -> None:
+        self.last: KafkaError | None = None
+
+    def __call__(self, error: KafkaError) -> None:
+        if error.code() in CONNECTION_REFUSED:
+            self.last = error
+        log.warning("Kafka: %s", error.str())
+
+
+def cluster_metadata(
+    client: Consumer | Producer | AdminClient, timeout: float, refusals: Refusals | None = None
+) -> ClusterMetadata:
+    """``client.list_topics``, waiting up to ``timeout`` seconds. With ``refusals`` (the
+    client's ``error_cb``) it asks in tries of a second, after each of which it serves the
+    client's callbacks (``poll(0)``, so only for a client with nothing assigned yet): a
+    connection the brokers refused raises at once, with their reason, rather than as a
+    timeout once ``timeout`` has passed."""
+    if refusals is None:
+        return client.list_topics(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            client.poll(0)
+            if refusals.last is not None:
+                raise KafkaException(refusals.last) from None
+            if not transient(exc.args[0]) or time.monotonic() >= deadline:
+                raise
+
+
 #: How long a topic that is not listed is asked for again before it counts as missing.
 TOPIC_GRACE = 10.0
 
 
 def listed_topics(
-    client: Consumer | Producer | AdminClient, names: Sequence[str], grace: float = TOPIC_GRACE
+    client: Consumer | Producer | AdminClient,
+    names: Sequence[str],
+    grace: float = TOPIC_GRACE,
+    refusals: Refusals | None = None,
 ) -> tuple[dict[str, TopicMetadata], list[str]]:
     """The cluster's topic metadata, and which of ``names`` it does not list (or lists with
     an error, as a topic whose leaders are not elected yet). On a cluster, the broker asked
     may learn of a topic a moment after the controller said it was created, so an absent
     topic is asked for again, for up to ``grace`` seconds, before it is returned as absent;
-    an error that does not pass by itself (not authorised) is returned at once."""
+    an error that does not pass by itself (not authorised) is returned at once. With the
+    client's ``refusals``, a connection refused raises at once (:func:`cluster_metadata`)."""
     deadline = time.monotonic() + grace
     logged = False
     while True:
-        metadata: dict[str, TopicMetadata] = client.list_topics(timeout=30.0).topics
+        metadata: dict[str, TopicMetadata] = cluster_metadata(client, 30.0, refusals).topics
         errors = {n: metadata[n].error for n in names if n in metadata}
         absent = [n for n in names if n not in errors or errors[n] is not None]
         final = any(e is not None and not transient(e) for e in errors.values())
@@ -117,11 +163,14 @@ class MissingTopics(KourierError, RuntimeError):
 
 
 def required_topics(
-    client: Consumer | Producer | AdminClient, names: Sequence[str], grace: float = TOPIC_GRACE
+    client: Consumer | Producer | AdminClient,
+    names: Sequence[str],
+    grace: float = TOPIC_GRACE,
+    refusals: Refusals | None = None,
 ) -> dict[str, TopicMetadata]:
     """The cluster's topic metadata once it lists every one of ``names`` (``listed_topics``);
     ``MissingTopics``, naming the first absent one, when it does not within ``grace``."""
-    metadata, absent = listed_topics(client, names, grace)
+    metadata, absent = listed_topics(client, names, grace, refusals)
     if absent:
         raise MissingTopics(absent_topic(metadata, absent[0]))
     return metadata

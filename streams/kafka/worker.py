@@ -43,6 +43,7 @@ from streams.kafka.membership import Membership
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
     REFUSED,
+    Refusals,
     absent_topic,
     consume_ready,
     listed_topics,
@@ -125,8 +126,9 @@ class Worker:
         return self.settings.client_config({"log_level": 4, **extra})
 
     def _ingress_partitions(self) -> int:
-        admin = AdminClient(self._client({}))
-        topics, missing = listed_topics(admin, self.topics.all())
+        refusals = Refusals()  # a connection refused (TLS, SASL) ends the start at once
+        admin = AdminClient(self._client({"error_cb": refusals}))
+        topics, missing = listed_topics(admin, self.topics.all(), refusals=refusals)
         unusable = [name for name in missing if name in topics]
         if unusable:
             raise WorkerError(absent_topic(topics, unusable[0]))

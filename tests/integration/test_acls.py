@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.client import Client
@@ -398,22 +398,46 @@ async def test_a_client_without_its_acls_is_told_where_to_look(secured: Secured)
     assert "`kourier acls`" in last, last
 
 
-async def test_a_client_that_does_not_trust_the_brokers_certificate_gets_no_further(
+def kourier_as(admin: Settings, env: dict[str, str], argv: list[str]) -> tuple[int, str]:
+    """``kourier <argv>`` in ``admin``'s namespace with the ``KOURIER_KAFKA_*`` settings in
+    ``env``: its exit status and the last line of its standard error."""
+    full = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=admin.bootstrap_servers,
+                KOURIER_NAMESPACE=admin.namespace, **env)  # fmt: skip
+    command = [sys.executable, "-m", "streams.cli", *argv]
+    done = subprocess.run(command, cwd=ROOT, env=full, capture_output=True, text=True, timeout=90)
+    lines = done.stderr.strip().splitlines()
+    return done.returncode, lines[-1] if lines else done.stdout
+
+
+async def test_a_client_that_does_not_trust_the_brokers_certificate_is_told_so_at_once(
     secured: Secured,
 ) -> None:
     """The listener is TLS for real: without ``ssl.ca.location`` librdkafka trusts the
-    system's certificates alone, none of which signed the broker's, and the CLI cannot
-    connect."""
+    system's certificates alone, none of which signed the broker's. The CLI says so with
+    Kafka's reason and exit 2 (the same settings will never connect), rather than time out
+    and say to try again."""
     admin = namespace(secured.bootstrap)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=admin.bootstrap_servers,
-               KOURIER_NAMESPACE=admin.namespace)  # fmt: skip
-    env.update((k, v) for k, v in sasl_env("admin").items() if k != "KOURIER_KAFKA_SSL_CA_LOCATION")
-    command = [sys.executable, "-m", "streams.cli", "call", "Tally/a/count"]
-    done = await asyncio.to_thread(
-        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
-    )
-    assert done.returncode == 1, done.stdout + done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    said = f"kourier: error: Kafka at {admin.bootstrap_servers} did not answer"
-    assert last.startswith(said), last
-    assert "certificate verify failed" in done.stderr, done.stderr
+    untrusting = {k: v for k, v in sasl_env("client").items()
+                  if k != "KOURIER_KAFKA_SSL_CA_LOCATION"}  # fmt: skip
+    code, last = await asyncio.to_thread(kourier_as, admin, untrusting, ["call", "Tally/a/count"])
+    assert code == 2, last
+    assert last.startswith("kourier: error: Kafka: "), last
+    assert "SSL handshake failed" in last, last
+    assert "certificate verify failed" in last, last
+    assert last.endswith("(README, Security: the KOURIER_KAFKA_* settings)"), last
+
+
+async def test_a_wrong_password_ends_a_worker_and_a_client_start_with_kafkas_reason(
+    secured: Secured, tmp_path: Path
+) -> None:
+    admin = namespace(secured.bootstrap)
+    wrong = {**sasl_env("worker"), "KOURIER_KAFKA_SASL_PASSWORD": "not-the-password"}
+    for argv in (["worker", "tests.integration.apps"],
+                 ["worker", "--no-create-topics", "tests.integration.apps"]):  # fmt: skip
+        code, last = await asyncio.to_thread(kourier_as, admin, wrong, argv)
+        assert code == 2, f"{argv}: {last}"
+        assert "Authentication failed: Invalid username or password" in last, f"{argv}: {last}"
+    settings = admin.model_copy(update={"kafka": {**sasl("client"), "sasl.password": "wrong"}})
+    with pytest.raises(KafkaException) as refused:
+        await asyncio.wait_for(Client(settings).start(), 60)
+    assert refused.value.args[0].code() == KafkaError._AUTHENTICATION, refused.value
