@@ -75,9 +75,11 @@ class Client:
         await self.close()
 
     async def start(self) -> None:
-        """Connect: read responses from here on, and the service catalog (raises
+        """Connect: read responses from here on, and the service catalog. Raises
         ``MissingTopics`` when the namespace's topics are not there, ``KafkaUnavailable``
-        when Kafka does not answer)."""
+        when Kafka does not answer, and Kafka's ``KafkaException`` (``_SSL``,
+        ``_AUTHENTICATION``) at once when the brokers refuse the connection's TLS or SASL
+        settings."""
         await self._kafka.start()
 
     async def close(self) -> None:

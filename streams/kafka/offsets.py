@@ -86,45 +86,55 @@ def look_again(client: Consumer | AdminClient, topics: Iterable[str], within: fl
 
 
 #: librdkafka's errors for a connection that the same settings will never make: a TLS
-#: handshake that failed (a certificate not trusted, a listener that is not TLS) and a SASL
-#: login the broker refused (README, Security).
+#: handshake that failed (a certificate not trusted) and a SASL login the broker refused
+#: (README, Security). librdkafka gives the same codes to a few passing failures, which
+#: name the transport (a connection lost during the SASL handshake: "Broker transport
+#: failure"; "SSL transport error"); those are not refusals.
 CONNECTION_REFUSED = (KafkaError._SSL, KafkaError._AUTHENTICATION)
+
+_errors = logging.getLogger("kourier.kafka")
 
 
 class Refusals:
     """A client's ``error_cb``: keeps the last connection the brokers refused
-    (``CONNECTION_REFUSED``), and logs every error, as librdkafka does for a client without
-    one. librdkafka calls it from the client's ``poll``."""
+    (``CONNECTION_REFUSED``). Every error goes to the debug log: librdkafka logs its own
+    line for each. librdkafka calls it from the client's ``poll``."""
 
     def __init__(self) -> None:
         self.last: KafkaError | None = None
 
     def __call__(self, error: KafkaError) -> None:
-        if error.code() in CONNECTION_REFUSED:
+        _errors.debug("Kafka: %s", error.str())
+        if error.code() in CONNECTION_REFUSED and "transport" not in error.str().lower():
             self.last = error
-        log.warning("Kafka: %s", error.str())
 
 
 def cluster_metadata(
     client: Consumer | Producer | AdminClient, timeout: float, refusals: Refusals | None = None
 ) -> ClusterMetadata:
     """``client.list_topics``, waiting up to ``timeout`` seconds. With ``refusals`` (the
-    client's ``error_cb``) it asks in tries of a second, after each of which it serves the
-    client's callbacks (``poll(0)``, so only for a client with nothing assigned yet): a
-    connection the brokers refused raises at once, with their reason, rather than as a
-    timeout once ``timeout`` has passed."""
+    client's ``error_cb``), while no broker can be used at all (``_TRANSPORT``) it asks in
+    tries of a second, after each of which it serves the client's callbacks (``poll(0)``:
+    so only for a client with nothing assigned yet, whose poll returns no record); a
+    connection the brokers refused then raises at once, with their reason, rather than as
+    a timeout once ``timeout`` has passed. A broker that took the request but is slow to
+    answer gets the rest of ``timeout`` in one wait, as without ``refusals``."""
     if refusals is None:
         return client.list_topics(timeout=timeout)
     deadline = time.monotonic() + timeout
     while True:
+        left = deadline - time.monotonic()
         try:
-            return client.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return client.list_topics(timeout=max(0.1, min(1.0, left)))
         except KafkaException as exc:
             client.poll(0)
             if refusals.last is not None:
                 raise KafkaException(refusals.last) from None
-            if not transient(exc.args[0]) or time.monotonic() >= deadline:
+            error = exc.args[0]
+            if not transient(error) or time.monotonic() >= deadline:
                 raise
+            if error.code() != KafkaError._TRANSPORT:  # a broker has the request: wait for it
+                return client.list_topics(timeout=max(0.1, deadline - time.monotonic()))
 
 
 #: How long a topic that is not listed is asked for again before it counts as missing.
@@ -142,7 +152,8 @@ def listed_topics(
     may learn of a topic a moment after the controller said it was created, so an absent
     topic is asked for again, for up to ``grace`` seconds, before it is returned as absent;
     an error that does not pass by itself (not authorised) is returned at once. With the
-    client's ``refusals``, a connection refused raises at once (:func:`cluster_metadata`)."""
+    client's ``refusals`` (a client with nothing assigned yet), a connection refused raises
+    at once (:func:`cluster_metadata`)."""
     deadline = time.monotonic() + grace
     logged = False
     while True:
@@ -168,8 +179,9 @@ def required_topics(
     grace: float = TOPIC_GRACE,
     refusals: Refusals | None = None,
 ) -> dict[str, TopicMetadata]:
-    """The cluster's topic metadata once it lists every one of ``names`` (``listed_topics``);
-    ``MissingTopics``, naming the first absent one, when it does not within ``grace``."""
+    """The cluster's topic metadata once it lists every one of ``names`` (``listed_topics``,
+    with ``refusals`` as there); ``MissingTopics``, naming the first absent one, when it does
+    not within ``grace``."""
     metadata, absent = listed_topics(client, names, grace, refusals)
     if absent:
         raise MissingTopics(absent_topic(metadata, absent[0]))
