@@ -31,7 +31,8 @@ from confluent_kafka.admin import (
 )
 
 from streams.errors import KourierError
-from streams.kafka.admin import admin_client
+from streams.kafka.admin import checked_admin
+from streams.kafka.offsets import cluster_metadata
 from streams.settings import Settings
 
 Role = Literal["worker", "client"]
@@ -103,7 +104,8 @@ def create_acls(settings: Settings, wanted: Sequence[Acl], timeout: float = 30.0
     """Create ``wanted`` (ACLs that exist already are kept as they are); raises the first
     refusal: :class:`AclError` when ``settings``' principal may not alter the cluster's
     ACLs, Kafka's own error (a ``KafkaException``) otherwise."""
-    admin = admin_client(settings)
+    admin, refusals = checked_admin(settings)
+    cluster_metadata(admin, timeout, refusals)  # a connection refused (TLS, SASL) raises here
     futures = admin.create_acls([acl.binding() for acl in wanted], request_timeout=timeout)
     for future in futures.values():
         try:

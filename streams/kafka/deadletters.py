@@ -11,10 +11,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from streams.kafka.offsets import TOPIC_GRACE, consume_ready, required_topics, watermarks
+from streams.kafka.offsets import (
+    TOPIC_GRACE,
+    Refusals,
+    consume_ready,
+    required_topics,
+    watermarks,
+)
 from streams.settings import Settings
 from streams.wire.partitioning import partition_for
 from streams.wire.records import DeadLetter
@@ -27,19 +34,19 @@ def read(
     """Every dead letter now on the topic (oldest first), optionally of one ``reason``;
     ``MissingTopics`` when the namespace has no dead-letter topic."""
     topics = Topics(settings.namespace)
-    consumer = Consumer(
-        settings.client_config(
-            {
-                "group.id": f"{settings.namespace}.dlq.{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "log_level": 3,
-            }
-        )
+    refusals = Refusals()  # a connection refused (TLS, SASL) raises at once
+    config: dict[str, Any] = settings.client_config(
+        {
+            "group.id": f"{settings.namespace}.dlq.{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "log_level": 3,
+        }
     )
+    consumer = Consumer({**config, "error_cb": refusals})
     letters: list[DeadLetter] = []
     try:
-        required_topics(consumer, [topics.deadletter], min(timeout, TOPIC_GRACE))
+        required_topics(consumer, [topics.deadletter], min(timeout, TOPIC_GRACE), refusals)
         tp = TopicPartition(topics.deadletter, 0, OFFSET_BEGINNING)
         _, end = watermarks(consumer, tp)
         if end == 0:
@@ -81,8 +88,10 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
     if foreign:
         # A delay record set aside names no invocation (or a bad one): nothing can run it.
         raise ValueError(f"dead letters at offsets {foreign} are not from the ingress topic")
-    producer = Producer(settings.producer_config({"enable.idempotence": True, "log_level": 3}))
-    listed = required_topics(producer, [topics.ingress], min(timeout, TOPIC_GRACE))
+    refusals = Refusals()  # a connection refused (TLS, SASL) raises at once
+    config: dict[str, Any] = settings.producer_config({"enable.idempotence": True, "log_level": 3})
+    producer = Producer({**config, "error_cb": refusals})
+    listed = required_topics(producer, [topics.ingress], min(timeout, TOPIC_GRACE), refusals)
     partitions = len(listed[topics.ingress].partitions)
     errors: list[str] = []
     count = 0

@@ -427,13 +427,14 @@ async def test_a_client_that_does_not_trust_the_brokers_certificate_is_told_so_a
     assert last.endswith("(README, Security: the KOURIER_KAFKA_* settings)"), last
 
 
-async def test_a_wrong_password_ends_a_worker_and_a_client_start_with_kafkas_reason(
+async def test_a_wrong_password_ends_a_start_or_a_command_with_kafkas_reason(
     secured: Secured, tmp_path: Path
 ) -> None:
     admin = namespace(secured.bootstrap)
     wrong = {**sasl_env("worker"), "KOURIER_KAFKA_SASL_PASSWORD": "not-the-password"}
     for argv in (["worker", "tests.integration.apps"],
-                 ["worker", "--no-create-topics", "tests.integration.apps"]):  # fmt: skip
+                 ["worker", "--no-create-topics", "tests.integration.apps"],
+                 ["dlq", "list"], ["acls", "--client", "User:x", "--apply"]):  # fmt: skip
         code, last = await asyncio.to_thread(kourier_as, admin, wrong, argv)
         assert code == 2, f"{argv}: {last}"
         assert "Authentication failed: Invalid username or password" in last, f"{argv}: {last}"
