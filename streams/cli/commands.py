@@ -212,7 +212,7 @@ def _run_until_signal(
     """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM,
     exporting its spans as service ``traced_as`` when ``OTEL_TRACES_EXPORTER`` says so.
     SIGUSR1 dumps the threads, ``status()`` and the asyncio tasks, and a crash writes the
-    threads' stacks before the process ends (streams/cli/dump.py).
+    Python threads' stacks before the process ends (streams/cli/dump.py).
 
     What the process built before this point (modules, the services, settings) lives as
     long as it does, so it is taken out of the garbage collector's reach (``gc.freeze``).
@@ -250,6 +250,7 @@ def _run_until_signal(
 
 def worker(args: argparse.Namespace) -> int:
     dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
+    dump.on_crash()  # from the start: topic creation and the restore run before the loop
     import asyncio
 
     from streams.engine.registry import load_services
@@ -282,6 +283,7 @@ def worker(args: argparse.Namespace) -> int:
 
 def ingress(args: argparse.Namespace) -> int:
     dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
+    dump.on_crash()  # from the start: topic creation and the restore run before the loop
     from streams.http.ingress import serve
 
     _configure_logging()
@@ -304,6 +306,7 @@ def ingress(args: argparse.Namespace) -> int:
 def dev(args: argparse.Namespace) -> int:
     """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go."""
     dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
+    dump.on_crash()  # from the start: topic creation and the restore run before the loop
     import asyncio
 
     from streams.engine.registry import load_services

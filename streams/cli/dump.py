@@ -15,7 +15,9 @@ worker silent. Before :func:`install` and after :func:`uninstall` the signal is 
 
 A process that dies of a fatal signal (a crash in native code, librdkafka's or Python's
 own) would otherwise end without a line in its log; :func:`on_crash` has it write the
-stack of every thread to standard error first.
+Python stack of every Python thread to standard error first (a fault in one of
+librdkafka's own threads shows no stack of its own: the Python threads' show what they
+were calling).
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ def install(
 
 
 def on_crash() -> None:
-    """On SIGSEGV, SIGBUS, SIGABRT, SIGFPE or SIGILL, write every thread's stack to
-    standard error before the process ends (:mod:`faulthandler`), for as long as it runs."""
+    """On SIGSEGV, SIGBUS, SIGABRT, SIGFPE or SIGILL, write the Python stack of every
+    Python thread to standard error before the process ends (:mod:`faulthandler`), for as
+    long as it runs."""
     with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
         faulthandler.enable(file=sys.stderr, all_threads=True)
 

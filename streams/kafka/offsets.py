@@ -95,17 +95,23 @@ CONNECTION_REFUSED = (KafkaError._SSL, KafkaError._AUTHENTICATION)
 _errors = logging.getLogger("kourier.kafka")
 
 
+#: What librdkafka's passing failures with those codes say.
+_PASSING = ("Broker transport failure", "SSL transport error")
+
+
 class Refusals:
     """A client's ``error_cb``: keeps the last connection the brokers refused
-    (``CONNECTION_REFUSED``). Every error goes to the debug log: librdkafka logs its own
-    line for each. librdkafka calls it from the client's ``poll``."""
+    (``CONNECTION_REFUSED``). Every error goes to the debug log. librdkafka logs a line of
+    its own for each connection that fails, not for "N/N brokers are down", which only the
+    callback gets. librdkafka calls it from the client's ``poll``."""
 
     def __init__(self) -> None:
         self.last: KafkaError | None = None
 
     def __call__(self, error: KafkaError) -> None:
-        _errors.debug("Kafka: %s", error.str())
-        if error.code() in CONNECTION_REFUSED and "transport" not in error.str().lower():
+        said = error.str()
+        _errors.debug("Kafka: %s", said)
+        if error.code() in CONNECTION_REFUSED and not any(p in said for p in _PASSING):
             self.last = error
 
 

@@ -428,8 +428,11 @@ async def test_a_client_that_does_not_trust_the_brokers_certificate_is_told_so_a
 
 
 async def test_a_wrong_password_ends_a_start_or_a_command_with_kafkas_reason(
-    secured: Secured, tmp_path: Path
+    secured: Secured,
 ) -> None:
+    """A SASL login the broker refuses ends a worker's start (with and without creating
+    topics), ``dlq list`` and ``acls --apply`` with Kafka's reason and exit 2, and makes
+    ``Client.start()`` raise it, rather than a timeout and a "try again"."""
     admin = namespace(secured.bootstrap)
     wrong = {**sasl_env("worker"), "KOURIER_KAFKA_SASL_PASSWORD": "not-the-password"}
     for argv in (["worker", "tests.integration.apps"],
