@@ -211,8 +211,7 @@ def _run_until_signal(
 ) -> int:
     """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM,
     exporting its spans as service ``traced_as`` when ``OTEL_TRACES_EXPORTER`` says so.
-    SIGUSR1 dumps the threads, ``status()`` and the asyncio tasks, and a crash writes the
-    Python threads' stacks before the process ends (streams/cli/dump.py).
+    SIGUSR1 dumps the threads, ``status()`` and the asyncio tasks (streams/cli/dump.py).
 
     What the process built before this point (modules, the services, settings) lives as
     long as it does, so it is taken out of the garbage collector's reach (``gc.freeze``).
@@ -239,7 +238,6 @@ def _run_until_signal(
         finally:
             dump.uninstall(loop)
 
-    dump.on_crash()
     gc.freeze()
     try:
         asyncio.run(runner())
@@ -249,8 +247,7 @@ def _run_until_signal(
 
 
 def worker(args: argparse.Namespace) -> int:
-    dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
-    dump.on_crash()  # from the start: topic creation and the restore run before the loop
+    dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
     import asyncio
 
     from streams.engine.registry import load_services
@@ -282,8 +279,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def ingress(args: argparse.Namespace) -> int:
-    dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
-    dump.on_crash()  # from the start: topic creation and the restore run before the loop
+    dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
     from streams.http.ingress import serve
 
     _configure_logging()
@@ -305,8 +301,7 @@ def ingress(args: argparse.Namespace) -> int:
 
 def dev(args: argparse.Namespace) -> int:
     """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go."""
-    dump.ignore()  # until the loop's dump is installed: a SIGUSR1 must not end the process
-    dump.on_crash()  # from the start: topic creation and the restore run before the loop
+    dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
     import asyncio
 
     from streams.engine.registry import load_services

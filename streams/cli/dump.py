@@ -56,6 +56,14 @@ def install(
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
 
 
+def from_the_start() -> None:
+    """A long-running process's first step: SIGUSR1 ignored until :func:`install`, and a
+    crash, even one before the event loop starts (topic creation, a restore), written out
+    (:func:`on_crash`)."""
+    ignore()
+    on_crash()
+
+
 def on_crash() -> None:
     """On SIGSEGV, SIGBUS, SIGABRT, SIGFPE or SIGILL, write the Python stack of every
     Python thread to standard error before the process ends (:mod:`faulthandler`), for as

@@ -72,14 +72,10 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
     assert RestoreError.retriable, "a slow restore: the take-over is tried again"
 
 
-def test_a_long_running_command_keeps_its_startup_objects_from_the_collector(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_long_running_command_keeps_its_startup_objects_from_the_collector() -> None:
     """Worker and ingress freeze what they built before serving, so that full collections
     no longer walk it (a 28 ms pause each, measured)."""
-    from streams.cli import commands, dump
-
-    monkeypatch.setattr(dump, "on_crash", lambda: None)  # pytest keeps its own crash handler
+    from streams.cli import commands
 
     frozen: list[int] = []
 

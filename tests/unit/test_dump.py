@@ -87,39 +87,35 @@ def test_sigusr1_before_install_and_after_uninstall_does_not_end_the_process() -
 def test_a_process_that_crashes_writes_every_threads_stack_before_it_ends(
     tmp_path: Path,
 ) -> None:
-    """A fatal signal in a ``kourier`` process (a crash in native code) leaves the threads'
-    stacks in its log, not a log that just stops."""
-    script = textwrap.dedent(
-        """
-        import os, signal, threading
-        from streams.cli.commands import _run_until_signal
+    """A fatal signal in a ``kourier worker`` (a crash in native code), here while it loads
+    its services, before anything else, leaves the threads' stacks in its log, not a log
+    that just stops."""
+    (tmp_path / "crashes_on_import.py").write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading
 
-        parked, never = threading.Event(), threading.Event()
+            parked, never = threading.Event(), threading.Event()
 
-        def parked_thread():
-            parked.set()
-            never.wait()
+            def parked_thread():
+                parked.set()
+                never.wait()
 
-        async def crash_here(stop):
+            def crash_here():
+                os.kill(os.getpid(), signal.SIGSEGV)
+
             threading.Thread(target=parked_thread, name="parked", daemon=True).start()
             parked.wait(30)
-            os.kill(os.getpid(), signal.SIGSEGV)
-
-        _run_until_signal(crash_here, "kourier-test")
-        """
+            crash_here()
+            """
+        )
     )
     unset = ("OTEL_", "PYTHONFAULT", "PYTHONDEVMODE")  # the last two enable it themselves
     env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # run from tmp_path
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-        cwd=tmp_path,
-    )  # no core file here
+    command = [sys.executable, "-m", "streams.cli", "worker", "crashes_on_import"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False,
+                          env=env, cwd=tmp_path)  # fmt: skip
     assert done.returncode == -signal.SIGSEGV, done.stderr
     assert "Fatal Python error: Segmentation fault" in done.stderr, done.stderr
     assert "in crash_here" in done.stderr, done.stderr  # the thread that crashed
