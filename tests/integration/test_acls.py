@@ -188,9 +188,11 @@ def low_watermarks(admin: Settings) -> list[int]:
     return [answered[tp].result(timeout=60).offset for tp in asked]
 
 
-def cli(settings: Settings, user: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """``kourier <argv>`` as ``user``."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **sasl_env(user))
+def cli(
+    settings: Settings, user: str, argv: list[str], kafka: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``kourier <argv>`` as ``user``, or with the ``KOURIER_KAFKA_*`` variables ``kafka``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(sasl_env(user) if kafka is None else kafka))
     env.update(KOURIER_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
                KOURIER_NAMESPACE=settings.namespace)  # fmt: skip
     command = [sys.executable, "-m", "streams.cli", *argv]
@@ -398,17 +400,6 @@ async def test_a_client_without_its_acls_is_told_where_to_look(secured: Secured)
     assert "`kourier acls`" in last, last
 
 
-def kourier_as(admin: Settings, env: dict[str, str], argv: list[str]) -> tuple[int, str]:
-    """``kourier <argv>`` in ``admin``'s namespace with the ``KOURIER_KAFKA_*`` settings in
-    ``env``: its exit status and the last line of its standard error."""
-    full = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=admin.bootstrap_servers,
-                KOURIER_NAMESPACE=admin.namespace, **env)  # fmt: skip
-    command = [sys.executable, "-m", "streams.cli", *argv]
-    done = subprocess.run(command, cwd=ROOT, env=full, capture_output=True, text=True, timeout=90)
-    lines = done.stderr.strip().splitlines()
-    return done.returncode, lines[-1] if lines else done.stdout
-
-
 async def test_a_client_that_does_not_trust_the_brokers_certificate_is_told_so_at_once(
     secured: Secured,
 ) -> None:
@@ -419,8 +410,9 @@ async def test_a_client_that_does_not_trust_the_brokers_certificate_is_told_so_a
     admin = namespace(secured.bootstrap)
     untrusting = {k: v for k, v in sasl_env("client").items()
                   if k != "KOURIER_KAFKA_SSL_CA_LOCATION"}  # fmt: skip
-    code, last = await asyncio.to_thread(kourier_as, admin, untrusting, ["call", "Tally/a/count"])
-    assert code == 2, last
+    done = await asyncio.to_thread(cli, admin, "client", ["call", "Tally/a/count"], untrusting)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, last
     assert last.startswith("kourier: error: Kafka: "), last
     assert "SSL handshake failed" in last, last
     assert "certificate verify failed" in last, last
@@ -438,8 +430,9 @@ async def test_a_wrong_password_ends_a_start_or_a_command_with_kafkas_reason(
     for argv in (["worker", "tests.integration.apps"],
                  ["worker", "--no-create-topics", "tests.integration.apps"],
                  ["dlq", "list"], ["acls", "--client", "User:x", "--apply"]):  # fmt: skip
-        code, last = await asyncio.to_thread(kourier_as, admin, wrong, argv)
-        assert code == 2, f"{argv}: {last}"
+        done = await asyncio.to_thread(cli, admin, "worker", argv, wrong)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2, f"{argv}: {last}"
         assert "Authentication failed: Invalid username or password" in last, f"{argv}: {last}"
     settings = admin.model_copy(update={"kafka": {**sasl("client"), "sasl.password": "wrong"}})
     with pytest.raises(KafkaException) as refused:
