@@ -4,24 +4,24 @@ An invocation lives in the ``<ns>.invocations`` changelog as its meta (``m/<id>`
 journal entries (``j/<id>/<index>``). The table keeps every invocation the partition knows
 by id — running, waiting, scheduled, or completed and retained — and marks the changed ones;
 :meth:`InvocationTable.changelog` writes those (a meta rewritten, new or completed entries)
-and the tombstones of forgotten ones. Retained outcomes expire in order of their deadline.
+and the tombstones of forgotten ones. Retained outcomes expire by their deadline.
 
 Cold invocations. Most of what a partition holds may be invocations that do nothing: a
 delayed send not yet due (``scheduled``) and a retained outcome (``completed``, kept for
 its idempotency key or workflow id). Once written, such an invocation is kept *cold*: as
-the meta bytes the changelog holds, not as objects (a third to a half of the memory;
-docs/performance.md). Looking one up (:meth:`InvocationTable.get`) *thaws* it into an
-:class:`Invocation` again, through the partition's ``thaw``. A thawed invocation that
-nothing changed is let go at the next changelog (its bytes are still right); one that
-changed is written, and kept cold again with its new bytes if it is still scheduled or
-completed. So nothing holds a thawed invocation past a commit unless it runs. One written
-scheduled or completed while not yet idle (a killed invocation whose ``ctx.run`` action
-is still unwinding) is kept cold at the first changelog after it is.
+the meta bytes the changelog holds, not as objects, and on disk, in the partition's
+:class:`~streams.engine.spill.ColdStore`, not in memory. Looking one up
+(``InvocationTable.get``) *thaws* it into an :class:`Invocation` again, through the
+partition's ``thaw``. A thawed invocation that nothing changed is let go at the next
+changelog (its bytes are still right); one that changed is written, and kept cold again
+with its new bytes if it is still scheduled or completed. So nothing holds a thawed
+invocation past a commit unless it runs. One written scheduled or completed while not yet
+idle (a killed invocation whose ``ctx.run`` action is still unwinding) is kept cold at
+the first changelog after it is.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +36,7 @@ from streams.engine.journal import (
     meta_key,
 )
 from streams.engine.outbox import Out
+from streams.engine.spill import ColdStore, Spill
 from streams.wire.topics import Topics
 
 #: Builds the invocation of a meta read back, with how many journal entries the changelog
@@ -43,6 +44,11 @@ from streams.wire.topics import Topics
 Thaw = Callable[[InvocationMeta, int], Invocation]
 #: Statuses of invocations that do nothing until something arrives for them.
 COLD = frozenset({"scheduled", "completed"})
+
+
+def _expires(meta: InvocationMeta) -> float | None:
+    """When a cold invocation's retention ends: a retained outcome's deadline."""
+    return meta.expires_at if meta.status == "completed" else None
 
 
 def _idle(inv: Invocation) -> bool:
@@ -63,20 +69,22 @@ class InvocationTable(Mapping[str, Invocation]):
     As a mapping it holds every invocation: looking one up thaws it if it was cold.
     :meth:`live` gives the invocations held as objects, without thawing any."""
 
-    def __init__(self, topics: Topics, partition: int, thaw: Thaw) -> None:
+    def __init__(
+        self, topics: Topics, partition: int, thaw: Thaw, spill: Spill | None = None
+    ) -> None:
         self.topics = topics
         self.partition = partition
         self._thaw = thaw
         self._live: dict[str, Invocation] = {}
-        #: Cold invocations: id -> (meta as written, journal entries written).
-        self._cold: dict[str, tuple[bytes, int]] = {}
+        #: Cold invocations: id -> (meta as written, journal entries written), and when a
+        #: retained outcome's retention ends.
+        self._cold = ColdStore(spill or Spill())
         self._thawed: set[str] = set()  # cold ones also live now, until the next changelog
         #: Written scheduled or completed, but not idle yet (a killed one's ``ctx.run``
         #: action still unwinding): id -> the meta written, kept cold once idle.
         self._settling: dict[str, bytes] = {}
         self._changed: set[str] = set()
         self._tombstones: list[tuple[str, int]] = []  # (id, journal entries written)
-        self._expiries: list[tuple[float, str]] = []  # (expires_at, id) of retained outcomes
         self._restored = InvocationLog()  # the changelog read back, until taken
 
     # -- lookups ---------------------------------------------------------------------
@@ -85,18 +93,20 @@ class InvocationTable(Mapping[str, Invocation]):
         inv = self._live.get(inv_id)
         if inv is not None:
             return inv
-        meta, entries = self._cold[inv_id]  # KeyError: not known here
-        inv = self._thaw(InvocationMeta.from_json(meta), entries)
+        cold = self._cold.get(inv_id)
+        if cold is None:
+            raise KeyError(inv_id)  # not known here
+        inv = self._thaw(InvocationMeta.from_json(cold[0]), cold[1])
         self._live[inv_id] = inv
         self._thawed.add(inv_id)
         return inv
 
     def __contains__(self, inv_id: object) -> bool:
-        return inv_id in self._live or inv_id in self._cold
+        return inv_id in self._live or (isinstance(inv_id, str) and inv_id in self._cold)
 
     def __iter__(self) -> Iterator[str]:
-        cold = (inv_id for inv_id in self._cold if inv_id not in self._live)
-        return itertools.chain(list(self._live), list(cold))
+        cold = [inv_id for inv_id in self._cold.ids() if inv_id not in self._live]
+        return itertools.chain(list(self._live), cold)
 
     def __len__(self) -> int:
         return len(self._live) + len(self._cold) - len(self._thawed)
@@ -130,7 +140,7 @@ class InvocationTable(Mapping[str, Invocation]):
         meta = self._restored.metas.get(inv_id)
         if value is not None and meta is None:
             return  # unreadable (logged): what was read of it before stands
-        self._cold.pop(inv_id, None)
+        self._cold.discard(inv_id)
         if meta is None or meta.status not in COLD:
             return
         if meta.status == "scheduled" and meta.journal_length:
@@ -139,9 +149,7 @@ class InvocationTable(Mapping[str, Invocation]):
         self._restored.entries.pop(inv_id, None)  # read before its meta
         assert value is not None
         written = meta.to_json() if inv_id in self._restored.repaired else value
-        self._cold[inv_id] = (written, meta.journal_length)
-        if meta.status == "completed" and meta.expires_at is not None:
-            heapq.heappush(self._expiries, (meta.expires_at, inv_id))
+        self._cold.put(inv_id, written, meta.journal_length, _expires(meta))
 
     def take_restored(self) -> list[tuple[InvocationMeta, list[Entry]]]:
         """Every restored invocation not kept cold (:meth:`restore`), in arrival order, with
@@ -160,7 +168,7 @@ class InvocationTable(Mapping[str, Invocation]):
     def add(self, inv: Invocation) -> None:
         """A new invocation (it replaces any cold one of the same id)."""
         self._live[inv.meta.id] = inv
-        self._cold.pop(inv.meta.id, None)
+        self._cold.discard(inv.meta.id)
         self._thawed.discard(inv.meta.id)
         self._changed.add(inv.meta.id)
 
@@ -168,27 +176,24 @@ class InvocationTable(Mapping[str, Invocation]):
         """``inv`` changed: write it at the next changelog (which stamps ``modified_at``)."""
         self._changed.add(inv.meta.id)
 
-    def retain(self, inv: Invocation) -> None:
-        """Keep a completed ``inv`` until its ``expires_at``."""
-        assert inv.meta.expires_at is not None
-        heapq.heappush(self._expiries, (inv.meta.expires_at, inv.meta.id))
-
     def expired(self, now: float) -> list[Invocation]:
-        """Retained outcomes whose time has passed (still retained, still completed)."""
-        due: dict[str, Invocation] = {}  # an outcome retained twice is due once
-        while self._expiries and self._expiries[0][0] <= now:
-            _, inv_id = heapq.heappop(self._expiries)
+        """Retained outcomes whose time has passed (still retained, still completed).
+
+        Only cold ones are found: a completed invocation is kept cold once written and
+        idle, within a commit or two of its completion, and its deadline with it."""
+        due = []
+        for inv_id in self._cold.due(now):
             inv = self.get(inv_id)
             expires = inv.meta.expires_at if inv is not None else None
             if inv is not None and inv.meta.status == "completed" and expires and expires <= now:
-                due[inv_id] = inv
-        return list(due.values())
+                due.append(inv)
+        return due
 
     def forget(self, inv: Invocation) -> None:
         """Drop ``inv``; what the changelog holds of it is tombstoned at the next commit."""
         inv_id = inv.meta.id
         self._live.pop(inv_id, None)
-        self._cold.pop(inv_id, None)
+        self._cold.discard(inv_id)
         self._thawed.discard(inv_id)
         self._settling.pop(inv_id, None)
         self._changed.discard(inv_id)
@@ -225,10 +230,10 @@ class InvocationTable(Mapping[str, Invocation]):
             self._thawed.discard(inv_id)
             self._settling.pop(inv_id, None)
             if _idle(inv):
-                self._cold[inv_id] = (meta, inv.persisted_entries)
+                self._cold.put(inv_id, meta, inv.persisted_entries, _expires(inv.meta))
                 del self._live[inv_id]
             else:
-                self._cold.pop(inv_id, None)
+                self._cold.discard(inv_id)
                 if inv.meta.status in COLD:
                     self._settling[inv_id] = meta
         for inv_id, meta in list(self._settling.items()):
@@ -238,7 +243,7 @@ class InvocationTable(Mapping[str, Invocation]):
             if inv.meta.status not in COLD:
                 del self._settling[inv_id]  # changed, and written once touched
             elif _idle(inv):
-                self._cold[inv_id] = (meta, inv.persisted_entries)
+                self._cold.put(inv_id, meta, inv.persisted_entries, _expires(inv.meta))
                 del self._live[inv_id], self._settling[inv_id]
         self._changed.clear()
         for inv_id in self._thawed:  # unchanged: the bytes kept are still its meta

@@ -36,6 +36,7 @@ from streams.engine.locks import KeyLocks
 from streams.engine.outbox import Out, Outbox
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
+from streams.engine.spill import Spill
 from streams.engine.store import ObjectKey, PartitionStore
 from streams.engine.waiters import Waiters
 from streams.metrics import INVOCATION_SECONDS, INVOCATIONS
@@ -92,8 +93,9 @@ class PartitionProcessor:
         self.denied_headers = denied_headers
         self.run_executor = run_executor  # threads for synchronous ctx.run actions
         self._clock = clock  # wall-clock seconds (the test harness moves its own)
-        self.invocations = InvocationTable(topics, partition, self._thaw)
-        self.store = PartitionStore(topics, partition)
+        self.spill = Spill()  # the cold invocations and idempotency keys, on disk
+        self.invocations = InvocationTable(topics, partition, self._thaw, self.spill)
+        self.store = PartitionStore(topics, partition, self.spill)
         self.locks = KeyLocks()
         self.promises = Promises(self.store, self.invocations, wake)
         self.waiters = Waiters(
@@ -478,7 +480,6 @@ class PartitionProcessor:
         retention = inv.retention()
         if retention.total_seconds() > 0:
             meta.expires_at = now + retention.total_seconds()
-            self.invocations.retain(inv)
             self.touch(inv)
         else:
             self._forget(inv)
@@ -672,6 +673,11 @@ class PartitionProcessor:
         self.closed = True
         for inv in self.invocations.live():
             inv.close()
+
+    def release(self) -> None:
+        """Let go of what the partition holds on disk (:mod:`streams.engine.spill`), once
+        it is no longer owned and its last changes are taken (:meth:`flush`)."""
+        self.spill.close()
 
 
 def _scope(target: Target, idempotency_key: str) -> str:

@@ -16,6 +16,7 @@ from pydantic import JsonValue
 
 from streams.engine.journal import EntryKind, Promise, parse_state_key, state_key
 from streams.engine.outbox import Out
+from streams.engine.spill import DedupTable, Spill
 from streams.wire.records import Failure, Target, dump_value
 from streams.wire.topics import Topics
 
@@ -35,12 +36,12 @@ class ObjectKey(NamedTuple):
 class PartitionStore:
     """State, promises and idempotency keys of one partition, and what changed in them."""
 
-    def __init__(self, topics: Topics, partition: int) -> None:
+    def __init__(self, topics: Topics, partition: int, spill: Spill | None = None) -> None:
         self.topics = topics
         self.partition = partition
         self.state: dict[ObjectKey, dict[str, JsonValue]] = {}
         self.promises: dict[ObjectKey, dict[str, Promise]] = {}
-        self.dedup: dict[str, str] = {}  # idempotency scope -> invocation id
+        self.dedup = DedupTable(spill or Spill())  # idempotency scope -> invocation id, on disk
         self._changed_state: set[tuple[ObjectKey, str]] = set()
         self._changed_promises: set[tuple[ObjectKey, str]] = set()
         self._changed_dedup: set[str] = set()
@@ -70,9 +71,9 @@ class PartitionStore:
         """One record of the ``<ns>.dedup`` changelog."""
         scope = key.decode()
         if value is None:
-            self.dedup.pop(scope, None)
+            self.dedup.discard(scope)
         else:
-            self.dedup[scope] = json.loads(value)["invocation_id"]
+            self.dedup.put(scope, json.loads(value)["invocation_id"])
 
     # -- state -----------------------------------------------------------------------
 
@@ -121,11 +122,11 @@ class PartitionStore:
         return self.dedup.get(scope)
 
     def remember(self, scope: str, invocation_id: str) -> None:
-        self.dedup[scope] = invocation_id
+        self.dedup.put(scope, invocation_id)
         self._changed_dedup.add(scope)
 
     def forget(self, scope: str) -> None:
-        if self.dedup.pop(scope, None) is not None:
+        if self.dedup.discard(scope):
             self._changed_dedup.add(scope)
 
     # -- changelog -------------------------------------------------------------------

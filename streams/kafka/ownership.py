@@ -166,8 +166,10 @@ class Ownership:
                     delay.close()
                 continue
             processor = self.processors.pop(tp.partition, None)
-            if processor is not None and close:
-                processor.close()
+            if processor is not None:
+                if close:
+                    processor.close()
+                processor.release()
             self.offsets.pop(tp.partition, None)
         forget(self._stalls, self.owned())
 
@@ -178,6 +180,8 @@ class Ownership:
         owned = [TopicPartition(self.topics.ingress, p) for p in self.processors]
         owned += [TopicPartition(self.topics.delay, p) for p in self.delays]
         self.close_all()
+        for processor in self.processors.values():
+            processor.release()
         self.processors.clear()
         self.delays.clear()
         self.offsets.clear()

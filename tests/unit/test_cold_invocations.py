@@ -239,7 +239,7 @@ def test_a_restore_keeps_an_idle_meta_as_the_bytes_it_read() -> None:
     table.restore(meta_key(inv_id), value)
     assert table.take_restored() == [], "the outcome was restored as an object"
     assert table.cold == 1
-    assert table._cold[inv_id] == (value, 2), "not the bytes read, or not its journal's length"
+    assert table._cold.get(inv_id) == (value, 2), "not the bytes read, or not its journal's length"
     assert table[inv_id].meta.value == 3
     assert [inv.meta.id for inv in table.expired(4e9)] == [inv_id], "its retention was lost"
 
@@ -283,7 +283,9 @@ def test_an_outcomes_entries_read_after_its_meta_are_not_kept() -> None:
     table.restore(meta_key(inv_id), json.dumps(outcome(inv_id)).encode())
     table.restore(entry_key(inv_id, 1), entry)  # written after it, in the same flush
     assert table._restored.entries == {}, "the outcome's journal is held through the restore"
-    assert table._cold[inv_id][1] == 2, "its entries, to tombstone, are not counted"
+    held = table._cold.get(inv_id)
+    assert held is not None, "the outcome is not kept cold"
+    assert held[1] == 2, "its entries, to tombstone, are not counted"
 
 
 def test_an_outcome_read_twice_expires_once() -> None:

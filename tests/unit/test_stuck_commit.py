@@ -105,10 +105,13 @@ class GoneWhileSettling:
 
 
 class Closable:
-    closed = False
+    closed = released = False
 
     def close(self) -> None:
         self.closed = True
+
+    def release(self) -> None:
+        self.released = True
 
 
 def test_a_stop_while_a_failed_commit_waits_to_settle_ends_the_recovery() -> None:
@@ -129,6 +132,7 @@ def test_a_stop_while_a_failed_commit_waits_to_settle_ends_the_recovery() -> Non
         assert not thread.is_alive(), "the recovery goes on after the worker stopped"
         assert errors == []
         assert processor.closed, "owned partitions not closed"
+        assert processor.released, "owned partitions closed but their cold invocations kept"
         assert not worker.processors, "owned partitions not dropped"
     finally:
         loop.call_soon_threadsafe(loop.stop)

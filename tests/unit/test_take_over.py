@@ -98,14 +98,18 @@ async def test_a_hand_over_closes_what_it_names_and_forget_lets_go_of_it() -> No
     try:
         given_up = [TopicPartition(TOPICS.ingress, 0), TopicPartition(TOPICS.delay, 1)]
         await owner.hand_over(given_up)
-        assert owner.processors[0].closed, "a partition handed over still runs"
-        assert not owner.processors[1].closed, "a partition kept was closed"
+        given, kept = owner.processors[0], owner.processors[1]
+        assert given.closed, "a partition handed over still runs"
+        assert not kept.closed, "a partition kept was closed"
         assert owner.delays[1].closed, "a delay partition handed over still runs"
+        assert given.spill.db is not None, "let go of on disk before its last changes are taken"
         await owner.forget(given_up)
+        assert given.spill.db is None, "a partition given up keeps its spill"
         assert sorted(owner.owned()) == [(topic, 1) for topic in (TOPICS.dedup, TOPICS.ingress,
                                           TOPICS.invocations, TOPICS.state)]  # fmt: skip
         assert owner.offsets == {}, "the offset of a partition given up would be committed"
         assert owner.drop_all() == [TopicPartition(TOPICS.ingress, 1)]
+        assert kept.spill.db is None, "a partition dropped keeps its spill"
         assert owner.processors == {}
         assert owner.delays == {}
     finally:
