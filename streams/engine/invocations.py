@@ -85,6 +85,9 @@ class InvocationTable(Mapping[str, Invocation]):
         self._settling: dict[str, bytes] = {}
         self._changed: set[str] = set()
         self._tombstones: list[tuple[str, int]] = []  # (id, journal entries written)
+        #: Retained outcomes not kept cold yet (held live until written and idle): id ->
+        #: when their retention ends. The cold ones' deadlines are in the spill.
+        self._deadlines: dict[str, float] = {}
         self._restored = InvocationLog()  # the changelog read back, until taken
 
     # -- lookups ---------------------------------------------------------------------
@@ -166,23 +169,25 @@ class InvocationTable(Mapping[str, Invocation]):
     # -- changes ---------------------------------------------------------------------
 
     def add(self, inv: Invocation) -> None:
-        """A new invocation (it replaces any cold one of the same id)."""
+        """A new invocation, whose id the caller looked up and found nowhere."""
         self._live[inv.meta.id] = inv
-        self._cold.discard(inv.meta.id)
-        self._thawed.discard(inv.meta.id)
         self._changed.add(inv.meta.id)
 
     def touch(self, inv: Invocation) -> None:
         """``inv`` changed: write it at the next changelog (which stamps ``modified_at``)."""
         self._changed.add(inv.meta.id)
 
-    def expired(self, now: float) -> list[Invocation]:
-        """Retained outcomes whose time has passed (still retained, still completed).
+    def retain(self, inv: Invocation) -> None:
+        """Keep a completed ``inv`` until its ``expires_at`` (its deadline goes to the
+        spill with it once it is kept cold)."""
+        assert inv.meta.expires_at is not None
+        self._deadlines[inv.meta.id] = inv.meta.expires_at
 
-        Only cold ones are found: a completed invocation is kept cold once written and
-        idle, within a commit or two of its completion, and its deadline with it."""
+    def expired(self, now: float) -> list[Invocation]:
+        """Retained outcomes whose time has passed (still retained, still completed)."""
+        live = [inv_id for inv_id, expires in self._deadlines.items() if expires <= now]
         due = []
-        for inv_id in self._cold.due(now):
+        for inv_id in dict.fromkeys(live + self._cold.due(now)):  # one thawed is in both
             inv = self.get(inv_id)
             expires = inv.meta.expires_at if inv is not None else None
             if inv is not None and inv.meta.status == "completed" and expires and expires <= now:
@@ -193,6 +198,7 @@ class InvocationTable(Mapping[str, Invocation]):
         """Drop ``inv``; what the changelog holds of it is tombstoned at the next commit."""
         inv_id = inv.meta.id
         self._live.pop(inv_id, None)
+        self._deadlines.pop(inv_id, None)
         self._cold.discard(inv_id)
         self._thawed.discard(inv_id)
         self._settling.pop(inv_id, None)
@@ -227,13 +233,18 @@ class InvocationTable(Mapping[str, Invocation]):
             inv.persisted_entries = max(inv.persisted_entries, len(inv.journal))
             if inv.meta.status == "completed":
                 inv.journal = []  # written; a retained outcome is its meta alone
+            was_cold = inv_id in self._thawed  # held cold as well as live until now
             self._thawed.discard(inv_id)
             self._settling.pop(inv_id, None)
             if _idle(inv):
                 self._cold.put(inv_id, meta, inv.persisted_entries, _expires(inv.meta))
+                self._deadlines.pop(inv_id, None)
                 del self._live[inv_id]
             else:
-                self._cold.discard(inv_id)
+                if was_cold:
+                    self._cold.discard(inv_id)
+                if inv.meta.status == "completed" and inv.meta.expires_at is not None:
+                    self._deadlines[inv_id] = inv.meta.expires_at  # not in the spill now
                 if inv.meta.status in COLD:
                     self._settling[inv_id] = meta
         for inv_id, meta in list(self._settling.items()):
@@ -244,6 +255,7 @@ class InvocationTable(Mapping[str, Invocation]):
                 del self._settling[inv_id]  # changed, and written once touched
             elif _idle(inv):
                 self._cold.put(inv_id, meta, inv.persisted_entries, _expires(inv.meta))
+                self._deadlines.pop(inv_id, None)
                 del self._live[inv_id], self._settling[inv_id]
         self._changed.clear()
         for inv_id in self._thawed:  # unchanged: the bytes kept are still its meta

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -139,6 +140,7 @@ class PartitionProcessor:
         """After restore: rebuild locks and queues, resume what was in flight. (Retained
         outcomes and scheduled invocations without a journal were kept cold as they were
         read: ``InvocationTable.restore``.)"""
+        self.spill.commit()  # what the restore kept cold
         held: set[str] = set()  # started a little early: queued when due (below)
         for meta, journal in self.invocations.take_restored():
             if len(journal) != meta.journal_length:
@@ -185,9 +187,9 @@ class PartitionProcessor:
         and outcomes with them), then look again in a second."""
         if self.closed:
             return
+        asyncio.get_running_loop().call_later(1.0, self._sweep)  # also after a failure
         for inv in self.invocations.expired(time.time()):
             self._forget(inv)
-        asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     # -- ingress records -----------------------------------------------------------
 
@@ -219,6 +221,8 @@ class PartitionProcessor:
             return
         try:
             self._apply(record, key, value, offset, trace)
+        except sqlite3.Error:
+            raise  # the partition's spill failed (streams.engine.spill), not the record
         except Exception as error:  # one record never stops the partition
             log.exception("%s/%d@%d could not be applied", self.topics.ingress, self.partition,
                           offset)  # fmt: skip
@@ -480,6 +484,7 @@ class PartitionProcessor:
         retention = inv.retention()
         if retention.total_seconds() > 0:
             meta.expires_at = now + retention.total_seconds()
+            self.invocations.retain(inv)
             self.touch(inv)
         else:
             self._forget(inv)
@@ -649,7 +654,9 @@ class PartitionProcessor:
 
     def flush(self) -> list[Out]:
         """The changelog records for everything changed since the last flush."""
-        return self.store.changelog() + self.invocations.changelog()
+        out = self.store.changelog() + self.invocations.changelog()
+        self.spill.commit()
+        return out
 
     async def hand_over(self, within: float) -> None:
         """Before a clean close (the partition revoked, or the worker stopping): start no
@@ -675,8 +682,8 @@ class PartitionProcessor:
             inv.close()
 
     def release(self) -> None:
-        """Let go of what the partition holds on disk (:mod:`streams.engine.spill`), once
-        it is no longer owned and its last changes are taken (:meth:`flush`)."""
+        """Let go of what the partition holds on disk (:mod:`streams.engine.spill`): it is
+        no longer owned, and its last changes were taken (:meth:`flush`) or are dropped."""
         self.spill.close()
 
 

@@ -28,21 +28,31 @@ from collections.abc import Iterator
 #: writes to its temporary file.
 CACHE_KIB = 2048
 
+#: Rows in insertion order (rowid tables), found by a unique index on the key: ids and
+#: scopes are random, and an insert then lands in the small pages of the index rather
+#: than among the metas. Half the time per insert and per miss of a table keyed by id
+#: (measured with 100,000 metas of 450 bytes and this cache: 5.2 against 10.6 µs, and
+#: 2.0 against 4.1 µs).
 _SCHEMA = (
     "PRAGMA journal_mode = OFF",
     "PRAGMA synchronous = OFF",
     f"PRAGMA cache_size = -{CACHE_KIB}",
-    "CREATE TABLE cold (id TEXT PRIMARY KEY, meta BLOB NOT NULL, entries INTEGER NOT NULL,"
-    " expires REAL) WITHOUT ROWID",
+    "CREATE TABLE cold (id TEXT NOT NULL UNIQUE, meta BLOB NOT NULL,"
+    " entries INTEGER NOT NULL, expires REAL)",
     "CREATE INDEX cold_expires ON cold (expires) WHERE expires IS NOT NULL",
-    "CREATE TABLE dedup (scope TEXT PRIMARY KEY, id TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE dedup (scope TEXT NOT NULL UNIQUE, id TEXT NOT NULL)",
 )
 
 
 class Spill:
     """One partition's private database. Used from one thread at a time: the restore's,
     then the event loop's. Once closed, its tables hold nothing: lookups miss and writes
-    are dropped (the partition is gone)."""
+    are dropped (the partition is gone).
+
+    Writes go into one SQLite transaction until :meth:`commit`, which the partition calls
+    once per flush and once its restore is read: a few dozen rows' pages are written to
+    the file once, not once per row (10.7 against 13.6 µs per idempotent send's two
+    lookups and two inserts, measured in batches of 40)."""
 
     def __init__(self) -> None:
         # "": a private temporary database, deleted when the connection closes.
@@ -51,6 +61,17 @@ class Spill:
         )
         for statement in _SCHEMA:
             self.db.execute(statement)
+
+    def writing(self) -> sqlite3.Connection | None:
+        """The database, in a transaction (begun if none is); None once closed."""
+        if self.db is not None and not self.db.in_transaction:
+            self.db.execute("BEGIN")
+        return self.db
+
+    def commit(self) -> None:
+        """End the transaction the writes since the last commit are in, if any."""
+        if self.db is not None and self.db.in_transaction:
+            self.db.execute("COMMIT")
 
     def close(self) -> None:
         """Let go of everything held; the database's file goes with it."""
@@ -70,7 +91,10 @@ class ColdStore:
         return self._count if self._spill.db is not None else 0
 
     def __contains__(self, inv_id: str) -> bool:
-        return self.get(inv_id) is not None
+        db = self._spill.db
+        if not self._count or db is None:
+            return False
+        return db.execute("SELECT 1 FROM cold WHERE id = ?", (inv_id,)).fetchone() is not None
 
     def get(self, inv_id: str) -> tuple[bytes, int] | None:
         """The meta written of ``inv_id`` and its journal entries written, if held."""
@@ -82,7 +106,7 @@ class ColdStore:
 
     def put(self, inv_id: str, meta: bytes, entries: int, expires: float | None) -> None:
         """Hold ``inv_id`` as ``meta``, replacing what was held of it."""
-        db = self._spill.db
+        db = self._spill.writing()
         if db is None:
             return
         row = (inv_id, meta, entries, expires)
@@ -96,8 +120,8 @@ class ColdStore:
 
     def discard(self, inv_id: str) -> None:
         """Hold ``inv_id`` no more, if it was held."""
-        db = self._spill.db
-        if self._count and db is not None:
+        db = self._spill.writing() if self._count else None
+        if db is not None:
             self._count -= db.execute("DELETE FROM cold WHERE id = ?", (inv_id,)).rowcount
 
     def ids(self) -> Iterator[str]:
@@ -134,7 +158,7 @@ class DedupTable:
         return None if row is None else str(row[0])
 
     def put(self, scope: str, inv_id: str) -> None:
-        db = self._spill.db
+        db = self._spill.writing()
         if db is None:
             return
         if db.execute("INSERT OR IGNORE INTO dedup VALUES (?, ?)", (scope, inv_id)).rowcount:
@@ -144,8 +168,8 @@ class DedupTable:
 
     def discard(self, scope: str) -> bool:
         """Drop ``scope``; whether it was held."""
-        db = self._spill.db
-        if not self._count or db is None:
+        db = self._spill.writing() if self._count else None
+        if db is None:
             return False
         dropped = db.execute("DELETE FROM dedup WHERE scope = ?", (scope,)).rowcount
         self._count -= dropped

@@ -2,7 +2,8 @@
 (dedup) table.
 
 Each table is restored from its compacted changelog when the partition is assigned, changed
-in memory while handlers run, and remembers what changed: :meth:`PartitionStore.changelog`
+while handlers run (state and promises in memory, the idempotency keys in the partition's
+spill, :mod:`streams.engine.spill`), and remembers what changed: :meth:`PartitionStore.changelog`
 gives the records for those changes (a tombstone for what was removed), which the worker
 commits in the same transaction as everything else of the step.
 """
@@ -44,7 +45,7 @@ class PartitionStore:
         self.dedup = DedupTable(spill or Spill())  # idempotency scope -> invocation id, on disk
         self._changed_state: set[tuple[ObjectKey, str]] = set()
         self._changed_promises: set[tuple[ObjectKey, str]] = set()
-        self._changed_dedup: set[str] = set()
+        self._changed_dedup: dict[str, str | None] = {}  # scope -> id now, None if dropped
 
     # -- restore ---------------------------------------------------------------------
 
@@ -70,10 +71,11 @@ class PartitionStore:
     def restore_dedup(self, key: bytes, value: bytes | None) -> None:
         """One record of the ``<ns>.dedup`` changelog."""
         scope = key.decode()
-        if value is None:
-            self.dedup.discard(scope)
+        inv_id = None if value is None else json.loads(value)["invocation_id"]
+        if isinstance(inv_id, str):
+            self.dedup.put(scope, inv_id)
         else:
-            self.dedup.put(scope, json.loads(value)["invocation_id"])
+            self.dedup.discard(scope)  # a tombstone (or no id: the scope names none)
 
     # -- state -----------------------------------------------------------------------
 
@@ -123,11 +125,11 @@ class PartitionStore:
 
     def remember(self, scope: str, invocation_id: str) -> None:
         self.dedup.put(scope, invocation_id)
-        self._changed_dedup.add(scope)
+        self._changed_dedup[scope] = invocation_id
 
     def forget(self, scope: str) -> None:
         if self.dedup.discard(scope):
-            self._changed_dedup.add(scope)
+            self._changed_dedup[scope] = None
 
     # -- changelog -------------------------------------------------------------------
 
@@ -145,8 +147,7 @@ class PartitionStore:
             key = state_key(*obj, name, promise=True)
             out.append(Out(self.topics.state, self.partition, key, row))
         self._changed_promises.clear()
-        for scope in self._changed_dedup:
-            inv_id = self.dedup.get(scope)
+        for scope, inv_id in self._changed_dedup.items():
             row = None if inv_id is None else json.dumps({"invocation_id": inv_id}).encode()
             out.append(Out(self.topics.dedup, self.partition, scope.encode(), row))
         self._changed_dedup.clear()

@@ -13,7 +13,9 @@ ingress offsets consumed so far, and carries them through the group's rebalances
   finish their ``ctx.run`` actions, so that what they did is committed rather than run
   again by the next owner; then they close.
 - **Forgotten** (:meth:`Ownership.forget`, :meth:`Ownership.drop_all`): they leave the
-  gauges and the stall watch, so that two workers never report one partition.
+  gauges and the stall watch, so that two workers never report one partition, and let go
+  of what they held on disk (:mod:`streams.engine.spill`); so does an assignment whose
+  restore failed.
 
 The worker's Kafka thread calls these from its rebalance callbacks and from recovery
 (streams/kafka/worker.py), on the event loop; only :func:`delay_ends` asks Kafka.
@@ -130,6 +132,10 @@ class Ownership:
         self.restoring = [processor.partition for processor in restoring]
         try:
             await asyncio.to_thread(restore, restoring)
+        except BaseException:
+            for processor in restoring:
+                processor.release()  # never owned: what it read back on disk goes
+            raise
         finally:
             self.restoring = []
         for processor in restoring:
@@ -156,8 +162,8 @@ class Ownership:
         self.close_all()
 
     async def forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
-        """Own ``partitions`` no more (closing their processors first if ``close``), and
-        drop their gauges and stall reports."""
+        """Own ``partitions`` no more (closing their processors first if ``close``): drop
+        their gauges and stall reports, and release their spills."""
         for tp in partitions:
             forget_gauges(tp)
             if tp.topic == self.topics.delay:

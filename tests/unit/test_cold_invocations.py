@@ -187,6 +187,25 @@ async def test_a_killed_invocation_is_kept_cold_once_its_action_has_ended() -> N
     assert table.cold == 1
 
 
+async def test_a_killed_outcome_whose_action_never_ends_still_expires() -> None:
+    """Never idle, so never kept cold: its retention ends all the same."""
+    GATE.update(open=asyncio.Event(), unwound=asyncio.Event())
+    h = Harness([brief])
+    idempotent(h, "Brief", "hold", "held")
+    table = h.processor.invocations
+    await until(lambda: any(inv.actions for inv in table.live()))
+    inv_id = next(inv.meta.id for inv in table.live())
+    h.send(Kill(invocation_id=inv_id, request_id="kill"))
+    await until(lambda: "kill" in h.responses())
+    written(h)
+    try:
+        await until(lambda: inv_id not in table, seconds=5.0)
+        assert meta_key(inv_id) in {key for key, value in written(h) if value is None}
+        assert table.cold == 0
+    finally:
+        GATE["unwound"].set()
+
+
 async def test_a_cold_scheduled_invocation_takes_an_attacher_and_answers_it_when_run() -> None:
     h = Harness([tally])
     inv_id, seq = later(h, "e")

@@ -4,9 +4,23 @@ keys held on disk, in a private SQLite database that leaves nothing behind."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
+import pytest
+
+from handlers import ObjectContext, VirtualObject
 from streams.engine.spill import ColdStore, DedupTable, Spill
+from streams.engine.store import PartitionStore
+from streams.wire.records import Invoke, Target
+from tests.unit.harness import TOPICS, Harness
+
+tally = VirtualObject("Tally")
+
+
+@tally.handler()
+async def add(ctx: ObjectContext, n: int) -> int:
+    return n
 
 
 def spill_files() -> list[str]:
@@ -75,6 +89,17 @@ def test_a_scope_names_one_id_until_it_is_dropped() -> None:
     assert table.get("other") == "inv-3"
 
 
+def test_a_dedup_record_that_names_no_id_drops_its_scope_on_restore() -> None:
+    store = PartitionStore(TOPICS, 0)
+    store.restore_dedup(b"scope", b'{"invocation_id": "inv-1"}')
+    assert store.deduplicated("scope") == "inv-1"
+    store.restore_dedup(b"scope", b'{"invocation_id": null}')
+    assert store.deduplicated("scope") is None
+    store.restore_dedup(b"other", b'{"invocation_id": null}')
+    store.restore_dedup(b"scope", None)
+    assert len(store.dedup) == 0
+
+
 def test_a_closed_spill_holds_nothing_and_takes_nothing() -> None:
     spill = Spill()
     store, table = ColdStore(spill), DedupTable(spill)
@@ -115,3 +140,17 @@ def test_what_passes_the_cache_is_on_disk_and_gone_once_closed() -> None:
     assert not any(Path(f.removesuffix(" (deleted)")).exists() for f in spilled)
     spill.close()
     assert not [f for f in spill_files() if f in spilled], "the file is still held open"
+
+
+async def test_a_spill_that_fails_stops_the_partition_and_sets_no_record_aside() -> None:
+    """A full or failing temporary directory is the worker's fault, not the record's: the
+    error ends the step (the next owner takes the partition over) rather than send a good
+    record to the dead-letter topic."""
+    h = Harness([tally])
+    broken = sqlite3.connect("")
+    broken.close()
+    h.processor.spill.db = broken
+    target = Target(service="Tally", key="k", handler="add")
+    with pytest.raises(sqlite3.Error):
+        h.send(Invoke(target=target, argument=1, idempotency_key="once", request_id="r"))
+    assert [o for o in h.out if o.topic == TOPICS.deadletter] == [], "set aside"

@@ -82,7 +82,10 @@ async def test_an_assignment_is_restored_in_one_go_then_started() -> None:
 
 
 async def test_a_failed_restore_leaves_nothing_of_the_assignment_running() -> None:
+    given: list[PartitionProcessor] = []
+
     def restore(processors: list[PartitionProcessor]) -> None:
+        given.extend(processors)
         raise RestoreError("restoring partitions 0, 1: nothing read for 150s")
 
     owner = ownership()
@@ -90,6 +93,7 @@ async def test_a_failed_restore_leaves_nothing_of_the_assignment_running() -> No
         await owner.assign(ASSIGNED[:2], {}, restore)
     assert owner.processors == {}, "a partition runs that was not restored"
     assert owner.owned() == [], "the stall watch still looks at what was given up"
+    assert [p.spill.db for p in given] == [None, None], "what was read back stays on disk"
 
 
 async def test_a_hand_over_closes_what_it_names_and_forget_lets_go_of_it() -> None:
