@@ -504,6 +504,20 @@ def test_k8s_worker_ports_probe_and_grace_period() -> None:
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
 
 
+def test_k8s_worker_has_a_writable_temporary_directory_for_its_spill() -> None:
+    """The root filesystem is read-only, and each partition's spill (streams/engine/spill.py)
+    writes an unlinked SQLite file to TMPDIR (/tmp unless the container sets it)."""
+    deployment = _k8s_object("Deployment", "kourier-worker")
+    container = _container("kourier-worker")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {item["name"]: item.get("value") for item in container.get("env", [])}
+    tmpdir = env.get("SQLITE_TMPDIR") or env.get("TMPDIR") or "/tmp"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert tmpdir in mounts, f"nothing writable is mounted at {tmpdir}"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts[tmpdir]]
+
+
 def test_k8s_ingress_ports_probes_and_service() -> None:
     container = _container("kourier-ingress")
     args = _parse("k8s ingress", container["args"])
