@@ -168,15 +168,23 @@ async def test_a_restore_keeps_idle_invocations_cold_and_running_ones_live() -> 
     assert table[napping].task is not None, "the nap does not run again after the restore"
 
 
-async def test_a_killed_invocation_is_kept_cold_once_its_action_has_ended() -> None:
+async def killed_in_its_action(h: Harness) -> str:
+    """An idempotent ``Brief/hold`` killed while its action runs (and keeps running once
+    cancelled, until ``GATE["unwound"]`` is set): its id, once the kill is answered."""
     GATE.update(open=asyncio.Event(), unwound=asyncio.Event())
-    h = Harness([brief])
     idempotent(h, "Brief", "hold", "held")
     table = h.processor.invocations
     await until(lambda: any(inv.actions for inv in table.live()))
     inv_id = next(inv.meta.id for inv in table.live())
     h.send(Kill(invocation_id=inv_id, request_id="kill"))
     await until(lambda: "kill" in h.responses())
+    return inv_id
+
+
+async def test_a_killed_invocation_is_kept_cold_once_its_action_has_ended() -> None:
+    h = Harness([brief])
+    inv_id = await killed_in_its_action(h)
+    table = h.processor.invocations
     assert table[inv_id].meta.status == "completed"
     written(h)
     assert table.cold == 0, "cold while its action still runs"
@@ -189,14 +197,9 @@ async def test_a_killed_invocation_is_kept_cold_once_its_action_has_ended() -> N
 
 async def test_a_killed_outcome_whose_action_never_ends_still_expires() -> None:
     """Never idle, so never kept cold: its retention ends all the same."""
-    GATE.update(open=asyncio.Event(), unwound=asyncio.Event())
     h = Harness([brief])
-    idempotent(h, "Brief", "hold", "held")
+    inv_id = await killed_in_its_action(h)
     table = h.processor.invocations
-    await until(lambda: any(inv.actions for inv in table.live()))
-    inv_id = next(inv.meta.id for inv in table.live())
-    h.send(Kill(invocation_id=inv_id, request_id="kill"))
-    await until(lambda: "kill" in h.responses())
     written(h)
     try:
         await until(lambda: inv_id not in table, seconds=5.0)
