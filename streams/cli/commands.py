@@ -250,10 +250,12 @@ def worker(args: argparse.Namespace) -> int:
     dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
     import asyncio
 
+    from streams.engine import spill
     from streams.engine.registry import load_services
     from streams.kafka.worker import Worker
 
     _configure_logging(args.verbose)
+    spill.probe()
     sys.path.insert(0, ".")
     settings = _settings(args)
     services = load_services(args.module)
@@ -304,12 +306,14 @@ def dev(args: argparse.Namespace) -> int:
     dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
     import asyncio
 
+    from streams.engine import spill
     from streams.engine.registry import load_services
     from streams.http.ingress import serve
     from streams.kafka.admin import create_topics
     from streams.kafka.worker import Worker
 
     _configure_logging(args.verbose)
+    spill.probe()
     sys.path.insert(0, ".")
     services = load_services(args.module)
     data_dir = Path(args.data)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
+from streams.errors import KourierError
+
 #: Page cache of one partition's spill, in KiB: what it may hold in memory before it
 #: writes to its temporary file.
 CACHE_KIB = 2048
@@ -78,6 +80,34 @@ class Spill:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+class SpillUnavailable(KourierError):
+    """SQLite can write no temporary file, so a partition's spill would fail once it
+    outgrows its cache."""
+
+
+def probe() -> None:
+    """Write past a spill's cache once, so that a worker whose temporary directory SQLite
+    cannot write fails at its start, with the reason, rather than at the first partition
+    that grows (:class:`SpillUnavailable`). SQLite takes the first of ``SQLITE_TMPDIR``,
+    ``TMPDIR``, ``/var/tmp``, ``/usr/tmp``, ``/tmp`` and the working directory that it may
+    write."""
+    spill = Spill()
+    try:
+        db = spill.writing()
+        assert db is not None
+        db.execute("PRAGMA cache_size = -64")  # KiB: the rows below do not fit
+        rows = ((f"probe-{n}", "x" * 1024) for n in range(512))
+        db.executemany("INSERT INTO dedup VALUES (?, ?)", rows)
+        spill.commit()
+    except sqlite3.Error as error:
+        raise SpillUnavailable(
+            f"cannot write a temporary file for the partitions' spills ({error}): make "
+            "TMPDIR (or SQLITE_TMPDIR) a writable directory on disk (README, Limits)"
+        ) from None
+    finally:
+        spill.close()
 
 
 class ColdStore:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,45 @@ async def test_a_spill_that_fails_stops_the_partition_and_sets_no_record_aside()
     with pytest.raises(sqlite3.Error):
         h.send(Invoke(target=target, argument=1, idempotency_key="once", request_id="r"))
     assert [o for o in h.out if o.topic == TOPICS.deadletter] == [], "set aside"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Runs its arguments in a mount namespace of its own where ``/tmp``, ``/var/tmp`` and the
+#: working directory (``/tmp``) are read-only, so SQLite finds no directory to write.
+READ_ONLY = (
+    'mount -o bind,ro /tmp /tmp && mount -o bind,ro /var/tmp /var/tmp && cd /tmp && exec "$@"'
+)
+
+
+def in_read_only(*command: str) -> list[str]:
+    """``command`` run with the temporary directories read-only (:data:`READ_ONLY`)."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY, "-", *command]
+
+
+def _read_only_namespaces() -> bool:
+    """Whether this machine lets the test make the temporary directories read-only."""
+    try:
+        done = subprocess.run(in_read_only("true"), capture_output=True, timeout=30)
+    except OSError:
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _read_only_namespaces(),
+    reason="needs `unshare -m` and bind mounts (root or user namespaces) to make the "
+    "temporary directories read-only",
+)
+def test_a_worker_with_no_writable_temporary_directory_stops_at_its_start() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("SQLITE_TMPDIR", None)
+    env.pop("TMPDIR", None)
+    command = [sys.executable, "-m", "streams.cli", "worker", "examples.quickstart",
+               "--bootstrap-servers", "127.0.0.1:9"]  # fmt: skip
+    done = subprocess.run(in_read_only(*command), capture_output=True, text=True, env=env,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "kourier: error: cannot write a temporary file for the partitions' spills" in (
+        done.stderr
+    ), done.stderr
+    assert "TMPDIR" in done.stderr
