@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -37,7 +36,7 @@ from streams.engine.locks import KeyLocks
 from streams.engine.outbox import Out, Outbox
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
-from streams.engine.spill import Spill
+from streams.engine.spill import Spill, SpillFailed
 from streams.engine.store import ObjectKey, PartitionStore
 from streams.engine.waiters import Waiters
 from streams.metrics import INVOCATION_SECONDS, INVOCATIONS
@@ -221,7 +220,7 @@ class PartitionProcessor:
             return
         try:
             self._apply(record, key, value, offset, trace)
-        except sqlite3.Error:
+        except SpillFailed:
             raise  # the partition's spill failed (streams.engine.spill), not the record
         except Exception as error:  # one record never stops the partition
             log.exception("%s/%d@%d could not be applied", self.topics.ingress, self.partition,

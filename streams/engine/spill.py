@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from typing import Any
 
 from streams.errors import KourierError
 
@@ -46,6 +47,12 @@ _SCHEMA = (
 )
 
 
+class SpillFailed(KourierError):
+    """A partition's spill could not be read or written (a full disk, an I/O error). What
+    the partition did since its last commit cannot be trusted: the worker restores its
+    partitions from Kafka (streams/kafka/worker.py)."""
+
+
 class Spill:
     """One partition's private database. Used from one thread at a time: the restore's,
     then the event loop's. Once closed, its tables hold nothing: lookups miss and writes
@@ -54,7 +61,10 @@ class Spill:
     Writes go into one SQLite transaction until :meth:`commit`, which the partition calls
     once per flush and once its restore is read: a few dozen rows' pages are written to
     the file once, not once per row (10.7 against 13.6 µs per idempotent send's two
-    lookups and two inserts, measured in batches of 40)."""
+    lookups and two inserts, measured in batches of 40).
+
+    An error of SQLite's raises :class:`SpillFailed` and is kept in :attr:`failed`: with no
+    journal, a statement that failed may have left part of its change behind."""
 
     def __init__(self) -> None:
         # "": a private temporary database, deleted when the connection closes.
@@ -63,17 +73,30 @@ class Spill:
         )
         for statement in _SCHEMA:
             self.db.execute(statement)
+        self.failed: SpillFailed | None = None
 
-    def writing(self) -> sqlite3.Connection | None:
-        """The database, in a transaction (begun if none is); None once closed."""
+    def run(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor | None:
+        """``sql`` executed (None once closed)."""
+        if self.db is None:
+            return None
+        try:
+            return self.db.execute(sql, params)
+        except sqlite3.Error as error:
+            self.failed = SpillFailed(f"partition spill: {type(error).__name__}: {error}")
+            raise self.failed from error
+
+    def write(self, sql: str, params: tuple[object, ...]) -> int:
+        """``sql`` executed in the open transaction (begun if none is): the rows it
+        changed (0 once closed)."""
         if self.db is not None and not self.db.in_transaction:
-            self.db.execute("BEGIN")
-        return self.db
+            self.run("BEGIN")
+        cursor = self.run(sql, params)
+        return 0 if cursor is None else cursor.rowcount
 
     def commit(self) -> None:
         """End the transaction the writes since the last commit are in, if any."""
         if self.db is not None and self.db.in_transaction:
-            self.db.execute("COMMIT")
+            self.run("COMMIT")
 
     def close(self) -> None:
         """Let go of everything held; the database's file goes with it."""
@@ -95,23 +118,27 @@ def probe() -> None:
     write."""
     spill = Spill()
     try:
-        db = spill.writing()
-        assert db is not None
-        db.execute("PRAGMA cache_size = -64")  # KiB: the rows below do not fit
-        rows = ((f"probe-{n}", "x" * 1024) for n in range(512))
-        db.executemany("INSERT INTO dedup VALUES (?, ?)", rows)
+        spill.run("PRAGMA cache_size = -64")  # KiB: the rows below do not fit
+        for n in range(512):
+            spill.write("INSERT INTO dedup VALUES (?, ?)", (f"probe-{n}", "x" * 1024))
         spill.commit()
-    except sqlite3.Error as error:
+    except SpillFailed as error:
         raise SpillUnavailable(
-            f"cannot write a temporary file for the partitions' spills ({error}): make "
-            "TMPDIR (or SQLITE_TMPDIR) a writable directory on disk (README, Limits)"
+            f"cannot write a temporary file for the partitions' spills ({error.__cause__}): "
+            "make TMPDIR (or SQLITE_TMPDIR) a writable directory on disk (README, Limits)"
         ) from None
     finally:
         spill.close()
 
 
+def _first(cursor: sqlite3.Cursor | None) -> Any:
+    """The first row a query gave, if any."""
+    return None if cursor is None else cursor.fetchone()
+
+
 class ColdStore:
-    """Idle invocations' metas by id, with their entry counts and retention deadlines."""
+    """Idle invocations' metas by id, with their entry counts and retention deadlines.
+    A count of the rows skips SQLite for lookups while it holds none."""
 
     def __init__(self, spill: Spill) -> None:
         self._spill = spill
@@ -121,57 +148,49 @@ class ColdStore:
         return self._count if self._spill.db is not None else 0
 
     def __contains__(self, inv_id: str) -> bool:
-        db = self._spill.db
-        if not self._count or db is None:
-            return False
-        return db.execute("SELECT 1 FROM cold WHERE id = ?", (inv_id,)).fetchone() is not None
+        found = self._count and _first(
+            self._spill.run("SELECT 1 FROM cold WHERE id = ?", (inv_id,))
+        )
+        return bool(found)
 
     def get(self, inv_id: str) -> tuple[bytes, int] | None:
         """The meta written of ``inv_id`` and its journal entries written, if held."""
-        db = self._spill.db
-        if not self._count or db is None:
+        if not self._count:
             return None
-        row = db.execute("SELECT meta, entries FROM cold WHERE id = ?", (inv_id,)).fetchone()
+        row = _first(self._spill.run("SELECT meta, entries FROM cold WHERE id = ?", (inv_id,)))
         return None if row is None else (row[0], row[1])
 
     def put(self, inv_id: str, meta: bytes, entries: int, expires: float | None) -> None:
         """Hold ``inv_id`` as ``meta``, replacing what was held of it."""
-        db = self._spill.writing()
-        if db is None:
-            return
         row = (inv_id, meta, entries, expires)
-        if db.execute("INSERT OR IGNORE INTO cold VALUES (?, ?, ?, ?)", row).rowcount:
+        if self._spill.write("INSERT OR IGNORE INTO cold VALUES (?, ?, ?, ?)", row):
             self._count += 1
-            return
-        db.execute(
-            "UPDATE cold SET meta = ?, entries = ?, expires = ? WHERE id = ?",
-            (meta, entries, expires, inv_id),
-        )
+        else:
+            update = "UPDATE cold SET meta = ?, entries = ?, expires = ? WHERE id = ?"
+            self._spill.write(update, (meta, entries, expires, inv_id))
 
     def discard(self, inv_id: str) -> None:
         """Hold ``inv_id`` no more, if it was held."""
-        db = self._spill.writing() if self._count else None
-        if db is not None:
-            self._count -= db.execute("DELETE FROM cold WHERE id = ?", (inv_id,)).rowcount
+        if self._count:
+            self._count -= self._spill.write("DELETE FROM cold WHERE id = ?", (inv_id,))
 
     def ids(self) -> Iterator[str]:
         """Every id held (read at once: the store may change while they are used)."""
-        db = self._spill.db
-        if db is None:
-            return iter(())
-        return iter([row[0] for row in db.execute("SELECT id FROM cold")])
+        cursor = self._spill.run("SELECT id FROM cold")
+        return iter([] if cursor is None else [row[0] for row in cursor])
 
     def due(self, now: float) -> list[str]:
         """The ids whose retention ends at or before ``now``, soonest first."""
-        db = self._spill.db
-        if not self._count or db is None:
+        if not self._count:
             return []
         query = "SELECT id FROM cold WHERE expires <= ? ORDER BY expires"
-        return [row[0] for row in db.execute(query, (now,))]
+        cursor = self._spill.run(query, (now,))
+        return [] if cursor is None else [row[0] for row in cursor]
 
 
 class DedupTable:
-    """Idempotency scopes and the invocation ids they name."""
+    """Idempotency scopes and the invocation ids they name. A count of the rows skips
+    SQLite for lookups while it holds none."""
 
     def __init__(self, spill: Spill) -> None:
         self._spill = spill
@@ -181,26 +200,21 @@ class DedupTable:
         return self._count if self._spill.db is not None else 0
 
     def get(self, scope: str) -> str | None:
-        db = self._spill.db
-        if not self._count or db is None:
+        if not self._count:
             return None
-        row = db.execute("SELECT id FROM dedup WHERE scope = ?", (scope,)).fetchone()
+        row = _first(self._spill.run("SELECT id FROM dedup WHERE scope = ?", (scope,)))
         return None if row is None else str(row[0])
 
     def put(self, scope: str, inv_id: str) -> None:
-        db = self._spill.writing()
-        if db is None:
-            return
-        if db.execute("INSERT OR IGNORE INTO dedup VALUES (?, ?)", (scope, inv_id)).rowcount:
+        if self._spill.write("INSERT OR IGNORE INTO dedup VALUES (?, ?)", (scope, inv_id)):
             self._count += 1
-            return
-        db.execute("UPDATE dedup SET id = ? WHERE scope = ?", (inv_id, scope))
+        else:
+            self._spill.write("UPDATE dedup SET id = ? WHERE scope = ?", (inv_id, scope))
 
     def discard(self, scope: str) -> bool:
         """Drop ``scope``; whether it was held."""
-        db = self._spill.writing() if self._count else None
-        if db is None:
+        if not self._count:
             return False
-        dropped = db.execute("DELETE FROM dedup WHERE scope = ?", (scope,)).rowcount
+        dropped = self._spill.write("DELETE FROM dedup WHERE scope = ?", (scope,))
         self._count -= dropped
         return bool(dropped)

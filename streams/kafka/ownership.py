@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.engine.delay import DelayProcessor
 from streams.engine.partition import PartitionProcessor
+from streams.engine.spill import SpillFailed
 from streams.kafka.gauges import forget_gauges
 from streams.kafka.offsets import log_ends
 from streams.kafka.stalls import Partition, StallWatch, forget
@@ -178,6 +179,11 @@ class Ownership:
                 processor.release()
             self.offsets.pop(tp.partition, None)
         forget(self._stalls, self.owned())
+
+    def spill_failure(self) -> SpillFailed | None:
+        """The failure of an owned partition's spill, if one failed."""
+        failed = (p.spill.failed for p in self.processors.values() if p.spill.failed)
+        return next(failed, None)
 
     def drop_all(self) -> list[TopicPartition]:
         """Close every processor and let go of it, with the offsets consumed, as recovery

@@ -34,6 +34,7 @@ from streams.engine.delay import DelayProcessor
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
+from streams.engine.spill import SpillFailed
 from streams.errors import KourierError
 from streams.kafka.committer import CommitStats, Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
@@ -258,15 +259,17 @@ class Worker:
                 batch = consume_ready(self._consumer, 1000, self._poll_timeout())
                 positions = self._delay_positions()
                 if self._needs_step(batch, positions):
-                    snapshot = self._stepped(batch, positions)
-                    if snapshot.out:
+                    snapshot = self._trusted_step(batch, positions)
+                    if snapshot is not None and snapshot.out:
                         snapshot.metadata = self._metadata()
                         if not self._committer.submit(snapshot, _STUCK):
                             self._replace_stuck_producer()  # and restore: drops the snapshot
                 if time.monotonic() >= self._observed_at + 1.0:
                     self._observe()
                     self._trimmer.tick()
-            self._commit(self._stepped([], {}, closing=True))
+            last = self._trusted_step([], {}, closing=True)
+            if last is not None:
+                self._commit(last)
         except BaseException:
             self._stopping = True  # nothing waits for Kafka on the way out
             raise
@@ -291,6 +294,27 @@ class Worker:
             read = self._checked(self._read_ahead())
             snapshot = self._on_loop(self._steps.step(read, keep=keep))
         return snapshot
+
+    def _trusted_step(
+        self, batch: list[Message], positions: dict[int, int], closing: bool = False
+    ) -> Snapshot | None:
+        """:meth:`_stepped`, unless a partition's spill failed during the step or since the
+        last one (streams/engine/spill.py): then nothing of it is committed, and the owned
+        partitions are restored from what is (Kafka thread)."""
+        try:
+            snapshot = self._stepped(batch, positions, closing)
+        except SpillFailed as raised:
+            self._recover_from_spill(raised)
+            return None
+        failed = self._ownership.spill_failure()
+        if failed is not None:
+            self._recover_from_spill(failed)
+            return None
+        return snapshot
+
+    def _recover_from_spill(self, failure: SpillFailed) -> None:
+        log.error("%s; restoring owned partitions from Kafka", failure)
+        self._recover()
 
     def _poll_timeout(self) -> float:
         """Commit promptly when handlers have produced effects and the committer is free;
@@ -508,7 +532,7 @@ class Worker:
                 ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
                 self._on_loop(self._ownership.assign(committed, ends, self._restore))
                 return committed
-            except (KafkaException, WorkerError, RestoreError) as exc:
+            except (KafkaException, WorkerError, RestoreError, SpillFailed) as exc:
                 self._on_loop(self._ownership.forget(partitions, close=True))
                 if self._stopping:
                     log.info("stopping: %s not taken over (%s)", by_topic(partitions), exc)
@@ -523,6 +547,10 @@ class Worker:
         leave processors running that nothing closes)."""
         self._rebalances += 1
         snapshot = self._on_loop(self._steps.close(partitions))
+        failure = self._ownership.spill_failure()
+        if failure is not None:  # nothing since the last commit can be trusted: end
+            self._on_loop(self._drop_all())
+            raise failure
         self._on_loop(self._ownership.forget(partitions, close=True))
         self._commit(snapshot)
         self._group_metadata = None  # the generation ends with this rebalance

@@ -9,6 +9,7 @@ import aiohttp
 
 from streams.client import Client
 from streams.kafka.worker import Worker
+from streams.wire.partitioning import partition_of_key
 from streams.wire.records import Target
 
 
@@ -75,3 +76,25 @@ async def test_keys_are_forgotten_after_the_retention(client: Client, worker: Wo
         assert time.monotonic() - began < 20, "the key was never forgotten"
         await asyncio.sleep(0.25)
     assert time.monotonic() - began >= 1.0, "forgotten before its 2 s retention"
+
+
+async def test_a_partition_whose_spill_fails_is_restored_and_runs_each_call_once(
+    client: Client, worker: Worker
+) -> None:
+    """The idempotency keys are on disk (streams/engine/spill.py). When that fails, the
+    worker commits nothing more of the partition: it restores its partitions from Kafka,
+    with new spills, and the call that met the failure runs once, after the restore."""
+    target = Target(service="Tally", key="spilled", handler="add")
+    before_id, before = await client.call(target, 5, idempotency_key="before")
+    assert before.value == 5
+    partition = partition_of_key("spilled", worker.partitions)
+    broken = worker.processors[partition]
+    assert broken.spill.db is not None
+    broken.spill.db.execute("DROP TABLE dedup")  # every lookup of an idempotency key fails
+    _, after = await asyncio.wait_for(client.call(target, 7, idempotency_key="after"), 60)
+    assert after.value == 12, "the call did not run once on the state before it"
+    assert worker.processors[partition] is not broken, "the partition was not restored"
+    assert broken.spill.db is None, "the failed spill was kept"
+    again_id, again = await client.call(target, 5, idempotency_key="before")
+    assert (again_id, again.value) == (before_id, 5), "the retained outcome was lost"
+    assert await client.object("Tally", "spilled", "count").request() == 12

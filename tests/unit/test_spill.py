@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from handlers import ObjectContext, VirtualObject
-from streams.engine.spill import ColdStore, DedupTable, Spill
+from streams.engine.spill import ColdStore, DedupTable, Spill, SpillFailed
 from streams.engine.store import PartitionStore
 from streams.wire.records import Invoke, Target
 from tests.unit.harness import TOPICS, Harness
@@ -149,13 +149,15 @@ async def test_a_spill_that_fails_stops_the_partition_and_sets_no_record_aside()
     error ends the step (the next owner takes the partition over) rather than send a good
     record to the dead-letter topic."""
     h = Harness([tally])
-    broken = sqlite3.connect("")
-    broken.close()
-    h.processor.spill.db = broken
+    spill = h.processor.spill
+    assert spill.db is not None
+    spill.db.execute("DROP TABLE dedup")  # every write of an idempotency key fails
     target = Target(service="Tally", key="k", handler="add")
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(SpillFailed):
         h.send(Invoke(target=target, argument=1, idempotency_key="once", request_id="r"))
     assert [o for o in h.out if o.topic == TOPICS.deadletter] == [], "set aside"
+    assert isinstance(spill.failed, SpillFailed), "the failure is not kept for the worker"
+    assert isinstance(spill.failed.__cause__, sqlite3.OperationalError)
 
 
 ROOT = Path(__file__).resolve().parents[2]
