@@ -22,8 +22,8 @@ reopens one. So the database is written without a journal and without syncing.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from streams.errors import KourierError
 
@@ -45,6 +45,21 @@ _SCHEMA = (
     "CREATE INDEX cold_expires ON cold (expires) WHERE expires IS NOT NULL",
     "CREATE TABLE dedup (scope TEXT NOT NULL UNIQUE, id TEXT NOT NULL)",
 )
+
+
+_T = TypeVar("_T")
+
+
+class _NoRows:
+    """What a closed spill's statements give: no rows, none changed."""
+
+    rowcount = 0
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+
+_NO_ROWS: Any = _NoRows()
 
 
 class SpillFailed(KourierError):
@@ -71,32 +86,40 @@ class Spill:
         self.db: sqlite3.Connection | None = sqlite3.connect(
             "", isolation_level=None, check_same_thread=False
         )
-        for statement in _SCHEMA:
-            self.db.execute(statement)
         self.failed: SpillFailed | None = None
+        for statement in _SCHEMA:
+            self.query(statement)
 
-    def run(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor | None:
-        """``sql`` executed (None once closed)."""
-        if self.db is None:
-            return None
-        try:
-            return self.db.execute(sql, params)
-        except sqlite3.Error as error:
-            self.failed = SpillFailed(f"partition spill: {type(error).__name__}: {error}")
-            raise self.failed from error
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        """The rows ``sql`` gives, every one read before this returns (none once
+        closed)."""
+        return self._run(sql, params, lambda cursor: cursor.fetchall())
 
     def write(self, sql: str, params: tuple[object, ...]) -> int:
         """``sql`` executed in the open transaction (begun if none is): the rows it
         changed (0 once closed)."""
         if self.db is not None and not self.db.in_transaction:
-            self.run("BEGIN")
-        cursor = self.run(sql, params)
-        return 0 if cursor is None else cursor.rowcount
+            self.query("BEGIN")
+        return self._run(sql, params, lambda cursor: cursor.rowcount)
 
     def commit(self) -> None:
         """End the transaction the writes since the last commit are in, if any."""
         if self.db is not None and self.db.in_transaction:
-            self.run("COMMIT")
+            self.query("COMMIT")
+
+    def _run(
+        self, sql: str, params: tuple[object, ...], result: Callable[[sqlite3.Cursor], _T]
+    ) -> _T:
+        """``result`` of ``sql`` executed, both inside the one place that turns an error
+        of SQLite's into :class:`SpillFailed` (SQLite may fail as the rows are read, not
+        only as the statement starts)."""
+        if self.db is None:
+            return result(_NO_ROWS)
+        try:
+            return result(self.db.execute(sql, params))
+        except sqlite3.Error as error:
+            self.failed = SpillFailed(f"partition spill: {type(error).__name__}: {error}")
+            raise self.failed from error
 
     def close(self) -> None:
         """Let go of everything held; the database's file goes with it."""
@@ -118,7 +141,7 @@ def probe() -> None:
     write."""
     spill = Spill()
     try:
-        spill.run("PRAGMA cache_size = -64")  # KiB: the rows below do not fit
+        spill.query("PRAGMA cache_size = -64")  # KiB: the rows below do not fit
         for n in range(512):
             spill.write("INSERT INTO dedup VALUES (?, ?)", (f"probe-{n}", "x" * 1024))
         spill.commit()
@@ -129,11 +152,6 @@ def probe() -> None:
         ) from None
     finally:
         spill.close()
-
-
-def _first(cursor: sqlite3.Cursor | None) -> Any:
-    """The first row a query gave, if any."""
-    return None if cursor is None else cursor.fetchone()
 
 
 class ColdStore:
@@ -148,17 +166,14 @@ class ColdStore:
         return self._count if self._spill.db is not None else 0
 
     def __contains__(self, inv_id: str) -> bool:
-        found = self._count and _first(
-            self._spill.run("SELECT 1 FROM cold WHERE id = ?", (inv_id,))
-        )
-        return bool(found)
+        return bool(self._count and self._spill.query("SELECT 1 FROM cold WHERE id = ?", (inv_id,)))
 
     def get(self, inv_id: str) -> tuple[bytes, int] | None:
         """The meta written of ``inv_id`` and its journal entries written, if held."""
         if not self._count:
             return None
-        row = _first(self._spill.run("SELECT meta, entries FROM cold WHERE id = ?", (inv_id,)))
-        return None if row is None else (row[0], row[1])
+        rows = self._spill.query("SELECT meta, entries FROM cold WHERE id = ?", (inv_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def put(self, inv_id: str, meta: bytes, entries: int, expires: float | None) -> None:
         """Hold ``inv_id`` as ``meta``, replacing what was held of it."""
@@ -176,16 +191,14 @@ class ColdStore:
 
     def ids(self) -> Iterator[str]:
         """Every id held (read at once: the store may change while they are used)."""
-        cursor = self._spill.run("SELECT id FROM cold")
-        return iter([] if cursor is None else [row[0] for row in cursor])
+        return iter([row[0] for row in self._spill.query("SELECT id FROM cold")])
 
     def due(self, now: float) -> list[str]:
         """The ids whose retention ends at or before ``now``, soonest first."""
         if not self._count:
             return []
         query = "SELECT id FROM cold WHERE expires <= ? ORDER BY expires"
-        cursor = self._spill.run(query, (now,))
-        return [] if cursor is None else [row[0] for row in cursor]
+        return [row[0] for row in self._spill.query(query, (now,))]
 
 
 class DedupTable:
@@ -202,8 +215,8 @@ class DedupTable:
     def get(self, scope: str) -> str | None:
         if not self._count:
             return None
-        row = _first(self._spill.run("SELECT id FROM dedup WHERE scope = ?", (scope,)))
-        return None if row is None else str(row[0])
+        rows = self._spill.query("SELECT id FROM dedup WHERE scope = ?", (scope,))
+        return str(rows[0][0]) if rows else None
 
     def put(self, scope: str, inv_id: str) -> None:
         if self._spill.write("INSERT OR IGNORE INTO dedup VALUES (?, ?)", (scope, inv_id)):

@@ -117,31 +117,38 @@ class Ownership:
         """Take over partitions at their ``committed`` offsets: ingress ones restore their
         changelogs, all together, and start once all are restored; delay ones re-read their
         pending messages before releasing any, up to their ``ends`` (:func:`delay_ends`).
-        A restore that fails leaves none of the ingress partitions owned."""
+        A restore or a start that fails leaves none of the ingress partitions owned."""
         began = time.monotonic()
         restoring: list[PartitionProcessor] = []
-        for tp in committed:
-            if tp.topic == self.topics.delay:
-                start = max(tp.offset, 0)
-                self.delays[tp.partition] = self._new_delay(
-                    tp.partition, start, ends.get(tp.partition, start)
-                )
-                continue
-            if tp.offset >= 0:
-                self.offsets[tp.partition] = tp.offset
-            restoring.append(self._new_processor(tp.partition))
-        self.restoring = [processor.partition for processor in restoring]
         try:
+            for tp in committed:
+                if tp.topic == self.topics.delay:
+                    start = max(tp.offset, 0)
+                    self.delays[tp.partition] = self._new_delay(
+                        tp.partition, start, ends.get(tp.partition, start)
+                    )
+                    continue
+                if tp.offset >= 0:
+                    self.offsets[tp.partition] = tp.offset
+                restoring.append(self._new_processor(tp.partition))
+            self.restoring = [processor.partition for processor in restoring]
             await asyncio.to_thread(restore, restoring)
+            for processor in restoring:
+                processor.spill.commit()  # what the restore kept cold, before any starts
+                self.processors[processor.partition] = processor
+            # No await from here on: no handler runs before every partition has started,
+            # so one whose start fails leaves nothing the others did.
+            for processor in restoring:
+                processor.start()
         except BaseException:
             for processor in restoring:
+                if self.processors.get(processor.partition) is processor:
+                    del self.processors[processor.partition]
+                processor.close()
                 processor.release()  # never owned: what it read back on disk goes
             raise
         finally:
             self.restoring = []
-        for processor in restoring:
-            self.processors[processor.partition] = processor
-            processor.start()
         log.info("assigned %s (restored in %.2fs)", by_topic(committed), time.monotonic() - began)
 
     async def hand_over(self, partitions: list[TopicPartition]) -> None:
@@ -181,8 +188,10 @@ class Ownership:
         forget(self._stalls, self.owned())
 
     def spill_failure(self) -> SpillFailed | None:
-        """The failure of an owned partition's spill, if one failed."""
-        failed = (p.spill.failed for p in self.processors.values() if p.spill.failed)
+        """The failure of an owned partition's spill, if one failed (on the Kafka thread
+        too: only :meth:`assign`, :meth:`forget` and :meth:`drop_all` change
+        ``processors``, and the Kafka thread waits for each)."""
+        failed = (p.spill.failed for p in list(self.processors.values()) if p.spill.failed)
         return next(failed, None)
 
     def drop_all(self) -> list[TopicPartition]:

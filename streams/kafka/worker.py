@@ -76,6 +76,10 @@ _IDLE_AFTER = 1.0
 #: Reads ahead in one step at most (``streams.kafka.ends``): the records read start handlers
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
+#: Spill failures (streams/engine/spill.py) within ``_SPILL_WINDOW`` seconds that end the
+#: worker rather than be recovered from once more: a full disk stays full.
+_SPILL_FAILURES = 3
+_SPILL_WINDOW = 300.0
 _T = TypeVar("_T")
 
 
@@ -117,6 +121,7 @@ class Worker:
         self._stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
         self._busy_until = 0.0  # until when it steps after every poll (records came)
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
+        self._spill_failures: list[float] = []  # when spills failed, within _SPILL_WINDOW
         self._stopping = False
         self.partitions = 0
         self.stats = CommitStats()
@@ -313,8 +318,32 @@ class Worker:
         return snapshot
 
     def _recover_from_spill(self, failure: SpillFailed) -> None:
+        """A partition's spill failed: let what was submitted before commit (it was taken
+        before the failure), then restore every owned partition from Kafka, with new
+        spills, as after a failed commit (Kafka thread)."""
+        self._count_spill_failure(failure)
         log.error("%s; restoring owned partitions from Kafka", failure)
+        pending = self._committer.flush(_STUCK)
+        if isinstance(pending, TimeoutError):
+            self._replace_stuck_producer()  # fences it, then restores
+            return
+        if pending is not None:
+            self._group_metadata = None  # and the restore reads what did commit
         self._recover()
+        self._committer.clear()
+
+    def _count_spill_failure(self, failure: SpillFailed) -> None:
+        """The ``_SPILL_FAILURES``-th spill failure within ``_SPILL_WINDOW`` seconds ends
+        the worker, with nothing more committed: :class:`WorkerError` (Kafka thread)."""
+        now = time.monotonic()
+        recent = [at for at in self._spill_failures if now - at < _SPILL_WINDOW]
+        self._spill_failures = [*recent, now]
+        if len(self._spill_failures) >= _SPILL_FAILURES:
+            self._on_loop(self._drop_all())
+            raise WorkerError(
+                f"{failure} ({len(self._spill_failures)} spill failures within "
+                f"{_SPILL_WINDOW:.0f}s; README, Limits)"
+            ) from failure
 
     def _poll_timeout(self) -> float:
         """Commit promptly when handlers have produced effects and the committer is free;
@@ -534,6 +563,8 @@ class Worker:
                 return committed
             except (KafkaException, WorkerError, RestoreError, SpillFailed) as exc:
                 self._on_loop(self._ownership.forget(partitions, close=True))
+                if isinstance(exc, SpillFailed):
+                    self._count_spill_failure(exc)
                 if self._stopping:
                     log.info("stopping: %s not taken over (%s)", by_topic(partitions), exc)
                     return []
@@ -546,11 +577,17 @@ class Worker:
         restores only the partitions this worker keeps (a restore of the revoked ones would
         leave processors running that nothing closes)."""
         self._rebalances += 1
-        snapshot = self._on_loop(self._steps.close(partitions))
-        failure = self._ownership.spill_failure()
-        if failure is not None:  # nothing since the last commit can be trusted: end
+        try:
+            snapshot: Snapshot | None = self._on_loop(self._steps.close(partitions))
+            failure = self._ownership.spill_failure()
+        except SpillFailed as raised:
+            snapshot, failure = None, raised
+        if snapshot is None or failure is not None:
+            # Nothing since the last commit can be trusted, and the partitions are on their
+            # way to another worker: commit nothing, and end (a WorkerError, which no step
+            # takes for a spill failure to recover from).
             self._on_loop(self._drop_all())
-            raise failure
+            raise WorkerError(f"{failure} while partitions were handed over") from failure
         self._on_loop(self._ownership.forget(partitions, close=True))
         self._commit(snapshot)
         self._group_metadata = None  # the generation ends with this rebalance

@@ -8,6 +8,7 @@ import time
 import aiohttp
 
 from streams.client import Client
+from streams.engine.spill import SpillFailed
 from streams.kafka.worker import Worker
 from streams.wire.partitioning import partition_of_key
 from streams.wire.records import Target
@@ -93,6 +94,7 @@ async def test_a_partition_whose_spill_fails_is_restored_and_runs_each_call_once
     broken.spill.db.execute("DROP TABLE dedup")  # every lookup of an idempotency key fails
     _, after = await asyncio.wait_for(client.call(target, 7, idempotency_key="after"), 60)
     assert after.value == 12, "the call did not run once on the state before it"
+    assert isinstance(broken.spill.failed, SpillFailed), "the call did not meet the failure"
     assert worker.processors[partition] is not broken, "the partition was not restored"
     assert broken.spill.db is None, "the failed spill was kept"
     again_id, again = await client.call(target, 5, idempotency_key="before")
