@@ -22,8 +22,8 @@ reopens one. So the database is written without a journal and without syncing.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 from streams.errors import KourierError
 
@@ -45,21 +45,6 @@ _SCHEMA = (
     "CREATE INDEX cold_expires ON cold (expires) WHERE expires IS NOT NULL",
     "CREATE TABLE dedup (scope TEXT NOT NULL UNIQUE, id TEXT NOT NULL)",
 )
-
-
-_T = TypeVar("_T")
-
-
-class _NoRows:
-    """What a closed spill's statements give: no rows, none changed."""
-
-    rowcount = 0
-
-    def fetchall(self) -> list[Any]:
-        return []
-
-
-_NO_ROWS: Any = _NoRows()
 
 
 class SpillFailed(KourierError):
@@ -91,35 +76,38 @@ class Spill:
             self.query(statement)
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
-        """The rows ``sql`` gives, every one read before this returns (none once
-        closed)."""
-        return self._run(sql, params, lambda cursor: cursor.fetchall())
+        """The rows ``sql`` gives, every one read before this returns (SQLite may fail as
+        it reads them, not only as the statement starts); none once closed."""
+        db = self.db
+        if db is None:
+            return []
+        try:
+            return db.execute(sql, params).fetchall()
+        except sqlite3.Error as error:
+            raise self._failure(error) from error
 
     def write(self, sql: str, params: tuple[object, ...]) -> int:
         """``sql`` executed in the open transaction (begun if none is): the rows it
         changed (0 once closed)."""
-        if self.db is not None and not self.db.in_transaction:
-            self.query("BEGIN")
-        return self._run(sql, params, lambda cursor: cursor.rowcount)
+        db = self.db
+        if db is None:
+            return 0
+        try:
+            if not db.in_transaction:
+                db.execute("BEGIN")
+            return db.execute(sql, params).rowcount
+        except sqlite3.Error as error:
+            raise self._failure(error) from error
 
     def commit(self) -> None:
         """End the transaction the writes since the last commit are in, if any."""
         if self.db is not None and self.db.in_transaction:
             self.query("COMMIT")
 
-    def _run(
-        self, sql: str, params: tuple[object, ...], result: Callable[[sqlite3.Cursor], _T]
-    ) -> _T:
-        """``result`` of ``sql`` executed, both inside the one place that turns an error
-        of SQLite's into :class:`SpillFailed` (SQLite may fail as the rows are read, not
-        only as the statement starts)."""
-        if self.db is None:
-            return result(_NO_ROWS)
-        try:
-            return result(self.db.execute(sql, params))
-        except sqlite3.Error as error:
-            self.failed = SpillFailed(f"partition spill: {type(error).__name__}: {error}")
-            raise self.failed from error
+    def _failure(self, error: sqlite3.Error) -> SpillFailed:
+        """``error`` as the :class:`SpillFailed` it is, kept in :attr:`failed`."""
+        self.failed = SpillFailed(f"partition spill: {type(error).__name__}: {error}")
+        return self.failed
 
     def close(self) -> None:
         """Let go of everything held; the database's file goes with it."""
