@@ -102,6 +102,7 @@ class Harness:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         self.processor.close()
+        self.processor.release()
 
     # -- what a test does ---------------------------------------------------------------
 

@@ -42,6 +42,8 @@ from streams.wire.topics import Topics
 #: Builds the invocation of a meta read back, with how many journal entries the changelog
 #: holds of it (the partition's ``thaw``).
 Thaw = Callable[[InvocationMeta, int], Invocation]
+#: Cold retained outcomes forgotten at most per sweep (a second): see ``expired``.
+EXPIRED_AT_ONCE = 10_000
 #: Statuses of invocations that do nothing until something arrives for them.
 COLD = frozenset({"scheduled", "completed"})
 
@@ -183,11 +185,14 @@ class InvocationTable(Mapping[str, Invocation]):
         assert inv.meta.expires_at is not None
         self._deadlines[inv.meta.id] = inv.meta.expires_at
 
-    def expired(self, now: float) -> list[Invocation]:
-        """Retained outcomes whose time has passed (still retained, still completed)."""
+    def expired(self, now: float, limit: int = EXPIRED_AT_ONCE) -> list[Invocation]:
+        """Retained outcomes whose time has passed (still retained, still completed): the
+        live ones, and up to ``limit`` cold ones, the soonest first, so that outcomes piled
+        up past their time (a partition that was down for longer than their retention)
+        are thawed a bounded batch at a time."""
         live = [inv_id for inv_id, expires in self._deadlines.items() if expires <= now]
         due = []
-        for inv_id in dict.fromkeys(live + self._cold.due(now)):  # one thawed is in both
+        for inv_id in live + self._cold.due(now, limit):  # an id is in one or the other
             inv = self.get(inv_id)
             expires = inv.meta.expires_at if inv is not None else None
             if inv is not None and inv.meta.status == "completed" and expires and expires <= now:

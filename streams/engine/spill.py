@@ -67,11 +67,14 @@ class Spill:
     journal, a statement that failed may have left part of its change behind."""
 
     def __init__(self) -> None:
-        # "": a private temporary database, deleted when the connection closes.
-        self.db: sqlite3.Connection | None = sqlite3.connect(
-            "", isolation_level=None, check_same_thread=False
-        )
         self.failed: SpillFailed | None = None
+        try:
+            # "": a private temporary database, deleted when the connection closes.
+            self.db: sqlite3.Connection | None = sqlite3.connect(
+                "", isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as error:
+            raise self._failure(error) from error
         for statement in _SCHEMA:
             self.query(statement)
 
@@ -127,8 +130,9 @@ def probe() -> None:
     that grows (:class:`SpillUnavailable`). SQLite takes the first of ``SQLITE_TMPDIR``,
     ``TMPDIR``, ``/var/tmp``, ``/usr/tmp``, ``/tmp`` and the working directory that it may
     write."""
-    spill = Spill()
+    spill: Spill | None = None
     try:
+        spill = Spill()
         spill.query("PRAGMA cache_size = -64")  # KiB: the rows below do not fit
         for n in range(512):
             spill.write("INSERT INTO dedup VALUES (?, ?)", (f"probe-{n}", "x" * 1024))
@@ -139,7 +143,8 @@ def probe() -> None:
             "make TMPDIR (or SQLITE_TMPDIR) a writable directory on disk (README, Limits)"
         ) from None
     finally:
-        spill.close()
+        if spill is not None:
+            spill.close()
 
 
 class ColdStore:
@@ -181,12 +186,13 @@ class ColdStore:
         """Every id held (read at once: the store may change while they are used)."""
         return iter([row[0] for row in self._spill.query("SELECT id FROM cold")])
 
-    def due(self, now: float) -> list[str]:
-        """The ids whose retention ends at or before ``now``, soonest first."""
+    def due(self, now: float, limit: int) -> list[str]:
+        """The ids whose retention ends at or before ``now``, soonest first, at most
+        ``limit`` of them."""
         if not self._count:
             return []
-        query = "SELECT id FROM cold WHERE expires <= ? ORDER BY expires"
-        return [row[0] for row in self._spill.query(query, (now,))]
+        query = "SELECT id FROM cold WHERE expires <= ? ORDER BY expires LIMIT ?"
+        return [row[0] for row in self._spill.query(query, (now, limit))]
 
 
 class DedupTable:

@@ -71,7 +71,8 @@ class PartitionStore:
     def restore_dedup(self, key: bytes, value: bytes | None) -> None:
         """One record of the ``<ns>.dedup`` changelog."""
         scope = key.decode()
-        inv_id = None if value is None else json.loads(value)["invocation_id"]
+        row = None if value is None else json.loads(value)
+        inv_id = row.get("invocation_id") if isinstance(row, dict) else None
         if isinstance(inv_id, str):
             self.dedup.put(scope, inv_id)
         else:

@@ -15,7 +15,7 @@ ingress offsets consumed so far, and carries them through the group's rebalances
 - **Forgotten** (:meth:`Ownership.forget`, :meth:`Ownership.drop_all`): they leave the
   gauges and the stall watch, so that two workers never report one partition, and let go
   of what they held on disk (:mod:`streams.engine.spill`); so does an assignment whose
-  restore failed.
+  restore or start failed.
 
 The worker's Kafka thread calls these from its rebalance callbacks and from recovery
 (streams/kafka/worker.py), on the event loop; only :func:`delay_ends` asks Kafka.
@@ -171,7 +171,7 @@ class Ownership:
 
     async def forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
         """Own ``partitions`` no more (closing their processors first if ``close``): drop
-        their gauges and stall reports, and release their spills."""
+        their gauges and stall reports, and release the spills of the closed ones."""
         for tp in partitions:
             forget_gauges(tp)
             if tp.topic == self.topics.delay:
@@ -180,10 +180,10 @@ class Ownership:
                     delay.close()
                 continue
             processor = self.processors.pop(tp.partition, None)
-            if processor is not None:
-                if close:
-                    processor.close()
-                processor.release()
+            if processor is not None and close:
+                processor.close()
+            if processor is not None and processor.closed:
+                processor.release()  # a running one keeps what it holds until it closes
             self.offsets.pop(tp.partition, None)
         forget(self._stalls, self.owned())
 

@@ -334,7 +334,8 @@ class Worker:
 
     def _count_spill_failure(self, failure: SpillFailed) -> None:
         """The ``_SPILL_FAILURES``-th spill failure within ``_SPILL_WINDOW`` seconds ends
-        the worker, with nothing more committed: :class:`WorkerError` (Kafka thread)."""
+        the worker: every partition is dropped, so nothing it did since its last snapshot
+        is committed, and :class:`WorkerError` is raised (Kafka thread)."""
         now = time.monotonic()
         recent = [at for at in self._spill_failures if now - at < _SPILL_WINDOW]
         self._spill_failures = [*recent, now]
@@ -563,11 +564,11 @@ class Worker:
                 return committed
             except (KafkaException, WorkerError, RestoreError, SpillFailed) as exc:
                 self._on_loop(self._ownership.forget(partitions, close=True))
-                if isinstance(exc, SpillFailed):
-                    self._count_spill_failure(exc)
                 if self._stopping:
                     log.info("stopping: %s not taken over (%s)", by_topic(partitions), exc)
                     return []
+                if isinstance(exc, SpillFailed):
+                    self._count_spill_failure(exc)
                 log.warning("taking over %s failed (%s); trying again", by_topic(partitions), exc)
                 time.sleep(1.0)
 

@@ -310,6 +310,13 @@ def test_an_outcomes_entries_read_after_its_meta_are_not_kept() -> None:
     assert held[1] == 2, "its entries, to tombstone, are not counted"
 
 
+def test_outcomes_past_their_time_are_thawed_a_bounded_batch_at_a_time() -> None:
+    first, second = ids.new_id("k", 1), ids.new_id("k", 2)
+    table = read_back((meta_key(first), outcome(first)), (meta_key(second), outcome(second)))
+    assert len(table.expired(4e9, limit=1)) == 1, "more thawed than the limit"
+    assert table.cold == 1
+
+
 def test_an_outcome_read_twice_expires_once() -> None:
     inv_id = ids.new_id("k", 1)
     table = read_back((meta_key(inv_id), outcome(inv_id)), (meta_key(inv_id), outcome(inv_id)))

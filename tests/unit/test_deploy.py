@@ -506,16 +506,19 @@ def test_k8s_worker_ports_probe_and_grace_period() -> None:
 
 def test_k8s_worker_has_a_writable_temporary_directory_for_its_spill() -> None:
     """The root filesystem is read-only, and each partition's spill (streams/engine/spill.py)
-    writes an unlinked SQLite file to TMPDIR (/tmp unless the container sets it)."""
+    writes an unlinked SQLite file to the first writable of SQLITE_TMPDIR, TMPDIR, /var/tmp,
+    /usr/tmp, /tmp: the manifest names the directory, and mounts a volume on disk there."""
     deployment = _k8s_object("Deployment", "kourier-worker")
     container = _container("kourier-worker")
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = {item["name"]: item.get("value") for item in container.get("env", [])}
-    tmpdir = env.get("SQLITE_TMPDIR") or env.get("TMPDIR") or "/tmp"
+    tmpdir = env.get("SQLITE_TMPDIR") or env.get("TMPDIR")
+    assert tmpdir, "the spill's directory is left to SQLite's search"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert tmpdir in mounts, f"nothing writable is mounted at {tmpdir}"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert "emptyDir" in volumes[mounts[tmpdir]]
+    empty_dir = volumes[mounts[tmpdir]]["emptyDir"]
+    assert (empty_dir or {}).get("medium") != "Memory", "a tmpfs holds the spill in memory"
 
 
 def test_k8s_ingress_ports_probes_and_service() -> None:

@@ -70,10 +70,11 @@ def test_only_deadlines_passed_are_due_soonest_first() -> None:
     store.put("early", b"m", 0, 10.0)
     store.put("scheduled", b"m", 0, None)
     store.put("later", b"m", 0, 90.0)
-    assert store.due(5.0) == []
-    assert store.due(30.0) == ["early", "late"]
+    assert store.due(5.0, 10) == []
+    assert store.due(30.0, 10) == ["early", "late"]
+    assert store.due(30.0, 1) == ["early"], "more than the limit"
     store.put("early", b"m", 0, None)  # no longer a retained outcome
-    assert store.due(100.0) == ["late", "later"]
+    assert store.due(100.0, 10) == ["late", "later"]
 
 
 def test_a_scope_names_one_id_until_it_is_dropped() -> None:
@@ -120,7 +121,7 @@ def test_a_closed_spill_holds_nothing_and_takes_nothing() -> None:
     assert table.get("other") is None
     assert store.get("b") is None
     assert list(store.ids()) == []
-    assert store.due(9.0) == []
+    assert store.due(9.0, 10) == []
     spill.close()
 
 

@@ -1,6 +1,7 @@
 """What a worker does when a partition's spill fails (streams/engine/spill.py): an
-assignment whose start fails leaves nothing owned, and spill failures that keep coming end
-the worker instead of being recovered from again and again. The recovery itself, against
+assignment whose start fails leaves nothing owned, no step taken after a failure is
+committed, a failure during a hand-over ends the worker, and spill failures that keep
+coming end it instead of being recovered from again and again. The recovery itself, against
 Kafka, is in tests/integration/test_idempotency.py."""
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import TopicPartition
 
+from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.spill import SpillFailed
 from streams.kafka import worker as worker_module
+from streams.kafka.committer import Snapshot
 from streams.kafka.worker import Worker, WorkerError
 from streams.settings import Settings
 from tests.unit.harness import TOPICS
@@ -72,3 +75,47 @@ def test_the_third_spill_failure_in_five_minutes_ends_the_worker(
     now[0] += 10
     with pytest.raises(WorkerError, match=r"database or disk is full \(3 spill failures"):
         worker._count_spill_failure(failure)
+
+
+class Owned:
+    """An owned partition as the worker sees it: its spill, failed or not."""
+
+    def __init__(self, failed: SpillFailed | None = None) -> None:
+        self.spill = SimpleNamespace(failed=failed)
+
+
+def test_a_step_after_a_spill_failed_between_steps_is_not_committed(worker: Worker) -> None:
+    """A failure the loop swallowed (the sweep's, a handler task's) is found by its flag."""
+    taken = Snapshot([Out("t", 0, b"k", b"v")], [])
+    worker._stepped = lambda *args, **kwargs: taken  # type: ignore[method-assign]
+    recovered: list[SpillFailed] = []
+    worker._recover_from_spill = recovered.append  # type: ignore[method-assign]
+    worker.processors[0] = Owned()  # type: ignore[assignment]
+    assert worker._trusted_step([], {}) is taken
+    failure = SpillFailed("partition spill: OperationalError: disk I/O error")
+    worker.processors[1] = Owned(failure)  # type: ignore[assignment]
+    assert worker._trusted_step([], {}) is None, "a step taken after the failure goes on"
+    assert recovered == [failure]
+
+
+def test_a_spill_failure_while_partitions_are_handed_over_ends_the_worker(worker: Worker) -> None:
+    failure = SpillFailed("partition spill: OperationalError: database or disk is full")
+
+    class Steps:
+        dropped = False
+
+        async def close(self, partitions: list[TopicPartition]) -> Snapshot:
+            raise failure
+
+        def drop(self) -> None:
+            self.dropped = True
+
+    steps = Steps()
+    worker._steps = steps  # type: ignore[assignment]
+    committed: list[Snapshot] = []
+    worker._commit = committed.append  # type: ignore[method-assign]
+    with pytest.raises(WorkerError) as raised:
+        worker._on_revoke(None, [TopicPartition(TOPICS.ingress, 0)])  # type: ignore[arg-type]
+    assert raised.value.__cause__ is failure
+    assert committed == [], "the hand-over committed what followed the failure"
+    assert steps.dropped, "what was emitted is kept"
