@@ -147,9 +147,9 @@ def probe() -> None:
             spill.close()
 
 
-class ColdStore:
-    """Idle invocations' metas by id, with their entry counts and retention deadlines.
-    A count of the rows skips SQLite for lookups while it holds none."""
+class _Counted:
+    """A table of the spill and the count of its rows, kept where rows come and go
+    (:meth:`_put`, :meth:`_drop`): lookups skip SQLite while the table holds none."""
 
     def __init__(self, spill: Spill) -> None:
         self._spill = spill
@@ -157,6 +157,26 @@ class ColdStore:
 
     def __len__(self) -> int:
         return self._count if self._spill.db is not None else 0
+
+    def _put(self, insert: str, update: str, key: str, values: tuple[object, ...]) -> None:
+        """The row ``(key, *values)`` inserted (``insert`` ignores a key held), or else
+        ``values`` set in place by ``update`` (which takes the key last)."""
+        if self._spill.write(insert, (key, *values)):
+            self._count += 1
+        else:
+            self._spill.write(update, (*values, key))
+
+    def _drop(self, delete: str, key: str) -> int:
+        """The row of ``key`` deleted by ``delete``, if held: how many were."""
+        if not self._count:
+            return 0
+        dropped = self._spill.write(delete, (key,))
+        self._count -= dropped
+        return dropped
+
+
+class ColdStore(_Counted):
+    """Idle invocations' metas by id, with their entry counts and retention deadlines."""
 
     def __contains__(self, inv_id: str) -> bool:
         return bool(self._count and self._spill.query("SELECT 1 FROM cold WHERE id = ?", (inv_id,)))
@@ -170,17 +190,13 @@ class ColdStore:
 
     def put(self, inv_id: str, meta: bytes, entries: int, expires: float | None) -> None:
         """Hold ``inv_id`` as ``meta``, replacing what was held of it."""
-        row = (inv_id, meta, entries, expires)
-        if self._spill.write("INSERT OR IGNORE INTO cold VALUES (?, ?, ?, ?)", row):
-            self._count += 1
-        else:
-            update = "UPDATE cold SET meta = ?, entries = ?, expires = ? WHERE id = ?"
-            self._spill.write(update, (meta, entries, expires, inv_id))
+        insert = "INSERT OR IGNORE INTO cold VALUES (?, ?, ?, ?)"
+        update = "UPDATE cold SET meta = ?, entries = ?, expires = ? WHERE id = ?"
+        self._put(insert, update, inv_id, (meta, entries, expires))
 
     def discard(self, inv_id: str) -> None:
         """Hold ``inv_id`` no more, if it was held."""
-        if self._count:
-            self._count -= self._spill.write("DELETE FROM cold WHERE id = ?", (inv_id,))
+        self._drop("DELETE FROM cold WHERE id = ?", inv_id)
 
     def ids(self) -> Iterator[str]:
         """Every id held (read at once: the store may change while they are used)."""
@@ -195,16 +211,8 @@ class ColdStore:
         return [row[0] for row in self._spill.query(query, (now, limit))]
 
 
-class DedupTable:
-    """Idempotency scopes and the invocation ids they name. A count of the rows skips
-    SQLite for lookups while it holds none."""
-
-    def __init__(self, spill: Spill) -> None:
-        self._spill = spill
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count if self._spill.db is not None else 0
+class DedupTable(_Counted):
+    """Idempotency scopes and the invocation ids they name."""
 
     def get(self, scope: str) -> str | None:
         if not self._count:
@@ -213,15 +221,9 @@ class DedupTable:
         return str(rows[0][0]) if rows else None
 
     def put(self, scope: str, inv_id: str) -> None:
-        if self._spill.write("INSERT OR IGNORE INTO dedup VALUES (?, ?)", (scope, inv_id)):
-            self._count += 1
-        else:
-            self._spill.write("UPDATE dedup SET id = ? WHERE scope = ?", (inv_id, scope))
+        insert = "INSERT OR IGNORE INTO dedup VALUES (?, ?)"
+        self._put(insert, "UPDATE dedup SET id = ? WHERE scope = ?", scope, (inv_id,))
 
     def discard(self, scope: str) -> bool:
         """Drop ``scope``; whether it was held."""
-        if not self._count:
-            return False
-        dropped = self._spill.write("DELETE FROM dedup WHERE scope = ?", (scope,))
-        self._count -= dropped
-        return bool(dropped)
+        return bool(self._drop("DELETE FROM dedup WHERE scope = ?", scope))
