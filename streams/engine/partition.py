@@ -139,7 +139,6 @@ class PartitionProcessor:
         """After restore: rebuild locks and queues, resume what was in flight. (Retained
         outcomes and scheduled invocations without a journal were kept cold as they were
         read: ``InvocationTable.restore``.)"""
-        self.spill.commit()  # what the restore kept cold (Ownership.assign commits first)
         held: set[str] = set()  # started a little early: queued when due (below)
         for meta, journal in self.invocations.take_restored():
             if len(journal) != meta.journal_length:

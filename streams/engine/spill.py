@@ -58,10 +58,11 @@ class Spill:
     then the event loop's. Once closed, its tables hold nothing: lookups miss and writes
     are dropped (the partition is gone).
 
-    Writes go into one SQLite transaction until :meth:`commit`, which the partition calls
-    once per flush and once its restore is read: a few dozen rows' pages are written to
-    the file once, not once per row (10.7 against 13.6 µs per idempotent send's two
-    lookups and two inserts, measured in batches of 40).
+    Writes go into one SQLite transaction until :meth:`commit`: the partition commits once
+    per flush, and ``Ownership.assign`` once a restore is read, before any partition
+    starts. A few dozen rows' pages are then written to the file once, not once per row
+    (10.7 against 13.6 µs per idempotent send's two lookups and two inserts, measured in
+    batches of 40).
 
     An error of SQLite's raises :class:`SpillFailed` and is kept in :attr:`failed`: with no
     journal, a statement that failed may have left part of its change behind."""
