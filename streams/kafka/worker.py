@@ -323,14 +323,22 @@ class Worker:
         spills, as after a failed commit (Kafka thread)."""
         self._count_spill_failure(failure)
         log.error("%s; restoring owned partitions from Kafka", failure)
-        pending = self._committer.flush(_STUCK)
-        if isinstance(pending, TimeoutError):
-            self._replace_stuck_producer()  # fences it, then restores
-            return
-        if pending is not None:
-            self._group_metadata = None  # and the restore reads what did commit
-        self._recover()
+        pending = self._finish_commits()
+        stuck = isinstance(pending, TimeoutError)
+        if pending is not None and not stuck:
+            self._group_metadata = None  # a commit failed: as in _recover_from
+        self._recover(settled=stuck)
         self._committer.clear()
+
+    def _finish_commits(self) -> Exception | None:
+        """Let what was submitted commit or fail, before a restore reads the committed
+        offsets; a transaction stuck in it is fenced (new producers, nothing restored
+        yet). The committer's failure, a ``TimeoutError`` when it was stuck (Kafka
+        thread)."""
+        failure = self._committer.flush(_STUCK)
+        if isinstance(failure, TimeoutError):
+            self._replace_stuck_producer(recover=False)
+        return failure
 
     def _count_spill_failure(self, failure: SpillFailed) -> None:
         """The ``_SPILL_FAILURES``-th spill failure within ``_SPILL_WINDOW`` seconds ends
@@ -599,9 +607,7 @@ class Worker:
         self._rebalances += 1
         self._group_metadata = None
         # What was queued cannot commit any more: let it fail, or fence it if it is stuck.
-        stuck = isinstance(self._committer.flush(_STUCK), TimeoutError)
-        if stuck:
-            self._replace_stuck_producer(recover=False)
+        stuck = isinstance(self._finish_commits(), TimeoutError)
         self._on_loop(self._ownership.forget(partitions, close=True))
         self._recover(settled=stuck)
         self._committer.clear()
