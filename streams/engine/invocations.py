@@ -242,14 +242,13 @@ class InvocationTable(Mapping[str, Invocation]):
             self._thawed.discard(inv_id)
             self._settling.pop(inv_id, None)
             if _idle(inv):
-                self._cold.put(inv_id, meta, inv.persisted_entries, _expires(inv.meta))
-                self._deadlines.pop(inv_id, None)
-                del self._live[inv_id]
+                self._keep_cold(inv, meta)
             else:
                 if was_cold:
                     self._cold.discard(inv_id)
-                if inv.meta.status == "completed" and inv.meta.expires_at is not None:
-                    self._deadlines[inv_id] = inv.meta.expires_at  # not in the spill now
+                expires = _expires(inv.meta)
+                if expires is not None:
+                    self._deadlines[inv_id] = expires  # not in the spill now
                 if inv.meta.status in COLD:
                     self._settling[inv_id] = meta
         for inv_id, meta in list(self._settling.items()):
@@ -259,11 +258,18 @@ class InvocationTable(Mapping[str, Invocation]):
             if inv.meta.status not in COLD:
                 del self._settling[inv_id]  # changed, and written once touched
             elif _idle(inv):
-                self._cold.put(inv_id, meta, inv.persisted_entries, _expires(inv.meta))
-                self._deadlines.pop(inv_id, None)
-                del self._live[inv_id], self._settling[inv_id]
+                self._keep_cold(inv, meta)
+                del self._settling[inv_id]
         self._changed.clear()
         for inv_id in self._thawed:  # unchanged: the bytes kept are still its meta
             del self._live[inv_id]
         self._thawed.clear()
         return out
+
+    def _keep_cold(self, inv: Invocation, meta: bytes) -> None:
+        """Hold ``inv``, written as ``meta``, cold: in the spill with its deadline, no
+        longer as an object."""
+        inv_id = inv.meta.id
+        self._cold.put(inv_id, meta, inv.persisted_entries, _expires(inv.meta))
+        self._deadlines.pop(inv_id, None)
+        del self._live[inv_id]
