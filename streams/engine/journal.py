@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, JsonValue, SkipValidation, TypeAdapter, ValidationError
 
-from streams.wire.ids import is_id
+from streams.wire.ids import is_id, workflow_run_id
 from streams.wire.records import Caller, Failure, Target
 
 Status = Literal[
@@ -99,6 +99,21 @@ class Entry:
             return "sleep"
         what = self.target.path() if self.target else (self.name or self.callee or "")
         return f"{self.kind}({what})" if what else self.kind
+
+    def answered_by(self, invocation_id: str) -> bool:
+        """Whether a completion for ``invocation_id`` belongs to this entry. A call into a
+        workflow journaled by an older worker, or one that did not host the workflow yet (a
+        rolling deploy), went out under a derived id; the workflow's partition ran it as the
+        workflow's run, and answers under that id."""
+        if self.callee == invocation_id:
+            return True
+        target = self.target
+        return (
+            self.kind == "call"
+            and target is not None
+            and target.key is not None
+            and invocation_id == workflow_run_id(target.service, target.key)
+        )
 
     def replace(self, **changes: Any) -> Entry:
         """A copy with ``changes`` (entries are replaced, not changed, once journaled)."""

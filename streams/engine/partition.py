@@ -9,7 +9,6 @@ in Kafka transactions; unit tests drive it directly.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,21 +24,18 @@ from streams.engine.control import Controls
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import (
-    CANCELLED,
-    KILLED,
-    Entry,
     EntryKind,
     InvocationMeta,
     Promise,
 )
 from streams.engine.locks import KeyLocks
 from streams.engine.outbox import Out, Outbox
+from streams.engine.outcomes import Outcomes
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
 from streams.engine.spill import Spill, SpillFailed
-from streams.engine.store import ObjectKey, PartitionStore
+from streams.engine.store import ObjectKey, PartitionStore, dedup_scope
 from streams.engine.waiters import Waiters
-from streams.metrics import INVOCATION_SECONDS, INVOCATIONS
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
@@ -102,12 +98,17 @@ class PartitionProcessor:
             self.invocations, self.outbox, registry, touch=self.touch,
             named_by_key=lambda target, key: self._idempotent(target, key)[1],
         )  # fmt: skip
+        self.outcomes = Outcomes(
+            self.invocations, self.store, self.locks, self.outbox, self.promises,
+            run=lambda inv: self.attempts.run(inv), touch=self.touch, wake=wake,
+        )  # fmt: skip
+        complete = self.outcomes.complete
         self.attempts = Attempts(
-            self.invocations, complete=self._complete, touch=self.touch, closed=lambda: self.closed
+            self.invocations, complete=complete, touch=self.touch, closed=lambda: self.closed
         )
         self.controls = Controls(
             self.invocations, self.outbox, self.attempts,
-            complete=self._complete, forget=self._forget, touch=self.touch,
+            complete=complete, forget=self.outcomes.forget, touch=self.touch,
         )  # fmt: skip
         self.closed = False
         self.handing_over = False  # see hand_over()
@@ -172,7 +173,7 @@ class PartitionProcessor:
             elif status == "pending" and inv.lock_key is None:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
-            self._unlock_next(lock)
+            self.outcomes.unlock_next(lock)
         for inv in self.invocations.live():
             if inv.meta.target.key is not None:
                 for index, entry in enumerate(inv.journal):
@@ -187,7 +188,7 @@ class PartitionProcessor:
             return
         asyncio.get_running_loop().call_later(1.0, self._sweep)  # also after a failure
         for inv in self.invocations.expired(time.time()):
-            self._forget(inv)
+            self.outcomes.forget(inv)
 
     # -- ingress records -----------------------------------------------------------
 
@@ -265,7 +266,7 @@ class PartitionProcessor:
 
     def _idempotent(self, target: Target, idempotency_key: str) -> tuple[str, str]:
         """The dedup-table scope of a request, and the invocation id it names."""
-        scope = _scope(target, idempotency_key)
+        scope = dedup_scope(target, idempotency_key)
         derived = self.store.deduplicated(scope) or ids.idempotent_id(
             target.service, target.key, target.handler, idempotency_key
         )
@@ -439,7 +440,7 @@ class PartitionProcessor:
         if inv is None or inv.meta.status == "completed":
             return False
         index = record.caller.entry
-        if index >= len(inv.journal) or not _names_callee(inv.journal[index], record.invocation_id):
+        if index >= len(inv.journal) or not inv.journal[index].answered_by(record.invocation_id):
             log.warning("completion for %s entry %d matches no call", inv.meta.id, index)
             return False
         entry = inv.journal[index]
@@ -455,99 +456,6 @@ class PartitionProcessor:
                 inv.meta.cancel_requested = False
         inv.complete_entry(index, value=record.value, failure=failure)
         return True
-
-    def _complete(
-        self, inv: Invocation, value: JsonValue, failure: Failure | None
-    ) -> Failure | None:
-        """Complete ``inv`` with its outcome: answer whoever waits, count it, keep or
-        forget it, free its key. An outcome whose records cannot be written (none of them
-        goes out) is replaced by a 500 failure, so that nobody waits for ever and the calls
-        queued on the key run. The failure written (None: success)."""
-        meta = inv.meta
-        now = time.time()
-        meta.status = "completed"
-        meta.modified_at = now
-        inv.task = None
-        self.promises.forget_waits(inv)
-        failure = self._write_outcome(meta, value, failure)
-        meta.request_ids.clear()  # answered: a retained outcome needs neither
-        meta.attachers.clear()
-        meta.cancel_requested = False
-        target = meta.target
-        outcome = "success" if failure is None else "failure"
-        if failure is CANCELLED or failure is KILLED:
-            outcome = failure.message
-        INVOCATIONS.labels(target.service, target.handler, outcome).inc()
-        INVOCATION_SECONDS.labels(target.service, target.handler).observe(now - meta.created_at)
-        retention = inv.retention()
-        if retention.total_seconds() > 0:
-            meta.expires_at = now + retention.total_seconds()
-            self.invocations.retain(inv)
-            self.touch(inv)
-        else:
-            self._forget(inv)
-        lock = inv.lock_key
-        if lock is not None and self.locks.release(lock, meta.id):
-            self._unlock_next(lock)
-        return failure
-
-    def _write_outcome(
-        self, meta: InvocationMeta, value: JsonValue, failure: Failure | None
-    ) -> Failure | None:
-        """Answer whoever waits, all or none: an outcome whose records cannot all be built
-        is replaced by a 500 failure. The failure written (None: success)."""
-        if not (meta.request_ids or meta.caller is not None or meta.attachers):
-            meta.value, meta.failure = value, failure  # nobody to answer: a one-way send
-            return failure
-        try:
-            with self.outbox.holding() as held:
-                self._answer(meta, value, failure)
-        except Exception as error:
-            log.exception("%s: its outcome could not be written", meta.id)
-            failure = Failure(
-                code=500,
-                message=f"the outcome of {meta.target.path()} could not be written: "
-                f"{type(error).__name__}: {error}",
-            )
-            try:
-                with self.outbox.holding() as held:
-                    self._answer(meta, None, failure)
-            except Exception:  # nobody can be told; the key is freed all the same
-                log.exception("%s: not even its failure could be written", meta.id)
-                return failure
-        for send in held:
-            send()
-        return failure
-
-    def _answer(self, meta: InvocationMeta, value: JsonValue, failure: Failure | None) -> None:
-        """The outcome, to every request id, the caller and every attacher."""
-        meta.value, meta.failure = value, failure
-        for request_id in meta.request_ids:
-            self.outbox.outcome(request_id, meta)
-        for caller in [meta.caller, *meta.attachers] if meta.caller else meta.attachers:
-            self.outbox.completion(Completion(
-                caller=caller, invocation_id=meta.id, value=value, failure=failure
-            ))  # fmt: skip
-
-    def _unlock_next(self, lock: ObjectKey) -> None:
-        def still_pending(inv_id: str) -> bool:
-            candidate = self.invocations.get(inv_id)
-            return candidate is not None and candidate.meta.status == "pending"
-
-        chosen = self.locks.hand_on(lock, still_pending)
-        if chosen is not None:
-            self.attempts.run(self.invocations[chosen])
-
-    def _forget(self, inv: Invocation) -> None:
-        """Drop a completed invocation: its outcome, its idempotency key, and for a
-        workflow's run the workflow's state and promises."""
-        meta = inv.meta
-        if meta.idempotency_key is not None:
-            self.store.forget(_scope(meta.target, meta.idempotency_key))
-        if inv.is_workflow_run():
-            self.store.drop_object(ObjectKey.of(meta.target))
-        self.invocations.forget(inv)
-        self._wake()
 
     # -- outputs -------------------------------------------------------------------
 
@@ -683,24 +591,3 @@ class PartitionProcessor:
         """Let go of what the partition holds on disk (:mod:`streams.engine.spill`): it is
         no longer owned, and its last changes were taken (:meth:`flush`) or are dropped."""
         self.spill.close()
-
-
-def _scope(target: Target, idempotency_key: str) -> str:
-    """The dedup table's key: target + idempotency key."""
-    return json.dumps([target.service, target.key, target.handler, idempotency_key])
-
-
-def _names_callee(entry: Entry, invocation_id: str) -> bool:
-    """Whether a completion for ``invocation_id`` belongs to ``entry``. A call into a
-    workflow journaled by an older worker, or one that did not host the workflow yet (a
-    rolling deploy), went out under a derived id; the workflow's partition ran it as the
-    workflow's run, and answers under that id."""
-    if entry.callee == invocation_id:
-        return True
-    target = entry.target
-    return (
-        entry.kind == "call"
-        and target is not None
-        and target.key is not None
-        and invocation_id == ids.workflow_run_id(target.service, target.key)
-    )

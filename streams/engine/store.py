@@ -158,6 +158,11 @@ class PartitionStore:
 _MISSING = object()
 
 
+def dedup_scope(target: Target, idempotency_key: str) -> str:
+    """The dedup table's key: target + idempotency key."""
+    return json.dumps([target.service, target.key, target.handler, idempotency_key])
+
+
 def _promise_row(promise: Promise) -> JsonValue:
     row: dict[str, JsonValue] = {"value": promise.value}
     if promise.failure is not None:
