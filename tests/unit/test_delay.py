@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.engine import delay
-from streams.engine.delay import DelayProcessor, Deliver, OffsetSet
+from streams.engine.delay import DelayProcessor, Deliver
+from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out
 from streams.wire import ids
 from streams.wire.records import (
