@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,18 @@ class CommitStats:
         self.seconds += seconds
         self.records += len(snapshot.out)
         self.partitions += len({(out.topic, out.partition) for out in snapshot.out})
+
+    def describe(self, phases: Mapping[str, float], offsets_first: int) -> str:
+        """Averages per transaction, and of its ``phases`` (seconds in total by step of
+        ``Transactions.commit``), for the worker's debug log."""
+        n = max(1, self.commits)
+        records, offsets, commit = (1000 * phases[s] / n for s in ("records", "offsets", "commit"))
+        return (
+            f"commits {self.commits}, {1000 * self.seconds / n:.1f} ms each, "
+            f"{self.records / n:.1f} records in {self.partitions / n:.1f} partitions each "
+            f"(records {records:.1f}, offsets {offsets:.1f}, commit {commit:.1f} ms; "
+            f"offsets first in {offsets_first})"
+        )
 
 
 class Committer:

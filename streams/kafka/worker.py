@@ -51,6 +51,7 @@ from streams.kafka.offsets import (
     worker_consumer,
 )
 from streams.kafka.ownership import Ownership, by_topic, delay_ends
+from streams.kafka.pacing import Pacing
 from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
 from streams.kafka.stalls import StallWatch, watch
 from streams.kafka.step import Stepper
@@ -69,10 +70,6 @@ _TIMEOUT = 30.0
 #: are restored. 20 s bounds the pause; it is shorter than ``_TIMEOUT``, so a commit call
 #: that hangs inside librdkafka is cut short by the fence rather than waited out.
 _STUCK = 20.0
-#: Seconds between steps on the event loop when the Kafka thread has nothing for it.
-_IDLE_STEP = 0.1
-#: Seconds without records after which the Kafka thread counts as idle.
-_IDLE_AFTER = 1.0
 #: Reads ahead in one step at most (``streams.kafka.ends``): the records read start handlers
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
@@ -118,8 +115,7 @@ class Worker:
         )
         self._group_metadata: Any = None  # of the current generation, see _metadata()
         self._observed_at = 0.0
-        self._stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
-        self._busy_until = 0.0  # until when it steps after every poll (records came)
+        self._pacing = Pacing(self.delays, lambda: self._steps.dirty)  # when to step, poll
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self._spill_failures: list[float] = []  # when spills failed, within _SPILL_WINDOW
         self._stopping = False
@@ -135,11 +131,9 @@ class Worker:
         refusals = Refusals()  # a connection refused (TLS, SASL) ends the start at once
         admin = AdminClient(self._client({"error_cb": refusals}))
         topics, missing = listed_topics(admin, self.topics.all(), refusals=refusals)
-        unusable = [name for name in missing if name in topics]
-        if unusable:
-            raise WorkerError(absent_topic(topics, unusable[0]))
-        if missing:
-            raise WorkerError(absent_topic(topics, missing[0]))
+        if missing:  # one listed with an error says more than one not listed at all
+            first = next((name for name in missing if name in topics), missing[0])
+            raise WorkerError(absent_topic(topics, first))
         return len(topics[self.topics.ingress].partitions)
 
     def _transactional_id(self, turn: int = 0) -> str:
@@ -243,8 +237,8 @@ class Worker:
             "rebalances": self._rebalances,
             "commits": self.stats.commits,
             "effects_to_commit": self._steps.dirty,
-            "since_last_step_s": round(time.monotonic() - self._stepped_at, 3)
-            if self._stepped_at
+            "since_last_step_s": round(time.monotonic() - self._pacing.stepped_at, 3)
+            if self._pacing.stepped_at
             else None,
             "restoring": self._ownership.restoring,
             "reading_ahead_to": self._steps.waiting,
@@ -261,9 +255,10 @@ class Worker:
                     self._recover_from(self._committer.failure)
                 if self._committer.busy_for() > _STUCK:
                     self._replace_stuck_producer()
-                batch = consume_ready(self._consumer, 1000, self._poll_timeout())
+                wait = self._pacing.poll_timeout(self._committer.idle)
+                batch = consume_ready(self._consumer, 1000, wait)
                 positions = self._delay_positions()
-                if self._needs_step(batch, positions):
+                if self._pacing.needs_step(batch, positions):
                     snapshot = self._trusted_step(batch, positions)
                     if snapshot is not None and snapshot.out:
                         snapshot.metadata = self._metadata()
@@ -354,14 +349,6 @@ class Worker:
                 f"{_SPILL_WINDOW:.0f}s; README, Limits)"
             ) from failure
 
-    def _poll_timeout(self) -> float:
-        """Commit promptly when handlers have produced effects and the committer is free;
-        while a transaction is in flight, new effects wait for it anyway; with nothing to
-        commit, wait for input (Kafka thread)."""
-        if not self._steps.dirty:
-            return self._wait()
-        return 0.0 if self._committer.idle else 0.001
-
     def _observe(self) -> None:
         """Refresh the gauges, and say if the consumer is out of its group (Kafka thread)."""
         self._observed_at = time.monotonic()
@@ -371,34 +358,6 @@ class Worker:
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the event loop and wait for its result (Kafka thread only)."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def _needs_step(self, batch: list[Message], positions: dict[int, int]) -> bool:
-        """Whether to run a step on the loop: after every poll while records keep coming
-        (measured: sequential calls were 0.5-1 ms slower when the loop slept between
-        them), and once idle only for records, delay partitions catching up, effects to
-        commit or a delayed message due, and at least every ``_IDLE_STEP`` seconds, so
-        that nothing waits longer than that (Kafka thread)."""
-        now = time.monotonic()
-        if batch:
-            self._busy_until = now + _IDLE_AFTER
-        busy = now < self._busy_until or now >= self._stepped_at + _IDLE_STEP
-        if batch or positions or self._steps.dirty or busy:
-            self._stepped_at = now
-            return True
-        wall = time.time()
-        due = any(d.next_due is not None and d.next_due <= wall for d in list(self.delays.values()))
-        if due:
-            self._stepped_at = now
-        return due
-
-    def _wait(self, longest: float = 0.01) -> float:
-        """How long to wait for input: not past the next delayed message's due time, so
-        that its release reaches the very next transaction (Kafka thread)."""
-        dues = [d.next_due for d in list(self.delays.values())]
-        soonest = min((due for due in dues if due is not None), default=None)
-        if soonest is None:
-            return longest
-        return min(longest, max(0.0, soonest - time.time()))
 
     def _delay_positions(self) -> dict[int, int]:
         """Consumer positions of delay partitions still catching up (Kafka thread)."""
@@ -514,17 +473,11 @@ class Worker:
         stats = self.stats
         stats.add(snapshot, time.perf_counter() - began)
         if log.isEnabledFor(logging.DEBUG) and stats.commits % 200 == 0:
-            phases = self._transactions.phases
+            transactions = self._transactions
             log.debug(
-                "commits %d, %.1f ms each, %.1f records in %.1f partitions each (records %.1f, "
-                "offsets %.1f, commit %.1f ms; offsets first in %d); %d calls run without their "
-                "records, %d of %d reads ahead reached their watermarks",
-                stats.commits,
-                1000 * stats.seconds / stats.commits,
-                stats.records / stats.commits,
-                stats.partitions / stats.commits,
-                *(1000 * phases[step] / stats.commits for step in ("records", "offsets", "commit")),
-                self._transactions.offsets_first,
+                "%s; %d calls run without their records, %d of %d reads ahead reached their "
+                "watermarks",
+                stats.describe(transactions.phases, transactions.offsets_first),
                 self._steps.calls.ran,
                 self._ends.read_ahead_hits,
                 self._ends.read_aheads,
