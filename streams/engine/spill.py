@@ -21,11 +21,14 @@ reopens one. So the database is written without a journal and without syncing.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
 from streams.errors import KourierError
+
+log = logging.getLogger("kourier.spill")
 
 #: Page cache of one partition's spill, in KiB: what it may hold in memory before it
 #: writes to its temporary file.
@@ -146,6 +149,33 @@ def probe() -> None:
     finally:
         if spill is not None:
             spill.close()
+    store = temp_store()
+    if store >= 2:
+        log.warning(
+            "this Python's SQLite keeps temporary databases in memory (built with "
+            "SQLITE_TEMP_STORE=%d): the partitions' spills hold their cold invocations and "
+            "idempotency keys in memory, not on disk (README, Limits)",
+            store,
+        )
+
+
+def temp_store() -> int:
+    """The ``SQLITE_TEMP_STORE`` this Python's SQLite was built with (1 by default): with
+    2 or 3 a private temporary database, which a spill is, stays in memory whatever its
+    size. Only a ``PRAGMA temp_store`` set before a database is opened would change that
+    for 2, and a connection's own database is opened before any pragma can run."""
+    found = [option[len("TEMP_STORE=") :] for option in compile_options()
+             if option.startswith("TEMP_STORE=")]  # fmt: skip
+    return int(found[0]) if found and found[0].isdigit() else 1
+
+
+def compile_options() -> list[str]:
+    """The options this Python's SQLite was built with (``PRAGMA compile_options``)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        return [str(row[0]) for row in db.execute("PRAGMA compile_options")]
+    finally:
+        db.close()
 
 
 class _Counted:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from handlers import ObjectContext, VirtualObject
+from streams.engine import spill as spill_module
 from streams.engine.spill import ColdStore, DedupTable, Spill, SpillFailed
 from streams.engine.store import PartitionStore
 from streams.wire.records import Invoke, Target
@@ -143,6 +144,35 @@ def test_what_passes_the_cache_is_on_disk_and_gone_once_closed() -> None:
     assert not any(Path(f.removesuffix(" (deleted)")).exists() for f in spilled)
     spill.close()
     assert not [f for f in spill_files() if f in spilled], "the file is still held open"
+
+
+@pytest.mark.parametrize(
+    ("options", "store", "warned"),
+    [(["THREADSAFE=1", "TEMP_STORE=1"], 1, False), ([], 1, False),
+     (["TEMP_STORE=2"], 2, True), (["DEFAULT_WAL_SYNCHRONOUS=1", "TEMP_STORE=3"], 3, True)],
+)  # fmt: skip
+def test_a_sqlite_that_keeps_temporary_databases_in_memory_is_named_at_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    options: list[str],
+    store: int,
+    warned: bool,
+) -> None:
+    """A SQLite built with ``SQLITE_TEMP_STORE=2`` or ``3`` keeps a spill in memory however
+    large it grows: nothing fails, so the start-up probe says so."""
+    monkeypatch.setattr(spill_module, "compile_options", lambda: options)
+    assert spill_module.temp_store() == store
+    with caplog.at_level("WARNING", logger="kourier.spill"):
+        spill_module.probe()
+    named = [r.getMessage() for r in caplog.records if "SQLITE_TEMP_STORE" in r.getMessage()]
+    assert bool(named) == warned, named
+    if warned:
+        assert f"SQLITE_TEMP_STORE={store}" in named[0]
+
+
+def test_this_sqlite_names_how_it_keeps_temporary_databases() -> None:
+    """The option the probe reads is there to read (``PRAGMA compile_options``)."""
+    assert any(o.startswith("TEMP_STORE=") for o in spill_module.compile_options())
 
 
 async def test_a_spill_that_fails_stops_the_partition_and_sets_no_record_aside() -> None:
