@@ -30,7 +30,8 @@ log = logging.getLogger("kourier.partition")
 
 
 class Outcomes:
-    """Completes the invocations of one partition, and forgets them when their time is up."""
+    """Completes the invocations of one partition, and forgets them: at once when they
+    keep no outcome, or when the partition's sweep finds their retention has ended."""
 
     def __init__(
         self,

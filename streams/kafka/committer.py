@@ -60,7 +60,8 @@ class CommitStats:
 
     def describe(self, phases: Mapping[str, float], offsets_first: int) -> str:
         """Averages per transaction, and of its ``phases`` (seconds in total by step of
-        ``Transactions.commit``), for the worker's debug log."""
+        ``Transactions.commit``), for the worker's debug log. ``tests/bench/hops.py`` parses
+        this line: change both together."""
         n = max(1, self.commits)
         records, offsets, commit = (1000 * phases[s] / n for s in ("records", "offsets", "commit"))
         return (

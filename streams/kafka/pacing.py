@@ -3,8 +3,9 @@
 While records keep coming, a step follows every poll: sequential calls were 0.5-1 ms
 slower when the loop slept between them (measured with ``tests/bench/hops.py``). Once no
 record has come for ``IDLE_AFTER`` seconds, a step runs only for records, delay partitions
-catching up, effects to commit or a delayed message due, and otherwise every
-``IDLE_STEP`` seconds, so that an idle worker leaves its event loop alone. A poll never
+catching up, effects to commit or a delayed message due, and at least every
+``IDLE_STEP`` seconds, so that nothing waits longer than that; an idle worker otherwise
+leaves its event loop alone. A poll never
 waits past the next delayed message's due time, so that its release reaches the very
 next transaction.
 """
@@ -30,7 +31,9 @@ class Pacing:
     def __init__(self, delays: Mapping[int, DelayProcessor], dirty: Callable[[], bool]) -> None:
         self._delays = delays  # the owned delay partitions (the worker's dict, never replaced)
         self._dirty = dirty  # whether handlers have produced effects not yet submitted
-        self.stepped_at = 0.0  # when the Kafka thread last ran a step on the loop
+        # When the Kafka thread last ran a step on the loop: written by the Kafka thread
+        # only, read by Worker.status() on the loop as well.
+        self.stepped_at = 0.0
         self._busy_until = 0.0  # until when it steps after every poll (records came)
 
     def needs_step(self, batch: list[Message], positions: dict[int, int]) -> bool:
