@@ -21,6 +21,7 @@ from pydantic import JsonValue
 from streams.engine import routing
 from streams.engine.attempts import Attempts
 from streams.engine.control import Controls
+from streams.engine.dues import DueTimes
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import (
@@ -112,6 +113,9 @@ class PartitionProcessor:
         )  # fmt: skip
         self.closed = False
         self.handing_over = False  # see hand_over()
+        # Started invocations waiting out the rest of their lead (_enqueue_when_due), by id
+        # and the offset of their Start: the earliest due is the partition's next_due.
+        self._held = DueTimes()
 
     # -- restore ---------------------------------------------------------------------
 
@@ -401,16 +405,25 @@ class PartitionProcessor:
         """Queue a started invocation now if it is due, or else when it is (a timer that
         comes back here), unless it was cancelled, killed or handed over meanwhile."""
         meta = inv.meta
-        if self.closed or self.invocations.get(meta.id) is not inv:
-            return
-        if meta.status != "pending" or meta.seq != seq:
+        current = not self.closed and self.invocations.get(meta.id) is inv
+        if not current or meta.status != "pending" or meta.seq != seq:
+            self._held.drop((meta.id, seq))
             return
         early = self._due_in(inv)  # the loop's timer and the wall clock may disagree
         if early > 0:
+            self._held.set((meta.id, seq), meta.due or 0.0)
             asyncio.get_running_loop().call_later(early, self._enqueue_when_due, inv, seq)
             return
+        self._held.drop((meta.id, seq))
         self._enqueue(inv)
         self._wake()
+
+    @property
+    def next_due(self) -> float | None:
+        """When the next started invocation that waits for its due time falls due: the
+        worker's Kafka thread polls no longer than that, and steps then
+        (``streams.kafka.pacing``), so that its first effects go into the next transaction."""
+        return self._held.earliest
 
     def _enqueue(self, inv: Invocation) -> None:
         """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""

@@ -3,11 +3,15 @@
 While records keep coming, a step follows every poll: sequential calls were 0.5-1 ms
 slower when the loop slept between them (measured with ``tests/bench/hops.py``). Once no
 record has come for ``IDLE_AFTER`` seconds, a step runs only for records, delay partitions
-catching up, effects to commit or a delayed message due, and at least every
-``IDLE_STEP`` seconds, so that nothing waits longer than that; an idle worker otherwise
-leaves its event loop alone. A poll never
-waits past the next delayed message's due time, so that its release reaches the very
-next transaction.
+catching up, effects to commit or something due, and at least every ``IDLE_STEP``
+seconds, so that nothing waits longer than that; an idle worker otherwise leaves its
+event loop alone.
+
+Something due is a delayed message (its delay partition releases it in a step), or a
+scheduled invocation whose ``Start`` came a little early and which its partition runs when
+it falls due (``PartitionProcessor.next_due``). A poll never waits past either, so that
+the step right after it takes the release, or the invocation's first effects, into the
+very next transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable, Mapping
 from confluent_kafka import Message
 
 from streams.engine.delay import DelayProcessor
+from streams.engine.partition import PartitionProcessor
 
 #: Seconds between steps on the event loop when the Kafka thread has nothing for it.
 IDLE_STEP = 0.1
@@ -28,8 +33,15 @@ IDLE_AFTER = 1.0
 class Pacing:
     """The Kafka thread's rhythm: whether to step now, how long to poll (Kafka thread)."""
 
-    def __init__(self, delays: Mapping[int, DelayProcessor], dirty: Callable[[], bool]) -> None:
-        self._delays = delays  # the owned delay partitions (the worker's dict, never replaced)
+    def __init__(
+        self,
+        delays: Mapping[int, DelayProcessor],
+        processors: Mapping[int, PartitionProcessor],
+        dirty: Callable[[], bool],
+    ) -> None:
+        # The owned delay and ingress partitions (the worker's dicts, never replaced).
+        self._delays = delays
+        self._processors = processors
         self._dirty = dirty  # whether handlers have produced effects not yet submitted
         # When the Kafka thread last ran a step on the loop: written by the Kafka thread
         # only, read by Worker.status() on the loop as well.
@@ -46,9 +58,8 @@ class Pacing:
         if batch or positions or self._dirty() or busy:
             self.stepped_at = now
             return True
-        wall = time.time()
-        delays = list(self._delays.values())
-        due = any(d.next_due is not None and d.next_due <= wall for d in delays)
+        soonest = self._soonest()
+        due = soonest is not None and soonest <= time.time()
         if due:
             self.stepped_at = now
         return due
@@ -62,9 +73,15 @@ class Pacing:
         return 0.0 if committer_idle else 0.001
 
     def wait(self, longest: float = 0.01) -> float:
-        """How long to wait for input: not past the next delayed message's due time."""
-        dues = [d.next_due for d in list(self._delays.values())]
-        soonest = min((due for due in dues if due is not None), default=None)
+        """How long to wait for input: not past the next thing due."""
+        soonest = self._soonest()
         if soonest is None:
             return longest
         return min(longest, max(0.0, soonest - time.time()))
+
+    def _soonest(self) -> float | None:
+        """The earliest wall-clock time at which a partition has something due. The loop
+        changes the dicts and the due times meanwhile: each is read once, as it is then."""
+        dues = [d.next_due for d in list(self._delays.values())]
+        dues += [p.next_due for p in list(self._processors.values())]
+        return min((due for due in dues if due is not None), default=None)

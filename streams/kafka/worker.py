@@ -115,7 +115,8 @@ class Worker:
         )
         self._group_metadata: Any = None  # of the current generation, see _metadata()
         self._observed_at = 0.0
-        self._pacing = Pacing(self.delays, lambda: self._steps.dirty)  # when to step, poll
+        # When the Kafka thread steps, and how long it polls (streams/kafka/pacing.py).
+        self._pacing = Pacing(self.delays, self.processors, lambda: self._steps.dirty)
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self._spill_failures: list[float] = []  # when spills failed, within _SPILL_WINDOW
         self._stopping = False

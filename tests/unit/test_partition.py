@@ -461,6 +461,40 @@ async def test_a_start_released_early_queues_its_invocation_when_due_not_before(
     assert h.processor.store.state[("Box", "e")] == {"n": 6}, "the cancelled one never ran"
 
 
+async def test_a_start_waiting_for_its_due_time_is_the_partitions_next_due() -> None:
+    """The worker's Kafka thread polls no longer than a partition's ``next_due`` and steps
+    once it passes (``streams.kafka.pacing``), so that an invocation whose Start came early
+    has its first effects in the transaction right after its due time, not a poll later.
+    ``next_due`` is the earliest due time still waited for: a cancelled one drops out."""
+    clock = HeldClock()
+    h = Harness([box, svc, patient], clock=clock)
+    assert h.processor.next_due is None
+    cancelled_due, first_due, later_due = (clock.now + s for s in (0.3, 0.5, 0.8))
+    later, later_seq = scheduled(h, "n1", later_due)
+    first, first_seq = scheduled(h, "n2", first_due)
+    cancelled, cancelled_seq = scheduled(h, "n3", cancelled_due)
+    await settle()
+    assert h.processor.next_due is None, "scheduled, not started: the delay topic's concern"
+    for inv_id, seq in ((later, later_seq), (first, first_seq), (cancelled, cancelled_seq)):
+        h.send(Start(invocation_id=inv_id, seq=seq))
+    await settle()
+
+    def due_at(when: float) -> bool:  # due times travel with microseconds
+        return bool(h.processor.next_due == pytest.approx(when, abs=1e-5))
+
+    assert due_at(cancelled_due)
+    h.send(Cancel(invocation_id=cancelled))
+    await until(lambda: due_at(first_due))  # once its timer looked again
+    clock.now = first_due + 0.001
+    await until(lambda: due_at(later_due))
+    assert h.processor.store.state[("Box", "n2")] == {"n": 5}
+    assert h.processor.invocations[later].meta.status == "pending", "not before it is due"
+    clock.now = later_due + 0.001
+    await until(lambda: h.processor.next_due is None)
+    await until(lambda: h.processor.store.state.get(("Box", "n1")) == {"n": 5})
+    assert ("Box", "n3") not in h.processor.store.state, "the cancelled one never ran"
+
+
 async def started_early(key: str) -> tuple[Harness, HeldClock, str, float]:
     """A partition that applied the Start of Box/key/put(5) START_LEAD before it is due:
     the harness, its clock, the invocation and its due time."""
