@@ -115,7 +115,7 @@ class PartitionProcessor:
         self.handing_over = False  # see hand_over()
         # Started invocations waiting out the rest of their lead (_enqueue_when_due), by id
         # and the offset of their Start: the earliest due is the partition's next_due.
-        self._held = DueTimes()
+        self._held: DueTimes[tuple[Invocation, int]] = DueTimes()
 
     # -- restore ---------------------------------------------------------------------
 
@@ -402,27 +402,38 @@ class PartitionProcessor:
         return early if 0 < early <= MAX_EARLY else 0.0
 
     def _enqueue_when_due(self, inv: Invocation, seq: int) -> None:
-        """Queue a started invocation now if it is due, or else when it is (a timer that
-        comes back here), unless it was cancelled, killed or handed over meanwhile."""
+        """Queue a started invocation now if it is due, or else hold it until it is: a step
+        after its due time releases it (:meth:`release_due`), or failing that a timer, unless
+        it was cancelled, killed or handed over meanwhile."""
         meta = inv.meta
-        current = not self.closed and self.invocations.get(meta.id) is inv
-        if not current or meta.status != "pending" or meta.seq != seq:
-            self._held.drop((meta.id, seq))
+        if meta.status != "pending" or meta.seq != seq or self.closed:
+            return
+        if self.invocations.get(meta.id) is not inv:
             return
         early = self._due_in(inv)  # the loop's timer and the wall clock may disagree
         if early > 0:
-            self._held.set((meta.id, seq), meta.due or 0.0)
-            asyncio.get_running_loop().call_later(early, self._enqueue_when_due, inv, seq)
+            self._held.set((meta.id, seq), meta.due or 0.0, (inv, seq))
+            asyncio.get_running_loop().call_later(early, self._on_held_timer, inv, seq)
             return
-        self._held.drop((meta.id, seq))
         self._enqueue(inv)
         self._wake()
 
+    def _on_held_timer(self, inv: Invocation, seq: int) -> None:
+        """A held invocation's timer: unless a step released it first."""
+        if (inv.meta.id, seq) in self._held:
+            self._held.drop((inv.meta.id, seq))
+            self._enqueue_when_due(inv, seq)
+
+    def release_due(self, now: float) -> None:
+        """Queue the held invocations due by ``now``: a step does, once the Kafka thread has
+        seen :attr:`next_due` pass, so that their first effects are in its snapshot."""
+        for inv, seq in self._held.pop_due(now):
+            self._enqueue_when_due(inv, seq)
+
     @property
     def next_due(self) -> float | None:
-        """When the next started invocation that waits for its due time falls due: the
-        worker's Kafka thread polls no longer than that, and steps then
-        (``streams.kafka.pacing``), so that its first effects go into the next transaction."""
+        """When the next held invocation falls due: the worker's Kafka thread polls no
+        longer than that, and steps then (``streams.kafka.pacing``)."""
         return self._held.earliest
 
     def _enqueue(self, inv: Invocation) -> None:
@@ -597,6 +608,7 @@ class PartitionProcessor:
     def close(self) -> None:
         """Stop every task: the partition is revoked, or the worker stops."""
         self.closed = True
+        self._held.clear()
         for inv in self.invocations.live():
             inv.close()
 

@@ -9,13 +9,14 @@ event loop alone.
 
 Something due is a delayed message (its delay partition releases it in a step), or a
 scheduled invocation whose ``Start`` came a little early and which its partition runs when
-it falls due (``PartitionProcessor.next_due``). A poll never waits past either, so that
-the step right after it takes the release, or the invocation's first effects, into the
-very next transaction.
+it falls due (``PartitionProcessor.next_due``). A poll never waits past either, and the
+step right after it releases both, so that the message, or the invocation's first
+effects, go into the very next transaction.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -77,11 +78,17 @@ class Pacing:
         soonest = self._soonest()
         if soonest is None:
             return longest
-        return min(longest, max(0.0, soonest - time.time()))
+        remaining = soonest - time.time()
+        if remaining <= 0:
+            return 0.0
+        # In whole milliseconds, rounded up: librdkafka truncates a poll's timeout to them,
+        # and a wait cut to 0 would spin through the last millisecond.
+        return min(longest, math.ceil(remaining * 1000) / 1000)
 
     def _soonest(self) -> float | None:
         """The earliest wall-clock time at which a partition has something due. The loop
-        changes the dicts and the due times meanwhile: each is read once, as it is then."""
+        changes the due times meanwhile (the dicts change only while the Kafka thread waits
+        for the loop): each is read once, as it is then."""
         dues = [d.next_due for d in list(self._delays.values())]
         dues += [p.next_due for p in list(self._processors.values())]
         return min((due for due in dues if due is not None), default=None)

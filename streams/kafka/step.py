@@ -5,7 +5,8 @@ The worker's Kafka thread polls and hands each batch to :meth:`Stepper.step`, wh
 the event loop while the Kafka thread waits for it (streams/kafka/worker.py):
 
 1. the records go to their partitions' processors (ingress) or delay processors (delay);
-2. delayed messages that fell due while the Kafka thread waited are released;
+2. delayed messages that fell due while the Kafka thread waited are released, and so are
+   the invocations whose ``Start`` came early and that are due now;
 3. the handlers started take their first steps, until no new one starts (:meth:`_settle`);
 4. calls to partitions of this worker that were held (``streams.engine.local``) run here
    where nothing can be ahead of them, or go as records;
@@ -112,6 +113,9 @@ class Stepper:
         for delay in self.delays.values():
             if delay.next_due is not None and delay.next_due <= now:
                 delay.tick()  # due while the Kafka thread waited: into this snapshot
+        for processor in self.processors.values():
+            if processor.next_due is not None and processor.next_due <= now:
+                processor.release_due(now)  # started invocations now due: the same
         await self._settle()
         await self._run_held(closing, keep)
         if self.waiting:

@@ -21,6 +21,7 @@ from handlers import (
 from streams.engine.journal import entry_key
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
+from streams.engine.store import ObjectKey
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from streams.wire import ids
@@ -487,12 +488,44 @@ async def test_a_start_waiting_for_its_due_time_is_the_partitions_next_due() -> 
     await until(lambda: due_at(first_due))  # once its timer looked again
     clock.now = first_due + 0.001
     await until(lambda: due_at(later_due))
-    assert h.processor.store.state[("Box", "n2")] == {"n": 5}
+    await until(lambda: h.processor.store.state.get(("Box", "n2")) == {"n": 5})
     assert h.processor.invocations[later].meta.status == "pending", "not before it is due"
     clock.now = later_due + 0.001
     await until(lambda: h.processor.next_due is None)
     await until(lambda: h.processor.store.state.get(("Box", "n1")) == {"n": 5})
     assert ("Box", "n3") not in h.processor.store.state, "the cancelled one never ran"
+
+
+async def test_a_step_releases_a_started_invocation_once_it_is_due_and_its_timer_then_not() -> None:
+    """The worker's step releases what fell due (``release_due``), ahead of the loop's
+    timer; the timer, when it comes, leaves alone an invocation released already, also
+    one still queued behind its key's exclusive call, so it is queued once."""
+    clock = HeldClock()
+    h = Harness([box, svc, patient], clock=clock)
+    due = clock.now + 0.3
+    held, seq = scheduled(h, "q", due)
+    await settle()
+    h.call(Target(service="Box", key="q", handler="wait_twice"), request_id="blocker")
+    await until(lambda: len(h.invokes()) == 1)  # the blocker holds the key, awaiting a call
+    timer_came = asyncio.Event()
+    on_timer = h.processor._on_held_timer
+
+    def timer(inv: object, seq: int) -> None:
+        on_timer(inv, seq)  # type: ignore[arg-type]
+        timer_came.set()
+
+    h.processor._on_held_timer = timer  # type: ignore[method-assign]
+    h.send(Start(invocation_id=held, seq=seq))
+    await settle()
+    h.processor.release_due(due - 0.001)
+    assert h.processor.next_due is not None, "not due yet: still held"
+    clock.now = due + 0.001
+    h.processor.release_due(clock.now)
+    assert h.processor.next_due is None
+    queue = h.processor.locks.inboxes[ObjectKey("Box", "q")]
+    assert list(queue) == [held], "queued behind the blocker at its release"
+    await asyncio.wait_for(timer_came.wait(), 5)
+    assert list(queue) == [held], "queued a second time by its timer"
 
 
 async def started_early(key: str) -> tuple[Harness, HeldClock, str, float]:
