@@ -555,14 +555,20 @@ async def test_a_delayed_send_is_scheduled_by_the_partitions_clock() -> None:
 
 
 async def test_a_start_released_early_and_handed_over_runs_when_due_not_before() -> None:
+    """The new owner holds it again (its ``next_due``), and the old one, closed, no more."""
     h, clock, soon, due = await started_early("h")
+    await settle()
+    old = h.processor
+    assert old.next_due == pytest.approx(due, abs=1e-5)
     restored = h.hand_over()  # the new owner restores it pending, within the lead
+    assert old.next_due is None, "a closed partition holds nothing"
     clock.now = due - 0.001  # restoring took time, and it is still not due
-    await asyncio.sleep(0.05)
+    await until(lambda: restored.next_due == pytest.approx(due, abs=1e-5))
     assert restored.invocations[soon].meta.status == "pending", "not before it is due"
     clock.now = due + 0.001  # due times travel with microseconds
     await until(lambda: restored.invocations.get(soon) is None)
     assert restored.store.state[("Box", "h")] == {"n": 5}
+    assert restored.next_due is None
 
 
 async def test_a_start_restored_as_its_due_time_passes_is_queued_once() -> None:
