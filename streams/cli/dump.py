@@ -2,22 +2,32 @@
 
 The signal writes to standard error, in this order:
 
-1. the stack of every thread (up to 100, newest first), at once, by :mod:`faulthandler`,
-   so that it comes even when the event loop is blocked;
+1. the stack of every Python thread (up to 100 frames each, most recent call last), at
+   once, from a thread of its own, so that it comes even when the event loop is blocked;
 2. then, from the event loop: the threads' names, the process's own status (a worker's
    owned partitions, offsets, transaction in flight), and where the asyncio tasks wait
    (tasks waiting at the same place are counted together), ending with the line
    :data:`END`.
 
 Nothing in the process changes: it is a look, for an operator or a test that finds a
-worker silent. Before :func:`install` and after :func:`uninstall` the signal is ignored
-(:func:`ignore`), so that one sent while a process starts or stops does not end it.
+worker silent. Before :func:`install` and after :func:`uninstall` the signal is taken
+and dropped, so that one sent while a process starts or stops does not end it.
+
+The signal is not handled where it lands. :func:`listen` blocks it in the main thread,
+and so in every thread started after (librdkafka's block every signal anyway), and a
+thread of its own waits for it (``sigwait``) and reads the other threads' stacks as
+Python code, holding the GIL, while they stand still. :mod:`faulthandler` cannot be
+used for this: its signal handler reads the frames of threads that go on running, and
+a thread starting or ending meanwhile crashes the process (CPython issue 116008; a worker
+starts threads for ``asyncio.to_thread``). A process started by one of these inherits
+the block: the broker of ``kourier dev`` keeps running on a SIGUSR1, where the default
+would end it.
 
 A process that dies of a fatal signal (a crash in native code, librdkafka's or Python's
 own) would otherwise end without a line in its log; :func:`on_crash` has it write the
-Python stack of every Python thread to standard error first (a fault in one of
-librdkafka's own threads shows no stack of its own: the Python threads' show what they
-were calling).
+Python stack of every Python thread to standard error first (:mod:`faulthandler`, for
+which a best effort is right: the process ends anyway; a fault in one of librdkafka's
+own threads shows no stack of its own: the Python threads' show what they were calling).
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ import json
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Mapping
+from types import FrameType
 from typing import Any
 
 #: The last line of a dump.
@@ -38,29 +50,45 @@ END = "kourier: end of dump"
 #: Frames shown per asyncio task, and task names shown per place they wait at.
 _FRAMES = 12
 _NAMES = 5
+#: Frames shown per thread, the most recent.
+_THREAD_FRAMES = 100
+
+Status = Callable[[], Mapping[str, Any]] | None
+
+_lock = threading.Lock()
+_listening = False
+#: The event loop that writes the second part, and the status it writes.
+_target: tuple[asyncio.AbstractEventLoop, Status] | None = None
 
 
-def ignore() -> None:
-    """Let SIGUSR1 do nothing (its default ends the process)."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+def listen() -> None:
+    """Have SIGUSR1 taken by a thread of its own from now on, and dropped until
+    :func:`install`. Called from the main thread, before it starts any other (a thread
+    started earlier could take the signal first: that one would then be dropped)."""
+    global _listening
+    with _lock:
+        if _listening:
+            return
+        _listening = True
+    signal.signal(signal.SIGUSR1, _dropped)  # for a thread that does not block it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    threading.Thread(target=_listen, name="kourier-dump", daemon=True).start()
 
 
-def install(
-    loop: asyncio.AbstractEventLoop, status: Callable[[], Mapping[str, Any]] | None = None
-) -> None:
-    """Dump on SIGUSR1: threads at once, then ``status()`` and the tasks from ``loop``."""
-    loop.add_signal_handler(signal.SIGUSR1, _dump, status)
-    # After the loop's handler, which it calls in turn (chain): the threads come first. A
-    # standard error without a file descriptor (captured) gets the loop's part alone.
-    with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
+def install(loop: asyncio.AbstractEventLoop, status: Status = None) -> None:
+    """Dump on SIGUSR1: the threads' stacks at once, then ``status()`` and the tasks from
+    ``loop``."""
+    global _target
+    listen()
+    with _lock:
+        _target = (loop, status)
 
 
 def from_the_start() -> None:
-    """A long-running process's first step: SIGUSR1 ignored until :func:`install`, and a
+    """A long-running process's first step: SIGUSR1 dropped until :func:`install`, and a
     crash, even one before the event loop starts (topic creation, a restore), written out
     (:func:`on_crash`)."""
-    ignore()
+    listen()
     on_crash()
 
 
@@ -73,12 +101,48 @@ def on_crash() -> None:
 
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
-    faulthandler.unregister(signal.SIGUSR1)
-    loop.remove_signal_handler(signal.SIGUSR1)  # which restores the default: to end
-    ignore()
+    """SIGUSR1 dropped again, if ``loop`` was the one installed."""
+    global _target
+    with _lock:
+        if _target is not None and _target[0] is loop:
+            _target = None
 
 
-def _dump(status: Callable[[], Mapping[str, Any]] | None) -> None:
+def _dropped(signum: int, frame: FrameType | None) -> None:
+    """What SIGUSR1 does in a thread that does not block it: nothing."""
+
+
+def _listen() -> None:
+    while True:
+        signal.sigwait({signal.SIGUSR1})
+        with _lock:
+            target = _target
+        if target is None:
+            continue
+        loop, status = target
+        try:
+            sys.stderr.write(_stacks())
+            sys.stderr.flush()
+        except Exception:  # a look must not end the process
+            pass
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(_dump, status)
+
+
+def _stacks() -> str:
+    """Every Python thread's stack, read while this thread holds the GIL, so while none of
+    them runs."""
+    frames = sys._current_frames()
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    out = io.StringIO()
+    out.write(f"kourier: stacks of {len(frames)} threads\n")
+    for ident, frame in sorted(frames.items()):
+        out.write(f"Thread {ident:#018x} {names.get(ident, '?')} (most recent call last):\n")
+        out.writelines(traceback.format_stack(frame, limit=_THREAD_FRAMES))
+    return out.getvalue()
+
+
+def _dump(status: Status) -> None:
     out = io.StringIO()
     threads = sorted(threading.enumerate(), key=lambda t: t.ident or 0)
     out.write(f"kourier: {len(threads)} threads\n")
