@@ -1,7 +1,7 @@
 """Things due at a time, by key: the earliest time, and those due by now.
 
 A partition's started invocations that wait out the rest of their lead
-(``PartitionProcessor._enqueue_when_due``) are kept here. The worker's Kafka thread reads
+(``Starts.enqueue_when_due``) are kept here. The worker's Kafka thread reads
 the earliest due time (:attr:`DueTimes.earliest`, a float written whole) to step as it
 passes, and the step takes what is due (:meth:`DueTimes.pop_due`). Each change costs
 O(log n), amortised: a heap whose stale entries are dropped as they reach its top.

@@ -21,7 +21,6 @@ from pydantic import JsonValue
 from streams.engine import routing
 from streams.engine.attempts import Attempts
 from streams.engine.control import Controls
-from streams.engine.dues import DueTimes
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import (
@@ -35,6 +34,7 @@ from streams.engine.outcomes import Outcomes
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
 from streams.engine.spill import Spill, SpillFailed
+from streams.engine.starts import Starts
 from streams.engine.store import ObjectKey, PartitionStore, dedup_scope
 from streams.engine.waiters import Waiters
 from streams.wire import ids
@@ -45,7 +45,6 @@ from streams.wire.records import (
     Caller,
     Cancel,
     Completion,
-    Delayed,
     Failure,
     Invoke,
     RecordError,
@@ -57,10 +56,6 @@ from streams.wire.records import (
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.partition")
-
-#: A ``Start`` at most this early by the partition's clock waits for its due time (see
-#: ``_due_in``): ``START_LEAD`` plus clock skew between workers.
-MAX_EARLY = 1.0
 
 
 class PartitionProcessor:
@@ -113,9 +108,10 @@ class PartitionProcessor:
         )  # fmt: skip
         self.closed = False
         self.handing_over = False  # see hand_over()
-        # Started invocations waiting out the rest of their lead (_enqueue_when_due), by id
-        # and the offset of their Start: the earliest due is the partition's next_due.
-        self._held: DueTimes[tuple[Invocation, int]] = DueTimes()
+        self.starts = Starts(
+            self.invocations, self.outbox, enqueue=self._enqueue, touch=self.touch,
+            wake=wake, closed=lambda: self.closed, clock=clock,
+        )  # fmt: skip
 
     # -- restore ---------------------------------------------------------------------
 
@@ -134,7 +130,7 @@ class PartitionProcessor:
         try:
             handler = self.registry.resolve(meta.target)
         except LookupError:
-            handler = None  # a scheduled one runs where it is hosted (see _apply_start)
+            handler = None  # a scheduled one runs where it is hosted (see Starts.apply)
         inv = Invocation(meta, [], handler, self)
         inv.persisted = True
         inv.persisted_entries = persisted_entries
@@ -153,14 +149,14 @@ class PartitionProcessor:
                 handler = self.registry.resolve(meta.target)
             except LookupError as exc:
                 handler = None
-                if meta.status != "scheduled":  # see _apply_start
+                if meta.status != "scheduled":  # see Starts.apply
                     meta.status, meta.last_error = "paused", f"not deployed here: {exc}"
             inv = Invocation(meta, journal, handler, self)
             inv.persisted = True
             inv.persisted_entries = meta.journal_length
             self.invocations.restored(inv)
             lock = inv.lock_key
-            if meta.status == "pending" and self._due_in(inv) > 0:
+            if meta.status == "pending" and self.starts.due_in(inv) > 0:
                 held.add(meta.id)
             elif meta.status == "pending" and lock is not None:
                 self.locks.queue(lock, meta.id)
@@ -173,7 +169,8 @@ class PartitionProcessor:
             elif status == "backing-off":
                 self.attempts.schedule_retry(inv, max(0.0, (inv.meta.retry_at or 0) - time.time()))
             elif inv.meta.id in held:  # after the restore, by the clock then
-                asyncio.get_running_loop().call_soon(self._enqueue_when_due, inv, inv.meta.seq)
+                enqueue = self.starts.enqueue_when_due
+                asyncio.get_running_loop().call_soon(enqueue, inv, inv.meta.seq)
             elif status == "pending" and inv.lock_key is None:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
@@ -248,7 +245,7 @@ class PartitionProcessor:
         elif isinstance(record, AttachRequest):
             self.waiters.apply(record)
         elif isinstance(record, Start):
-            self._apply_start(record, offset)
+            self.starts.apply(record, offset)
         else:
             self.controls.apply(record)
 
@@ -308,7 +305,7 @@ class PartitionProcessor:
         if existing is not None:
             self.waiters.duplicate(existing, record)
             return
-        now = self._clock()  # the clock that decides when a started one is due (_due_in)
+        now = self._clock()  # the clock that decides when a started one is due (Starts)
         meta = InvocationMeta(
             id=inv_id,
             target=target,
@@ -334,7 +331,7 @@ class PartitionProcessor:
         self.invocations.add(inv)
         self._wake()
         if record.due is not None and record.due.timestamp() > now:
-            self._schedule(inv, record.due.timestamp())
+            self.starts.schedule(inv, record.due.timestamp())
         else:
             self._enqueue(inv)
 
@@ -370,71 +367,15 @@ class PartitionProcessor:
             return False
         return True
 
-    def _schedule(self, inv: Invocation, due: float) -> None:
-        """A delayed send: the invocation exists now (listed, cancellable, attachable) and
-        a :class:`Start` on the delay topic runs it at ``due``."""
-        inv.meta.status, inv.meta.due = "scheduled", due
-        start = Start(invocation_id=inv.meta.id, seq=inv.meta.seq)
-        self.outbox.delayed(Delayed(due=datetime.fromtimestamp(due, UTC), start=start), inv.meta.id)
-
-    def _apply_start(self, record: Start, offset: int) -> None:
-        """A scheduled invocation is due: it queues for its key like a new arrival. One
-        cancelled or killed meanwhile is completed (or forgotten): nothing runs."""
-        inv = self.invocations.get(record.invocation_id)
-        if inv is None or inv.meta.status != "scheduled" or inv.meta.seq != record.seq:
-            return  # cancelled, killed, or scheduled again since
-        inv.meta.status, inv.meta.seq = "pending", offset
-        if inv.handler_def is None:  # not hosted here: written as pending, so that a worker
-            inv.meta.last_error = "not deployed on this worker"  # that hosts it runs it
-            self.touch(inv)
-            return
-        self.touch(inv)
-        # Released a little before its due time, so that the release overlaps the wait
-        # (engine/delay.py): it queues for its key when due, not before.
-        self._enqueue_when_due(inv, offset)
-
-    def _due_in(self, inv: Invocation) -> float:
-        """Seconds until a started invocation is due by this partition's clock: a ``Start``
-        comes ``START_LEAD`` early, more if the worker that released it has a clock ahead
-        of this one. 0 when it is due, and for a ``Start`` more than ``MAX_EARLY`` early,
-        which no release sends (one written by hand runs the invocation at once)."""
-        early = (inv.meta.due or 0.0) - self._clock()
-        return early if 0 < early <= MAX_EARLY else 0.0
-
-    def _enqueue_when_due(self, inv: Invocation, seq: int) -> None:
-        """Queue a started invocation now if it is due, or else hold it until it is: a step
-        after its due time releases it (:meth:`release_due`), or failing that a timer, unless
-        it was cancelled, killed or handed over meanwhile."""
-        meta = inv.meta
-        if meta.status != "pending" or meta.seq != seq or self.closed:
-            return
-        if self.invocations.get(meta.id) is not inv:
-            return
-        early = self._due_in(inv)  # the loop's timer and the wall clock may disagree
-        if early > 0:
-            self._held.set((meta.id, seq), meta.due or 0.0, (inv, seq))
-            asyncio.get_running_loop().call_later(early, self._on_held_timer, inv, seq)
-            return
-        self._enqueue(inv)
-        self._wake()
-
-    def _on_held_timer(self, inv: Invocation, seq: int) -> None:
-        """A held invocation's timer: unless a step released it first."""
-        if (inv.meta.id, seq) in self._held:
-            self._held.drop((inv.meta.id, seq))
-            self._enqueue_when_due(inv, seq)
-
     def release_due(self, now: float) -> None:
-        """Queue the held invocations due by ``now``: a step does, once the Kafka thread has
-        seen :attr:`next_due` pass, so that their first effects are in its snapshot."""
-        for inv, seq in self._held.pop_due(now):
-            self._enqueue_when_due(inv, seq)
+        """Queue the started invocations due by ``now`` (:meth:`Starts.release_due`)."""
+        self.starts.release_due(now)
 
     @property
     def next_due(self) -> float | None:
-        """When the next held invocation falls due: the worker's Kafka thread polls no
+        """When the next started invocation falls due: the worker's Kafka thread polls no
         longer than that, and steps then (``streams.kafka.pacing``)."""
-        return self._held.earliest
+        return self.starts.next_due
 
     def _enqueue(self, inv: Invocation) -> None:
         """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""
@@ -608,7 +549,7 @@ class PartitionProcessor:
     def close(self) -> None:
         """Stop every task: the partition is revoked, or the worker stops."""
         self.closed = True
-        self._held.clear()
+        self.starts.clear()
         for inv in self.invocations.live():
             inv.close()
 

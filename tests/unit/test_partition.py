@@ -508,13 +508,13 @@ async def test_a_step_releases_a_started_invocation_once_it_is_due_and_its_timer
     h.call(Target(service="Box", key="q", handler="wait_twice"), request_id="blocker")
     await until(lambda: len(h.invokes()) == 1)  # the blocker holds the key, awaiting a call
     timer_came = asyncio.Event()
-    on_timer = h.processor._on_held_timer
+    on_timer = h.processor.starts._on_timer
 
     def timer(inv: object, seq: int) -> None:
         on_timer(inv, seq)  # type: ignore[arg-type]
         timer_came.set()
 
-    h.processor._on_held_timer = timer  # type: ignore[method-assign]
+    h.processor.starts._on_timer = timer  # type: ignore[method-assign]
     h.send(Start(invocation_id=held, seq=seq))
     await settle()
     h.processor.release_due(due - 0.001)
