@@ -321,10 +321,12 @@ def dev(args: argparse.Namespace) -> int:
     if os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers:
         settings = _settings(args)
     else:
-        if args.nodes > 1:
-            bootstrap = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port).bootstrap
-        else:
-            bootstrap = broker.start(data_dir, port=args.kafka_port).bootstrap
+        with dump.default_mask():  # the brokers as `kourier broker start` starts them
+            if args.nodes > 1:
+                cluster = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port)
+                bootstrap = cluster.bootstrap
+            else:
+                bootstrap = broker.start(data_dir, port=args.kafka_port).bootstrap
         started_broker = True
         settings = _settings(args).model_copy(update={"bootstrap_servers": bootstrap})
     try:

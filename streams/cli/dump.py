@@ -2,26 +2,32 @@
 
 The signal writes to standard error, in this order:
 
-1. the stack of every Python thread (up to 100 frames each, most recent call last), at
-   once, from a thread of its own, so that it comes even when the event loop is blocked;
+1. the stack of every Python thread (up to 100 frames each, most recent call last), from
+   a thread of its own, so that it comes even when the event loop is blocked;
 2. then, from the event loop: the threads' names, the process's own status (a worker's
    owned partitions, offsets, transaction in flight), and where the asyncio tasks wait
    (tasks waiting at the same place are counted together), ending with the line
    :data:`END`.
 
-Nothing in the process changes: it is a look, for an operator or a test that finds a
-worker silent. Before :func:`install` and after :func:`uninstall` the signal is taken
-and dropped, so that one sent while a process starts or stops does not end it.
+It is a look, for an operator or a test that finds a worker silent: the process goes on
+as before. Before :func:`install` and after :func:`uninstall` the signal is taken and
+dropped, so that one sent while a process starts or stops does not end it.
 
 The signal is not handled where it lands. :func:`listen` blocks it in the main thread,
 and so in every thread started after (librdkafka's block every signal anyway), and a
 thread of its own waits for it (``sigwait``) and reads the other threads' stacks as
-Python code, holding the GIL, while they stand still. :mod:`faulthandler` cannot be
-used for this: its signal handler reads the frames of threads that go on running, and
-a thread starting or ending meanwhile crashes the process (CPython issue 116008; a worker
-starts threads for ``asyncio.to_thread``). A process started by one of these inherits
-the block: the broker of ``kourier dev`` keeps running on a SIGUSR1, where the default
-would end it.
+Python code, holding the GIL. :mod:`faulthandler` cannot be used for this: its signal
+handler reads the frames of threads that go on running, and a thread starting or ending
+meanwhile crashes the process (CPython issue 116008; a worker starts threads for
+``asyncio.to_thread``). What this costs:
+- The stacks need the GIL. A thread that holds it and never lets go (a native call that
+  hangs without releasing it) holds the dump back too; ``py-spy dump --pid <pid>``
+  reads such a process from outside.
+- The stacks are taken one thread after another, within microseconds, not at one
+  instant.
+- A process started by one of these inherits the block. The brokers that ``kourier dev``
+  starts get the default back (:func:`default_mask`); a process a handler starts keeps
+  it, so SIGUSR1 does not reach it unless it unblocks the signal itself.
 
 A process that dies of a fatal signal (a crash in native code, librdkafka's or Python's
 own) would otherwise end without a line in its log; :func:`on_crash` has it write the
@@ -41,7 +47,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -69,15 +75,15 @@ def listen() -> None:
     with _lock:
         if _listening:
             return
+        signal.signal(signal.SIGUSR1, _dropped)  # for a thread that does not block it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        threading.Thread(target=_listen, name="kourier-dump", daemon=True).start()
         _listening = True
-    signal.signal(signal.SIGUSR1, _dropped)  # for a thread that does not block it
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    threading.Thread(target=_listen, name="kourier-dump", daemon=True).start()
 
 
 def install(loop: asyncio.AbstractEventLoop, status: Status = None) -> None:
     """Dump on SIGUSR1: the threads' stacks at once, then ``status()`` and the tasks from
-    ``loop``."""
+    ``loop``. The first call of this or :func:`listen` is the main thread's (see there)."""
     global _target
     listen()
     with _lock:
@@ -98,6 +104,18 @@ def on_crash() -> None:
     long as it runs."""
     with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
         faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
+@contextlib.contextmanager
+def default_mask() -> Iterator[None]:
+    """SIGUSR1 not blocked in the calling thread for the time of the block, for a process
+    started in it (which inherits the thread's mask) to get the default. A SIGUSR1 that
+    lands in this thread meanwhile is dropped, not dumped."""
+    before = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
@@ -130,15 +148,22 @@ def _listen() -> None:
 
 
 def _stacks() -> str:
-    """Every Python thread's stack, read while this thread holds the GIL, so while none of
-    them runs."""
-    frames = sys._current_frames()
+    """Every Python thread's stack: each thread's frames and their lines first, the source
+    lines and the text after, so that the threads go on as little as can be between the
+    first stack taken and the last."""
+    taken = []
+    for ident, frame in sorted(sys._current_frames().items()):
+        stack = traceback.StackSummary.extract(
+            traceback.walk_stack(frame), limit=_THREAD_FRAMES, lookup_lines=False
+        )
+        stack.reverse()  # most recent call last
+        taken.append((ident, stack))
     names = {thread.ident: thread.name for thread in threading.enumerate()}
     out = io.StringIO()
-    out.write(f"kourier: stacks of {len(frames)} threads\n")
-    for ident, frame in sorted(frames.items()):
+    out.write(f"kourier: stacks of {len(taken)} threads\n")
+    for ident, stack in taken:
         out.write(f"Thread {ident:#018x} {names.get(ident, '?')} (most recent call last):\n")
-        out.writelines(traceback.format_stack(frame, limit=_THREAD_FRAMES))
+        out.writelines(stack.format())
     return out.getvalue()
 
 

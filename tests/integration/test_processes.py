@@ -170,7 +170,7 @@ async def test_sigusr1_dumps_a_worker_which_goes_on_working(
 
     def status() -> dict[str, Any]:
         text = worker.dump()
-        assert "in _kafka_thread" in text, text  # the threads' stacks, by faulthandler
+        assert "in _kafka_thread" in text, text  # the threads' stacks
         found = re.search(
             r"kourier: status\n(.*)\nkourier: \d+ asyncio tasks[^\n]*\n(.*)", text, re.S
         )

@@ -72,10 +72,17 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
     assert RestoreError.retriable, "a slow restore: the take-over is tried again"
 
 
-def test_a_long_running_command_keeps_its_startup_objects_from_the_collector() -> None:
+def test_a_long_running_command_keeps_its_startup_objects_from_the_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Worker and ingress freeze what they built before serving, so that full collections
     no longer walk it (a 28 ms pause each, measured)."""
-    from streams.cli import commands
+    from streams.cli import commands, dump
+
+    # Not the dump's signal mask and thread in the test process (every process the tests
+    # start later would inherit the mask).
+    monkeypatch.setattr(dump, "install", lambda loop, status=None: None)
+    monkeypatch.setattr(dump, "uninstall", lambda loop: None)
 
     frozen: list[int] = []
 

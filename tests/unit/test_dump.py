@@ -95,7 +95,8 @@ def test_sigusr1_while_threads_start_and_end_does_not_crash_the_process() -> Non
     """A worker starts threads (``asyncio.to_thread``) while it runs. A dump that reads the
     stacks of threads which go on running (:mod:`faulthandler` from the signal handler)
     crashes the process when one starts or ends meanwhile; the dump's own thread reads
-    them holding the GIL. Each signal is sent once the dump before it has ended."""
+    them holding the GIL. Each signal is sent once the dump before it has ended, and each
+    dump must have the stacks, the churning threads' among them."""
     script = textwrap.dedent(
         """
         import asyncio, sys, threading
@@ -113,42 +114,73 @@ def test_sigusr1_while_threads_start_and_end_does_not_crash_the_process() -> Non
             dump.install(asyncio.get_running_loop(), dict)
             for _ in range(3):
                 threading.Thread(target=churn, daemon=True).start()
-            print("ready", flush=True)
+            print("ready", file=sys.stderr, flush=True)
             await asyncio.to_thread(sys.stdin.read)  # until the test ends it
 
         asyncio.run(main())
         """
     )
-    signals = 300
     lines: queue.Queue[str] = queue.Queue()
     process = subprocess.Popen([sys.executable, "-c", script], text=True, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                               stderr=subprocess.PIPE)  # fmt: skip
 
     def read() -> None:
         for line in process.stderr or ():
             lines.put(line)
 
+    def until(last: str, what: str) -> str:
+        """The lines up to ``last``, within 30 s, while the process runs."""
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while not (seen and seen[-1] == last):
+            assert process.poll() is None, (
+                f"ended with {process.returncode} {what}:\n{''.join(seen[-40:])}"
+            )
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {last.strip()!r} {what} in 30s:\n{''.join(seen[-40:])}"
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=min(left, 0.5)))
+        return "".join(seen)
+
     try:
         threading.Thread(target=read, daemon=True).start()
-        assert process.stdout is not None
-        assert process.stdout.readline() == "ready\n"
-        seen: list[str] = []
-        for sent in range(1, signals + 1):
+        until("ready\n", "before it was ready")
+        for sent in range(1, 301):
             process.send_signal(signal.SIGUSR1)
-            deadline = time.monotonic() + 30
-            while not (seen and seen[-1] == f"{dump.END}\n"):
-                assert process.poll() is None, (
-                    f"ended with {process.returncode} at signal {sent}:\n{''.join(seen[-40:])}"
-                )
-                left = deadline - time.monotonic()
-                assert left > 0, f"no end of the dump for signal {sent} in 30s"
-                with contextlib.suppress(queue.Empty):
-                    seen.append(lines.get(timeout=min(left, 0.5)))
-            seen.clear()
+            text = until(f"{dump.END}\n", f"at signal {sent}")
+            assert re.search(r"^kourier: stacks of \d+ threads\n", text, re.M), text
+            assert ", in churn\n" in text, text
         assert process.poll() is None
     finally:
         process.kill()
         process.wait(30)
+
+
+def test_a_process_started_under_default_mask_gets_sigusr1_unblocked() -> None:
+    """A process started by a thread inherits its signal mask; ``kourier dev`` starts its
+    brokers under ``default_mask``, so that they do not inherit the dump's block."""
+    script = textwrap.dedent(
+        """
+        import subprocess
+        from streams.cli import dump
+
+        def blocked():
+            status = subprocess.run(["cat", "/proc/self/status"], capture_output=True,
+                                    text=True, check=True).stdout
+            mask = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+            return bool(int(mask.split()[1], 16) & (1 << (10 - 1)))  # SIGUSR1 is 10
+
+        dump.listen()
+        inherited = blocked()
+        with dump.default_mask():
+            unblocked = not blocked()
+        print(inherited, unblocked, blocked())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True True True\n", "inherited, unblocked, blocked again"
 
 
 def test_a_process_that_crashes_writes_every_threads_stack_before_it_ends(
