@@ -1,10 +1,15 @@
 """Scheduled invocations: a delayed send written down, then started at its due time.
 
-A call with a ``due`` time becomes an invocation at once (listed, cancellable,
-attachable), with the status ``scheduled``, and a :class:`Start` goes on the delay topic
-(``streams.engine.delay``). The delay partition releases that ``Start`` ``START_LEAD``
-before the due time, so that its trip through Kafka overlaps the wait; :class:`Starts`
-waits out the rest, then queues the invocation for its key like a new arrival.
+A call whose ``due`` time is later than the partition's clock (the partition decides, as
+it applies the call) becomes an invocation at once (listed, cancellable, attachable),
+with the status ``scheduled``, and a :class:`Delayed` carrying a :class:`Start` goes on
+the delay topic (``streams.engine.delay``). The delay partition releases that ``Start``
+``START_LEAD`` before the due time, so that its trip through Kafka overlaps the wait;
+:class:`Starts` waits out the rest by this partition's clock (a ``Start`` more than
+``MAX_EARLY`` early, which no release sends, runs at once), then queues the invocation
+for its key like a new arrival. One whose handler this worker does not host is only
+written as ``pending``, for a worker that hosts it. After a restore, the partition holds
+again (:meth:`Starts.enqueue_when_due`) those it finds started but not yet due.
 
 While it waits the invocation is *held*, by due time (:class:`DueTimes`). Two things
 release it, whichever comes first:

@@ -252,7 +252,7 @@ class Completion(_Record):
 
 #: How long before its due time a scheduled invocation's :class:`Start` leaves the delay
 #: topic (``engine/delay.py``); the partition that applies it waits out the rest
-#: (``engine/partition.py``), so nothing runs before it is due.
+#: (``engine/starts.py``), so nothing runs before it is due.
 START_LEAD = 0.025
 
 
