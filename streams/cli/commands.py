@@ -282,7 +282,7 @@ def worker(args: argparse.Namespace) -> int:
 
 def ingress(args: argparse.Namespace) -> int:
     dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
-    from streams.http.ingress import serve
+    from streams.http.ingress import bound_port, serve
 
     _configure_logging()
     settings = _settings(args)
@@ -292,7 +292,7 @@ def ingress(args: argparse.Namespace) -> int:
         ingress, runners = await serve(
             settings, host=args.host, port=args.port, admin_port=args.admin_port
         )
-        print(f"http://{args.host}:{args.port}", flush=True)
+        print(f"http://{args.host}:{bound_port(runners[0])}", flush=True)
         await stop.wait()
         for runner in runners:
             await runner.cleanup()
@@ -308,7 +308,7 @@ def dev(args: argparse.Namespace) -> int:
 
     from streams.engine import spill
     from streams.engine.registry import load_services
-    from streams.http.ingress import serve
+    from streams.http.ingress import bound_port, serve
     from streams.kafka.admin import create_topics
     from streams.kafka.worker import Worker
 
@@ -340,8 +340,8 @@ def dev(args: argparse.Namespace) -> int:
             )
             say(
                 f"kourier dev: Kafka {settings.bootstrap_servers}, namespace "
-                f"{settings.namespace}, ingress http://{args.host}:{args.port}, "
-                f"admin http://{args.host}:{args.admin_port}"
+                f"{settings.namespace}, ingress http://{args.host}:{bound_port(runners[0])}, "
+                f"admin http://{args.host}:{bound_port(runners[1])}"
             )
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)

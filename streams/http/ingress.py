@@ -437,5 +437,11 @@ async def serve(
             await runner.cleanup()
         await ingress.close()
         raise
-    log.info("ingress on http://%s:%d, admin on http://%s:%d", host, port, host, admin_port)
+    log.info("ingress on http://%s:%d, admin on http://%s:%d", host, bound_port(runners[0]),
+             host, bound_port(runners[1]))  # fmt: skip
     return ingress, runners
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port ``runner`` listens on: the one the system chose when 0 was asked for."""
+    return int(runner.addresses[0][1])

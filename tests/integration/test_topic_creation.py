@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -90,6 +91,31 @@ async def test_an_ingress_creates_missing_topics_and_serves(
 
         await poll_until(healthy, True, 60, f"ingress health ({log.read_text()[-500:]})")
         assert all(exists for _, exists, _ in await asyncio.to_thread(shapes, settings))
+    finally:
+        stop_process(ingress)
+
+
+async def test_an_ingress_on_port_0_says_the_ports_it_listens_on(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``--port 0`` takes a free port; the URL printed is that port's, not ``:0``."""
+    log = tmp_path / "ingress.log"
+    ingress = kourier(settings, "ingress", "--port", "0", "--admin-port", "0", log=log)
+    try:
+        said = re.compile(r"ingress on http://127\.0\.0\.1:(\d+), admin on http://[\d.]+:(\d+)")
+
+        async def listening() -> bool:
+            return said.search(log.read_text()) is not None
+
+        await poll_until(listening, True, 60, f"the ports said ({log.read_text()[-500:]})")
+        found = said.search(log.read_text())
+        assert found is not None
+        port, admin = int(found[1]), int(found[2])
+        assert 0 not in (port, admin)
+        assert f"http://127.0.0.1:{port}\n" in log.read_text(), "the URL printed"
+        for url in (f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{admin}/health"):
+            async with aiohttp.ClientSession() as http, http.get(url) as reply:
+                assert reply.status == 200, url
     finally:
         stop_process(ingress)
 
