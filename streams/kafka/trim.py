@@ -38,56 +38,70 @@ class DelayTrimmer:
 
     def __init__(self, admin: AdminClient, topic: str) -> None:
         self._admin = admin
-        self._topic = topic
         self._every = TRIM_EVERY
         self._least = TRIM_LEAST
-        self._lock = threading.Lock()
-        self._committed: dict[int, int] = {}  # partition -> highest delay offset committed
-        self._trimmed: dict[int, int] = {}  # partition -> offset the brokers deleted below
-        self._in_flight = 0
         self._next = time.monotonic() + self._every
-        self._refused = False
+        # What the answers change lives apart from the admin client: librdkafka's thread
+        # that answers holds the callbacks' references until it has called them, and a
+        # client whose last reference goes there is destroyed on its own thread, which
+        # librdkafka refuses by aborting the process (a worker that stopped meanwhile).
+        self._state = _Trims(topic)
 
     def committed(self, offsets: Iterable[TopicPartition]) -> None:
         """A transaction with ``offsets`` has committed (the committer's thread)."""
-        with self._lock:
+        state = self._state
+        with state.lock:
             for tp in offsets:
-                if tp.topic == self._topic and tp.offset >= 0:
-                    known = self._committed.get(tp.partition, 0)
-                    self._committed[tp.partition] = max(known, tp.offset)
+                if tp.topic == state.topic and tp.offset >= 0:
+                    known = state.committed.get(tp.partition, 0)
+                    state.committed[tp.partition] = max(known, tp.offset)
 
     def tick(self) -> None:
         """Ask for the deletions that are due (the worker's Kafka thread, once a second)."""
-        with self._lock:
+        state = self._state
+        with state.lock:
             now = time.monotonic()
-            if self._refused or self._in_flight or now < self._next:
+            if state.refused or state.in_flight or now < self._next:
                 return
             self._next = now + self._every
             wanted = [
-                TopicPartition(self._topic, partition, offset)
-                for partition, offset in sorted(self._committed.items())
-                if offset - self._trimmed.get(partition, 0) >= self._least
+                TopicPartition(state.topic, partition, offset)
+                for partition, offset in sorted(state.committed.items())
+                if offset - state.trimmed.get(partition, 0) >= self._least
             ]
             if not wanted:
                 return
-            self._in_flight = len(wanted)
+            state.in_flight = len(wanted)
         try:
             futures = self._admin.delete_records(wanted, request_timeout=30)
         except (KafkaException, ValueError, TypeError) as exc:
-            with self._lock:
-                self._in_flight = 0
+            with state.lock:
+                state.in_flight = 0
             log.warning("delay topic: could not ask to delete released records: %s", exc)
             return
         for tp, future in futures.items():
-            future.add_done_callback(functools.partial(self._done, tp))
+            future.add_done_callback(functools.partial(state.done, tp))
 
-    def _done(self, tp: TopicPartition, future: Future[object]) -> None:
+
+class _Trims:
+    """What the deletions asked for and answered have done: the committed offsets, what
+    the brokers deleted below, the requests in flight, a refusal."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.lock = threading.Lock()
+        self.committed: dict[int, int] = {}  # partition -> highest delay offset committed
+        self.trimmed: dict[int, int] = {}  # partition -> offset the brokers deleted below
+        self.in_flight = 0
+        self.refused = False
+
+    def done(self, tp: TopicPartition, future: Future[object]) -> None:
         """A deletion's answer (librdkafka's background thread)."""
         error = future.exception()
-        with self._lock:
-            self._in_flight -= 1
+        with self.lock:
+            self.in_flight -= 1
             if error is None:
-                self._trimmed[tp.partition] = max(self._trimmed.get(tp.partition, 0), tp.offset)
+                self.trimmed[tp.partition] = max(self.trimmed.get(tp.partition, 0), tp.offset)
                 log.debug("delay %d: records below %d deleted", tp.partition, tp.offset)
                 return
             kafka_error = error.args[0] if error.args else None
@@ -96,14 +110,14 @@ class DelayTrimmer:
                 KafkaError.CLUSTER_AUTHORIZATION_FAILED,
             )
             if refused:
-                if not self._refused:
+                if not self.refused:
                     log.warning(
                         "delay topic %s: not allowed to delete released records (%s); grant "
                         "this worker DELETE on the topic, or delete below the committed "
                         "offsets by hand (README, Limits)",
-                        self._topic,
+                        self.topic,
                         kafka_error,
                     )
-                self._refused = True
+                self.refused = True
                 return
         log.warning("delay %d: deleting below %d failed: %s", tp.partition, tp.offset, error)

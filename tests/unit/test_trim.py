@@ -1,0 +1,84 @@
+"""The delay topic's trimmer (streams/kafka/trim.py), with an admin client stand-in whose
+deletions this test answers: what each answer changes, and that an answer still to come
+keeps no admin client alive (librdkafka's answering thread would destroy it, and abort)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from concurrent.futures import Future
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streams.kafka import trim
+
+TOPIC = "t.delay"
+
+
+class Admin:
+    """``delete_records`` as confluent-kafka's: a future per partition, answered later."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[TopicPartition, Future[object]]] = []
+
+    def delete_records(
+        self, partitions: list[TopicPartition], request_timeout: float
+    ) -> dict[TopicPartition, Future[object]]:
+        futures: dict[TopicPartition, Future[object]] = {tp: Future() for tp in partitions}
+        self.asked.append(futures)
+        return futures
+
+
+def trimmer(admin: Admin) -> trim.DelayTrimmer:
+    trimmer = trim.DelayTrimmer(admin, TOPIC)  # type: ignore[arg-type]
+    trimmer._every, trimmer._least, trimmer._next = 0.0, 10, 0.0
+    return trimmer
+
+
+def test_a_partition_is_trimmed_once_its_committed_offset_has_moved_far_enough() -> None:
+    admin = Admin()
+    t = trimmer(admin)
+    t.committed([TopicPartition(TOPIC, 0, 5), TopicPartition(TOPIC, 1, 12),
+                 TopicPartition("t.ingress", 2, 99)])  # fmt: skip
+    t.tick()
+    (asked,) = admin.asked
+    assert [(tp.partition, tp.offset) for tp in asked] == [(1, 12)], "only past TRIM_LEAST"
+    t.tick()
+    assert len(admin.asked) == 1, "nothing more while one is in flight"
+    for future in asked.values():
+        future.set_result(None)
+    t.committed([TopicPartition(TOPIC, 1, 20)])
+    t.tick()
+    assert len(admin.asked) == 1, "8 past the last deletion: not yet"
+    t.committed([TopicPartition(TOPIC, 1, 22), TopicPartition(TOPIC, 0, 10)])
+    t.tick()
+    assert [(tp.partition, tp.offset) for tp in admin.asked[1]] == [(0, 10), (1, 22)]
+
+
+def test_a_refusal_by_acl_stops_the_trimming() -> None:
+    admin = Admin()
+    t = trimmer(admin)
+    t.committed([TopicPartition(TOPIC, 0, 50)])
+    t.tick()
+    (future,) = admin.asked[0].values()
+    future.set_exception(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    t.committed([TopicPartition(TOPIC, 0, 500)])
+    t.tick()
+    assert len(admin.asked) == 1
+
+
+def test_a_deletion_still_to_be_answered_keeps_no_admin_client_alive() -> None:
+    """The worker drops its admin client as it stops; a deletion asked for just before
+    holds its callbacks until answered, on librdkafka's own thread. Holding the client
+    there would destroy it on that thread when answered, which aborts the process."""
+    admin = Admin()
+    t = trimmer(admin)
+    t.committed([TopicPartition(TOPIC, 0, 50)])
+    t.tick()
+    (pending,) = admin.asked  # what librdkafka's thread holds until it answers
+    gone = weakref.ref(admin)
+    del admin, t
+    gc.collect()
+    assert gone() is None, "the answer to come holds the admin client"
+    for future in pending.values():
+        future.set_result(None)  # answered after: nothing left to destroy
