@@ -37,6 +37,7 @@ from streams.engine.spill import SpillFailed
 from streams.kafka.gauges import forget_gauges
 from streams.kafka.offsets import log_ends
 from streams.kafka.stalls import Partition, StallWatch, forget
+from streams.kafka.threads import in_thread
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.worker")
@@ -132,7 +133,9 @@ class Ownership:
                     self.offsets[tp.partition] = tp.offset
                 restoring.append(self._new_processor(tp.partition))
             self.restoring = [processor.partition for processor in restoring]
-            await asyncio.to_thread(restore, restoring)
+            # Cancelled (the worker's loop ending), the restore's thread reads on until it
+            # sees the worker stop: waited for, so nothing below lets go under it.
+            await in_thread(lambda: restore(restoring))
             for processor in restoring:
                 processor.spill.commit()  # what the restore kept cold, before any starts
                 self.processors[processor.partition] = processor

@@ -55,6 +55,7 @@ from streams.kafka.pacing import Pacing
 from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
 from streams.kafka.stalls import StallWatch, watch
 from streams.kafka.step import Stepper
+from streams.kafka.threads import in_thread
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.kafka.trim import DelayTrimmer
 from streams.settings import Settings
@@ -188,9 +189,11 @@ class Worker:
             self.settings.run_threads, thread_name_prefix="kourier-run"
         )
         self._steps.dirty = False
-        self.partitions = await asyncio.to_thread(self._ingress_partitions)
-        self._transactions = await asyncio.to_thread(Transactions, self._new_producer)
-        await asyncio.to_thread(self._publish_manifest)
+        # Each blocking part on a thread that a cancelled run() stops and waits for
+        # (streams/kafka/threads.py): none outlives it, using what its end closes.
+        self.partitions = await in_thread(self._ingress_partitions, self.stop)
+        self._transactions = await in_thread(lambda: Transactions(self._new_producer), self.stop)
+        await in_thread(self._publish_manifest, self.stop)
         # Restores read to a partition's end and stop: short fetch waits end them sooner.
         self._restorer = self._new_consumer(f"{self.settings.namespace}.restore", 5)
         # Reads the group's committed offsets. It never subscribes, so never joins the group;
@@ -211,7 +214,7 @@ class Worker:
         log.info("settings: %s", self.settings.redacted())
         stalls = asyncio.create_task(watch(admin, self._stalls, self._ownership.owned))
         try:
-            await asyncio.to_thread(self._kafka_thread)
+            await in_thread(self._kafka_thread, self.stop)
         finally:
             self._stopping = True
             stalls.cancel()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -94,3 +96,34 @@ async def test_a_rebalance_lets_a_running_action_end(
             apps.ACTION_GATES[action_key].set()
             await asyncio.wait([call], timeout=60)
             call.cancel()
+
+
+def _threads_in(function: str) -> list[str]:
+    """The threads whose stack is now inside ``function``."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return [
+        names.get(ident, str(ident))
+        for ident, frame in sys._current_frames().items()
+        if any(f.f_code.co_name == function for f, _ in traceback.walk_stack(frame))
+    ]
+
+
+async def test_a_cancelled_run_ends_its_kafka_thread_before_it_ends(topics: Settings) -> None:
+    """A worker's ``run()`` cancelled (the event loop ending, a timeout around it) used to
+    return at once while its Kafka thread ran on, then drop the Kafka clients that thread
+    was still using. Now the cancellation stops the worker and waits for the thread."""
+    worker = Worker(topics, apps.SERVICES, worker_id=f"cancelled-{topics.namespace}")
+    task = asyncio.create_task(worker.run())
+    try:
+
+        async def owns() -> bool:
+            return bool(worker.processors)
+
+        await poll_until(owns, True, 60, "the worker's partitions assigned")
+        assert _threads_in("_kafka_thread"), "the Kafka thread runs"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 60)
+    assert _threads_in("_kafka_thread") == [], "the Kafka thread outlived run()"
+    assert not worker.processors, "every partition handed over"
