@@ -6,11 +6,16 @@ loop ending, a timeout around it) then went on to close the Kafka clients its th
 still inside, and librdkafka does not survive a client closed under a call in another
 thread. :func:`in_thread` first asks the work to stop (``cancelled``), waits for its thread
 to end, and only then lets the cancellation go on.
+
+The thread's result is a plain future, not a task: when ``asyncio.run`` ends, it cancels
+every task, and a task standing for the thread would be over at once, the thread not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,13 +27,22 @@ def _nothing() -> None:
 
 
 async def in_thread(work: Callable[[], _T], cancelled: Callable[[], None] = _nothing) -> _T:
-    """``work()`` on a thread of its own; if the task awaiting it is cancelled, call
-    ``cancelled()`` (which should make ``work`` return soon), wait for ``work`` to end
-    (its result or error dropped), then raise the cancellation."""
-    running = asyncio.ensure_future(asyncio.to_thread(work))
+    """``work()`` on a thread of the loop's default executor; if the task awaiting it is
+    cancelled, call ``cancelled()`` (which should make ``work`` return soon), wait for
+    ``work`` to end (its result or error dropped), however often the task is cancelled
+    meanwhile, then raise the cancellation."""
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    running = loop.run_in_executor(None, functools.partial(context.run, work))
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
         cancelled()
-        await asyncio.wait({running})
+        while not running.done():
+            try:
+                await asyncio.wait({running})
+            except asyncio.CancelledError:
+                cancelled()  # cancelled again: the thread still has to end first
+        if not running.cancelled():
+            running.exception()  # retrieved, so that asyncio does not log it as lost
         raise
