@@ -119,7 +119,15 @@ class Client:
 
     # -- producing --------------------------------------------------------------------
 
-    async def _produce(self, topic: str, record: BaseModel, partition: int, key: str) -> None:
+    async def _produce(
+        self,
+        topic: str,
+        record: BaseModel,
+        partition: int,
+        key: str,
+        failing: asyncio.Future[Response] | None = None,
+    ) -> None:
+        """Write ``record``; with ``failing``, see :meth:`Connection.produce`."""
         try:
             value = encode(record)
         except PydanticSerializationError as error:
@@ -136,7 +144,7 @@ class Client:
             )
         # An invocation continues the trace of whoever invokes (streams.tracing).
         headers = tracing.as_headers(tracing.current()) if isinstance(record, Invoke) else None
-        await self._kafka.produce(topic, value, partition, key, headers)
+        await self._kafka.produce(topic, value, partition, key, headers, failing=failing)
 
     async def call(
         self,
@@ -169,7 +177,7 @@ class Client:
         partition = ids.partition_of(owner, self.partitions)
         future = self.expect(request_id)
         try:
-            await self._produce(self.topics.ingress, record, partition, key)
+            await self._produce(self.topics.ingress, record, partition, key, failing=future)
             return await future
         finally:
             future.cancel()

@@ -45,7 +45,7 @@ from streams.wire.records import RecordError, Response, decode_response
 from streams.wire.topics import Topics
 
 #: A delivery report waiting to reach the loop: whose future, and Kafka's error if any.
-_Report = tuple[asyncio.Future[None], KafkaError | None]
+_Report = tuple[asyncio.Future[Any], KafkaError | None]
 
 
 class ServiceInfo(BaseModel):
@@ -233,13 +233,20 @@ class Connection:
         partition: int,
         key: str,
         headers: list[tuple[str, str | bytes | None]] | None = None,
+        *,
+        failing: asyncio.Future[Any] | None = None,
     ) -> None:
         """Write one record; returns once Kafka has it (``KafkaUnavailable`` when it did
-        not take it, ``ClientClosed`` when the client closed while it may have)."""
-        delivered: asyncio.Future[None] = self._loop.create_future()
+        not take it, ``ClientClosed`` when the client closed while it may have).
+
+        With ``failing`` (the future of the record's response) it returns once the record
+        is queued, and only a failure reaches the loop, as that future's exception: a call
+        waits for its response alone, and its delivery costs the loop no wake-up."""
+        delivered: asyncio.Future[Any] = self._loop.create_future() if failing is None else failing
 
         def report(error: KafkaError | None, message: Message) -> None:
-            self._reports.append((delivered, error))
+            if failing is None or error is not None:
+                self._reports.append((delivered, error))
 
         while True:
             try:
@@ -254,7 +261,8 @@ class Connection:
                 break
             except BufferError:
                 await asyncio.sleep(0.005)
-        await delivered
+        if failing is None:
+            await delivered
 
     def _deliveries(self) -> None:
         """Background thread: delivery reports, served as soon as the broker acknowledges,
@@ -374,7 +382,7 @@ class Connection:
             self.services.setdefault(name, info)
 
 
-def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
+def _settle(future: asyncio.Future[Any], error: KafkaError | None) -> None:
     if future.done():
         return
     if error is None:
