@@ -10,9 +10,7 @@ so a worker that lost its partitions (a zombie) can no longer commit anything.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import socket
 import time
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,29 +29,20 @@ from confluent_kafka.admin import AdminClient
 
 from handlers.service import ServiceDefinition
 from streams.engine.delay import DelayProcessor
-from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.engine.spill import SpillFailed
-from streams.errors import KourierError
 from streams.kafka.committer import CommitStats, Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import describe, observe
 from streams.kafka.membership import Membership
-from streams.kafka.offsets import (
-    FETCH_WAIT_MS,
-    REFUSED,
-    Refusals,
-    absent_topic,
-    consume_ready,
-    listed_topics,
-    worker_consumer,
-)
+from streams.kafka.offsets import FETCH_WAIT_MS, REFUSED, consume_ready, worker_consumer
 from streams.kafka.ownership import Ownership, by_topic, delay_ends
 from streams.kafka.pacing import Pacing
-from streams.kafka.restore import RestoreError, claim_slot, restore_partitions
+from streams.kafka.restore import RestoreError, restore_partitions
 from streams.kafka.stalls import StallWatch, watch
+from streams.kafka.startup import Identity, WorkerError, ingress_partitions, manifest
 from streams.kafka.step import Stepper
 from streams.kafka.threads import in_thread
 from streams.kafka.transactions import Transactions, transactional_producer
@@ -81,10 +70,6 @@ _SPILL_WINDOW = 300.0
 _T = TypeVar("_T")
 
 
-class WorkerError(KourierError, RuntimeError):
-    """The worker cannot run: topics missing or of the wrong shape, no services."""
-
-
 class Worker:
     """Hosts ``services`` and processes the ingress partitions the group gives it."""
 
@@ -99,7 +84,7 @@ class Worker:
         self.registry = Registry(services)
         self.topics = Topics(settings.namespace)
         self._group = f"{settings.namespace}.workers"  # the consumer group workers share
-        self._worker_id = worker_id
+        self._identity = Identity(settings.namespace, worker_id)
         # Owned partitions whose readers wait at a transaction that stays open.
         self._stalls = StallWatch(settings.stall_after.total_seconds())
         self._ownership = Ownership(self.topics, self._stalls, self._new_processor, self._new_delay)
@@ -129,27 +114,8 @@ class Worker:
     def _client(self, extra: dict[str, Any]) -> dict[str, Any]:
         return self.settings.client_config({"log_level": 4, **extra})
 
-    def _ingress_partitions(self) -> int:
-        refusals = Refusals()  # a connection refused (TLS, SASL) ends the start at once
-        admin = AdminClient(self._client({"error_cb": refusals}))
-        topics, missing = listed_topics(admin, self.topics.all(), refusals=refusals)
-        if missing:  # one listed with an error says more than one not listed at all
-            first = next((name for name in missing if name in topics), missing[0])
-            raise WorkerError(absent_topic(topics, first))
-        return len(topics[self.topics.ingress].partitions)
-
-    def _transactional_id(self, turn: int = 0) -> str:
-        """The transactional id of the transactions' ``turn`` (``streams.kafka.transactions``):
-        ``<ns>.worker.<id>`` for the first, ``<ns>.worker<turn>.<id>`` for the others, which
-        no worker id can reach (``--worker-id a.1`` gives ``<ns>.worker.a.1``)."""
-        if self._worker_id is None:
-            slot, self._slot_lock = claim_slot(self.settings.namespace)
-            self._worker_id = f"{socket.gethostname()}-{slot}"
-        kind = f"worker{turn}" if turn else "worker"
-        return f"{self.settings.namespace}.{kind}.{self._worker_id}"
-
     def _new_producer(self, turn: int) -> Producer:
-        return transactional_producer(self.settings, self._transactional_id(turn))
+        return transactional_producer(self.settings, self._identity.transactional_id(turn))
 
     def _new_consumer(self, group: str | None = None, wait_ms: int = FETCH_WAIT_MS) -> Consumer:
         return worker_consumer(self.settings, group or self._group, wait_ms)
@@ -158,12 +124,7 @@ class Worker:
         """Announce the services this worker hosts (the catalog clients read): its first
         transaction, tried again while Kafka does not take it (:meth:`Transactions.announce`);
         a refusal by ACL, or the worker stopping, ends the worker."""
-        out = []
-        for service in self.registry.manifest():
-            service["worker"] = self._worker_id
-            out.append(
-                Out(self.topics.services, 0, service["name"].encode(), json.dumps(service).encode())
-            )
+        out = manifest(self.registry, self.topics, self._identity.worker_id)
         self._transactions.announce(out, self._stopped, REFUSED)
 
     # -- the loop -------------------------------------------------------------------
@@ -191,7 +152,9 @@ class Worker:
         self._steps.dirty = False
         # Each blocking part on a thread that a cancelled run() stops and waits for
         # (streams/kafka/threads.py): none outlives it, using what its end closes.
-        self.partitions = await in_thread(self._ingress_partitions, self.stop)
+        self.partitions = await in_thread(
+            lambda: ingress_partitions(self.settings, self.topics), self.stop
+        )
         self._transactions = await in_thread(lambda: Transactions(self._new_producer), self.stop)
         await in_thread(self._publish_manifest, self.stop)
         # Restores read to a partition's end and stop: short fetch waits end them sooner.
@@ -210,7 +173,7 @@ class Worker:
             on_lost=self._on_lost,
         )
         self._membership = Membership(self._group)
-        log.info("worker %s hosts %s", self._worker_id, ", ".join(self.registry.services))
+        log.info("worker %s hosts %s", self._identity.worker_id, ", ".join(self.registry.services))
         log.info("settings: %s", self.settings.redacted())
         stalls = asyncio.create_task(watch(admin, self._stalls, self._ownership.owned))
         try:
@@ -236,7 +199,7 @@ class Worker:
         the loop): its partitions, the consumed offsets, the transaction in flight."""
         committer: Committer | None = getattr(self, "_committer", None)
         return {
-            "worker": self._worker_id,
+            "worker": self._identity.worker_id,
             "stopping": self._stopping,
             "rebalances": self._rebalances,
             "commits": self.stats.commits,

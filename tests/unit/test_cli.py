@@ -50,7 +50,7 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
     from streams.kafka.admin import TopicError
     from streams.kafka.broker import BrokerError
     from streams.kafka.restore import NoSlot, RestoreError
-    from streams.kafka.worker import WorkerError
+    from streams.kafka.startup import WorkerError
     from streams.wire.ids import InvalidId
     from streams.wire.records import RecordError
 

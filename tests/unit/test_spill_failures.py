@@ -19,7 +19,8 @@ from streams.engine.partition import PartitionProcessor
 from streams.engine.spill import SpillFailed
 from streams.kafka import worker as worker_module
 from streams.kafka.committer import Snapshot
-from streams.kafka.worker import Worker, WorkerError
+from streams.kafka.startup import WorkerError
+from streams.kafka.worker import Worker
 from streams.settings import Settings
 from tests.unit.harness import TOPICS
 from tests.unit.test_take_over import ownership

@@ -1,0 +1,74 @@
+"""What a worker settles before it joins its group: that its topics are there, its id and
+the transactional ids it commits with, and the announcement of the services it hosts
+(``streams.kafka.worker`` runs these in order, each on a thread of its own)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import IO, Any
+
+from confluent_kafka.admin import AdminClient
+
+from streams.engine.outbox import Out
+from streams.engine.registry import Registry
+from streams.errors import KourierError
+from streams.kafka.offsets import Refusals, absent_topic, listed_topics
+from streams.kafka.restore import claim_slot
+from streams.settings import Settings
+from streams.wire.topics import Topics
+
+
+class WorkerError(KourierError, RuntimeError):
+    """The worker cannot run: topics missing or of the wrong shape, no services."""
+
+
+def ingress_partitions(settings: Settings, topics: Topics) -> int:
+    """The ingress topic's partition count, once every topic of the namespace is there;
+    :class:`WorkerError` naming the first missing one, preferring one listed with an
+    error, which says more than one not listed at all. A connection refused (TLS, SASL)
+    ends it at once. Blocks: run it in a thread."""
+    refusals = Refusals()
+    config: dict[str, Any] = settings.client_config({"log_level": 4})
+    config["error_cb"] = refusals
+    admin = AdminClient(config)
+    listed, missing = listed_topics(admin, topics.all(), refusals=refusals)
+    if missing:
+        first = next((name for name in missing if name in listed), missing[0])
+        raise WorkerError(absent_topic(listed, first))
+    return len(listed[topics.ingress].partitions)
+
+
+class Identity:
+    """A worker's id, and the transactional ids of its producers' turns.
+
+    Without an id of its own the worker takes ``<host>-<slot>``, the slot held by a file
+    lock for the life of the process (:func:`~streams.kafka.restore.claim_slot`), so a
+    worker restarted on the same host commits with the ids of the one it replaces and
+    aborts what that one left open at once."""
+
+    def __init__(self, namespace: str, worker_id: str | None = None) -> None:
+        self.namespace = namespace
+        self.worker_id = worker_id  # None until the first transactional id is asked for
+        self._slot_lock: IO[str] | None = None
+
+    def transactional_id(self, turn: int = 0) -> str:
+        """``<ns>.worker.<id>`` for the first turn (``streams.kafka.transactions``),
+        ``<ns>.worker<turn>.<id>`` for the others, which no worker id can reach
+        (``--worker-id a.1`` gives ``<ns>.worker.a.1``)."""
+        if self.worker_id is None:
+            slot, self._slot_lock = claim_slot(self.namespace)
+            self.worker_id = f"{socket.gethostname()}-{slot}"
+        kind = f"worker{turn}" if turn else "worker"
+        return f"{self.namespace}.{kind}.{self.worker_id}"
+
+
+def manifest(registry: Registry, topics: Topics, worker_id: str | None) -> list[Out]:
+    """The records that announce the services a worker hosts: the catalog clients and the
+    ingress read, one record per service on partition 0 of the services topic, keyed by
+    its name."""
+    out = []
+    for service in registry.manifest():
+        entry: dict[str, Any] = {**service, "worker": worker_id}
+        out.append(Out(topics.services, 0, service["name"].encode(), json.dumps(entry).encode()))
+    return out
