@@ -1,6 +1,6 @@
 """What a worker settles before it joins its group: that its topics are there, its id and
-the transactional ids it commits with, and the announcement of the services it hosts
-(``streams.kafka.worker`` runs these in order, each on a thread of its own)."""
+the transactional ids it commits with (asked for by every producer it makes, then and
+later), and the announcement of the services it hosts."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from streams.wire.topics import Topics
 
 
 class WorkerError(KourierError, RuntimeError):
-    """The worker cannot run: topics missing or of the wrong shape, no services."""
+    """The worker cannot run, or run on: its topics missing or not usable, Kafka refusing
+    it (ACLs), a hand-over it could not commit, or spills failing again and again."""
 
 
 def ingress_partitions(settings: Settings, topics: Topics) -> int:
@@ -43,7 +44,7 @@ class Identity:
     """A worker's id, and the transactional ids of its producers' turns.
 
     Without an id of its own the worker takes ``<host>-<slot>``, the slot held by a file
-    lock for the life of the process (:func:`~streams.kafka.restore.claim_slot`), so a
+    lock for as long as this object lives (the worker's, so the process's) (:func:`~streams.kafka.restore.claim_slot`), so a
     worker restarted on the same host commits with the ids of the one it replaces and
     aborts what that one left open at once."""
 

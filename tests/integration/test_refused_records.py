@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -19,31 +20,65 @@ from confluent_kafka.admin import (
 from streams.client import Client, KafkaUnavailable
 from streams.settings import Settings
 from streams.wire.topics import Topics
+from tests.integration.helpers import poll_until
 
 SMALL = 1024  # bytes: the ingress topic's largest record in these tests
 BIG = "x" * 4 * SMALL
 
 
-def shrink_ingress_records(settings: Settings) -> None:
+async def shrink_ingress_records(settings: Settings) -> None:
+    """Set the limit, and wait until the broker (not only the controller) applies it."""
     admin = AdminClient(settings.client_config())
-    topic = Topics(settings.namespace).ingress
+    topic = ConfigResource(ResourceType.TOPIC, Topics(settings.namespace).ingress)
     entry = ConfigEntry(
         "max.message.bytes", str(SMALL), incremental_operation=AlterConfigOpType.SET
     )
-    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
-    for future in admin.incremental_alter_configs([resource]).values():
+    change = ConfigResource(topic.restype, topic.name, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([change]).values():
         future.result(30)
+
+    async def limit() -> str:
+        configs = admin.describe_configs([topic])[topic].result(30)
+        return str(configs["max.message.bytes"].value)
+
+    await poll_until(limit, str(SMALL), 30, "the broker's max.message.bytes of the ingress")
+
+
+def ingress_records(settings: Settings) -> int:
+    """How many offsets the ingress topic's partitions hold, all together."""
+    admin = AdminClient(settings.client_config())
+    topic = Topics(settings.namespace).ingress
+    metadata = admin.list_topics(topic, timeout=30).topics[topic]
+    reader = Consumer(settings.client_config({"group.id": "refused-records-check"}))
+    try:
+        return sum(
+            reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in metadata.partitions
+        )
+    finally:
+        reader.close()
 
 
 async def test_a_call_whose_record_kafka_refuses_fails_at_once(topics: Settings) -> None:
-    shrink_ingress_records(topics)
+    await shrink_ingress_records(topics)
     async with Client(topics) as client:
-        # accepted while the record is small: the topic takes records, no worker answers
+        # a small record is taken (no worker runs, so its call waits for its response)
         waiting = asyncio.create_task(client.object("Tally", "small", "add").request(1))
+
+        async def awaited() -> int:
+            return client.awaited
+
+        await poll_until(awaited, 1, 30, "the small call waiting for its response")
+
+        async def taken() -> int:
+            return await asyncio.to_thread(ingress_records, topics)
+
+        await poll_until(taken, 1, 30, "ingress records taken by Kafka")
         with pytest.raises(KafkaUnavailable, match="did not take the record"):
             await asyncio.wait_for(client.object("Tally", "big", "add").request(BIG), 30)
-        assert client.awaited == 1, "only the call whose record Kafka took still waits"
+        assert client.awaited == 1, "the refused call no longer waits; the small one does"
         with pytest.raises(KafkaUnavailable, match="did not take the record"):
             await asyncio.wait_for(client.object_send("Tally", "big", "add").send(BIG), 30)
-        assert not waiting.done()
+        assert await asyncio.to_thread(ingress_records, topics) == 1, "nothing else written"
+        assert not waiting.done(), "the small call still waits for its response"
         waiting.cancel()
