@@ -44,9 +44,10 @@ class Identity:
     """A worker's id, and the transactional ids of its producers' turns.
 
     Without an id of its own the worker takes ``<host>-<slot>``, the slot held by a file
-    lock for as long as this object lives (the worker's, so the process's) (:func:`~streams.kafka.restore.claim_slot`), so a
-    worker restarted on the same host commits with the ids of the one it replaces and
-    aborts what that one left open at once."""
+    lock for as long as this object lives, which is the worker's life and so the
+    process's (:func:`~streams.kafka.restore.claim_slot`). So a worker restarted on the
+    same host commits with the ids of the one it replaces, and aborts at once what that
+    one left open."""
 
     def __init__(self, namespace: str, worker_id: str | None = None) -> None:
         self.namespace = namespace
