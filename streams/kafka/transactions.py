@@ -20,6 +20,7 @@ the offsets committed last: it keeps the commit written later to ``__consumer_of
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection
 
@@ -78,6 +79,10 @@ class Transactions:
         self.offsets_first = 0
         #: perf_counter() when each producer's last commit returned
         self._committed_at = [float("-inf")] * producers
+        # Producers are made one at a time. Making one fences every producer made before it
+        # with the same transactional id, so a turn must keep the one made last: a failed
+        # commit's replacement (committer thread) and a settle (Kafka thread) take turns.
+        self._making = threading.Lock()
 
     @property
     def producer(self) -> Producer:
@@ -103,7 +108,7 @@ class Transactions:
             pause = SETTLE_PAUSE  # a refusal that comes at once (an ACL) is not a busy loop
             while True:
                 try:
-                    self.producers[turn] = self._new_producer(turn)
+                    self._make(turn, stopping)
                     break
                 except KafkaException as exc:
                     if stopping():
@@ -111,6 +116,19 @@ class Transactions:
                     log.warning("new producer not ready yet: %s", exc)
                     time.sleep(pause)
                     pause = min(2 * pause, SETTLE_PAUSE_MAX)
+
+    def _make(self, turn: int, stopping: Callable[[], bool]) -> None:
+        """A new producer for ``turn`` once no other is being made (:meth:`_replace` may be,
+        on the committer thread); a worker that stops meanwhile gives up waiting."""
+        while not self._making.acquire(timeout=0.1):
+            if stopping():
+                raise KafkaException(
+                    KafkaError(KafkaError._TIMED_OUT, "stopping while a producer was being made")
+                )
+        try:
+            self.producers[turn] = self._new_producer(turn)
+        finally:
+            self._making.release()
 
     def announce(
         self, out: list[Out], stopping: Callable[[], bool], refused: Collection[int] = ()
@@ -230,14 +248,16 @@ class Transactions:
 
     def _replace(self, turn: int, failed: Producer) -> None:
         """A new producer for ``turn``, with the same transactional id, unless ``failed`` was
-        settled meanwhile (committer thread); when Kafka cannot be reached, the old one
-        stays and the next failure tries again."""
-        if self.producers[turn] is not failed:
-            return
-        try:
-            self.producers[turn] = self._new_producer(turn)
-        except KafkaException as exc:
-            log.warning("no new producer yet: %s", exc.args[0])
+        settled meanwhile (committer thread, which may be one the Kafka thread abandoned and
+        is settling); when Kafka cannot be reached, the old one stays and the next failure
+        tries again."""
+        with self._making:
+            if self.producers[turn] is not failed:
+                return
+            try:
+                self.producers[turn] = self._new_producer(turn)
+            except KafkaException as exc:
+                log.warning("no new producer yet: %s", exc.args[0])
 
     @staticmethod
     def _aborted(producer: Producer) -> bool:

@@ -8,6 +8,7 @@ them is tested on the real one, in tests/integration/test_oversize.py.)
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -391,3 +392,57 @@ def test_a_worker_announces_its_services_on_partition_0_of_the_services_topic() 
     worker._publish_manifest()
     assert {(o.topic, o.partition) for o in announced.out} == {("ns.services", 0)}
     assert sorted(o.key for o in announced.out) == sorted(s.name.encode() for s in SERVICES)
+
+
+def test_a_producer_made_by_a_failing_commit_never_outlives_one_made_by_a_settle() -> None:
+    """Making a producer fences every one made before it with the same transactional id,
+    so a turn must keep the one made last. An abandoned commit that fails for good makes a
+    producer for its turn while the Kafka thread settles that turn: the two must not both
+    be made at once, or the one made first may be the one kept, fenced (Kafka thread and
+    committer thread, with a producer whose making waits, as for a broker's answer)."""
+    epochs = {0: 0, 1: 0}  # per turn, the epoch of the producer made last (the live one)
+    answer = threading.Event()  # lets the failing commit's new producer return
+    committer_making = threading.Event()
+
+    def new_producer(turn: int) -> Any:
+        epochs[turn] += 1  # the coordinator fences every earlier producer of the turn now
+        producer = StandIn({})
+        producer.epoch = epochs[turn]  # type: ignore[attr-defined]
+        if threading.current_thread().name == "committer":
+            committer_making.set()
+            assert answer.wait(10), "the test never let the new producer return"
+        return producer
+
+    first = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
+    tx = Transactions(lambda turn: first if turn == 0 else new_producer(turn), 1)
+    tx._new_producer = new_producer  # made from now on
+    raised: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            tx.commit(SNAPSHOT)
+        except BaseException as exc:
+            raised.append(exc)
+
+    failed = threading.Thread(target=commit, name="committer")
+    failed.start()
+    assert committer_making.wait(10), "the failing commit did not make a new producer"
+    settling = threading.Thread(target=tx.settle, args=(lambda: False,), name="kafka")
+    settling.start()
+    settling.join(1.0)  # it must wait for the producer being made (it ends at once if not)
+    answer.set()
+    failed.join(10)
+    settling.join(10)
+    assert not failed.is_alive(), "the failing commit ended"
+    assert not settling.is_alive(), "the settle ended"
+    assert [type(exc) for exc in raised] == [KafkaException], "the commit failed for good"
+    kept = tx.producers[0].epoch  # type: ignore[attr-defined]
+    assert kept == epochs[0] == 2, "the turn keeps the producer made last"
+
+
+def test_a_stopping_worker_does_not_wait_for_a_producer_being_made() -> None:
+    tx, fresh = transactions_on(StandIn({}))
+    stopping = pytest.raises(KafkaException, match="stopping while a producer was being made")
+    with tx._making, stopping:  # the lock: a failed commit's replacement, waiting for Kafka
+        tx.settle(lambda: True)
+    assert fresh == [], "no producer was made"
