@@ -120,11 +120,15 @@ class Transactions:
     def _make(self, turn: int, stopping: Callable[[], bool]) -> None:
         """A new producer for ``turn`` once no other is being made (:meth:`_replace` may be,
         on the committer thread); a worker that stops meanwhile gives up waiting."""
+        began: float | None = time.monotonic()
         while not self._making.acquire(timeout=0.1):
             if stopping():
                 raise KafkaException(
                     KafkaError(KafkaError._TIMED_OUT, "stopping while a producer was being made")
                 )
+            if began is not None and time.monotonic() - began > TIMEOUT:
+                log.warning("waited %.0fs for a producer being made; waiting on", TIMEOUT)
+                began = None  # said once
         try:
             self.producers[turn] = self._new_producer(turn)
         finally:

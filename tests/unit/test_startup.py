@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import uuid
 from pathlib import Path
 
 import pytest
@@ -24,23 +23,31 @@ def test_a_worker_id_names_every_turn_and_no_id_reaches_another_turn() -> None:
         "ns.worker1.a.1",
         "ns.worker2.a.1",
     ]
-    # an id that starts with a digit is still apart from every other turn's
-    assert Identity("ns", "1.a.1").transactional_id() == "ns.worker.1.a.1"
+    # an id that starts with a digit reaches none of another worker's turns
+    digit = Identity("ns", "1.a.1")
+    assert {digit.transactional_id(turn) for turn in range(3)}.isdisjoint(
+        {ids.transactional_id(turn) for turn in range(3)}
+    )
 
 
 def test_without_an_id_a_worker_takes_a_free_slot_and_holds_it_while_it_lives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KOURIER_CACHE", str(tmp_path))
-    namespace = f"ns{uuid.uuid4().hex[:8]}"
-    first, second = Identity(namespace), Identity(namespace)
+    monkeypatch.setenv("KOURIER_CACHE", str(tmp_path))  # the slots' lock files go there
+    first, second = Identity("ns"), Identity("ns")
     assert first.worker_id is None, "no slot is claimed before an id is asked for"
     host = socket.gethostname()
-    assert first.transactional_id() == f"{namespace}.worker.{host}-0"
-    assert first.transactional_id(1) == f"{namespace}.worker1.{host}-0", "the same slot"
-    assert second.transactional_id() == f"{namespace}.worker.{host}-1", "slot 0 is held"
-    del first  # a worker that ends frees its slot: the next one takes it again
-    assert Identity(namespace).transactional_id() == f"{namespace}.worker.{host}-0"
+    assert first.transactional_id() == f"ns.worker.{host}-0"
+    assert first.transactional_id(1) == f"ns.worker1.{host}-0", "the same slot"
+    assert second.transactional_id() == f"ns.worker.{host}-1", "slot 0 is held"
+    locks = [first._slot_lock, second._slot_lock]
+    assert locks[0] is not None
+    locks[0].close()  # the first worker's process ends: its slot is free again
+    third = Identity("ns")
+    assert third.transactional_id() == f"ns.worker.{host}-0"
+    for lock in [*locks, third._slot_lock]:
+        if lock is not None:
+            lock.close()
 
 
 def test_the_manifest_announces_each_service_on_partition_0_keyed_by_its_name() -> None:

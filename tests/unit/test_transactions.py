@@ -414,7 +414,7 @@ def test_a_producer_made_by_a_failing_commit_never_outlives_one_made_by_a_settle
         return producer
 
     first = StandIn({"commit": KafkaError(KafkaError._FENCED, fatal=True)})
-    tx = Transactions(lambda turn: first if turn == 0 else new_producer(turn), 1)
+    tx = Transactions(lambda turn: first, 1)
     tx._new_producer = new_producer  # made from now on
     raised: list[BaseException] = []
 
