@@ -60,7 +60,12 @@ def effect_runs(path: Path) -> dict[str, list[int]]:
 
 def delay_watermarks(settings: Settings) -> dict[int, tuple[int, int]]:
     """(low, high) watermarks of every delay partition that has held records."""
-    topic = Topics(settings.namespace).delay
+    return held_watermarks(settings, Topics(settings.namespace).delay)
+
+
+def held_watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
+    """(low, high) watermarks of every partition of ``topic`` (one of the namespace's,
+    ``settings.partitions`` of them) that has held records."""
     consumer = Consumer(settings.client_config({"group.id": f"{settings.namespace}.marks"}))
     try:
         found = {}

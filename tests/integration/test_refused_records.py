@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -20,7 +19,7 @@ from confluent_kafka.admin import (
 from streams.client import Client, KafkaUnavailable
 from streams.settings import Settings
 from streams.wire.topics import Topics
-from tests.integration.helpers import poll_until
+from tests.integration.helpers import held_watermarks, poll_until
 
 SMALL = 1024  # bytes: the ingress topic's largest record in these tests
 BIG = "x" * 4 * SMALL
@@ -46,17 +45,8 @@ async def shrink_ingress_records(settings: Settings) -> None:
 
 def ingress_records(settings: Settings) -> int:
     """How many offsets the ingress topic's partitions hold, all together."""
-    admin = AdminClient(settings.client_config())
-    topic = Topics(settings.namespace).ingress
-    metadata = admin.list_topics(topic, timeout=30).topics[topic]
-    reader = Consumer(settings.client_config({"group.id": "refused-records-check"}))
-    try:
-        return sum(
-            reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in metadata.partitions
-        )
-    finally:
-        reader.close()
+    marks = held_watermarks(settings, Topics(settings.namespace).ingress)
+    return sum(high for _, high in marks.values())
 
 
 async def test_a_call_whose_record_kafka_refuses_fails_at_once(topics: Settings) -> None:
