@@ -4,10 +4,9 @@ The signal writes to standard error, in this order:
 
 1. the stack of every Python thread (up to 100 frames each, most recent call last), from
    a thread of its own, so that it comes even when the event loop is blocked;
-2. then, from the event loop: the threads' names, the process's own status (a worker's
-   owned partitions, offsets, transaction in flight), and where the asyncio tasks wait
-   (tasks waiting at the same place are counted together), ending with the line
-   :data:`END`.
+2. then, from the event loop: the process's own status (a worker's owned partitions,
+   offsets, transaction in flight), and where the asyncio tasks wait (tasks waiting at the
+   same place are counted together), ending with the line :data:`END`.
 
 It is a look, for an operator or a test that finds a worker silent: the process goes on
 as before. Before :func:`install` and after :func:`uninstall` the signal is taken and
@@ -169,9 +168,6 @@ def _stacks() -> str:
 
 def _dump(status: Status) -> None:
     out = io.StringIO()
-    threads = sorted(threading.enumerate(), key=lambda t: t.ident or 0)
-    out.write(f"kourier: {len(threads)} threads\n")
-    out.writelines(f"  {thread.ident or 0:#018x} {thread.name}\n" for thread in threads)
     if status is not None:
         try:
             described = _json(status())

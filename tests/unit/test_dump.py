@@ -22,7 +22,24 @@ import pytest
 from streams.cli import dump
 
 
-async def test_a_dump_names_the_threads_gives_the_status_and_counts_tasks_by_place(
+def test_the_stacks_name_each_thread_once() -> None:
+    gate = threading.Event()
+    helper = threading.Thread(target=gate.wait, name="kourier-test-helper")
+    helper.start()
+    try:
+        text = dump._stacks()
+    finally:
+        gate.set()
+        helper.join(30)
+    assert re.search(r"^kourier: stacks of \d+ threads$", text, re.M), text
+    for name in ("MainThread", "kourier-test-helper"):
+        headers = re.findall(rf"^Thread 0x[0-9a-f]{{16}} {name} \(most recent call last\):$",
+                             text, re.M)  # fmt: skip
+        assert len(headers) == 1, text
+    assert ", in wait\n" in text, text  # the helper's stack, down to its wait
+
+
+async def test_a_dump_gives_the_status_and_counts_tasks_by_place(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     gate = asyncio.Event()
@@ -34,8 +51,7 @@ async def test_a_dump_names_the_threads_gives_the_status_and_counts_tasks_by_pla
         gate.set()
         await asyncio.gather(*waiting)
     text = capsys.readouterr().err
-    assert re.search(r"^kourier: \d+ threads$", text, re.M), text
-    assert re.search(r"^  0x[0-9a-f]{16} MainThread$", text, re.M), text
+    assert "MainThread" not in text, text  # the stacks, written before, name the threads
     found = re.search(r"kourier: status\n(.*?)\nkourier: (\d+) asyncio tasks", text, re.S)
     assert found is not None, text
     assert json.loads(found[1]) == {"ingress": {"0": {"queued": 2}, "1": {"queued": 0}},
