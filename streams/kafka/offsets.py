@@ -186,11 +186,13 @@ def required_topics(
     refusals: Refusals | None = None,
 ) -> dict[str, TopicMetadata]:
     """The cluster's topic metadata once it lists every one of ``names`` (``listed_topics``,
-    with ``refusals`` as there); ``MissingTopics``, naming the first absent one, when it does
-    not within ``grace``."""
+    with ``refusals`` as there); ``MissingTopics`` when it does not within ``grace``, naming
+    the first absent one, preferring one listed with an error, which says more than one
+    not listed at all."""
     metadata, absent = listed_topics(client, names, grace, refusals)
     if absent:
-        raise MissingTopics(absent_topic(metadata, absent[0]))
+        first = next((name for name in absent if name in metadata), absent[0])
+        raise MissingTopics(absent_topic(metadata, first))
     return metadata
 
 

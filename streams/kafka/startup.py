@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient
 from streams.engine.outbox import Out
 from streams.engine.registry import Registry
 from streams.errors import KourierError
-from streams.kafka.offsets import Refusals, absent_topic, listed_topics
+from streams.kafka.offsets import MissingTopics, Refusals, required_topics
 from streams.kafka.restore import claim_slot
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -26,17 +26,15 @@ class WorkerError(KourierError, RuntimeError):
 
 def ingress_partitions(settings: Settings, topics: Topics) -> int:
     """The ingress topic's partition count, once every topic of the namespace is there;
-    :class:`WorkerError` naming the first missing one, preferring one listed with an
-    error, which says more than one not listed at all. A connection refused (TLS, SASL)
-    ends it at once. Blocks: run it in a thread."""
+    :class:`WorkerError` naming a missing one (``required_topics``). A connection refused
+    (TLS, SASL) ends it at once. Blocks: run it in a thread."""
     refusals = Refusals()
     config: dict[str, Any] = settings.client_config({"log_level": 4})
     config["error_cb"] = refusals
-    admin = AdminClient(config)
-    listed, missing = listed_topics(admin, topics.all(), refusals=refusals)
-    if missing:
-        first = next((name for name in missing if name in listed), missing[0])
-        raise WorkerError(absent_topic(listed, first))
+    try:
+        listed = required_topics(AdminClient(config), topics.all(), refusals=refusals)
+    except MissingTopics as exc:
+        raise WorkerError(str(exc)) from None
     return len(listed[topics.ingress].partitions)
 
 
