@@ -14,12 +14,13 @@ the responses into results and errors.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel, JsonValue, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from handlers.exceptions import TerminalError
@@ -55,6 +56,19 @@ class CallResult:
 class SendReceipt:
     invocation_id: str
     status: Literal["Accepted", "PreviouslyAccepted"]
+
+
+@contextlib.contextmanager
+def _nesting_checked() -> Iterator[None]:
+    """A record whose value pydantic refuses as nested past the depth it checks (about 250
+    levels: fewer than JSON parsers take) is refused as :meth:`Client._produce` refuses one
+    its writer cannot serialize: a 400, which the HTTP ingress answers as it is."""
+    try:
+        yield
+    except ValidationError as error:
+        if error.errors()[0]["type"] != "recursion_depth_exceeded":
+            raise
+        raise TerminalError("the value is nested deeper than a record can carry", 400) from None
 
 
 class Client:
@@ -158,14 +172,15 @@ class Client:
         """Invoke and wait for the outcome; the raw response, for the HTTP ingress."""
         inv_id = await self._id_for(target, idempotency_key, invocation_id)
         request_id = self.new_request_id()
-        record = Invoke(
-            target=target,
-            argument=argument,
-            invocation_id=inv_id,
-            idempotency_key=idempotency_key,
-            request_id=request_id,
-            headers=dict(headers or {}),
-        )
+        with _nesting_checked():
+            record = Invoke(
+                target=target,
+                argument=argument,
+                invocation_id=inv_id,
+                idempotency_key=idempotency_key,
+                request_id=request_id,
+                headers=dict(headers or {}),
+            )
         response = await self._request(record, inv_id, target.key or inv_id)
         return response.invocation_id or inv_id, response
 
@@ -240,16 +255,17 @@ class Client:
             target.service, target.key or ""
         )
         due = None if delay is None else due_time(delay, f"the delay of {target.path()}")
-        record = Invoke(
-            target=target,
-            argument=argument,
-            invocation_id=inv_id,
-            mode="send",
-            idempotency_key=idempotency_key,
-            headers=dict(headers or {}),
-            request_id=self.new_request_id() if may_repeat else None,
-            due=due,
-        )
+        with _nesting_checked():
+            record = Invoke(
+                target=target,
+                argument=argument,
+                invocation_id=inv_id,
+                mode="send",
+                idempotency_key=idempotency_key,
+                headers=dict(headers or {}),
+                request_id=self.new_request_id() if may_repeat else None,
+                due=due,
+            )
         key = target.key or inv_id
         if record.request_id is not None:
             response = await self._request(record, inv_id, key)

@@ -11,7 +11,6 @@ a user confirmed ("Cancel 12 invocations?") is what is acted on, even if more ma
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -23,6 +22,7 @@ from streams.client import Client, ClientClosed, KafkaUnavailable
 from streams.engine.journal import Status
 from streams.errors import KourierError
 from streams.wire import ids
+from streams.wire.records import load_json
 
 ACTIONS = ("cancel", "kill", "purge", "resume")
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -212,14 +212,14 @@ async def bulk_control(
     request: web.Request, matching: Callable[..., list[tuple[str, str, str]]], client: Client
 ) -> web.Response:
     """``POST /invocations/{action}?status=&service=&key=&dry_run=&limit=``."""
-    try:
-        text = await request.text() if request.can_read_body else ""
-        body = json.loads(text) if text.strip() else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    try:  # JSON is UTF-8 (RFC 8259): a charset named in the header is not asked for
+        data = await request.read() if request.can_read_body else b""
+        body = load_json(data) if data.strip() else None
+    except ValueError as error:  # not JSON, not UTF-8, NaN, an integer of 5,000 digits, ...
         return _refused(BulkRefused(400, f"body is not valid JSON: {error}"))
     except RecursionError:
         return _refused(BulkRefused(400, "body is JSON nested deeper than Python parses"))
-    if text.strip() and body is None:  # `null` must not widen the action to every match
+    if data.strip() and body is None:  # `null` must not widen the action to every match
         return _refused(BulkRefused(400, 'the body must be {"ids": [...]} or absent'))
     try:
         bulk = parse_bulk(request.match_info["action"], request.query, body)

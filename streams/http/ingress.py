@@ -40,7 +40,13 @@ from streams.http.shared import (
 from streams.metrics import labelled
 from streams.settings import Settings, short_duration
 from streams.wire import ids
-from streams.wire.records import LAST_DUE, Response, Target, idempotency_key_refusal
+from streams.wire.records import (
+    LAST_DUE,
+    Response,
+    Target,
+    idempotency_key_refusal,
+    load_json,
+)
 
 log = logging.getLogger("kourier.ingress")
 
@@ -120,7 +126,16 @@ class Route:
 def segments_of(raw_path: str) -> list[str]:
     """A URL path's segments, each percent-decoded on its own, so that a key may hold a
     slash (``/Counter/a%2Fb/add`` is key ``a/b``)."""
-    return [unquote(s) for s in raw_path.split("/") if s]
+    return [_decoded(s) for s in raw_path.split("/") if s]
+
+
+def _decoded(segment: str) -> str:
+    """A path segment percent-decoded, or a 400 when its bytes are not UTF-8: replaced by
+    U+FFFD, two keys that differ only there would name one object."""
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise HttpError(400, f"path segment {segment!r} is not UTF-8 once decoded") from None
 
 
 def route(raw_path: str, services: dict[str, ServiceInfo]) -> Route:
@@ -221,13 +236,14 @@ class Ingress:
         info = request.match_info
         wait = info["verb"] == "attach"
         try:
-            if "service" in info:
-                target = self._workflow_run(info["service"], info["key"])
+            if "service" in info:  # "", "restate", "workflow", <service>, <id>, <verb>, as sent
+                service, key = (_decoded(s) for s in request.rel_url.raw_path.split("/")[3:5])
+                target = self._workflow_run(service, key)
                 outcome = await self.client.attach_response(target=target, wait=wait)
             else:
                 if "rest" in info:  # "", "restate", "invocation", <rest>..., <verb>, as sent
                     sent = request.rel_url.raw_path.split("/")[3:-1]
-                    segments = [unquote(s) for s in sent]  # empty ones kept: a 400 each
+                    segments = [_decoded(s) for s in sent]  # empty ones kept: a 400 each
                 else:
                     segments = [info["id"]]
                 if len(segments) == 1:
@@ -267,6 +283,8 @@ class Ingress:
             shape = "Svc/handler/idempotencyKey" if expected == 3 else "Obj/key/handler/key"
             raise HttpError(400, f"bad path: use /restate/invocation/{shape}/attach|output")
         key = segments[1] if expected == 4 else None
+        if key == "":  # as a call's path cannot name one (its empty segments are dropped)
+            raise HttpError(400, f"bad path: {info.name} needs a key")
         if info.handler_kind(segments[-2]) is None:
             raise HttpError(404, f"{info.name} has no handler {segments[-2]!r}")
         return _target(info.name, key, segments[-2]), _idempotency_key(segments[-1])
@@ -383,7 +401,7 @@ def _idempotency_key(text: str) -> str:
 def _utf8(value: str, header: str) -> str:
     """``value`` if it is UTF-8 as sent. aiohttp decodes other header bytes to lone
     surrogates, which no record can carry: refused here, naming the header. (A key from a
-    path cannot hold one: an invalid escape decodes to U+FFFD.)"""
+    path cannot hold one: :func:`_decoded` refuses what is not UTF-8.)"""
     if not value.isascii():
         try:
             value.encode()
@@ -407,8 +425,8 @@ async def _read_json(request: web.Request, max_body: int) -> JsonValue:
     if "json" not in content_type:
         raise HttpError(415, f"content-type {content_type!r} is not JSON")
     try:
-        value: JsonValue = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        value: JsonValue = load_json(body)
+    except ValueError as error:  # not JSON, not UTF-8, NaN, an integer of 5,000 digits, ...
         raise HttpError(400, f"body is not valid JSON: {error}") from None
     except RecursionError:  # deeper than Python's parser goes
         raise HttpError(400, _TOO_DEEP) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -465,6 +466,25 @@ def dump_value(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def load_json(data: bytes | str) -> Any:
+    """``data`` parsed as JSON, RFC 8259's: ``ValueError`` for what Python's parser takes
+    beyond it (``NaN``, ``Infinity``, a number past a float's range), which a record would
+    write again as ``null``, and for an integer past Python's 4,300 digits. Like the
+    parser, ``RecursionError`` for JSON nested deeper than it goes."""
+    return json.loads(data, parse_constant=_not_json, parse_float=_finite)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is past a float's range")
+    return value
+
+
 def value_size(value: Any) -> int:
     """The size of ``value`` as Kourier writes it (:func:`dump_value`)."""
     if type(value) is int:  # a counter's state, say: as JSON writes it, without writing it
@@ -481,8 +501,8 @@ def _load(data: bytes | None) -> dict[str, Any]:
     if data is None:
         raise RecordError("empty", "record has no value")
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = load_json(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError among them
         raise RecordError("not-json", str(exc)) from None
     except RecursionError:
         raise RecordError("not-json", "nested deeper than the JSON parser goes") from None
@@ -523,9 +543,11 @@ def _check_surrogates(data: bytes) -> None:
     if _SURROGATE_ESCAPE.search(data) is None:
         return
     try:
-        dump_value(json.loads(data))
+        dump_value(load_json(data))
     except UnicodeEncodeError:
         raise RecordError("bad-schema", "a string holds a lone UTF-16 surrogate") from None
+    except ValueError as exc:
+        raise RecordError("not-json", str(exc)) from None
 
 
 def decode_response(data: bytes | None) -> Response:

@@ -239,6 +239,15 @@ async def test_bulk_cancel_dry_run_then_real(
         async with http.post(url, params={"service": "Tally"}, data=deep) as reply:
             assert reply.status == 400
             assert "nested deeper" in (await reply.json())["message"]
+        for body in (b"7" * 5_000, b'{"ids": NaN}'):  # a ValueError of Python's: a 500
+            async with http.post(url, params={"service": "Tally"}, data=body) as reply:
+                assert reply.status == 400, await reply.text()
+                assert "not valid JSON" in (await reply.json())["message"]
+        # JSON is UTF-8: a charset the header names is not looked up (unknown, it was a 500).
+        bogus = {"content-type": "application/json; charset=bogus"}
+        async with http.post(url, params={"service": "Tally", "dry_run": "true"},
+                             data=b'{"ids": []}', headers=bogus) as reply:  # fmt: skip
+            assert reply.status == 200, await reply.text()
 
 
 async def kourier(admin_url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -70,6 +70,11 @@ PATHS = [
 ]
 
 
+#: An invoke of ``Tally/k/add`` with the argument left to fill in (``%``).
+_TALLY_ADD = (b'{"v": 1, "kind": "invoke", "target": {"service": "Tally", "key": "k", '
+              b'"handler": "add"}, "argument": %s}')  # fmt: skip
+
+
 def dead_count(reason: str) -> float:
     return DEADLETTERS.labels(reason)._value.get()
 
@@ -106,6 +111,8 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
         # Deeper than Python's JSON parser goes: its RecursionError once stalled the partition.
         (b'{"v": 1, "kind": "invoke", "target": {"service": "Tally", "key": "k", '
          b'"handler": "add"}, "argument": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "not-json"),
+        # An integer past Python's 4,300 digits: its ValueError once escaped the decoder.
+        (_TALLY_ADD % (b"7" * 5_000), "not-json"),
     ]  # fmt: skip
     per_reason = Counter(reason for _, reason in bad)
     before = {reason: dead_count(reason) for reason in per_reason}

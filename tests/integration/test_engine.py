@@ -133,6 +133,16 @@ async def test_http_calls_return_results_errors_and_the_invocation_id(ingress_ur
         ("/Relay/echo", b"[" * 254 + b"1" + b"]" * 254, JSON, 400, "deeper than a record"),
         ("/Relay/echo", b'{"a":' * 254 + b"1" + b"}" * 254, JSON, 400, "deeper than a record"),
         ("/Relay/echo", b"[" * 5_000 + b"]" * 5_000, JSON, 400, "deeper than a record"),
+        # Parsed by Python, past the depth pydantic checks a record's value to: it was a 500.
+        ("/Relay/echo", b"[" * 300 + b"]" * 300, JSON, 400, "deeper than a record"),
+        ("/Relay/echo", b'{"a":' * 900 + b"1" + b"}" * 900, JSON, 400, "deeper than a record"),
+        ("/Relay/echo/send", b"[" * 300 + b"]" * 300, JSON, 400, "deeper than a record"),
+        # Past Python's 4,300 digits a plain ValueError: it was a 500.
+        ("/Relay/echo", b"7" * 5_000, JSON, 400, "not valid JSON"),
+        # What Python's parser takes beyond JSON; a record wrote each back as null.
+        ("/Relay/echo", b"[1, NaN]", JSON, 400, "NaN is not JSON"),
+        ("/Relay/echo", b"-Infinity", JSON, 400, "-Infinity is not JSON"),
+        ("/Relay/echo", b"[1e400]", JSON, 400, "past a float's range"),
         ("/Relay/echo/send?delay=1s", b"[" * 254 + b"1" + b"]" * 254, JSON, 400, "deeper than a"),
         ("/Relay/echo", b"[" + b"1," * 600_000 + b"1]", JSON, 413, "larger than"),
         # Under the body limit, but written back as JSON each 1e9 is 1000000000.0: a record

@@ -147,6 +147,30 @@ async def test_a_key_may_hold_a_slash_sent_as_percent_2f(ingress_url: str) -> No
             assert await reply.json() == 4
 
 
+async def test_a_path_that_is_not_utf8_once_decoded_is_400(ingress_url: str) -> None:
+    """Each segment is percent-decoded on its own; bytes that are not UTF-8 were replaced by
+    U+FFFD, so that ``%FF`` and ``%FE`` named one object. An attach by idempotency key with
+    an empty object key, which no call's path can name, is 400 too."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("Tally/%FF/add", "Tally/%C0%AF/add", "restate/send/Tally/a%FEb/add"):
+            async with http.post(URL(f"{ingress_url}/{path}", encoded=True), json=1) as reply:
+                assert reply.status == 400, (path, await reply.text())
+                assert "is not UTF-8" in (await reply.json())["message"], path
+        for path in ("restate/invocation/Tally/%FF/add/i/output",
+                     "restate/workflow/Signup/%FF/output"):  # fmt: skip
+            async with http.get(URL(f"{ingress_url}/{path}", encoded=True)) as reply:
+                assert reply.status == 400, (path, await reply.text())
+                assert "is not UTF-8" in (await reply.json())["message"], path
+        async with http.get(f"{ingress_url}/restate/invocation/Tally//add/i/output") as reply:
+            assert reply.status == 400, await reply.text()
+            assert "needs a key" in (await reply.json())["message"]
+        # A valid escape still names its key.
+        async with http.post(URL(f"{ingress_url}/Tally/caf%C3%A9/add", encoded=True),
+                             json=2) as reply:  # fmt: skip
+            assert reply.status == 200, await reply.text()
+            assert await reply.json() == 2
+
+
 async def raw_post(url: str, header: bytes) -> tuple[bytes, bytes]:
     """POST /Tally/k/add with ``header`` as sent, bytes that aiohttp's client would not
     send; the answer's head and body."""
