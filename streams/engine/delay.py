@@ -266,6 +266,11 @@ class DelayProcessor:
     def _hold(self, offset: int, due: float, released: Out) -> None:
         self._held[offset] = released
         heapq.heappush(self._near, (due, offset))
+        if len(self._near) > 2 * len(self._held) + 1024:
+            # Mostly entries of messages a marker released since: a new owner reading a
+            # backlog, before it has caught up and _arm pops them. Only the held stay.
+            self._near = [entry for entry in self._near if entry[1] in self._held]
+            heapq.heapify(self._near)
 
     # -- what the worker asks -----------------------------------------------------------
 

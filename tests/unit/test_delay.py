@@ -733,6 +733,26 @@ async def test_a_new_owner_releases_nothing_before_it_has_caught_up_and_nothing_
     assert set(second.released) == set(offsets[2:])
 
 
+async def test_a_new_owner_reading_released_messages_keeps_no_entry_for_them() -> None:
+    """A new owner reads messages a marker released later in the log, overdue by then, so
+    each is held in full until its marker comes. The heap of due times kept an entry for
+    every one of them until the owner caught up: its memory grew with the backlog, not with
+    what is pending."""
+    log, clock = Log(), Clock()
+    released = []
+    for i in range(20_000):
+        released.append(log.delayed(T0 + i / 1000))
+        log.append(b"k", encode(Fired(offset=released[-1])))
+    pending = log.delayed(T0 + 1)
+    clock.now = T0 + 60
+    rig = Rig(log, clock)
+    rig.feed()
+    assert rig.processor.caught_up
+    assert len(rig.processor._near) <= 1024 + 2, "entries of released messages are kept"
+    rig.tick()
+    assert set(rig.released) == {pending}
+
+
 async def test_timers_fire_on_the_event_loop_with_the_real_clock() -> None:
     log = Log()
     out: list[Out] = []
