@@ -35,6 +35,10 @@ class OffsetSet:
         index = offset - self._base
         if index < 0:
             raise ValueError(f"offset {offset} below the set's base {self._base}")
+        if self._count == 0 and index >> 3 >= len(self._bits):
+            # Empty, and past the bitmap: it starts here. A partition read from 0 whose
+            # first record is at offset 10^9 (the rest deleted) costs no 125 MB of zeros.
+            self._base, self._bits, self._low, index = offset, bytearray(), 0, 0
         byte = index >> 3
         if byte >= len(self._bits):
             self._bits.extend(bytes(byte + 1 - len(self._bits)))

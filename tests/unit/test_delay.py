@@ -224,6 +224,25 @@ def test_offset_set_matches_a_python_set(operations: list[tuple[bool, int]]) -> 
     assert not members.discard(99)
 
 
+def test_an_empty_offset_set_starts_its_bitmap_at_the_first_offset_added() -> None:
+    """A delay partition with no committed offset is read from 0; when its records start at
+    offset 10^9 (the ones before were deleted), the set allocated a bit for every offset
+    in between: 125 MB for each such partition."""
+    members = OffsetSet(0)
+    members.add(10**9)
+    members.add(10**9 + 20)
+    assert len(members._bits) <= 8
+    assert list(members.below(2 * 10**9)) == [10**9, 10**9 + 20]
+    assert members.lowest() == 10**9
+    assert 5 not in members
+    assert not members.discard(5)
+    assert members.discard(10**9)
+    assert members.discard(10**9 + 20)
+    members.add(3 * 10**9)  # empty again: it starts there again
+    assert len(members._bits) <= 8
+    assert members.lowest() == 3 * 10**9
+
+
 def test_offset_set_trims_its_front_and_keeps_accepting_later_offsets() -> None:
     members = OffsetSet(0)
     for offset in range(0, 200_000, 3):
