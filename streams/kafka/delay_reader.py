@@ -116,10 +116,12 @@ class DelayReader:
         held, budget = 0, math.inf if max_bytes is None else max_bytes
         i = 0
         while i < len(offsets) and held < budget:
-            consumer.assign([TopicPartition(self._topic, partition, offsets[i])])
-            seen = offsets[i] - 1
+            asked = offsets[i]
+            consumer.assign([TopicPartition(self._topic, partition, asked)])
+            seen = asked - 1
             heard = time.monotonic()
-            while i < len(offsets) and held < budget:
+            reset = False
+            while i < len(offsets) and held < budget and not reset:
                 if self._closed:
                     return None
                 batch = consume_ready(consumer, 1000, 0.2)
@@ -128,6 +130,10 @@ class DelayReader:
                     if message.error() is not None or offset is None:
                         continue
                     if held >= budget:
+                        break
+                    if offset < asked:
+                        # Started over at the earliest record: ``asked`` is past the end.
+                        reset = True
                         break
                     heard = time.monotonic()
                     seen = offset
@@ -139,9 +145,11 @@ class DelayReader:
                         found.append((offset, key, value))
                         held += len(key or b"") + len(value or b"")
                         i += 1
-                if i < len(offsets) and offsets[i] - seen > self._SEEK_GAP:
+                if reset:
+                    i = self._skip_gone(consumer, partition, offsets, i, missing)
+                elif i < len(offsets) and offsets[i] - seen > self._SEEK_GAP:
                     break
-                if not batch and time.monotonic() - heard > self._STALL:
+                elif not batch and time.monotonic() - heard > self._STALL:
                     heard = time.monotonic()
                     i = self._skip_gone(consumer, partition, offsets, i, missing)
                     break
@@ -151,7 +159,8 @@ class DelayReader:
     def _skip_gone(
         self, consumer: Consumer, partition: int, offsets: list[int], i: int, missing: list[int]
     ) -> int:
-        """After a stall: offsets outside the partition's bounds are gone for good."""
+        """After a stall, or a start over at the earliest record: offsets outside the
+        partition's bounds are gone for good."""
         try:
             low, high = watermarks(consumer, TopicPartition(self._topic, partition), 5.0)
         except KafkaException as exc:

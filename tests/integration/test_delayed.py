@@ -163,16 +163,23 @@ async def test_the_delay_reader_reads_offsets_back_and_names_those_gone(topics: 
     reader = DelayReader(topics.client_config({"group.id": f"{topics.namespace}.reader"}), topic)
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[tuple[list[delay.Fetched], list[int]]] = loop.create_future()
+    past: asyncio.Future[tuple[list[delay.Fetched], list[int]]] = loop.create_future()
     try:
         wanted = [50, 120, 121, 2500, 2999]  # 50 was deleted; a gap to seek over
         reader.fetch(0, wanted, lambda found, missing: answer.set_result((found, missing)))
         found, missing = await asyncio.wait_for(answer, 60)
+        # Past the partition's end (a log cut short, a topic made again): the consumer
+        # starts over at the earliest record, far below. The reader sought back to the
+        # offset each time and never answered, holding back every later read-back.
+        reader.fetch(0, [2999, 60_000], lambda found, missing: past.set_result((found, missing)))
+        past_found, past_missing = await asyncio.wait_for(past, 60)
     finally:
         await asyncio.to_thread(reader.close)
     assert [(offset, value) for offset, _, value in found] == [
         (o, f"record {o}".encode()) for o in (120, 121, 2500, 2999)
     ]
     assert missing == [50]
+    assert ([offset for offset, _, _ in past_found], past_missing) == ([2999], [60_000])
 
 
 async def test_the_delay_reader_reads_urgent_offsets_first_and_stops_at_a_byte_budget(
