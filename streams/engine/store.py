@@ -11,6 +11,7 @@ commits in the same transaction as everything else of the step.
 from __future__ import annotations
 
 import json
+import logging
 from typing import NamedTuple
 
 from pydantic import JsonValue
@@ -20,6 +21,8 @@ from streams.engine.outbox import Out
 from streams.engine.spill import DedupTable, Spill
 from streams.wire.records import Failure, Target, dump_value
 from streams.wire.topics import Topics
+
+log = logging.getLogger("kourier.partition")
 
 
 class ObjectKey(NamedTuple):
@@ -50,7 +53,16 @@ class PartitionStore:
     # -- restore ---------------------------------------------------------------------
 
     def restore_state(self, key: bytes, value: bytes | None) -> None:
-        """One record of the ``<ns>.state`` changelog (state and promises)."""
+        """One record of the ``<ns>.state`` changelog (state and promises). One that cannot
+        be read is logged and left out, as the invocations changelog does: what was read of
+        its name before stands. Raised, it would end every worker that takes the partition
+        over, one after another, and the partition would never run again."""
+        try:
+            self._restore_state(key, value)
+        except (ValueError, TypeError, AttributeError, IndexError) as error:
+            log.error("state changelog record %r unreadable, left out: %s", key[:200], error)
+
+    def _restore_state(self, key: bytes, value: bytes | None) -> None:
         service, name_of_key, name, is_promise = parse_state_key(key)
         obj = ObjectKey(service, name_of_key)
         if is_promise:
@@ -69,9 +81,14 @@ class PartitionStore:
             self.state.setdefault(obj, {})[name] = json.loads(value)
 
     def restore_dedup(self, key: bytes, value: bytes | None) -> None:
-        """One record of the ``<ns>.dedup`` changelog."""
-        scope = key.decode()
-        row = None if value is None else json.loads(value)
+        """One record of the ``<ns>.dedup`` changelog; one that cannot be read is logged and
+        left out (see :meth:`restore_state`)."""
+        try:
+            scope = key.decode()
+            row = None if value is None else json.loads(value)
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError among them
+            log.error("dedup changelog record %r unreadable, left out: %s", key[:200], error)
+            return
         inv_id = row.get("invocation_id") if isinstance(row, dict) else None
         if isinstance(inv_id, str):
             self.dedup.put(scope, inv_id)

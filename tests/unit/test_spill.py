@@ -14,7 +14,7 @@ import pytest
 from handlers import ObjectContext, VirtualObject
 from streams.engine import spill as spill_module
 from streams.engine.spill import ColdStore, DedupTable, Spill, SpillFailed
-from streams.engine.store import PartitionStore
+from streams.engine.store import ObjectKey, PartitionStore
 from streams.wire.records import Invoke, Target
 from tests.unit.harness import TOPICS, Harness
 
@@ -102,6 +102,29 @@ def test_a_dedup_record_that_names_no_id_drops_its_scope_on_restore() -> None:
     store.restore_dedup(b"other", b'{"invocation_id": null}')
     store.restore_dedup(b"scope", None)
     assert len(store.dedup) == 0
+
+
+def test_unreadable_state_and_dedup_records_are_left_out_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Raised out of a restore, such a record ended every worker that took the partition
+    over, one after another. Left out, what was read of its name before stands."""
+    store = PartitionStore(TOPICS, 0)
+    good = b'["Tally", "k", "count"]'
+    store.restore_state(good, b"1")
+    store.restore_dedup(b"scope", b'{"invocation_id": "inv-1"}')
+    for key, value in ((good, b"{not json"), (b"not json", b"2"), (b'["Tally"]', b"2"),
+                       (b'["Tally", "k", "p", "promise"]', b'{"failure": {"code": 1}}'),
+                       (b'["Tally", "k", "q", "promise"]', b"[1]")):  # fmt: skip
+        store.restore_state(key, value)
+    store.restore_dedup(b"scope", b"{not json")
+    store.restore_dedup(b"\xff", b'{"invocation_id": "inv-2"}')
+    assert store.state_of(ObjectKey("Tally", "k")) == {"count": 1}
+    assert store.promises == {}
+    assert store.deduplicated("scope") == "inv-1"
+    assert len(store.dedup) == 1
+    unreadable = [r for r in caplog.records if "unreadable, left out" in r.getMessage()]
+    assert len(unreadable) == 7
 
 
 def test_a_closed_spill_holds_nothing_and_takes_nothing() -> None:
