@@ -241,11 +241,15 @@ class Worker:
             self._stopping = True  # nothing waits for Kafka on the way out
             raise
         finally:
-            self._consumer.close()  # runs on_revoke, which hands over what is left
-            self._committer.close()
-            self._restorer.close()
-            self._offset_reader.close()
-            self._transactions.flush(5)
+            try:
+                # Runs on_revoke, which hands over what is left, and raises what it raised
+                # (a WorkerError when a spill failed): the rest is closed all the same.
+                self._consumer.close()
+            finally:
+                self._committer.close()
+                self._restorer.close()
+                self._offset_reader.close()
+                self._transactions.flush(5)
 
     def _stepped(
         self, batch: list[Message], positions: dict[int, int], closing: bool = False

@@ -1,6 +1,7 @@
 """What a worker does when a partition's spill fails (streams/engine/spill.py): an
 assignment whose start fails leaves nothing owned, no step taken after a failure is
-committed, a failure during a hand-over ends the worker, and spill failures that keep
+committed, a failure during a hand-over ends the worker (and still closes its committer, readers and
+producers), and spill failures that keep
 coming end it instead of being recovered from again and again. The recovery itself, against
 Kafka, is in tests/integration/test_idempotency.py."""
 
@@ -120,3 +121,37 @@ def test_a_spill_failure_while_partitions_are_handed_over_ends_the_worker(worker
     assert raised.value.__cause__ is failure
     assert committed == [], "the hand-over committed what followed the failure"
     assert steps.dropped, "what was emitted is kept"
+
+
+def test_a_hand_over_that_fails_as_the_worker_stops_still_closes_the_rest(
+    worker: Worker,
+) -> None:
+    """``Consumer.close()`` runs the revoke callback and raises what it raised (a spill
+    failure during the hand-over). The committer, the readers and the producers were closed
+    after it, so they were left open: a committer thread outliving the worker's run."""
+    closed: list[str] = []
+    failure = WorkerError("partition spill: disk full while partitions were handed over")
+
+    class Closing:
+        def __init__(self, name: str, raises: Exception | None = None) -> None:
+            self.name, self.raises = name, raises
+
+        def close(self) -> None:
+            closed.append(self.name)
+            if self.raises is not None:
+                raise self.raises
+
+        def flush(self, timeout: float) -> None:
+            closed.append(self.name)
+
+    worker._stopping = True
+    worker._trusted_step = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    worker._consumer = Closing("consumer", failure)  # type: ignore[assignment]
+    worker._restorer = Closing("restorer")  # type: ignore[assignment]
+    worker._offset_reader = Closing("offset reader")  # type: ignore[assignment]
+    worker._transactions = Closing("producers")  # type: ignore[assignment]
+    with pytest.raises(WorkerError) as raised:
+        worker._kafka_thread()
+    assert raised.value is failure
+    assert closed == ["consumer", "restorer", "offset reader", "producers"]
+    assert not worker._committer._thread.is_alive(), "the committer's thread outlives the run"
