@@ -1,9 +1,9 @@
 """What a worker does when a partition's spill fails (streams/engine/spill.py): an
 assignment whose start fails leaves nothing owned, no step taken after a failure is
-committed, a failure during a hand-over ends the worker (and still closes its committer, readers and
-producers), and spill failures that keep
-coming end it instead of being recovered from again and again. The recovery itself, against
-Kafka, is in tests/integration/test_idempotency.py."""
+committed, a failure during a hand-over ends the worker (and still closes its committer,
+readers and producers), and spill failures that keep coming end it instead of being
+recovered from again and again. The recovery itself, against Kafka, is in
+tests/integration/test_idempotency.py."""
 
 from __future__ import annotations
 
