@@ -81,7 +81,9 @@ class DelayReader:
             self._thread = None
 
     def _run(self) -> None:
-        consumer = Consumer(self._config)
+        consumer = self._consumer()
+        if consumer is None:
+            return
         try:
             while not self._closed:
                 _, _, request = self._requests.get()
@@ -105,6 +107,17 @@ class DelayReader:
                     return
         finally:
             consumer.close()
+
+    def _consumer(self) -> Consumer | None:
+        """The reader's consumer, made again after a failure: a thread ended here would
+        leave every far message of the worker unread, and say nothing (None once closed)."""
+        while not self._closed:
+            try:
+                return Consumer(self._config)
+            except Exception:
+                log.exception("delay reader: no consumer; trying again")
+                time.sleep(1.0)
+        return None
 
     def _read(
         self, consumer: Consumer, partition: int, offsets: list[int], max_bytes: int | None = None

@@ -1,0 +1,50 @@
+"""The delay reader's thread without Kafka: what it does when its consumer cannot be made
+(streams/kafka/delay_reader.py; its reads against a broker are in
+tests/integration/test_delayed.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from streams.engine.delay import Fetched
+from streams.kafka import delay_reader
+from streams.kafka.delay_reader import DelayReader
+
+
+class Made:
+    """A consumer that reads nothing; the first one asked for fails to be made."""
+
+    made = 0
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        Made.made += 1
+        if Made.made == 1:
+            raise RuntimeError("no thread for the consumer")
+        self.closed = False
+
+    def unassign(self) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_consumer_that_fails_to_be_made_is_made_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The thread ended when its consumer failed to be made, and every read-back asked of
+    it afterwards waited for good: far messages never released, and nothing said."""
+    monkeypatch.setattr(delay_reader, "Consumer", Made)
+    reader = DelayReader({}, "ns.delay")
+    answer: asyncio.Future[tuple[list[Fetched], list[int]]] = (
+        asyncio.get_running_loop().create_future()
+    )
+    try:
+        reader.fetch(0, [], lambda found, missing: answer.set_result((found, missing)))
+        assert await asyncio.wait_for(answer, 30) == ([], [])
+    finally:
+        await asyncio.to_thread(reader.close)
+    assert Made.made == 2
+    assert any("no consumer; trying again" in r.getMessage() for r in caplog.records)
