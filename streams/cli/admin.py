@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from streams.cli import output
+from streams.errors import KourierError
 
 #: The control verbs that take filters instead of one id.
 BULK_OPS = ("cancel", "kill", "purge", "resume")
@@ -42,8 +43,19 @@ def bulk_filter(args: argparse.Namespace) -> dict[str, str] | None:
     return filters or None
 
 
-def http(method: str, url: str, payload: Any = None) -> tuple[int, Any]:
-    """One JSON request; returns (status, decoded body) for 2xx and 4xx/5xx alike."""
+class Unanswered(KourierError):
+    """The admin API or the ingress could not be reached, or did not answer in time: the
+    same command may succeed later (exit 1, "try again")."""
+
+    retriable = True
+
+
+def http(
+    method: str, url: str, payload: Any = None, timeout: float | None = 120.0
+) -> tuple[int, Any]:
+    """One JSON request; returns (status, decoded body) for 2xx and 4xx/5xx alike. With
+    ``timeout`` None it waits as long as the server takes (an attach, a bulk action)."""
+    from http.client import HTTPException
     from urllib.error import HTTPError, URLError
     from urllib.request import Request, urlopen
 
@@ -55,7 +67,7 @@ def http(method: str, url: str, payload: Any = None) -> tuple[int, Any]:
     if token:
         request.add_header("authorization", f"Bearer {token}")
     try:
-        with urlopen(request, timeout=120) as response:
+        with urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")
     except HTTPError as error:
         body = error.read()
@@ -65,7 +77,12 @@ def http(method: str, url: str, payload: Any = None) -> tuple[int, Any]:
             return error.code, {"code": error.code, "message": body.decode(errors="replace")}
     except URLError as error:
         message = f"cannot reach {url}: {error.reason} (is `kourier ingress` up?)"
-        raise ConnectionError(message) from None
+        raise Unanswered(message) from None
+    except TimeoutError:
+        within = "" if timeout is None else f" within {timeout:.0f} s"
+        raise Unanswered(f"no answer from {url}{within}") from None
+    except (OSError, HTTPException) as error:  # the connection dropped mid-answer
+        raise Unanswered(f"no answer from {url}: {error!r}") from None
 
 
 def admin(args: argparse.Namespace) -> int:
@@ -76,7 +93,8 @@ def admin(args: argparse.Namespace) -> int:
         status, body = http("GET", f"{base}/services")
         render = output.services
     elif args.command == "state":
-        status, body = http("GET", f"{base}/state/{quote(args.service)}/{quote(args.key)}")
+        service, key = quote(args.service, safe=""), quote(args.key, safe="")  # a key's "/"
+        status, body = http("GET", f"{base}/state/{service}/{key}")
         render = output.state
     elif op == "list":
         query = {"status": args.status, "service": args.service, "key": args.key}
@@ -91,7 +109,8 @@ def admin(args: argparse.Namespace) -> int:
         render = output.detail
     elif op == "attach":
         ingress = args.ingress_url.rstrip("/")
-        status, body = http("GET", f"{ingress}/restate/attach/{quote(args.id)}")
+        # As long as it runs: a delayed send, a workflow waiting on a promise.
+        status, body = http("GET", f"{ingress}/restate/attach/{quote(args.id)}", timeout=None)
     else:
         filters = bulk_filter(args)
         if filters is not None:
@@ -130,6 +149,6 @@ def bulk(args: argparse.Namespace, base: str, filters: dict[str, str]) -> int:
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("kourier: nothing done", file=sys.stderr)
             return 1
-    status, done = http("POST", url, {"ids": dry["ids"]})
+    status, done = http("POST", url, {"ids": dry["ids"]}, timeout=None)  # 30 s a control
     code = show(args, status, done, output.bulk)
     return code if code else (1 if done.get("failed") else 0)

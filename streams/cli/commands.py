@@ -318,9 +318,8 @@ def dev(args: argparse.Namespace) -> int:
     services = load_services(args.module)
     data_dir = Path(args.data)
     started_broker = False
-    if os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers:
-        settings = _settings(args)
-    else:
+    settings = _settings(args)  # refused before a broker starts that nothing would stop
+    if not (os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers):
         with dump.default_mask():  # the brokers as `kourier broker start` starts them
             if args.nodes > 1:
                 cluster = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port)
@@ -328,7 +327,7 @@ def dev(args: argparse.Namespace) -> int:
             else:
                 bootstrap = broker.start(data_dir, port=args.kafka_port).bootstrap
         started_broker = True
-        settings = _settings(args).model_copy(update={"bootstrap_servers": bootstrap})
+        settings = settings.model_copy(update={"bootstrap_servers": bootstrap})
     try:
         create_topics(settings)
         worker = Worker(settings, services)
