@@ -13,6 +13,9 @@ class TerminalError(Exception):
     def __init__(self, message: str, status_code: int = 500) -> None:
         if not 400 <= status_code <= 599:
             raise ValueError(f"status_code must be 400-599, got {status_code}")
+        # ``raise TerminalError(err, 400)`` with an exception or a dict for the message is
+        # common: the failure written for the caller holds its text.
+        message = message if isinstance(message, str) else str(message)
         super().__init__(message)
         self.message = message
         self.status_code = status_code

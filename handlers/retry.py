@@ -27,8 +27,12 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> timedelta:
         """Backoff before attempt ``attempt + 1``, where ``attempt`` (from 1) just failed."""
-        seconds = self.initial.total_seconds() * self.factor ** (attempt - 1)
-        return min(timedelta(seconds=seconds), self.max_interval)
+        cap = self.max_interval.total_seconds()
+        try:  # capped before it is a timedelta: retried forever, the growth overflows one
+            seconds = min(self.initial.total_seconds() * self.factor ** (attempt - 1), cap)
+        except OverflowError:  # the power alone, past a float's range
+            seconds = cap
+        return timedelta(seconds=seconds)
 
     def exhausted(self, attempt: int) -> bool:
         return self.max_attempts is not None and attempt >= self.max_attempts

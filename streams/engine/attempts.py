@@ -127,7 +127,11 @@ class Attempts:
             if stopped():
                 return None
             raise
-        except (asyncio.CancelledError, Exception) as error:
+        except GeneratorExit:  # the coroutine closed: it must not await again
+            raise
+        except BaseException as error:  # a library's own BaseException, or SystemExit
+            # from sys.exit() in a ctx.run action, fail the attempt as any exception does:
+            # out of the task, they ended the event loop, or left the key locked.
             if stopped():
                 return None
             # Kourier closes an invocation or its partition, or starts another attempt,

@@ -38,7 +38,13 @@ from handlers.service import handler_of
 from streams import tracing
 from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy
-from streams.engine.values import checked_headers, checked_id, due_after, writable
+from streams.engine.values import (
+    checked_headers,
+    checked_id,
+    checked_idempotency_key,
+    due_after,
+    writable,
+)
 from streams.wire.records import (
     Caller,
     Completion,
@@ -156,6 +162,11 @@ class InvocationContext(WorkflowContext):
     def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
         """Claim the next journal index; return the recorded entry when replaying."""
         self.invocation.check_open()
+        name = expected.get("name")
+        if name is not None and not isinstance(name, str):
+            # A UUID or an int for a state or promise name journals, then fails to be
+            # written (or read back): names are strings, as in the changelog's keys.
+            raise TypeError(f"the name of a {kind} must be a string, not {type(name).__name__}")
         index = self._cursor
         self._cursor += 1
         journal = self.invocation.journal
@@ -214,6 +225,7 @@ class InvocationContext(WorkflowContext):
         # here on replay too, so the handler's next operation meets the same entry, and no
         # entry is left behind that a retry would wait on forever.
         argument = writable(arg, f"the argument of {kind} {target.path()}")
+        idempotency_key = checked_idempotency_key(idempotency_key, f"{kind} {target.path()}")
         sent_headers = checked_headers(headers)
         due = due_after(delay, f"the delay of {target.path()}") if delay else None
         index, entry = self._step(kind, target=target)

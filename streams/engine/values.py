@@ -16,7 +16,7 @@ from typing import Any
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams.wire import ids
-from streams.wire.records import LAST_DUE, MAX_VALUE_BYTES, value_size
+from streams.wire.records import LAST_DUE, MAX_VALUE_BYTES, idempotency_key_refusal, value_size
 
 
 def checked_id(invocation_id: str) -> None:
@@ -72,6 +72,19 @@ def checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 
 _MAX_HEADER_BYTES = 64 * 1024
+
+
+def checked_idempotency_key(key: Any, what: str) -> str | None:
+    """A handler's idempotency key for a call or send: a string a record carries (400),
+    checked before anything is journaled, as the HTTP ingress and the client check it."""
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise TerminalError(f"the idempotency key of {what} must be a string", 400)
+    refusal = idempotency_key_refusal(key)
+    if refusal is not None:
+        raise TerminalError(f"{refusal} ({what})", 400)
+    return key
 
 
 #: Latest due time a timer or a delayed send may have: what a record carries.

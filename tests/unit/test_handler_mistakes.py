@@ -1,0 +1,160 @@
+"""Mistakes in handler code meet the handler, not the engine: each fails the invocation
+(or its attempt) where it was made, and never leaves a key locked by a dead task, crashes
+the worker or loses a send. Driven with the engine's harness, no Kafka."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from handlers import Context, ObjectContext, RetryPolicy, Service, TerminalError, VirtualObject
+from streams.wire.records import Target
+from tests.unit.harness import Harness, until
+
+ONCE = RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=2)
+objects = VirtualObject("Mistakes", retry=ONCE)
+services = Service("Sender", retry=ONCE)
+ran = {"action": 0, "send": 0}
+
+
+class Outcome(BaseException):
+    """A library's own ``BaseException`` (gevent's ``Timeout``, a test framework's)."""
+
+
+@objects.handler()
+async def wrapped(ctx: ObjectContext) -> str:
+    try:
+        int("x")
+    except ValueError as error:
+        raise TerminalError(error, 400) from None  # type: ignore[arg-type]  # not a str
+    return "never"
+
+
+@objects.handler()
+async def wrapped_in_run(ctx: ObjectContext) -> str:
+    def action() -> str:
+        ran["action"] += 1
+        raise TerminalError({"why": "no stock"}, 409)  # type: ignore[arg-type]
+
+    try:
+        return await ctx.run("reserve", action)
+    except TerminalError as error:
+        return f"handled: {error.message}"
+
+
+@objects.handler()
+async def odd_name(ctx: ObjectContext) -> str:
+    ctx.set(uuid.UUID(int=1), 1)  # type: ignore[arg-type]
+    return "set"
+
+
+@objects.handler()
+async def base_exception(ctx: ObjectContext) -> str:
+    raise Outcome("a library's outcome")
+
+
+@objects.handler()
+async def exits(ctx: ObjectContext) -> str:
+    return await ctx.run("leave", lambda: sys.exit(3))  # type: ignore[no-any-return]
+
+
+@objects.handler()
+async def put(ctx: ObjectContext, n: int) -> int:
+    return n
+
+
+@services.handler()
+async def sends_with_an_empty_key(ctx: Context) -> str:
+    ran["send"] += 1
+    ctx.service_send("Sender", "echo").send(1, idempotency_key="")
+    return "sent"
+
+
+@services.handler()
+async def calls_with_a_long_key(ctx: Context) -> int:
+    return await ctx.service("Sender", "echo").request(1, idempotency_key="k" * 2000)
+
+
+@services.handler()
+async def echo(ctx: Context, x: int) -> int:
+    return x
+
+
+def mistake(handler: str) -> Target:
+    return Target(service="Mistakes", key="k", handler=handler)
+
+
+async def test_a_terminal_error_whose_message_is_no_string_fails_with_its_text() -> None:
+    """Its ``Failure`` refused the message: raised inside the ``except`` that caught the
+    terminal error, it left the invocation running with a dead task and the key locked."""
+    harness = Harness([objects])
+    harness.call(mistake("wrapped"), request_id="wrapped")
+    harness.call(mistake("wrapped_in_run"), request_id="in-run")
+    harness.call(mistake("put"), 5, request_id="next")
+    await until(lambda: {"wrapped", "in-run", "next"} <= set(harness.responses()))
+    answers = harness.responses()
+    failure = answers["wrapped"].failure
+    assert failure is not None
+    assert (failure.code, failure.message) == (
+        400, "invalid literal for int() with base 10: 'x'"
+    )  # fmt: skip
+    assert answers["in-run"].value == "handled: {'why': 'no stock'}"
+    assert ran["action"] == 1, "a terminal error in ctx.run was retried"
+    assert answers["next"].value == 5, "the key stayed locked"
+
+
+async def test_a_state_name_that_is_no_string_fails_the_attempt_not_the_worker() -> None:
+    """``ctx.set(uuid, 1)`` journaled and answered, then the changelog record could not be
+    written: the snapshot raised, which ended the worker, and the next owner likewise."""
+    harness = Harness([objects])
+    inv_id = harness.call(mistake("odd_name"), request_id="odd")
+    await until(lambda: harness.processor.invocations[inv_id].meta.status == "paused")
+    assert "name of a set must be a string, not UUID" in (
+        harness.processor.invocations[inv_id].meta.last_error or ""
+    )
+    harness.processor.flush()  # raised TypeError
+    assert "odd" not in harness.responses()
+
+
+@pytest.mark.parametrize("handler", ["base_exception", "exits"])
+async def test_a_base_exception_of_a_handler_fails_its_attempt(handler: str) -> None:
+    """Caught only as ``Exception``, it left the invocation running with no task (a
+    library's), or ended the event loop (``SystemExit`` from an action's ``sys.exit``)."""
+    harness = Harness([objects])
+    inv_id = harness.call(mistake(handler), request_id=handler)
+    await until(lambda: harness.processor.invocations[inv_id].meta.status == "paused")
+    meta = harness.processor.invocations[inv_id].meta
+    assert meta.attempt == 2
+    expected = "Outcome: a library's outcome" if handler == "base_exception" else "SystemExit: 3"
+    assert expected in (meta.last_error or "")
+
+
+async def test_a_handlers_idempotency_key_no_record_can_carry_is_its_400() -> None:
+    """Journaled before the record was refused: a send was answered as sent and never
+    made, and a call waited for good, its key locked."""
+    harness = Harness([services], loopback=True)
+    harness.call(Target(service="Sender", handler="sends_with_an_empty_key"), request_id="send")
+    harness.call(Target(service="Sender", handler="calls_with_a_long_key"), request_id="call")
+    await until(lambda: {"send", "call"} <= set(harness.responses()))
+    answers = harness.responses()
+    sent, called = answers["send"].failure, answers["call"].failure
+    assert sent is not None
+    assert called is not None
+    assert (sent.code, called.code) == (400, 400)
+    assert "idempotency key is empty" in sent.message
+    assert "idempotency key of 2000 characters" in called.message
+    assert ran["send"] == 1
+    assert not [i for i in harness.invokes() if i["target"]["handler"] == "echo"]
+
+
+def test_backing_off_forever_stays_at_the_longest_interval() -> None:
+    """Past attempt 1,000 or so the growth was past a float's range and the back-off
+    raised ``OverflowError``; past 52 with the defaults, past a timedelta's."""
+    forever = RetryPolicy(max_attempts=None)
+    assert forever.delay(52) == forever.delay(5_000) == timedelta(seconds=60)
+    steep = RetryPolicy(factor=1000.0, max_interval=timedelta(milliseconds=2))
+    assert steep.delay(400) == timedelta(milliseconds=2)
+    assert forever.delay(1) == timedelta(milliseconds=50)
