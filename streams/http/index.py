@@ -11,6 +11,7 @@ it never appears here; its caller has its outcome.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import threading
@@ -41,6 +42,11 @@ def waiting_on(meta: InvocationMeta, journal: list[Entry]) -> list[str]:
         for i, entry in enumerate(journal)
         if not entry.done and entry.kind != "select"
     ]
+
+
+def _due_first(meta: InvocationMeta) -> tuple[bool, float]:
+    """Sorts invocations with no due time first, then by due time."""
+    return meta.due is not None, meta.due or 0.0
 
 
 def summary(meta: InvocationMeta, links: CallLinks | None = None) -> dict[str, Any]:
@@ -199,8 +205,11 @@ class InvocationIndex:
                 self._apply_state(key, value)
             else:
                 self._apply_invocation(key, value)
-        except (ValueError, ValidationError, RecursionError):
-            return  # a record this version does not understand: not the index's to judge
+        except (ValueError, ValidationError, RecursionError, TypeError, LookupError):
+            # A record this version does not understand (a state key of another shape among
+            # them): not the index's to judge. Raised, it ended the thread that follows the
+            # changelogs, and the views stood still from then on.
+            return
 
     def _apply_invocation(self, key: bytes, value: bytes | None) -> None:
         applied = self.log.apply(key, value)
@@ -216,7 +225,11 @@ class InvocationIndex:
         if is_promise:
             return
         if value is None:
-            self.state.get((service, obj), {}).pop(name, None)
+            names = self.state.get((service, obj))
+            if names is not None:
+                names.pop(name, None)
+                if not names:  # an object whose state is cleared (a workflow that ended)
+                    del self.state[(service, obj)]
         else:
             self.state.setdefault((service, obj), {})[name] = json.loads(value)
 
@@ -230,16 +243,13 @@ class InvocationIndex:
         key: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = [
-                summary(meta, self.links)
-                for meta in self._matching(status=status, service=service, key=key)
-            ]
-        if status == "scheduled":  # the soonest due first, so the limit keeps those
-            rows.sort(key=lambda r: str(r.get("due_at") or ""))
-        else:
-            rows.sort(key=lambda r: str(r["created_at"]), reverse=True)
-        return rows[:limit]
+        with self._lock:  # rows built for the ``limit`` kept only (the UI asks every second)
+            found = self._matching(status=status, service=service, key=key)
+            if status == "scheduled":  # the soonest due first, so the limit keeps those
+                kept = heapq.nsmallest(limit, found, key=_due_first)
+            else:
+                kept = heapq.nlargest(limit, found, key=lambda m: m.created_at)
+            return [summary(meta, self.links) for meta in kept]
 
     def matching(
         self, *, status: str | None = None, service: str | None = None, key: str | None = None

@@ -195,3 +195,39 @@ def test_the_index_links_sends_from_changelog_records() -> None:
     assert forgotten is not None
     assert "caller" not in forgotten
     assert forgotten["tree"]["callers"] == []
+
+
+def test_the_index_passes_over_a_state_record_of_another_shape_and_forgets_empty_objects() -> (
+    None
+):
+    """A state key of another shape raised out of the index's thread (a ``TypeError`` or an
+    ``IndexError``, which it did not catch): the thread ended and the admin views stood
+    still. An object whose every name was cleared kept an empty entry for good."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.state
+    for key in (b"[]", b'["A", "b"]', b'{"a": 1}', b"5", b'[["x"], "k", "n"]'):
+        index._apply(topic, key, b"1")
+    index._apply(topic, b'["Tally", "k", "count"]', b"3")
+    assert index.state == {("Tally", "k"): {"count": 3}}
+    index._apply(topic, b'["Tally", "k", "count"]', None)
+    assert index.state == {}, "an object with no state left is still held"
+
+
+def test_a_list_builds_rows_for_the_newest_it_keeps_in_the_order_it_did() -> None:
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    made = []
+    for n in range(50):
+        inv_id = an_id(f"inv-{n}")
+        made.append(inv_id)
+        record = meta(inv_id, "h")
+        record.created_at = 100.0 + n
+        index._apply(topic, meta_key(inv_id), record.to_json())
+    assert [row["id"] for row in index.query(limit=3)] == made[:-4:-1]
+    due = {made[7]: 9.0, made[3]: 5.0, made[20]: 7.0}
+    for inv_id, at in due.items():
+        record = meta(inv_id, "h", "scheduled")
+        record.due = at
+        index._apply(topic, meta_key(inv_id), record.to_json())
+    soonest = index.query(status="scheduled", limit=2)
+    assert [row["id"] for row in soonest] == [made[3], made[20]]
