@@ -197,9 +197,7 @@ def test_the_index_links_sends_from_changelog_records() -> None:
     assert forgotten["tree"]["callers"] == []
 
 
-def test_the_index_passes_over_a_state_record_of_another_shape_and_forgets_empty_objects() -> (
-    None
-):
+def test_the_index_passes_over_a_state_record_of_another_shape_and_forgets_empty_objects() -> None:
     """A state key of another shape raised out of the index's thread (a ``TypeError`` or an
     ``IndexError``, which it did not catch): the thread ended and the admin views stood
     still. An object whose every name was cleared kept an empty entry for good."""
