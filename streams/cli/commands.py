@@ -420,11 +420,15 @@ def dlq(args: argparse.Namespace) -> int:
     from streams.kafka import deadletters
 
     settings = _settings(args)
-    letters = deadletters.read(settings, reason=args.reason)
     if args.op == "list":
-        rows = [letter.model_dump(mode="json") for letter in letters[-args.limit :]]
-        output.emit(args, rows, output.dead_letters)
+        letters = deadletters.read(settings, reason=args.reason, last=args.limit)
+        output.emit(args, [letter.model_dump(mode="json") for letter in letters],
+                    output.dead_letters)  # fmt: skip
         return 0
+    if not args.all and not args.offset:  # a usage error: known before the topic is read
+        say("kourier: error: give --offset N (repeatable) or --all")
+        return 2
+    letters = deadletters.read(settings, reason=args.reason)
     chosen = [x for x in letters if args.all or x.dlq_offset in set(args.offset or [])]
     if args.all:  # letters that cannot be replayed are left where they are, and named
         ingress = Topics(settings.namespace).ingress
@@ -442,9 +446,9 @@ def dlq(args: argparse.Namespace) -> int:
                 " nothing was replayed (`kourier dlq list` shows them)"
             )
             return 2
-    if not chosen:
-        say("kourier: nothing to replay: give --offset N (repeatable) or --all")
-        return 1
+    if not chosen:  # --all, and no letter (of --reason) that can be replayed
+        say("kourier: nothing to replay")
+        return 0
     try:
         count = deadletters.replay(settings, chosen)
     except ValueError as error:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
+from streams.errors import KourierError
 from streams.kafka.offsets import (
     TOPIC_GRACE,
     Refusals,
@@ -28,11 +30,23 @@ from streams.wire.records import DeadLetter
 from streams.wire.topics import Topics
 
 
+class ReadTimeout(KourierError, TimeoutError):
+    """The dead-letter topic was not read to its end in time (Kafka slow, or the topic
+    large): the same command may succeed later."""
+
+    retriable = True
+
+
 def read(
-    settings: Settings, *, reason: str | None = None, timeout: float = 30.0
+    settings: Settings,
+    *,
+    reason: str | None = None,
+    timeout: float = 30.0,
+    last: int | None = None,
 ) -> list[DeadLetter]:
-    """Every dead letter now on the topic (oldest first), optionally of one ``reason``;
-    ``MissingTopics`` when the namespace has no dead-letter topic."""
+    """Every dead letter now on the topic (oldest first), optionally of one ``reason``,
+    or the ``last`` of them only (the others are not kept meanwhile); ``MissingTopics``
+    when the namespace has no dead-letter topic, ``ReadTimeout`` past ``timeout``."""
     topics = Topics(settings.namespace)
     refusals = Refusals()  # a connection refused (TLS, SASL) raises at once
     config: dict[str, Any] = settings.client_config(
@@ -44,18 +58,18 @@ def read(
         }
     )
     consumer = Consumer({**config, "error_cb": refusals})
-    letters: list[DeadLetter] = []
+    letters: deque[DeadLetter] = deque(maxlen=last)
     try:
         required_topics(consumer, [topics.deadletter], min(timeout, TOPIC_GRACE), refusals)
         tp = TopicPartition(topics.deadletter, 0, OFFSET_BEGINNING)
-        _, end = watermarks(consumer, tp)
-        if end == 0:
-            return letters
+        low, end = watermarks(consumer, tp)
+        if low >= end:  # none, or all deleted (retention): no position would pass the end
+            return []
         consumer.assign([tp])
         deadline = time.monotonic() + timeout
         while consumer.position([tp])[0].offset < end:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topics.deadletter} took longer than {timeout}s")
+                raise ReadTimeout(f"reading {topics.deadletter} took longer than {timeout:.0f} s")
             for message in consume_ready(consumer, 500, 0.1):
                 if message.error() is not None:
                     continue
@@ -72,7 +86,7 @@ def read(
                     letters.append(letter)
     finally:
         consumer.close()
-    return letters
+    return list(letters)
 
 
 def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 30.0) -> int:

@@ -16,13 +16,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from handlers.exceptions import TerminalError
 from streams.client import Client
 from streams.kafka import deadletters
+from streams.kafka.admin import admin_client
 from streams.kafka.offsets import MissingTopics
 from streams.kafka.worker import Worker
 from streams.metrics import DEADLETTERS
@@ -152,6 +153,8 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
     assert [(row["reason"], row["dlq_offset"]) for row in listed] == [
         ("bad-schema", found[b"bad-1"].dlq_offset)
     ]
+    newest = await asyncio.to_thread(kourier, "list", "--limit", "2")
+    assert [row["dlq_offset"] for row in newest] == sorted(x.dlq_offset for x in letters)[-2:]
     offset = found[b"bad-0"].dlq_offset
     # An offset that holds no dead letter (of that reason) replays nothing, and says so.
     for extra in (["--offset", str(offset + 10_000)], ["--reason", "bad-schema"]):
@@ -177,6 +180,20 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
             break
         await asyncio.sleep(0.1)
     assert [letter.original_value() for letter in again] == [b"not json at all"] * 2
+    # Every record deleted (as retention would): nothing to read, said at once. The read
+    # waited for a position past the end, which a consumer with nothing to fetch never has.
+    dlq = TopicPartition(topics.namespace + ".deadletter", 0)
+    marks = Consumer(topics.client_config({"group.id": f"{topics.namespace}.marks"}))
+    try:
+        _, dlq.offset = await asyncio.to_thread(marks.get_watermark_offsets, dlq, 10)
+    finally:
+        marks.close()
+    admin = admin_client(topics)  # kept while its futures are waited for
+    for future in admin.delete_records([dlq]).values():
+        future.result(30)
+    began = time.monotonic()
+    assert await asyncio.to_thread(deadletters.read, topics, timeout=20) == []
+    assert time.monotonic() - began < 10
 
 
 async def test_bad_delay_records_are_dead_lettered_and_delays_go_on(

@@ -70,6 +70,26 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
     assert KafkaUnavailable.retriable, "Kafka away: the same send may succeed later"
     assert issubclass(RestoreError, KourierError)
     assert RestoreError.retriable, "a slow restore: the take-over is tried again"
+    from streams.cli.admin import Unanswered
+    from streams.kafka.deadletters import ReadTimeout
+
+    for slow in (ReadTimeout, Unanswered):  # a bare TimeoutError was a traceback
+        assert issubclass(slow, KourierError)
+        assert slow.retriable, f"{slow.__name__}: the same command may succeed later"
+
+
+def test_a_replay_that_names_no_letter_is_a_usage_error_before_kafka_is_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It read the whole dead-letter topic first, then exited 1."""
+    from streams.cli import parser
+    from streams.kafka import deadletters
+
+    monkeypatch.setattr(deadletters, "read", lambda *args, **kwargs: pytest.fail("read"))
+    assert parser.main(["dlq", "replay"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "kourier: error: give --offset N (repeatable) or --all"
+    )
 
 
 def test_a_long_running_command_keeps_its_startup_objects_from_the_collector(
