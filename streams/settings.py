@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from streams.errors import KourierError
 from streams.wire.headers import DENIED_HEADERS
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -107,6 +108,8 @@ class Settings(BaseModel):
             duration = short_duration(text)
         except OverflowError:
             raise ValueError(f"duration {text!r} is too long") from None
+        if duration is None and not text.upper().startswith("P"):  # ISO-8601 left to pydantic
+            raise ValueError(f"invalid duration {text!r}: use 500ms, 90s, 10m, 1h or PT90S")
         return text if duration is None else duration
 
     @property
@@ -119,27 +122,24 @@ class Settings(BaseModel):
         """Build settings from ``KOURIER_*`` variables; non-``None`` overrides (CLI flags) win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for field, var in (
-            ("bootstrap_servers", "KOURIER_BOOTSTRAP_SERVERS"),
-            ("namespace", "KOURIER_NAMESPACE"),
-            ("partitions", "KOURIER_PARTITIONS"),
-            ("token", "KOURIER_TOKEN"),
-            ("call_timeout", "KOURIER_CALL_TIMEOUT"),
-            ("stall_after", "KOURIER_STALL_AFTER"),
-            ("run_threads", "KOURIER_RUN_THREADS"),
-            ("replication_factor", "KOURIER_REPLICATION_FACTOR"),
-        ):
-            if env.get(var):
-                values[field] = env[var]
+        named = {field: var for field, var in _VARIABLES if env.get(var)}  # what said what
+        for field, var in named.items():
+            values[field] = env[var]
         if env.get("KOURIER_DENIED_HEADERS"):
             values["denied_headers"] = tuple(env["KOURIER_DENIED_HEADERS"].split(","))
+            named["denied_headers"] = "KOURIER_DENIED_HEADERS"
         values["kafka"] = {
             name[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
             for name, value in env.items()
             if name.startswith(_KAFKA_PREFIX)
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        values.update(flags)
+        named.update({field: "--" + field.replace("_", "-") for field in flags})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise SettingsError(_one_line(error, named)) from None
 
     def client_config(
         self, extra: Mapping[str, ClientValue] | None = None, /, **more: ClientValue
@@ -164,3 +164,30 @@ class Settings(BaseModel):
             data["token"] = "***"
         data["kafka"] = {k: ("***" if k in SECRET_PROPERTIES else v) for k, v in self.kafka.items()}
         return data
+
+
+#: The variables :meth:`Settings.from_env` reads, by the field each sets.
+_VARIABLES = (
+    ("bootstrap_servers", "KOURIER_BOOTSTRAP_SERVERS"),
+    ("namespace", "KOURIER_NAMESPACE"),
+    ("partitions", "KOURIER_PARTITIONS"),
+    ("token", "KOURIER_TOKEN"),
+    ("call_timeout", "KOURIER_CALL_TIMEOUT"),
+    ("stall_after", "KOURIER_STALL_AFTER"),
+    ("run_threads", "KOURIER_RUN_THREADS"),
+    ("replication_factor", "KOURIER_REPLICATION_FACTOR"),
+)
+
+
+class SettingsError(KourierError, ValueError):
+    """A ``KOURIER_*`` variable or a flag whose value cannot be used: one line naming it."""
+
+
+def _one_line(error: ValidationError, named: Mapping[str, str]) -> str:
+    """Each refused value as ``NAME='value': why``, by the variable or flag that gave it."""
+    said = []
+    for found in error.errors():
+        field = str(found["loc"][0]) if found["loc"] else ""
+        why = str(found["msg"]).removeprefix("Value error, ")
+        said.append(f"{named.get(field, field)}={found.get('input')!r}: {why}")
+    return "; ".join(said)

@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 from streams.wire.topics import Topics
 
 
@@ -30,8 +30,22 @@ def test_stall_after_is_read_as_a_duration() -> None:
     assert Settings.from_env({"KOURIER_STALL_AFTER": "90s"}).stall_after == timedelta(seconds=90)
     assert Settings.from_env({"KOURIER_STALL_AFTER": "5"}).stall_after == timedelta(seconds=5)
     for too_short in ("0s", "500ms"):
-        with pytest.raises(ValidationError, match="stall_after"):
+        with pytest.raises(SettingsError, match="KOURIER_STALL_AFTER"):
             Settings.from_env({"KOURIER_STALL_AFTER": too_short})
+
+
+def test_values_that_cannot_be_used_are_named_in_one_line_by_where_they_came_from() -> None:
+    """pydantic's report ran over many lines, named the field (``call_timeout``), not the
+    variable, and for ``5x`` spoke of a "day identifier" in an ISO-8601 duration."""
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"KOURIER_CALL_TIMEOUT": "5x"}, partitions=0)
+    said = str(refused.value)
+    assert "\n" not in said
+    assert said.split("; ") == [
+        "--partitions=0: Input should be greater than or equal to 1",
+        "KOURIER_CALL_TIMEOUT='5x': invalid duration '5x': use 500ms, 90s, 10m, 1h or PT90S",
+    ]
+    assert isinstance(refused.value, ValueError)  # the CLI's exit 2
 
 
 @pytest.mark.parametrize("bad", ["", "has space", "a/b", "x" * 101])
