@@ -1,95 +1,172 @@
-"""``kourier invocations|state`` against a stand-in admin API on loopback: the paths they
-ask for and what they say when it does not answer (streams/cli/admin.py; against the real
-admin API in tests/integration/test_admin.py); and ``kourier dev`` refusing a bad setting
-before it starts a broker."""
+"""``kourier invocations cancel|kill ...`` by id or by filter, and what the CLI prints:
+checked against a stand-in admin API (a local HTTP server, no broker)."""
 
 from __future__ import annotations
 
 import json
-import logging
-import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
-from streams.cli import admin, parser
-from streams.kafka import broker
+from streams.cli import output
+from streams.cli.admin import bulk_filter
+from streams.cli.parser import build_parser
+
+IDS = ["inv_1", "inv_2"]
 
 
-class Recorder(BaseHTTPRequestHandler):
-    """Answers every GET with one object's state, and keeps the paths asked for."""
+def parse(*argv: str) -> Any:
+    return build_parser().parse_args(list(argv))
 
-    paths: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:
-        Recorder.paths.append(self.path)
-        body = json.dumps({"service": "Tally", "key": "a/b", "state": {}}).encode()
+def test_a_control_verb_takes_an_id_or_filters_never_both_nor_neither() -> None:
+    assert bulk_filter(parse("invocations", "cancel", "inv_1")) is None
+    chosen = parse("invocations", "kill", "--service", "Trip", "--status", "running", "--dry-run")
+    assert bulk_filter(chosen) == {"service": "Trip", "status": "running"}
+    assert chosen.dry_run
+    assert not chosen.yes
+    assert chosen.limit == 1000
+    with pytest.raises(ValueError, match="not both"):
+        bulk_filter(parse("invocations", "cancel", "inv_1", "--key", "k"))
+    with pytest.raises(ValueError, match="needs an invocation id, or filters"):
+        bulk_filter(parse("invocations", "purge"))
+    with pytest.raises(ValueError, match="--dry-run goes with filters"):
+        bulk_filter(parse("invocations", "resume", "inv_1", "--dry-run"))
+    with pytest.raises(SystemExit):
+        parse("invocations", "cancel", "--status", "runing")  # argparse: not a status
+
+
+def test_every_data_command_takes_json() -> None:
+    for argv in (
+        ["invocations", "list"], ["invocations", "describe", "inv_1"], ["invocations", "deadlocks"],
+        ["invocations", "cancel", "--service", "S"], ["invocations", "attach", "inv_1"],
+        ["services"], ["state", "get", "Counter", "ada"], ["dlq", "list"], ["dlq", "replay"],
+        ["call", "Greeter/greet", '"Ada"'], ["send", "Greeter/greet"], ["topics", "describe"],
+        ["topics", "create"], ["broker", "status"], ["broker", "start"],
+    ):  # fmt: skip
+        assert parse(*argv, "--json").json is True, argv
+    called = parse("call", "Greeter/greet", '"Ada"', "--json")
+    assert called.argument == '"Ada"', "the argument and the flag do not meet"
+    assert parse("send", "Greeter/greet", "1").json is False
+
+
+class Admin(BaseHTTPRequestHandler):
+    """Answers ``POST /invocations/{action}`` like the admin API, and records each request."""
+
+    requests: ClassVar[list[tuple[str, str, Any]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.requests.append(("POST", self.path, body))
+        dry = "dry_run=true" in self.path
+        answer: dict[str, Any] = {
+            "action": "cancel", "dry_run": dry, "filter": {"service": "Trip"}, "matched": 2,
+            "skipped": 0, "ids": IDS, "truncated": False,
+            "invocations": [{"id": i, "target": "T/a/h", "status": "running"} for i in IDS],
+        }  # fmt: skip
+        if not dry:
+            answer |= {"results": {i: {"code": 202, "status": "accepted"} for i in IDS},
+                       "succeeded": 2, "failed": 0}  # fmt: skip
+        data = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
+        self.send_header("content-length", str(len(data)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None: ...
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture
-def recording() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+def admin_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Admin)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    Recorder.paths.clear()
+    Admin.requests.clear()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
-        server.server_close()
-        thread.join(10)
+        thread.join()
 
 
-def test_state_get_asks_for_a_key_holding_a_slash_as_one_segment(recording: str) -> None:
-    """``quote`` keeps "/" by default: key ``a/b`` asked for ``/state/Tally/a/b``, a 404."""
-    code = parser.main(["state", "get", "Tally", "a/b", "--admin-url", recording, "--json"])
-    assert code == 0
-    assert Recorder.paths == ["/state/Tally/a%2Fb"]
+def kourier(admin_url: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *argv, "--admin-url", admin_url],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
-def test_an_admin_api_that_does_not_answer_is_one_line_that_says_to_try_again(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """A read past the timeout raised a bare ``TimeoutError``: a traceback. It may answer
-    later, so it is exit 1 with "try again", as for Kafka that does not answer."""
-    with socket.socket() as silent:  # accepts (the backlog) and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/services"
-        with pytest.raises(admin.Unanswered, match=r"no answer from .* within 0 s"):
-            admin.http("GET", url, timeout=0.2)
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]  # bound, not listening: refused
-        code = parser.main(["services", "--admin-url", f"http://127.0.0.1:{port}"])
-    assert code == 1
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("kourier: error: cannot reach"), line
-    assert line.endswith("(is `kourier ingress` up?); try again"), line
+def test_a_bulk_dry_run_lists_and_does_nothing(admin_url: str) -> None:
+    done = kourier(admin_url, "invocations", "cancel", "--service", "Trip", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ids"] == IDS, "piped: JSON"
+    assert [(m, p) for m, p, _ in Admin.requests] == [
+        ("POST", "/invocations/cancel?service=Trip&limit=1000&dry_run=true")
+    ]
 
 
-def test_kourier_dev_refuses_a_bad_setting_before_it_starts_a_broker(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The settings were read after the local broker had started, outside what stops it:
-    a bad value exited 2 and left the broker running."""
-    started: list[Path] = []
-    monkeypatch.setattr(broker, "start", lambda data, port=None: started.append(data))
-    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
-    monkeypatch.setenv("KOURIER_CALL_TIMEOUT", "5x")
-    monkeypatch.delenv("KOURIER_BOOTSTRAP_SERVERS", raising=False)
-    code = parser.main(["dev", "examples.quickstart", "--data", str(tmp_path)])
-    assert code == 2
-    assert started == [], "a broker was started for settings that are refused"
-    assert "kourier: error:" in capsys.readouterr().err
+def test_a_bulk_action_without_a_terminal_needs_yes(admin_url: str) -> None:
+    done = kourier(admin_url, "invocations", "cancel", "--service", "Trip")
+    assert done.returncode == 2
+    assert "2 invocations match; pass --yes" in done.stderr
+    assert len(Admin.requests) == 1, "only the dry run"
+
+
+def test_a_bulk_action_acts_on_what_its_dry_run_listed(admin_url: str) -> None:
+    done = kourier(admin_url, "invocations", "cancel", "--service", "Trip", "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["succeeded"] == 2
+    _, (_, path, body) = Admin.requests
+    assert path == "/invocations/cancel?service=Trip&limit=1000"
+    assert body == {"ids": IDS}, "exactly the listed ones"
+
+
+def test_a_person_reads_tables_and_trees() -> None:
+    listing = {
+        "invocations": [
+            {"id": "inv_1", "target": "Trip/a/reserve", "status": "scheduled", "attempt": 1,
+             "modified_at": "2025-01-01T00:00:00.000Z", "due_at": "2025-01-01T00:10:00.000Z"},
+        ],
+        "caught_up": True,
+    }  # fmt: skip
+    lines = output.invocations(listing).splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "TARGET",
+        "STATUS",
+        "ATTEMPT",
+        "MODIFIED_AT",
+        "DUE",
+        "/",
+        "ERROR",
+    ]
+    assert "due 2025-01-01T00:10:00.000Z" in lines[1]
+    described = {
+        "id": "inv_2", "target": "Trip/a/plan", "status": "suspended", "journal": [],
+        "tree": {
+            "callers": [{"id": "inv_0", "target": "Relay/go", "status": "suspended",
+                         "via": "call", "entry": 0}],
+            "callees": [{"id": "inv_3", "target": "Trip/a-hotel/reserve", "status": "completed",
+                         "via": "call", "entry": 0, "duration_ms": 12, "callees": [],
+                         "failure": {"code": 409, "message": "cancelled"}}],
+            "truncated": False,
+        },
+    }  # fmt: skip
+    text = output.detail(described)
+    assert "Relay/go inv_0 suspended" in text
+    assert "  call Trip/a/plan inv_2 suspended  <- this" in text
+    assert "    call Trip/a-hotel/reserve inv_3 completed took 12 ms failed 409 cancelled" in text
+    bulk = {"action": "kill", "ids": ["inv_1"], "matched": 3, "skipped": 1, "truncated": True,
+            "invocations": [{"id": "inv_1", "target": "T/h", "status": "running"}]}  # fmt: skip
+    summary = output.bulk(bulk).splitlines()
+    assert summary[0] == "would kill 1 invocation"
+    assert "3 match; only the newest 1 are taken" in summary[1]
+    assert output.table([], ["id"], "nothing") == "nothing"

@@ -1,0 +1,95 @@
+"""The paths the admin commands ask for and what they say when the admin API does not
+answer, against a stand-in on loopback (streams/cli/admin.py; bulk actions and output in
+tests/unit/test_cli_admin.py, the real admin API in tests/integration/test_admin.py); and
+``kourier dev`` refusing a bad setting before it starts a broker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from streams.cli import admin, parser
+from streams.kafka import broker
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every GET with one object's state, and keeps the paths asked for."""
+
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        Recorder.paths.append(self.path)
+        body = json.dumps({"service": "Tally", "key": "a/b", "state": {}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None: ...
+
+
+@pytest.fixture
+def recording() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Recorder.paths.clear()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_state_get_asks_for_a_key_holding_a_slash_as_one_segment(recording: str) -> None:
+    """``quote`` keeps "/" by default: key ``a/b`` asked for ``/state/Tally/a/b``, a 404."""
+    code = parser.main(["state", "get", "Tally", "a/b", "--admin-url", recording, "--json"])
+    assert code == 0
+    assert Recorder.paths == ["/state/Tally/a%2Fb"]
+
+
+def test_an_admin_api_that_does_not_answer_is_one_line_that_says_to_try_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A read past the timeout raised a bare ``TimeoutError``: a traceback. It may answer
+    later, so it is exit 1 with "try again", as for Kafka that does not answer."""
+    with socket.socket() as silent:  # accepts (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/services"
+        with pytest.raises(admin.Unanswered, match=r"no answer from .* within 0 s"):
+            admin.http("GET", url, timeout=0.2)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: refused
+        code = parser.main(["services", "--admin-url", f"http://127.0.0.1:{port}"])
+    assert code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("kourier: error: cannot reach"), line
+    assert line.endswith("(is `kourier ingress` up?); try again"), line
+
+
+def test_kourier_dev_refuses_a_bad_setting_before_it_starts_a_broker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The settings were read after the local broker had started, outside what stops it:
+    a bad value exited 2 and left the broker running."""
+    started: list[Path] = []
+    monkeypatch.setattr(broker, "start", lambda data, port=None: started.append(data))
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
+    monkeypatch.setenv("KOURIER_CALL_TIMEOUT", "5x")
+    monkeypatch.delenv("KOURIER_BOOTSTRAP_SERVERS", raising=False)
+    code = parser.main(["dev", "examples.quickstart", "--data", str(tmp_path)])
+    assert code == 2
+    assert started == [], "a broker was started for settings that are refused"
+    assert "kourier: error:" in capsys.readouterr().err
