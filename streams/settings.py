@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from streams.errors import KourierError
 from streams.wire.headers import DENIED_HEADERS
@@ -95,22 +102,28 @@ class Settings(BaseModel):
     def _lower_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(name.strip().lower() for name in value if name.strip())
 
-    @field_validator("call_timeout", "stall_after", mode="before")
+    @field_validator("call_timeout", "stall_after", mode="wrap")
     @classmethod
-    def _duration(cls, value: Any) -> Any:
-        """``KOURIER_CALL_TIMEOUT=90s`` (or ``500ms``, ``10m``, ``1h``; plain seconds too)."""
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
+    def _duration(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """``KOURIER_CALL_TIMEOUT=90s`` (or ``500ms``, ``10m``, ``1h``; plain seconds, and
+        what pydantic reads: ISO-8601 ``PT90S``, ``01:30:00``)."""
+        given = value
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                short = float(text) if _SECONDS.match(text) else short_duration(text)
+            except OverflowError:
+                raise ValueError(f"duration {text!r} is too long") from None
+            value = text if short is None else short
         try:
-            if _SECONDS.match(text):
-                return float(text)
-            duration = short_duration(text)
-        except OverflowError:
-            raise ValueError(f"duration {text!r} is too long") from None
-        if duration is None and not text.upper().startswith("P"):  # ISO-8601 left to pydantic
-            raise ValueError(f"invalid duration {text!r}: use 500ms, 90s, 10m, 1h or PT90S")
-        return text if duration is None else duration
+            return handler(value)
+        except ValidationError as error:
+            if not str(error.errors()[0]["type"]).startswith("time_delta"):
+                raise  # read, and out of bounds: pydantic's words say which
+            # Its words for "5x" are about ISO-8601's day identifier.
+            raise ValueError(
+                f"invalid duration {given!r}: use 500ms, 90s, 10m, 1h or PT90S"
+            ) from None
 
     @property
     def header_denylist(self) -> frozenset[str]:
@@ -139,7 +152,7 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as error:
-            raise SettingsError(_one_line(error, named)) from None
+            raise SettingsError(_one_line(error, named, values)) from None
 
     def client_config(
         self, extra: Mapping[str, ClientValue] | None = None, /, **more: ClientValue
@@ -183,11 +196,12 @@ class SettingsError(KourierError, ValueError):
     """A ``KOURIER_*`` variable or a flag whose value cannot be used: one line naming it."""
 
 
-def _one_line(error: ValidationError, named: Mapping[str, str]) -> str:
-    """Each refused value as ``NAME='value': why``, by the variable or flag that gave it."""
+def _one_line(error: ValidationError, named: Mapping[str, str], given: Mapping[str, Any]) -> str:
+    """Each refused value as ``NAME='value': why``, by the variable or flag that gave it,
+    as it was given."""
     said = []
     for found in error.errors():
         field = str(found["loc"][0]) if found["loc"] else ""
         why = str(found["msg"]).removeprefix("Value error, ")
-        said.append(f"{named.get(field, field)}={found.get('input')!r}: {why}")
+        said.append(f"{named.get(field, field)}={given.get(field, found.get('input'))!r}: {why}")
     return "; ".join(said)

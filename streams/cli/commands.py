@@ -446,11 +446,8 @@ def dlq(args: argparse.Namespace) -> int:
                 " nothing was replayed (`kourier dlq list` shows them)"
             )
             return 2
-    if not chosen:  # --all, and no letter (of --reason) that can be replayed
-        say("kourier: nothing to replay")
-        return 0
-    try:
-        count = deadletters.replay(settings, chosen)
+    try:  # none (--all, and no letter of --reason that can be replayed) replays nothing
+        count = deadletters.replay(settings, chosen) if chosen else 0
     except ValueError as error:
         say(f"kourier: {error}; nothing was replayed")
         return 1

@@ -127,11 +127,12 @@ class Attempts:
             if stopped():
                 return None
             raise
-        except GeneratorExit:  # the coroutine closed: it must not await again
+        except (GeneratorExit, KeyboardInterrupt, SystemExit):
+            # The coroutine closed (it must not await again), or a signal's handler ended
+            # the process (Ctrl-C, a sys.exit() on SIGTERM): asyncio ends the loop with them.
             raise
-        except BaseException as error:  # a library's own BaseException, or SystemExit
-            # from sys.exit() in a ctx.run action, fail the attempt as any exception does:
-            # out of the task, they ended the event loop, or left the key locked.
+        except BaseException as error:  # a library's own BaseException fails the attempt
+            # as any exception does: out of the task, it left the key locked.
             if stopped():
                 return None
             # Kourier closes an invocation or its partition, or starts another attempt,

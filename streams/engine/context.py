@@ -464,7 +464,11 @@ async def _perform(
         return await cast(Callable[[], Awaitable[T]], action)()
     context = contextvars.copy_context()
     loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(executor, context.run, action)
+    try:
+        result = await loop.run_in_executor(executor, context.run, action)
+    except (SystemExit, KeyboardInterrupt) as exc:  # the action's own: no signal lands there
+        # Out of the attempt's task, asyncio would end the event loop with it.
+        raise RuntimeError(f"the action raised {exc!r}") from None
     if inspect.isawaitable(result):
         return cast(T, await result)
     return cast(T, result)

@@ -205,11 +205,11 @@ class InvocationIndex:
                 self._apply_state(key, value)
             else:
                 self._apply_invocation(key, value)
-        except (ValueError, ValidationError, RecursionError, TypeError, LookupError):
+        except (ValueError, ValidationError, RecursionError, TypeError, LookupError) as error:
             # A record this version does not understand (a state key of another shape among
             # them): not the index's to judge. Raised, it ended the thread that follows the
             # changelogs, and the views stood still from then on.
-            return
+            log.debug("%s record %r passed over: %r", topic, key[:200], error)
 
     def _apply_invocation(self, key: bytes, value: bytes | None) -> None:
         applied = self.log.apply(key, value)

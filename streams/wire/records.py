@@ -471,7 +471,11 @@ def load_json(data: bytes | str) -> Any:
     beyond it (``NaN``, ``Infinity``, a number past a float's range), which a record would
     write again as ``null``, and for an integer past Python's 4,300 digits. Like the
     parser, ``RecursionError`` for JSON nested deeper than it goes."""
-    return json.loads(data, parse_constant=_not_json, parse_float=_finite)
+    if isinstance(data, bytes | bytearray):  # as json.loads reads bytes
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    elif data.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+    return _STRICT.decode(data)
 
 
 def _not_json(name: str) -> Any:
@@ -483,6 +487,10 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:40]} is past a float's range")
     return value
+
+
+#: One decoder for :func:`load_json`: ``json.loads`` with hooks would build one a call.
+_STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
 def value_size(value: Any) -> int:
@@ -543,10 +551,10 @@ def _check_surrogates(data: bytes) -> None:
     if _SURROGATE_ESCAPE.search(data) is None:
         return
     try:
-        dump_value(load_json(data))
+        dump_value(json.loads(data))  # as the decoder read it (NaN too), not load_json
     except UnicodeEncodeError:
         raise RecordError("bad-schema", "a string holds a lone UTF-16 surrogate") from None
-    except ValueError as exc:
+    except ValueError as exc:  # what the decoder took and Python's parser does not
         raise RecordError("not-json", str(exc)) from None
 
 

@@ -78,6 +78,19 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
         assert slow.retriable, f"{slow.__name__}: the same command may succeed later"
 
 
+def test_a_replay_of_all_with_nothing_to_replay_answers_as_one_that_replayed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 0 and JSON for a script, as any replay: it said so on stderr only."""
+    from streams.cli import parser
+    from streams.kafka import deadletters
+
+    monkeypatch.setattr(deadletters, "read", lambda *args, **kwargs: [])
+    monkeypatch.setattr(deadletters, "replay", lambda *args, **kwargs: pytest.fail("replay"))
+    assert parser.main(["dlq", "replay", "--all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"replayed": 0, "offsets": []}
+
+
 def test_a_replay_that_names_no_letter_is_a_usage_error_before_kafka_is_asked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,15 @@ from datetime import timedelta
 
 import pytest
 
-from handlers import Context, ObjectContext, RetryPolicy, Service, TerminalError, VirtualObject
+from handlers import (
+    Context,
+    ObjectContext,
+    RetryPolicy,
+    Service,
+    TerminalError,
+    VirtualObject,
+    select,
+)
 from streams.wire.records import Target
 from tests.unit.harness import Harness, until
 
@@ -128,8 +136,27 @@ async def test_a_base_exception_of_a_handler_fails_its_attempt(handler: str) -> 
     await until(lambda: harness.processor.invocations[inv_id].meta.status == "paused")
     meta = harness.processor.invocations[inv_id].meta
     assert meta.attempt == 2
-    expected = "Outcome: a library's outcome" if handler == "base_exception" else "SystemExit: 3"
-    assert expected in (meta.last_error or "")
+    expected = {"base_exception": "Outcome: a library's outcome",
+                "exits": "RuntimeError: the action raised SystemExit(3)"}  # fmt: skip
+    assert expected[handler] in (meta.last_error or "")
+
+
+@objects.handler()
+async def exits_in_a_select(ctx: ObjectContext) -> str:
+    leaving = ctx.run("leave", lambda: sys.exit(4))
+    waiting = ctx.sleep(timedelta(hours=1))
+    await select(leaving=leaving, waiting=waiting)
+    return "never"
+
+
+async def test_an_action_that_exits_inside_a_select_fails_its_attempt_too() -> None:
+    """``select`` awaits each branch in a task of its own, which asyncio lets a
+    ``SystemExit`` out of, ending the event loop: the action's is turned into an error."""
+    harness = Harness([objects])
+    inv_id = harness.call(mistake("exits_in_a_select"), request_id="select")
+    await until(lambda: harness.processor.invocations[inv_id].meta.status == "paused")
+    meta = harness.processor.invocations[inv_id].meta
+    assert "the action raised SystemExit(4)" in (meta.last_error or "")
 
 
 async def test_a_handlers_idempotency_key_no_record_can_carry_is_its_400() -> None:

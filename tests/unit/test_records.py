@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
 import jsonschema
@@ -132,3 +133,34 @@ def test_published_schemas_are_valid_and_match_the_records() -> None:
     # The schema rejects what the decoder rejects.
     assert not ingress.is_valid({"kind": "invoke", "target": {"service": "S"}})
     assert not ingress.is_valid({"kind": "completion", "invocation_id": "x"})
+
+
+def test_a_record_is_read_alike_whether_or_not_it_escapes_a_surrogate_pair() -> None:
+    """The surrogate check parses the record again: with the strict reader it refused a
+    ``NaN`` the decoder had taken, so an emoji escaped as ``\\ud83d\\ude00`` (Python's
+    ``json.dumps`` default) decided whether a record ran or was dead-lettered."""
+    base = (b'{"v":1,"kind":"invoke","target":{"service":"S","key":"k","handler":"h"},'
+            b'"argument":[NaN, %s]}')  # fmt: skip
+    plain = r.decode_ingress(base % b'"x"')
+    escaped = r.decode_ingress(base % b'"\\ud83d\\ude00"')
+    assert isinstance(plain, r.Invoke)
+    assert isinstance(escaped, r.Invoke)
+    assert isinstance(plain.argument, list)
+    assert isinstance(escaped.argument, list)
+    assert math.isnan(plain.argument[0])
+    assert math.isnan(escaped.argument[0])
+    assert escaped.argument[1] == "\U0001f600"
+
+
+def test_load_json_reads_json_and_refuses_what_python_takes_beyond_it() -> None:
+    assert r.load_json(b'{"a": [1, 2.5, "\\u00e9"]}') == {"a": [1, 2.5, "é"]}
+    assert r.load_json('{"a": 1}') == {"a": 1}
+    assert r.load_json('{"a": 1}'.encode("utf-16")) == {"a": 1}  # as json.loads detects it
+    refusals = {b"NaN": "NaN is not JSON", b"[-Infinity]": "-Infinity is not JSON",
+                b"1e400": "past a float's range", b"7" * 5_000: "4300 digits",
+                b"\xff": "can't decode", b"{": "Expecting"}  # fmt: skip
+    for refused, says in refusals.items():
+        with pytest.raises(ValueError, match=says):
+            r.load_json(refused)
+    with pytest.raises(RecursionError):
+        r.load_json(b"[" * 100_000 + b"]" * 100_000)

@@ -46,6 +46,12 @@ def test_values_that_cannot_be_used_are_named_in_one_line_by_where_they_came_fro
         "KOURIER_CALL_TIMEOUT='5x': invalid duration '5x': use 500ms, 90s, 10m, 1h or PT90S",
     ]
     assert isinstance(refused.value, ValueError)  # the CLI's exit 2
+    # What pydantic reads is still read, and a value out of bounds is named as given.
+    for given, read in (("PT90S", 90), ("01:30:00", 5400), ("+PT90S", 90), ("1d,01:02:03", 90123)):
+        timeout = Settings.from_env({"KOURIER_CALL_TIMEOUT": given}).call_timeout
+        assert timeout.total_seconds() == read
+    with pytest.raises(SettingsError, match=r"^KOURIER_STALL_AFTER='0s': Input should be greater"):
+        Settings.from_env({"KOURIER_STALL_AFTER": "0s"})
 
 
 @pytest.mark.parametrize("bad", ["", "has space", "a/b", "x" * 101])
