@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.agents.agent import current_agent
 from faust.streams import current_event
 from mode import Service
 from mode.utils.queues import ThrowableQueue
@@ -223,7 +224,8 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         self.outcomes: faust.ChannelT[ResponseRecord] = _Outcomes(app, value_type=ResponseRecord)
         self._client = Client(self.settings)
         # Calls made so far while processing each event, for the idempotency keys.
-        self._calls: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        # By event, the calls each agent has made for it so far (by the agent's name).
+        self._calls: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
         app.add_dependency(self)
 
     async def on_start(self) -> None:
@@ -365,9 +367,16 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                 "this event comes from a channel, not a Kafka topic, so no idempotency key "
                 "can be derived from it: pass idempotency_key="
             )
-        n = self._calls.get(event, 0)
-        self._calls[event] = n + 1
-        return f"faust:{self.app.conf.id}:{message.topic}:{message.partition}:{message.offset}:{n}"
+        # Faust hands one event to every agent that reads its topic, in whatever order they
+        # run: counted for the event alone, a redelivery could give agent A's call the
+        # number agent B's had, and each would run again under a key new to it.
+        agent = current_agent()
+        name = "" if agent is None else agent.name
+        counts = self._calls.setdefault(event, {})
+        n = counts.get(name, 0)
+        counts[name] = n + 1
+        where = f"{message.topic}:{message.partition}:{message.offset}"
+        return f"faust:{self.app.conf.id}:{name}:{where}:{n}"
 
     async def _produce(self, target: Target, record: InvokeRecord) -> None:
         """Write ``record`` now (not as a Faust attachment sent after the event is acked),

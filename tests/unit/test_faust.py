@@ -9,6 +9,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import faust
 import pytest
@@ -68,11 +69,29 @@ def test_keys_derive_from_the_event_and_repeat_on_redelivery(
 ) -> None:
     first = Event(Message("unit.orders", 2, 41))
     monkeypatch.setattr(integration, "current_event", lambda: first)
-    assert kourier._derived_key() == "faust:unit-orders:unit.orders:2:41:0"
-    assert kourier._derived_key() == "faust:unit-orders:unit.orders:2:41:1"
+    assert kourier._derived_key() == "faust:unit-orders::unit.orders:2:41:0"
+    assert kourier._derived_key() == "faust:unit-orders::unit.orders:2:41:1"
     again = Event(Message("unit.orders", 2, 41))  # the same record, delivered again
     monkeypatch.setattr(integration, "current_event", lambda: again)
-    assert kourier._derived_key() == "faust:unit-orders:unit.orders:2:41:0"
+    assert kourier._derived_key() == "faust:unit-orders::unit.orders:2:41:0"
+
+
+def test_agents_sharing_an_event_count_their_calls_apart(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust hands one event object to every agent reading its topic, in no fixed order.
+    Counted per event, agent B's first call got 1 after agent A's first, and 0 when B ran
+    first after a redelivery: each then ran again under a key new to its target."""
+    shared = Event(Message("unit.orders", 2, 41))
+    monkeypatch.setattr(integration, "current_event", lambda: shared)
+    running = ["app.reserve"]
+    monkeypatch.setattr(integration, "current_agent", lambda: SimpleNamespace(name=running[0]))
+    assert kourier._derived_key() == "faust:unit-orders:app.reserve:unit.orders:2:41:0"
+    running[0] = "app.bill"
+    assert kourier._derived_key() == "faust:unit-orders:app.bill:unit.orders:2:41:0"
+    assert kourier._derived_key() == "faust:unit-orders:app.bill:unit.orders:2:41:1"
+    running[0] = "app.reserve"
+    assert kourier._derived_key() == "faust:unit-orders:app.reserve:unit.orders:2:41:1"
 
 
 def test_a_channel_event_has_no_key_to_derive(
