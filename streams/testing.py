@@ -139,9 +139,8 @@ class Harness:
         delay: timedelta | None = None,
     ) -> str:
         """A one-way send (due after ``delay`` on the harness's clock); its invocation id."""
-        # The engine reads the wall clock: its due times are wall-clock times, and the
-        # harness holds each timer until its own clock (wall clock + advanced) gets there.
-        due = None if delay is None else datetime.now(UTC) + delay
+        # The engine's due times count from its partition's clock, which is the harness's.
+        due = None if delay is None else datetime.fromtimestamp(self.now(), UTC) + delay
         return self._invoke(handler, argument, key, idempotency_key, mode="send", due=due)
 
     def cancel(self, invocation_id: str) -> None:
@@ -167,10 +166,20 @@ class Harness:
         self._release()
         await self.settle()
 
-    async def settle(self, rounds: int = 50) -> None:
-        """Let every handler that can run now run, until nothing more happens."""
-        for _ in range(rounds):
-            await asyncio.sleep(0)
+    async def settle(self, rounds: int = 50, within: float = 10.0) -> None:
+        """Let every handler that can run now run, until nothing more happens: a
+        synchronous ``ctx.run`` action runs on a thread, and is waited for (at most
+        ``within`` seconds, then ``TimeoutError``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            for _ in range(rounds):
+                await asyncio.sleep(0)
+            if not any(inv.actions for inv in self.processor.invocations.live()):
+                return
+            if loop.time() > deadline:
+                raise TimeoutError(f"ctx.run actions still running after {within:g} s")
+            await asyncio.sleep(0.001)  # an action on a thread: no loop turn ends it
 
     def now(self) -> float:
         """The harness's clock, in epoch seconds: the wall clock plus what was advanced."""
@@ -268,11 +277,10 @@ class Harness:
         self._release()
 
     def _hold(self, record: Delayed) -> None:
-        """Due (on the harness's clock) when the wall clock reaches its due time plus what
-        the clock has been advanced by so far."""
+        """Held until the harness's clock reaches its due time (which the engine counted
+        from that clock: its partition's)."""
         released = encode(record.released())
-        due = record.due.timestamp() + self._shift
-        heapq.heappush(self._timers, (due, next(self._order), released))
+        heapq.heappush(self._timers, (record.due.timestamp(), next(self._order), released))
 
     def _release(self) -> None:
         now = self.now()

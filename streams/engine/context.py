@@ -12,7 +12,6 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import Executor
 from datetime import timedelta
@@ -198,7 +197,7 @@ class InvocationContext(WorkflowContext):
         entry = self.invocation.journal[index]
         if entry.due is not None or entry.done:
             return  # replay: the timer exists already
-        due = time.time() + timeout.total_seconds()
+        due = self.invocation.processor.now() + timeout.total_seconds()
         self.invocation.set_entry(index, entry.replace(due=due))
         assert entry.callee is not None
         seconds = timeout.total_seconds()
@@ -227,7 +226,8 @@ class InvocationContext(WorkflowContext):
         argument = writable(arg, f"the argument of {kind} {target.path()}")
         idempotency_key = checked_idempotency_key(idempotency_key, f"{kind} {target.path()}")
         sent_headers = checked_headers(headers)
-        due = due_after(delay, f"the delay of {target.path()}") if delay else None
+        now = self.invocation.processor.now()
+        due = due_after(delay, f"the delay of {target.path()}", now) if delay else None
         index, entry = self._step(kind, target=target)
         if entry is None:
             callee = self.invocation.callee_id(index, target, idempotency_key)
@@ -341,7 +341,7 @@ class InvocationContext(WorkflowContext):
 
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
         """A timer on the delay topic: its firing is a completion like a call's outcome."""
-        due = due_after(duration, "a sleep")
+        due = due_after(duration, "a sleep", self.invocation.processor.now())
         index, entry = self._step("sleep")
         if entry is None:
             me = self.invocation.meta.id

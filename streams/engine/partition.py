@@ -335,6 +335,11 @@ class PartitionProcessor:
         else:
             self._enqueue(inv)
 
+    def now(self) -> float:
+        """The partition's clock, in epoch seconds, which due times count from: the wall
+        clock in a worker (``streams.testing`` moves its own)."""
+        return self._clock()
+
     def _seed(self, offset: int) -> str:
         """What the id of a record without one derives from: its place in the topic, so
         that a replay assigns the same id."""

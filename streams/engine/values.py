@@ -91,9 +91,10 @@ def checked_idempotency_key(key: Any, what: str) -> str | None:
 _LATEST = LAST_DUE.timestamp()
 
 
-def due_after(duration: timedelta, what: str) -> float:
-    """Now plus ``duration`` as epoch seconds; past the year 9999 it is a 400."""
-    due = time.time() + duration.total_seconds()
+def due_after(duration: timedelta, what: str, now: float | None = None) -> float:
+    """``now`` (the wall clock when not given) plus ``duration`` as epoch seconds; past
+    the year 9999 it is a 400."""
+    due = (time.time() if now is None else now) + duration.total_seconds()
     if due > _LATEST:
         raise TerminalError(f"{what} ({duration}) ends after the year 9999", 400)
     return due

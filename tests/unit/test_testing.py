@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -108,6 +109,43 @@ async def test_a_delayed_send_runs_when_the_clock_is_advanced() -> None:
         assert h.state("Counter", "d") == {}
         await h.advance(timedelta(hours=1))
         assert h.state("Counter", "d") == {"count": 1}
+
+
+@counter.handler()
+async def add_in_an_hour(ctx: ObjectContext, n: int) -> None:
+    ctx.object_send(add, ctx.key).send(n, delay=timedelta(hours=1))
+
+
+async def test_a_delay_shorter_than_the_time_advanced_still_waits() -> None:
+    """Due times counted from the wall clock, while the engine compared them with the
+    harness's: after an advance of two hours, a send delayed by one ran at once."""
+    async with Harness(SERVICES) as h:
+        await h.advance(timedelta(hours=2))
+        h.send(add, 1, key="late", delay=timedelta(hours=1))
+        h.send(add_in_an_hour, 10, key="late")
+        await h.settle()
+        assert h.state("Counter", "late") == {}, "a delayed send ran before it was due"
+        await h.advance(timedelta(minutes=59))
+        assert h.state("Counter", "late") == {}
+        await h.advance(timedelta(minutes=1))
+        assert h.state("Counter", "late") == {"count": 11}
+
+
+@counter.handler()
+async def add_looked_up(ctx: ObjectContext) -> int:
+    def look_up() -> int:  # a blocking client's call: it runs on a thread
+        time.sleep(0.05)
+        return 5
+
+    return await add(ctx, await ctx.run("look up", look_up))
+
+
+async def test_settle_waits_for_an_action_on_a_thread() -> None:
+    """Turns of the event loop alone left a synchronous ``ctx.run`` action running."""
+    async with Harness(SERVICES) as h:
+        h.send(add_looked_up, key="slow")
+        await h.settle()
+        assert h.state("Counter", "slow") == {"count": 5}
 
 
 async def test_sleeps_fall_due_one_after_the_other_within_one_advance() -> None:
