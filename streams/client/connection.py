@@ -242,6 +242,8 @@ class Connection:
         With ``failing`` (the future of the record's response) it returns once the record
         is queued, and only a failure reaches the loop, as that future's exception: a call
         waits for its response alone, and its delivery costs the loop no wake-up."""
+        if not self.running:  # closing or closed: no report would ever come
+            raise ClientClosed("the client is closed")
         delivered: asyncio.Future[Any] = self._loop.create_future() if failing is None else failing
 
         def report(error: KafkaError | None, message: Message) -> None:
@@ -261,6 +263,8 @@ class Connection:
                 break
             except BufferError:
                 await asyncio.sleep(0.005)
+                if not self.running:
+                    raise ClientClosed("the client closed before Kafka took the record") from None
         if failing is None:
             await delivered
 
@@ -288,6 +292,8 @@ class Connection:
     def expect(self, request_id: str) -> asyncio.Future[Response]:
         """The response to ``request_id``, once read: register before producing the record,
         cancel to stop waiting. ``request_id`` must come from :meth:`new_request_id`."""
+        if not self.running:  # no response is read any more
+            raise ClientClosed("the client is closed")
         future: asyncio.Future[Response] = self._loop.create_future()
         self._pending[request_id] = future
         future.add_done_callback(lambda _: self._pending.pop(request_id, None))

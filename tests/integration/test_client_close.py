@@ -61,3 +61,18 @@ async def test_a_client_started_again_after_a_close_closes_again(topics: Setting
     assert not hasattr(client._kafka, "_producer"), "the second close did not run"
     with pytest.raises(ClientClosed):
         await asyncio.wait_for(call, 30)
+
+
+async def test_a_call_or_send_after_the_close_is_told_it_closed(topics: Settings) -> None:
+    """The producer is gone then: a call raised ``AttributeError``, and a Faust request
+    registered its waiter and waited out its whole timeout."""
+    client = Client(topics)
+    await client.start()
+    await client.close()
+    with pytest.raises(ClientClosed, match="the client is closed"):
+        await asyncio.wait_for(client.object("Tally", "closed", "add").request(1), 30)
+    with pytest.raises(ClientClosed, match="the client is closed"):
+        await asyncio.wait_for(client.object_send("Tally", "closed", "add").send(1), 30)
+    with pytest.raises(ClientClosed, match="the client is closed"):
+        client.expect(client.new_request_id())
+    assert client.awaited == 0
