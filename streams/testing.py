@@ -25,12 +25,14 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import JsonValue
 
@@ -57,6 +59,8 @@ from streams.wire.records import (
 )
 from streams.wire.topics import Topics
 
+_T = TypeVar("_T")
+
 #: A handler, by its decorated function or as ``"Service/handler"``.
 HandlerRef = Callable[..., Any] | str
 
@@ -76,6 +80,7 @@ class Harness:
         self._order = itertools.count()
         self._waiting: dict[str, asyncio.Future[Response]] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._threads = _Threads()
         self.processor = PartitionProcessor(
             partition=0,
             partitions=1,
@@ -84,6 +89,7 @@ class Harness:
             emit=self._emit,
             wake=lambda: None,
             clock=self.now,
+            run_executor=self._threads,
         )
 
     async def __aenter__(self) -> Harness:
@@ -103,6 +109,7 @@ class Harness:
                 await self._ticker
         self.processor.close()
         self.processor.release()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- what a test does ---------------------------------------------------------------
 
@@ -169,13 +176,14 @@ class Harness:
     async def settle(self, rounds: int = 50, within: float = 10.0) -> None:
         """Let every handler that can run now run, until nothing more happens: a
         synchronous ``ctx.run`` action runs on a thread, and is waited for (at most
-        ``within`` seconds, then ``TimeoutError``)."""
+        ``within`` seconds, then ``TimeoutError``). An ``async`` action is not: it may
+        wait for what the test does next."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
             for _ in range(rounds):
                 await asyncio.sleep(0)
-            if not any(inv.actions for inv in self.processor.invocations.live()):
+            if not self._threads.running:
                 return
             if loop.time() > deadline:
                 raise TimeoutError(f"ctx.run actions still running after {within:g} s")
@@ -293,6 +301,26 @@ class Harness:
         while True:
             await asyncio.sleep(0.01)
             self._release()
+
+
+class _Threads(ThreadPoolExecutor):
+    """The threads of synchronous ``ctx.run`` actions, counting the actions not done."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="kourier-harness-run")
+        self.running = 0  # changed on the event loop's thread (submit) and the pool's (done)
+        self._count = threading.Lock()
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        with self._count:
+            self.running += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._count:
+            self.running -= 1
 
 
 def _target(handler: HandlerRef, key: str | None) -> Target:

@@ -213,6 +213,7 @@ class Client:
     ) -> str:
         """The id a call or send gets: ``invocation_id`` when the caller chose it (it must
         route to the key's partition), else :meth:`invocation_id_for`."""
+        self._kafka.check_open()  # before the catalog is asked, which needs Kafka
         if target.service not in self.services:
             await self.catalog(refresh=True)  # to know whether it is a workflow
         inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
@@ -318,6 +319,7 @@ class Client:
     ) -> Response:
         """Attach (``wait``) or output, naming the invocation by id, by ``target`` plus
         ``idempotency_key``, or by a workflow ``target`` (service, workflow id, ``run``)."""
+        self._kafka.check_open()
         if invocation_id is None:
             if target is None:
                 raise ValueError("name the invocation: an id, or a target")

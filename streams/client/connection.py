@@ -70,7 +70,12 @@ class KafkaUnavailable(KourierError, RuntimeError):
 class ClientClosed(KourierError, RuntimeError):
     """The client closed while a call waited: its record may have been written and its
     invocation may run. Attach to it (by its id) with another client for its outcome;
-    calling again without an idempotency key could run it twice."""
+    calling again without an idempotency key could run it twice. Raised for a call made
+    once the client is closing or closed, ``may_be_written`` is False: nothing was."""
+
+    def __init__(self, message: str, *, may_be_written: bool = True) -> None:
+        super().__init__(message)
+        self.may_be_written = may_be_written
 
 
 class Connection:
@@ -224,6 +229,11 @@ class Connection:
                 if not future.done():
                     future.set_exception(ClientClosed("client closed before the outcome came"))
 
+    def check_open(self) -> None:
+        """``ClientClosed`` (nothing written) once the client is closing or closed."""
+        if not self.running:
+            raise ClientClosed("the client is closed", may_be_written=False)
+
     # -- producing --------------------------------------------------------------------
 
     async def produce(
@@ -242,8 +252,7 @@ class Connection:
         With ``failing`` (the future of the record's response) it returns once the record
         is queued, and only a failure reaches the loop, as that future's exception: a call
         waits for its response alone, and its delivery costs the loop no wake-up."""
-        if not self.running:  # closing or closed: no report would ever come
-            raise ClientClosed("the client is closed")
+        self.check_open()  # closing or closed: no report would ever come
         delivered: asyncio.Future[Any] = self._loop.create_future() if failing is None else failing
 
         def report(error: KafkaError | None, message: Message) -> None:
@@ -263,8 +272,7 @@ class Connection:
                 break
             except BufferError:
                 await asyncio.sleep(0.005)
-                if not self.running:
-                    raise ClientClosed("the client closed before Kafka took the record") from None
+                self.check_open()
         if failing is None:
             await delivered
 
@@ -292,8 +300,7 @@ class Connection:
     def expect(self, request_id: str) -> asyncio.Future[Response]:
         """The response to ``request_id``, once read: register before producing the record,
         cancel to stop waiting. ``request_id`` must come from :meth:`new_request_id`."""
-        if not self.running:  # no response is read any more
-            raise ClientClosed("the client is closed")
+        self.check_open()  # no response is read any more
         future: asyncio.Future[Response] = self._loop.create_future()
         self._pending[request_id] = future
         future.add_done_callback(lambda _: self._pending.pop(request_id, None))

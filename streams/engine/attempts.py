@@ -127,12 +127,13 @@ class Attempts:
             if stopped():
                 return None
             raise
-        except (GeneratorExit, KeyboardInterrupt, SystemExit):
-            # The coroutine closed (it must not await again), or a signal's handler ended
-            # the process (Ctrl-C, a sys.exit() on SIGTERM): asyncio ends the loop with them.
+        except GeneratorExit:  # the coroutine closed: it must not await again
             raise
-        except BaseException as error:  # a library's own BaseException fails the attempt
-            # as any exception does: out of the task, it left the key locked.
+        except BaseException as error:  # a library's own, or SystemExit from sys.exit():
+            # the attempt fails as for any exception. Out of the task, SystemExit ended the
+            # worker, which left the invocation running, so every next owner ran it again
+            # and ended too. (A worker takes its signals on the event loop, not by raising
+            # them into whatever frame runs: only a handler raises these here.)
             if stopped():
                 return None
             # Kourier closes an invocation or its partition, or starts another attempt,

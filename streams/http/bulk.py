@@ -167,7 +167,8 @@ async def control_one(client: Client, action: str, inv_id: str) -> tuple[int, di
     except KafkaUnavailable as error:
         return 503, {"code": 503, "message": str(error)}
     except ClientClosed as error:  # shutting down: the request may be on Kafka
-        return 504, {"code": 504, "message": str(error)}
+        code = 504 if error.may_be_written else 503  # 503: it is not
+        return code, {"code": code, "message": str(error)}
     code = 202 if status == "accepted" else 200
     return code, {"invocationId": inv_id, "action": action, "status": status}
 

@@ -260,8 +260,8 @@ class Ingress:
             return error_response(error.status, error.message)
         except KafkaUnavailable as error:
             return error_response(503, str(error))
-        except ClientClosed as error:
-            return error_response(504, str(error))
+        except ClientClosed as error:  # nothing written: 503, as Kafka refusing it
+            return error_response(504 if error.may_be_written else 503, str(error))
         return outcome_response(outcome)
 
     def _workflow_run(self, service: str, key: str) -> Target:
@@ -318,7 +318,10 @@ class Ingress:
         except KafkaUnavailable as error:
             response = error_response(503, str(error))
         except ClientClosed as error:  # shutting down: the record may be on Kafka, unlike a 503
-            response = error_response(504, f"{error}; the invocation may go on: attach to it")
+            if error.may_be_written:
+                response = error_response(504, f"{error}; the invocation may go on: attach to it")
+            else:  # closed before anything was written: safe to send again, elsewhere
+                response = error_response(503, f"{error}: nothing was written")
         except TerminalError as error:
             response = error_response(error.status_code, error.message)
         labelled(REQUESTS, kind, str(response.status)).inc()

@@ -69,8 +69,9 @@ async def test_a_call_or_send_after_the_close_is_told_it_closed(topics: Settings
     client = Client(topics)
     await client.start()
     await client.close()
-    with pytest.raises(ClientClosed, match="the client is closed"):
+    with pytest.raises(ClientClosed, match="the client is closed") as raised:
         await asyncio.wait_for(client.object("Tally", "closed", "add").request(1), 30)
+    assert not raised.value.may_be_written, "nothing was written: the ingress answers 503"
     with pytest.raises(ClientClosed, match="the client is closed"):
         await asyncio.wait_for(client.object_send("Tally", "closed", "add").send(1), 30)
     with pytest.raises(ClientClosed, match="the client is closed"):

@@ -148,6 +148,7 @@ async def test_request_within_bounds_the_produce_too(
     monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r-away")
     monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
     monkeypatch.setattr(kourier._client._kafka, "_loop", asyncio.get_running_loop(), raising=False)
+    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
     target = Target(service="Greeter", handler="greet")
     asking = kourier.request(target, "ada", idempotency_key="k1", within=timedelta(seconds=0.2))
     with pytest.raises(TimeoutError, match=r"within 0\.2s"):

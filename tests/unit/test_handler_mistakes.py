@@ -65,6 +65,11 @@ async def base_exception(ctx: ObjectContext) -> str:
 
 
 @objects.handler()
+async def exits_itself(ctx: ObjectContext) -> str:
+    sys.exit(2)
+
+
+@objects.handler()
 async def exits(ctx: ObjectContext) -> str:
     return await ctx.run("leave", lambda: sys.exit(3))  # type: ignore[no-any-return]
 
@@ -127,7 +132,7 @@ async def test_a_state_name_that_is_no_string_fails_the_attempt_not_the_worker()
     assert "odd" not in harness.responses()
 
 
-@pytest.mark.parametrize("handler", ["base_exception", "exits"])
+@pytest.mark.parametrize("handler", ["base_exception", "exits_itself", "exits"])
 async def test_a_base_exception_of_a_handler_fails_its_attempt(handler: str) -> None:
     """Caught only as ``Exception``, it left the invocation running with no task (a
     library's), or ended the event loop (``SystemExit`` from an action's ``sys.exit``)."""
@@ -136,7 +141,7 @@ async def test_a_base_exception_of_a_handler_fails_its_attempt(handler: str) -> 
     await until(lambda: harness.processor.invocations[inv_id].meta.status == "paused")
     meta = harness.processor.invocations[inv_id].meta
     assert meta.attempt == 2
-    expected = {"base_exception": "Outcome: a library's outcome",
+    expected = {"base_exception": "Outcome: a library's outcome", "exits_itself": "SystemExit: 2",
                 "exits": "RuntimeError: the action raised SystemExit(3)"}  # fmt: skip
     assert expected[handler] in (meta.last_error or "")
 

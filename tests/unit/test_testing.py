@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 
@@ -146,6 +147,29 @@ async def test_settle_waits_for_an_action_on_a_thread() -> None:
         h.send(add_looked_up, key="slow")
         await h.settle()
         assert h.state("Counter", "slow") == {"count": 5}
+
+
+GATE: dict[str, asyncio.Event] = {}
+
+
+@counter.handler()
+async def add_when_let(ctx: ObjectContext) -> int:
+    async def let_in() -> int:  # an async action: it runs on the loop
+        await GATE["open"].wait()
+        return 2
+
+    return await add(ctx, await ctx.run("let in", let_in))
+
+
+async def test_settle_does_not_wait_for_an_async_action_the_test_lets_go() -> None:
+    async with Harness(SERVICES) as h:
+        GATE["open"] = asyncio.Event()
+        h.send(add_when_let, key="gate")
+        await h.settle(within=1.0)  # returns: the action waits for the test
+        assert h.state("Counter", "gate") == {}
+        GATE["open"].set()
+        await h.settle()
+        assert h.state("Counter", "gate") == {"count": 2}
 
 
 async def test_sleeps_fall_due_one_after_the_other_within_one_advance() -> None:
