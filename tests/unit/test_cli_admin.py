@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from streams.cli import output
 from streams.cli.admin import bulk_filter
 from streams.cli.parser import build_parser
+from tests.unit.stand_in import serving
 
 IDS = ["inv_1", "inv_2"]
 
@@ -86,15 +86,9 @@ class Admin(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def admin_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Admin)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     Admin.requests.clear()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
+    with serving(Admin) as url:
+        yield url
 
 
 def kourier(admin_url: str, *argv: str) -> subprocess.CompletedProcess[str]:

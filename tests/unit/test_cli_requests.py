@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +17,7 @@ import pytest
 
 from streams.cli import admin, parser
 from streams.kafka import broker
+from tests.unit.stand_in import serving
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -39,16 +39,9 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recording() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     Recorder.paths.clear()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(Recorder) as url:
+        yield url
 
 
 def test_state_get_asks_for_a_key_holding_a_slash_as_one_segment(recording: str) -> None:
