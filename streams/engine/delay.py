@@ -94,12 +94,14 @@ class Fetcher(Protocol):
         deliver: Deliver,
         urgent: bool = True,
         max_bytes: int | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
         """Read ``offsets`` (ascending) of ``partition``; call ``deliver`` once, on the
         running event loop, with what was found and which offsets are gone. Urgent reads
         (messages soon due) go before the others (carries). With ``max_bytes``, the read
         may stop once the keys and values found hold that many bytes: the offsets after
-        it are then in neither list."""
+        it are then in neither list. A request whose ``wanted()`` is False by the time its
+        turn comes (its processor closed) is dropped, and ``deliver`` never called."""
 
 
 def release_time(record: Delayed) -> float:
@@ -332,7 +334,7 @@ class DelayProcessor:
         if offsets:
             offsets.sort()
             self._fetching = True
-            self._fetcher.fetch(self.partition, offsets, self._on_fetched)
+            self._fetcher.fetch(self.partition, offsets, self._on_fetched, wanted=self._open)
 
     def _on_fetched(self, found: list[Fetched], missing: list[int]) -> None:
         """Records read back (on the loop): hold them in full until due."""
@@ -385,7 +387,12 @@ class DelayProcessor:
         offsets = list(itertools.islice(movable, CARRY_BATCH))
         self._carrying = True
         self._fetcher.fetch(
-            self.partition, offsets, self._on_carried, urgent=False, max_bytes=CARRY_BYTES
+            self.partition,
+            offsets,
+            self._on_carried,
+            urgent=False,
+            max_bytes=CARRY_BYTES,
+            wanted=self._open,
         )
 
     def _on_carried(self, found: list[Fetched], missing: list[int]) -> None:
@@ -542,6 +549,10 @@ class DelayProcessor:
                 self.held,
                 self._far_size,
             )
+
+    def _open(self) -> bool:
+        """Whether read-backs asked for are still wanted (any thread)."""
+        return not self.closed
 
     def close(self) -> None:
         self.closed = True

@@ -9,7 +9,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -21,7 +21,9 @@ log = logging.getLogger("kourier.delay")
 
 #: A read-back: the partition, its offsets, the most bytes to hold, whom to tell, and on
 #: which loop.
-_Request = tuple[int, list[int], int | None, Deliver, asyncio.AbstractEventLoop]
+_Request = tuple[
+    int, list[int], int | None, Deliver, asyncio.AbstractEventLoop, Callable[[], bool] | None
+]
 
 
 class DelayReader:
@@ -62,6 +64,7 @@ class DelayReader:
         deliver: Deliver,
         urgent: bool = True,
         max_bytes: int | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
         if self._closed:
             return
@@ -69,7 +72,7 @@ class DelayReader:
             self._thread = threading.Thread(target=self._run, name="kourier-delay-reader")
             self._thread.daemon = True
             self._thread.start()
-        request = (partition, list(offsets), max_bytes, deliver, asyncio.get_running_loop())
+        request = (partition, list(offsets), max_bytes, deliver, asyncio.get_running_loop(), wanted)
         self._requests.put((1 if urgent else 2, next(self._asked), request))
 
     def close(self) -> None:
@@ -89,7 +92,9 @@ class DelayReader:
                 _, _, request = self._requests.get()
                 if request is None:
                     return
-                partition, offsets, max_bytes, deliver, loop = request
+                partition, offsets, max_bytes, deliver, loop, wanted = request
+                if wanted is not None and not wanted():
+                    continue  # its processor closed (the partition revoked) while it waited
                 while True:
                     try:
                         result = self._read(consumer, partition, offsets, max_bytes)

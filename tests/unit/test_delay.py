@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -96,6 +96,7 @@ class Fetcher:
         deliver: Deliver,
         urgent: bool = True,
         max_bytes: int | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
         assert list(offsets) == sorted(offsets)
         self.requests.append((list(offsets), deliver, max_bytes))

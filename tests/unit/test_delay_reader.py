@@ -48,3 +48,45 @@ async def test_a_consumer_that_fails_to_be_made_is_made_again(
         await asyncio.to_thread(reader.close)
     assert Made.made == 2
     assert any("no consumer; trying again" in r.getMessage() for r in caplog.records)
+
+
+class Assigned:
+    """A consumer that reads nothing and keeps what it was assigned."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.assigned: list[Any] = []
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.assigned.append(partitions)
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        return []
+
+    def unassign(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def test_a_read_back_no_longer_wanted_is_dropped_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A revoked partition's read-backs were still served, ahead of the live partitions'
+    asked after them: one on a partition whose leader is away held them all back."""
+    made: list[Assigned] = []
+
+    def consumer(config: dict[str, Any]) -> Assigned:
+        made.append(Assigned(config))
+        return made[-1]
+
+    monkeypatch.setattr(delay_reader, "Consumer", consumer)
+    reader = DelayReader({}, "ns.delay")
+    loop = asyncio.get_running_loop()
+    served: asyncio.Future[str] = loop.create_future()
+    try:
+        reader.fetch(3, [7, 8], lambda found, missing: served.set_result("closed one"),
+                     wanted=lambda: False)  # fmt: skip
+        reader.fetch(1, [], lambda found, missing: served.set_result("live one"))
+        assert await asyncio.wait_for(served, 30) == "live one"
+    finally:
+        await asyncio.to_thread(reader.close)
+    assert made[0].assigned == [], "the unwanted read-back was read"
