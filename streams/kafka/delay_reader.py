@@ -26,6 +26,14 @@ _Request = tuple[
 ]
 
 
+class _Stalled(Exception):
+    """A read-back's partition gave no record and no bounds: it waits for its leader."""
+
+
+#: What a read-back put back in the queue delivers for now: nothing.
+_PUT_BACK: tuple[list[Fetched], list[int]] = ([], [])
+
+
 class DelayReader:
     """Reads delayed records back by offset for every delay partition of a worker.
 
@@ -89,7 +97,7 @@ class DelayReader:
             return
         try:
             while not self._closed:
-                _, _, request = self._requests.get()
+                rank, _, request = self._requests.get()
                 if request is None:
                     return
                 partition, offsets, max_bytes, deliver, loop, wanted = request
@@ -99,6 +107,14 @@ class DelayReader:
                     try:
                         result = self._read(consumer, partition, offsets, max_bytes)
                         break
+                    except _Stalled as stalled:
+                        # Its partition gives nothing and no bounds (its leader away): asked
+                        # again after the others of its rank, which it held back before.
+                        log.warning("delay reader: partition %d stalled (%s); later",
+                                    partition, stalled)  # fmt: skip
+                        self._requests.put((rank, next(self._asked), request))
+                        result = _PUT_BACK
+                        break
                     except Exception:  # a dead reader would strand every far message
                         log.exception("delay reader: partition %d; retrying", partition)
                         if self._closed:
@@ -106,6 +122,8 @@ class DelayReader:
                         time.sleep(1.0)
                 if result is None:
                     return
+                if result is _PUT_BACK:
+                    continue
                 try:
                     loop.call_soon_threadsafe(deliver, *result)
                 except RuntimeError:  # the loop has closed
@@ -178,12 +196,12 @@ class DelayReader:
         self, consumer: Consumer, partition: int, offsets: list[int], i: int, missing: list[int]
     ) -> int:
         """After a stall, or a start over at the earliest record: offsets outside the
-        partition's bounds are gone for good."""
+        partition's bounds are gone for good. ``_Stalled`` when the bounds cannot be had."""
         try:
             low, high = watermarks(consumer, TopicPartition(self._topic, partition), 5.0)
         except KafkaException as exc:
-            log.warning("delay reader: partition %d stalled (%s); retrying", partition, exc)
-            return i
+            consumer.unassign()
+            raise _Stalled(str(exc)) from None
         while i < len(offsets) and (offsets[i] < low or offsets[i] >= high):
             missing.append(offsets[i])
             i += 1

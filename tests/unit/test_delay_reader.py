@@ -5,9 +5,11 @@ tests/integration/test_delayed.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from streams.engine.delay import Fetched
 from streams.kafka import delay_reader
@@ -90,3 +92,32 @@ async def test_a_read_back_no_longer_wanted_is_dropped_unread(
     finally:
         await asyncio.to_thread(reader.close)
     assert made[0].assigned == [], "the unwanted read-back was read"
+
+
+class LeaderAway(Assigned):
+    """Partition 3's leader is away: no record, and no bounds, from it."""
+
+    def poll(self, timeout: float = -1) -> None:
+        time.sleep(min(timeout, 0.05))
+
+    def get_watermark_offsets(self, partition: Any, timeout: float = -1) -> tuple[int, int]:
+        raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "leader away"))
+
+
+async def test_a_read_back_stalled_on_its_partition_goes_after_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One reader serves every delay partition of a worker, one read-back at a time: one
+    on a partition whose leader is away was tried again and again, and every other
+    partition's read-backs waited behind it."""
+    monkeypatch.setattr(delay_reader, "Consumer", LeaderAway)
+    monkeypatch.setattr(DelayReader, "_STALL", 0.2)
+    reader = DelayReader({}, "ns.delay")
+    loop = asyncio.get_running_loop()
+    served: asyncio.Future[str] = loop.create_future()
+    try:
+        reader.fetch(3, [7, 8], lambda found, missing: served.set_result("stalled one"))
+        reader.fetch(1, [], lambda found, missing: served.set_result("next one"))
+        assert await asyncio.wait_for(served, 30) == "next one"
+    finally:
+        await asyncio.to_thread(reader.close)
