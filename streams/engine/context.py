@@ -113,8 +113,9 @@ class _Callee(Callee):
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> CallFuture[Any]:
-        if timeout is not None:
-            due_after(timeout, f"the timeout of a call to {self._target.path()}")
+        if timeout is not None:  # by the clock its deadline counts from (InvocationContext)
+            now = self._ctx.invocation.processor.now()
+            due_after(timeout, f"the timeout of a call to {self._target.path()}", now)
         index = self._ctx.outgoing("call", self._target, arg, idempotency_key, headers, None)
         if timeout is not None:
             self._ctx.deadline(index, timeout)
@@ -226,8 +227,10 @@ class InvocationContext(WorkflowContext):
         argument = writable(arg, f"the argument of {kind} {target.path()}")
         idempotency_key = checked_idempotency_key(idempotency_key, f"{kind} {target.path()}")
         sent_headers = checked_headers(headers)
-        now = self.invocation.processor.now()
-        due = due_after(delay, f"the delay of {target.path()}", now) if delay else None
+        due = None
+        if delay:
+            now = self.invocation.processor.now()
+            due = due_after(delay, f"the delay of {target.path()}", now)
         index, entry = self._step(kind, target=target)
         if entry is None:
             callee = self.invocation.callee_id(index, target, idempotency_key)

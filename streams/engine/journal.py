@@ -236,8 +236,12 @@ def state_key(service: str, key: str, name: str, *, promise: bool = False) -> by
 
 
 def parse_state_key(key: bytes) -> tuple[str, str, str, bool]:
-    """``(service, key, name, is_promise)`` of a ``<ns>.state`` record key."""
+    """``(service, key, name, is_promise)`` of a ``<ns>.state`` record key; ``ValueError``
+    for one of another shape, which every reader of the changelog passes over."""
     parts = json.loads(key)
+    if not (isinstance(parts, list) and len(parts) in (3, 4)
+            and all(isinstance(part, str) for part in parts)):  # fmt: skip
+        raise ValueError(f"not a state key: {key[:100]!r}")
     return parts[0], parts[1], parts[2], len(parts) == 4
 
 

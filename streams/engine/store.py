@@ -59,7 +59,7 @@ class PartitionStore:
         over, one after another, and the partition would never run again."""
         try:
             self._restore_state(key, value)
-        except (ValueError, TypeError, AttributeError, IndexError) as error:
+        except ValueError as error:  # pydantic's ValidationError among them
             log.error("state changelog record %r unreadable, left out: %s", key[:200], error)
 
     def _restore_state(self, key: bytes, value: bytes | None) -> None:
@@ -70,6 +70,8 @@ class PartitionStore:
                 self.promises.get(obj, {}).pop(name, None)
             else:
                 data = json.loads(value)
+                if not isinstance(data, dict):
+                    raise ValueError(f"a promise record holds {type(data).__name__}, no object")
                 failure = data.get("failure")
                 promise = Promise(
                     data.get("value"), Failure.model_validate(failure) if failure else None

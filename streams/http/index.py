@@ -205,10 +205,10 @@ class InvocationIndex:
                 self._apply_state(key, value)
             else:
                 self._apply_invocation(key, value)
-        except (ValueError, ValidationError, RecursionError, TypeError, LookupError) as error:
+        except (ValueError, ValidationError, RecursionError) as error:
             # A record this version does not understand (a state key of another shape among
-            # them): not the index's to judge. Raised, it ended the thread that follows the
-            # changelogs, and the views stood still from then on.
+            # them: parse_state_key says so): not the index's to judge. Raised, it ended the
+            # thread that follows the changelogs, and the views stood still from then on.
             log.debug("%s record %r passed over: %r", topic, key[:200], error)
 
     def _apply_invocation(self, key: bytes, value: bytes | None) -> None:
