@@ -13,21 +13,32 @@ passed its due time). A waiting message costs memory, no CPU: nothing runs until
 earliest timer.
 
 Memory. Only messages due within the *horizon* (30 s) are held in full: the record to
-release, its key and its owner partition, in a heap by due time. A message due later is
-held as its offset alone, in an ``array`` bucket per due second (8 bytes each), and
-whether an offset is still pending is one bit in a bitmap that starts at the lowest
-pending offset (so ``Fired`` markers need no lookup). Once the earliest bucket comes within
-``LEAD`` (10 s) of its due time, a ``DelayReader`` (``streams.kafka``) reads back the records
-of every bucket now inside the horizon, on its own thread with its own ``read_committed``
-consumer, and the loop moves them into the heap; neither the loop nor the worker's Kafka
-thread waits for it. The invariant: every pending message due before ``_loaded_until`` (a
-whole second that only grows) is held in full or being read back, and buckets hold only
-later ones; so a message read from the partition that is due before ``_loaded_until`` is
-held in full at once, and a short delay never waits for a read-back. A record that is no
-longer on the partition when read back (deleted by retention) is logged as an error and
-dropped. 1 M messages due in hours cost about 10 MiB in Python. Reading them leaves about
-100 MiB of librdkafka buffers freed but resident in the C heap, so after every 100,000
-records read the processor hands that memory back to the OS (``malloc_trim``).
+release, its key and its owner partition, in a heap by due time. A message due later is held
+as its offset alone, in an ``array`` bucket per due second (8 bytes each), and whether an
+offset is still pending is one bit in a bitmap that starts at the lowest pending offset (so
+``Fired`` markers need no lookup). Once the earliest bucket comes within ``LEAD`` (10 s) of
+its due time, a ``DelayReader`` (``streams.kafka``) reads back the records of every bucket
+now inside the horizon, on its own thread with its own ``read_committed`` consumer, and the
+loop moves them into the heap; neither the loop nor the worker's Kafka thread waits for it.
+The invariant: every pending message due before ``_loaded_until`` (a whole second that only
+grows) is held in full or being read back, and buckets hold only later ones; so a message
+read from the partition that is due before ``_loaded_until`` is held in full at once, and a
+short delay never waits for a read-back. A record that is no longer on the partition when
+read back (deleted by retention) is logged as an error and dropped. 1 M messages due in
+hours cost about 10 MiB in Python. Reading them leaves about 100 MiB of librdkafka buffers
+freed but resident in the C heap, so after every 100,000 records read the processor hands
+that memory back to the OS (``malloc_trim``).
+
+The exception is a worker whose delay processors hold ``MAX_HELD`` messages already (one
+:class:`Holding` counts them over all its delay partitions), as a new owner does that reads
+the backlog of an outage, every message of it overdue. A message read then waits as an
+offset in a bucket: that of its due second or, overdue, that of the second it is read in (so
+that a read-back takes a backlog's offsets in the order they were read, one pass over the
+partition). The horizon stays where it is until those buckets are read back,
+``FETCH_BATCH`` offsets at a time, as releases make room. A backlog of due messages is
+released ``RELEASE_BATCH`` at a time, one batch per step of the worker, so that the committer
+takes each batch before the next is released. What is held in full stays below ``MAX_HELD``
+plus a read-back per delay partition, however long the outage was.
 
 Carrying forward. The committed offset is the oldest pending message, so one message due in
 a month would pin it while the partition fills with released records and markers: a new
@@ -66,8 +77,8 @@ log = logging.getLogger("kourier.delay")
 HORIZON = 30.0  # messages due sooner than this are held in full
 LEAD = 10.0  # read far messages back once the earliest is due within this
 FETCH_BATCH = 20_000  # offsets per read-back
-MAX_HELD = 200_000  # no read-back while this many messages are held in full
-RELEASE_BATCH = 5_000  # releases per event-loop callback, so one transaction stays small
+MAX_HELD = 200_000  # messages held in full by a worker, over all its delay partitions
+RELEASE_BATCH = 5_000  # releases per event-loop callback or step, so one transaction stays small
 REPORT_EVERY = 10.0  # seconds between log lines of the pending count while it changes
 TRIM_AFTER = 100_000  # records read, after which freed heap memory goes back to the OS
 CARRY_AFTER = 100_000  # records behind the end before the oldest pending are carried forward
@@ -124,6 +135,19 @@ def trim_heap() -> bool:
         return False
 
 
+class Holding:
+    """How many messages the delay processors of one worker hold in full, against
+    ``MAX_HELD`` for all of them: a worker that owns many delay partitions holds no more
+    than one that owns one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count >= MAX_HELD
+
+
 class DelayProcessor:
     """The pending delayed messages of delay partition ``partition``."""
 
@@ -138,6 +162,7 @@ class DelayProcessor:
         emit: Callable[[Out], None],
         wake: Callable[[], None],
         fetcher: Fetcher,
+        holding: Holding | None = None,
         horizon: float | None = None,
         lead: float | None = None,
         clock: Callable[[], float] = time.time,
@@ -153,6 +178,9 @@ class DelayProcessor:
         self._emit = emit
         self._wake = wake
         self._fetcher = fetcher
+        # Messages held in full by every delay processor of the worker (this one alone if
+        # none is given); a closed processor counts in it no more.
+        self._holding = Holding() if holding is None else holding
         self._horizon = horizon
         self._lead = lead
         self._clock = clock
@@ -170,6 +198,7 @@ class DelayProcessor:
         self._carrying = False  # a carry's read-back is under way
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._backlog = False  # the last release stopped at RELEASE_BATCH with more due
         self._refill_timer: asyncio.TimerHandle | None = None
         self._refill_at: float | None = None
         self._report: asyncio.TimerHandle | None = None
@@ -201,7 +230,7 @@ class DelayProcessor:
             record = decode_delay(value)
             if isinstance(record, Fired):
                 if self._pending.discard(record.offset):
-                    self._held.pop(record.offset, None)
+                    self._unhold(record.offset)
             else:
                 self._add(record, offset, self._releasable(record, key))
         except RecordError as error:
@@ -231,11 +260,18 @@ class DelayProcessor:
     def _add(self, record: Delayed, offset: int, released: Out) -> None:
         self._pending.add(offset)
         due = release_time(record)
-        self._extend_horizon(self._clock())
+        now = self._clock()
+        self._extend_horizon(now)
         second = math.floor(due)
-        if second < self._loaded_until:
+        if second < self._loaded_until and not self._holding.full:
             self._hold(offset, due, released)
             return
+        # Due later, or the worker holds MAX_HELD already (a new owner reading the backlog
+        # of an outage, all of it overdue): an offset in the bucket of its due second, read
+        # back as releases make room. An overdue one goes in the bucket of the second it is
+        # read in: a read-back then takes a backlog's offsets in the order they were read,
+        # one pass over the partition, not offsets scattered over all of it by due time.
+        second = max(second, math.floor(now))
         bucket = self._far.get(second)
         if bucket is None:
             bucket = self._far[second] = array("q")
@@ -266,6 +302,8 @@ class DelayProcessor:
         return set_aside(error, source, key, value, self.topics.deadletter)
 
     def _hold(self, offset: int, due: float, released: Out) -> None:
+        if offset not in self._held and not self.closed:
+            self._holding.count += 1
         self._held[offset] = released
         heapq.heappush(self._near, (due, offset))
         if len(self._near) > 2 * len(self._held) + 1024:
@@ -273,6 +311,13 @@ class DelayProcessor:
             # backlog, before it has caught up and _arm pops them. Only the held stay.
             self._near = [entry for entry in self._near if entry[1] in self._held]
             heapq.heapify(self._near)
+
+    def _unhold(self, offset: int) -> Out | None:
+        """The record held for ``offset``, no longer held; None if none was."""
+        held = self._held.pop(offset, None)
+        if held is not None and not self.closed:
+            self._holding.count -= 1
+        return held
 
     # -- what the worker asks -----------------------------------------------------------
 
@@ -312,7 +357,7 @@ class DelayProcessor:
 
     def _refill(self, now: float) -> None:
         """Read back the buckets that came inside the horizon, once the earliest is near."""
-        if self._fetching or not self._far_seconds or len(self._held) >= MAX_HELD:
+        if self._fetching or not self._far_seconds or self._holding.full:
             return
         if self._far_seconds[0] > now + self._lead:
             return
@@ -371,7 +416,7 @@ class DelayProcessor:
     def _carry(self, now: float) -> None:
         """Read back the oldest messages kept as offsets when they hold the committed offset
         far behind a partition that is mostly released (see the module's docstring)."""
-        if self._carrying or now < self._carry_at or len(self._held) >= MAX_HELD:
+        if self._carrying or now < self._carry_at or self._holding.full:
             return
         lowest = self._pending.lowest()
         if lowest is None or lowest in self._held:
@@ -467,10 +512,15 @@ class DelayProcessor:
         if due != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self._later(due - now, self._on_due) if due is not None else None
+            self._timer = None
+            # A backlog of due messages goes a batch per step of the worker (``tick``), not
+            # batch after batch on the loop: the committer takes each batch before the next
+            # is released, so what is released waits in no outbox, however long the backlog.
+            if due is not None and not (self._backlog and due <= now):
+                self._timer = self._later(due - now, self._on_due)
             self._timer_at = due
         refill_at = None
-        if self._far_seconds and not self._fetching and len(self._held) < MAX_HELD:
+        if self._far_seconds and not self._fetching and not self._holding.full:
             refill_at = self._far_seconds[0] - self._lead
             if refill_at <= now:  # not possible yet; a release or read-back re-arms
                 refill_at = None
@@ -504,7 +554,7 @@ class DelayProcessor:
         released = 0
         while self._near and self._near[0][0] <= now and released < RELEASE_BATCH:
             _, offset = heapq.heappop(self._near)
-            held = self._held.pop(offset, None)
+            held = self._unhold(offset)
             if held is None:
                 continue
             self._pending.discard(offset)
@@ -517,6 +567,7 @@ class DelayProcessor:
             fired = encode(Fired(offset=offset))
             self._emit(Out(self.topics.delay, self.partition, held.key, fired))
             released += 1
+        self._backlog = released == RELEASE_BATCH
         if released:
             self._wake()
             self._changed()
@@ -555,6 +606,8 @@ class DelayProcessor:
         return not self.closed
 
     def close(self) -> None:
+        if not self.closed:
+            self._holding.count -= len(self._held)
         self.closed = True
         for handle in (self._timer, self._refill_timer, self._report, self._carry_timer):
             if handle is not None:

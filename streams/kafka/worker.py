@@ -28,7 +28,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from handlers.service import ServiceDefinition
-from streams.engine.delay import DelayProcessor
+from streams.engine.delay import DelayProcessor, Holding
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.engine.spill import SpillFailed
@@ -92,6 +92,7 @@ class Worker:
         self.delays = self._ownership.delays
         self._offsets = self._ownership.offsets
         self._delay_reader: DelayReader | None = None
+        self._holding = Holding()  # delayed messages held in full, over every delay partition
         # The steps on the event loop, and what they emit (streams/kafka/step.py).
         self._steps = Stepper(
             self.topics,
@@ -560,6 +561,7 @@ class Worker:
             emit=self._steps.emit,
             wake=self._steps.wake,
             fetcher=self._reader(),
+            holding=self._holding,
         )
 
     def _restore(self, processors: list[PartitionProcessor]) -> None:

@@ -1,6 +1,7 @@
 """Delayed sends: release lateness under steady load, and worker memory with 1 M pending.
 
     .venv/bin/python -m tests.bench.delay_bench [--sends 2000] [--pending 1000000] [--no-watch]
+    .venv/bin/python -m tests.bench.delay_bench --overdue 1000000
 
 Starts its own broker and one worker process (``tests.bench.apps``), stops both by PID,
 and prints one JSON document (``--pending 0``: the lateness part only):
@@ -19,6 +20,13 @@ and prints one JSON document (``--pending 0``: the lateness part only):
   10 s, and its RSS after those 10 s.
 - ``restart``: a new worker process that re-reads all of them from the delay topic: how
   long until it reports them all, its RSS then, CPU seconds over 10 s, RSS after.
+
+``--overdue N`` measures only the take-over after an outage: ``N`` ``Delayed`` records due an
+hour ago, produced onto the delay topic while no worker runs; then a worker starts, reads
+them all (overdue, each due at once) and releases them. ``overdue`` gives how long until
+every partition had caught up (its log line), until the pending gauge read 0 (all released)
+and until the released invocations had run (the ``Meter`` counts they add to sum to ``N``, read
+every 2 s), its RSS at each, and its peak RSS (``VmHWM``) over the whole take-over.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ SPREAD = 10.0  # seconds over which the sends are paced
 KEYS = 40  # Lateness objects per round
 REPORT_SETTLE = 12.0  # seconds: the worker logs pending counts within 10 s of a change
 _PENDING = re.compile(r"delay (\d+): (\d+) pending")
+_CAUGHT_UP = re.compile(r"delay (\d+): caught up at offset \d+, (\d+) pending")
 _GAUGE = re.compile(r"^kourier_pending_timers\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 
 
@@ -106,6 +115,17 @@ class WorkerProcess:
                 return time.monotonic()
             time.sleep(0.5)
         raise RuntimeError(f"the worker reported {self.pending()} of {expected} pending")
+
+    def wait_caught_up(self, partitions: int, seconds: float) -> tuple[float, int]:
+        """Wait until every delay partition logged that it caught up; when, and the
+        messages pending then."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = {int(m[1]): int(m[2]) for m in _CAUGHT_UP.finditer(self.log.read_text())}
+            if len(found) == partitions:
+                return time.monotonic(), sum(found.values())
+            time.sleep(0.2)
+        raise RuntimeError(f"delay partitions still catching up after {seconds:.0f} s")
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -226,8 +246,9 @@ async def workload_lateness(
     return result
 
 
-def produce_pending(settings: Settings, total: int) -> float:
-    """``total`` Delayed records due in 5 to 6 hours, straight onto the delay topic."""
+def produce_pending(settings: Settings, total: int, due_in: float = 5 * 3600) -> float:
+    """``total`` Delayed records due ``due_in`` seconds from now (5 hours) to an hour later,
+    straight onto the delay topic."""
     producer = Producer(
         settings.client_config(
             {"linger.ms": 20, "batch.num.messages": 10000, "compression.type": "lz4"}
@@ -246,7 +267,7 @@ def produce_pending(settings: Settings, total: int) -> float:
             invocation_id=ids.new_id(key, settings.partitions),
             mode="send",
         )
-        due = now + timedelta(hours=5, seconds=rng.uniform(0, 3600))
+        due = now + timedelta(seconds=due_in + rng.uniform(0, 3600))
         value = encode(Delayed(due=due, invoke=invoke))
         while True:
             try:
@@ -334,6 +355,64 @@ async def run(sends: int, pending: int, watch_ingress: bool = True) -> dict[str,
         broker.stop(work / "kafka")
 
 
+async def run_overdue(total: int) -> dict[str, Any]:
+    """A worker taking over a delay topic whose ``total`` messages all fell due during an
+    outage (see the module's docstring)."""
+    work = Path(tempfile.mkdtemp(prefix="kourier-delay-bench-"))
+    running = broker.start(work / "kafka", port=0)
+    worker: WorkerProcess | None = None
+    try:
+        settings = Settings(bootstrap_servers=running.bootstrap, namespace="dbench", partitions=8)
+        create_topics(settings)
+        env = dict(
+            os.environ,
+            KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
+            KOURIER_NAMESPACE=settings.namespace,
+            PYTHONPATH=str(ROOT),
+        )
+        produce_s = await asyncio.to_thread(produce_pending, settings, total, -2 * 3600)
+        began = time.monotonic()
+        worker = WorkerProcess(env, work / "worker.log")
+        caught_up, pending = await asyncio.to_thread(
+            worker.wait_caught_up, settings.partitions, 600
+        )
+        rss_caught_up = rss_mib(worker.pid)
+        deadline = time.monotonic() + 900
+        while worker.pending_from_metrics() != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{worker.pending()} of {total} overdue still pending")
+            await asyncio.sleep(0.2)
+        released, rss_released = time.monotonic(), rss_mib(worker.pid)
+        async with Client(settings) as client:
+            ran = 0
+            while ran < total:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{ran} of {total} released invocations ran")
+                await asyncio.sleep(2.0)
+                counts = await asyncio.gather(
+                    *(client.object("Meter", f"far-{i}", "count").request() for i in range(1000))
+                )
+                ran = sum(counts)
+        return {
+            "overdue": {
+                "messages": total,
+                "produce_s": round(produce_s, 1),
+                "pending_when_caught_up": pending,
+                "caught_up_s_after_start": round(caught_up - began, 1),
+                "released_s_after_start": round(released - began, 1),
+                "ran_s_after_start": round(time.monotonic() - began, 1),
+                "worker_rss_caught_up_mib": round(rss_caught_up, 1),
+                "worker_rss_released_mib": round(rss_released, 1),
+                "worker_rss_ran_mib": round(rss_mib(worker.pid), 1),
+                "worker_peak_rss_mib": round(rss_mib(worker.pid, "VmHWM"), 1),
+            }
+        }
+    finally:
+        if worker is not None:
+            worker.stop()
+        broker.stop(work / "kafka")
+
+
 def say(name: str, results: dict[str, Any]) -> None:
     print(f"delay-bench: {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
 
@@ -345,7 +424,13 @@ def main() -> None:
     parser.add_argument(
         "--no-watch", action="store_true", help="do not time releases on the ingress topic"
     )
+    parser.add_argument(
+        "--overdue", type=int, default=0, help="only the take-over of this many overdue messages"
+    )
     args = parser.parse_args()
+    if args.overdue:
+        print(json.dumps(asyncio.run(run_overdue(args.overdue)), indent=2))
+        return
     print(json.dumps(asyncio.run(run(args.sends, args.pending, not args.no_watch)), indent=2))
 
 

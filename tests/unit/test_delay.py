@@ -4,6 +4,7 @@ a fake read-back; never early, never twice, the commit offset, the horizon."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.engine import delay
-from streams.engine.delay import DelayProcessor, Deliver
+from streams.engine.delay import DelayProcessor, Deliver, Holding
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out
 from streams.wire import ids
@@ -132,7 +133,14 @@ class Fetcher:
 class Rig:
     """A processor reading ``log`` from ``start``, its emitted records, a fake clock."""
 
-    def __init__(self, log: Log, clock: Clock, start: int = 0, **options: float) -> None:
+    def __init__(
+        self,
+        log: Log,
+        clock: Clock,
+        start: int = 0,
+        holding: Holding | None = None,
+        **options: float,
+    ) -> None:
         self.log = log
         self.clock = clock
         self.out: list[Out] = []
@@ -146,6 +154,7 @@ class Rig:
             emit=self.out.append,
             wake=lambda: None,
             fetcher=self.fetcher,
+            holding=holding,
             clock=clock,
             **options,
         )
@@ -773,6 +782,109 @@ async def test_a_new_owner_reading_released_messages_keeps_no_entry_for_them() -
     assert set(rig.released) == {pending}
 
 
+async def test_a_new_owner_holds_at_most_max_held_of_a_backlog_of_overdue_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After an outage every message that fell due meanwhile is overdue, so within the
+    horizon: a new owner held every one of them in full while it read the backlog, however
+    many (a million sends due in minutes, an hour's outage). It holds MAX_HELD; the rest wait
+    as offsets and are read back as releases make room, in the order they were read (one
+    pass over the partition, whatever their due times), each released once, none early."""
+    monkeypatch.setattr(delay, "MAX_HELD", 100)
+    monkeypatch.setattr(delay, "FETCH_BATCH", 40)
+    log, clock = Log(), Clock()
+    overdue = [log.delayed(T0 + (i * 7919 % 1000) / 10) for i in range(1000)]
+    clock.now = T0 + 3600
+    soon = [log.delayed(clock.now + 5 + i / 100) for i in range(50)]
+    rig = Rig(log, clock)
+    rig.feed()
+    assert rig.processor.caught_up
+    assert rig.processor.pending == 1050
+    assert rig.processor.held <= 100, f"{rig.processor.held} messages held in full"
+    most = 0
+    for _ in range(200):
+        rig.tick()
+        rig.fetcher.serve()
+        most = max(most, rig.processor.held)
+        if len(rig.released) == len(overdue):
+            break
+    assert set(rig.released) == set(overdue)
+    assert most <= 100 + 40, f"{most} held in full while releasing"
+    asked = rig.fetcher.asked
+    assert all(a[-1] < b[0] for a, b in itertools.pairwise(asked)), "read back out of order"
+    assert rig.processor.pending == len(soon)
+    rig.tick(clock.now + 4.9)
+    rig.fetcher.serve()
+    assert set(rig.released) == set(overdue), "released early"
+    rig.tick(clock.now + 1)
+    assert set(rig.released) == set(overdue) | set(soon)
+    for offset, at in rig.released.items():
+        assert at >= due_of(log, offset)
+
+
+async def test_max_held_counts_the_messages_of_every_delay_partition_of_a_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker owns a delay processor per partition: each held up to MAX_HELD of an
+    outage's backlog, so a worker with 8 partitions held 8 times as many."""
+    monkeypatch.setattr(delay, "MAX_HELD", 100)
+    holding = Holding()
+    clock = Clock()
+    logs = [Log(), Log()]
+    for log in logs:
+        for i in range(80):
+            log.delayed(T0 + i / 10)
+    clock.now = T0 + 3600
+    rigs = [Rig(log, clock, holding=holding) for log in logs]
+    for rig in rigs:
+        rig.feed()
+    assert holding.count == sum(rig.processor.held for rig in rigs) == 100
+    for _ in range(20):
+        for rig in rigs:
+            rig.tick()
+            rig.fetcher.serve()
+            assert holding.count == sum(rig.processor.held for rig in rigs) <= 100 + 20_000
+    assert [len(rig.released) for rig in rigs] == [80, 80]
+    assert holding.count == 0
+    late = Log()
+    late.delayed(clock.now + 5)
+    rigs.append(Rig(late, clock, holding=holding))
+    rigs[-1].feed()
+    assert holding.count == 1
+    rigs[-1].processor.close()
+    assert holding.count == 0, "a closed processor's messages still counted"
+
+
+async def test_a_backlog_of_due_messages_goes_a_batch_per_step_not_all_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop's timer released RELEASE_BATCH, re-armed at once and released the next, so
+    a backlog went out between two steps of the worker, all of it waiting in the outbox for
+    the committer (a million overdue messages after an outage: hundreds of MiB). One batch
+    goes on the loop; the next on the worker's next step (``tick``), and so on."""
+    monkeypatch.setattr(delay, "RELEASE_BATCH", 10)
+    log, clock = Log(), Clock()
+    overdue = [log.delayed(T0 + i / 100) for i in range(35)]
+    clock.now = T0 + 60
+    rig = Rig(log, clock)
+    rig.feed()
+    for _ in range(20):  # the loop's timers run, as between two steps
+        await asyncio.sleep(0)
+    assert len(rig.out) == 2 * 10, f"{len(rig.out) // 2} released on the loop"
+    assert rig.processor.next_due is not None
+    assert rig.processor.next_due <= clock.now
+    rig.commit()
+    for step in range(1, 4):
+        rig.tick()
+        await asyncio.sleep(0)
+        assert len(rig.released) == min(35, 10 * (step + 1))
+    assert set(rig.released) == set(overdue)
+    later = log.delayed(clock.now + 0.05)
+    rig.feed()
+    assert rig.processor.next_due == pytest.approx(due_of(log, later))
+    rig.processor.close()
+
+
 async def test_timers_fire_on_the_event_loop_with_the_real_clock() -> None:
     log = Log()
     out: list[Out] = []
@@ -821,6 +933,7 @@ async def test_timers_fire_on_the_event_loop_with_the_real_clock() -> None:
         ]
     ),
     abort=st.booleans(),
+    max_held=st.sampled_from([None, 1, 3]),
 )
 def test_never_early_never_twice_all_eventually(
     dues: list[float],
@@ -830,13 +943,16 @@ def test_never_early_never_twice_all_eventually(
     seed: int,
     carry: tuple[int, int, int, int, int] | None,
     abort: bool,
+    max_held: int | None,
 ) -> None:
     """``carry``: (CARRY_AFTER, CARRY_SPARSE, CARRY_BATCH, CARRY_SPAN, CARRY_BYTES), so
     that messages are carried forward often, some carries cut short; ``abort``: the
-    transaction in flight at the restart fails, losing what it held."""
-    names = ("CARRY_AFTER", "CARRY_SPARSE", "CARRY_BATCH", "CARRY_SPAN", "CARRY_BYTES")
+    transaction in flight at the restart fails, losing what it held; ``max_held``: so few
+    messages are held in full that the rest wait as offsets, overdue or not."""
+    names = ("CARRY_AFTER", "CARRY_SPARSE", "CARRY_BATCH", "CARRY_SPAN", "CARRY_BYTES", "MAX_HELD")
     saved = [getattr(delay, name) for name in names]
-    for name, value in zip(names, carry or saved, strict=True):
+    values = [*(carry or saved[:-1]), max_held or saved[-1]]
+    for name, value in zip(names, values, strict=True):
         setattr(delay, name, value)
     try:
         asyncio.run(_scenario(dues, steps, restart_at, serve_late, seed, abort))
