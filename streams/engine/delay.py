@@ -29,16 +29,19 @@ hours cost about 10 MiB in Python. Reading them leaves about 100 MiB of librdkaf
 freed but resident in the C heap, so after every 100,000 records read the processor hands
 that memory back to the OS (``malloc_trim``).
 
-The exception is a worker whose delay processors hold ``MAX_HELD`` messages already (one
-:class:`Holding` counts them over all its delay partitions), as a new owner does that reads
-the backlog of an outage, every message of it overdue. A message read then waits as an
-offset in a bucket: that of its due second or, overdue, that of the second it is read in (so
-that a read-back takes a backlog's offsets in the order they were read, one pass over the
-partition). The horizon stays where it is until those buckets are read back,
-``FETCH_BATCH`` offsets at a time, as releases make room. A backlog of due messages is
-released ``RELEASE_BATCH`` at a time, one batch per step of the worker, so that the committer
-takes each batch before the next is released. What is held in full stays below ``MAX_HELD``
-plus a read-back per delay partition, however long the outage was.
+A backlog. A new owner that reads the backlog of an outage finds every message that fell due
+meanwhile overdue, so inside the horizon. Overdue messages are held in full only while the
+worker holds fewer than ``MAX_HELD`` (one :class:`Holding` counts them over all its delay
+partitions); the rest wait as offsets, in the order read, and are read back ``FETCH_BATCH``
+at a time as releases make room, one pass over the partition. A processor waiting for room
+that has nothing due of its own is called back when another's releases make some. Messages
+not yet due are held as ever: a backlog holds no short delay back. Due messages are
+released ``RELEASE_BATCH`` a partition at a time, one batch per step of the worker, not
+batch after batch on the loop: each step's releases reach the committer, whose back-pressure
+(``Committer.MAX_PENDING``) holds the next step back, before more are released. What a
+backlog holds in full thus stays near ``MAX_HELD`` plus a read-back per delay partition
+(dead letters aside: a record that cannot be read is held to be set aside), however long
+the outage was.
 
 Carrying forward. The committed offset is the oldest pending message, so one message due in
 a month would pin it while the partition fills with released records and markers: a new
@@ -77,8 +80,10 @@ log = logging.getLogger("kourier.delay")
 HORIZON = 30.0  # messages due sooner than this are held in full
 LEAD = 10.0  # read far messages back once the earliest is due within this
 FETCH_BATCH = 20_000  # offsets per read-back
-MAX_HELD = 200_000  # messages held in full by a worker, over all its delay partitions
-RELEASE_BATCH = 5_000  # releases per event-loop callback or step, so one transaction stays small
+# Overdue messages are held in full only while the worker holds fewer than this over all its
+# delay partitions, and there is no far read-back while one partition holds as many.
+MAX_HELD = 200_000
+RELEASE_BATCH = 5_000  # releases per partition per loop callback or step: transactions stay small
 REPORT_EVERY = 10.0  # seconds between log lines of the pending count while it changes
 TRIM_AFTER = 100_000  # records read, after which freed heap memory goes back to the OS
 CARRY_AFTER = 100_000  # records behind the end before the oldest pending are carried forward
@@ -137,15 +142,30 @@ def trim_heap() -> bool:
 
 class Holding:
     """How many messages the delay processors of one worker hold in full, against
-    ``MAX_HELD`` for all of them: a worker that owns many delay partitions holds no more
-    than one that owns one."""
+    ``MAX_HELD`` for all of them, so that a worker that owns many delay partitions takes
+    no more of an outage's backlog in at once than one that owns one. A processor whose
+    overdue messages wait for room asks to be called back when there is some."""
 
     def __init__(self) -> None:
         self.count = 0
+        self._waiting: set[Callable[[], None]] = set()
 
     @property
     def full(self) -> bool:
         return self.count >= MAX_HELD
+
+    def wait(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the loop, soon) once the count falls below ``MAX_HELD``."""
+        self._waiting.add(callback)
+
+    def drop(self, count: int) -> None:
+        was_full = self.full
+        self.count -= count
+        if was_full and not self.full and self._waiting:
+            waiting, self._waiting = self._waiting, set()
+            loop = asyncio.get_running_loop()
+            for callback in waiting:
+                loop.call_soon(callback)
 
 
 class DelayProcessor:
@@ -193,6 +213,9 @@ class DelayProcessor:
         self._far: dict[int, array[int]] = {}
         self._far_seconds: list[int] = []
         self._far_size = 0  # offsets in buckets, some of them perhaps released since
+        # Overdue, read while the worker held MAX_HELD (a backlog): offsets in read order.
+        self._overdue: array[int] = array("q")
+        self._reading_overdue = False  # a read-back of some of them is under way
         self._loaded_until = math.floor(clock() + horizon)
         self._fetching = False  # a read-back of far messages soon due is under way
         self._carrying = False  # a carry's read-back is under way
@@ -263,15 +286,14 @@ class DelayProcessor:
         now = self._clock()
         self._extend_horizon(now)
         second = math.floor(due)
-        if second < self._loaded_until and not self._holding.full:
+        if second < self._loaded_until:
+            if due <= now and self._holding.full:
+                # Overdue while the worker holds MAX_HELD (the backlog of an outage): an
+                # offset, read back as releases make room, in the order read.
+                self._overdue.append(offset)
+                return
             self._hold(offset, due, released)
             return
-        # Due later, or the worker holds MAX_HELD already (a new owner reading the backlog
-        # of an outage, all of it overdue): an offset in the bucket of its due second, read
-        # back as releases make room. An overdue one goes in the bucket of the second it is
-        # read in: a read-back then takes a backlog's offsets in the order they were read,
-        # one pass over the partition, not offsets scattered over all of it by due time.
-        second = max(second, math.floor(now))
         bucket = self._far.get(second)
         if bucket is None:
             bucket = self._far[second] = array("q")
@@ -303,7 +325,7 @@ class DelayProcessor:
 
     def _hold(self, offset: int, due: float, released: Out) -> None:
         if offset not in self._held and not self.closed:
-            self._holding.count += 1
+            self._holding.count += 1  # (a closed processor's were dropped from the count)
         self._held[offset] = released
         heapq.heappush(self._near, (due, offset))
         if len(self._near) > 2 * len(self._held) + 1024:
@@ -316,7 +338,7 @@ class DelayProcessor:
         """The record held for ``offset``, no longer held; None if none was."""
         held = self._held.pop(offset, None)
         if held is not None and not self.closed:
-            self._holding.count -= 1
+            self._holding.drop(1)
         return held
 
     # -- what the worker asks -----------------------------------------------------------
@@ -357,7 +379,7 @@ class DelayProcessor:
 
     def _refill(self, now: float) -> None:
         """Read back the buckets that came inside the horizon, once the earliest is near."""
-        if self._fetching or not self._far_seconds or self._holding.full:
+        if self._fetching or not self._far_seconds or len(self._held) >= MAX_HELD:
             return
         if self._far_seconds[0] > now + self._lead:
             return
@@ -386,6 +408,36 @@ class DelayProcessor:
         if self.closed:
             return
         self._fetching = False
+        self._take(found, missing)
+
+    def _read_overdue(self) -> None:
+        """Read back the next overdue messages that waited for room, if there is some."""
+        if self._reading_overdue or not self._overdue:
+            return
+        if self._holding.full:
+            self._holding.wait(self._on_room)
+            return
+        offsets: list[int] = []
+        while self._overdue and not offsets:
+            taken = self._overdue[:FETCH_BATCH]
+            del self._overdue[:FETCH_BATCH]
+            offsets = [o for o in taken if o in self._pending]
+        if offsets:
+            self._reading_overdue = True
+            self._fetcher.fetch(self.partition, offsets, self._on_overdue, wanted=self._open)
+
+    def _on_overdue(self, found: list[Fetched], missing: list[int]) -> None:
+        if self.closed:
+            return
+        self._reading_overdue = False
+        self._take(found, missing)
+
+    def _on_room(self) -> None:
+        """The worker holds fewer than MAX_HELD again (another partition released some)."""
+        if not self.closed:
+            self._arm()
+
+    def _take(self, found: list[Fetched], missing: list[int]) -> None:
         for offset, key, value in found:
             if offset not in self._pending:
                 continue  # released or marked fired meanwhile
@@ -416,8 +468,10 @@ class DelayProcessor:
     def _carry(self, now: float) -> None:
         """Read back the oldest messages kept as offsets when they hold the committed offset
         far behind a partition that is mostly released (see the module's docstring)."""
-        if self._carrying or now < self._carry_at or self._holding.full:
+        if self._carrying or now < self._carry_at or len(self._held) >= MAX_HELD:
             return
+        if self._overdue:
+            return  # a backlog is being released: none of it is worth copying
         lowest = self._pending.lowest()
         if lowest is None or lowest in self._held:
             return  # held messages leave within the horizon: carrying past one moves nothing
@@ -482,7 +536,7 @@ class DelayProcessor:
     def _compact_far(self) -> None:
         """Drop offsets no longer pending from the buckets once they are most of them (a
         carried message's old offset stays in its bucket until then)."""
-        live = len(self._pending) - len(self._held)
+        live = len(self._pending) - len(self._held) - len(self._overdue)
         if self._far_size <= 2 * live + FETCH_BATCH:
             return
         far: dict[int, array[int]] = {}
@@ -505,6 +559,7 @@ class DelayProcessor:
         now = self._clock()
         self._extend_horizon(now)
         self._refill(now)
+        self._read_overdue()
         self._carry(now)
         while self._near and self._near[0][1] not in self._held:
             heapq.heappop(self._near)  # released through a marker
@@ -520,7 +575,7 @@ class DelayProcessor:
                 self._timer = self._later(due - now, self._on_due)
             self._timer_at = due
         refill_at = None
-        if self._far_seconds and not self._fetching and not self._holding.full:
+        if self._far_seconds and not self._fetching and len(self._held) < MAX_HELD:
             refill_at = self._far_seconds[0] - self._lead
             if refill_at <= now:  # not possible yet; a release or read-back re-arms
                 refill_at = None
@@ -607,7 +662,8 @@ class DelayProcessor:
 
     def close(self) -> None:
         if not self.closed:
-            self._holding.count -= len(self._held)
+            self.closed = True
+            self._holding.drop(len(self._held))
         self.closed = True
         for handle in (self._timer, self._refill_timer, self._report, self._carry_timer):
             if handle is not None:
