@@ -30,18 +30,19 @@ freed but resident in the C heap, so after every 100,000 records read the proces
 that memory back to the OS (``malloc_trim``).
 
 A backlog. A new owner that reads the backlog of an outage finds every message that fell due
-meanwhile overdue, so inside the horizon. Overdue messages are held in full only while the
-worker holds fewer than ``MAX_HELD`` (one :class:`Holding` counts them over all its delay
-partitions); the rest wait as offsets, in the order read, and are read back ``FETCH_BATCH``
-at a time as releases make room, one pass over the partition. A processor waiting for room
-that has nothing due of its own is called back when another's releases make some. Messages
-not yet due are held as ever: a backlog holds no short delay back. Due messages are
-released ``RELEASE_BATCH`` a partition at a time, one batch per step of the worker, not
-batch after batch on the loop: each step's releases reach the committer, whose back-pressure
-(``Committer.MAX_PENDING``) holds the next step back, before more are released. What a
-backlog holds in full thus stays near ``MAX_HELD`` plus a read-back per delay partition
-(dead letters aside: a record that cannot be read is held to be set aside), however long
-the outage was.
+meanwhile overdue, so inside the horizon. An overdue message read before the processor has
+caught up is held in full only while the worker holds fewer than ``MAX_HELD`` (one
+:class:`Holding` counts them over all its delay partitions); the rest wait as offsets in
+``_overdue``, in the order read (the exception to the invariant above), and are read back
+``FETCH_BATCH`` at a time as releases make room, one pass over the partition. A processor
+waiting for room that has nothing due of its own is called back when another's releases
+make some. Messages read once caught up are held as ever, due or not: a backlog holds no
+live message back. Due messages are released ``RELEASE_BATCH`` a partition at a time: the
+first batch on the loop, the next ones one per step of the worker, each step's releases
+reaching the committer, whose back-pressure (``Committer.MAX_PENDING``) holds the next step
+back. What a backlog holds in full thus stays near ``MAX_HELD`` plus a read-back per delay
+partition (dead letters aside: a record that cannot be read is held to be set aside),
+however long the outage was.
 
 Carrying forward. The committed offset is the oldest pending message, so one message due in
 a month would pin it while the partition fills with released records and markers: a new
@@ -158,12 +159,18 @@ class Holding:
         """Call ``callback`` (on the loop, soon) once the count falls below ``MAX_HELD``."""
         self._waiting.add(callback)
 
+    def forget(self, callback: Callable[[], None]) -> None:
+        self._waiting.discard(callback)
+
     def drop(self, count: int) -> None:
         was_full = self.full
         self.count -= count
         if was_full and not self.full and self._waiting:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # nothing runs without the loop: they wait for the next drop
+                return
             waiting, self._waiting = self._waiting, set()
-            loop = asyncio.get_running_loop()
             for callback in waiting:
                 loop.call_soon(callback)
 
@@ -287,9 +294,9 @@ class DelayProcessor:
         self._extend_horizon(now)
         second = math.floor(due)
         if second < self._loaded_until:
-            if due <= now and self._holding.full:
-                # Overdue while the worker holds MAX_HELD (the backlog of an outage): an
-                # offset, read back as releases make room, in the order read.
+            if not self.caught_up and due <= now and self._holding.full:
+                # A backlog's overdue message while the worker holds MAX_HELD: an offset,
+                # read back as releases make room, in the order read.
                 self._overdue.append(offset)
                 return
             self._hold(offset, due, released)
@@ -470,7 +477,7 @@ class DelayProcessor:
         far behind a partition that is mostly released (see the module's docstring)."""
         if self._carrying or now < self._carry_at or len(self._held) >= MAX_HELD:
             return
-        if self._overdue:
+        if self._overdue or self._reading_overdue:
             return  # a backlog is being released: none of it is worth copying
         lowest = self._pending.lowest()
         if lowest is None or lowest in self._held:
@@ -564,14 +571,15 @@ class DelayProcessor:
         while self._near and self._near[0][1] not in self._held:
             heapq.heappop(self._near)  # released through a marker
         due = self._near[0][0] if self._near else None
-        if due != self._timer_at:
+        # A backlog of due messages goes a batch per step of the worker (``tick``, as
+        # ``next_due`` has passed), not batch after batch on the loop: each step's releases
+        # reach the committer, whose back-pressure holds the next step back.
+        timed = due is not None and not (self._backlog and due <= now)
+        if due != self._timer_at or timed != (self._timer is not None):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = None
-            # A backlog of due messages goes a batch per step of the worker (``tick``), not
-            # batch after batch on the loop: the committer takes each batch before the next
-            # is released, so what is released waits in no outbox, however long the backlog.
-            if due is not None and not (self._backlog and due <= now):
+            if timed and due is not None:
                 self._timer = self._later(due - now, self._on_due)
             self._timer_at = due
         refill_at = None
@@ -661,12 +669,13 @@ class DelayProcessor:
         return not self.closed
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._holding.drop(len(self._held))
+        was_open = not self.closed
         self.closed = True
         for handle in (self._timer, self._refill_timer, self._report, self._carry_timer):
             if handle is not None:
                 handle.cancel()
         self._timer = self._refill_timer = self._report = self._carry_timer = None
         self._timer_at = self._refill_at = None
+        if was_open:
+            self._holding.forget(self._on_room)
+            self._holding.drop(len(self._held))
