@@ -18,6 +18,7 @@ from streams.engine.journal import (
     EntryKind,
     InvocationMeta,
     Promise,
+    is_cancel,
     own_copy,
 )
 from streams.engine.store import ObjectKey
@@ -193,7 +194,7 @@ class Invocation:
                 if self.waiting.get(index) is future:
                     del self.waiting[index]
             self.check_open()
-        if entry.kind == "call" and _is_conflict(entry):
+        if entry.kind == "call" and is_cancel(entry.failure):
             self.take_cancel()  # the handler now meets the 409 its cancel caused
         return outcome(entry)
 
@@ -297,7 +298,3 @@ class Invocation:
         self.waiting.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
-
-
-def _is_conflict(entry: Entry) -> bool:
-    return entry.failure is not None and entry.failure.code == 409

@@ -200,6 +200,15 @@ log = logging.getLogger("kourier.journal")
 
 CANCELLED = Failure(code=409, message="cancelled")
 KILLED = Failure(code=409, message="killed")
+
+
+def is_cancel(failure: Failure | None) -> bool:
+    """Whether ``failure`` is a cancel's: a call's callee that was cancelled (the cancel a
+    caller sent it, or one of its own) fails the call with it. A callee's own 409 for
+    another reason (a business conflict, a workflow that already ran) is no cancel."""
+    return failure is not None and (failure.code, failure.message) == (409, CANCELLED.message)
+
+
 #: Entries that wait on something other than a call: a cancel fails them directly.
 LOCAL_WAITS = frozenset({"sleep", "promise_get", "attach"})
 

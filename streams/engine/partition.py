@@ -27,6 +27,7 @@ from streams.engine.journal import (
     EntryKind,
     InvocationMeta,
     Promise,
+    is_cancel,
 )
 from streams.engine.locks import KeyLocks
 from streams.engine.outbox import Out, Outbox
@@ -420,9 +421,10 @@ class PartitionProcessor:
         if entry.kind == "call" and failure is not None:
             if failure.code == 408 and entry.due is not None and entry.callee is not None:
                 self.outbox.control(Cancel(invocation_id=entry.callee))  # deadline passed
-            if failure.code == 409 and inv.meta.cancel_requested and index in inv.waiting:
+            if is_cancel(failure) and inv.meta.cancel_requested and index in inv.waiting:
                 # The cancel reaches the handler through the call it awaits. A call nobody
-                # awaits now (a select lost it) leaves the cancel for the next wait.
+                # awaits now (a select lost it) leaves the cancel for the next wait, and so
+                # does a callee's own 409 (a conflict): the handler meets it, then the cancel.
                 inv.meta.cancel_requested = False
         inv.complete_entry(index, value=record.value, failure=failure)
         return True

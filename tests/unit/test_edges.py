@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from handlers import (
     Context,
     ObjectContext,
@@ -78,6 +80,24 @@ async def lose_then_sleep(ctx: ObjectContext) -> str:
     """A call loses a select, the handler works a while, then sleeps (and compensates)."""
     await select(reply=ctx.service(one).request(), timeout=ctx.sleep(timedelta(0)))
     await ctx.run("work", GATE.setdefault(ctx.key, asyncio.Event()).wait)
+    try:
+        await ctx.sleep(timedelta(hours=1))
+    except TerminalError as error:
+        ctx.set("compensated", error.status_code)
+        raise
+    return "slept"
+
+
+@edge.handler()
+async def conflict_then_sleep(ctx: ObjectContext) -> str:
+    """A call made, awaited after some work, failing with a 409 of the callee's own, which
+    the handler takes as a business outcome; then a sleep (which compensates)."""
+    call = ctx.service(one).request()
+    await ctx.run("work", GATE.setdefault(ctx.key, asyncio.Event()).wait)
+    try:
+        await call
+    except TerminalError as error:
+        ctx.set("conflict", error.message)
     try:
         await ctx.sleep(timedelta(hours=1))
     except TerminalError as error:
@@ -187,6 +207,40 @@ async def test_a_cancel_is_not_used_up_by_a_call_that_lost_a_select() -> None:
     await until(lambda: "c" in h.responses())
     assert h.responses()["c"].failure.code == 409, "the sleep after the work met the cancel"
     assert h.processor.store.state[("Edge", "c")] == {"compensated": 409}
+
+
+@pytest.mark.parametrize("callee_done", ["before the cancel", "after the cancel"])
+async def test_a_callees_own_409_does_not_use_up_the_callers_cancel(callee_done: str) -> None:
+    """Any 409 of a call counted as the caller's cancel coming back through it: a callee's
+    own ("conflict": a business rule, a workflow that already ran), failing the call before
+    the caller was cancelled and awaited after, or arriving while the cancel sent to the
+    callee was on its way. The cancel was used up; the handler took the conflict as such,
+    went on, and its sleep waited the hour. Now only a 409 "cancelled" delivers it."""
+    h = harness()
+    key = callee_done[:6]
+    inv_id = h.call(Target(service="Edge", key=key, handler="conflict_then_sleep"), request_id=key)
+    await until(lambda: any(e.kind == "run" for e in h.processor.invocations[inv_id].journal))
+    (call,) = h.invokes()
+    conflict = Completion(caller=Caller(invocation_id=inv_id, entry=0),
+                          invocation_id=call["invocation_id"],
+                          failure=Failure(code=409, message="conflict"))  # fmt: skip
+    if callee_done == "before the cancel":
+        h.send(conflict)
+        await settle()
+        h.send(Cancel(invocation_id=inv_id))  # the handler is in its ctx.run
+        await settle()
+        GATE[key].set()
+    else:
+        GATE[key].set()
+        await until(lambda: 0 in h.processor.invocations[inv_id].waiting)
+        h.send(Cancel(invocation_id=inv_id))  # goes on to the callee, which ends first
+        assert [r["invocation_id"] for r in h.records("cancel")] == [call["invocation_id"]]
+        h.send(conflict)
+    await until(lambda: key in h.responses(), 2.0)  # else: the sleep met no cancel
+    failure = h.responses()[key].failure
+    assert failure is not None
+    assert (failure.code, failure.message) == (409, "cancelled")
+    assert h.processor.store.state[("Edge", key)] == {"conflict": "conflict", "compensated": 409}
 
 
 async def test_an_effect_in_flight_keeps_its_invocation_from_suspending() -> None:
