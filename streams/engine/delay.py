@@ -31,7 +31,7 @@ that memory back to the OS (``malloc_trim``).
 
 A backlog. A new owner that reads the backlog of an outage finds every message that fell due
 meanwhile overdue, so inside the horizon. An overdue message read before the processor has
-caught up is held in full only while the worker holds fewer than ``MAX_HELD`` (one
+caught up is held in full only while the worker holds fewer than ``BACKLOG_HELD`` (one
 :class:`Holding` counts them over all its delay partitions); the rest wait as offsets in
 ``_overdue``, in the order read (the exception to the invariant above), and are read back
 ``FETCH_BATCH`` at a time as releases make room, one pass over the partition. A processor
@@ -40,7 +40,7 @@ make some. Messages read once caught up are held as ever, due or not: a backlog 
 live message back. Due messages are released ``RELEASE_BATCH`` a partition at a time: the
 first batch on the loop, the next ones one per step of the worker, each step's releases
 reaching the committer, whose back-pressure (``Committer.MAX_PENDING``) holds the next step
-back. What a backlog holds in full thus stays near ``MAX_HELD`` plus a read-back per delay
+back. What a backlog holds in full thus stays near ``BACKLOG_HELD`` plus a read-back per delay
 partition (dead letters aside: a record that cannot be read is held to be set aside),
 however long the outage was.
 
@@ -81,9 +81,10 @@ log = logging.getLogger("kourier.delay")
 HORIZON = 30.0  # messages due sooner than this are held in full
 LEAD = 10.0  # read far messages back once the earliest is due within this
 FETCH_BATCH = 20_000  # offsets per read-back
-# Overdue messages are held in full only while the worker holds fewer than this over all its
-# delay partitions, and there is no far read-back while one partition holds as many.
-MAX_HELD = 200_000
+MAX_HELD = 200_000  # no far read-back while a partition holds this many messages in full
+# A backlog's overdue messages are held in full only while the worker holds fewer than this
+# over all its delay partitions (the rest wait as offsets).
+BACKLOG_HELD = 50_000
 RELEASE_BATCH = 5_000  # releases per partition per loop callback or step: transactions stay small
 REPORT_EVERY = 10.0  # seconds between log lines of the pending count while it changes
 TRIM_AFTER = 100_000  # records read, after which freed heap memory goes back to the OS
@@ -143,7 +144,7 @@ def trim_heap() -> bool:
 
 class Holding:
     """How many messages the delay processors of one worker hold in full, against
-    ``MAX_HELD`` for all of them, so that a worker that owns many delay partitions takes
+    ``BACKLOG_HELD`` for all of them, so that a worker that owns many delay partitions takes
     no more of an outage's backlog in at once than one that owns one. A processor whose
     overdue messages wait for room asks to be called back when there is some."""
 
@@ -153,10 +154,10 @@ class Holding:
 
     @property
     def full(self) -> bool:
-        return self.count >= MAX_HELD
+        return self.count >= BACKLOG_HELD
 
     def wait(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the loop, soon) once the count falls below ``MAX_HELD``."""
+        """Call ``callback`` (on the loop, soon) once the count falls below ``BACKLOG_HELD``."""
         self._waiting.add(callback)
 
     def forget(self, callback: Callable[[], None]) -> None:
@@ -220,7 +221,7 @@ class DelayProcessor:
         self._far: dict[int, array[int]] = {}
         self._far_seconds: list[int] = []
         self._far_size = 0  # offsets in buckets, some of them perhaps released since
-        # Overdue, read while the worker held MAX_HELD (a backlog): offsets in read order.
+        # Overdue, read while the worker held BACKLOG_HELD (a backlog): offsets in read order.
         self._overdue: array[int] = array("q")
         self._reading_overdue = False  # a read-back of some of them is under way
         self._loaded_until = math.floor(clock() + horizon)
@@ -295,7 +296,7 @@ class DelayProcessor:
         second = math.floor(due)
         if second < self._loaded_until:
             if not self.caught_up and due <= now and self._holding.full:
-                # A backlog's overdue message while the worker holds MAX_HELD: an offset,
+                # A backlog's overdue message while the worker holds BACKLOG_HELD: an offset,
                 # read back as releases make room, in the order read.
                 self._overdue.append(offset)
                 return
@@ -440,7 +441,7 @@ class DelayProcessor:
         self._take(found, missing)
 
     def _on_room(self) -> None:
-        """The worker holds fewer than MAX_HELD again (another partition released some)."""
+        """The worker holds fewer than BACKLOG_HELD again (another partition released some)."""
         if not self.closed:
             self._arm()
 

@@ -805,12 +805,12 @@ async def test_a_new_owner_holds_at_most_max_held_of_a_backlog_of_overdue_messag
 ) -> None:
     """After an outage every message that fell due meanwhile is overdue, so within the
     horizon: a new owner held every one of them in full while it read the backlog, however
-    many (a million sends due in minutes, an hour's outage). It holds MAX_HELD; the rest wait
-    as offsets and are read back as releases make room, in the order they were read (one
+    many (a million sends due in minutes, an hour's outage). It holds BACKLOG_HELD; the rest
+    wait as offsets and are read back as releases make room, in the order they were read (one
     pass over the partition, whatever their due times), each released once, none early,
     none that a marker further on says was released. Messages not yet due are held at once
     as ever: a backlog holds no short delay back."""
-    monkeypatch.setattr(delay, "MAX_HELD", 100)
+    monkeypatch.setattr(delay, "BACKLOG_HELD", 100)
     monkeypatch.setattr(delay, "FETCH_BATCH", 40)
     log, clock = Log(), Clock()
     overdue = [log.delayed(T0 + (i * 7919 % 1000) / 10) for i in range(1000)]
@@ -843,12 +843,12 @@ async def test_a_new_owner_holds_at_most_max_held_of_a_backlog_of_overdue_messag
 async def test_max_held_counts_every_delay_partition_and_one_waiting_for_room_is_called(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A worker owns a delay processor per partition, and each held up to MAX_HELD of an
+    """A worker owns a delay processor per partition, and each held up to BACKLOG_HELD of an
     outage's backlog: a worker of 8 partitions held 8 times as many. One count covers them
     all. A partition whose overdue messages wait for room has nothing due of its own, so no
     step ticks it: it is called back when another partition's releases make room. Messages
     read once caught up are held at once, due or not: a backlog holds no live one back."""
-    monkeypatch.setattr(delay, "MAX_HELD", 100)
+    monkeypatch.setattr(delay, "BACKLOG_HELD", 100)
     monkeypatch.setattr(delay, "FETCH_BATCH", 30)
     monkeypatch.setattr(delay, "RELEASE_BATCH", 50)
     holding = Holding()
@@ -860,7 +860,7 @@ async def test_max_held_counts_every_delay_partition_and_one_waiting_for_room_is
     rigs = [Rig(first, clock, holding=holding), Rig(second, clock, holding=holding)]
     for rig in rigs:
         rig.feed()
-    # MAX_HELD, and on each partition the last record read: the processor has caught up.
+    # BACKLOG_HELD, and on each partition the last record read: it has caught up by then.
     assert rigs[0].processor.held == 101
     assert rigs[1].processor.held == 1
     assert holding.count == 102
@@ -981,9 +981,10 @@ def test_never_early_never_twice_all_eventually(
     that messages are carried forward often, some carries cut short; ``abort``: the
     transaction in flight at the restart fails, losing what it held; ``max_held``: so few
     messages are held in full that the rest wait as offsets, overdue or not."""
-    names = ("CARRY_AFTER", "CARRY_SPARSE", "CARRY_BATCH", "CARRY_SPAN", "CARRY_BYTES", "MAX_HELD")
+    names = ("CARRY_AFTER", "CARRY_SPARSE", "CARRY_BATCH", "CARRY_SPAN", "CARRY_BYTES")
+    names += ("MAX_HELD", "BACKLOG_HELD")
     saved = [getattr(delay, name) for name in names]
-    values = [*(carry or saved[:-1]), max_held or saved[-1]]
+    values = [*(carry or saved[:5]), *((max_held, max_held) if max_held else saved[5:])]
     for name, value in zip(names, values, strict=True):
         setattr(delay, name, value)
     try:
