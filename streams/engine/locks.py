@@ -1,9 +1,15 @@
 """Exclusive handlers hold their object's key while they run; later calls wait in line.
 
 A virtual object runs one exclusive invocation per key at a time: the one holding the key,
-and an inbox of invocation ids queued behind it in arrival order. Shared handlers take no
+and an inbox of invocations queued behind it in arrival order. Shared handlers take no
 lock. Neither is written anywhere: both are rebuilt from the invocations' statuses when a
 partition is restored.
+
+An inbox names each invocation by its id and its ``seq`` (its arrival in the partition): an
+invocation that leaves the line without taking the key (cancelled while queued) stays in it
+until the key passes it by, and an invocation made again with the same id (its own id, an
+idempotency key) after the first was forgotten has another ``seq``, so the key goes to it at
+its own place in the line, not at the old one's.
 """
 
 from __future__ import annotations
@@ -19,15 +25,15 @@ class KeyLocks:
 
     def __init__(self) -> None:
         self.holders: dict[ObjectKey, str] = {}
-        self.inboxes: dict[ObjectKey, deque[str]] = {}
+        self.inboxes: dict[ObjectKey, deque[tuple[str, int]]] = {}  # (id, seq)
 
     def holder(self, obj: ObjectKey) -> str | None:
         return self.holders.get(obj)
 
-    def take_or_queue(self, obj: ObjectKey, invocation_id: str) -> bool:
+    def take_or_queue(self, obj: ObjectKey, invocation_id: str, seq: int) -> bool:
         """Take the key (True) or queue behind its holder (False)."""
         if obj in self.holders:
-            self.inboxes.setdefault(obj, deque()).append(invocation_id)
+            self.inboxes.setdefault(obj, deque()).append((invocation_id, seq))
             return False
         self.holders[obj] = invocation_id
         return True
@@ -36,9 +42,9 @@ class KeyLocks:
         """Restore: ``invocation_id`` was running with the key."""
         self.holders[obj] = invocation_id
 
-    def queue(self, obj: ObjectKey, invocation_id: str) -> None:
+    def queue(self, obj: ObjectKey, invocation_id: str, seq: int) -> None:
         """Restore: ``invocation_id`` was waiting for the key."""
-        self.inboxes.setdefault(obj, deque()).append(invocation_id)
+        self.inboxes.setdefault(obj, deque()).append((invocation_id, seq))
 
     def release(self, obj: ObjectKey, invocation_id: str) -> bool:
         """``invocation_id`` is done with the key; False when it did not hold it."""
@@ -47,19 +53,23 @@ class KeyLocks:
         del self.holders[obj]
         return True
 
-    def hand_on(self, obj: ObjectKey, ready: Callable[[str], bool]) -> str | None:
-        """Give a free key to the first queued invocation ``ready`` accepts (skipping those
-        no longer waiting); its id, or None when nobody waits."""
+    def hand_on(self, obj: ObjectKey, ready: Callable[[str, int], bool]) -> str | None:
+        """Give a free key to the first queued invocation ``ready(id, seq)`` accepts
+        (skipping those no longer waiting); its id, or None when nobody waits."""
         queue = self.inboxes.get(obj)
         chosen = None
         while queue:
-            candidate = queue.popleft()
-            if ready(candidate):
+            candidate, seq = queue.popleft()
+            if ready(candidate, seq):
                 self.holders[obj] = chosen = candidate
                 break
         if queue is not None and not queue:
             del self.inboxes[obj]
         return chosen
+
+    def queued(self, obj: ObjectKey) -> list[str]:
+        """The ids in ``obj``'s line, in order (some perhaps no longer waiting)."""
+        return [invocation_id for invocation_id, _ in self.inboxes.get(obj, ())]
 
     def unheld(self) -> list[ObjectKey]:
         """Keys with a queue but no holder (after a restore)."""

@@ -103,9 +103,11 @@ class Outcomes:
     def unlock_next(self, lock: ObjectKey) -> None:
         """Hand a free key to the first call queued for it that still waits, and run it."""
 
-        def still_pending(inv_id: str) -> bool:
+        def still_pending(inv_id: str, seq: int) -> bool:
             candidate = self._invocations.get(inv_id)
-            return candidate is not None and candidate.meta.status == "pending"
+            meta = None if candidate is None else candidate.meta
+            # Another seq: the id was forgotten and made again, and queued at its own place.
+            return meta is not None and meta.status == "pending" and meta.seq == seq
 
         chosen = self._locks.hand_on(lock, still_pending)
         if chosen is not None:

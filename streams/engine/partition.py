@@ -160,7 +160,7 @@ class PartitionProcessor:
             if meta.status == "pending" and self.starts.due_in(inv) > 0:
                 held.add(meta.id)
             elif meta.status == "pending" and lock is not None:
-                self.locks.queue(lock, meta.id)
+                self.locks.queue(lock, meta.id, meta.seq)
             elif meta.status != "scheduled" and lock is not None:
                 self.locks.hold(lock, meta.id)
         for inv in self.invocations.live():
@@ -386,7 +386,7 @@ class PartitionProcessor:
     def _enqueue(self, inv: Invocation) -> None:
         """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""
         lock = inv.lock_key
-        if lock is None or self.locks.take_or_queue(lock, inv.meta.id):
+        if lock is None or self.locks.take_or_queue(lock, inv.meta.id, inv.meta.seq):
             self.attempts.run(inv)
 
     def on_completion(self, record: Completion) -> bool:

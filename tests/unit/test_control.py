@@ -19,6 +19,7 @@ from handlers import (
     WorkflowContext,
     WorkflowSharedContext,
 )
+from streams.engine.store import ObjectKey
 from streams.wire import ids
 from streams.wire.records import AttachRequest, Cancel, Invoke, Kill, Purge, Resume, Target
 from tests.unit.harness import TOPICS, Harness, until
@@ -185,6 +186,28 @@ async def test_cancelling_the_holder_of_a_key_lets_the_next_call_run() -> None:
     assert h.responses()["also"].value == "booked"
     assert trail == ["undo u 409"], "the queued invocation never ran"
     assert also not in h.processor.invocations
+
+
+async def test_an_id_made_again_queues_behind_the_calls_queued_before_it() -> None:
+    """A queued invocation cancelled and forgotten (no retention) left its id in its key's
+    line; the same id made again (its own id, or an idempotency key) was queued at the end
+    too, and the key went to it at the old place, ahead of the calls queued in between."""
+    h = harness()
+    holder = h.call(saga_target("q", "book"), 60_000, request_id="holder")
+    first = h.call(saga_target("q", "book"), 0, request_id="first")
+    between = h.call(saga_target("q", "book"), 60_000, request_id="between")
+    await until(lambda: waiting_in(h, holder, "sleep"))
+    h.send(Cancel(invocation_id=first))
+    assert first not in h.processor.invocations, "cancelled while queued, and forgotten"
+    h.send(Invoke(target=saga_target("q", "book"), argument=0, invocation_id=first,
+                  request_id="again"))  # fmt: skip
+    assert h.processor.invocations[first].meta.status == "pending"
+    h.send(Cancel(invocation_id=holder))
+    await until(lambda: waiting_in(h, between, "sleep"))
+    assert h.processor.locks.holder(ObjectKey("Saga", "q")) == between
+    assert "again" not in h.responses(), "the id made again ran ahead of the call before it"
+    assert h.processor.locks.queued(ObjectKey("Saga", "q")) == [first]
+    assert h.processor.locks.waiting() == 1
 
 
 async def test_cancel_and_kill_answer_404_and_409() -> None:

@@ -522,10 +522,10 @@ async def test_a_step_releases_a_started_invocation_once_it_is_due_and_its_timer
     clock.now = due + 0.001
     h.processor.release_due(clock.now)
     assert h.processor.next_due is None
-    queue = h.processor.locks.inboxes[ObjectKey("Box", "q")]
-    assert list(queue) == [held], "queued behind the blocker at its release"
+    queued = h.processor.locks.queued
+    assert queued(ObjectKey("Box", "q")) == [held], "queued behind the blocker at its release"
     await asyncio.wait_for(timer_came.wait(), 5)
-    assert list(queue) == [held], "queued a second time by its timer"
+    assert queued(ObjectKey("Box", "q")) == [held], "queued a second time by its timer"
 
 
 async def started_early(key: str) -> tuple[Harness, HeldClock, str, float]:
