@@ -215,8 +215,7 @@ class Connection:
                 await asyncio.to_thread(self._producer.flush, 5)
                 # Records still undelivered (Kafka away: they have no delivery timeout) are
                 # dropped now, their senders told so; otherwise the producer could never be
-                # destroyed. One still queued was never written (KafkaUnavailable); one in
-                # flight may have been (ClientClosed, see _settle).
+                # destroyed. Each may have been written (ClientClosed, see _settle).
                 self._producer.purge()
                 await asyncio.to_thread(self._producer.flush, 1)
             finally:
@@ -400,7 +399,10 @@ def _settle(future: asyncio.Future[Any], error: KafkaError | None) -> None:
         return
     if error is None:
         future.set_result(None)
-    elif error.code() == KafkaError._PURGE_INFLIGHT:  # sent: Kafka may have written it
-        future.set_exception(ClientClosed("client closed while Kafka had the record"))
+    elif error.code() in (KafkaError._PURGE_INFLIGHT, KafkaError._PURGE_QUEUE):
+        # Dropped by the close. One in flight may have been written; so may one still
+        # queued, if it is there to be retried after a request that went unanswered
+        # (librdkafka knows, but its Python client does not say which).
+        future.set_exception(ClientClosed("client closed before Kafka acknowledged the record"))
     else:
         future.set_exception(KafkaUnavailable(f"Kafka did not take the record: {error.str()}"))

@@ -5,11 +5,17 @@ retry), even when the close itself is cancelled."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
 from streams.client import Client, ClientClosed
+from streams.kafka import broker
+from streams.kafka.admin import create_topics
 from streams.settings import Settings
+from streams.wire.topics import Topics
 from tests.integration.helpers import poll_until
 
 
@@ -77,3 +83,38 @@ async def test_a_call_or_send_after_the_close_is_told_it_closed(topics: Settings
     with pytest.raises(ClientClosed, match="the client is closed"):
         client.expect(client.new_request_id())
     assert client.awaited == 0
+
+
+async def test_a_record_sent_and_unanswered_is_not_reported_refused_at_the_close(
+    tmp_path: Path,
+) -> None:
+    """A record sent to a broker that stopped answering is retried once its request times
+    out, and librdkafka knows it may have been written. The close purged it from the
+    producer's queue, and the client reported that Kafka did not take it
+    (``KafkaUnavailable``: the ingress's 503, "not written"), though the broker, going on,
+    writes it once it goes on (seen when this was found). A broker of its own, stopped
+    (SIGSTOP) and let go again by its PID."""
+    running = broker.start(tmp_path / "kafka", port=0)
+    stopped = False
+    try:
+        settings = Settings(bootstrap_servers=running.bootstrap, namespace="purge", partitions=1,
+                            kafka={"socket.timeout.ms": "1500"})  # fmt: skip
+        create_topics(settings)
+        topic = Topics(settings.namespace).ingress
+        client = Client(settings)
+        await client.start()
+        await asyncio.wait_for(client._kafka.produce(topic, b"{}", 0, "first"), 60)
+        os.kill(running.pid, signal.SIGSTOP)
+        stopped = True
+        sent = asyncio.create_task(client._kafka.produce(topic, b"{}", 0, "unanswered"))
+        # The close flushes for 5 s: the request times out in 1.5 s, the connection is
+        # dropped, and the record goes back to the queue to be retried once one is up again
+        # (none is: the broker takes the connection, never answers). Then it purges.
+        await asyncio.wait_for(client.close(), 60)
+        with pytest.raises(ClientClosed) as raised:
+            await asyncio.wait_for(sent, 10)
+        assert raised.value.may_be_written
+    finally:
+        if stopped:
+            os.kill(running.pid, signal.SIGCONT)
+        broker.stop(tmp_path / "kafka")
