@@ -97,6 +97,9 @@ class Controls:
             self._complete(inv, None, CANCELLED)
             return True
         meta.cancel_requested = True
+        inv.cancel_calls = frozenset(
+            index for index, e in enumerate(inv.journal) if e.kind == "call" and not e.done
+        )
         self._touch(inv)
         self.deliver_cancel(inv)
         return False

@@ -91,6 +91,7 @@ class Invocation:
 
     __slots__ = (
         "actions",
+        "cancel_calls",
         "closed",
         "dirty_entries",
         "handler_def",
@@ -121,6 +122,9 @@ class Invocation:
         self.persisted_entries = len(journal)  # entries already in the changelog
         self.persisted = bool(journal) or meta.status != "pending"
         self.closed = False
+        #: The calls open when the pending cancel was asked for: it comes back through them
+        #: (their callees answer it with 409 cancelled). None when not known: restored since.
+        self.cancel_calls: frozenset[int] | None = None
         #: The ctx.run actions running now, each resolved once its outcome is journaled: no
         #: suspension until they end, and a hand-over waits for them.
         self.actions: set[asyncio.Future[None]] = set()
@@ -177,6 +181,12 @@ class Invocation:
         self.processor.touch(self)
         return True
 
+    def cancelled_through(self, index: int) -> bool:
+        """Whether call ``index``'s 409 cancelled is the pending cancel coming back: the call
+        was open when it was asked for. A call cancelled before (its callee cancelled on its
+        own), met again by a replay, is not; after a restore, which does not know, any is."""
+        return self.cancel_calls is None or index in self.cancel_calls
+
     async def wait_for(self, index: int) -> Any:
         entry = self.journal[index]
         if not entry.done and entry.kind in LOCAL_WAITS and self.take_cancel():
@@ -194,7 +204,7 @@ class Invocation:
                 if self.waiting.get(index) is future:
                     del self.waiting[index]
             self.check_open()
-        if entry.kind == "call" and is_cancel(entry.failure):
+        if entry.kind == "call" and is_cancel(entry.failure) and self.cancelled_through(index):
             self.take_cancel()  # the handler now meets the 409 its cancel caused
         return outcome(entry)
 

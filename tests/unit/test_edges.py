@@ -107,6 +107,22 @@ async def conflict_then_sleep(ctx: ObjectContext) -> str:
 
 
 @edge.handler()
+async def cancelled_child_then_sleep(ctx: ObjectContext) -> str:
+    """A call whose callee was cancelled (by someone else, before this one's cancel): the
+    handler takes its 409 and goes on to a long sleep (which compensates)."""
+    try:
+        await ctx.service(one).request()
+    except TerminalError as error:
+        ctx.set("child", error.message)
+    try:
+        await ctx.sleep(timedelta(hours=1))
+    except TerminalError as error:
+        ctx.set("compensated", error.status_code)
+        raise
+    return "slept"
+
+
+@edge.handler()
 async def effect_or_timeout(ctx: ObjectContext) -> str:
     """An effect that outlives the service's inactivity timeout, raced with a timer."""
 
@@ -241,6 +257,28 @@ async def test_a_callees_own_409_does_not_use_up_the_callers_cancel(callee_done:
     assert failure is not None
     assert (failure.code, failure.message) == (409, "cancelled")
     assert h.processor.store.state[("Edge", key)] == {"conflict": "conflict", "compensated": 409}
+
+
+async def test_a_replay_does_not_use_a_cancel_up_at_a_call_cancelled_before_it() -> None:
+    """A handler met its callee's 409 "cancelled" (the callee was cancelled on its own), went
+    on and suspended in a sleep. Its own cancel then runs it again, and the replay met that
+    old 409 first: it took it for the cancel coming back through the call and used the
+    cancel up, so the sleep it replayed into waited the hour."""
+    h = harness()
+    inv_id = h.call(Target(service="Edge", key="r", handler="cancelled_child_then_sleep"),
+                    request_id="r")  # fmt: skip
+    await until(lambda: len(h.invokes()) == 1)
+    (call,) = h.invokes()
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0),
+                      invocation_id=call["invocation_id"],
+                      failure=Failure(code=409, message="cancelled")))  # fmt: skip
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "suspended")
+    h.send(Cancel(invocation_id=inv_id))
+    await until(lambda: "r" in h.responses(), 2.0)  # else: the replayed sleep met no cancel
+    failure = h.responses()["r"].failure
+    assert failure is not None
+    assert (failure.code, failure.message) == (409, "cancelled")
+    assert h.processor.store.state[("Edge", "r")] == {"child": "cancelled", "compensated": 409}
 
 
 async def test_an_effect_in_flight_keeps_its_invocation_from_suspending() -> None:
