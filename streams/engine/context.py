@@ -167,6 +167,11 @@ class InvocationContext(WorkflowContext):
             # A UUID or an int for a state or promise name journals, then fails to be
             # written (or read back): names are strings, as in the changelog's keys.
             raise TypeError(f"the name of a {kind} must be a string, not {type(name).__name__}")
+        if name is not None and not name.isascii():
+            try:
+                name.encode()
+            except UnicodeEncodeError:  # journaled, then its entry could not be written
+                raise ValueError(f"the name of a {kind} holds a lone UTF-16 surrogate") from None
         index = self._cursor
         self._cursor += 1
         journal = self.invocation.journal

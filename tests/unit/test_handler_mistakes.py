@@ -60,6 +60,20 @@ async def odd_name(ctx: ObjectContext) -> str:
 
 
 @objects.handler()
+async def surrogate_name(ctx: ObjectContext, kind: str) -> str:
+    """A name with a lone surrogate (``os.fsdecode`` of a bad byte makes one)."""
+    name = "bad\udc80name"
+    if kind == "set":
+        ctx.set(name, 1)
+    elif kind == "run":
+        await ctx.run(name, lambda: 1)
+    else:
+        await ctx.get(name)
+    await ctx.sleep(timedelta(hours=1))  # its journal is written while it waits
+    return kind
+
+
+@objects.handler()
 async def base_exception(ctx: ObjectContext) -> str:
     raise Outcome("a library's outcome")
 
@@ -130,6 +144,25 @@ async def test_a_state_name_that_is_no_string_fails_the_attempt_not_the_worker()
     )
     harness.processor.flush()  # raised TypeError
     assert "odd" not in harness.responses()
+
+
+@pytest.mark.parametrize("kind", ["set", "run", "get"])
+async def test_a_name_with_a_lone_surrogate_fails_the_attempt_not_the_worker(kind: str) -> None:
+    """The name was checked to be a string only: it journaled, and its journal entry could
+    not be written (no JSON writer encodes a lone surrogate), so the snapshot raised, which
+    ended the worker, and every next owner of the partition the same way."""
+    harness = Harness([objects])
+    inv_id = harness.call(mistake("surrogate_name"), kind, request_id=kind)
+
+    def settled() -> bool:  # failed, or gone on to its sleep with the name journaled
+        inv = harness.processor.invocations[inv_id]
+        return inv.meta.status == "paused" or any(e.kind == "sleep" for e in inv.journal)
+
+    await until(settled)
+    harness.processor.flush()  # raised PydanticSerializationError
+    meta = harness.processor.invocations[inv_id].meta
+    assert meta.status == "paused"
+    assert "lone UTF-16 surrogate" in (meta.last_error or "")
 
 
 @pytest.mark.parametrize("handler", ["base_exception", "exits_itself", "exits"])
