@@ -105,8 +105,9 @@ class Connection:
                     "enable.idempotence": True,
                     "linger.ms": 0,
                     # No delivery timeout: a record whose fate is unknown (brokers away) is
-                    # retried until Kafka says, so a failure reported here always means "not
-                    # written" (HTTP 503), never "perhaps written".
+                    # retried until Kafka says, so a failure Kafka reports always means "not
+                    # written" (HTTP 503), never "perhaps written". Only the close gives up on
+                    # such a record (ClientClosed, may be written: see _settle).
                     "message.timeout.ms": 0,
                     "log_level": 3,
                 }

@@ -260,7 +260,7 @@ class Ingress:
             return error_response(error.status, error.message)
         except KafkaUnavailable as error:
             return error_response(503, str(error))
-        except ClientClosed as error:  # nothing written: 503, as Kafka refusing it
+        except ClientClosed as error:  # 504 if it may be written, else 503 as Kafka refusing it
             return error_response(504 if error.may_be_written else 503, str(error))
         return outcome_response(outcome)
 
