@@ -16,7 +16,16 @@ from streams.engine.attempts import Attempts, Complete
 from streams.engine.invocation import Invocation
 from streams.engine.journal import CANCELLED, KILLED, LOCAL_WAITS
 from streams.engine.outbox import Outbox
-from streams.wire.records import Cancel, Control, Failure, Kill, Purge, Response, Resume
+from streams.wire.records import (
+    Cancel,
+    Completion,
+    Control,
+    Failure,
+    Kill,
+    Purge,
+    Response,
+    Resume,
+)
 
 
 class Controls:
@@ -39,10 +48,19 @@ class Controls:
         self._forget = forget
         self._touch = touch
 
-    def apply(self, record: Control) -> None:
-        """Act on an invocation by id; answer ``request_id`` with what happened."""
+    def apply(self, record: Control, origin: str | None = None) -> None:
+        """Act on an invocation by id; answer ``request_id`` with what happened. A cancel or
+        kill that caller ``origin`` sends on to it acts only if that caller started it."""
         inv = self._invocations.get(record.invocation_id)
         outcome: Failure | Literal["success", "accepted"]
+        if (
+            inv is not None
+            and origin is not None
+            and isinstance(record, Cancel | Kill)
+            and (inv.meta.caller is None or inv.meta.caller.invocation_id != origin)
+        ):
+            self._let_go(inv, origin, record)
+            return
         if inv is None:
             outcome = Failure(
                 code=404,
@@ -91,7 +109,7 @@ class Controls:
         """Cancel ``inv``; True when it is done with at once (it had not started)."""
         meta = inv.meta
         for callee in _open_calls(inv):  # a paused one may have left calls open, too
-            self._outbox.control(Cancel(invocation_id=callee))
+            self._outbox.control(Cancel(invocation_id=callee), origin=meta.id)
         if meta.status in ("pending", "paused", "scheduled"):
             inv.close()
             self._complete(inv, None, CANCELLED)
@@ -125,10 +143,24 @@ class Controls:
                 inv.complete_entry(index, failure=CANCELLED)
                 return
 
+    def _let_go(self, inv: Invocation, origin: str, record: Cancel | Kill) -> None:
+        """A caller that did not start ``inv`` (it joined it by idempotency key, or met a
+        workflow's run already started) was cancelled or killed: ``inv`` goes on, and only
+        that caller's waits on it end, a cancelled one with 409 cancelled."""
+        mine = [caller for caller in inv.meta.attachers if caller.invocation_id == origin]
+        if not mine:
+            return
+        inv.meta.attachers = [c for c in inv.meta.attachers if c.invocation_id != origin]
+        self._touch(inv)
+        if isinstance(record, Cancel):
+            for caller in mine:
+                completion = Completion(caller=caller, invocation_id=inv.meta.id, failure=CANCELLED)
+                self._outbox.completion(completion)
+
     def kill(self, inv: Invocation) -> None:
         """Stop ``inv`` now, without compensation; its open calls are killed too."""
         for callee in _open_calls(inv):
-            self._outbox.control(Kill(invocation_id=callee))
+            self._outbox.control(Kill(invocation_id=callee), origin=inv.meta.id)
         inv.close()
         self._complete(inv, None, KILLED)
 

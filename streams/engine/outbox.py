@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -37,6 +37,22 @@ from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.partition")
 
+#: The header of a cancel or kill that a caller sends on to its callee: the caller's id, so
+#: that the callee's partition acts on it only if that caller started the callee (a caller
+#: that joined another's invocation, or met a workflow's run, has its own wait ended).
+ORIGIN_HEADER = "kourier.origin"
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def origin_of(headers: Headers | Mapping[str, str | bytes | None] | None) -> str | None:
+    """The id of the caller that sent a cancel or kill on (see ``ORIGIN_HEADER``)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in pairs:
+        if name == ORIGIN_HEADER and value is not None:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class Out:
@@ -46,7 +62,7 @@ class Out:
     partition: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, str | bytes | None]] | None = None
+    headers: Headers | None = None
 
 
 class Outbox:
@@ -156,11 +172,13 @@ class Outbox:
         key = record.invocation_id.encode()
         self._emit(Out(self.topics.ingress, owner, key, encode(record)))
 
-    def control(self, record: Control) -> None:
-        """A cancel or kill for an invocation, on its partition."""
+    def control(self, record: Control, origin: str | None = None) -> None:
+        """A cancel or kill for an invocation, on its partition; ``origin``: the caller
+        that sends it on to its callee."""
         owner = ids.partition_of(record.invocation_id, self.partitions)
         key = record.invocation_id.encode()
-        self._emit(Out(self.topics.ingress, owner, key, encode(record)))
+        headers: Headers | None = None if origin is None else [(ORIGIN_HEADER, origin)]
+        self._emit(Out(self.topics.ingress, owner, key, encode(record), headers))
 
     def timer(self, invocation_id: str, due: float, completion: Completion) -> None:
         """A durable timer: ``completion`` comes back through the delay topic at ``due``."""

@@ -195,10 +195,16 @@ class PartitionProcessor:
     # -- ingress records -----------------------------------------------------------
 
     def on_message(
-        self, key: bytes | None, value: bytes | None, offset: int, trace: str | None = None
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
+        trace: str | None = None,
+        origin: str | None = None,
     ) -> None:
         """Apply one ingress record; malformed ones go to the dead-letter topic. ``trace`` is
-        the trace context its headers carried (:mod:`streams.tracing`)."""
+        the trace context its headers carried (:mod:`streams.tracing`), ``origin`` the
+        caller that sent a cancel or kill on (``outbox.ORIGIN_HEADER``)."""
         try:
             if value is not None and len(value) > MAX_RECORD_BYTES:
                 self._oversize(value)
@@ -221,7 +227,7 @@ class PartitionProcessor:
             self.outbox.forward(owner, key, value, trace)
             return
         try:
-            self._apply(record, key, value, offset, trace)
+            self._apply(record, key, value, offset, trace, origin)
         except SpillFailed:
             raise  # the partition's spill failed (streams.engine.spill), not the record
         except Exception as error:  # one record never stops the partition
@@ -238,6 +244,7 @@ class PartitionProcessor:
         value: bytes | None,
         offset: int,
         trace: str | None,
+        origin: str | None = None,
     ) -> None:
         if isinstance(record, Invoke):
             self._apply_invoke(record, key, value, offset, trace)
@@ -248,7 +255,7 @@ class PartitionProcessor:
         elif isinstance(record, Start):
             self.starts.apply(record, offset)
         else:
-            self.controls.apply(record)
+            self.controls.apply(record, origin)
 
     def _set_aside(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
@@ -420,7 +427,8 @@ class PartitionProcessor:
         failure = record.failure
         if entry.kind == "call" and failure is not None:
             if failure.code == 408 and entry.due is not None and entry.callee is not None:
-                self.outbox.control(Cancel(invocation_id=entry.callee))  # deadline passed
+                # The deadline passed: the callee is cancelled if this caller started it.
+                self.outbox.control(Cancel(invocation_id=entry.callee), origin=inv.meta.id)
             if is_cancel(failure) and inv.meta.cancel_requested and index in inv.waiting:
                 # The cancel reaches the handler through the call it awaits. A call nobody
                 # awaits now (a select lost it) leaves the cancel for the next wait, and so

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from confluent_kafka import Message, TopicPartition
 
 from streams.engine.local import LocalCalls, LocalCompletions
-from streams.engine.outbox import Out
+from streams.engine.outbox import Out, origin_of
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.ownership import Ownership
 from streams.tracing import from_headers
@@ -176,8 +176,9 @@ class Stepper:
             processor = self.processors.get(partition)
             if processor is None:
                 continue
-            trace = from_headers(message.headers())
-            processor.on_message(message.key(), message.value(), offset, trace)
+            headers = message.headers()
+            trace, origin = from_headers(headers), origin_of(headers)
+            processor.on_message(message.key(), message.value(), offset, trace, origin)
             self._offsets[partition] = offset + 1
 
     async def _settle(self, rounds: int = 256) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from handlers.service import ServiceDefinition
 from streams.engine.local import LocalCompletions
-from streams.engine.outbox import Out
+from streams.engine.outbox import Out, origin_of
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.wire import ids
@@ -68,8 +68,7 @@ class Harness:
                     continue
                 if out.topic == TOPICS.ingress and self.loopback:
                     self.fired.add(index)
-                    self.processor.on_message(out.key, out.value, self.offset)
-                    self.offset += 1
+                    self.deliver(out)
                 if out.topic != TOPICS.delay:
                     continue
                 delayed = decode_delay(out.value)
@@ -106,6 +105,11 @@ class Harness:
         self.processor = restored
         restored.start()
         return restored
+
+    def deliver(self, out: Out) -> None:
+        """Apply an ingress record the partition wrote, with what its headers say."""
+        self.processor.on_message(out.key, out.value, self.offset, origin=origin_of(out.headers))
+        self.offset += 1
 
     def send(self, record: Any) -> None:
         self.processor.on_message(None, encode(record), self.offset)

@@ -21,8 +21,18 @@ from handlers import (
 )
 from streams.engine.store import ObjectKey
 from streams.wire import ids
-from streams.wire.records import AttachRequest, Cancel, Invoke, Kill, Purge, Resume, Target
-from tests.unit.harness import TOPICS, Harness, until
+from streams.wire.records import (
+    AttachRequest,
+    Caller,
+    Cancel,
+    Invoke,
+    Kill,
+    Purge,
+    Resume,
+    Target,
+    encode,
+)
+from tests.unit.harness import TOPICS, Harness, of_kind, settle, until
 
 trail: list[str] = []
 flaky_state = {"failing": True, "runs": 0}
@@ -104,6 +114,16 @@ async def click(ctx: WorkflowSharedContext, secret: str) -> None:
 @signup.handler()
 async def status(ctx: WorkflowSharedContext) -> dict[str, Any]:
     return {"status": await ctx.get("status"), "link": await ctx.promise("link").peek()}
+
+
+@saga.handler()
+async def join_run(ctx: ObjectContext, email: str) -> str:
+    """Calls the run of workflow Signup/<key>, which someone else may have started."""
+    try:
+        result: str = await ctx.workflow("Signup", ctx.key, "run").request(email)
+    except TerminalError as error:
+        return f"failed {error.status_code}"
+    return result
 
 
 @pytest.fixture(autouse=True)
@@ -208,6 +228,50 @@ async def test_an_id_made_again_queues_behind_the_calls_queued_before_it() -> No
     assert "again" not in h.responses(), "the id made again ran ahead of the call before it"
     assert h.processor.locks.queued(ObjectKey("Saga", "q")) == [first]
     assert h.processor.locks.waiting() == 1
+
+
+@pytest.mark.parametrize("end", [Cancel, Kill])
+async def test_a_caller_that_did_not_start_a_workflow_run_does_not_end_it(
+    end: type[Cancel] | type[Kill],
+) -> None:
+    """A caller's call to a workflow's run names the run's id as its callee, whoever started
+    the run. Cancelled or killed while that call was open (or past its deadline), the
+    caller sent the cancel or kill on to the run, which ended someone else's run."""
+    h = harness()
+    run_id = ids.workflow_run_id("Signup", "w1")
+    h.call(Target(service="Signup", key="w1", handler="run"), "ada@x", request_id="run")
+    await until(lambda: waiting_in(h, run_id, "promise_get"))
+    caller = h.call(saga_target("w1", "join_run"), "bob@x", request_id="join")
+    await until(lambda: len(h.invokes()) == 1)  # its call to the run, not applied yet
+    (call,) = of_kind(h.out, "invoke")
+    h.send(end(invocation_id=caller))
+    (sent_on,) = of_kind(h.out, end.__name__.lower())
+    assert json.loads(sent_on.value or b"{}")["invocation_id"] == run_id
+    h.deliver(call)  # the run's partition: the run exists, the caller hears 409
+    h.deliver(sent_on)  # then the cancel or kill the caller sent on
+    await settle()
+    assert h.processor.invocations[run_id].meta.status != "completed", "someone else's run ended"
+    h.call(Target(service="Signup", key="w1", handler="click"), "s3cret", request_id="click")
+    await until(lambda: "run" in h.responses())
+    assert h.responses()["run"].value == "ada@x:s3cret"
+
+
+async def test_a_caller_that_joined_an_invocation_lets_go_of_it_when_cancelled() -> None:
+    """A caller that joined another's invocation by idempotency key and is cancelled ends
+    its own wait (409 cancelled), not the invocation the first caller started."""
+    h = harness()
+    holder = h.call(saga_target("s", "book"), 60_000, request_id="first")
+    await until(lambda: waiting_in(h, holder, "sleep"))
+    joined = Invoke(target=saga_target("s", "book"), argument=60_000, invocation_id=holder,
+                    caller=Caller(invocation_id=ids.new_id("x", 1), entry=3))  # fmt: skip
+    h.send(joined)
+    assert h.processor.invocations[holder].meta.attachers == [joined.caller]
+    h.processor.on_message(None, encode(Cancel(invocation_id=holder)), 99,
+                           origin=joined.caller.invocation_id)  # fmt: skip
+    assert h.processor.invocations[holder].meta.status != "completed"
+    assert h.processor.invocations[holder].meta.attachers == []
+    (answer,) = [c for c in h.records("completion") if c["caller"] == joined.caller.model_dump()]
+    assert (answer["failure"]["code"], answer["failure"]["message"]) == (409, "cancelled")
 
 
 async def test_cancel_and_kill_answer_404_and_409() -> None:
