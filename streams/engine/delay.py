@@ -264,7 +264,12 @@ class DelayProcessor:
                     self._unhold(record.offset)
             else:
                 self._add(record, offset, self._releasable(record, key))
-        except RecordError as error:
+        except Exception as raised:  # one record never stops the partition
+            if isinstance(raised, RecordError):
+                error = raised
+            else:  # a defect of Kourier's: set aside, as the ingress does its records
+                log.exception("delay %d@%d could not be read", self.partition, offset)
+                error = RecordError("apply-failed", f"{type(raised).__name__}: {raised}")
             self._pending.add(offset)
             if error.reason == "unsupported-version":
                 # Written by a newer Kourier (a rolling upgrade): pending, never released

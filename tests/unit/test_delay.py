@@ -389,6 +389,31 @@ async def test_bad_records_are_dead_lettered_once_and_do_not_hold_the_commit_off
     assert [o.topic for o in again.emitted] == [TOPICS.ingress], "only the good one, when due"
 
 
+async def test_a_record_that_fails_to_be_read_is_dead_lettered_and_the_next_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a ``RecordError`` was caught: any other error reading one record (a defect of
+    Kourier's) left the worker's Kafka thread, and every next owner's, on that record."""
+    log, clock = Log(), Clock()
+    broken = log.delayed(T0 + 1)
+    after = log.delayed(T0 + 2)
+    read = delay.decode_delay
+
+    def decode(value: bytes | None) -> object:
+        if value == log.records[broken][1]:
+            raise KeyError("a defect")
+        return read(value)
+
+    monkeypatch.setattr(delay, "decode_delay", decode)
+    rig = Rig(log, clock)
+    rig.feed()
+    rig.tick(T0 + 5)
+    (letter,) = [out for out in rig.emitted if out.topic == TOPICS.deadletter]
+    assert dict(letter.headers or [])["kourier.reason"] in (b"apply-failed", "apply-failed")
+    assert set(rig.released) == {broken, after}
+    assert rig.processor.pending == 0
+
+
 async def test_a_record_of_a_newer_version_waits_for_a_newer_worker() -> None:
     log, clock = Log(), Clock()
     newer = log.append(b"n", b'{"v": 9, "kind": "delayed"}')
