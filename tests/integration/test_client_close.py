@@ -103,17 +103,20 @@ async def test_a_record_sent_and_unanswered_is_not_reported_refused_at_the_close
         topic = Topics(settings.namespace).ingress
         client = Client(settings)
         await client.start()
-        await asyncio.wait_for(client._kafka.produce(topic, b"{}", 0, "first"), 60)
-        os.kill(running.pid, signal.SIGSTOP)
-        stopped = True
-        sent = asyncio.create_task(client._kafka.produce(topic, b"{}", 0, "unanswered"))
-        # The close flushes for 5 s: the request times out in 1.5 s, the connection is
-        # dropped, and the record goes back to the queue to be retried once one is up again
-        # (none is: the broker takes the connection, never answers). Then it purges.
-        await asyncio.wait_for(client.close(), 60)
-        with pytest.raises(ClientClosed) as raised:
-            await asyncio.wait_for(sent, 10)
-        assert raised.value.may_be_written
+        try:
+            await asyncio.wait_for(client._kafka.produce(topic, b"{}", 0, "first"), 60)
+            os.kill(running.pid, signal.SIGSTOP)
+            stopped = True
+            sent = asyncio.create_task(client._kafka.produce(topic, b"{}", 0, "unanswered"))
+            # The close flushes for 5 s: the request times out in 1.5 s, the connection is
+            # dropped, and the record goes back to the queue to be retried once one is up
+            # again (none is: the broker takes the connection, never answers). Then it purges.
+            await asyncio.wait_for(client.close(), 60)
+            with pytest.raises(ClientClosed) as raised:
+                await asyncio.wait_for(sent, 10)
+            assert raised.value.may_be_written
+        finally:
+            await asyncio.wait_for(client.close(), 60)  # no-op once closed
     finally:
         if stopped:
             os.kill(running.pid, signal.SIGCONT)
