@@ -101,6 +101,11 @@ def idempotency_key_refusal(key: str) -> str | None:
         return "idempotency key is empty: give one, or none"
     if len(key) > MAX_IDEMPOTENCY_KEY:
         return f"idempotency key of {len(key)} characters; at most {MAX_IDEMPOTENCY_KEY}"
+    if not key.isascii():
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            return "idempotency key holds a lone UTF-16 surrogate"
     return None
 
 
@@ -139,7 +144,15 @@ MAX_MESSAGE_CHARS = 8_192
 
 
 def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """``text``, cut to ``limit`` characters with a note of how long it was."""
+    """``text``, cut to ``limit`` characters with a note of how long it was, and any lone
+    UTF-16 surrogate in it written as its escape (``\\udc80``): an error's text may hold
+    one (``os.fsdecode`` of a bad byte), which no JSON writer encodes, so a failure or a
+    last error keeping it could not be written to the changelog."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode()
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters in all)"

@@ -4,6 +4,7 @@ the worker or loses a send. Driven with the engine's harness, no Kafka."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import uuid
 from datetime import timedelta
@@ -106,8 +107,28 @@ async def calls_with_a_long_key(ctx: Context) -> int:
 
 
 @services.handler()
+async def calls_with_a_surrogate_key(ctx: Context) -> int:
+    return await ctx.service("Sender", "echo").request(1, idempotency_key="k\udc80")
+
+
+@services.handler()
 async def echo(ctx: Context, x: int) -> int:
     return x
+
+
+@objects.handler()
+async def surrogate_error(ctx: ObjectContext, kind: str) -> str:
+    """An error whose text holds a lone surrogate: a terminal one a ``ctx.run`` action
+    raises (journaled in its entry), or any other (kept as the attempt's last error)."""
+
+    def fails() -> None:
+        raise TerminalError("no file bad\udc80name", 404)
+
+    if kind == "terminal":
+        with contextlib.suppress(TerminalError):
+            await ctx.run("open", fails)
+        await ctx.sleep(timedelta(hours=1))  # its journal is written while it waits
+    raise RuntimeError("no file bad\udc80name")
 
 
 def mistake(handler: str) -> Target:
@@ -163,6 +184,40 @@ async def test_a_name_with_a_lone_surrogate_fails_the_attempt_not_the_worker(kin
     meta = harness.processor.invocations[inv_id].meta
     assert meta.status == "paused"
     assert "lone UTF-16 surrogate" in (meta.last_error or "")
+
+
+async def test_a_handlers_idempotency_key_with_a_lone_surrogate_is_its_400() -> None:
+    """It was journaled, then its record could not be encoded: the call waited for good."""
+    harness = Harness([services], loopback=True)
+    target = Target(service="Sender", handler="calls_with_a_surrogate_key")
+    harness.call(target, request_id="call")
+    await until(lambda: "call" in harness.responses())
+    failure = harness.responses()["call"].failure
+    assert failure is not None
+    assert failure.code == 400
+    assert "lone UTF-16 surrogate" in failure.message
+
+
+@pytest.mark.parametrize("kind", ["terminal", "other"])
+async def test_an_error_whose_text_holds_a_lone_surrogate_is_written_escaped(kind: str) -> None:
+    """Kept as it was, in a journal entry's failure or in the meta's last error, it could
+    not be written: the snapshot raised, which ended the worker, and every next owner."""
+    harness = Harness([objects])
+    inv_id = harness.call(mistake("surrogate_error"), kind, request_id=kind)
+
+    def written() -> bool:
+        inv = harness.processor.invocations[inv_id]
+        return inv.meta.status == "paused" or any(e.kind == "sleep" for e in inv.journal)
+
+    await until(written)
+    harness.processor.flush()  # raised PydanticSerializationError
+    inv = harness.processor.invocations[inv_id]
+    if kind == "terminal":
+        failure = inv.journal[0].failure
+        assert failure is not None
+        assert failure.message == "no file bad\\udc80name"
+    else:
+        assert "no file bad\\udc80name" in (inv.meta.last_error or "")
 
 
 @pytest.mark.parametrize("handler", ["base_exception", "exits_itself", "exits"])
