@@ -17,6 +17,7 @@ from streams.engine.invocation import Invocation
 from streams.engine.journal import CANCELLED, KILLED, LOCAL_WAITS
 from streams.engine.outbox import Outbox
 from streams.wire.records import (
+    Caller,
     Cancel,
     Completion,
     Control,
@@ -53,13 +54,15 @@ class Controls:
         kill that caller ``origin`` sends on to it acts only if that caller started it."""
         inv = self._invocations.get(record.invocation_id)
         outcome: Failure | Literal["success", "accepted"]
+        # The caller that sent it on, and the entry whose deadline passed (if that was why).
+        caller_id, _, entry = (origin or "").partition("/")
         if (
             inv is not None
             and origin is not None
             and isinstance(record, Cancel | Kill)
-            and (inv.meta.caller is None or inv.meta.caller.invocation_id != origin)
+            and (inv.meta.caller is None or inv.meta.caller.invocation_id != caller_id)
         ):
-            self._let_go(inv, origin, record)
+            self._let_go(inv, caller_id, int(entry) if entry.isdigit() else None, record)
             return
         if inv is None:
             outcome = Failure(
@@ -114,10 +117,13 @@ class Controls:
             inv.close()
             self._complete(inv, None, CANCELLED)
             return True
-        meta.cancel_requested = True
-        inv.cancel_calls = frozenset(
+        open_now = frozenset(
             index for index, e in enumerate(inv.journal) if e.kind == "call" and not e.done
         )
+        # A cancel again while one is pending: the calls open at the first still carry it.
+        pending = inv.cancel_calls if meta.cancel_requested else None
+        inv.cancel_calls = open_now | (pending or frozenset())
+        meta.cancel_requested = True
         self._touch(inv)
         self.deliver_cancel(inv)
         return False
@@ -143,14 +149,21 @@ class Controls:
                 inv.complete_entry(index, failure=CANCELLED)
                 return
 
-    def _let_go(self, inv: Invocation, origin: str, record: Cancel | Kill) -> None:
+    def _let_go(
+        self, inv: Invocation, caller_id: str, entry: int | None, record: Cancel | Kill
+    ) -> None:
         """A caller that did not start ``inv`` (it joined it by idempotency key, or met a
-        workflow's run already started) was cancelled or killed: ``inv`` goes on, and only
-        that caller's waits on it end, a cancelled one with 409 cancelled."""
-        mine = [caller for caller in inv.meta.attachers if caller.invocation_id == origin]
+        workflow's run already started) was cancelled or killed, or its call's deadline
+        passed (``entry``): ``inv`` goes on, and only that caller's waits on it end (that
+        entry's alone for a deadline), a cancelled one with 409 cancelled."""
+
+        def ends(caller: Caller) -> bool:
+            return caller.invocation_id == caller_id and entry in (None, caller.entry)
+
+        mine = [caller for caller in inv.meta.attachers if ends(caller)]
         if not mine:
             return
-        inv.meta.attachers = [c for c in inv.meta.attachers if c.invocation_id != origin]
+        inv.meta.attachers = [caller for caller in inv.meta.attachers if not ends(caller)]
         self._touch(inv)
         if isinstance(record, Cancel):
             for caller in mine:

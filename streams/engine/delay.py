@@ -264,12 +264,10 @@ class DelayProcessor:
                     self._unhold(record.offset)
             else:
                 self._add(record, offset, self._releasable(record, key))
+        except MemoryError:
+            raise  # not the record's fault: the next owner reads it again
         except Exception as raised:  # one record never stops the partition
-            if isinstance(raised, RecordError):
-                error = raised
-            else:  # a defect of Kourier's: set aside, as the ingress does its records
-                log.exception("delay %d@%d could not be read", self.partition, offset)
-                error = RecordError("apply-failed", f"{type(raised).__name__}: {raised}")
+            error = self._failure(raised, offset)
             self._pending.add(offset)
             if error.reason == "unsupported-version":
                 # Written by a newer Kourier (a rolling upgrade): pending, never released
@@ -329,6 +327,14 @@ class DelayProcessor:
         except ValueError as error:  # e.g. a lone surrogate, which JSON read but cannot write
             raise RecordError("bad-schema", f"cannot be released: {error}") from None
         return Out(self.topics.ingress, owner, key, released)
+
+    def _failure(self, raised: Exception, offset: int) -> RecordError:
+        """Why a record is set aside: its own fault, or else a defect of Kourier's in reading
+        it (``apply-failed``, as the ingress says), which one record never stops on."""
+        if isinstance(raised, RecordError):
+            return raised
+        log.exception("delay %d@%d could not be read", self.partition, offset)
+        return RecordError("apply-failed", f"{type(raised).__name__}: {raised}")
 
     def _dead_letter(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
@@ -459,7 +465,10 @@ class DelayProcessor:
                 if not isinstance(record, Delayed):
                     raise RecordError("bad-schema", f"a {record.kind} record read back as delayed")
                 self._hold(offset, release_time(record), self._releasable(record, key))
-            except RecordError as error:  # it was a valid delayed record when first read
+            except MemoryError:
+                raise
+            except Exception as raised:  # it was a valid delayed record when first read
+                error = self._failure(raised, offset)
                 log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
                 self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
         self._drop_missing(missing)

@@ -192,11 +192,19 @@ class Outbox:
         self._emit(Out(self.topics.delay, owner, owner_id.encode(), encode(record)))
 
     def forward(
-        self, owner: int, key: bytes | None, value: bytes | None, trace: str | None = None
+        self,
+        owner: int,
+        key: bytes | None,
+        value: bytes | None,
+        trace: str | None = None,
+        origin: str | None = None,
     ) -> None:
         """An ingress record that belongs to another partition, moved there unchanged (its
-        trace context too)."""
-        self._emit(Out(self.topics.ingress, owner, key, value, as_headers(trace)))
+        trace context and origin too)."""
+        headers = as_headers(trace)
+        if origin is not None:
+            headers = [*(headers or []), (ORIGIN_HEADER, origin)]
+        self._emit(Out(self.topics.ingress, owner, key, value, headers))
 
     def dead_letter(
         self, error: RecordError, key: bytes | None, value: bytes | None, offset: int

@@ -224,7 +224,7 @@ class PartitionProcessor:
             return
         if owner != self.partition:
             # A producer that partitioned differently (e.g. kcat's default): move it.
-            self.outbox.forward(owner, key, value, trace)
+            self.outbox.forward(owner, key, value, trace, origin)
             return
         try:
             self._apply(record, key, value, offset, trace, origin)
@@ -427,8 +427,10 @@ class PartitionProcessor:
         failure = record.failure
         if entry.kind == "call" and failure is not None:
             if failure.code == 408 and entry.due is not None and entry.callee is not None:
-                # The deadline passed: the callee is cancelled if this caller started it.
-                self.outbox.control(Cancel(invocation_id=entry.callee), origin=inv.meta.id)
+                # The deadline passed: the callee is cancelled if this caller started it, or
+                # else only this entry's wait on it ends.
+                origin = f"{inv.meta.id}/{index}"
+                self.outbox.control(Cancel(invocation_id=entry.callee), origin=origin)
             if is_cancel(failure) and inv.meta.cancel_requested and index in inv.waiting:
                 # The cancel reaches the handler through the call it awaits. A call nobody
                 # awaits now (a select lost it) leaves the cancel for the next wait, and so

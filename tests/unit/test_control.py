@@ -19,6 +19,7 @@ from handlers import (
     WorkflowContext,
     WorkflowSharedContext,
 )
+from streams.engine.outbox import Out, Outbox, origin_of
 from streams.engine.store import ObjectKey
 from streams.wire import ids
 from streams.wire.records import (
@@ -274,6 +275,23 @@ async def test_a_caller_that_joined_an_invocation_lets_go_of_it_when_cancelled()
     assert (answer["failure"]["code"], answer["failure"]["message"]) == (409, "cancelled")
 
 
+async def test_a_joined_callers_deadline_ends_that_calls_wait_alone() -> None:
+    """The cancel a call's deadline sends names its entry: another call of the same caller
+    that joined the same invocation (a retry with the same idempotency key) waits on."""
+    h = harness()
+    holder = h.call(saga_target("d", "book"), 60_000, request_id="first")
+    await until(lambda: waiting_in(h, holder, "sleep"))
+    other = ids.new_id("x", 1)
+    late, retried = Caller(invocation_id=other, entry=3), Caller(invocation_id=other, entry=5)
+    for caller in (late, retried):
+        h.send(Invoke(target=saga_target("d", "book"), argument=60_000, invocation_id=holder,
+                      caller=caller))  # fmt: skip
+    h.processor.on_message(None, encode(Cancel(invocation_id=holder)), 99, origin=f"{other}/3")
+    assert h.processor.invocations[holder].meta.attachers == [retried]
+    assert [c["caller"]["entry"] for c in h.records("completion")] == [3]
+    assert h.processor.invocations[holder].meta.status != "completed"
+
+
 async def test_cancel_and_kill_answer_404_and_409() -> None:
     h = harness()
     unknown = ids.new_id("x", 1)
@@ -422,3 +440,12 @@ async def test_idempotent_sends_are_accepted_once_and_recorded_in_the_dedup_tabl
             {"invocation_id": first.invocation_id}
         ).encode()
     }
+
+
+def test_a_record_forwarded_to_its_partition_keeps_its_origin() -> None:
+    """A record produced to the wrong partition is moved to its own: a cancel sent on by a
+    caller lost its origin on the way, and acted on a callee that caller had not started."""
+    out: list[Out] = []
+    outbox = Outbox(TOPICS, 0, 2, out.append)
+    outbox.forward(1, b"k", b"{}", None, origin="inv_x")
+    assert origin_of(out[0].headers) == "inv_x"

@@ -414,6 +414,32 @@ async def test_a_record_that_fails_to_be_read_is_dead_lettered_and_the_next_goes
     assert rig.processor.pending == 0
 
 
+async def test_a_record_read_back_that_fails_is_dead_lettered_and_the_rest_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading back far messages caught only ``RecordError``: anything else ended the
+    read-back's callback, and the messages after that one stayed pending for good."""
+    log, clock = Log(), Clock()
+    far = [log.delayed(T0 + 60 + i) for i in range(3)]
+    read = delay.decode_delay
+    rig = Rig(log, clock)
+    rig.feed()
+
+    def decode(value: bytes | None) -> object:
+        if value == log.records[far[0]][1]:
+            raise KeyError("a defect")
+        return read(value)
+
+    monkeypatch.setattr(delay, "decode_delay", decode)
+    rig.tick(T0 + 55)
+    rig.fetcher.serve()
+    rig.tick(T0 + 70)
+    (letter,) = [out for out in rig.emitted if out.topic == TOPICS.deadletter]
+    assert dict(letter.headers or [])["kourier.reason"] in (b"apply-failed", "apply-failed")
+    assert set(rig.released) == set(far)
+    assert rig.processor.pending == 0
+
+
 async def test_a_record_of_a_newer_version_waits_for_a_newer_worker() -> None:
     log, clock = Log(), Clock()
     newer = log.append(b"n", b'{"v": 9, "kind": "delayed"}')

@@ -259,6 +259,27 @@ async def test_a_callees_own_409_does_not_use_up_the_callers_cancel(callee_done:
     assert h.processor.store.state[("Edge", key)] == {"conflict": "conflict", "compensated": 409}
 
 
+async def test_a_second_cancel_while_one_is_pending_is_the_same_cancel() -> None:
+    """The calls open at the first cancel carry it back; a second cancel before it was
+    delivered forgot them: the handler met its call's 409 cancelled, and then the same
+    cancel again at its next wait."""
+    h = harness()
+    inv_id = h.call(Target(service="Edge", key="t", handler="conflict_then_sleep"), request_id="t")
+    await until(lambda: any(e.kind == "run" for e in h.processor.invocations[inv_id].journal))
+    (call,) = h.invokes()
+    h.send(Cancel(invocation_id=inv_id))  # goes on to the callee; the handler is in its run
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0),
+                      invocation_id=call["invocation_id"],
+                      failure=Failure(code=409, message="cancelled")))  # fmt: skip
+    h.send(Cancel(invocation_id=inv_id))  # again, before the handler met the first
+    GATE["t"].set()
+    await until(lambda: h.processor.store.state.get(("Edge", "t"), {}).get("conflict"))
+    await until(lambda: any(e.kind == "sleep" for e in h.processor.invocations[inv_id].journal))
+    await settle()
+    assert "t" not in h.responses(), "the handler met the same cancel twice"
+    assert h.processor.store.state[("Edge", "t")] == {"conflict": "cancelled"}
+
+
 async def test_a_replay_does_not_use_a_cancel_up_at_a_call_cancelled_before_it() -> None:
     """A handler met its callee's 409 "cancelled" (the callee was cancelled on its own), went
     on and suspended in a sleep. Its own cancel then runs it again, and the replay met that
