@@ -150,14 +150,18 @@ class PartitionProcessor:
                 handler = self.registry.resolve(meta.target)
             except LookupError as exc:
                 handler = None
-                if meta.status != "scheduled":  # see Starts.apply
+                if meta.status == "pending":  # queued, not started: as Starts.apply leaves it
+                    meta.last_error = f"not deployed here: {exc}"
+                elif meta.status != "scheduled":  # see Starts.apply
                     meta.status, meta.last_error = "paused", f"not deployed here: {exc}"
             inv = Invocation(meta, journal, handler, self)
             inv.persisted = True
             inv.persisted_entries = meta.journal_length
             self.invocations.restored(inv)
             lock = inv.lock_key
-            if meta.status == "pending" and self.starts.due_in(inv) > 0:
+            if handler is None and meta.status == "pending":
+                pass  # nothing here runs it: out of its key's line, for a worker that hosts it
+            elif meta.status == "pending" and self.starts.due_in(inv) > 0:
                 held.add(meta.id)
             elif meta.status == "pending" and lock is not None:
                 self.locks.queue(lock, meta.id, meta.seq)
@@ -172,7 +176,7 @@ class PartitionProcessor:
             elif inv.meta.id in held:  # after the restore, by the clock then
                 enqueue = self.starts.enqueue_when_due
                 asyncio.get_running_loop().call_soon(enqueue, inv, inv.meta.seq)
-            elif status == "pending" and inv.lock_key is None:
+            elif status == "pending" and inv.lock_key is None and inv.handler_def is not None:
                 self.attempts.run(inv)
         for lock in self.locks.unheld():
             self.outcomes.unlock_next(lock)

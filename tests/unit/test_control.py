@@ -292,6 +292,27 @@ async def test_a_joined_callers_deadline_ends_that_calls_wait_alone() -> None:
     assert h.processor.invocations[holder].meta.status != "completed"
 
 
+async def test_a_queued_call_not_deployed_after_a_hand_over_does_not_take_the_key() -> None:
+    """A new owner that does not host a queued call's handler paused it, and a paused
+    exclusive invocation holds its key: the queued call took the key from the one running
+    with it, whose end then unlocked nothing, and every call behind waited for good."""
+    h = harness()
+    holder = h.call(saga_target("p", "book"), 60_000, request_id="holder")
+    queued = h.call(saga_target("p", "flaky"), request_id="queued")
+    await until(lambda: waiting_in(h, holder, "sleep"))
+    lite = VirtualObject("Saga")  # the new owner's Saga: without the queued call's handler
+    lite.handlers.update({n: d for n, d in saga.handlers.items() if n != "flaky"})
+    h.services = [lite, signup]
+    restored = h.hand_over()
+    assert restored.locks.holder(ObjectKey("Saga", "p")) == holder
+    assert restored.invocations[queued].meta.status == "pending"
+    h.send(Cancel(invocation_id=holder))
+    h.call(saga_target("p", "book"), 0, request_id="after")
+    await until(lambda: "after" in h.responses())
+    assert h.responses()["after"].value == "booked"
+    assert "queued" not in h.responses(), "run by a worker that does not host its handler"
+
+
 async def test_cancel_and_kill_answer_404_and_409() -> None:
     h = harness()
     unknown = ids.new_id("x", 1)
