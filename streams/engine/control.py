@@ -55,14 +55,20 @@ class Controls:
         inv = self._invocations.get(record.invocation_id)
         outcome: Failure | Literal["success", "accepted"]
         # The caller that sent it on, and the entry whose deadline passed (if that was why).
-        caller_id, _, entry = (origin or "").partition("/")
+        caller_id, _, digits = (origin or "").partition("/")
+        entry = int(digits) if digits.isdecimal() and len(digits) < 10 else None
+        starter = None if inv is None else inv.meta.caller
         if (
             inv is not None
             and origin is not None
             and isinstance(record, Cancel | Kill)
-            and (inv.meta.caller is None or inv.meta.caller.invocation_id != caller_id)
+            and (
+                starter is None
+                or starter.invocation_id != caller_id
+                or entry not in (None, starter.entry)  # its other call, which joined it
+            )
         ):
-            self._let_go(inv, caller_id, int(entry) if entry.isdigit() else None, record)
+            self._let_go(inv, caller_id, entry, record)
             return
         if inv is None:
             outcome = Failure(
@@ -120,9 +126,12 @@ class Controls:
         open_now = frozenset(
             index for index, e in enumerate(inv.journal) if e.kind == "call" and not e.done
         )
-        # A cancel again while one is pending: the calls open at the first still carry it.
-        pending = inv.cancel_calls if meta.cancel_requested else None
-        inv.cancel_calls = open_now | (pending or frozenset())
+        # A cancel again while one is pending: the calls open at the first still carry it
+        # (after a restore, which does not know them, any call still does).
+        if not meta.cancel_requested:
+            inv.cancel_calls = open_now
+        elif inv.cancel_calls is not None:
+            inv.cancel_calls |= open_now
         meta.cancel_requested = True
         self._touch(inv)
         self.deliver_cancel(inv)

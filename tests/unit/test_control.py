@@ -19,7 +19,7 @@ from handlers import (
     WorkflowContext,
     WorkflowSharedContext,
 )
-from streams.engine.outbox import Out, Outbox, origin_of
+from streams.engine.outbox import origin_of
 from streams.engine.store import ObjectKey
 from streams.wire import ids
 from streams.wire.records import (
@@ -463,10 +463,34 @@ async def test_idempotent_sends_are_accepted_once_and_recorded_in_the_dedup_tabl
     }
 
 
-def test_a_record_forwarded_to_its_partition_keeps_its_origin() -> None:
+async def test_a_record_forwarded_to_its_partition_keeps_its_origin() -> None:
     """A record produced to the wrong partition is moved to its own: a cancel sent on by a
     caller lost its origin on the way, and acted on a callee that caller had not started."""
-    out: list[Out] = []
-    outbox = Outbox(TOPICS, 0, 2, out.append)
-    outbox.forward(1, b"k", b"{}", None, origin="inv_x")
-    assert origin_of(out[0].headers) == "inv_x"
+    h = harness()
+    h.processor = h.make(partitions=2)
+    elsewhere = next(i for i in (ids.new_id(f"k{n}", 2) for n in range(100))
+                     if ids.partition_of(i, 2) == 1)  # fmt: skip
+    caller = ids.new_id("c", 2)
+    h.processor.on_message(None, encode(Cancel(invocation_id=elsewhere)), 7, origin=caller)
+    (moved,) = h.out
+    assert moved.partition == 1
+    assert origin_of(moved.headers) == caller
+
+
+async def test_a_starters_other_call_that_joined_ends_its_own_wait_at_its_deadline() -> None:
+    """The caller that started an invocation, and joined it again from another call (the
+    same idempotency key): that call's deadline cancelled the invocation, and with it the
+    first call, which had time left."""
+    h = harness()
+    starter = Caller(invocation_id=ids.new_id("s", 1), entry=1)
+    callee = ids.new_id("j", 1)
+    for caller in (starter, Caller(invocation_id=starter.invocation_id, entry=4)):
+        h.send(Invoke(target=saga_target("j", "book"), argument=60_000, invocation_id=callee,
+                      caller=caller))  # fmt: skip
+    await until(lambda: waiting_in(h, callee, "sleep"))
+    origin = f"{starter.invocation_id}/4"
+    h.processor.on_message(None, encode(Cancel(invocation_id=callee)), 99, origin=origin)
+    await settle()
+    assert h.processor.invocations[callee].meta.status != "completed", "the starter's call ended"
+    assert h.processor.invocations[callee].meta.attachers == []
+    assert [c["caller"]["entry"] for c in h.records("completion")] == [4]
