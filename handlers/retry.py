@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,8 +21,10 @@ class RetryPolicy:
     max_attempts: int | None = 20
 
     def __post_init__(self) -> None:
-        if self.initial <= timedelta(0) or self.factor < 1.0:
-            raise ValueError("RetryPolicy needs initial > 0 and factor >= 1")
+        if self.initial <= timedelta(0) or not (math.isfinite(self.factor) and self.factor >= 1):
+            raise ValueError("RetryPolicy needs initial > 0 and a finite factor >= 1")
+        if self.max_interval <= timedelta(0):
+            raise ValueError("RetryPolicy needs max_interval > 0")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1 (or None)")
 
@@ -32,7 +35,10 @@ class RetryPolicy:
             seconds = min(self.initial.total_seconds() * self.factor ** (attempt - 1), cap)
         except OverflowError:  # the power alone, past a float's range
             seconds = cap
-        return timedelta(seconds=seconds)
+        try:
+            return timedelta(seconds=seconds)
+        except OverflowError:  # a max_interval near timedelta.max, rounded past it
+            return self.max_interval
 
     def exhausted(self, attempt: int) -> bool:
         return self.max_attempts is not None and attempt >= self.max_attempts

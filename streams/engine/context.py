@@ -53,6 +53,9 @@ from streams.wire.records import (
 
 T = TypeVar("T")
 
+#: Characters a state, promise or ``ctx.run`` name may have (as an object's key).
+MAX_NAME = 4096
+
 
 async def _awaited(future: DurableFuture[T]) -> T:
     return await future
@@ -167,6 +170,12 @@ class InvocationContext(WorkflowContext):
             # A UUID or an int for a state or promise name journals, then fails to be
             # written (or read back): names are strings, as in the changelog's keys.
             raise TypeError(f"the name of a {kind} must be a string, not {type(name).__name__}")
+        if name is not None and len(name) > MAX_NAME:
+            # Its journal entry, or its state record's key, could grow past what the
+            # broker takes: every commit of the worker would fail, and again after it.
+            raise TerminalError(
+                f"the name of a {kind} is {len(name)} characters; at most {MAX_NAME}", 400
+            )
         if name is not None and not name.isascii():
             try:
                 name.encode()
@@ -236,6 +245,11 @@ class InvocationContext(WorkflowContext):
         if delay:
             now = self.invocation.processor.now()
             due = due_after(delay, f"the delay of {target.path()}", now)
+        inv = self.invocation
+        if kind == "call" and inv.callee_id(self._cursor, target, idempotency_key) == inv.meta.id:
+            # A workflow's run calling its own run, or a call whose idempotency key names the
+            # invocation itself: it would wait for itself.
+            raise TerminalError(f"{target.path()} is this invocation: it would wait for good", 400)
         index, entry = self._step(kind, target=target)
         if entry is None:
             callee = self.invocation.callee_id(index, target, idempotency_key)
@@ -307,6 +321,9 @@ class InvocationContext(WorkflowContext):
 
     def attach_invocation(self, invocation_id: str) -> DurableFuture[Any]:
         checked_id(invocation_id)
+        if invocation_id == self.invocation.meta.id:
+            raise TerminalError("an invocation cannot attach to itself: it would wait for good",
+                                400)  # fmt: skip
         index, entry = self._step("attach", callee=invocation_id)
         if entry is None:
             index = self._new_entry(Entry(kind="attach", callee=invocation_id))
@@ -432,7 +449,8 @@ class InvocationContext(WorkflowContext):
         _index, entry = self._step("state_keys")
         if entry is None:
             keys = self.invocation.state_keys()
-            self.invocation.append(Entry(kind="state_keys", value=list(keys), done=True))
+            value = writable(list(keys), "the state's keys")  # 413 past a record's size
+            self.invocation.append(Entry(kind="state_keys", value=value, done=True))
             return keys
         return list(cast(list[str], entry.value))
 

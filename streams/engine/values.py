@@ -93,8 +93,9 @@ _LATEST = LAST_DUE.timestamp()
 
 def due_after(duration: timedelta, what: str, now: float | None = None) -> float:
     """``now`` (the wall clock when not given) plus ``duration`` as epoch seconds; past
-    the year 9999 it is a 400."""
-    due = (time.time() if now is None else now) + duration.total_seconds()
+    the year 9999 it is a 400. A duration below zero counts as none: a due time far in the
+    past is no time a record can carry either."""
+    due = (time.time() if now is None else now) + max(duration.total_seconds(), 0.0)
     if due > _LATEST:
         raise TerminalError(f"{what} ({duration}) ends after the year 9999", 400)
     return due

@@ -18,6 +18,8 @@ from handlers import (
     Service,
     TerminalError,
     VirtualObject,
+    Workflow,
+    WorkflowContext,
     select,
 )
 from streams.wire.records import Target
@@ -72,6 +74,46 @@ async def surrogate_name(ctx: ObjectContext, kind: str) -> str:
         await ctx.get(name)
     await ctx.sleep(timedelta(hours=1))  # its journal is written while it waits
     return kind
+
+
+@objects.handler()
+async def oversized(ctx: ObjectContext, kind: str) -> str:
+    """A name longer than a record's key may be, or keys that together are too large."""
+    if kind == "name":
+        ctx.set("n" * 5000, 1)
+    else:
+        for i in range(1000):
+            ctx.set(f"{i:04d}" + "k" * 996, i)
+        await ctx.state_keys()
+    return kind
+
+
+@objects.handler()
+async def waits_for_itself(ctx: ObjectContext) -> str:
+    try:
+        await ctx.attach_invocation(ctx.invocation_id)
+    except TerminalError as error:
+        return f"refused {error.status_code}"
+    return "attached"
+
+
+@objects.handler()
+async def sleeps_below_zero(ctx: ObjectContext) -> str:
+    await ctx.sleep(timedelta(days=-1_000_000))
+    ctx.object_send("Mistakes", "later", "put").send(1, delay=timedelta.min)
+    return "slept"
+
+
+selfish = Workflow("Selfish")
+
+
+@selfish.main()
+async def run_again(ctx: WorkflowContext) -> str:
+    try:
+        await ctx.workflow("Selfish", ctx.key, "run").request()
+    except TerminalError as error:
+        return f"refused {error.status_code}"
+    return "ran"
 
 
 @objects.handler()
@@ -218,6 +260,42 @@ async def test_an_error_whose_text_holds_a_lone_surrogate_is_written_escaped(kin
         assert failure.message == "no file bad\\udc80name"
     else:
         assert "no file bad\\udc80name" in (inv.meta.last_error or "")
+
+
+@pytest.mark.parametrize(("kind", "code"), [("name", 400), ("keys", 413)])
+async def test_a_name_or_keys_too_large_for_a_record_fail_the_invocation(
+    kind: str, code: int
+) -> None:
+    """A name of any length was journaled, and a state record's key is the name: one over
+    the broker's limit failed every commit of the worker, and again after its restart."""
+    harness = Harness([objects])
+    harness.call(mistake("oversized"), kind, request_id=kind)
+    await until(lambda: kind in harness.responses())
+    failure = harness.responses()[kind].failure
+    assert failure is not None
+    assert failure.code == code
+    assert all(len(out.value or b"") < 1_000_000 for out in harness.processor.flush())
+
+
+async def test_an_invocation_that_would_wait_for_itself_is_refused() -> None:
+    """Attaching to itself, or a workflow's run calling its own run, waited for good with
+    its key locked (no deadlock is reported for a cycle of one)."""
+    harness = Harness([objects, selfish], loopback=True)
+    harness.call(mistake("waits_for_itself"), request_id="attach")
+    harness.call(Target(service="Selfish", key="w", handler="run"), request_id="run")
+    await until(lambda: {"attach", "run"} <= set(harness.responses()))
+    assert harness.responses()["attach"].value == "refused 400"
+    assert harness.responses()["run"].value == "refused 400"
+
+
+async def test_a_delay_below_zero_counts_as_none() -> None:
+    """A sleep or delayed send far in the past was journaled, then its due time could not
+    be written: the sleep waited for good on every retry, and the send was lost."""
+    harness = Harness([objects], loopback=True)
+    harness.call(mistake("sleeps_below_zero"), request_id="below")
+    await until(lambda: "below" in harness.responses())
+    assert harness.responses()["below"].value == "slept"
+    await until(lambda: any(i["target"]["key"] == "later" for i in harness.invokes()))
 
 
 @pytest.mark.parametrize("handler", ["base_exception", "exits_itself", "exits"])

@@ -129,6 +129,19 @@ def test_retry_policy_backs_off_exponentially_up_to_a_cap() -> None:
         RetryPolicy(factor=0.5)
 
 
+def test_a_retry_policy_refuses_a_factor_that_is_not_a_number_and_a_cap_of_zero() -> None:
+    """``factor=nan`` was taken (``nan < 1`` is False): the back-off raised at the second
+    attempt, inside the attempt's ``except``, and left the invocation running with no task
+    and its key locked."""
+    with pytest.raises(ValueError, match="finite factor"):
+        RetryPolicy(factor=float("nan"))
+    with pytest.raises(ValueError, match="finite factor"):
+        RetryPolicy(factor=float("inf"))
+    with pytest.raises(ValueError, match="max_interval"):
+        RetryPolicy(max_interval=timedelta(0))
+    assert RetryPolicy(max_interval=timedelta.max).delay(60) <= timedelta.max
+
+
 def test_terminal_error_keeps_code_and_message() -> None:
     error = TerminalError("nope", status_code=404)
     assert (error.message, error.status_code) == ("nope", 404)
