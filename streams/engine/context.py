@@ -212,7 +212,8 @@ class InvocationContext(WorkflowContext):
         entry = self.invocation.journal[index]
         if entry.due is not None or entry.done:
             return  # replay: the timer exists already
-        due = self.invocation.processor.now() + timeout.total_seconds()
+        # Below zero counts as none (due_after): far in the past, no record could carry it.
+        due = self.invocation.processor.now() + max(timeout.total_seconds(), 0.0)
         self.invocation.set_entry(index, entry.replace(due=due))
         assert entry.callee is not None
         seconds = timeout.total_seconds()

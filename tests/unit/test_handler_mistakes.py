@@ -104,6 +104,15 @@ async def sleeps_below_zero(ctx: ObjectContext) -> str:
     return "slept"
 
 
+@objects.handler()
+async def times_out_below_zero(ctx: ObjectContext) -> str:
+    try:
+        await ctx.object("Mistakes", "other", "put").request(1, timeout=timedelta(days=-(10**6)))
+    except TerminalError as error:
+        return f"timed out {error.status_code}"
+    return "answered"
+
+
 selfish = Workflow("Selfish")
 
 
@@ -296,6 +305,15 @@ async def test_a_delay_below_zero_counts_as_none() -> None:
     await until(lambda: "below" in harness.responses())
     assert harness.responses()["below"].value == "slept"
     await until(lambda: any(i["target"]["key"] == "later" for i in harness.invokes()))
+
+
+async def test_a_call_timeout_below_zero_counts_as_none() -> None:
+    """Its deadline's timer could not be written: the attempt failed, and its replay found
+    the deadline journaled, made no timer, and the call waited with no deadline at all."""
+    harness = Harness([objects])  # nobody answers the call: only its deadline can
+    harness.call(mistake("times_out_below_zero"), request_id="timeout")
+    await until(lambda: "timeout" in harness.responses())
+    assert harness.responses()["timeout"].value == "timed out 408"
 
 
 @pytest.mark.parametrize("handler", ["base_exception", "exits_itself", "exits"])
