@@ -35,7 +35,7 @@ from handlers.context import (
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.service import handler_of
 from streams import tracing
-from streams.engine.invocation import Invocation, outcome
+from streams.engine.invocation import Invocation, InvocationClosed, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy
 from streams.engine.values import (
     checked_headers,
@@ -159,12 +159,19 @@ class InvocationContext(WorkflowContext):
     def __init__(self, invocation: Invocation) -> None:
         self.invocation = invocation
         self._cursor = 0
+        # The attempt this context serves (made on its task): a task the handler started
+        # that goes on using it once the attempt has ended (returned, failed, or replaced
+        # by the next attempt) is stopped, instead of writing state after the key was let go.
+        self._attempt = asyncio.current_task()
 
     # -- journal -----------------------------------------------------------
 
     def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
         """Claim the next journal index; return the recorded entry when replaying."""
         self.invocation.check_open()
+        attempt = self._attempt
+        if attempt is not None and (attempt.done() or self.invocation.task is not attempt):
+            raise InvocationClosed(self.invocation.meta.id)
         name = expected.get("name")
         if name is not None and not isinstance(name, str):
             # A UUID or an int for a state or promise name journals, then fails to be

@@ -4,6 +4,7 @@ the worker or loses a send. Driven with the engine's harness, no Kafka."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import uuid
@@ -113,6 +114,27 @@ async def times_out_below_zero(ctx: ObjectContext) -> str:
     return "answered"
 
 
+LATE: list[str] = []
+
+
+@objects.handler()
+async def leaves_a_task(ctx: ObjectContext) -> str:
+    """Starts a task that goes on using the context after the handler has returned."""
+
+    async def later() -> None:
+        await asyncio.sleep(0.01)
+        try:
+            ctx.set("late", 1)
+        except Exception as error:  # the test reads what it was
+            LATE.append(type(error).__name__)
+        else:
+            LATE.append("written")
+
+    TASKS.add(asyncio.get_running_loop().create_task(later()))
+    return "returned"
+
+
+TASKS: set[asyncio.Task[None]] = set()
 selfish = Workflow("Selfish")
 
 
@@ -305,6 +327,17 @@ async def test_a_delay_below_zero_counts_as_none() -> None:
     await until(lambda: "below" in harness.responses())
     assert harness.responses()["below"].value == "slept"
     await until(lambda: any(i["target"]["key"] == "later" for i in harness.invokes()))
+
+
+async def test_a_context_used_after_its_attempt_ended_refuses() -> None:
+    """A task the handler started went on writing through the context after the handler
+    returned: the write took effect after the key was let go, beside the next call."""
+    harness = Harness([objects])
+    harness.call(mistake("leaves_a_task"), request_id="left")
+    await until(lambda: "left" in harness.responses())
+    await until(lambda: bool(LATE))
+    assert LATE == ["InvocationClosed"]
+    assert "late" not in harness.processor.store.state.get(("Mistakes", "k"), {})
 
 
 async def test_a_call_timeout_below_zero_counts_as_none() -> None:
