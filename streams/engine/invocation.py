@@ -91,6 +91,7 @@ class Invocation:
 
     __slots__ = (
         "actions",
+        "awaiting",
         "cancel_calls",
         "closed",
         "dirty_entries",
@@ -118,6 +119,7 @@ class Invocation:
         self.processor = processor
         self.task: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[Entry]] = {}
+        self.awaiting: dict[int, int] = {}  # index -> tasks of the handler awaiting it
         self.dirty_entries: set[int] = set()
         self.persisted_entries = len(journal)  # entries already in the changelog
         self.persisted = bool(journal) or meta.status != "pending"
@@ -194,15 +196,24 @@ class Invocation:
             entry = self.journal[index]
         if not entry.done:
             self.check_open()
-            future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
-            self.waiting[index] = future
-            self.processor.waiting(self)
+            future = self.waiting.get(index)
+            if future is None or future.done():
+                future = asyncio.get_running_loop().create_future()
+                self.waiting[index] = future
+                self.processor.waiting(self)
+            # Two tasks of the handler may await one entry: each waits for the same result,
+            # and one cancelled (a select that lost its branch) leaves the other waiting.
+            self.awaiting[index] = self.awaiting.get(index, 0) + 1
             try:
-                entry = await future
+                entry = await asyncio.shield(future)
             finally:
-                # A select that lost this branch cancelled it: the handler no longer waits.
-                if self.waiting.get(index) is future:
+                left = self.awaiting.pop(index) - 1
+                if left:
+                    self.awaiting[index] = left
+                elif self.waiting.get(index) is future:
+                    # Nobody awaits it any more: the handler no longer waits on the entry.
                     del self.waiting[index]
+                    future.cancel()
             self.check_open()
         if entry.kind == "call" and is_cancel(entry.failure) and self.cancelled_through(index):
             self.take_cancel()  # the handler now meets the 409 its cancel caused

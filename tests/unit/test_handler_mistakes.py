@@ -135,6 +135,25 @@ async def leaves_a_task(ctx: ObjectContext) -> str:
 
 
 TASKS: set[asyncio.Task[None]] = set()
+
+
+@objects.handler()
+async def awaits_twice(ctx: ObjectContext, lose_one: bool) -> list[str]:
+    """Two tasks of the handler await one sleep; with ``lose_one``, a third that awaits it
+    too is cancelled first (as a select that lost its branch is)."""
+    nap = ctx.sleep(timedelta(milliseconds=10))
+
+    async def wait() -> str:
+        await nap
+        return "woke"
+
+    if lose_one:
+        lost = asyncio.ensure_future(wait())
+        await asyncio.sleep(0)
+        lost.cancel()
+    return list(await asyncio.gather(wait(), wait()))
+
+
 selfish = Workflow("Selfish")
 
 
@@ -338,6 +357,16 @@ async def test_a_context_used_after_its_attempt_ended_refuses() -> None:
     await until(lambda: bool(LATE))
     assert LATE == ["InvocationClosed"]
     assert "late" not in harness.processor.store.state.get(("Mistakes", "k"), {})
+
+
+@pytest.mark.parametrize("lose_one", [False, True])
+async def test_two_tasks_awaiting_one_entry_both_wake(lose_one: bool) -> None:
+    """The second await replaced the first's waiter: the first never woke, the handler hung
+    with its key locked, and with no waiter left it never suspended either."""
+    harness = Harness([objects])
+    harness.call(mistake("awaits_twice"), lose_one, request_id="twice")
+    await until(lambda: "twice" in harness.responses())
+    assert harness.responses()["twice"].value == ["woke", "woke"]
 
 
 async def test_a_call_timeout_below_zero_counts_as_none() -> None:
