@@ -55,6 +55,8 @@ class Attempts:
         """Start an attempt of ``inv``'s handler (from its journal's start: a replay)."""
         inv.meta.status = "running"
         inv.closed = False
+        for future in inv.waiting.values():  # a task of an earlier attempt may await one
+            future.cancel()
         inv.waiting.clear()
         self._touch(inv)
         inv.task = asyncio.get_running_loop().create_task(self._execute(inv))

@@ -177,7 +177,7 @@ class InvocationContext(WorkflowContext):
             # A UUID or an int for a state or promise name journals, then fails to be
             # written (or read back): names are strings, as in the changelog's keys.
             raise TypeError(f"the name of a {kind} must be a string, not {type(name).__name__}")
-        if name is not None and len(name) > MAX_NAME:
+        if name is not None and kind != "select" and len(name) > MAX_NAME:
             # Its journal entry, or its state record's key, could grow past what the
             # broker takes: every commit of the worker would fail, and again after it.
             raise TerminalError(
@@ -223,7 +223,7 @@ class InvocationContext(WorkflowContext):
         due = self.invocation.processor.now() + max(timeout.total_seconds(), 0.0)
         self.invocation.set_entry(index, entry.replace(due=due))
         assert entry.callee is not None
-        seconds = timeout.total_seconds()
+        seconds = max(timeout.total_seconds(), 0.0)
         failure = Failure(
             code=408, message=f"call to {entry.describe()} timed out after {seconds}s"
         )

@@ -119,7 +119,8 @@ class Invocation:
         self.processor = processor
         self.task: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[Entry]] = {}
-        self.awaiting: dict[int, int] = {}  # index -> tasks of the handler awaiting it
+        #: Tasks of the handler awaiting each entry's future (several may await one).
+        self.awaiting: dict[asyncio.Future[Entry], int] = {}
         self.dirty_entries: set[int] = set()
         self.persisted_entries = len(journal)  # entries already in the changelog
         self.persisted = bool(journal) or meta.status != "pending"
@@ -203,13 +204,13 @@ class Invocation:
                 self.processor.waiting(self)
             # Two tasks of the handler may await one entry: each waits for the same result,
             # and one cancelled (a select that lost its branch) leaves the other waiting.
-            self.awaiting[index] = self.awaiting.get(index, 0) + 1
+            self.awaiting[future] = self.awaiting.get(future, 0) + 1
             try:
                 entry = await asyncio.shield(future)
             finally:
-                left = self.awaiting.pop(index) - 1
+                left = self.awaiting.pop(future) - 1
                 if left:
-                    self.awaiting[index] = left
+                    self.awaiting[future] = left
                 elif self.waiting.get(index) is future:
                     # Nobody awaits it any more: the handler no longer waits on the entry.
                     del self.waiting[index]

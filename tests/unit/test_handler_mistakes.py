@@ -23,7 +23,7 @@ from handlers import (
     WorkflowContext,
     select,
 )
-from streams.wire.records import Target
+from streams.wire.records import Cancel, Target
 from tests.unit.harness import Harness, until
 
 ONCE = RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=2)
@@ -135,6 +135,38 @@ async def leaves_a_task(ctx: ObjectContext) -> str:
 
 
 TASKS: set[asyncio.Task[None]] = set()
+STRAYED = {"attempts": 0}
+
+
+@objects.handler()
+async def strays_then_loses_a_select(ctx: ObjectContext) -> str:
+    """Its first attempt leaves a task awaiting a sleep and fails; the next races that
+    sleep against a short one, loses it, and waits in another sleep, where a cancel lands."""
+    long = ctx.sleep(timedelta(hours=1))
+    STRAYED["attempts"] += 1
+    if STRAYED["attempts"] == 1:
+
+        async def stray() -> None:
+            await long
+
+        TASKS.add(asyncio.get_running_loop().create_task(stray()))
+        await asyncio.sleep(0)
+        raise RuntimeError("the first attempt fails")
+    await select(long=long, short=ctx.sleep(timedelta(milliseconds=1)))
+    try:
+        await ctx.sleep(timedelta(hours=1))
+    except TerminalError as error:
+        ctx.set("cancelled", error.status_code)
+        raise
+    return "slept"
+
+
+@objects.handler()
+async def selects_among_many(ctx: ObjectContext) -> str:
+    """A select whose branch names are 4,800 characters together: its entry is small."""
+    branches = {f"branch_{i:04d}": ctx.sleep(timedelta(milliseconds=1)) for i in range(400)}
+    name, _ = await select(**branches)
+    return "won" if name.startswith("branch_") else name
 
 
 @objects.handler()
@@ -367,6 +399,38 @@ async def test_two_tasks_awaiting_one_entry_both_wake(lose_one: bool) -> None:
     harness.call(mistake("awaits_twice"), lose_one, request_id="twice")
     await until(lambda: "twice" in harness.responses())
     assert harness.responses()["twice"].value == ["woke", "woke"]
+
+
+async def test_a_task_of_an_earlier_attempt_leaves_a_lost_branch_behind_it() -> None:
+    """Awaits were counted per entry: a task of a failed attempt still awaiting entry 0
+    kept that count up, so the branch the next attempt lost stayed among its waits, and
+    an operator's cancel was spent on it while the handler waited elsewhere for good."""
+    harness = Harness([objects])
+    inv_id = harness.call(mistake("strays_then_loses_a_select"), request_id="stray")
+    inv = harness.processor.invocations[inv_id]
+
+    def in_the_last_sleep() -> bool:  # after the select: entries 0 and 1 are its branches
+        last = len(inv.journal) - 1
+        return (
+            STRAYED["attempts"] == 2
+            and inv.journal[last].kind == "sleep"
+            and last > 1
+            and (last in inv.waiting)
+        )
+
+    await until(in_the_last_sleep)
+    harness.send(Cancel(invocation_id=inv_id))
+    await until(lambda: "stray" in harness.responses())
+    failure = harness.responses()["stray"].failure
+    assert failure is not None
+    assert (failure.code, failure.message) == (409, "cancelled")
+
+
+async def test_a_select_among_many_branches_is_no_name_too_long() -> None:
+    harness = Harness([objects])
+    harness.call(mistake("selects_among_many"), request_id="many")
+    await until(lambda: "many" in harness.responses())
+    assert harness.responses()["many"].value == "won"
 
 
 async def test_a_call_timeout_below_zero_counts_as_none() -> None:
