@@ -281,19 +281,26 @@ def produce_pending(settings: Settings, total: int, due_in: float = 5 * 3600) ->
     return time.monotonic() - began
 
 
+def bench_settings(bootstrap: str) -> tuple[Settings, dict[str, str]]:
+    """The benchmark's settings on the broker at ``bootstrap`` (its topics made), and the
+    environment its worker processes get."""
+    settings = Settings(bootstrap_servers=bootstrap, namespace="dbench", partitions=8)
+    create_topics(settings)
+    env = dict(
+        os.environ,
+        KOURIER_BOOTSTRAP_SERVERS=bootstrap,
+        KOURIER_NAMESPACE=settings.namespace,
+        PYTHONPATH=str(ROOT),
+    )
+    return settings, env
+
+
 async def run(sends: int, pending: int, watch_ingress: bool = True) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="kourier-delay-bench-"))
     running = broker.start(work / "kafka", port=0)
     workers: list[WorkerProcess] = []
     try:
-        settings = Settings(bootstrap_servers=running.bootstrap, namespace="dbench", partitions=8)
-        create_topics(settings)
-        env = dict(
-            os.environ,
-            KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
-            KOURIER_NAMESPACE=settings.namespace,
-            PYTHONPATH=str(ROOT),
-        )
+        settings, env = bench_settings(running.bootstrap)
         worker = WorkerProcess(env, work / "worker-1.log")
         workers.append(worker)
         results: dict[str, Any] = {
@@ -362,14 +369,7 @@ async def run_overdue(total: int) -> dict[str, Any]:
     running = broker.start(work / "kafka", port=0)
     worker: WorkerProcess | None = None
     try:
-        settings = Settings(bootstrap_servers=running.bootstrap, namespace="dbench", partitions=8)
-        create_topics(settings)
-        env = dict(
-            os.environ,
-            KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
-            KOURIER_NAMESPACE=settings.namespace,
-            PYTHONPATH=str(ROOT),
-        )
+        settings, env = bench_settings(running.bootstrap)
         produce_s = await asyncio.to_thread(produce_pending, settings, total, -2 * 3600)
         began = time.monotonic()
         worker = WorkerProcess(env, work / "worker.log")
