@@ -519,8 +519,12 @@ class Worker:
         if snapshot is None or failure is not None:
             # Nothing since the last commit can be trusted, and the partitions are on their
             # way to another worker: commit nothing, and end (a WorkerError, which no step
-            # takes for a spill failure to recover from).
+            # takes for a spill failure to recover from). What was submitted before commits
+            # now, inside the rebalance, or is given up on once stuck: closing the committer
+            # would otherwise wait for good on a transaction Kafka never answers.
             self._on_loop(self._drop_all())
+            if isinstance(self._committer.flush(_STUCK), TimeoutError):
+                self._committer.abandon()  # Kafka aborts it when the ids are fenced again
             raise WorkerError(f"{failure} while partitions were handed over") from failure
         self._on_loop(self._ownership.forget(partitions, close=True))
         self._commit(snapshot)

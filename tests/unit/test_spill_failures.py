@@ -19,7 +19,7 @@ from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.spill import SpillFailed
 from streams.kafka import worker as worker_module
-from streams.kafka.committer import Snapshot
+from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.startup import WorkerError
 from streams.kafka.worker import Worker
 from streams.settings import Settings
@@ -116,11 +116,47 @@ def test_a_spill_failure_while_partitions_are_handed_over_ends_the_worker(worker
     worker._steps = steps  # type: ignore[assignment]
     committed: list[Snapshot] = []
     worker._commit = committed.append  # type: ignore[method-assign]
+    worker._committer = Committer(committed.append)  # idle: nothing submitted
     with pytest.raises(WorkerError) as raised:
         worker._on_revoke(None, [TopicPartition(TOPICS.ingress, 0)])  # type: ignore[arg-type]
+    worker._committer.close()
     assert raised.value.__cause__ is failure
     assert committed == [], "the hand-over committed what followed the failure"
     assert steps.dropped, "what was emitted is kept"
+
+
+def test_a_hand_over_that_fails_while_a_commit_is_stuck_gives_it_up(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit in flight that Kafka never answers (brokers away) when a hand-over fails:
+    the worker ended with it still running, and closing its committer waited for it for
+    good (SIGTERM did nothing)."""
+    monkeypatch.setattr(worker_module, "_STUCK", 0.2)
+    answered = threading.Event()
+
+    def transact(snapshot: Snapshot) -> None:
+        answered.wait(30)
+
+    worker._committer = Committer(transact)
+    worker._committer.submit(Snapshot([Out("t", 0, b"k", b"v")], []))
+
+    class Steps:
+        async def close(self, partitions: list[TopicPartition]) -> Snapshot:
+            raise SpillFailed("partition spill: OperationalError: disk I/O error")
+
+        def drop(self) -> None:
+            pass
+
+    worker._steps = Steps()  # type: ignore[assignment]
+    try:
+        with pytest.raises(WorkerError):
+            worker._on_revoke(None, [TopicPartition(TOPICS.ingress, 0)])  # type: ignore[arg-type]
+        closing = threading.Thread(target=worker._committer.close, daemon=True)
+        closing.start()
+        closing.join(5)
+        assert not closing.is_alive(), "closing the committer waits for the stuck commit"
+    finally:
+        answered.set()
 
 
 def test_a_hand_over_that_fails_as_the_worker_stops_still_closes_the_rest(
