@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -157,6 +158,35 @@ def test_a_hand_over_that_fails_while_a_commit_is_stuck_gives_it_up(
         assert not closing.is_alive(), "closing the committer waits for the stuck commit"
     finally:
         answered.set()
+
+
+def test_a_hand_over_behind_a_slow_commit_is_not_taken_for_stuck(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for a hand-over's commit counted from the call, not from the transaction:
+    one in flight and the hand-over's own, each well within ``_STUCK`` but longer together,
+    were fenced as stuck, and the hand-over's effects were thrown away."""
+    monkeypatch.setattr(worker_module, "_STUCK", 0.3)
+    committed: list[Snapshot] = []
+    began = threading.Event()
+
+    def transact(snapshot: Snapshot) -> None:
+        began.set()
+        time.sleep(0.2)  # a leader moving: each commit slow, none stuck
+        committed.append(snapshot)
+
+    fenced: list[bool] = []
+    worker._replace_stuck_producer = lambda recover=True: fenced.append(recover)  # type: ignore[method-assign]
+    worker._metadata = lambda: None  # type: ignore[method-assign]
+    worker._committer = Committer(transact)
+    try:
+        worker._committer.submit(Snapshot([Out("t", 0, b"k", b"in flight")], []))
+        assert began.wait(5)
+        worker._commit(Snapshot([Out("t", 0, b"k", b"hand-over")], []))
+        assert fenced == [], "a slow hand-over was fenced as stuck"
+        assert len(committed) == 2
+    finally:
+        worker._committer.close()
 
 
 def test_a_hand_over_that_fails_as_the_worker_stops_still_closes_the_rest(
