@@ -303,11 +303,15 @@ class Worker:
         one in flight and the next, each well within it, may take longer together: that
         is no transaction stuck."""
         failure = self._committer.flush(_STUCK)
-        while (
-            isinstance(failure, TimeoutError)
-            and not self._committer.abandoned
-            and 0 < self._committer.busy_for() < _STUCK
-        ):  # a transaction that began since the wait did: the one in flight then ended
+        for _ in range(2):  # at most the one in flight and the one merged behind it follow
+            if (
+                not isinstance(failure, TimeoutError)
+                or self._committer.abandoned
+                or self._committer.busy_for() >= _STUCK
+            ):
+                break
+            # The one in flight when the wait began has ended: the one running now (or
+            # none, if it ended too since the timeout) began later. Wait again.
             failure = self._committer.flush(_STUCK)
         return failure
 

@@ -166,13 +166,13 @@ def test_a_hand_over_behind_a_slow_commit_is_not_taken_for_stuck(
     """The wait for a hand-over's commit counted from the call, not from the transaction:
     one in flight and the hand-over's own, each well within ``_STUCK`` but longer together,
     were fenced as stuck, and the hand-over's effects were thrown away."""
-    monkeypatch.setattr(worker_module, "_STUCK", 0.3)
+    monkeypatch.setattr(worker_module, "_STUCK", 1.0)
     committed: list[Snapshot] = []
     began = threading.Event()
 
     def transact(snapshot: Snapshot) -> None:
         began.set()
-        time.sleep(0.2)  # a leader moving: each commit slow, none stuck
+        time.sleep(0.6)  # a leader moving: each commit slow, none stuck
         committed.append(snapshot)
 
     fenced: list[bool] = []
