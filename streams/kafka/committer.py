@@ -138,16 +138,23 @@ class Committer:
             self._changed.notify_all()
             return True
 
-    def flush(self, timeout: float) -> Exception | None:
+    def flush(self, stuck_after: float) -> Exception | None:
         """Wait until everything submitted is committed (or failed); return the failure,
-        or a :class:`TimeoutError` when a transaction is still running after ``timeout``
-        (at once when the committer was abandoned: its transaction is stuck)."""
-        deadline = time.monotonic() + timeout
+        or a :class:`TimeoutError` once one transaction has run for ``stuck_after`` seconds,
+        or what waits has waited that long with none running (at once when the committer
+        was abandoned: its transaction is stuck). The wait as a whole may be longer: the
+        transaction in flight, then the one merged behind it, each within the limit."""
         with self._changed:
             if self.abandoned and self._busy:
                 return TimeoutError(f"a transaction abandoned after {self.busy_for():.0f}s")
+            idle_since: float | None = None  # what waits, with no transaction running
             while (self._pending is not None or self._busy) and self._failure is None:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                if self._busy:
+                    idle_since, began = None, self._busy_since
+                else:
+                    idle_since = began = now if idle_since is None else idle_since
+                left = began + stuck_after - now
                 if left <= 0:
                     return TimeoutError(f"a transaction has run for {self.busy_for():.0f}s")
                 self._changed.wait(left)

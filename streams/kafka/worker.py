@@ -297,30 +297,12 @@ class Worker:
         self._recover(settled=stuck)
         self._committer.clear()
 
-    def _flush(self) -> Exception | None:
-        """Wait for what was submitted to commit: the committer's failure, or a
-        ``TimeoutError`` once one transaction has run for ``_STUCK`` (Kafka thread). The
-        one in flight and the next, each well within it, may take longer together: that
-        is no transaction stuck."""
-        failure = self._committer.flush(_STUCK)
-        for _ in range(2):  # at most the one in flight and the one merged behind it follow
-            if (
-                not isinstance(failure, TimeoutError)
-                or self._committer.abandoned
-                or self._committer.busy_for() >= _STUCK
-            ):
-                break
-            # The one in flight when the wait began has ended: the one running now (or
-            # none, if it ended too since the timeout) began later. Wait again.
-            failure = self._committer.flush(_STUCK)
-        return failure
-
     def _finish_commits(self) -> Exception | None:
         """Let what was submitted commit or fail, before a restore reads the committed
         offsets; a transaction stuck in it is fenced (new producers, nothing restored
         yet). The committer's failure, a ``TimeoutError`` when it was stuck (Kafka
         thread)."""
-        failure = self._flush()
+        failure = self._committer.flush(_STUCK)
         if isinstance(failure, TimeoutError):
             self._replace_stuck_producer(recover=False)
         return failure
@@ -394,7 +376,7 @@ class Worker:
         if snapshot.out:
             snapshot.metadata = self._metadata()
             taken = self._committer.submit(snapshot, _STUCK)
-        failure = self._flush() if taken else TimeoutError("stuck")
+        failure = self._committer.flush(_STUCK) if taken else TimeoutError("stuck")
         if isinstance(failure, TimeoutError):
             if self._stopping and self._committer.abandoned:
                 return  # no producer to commit with: the next owner reads it all again
@@ -541,7 +523,7 @@ class Worker:
             # now, inside the rebalance, or is given up on once stuck: closing the committer
             # would otherwise wait for good on a transaction Kafka never answers.
             self._on_loop(self._drop_all())
-            if isinstance(self._flush(), TimeoutError):
+            if isinstance(self._committer.flush(_STUCK), TimeoutError):
                 self._committer.abandon()  # Kafka aborts it when the ids are fenced again
             raise WorkerError(f"{failure} while partitions were handed over") from failure
         self._on_loop(self._ownership.forget(partitions, close=True))
