@@ -29,20 +29,13 @@ hours cost about 10 MiB in Python. Reading them leaves about 100 MiB of librdkaf
 freed but resident in the C heap, so after every 100,000 records read the processor hands
 that memory back to the OS (``malloc_trim``).
 
-A backlog. A new owner that reads the backlog of an outage finds every message that fell due
-meanwhile overdue, so inside the horizon. An overdue message read before the processor has
-caught up is held in full only while the worker holds fewer than ``BACKLOG_HELD`` (one
-:class:`Holding` counts them over all its delay partitions); the rest wait as offsets in
-``_overdue``, in the order read (the exception to the invariant above), and are read back
-``FETCH_BATCH`` at a time as releases make room, one pass over the partition. A processor
-waiting for room that has nothing due of its own is called back when another's releases
-make some. Messages read once caught up are held as ever, due or not: a backlog holds no
-live message back. Due messages are released ``RELEASE_BATCH`` a partition at a time: the
-first batch on the loop, the next ones one per step of the worker, each step's releases
-reaching the committer, whose back-pressure (``Committer.MAX_PENDING``) holds the next step
-back. What a backlog holds in full thus stays near ``BACKLOG_HELD`` plus a read-back per delay
-partition (dead letters aside: a record that cannot be read is held to be set aside),
-however long the outage was.
+A backlog. A new owner reads an outage's backlog overdue, so inside the horizon. Read before
+it has caught up, such a message is held in full only while the worker holds fewer than
+``holding.BACKLOG_HELD``; the rest wait as offsets in ``_overdue``, in read order (the
+exception to the invariant above), and are read back as releases make room. Due messages go
+``RELEASE_BATCH`` a partition at a time, the first batch on the loop and the next ones one
+per step of the worker, so that the committer takes each before more follow. The whole of
+it, and what it measured: ``streams/README.md``, "A backlog of overdue messages".
 
 Carrying forward. The committed offset is the oldest pending message, so one message due in
 a month would pin it while the partition fills with released records and markers: a new
@@ -69,6 +62,8 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from streams.engine.buckets import Buckets
+from streams.engine.holding import Holding
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out, set_aside
 from streams.metrics import CARRIED, DEADLETTERS
@@ -82,9 +77,6 @@ HORIZON = 30.0  # messages due sooner than this are held in full
 LEAD = 10.0  # read far messages back once the earliest is due within this
 FETCH_BATCH = 20_000  # offsets per read-back
 MAX_HELD = 200_000  # no far read-back while a partition holds this many messages in full
-# A backlog's overdue messages are held in full only while the worker holds fewer than this
-# over all its delay partitions (the rest wait as offsets).
-BACKLOG_HELD = 50_000
 RELEASE_BATCH = 5_000  # releases per partition per loop callback or step: transactions stay small
 REPORT_EVERY = 10.0  # seconds between log lines of the pending count while it changes
 TRIM_AFTER = 100_000  # records read, after which freed heap memory goes back to the OS
@@ -142,40 +134,6 @@ def trim_heap() -> bool:
         return False
 
 
-class Holding:
-    """How many messages the delay processors of one worker hold in full, against
-    ``BACKLOG_HELD`` for all of them, so that a worker that owns many delay partitions takes
-    no more of an outage's backlog in at once than one that owns one. A processor whose
-    overdue messages wait for room asks to be called back when there is some."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._waiting: set[Callable[[], None]] = set()
-
-    @property
-    def full(self) -> bool:
-        return self.count >= BACKLOG_HELD
-
-    def wait(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the loop, soon) once the count falls below ``BACKLOG_HELD``."""
-        self._waiting.add(callback)
-
-    def forget(self, callback: Callable[[], None]) -> None:
-        self._waiting.discard(callback)
-
-    def drop(self, count: int) -> None:
-        was_full = self.full
-        self.count -= count
-        if was_full and not self.full and self._waiting:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # nothing runs without the loop: they wait for the next drop
-                return
-            waiting, self._waiting = self._waiting, set()
-            for callback in waiting:
-                loop.call_soon(callback)
-
-
 class DelayProcessor:
     """The pending delayed messages of delay partition ``partition``."""
 
@@ -217,10 +175,7 @@ class DelayProcessor:
         # Due within the horizon: a heap of (due, offset) and the records themselves.
         self._near: list[tuple[float, int]] = []
         self._held: dict[int, Out] = {}  # offset -> the record to emit when due
-        # Due later: offsets by due second, and a heap of those seconds.
-        self._far: dict[int, array[int]] = {}
-        self._far_seconds: list[int] = []
-        self._far_size = 0  # offsets in buckets, some of them perhaps released since
+        self._far = Buckets()  # due later: their offsets, by due second
         # Overdue, read while the worker held BACKLOG_HELD (a backlog): offsets in read order.
         self._overdue: array[int] = array("q")
         self._reading_overdue = False  # a read-back of some of them is under way
@@ -264,8 +219,6 @@ class DelayProcessor:
                     self._unhold(record.offset)
             else:
                 self._add(record, offset, self._releasable(record, key))
-        except MemoryError:
-            raise  # not the record's fault: the next owner reads it again
         except Exception as raised:  # one record never stops the partition
             error = self._failure(raised, offset)
             self._pending.add(offset)
@@ -305,12 +258,7 @@ class DelayProcessor:
                 return
             self._hold(offset, due, released)
             return
-        bucket = self._far.get(second)
-        if bucket is None:
-            bucket = self._far[second] = array("q")
-            heapq.heappush(self._far_seconds, second)
-        bucket.append(offset)
-        self._far_size += 1
+        self._far.add(second, offset)
 
     def _releasable(self, record: Delayed, key: bytes | None) -> Out:
         """The ingress record to release, on its owner's partition (``RecordError`` when the
@@ -330,7 +278,10 @@ class DelayProcessor:
 
     def _failure(self, raised: Exception, offset: int) -> RecordError:
         """Why a record is set aside: its own fault, or else a defect of Kourier's in reading
-        it (``apply-failed``, as the ingress says), which one record never stops on."""
+        it (``apply-failed``, as the ingress says), which one record never stops on. A
+        ``MemoryError`` is no fault of the record's: raised, the next owner reads it again."""
+        if isinstance(raised, MemoryError):
+            raise raised
         if isinstance(raised, RecordError):
             return raised
         log.exception("delay %d@%d could not be read", self.partition, offset)
@@ -344,7 +295,7 @@ class DelayProcessor:
 
     def _hold(self, offset: int, due: float, released: Out) -> None:
         if offset not in self._held and not self.closed:
-            self._holding.count += 1  # (a closed processor's were dropped from the count)
+            self._holding.add(1)  # (a closed processor's were dropped from the count)
         self._held[offset] = released
         heapq.heappush(self._near, (due, offset))
         if len(self._near) > 2 * len(self._held) + 1024:
@@ -393,29 +344,21 @@ class DelayProcessor:
     def _extend_horizon(self, now: float) -> None:
         """Move the horizon forward when no bucket would fall behind it."""
         limit = math.floor(now + self._horizon)
-        if limit > self._loaded_until and (not self._far_seconds or self._far_seconds[0] >= limit):
+        earliest = self._far.earliest
+        if limit > self._loaded_until and (earliest is None or earliest >= limit):
             self._loaded_until = limit
 
     def _refill(self, now: float) -> None:
         """Read back the buckets that came inside the horizon, once the earliest is near."""
-        if self._fetching or not self._far_seconds or len(self._held) >= MAX_HELD:
+        earliest = self._far.earliest
+        if self._fetching or earliest is None or len(self._held) >= MAX_HELD:
             return
-        if self._far_seconds[0] > now + self._lead:
+        if earliest > now + self._lead:
             return
         limit = math.floor(now + self._horizon)
-        offsets: list[int] = []
-        while self._far_seconds and self._far_seconds[0] < limit and len(offsets) < FETCH_BATCH:
-            second = self._far_seconds[0]
-            bucket = self._far[second]
-            # A crowded second is read back in parts; the horizon passes it after the last.
-            taken = bucket[: FETCH_BATCH - len(offsets)]
-            del bucket[: len(taken)]
-            self._far_size -= len(taken)
-            offsets.extend(o for o in taken if o in self._pending)
-            if not bucket:
-                heapq.heappop(self._far_seconds)
-                del self._far[second]
-                self._loaded_until = max(self._loaded_until, second + 1)
+        # A crowded second is read back in parts; the horizon passes it after the last.
+        offsets, emptied = self._far.take(limit, FETCH_BATCH, self._pending.__contains__)
+        self._loaded_until = max(self._loaded_until, emptied)
         self._extend_horizon(now)
         if offsets:
             offsets.sort()
@@ -465,8 +408,6 @@ class DelayProcessor:
                 if not isinstance(record, Delayed):
                     raise RecordError("bad-schema", f"a {record.kind} record read back as delayed")
                 self._hold(offset, release_time(record), self._releasable(record, key))
-            except MemoryError:
-                raise
             except Exception as raised:  # it was a valid delayed record when first read
                 error = self._failure(raised, offset)
                 log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
@@ -559,17 +500,8 @@ class DelayProcessor:
         """Drop offsets no longer pending from the buckets once they are most of them (a
         carried message's old offset stays in its bucket until then)."""
         live = len(self._pending) - len(self._held) - len(self._overdue)
-        if self._far_size <= 2 * live + FETCH_BATCH:
-            return
-        far: dict[int, array[int]] = {}
-        for second, bucket in self._far.items():
-            kept = array("q", (o for o in bucket if o in self._pending))
-            if kept:
-                far[second] = kept
-        self._far = far
-        self._far_seconds = list(far)
-        heapq.heapify(self._far_seconds)
-        self._far_size = sum(len(bucket) for bucket in far.values())
+        if self._far.size > 2 * live + FETCH_BATCH:
+            self._far.compact(self._pending.__contains__)
 
     # -- timers and release ----------------------------------------------------------------
 
@@ -598,8 +530,9 @@ class DelayProcessor:
                 self._timer = self._later(due - now, self._on_due)
             self._timer_at = due
         refill_at = None
-        if self._far_seconds and not self._fetching and len(self._held) < MAX_HELD:
-            refill_at = self._far_seconds[0] - self._lead
+        earliest = self._far.earliest
+        if earliest is not None and not self._fetching and len(self._held) < MAX_HELD:
+            refill_at = earliest - self._lead
             if refill_at <= now:  # not possible yet; a release or read-back re-arms
                 refill_at = None
         if refill_at != self._refill_at:
@@ -676,7 +609,7 @@ class DelayProcessor:
                 self.partition,
                 self.pending,
                 self.held,
-                self._far_size,
+                self._far.size,
             )
 
     def _open(self) -> bool:

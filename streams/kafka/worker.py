@@ -28,7 +28,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from handlers.service import ServiceDefinition
-from streams.engine.delay import DelayProcessor, Holding
+from streams.engine.delay import DelayProcessor
+from streams.engine.holding import Holding
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.engine.spill import SpillFailed

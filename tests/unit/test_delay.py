@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.engine import delay
-from streams.engine.delay import DelayProcessor, Deliver, Holding
+from streams.engine import delay, holding
+from streams.engine.delay import DelayProcessor, Deliver
+from streams.engine.holding import Holding
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out
 from streams.wire import ids
@@ -777,7 +778,7 @@ async def test_old_offsets_of_carried_messages_leave_the_buckets(
         rig.feed()
         assert rig.processor.pending == 10
     assert rig.processor.carried >= 100
-    assert rig.processor._far_size <= 2 * 10 + delay.FETCH_BATCH
+    assert rig.processor._far.size <= 2 * 10 + delay.FETCH_BATCH
     rig.tick(T0 + 3600 + 20 - 10)
     rig.fetcher.serve()
     rig.tick(T0 + 3600 + 20)
@@ -861,7 +862,7 @@ async def test_a_new_owner_holds_at_most_max_held_of_a_backlog_of_overdue_messag
     pass over the partition, whatever their due times), each released once, none early,
     none that a marker further on says was released. Messages not yet due are held at once
     as ever: a backlog holds no short delay back."""
-    monkeypatch.setattr(delay, "BACKLOG_HELD", 100)
+    monkeypatch.setattr(holding, "BACKLOG_HELD", 100)
     monkeypatch.setattr(delay, "FETCH_BATCH", 40)
     log, clock = Log(), Clock()
     overdue = [log.delayed(T0 + (i * 7919 % 1000) / 10) for i in range(1000)]
@@ -899,22 +900,22 @@ async def test_max_held_counts_every_delay_partition_and_one_waiting_for_room_is
     all. A partition whose overdue messages wait for room has nothing due of its own, so no
     step ticks it: it is called back when another partition's releases make room. Messages
     read once caught up are held at once, due or not: a backlog holds no live one back."""
-    monkeypatch.setattr(delay, "BACKLOG_HELD", 100)
+    monkeypatch.setattr(holding, "BACKLOG_HELD", 100)
     monkeypatch.setattr(delay, "FETCH_BATCH", 30)
     monkeypatch.setattr(delay, "RELEASE_BATCH", 50)
-    holding = Holding()
+    shared = Holding()
     clock = Clock()
     first, second = Log(), Log()
     backlog = [first.delayed(T0 + i / 10) for i in range(150)]
     waiting = [second.delayed(T0 + i / 10) for i in range(40)]
     clock.now = T0 + 3600
-    rigs = [Rig(first, clock, holding=holding), Rig(second, clock, holding=holding)]
+    rigs = [Rig(first, clock, holding=shared), Rig(second, clock, holding=shared)]
     for rig in rigs:
         rig.feed()
     # BACKLOG_HELD, and on each partition the last record read: it has caught up by then.
     assert rigs[0].processor.held == 101
     assert rigs[1].processor.held == 1
-    assert holding.count == 102
+    assert shared.count == 102
     due_now = second.delayed(clock.now - 0.001)  # a short timer, due by the time it is read
     soon = second.delayed(clock.now + 2)
     rigs[1].feed()
@@ -928,14 +929,14 @@ async def test_max_held_counts_every_delay_partition_and_one_waiting_for_room_is
     assert set(rigs[1].released) == {*waiting, due_now}, "overdue messages left waiting"
     rigs[1].tick(clock.now + 2)
     assert soon in rigs[1].released
-    assert holding.count == 0
+    assert shared.count == 0
     late = Log()
     late.delayed(clock.now + 5)
-    rigs.append(Rig(late, clock, holding=holding))
+    rigs.append(Rig(late, clock, holding=shared))
     rigs[-1].feed()
-    assert holding.count == 1
+    assert shared.count == 1
     rigs[-1].processor.close()
-    assert holding.count == 0, "a closed processor's messages still counted"
+    assert shared.count == 0, "a closed processor's messages still counted"
 
 
 async def test_a_backlog_of_due_messages_goes_a_batch_per_step_not_all_on_the_loop(
@@ -1033,16 +1034,19 @@ def test_never_early_never_twice_all_eventually(
     transaction in flight at the restart fails, losing what it held; ``max_held``: so few
     messages are held in full that the rest wait as offsets, overdue or not."""
     names = ("CARRY_AFTER", "CARRY_SPARSE", "CARRY_BATCH", "CARRY_SPAN", "CARRY_BYTES")
-    names += ("MAX_HELD", "BACKLOG_HELD")
+    names += ("MAX_HELD",)
     saved = [getattr(delay, name) for name in names]
-    values = [*(carry or saved[:5]), *((max_held, max_held) if max_held else saved[5:])]
+    saved_backlog = holding.BACKLOG_HELD
+    values = [*(carry or saved[:5]), max_held or saved[5]]
     for name, value in zip(names, values, strict=True):
         setattr(delay, name, value)
+    holding.BACKLOG_HELD = max_held or saved_backlog
     try:
         asyncio.run(_scenario(dues, steps, restart_at, serve_late, seed, abort))
     finally:
         for name, value in zip(names, saved, strict=True):
             setattr(delay, name, value)
+        holding.BACKLOG_HELD = saved_backlog
 
 
 async def _scenario(

@@ -1,0 +1,66 @@
+"""Far-off delayed messages kept as offsets, by due second (``streams.engine.delay``).
+
+A message due beyond a delay partition's horizon costs its offset alone: 8 bytes in an
+``array`` bucket per due second, and a heap of those seconds gives the earliest. An offset
+whose message was released since (through a marker, or carried forward) stays in its bucket
+until it is taken or the buckets are compacted: whoever takes them says which still count.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections.abc import Callable
+
+
+class Buckets:
+    """Offsets by due second, taken earliest second first."""
+
+    def __init__(self) -> None:
+        self._by_second: dict[int, array[int]] = {}
+        self._seconds: list[int] = []  # a heap of the keys of _by_second
+        self.size = 0  # offsets held, some of them perhaps released since
+
+    @property
+    def earliest(self) -> int | None:
+        """The earliest due second that holds an offset."""
+        return self._seconds[0] if self._seconds else None
+
+    def add(self, second: int, offset: int) -> None:
+        bucket = self._by_second.get(second)
+        if bucket is None:
+            bucket = self._by_second[second] = array("q")
+            heapq.heappush(self._seconds, second)
+        bucket.append(offset)
+        self.size += 1
+
+    def take(self, before: int, most: int, keep: Callable[[int], bool]) -> tuple[list[int], int]:
+        """Up to ``most`` offsets that ``keep`` accepts, from the seconds before ``before``,
+        earliest first (a crowded second in parts; those it refuses are let go); and the
+        second after the last one emptied (0 if none was)."""
+        offsets: list[int] = []
+        emptied = 0
+        while self._seconds and self._seconds[0] < before and len(offsets) < most:
+            second = self._seconds[0]
+            bucket = self._by_second[second]
+            taken = bucket[: most - len(offsets)]
+            del bucket[: len(taken)]
+            self.size -= len(taken)
+            offsets.extend(o for o in taken if keep(o))
+            if not bucket:
+                heapq.heappop(self._seconds)
+                del self._by_second[second]
+                emptied = second + 1
+        return offsets, emptied
+
+    def compact(self, keep: Callable[[int], bool]) -> None:
+        """Keep only the offsets ``keep`` accepts."""
+        by_second: dict[int, array[int]] = {}
+        for second, bucket in self._by_second.items():
+            kept = array("q", (o for o in bucket if keep(o)))
+            if kept:
+                by_second[second] = kept
+        self._by_second = by_second
+        self._seconds = list(by_second)
+        heapq.heapify(self._seconds)
+        self.size = sum(len(bucket) for bucket in by_second.values())
