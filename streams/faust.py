@@ -14,9 +14,9 @@ async def place(orders: faust.StreamT[Order]) -> None:
 Faust does the producing: every call is an :class:`InvokeRecord` written through the app's
 own producer to the ingress topic, keyed by the object key, so one key's calls keep their
 order. Each call made while an agent processes an event gets an idempotency key derived
-from that event (app id, topic, partition, offset, and the call's position within the
-event), so an event that Faust delivers again after a crash or a rebalance invokes nothing
-twice: Kourier answers the repeat with the first outcome.
+from that event (app id, the agent's name, topic, partition, offset, and the call's position
+among the agent's calls for the event), so an event that Faust delivers again after a crash
+or a rebalance invokes nothing twice: Kourier answers the repeat with the first outcome.
 
 Outcomes are read ``read_committed`` from the response topic by a :class:`streams.Client`
 running inside the app (Faust's own consumer reads ``read_uncommitted`` unless the whole
@@ -49,7 +49,7 @@ from streams.client import Client, due_time, outcome
 from streams.errors import KourierError
 from streams.settings import Settings
 from streams.wire import ids
-from streams.wire.records import Response, Target
+from streams.wire.records import MAX_RECORD_BYTES, Response, Target
 from streams.wire.topics import Topics
 
 __all__ = [
@@ -220,8 +220,9 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         self.ingress = app.topic(
             self.topics.ingress, key_type=bytes, value_type=InvokeRecord, key_serializer="raw"
         )
+        self._outcomes = _Outcomes(app, value_type=ResponseRecord)
         #: Outcomes of :meth:`call`, in the order they arrive: ``app.agent(kourier.outcomes)``.
-        self.outcomes: faust.ChannelT[ResponseRecord] = _Outcomes(app, value_type=ResponseRecord)
+        self.outcomes: faust.ChannelT[ResponseRecord] = self._outcomes
         self._client = Client(self.settings)
         # Calls made so far while processing each event, for the idempotency keys.
         # By event, the calls each agent has made for it so far (by the agent's name).
@@ -254,7 +255,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         ``KOURIER_CALL_TIMEOUT``, 10 minutes) with ``TimeoutError``; the invocation goes on.
         """
         request_id = self._client.new_request_id()
-        record = self._invoke(target, argument, request_id, idempotency_key, headers, None)
+        record = await self._invoke(target, argument, request_id, idempotency_key, headers, None)
         answer = self._client.expect(request_id)
         limit = (within or self.settings.call_timeout).total_seconds()
         produced = False
@@ -286,7 +287,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         one that comes while it is down is not delivered again unless the call is (use
         :meth:`request` when the outcome must be seen)."""
         request_id = self._client.new_request_id()
-        record = self._invoke(target, argument, request_id, idempotency_key, headers, None)
+        record = await self._invoke(target, argument, request_id, idempotency_key, headers, None)
         answer = self._client.expect(request_id)
         try:
             await self._produce(target, record)
@@ -309,7 +310,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                 "nothing subscribes to kourier.outcomes; the outcome of request %s is dropped",
                 response.request_id,
             )
-        self.add_future(self.outcomes.send(value=_as_record(response)))
+        self.add_future(self._outcomes.offer(_as_record(response)))
 
     async def send(
         self,
@@ -323,14 +324,14 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         """One-way: returns the invocation id once Kafka has the record."""
         due = None if delay is None else due_time(delay, f"the delay of {target.path()}")
         when = None if due is None else due.isoformat()
-        record = self._invoke(target, argument, None, idempotency_key, headers, when)
+        record = await self._invoke(target, argument, None, idempotency_key, headers, when)
         await self._produce(target, record)
         assert record.invocation_id is not None
         return record.invocation_id
 
     # -- building and producing records --------------------------------------------------
 
-    def _invoke(
+    async def _invoke(
         self,
         target: Target,
         argument: Any,
@@ -340,6 +341,10 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         due: str | None,
     ) -> InvokeRecord:
         key = idempotency_key or self._derived_key()
+        if target.service not in self._client.services:
+            # Announced since the client last read the catalog, perhaps: a workflow's run
+            # has an id of its own, which a later attach or cancel must be given.
+            await self._client.catalog(refresh=True)
         invocation_id = self._client.invocation_id_for(target, key)
         return InvokeRecord(
             target=TargetRecord(service=target.service, handler=target.handler, key=target.key),
@@ -357,11 +362,12 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         event = current_event()
         if event is None:
             raise RuntimeError(
-                "no Faust event is being processed: pass idempotency_key= outside an agent"
+                "no event from a Kafka topic is being processed: pass idempotency_key= "
+                "outside an agent, and in an agent reading kourier.outcomes"
             )
         message = event.message
         if message.topic is None or message.offset < 0:
-            # An in-memory channel's events (kourier.outcomes, app.channel(), agent.cast)
+            # An in-memory channel's events (app.channel(), agent.cast)
             # have no offset: every one would get the same key.
             raise RuntimeError(
                 "this event comes from a channel, not a Kafka topic, so no idempotency key "
@@ -383,6 +389,13 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         as the Python client does: to the partition its invocation id names (for an object,
         its key's), keyed by the object key."""
         assert record.invocation_id is not None
+        size = len(record.dumps())
+        if size > MAX_RECORD_BYTES:  # a worker would dead-letter it: no invocation
+            raise TerminalError(
+                f"the record is {size} bytes of JSON, larger than the {MAX_RECORD_BYTES} bytes "
+                "Kourier takes",
+                413,
+            )
         key = target.key if target.key is not None else record.invocation_id
         partition = ids.partition_of(record.invocation_id, self._client.partitions)
         delivery = await self.ingress.send(
@@ -396,13 +409,24 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
 
 
 class _Outcomes(faust.Channel[ResponseRecord]):
-    """An in-memory channel whose buffers survive a rebalance.
+    """An in-memory channel whose outcomes survive a rebalance.
 
-    Faust suspends its streams while a rebalance runs, and clears their buffers when it
-    starts and again when it resumes them, because a topic's events are fetched again from
-    the committed offsets. No one fetches an outcome again, so these buffers are kept
-    (every subscriber's clone is an ``_Outcomes`` too, and the buffer is created lazily
-    by each)."""
+    A rebalance is made for a topic's events, which are fetched again from the committed
+    offsets; no one fetches an outcome again. So, for these:
+    - Faust clears its streams' buffers when a rebalance starts and again when it resumes
+      them: these buffers are kept (every subscriber's clone is an ``_Outcomes`` too, and
+      the buffer is created lazily by each);
+    - a stream skips an event stamped with an earlier consumer generation (every
+      assignment starts a new one), or taken from its buffer while a rebalance suspends
+      it: outcomes go into the buffers as plain records (:meth:`offer`), not as events,
+      and an agent reads them as before, each the value of its ``async for``."""
+
+    async def offer(self, record: ResponseRecord) -> None:
+        """Hand ``record`` to every subscriber; while a rebalance suspends the app's
+        streams, wait for it to end (``FlowControlQueue.put``)."""
+        root = self._root if self._root is not None else self
+        for subscriber in root._subscribers:
+            await subscriber.queue.put(record)
 
     @property
     def queue(self) -> ThrowableQueue[Any]:

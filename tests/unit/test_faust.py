@@ -4,7 +4,6 @@ idempotency keys it derives from Faust events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,9 +15,19 @@ import pytest
 
 from handlers import TerminalError
 from streams import faust as integration
+from streams.client.connection import ServiceInfo
 from streams.faust import InvokeRecord, Kourier, ResponseRecord, TargetRecord
 from streams.settings import Settings
-from streams.wire.records import Failure, Invoke, Response, Target, decode_ingress, encode
+from streams.wire import ids
+from streams.wire.records import (
+    MAX_RECORD_BYTES,
+    Failure,
+    Invoke,
+    Response,
+    Target,
+    decode_ingress,
+    encode,
+)
 
 
 @dataclass
@@ -105,31 +114,48 @@ def test_a_channel_event_has_no_key_to_derive(
         kourier._derived_key()
 
 
-async def test_outcomes_waiting_for_an_agent_survive_a_rebalance(kourier: Kourier) -> None:
-    """Faust suspends its streams during a rebalance and clears their buffers when it starts
-    and when it resumes them (the topics' events are fetched again from the committed
-    offsets). Nothing fetches an outcome again, so the outcomes channel keeps its buffer."""
-    flow = kourier.app.flow_control
+async def test_outcomes_reach_an_agent_across_a_rebalance(kourier: Kourier) -> None:
+    """A rebalance is made for a topic's events, fetched again from the committed offsets;
+    nothing fetches an outcome again. Faust clears its streams' buffers as a rebalance starts
+    and as it ends, and a stream skips an event stamped with an earlier consumer generation
+    (each assignment starts one) or taken while the rebalance suspends it: an outcome
+    buffered before the rebalance, and one that arrived during it, were both dropped."""
+    app = kourier.app
+    flow = app.flow_control
     flow.resume()  # as when the app has recovered its first assignment
-    stream = aiter(kourier.outcomes)  # an agent's subscription: a clone with its own buffer
-    first = Response(request_id="r1", status="success", value="Hello ada")
-    await kourier.outcomes.send(value=integration._as_record(first))
+    stream = aiter(app.stream(kourier.outcomes))  # as an agent reads it
 
-    # A rebalance, as App._on_partitions_revoked and Recovery go through it.
+    def answered(request_id: str) -> asyncio.Future[Response]:
+        """The client's future for a call of ``kourier.call()``, answered."""
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        future.set_result(Response(request_id=request_id, status="success", value="Hello"))
+        return future
+
+    kourier._forward(answered("r1"))  # buffered, nobody has read it yet
+    received: list[str | None] = []
+
+    async def read() -> None:
+        while len(received) < 3:
+            value = await anext(stream)
+            assert isinstance(value, ResponseRecord)
+            received.append(value.request_id)
+
+    # A rebalance, as App._on_partitions_revoked, the assignment and Recovery go through it.
     flow.suspend()
     flow.clear()
+    kourier._forward(answered("r2"))  # arrives while the streams are suspended
+    reader = asyncio.ensure_future(read())
+    await asyncio.sleep(0)  # the stream takes what its buffer holds, suspended or not
+    app.consumer_generation_id += 1  # the new assignment
+    flow.clear()
     flow.resume()
-
-    second = Response(request_id="r2", status="success", value="Hello bob")
-    await kourier.outcomes.send(value=integration._as_record(second))
-    received: list[str | None] = []
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(2):
-            while len(received) < 2:
-                outcome = (await anext(stream)).value
-                assert isinstance(outcome, ResponseRecord)
-                received.append(outcome.request_id)
-    assert received == ["r1", "r2"], "an outcome buffered before the rebalance was dropped"
+    kourier._forward(answered("r3"))
+    try:
+        async with asyncio.timeout(5):
+            await reader
+    except TimeoutError:
+        reader.cancel()
+    assert received == ["r1", "r2", "r3"], "an outcome was dropped by the rebalance"
 
 
 async def test_request_within_bounds_the_produce_too(
@@ -145,6 +171,7 @@ async def test_request_within_bounds_the_produce_too(
         await asyncio.sleep(3600)  # stands for a producer that never hears from Kafka
 
     monkeypatch.setattr(kourier, "_produce", kafka_away)
+    monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
     monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r-away")
     monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
     monkeypatch.setattr(kourier._client._kafka, "_loop", asyncio.get_running_loop(), raising=False)
@@ -154,6 +181,60 @@ async def test_request_within_bounds_the_produce_too(
     with pytest.raises(TimeoutError, match=r"within 0\.2s"):
         await asyncio.wait_for(asking, 30)
     assert produced.is_set()
+
+
+GREETER = ServiceInfo(name="Greeter", kind="service", handlers={"greet": {"kind": "shared"}})
+
+
+async def test_a_workflow_announced_since_the_catalog_was_read_gets_its_runs_id(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog is followed with a long fetch wait: a workflow announced a moment ago was
+    not in it yet, so ``send`` returned a fresh id, and an attach or cancel by it found no
+    run (404). An unknown service has the catalog read to its end first, as the Python
+    client does."""
+    signup = ServiceInfo(name="Signup", kind="workflow", handlers={"run": {"kind": "workflow"}})
+
+    async def catalog(refresh: bool = False) -> dict[str, ServiceInfo]:
+        assert refresh, "an unknown service must have the catalog read again"
+        kourier._client._kafka.services["Signup"] = signup  # announced meanwhile
+        return kourier._client.services
+
+    written: list[InvokeRecord] = []
+
+    async def produce(target: Target, record: InvokeRecord) -> None:
+        written.append(record)
+
+    monkeypatch.setattr(kourier._client, "catalog", catalog)
+    monkeypatch.setattr(kourier, "_produce", produce)
+    monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
+    run = Target(service="Signup", key="ada", handler="run")
+    inv_id = await kourier.send(run, {"email": "ada@example.com"}, idempotency_key="k1")
+    assert inv_id == ids.workflow_run_id("Signup", "ada")
+    assert [record.invocation_id for record in written] == [inv_id]
+
+
+async def test_an_argument_past_what_a_record_carries_is_a_413(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker dead-letters an invoke larger than a record may be: ``send`` returned an
+    invocation id for an invocation that never came to be."""
+    sent: list[object] = []
+
+    async def ingress_send(**record: object) -> asyncio.Future[None]:  # Faust's producer
+        sent.append(record)
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+    monkeypatch.setattr(kourier.ingress, "send", ingress_send)
+    monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
+    monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
+    target = Target(service="Greeter", handler="greet")
+    with pytest.raises(TerminalError) as refused:
+        await kourier.send(target, "x" * MAX_RECORD_BYTES, idempotency_key="k1")
+    assert refused.value.status_code == 413
+    assert sent == []
 
 
 async def test_a_delayed_send_past_what_a_record_carries_is_a_400(kourier: Kourier) -> None:
