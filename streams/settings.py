@@ -36,7 +36,7 @@ SECRET_PROPERTIES = frozenset(
 def short_duration(text: str) -> timedelta | None:
     """``500ms``, ``5s``, ``10m``, ``1h`` or ``2d`` as a timedelta; None for other text.
     Raises OverflowError for a duration beyond what a timedelta holds."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
         return None
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
@@ -91,7 +91,7 @@ class Settings(BaseModel):
     @field_validator("namespace")
     @classmethod
     def _valid_namespace(cls, value: str) -> str:
-        if not _NAMESPACE.match(value):
+        if not _NAMESPACE.fullmatch(value):
             raise ValueError(
                 f"namespace {value!r} may hold only letters, digits, '.', '_' and '-' (1-100 chars)"
             )
@@ -111,7 +111,7 @@ class Settings(BaseModel):
         if isinstance(value, str):
             text = value.strip()
             try:
-                short = float(text) if _SECONDS.match(text) else short_duration(text)
+                short = float(text) if _SECONDS.fullmatch(text) else short_duration(text)
             except OverflowError:
                 raise ValueError(f"duration {text!r} is too long") from None
             value = text if short is None else short

@@ -224,7 +224,8 @@ class Ingress:
         app.router.add_get("/health", self.admin.health)  # the same answer on both ports
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/restate/{verb:attach|output}/{id}", self.attach)
-        app.router.add_get("/restate/invocation/{rest:.+}/{verb:attach|output}", self.attach)
+        # Any character, a newline too: an id with one after it is attach's 400, not a 404.
+        app.router.add_get(r"/restate/invocation/{rest:[\s\S]+}/{verb:attach|output}", self.attach)
         app.router.add_get("/restate/workflow/{service}/{key}/{verb:attach|output}", self.attach)
         app.router.add_post("/{path:.*}", self.invoke)
         return app

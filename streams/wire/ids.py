@@ -88,7 +88,7 @@ def workflow_run_id(workflow: str, workflow_id: str) -> str:
 
 def is_id(text: str) -> bool:
     """Whether ``text`` has the shape of an invocation id."""
-    return _ID.match(text) is not None
+    return _ID.fullmatch(text) is not None
 
 
 def belongs_to_key(invocation_id: str, key: str, partitions: int) -> bool:
@@ -98,7 +98,7 @@ def belongs_to_key(invocation_id: str, key: str, partitions: int) -> bool:
 
 
 def validate(invocation_id: str) -> str:
-    if not _ID.match(invocation_id):
+    if not _ID.fullmatch(invocation_id):
         raise InvalidId(f"{invocation_id!r} is not a Kourier invocation id (inv_ + 32 hex digits)")
     return invocation_id
 

@@ -49,6 +49,22 @@ async def test_limits_are_400_with_a_json_body(
         assert words in body["message"]
 
 
+async def test_an_id_with_a_newline_after_it_is_400(ingress_url: str) -> None:
+    """A pattern's ``$`` matches before a final newline: such an id passed the ingress's
+    check, then failed the record's (pydantic's), and the answer was a 500."""
+    inv_id = quote("inv_" + "0" * 32 + "\n", safe="")
+    admin_url = ADMIN_URLS[ingress_url]
+    async with aiohttp.ClientSession() as http:
+        for method, url in [
+            ("GET", f"{ingress_url}/restate/attach/{inv_id}"),
+            ("GET", f"{ingress_url}/restate/invocation/{inv_id}/output"),
+            ("PATCH", f"{admin_url}/invocations/{inv_id}/cancel"),
+        ]:
+            async with http.request(method, URL(url, encoded=True)) as reply:
+                assert reply.status == 400, (url, reply.status, await reply.text())
+                assert "not a Kourier invocation id" in (await reply.json())["message"]
+
+
 async def test_an_empty_idempotency_key_is_400(ingress_url: str) -> None:
     """An empty key is a caller's bug (an unset variable), not a request without one: taken
     for none, the call would run again on every retry the caller believes deduplicated."""

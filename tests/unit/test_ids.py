@@ -25,7 +25,10 @@ def test_child_ids_are_stable_across_replays() -> None:
     assert ids.partition_of(ids.child_id(parent, 3, "k", 8), 8) == partition_for("k", 8)
 
 
-@pytest.mark.parametrize("bad", ["", "inv_", "inv_xyz", "abc_" + "0" * 32, "inv_" + "0" * 31])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "inv_", "inv_xyz", "abc_" + "0" * 32, "inv_" + "0" * 31, "inv_" + "0" * 32 + "\n"],
+)
 def test_malformed_ids_are_rejected(bad: str) -> None:
     with pytest.raises(ids.InvalidId, match="not a Kourier invocation id"):
         ids.partition_of(bad, 8)
