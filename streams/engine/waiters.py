@@ -6,7 +6,11 @@ that names an invocation that exists already (the same idempotency key, a workfl
 joins it instead of running again; a send gets a receipt. An attach names an invocation by
 id, by idempotency key, or as a workflow's run, and waits for its outcome (or, without
 ``wait``, asks for it now: 470 while it runs). At most ``MAX_WAITERS`` wait for one
-invocation; more are told so (429) rather than grow its record past what Kafka takes.
+invocation, so that its record never grows past what Kafka takes. A request id stays until
+the outcome: an HTTP client whose attach was cut off (its own timeout, a proxy's) leaves its
+id behind, and nothing tells the worker. So a new waiter takes the place of the request id
+that has waited longest, which is answered 429 (attach again); only when handlers alone
+fill the places is the newcomer refused (429).
 """
 
 from __future__ import annotations
@@ -89,18 +93,26 @@ class Waiters:
                     caller=caller, invocation_id=meta.id, value=meta.value, failure=meta.failure
                 ))  # fmt: skip
             return
-        if len(meta.request_ids) + len(meta.attachers) >= MAX_WAITERS:
-            busy = Failure(code=429, message=f"{MAX_WAITERS} already wait for {meta.id}")
-            if request_id is not None and request_id not in meta.request_ids:
+        new_request = request_id is not None and request_id not in meta.request_ids
+        new_caller = caller is not None and caller != meta.caller and caller not in meta.attachers
+        places = MAX_WAITERS - new_request - new_caller  # for those who wait already
+        while len(meta.request_ids) + len(meta.attachers) > places and meta.request_ids:
+            oldest = meta.request_ids.pop(0)
+            message = f"newer waiters took the {MAX_WAITERS} places for {meta.id}: attach again"
+            self._outbox.failure_response(oldest, meta.id, Failure(code=429, message=message))
+            self._touch(inv)
+        if len(meta.request_ids) + len(meta.attachers) > places:  # handlers, all of them
+            busy = Failure(code=429, message=f"{MAX_WAITERS} handlers already wait for {meta.id}")
+            if request_id is not None and new_request:
                 self._outbox.failure_response(request_id, meta.id, busy)
-            if caller is not None and caller != meta.caller and caller not in meta.attachers:
+            if caller is not None and new_caller:
                 self._outbox.completion(Completion(caller=caller, invocation_id=meta.id,
                                                  failure=busy))  # fmt: skip
             return
-        if request_id is not None and request_id not in meta.request_ids:
+        if request_id is not None and new_request:
             meta.request_ids.append(request_id)
             self._touch(inv)
-        if caller is not None and caller != meta.caller and caller not in meta.attachers:
+        if caller is not None and new_caller:
             meta.attachers.append(caller)
             self._touch(inv)
 

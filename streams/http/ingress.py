@@ -233,14 +233,16 @@ class Ingress:
     async def attach(self, request: web.Request) -> web.Response:
         """Attach (wait) or output (now, 470 while running), by invocation id, by
         idempotency key (``/restate/invocation/Svc[/key]/handler/idemKey/...``) or for a
-        workflow (``/restate/workflow/Wf/id/...``)."""
+        workflow (``/restate/workflow/Wf/id/...``). An attach waits as long as a call may
+        (408 after, attach again), and counts in flight as a call does."""
         info = request.match_info
         wait = info["verb"] == "attach"
+        inv_id: str | None = None
         try:
             if "service" in info:  # "", "restate", "workflow", <service>, <id>, <verb>, as sent
                 service, key = (_decoded(s) for s in request.rel_url.raw_path.split("/")[3:5])
                 target = self._workflow_run(service, key)
-                outcome = await self.client.attach_response(target=target, wait=wait)
+                asked = self.client.attach_response(target=target, wait=wait)
             else:
                 if "rest" in info:  # "", "restate", "invocation", <rest>..., <verb>, as sent
                     sent = request.rel_url.raw_path.split("/")[3:-1]
@@ -249,12 +251,26 @@ class Ingress:
                     segments = [info["id"]]
                 if len(segments) == 1:
                     inv_id = ids.validate(segments[0])
-                    outcome = await self.client.attach_response(inv_id, wait=wait)
+                    asked = self.client.attach_response(inv_id, wait=wait)
                 else:
                     target, idempotency_key = self._idempotent_target(segments)
-                    outcome = await self.client.attach_response(
+                    asked = self.client.attach_response(
                         target=target, idempotency_key=idempotency_key, wait=wait
                     )
+            if self.in_flight >= self.max_in_flight:
+                asked.close()
+                raise HttpError(429, "too many requests in flight; retry later")
+            self.in_flight += 1
+            IN_FLIGHT.inc()
+            try:
+                outcome = await asyncio.wait_for(asked, self.call_timeout)
+            finally:
+                self.in_flight -= 1
+                IN_FLIGHT.dec()
+        except TimeoutError:
+            named = {} if inv_id is None else {"x-restate-id": inv_id}
+            message = f"no outcome within {self.call_timeout:g}s; attach again"
+            return error_response(408, message, named)
         except ids.InvalidId as error:
             return error_response(400, str(error))
         except HttpError as error:
@@ -318,9 +334,9 @@ class Ingress:
             response = error_response(413, f"body larger than {self.max_body} bytes")
         except KafkaUnavailable as error:
             response = error_response(503, str(error))
-        except ClientClosed as error:  # shutting down: the record may be on Kafka, unlike a 503
+        except ClientClosed as error:  # (a call that may be written is answered in _invoke)
             if error.may_be_written:
-                response = error_response(504, f"{error}; the invocation may go on: attach to it")
+                response = error_response(504, f"{error}; the invocation may go on")
             else:  # closed before anything was written: safe to send again, elsewhere
                 response = error_response(503, f"{error}: nothing was written")
         except TerminalError as error:
@@ -387,6 +403,14 @@ class Ingress:
                     f"attach to it (GET /restate/attach/{inv_id}) for its outcome"
                 )
                 return error_response(408, message, {"x-restate-id": inv_id})
+        except ClientClosed as error:
+            if not error.may_be_written:
+                raise  # a 503 (_answer): nothing was written
+            message = (
+                f"{error}; invocation {inv_id} may go on: attach to it "
+                f"(GET /restate/attach/{inv_id}) for its outcome"
+            )
+            return error_response(504, message, {"x-restate-id": inv_id})
         finally:
             self.in_flight -= 1
             IN_FLIGHT.dec()

@@ -321,7 +321,11 @@ async def test_a_call_waiting_when_the_ingress_shuts_down_answers_504(topics: Se
         await ingress.client.close()
         async with await asyncio.wait_for(call, 30) as reply:
             assert reply.status == 504, await reply.text()
-            assert "may go on" in (await reply.json())["message"]
+            message = (await reply.json())["message"]
+            inv_id = reply.headers.get("x-restate-id")
+        assert "may go on" in message
+        assert inv_id is not None, "a call's own id is what one attaches to"
+        assert f"/restate/attach/{inv_id}" in message
 
 
 async def test_an_admin_read_that_waits_for_the_index_holds_up_no_call(
@@ -367,8 +371,10 @@ async def test_an_admin_read_that_waits_for_the_index_holds_up_no_call(
 async def test_a_call_past_the_timeout_answers_408_and_goes_on(
     topics: Settings, worker: Worker
 ) -> None:
+    """A call, and an attach to it, each wait at most the call timeout (an attach waited
+    for good, and was not counted in flight); the invocation goes on."""
     settings = topics.model_copy(update={"call_timeout": timedelta(seconds=1)})
-    async with served_ingress(settings) as (_, url), aiohttp.ClientSession() as http:
+    async with served_ingress(settings) as (ingress, url), aiohttp.ClientSession() as http:
         # An idempotency key keeps the outcome after completion, so attach finds it later.
         keyed = {"idempotency-key": "slow-1"}
         async with http.post(f"{url}/Tally/slow/hold", headers=keyed) as reply:
@@ -378,6 +384,12 @@ async def test_a_call_past_the_timeout_answers_408_and_goes_on(
         assert body["code"] == 408
         assert inv_id in body["message"]
         await invocation_status(http, ADMIN_URLS[url], inv_id, "running")
+        attaching = http.get(f"{url}/restate/attach/{inv_id}")
+        async with await asyncio.wait_for(attaching, 30) as reply:
+            assert reply.status == 408, await reply.text()
+            assert "attach again" in (await reply.json())["message"]
+            assert reply.headers["x-restate-id"] == inv_id
+        assert ingress.in_flight == 0, "the attach's slot is freed"
         apps.GATES.setdefault("slow", asyncio.Event()).set()
         async with http.get(f"{url}/restate/attach/{inv_id}") as reply:
             assert reply.status == 200
