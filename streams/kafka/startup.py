@@ -26,8 +26,9 @@ class WorkerError(KourierError, RuntimeError):
 
 def ingress_partitions(settings: Settings, topics: Topics) -> int:
     """The ingress topic's partition count, once every topic of the namespace is there;
-    :class:`WorkerError` naming a missing one (``required_topics``). A connection refused
-    (TLS, SASL) ends it at once. Blocks: run it in a thread."""
+    :class:`WorkerError` naming a missing one (``required_topics``), or a co-partitioned
+    one whose count differs. A connection refused (TLS, SASL) ends it at once. Blocks: run
+    it in a thread."""
     refusals = Refusals()
     config: dict[str, Any] = settings.client_config({"log_level": 4})
     config["error_cb"] = refusals
@@ -35,7 +36,19 @@ def ingress_partitions(settings: Settings, topics: Topics) -> int:
         listed = required_topics(AdminClient(config), topics.all(), refusals=refusals)
     except MissingTopics as exc:
         raise WorkerError(str(exc)) from None
-    return len(listed[topics.ingress].partitions)
+    partitions = len(listed[topics.ingress].partitions)
+    for spec in topics.specs(partitions):
+        have = len(listed[spec.name].partitions)
+        if spec.partitions == partitions and have != partitions:
+            # A key's state, its idempotency keys and its timers live on the partition its
+            # hash names among ``partitions``: with another count a worker would write to
+            # partitions that are not there, or look for them where they are not.
+            raise WorkerError(
+                f"topic {spec.name} has {have} partitions and {topics.ingress} {partitions}: "
+                "co-partitioned topics must share one partition count, which must not change "
+                "once they hold records (README, Limits)"
+            )
+    return partitions
 
 
 class Identity:

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from streams.client import Client
 from streams.http import index as index_module
@@ -24,6 +25,7 @@ from streams.http.index import InvocationIndex
 from streams.http.ingress import Ingress
 from streams.kafka.admin import create_topics, describe_topics
 from streams.kafka.broker import free_port
+from streams.kafka.startup import WorkerError
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -162,6 +164,26 @@ async def test_with_no_create_topics_both_refuse_with_a_clear_error(
         assert "kourier topics create" in output, output[-2000:]
         assert "Traceback" not in output, output[-2000:]
     assert not any(exists for _, exists, _ in await asyncio.to_thread(shapes, settings))
+
+
+async def test_a_worker_refuses_topics_whose_partition_counts_differ(settings: Settings) -> None:
+    """Partitions added to the ingress topic alone: the worker took the ingress count, then
+    wrote state, timers and responses to partitions the other topics do not have (each
+    commit refused, every one after it too), and found keys where they were not."""
+    await asyncio.to_thread(create_topics, settings)
+    admin = AdminClient(settings.client_config({}))
+    ingress = Topics(settings.namespace).ingress
+    grown = admin.create_partitions([NewPartitions(ingress, settings.partitions + 2)])
+    await asyncio.to_thread(grown[ingress].result, 30)
+
+    async def listed() -> int:
+        metadata = await asyncio.to_thread(admin.list_topics, ingress, 10)
+        return len(metadata.topics[ingress].partitions)
+
+    await poll_until(listed, settings.partitions + 2, 30, "the partitions added, listed")
+    worker = Worker(settings, apps.SERVICES, worker_id=f"grown-{settings.namespace}")
+    with pytest.raises(WorkerError, match=r"partitions and .*ingress \d+: co-partitioned"):
+        await asyncio.wait_for(worker.run(), 60)
 
 
 async def said_it_waits(starting: asyncio.Task[None], caplog: pytest.LogCaptureFixture) -> None:
