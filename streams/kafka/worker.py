@@ -493,6 +493,11 @@ class Worker:
                 committed = (
                     self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
                 )
+                failed = next((tp for tp in committed if tp.error is not None), None)
+                if failed is not None:
+                    # Its offset is unknown (-1001), which reads as "none committed": the
+                    # partition would be read again from its start, over its restored state.
+                    raise KafkaException(failed.error)
                 ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
                 self._on_loop(self._ownership.assign(committed, ends, self._restore))
                 return committed
