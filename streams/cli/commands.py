@@ -448,8 +448,11 @@ def dlq(args: argparse.Namespace) -> int:
             return 2
     try:  # none (--all, and no letter of --reason that can be replayed) replays nothing
         count = deadletters.replay(settings, chosen) if chosen else 0
-    except ValueError as error:
-        say(f"kourier: {error}; nothing was replayed")
+    except ValueError as error:  # the letters chosen cannot be replayed, now or later
+        say(f"kourier: error: {error}; nothing was replayed")
+        return 2
+    except deadletters.ReplayIncomplete as error:
+        say(f"kourier: error: replay: {error}; try again (`kourier dlq list` shows the letters)")
         return 1
     replayed = {"replayed": count, "offsets": [x.dlq_offset for x in chosen]}
     output.emit(args, replayed, output.one_line)

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams.errors import KourierError
 from streams.kafka.offsets import (
@@ -33,6 +33,13 @@ from streams.wire.topics import Topics
 class ReadTimeout(KourierError, TimeoutError):
     """The dead-letter topic was not read to its end in time (Kafka slow, or the topic
     large): the same command may succeed later."""
+
+    retriable = True
+
+
+class ReplayIncomplete(KourierError, RuntimeError):
+    """Some replayed records were not acknowledged by Kafka in time: some may have been
+    written, so replaying them again may invoke a call twice unless it names its id."""
 
     retriable = True
 
@@ -92,7 +99,8 @@ def read(
 def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 30.0) -> int:
     """Produce each letter's original record to the ingress topic; returns how many.
     Truncated letters and letters from the delay topic are refused (``ValueError``), and a
-    missing ingress topic (``MissingTopics``), before anything is produced."""
+    missing ingress topic (``MissingTopics``), before anything is produced; records Kafka
+    did not acknowledge in ``timeout`` raise ``ReplayIncomplete``."""
     chosen = list(letters)
     topics = Topics(settings.namespace)
     cut = [letter.dlq_offset for letter in chosen if letter.truncated is not None]
@@ -123,5 +131,8 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
         count += 1
     remaining = producer.flush(timeout)
     if remaining or errors:
-        raise KafkaException(f"replay: {remaining} records undelivered, errors: {errors[:3]}")
+        raise ReplayIncomplete(
+            f"{len(errors) + remaining} of {count} records not acknowledged by Kafka "
+            f"({'; '.join(errors[:3]) or 'no answer'})"
+        )
     return count

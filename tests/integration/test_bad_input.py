@@ -230,6 +230,22 @@ async def test_bad_delay_records_are_dead_lettered_and_delays_go_on(
     assert [found[key].original_value() for key in bad] == list(bad.values())
     with pytest.raises(ValueError, match="not from the ingress topic"):
         deadletters.replay(topics, [found[b"delay-0"]])
+    # The CLI says it is an error that trying again cannot mend (exit 2, not 1).
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=topics.bootstrap_servers,
+               KOURIER_NAMESPACE=topics.namespace)  # fmt: skip
+    offset = str(found[b"delay-0"].dlq_offset)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "streams.cli", "dlq", "replay", "--offset", offset],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "kourier: error: dead letters at offsets" in done.stderr
+    assert "nothing was replayed" in done.stderr
 
 
 def test_a_replay_with_no_ingress_topic_says_so_and_produces_nothing(settings: Settings) -> None:
