@@ -142,7 +142,7 @@ def topics_create(args: argparse.Namespace) -> int:
 
 def _ensure_topics(args: argparse.Namespace, settings: Settings) -> None:
     """Create the namespace's missing topics (unless ``--no-create-topics``), saying which."""
-    if not args.create_topics:
+    if not getattr(args, "create_topics", True):  # (``dev`` always creates them)
         return
     from streams.kafka.admin import create_missing_topics
 
@@ -309,7 +309,6 @@ def dev(args: argparse.Namespace) -> int:
     from streams.engine import spill
     from streams.engine.registry import load_services
     from streams.http.ingress import bound_port, serve
-    from streams.kafka.admin import create_topics
     from streams.kafka.worker import Worker
 
     _configure_logging(args.verbose)
@@ -329,7 +328,7 @@ def dev(args: argparse.Namespace) -> int:
         started_broker = True
         settings = settings.model_copy(update={"bootstrap_servers": bootstrap})
     try:
-        create_topics(settings)
+        _ensure_topics(args, settings)  # an existing namespace keeps its partition count
         worker = Worker(settings, services)
 
         async def main(stop: Any) -> None:

@@ -144,6 +144,29 @@ async def test_a_worker_told_other_partitions_than_its_topics_have_says_which_it
         stop_process(worker)
 
 
+async def test_dev_on_a_namespace_with_other_partitions_uses_them(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """``kourier dev`` against a cluster whose namespace exists with another partition count
+    than --partitions: it refused (exit 2) where ``worker`` and ``ingress`` use the count
+    the topics have, with a warning."""
+    log = tmp_path / "dev.log"
+    asked = str(topics.partitions + 1)
+    dev = kourier(topics, "dev", "tests.integration.apps", "--partitions", asked, "--port", "0",
+                  "--admin-port", "0", log=log)  # fmt: skip
+    try:
+        told = f"--partitions {asked} is ignored"
+
+        async def serving() -> bool:
+            assert dev.poll() is None, f"kourier dev ended: {log.read_text()[-2000:]}"
+            text = log.read_text()
+            return told in text and "kourier dev: Kafka" in text
+
+        await poll_until(serving, True, 60, f"dev serving ({log.read_text()[-500:]})")
+    finally:
+        stop_process(dev)
+
+
 async def test_with_no_create_topics_both_refuse_with_a_clear_error(
     settings: Settings, tmp_path: Path
 ) -> None:
