@@ -290,7 +290,11 @@ def ingress(args: argparse.Namespace) -> int:
 
     async def main(stop: Any) -> None:
         ingress, runners = await serve(
-            settings, host=args.host, port=args.port, admin_port=args.admin_port
+            settings,
+            host=args.host,
+            port=args.port,
+            admin_port=args.admin_port,
+            admin_host=args.admin_host,
         )
         print(f"http://{args.host}:{bound_port(runners[0])}", flush=True)
         await stop.wait()
@@ -334,12 +338,16 @@ def dev(args: argparse.Namespace) -> int:
         async def main(stop: Any) -> None:
             work = asyncio.create_task(worker.run())
             ingress, runners = await serve(
-                settings, host=args.host, port=args.port, admin_port=args.admin_port
+                settings,
+                host=args.host,
+                port=args.port,
+                admin_port=args.admin_port,
+                admin_host=args.admin_host,
             )
             say(
                 f"kourier dev: Kafka {settings.bootstrap_servers}, namespace "
                 f"{settings.namespace}, ingress http://{args.host}:{bound_port(runners[0])}, "
-                f"admin http://{args.host}:{bound_port(runners[1])}"
+                f"admin http://{args.admin_host or args.host}:{bound_port(runners[1])}"
             )
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -77,6 +77,9 @@ def _http_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--port", type=_port, default=8080, help="HTTP ingress port")
     parser.add_argument("--admin-port", type=_port, default=9070, help="admin API port")
+    parser.add_argument(
+        "--admin-host", default=None, help="interface for the admin API (default: --host)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

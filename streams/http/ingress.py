@@ -462,29 +462,37 @@ async def _read_json(request: web.Request, max_body: int) -> JsonValue:
 
 
 async def serve(
-    settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9070
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    admin_port: int = 9070,
+    admin_host: str | None = None,
 ) -> tuple[Ingress, list[web.AppRunner]]:
-    """Start the ingress and its admin server; returns them for a clean shutdown."""
+    """Start the ingress and its admin server (on ``admin_host``, by default ``host``);
+    returns them for a clean shutdown."""
+    admin_host = host if admin_host is None else admin_host
     log.info("settings: %s", settings.redacted())
     ingress = Ingress(settings)
     await ingress.start()
     runners: list[web.AppRunner] = []
     try:
-        for app, bind_port in ((ingress.app(), port), (ingress.admin.app(), admin_port)):
+        sites = ((ingress.app(), host, port), (ingress.admin.app(), admin_host, admin_port))
+        for app, bind_host, bind_port in sites:
             runner = app_runner(app)
             runners.append(runner)
             await runner.setup()
             try:
-                await web.TCPSite(runner, host, bind_port).start()
+                await web.TCPSite(runner, bind_host, bind_port).start()
             except OSError as error:
-                raise ServeError(host, bind_port, error) from None
+                raise ServeError(bind_host, bind_port, error) from None
     except BaseException:  # close what started: the caller gets nothing to close
         for runner in runners:
             await runner.cleanup()
         await ingress.close()
         raise
     log.info("ingress on http://%s:%d, admin on http://%s:%d", host, bound_port(runners[0]),
-             host, bound_port(runners[1]))  # fmt: skip
+             admin_host, bound_port(runners[1]))  # fmt: skip
     return ingress, runners
 
 

@@ -20,9 +20,10 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from streams.client import Client
+from streams.errors import ServeError
 from streams.http import index as index_module
 from streams.http.index import InvocationIndex
-from streams.http.ingress import Ingress
+from streams.http.ingress import Ingress, serve
 from streams.kafka.admin import create_topics, describe_topics
 from streams.kafka.broker import free_port
 from streams.kafka.startup import WorkerError
@@ -120,6 +121,14 @@ async def test_an_ingress_on_port_0_says_the_ports_it_listens_on(
                 assert reply.status == 200, url
     finally:
         stop_process(ingress)
+
+
+async def test_the_admin_api_listens_where_admin_host_says(topics: Settings) -> None:
+    """``--admin-host`` binds the admin API apart from the ingress, so that ``--host 0.0.0.0``
+    need not put it on the public network: here an address that is not this machine's
+    (TEST-NET-1, so nothing is sent), which fails for the admin API alone."""
+    with pytest.raises(ServeError, match=r"cannot listen on 192\.0\.2\.1:0"):
+        await serve(topics, host="127.0.0.1", port=0, admin_port=0, admin_host="192.0.2.1")
 
 
 async def test_a_worker_told_other_partitions_than_its_topics_have_says_which_it_uses(
