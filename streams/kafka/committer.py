@@ -32,10 +32,16 @@ class Snapshot:
     out: list[Out]
     offsets: list[TopicPartition]
     metadata: Any = field(default=None, repr=False)  # the consumer's group metadata
+    #: Bytes of the records' keys and values (back-pressure, :meth:`Committer.submit`).
+    size: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.size = sum(len(o.key or b"") + len(o.value or b"") for o in self.out)
 
     def merge(self, later: Snapshot) -> None:
         """Add ``later``'s records after this one's; its offsets and metadata win."""
         self.out.extend(later.out)
+        self.size += later.size
         latest = {(tp.topic, tp.partition): tp for tp in self.offsets}
         latest.update({(tp.topic, tp.partition): tp for tp in later.offsets})
         self.offsets = list(latest.values())
@@ -77,6 +83,9 @@ class Committer:
 
     #: Records waiting beyond this make :meth:`submit` wait for the commit in flight.
     MAX_PENDING = 20_000
+    #: ... and bytes: large records, merged by the thousand, would make a transaction that
+    #: takes longer to write than the transaction timeout (10 s) allows.
+    MAX_PENDING_BYTES = 32 << 20
 
     def __init__(self, transact: Callable[[Snapshot], None]) -> None:
         self._transact = transact
@@ -110,15 +119,18 @@ class Committer:
     def submit(self, snapshot: Snapshot, stuck_after: float | None = None) -> bool:
         """Queue ``snapshot`` (merged with what already waits); dropped after a failure.
 
-        With more than :attr:`MAX_PENDING` records waiting, wait for the transaction in
-        flight; False, with nothing queued, once it has run for ``stuck_after`` seconds
-        (when given): it is stuck, and the caller fences it."""
+        With more than :attr:`MAX_PENDING` records or :attr:`MAX_PENDING_BYTES` waiting,
+        wait for the transaction in flight; False, with nothing queued, once it has run for
+        ``stuck_after`` seconds (when given): it is stuck, and the caller fences it."""
         if not snapshot.out:
             return True
         with self._changed:
             while (
                 self._pending is not None
-                and len(self._pending.out) > self.MAX_PENDING
+                and (
+                    len(self._pending.out) > self.MAX_PENDING
+                    or self._pending.size > self.MAX_PENDING_BYTES
+                )
                 and self._failure is None
                 and not self.abandoned
             ):

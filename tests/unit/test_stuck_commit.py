@@ -164,6 +164,21 @@ def test_a_full_queue_behind_a_stuck_transaction_lets_the_submitter_go(
     assert answers == [False], "a submit behind a stuck transaction says it was not taken"
 
 
+def test_large_records_waiting_make_a_submit_wait_too(stuck: threading.Event) -> None:
+    """Records are counted, and so are their bytes: a few thousand records near a megabyte
+    each, merged into one transaction, took longer to write than the transaction timeout,
+    which aborted it, and the restore that followed merged them again."""
+    committer = committer_stuck_in(stuck)
+    large = Out(TOPICS.state, 0, b"k", b"v" * (16 << 20))  # one object, five times
+    committer.submit(Snapshot(out=[large] * 5, offsets=[]))  # 80 MiB in 5 records
+    answers: list[bool] = []
+    one = Snapshot(out=list(SNAPSHOT.out), offsets=[])
+    thread, errors = in_thread(lambda: answers.append(committer.submit(one, stuck_after=0.5)))
+    thread.join(10)
+    assert errors == []
+    assert answers == [False], "a submit behind many bytes did not wait for room"
+
+
 def test_a_submit_with_no_stuck_limit_waits_for_room(stuck: threading.Event) -> None:
     """Without ``stuck_after`` a full queue is waited out, however long the transaction
     in flight takes."""
