@@ -68,6 +68,11 @@ _READ_AHEAD_RUNS = 3
 #: worker rather than be recovered from once more: a full disk stays full.
 _SPILL_FAILURES = 3
 _SPILL_WINDOW = 300.0
+#: Seconds before restoring after the second failed commit in a row (none succeeded in
+#: between), doubling for each next one up to the max: a record Kafka always refuses (an
+#: ACL missing on one topic, a topic's lowered max.message.bytes) fails every replay of it.
+_FAILED_PAUSE = 1.0
+_FAILED_PAUSE_MAX = 30.0
 _T = TypeVar("_T")
 
 
@@ -107,6 +112,8 @@ class Worker:
         self._pacing = Pacing(self.delays, self.processors, lambda: self._steps.dirty)
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
         self._spill_failures: list[float] = []  # when spills failed, within _SPILL_WINDOW
+        self._failed_in_a_row = 0  # commits failed with none committed since (_recover_from)
+        self._committed_at_failure = 0  # stats.commits at the last failed commit
         self._stopping = False
         self.partitions = 0
         self.stats = CommitStats()
@@ -433,10 +440,24 @@ class Worker:
         return True
 
     def _recover_from(self, failure: Exception) -> None:
-        log.error("commit failed, restoring owned partitions from Kafka: %s", failure)
+        again = self.stats.commits == self._committed_at_failure and self._failed_in_a_row
+        self._failed_in_a_row = self._failed_in_a_row + 1 if again else 1
+        self._committed_at_failure = self.stats.commits
+        pause = 0.0
+        if self._failed_in_a_row > 1:
+            pause = min(_FAILED_PAUSE_MAX, _FAILED_PAUSE * 2 ** (self._failed_in_a_row - 2))
+        log.error("commit failed (%d in a row), restoring owned partitions from Kafka%s: %s",
+                  self._failed_in_a_row, f" in {pause:g}s" if pause else "", failure)  # fmt: skip
+        self._pause(pause)
         self._group_metadata = None
         self._recover()
         self._committer.clear()
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until the worker stops (Kafka thread)."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(0.1, deadline - time.monotonic())))
 
     def _transact_counted(self, snapshot: Snapshot) -> None:
         """One transaction, with statistics (committer thread)."""

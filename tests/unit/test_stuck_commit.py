@@ -269,3 +269,27 @@ def test_a_dump_shows_the_transaction_in_flight_and_what_waits_behind_it(
     assert committer.flush(60) is None
     assert committer.status()["in_flight_records"] is None
     committer.close()
+
+
+def test_commits_that_keep_failing_are_restored_after_a_growing_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record Kafka always refuses (an ACL missing on one topic, a topic's lowered
+    max.message.bytes) fails the commit of every replay of it: the worker restored every
+    partition again at once, for good. A failure after a commit that succeeded restores at
+    once, as before."""
+    worker = Worker(Settings(namespace=TOPICS.namespace), [])
+    worker._committer = Committer(lambda snapshot: None)
+    pauses: list[float] = []
+    monkeypatch.setattr(worker, "_pause", pauses.append)
+    monkeypatch.setattr(worker, "_recover", lambda settled=False: None)
+    refused = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    try:
+        for _ in range(8):
+            worker._recover_from(refused)
+        assert pauses == [0, 1, 2, 4, 8, 16, 30, 30]
+        worker.stats.commits += 1  # one committed since
+        worker._recover_from(refused)
+        assert pauses[-1] == 0
+    finally:
+        worker._committer.close()
