@@ -273,6 +273,12 @@ class Connection:
             except BufferError:
                 await asyncio.sleep(0.005)
                 self.check_open()
+            except KafkaException as exc:  # not queued: nothing was written
+                error: KafkaError = exc.args[0]
+                said = f"Kafka did not take the record: {error.str()}"
+                if error.fatal():  # the idempotent producer failed for good (an ACL, say)
+                    said += "; the client's producer cannot go on: restart the client"
+                raise KafkaUnavailable(said) from None
         if failing is None:
             await delivered
 
