@@ -277,6 +277,9 @@ class InvocationLog:
         #: Ids whose meta was repaired as it was read (see ``_salvaged``): the record's
         #: bytes are not that meta's JSON.
         self.repaired: set[str] = set()
+        #: Ids of the invocations that can wait or hold a key: neither completed nor
+        #: scheduled (a deadlock search looks at these alone, not at every one retained).
+        self.active: set[str] = set()
 
     def apply(self, key: bytes, value: bytes | None) -> Applied | None:
         """One changelog record; ``None`` is a tombstone. What it was about, or None for a
@@ -288,10 +291,15 @@ class InvocationLog:
                 self.metas.pop(inv_id, None)
                 self.entries.pop(inv_id, None)
                 self.repaired.discard(inv_id)
+                self.active.discard(inv_id)
             else:
                 meta, repaired = _salvaged(value)
                 if meta is not None:  # unreadable: what was read of it before stands
                     self.metas[inv_id] = meta
+                    if meta.status in ("completed", "scheduled"):
+                        self.active.discard(inv_id)
+                    else:
+                        self.active.add(inv_id)
                     if repaired:
                         self.repaired.add(inv_id)
                     else:

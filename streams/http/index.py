@@ -291,18 +291,16 @@ class InvocationIndex:
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/engine/deadlocks.py``).
 
-        Only invocations still in flight can wait, so only their journals are read; the
-        answer is kept until the changelogs move on. Blocking: call it off the event loop.
+        Only invocations in flight can wait or hold a key (not a completed or scheduled
+        one, which may be most of them), so only theirs are looked at; the answer is kept
+        until the changelogs move on. Blocking: call it off the event loop.
         """
         with self._lock:
             version = self._version
             if self._cycles[0] == version:
                 return self._cycles[1]
-            pairs = [
-                (meta, self.log.journal(meta.id))
-                for meta in self.log.metas.values()
-                if meta.status != "completed"
-            ]
+            changelog = self.log
+            pairs = [(changelog.metas[i], changelog.journal(i)) for i in changelog.active]
         metas = {meta.id: meta for meta, _ in pairs}
         found = [describe(cycle, metas) for cycle in find_cycles(wait_for_edges(pairs))]
         self._cycles = (version, found)

@@ -61,3 +61,19 @@ def test_an_entry_nested_deeper_than_the_json_parser_goes_is_read_back() -> None
         nested = b'{"kind": "run", "value": ' + b"[" * depth + b"]" * depth + b"}"
         assert log.apply(entry_key("a", 2), nested) is None
     assert sorted(log.entries["a"]) == [0]
+
+
+def test_the_active_invocations_are_those_that_can_wait_or_hold_a_key() -> None:
+    """The admin's deadlock search runs every second over what may wait: it looked at every
+    invocation the changelog held, a million delayed sends among them."""
+    log = InvocationLog()
+    target = Target(service="S", key="k", handler="h")
+    for inv_id, status in [("a", "running"), ("b", "scheduled"), ("c", "completed"),
+                           ("d", "pending"), ("e", "suspended")]:  # fmt: skip
+        meta = InvocationMeta(id=inv_id, target=target, exclusive=True, status=status)
+        log.apply(meta_key(inv_id), meta.to_json())
+    assert log.active == {"a", "d", "e"}
+    done = InvocationMeta(id="a", target=target, exclusive=True, status="completed")
+    log.apply(meta_key("a"), done.to_json())
+    log.apply(meta_key("d"), None)
+    assert log.active == {"e"}
