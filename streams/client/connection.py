@@ -259,6 +259,7 @@ class Connection:
             if failing is None or error is not None:
                 self._reports.append((delivered, error))
 
+        pause = 0.005  # while librdkafka's queue is full, doubling: a long outage fills it
         while True:
             try:
                 self._producer.produce(
@@ -271,7 +272,8 @@ class Connection:
                 )
                 break
             except BufferError:
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 0.1)
                 self.check_open()
             except KafkaException as exc:  # not queued: nothing was written
                 error: KafkaError = exc.args[0]

@@ -24,7 +24,7 @@ class Refusing:
         raise KafkaException(self.error)
 
 
-def started(producer: Refusing) -> Connection:
+def started(producer: Any) -> Connection:
     connection = Connection(Settings(namespace="unit"), Topics("unit"))
     connection._loop = asyncio.get_running_loop()
     connection._producer = producer  # type: ignore[assignment]
@@ -47,3 +47,37 @@ async def test_a_record_librdkafka_refuses_is_kafka_unavailable(
     connection = started(Refusing(error))
     with pytest.raises(KafkaUnavailable, match=words):
         await connection.produce("unit.ingress", b"{}", 0, "k")
+
+
+class Full:
+    """A producer whose queue is full ``times`` times, then takes the record."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.tries = 0
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.tries += 1
+        if self.tries <= self.times:
+            raise BufferError("Local: Queue full")
+
+
+async def test_a_full_queue_is_tried_again_less_and_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a long outage librdkafka's queue fills (records never expire): every call then
+    woke the loop every 5 ms until its timeout, thousands of calls at once."""
+    producer = Full(times=8)
+    connection = started(producer)
+    pauses: list[float] = []
+    sleep = asyncio.sleep
+
+    async def noted(seconds: float) -> None:
+        pauses.append(seconds)
+        await sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", noted)
+    response: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    await connection.produce("unit.ingress", b"{}", 0, "k", failing=response)
+    assert producer.tries == 9
+    assert pauses == [0.005, 0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1]
