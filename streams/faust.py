@@ -28,9 +28,11 @@ arrive on :attr:`Kourier.outcomes`, a Faust channel that agents consume as a str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import weakref
+from collections import deque
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +41,7 @@ from typing import Any
 import faust
 from faust.agents.agent import current_agent
 from faust.streams import current_event
+from faust.types import AppT, EventT
 from mode import Service
 from mode.utils.queues import ThrowableQueue
 
@@ -220,9 +223,8 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         self.ingress = app.topic(
             self.topics.ingress, key_type=bytes, value_type=InvokeRecord, key_serializer="raw"
         )
-        self._outcomes = _Outcomes(app, value_type=ResponseRecord)
         #: Outcomes of :meth:`call`, in the order they arrive: ``app.agent(kourier.outcomes)``.
-        self.outcomes: faust.ChannelT[ResponseRecord] = self._outcomes
+        self.outcomes: faust.ChannelT[ResponseRecord] = _Outcomes(app, value_type=ResponseRecord)
         self._client = Client(self.settings)
         # Calls made so far while processing each event, for the idempotency keys.
         # By event, the calls each agent has made for it so far (by the agent's name).
@@ -310,7 +312,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                 "nothing subscribes to kourier.outcomes; the outcome of request %s is dropped",
                 response.request_id,
             )
-        self.add_future(self._outcomes.offer(_as_record(response)))
+        self.add_future(self.outcomes.send(value=_as_record(response)))
 
     async def send(
         self,
@@ -362,12 +364,11 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         event = current_event()
         if event is None:
             raise RuntimeError(
-                "no event from a Kafka topic is being processed: pass idempotency_key= "
-                "outside an agent, and in an agent reading kourier.outcomes"
+                "no Faust event is being processed: pass idempotency_key= outside an agent"
             )
         message = event.message
         if message.topic is None or message.offset < 0:
-            # An in-memory channel's events (app.channel(), agent.cast)
+            # An in-memory channel's events (kourier.outcomes, app.channel(), agent.cast)
             # have no offset: every one would get the same key.
             raise RuntimeError(
                 "this event comes from a channel, not a Kafka topic, so no idempotency key "
@@ -412,21 +413,11 @@ class _Outcomes(faust.Channel[ResponseRecord]):
     """An in-memory channel whose outcomes survive a rebalance.
 
     A rebalance is made for a topic's events, which are fetched again from the committed
-    offsets; no one fetches an outcome again. So, for these:
-    - Faust clears its streams' buffers when a rebalance starts and again when it resumes
-      them: these buffers are kept (every subscriber's clone is an ``_Outcomes`` too, and
-      the buffer is created lazily by each);
-    - a stream skips an event stamped with an earlier consumer generation (every
-      assignment starts a new one), or taken from its buffer while a rebalance suspends
-      it: outcomes go into the buffers as plain records (:meth:`offer`), not as events,
-      and an agent reads them as before, each the value of its ``async for``."""
-
-    async def offer(self, record: ResponseRecord) -> None:
-        """Hand ``record`` to every subscriber; while a rebalance suspends the app's
-        streams, wait for it to end (``FlowControlQueue.put``)."""
-        root = self._root if self._root is not None else self
-        for subscriber in root._subscribers:
-            await subscriber.queue.put(record)
+    offsets; no one fetches an outcome again. Faust clears its streams' buffers when a
+    rebalance starts and again when it resumes them, and a stream skips an event stamped
+    with an earlier consumer generation (every assignment starts a new one) or taken while
+    a rebalance suspends it. So each subscriber (every clone is an ``_Outcomes`` too, and
+    creates its buffer lazily) buffers in an :class:`_OutcomeQueue`."""
 
     @property
     def queue(self) -> ThrowableQueue[Any]:
@@ -434,8 +425,49 @@ class _Outcomes(faust.Channel[ResponseRecord]):
             maxsize = self.maxsize
             if maxsize is None:
                 maxsize = self.app.conf.stream_buffer_maxsize
-            self._queue = self.app.FlowControlQueue(maxsize=maxsize, clear_on_resume=False)
+            self._queue = _OutcomeQueue(self.app, maxsize)
         return self._queue
+
+
+class _OutcomeQueue(ThrowableQueue[Any]):
+    """A buffer of outcome events that no rebalance clears, from which a stream takes one
+    only while the app's streams run, stamped then with the consumer generation of that
+    moment: so the stream neither skips it nor clears it.
+
+    Like ``asyncio.Queue.get``, :meth:`get` waits for a put through the queue's getters;
+    it cannot call that method, which takes "suspended" (:meth:`empty`) for "nothing
+    buffered" and would not wake when the streams resume."""
+
+    def __init__(self, app: AppT, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize, flow_control=app.flow_control, clear_on_resume=False)
+        self._app = app
+
+    def empty(self) -> bool:
+        """Nothing to take now: nothing buffered, or the streams suspended (a stream asks
+        before it takes one without waiting)."""
+        return not self._flow_control.is_active() or super().empty()
+
+    def get_nowait(self) -> Any:
+        event = super().get_nowait()
+        if isinstance(event, EventT):
+            event.message.generation_id = self._app.consumer_generation_id
+        return event
+
+    async def get(self) -> Any:
+        while True:
+            await self._flow_control.acquire()  # the streams run
+            if not self.empty():
+                return self.get_nowait()
+            getters: deque[asyncio.Future[None]] = self._getters  # type: ignore[attr-defined]
+            getter = asyncio.get_running_loop().create_future()
+            getters.append(getter)  # woken by the next put (or a throw)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                with contextlib.suppress(ValueError):
+                    getters.remove(getter)
+                raise
 
 
 def _as_record(response: Response) -> ResponseRecord:

@@ -123,7 +123,8 @@ async def test_outcomes_reach_an_agent_across_a_rebalance(kourier: Kourier) -> N
     app = kourier.app
     flow = app.flow_control
     flow.resume()  # as when the app has recovered its first assignment
-    stream = aiter(app.stream(kourier.outcomes))  # as an agent reads it
+    agent_stream = app.stream(kourier.outcomes)  # as an agent reads it
+    stream = aiter(agent_stream)
 
     def answered(request_id: str) -> asyncio.Future[Response]:
         """The client's future for a call of ``kourier.call()``, answered."""
@@ -138,6 +139,8 @@ async def test_outcomes_reach_an_agent_across_a_rebalance(kourier: Kourier) -> N
         while len(received) < 3:
             value = await anext(stream)
             assert isinstance(value, ResponseRecord)
+            # An event, as any stream's: take(), events() and the like need it.
+            assert agent_stream.current_event is not None
             received.append(value.request_id)
 
     # A rebalance, as App._on_partitions_revoked, the assignment and Recovery go through it.
