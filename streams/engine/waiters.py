@@ -9,8 +9,9 @@ id, by idempotency key, or as a workflow's run, and waits for its outcome (or, w
 invocation, so that its record never grows past what Kafka takes. A request id stays until
 the outcome: an HTTP client whose attach was cut off (its own timeout, a proxy's) leaves its
 id behind, and nothing tells the worker. So a new waiter takes the place of the request id
-that has waited longest, which is answered 429 (attach again); only when handlers alone
-fill the places is the newcomer refused (429).
+that has waited longest, which is answered 429 (attach again), except the call that made
+the invocation; only when handlers (and that call) fill the places is the newcomer refused
+(429).
 """
 
 from __future__ import annotations
@@ -96,9 +97,15 @@ class Waiters:
         new_request = request_id is not None and request_id not in meta.request_ids
         new_caller = caller is not None and caller != meta.caller and caller not in meta.attachers
         places = MAX_WAITERS - new_request - new_caller  # for those who wait already
-        while len(meta.request_ids) + len(meta.attachers) > places and meta.request_ids:
-            oldest = meta.request_ids.pop(0)
-            message = f"newer waiters took the {MAX_WAITERS} places for {meta.id}: attach again"
+        # The call that made the invocation (its request id first) is never let go: it may
+        # have no idempotency key, and a caller that tried again would run it twice.
+        kept = 1 if meta.mode == "call" and meta.caller is None else 0
+        while len(meta.request_ids) + len(meta.attachers) > places and len(meta.request_ids) > kept:
+            oldest = meta.request_ids.pop(kept)
+            message = (
+                f"newer waiters took the {MAX_WAITERS} places for {meta.id}: attach again (or "
+                "call again with the same idempotency key)"
+            )
             self._outbox.failure_response(oldest, meta.id, Failure(code=429, message=message))
             self._touch(inv)
         if len(meta.request_ids) + len(meta.attachers) > places:  # handlers, all of them

@@ -36,10 +36,13 @@ async def test_attaches_given_up_make_room_for_new_ones(monkeypatch: pytest.Monk
     for n in range(limit + 2):
         harness.send(AttachRequest(request_id=f"attach{n}", invocation_id=inv_id))
     answered = harness.responses()
-    # The call and the first two attaches waited longest: let go, with a 429 each.
-    assert sorted(answered) == ["attach0", "attach1", "call"]
+    # The first three attaches waited longest: let go, with a 429 each. The call that made
+    # the invocation is kept: it has no idempotency key, and a caller that called again
+    # would run it twice.
+    assert sorted(answered) == ["attach0", "attach1", "attach2"]
     assert {r.failure.code for r in answered.values() if r.failure} == {429}
     RELEASE.set()
     await until(lambda: f"attach{limit + 1}" in harness.responses())
     outcomes = harness.responses()
-    assert all(outcomes[f"attach{n}"].value == "done" for n in range(2, limit + 2))
+    assert outcomes["call"].value == "done"
+    assert all(outcomes[f"attach{n}"].value == "done" for n in range(3, limit + 2))
