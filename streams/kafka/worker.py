@@ -228,7 +228,7 @@ class Worker:
         try:
             while not self._stopping:
                 if self._committer.failure is not None:
-                    self._recover_from(self._committer.failure)
+                    self._recover_from(self._committer.failure, may_pause=True)
                 if self._committer.busy_for() > _STUCK:
                     self._replace_stuck_producer()
                 wait = self._pacing.poll_timeout(self._committer.idle)
@@ -439,12 +439,15 @@ class Worker:
             return False
         return True
 
-    def _recover_from(self, failure: Exception) -> None:
+    def _recover_from(self, failure: Exception, *, may_pause: bool = False) -> None:
+        """Restore after a failed commit; with ``may_pause`` (the Kafka thread's loop, not a
+        rebalance callback, which every member of the group waits for), after the pause
+        that commits failing again and again call for (``_FAILED_PAUSE``)."""
         again = self.stats.commits == self._committed_at_failure and self._failed_in_a_row
         self._failed_in_a_row = self._failed_in_a_row + 1 if again else 1
         self._committed_at_failure = self.stats.commits
         pause = 0.0
-        if self._failed_in_a_row > 1:
+        if self._failed_in_a_row > 1 and may_pause:
             pause = min(_FAILED_PAUSE_MAX, _FAILED_PAUSE * 2 ** (self._failed_in_a_row - 2))
         log.error("commit failed (%d in a row), restoring owned partitions from Kafka%s: %s",
                   self._failed_in_a_row, f" in {pause:g}s" if pause else "", failure)  # fmt: skip

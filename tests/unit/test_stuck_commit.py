@@ -286,10 +286,12 @@ def test_commits_that_keep_failing_are_restored_after_a_growing_pause(
     refused = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     try:
         for _ in range(8):
-            worker._recover_from(refused)
+            worker._recover_from(refused, may_pause=True)
         assert pauses == [0, 1, 2, 4, 8, 16, 30, 30]
+        worker._recover_from(refused)  # in a rebalance callback: the group waits for it
+        assert pauses[-1] == 0
         worker.stats.commits += 1  # one committed since
-        worker._recover_from(refused)
+        worker._recover_from(refused, may_pause=True)
         assert pauses[-1] == 0
     finally:
         worker._committer.close()
