@@ -29,6 +29,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from pydantic import BaseModel
 
+from handlers.exceptions import TerminalError
 from streams.errors import KourierError
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
@@ -278,6 +279,8 @@ class Connection:
             except KafkaException as exc:  # not queued: nothing was written
                 error: KafkaError = exc.args[0]
                 said = f"Kafka did not take the record: {error.str()}"
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the same record, again
+                    raise TerminalError(said, 413) from None
                 if error.fatal():  # the idempotent producer failed for good (an ACL, say)
                     said += "; the client's producer cannot go on: restart the client"
                 raise KafkaUnavailable(said) from None

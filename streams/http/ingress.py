@@ -61,7 +61,8 @@ LATENCY = Histogram(
 )
 
 IN_FLIGHT = Gauge(
-    "kourier_ingress_in_flight", "HTTP calls and sends waiting for Kafka or for an outcome"
+    "kourier_ingress_in_flight",
+    "HTTP calls, sends and attaches waiting for Kafka or for an outcome",
 )
 
 #: Headers that describe the HTTP exchange itself and are not passed to handlers.
@@ -99,7 +100,7 @@ def parse_duration(text: str) -> timedelta:
     datetime can hold."""
     try:
         duration = short_duration(text)
-        iso = _ISO_DURATION.match(text)
+        iso = _ISO_DURATION.fullmatch(text)
         if duration is None and iso and text not in ("P", "PT") and not text.endswith("T"):
             parts = {k: float(v) for k, v in iso.groupdict().items() if v}
             duration = timedelta(
@@ -242,6 +243,7 @@ class Ingress:
             if "service" in info:  # "", "restate", "workflow", <service>, <id>, <verb>, as sent
                 service, key = (_decoded(s) for s in request.rel_url.raw_path.split("/")[3:5])
                 target = self._workflow_run(service, key)
+                inv_id = ids.workflow_run_id(target.service, key)
                 asked = self.client.attach_response(target=target, wait=wait)
             else:
                 if "rest" in info:  # "", "restate", "invocation", <rest>..., <verb>, as sent
@@ -254,6 +256,7 @@ class Ingress:
                     asked = self.client.attach_response(inv_id, wait=wait)
                 else:
                     target, idempotency_key = self._idempotent_target(segments)
+                    inv_id = self.client.invocation_id_for(target, idempotency_key)
                     asked = self.client.attach_response(
                         target=target, idempotency_key=idempotency_key, wait=wait
                     )

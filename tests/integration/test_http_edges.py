@@ -32,6 +32,8 @@ from tests.integration.helpers import invocation_status, poll_until
         ("Tally/k/add", {"idempotency-key": "i" * 1025}, "idempotency key"),
         ("Tally/k/add/send?delay=99999999999d", {}, "9999"),
         ("Tally/k/add/send?delay=", {}, "invalid delay ''"),  # not a send without a delay
+        ("Tally/k/add/send?delay=PT5S%0A", {}, "invalid delay 'PT5S\\n'"),  # "$" took it
+        ("Tally/k/add/send?delay=5s%0A", {}, "invalid delay '5s\\n'"),
         ("restate/send/Tally/k/add?delay=P99999999D", {}, "9999"),
     ],
 )
@@ -384,7 +386,12 @@ async def test_a_call_past_the_timeout_answers_408_and_goes_on(
         assert body["code"] == 408
         assert inv_id in body["message"]
         await invocation_status(http, ADMIN_URLS[url], inv_id, "running")
-        attaching = http.get(f"{url}/restate/attach/{inv_id}")
+        attaching = asyncio.create_task(http.get(f"{url}/restate/attach/{inv_id}"))
+
+        async def in_flight() -> int:
+            return ingress.in_flight
+
+        await poll_until(in_flight, 1, 30, "the attach counted in flight while it waits")
         async with await asyncio.wait_for(attaching, 30) as reply:
             assert reply.status == 408, await reply.text()
             assert "attach again" in (await reply.json())["message"]

@@ -127,8 +127,10 @@ async def test_the_admin_api_listens_where_admin_host_says(topics: Settings) -> 
     """``--admin-host`` binds the admin API apart from the ingress, so that ``--host 0.0.0.0``
     need not put it on the public network: here an address that is not this machine's
     (TEST-NET-1, so nothing is sent), which fails for the admin API alone."""
-    with pytest.raises(ServeError, match=r"cannot listen on 192\.0\.2\.1:0"):
-        await serve(topics, host="127.0.0.1", port=0, admin_port=0, admin_host="192.0.2.1")
+    admin_port = free_port()
+    said = rf"cannot listen on 192\.0\.2\.1:{admin_port}:"
+    with pytest.raises(ServeError, match=said):  # the admin's port, on the admin's host
+        await serve(topics, host="127.0.0.1", port=0, admin_port=admin_port, admin_host="192.0.2.1")
 
 
 async def test_a_worker_told_other_partitions_than_its_topics_have_says_which_it_uses(

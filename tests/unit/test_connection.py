@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from handlers import TerminalError
 from streams.client.connection import Connection, KafkaUnavailable
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -33,20 +34,23 @@ def started(producer: Any) -> Connection:
 
 
 @pytest.mark.parametrize(
-    ("error", "words"),
+    ("error", "refusal", "words"),
     [
-        (KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "Kafka did not take the record"),
-        (KafkaError(KafkaError._FATAL, fatal=True), "restart the client"),
+        (KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), TerminalError, "Kafka did not take"),
+        (KafkaError(KafkaError._FATAL, fatal=True), KafkaUnavailable, "restart the client"),
     ],
 )
-async def test_a_record_librdkafka_refuses_is_kafka_unavailable(
-    error: KafkaError, words: str
+async def test_a_record_librdkafka_refuses_says_why(
+    error: KafkaError, refusal: type[Exception], words: str
 ) -> None:
-    """Not written, so a 503 over HTTP with its reason; it was a KafkaException, which the
+    """Not written: a 413 over HTTP for a record too large (sent again, it would be refused
+    again), a 503 for a producer that failed for good. It was a KafkaException, which the
     ingress answered with a 500 ("internal error"), and after a fatal error on every call."""
     connection = started(Refusing(error))
-    with pytest.raises(KafkaUnavailable, match=words):
+    with pytest.raises(refusal, match=words) as raised:
         await connection.produce("unit.ingress", b"{}", 0, "k")
+    if refusal is TerminalError:
+        assert getattr(raised.value, "status_code", None) == 413
 
 
 class Full:
