@@ -37,14 +37,13 @@ def ingress_partitions(settings: Settings, topics: Topics) -> int:
     except MissingTopics as exc:
         raise WorkerError(str(exc)) from None
     partitions = len(listed[topics.ingress].partitions)
-    for spec in topics.specs(partitions):
-        have = len(listed[spec.name].partitions)
-        if spec.partitions == partitions and have != partitions:
-            # A key's state, its idempotency keys and its timers live on the partition its
-            # hash names among ``partitions``: with another count a worker would write to
-            # partitions that are not there, or look for them where they are not.
+    for name in topics.co_partitioned():
+        have = len(listed[name].partitions)
+        if have != partitions:
+            # With another count a worker would write to partitions that are not there, or
+            # look for a key's state and timers where they are not.
             raise WorkerError(
-                f"topic {spec.name} has {have} partitions and {topics.ingress} {partitions}: "
+                f"topic {name} has {have} partitions and {topics.ingress} {partitions}: "
                 "co-partitioned topics must share one partition count, which must not change "
                 "once they hold records (README, Limits)"
             )

@@ -92,5 +92,10 @@ class Topics:
             TopicSpec(self.services, 1, dict(_COMPACTED), "deployed services and handlers"),
         ]
 
+    def co_partitioned(self) -> list[str]:
+        """The topics that share the ingress topic's partition count: a key's records,
+        state, timers and responses are on the partition its hash names among that count."""
+        return [self.ingress, self.delay, self.responses, self.state, self.invocations, self.dedup]
+
     def all(self) -> list[str]:
         return [spec.name for spec in self.specs(1)]

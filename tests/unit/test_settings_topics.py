@@ -72,4 +72,9 @@ def test_topic_names_come_from_the_namespace() -> None:
     assert compacted == {"shop.state", "shop.invocations", "shop.dedup", "shop.services"}
     # State lives next to its partition: changelogs share the ingress partition count.
     co_partitioned = compacted - {"shop.services"} | {"shop.ingress", "shop.delay"}
-    assert all(specs[n].partitions == 12 for n in co_partitioned)
+    assert set(topics.co_partitioned()) == co_partitioned | {"shop.responses"}
+    assert all(specs[n].partitions == 12 for n in topics.co_partitioned())
+    assert [n for n, s in specs.items() if s.partitions != 12] == [
+        "shop.deadletter",
+        "shop.services",
+    ]
