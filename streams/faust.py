@@ -257,16 +257,25 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         ``KOURIER_CALL_TIMEOUT``, 10 minutes) with ``TimeoutError``; the invocation goes on.
         """
         request_id = self._client.new_request_id()
-        record = await self._invoke(target, argument, request_id, idempotency_key, headers, None)
         answer = self._client.expect(request_id)
         limit = (within or self.settings.call_timeout).total_seconds()
+        record: InvokeRecord | None = None
         produced = False
         try:
-            async with asyncio.timeout(limit):  # Faust's producer may wait too, for Kafka
+            # The catalog's read (a service not known yet) and Faust's producer may wait
+            # for Kafka too: all of it within the limit.
+            async with asyncio.timeout(limit):
+                record = await self._invoke(
+                    target, argument, request_id, idempotency_key, headers, None
+                )
                 await self._produce(target, record)
                 produced = True
                 response = await answer
         except TimeoutError:
+            if record is None:
+                raise TimeoutError(
+                    f"no catalog of services within {limit:g}s; nothing was written"
+                ) from None
             goes_on = "goes on" if produced else "may not have been written"
             raise TimeoutError(
                 f"no outcome of {target.path()} within {limit:g}s; invocation "

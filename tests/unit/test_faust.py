@@ -186,6 +186,26 @@ async def test_request_within_bounds_the_produce_too(
     assert produced.is_set()
 
 
+async def test_request_within_bounds_the_catalogs_read_too(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service the catalog does not know has the catalog read again first, which waits
+    for Kafka: within ``within`` as well."""
+
+    async def catalog(refresh: bool = False) -> dict[str, ServiceInfo]:
+        await asyncio.sleep(3600)  # stands for a read that never hears from Kafka
+        return {}
+
+    monkeypatch.setattr(kourier._client, "catalog", catalog)
+    monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r-unread")
+    monkeypatch.setattr(kourier._client._kafka, "_loop", asyncio.get_running_loop(), raising=False)
+    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
+    target = Target(service="Unknown", handler="greet")
+    asking = kourier.request(target, "ada", idempotency_key="k1", within=timedelta(seconds=0.2))
+    with pytest.raises(TimeoutError, match="nothing was written"):
+        await asyncio.wait_for(asking, 30)
+
+
 GREETER = ServiceInfo(name="Greeter", kind="service", handlers={"greet": {"kind": "shared"}})
 
 
