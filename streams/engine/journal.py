@@ -353,6 +353,6 @@ def _salvaged(value: bytes) -> tuple[InvocationMeta | None, bool]:
         meta = InvocationMeta.from_data(data)
         meta.to_json()  # what json.loads takes the serializer may not (nesting): left out
         return meta, True
-    except (ValueError, ValidationError, AttributeError, RecursionError) as error:
+    except (ValueError, ValidationError, AttributeError, TypeError, RecursionError) as error:
         log.error("changelog meta unreadable, left out: %r", error)
         return None, False

@@ -210,6 +210,8 @@ class InvocationIndex:
             # them: parse_state_key says so): not the index's to judge. Raised, it ended the
             # thread that follows the changelogs, and the views stood still from then on.
             log.debug("%s record %r passed over: %r", topic, key[:200], error)
+        except Exception:  # a defect of ours in reading one: the rest of the views go on
+            log.exception("%s record %r passed over", topic, key[:200])
 
     def _apply_invocation(self, key: bytes, value: bytes | None) -> None:
         applied = self.log.apply(key, value)

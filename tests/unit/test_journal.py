@@ -77,3 +77,14 @@ def test_the_active_invocations_are_those_that_can_wait_or_hold_a_key() -> None:
     log.apply(meta_key("a"), done.to_json())
     log.apply(meta_key("d"), None)
     assert log.active == {"e"}
+
+
+def test_a_meta_whose_attachers_are_not_a_list_is_left_out() -> None:
+    """Read through the salvage path, ``attachers`` of another type raised a TypeError that
+    ended the reader: the admin index's thread, and a worker's restore of the partition."""
+    inv_id = "inv_0123456789abcdef0123456789abcdef"
+    row = {"id": inv_id, "target": {"service": "S", "handler": "h"}, "exclusive": False,
+           "caller": {"invocation_id": "not-an-id", "entry": 0}, "attachers": 5}  # fmt: skip
+    log = InvocationLog()
+    log.apply(meta_key(inv_id), json.dumps(row).encode())
+    assert inv_id not in log.metas
