@@ -43,7 +43,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 # -- invocations ------------------------------------------------------------------------
@@ -175,7 +175,9 @@ def services(body: list[dict[str, Any]]) -> str:
 def state(body: dict[str, Any]) -> str:
     if not body:
         return "no state"
-    return "\n".join(f"{name} = {json.dumps(value)}" for name, value in sorted(body.items()))
+    return "\n".join(
+        f"{name} = {json.dumps(value, ensure_ascii=False)}" for name, value in sorted(body.items())
+    )
 
 
 def deadlocks(body: dict[str, Any]) -> str:
