@@ -18,7 +18,7 @@ from aiohttp import web
 from streams.client import Client
 from streams.http import bulk
 from streams.http.index import InvocationIndex
-from streams.http.shared import bearer, error_response, json_errors, metrics
+from streams.http.shared import bearer, error_response, json_errors, metrics, same_origin
 from streams.metrics import DEADLOCKS
 from streams.wire import ids
 
@@ -42,7 +42,7 @@ class AdminApi:
         self.token = token
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors, bearer(self.token)])
+        app = web.Application(middlewares=[json_errors, bearer(self.token), same_origin])
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/services", self.list_services)
@@ -124,7 +124,15 @@ class AdminApi:
         return web.json_response(body, status=code)
 
     async def bulk_control(self, request: web.Request) -> web.Response:
-        """``POST /invocations/{action}?status=&service=&key=&dry_run=``: see ``bulk.py``."""
+        """``POST /invocations/{action}?status=&service=&key=&dry_run=``: see ``bulk.py``.
+        Refused (503) while the index is still reading the changelogs after a start: it
+        may miss matching invocations, or show them at an older status."""
+        if not self.index.caught_up():
+            return error_response(
+                503,
+                "the admin index is still reading the changelogs after its start: it may "
+                "miss invocations or show older statuses; try again in a moment",
+            )
         return await bulk.bulk_control(request, self.index.matching, self.client)
 
     async def list_deadlocks(self, request: web.Request) -> web.Response:

@@ -41,6 +41,24 @@ _OPEN_ROUTES = frozenset(
 )
 
 
+@web.middleware
+async def same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse (403) a request that would change something when a browser says another site
+    sent it. A form or ``fetch(..., {mode: "no-cors"})`` on any web page can POST to the
+    admin API on an operator's machine without a preflight, and with no token configured
+    nothing else stops it; the UI (same origin), the CLI and scripts send no such header."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        origin = request.headers.get("origin")
+        site = request.headers.get("sec-fetch-site")
+        foreign = origin is not None and origin.split("://", 1)[-1].lower() != request.host.lower()
+        if foreign or site in ("cross-site", "same-site"):
+            return error_response(
+                403, f"a request from another origin ({origin or site}) may not change anything"
+            )
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 def bearer(token: str | None) -> Any:
     """Require ``Authorization: Bearer <token>`` when a token is configured (401 otherwise)."""
     expected = f"Bearer {token}".encode() if token else None

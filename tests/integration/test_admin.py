@@ -183,6 +183,34 @@ async def test_the_state_of_an_unknown_service_is_404(admin_url: str) -> None:
             assert await reply.json() == {}
 
 
+async def test_a_change_another_site_asks_for_is_refused(client: Client, admin_url: str) -> None:
+    """A web page can POST to the admin API on an operator's machine with no preflight
+    (``fetch(..., {mode: "no-cors"})``): with no token configured, any page could cancel or
+    kill every invocation. What a browser says another site sent is refused (403); the UI's
+    own requests, the CLI's and scripts' go through."""
+    sent = await schedule(client, "adm-origin", 1)
+    async with aiohttp.ClientSession() as http:
+        await poll_until(
+            lambda: scheduled_ids(http, admin_url, "Tally"), set(sent), 30, "scheduled sends"
+        )
+        kill = f"{admin_url}/invocations/kill"
+        foreign = [{"origin": "http://shop.example"}, {"origin": "null"},
+                   {"sec-fetch-site": "cross-site"}]  # fmt: skip
+        for headers in foreign:
+            async with http.post(kill, params={"service": "Tally"}, headers=headers) as reply:
+                assert reply.status == 403, (headers, await reply.text())
+                assert "another origin" in (await reply.json())["message"]
+        cancel = f"{admin_url}/invocations/{sent[0]}/cancel"
+        async with http.patch(cancel, headers=foreign[0]) as reply:
+            assert reply.status == 403
+        assert await scheduled_ids(http, admin_url, "Tally") == set(sent), "nothing was done"
+        own = {"origin": admin_url, "sec-fetch-site": "same-origin"}  # the UI's
+        dry = {"service": "Tally", "dry_run": "true"}
+        async with http.post(f"{admin_url}/invocations/cancel", params=dry, headers=own) as reply:
+            assert reply.status == 200, await reply.text()
+            assert (await reply.json())["ids"] == sent
+
+
 async def test_bulk_cancel_dry_run_then_real(
     client: Client, ingress_url: str, admin_url: str
 ) -> None:
