@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -31,6 +32,11 @@ from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.ingress")
+
+#: Completed invocations whose journals the index keeps, the latest completed: older ones
+#: keep their meta (status, argument, outcome) and links, not their entries, which the
+#: changelog holds until the outcome's retention ends (a day of idempotent calls by default).
+KEPT_JOURNALS = 10_000
 
 
 def waiting_on(meta: InvocationMeta, journal: list[Entry]) -> list[str]:
@@ -105,6 +111,8 @@ class InvocationIndex:
         self.log = InvocationLog()
         self.links = CallLinks()  # who sent what: a send's callee does not name its sender
         self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
+        #: Completed invocations whose journals are kept, oldest first (``KEPT_JOURNALS``).
+        self._kept: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._version = 0  # changes with every changelog record applied
         self._cycles: tuple[int, list[dict[str, Any]]] = (-1, [])
@@ -217,10 +225,24 @@ class InvocationIndex:
         applied = self.log.apply(key, value)
         if applied is None:
             return
+        inv_id = applied.invocation_id
         if applied.index is None and value is None:  # the invocation is gone
-            self.links.forget(applied.invocation_id)
-        elif applied.index is not None and applied.entry is not None:
-            self.links.record(applied.invocation_id, applied.index, applied.entry)
+            self.links.forget(inv_id)
+            self._kept.pop(inv_id, None)
+            return
+        if applied.index is not None and applied.entry is not None:
+            self.links.record(inv_id, applied.index, applied.entry)
+        meta = self.log.metas.get(inv_id)
+        if meta is None or meta.status != "completed":
+            return
+        if applied.index is None:  # completed now: among the latest, kept
+            self._kept[inv_id] = None
+            self._kept.move_to_end(inv_id)
+            while len(self._kept) > KEPT_JOURNALS:
+                dropped, _ = self._kept.popitem(last=False)
+                self.log.entries.pop(dropped, None)
+        elif inv_id not in self._kept:  # an entry of one completed long ago (compaction)
+            self.log.entries.pop(inv_id, None)
 
     def _apply_state(self, key: bytes, value: bytes | None) -> None:
         service, obj, name, is_promise = parse_state_key(key)
@@ -285,6 +307,8 @@ class InvocationIndex:
             journal = self.log.journal(invocation_id)
             row = detail(meta, journal, self.settings.header_denylist, self.links)
             row["tree"] = call_tree(invocation_id, self.log.metas, self._journal, self.links)
+            if meta.status == "completed" and invocation_id not in self._kept:
+                row["journal_dropped"] = True  # completed before the latest KEPT_JOURNALS
             return row
 
     def _journal(self, invocation_id: str) -> list[Entry]:

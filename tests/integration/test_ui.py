@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from streams.client import Client
 from tests.integration.conftest import ROOT
@@ -87,6 +87,37 @@ async def test_the_deadlock_banner(
     await expect(banner).to_be_hidden(timeout=30_000)
     result = await asyncio.gather(blocked, return_exceptions=True)
     assert getattr(result[0], "status_code", None) == 409
+
+
+async def test_a_page_left_while_it_loads_stays_left(page: Page, admin_url: str) -> None:
+    """Leaving a page before its first refresh came back (a slow server, a quick click)
+    left that page polling too: the Deadlocks page, drawn late, covered the page chosen
+    after it, and went on redrawing over it every second."""
+    held: list[Route] = []
+    holding = True
+    asked = asyncio.Event()
+
+    async def deadlocks(route: Route) -> None:
+        if holding:
+            held.append(route)
+            asked.set()
+        else:
+            await route.continue_()
+
+    await page.route("**/deadlocks", deadlocks)
+    await page.goto(f"{admin_url}/ui#/deadlocks")
+    await asyncio.wait_for(asked.wait(), 30)  # the Deadlocks page's first refresh, held
+    await page.evaluate("location.hash = '#/'")  # the invocations list, while that waits
+    await expect(page.locator("#invocations")).to_be_visible()
+    holding = False
+    for route in held:
+        await route.continue_()
+    updated = page.locator("#updated")
+    for _ in range(2):  # two refreshes after the late answers
+        before = await updated.text_content()
+        await expect(updated).not_to_have_text(before or "", timeout=10_000)
+    await expect(page.locator("#invocations")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Deadlocks")).to_have_count(0)
 
 
 async def test_a_scheduled_invocation_shows_its_due_time_and_cancels(

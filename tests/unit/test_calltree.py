@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from streams.engine.journal import Entry, InvocationMeta, Status, entry_key, meta_key
+from streams.http import index as index_module
 from streams.http.calltree import CallLinks, call_tree
 from streams.http.index import InvocationIndex
 from streams.settings import Settings
@@ -229,3 +232,35 @@ def test_a_list_builds_rows_for_the_newest_it_keeps_in_the_order_it_did() -> Non
         index._apply(topic, meta_key(inv_id), record.to_json())
     soonest = index.query(status="scheduled", limit=2)
     assert [row["id"] for row in soonest] == [made[3], made[20]]
+
+
+def test_the_index_keeps_the_journals_of_the_latest_completed_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A completed invocation's entries stay in the changelog until its outcome's retention
+    ends (a day of idempotent calls): the index held every one of them. It keeps the
+    journals of the latest completed; the older keep their meta, and say so."""
+    monkeypatch.setattr(index_module, "KEPT_JOURNALS", 2, raising=False)
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    done = [an_id(f"done-{n}") for n in range(3)]
+    for inv_id in done:
+        index._apply(topic, entry_key(inv_id, 0), Entry(kind="get", name="n", done=True).to_json())
+        index._apply(
+            topic, meta_key(inv_id), meta(inv_id, "h", "completed", journal_length=1).to_json()
+        )
+    assert set(index.log.entries) == set(done[1:])
+    oldest = index.describe(done[0])
+    assert oldest is not None
+    assert (oldest["journal"], oldest.get("journal_dropped")) == ([], True)
+    latest = index.describe(done[2])
+    assert latest is not None
+    assert len(latest["journal"]) == 1
+    assert "journal_dropped" not in latest
+    # An entry of one completed long ago, read after its meta (compaction), is not kept.
+    index._apply(topic, entry_key(done[0], 0), Entry(kind="get", name="n", done=True).to_json())
+    assert done[0] not in index.log.entries
+    running = an_id("running")  # a journal in flight is kept whatever its length
+    index._apply(topic, meta_key(running), meta(running, "h", journal_length=1).to_json())
+    index._apply(topic, entry_key(running, 0), Entry(kind="get", name="n").to_json())
+    assert running in index.log.entries
