@@ -86,7 +86,7 @@ def parent_of(
 def call_tree(
     invocation_id: str,
     metas: Mapping[str, InvocationMeta],
-    journal: Callable[[str], list[Entry]],
+    journal: Callable[[str], list[tuple[int, Entry]]],
     links: CallLinks,
     *,
     now: float | None = None,
@@ -150,8 +150,8 @@ def call_tree(
     return {"callers": callers, "callees": root["callees"], "truncated": truncated}
 
 
-def _edges(journal: list[Entry]) -> list[tuple[int, Entry]]:
-    return [(i, e) for i, e in enumerate(journal) if e.kind in ("call", "send") and e.callee]
+def _edges(journal: list[tuple[int, Entry]]) -> list[tuple[int, Entry]]:
+    return [(i, e) for i, e in journal if e.kind in ("call", "send") and e.callee]
 
 
 def _node(

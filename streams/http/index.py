@@ -39,13 +39,13 @@ log = logging.getLogger("kourier.ingress")
 KEPT_JOURNALS = 10_000
 
 
-def waiting_on(meta: InvocationMeta, journal: list[Entry]) -> list[str]:
+def waiting_on(meta: InvocationMeta, journal: list[tuple[int, Entry]]) -> list[str]:
     """What the invocation awaits: open calls, timers, promises, attaches."""
     if meta.status == "completed":
         return []
     return [
         f"{entry.describe()} (entry {i})" + (f" due {iso(entry.due)}" if entry.due else "")
-        for i, entry in enumerate(journal)
+        for i, entry in journal
         if not entry.done and entry.kind != "select"
     ]
 
@@ -83,7 +83,7 @@ def summary(meta: InvocationMeta, links: CallLinks | None = None) -> dict[str, A
 
 def detail(
     meta: InvocationMeta,
-    journal: list[Entry],
+    journal: list[tuple[int, Entry]],
     denied: frozenset[str] = DENIED_HEADERS,
     links: CallLinks | None = None,
 ) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def detail(
     row["argument"] = meta.argument
     row["headers"] = allowed_headers(meta.headers, denied)
     row["waiting_on"] = waiting_on(meta, journal)
-    row["journal"] = [{"index": i, **entry.dump()} for i, entry in enumerate(journal)]
+    row["journal"] = [{"index": i, **entry.dump()} for i, entry in journal]
     if meta.status == "completed":
         row["outcome"] = (
             {"failure": meta.failure.model_dump()} if meta.failure else {"value": meta.value}
@@ -304,15 +304,15 @@ class InvocationIndex:
             meta = self.log.metas.get(invocation_id)
             if meta is None:
                 return None
-            journal = self.log.journal(invocation_id)
+            journal = self.log.numbered(invocation_id)
             row = detail(meta, journal, self.settings.header_denylist, self.links)
             row["tree"] = call_tree(invocation_id, self.log.metas, self._journal, self.links)
             if meta.status == "completed" and invocation_id not in self._kept:
                 row["journal_dropped"] = True  # completed before the latest KEPT_JOURNALS
             return row
 
-    def _journal(self, invocation_id: str) -> list[Entry]:
-        return self.log.journal(invocation_id) if invocation_id in self.log.metas else []
+    def _journal(self, invocation_id: str) -> list[tuple[int, Entry]]:
+        return self.log.numbered(invocation_id) if invocation_id in self.log.metas else []
 
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/engine/deadlocks.py``).

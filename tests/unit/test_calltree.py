@@ -63,7 +63,7 @@ class Graph:
         return m.id
 
     def tree(self, inv_id: str, **bounds: int) -> dict[str, Any]:
-        journal = lambda i: self.journals.get(i, [])  # noqa: E731
+        journal = lambda i: list(enumerate(self.journals.get(i, [])))  # noqa: E731
         return call_tree(inv_id, self.metas, journal, self.links, now=110.0, **bounds)
 
 
@@ -264,3 +264,19 @@ def test_the_index_keeps_the_journals_of_the_latest_completed_only(
     index._apply(topic, meta_key(running), meta(running, "h", journal_length=1).to_json())
     index._apply(topic, entry_key(running, 0), Entry(kind="get", name="n").to_json())
     assert running in index.log.entries
+
+
+def test_a_journal_with_an_entry_missing_keeps_its_indexes() -> None:
+    """An entry the changelog does not hold (unreadable, or not kept) shifted every later
+    one: shown as ``#0``, and "waits on ... (entry 0)" named the wrong entry."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    waiting, callee = an_id("waiting"), an_id("callee")
+    index._apply(topic, meta_key(waiting), meta(waiting, "h", journal_length=2).to_json())
+    call = Entry(kind="call", callee=callee, target=Target(service="Svc", handler="c"))
+    index._apply(topic, entry_key(waiting, 1), call.to_json())  # entry 0 is not there
+    described = index.describe(waiting)
+    assert described is not None
+    assert [entry["index"] for entry in described["journal"]] == [1]
+    assert described["waiting_on"] == [f"{call.describe()} (entry 1)"]
+    assert [(n["id"], n["entry"]) for n in described["tree"]["callees"]] == [(callee, 1)]
