@@ -465,6 +465,8 @@ class _OutcomeQueue(ThrowableQueue[Any]):
     async def get(self) -> Any:
         while True:
             await self._flow_control.acquire()  # the streams run
+            if not self._flow_control.is_active():
+                continue  # suspended again before this task ran: wait for that to end
             if not self.empty():
                 return self.get_nowait()
             getters: deque[asyncio.Future[None]] = self._getters  # type: ignore[attr-defined]
@@ -476,6 +478,9 @@ class _OutcomeQueue(ThrowableQueue[Any]):
                 getter.cancel()
                 with contextlib.suppress(ValueError):
                     getters.remove(getter)
+                if not self.empty() and not getter.cancelled():
+                    # Woken, then cancelled: the wake-up goes to whoever waits next.
+                    self._wakeup_next(getters)  # type: ignore[attr-defined]
                 raise
 
 

@@ -132,7 +132,10 @@ async def test_outcomes_reach_an_agent_across_a_rebalance(kourier: Kourier) -> N
         future.set_result(Response(request_id=request_id, status="success", value="Hello"))
         return future
 
-    kourier._forward(answered("r1"))  # buffered, nobody has read it yet
+    first = integration._as_record(Response(request_id="r1", status="success", value="Hello"))
+    await kourier.outcomes.send(value=first)  # buffered, nobody has read it yet
+    buffered = agent_stream.channel.queue
+    assert buffered.qsize() == 1
     received: list[str | None] = []
 
     async def read() -> None:
@@ -148,9 +151,11 @@ async def test_outcomes_reach_an_agent_across_a_rebalance(kourier: Kourier) -> N
     flow.clear()
     kourier._forward(answered("r2"))  # arrives while the streams are suspended
     reader = asyncio.ensure_future(read())
-    await asyncio.sleep(0)  # the stream takes what its buffer holds, suspended or not
+    for _ in range(10):
+        await asyncio.sleep(0)  # the stream asks its buffer for the next, while suspended
     app.consumer_generation_id += 1  # the new assignment
     flow.clear()
+    assert buffered.qsize() == 1, "the buffer was cleared, or taken from while suspended"
     flow.resume()
     kourier._forward(answered("r3"))
     try:
