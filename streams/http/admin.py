@@ -124,16 +124,10 @@ class AdminApi:
         return web.json_response(body, status=code)
 
     async def bulk_control(self, request: web.Request) -> web.Response:
-        """``POST /invocations/{action}?status=&service=&key=&dry_run=``: see ``bulk.py``.
-        Refused (503) while the index is still reading the changelogs after a start: it
-        may miss matching invocations, or show them at an older status."""
-        if not self.index.caught_up():
-            return error_response(
-                503,
-                "the admin index is still reading the changelogs after its start: it may "
-                "miss invocations or show older statuses; try again in a moment",
-            )
-        return await bulk.bulk_control(request, self.index.matching, self.client)
+        """``POST /invocations/{action}?status=&service=&key=&dry_run=``: see ``bulk.py``."""
+        return await bulk.bulk_control(
+            request, self.index.matching, self.client, ready=self.index.caught_up
+        )
 
     async def list_deadlocks(self, request: web.Request) -> web.Response:
         """``GET /deadlocks``: wait-for cycles between invocations, each with its members."""

@@ -210,9 +210,14 @@ async def run_bulk(
 
 
 async def bulk_control(
-    request: web.Request, matching: Callable[..., list[tuple[str, str, str]]], client: Client
+    request: web.Request,
+    matching: Callable[..., list[tuple[str, str, str]]],
+    client: Client,
+    ready: Callable[[], bool] = lambda: True,
 ) -> web.Response:
-    """``POST /invocations/{action}?status=&service=&key=&dry_run=&limit=``."""
+    """``POST /invocations/{action}?status=&service=&key=&dry_run=&limit=``; refused (503)
+    until ``ready()`` (the admin index has read the changelogs after its start: before, it
+    may miss matching invocations, or show older statuses)."""
     try:  # JSON is UTF-8 (RFC 8259): a charset named in the header is not asked for
         data = await request.read() if request.can_read_body else b""
         body = load_json(data) if data.strip() else None
@@ -226,6 +231,12 @@ async def bulk_control(
         bulk = parse_bulk(request.match_info["action"], request.query, body)
     except BulkRefused as refused:
         return _refused(refused)
+    if not ready():
+        message = (
+            "the admin index is still reading the changelogs after its start: it may miss "
+            "invocations or show older statuses; try again in a moment"
+        )
+        return _refused(BulkRefused(503, message))
     matches = await asyncio.to_thread(
         matching, status=bulk.status, service=bulk.service, key=bulk.key
     )  # off the loop: the index's lock is held while it applies a batch of records

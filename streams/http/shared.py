@@ -46,12 +46,24 @@ async def same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
     """Refuse (403) a request that would change something when a browser says another site
     sent it. A form or ``fetch(..., {mode: "no-cors"})`` on any web page can POST to the
     admin API on an operator's machine without a preflight, and with no token configured
-    nothing else stops it; the UI (same origin), the CLI and scripts send no such header."""
+    nothing else stops it; the UI (same origin), the CLI and scripts are not refused.
+
+    A browser's ``Sec-Fetch-Site`` decides when it is sent: it names the page's site as the
+    browser sees it, which a reverse proxy in front (one that rewrites ``Host``) does not
+    change. Browsers without it send ``Origin``, compared with ``Host`` and, behind a proxy,
+    ``X-Forwarded-Host``. (DNS rebinding gets past both: only ``KOURIER_TOKEN`` stops it.)"""
     if request.method not in ("GET", "HEAD", "OPTIONS"):
-        origin = request.headers.get("origin")
         site = request.headers.get("sec-fetch-site")
-        foreign = origin is not None and origin.split("://", 1)[-1].lower() != request.host.lower()
-        if foreign or site in ("cross-site", "same-site"):
+        origin = request.headers.get("origin")
+        if site is not None:
+            foreign = site not in ("same-origin", "none")
+        elif origin is not None:
+            given = origin.split("://", 1)[-1].lower()
+            hosts = {request.host, request.headers.get("x-forwarded-host", "")}
+            foreign = given not in {h.lower() for h in hosts if h}
+        else:
+            foreign = False  # not a browser's request
+        if foreign:
             return error_response(
                 403, f"a request from another origin ({origin or site}) may not change anything"
             )

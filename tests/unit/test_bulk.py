@@ -182,6 +182,8 @@ async def test_bulk_waits_for_the_index_to_catch_up() -> None:
         reply = await http.post("/invocations/cancel?service=Trip&dry_run=true")
         assert reply.status == 503
         assert "try again" in (await reply.json())["message"]
+        reply = await http.post("/invocations/cancel")  # a request that is wrong says so
+        assert reply.status == 400
         index.up = True
         reply = await http.post("/invocations/cancel?service=Trip&dry_run=true")
         assert reply.status == 200
@@ -202,4 +204,13 @@ async def test_a_change_a_browser_says_another_site_asked_for_is_refused() -> No
         assert reply.status == 200, "a read is not refused (it changes nothing)"
         reply = await http.post("/invocations/kill?service=Trip", headers={"origin": own})
         assert reply.status == 200
-        assert sorted(fake.seen) == sorted(("kill", i) for i in (A, B, D))
+        # Behind a reverse proxy that rewrites Host, the UI's page is at the proxy's origin:
+        # the browser's Sec-Fetch-Site still says same-origin.
+        proxied = {"origin": "https://kourier.example.com", "sec-fetch-site": "same-origin"}
+        reply = await http.post("/invocations/kill?service=Trip", headers=proxied)
+        assert reply.status == 200
+        forwarded = {"origin": "https://kourier.example.com",
+                     "x-forwarded-host": "kourier.example.com"}  # fmt: skip
+        reply = await http.post("/invocations/kill?service=Trip", headers=forwarded)
+        assert reply.status == 200
+        assert sorted(fake.seen) == sorted(("kill", i) for i in (A, B, D) for _ in range(3))
