@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,10 +41,19 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "
                      for line in lines)  # fmt: skip
 
 
+#: Control characters, C0 and C1 (U+0080-U+009F: json.dumps with ensure_ascii=False leaves
+#: those), which a value printed as it is could use to move or recolour the terminal.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROLS.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return _printable(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 
 # -- invocations ------------------------------------------------------------------------
@@ -77,7 +87,12 @@ def detail(body: dict[str, Any]) -> str:
     if "tree" in body:
         lines += ["", "calls:", *tree(body)]
     journal = body.get("journal") or []
-    lines += ["", "journal:" if journal else "journal: empty"]
+    none = (
+        "not kept (completed before the latest the index keeps)"
+        if body.get("journal_dropped")
+        else "empty"
+    )
+    lines += ["", "journal:" if journal else f"journal: {none}"]
     for entry in journal:
         what = entry.get("target") or entry.get("name") or entry.get("callee") or ""
         if isinstance(what, dict):
@@ -176,7 +191,8 @@ def state(body: dict[str, Any]) -> str:
     if not body:
         return "no state"
     return "\n".join(
-        f"{name} = {json.dumps(value, ensure_ascii=False)}" for name, value in sorted(body.items())
+        f"{_printable(name)} = {_printable(json.dumps(value, ensure_ascii=False))}"
+        for name, value in sorted(body.items())
     )
 
 

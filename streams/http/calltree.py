@@ -39,8 +39,9 @@ class CallLinks:
 
     The first link recorded for a callee wins: an idempotent call or a workflow's ``run``
     may be named by later entries of other invocations, but it was started by the first.
-    Links go when their parent is forgotten (its meta tombstoned), so they never outlive
-    the journals they were read from.
+    Links go when their parent is forgotten (its meta tombstoned). They outlive a journal
+    the index lets go (a completed invocation's, ``KEPT_JOURNALS``): its callees still name
+    it as their caller, while its own tree no longer lists them.
     """
 
     def __init__(self) -> None:

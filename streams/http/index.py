@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -111,8 +110,10 @@ class InvocationIndex:
         self.log = InvocationLog()
         self.links = CallLinks()  # who sent what: a send's callee does not name its sender
         self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
-        #: Completed invocations whose journals are kept, oldest first (``KEPT_JOURNALS``).
-        self._kept: OrderedDict[str, None] = OrderedDict()
+        #: Completed invocations whose journals are kept (``KEPT_JOURNALS``): id -> when it
+        #: completed, and a heap of those times, with entries of ids no longer kept there.
+        self._kept: dict[str, float] = {}
+        self._completions: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self._version = 0  # changes with every changelog record applied
         self._cycles: tuple[int, list[dict[str, Any]]] = (-1, [])
@@ -168,8 +169,10 @@ class InvocationIndex:
         for tp in assignment:  # one request each: a close meanwhile need not wait for all
             if self._closed:
                 return
-            ends[tp.topic, tp.partition] = watermarks(self._consumer, tp)[1]
-        self._ends = {where: end for where, end in ends.items() if end > 0}
+            low, high = watermarks(self._consumer, tp)
+            if high > low:  # one with no record left (all deleted) gives nothing to read
+                ends[tp.topic, tp.partition] = high
+        self._ends = ends
         self._consumer.assign(assignment)
 
     def close(self) -> None:
@@ -193,17 +196,25 @@ class InvocationIndex:
 
     def _follow(self) -> None:
         while self._running:
-            messages = consume_ready(self._consumer, 1000, 0.1)
-            with self._lock:
-                for message in messages:
-                    if message.error() is None:
-                        self._apply(message.topic() or "", message.key(), message.value())
-                self._version += len(messages)
-            if self._ends:
-                positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
-                for tp in positions:
-                    if tp.offset >= self._ends[(tp.topic, tp.partition)]:
-                        del self._ends[(tp.topic, tp.partition)]
+            try:
+                self._follow_once()
+            except Exception:  # Kafka's, or ours: logged, and the views go on being followed
+                log.exception("the admin index could not read the changelogs; trying again")
+                time.sleep(1.0)
+
+    def _follow_once(self) -> None:
+        """Read what the changelogs hold next, and how far that is."""
+        messages = consume_ready(self._consumer, 1000, 0.1)
+        with self._lock:
+            for message in messages:
+                if message.error() is None:
+                    self._apply(message.topic() or "", message.key(), message.value())
+            self._version += len(messages)
+        if self._ends:
+            positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
+            for tp in positions:
+                if tp.offset >= self._ends[(tp.topic, tp.partition)]:
+                    del self._ends[(tp.topic, tp.partition)]
 
     def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -235,14 +246,25 @@ class InvocationIndex:
         meta = self.log.metas.get(inv_id)
         if meta is None or meta.status != "completed":
             return
-        if applied.index is None:  # completed now: among the latest, kept
-            self._kept[inv_id] = None
-            self._kept.move_to_end(inv_id)
-            while len(self._kept) > KEPT_JOURNALS:
-                dropped, _ = self._kept.popitem(last=False)
-                self.log.entries.pop(dropped, None)
-        elif inv_id not in self._kept:  # an entry of one completed long ago (compaction)
+        if applied.index is None:  # completed: kept while among the latest completed
+            self._keep(inv_id, meta.modified_at)
+        elif inv_id not in self._kept:  # an entry of one completed earlier (compaction)
             self.log.entries.pop(inv_id, None)
+
+    def _keep(self, inv_id: str, completed_at: float) -> None:
+        """Keep the journal of ``inv_id``, completed at ``completed_at``, if it is among the
+        ``KEPT_JOURNALS`` latest completed (the partitions are read in no order of time);
+        drop the journal of the earliest otherwise."""
+        self._kept[inv_id] = completed_at
+        heapq.heappush(self._completions, (completed_at, inv_id))
+        while len(self._kept) > KEPT_JOURNALS:
+            at, earliest = heapq.heappop(self._completions)
+            if self._kept.get(earliest) == at:
+                del self._kept[earliest]
+                self.log.entries.pop(earliest, None)
+        if len(self._completions) > 2 * len(self._kept) + 1024:  # mostly ids let go since
+            self._completions = [(at, i) for i, at in self._kept.items()]
+            heapq.heapify(self._completions)
 
     def _apply_state(self, key: bytes, value: bytes | None) -> None:
         service, obj, name, is_promise = parse_state_key(key)

@@ -239,16 +239,19 @@ def test_the_index_keeps_the_journals_of_the_latest_completed_only(
 ) -> None:
     """A completed invocation's entries stay in the changelog until its outcome's retention
     ends (a day of idempotent calls): the index held every one of them. It keeps the
-    journals of the latest completed; the older keep their meta, and say so."""
+    journals of the latest completed, by when they completed; the earlier keep their meta,
+    and say so."""
     monkeypatch.setattr(index_module, "KEPT_JOURNALS", 2, raising=False)
     index = InvocationIndex(Settings(namespace="unit"))
     topic = index.topics.invocations
-    done = [an_id(f"done-{n}") for n in range(3)]
-    for inv_id in done:
-        index._apply(topic, entry_key(inv_id, 0), Entry(kind="get", name="n", done=True).to_json())
-        index._apply(
-            topic, meta_key(inv_id), meta(inv_id, "h", "completed", journal_length=1).to_json()
-        )
+    done = [an_id(f"done-{n}") for n in range(3)]  # completed in this order
+    for n in (2, 0, 1):  # read in another: partitions are read in no order of time
+        inv_id = done[n]
+        got = Entry(kind="get", name="n", done=True)
+        index._apply(topic, entry_key(inv_id, 0), got.to_json())
+        completed = meta(inv_id, "h", "completed", journal_length=1)
+        completed.modified_at = 200.0 + n
+        index._apply(topic, meta_key(inv_id), completed.to_json())
     assert set(index.log.entries) == set(done[1:])
     oldest = index.describe(done[0])
     assert oldest is not None
