@@ -98,6 +98,14 @@ def rejected(payload: bytes) -> bool:
     return False
 
 
+def dlq_command(topics: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kourier dlq ARGS`` against ``topics``' broker and namespace."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=topics.bootstrap_servers,
+               KOURIER_NAMESPACE=topics.namespace)  # fmt: skip
+    command = [sys.executable, "-m", "streams.cli", "dlq", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
 async def test_malformed_records_are_dead_lettered_with_reasons(
     topics: Settings, worker: Worker, client: Client
 ) -> None:
@@ -138,15 +146,11 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
         assert found[f"bad-{i}".encode()].original_value() == payload
     for reason, count in per_reason.items():
         assert dead_count(reason) == before[reason] + count, reason
-    # The CLI lists them and replays one: the same bytes go back to ingress, and back here.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=topics.bootstrap_servers,
-               KOURIER_NAMESPACE=topics.namespace)  # fmt: skip
 
+    # The CLI lists them and replays one: the same bytes go back to ingress, and back here.
     def kourier(*args: str) -> Any:
-        command = [sys.executable, "-m", "streams.cli", "dlq", *args]
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
-        )
+        done = dlq_command(topics, *args)
+        assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
     listed = await asyncio.to_thread(kourier, "list", "--reason", "bad-schema")
@@ -158,16 +162,8 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
     offset = found[b"bad-0"].dlq_offset
     # An offset that holds no dead letter (of that reason) replays nothing, and says so.
     for extra in (["--offset", str(offset + 10_000)], ["--reason", "bad-schema"]):
-        command = [sys.executable, "-m", "streams.cli", "dlq", "replay", "--offset", str(offset)]
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [*command, *extra],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        replay = ["replay", "--offset", str(offset), *extra]
+        done = await asyncio.to_thread(dlq_command, topics, *replay)
         assert done.returncode == 2, done.stderr
         assert "kourier: error: no dead letter" in done.stderr
         assert "nothing was replayed" in done.stderr
@@ -231,18 +227,8 @@ async def test_bad_delay_records_are_dead_lettered_and_delays_go_on(
     with pytest.raises(ValueError, match="not from the ingress topic"):
         deadletters.replay(topics, [found[b"delay-0"]])
     # The CLI says it is an error that trying again cannot mend (exit 2, not 1).
-    env = dict(os.environ, PYTHONPATH=str(ROOT), KOURIER_BOOTSTRAP_SERVERS=topics.bootstrap_servers,
-               KOURIER_NAMESPACE=topics.namespace)  # fmt: skip
     offset = str(found[b"delay-0"].dlq_offset)
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "streams.cli", "dlq", "replay", "--offset", offset],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = await asyncio.to_thread(dlq_command, topics, "replay", "--offset", offset)
     assert done.returncode == 2, done.stderr
     assert "kourier: error: dead letters at offsets" in done.stderr
     assert "nothing was replayed" in done.stderr
