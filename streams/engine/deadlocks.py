@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 from streams.engine.journal import Entry, InvocationMeta
 
-_HOLDING = frozenset({"running", "suspended", "backing-off", "paused"})
+#: Statuses of an exclusive invocation that holds its key.
+HOLDING = frozenset({"running", "suspended", "backing-off", "paused"})
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def wait_for_edges(invocations: Iterable[tuple[InvocationMeta, list[Entry]]]) ->
     live = [(meta, journal) for meta, journal in invocations if meta.status != "completed"]
     holders: dict[tuple[str, str], str] = {}
     for meta, _ in live:
-        if meta.exclusive and meta.target.key is not None and meta.status in _HOLDING:
+        if meta.exclusive and meta.target.key is not None and meta.status in HOLDING:
             holders[(meta.target.service, meta.target.key)] = meta.id
     edges: list[Edge] = []
     for meta, journal in live:

@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import JsonValue, ValidationError
 
-from streams.engine.deadlocks import describe, find_cycles, wait_for_edges
+from streams.engine.deadlocks import HOLDING, describe, find_cycles, wait_for_edges
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
 from streams.http.calltree import CallLinks, call_tree, iso, parent_of
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, listed_topics, watermarks
@@ -329,9 +329,31 @@ class InvocationIndex:
             journal = self.log.numbered(invocation_id)
             row = detail(meta, journal, self.settings.header_denylist, self.links)
             row["tree"] = call_tree(invocation_id, self.log.metas, self._journal, self.links)
+            holder = self._holder(meta)
+            if holder is not None:  # queued behind it: what it waits on is the key
+                row["waiting_on"].append(
+                    f"its key, held by {holder.id} ({holder.target.path()}, {holder.status})"
+                )
             if meta.status == "completed" and invocation_id not in self._kept:
                 row["journal_dropped"] = True  # completed before the latest KEPT_JOURNALS
             return row
+
+    def _holder(self, meta: InvocationMeta) -> InvocationMeta | None:
+        """The exclusive invocation that holds the key ``meta`` is queued for, if any."""
+        target = meta.target
+        if meta.status != "pending" or not meta.exclusive or target.key is None:
+            return None
+        for inv_id in self.log.active:
+            other = self.log.metas[inv_id]
+            if (
+                other.exclusive
+                and other.status in HOLDING
+                and other.target.key == target.key
+                and other.target.service == target.service
+                and inv_id != meta.id
+            ):
+                return other
+        return None
 
     def _journal(self, invocation_id: str) -> list[tuple[int, Entry]]:
         return self.log.numbered(invocation_id) if invocation_id in self.log.metas else []

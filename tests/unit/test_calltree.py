@@ -283,3 +283,20 @@ def test_a_journal_with_an_entry_missing_keeps_its_indexes() -> None:
     assert [entry["index"] for entry in described["journal"]] == [1]
     assert described["waiting_on"] == [f"{call.describe()} (entry 1)"]
     assert [(n["id"], n["entry"]) for n in described["tree"]["callees"]] == [(callee, 1)]
+
+
+def test_a_queued_invocation_waits_on_its_keys_holder() -> None:
+    """A call queued behind an exclusive one showed nothing under "waits on"."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    target = Target(service="Tally", key="k", handler="add")
+    holder, queued = an_id("holder"), an_id("queued")
+    for inv_id, status in ((holder, "suspended"), (queued, "pending")):
+        record = InvocationMeta(id=inv_id, target=target, exclusive=True, status=status)
+        index._apply(topic, meta_key(inv_id), record.to_json())
+    described = index.describe(queued)
+    assert described is not None
+    assert described["waiting_on"] == [f"its key, held by {holder} (Tally/k/add, suspended)"]
+    held = index.describe(holder)
+    assert held is not None
+    assert held["waiting_on"] == []
