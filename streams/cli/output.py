@@ -93,6 +93,8 @@ def detail(body: dict[str, Any]) -> str:
         else "empty"
     )
     lines += ["", "journal:" if journal else f"journal: {none}"]
+    if body.get("journal_omitted"):
+        lines.append(f"  ({body['journal_omitted']} earlier entries not shown)")
     for entry in journal:
         what = entry.get("target") or entry.get("name") or entry.get("callee") or ""
         if isinstance(what, dict):

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from streams.client import Client
 from streams.http import bulk
-from streams.http.index import InvocationIndex
+from streams.http.index import JOURNAL_SHOWN, InvocationIndex
 from streams.http.shared import bearer, error_response, json_errors, metrics, same_origin
 from streams.metrics import DEADLOCKS
 from streams.wire import ids
@@ -104,12 +104,17 @@ class AdminApi:
         return web.json_response({"invocations": rows, "caught_up": self.index.caught_up()})
 
     async def describe_invocation(self, request: web.Request) -> web.Response:
+        """``GET /invocations/{id}?journal=N``: its detail, with the last N journal entries
+        (``JOURNAL_SHOWN`` by default)."""
         inv_id = request.match_info["id"]
         try:
             ids.validate(inv_id)
         except ids.InvalidId as error:
             return error_response(400, str(error))
-        detail = await asyncio.to_thread(self.index.describe, inv_id)
+        shown = request.query.get("journal", str(JOURNAL_SHOWN))
+        if not (shown.isascii() and shown.isdigit()):
+            return error_response(400, "journal must be a count of entries, 0 or more")
+        detail = await asyncio.to_thread(self.index.describe, inv_id, int(shown))
         if detail is None:
             return error_response(404, _NOT_INDEXED.format(inv_id))
         return web.json_response(detail)

@@ -36,6 +36,9 @@ log = logging.getLogger("kourier.ingress")
 #: keep their meta (status, argument, outcome) and links, not their entries, which the
 #: changelog holds until the outcome's retention ends (a day of idempotent calls by default).
 KEPT_JOURNALS = 10_000
+#: Journal entries an invocation's detail shows by default, the last ones (a workflow may
+#: have taken a hundred thousand steps; the UI asks for its detail every second).
+JOURNAL_SHOWN = 1_000
 
 
 def waiting_on(meta: InvocationMeta, journal: list[tuple[int, Entry]]) -> list[str]:
@@ -321,12 +324,18 @@ class InvocationIndex:
             and (key is None or meta.target.key == key)
         ]
 
-    def describe(self, invocation_id: str) -> dict[str, Any] | None:
+    def describe(
+        self, invocation_id: str, journal_limit: int = JOURNAL_SHOWN
+    ) -> dict[str, Any] | None:
+        """An invocation's detail, with the last ``journal_limit`` entries of its journal
+        (``journal_omitted`` counts those before them)."""
         with self._lock:
             meta = self.log.metas.get(invocation_id)
             if meta is None:
                 return None
             journal = self.log.numbered(invocation_id)
+            omitted = max(0, len(journal) - journal_limit)
+            journal = journal[omitted:]
             row = detail(meta, journal, self.settings.header_denylist, self.links)
             row["tree"] = call_tree(invocation_id, self.log.metas, self._journal, self.links)
             holder = self._holder(meta)
@@ -336,6 +345,8 @@ class InvocationIndex:
                 )
             if meta.status == "completed" and invocation_id not in self._kept:
                 row["journal_dropped"] = True  # completed before the latest KEPT_JOURNALS
+            if omitted:
+                row["journal_omitted"] = omitted
             return row
 
     def _holder(self, meta: InvocationMeta) -> InvocationMeta | None:

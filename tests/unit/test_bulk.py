@@ -172,6 +172,9 @@ class FakeIndex:
     def matching(self, **query: Any) -> list[tuple[str, str, str]]:
         return MATCHES
 
+    def describe(self, invocation_id: str, journal_limit: int) -> dict[str, Any]:
+        return {"id": invocation_id, "journal_limit": journal_limit}
+
 
 async def test_bulk_waits_for_the_index_to_catch_up() -> None:
     """Right after an ingress starts, its index may miss matching invocations or show them
@@ -214,3 +217,15 @@ async def test_a_change_a_browser_says_another_site_asked_for_is_refused() -> No
         reply = await http.post("/invocations/kill?service=Trip", headers=forwarded)
         assert reply.status == 200
         assert sorted(fake.seen) == sorted(("kill", i) for i in (A, B, D) for _ in range(3))
+
+
+async def test_a_detail_shows_as_many_journal_entries_as_asked() -> None:
+    api = AdminApi(cast(Client, FakeClient()), cast(InvocationIndex, FakeIndex()), token=None)
+    async with TestClient(TestServer(api.app())) as http:
+        reply = await http.get(f"/invocations/{A}")
+        assert (await reply.json())["journal_limit"] == 1_000
+        reply = await http.get(f"/invocations/{A}", params={"journal": "20"})
+        assert (await reply.json())["journal_limit"] == 20
+        for bad in ("x", "-1", "\u00b2"):  # "²" is a digit to str.isdigit, not to int()
+            reply = await http.get(f"/invocations/{A}", params={"journal": bad})
+            assert reply.status == 400, bad

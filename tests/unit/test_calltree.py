@@ -300,3 +300,22 @@ def test_a_queued_invocation_waits_on_its_keys_holder() -> None:
     held = index.describe(holder)
     assert held is not None
     assert held["waiting_on"] == []
+
+
+def test_a_long_journal_is_shown_by_its_last_entries() -> None:
+    """The detail held the whole journal: tens of megabytes for a workflow of a hundred
+    thousand steps, built under the index's lock, and asked for by the UI every second."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    long = an_id("long")
+    index._apply(topic, meta_key(long), meta(long, "h", journal_length=5).to_json())
+    for i in range(5):
+        index._apply(topic, entry_key(long, i), Entry(kind="get", name=f"n{i}").to_json())
+    shown = index.describe(long, journal_limit=2)
+    assert shown is not None
+    assert [entry["index"] for entry in shown["journal"]] == [3, 4]
+    assert shown["journal_omitted"] == 3
+    whole = index.describe(long, journal_limit=10)
+    assert whole is not None
+    assert len(whole["journal"]) == 5
+    assert "journal_omitted" not in whole

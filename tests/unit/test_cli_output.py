@@ -21,3 +21,10 @@ def test_a_journal_the_index_let_go_is_said_to_be_not_kept() -> None:
     assert "journal: empty" in output.detail(described)
     dropped = output.detail({**described, "journal_dropped": True})
     assert "journal: not kept" in dropped
+
+
+def test_entries_the_detail_left_out_are_counted() -> None:
+    described = {"id": "inv_1", "target": "Svc/h", "status": "running",
+                 "journal": [{"index": 7, "kind": "get", "name": "n", "done": True}],
+                 "journal_omitted": 7}  # fmt: skip
+    assert "(7 earlier entries not shown)" in output.detail(described)
