@@ -17,6 +17,11 @@ from streams.kafka.offsets import REFUSED, Refusals, cluster_metadata
 from streams.settings import Settings
 from streams.wire.topics import Topics, TopicSpec
 
+#: The largest record a worker writes, about: an invocation's meta with its argument (up to
+#: 900 KiB) and its result (up to 64 KiB beside such an argument). librdkafka refuses larger
+#: ones itself (its ``message.max.bytes``).
+RECORD_BYTES = 1_000_000
+
 
 class TopicError(KourierError, RuntimeError):
     """A topic exists with a shape Kourier cannot use, or could not be created."""
@@ -176,7 +181,7 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
                 continue
             configs[resource.name] = {
                 name: found[name].value
-                for name in ("cleanup.policy", "min.insync.replicas")
+                for name in ("cleanup.policy", "min.insync.replicas", "max.message.bytes")
                 if name in found
             }
     rows: list[dict[str, object]] = []
@@ -204,6 +209,12 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
             warnings.append(
                 f"{spec.name} has one replica on a {brokers}-broker cluster: losing its broker "
                 "loses its data (recreate it with --replication-factor)"
+            )
+        largest = int(config.get("max.message.bytes") or RECORD_BYTES)
+        if largest < RECORD_BYTES and spec.name != Topics(settings.namespace).services:
+            warnings.append(
+                f"{spec.name} takes records of at most {largest} bytes (max.message.bytes), "
+                f"below the {RECORD_BYTES} Kourier writes: workers refuse to start"
             )
         if isr < floor:
             warnings.append(

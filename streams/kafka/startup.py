@@ -5,18 +5,24 @@ later), and the announcement of the services it hosts."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from typing import IO, Any
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
 
 from streams.engine.outbox import Out
 from streams.engine.registry import Registry
 from streams.errors import KourierError
+from streams.kafka.admin import RECORD_BYTES
 from streams.kafka.offsets import MissingTopics, Refusals, required_topics
 from streams.kafka.restore import claim_slot
 from streams.settings import Settings
 from streams.wire.topics import Topics
+
+log = logging.getLogger("kourier.worker")
 
 
 class WorkerError(KourierError, RuntimeError):
@@ -33,10 +39,12 @@ def ingress_partitions(settings: Settings, topics: Topics) -> int:
     config: dict[str, Any] = settings.client_config({"log_level": 4})
     config["error_cb"] = refusals
     try:
-        listed = required_topics(AdminClient(config), topics.all(), refusals=refusals)
+        admin = AdminClient(config)
+        listed = required_topics(admin, topics.all(), refusals=refusals)
     except MissingTopics as exc:
         raise WorkerError(str(exc)) from None
     partitions = len(listed[topics.ingress].partitions)
+    check_record_limits(admin, topics)
     for name in topics.co_partitioned():
         have = len(listed[name].partitions)
         if have != partitions:
@@ -48,6 +56,29 @@ def ingress_partitions(settings: Settings, topics: Topics) -> int:
                 "once they hold records (README, Limits)"
             )
     return partitions
+
+
+def check_record_limits(admin: AdminClient, topics: Topics, timeout: float = 30.0) -> None:
+    """:class:`WorkerError` when a topic the worker writes to takes records smaller than
+    :data:`RECORD_BYTES` (its ``max.message.bytes``, or the broker's default it inherits):
+    Kourier checks values against what it writes, so such a record would fail every commit
+    of the worker, and again after each restore. Not checked where reading a topic's
+    configuration is not allowed (``DescribeConfigs``, an ACL)."""
+    names = [*topics.co_partitioned(), topics.deadletter]
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+    for resource, future in admin.describe_configs(resources).items():
+        try:
+            found = future.result(timeout)
+        except KafkaException as exc:
+            log.info("%s: max.message.bytes not checked (%s)", resource.name, exc.args[0])
+            continue
+        entry = found.get("max.message.bytes")
+        if entry is not None and entry.value is not None and int(entry.value) < RECORD_BYTES:
+            raise WorkerError(
+                f"topic {resource.name} takes records of at most {entry.value} bytes "
+                f"(max.message.bytes); Kourier writes records of up to {RECORD_BYTES} bytes: "
+                f"set it to {RECORD_BYTES} or more (Kafka's default is 1048588)"
+            )
 
 
 class Identity:

@@ -17,7 +17,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from confluent_kafka.admin import AdminClient, NewPartitions
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    ResourceType,
+)
 
 from streams.client import Client
 from streams.errors import ServeError
@@ -218,6 +225,37 @@ async def test_a_worker_refuses_topics_whose_partition_counts_differ(settings: S
     worker = Worker(settings, apps.SERVICES, worker_id=f"grown-{settings.namespace}")
     with pytest.raises(WorkerError, match=r"partitions and .*ingress \d+: co-partitioned"):
         await asyncio.wait_for(worker.run(), 60)
+
+
+async def test_a_worker_refuses_a_topic_that_takes_records_smaller_than_it_writes(
+    settings: Settings,
+) -> None:
+    """A topic whose max.message.bytes is below what Kourier writes: a state value Kourier
+    took (it checks against its own limit) was refused by the broker in the commit, which
+    failed every commit of the worker, and again after each restore."""
+    await asyncio.to_thread(create_topics, settings)
+    admin = AdminClient(settings.client_config({}))
+    state = ConfigResource(ResourceType.TOPIC, Topics(settings.namespace).state)
+    lowered = ConfigEntry(
+        "max.message.bytes", "500000", incremental_operation=AlterConfigOpType.SET
+    )
+    change = ConfigResource(state.restype, state.name, incremental_configs=[lowered])
+    for future in admin.incremental_alter_configs([change]).values():
+        await asyncio.to_thread(future.result, 30)
+
+    async def limit() -> str:
+        configs = await asyncio.to_thread(admin.describe_configs([state])[state].result, 30)
+        return str(configs["max.message.bytes"].value)
+
+    await poll_until(limit, "500000", 30, "the state topic's max.message.bytes lowered")
+    worker = Worker(settings, apps.SERVICES, worker_id=f"small-{settings.namespace}")
+    with pytest.raises(WorkerError, match=r"\.state takes records of at most 500000 bytes"):
+        await asyncio.wait_for(worker.run(), 60)
+    described = await asyncio.to_thread(describe_topics, settings)
+    assert [w for w in described["warnings"] if "max.message.bytes" in w] == [
+        f"{state.name} takes records of at most 500000 bytes (max.message.bytes), below the "
+        "1000000 Kourier writes: workers refuse to start"
+    ]
 
 
 async def said_it_waits(starting: asyncio.Task[None], caplog: pytest.LogCaptureFixture) -> None:
