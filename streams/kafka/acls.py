@@ -51,7 +51,8 @@ class Need:
 
 
 NEEDS: tuple[Need, ...] = (
-    Need("worker", "Topic", "<ns>.", "prefixed", ("Read", "Write", "Describe")),
+    # DescribeConfigs: a worker checks that the topics take the records it writes.
+    Need("worker", "Topic", "<ns>.", "prefixed", ("Read", "Write", "Describe", "DescribeConfigs")),
     Need("worker", "Topic", "<ns>.delay", "literal", ("Delete",)),
     Need("worker", "Group", "<ns>.", "prefixed", ("Read",)),
     Need("worker", "TransactionalId", "<ns>.", "prefixed", ("Write", "Describe")),
