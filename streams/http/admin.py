@@ -112,8 +112,8 @@ class AdminApi:
         except ids.InvalidId as error:
             return error_response(400, str(error))
         shown = request.query.get("journal", str(JOURNAL_SHOWN))
-        if not (shown.isascii() and shown.isdigit()):
-            return error_response(400, "journal must be a count of entries, 0 or more")
+        if not (shown.isascii() and shown.isdigit() and len(shown) <= 9):
+            return error_response(400, "journal must be a count of entries, 0 to 999999999")
         detail = await asyncio.to_thread(self.index.describe, inv_id, int(shown))
         if detail is None:
             return error_response(404, _NOT_INDEXED.format(inv_id))

@@ -88,12 +88,15 @@ def detail(
     journal: list[tuple[int, Entry]],
     denied: frozenset[str] = DENIED_HEADERS,
     links: CallLinks | None = None,
+    omitted: int = 0,
 ) -> dict[str, Any]:
+    """An invocation's detail; its journal without the first ``omitted`` entries (what it
+    waits on is read from all of them)."""
     row = summary(meta, links)
     row["argument"] = meta.argument
     row["headers"] = allowed_headers(meta.headers, denied)
     row["waiting_on"] = waiting_on(meta, journal)
-    row["journal"] = [{"index": i, **entry.dump()} for i, entry in journal]
+    row["journal"] = [{"index": i, **entry.dump()} for i, entry in journal[omitted:]]
     if meta.status == "completed":
         row["outcome"] = (
             {"failure": meta.failure.model_dump()} if meta.failure else {"value": meta.value}
@@ -335,8 +338,7 @@ class InvocationIndex:
                 return None
             journal = self.log.numbered(invocation_id)
             omitted = max(0, len(journal) - journal_limit)
-            journal = journal[omitted:]
-            row = detail(meta, journal, self.settings.header_denylist, self.links)
+            row = detail(meta, journal, self.settings.header_denylist, self.links, omitted)
             row["tree"] = call_tree(invocation_id, self.log.metas, self._journal, self.links)
             holder = self._holder(meta)
             if holder is not None:  # queued behind it: what it waits on is the key

@@ -158,7 +158,8 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
     """The cluster's brokers, and each topic of the namespace: whether it exists, its
     partitions, replication factor, the smallest in-sync replica set of its partitions,
     ``min.insync.replicas`` and cleanup policy; ``warnings`` for what risks data or
-    availability (one replica on a cluster, a partition whose ISR is below its minimum)."""
+    availability (one replica on a cluster, a partition whose ISR is below its minimum, a
+    topic that takes records smaller than :data:`RECORD_BYTES`)."""
     admin, refusals = checked_admin(settings)
     specs = Topics(settings.namespace).specs(settings.partitions)
     cluster = cluster_metadata(admin, timeout, refusals)

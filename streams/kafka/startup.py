@@ -58,19 +58,22 @@ def ingress_partitions(settings: Settings, topics: Topics) -> int:
     return partitions
 
 
-def check_record_limits(admin: AdminClient, topics: Topics, timeout: float = 30.0) -> None:
+def check_record_limits(admin: AdminClient, topics: Topics, timeout: float = 10.0) -> None:
     """:class:`WorkerError` when a topic the worker writes to takes records smaller than
     :data:`RECORD_BYTES` (its ``max.message.bytes``, or the broker's default it inherits):
     Kourier checks values against what it writes, so such a record would fail every commit
     of the worker, and again after each restore. Not checked where reading a topic's
-    configuration is not allowed (``DescribeConfigs``, an ACL)."""
+    configuration is not allowed (``DescribeConfigs``, an ACL) or not answered within
+    ``timeout`` seconds."""
     names = [*topics.co_partitioned(), topics.deadletter]
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
-    for resource, future in admin.describe_configs(resources).items():
+    asked = admin.describe_configs(resources, request_timeout=timeout)
+    for resource, future in asked.items():
         try:
-            found = future.result(timeout)
-        except KafkaException as exc:
-            log.info("%s: max.message.bytes not checked (%s)", resource.name, exc.args[0])
+            found = future.result(timeout + 5)
+        except (KafkaException, TimeoutError) as exc:  # refused (an ACL), or no answer
+            reason = exc.args[0] if exc.args else type(exc).__name__
+            log.info("%s: max.message.bytes not checked (%s)", resource.name, reason)
             continue
         entry = found.get("max.message.bytes")
         if entry is not None and entry.value is not None and int(entry.value) < RECORD_BYTES:

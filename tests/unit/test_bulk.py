@@ -226,6 +226,7 @@ async def test_a_detail_shows_as_many_journal_entries_as_asked() -> None:
         assert (await reply.json())["journal_limit"] == 1_000
         reply = await http.get(f"/invocations/{A}", params={"journal": "20"})
         assert (await reply.json())["journal_limit"] == 20
-        for bad in ("x", "-1", "\u00b2"):  # "²" is a digit to str.isdigit, not to int()
+        # "²" is a digit to str.isdigit, not to int(); int() takes at most 4,300 digits
+        for bad in ("x", "-1", "\u00b2", "9" * 5_000):
             reply = await http.get(f"/invocations/{A}", params={"journal": bad})
             assert reply.status == 400, bad

@@ -309,12 +309,18 @@ def test_a_long_journal_is_shown_by_its_last_entries() -> None:
     topic = index.topics.invocations
     long = an_id("long")
     index._apply(topic, meta_key(long), meta(long, "h", journal_length=5).to_json())
-    for i in range(5):
-        index._apply(topic, entry_key(long, i), Entry(kind="get", name=f"n{i}").to_json())
+    index._apply(topic, entry_key(long, 0), Entry(kind="sleep", due=500.0).to_json())
+    for i in range(1, 5):
+        got = Entry(kind="get", name=f"n{i}", done=True)
+        index._apply(topic, entry_key(long, i), got.to_json())
     shown = index.describe(long, journal_limit=2)
     assert shown is not None
     assert [entry["index"] for entry in shown["journal"]] == [3, 4]
     assert shown["journal_omitted"] == 3
+    # What it waits on is read from the whole journal: a timer set early, awaited late.
+    assert [text.split(" (")[1] for text in shown["waiting_on"]] == [
+        "entry 0) due 1970-01-01T00:08:20.000Z"
+    ]
     whole = index.describe(long, journal_limit=10)
     assert whole is not None
     assert len(whole["journal"]) == 5
