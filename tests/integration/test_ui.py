@@ -15,10 +15,20 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, Route, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    Dialog,
+    Page,
+    Request,
+    Route,
+    async_playwright,
+    expect,
+)
 
 from streams.client import Client
-from tests.integration.conftest import ROOT
+from streams.kafka.worker import Worker
+from streams.settings import Settings
+from tests.integration.conftest import ADMIN_URLS, ROOT, served_ingress
 from tests.integration.helpers import invocation_status
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -118,6 +128,37 @@ async def test_a_page_left_while_it_loads_stays_left(page: Page, admin_url: str)
         await expect(updated).not_to_have_text(before or "", timeout=10_000)
     await expect(page.locator("#invocations")).to_be_visible()
     await expect(page.get_by_role("heading", name="Deadlocks")).to_have_count(0)
+
+
+async def test_a_token_prompt_cancelled_is_not_asked_again(
+    page: Page, topics: Settings, worker: Worker
+) -> None:
+    """With a token required and none given, a cancelled prompt came back at every refresh,
+    twice a second (the list's request and the deadlock banner's): the page could not be
+    used, nor left. It is asked once; the page says to reload to give it."""
+    secured = topics.model_copy(update={"token": "s3cret"})
+    asked: list[str] = []
+    requests = 0
+    refreshed = asyncio.Event()
+
+    async def cancel(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.dismiss()
+
+    def counted(request: Request) -> None:
+        nonlocal requests
+        requests += "/deadlocks" in request.url
+        if requests >= 4:  # the banner's, at three refreshes after the first
+            refreshed.set()
+
+    page.on("dialog", cancel)
+    page.on("request", counted)
+    async with served_ingress(secured) as (_, url):
+        await page.goto(f"{ADMIN_URLS[url]}/ui")
+        await asyncio.wait_for(refreshed.wait(), 30)
+        await expect(page.locator("#updated")).to_contain_text("reload the page")
+    assert len(asked) == 1, asked
+    assert "bearer token" in asked[0]
 
 
 async def test_a_scheduled_invocation_shows_its_due_time_and_cancels(
