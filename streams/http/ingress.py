@@ -238,13 +238,13 @@ class Ingress:
         (408 after, attach again), and counts in flight as a call does."""
         info = request.match_info
         wait = info["verb"] == "attach"
-        inv_id: str | None = None
+        inv_id = ""
         try:
+            # The invocation's id, however the path names it (a workflow's run and an
+            # idempotency key name one id, which the client derives).
             if "service" in info:  # "", "restate", "workflow", <service>, <id>, <verb>, as sent
                 service, key = (_decoded(s) for s in request.rel_url.raw_path.split("/")[3:5])
-                target = self._workflow_run(service, key)
-                inv_id = ids.workflow_run_id(target.service, key)
-                asked = self.client.attach_response(target=target, wait=wait)
+                inv_id = self.client.invocation_id_for(self._workflow_run(service, key), None)
             else:
                 if "rest" in info:  # "", "restate", "invocation", <rest>..., <verb>, as sent
                     sent = request.rel_url.raw_path.split("/")[3:-1]
@@ -253,27 +253,22 @@ class Ingress:
                     segments = [info["id"]]
                 if len(segments) == 1:
                     inv_id = ids.validate(segments[0])
-                    asked = self.client.attach_response(inv_id, wait=wait)
                 else:
                     target, idempotency_key = self._idempotent_target(segments)
                     inv_id = self.client.invocation_id_for(target, idempotency_key)
-                    asked = self.client.attach_response(
-                        target=target, idempotency_key=idempotency_key, wait=wait
-                    )
             if self.in_flight >= self.max_in_flight:
-                asked.close()
                 raise HttpError(429, "too many requests in flight; retry later")
             self.in_flight += 1
             IN_FLIGHT.inc()
             try:
+                asked = self.client.attach_response(inv_id, wait=wait)
                 outcome = await asyncio.wait_for(asked, self.call_timeout)
             finally:
                 self.in_flight -= 1
                 IN_FLIGHT.dec()
         except TimeoutError:
-            named = {} if inv_id is None else {"x-restate-id": inv_id}
             message = f"no outcome within {self.call_timeout:g}s; attach again"
-            return error_response(408, message, named)
+            return error_response(408, message, {"x-restate-id": inv_id})
         except ids.InvalidId as error:
             return error_response(400, str(error))
         except HttpError as error:
