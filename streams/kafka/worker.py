@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -38,10 +37,17 @@ from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import describe, observe
 from streams.kafka.membership import Membership
-from streams.kafka.offsets import FETCH_WAIT_MS, REFUSED, consume_ready, worker_consumer
+from streams.kafka.offsets import (
+    FETCH_WAIT_MS,
+    REFUSED,
+    consume_ready,
+    records_of,
+    worker_consumer,
+)
 from streams.kafka.ownership import Ownership, by_topic, delay_ends
 from streams.kafka.pacing import Pacing
 from streams.kafka.restore import RestoreError, restore_partitions
+from streams.kafka.setbacks import SPILL_WINDOW, Setbacks, pause_unless
 from streams.kafka.stalls import StallWatch, watch
 from streams.kafka.startup import Identity, WorkerError, ingress_partitions, manifest
 from streams.kafka.step import Stepper
@@ -64,15 +70,6 @@ _STUCK = 20.0
 #: Reads ahead in one step at most (``streams.kafka.ends``): the records read start handlers
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
 _READ_AHEAD_RUNS = 3
-#: Spill failures (streams/engine/spill.py) within ``_SPILL_WINDOW`` seconds that end the
-#: worker rather than be recovered from once more: a full disk stays full.
-_SPILL_FAILURES = 3
-_SPILL_WINDOW = 300.0
-#: Seconds before restoring after the second failed commit in a row (none succeeded in
-#: between), doubling for each next one up to the max: a record Kafka always refuses (an
-#: ACL missing on one topic, a topic's lowered max.message.bytes) fails every replay of it.
-_FAILED_PAUSE = 1.0
-_FAILED_PAUSE_MAX = 30.0
 _T = TypeVar("_T")
 
 
@@ -111,9 +108,7 @@ class Worker:
         # When the Kafka thread steps, and how long it polls (streams/kafka/pacing.py).
         self._pacing = Pacing(self.delays, self.processors, lambda: self._steps.dirty)
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
-        self._spill_failures: list[float] = []  # when spills failed, within _SPILL_WINDOW
-        self._failed_in_a_row = 0  # commits failed with none committed since (_recover_from)
-        self._committed_at_failure = 0  # stats.commits at the last failed commit
+        self._setbacks = Setbacks()  # spill failures and failed commits (setbacks.py)
         self._stopping = False
         self.partitions = 0
         self.stats = CommitStats()
@@ -316,17 +311,14 @@ class Worker:
         return failure
 
     def _count_spill_failure(self, failure: SpillFailed) -> None:
-        """The ``_SPILL_FAILURES``-th spill failure within ``_SPILL_WINDOW`` seconds ends
-        the worker: every partition is dropped, so nothing it did since its last snapshot
-        is committed, and :class:`WorkerError` is raised (Kafka thread)."""
-        now = time.monotonic()
-        recent = [at for at in self._spill_failures if now - at < _SPILL_WINDOW]
-        self._spill_failures = [*recent, now]
-        if len(self._spill_failures) >= _SPILL_FAILURES:
+        """Spill failures that keep coming (:meth:`Setbacks.spill_failed`) end the worker:
+        every partition is dropped, so nothing it did since its last snapshot is committed,
+        and :class:`WorkerError` is raised (Kafka thread)."""
+        failures = self._setbacks.spill_failed()
+        if failures is not None:
             self._on_loop(self._drop_all())
             raise WorkerError(
-                f"{failure} ({len(self._spill_failures)} spill failures within "
-                f"{_SPILL_WINDOW:.0f}s; README, Limits)"
+                f"{failure} ({failures} spill failures within {SPILL_WINDOW:.0f}s; README, Limits)"
             ) from failure
 
     def _observe(self) -> None:
@@ -360,19 +352,12 @@ class Worker:
         return self._ends.read_ahead(self._consumer, self._steps.waiting, lambda: self._rebalances)
 
     def _checked(self, batch: list[Message]) -> list[Message]:
-        """The records of ``batch``, its errors logged; an ACL's refusal before the first
-        rebalance ends the worker (Kafka thread)."""
-        records = []
-        for message in batch:
-            error = message.error()
-            if error is None:
-                records.append(message)
-            elif error.code() in REFUSED and not self._rebalances:  # an ACL's refusal at
-                # start: no partition would ever come, so say so and end; later, it may pass
-                raise WorkerError(f"Kafka refused this worker: {error.str()} (README, "
-                                  "Security: the ACLs `kourier acls` lists)")  # fmt: skip
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer: %s", error)
+        """The records of ``batch`` (:func:`records_of`); an ACL's refusal before the first
+        rebalance ends the worker: no partition would ever come (Kafka thread)."""
+        records, refused = records_of(batch)
+        if refused is not None and not self._rebalances:  # later, it may pass
+            raise WorkerError(f"Kafka refused this worker: {refused.str()} (README, "
+                              "Security: the ACLs `kourier acls` lists)")  # fmt: skip
         return records
 
     # -- commits ------------------------------------------------------------------------
@@ -442,25 +427,16 @@ class Worker:
     def _recover_from(self, failure: Exception, *, may_pause: bool = False) -> None:
         """Restore after a failed commit; with ``may_pause`` (the Kafka thread's loop, not a
         rebalance callback, which every member of the group waits for), after the pause
-        that commits failing again and again call for (``_FAILED_PAUSE``)."""
-        again = self.stats.commits == self._committed_at_failure and self._failed_in_a_row
-        self._failed_in_a_row = self._failed_in_a_row + 1 if again else 1
-        self._committed_at_failure = self.stats.commits
-        pause = 0.0
-        if self._failed_in_a_row > 1 and may_pause:
-            pause = min(_FAILED_PAUSE_MAX, _FAILED_PAUSE * 2 ** (self._failed_in_a_row - 2))
+        that commits failing again and again call for (:meth:`Setbacks.commit_failed`)."""
+        due = self._setbacks.commit_failed(self.stats.commits)
+        pause = due if may_pause else 0.0
+        in_a_row, later = self._setbacks.failed_in_a_row, f" in {pause:g}s" if pause else ""
         log.error("commit failed (%d in a row), restoring owned partitions from Kafka%s: %s",
-                  self._failed_in_a_row, f" in {pause:g}s" if pause else "", failure)  # fmt: skip
-        self._pause(pause)
+                  in_a_row, later, failure)  # fmt: skip
+        pause_unless(self._stopped, pause)
         self._group_metadata = None
         self._recover()
         self._committer.clear()
-
-    def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds``, or until the worker stops (Kafka thread)."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < deadline:
-            time.sleep(max(0.0, min(0.1, deadline - time.monotonic())))
 
     def _transact_counted(self, snapshot: Snapshot) -> None:
         """One transaction, with statistics (committer thread)."""
@@ -510,8 +486,11 @@ class Worker:
         While brokers come and go, or a transaction stays open on a changelog, this can
         fail: it is tried again, from scratch, rather than end the worker, until it succeeds
         or the worker stops, which ends it with nothing taken over. A worker that stays in
-        here past ``max.poll.interval.ms`` may be evicted from the group; KIP-447 then
-        refuses its commits, and the lost-partitions callback follows."""
+        here past ``max.poll.interval.ms``, or whose session expired while Kafka was away,
+        is out of the group (librdkafka clears its member id): the group gives its
+        partitions to others, so it stops trying and lets its next poll deliver the loss
+        and rejoin, rather than restore, without end, partitions others now write."""
+        member = self._consumer.memberid()
         while True:
             try:
                 committed = (
@@ -529,6 +508,11 @@ class Worker:
                 self._on_loop(self._ownership.forget(partitions, close=True))
                 if self._stopping:
                     log.info("stopping: %s not taken over (%s)", by_topic(partitions), exc)
+                    return []
+                now = self._consumer.memberid()
+                if not now or now != member:
+                    log.warning("not taking over %s: out of group %s since (%s)",
+                                by_topic(partitions), self._group, exc)  # fmt: skip
                     return []
                 if isinstance(exc, SpillFailed):
                     self._count_spill_failure(exc)

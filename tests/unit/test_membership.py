@@ -1,13 +1,20 @@
-"""The worker's warning while its consumer is out of its group (streams/kafka/membership.py)."""
+"""The worker's warning while its consumer is out of its group (streams/kafka/membership.py),
+and a take-over that stops trying once the worker is out of it (``Worker._take_over``)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from streams.kafka import worker as worker_module
 from streams.kafka.membership import Membership
+from streams.kafka.worker import Worker
+from tests.unit.harness import TOPICS
 
 
 class Consumer:
@@ -53,3 +60,52 @@ def test_the_wait_counts_from_when_it_was_last_a_member(caplog: pytest.LogCaptur
     watch.check(consumer, start + 131)
     [said] = warnings(caplog)
     assert "for 31s" in said
+
+
+class OffsetReader:
+    """Reads committed offsets for a take-over, and fails as while Kafka is away."""
+
+    def __init__(self, consumer: Consumer, out_after: int | None, stop: Callable[[], None]):
+        self.consumer = consumer
+        self.stop = stop  # the worker's, called at the tenth try
+        self.out_after = out_after  # failures after which the consumer is out of the group
+        self.asked = 0
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> None:
+        self.asked += 1
+        if self.asked == self.out_after:
+            self.consumer.member = ""  # librdkafka: session expired, or max.poll.interval.ms
+        if self.asked == 10:
+            self.stop()
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "committed offsets"))
+
+
+def taking_over(worker: Worker, monkeypatch: pytest.MonkeyPatch, out_after: int | None) -> int:
+    """How many times ``worker`` tries to take a partition over while Kafka is away, its
+    consumer out of the group after ``out_after`` failed tries; stopped after ten."""
+    consumer = Consumer()
+    consumer.member = "rdkafka-1"
+    reader = OffsetReader(consumer, out_after, worker.stop)
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker._offset_reader = reader  # type: ignore[assignment]
+    monkeypatch.setattr(worker_module, "time", SimpleNamespace(sleep=lambda seconds: None))
+    assert worker._take_over([TopicPartition(TOPICS.ingress, 0)]) == []
+    return reader.asked
+
+
+def test_a_take_over_stops_once_the_worker_is_out_of_its_group(
+    worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Out of the group, the partitions go to others: trying on (the take-over does not
+    poll) would never learn that, and restore partitions others write to, for good."""
+    assert taking_over(worker, monkeypatch, out_after=3) == 3
+    assert any("out of group unit.workers since" in said for said in warnings(caplog))
+
+
+def test_a_take_over_goes_on_while_the_worker_stays_a_member(
+    worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert taking_over(worker, monkeypatch, out_after=None) == 10

@@ -7,10 +7,8 @@ tests/integration/test_idempotency.py."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -19,11 +17,11 @@ from confluent_kafka import TopicPartition
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.spill import SpillFailed
+from streams.kafka import setbacks
 from streams.kafka import worker as worker_module
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.startup import WorkerError
 from streams.kafka.worker import Worker
-from streams.settings import Settings
 from tests.unit.harness import TOPICS
 from tests.unit.test_take_over import ownership
 
@@ -48,30 +46,14 @@ async def test_an_assignment_whose_start_fails_leaves_nothing_owned_or_running()
     assert [p.spill.db for p in given] == [None, None], "what was read back stays on disk"
 
 
-@pytest.fixture
-def worker() -> Iterator[Worker]:
-    """A worker that owns nothing, with an event loop on a thread of its own."""
-    running = Worker(Settings(namespace=TOPICS.namespace), [])
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    running._loop = loop
-    try:
-        yield running
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
 def test_the_third_spill_failure_in_five_minutes_ends_the_worker(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(worker_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(setbacks, "time", SimpleNamespace(monotonic=lambda: now[0]))
     failure = SpillFailed("partition spill: OperationalError: database or disk is full")
     worker._count_spill_failure(failure)
-    now[0] += worker_module._SPILL_WINDOW + 1  # the first is forgotten by then
+    now[0] += setbacks.SPILL_WINDOW + 1  # the first is forgotten by then
     worker._count_spill_failure(failure)
     now[0] += 10
     worker._count_spill_failure(failure)

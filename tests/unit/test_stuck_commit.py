@@ -281,7 +281,9 @@ def test_commits_that_keep_failing_are_restored_after_a_growing_pause(
     worker = Worker(Settings(namespace=TOPICS.namespace), [])
     worker._committer = Committer(lambda snapshot: None)
     pauses: list[float] = []
-    monkeypatch.setattr(worker, "_pause", pauses.append)
+    monkeypatch.setattr(
+        worker_module, "pause_unless", lambda stopped, seconds: pauses.append(seconds)
+    )
     monkeypatch.setattr(worker, "_recover", lambda settled=False: None)
     refused = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     try:
