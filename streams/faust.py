@@ -352,11 +352,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         due: str | None,
     ) -> InvokeRecord:
         key = idempotency_key or self._derived_key()
-        if target.service not in self._client.services:
-            # Announced since the client last read the catalog, perhaps: a workflow's run
-            # has an id of its own, which a later attach or cancel must be given.
-            await self._client.catalog(refresh=True)
-        invocation_id = self._client.invocation_id_for(target, key)
+        invocation_id = await self._client.id_for(target, key)
         return InvokeRecord(
             target=TargetRecord(service=target.service, handler=target.handler, key=target.key),
             argument=JSON.encode(argument, f"the argument of {target.path()}"),

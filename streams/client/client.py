@@ -214,12 +214,18 @@ class Client:
         """The id a call or send gets: ``invocation_id`` when the caller chose it (it must
         route to the key's partition), else :meth:`invocation_id_for`."""
         self._kafka.check_open()  # before the catalog is asked, which needs Kafka
-        if target.service not in self.services:
-            await self.catalog(refresh=True)  # to know whether it is a workflow
-        inv_id = invocation_id or self.invocation_id_for(target, idempotency_key)
+        inv_id = invocation_id or await self.id_for(target, idempotency_key)
         if target.key is not None and not ids.belongs_to_key(inv_id, target.key, self.partitions):
             raise ValueError(f"{inv_id} does not route to the partition of key {target.key!r}")
         return inv_id
+
+    async def id_for(self, target: Target, idempotency_key: str | None) -> str:
+        """:meth:`invocation_id_for`, the catalog read again first when it does not list
+        ``target``'s service: a workflow announced a moment ago has run ids of its own,
+        which a later attach or cancel must be given."""
+        if target.service not in self.services:
+            await self.catalog(refresh=True)
+        return self.invocation_id_for(target, idempotency_key)
 
     def invocation_id_for(self, target: Target, idempotency_key: str | None) -> str:
         """The id an invocation will have: derived for a workflow's run and for idempotency
