@@ -7,17 +7,20 @@ by id — running, waiting, scheduled, or completed and retained — and marks t
 and the tombstones of forgotten ones. Retained outcomes expire by their deadline.
 
 Cold invocations. Most of what a partition holds may be invocations that do nothing: a
-delayed send not yet due (``scheduled``) and a retained outcome (``completed``, kept for
-its idempotency key or workflow id). Once written, such an invocation is kept *cold*: as
-the meta bytes the changelog holds, not as objects, and on disk, in the partition's
-:class:`~streams.engine.spill.ColdStore`, not in memory. Looking one up
+delayed send not yet due (``scheduled``), a call waiting in its key's line behind the
+exclusive call that holds the key (``pending``, for as long as that one runs, sleeps or
+waits), and a retained outcome (``completed``, kept for its idempotency key or workflow
+id). Once written, such an invocation is kept *cold*: as the meta bytes the changelog
+holds, not as objects, and on disk, in the partition's
+:class:`~streams.engine.spill.ColdStore`, not in memory; a queued one's place in line is
+its id in :class:`~streams.engine.locks.KeyLocks`. Looking one up
 (``InvocationTable.get``) *thaws* it into an :class:`Invocation` again, through the
 partition's ``thaw``. A thawed invocation that nothing changed is let go at the next
 changelog (its bytes are still right); one that changed is written, and kept cold again
-with its new bytes if it is still scheduled or completed. So nothing holds a thawed
-invocation past a commit unless it runs. One written scheduled or completed while not yet
-idle (a killed invocation whose ``ctx.run`` action is still unwinding) is kept cold at
-the first changelog after it is.
+with its new bytes if it is still idle. So nothing holds a thawed invocation past a commit
+unless it runs. One written scheduled or completed while not yet idle (a killed invocation
+whose ``ctx.run`` action is still unwinding) is kept cold at the first changelog after it
+is.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from streams.engine.journal import (
 )
 from streams.engine.outbox import Out
 from streams.engine.spill import ColdStore, Spill
+from streams.engine.store import ObjectKey
 from streams.wire.topics import Topics
 
 #: Builds the invocation of a meta read back, with how many journal entries the changelog
@@ -53,18 +57,6 @@ def _expires(meta: InvocationMeta) -> float | None:
     return meta.expires_at if meta.status == "completed" else None
 
 
-def _idle(inv: Invocation) -> bool:
-    """Whether ``inv`` may be kept as its meta alone: scheduled or completed, no task, no
-    action, no journal to keep (a completed one's is let go once written)."""
-    return (
-        inv.meta.status in COLD
-        and inv.task is None
-        and not inv.actions
-        and not inv.journal
-        and not inv.dirty_entries
-    )
-
-
 class InvocationTable(Mapping[str, Invocation]):
     """Invocations by id, live or cold, with the changes the next commit writes.
 
@@ -72,11 +64,24 @@ class InvocationTable(Mapping[str, Invocation]):
     :meth:`live` gives the invocations held as objects, without thawing any."""
 
     def __init__(
-        self, topics: Topics, partition: int, thaw: Thaw, spill: Spill | None = None
+        self,
+        topics: Topics,
+        partition: int,
+        thaw: Thaw,
+        spill: Spill | None = None,
+        *,
+        in_line: Callable[[str, int], bool] = lambda inv_id, seq: False,
+        lines_up: Callable[[InvocationMeta], ObjectKey | None] = lambda meta: None,
     ) -> None:
         self.topics = topics
         self.partition = partition
         self._thaw = thaw
+        self._in_line = in_line  # whether (id, seq) waits in its key's line (KeyLocks.lined)
+        #: The key a restored ``pending`` meta would wait for in line when the partition
+        #: starts (hosted here, exclusive, due), else None.
+        self._lines_up = lines_up
+        #: Restored pending invocations kept cold: id -> (the key they wait for, seq).
+        self._lined: dict[str, tuple[ObjectKey, int]] = {}
         self._live: dict[str, Invocation] = {}
         #: Cold invocations: id -> (meta as written, journal entries written), and when a
         #: retained outcome's retention ends.
@@ -130,11 +135,13 @@ class InvocationTable(Mapping[str, Invocation]):
     def restore(self, key: bytes, value: bytes | None) -> None:
         """One record of the ``<ns>.invocations`` changelog (before the partition starts).
 
-        A meta that leaves its invocation idle (scheduled with no journal, or completed) is
-        kept cold at once, as the bytes read, with its retention's expiry: a restore of a
-        million of them never holds a million metas as objects, nor their journals (which
-        the changelog writes after a completed meta). A later record of the same id
-        (rewritten, or a tombstone) takes it out again; an unreadable one leaves it."""
+        A meta that leaves its invocation idle (scheduled or pending in its key's line with
+        no journal, or completed) is kept cold at once, as the bytes read, with its
+        retention's expiry: a restore of a million of them never holds a million metas as
+        objects, nor their journals (which the changelog writes after a completed meta).
+        The pending ones' places in line are kept for :meth:`take_lined`. A later record of
+        the same id (rewritten, or a tombstone) takes it out again; an unreadable one
+        leaves it."""
         entry_at = entry_of(key)
         if entry_at is not None and entry_at[0] in self._cold:
             return  # an idle invocation's entry: its meta counts its entries, for tombstones
@@ -146,15 +153,27 @@ class InvocationTable(Mapping[str, Invocation]):
         if value is not None and meta is None:
             return  # unreadable (logged): what was read of it before stands
         self._cold.discard(inv_id)
-        if meta is None or meta.status not in COLD:
+        self._lined.pop(inv_id, None)
+        if meta is None:
             return
-        if meta.status == "scheduled" and meta.journal_length:
+        if meta.journal_length and meta.status != "completed":
             return  # it has a journal: restored as an object (start() checks the journal)
+        lock = self._lines_up(meta) if meta.status == "pending" else None
+        if meta.status not in COLD and lock is None:
+            return
+        if lock is not None:
+            self._lined[inv_id] = (lock, meta.seq)
         del self._restored.metas[inv_id]
         self._restored.entries.pop(inv_id, None)  # read before its meta
         assert value is not None
         written = meta.to_json() if inv_id in self._restored.repaired else value
         self._cold.put(inv_id, written, meta.journal_length, _expires(meta))
+
+    def take_lined(self) -> list[tuple[int, ObjectKey, str]]:
+        """The restored pending invocations kept cold (:meth:`restore`), each as its
+        ``seq``, the key it waits for, and its id."""
+        lined, self._lined = self._lined, {}
+        return [(seq, lock, inv_id) for inv_id, (lock, seq) in lined.items()]
 
     def take_restored(self) -> list[tuple[InvocationMeta, list[Entry]]]:
         """Every restored invocation not kept cold (:meth:`restore`), in arrival order, with
@@ -241,7 +260,7 @@ class InvocationTable(Mapping[str, Invocation]):
             was_cold = inv_id in self._thawed  # held cold as well as live until now
             self._thawed.discard(inv_id)
             self._settling.pop(inv_id, None)
-            if _idle(inv):
+            if self._idle(inv):
                 self._keep_cold(inv, meta)
             else:
                 if was_cold:
@@ -257,7 +276,7 @@ class InvocationTable(Mapping[str, Invocation]):
             inv = self._live[inv_id]
             if inv.meta.status not in COLD:
                 del self._settling[inv_id]  # changed, and written once touched
-            elif _idle(inv):
+            elif self._idle(inv):
                 self._keep_cold(inv, meta)
                 del self._settling[inv_id]
         self._changed.clear()
@@ -265,6 +284,19 @@ class InvocationTable(Mapping[str, Invocation]):
             del self._live[inv_id]
         self._thawed.clear()
         return out
+
+    def _idle(self, inv: Invocation) -> bool:
+        """Whether ``inv`` may be kept as its meta alone: scheduled, completed or waiting in
+        its key's line, with no task, no action, no journal to keep (a completed one's is
+        let go once written)."""
+        status = inv.meta.status
+        return (
+            (status in COLD or (status == "pending" and self._in_line(inv.meta.id, inv.meta.seq)))
+            and inv.task is None
+            and not inv.actions
+            and not inv.journal
+            and not inv.dirty_entries
+        )
 
     def _keep_cold(self, inv: Invocation, meta: bytes) -> None:
         """Hold ``inv``, written as ``meta``, cold: in the spill with its deadline, no

@@ -14,7 +14,7 @@ its own place in the line, not at the old one's.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from streams.engine.store import ObjectKey
@@ -26,6 +26,7 @@ class KeyLocks:
     def __init__(self) -> None:
         self.holders: dict[ObjectKey, str] = {}
         self.inboxes: dict[ObjectKey, deque[tuple[str, int]]] = {}  # (id, seq)
+        self._lined: Counter[tuple[str, int]] = Counter()  # the (id, seq) in the lines
 
     def holder(self, obj: ObjectKey) -> str | None:
         return self.holders.get(obj)
@@ -33,7 +34,7 @@ class KeyLocks:
     def take_or_queue(self, obj: ObjectKey, invocation_id: str, seq: int) -> bool:
         """Take the key (True) or queue behind its holder (False)."""
         if obj in self.holders:
-            self.inboxes.setdefault(obj, deque()).append((invocation_id, seq))
+            self.queue(obj, invocation_id, seq)
             return False
         self.holders[obj] = invocation_id
         return True
@@ -43,8 +44,10 @@ class KeyLocks:
         self.holders[obj] = invocation_id
 
     def queue(self, obj: ObjectKey, invocation_id: str, seq: int) -> None:
-        """Restore: ``invocation_id`` was waiting for the key."""
+        """``invocation_id`` waits for the key (behind its holder, or, in a restore,
+        behind whoever held it)."""
         self.inboxes.setdefault(obj, deque()).append((invocation_id, seq))
+        self._lined[invocation_id, seq] += 1
 
     def release(self, obj: ObjectKey, invocation_id: str) -> bool:
         """``invocation_id`` is done with the key; False when it did not hold it."""
@@ -60,6 +63,9 @@ class KeyLocks:
         chosen = None
         while queue:
             candidate, seq = queue.popleft()
+            self._lined[candidate, seq] -= 1
+            if not self._lined[candidate, seq]:
+                del self._lined[candidate, seq]
             if ready(candidate, seq):
                 self.holders[obj] = chosen = candidate
                 break
@@ -70,6 +76,11 @@ class KeyLocks:
     def queued(self, obj: ObjectKey) -> list[str]:
         """The ids in ``obj``'s line, in order (some perhaps no longer waiting)."""
         return [invocation_id for invocation_id, _ in self.inboxes.get(obj, ())]
+
+    def lined(self, invocation_id: str, seq: int) -> bool:
+        """Whether ``invocation_id``, arrived as ``seq``, is in a key's line (perhaps no
+        longer waiting). The seq tells an id made again apart from the one queued before."""
+        return (invocation_id, seq) in self._lined
 
     def unheld(self) -> list[ObjectKey]:
         """Keys with a queue but no holder (after a restore)."""

@@ -87,7 +87,10 @@ class PartitionProcessor:
         self.run_executor = run_executor  # threads for synchronous ctx.run actions
         self._clock = clock  # wall-clock seconds (the test harness moves its own)
         self.spill = Spill()  # the cold invocations and idempotency keys, on disk
-        self.invocations = InvocationTable(topics, partition, self._thaw, self.spill)
+        self.invocations = InvocationTable(
+            topics, partition, self._thaw, self.spill,
+            in_line=lambda inv_id, seq: self.locks.lined(inv_id, seq), lines_up=self._lines_up,
+        )  # fmt: skip
         self.store = PartitionStore(topics, partition, self.spill)
         self.locks = KeyLocks()
         self.promises = Promises(self.store, self.invocations, wake)
@@ -126,8 +129,9 @@ class PartitionProcessor:
         self.invocations.restore(key, value)
 
     def _thaw(self, meta: InvocationMeta, persisted_entries: int) -> Invocation:
-        """A cold invocation (scheduled, or a retained outcome) as an object again: its
-        meta, as written, and no journal (``streams.engine.invocations``)."""
+        """A cold invocation (scheduled, waiting in its key's line, or a retained outcome)
+        as an object again: its meta, as written, and no journal
+        (``streams.engine.invocations``)."""
         try:
             handler = self.registry.resolve(meta.target)
         except LookupError:
@@ -137,11 +141,23 @@ class PartitionProcessor:
         inv.persisted_entries = persisted_entries
         return inv
 
+    def _lines_up(self, meta: InvocationMeta) -> ObjectKey | None:
+        """The key a restored pending invocation waits for when the partition starts: it
+        is exclusive on an object hosted here, and due (:meth:`start`); else None."""
+        if not meta.exclusive or meta.target.key is None or self.starts.due_in(meta) > 0:
+            return None
+        try:
+            self.registry.resolve(meta.target)
+        except LookupError:
+            return None
+        return ObjectKey(meta.target.service, meta.target.key)
+
     def start(self) -> None:
         """After restore: rebuild locks and queues, resume what was in flight. (Retained
-        outcomes and scheduled invocations without a journal were kept cold as they were
-        read: ``InvocationTable.restore``.)"""
+        outcomes, and scheduled and queued invocations without a journal, were kept cold as
+        they were read: ``InvocationTable.restore``.)"""
         held: set[str] = set()  # started a little early: queued when due (below)
+        lined = self.invocations.take_lined()  # (seq, key, id): queued in order, below
         for meta, journal in self.invocations.take_restored():
             if len(journal) != meta.journal_length:
                 log.error("invocation %s: journal incomplete in the changelog", meta.id)
@@ -161,12 +177,14 @@ class PartitionProcessor:
             lock = inv.lock_key
             if handler is None and meta.status == "pending":
                 pass  # nothing here runs it: out of its key's line, for a worker that hosts it
-            elif meta.status == "pending" and self.starts.due_in(inv) > 0:
+            elif meta.status == "pending" and self.starts.due_in(meta) > 0:
                 held.add(meta.id)
             elif meta.status == "pending" and lock is not None:
-                self.locks.queue(lock, meta.id, meta.seq)
+                lined.append((meta.seq, lock, meta.id))
             elif meta.status != "scheduled" and lock is not None:
                 self.locks.hold(lock, meta.id)
+        for seq, lock, inv_id in sorted(lined, key=lambda line: line[0]):
+            self.locks.queue(lock, inv_id, seq)
         for inv in self.invocations.live():
             status = inv.meta.status
             if status in ("running", "suspended"):
@@ -399,6 +417,8 @@ class PartitionProcessor:
         lock = inv.lock_key
         if lock is None or self.locks.take_or_queue(lock, inv.meta.id, inv.meta.seq):
             self.attempts.run(inv)
+        else:  # written as it waits, then kept cold (streams.engine.invocations): one
+            self.invocations.touch(inv)  # written before, while a Start was held, is too
 
     def on_completion(self, record: Completion) -> bool:
         """A completion given by a partition of the same process, ahead of its record

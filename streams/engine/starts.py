@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from streams.engine.dues import DueTimes
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
+from streams.engine.journal import InvocationMeta
 from streams.engine.outbox import Outbox
 from streams.wire.records import Delayed, Start
 
@@ -85,12 +86,12 @@ class Starts:
         # (engine/delay.py): it queues for its key when due, not before.
         self.enqueue_when_due(inv, offset)
 
-    def due_in(self, inv: Invocation) -> float:
+    def due_in(self, meta: InvocationMeta) -> float:
         """Seconds until a started invocation is due by this partition's clock: a ``Start``
         comes ``START_LEAD`` early, more if the worker that released it has a clock ahead
         of this one. 0 when it is due, and for a ``Start`` more than ``MAX_EARLY`` early,
         which no release sends (one written by hand runs the invocation at once)."""
-        early = (inv.meta.due or 0.0) - self._clock()
+        early = (meta.due or 0.0) - self._clock()
         return early if 0 < early <= MAX_EARLY else 0.0
 
     def enqueue_when_due(self, inv: Invocation, seq: int) -> None:
@@ -102,7 +103,7 @@ class Starts:
             return
         if self._invocations.get(meta.id) is not inv:
             return
-        early = self.due_in(inv)  # the loop's timer and the wall clock may disagree
+        early = self.due_in(meta)  # the loop's timer and the wall clock may disagree
         if early > 0:
             self._held.set((meta.id, seq), meta.due or 0.0, (inv, seq))
             asyncio.get_running_loop().call_later(early, self._on_timer, inv, seq)

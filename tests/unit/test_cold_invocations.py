@@ -13,9 +13,12 @@ from handlers import ObjectContext, VirtualObject
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import entry_key, meta_key
+from streams.engine.outbox import Out
+from streams.engine.store import ObjectKey
 from streams.wire import ids
 from streams.wire.records import AttachRequest, Cancel, Invoke, Kill, Start, Target
 from tests.unit.harness import TOPICS, Harness, settle, until
+from tests.unit.test_partition import HeldClock
 
 tally = VirtualObject("Tally")
 brief = VirtualObject("Brief", idempotency_retention=timedelta(milliseconds=1))
@@ -321,3 +324,124 @@ def test_an_outcome_read_twice_expires_once() -> None:
     inv_id = ids.new_id("k", 1)
     table = read_back((meta_key(inv_id), outcome(inv_id)), (meta_key(inv_id), outcome(inv_id)))
     assert [inv.meta.id for inv in table.expired(4e9)] == [inv_id]
+
+
+async def napping_with_a_line(h: Harness, key: str) -> tuple[str, list[str], list[Out]]:
+    """``Tally/key/nap`` holding the key, and ``add`` 1, 2 and 4 queued behind it, all
+    written: the nap's id, the queued ids in arrival order, and what was flushed."""
+    holder = h.call(Target(service="Tally", key=key, handler="nap"), None, "nap")
+    await until(lambda: bool(h.processor.invocations[holder].waiting))
+    target = Target(service="Tally", key=key, handler="add")
+    queued = [h.call(target, n, f"add{n}") for n in (1, 2, 4)]
+    await settle()
+    flushed = h.processor.flush()
+    assert any(o.topic == TOPICS.invocations for o in flushed), "nothing was written"
+    return holder, queued, flushed
+
+
+async def test_calls_queued_behind_a_held_key_are_cold_and_run_in_order_when_it_passes() -> None:
+    """A key held for long (a sleep, an awakeable) while calls keep coming held every
+    queued call as an object: memory grew without bound."""
+    h = Harness([tally])
+    holder, queued, _ = await napping_with_a_line(h, "q")
+    table = h.processor.invocations
+    assert [inv.meta.id for inv in table.live()] == [holder], "queued calls held as objects"
+    assert table.cold == 3
+    assert h.processor.locks.queued(ObjectKey("Tally", "q")) == queued
+    assert table[queued[1]].meta.status == "pending"
+    assert written(h) == [], "a lookup alone writes something"
+    assert table.cold == 3, "a queued call looked up stays an object"
+
+    h.send(Cancel(invocation_id=holder, request_id="cancel"))
+    await until(lambda: "add4" in h.responses())
+    assert [h.responses()[f"add{n}"].value for n in (1, 2, 4)] == [1, 3, 7], "out of order"
+    assert h.processor.store.state[("Tally", "q")] == {"n": 7}
+
+
+async def test_a_restore_keeps_queued_calls_cold_in_their_line() -> None:
+    h = Harness([tally])
+    holder, queued, flushed = await napping_with_a_line(h, "r")
+    # The first call's meta written again, after the others': the changelog's order is no
+    # longer the line's.
+    h.send(AttachRequest(invocation_id=queued[0], request_id="attach-1", wait=True))
+    await settle()
+    restored = h.hand_over(flushed)
+    table = restored.invocations
+    assert [inv.meta.id for inv in table.live()] == [holder], "queued calls restored as objects"
+    assert table.cold == 3
+    line = restored.locks.queued(ObjectKey("Tally", "r"))
+    assert line == queued, "the line is not in arrival order"
+    h.send(Cancel(invocation_id=holder, request_id="cancel"))
+    await until(lambda: "add4" in h.responses())
+    assert [h.responses()[f"add{n}"].value for n in (1, 2, 4)] == [1, 3, 7], "out of order"
+    assert h.responses()["attach-1"].value == 1
+
+
+async def test_a_cold_queued_call_cancelled_or_attached_to_keeps_its_place() -> None:
+    h = Harness([tally])
+    holder, queued, _ = await napping_with_a_line(h, "s")
+    h.send(Cancel(invocation_id=queued[1], request_id="cancel-2"))
+    h.send(AttachRequest(invocation_id=queued[2], request_id="attach-4", wait=True))
+    await until(lambda: "cancel-2" in h.responses())
+    assert h.responses()["add2"].failure.code == 409, "the cancelled call's caller not told"
+    written(h)
+    table = h.processor.invocations
+    assert queued[1] not in table, "a cancelled call without retention is kept"
+    assert table.cold == 2, "an attached-to call is cold no more"
+    h.send(Cancel(invocation_id=holder, request_id="cancel"))
+    await until(lambda: "attach-4" in h.responses())
+    assert h.responses()["attach-4"].value == 5, "the attach is not answered"
+    assert [h.responses()[f"add{n}"].value for n in (1, 4)] == [1, 5]
+
+
+def delayed_add(h: Harness, key: str, due: float, inv_id: str | None = None) -> tuple[str, int]:
+    """A delayed send to Tally/key/add(8) due at ``due``: its id and its offset."""
+    inv_id = inv_id or ids.new_id(key, 1)
+    when = datetime.fromtimestamp(due, UTC)
+    target = Target(service="Tally", key=key, handler="add")
+    h.send(Invoke(target=target, argument=8, invocation_id=inv_id, mode="send", due=when))
+    return inv_id, h.offset - 1
+
+
+async def started_early_behind(h: Harness, clock: HeldClock, inv_id: str, seq: int) -> None:
+    """Release ``inv_id``'s Start 0.5 s early (it is written while held), then let it fall
+    due: it queues behind the holder of Tally/t."""
+    h.send(Start(invocation_id=inv_id, seq=seq))
+    await settle()
+    assert h.processor.invocations[inv_id].meta.status == "pending"
+    written(h)
+    assert inv_id in [inv.meta.id for inv in h.processor.invocations.live()], (
+        "kept cold while its Start is held: nothing would queue it"
+    )
+    clock.now += 0.6
+    await until(lambda: inv_id in h.processor.locks.queued(ObjectKey("Tally", "t")))
+
+
+async def test_a_delayed_send_released_onto_a_held_key_is_cold_once_queued() -> None:
+    """Written as pending while its Start was held, then queued without a change: it was
+    held as an object for as long as the key was."""
+    clock = HeldClock()
+    h = Harness([tally], clock=clock)
+    holder, _, _ = await napping_with_a_line(h, "t")
+    inv_id, seq = delayed_add(h, "t", clock.now + 0.5)
+    await started_early_behind(h, clock, inv_id, seq)
+    written(h)
+    assert inv_id not in [inv.meta.id for inv in h.processor.invocations.live()]
+    h.send(Cancel(invocation_id=holder, request_id="cancel"))
+    await until(lambda: inv_id not in h.processor.invocations)
+    assert h.processor.store.state[("Tally", "t")] == {"n": 15}
+
+
+async def test_an_id_made_again_while_its_old_place_is_in_line_is_not_taken_for_it() -> None:
+    """A queued call cancelled (and forgotten) leaves its place in line until the key
+    passes it; a delayed send made with the same id, its Start held, is not in line."""
+    clock = HeldClock()
+    h = Harness([tally], clock=clock)
+    holder, queued, _ = await napping_with_a_line(h, "t")
+    h.send(Cancel(invocation_id=queued[0], request_id="cancel-1"))
+    await until(lambda: queued[0] not in h.processor.invocations)
+    _, seq = delayed_add(h, "t", clock.now + 0.5, inv_id=queued[0])
+    await started_early_behind(h, clock, queued[0], seq)
+    h.send(Cancel(invocation_id=holder, request_id="cancel"))
+    await until(lambda: queued[0] not in h.processor.invocations)
+    assert h.processor.store.state[("Tally", "t")] == {"n": 14}, "the one made again never ran"
