@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.errors import KourierError
@@ -154,15 +156,48 @@ _BAD_BODIES = _BadBodies()
 _MAX_REQUEST_LINE = 64 * 1024
 
 
+class _JsonErrors(RequestHandler):
+    """aiohttp's own answers, to requests it refuses before any handler sees them (a
+    request line or a header too long, too many headers, a body compressed in a way it
+    cannot undo), in the JSON every other error has. Logged, and the connection closed,
+    as aiohttp does."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises once answering
+        if status >= 500 or not message:  # no traceback, nor aiohttp's words for it
+            message = HTTPStatus(status).phrase
+        response = error_response(status, message)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    """The protocol factory a runner serves: its connections answer errors in JSON."""
+
+    def __call__(self) -> RequestHandler:
+        return _JsonErrors(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # adds no state: only how connections answer
+        return server
+
+
 def app_runner(app: web.Application) -> web.AppRunner:
     """A runner for an ingress or admin app. A client that hangs up cancels its request's
     handler, so a call nobody waits for any more frees its slot and its pending response."""
     server_log = logging.getLogger("aiohttp.server")
     if _BAD_BODIES not in server_log.filters:
         server_log.addFilter(_BAD_BODIES)
-    return web.AppRunner(
-        app, access_log=None, handler_cancellation=True, max_line_size=_MAX_REQUEST_LINE
-    )
+    return _Runner(app, access_log=None, handler_cancellation=True, max_line_size=_MAX_REQUEST_LINE)
 
 
 async def metrics(request: web.Request) -> web.Response:

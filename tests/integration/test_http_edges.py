@@ -96,11 +96,12 @@ async def test_a_body_that_does_not_decompress_is_400_and_one_log_line(
                 assert "gzip" in (await reply.json())["message"]
         async with http.post(f"{admin_url}/no/such/route", data=b"xx", headers=headers) as reply:
             assert reply.status == 404, await reply.text()
-        # A deflate body that ends early fails in aiohttp's parser: its own plain-text 400.
+        # A deflate body that ends early fails in aiohttp's parser: its 400, in JSON too.
         cut = zlib.compress(b'"ada"')[:-3]
         deflated = {**headers, "content-encoding": "deflate"}
         async with http.post(f"{ingress_url}/Tally/k/add", data=cut, headers=deflated) as reply:
             assert reply.status == 400, await reply.text()
+            assert (await reply.json())["code"] == 400
 
         async def unread() -> int:
             return sum("body could not be read" in r.getMessage() for r in caplog.records)
