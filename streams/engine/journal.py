@@ -183,8 +183,20 @@ class InvocationMeta:
 
     @staticmethod
     def from_json(value: bytes | str) -> InvocationMeta:
-        """A meta read back from the changelog; ``ValidationError`` when it is not one."""
-        return _META.validate_json(value)
+        """A meta read back from the changelog (or a spill); ``ValidationError`` when it is
+        not one. As for an entry (:meth:`Entry.from_json`), one nested deeper than
+        pydantic's parser goes, which its serializer wrote, is parsed by the standard
+        library: a cold invocation's argument may be."""
+        try:
+            return _META.validate_json(value)
+        except ValidationError as error:
+            first = error.errors()[0]
+            if first["type"] != "json_invalid" or "recursion limit" not in first["msg"]:
+                raise
+            try:
+                return _META.validate_python(json.loads(value))
+            except (ValueError, RecursionError):
+                raise error from None
 
     @staticmethod
     def from_data(data: Any) -> InvocationMeta:

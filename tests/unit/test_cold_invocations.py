@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from handlers import ObjectContext, VirtualObject
 from streams.engine.invocation import Invocation
@@ -29,6 +30,11 @@ async def add(ctx: ObjectContext, n: int) -> int:
     total: int = (await ctx.get("n") or 0) + n
     ctx.set("n", total)
     return total
+
+
+@tally.handler()
+async def keep(ctx: ObjectContext, value: Any) -> Any:
+    return value
 
 
 @tally.handler()
@@ -445,3 +451,28 @@ async def test_an_id_made_again_while_its_old_place_is_in_line_is_not_taken_for_
     h.send(Cancel(invocation_id=holder, request_id="cancel"))
     await until(lambda: queued[0] not in h.processor.invocations)
     assert h.processor.store.state[("Tally", "t")] == {"n": 14}, "the one made again never ran"
+
+
+def nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def test_a_cold_call_nested_deeper_than_pydantic_parses_still_runs() -> None:
+    """pydantic's JSON parser stops at 200 levels, its serializer at 255: a queued call
+    whose argument is nested between the two was kept cold and could not be thawed when
+    the key passed to it."""
+    h = Harness([tally])
+    holder = h.call(Target(service="Tally", key="deep", handler="nap"), None, "nap")
+    await until(lambda: bool(h.processor.invocations[holder].waiting))
+    deep = nested(220)
+    queued = h.call(Target(service="Tally", key="deep", handler="keep"), deep, "deep")
+    h.call(Target(service="Tally", key="deep", handler="add"), 1, "after")
+    await settle()
+    written(h)
+    assert queued not in [inv.meta.id for inv in h.processor.invocations.live()]
+    h.send(Cancel(invocation_id=holder, request_id="cancel"))
+    await until(lambda: "after" in h.responses() and "deep" in h.responses())
+    assert h.responses()["deep"].value == deep
