@@ -282,9 +282,11 @@ def worker(args: argparse.Namespace) -> int:
 
 def ingress(args: argparse.Namespace) -> int:
     dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
+    from streams.engine import spill
     from streams.http.ingress import bound_port, serve
 
     _configure_logging()
+    spill.probe()  # the admin index spills too (streams/http/index_spill.py)
     settings = _settings(args)
     _ensure_topics(args, settings)
 

@@ -70,8 +70,9 @@ class Spill:
     An error of SQLite's raises :class:`SpillFailed` and is kept in :attr:`failed`: with no
     journal, a statement that failed may have left part of its change behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, schema: tuple[str, ...] = _SCHEMA, what: str = "partition spill") -> None:
         self.failed: SpillFailed | None = None
+        self._what = what  # named in its errors
         try:
             # "": a private temporary database, deleted when the connection closes.
             self.db: sqlite3.Connection | None = sqlite3.connect(
@@ -79,7 +80,7 @@ class Spill:
             )
         except sqlite3.Error as error:
             raise self._failure(error) from error
-        for statement in _SCHEMA:
+        for statement in schema:
             self.query(statement)
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
@@ -113,7 +114,7 @@ class Spill:
 
     def _failure(self, error: sqlite3.Error) -> SpillFailed:
         """``error`` as the :class:`SpillFailed` it is, kept in :attr:`failed`."""
-        self.failed = SpillFailed(f"partition spill: {type(error).__name__}: {error}")
+        self.failed = SpillFailed(f"{self._what}: {type(error).__name__}: {error}")
         return self.failed
 
     def close(self) -> None:

@@ -1,12 +1,15 @@
 """A read-only view of every partition's invocations and object state, for the admin API.
 
 The admin server follows the compacted ``<ns>.invocations`` and ``<ns>.state``
-changelogs (read_committed, from the beginning, then live) into memory. It
-therefore sees what the workers have committed: every invocation that is
-queued, running, suspended, backing off, paused, or completed and retained.
-An invocation that starts and completes between two commits of its worker
-(a short call with nothing retained) is never written to the changelog, so
-it never appears here; its caller has its outcome.
+changelogs (read_committed, from the beginning, then live). It therefore sees what the
+workers have committed: every invocation that is queued, running, suspended, backing off,
+paused, or completed and retained. An invocation that starts and completes between two
+commits of its worker (a short call with nothing retained) is never written to the
+changelog, so it never appears here; its caller has its outcome.
+
+The invocations in flight are held in memory; completed and scheduled ones (most of them,
+a day of retained outcomes) and the objects' state are held on disk
+(``streams.http.index_spill``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -24,7 +28,9 @@ from pydantic import JsonValue, ValidationError
 
 from streams.engine.deadlocks import HOLDING, describe, find_cycles, wait_for_edges
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
+from streams.engine.spill import SpillFailed
 from streams.http.calltree import CallLinks, call_tree, iso, parent_of
+from streams.http.index_spill import IndexSpill
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, listed_topics, watermarks
 from streams.settings import Settings
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
@@ -36,6 +42,10 @@ log = logging.getLogger("kourier.ingress")
 #: keep their meta (status, argument, outcome) and links, not their entries, which the
 #: changelog holds until the outcome's retention ends (a day of idempotent calls by default).
 KEPT_JOURNALS = 10_000
+#: Seconds before the index reads the changelogs again after its spill failed, doubling
+#: while it keeps failing (a disk that stays full), up to the max.
+REBUILD_PAUSE = 1.0
+REBUILD_PAUSE_MAX = 60.0
 #: Journal entries an invocation's detail shows by default, the last ones (a workflow may
 #: have taken a hundred thousand steps; the UI asks for its detail every second).
 JOURNAL_SHOWN = 1_000
@@ -107,15 +117,44 @@ def detail(
     return row
 
 
+#: Statuses of the invocations the index holds on disk: they neither wait nor hold a key.
+COLD = frozenset({"completed", "scheduled"})
+
+
+class _Metas(Mapping[str, InvocationMeta]):
+    """Every meta the index holds, in memory (in flight) or on disk, by id: what a call
+    tree looks its nodes up in."""
+
+    def __init__(self, live: dict[str, InvocationMeta], cold: IndexSpill) -> None:
+        self._live = live
+        self._cold = cold
+
+    def __getitem__(self, inv_id: str) -> InvocationMeta:
+        meta = self._live.get(inv_id) or self._cold.get(inv_id)
+        if meta is None:
+            raise KeyError(inv_id)
+        return meta
+
+    def __contains__(self, inv_id: object) -> bool:
+        return inv_id in self._live or (isinstance(inv_id, str) and inv_id in self._cold)
+
+    def __iter__(self) -> Iterator[str]:
+        raise NotImplementedError("the index's metas are looked up by id, not listed")
+
+    def __len__(self) -> int:
+        return len(self._live) + len(self._cold)
+
+
 class InvocationIndex:
-    """Follows the changelogs on a background thread; read its dicts from any thread."""
+    """Follows the changelogs on a background thread; query it from any thread."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.namespace)
-        self.log = InvocationLog()
+        self.log = InvocationLog()  # metas in flight, and the journals kept
         self.links = CallLinks()  # who sent what: a send's callee does not name its sender
-        self.state: dict[tuple[str, str], dict[str, JsonValue]] = {}
+        self.cold = IndexSpill()  # completed and scheduled metas, objects' state
+        self.metas = _Metas(self.log.metas, self.cold)
         #: Completed invocations whose journals are kept (``KEPT_JOURNALS``): id -> when it
         #: completed, and a heap of those times, with entries of ids no longer kept there.
         self._kept: dict[str, float] = {}
@@ -189,6 +228,8 @@ class InvocationIndex:
                 self._thread.join()
                 self._consumer.close()
                 self._thread = None
+            with self._lock:
+                self.cold.close()
 
     def caught_up(self) -> bool:
         """Whether the changelogs have been read up to where they ended at start."""
@@ -201,12 +242,40 @@ class InvocationIndex:
         return not self._ends
 
     def _follow(self) -> None:
+        pause = REBUILD_PAUSE
         while self._running:
             try:
                 self._follow_once()
+                if not self._ends:
+                    pause = REBUILD_PAUSE  # caught up since the last rebuild
+            except SpillFailed as failure:  # a full disk: what it holds may be part-written
+                log.error("%s; the admin index reads the changelogs again in %gs", failure, pause)
+                self._pause(pause)
+                pause = min(2 * pause, REBUILD_PAUSE_MAX)
+                if self._running:
+                    self._rebuild()
             except Exception:  # Kafka's, or ours: logged, and the views go on being followed
                 log.exception("the admin index could not read the changelogs; trying again")
                 time.sleep(1.0)
+
+    def _pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self._running and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _rebuild(self) -> None:
+        """Forget what was read and read both changelogs again from their start, into a new
+        spill: the index is a cache of them (follow thread). Bulk actions answer 503 until
+        it has caught up again, as after a start."""
+        with self._lock:
+            self.cold.close()
+            self.log = InvocationLog()
+            self.links = CallLinks()
+            self._kept, self._completions = {}, []
+            self._version += 1
+            self.cold = IndexSpill()  # may fail again: then the next pause, and again
+            self.metas = _Metas(self.log.metas, self.cold)
+        self._assign()
 
     def _follow_once(self) -> None:
         """Read what the changelogs hold next, and how far that is."""
@@ -215,6 +284,7 @@ class InvocationIndex:
             for message in messages:
                 if message.error() is None:
                     self._apply(message.topic() or "", message.key(), message.value())
+            self.cold.commit()
             self._version += len(messages)
         if self._ends:
             positions = self._consumer.position([TopicPartition(t, p) for t, p in self._ends])
@@ -235,6 +305,8 @@ class InvocationIndex:
             # them: parse_state_key says so): not the index's to judge. Raised, it ended the
             # thread that follows the changelogs, and the views stood still from then on.
             log.debug("%s record %r passed over: %r", topic, key[:200], error)
+        except SpillFailed:
+            raise  # not the record's fault: what the spill holds is not to be trusted now
         except Exception:  # a defect of ours in reading one: the rest of the views go on
             log.exception("%s record %r passed over", topic, key[:200])
 
@@ -244,18 +316,30 @@ class InvocationIndex:
             return
         inv_id = applied.invocation_id
         if applied.index is None and value is None:  # the invocation is gone
+            self.cold.discard(inv_id)
             self.links.forget(inv_id)
             self._kept.pop(inv_id, None)
             return
-        if applied.index is not None and applied.entry is not None:
-            self.links.record(inv_id, applied.index, applied.entry)
-        meta = self.log.metas.get(inv_id)
-        if meta is None or meta.status != "completed":
+        if applied.index is not None:
+            if applied.entry is not None:
+                self.links.record(inv_id, applied.index, applied.entry)
+            live = self.log.metas.get(inv_id)
+            status = live.status if live is not None else self.cold.status(inv_id)
+            if status == "completed" and inv_id not in self._kept:
+                self.log.entries.pop(inv_id, None)  # of one completed earlier (compaction)
             return
-        if applied.index is None:  # completed: kept while among the latest completed
+        meta = self.log.metas.get(inv_id)
+        if meta is None:
+            return  # unreadable: what was read of it before stands
+        if meta.status not in COLD:
+            self.cold.discard(inv_id)  # in flight again (a scheduled one started)
+            return
+        assert value is not None
+        self.cold.put(meta, meta.to_json() if inv_id in self.log.repaired else value)
+        del self.log.metas[inv_id]
+        self.log.repaired.discard(inv_id)
+        if meta.status == "completed":  # its journal kept while among the latest completed
             self._keep(inv_id, meta.modified_at)
-        elif inv_id not in self._kept:  # an entry of one completed earlier (compaction)
-            self.log.entries.pop(inv_id, None)
 
     def _keep(self, inv_id: str, completed_at: float) -> None:
         """Keep the journal of ``inv_id``, completed at ``completed_at``, if it is among the
@@ -276,14 +360,9 @@ class InvocationIndex:
         service, obj, name, is_promise = parse_state_key(key)
         if is_promise:
             return
-        if value is None:
-            names = self.state.get((service, obj))
-            if names is not None:
-                names.pop(name, None)
-                if not names:  # an object whose state is cleared (a workflow that ended)
-                    del self.state[(service, obj)]
-        else:
-            self.state.setdefault((service, obj), {})[name] = json.loads(value)
+        if value is not None:
+            json.loads(value)  # not JSON: passed over (see _apply), as before it was kept
+        self.cold.set_state(service, obj, name, value)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -298,8 +377,12 @@ class InvocationIndex:
         with self._lock:  # rows built for the ``limit`` kept only (the UI asks every second)
             found = self._matching(status=status, service=service, key=key)
             if status == "scheduled":  # the soonest due first, so the limit keeps those
+                found += self.cold.newest(
+                    status=status, service=service, key=key, limit=limit, by="due"
+                )
                 kept = heapq.nsmallest(limit, found, key=_due_first)
             else:
+                found += self.cold.newest(status=status, service=service, key=key, limit=limit)
                 kept = heapq.nlargest(limit, found, key=lambda m: m.created_at)
             return [summary(meta, self.links) for meta in kept]
 
@@ -309,16 +392,18 @@ class InvocationIndex:
         """``(id, status, target)`` of every invocation the filter matches, newest first:
         what a bulk action chooses from (no row limit, no rows built)."""
         with self._lock:
-            found = [
+            found: list[tuple[float, str, str, str]] = [
                 (meta.created_at, meta.id, meta.status, meta.target.path())
                 for meta in self._matching(status=status, service=service, key=key)
             ]
+            found += self.cold.matching(status=status, service=service, key=key)
         found.sort(reverse=True)
         return [(inv_id, inv_status, target) for _, inv_id, inv_status, target in found]
 
     def _matching(
         self, *, status: str | None, service: str | None, key: str | None
     ) -> list[InvocationMeta]:
+        """The metas in memory (in flight) the filter matches."""
         return [
             meta
             for meta in self.log.metas.values()
@@ -333,13 +418,13 @@ class InvocationIndex:
         """An invocation's detail, with the last ``journal_limit`` entries of its journal
         (``journal_omitted`` counts those before them)."""
         with self._lock:
-            meta = self.log.metas.get(invocation_id)
+            meta = self.metas.get(invocation_id)
             if meta is None:
                 return None
-            journal = self.log.numbered(invocation_id)
+            journal = self._numbered(meta)
             omitted = max(0, len(journal) - journal_limit)
             row = detail(meta, journal, self.settings.header_denylist, self.links, omitted)
-            row["tree"] = call_tree(invocation_id, self.log.metas, self._journal, self.links)
+            row["tree"] = call_tree(invocation_id, self.metas, self._journal, self.links)
             holder = self._holder(meta)
             if holder is not None:  # queued behind it: what it waits on is the key
                 row["waiting_on"].append(
@@ -369,7 +454,14 @@ class InvocationIndex:
         return None
 
     def _journal(self, invocation_id: str) -> list[tuple[int, Entry]]:
-        return self.log.numbered(invocation_id) if invocation_id in self.log.metas else []
+        meta = self.metas.get(invocation_id)
+        return [] if meta is None else self._numbered(meta)
+
+    def _numbered(self, meta: InvocationMeta) -> list[tuple[int, Entry]]:
+        """The journal entries the index holds of ``meta``'s invocation, with their
+        indexes (``InvocationLog.numbered``, for a meta in memory or on disk)."""
+        entries = self.log.entries.get(meta.id, {})
+        return [(i, entries[i]) for i in range(meta.journal_length) if i in entries]
 
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/engine/deadlocks.py``).
@@ -391,4 +483,4 @@ class InvocationIndex:
 
     def state_of(self, service: str, key: str) -> dict[str, JsonValue]:
         with self._lock:
-            return dict(self.state.get((service, key), {}))
+            return self.cold.state_of(service, key)

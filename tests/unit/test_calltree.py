@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from streams.engine.journal import Entry, InvocationMeta, Status, entry_key, meta_key
+from streams.engine.spill import SpillFailed
 from streams.http import index as index_module
 from streams.http.calltree import CallLinks, call_tree
 from streams.http.index import InvocationIndex
@@ -209,9 +210,10 @@ def test_the_index_passes_over_a_state_record_of_another_shape_and_forgets_empty
     for key in (b"[]", b'["A", "b"]', b'{"a": 1}', b"5", b'[["x"], "k", "n"]'):
         index._apply(topic, key, b"1")
     index._apply(topic, b'["Tally", "k", "count"]', b"3")
-    assert index.state == {("Tally", "k"): {"count": 3}}
+    index._apply(topic, b'["Tally", "k", "other"]', b"not JSON")
+    assert index.state_of("Tally", "k") == {"count": 3}
     index._apply(topic, b'["Tally", "k", "count"]', None)
-    assert index.state == {}, "an object with no state left is still held"
+    assert index.state_of("Tally", "k") == {}, "a name cleared is still held"
 
 
 def test_a_list_builds_rows_for_the_newest_it_keeps_in_the_order_it_did() -> None:
@@ -325,3 +327,96 @@ def test_a_long_journal_is_shown_by_its_last_entries() -> None:
     assert whole is not None
     assert len(whole["journal"]) == 5
     assert "journal_omitted" not in whole
+
+
+def test_the_index_holds_completed_and_scheduled_invocations_on_disk() -> None:
+    """A day of retained outcomes (idempotent calls, workflow runs) was held in the ingress
+    process as objects, about 2.4 KB each: it grew with the traffic. Those that neither
+    wait nor hold a key are on disk now; every view finds them as before."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    done, later, running = an_id("done"), an_id("later"), an_id("running")
+    for inv_id, status, at in ((done, "completed", 1.0), (later, "scheduled", 2.0),
+                               (running, "running", 3.0)):  # fmt: skip
+        record = meta(inv_id, "h", status)
+        record.created_at = 100.0 + at
+        index._apply(topic, meta_key(inv_id), record.to_json())
+    assert list(index.log.metas) == [running], "completed or scheduled metas held in memory"
+    assert [row["id"] for row in index.query()] == [running, later, done]
+    assert [row["id"] for row in index.query(status="completed")] == [done]
+    assert [row["id"] for row in index.query(limit=2)] == [running, later]
+    assert [m[0] for m in index.matching(service="Svc")] == [running, later, done]
+    described = index.describe(done)
+    assert described is not None
+    assert described["status"] == "completed"
+
+    started = meta(later, "h", "running")  # the scheduled one falls due and runs
+    index._apply(topic, meta_key(later), started.to_json())
+    assert set(index.log.metas) == {running, later}
+    assert index.query(status="scheduled") == []
+    assert [m[0] for m in index.matching(status="running", service="Svc")] == [running, later]
+
+    index._apply(topic, meta_key(done), None)  # its retention ended
+    assert index.describe(done) is None
+    assert [m[0] for m in index.matching(service="Svc")] == [running, later]
+    index.close()
+
+
+def test_a_failed_spill_makes_the_index_read_the_changelogs_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The index is a cache of the changelogs: once its spill fails (a full disk, which may
+    leave a statement part-written), it forgets what it read and reads them again, after a
+    pause. Swallowed as a bad record, the failure left metas in neither place, or in
+    both."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    done, other = an_id("done"), an_id("other")
+    index._apply(topic, meta_key(done), meta(done, "h", "completed").to_json())
+    full = SpillFailed("admin index spill: OperationalError: database or disk is full")
+
+    def put(*args: Any) -> None:
+        raise full
+
+    monkeypatch.setattr(index.cold, "put", put)
+    with pytest.raises(SpillFailed):
+        index._apply(topic, meta_key(other), meta(other, "h", "completed").to_json())
+
+    outcomes: list[SpillFailed | None] = [full, None]
+    assigned: list[int] = []
+
+    def follow_once() -> None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        index._running = False
+
+    monkeypatch.setattr(index, "_follow_once", follow_once)
+    monkeypatch.setattr(index, "_assign", lambda: assigned.append(len(index.cold)))
+    paused: list[float] = []
+    monkeypatch.setattr(index, "_pause", paused.append)
+    index._running, index._ends = True, {}  # as once started, and caught up
+    index._follow()
+    assert assigned == [0], "not read again, into an empty spill"
+    assert paused == [index_module.REBUILD_PAUSE]
+    assert index.describe(done) is None, "what was read before is still held"
+    assert index.log.metas == {}
+    index.close()
+
+
+def test_a_cold_meta_nested_deeper_than_pydantic_parses_is_listed() -> None:
+    """pydantic's JSON parser stops at 200 levels, its serializer at 255: a retained outcome
+    nested between the two went to disk and could not be read back."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    deep: Any = 1
+    for _ in range(220):
+        deep = [deep]
+    done = meta(an_id("deep"), "h", "completed")
+    done.argument = deep
+    index._apply(topic, meta_key(done.id), done.to_json())
+    assert [row["id"] for row in index.query()] == [done.id]
+    described = index.describe(done.id)
+    assert described is not None
+    assert described["argument"] == deep
+    index.close()

@@ -1,0 +1,158 @@
+"""The admin index's cold part, on disk: the metas of completed and scheduled invocations,
+and every object's state.
+
+What the index follows is what the workers hold: a day of retained outcomes (the default
+retention of idempotent calls and workflow runs), delayed sends not yet due, the state of
+every object. Held as objects, they grew the ingress process with its traffic, about
+2.4 KB a retained call. They live here instead, as the workers' cold invocations live in
+their partitions' spills (``streams.engine.spill``): a private temporary SQLite database,
+its pages in memory up to :data:`CACHE_KIB`, then in a file SQLite unlinked as it made it.
+The invocations in flight (those that can wait or hold a key) stay in memory, where the
+deadlock search and "waits on" look at them every second.
+
+Used under the index's lock, from its thread and from the threads that answer queries.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import JsonValue
+
+from streams.engine.journal import InvocationMeta
+from streams.engine.spill import Spill
+
+#: Page cache of the index's database, in KiB.
+CACHE_KIB = 8192
+
+_SCHEMA = (
+    "PRAGMA journal_mode = OFF",
+    "PRAGMA synchronous = OFF",
+    f"PRAGMA cache_size = -{CACHE_KIB}",
+    "CREATE TABLE metas (id TEXT NOT NULL UNIQUE, status TEXT NOT NULL,"
+    " service TEXT NOT NULL, key TEXT, target TEXT NOT NULL, created_at REAL NOT NULL,"
+    " due REAL, meta BLOB NOT NULL)",
+    "CREATE INDEX metas_created ON metas (created_at)",
+    "CREATE INDEX metas_status ON metas (status, created_at)",
+    "CREATE INDEX metas_due ON metas (status, due)",
+    "CREATE INDEX metas_object ON metas (service, key)",
+    "CREATE TABLE state (service TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL,"
+    " value BLOB NOT NULL, UNIQUE (service, key, name))",
+)
+
+
+class IndexSpill:
+    """Cold metas by id, filtered and ordered as the admin API lists them; object state by
+    object."""
+
+    def __init__(self) -> None:
+        self._db = Spill(_SCHEMA, "admin index spill")
+        self._any = False  # whether a meta was ever held: lookups skip SQLite until then
+
+    def __len__(self) -> int:
+        rows = self._db.query("SELECT COUNT(*) FROM metas") if self._any else []
+        return int(rows[0][0]) if rows else 0  # none once closed
+
+    def put(self, meta: InvocationMeta, written: bytes) -> None:
+        """Hold ``meta``, written as ``written``, in place of what was held under its id."""
+        target = meta.target
+        self._db.write(
+            "INSERT INTO metas (id, status, service, key, target, created_at, due, meta)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " status = excluded.status, service = excluded.service, key = excluded.key,"
+            " target = excluded.target, created_at = excluded.created_at,"
+            " due = excluded.due, meta = excluded.meta",
+            (meta.id, meta.status, target.service, target.key, target.path(),
+             meta.created_at, meta.due, written),
+        )  # fmt: skip
+        self._any = True
+
+    def discard(self, inv_id: str) -> None:
+        if self._any:
+            self._db.write("DELETE FROM metas WHERE id = ?", (inv_id,))
+
+    def get(self, inv_id: str) -> InvocationMeta | None:
+        if not self._any:
+            return None
+        rows = self._db.query("SELECT meta FROM metas WHERE id = ?", (inv_id,))
+        return InvocationMeta.from_json(rows[0][0]) if rows else None
+
+    def status(self, inv_id: str) -> str | None:
+        """The status of the meta held under ``inv_id`` (none decoded), or None."""
+        if not self._any:
+            return None
+        rows = self._db.query("SELECT status FROM metas WHERE id = ?", (inv_id,))
+        return str(rows[0][0]) if rows else None
+
+    def __contains__(self, inv_id: str) -> bool:
+        return self._any and bool(self._db.query("SELECT 1 FROM metas WHERE id = ?", (inv_id,)))
+
+    def newest(
+        self,
+        *,
+        status: str | None,
+        service: str | None,
+        key: str | None,
+        limit: int,
+        by: Literal["created", "due"] = "created",
+    ) -> list[InvocationMeta]:
+        """Up to ``limit`` metas the filter matches: the newest first, or by ``due``, the
+        soonest first (those with no due time before them)."""
+        if not self._any:
+            return []
+        where, params = _filter(status, service, key)
+        order = "created_at DESC" if by == "created" else "due"  # SQLite: NULLs first
+        rows = self._db.query(
+            f"SELECT meta FROM metas{where} ORDER BY {order} LIMIT ?", (*params, limit)
+        )
+        return [InvocationMeta.from_json(row[0]) for row in rows]
+
+    def matching(
+        self, *, status: str | None, service: str | None, key: str | None
+    ) -> list[tuple[float, str, str, str]]:
+        """``(created_at, id, status, target)`` of every meta the filter matches."""
+        if not self._any:
+            return []
+        where, params = _filter(status, service, key)
+        rows = self._db.query(f"SELECT created_at, id, status, target FROM metas{where}", params)
+        return [(float(at), str(i), str(s), str(t)) for at, i, s, t in rows]
+
+    # -- object state ----------------------------------------------------------------
+
+    def set_state(self, service: str, key: str, name: str, value: bytes | None) -> None:
+        """One state record: ``value`` as the changelog holds it (JSON), or a deletion."""
+        if value is None:
+            self._db.write(
+                "DELETE FROM state WHERE service = ? AND key = ? AND name = ?", (service, key, name)
+            )
+            return
+        self._db.write(
+            "INSERT INTO state (service, key, name, value) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (service, key, name) DO UPDATE SET value = excluded.value",
+            (service, key, name, value),
+        )
+
+    def state_of(self, service: str, key: str) -> dict[str, JsonValue]:
+        rows = self._db.query(
+            "SELECT name, value FROM state WHERE service = ? AND key = ? ORDER BY rowid",
+            (service, key),
+        )
+        return {str(name): json.loads(value) for name, value in rows}
+
+    def commit(self) -> None:
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _filter(
+    status: str | None, service: str | None, key: str | None
+) -> tuple[str, tuple[str, ...]]:
+    clauses, params = [], []
+    for column, value in (("status", status), ("service", service), ("key", key)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
