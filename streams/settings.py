@@ -65,6 +65,12 @@ class Settings(BaseModel):
         description="request headers never stored with an invocation, besides the credentials "
         "that streams.wire.headers.DENIED_HEADERS names",
     )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="Host names the admin API answers on a loopback address, besides "
+        "localhost and loopback IPs (a reverse proxy on the same machine that passes its "
+        "own name on)",
+    )
     call_timeout: timedelta = Field(
         default=timedelta(minutes=10),
         gt=timedelta(0),
@@ -97,7 +103,7 @@ class Settings(BaseModel):
             )
         return value
 
-    @field_validator("denied_headers")
+    @field_validator("denied_headers", "allowed_hosts")
     @classmethod
     def _lower_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(name.strip().lower() for name in value if name.strip())
@@ -138,9 +144,11 @@ class Settings(BaseModel):
         named = {field: var for field, var in _VARIABLES if env.get(var)}  # what said what
         for field, var in named.items():
             values[field] = env[var]
-        if env.get("KOURIER_DENIED_HEADERS"):
-            values["denied_headers"] = tuple(env["KOURIER_DENIED_HEADERS"].split(","))
-            named["denied_headers"] = "KOURIER_DENIED_HEADERS"
+        for field, var in (("denied_headers", "KOURIER_DENIED_HEADERS"),
+                           ("allowed_hosts", "KOURIER_ALLOWED_HOSTS")):  # fmt: skip
+            if env.get(var):  # comma-separated
+                values[field] = tuple(env[var].split(","))
+                named[field] = var
         values["kafka"] = {
             name[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
             for name, value in env.items()

@@ -18,7 +18,14 @@ from aiohttp import web
 from streams.client import Client
 from streams.http import bulk
 from streams.http.index import JOURNAL_SHOWN, InvocationIndex
-from streams.http.shared import bearer, error_response, json_errors, metrics, same_origin
+from streams.http.shared import (
+    bearer,
+    error_response,
+    json_errors,
+    local_names,
+    metrics,
+    same_origin,
+)
 from streams.metrics import DEADLOCKS
 from streams.wire import ids
 
@@ -36,13 +43,23 @@ class AdminApi:
     that logs new deadlocks (:meth:`watch_deadlocks`, a task the ingress starts and stops).
     Its :meth:`health` answers on the ingress's port too."""
 
-    def __init__(self, client: Client, index: InvocationIndex, token: str | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        index: InvocationIndex,
+        token: str | None,
+        allowed_hosts: tuple[str, ...] = (),
+    ) -> None:
         self.client = client
         self.index = index
         self.token = token
+        self.allowed_hosts = allowed_hosts  # KOURIER_ALLOWED_HOSTS, see local_names
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors, bearer(self.token), same_origin])
+        app = web.Application(
+            middlewares=[json_errors, local_names(self.allowed_hosts), bearer(self.token),
+                         same_origin]
+        )  # fmt: skip
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/services", self.list_services)

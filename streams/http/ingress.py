@@ -193,7 +193,7 @@ class Ingress:
         self.settings = settings
         self.client = Client(settings)
         self.index = InvocationIndex(settings)
-        self.admin = AdminApi(self.client, self.index, settings.token)
+        self.admin = AdminApi(self.client, self.index, settings.token, settings.allowed_hosts)
         self.max_body = max_body
         self.max_in_flight = max_in_flight
         self.in_flight = 0

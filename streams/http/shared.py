@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
+from collections.abc import Collection
 from http import HTTPStatus
 from typing import Any
 
@@ -53,7 +55,7 @@ async def same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
     A browser's ``Sec-Fetch-Site`` decides when it is sent: it names the page's site as the
     browser sees it, which a reverse proxy in front (one that rewrites ``Host``) does not
     change. Browsers without it send ``Origin``, compared with ``Host`` and, behind a proxy,
-    ``X-Forwarded-Host``. (DNS rebinding gets past both: only ``KOURIER_TOKEN`` stops it.)"""
+    ``X-Forwarded-Host``. (DNS rebinding gets past both: see :func:`local_names`.)"""
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         site = request.headers.get("sec-fetch-site")
         origin = request.headers.get("origin")
@@ -71,6 +73,53 @@ async def same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
             )
     response: web.StreamResponse = await handler(request)
     return response
+
+
+#: Names a browser on this machine gives a loopback address by, besides 127.x.x.x.
+_LOOPBACK_NAMES = frozenset({"localhost", "::1"})
+
+
+def local_names(allowed: Collection[str] = ()) -> Any:
+    """Refuse (403) a request that reached this server on a loopback address under a
+    ``Host`` that is not a loopback name or address, nor one of ``allowed``
+    (``KOURIER_ALLOWED_HOSTS``). A web page whose own name its DNS points at 127.0.0.1
+    after the page loaded (DNS rebinding) is the same origin as this server to the browser,
+    which sends it every request and reads every answer (:func:`same_origin` cannot tell);
+    only the name it asks for gives it away. Requests on other addresses are not looked at:
+    a server bound beyond loopback is reached by whatever names its network gives it."""
+    names = _LOOPBACK_NAMES | {name.lower() for name in allowed}
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        local = request.transport.get_extra_info("sockname") if request.transport else None
+        if local and _loopback(str(local[0])):
+            name = _hostname(request.host)
+            if name not in names and not _loopback(name):
+                return error_response(
+                    403,
+                    f"this server is on a loopback address, and {request.host!r} is not a "
+                    "name of it (a page whose name was pointed at 127.0.0.1 would use one): "
+                    "set KOURIER_ALLOWED_HOSTS to accept it",
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return check
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a name
+        return False
+
+
+def _hostname(host: str) -> str:
+    """``host`` (a ``Host`` header) without its port or an IPv6 address's brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def bearer(token: str | None) -> Any:

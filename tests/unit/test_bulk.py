@@ -219,6 +219,29 @@ async def test_a_change_a_browser_says_another_site_asked_for_is_refused() -> No
         assert sorted(fake.seen) == sorted(("kill", i) for i in (A, B, D) for _ in range(3))
 
 
+async def test_a_name_pointed_at_loopback_is_refused_unless_allowed() -> None:
+    """DNS rebinding: a page whose own name its DNS points at 127.0.0.1 once it has loaded
+    is, to the browser, the same origin as the admin API, and may read and change
+    everything on it (Sec-Fetch-Site says same-origin). The Host it sends is its own name."""
+    fake, index = FakeClient(), FakeIndex()
+    index.up = True
+    api = AdminApi(cast(Client, fake), cast(InvocationIndex, index), None, ("kourier.lan",))
+    async with TestClient(TestServer(api.app(), host="127.0.0.1")) as http:
+        rebound = {"host": f"shop.example:{http.port}", "sec-fetch-site": "same-origin"}
+        for method, path in (
+            ("GET", f"/invocations/{A}"),
+            ("POST", "/invocations/kill?service=Trip"),
+        ):
+            reply = await http.request(method, path, headers=rebound)
+            assert reply.status == 403, (method, path, reply.status)
+            assert "KOURIER_ALLOWED_HOSTS" in (await reply.json())["message"]
+        assert fake.seen == []
+        for host in (f"localhost:{http.port}", f"127.0.0.1:{http.port}", "kourier.lan",
+                     f"KOURIER.LAN:{http.port}", f"[::1]:{http.port}"):  # fmt: skip
+            reply = await http.get(f"/invocations/{A}", headers={"host": host})
+            assert reply.status == 200, host
+
+
 async def test_a_detail_shows_as_many_journal_entries_as_asked() -> None:
     api = AdminApi(cast(Client, FakeClient()), cast(InvocationIndex, FakeIndex()), token=None)
     async with TestClient(TestServer(api.app())) as http:

@@ -25,6 +25,12 @@ def test_settings_from_environment_and_flags() -> None:
     assert "hunter2" not in repr(settings.redacted())
 
 
+def test_allowed_hosts_are_read_comma_separated_and_lower_cased() -> None:
+    env = {"KOURIER_ALLOWED_HOSTS": "Kourier.LAN, admin.internal,"}
+    assert Settings.from_env(env).allowed_hosts == ("kourier.lan", "admin.internal")
+    assert Settings().allowed_hosts == ()
+
+
 def test_stall_after_is_read_as_a_duration() -> None:
     assert Settings().stall_after == timedelta(minutes=2)
     assert Settings.from_env({"KOURIER_STALL_AFTER": "90s"}).stall_after == timedelta(seconds=90)
