@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import socket
 from collections.abc import Collection
 from http import HTTPStatus
 from typing import Any
@@ -75,8 +76,11 @@ async def same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
-#: Names a browser on this machine gives a loopback address by, besides 127.x.x.x.
-_LOOPBACK_NAMES = frozenset({"localhost", "::1"})
+#: Names a client on this machine reaches a loopback address by, besides loopback IPs and
+#: ``*.localhost`` (RFC 6761): the unspecified address, which Kourier prints when bound to
+#: it, and the machine's own name (Debian points it at 127.0.1.1). A page on another site
+#: can be given none of them by its DNS.
+_LOOPBACK_NAMES = frozenset({"localhost", "0.0.0.0", "::", socket.gethostname().lower()})
 
 
 def local_names(allowed: Collection[str] = ()) -> Any:
@@ -85,16 +89,17 @@ def local_names(allowed: Collection[str] = ()) -> Any:
     (``KOURIER_ALLOWED_HOSTS``). A web page whose own name its DNS points at 127.0.0.1
     after the page loaded (DNS rebinding) is the same origin as this server to the browser,
     which sends it every request and reads every answer (:func:`same_origin` cannot tell);
-    only the name it asks for gives it away. Requests on other addresses are not looked at:
-    a server bound beyond loopback is reached by whatever names its network gives it."""
-    names = _LOOPBACK_NAMES | {name.lower() for name in allowed}
+    only the name it asks for gives it away. What counts is the address a connection came
+    in on, whatever the server is bound to: requests on other addresses are not looked at,
+    as a server reached beyond loopback answers to whatever names its network gives it."""
+    names = _LOOPBACK_NAMES | {_hostname(name) for name in allowed}
 
     @web.middleware
     async def check(request: web.Request, handler: Any) -> web.StreamResponse:
         local = request.transport.get_extra_info("sockname") if request.transport else None
         if local and _loopback(str(local[0])):
             name = _hostname(request.host)
-            if name not in names and not _loopback(name):
+            if name not in names and not name.endswith(".localhost") and not _loopback(name):
                 return error_response(
                     403,
                     f"this server is on a loopback address, and {request.host!r} is not a "
@@ -109,17 +114,22 @@ def local_names(allowed: Collection[str] = ()) -> Any:
 
 def _loopback(address: str) -> bool:
     try:
-        return ipaddress.ip_address(address).is_loopback
+        ip = ipaddress.ip_address(address)
     except ValueError:  # a name
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 def _hostname(host: str) -> str:
-    """``host`` (a ``Host`` header) without its port or an IPv6 address's brackets."""
+    """``host`` (a ``Host`` header, or a name allowed) without its port, an IPv6 address's
+    brackets or a final dot."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.rpartition(":")[0]
+    return host.rstrip(".")
 
 
 def bearer(token: str | None) -> Any:

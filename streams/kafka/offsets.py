@@ -349,20 +349,16 @@ def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Messag
     return [first, *consumer.consume(limit - 1, 0)]
 
 
-def records_of(batch: list[Message]) -> tuple[list[Message], KafkaError | None]:
-    """The records of ``batch``, its errors other than a partition's end logged, and the
-    first refusal by an ACL (``REFUSED``) among them, if any."""
-    records, refused = [], None
+def records_of(batch: list[Message]) -> tuple[list[Message], list[KafkaError]]:
+    """The records of ``batch``, and its errors other than a partition's end."""
+    records, errors = [], []
     for message in batch:
         error = message.error()
         if error is None:
             records.append(message)
-        elif error.code() in REFUSED:
-            refused = refused or error
-            log.warning("consumer: %s", error)
         elif error.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer: %s", error)
-    return records, refused
+            errors.append(error)
+    return records, errors
 
 
 def worker_consumer(settings: Settings, group: str, fetch_wait_ms: int = FETCH_WAIT_MS) -> Consumer:

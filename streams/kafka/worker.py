@@ -354,10 +354,12 @@ class Worker:
     def _checked(self, batch: list[Message]) -> list[Message]:
         """The records of ``batch`` (:func:`records_of`); an ACL's refusal before the first
         rebalance ends the worker: no partition would ever come (Kafka thread)."""
-        records, refused = records_of(batch)
-        if refused is not None and not self._rebalances:  # later, it may pass
-            raise WorkerError(f"Kafka refused this worker: {refused.str()} (README, "
-                              "Security: the ACLs `kourier acls` lists)")  # fmt: skip
+        records, errors = records_of(batch)
+        for error in errors:
+            if error.code() in REFUSED and not self._rebalances:  # later, it may pass
+                raise WorkerError(f"Kafka refused this worker: {error.str()} (README, "
+                                  "Security: the ACLs `kourier acls` lists)")  # fmt: skip
+            log.warning("consumer: %s", error)
         return records
 
     # -- commits ------------------------------------------------------------------------
@@ -509,13 +511,13 @@ class Worker:
                 if self._stopping:
                     log.info("stopping: %s not taken over (%s)", by_topic(partitions), exc)
                     return []
+                if isinstance(exc, SpillFailed):
+                    self._count_spill_failure(exc)
                 now = self._consumer.memberid()
                 if not now or now != member:
                     log.warning("not taking over %s: out of group %s since (%s)",
                                 by_topic(partitions), self._group, exc)  # fmt: skip
                     return []
-                if isinstance(exc, SpillFailed):
-                    self._count_spill_failure(exc)
                 log.warning("taking over %s failed (%s); trying again", by_topic(partitions), exc)
                 time.sleep(1.0)
 

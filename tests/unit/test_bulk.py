@@ -225,7 +225,8 @@ async def test_a_name_pointed_at_loopback_is_refused_unless_allowed() -> None:
     everything on it (Sec-Fetch-Site says same-origin). The Host it sends is its own name."""
     fake, index = FakeClient(), FakeIndex()
     index.up = True
-    api = AdminApi(cast(Client, fake), cast(InvocationIndex, index), None, ("kourier.lan",))
+    allowed = ("kourier.lan", "proxy.lan:8443")
+    api = AdminApi(cast(Client, fake), cast(InvocationIndex, index), None, allowed)
     async with TestClient(TestServer(api.app(), host="127.0.0.1")) as http:
         rebound = {"host": f"shop.example:{http.port}", "sec-fetch-site": "same-origin"}
         for method, path in (
@@ -237,7 +238,9 @@ async def test_a_name_pointed_at_loopback_is_refused_unless_allowed() -> None:
             assert "KOURIER_ALLOWED_HOSTS" in (await reply.json())["message"]
         assert fake.seen == []
         for host in (f"localhost:{http.port}", f"127.0.0.1:{http.port}", "kourier.lan",
-                     f"KOURIER.LAN:{http.port}", f"[::1]:{http.port}"):  # fmt: skip
+                     f"KOURIER.LAN:{http.port}", f"[::1]:{http.port}", "kourier.lan.",
+                     f"0.0.0.0:{http.port}", "ui.localhost", "proxy.lan:8443",
+                     "[::ffff:127.0.0.1]", f"127.0.1.1:{http.port}"):  # fmt: skip
             reply = await http.get(f"/invocations/{A}", headers={"host": host})
             assert reply.status == 200, host
 
