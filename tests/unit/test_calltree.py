@@ -3,6 +3,7 @@ the admin index building it from changelog records, sends included."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -419,4 +420,25 @@ def test_a_cold_meta_nested_deeper_than_pydantic_parses_is_listed() -> None:
     described = index.describe(done.id)
     assert described is not None
     assert described["argument"] == deep
+    index.close()
+
+
+def test_the_index_follows_on_after_an_error_of_its_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any error of a round (Kafka's, or a defect of ours) is logged, and the next round
+    follows the changelogs on: raised, it ended the thread, and the views stood still."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    rounds: list[str] = []
+
+    def follow_once() -> None:
+        rounds.append("round")
+        if len(rounds) == 1:
+            raise RuntimeError("a defect")
+        index._running = False
+
+    slept: list[float] = []
+    monkeypatch.setattr(index, "_follow_once", follow_once)
+    monkeypatch.setattr(index_module, "time", SimpleNamespace(sleep=slept.append))
+    index._running, index._ends = True, {}
+    index._follow()
+    assert (len(rounds), slept) == (2, [1.0])
     index.close()

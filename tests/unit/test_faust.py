@@ -166,6 +166,43 @@ async def test_outcomes_reach_an_agent_across_a_rebalance(kourier: Kourier) -> N
     assert received == ["r1", "r2", "r3"], "an outcome was dropped by the rebalance"
 
 
+async def test_an_outcome_waits_out_a_suspension_that_follows_a_resume(kourier: Kourier) -> None:
+    """Resumed, then suspended again before the waiting stream ran: it must not take an
+    outcome while suspended (the stream would skip it), and takes it at the next resume."""
+    flow = kourier.app.flow_control
+    queue = integration._OutcomeQueue(kourier.app, maxsize=10)
+    queue.put_nowait("outcome")
+    flow.suspend()
+    getting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    flow.resume()
+    flow.suspend()  # before the getter ran
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not getting.done(), "taken while the streams were suspended"
+    flow.resume()
+    async with asyncio.timeout(5):
+        assert await getting == "outcome"
+
+
+async def test_an_outcome_a_cancelled_getter_was_woken_for_goes_to_the_next(
+    kourier: Kourier,
+) -> None:
+    """Two streams wait; a put wakes the first, which is cancelled before it runs: the
+    outcome stays for the second, which is woken in its place."""
+    kourier.app.flow_control.resume()
+    queue = integration._OutcomeQueue(kourier.app, maxsize=10)
+    first = asyncio.ensure_future(queue.get())
+    second = asyncio.ensure_future(queue.get())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    queue.put_nowait("outcome")
+    first.cancel()
+    async with asyncio.timeout(5):
+        assert await second == "outcome"
+    assert first.cancelled()
+
+
 async def test_request_within_bounds_the_produce_too(
     kourier: Kourier, monkeypatch: pytest.MonkeyPatch
 ) -> None:

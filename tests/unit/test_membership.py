@@ -1,5 +1,6 @@
 """The worker's warning while its consumer is out of its group (streams/kafka/membership.py),
-and a take-over that stops trying once the worker is out of it (``Worker._take_over``)."""
+and how a take-over tries again (``Worker._take_over``): not once the worker is out of the
+group, and when a partition's committed offset comes back with an error."""
 
 from __future__ import annotations
 
@@ -109,3 +110,40 @@ def test_a_take_over_goes_on_while_the_worker_stays_a_member(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert taking_over(worker, monkeypatch, out_after=None) == 10
+
+
+class Answer:
+    """A committed offset as ``Consumer.committed`` gives it, with a per-partition error."""
+
+    def __init__(self, offset: int, error: KafkaError | None = None) -> None:
+        self.topic, self.partition, self.offset, self.error = TOPICS.ingress, 0, offset, error
+
+
+def test_a_committed_offset_that_comes_back_with_an_error_is_asked_again(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its offset reads -1001, "none committed": taken over with it, the partition would be
+    read again from its start, over the state restored from its changelogs."""
+    consumer = Consumer()
+    consumer.member = "rdkafka-1"
+    failed = KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS, "loading")
+    answers = [[Answer(-1001, failed)], [Answer(42)]]
+
+    class Reader:
+        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Answer]:
+            return answers.pop(0)
+
+    went_on: list[list[int]] = []
+
+    def delay_ends(admin: object, topics: object, committed: list[Answer], *args: object) -> None:
+        went_on.append([tp.offset for tp in committed])
+        worker.stop()  # and end here: the rest of a take-over needs Kafka
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "delay ends"))
+
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker._offset_reader = Reader()  # type: ignore[assignment]
+    worker._admin = None  # type: ignore[assignment]  # delay_ends is a stand-in
+    monkeypatch.setattr(worker_module, "delay_ends", delay_ends)
+    monkeypatch.setattr(worker_module, "time", SimpleNamespace(sleep=lambda seconds: None))
+    assert worker._take_over([TopicPartition(TOPICS.ingress, 0)]) == []
+    assert went_on == [[42]], "an offset answered with an error was taken"
