@@ -130,6 +130,32 @@ async def test_a_page_left_while_it_loads_stays_left(page: Page, admin_url: str)
     await expect(page.get_by_role("heading", name="Deadlocks")).to_have_count(0)
 
 
+async def test_one_refresh_at_a_time_and_a_request_that_never_ends_is_given_up(
+    page: Page, admin_url: str
+) -> None:
+    """A list request the server never answers (the first of the refreshes every second,
+    after the page's own two): no refresh starts while it is out (a slow server must not
+    have them pile up, one a second), and after 10 s the page gives it up and asks again,
+    rather than standing still for good."""
+    lists: list[float] = []
+    loop = asyncio.get_running_loop()
+    asked_again = asyncio.Event()
+
+    async def second_never(route: Route) -> None:
+        lists.append(loop.time())
+        if len(lists) == 3:
+            return  # held, never answered
+        if len(lists) > 3:
+            asked_again.set()
+        await route.continue_()
+
+    await page.route(lambda url: "/invocations?" in url, second_never)  # the list's
+    await page.goto(f"{admin_url}/ui")
+    await asyncio.wait_for(asked_again.wait(), 30)
+    waited = lists[3] - lists[2]
+    assert 9.0 <= waited <= 20.0, f"asked again {waited:.1f}s after the unanswered request"
+
+
 async def test_a_token_prompt_cancelled_is_not_asked_again(
     page: Page, topics: Settings, worker: Worker
 ) -> None:
