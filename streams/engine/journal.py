@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import ConfigDict, JsonValue, SkipValidation, TypeAdapter, ValidationError
 
@@ -131,11 +131,8 @@ class Entry:
         try:
             return _ENTRY.validate_json(value)
         except ValidationError as error:
-            first = error.errors()[0]
-            if first["type"] != "json_invalid" or "recursion limit" not in first["msg"]:
-                raise
+            entry = _parsed_deep(_ENTRY, value, error)
             try:
-                entry = _ENTRY.validate_python(json.loads(value))
                 entry.to_json()
             except (ValueError, RecursionError):
                 raise error from None
@@ -190,13 +187,7 @@ class InvocationMeta:
         try:
             return _META.validate_json(value)
         except ValidationError as error:
-            first = error.errors()[0]
-            if first["type"] != "json_invalid" or "recursion limit" not in first["msg"]:
-                raise
-            try:
-                return _META.validate_python(json.loads(value))
-            except (ValueError, RecursionError):
-                raise error from None
+            return _parsed_deep(_META, value, error)
 
     @staticmethod
     def from_data(data: Any) -> InvocationMeta:
@@ -206,6 +197,20 @@ class InvocationMeta:
 
 _ENTRY = TypeAdapter(Entry)
 _META = TypeAdapter(InvocationMeta)
+_T = TypeVar("_T")
+
+
+def _parsed_deep(adapter: TypeAdapter[_T], value: bytes | str, error: ValidationError) -> _T:
+    """``value``, which ``adapter`` refused with ``error``, parsed by the standard library
+    when pydantic's parser stopped at its nesting limit (200 levels: its serializer writes
+    up to 255); ``error`` otherwise."""
+    first = error.errors()[0]
+    if first["type"] != "json_invalid" or "recursion limit" not in first["msg"]:
+        raise error
+    try:
+        return adapter.validate_python(json.loads(value))
+    except (ValueError, RecursionError):
+        raise error from None
 
 
 log = logging.getLogger("kourier.journal")
