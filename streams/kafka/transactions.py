@@ -69,9 +69,19 @@ def transactional_producer(settings: Settings, transactional_id: str) -> Produce
 class Transactions:
     """Commits snapshots on producers taken in turn, replacing one when it fails for good."""
 
-    def __init__(self, new_producer: Callable[[int], Producer], producers: int = PRODUCERS) -> None:
+    def __init__(
+        self,
+        new_producer: Callable[[int], Producer],
+        producers: int = PRODUCERS,
+        *,
+        stopping: Callable[[], bool] = lambda: True,
+        refused: Collection[int] = (),
+    ) -> None:
+        """Make a producer for each turn. One that Kafka does not answer in time (a broker
+        restarting as the worker starts) is made again after a doubling pause, until it is
+        or ``stopping()``; a refusal whose code is in ``refused`` (an ACL's) is raised."""
         self._new_producer = new_producer  # the producer for one turn, by its number
-        self.producers = [new_producer(turn) for turn in range(producers)]
+        self.producers = [self._first(turn, stopping, refused) for turn in range(producers)]
         self._turn = 0  # whose transaction runs next, or runs now
         #: Seconds spent in each step of the committed transactions, summed (statistics).
         self.phases = {"records": 0.0, "offsets": 0.0, "commit": 0.0}
@@ -83,6 +93,18 @@ class Transactions:
         # with the same transactional id, so a turn must keep the one made last: a failed
         # commit's replacement (committer thread) and a settle (Kafka thread) take turns.
         self._making = threading.Lock()
+
+    def _first(self, turn: int, stopping: Callable[[], bool], refused: Collection[int]) -> Producer:
+        pause = SETTLE_PAUSE
+        while True:
+            try:
+                return self._new_producer(turn)
+            except KafkaException as exc:
+                if stopping() or exc.args[0].code() in refused or exc.args[0].fatal():
+                    raise
+                log.warning("producer %d not ready yet (%s); trying again", turn, exc.args[0])
+            time.sleep(pause)
+            pause = min(2 * pause, SETTLE_PAUSE_MAX)
 
     @property
     def producer(self) -> Producer:

@@ -60,12 +60,10 @@ from streams.wire.topics import Topics
 log = logging.getLogger("kourier.worker")
 _TIMEOUT = 30.0
 #: A transaction running longer than this is stuck: librdkafka's send_offsets_to_transaction
-#: can block past its timeout when the group coordinator went away during the call
-#: (confluentinc/librdkafka#5456). The worker then fences that producer with a new one.
-#: Fencing is safe at any time: the new producer's ``init_transactions`` completes a
-#: transaction that reached its commit and aborts one that had not, before the partitions
-#: are restored. 20 s bounds the pause; it is shorter than ``_TIMEOUT``, so a commit call
-#: that hangs inside librdkafka is cut short by the fence rather than waited out.
+#: can block past its timeout when the group coordinator went away (confluentinc/librdkafka
+#: #5456). The worker fences that producer with a new one, which is safe at any time: its
+#: ``init_transactions`` completes a transaction that reached its commit and aborts one that
+#: had not, before the restore. Shorter than ``_TIMEOUT``: a hung call is cut short by it.
 _STUCK = 20.0
 #: Reads ahead in one step at most (``streams.kafka.ends``): the records read start handlers
 #: whose calls may find their partitions short in turn; the last run keeps nothing.
@@ -124,6 +122,9 @@ class Worker:
     def _new_consumer(self, group: str | None = None, wait_ms: int = FETCH_WAIT_MS) -> Consumer:
         return worker_consumer(self.settings, group or self._group, wait_ms)
 
+    def _new_transactions(self) -> Transactions:
+        return Transactions(self._new_producer, stopping=self._stopped, refused=REFUSED)
+
     def _publish_manifest(self) -> None:
         """Announce the services this worker hosts (the catalog clients read): its first
         transaction, tried again while Kafka does not take it (:meth:`Transactions.announce`);
@@ -159,7 +160,7 @@ class Worker:
         self.partitions = await in_thread(
             lambda: ingress_partitions(self.settings, self.topics), self.stop
         )
-        self._transactions = await in_thread(lambda: Transactions(self._new_producer), self.stop)
+        self._transactions = await in_thread(self._new_transactions, self.stop)
         await in_thread(self._publish_manifest, self.stop)
         # Restores read to a partition's end and stop: short fetch waits end them sooner.
         self._restorer = self._new_consumer(f"{self.settings.namespace}.restore", 5)

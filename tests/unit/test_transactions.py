@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from streams.engine.outbox import Out
 from streams.kafka import transactions
 from streams.kafka.committer import Snapshot
+from streams.kafka.offsets import REFUSED
 from streams.kafka.transactions import Transactions
 
 
@@ -371,6 +372,37 @@ def test_an_announcement_refused_by_acl_or_failing_as_the_worker_stops_is_raised
     with pytest.raises(KafkaException):
         tx.announce(SNAPSHOT.out, lambda: stopping, {KafkaError.TOPIC_AUTHORIZATION_FAILED})
     assert fresh == [], "no new producer: nothing was tried again"
+
+
+def test_producers_kafka_does_not_answer_at_start_are_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker restarting as a worker starts: ``init_transactions`` gives up after 30 s,
+    which ended the worker. It is tried again, after a doubling pause; an ACL's refusal, a
+    fatal error, or the worker stopping meanwhile, is raised."""
+    pauses: list[float] = []
+    monkeypatch.setattr(transactions.time, "sleep", pauses.append)
+    answers: list[KafkaError | None] = [KafkaError(KafkaError._TIMED_OUT)] * 3 + [None, None]
+
+    def new_producer(turn: int) -> Any:
+        error = answers.pop(0)
+        if error is not None:
+            raise KafkaException(error)
+        return StandIn({})
+
+    tx = Transactions(new_producer, stopping=lambda: False, refused=REFUSED)
+    assert len(tx.producers) == 2
+    assert pauses == [0.05, 0.1, 0.2]
+    running, stopped = (lambda: False), (lambda: True)
+    for error, stopping in (
+        (KafkaError(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED), running),
+        (KafkaError(KafkaError._FENCED, fatal=True), running),
+        (KafkaError(KafkaError._TIMED_OUT), stopped),
+    ):
+        answers[:] = [error]
+        with pytest.raises(KafkaException):
+            Transactions(new_producer, stopping=stopping, refused=REFUSED)
+        assert answers == [], "asked again"
 
 
 def test_a_worker_announces_its_services_on_partition_0_of_the_services_topic() -> None:
