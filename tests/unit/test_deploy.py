@@ -504,12 +504,14 @@ def test_k8s_worker_ports_probe_and_grace_period() -> None:
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
 
 
-def test_k8s_worker_has_a_writable_temporary_directory_for_its_spill() -> None:
+@pytest.mark.parametrize("name", ["kourier-worker", "kourier-ingress"])
+def test_k8s_pods_have_a_writable_temporary_directory_for_their_spills(name: str) -> None:
     """The root filesystem is read-only, and each partition's spill (streams/engine/spill.py)
-    writes an unlinked SQLite file to the first writable of SQLITE_TMPDIR, TMPDIR, /var/tmp,
-    /usr/tmp, /tmp: the manifest names the directory, and mounts a volume on disk there."""
-    deployment = _k8s_object("Deployment", "kourier-worker")
-    container = _container("kourier-worker")
+    and the admin index's (streams/http/index_spill.py) write an unlinked SQLite file to the
+    first writable of SQLITE_TMPDIR, TMPDIR, /var/tmp, /usr/tmp, /tmp (both commands check
+    at start): the manifest names the directory, and mounts a volume on disk there."""
+    deployment = _k8s_object("Deployment", name)
+    container = _container(name)
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = {item["name"]: item.get("value") for item in container.get("env", [])}
     tmpdir = env.get("SQLITE_TMPDIR") or env.get("TMPDIR")
