@@ -144,7 +144,7 @@ def probe() -> None:
         spill.commit()
     except SpillFailed as error:
         raise SpillUnavailable(
-            f"cannot write a temporary file for the partitions' spills ({error.__cause__}): "
+            f"cannot write a temporary file for the spills ({error.__cause__}): "
             "make TMPDIR (or SQLITE_TMPDIR) a writable directory on disk (README, Limits)"
         ) from None
     finally:
@@ -154,8 +154,8 @@ def probe() -> None:
     if store >= 2:
         log.warning(
             "this Python's SQLite keeps temporary databases in memory (built with "
-            "SQLITE_TEMP_STORE=%d): the partitions' spills hold their cold invocations and "
-            "idempotency keys in memory, not on disk (README, Limits)",
+            "SQLITE_TEMP_STORE=%d): the spills (a worker's partitions', the admin index's) "
+            "hold what they keep in memory, not on disk (README, Limits)",
             store,
         )
 

@@ -250,7 +250,7 @@ def test_a_worker_with_no_writable_temporary_directory_stops_at_its_start() -> N
     done = subprocess.run(in_read_only(*command), capture_output=True, text=True, env=env,
                           timeout=60)  # fmt: skip
     assert done.returncode == 2, done.stderr
-    assert "kourier: error: cannot write a temporary file for the partitions' spills" in (
+    assert "kourier: error: cannot write a temporary file for the spills" in (done.stderr), (
         done.stderr
-    ), done.stderr
+    )
     assert "TMPDIR" in done.stderr
