@@ -250,7 +250,6 @@ def test_a_worker_with_no_writable_temporary_directory_stops_at_its_start() -> N
     done = subprocess.run(in_read_only(*command), capture_output=True, text=True, env=env,
                           timeout=60)  # fmt: skip
     assert done.returncode == 2, done.stderr
-    assert "kourier: error: cannot write a temporary file for the spills" in (done.stderr), (
-        done.stderr
-    )
+    said = done.stderr
+    assert "kourier: error: cannot write a temporary file for the spills" in said, said
     assert "TMPDIR" in done.stderr
