@@ -241,11 +241,16 @@ def _read_only_namespaces() -> bool:
     reason="needs `unshare -m` and bind mounts (root or user namespaces) to make the "
     "temporary directories read-only",
 )
-def test_a_worker_with_no_writable_temporary_directory_stops_at_its_start() -> None:
+@pytest.mark.parametrize("process", [["worker", "examples.quickstart"], ["ingress"]])
+def test_a_process_with_no_writable_temporary_directory_stops_at_its_start(
+    process: list[str],
+) -> None:
+    """A worker's partitions spill, and so does an ingress's admin index: both find out at
+    their start, not once a spill outgrows its cache."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("SQLITE_TMPDIR", None)
     env.pop("TMPDIR", None)
-    command = [sys.executable, "-m", "streams.cli", "worker", "examples.quickstart",
+    command = [sys.executable, "-m", "streams.cli", *process,
                "--bootstrap-servers", "127.0.0.1:9"]  # fmt: skip
     done = subprocess.run(in_read_only(*command), capture_output=True, text=True, env=env,
                           timeout=60)  # fmt: skip
