@@ -343,13 +343,13 @@ class InvocationLog:
 
     def journal(self, invocation_id: str) -> list[Entry]:
         """The entries of an invocation's journal that the changelog holds, in order."""
-        return [entry for _, entry in self.numbered(invocation_id)]
+        return [entry for _, entry in self.numbered(self.metas[invocation_id])]
 
-    def numbered(self, invocation_id: str) -> list[tuple[int, Entry]]:
-        """Those entries with their indexes, which an entry missing would shift in the list
-        :meth:`journal` gives (one unreadable, one not kept)."""
-        meta = self.metas[invocation_id]
-        entries = self.entries.get(invocation_id, {})
+    def numbered(self, meta: InvocationMeta) -> list[tuple[int, Entry]]:
+        """The entries held of ``meta``'s journal (its meta held here or elsewhere, as the
+        admin index holds cold ones) with their indexes, which an entry missing would shift
+        in the list :meth:`journal` gives (one unreadable, one not kept)."""
+        entries = self.entries.get(meta.id, {})
         return [(i, entries[i]) for i in range(meta.journal_length) if i in entries]
 
 

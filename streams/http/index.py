@@ -32,6 +32,7 @@ from streams.engine.spill import SpillFailed
 from streams.http.calltree import CallLinks, call_tree, iso, parent_of
 from streams.http.index_spill import IndexSpill
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, listed_topics, watermarks
+from streams.kafka.setbacks import pause_unless
 from streams.settings import Settings
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.topics import Topics
@@ -250,18 +251,13 @@ class InvocationIndex:
                     pause = REBUILD_PAUSE  # caught up since the last rebuild
             except SpillFailed as failure:  # a full disk: what it holds may be part-written
                 log.error("%s; the admin index reads the changelogs again in %gs", failure, pause)
-                self._pause(pause)
+                pause_unless(lambda: not self._running, pause)
                 pause = min(2 * pause, REBUILD_PAUSE_MAX)
                 if self._running:
                     self._rebuild()
             except Exception:  # Kafka's, or ours: logged, and the views go on being followed
                 log.exception("the admin index could not read the changelogs; trying again")
                 time.sleep(1.0)
-
-    def _pause(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while self._running and time.monotonic() < deadline:
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _rebuild(self) -> None:
         """Forget what was read and read both changelogs again from their start, into a new
@@ -421,7 +417,7 @@ class InvocationIndex:
             meta = self.metas.get(invocation_id)
             if meta is None:
                 return None
-            journal = self._numbered(meta)
+            journal = self.log.numbered(meta)
             omitted = max(0, len(journal) - journal_limit)
             row = detail(meta, journal, self.settings.header_denylist, self.links, omitted)
             row["tree"] = call_tree(invocation_id, self.metas, self._journal, self.links)
@@ -455,13 +451,7 @@ class InvocationIndex:
 
     def _journal(self, invocation_id: str) -> list[tuple[int, Entry]]:
         meta = self.metas.get(invocation_id)
-        return [] if meta is None else self._numbered(meta)
-
-    def _numbered(self, meta: InvocationMeta) -> list[tuple[int, Entry]]:
-        """The journal entries the index holds of ``meta``'s invocation, with their
-        indexes (``InvocationLog.numbered``, for a meta in memory or on disk)."""
-        entries = self.log.entries.get(meta.id, {})
-        return [(i, entries[i]) for i in range(meta.journal_length) if i in entries]
+        return [] if meta is None else self.log.numbered(meta)
 
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/engine/deadlocks.py``).

@@ -86,7 +86,7 @@ class IndexSpill:
         return str(rows[0][0]) if rows else None
 
     def __contains__(self, inv_id: str) -> bool:
-        return self._any and bool(self._db.query("SELECT 1 FROM metas WHERE id = ?", (inv_id,)))
+        return self.status(inv_id) is not None
 
     def newest(
         self,

@@ -395,7 +395,7 @@ def test_a_failed_spill_makes_the_index_read_the_changelogs_again(
     monkeypatch.setattr(index, "_follow_once", follow_once)
     monkeypatch.setattr(index, "_assign", lambda: assigned.append(len(index.cold)))
     paused: list[float] = []
-    monkeypatch.setattr(index, "_pause", paused.append)
+    monkeypatch.setattr(index_module, "pause_unless", lambda _, seconds: paused.append(seconds))
     index._running, index._ends = True, {}  # as once started, and caught up
     index._follow()
     assert assigned == [0], "not read again, into an empty spill"
