@@ -38,6 +38,14 @@ def outcome(entry: Entry) -> Any:
     return own_copy(entry.value)
 
 
+def lock_key(meta: InvocationMeta) -> ObjectKey | None:
+    """The object key an invocation holds while it runs, or waits for in line: its
+    object's, when its handler is exclusive; None otherwise."""
+    if meta.exclusive and meta.target.key is not None:
+        return ObjectKey(meta.target.service, meta.target.key)
+    return None
+
+
 class Partition(Protocol):
     """What an invocation asks of the partition that runs it (``PartitionProcessor``)."""
 
@@ -133,9 +141,7 @@ class Invocation:
         self.actions: set[asyncio.Future[None]] = set()
         #: The object key this invocation holds exclusively while it runs (its target and
         #: whether it is exclusive never change).
-        self.lock_key: ObjectKey | None = None
-        if meta.exclusive and meta.target.key is not None:
-            self.lock_key = ObjectKey(meta.target.service, meta.target.key)
+        self.lock_key = lock_key(meta)
 
     @property
     def handler(self) -> HandlerDef:

@@ -9,6 +9,7 @@ in Kafka transactions; unit tests drive it directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from pydantic import JsonValue
 from streams.engine import routing
 from streams.engine.attempts import Attempts
 from streams.engine.control import Controls
-from streams.engine.invocation import Invocation
+from streams.engine.invocation import Invocation, lock_key
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import (
     EntryKind,
@@ -144,13 +145,12 @@ class PartitionProcessor:
     def _lines_up(self, meta: InvocationMeta) -> ObjectKey | None:
         """The key a restored pending invocation waits for when the partition starts: it
         is exclusive on an object hosted here, and due (:meth:`start`); else None."""
-        if not meta.exclusive or meta.target.key is None or self.starts.due_in(meta) > 0:
-            return None
-        try:
-            self.registry.resolve(meta.target)
-        except LookupError:
-            return None
-        return ObjectKey(meta.target.service, meta.target.key)
+        lock = lock_key(meta)
+        if lock is not None and self.starts.due_in(meta) <= 0:
+            with contextlib.suppress(LookupError):  # raised: not hosted here
+                self.registry.resolve(meta.target)
+                return lock
+        return None
 
     def start(self) -> None:
         """After restore: rebuild locks and queues, resume what was in flight. (Retained
