@@ -19,6 +19,7 @@ the offsets committed last: it keeps the commit written later to ``__consumer_of
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -95,16 +96,10 @@ class Transactions:
         self._making = threading.Lock()
 
     def _first(self, turn: int, stopping: Callable[[], bool], refused: Collection[int]) -> Producer:
-        pause = SETTLE_PAUSE
-        while True:
-            try:
-                return self._new_producer(turn)
-            except KafkaException as exc:
-                if stopping() or exc.args[0].code() in refused or exc.args[0].fatal():
-                    raise
-                log.warning("producer %d not ready yet (%s); trying again", turn, exc.args[0])
-            time.sleep(pause)
-            pause = min(2 * pause, SETTLE_PAUSE_MAX)
+        def gives_up(error: KafkaError) -> bool:
+            return error.code() in refused or bool(error.fatal())
+
+        return _until_made(functools.partial(self._new_producer, turn), stopping, gives_up)
 
     @property
     def producer(self) -> Producer:
@@ -127,19 +122,9 @@ class Transactions:
         on the changelogs, so without this a restore could read the offsets committed after
         a transaction and the state from before it."""
         for turn in range(len(self.producers)):
-            pause = SETTLE_PAUSE  # a refusal that comes at once (an ACL) is not a busy loop
-            while True:
-                try:
-                    self._make(turn, stopping)
-                    break
-                except KafkaException as exc:
-                    if stopping():
-                        raise
-                    log.warning("new producer not ready yet: %s", exc)
-                    time.sleep(pause)
-                    pause = min(2 * pause, SETTLE_PAUSE_MAX)
+            _until_made(functools.partial(self._make, turn, stopping), stopping)
 
-    def _make(self, turn: int, stopping: Callable[[], bool]) -> None:
+    def _make(self, turn: int, stopping: Callable[[], bool]) -> Producer:
         """A new producer for ``turn`` once no other is being made (:meth:`_replace` may be,
         on the committer thread); a worker that stops meanwhile gives up waiting."""
         began: float | None = time.monotonic()
@@ -152,9 +137,10 @@ class Transactions:
                 log.warning("waited %.0fs for a producer being made; waiting on", TIMEOUT)
                 began = None  # said once
         try:
-            self.producers[turn] = self._new_producer(turn)
+            self.producers[turn] = made = self._new_producer(turn)
         finally:
             self._making.release()
+        return made
 
     def announce(
         self, out: list[Out], stopping: Callable[[], bool], refused: Collection[int] = ()
@@ -294,6 +280,26 @@ class Transactions:
             log.warning("abort failed (%s); a new producer takes over", exc.args[0])
             return False
         return True
+
+
+def _until_made(
+    make: Callable[[], Producer],
+    stopping: Callable[[], bool],
+    gives_up: Callable[[KafkaError], bool] = lambda error: False,
+) -> Producer:
+    """``make()``'s producer, made again after a doubling pause while Kafka does not take it
+    (a refusal that comes at once, as an ACL's, is then not a busy loop); its failure is
+    raised once ``stopping()``, or when ``gives_up`` on its error."""
+    pause = SETTLE_PAUSE
+    while True:
+        try:
+            return make()
+        except KafkaException as exc:
+            if stopping() or gives_up(exc.args[0]):
+                raise
+            log.warning("new producer not ready yet: %s", exc)
+        time.sleep(pause)
+        pause = min(2 * pause, SETTLE_PAUSE_MAX)
 
 
 def in_doubt(error: KafkaError) -> bool:
