@@ -39,9 +39,10 @@ from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.ingress")
 
-#: Completed invocations whose journals the index keeps, the latest completed: older ones
-#: keep their meta (status, argument, outcome) and links, not their entries, which the
-#: changelog holds until the outcome's retention ends (a day of idempotent calls by default).
+#: Completed invocations whose journals the index keeps (on disk, ``IndexSpill``), the latest
+#: completed: older ones keep their meta (status, argument, outcome) and links, not their
+#: entries, which the changelog holds until the outcome's retention ends (a day of
+#: idempotent calls by default).
 KEPT_JOURNALS = 10_000
 #: Seconds before the index reads the changelogs again after its spill failed, doubling
 #: while it keeps failing (a disk that stays full), up to the max.
@@ -314,19 +315,28 @@ class InvocationIndex:
         if applied.index is None and value is None:  # the invocation is gone
             self.cold.discard(inv_id)
             self.links.forget(inv_id)
-            self._kept.pop(inv_id, None)
+            if self._kept.pop(inv_id, None) is not None:
+                self.cold.drop_journal(inv_id)
             return
         if applied.index is not None:
             if applied.entry is not None:
                 self.links.record(inv_id, applied.index, applied.entry)
             live = self.log.metas.get(inv_id)
             status = live.status if live is not None else self.cold.status(inv_id)
-            if status == "completed" and inv_id not in self._kept:
-                self.log.entries.pop(inv_id, None)  # of one completed earlier (compaction)
+            if status == "completed":  # read after its meta (compaction): on disk, if kept
+                self.log.entries.pop(inv_id, None)
+                if inv_id not in self._kept:
+                    return
+                if value is None:
+                    self.cold.drop_entry(inv_id, applied.index)
+                else:
+                    self.cold.put_entries(inv_id, [(applied.index, value)])
             return
         meta = self.log.metas.get(inv_id)
         if meta is None:
             return  # unreadable: what was read of it before stands
+        if meta.status != "completed" and self._kept.pop(inv_id, None) is not None:
+            self.cold.drop_journal(inv_id)  # its id made again: a journal of its own
         if meta.status not in COLD:
             self.cold.discard(inv_id)  # in flight again (a scheduled one started)
             return
@@ -335,19 +345,22 @@ class InvocationIndex:
         del self.log.metas[inv_id]
         self.log.repaired.discard(inv_id)
         if meta.status == "completed":  # its journal kept while among the latest completed
+            entries = self.log.entries.pop(inv_id, {})
             self._keep(inv_id, meta.modified_at)
+            if inv_id in self._kept:
+                self.cold.put_entries(inv_id, ((i, e.to_json()) for i, e in entries.items()))
 
     def _keep(self, inv_id: str, completed_at: float) -> None:
-        """Keep the journal of ``inv_id``, completed at ``completed_at``, if it is among the
-        ``KEPT_JOURNALS`` latest completed (the partitions are read in no order of time);
-        drop the journal of the earliest otherwise."""
+        """Keep the journal of ``inv_id``, completed at ``completed_at`` and held on disk,
+        if it is among the ``KEPT_JOURNALS`` latest completed (the partitions are read in no
+        order of time); drop the journal of the earliest otherwise."""
         self._kept[inv_id] = completed_at
         heapq.heappush(self._completions, (completed_at, inv_id))
         while len(self._kept) > KEPT_JOURNALS:
             at, earliest = heapq.heappop(self._completions)
             if self._kept.get(earliest) == at:
                 del self._kept[earliest]
-                self.log.entries.pop(earliest, None)
+                self.cold.drop_journal(earliest)
         if len(self._completions) > 2 * len(self._kept) + 1024:  # mostly ids let go since
             self._completions = [(at, i) for i, at in self._kept.items()]
             heapq.heapify(self._completions)
@@ -417,7 +430,7 @@ class InvocationIndex:
             meta = self.metas.get(invocation_id)
             if meta is None:
                 return None
-            journal = self.log.numbered(meta)
+            journal = self._numbered(meta)
             omitted = max(0, len(journal) - journal_limit)
             row = detail(meta, journal, self.settings.header_denylist, self.links, omitted)
             row["tree"] = call_tree(invocation_id, self.metas, self._journal, self.links)
@@ -451,7 +464,14 @@ class InvocationIndex:
 
     def _journal(self, invocation_id: str) -> list[tuple[int, Entry]]:
         meta = self.metas.get(invocation_id)
-        return [] if meta is None else self.log.numbered(meta)
+        return [] if meta is None else self._numbered(meta)
+
+    def _numbered(self, meta: InvocationMeta) -> list[tuple[int, Entry]]:
+        """The entries held of ``meta``'s journal, with their indexes: in memory while it is
+        in flight, on disk once it completed (if kept)."""
+        if meta.id in self._kept:
+            return self.cold.journal(meta.id, meta.journal_length)
+        return self.log.numbered(meta)
 
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/engine/deadlocks.py``).

@@ -1,5 +1,5 @@
 """The admin index's cold part, on disk: the metas of completed and scheduled invocations,
-and every object's state.
+the journals kept of the latest completed, and every object's state.
 
 What the index follows is what the workers hold: a day of retained outcomes (the default
 retention of idempotent calls and workflow runs), delayed sends not yet due, the state of
@@ -7,8 +7,8 @@ every object. Held as objects, they grew the ingress process with its traffic, a
 2.4 KB a retained call. They live here instead, as the workers' cold invocations live in
 their partitions' spills (``streams.engine.spill``): a private temporary SQLite database,
 its pages in memory up to :data:`CACHE_KIB`, then in a file SQLite unlinked as it made it.
-The invocations in flight (those that can wait or hold a key) stay in memory, where the
-deadlock search and "waits on" look at them every second.
+The invocations in flight (those that can wait or hold a key) stay in memory, with their
+journals, where the deadlock search and "waits on" look at them every second.
 
 Used under the index's lock, from its thread and from the threads that answer queries.
 """
@@ -16,11 +16,12 @@ Used under the index's lock, from its thread and from the threads that answer qu
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import JsonValue
 
-from streams.engine.journal import InvocationMeta
+from streams.engine.journal import Entry, InvocationMeta
 from streams.engine.spill import Spill
 
 #: Page cache of the index's database, in KiB.
@@ -37,6 +38,8 @@ _SCHEMA = (
     "CREATE INDEX metas_status ON metas (status, created_at)",
     "CREATE INDEX metas_due ON metas (status, due)",
     "CREATE INDEX metas_object ON metas (service, key)",
+    "CREATE TABLE entries (id TEXT NOT NULL, idx INTEGER NOT NULL, entry BLOB NOT NULL,"
+    " UNIQUE (id, idx))",
     "CREATE TABLE state (service TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL,"
     " value BLOB NOT NULL, UNIQUE (service, key, name))",
 )
@@ -48,7 +51,7 @@ class IndexSpill:
 
     def __init__(self) -> None:
         self._db = Spill(_SCHEMA, "admin index spill")
-        self._any = False  # whether a meta was ever held: lookups skip SQLite until then
+        self._any = False  # whether a meta or entry was ever held: lookups skip SQLite till then
 
     def __len__(self) -> int:
         rows = self._db.query("SELECT COUNT(*) FROM metas") if self._any else []
@@ -117,6 +120,37 @@ class IndexSpill:
         where, params = _filter(status, service, key)
         rows = self._db.query(f"SELECT created_at, id, status, target FROM metas{where}", params)
         return [(float(at), str(i), str(s), str(t)) for at, i, s, t in rows]
+
+    # -- journals of completed invocations ---------------------------------------------
+
+    def put_entries(self, inv_id: str, written: Iterable[tuple[int, bytes]]) -> None:
+        """Hold journal entries of ``inv_id``: ``(index, the entry as JSON)``, each in place
+        of what was held at its index."""
+        for index, entry in written:
+            self._db.write(
+                "INSERT INTO entries (id, idx, entry) VALUES (?, ?, ?)"
+                " ON CONFLICT (id, idx) DO UPDATE SET entry = excluded.entry",
+                (inv_id, index, entry),
+            )
+            self._any = True
+
+    def drop_entry(self, inv_id: str, index: int) -> None:
+        if self._any:
+            self._db.write("DELETE FROM entries WHERE id = ? AND idx = ?", (inv_id, index))
+
+    def drop_journal(self, inv_id: str) -> None:
+        if self._any:
+            self._db.write("DELETE FROM entries WHERE id = ?", (inv_id,))
+
+    def journal(self, inv_id: str, length: int) -> list[tuple[int, Entry]]:
+        """The entries held of ``inv_id``'s journal below ``length``, with their indexes."""
+        if not self._any:
+            return []
+        rows = self._db.query(
+            "SELECT idx, entry FROM entries WHERE id = ? AND idx < ? ORDER BY idx",
+            (inv_id, length),
+        )
+        return [(int(index), Entry.from_json(entry)) for index, entry in rows]
 
     # -- object state ----------------------------------------------------------------
 

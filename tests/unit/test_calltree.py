@@ -255,7 +255,8 @@ def test_the_index_keeps_the_journals_of_the_latest_completed_only(
         completed = meta(inv_id, "h", "completed", journal_length=1)
         completed.modified_at = 200.0 + n
         index._apply(topic, meta_key(inv_id), completed.to_json())
-    assert set(index.log.entries) == set(done[1:])
+    on_disk = {i for i in done if index.cold.journal(i, 1)}
+    assert on_disk == set(done[1:])
     oldest = index.describe(done[0])
     assert oldest is not None
     assert (oldest["journal"], oldest.get("journal_dropped")) == ([], True)
@@ -266,10 +267,39 @@ def test_the_index_keeps_the_journals_of_the_latest_completed_only(
     # An entry of one completed long ago, read after its meta (compaction), is not kept.
     index._apply(topic, entry_key(done[0], 0), Entry(kind="get", name="n", done=True).to_json())
     assert done[0] not in index.log.entries
+    assert index.cold.journal(done[0], 1) == []
     running = an_id("running")  # a journal in flight is kept whatever its length
     index._apply(topic, meta_key(running), meta(running, "h", journal_length=1).to_json())
     index._apply(topic, entry_key(running, 0), Entry(kind="get", name="n").to_json())
     assert running in index.log.entries
+
+
+def test_the_journals_of_completed_invocations_are_held_on_disk() -> None:
+    """The index held the journals of the latest 10,000 completed invocations in memory:
+    with large values in them (900 KiB each at most), gigabytes. Only journals in flight
+    stay in memory now; the entries of a completed one move to the index's spill with its
+    meta, and those read later (compaction) follow them there."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    done, running = an_id("done"), an_id("running")
+    big = "x" * 100_000
+    got = Entry(kind="get", name="n", done=True, value=big)
+    for inv_id in (done, running):
+        index._apply(topic, meta_key(inv_id), meta(inv_id, "h", journal_length=3).to_json())
+        index._apply(topic, entry_key(inv_id, 0), got.to_json())
+    completed = meta(done, "h", "completed", journal_length=3)
+    index._apply(topic, meta_key(done), completed.to_json())
+    index._apply(topic, entry_key(done, 2), got.to_json())  # read after its meta
+    assert set(index.log.entries) == {running}, "a completed journal held in memory"
+    described = index.describe(done)
+    assert described is not None
+    assert [(e["index"], e["value"]) for e in described["journal"]] == [(0, big), (2, big)]
+    index._apply(topic, entry_key(done, 0), None)  # the changelog lets go of an entry
+    assert [i for i, _ in index.cold.journal(done, 3)] == [2]
+    index._apply(topic, meta_key(done), None)  # and of the invocation
+    assert index.cold.journal(done, 3) == []
+    assert [e["index"] for e in index.describe(running)["journal"]] == [0]  # type: ignore[index]
+    index.close()
 
 
 def test_a_journal_with_an_entry_missing_keeps_its_indexes() -> None:
