@@ -280,6 +280,42 @@ async def test_a_second_cancel_while_one_is_pending_is_the_same_cancel() -> None
     assert h.processor.store.state[("Edge", "t")] == {"conflict": "cancelled"}
 
 
+async def test_a_second_cancel_after_a_restore_is_still_the_same_cancel() -> None:
+    """A cancel asked for twice, with the partition moved to a new owner in between: the
+    restore keeps that a cancel was asked for, not which calls were open at it. The
+    callee's 409 "cancelled" is that cancel coming back, once: the handler takes it at its
+    call, and its sleep after that is not cancelled a second time."""
+    h = harness()
+    key = "moved"
+    target = Target(service="Edge", key=key, handler="cancelled_child_then_sleep")
+    inv_id = h.call(target, request_id=key)
+    await until(lambda: len(h.invokes()) == 1)
+    (call,) = h.invokes()
+    h.send(Cancel(invocation_id=inv_id))  # goes on to the callee; the handler awaits it
+    await settle()
+    restored = h.hand_over()
+    assert restored.invocations[inv_id].meta.cancel_requested
+    # Before its replay reaches the call: the call's 409 is then met by the replay, which
+    # must take it for the cancel coming back though the restore knows no open calls.
+    h.send(Cancel(invocation_id=inv_id))  # again, on the new owner: on to the callee again
+    assert [r["invocation_id"] for r in h.records("cancel")] == [call["invocation_id"]]
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=0),
+                      invocation_id=call["invocation_id"],
+                      failure=Failure(code=409, message="cancelled")))  # fmt: skip
+    assert 0 not in restored.invocations[inv_id].waiting
+
+    def sleeps_or_ends() -> bool:
+        if key in h.responses():
+            return True
+        return any(e.kind == "sleep" for e in restored.invocations[inv_id].journal)
+
+    await until(sleeps_or_ends)
+    await settle()
+    assert key not in h.responses(), "the handler met the same cancel twice"
+    assert restored.store.state[("Edge", key)] == {"child": "cancelled"}
+    assert not restored.invocations[inv_id].meta.cancel_requested
+
+
 async def test_a_replay_does_not_use_a_cancel_up_at_a_call_cancelled_before_it() -> None:
     """A handler met its callee's 409 "cancelled" (the callee was cancelled on its own), went
     on and suspended in a sleep. Its own cancel then runs it again, and the replay met that
