@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import JsonValue, ValidationError
@@ -44,11 +44,16 @@ class Attempts:
         complete: Complete,
         touch: Callable[[Invocation], None],
         closed: Callable[[], bool],
+        refused: MutableMapping[str, Failure] | None = None,
     ) -> None:
         self._invocations = invocations
         self._complete = complete
         self._touch = touch
         self._closed = closed
+        #: Invocations whose records Kafka refused for good, by id, and the failure each
+        #: ends with at its next attempt (shared by the worker's partitions: see
+        #: ``streams.kafka.refused``).
+        self.refused: MutableMapping[str, Failure] = {} if refused is None else refused
         self.started = 0  # attempts begun, so the worker can tell when a step settles
 
     def run(self, inv: Invocation) -> None:
@@ -107,6 +112,10 @@ class Attempts:
         failure: Failure | None = None
         value: JsonValue = None
         try:
+            refusal = self.refused.pop(inv.meta.id, None) if self.refused else None
+            if refusal is not None:  # its last run wrote a record Kafka refused for good
+                inv.meta.argument = None  # written with the failure: it may be too large
+                raise TerminalError(refusal.message, refusal.code)
             if signature.takes_input:
                 argument = signature.input.load(own_copy(inv.meta.argument), "input")
                 result = await handler.fn(ctx, argument)

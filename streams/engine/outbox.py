@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from streams.engine.journal import InvocationMeta
+from streams.engine.journal import InvocationMeta, entry_of
 from streams.metrics import DEADLETTERS
 from streams.tracing import as_headers
 from streams.wire import ids
@@ -31,6 +31,8 @@ from streams.wire.records import (
     Invoke,
     RecordError,
     Response,
+    decode_ingress,
+    decode_response,
     encode,
 )
 from streams.wire.topics import Topics
@@ -63,6 +65,36 @@ class Out:
     key: bytes | None
     value: bytes | None
     headers: Headers | None = None
+    #: The invocation whose step made it, where the record does not name it (a send); in
+    #: memory only: see :func:`author_of`.
+    author: str | None = None
+
+
+def author_of(out: Out, topics: Topics) -> str | None:
+    """The invocation that fails when Kafka refuses ``out`` for good (a record larger than
+    its topic takes now): the one whose meta or journal entry it is, whose outcome it
+    carries (a response, a completion), or which made the call or send. None for what no
+    one invocation made: object state, dead letters, timers, controls."""
+    if out.author is not None:
+        return out.author
+    key, value = out.key or b"", out.value
+    try:
+        if out.topic == topics.invocations:
+            entry = entry_of(key)
+            if entry is not None:
+                return entry[0]
+            return key[2:].decode() if key.startswith(b"m/") else None
+        if out.topic == topics.responses:
+            return decode_response(value).invocation_id
+        if out.topic == topics.ingress:
+            record = decode_ingress(value)
+            if isinstance(record, Completion):
+                return record.invocation_id
+            if isinstance(record, Invoke) and record.caller is not None:
+                return record.caller.invocation_id
+    except (RecordError, UnicodeDecodeError):
+        return None
+    return None
 
 
 class Outbox:
@@ -152,16 +184,16 @@ class Outbox:
         else:
             self._held.append(functools.partial(self._deliver_locally, owner, completion, record))
 
-    def invoke(self, record: Invoke, trace: str | None = None) -> None:
-        """A call or send a handler made, to the partition of the callee's id, with the
-        trace context of the span that made it in its headers; or, when that partition runs
-        in this process, to ``call_locally`` (``streams.engine.local``), which may run it
-        there without the record."""
+    def invoke(self, record: Invoke, trace: str | None = None, author: str | None = None) -> None:
+        """A call or send that handler ``author`` made, to the partition of the callee's id,
+        with the trace context of the span that made it in its headers; or, when that
+        partition runs in this process, to ``call_locally`` (``streams.engine.local``), which
+        may run it there without the record."""
         callee = record.invocation_id
         assert callee is not None
         owner = ids.partition_of(callee, self.partitions)
         key = (record.target.key if record.target.key is not None else callee).encode()
-        out = Out(self.topics.ingress, owner, key, encode(record), as_headers(trace))
+        out = Out(self.topics.ingress, owner, key, encode(record), as_headers(trace), author)
         if self._call_locally is None or not self._call_locally(owner, record, out, trace):
             self._emit(out)
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Literal
@@ -77,6 +77,7 @@ class PartitionProcessor:
         denied_headers: frozenset[str] = DENIED_HEADERS,
         run_executor: Executor | None = None,
         clock: Callable[[], float] = time.time,
+        refused: MutableMapping[str, Failure] | None = None,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
@@ -104,9 +105,8 @@ class PartitionProcessor:
             run=lambda inv: self.attempts.run(inv), touch=self.touch, wake=wake,
         )  # fmt: skip
         complete = self.outcomes.complete
-        self.attempts = Attempts(
-            self.invocations, complete=complete, touch=self.touch, closed=lambda: self.closed
-        )
+        self.attempts = Attempts(self.invocations, complete=complete, touch=self.touch,
+                                 closed=lambda: self.closed, refused=refused)  # fmt: skip
         self.controls = Controls(
             self.invocations, self.outbox, self.attempts,
             complete=complete, forget=self.outcomes.forget, touch=self.touch,
@@ -490,7 +490,7 @@ class PartitionProcessor:
         )
         if due is not None:  # scheduled by the callee's partition from now on
             record = record.model_copy(update={"due": datetime.fromtimestamp(due, UTC)})
-        self.outbox.invoke(record, trace)
+        self.outbox.invoke(record, trace, caller.meta.id)
 
     def handler_callee_id(
         self, caller: Invocation, index: int, target: Target, idempotency_key: str | None

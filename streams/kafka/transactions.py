@@ -29,6 +29,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streams.engine.outbox import Out
 from streams.kafka.committer import Snapshot
+from streams.kafka.refused import REFUSED_FOR_GOOD, RecordsRefused, find_refused
 from streams.settings import Settings
 
 log = logging.getLogger("kourier.worker")
@@ -215,7 +216,23 @@ class Transactions:
                 raise  # the producer was fenced meanwhile: settle() settles it
             if error.fatal() or not self._aborted(producer):
                 self._replace(turn, producer)
+            elif error.code() in REFUSED_FOR_GOOD:
+                refused = self._refused(turn, producer, snapshot)
+                if refused:
+                    raise RecordsRefused(error, refused) from exc
             raise
+
+    def _refused(
+        self, turn: int, producer: Producer, snapshot: Snapshot
+    ) -> list[tuple[Out, KafkaError]]:
+        """The records of ``snapshot`` that Kafka refuses for good (streams.kafka.refused),
+        looked for on ``turn``'s ``producer``, replaced if the search fails."""
+        try:
+            return find_refused(producer, snapshot.out, TIMEOUT)
+        except KafkaException as exc:
+            log.warning("could not tell which records Kafka refused: %s", exc.args[0])
+            self._replace(turn, producer)
+            return []
 
     @staticmethod
     def _produce(producer: Producer, snapshot: Snapshot) -> float:

@@ -95,18 +95,14 @@ class Worker:
         self._delay_reader: DelayReader | None = None
         self._holding = Holding()  # delayed messages held in full, over every delay partition
         # The steps on the event loop, and what they emit (streams/kafka/step.py).
-        self._steps = Stepper(
-            self.topics,
-            self._ownership,
-            lambda: self._committer,
-            lambda partitions, known: self._read_to_end(partitions, known),
-        )
+        read_to_end = lambda partitions, known: self._read_to_end(partitions, known)  # noqa: E731
+        self._steps = Stepper(self.topics, self._ownership, lambda: self._committer, read_to_end)
         self._group_metadata: Any = None  # of the current generation, see _metadata()
         self._observed_at = 0.0
         # When the Kafka thread steps, and how long it polls (streams/kafka/pacing.py).
         self._pacing = Pacing(self.delays, self.processors, lambda: self._steps.dirty)
         self._rebalances = 0  # rebalance callbacks run so far (see _read_ahead)
-        self._setbacks = Setbacks()  # spill failures and failed commits (setbacks.py)
+        self._setbacks = Setbacks(self.topics)  # spill and commit failures, refused records
         self._stopping = False
         self.partitions = 0
         self.stats = CommitStats()
@@ -431,7 +427,7 @@ class Worker:
         """Restore after a failed commit; with ``may_pause`` (the Kafka thread's loop, not a
         rebalance callback, which every member of the group waits for), after the pause
         that commits failing again and again call for (:meth:`Setbacks.commit_failed`)."""
-        due = self._setbacks.commit_failed(self.stats.commits)
+        due = self._setbacks.commit_failed(self.stats.commits, failure)
         pause = due if may_pause else 0.0
         in_a_row, later = self._setbacks.failed_in_a_row, f" in {pause:g}s" if pause else ""
         log.error("commit failed (%d in a row), restoring owned partitions from Kafka%s: %s",
@@ -570,6 +566,7 @@ class Worker:
             call_locally=self._steps.calls.hold,
             denied_headers=self.settings.header_denylist,
             run_executor=self._run_pool,
+            refused=self._setbacks.refused,
         )
 
     def _new_delay(self, partition: int, start: int, caught_up_at: int) -> DelayProcessor:

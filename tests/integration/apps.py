@@ -133,6 +133,18 @@ async def hoard(ctx: ObjectContext, what: str) -> object:
     return big if what == "result" else "unreachable"
 
 
+@tally.handler()
+async def swell(ctx: ObjectContext, spec: dict[str, object]) -> object:
+    """Makes a string of ``bytes`` and returns it, or journals it (``"as": "run"``) and
+    sleeps, so that the journal is written before the invocation completes."""
+    big = "x" * int(str(spec["bytes"]))
+    if spec["as"] == "run":
+        await ctx.run("swell", lambda: big)
+        await ctx.sleep(timedelta(milliseconds=1))
+        return "ran"
+    return big
+
+
 @tally.handler(kind="shared")
 async def whoami(ctx: ObjectSharedContext) -> int:
     return os.getpid()

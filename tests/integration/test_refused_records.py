@@ -1,7 +1,10 @@
 """A record Kafka refuses ends what waits on it at once: a call fails with
 ``KafkaUnavailable`` (HTTP 503) rather than waiting for a response no worker will write,
 and a send fails the same way. Kafka refuses here because the ingress topic's
-``max.message.bytes`` is set below the record's size."""
+``max.message.bytes`` is set below the record's size.
+
+A record a worker writes that Kafka refuses for good (a topic's limit lowered while the
+worker runs) fails the invocation that wrote it with 413, and the worker goes on."""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from handlers import TerminalError
 from streams.client import Client, KafkaUnavailable
+from streams.kafka.worker import Worker
 from streams.settings import Settings
 from streams.wire.topics import Topics
 from tests.integration.helpers import held_watermarks, poll_until
@@ -25,10 +30,11 @@ SMALL = 1024  # bytes: the ingress topic's largest record in these tests
 BIG = "x" * 4 * SMALL
 
 
-async def shrink_ingress_records(settings: Settings) -> None:
-    """Set the limit, and wait until the broker (not only the controller) applies it."""
+async def shrink_ingress_records(settings: Settings, name: str = "ingress") -> None:
+    """Set the limit of topic ``name`` (a ``Topics`` attribute), and wait until the broker
+    (not only the controller) applies it."""
     admin = AdminClient(settings.client_config())
-    topic = ConfigResource(ResourceType.TOPIC, Topics(settings.namespace).ingress)
+    topic = ConfigResource(ResourceType.TOPIC, getattr(Topics(settings.namespace), name))
     entry = ConfigEntry(
         "max.message.bytes", str(SMALL), incremental_operation=AlterConfigOpType.SET
     )
@@ -40,7 +46,7 @@ async def shrink_ingress_records(settings: Settings) -> None:
         configs = admin.describe_configs([topic])[topic].result(30)
         return str(configs["max.message.bytes"].value)
 
-    await poll_until(limit, str(SMALL), 30, "the broker's max.message.bytes of the ingress")
+    await poll_until(limit, str(SMALL), 30, f"the broker's max.message.bytes of the {name}")
 
 
 def ingress_records(settings: Settings) -> int:
@@ -72,3 +78,22 @@ async def test_a_call_whose_record_kafka_refuses_fails_at_once(topics: Settings)
         assert await asyncio.to_thread(ingress_records, topics) == 1, "nothing else written"
         assert not waiting.done(), "the small call still waits for its response"
         waiting.cancel()
+
+
+@pytest.mark.parametrize(("what", "topic"), [("result", "responses"), ("run", "invocations")])
+async def test_a_record_kafka_refuses_for_good_fails_its_invocation_only(
+    worker: Worker, client: Client, what: str, topic: str
+) -> None:
+    """A topic's limit lowered while the worker runs: Kafka refused the transaction that
+    held the record, every time the worker replayed its step, and every partition of the
+    worker waited behind it. Now the invocation that wrote it fails with 413."""
+    await shrink_ingress_records(worker.settings, topic)
+    tally = client.object("Tally", f"swell-{what}", "swell")
+    with pytest.raises(TerminalError) as failure:
+        await asyncio.wait_for(tally.request({"bytes": 4 * SMALL, "as": what}), 60)
+    assert failure.value.status_code == 413
+    assert "Kafka refused a record this invocation wrote" in failure.value.message
+    # The key is free again, other keys are served, and the worker commits on.
+    for key in (f"swell-{what}", f"other-{what}"):
+        small = client.object("Tally", key, "swell").request({"bytes": 10, "as": what})
+        assert await asyncio.wait_for(small, 60) == ("x" * 10 if what == "result" else "ran")

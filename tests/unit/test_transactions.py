@@ -18,6 +18,7 @@ from streams.engine.outbox import Out
 from streams.kafka import transactions
 from streams.kafka.committer import Snapshot
 from streams.kafka.offsets import REFUSED
+from streams.kafka.refused import RecordsRefused
 from streams.kafka.transactions import Transactions
 
 
@@ -77,10 +78,16 @@ SNAPSHOT = Snapshot(out=[Out("t", 0, b"k", b"v")], offsets=[])
 def test_a_transaction_that_failed_for_good_is_aborted(where: str, code: int) -> None:
     producer = StandIn({where: KafkaError(code)})
     tx, fresh = transactions_on(producer)
-    with pytest.raises(KafkaException):
+    with pytest.raises(KafkaException) as raised:
         tx.commit(SNAPSHOT)
     assert producer.calls[-1] == "abort"
     assert fresh == [], "an abort was enough"
+    if code == KafkaError.MSG_SIZE_TOO_LARGE:  # which record: it alone, in a transaction
+        assert producer.calls == ["begin", "produce", "abort", "begin", "produce", "abort"]
+        assert isinstance(raised.value, RecordsRefused)
+        assert [out for out, _ in raised.value.refused] == SNAPSHOT.out
+    else:
+        assert not isinstance(raised.value, RecordsRefused)
 
 
 def test_a_commit_in_doubt_is_tried_again_not_restored() -> None:
