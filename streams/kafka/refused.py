@@ -105,7 +105,8 @@ def _sent_alone(producer: Producer, out: Out, timeout: float) -> KafkaError | No
 
 def blame(refused: RecordsRefused, topics: Topics, held: MutableMapping[str, Failure]) -> list[str]:
     """Hold, in ``held``, the failure of every invocation that wrote a record of
-    ``refused``: the ids newly held (none when no one invocation wrote them)."""
+    ``refused``: the ids newly held (none when no one invocation wrote them). Kafka thread;
+    the partitions' attempts take from ``held`` on the event loop."""
     blamed = []
     for out, error in refused.refused:
         author = author_of(out, topics)
@@ -122,6 +123,7 @@ def blame(refused: RecordsRefused, topics: Topics, held: MutableMapping[str, Fai
             "was written",
         )
         blamed.append(author)
-    while len(held) > HELD:
-        del held[next(iter(held))]
+    # The event loop's attempts take ids out meanwhile: each step here is one dict call.
+    for oldest in list(held)[: max(0, len(held) - HELD)]:
+        held.pop(oldest, None)
     return blamed
