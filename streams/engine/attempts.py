@@ -44,16 +44,18 @@ class Attempts:
         complete: Complete,
         touch: Callable[[Invocation], None],
         closed: Callable[[], bool],
-        refused: MutableMapping[str, Failure] | None = None,
+        refused: MutableMapping[str, tuple[Failure, float]] | None = None,
     ) -> None:
         self._invocations = invocations
         self._complete = complete
         self._touch = touch
         self._closed = closed
-        #: Invocations whose records Kafka refused for good, by id, and the failure each
-        #: ends with at its next attempt (shared by the worker's partitions: see
-        #: ``streams.kafka.refused``).
-        self.refused: MutableMapping[str, Failure] = {} if refused is None else refused
+        #: Invocations whose records Kafka refused for good, by id: the failure each ends
+        #: with at its next attempt (or as it queues), and the ``time.monotonic()`` until
+        #: which that holds (shared by the worker's partitions: ``streams.kafka.refused``).
+        self.refused: MutableMapping[str, tuple[Failure, float]] = {}
+        if refused is not None:  # the worker's, shared (an empty one too)
+            self.refused = refused
         self.started = 0  # attempts begun, so the worker can tell when a step settles
 
     def run(self, inv: Invocation) -> None:
@@ -112,9 +114,8 @@ class Attempts:
         failure: Failure | None = None
         value: JsonValue = None
         try:
-            refusal = self.refused.pop(inv.meta.id, None) if self.refused else None
+            refusal = self._refusal(inv)
             if refusal is not None:  # its last run wrote a record Kafka refused for good
-                inv.meta.argument = None  # written with the failure: it may be too large
                 raise TerminalError(refusal.message, refusal.code)
             if signature.takes_input:
                 argument = signature.input.load(own_copy(inv.meta.argument), "input")
@@ -158,6 +159,27 @@ class Attempts:
             return None
         failure = self._complete(inv, value, failure)
         return None if failure is None else f"{failure.code} {failure.message}"
+
+    # -- records Kafka refused -------------------------------------------------------
+
+    def _refusal(self, inv: Invocation) -> Failure | None:
+        """The failure held for ``inv`` (taken: it holds once), its argument dropped, since
+        it is written with the failure and may be what Kafka refused; None if none holds."""
+        held = self.refused.pop(inv.meta.id, None) if self.refused else None
+        if held is None or held[1] < time.monotonic():
+            return None
+        inv.meta.argument = None
+        return held[0]
+
+    def fail_refused(self, inv: Invocation) -> bool:
+        """Complete ``inv``, queued behind its key, with the failure held for it, if any: its
+        meta, written as it queues, may be the record Kafka refused. Whether it was."""
+        refusal = self._refusal(inv)
+        if refusal is None:
+            return False
+        inv.close()
+        self._complete(inv, None, refusal)
+        return True
 
     # -- suspension ------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ def author_of(out: Out, topics: Topics) -> str | None:
                 return record.invocation_id
             if isinstance(record, Invoke) and record.caller is not None:
                 return record.caller.invocation_id
-    except (RecordError, UnicodeDecodeError):
+    except Exception:  # not a record of ours as we write them: nobody's
         return None
     return None
 

@@ -77,7 +77,7 @@ class PartitionProcessor:
         denied_headers: frozenset[str] = DENIED_HEADERS,
         run_executor: Executor | None = None,
         clock: Callable[[], float] = time.time,
-        refused: MutableMapping[str, Failure] | None = None,
+        refused: MutableMapping[str, tuple[Failure, float]] | None = None,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
@@ -417,8 +417,8 @@ class PartitionProcessor:
         lock = inv.lock_key
         if lock is None or self.locks.take_or_queue(lock, inv.meta.id, inv.meta.seq):
             self.attempts.run(inv)
-        else:  # written as it waits, then kept cold (streams.engine.invocations): one
-            self.invocations.touch(inv)  # written before, while a Start was held, is too
+        elif not self.attempts.fail_refused(inv):  # written as it waits, then kept cold
+            self.invocations.touch(inv)  # (streams.engine.invocations), and so on a replay
 
     def on_completion(self, record: Completion) -> bool:
         """A completion given by a partition of the same process, ahead of its record

@@ -430,9 +430,15 @@ class InvocationIndex:
             meta = self.metas.get(invocation_id)
             if meta is None:
                 return None
-            journal = self._numbered(meta)
-            omitted = max(0, len(journal) - journal_limit)
-            row = detail(meta, journal, self.settings.header_denylist, self.links, omitted)
+            if invocation_id in self._kept:  # completed (waits on nothing): the last ones read
+                held = self.cold.journal_held(invocation_id, meta.journal_length)
+                journal = self.cold.journal(invocation_id, meta.journal_length, journal_limit)
+                omitted = held - len(journal)
+                row = detail(meta, journal, self.settings.header_denylist, self.links)
+            else:
+                journal = self.log.numbered(meta)
+                omitted = max(0, len(journal) - journal_limit)
+                row = detail(meta, journal, self.settings.header_denylist, self.links, omitted)
             row["tree"] = call_tree(invocation_id, self.metas, self._journal, self.links)
             holder = self._holder(meta)
             if holder is not None:  # queued behind it: what it waits on is the key

@@ -142,15 +142,26 @@ class IndexSpill:
         if self._any:
             self._db.write("DELETE FROM entries WHERE id = ?", (inv_id,))
 
-    def journal(self, inv_id: str, length: int) -> list[tuple[int, Entry]]:
-        """The entries held of ``inv_id``'s journal below ``length``, with their indexes."""
+    def journal(self, inv_id: str, length: int, last: int = -1) -> list[tuple[int, Entry]]:
+        """The entries held of ``inv_id``'s journal below ``length``, with their indexes:
+        the ``last`` ones only, when given."""
         if not self._any:
             return []
         rows = self._db.query(
-            "SELECT idx, entry FROM entries WHERE id = ? AND idx < ? ORDER BY idx",
-            (inv_id, length),
+            "SELECT idx, entry FROM (SELECT idx, entry FROM entries WHERE id = ? AND idx < ?"
+            " ORDER BY idx DESC LIMIT ?) ORDER BY idx",
+            (inv_id, length, last),
         )
         return [(int(index), Entry.from_json(entry)) for index, entry in rows]
+
+    def journal_held(self, inv_id: str, length: int) -> int:
+        """How many entries of ``inv_id``'s journal below ``length`` are held."""
+        if not self._any:
+            return 0
+        rows = self._db.query(
+            "SELECT COUNT(*) FROM entries WHERE id = ? AND idx < ?", (inv_id, length)
+        )
+        return int(rows[0][0]) if rows else 0
 
     # -- object state ----------------------------------------------------------------
 

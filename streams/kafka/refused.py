@@ -8,20 +8,27 @@ again, and every partition of the worker waited behind it.
 
 So a commit that fails with such an error is followed, on the committer thread, by a search
 for the records to blame (:func:`find_refused`): each topic's records of the failed
-transaction, the largest first, go to Kafka one at a time, each in a transaction of its own
-that is aborted, until one is taken (a topic's limit is the same for all its partitions).
-The invocations that wrote the refused ones (``streams.engine.outbox.author_of``) then fail
-with 413 at their next attempt, which the restore that follows starts: nothing they did
-since their last committed step is written, and the rest of the step commits. A refused
-record that no one invocation wrote (object state, a dead letter) is not blamed on anyone:
-the worker restores and tries again after a pause, as for any failed commit.
+transaction, sorted by size, are sent alone, each in a transaction of its own that is
+aborted, to find by bisection the largest one Kafka takes; those larger are refused (a
+topic's limit is the same on all its partitions, once a change of it has reached them).
+The search stops after ``SEARCH_SECONDS``, well within the time after which the worker
+takes a transaction for stuck. The invocations that wrote the refused records
+(``streams.engine.outbox.author_of``) are then held to fail with 413 (:func:`blame`): at
+their next attempt, which the restore that follows starts, or as they queue behind their
+key. Nothing they did since their last committed step is written, and the rest of the step
+commits. A refused record that no one invocation wrote (object state, a dead letter, a
+duplicate request's answer) and a batch refused whole whose records each fit are blamed on
+nobody: the worker restores and tries again after a pause, as for any failed commit, and
+so it does when every invocation blamed was blamed before since the last commit
+(``setbacks.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -33,9 +40,13 @@ log = logging.getLogger("kourier.worker")
 
 #: Errors a record meets again however often it is sent.
 REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE})
-#: Invocations held to fail at once at most: the oldest are let go past it (each is failed
-#: at its next attempt, which the restore right after the search starts).
+#: Seconds the search for refused records may take in all.
+SEARCH_SECONDS = 6.0
+#: Invocations held to fail at most (the oldest are let go past it), and seconds a hold
+#: lasts: its invocation's next attempt comes in the replay right after the search, or at
+#: its retry (at most a minute later with the default retry policy).
 HELD = 10_000
+HOLD_SECONDS = 600.0
 
 
 class RecordsRefused(KafkaException):
@@ -59,25 +70,41 @@ def size(out: Out) -> int:
 
 
 def find_refused(
-    producer: Producer, records: Sequence[Out], timeout: float
+    producer: Callable[[], Producer], records: Sequence[Out], seconds: float = SEARCH_SECONDS
 ) -> list[tuple[Out, KafkaError]]:
-    """Which of ``records`` Kafka refuses for good, with its error: per topic, the largest
-    first, each sent alone in a transaction that is then aborted, until one is taken. A
-    failure of another kind ends the search with what was found. ``producer`` has no
-    transaction open, and has none open after."""
+    """Which of ``records`` Kafka refuses for good, with its error: per topic, by bisection
+    of the records sorted by size, each try one record sent alone in a transaction that is
+    then aborted; all larger than the largest taken are refused. A failure of another kind,
+    or the end of ``seconds``, ends the search with what was found.
+
+    Each try is made on a new producer (``producer()``): after a batch Kafka refused, the
+    one that sent it is out of step with the broker's sequence numbers for the partition
+    (``OUT_OF_ORDER_SEQUENCE_NUMBER`` on the next record) until its epoch is bumped."""
+    deadline = time.monotonic() + seconds
     refused: list[tuple[Out, KafkaError]] = []
     by_topic: dict[str, list[Out]] = defaultdict(list)
     for out in records:
         by_topic[out.topic].append(out)
     for outs in by_topic.values():
-        for out in sorted(outs, key=size, reverse=True):
-            error = _sent_alone(producer, out, timeout)
-            if error is None:
+        outs.sort(key=size, reverse=True)
+        low, high = 0, len(outs)  # outs[:low] refused, outs[high:] taken
+        error: KafkaError | None = None
+        while low < high:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("looking for the records Kafka refuses: out of time")
                 break
-            if error.code() not in REFUSED_FOR_GOOD:
-                log.warning("looking for a record Kafka refuses, met %s; looking no further", error)
+            middle = (low + high) // 2
+            met = _sent_alone(producer(), outs[middle], left)
+            if met is None:
+                high = middle
+            elif met.code() in REFUSED_FOR_GOOD:
+                low, error = middle + 1, met
+            else:
+                log.warning("looking for the records Kafka refuses, met %s; no further", met)
                 return refused
-            refused.append((out, error))
+        if error is not None:
+            refused += [(out, error) for out in outs[:low]]
     return refused
 
 
@@ -103,27 +130,30 @@ def _sent_alone(producer: Producer, out: Out, timeout: float) -> KafkaError | No
     return reports[0]
 
 
-def blame(refused: RecordsRefused, topics: Topics, held: MutableMapping[str, Failure]) -> list[str]:
+def blame(
+    refused: RecordsRefused, topics: Topics, held: MutableMapping[str, tuple[Failure, float]]
+) -> list[str]:
     """Hold, in ``held``, the failure of every invocation that wrote a record of
-    ``refused``: the ids newly held (none when no one invocation wrote them). Kafka thread;
-    the partitions' attempts take from ``held`` on the event loop."""
-    blamed = []
+    ``refused``: their ids (none when no one invocation wrote them). Kafka thread; the
+    partitions take from ``held`` on the event loop, so each change here is one dict call."""
+    now = time.monotonic()
+    blamed: list[str] = []
     for out, error in refused.refused:
         author = author_of(out, topics)
         log.error("Kafka refused a record of %d bytes to %s[%d] for good (%s): %s",
                   size(out), out.topic, out.partition, error.str(),
-                  f"invocation {author} fails with 413" if author else "no invocation wrote it "
-                  "alone; fix the topic's max.message.bytes (README, Limits)")  # fmt: skip
-        if author is None or author in held:
+                  f"invocation {author} fails with 413" if author else "nobody is failed for "
+                  "it (README, Limits): fix the topic's max.message.bytes")  # fmt: skip
+        if author is None or author in blamed:
             continue
-        held[author] = Failure(
-            code=413,
-            message=f"Kafka refused a record this invocation wrote: {size(out)} bytes to "
-            f"{out.topic} ({error.str()}); nothing it did since its last committed step "
-            "was written",
-        )
+        message = (f"Kafka refused a record this invocation wrote: {size(out)} bytes to "
+                   f"{out.topic} ({error.str()}); nothing it did since its last committed "
+                   "step was written")  # fmt: skip
+        held[author] = (Failure(code=413, message=message), now + HOLD_SECONDS)
         blamed.append(author)
-    # The event loop's attempts take ids out meanwhile: each step here is one dict call.
+    for inv_id, (_, until) in list(held.items()):
+        if until < now:
+            held.pop(inv_id, None)
     for oldest in list(held)[: max(0, len(held) - HELD)]:
         held.pop(oldest, None)
     return blamed

@@ -5,10 +5,11 @@ A full disk stays full: a partition's spill (streams/engine/spill.py) that fails
 ``SPILL_FAILURES`` times within ``SPILL_WINDOW`` seconds ends the worker rather than be
 recovered from once more. A record Kafka always refuses fails the commit of every replay
 of it. When it is one an invocation wrote (larger than its topic takes), that invocation
-fails at its next attempt (streams/kafka/refused.py), and the restore goes ahead at once.
-Otherwise (an ACL missing on one topic, a state record too large), from the second failed
-commit in a row (none committed in between), the worker pauses before it restores,
-``FAILED_PAUSE`` seconds doubling up to ``FAILED_PAUSE_MAX``.
+fails at its next attempt (streams/kafka/refused.py), and the restore goes ahead at once,
+unless it was blamed before since the last commit. Otherwise (an ACL missing on one topic,
+a state record too large), from the second failed commit in a row (none committed in
+between), the worker pauses before it restores, ``FAILED_PAUSE`` seconds doubling up to
+``FAILED_PAUSE_MAX``.
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ FAILED_PAUSE_MAX = 30.0
 
 
 class Setbacks:
-    """The worker's recent failures (Kafka thread)."""
+    """The worker's recent failures (Kafka thread; ``refused`` is shared with the event
+    loop's attempts, which take ids out of it)."""
 
     def __init__(self, topics: Topics) -> None:
         self._topics = topics
         self._spill_failures: list[float] = []  # when spills failed, within SPILL_WINDOW
         self.failed_in_a_row = 0  # commits failed with none committed since
         self._committed_at_failure = 0  # commits made before the last failed one
-        #: Invocations that fail at their next attempt, for records Kafka refused: shared
-        #: with the worker's partitions (``Attempts.refused``).
-        self.refused: dict[str, Failure] = {}
+        #: Invocations held to fail for records Kafka refused, shared with the worker's
+        #: partitions (``Attempts.refused``), and those blamed since the last commit.
+        self.refused: dict[str, tuple[Failure, float]] = {}
+        self._blamed: set[str] = set()
 
     def spill_failed(self) -> int | None:
         """Count a spill failure: how many there were within ``SPILL_WINDOW`` when that
@@ -53,8 +56,13 @@ class Setbacks:
         again = commits == self._committed_at_failure and self.failed_in_a_row
         self.failed_in_a_row = self.failed_in_a_row + 1 if again else 1
         self._committed_at_failure = commits
-        if isinstance(failure, RecordsRefused) and blame(failure, self._topics, self.refused):
-            return 0.0
+        if not again:
+            self._blamed.clear()
+        if isinstance(failure, RecordsRefused):
+            blamed = set(blame(failure, self._topics, self.refused))
+            fresh, self._blamed = blamed - self._blamed, self._blamed | blamed
+            if fresh:  # they fail in the replay: no pause (blamed again, one is due)
+                return 0.0
         if self.failed_in_a_row == 1:
             return 0.0
         return min(FAILED_PAUSE_MAX, FAILED_PAUSE * 2.0 ** (self.failed_in_a_row - 2))

@@ -226,12 +226,17 @@ class Transactions:
         self, turn: int, producer: Producer, snapshot: Snapshot
     ) -> list[tuple[Out, KafkaError]]:
         """The records of ``snapshot`` that Kafka refuses for good (streams.kafka.refused),
-        looked for on ``turn``'s ``producer``, replaced if the search fails."""
+        looked for on producers made anew for ``turn``, ``producer``'s."""
+
+        def anew() -> Producer:
+            self._replace(turn, self.producers[turn])
+            return self.producers[turn]
+
         try:
-            return find_refused(producer, snapshot.out, TIMEOUT)
+            return find_refused(anew, snapshot.out)
         except KafkaException as exc:
             log.warning("could not tell which records Kafka refused: %s", exc.args[0])
-            self._replace(turn, producer)
+            self._replace(turn, self.producers[turn])
             return []
 
     @staticmethod

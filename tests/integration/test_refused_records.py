@@ -88,12 +88,17 @@ async def test_a_record_kafka_refuses_for_good_fails_its_invocation_only(
     held the record, every time the worker replayed its step, and every partition of the
     worker waited behind it. Now the invocation that wrote it fails with 413."""
     await shrink_ingress_records(worker.settings, topic)
-    tally = client.object("Tally", f"swell-{what}", "swell")
-    with pytest.raises(TerminalError) as failure:
-        await asyncio.wait_for(tally.request({"bytes": 4 * SMALL, "as": what}), 60)
-    assert failure.value.status_code == 413
-    assert "Kafka refused a record this invocation wrote" in failure.value.message
+    small = "x" * 10 if what == "result" else "ran"
+    big = client.object("Tally", f"swell-{what}", "swell").request({"bytes": 4 * SMALL, "as": what})
+    beside = client.object("Tally", f"beside-{what}", "swell").request({"bytes": 10, "as": what})
+    # Both at once, most likely in one step: the small one commits, the large one fails.
+    outcomes = await asyncio.wait_for(asyncio.gather(big, beside, return_exceptions=True), 60)
+    failure, answer = outcomes
+    assert isinstance(failure, TerminalError), failure
+    assert failure.status_code == 413
+    assert "Kafka refused a record this invocation wrote" in failure.message
+    assert answer == small
     # The key is free again, other keys are served, and the worker commits on.
     for key in (f"swell-{what}", f"other-{what}"):
-        small = client.object("Tally", key, "swell").request({"bytes": 10, "as": what})
-        assert await asyncio.wait_for(small, 60) == ("x" * 10 if what == "result" else "ran")
+        call = client.object("Tally", key, "swell").request({"bytes": 10, "as": what})
+        assert await asyncio.wait_for(call, 60) == small

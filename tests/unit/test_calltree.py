@@ -294,6 +294,9 @@ def test_the_journals_of_completed_invocations_are_held_on_disk() -> None:
     described = index.describe(done)
     assert described is not None
     assert [(e["index"], e["value"]) for e in described["journal"]] == [(0, big), (2, big)]
+    shown = index.describe(done, journal_limit=1)  # the last ones read from disk
+    assert shown is not None
+    assert ([e["index"] for e in shown["journal"]], shown["journal_omitted"]) == ([2], 1)
     index._apply(topic, entry_key(done, 0), None)  # the changelog lets go of an entry
     assert [i for i, _ in index.cold.journal(done, 3)] == [2]
     index._apply(topic, meta_key(done), None)  # and of the invocation
