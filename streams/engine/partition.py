@@ -1,9 +1,8 @@
 """Everything one ingress partition owns: its invocations, object state and key locks.
 
-A :class:`PartitionProcessor` is pure logic: it takes ingress records and
-changelog records in, and hands out :class:`Out` records (calls, responses,
-completions, changelog writes) to whoever commits them. The worker wraps it
-in Kafka transactions; unit tests drive it directly.
+A :class:`PartitionProcessor` is pure logic: it takes ingress records and changelog records
+in, and hands out :class:`Out` records (calls, responses, completions, changelog writes) to
+whoever commits them. The worker wraps it in Kafka transactions; unit tests drive it directly.
 """
 
 from __future__ import annotations
@@ -360,10 +359,10 @@ class PartitionProcessor:
         inv = Invocation(meta, [], handler, self)
         self.invocations.add(inv)
         self._wake()
-        if record.due is not None and record.due.timestamp() > now:
-            self.starts.schedule(inv, record.due.timestamp())
-        else:
+        if record.due is None or record.due.timestamp() <= now:
             self._enqueue(inv)
+        elif not self.attempts.fail_refused(inv):  # its meta: the record Kafka refused?
+            self.starts.schedule(inv, record.due.timestamp())
 
     def now(self) -> float:
         """The partition's clock, in epoch seconds, which due times count from: the wall
@@ -413,7 +412,8 @@ class PartitionProcessor:
         return self.starts.next_due
 
     def _enqueue(self, inv: Invocation) -> None:
-        """Run ``inv`` now, or queue it behind the exclusive call that holds its key."""
+        """Run ``inv`` now, or queue it behind the exclusive call that holds its key (unless
+        held to fail for a record Kafka refused, ``Attempts.fail_refused``)."""
         lock = inv.lock_key
         if lock is None or self.locks.take_or_queue(lock, inv.meta.id, inv.meta.seq):
             self.attempts.run(inv)

@@ -226,18 +226,20 @@ class Transactions:
         self, turn: int, producer: Producer, snapshot: Snapshot
     ) -> list[tuple[Out, KafkaError]]:
         """The records of ``snapshot`` that Kafka refuses for good (streams.kafka.refused),
-        looked for on producers made anew for ``turn``, ``producer``'s."""
+        looked for on producers made anew for ``turn``, from ``producer`` on. The search
+        stops once the turn is no longer its own (the Kafka thread settled it: this
+        committer was abandoned) or no producer can be made."""
+        mine = producer
 
         def anew() -> Producer:
-            self._replace(turn, self.producers[turn])
-            return self.producers[turn]
+            nonlocal mine
+            made = self._replace(turn, mine)
+            if made is None:
+                raise KafkaException(KafkaError(KafkaError._STATE, "no producer to search on"))
+            mine = made
+            return made
 
-        try:
-            return find_refused(anew, snapshot.out)
-        except KafkaException as exc:
-            log.warning("could not tell which records Kafka refused: %s", exc.args[0])
-            self._replace(turn, self.producers[turn])
-            return []
+        return find_refused(anew, snapshot.out)
 
     @staticmethod
     def _produce(producer: Producer, snapshot: Snapshot) -> float:
@@ -280,18 +282,20 @@ class Transactions:
                     raise
                 log.warning("transaction not settled yet (%s); trying again", exc.args[0])
 
-    def _replace(self, turn: int, failed: Producer) -> None:
+    def _replace(self, turn: int, failed: Producer) -> Producer | None:
         """A new producer for ``turn``, with the same transactional id, unless ``failed`` was
         settled meanwhile (committer thread, which may be one the Kafka thread abandoned and
         is settling); when Kafka cannot be reached, the old one stays and the next failure
-        tries again."""
+        tries again. The producer made, if one was."""
         with self._making:
             if self.producers[turn] is not failed:
-                return
+                return None
             try:
-                self.producers[turn] = self._new_producer(turn)
+                self.producers[turn] = made = self._new_producer(turn)
             except KafkaException as exc:
                 log.warning("no new producer yet: %s", exc.args[0])
+                return None
+            return made
 
     @staticmethod
     def _aborted(producer: Producer) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -25,7 +26,7 @@ from streams.wire.records import (
     Target,
     encode,
 )
-from tests.unit.harness import TOPICS, Harness, until
+from tests.unit.harness import TOPICS, Harness, settle, until
 
 ONE, TWO = ids.new_id("a", 1), ids.new_id("b", 1)
 TARGET = Target(service="Bulky", key="k", handler="grow")
@@ -47,6 +48,11 @@ async def grow(ctx: ObjectContext, text: str) -> str:
 @bulky.handler()
 async def wait(ctx: ObjectContext) -> None:
     await bulky_wait[ctx.key].wait()
+
+
+@bulky.handler()
+async def pass_on(ctx: ObjectContext, text: str) -> None:
+    ctx.object_send(grow, "elsewhere").send(text)
 
 
 def test_a_refused_record_names_the_invocation_that_wrote_it() -> None:
@@ -179,6 +185,35 @@ def test_the_search_ends_at_another_error_and_in_time(monkeypatch: Any) -> None:
     assert refused_module.SEARCH_SECONDS < 20.0, "within the worker's stuck-transaction limit"
 
 
+def test_each_try_is_on_a_new_producer_and_an_end_keeps_what_was_found() -> None:
+    made: list[Probed] = []
+
+    def anew() -> Probed:
+        if len(made) == 2:  # the turn was settled by the Kafka thread meanwhile
+            raise KafkaException(KafkaError(KafkaError._STATE, "no producer to search on"))
+        made.append(Probed(limit=100))
+        return made[-1]
+
+    # Sorted: 700, 600, 500, 400, 300, 50. The first try (400) is refused, the second (50)
+    # taken, the third (300) cannot be made: 400 and all larger are known refused.
+    found = find_refused(anew, records(50, 300, 400, 500, 600, 700))  # type: ignore[arg-type]
+    assert sorted(size(out) for out, _ in found) == [400, 500, 600, 700]
+    assert [p.sent for p in made] == [[400], [50]], "one try per producer"
+
+
+async def test_a_send_names_its_sender_on_its_record_in_memory() -> None:
+    """A send's record names no sender (no caller waits for it): if Kafka refuses it, the
+    sender is the one to fail, and only the record kept in memory can say who that is."""
+    h = Harness([bulky])
+    sender = ids.new_id("k", 1)
+    h.send(Invoke(target=Target(service="Bulky", key="k", handler="pass_on"), argument="big",
+                  invocation_id=sender, request_id="s"))  # fmt: skip
+    await until(lambda: "s" in h.responses())
+    (sent,) = [out for out in h.out if out.topic == TOPICS.ingress]
+    assert b'"caller"' not in (sent.value or b"")
+    assert author_of(sent, TOPICS) == sender
+
+
 def hold(h: Harness, inv_id: str) -> Failure:
     refusal = Failure(code=413, message="Kafka refused a record this invocation wrote")
     h.processor.attempts.refused[inv_id] = (refusal, time.monotonic() + 60)
@@ -224,3 +259,17 @@ async def test_an_invocation_held_as_refused_fails_as_it_queues_behind_its_key()
     waiting.set()
     await until(lambda: "first" in h.responses())
     assert RAN == []
+
+
+async def test_an_invocation_held_as_refused_fails_as_it_is_scheduled() -> None:
+    """A delayed send's meta, with the argument, is written as it is scheduled: held until
+    its due time (days away, it may be), that record would have failed every commit."""
+    h = Harness([bulky])
+    hold(h, TWO)
+    due = datetime.now(UTC) + timedelta(days=2)
+    h.send(Invoke(target=TARGET, argument="big", invocation_id=TWO, mode="send", due=due))
+    await settle()
+    meta = h.processor.invocations[TWO].meta if TWO in h.processor.invocations else None
+    assert meta is None or meta.status == "completed"
+    assert [out for out in h.out if out.topic == TOPICS.delay] == [], "it was scheduled"
+    assert h.processor.attempts.refused == {}

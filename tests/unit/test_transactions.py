@@ -99,6 +99,31 @@ def test_a_transaction_that_failed_for_good_is_aborted(where: str, code: int) ->
     assert fresh == [], "an abort was enough"
 
 
+def test_a_record_refused_for_good_is_named_in_the_failure() -> None:
+    """After the abort, the record is sent alone on a producer made anew for the turn,
+    which Kafka refuses too: the failure names it, and the turn keeps the producer made
+    last."""
+    too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    producer = StandIn({"produce": too_large})
+    made: list[StandIn] = []
+
+    def new_producer(turn: int) -> Any:
+        if not made and turn == 0 and producer.calls == []:
+            made.append(producer)
+            return producer
+        made.append(StandIn({"produce": too_large}))
+        return made[-1]
+
+    tx = Transactions(new_producer, 1)
+    with pytest.raises(RecordsRefused) as raised:
+        tx.commit(SNAPSHOT)
+    assert [out for out, _ in raised.value.refused] == SNAPSHOT.out
+    assert raised.value.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+    assert len(made) == 2
+    assert made[1].calls == ["begin", "produce", "abort"]
+    assert tx.producers == [made[1]]
+
+
 def test_a_commit_in_doubt_is_tried_again_not_restored() -> None:
     """A commit that timed out may have committed: restoring from Kafka now would apply its
     records twice if it did, so the commit is tried again until it settles."""
