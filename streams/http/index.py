@@ -330,7 +330,8 @@ class InvocationIndex:
                 if value is None:
                     self.cold.drop_entry(inv_id, applied.index)
                 else:
-                    self.cold.put_entries(inv_id, [(applied.index, value)])
+                    assert applied.entry is not None
+                    self.cold.put_entries(inv_id, [(applied.index, applied.entry.kind, value)])
             return
         meta = self.log.metas.get(inv_id)
         if meta is None:
@@ -348,7 +349,8 @@ class InvocationIndex:
             entries = self.log.entries.pop(inv_id, {})
             self._keep(inv_id, meta.modified_at)
             if inv_id in self._kept:
-                self.cold.put_entries(inv_id, ((i, e.to_json()) for i, e in entries.items()))
+                written = ((i, e.kind, e.to_json()) for i, e in entries.items())
+                self.cold.put_entries(inv_id, written)
 
     def _keep(self, inv_id: str, completed_at: float) -> None:
         """Keep the journal of ``inv_id``, completed at ``completed_at`` and held on disk,
@@ -469,14 +471,14 @@ class InvocationIndex:
         return None
 
     def _journal(self, invocation_id: str) -> list[tuple[int, Entry]]:
+        """The entries held of an invocation's journal, with their indexes, for its call
+        tree: in memory while it is in flight, its calls and sends on disk once it completed
+        (if kept)."""
         meta = self.metas.get(invocation_id)
-        return [] if meta is None else self._numbered(meta)
-
-    def _numbered(self, meta: InvocationMeta) -> list[tuple[int, Entry]]:
-        """The entries held of ``meta``'s journal, with their indexes: in memory while it is
-        in flight, on disk once it completed (if kept)."""
-        if meta.id in self._kept:
-            return self.cold.journal(meta.id, meta.journal_length)
+        if meta is None:
+            return []
+        if invocation_id in self._kept:
+            return self.cold.journal(invocation_id, meta.journal_length, calls=True)
         return self.log.numbered(meta)
 
     def deadlocks(self) -> list[dict[str, Any]]:

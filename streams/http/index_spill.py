@@ -38,8 +38,8 @@ _SCHEMA = (
     "CREATE INDEX metas_status ON metas (status, created_at)",
     "CREATE INDEX metas_due ON metas (status, due)",
     "CREATE INDEX metas_object ON metas (service, key)",
-    "CREATE TABLE entries (id TEXT NOT NULL, idx INTEGER NOT NULL, entry BLOB NOT NULL,"
-    " UNIQUE (id, idx))",
+    "CREATE TABLE entries (id TEXT NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL,"
+    " entry BLOB NOT NULL, UNIQUE (id, idx))",
     "CREATE TABLE state (service TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL,"
     " value BLOB NOT NULL, UNIQUE (service, key, name))",
 )
@@ -123,14 +123,14 @@ class IndexSpill:
 
     # -- journals of completed invocations ---------------------------------------------
 
-    def put_entries(self, inv_id: str, written: Iterable[tuple[int, bytes]]) -> None:
-        """Hold journal entries of ``inv_id``: ``(index, the entry as JSON)``, each in place
-        of what was held at its index."""
-        for index, entry in written:
+    def put_entries(self, inv_id: str, written: Iterable[tuple[int, str, bytes]]) -> None:
+        """Hold journal entries of ``inv_id``: ``(index, kind, the entry as JSON)``, each in
+        place of what was held at its index."""
+        for index, kind, entry in written:
             self._db.write(
-                "INSERT INTO entries (id, idx, entry) VALUES (?, ?, ?)"
-                " ON CONFLICT (id, idx) DO UPDATE SET entry = excluded.entry",
-                (inv_id, index, entry),
+                "INSERT INTO entries (id, idx, kind, entry) VALUES (?, ?, ?, ?) ON CONFLICT"
+                " (id, idx) DO UPDATE SET kind = excluded.kind, entry = excluded.entry",
+                (inv_id, index, kind, entry),
             )
             self._any = True
 
@@ -142,14 +142,18 @@ class IndexSpill:
         if self._any:
             self._db.write("DELETE FROM entries WHERE id = ?", (inv_id,))
 
-    def journal(self, inv_id: str, length: int, last: int = -1) -> list[tuple[int, Entry]]:
+    def journal(
+        self, inv_id: str, length: int, last: int = -1, calls: bool = False
+    ) -> list[tuple[int, Entry]]:
         """The entries held of ``inv_id``'s journal below ``length``, with their indexes:
-        the ``last`` ones only, when given."""
+        the ``last`` ones only, when given; its calls and sends only, with ``calls`` (what
+        a call tree reads)."""
         if not self._any:
             return []
+        kinds = " AND kind IN ('call', 'send')" if calls else ""
         rows = self._db.query(
-            "SELECT idx, entry FROM (SELECT idx, entry FROM entries WHERE id = ? AND idx < ?"
-            " ORDER BY idx DESC LIMIT ?) ORDER BY idx",
+            f"SELECT idx, entry FROM (SELECT idx, entry FROM entries WHERE id = ? AND idx < ?"
+            f"{kinds} ORDER BY idx DESC LIMIT ?) ORDER BY idx",
             (inv_id, length, last),
         )
         return [(int(index), Entry.from_json(entry)) for index, entry in rows]

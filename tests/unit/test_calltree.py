@@ -287,18 +287,22 @@ def test_the_journals_of_completed_invocations_are_held_on_disk() -> None:
     for inv_id in (done, running):
         index._apply(topic, meta_key(inv_id), meta(inv_id, "h", journal_length=3).to_json())
         index._apply(topic, entry_key(inv_id, 0), got.to_json())
+    callee = an_id("callee")
+    index._apply(topic, entry_key(done, 1), call(callee, "c", done=True).to_json())
     completed = meta(done, "h", "completed", journal_length=3)
     index._apply(topic, meta_key(done), completed.to_json())
     index._apply(topic, entry_key(done, 2), got.to_json())  # read after its meta
     assert set(index.log.entries) == {running}, "a completed journal held in memory"
     described = index.describe(done)
     assert described is not None
-    assert [(e["index"], e["value"]) for e in described["journal"]] == [(0, big), (2, big)]
+    assert [e["index"] for e in described["journal"]] == [0, 1, 2]
+    assert described["journal"][2]["value"] == big
+    assert [(n["id"], n["entry"]) for n in described["tree"]["callees"]] == [(callee, 1)]
     shown = index.describe(done, journal_limit=1)  # the last ones read from disk
     assert shown is not None
-    assert ([e["index"] for e in shown["journal"]], shown["journal_omitted"]) == ([2], 1)
+    assert ([e["index"] for e in shown["journal"]], shown["journal_omitted"]) == ([2], 2)
     index._apply(topic, entry_key(done, 0), None)  # the changelog lets go of an entry
-    assert [i for i, _ in index.cold.journal(done, 3)] == [2]
+    assert [i for i, _ in index.cold.journal(done, 3)] == [1, 2]
     index._apply(topic, meta_key(done), None)  # and of the invocation
     assert index.cold.journal(done, 3) == []
     assert [e["index"] for e in index.describe(running)["journal"]] == [0]  # type: ignore[index]
