@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Message
 from confluent_kafka.cimpl import NewTopic
 
+from streams.kafka import broker
 from streams.kafka.admin import admin_client
 from streams.settings import Settings
 
@@ -79,3 +84,65 @@ def drain(
 def values(messages: list[Message]) -> list[dict[str, Any]]:
     """The JSON objects that ``messages`` hold."""
     return [json.loads(m.value() or b"") for m in messages]
+
+
+async def transactions_tool(bootstrap: str, *args: str) -> str:
+    """The output of Kafka's TransactionsCommand (what ``kafka-transactions.sh`` runs) with
+    ``args``, from the jars ``kourier broker jars`` names; it must succeed."""
+    java = shutil.which("java")
+    assert java is not None, "java is needed to run Kafka's tools"
+    libs = await asyncio.to_thread(broker.resolve_jars)
+    tool = await asyncio.create_subprocess_exec(
+        java, "-cp", f"{libs}/*", "org.apache.kafka.tools.TransactionsCommand",
+        "--bootstrap-server", bootstrap, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(tool.communicate(), 120)
+    finally:
+        if tool.returncode is None:
+            tool.kill()
+            await tool.wait()
+    assert tool.returncode == 0, output.decode()
+    return output.decode()
+
+
+async def abort(bootstrap: str, topic: str, partition: int, start_offset: int) -> None:
+    """End the transaction open at ``start_offset`` (``kafka-transactions.sh abort``)."""
+    await transactions_tool(bootstrap, "abort", "--topic", topic, "--partition",
+                            str(partition), "--start-offset", str(start_offset))  # fmt: skip
+
+
+async def open_transaction_starts(bootstrap: str, topic: str, partition: int) -> list[int]:
+    """Where the transactions open on a partition start (``describe-producers``)."""
+    output = await transactions_tool(
+        bootstrap, "describe-producers", "--topic", topic, "--partition", str(partition)
+    )
+    rows = [[cell.strip() for cell in line.split("\t")] for line in output.splitlines()]
+    header = next(row for row in rows if "CurrentTransactionStartOffset" in row)
+    column = header.index("CurrentTransactionStartOffset")
+    starts = [row[column] for row in rows[rows.index(header) + 1 :] if len(row) > column]
+    return [int(start) for start in starts if start.lstrip("-").isdigit() and int(start) >= 0]
+
+
+#: What a broker logs when its transaction coordinator completes a transaction without
+#: writing its markers, taking its partitions for deleted (KAFKA-20734; README, Limits).
+MARKERS_SKIPPED = re.compile(
+    r"Couldn't find leader endpoint for partitions Set\((?P<partitions>[^)]*)\) while trying"
+    r" to send transaction markers for (?P<transactional_id>[^\s,]+)"
+)
+
+
+async def end_transactions_left_hanging(bootstrap: str, server_log: Path) -> list[str]:
+    """The documented remedy for Kafka's defect (README, Hanging transactions): abort the
+    transactions the broker's log says it left without markers, on every partition it
+    names, so that the whole transaction is dropped alike. What was aborted."""
+    ended = []
+    text = await asyncio.to_thread(server_log.read_text, errors="replace")
+    for skipped in MARKERS_SKIPPED.finditer(text):
+        for name in skipped["partitions"].split(", "):
+            topic, _, partition = name.rpartition("-")
+            for start in await open_transaction_starts(bootstrap, topic, int(partition)):
+                await abort(bootstrap, topic, int(partition), start)
+                ended.append(f"{name}@{start} ({skipped['transactional_id']})")
+    return ended

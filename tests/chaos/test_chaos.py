@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from tests.integration.helpers import (
     partition_report,
     poll_until,
 )
+from tests.kafka_helpers import end_transactions_left_hanging
 
 # Up to 10 minutes: each test kills or rebalances workers and then waits up to 180 s for
 # the counts to settle, a wait that must be able to end with its own message.
@@ -233,6 +235,13 @@ async def test_a_broker_restart_under_load(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)
         broker.stop(data)
         await asyncio.to_thread(broker.start, data, 0)
+        # Kafka's own defect (README, Limits: KAFKA-20734): a transaction the stop caught
+        # committing can be completed without its markers while the restarted node waits
+        # out its old session. Nothing but an operator ends it (README, Hanging
+        # transactions): done here as the README says, on all its partitions alike.
+        hanging = await end_transactions_left_hanging(running.bootstrap, data / "server.log")
+        if hanging:
+            logging.getLogger(__name__).warning("ended hanging transactions: %s", hanging)
         await produce_sends(settings, records[1500:])
         async with Client(settings) as client:
             counts = await counts_when_settled(client, 3000, 180, workers)

@@ -8,21 +8,21 @@ import contextlib
 import gc
 import logging
 import re
-import shutil
 import weakref
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import REGISTRY
 
 from streams.client import Client
-from streams.kafka import broker
 from streams.settings import Settings
 from streams.wire.partitioning import partition_of_key
 from tests.integration import apps
 from tests.integration.conftest import in_process_worker
 from tests.integration.helpers import poll_until
+from tests.kafka_helpers import abort, end_transactions_left_hanging, open_transaction_starts
 
 
 def stalled_seconds(topic: str, partition: int) -> float | None:
@@ -98,25 +98,36 @@ async def test_a_partition_an_open_transaction_holds_is_reported_until_the_trans
             await asyncio.to_thread(stuck.abort_transaction, 30)
 
 
-async def abort(bootstrap: str, topic: str, partition: int, start_offset: int) -> None:
-    """End the transaction open at ``start_offset`` with Kafka's TransactionsCommand (what
-    ``kafka-transactions.sh abort`` runs), from the jars ``kourier broker jars`` names."""
-    java = shutil.which("java")
-    assert java is not None, "java is needed to run Kafka's tools"
-    libs = await asyncio.to_thread(broker.resolve_jars)
-    tool = await asyncio.create_subprocess_exec(
-        java, "-cp", f"{libs}/*", "org.apache.kafka.tools.TransactionsCommand",
-        "--bootstrap-server", bootstrap, "abort", "--topic", topic,
-        "--partition", str(partition), "--start-offset", str(start_offset),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+async def test_the_transactions_a_broker_log_says_it_left_without_markers_are_ended(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """The remedy the chaos tier applies when Kafka's defect (README, Limits) leaves a
+    transaction hanging: every partition the broker's log names gets its transaction
+    aborted, and its readers move on."""
+    ingress = f"{topics.namespace}.ingress"
+    stuck = await outside_producer(topics)
     try:
-        output, _ = await asyncio.wait_for(tool.communicate(), 120)
+        stuck.begin_transaction()
+        for partition in (0, 1):
+            stuck.produce(ingress, b"left open", key=b"x", partition=partition)
+        assert await asyncio.to_thread(stuck.flush, 30) == 0
+        log = tmp_path / "server.log"
+        log.write_text(
+            "[2026-12-06 09:48:52,364] INFO [Transaction Marker Channel Manager 1]: Couldn't "
+            f"find leader endpoint for partitions Set({ingress}-0, {ingress}-1) while trying "
+            f"to send transaction markers for {topics.namespace}.stuck, these partitions are "
+            "likely deleted already and hence can be skipped\n"
+        )
+        assert await open_transaction_starts(topics.bootstrap_servers, ingress, 0) == [0]
+        ended = await end_transactions_left_hanging(topics.bootstrap_servers, log)
+        assert ended == [f"{ingress}-0@0 ({topics.namespace}.stuck)",
+                         f"{ingress}-1@0 ({topics.namespace}.stuck)"]  # fmt: skip
+        for partition in (0, 1):
+            assert await open_transaction_starts(topics.bootstrap_servers, ingress, partition) == []
+        assert await end_transactions_left_hanging(topics.bootstrap_servers, log) == []
     finally:
-        if tool.returncode is None:
-            tool.kill()
-            await tool.wait()
-    assert tool.returncode == 0, output.decode()
+        with contextlib.suppress(KafkaException):  # when the test failed before the abort
+            await asyncio.to_thread(stuck.abort_transaction, 30)
 
 
 async def test_a_client_reports_its_response_partition_held_by_an_open_transaction(
