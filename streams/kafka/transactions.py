@@ -176,7 +176,9 @@ class Transactions:
         thread then restores its partitions from Kafka; before that a transaction that
         failed for good (a record refused, an abortable error) is aborted, or when even that
         fails the producer is replaced, so that no open transaction wedges the next ones. A
-        transaction that never settles is fenced by the Kafka thread (:meth:`settle`).
+        transaction that never settles is fenced by the Kafka thread (:meth:`settle`). One
+        that failed because Kafka refused a record as too large is raised as
+        ``RecordsRefused``, naming the records it refuses (:meth:`_refused`).
 
         The records go first: their partitions register (after librdkafka's 1 ms timer)
         while the offsets travel. But for a few milliseconds after a commit returns, the
