@@ -387,3 +387,39 @@ def worker_consumer(settings: Settings, group: str, fetch_wait_ms: int = FETCH_W
             }
         )
     )
+
+
+#: Where a group's committed offsets live.
+OFFSETS_TOPIC = "__consumer_offsets"
+
+
+def offsets_partition(group: str, partitions: int) -> int:
+    """The partition of ``__consumer_offsets`` that holds ``group``'s committed offsets, as
+    Kafka picks it: ``abs(group.hashCode()) % partitions``, with Java's ``String.hashCode``
+    (over UTF-16 code units) and Kafka's ``Utils.abs``."""
+    units = group.encode("utf-16-be")
+    code = 0
+    for i in range(0, len(units), 2):
+        code = (31 * code + int.from_bytes(units[i : i + 2], "big")) & 0xFFFFFFFF
+    signed = code - (1 << 32) if code >= 1 << 31 else code
+    return (0 if signed == -(1 << 31) else abs(signed)) % partitions
+
+
+def unread_offsets(admin: AdminClient, group: str, error: Exception) -> str:
+    """What to add when ``group``'s committed offsets could not be read in time (``error``
+    a timeout): a transaction left open on the partition that holds them keeps them
+    unstable, and Kafka answers no read of them until it ends. Nothing for any other error,
+    or when the cluster does not say how many partitions the offsets topic has."""
+    if not isinstance(error, KafkaException) or error.args[0].code() != KafkaError._TIMED_OUT:
+        return ""
+    try:
+        topic = admin.list_topics(topic=OFFSETS_TOPIC, timeout=5).topics.get(OFFSETS_TOPIC)
+    except KafkaException:
+        return ""
+    if topic is None or topic.error is not None or not topic.partitions:
+        return ""
+    partition = offsets_partition(group, len(topic.partitions))
+    return (
+        f"; if this lasts, a transaction may hang on {OFFSETS_TOPIC}/{partition}, where "
+        f"group {group} commits (README, Hanging transactions)"
+    )

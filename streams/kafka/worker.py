@@ -42,6 +42,7 @@ from streams.kafka.offsets import (
     REFUSED,
     consume_ready,
     records_of,
+    unread_offsets,
     worker_consumer,
 )
 from streams.kafka.ownership import Ownership, by_topic, delay_ends
@@ -515,7 +516,9 @@ class Worker:
                     log.warning("not taking over %s: out of group %s since (%s)",
                                 by_topic(partitions), self._group, exc)  # fmt: skip
                     return []
-                log.warning("taking over %s failed (%s); trying again", by_topic(partitions), exc)
+                hint = unread_offsets(self._admin, self._group, exc)
+                log.warning("taking over %s failed (%s%s); trying again",
+                            by_topic(partitions), exc, hint)  # fmt: skip
                 time.sleep(1.0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import worker as worker_module
 from streams.kafka.membership import Membership
+from streams.kafka.offsets import offsets_partition
 from streams.kafka.worker import Worker
 from tests.unit.harness import TOPICS
 
@@ -89,6 +90,9 @@ def taking_over(worker: Worker, monkeypatch: pytest.MonkeyPatch, out_after: int 
     reader = OffsetReader(consumer, out_after, worker.stop)
     worker._consumer = consumer  # type: ignore[assignment]
     worker._offset_reader = reader  # type: ignore[assignment]
+    offsets = SimpleNamespace(error=None, partitions=dict.fromkeys(range(8)))
+    listed = SimpleNamespace(topics={"__consumer_offsets": offsets})
+    worker._admin = SimpleNamespace(list_topics=lambda **_: listed)  # type: ignore[assignment]
     monkeypatch.setattr(worker_module, "time", SimpleNamespace(sleep=lambda seconds: None))
     assert worker._take_over([TopicPartition(TOPICS.ingress, 0)]) == []
     return reader.asked
@@ -108,8 +112,14 @@ def test_a_take_over_stops_once_the_worker_is_out_of_its_group(
 def test_a_take_over_goes_on_while_the_worker_stays_a_member(
     worker: Worker,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     assert taking_over(worker, monkeypatch, out_after=None) == 10
+    # Where the group's offsets live, for an operator to look for a transaction left open.
+    partition = offsets_partition("unit.workers", 8)
+    said = warnings(caplog)
+    assert len(said) == 9, said  # the tenth try meets the stop
+    assert all(f"__consumer_offsets/{partition}" in line for line in said), said
 
 
 class Answer:
