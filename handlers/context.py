@@ -152,7 +152,8 @@ class ObjectSharedContext(Context):
 
     @abstractmethod
     async def get(self, name: str, type_hint: type[T] | None = None) -> Any:
-        """The state value ``name``, or ``None``; validated as ``type_hint`` when given."""
+        """The state value ``name``, or ``None``; validated as ``type_hint`` when given
+        (a stored value that does not fit raises :class:`TerminalError` 500)."""
 
     @abstractmethod
     async def state_keys(self) -> list[str]: ...

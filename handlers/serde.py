@@ -28,15 +28,17 @@ class Serde:
         adapter: TypeAdapter[Any] = self.__dict__["_adapter"]
         return adapter
 
-    def load(self, value: Any, what: str) -> Any:
-        """Validate a decoded JSON value; bad input is the caller's mistake (400, not retried)."""
+    def load(self, value: Any, what: str, status_code: int = 400) -> Any:
+        """Validate a decoded JSON value. A value that does not fit fails the same way on
+        every attempt, so it is a :class:`TerminalError`: the caller's mistake (400) by
+        default, or ``status_code`` (500 for a value the handler stored itself)."""
         try:
             return self.adapter.validate_python(value)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             detail = f"{where}: {first['msg']}" if where else first["msg"]
-            raise TerminalError(f"invalid {what}: {detail}", status_code=400) from None
+            raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
 
     def dump(self, value: Any) -> Any:
         """A JSON-compatible value (pydantic models become dicts)."""

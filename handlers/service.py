@@ -103,6 +103,11 @@ class ServiceDefinition:
                 raise ValueError(f"handler name {handler_name!r} must be a Python identifier")
             if handler_name in self.handlers:
                 raise ValueError(f"{self.name} already has a handler named {handler_name!r}")
+            main = next((h.name for h in self.handlers.values() if h.kind == "workflow"), None)
+            if kind == "workflow" and main is not None:
+                # Both would be the one run of a workflow id (its invocation id names no
+                # handler): the second would answer with the first one's outcome.
+                raise ValueError(f"{self.name} already has its main handler, {main!r}")
             definition = HandlerDef(self, handler_name, fn, kind, retry)
             self.handlers[handler_name] = definition
             setattr(fn, _REF_ATTR, definition)
@@ -151,6 +156,8 @@ class Workflow(ServiceDefinition):
     kind = "workflow"
 
     def main(self, name: str = "run", *, retry: RetryPolicy | None = None) -> Callable[[F], F]:
+        """The workflow's run, once per workflow id: one per workflow (a second is a
+        ``ValueError``)."""
         return self._register(name, "workflow", retry)
 
     def handler(

@@ -12,13 +12,12 @@ import asyncio
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from opentelemetry.trace import SpanKind
-from pydantic import TypeAdapter
 
 from handlers.combinators import Combinable
 from handlers.context import (
@@ -33,6 +32,7 @@ from handlers.context import (
     WorkflowContext,
 )
 from handlers.exceptions import NonDeterminismError, TerminalError
+from handlers.serde import Serde
 from handlers.service import handler_of
 from streams import tracing
 from streams.engine.invocation import Invocation, InvocationClosed, outcome
@@ -86,13 +86,32 @@ class _EntryFuture(_Selectable, CallFuture[Any]):
         return callee
 
 
-class _CoroutineFuture(_Selectable, DurableFuture[T]):
-    def __init__(self, ctx: InvocationContext, make: Callable[[], Awaitable[T]]) -> None:
+class _RunFuture(_Selectable, DurableFuture[T]):
+    """A ``ctx.run``. Its action starts at the first await, as a task of its own, and runs
+    once: every later await, and a ``select`` that it lost, wait for the same outcome.
+    (Started again only when a cancel from the handler's own code stopped it.)"""
+
+    def __init__(self, ctx: InvocationContext, make: Callable[[], Coroutine[Any, Any, T]]) -> None:
         self._ctx = ctx
         self._make = make
+        self._task: asyncio.Task[T] | None = None
+
+    def task(self) -> asyncio.Task[T]:
+        if self._task is None or self._task.cancelled():
+            self._task = asyncio.ensure_future(self._make())
+            self._task.add_done_callback(_retrieved)
+        return self._task
 
     def __await__(self) -> Generator[Any, None, T]:
-        return self._make().__await__()
+        # A cancel of the awaiting task reaches the action's task too, as it did inline.
+        return self.task().__await__()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark the outcome of a run's task as seen: one that lost a select may end after
+    the handler stopped waiting for it (its outcome is journaled all the same)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _SentHandle(SendHandle):
@@ -357,16 +376,29 @@ class InvocationContext(WorkflowContext):
             return winner, await futures[winner]
         if entry is None:
             self.invocation.append(Entry(kind="select", name=",".join(futures)))
-        tasks = {asyncio.ensure_future(_awaited(f)): name for name, f in futures.items()}
+        # A losing ctx.run goes on (its action may be half done); the waits that lose stop.
+        tasks: dict[asyncio.Task[Any], str] = {}
+        waits: list[asyncio.Task[Any]] = []
+        for name, future in futures.items():
+            if isinstance(future, _RunFuture):
+                tasks[future.task()] = name
+            else:
+                waits.append(asyncio.ensure_future(_awaited(future)))
+                tasks[waits[-1]] = name
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
+            for task in waits:
                 if not task.done():
                     task.cancel()
         first = next(task for task in tasks if task in done)
         winner = tasks[first]
         self.invocation.check_open()
+        failed = None if first.cancelled() else first.exception()
+        if failed is not None and not isinstance(failed, TerminalError):
+            # A ctx.run that failed for now (it is retried) has not won: journaled, the
+            # next attempt would wait on that branch alone, its timer no longer in the race.
+            raise failed
         self.invocation.complete_entry(index, value=winner)
         return winner, first.result()
 
@@ -393,7 +425,7 @@ class InvocationContext(WorkflowContext):
         index, entry = self._step("run", name=name)
         if entry is None:
             self.invocation.append(Entry(kind="run", name=name))
-        return _CoroutineFuture(self, lambda: self._run(index, action))
+        return _RunFuture(self, lambda: self._run(index, action))
 
     async def _run(self, index: int, action: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
         entry = self.invocation.journal[index]
@@ -406,14 +438,14 @@ class InvocationContext(WorkflowContext):
                 # Start no action that the partition's next owner would start again; the
                 # close that ends the hand-over cancels this wait.
                 await loop.create_future()
-            # Resolved once the action's outcome is journaled (or it was stopped).
-            journaled: asyncio.Future[None] = loop.create_future()
-            self.invocation.actions.add(journaled)
+            # This task (its own, see _RunFuture) ends once the action's outcome is journaled.
+            this = asyncio.current_task()
+            assert this is not None
+            self.invocation.actions.add(this)
             try:
                 await self._journal_action(index, entry.name, action)
             finally:
-                self.invocation.actions.discard(journaled)
-                journaled.set_result(None)
+                self.invocation.actions.discard(this)
             entry = self.invocation.journal[index]
         return cast(T, outcome(entry))
 
@@ -425,23 +457,34 @@ class InvocationContext(WorkflowContext):
             with tracing.span(f"run {name}", attributes={"kourier.entry": index}):
                 result = await _perform(action, self.invocation.run_executor)
         except TerminalError as error:
+            # Raised from the journal by the caller (_run), on this run as on a replay: a
+            # TerminalError with this code and message, not the subclass the action raised.
             self.invocation.check_open()
             self.invocation.complete_entry(
                 index, failure=Failure(code=error.status_code, message=error.message)
             )
-            raise
+            return
         self.invocation.check_open()
         try:
             value = writable(result, f"the result of ctx.run({name!r})")
         except TerminalError as error:  # journaled as the action's outcome: never rerun
             failure = Failure(code=error.status_code, message=error.message)
             self.invocation.complete_entry(index, failure=failure)
-            raise
+            return
         self.invocation.complete_entry(index, value=value)
 
     # -- state -------------------------------------------------------------------
 
+    def _stateful(self) -> None:
+        """A service's handler has no state to read or write (its context type says so;
+        Python lets it try): a clear terminal failure, not an assertion retried."""
+        handler = self.invocation.handler
+        if handler.service.kind == "service":
+            raise TerminalError(f"{handler.path} is a service's handler, and services have "
+                                "no state: use a virtual object or a workflow")  # fmt: skip
+
     async def get(self, name: str, type_hint: type[T] | None = None) -> Any:
+        self._stateful()
         _index, entry = self._step("get", name=name)
         if entry is None:
             value = self.invocation.state_get(name)
@@ -451,9 +494,12 @@ class InvocationContext(WorkflowContext):
         value = own_copy(value)  # the state and the journal keep theirs
         if type_hint is None or value is None:
             return value
-        return TypeAdapter(type_hint).validate_python(value)
+        # The stored value does not fit the hint on any attempt: terminal, not retried until
+        # the invocation pauses with its key held.
+        return Serde(type_hint).load(value, f"state {name!r}", status_code=500)
 
     async def state_keys(self) -> list[str]:
+        self._stateful()
         _index, entry = self._step("state_keys")
         if entry is None:
             keys = self.invocation.state_keys()
@@ -472,6 +518,7 @@ class InvocationContext(WorkflowContext):
         self._write("clear_all", None, None)
 
     def _write(self, kind: EntryKind, name: str | None, value: Any) -> None:
+        self._stateful()
         if not self.invocation.handler.exclusive:
             raise TerminalError(f"shared handler {self.invocation.handler.path} cannot write state")
         _index, entry = self._step(kind, name=name)

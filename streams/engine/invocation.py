@@ -136,9 +136,10 @@ class Invocation:
         #: The calls open when the pending cancel was asked for: it comes back through them
         #: (their callees answer it with 409 cancelled). None when not known: restored since.
         self.cancel_calls: frozenset[int] | None = None
-        #: The ctx.run actions running now, each resolved once its outcome is journaled: no
-        #: suspension until they end, and a hand-over waits for them.
-        self.actions: set[asyncio.Future[None]] = set()
+        #: The tasks of the ctx.run actions running now, each done once its outcome is
+        #: journaled: no suspension until they end, a hand-over waits for them, and the
+        #: invocation's close stops them.
+        self.actions: set[asyncio.Task[Any]] = set()
         #: The object key this invocation holds exclusively while it runs (its target and
         #: whether it is exclusive never change).
         self.lock_key = lock_key(meta)
@@ -326,3 +327,5 @@ class Invocation:
         self.waiting.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        for action in self.actions:  # one that lost a select runs on after its handler
+            action.cancel()

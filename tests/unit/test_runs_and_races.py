@@ -1,0 +1,206 @@
+"""``ctx.run`` inside races and replays, state read with a type, and handler definitions the
+SDK refuses: each behaves the same on every attempt. Driven with the engine's harness, no
+Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from handlers import (
+    Context,
+    ObjectContext,
+    RetryPolicy,
+    Service,
+    TerminalError,
+    VirtualObject,
+    Workflow,
+    WorkflowContext,
+    select,
+)
+from streams.wire.records import Target
+from tests.unit.harness import Harness, until
+
+QUICK = RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=3)
+races = VirtualObject("Races", retry=QUICK)
+plain = Service("Plain", retry=QUICK)
+counts: dict[str, int] = {}
+seen: list[str] = []
+#: Lets the synchronous action of ``lose_then_await`` finish (set by its handler).
+release = threading.Event()
+
+
+def _count(name: str) -> int:
+    counts[name] = counts.get(name, 0) + 1
+    return counts[name]
+
+
+@races.handler()
+async def fail_then_hang(ctx: ObjectContext) -> list[Any]:
+    async def fetch() -> str:
+        if _count("fetch") == 1:
+            raise ConnectionError("refused, for now")
+        await asyncio.Event().wait()  # the service is down from now on
+        return "never"
+
+    name, value = await select(r=ctx.run("fetch", fetch), t=ctx.sleep(timedelta(milliseconds=30)))
+    return [name, value]
+
+
+@races.handler()
+async def lose_then_await(ctx: ObjectContext) -> list[Any]:
+    def charge() -> str:
+        _count("charge")
+        if not release.wait(5):
+            raise TimeoutError("the test never let the action finish")
+        return "charged"
+
+    charged = ctx.run("charge", charge)
+    name, _ = await select(done=charged, t=ctx.sleep(timedelta(milliseconds=10)))
+    release.set()  # the action that lost is still running: let it end
+    return [name, await charged]
+
+
+@races.handler()
+async def await_twice(ctx: ObjectContext) -> list[str]:
+    async def once() -> str:
+        _count("once")
+        await asyncio.sleep(0.01)
+        return "done"
+
+    future = ctx.run("once", once)
+    first, second = asyncio.ensure_future(future), asyncio.ensure_future(future)  # two waits
+    return [await first, await second]
+
+
+class Declined(TerminalError):
+    """A user's own terminal error."""
+
+
+@races.handler()
+async def catch_a_subclass(ctx: ObjectContext) -> list[str]:
+    def charge() -> None:
+        raise Declined("card declined", 402)
+
+    try:
+        await ctx.run("charge", charge)
+    except Declined:
+        seen.append("Declined")
+    except TerminalError as error:
+        seen.append(f"TerminalError {error.status_code} {error.message}")
+    if _count("catch_a_subclass") == 1:
+        raise RuntimeError("retried: the next attempt replays the run")
+    return seen
+
+
+@races.handler()
+async def store_text(ctx: ObjectContext) -> None:
+    ctx.set("n", "abc")
+
+
+@races.handler()
+async def read_as_int(ctx: ObjectContext) -> int:
+    _count("read_as_int")
+    value: int = await ctx.get("n", int)
+    return value
+
+
+@plain.handler()
+async def reads_state(ctx: Context) -> Any:
+    _count("reads_state")
+    return await ctx.get("n")  # type: ignore[attr-defined]  # a service's context has none
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    counts.clear()
+    seen.clear()
+    release.clear()
+
+
+def _target(handler: str, key: str = "k") -> Target:
+    return Target(service="Races", key=key, handler=handler)
+
+
+async def test_a_run_that_fails_for_now_does_not_win_a_select() -> None:
+    """A retryable failure of a ctx.run used to be journaled as the select's winner: every
+    later attempt waited on the run alone, and its timer was out of the race for good."""
+    h = Harness([races])
+    h.call(_target("fail_then_hang"), request_id="race")
+    await until(lambda: "race" in h.responses())
+    assert h.responses()["race"].value == ["t", None]
+    assert counts["fetch"] == 2, "the first attempt's run failed, the retry raced again"
+
+
+async def test_a_run_that_lost_a_select_runs_once_and_is_awaited_after() -> None:
+    """Awaiting a ctx.run again used to start its action again, while the first (a thread,
+    which a lost select cannot stop) still ran: the action ran twice without any crash."""
+    h = Harness([races])
+    inv_id = h.call(_target("lose_then_await"), request_id="late")
+    await until(lambda: "late" in h.responses())
+    assert h.responses()["late"].value == ["t", "charged"]
+    assert counts["charge"] == 1
+    await until(lambda: inv_id not in h.processor.invocations
+                or not h.processor.invocations[inv_id].actions)  # fmt: skip
+
+
+async def test_a_run_awaited_twice_at_once_runs_once() -> None:
+    h = Harness([races])
+    h.call(_target("await_twice"), request_id="twice")
+    await until(lambda: "twice" in h.responses())
+    assert h.responses()["twice"].value == ["done", "done"]
+    assert counts["once"] == 1
+
+
+async def test_a_terminal_error_from_a_run_reaches_the_handler_alike_on_every_attempt() -> None:
+    """The first run raised the action's own subclass, a replay a plain TerminalError (the
+    journal keeps the code and the message): ``except Declined`` caught it only once."""
+    h = Harness([races])
+    h.call(_target("catch_a_subclass"), request_id="sub")
+    await until(lambda: "sub" in h.responses())
+    assert seen == ["TerminalError 402 card declined"] * 2
+    assert h.responses()["sub"].value == seen
+
+
+async def test_state_that_does_not_fit_its_type_hint_fails_the_call_at_once() -> None:
+    """A ValidationError was retried: the same stored value failed every attempt until the
+    invocation paused, its key held and its caller never answered."""
+    h = Harness([races])
+    h.call(_target("store_text"), request_id="store")
+    h.call(_target("read_as_int"), request_id="read")
+    h.call(_target("store_text"), request_id="after")
+    await until(lambda: {"read", "after"} <= h.responses().keys())
+    failure = h.responses()["read"].failure
+    assert failure is not None
+    assert failure.code == 500
+    assert failure.message.startswith("invalid state 'n': "), failure.message
+    assert counts["read_as_int"] == 1, "terminal: not retried"
+
+
+async def test_a_service_handler_that_reads_state_fails_with_a_clear_error() -> None:
+    h = Harness([plain])
+    h.call(Target(service="Plain", handler="reads_state"), request_id="svc")
+    await until(lambda: "svc" in h.responses())
+    failure = h.responses()["svc"].failure
+    assert failure is not None
+    assert failure.code == 500
+    assert "services have no state" in failure.message
+    assert counts["reads_state"] == 1
+
+
+def test_a_workflow_has_one_main_handler() -> None:
+    """A second ``main`` shared the first one's invocation id (a workflow's run id names no
+    handler), so calling it answered with the first one's outcome."""
+    signup = Workflow("TwoMains")
+
+    @signup.main()
+    async def run(ctx: WorkflowContext) -> None: ...
+
+    with pytest.raises(ValueError, match="already has its main handler, 'run'"):
+
+        @signup.main("start")
+        async def start(ctx: WorkflowContext) -> None: ...
