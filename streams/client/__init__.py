@@ -10,7 +10,12 @@ from streams.client.client import (
     due_time,
     outcome,
 )
-from streams.client.connection import ClientClosed, KafkaUnavailable, ServiceInfo
+from streams.client.connection import (
+    ClientClosed,
+    KafkaUnavailable,
+    ResponseUnreadable,
+    ServiceInfo,
+)
 from streams.kafka.offsets import MissingTopics  # raised by Client.start()
 
 __all__ = [
@@ -25,6 +30,7 @@ __all__ = [
     "ClientClosed",
     "KafkaUnavailable",
     "MissingTopics",
+    "ResponseUnreadable",
     # helpers the Faust bridge shares
     "due_time",
     "outcome",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import threading
 import time
@@ -79,6 +80,12 @@ class ClientClosed(KourierError, RuntimeError):
         self.may_be_written = may_be_written
 
 
+class ResponseUnreadable(KourierError, RuntimeError):
+    """The worker answered, and this client cannot read the answer (written by a newer
+    Kourier, say): the invocation ran, or was refused. Attach to it with a client that can
+    read it; calling again may run it again."""
+
+
 class Connection:
     """A client's producer and readers; :meth:`start` on the loop that will use it."""
 
@@ -92,7 +99,8 @@ class Connection:
         # Delivery reports and responses read by the background threads, not yet handed
         # to the loop (each list is touched by one thread at a time; see the threads).
         self._reports: list[_Report] = []
-        self._answered: list[Response] = []
+        #: Responses read, and those read but not understood (by request id), for the loop.
+        self._answered: list[Response | tuple[str, RecordError]] = []
         self._closing: asyncio.Future[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
@@ -340,17 +348,27 @@ class Connection:
     def _on_response(self, message: Message) -> None:
         try:
             response = decode_response(message.value())
-        except RecordError:
+        except RecordError as error:  # whoever waits for it would wait for good
+            request_id = _request_id_of(message.value())
+            if request_id is not None:
+                self._answered.append((request_id, error))
             return
         if response.request_id is None:
             return
         self._answered.append(response)
 
-    def _resolve_all(self, answered: list[Response]) -> None:
+    def _resolve_all(self, answered: list[Response | tuple[str, RecordError]]) -> None:
         for response in answered:
-            future = self._pending.pop(response.request_id or "", None)
+            if isinstance(response, Response):
+                future = self._pending.pop(response.request_id or "", None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+                continue
+            request_id, error = response
+            future = self._pending.pop(request_id, None)
             if future is not None and not future.done():
-                future.set_result(response)
+                said = f"the response to request {request_id} cannot be read here: {error}"
+                future.set_exception(ResponseUnreadable(said))
 
     # -- the service catalog ------------------------------------------------------------
 
@@ -406,6 +424,16 @@ class Connection:
             self.services.setdefault(name, info)
 
 
+def _request_id_of(value: bytes | None) -> str | None:
+    """The ``request_id`` of a response that does not decode, if it has one to be read."""
+    try:
+        found = json.loads(value or b"")
+    except ValueError:
+        return None
+    request_id = found.get("request_id") if isinstance(found, dict) else None
+    return request_id if isinstance(request_id, str) else None
+
+
 def _settle(future: asyncio.Future[Any], error: KafkaError | None) -> None:
     if future.done():
         return
@@ -417,4 +445,10 @@ def _settle(future: asyncio.Future[Any], error: KafkaError | None) -> None:
         # (librdkafka knows, but its Python client does not say which).
         future.set_exception(ClientClosed("client closed before Kafka acknowledged the record"))
     else:
-        future.set_exception(KafkaUnavailable(f"Kafka did not take the record: {error.str()}"))
+        said = f"Kafka did not take the record: {error.str()}"
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the topic takes less: not again
+            future.set_exception(TerminalError(said, 413))
+            return
+        if error.fatal():  # as for produce(): the idempotent producer failed for good
+            said += "; the client's producer cannot go on: restart the client"
+        future.set_exception(KafkaUnavailable(said))

@@ -23,12 +23,7 @@ from streams.engine.attempts import Attempts
 from streams.engine.control import Controls
 from streams.engine.invocation import Invocation, lock_key
 from streams.engine.invocations import InvocationTable
-from streams.engine.journal import (
-    EntryKind,
-    InvocationMeta,
-    Promise,
-    is_cancel,
-)
+from streams.engine.journal import EntryKind, InvocationMeta, Promise, is_cancel
 from streams.engine.locks import KeyLocks
 from streams.engine.outbox import Out, Outbox
 from streams.engine.outcomes import Outcomes
@@ -252,10 +247,11 @@ class PartitionProcessor:
         except SpillFailed:
             raise  # the partition's spill failed (streams.engine.spill), not the record
         except Exception as error:  # one record never stops the partition
-            log.exception("%s/%d@%d could not be applied", self.topics.ingress, self.partition,
-                          offset)  # fmt: skip
+            log.exception("%s/%d@%d not applied", self.topics.ingress, self.partition, offset)
             failed = RecordError("apply-failed", f"{type(error).__name__}: {error}")
             self._set_aside(failed, key, value, offset)
+            if isinstance(record, Invoke):  # whoever waits for it hears, not waits for good
+                self.outbox.unrouted(record, Failure(code=500, message=f"not applied: {failed}"))
         self._wake()
 
     def _apply(

@@ -25,7 +25,13 @@ from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import TerminalError
 from streams import tracing
-from streams.client import Client, ClientClosed, KafkaUnavailable, ServiceInfo
+from streams.client import (
+    Client,
+    ClientClosed,
+    KafkaUnavailable,
+    ResponseUnreadable,
+    ServiceInfo,
+)
 from streams.errors import ServeError
 from streams.http.admin import AdminApi
 from streams.http.index import InvocationIndex
@@ -275,6 +281,8 @@ class Ingress:
             return error_response(error.status, error.message)
         except KafkaUnavailable as error:
             return error_response(503, str(error))
+        except ResponseUnreadable as error:  # the worker answered what this cannot read
+            return error_response(502, str(error), {"x-restate-id": inv_id})
         except ClientClosed as error:  # 504 if it may be written, else 503 as Kafka refusing it
             return error_response(504 if error.may_be_written else 503, str(error))
         return outcome_response(outcome)
@@ -332,6 +340,8 @@ class Ingress:
             response = error_response(413, f"body larger than {self.max_body} bytes")
         except KafkaUnavailable as error:
             response = error_response(503, str(error))
+        except ResponseUnreadable as error:  # the worker answered what this cannot read
+            response = error_response(502, str(error))
         except ClientClosed as error:  # (a call that may be written is answered in _invoke)
             if error.may_be_written:
                 response = error_response(504, f"{error}; the invocation may go on")

@@ -1,5 +1,6 @@
-"""The client's connection to Kafka where librdkafka refuses a record outright (its own
-errors, raised by ``produce``): no Kafka is needed to see how each is told."""
+"""The client's connection to Kafka where librdkafka refuses a record (raised by
+``produce``, or in its delivery report) and where a response cannot be read: no Kafka is
+needed to see how each is told."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from handlers import TerminalError
-from streams.client.connection import Connection, KafkaUnavailable
+from streams.client.connection import Connection, KafkaUnavailable, ResponseUnreadable
 from streams.settings import Settings
 from streams.wire.topics import Topics
 
@@ -85,3 +86,67 @@ async def test_a_full_queue_is_tried_again_less_and_less_often(
     await connection.produce("unit.ingress", b"{}", 0, "k", failing=response)
     assert producer.tries == 9
     assert pauses == [0.005, 0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1]
+
+
+class Reporting:
+    """A producer that takes the record and keeps its delivery callback, for the test to
+    report on, as librdkafka's polling thread would."""
+
+    def __init__(self) -> None:
+        self.reports: list[Any] = []
+
+    def produce(self, *args: Any, on_delivery: Any = None, **kwargs: Any) -> None:
+        self.reports.append(on_delivery)
+
+
+@pytest.mark.parametrize(
+    ("error", "refusal", "words"),
+    [
+        (KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), TerminalError, "Kafka did not take"),
+        (KafkaError(KafkaError._FATAL, fatal=True), KafkaUnavailable, "restart the client"),
+        (KafkaError(KafkaError._MSG_TIMED_OUT), KafkaUnavailable, "Kafka did not take"),
+    ],
+)
+async def test_a_record_the_broker_refuses_says_why_as_produce_does(
+    error: KafkaError, refusal: type[Exception], words: str
+) -> None:
+    """The broker's refusal of a record larger than its topic takes came back in the
+    delivery report as KafkaUnavailable (a 503 over HTTP: try again, and be refused again);
+    a fatal error of the producer did not say that only a restart helps."""
+    producer = Reporting()
+    connection = started(producer)
+    sent = asyncio.ensure_future(connection.produce("unit.ingress", b"{}", 0, "k"))
+    while not producer.reports:
+        await asyncio.sleep(0)
+    producer.reports[0](error, None)
+    connection._settle_all(connection._hand_over())
+    with pytest.raises(refusal, match=words) as raised:
+        await sent
+    if refusal is TerminalError:
+        assert getattr(raised.value, "status_code", None) == 413
+
+
+class Read:
+    """A response record as the reader's consumer gives it."""
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def value(self) -> bytes:
+        return self._value
+
+
+async def test_a_response_the_client_cannot_read_fails_its_caller() -> None:
+    """A response that does not decode (a newer Kourier's, say) was dropped, and its caller
+    waited for good: ``client.call`` and the CLI have no time limit of their own."""
+    connection = started(Reporting())
+    waiting = connection.expect("r-1")
+    other = connection.expect("r-2")
+    connection._on_response(Read(b'{"v": 99, "request_id": "r-1", "invocation_id": "x"}'))
+    connection._on_response(Read(b"not json"))  # no request id to be read: nobody to tell
+    connection._on_response(Read(b'{"v": 99, "request_id": 7}'))
+    connection._resolve_all(connection._answered)
+    with pytest.raises(ResponseUnreadable, match="r-1 cannot be read here: .*v=99"):
+        await asyncio.wait_for(waiting, 5)  # (nothing else would answer it)
+    assert not other.done()
+    other.cancel()

@@ -13,8 +13,9 @@ import pytest
 from handlers import ObjectContext, RetryPolicy, VirtualObject
 from streams.engine.control import Controls
 from streams.engine.journal import InvocationLog, meta_key
+from streams.engine.partition import PartitionProcessor
 from streams.wire import ids
-from streams.wire.records import Cancel, Invoke, Resume, Target
+from streams.wire.records import Caller, Cancel, Invoke, Resume, Target
 from tests.unit.harness import TOPICS, Harness, settle, until
 
 box = VirtualObject("Box", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=1))
@@ -94,6 +95,36 @@ async def test_a_record_that_fails_to_apply_is_a_dead_letter(
     h.send(Cancel(invocation_id=ids.new_id("a", 1)))
     assert reasons(h) == ["apply-failed"]
     h.call(put_on("a"), 2, request_id="next")
+    await until(lambda: "next" in h.responses())
+    assert h.responses()["next"].value == 2
+
+
+async def test_a_call_that_fails_to_apply_answers_its_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Set aside as apply-failed, the call was answered by nobody: a client's call, and a
+    calling handler, waited for good."""
+    h = Harness([box])
+    real = PartitionProcessor._apply_invoke
+
+    def explode(self: PartitionProcessor, record: Invoke, *args: Any) -> None:
+        if record.target.key == "x":
+            raise KeyError("something unforeseen")
+        real(self, record, *args)
+
+    monkeypatch.setattr(PartitionProcessor, "_apply_invoke", explode)
+    caller = Caller(invocation_id=ids.new_id("c", 1), entry=3)
+    h.send(Invoke(target=put_on("x"), argument=1, request_id="x", caller=caller,
+                  invocation_id=ids.new_id("x", 1)))  # fmt: skip
+    assert reasons(h) == ["apply-failed"]
+    failure = h.responses()["x"].failure
+    assert failure is not None
+    assert failure.code == 500
+    assert failure.message.startswith("not applied: apply-failed: KeyError"), failure.message
+    (completion,) = [json.loads(o.value or b"") for o in h.out if o.topic == TOPICS.ingress]
+    assert completion["caller"] == {"invocation_id": caller.invocation_id, "entry": 3}
+    assert completion["failure"]["code"] == 500
+    h.call(put_on("y"), 2, request_id="next")
     await until(lambda: "next" in h.responses())
     assert h.responses()["next"].value == 2
 
