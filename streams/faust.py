@@ -258,7 +258,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         """
         request_id = self._client.new_request_id()
         answer = self._client.expect(request_id)
-        limit = (within or self.settings.call_timeout).total_seconds()
+        limit = (self.settings.call_timeout if within is None else within).total_seconds()
         record: InvokeRecord | None = None
         produced = False
         try:

@@ -223,6 +223,7 @@ class Client:
         """:meth:`invocation_id_for`, the catalog read again first when it does not list
         ``target``'s service: a workflow announced a moment ago has run ids of its own,
         which a later attach or cancel must be given."""
+        self._kafka.check_open()  # the partition count is known once started
         if target.service not in self.services:
             await self.catalog(refresh=True)
         return self.invocation_id_for(target, idempotency_key)

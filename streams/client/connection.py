@@ -239,9 +239,11 @@ class Connection:
                     future.set_exception(ClientClosed("client closed before the outcome came"))
 
     def check_open(self) -> None:
-        """``ClientClosed`` (nothing written) once the client is closing or closed."""
+        """``ClientClosed`` (nothing written) before the client has started, and once it is
+        closing or closed."""
         if not self.running:
-            raise ClientClosed("the client is closed", may_be_written=False)
+            said = "closed" if self._closing is not None else "not started (await start())"
+            raise ClientClosed(f"the client is {said}", may_be_written=False)
 
     # -- producing --------------------------------------------------------------------
 
@@ -327,6 +329,7 @@ class Connection:
 
     def new_request_id(self) -> str:
         """A fresh request id whose responses land on the partition this client reads."""
+        self.check_open()  # (the partition is known once started)
         return next(self._request_ids)
 
     def _pump(self) -> None:

@@ -14,6 +14,7 @@ from handlers import TerminalError
 from streams.client.connection import Connection, KafkaUnavailable, ResponseUnreadable
 from streams.settings import Settings
 from streams.wire.topics import Topics
+from tests.unit.harness import until
 
 
 class Refusing:
@@ -116,8 +117,7 @@ async def test_a_record_the_broker_refuses_says_why_as_produce_does(
     producer = Reporting()
     connection = started(producer)
     sent = asyncio.ensure_future(connection.produce("unit.ingress", b"{}", 0, "k"))
-    while not producer.reports:
-        await asyncio.sleep(0)
+    await until(lambda: producer.reports)  # the record is queued, its report to come
     producer.reports[0](error, None)
     connection._settle_all(connection._hand_over())
     with pytest.raises(refusal, match=words) as raised:
@@ -146,7 +146,7 @@ async def test_a_response_the_client_cannot_read_fails_its_caller() -> None:
     connection._on_response(Read(b"not json"))  # no request id to be read: nobody to tell
     connection._on_response(Read(b'{"v": 99, "request_id": 7}'))
     connection._resolve_all(connection._answered)
-    with pytest.raises(ResponseUnreadable, match="r-1 cannot be read here: .*v=99"):
+    with pytest.raises(ResponseUnreadable, match=r"r-1 cannot be read here: .*v=99"):
         await asyncio.wait_for(waiting, 5)  # (nothing else would answer it)
     assert not other.done()
     other.cancel()

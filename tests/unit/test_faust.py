@@ -15,7 +15,7 @@ import pytest
 
 from handlers import TerminalError
 from streams import faust as integration
-from streams.client.connection import ServiceInfo
+from streams.client.connection import ClientClosed, ServiceInfo
 from streams.faust import InvokeRecord, Kourier, ResponseRecord, TargetRecord
 from streams.settings import Settings
 from streams.wire import ids
@@ -228,6 +228,37 @@ async def test_request_within_bounds_the_produce_too(
     assert produced.is_set()
 
 
+async def test_request_within_nothing_times_out_at_once(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``within=timedelta(0)`` is false as a bool, and waited the 10 minutes of
+    ``KOURIER_CALL_TIMEOUT`` instead of none."""
+
+    async def kafka_away(target: object, record: object) -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(kourier, "_produce", kafka_away)
+    monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
+    monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r-now")
+    monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
+    monkeypatch.setattr(kourier._client._kafka, "_loop", asyncio.get_running_loop(), raising=False)
+    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
+    target = Target(service="Greeter", handler="greet")
+    asking = kourier.request(target, "ada", idempotency_key="k1", within=timedelta(0))
+    with pytest.raises(TimeoutError, match=r"within 0s"):
+        await asyncio.wait_for(asking, 5)
+
+
+async def test_a_call_or_send_before_the_client_started_says_so(kourier: Kourier) -> None:
+    """They failed with an AttributeError (no request ids yet) and a ZeroDivisionError (no
+    partition count yet)."""
+    target = Target(service="Greeter", handler="greet")
+    with pytest.raises(ClientClosed, match=r"not started \(await start\(\)\)"):
+        await kourier.request(target, "ada", idempotency_key="k1")
+    with pytest.raises(ClientClosed, match="not started"):
+        await kourier.send(target, "ada", idempotency_key="k2")
+
+
 async def test_request_within_bounds_the_catalogs_read_too(
     kourier: Kourier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -273,6 +304,7 @@ async def test_a_workflow_announced_since_the_catalog_was_read_gets_its_runs_id(
     monkeypatch.setattr(kourier._client, "catalog", catalog)
     monkeypatch.setattr(kourier, "_produce", produce)
     monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
+    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
     run = Target(service="Signup", key="ada", handler="run")
     inv_id = await kourier.send(run, {"email": "ada@example.com"}, idempotency_key="k1")
     assert inv_id == ids.workflow_run_id("Signup", "ada")
@@ -295,6 +327,7 @@ async def test_an_argument_past_what_a_record_carries_is_a_413(
     monkeypatch.setattr(kourier.ingress, "send", ingress_send)
     monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
     monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
+    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
     target = Target(service="Greeter", handler="greet")
     with pytest.raises(TerminalError) as refused:
         await kourier.send(target, "x" * MAX_RECORD_BYTES, idempotency_key="k1")
