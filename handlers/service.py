@@ -44,7 +44,9 @@ class HandlerDef:
         return f"{self.service.name}/{self.name}"
 
     @property
-    def retry(self) -> RetryPolicy:
+    def retry(self) -> RetryPolicy | None:
+        """The handler's own policy, else its service's; None when neither has one (the
+        worker's default then applies: ``KOURIER_RETRY_*``)."""
         return self._retry or self.service.retry
 
     @property
@@ -83,7 +85,7 @@ class ServiceDefinition:
         if not name.isidentifier():
             raise ValueError(f"service name {name!r} must be a Python identifier")
         self.name = name
-        self.retry = retry or RetryPolicy()
+        self.retry = retry  # None: the worker's default (KOURIER_RETRY_*)
         self.idempotency_retention = idempotency_retention
         self.completed_retention = completed_retention
         self.inactivity_timeout = inactivity_timeout

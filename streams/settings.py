@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from handlers.retry import RetryPolicy
 from streams.errors import KourierError
 from streams.wire.headers import DENIED_HEADERS
 
@@ -93,6 +94,21 @@ class Settings(BaseModel):
         le=32,
         description="replicas of each topic Kourier creates; min(3, brokers) when unset",
     )
+    # The retry policy of handlers whose service and decorator name none (a worker's).
+    retry_initial: timedelta = Field(
+        default=timedelta(milliseconds=50), gt=timedelta(0), description="first back-off"
+    )
+    retry_factor: float = Field(
+        default=2.0, ge=1, allow_inf_nan=False, description="back-off growth per attempt"
+    )
+    retry_max_interval: timedelta = Field(
+        default=timedelta(seconds=60), gt=timedelta(0), description="longest back-off"
+    )
+    retry_max_attempts: int | None = Field(
+        default=20,
+        ge=1,
+        description="failed attempts before the invocation is paused; none: retried forever",
+    )
 
     @field_validator("namespace")
     @classmethod
@@ -108,7 +124,13 @@ class Settings(BaseModel):
     def _lower_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(name.strip().lower() for name in value if name.strip())
 
-    @field_validator("call_timeout", "stall_after", mode="wrap")
+    @field_validator("retry_max_attempts", mode="before")
+    @classmethod
+    def _forever(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
+    @field_validator("call_timeout", "stall_after", "retry_initial", "retry_max_interval",
+                     mode="wrap")  # fmt: skip
     @classmethod
     def _duration(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         """``KOURIER_CALL_TIMEOUT=90s`` (or ``500ms``, ``10m``, ``1h``; plain seconds, and
@@ -130,6 +152,16 @@ class Settings(BaseModel):
             raise ValueError(
                 f"invalid duration {given!r}: use 500ms, 90s, 10m, 1h or PT90S"
             ) from None
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The worker's default retry policy (``KOURIER_RETRY_*``)."""
+        return RetryPolicy(
+            initial=self.retry_initial,
+            factor=self.retry_factor,
+            max_interval=self.retry_max_interval,
+            max_attempts=self.retry_max_attempts,
+        )
 
     @property
     def header_denylist(self) -> frozenset[str]:
@@ -197,6 +229,10 @@ _VARIABLES = (
     ("stall_after", "KOURIER_STALL_AFTER"),
     ("run_threads", "KOURIER_RUN_THREADS"),
     ("replication_factor", "KOURIER_REPLICATION_FACTOR"),
+    ("retry_initial", "KOURIER_RETRY_INITIAL"),
+    ("retry_factor", "KOURIER_RETRY_FACTOR"),
+    ("retry_max_interval", "KOURIER_RETRY_MAX_INTERVAL"),
+    ("retry_max_attempts", "KOURIER_RETRY_MAX_ATTEMPTS"),
 )
 
 

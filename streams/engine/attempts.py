@@ -19,6 +19,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import NonDeterminismError, TerminalError
+from handlers.retry import RetryPolicy
+from handlers.service import HandlerDef
 from streams import tracing
 from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
@@ -44,9 +46,11 @@ class Attempts:
         complete: Complete,
         touch: Callable[[Invocation], None],
         closed: Callable[[], bool],
+        retry_of: Callable[[HandlerDef], RetryPolicy],
         refused: MutableMapping[str, tuple[Failure, float]] | None = None,
     ) -> None:
         self._invocations = invocations
+        self._retry_of = retry_of  # the policy a handler's attempts follow (Registry.retry_of)
         self._complete = complete
         self._touch = touch
         self._closed = closed
@@ -212,7 +216,7 @@ class Attempts:
 
     def _back_off(self, inv: Invocation, error: BaseException) -> None:
         meta = inv.meta
-        policy = inv.handler.retry
+        policy = self._retry_of(inv.handler)
         meta.last_error = shorten(_described(error))
         inv.task = None
         labelled(RETRIES, meta.target.service, meta.target.handler).inc()

@@ -100,7 +100,8 @@ class PartitionProcessor:
         )  # fmt: skip
         complete = self.outcomes.complete
         self.attempts = Attempts(self.invocations, complete=complete, touch=self.touch,
-                                 closed=lambda: self.closed, refused=refused)  # fmt: skip
+                                 closed=lambda: self.closed, retry_of=registry.retry_of,
+                                 refused=refused)  # fmt: skip
         self.controls = Controls(
             self.invocations, self.outbox, self.attempts,
             complete=complete, forget=self.outcomes.forget, touch=self.touch,

@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Iterable
 from typing import Any
 
+from handlers.retry import RetryPolicy
 from handlers.service import HandlerDef, ServiceDefinition
 from streams.errors import KourierError
 from streams.wire.records import Target
@@ -16,9 +17,13 @@ class RegistryError(KourierError, ValueError):
 
 
 class Registry:
-    """The services a worker hosts, by name."""
+    """The services a worker hosts, by name, and the retry policy of handlers and services
+    that name none (``default_retry``, from ``KOURIER_RETRY_*``)."""
 
-    def __init__(self, services: Iterable[ServiceDefinition]) -> None:
+    def __init__(
+        self, services: Iterable[ServiceDefinition], default_retry: RetryPolicy | None = None
+    ) -> None:
+        self.default_retry = default_retry or RetryPolicy()
         self.services: dict[str, ServiceDefinition] = {}
         for service in services:
             if service.name in self.services:
@@ -42,6 +47,11 @@ class Registry:
         if not service.keyed and target.key is not None:
             raise LookupError(f"service {target.service} takes no key")
         return handler
+
+    def retry_of(self, handler: HandlerDef) -> RetryPolicy:
+        """The policy ``handler``'s failed attempts follow: its own, its service's, or the
+        worker's default."""
+        return handler.retry or self.default_retry
 
     def is_workflow_run(self, target: Target) -> bool:
         """Whether ``target`` is a workflow's ``run`` (every worker of a namespace hosts

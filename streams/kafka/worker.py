@@ -83,7 +83,7 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
-        self.registry = Registry(services)
+        self.registry = Registry(services, settings.retry_policy)
         self.topics = Topics(settings.namespace)
         self._group = f"{settings.namespace}.workers"  # the consumer group workers share
         self._identity = Identity(settings.namespace, worker_id)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from handlers.retry import RetryPolicy
 from handlers.service import ServiceDefinition
 from streams.engine.local import LocalCompletions
 from streams.engine.outbox import Out, origin_of
@@ -44,8 +45,10 @@ class Harness:
         loopback: bool = False,
         local: bool = False,
         clock: Callable[[], float] = time.time,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.services = services
+        self.retry = retry  # the worker's default policy (KOURIER_RETRY_*)
         self.clock = clock  # the processor's wall clock (a test may hold it still)
         self.local = local  # completions go straight back to the processor, as in a worker
         self.out: list[Out] = []
@@ -84,7 +87,8 @@ class Harness:
     def make(self, partitions: int = 1) -> PartitionProcessor:
         deliver = self.completions.deliver if self.local else None
         processor = PartitionProcessor(partition=0, partitions=partitions, topics=TOPICS,
-                                       registry=Registry(self.services), emit=self.out.append,
+                                       registry=Registry(self.services, self.retry),
+                                       emit=self.out.append,
                                        wake=lambda: None, clock=self.clock,
                                        deliver_locally=deliver)  # fmt: skip
         self.processors[0] = processor

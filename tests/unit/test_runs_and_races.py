@@ -109,6 +109,28 @@ async def read_as_int(ctx: ObjectContext) -> int:
     return value
 
 
+defaults = Service("Defaults")  # names no retry policy: the worker's applies
+own = Service("Own", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=3))
+
+
+@defaults.handler()
+async def fails(ctx: Context) -> None:
+    _count("defaults")
+    raise RuntimeError("again")
+
+
+@defaults.handler(retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=4))
+async def fails_its_own_way(ctx: Context) -> None:
+    _count("handler")
+    raise RuntimeError("again")
+
+
+@own.handler()
+async def fails_too(ctx: Context) -> None:
+    _count("own")
+    raise RuntimeError("again")
+
+
 @plain.handler()
 async def reads_state(ctx: Context) -> Any:
     _count("reads_state")
@@ -204,3 +226,18 @@ def test_a_workflow_has_one_main_handler() -> None:
 
         @signup.main("start")
         async def start(ctx: WorkflowContext) -> None: ...
+
+
+async def test_handlers_that_name_no_retry_policy_follow_the_workers() -> None:
+    """The handler's own policy first, then its service's, then the worker's default
+    (``KOURIER_RETRY_*``, DESIGN.md §3: per handler and globally)."""
+    worker_default = RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=2)
+    h = Harness([defaults, own], retry=worker_default)
+    ids = {
+        name: h.call(Target(service=service, handler=name), request_id=name)
+        for service, name in (("Defaults", "fails"), ("Defaults", "fails_its_own_way"),
+                              ("Own", "fails_too"))
+    }  # fmt: skip
+    invocations = h.processor.invocations
+    await until(lambda: all(invocations[i].meta.status == "paused" for i in ids.values()))
+    assert counts == {"defaults": 2, "handler": 4, "own": 3}

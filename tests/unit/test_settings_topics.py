@@ -3,6 +3,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
+from handlers import RetryPolicy
 from streams.settings import Settings, SettingsError
 from streams.wire.topics import Topics
 
@@ -38,6 +39,34 @@ def test_stall_after_is_read_as_a_duration() -> None:
     for too_short in ("0s", "500ms"):
         with pytest.raises(SettingsError, match="KOURIER_STALL_AFTER"):
             Settings.from_env({"KOURIER_STALL_AFTER": too_short})
+
+
+def test_the_workers_default_retry_policy_is_read_from_the_environment() -> None:
+    """DESIGN.md §3: retries are configurable per handler and globally; there was no
+    global setting (every service without a policy had the built-in one)."""
+    assert Settings.from_env({}).retry_policy == RetryPolicy()
+    env = {
+        "KOURIER_RETRY_INITIAL": "10ms",
+        "KOURIER_RETRY_FACTOR": "3",
+        "KOURIER_RETRY_MAX_INTERVAL": "2m",
+        "KOURIER_RETRY_MAX_ATTEMPTS": "None",
+    }
+    policy = Settings.from_env(env).retry_policy
+    assert policy == RetryPolicy(
+        initial=timedelta(milliseconds=10),
+        factor=3.0,
+        max_interval=timedelta(minutes=2),
+        max_attempts=None,
+    )
+    refused = [
+        ("KOURIER_RETRY_MAX_ATTEMPTS", "0"),
+        ("KOURIER_RETRY_FACTOR", "0.5"),
+        ("KOURIER_RETRY_INITIAL", "0s"),
+        ("KOURIER_RETRY_FACTOR", "inf"),
+    ]
+    for name, value in refused:
+        with pytest.raises(SettingsError, match=f"^{name}='{value}': "):
+            Settings.from_env({name: value})
 
 
 def test_values_that_cannot_be_used_are_named_in_one_line_by_where_they_came_from() -> None:
