@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from confluent_kafka import (
@@ -153,8 +153,14 @@ class Connection:
         """Read responses from the current end, fixed now, so no response can be missed.
         Kafka away (or a partition without a leader) past the timeouts: KafkaUnavailable; a
         connection the brokers refused (TLS, SASL): their ``KafkaException`` at once."""
-        try:
+        with self._unavailable():
             self._assign_reader_at_end()
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """A ``KafkaException`` that trying later can mend (Kafka away) as KafkaUnavailable."""
+        try:
+            yield
         except KafkaException as exc:
             error = exc.args[0]
             if not isinstance(error, KafkaError) or not transient(error):
@@ -418,7 +424,8 @@ class Connection:
         it in a thread."""
         reader = self._new_reader(5)
         try:
-            low, end = watermarks(reader, TopicPartition(self.topics.services, 0))
+            with self._unavailable():
+                low, end = watermarks(reader, TopicPartition(self.topics.services, 0))
         finally:
             reader.close()
         found: dict[str, ServiceInfo] = {}

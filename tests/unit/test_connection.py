@@ -5,12 +5,14 @@ needed to see how each is told."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from handlers import TerminalError
+from streams.client import connection as connection_module
 from streams.client.connection import Connection, KafkaUnavailable, ResponseUnreadable
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -150,3 +152,23 @@ async def test_a_response_the_client_cannot_read_fails_its_caller() -> None:
         await asyncio.wait_for(waiting, 5)  # (nothing else would answer it)
     assert not other.done()
     other.cancel()
+
+
+async def test_a_catalog_read_kafka_does_not_answer_is_kafka_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call to a service not in the catalog reads it again first; with Kafka away, the
+    read's KafkaException reached the caller (a 500 over HTTP), not the KafkaUnavailable
+    every other wait for Kafka raises."""
+    connection = started(Reporting())
+    closed: list[bool] = []
+
+    def away(reader: Any, tp: Any, timeout: float = 30.0) -> tuple[int, int]:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    monkeypatch.setattr(connection_module, "watermarks", away)
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: SimpleNamespace(
+        close=lambda: closed.append(True)))  # fmt: skip
+    with pytest.raises(KafkaUnavailable, match="did not answer"):
+        connection.catch_up_catalog()
+    assert closed == [True]
