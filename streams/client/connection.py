@@ -93,7 +93,10 @@ class Connection:
         self.settings = settings
         self.topics = topics
         self.partitions = 0  # of the ingress topic, known once started
+        #: The catalog. Threads (the pump, a catch-up) replace it, never change it in place,
+        #: so the loop may iterate it; ``_catalog_lock`` keeps their updates from crossing.
         self.services: dict[str, ServiceInfo] = {}
+        self._catalog_lock = threading.Lock()
         self.running = False
         self._pending: dict[str, asyncio.Future[Response]] = {}
         # Delivery reports and responses read by the background threads, not yet handed
@@ -382,8 +385,14 @@ class Connection:
     # -- the service catalog ------------------------------------------------------------
 
     def _on_catalog(self, message: Message, services: dict[str, ServiceInfo] | None = None) -> None:
-        """Apply a catalog record to ``services`` (by default the client's)."""
-        services = self.services if services is None else services
+        """Apply a catalog record to ``services``, or to a copy of the client's that then
+        replaces it."""
+        if services is None:
+            with self._catalog_lock:
+                updated = dict(self.services)
+                self._on_catalog(message, updated)
+                self.services = updated
+            return
         key = (message.key() or b"").decode(errors="replace")
         value = message.value()
         if value is None:
@@ -430,8 +439,8 @@ class Connection:
             reader.close()
         found: dict[str, ServiceInfo] = {}
         self._read_catalog(low, end, found)
-        for name, info in found.items():
-            self.services.setdefault(name, info)
+        with self._catalog_lock:
+            self.services = {**found, **self.services}
 
 
 def _request_id_of(value: bytes | None) -> str | None:

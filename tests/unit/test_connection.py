@@ -172,3 +172,28 @@ async def test_a_catalog_read_kafka_does_not_answer_is_kafka_unavailable(
     with pytest.raises(KafkaUnavailable, match="did not answer"):
         connection.catch_up_catalog()
     assert closed == [True]
+
+
+class Announced:
+    """A catalog record as the reader's consumer gives it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def key(self) -> bytes:
+        return self._name.encode()
+
+    def value(self) -> bytes:
+        return f'{{"name": "{self._name}", "kind": "service", "handlers": {{}}}}'.encode()
+
+
+async def test_a_service_announced_while_the_loop_reads_the_catalog_leaves_it_whole() -> None:
+    """The pump thread added services to the dict the loop iterates (the admin API's
+    service list, the ingress's routes): "dictionary changed size during iteration"."""
+    connection = started(Reporting())
+    connection._on_catalog(Announced("First"))
+    reading = iter(connection.services.values())
+    assert next(reading).name == "First"
+    connection._on_catalog(Announced("Second"))  # as the pump thread would, meanwhile
+    assert list(reading) == []
+    assert sorted(connection.services) == ["First", "Second"]
