@@ -105,11 +105,21 @@ class Connection:
         #: Responses read, and those read but not understood (by request id), for the loop.
         self._answered: list[Response | tuple[str, RecordError]] = []
         self._closing: asyncio.Future[None] | None = None
+        self._starting: asyncio.Future[None] | None = None  # done once a start has ended
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._closing is not None and not self._closing.done():
+            await asyncio.shield(self._closing)  # a cancelled close still shutting down
         self._loop = asyncio.get_running_loop()
+        self._starting = self._loop.create_future()
+        try:
+            await self._start()
+        finally:
+            self._starting.set_result(None)
+
+    async def _start(self) -> None:
         self._closing = None  # a client closed before may start again
         self._producer = Producer(
             self.settings.producer_config(
@@ -215,7 +225,9 @@ class Connection:
     async def close(self) -> None:
         """Stop reading, deliver or drop what is still to produce, and end every call that
         waits (:class:`ClientClosed`). A cancelled close goes on to its end, which a later
-        close waits for."""
+        close waits for. A close during the start waits for it, then closes."""
+        if self._starting is not None and not self._starting.done():
+            await asyncio.shield(self._starting)
         if self._closing is None:
             if not self.running:
                 return

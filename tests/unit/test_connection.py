@@ -197,3 +197,88 @@ async def test_a_service_announced_while_the_loop_reads_the_catalog_leaves_it_wh
     connection._on_catalog(Announced("Second"))  # as the pump thread would, meanwhile
     assert list(reading) == []
     assert sorted(connection.services) == ["First", "Second"]
+
+
+class Quiet:
+    """A librdkafka client that is never asked anything: a producer with nothing queued, a
+    reader, an admin client."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flushed = 0
+
+    def flush(self, *args: Any) -> int:
+        self.flushed += 1
+        return 0
+
+    def purge(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def test_a_close_during_the_start_closes_the_client_once_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A close while the start waited for Kafka returned at once (the client was not
+    running yet), and the client then started and ran with nobody to stop it."""
+    asked, answered = asyncio.Event(), asyncio.Event()
+
+    async def watch_nothing(*args: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def kafka_answers_later(*args: Any, **kwargs: Any) -> None:
+        asked.set()
+        await answered.wait()
+
+    monkeypatch.setattr(connection_module, "Producer", Quiet)
+    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
+    monkeypatch.setattr(connection_module, "watch", watch_nothing)
+    monkeypatch.setattr(asyncio, "to_thread", kafka_answers_later)  # the reader's assignment
+    for thread_role in ("_pump", "_deliveries"):
+        monkeypatch.setattr(Connection, thread_role, lambda self: None)
+    connection = Connection(Settings(namespace="unit"), Topics("unit"))
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    starting = asyncio.ensure_future(connection.start())
+    await asyncio.wait_for(asked.wait(), 5)
+    closing = asyncio.ensure_future(connection.close())
+    await asyncio.sleep(0)
+    assert not closing.done(), "the close waits for the start"
+    answered.set()
+    await asyncio.wait_for(asyncio.gather(starting, closing), 5)
+    assert not connection.running
+    assert connection._closing is not None
+    assert connection._closing.done()
+
+
+async def test_a_start_after_a_cancelled_close_waits_for_that_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancelled close shuts down on its own; a start meanwhile made new Kafka clients,
+    which that shutdown then closed and deleted under the running client."""
+    flushing, flushed = asyncio.Event(), asyncio.Event()
+
+    async def watch_nothing(*args: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def in_a_thread(call: Any, *args: Any, **kwargs: Any) -> None:
+        if getattr(call, "__name__", "") == "flush" and not flushed.is_set():
+            flushing.set()
+            await flushed.wait()  # the first close's flush waits for Kafka
+
+    monkeypatch.setattr(connection_module, "Producer", Quiet)
+    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
+    monkeypatch.setattr(connection_module, "watch", watch_nothing)
+    monkeypatch.setattr(asyncio, "to_thread", in_a_thread)
+    for thread_role in ("_pump", "_deliveries"):
+        monkeypatch.setattr(Connection, thread_role, lambda self: None)
+    connection = Connection(Settings(namespace="unit"), Topics("unit"))
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    await connection.start()
+    closing = asyncio.ensure_future(connection.close())
+    await asyncio.wait_for(flushing.wait(), 5)
+    closing.cancel()  # the shutdown goes on
+    starting = asyncio.ensure_future(connection.start())
+    await asyncio.sleep(0)
+    flushed.set()
+    await asyncio.wait_for(starting, 5)
+    assert connection.running
+    assert isinstance(connection._producer, Quiet), "the old shutdown left the new one alone"
