@@ -110,14 +110,14 @@ class Connection:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._closing is not None and not self._closing.done():
-            await asyncio.shield(self._closing)  # a cancelled close still shutting down
         self._loop = asyncio.get_running_loop()
-        self._starting = self._loop.create_future()
+        self._starting = starting = self._loop.create_future()  # a close waits for it
         try:
+            if self._closing is not None and not self._closing.done():
+                await asyncio.shield(self._closing)  # a cancelled close still shutting down
             await self._start()
         finally:
-            self._starting.set_result(None)
+            starting.set_result(None)
 
     async def _start(self) -> None:
         self._closing = None  # a client closed before may start again

@@ -87,19 +87,28 @@ class _EntryFuture(_Selectable, CallFuture[Any]):
 
 
 class _RunFuture(_Selectable, DurableFuture[T]):
-    """A ``ctx.run``. Its action starts at the first await, as a task of its own, and runs
-    once: every later await, and a ``select`` that it lost, wait for the same outcome.
-    (Started again only when a cancel from the handler's own code stopped it.)"""
+    """A ``ctx.run``. Its action starts at the first await, as a task of its own (kept in
+    ``Invocation.runs``), and runs once: every later await, in this attempt or the next,
+    and a ``select`` that it lost, wait for the same outcome. (Started again only when a
+    cancel stopped it: the handler's own code, or the invocation's close.)"""
 
-    def __init__(self, ctx: InvocationContext, make: Callable[[], Coroutine[Any, Any, T]]) -> None:
+    def __init__(
+        self, ctx: InvocationContext, index: int, make: Callable[[], Coroutine[Any, Any, T]]
+    ) -> None:
         self._ctx = ctx
+        self._index = index
         self._make = make
         self._task: asyncio.Task[T] | None = None
 
     def task(self) -> asyncio.Task[T]:
         if self._task is None or self._task.cancelled():
-            self._task = asyncio.ensure_future(self._make())
-            self._task.add_done_callback(_retrieved)
+            runs, index = self._ctx.invocation.runs, self._index
+            task = runs.get(index)
+            if task is None or task.cancelled():
+                task = asyncio.ensure_future(self._make())
+                runs[index] = task
+                task.add_done_callback(lambda done: _ended(runs, index, done))
+            self._task = task
         return self._task
 
     def __await__(self) -> Generator[Any, None, T]:
@@ -107,9 +116,11 @@ class _RunFuture(_Selectable, DurableFuture[T]):
         return self.task().__await__()
 
 
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    """Mark the outcome of a run's task as seen: one that lost a select may end after
-    the handler stopped waiting for it (its outcome is journaled all the same)."""
+def _ended(runs: dict[int, asyncio.Task[Any]], index: int, task: asyncio.Task[Any]) -> None:
+    """A run's task is done: no longer running, and its outcome seen (one that lost a
+    select may end after the handler stopped waiting for it; what it journaled stays)."""
+    if runs.get(index) is task:
+        del runs[index]
     if not task.cancelled():
         task.exception()
 
@@ -394,11 +405,11 @@ class InvocationContext(WorkflowContext):
         first = next(task for task in tasks if task in done)
         winner = tasks[first]
         self.invocation.check_open()
-        failed = None if first.cancelled() else first.exception()
-        if failed is not None and not isinstance(failed, TerminalError):
-            # A ctx.run that failed for now (it is retried) has not won: journaled, the
-            # next attempt would wait on that branch alone, its timer no longer in the race.
-            raise failed
+        if first.cancelled() or not isinstance(first.exception(), TerminalError | None):
+            # A ctx.run that failed for now (it is retried) or was cancelled has not won:
+            # journaled, the next attempt would wait on that branch alone, its timer no
+            # longer in the race.
+            first.result()  # raises it
         self.invocation.complete_entry(index, value=winner)
         return winner, first.result()
 
@@ -425,7 +436,7 @@ class InvocationContext(WorkflowContext):
         index, entry = self._step("run", name=name)
         if entry is None:
             self.invocation.append(Entry(kind="run", name=name))
-        return _RunFuture(self, lambda: self._run(index, action))
+        return _RunFuture(self, index, lambda: self._run(index, action))
 
     async def _run(self, index: int, action: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
         entry = self.invocation.journal[index]
@@ -446,6 +457,10 @@ class InvocationContext(WorkflowContext):
                 await self._journal_action(index, entry.name, action)
             finally:
                 self.invocation.actions.discard(this)
+                if not self.invocation.actions and self.invocation.waiting:
+                    # A suspension put off while it ran (a run that lost a select ends
+                    # while the handler waits on something else): look again.
+                    self.invocation.processor.waiting(self.invocation)
             entry = self.invocation.journal[index]
         return cast(T, outcome(entry))
 
@@ -541,18 +556,19 @@ async def _perform(
     ``executor``'s threads, so that a blocking client library never stalls other handlers
     (what a plain function returns may still be awaitable, and is then awaited on the
     loop). A plain function has no running event loop: code that needs one is ``async``."""
-    if _is_async(action):
-        return await cast(Callable[[], Awaitable[T]], action)()
-    context = contextvars.copy_context()
-    loop = asyncio.get_running_loop()
     try:
+        if _is_async(action):
+            return await cast(Callable[[], Awaitable[T]], action)()
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(executor, context.run, action)
+        if inspect.isawaitable(result):
+            return cast(T, await result)
+        return cast(T, result)
     except (SystemExit, KeyboardInterrupt) as exc:  # the action's own: no signal lands there
-        # Out of the attempt's task, asyncio would end the event loop with it.
+        # Out of a task (the run's, see _RunFuture), asyncio would end the event loop
+        # with it: the worker, and every next owner of the partition after it.
         raise RuntimeError(f"the action raised {exc!r}") from None
-    if inspect.isawaitable(result):
-        return cast(T, await result)
-    return cast(T, result)
 
 
 def _is_async(action: Callable[..., Any]) -> bool:

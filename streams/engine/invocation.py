@@ -110,6 +110,7 @@ class Invocation:
         "persisted",
         "persisted_entries",
         "processor",
+        "runs",
         "task",
         "waiting",
     )
@@ -136,9 +137,12 @@ class Invocation:
         #: The calls open when the pending cancel was asked for: it comes back through them
         #: (their callees answer it with 409 cancelled). None when not known: restored since.
         self.cancel_calls: frozenset[int] | None = None
-        #: The tasks of the ctx.run actions running now, each done once its outcome is
-        #: journaled: no suspension until they end, a hand-over waits for them, and the
-        #: invocation's close stops them.
+        #: The task of each ctx.run begun and not ended, by journal index: every await of
+        #: it, in this attempt or the next, waits for that one; a close or the outcome
+        #: stops those left (:meth:`stop_runs`).
+        self.runs: dict[int, asyncio.Task[Any]] = {}
+        #: Those whose action runs now, each done once its outcome is journaled: no
+        #: suspension until they end, and a hand-over waits for them.
         self.actions: set[asyncio.Task[Any]] = set()
         #: The object key this invocation holds exclusively while it runs (its target and
         #: whether it is exclusive never change).
@@ -327,5 +331,11 @@ class Invocation:
         self.waiting.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        for action in self.actions:  # one that lost a select runs on after its handler
-            action.cancel()
+        self.stop_runs()
+
+    def stop_runs(self) -> None:
+        """Cancel the ctx.run tasks still going (one that lost a select runs on after its
+        handler's await; a synchronous action's thread cannot be stopped, its result is
+        dropped)."""
+        for run in list(self.runs.values()):
+            run.cancel()

@@ -66,6 +66,7 @@ class Outcomes:
         meta.status = "completed"
         meta.modified_at = now
         inv.task = None
+        inv.stop_runs()  # a ctx.run that lost a select has no one left to journal it for
         self._promises.forget_waits(inv)
         failure = self._write(meta, value, failure)
         meta.request_ids.clear()  # answered: a retained outcome needs neither

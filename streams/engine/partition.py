@@ -251,7 +251,8 @@ class PartitionProcessor:
             log.exception("%s/%d@%d not applied", self.topics.ingress, self.partition, offset)
             failed = RecordError("apply-failed", f"{type(error).__name__}: {error}")
             self._set_aside(failed, key, value, offset)
-            if isinstance(record, Invoke):  # whoever waits for it hears, not waits for good
+            if isinstance(record, Invoke) and record.invocation_id not in self.invocations:
+                # Nobody else will answer: whoever waits hears, not waits for good.
                 self.outbox.unrouted(record, Failure(code=500, message=f"not applied: {failed}"))
         self._wake()
 

@@ -214,6 +214,14 @@ async def exits(ctx: ObjectContext) -> str:
 
 
 @objects.handler()
+async def exits_async(ctx: ObjectContext) -> str:
+    async def leave() -> str:
+        sys.exit(5)
+
+    return await ctx.run("leave", leave)
+
+
+@objects.handler()
 async def put(ctx: ObjectContext, n: int) -> int:
     return n
 
@@ -442,7 +450,7 @@ async def test_a_call_timeout_below_zero_counts_as_none() -> None:
     assert harness.responses()["timeout"].value == "timed out 408"
 
 
-@pytest.mark.parametrize("handler", ["base_exception", "exits_itself", "exits"])
+@pytest.mark.parametrize("handler", ["base_exception", "exits_itself", "exits", "exits_async"])
 async def test_a_base_exception_of_a_handler_fails_its_attempt(handler: str) -> None:
     """Caught only as ``Exception``, it left the invocation running with no task (a
     library's), or ended the event loop (``SystemExit`` from an action's ``sys.exit``)."""
@@ -452,7 +460,8 @@ async def test_a_base_exception_of_a_handler_fails_its_attempt(handler: str) -> 
     meta = harness.processor.invocations[inv_id].meta
     assert meta.attempt == 2
     expected = {"base_exception": "Outcome: a library's outcome", "exits_itself": "SystemExit: 2",
-                "exits": "RuntimeError: the action raised SystemExit(3)"}  # fmt: skip
+                "exits": "RuntimeError: the action raised SystemExit(3)",
+                "exits_async": "RuntimeError: the action raised SystemExit(5)"}  # fmt: skip
     assert expected[handler] in (meta.last_error or "")
 
 

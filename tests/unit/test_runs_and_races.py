@@ -32,6 +32,8 @@ counts: dict[str, int] = {}
 seen: list[str] = []
 #: Lets the synchronous action of ``lose_then_await`` finish (set by its handler).
 release = threading.Event()
+#: Lets the action of ``lose_then_fail`` finish (set by its handler's second attempt).
+gate = asyncio.Event()
 
 
 def _count(name: str) -> int:
@@ -40,11 +42,16 @@ def _count(name: str) -> int:
 
 
 @races.handler()
-async def fail_then_hang(ctx: ObjectContext) -> list[Any]:
+async def fail_then_hang(ctx: ObjectContext, cancelled: bool) -> list[Any]:
     async def fetch() -> str:
         if _count("fetch") == 1:
+            if cancelled:  # a library's own cancel, met by the action
+                raise asyncio.CancelledError
             raise ConnectionError("refused, for now")
-        await asyncio.Event().wait()  # the service is down from now on
+        try:
+            await asyncio.Event().wait()  # the service is down from now on
+        finally:
+            seen.append("fetch stopped")
         return "never"
 
     name, value = await select(r=ctx.run("fetch", fetch), t=ctx.sleep(timedelta(milliseconds=30)))
@@ -62,6 +69,21 @@ async def lose_then_await(ctx: ObjectContext) -> list[Any]:
     charged = ctx.run("charge", charge)
     name, _ = await select(done=charged, t=ctx.sleep(timedelta(milliseconds=10)))
     release.set()  # the action that lost is still running: let it end
+    return [name, await charged]
+
+
+@races.handler()
+async def lose_then_fail(ctx: ObjectContext) -> list[Any]:
+    async def charge() -> str:
+        _count("charge")
+        await asyncio.wait_for(gate.wait(), 5)
+        return "charged"
+
+    charged = ctx.run("charge", charge)
+    name, _ = await select(done=charged, t=ctx.sleep(timedelta(milliseconds=10)))
+    if _count("lose_then_fail") == 1:
+        raise RuntimeError("retried while the action goes on")
+    gate.set()
     return [name, await charged]
 
 
@@ -142,20 +164,24 @@ def _fresh() -> None:
     counts.clear()
     seen.clear()
     release.clear()
+    gate.clear()
 
 
 def _target(handler: str, key: str = "k") -> Target:
     return Target(service="Races", key=key, handler=handler)
 
 
-async def test_a_run_that_fails_for_now_does_not_win_a_select() -> None:
-    """A retryable failure of a ctx.run used to be journaled as the select's winner: every
-    later attempt waited on the run alone, and its timer was out of the race for good."""
+@pytest.mark.parametrize("cancelled", [False, True])
+async def test_a_run_that_fails_for_now_does_not_win_a_select(cancelled: bool) -> None:
+    """A retryable failure of a ctx.run (a cancel it met too) used to be journaled as the
+    select's winner: every later attempt waited on the run alone, and its timer was out of
+    the race for good."""
     h = Harness([races])
-    h.call(_target("fail_then_hang"), request_id="race")
+    h.call(_target("fail_then_hang"), cancelled, request_id="race")
     await until(lambda: "race" in h.responses())
     assert h.responses()["race"].value == ["t", None]
     assert counts["fetch"] == 2, "the first attempt's run failed, the retry raced again"
+    await until(lambda: seen == ["fetch stopped"])  # the outcome stopped the run that lost
 
 
 async def test_a_run_that_lost_a_select_runs_once_and_is_awaited_after() -> None:
@@ -168,6 +194,16 @@ async def test_a_run_that_lost_a_select_runs_once_and_is_awaited_after() -> None
     assert counts["charge"] == 1
     await until(lambda: inv_id not in h.processor.invocations
                 or not h.processor.invocations[inv_id].actions)  # fmt: skip
+
+
+async def test_a_run_still_going_when_its_attempt_failed_is_awaited_by_the_next() -> None:
+    """The next attempt made a task of its own for the same journal entry while the first
+    attempt's still ran: the action ran twice at once."""
+    h = Harness([races])
+    h.call(_target("lose_then_fail"), request_id="retried")
+    await until(lambda: "retried" in h.responses())
+    assert h.responses()["retried"].value == ["t", "charged"]
+    assert counts == {"charge": 1, "lose_then_fail": 2}
 
 
 async def test_a_run_awaited_twice_at_once_runs_once() -> None:
