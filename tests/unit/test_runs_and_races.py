@@ -87,6 +87,19 @@ async def lose_then_fail(ctx: ObjectContext) -> list[Any]:
     return [name, await charged]
 
 
+sleepy = VirtualObject("Sleepy", inactivity_timeout=timedelta(milliseconds=20))
+
+
+@sleepy.handler()
+async def lose_then_wait_long(ctx: ObjectContext) -> None:
+    async def slow() -> str:
+        await asyncio.sleep(0.2)
+        return "done"
+
+    await select(done=ctx.run("slow", slow), t=ctx.sleep(timedelta(milliseconds=1)))
+    await ctx.sleep(timedelta(hours=1))
+
+
 @races.handler()
 async def await_twice(ctx: ObjectContext) -> list[str]:
     async def once() -> str:
@@ -277,3 +290,14 @@ async def test_handlers_that_name_no_retry_policy_follow_the_workers() -> None:
     invocations = h.processor.invocations
     await until(lambda: all(invocations[i].meta.status == "paused" for i in ids.values()))
     assert counts == {"defaults": 2, "handler": 4, "own": 3}
+
+
+async def test_a_handler_waiting_long_is_suspended_once_a_run_that_lost_ends() -> None:
+    """Its suspension was put off while the run went on, and nothing looked again when it
+    ended: the invocation kept its task for the whole hour."""
+    h = Harness([sleepy])
+    inv_id = h.call(Target(service="Sleepy", key="k", handler="lose_then_wait_long"))
+    inv = h.processor.invocations
+    await until(lambda: inv[inv_id].meta.status == "suspended")
+    assert [entry.kind for entry in inv[inv_id].journal] == ["run", "sleep", "select", "sleep"]
+    assert inv[inv_id].journal[0].done, "the run that lost was journaled before"
