@@ -129,6 +129,27 @@ async def test_a_call_that_fails_to_apply_answers_its_caller(
     assert h.responses()["next"].value == 2
 
 
+async def test_a_call_that_fails_after_its_invocation_was_made_is_answered_by_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Applied in part (its invocation made, then something unforeseen), it is answered by
+    its invocation's outcome alone, not first with a 500 its caller would take for it."""
+    h = Harness([box])
+    real = PartitionProcessor._apply_invoke
+
+    def explode_after(self: PartitionProcessor, record: Invoke, *args: Any) -> None:
+        real(self, record, *args)
+        raise KeyError("something unforeseen, afterwards")
+
+    monkeypatch.setattr(PartitionProcessor, "_apply_invoke", explode_after)
+    h.call(put_on("z"), 4, request_id="z")
+    assert reasons(h) == ["apply-failed"]
+    await until(lambda: "z" in h.responses())
+    answers = [o for o in h.out if o.topic == TOPICS.responses]
+    assert len(answers) == 1
+    assert h.responses()["z"].value == 4
+
+
 async def test_a_paused_invocation_of_a_handler_not_hosted_here_cancels_cleanly() -> None:
     h = Harness([box])
     inv_id = h.call(Target(service="Box", key="p", handler="broken"), request_id="p")
