@@ -89,8 +89,9 @@ class _EntryFuture(_Selectable, CallFuture[Any]):
 class _RunFuture(_Selectable, DurableFuture[T]):
     """A ``ctx.run``. Its action starts at the first await, as a task of its own (kept in
     ``Invocation.runs``), and runs once: every later await, in this attempt or the next,
-    and a ``select`` that it lost, wait for the same outcome. (Started again only when a
-    cancel stopped it: the handler's own code, or the invocation's close.)"""
+    and a ``select`` that it lost, wait for the same outcome. A cancel of an awaiter (a
+    timeout of the handler's, a task group) stops the wait, not the action: only the
+    invocation's close and its outcome stop it (:meth:`Invocation.stop_runs`)."""
 
     def __init__(
         self, ctx: InvocationContext, index: int, make: Callable[[], Coroutine[Any, Any, T]]
@@ -105,6 +106,9 @@ class _RunFuture(_Selectable, DurableFuture[T]):
             runs, index = self._ctx.invocation.runs, self._index
             task = runs.get(index)
             if task is None or task.cancelled():
+                # Code left over from an attempt that ended, or after the outcome, starts
+                # no action (as it makes no other journal entry).
+                self._ctx.check_current()
                 task = asyncio.ensure_future(self._make())
                 runs[index] = task
                 task.add_done_callback(lambda done: _ended(runs, index, done))
@@ -112,8 +116,13 @@ class _RunFuture(_Selectable, DurableFuture[T]):
         return self._task
 
     def __await__(self) -> Generator[Any, None, T]:
-        # A cancel of the awaiting task reaches the action's task too, as it did inline.
-        return self.task().__await__()
+        return asyncio.shield(self.task()).__await__()
+
+
+def _can_win(task: asyncio.Task[Any]) -> bool:
+    """Whether a branch of a select that is done may be journaled its winner (which also
+    marks its exception as seen)."""
+    return not task.cancelled() and isinstance(task.exception(), TerminalError | None)
 
 
 def _ended(runs: dict[int, asyncio.Task[Any]], index: int, task: asyncio.Task[Any]) -> None:
@@ -196,12 +205,16 @@ class InvocationContext(WorkflowContext):
 
     # -- journal -----------------------------------------------------------
 
-    def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
-        """Claim the next journal index; return the recorded entry when replaying."""
+    def check_current(self) -> None:
+        """``InvocationClosed`` unless this context's attempt is the invocation's, running."""
         self.invocation.check_open()
         attempt = self._attempt
         if attempt is not None and (attempt.done() or self.invocation.task is not attempt):
             raise InvocationClosed(self.invocation.meta.id)
+
+    def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
+        """Claim the next journal index; return the recorded entry when replaying."""
+        self.check_current()
         name = expected.get("name")
         if name is not None and not isinstance(name, str):
             # A UUID or an int for a state or promise name journals, then fails to be
@@ -402,13 +415,15 @@ class InvocationContext(WorkflowContext):
             for task in waits:
                 if not task.done():
                     task.cancel()
-        first = next(task for task in tasks if task in done)
+        # A branch that failed for now (a ctx.run's error is retried) or was cancelled
+        # cannot win: journaled, the next attempt would wait on it alone, its timer no longer
+        # in the race. The first done that can win wins, in the order of the names.
+        finished = [task for task in tasks if task in done]
+        winnable = [task for task in finished if _can_win(task)]
+        first = winnable[0] if winnable else finished[0]
         winner = tasks[first]
         self.invocation.check_open()
-        if first.cancelled() or not isinstance(first.exception(), TerminalError | None):
-            # A ctx.run that failed for now (it is retried) or was cancelled has not won:
-            # journaled, the next attempt would wait on that branch alone, its timer no
-            # longer in the race.
+        if not winnable:
             first.result()  # raises it
         self.invocation.complete_entry(index, value=winner)
         return winner, first.result()

@@ -22,6 +22,7 @@ from handlers import (
     WorkflowContext,
     select,
 )
+from streams.engine.invocation import InvocationClosed
 from streams.wire.records import Target
 from tests.unit.harness import Harness, until
 
@@ -98,6 +99,54 @@ async def lose_then_wait_long(ctx: ObjectContext) -> None:
 
     await select(done=ctx.run("slow", slow), t=ctx.sleep(timedelta(milliseconds=1)))
     await ctx.sleep(timedelta(hours=1))
+
+
+patient = VirtualObject(
+    "PatientRaces", retry=RetryPolicy(initial=timedelta(milliseconds=100), max_attempts=3)
+)
+
+
+@patient.handler()
+async def fails_fast_against_a_timer(ctx: ObjectContext) -> list[Any]:
+    async def probe() -> str:
+        _count("probe")
+        raise ConnectionError("the breaker is open")
+
+    return list(await select(r=ctx.run("probe", probe), t=ctx.sleep(timedelta(milliseconds=1))))
+
+
+@races.handler()
+async def times_out_its_wait(ctx: ObjectContext) -> list[Any]:
+    async def charge() -> str:
+        _count("charge")
+        await asyncio.sleep(0.05)
+        return "charged"
+
+    charged = ctx.run("charge", charge)
+    try:
+        await asyncio.wait_for(charged, 0.001)  # the handler's own bound on the wait
+    except TimeoutError:
+        seen.append("timed out")
+    return [await charged]
+
+
+#: The task a handler left behind, awaiting a run after its handler returned.
+left_behind: list[asyncio.Task[Any]] = []
+
+
+@races.handler()
+async def leaves_a_task(ctx: ObjectContext) -> str:
+    async def late() -> None:
+        _count("late")
+
+    future = ctx.run("late", late)
+
+    async def afterwards() -> None:
+        await asyncio.sleep(0.01)
+        await future
+
+    left_behind.append(asyncio.get_running_loop().create_task(afterwards()))
+    return "returned"
 
 
 @races.handler()
@@ -178,6 +227,7 @@ def _fresh() -> None:
     seen.clear()
     release.clear()
     gate.clear()
+    left_behind.clear()
 
 
 def _target(handler: str, key: str = "k") -> Target:
@@ -301,3 +351,34 @@ async def test_a_handler_waiting_long_is_suspended_once_a_run_that_lost_ends() -
     await until(lambda: inv[inv_id].meta.status == "suspended")
     assert [entry.kind for entry in inv[inv_id].journal] == ["run", "sleep", "select", "sleep"]
     assert inv[inv_id].journal[0].done, "the run that lost was journaled before"
+
+
+async def test_a_run_that_failed_loses_to_a_branch_done_in_the_same_turn() -> None:
+    """On the retry, the timer was done already and the run failed at its first step: both
+    were done at once, the run, named first, was taken, and every attempt failed so."""
+    h = Harness([patient])
+    h.call(Target(service="PatientRaces", key="k", handler="fails_fast_against_a_timer"),
+           request_id="breaker")  # fmt: skip
+    await until(lambda: "breaker" in h.responses())
+    assert h.responses()["breaker"].value == ["t", None]
+    assert counts["probe"] == 2
+
+
+async def test_a_wait_on_a_run_that_times_out_leaves_the_action_running() -> None:
+    """The handler's timeout cancelled the action's task itself, and the next await ran the
+    action again."""
+    h = Harness([races])
+    h.call(_target("times_out_its_wait"), request_id="bounded")
+    await until(lambda: "bounded" in h.responses())
+    assert h.responses()["bounded"].value == ["charged"]
+    assert seen == ["timed out"]
+    assert counts["charge"] == 1
+
+
+async def test_a_run_awaited_after_its_handler_returned_does_not_start() -> None:
+    """A task the handler left behind started the action after the call was answered."""
+    h = Harness([races])
+    h.call(_target("leaves_a_task"), request_id="left")
+    await until(lambda: "left" in h.responses() and left_behind and left_behind[0].done())
+    assert isinstance(left_behind[0].exception(), InvocationClosed)
+    assert "late" not in counts
