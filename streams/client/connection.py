@@ -459,7 +459,7 @@ def _request_id_of(value: bytes | None) -> str | None:
     """The ``request_id`` of a response that does not decode, if it has one to be read."""
     try:
         found = json.loads(value or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
         return None
     request_id = found.get("request_id") if isinstance(found, dict) else None
     return request_id if isinstance(request_id, str) else None

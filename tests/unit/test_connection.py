@@ -146,6 +146,7 @@ async def test_a_response_the_client_cannot_read_fails_its_caller() -> None:
     other = connection.expect("r-2")
     connection._on_response(Read(b'{"v": 99, "request_id": "r-1", "invocation_id": "x"}'))
     connection._on_response(Read(b"not json"))  # no request id to be read: nobody to tell
+    connection._on_response(Read(b"[" * 100_000))  # nor here (and the pump thread goes on)
     connection._on_response(Read(b'{"v": 99, "request_id": 7}'))
     connection._resolve_all(connection._answered)
     with pytest.raises(ResponseUnreadable, match=r"r-1 cannot be read here: .*v=99"):
