@@ -196,7 +196,7 @@ class PartitionProcessor:
         for inv in self.invocations.live():
             if inv.meta.target.key is not None:
                 for index, entry in enumerate(inv.journal):
-                    if entry.kind == "promise_get" and not entry.done and entry.name:
+                    if entry.kind == "promise_get" and not entry.done and entry.name is not None:
                         self.promises.wait(inv, index, entry.name)
         self._sweep()
 

@@ -60,7 +60,7 @@ class Promises:
         if target.key is None or not self.waiters:  # nobody waits on a promise here
             return
         for index, entry in enumerate(inv.journal):
-            if entry.kind == "promise_get" and entry.name:
+            if entry.kind == "promise_get" and entry.name is not None:  # "" is a name
                 scope = (target.service, target.key, entry.name)
                 waiters = self.waiters.get(scope)
                 if waiters is not None:

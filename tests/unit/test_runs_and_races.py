@@ -20,6 +20,7 @@ from handlers import (
     VirtualObject,
     Workflow,
     WorkflowContext,
+    WorkflowSharedContext,
     select,
 )
 from streams.engine.invocation import InvocationClosed
@@ -147,6 +148,20 @@ async def leaves_a_task(ctx: ObjectContext) -> str:
 
     left_behind.append(asyncio.get_running_loop().create_task(afterwards()))
     return "returned"
+
+
+blank = Workflow("Blank")
+
+
+@blank.main()
+async def wait_for_blank(ctx: WorkflowContext) -> str:
+    value: str = await ctx.promise("").value()
+    return value
+
+
+@blank.handler()
+async def resolve_blank(ctx: WorkflowSharedContext, value: str) -> None:
+    await ctx.promise("").resolve(value)
 
 
 @races.handler()
@@ -382,3 +397,16 @@ async def test_a_run_awaited_after_its_handler_returned_does_not_start() -> None
     await until(lambda: "left" in h.responses() and left_behind and left_behind[0].done())
     assert isinstance(left_behind[0].exception(), InvocationClosed)
     assert "late" not in counts
+
+
+async def test_a_promise_named_by_the_empty_string_is_waited_for_after_a_restore() -> None:
+    """A new owner registered the waits of the promises a restored run awaited only for
+    names that are true as a bool: a run waiting on ``ctx.promise("")`` waited for good."""
+    h = Harness([blank])
+    h.call(Target(service="Blank", key="w", handler="run"), request_id="run")
+    await until(lambda: bool(h.processor.promises.waiters))
+    h.hand_over()
+    await until(lambda: bool(h.processor.promises.waiters))
+    h.call(Target(service="Blank", key="w", handler="resolve_blank"), "ok", request_id="set")
+    await until(lambda: "run" in h.responses())
+    assert h.responses()["run"].value == "ok"
