@@ -10,8 +10,9 @@ invocation, so that its record never grows past what Kafka takes. A request id s
 the outcome: an HTTP client whose attach was cut off (its own timeout, a proxy's) leaves its
 id behind, and nothing tells the worker. So a new waiter takes the place of the request id
 that has waited longest, which is answered 429 (attach again), except the call that made
-the invocation; only when handlers (and that call) fill the places is the newcomer refused
-(429).
+the invocation; then that of the handler attached longest (a handler that attached and went
+on, whose attach lost a select or whose invocation ended, leaves it behind too: nothing
+tells this partition), whose attach fails with 429. The calling handler is never let go.
 """
 
 from __future__ import annotations
@@ -100,16 +101,21 @@ class Waiters:
         # The call that made the invocation (its request id first) is never let go: it may
         # have no idempotency key, and a caller that tried again would run it twice.
         kept = 1 if meta.mode == "call" and meta.caller is None else 0
+        message = (
+            f"newer waiters took the {MAX_WAITERS} places for {meta.id}: attach again (or "
+            "call again with the same idempotency key)"
+        )
         while len(meta.request_ids) + len(meta.attachers) > places and len(meta.request_ids) > kept:
             oldest = meta.request_ids.pop(kept)
-            message = (
-                f"newer waiters took the {MAX_WAITERS} places for {meta.id}: attach again (or "
-                "call again with the same idempotency key)"
-            )
             self._outbox.failure_response(oldest, meta.id, Failure(code=429, message=message))
             self._touch(inv)
-        if len(meta.request_ids) + len(meta.attachers) > places:  # handlers, all of them
-            busy = Failure(code=429, message=f"{MAX_WAITERS} handlers already wait for {meta.id}")
+        while len(meta.request_ids) + len(meta.attachers) > places and meta.attachers:
+            gone = meta.attachers.pop(0)
+            failure = Failure(code=429, message=message)
+            self._outbox.completion(Completion(caller=gone, invocation_id=meta.id, failure=failure))
+            self._touch(inv)
+        if len(meta.request_ids) + len(meta.attachers) > places:  # the call that made it
+            busy = Failure(code=429, message=f"{MAX_WAITERS} already wait for {meta.id}")
             if request_id is not None and new_request:
                 self._outbox.failure_response(request_id, meta.id, busy)
             if caller is not None and new_caller:

@@ -10,7 +10,8 @@ import pytest
 from handlers import Service
 from handlers.context import Context
 from streams.engine import waiters
-from streams.wire.records import AttachRequest, Target
+from streams.wire import ids
+from streams.wire.records import AttachRequest, Caller, Target
 from tests.unit.harness import Harness, until
 
 slow = Service("Slow")
@@ -46,3 +47,26 @@ async def test_attaches_given_up_make_room_for_new_ones(monkeypatch: pytest.Monk
     outcomes = harness.responses()
     assert outcomes["call"].value == "done"
     assert all(outcomes[f"attach{n}"].value == "done" for n in range(3, limit + 2))
+
+
+async def test_handlers_attached_longest_make_room_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler's attach stays with the invocation after the handler went on (its attach
+    lost a select, or it completed): nothing tells this partition. Once handlers had taken
+    the MAX_WAITERS places (a handler polling a workflow that runs for days), every new
+    attach, a handler's or an HTTP client's, was refused with 429. The handler attached
+    longest is let go instead, its attach failed with 429."""
+    monkeypatch.setattr(waiters, "MAX_WAITERS", 3)
+    RELEASE.clear()
+    harness = Harness([slow])
+    inv_id = harness.call(Target(service="Slow", handler="wait"), request_id="call")
+    pollers = [Caller(invocation_id=ids.new_id(None, 1), entry=n) for n in range(3)]
+    for n, poller in enumerate(pollers):
+        harness.send(AttachRequest(request_id=f"h{n}", invocation_id=inv_id, caller=poller))
+    harness.send(AttachRequest(request_id="late", invocation_id=inv_id))
+    assert "late" not in harness.responses(), "it waits: not refused"
+    let_go = harness.records("completion")
+    assert [c["caller"] for c in let_go] == [pollers[0].model_dump(), pollers[1].model_dump()]
+    assert {c["failure"]["code"] for c in let_go} == {429}
+    RELEASE.set()
+    await until(lambda: "late" in harness.responses())
+    assert harness.responses()["late"].value == "done"
