@@ -9,11 +9,7 @@ differs from its entry fails the invocation with :class:`NonDeterminismError`.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
@@ -37,6 +33,7 @@ from handlers.service import handler_of
 from streams import tracing
 from streams.engine.invocation import Invocation, InvocationClosed, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy
+from streams.engine.runs import ended, run_entry
 from streams.engine.values import (
     checked_headers,
     checked_id,
@@ -111,7 +108,7 @@ class _RunFuture(_Selectable, DurableFuture[T]):
                 self._ctx.check_current()
                 task = asyncio.ensure_future(self._make())
                 runs[index] = task
-                task.add_done_callback(lambda done: _ended(runs, index, done))
+                task.add_done_callback(lambda done: ended(runs, index, done))
             self._task = task
         return self._task
 
@@ -123,15 +120,6 @@ def _can_win(task: asyncio.Task[Any]) -> bool:
     """Whether a branch of a select that is done may be journaled its winner (which also
     marks its exception as seen)."""
     return not task.cancelled() and isinstance(task.exception(), TerminalError | None)
-
-
-def _ended(runs: dict[int, asyncio.Task[Any]], index: int, task: asyncio.Task[Any]) -> None:
-    """A run's task is done: no longer running, and its outcome seen (one that lost a
-    select may end after the handler stopped waiting for it; what it journaled stays)."""
-    if runs.get(index) is task:
-        del runs[index]
-    if not task.cancelled():
-        task.exception()
 
 
 class _SentHandle(SendHandle):
@@ -451,57 +439,7 @@ class InvocationContext(WorkflowContext):
         index, entry = self._step("run", name=name)
         if entry is None:
             self.invocation.append(Entry(kind="run", name=name))
-        return _RunFuture(self, index, lambda: self._run(index, action))
-
-    async def _run(self, index: int, action: Callable[[], Awaitable[T]] | Callable[[], T]) -> T:
-        entry = self.invocation.journal[index]
-        if not entry.done and self.invocation.take_cancel():
-            self.invocation.complete_entry(index, failure=CANCELLED)
-            entry = self.invocation.journal[index]
-        if not entry.done:
-            loop = asyncio.get_running_loop()
-            if self.invocation.processor.handing_over:
-                # Start no action that the partition's next owner would start again; the
-                # close that ends the hand-over cancels this wait.
-                await loop.create_future()
-            # This task (its own, see _RunFuture) ends once the action's outcome is journaled.
-            this = asyncio.current_task()
-            assert this is not None
-            self.invocation.actions.add(this)
-            try:
-                await self._journal_action(index, entry.name, action)
-            finally:
-                self.invocation.actions.discard(this)
-                if not self.invocation.actions and self.invocation.waiting:
-                    # A suspension put off while it ran (a run that lost a select ends
-                    # while the handler waits on something else): look again.
-                    self.invocation.processor.waiting(self.invocation)
-            entry = self.invocation.journal[index]
-        return cast(T, outcome(entry))
-
-    async def _journal_action(
-        self, index: int, name: str | None, action: Callable[[], Awaitable[T]] | Callable[[], T]
-    ) -> None:
-        """Run the action of journal entry ``index`` and journal its outcome."""
-        try:
-            with tracing.span(f"run {name}", attributes={"kourier.entry": index}):
-                result = await _perform(action, self.invocation.run_executor)
-        except TerminalError as error:
-            # Raised from the journal by the caller (_run), on this run as on a replay: a
-            # TerminalError with this code and message, not the subclass the action raised.
-            self.invocation.check_open()
-            self.invocation.complete_entry(
-                index, failure=Failure(code=error.status_code, message=error.message)
-            )
-            return
-        self.invocation.check_open()
-        try:
-            value = writable(result, f"the result of ctx.run({name!r})")
-        except TerminalError as error:  # journaled as the action's outcome: never rerun
-            failure = Failure(code=error.status_code, message=error.message)
-            self.invocation.complete_entry(index, failure=failure)
-            return
-        self.invocation.complete_entry(index, value=value)
+        return _RunFuture(self, index, lambda: run_entry(self.invocation, index, action))
 
     # -- state -------------------------------------------------------------------
 
@@ -562,35 +500,6 @@ class InvocationContext(WorkflowContext):
         if self.invocation.handler.service.kind != "workflow":
             raise TerminalError("durable promises belong to workflows", 400)
         return _Promise(self, name)
-
-
-async def _perform(
-    action: Callable[[], Awaitable[T]] | Callable[[], T], executor: Executor | None
-) -> T:
-    """Run a ``ctx.run`` action: a coroutine function on the event loop, anything else on
-    ``executor``'s threads, so that a blocking client library never stalls other handlers
-    (what a plain function returns may still be awaitable, and is then awaited on the
-    loop). A plain function has no running event loop: code that needs one is ``async``."""
-    try:
-        if _is_async(action):
-            return await cast(Callable[[], Awaitable[T]], action)()
-        context = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(executor, context.run, action)
-        if inspect.isawaitable(result):
-            return cast(T, await result)
-        return cast(T, result)
-    except (SystemExit, KeyboardInterrupt) as exc:  # the action's own: no signal lands there
-        # Out of a task (the run's, see _RunFuture), asyncio would end the event loop
-        # with it: the worker, and every next owner of the partition after it.
-        raise RuntimeError(f"the action raised {exc!r}") from None
-
-
-def _is_async(action: Callable[..., Any]) -> bool:
-    while isinstance(action, functools.partial):
-        action = action.func
-    call = getattr(action, "__call__", None)  # noqa: B004 - an object with async __call__
-    return inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(call)
 
 
 class _Promise(DurablePromise[Any]):

@@ -1,0 +1,115 @@
+"""``ctx.run``: performing an action and journaling its outcome.
+
+Each run is a task of its own, one per journal entry (``Invocation.runs``; the future a
+handler awaits is ``streams.engine.context._RunFuture``). This module is what that task
+runs: the action, on the event loop or on a thread of the run pool, then its outcome into
+the journal, which every await of the entry and every replay then read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar, cast
+
+from handlers.exceptions import TerminalError
+from streams import tracing
+from streams.engine.invocation import Invocation, outcome
+from streams.engine.journal import CANCELLED
+from streams.engine.values import writable
+from streams.wire.records import Failure
+
+T = TypeVar("T")
+
+#: What ``ctx.run`` is given: a coroutine function, or a plain function (a thread's).
+Action = Callable[[], Awaitable[T]] | Callable[[], T]
+
+
+async def run_entry(inv: Invocation, index: int, action: Action[T]) -> T:
+    """The outcome of run entry ``index`` of ``inv``: journaled already, or once
+    ``action`` has run (a pending cancel fails it with 409 instead)."""
+    entry = inv.journal[index]
+    if not entry.done and inv.take_cancel():
+        inv.complete_entry(index, failure=CANCELLED)
+        entry = inv.journal[index]
+    if not entry.done:
+        loop = asyncio.get_running_loop()
+        if inv.processor.handing_over:
+            # Start no action that the partition's next owner would start again; the
+            # close that ends the hand-over cancels this wait.
+            await loop.create_future()
+        # This task (its own, see _RunFuture) ends once the action's outcome is journaled.
+        this = asyncio.current_task()
+        assert this is not None
+        inv.actions.add(this)
+        try:
+            await _journal_action(inv, index, entry.name, action)
+        finally:
+            inv.actions.discard(this)
+            if not inv.actions and inv.waiting:
+                # A suspension put off while it ran (a run that lost a select ends
+                # while the handler waits on something else): look again.
+                inv.processor.waiting(inv)
+        entry = inv.journal[index]
+    return cast(T, outcome(entry))
+
+
+def ended(runs: dict[int, asyncio.Task[Any]], index: int, task: asyncio.Task[Any]) -> None:
+    """A run's task is done: no longer running, and its outcome seen (one that lost a
+    select may end after the handler stopped waiting for it; what it journaled stays)."""
+    if runs.get(index) is task:
+        del runs[index]
+    if not task.cancelled():
+        task.exception()
+
+
+async def _journal_action(inv: Invocation, index: int, name: str | None, action: Action[T]) -> None:
+    """Run the action of journal entry ``index`` and journal its outcome."""
+    try:
+        with tracing.span(f"run {name}", attributes={"kourier.entry": index}):
+            result = await _perform(action, inv.run_executor)
+    except TerminalError as error:
+        # Raised from the journal by run_entry, on this run as on a replay: a
+        # TerminalError with this code and message, not the subclass the action raised.
+        inv.check_open()
+        inv.complete_entry(index, failure=Failure(code=error.status_code, message=error.message))
+        return
+    inv.check_open()
+    try:
+        value = writable(result, f"the result of ctx.run({name!r})")
+    except TerminalError as error:  # journaled as the action's outcome: never rerun
+        failure = Failure(code=error.status_code, message=error.message)
+        inv.complete_entry(index, failure=failure)
+        return
+    inv.complete_entry(index, value=value)
+
+
+async def _perform(action: Action[T], executor: Executor | None) -> T:
+    """Run a ``ctx.run`` action: a coroutine function on the event loop, anything else on
+    ``executor``'s threads, so that a blocking client library never stalls other handlers
+    (what a plain function returns may still be awaitable, and is then awaited on the
+    loop). A plain function has no running event loop: code that needs one is ``async``."""
+    try:
+        if _is_async(action):
+            return await cast(Callable[[], Awaitable[T]], action)()
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(executor, context.run, action)
+        if inspect.isawaitable(result):
+            return cast(T, await result)
+        return cast(T, result)
+    except (SystemExit, KeyboardInterrupt) as exc:  # the action's own: no signal lands there
+        # Out of a task (the run's, see _RunFuture), asyncio would end the event loop
+        # with it: the worker, and every next owner of the partition after it.
+        raise RuntimeError(f"the action raised {exc!r}") from None
+
+
+def _is_async(action: Callable[..., Any]) -> bool:
+    while isinstance(action, functools.partial):
+        action = action.func
+    call = getattr(action, "__call__", None)  # noqa: B004 - an object with async __call__
+    return inspect.iscoroutinefunction(action) or inspect.iscoroutinefunction(call)
