@@ -9,6 +9,7 @@ completed invocation's retained outcome; resume runs a paused one again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -53,6 +54,8 @@ class Controls:
         """Act on an invocation by id; answer ``request_id`` with what happened. A cancel or
         kill that caller ``origin`` sends on to it acts only if that caller started it."""
         inv = self._invocations.get(record.invocation_id)
+        if inv is not None and inv.meta.outlived(time.time()):
+            inv = None  # its retention has passed: as if the sweep had forgotten it
         outcome: Failure | Literal["success", "accepted"]
         # The caller that sent it on, and the entry whose deadline passed (if that was why).
         caller_id, _, digits = (origin or "").partition("/")

@@ -178,6 +178,11 @@ class InvocationMeta:
     def to_json(self) -> bytes:
         return _META.dump_json(self, exclude_none=True)
 
+    def outlived(self, now: float) -> bool:
+        """A retained outcome whose retention has passed at ``now``: as good as forgotten
+        (the partition's sweep forgets it within a second; nothing reads it until then)."""
+        return self.status == "completed" and self.expires_at is not None and self.expires_at <= now
+
     @staticmethod
     def from_json(value: bytes | str) -> InvocationMeta:
         """A meta read back from the changelog (or a spill); ``ValidationError`` when it is

@@ -329,6 +329,9 @@ class PartitionProcessor:
         else:
             inv_id = ids.id_on_partition(self.partition, self.partitions, self._seed(offset))
         existing = self.invocations.get(inv_id)
+        if existing is not None and existing.meta.outlived(time.time()):
+            self.outcomes.forget(existing)  # its key and id are free again: a new call
+            existing = None
         if existing is not None:
             self.waiters.duplicate(existing, record)
             return

@@ -17,6 +17,7 @@ tells this partition), whose attach fails with 429. The calling handler is never
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 from streams.engine.invocation import Invocation
@@ -137,7 +138,7 @@ class Waiters:
             self._answer_attach(record, None, Failure(code=400, message=problem))
             return
         inv = self._invocations.get(inv_id)
-        if inv is None:
+        if inv is None or inv.meta.outlived(time.time()):
             message = (
                 f"invocation {inv_id} is unknown here: it never existed, or it completed and "
                 "its outcome was not retained (only idempotent and workflow invocations keep "

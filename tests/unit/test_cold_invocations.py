@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from handlers import ObjectContext, VirtualObject
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import entry_key, meta_key
 from streams.engine.outbox import Out
+from streams.engine.partition import PartitionProcessor
 from streams.engine.store import ObjectKey
 from streams.wire import ids
 from streams.wire.records import AttachRequest, Cancel, Invoke, Kill, Start, Target
@@ -476,3 +480,57 @@ async def test_a_cold_call_nested_deeper_than_pydantic_parses_still_runs() -> No
     h.send(Cancel(invocation_id=holder, request_id="cancel"))
     await until(lambda: "after" in h.responses() and "deep" in h.responses())
     assert h.responses()["deep"].value == deep
+
+
+fleeting = VirtualObject("Fleeting", idempotency_retention=timedelta(milliseconds=50))
+
+
+@fleeting.handler()
+async def count(ctx: ObjectContext) -> int:
+    total: int = (await ctx.get("n") or 0) + 1
+    ctx.set("n", total)
+    return total
+
+
+async def outlived(h: Harness, request_id: str) -> str:
+    """An idempotent ``Fleeting/count`` that completed and whose retention has passed:
+    its id."""
+    target = Target(service="Fleeting", key="k", handler="count")
+    h.send(Invoke(target=target, argument=None, idempotency_key="once", request_id=request_id))
+    await until(lambda: request_id in h.responses())
+    inv_id = h.responses()[request_id].invocation_id
+    expires = h.processor.invocations[inv_id].meta.expires_at
+    assert expires is not None, "the outcome is not retained"
+    await until(lambda: time.time() >= expires, seconds=2.0)
+    return inv_id
+
+
+@pytest.fixture
+def no_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The partition forgets outcomes past their retention each second: without that
+    sweep, what reads one in between is seen alone."""
+    monkeypatch.setattr(PartitionProcessor, "_sweep", lambda self: None)
+
+
+@pytest.mark.usefixtures("no_sweep")
+async def test_an_idempotent_repeat_after_the_retention_runs_again() -> None:
+    h = Harness([fleeting])
+    await outlived(h, "first")
+    target = Target(service="Fleeting", key="k", handler="count")
+    h.send(Invoke(target=target, argument=None, idempotency_key="once", request_id="again"))
+    await until(lambda: "again" in h.responses())
+    assert h.responses()["again"].value == 2, "answered from an outcome past its retention"
+    assert h.processor.store.state[("Fleeting", "k")] == {"n": 2}
+
+
+@pytest.mark.usefixtures("no_sweep")
+async def test_an_outcome_past_its_retention_is_unknown_to_attach_and_cancel() -> None:
+    h = Harness([fleeting])
+    inv_id = await outlived(h, "first")
+    h.send(AttachRequest(request_id="attach", invocation_id=inv_id, wait=True))
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    await until(lambda: {"attach", "cancel"} <= h.responses().keys())
+    for request_id in ("attach", "cancel"):
+        failure = h.responses()[request_id].failure
+        assert failure is not None, f"{request_id} answered from an outcome past its retention"
+        assert failure.code == 404, f"{request_id}: {failure}"
