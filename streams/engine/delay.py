@@ -12,41 +12,19 @@ released twice and nothing early (a message is released only once the wall clock
 passed its due time). A waiting message costs memory, no CPU: nothing runs until the
 earliest timer.
 
-Memory. Only messages due within the *horizon* (30 s) are held in full: the record to
-release, its key and its owner partition, in a heap by due time. A message due later is held
-as its offset alone, in an ``array`` bucket per due second (8 bytes each), and whether an
-offset is still pending is one bit in a bitmap that starts at the lowest pending offset (so
-``Fired`` markers need no lookup). Once the earliest bucket comes within ``LEAD`` (10 s) of
-its due time, a ``DelayReader`` (``streams.kafka``) reads back the records of every bucket
-now inside the horizon, on its own thread with its own ``read_committed`` consumer, and the
-loop moves them into the heap; neither the loop nor the worker's Kafka thread waits for it.
-The invariant: every pending message due before ``_loaded_until`` (a whole second that only
-grows) is held in full or being read back, and buckets hold only later ones; so a message
-read from the partition that is due before ``_loaded_until`` is held in full at once, and a
-short delay never waits for a read-back. A record that is no longer on the partition when
-read back (deleted by retention) is logged as an error and dropped. 1 M messages due in
-hours cost about 10 MiB in Python. Reading them leaves about 100 MiB of librdkafka buffers
-freed but resident in the C heap, so after every 100,000 records read the processor hands
-that memory back to the OS (``malloc_trim``).
+Memory. Only messages due within the *horizon* (30 s) are held in full, in a heap by due
+time; a later one is held as its offset alone, in a bucket per due second, with one bit of
+an ``OffsetSet`` saying whether it is still pending. Once the earliest bucket comes within
+``LEAD`` (10 s), a ``DelayReader`` (``streams.kafka``) reads back every bucket now inside
+the horizon on a thread of its own. The invariant: every pending message due before
+``_loaded_until`` (a whole second that only grows) is held in full or being read back, and
+buckets hold only later ones, so a short delay never waits for a read-back.
 
-A backlog. A new owner reads an outage's backlog overdue, so inside the horizon. Read before
-it has caught up, such a message is held in full only while the worker holds fewer than
-``holding.BACKLOG_HELD``; the rest wait as offsets in ``_overdue``, in read order (the
-exception to the invariant above), and are read back as releases make room. Due messages go
-``RELEASE_BATCH`` a partition at a time, the first batch on the loop and the next ones one
-per step of the worker, so that the committer takes each before more follow. The whole of
-it, and what it measured: ``streams/README.md``, "A backlog of overdue messages".
-
-Carrying forward. The committed offset is the oldest pending message, so one message due in
-a month would pin it while the partition fills with released records and markers: a new
-owner would read them all again, and nothing below could be deleted. Once the oldest pending
-message is ``CARRY_AFTER`` records behind the end, and carrying every pending message would
-write (a copy and a marker each) at most one record in ``CARRY_SPARSE`` of that span, the
-oldest far messages are read back, in batches, and written again at the end, byte for
-byte, each with a ``Fired`` marker for its old offset, in the worker's next transaction:
-the copy and the marker become visible together or not at all, so a message is released
-once, from one of its two records. The committed offset then moves on, and the worker
-deletes the records below it (``streams.kafka.trim``).
+A backlog of overdue messages waits as offsets in ``_overdue`` while the worker holds
+``holding.BACKLOG_HELD`` in full, and goes out ``RELEASE_BATCH`` a step. Far messages that
+pin the committed offset are carried forward (``_carry``): read back, written again at the
+end with a ``Fired`` marker for the old offset, in one transaction. The whole of it, and
+what it measured: ``streams/README.md``, "The delay topic" and the sections after it.
 """
 
 from __future__ import annotations
