@@ -76,6 +76,9 @@ class RecordError(KourierError, ValueError):
     """A record that cannot be decoded; ``reason`` is a short machine-readable word."""
 
     def __init__(self, reason: str, detail: str) -> None:
+        # The detail may quote the record (a value, a field the decoder named): it goes in
+        # a dead letter's header, which must leave room for the record itself.
+        detail = shorten(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -551,6 +554,12 @@ def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Com
         record = _INGRESS.validate_json(data or b"")
     except ValidationError:
         record = _validate(_INGRESS, data)
+        # Read past UTF-8 (UTF-16, or surrogates spelt as raw bytes): can it be written?
+        try:
+            encode(record)
+        except ValueError:
+            raise RecordError("bad-schema", "a string holds a lone UTF-16 surrogate") from None
+        return record
     _check_surrogates(data or b"")
     return record
 

@@ -172,6 +172,42 @@ async def test_a_lone_surrogate_is_refused_when_decoded() -> None:
     assert h.processor.invocations == {}
 
 
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        pytest.param(lambda text: text.encode("utf-16"), id="utf-16"),
+        pytest.param(
+            lambda text: text.replace("\\ud800", "\ud800").encode("utf-8", "surrogatepass"),
+            id="raw-bytes",
+        ),
+    ],
+)
+async def test_a_lone_surrogate_read_past_utf8_is_refused(encoded: Any) -> None:
+    """pydantic's parser takes UTF-8 alone; a record it refuses is read again by Python's,
+    which also reads UTF-16 and UTF-32, and surrogates written as raw bytes. The escapes
+    looked for in the raw bytes are not there then, and the record was taken: its meta could
+    not be written, and the partition's next commit failed."""
+    h = Harness([box])
+    record = {"kind": "invoke", "target": put_on("s").model_dump(), "argument": "\ud800"}
+    value = encoded(json.dumps(record))
+    h.processor.on_message(None, value, 0)
+    assert reasons(h) == ["bad-schema"]
+    assert h.processor.invocations == {}
+
+
+async def test_a_dead_letter_fits_however_long_the_reason_quotes_the_record() -> None:
+    """A record just under the size limit whose version is a long list: the reason quoted
+    it (Python's repr, half as long again), and the dead letter's headers alone were past
+    what librdkafka produces, so the record could not be set aside."""
+    h = Harness([box])
+    value = b'{"v":[' + b",".join([b"0"] * 460_000) + b"]}"
+    h.processor.on_message(None, value, 0)
+    assert reasons(h) == ["unsupported-version"]
+    (letter,) = [o for o in h.out if o.topic == TOPICS.deadletter]
+    headers = sum(len(name) + len(data or b"") for name, data in letter.headers or [])
+    assert headers + len(letter.value or b"") < 1_000_000, "the dead letter does not fit"
+
+
 async def test_internal_ids_are_checked_too() -> None:
     h = Harness([box])
     good = ids.new_id("a", 1)
