@@ -325,13 +325,21 @@ def dev(args: argparse.Namespace) -> int:
     started_broker = False
     settings = _settings(args)  # refused before a broker starts that nothing would stop
     if not (os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers):
+        # Brokers already running from --data (another `kourier dev`, `kourier broker
+        # start`) are used and left running: only what this command started is stopped.
+        if args.nodes > 1:
+            running = any(found for _, found in broker.cluster_status(data_dir))
+        else:
+            running = broker.status(data_dir.resolve()) is not None
         with dump.default_mask():  # the brokers as `kourier broker start` starts them
             if args.nodes > 1:
                 cluster = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port)
                 bootstrap = cluster.bootstrap
             else:
                 bootstrap = broker.start(data_dir, port=args.kafka_port).bootstrap
-        started_broker = True
+        started_broker = not running
+        if running:
+            say(f"kourier dev: using the brokers already running from {data_dir}; left running")
         settings = settings.model_copy(update={"bootstrap_servers": bootstrap})
     try:
         _ensure_topics(args, settings)  # an existing namespace keeps its partition count

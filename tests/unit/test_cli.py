@@ -304,3 +304,27 @@ def test_a_cluster_whose_ports_would_pass_65535_is_refused_before_maven_runs(
     assert parser.main(argv) == 2
     said = capsys.readouterr().err.strip().splitlines()
     assert said == ["kourier: error: --port 65534 leaves no room for 3 nodes' ports"]
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["already-running", "started"])
+def test_dev_stops_the_broker_only_when_it_started_it(
+    running: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A second ``kourier dev`` on the default data directory used the first one's broker,
+    and stopped it as it ended."""
+    from streams.cli import commands, parser
+    from streams.kafka import broker
+
+    found = broker.Broker("127.0.0.1:1", 1, tmp_path)
+    stopped: list[Path] = []
+    monkeypatch.delenv("KOURIER_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setattr(broker, "status", lambda data_dir: found if running else None)
+    monkeypatch.setattr(broker, "start", lambda data_dir, port: found)
+    monkeypatch.setattr(broker, "stop", lambda data_dir: stopped.append(data_dir))
+
+    def no_topics(*args: object) -> None:
+        raise ValueError("no Kafka in this test")
+
+    monkeypatch.setattr(commands, "_ensure_topics", no_topics)
+    assert parser.main(["dev", "examples.quickstart", "--data", str(tmp_path)]) == 2
+    assert stopped == ([] if running else [tmp_path]), "stopped a broker it did not start"
