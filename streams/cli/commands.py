@@ -389,13 +389,17 @@ def call(args: argparse.Namespace) -> int:
 
     from streams.client import Client
     from streams.http.ingress import parse_duration
+    from streams.wire.records import load_json
 
     target = _parse_target(args.target)
-    try:
-        argument = json.loads(args.argument) if args.argument is not None else None
-    except json.JSONDecodeError as error:
+    try:  # as the HTTP ingress reads a body: NaN would go as null, silently
+        argument = load_json(args.argument) if args.argument is not None else None
+    except RecursionError:
+        raise ValueError("the argument is nested deeper than the JSON parser goes") from None
+    except ValueError as error:
         raise ValueError(
-            f"the argument {args.argument!r} is not JSON ({error}); a string is quoted: '\"ada\"'"
+            f"the argument {args.argument[:200]!r} is not JSON ({error}); a string is quoted:"
+            " '\"ada\"'"
         ) from None
     delay = None if getattr(args, "delay", None) is None else parse_duration(args.delay)
 

@@ -79,6 +79,8 @@ def load_services(spec: str) -> list[ServiceDefinition]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RegistryError(f"cannot import {module_name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a relative name (".handlers"), an empty one
+        raise RegistryError(f"{module_name!r} is not a module name: {exc}") from None
     if attr:
         if not hasattr(module, attr):
             raise RegistryError(f"{module_name} has no attribute {attr!r}")

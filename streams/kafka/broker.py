@@ -306,6 +306,7 @@ def start(
     listener: its security protocol and credentials.
     """
     data_dir = data_dir.resolve()
+    _make_dir(data_dir)
     if node_dirs(data_dir):
         raise BrokerError(f"{data_dir} holds a cluster; start it with --nodes")
     running = status(data_dir)
@@ -315,7 +316,6 @@ def start(
     if java is None:
         raise BrokerError("Java 17+ is not installed: apt-get install openjdk-17-jre-headless")
     libs = resolve_jars(deploy_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     props = _write_properties(data_dir, port, deploy_dir)
     address = _address(props)
     if _port_in_use(int(address.rsplit(":", 1)[1])):
@@ -385,13 +385,13 @@ def start_cluster(
     if nodes < 2:
         raise BrokerError("a cluster has two or more nodes; use start() for one")
     data_dir = data_dir.resolve()
+    _make_dir(data_dir)
     if (data_dir / "server.properties").is_file():
         raise BrokerError(f"{data_dir} holds a single broker; give the cluster another --data")
     java = shutil.which("java")
     if java is None:
         raise BrokerError("Java 17+ is not installed: apt-get install openjdk-17-jre-headless")
     libs = resolve_jars(deploy_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     dirs = [data_dir / f"node-{i}" for i in range(1, nodes + 1)]
     existing = node_dirs(data_dir)
     if existing and len(existing) != nodes:
@@ -425,6 +425,17 @@ def start_cluster(
             stop(node_dir)
         raise
     return cluster
+
+
+def _make_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` if need be, or say why it cannot be one (a file, no access)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".kourier-write-check"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise BrokerError(f"{data_dir} cannot be a data directory: {error.strerror}") from None
 
 
 def _address(props: Path) -> str:

@@ -328,3 +328,31 @@ def test_dev_stops_the_broker_only_when_it_started_it(
     monkeypatch.setattr(commands, "_ensure_topics", no_topics)
     assert parser.main(["dev", "examples.quickstart", "--data", str(tmp_path)]) == 2
     assert stopped == ([] if running else [tmp_path]), "stopped a broker it did not start"
+
+
+NOWHERE = ["--bootstrap-servers", "127.0.0.1:1"]  # refused before it is reached
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["call", "Relay/echo", "[NaN]", *NOWHERE], "the argument '[NaN]' is not JSON (NaN is"),
+        (["call", "Relay/echo", "[" * 5_000, *NOWHERE], "the argument is nested deeper than"),
+        (["worker", ".handlers"], "'.handlers' is not a module name"),
+        (["broker", "start", "--data", "{file}"], "{file} cannot be a data directory: File"),
+    ],
+    ids=["nan", "deep", "relative-module", "data-is-a-file"],
+)
+def test_a_bad_argument_is_one_line_not_a_traceback(
+    argv: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each ended in a traceback (RecursionError, TypeError, FileExistsError), or, for NaN,
+    sent ``null`` without a word where the HTTP ingress answers 400."""
+    from streams.cli import parser
+
+    file = tmp_path / "a-file"
+    file.write_text("")
+    argv = [arg.replace("{file}", str(file)) for arg in argv]
+    assert parser.main(argv) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"kourier: error: {said.replace('{file}', str(file))}"), line
