@@ -97,14 +97,14 @@ class AdminApi:
 
     async def list_invocations(self, request: web.Request) -> web.Response:
         """``GET /invocations?status=&service=&key=&limit=``: newest first; an unknown
-        status or a negative limit is a 400, not an empty list."""
+        status or a limit out of range is a 400, not an empty list."""
         query = request.query
         try:
             limit = int(query.get("limit", "100"))
         except ValueError:
             return error_response(400, "limit must be an integer")
-        if limit < 0:
-            return error_response(400, "limit must be 0 or more")
+        if not 0 <= limit <= bulk.MAX_LIMIT:  # past SQLite's integers, the index failed
+            return error_response(400, f"limit must be between 0 and {bulk.MAX_LIMIT}")
         try:
             status = bulk.known_status(query.get("status") or None)
         except bulk.BulkRefused as refused:
