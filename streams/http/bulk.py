@@ -18,7 +18,7 @@ from typing import Any, get_args
 from aiohttp import web
 
 from handlers.exceptions import TerminalError
-from streams.client import Client, ClientClosed, KafkaUnavailable
+from streams.client import Client, ClientClosed, KafkaUnavailable, ResponseUnreadable
 from streams.engine.journal import Status
 from streams.errors import KourierError
 from streams.wire import ids
@@ -149,7 +149,8 @@ def controls(client: Client) -> dict[str, Control]:
 
 async def control_one(client: Client, action: str, inv_id: str) -> tuple[int, dict[str, Any]]:
     """One control request, as ``(HTTP status, body)``: 200 done, 202 accepted (a cancel
-    reaches a running handler at its next await), 400 bad id, 404, 409, 503."""
+    reaches a running handler at its next await), 400 bad id, 404, 409, 502 (an answer
+    this cannot read, from a newer worker), 503, 504."""
     try:
         ids.validate(inv_id)
         async with asyncio.timeout(CONTROL_TIMEOUT):
@@ -166,6 +167,8 @@ async def control_one(client: Client, action: str, inv_id: str) -> tuple[int, di
         return error.status_code, {"code": error.status_code, "message": error.message}
     except KafkaUnavailable as error:
         return 503, {"code": 503, "message": str(error)}
+    except ResponseUnreadable as error:  # a worker answered what this cannot read
+        return 502, {"code": 502, "message": str(error)}
     except ClientClosed as error:  # shutting down: the request may be on Kafka
         code = 504 if error.may_be_written else 503  # 503: it is not
         return code, {"code": code, "message": str(error)}

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from handlers.exceptions import TerminalError
-from streams.client import Client
+from streams.client import Client, ResponseUnreadable
 from streams.http import bulk
 from streams.http.admin import AdminApi
 from streams.http.bulk import BulkRefused, BulkRequest, parse_bulk, select
@@ -100,6 +100,8 @@ class FakeClient:
         self.seen.append((action, inv_id))
         if inv_id == D:
             raise TerminalError("not found", 404)
+        if inv_id == C:
+            raise ResponseUnreadable("the response to r is not one this Kourier reads")
         return "accepted" if action == "cancel" else "success"
 
     async def cancel(self, inv_id: str) -> str:
@@ -157,6 +159,8 @@ async def test_one_control_request_answers_as_before() -> None:
     )  # fmt: skip
     assert (await bulk.control_one(fake, "purge", A))[0] == 200
     assert await bulk.control_one(fake, "kill", D) == (404, {"code": 404, "message": "not found"})
+    # A newer worker's answer: the one invocation's 502, not a 500 for a whole bulk action.
+    assert (await bulk.control_one(fake, "kill", C))[0] == 502
     assert (await bulk.control_one(fake, "kill", "nope"))[0] == 400
 
 
