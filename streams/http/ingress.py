@@ -172,6 +172,12 @@ def route(raw_path: str, services: dict[str, ServiceInfo]) -> Route:
     key = segments[1] if expected == 3 else None
     handler = segments[-1]
     if info.handler_kind(handler) is None:
+        if suffixed and handler == "send" and expected == 3:  # /Object/handler/send: no key
+            kind = f"an {info.kind}" if info.kind == "object" else f"a {info.kind}"
+            shape = f"/{info.kind.title()}/key/handler/send"
+            raise HttpError(
+                400, f"bad path {unquote(raw_path)!r}: {info.name} is {kind}, use {shape}"
+            )
         raise HttpError(404, f"{info.name} has no handler {handler!r}")
     return Route(_target(info.name, key, handler), mode)
 
@@ -235,7 +241,17 @@ class Ingress:
         app.router.add_get(r"/restate/invocation/{rest:[\s\S]+}/{verb:attach|output}", self.attach)
         app.router.add_get("/restate/workflow/{service}/{key}/{verb:attach|output}", self.attach)
         app.router.add_post("/{path:.*}", self.invoke)
+        app.router.add_get("/{path:.*}", self.not_a_call)
         return app
+
+    async def not_a_call(self, request: web.Request) -> web.Response:
+        """Any other GET: 405 on a handler's path (a call is a POST), else what a POST there
+        would get (404 for an unknown service or handler, 400 for a bad path)."""
+        try:
+            route(request.rel_url.raw_path, self.client.services)
+        except HttpError as error:
+            return error_response(error.status, error.message)
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
 
     async def attach(self, request: web.Request) -> web.Response:
         """Attach (wait) or output (now, 470 while running), by invocation id, by

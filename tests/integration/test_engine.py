@@ -127,6 +127,8 @@ async def test_http_calls_return_results_errors_and_the_invocation_id(ingress_ur
         ("/Tally/k/nope", b"1", JSON, 404, "no handler"),
         ("/restate/call/Nope/x", b"1", JSON, 404, "unknown service"),
         ("/Tally/add", b"1", JSON, 400, "bad path"),
+        # An object's send with no key: it read as key "add", handler "send", a 404.
+        ("/Tally/add/send", b"1", JSON, 400, "use /Object/key/handler/send"),
         ("/Relay/echo", b"{not json", JSON, 400, "not valid JSON"),
         ("/Relay/echo", b"1", {"content-type": "text/plain"}, 415, "not JSON"),
         ("/Relay/echo", b"[" * 255 + b"]" * 255, JSON, 400, "deeper than a record"),
@@ -165,3 +167,22 @@ async def test_bad_http_requests_get_json_errors(
         error = await reply.json()
         assert error["code"] == status
         assert says in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "says"),
+    [
+        ("/Tally/k/add", 405, "Method Not Allowed"),  # a call is a POST
+        ("/nope", 404, "unknown service 'nope'"),  # these three were 405s too
+        ("/restate/attach/", 404, "unknown service 'restate'"),
+        ("/Tally/k/nope", 404, "no handler 'nope'"),
+    ],
+)
+async def test_a_get_that_is_no_attach_says_why(
+    ingress_url: str, path: str, status: int, says: str
+) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{ingress_url}{path}") as reply:
+        assert reply.status == status, await reply.text()
+        assert says in (await reply.json())["message"]
+        if status == 405:
+            assert reply.headers["allow"] == "POST"
