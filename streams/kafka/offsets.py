@@ -337,16 +337,30 @@ async def latest_offsets(
     }
 
 
-def consume_ready(consumer: Consumer, limit: int, timeout: float) -> list[Message]:
+def consume_ready(
+    consumer: Consumer,
+    limit: int,
+    timeout: float,
+    rebalances: Callable[[], int] | None = None,
+) -> list[Message]:
     """Wait up to ``timeout`` for one record, then take whatever else is already fetched.
 
     ``Consumer.consume(n, timeout)`` waits for all ``n`` records or the whole timeout,
     which would add the timeout to the latency of every lone record.
+
+    ``rebalances`` counts a group consumer's rebalance callbacks: one run inside the second
+    read drops the first record, read before it (librdkafka drops those of the second read
+    that were), as its partition, if assigned again, is read again from its committed
+    offset.
     """
     first = consumer.poll(timeout)
     if first is None:
         return []
-    return [first, *consumer.consume(limit - 1, 0)]
+    began = 0 if rebalances is None else rebalances()
+    rest = consumer.consume(limit - 1, 0)
+    if rebalances is not None and rebalances() != began:
+        return list(rest)
+    return [first, *rest]
 
 
 def records_of(batch: list[Message]) -> tuple[list[Message], list[KafkaError]]:

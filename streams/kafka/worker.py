@@ -225,7 +225,7 @@ class Worker:
                 if self._committer.busy_for() > _STUCK:
                     self._replace_stuck_producer()
                 wait = self._pacing.poll_timeout(self._committer.idle)
-                batch = consume_ready(self._consumer, 1000, wait)
+                batch = consume_ready(self._consumer, 1000, wait, lambda: self._rebalances)
                 positions = self._delay_positions()
                 if self._pacing.needs_step(batch, positions):
                     snapshot = self._trusted_step(batch, positions)

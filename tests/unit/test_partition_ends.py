@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.kafka import ends
 from streams.kafka.ends import PartitionEnds
+from streams.kafka.offsets import consume_ready
 
 TOPIC = "unit.ingress"
 
@@ -132,3 +133,33 @@ def test_a_read_ahead_drops_what_it_read_before_a_rebalance() -> None:
     read = found.read_ahead(cast(Consumer, reader), {0: 9}, lambda: rebalances[0])
     assert keys(read) == [b"fresh"], "read after the callback, in the same poll"
     assert found.read_ahead_hits == 0
+
+
+class Batches(Reader):
+    """A :class:`Reader` whose ``consume`` takes the rest of ``records`` at once, running
+    ``inside`` first, as librdkafka serves a rebalance callback inside that call."""
+
+    inside: Any = None
+
+    def consume(self, limit: int, timeout: float) -> list[Any]:
+        if self.inside is not None:
+            self.inside()
+        taken = []
+        while self.records and len(taken) < limit:
+            taken.append(self.poll(0))
+        return taken
+
+
+@pytest.mark.parametrize("rebalanced", [False, True])
+def test_a_record_read_before_a_rebalance_in_the_second_read_is_dropped(
+    rebalanced: bool,
+) -> None:
+    """The worker's read is a poll, then a consume of what is fetched. A revoke and an
+    assign served in the consume restore the partition at its committed offset, which the
+    first record was not committed past: it was applied, and read again and applied again."""
+    rebalances = [0]
+    reader = Batches({0: 0}, [(0, b"stale"), (0, b"fresh")])
+    if rebalanced:
+        reader.inside = lambda: rebalances.__setitem__(0, rebalances[0] + 2)
+    read = consume_ready(cast(Consumer, reader), 10, 0.1, lambda: rebalances[0])
+    assert keys(read) == ([b"fresh"] if rebalanced else [b"stale", b"fresh"])
