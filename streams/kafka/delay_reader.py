@@ -116,10 +116,16 @@ class DelayReader:
                         result = _PUT_BACK
                         break
                     except Exception:  # a dead reader would strand every far message
-                        log.exception("delay reader: partition %d; retrying", partition)
+                        # Asked again in a second, after the others of its rank (and not at
+                        # all once its processor has closed): one partition failing over and
+                        # over held back every other partition's read-backs.
+                        log.exception("delay reader: partition %d; later", partition)
                         if self._closed:
                             return
                         time.sleep(1.0)
+                        self._requests.put((rank, next(self._asked), request))
+                        result = _PUT_BACK
+                        break
                 if result is None:
                     return
                 if result is _PUT_BACK:

@@ -121,3 +121,29 @@ async def test_a_read_back_stalled_on_its_partition_goes_after_the_others(
         assert await asyncio.wait_for(served, 30) == "next one"
     finally:
         await asyncio.to_thread(reader.close)
+
+
+class AssignFails(Assigned):
+    """Assigning partition 3 fails, every time; the others read nothing."""
+
+    def assign(self, partitions: list[Any]) -> None:
+        if any(tp.partition == 3 for tp in partitions):
+            raise KafkaException(KafkaError(KafkaError._STATE, "cannot assign"))
+        super().assign(partitions)
+
+
+async def test_a_read_back_that_keeps_failing_goes_after_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read-back failing with anything but a stall was tried again every second, for
+    good, ahead of every other partition's, and even once its partition was revoked."""
+    monkeypatch.setattr(delay_reader, "Consumer", AssignFails)
+    reader = DelayReader({}, "ns.delay")
+    loop = asyncio.get_running_loop()
+    served: asyncio.Future[str] = loop.create_future()
+    try:
+        reader.fetch(3, [7, 8], lambda found, missing: served.set_result("failing one"))
+        reader.fetch(1, [], lambda found, missing: served.set_result("next one"))
+        assert await asyncio.wait_for(served, 30) == "next one"
+    finally:
+        await asyncio.to_thread(reader.close)
