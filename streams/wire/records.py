@@ -72,6 +72,9 @@ MAX_DEADLETTER_BYTES = 990_000
 DeadLetterRecord = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
 
 
+_EPOCH = "1970-01-01T00:00:00+00:00"  # a dead letter's time when its header does not say
+
+
 class RecordError(KourierError, ValueError):
     """A record that cannot be decoded; ``reason`` is a short machine-readable word."""
 
@@ -244,7 +247,7 @@ class AttachRequest(_Record):
     request_id: str
     invocation_id: InvocationId | None = None
     target: Target | None = None
-    idempotency_key: str | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
     wait: bool = True
     caller: Caller | None = Field(
         default=None, description="internal: a handler's ctx.attach_invocation waiting for it"
@@ -433,7 +436,15 @@ class DeadLetter(_Model):
 
         def number(name: str) -> int:
             text = found.get(f"kourier.{name}", "-1")
-            return int(text) if text.lstrip("-").isdigit() else -1
+            digits = text.removeprefix("-")
+            return int(text) if digits.isascii() and digits.isdigit() else -1
+
+        try:  # another producer's header may be anything: the letter is still listed
+            at = datetime.fromisoformat(found.get("kourier.at", _EPOCH))
+        except ValueError:
+            at = datetime.fromisoformat(_EPOCH)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
 
         return cls(
             reason=found.get("kourier.reason", "unknown"),
@@ -443,7 +454,7 @@ class DeadLetter(_Model):
             offset=number("offset"),
             key=None if key is None else base64.b64encode(key).decode(),
             payload=base64.b64encode(value or b"").decode(),
-            at=datetime.fromisoformat(found.get("kourier.at", "1970-01-01T00:00:00+00:00")),
+            at=at,
             dlq_offset=dlq_offset,
             truncated=number("truncated") if "kourier.truncated" in found else None,
         )

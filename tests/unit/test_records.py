@@ -75,6 +75,32 @@ def test_other_records_round_trip() -> None:
     assert (again.at, again.dlq_offset) == (letter.at, 4)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("kourier.at", b"yesterday"),
+        ("kourier.partition", "\u00b2".encode()),
+        ("kourier.at", b"2026-12-01"),
+    ],
+)
+def test_a_dead_letter_with_a_header_another_producer_wrote_still_reads(
+    name: str, value: bytes
+) -> None:
+    """Each raised ValueError, and ``kourier dlq list`` listed no letter at all."""
+    letter = r.DeadLetter.from_record(b"k", b"{", [("kourier.reason", b"not-json"), (name, value)])
+    assert letter.reason == "not-json"
+    assert letter.at.tzinfo is not None
+    assert letter.partition == -1, "no partition header, or one that is no number"
+
+
+def test_an_attach_by_an_empty_idempotency_key_is_refused_as_a_call_by_one_is() -> None:
+    for kind in ("attach", "invoke"):
+        record = {"kind": kind, "request_id": "r", "idempotency_key": "",
+                  "target": {"service": "S", "handler": "h"}}  # fmt: skip
+        with pytest.raises(r.RecordError, match="idempotency_key"):
+            r.decode_ingress(json.dumps(record).encode())
+
+
 def test_minimal_external_invoke_gets_defaults() -> None:
     record = r.decode_ingress(
         b'{"kind":"invoke","target":{"service":"Greeter","handler":"greet"},"argument":"bob"}'
