@@ -8,6 +8,7 @@ loop with the Kafka client, and already a dependency of faust-streaming.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -32,7 +33,7 @@ from streams.client import (
     ResponseUnreadable,
     ServiceInfo,
 )
-from streams.errors import ServeError
+from streams.errors import KourierError, ServeError
 from streams.http.admin import AdminApi
 from streams.http.index import InvocationIndex
 from streams.http.shared import (
@@ -71,6 +72,8 @@ IN_FLIGHT = Gauge(
     "HTTP calls, sends and attaches waiting for Kafka or for an outcome",
 )
 
+#: Seconds between two reads of the catalog to its end for a path it does not route.
+CATALOG_REREAD = 1.0
 #: Headers that describe the HTTP exchange itself and are not passed to handlers.
 _HOP_HEADERS = frozenset(
     {
@@ -211,6 +214,9 @@ class Ingress:
         self.in_flight = 0
         self.denied_headers = settings.header_denylist
         self.call_timeout = settings.call_timeout.total_seconds()
+        #: The catalog read to its end again (:meth:`route`), and when it was asked.
+        self._reread: asyncio.Future[dict[str, ServiceInfo]] | None = None
+        self._reread_at = 0.0
 
     async def start(self) -> None:
         await self.client.start()
@@ -347,7 +353,7 @@ class Ingress:
         began = time.perf_counter()
         kind = "call"
         try:
-            target_route = route(request.rel_url.raw_path, self.client.services)
+            target_route = await self.route(request.rel_url.raw_path)
             kind = target_route.mode
             response = await self._invoke(request, target_route)
         except HttpError as error:
@@ -368,6 +374,28 @@ class Ingress:
         labelled(REQUESTS, kind, str(response.status)).inc()
         labelled(LATENCY, kind).observe(time.perf_counter() - began)
         return response
+
+    async def route(self, raw_path: str) -> Route:
+        """:func:`route` by the catalog as followed; when that finds no such service or
+        handler, by the catalog read to its end again: its follower reads with a long fetch
+        wait, and a worker that announced a service a moment ago (``kourier dev``, a new
+        deployment) would get 404s until then. One read at a time, shared by the requests
+        that wait for it, and none within ``CATALOG_REREAD`` of the last."""
+        try:
+            return route(raw_path, self.client.services)
+        except HttpError as error:
+            if error.status != 404:
+                raise
+        reread = self._reread
+        if reread is None or (
+            reread.done() and time.monotonic() - self._reread_at >= CATALOG_REREAD
+        ):
+            self._reread_at = time.monotonic()
+            reread = self._reread = asyncio.ensure_future(self.client.catalog(refresh=True))
+            reread.add_done_callback(lambda done: done.cancelled() or done.exception())
+        with contextlib.suppress(KourierError):  # Kafka away: the catalog as followed says
+            await asyncio.shield(reread)
+        return route(raw_path, self.client.services)
 
     async def _invoke(self, request: web.Request, target_route: Route) -> web.Response:
         delay_text = request.query.get("delay")
