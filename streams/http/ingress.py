@@ -495,15 +495,25 @@ def _utf8(value: str, header: str) -> str:
 _TOO_DEEP = "body is JSON nested deeper than a record can carry"
 
 
+def _is_json(media_type: str) -> bool:
+    """``application/json``, ``text/json`` or a ``+json`` type such as
+    ``application/vnd.api+json`` (``media_type`` as aiohttp parses it: lower case, no
+    parameters)."""
+    return media_type in ("application/json", "text/json") or media_type.endswith("+json")
+
+
 async def _read_json(request: web.Request, max_body: int) -> JsonValue:
     if request.content_length is not None and request.content_length > max_body:
         raise HttpError(413, f"body larger than {max_body} bytes")
+    # The media type itself, not a word in it: a web page's form or no-cors fetch can POST
+    # here without a preflight only with a type such as "text/plain;json", and then is
+    # refused (an empty body too), so it cannot call a handler from a visitor's browser.
+    given = request.headers.get("content-type")
+    if given is not None and not _is_json(request.content_type):
+        raise HttpError(415, f"content-type {given.lower()!r} is not JSON")
     body = await request.read()
     if not body:
         return None
-    content_type = request.headers.get("content-type", "application/json").lower()
-    if "json" not in content_type:
-        raise HttpError(415, f"content-type {content_type!r} is not JSON")
     try:
         value: JsonValue = load_json(body)
     except ValueError as error:  # not JSON, not UTF-8, NaN, an integer of 5,000 digits, ...

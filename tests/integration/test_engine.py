@@ -131,6 +131,9 @@ async def test_http_calls_return_results_errors_and_the_invocation_id(ingress_ur
         ("/Tally/add/send", b"1", JSON, 400, "use /Object/key/handler/send"),
         ("/Relay/echo", b"{not json", JSON, 400, "not valid JSON"),
         ("/Relay/echo", b"1", {"content-type": "text/plain"}, 415, "not JSON"),
+        # Types a web page may POST without a preflight: both called the handler.
+        ("/Relay/echo", b"1", {"content-type": "text/plain;json"}, 415, "not JSON"),
+        ("/Relay/echo", b"", {"content-type": "application/x-www-form-urlencoded"}, 415, "not"),
         ("/Relay/echo", b"[" * 255 + b"]" * 255, JSON, 400, "deeper than a record"),
         ("/Relay/echo", b"[" * 254 + b"1" + b"]" * 254, JSON, 400, "deeper than a record"),
         ("/Relay/echo", b'{"a":' * 254 + b"1" + b"}" * 254, JSON, 400, "deeper than a record"),

@@ -79,3 +79,18 @@ async def test_a_read_that_fails_leaves_the_404() -> None:
     with pytest.raises(HttpError) as refused:
         await ingress_with(catalog).route("/Greeter/greet")
     assert refused.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("media_type", "json"),
+    [
+        ("application/json", True),
+        ("text/json", True),
+        ("application/vnd.api+json", True),
+        ("text/plain", False),
+        ("application/x-www-form-urlencoded", False),
+        ("application/jsonx", False),
+    ],
+)
+def test_a_body_is_json_by_its_media_type(media_type: str, json: bool) -> None:
+    assert ingress_module._is_json(media_type) is json
