@@ -83,7 +83,11 @@ class AdminApi:
         known: set[frozenset[str]] = set()
         while True:
             await asyncio.sleep(1.0)
-            cycles = await asyncio.to_thread(self.index.deadlocks)
+            try:
+                cycles = await asyncio.to_thread(self.index.deadlocks)
+            except Exception:  # the watch goes on: the gauge would otherwise stay as it was
+                log.exception("deadlocks: the admin index could not be read; again in 1 s")
+                continue
             DEADLOCKS.set(len(cycles))
             now = {frozenset(m["id"] for m in cycle["members"]) for cycle in cycles}
             for cycle in cycles:

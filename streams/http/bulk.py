@@ -158,7 +158,8 @@ async def control_one(client: Client, action: str, inv_id: str) -> tuple[int, di
     except TimeoutError:
         message = (
             f"no answer from the partition of {inv_id} within {CONTROL_TIMEOUT:g}s: the "
-            "request is on Kafka and takes effect when a worker owns that partition again"
+            "request takes effect when a worker owns that partition again, if it reached "
+            "Kafka"
         )
         return 504, {"code": 504, "message": message}
     except ids.InvalidId as error:

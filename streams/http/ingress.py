@@ -362,7 +362,7 @@ class Ingress:
             response = error_response(413, f"body larger than {self.max_body} bytes")
         except KafkaUnavailable as error:
             response = error_response(503, str(error))
-        except ResponseUnreadable as error:  # the worker answered what this cannot read
+        except ResponseUnreadable as error:  # (a call's or send's is answered in _invoke)
             response = error_response(502, str(error))
         except ClientClosed as error:  # (a call that may be written is answered in _invoke)
             if error.may_be_written:
@@ -371,6 +371,11 @@ class Ingress:
                 response = error_response(503, f"{error}: nothing was written")
         except TerminalError as error:
             response = error_response(error.status_code, error.message)
+        except Exception as error:  # json_errors answers: 400 for a body that does not
+            bad_body = isinstance(error, web.RequestPayloadError)  # decompress, else 500
+            labelled(REQUESTS, kind, "400" if bad_body else "500").inc()
+            labelled(LATENCY, kind).observe(time.perf_counter() - began)
+            raise
         labelled(REQUESTS, kind, str(response.status)).inc()
         labelled(LATENCY, kind).observe(time.perf_counter() - began)
         return response
@@ -455,6 +460,8 @@ class Ingress:
                     f"attach to it (GET /restate/attach/{inv_id}) for its outcome"
                 )
                 return error_response(408, message, {"x-restate-id": inv_id})
+        except ResponseUnreadable as error:  # the worker answered what this cannot read
+            return error_response(502, str(error), {"x-restate-id": inv_id})
         except ClientClosed as error:
             if not error.may_be_written:
                 raise  # a 503 (_answer): nothing was written

@@ -3,11 +3,13 @@ over HTTP with a stand-in for the Kafka client."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from handlers.exceptions import TerminalError
 from streams.client import Client, ResponseUnreadable
@@ -15,6 +17,7 @@ from streams.http import bulk
 from streams.http.admin import AdminApi
 from streams.http.bulk import BulkRefused, BulkRequest, parse_bulk, select
 from streams.http.index import InvocationIndex
+from streams.metrics import DEADLOCKS
 from streams.wire import ids
 
 A, B, C, D = (ids.keyed_id(name, name) for name in "abcd")
@@ -260,3 +263,30 @@ async def test_a_detail_shows_as_many_journal_entries_as_asked() -> None:
         for bad in ("x", "-1", "\u00b2", "9" * 5_000):
             reply = await http.get(f"/invocations/{A}", params={"journal": bad})
             assert reply.status == 400, bad
+
+
+class FailingOnce(FakeIndex):
+    """Its first read of the deadlocks fails; then it has one cycle."""
+
+    reads = 0
+
+    def deadlocks(self) -> list[dict[str, Any]]:
+        self.reads += 1
+        if self.reads == 1:
+            raise RuntimeError("the index failed")
+        return [{"members": [{"id": A, "target": "Trip/a/reserve"}]}]
+
+
+async def test_the_deadlock_watch_goes_on_after_a_failed_read() -> None:
+    """One exception ended the watch's task: the gauge stayed as it was for good."""
+    index = FailingOnce()
+    api = AdminApi(cast(Client, FakeClient()), cast(InvocationIndex, index), token=None)
+    DEADLOCKS.set(0)
+    watch = asyncio.ensure_future(api.watch_deadlocks())
+    try:
+        async with asyncio.timeout(10):
+            while REGISTRY.get_sample_value("kourier_deadlocks") != 1:
+                assert not watch.done(), f"the watch ended: {watch.exception()}"
+                await asyncio.sleep(0.05)
+    finally:
+        watch.cancel()

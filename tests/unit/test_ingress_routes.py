@@ -5,15 +5,18 @@ tests/integration/test_engine.py."""
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Any, cast
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
-from streams.client import Client, KafkaUnavailable, ServiceInfo
+from streams.client import Client, KafkaUnavailable, ResponseUnreadable, ServiceInfo
 from streams.http import ingress as ingress_module
 from streams.http.ingress import Ingress
 from streams.http.shared import HttpError
 from streams.settings import Settings
+from streams.wire import ids
 
 GREETER = ServiceInfo(name="Greeter", kind="service", handlers={"greet": {"kind": "shared"}})
 
@@ -94,3 +97,49 @@ async def test_a_read_that_fails_leaves_the_404() -> None:
 )
 def test_a_body_is_json_by_its_media_type(media_type: str, json: bool) -> None:
     assert ingress_module._is_json(media_type) is json
+
+
+class Answers(Catalog):
+    """A client that knows Greeter and answers every call by raising ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__({})
+        self.services = {"Greeter": GREETER}
+        self.error = error
+
+    def invocation_id_for(self, target: Any, idempotency_key: str | None) -> str:
+        return ID
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+
+ID = ids.new_id(None, 1)
+
+
+def requests_counted(status: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "kourier_ingress_requests_total", {"kind": "call", "status": status}
+        )
+        or 0.0
+    )
+
+
+async def test_a_call_whose_answer_cannot_be_read_is_a_502_that_names_it() -> None:
+    """The 502 had no x-restate-id: the caller could not attach to what ran."""
+    ingress = ingress_with(Answers(ResponseUnreadable("the response is not one this reads")))
+    async with TestClient(TestServer(ingress.app())) as http:
+        reply = await http.post("/Greeter/greet", json="ada")
+        assert reply.status == 502
+        assert reply.headers.get("x-restate-id") == ID
+
+
+async def test_an_unforeseen_error_is_a_500_counted_in_the_requests_metric() -> None:
+    """It was answered (json_errors) but counted nowhere: 500s never showed in the metric."""
+    ingress = ingress_with(Answers(RuntimeError("a defect")))
+    before = requests_counted("500")
+    async with TestClient(TestServer(ingress.app())) as http:
+        reply = await http.post("/Greeter/greet", json="ada")
+        assert reply.status == 500
+    assert requests_counted("500") == before + 1
