@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -145,5 +146,41 @@ async def test_a_read_back_that_keeps_failing_goes_after_the_others(
         reader.fetch(3, [7, 8], lambda found, missing: served.set_result("failing one"))
         reader.fetch(1, [], lambda found, missing: served.set_result("next one"))
         assert await asyncio.wait_for(served, 30) == "next one"
+    finally:
+        await asyncio.to_thread(reader.close)
+
+
+class Leftover(Assigned):
+    """Before partition 1's record at offset 7, a record of partition 5 at offset 40 (what
+    an earlier read left fetched); then nothing."""
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        return []
+
+    def poll(self, timeout: float = -1) -> Any:
+        queued = getattr(self, "queued", None)
+        if queued is None:
+            queued = self.queued = [record(5, 40), record(1, 7)]
+        return queued.pop(0) if queued else time.sleep(min(timeout, 0.05))
+
+
+def record(partition: int, offset: int) -> Any:
+    return SimpleNamespace(partition=lambda: partition, offset=lambda: offset,
+                           error=lambda: None, key=lambda: b"k", value=lambda: b"v")  # fmt: skip
+
+
+async def test_a_record_of_another_partition_does_not_count_offsets_as_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Offsets below a record's are gone only if it is of the partition read: one of
+    another would have dropped pending messages for good."""
+    monkeypatch.setattr(delay_reader, "Consumer", Leftover)
+    reader = DelayReader({}, "ns.delay")
+    answer: asyncio.Future[tuple[list[Fetched], list[int]]] = (
+        asyncio.get_running_loop().create_future()
+    )
+    try:
+        reader.fetch(1, [7], lambda found, missing: answer.set_result((found, missing)))
+        assert await asyncio.wait_for(answer, 30) == ([(7, b"k", b"v")], [])
     finally:
         await asyncio.to_thread(reader.close)
