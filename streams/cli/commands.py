@@ -69,13 +69,28 @@ def broker_jars(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_port(args: argparse.Namespace) -> None:
+    """With ``--port``, refuse (``ValueError``) when the brokers running from ``--data``
+    listen elsewhere: ``stop`` would stop another broker than the one meant."""
+    if getattr(args, "port", None) is None:
+        return
+    data = Path(args.data)
+    found = [node for _, node in broker.cluster_status(data)] or [broker.status(data.resolve())]
+    listening = [node.bootstrap for node in found if node is not None]
+    if listening and not any(b.rsplit(":", 1)[-1] == str(args.port) for b in listening):
+        where = ", ".join(listening)
+        raise ValueError(f"the broker of {args.data} listens on {where}, not port {args.port}")
+
+
 def broker_stop(args: argparse.Namespace) -> int:
+    _on_port(args)
     stopped = broker.stop(Path(args.data))
     say("kourier: broker stopped" if stopped else "kourier: no broker was running there")
     return 0
 
 
 def broker_status(args: argparse.Namespace) -> int:
+    _on_port(args)
     nodes = broker.cluster_status(Path(args.data))
     if nodes:
         rows = [

@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
             op.add_argument(
                 "--nodes", type=_count, default=1, help="KRaft nodes: 3 starts a local cluster"
             )
+        elif name != "jars":
+            op.add_argument(
+                "--port", type=_port, default=None,
+                help="refuse (exit 2) unless the broker of --data listens on this port",
+            )  # fmt: skip
         if name in ("start", "status"):
             _json_flag(op)
         op.set_defaults(func=func)

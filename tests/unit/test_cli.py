@@ -356,3 +356,21 @@ def test_a_bad_argument_is_one_line_not_a_traceback(
     assert parser.main(argv) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"kourier: error: {said.replace('{file}', str(file))}"), line
+
+
+@pytest.mark.parametrize(("port", "stops"), [("9093", True), ("9092", False)])
+def test_broker_stop_with_a_port_stops_only_the_broker_on_it(
+    port: str, stops: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--port`` was refused on stop and status (DESIGN names it for all three)."""
+    from streams.cli import parser
+    from streams.kafka import broker
+
+    stopped: list[Path] = []
+    monkeypatch.setattr(broker, "status", lambda data: broker.Broker("127.0.0.1:9093", 1, data))
+    monkeypatch.setattr(broker, "stop", lambda data: stopped.append(data) or True)
+    code = parser.main(["broker", "stop", "--data", str(tmp_path), "--port", port])
+    assert (code, bool(stopped)) == ((0, True) if stops else (2, False))
+    assert parser.main(["broker", "status", "--data", str(tmp_path), "--port", port]) == (
+        0 if stops else 2
+    )
