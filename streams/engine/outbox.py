@@ -20,12 +20,12 @@ from streams.engine.journal import InvocationMeta, entry_of
 from streams.metrics import DEADLETTERS
 from streams.tracing import as_headers
 from streams.wire import ids
+from streams.wire.deadletter import DeadLetter
 from streams.wire.partitioning import partition_of_key
 from streams.wire.records import (
     AttachRequest,
     Completion,
     Control,
-    DeadLetter,
     Delayed,
     Failure,
     Invoke,

@@ -1,7 +1,7 @@
 """The dead-letter topic: list what landed there and why, and replay records to ingress.
 
 A dead letter is the original ingress record, key and value unchanged, with ``kourier.*``
-headers saying why it was set aside (:class:`~streams.wire.records.DeadLetter`). Replaying
+headers saying why it was set aside (:class:`~streams.wire.deadletter.DeadLetter`). Replaying
 produces the original record to the ingress topic again — after the cause is fixed (a
 service deployed, a producer corrected); a record that still fails comes back here.
 """
@@ -25,8 +25,8 @@ from streams.kafka.offsets import (
     watermarks,
 )
 from streams.settings import Settings
+from streams.wire.deadletter import DeadLetter
 from streams.wire.partitioning import partition_for
-from streams.wire.records import DeadLetter
 from streams.wire.topics import Topics
 
 

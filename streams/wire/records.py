@@ -3,14 +3,14 @@
 All records are JSON objects with ``"v": 1`` and a ``"kind"`` discriminator.
 The ingress topic carries :data:`IngressRecord` (invoke, cancel, kill, attach,
 completion); the response topic carries :class:`Response`; the delay topic
-carries :class:`Delayed`; the dead-letter topic carries :class:`DeadLetter`.
+carries :class:`Delayed`; the dead-letter topic carries
+:class:`~streams.wire.deadletter.DeadLetter`.
 External producers write :data:`ExternalRecord`, whose JSON Schema
 ``kourier schema`` prints.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -62,17 +62,6 @@ def _in_range(due: datetime) -> datetime:
 Due = Annotated[AwareDatetime, AfterValidator(_in_range)]
 _T = TypeVar("_T")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$"
-
-
-#: What a dead letter (key, value and headers) may take: librdkafka refuses records over
-#: 1,000,000 bytes. A copy that would not fit keeps what does of the original value, and
-#: ``kourier.truncated`` gives the original length.
-MAX_DEADLETTER_BYTES = 990_000
-#: The value and headers of a dead letter as produced.
-DeadLetterRecord = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
-
-
-_EPOCH = "1970-01-01T00:00:00+00:00"  # a dead letter's time when its header does not say
 
 
 class RecordError(KourierError, ValueError):
@@ -350,120 +339,6 @@ class Fired(_Record):
 
     kind: Literal["fired"] = "fired"
     offset: int = Field(ge=0)
-
-
-class DeadLetter(_Model):
-    """A record that could not be processed, and where it came from and why.
-
-    On the dead-letter topic the record keeps its original key and value, byte for byte,
-    and this metadata travels in ``kourier.*`` headers (:meth:`headers`), as Kafka
-    Connect's dead-letter queues do: nothing is re-encoded, and a replay produces exactly
-    what arrived. Only a record so near Kafka's size limit that it would not fit with its
-    headers keeps just the start of its value (``kourier.truncated``: the original
-    length); such a letter cannot be replayed.
-    """
-
-    reason: str
-    detail: str
-    topic: str
-    partition: int
-    offset: int
-    key: str | None = Field(default=None, description="original key, base64")
-    payload: str = Field(description="original value, base64")
-    at: datetime
-    dlq_offset: int | None = Field(default=None, description="where it sits on the DLQ topic")
-    truncated: int | None = Field(
-        default=None, description="the original value's length, when only its start is kept"
-    )
-
-    @classmethod
-    def of(
-        cls,
-        error: RecordError,
-        *,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        at: datetime,
-    ) -> DeadLetter:
-        return cls(
-            reason=error.reason,
-            detail=error.detail,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=None if key is None else base64.b64encode(key).decode(),
-            payload=base64.b64encode(value or b"").decode(),
-            at=at,
-        )
-
-    def record(self, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
-        """The value and headers to put on the dead-letter topic: the original value, cut
-        (and marked ``kourier.truncated``) only when it would not fit with its headers."""
-        headers = self.headers()
-        room = (
-            MAX_DEADLETTER_BYTES
-            - len(key or b"")
-            - sum(len(name) + len(data or b"") for name, data in headers)
-        )
-        if value is not None and len(value) > room:
-            headers.append(("kourier.truncated", str(len(value)).encode()))
-            value = value[: max(0, room - 64)]
-        return value, headers
-
-    def headers(self) -> list[tuple[str, str | bytes | None]]:
-        return [
-            ("kourier.reason", self.reason.encode()),
-            ("kourier.detail", self.detail.encode()),
-            ("kourier.topic", self.topic.encode()),
-            ("kourier.partition", str(self.partition).encode()),
-            ("kourier.offset", str(self.offset).encode()),
-            ("kourier.at", self.at.isoformat().encode()),
-        ]
-
-    @classmethod
-    def from_record(
-        cls,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None,
-        dlq_offset: int | None = None,
-    ) -> DeadLetter:
-        """Read a dead-letter topic record back (missing headers read as unknown)."""
-        found = {name: data.decode(errors="replace") for name, data in headers or []}
-
-        def number(name: str) -> int:
-            text = found.get(f"kourier.{name}", "-1")
-            digits = text.removeprefix("-")
-            return int(text) if digits.isascii() and digits.isdigit() else -1
-
-        try:  # another producer's header may be anything: the letter is still listed
-            at = datetime.fromisoformat(found.get("kourier.at", _EPOCH))
-        except ValueError:
-            at = datetime.fromisoformat(_EPOCH)
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-
-        return cls(
-            reason=found.get("kourier.reason", "unknown"),
-            detail=found.get("kourier.detail", ""),
-            topic=found.get("kourier.topic", ""),
-            partition=number("partition"),
-            offset=number("offset"),
-            key=None if key is None else base64.b64encode(key).decode(),
-            payload=base64.b64encode(value or b"").decode(),
-            at=at,
-            dlq_offset=dlq_offset,
-            truncated=number("truncated") if "kourier.truncated" in found else None,
-        )
-
-    def original_key(self) -> bytes | None:
-        return None if self.key is None else base64.b64decode(self.key)
-
-    def original_value(self) -> bytes:
-        return base64.b64decode(self.payload)
 
 
 #: Records that act on an existing invocation, named by its id.

@@ -29,10 +29,10 @@ from streams.kafka.worker import Worker
 from streams.metrics import DEADLETTERS
 from streams.settings import Settings
 from streams.wire import ids
+from streams.wire.deadletter import DeadLetter
 from streams.wire.partitioning import partition_for
 from streams.wire.records import (
     MAX_RECORD_BYTES,
-    DeadLetter,
     Delayed,
     Invoke,
     RecordError,

@@ -15,7 +15,8 @@ from streams.client import Client
 from streams.kafka import deadletters
 from streams.kafka.worker import Worker
 from streams.settings import Settings
-from streams.wire.records import DeadLetter, Invoke, Target, encode
+from streams.wire.deadletter import DeadLetter
+from streams.wire.records import Invoke, Target, encode
 from tests.kafka_helpers import drain
 
 

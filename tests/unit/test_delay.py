@@ -20,11 +20,11 @@ from streams.engine.holding import Holding
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out
 from streams.wire import ids
+from streams.wire.deadletter import DeadLetter
 from streams.wire.records import (
     START_LEAD,
     Caller,
     Completion,
-    DeadLetter,
     Delayed,
     Fired,
     Invoke,

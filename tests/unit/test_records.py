@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from streams.wire import records as r
+from streams.wire.deadletter import DeadLetter
 
 ID0 = "inv_" + "0" * 32
 ID1 = "inv_" + "1" * 32
@@ -64,11 +65,11 @@ def test_other_records_round_trip() -> None:
     assert r.decode_delay(r.encode(delayed)) == delayed
     assert r.decode_delay(r.encode(r.Fired(offset=3))) == r.Fired(offset=3)
     error = r.RecordError("not-json", "boom")
-    letter = r.DeadLetter.of(
+    letter = DeadLetter.of(
         error, topic="ns.ingress", partition=3, offset=9, key=b"k", value=b"\xff\x00",
         at=datetime.now(UTC),
     )  # fmt: skip
-    again = r.DeadLetter.from_record(b"k", b"\xff\x00", letter.headers(), dlq_offset=4)
+    again = DeadLetter.from_record(b"k", b"\xff\x00", letter.headers(), dlq_offset=4)
     assert again.original_value() == b"\xff\x00"
     assert again.original_key() == b"k"
     assert (again.reason, again.partition, again.offset) == ("not-json", 3, 9)
@@ -87,7 +88,7 @@ def test_a_dead_letter_with_a_header_another_producer_wrote_still_reads(
     name: str, value: bytes
 ) -> None:
     """Each raised ValueError, and ``kourier dlq list`` listed no letter at all."""
-    letter = r.DeadLetter.from_record(b"k", b"{", [("kourier.reason", b"not-json"), (name, value)])
+    letter = DeadLetter.from_record(b"k", b"{", [("kourier.reason", b"not-json"), (name, value)])
     assert letter.reason == "not-json"
     assert letter.at.tzinfo is not None
     assert letter.partition == -1, "no partition header, or one that is no number"
