@@ -30,7 +30,6 @@ what it measured: ``streams/README.md``, "The delay topic" and the sections afte
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import heapq
 import itertools
 import logging
@@ -41,7 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from streams.engine.buckets import Buckets
-from streams.engine.holding import Holding
+from streams.engine.holding import Holding, trim_heap
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out, set_aside
 from streams.metrics import CARRIED, DEADLETTERS
@@ -99,17 +98,6 @@ def release_time(record: Delayed) -> float:
     (sleeps, call deadlines) go at their due time: a waiting handler wakes on them."""
     due = record.due.timestamp()
     return due - START_LEAD if record.start is not None else due
-
-
-def trim_heap() -> bool:
-    """Give the C heap's free memory back to the OS (glibc's ``malloc_trim``); whether
-    any was. Reading a backlog of a million delay records leaves ~100 MiB of librdkafka
-    buffers freed but still resident, which the RSS would otherwise keep showing."""
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):  # not glibc
-        return False
 
 
 class DelayProcessor:
