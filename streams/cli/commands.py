@@ -337,23 +337,27 @@ def dev(args: argparse.Namespace) -> int:
     sys.path.insert(0, ".")
     services = load_services(args.module)
     data_dir = Path(args.data)
-    started_broker = False
+    started: list[Path] = []  # data directories of the brokers this command started
     settings = _settings(args)  # refused before a broker starts that nothing would stop
     if not (os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers):
         # Brokers already running from --data (another `kourier dev`, `kourier broker
         # start`) are used and left running: only what this command started is stopped.
         if args.nodes > 1:
-            running = any(found for _, found in broker.cluster_status(data_dir))
+            before = {d for d, found in broker.cluster_status(data_dir) if found is not None}
         else:
-            running = broker.status(data_dir.resolve()) is not None
+            before = {data_dir} if broker.status(data_dir.resolve()) is not None else set()
         with dump.default_mask():  # the brokers as `kourier broker start` starts them
             if args.nodes > 1:
                 cluster = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port)
                 bootstrap = cluster.bootstrap
+                nodes = [d for d, _ in broker.cluster_status(data_dir)]
+                # All together when it started them all: one by one, the last would wait
+                # for a quorum the first took away.
+                started = [data_dir] if not before else [d for d in nodes if d not in before]
             else:
                 bootstrap = broker.start(data_dir, port=args.kafka_port).bootstrap
-        started_broker = not running
-        if running:
+                started = [] if before else [data_dir]
+        if before:
             say(f"kourier dev: using the brokers already running from {data_dir}; left running")
         settings = settings.model_copy(update={"bootstrap_servers": bootstrap})
     try:
@@ -384,8 +388,8 @@ def dev(args: argparse.Namespace) -> int:
 
         return _run_until_signal(main, "kourier", worker.status)
     finally:
-        if started_broker:
-            broker.stop(data_dir)
+        for started_dir in started:
+            broker.stop(started_dir)
 
 
 def _parse_target(text: str) -> Any:

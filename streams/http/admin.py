@@ -81,13 +81,19 @@ class AdminApi:
     async def watch_deadlocks(self) -> None:
         """Every second: the deadlock gauge, and a log line for each new cycle."""
         known: set[frozenset[str]] = set()
+        failing = False
         while True:
             await asyncio.sleep(1.0)
             try:
                 cycles = await asyncio.to_thread(self.index.deadlocks)
-            except Exception:  # the watch goes on: the gauge would otherwise stay as it was
-                log.exception("deadlocks: the admin index could not be read; again in 1 s")
+            except Exception:  # the watch goes on (the gauge keeps its last value meanwhile)
+                if not failing:  # once, not every second
+                    log.exception("deadlocks: the admin index cannot be read; trying each second")
+                failing = True
                 continue
+            if failing:
+                log.info("deadlocks: the admin index is read again")
+                failing = False
             DEADLOCKS.set(len(cycles))
             now = {frozenset(m["id"] for m in cycle["members"]) for cycle in cycles}
             for cycle in cycles:

@@ -33,7 +33,7 @@ from streams.client import (
     ResponseUnreadable,
     ServiceInfo,
 )
-from streams.errors import KourierError, ServeError
+from streams.errors import ServeError
 from streams.http.admin import AdminApi
 from streams.http.index import InvocationIndex
 from streams.http.shared import (
@@ -43,6 +43,7 @@ from streams.http.shared import (
     error_response,
     json_errors,
     metrics,
+    same_origin,
 )
 from streams.metrics import labelled
 from streams.settings import Settings, short_duration
@@ -72,8 +73,10 @@ IN_FLIGHT = Gauge(
     "HTTP calls, sends and attaches waiting for Kafka or for an outcome",
 )
 
-#: Seconds between two reads of the catalog to its end for a path it does not route.
+#: Seconds between two reads of the catalog to its end for a path it does not route, and
+#: how long a request waits for one.
 CATALOG_REREAD = 1.0
+CATALOG_WAIT = 2.0
 #: Headers that describe the HTTP exchange itself and are not passed to handlers.
 _HOP_HEADERS = frozenset(
     {
@@ -233,12 +236,15 @@ class Ingress:
 
     async def close(self) -> None:
         self._watch.cancel()
+        if self._reread is not None:
+            self._reread.cancel()  # its thread ends by its own timeouts
         await asyncio.to_thread(self.index.close)
         await self.client.close()
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.max_body, middlewares=[json_errors, bearer(self.settings.token)]
+            client_max_size=self.max_body,
+            middlewares=[json_errors, bearer(self.settings.token), same_origin],
         )
         app.router.add_get("/health", self.admin.health)  # the same answer on both ports
         app.router.add_get("/metrics", metrics)
@@ -247,14 +253,14 @@ class Ingress:
         app.router.add_get(r"/restate/invocation/{rest:[\s\S]+}/{verb:attach|output}", self.attach)
         app.router.add_get("/restate/workflow/{service}/{key}/{verb:attach|output}", self.attach)
         app.router.add_post("/{path:.*}", self.invoke)
-        app.router.add_get("/{path:.*}", self.not_a_call)
+        app.router.add_route("*", "/{path:.*}", self.not_a_call)
         return app
 
     async def not_a_call(self, request: web.Request) -> web.Response:
-        """Any other GET: 405 on a handler's path (a call is a POST), else what a POST there
-        would get (404 for an unknown service or handler, 400 for a bad path)."""
+        """Any other request: 405 (``Allow: POST``) on a handler's path, else what a POST
+        there would get (404 for an unknown service or handler, 400 for a bad path)."""
         try:
-            route(request.rel_url.raw_path, self.client.services)
+            await self.route(request.rel_url.raw_path)
         except HttpError as error:
             return error_response(error.status, error.message)
         raise web.HTTPMethodNotAllowed(request.method, ["POST"])
@@ -272,6 +278,8 @@ class Ingress:
             # idempotency key name one id, which the client derives).
             if "service" in info:  # "", "restate", "workflow", <service>, <id>, <verb>, as sent
                 service, key = (_decoded(s) for s in request.rel_url.raw_path.split("/")[3:5])
+                if service not in self.client.services:  # announced a moment ago, perhaps
+                    await self._read_catalog_again()
                 inv_id = self.client.invocation_id_for(self._workflow_run(service, key), None)
             else:
                 if "rest" in info:  # "", "restate", "invocation", <rest>..., <verb>, as sent
@@ -282,6 +290,8 @@ class Ingress:
                 if len(segments) == 1:
                     inv_id = ids.validate(segments[0])
                 else:
+                    if segments[0] not in self.client.services:
+                        await self._read_catalog_again()
                     target, idempotency_key = self._idempotent_target(segments)
                     inv_id = self.client.invocation_id_for(target, idempotency_key)
             if self.in_flight >= self.max_in_flight:
@@ -391,6 +401,13 @@ class Ingress:
         except HttpError as error:
             if error.status != 404:
                 raise
+        await self._read_catalog_again()
+        return route(raw_path, self.client.services)
+
+    async def _read_catalog_again(self) -> None:
+        """Read the catalog to its end (see :meth:`route`), waiting ``CATALOG_WAIT`` at
+        most: past that, or when the read fails (Kafka away, a missing ACL), the catalog as
+        followed is the answer, and the read, still going, serves the requests after."""
         reread = self._reread
         if reread is None or (
             reread.done() and time.monotonic() - self._reread_at >= CATALOG_REREAD
@@ -398,9 +415,8 @@ class Ingress:
             self._reread_at = time.monotonic()
             reread = self._reread = asyncio.ensure_future(self.client.catalog(refresh=True))
             reread.add_done_callback(lambda done: done.cancelled() or done.exception())
-        with contextlib.suppress(KourierError):  # Kafka away: the catalog as followed says
-            await asyncio.shield(reread)
-        return route(raw_path, self.client.services)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(reread), CATALOG_WAIT)
 
     async def _invoke(self, request: web.Request, target_route: Route) -> web.Response:
         delay_text = request.query.get("delay")
@@ -512,15 +528,12 @@ def _is_json(media_type: str) -> bool:
 async def _read_json(request: web.Request, max_body: int) -> JsonValue:
     if request.content_length is not None and request.content_length > max_body:
         raise HttpError(413, f"body larger than {max_body} bytes")
-    # The media type itself, not a word in it: a web page's form or no-cors fetch can POST
-    # here without a preflight only with a type such as "text/plain;json", and then is
-    # refused (an empty body too), so it cannot call a handler from a visitor's browser.
-    given = request.headers.get("content-type")
-    if given is not None and not _is_json(request.content_type):
-        raise HttpError(415, f"content-type {given.lower()!r} is not JSON")
     body = await request.read()
     if not body:
-        return None
+        return None  # whatever its type says (curl -d '' sends a form's)
+    given = request.headers.get("content-type")
+    if given is not None and not _is_json(request.content_type):  # the type, not a word in it
+        raise HttpError(415, f"content-type {given.lower()!r} is not JSON")
     try:
         value: JsonValue = load_json(body)
     except ValueError as error:  # not JSON, not UTF-8, NaN, an integer of 5,000 digits, ...

@@ -131,9 +131,11 @@ async def test_http_calls_return_results_errors_and_the_invocation_id(ingress_ur
         ("/Tally/add/send", b"1", JSON, 400, "use /Object/key/handler/send"),
         ("/Relay/echo", b"{not json", JSON, 400, "not valid JSON"),
         ("/Relay/echo", b"1", {"content-type": "text/plain"}, 415, "not JSON"),
-        # Types a web page may POST without a preflight: both called the handler.
+        # A type a web page may POST without a preflight: it called the handler.
         ("/Relay/echo", b"1", {"content-type": "text/plain;json"}, 415, "not JSON"),
-        ("/Relay/echo", b"", {"content-type": "application/x-www-form-urlencoded"}, 415, "not"),
+        # A request a browser says another site sent (a form, a no-cors fetch).
+        ("/Relay/echo", b"1", {**JSON, "sec-fetch-site": "cross-site"}, 403, "another origin"),
+        ("/Relay/echo", b"", {"origin": "http://evil.example"}, 403, "another origin"),
         ("/Relay/echo", b"[" * 255 + b"]" * 255, JSON, 400, "deeper than a record"),
         ("/Relay/echo", b"[" * 254 + b"1" + b"]" * 254, JSON, 400, "deeper than a record"),
         ("/Relay/echo", b'{"a":' * 254 + b"1" + b"}" * 254, JSON, 400, "deeper than a record"),
@@ -173,18 +175,22 @@ async def test_bad_http_requests_get_json_errors(
 
 
 @pytest.mark.parametrize(
-    ("path", "status", "says"),
+    ("method", "path", "status", "says"),
     [
-        ("/Tally/k/add", 405, "Method Not Allowed"),  # a call is a POST
-        ("/nope", 404, "unknown service 'nope'"),  # these three were 405s too
-        ("/restate/attach/", 404, "unknown service 'restate'"),
-        ("/Tally/k/nope", 404, "no handler 'nope'"),
+        ("GET", "/Tally/k/add", 405, "Method Not Allowed"),  # a call is a POST
+        ("PUT", "/Tally/k/add", 405, "Method Not Allowed"),
+        ("GET", "/nope", 404, "unknown service 'nope'"),  # these three were 405s too
+        ("GET", "/restate/attach/", 404, "unknown service 'restate'"),
+        ("DELETE", "/Tally/k/nope", 404, "no handler 'nope'"),
     ],
 )
-async def test_a_get_that_is_no_attach_says_why(
-    ingress_url: str, path: str, status: int, says: str
+async def test_a_request_that_is_no_call_or_attach_says_why(
+    ingress_url: str, method: str, path: str, status: int, says: str
 ) -> None:
-    async with aiohttp.ClientSession() as http, http.get(f"{ingress_url}{path}") as reply:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, f"{ingress_url}{path}") as reply,
+    ):
         assert reply.status == status, await reply.text()
         assert says in (await reply.json())["message"]
         if status == 405:

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import jsonschema
 import pytest
@@ -374,3 +376,33 @@ def test_broker_stop_with_a_port_stops_only_the_broker_on_it(
     assert parser.main(["broker", "status", "--data", str(tmp_path), "--port", port]) == (
         0 if stops else 2
     )
+
+
+def test_dev_on_a_cluster_with_a_node_up_stops_only_the_nodes_it_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from streams.cli import commands, parser
+    from streams.kafka import broker
+
+    nodes = [tmp_path / f"node-{i}" for i in (1, 2, 3)]
+    up = {nodes[0]}  # one node runs; dev starts the other two
+    stopped: list[Path] = []
+
+    def status() -> list[tuple[Path, broker.Broker | None]]:
+        return [(d, broker.Broker("127.0.0.1:1", 1, d) if d in up else None) for d in nodes]
+
+    def start_cluster(data_dir: Path, count: int, port: int) -> Any:
+        up.update(nodes)
+        return SimpleNamespace(bootstrap="127.0.0.1:1")
+
+    def no_topics(*args: object) -> None:
+        raise ValueError("no Kafka in this test")
+
+    monkeypatch.delenv("KOURIER_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setattr(broker, "cluster_status", lambda data_dir: status())
+    monkeypatch.setattr(broker, "start_cluster", start_cluster)
+    monkeypatch.setattr(broker, "stop", lambda data_dir: stopped.append(data_dir))
+    monkeypatch.setattr(commands, "_ensure_topics", no_topics)
+    argv = ["dev", "examples.quickstart", "--nodes", "3", "--data", str(tmp_path)]
+    assert parser.main(argv) == 2
+    assert stopped == nodes[1:], "it stopped a node it did not start, or left its own running"

@@ -17,6 +17,7 @@ from streams.http.ingress import Ingress
 from streams.http.shared import HttpError
 from streams.settings import Settings
 from streams.wire import ids
+from tests.unit.harness import until
 
 GREETER = ServiceInfo(name="Greeter", kind="service", handlers={"greet": {"kind": "shared"}})
 
@@ -24,7 +25,7 @@ GREETER = ServiceInfo(name="Greeter", kind="service", handlers={"greet": {"kind"
 class Catalog:
     """The client's catalog: ``announced`` reaches it only when it is read to its end."""
 
-    def __init__(self, announced: dict[str, ServiceInfo], fails: bool = False) -> None:
+    def __init__(self, announced: dict[str, ServiceInfo], fails: Exception | None = None) -> None:
         self.services: dict[str, ServiceInfo] = {}
         self.announced = announced
         self.fails = fails
@@ -35,8 +36,8 @@ class Catalog:
         assert refresh
         self.reads += 1
         await self.gate.wait()
-        if self.fails:
-            raise KafkaUnavailable("Kafka did not answer")
+        if self.fails is not None:
+            raise self.fails
         self.services = {**self.announced, **self.services}
         return self.services
 
@@ -47,12 +48,17 @@ def ingress_with(catalog: Catalog) -> Ingress:
     return ingress
 
 
-async def test_a_service_announced_a_moment_ago_is_routed_after_one_read() -> None:
-    """The catalog as followed did not list it yet: a 404 until the follower caught up."""
+async def test_a_service_announced_a_moment_ago_is_routed_after_one_shared_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The catalog as followed did not list it yet: a 404 until the follower caught up.
+    Requests that come while a read goes on wait for that one (no pause between reads here,
+    so that only the sharing keeps it to one)."""
+    monkeypatch.setattr(ingress_module, "CATALOG_REREAD", 0.0)
     catalog = Catalog({"Greeter": GREETER})
     ingress = ingress_with(catalog)
     asked = [asyncio.ensure_future(ingress.route("/Greeter/greet")) for _ in range(3)]
-    await asyncio.sleep(0)
+    await until(lambda: catalog.reads == 1)
     catalog.gate.set()
     routes = await asyncio.wait_for(asyncio.gather(*asked), 5)
     assert {r.target.path() for r in routes} == {"Greeter/greet"}
@@ -76,12 +82,31 @@ async def test_an_unknown_service_is_404_after_at_most_one_read_a_second(
     assert catalog.reads == 2
 
 
-async def test_a_read_that_fails_leaves_the_404() -> None:
-    catalog = Catalog({"Greeter": GREETER}, fails=True)
+@pytest.mark.parametrize(
+    "failure", [KafkaUnavailable("Kafka did not answer"), RuntimeError("an ACL is missing")]
+)
+async def test_a_read_that_fails_leaves_the_404(failure: Exception) -> None:
+    """Any failure: a KafkaException (a missing ACL) escaped as a 500."""
+    catalog = Catalog({"Greeter": GREETER}, fails=failure)
     catalog.gate.set()
     with pytest.raises(HttpError) as refused:
         await ingress_with(catalog).route("/Greeter/greet")
     assert refused.value.status == 404
+
+
+async def test_a_read_that_takes_long_leaves_the_404_and_serves_later_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With Kafka away a read takes its timeouts (40 s): each 404 waited as long."""
+    monkeypatch.setattr(ingress_module, "CATALOG_WAIT", 0.05)
+    catalog = Catalog({"Greeter": GREETER})
+    ingress = ingress_with(catalog)
+    with pytest.raises(HttpError) as refused:
+        await asyncio.wait_for(ingress.route("/Greeter/greet"), 5)
+    assert refused.value.status == 404
+    catalog.gate.set()
+    assert (await asyncio.wait_for(ingress.route("/Greeter/greet"), 5)).mode == "call"
+    assert catalog.reads == 1
 
 
 @pytest.mark.parametrize(
