@@ -24,7 +24,7 @@ from handlers.service import HandlerDef
 from streams import tracing
 from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
-from streams.engine.journal import own_copy
+from streams.engine.journal import CANCELLED, own_copy
 from streams.engine.values import measured
 from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES, labelled
 from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
@@ -135,7 +135,7 @@ class Attempts:
             if inv.retention().total_seconds() > 0:  # kept: written with its argument
                 fits_with_argument(size, inv.meta.argument, handler.path)
         except TerminalError as error:
-            failure = Failure(code=error.status_code, message=error.message)
+            failure = _failure_of(error)
         except NonDeterminismError as error:
             log.error("%s: %s", inv.meta.id, error)
             failure = Failure(code=500, message=f"non-deterministic handler: {error}")
@@ -219,6 +219,10 @@ class Attempts:
         policy = self._retry_of(inv.handler)
         meta.last_error = shorten(_described(error))
         inv.task = None
+        if meta.cancel_requested:  # a cancel this attempt failed before it reached: the
+            inv.close()  # next could fail as early, again and again, with the key held
+            self._complete(inv, None, CANCELLED)
+            return
         labelled(RETRIES, meta.target.service, meta.target.handler).inc()
         if policy.exhausted(meta.attempt):
             labelled(PAUSED, meta.target.service).inc()
@@ -251,9 +255,23 @@ class Attempts:
 
 
 def _described(error: BaseException) -> str:
-    """An attempt's error as its status and retry log show it: its type and message."""
-    message = str(error)
+    """An attempt's error as its status and retry log show it: its type and message (an
+    error whose ``__str__`` itself raises is named by its type: raising here, the attempt's
+    task ended with the invocation running, and an object's key held for good)."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "(its message could not be read)"
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _failure_of(error: TerminalError) -> Failure:
+    """The failure a ``TerminalError`` ends its invocation with: a 500 when it carries no
+    status code and message Kourier can write (a subclass that set them otherwise)."""
+    try:
+        return Failure(code=error.status_code, message=error.message)
+    except Exception:  # ValidationError, AttributeError: see _described
+        return Failure(code=500, message=f"an unreadable TerminalError: {_described(error)}")
 
 
 def fits_with_argument(size: int, argument: JsonValue, path: str) -> None:

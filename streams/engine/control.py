@@ -144,14 +144,15 @@ class Controls:
         """Fail what ``inv`` awaits right now (a timer, a promise, an attach) with 409.
 
         Only a wait the handler is in counts: an entry left open by a ``select`` it lost
-        is no longer awaited. A suspended invocation runs again, and its replay meets the
-        cancel at the first open wait it reaches. Awaited calls are not failed here: the
-        cancel travels to the callee first (leaves first), and its 409 comes back as the
-        call's outcome.
+        is no longer awaited. A suspended or backing-off invocation runs again at once,
+        and its replay meets the cancel at the first open wait or new entry it reaches (one
+        that fails before either ends cancelled: see ``Attempts._back_off``). Awaited calls
+        are not failed here: the cancel travels to the callee first (leaves first), and its
+        409 comes back as the call's outcome.
         """
         if not inv.meta.cancel_requested:
             return
-        if inv.meta.status == "suspended":
+        if inv.meta.status in ("suspended", "backing-off"):  # now, not at its retry time
             self._attempts.run(inv)
             return
         for index, future in sorted(inv.waiting.items()):

@@ -509,3 +509,78 @@ def test_backing_off_forever_stays_at_the_longest_interval() -> None:
     steep = RetryPolicy(factor=1000.0, max_interval=timedelta(milliseconds=2))
     assert steep.delay(400) == timedelta(milliseconds=2)
     assert forever.delay(1) == timedelta(milliseconds=50)
+
+
+class Unprintable(Exception):
+    """An error whose ``__str__`` raises (one that reads a response it never got)."""
+
+    response = None
+
+    def __str__(self) -> str:
+        return f"{self.response.status}"  # type: ignore[attr-defined]
+
+
+class Unreadable(TerminalError):
+    """A ``TerminalError`` that set neither its message nor its status code."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "no fields")
+
+
+@objects.handler()
+async def unprintable(ctx: ObjectContext) -> str:
+    raise Unprintable
+
+
+@objects.handler()
+async def unreadable_terminal(ctx: ObjectContext) -> str:
+    raise Unreadable
+
+
+async def test_an_error_that_cannot_be_described_still_ends_its_attempt() -> None:
+    """Describing it raised inside the ``except`` that caught it: the attempt's task ended
+    with the invocation running, nothing to retry or cancel it, and the key held for good."""
+    harness = Harness([objects])
+    failing = harness.call(mistake("unprintable"), request_id="unprintable")
+    harness.call(mistake("unreadable_terminal"), request_id="terminal")
+    await until(lambda: harness.processor.invocations[failing].meta.status == "paused")
+    meta = harness.processor.invocations[failing].meta
+    assert meta.last_error == "Unprintable: (its message could not be read)"
+    harness.send(Cancel(invocation_id=failing, request_id="cancel"))  # frees the key
+    await until(lambda: "terminal" in harness.responses())
+    failure = harness.responses()["terminal"].failure
+    assert failure is not None
+    assert failure.code == 500
+    assert "an unreadable TerminalError: Unreadable" in failure.message
+
+
+ALWAYS = RetryPolicy(initial=timedelta(hours=1), max_attempts=None)
+stubborn = VirtualObject("Stubborn", retry=ALWAYS)
+
+
+@stubborn.handler()
+async def fails_at_once(ctx: ObjectContext) -> None:
+    raise RuntimeError("fails before any context operation")
+
+
+@stubborn.handler()
+async def counts(ctx: ObjectContext) -> int:
+    return 1
+
+
+async def test_a_cancel_of_an_invocation_backing_off_ends_it_at_once() -> None:
+    """The cancel waited for the next attempt (a minute here), which failed before any
+    context operation, where a cancel is met: it never took effect, and retrying for
+    ever, the invocation held its key for good."""
+    harness = Harness([stubborn])
+    target = Target(service="Stubborn", key="k", handler="fails_at_once")
+    inv_id = harness.call(target, request_id="stubborn")
+    harness.call(Target(service="Stubborn", key="k", handler="counts"), request_id="next")
+    table = harness.processor.invocations
+    await until(lambda: table[inv_id].meta.status == "backing-off")
+    harness.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    await until(lambda: {"stubborn", "next"} <= set(harness.responses()), seconds=5.0)
+    failure = harness.responses()["stubborn"].failure
+    assert failure is not None
+    assert failure.code == 409
+    assert harness.responses()["next"].value == 1, "the key stayed held"
