@@ -29,7 +29,10 @@ def owner(record: IngressRecord, partitions: int, here: int) -> int:
     idempotency key); ``RecordError`` for an id that names no partition, or the wrong one."""
     try:
         if isinstance(record, Invoke):
-            if record.target.key is None and record.invocation_id is not None:
+            # A keyless call's id names its partition, unless an idempotency key does: the
+            # invocation takes the id that key derives, whatever id the record gives.
+            keyless = record.target.key is None and record.idempotency_key is None
+            if keyless and record.invocation_id is not None:
                 return ids.partition_of(record.invocation_id, partitions)
             key = record.target.key
             given = record.invocation_id
