@@ -292,7 +292,26 @@ def worker(args: argparse.Namespace) -> int:
         worker.stop()
         await task
 
-    return _run_until_signal(main, "kourier-worker", worker.status)
+    code = _run_until_signal(main, "kourier-worker", worker.status)
+    _end_past_actions()
+    return code
+
+
+def _end_past_actions() -> None:
+    """End the process now if synchronous ``ctx.run`` actions still block their threads
+    5 s after the worker stopped: their invocations were handed over (and run again on
+    the next owner), and the interpreter would wait for each to return before it exits."""
+    import logging
+
+    from streams.kafka.threads import actions_left
+
+    left = actions_left(5.0)
+    if left:
+        say(f"kourier: {left} ctx.run action(s) still on their threads; exiting without them")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
 
 
 def ingress(args: argparse.Namespace) -> int:
@@ -386,10 +405,12 @@ def dev(args: argparse.Namespace) -> int:
             worker.stop()
             await work
 
-        return _run_until_signal(main, "kourier", worker.status)
+        code = _run_until_signal(main, "kourier", worker.status)
     finally:
         for started_dir in started:
             broker.stop(started_dir)
+    _end_past_actions()
+    return code
 
 
 def _parse_target(text: str) -> Any:

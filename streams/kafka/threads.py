@@ -16,10 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 _T = TypeVar("_T")
+#: The name of the threads of a worker's synchronous ``ctx.run`` actions.
+RUN_THREADS = "kourier-run"
 
 
 def _nothing() -> None:
@@ -46,3 +50,14 @@ async def in_thread(work: Callable[[], _T], cancelled: Callable[[], None] = _not
         if not running.cancelled():
             running.exception()  # retrieved, so that asyncio does not log it as lost
         raise
+
+
+def actions_left(timeout: float) -> int:
+    """Synchronous ``ctx.run`` actions still on their threads once ``timeout`` seconds have
+    passed (after a worker's ``run``): their invocations were handed over, and the
+    interpreter, which joins those threads as it exits, would wait for each to return."""
+    deadline = time.monotonic() + timeout
+    running = [t for t in threading.enumerate() if t.name.startswith(RUN_THREADS)]
+    for thread in running:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(thread.is_alive() for thread in running)

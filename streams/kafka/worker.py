@@ -52,7 +52,7 @@ from streams.kafka.setbacks import SPILL_WINDOW, Setbacks, pause_unless
 from streams.kafka.stalls import StallWatch, watch
 from streams.kafka.startup import Identity, WorkerError, ingress_partitions, manifest
 from streams.kafka.step import Stepper
-from streams.kafka.threads import in_thread
+from streams.kafka.threads import RUN_THREADS, in_thread
 from streams.kafka.transactions import Transactions, transactional_producer
 from streams.kafka.trim import DelayTrimmer
 from streams.settings import Settings
@@ -149,7 +149,7 @@ class Worker:
         # Synchronous ctx.run actions get threads of their own, so that however many block,
         # the worker's own threads (Kafka, restores) never queue behind them.
         self._run_pool = ThreadPoolExecutor(
-            self.settings.run_threads, thread_name_prefix="kourier-run"
+            self.settings.run_threads, thread_name_prefix=RUN_THREADS
         )
         self._steps.dirty = False
         # Each blocking part on a thread that a cancelled run() stops and waits for

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -194,3 +195,28 @@ async def test_sigusr1_dumps_a_worker_which_goes_on_working(
     assert await asyncio.wait_for(client.object("Tally", "other", "add").request(2), 60) == 2
     assert worker.process is not None
     assert worker.process.poll() is None
+
+
+async def test_a_worker_stops_though_an_action_blocks_its_thread(
+    client: Client, worker_processes: WorkerProcesses
+) -> None:
+    """The hand-over leaves a synchronous ``ctx.run`` that does not return on its thread
+    (it runs again on the next owner); the interpreter then waited for that thread as it
+    exited, and the process with it, for as long as the action blocked (60 s here)."""
+    worker = worker_processes.spawn()
+    assert await asyncio.wait_for(client.object("Tally", "stops", "add").request(1), 60) == 1
+    await client.service_send("Relay", "blocking_effect").send("never-released")
+
+    async def blocking() -> bool:
+        return "in _block" in await asyncio.to_thread(worker.dump)
+
+    await poll_until(blocking, True, 60, "the action blocking its thread")
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(worker.process.wait, 30)
+    except subprocess.TimeoutExpired:
+        log = worker.read_text()[-3000:]
+        raise AssertionError(f"still running 30 s after SIGTERM\n{log}") from None
+    assert code == 0, worker.read_text()[-3000:]
+    assert "ctx.run action(s) still on their threads" in worker.read_text()
