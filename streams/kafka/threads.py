@@ -19,11 +19,16 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 _T = TypeVar("_T")
 #: The name of the threads of a worker's synchronous ``ctx.run`` actions.
 RUN_THREADS = "kourier-run"
+#: The threads of :func:`in_thread` (a worker's Kafka thread, its restores): not the loop's
+#: default executor, which handlers' own ``asyncio.to_thread`` calls may fill, and a
+#: worker taking partitions over would wait for them.
+_THREADS = ThreadPoolExecutor(64, thread_name_prefix="kourier-io")
 
 
 def _nothing() -> None:
@@ -31,13 +36,13 @@ def _nothing() -> None:
 
 
 async def in_thread(work: Callable[[], _T], cancelled: Callable[[], None] = _nothing) -> _T:
-    """``work()`` on a thread of the loop's default executor; if the task awaiting it is
+    """``work()`` on a thread of Kourier's own (``_THREADS``); if the task awaiting it is
     cancelled, call ``cancelled()`` (which should make ``work`` return soon), wait for
     ``work`` to end (its result or error dropped), however often the task is cancelled
     meanwhile, then raise the cancellation."""
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
-    running = loop.run_in_executor(None, functools.partial(context.run, work))
+    running = loop.run_in_executor(_THREADS, functools.partial(context.run, work))
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:

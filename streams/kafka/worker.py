@@ -433,9 +433,10 @@ class Worker:
         in_a_row, later = self._setbacks.failed_in_a_row, f" in {pause:g}s" if pause else ""
         log.error("commit failed (%d in a row), restoring owned partitions from Kafka%s: %s",
                   in_a_row, later, failure)  # fmt: skip
+        owned = self._on_loop(self._drop_all())  # their handlers stop now, not after it
         pause_unless(self._stopped, pause)
         self._group_metadata = None
-        self._recover()
+        self._recover(owned=owned)
         self._committer.clear()
 
     def _transact_counted(self, snapshot: Snapshot) -> None:
@@ -456,11 +457,10 @@ class Worker:
                 self._ends.read_aheads,
             )
 
-    def _recover(self, settled: bool = False) -> None:
-        """Drop everything uncommitted, rewind to the committed offsets, restore (Kafka
-        thread); first, unless ``settled`` already, wait until every producer's last
-        transaction is complete (:meth:`Transactions.settle`)."""
-        owned = self._on_loop(self._drop_all())
+    def _recover(self, settled: bool = False, owned: list[TopicPartition] | None = None) -> None:
+        """Drop everything uncommitted (``owned``: dropped already), rewind, restore (Kafka
+        thread); first, unless ``settled``, let every producer's last transaction end."""
+        owned = self._on_loop(self._drop_all()) if owned is None else owned
         if not owned or self._stopping:
             return  # a worker on its way out restores nothing: the next owner does
         if not settled and not self._settle_producers():

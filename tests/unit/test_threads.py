@@ -4,6 +4,7 @@ whether the cancellation comes from a caller, twice, or from ``asyncio.run`` end
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import threading
 from collections.abc import Callable
@@ -99,3 +100,19 @@ async def test_a_result_and_an_error_come_through() -> None:
     assert await in_thread(lambda: 42) == 42
     with pytest.raises(ZeroDivisionError):
         await in_thread(lambda: 1 / 0)
+
+
+async def test_it_does_not_wait_for_the_loops_default_threads() -> None:
+    """Handlers' own ``asyncio.to_thread`` calls fill the loop's default executor (five
+    threads on one core); a worker's restores and Kafka thread queued behind them, and a
+    take-over waited for as long as they blocked."""
+    loop = asyncio.get_running_loop()
+    busy = concurrent.futures.ThreadPoolExecutor(1)
+    loop.set_default_executor(busy)
+    release = threading.Event()
+    blocked = asyncio.ensure_future(asyncio.to_thread(release.wait, 30))
+    try:
+        assert await asyncio.wait_for(in_thread(lambda: "restored"), 5) == "restored"
+    finally:
+        release.set()
+        await blocked
