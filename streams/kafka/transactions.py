@@ -223,6 +223,10 @@ class Transactions:
                 if refused:
                     raise RecordsRefused(error, refused) from exc
             raise
+        except Exception:  # not Kafka's (a header produce() refuses): the transaction it
+            if not self._aborted(producer):  # left open would fail the turn's next commit
+                self._replace(turn, producer)
+            raise
 
     def _refused(
         self, turn: int, producer: Producer, snapshot: Snapshot

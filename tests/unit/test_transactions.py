@@ -519,3 +519,21 @@ def test_a_stopping_worker_does_not_wait_for_a_producer_being_made() -> None:
     with tx._making, stopping:  # the lock: a failed commit's replacement, waiting for Kafka
         tx.settle(lambda: True)
     assert fresh == [], "no producer was made"
+
+
+class RefusesTheHeader(StandIn):
+    """``produce`` raises what confluent-kafka raises for a header it cannot send."""
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append("produce")
+        raise TypeError("expected bytes or str for the header's value")
+
+
+def test_a_transaction_that_failed_with_no_kafka_error_is_aborted_too() -> None:
+    """Only a KafkaException aborted: this transaction stayed open, and the next commit on
+    the producer's turn failed as it began, which cost one more restore."""
+    producer = RefusesTheHeader({})
+    tx, _ = transactions_on(producer)
+    with pytest.raises(TypeError):
+        tx.commit(SNAPSHOT)
+    assert producer.calls == ["begin", "produce", "abort"]
