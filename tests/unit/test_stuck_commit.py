@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.engine.outbox import Out
 from streams.kafka import committer as committer_module
@@ -281,15 +281,28 @@ def test_commits_that_keep_failing_are_restored_after_a_growing_pause(
     worker = Worker(Settings(namespace=TOPICS.namespace), [])
     worker._committer = Committer(lambda snapshot: None)
     pauses: list[float] = []
+    steps: list[str] = []
     monkeypatch.setattr(
-        worker_module, "pause_unless", lambda stopped, seconds: pauses.append(seconds)
+        worker_module,
+        "pause_unless",
+        lambda stopped, seconds: (pauses.append(seconds), steps.append("pause")),
     )
-    monkeypatch.setattr(worker, "_recover", lambda settled=False: None)
+
+    def on_loop(dropping: Any) -> list[TopicPartition]:
+        dropping.close()
+        steps.append("drop")
+        return []
+
+    monkeypatch.setattr(worker, "_on_loop", on_loop)
+    monkeypatch.setattr(worker, "_recover", lambda settled=False, owned=None: None)
     refused = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     try:
         for _ in range(8):
             worker._recover_from(refused, may_pause=True)
         assert pauses == [0, 1, 2, 4, 8, 16, 30, 30]
+        # Dropped first: their handlers ran on through the pause, and their effects again
+        # after the restore.
+        assert steps[:2] == ["drop", "pause"]
         worker._recover_from(refused)  # in a rebalance callback: the group waits for it
         assert pauses[-1] == 0
         worker.stats.commits += 1  # one committed since
