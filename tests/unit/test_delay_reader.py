@@ -105,25 +105,6 @@ class LeaderAway(Assigned):
         raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "leader away"))
 
 
-async def test_a_read_back_stalled_on_its_partition_goes_after_the_others(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """One reader serves every delay partition of a worker, one read-back at a time: one
-    on a partition whose leader is away was tried again and again, and every other
-    partition's read-backs waited behind it."""
-    monkeypatch.setattr(delay_reader, "Consumer", LeaderAway)
-    monkeypatch.setattr(DelayReader, "_STALL", 0.2)
-    reader = DelayReader({}, "ns.delay")
-    loop = asyncio.get_running_loop()
-    served: asyncio.Future[str] = loop.create_future()
-    try:
-        reader.fetch(3, [7, 8], lambda found, missing: served.set_result("stalled one"))
-        reader.fetch(1, [], lambda found, missing: served.set_result("next one"))
-        assert await asyncio.wait_for(served, 30) == "next one"
-    finally:
-        await asyncio.to_thread(reader.close)
-
-
 class AssignFails(Assigned):
     """Assigning partition 3 fails, every time; the others read nothing."""
 
@@ -133,17 +114,20 @@ class AssignFails(Assigned):
         super().assign(partitions)
 
 
-async def test_a_read_back_that_keeps_failing_goes_after_the_others(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("consumer", [LeaderAway, AssignFails], ids=["stalled", "failing"])
+async def test_a_read_back_that_cannot_be_served_goes_after_the_others(
+    consumer: type[Assigned], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A read-back failing with anything but a stall was tried again every second, for
-    good, ahead of every other partition's, and even once its partition was revoked."""
-    monkeypatch.setattr(delay_reader, "Consumer", AssignFails)
+    """One reader serves every delay partition of a worker, one read-back at a time: one
+    on a partition whose leader is away (a stall), or failing with anything else, was
+    tried again and again, and every other partition's read-backs waited behind it."""
+    monkeypatch.setattr(delay_reader, "Consumer", consumer)
+    monkeypatch.setattr(DelayReader, "_STALL", 0.2)
     reader = DelayReader({}, "ns.delay")
     loop = asyncio.get_running_loop()
     served: asyncio.Future[str] = loop.create_future()
     try:
-        reader.fetch(3, [7, 8], lambda found, missing: served.set_result("failing one"))
+        reader.fetch(3, [7, 8], lambda found, missing: served.set_result("the stuck one"))
         reader.fetch(1, [], lambda found, missing: served.set_result("next one"))
         assert await asyncio.wait_for(served, 30) == "next one"
     finally:
