@@ -66,6 +66,10 @@ class Attempts:
         """Start an attempt of ``inv``'s handler (from its journal's start: a replay)."""
         inv.meta.status = "running"
         inv.closed = False
+        inv.began_cancelled = inv.meta.cancel_requested
+        if inv.retry_timer is not None:  # run before its time (a cancel): no second run
+            inv.retry_timer.cancel()
+            inv.retry_timer = None
         for future in inv.waiting.values():  # a task of an earlier attempt may await one
             future.cancel()
         inv.waiting.clear()
@@ -219,8 +223,12 @@ class Attempts:
         policy = self._retry_of(inv.handler)
         meta.last_error = shorten(_described(error))
         inv.task = None
-        if meta.cancel_requested:  # a cancel this attempt failed before it reached: the
-            inv.close()  # next could fail as early, again and again, with the key held
+        # A cancel that this attempt began with and failed before reaching ends it: the next
+        # could fail as early, again and again, with the key held. One that came during the
+        # attempt goes to the next, at once, so that the handler can compensate.
+        cancelled = meta.cancel_requested
+        if cancelled and (inv.began_cancelled or policy.exhausted(meta.attempt)):
+            inv.close()
             self._complete(inv, None, CANCELLED)
             return
         labelled(RETRIES, meta.target.service, meta.target.handler).inc()
@@ -229,7 +237,7 @@ class Attempts:
             meta.status = "paused"
             log.error("%s paused after %d attempts: %s", meta.id, meta.attempt, meta.last_error)
         else:
-            delay = policy.delay(meta.attempt).total_seconds()
+            delay = 0.0 if cancelled else policy.delay(meta.attempt).total_seconds()
             meta.attempt += 1
             meta.status = "backing-off"
             meta.retry_at = time.time() + delay
@@ -247,11 +255,14 @@ class Attempts:
         """Run ``inv`` again after ``delay`` seconds, unless it moved on meanwhile."""
 
         def retry() -> None:
+            inv.retry_timer = None
             current = self._invocations.get(inv.meta.id)
             if current is inv and inv.meta.status == "backing-off" and not self._closed():
                 self.run(inv)
 
-        asyncio.get_running_loop().call_later(delay, retry)
+        if inv.retry_timer is not None:
+            inv.retry_timer.cancel()
+        inv.retry_timer = asyncio.get_running_loop().call_later(delay, retry)
 
 
 def _described(error: BaseException) -> str:

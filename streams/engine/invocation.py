@@ -100,6 +100,7 @@ class Invocation:
     __slots__ = (
         "actions",
         "awaiting",
+        "began_cancelled",
         "cancel_calls",
         "closed",
         "dirty_entries",
@@ -110,6 +111,7 @@ class Invocation:
         "persisted",
         "persisted_entries",
         "processor",
+        "retry_timer",
         "runs",
         "task",
         "waiting",
@@ -137,6 +139,10 @@ class Invocation:
         #: The calls open when the pending cancel was asked for: it comes back through them
         #: (their callees answer it with 409 cancelled). None when not known: restored since.
         self.cancel_calls: frozenset[int] | None = None
+        #: Whether the current attempt began with a cancel pending (``Attempts._back_off``),
+        #: and the timer of its next attempt while it backs off.
+        self.began_cancelled = False
+        self.retry_timer: asyncio.TimerHandle | None = None
         #: The task of each ctx.run begun and not ended, by journal index: every await of
         #: it, in this attempt or the next, waits for that one; a close or the outcome
         #: stops those left (:meth:`stop_runs`).

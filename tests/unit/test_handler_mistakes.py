@@ -584,3 +584,38 @@ async def test_a_cancel_of_an_invocation_backing_off_ends_it_at_once() -> None:
     assert failure is not None
     assert failure.code == 409
     assert harness.responses()["next"].value == 1, "the key stayed held"
+
+
+COMPENSATED: list[str] = []
+CHARGING: dict[str, asyncio.Event] = {}
+
+
+@stubborn.handler()
+async def charges(ctx: ObjectContext) -> None:
+    async def charge() -> None:
+        CHARGING["started"].set()
+        await CHARGING["fail"].wait()
+        raise ConnectionError("the payment service went away")
+
+    try:
+        await ctx.run("charge", charge)
+    except TerminalError:
+        COMPENSATED.append(ctx.key)
+        raise
+
+
+async def test_a_cancel_that_comes_during_an_attempt_reaches_the_next_which_compensates() -> None:
+    """A cancel that came while an action ran, which then failed, ended the invocation at
+    once (409) without the handler seeing it: its compensation never ran."""
+    CHARGING.update(started=asyncio.Event(), fail=asyncio.Event())
+    harness = Harness([stubborn])
+    inv_id = harness.call(Target(service="Stubborn", key="pay", handler="charges"), request_id="r")
+    await asyncio.wait_for(CHARGING["started"].wait(), 5)
+    harness.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    await until(lambda: "cancel" in harness.responses())
+    CHARGING["fail"].set()
+    await until(lambda: "r" in harness.responses(), seconds=5.0)
+    failure = harness.responses()["r"].failure
+    assert failure is not None
+    assert failure.code == 409
+    assert COMPENSATED == ["pay"], "the handler never saw the cancel"
