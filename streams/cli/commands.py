@@ -238,6 +238,7 @@ def _run_until_signal(
     import signal
 
     from streams import tracing
+    from streams.kafka.threads import RUN_THREADS, Unwaited
 
     if tracing.configure(traced_as):
         say(f"kourier: traces exported ({os.environ['OTEL_TRACES_EXPORTER']})")
@@ -245,6 +246,7 @@ def _run_until_signal(
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(Unwaited(thread_name_prefix=f"{RUN_THREADS}-to-thread"))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
@@ -292,26 +294,28 @@ def worker(args: argparse.Namespace) -> int:
         worker.stop()
         await task
 
-    code = _run_until_signal(main, "kourier-worker", worker.status)
-    _end_past_actions()
-    return code
+    try:
+        return _run_until_signal(main, "kourier-worker", worker.status)
+    finally:  # stopped, or failed
+        _leave_blocked_actions()
 
 
-def _end_past_actions() -> None:
-    """End the process now if synchronous ``ctx.run`` actions still block their threads
-    5 s after the worker stopped: their invocations were handed over (and run again on
-    the next owner), and the interpreter would wait for each to return before it exits."""
-    import logging
+#: Set when a stopped worker left handlers' blocking work on its threads: the command then
+#: ends the process at once (``parser.main``), as the interpreter would wait for them.
+EXIT_AT_ONCE = False
 
+
+def _leave_blocked_actions() -> None:
+    """Whether handlers' blocking work (synchronous ``ctx.run`` actions, their own
+    ``asyncio.to_thread`` calls) still holds threads 5 s after the worker stopped: their
+    invocations were handed over, and run again on the next owner."""
+    global EXIT_AT_ONCE
     from streams.kafka.threads import actions_left
 
     left = actions_left(5.0)
     if left:
-        say(f"kourier: {left} ctx.run action(s) still on their threads; exiting without them")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(0)
+        say(f"kourier: {left} blocking call(s) of handlers still on their threads; exiting")
+        EXIT_AT_ONCE = True
 
 
 def ingress(args: argparse.Namespace) -> int:
@@ -405,12 +409,11 @@ def dev(args: argparse.Namespace) -> int:
             worker.stop()
             await work
 
-        code = _run_until_signal(main, "kourier", worker.status)
+        return _run_until_signal(main, "kourier", worker.status)
     finally:
         for started_dir in started:
             broker.stop(started_dir)
-    _end_past_actions()
-    return code
+        _leave_blocked_actions()
 
 
 def _parse_target(text: str) -> Any:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import get_args
 
@@ -274,6 +276,16 @@ _CREATE_THEM = "is the namespace right, and have its topics been created (`kouri
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    if run.EXIT_AT_ONCE:  # a stopped worker left handlers' blocking work on its threads
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -257,8 +257,15 @@ class Ingress:
         return app
 
     async def not_a_call(self, request: web.Request) -> web.Response:
-        """Any other request: 405 (``Allow: POST``) on a handler's path, else what a POST
+        """Any other request: 405 on a path another route serves with other methods
+        (``/health``, an attach) and on a handler's (``Allow: POST``), else what a POST
         there would get (404 for an unknown service or handler, 400 for a bad path)."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not request.match_info.route.resource:
+                allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
         try:
             await self.route(request.rel_url.raw_path)
         except HttpError as error:

@@ -58,11 +58,21 @@ async def in_thread(work: Callable[[], _T], cancelled: Callable[[], None] = _not
 
 
 def actions_left(timeout: float) -> int:
-    """Synchronous ``ctx.run`` actions still on their threads once ``timeout`` seconds have
-    passed (after a worker's ``run``): their invocations were handed over, and the
-    interpreter, which joins those threads as it exits, would wait for each to return."""
+    """Handlers' blocking work (synchronous ``ctx.run`` actions, and in a Kourier command
+    their ``asyncio.to_thread`` calls: :class:`Unwaited`) still on its threads once
+    ``timeout`` seconds have passed (after a worker's ``run``): the interpreter, which joins
+    those threads as it exits, would wait for each to return."""
     deadline = time.monotonic() + timeout
     running = [t for t in threading.enumerate() if t.name.startswith(RUN_THREADS)]
     for thread in running:
         thread.join(max(0.0, deadline - time.monotonic()))
     return sum(thread.is_alive() for thread in running)
+
+
+class Unwaited(ThreadPoolExecutor):
+    """The event loop's default executor in a Kourier command: ``asyncio.run`` ending does
+    not wait for its threads (a handler's ``asyncio.to_thread`` call that never returns),
+    which :func:`actions_left` counts with the ``ctx.run`` actions."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=cancel_futures)

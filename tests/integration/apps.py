@@ -419,6 +419,13 @@ async def blocking_effect(ctx: Context, tag: str) -> str:
     return result
 
 
+@relay.handler()
+async def blocking_to_thread(ctx: Context, tag: str) -> str:
+    """Blocks a thread of the loop's default executor (``asyncio.to_thread``) until the
+    test releases it (60 s at most)."""
+    return await asyncio.to_thread(_block, tag)
+
+
 async def _race(ctx: ObjectContext, hold_ms: int) -> str:
     """``select`` between a short and a long sleep, then a durable wait that compensates
     on cancel: the cancel must reach that wait, not the sleep that lost the race."""

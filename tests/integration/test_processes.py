@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from confluent_kafka import Consumer, Producer
 
 from streams.client import Client
@@ -197,15 +198,18 @@ async def test_sigusr1_dumps_a_worker_which_goes_on_working(
     assert worker.process.poll() is None
 
 
-async def test_a_worker_stops_though_an_action_blocks_its_thread(
-    client: Client, worker_processes: WorkerProcesses
+@pytest.mark.parametrize("handler", ["blocking_effect", "blocking_to_thread"])
+async def test_a_worker_stops_though_a_handler_blocks_a_thread(
+    handler: str, client: Client, worker_processes: WorkerProcesses
 ) -> None:
     """The hand-over leaves a synchronous ``ctx.run`` that does not return on its thread
     (it runs again on the next owner); the interpreter then waited for that thread as it
-    exited, and the process with it, for as long as the action blocked (60 s here)."""
+    exited, and the process with it, for as long as the action blocked (60 s here). The
+    same goes for a handler's own ``asyncio.to_thread`` call, which ``asyncio.run`` waited
+    for as it ended."""
     worker = worker_processes.spawn()
     assert await asyncio.wait_for(client.object("Tally", "stops", "add").request(1), 60) == 1
-    await client.service_send("Relay", "blocking_effect").send("never-released")
+    await client.service_send("Relay", handler).send("never-released")
 
     async def blocking() -> bool:
         return "in _block" in await asyncio.to_thread(worker.dump)
@@ -219,4 +223,4 @@ async def test_a_worker_stops_though_an_action_blocks_its_thread(
         log = worker.read_text()[-3000:]
         raise AssertionError(f"still running 30 s after SIGTERM\n{log}") from None
     assert code == 0, worker.read_text()[-3000:]
-    assert "ctx.run action(s) still on their threads" in worker.read_text()
+    assert "blocking call(s) of handlers still on their threads" in worker.read_text()

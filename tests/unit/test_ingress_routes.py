@@ -168,3 +168,24 @@ async def test_an_unforeseen_error_is_a_500_counted_in_the_requests_metric() -> 
         reply = await http.post("/Greeter/greet", json="ada")
         assert reply.status == 500
     assert requests_counted("500") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/health", "GET,HEAD"),
+        ("OPTIONS", f"/restate/attach/{ID}", "GET,HEAD"),
+        ("DELETE", "/Greeter/greet", "POST"),
+        ("GET", "/Greeter/greet", "POST"),
+    ],
+)
+async def test_another_method_on_a_route_is_405_with_the_methods_it_takes(
+    method: str, path: str, allow: str
+) -> None:
+    """With a route for any method on every path, ``/health`` and the attach paths answered
+    other methods 404 "unknown service", after waiting for the catalog."""
+    ingress = ingress_with(Answers(RuntimeError("not called")))
+    async with TestClient(TestServer(ingress.app())) as http:
+        reply = await http.request(method, path)
+        assert reply.status == 405, await reply.text()
+        assert reply.headers["allow"] == allow

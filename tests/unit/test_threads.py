@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streams.kafka.threads import in_thread
+from streams.kafka.threads import Unwaited, in_thread
 
 
 class Work:
@@ -116,3 +116,24 @@ async def test_it_does_not_wait_for_the_loops_default_threads() -> None:
     finally:
         release.set()
         await blocked
+
+
+def test_asyncio_run_ends_without_waiting_for_an_unwaited_default_executor() -> None:
+    """A Kourier command's loop: a handler's ``asyncio.to_thread`` call that never returns
+    held ``asyncio.run`` at its end for good (its default executor's shutdown waited)."""
+    release = threading.Event()
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(Unwaited())
+        blocked = asyncio.ensure_future(asyncio.to_thread(release.wait, 30))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+
+    ended = threading.Event()
+    runner = threading.Thread(target=lambda: (asyncio.run(main()), ended.set()))
+    runner.start()
+    try:
+        assert ended.wait(10), "asyncio.run waited for the blocked thread"
+    finally:
+        release.set()
+        runner.join(30)
