@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import get_args
 
@@ -276,7 +277,14 @@ _CREATE_THEM = "is the namespace right, and have its topics been created (`kouri
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    code = _main(argv)
+    run.EXIT_AT_ONCE = False
+    try:
+        code = _main(argv)
+    except BaseException:
+        if not run.EXIT_AT_ONCE:
+            raise
+        traceback.print_exc()  # then out, as below: an unforeseen error of a worker
+        code = 1
     if run.EXIT_AT_ONCE:  # a stopped worker left handlers' blocking work on its threads
         sys.stdout.flush()
         sys.stderr.flush()

@@ -158,7 +158,7 @@ class Controls:
         for index, future in sorted(inv.waiting.items()):
             entry = inv.journal[index]
             if not future.done() and not entry.done and entry.kind in LOCAL_WAITS:
-                inv.meta.cancel_requested = False
+                inv.cancel_delivered()
                 inv.complete_entry(index, failure=CANCELLED)
                 return
 

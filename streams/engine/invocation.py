@@ -197,9 +197,15 @@ class Invocation:
         """Consume a pending cancel: the operation asking delivers it to the handler."""
         if not self.meta.cancel_requested:
             return False
-        self.meta.cancel_requested = False
+        self.cancel_delivered()
         self.processor.touch(self)
         return True
+
+    def cancel_delivered(self) -> None:
+        """The pending cancel reached the handler: one asked for after it is a new one,
+        which the attempt did not begin with (``Attempts._back_off``)."""
+        self.meta.cancel_requested = False
+        self.began_cancelled = False
 
     def cancelled_through(self, index: int) -> bool:
         """Whether call ``index``'s 409 cancelled is the pending cancel coming back: the call
@@ -337,6 +343,9 @@ class Invocation:
         self.waiting.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        if self.retry_timer is not None:  # it would hold the invocation until it fired
+            self.retry_timer.cancel()
+            self.retry_timer = None
         self.stop_runs()
 
     def stop_runs(self) -> None:

@@ -460,7 +460,7 @@ class PartitionProcessor:
                 # The cancel reaches the handler through the call it awaits. A call nobody
                 # awaits now (a select lost it) leaves the cancel for the next wait, and so
                 # does a callee's own 409 (a conflict): the handler meets it, then the cancel.
-                inv.meta.cancel_requested = False
+                inv.cancel_delivered()
         inv.complete_entry(index, value=record.value, failure=failure)
         return True
 

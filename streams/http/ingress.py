@@ -188,6 +188,17 @@ def route(raw_path: str, services: dict[str, ServiceInfo]) -> Route:
     return Route(_target(info.name, key, handler), mode)
 
 
+async def _served_otherwise(request: web.Request) -> None:
+    """405 (``HTTPMethodNotAllowed``) when another route than the catch-all that took
+    ``request`` serves its path with other methods (``/health``, an attach)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+
+
 def _target(service: str, key: str | None, handler: str) -> Target:
     try:
         return Target(service=service, key=key, handler=handler)
@@ -260,12 +271,7 @@ class Ingress:
         """Any other request: 405 on a path another route serves with other methods
         (``/health``, an attach) and on a handler's (``Allow: POST``), else what a POST
         there would get (404 for an unknown service or handler, 400 for a bad path)."""
-        allowed: set[str] = set()
-        for resource in request.app.router.resources():
-            if resource is not request.match_info.route.resource:
-                allowed |= (await resource.resolve(request))[1]
-        if allowed:
-            raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+        await _served_otherwise(request)
         try:
             await self.route(request.rel_url.raw_path)
         except HttpError as error:
@@ -369,6 +375,8 @@ class Ingress:
     async def _answer(self, request: web.Request) -> web.Response:
         began = time.perf_counter()
         kind = "call"
+        if request.path.startswith("/restate/") or request.path in ("/health", "/metrics"):
+            await _served_otherwise(request)  # POST /restate/attach/...: a 405, not a call
         try:
             target_route = await self.route(request.rel_url.raw_path)
             kind = target_route.mode

@@ -406,3 +406,27 @@ def test_dev_on_a_cluster_with_a_node_up_stops_only_the_nodes_it_started(
     argv = ["dev", "examples.quickstart", "--nodes", "3", "--data", str(tmp_path)]
     assert parser.main(argv) == 2
     assert stopped == nodes[1:], "it stopped a node it did not start, or left its own running"
+
+
+def test_a_worker_that_fails_with_handlers_threads_blocked_still_ends(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error the CLI does not turn into a message left ``main`` before the exit that
+    does not wait for blocked threads: the interpreter then waited for them as it ended."""
+    import os
+
+    from streams.cli import commands, parser
+
+    exits: list[int] = []
+
+    def fails(args: object) -> int:
+        commands.EXIT_AT_ONCE = True  # as _leave_blocked_actions sets it, in its finally
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(commands, "worker", fails)
+    monkeypatch.setattr(os, "_exit", exits.append)
+    assert parser.main(["worker", "some.module"]) == 1
+    assert exits == [1]
+    assert "RuntimeError: a defect" in capsys.readouterr().err
+    assert parser.main(["schema", "ingress"]) == 0  # the flag does not outlive its command
+    assert exits == [1]

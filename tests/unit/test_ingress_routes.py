@@ -177,6 +177,8 @@ async def test_an_unforeseen_error_is_a_500_counted_in_the_requests_metric() -> 
         ("OPTIONS", f"/restate/attach/{ID}", "GET,HEAD"),
         ("DELETE", "/Greeter/greet", "POST"),
         ("GET", "/Greeter/greet", "POST"),
+        ("POST", f"/restate/attach/{ID}", "GET,HEAD"),  # was a call to a service "restate"
+        ("POST", "/health", "GET,HEAD"),
     ],
 )
 async def test_another_method_on_a_route_is_405_with_the_methods_it_takes(
