@@ -331,8 +331,7 @@ class PartitionProcessor:
         existing = self.invocations.get(inv_id)
         if existing is not None and existing.meta.outlived(time.time()):
             self.outcomes.forget(existing)  # its key and id are free again: a new call
-            existing = None
-        if existing is not None:
+        elif existing is not None:
             self.waiters.duplicate(existing, record)
             return
         now = self._clock()  # the clock that decides when a started one is due (Starts)
