@@ -97,6 +97,7 @@ class Connection:
         #: so the loop may iterate it; ``_catalog_lock`` keeps their updates from crossing.
         self.services: dict[str, ServiceInfo] = {}
         self._catalog_lock = threading.Lock()
+        self._followed = 0  # the catalog's offset the follower has applied records up to
         self.running = False
         self._pending: dict[str, asyncio.Future[Response]] = {}
         # Delivery reports and responses read by the background threads, not yet handed
@@ -192,7 +193,8 @@ class Connection:
         _, high = watermarks(self._reader, tp)
         start = [TopicPartition(self.topics.responses, self._home, high)]
         low, end = watermarks(self._reader, TopicPartition(self.topics.services, 0))
-        start.append(TopicPartition(self.topics.services, 0, self._read_catalog(low, end)))
+        self._followed = self._read_catalog(low, end)
+        start.append(TopicPartition(self.topics.services, 0, self._followed))
         self._reader.assign(start)
 
     def read(self) -> list[tuple[str, int]]:
@@ -404,6 +406,7 @@ class Connection:
                 updated = dict(self.services)
                 self._on_catalog(message, updated)
                 self.services = updated
+                self._followed = max(self._followed, (message.offset() or 0) + 1)
             return
         key = (message.key() or b"").decode(errors="replace")
         value = message.value()
@@ -440,9 +443,10 @@ class Connection:
             reader.close()
 
     def catch_up_catalog(self) -> None:
-        """Read the catalog to its current end and add the services not known yet (the
-        follower, reading on meanwhile, applies updates and removals in order). Blocks: run
-        it in a thread."""
+        """Read the catalog to its current end and add what it says: the services not known
+        yet, and, while the follower has not read that far, the new entries of known ones
+        (a handler added); the follower, reading on meanwhile, applies updates and removals
+        in order. Blocks: run it in a thread."""
         reader = self._new_reader(5)
         try:
             with self._unavailable():
@@ -452,7 +456,10 @@ class Connection:
         found: dict[str, ServiceInfo] = {}
         self._read_catalog(low, end, found)
         with self._catalog_lock:
-            self.services = {**found, **self.services}
+            if self._followed < end:  # this read is the newer
+                self.services = {**self.services, **found}
+            else:
+                self.services = {**found, **self.services}
 
 
 def _request_id_of(value: bytes | None) -> str | None:

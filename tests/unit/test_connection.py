@@ -5,6 +5,7 @@ needed to see how each is told."""
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -176,16 +177,22 @@ async def test_a_catalog_read_kafka_does_not_answer_is_kafka_unavailable(
 
 
 class Announced:
-    """A catalog record as the reader's consumer gives it."""
+    """A catalog record as the reader's consumer gives it, at ``offset``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, handlers: tuple[str, ...] = (), offset: int = 0) -> None:
         self._name = name
+        self._handlers = {h: {"kind": "service"} for h in handlers}
+        self._offset = offset
 
     def key(self) -> bytes:
         return self._name.encode()
 
     def value(self) -> bytes:
-        return f'{{"name": "{self._name}", "kind": "service", "handlers": {{}}}}'.encode()
+        manifest = {"name": self._name, "kind": "service", "handlers": self._handlers}
+        return json.dumps(manifest).encode()
+
+    def offset(self) -> int:
+        return self._offset
 
 
 async def test_a_service_announced_while_the_loop_reads_the_catalog_leaves_it_whole() -> None:
@@ -283,3 +290,28 @@ async def test_a_start_after_a_cancelled_close_waits_for_that_close(
     await asyncio.wait_for(starting, 5)
     assert connection.running
     assert isinstance(connection._producer, Quiet), "the old shutdown left the new one alone"
+
+
+@pytest.mark.parametrize("followed_past_it", [False, True])
+def test_a_catalog_read_to_its_end_finds_a_handler_added_to_a_known_service(
+    followed_past_it: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read kept every entry the follower had applied, so a service a worker announced
+    again with a new handler stayed without it until the follower caught up (the ingress
+    answered 404 meanwhile). What the follower applied past the read's end is newer."""
+    connection = Connection(Settings(namespace="unit"), Topics("unit"))
+    connection._on_catalog(Announced("Grown", ("old",), offset=3))  # the follower, at 4
+    if followed_past_it:
+        connection._on_catalog(Announced("Grown", ("old", "newest"), offset=9))
+    monkeypatch.setattr(connection_module, "watermarks", lambda *a, **k: (0, 6))
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: SimpleNamespace(
+        close=lambda: None))  # fmt: skip
+
+    def read_to(low: int, end: int, found: dict[str, Any]) -> int:
+        connection._on_catalog(Announced("Grown", ("old", "new"), offset=5), found)
+        return end
+
+    monkeypatch.setattr(connection, "_read_catalog", read_to)
+    connection.catch_up_catalog()
+    handlers = set(connection.services["Grown"].handlers)
+    assert handlers == ({"old", "newest"} if followed_past_it else {"old", "new"})
