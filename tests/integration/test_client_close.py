@@ -85,6 +85,18 @@ async def test_a_call_or_send_after_the_close_is_told_it_closed(topics: Settings
     assert client.awaited == 0
 
 
+def every_thread_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is in the stopped state (``T``)."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 async def test_a_record_sent_and_unanswered_is_not_reported_refused_at_the_close(
     tmp_path: Path,
 ) -> None:
@@ -107,6 +119,13 @@ async def test_a_record_sent_and_unanswered_is_not_reported_refused_at_the_close
             await asyncio.wait_for(client._kafka.produce(topic, b"{}", 0, "first"), 60)
             os.kill(running.pid, signal.SIGSTOP)
             stopped = True
+
+            async def all_stopped() -> bool:
+                return every_thread_stopped(running.pid)
+
+            # kill() returns once the signal is queued; until each thread of the JVM has
+            # stopped, one still running could take the record and answer it.
+            await poll_until(all_stopped, True, 10, "every thread of the broker stopped")
             sent = asyncio.create_task(client._kafka.produce(topic, b"{}", 0, "unanswered"))
             # The close flushes for 5 s: the request times out in 1.5 s, the connection is
             # dropped, and the record goes back to the queue to be retried once one is up
