@@ -25,7 +25,7 @@ from streams import tracing
 from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
 from streams.engine.journal import CANCELLED, own_copy
-from streams.engine.values import measured
+from streams.engine.values import described, failure_of, measured
 from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES, labelled
 from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
 
@@ -139,7 +139,7 @@ class Attempts:
             if inv.retention().total_seconds() > 0:  # kept: written with its argument
                 fits_with_argument(size, inv.meta.argument, handler.path)
         except TerminalError as error:
-            failure = _failure_of(error)
+            failure = failure_of(error)
         except NonDeterminismError as error:
             log.error("%s: %s", inv.meta.id, error)
             failure = Failure(code=500, message=f"non-deterministic handler: {error}")
@@ -162,7 +162,7 @@ class Attempts:
             # ended here, the invocation would stay running with no task, and an object's
             # key locked.
             self._back_off(inv, error)
-            return _described(error)
+            return described(error)
         if stopped():
             return None
         failure = self._complete(inv, value, failure)
@@ -221,7 +221,7 @@ class Attempts:
     def _back_off(self, inv: Invocation, error: BaseException) -> None:
         meta = inv.meta
         policy = self._retry_of(inv.handler)
-        meta.last_error = shorten(_described(error))
+        meta.last_error = shorten(described(error))
         inv.task = None
         # A cancel that this attempt began with and failed before reaching ends it: the next
         # could fail as early, again and again, with the key held. One that came during the
@@ -263,26 +263,6 @@ class Attempts:
         if inv.retry_timer is not None:
             inv.retry_timer.cancel()
         inv.retry_timer = asyncio.get_running_loop().call_later(delay, retry)
-
-
-def _described(error: BaseException) -> str:
-    """An attempt's error as its status and retry log show it: its type and message (an
-    error whose ``__str__`` itself raises is named by its type: raising here, the attempt's
-    task ended with the invocation running, and an object's key held for good)."""
-    try:
-        message = str(error)
-    except Exception:
-        message = "(its message could not be read)"
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
-def _failure_of(error: TerminalError) -> Failure:
-    """The failure a ``TerminalError`` ends its invocation with: a 500 when it carries no
-    status code and message Kourier can write (a subclass that set them otherwise)."""
-    try:
-        return Failure(code=error.status_code, message=error.message)
-    except Exception:  # ValidationError, AttributeError: see _described
-        return Failure(code=500, message=f"an unreadable TerminalError: {_described(error)}")
 
 
 def fits_with_argument(size: int, argument: JsonValue, path: str) -> None:

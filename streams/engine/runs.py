@@ -20,8 +20,7 @@ from handlers.exceptions import TerminalError
 from streams import tracing
 from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED
-from streams.engine.values import writable
-from streams.wire.records import Failure
+from streams.engine.values import failure_of, writable
 
 T = TypeVar("T")
 
@@ -76,14 +75,13 @@ async def _journal_action(inv: Invocation, index: int, name: str | None, action:
         # Raised from the journal by run_entry, on this run as on a replay: a
         # TerminalError with this code and message, not the subclass the action raised.
         inv.check_open()
-        inv.complete_entry(index, failure=Failure(code=error.status_code, message=error.message))
+        inv.complete_entry(index, failure=failure_of(error))
         return
     inv.check_open()
     try:
         value = writable(result, f"the result of ctx.run({name!r})")
     except TerminalError as error:  # journaled as the action's outcome: never rerun
-        failure = Failure(code=error.status_code, message=error.message)
-        inv.complete_entry(index, failure=failure)
+        inv.complete_entry(index, failure=failure_of(error))
         return
     inv.complete_entry(index, value=value)
 

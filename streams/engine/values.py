@@ -16,7 +16,13 @@ from typing import Any
 from handlers.exceptions import TerminalError
 from handlers.serde import JSON
 from streams.wire import ids
-from streams.wire.records import LAST_DUE, MAX_VALUE_BYTES, idempotency_key_refusal, value_size
+from streams.wire.records import (
+    LAST_DUE,
+    MAX_VALUE_BYTES,
+    Failure,
+    idempotency_key_refusal,
+    value_size,
+)
 
 
 def checked_id(invocation_id: str) -> None:
@@ -99,3 +105,24 @@ def due_after(duration: timedelta, what: str, now: float | None = None) -> float
     if due > _LATEST:
         raise TerminalError(f"{what} ({duration}) ends after the year 9999", 400)
     return due
+
+
+def described(error: BaseException) -> str:
+    """An attempt's error as its status and retry log show it: its type and message (an
+    error whose ``__str__`` itself raises is named by its type: raising here, the attempt's
+    task ended with the invocation running, and an object's key held for good)."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "(its message could not be read)"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def failure_of(error: TerminalError) -> Failure:
+    """The failure a ``TerminalError`` ends its invocation (or a ``ctx.run`` entry) with: a
+    500 when it carries no status code and message Kourier can write (a subclass that set
+    them otherwise)."""
+    try:
+        return Failure(code=error.status_code, message=error.message)
+    except Exception:  # ValidationError, AttributeError: see described
+        return Failure(code=500, message=f"an unreadable TerminalError: {described(error)}")

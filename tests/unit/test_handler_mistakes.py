@@ -537,21 +537,31 @@ async def unreadable_terminal(ctx: ObjectContext) -> str:
     raise Unreadable
 
 
+@objects.handler()
+async def unreadable_in_run(ctx: ObjectContext) -> str:
+    def action() -> str:
+        raise Unreadable
+
+    return await ctx.run("read", action)
+
+
 async def test_an_error_that_cannot_be_described_still_ends_its_attempt() -> None:
     """Describing it raised inside the ``except`` that caught it: the attempt's task ended
     with the invocation running, nothing to retry or cancel it, and the key held for good."""
     harness = Harness([objects])
     failing = harness.call(mistake("unprintable"), request_id="unprintable")
     harness.call(mistake("unreadable_terminal"), request_id="terminal")
+    harness.call(mistake("unreadable_in_run"), request_id="in-run")
     await until(lambda: harness.processor.invocations[failing].meta.status == "paused")
     meta = harness.processor.invocations[failing].meta
     assert meta.last_error == "Unprintable: (its message could not be read)"
     harness.send(Cancel(invocation_id=failing, request_id="cancel"))  # frees the key
-    await until(lambda: "terminal" in harness.responses())
-    failure = harness.responses()["terminal"].failure
-    assert failure is not None
-    assert failure.code == 500
-    assert "an unreadable TerminalError: Unreadable" in failure.message
+    await until(lambda: {"terminal", "in-run"} <= set(harness.responses()))
+    for request_id in ("terminal", "in-run"):  # a ctx.run action's was retried until paused
+        failure = harness.responses()[request_id].failure
+        assert failure is not None, request_id
+        assert failure.code == 500, request_id
+        assert "an unreadable TerminalError: Unreadable" in failure.message, request_id
 
 
 ALWAYS = RetryPolicy(initial=timedelta(hours=1), max_attempts=None)
