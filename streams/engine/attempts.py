@@ -67,9 +67,7 @@ class Attempts:
         inv.meta.status = "running"
         inv.closed = False
         inv.began_cancelled = inv.meta.cancel_requested
-        if inv.retry_timer is not None:  # run before its time (a cancel): no second run
-            inv.retry_timer.cancel()
-            inv.retry_timer = None
+        inv.stop_retry()  # run before its time (a cancel): no second run
         for future in inv.waiting.values():  # a task of an earlier attempt may await one
             future.cancel()
         inv.waiting.clear()
@@ -260,8 +258,7 @@ class Attempts:
             if current is inv and inv.meta.status == "backing-off" and not self._closed():
                 self.run(inv)
 
-        if inv.retry_timer is not None:
-            inv.retry_timer.cancel()
+        inv.stop_retry()
         inv.retry_timer = asyncio.get_running_loop().call_later(delay, retry)
 
 

@@ -343,10 +343,14 @@ class Invocation:
         self.waiting.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        if self.retry_timer is not None:  # it would hold the invocation until it fired
+        self.stop_retry()  # the timer would hold the invocation until it fired
+        self.stop_runs()
+
+    def stop_retry(self) -> None:
+        """Cancel the timer of the next attempt, if one is set."""
+        if self.retry_timer is not None:
             self.retry_timer.cancel()
             self.retry_timer = None
-        self.stop_runs()
 
     def stop_runs(self) -> None:
         """Cancel the ctx.run tasks still going (one that lost a select runs on after its
