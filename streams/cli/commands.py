@@ -69,14 +69,21 @@ def broker_jars(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running(data: Path) -> dict[Path, broker.Broker]:
+    """The brokers running from ``data``: a cluster's by node directory, or its one."""
+    nodes = broker.cluster_status(data)
+    if nodes:
+        return {node_dir: found for node_dir, found in nodes if found is not None}
+    found = broker.status(data.resolve())
+    return {} if found is None else {data: found}
+
+
 def _on_port(args: argparse.Namespace) -> None:
     """With ``--port``, refuse (``ValueError``) when the brokers running from ``--data``
     listen elsewhere: ``stop`` would stop another broker than the one meant."""
     if getattr(args, "port", None) is None:
         return
-    data = Path(args.data)
-    found = [node for _, node in broker.cluster_status(data)] or [broker.status(data.resolve())]
-    listening = [node.bootstrap for node in found if node is not None]
+    listening = [found.bootstrap for found in _running(Path(args.data)).values()]
     if listening and not any(b.rsplit(":", 1)[-1] == str(args.port) for b in listening):
         where = ", ".join(listening)
         raise ValueError(f"the broker of {args.data} listens on {where}, not port {args.port}")
@@ -365,10 +372,7 @@ def dev(args: argparse.Namespace) -> int:
     if not (os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers):
         # Brokers already running from --data (another `kourier dev`, `kourier broker
         # start`) are used and left running: only what this command started is stopped.
-        if args.nodes > 1:
-            before = {d for d, found in broker.cluster_status(data_dir) if found is not None}
-        else:
-            before = {data_dir} if broker.status(data_dir.resolve()) is not None else set()
+        before = set(_running(data_dir))
         with dump.default_mask():  # the brokers as `kourier broker start` starts them
             if args.nodes > 1:
                 cluster = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port)
