@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.cli import dump, output
-from streams.errors import ServeError
+from streams.errors import KourierError, ServeError
 from streams.kafka import broker
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -449,6 +449,12 @@ def call(args: argparse.Namespace) -> int:
             " '\"ada\"'"
         ) from None
     delay = None if getattr(args, "delay", None) is None else parse_duration(args.delay)
+    timeout = None
+    if getattr(args, "timeout", None) is not None:
+        try:
+            timeout = parse_duration(args.timeout).total_seconds()
+        except KourierError:
+            raise ValueError(f"--timeout {args.timeout!r}: use 500ms, 5s, 10m or PT1M") from None
 
     async def main() -> int:
         async with Client(_settings(args)) as client:
@@ -470,9 +476,16 @@ def call(args: argparse.Namespace) -> int:
             # Said before the wait, so that a call that waits can be looked up or cancelled.
             inv_id = client.invocation_id_for(target, args.idempotency_key)
             say(f"invocation {inv_id}")
-            answered_as, response = await client.call(
+            calling = client.call(
                 target, argument, idempotency_key=args.idempotency_key, invocation_id=inv_id
             )
+            try:
+                answered_as, response = await asyncio.wait_for(calling, timeout)
+            except TimeoutError:
+                attach = f"`kourier invocations attach {inv_id}`"
+                say(f"kourier: no answer within {args.timeout}; invocation {inv_id} may still"
+                    f" run ({attach} waits for its outcome)")  # fmt: skip
+                return 1
             if answered_as != inv_id:
                 say(f"answered as invocation {answered_as}")
             if response.failure is not None:

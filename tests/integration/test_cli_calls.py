@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from streams.client import Client
@@ -54,6 +55,25 @@ async def test_a_call_prints_its_result_and_its_invocation_id(
     assert sent.returncode == 0, sent.stderr
     again = await asyncio.to_thread(_kourier, topics, "call", "Tally/cli/count")
     assert again.stdout == "5\n", again.stderr
+
+
+async def test_a_call_given_a_timeout_stops_waiting_and_names_what_to_attach_to(
+    topics: Settings,
+) -> None:
+    """Without ``--timeout`` a call nobody answers waits for good (the test below)."""
+    started = time.monotonic()
+    done = await asyncio.to_thread(_kourier, topics, "call", "Nowhere/run", "1", "--timeout", "1s")
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    found = re.search(r"no answer within 1s; invocation (inv_[0-9a-f]+) may still run", done.stderr)
+    assert found is not None, done.stderr
+    assert f"`kourier invocations attach {found.group(1)}`" in done.stderr
+    assert took < 60, f"the call took {took:.0f} s to give up"
+    bad = await asyncio.to_thread(_kourier, topics, "call", "Nowhere/run", "--timeout", "soon")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "kourier: error: --timeout 'soon': use 500ms, 5s, 10m or PT1M"
+    )  # fmt: skip
 
 
 async def test_a_call_no_worker_hosts_says_so_and_names_its_invocation_first(
