@@ -165,6 +165,8 @@ class InvocationIndex:
         self._version = 0  # changes with every changelog record applied
         self._cycles: tuple[int, list[dict[str, Any]]] = (-1, [])
         self._running = False
+        #: What the index holds may be wrong (its spill failed): read again before going on.
+        self._stale = False
         self._thread: threading.Thread | None = None
         # start and close run in worker threads (asyncio.to_thread); a start cancelled by
         # its caller runs on, so close waits for it and a start after close does nothing
@@ -234,28 +236,31 @@ class InvocationIndex:
                 self.cold.close()
 
     def caught_up(self) -> bool:
-        """Whether the changelogs have been read up to where they ended at start."""
-        return not self._ends
+        """Whether the changelogs have been read up to where they ended at start, or at the
+        last rebuild (none pending)."""
+        return not self._ends and not self._stale
 
     def wait_caught_up(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
-        while self._ends and time.monotonic() < deadline:
+        while not self.caught_up() and time.monotonic() < deadline:
             time.sleep(0.02)
-        return not self._ends
+        return self.caught_up()
 
     def _follow(self) -> None:
         pause = REBUILD_PAUSE
         while self._running:
             try:
+                if self._stale:  # until a rebuild succeeds: the views are not to be trusted
+                    self._rebuild()
+                    self._stale = False
                 self._follow_once()
                 if not self._ends:
                     pause = REBUILD_PAUSE  # caught up since the last rebuild
             except SpillFailed as failure:  # a full disk: what it holds may be part-written
+                self._stale = True  # first: bulk actions answer 503 through the pause
                 log.error("%s; the admin index reads the changelogs again in %gs", failure, pause)
                 pause_unless(lambda: not self._running, pause)
                 pause = min(2 * pause, REBUILD_PAUSE_MAX)
-                if self._running:
-                    self._rebuild()
             except Exception:  # Kafka's, or ours: logged, and the views go on being followed
                 log.exception("the admin index could not read the changelogs; trying again")
                 time.sleep(1.0)
@@ -263,7 +268,8 @@ class InvocationIndex:
     def _rebuild(self) -> None:
         """Forget what was read and read both changelogs again from their start, into a new
         spill: the index is a cache of them (follow thread). Bulk actions answer 503 until
-        it has caught up again, as after a start."""
+        it has caught up again, as after a start. Raises what stops it (a spill failing
+        again, Kafka not answering): ``_follow`` then pauses and calls it again."""
         with self._lock:
             self.cold.close()
             self.log = InvocationLog()

@@ -442,6 +442,47 @@ def test_a_failed_spill_makes_the_index_read_the_changelogs_again(
     index.close()
 
 
+def test_a_rebuild_that_fails_is_tried_again_and_the_index_is_not_caught_up_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebuild runs after its spill failed; one that failed in turn (Kafka not answering
+    its metadata request, the spill failing again) escaped the handler of the first
+    failure and ended the thread: the views stood empty for good, and said they were
+    caught up. Through the pause and until the rebuild has read to the end, bulk actions
+    must answer 503 (``caught_up`` false)."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    full = SpillFailed("admin index spill: OperationalError: database or disk is full")
+    rounds: list[str] = []
+
+    def follow_once() -> None:
+        rounds.append("follow")
+        if len(rounds) == 1:
+            raise full
+        index._running = False
+
+    attempts: list[bool] = []
+
+    def assign() -> None:
+        attempts.append(index.caught_up())
+        if len(attempts) == 1:
+            raise RuntimeError("KafkaException: metadata request timed out")
+        if len(attempts) == 2:
+            raise SpillFailed("admin index spill: OperationalError: disk I/O error")
+
+    paused: list[bool] = []
+    monkeypatch.setattr(index, "_follow_once", follow_once)
+    monkeypatch.setattr(index, "_assign", assign)
+    monkeypatch.setattr(index_module, "pause_unless", lambda *_: paused.append(index.caught_up()))
+    monkeypatch.setattr(index_module, "time", SimpleNamespace(sleep=lambda _: None))
+    index._running, index._ends = True, {}  # as once started, and caught up
+    index._follow()
+    assert attempts == [False, False, False], "a rebuild not tried again, or caught up"
+    assert paused == [False, False], "caught up through the pause after a failed spill"
+    assert rounds == ["follow", "follow"]
+    assert index.caught_up()
+    index.close()
+
+
 def test_a_cold_meta_nested_deeper_than_pydantic_parses_is_listed() -> None:
     """pydantic's JSON parser stops at 200 levels, its serializer at 255: a retained outcome
     nested between the two went to disk and could not be read back."""
