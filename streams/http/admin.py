@@ -158,7 +158,7 @@ class AdminApi:
     async def bulk_control(self, request: web.Request) -> web.Response:
         """``POST /invocations/{action}?status=&service=&key=&dry_run=``: see ``bulk.py``."""
         return await bulk.bulk_control(
-            request, self.index.matching, self.client, ready=self.index.caught_up
+            request, self.index.choose, self.client, ready=self.index.caught_up
         )
 
     async def list_deadlocks(self, request: web.Request) -> web.Response:

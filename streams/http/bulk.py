@@ -127,14 +127,6 @@ class Selection:
         return [inv_id for inv_id, _, _ in self.chosen]
 
 
-def select(request: BulkRequest, matches: list[tuple[str, str, str]]) -> Selection:
-    """Choose from the index's ``(id, status, target)`` matches, newest first."""
-    applies = APPLIES_TO[request.action]
-    considered = [m for m in matches if request.ids is None or m[0] in request.ids]
-    eligible = [m for m in considered if m[1] in applies]
-    return Selection(eligible[: request.limit], len(eligible), len(considered) - len(eligible))
-
-
 Control = Callable[[str], Awaitable[str]]
 
 
@@ -215,7 +207,7 @@ async def run_bulk(
 
 async def bulk_control(
     request: web.Request,
-    matching: Callable[..., list[tuple[str, str, str]]],
+    choose: Callable[..., tuple[list[tuple[str, str, str]], int, int]],
     client: Client,
     ready: Callable[[], bool] = lambda: True,
 ) -> web.Response:
@@ -241,10 +233,16 @@ async def bulk_control(
             "invocations or show older statuses; try again in a moment"
         )
         return _refused(BulkRefused(503, message))
-    matches = await asyncio.to_thread(
-        matching, status=bulk.status, service=bulk.service, key=bulk.key
+    chosen = await asyncio.to_thread(
+        choose,
+        status=bulk.status,
+        service=bulk.service,
+        key=bulk.key,
+        among=APPLIES_TO[bulk.action],
+        ids=bulk.ids,
+        limit=bulk.limit,
     )  # off the loop: the index's lock is held while it applies a batch of records
-    selection = select(bulk, matches)
+    selection = Selection(*chosen)
 
     async def act(inv_id: str) -> tuple[int, Any]:
         return await control_one(client, bulk.action, inv_id)

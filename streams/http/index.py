@@ -30,7 +30,7 @@ from streams.engine.deadlocks import HOLDING, describe, find_cycles, wait_for_ed
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
 from streams.engine.spill import SpillFailed
 from streams.http.calltree import CallLinks, call_tree, iso, parent_of
-from streams.http.index_spill import IndexSpill
+from streams.http.index_spill import IndexSpill, choose_among
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, listed_topics, watermarks
 from streams.kafka.setbacks import pause_unless
 from streams.settings import Settings
@@ -403,19 +403,35 @@ class InvocationIndex:
                 kept = heapq.nlargest(limit, found, key=lambda m: m.created_at)
             return [summary(meta, self.links) for meta in kept]
 
-    def matching(
-        self, *, status: str | None = None, service: str | None = None, key: str | None = None
-    ) -> list[tuple[str, str, str]]:
-        """``(id, status, target)`` of every invocation the filter matches, newest first:
-        what a bulk action chooses from (no row limit, no rows built)."""
+    def choose(
+        self,
+        *,
+        status: str | None = None,
+        service: str | None = None,
+        key: str | None = None,
+        among: frozenset[str],
+        ids: frozenset[str] | None = None,
+        limit: int,
+    ) -> tuple[list[tuple[str, str, str]], int, int]:
+        """What a bulk action acts on: ``(id, status, target)`` of the newest ``limit``
+        invocations the filter matches (and ``ids`` names, when given) whose status is
+        ``among`` those the action applies to; how many such; how many others matched."""
         with self._lock:
-            found: list[tuple[float, str, str, str]] = [
-                (meta.created_at, meta.id, meta.status, meta.target.path())
-                for meta in self._matching(status=status, service=service, key=key)
-            ]
-            found += self.cold.matching(status=status, service=service, key=key)
-        found.sort(reverse=True)
-        return [(inv_id, inv_status, target) for _, inv_id, inv_status, target in found]
+            live = choose_among(
+                (
+                    (meta.created_at, meta.id, meta.status, meta.target.path())
+                    for meta in self._matching(status=status, service=service, key=key)
+                ),
+                among,
+                ids,
+                limit,
+            )
+            cold = self.cold.choose(
+                status=status, service=service, key=key, among=among, ids=ids, limit=limit
+            )
+        newest = heapq.nlargest(limit, live[0] + cold[0])
+        chosen = [(inv_id, inv_status, target) for _, inv_id, inv_status, target in newest]
+        return chosen, live[1] + cold[1], live[2] + cold[2]
 
     def _matching(
         self, *, status: str | None, service: str | None, key: str | None

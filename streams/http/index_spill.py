@@ -15,6 +15,7 @@ Used under the index's lock, from its thread and from the threads that answer qu
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterable
 from typing import Literal
@@ -26,6 +27,25 @@ from streams.engine.spill import Spill
 
 #: Page cache of the index's database, in KiB.
 CACHE_KIB = 8192
+#: Ids looked up by one statement (SQLite takes 32,766 parameters since 3.32, 999 before).
+_IDS_PER_QUERY = 500
+
+#: ``(created_at, id, status, target)`` of one invocation, as a bulk action chooses.
+Row = tuple[float, str, str, str]
+#: What a bulk action acts on, newest first, at most its limit; how many the filter
+#: matched that it applies to; how many it matched that it does not apply to.
+Chosen = tuple[list[Row], int, int]
+
+
+def choose_among(
+    rows: Iterable[Row], among: frozenset[str], ids: frozenset[str] | None, limit: int
+) -> Chosen:
+    """Of ``rows`` (those ``ids`` names, when given), the newest ``limit`` whose status is
+    ``among`` those the action applies to, how many such, and how many others."""
+    considered = [row for row in rows if ids is None or row[1] in ids]
+    eligible = [row for row in considered if row[2] in among]
+    return heapq.nlargest(limit, eligible), len(eligible), len(considered) - len(eligible)
+
 
 _SCHEMA = (
     "PRAGMA journal_mode = OFF",
@@ -111,15 +131,42 @@ class IndexSpill:
         )
         return [InvocationMeta.from_json(row[0]) for row in rows]
 
-    def matching(
-        self, *, status: str | None, service: str | None, key: str | None
-    ) -> list[tuple[float, str, str, str]]:
-        """``(created_at, id, status, target)`` of every meta the filter matches."""
+    def choose(
+        self,
+        *,
+        status: str | None,
+        service: str | None,
+        key: str | None,
+        among: frozenset[str],
+        ids: frozenset[str] | None,
+        limit: int,
+    ) -> Chosen:
+        """What a bulk action acts on (:func:`choose_among`), counted and chosen by SQLite:
+        a day of retained outcomes is no list in memory, only the ``limit`` rows kept."""
         if not self._any:
-            return []
+            return [], 0, 0
         where, params = _filter(status, service, key)
-        rows = self._db.query(f"SELECT created_at, id, status, target FROM metas{where}", params)
-        return [(float(at), str(i), str(s), str(t)) for at, i, s, t in rows]
+        columns = "SELECT created_at, id, status, target FROM metas"
+        if ids is not None:  # what a dry run listed: at most that many rows, by id
+            rows: list[Row] = []
+            wanted = sorted(ids)
+            for at in range(0, len(wanted), _IDS_PER_QUERY):
+                part = tuple(wanted[at : at + _IDS_PER_QUERY])
+                named = f"id IN ({', '.join('?' * len(part))})"
+                found = self._db.query(f"{columns}{_and(where, named)}", (*params, *part))
+                rows += [(float(a), str(i), str(s), str(t)) for a, i, s, t in found]
+            return choose_among(rows, among, None, limit)
+        statuses = tuple(sorted(among))
+        applies = _and(where, f"status IN ({', '.join('?' * len(statuses))})")
+        considered = self._db.query(f"SELECT COUNT(*) FROM metas{where}", params)
+        matched = self._db.query(f"SELECT COUNT(*) FROM metas{applies}", (*params, *statuses))
+        kept = self._db.query(
+            f"{columns}{applies} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, *statuses, limit),
+        )
+        chosen = [(float(a), str(i), str(s), str(t)) for a, i, s, t in kept]
+        count, total = (int(matched[0][0]), int(considered[0][0])) if matched else (0, 0)
+        return chosen, count, total - count
 
     # -- journals of completed invocations ---------------------------------------------
 
@@ -205,3 +252,8 @@ def _filter(
             clauses.append(f"{column} = ?")
             params.append(value)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _and(where: str, clause: str) -> str:
+    """``where`` (from :func:`_filter`) narrowed by ``clause``."""
+    return f"{where} AND {clause}" if where else f" WHERE {clause}"

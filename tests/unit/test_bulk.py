@@ -13,12 +13,16 @@ from prometheus_client import REGISTRY
 
 from handlers.exceptions import TerminalError
 from streams.client import Client, ResponseUnreadable
+from streams.engine.journal import meta_key
 from streams.http import bulk
 from streams.http.admin import AdminApi
-from streams.http.bulk import BulkRefused, BulkRequest, parse_bulk, select
+from streams.http.bulk import APPLIES_TO, BulkRefused, BulkRequest, parse_bulk
 from streams.http.index import InvocationIndex
+from streams.http.index_spill import Chosen, choose_among
 from streams.metrics import DEADLOCKS
+from streams.settings import Settings
 from streams.wire import ids
+from tests.unit.test_calltree import an_id, meta
 
 A, B, C, D = (ids.keyed_id(name, name) for name in "abcd")
 MATCHES = [
@@ -58,6 +62,17 @@ def test_a_bulk_request_parses() -> None:
     assert not parse_bulk("cancel", {"key": "k"}).dry_run
 
 
+def select(request: BulkRequest, matches: list[tuple[str, str, str]]) -> bulk.Selection:
+    """What the index chooses of ``matches`` (newest first) for ``request``."""
+    rows = [(float(-n), *match) for n, match in enumerate(matches)]
+    return bulk.Selection(*_chosen(choose_among(rows, APPLIES_TO[request.action], request.ids,
+                                                request.limit)))  # fmt: skip
+
+
+def _chosen(found: Chosen) -> tuple[list[tuple[str, str, str]], int, int]:
+    return [(i, s, t) for _, i, s, t in found[0]], found[1], found[2]
+
+
 def test_each_action_chooses_only_what_it_applies_to() -> None:
     cancel = select(BulkRequest("cancel", service="Trip"), MATCHES)
     assert (cancel.ids, cancel.matched, cancel.skipped) == ([A, B, D], 3, 1)
@@ -67,6 +82,42 @@ def test_each_action_chooses_only_what_it_applies_to() -> None:
     assert (capped.ids, capped.matched) == ([A, B], 3), "the newest, and how many matched"
     confirmed = select(BulkRequest("cancel", service="Trip", ids=frozenset({B, C})), MATCHES)
     assert (confirmed.ids, confirmed.skipped) == ([B], 1), "only what a dry run listed"
+
+
+def test_the_index_chooses_from_memory_and_disk_alike() -> None:
+    """The index's ``choose`` counts and picks in SQLite what it holds on disk (completed,
+    scheduled) and in memory what is in flight, with the same rules as ``choose_among``;
+    before, it built a row in memory for every match, under its lock, whatever the limit
+    (a day of retained outcomes for a ``purge``)."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    made: dict[str, str] = {}
+    for n, status in enumerate(["completed", "running", "scheduled", "completed", "paused",
+                                "completed", "scheduled", "pending"]):  # fmt: skip
+        inv_id = an_id(f"i{n}")
+        record = meta(inv_id, "h", status)
+        record.created_at = 100.0 + n
+        index._apply(topic, meta_key(inv_id), record.to_json())
+        made[inv_id] = status
+    assert (len(index.cold), len(index.log.metas)) == (5, 3)
+    newest = list(made)[::-1]
+    rows = [(100.0 + n, i, made[i], "Svc/h") for n, i in enumerate(made)]
+    for action in ("cancel", "purge", "resume"):
+        for limit in (1, 2, 10):
+            for given in (None, frozenset(newest[1:6:2]), frozenset({an_id("gone")})):
+                among = APPLIES_TO[action]
+                want = _chosen(choose_among(rows, among, given, limit))
+                got = index.choose(service="Svc", among=among, ids=given, limit=limit)
+                assert got == want, (action, limit, given)
+    assert index.choose(service="Svc", among=APPLIES_TO["purge"], limit=2) == (
+        [(newest[2], "completed", "Svc/h"), (newest[4], "completed", "Svc/h")], 3, 5
+    )  # fmt: skip
+    assert index.choose(status="scheduled", service="Svc", among=APPLIES_TO["purge"],
+                        limit=5) == ([], 0, 2)  # fmt: skip
+    assert index.choose(service="Other", among=APPLIES_TO["cancel"], limit=5) == ([], 0, 0)
+    by_status = index.choose(status="completed", among=APPLIES_TO["purge"], limit=10)
+    assert [row[0] for row in by_status[0]] == [newest[2], newest[4], newest[7]]
+    index.close()
 
 
 async def test_a_dry_run_acts_on_nothing_and_a_real_run_reports_each() -> None:
@@ -124,9 +175,10 @@ async def test_bulk_over_http() -> None:
     fake = FakeClient()
     filters: list[dict[str, Any]] = []
 
-    def matching(**query: Any) -> list[tuple[str, str, str]]:
+    def matching(**query: Any) -> tuple[list[tuple[str, str, str]], int, int]:
         filters.append(query)
-        return MATCHES
+        chosen = select(BulkRequest("cancel", limit=query["limit"], ids=query["ids"]), MATCHES)
+        return chosen.chosen, chosen.matched, chosen.skipped
 
     async def handler(request: web.Request) -> web.Response:
         return await bulk.bulk_control(request, matching, cast(Client, fake))
@@ -139,7 +191,10 @@ async def test_bulk_over_http() -> None:
         dry = await reply.json()
         assert dry["ids"] == [A, B, D]
         assert fake.seen == []
-        assert filters[-1] == {"status": None, "service": "Trip", "key": None}
+        assert filters[-1] == {
+            "status": None, "service": "Trip", "key": None, "among": APPLIES_TO["cancel"],
+            "ids": None, "limit": 1000,
+        }  # fmt: skip
 
         reply = await http.post("/invocations/cancel?service=Trip", json={"ids": [A, D]})
         done = await reply.json()
@@ -176,8 +231,9 @@ class FakeIndex:
     def caught_up(self) -> bool:
         return self.up
 
-    def matching(self, **query: Any) -> list[tuple[str, str, str]]:
-        return MATCHES
+    def choose(self, **query: Any) -> tuple[list[tuple[str, str, str]], int, int]:
+        chosen = select(BulkRequest("cancel", limit=query["limit"]), MATCHES)
+        return chosen.chosen, chosen.matched, chosen.skipped
 
     def describe(self, invocation_id: str, journal_limit: int) -> dict[str, Any]:
         return {"id": invocation_id, "journal_limit": journal_limit}
