@@ -21,6 +21,7 @@ from streams.kafka.offsets import (
     TOPIC_GRACE,
     Refusals,
     consume_ready,
+    headers_of,
     required_topics,
     watermarks,
 )
@@ -80,8 +81,7 @@ def read(
             for message in consume_ready(consumer, 500, 0.1):
                 if message.error() is not None:
                     continue
-                headers = message.headers() or []
-                pairs = headers.items() if isinstance(headers, dict) else headers
+                pairs = headers_of(message) or []  # a name not UTF-8: its own are lost
                 letter = DeadLetter.from_record(
                     message.key(),
                     message.value(),

@@ -363,6 +363,17 @@ def consume_ready(
     return [first, *rest]
 
 
+def headers_of(message: Message) -> list[tuple[str, str | bytes | None]] | None:
+    """A record's headers (none: empty), or None when one's name is not UTF-8, as Kafka's
+    header keys are (another client wrote it): confluent-kafka then raises ``SystemError``
+    on the first read, and gives a NULL name on the next."""
+    try:
+        headers = message.headers() or []
+    except (SystemError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return list(headers.items()) if isinstance(headers, dict) else headers
+
+
 def records_of(batch: list[Message]) -> tuple[list[Message], list[KafkaError]]:
     """The records of ``batch``, and its errors other than a partition's end."""
     records, errors = [], []

@@ -32,6 +32,7 @@ from confluent_kafka import Message, TopicPartition
 from streams.engine.local import LocalCalls, LocalCompletions
 from streams.engine.outbox import Out, origin_of
 from streams.kafka.committer import Committer, Snapshot
+from streams.kafka.offsets import headers_of
 from streams.kafka.ownership import Ownership
 from streams.tracing import from_headers
 from streams.wire.topics import Topics
@@ -176,7 +177,11 @@ class Stepper:
             processor = self.processors.get(partition)
             if processor is None:
                 continue
-            headers = message.headers()
+            headers = headers_of(message)
+            if headers is None:  # a name that is not UTF-8: none are read
+                log.warning("the record at %s[%d]@%d has a header whose name is not UTF-8: it"
+                            " is taken without its headers (trace context, origin)",
+                            message.topic(), partition, offset)  # fmt: skip
             trace, origin = from_headers(headers), origin_of(headers)
             processor.on_message(message.key(), message.value(), offset, trace, origin)
             self._offsets[partition] = offset + 1

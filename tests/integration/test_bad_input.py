@@ -372,6 +372,28 @@ KEYS = [f"near{i}" for i in range(4)]
 VALID_IDS = st.builds(lambda key: ids.new_id(key, 4), st.sampled_from([*KEYS, "elsewhere"]))
 
 
+async def test_a_record_with_a_header_name_not_utf8_is_taken_without_its_headers(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    """Kafka's header keys are strings; another client may write bytes that are not UTF-8.
+    confluent-kafka raised SystemError reading them, which ended the worker, and every
+    worker that took the partition over after it: the key's calls waited for good."""
+    record = Invoke(target=Target(service="Tally", key="odd-header", handler="add"), argument=5,
+                    mode="send")  # fmt: skip
+    partition = partition_for("odd-header", topics.partitions)
+    # confluent-kafka writes a bytes name as its repr; kcat writes the bytes as they are.
+    kcat = [b"kcat", b"-P", b"-b", topics.bootstrap_servers.encode(), b"-t",
+            f"{topics.namespace}.ingress".encode(), b"-p", str(partition).encode(),
+            b"-k", b"odd-header", b"-H", b"\xff\xfe=x",
+            b"-H", b"traceparent=00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"]  # fmt: skip
+    written = await asyncio.to_thread(
+        subprocess.run, kcat, input=encode(record), capture_output=True, timeout=60
+    )
+    assert written.returncode == 0, written.stderr
+    after = await asyncio.wait_for(client.object("Tally", "odd-header", "add").request(1), 60)
+    assert after == 6, "the record with the odd header was not applied, or twice"
+
+
 def near_miss(kind: str, key: str, some_id: str, entry: int) -> dict[str, Any]:
     """A record of the right shape that is wrong all the same: ids nobody knows, ids that
     route elsewhere, handlers nobody hosts, completions and starts for nothing."""
