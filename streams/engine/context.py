@@ -32,16 +32,18 @@ from handlers.serde import Serde
 from handlers.service import handler_of
 from streams import tracing
 from streams.engine.invocation import Invocation, InvocationClosed, outcome
-from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy
+from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy, state_key
 from streams.engine.runs import ended, run_entry
 from streams.engine.values import (
     checked_headers,
     checked_id,
     checked_idempotency_key,
     due_after,
+    measured,
     writable,
 )
 from streams.wire.records import (
+    MAX_VALUE_BYTES,
     Caller,
     Completion,
     Failure,
@@ -52,6 +54,11 @@ T = TypeVar("T")
 
 #: Characters a state, promise or ``ctx.run`` name may have (as an object's key).
 MAX_NAME = 4096
+#: Bytes a state or promise record may hold, its key (service, object key and name, as
+#: escaped JSON) and its value together: a broker takes 1,000,000 (``message.max.bytes``),
+#: the rest is room around them. A key of many characters past ASCII is escaped six- or
+#: twelve-fold: with a value near ``MAX_VALUE_BYTES`` its record was refused at each commit.
+MAX_STATE_RECORD = MAX_VALUE_BYTES + 64 * 1024
 
 
 async def _awaited(future: DurableFuture[T]) -> T:
@@ -477,7 +484,26 @@ class InvocationContext(WorkflowContext):
         return list(cast(list[str], entry.value))
 
     def set(self, name: str, value: Any) -> None:
-        self._write("set", name, writable(value, f"state {name!r}"))
+        self._write("set", name, self._stored(name, value, f"state {name!r}"))
+
+    def _stored(self, name: str, value: Any, what: str, *, promise: bool = False) -> Any:
+        """``value`` as :func:`writable` makes it, and a 413 when its state record, key and
+        all, would be larger than ``MAX_STATE_RECORD``."""
+        encoded, size = measured(value, what)
+        target = self.invocation.meta.target
+        obj = target.key or ""
+        # ASCII is escaped sixfold at most, which fits; a name not a string, or too long, is
+        # refused with its reason when journaled.
+        if isinstance(name, str) and len(name) <= MAX_NAME and not (name + obj).isascii():
+            key = state_key(target.service, obj, name, promise=promise)
+            if size + len(key) > MAX_STATE_RECORD:
+                raise TerminalError(
+                    f"{what} is {size} bytes of JSON, and its record's key {len(key)} (its"
+                    f" object key and name escaped): Kourier writes at most {MAX_STATE_RECORD}"
+                    " in one record",
+                    413,
+                )
+        return encoded
 
     def clear(self, name: str) -> None:
         self._write("clear", name, None)
@@ -530,7 +556,8 @@ class _Promise(DurablePromise[Any]):
         return outcome(entry)
 
     async def resolve(self, value: Any) -> None:
-        await self._complete("promise_resolve", writable(value, f"promise {self._name!r}"), None)
+        stored = self._ctx._stored(self._name, value, f"promise {self._name!r}", promise=True)
+        await self._complete("promise_resolve", stored, None)
 
     async def reject(self, message: str) -> None:
         await self._complete("promise_reject", None, Failure(code=500, message=message))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from handlers import (
     WorkflowSharedContext,
     select,
 )
+from streams.engine.context import MAX_STATE_RECORD
 from streams.engine.journal import meta_key
 from streams.wire import ids
 from streams.wire.records import (
@@ -427,6 +429,36 @@ async def test_values_are_measured_as_they_are_written() -> None:
         (record,) = [o for o in h.processor.flush() if o.topic == TOPICS.state]
         assert record.value is not None
         assert len(record.value) <= MAX_VALUE_BYTES, "written as compact UTF-8, as measured"
+
+
+@edge.handler()
+async def keep_as(ctx: ObjectContext, spec: dict[str, Any]) -> str:
+    ctx.set(spec["name"], "x" * spec["size"])
+    return "kept"
+
+
+async def test_a_state_record_whose_escaped_key_makes_it_too_large_is_a_413() -> None:
+    """A state record's key is escaped JSON: an object key and a name of 4,096 characters
+    past the basic plane are 98 KB of it. With a value near the largest, the record was
+    past what a broker takes, and the worker's every commit was refused."""
+    h = harness()
+    wide = "\U0001f600" * 4096
+    big = MAX_VALUE_BYTES - 2  # MAX_VALUE_BYTES of JSON, quotes included
+    h.call(Target(service="Edge", key=wide, handler="keep_as"), {"name": wide, "size": big},
+           request_id="wide")  # fmt: skip
+    await until(lambda: "wide" in h.responses())
+    failure = h.responses()["wide"].failure
+    assert failure is not None, "taken, and its state record too large to write"
+    assert failure.code == 413
+    assert "its record's key" in failure.message
+    assert not [o for o in h.processor.flush() if o.topic == TOPICS.state]
+    h.call(Target(service="Edge", key=wide, handler="keep_as"), {"name": "v", "size": big},
+           request_id="narrow")  # fmt: skip
+    await until(lambda: "narrow" in h.responses())
+    assert h.responses()["narrow"].value == "kept", "a key that fits refused too"
+    (record,) = [o for o in h.processor.flush() if o.topic == TOPICS.state]
+    assert record.value is not None
+    assert len(record.key) + len(record.value) <= MAX_STATE_RECORD
 
 
 async def test_error_texts_are_bounded() -> None:
