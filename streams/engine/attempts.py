@@ -229,12 +229,12 @@ class Attempts:
             inv.close()
             self._complete(inv, None, CANCELLED)
             return
-        labelled(RETRIES, meta.target.service, meta.target.handler).inc()
         if policy.exhausted(meta.attempt):
             labelled(PAUSED, meta.target.service).inc()
             meta.status = "paused"
             log.error("%s paused after %d attempts: %s", meta.id, meta.attempt, meta.last_error)
         else:
+            labelled(RETRIES, meta.target.service, meta.target.handler).inc()
             delay = 0.0 if cancelled else policy.delay(meta.attempt).total_seconds()
             meta.attempt += 1
             meta.status = "backing-off"

@@ -18,7 +18,7 @@ from pydantic import JsonValue
 
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
-from streams.engine.journal import CANCELLED, KILLED, InvocationMeta
+from streams.engine.journal import KILLED, InvocationMeta, is_cancel
 from streams.engine.locks import KeyLocks
 from streams.engine.outbox import Outbox
 from streams.engine.promises import Promises
@@ -74,8 +74,10 @@ class Outcomes:
         meta.cancel_requested = False
         target = meta.target
         outcome = "success" if failure is None else "failure"
-        if failure is CANCELLED or failure is KILLED:
-            outcome = failure.message
+        if is_cancel(failure):  # by value: a handler that met the cancel raised its own copy
+            outcome = "cancelled"
+        elif failure == KILLED:
+            outcome = "killed"
         INVOCATIONS.labels(target.service, target.handler, outcome).inc()
         INVOCATION_SECONDS.labels(target.service, target.handler).observe(now - meta.created_at)
         retention = inv.retention()

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from handlers import (
     ObjectContext,
@@ -158,6 +159,43 @@ async def test_cancel_reaches_a_sleeping_handler_which_compensates() -> None:
     assert (failure.code, failure.message) == (409, "cancelled")
     assert trail == ["undo a 409"]
     assert h.processor.store.state[("Saga", "a")] == {"undone": 409}
+
+
+def sample(metric: Any, *labels: str) -> float:
+    return float(REGISTRY.get_sample_value(metric, dict(zip(LABELS[metric], labels, strict=True)))
+                 or 0.0)  # fmt: skip
+
+
+LABELS = {
+    "kourier_invocations_total": ("service", "handler", "outcome"),
+    "kourier_retries_total": ("service", "handler"),
+    "kourier_paused_total": ("service",),
+}
+
+
+async def test_a_cancel_a_running_handler_met_counts_as_cancelled_and_a_pause_as_no_retry() -> None:
+    """A handler that meets a cancel raises its own copy of the cancel's failure: it was
+    counted a ``failure``. The attempt that pauses an invocation schedules no retry: it
+    was counted as one."""
+    h = harness()
+    before = {o: sample("kourier_invocations_total", "Saga", "book", o)
+              for o in ("cancelled", "failure")}  # fmt: skip
+    inv_id = h.call(saga_target("m", "book"), 60_000, request_id="book")
+    await until(lambda: waiting_in(h, inv_id, "sleep"))
+    h.send(Cancel(invocation_id=inv_id))
+    await until(lambda: "book" in h.responses())
+    assert (
+        sample("kourier_invocations_total", "Saga", "book", "cancelled") == before["cancelled"] + 1
+    )
+    assert sample("kourier_invocations_total", "Saga", "book", "failure") == before["failure"]
+
+    retried = sample("kourier_retries_total", "Saga", "flaky")
+    paused = sample("kourier_paused_total", "Saga")
+    flaky_id = h.call(saga_target("m", "flaky"), request_id="flaky")
+    await until(lambda: h.processor.invocations[flaky_id].meta.status == "paused")
+    assert flaky_state["runs"] == 2, "max_attempts=2"
+    assert sample("kourier_retries_total", "Saga", "flaky") == retried + 1, "one retry, not two"
+    assert sample("kourier_paused_total", "Saga") == paused + 1
 
 
 async def test_cancel_travels_down_the_call_tree_leaves_first() -> None:
