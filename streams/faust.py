@@ -52,7 +52,7 @@ from streams.client import Client, due_time, outcome
 from streams.errors import KourierError
 from streams.settings import Settings
 from streams.wire import ids
-from streams.wire.records import MAX_RECORD_BYTES, Response, Target
+from streams.wire.records import MAX_RECORD_BYTES, RecordError, Response, Target, decode_ingress
 from streams.wire.topics import Topics
 
 __all__ = [
@@ -395,13 +395,17 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         as the Python client does: to the partition its invocation id names (for an object,
         its key's), keyed by the object key."""
         assert record.invocation_id is not None
-        size = len(record.dumps())
-        if size > MAX_RECORD_BYTES:  # a worker would dead-letter it: no invocation
+        written = record.dumps()
+        if len(written) > MAX_RECORD_BYTES:  # a worker would dead-letter it: no invocation
             raise TerminalError(
-                f"the record is {size} bytes of JSON, larger than the {MAX_RECORD_BYTES} bytes "
-                "Kourier takes",
+                f"the record is {len(written)} bytes of JSON, larger than the"
+                f" {MAX_RECORD_BYTES} bytes Kourier takes",
                 413,
             )
+        try:  # as a worker reads it: one it dead-letters would be an invocation never made
+            decode_ingress(written)
+        except RecordError as error:  # a lone surrogate, a header that is not a string, ...
+            raise TerminalError(f"the record cannot be written: {error.detail}", 400) from None
         key = target.key if target.key is not None else record.invocation_id
         partition = ids.partition_of(record.invocation_id, self._client.partitions)
         delivery = await self.ingress.send(

@@ -318,6 +318,35 @@ async def test_an_argument_past_what_a_record_carries_is_a_413(
     assert sent == []
 
 
+async def test_a_record_a_worker_would_dead_letter_is_a_400_and_not_sent(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's JSON writes a lone surrogate escaped, and its records check no header's type:
+    a worker dead-lettered such an invoke and answered nothing, so ``request`` waited out its
+    whole timeout and ``send`` named an invocation that never came to be."""
+    sent: list[object] = []
+
+    async def ingress_send(**record: object) -> asyncio.Future[None]:  # Faust's producer
+        sent.append(record)
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+    monkeypatch.setattr(kourier.ingress, "send", ingress_send)
+    monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
+    monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
+    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
+    target = Target(service="Greeter", handler="greet")
+    for argument, headers in (("\udcff", None), ("ada", {"n": 1})):
+        with pytest.raises(TerminalError) as refused:
+            await kourier.send(target, argument, idempotency_key="k1", headers=headers)  # type: ignore[arg-type]
+        assert refused.value.status_code == 400
+        assert "the record cannot be written" in refused.value.message
+    assert sent == []
+    await kourier.send(target, "ada", idempotency_key="k1", headers={"n": "1"})
+    assert len(sent) == 1
+
+
 async def test_a_delayed_send_past_what_a_record_carries_is_a_400(kourier: Kourier) -> None:
     target = Target(service="Greeter", handler="greet")
     last_hour = datetime.max.replace(tzinfo=UTC) - datetime.now(UTC) - timedelta(hours=1)
