@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -160,12 +161,21 @@ def current() -> str | None:
     return _joined(carrier)
 
 
+#: The longest ``traceparent`` and ``tracestate`` kept: W3C asks for 512 characters of a
+#: tracestate to be passed on, and propagators ignore a traceparent past that.
+MAX_TRACE_HEADER = 512
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[^;]*)?")
+
+
 def _joined(found: Mapping[str, str]) -> str | None:
-    parent = found.get("traceparent")
-    if parent is None:
+    """``traceparent[;tracestate]``; None without a traceparent of W3C's shape (one that
+    held a ``;`` was cut there, and its first part taken for a parent), and no tracestate
+    past its length (kept with the invocation, written with each of its records)."""
+    parent = found.get("traceparent", "").strip()
+    if len(parent) > MAX_TRACE_HEADER or not _TRACEPARENT.fullmatch(parent):
         return None
     state = found.get("tracestate")
-    return f"{parent};{state}" if state else parent
+    return f"{parent};{state}" if state and len(state) <= MAX_TRACE_HEADER else parent
 
 
 def as_headers(carrier: str | None) -> list[tuple[str, str | bytes | None]] | None:

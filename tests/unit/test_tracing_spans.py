@@ -77,3 +77,18 @@ def test_with_a_provider_a_span_starts_without_a_parent(monkeypatch: pytest.Monk
     with tracing.span("attempt", context=tracing.context_of(None)) as span:
         assert span.is_recording()
         assert tracing.current() is not None  # a trace of its own, passed on
+
+
+def test_a_record_keeps_a_trace_context_of_w3c_shape_and_bounded_length() -> None:
+    """What a record's headers carried was kept whole with its invocation, and written with
+    each of its records: a tracestate of any length (a large argument beside it made the
+    invocation's meta too large to write), and a traceparent that held a ``;`` was cut
+    there, so a malformed one was taken for a parent, which W3C says to ignore."""
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert tracing.from_headers([("traceparent", parent.encode())]) == parent
+    assert tracing.from_headers({"traceparent": parent, "tracestate": "a=1"}) == f"{parent};a=1"
+    long_state = "a=" + "x" * tracing.MAX_TRACE_HEADER
+    assert tracing.from_headers({"traceparent": parent, "tracestate": long_state}) == parent
+    for malformed in (f"{parent};x", parent + "-" + "x" * 600, "00-nothex", parent.upper(), ""):
+        assert tracing.from_headers({"traceparent": malformed, "tracestate": "a=1"}) is None
+    assert tracing.from_headers([("tracestate", b"a=1")]) is None
