@@ -375,9 +375,9 @@ class Ingress:
     async def _answer(self, request: web.Request) -> web.Response:
         began = time.perf_counter()
         kind = "call"
-        if request.path.startswith("/restate/") or request.path in ("/health", "/metrics"):
-            await _served_otherwise(request)  # POST /restate/attach/...: a 405, not a call
         try:
+            if request.path.startswith("/restate/") or request.path in ("/health", "/metrics"):
+                await _served_otherwise(request)  # POST /restate/attach/...: a 405, not a call
             target_route = await self.route(request.rel_url.raw_path)
             kind = target_route.mode
             response = await self._invoke(request, target_route)
@@ -396,6 +396,10 @@ class Ingress:
                 response = error_response(503, f"{error}: nothing was written")
         except TerminalError as error:
             response = error_response(error.status_code, error.message)
+        except web.HTTPMethodNotAllowed as error:  # raised on, for its Allow header
+            labelled(REQUESTS, kind, str(error.status)).inc()
+            labelled(LATENCY, kind).observe(time.perf_counter() - began)
+            raise
         except Exception as error:  # json_errors answers: 400 for a body that does not
             bad_body = isinstance(error, web.RequestPayloadError)  # decompress, else 500
             labelled(REQUESTS, kind, "400" if bad_body else "500").inc()

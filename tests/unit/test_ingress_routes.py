@@ -187,7 +187,12 @@ async def test_another_method_on_a_route_is_405_with_the_methods_it_takes(
     """With a route for any method on every path, ``/health`` and the attach paths answered
     other methods 404 "unknown service", after waiting for the catalog."""
     ingress = ingress_with(Answers(RuntimeError("not called")))
+    before = requests_counted("405"), requests_counted("500")
     async with TestClient(TestServer(ingress.app())) as http:
         reply = await http.request(method, path)
         assert reply.status == 405, await reply.text()
         assert reply.headers["allow"] == allow
+    # A POST is a call's request, counted as one (it was not); other methods are not.
+    assert (requests_counted("405"), requests_counted("500")) == (
+        before[0] + (method == "POST"), before[1]
+    )  # fmt: skip
