@@ -258,7 +258,9 @@ def entry_of(key: bytes) -> tuple[str, int] | None:
     """``(invocation_id, index)`` of a journal entry's record key; None for any other key."""
     if not key.startswith(b"j/"):
         return None
-    inv_id, _, position = key[2:].decode().rpartition("/")
+    inv_id, _, position = key[2:].decode(errors="replace").rpartition("/")
+    if not (inv_id and position.isascii() and position.isdigit()):
+        return None  # not one Kourier wrote: passed over, as a restore must not fail on it
     return inv_id, int(position)
 
 
@@ -306,7 +308,10 @@ class InvocationLog:
     def apply(self, key: bytes, value: bytes | None) -> Applied | None:
         """One changelog record; ``None`` is a tombstone. What it was about, or None for a
         key that is not an invocation's and an entry that cannot be read."""
-        text = key.decode()
+        try:
+            text = key.decode()
+        except UnicodeDecodeError:  # not a key Kourier wrote
+            return None
         if text.startswith("m/"):
             inv_id = text[2:]
             if value is None:

@@ -23,6 +23,7 @@ from handlers import (
 )
 from streams.engine.context import MAX_STATE_RECORD
 from streams.engine.journal import meta_key
+from streams.engine.outbox import Out
 from streams.wire import ids
 from streams.wire.records import (
     MAX_VALUE_BYTES,
@@ -383,6 +384,20 @@ async def test_an_id_forgotten_and_made_again_keeps_its_new_changelog_records() 
     metas = [o for o in h.processor.flush() if o.topic == TOPICS.invocations
              and o.key == meta_key(inv_id)]  # fmt: skip
     assert [o.value is None for o in metas] == [True, False], "tombstone, then the new meta"
+
+
+async def test_invocation_changelog_keys_kourier_did_not_write_are_passed_over() -> None:
+    """``j/x``, a position that is no number, a key that is not UTF-8: each raised out of
+    the restore, which ended every worker that took the partition over, one after another."""
+    h = harness()
+    entry = b'{"kind": "set", "name": "n", "done": true}'
+    strange = [Out(TOPICS.invocations, 0, key, entry) for key in
+               (b"j/x", b"j/" + ids.new_id("s", 1).encode() + b"/one", b"j/\xff\xfe/1",
+                b"\xff\xfe", b"j//3", b"j/inv/\xd9\xa3")]  # fmt: skip
+    h.hand_over(earlier=strange)
+    h.call(Target(service="Edge", key="s", handler="put"), 1, request_id="after")
+    await until(lambda: "after" in h.responses())
+    assert h.responses()["after"].value == 1
 
 
 async def test_a_retained_outcome_keeps_its_meta_not_its_journal() -> None:
