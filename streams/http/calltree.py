@@ -190,5 +190,11 @@ def _node(
 
 
 def iso(epoch: float) -> str:
-    """ISO-8601 UTC with milliseconds, as every admin API timestamp."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+    """ISO-8601 UTC with milliseconds, as every admin API timestamp; a time no date can
+    hold (a changelog record another producer wrote) as its number, not an error that
+    failed every listing it was in."""
+    try:
+        day = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+        return day + f".{int(epoch % 1 * 1000):03d}Z"
+    except (OverflowError, OSError, ValueError):
+        return repr(epoch)

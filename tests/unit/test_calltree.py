@@ -526,3 +526,22 @@ def test_the_index_follows_on_after_an_error_of_its_loop(monkeypatch: pytest.Mon
     index._follow()
     assert (len(rounds), slept) == (2, [1.0])
     index.close()
+
+
+def test_a_meta_with_a_time_no_date_holds_is_listed_not_a_500() -> None:
+    """A changelog record another producer wrote may carry any float: ``time.gmtime``
+    raised on it, and every listing that held the row (the newest first: all of them) was
+    a 500."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    odd, fine = an_id("odd"), an_id("fine")
+    for inv_id, at in ((odd, 1e20), (fine, 100.0)):
+        record = meta(inv_id, "h", "completed")
+        record.created_at = at
+        index._apply(topic, meta_key(inv_id), record.to_json())
+    rows = index.query()
+    assert [(row["id"], row["created_at"]) for row in rows] == [
+        (odd, "1e+20"), (fine, "1970-01-01T00:01:40.000Z")
+    ]  # fmt: skip
+    assert index.describe(odd) is not None
+    index.close()
