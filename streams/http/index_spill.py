@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import JsonValue
+from pydantic import JsonValue, TypeAdapter
 
 from streams.engine.journal import Entry, InvocationMeta
 from streams.engine.spill import Spill
@@ -29,6 +29,10 @@ from streams.engine.spill import Spill
 CACHE_KIB = 8192
 #: Ids looked up by one statement (SQLite takes 32,766 parameters since 3.32, 999 before).
 _IDS_PER_QUERY = 500
+
+_META = TypeAdapter(InvocationMeta)
+#: What an invocation's list row does not show (``streams.http.index.summary``).
+_NOT_LISTED = {"argument", "value", "headers", "failure", "request_ids", "attachers", "trace"}
 
 #: ``(created_at, id, status, target)`` of one invocation, as a bulk action chooses.
 Row = tuple[float, str, str, str]
@@ -53,7 +57,7 @@ _SCHEMA = (
     f"PRAGMA cache_size = -{CACHE_KIB}",
     "CREATE TABLE metas (id TEXT NOT NULL UNIQUE, status TEXT NOT NULL,"
     " service TEXT NOT NULL, key TEXT, target TEXT NOT NULL, created_at REAL NOT NULL,"
-    " due REAL, meta BLOB NOT NULL)",
+    " due REAL, meta BLOB NOT NULL, listed BLOB NOT NULL)",
     "CREATE INDEX metas_created ON metas (created_at)",
     "CREATE INDEX metas_status ON metas (status, created_at)",
     "CREATE INDEX metas_due ON metas (status, due)",
@@ -80,14 +84,15 @@ class IndexSpill:
     def put(self, meta: InvocationMeta, written: bytes) -> None:
         """Hold ``meta``, written as ``written``, in place of what was held under its id."""
         target = meta.target
+        listed = _META.dump_json(meta, exclude_none=True, exclude=_NOT_LISTED)
         self._db.write(
-            "INSERT INTO metas (id, status, service, key, target, created_at, due, meta)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            "INSERT INTO metas (id, status, service, key, target, created_at, due, meta, listed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
             " status = excluded.status, service = excluded.service, key = excluded.key,"
             " target = excluded.target, created_at = excluded.created_at,"
-            " due = excluded.due, meta = excluded.meta",
+            " due = excluded.due, meta = excluded.meta, listed = excluded.listed",
             (meta.id, meta.status, target.service, target.key, target.path(),
-             meta.created_at, meta.due, written),
+             meta.created_at, meta.due, written, listed),
         )  # fmt: skip
         self._any = True
 
@@ -121,13 +126,15 @@ class IndexSpill:
         by: Literal["created", "due"] = "created",
     ) -> list[InvocationMeta]:
         """Up to ``limit`` metas the filter matches: the newest first, or by ``due``, the
-        soonest first (those with no due time before them)."""
+        soonest first (those with no due time before them). Each without what a listing
+        does not show (``_NOT_LISTED``): a retained outcome's argument and value may be
+        900 KiB, and the UI lists 200 of them every second."""
         if not self._any:
             return []
         where, params = _filter(status, service, key)
         order = "created_at DESC" if by == "created" else "due"  # SQLite: NULLs first
         rows = self._db.query(
-            f"SELECT meta FROM metas{where} ORDER BY {order} LIMIT ?", (*params, limit)
+            f"SELECT listed FROM metas{where} ORDER BY {order} LIMIT ?", (*params, limit)
         )
         return [InvocationMeta.from_json(row[0]) for row in rows]
 

@@ -545,3 +545,22 @@ def test_a_meta_with_a_time_no_date_holds_is_listed_not_a_500() -> None:
     ]  # fmt: skip
     assert index.describe(odd) is not None
     index.close()
+
+
+def test_a_listing_reads_back_no_argument_or_outcome_from_disk() -> None:
+    """A listing decoded every row's whole meta: a retained outcome's argument and value may
+    be 900 KiB each, and the UI lists 200 rows every second, under the index's lock. The
+    row is the same; the detail still has all of it."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    done = meta(an_id("big"), "h", "completed")
+    done.argument, done.value, done.headers = "a" * 100_000, ["v"] * 1000, {"x-tenant": "blue"}
+    done.idempotency_key, done.last_error = "k1", "an earlier attempt failed"
+    index._apply(topic, meta_key(done.id), done.to_json())
+    (listed,) = index.cold.newest(status=None, service=None, key=None, limit=5)
+    assert (listed.argument, listed.value, listed.headers) == (None, None, {})
+    assert index.query() == [index_module.summary(done, index.links)]
+    described = index.describe(done.id)
+    assert described is not None
+    assert (described["argument"], described["outcome"]) == (done.argument, {"value": done.value})
+    index.close()
