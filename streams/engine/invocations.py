@@ -48,6 +48,8 @@ from streams.wire.topics import Topics
 Thaw = Callable[[InvocationMeta, int], Invocation]
 #: Cold retained outcomes forgotten at most per sweep (a second): see ``expired``.
 EXPIRED_AT_ONCE = 10_000
+#: Seconds a sweep forgets for at most, on the event loop; what is left waits for the next.
+SWEEP_SECONDS = 0.05
 #: Statuses of invocations that do nothing until something arrives for them.
 COLD = frozenset({"scheduled", "completed"})
 
@@ -204,19 +206,28 @@ class InvocationTable(Mapping[str, Invocation]):
         assert inv.meta.expires_at is not None
         self._deadlines[inv.meta.id] = inv.meta.expires_at
 
-    def expired(self, now: float, limit: int = EXPIRED_AT_ONCE) -> list[Invocation]:
+    def expired(self, now: float, limit: int = EXPIRED_AT_ONCE) -> Iterator[Invocation]:
         """Retained outcomes whose time has passed (still retained, still completed): the
         live ones, and up to ``limit`` cold ones, the soonest first, so that outcomes piled
         up past their time (a partition that was down for longer than their retention)
-        are thawed a bounded batch at a time."""
+        are thawed a bounded batch at a time. Each cold one is read back as it is yielded,
+        so a caller that forgets each holds one at a time (with its argument, which may be
+        900 KiB), and may stop early."""
         live = [inv_id for inv_id, expires in self._deadlines.items() if expires <= now]
-        due = []
         for inv_id in live + self._cold.due(now, limit):  # an id is in one or the other
             inv = self.get(inv_id)
             expires = inv.meta.expires_at if inv is not None else None
             if inv is not None and inv.meta.status == "completed" and expires and expires <= now:
-                due.append(inv)
-        return due
+                yield inv
+
+    def sweep(self, now: float, forget: Callable[[Invocation], None]) -> None:
+        """``forget`` each retained outcome past its time (:meth:`expired`), one read back
+        at a time, for at most ``SWEEP_SECONDS``: it runs on the event loop."""
+        began = time.monotonic()
+        for inv in self.expired(now):
+            forget(inv)
+            if time.monotonic() - began > SWEEP_SECONDS:  # the rest at the next sweep
+                break
 
     def forget(self, inv: Invocation) -> None:
         """Drop ``inv``; what the changelog holds of it is tombstoned at the next commit."""

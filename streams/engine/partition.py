@@ -206,8 +206,7 @@ class PartitionProcessor:
         if self.closed:
             return
         asyncio.get_running_loop().call_later(1.0, self._sweep)  # also after a failure
-        for inv in self.invocations.expired(time.time()):
-            self.outcomes.forget(inv)
+        self.invocations.sweep(time.time(), self.outcomes.forget)
 
     # -- ingress records -----------------------------------------------------------
 

@@ -9,11 +9,13 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from handlers import ObjectContext, VirtualObject
+from streams.engine import invocations
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
 from streams.engine.journal import entry_key, meta_key
@@ -326,8 +328,32 @@ def test_an_outcomes_entries_read_after_its_meta_are_not_kept() -> None:
 def test_outcomes_past_their_time_are_thawed_a_bounded_batch_at_a_time() -> None:
     first, second = ids.new_id("k", 1), ids.new_id("k", 2)
     table = read_back((meta_key(first), outcome(first)), (meta_key(second), outcome(second)))
-    assert len(table.expired(4e9, limit=1)) == 1, "more thawed than the limit"
+    assert len(list(table.expired(4e9, limit=1))) == 1, "more thawed than the limit"
     assert table.cold == 1
+
+
+def test_a_sweep_holds_one_outcome_read_back_at_a_time_and_stops_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sweep read back every outcome of its batch (up to 10,000, each with an argument
+    of up to 900 KiB) before it forgot any, on the event loop, with nothing to bound it."""
+    made = [ids.new_id("k", n) for n in range(5)]
+    table = read_back(*((meta_key(inv_id), outcome(inv_id)) for inv_id in made))
+    held: list[int] = []
+
+    def forget(inv: Invocation) -> None:
+        held.append(len(table._thawed))  # read back and not forgotten, this one among them
+        table.forget(inv)
+
+    table.sweep(4e9, forget)
+    assert held == [1, 1, 1, 1, 1], "outcomes read back before the last was forgotten"
+    assert len(table) == 0
+    later = [ids.new_id("k", n) for n in range(5, 9)]
+    table = read_back(*((meta_key(inv_id), outcome(inv_id)) for inv_id in later))
+    clock = iter([0.0, 0.01, invocations.SWEEP_SECONDS + 0.02, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(invocations, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    table.sweep(4e9, table.forget)
+    assert len(table) == 2, "not stopped once its time was up"
 
 
 def test_an_outcome_read_twice_expires_once() -> None:
