@@ -306,10 +306,14 @@ class InvocationContext(WorkflowContext):
                     return index  # cancelled before it was made
             else:
                 self.invocation.append(entry)
-            with tracing.span(
-                f"{kind} {target.path()}",
+            with tracing.span(  # named without the key: span names are few (OpenTelemetry)
+                f"{kind} {target.service}/{target.handler}",
                 kind=SpanKind.PRODUCER,
-                attributes={"kourier.callee": callee, "kourier.entry": index},
+                attributes={
+                    "kourier.callee": callee,
+                    "kourier.entry": index,
+                    "kourier.target": target.path(),
+                },
             ):
                 self.invocation.invoke(
                     index,

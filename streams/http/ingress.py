@@ -135,6 +135,17 @@ class Route:
     target: Target
     mode: Literal["call", "send"]
 
+    def template(self) -> str:
+        """The path without its key, as a span is named: ``/Counter/{key}/add/send``."""
+        target = self.target
+        key = "/{key}" if target.key is not None else ""
+        send = "/send" if self.mode == "send" else ""
+        return f"/{target.service}{key}/{target.handler}{send}"
+
+
+#: Where a request keeps its route, once found (``Ingress.invoke`` names its span by it).
+_ROUTED = web.RequestKey("kourier.route", Route)
+
 
 def segments_of(raw_path: str) -> list[str]:
     """A URL path's segments, each percent-decoded on its own, so that a key may hold a
@@ -359,14 +370,20 @@ class Ingress:
 
     async def invoke(self, request: web.Request) -> web.Response:
         """A call or send, as one span that continues the caller's W3C ``traceparent``; the
-        record it produces carries this span's context to the worker."""
+        record it produces carries this span's context to the worker. The span is named by
+        the route, without the key (``POST /Counter/{key}/add``), or by the method alone for
+        a path that names no handler: span names are few, as OpenTelemetry asks."""
         with tracing.span(
-            f"{request.method} {request.path}",
+            request.method,
             context=propagate.extract(request.headers),
             kind=SpanKind.SERVER,
             attributes={"http.request.method": request.method, "url.path": request.path},
         ) as span:
             response = await self._answer(request)
+            routed = request.get(_ROUTED)
+            if routed is not None:
+                span.update_name(f"{request.method} {routed.template()}")
+                span.set_attribute("http.route", routed.template())
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
                 span.set_status(StatusCode.ERROR)
@@ -379,6 +396,7 @@ class Ingress:
             if request.path.startswith("/restate/") or request.path in ("/health", "/metrics"):
                 await _served_otherwise(request)  # POST /restate/attach/...: a 405, not a call
             target_route = await self.route(request.rel_url.raw_path)
+            request[_ROUTED] = target_route  # the span's name
             kind = target_route.mode
             response = await self._invoke(request, target_route)
         except HttpError as error:

@@ -102,8 +102,8 @@ async def test_an_http_call_through_a_handler_and_an_object_is_one_trace(
             "Relay/traced",
             "run stamp",
             "sleep 0:00:00.010000",
-            "send Tally/tr1/add",
-            "call Tally/tr1/add",
+            "send Tally/add",
+            "call Tally/add",
             "Tally/add",
         },
     )
@@ -113,13 +113,20 @@ async def test_an_http_call_through_a_handler_and_an_object_is_one_trace(
     assert parent_of(attempt) == span_id(http_span)
     assert attempt.attributes is not None
     assert attempt.attributes["kourier.attempt"] == 1
-    for name in ("run stamp", "sleep 0:00:00.010000", "send Tally/tr1/add", "call Tally/tr1/add"):
+    for name in ("run stamp", "sleep 0:00:00.010000", "send Tally/add", "call Tally/add"):
         assert parent_of(one(spans, name)) == span_id(attempt), name
+    # Named without the key, which the attributes still hold.
+    assert http_span.attributes is not None
+    assert http_span.attributes["http.route"] == "/Relay/traced"
+    for name in ("send Tally/add", "call Tally/add"):
+        made = one(spans, name).attributes
+        assert made is not None
+        assert made["kourier.target"] == "Tally/tr1/add"
     # Each of the object's two invocations is a child of the operation that made it.
     made_by = {parent_of(s) for s in spans if s.name == "Tally/add"}
     operations = {
-        span_id(one(spans, "send Tally/tr1/add")),
-        span_id(one(spans, "call Tally/tr1/add")),
+        span_id(one(spans, "send Tally/add")),
+        span_id(one(spans, "call Tally/add")),
     }
     assert made_by == operations
 

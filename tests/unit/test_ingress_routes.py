@@ -17,6 +17,7 @@ from streams.http.ingress import Ingress
 from streams.http.shared import HttpError
 from streams.settings import Settings
 from streams.wire import ids
+from streams.wire.records import Target
 from tests.unit.harness import until
 
 GREETER = ServiceInfo(name="Greeter", kind="service", handlers={"greet": {"kind": "shared"}})
@@ -196,3 +197,13 @@ async def test_another_method_on_a_route_is_405_with_the_methods_it_takes(
     assert (requests_counted("405"), requests_counted("500")) == (
         before[0] + (method == "POST"), before[1]
     )  # fmt: skip
+
+
+def test_a_route_names_its_span_without_the_key() -> None:
+    """The span was named by the path: one name per object key, and per 404's garbage."""
+    assert ingress_module.Route(Target(service="Counter", key="ada", handler="add"), "call"
+                                ).template() == "/Counter/{key}/add"  # fmt: skip
+    assert ingress_module.Route(Target(service="Counter", key="ada", handler="add"), "send"
+                                ).template() == "/Counter/{key}/add/send"  # fmt: skip
+    assert ingress_module.Route(Target(service="Greeter", handler="greet"), "call"
+                                ).template() == "/Greeter/greet"  # fmt: skip
