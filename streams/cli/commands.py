@@ -435,7 +435,7 @@ def call(args: argparse.Namespace) -> int:
     import asyncio
 
     from streams.client import Client
-    from streams.http.ingress import parse_duration
+    from streams.http.routes import parse_duration
     from streams.wire.records import load_json
 
     target = _parse_target(args.target)

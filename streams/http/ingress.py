@@ -11,18 +11,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Literal
-from urllib.parse import unquote
 
 from aiohttp import web
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import JsonValue, ValidationError
 
 from handlers.exceptions import TerminalError
 from streams import tracing
@@ -36,6 +30,17 @@ from streams.client import (
 from streams.errors import ServeError
 from streams.http.admin import AdminApi
 from streams.http.index import InvocationIndex
+from streams.http.routes import (
+    ROUTED,
+    Route,
+    decoded,
+    idempotency_key_of,
+    parse_duration,
+    read_json,
+    route,
+    target_of,
+    utf8,
+)
 from streams.http.shared import (
     HttpError,
     app_runner,
@@ -46,14 +51,11 @@ from streams.http.shared import (
     same_origin,
 )
 from streams.metrics import labelled
-from streams.settings import Settings, short_duration
+from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import (
-    LAST_DUE,
     Response,
     Target,
-    idempotency_key_refusal,
-    load_json,
 )
 
 log = logging.getLogger("kourier.ingress")
@@ -93,10 +95,6 @@ _HOP_HEADERS = frozenset(
         "expect",
     }
 )
-_ISO_DURATION = re.compile(
-    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
-    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
-)
 
 
 def outcome_response(outcome: Response, headers: dict[str, str] | None = None) -> web.Response:
@@ -105,98 +103,6 @@ def outcome_response(outcome: Response, headers: dict[str, str] | None = None) -
         return error_response(outcome.failure.code, outcome.failure.message, headers)
     body = json.dumps(outcome.value).encode()
     return web.Response(body=body, status=200, content_type="application/json", headers=headers)
-
-
-def parse_duration(text: str) -> timedelta:
-    """``500ms``, ``5s``, ``10m``, ``1h``, ``2d`` or ISO-8601 ``PT5S``, due at a time a
-    datetime can hold."""
-    try:
-        duration = short_duration(text)
-        iso = _ISO_DURATION.fullmatch(text)
-        if duration is None and iso and text not in ("P", "PT") and not text.endswith("T"):
-            parts = {k: float(v) for k, v in iso.groupdict().items() if v}
-            duration = timedelta(
-                days=parts.get("d", 0),
-                hours=parts.get("h", 0),
-                minutes=parts.get("m", 0),
-                seconds=parts.get("s", 0),
-            )
-        if duration is not None:
-            if datetime.now(UTC) + duration > LAST_DUE:  # OverflowError past the year 9999
-                raise OverflowError
-            return duration
-    except OverflowError:
-        raise HttpError(400, f"delay {text!r} ends after the year 9999") from None
-    raise HttpError(400, f"invalid delay {text!r}: use 500ms, 5s, 10m, 1h or ISO-8601 like PT5S")
-
-
-@dataclass(frozen=True)
-class Route:
-    target: Target
-    mode: Literal["call", "send"]
-
-    def template(self) -> str:
-        """The path without its key, as a span is named: ``/Counter/{key}/add/send``."""
-        target = self.target
-        key = "/{key}" if target.key is not None else ""
-        send = "/send" if self.mode == "send" else ""
-        return f"/{target.service}{key}/{target.handler}{send}"
-
-
-#: Where a request keeps its route, once found (``Ingress.invoke`` names its span by it).
-_ROUTED = web.RequestKey("kourier.route", Route)
-
-
-def segments_of(raw_path: str) -> list[str]:
-    """A URL path's segments, each percent-decoded on its own, so that a key may hold a
-    slash (``/Counter/a%2Fb/add`` is key ``a/b``)."""
-    return [_decoded(s) for s in raw_path.split("/") if s]
-
-
-def _decoded(segment: str) -> str:
-    """A path segment percent-decoded, or a 400 when its bytes are not UTF-8: replaced by
-    U+FFFD, two keys that differ only there would name one object."""
-    try:
-        return unquote(segment, errors="strict")
-    except UnicodeDecodeError:
-        raise HttpError(400, f"path segment {segment!r} is not UTF-8 once decoded") from None
-
-
-def route(raw_path: str, services: dict[str, ServiceInfo]) -> Route:
-    """Map a URL path, as sent, to a target: both of Restate's URL families."""
-    segments = segments_of(raw_path)
-    mode: Literal["call", "send"] = "call"
-    if len(segments) >= 2 and segments[0] == "restate" and segments[1] in ("call", "send"):
-        mode = "call" if segments[1] == "call" else "send"
-        segments = segments[2:]
-        suffixed = False
-    else:
-        suffixed = True
-    if not segments:
-        raise HttpError(404, "no service in the path")
-    info = services.get(segments[0])
-    if info is None:
-        raise HttpError(404, f"unknown service {segments[0]!r}")
-    expected = 3 if info.kind != "service" else 2
-    if suffixed and len(segments) == expected + 1 and segments[-1] == "send":
-        mode = "send"
-        segments = segments[:-1]
-    if len(segments) != expected:
-        shape = "/Service/handler" if expected == 2 else f"/{info.kind.title()}/key/handler"
-        kind = f"an {info.kind}" if info.kind == "object" else f"a {info.kind}"
-        path = unquote(raw_path)
-        raise HttpError(400, f"bad path {path!r}: {info.name} is {kind}, use {shape}")
-    key = segments[1] if expected == 3 else None
-    handler = segments[-1]
-    if info.handler_kind(handler) is None:
-        if suffixed and handler == "send" and expected == 3:  # /Object/handler/send: no key
-            kind = f"an {info.kind}" if info.kind == "object" else f"a {info.kind}"
-            shape = f"/{info.kind.title()}/key/handler/send"
-            raise HttpError(
-                400, f"bad path {unquote(raw_path)!r}: {info.name} is {kind}, use {shape}"
-            )
-        raise HttpError(404, f"{info.name} has no handler {handler!r}")
-    return Route(_target(info.name, key, handler), mode)
 
 
 async def _served_otherwise(request: web.Request) -> None:
@@ -208,15 +114,6 @@ async def _served_otherwise(request: web.Request) -> None:
             allowed |= (await resource.resolve(request))[1]
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
-
-
-def _target(service: str, key: str | None, handler: str) -> Target:
-    try:
-        return Target(service=service, key=key, handler=handler)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "target"
-        raise HttpError(400, f"bad {where}: {first['msg']}") from None
 
 
 class Ingress:
@@ -301,14 +198,14 @@ class Ingress:
             # The invocation's id, however the path names it (a workflow's run and an
             # idempotency key name one id, which the client derives).
             if "service" in info:  # "", "restate", "workflow", <service>, <id>, <verb>, as sent
-                service, key = (_decoded(s) for s in request.rel_url.raw_path.split("/")[3:5])
+                service, key = (decoded(s) for s in request.rel_url.raw_path.split("/")[3:5])
                 if service not in self.client.services:  # announced a moment ago, perhaps
                     await self._read_catalog_again()
                 inv_id = self.client.invocation_id_for(self._workflow_run(service, key), None)
             else:
                 if "rest" in info:  # "", "restate", "invocation", <rest>..., <verb>, as sent
                     sent = request.rel_url.raw_path.split("/")[3:-1]
-                    segments = [_decoded(s) for s in sent]  # empty ones kept: a 400 each
+                    segments = [decoded(s) for s in sent]  # empty ones kept: a 400 each
                 else:
                     segments = [info["id"]]
                 if len(segments) == 1:
@@ -350,7 +247,7 @@ class Ingress:
         run = next((h for h in info.handlers if info.handler_kind(h) == "workflow"), None)
         if run is None:
             raise HttpError(404, f"workflow {service!r} has no run handler")
-        return _target(service, key, run)
+        return target_of(service, key, run)
 
     def _idempotent_target(self, segments: list[str]) -> tuple[Target, str]:
         """``Svc/handler/idemKey`` or ``Obj/key/handler/idemKey``."""
@@ -366,7 +263,7 @@ class Ingress:
             raise HttpError(400, f"bad path: {info.name} needs a key")
         if info.handler_kind(segments[-2]) is None:
             raise HttpError(404, f"{info.name} has no handler {segments[-2]!r}")
-        return _target(info.name, key, segments[-2]), _idempotency_key(segments[-1])
+        return target_of(info.name, key, segments[-2]), idempotency_key_of(segments[-1])
 
     async def invoke(self, request: web.Request) -> web.Response:
         """A call or send, as one span that continues the caller's W3C ``traceparent``; the
@@ -380,7 +277,7 @@ class Ingress:
             attributes={"http.request.method": request.method, "url.path": request.path},
         ) as span:
             response = await self._answer(request)
-            routed = request.get(_ROUTED)
+            routed = request.get(ROUTED)
             if routed is not None:
                 span.update_name(f"{request.method} {routed.template()}")
                 span.set_attribute("http.route", routed.template())
@@ -396,7 +293,7 @@ class Ingress:
             if request.path.startswith("/restate/") or request.path in ("/health", "/metrics"):
                 await _served_otherwise(request)  # POST /restate/attach/...: a 405, not a call
             target_route = await self.route(request.rel_url.raw_path)
-            request[_ROUTED] = target_route  # the span's name
+            request[ROUTED] = target_route  # the span's name
             kind = target_route.mode
             response = await self._invoke(request, target_route)
         except HttpError as error:
@@ -460,11 +357,11 @@ class Ingress:
         delay = None if delay_text is None else parse_duration(delay_text)  # "" is a 400
         if delay is not None and target_route.mode == "call":
             raise HttpError(400, "?delay= is only allowed on sends")
-        argument = await _read_json(request, self.max_body)
+        argument = await read_json(request, self.max_body)
         given_key = request.headers.get("idempotency-key")
-        idempotency_key = None if given_key is None else _idempotency_key(given_key)
+        idempotency_key = None if given_key is None else idempotency_key_of(given_key)
         headers = {
-            name: _utf8(value, name)
+            name: utf8(value, name)
             for name, value in ((k.lower(), v) for k, v in request.headers.items())
             if name not in _HOP_HEADERS and name not in self.denied_headers
         }
@@ -528,56 +425,6 @@ class Ingress:
             IN_FLIGHT.dec()
         id_header = {"x-restate-id": inv_id}
         return outcome_response(outcome, id_header)
-
-
-def _idempotency_key(text: str) -> str:
-    """A key as given (header or attach path), or a 400 saying why no record can carry it."""
-    refusal = idempotency_key_refusal(text)
-    if refusal is not None:
-        raise HttpError(400, refusal)
-    return _utf8(text, "idempotency-key")
-
-
-def _utf8(value: str, header: str) -> str:
-    """``value`` if it is UTF-8 as sent. aiohttp decodes other header bytes to lone
-    surrogates, which no record can carry: refused here, naming the header. (A key from a
-    path cannot hold one: :func:`_decoded` refuses what is not UTF-8.)"""
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise HttpError(400, f"header {header!r} is not UTF-8") from None
-    return value
-
-
-#: A body deeper than the JSON parser goes. One it parses may still be too deep for a
-#: record: the client refuses that one with the same words (``Client._produce``).
-_TOO_DEEP = "body is JSON nested deeper than a record can carry"
-
-
-def _is_json(media_type: str) -> bool:
-    """``application/json``, ``text/json`` or a ``+json`` type such as
-    ``application/vnd.api+json`` (``media_type`` as aiohttp parses it: lower case, no
-    parameters)."""
-    return media_type in ("application/json", "text/json") or media_type.endswith("+json")
-
-
-async def _read_json(request: web.Request, max_body: int) -> JsonValue:
-    if request.content_length is not None and request.content_length > max_body:
-        raise HttpError(413, f"body larger than {max_body} bytes")
-    body = await request.read()
-    if not body:
-        return None  # whatever its type says (curl -d '' sends a form's)
-    given = request.headers.get("content-type")
-    if given is not None and not _is_json(request.content_type):  # the type, not a word in it
-        raise HttpError(415, f"content-type {given.lower()!r} is not JSON")
-    try:
-        value: JsonValue = load_json(body)
-    except ValueError as error:  # not JSON, not UTF-8, NaN, an integer of 5,000 digits, ...
-        raise HttpError(400, f"body is not valid JSON: {error}") from None
-    except RecursionError:  # deeper than Python's parser goes
-        raise HttpError(400, _TOO_DEEP) from None
-    return value
 
 
 async def serve(

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from streams.client import Client, KafkaUnavailable, ResponseUnreadable, ServiceInfo
 from streams.http import ingress as ingress_module
+from streams.http import routes
 from streams.http.ingress import Ingress
 from streams.http.shared import HttpError
 from streams.settings import Settings
@@ -122,7 +123,7 @@ async def test_a_read_that_takes_long_leaves_the_404_and_serves_later_requests(
     ],
 )
 def test_a_body_is_json_by_its_media_type(media_type: str, json: bool) -> None:
-    assert ingress_module._is_json(media_type) is json
+    assert routes.is_json(media_type) is json
 
 
 class Answers(Catalog):
@@ -201,9 +202,9 @@ async def test_another_method_on_a_route_is_405_with_the_methods_it_takes(
 
 def test_a_route_names_its_span_without_the_key() -> None:
     """The span was named by the path: one name per object key, and per 404's garbage."""
-    assert ingress_module.Route(Target(service="Counter", key="ada", handler="add"), "call"
+    assert routes.Route(Target(service="Counter", key="ada", handler="add"), "call"
                                 ).template() == "/Counter/{key}/add"  # fmt: skip
-    assert ingress_module.Route(Target(service="Counter", key="ada", handler="add"), "send"
+    assert routes.Route(Target(service="Counter", key="ada", handler="add"), "send"
                                 ).template() == "/Counter/{key}/add/send"  # fmt: skip
-    assert ingress_module.Route(Target(service="Greeter", handler="greet"), "call"
+    assert routes.Route(Target(service="Greeter", handler="greet"), "call"
                                 ).template() == "/Greeter/greet"  # fmt: skip
