@@ -26,28 +26,43 @@ def emit(args: argparse.Namespace, data: Any, human: Render | None = None) -> No
     """``data`` as JSON, or as ``human(data)`` for a person at a terminal."""
     if human is None or wants_json(args):
         print(json.dumps(data, indent=2), flush=True)
-    else:
-        print(human(data), flush=True)
+    else:  # every string a user chose (a key, an error's message) goes to a terminal
+        print(_UNSAFE.sub(_escaped, human(data)), flush=True)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "none") -> str:
     """Rows as left-aligned columns under upper-case headings."""
     if not rows:
         return empty
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[_cut(_cell(row.get(c))) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = [[c.upper() for c in columns], *cells]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
                      for line in lines)  # fmt: skip
 
 
-#: Control characters, C0 and C1 (U+0080-U+009F: json.dumps with ensure_ascii=False leaves
-#: those), which a value printed as it is could use to move or recolour the terminal.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Characters a value printed as it is could use to move or recolour the terminal, or to
+#: show other text than it holds: control characters, C0 and C1 (U+0080-U+009F: json.dumps
+#: with ensure_ascii=False leaves those), zero-width ones and bidirectional overrides.
+_INVISIBLE = "\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+_CONTROLS = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
+#: The same, but for the line breaks of what a command prints.
+_UNSAFE = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
+#: Characters a table's cell shows at most: one long key must not push every row's other
+#: columns off the screen (``describe`` and ``--json`` show it whole).
+MAX_CELL = 64
+
+
+def _escaped(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
 
 
 def _printable(text: str) -> str:
-    return _CONTROLS.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    return _CONTROLS.sub(_escaped, text)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def _cell(value: Any) -> str:

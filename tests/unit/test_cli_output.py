@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
 from streams.cli import output
 
 
@@ -28,3 +32,36 @@ def test_entries_the_detail_left_out_are_counted() -> None:
                  "journal": [{"index": 7, "kind": "get", "name": "n", "done": True}],
                  "journal_omitted": 7}  # fmt: skip
     assert "(7 earlier entries not shown)" in output.detail(described)
+
+
+def test_what_a_user_chose_reaches_the_terminal_escaped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``describe`` and ``deadlocks`` printed keys, targets, what an invocation waits on and
+    failure messages as they were: an object key holding ``ESC ] 52`` could set the
+    terminal's clipboard, a bidirectional override show another id than the one held."""
+    evil = "k\x1b]52;c;aGk=\x07\u202eevil"
+    described = {
+        "id": "inv_1", "target": f"Svc/{evil}/h", "status": "running",
+        "waiting_on": [f"call Svc/{evil}/h (entry 0)"],
+        "tree": {"callers": [], "truncated": False, "callees": [
+            {"via": "call", "id": "inv_2", "target": f"Svc/{evil}/h", "status": "completed",
+             "indexed": True, "failure": {"code": 500, "message": f"boom {evil}"}}]},
+        "journal": [{"index": 0, "kind": "call", "target": {"service": "Svc", "key": evil,
+                                                          "handler": "h"}, "done": False}],
+    }  # fmt: skip
+    monkeypatch.setattr(output, "wants_json", lambda args: False)
+    output.emit(argparse.Namespace(), described, output.detail)
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed
+    assert "\x07" not in printed
+    assert "\u202e" not in printed
+    assert "\\u001b]52;c;aGk=\\u0007\\u202eevil" in printed
+    assert printed.count("\n") > 5, "line breaks of the output escaped too"
+
+
+def test_a_long_cell_is_cut_in_a_table_not_in_json() -> None:
+    rows = [{"id": "inv_1", "target": "Svc/" + "k" * 500 + "/h", "status": "running"}]
+    shown = output.table(rows, ["id", "target", "status"])
+    assert max(len(line) for line in shown.splitlines()) < 100
+    assert "…" in shown
