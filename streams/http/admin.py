@@ -10,7 +10,10 @@ through the client as control records (``streams.http.bulk``).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -178,5 +181,24 @@ async def to_ui(request: web.Request) -> web.Response:
 
 
 async def ui_page(request: web.Request) -> web.Response:
-    """The web UI: one static page that talks to this admin API."""
-    return web.Response(body=_UI.read_bytes(), content_type="text/html")
+    """The web UI: one static page that talks to this admin API. It may run its own inline
+    script and style (by their hashes) and ask this origin, and nothing else; no page of
+    another site may frame it, where hidden under decoys its buttons could be clicked."""
+    page = _UI.read_bytes()
+    headers = {"content-security-policy": ui_policy(page), "x-frame-options": "DENY"}
+    return web.Response(body=page, content_type="text/html", headers=headers)
+
+
+def ui_policy(page: bytes) -> str:
+    """The Content-Security-Policy of ``page``: its ``<script>`` and ``<style>`` by hash."""
+    allowed = {}
+    for tag in ("script", "style"):
+        found = re.findall(rf"<{tag}>(.*?)</{tag}>".encode(), page, re.DOTALL)
+        allowed[tag] = " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'" for body in found
+        )
+    return (
+        f"default-src 'none'; script-src {allowed['script']}; style-src {allowed['style']};"
+        " connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none';"
+        " frame-ancestors 'none'"
+    )

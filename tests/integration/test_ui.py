@@ -271,6 +271,7 @@ async def test_bulk_cancel_of_scheduled_invocations_asks_with_the_count(
     await expect(rows).to_have_count(3)
     await page.locator("[data-bulk=cancel]").click()
     await expect(dialog).to_contain_text("Cancel 3 invocations?")
+    await expect(dialog).to_contain_text("Matching status scheduled, service Tally: Tally/ui-bulk-")
     await page.screenshot(path=str(SHOTS / "bulk-cancel.png"))
     await page.locator("[data-confirm=yes]").click()
     await expect(page.locator("#bulk-message")).to_contain_text("Cancel: 3 of 3 done")
@@ -281,6 +282,67 @@ async def test_bulk_cancel_of_scheduled_invocations_asks_with_the_count(
         for invocation_id in sent:
             detail = await invocation_status(http, admin_url, invocation_id, "completed")
             assert detail["outcome"] == {"failure": {"code": 409, "message": "cancelled"}}
+    # A filter typed in but not applied is not what the action would take: refused.
+    await page.locator("input[name=service]").fill("Nothing")
+    await page.locator("[data-bulk=cancel]").click()
+    await expect(page.locator("#bulk-message")).to_contain_text("press Filter first")
+    await expect(dialog).to_have_count(0)
     # Without a filter there is nothing to confirm: the buttons are off.
     await page.goto(f"{admin_url}/ui#/")
     await expect(page.locator("[data-bulk=cancel]")).to_be_disabled()
+
+
+async def test_a_kill_from_the_detail_page_is_asked_first_and_an_odd_id_acts_on_nothing(
+    page: Page, client: Client, ingress_url: str, admin_url: str
+) -> None:
+    """A kill or purge acted on one click, where a bulk one asks; and an id taken from the
+    page's address went into the request's path as it was: ``inv_A%2Fkill%3F`` made its
+    Resume button a kill of ``inv_A``."""
+    call = asyncio.create_task(
+        client.object("Trip", "ui-kill", "reserve").request(60_000, idempotency_key="ui-kill")
+    )
+    await page.goto(f"{admin_url}/ui#/?service=Trip&key=ui-kill")
+    row = page.locator("#invocations tr.row", has_text="Trip/ui-kill/reserve")
+    await expect(row).to_have_count(1, timeout=30_000)
+    held = await row.get_attribute("data-id")
+    assert held is not None
+    # The held id with "/kill?" after it: shown as unknown, and Resume kills nothing.
+    await page.goto(f"{admin_url}/ui#/invocation/{held}%2Fkill%3F")
+    await expect(page.get_by_test_id("gone")).to_be_visible(timeout=30_000)
+    await page.locator("[data-action=resume]").click()
+    await expect(page.locator("#message")).to_contain_text("resume: 4")
+    await page.goto(f"{admin_url}/ui#/invocation/%E0")  # not percent-decodable
+    await expect(page.get_by_test_id("gone")).to_be_visible(timeout=30_000)
+    await page.goto(f"{admin_url}/ui#/invocation/{held}")
+    await expect(page.get_by_test_id("status")).to_have_text("running", timeout=30_000)
+    await page.locator("[data-action=kill]").click()
+    dialog = page.get_by_test_id("confirm")
+    await expect(dialog).to_contain_text(f"Kill {held}?")
+    await page.locator("[data-confirm=no]").click()
+    await expect(dialog).to_have_count(0)
+    await expect(page.get_by_test_id("status")).to_have_text("running")
+    assert not call.done()
+    await page.locator("[data-action=kill]").click()
+    await page.locator("[data-confirm=yes]").click()
+    await expect(page.locator("#message")).to_contain_text("kill: 200")
+    result = await asyncio.gather(call, return_exceptions=True)
+    assert getattr(result[0], "status_code", None) == 409
+
+
+async def test_the_ui_page_may_not_be_framed_and_runs_only_its_own_script(
+    page: Page, admin_url: str
+) -> None:
+    """Framed by another site under decoy buttons, the page's own requests passed the
+    same-origin check: two clicks could kill every running invocation."""
+    async with aiohttp.ClientSession() as http, http.get(f"{admin_url}/ui") as reply:
+        assert reply.status == 200
+        assert reply.headers["x-frame-options"] == "DENY"
+        policy = reply.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "default-src 'none'" in policy
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)  # fmt: skip
+    await page.goto(f"{admin_url}/ui")
+    await expect(page.locator("#invocations")).to_be_visible(timeout=30_000)
+    assert refused == [], "the page's own script or style refused by its policy"
