@@ -484,7 +484,8 @@ def call(args: argparse.Namespace) -> int:
             except TimeoutError:
                 attach = f"`kourier invocations attach {inv_id}`"
                 say(f"kourier: no answer within {args.timeout}; invocation {inv_id} may still"
-                    f" run ({attach} waits for its outcome)")  # fmt: skip
+                    f" run, if it was written ({attach} waits for its outcome, or answers 404"
+                    " when there is none to wait for)")  # fmt: skip
                 return 1
             if answered_as != inv_id:
                 say(f"answered as invocation {answered_as}")

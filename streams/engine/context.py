@@ -492,13 +492,15 @@ class InvocationContext(WorkflowContext):
 
     def _stored(self, name: str, value: Any, what: str, *, promise: bool = False) -> Any:
         """``value`` as :func:`writable` makes it, and a 413 when its state record, key and
-        all, would be larger than ``MAX_STATE_RECORD``."""
+        all, would be larger than ``MAX_STATE_RECORD``: checked before the step is taken (a
+        refusal journals nothing), and not for a step replayed, which was written."""
         encoded, size = measured(value, what)
         target = self.invocation.meta.target
         obj = target.key or ""
+        new = self._cursor >= len(self.invocation.journal)
         # ASCII is escaped sixfold at most, which fits; a name not a string, or too long, is
         # refused with its reason when journaled.
-        if isinstance(name, str) and len(name) <= MAX_NAME and not (name + obj).isascii():
+        if new and isinstance(name, str) and len(name) <= MAX_NAME and not (name + obj).isascii():
             key = state_key(target.service, obj, name, promise=promise)
             if size + len(key) > MAX_STATE_RECORD:
                 raise TerminalError(

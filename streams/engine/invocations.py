@@ -48,8 +48,10 @@ from streams.wire.topics import Topics
 Thaw = Callable[[InvocationMeta, int], Invocation]
 #: Cold retained outcomes forgotten at most per sweep (a second): see ``expired``.
 EXPIRED_AT_ONCE = 10_000
-#: Seconds a sweep forgets for at most, on the event loop; what is left waits for the next.
+#: Seconds a sweep forgets for at most, on the event loop; what is left waits for the
+#: next, ``SWEEP_AGAIN`` later (a backlog drains in slices, with the partition's work between).
 SWEEP_SECONDS = 0.05
+SWEEP_AGAIN = 0.1
 #: Statuses of invocations that do nothing until something arrives for them.
 COLD = frozenset({"scheduled", "completed"})
 
@@ -220,14 +222,16 @@ class InvocationTable(Mapping[str, Invocation]):
             if inv is not None and inv.meta.status == "completed" and expires and expires <= now:
                 yield inv
 
-    def sweep(self, now: float, forget: Callable[[Invocation], None]) -> None:
+    def sweep(self, now: float, forget: Callable[[Invocation], None]) -> bool:
         """``forget`` each retained outcome past its time (:meth:`expired`), one read back
-        at a time, for at most ``SWEEP_SECONDS``: it runs on the event loop."""
+        at a time, for at most ``SWEEP_SECONDS``: it runs on the event loop. Whether it
+        stopped for the time (some may be left)."""
         began = time.monotonic()
         for inv in self.expired(now):
             forget(inv)
             if time.monotonic() - began > SWEEP_SECONDS:  # the rest at the next sweep
-                break
+                return True
+        return False
 
     def forget(self, inv: Invocation) -> None:
         """Drop ``inv``; what the changelog holds of it is tombstoned at the next commit."""

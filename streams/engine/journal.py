@@ -259,7 +259,7 @@ def entry_of(key: bytes) -> tuple[str, int] | None:
     if not key.startswith(b"j/"):
         return None
     inv_id, _, position = key[2:].decode(errors="replace").rpartition("/")
-    if not (inv_id and position.isascii() and position.isdigit()):
+    if not (inv_id and position.isascii() and position.isdigit() and len(position) < 19):
         return None  # not one Kourier wrote: passed over, as a restore must not fail on it
     return inv_id, int(position)
 

@@ -22,7 +22,7 @@ from streams.engine import routing
 from streams.engine.attempts import Attempts
 from streams.engine.control import Controls
 from streams.engine.invocation import Invocation, lock_key
-from streams.engine.invocations import InvocationTable
+from streams.engine.invocations import SWEEP_AGAIN, InvocationTable
 from streams.engine.journal import EntryKind, InvocationMeta, Promise, is_cancel
 from streams.engine.locks import KeyLocks
 from streams.engine.outbox import Out, Outbox
@@ -126,8 +126,7 @@ class PartitionProcessor:
 
     def _thaw(self, meta: InvocationMeta, persisted_entries: int) -> Invocation:
         """A cold invocation (scheduled, waiting in its key's line, or a retained outcome)
-        as an object again: its meta, as written, and no journal
-        (``streams.engine.invocations``)."""
+        as an object again: its meta, as written, and no journal (``invocations``)."""
         try:
             handler = self.registry.resolve(meta.target)
         except LookupError:
@@ -202,11 +201,13 @@ class PartitionProcessor:
 
     def _sweep(self) -> None:
         """Forget completed invocations whose retention has passed (their idempotency keys
-        and outcomes with them), then look again in a second."""
+        and outcomes with them), then look again in a second, or soon when some are left."""
         if self.closed:
             return
-        asyncio.get_running_loop().call_later(1.0, self._sweep)  # also after a failure
-        self.invocations.sweep(time.time(), self.outcomes.forget)
+        later = asyncio.get_running_loop().call_later(1.0, self._sweep)  # also after a failure
+        if self.invocations.sweep(time.time(), self.outcomes.forget):
+            later.cancel()
+            asyncio.get_running_loop().call_later(SWEEP_AGAIN, self._sweep)
 
     # -- ingress records -----------------------------------------------------------
 

@@ -276,11 +276,13 @@ class Ingress:
             kind=SpanKind.SERVER,
             attributes={"http.request.method": request.method, "url.path": request.path},
         ) as span:
-            response = await self._answer(request)
-            routed = request.get(ROUTED)
-            if routed is not None:
-                span.update_name(f"{request.method} {routed.template()}")
-                span.set_attribute("http.route", routed.template())
+            try:
+                response = await self._answer(request)
+            finally:  # a 400 or 500 raised on to json_errors too
+                routed = request.get(ROUTED)
+                if routed is not None:
+                    span.update_name(f"{request.method} {routed.template()}")
+                    span.set_attribute("http.route", routed.template())
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
                 span.set_status(StatusCode.ERROR)

@@ -69,6 +69,13 @@ def select(request: BulkRequest, matches: list[tuple[str, str, str]]) -> bulk.Se
                                                 request.limit)))  # fmt: skip
 
 
+def chosen_as_asked(query: dict[str, Any]) -> tuple[list[tuple[str, str, str]], int, int]:
+    """What the index's ``choose`` answers for ``MATCHES``, the action's statuses and ids
+    as asked: a stand-in index that chose as for a cancel whatever the action."""
+    rows = [(float(-n), *match) for n, match in enumerate(MATCHES)]
+    return _chosen(choose_among(rows, query["among"], query.get("ids"), query["limit"]))
+
+
 def _chosen(found: Chosen) -> tuple[list[tuple[str, str, str]], int, int]:
     return [(i, s, t) for _, i, s, t in found[0]], found[1], found[2]
 
@@ -177,8 +184,7 @@ async def test_bulk_over_http() -> None:
 
     def matching(**query: Any) -> tuple[list[tuple[str, str, str]], int, int]:
         filters.append(query)
-        chosen = select(BulkRequest("cancel", limit=query["limit"], ids=query["ids"]), MATCHES)
-        return chosen.chosen, chosen.matched, chosen.skipped
+        return chosen_as_asked(query)
 
     async def handler(request: web.Request) -> web.Response:
         return await bulk.bulk_control(request, matching, cast(Client, fake))
@@ -232,8 +238,7 @@ class FakeIndex:
         return self.up
 
     def choose(self, **query: Any) -> tuple[list[tuple[str, str, str]], int, int]:
-        chosen = select(BulkRequest("cancel", limit=query["limit"]), MATCHES)
-        return chosen.chosen, chosen.matched, chosen.skipped
+        return chosen_as_asked(query)
 
     def describe(self, invocation_id: str, journal_limit: int) -> dict[str, Any]:
         return {"id": invocation_id, "journal_limit": journal_limit}
@@ -254,6 +259,8 @@ async def test_bulk_waits_for_the_index_to_catch_up() -> None:
         reply = await http.post("/invocations/cancel?service=Trip&dry_run=true")
         assert reply.status == 200
         assert (await reply.json())["ids"] == [A, B, D]
+        reply = await http.post("/invocations/purge?service=Trip&dry_run=true")
+        assert (await reply.json())["ids"] == [C], "the index asked for the action's statuses"
 
 
 async def test_a_change_a_browser_says_another_site_asked_for_is_refused() -> None:

@@ -564,3 +564,23 @@ def test_a_listing_reads_back_no_argument_or_outcome_from_disk() -> None:
     assert described is not None
     assert (described["argument"], described["outcome"]) == (done.argument, {"value": done.value})
     index.close()
+
+
+@pytest.mark.parametrize("written", [b"1e400", b'"NaN"', b'"-Infinity"'])
+def test_a_cold_meta_whose_time_is_no_number_is_passed_over(written: bytes) -> None:
+    """pydantic reads ``1e400`` as inf and ``"NaN"`` as NaN. Held on disk, the listing's
+    copy wrote inf as null, which failed every listing that held the row (a 500); SQLite
+    refused the NaN as NULL, a spill failure the index then met at each rebuild, for good."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    odd, fine = an_id("odd"), an_id("fine")
+    value = meta(odd, "h", "completed").to_json()
+    assert b'"created_at":100.0' in value
+    index._apply(
+        topic, meta_key(odd), value.replace(b'"created_at":100.0', b'"created_at":' + written)
+    )
+    index._apply(topic, meta_key(fine), meta(fine, "h", "completed").to_json())
+    index.cold.commit()
+    assert [row["id"] for row in index.query()] == [fine]
+    assert index.describe(odd) is None
+    index.close()

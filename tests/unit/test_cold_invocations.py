@@ -560,3 +560,16 @@ async def test_an_outcome_past_its_retention_is_unknown_to_attach_and_cancel() -
         failure = h.responses()[request_id].failure
         assert failure is not None, f"{request_id} answered from an outcome past its retention"
         assert failure.code == 404, f"{request_id}: {failure}"
+
+
+def test_a_sweep_stopped_for_its_time_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The partition looks again ``SWEEP_AGAIN`` later, not a second: a backlog is forgotten
+    in slices with the partition's work between, not at 50 ms a second."""
+    made = [ids.new_id("k", n) for n in range(3)]
+    table = read_back(*((meta_key(inv_id), outcome(inv_id)) for inv_id in made))
+    clock = iter([0.0, invocations.SWEEP_SECONDS + 0.01, 1.0, 1.0])
+    monkeypatch.setattr(invocations, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    assert table.sweep(4e9, table.forget) is True
+    monkeypatch.setattr(invocations, "time", time)
+    assert table.sweep(4e9, table.forget) is False
+    assert len(table) == 0

@@ -21,6 +21,7 @@ from handlers import (
     WorkflowSharedContext,
     select,
 )
+from streams.engine import context as context_module
 from streams.engine.context import MAX_STATE_RECORD
 from streams.engine.journal import meta_key
 from streams.engine.outbox import Out
@@ -393,7 +394,7 @@ async def test_invocation_changelog_keys_kourier_did_not_write_are_passed_over()
     entry = b'{"kind": "set", "name": "n", "done": true}'
     strange = [Out(TOPICS.invocations, 0, key, entry) for key in
                (b"j/x", b"j/" + ids.new_id("s", 1).encode() + b"/one", b"j/\xff\xfe/1",
-                b"\xff\xfe", b"j//3", b"j/inv/\xd9\xa3")]  # fmt: skip
+                b"\xff\xfe", b"j//3", b"j/inv/\xd9\xa3", b"j/inv/" + b"9" * 5000)]  # fmt: skip
     h.hand_over(earlier=strange)
     h.call(Target(service="Edge", key="s", handler="put"), 1, request_id="after")
     await until(lambda: "after" in h.responses())
@@ -474,6 +475,34 @@ async def test_a_state_record_whose_escaped_key_makes_it_too_large_is_a_413() ->
     (record,) = [o for o in h.processor.flush() if o.topic == TOPICS.state]
     assert record.value is not None
     assert len(record.key) + len(record.value) <= MAX_STATE_RECORD
+
+
+failed_once: list[str] = []
+
+
+@edge.handler()
+async def keep_then_fail_once(ctx: ObjectContext, spec: dict[str, Any]) -> str:
+    ctx.set(spec["name"], "x" * spec["size"])
+    if ctx.key not in failed_once:
+        failed_once.append(ctx.key)
+        raise RuntimeError("the first attempt fails after its set")
+    return "kept"
+
+
+async def test_a_state_write_replayed_is_not_measured_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``set`` journaled before the record limit was lowered (an upgrade) replays: it was
+    written. Measured again, the replay raised 413 where the first attempt went on."""
+    h = harness()
+    wide = "\U0001f600" * 4096
+    monkeypatch.setattr(context_module, "MAX_STATE_RECORD", 10 * MAX_STATE_RECORD)
+    h.call(Target(service="Edge", key=wide, handler="keep_then_fail_once"),
+           {"name": wide, "size": MAX_VALUE_BYTES - 2}, request_id="replayed")  # fmt: skip
+    await until(lambda: wide in failed_once)
+    monkeypatch.setattr(context_module, "MAX_STATE_RECORD", MAX_STATE_RECORD)
+    await until(lambda: "replayed" in h.responses())
+    assert h.responses()["replayed"].value == "kept"
 
 
 async def test_error_texts_are_bounded() -> None:
