@@ -294,15 +294,13 @@ async def test_a_workflow_announced_since_the_catalog_was_read_gets_its_runs_id(
     assert [record.invocation_id for record in written] == [inv_id]
 
 
-async def test_an_argument_past_what_a_record_carries_is_a_413(
-    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A worker dead-letters an invoke larger than a record may be: ``send`` returned an
-    invocation id for an invocation that never came to be."""
-    sent: list[object] = []
+@pytest.fixture
+def sent(kourier: Kourier, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """What ``kourier`` gives Faust's producer, as if started, with ``Greeter`` announced."""
+    given: list[object] = []
 
     async def ingress_send(**record: object) -> asyncio.Future[None]:  # Faust's producer
-        sent.append(record)
+        given.append(record)
         delivered = asyncio.get_running_loop().create_future()
         delivered.set_result(None)
         return delivered
@@ -311,6 +309,14 @@ async def test_an_argument_past_what_a_record_carries_is_a_413(
     monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
     monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
     monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
+    return given
+
+
+async def test_an_argument_past_what_a_record_carries_is_a_413(
+    kourier: Kourier, sent: list[object]
+) -> None:
+    """A worker dead-letters an invoke larger than a record may be: ``send`` returned an
+    invocation id for an invocation that never came to be."""
     target = Target(service="Greeter", handler="greet")
     with pytest.raises(TerminalError) as refused:
         await kourier.send(target, "x" * MAX_RECORD_BYTES, idempotency_key="k1")
@@ -319,23 +325,11 @@ async def test_an_argument_past_what_a_record_carries_is_a_413(
 
 
 async def test_a_record_a_worker_would_dead_letter_is_a_400_and_not_sent(
-    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+    kourier: Kourier, sent: list[object]
 ) -> None:
     """Faust's JSON writes a lone surrogate escaped, and its records check no header's type:
     a worker dead-lettered such an invoke and answered nothing, so ``request`` waited out its
     whole timeout and ``send`` named an invocation that never came to be."""
-    sent: list[object] = []
-
-    async def ingress_send(**record: object) -> asyncio.Future[None]:  # Faust's producer
-        sent.append(record)
-        delivered = asyncio.get_running_loop().create_future()
-        delivered.set_result(None)
-        return delivered
-
-    monkeypatch.setattr(kourier.ingress, "send", ingress_send)
-    monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
-    monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
-    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
     target = Target(service="Greeter", handler="greet")
     for argument, headers in (("\udcff", None), ("ada", {"n": 1})):
         with pytest.raises(TerminalError) as refused:
