@@ -123,8 +123,8 @@ def admin(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace, status: int, body: Any, render: output.Render | None) -> int:
     """Print an answer; exit 1 on an error status (its message on stderr for a person)."""
     if status >= 400 and not output.wants_json(args):
-        print(f"kourier: {output.control(body) if isinstance(body, dict) else body}",
-              file=sys.stderr)  # fmt: skip
+        said = output.control(body) if isinstance(body, dict) else str(body)
+        print(f"kourier: {output.terminal_safe(said)}", file=sys.stderr)
         return 1
     output.emit(args, body, render)
     return 0 if status < 400 else 1
@@ -144,7 +144,7 @@ def bulk(args: argparse.Namespace, base: str, filters: dict[str, str]) -> int:
                 f"{count} invocations match; pass --yes to {args.op} them "
                 "(--dry-run lists them), or run this at a terminal to be asked"
             )
-        print(output.bulk(dry), file=sys.stderr)
+        print(output.terminal_safe(output.bulk(dry)), file=sys.stderr)
         print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("kourier: nothing done", file=sys.stderr)

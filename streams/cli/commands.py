@@ -30,7 +30,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A line for a person, on stderr: escaped, as it may quote a server's answer."""
+    print(output.terminal_safe(message), file=sys.stderr, flush=True)
 
 
 # -- broker ------------------------------------------------------------------

@@ -27,7 +27,7 @@ def emit(args: argparse.Namespace, data: Any, human: Render | None = None) -> No
     if human is None or wants_json(args):
         print(json.dumps(data, indent=2), flush=True)
     else:  # every string a user chose (a key, an error's message) goes to a terminal
-        print(_UNSAFE.sub(_escaped, human(data)), flush=True)
+        print(terminal_safe(human(data)), flush=True)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "none") -> str:
@@ -44,7 +44,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "
 #: Characters a value printed as it is could use to move or recolour the terminal, or to
 #: show other text than it holds: control characters, C0 and C1 (U+0080-U+009F: json.dumps
 #: with ensure_ascii=False leaves those), zero-width ones and bidirectional overrides.
-_INVISIBLE = "\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+_INVISIBLE = "\u200b\u200e\u200f\u202a-\u202e\u2060-\u2069\ufeff"  # not the joiners
 _CONTROLS = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
 #: The same, but for the line breaks of what a command prints.
 _UNSAFE = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
@@ -58,7 +58,14 @@ def _escaped(found: re.Match[str]) -> str:
 
 
 def _printable(text: str) -> str:
-    return _CONTROLS.sub(_escaped, text)
+    """``text`` on one line, escaped: for a value a user chose, within a line."""
+    return _CONTROLS.sub(_escaped, str(text))
+
+
+def terminal_safe(text: str) -> str:
+    """What a command prints for a person, its line breaks kept and nothing else that
+    could move or recolour the terminal (the values in it are :func:`_printable` too)."""
+    return _UNSAFE.sub(_escaped, text)
 
 
 def _cut(text: str) -> str:
@@ -98,7 +105,7 @@ def detail(body: dict[str, Any]) -> str:
     ]  # fmt: skip
     lines = [f"{name + ':':<17}{_cell(value)}" for name, value in facts]
     if body.get("waiting_on"):
-        lines.append(f"{'waits on:':<17}{'; '.join(body['waiting_on'])}")
+        lines.append(f"{'waits on:':<17}{'; '.join(map(_printable, body['waiting_on']))}")
     if "tree" in body:
         lines += ["", "calls:", *tree(body)]
     journal = body.get("journal") or []
@@ -116,7 +123,8 @@ def detail(body: dict[str, Any]) -> str:
             what = "/".join(str(what[k]) for k in ("service", "key", "handler") if what.get(k))
         state = "failed " + _cell(entry["failure"]) if entry.get("failure") else (
             "done" if entry.get("done") else "waiting")  # fmt: skip
-        lines.append(f"  #{entry['index']} {entry['kind']} {what} ({state})".replace("  (", " ("))
+        line = f"  #{entry['index']} {entry['kind']} {_printable(what)} ({state})"
+        lines.append(line.replace("  (", " ("))
     return "\n".join(lines)
 
 
@@ -127,7 +135,8 @@ def tree(body: dict[str, Any]) -> list[str]:
     lines = [f"{'  ' * depth}{_node(node)}" for depth, node in enumerate(callers)]
     via = callers[-1]["via"] + " " if callers else ""
     lines.append(
-        f"{'  ' * len(callers)}{via}{body['target']} {body['id']} {body['status']}  <- this"
+        f"{'  ' * len(callers)}{via}{_printable(body['target'])} {body['id']} {body['status']}"
+        "  <- this"
     )
 
     def below(nodes: list[dict[str, Any]], depth: int) -> None:
@@ -144,7 +153,7 @@ def tree(body: dict[str, Any]) -> list[str]:
 
 
 def _node(node: dict[str, Any]) -> str:
-    text = f"{node.get('target', '?')} {node['id']} {node['status']}"
+    text = f"{_printable(node.get('target', '?'))} {node['id']} {node['status']}"
     if not node.get("indexed", True):
         text += " (not indexed)"
     if "duration_ms" in node:
@@ -152,7 +161,7 @@ def _node(node: dict[str, Any]) -> str:
     if node.get("due_at"):
         text += f" due {node['due_at']}"
     if node.get("failure"):
-        text += f" failed {node['failure']['code']} {node['failure']['message']}"
+        text += f" failed {node['failure']['code']} {_printable(node['failure']['message'])}"
     return text
 
 
@@ -188,7 +197,7 @@ def bulk(body: dict[str, Any]) -> str:
 
 def _error(body: Any) -> str:
     if isinstance(body, dict) and "message" in body:
-        return f"error {body.get('code')}: {body['message']}"
+        return f"error {body.get('code')}: {_printable(body['message'])}"
     return json.dumps(body)
 
 
@@ -221,7 +230,8 @@ def deadlocks(body: dict[str, Any]) -> str:
     for cycle in cycles:
         lines.append(f"{cycle['size']} invocations wait in a cycle:")
         lines += [
-            f"  {m['target']} {m['id']} ({m['status']}) waits for {m['waits_for']} by {m['how']}"
+            f"  {_printable(m['target'])} {m['id']} ({m['status']}) waits for"
+            f" {_printable(m['waits_for'])} by {m['how']}"
             for m in cycle["members"]
         ]
     return "\n".join(lines)

@@ -83,7 +83,9 @@ def own_copy(value: Any) -> Any:
 class Entry:
     """One context operation of an invocation, and its result once known."""
 
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    #: A time that is no number (``1e400``, ``"NaN"``, another producer's) is unreadable: no
+    #: date holds it, and SQLite holds NaN as NULL.
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: EntryKind
     name: str | None = None  # state key, ctx.run name, promise name
@@ -148,7 +150,9 @@ class Entry:
 class InvocationMeta:
     """Everything about an invocation except its journal entries."""
 
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    #: A time that is no number (``1e400``, ``"NaN"``, another producer's) is unreadable: no
+    #: date holds it, and SQLite holds NaN as NULL.
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: str
     target: Target

@@ -184,7 +184,9 @@ async def ui_page(request: web.Request) -> web.Response:
     """The web UI: one static page that talks to this admin API. It may run its own inline
     script and style (by their hashes) and ask this origin, and nothing else; no page of
     another site may frame it, where hidden under decoys its buttons could be clicked."""
-    page = _UI.read_bytes()
+    # Line ends as an HTML parser reads them, which is what a browser hashes (a checkout
+    # with CRLF line ends would otherwise serve a page whose script no hash allows).
+    page = _UI.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     headers = {"content-security-policy": ui_policy(page), "x-frame-options": "DENY"}
     return web.Response(body=page, content_type="text/html", headers=headers)
 
@@ -193,7 +195,7 @@ def ui_policy(page: bytes) -> str:
     """The Content-Security-Policy of ``page``: its ``<script>`` and ``<style>`` by hash."""
     allowed = {}
     for tag in ("script", "style"):
-        found = re.findall(rf"<{tag}>(.*?)</{tag}>".encode(), page, re.DOTALL)
+        found = re.findall(rf"<{tag}(?:\s[^>]*)?>(.*?)</{tag}\s*>".encode(), page, re.DOTALL | re.I)
         allowed[tag] = " ".join(
             f"'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'" for body in found
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -348,10 +347,6 @@ class InvocationIndex:
         if meta.status not in COLD:
             self.cold.discard(inv_id)  # in flight again (a scheduled one started)
             return
-        times = (meta.created_at, meta.modified_at, meta.due or 0.0, meta.expires_at or 0.0)
-        if not all(map(math.isfinite, times)):  # SQLite holds NaN as NULL, JSON inf as null
-            del self.log.metas[inv_id]  # another producer's: what was read before stands
-            raise ValueError(f"{inv_id} holds a time that is not a number: {times}")
         assert value is not None
         self.cold.put(meta, meta.to_json() if inv_id in self.log.repaired else value)
         del self.log.metas[inv_id]

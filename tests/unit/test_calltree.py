@@ -583,4 +583,12 @@ def test_a_cold_meta_whose_time_is_no_number_is_passed_over(written: bytes) -> N
     index.cold.commit()
     assert [row["id"] for row in index.query()] == [fine]
     assert index.describe(odd) is None
+    # Unreadable, as any meta no reader takes: what was read of the invocation before stands.
+    index._apply(topic, meta_key(odd), meta(odd, "h", "running").to_json())
+    index._apply(
+        topic, meta_key(odd), value.replace(b'"created_at":100.0', b'"created_at":' + written)
+    )
+    assert [(row["id"], row["status"]) for row in index.query(status="running")] == [
+        (odd, "running")
+    ]  # fmt: skip
     index.close()

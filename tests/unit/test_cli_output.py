@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from streams.cli import output
+from streams.cli import admin, output
 
 
 def test_state_and_cells_print_non_ascii_as_it_is() -> None:
@@ -65,3 +65,34 @@ def test_a_long_cell_is_cut_in_a_table_not_in_json() -> None:
     shown = output.table(rows, ["id", "target", "status"])
     assert max(len(line) for line in shown.splitlines()) < 100
     assert "…" in shown
+
+
+def test_a_line_break_a_user_chose_forges_no_line_and_joiners_are_kept(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failure message or key with a line break printed a line of its own (a fake
+    ``status:``); the joiners of emoji and of Indic and Persian text are text, not tricks.
+    An error answer printed on stderr was not escaped at all."""
+    forged = "x\nstatus:          completed"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    described = {
+        "id": "inv_1", "target": f"Svc/{family}/h", "status": "running",
+        "waiting_on": [forged],
+        "tree": {"callers": [], "truncated": False, "callees": [
+            {"via": "call", "id": "inv_2", "target": "Svc/h", "status": "completed",
+             "indexed": True, "failure": {"code": 500, "message": forged}}]},
+        "journal": [{"index": 0, "kind": "run", "name": forged, "done": True}],
+    }  # fmt: skip
+    shown = output.terminal_safe(output.detail(described))
+    assert "\nstatus:          completed" not in shown
+    assert family in shown
+    deadlock = {"deadlocks": [{"size": 1, "members": [
+        {"target": forged, "id": "inv_1", "status": "running", "waits_for": forged,
+         "how": "call"}]}]}  # fmt: skip
+    assert "\nstatus:" not in output.deadlocks(deadlock)
+    monkeypatch.setattr(output, "wants_json", lambda args: False)
+    admin.show(argparse.Namespace(json=False), 500, {"code": 500, "message": "\x1b]52;c;x\x07"},
+               output.control)  # fmt: skip
+    said = capsys.readouterr().err
+    assert said.startswith("kourier: error 500: ")
+    assert "\x1b" not in said
