@@ -93,6 +93,7 @@ def call_tree(
     now: float | None = None,
     max_depth: int = MAX_DEPTH,
     max_nodes: int = MAX_NODES,
+    count: Callable[[str], int] | None = None,
 ) -> dict[str, Any]:
     """``{"callers": [...], "callees": [...], "truncated": bool}`` around ``invocation_id``.
 
@@ -104,6 +105,9 @@ def call_tree(
     depth limit says how many in ``more``. An invocation the index does not hold (a short
     call that completed between two commits, or one no longer retained) is a node with
     ``"indexed": false`` and what its caller's journal entry knows of it.
+
+    ``journal`` need give no more than ``max_nodes`` calls and sends of an invocation when
+    ``count`` says how many it made (for ``more``).
     """
     now = time.time() if now is None else now
     budget = max_nodes
@@ -130,11 +134,12 @@ def call_tree(
         for parent_id, parent_row in level:
             if parent_id not in metas:
                 continue
-            edges = _edges(journal(parent_id))
-            if depth == max_depth:
-                if edges:
-                    parent_row["more"] = len(edges)
+            if depth == max_depth:  # what lies below is counted, not read
+                more = len(_edges(journal(parent_id))) if count is None else count(parent_id)
+                if more:
+                    parent_row["more"] = more
                 continue
+            edges = _edges(journal(parent_id))
             for index, entry in edges:
                 if budget <= 0:
                     truncated = True

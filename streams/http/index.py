@@ -29,7 +29,7 @@ from pydantic import JsonValue, ValidationError
 from streams.engine.deadlocks import HOLDING, describe, find_cycles, wait_for_edges
 from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_state_key
 from streams.engine.spill import SpillFailed
-from streams.http.calltree import CallLinks, call_tree, iso, parent_of
+from streams.http.calltree import MAX_NODES, CallLinks, call_tree, iso, parent_of
 from streams.http.index_spill import IndexSpill, choose_among
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, listed_topics, watermarks
 from streams.kafka.setbacks import pause_unless
@@ -463,7 +463,9 @@ class InvocationIndex:
                 journal = self.log.numbered(meta)
                 omitted = max(0, len(journal) - journal_limit)
                 row = detail(meta, journal, self.settings.header_denylist, self.links, omitted)
-            row["tree"] = call_tree(invocation_id, self.metas, self._journal, self.links)
+            row["tree"] = call_tree(
+                invocation_id, self.metas, self._journal, self.links, count=self._calls_made
+            )
             holder = self._holder(meta)
             if holder is not None:  # queued behind it: what it waits on is the key
                 row["waiting_on"].append(
@@ -499,9 +501,18 @@ class InvocationIndex:
         meta = self.metas.get(invocation_id)
         if meta is None:
             return []
-        if invocation_id in self._kept:
-            return self.cold.journal(invocation_id, meta.journal_length, calls=True)
+        if invocation_id in self._kept:  # no more than a tree shows: the count says the rest
+            return self.cold.calls(invocation_id, meta.journal_length, MAX_NODES + 1)[0]
         return self.log.numbered(meta)
+
+    def _calls_made(self, invocation_id: str) -> int:
+        """How many calls and sends of an invocation's journal the index holds."""
+        meta = self.metas.get(invocation_id)
+        if meta is None:
+            return 0
+        if invocation_id in self._kept:
+            return self.cold.calls(invocation_id, meta.journal_length, 0)[1]
+        return sum(1 for _, e in self.log.numbered(meta) if e.kind in ("call", "send") and e.callee)
 
     def deadlocks(self) -> list[dict[str, Any]]:
         """Wait-for cycles among the indexed invocations (see ``streams/engine/deadlocks.py``).

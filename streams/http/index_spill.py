@@ -196,21 +196,31 @@ class IndexSpill:
         if self._any:
             self._db.write("DELETE FROM entries WHERE id = ?", (inv_id,))
 
-    def journal(
-        self, inv_id: str, length: int, last: int = -1, calls: bool = False
-    ) -> list[tuple[int, Entry]]:
+    def journal(self, inv_id: str, length: int, last: int = -1) -> list[tuple[int, Entry]]:
         """The entries held of ``inv_id``'s journal below ``length``, with their indexes:
-        the ``last`` ones only, when given; its calls and sends only, with ``calls`` (what
-        a call tree reads)."""
+        the ``last`` ones only, when given."""
         if not self._any:
             return []
-        kinds = " AND kind IN ('call', 'send')" if calls else ""
         rows = self._db.query(
-            f"SELECT idx, entry FROM (SELECT idx, entry FROM entries WHERE id = ? AND idx < ?"
-            f"{kinds} ORDER BY idx DESC LIMIT ?) ORDER BY idx",
+            "SELECT idx, entry FROM (SELECT idx, entry FROM entries WHERE id = ? AND idx < ?"
+            " ORDER BY idx DESC LIMIT ?) ORDER BY idx",
             (inv_id, length, last),
         )
         return [(int(index), Entry.from_json(entry)) for index, entry in rows]
+
+    def calls(self, inv_id: str, length: int, first: int) -> tuple[list[tuple[int, Entry]], int]:
+        """The first ``first`` calls and sends held of ``inv_id``'s journal below ``length``,
+        and how many it holds: what a call tree shows (at most 100 nodes) of a workflow
+        that made a hundred thousand sends."""
+        if not self._any:
+            return [], 0
+        where = "WHERE id = ? AND idx < ? AND kind IN ('call', 'send')"
+        rows = self._db.query(
+            f"SELECT idx, entry FROM entries {where} ORDER BY idx LIMIT ?", (inv_id, length, first)
+        )
+        counted = self._db.query(f"SELECT COUNT(*) FROM entries {where}", (inv_id, length))
+        held = int(counted[0][0]) if counted else 0
+        return [(int(index), Entry.from_json(entry)) for index, entry in rows], held
 
     def journal_held(self, inv_id: str, length: int) -> int:
         """How many entries of ``inv_id``'s journal below ``length`` are held."""

@@ -592,3 +592,38 @@ def test_a_cold_meta_whose_time_is_no_number_is_passed_over(written: bytes) -> N
         (odd, "running")
     ]  # fmt: skip
     index.close()
+
+
+def test_the_tree_of_a_kept_journal_reads_what_it_shows_and_counts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The call tree read every call and send of a completed journal from disk, to show at
+    most 100 of them: a workflow that made 100,000 sends was 100,000 entries parsed under
+    the index's lock each second its page was open."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    done, made = an_id("sender"), 300
+    index._apply(topic, meta_key(done), meta(done, "h", journal_length=made).to_json())
+    for n in range(made):
+        sent = Entry(kind="send", target=Target(service="Svc", handler="s"),
+                     callee=an_id(f"sent-{n}"), done=True)  # fmt: skip
+        index._apply(topic, entry_key(done, n), sent.to_json())
+    index._apply(topic, meta_key(done), meta(done, "h", "completed", journal_length=made).to_json())
+    parsed = [0]
+    real = Entry.from_json
+
+    def counted(value: bytes | str) -> Entry:
+        parsed[0] += 1
+        return real(value)
+
+    monkeypatch.setattr(Entry, "from_json", staticmethod(counted))
+    described = index.describe(done, journal_limit=10)
+    assert described is not None
+    assert len(described["tree"]["callees"]) == 100
+    assert described["tree"]["truncated"]
+    assert parsed[0] <= 10 + 101, f"{parsed[0]} entries parsed for 10 shown and 100 nodes"
+    shallow = call_tree(done, index.metas, index._journal, index.links, max_depth=0,
+                        count=index._calls_made)  # fmt: skip
+    assert shallow["callees"] == []
+    assert index._calls_made(done) == made
+    index.close()
