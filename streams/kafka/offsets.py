@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -363,12 +364,21 @@ def consume_ready(
     return [first, *rest]
 
 
+#: ``Message.headers``, called through the interpreter's generic call path.
+_HEADERS = operator.methodcaller("headers")
+
+
 def headers_of(message: Message) -> list[tuple[str, str | bytes | None]] | None:
     """A record's headers (none: empty), or None when one's name is not UTF-8, as Kafka's
-    header keys are (another client wrote it): confluent-kafka then raises ``SystemError``
-    on the first read, and gives a NULL name on the next."""
+    header keys are (another client wrote it).
+
+    confluent-kafka then returns a list holding a NULL name with the decoding error left
+    set; the generic call path turns that into ``SystemError`` here. Called as
+    ``message.headers()``, once Python 3.11 has specialized the call (after a few records)
+    it returns that list: the error surfaced at some later call, and printing the list
+    crashed the process."""
     try:
-        headers = message.headers() or []
+        headers = _HEADERS(message) or []
     except (SystemError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
     return list(headers.items()) if isinstance(headers, dict) else headers
