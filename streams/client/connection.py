@@ -63,6 +63,12 @@ class ServiceInfo(BaseModel):
         return None if info is None else info.get("kind")
 
 
+#: Seconds a record waits for room in librdkafka's queue, full in a long outage, before
+#: it is refused (KafkaUnavailable, nothing written): a call waiting on did so until its
+#: timeout, whose answer says the invocation may go on.
+QUEUE_FULL_WAIT = 30.0
+
+
 class KafkaUnavailable(KourierError, RuntimeError):
     """Kafka could not take or deliver the record in time (HTTP 503)."""
 
@@ -294,6 +300,7 @@ class Connection:
                 self._reports.append((delivered, error))
 
         pause = 0.005  # while librdkafka's queue is full, doubling: a long outage fills it
+        full_until = self._loop.time() + QUEUE_FULL_WAIT
         while True:
             try:
                 self._producer.produce(
@@ -306,6 +313,11 @@ class Connection:
                 )
                 break
             except BufferError:
+                if self._loop.time() > full_until:  # not queued: a 503, not "it may go on"
+                    raise KafkaUnavailable(
+                        f"the client's queue of records for Kafka has been full for"
+                        f" {QUEUE_FULL_WAIT:g}s (Kafka unreachable?): nothing was written"
+                    ) from None
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 0.1)
                 self.check_open()

@@ -92,6 +92,22 @@ async def test_a_full_queue_is_tried_again_less_and_less_often(
     assert pauses == [0.005, 0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1]
 
 
+async def test_a_queue_full_for_long_refuses_the_record_as_not_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record that never found room waited as long as its caller: over HTTP, until the
+    call's timeout, whose 408 said the invocation goes on, though nothing was written."""
+    monkeypatch.setattr(connection_module, "QUEUE_FULL_WAIT", 0.2)
+    producer = Full(times=10**9)
+    connection = started(producer)
+    response: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    with pytest.raises(KafkaUnavailable, match="nothing was written"):
+        await asyncio.wait_for(
+            connection.produce("unit.ingress", b"{}", 0, "k", failing=response), 10
+        )
+    assert producer.tries > 2
+
+
 class Reporting:
     """A producer that takes the record and keeps its delivery callback, for the test to
     report on, as librdkafka's polling thread would."""
