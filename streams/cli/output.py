@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,10 +36,19 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "
     if not rows:
         return empty
     cells = [[_cut(_cell(row.get(c))) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    widths = [max(len(c), *(_width(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = [[c.upper() for c in columns], *cells]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
-                     for line in lines)  # fmt: skip
+    return "\n".join("  ".join(v + " " * (w - _width(v)) for v, w in zip(line, widths, strict=True)
+                               ).rstrip() for line in lines)  # fmt: skip
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes at a terminal: two for a wide character (CJK, most emoji),
+    none for a combining one."""
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
+               else 1 for c in text)  # fmt: skip
 
 
 #: Characters a value printed as it is could use to move or recolour the terminal, or to

@@ -96,3 +96,16 @@ def test_a_line_break_a_user_chose_forges_no_line_and_joiners_are_kept(
     said = capsys.readouterr().err
     assert said.startswith("kourier: error 500: ")
     assert "\x1b" not in said
+
+
+def test_a_table_lines_up_wide_characters_by_the_columns_they_take() -> None:
+    """Widths counted code points: a key of CJK characters or emoji pushed its row's next
+    column right of the others."""
+    rows = [{"key": "漢字", "status": "running"}, {"key": "ab", "status": "completed"},
+            {"key": "e\u0301", "status": "paused"}]  # fmt: skip
+    assert output.table(rows, ["key", "status"]).splitlines() == [
+        "KEY   STATUS",
+        "漢字  running",
+        "ab    completed",
+        "e\u0301     paused",
+    ]
