@@ -46,7 +46,7 @@ from streams.wire.topics import Topics
 #: Builds the invocation of a meta read back, with how many journal entries the changelog
 #: holds of it (the partition's ``thaw``).
 Thaw = Callable[[InvocationMeta, int], Invocation]
-#: Cold retained outcomes forgotten at most per sweep (a second): see ``expired``.
+#: Cold retained outcomes read back at most per sweep: see ``expired``.
 EXPIRED_AT_ONCE = 10_000
 #: Seconds a sweep forgets for at most, on the event loop; what is left waits for the
 #: next, ``SWEEP_AGAIN`` later (a backlog drains in slices, with the partition's work between).

@@ -79,13 +79,17 @@ def own_copy(value: Any) -> Any:
 # the same.
 
 
+#: How a changelog record is read: no field it does not know, and a time that is no number
+#: (``1e400``, ``"NaN"``, another producer's) unreadable: no date holds it, and SQLite
+#: holds NaN as NULL.
+_READ = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 @dataclass(slots=True)
 class Entry:
     """One context operation of an invocation, and its result once known."""
 
-    #: A time that is no number (``1e400``, ``"NaN"``, another producer's) is unreadable: no
-    #: date holds it, and SQLite holds NaN as NULL.
-    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
+    __pydantic_config__ = _READ
 
     kind: EntryKind
     name: str | None = None  # state key, ctx.run name, promise name
@@ -150,9 +154,7 @@ class Entry:
 class InvocationMeta:
     """Everything about an invocation except its journal entries."""
 
-    #: A time that is no number (``1e400``, ``"NaN"``, another producer's) is unreadable: no
-    #: date holds it, and SQLite holds NaN as NULL.
-    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
+    __pydantic_config__ = _READ
 
     id: str
     target: Target
@@ -179,8 +181,9 @@ class InvocationMeta:
     expires_at: float | None = None  # completed and retained until then
     trace: str | None = None  # W3C trace context of what started it (streams.tracing)
 
-    def to_json(self) -> bytes:
-        return _META.dump_json(self, exclude_none=True)
+    def to_json(self, exclude: set[str] | None = None) -> bytes:
+        """The meta as the changelog holds it; without the fields ``exclude`` names."""
+        return _META.dump_json(self, exclude_none=True, exclude=exclude)
 
     def outlived(self, now: float) -> bool:
         """A retained outcome whose retention has passed at ``now``: as good as forgotten

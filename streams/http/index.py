@@ -502,7 +502,7 @@ class InvocationIndex:
         if meta is None:
             return []
         if invocation_id in self._kept:  # no more than a tree shows: the count says the rest
-            return self.cold.calls(invocation_id, meta.journal_length, MAX_NODES + 1)[0]
+            return self.cold.calls(invocation_id, meta.journal_length, MAX_NODES + 1)
         return self.log.numbered(meta)
 
     def _calls_made(self, invocation_id: str) -> int:
@@ -511,7 +511,7 @@ class InvocationIndex:
         if meta is None:
             return 0
         if invocation_id in self._kept:
-            return self.cold.calls(invocation_id, meta.journal_length, 0)[1]
+            return self.cold.calls_held(invocation_id, meta.journal_length)
         return sum(1 for _, e in self.log.numbered(meta) if e.kind in ("call", "send") and e.callee)
 
     def deadlocks(self) -> list[dict[str, Any]]:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import JsonValue, TypeAdapter
+from pydantic import JsonValue
 
 from streams.engine.journal import Entry, InvocationMeta
 from streams.engine.spill import Spill
@@ -29,8 +29,9 @@ from streams.engine.spill import Spill
 CACHE_KIB = 8192
 #: Ids looked up by one statement (SQLite takes 32,766 parameters since 3.32, 999 before).
 _IDS_PER_QUERY = 500
+#: The calls and sends of one journal below a length (what a call tree reads).
+_CALLS = "WHERE id = ? AND idx < ? AND kind IN ('call', 'send')"
 
-_META = TypeAdapter(InvocationMeta)
 #: What an invocation's list row does not show (``streams.http.index.summary``).
 _NOT_LISTED = {"argument", "value", "headers", "failure", "request_ids", "attachers", "trace"}
 
@@ -84,7 +85,7 @@ class IndexSpill:
     def put(self, meta: InvocationMeta, written: bytes) -> None:
         """Hold ``meta``, written as ``written``, in place of what was held under its id."""
         target = meta.target
-        listed = _META.dump_json(meta, exclude_none=True, exclude=_NOT_LISTED)
+        listed = meta.to_json(exclude=_NOT_LISTED)
         self._db.write(
             "INSERT INTO metas (id, status, service, key, target, created_at, due, meta, listed)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
@@ -160,8 +161,7 @@ class IndexSpill:
             for at in range(0, len(wanted), _IDS_PER_QUERY):
                 part = tuple(wanted[at : at + _IDS_PER_QUERY])
                 named = f"id IN ({', '.join('?' * len(part))})"
-                found = self._db.query(f"{columns}{_and(where, named)}", (*params, *part))
-                rows += [(float(a), str(i), str(s), str(t)) for a, i, s, t in found]
+                rows += _rows(self._db.query(f"{columns}{_and(where, named)}", (*params, *part)))
             return choose_among(rows, among, None, limit)
         statuses = tuple(sorted(among))
         applies = _and(where, f"status IN ({', '.join('?' * len(statuses))})")
@@ -171,9 +171,8 @@ class IndexSpill:
             f"{columns}{applies} ORDER BY created_at DESC, id DESC LIMIT ?",
             (*params, *statuses, limit),
         )
-        chosen = [(float(a), str(i), str(s), str(t)) for a, i, s, t in kept]
         count, total = (int(matched[0][0]), int(considered[0][0])) if matched else (0, 0)
-        return chosen, count, total - count
+        return _rows(kept), count, total - count
 
     # -- journals of completed invocations ---------------------------------------------
 
@@ -208,19 +207,23 @@ class IndexSpill:
         )
         return [(int(index), Entry.from_json(entry)) for index, entry in rows]
 
-    def calls(self, inv_id: str, length: int, first: int) -> tuple[list[tuple[int, Entry]], int]:
-        """The first ``first`` calls and sends held of ``inv_id``'s journal below ``length``,
-        and how many it holds: what a call tree shows (at most 100 nodes) of a workflow
-        that made a hundred thousand sends."""
+    def calls(self, inv_id: str, length: int, first: int) -> list[tuple[int, Entry]]:
+        """The first ``first`` calls and sends held of ``inv_id``'s journal below ``length``:
+        what a call tree shows (at most 100 nodes) of a workflow that made a hundred
+        thousand sends (:meth:`calls_held` counts them)."""
         if not self._any:
-            return [], 0
-        where = "WHERE id = ? AND idx < ? AND kind IN ('call', 'send')"
+            return []
         rows = self._db.query(
-            f"SELECT idx, entry FROM entries {where} ORDER BY idx LIMIT ?", (inv_id, length, first)
+            f"SELECT idx, entry FROM entries {_CALLS} ORDER BY idx LIMIT ?", (inv_id, length, first)
         )
-        counted = self._db.query(f"SELECT COUNT(*) FROM entries {where}", (inv_id, length))
-        held = int(counted[0][0]) if counted else 0
-        return [(int(index), Entry.from_json(entry)) for index, entry in rows], held
+        return [(int(index), Entry.from_json(entry)) for index, entry in rows]
+
+    def calls_held(self, inv_id: str, length: int) -> int:
+        """How many calls and sends of ``inv_id``'s journal below ``length`` are held."""
+        if not self._any:
+            return 0
+        rows = self._db.query(f"SELECT COUNT(*) FROM entries {_CALLS}", (inv_id, length))
+        return int(rows[0][0]) if rows else 0
 
     def journal_held(self, inv_id: str, length: int) -> int:
         """How many entries of ``inv_id``'s journal below ``length`` are held."""
@@ -269,6 +272,11 @@ def _filter(
             clauses.append(f"{column} = ?")
             params.append(value)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _rows(found: list[Any]) -> list[Row]:
+    """SQLite's ``(created_at, id, status, target)`` rows as :data:`Row`."""
+    return [(float(at), str(i), str(status), str(t)) for at, i, status, t in found]
 
 
 def _and(where: str, clause: str) -> str:
