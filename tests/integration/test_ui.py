@@ -12,12 +12,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from playwright.async_api import (
     Browser,
     Dialog,
+    Locator,
     Page,
     Request,
     Route,
@@ -48,6 +50,20 @@ async def page() -> AsyncIterator[Page]:
             yield opened
         finally:
             await browser.close()
+
+
+async def a_held_call(
+    page: Page, client: Client, admin_url: str, key: str, handler: str
+) -> tuple[asyncio.Task[Any], Locator]:
+    """``Trip/<key>/<handler>`` called to hold its key 60 s (the idempotency key ``key``
+    keeps its outcome, and its page), and its row in the UI's list filtered by that key."""
+    call = asyncio.create_task(
+        client.object("Trip", key, handler).request(60_000, idempotency_key=key)
+    )
+    await page.goto(f"{admin_url}/ui#/?service=Trip&key={key}")
+    row = page.locator("#invocations tr.row", has_text=f"Trip/{key}/{handler}")
+    await expect(row).to_have_count(1, timeout=30_000)
+    return call, row
 
 
 async def test_cancel_a_blocked_invocation_from_the_ui(
@@ -210,12 +226,7 @@ async def test_the_call_tree_links_caller_and_callee(
     await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
     # plan on ui-tree waits in a call to reserve on ui-tree-hotel, which holds a 60 s timer;
     # the idempotency key keeps plan's outcome (and page) once it completes.
-    call = asyncio.create_task(
-        client.object("Trip", "ui-tree", "plan").request(60_000, idempotency_key="ui-tree")
-    )
-    await page.goto(f"{admin_url}/ui#/?service=Trip&key=ui-tree")
-    row = page.locator("#invocations tr.row", has_text="Trip/ui-tree/plan")
-    await expect(row).to_have_count(1, timeout=30_000)
+    call, row = await a_held_call(page, client, admin_url, "ui-tree", "plan")
     plan_id = await row.get_attribute("data-id")
     await row.click()
     tree = page.get_by_test_id("tree")
@@ -298,12 +309,7 @@ async def test_a_kill_from_the_detail_page_is_asked_first_and_an_odd_id_acts_on_
     """A kill or purge acted on one click, where a bulk one asks; and an id taken from the
     page's address went into the request's path as it was: ``inv_A%2Fkill%3F`` made its
     Resume button a kill of ``inv_A``."""
-    call = asyncio.create_task(
-        client.object("Trip", "ui-kill", "reserve").request(60_000, idempotency_key="ui-kill")
-    )
-    await page.goto(f"{admin_url}/ui#/?service=Trip&key=ui-kill")
-    row = page.locator("#invocations tr.row", has_text="Trip/ui-kill/reserve")
-    await expect(row).to_have_count(1, timeout=30_000)
+    call, row = await a_held_call(page, client, admin_url, "ui-kill", "reserve")
     held = await row.get_attribute("data-id")
     assert held is not None
     # The held id with "/kill?" after it: shown as unknown, and Resume kills nothing.
