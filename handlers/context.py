@@ -11,12 +11,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 T = TypeVar("T")
 
 #: A handler function, or a handler name.
 HandlerRef = Callable[..., Awaitable[Any]] | str
+#: What ``ctx.run`` performs: a coroutine function, or a plain function (run on a thread).
+Action = Callable[[], Awaitable[Any]] | Callable[[], Any]
 
 
 class DurableFuture(ABC, Generic[T]):
@@ -132,14 +134,25 @@ class Context(ABC):
     def sleep(self, duration: timedelta) -> DurableFuture[None]:
         """A durable timer: it survives crashes and costs nothing while it waits."""
 
+    @overload
+    def run(self, name: str, action: Action) -> DurableFuture[Any]: ...
+
+    @overload
+    def run(self, name: str, action: Action, *, type_hint: type[T]) -> DurableFuture[T]: ...
+
     @abstractmethod
     def run(
-        self, name: str, action: Callable[[], Awaitable[T]] | Callable[[], T]
-    ) -> DurableFuture[T]:
+        self, name: str, action: Action, *, type_hint: type[Any] | None = None
+    ) -> DurableFuture[Any]:
         """Run a side effect once and journal its result.
 
         Once journaled it is never executed again; a crash between the effect
         and its journal commit runs it again (at-least-once).
+
+        The result is journaled as JSON and returned as that JSON, on the first run as on
+        a replay (a pydantic model as a dict, a tuple as a list, a ``datetime`` as its
+        ISO string), or validated as ``type_hint`` when given (a result that does not fit
+        it raises :class:`TerminalError` 500, as it would on every run).
         """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_type_hints
@@ -22,6 +23,7 @@ class Serde:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_adapter", TypeAdapter(self.annotation))
+        object.__setattr__(self, "_any", self.annotation in (Any, object))
 
     @property
     def adapter(self) -> TypeAdapter[Any]:
@@ -31,9 +33,19 @@ class Serde:
     def load(self, value: Any, what: str, status_code: int = 400) -> Any:
         """Validate a decoded JSON value. A value that does not fit fails the same way on
         every attempt, so it is a :class:`TerminalError`: the caller's mistake (400) by
-        default, or ``status_code`` (500 for a value the handler stored itself)."""
+        default, or ``status_code`` (500 for a value the handler stored itself).
+
+        The value is validated as the JSON it was read from, in pydantic's JSON mode: what
+        :meth:`dump` wrote comes back as it was (a strict model's ``datetime``, ``UUID`` or
+        tuple, which in Python mode would refuse the string or list it was written as)."""
+        if self.__dict__["_any"]:
+            return value
         try:
-            return self.adapter.validate_python(value)
+            try:
+                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+            except (TypeError, ValueError, RecursionError):  # not JSON: validated as it is
+                return self.adapter.validate_python(value)
+            return self.adapter.validate_json(text)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -77,7 +89,7 @@ def signature_of(fn: Callable[..., Any]) -> Signature:
             f"handler {fn.__qualname__} must take (ctx) or (ctx, input), "
             f"not {len(params)} parameters"
         )
-    hints = get_type_hints(fn)
+    hints = get_type_hints(fn, include_extras=True)  # Annotated[int, Field(gt=0)] too
     takes_input = len(params) == 2
     input_type = hints.get(params[1].name, Any) if takes_input else Any
     output_type = hints.get("return", Any)

@@ -6,6 +6,8 @@ happens at import. The runtime binds definitions when a worker starts.
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import cached_property
@@ -20,6 +22,34 @@ HandlerKind = Literal["exclusive", "shared", "workflow"]
 _REF_ATTR = "__kourier_handler__"
 #: How long idempotency keys and workflow runs are remembered, unless a service says.
 DEFAULT_IDEMPOTENCY_RETENTION = timedelta(hours=24)
+#: A service's or handler's name: a Python identifier in ASCII, of at most 200 characters
+#: (what a call record's target takes; a longer or non-ASCII one could not be called).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _check_name(what: str, name: str) -> None:
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"{what} name {name!r} must be a Python identifier in ASCII, of at most 200 characters"
+        )
+
+
+def _check_function(path: str, fn: Callable[..., Any]) -> None:
+    """A handler is ``async def h(ctx)`` or ``async def h(ctx, input)``: anything else would
+    fail on every attempt (a ``TypeError`` is retried until the invocation pauses), and a
+    plain function would repeat its side effects on each."""
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"handler {path} must be an async function (async def)")
+    params = list(inspect.signature(fn).parameters.values())
+    if not 1 <= len(params) <= 2 or any(p.kind not in _POSITIONAL for p in params):
+        shown = ", ".join(str(p) for p in params)
+        raise TypeError(f"handler {path} must take (ctx) or (ctx, input), not ({shown})")
+
+
+def _check_retention(what: str, value: timedelta) -> None:
+    if not isinstance(value, timedelta) or value < timedelta(0):
+        raise ValueError(f"{what} must be a timedelta of zero or more, not {value!r}")
 
 
 class HandlerDef:
@@ -82,8 +112,10 @@ class ServiceDefinition:
         remembered; ``completed_retention``: how long other invocations' outcomes stay
         attachable; ``inactivity_timeout``: how long a waiting handler stays in memory
         before it is suspended."""
-        if not name.isidentifier():
-            raise ValueError(f"service name {name!r} must be a Python identifier")
+        _check_name("service", name)
+        _check_retention("idempotency_retention", idempotency_retention)
+        _check_retention("completed_retention", completed_retention)
+        _check_retention("inactivity_timeout", inactivity_timeout)
         self.name = name
         self.retry = retry  # None: the worker's default (KOURIER_RETRY_*)
         self.idempotency_retention = idempotency_retention
@@ -101,8 +133,8 @@ class ServiceDefinition:
     ) -> Callable[[F], F]:
         def record(fn: F) -> F:
             handler_name = name or fn.__name__
-            if not handler_name.isidentifier():
-                raise ValueError(f"handler name {handler_name!r} must be a Python identifier")
+            _check_name("handler", handler_name)
+            _check_function(f"{self.name}/{handler_name}", fn)
             if handler_name in self.handlers:
                 raise ValueError(f"{self.name} already has a handler named {handler_name!r}")
             main = next((h.name for h in self.handlers.values() if h.kind == "workflow"), None)
@@ -148,6 +180,8 @@ class VirtualObject(ServiceDefinition):
         kind: Literal["exclusive", "shared"] = "exclusive",
         retry: RetryPolicy | None = None,
     ) -> Callable[[F], F]:
+        if kind not in ("exclusive", "shared"):  # a typo ("Shared"), or "workflow"
+            raise ValueError(f"an object handler's kind is 'exclusive' or 'shared', not {kind!r}")
         return self._register(name, kind, retry)
 
 

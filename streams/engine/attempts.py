@@ -138,9 +138,8 @@ class Attempts:
                 fits_with_argument(size, inv.meta.argument, handler.path)
         except TerminalError as error:
             failure = failure_of(error)
-        except NonDeterminismError as error:
-            log.error("%s: %s", inv.meta.id, error)
-            failure = Failure(code=500, message=f"non-deterministic handler: {error}")
+        except NonDeterminismError as error:  # the handler's own, if not the context's
+            ctx.diverged = ctx.diverged or error
         except InvocationClosed:
             if stopped():
                 return None
@@ -154,6 +153,8 @@ class Attempts:
             # them into whatever frame runs: only a handler raises these here.)
             if stopped():
                 return None
+            if ctx.diverged is not None:  # caught, then another error: failed below
+                return self._finish(inv, ctx, None, None)
             # Kourier closes an invocation or its partition, or starts another attempt,
             # before it cancels one. Any other cancel (a future the handler awaited, or code
             # that cancelled the attempt's task itself) is a failure like any exception:
@@ -163,6 +164,16 @@ class Attempts:
             return described(error)
         if stopped():
             return None
+        return self._finish(inv, ctx, value, failure)
+
+    def _finish(
+        self, inv: Invocation, ctx: InvocationContext, value: JsonValue, failure: Failure | None
+    ) -> str | None:
+        """Complete ``inv`` with its outcome, or with a 500 if its attempt diverged from the
+        journal (whatever the handler made of that); what went wrong, if anything."""
+        if ctx.diverged is not None:
+            log.error("%s: %s", inv.meta.id, ctx.diverged)
+            failure = Failure(code=500, message=f"non-deterministic handler: {ctx.diverged}")
         failure = self._complete(inv, value, failure)
         return None if failure is None else f"{failure.code} {failure.message}"
 

@@ -9,14 +9,16 @@ differs from its entry fails the invocation with :class:`NonDeterminismError`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
 
 from handlers.combinators import Combinable
 from handlers.context import (
+    Action,
     Callee,
     CallFuture,
     DurableFuture,
@@ -179,12 +181,24 @@ class _Recipient(Recipient):
 
 
 def _target(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
+    """The target a handler names; one no record can carry (a key over 4,096 characters,
+    a name with a space) fails the same way on every attempt, so it is its 400."""
     if isinstance(ref, str):
         if handler is None:
-            raise TypeError(f"name the handler: ctx.{kind}({ref!r}, ..., 'handler')")
-        return Target(service=ref, handler=handler, key=key)
-    definition = handler_of(ref)
-    return Target(service=definition.service.name, handler=handler or definition.name, key=key)
+            raise TerminalError(f"name the handler: ctx.{kind}({ref!r}, ..., 'handler')", 400)
+        service = ref
+    else:
+        try:
+            definition = handler_of(ref)
+        except TypeError as error:  # a function no decorator recorded
+            raise TerminalError(str(error), 400) from None
+        service, handler = definition.service.name, handler or definition.name
+    try:
+        return Target(service=service, handler=handler, key=key)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TerminalError(f"a call's target is invalid: {where}: {first['msg']}", 400) from None
 
 
 class InvocationContext(WorkflowContext):
@@ -197,6 +211,10 @@ class InvocationContext(WorkflowContext):
         # that goes on using it once the attempt has ended (returned, failed, or replaced
         # by the next attempt) is stopped, instead of writing state after the key was let go.
         self._attempt = asyncio.current_task()
+        #: The divergence from the journal this attempt met, if any: the invocation fails
+        #: with it even when the handler catches it (an ``except Exception`` that carried
+        #: on would check its next operations against the wrong entries).
+        self.diverged: NonDeterminismError | None = None
 
     # -- journal -----------------------------------------------------------
 
@@ -210,6 +228,8 @@ class InvocationContext(WorkflowContext):
     def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
         """Claim the next journal index; return the recorded entry when replaying."""
         self.check_current()
+        if self.diverged is not None:  # caught, and the handler went on: no further step
+            raise NonDeterminismError(str(self.diverged))
         name = expected.get("name")
         if name is not None and not isinstance(name, str):
             # A UUID or an int for a state or promise name journals, then fails to be
@@ -237,11 +257,12 @@ class InvocationContext(WorkflowContext):
         )
         if mismatched:
             wanted = Entry(kind=kind, **expected).describe()
-            raise NonDeterminismError(
+            self.diverged = NonDeterminismError(
                 f"journal entry {index} of {self.invocation.meta.id} is {entry.describe()}, "
                 f"but the handler now does {wanted}: handlers must repeat the same context "
                 "operations in the same order on every run"
             )
+            raise self.diverged
         return index, entry
 
     def _new_entry(self, entry: Entry) -> int:
@@ -337,8 +358,9 @@ class InvocationContext(WorkflowContext):
     @property
     def key(self) -> str:
         key = self.invocation.meta.target.key
-        if key is None:
-            raise TypeError("a service has no key")
+        if key is None:  # the context type says so; a clear failure, not one retried
+            raise TerminalError(f"{self.invocation.handler.path} is a service's handler, and"
+                                " services have no key")  # fmt: skip
         return key
 
     def request(self) -> Request:
@@ -445,12 +467,13 @@ class InvocationContext(WorkflowContext):
         return _EntryFuture(self, index)
 
     def run(
-        self, name: str, action: Callable[[], Awaitable[T]] | Callable[[], T]
-    ) -> DurableFuture[T]:
+        self, name: str, action: Action, *, type_hint: type[Any] | None = None
+    ) -> DurableFuture[Any]:
         index, entry = self._step("run", name=name)
         if entry is None:
             self.invocation.append(Entry(kind="run", name=name))
-        return _RunFuture(self, index, lambda: run_entry(self.invocation, index, action))
+        serde = None if type_hint is None else Serde(type_hint)
+        return _RunFuture(self, index, lambda: run_entry(self.invocation, index, action, serde))
 
     # -- state -------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from handlers.retry import RetryPolicy
-from handlers.service import HandlerDef, ServiceDefinition
+from handlers.service import HandlerDef, ServiceDefinition, Workflow
 from streams.errors import KourierError
 from streams.wire.records import Target
 
@@ -30,6 +30,9 @@ class Registry:
                 raise RegistryError(f"two services are named {service.name!r}")
             if not service.handlers:
                 raise RegistryError(f"service {service.name!r} has no handlers")
+            if isinstance(service, Workflow) and service.run_handler is None:
+                # Its run could never be called, and its promises would wait for it forever.
+                raise RegistryError(f"workflow {service.name!r} has no main handler (@.main())")
             for handler in service.handlers.values():
                 _ = handler.signature  # fail now, not at the first call, on a bad signature
             self.services[service.name] = service

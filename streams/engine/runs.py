@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, cast
 
 from handlers.exceptions import TerminalError
+from handlers.serde import Serde
 from streams import tracing
 from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED
@@ -28,9 +29,12 @@ T = TypeVar("T")
 Action = Callable[[], Awaitable[T]] | Callable[[], T]
 
 
-async def run_entry(inv: Invocation, index: int, action: Action[T]) -> T:
+async def run_entry(
+    inv: Invocation, index: int, action: Action[T], serde: Serde | None = None
+) -> Any:
     """The outcome of run entry ``index`` of ``inv``: journaled already, or once
-    ``action`` has run (a pending cancel fails it with 409 instead)."""
+    ``action`` has run (a pending cancel fails it with 409 instead); loaded by ``serde``
+    when the handler gave a type (a result that does not fit is its 500, on every run)."""
     entry = inv.journal[index]
     if not entry.done and inv.take_cancel():
         inv.complete_entry(index, failure=CANCELLED)
@@ -54,7 +58,10 @@ async def run_entry(inv: Invocation, index: int, action: Action[T]) -> T:
                 # while the handler waits on something else): look again.
                 inv.processor.waiting(inv)
         entry = inv.journal[index]
-    return cast(T, outcome(entry))
+    value = outcome(entry)
+    if serde is None:
+        return value
+    return serde.load(value, f"result of ctx.run({entry.name!r})", status_code=500)
 
 
 def ended(runs: dict[int, asyncio.Task[Any]], index: int, task: asyncio.Task[Any]) -> None:

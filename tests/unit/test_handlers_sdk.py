@@ -3,15 +3,18 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Annotated
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 import handlers
 from handlers import RetryPolicy, Service, TerminalError, VirtualObject, Workflow
 from handlers.context import Context, ObjectContext, ObjectSharedContext, WorkflowContext
+from handlers.serde import Serde
 from handlers.service import handler_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,3 +150,91 @@ def test_terminal_error_keeps_code_and_message() -> None:
     assert (error.message, error.status_code) == ("nope", 404)
     with pytest.raises(ValueError, match="400-599"):
         TerminalError("bad", status_code=200)
+
+
+def test_a_name_a_call_record_cannot_carry_is_refused() -> None:
+    """``Service("Café")`` registered, then every call to it was refused as a bad target."""
+    for bad in ("Café", "s" * 201, "not valid", "my-service"):
+        with pytest.raises(ValueError, match="identifier in ASCII"):
+            Service(bad)
+    svc = Service("S" * 200)  # the longest a target takes
+
+    async def grüß(ctx: Context) -> None: ...
+
+    with pytest.raises(ValueError, match="identifier in ASCII"):
+        svc.handler()(grüß)
+
+
+def test_a_handler_that_is_not_async_or_takes_keywords_is_refused() -> None:
+    """Each was accepted, then failed with ``TypeError`` on every attempt until paused
+    (and a plain function repeated its side effects on each)."""
+    svc = Service("Svc")
+
+    def plain(ctx: Context) -> None: ...
+
+    async def keyword_only(ctx: Context, *, order: Order) -> None: ...
+
+    async def variadic(ctx: Context, *args: int) -> None: ...
+
+    async def three(ctx: Context, a: int, b: int) -> None: ...
+
+    with pytest.raises(TypeError, match="must be an async function"):
+        svc.handler()(plain)  # type: ignore[type-var]
+    for fn in (keyword_only, variadic, three):
+        with pytest.raises(TypeError, match=r"must take \(ctx\) or \(ctx, input\)"):
+            svc.handler()(fn)
+    assert not svc.handlers
+
+
+def test_an_object_handler_kind_is_exclusive_or_shared() -> None:
+    """``kind="Shared"`` ran as shared; ``kind="workflow"`` made a once-per-key run."""
+    shop = VirtualObject("Shop")
+    for kind in ("Shared", "workflow"):
+        with pytest.raises(ValueError, match="'exclusive' or 'shared'"):
+            shop.handler(kind=kind)  # type: ignore[arg-type]
+
+
+def test_a_retention_below_zero_is_refused() -> None:
+    for option in ("idempotency_retention", "completed_retention", "inactivity_timeout"):
+        with pytest.raises(ValueError, match=option):
+            Service("Svc", **{option: timedelta(seconds=-1)})  # type: ignore[arg-type]
+
+
+def test_a_workflow_without_a_main_handler_is_refused_where_it_is_registered() -> None:
+    from streams.engine.registry import Registry, RegistryError
+
+    flow = Workflow("Headless")
+
+    @flow.handler()
+    async def click(ctx: WorkflowContext) -> None: ...
+
+    with pytest.raises(RegistryError, match="no main handler"):
+        Registry([flow])
+
+
+def test_annotated_constraints_on_an_input_are_kept() -> None:
+    """``get_type_hints`` without ``include_extras`` dropped them: -5 was taken."""
+    svc = Service("Svc")
+
+    @svc.handler()
+    async def take(ctx: Context, n: Annotated[int, Field(gt=0)]) -> None: ...
+
+    with pytest.raises(TerminalError, match="greater than 0") as failure:
+        svc.handlers["take"].signature.input.load(-5, "input")
+    assert failure.value.status_code == 400
+    assert svc.handlers["take"].signature.input.load(5, "input") == 5
+
+
+class Stamped(BaseModel):
+    model_config = ConfigDict(strict=True)
+    at: datetime
+    span: tuple[int, int]
+    ref: uuid.UUID
+
+
+def test_a_strict_models_value_comes_back_from_the_json_it_was_written_as() -> None:
+    """Validated in Python mode, the ISO string, list and UUID string were refused: a
+    strict model was a 400 as an input, and a 500 when read back from state."""
+    serde = Serde(Stamped)
+    value = Stamped(at=datetime(2026, 12, 6, 20, 0), span=(1, 2), ref=uuid.UUID(int=7))
+    assert serde.load(serde.dump(value), "input") == value

@@ -1,0 +1,122 @@
+"""A handler's misuse of its context that fails the same way on every attempt ends the
+invocation at once with a clear failure, instead of being retried until it pauses with
+its key held; and a result a handler asks for by type comes back as that type. Driven
+with the engine's harness, no Kafka."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+
+from pydantic import BaseModel
+
+from handlers import Context, ObjectContext, RetryPolicy, Service, VirtualObject
+from streams.engine.journal import Entry
+from streams.wire.records import Target
+from tests.unit.harness import Harness, settle, until
+
+#: Retried enough that a retryable failure would show as attempts, not as an answer.
+PATIENT = RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=5)
+things = VirtualObject("Things", retry=PATIENT)
+plain = Service("Plain", retry=PATIENT)
+attempts: dict[str, int] = {}
+
+
+class Stock(BaseModel):
+    item: str
+    count: int
+
+
+@things.handler()
+async def swallows(ctx: ObjectContext) -> str:
+    """Catches whatever its first operation raises, and goes on."""
+    with contextlib.suppress(Exception):  # the mistake under test
+        await ctx.sleep(timedelta(hours=1))
+    return "carried on"
+
+
+@things.handler()
+async def calls_badly(ctx: ObjectContext, how: str) -> str:
+    attempts[how] = attempts.get(how, 0) + 1
+    if how == "long key":
+        await ctx.object("Things", "k" * 5000, "swallows").request(None)
+    elif how == "bad name":
+        await ctx.service("not a name", "h").request(None)
+    else:
+        await ctx.service("Plain", None).request(None)
+    return "called"
+
+
+@plain.handler()
+async def wants_key(ctx: Context) -> str:
+    attempts["key"] = attempts.get("key", 0) + 1
+    return ctx.key  # type: ignore[attr-defined, no-any-return]  # a service has none
+
+
+@things.handler()
+async def runs_typed(ctx: ObjectContext, hint: str) -> list[str]:
+    untyped = await ctx.run("untyped", lambda: Stock(item="tea", count=2))
+    if hint == "fits":
+        typed: object = await ctx.run("typed", lambda: Stock(item="tea", count=2), type_hint=Stock)
+    else:
+        typed = await ctx.run("typed", lambda: {"item": "tea"}, type_hint=Stock)
+    return [type(untyped).__name__, type(typed).__name__]
+
+
+def thing(handler: str) -> Target:
+    return Target(service="Things", key="k", handler=handler)
+
+
+async def test_a_divergence_the_handler_catches_still_fails_the_invocation() -> None:
+    """The handler caught ``NonDeterminismError`` with ``except Exception`` and completed,
+    its later operations checked against the wrong journal entries."""
+    harness = Harness([things])
+    inv_id = harness.call(thing("swallows"), request_id="w")
+    await until(lambda: bool(harness.processor.invocations[inv_id].journal))
+    inv = harness.processor.invocations[inv_id]
+    # The journal recorded something else at entry 0: the replay diverges there.
+    inv.journal[0] = Entry(kind="run", name="other", done=True, value=1)
+    inv.close()
+    harness.processor.attempts.run(inv)
+    await until(lambda: "w" in harness.responses())
+    failure = harness.responses()["w"].failure
+    assert failure is not None, "the handler's own outcome was taken"
+    assert failure.code == 500
+    assert "non-deterministic handler: journal entry 0" in failure.message
+
+
+async def test_a_call_target_no_record_can_carry_is_its_400_on_the_first_attempt() -> None:
+    harness = Harness([things, plain])
+    for how in ("long key", "bad name", "no handler"):
+        harness.call(thing("calls_badly"), how, request_id=how)
+    await until(lambda: {"long key", "bad name", "no handler"} <= set(harness.responses()))
+    for how, said in (("long key", "key"), ("bad name", "service"), ("no handler", "name")):
+        failure = harness.responses()[how].failure
+        assert failure is not None, how
+        assert (failure.code, said in failure.message) == (400, True), failure
+        assert attempts[how] == 1, f"{how}: retried"
+
+
+async def test_the_key_of_a_service_is_a_terminal_failure() -> None:
+    harness = Harness([plain])
+    harness.call(Target(service="Plain", handler="wants_key"), request_id="key")
+    await until(lambda: "key" in harness.responses())
+    failure = harness.responses()["key"].failure
+    assert failure is not None
+    assert (failure.code, "services have no key" in failure.message) == (500, True)
+    assert attempts["key"] == 1, "retried"
+
+
+async def test_a_run_result_comes_back_as_json_or_as_the_type_it_was_asked_for() -> None:
+    harness = Harness([things])
+    harness.call(thing("runs_typed"), "fits", request_id="fits")
+    await until(lambda: "fits" in harness.responses())
+    assert harness.responses()["fits"].value == ["dict", "Stock"]
+
+    harness.call(thing("runs_typed"), "misfits", request_id="misfits")
+    await until(lambda: "misfits" in harness.responses())
+    failure = harness.responses()["misfits"].failure
+    assert failure is not None
+    assert failure.code == 500
+    assert "result of ctx.run('typed')" in failure.message
+    await settle()
