@@ -28,10 +28,19 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 #: A librdkafka configuration value.
 ClientValue = str | int | float | bool
-# Client properties whose values must never be printed or logged.
+# Client properties whose values must never be printed or logged: these, and any whose name
+# holds one of SECRET_WORDS (a private key in PEM, an OAuth client's config line with its
+# clientSecret=, a key's passphrase).
 SECRET_PROPERTIES = frozenset(
-    {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
-)
+    {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret",
+     "sasl.oauthbearer.config", "ssl.key.pem"}
+)  # fmt: skip
+SECRET_WORDS = ("password", "secret", "passphrase", "private.key", "jaas")
+
+
+def is_secret(name: str) -> bool:
+    """Whether the client property ``name`` holds a secret (never printed or logged)."""
+    return name in SECRET_PROPERTIES or any(word in name for word in SECRET_WORDS)
 
 
 def short_duration(text: str) -> timedelta | None:
@@ -124,6 +133,13 @@ class Settings(BaseModel):
     def _lower_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(name.strip().lower() for name in value if name.strip())
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        """Without the newline a Secret made from a file ends with, which no request's
+        header carries (every request was a 401); all blanks is no token."""
+        return None if value is None else (value.strip() or None)
+
     @field_validator("retry_max_attempts", mode="before")
     @classmethod
     def _forever(cls, value: Any) -> Any:
@@ -184,7 +200,7 @@ class Settings(BaseModel):
         values["kafka"] = {
             name[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
             for name, value in env.items()
-            if name.startswith(_KAFKA_PREFIX)
+            if name.startswith(_KAFKA_PREFIX) and value  # empty: unset, as for the others
         }
         flags = {k: v for k, v in overrides.items() if v is not None}
         values.update(flags)
@@ -215,7 +231,7 @@ class Settings(BaseModel):
         data = self.model_dump()
         if data.get("token"):
             data["token"] = "***"
-        data["kafka"] = {k: ("***" if k in SECRET_PROPERTIES else v) for k, v in self.kafka.items()}
+        data["kafka"] = {k: ("***" if is_secret(k) else v) for k, v in self.kafka.items()}
         return data
 
 

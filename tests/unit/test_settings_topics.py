@@ -26,6 +26,31 @@ def test_settings_from_environment_and_flags() -> None:
     assert "hunter2" not in repr(settings.redacted())
 
 
+def test_every_secret_property_is_masked_where_settings_are_logged() -> None:
+    """A worker and an ingress log ``redacted()`` as they start: a private key in PEM and
+    an OAuth config line with its client secret were logged in clear."""
+    secrets = {
+        "KOURIER_KAFKA_SSL_KEY_PEM": "-----BEGIN PRIVATE KEY-----x",
+        "KOURIER_KAFKA_SASL_OAUTHBEARER_CONFIG": "clientId=a clientSecret=s3cret",
+        "KOURIER_KAFKA_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_PASSPHRASE": "open-sesame",
+        "KOURIER_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "s3cret2",
+    }
+    settings = Settings.from_env({**secrets, "KOURIER_KAFKA_SASL_MECHANISM": "OAUTHBEARER"})
+    shown = repr(settings.redacted())
+    for value in secrets.values():
+        assert value not in shown
+    assert "OAUTHBEARER" in shown, "a property that is no secret is shown"
+
+
+def test_a_token_is_read_without_blanks_around_it_and_empty_values_are_unset() -> None:
+    """A Secret made from a file ends with a newline, no request's header carries it: every
+    request was a 401. ``KOURIER_KAFKA_X=`` reached librdkafka as an empty value."""
+    settings = Settings.from_env({"KOURIER_TOKEN": "s3cret\n", "KOURIER_KAFKA_SASL_USERNAME": ""})
+    assert settings.token == "s3cret"
+    assert "sasl.username" not in settings.client_config()
+    assert Settings.from_env({"KOURIER_TOKEN": " \n"}).token is None
+
+
 def test_allowed_hosts_are_read_comma_separated_and_lower_cased() -> None:
     env = {"KOURIER_ALLOWED_HOSTS": "Kourier.LAN, admin.internal,"}
     assert Settings.from_env(env).allowed_hosts == ("kourier.lan", "admin.internal")
