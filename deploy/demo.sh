@@ -5,4 +5,5 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/deploy/setup.sh"
 VENV=${KOURIER_VENV:-$ROOT/.venv}
+cd "$ROOT"  # examples/ is found from the project's root, wherever the demo is started
 exec "$VENV/bin/python" -m examples.demo "$@"

@@ -12,6 +12,9 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v kcat >/dev/null || missing+=(kcat)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# Debian's python3 makes virtualenvs only with python3-venv (ensurepip).
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+command -v python3 >/dev/null && { python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); }
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]} (Debian packages)" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -21,7 +24,11 @@ fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Kourier needs Python 3.11 or newer" >&2; exit 1; }
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# A virtualenv left without pip (made before python3-venv was installed) is made again.
+if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
+  python3 -m venv --clear "$VENV"
+  rm -f "$VENV/.kourier-installed"
+fi
 stamp="$VENV/.kourier-installed"
 want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,21 +68,38 @@ def wait_for_services(url: str, services: set[str], seconds: float) -> None:
     raise RuntimeError(f"{url} did not list {sorted(services)} within {seconds}s")
 
 
+#: Signals that end the demo as Ctrl-C does, through the ``finally`` that stops what it
+#: started (Python's default for them ends the process at once: the broker, in a session
+#: of its own, and the worker and ingress would go on running).
+ENDING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _end(signum: int, _frame: object) -> None:
+    for ending in ENDING:  # a second one must not cut the clean-up short
+        signal.signal(ending, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
+    for ending in ENDING:
+        signal.signal(ending, _end)
     work = Path(tempfile.mkdtemp(prefix="kourier-demo-"))
     processes: list[subprocess.Popen[bytes]] = []
-    step("starting a genuine Apache Kafka broker (KRaft) from deploy/kafka")
-    running = broker.start(work / "kafka", port=0)
-    print(f"broker pid {running.pid} at {running.bootstrap}")
     try:
+        step("starting a genuine Apache Kafka broker (KRaft) from deploy/kafka")
+        running = broker.start(work / "kafka", port=0)
+        print(f"broker pid {running.pid} at {running.bootstrap}", flush=True)
         settings = Settings(bootstrap_servers=running.bootstrap, namespace="demo")
         step("kourier topics create")
         for state in create_topics(settings):
             print(f"  {state.spec.name:<18} {state.partitions} partitions  {state.spec.purpose}")
 
         step("starting `kourier worker examples.quickstart` and `kourier ingress`")
-        env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=running.bootstrap,
-                   KOURIER_NAMESPACE="demo", PYTHONPATH=str(ROOT))  # fmt: skip
+        # The user's own KOURIER_* settings (a token, SASL) are for their cluster, not this
+        # loopback broker: the demo's HTTP calls send no token.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KOURIER_")}
+        env.update(KOURIER_BOOTSTRAP_SERVERS=running.bootstrap, KOURIER_NAMESPACE="demo",
+                   PYTHONPATH=str(ROOT))  # fmt: skip
         port, admin = broker.free_port(), broker.free_port()
         for name, args in (
             ("worker", ["worker", "examples.quickstart"]),

@@ -17,7 +17,7 @@ from streams.kafka import broker
 from streams.settings import Settings
 from streams.wire.topics import Topics
 
-DEFAULT_DATA = Path.home() / ".cache" / "kourier" / "broker"
+DEFAULT_DATA = broker.cache_dir() / "broker"  # KOURIER_CACHE moves it, as the jars
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -430,3 +430,23 @@ def test_a_worker_that_fails_with_handlers_threads_blocked_still_ends(
     assert "RuntimeError: a defect" in capsys.readouterr().err
     assert parser.main(["schema", "ingress"]) == 0  # the flag does not outlive its command
     assert exits == [1]
+
+
+def test_kourier_cache_moves_the_local_brokers_data_as_the_jars(tmp_path: Path) -> None:
+    """``kourier broker start`` and ``kourier dev`` wrote under ``~/.cache/kourier`` whatever
+    ``KOURIER_CACHE`` said (a read-only home stopped them)."""
+    import os
+
+    script = (
+        "from streams.cli.parser import build_parser as b; p = b();"
+        " print(p.parse_args(['broker', 'start']).data);"
+        " print(p.parse_args(['dev', 'examples.quickstart']).data)"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "KOURIER_CACHE": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert shown == [str(tmp_path / "broker"), str(tmp_path / "dev-broker")]
