@@ -144,7 +144,7 @@ class DelayProcessor:
         self._far = Buckets()  # due later: their offsets, by due second
         # Overdue, read while the worker held BACKLOG_HELD (a backlog): offsets in read order.
         self._overdue: array[int] = array("q")
-        self._reading_overdue = False  # a read-back of some of them is under way
+        self._reading_overdue = 0  # how many are being read back (counted in Holding now)
         self._loaded_until = math.floor(clock() + horizon)
         self._fetching = False  # a read-back of far messages soon due is under way
         self._carrying = False  # a carry's read-back is under way
@@ -342,22 +342,27 @@ class DelayProcessor:
         """Read back the next overdue messages that waited for room, if there is some."""
         if self._reading_overdue or not self._overdue:
             return
-        if self._holding.full:
+        room = self._holding.room
+        if room <= 0:
             self._holding.wait(self._on_room)
             return
         offsets: list[int] = []
         while self._overdue and not offsets:
-            taken = self._overdue[:FETCH_BATCH]
-            del self._overdue[:FETCH_BATCH]
+            batch = min(FETCH_BATCH, room)
+            taken = self._overdue[:batch]
+            del self._overdue[:batch]
             offsets = [o for o in taken if o in self._pending]
         if offsets:
-            self._reading_overdue = True
+            # Room taken now: every partition one release woke would see the same room.
+            self._reading_overdue = len(offsets)
+            self._holding.add(len(offsets))
             self._fetcher.fetch(self.partition, offsets, self._on_overdue, wanted=self._open)
 
     def _on_overdue(self, found: list[Fetched], missing: list[int]) -> None:
         if self.closed:
             return
-        self._reading_overdue = False
+        self._holding.drop(self._reading_overdue)  # counted again as each is held
+        self._reading_overdue = 0
         self._take(found, missing)
 
     def _on_room(self) -> None:
@@ -592,4 +597,4 @@ class DelayProcessor:
         self._timer_at = self._refill_at = None
         if was_open:
             self._holding.forget(self._on_room)
-            self._holding.drop(len(self._held))
+            self._holding.drop(len(self._held) + self._reading_overdue)

@@ -27,6 +27,11 @@ class Holding:
     def full(self) -> bool:
         return self.count >= BACKLOG_HELD
 
+    @property
+    def room(self) -> int:
+        """How many more may be held before ``BACKLOG_HELD`` is reached."""
+        return BACKLOG_HELD - self.count
+
     def wait(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the loop, soon) once the count falls below ``BACKLOG_HELD``."""
         self._waiting.add(callback)
