@@ -24,10 +24,11 @@ fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Kourier needs Python 3.11 or newer" >&2; exit 1; }
-# A virtualenv left without pip (made before python3-venv was installed) is made again.
-if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
-  python3 -m venv --clear "$VENV"
-  rm -f "$VENV/.kourier-installed"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# A virtualenv left without pip (made before python3-venv was installed) gets it.
+if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  "$VENV/bin/python" -m ensurepip --upgrade >/dev/null \
+    || { echo "setup: $VENV has no pip and cannot get one: remove it and run again" >&2; exit 1; }
 fi
 stamp="$VENV/.kourier-installed"
 want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)

@@ -97,7 +97,8 @@ def main() -> int:
         step("starting `kourier worker examples.quickstart` and `kourier ingress`")
         # The user's own KOURIER_* settings (a token, SASL) are for their cluster, not this
         # loopback broker: the demo's HTTP calls send no token.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KOURIER_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("KOURIER_") or k == "KOURIER_CACHE"}  # fmt: skip
         env.update(KOURIER_BOOTSTRAP_SERVERS=running.bootstrap, KOURIER_NAMESPACE="demo",
                    PYTHONPATH=str(ROOT))  # fmt: skip
         port, admin = broker.free_port(), broker.free_port()
@@ -207,6 +208,8 @@ def main() -> int:
             return 1
         return 0
     finally:
+        for ending in ENDING:  # one now (a terminal closing) must not cut the clean-up short
+            signal.signal(ending, signal.SIG_IGN)
         step("stopping the ingress, the worker and the broker (by PID)")
         for process in processes:
             process.terminate()

@@ -43,9 +43,13 @@ class Serde:
         try:
             try:
                 text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-            except (TypeError, ValueError, RecursionError):  # not JSON: validated as it is
+                return self.adapter.validate_json(text)
+            except (TypeError, ValueError, RecursionError) as error:
+                if isinstance(error, ValidationError) and not _too_deep(error):
+                    raise
+                # Not JSON, or nested deeper than pydantic's parser goes (200 levels, where
+                # a record may hold 254): validated as it is.
                 return self.adapter.validate_python(value)
-            return self.adapter.validate_json(text)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -68,6 +72,10 @@ class Serde:
 
 JSON = Serde(Any)
 
+
+def _too_deep(error: ValidationError) -> bool:
+    return any(e["type"] == "json_invalid" for e in error.errors())
+
 #: Exactly these types are their own JSON, unchanged by ``Serde(Any).dump`` (not their
 #: subclasses: enums, for one; a typed serde may convert them: an int to a float).
 _AS_IS = frozenset({int, str, bool, type(None)})
@@ -82,13 +90,26 @@ class Signature:
     output: Serde
 
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def parameters_of(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The positional parameters a handler is called with, ``(ctx)`` or ``(ctx, input)``
+    (through ``functools.wraps``); a ``TypeError`` for any other shape, which would fail on
+    every attempt: ``*args``, a keyword-only parameter without a default, none or three."""
+    every = list(inspect.signature(fn).parameters.values())
+    params = [p for p in every if p.kind in _POSITIONAL]
+    needed = [p for p in every if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    variadic = any(p.kind == p.VAR_POSITIONAL for p in every)
+    if not 1 <= len(params) <= 2 or needed or variadic:
+        shown = ", ".join(str(p) for p in every)
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(f"handler {name} must take (ctx) or (ctx, input), not ({shown})")
+    return params
+
+
 def signature_of(fn: Callable[..., Any]) -> Signature:
-    params = list(inspect.signature(fn).parameters.values())
-    if not params or len(params) > 2:
-        raise TypeError(
-            f"handler {fn.__qualname__} must take (ctx) or (ctx, input), "
-            f"not {len(params)} parameters"
-        )
+    params = parameters_of(fn)
     hints = get_type_hints(fn, include_extras=True)  # Annotated[int, Field(gt=0)] too
     takes_input = len(params) == 2
     input_type = hints.get(params[1].name, Any) if takes_input else Any

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any, ClassVar, Literal, TypeVar
 
 from handlers.retry import RetryPolicy
-from handlers.serde import Signature, signature_of
+from handlers.serde import Signature, parameters_of, signature_of
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 ServiceKind = Literal["service", "object", "workflow"]
@@ -25,7 +25,6 @@ DEFAULT_IDEMPOTENCY_RETENTION = timedelta(hours=24)
 #: A service's or handler's name: a Python identifier in ASCII, of at most 200 characters
 #: (what a call record's target takes; a longer or non-ASCII one could not be called).
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def _check_name(what: str, name: str) -> None:
@@ -36,15 +35,14 @@ def _check_name(what: str, name: str) -> None:
 
 
 def _check_function(path: str, fn: Callable[..., Any]) -> None:
-    """A handler is ``async def h(ctx)`` or ``async def h(ctx, input)``: anything else would
-    fail on every attempt (a ``TypeError`` is retried until the invocation pauses), and a
-    plain function would repeat its side effects on each."""
-    if not inspect.iscoroutinefunction(fn):
+    """A handler is ``async def h(ctx)`` or ``async def h(ctx, input)`` (or wraps one with
+    ``functools.wraps``, or is an object with an ``async def __call__``): anything else
+    would fail on every attempt (a ``TypeError`` is retried until the invocation pauses),
+    and a plain function would repeat its side effects on each."""
+    inner = inspect.unwrap(fn)
+    if not any(inspect.iscoroutinefunction(f) for f in (fn, inner, type(inner).__call__)):
         raise TypeError(f"handler {path} must be an async function (async def)")
-    params = list(inspect.signature(fn).parameters.values())
-    if not 1 <= len(params) <= 2 or any(p.kind not in _POSITIONAL for p in params):
-        shown = ", ".join(str(p) for p in params)
-        raise TypeError(f"handler {path} must take (ctx) or (ctx, input), not ({shown})")
+    parameters_of(fn)
 
 
 def _check_retention(what: str, value: timedelta) -> None:

@@ -63,7 +63,7 @@ def http(
     request = Request(url, data=data, method=method)
     if data is not None:
         request.add_header("content-type", "application/json")
-    token = os.environ.get("KOURIER_TOKEN")
+    token = os.environ.get("KOURIER_TOKEN", "").strip()  # as Settings reads it
     if token:
         request.add_header("authorization", f"Bearer {token}")
     try:

@@ -469,10 +469,10 @@ class InvocationContext(WorkflowContext):
     def run(
         self, name: str, action: Action, *, type_hint: type[Any] | None = None
     ) -> DurableFuture[Any]:
+        serde = None if type_hint is None else Serde(type_hint)  # a bad hint: nothing journaled
         index, entry = self._step("run", name=name)
         if entry is None:
             self.invocation.append(Entry(kind="run", name=name))
-        serde = None if type_hint is None else Serde(type_hint)
         return _RunFuture(self, index, lambda: run_entry(self.invocation, index, action, serde))
 
     # -- state -------------------------------------------------------------------

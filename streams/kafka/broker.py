@@ -82,7 +82,7 @@ def node_dirs(data_dir: Path) -> list[Path]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("KOURIER_CACHE", Path.home() / ".cache" / "kourier"))
+    return Path(os.environ.get("KOURIER_CACHE") or Path.home() / ".cache" / "kourier")
 
 
 def kafka_version(deploy_dir: Path = DEPLOY_DIR) -> str:

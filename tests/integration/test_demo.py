@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,9 +59,11 @@ def test_a_demo_ended_by_sigterm_stops_its_broker() -> None:
         text=True,
     )
     pid = None
+    watchdog = threading.Timer(180, demo.kill)  # the read below ends with the demo
+    watchdog.start()
     try:
         assert demo.stdout is not None
-        for line in demo.stdout:  # bounded: the demo ends, and its output with it
+        for line in demo.stdout:
             found = re.match(r"broker pid (\d+) at ", line)
             if found:
                 pid = int(found.group(1))
@@ -75,6 +78,7 @@ def test_a_demo_ended_by_sigterm_stops_its_broker() -> None:
             assert time.monotonic() < deadline, f"broker {pid} still runs after the demo ended"
             time.sleep(0.1)
     finally:
+        watchdog.cancel()
         if demo.poll() is None:
             demo.kill()
             demo.wait()

@@ -450,3 +450,11 @@ def test_kourier_cache_moves_the_local_brokers_data_as_the_jars(tmp_path: Path) 
         check=True,
     ).stdout.split()
     assert shown == [str(tmp_path / "broker"), str(tmp_path / "dev-broker")]
+
+
+def test_an_empty_kourier_cache_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KOURIER_CACHE=`` made the cache the working directory."""
+    from streams.kafka import broker
+
+    monkeypatch.setenv("KOURIER_CACHE", "")
+    assert broker.cache_dir() == Path.home() / ".cache" / "kourier"

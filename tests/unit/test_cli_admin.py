@@ -59,11 +59,13 @@ class Admin(BaseHTTPRequestHandler):
     """Answers ``POST /invocations/{action}`` like the admin API, and records each request."""
 
     requests: ClassVar[list[tuple[str, str, Any]]] = []
+    tokens: ClassVar[list[str | None]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         self.requests.append(("POST", self.path, body))
+        self.tokens.append(self.headers.get("authorization"))
         dry = "dry_run=true" in self.path
         answer: dict[str, Any] = {
             "action": "cancel", "dry_run": dry, "filter": {"service": "Trip"}, "matched": 2,
@@ -87,6 +89,7 @@ class Admin(BaseHTTPRequestHandler):
 @pytest.fixture
 def admin_url() -> Iterator[str]:
     Admin.requests.clear()
+    Admin.tokens.clear()
     with serving(Admin) as url:
         yield url
 
@@ -164,3 +167,14 @@ def test_a_person_reads_tables_and_trees() -> None:
     assert summary[0] == "would kill 1 invocation"
     assert "3 match; only the newest 1 are taken" in summary[1]
     assert output.table([], ["id"], "nothing") == "nothing"
+
+
+def test_the_cli_sends_the_token_without_the_blanks_around_it(
+    admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token from a Secret's file ends with a newline: the CLI put it in the header, which
+    ``http.client`` refuses with a ``ValueError`` no handler caught (a traceback)."""
+    monkeypatch.setenv("KOURIER_TOKEN", "s3cret\n")
+    done = kourier(admin_url, "invocations", "cancel", "--service", "Trip", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert Admin.tokens == ["Bearer s3cret"]

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
@@ -238,3 +239,51 @@ def test_a_strict_models_value_comes_back_from_the_json_it_was_written_as() -> N
     serde = Serde(Stamped)
     value = Stamped(at=datetime(2026, 12, 6, 20, 0), span=(1, 2), ref=uuid.UUID(int=7))
     assert serde.load(serde.dump(value), "input") == value
+
+
+def test_wrapped_and_callable_async_handlers_are_taken() -> None:
+    """A ``functools.wraps`` decorator whose wrapper is a plain function returning the
+    coroutine, an object with ``async def __call__``, and a keyword-only parameter with a
+    default are handlers still."""
+    svc = Service("Wrapped")
+
+    def traced(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)
+
+        return wrapper
+
+    @svc.handler()
+    @traced
+    async def greet(ctx: Context, name: str) -> str:
+        return name
+
+    class Counted:
+        """A class-based decorator."""
+
+        def __init__(self, fn: Any) -> None:
+            functools.update_wrapper(self, fn)
+            self.fn = fn
+
+        async def __call__(self, *args: Any) -> Any:
+            return await self.fn(*args)
+
+    async def hello(ctx: Context) -> str:
+        return "hi"
+
+    async def optional(ctx: Context, order: Order, *, note: str = "") -> None: ...
+
+    svc.handler()(Counted(hello))
+    svc.handler()(optional)
+    assert svc.handlers["greet"].signature.takes_input
+    assert not svc.handlers["hello"].signature.takes_input
+    assert svc.handlers["optional"].signature.input.annotation is Order
+
+
+def test_an_input_nested_deeper_than_the_json_parser_goes_is_still_validated() -> None:
+    """A record may hold 254 levels; pydantic's JSON parser stops at 200."""
+    deep: Any = 1
+    for _ in range(230):
+        deep = [deep]
+    assert Serde(list[Any]).load(deep, "input") == deep
