@@ -76,6 +76,7 @@ JSON = Serde(Any)
 def _too_deep(error: ValidationError) -> bool:
     return any(e["type"] == "json_invalid" for e in error.errors())
 
+
 #: Exactly these types are their own JSON, unchanged by ``Serde(Any).dump`` (not their
 #: subclasses: enums, for one; a typed serde may convert them: an int to a float).
 _AS_IS = frozenset({int, str, bool, type(None)})
