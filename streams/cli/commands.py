@@ -220,13 +220,9 @@ def acls(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(verbose: bool = False) -> None:
-    import logging
+    from streams import logs
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(verbose, os.environ.get("KOURIER_LOG_FORMAT") or "text")
 
 
 def _run_until_signal(

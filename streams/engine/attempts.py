@@ -21,7 +21,7 @@ from pydantic import JsonValue, ValidationError
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.retry import RetryPolicy
 from handlers.service import HandlerDef
-from streams import tracing
+from streams import logs, tracing
 from streams.engine.context import InvocationContext
 from streams.engine.invocation import Invocation, InvocationClosed
 from streams.engine.journal import CANCELLED, own_copy
@@ -106,6 +106,7 @@ class Attempts:
 
     async def _attempt_in(self, inv: Invocation) -> str | None:
         """Run the handler; what went wrong, if anything (None: completed, or closed)."""
+        logs.attempt_of(inv.meta.id)  # this task's log lines name the invocation
         handler = inv.handler
         signature = handler.signature
         ctx = InvocationContext(inv)

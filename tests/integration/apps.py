@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -161,6 +162,16 @@ async def fan_out(ctx: Context, spec: dict[str, object]) -> int:
     for item in range(total):
         ctx.object_send(append, key).send(item)
     return total
+
+
+@relay.handler()
+async def note(ctx: Context, text: str) -> str:
+    """Logs ``text`` on the loop and from a ``ctx.run`` action's thread; returns its own
+    invocation id, which both lines should name."""
+    notes = logging.getLogger("apps.notes")
+    notes.warning("noted %s", text)
+    await ctx.run("note", lambda: notes.warning("noted on a thread %s", text))
+    return ctx.invocation_id
 
 
 @relay.handler()

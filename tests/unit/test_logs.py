@@ -1,0 +1,98 @@
+"""Log lines name the invocation whose attempt logged them (``streams.logs``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from handlers import Context, RetryPolicy, Service
+from streams import logs
+from streams.wire.records import Target
+from tests.unit.harness import Harness, until
+
+chatty = Service("Chatty", retry=RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=2))
+
+
+@chatty.handler()
+async def speak(ctx: Context, fail: bool) -> str:
+    logging.getLogger("apps.chatty").warning("speaking")
+    await ctx.run("aside", lambda: logging.getLogger("apps.chatty").warning("on a thread"))
+    if fail:
+        raise RuntimeError("no voice")
+    return ctx.invocation_id
+
+
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(logs.InvocationFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def kept() -> Iterator[Kept]:
+    handler = Kept()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+async def test_an_attempts_lines_name_its_invocation_and_no_one_elses(kept: Kept) -> None:
+    harness = Harness([chatty])
+    ok = harness.call(Target(service="Chatty", handler="speak"), False, request_id="ok")
+    failing = harness.call(Target(service="Chatty", handler="speak"), True, request_id="no")
+    invocations = harness.processor.invocations
+    await until(
+        lambda: "ok" in harness.responses() and invocations[failing].meta.status == "paused"
+    )
+    logging.getLogger("apps.chatty").warning("outside")
+    by_message: dict[str, set[str | None]] = {}
+    for record in kept.records:
+        by_message.setdefault(record.getMessage(), set()).add(record.invocation_id)
+    assert by_message["speaking"] == {ok, failing}
+    assert by_message["on a thread"] == {ok, failing}
+    assert by_message["outside"] == {None}
+    attempts = [r for r in kept.records if r.name == "kourier.partition"]
+    assert attempts, "the engine's own line about the failed attempt"
+    assert {r.invocation_id for r in attempts} == {failing}
+
+
+def test_a_json_line_holds_the_invocation_the_trace_and_the_exception() -> None:
+    record = logging.LogRecord("apps", logging.ERROR, __file__, 1, "broke %s", ("here",), None)
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    token = logs.INVOCATION.set("inv_1")
+    try:
+        logs.InvocationFilter().filter(record)
+        tracer = TracerProvider().get_tracer("test")
+        with tracer.start_as_current_span("attempt") as span:
+            line = json.loads(logs.JsonFormatter().format(record))
+            context = span.get_span_context()
+    finally:
+        logs.INVOCATION.reset(token)
+    assert line["message"] == "broke here"
+    assert (line["level"], line["logger"], line["invocation_id"]) == ("ERROR", "apps", "inv_1")
+    assert line["trace_id"] == format(context.trace_id, "032x")
+    assert line["span_id"] == format(context.span_id, "016x")
+    assert "ValueError: bad" in line["exception"]
+    assert line["time"].endswith("+00:00")
+
+
+def test_a_log_format_other_than_text_or_json_is_refused() -> None:
+    with pytest.raises(ValueError, match="KOURIER_LOG_FORMAT='xml': use text or json"):
+        logs.configure(form="xml")
