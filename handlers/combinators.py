@@ -30,5 +30,7 @@ async def select(**futures: DurableFuture[Any]) -> tuple[str, Any]:
 
 
 async def gather(*futures: DurableFuture[Any]) -> list[Any]:
-    """Wait for all ``futures``; their results in order. The first failure is raised."""
+    """Wait for all ``futures``, in order; their results in that order. A failure is
+    raised when it is reached: once every future before it has completed (a ``ctx.run``
+    action starts at its await, so one after another; use ``select`` to race them)."""
     return [await future for future in futures]

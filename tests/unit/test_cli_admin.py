@@ -61,6 +61,18 @@ class Admin(BaseHTTPRequestHandler):
     requests: ClassVar[list[tuple[str, str, Any]]] = []
     tokens: ClassVar[list[str | None]] = []
 
+    def do_GET(self) -> None:
+        """``/restate/attach/<id>``: the outcome of inv_1, 404 for any other."""
+        self.requests.append(("GET", self.path, None))
+        found = self.path == "/restate/attach/inv_1"
+        answer: Any = {"total": 3} if found else {"code": 404, "message": "unknown inv_9"}
+        data = json.dumps(answer).encode()
+        self.send_response(200 if found else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
@@ -178,3 +190,22 @@ def test_the_cli_sends_the_token_without_the_blanks_around_it(
     done = kourier(admin_url, "invocations", "cancel", "--service", "Trip", "--dry-run")
     assert done.returncode == 0, done.stderr
     assert Admin.tokens == ["Bearer s3cret"]
+
+
+def test_attach_prints_the_outcome_or_says_why_there_is_none(admin_url: str) -> None:
+    """``kourier invocations attach ID`` asks the ingress's attach route and waits."""
+
+    def attach(inv_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streams.cli", "invocations", "attach", inv_id,
+             "--ingress-url", admin_url],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    done = attach("inv_1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"total": 3}
+    assert Admin.requests[-1][:2] == ("GET", "/restate/attach/inv_1")
+    missing = attach("inv_9")
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout)["code"] == 404  # JSON, as stdout is no terminal
