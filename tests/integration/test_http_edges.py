@@ -264,6 +264,27 @@ async def test_open_routes_are_method_exact(topics: Settings, worker: Worker) ->
                     assert (await reply.json())["code"] == 401
 
 
+async def test_a_full_ingress_answers_429_in_json_and_takes_calls_again_once_freed(
+    topics: Settings, worker: Worker
+) -> None:
+    """DESIGN §4: 429 when overloaded, a JSON body as every error."""
+    async with (
+        served_ingress(topics, max_in_flight=1) as (_, url),
+        aiohttp.ClientSession() as http,
+    ):
+        held = asyncio.create_task(http.post(f"{url}/Tally/full-1/hold"))
+        started = apps.STARTED.setdefault("full-1", asyncio.Event())
+        await asyncio.wait_for(started.wait(), 30)
+        async with http.post(f"{url}/Relay/echo", json=1) as reply:
+            assert reply.status == 429
+            assert (await reply.json())["code"] == 429
+        apps.GATES.setdefault("full-1", asyncio.Event()).set()
+        async with await asyncio.wait_for(held, 30) as reply:
+            assert reply.status == 200
+        async with http.post(f"{url}/Relay/echo", json=2) as reply:
+            assert reply.status == 200, "the slot was freed"
+
+
 async def test_a_client_that_hangs_up_frees_its_slot(
     topics: Settings, worker: Worker, client: Client
 ) -> None:
