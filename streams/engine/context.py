@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from opentelemetry.trace import SpanKind
-from pydantic import ValidationError
 
 from handlers.combinators import Combinable
 from handlers.context import (
@@ -31,10 +30,10 @@ from handlers.context import (
 )
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.serde import Serde
-from handlers.service import handler_of
 from streams import tracing
 from streams.engine.invocation import Invocation, InvocationClosed, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy, state_key
+from streams.engine.registry import target_of
 from streams.engine.runs import ended, run_entry
 from streams.engine.values import (
     checked_headers,
@@ -115,6 +114,8 @@ class _RunFuture(_Selectable, DurableFuture[T]):
                 # Code left over from an attempt that ended, or after the outcome, starts
                 # no action (as it makes no other journal entry).
                 self._ctx.check_current()
+                if self._ctx.diverged is not None:  # caught: this attempt starts no action
+                    raise NonDeterminismError(str(self._ctx.diverged))
                 task = asyncio.ensure_future(self._make())
                 runs[index] = task
                 task.add_done_callback(lambda done: ended(runs, index, done))
@@ -178,27 +179,6 @@ class _Recipient(Recipient):
         callee = self._ctx.invocation.journal[index].callee
         assert callee is not None
         return _SentHandle(callee)
-
-
-def _target(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
-    """The target a handler names; one no record can carry (a key over 4,096 characters,
-    a name with a space) fails the same way on every attempt, so it is its 400."""
-    if isinstance(ref, str):
-        if handler is None:
-            raise TerminalError(f"name the handler: ctx.{kind}({ref!r}, ..., 'handler')", 400)
-        service = ref
-    else:
-        try:
-            definition = handler_of(ref)
-        except TypeError as error:  # a function no decorator recorded
-            raise TerminalError(str(error), 400) from None
-        service, handler = definition.service.name, handler or definition.name
-    try:
-        return Target(service=service, handler=handler, key=key)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise TerminalError(f"a call's target is invalid: {where}: {first['msg']}", 400) from None
 
 
 class InvocationContext(WorkflowContext):
@@ -370,26 +350,26 @@ class InvocationContext(WorkflowContext):
     # -- calls and sends -------------------------------------------------------
 
     def service(self, service: HandlerRef, handler: str | None = None) -> Callee:
-        return _Callee(self, _target(service, None, handler, "service"))
+        return _Callee(self, target_of(service, None, handler, "service"))
 
     def object(self, obj: HandlerRef, key: str, handler: str | None = None) -> Callee:
-        return _Callee(self, _target(obj, key, handler, "object"))
+        return _Callee(self, target_of(obj, key, handler, "object"))
 
     def workflow(
         self, workflow: HandlerRef, workflow_id: str, handler: str | None = None
     ) -> Callee:
-        return _Callee(self, _target(workflow, workflow_id, handler, "workflow"))
+        return _Callee(self, target_of(workflow, workflow_id, handler, "workflow"))
 
     def service_send(self, service: HandlerRef, handler: str | None = None) -> Recipient:
-        return _Recipient(self, _target(service, None, handler, "service_send"))
+        return _Recipient(self, target_of(service, None, handler, "service_send"))
 
     def object_send(self, obj: HandlerRef, key: str, handler: str | None = None) -> Recipient:
-        return _Recipient(self, _target(obj, key, handler, "object_send"))
+        return _Recipient(self, target_of(obj, key, handler, "object_send"))
 
     def workflow_send(
         self, workflow: HandlerRef, workflow_id: str, handler: str | None = None
     ) -> Recipient:
-        return _Recipient(self, _target(workflow, workflow_id, handler, "workflow_send"))
+        return _Recipient(self, target_of(workflow, workflow_id, handler, "workflow_send"))
 
     def attach_invocation(self, invocation_id: str) -> DurableFuture[Any]:
         checked_id(invocation_id)

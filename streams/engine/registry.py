@@ -6,8 +6,12 @@ import importlib
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import ValidationError
+
+from handlers.context import HandlerRef
+from handlers.exceptions import TerminalError
 from handlers.retry import RetryPolicy
-from handlers.service import HandlerDef, ServiceDefinition, Workflow
+from handlers.service import HandlerDef, ServiceDefinition, Workflow, handler_of
 from streams.errors import KourierError
 from streams.wire.records import Target
 
@@ -96,3 +100,24 @@ def load_services(spec: str) -> list[ServiceDefinition]:
         raise RegistryError(f"{spec} defines no Service, VirtualObject or Workflow")
     unique: dict[int, ServiceDefinition] = {id(s): s for s in services}
     return list(unique.values())
+
+
+def target_of(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
+    """The target a handler names; one no record can carry (a key over 4,096 characters,
+    a name with a space) fails the same way on every attempt, so it is its 400."""
+    if isinstance(ref, str):
+        if handler is None:
+            raise TerminalError(f"name the handler: ctx.{kind}({ref!r}, ..., 'handler')", 400)
+        service = ref
+    else:
+        try:
+            definition = handler_of(ref)
+        except TypeError as error:  # a function no decorator recorded
+            raise TerminalError(str(error), 400) from None
+        service, handler = definition.service.name, handler or definition.name
+    try:
+        return Target(service=service, handler=handler, key=key)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TerminalError(f"a call's target is invalid: {where}: {first['msg']}", 400) from None

@@ -35,6 +35,20 @@ async def swallows(ctx: ObjectContext) -> str:
     return "carried on"
 
 
+LATE = {"runs": 0}
+
+
+@things.handler()
+async def runs_after_divergence(ctx: ObjectContext) -> str:
+    """Makes a run, diverges (on a replay) at its sleep, catches that, then awaits the run."""
+    late = ctx.run("late", lambda: LATE.__setitem__("runs", LATE["runs"] + 1))
+    with contextlib.suppress(Exception):
+        await ctx.sleep(timedelta(hours=1))
+    with contextlib.suppress(Exception):
+        await late
+    return "carried on"
+
+
 @things.handler()
 async def calls_badly(ctx: ObjectContext, how: str) -> str:
     attempts[how] = attempts.get(how, 0) + 1
@@ -83,6 +97,21 @@ async def test_a_divergence_the_handler_catches_still_fails_the_invocation() -> 
     assert failure is not None, "the handler's own outcome was taken"
     assert failure.code == 500
     assert "non-deterministic handler: journal entry 0" in failure.message
+
+
+async def test_an_action_awaited_after_a_caught_divergence_does_not_run() -> None:
+    harness = Harness([things])
+    inv_id = harness.call(thing("runs_after_divergence"), request_id="late")
+    await until(lambda: len(harness.processor.invocations[inv_id].journal) == 2)
+    inv = harness.processor.invocations[inv_id]
+    inv.journal[1] = Entry(kind="run", name="other", done=True, value=1)  # not the sleep
+    inv.close()
+    harness.processor.attempts.run(inv)
+    await until(lambda: "late" in harness.responses())
+    failure = harness.responses()["late"].failure
+    assert failure is not None
+    assert failure.code == 500
+    assert LATE["runs"] == 0, "the action ran after the divergence"
 
 
 async def test_a_call_target_no_record_can_carry_is_its_400_on_the_first_attempt() -> None:
