@@ -1,9 +1,12 @@
 """Log lines that say which invocation they are about.
 
-An attempt runs in a task of its own, and ``attempt_of`` marks that task's context with the
-invocation's id (a ``ctx.run`` action on a thread runs in a copy of it). The
-:class:`InvocationFilter` puts the id on every record logged there as ``invocation_id``:
-Kourier's own lines and the handler's, whatever logger it uses. :func:`configure` sets up a
+An attempt runs in a task of its own, made with a context that names the invocation
+(:func:`attempt_context`); a task the handler starts inherits it, and a ``ctx.run`` action
+on a thread runs in a copy of it. The :class:`InvocationFilter` puts the id on every record
+logged there as ``invocation_id``: Kourier's own lines and the handler's, whatever logger it
+uses. A callback the loop runs outside any task (``call_soon``, ``call_later``) copies the
+context it was scheduled from, too, but serves whatever comes next (a caller's partition
+taking a callee's answer): its lines name no invocation. :func:`configure` sets up a
 process (``kourier worker``, ``ingress``, ``dev``) with it, as text or as one JSON object per
 line (``KOURIER_LOG_FORMAT=json``) for a log pipeline to index by id. An application that
 embeds a ``Worker`` adds the filter to its own handler.
@@ -11,6 +14,8 @@ embeds a ``Worker`` adds the filter to its own handler.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import sys
@@ -26,9 +31,23 @@ FORMATS = ("text", "json")
 _TEXT = "%(asctime)s %(levelname)s %(name)s %(invocation)s%(message)s"
 
 
-def attempt_of(invocation_id: str) -> None:
-    """Mark the running task's context (an attempt's) as that of ``invocation_id``."""
-    INVOCATION.set(invocation_id)
+def attempt_context(invocation_id: str) -> contextvars.Context:
+    """A copy of the current context that names ``invocation_id``: an attempt's task's."""
+    context = contextvars.copy_context()
+    context.run(INVOCATION.set, invocation_id)
+    return context
+
+
+def current() -> str | None:
+    """The invocation whose attempt (or a task or thread of it) runs here, if any."""
+    invocation_id = INVOCATION.get()
+    if invocation_id is None:
+        return None
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # a thread of its own: a ctx.run action's
+        return invocation_id
+    return invocation_id if asyncio.current_task() is not None else None
 
 
 class InvocationFilter(logging.Filter):
@@ -36,7 +55,7 @@ class InvocationFilter(logging.Filter):
     ``invocation`` (``"inv_... "`` or empty) to every record; drops none."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        invocation_id = INVOCATION.get()
+        invocation_id = current()
         record.invocation_id = invocation_id
         record.invocation = "" if invocation_id is None else f"{invocation_id} "
         return True
@@ -62,6 +81,10 @@ class JsonFormatter(logging.Formatter):
             line["span_id"] = format(span.span_id, "016x")
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted already (a record from a QueueHandler)
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = record.stack_info
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
@@ -72,4 +95,7 @@ def configure(verbose: bool = False, form: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(InvocationFilter())
     handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(_TEXT))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    # force: a handler something installed before (a sitecustomize) would make it a no-op.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
+    )

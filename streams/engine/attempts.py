@@ -72,7 +72,9 @@ class Attempts:
             future.cancel()
         inv.waiting.clear()
         self._touch(inv)
-        inv.task = asyncio.get_running_loop().create_task(self._execute(inv))
+        # Its context names the invocation from its first line on (streams/logs.py).
+        context = logs.attempt_context(inv.meta.id)
+        inv.task = asyncio.get_running_loop().create_task(self._execute(inv), context=context)
         self.started += 1
 
     async def _execute(self, inv: Invocation) -> None:
@@ -106,7 +108,6 @@ class Attempts:
 
     async def _attempt_in(self, inv: Invocation) -> str | None:
         """Run the handler; what went wrong, if anything (None: completed, or closed)."""
-        logs.attempt_of(inv.meta.id)  # this task's log lines name the invocation
         handler = inv.handler
         signature = handler.signature
         ctx = InvocationContext(inv)

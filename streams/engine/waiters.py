@@ -141,9 +141,9 @@ class Waiters:
         if inv is None or inv.meta.outlived(time.time()):
             message = (
                 f"invocation {inv_id} is unknown here: it never existed, or it completed and "
-                "its outcome was not retained (idempotent and workflow invocations keep theirs "
-                "for the service's idempotency_retention, others for its completed_retention "
-                "if it sets one) or its retention has ended"
+                "its outcome was not retained: an invocation keeps it for its service's "
+                "retention only (idempotent and workflow invocations for idempotency_retention, "
+                "any for completed_retention when the service sets one)"
             )
             self._answer_attach(record, inv_id, Failure(code=404, message=message))
         elif inv.meta.status != "completed" and not record.wait:

@@ -273,12 +273,14 @@ async def test_a_full_ingress_answers_429_in_json_and_takes_calls_again_once_fre
         aiohttp.ClientSession() as http,
     ):
         held = asyncio.create_task(http.post(f"{url}/Tally/full-1/hold"))
-        started = apps.STARTED.setdefault("full-1", asyncio.Event())
-        await asyncio.wait_for(started.wait(), 30)
-        async with http.post(f"{url}/Relay/echo", json=1) as reply:
-            assert reply.status == 429
-            assert (await reply.json())["code"] == 429
-        apps.GATES.setdefault("full-1", asyncio.Event()).set()
+        try:
+            started = apps.STARTED.setdefault("full-1", asyncio.Event())
+            await asyncio.wait_for(started.wait(), 30)
+            async with http.post(f"{url}/Relay/echo", json=1) as reply:
+                assert reply.status == 429
+                assert (await reply.json())["code"] == 429
+        finally:
+            apps.GATES.setdefault("full-1", asyncio.Event()).set()
         async with await asyncio.wait_for(held, 30) as reply:
             assert reply.status == 200
         async with http.post(f"{url}/Relay/echo", json=2) as reply:

@@ -100,6 +100,7 @@ async def test_a_divergence_the_handler_catches_still_fails_the_invocation() -> 
 
 
 async def test_an_action_awaited_after_a_caught_divergence_does_not_run() -> None:
+    LATE["runs"] = 0
     harness = Harness([things])
     inv_id = harness.call(thing("runs_after_divergence"), request_id="late")
     await until(lambda: len(harness.processor.invocations[inv_id].journal) == 2)

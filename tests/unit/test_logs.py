@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -68,6 +71,27 @@ async def test_an_attempts_lines_name_its_invocation_and_no_one_elses(kept: Kept
     assert {r.invocation_id for r in attempts} == {failing}
 
 
+async def test_a_callback_scheduled_from_an_attempt_names_no_invocation(kept: Kept) -> None:
+    """A callback copies the context it was scheduled from: a callee's answer handed to its
+    caller's partition with ``call_soon`` logged the callee's id on lines about the caller.
+    A task the attempt starts is about the invocation, as is a thread of its ``ctx.run``."""
+    notes = logging.getLogger("apps.notes")
+    loop = asyncio.get_running_loop()
+
+    async def child() -> None:
+        notes.warning("a task")
+
+    async def attempt() -> None:
+        loop.call_soon(notes.warning, "a callback")
+        await asyncio.to_thread(notes.warning, "a thread")
+        await asyncio.create_task(child())
+
+    await loop.create_task(attempt(), context=logs.attempt_context("inv_1"))
+    await asyncio.sleep(0)
+    named = {r.getMessage(): r.invocation_id for r in kept.records}
+    assert named == {"a callback": None, "a thread": "inv_1", "a task": "inv_1"}
+
+
 def test_a_json_line_holds_the_invocation_the_trace_and_the_exception() -> None:
     record = logging.LogRecord("apps", logging.ERROR, __file__, 1, "broke %s", ("here",), None)
     try:
@@ -96,3 +120,26 @@ def test_a_json_line_holds_the_invocation_the_trace_and_the_exception() -> None:
 def test_a_log_format_other_than_text_or_json_is_refused() -> None:
     with pytest.raises(ValueError, match="KOURIER_LOG_FORMAT='xml': use text or json"):
         logs.configure(form="xml")
+
+
+TEXT = """
+import asyncio, logging
+from streams import logs
+logs.configure(form="text")
+async def attempt():
+    logging.getLogger("apps").warning("inside")
+async def main():
+    await asyncio.get_running_loop().create_task(attempt(), context=logs.attempt_context("inv_7"))
+logging.getLogger("apps").warning("outside")
+asyncio.run(main())
+"""
+
+
+def test_the_text_format_puts_the_id_after_the_loggers_name() -> None:
+    """As ``kourier worker`` sets it up: a line outside an attempt has no id."""
+    done = subprocess.run([sys.executable, "-c", TEXT], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, done.stderr
+    assert lines[0].endswith(" WARNING apps outside")
+    assert lines[1].endswith(" WARNING apps inv_7 inside")

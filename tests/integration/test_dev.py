@@ -1,0 +1,73 @@
+"""``kourier dev MODULE``: a broker of its own, the topics, a worker and the ingress in one
+process (DESIGN §6), and the broker stopped by PID when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from streams.kafka.broker import free_port
+from tests.integration.helpers import poll_until
+from tests.processes import stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie (not yet reaped) has ended
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def _start_dev(data: Path, log: Path, port: int, admin: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOURIER_")}
+    with log.open("wb") as out:  # the process has its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "dev", "examples.quickstart", "--data",
+             str(data), "--port", str(port), "--admin-port", str(admin), "--partitions", "2"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+async def test_dev_starts_its_broker_serves_calls_and_stops_the_broker(tmp_path: Path) -> None:
+    data, log = tmp_path / "broker", tmp_path / "dev.log"
+    port, admin = free_port(), free_port()
+    dev = _start_dev(data, log, port, admin)
+    broker_pid = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        async def greeted() -> object:
+            assert dev.poll() is None, f"kourier dev ended: {log.read_text()[-2000:]}"
+            try:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.post(f"{url}/Greeter/greet", json="Ada") as reply,
+                ):
+                    return await reply.json() if reply.status == 200 else reply.status
+            except aiohttp.ClientError:
+                return None
+
+        await poll_until(greeted, "Hello Ada", 120, f"a call through dev ({log})")
+        broker_pid = int((data / "broker.pid").read_text())
+        assert _alive(broker_pid)
+        dev.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(dev.wait, 60) == 0, log.read_text()[-2000:]
+        for _ in range(100):  # stopped by dev before it exits; bounded for the reaping
+            if not _alive(broker_pid):
+                break
+            await asyncio.sleep(0.1)
+        assert not _alive(broker_pid), "the broker dev started is still running"
+    finally:
+        stop_process(dev)
+        if broker_pid is not None and _alive(broker_pid):
+            os.kill(broker_pid, signal.SIGKILL)
