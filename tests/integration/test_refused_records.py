@@ -91,8 +91,11 @@ async def test_a_record_kafka_refuses_for_good_fails_its_invocation_only(
     """A topic's limit lowered while the worker runs: Kafka refused the transaction that
     held the record, every time the worker replayed its step, and every partition of the
     worker waited behind it. Now the invocation that wrote it fails with 413."""
-    await shrink_ingress_records(worker.settings, topic)
     small = "x" * 10 if what == "result" else "ran"
+    # The worker has started first: it refuses to start on a topic whose limit is that low.
+    warm = client.object("Tally", f"warm-{what}", "swell").request({"bytes": 10, "as": what})
+    assert await asyncio.wait_for(warm, 60) == small
+    await shrink_ingress_records(worker.settings, topic)
     big = client.object("Tally", f"swell-{what}", "swell").request({"bytes": 4 * SMALL, "as": what})
     beside = client.object("Tally", f"beside-{what}", "swell").request({"bytes": 10, "as": what})
     # Both at once, most likely in one step: the small one commits, the large one fails.
