@@ -16,3 +16,12 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.processes import alive
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -74,7 +76,7 @@ def test_a_demo_ended_by_sigterm_stops_its_broker() -> None:
         assert demo.returncode == 128 + signal.SIGTERM, rest[-2000:]
         assert "stopping the ingress, the worker and the broker" in rest
         deadline = time.monotonic() + 10
-        while _alive(pid):
+        while alive(pid):
             assert time.monotonic() < deadline, f"broker {pid} still runs after the demo ended"
             time.sleep(0.1)
     finally:
@@ -82,17 +84,5 @@ def test_a_demo_ended_by_sigterm_stops_its_broker() -> None:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-        if pid is not None and _alive(pid):
+        if pid is not None and alive(pid):
             os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:  # a zombie (not yet reaped) has ended
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -14,18 +14,9 @@ import aiohttp
 
 from streams.kafka.broker import free_port
 from tests.integration.helpers import poll_until
-from tests.processes import stop_process
+from tests.processes import alive, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as stat:  # a zombie (not yet reaped) has ended
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
 
 
 def _start_dev(data: Path, log: Path, port: int, admin: int) -> subprocess.Popen[bytes]:
@@ -59,15 +50,15 @@ async def test_dev_starts_its_broker_serves_calls_and_stops_the_broker(tmp_path:
 
         await poll_until(greeted, "Hello Ada", 120, f"a call through dev ({log})")
         broker_pid = int((data / "broker.pid").read_text())
-        assert _alive(broker_pid)
+        assert alive(broker_pid)
         dev.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(dev.wait, 60) == 0, log.read_text()[-2000:]
         for _ in range(100):  # stopped by dev before it exits; bounded for the reaping
-            if not _alive(broker_pid):
+            if not alive(broker_pid):
                 break
             await asyncio.sleep(0.1)
-        assert not _alive(broker_pid), "the broker dev started is still running"
+        assert not alive(broker_pid), "the broker dev started is still running"
     finally:
         stop_process(dev)
-        if broker_pid is not None and _alive(broker_pid):
+        if broker_pid is not None and alive(broker_pid):
             os.kill(broker_pid, signal.SIGKILL)
