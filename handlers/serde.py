@@ -45,10 +45,10 @@ class Serde:
                 text = json.dumps(value, ensure_ascii=False, allow_nan=False)
                 return self.adapter.validate_json(text)
             except (TypeError, ValueError, RecursionError) as error:
-                if isinstance(error, ValidationError) and not _too_deep(error):
+                if isinstance(error, ValidationError) and not _unparsed(error):
                     raise
-                # Not JSON, or nested deeper than pydantic's parser goes (200 levels, where
-                # a record may hold 254): validated as it is.
+                # Not JSON, or JSON pydantic's parser cannot read (nested past its 200
+                # levels, where a record may hold 254): validated as it is.
                 return self.adapter.validate_python(value)
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -73,7 +73,9 @@ class Serde:
 JSON = Serde(Any)
 
 
-def _too_deep(error: ValidationError) -> bool:
+def _unparsed(error: ValidationError) -> bool:
+    """Whether pydantic's JSON parser could not read what ``json.dumps`` wrote: nested
+    deeper than it goes, or a string with a lone surrogate (which Python mode takes)."""
     return any(e["type"] == "json_invalid" for e in error.errors())
 
 

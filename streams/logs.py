@@ -52,12 +52,15 @@ def current() -> str | None:
 
 class InvocationFilter(logging.Filter):
     """Adds ``invocation_id`` (None outside an attempt) and, for the text format,
-    ``invocation`` (``"inv_... "`` or empty) to every record; drops none."""
+    ``invocation`` (``"inv_... "``, or empty where the message starts with the id already)
+    to every record; drops none."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         invocation_id = current()
         record.invocation_id = invocation_id
-        record.invocation = "" if invocation_id is None else f"{invocation_id} "
+        # Kourier's own lines about an invocation start with its id already: not twice.
+        named = invocation_id is None or record.getMessage().startswith(invocation_id)
+        record.invocation = "" if named else f"{invocation_id} "
         return True
 
 

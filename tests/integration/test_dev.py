@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start_dev(data: Path, log: Path, port: int, admin: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KOURIER_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("KOURIER_") or k == "KOURIER_CACHE"}  # fmt: skip
     with log.open("wb") as out:  # the process has its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "dev", "examples.quickstart", "--data",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from streams.client import Client
 from tests.integration.conftest import WorkerProcesses
@@ -28,18 +29,21 @@ async def test_a_handlers_log_lines_name_its_invocation_in_json(
     assert {r["message"] for r in mine} == wanted, records[-20:]
     assert {r["invocation_id"] for r in mine} == {inv_id}
     assert {r["logger"] for r in mine} == {"apps.notes"}
-    own = [r for r in records if str(r["logger"]).startswith("kourier.")]
-    assert own, "the worker logs its start"
-    assert all("invocation_id" not in r for r in own if r["message"] not in wanted), (
-        "a line about no invocation names one"
-    )
+    started = [r for r in records if str(r["message"]).startswith("worker ")]
+    assert started, "the worker logs its start"
+    assert all("invocation_id" not in r for r in started), "a line about no invocation names one"
+    text = TEXT_LINE.findall(worker.log_file.read_text())
+    assert not text, f"log lines in the text format: {text[:3]}"
+
+
+#: A log line in the text format (``2026-12-06 21:00:00,123 INFO kourier.worker ...``).
+TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ \S+ .*$", re.M)
 
 
 def _log_records(text: str) -> list[dict[str, object]]:
-    """Every line Python logged, as JSON (a last line may be half written). The CLI's own
-    messages (``kourier: ...``) and librdkafka's (``%4|...``) are not log records."""
+    """Every JSON line (a last line may be half written); the file also holds the CLI's
+    own messages (``kourier: ...``) and librdkafka's (``%4|...``), which are no records."""
     lines = text.splitlines()
     if not text.endswith("\n"):
         lines = lines[:-1]
-    return [json.loads(line) for line in lines
-            if line.strip() and not line.startswith(("kourier:", "%"))]  # fmt: skip
+    return [json.loads(line) for line in lines if line.startswith("{")]

@@ -97,8 +97,6 @@ def test_a_json_line_holds_the_invocation_the_trace_and_the_exception() -> None:
     try:
         raise ValueError("bad")
     except ValueError:
-        import sys
-
         record.exc_info = sys.exc_info()
     token = logs.INVOCATION.set("inv_1")
     try:
@@ -128,6 +126,7 @@ from streams import logs
 logs.configure(form="text")
 async def attempt():
     logging.getLogger("apps").warning("inside")
+    logging.getLogger("apps").warning("%s said already", "inv_7")
 async def main():
     await asyncio.get_running_loop().create_task(attempt(), context=logs.attempt_context("inv_7"))
 logging.getLogger("apps").warning("outside")
@@ -139,7 +138,8 @@ def test_the_text_format_puts_the_id_after_the_loggers_name() -> None:
     """As ``kourier worker`` sets it up: a line outside an attempt has no id."""
     done = subprocess.run([sys.executable, "-c", TEXT], capture_output=True, text=True,
                           timeout=60, check=True)  # fmt: skip
-    lines = done.stderr.splitlines()
-    assert len(lines) == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if " apps " in line]
+    assert len(lines) == 3, done.stderr
     assert lines[0].endswith(" WARNING apps outside")
     assert lines[1].endswith(" WARNING apps inv_7 inside")
+    assert lines[2].endswith(" WARNING apps inv_7 said already"), "the id twice"
