@@ -24,6 +24,8 @@ class Serde:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_adapter", TypeAdapter(self.annotation))
         object.__setattr__(self, "_any", self.annotation in (Any, object))
+        # A JSON scalar's type validates a decoded value as JSON mode would: no dumps.
+        object.__setattr__(self, "_scalar", self.annotation in _SCALARS)
 
     @property
     def adapter(self) -> TypeAdapter[Any]:
@@ -41,6 +43,8 @@ class Serde:
         if self.__dict__["_any"]:
             return value
         try:
+            if self.__dict__["_scalar"]:
+                return self.adapter.validate_python(value)
             try:
                 text = json.dumps(value, ensure_ascii=False, allow_nan=False)
                 return self.adapter.validate_json(text)
@@ -69,6 +73,9 @@ class Serde:
         except (ValueError, TypeError) as exc:
             raise TerminalError(f"{what} is not JSON: {exc}", status_code=400) from None
 
+
+#: Types whose values validate the same in pydantic's Python and JSON modes.
+_SCALARS = (int, float, str, bool, type(None))
 
 JSON = Serde(Any)
 
