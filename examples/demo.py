@@ -72,12 +72,27 @@ def wait_for_services(url: str, services: set[str], seconds: float) -> None:
 #: started (Python's default for them ends the process at once: the broker, in a session
 #: of its own, and the worker and ingress would go on running).
 ENDING = (signal.SIGTERM, signal.SIGHUP)
+#: The signal that ended the demo, if one did.
+ENDED_BY: list[int] = []
 
 
 def _end(signum: int, _frame: object) -> None:
     for ending in ENDING:  # a second one must not cut the clean-up short
         signal.signal(ending, signal.SIG_IGN)
+    ENDED_BY.append(signum)
     raise SystemExit(128 + signum)
+
+
+def run() -> int:
+    """``main()``'s exit code; 128 + the signal's number when one ended it, whatever the
+    exception its ``SystemExit`` became (raised inside a C extension's call, confluent-kafka
+    turned it into a ``TypeError``)."""
+    try:
+        return main()
+    except BaseException:
+        if not ENDED_BY:
+            raise
+        return 128 + ENDED_BY[0]
 
 
 def main() -> int:
@@ -223,4 +238,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
