@@ -13,7 +13,7 @@ from handlers.exceptions import TerminalError
 from handlers.retry import RetryPolicy
 from handlers.service import HandlerDef, ServiceDefinition, Workflow, handler_of
 from streams.errors import KourierError
-from streams.wire.records import Target
+from streams.wire.records import Target, first_problem
 
 
 class RegistryError(KourierError, ValueError):
@@ -118,6 +118,5 @@ def target_of(ref: HandlerRef, key: str | None, handler: str | None, kind: str) 
     try:
         return Target(service=service, handler=handler, key=key)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise TerminalError(f"a call's target is invalid: {where}: {first['msg']}", 400) from None
+        problem = first_problem(error, "target")
+        raise TerminalError(f"a call's target is invalid: {problem}", 400) from None

@@ -16,7 +16,13 @@ from pydantic import JsonValue, ValidationError
 from streams.client import ServiceInfo
 from streams.http.shared import HttpError
 from streams.settings import short_duration
-from streams.wire.records import LAST_DUE, Target, idempotency_key_refusal, load_json
+from streams.wire.records import (
+    LAST_DUE,
+    Target,
+    first_problem,
+    idempotency_key_refusal,
+    load_json,
+)
 
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
@@ -120,9 +126,7 @@ def target_of(service: str, key: str | None, handler: str) -> Target:
     try:
         return Target(service=service, key=key, handler=handler)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "target"
-        raise HttpError(400, f"bad {where}: {first['msg']}") from None
+        raise HttpError(400, f"bad {first_problem(error, 'target')}") from None
 
 
 def idempotency_key_of(text: str) -> str:

@@ -424,14 +424,20 @@ def _load(data: bytes | None) -> dict[str, Any]:
     return obj
 
 
+def first_problem(error: ValidationError, whole: str) -> str:
+    """The first thing ``error`` refused, as ``where: why`` (``whole`` when it names no
+    field: the value as a whole)."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or whole
+    return f"{where}: {first['msg']}"
+
+
 def _validate(adapter: TypeAdapter[_T], data: bytes | None) -> _T:
     obj = _load(data)
     try:
         return adapter.validate_python(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "record"
-        raise RecordError("bad-schema", f"{where}: {first['msg']}") from None
+        raise RecordError("bad-schema", first_problem(exc, "record")) from None
 
 
 def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Completion | Start:
