@@ -43,22 +43,28 @@ class Serde:
         if self.__dict__["_any"]:
             return value
         try:
-            if self.__dict__["_scalar"]:
-                return self.adapter.validate_python(value)
-            try:
-                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-                return self.adapter.validate_json(text)
-            except (TypeError, ValueError, RecursionError) as error:
-                if isinstance(error, ValidationError) and not _unparsed(error):
-                    raise
-                # Not JSON, or JSON pydantic's parser cannot read (nested past its 200
-                # levels, where a record may hold 254): validated as it is.
-                return self.adapter.validate_python(value)
+            return self._validated(value)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             detail = f"{where}: {first['msg']}" if where else first["msg"]
             raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
+
+    def _validated(self, value: Any) -> Any:
+        if self.__dict__["_scalar"]:
+            return self.adapter.validate_python(value)
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):  # not JSON: validated as it is
+            return self.adapter.validate_python(value)
+        try:
+            return self.adapter.validate_json(text)
+        except ValidationError as error:
+            if not _unparsed(error):
+                raise
+            # JSON pydantic's parser cannot read (nested past its 200 levels, where a record
+            # may hold 254): validated as it is.
+            return self.adapter.validate_python(value)
 
     def dump(self, value: Any) -> Any:
         """A JSON-compatible value (pydantic models become dicts)."""

@@ -114,8 +114,6 @@ class _RunFuture(_Selectable, DurableFuture[T]):
                 # Code left over from an attempt that ended, or after the outcome, starts
                 # no action (as it makes no other journal entry).
                 self._ctx.check_current()
-                if self._ctx.diverged is not None:  # caught: this attempt starts no action
-                    raise NonDeterminismError(str(self._ctx.diverged))
                 task = asyncio.ensure_future(self._make())
                 runs[index] = task
                 task.add_done_callback(lambda done: ended(runs, index, done))
@@ -199,17 +197,18 @@ class InvocationContext(WorkflowContext):
     # -- journal -----------------------------------------------------------
 
     def check_current(self) -> None:
-        """``InvocationClosed`` unless this context's attempt is the invocation's, running."""
+        """``InvocationClosed`` unless this context's attempt is the invocation's, running;
+        ``NonDeterminismError`` again once it has diverged from the journal."""
         self.invocation.check_open()
         attempt = self._attempt
         if attempt is not None and (attempt.done() or self.invocation.task is not attempt):
             raise InvocationClosed(self.invocation.meta.id)
+        if self.diverged is not None:  # caught, and the handler went on: no step, no action
+            raise NonDeterminismError(str(self.diverged))
 
     def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
         """Claim the next journal index; return the recorded entry when replaying."""
         self.check_current()
-        if self.diverged is not None:  # caught, and the handler went on: no further step
-            raise NonDeterminismError(str(self.diverged))
         name = expected.get("name")
         if name is not None and not isinstance(name, str):
             # A UUID or an int for a state or promise name journals, then fails to be

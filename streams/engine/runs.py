@@ -14,8 +14,9 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
+from handlers.context import Action
 from handlers.exceptions import TerminalError
 from handlers.serde import Serde
 from streams import tracing
@@ -23,15 +24,8 @@ from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED
 from streams.engine.values import failure_of, writable
 
-T = TypeVar("T")
 
-#: What ``ctx.run`` is given: a coroutine function, or a plain function (a thread's).
-Action = Callable[[], Awaitable[T]] | Callable[[], T]
-
-
-async def run_entry(
-    inv: Invocation, index: int, action: Action[T], serde: Serde | None = None
-) -> Any:
+async def run_entry(inv: Invocation, index: int, action: Action, serde: Serde | None = None) -> Any:
     """The outcome of run entry ``index`` of ``inv``: journaled already, or once
     ``action`` has run (a pending cancel fails it with 409 instead); loaded by ``serde``
     when the handler gave a type (a result that does not fit is its 500, on every run)."""
@@ -73,7 +67,7 @@ def ended(runs: dict[int, asyncio.Task[Any]], index: int, task: asyncio.Task[Any
         task.exception()
 
 
-async def _journal_action(inv: Invocation, index: int, name: str | None, action: Action[T]) -> None:
+async def _journal_action(inv: Invocation, index: int, name: str | None, action: Action) -> None:
     """Run the action of journal entry ``index`` and journal its outcome."""
     try:
         with tracing.span(f"run {name}", attributes={"kourier.entry": index}):
@@ -93,20 +87,20 @@ async def _journal_action(inv: Invocation, index: int, name: str | None, action:
     inv.complete_entry(index, value=value)
 
 
-async def _perform(action: Action[T], executor: Executor | None) -> T:
+async def _perform(action: Action, executor: Executor | None) -> Any:
     """Run a ``ctx.run`` action: a coroutine function on the event loop, anything else on
     ``executor``'s threads, so that a blocking client library never stalls other handlers
     (what a plain function returns may still be awaitable, and is then awaited on the
     loop). A plain function has no running event loop: code that needs one is ``async``."""
     try:
         if _is_async(action):
-            return await cast(Callable[[], Awaitable[T]], action)()
+            return await cast(Callable[[], Awaitable[Any]], action)()
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(executor, context.run, action)
         if inspect.isawaitable(result):
-            return cast(T, await result)
-        return cast(T, result)
+            return await result
+        return result
     except (SystemExit, KeyboardInterrupt) as exc:  # the action's own: no signal lands there
         # Out of a task (the run's, see _RunFuture), asyncio would end the event loop
         # with it: the worker, and every next owner of the partition after it.
