@@ -28,14 +28,12 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 #: A librdkafka configuration value.
 ClientValue = str | int | float | bool
-# Client properties whose values must never be printed or logged: these, and any whose name
-# holds one of SECRET_WORDS (a private key in PEM, an OAuth client's config line with its
-# clientSecret=, a key's passphrase).
-SECRET_PROPERTIES = frozenset(
-    {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret",
-     "sasl.oauthbearer.config", "ssl.key.pem"}
-)  # fmt: skip
+# Client properties whose values must never be printed or logged: any whose name holds one
+# of SECRET_WORDS (sasl.password, sasl.oauthbearer.client.secret, a key's passphrase), and
+# these, whose names do not (a private key in PEM, an OAuth config line with its
+# clientSecret=).
 SECRET_WORDS = ("password", "secret", "passphrase", "private.key", "jaas")
+SECRET_PROPERTIES = frozenset({"sasl.oauthbearer.config", "ssl.key.pem"})
 
 
 def is_secret(name: str) -> bool:
