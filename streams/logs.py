@@ -19,13 +19,14 @@ import contextvars
 import json
 import logging
 import sys
-from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from opentelemetry import trace
 
 #: The invocation whose attempt runs in this context, if any.
-INVOCATION: ContextVar[str | None] = ContextVar("kourier_invocation", default=None)
+INVOCATION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kourier_invocation", default=None
+)
 #: What ``KOURIER_LOG_FORMAT`` may say.
 FORMATS = ("text", "json")
 _TEXT = "%(asctime)s %(levelname)s %(name)s %(invocation)s%(message)s"
