@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -64,6 +65,60 @@ async def test_a_handler_sends_with_a_delay(client: Client, worker: Worker) -> N
     await client.service("Relay", "later").request({"key": "from-handler", "ms": 1500})
     await time_until(client, "from-handler", 1, 30)
     assert time.monotonic() - began >= 1.5
+
+
+async def sends_run_within_a_second(
+    client: Client, key: str, delays: list[float], waiting: Callable[[], Awaitable[None]]
+) -> None:
+    """Sends ``arrive`` with each delay, awaits ``waiting`` (how the sends wait), then
+    checks from the handler's own clock that each ran at or after its due time and less
+    than 1 s past it (DESIGN §5). The client fixes a send's due time while the send is
+    made: a send is called early or late only if it surely was."""
+    slack: dict[int, float] = {}  # how much later than "due" a send's due time may be
+    for tag, seconds in enumerate(delays):
+        before = time.time()
+        spec = {"tag": tag, "due": before + seconds}
+        await client.object_send("Tally", key, "arrive").send(
+            spec, delay=timedelta(seconds=seconds)
+        )
+        slack[tag] = time.time() - before
+    await waiting()
+
+    async def arrived() -> int:
+        rows: list[list[float]] = await client.object("Tally", key, "arrivals").request()
+        return len(rows)
+
+    await poll_until(arrived, len(delays), max(delays) + 30, f"the delayed sends to {key}")
+    rows = await client.object("Tally", key, "arrivals").request()
+    assert sorted(int(tag) for tag, _ in rows) == list(range(len(delays))), "each ran once"
+    early = [(int(tag), late) for tag, late in rows if late < 0]
+    assert not early, f"ran before their due time (tag, seconds late): {early}"
+    late = [(int(tag), late) for tag, late in rows if late - slack[int(tag)] > 1.0]
+    assert not late, f"ran more than 1 s after their due time (tag, seconds late): {late}"
+
+
+async def test_delayed_sends_run_within_a_second_of_their_due_time(
+    client: Client, worker: Worker
+) -> None:
+    assert await asyncio.wait_for(count(client, "on-time"), 60) == 0  # the worker is up
+    delays = [2.0 + 0.1 * i for i in range(15)]
+
+    async def held() -> None:
+        await poll_until(lambda: _async(pending_and_held(worker)[1]), 15, 10, "held in full")
+
+    await sends_run_within_a_second(client, "on-time", delays, held)
+
+
+async def test_delayed_sends_read_back_from_the_topic_run_within_a_second_of_their_due_time(
+    short_horizon: None, client: Client, worker: Worker
+) -> None:
+    assert await asyncio.wait_for(count(client, "read-back"), 60) == 0  # the worker is up
+    delays = [4.0 + 0.1 * i for i in range(15)]  # past the 3 s horizon
+
+    async def as_offsets() -> None:
+        await poll_until(lambda: _async(pending_and_held(worker)), (15, 0), 3, "held as offsets")
+
+    await sends_run_within_a_second(client, "read-back", delays, as_offsets)
 
 
 async def test_a_delayed_send_survives_a_worker_kill(
