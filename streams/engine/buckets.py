@@ -4,13 +4,41 @@ A message due beyond a delay partition's horizon costs its offset alone: 8 bytes
 ``array`` bucket per due second, and a heap of those seconds gives the earliest. An offset
 whose message was released since (through a marker, or carried forward) stays in its bucket
 until it is taken or the buckets are compacted: whoever takes them says which still count.
+A ``Fetcher`` reads the messages of the offsets taken back from the delay partition.
 """
 
 from __future__ import annotations
 
 import heapq
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+#: ``(offset, key, value)`` of a record read back from the delay partition.
+Fetched = tuple[int, bytes | None, bytes | None]
+#: Called on the event loop with the records found and the offsets no longer there.
+Deliver = Callable[[list[Fetched], list[int]], None]
+
+
+class Fetcher(Protocol):
+    """Reads records of a delay partition back by offset
+    (:class:`streams.kafka.delay_reader.DelayReader`)."""
+
+    def fetch(
+        self,
+        partition: int,
+        offsets: Sequence[int],
+        deliver: Deliver,
+        urgent: bool = True,
+        max_bytes: int | None = None,
+        wanted: Callable[[], bool] | None = None,
+    ) -> None:
+        """Read ``offsets`` (ascending) of ``partition``; call ``deliver`` once, on the
+        running event loop, with what was found and which offsets are gone. Urgent reads
+        (messages soon due) go before the others (carries). With ``max_bytes``, the read
+        may stop once the keys and values found hold that many bytes: the offsets after
+        it are then in neither list. A request whose ``wanted()`` is False by the time its
+        turn comes (its processor closed) is dropped, and ``deliver`` never called."""
 
 
 class Buckets:

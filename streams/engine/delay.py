@@ -20,8 +20,9 @@ the horizon on a thread of its own. The invariant: every pending message due bef
 ``_loaded_until`` (a whole second that only grows) is held in full or being read back, and
 buckets hold only later ones, so a short delay never waits for a read-back.
 
-A backlog of overdue messages waits as offsets in ``_overdue`` while the worker holds
-``holding.BACKLOG_HELD`` in full, and goes out ``RELEASE_BATCH`` a step. Far messages that
+A backlog of overdue messages waits as offsets in ``_overdue`` (or in buckets that came due
+unread) while the worker holds ``holding.BACKLOG_HELD`` in full, and goes out
+``RELEASE_BATCH`` a step. Far messages that
 pin the committed offset are carried forward (``_carry``): read back, written again at the
 end with a ``Fired`` marker for the old offset, in one transaction. The whole of it, and
 what it measured: ``streams/README.md``, "The delay topic" and the sections after it.
@@ -36,10 +37,9 @@ import logging
 import math
 import time
 from array import array
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
 
-from streams.engine.buckets import Buckets
+from streams.engine.buckets import Buckets, Fetched, Fetcher
 from streams.engine.holding import Holding, trim_heap
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out, set_aside
@@ -63,32 +63,6 @@ CARRY_BATCH = 2_000  # messages per carry (one read-back, and their copies in on
 CARRY_BYTES = 16 << 20  # ... and the read-back stops once it holds this many bytes
 CARRY_SPAN = 100_000  # offsets one carry may read through (a read-back blocks other reads)
 CARRY_RETRY = 5.0  # seconds before looking again when nothing could be carried
-
-#: ``(offset, key, value)`` of a record read back from the delay partition.
-Fetched = tuple[int, bytes | None, bytes | None]
-#: Called on the event loop with the records found and the offsets no longer there.
-Deliver = Callable[[list[Fetched], list[int]], None]
-
-
-class Fetcher(Protocol):
-    """Reads records of a delay partition back by offset
-    (:class:`streams.kafka.delay_reader.DelayReader`)."""
-
-    def fetch(
-        self,
-        partition: int,
-        offsets: Sequence[int],
-        deliver: Deliver,
-        urgent: bool = True,
-        max_bytes: int | None = None,
-        wanted: Callable[[], bool] | None = None,
-    ) -> None:
-        """Read ``offsets`` (ascending) of ``partition``; call ``deliver`` once, on the
-        running event loop, with what was found and which offsets are gone. Urgent reads
-        (messages soon due) go before the others (carries). With ``max_bytes``, the read
-        may stop once the keys and values found hold that many bytes: the offsets after
-        it are then in neither list. A request whose ``wanted()`` is False by the time its
-        turn comes (its processor closed) is dropped, and ``deliver`` never called."""
 
 
 def release_time(record: Delayed) -> float:
@@ -145,6 +119,7 @@ class DelayProcessor:
         # Overdue, read while the worker held BACKLOG_HELD (a backlog): offsets in read order.
         self._overdue: array[int] = array("q")
         self._reading_overdue = 0  # how many are being read back (counted in Holding now)
+        self._reading_far = 0  # the same, of far messages overdue when read back
         self._loaded_until = math.floor(clock() + horizon)
         self._fetching = False  # a read-back of far messages soon due is under way
         self._carrying = False  # a carry's read-back is under way
@@ -321,14 +296,24 @@ class DelayProcessor:
             return
         if earliest > now + self._lead:
             return
+        batch = FETCH_BATCH
+        overdue = earliest < now  # buckets whose time came while they could not be read
+        if overdue:  # back: a backlog, held within the worker's room as the rest of one is
+            batch = min(batch, self._holding.room)
+            if batch <= 0:
+                self._holding.wait(self._on_room)
+                return
         limit = math.floor(now + self._horizon)
         # A crowded second is read back in parts; the horizon passes it after the last.
-        offsets, emptied = self._far.take(limit, FETCH_BATCH, self._pending.__contains__)
+        offsets, emptied = self._far.take(limit, batch, self._pending.__contains__)
         self._loaded_until = max(self._loaded_until, emptied)
         self._extend_horizon(now)
         if offsets:
             offsets.sort()
             self._fetching = True
+            if overdue:  # room taken now, as for _read_overdue
+                self._reading_far = len(offsets)
+                self._holding.add(len(offsets))
             self._fetcher.fetch(self.partition, offsets, self._on_fetched, wanted=self._open)
 
     def _on_fetched(self, found: list[Fetched], missing: list[int]) -> None:
@@ -336,6 +321,8 @@ class DelayProcessor:
         if self.closed:
             return
         self._fetching = False
+        self._holding.drop(self._reading_far)  # counted again as each is held
+        self._reading_far = 0
         self._take(found, missing)
 
     def _read_overdue(self) -> None:
@@ -597,4 +584,4 @@ class DelayProcessor:
         self._timer_at = self._refill_at = None
         if was_open:
             self._holding.forget(self._on_room)
-            self._holding.drop(len(self._held) + self._reading_overdue)
+            self._holding.drop(len(self._held) + self._reading_overdue + self._reading_far)

@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from streams.engine.delay import Deliver, Fetched
+from streams.engine.buckets import Deliver, Fetched
 from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, watermarks
 
 log = logging.getLogger("kourier.delay")

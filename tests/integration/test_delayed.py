@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 
 from streams.client import Client
-from streams.engine import delay
+from streams.engine import buckets, delay
 from streams.kafka import trim
 from streams.kafka.admin import admin_client
 from streams.kafka.delay_reader import DelayReader
@@ -217,8 +217,8 @@ async def test_the_delay_reader_reads_offsets_back_and_names_those_gone(topics: 
         future.result(30)
     reader = DelayReader(topics.client_config({"group.id": f"{topics.namespace}.reader"}), topic)
     loop = asyncio.get_running_loop()
-    answer: asyncio.Future[tuple[list[delay.Fetched], list[int]]] = loop.create_future()
-    past: asyncio.Future[tuple[list[delay.Fetched], list[int]]] = loop.create_future()
+    answer: asyncio.Future[tuple[list[buckets.Fetched], list[int]]] = loop.create_future()
+    past: asyncio.Future[tuple[list[buckets.Fetched], list[int]]] = loop.create_future()
     try:
         wanted = [50, 120, 121, 2500, 2999]  # 50 was deleted; a gap to seek over
         reader.fetch(0, wanted, lambda found, missing: answer.set_result((found, missing)))
@@ -258,8 +258,8 @@ async def test_the_delay_reader_reads_urgent_offsets_first_and_stops_at_a_byte_b
     answers: list[tuple[str, list[int], list[int]]] = []
     done = asyncio.Event()
 
-    def deliver(name: str) -> delay.Deliver:
-        def delivered(found: list[delay.Fetched], missing: list[int]) -> None:
+    def deliver(name: str) -> buckets.Deliver:
+        def delivered(found: list[buckets.Fetched], missing: list[int]) -> None:
             answers.append((name, [offset for offset, _, _ in found], missing))
             if len(answers) == 4:
                 done.set()

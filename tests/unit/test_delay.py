@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.engine import delay, holding
-from streams.engine.delay import DelayProcessor, Deliver
+from streams.engine.buckets import Deliver, Fetched
+from streams.engine.delay import DelayProcessor
 from streams.engine.holding import Holding
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out
@@ -115,7 +116,7 @@ class Fetcher:
     def serve_one(self, gone: Sequence[int] = ()) -> list[int]:
         """Answer the oldest request; the offsets it asked for."""
         offsets, deliver, max_bytes = self.requests.pop(0)
-        found: list[delay.Fetched] = []
+        found: list[Fetched] = []
         missing: list[int] = []
         held = 0
         for offset in offsets:
@@ -965,6 +966,45 @@ async def test_partitions_woken_by_one_release_share_the_room_it_made(
     for rig, backlog in zip(rigs, backlogs, strict=True):
         assert set(rig.released) == set(backlog)
     assert shared.count == 0
+
+
+async def test_far_messages_overdue_when_read_back_take_their_room_in_holding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Far messages wait as offsets in buckets. When their time came while they could not be
+    read back (a broker away, a catch-up that took minutes), every bucket is overdue at
+    once, and each partition read them back FETCH_BATCH at a time up to MAX_HELD, whatever
+    the worker held: 200,000 a partition against BACKLOG_HELD for them all. An overdue
+    read-back takes its room in Holding, as the backlog's other overdue messages do;
+    buckets not yet due are read back as ever."""
+    monkeypatch.setattr(holding, "BACKLOG_HELD", 100)
+    monkeypatch.setattr(delay, "FETCH_BATCH", 40)
+    shared, clock = Holding(), Clock()
+    logs = [Log() for _ in range(3)]
+    far = [[log.delayed(T0 + 100 + i / 10) for i in range(200)] for log in logs]
+    rigs = [Rig(log, clock, holding=shared) for log in logs]
+    for rig in rigs:
+        rig.feed()
+        assert rig.processor.caught_up
+    assert shared.count == 0, "held in full, not as offsets"
+    clock.now = T0 + 3600
+    for rig in rigs:
+        rig.tick()
+
+    def all_released() -> bool:
+        return sum(len(rig.released) for rig in rigs) == 3 * 200
+
+    await steps(rigs, all_released, most=100)
+    for rig, messages in zip(rigs, far, strict=True):
+        assert set(rig.released) == set(messages)
+    assert shared.count == 0
+    soon = logs[0].delayed(clock.now + 60)  # not yet due: read back without asking for room
+    rigs[0].feed()
+    for _ in range(100):
+        shared.add(1)
+    rigs[0].tick(clock.now + 55)
+    assert rigs[0].fetcher.serve() == [soon], "a bucket not yet due waited for room"
+    assert soon in rigs[0].processor._held
 
 
 async def test_a_backlog_of_due_messages_goes_a_batch_per_step_not_all_on_the_loop(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from streams.engine.delay import Fetched
+from streams.engine.buckets import Fetched
 from streams.kafka import delay_reader
 from streams.kafka.delay_reader import DelayReader
 
