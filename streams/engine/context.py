@@ -43,6 +43,7 @@ from streams.engine.values import (
     measured,
     writable,
 )
+from streams.wire import ids
 from streams.wire.records import (
     MAX_VALUE_BYTES,
     Caller,
@@ -435,10 +436,15 @@ class InvocationContext(WorkflowContext):
         due = due_after(duration, "a sleep", self.invocation.processor.now())
         index, entry = self._step("sleep")
         if entry is None:
-            me = self.invocation.meta.id
-            index = self._new_entry(Entry(kind="sleep", callee=me, due=due))
+            meta = self.invocation.meta
+            # Named for this run: a timer of an earlier run under this id, still on the delay
+            # topic, answers no entry of this one. (Sleeps journaled by earlier versions of
+            # Kourier carry the invocation's own id, and their timers answer them as before.)
+            timer = ids.timer_id(meta.run, len(self.invocation.journal))
+            index = self._new_entry(Entry(kind="sleep", callee=timer, due=due))
             if not self.invocation.journal[index].done:
-                fired = Completion(caller=Caller(invocation_id=me, entry=index), invocation_id=me)
+                caller = Caller(invocation_id=meta.id, entry=index)
+                fired = Completion(caller=caller, invocation_id=timer)
                 with tracing.span(
                     f"sleep {duration}", attributes={"kourier.due": due, "kourier.entry": index}
                 ):

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import ConfigDict, JsonValue, SkipValidation, TypeAdapter, ValidationError
 
-from streams.wire.ids import is_id, workflow_run_id
+from streams.wire.ids import is_id, run_of, workflow_run_id
 from streams.wire.records import Caller, Failure, Target
 
 Status = Literal[
@@ -184,6 +184,11 @@ class InvocationMeta:
     def to_json(self, exclude: set[str] | None = None) -> bytes:
         """The meta as the changelog holds it; without the fields ``exclude`` names."""
         return _META.dump_json(self, exclude_none=True, exclude=exclude)
+
+    @property
+    def run(self) -> str:
+        """This run of the id (``ids.run_of``): the ids it derives are not an earlier run's."""
+        return run_of(self.id, self.seq)
 
     def outlived(self, now: float) -> bool:
         """A retained outcome whose retention has passed at ``now``: as good as forgotten

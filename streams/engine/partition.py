@@ -497,12 +497,12 @@ class PartitionProcessor:
     ) -> str:
         """The id of the invocation that journal entry ``index`` of ``caller`` calls or sends
         to: a workflow's run has one id per workflow id, an idempotent call the one its key
-        names; others are derived from the caller, so a replay names the same callee."""
+        names; others derive from the caller's run (same on a replay, not in a later run)."""
         if target.key is not None and self.registry.is_workflow_run(target):
             return ids.workflow_run_id(target.service, target.key)
         if idempotency_key is not None:
             return ids.idempotent_id(target.service, target.key, target.handler, idempotency_key)
-        return ids.child_id(caller.meta.id, index, target.key, self.partitions)
+        return ids.child_id(caller.meta.run, index, target.key, self.partitions)
 
     def handler_attach(self, inv: Invocation, index: int, invocation_id: str) -> None:
         """``ctx.attach_invocation``: the outcome comes back as a completion of ``index``."""

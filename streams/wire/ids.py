@@ -57,8 +57,16 @@ def keyed_id(key: str, seed: str) -> str:
     return _make(key_hash(key), hashlib.sha256(seed.encode()).hexdigest()[:24])
 
 
+def run_of(invocation_id: str, seq: int) -> str:
+    """One run of ``invocation_id``: the invocation created at ``seq`` (its ingress offset).
+    An id comes back (a workflow run past its retention, an idempotency key after a purge);
+    what a run derives from this is not what the earlier run under the id derived."""
+    return f"{invocation_id}@{seq}"
+
+
 def child_id(parent: str, entry: int, key: str | None, partitions: int) -> str:
-    """The id of the call or send made by journal entry ``entry`` of ``parent``.
+    """The id of the call or send made by journal entry ``entry`` of ``parent`` (a
+    :func:`run_of`, or an id from before there were runs).
 
     Derived, not random, so a replay of the parent names the same callee.
     """
@@ -66,6 +74,13 @@ def child_id(parent: str, entry: int, key: str | None, partitions: int) -> str:
     if key is not None:
         return keyed_id(key, seed)
     digest = hashlib.sha256(seed.encode()).hexdigest()
+    return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
+
+
+def timer_id(run: str, entry: int) -> str:
+    """The id a durable sleep at journal entry ``entry`` of ``run`` (:func:`run_of`) and its
+    timer's completion carry, so that a timer of an earlier run ends no sleep of this one."""
+    digest = hashlib.sha256(f"{run}/timer/{entry}".encode()).hexdigest()
     return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
 
 

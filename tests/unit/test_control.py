@@ -73,6 +73,13 @@ async def impatient(ctx: ObjectContext, wait_ms: int) -> str:
     return result
 
 
+@saga.handler()
+async def remind(ctx: ObjectContext, delay_ms: int) -> str:
+    later = ctx.object_send("Saga", f"{ctx.key}-later", "book")
+    later.send(1, delay=timedelta(milliseconds=delay_ms))
+    return "sent"
+
+
 @saga.handler(kind="shared")
 async def watch(ctx: ObjectSharedContext, invocation_id: str) -> Any:
     return await ctx.attach_invocation(invocation_id)
@@ -468,6 +475,58 @@ async def test_a_paused_invocation_resumes_and_a_completed_one_purges() -> None:
     assert h.responses()["purge"].status == "success"
     h.send(AttachRequest(request_id="attach", invocation_id=keyed_id))
     assert h.responses()["attach"].failure.code == 404
+
+
+def timers_of(h: Harness) -> list[int]:
+    """Where in the output the durable timers written so far are."""
+    return [i for i, out in enumerate(h.out) if out.topic == TOPICS.delay]
+
+
+async def test_a_timer_of_an_earlier_run_under_the_same_id_does_not_end_a_new_runs_sleep() -> None:
+    """An id comes back: a workflow run again past its retention, an idempotency key used
+    again once its outcome was purged. A durable timer of the earlier run, still on the
+    delay topic, named only the id and the journal entry, and ended the new run's sleep at
+    that entry when it fired: a workflow's "wait a week for the click" timed out early."""
+    h = harness()
+    first = Invoke(target=saga_target("again", "book"), argument=200, idempotency_key="k",
+                   request_id="first")  # fmt: skip
+    h.send(first)
+    inv_id = ids.idempotent_id("Saga", "again", "book", "k")
+    await until(lambda: waiting_in(h, inv_id, "sleep"))
+    (old_timer,) = timers_of(h)
+    h.send(Kill(invocation_id=inv_id, request_id="kill"))
+    await until(lambda: "first" in h.responses())
+    h.send(Purge(invocation_id=inv_id, request_id="purge"))
+    assert h.responses()["purge"].status == "success"
+    h.send(first.model_copy(update={"argument": 60_000, "request_id": "second"}))
+    await until(lambda: waiting_in(h, inv_id, "sleep"))
+    await until(lambda: old_timer in h.fired)  # the earlier run's timer came back
+    await settle()
+    assert waiting_in(h, inv_id, "sleep"), "the earlier run's timer ended the new run's sleep"
+    assert "second" not in h.responses()
+
+
+async def test_a_delayed_send_of_an_earlier_run_under_the_same_id_does_not_swallow_a_new_ones() -> (
+    None
+):
+    """A send's callee id is derived from its caller's id and journal entry. A new run under
+    an id that came back made its send under the id of the earlier run's, still scheduled:
+    taken for a duplicate, the new send was dropped without a word."""
+    h = harness(loopback=True)
+    first = Invoke(target=saga_target("twice", "remind"), argument=60_000, idempotency_key="k",
+                   request_id="first")  # fmt: skip
+    h.send(first)
+    await until(lambda: "first" in h.responses())
+    inv_id = h.responses()["first"].invocation_id
+    h.send(Purge(invocation_id=inv_id, request_id="purge"))
+    assert h.responses()["purge"].status == "success"
+    h.send(first.model_copy(update={"request_id": "second"}))
+    await until(lambda: "second" in h.responses())
+    assert h.responses()["second"].invocation_id == inv_id
+    sends = [i["invocation_id"] for i in h.invokes() if i["target"]["handler"] == "book"]
+    assert len(set(sends)) == 2, f"the two runs sent under {sends}"
+    scheduled = [i for i in sends if h.processor.invocations[i].meta.status == "scheduled"]
+    assert len(set(scheduled)) == 2, "the new run's send was taken for the earlier one's"
 
 
 async def test_cancelling_a_paused_invocation_cancels_the_calls_it_left_open() -> None:

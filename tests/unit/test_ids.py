@@ -32,3 +32,14 @@ def test_child_ids_are_stable_across_replays() -> None:
 def test_malformed_ids_are_rejected(bad: str) -> None:
     with pytest.raises(ids.InvalidId, match="not a Kourier invocation id"):
         ids.partition_of(bad, 8)
+
+
+def test_a_later_run_under_an_id_derives_other_child_and_timer_ids() -> None:
+    parent = ids.new_id("k", 8)
+    first, second = ids.run_of(parent, 10), ids.run_of(parent, 42)
+    assert ids.child_id(first, 3, "k", 8) == ids.child_id(first, 3, "k", 8)
+    assert ids.child_id(first, 3, "k", 8) != ids.child_id(second, 3, "k", 8)
+    assert ids.child_id(first, 3, None, 8) != ids.child_id(second, 3, None, 8)
+    assert ids.timer_id(first, 3) == ids.timer_id(first, 3)
+    assert ids.timer_id(first, 3) not in (ids.timer_id(second, 3), ids.timer_id(first, 4))
+    assert ids.is_id(ids.timer_id(first, 3)), "a timer's completion carries it as an id"

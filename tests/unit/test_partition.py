@@ -403,7 +403,9 @@ async def test_a_replayed_select_takes_the_journaled_branch() -> None:
     (call,) = h.invokes()
     # The timer fires first (as if 60 s had passed): the select journals "timeout".
     inv = h.processor.invocations[inv_id]
-    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=1), invocation_id=inv_id))
+    timer = inv.journal[1].callee  # what the sleep's timer carries
+    assert timer is not None
+    h.send(Completion(caller=Caller(invocation_id=inv_id, entry=1), invocation_id=timer))
     await until(lambda: len(h.invokes()) == 2)  # past the select, in its second call
     # A new owner replays; meanwhile the call's answer has arrived too. The replay must take
     # the journaled branch, not whichever completes first now.
