@@ -130,7 +130,10 @@ def _sent_alone(producer: Producer, out: Out) -> KafkaError:
     except KafkaException as exc:  # refused before it left (librdkafka's own limit)
         reports.append(exc.args[0])
     finally:
-        producer.abort_transaction(TRY_SECONDS)
+        try:
+            producer.abort_transaction(TRY_SECONDS)
+        except KafkaException as exc:  # the verdict stands; the next try has a new producer
+            log.warning("a try's abort failed: %s", exc.args[0])
     if not reports:
         return KafkaError(KafkaError._TIMED_OUT, "no delivery report in time")
     return reports[0]

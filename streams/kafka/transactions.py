@@ -216,10 +216,11 @@ class Transactions:
             error: KafkaError = exc.args[0]
             if in_doubt(error):
                 raise  # the producer was fenced meanwhile: settle() settles it
+            kept: Producer | None = producer
             if error.fatal() or not self._aborted(producer):
-                self._replace(turn, producer)
-            elif error.code() in REFUSED_FOR_GOOD:
-                refused = self._refused(turn, producer, snapshot)
+                kept = self._replace(turn, producer)
+            if kept is not None and error.code() in REFUSED_FOR_GOOD:
+                refused = self._refused(turn, kept, snapshot)  # on producers of its own
                 if refused:
                     raise RecordsRefused(error, refused) from exc
             raise

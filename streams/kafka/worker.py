@@ -291,21 +291,21 @@ class Worker:
         spills, as after a failed commit (Kafka thread)."""
         self._count_spill_failure(failure)
         log.error("%s; restoring owned partitions from Kafka", failure)
-        pending = self._finish_commits()
-        stuck = isinstance(pending, TimeoutError)
-        if pending is not None and not stuck:
-            self._group_metadata = None  # a commit failed: as in _recover_from
+        stuck = isinstance(self._finish_commits(), TimeoutError)
         self._recover(settled=stuck)
         self._committer.clear()
 
     def _finish_commits(self) -> Exception | None:
         """Let what was submitted commit or fail, before a restore reads the committed
         offsets; a transaction stuck in it is fenced (new producers, nothing restored
-        yet). The committer's failure, a ``TimeoutError`` when it was stuck (Kafka
-        thread)."""
+        yet). The committer's failure, a ``TimeoutError`` when it was stuck, any other
+        counted as :meth:`_recover_from` counts it (Kafka thread)."""
         failure = self._committer.flush(_STUCK)
         if isinstance(failure, TimeoutError):
             self._replace_stuck_producer(recover=False)
+        elif failure is not None:  # records Kafka refused: their invocations are held
+            self._setbacks.commit_failed(self.stats.commits, failure)
+            self._group_metadata = None  # as in _recover_from
         return failure
 
     def _count_spill_failure(self, failure: SpillFailed) -> None:

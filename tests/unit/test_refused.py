@@ -185,6 +185,23 @@ def test_the_search_ends_at_another_error_and_in_time(monkeypatch: Any) -> None:
     assert refused_module.SEARCH_SECONDS < 20.0, "within the worker's stuck-transaction limit"
 
 
+def test_a_try_whose_abort_fails_keeps_its_verdict() -> None:
+    """The abort after each try bumps the producer's epoch, a round trip to the coordinator
+    that can outlast its second on a loaded broker. Its failure replaced the delivery
+    report the try already had: the search looked no further and named nothing. Each try
+    is on a new producer, so the failed abort leaves the next one nothing to trip on."""
+
+    class Unaborted(Probed):
+        def abort_transaction(self, timeout: float) -> None:
+            super().abort_transaction(timeout)
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    found = find_refused(lambda: Unaborted(limit=100), records(300, 50))  # type: ignore[arg-type,return-value]
+    assert [(size(out), error.code()) for out, error in found] == [
+        (300, KafkaError.MSG_SIZE_TOO_LARGE)
+    ]
+
+
 def test_each_try_is_on_a_new_producer_and_an_end_keeps_what_was_found() -> None:
     made: list[Probed] = []
 

@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.engine.outbox import Out
+from streams.engine.spill import SpillFailed
 from streams.kafka import committer as committer_module
 from streams.kafka import worker as worker_module
 from streams.kafka.committer import Committer, Snapshot
@@ -308,5 +309,34 @@ def test_commits_that_keep_failing_are_restored_after_a_growing_pause(
         worker.stats.commits += 1  # one committed since
         worker._recover_from(refused, may_pause=True)
         assert pauses[-1] == 0
+    finally:
+        worker._committer.close()
+
+
+@pytest.mark.parametrize("recovery", ["spill", "lost"])
+def test_a_failed_commit_found_by_another_recovery_is_counted(
+    monkeypatch: pytest.MonkeyPatch, recovery: str
+) -> None:
+    """A commit's failure met first by the recovery from a failed spill, or from partitions
+    lost, was cleared without being counted: the invocations whose records Kafka refused
+    were not held (they failed the replay's commit again), and the pause that commits
+    failing again and again call for started over."""
+    worker = Worker(Settings(namespace=TOPICS.namespace), [])
+    refused = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+
+    def transact(snapshot: Snapshot) -> None:
+        raise refused
+
+    worker._committer = Committer(transact)
+    monkeypatch.setattr(worker, "_on_loop", lambda work: (work.close(), [])[1])
+    monkeypatch.setattr(worker, "_recover", lambda settled=False, owned=None: None)
+    try:
+        for failed in (1, 2):
+            worker._committer.submit(SNAPSHOT)
+            if recovery == "spill":
+                worker._recover_from_spill(SpillFailed("disk full"))
+            else:
+                worker._on_lost(None, [])  # type: ignore[arg-type]
+            assert worker._setbacks.failed_in_a_row == failed
     finally:
         worker._committer.close()

@@ -124,6 +124,30 @@ def test_a_record_refused_for_good_is_named_in_the_failure() -> None:
     assert tx.producers == [made[1]]
 
 
+def test_a_record_refused_for_good_is_looked_for_when_the_abort_fails_too() -> None:
+    """A transaction refused for good whose abort then failed (timed out) replaced its
+    producer and raised the plain error: nothing named the record, the replay wrote it
+    again, and the worker went round until an abort happened to work. The search makes
+    producers of its own anyway."""
+    too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    producer = StandIn({"produce": too_large, "abort": KafkaError(KafkaError._TIMED_OUT)})
+    made: list[StandIn] = []
+
+    def new_producer(turn: int) -> Any:
+        if not made and producer.calls == []:
+            made.append(producer)
+            return producer
+        made.append(StandIn({"produce": too_large}))
+        return made[-1]
+
+    tx = Transactions(new_producer, 1)
+    with pytest.raises(RecordsRefused) as raised:
+        tx.commit(SNAPSHOT)
+    assert [out for out, _ in raised.value.refused] == SNAPSHOT.out
+    assert producer.calls == ["begin", "produce", "abort"]
+    assert tx.producers == [made[-1]]
+
+
 def test_a_commit_in_doubt_is_tried_again_not_restored() -> None:
     """A commit that timed out may have committed: restoring from Kafka now would apply its
     records twice if it did, so the commit is tried again until it settles."""
