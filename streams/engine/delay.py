@@ -280,6 +280,15 @@ class DelayProcessor:
         """When the next read-back of far messages is due (wall-clock seconds), if armed."""
         return self._refill_at
 
+    @property
+    def next_wake(self) -> float | None:
+        """When a step should next :meth:`tick` this processor (wall-clock seconds): a
+        release or a read-back falling due. The worker's Kafka thread holds it against the
+        wall clock, so a step of that clock, or a suspended machine, which the loop's
+        timers do not see, delays no read-back."""
+        dues = [due for due in (self._timer_at, self._refill_at) if due is not None]
+        return min(dues) if dues else None
+
     # -- horizon and read-back -------------------------------------------------------------
 
     def _extend_horizon(self, now: float) -> None:

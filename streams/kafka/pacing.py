@@ -7,10 +7,11 @@ catching up, effects to commit or something due, and at least every ``IDLE_STEP`
 seconds, so that nothing waits longer than that; an idle worker otherwise leaves its
 event loop alone.
 
-Something due is a delayed message (its delay partition releases it in a step), or a
-scheduled invocation whose ``Start`` came a little early and which its partition runs when
-it falls due (``PartitionProcessor.next_due``). A poll never waits past either, and the
-step right after it releases both, so that the message, or the invocation's first
+Something due is a delayed message (its delay partition releases it in a step), a
+read-back of far-off delayed messages (the step starts it: ``DelayProcessor.next_wake``),
+or a scheduled invocation whose ``Start`` came a little early and which its partition runs
+when it falls due (``PartitionProcessor.next_due``). A poll never waits past any of them,
+and the step right after it handles them, so that the message, or the invocation's first
 effects, go into the very next transaction.
 """
 
@@ -89,6 +90,6 @@ class Pacing:
         """The earliest wall-clock time at which a partition has something due. The loop
         changes the due times meanwhile (the dicts change only while the Kafka thread waits
         for the loop): each is read once, as it is then."""
-        dues = [d.next_due for d in list(self._delays.values())]
+        dues = [d.next_wake for d in list(self._delays.values())]
         dues += [p.next_due for p in list(self._processors.values())]
         return min((due for due in dues if due is not None), default=None)

@@ -112,7 +112,7 @@ class Stepper:
                 self.delays[partition].advance(position)
         now = time.time()
         for delay in self.delays.values():
-            if delay.next_due is not None and delay.next_due <= now:
+            if delay.next_wake is not None and delay.next_wake <= now:
                 delay.tick()  # due while the Kafka thread waited: into this snapshot
         for processor in self.processors.values():
             if processor.next_due is not None and processor.next_due <= now:

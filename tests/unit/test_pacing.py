@@ -3,6 +3,7 @@ and the due times it reads (``streams.engine.dues``)."""
 
 from __future__ import annotations
 
+import math
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -12,11 +13,13 @@ import pytest
 from streams.engine.dues import DueTimes
 from streams.kafka import pacing as pacing_module
 from streams.kafka.pacing import Pacing
+from tests.unit.test_delay import Clock, Log, Rig
 
 
 def partition(next_due: float | None) -> Any:
-    """A delay or ingress partition as the pacing sees it: its next due time."""
-    return SimpleNamespace(next_due=next_due)
+    """A delay or ingress partition as the pacing sees it: its next due time (a delay
+    partition's ``next_wake``)."""
+    return SimpleNamespace(next_due=next_due, next_wake=next_due)
 
 
 def test_a_poll_waits_no_longer_than_the_next_thing_due_on_either_kind_of_partition() -> None:
@@ -50,8 +53,33 @@ def test_an_idle_worker_steps_as_soon_as_a_partition_has_something_due(
     assert pacing.needs_step([], {}), "an invocation that fell due"
     ingress.next_due = None
     assert not pacing.needs_step([], {}), "nothing is due any more"
-    delay.next_due = time.time() - 0.001
+    delay.next_wake = time.time() - 0.001
     assert pacing.needs_step([], {}), "a delayed message that fell due"
+
+
+async def test_a_read_back_falls_due_by_the_wall_clock_not_the_loops_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A partition holding only far-off messages waits for its read-back on a loop timer,
+    which counts monotonic time: after the wall clock stepped forward (or the machine was
+    suspended) the read-back, and every release after it, came that much late. The Kafka
+    thread compares the read-back's due time with the wall clock, as it does releases'."""
+    monkeypatch.setattr(pacing_module, "IDLE_STEP", 3600.0)  # no step for the time alone
+    log = Log()
+    clock = Clock(time.time() - 10)  # the processor armed its timers 10 s of wall clock ago
+    log.delayed(clock.now + 5)  # beyond the 2 s horizon: an offset, read back 1 s before
+    rig = Rig(log, clock, horizon=2, lead=1)
+    rig.feed()
+    processor = rig.processor
+    assert (processor.next_due, processor.next_read_back) == (None, math.floor(clock.now + 5) - 1)
+    pacing = Pacing({0: processor}, {}, lambda: False)
+    pacing.stepped_at = time.monotonic()
+    assert pacing.needs_step([], {}), "the read-back fell due by the wall clock"
+    assert pacing.wait(60) == 0.0
+    clock.now = time.time()
+    rig.tick()  # the step that follows
+    assert rig.fetcher.asked, "the step started the read-back"
+    processor.close()
 
 
 def test_the_earliest_due_time_follows_every_set_drop_and_release() -> None:
