@@ -45,6 +45,7 @@ class DelayReader:
 
     _SEEK_GAP = 2_000  # offsets: read through a smaller gap, seek over a larger one
     _STALL = 5.0  # seconds without a record before checking the partition's bounds
+    _YIELD = 1.0  # ... or, with none read yet, before letting read-backs that wait go first
 
     def __init__(self, config: dict[str, Any], topic: str) -> None:
         self._config = {
@@ -105,7 +106,7 @@ class DelayReader:
                     continue  # its processor closed (the partition revoked) while it waited
                 while True:
                     try:
-                        result = self._read(consumer, partition, offsets, max_bytes)
+                        result = self._read(consumer, partition, offsets, max_bytes, rank)
                         break
                     except _Stalled as stalled:
                         # Its partition gives nothing and no bounds (its leader away): asked
@@ -150,10 +151,18 @@ class DelayReader:
         return None
 
     def _read(
-        self, consumer: Consumer, partition: int, offsets: list[int], max_bytes: int | None = None
+        self,
+        consumer: Consumer,
+        partition: int,
+        offsets: list[int],
+        max_bytes: int | None = None,
+        rank: int = 1,
     ) -> tuple[list[Fetched], list[int]] | None:
         """What was found of ``offsets`` and which are gone; with ``max_bytes``, stopping
-        once what was found holds that many bytes (``None`` once the reader is closed)."""
+        once what was found holds that many bytes (``None`` once the reader is closed).
+        ``_Stalled`` when no record came for ``_YIELD`` seconds while read-backs as urgent
+        (``rank``) wait: a partition whose leader is away held every other partition's
+        read-backs for its ``_STALL`` and its bounds' timeout, 10 s a turn."""
         found: list[Fetched] = []
         missing: list[int] = []
         held, budget = 0, math.inf if max_bytes is None else max_bytes
@@ -194,12 +203,27 @@ class DelayReader:
                     i = self._skip_gone(consumer, partition, offsets, i, missing)
                 elif i < len(offsets) and offsets[i] - seen > self._SEEK_GAP:
                     break
+                elif (
+                    not batch
+                    and not found
+                    and not missing
+                    and time.monotonic() - heard > self._YIELD
+                    and self._others_wait(rank)
+                ):
+                    consumer.unassign()  # nothing read yet: asked again, whole, after them
+                    raise _Stalled(f"no record in {self._YIELD:g}s while others wait")
                 elif not batch and time.monotonic() - heard > self._STALL:
                     heard = time.monotonic()
                     i = self._skip_gone(consumer, partition, offsets, i, missing)
                     break
         consumer.unassign()
         return found, missing
+
+    def _others_wait(self, rank: int) -> bool:
+        """Whether a read-back as urgent as ``rank`` (or the close) waits for its turn."""
+        with self._requests.mutex:
+            waiting = self._requests.queue
+            return bool(waiting) and waiting[0][0] <= rank
 
     def _skip_gone(
         self, consumer: Consumer, partition: int, offsets: list[int], i: int, missing: list[int]

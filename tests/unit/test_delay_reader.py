@@ -134,6 +134,29 @@ async def test_a_read_back_that_cannot_be_served_goes_after_the_others(
         await asyncio.to_thread(reader.close)
 
 
+async def test_a_read_back_of_a_partition_without_leader_lets_those_waiting_go_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read-back on a partition whose leader is away held the reader for its ``_STALL``
+    and its bounds' timeout (10 s) before going after the others, and the next stalled
+    partition then held it as long: a read-back asked ``LEAD`` (10 s) before its messages
+    fell due on a healthy partition came late. With nothing read yet, one yields to those
+    waiting after ``_YIELD``."""
+    monkeypatch.setattr(delay_reader, "Consumer", LeaderAway)
+    monkeypatch.setattr(DelayReader, "_STALL", 3600.0)  # the bounds are never asked for
+    monkeypatch.setattr(DelayReader, "_YIELD", 0.1, raising=False)
+    reader = DelayReader({}, "ns.delay")
+    loop = asyncio.get_running_loop()
+    served: asyncio.Future[str] = loop.create_future()
+    try:
+        for partition in (3, 4):
+            reader.fetch(partition, [7, 8], lambda found, missing: served.set_result("stalled"))
+        reader.fetch(1, [], lambda found, missing: served.set_result("healthy"))
+        assert await asyncio.wait_for(served, 30) == "healthy"
+    finally:
+        await asyncio.to_thread(reader.close)
+
+
 class Leftover(Assigned):
     """Before partition 1's record at offset 7, a record of partition 5 at offset 40 (what
     an earlier read left fetched); then nothing."""
