@@ -20,12 +20,12 @@ the horizon on a thread of its own. The invariant: every pending message due bef
 ``_loaded_until`` (a whole second that only grows) is held in full or being read back, and
 buckets hold only later ones, so a short delay never waits for a read-back.
 
-A backlog of overdue messages waits as offsets in ``_overdue`` (or in buckets that came due
-unread) while the worker holds ``holding.BACKLOG_HELD`` in full, and goes out
-``RELEASE_BATCH`` a step. Far messages that
-pin the committed offset are carried forward (``_carry``): read back, written again at the
-end with a ``Fired`` marker for the old offset, in one transaction. The whole of it, and
-what it measured: ``streams/README.md``, "The delay topic" and the sections after it.
+A backlog of overdue messages (read while catching up, or buckets that fell due unread)
+waits as offsets in ``_overdue`` while the worker holds ``holding.BACKLOG_HELD`` in full,
+and goes out ``RELEASE_BATCH`` a step. Far messages that pin the committed offset are
+carried forward (``_carry``): read back, written again at the end with a ``Fired`` marker
+for the old offset, in one transaction. The whole of it, and what it measured:
+``streams/README.md``, "The delay topic" and the sections after it.
 """
 
 from __future__ import annotations
@@ -119,7 +119,6 @@ class DelayProcessor:
         # Overdue, read while the worker held BACKLOG_HELD (a backlog): offsets in read order.
         self._overdue: array[int] = array("q")
         self._reading_overdue = 0  # how many are being read back (counted in Holding now)
-        self._reading_far = 0  # the same, of far messages overdue when read back
         self._loaded_until = math.floor(clock() + horizon)
         self._fetching = False  # a read-back of far messages soon due is under way
         self._carrying = False  # a carry's read-back is under way
@@ -300,38 +299,42 @@ class DelayProcessor:
 
     def _refill(self, now: float) -> None:
         """Read back the buckets that came inside the horizon, once the earliest is near."""
+        self._defer_overdue(now)
         earliest = self._far.earliest
         if self._fetching or earliest is None or len(self._held) >= MAX_HELD:
             return
         if earliest > now + self._lead:
             return
-        batch = FETCH_BATCH
-        overdue = earliest < now  # buckets whose time came while they could not be read
-        if overdue:  # back: a backlog, held within the worker's room as the rest of one is
-            batch = min(batch, self._holding.room)
-            if batch <= 0:
-                self._holding.wait(self._on_room)
-                return
         limit = math.floor(now + self._horizon)
         # A crowded second is read back in parts; the horizon passes it after the last.
-        offsets, emptied = self._far.take(limit, batch, self._pending.__contains__)
+        offsets, emptied = self._far.take(limit, FETCH_BATCH, self._pending.__contains__)
         self._loaded_until = max(self._loaded_until, emptied)
         self._extend_horizon(now)
         if offsets:
             offsets.sort()
             self._fetching = True
-            if overdue:  # room taken now, as for _read_overdue
-                self._reading_far = len(offsets)
-                self._holding.add(len(offsets))
             self._fetcher.fetch(self.partition, offsets, self._on_fetched, wanted=self._open)
+
+    def _defer_overdue(self, now: float) -> None:
+        """Buckets whose every message fell due unread (a catch-up longer than the horizon,
+        read-backs failing while a broker was away) are a backlog: their offsets join
+        ``_overdue``, read back as the worker's ``Holding`` has room, and the horizon passes
+        them, so that live messages are held at once again."""
+        earliest = self._far.earliest
+        if earliest is None or earliest >= math.floor(now):
+            return
+        keep = self._pending.__contains__
+        offsets, emptied = self._far.take(math.floor(now), self._far.size, keep)
+        self._loaded_until = max(self._loaded_until, emptied)
+        self._extend_horizon(now)
+        offsets.sort()  # the read-backs ask in ascending order
+        self._overdue = array("q", heapq.merge(self._overdue, offsets))
 
     def _on_fetched(self, found: list[Fetched], missing: list[int]) -> None:
         """Records read back (on the loop): hold them in full until due."""
         if self.closed:
             return
         self._fetching = False
-        self._holding.drop(self._reading_far)  # counted again as each is held
-        self._reading_far = 0
         self._take(found, missing)
 
     def _read_overdue(self) -> None:
@@ -593,4 +596,4 @@ class DelayProcessor:
         self._timer_at = self._refill_at = None
         if was_open:
             self._holding.forget(self._on_room)
-            self._holding.drop(len(self._held) + self._reading_overdue + self._reading_far)
+            self._holding.drop(len(self._held) + self._reading_overdue)

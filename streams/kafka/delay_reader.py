@@ -45,7 +45,8 @@ class DelayReader:
 
     _SEEK_GAP = 2_000  # offsets: read through a smaller gap, seek over a larger one
     _STALL = 5.0  # seconds without a record before checking the partition's bounds
-    _YIELD = 1.0  # ... or, with none read yet, before letting read-backs that wait go first
+    _YIELD = 1.0  # ... with none read yet while others wait (and the bounds' wait then)
+    _BOUNDS = 5.0  # seconds to wait for the bounds, after which the partition counts stalled
 
     def __init__(self, config: dict[str, Any], topic: str) -> None:
         self._config = {
@@ -160,9 +161,10 @@ class DelayReader:
     ) -> tuple[list[Fetched], list[int]] | None:
         """What was found of ``offsets`` and which are gone; with ``max_bytes``, stopping
         once what was found holds that many bytes (``None`` once the reader is closed).
-        ``_Stalled`` when no record came for ``_YIELD`` seconds while read-backs as urgent
-        (``rank``) wait: a partition whose leader is away held every other partition's
-        read-backs for its ``_STALL`` and its bounds' timeout, 10 s a turn."""
+        With no record for ``_YIELD`` seconds while read-backs as urgent (``rank``) wait,
+        the bounds are asked for at once, for as long: a partition whose leader is away held
+        every other partition's read-backs for its ``_STALL`` and its bounds' timeout, 10 s
+        a turn. ``_Stalled`` when the bounds cannot be had."""
         found: list[Fetched] = []
         missing: list[int] = []
         held, budget = 0, math.inf if max_bytes is None else max_bytes
@@ -203,19 +205,21 @@ class DelayReader:
                     i = self._skip_gone(consumer, partition, offsets, i, missing)
                 elif i < len(offsets) and offsets[i] - seen > self._SEEK_GAP:
                     break
-                elif (
-                    not batch
-                    and not found
-                    and not missing
-                    and time.monotonic() - heard > self._YIELD
-                    and self._others_wait(rank)
-                ):
-                    consumer.unassign()  # nothing read yet: asked again, whole, after them
-                    raise _Stalled(f"no record in {self._YIELD:g}s while others wait")
-                elif not batch and time.monotonic() - heard > self._STALL:
-                    heard = time.monotonic()
-                    i = self._skip_gone(consumer, partition, offsets, i, missing)
-                    break
+                elif not batch:
+                    quiet = time.monotonic() - heard
+                    # Nothing read yet and others waiting: the bounds are asked for sooner,
+                    # and briefly; without them (no leader) it goes after the others.
+                    early = (
+                        not found
+                        and not missing
+                        and quiet > self._YIELD
+                        and self._others_wait(rank)
+                    )
+                    if early or quiet > self._STALL:
+                        heard = time.monotonic()
+                        wait = self._YIELD if early else self._BOUNDS
+                        i = self._skip_gone(consumer, partition, offsets, i, missing, wait)
+                        break
         consumer.unassign()
         return found, missing
 
@@ -226,12 +230,19 @@ class DelayReader:
             return bool(waiting) and waiting[0][0] <= rank
 
     def _skip_gone(
-        self, consumer: Consumer, partition: int, offsets: list[int], i: int, missing: list[int]
+        self,
+        consumer: Consumer,
+        partition: int,
+        offsets: list[int],
+        i: int,
+        missing: list[int],
+        wait: float = _BOUNDS,
     ) -> int:
         """After a stall, or a start over at the earliest record: offsets outside the
-        partition's bounds are gone for good. ``_Stalled`` when the bounds cannot be had."""
+        partition's bounds are gone for good. ``_Stalled`` when the bounds cannot be had
+        within ``wait`` seconds."""
         try:
-            low, high = watermarks(consumer, TopicPartition(self._topic, partition), 5.0)
+            low, high = watermarks(consumer, TopicPartition(self._topic, partition), wait)
         except KafkaException as exc:
             consumer.unassign()
             raise _Stalled(str(exc)) from None

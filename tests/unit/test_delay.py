@@ -990,13 +990,20 @@ async def test_far_messages_overdue_when_read_back_take_their_room_in_holding(
     clock.now = T0 + 3600
     for rig in rigs:
         rig.tick()
+    live = logs[0].delayed(clock.now + 0.5)  # a short delay, sent during the drain
+    rigs[0].feed()
+    assert live in rigs[0].processor._held, "a live message waited behind the backlog"
 
     def all_released() -> bool:
         return sum(len(rig.released) for rig in rigs) == 3 * 200
 
-    await steps(rigs, all_released, most=100)
+    await steps(rigs, all_released, most=100 + 1)
     for rig, messages in zip(rigs, far, strict=True):
         assert set(rig.released) == set(messages)
+    rigs[0].tick(clock.now + 0.5)
+    assert live in rigs[0].released
+    for rig, log in zip(rigs, logs, strict=True):
+        assert all(at >= due_of(log, offset) for offset, at in rig.released.items())
     assert shared.count == 0
     soon = logs[0].delayed(clock.now + 60)  # not yet due: read back without asking for room
     rigs[0].feed()

@@ -157,6 +157,37 @@ async def test_a_read_back_of_a_partition_without_leader_lets_those_waiting_go_f
         await asyncio.to_thread(reader.close)
 
 
+class GoneAndQuiet(Assigned):
+    """A healthy partition, emptied by retention: bounds (0, 5), and no record ever."""
+
+    def poll(self, timeout: float = -1) -> None:
+        time.sleep(min(timeout, 0.05))
+
+    def get_watermark_offsets(self, partition: Any, timeout: float = -1) -> tuple[int, int]:
+        return 0, 5
+
+
+async def test_a_quiet_read_back_whose_offsets_are_gone_says_so_while_others_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read-back that reads nothing while others wait asks for the partition's bounds
+    early: offsets past them are gone (its processor stops waiting for them), not put
+    back again and again, which left its partition's read-backs waiting for good."""
+    monkeypatch.setattr(delay_reader, "Consumer", GoneAndQuiet)
+    monkeypatch.setattr(DelayReader, "_STALL", 3600.0)
+    monkeypatch.setattr(DelayReader, "_YIELD", 0.1)
+    reader = DelayReader({}, "ns.delay")
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[list[int]] = loop.create_future()
+    try:
+        reader.fetch(3, [7, 8], lambda found, missing: gone.set_result(missing))
+        for _ in range(3):
+            reader.fetch(1, [], lambda found, missing: None)  # others, waiting
+        assert await asyncio.wait_for(gone, 30) == [7, 8]
+    finally:
+        await asyncio.to_thread(reader.close)
+
+
 class Leftover(Assigned):
     """Before partition 1's record at offset 7, a record of partition 5 at offset 40 (what
     an earlier read left fetched); then nothing."""
