@@ -187,8 +187,9 @@ class InvocationMeta:
 
     @property
     def run(self) -> str:
-        """This run of the id (``ids.run_of``): the ids it derives are not an earlier run's."""
-        return run_of(self.id, self.seq)
+        """This run of the id (``ids.run_of``): the ids it derives are not an earlier run's.
+        Fixed once it runs (a scheduled invocation takes its ``Start``'s offset first)."""
+        return run_of(self.id, self.seq, self.created_at)
 
     def outlived(self, now: float) -> bool:
         """A retained outcome whose retention has passed at ``now``: as good as forgotten

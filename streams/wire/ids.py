@@ -57,11 +57,13 @@ def keyed_id(key: str, seed: str) -> str:
     return _make(key_hash(key), hashlib.sha256(seed.encode()).hexdigest()[:24])
 
 
-def run_of(invocation_id: str, seq: int) -> str:
-    """One run of ``invocation_id``: the invocation created at ``seq`` (its ingress offset).
-    An id comes back (a workflow run past its retention, an idempotency key after a purge);
-    what a run derives from this is not what the earlier run under the id derived."""
-    return f"{invocation_id}@{seq}"
+def run_of(invocation_id: str, seq: int, created_at: float) -> str:
+    """One run of ``invocation_id``: the invocation created at ``seq`` (its ingress offset)
+    and ``created_at`` (a call run in its caller's transaction has no record of its own, so
+    two runs may share the offset). An id comes back (a workflow run past its retention, an
+    idempotency key after a purge); what a run derives from this is not what the earlier
+    run under the id derived."""
+    return f"{invocation_id}@{seq}@{created_at!r}"
 
 
 def child_id(parent: str, entry: int, key: str | None, partitions: int) -> str:

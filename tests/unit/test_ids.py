@@ -36,7 +36,10 @@ def test_malformed_ids_are_rejected(bad: str) -> None:
 
 def test_a_later_run_under_an_id_derives_other_child_and_timer_ids() -> None:
     parent = ids.new_id("k", 8)
-    first, second = ids.run_of(parent, 10), ids.run_of(parent, 42)
+    first, second = ids.run_of(parent, 10, 1e9), ids.run_of(parent, 42, 1e9 + 5)
+    # A call run in its caller's transaction takes the next offset without writing a
+    # record: a run under the same id made later the same way may take the same one.
+    assert ids.run_of(parent, 10, 1e9) != ids.run_of(parent, 10, 1e9 + 0.001)
     assert ids.child_id(first, 3, "k", 8) == ids.child_id(first, 3, "k", 8)
     assert ids.child_id(first, 3, "k", 8) != ids.child_id(second, 3, "k", 8)
     assert ids.child_id(first, 3, None, 8) != ids.child_id(second, 3, None, 8)
