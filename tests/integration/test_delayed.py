@@ -101,7 +101,7 @@ async def test_delayed_sends_run_within_a_second_of_their_due_time(
     client: Client, worker: Worker
 ) -> None:
     assert await asyncio.wait_for(count(client, "on-time"), 60) == 0  # the worker is up
-    delays = [2.0 + 0.1 * i for i in range(15)]
+    delays = [3.0 + 0.1 * i for i in range(15)]
 
     async def held() -> None:
         await poll_until(lambda: _async(pending_and_held(worker)[1]), 15, 10, "held in full")
@@ -113,7 +113,7 @@ async def test_delayed_sends_read_back_from_the_topic_run_within_a_second_of_the
     short_horizon: None, client: Client, worker: Worker
 ) -> None:
     assert await asyncio.wait_for(count(client, "read-back"), 60) == 0  # the worker is up
-    delays = [4.0 + 0.1 * i for i in range(15)]  # past the 3 s horizon
+    delays = [6.0 + 0.1 * i for i in range(15)]  # past the 3 s horizon
 
     async def as_offsets() -> None:
         await poll_until(lambda: _async(pending_and_held(worker)), (15, 0), 3, "held as offsets")
