@@ -70,7 +70,7 @@ class AdminApi:
         app.router.add_get("/invocations/{id}", self.describe_invocation)
         app.router.add_patch("/invocations/{id}/{action}", self.control_invocation)
         app.router.add_post("/invocations/{action}", self.bulk_control)
-        app.router.add_get("/state/{service}/{key}", self.object_state)
+        app.router.add_get("/state/{service:[^/]+}/{key:[^/]+}", self.object_state)  # {}s too
         app.router.add_get("/deadlocks", self.list_deadlocks)
         app.router.add_get("/ui", ui_page)
         app.router.add_get("/ui/", ui_page)

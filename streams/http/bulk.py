@@ -95,6 +95,9 @@ def parse_bulk(action: str, query: Mapping[str, str], body: Any = None) -> BulkR
         given = body.get("ids") if isinstance(body, dict) else None
         if not isinstance(given, list) or not all(isinstance(i, str) for i in given):
             raise BulkRefused(400, 'the body, when given, is {"ids": ["inv_...", ...]}')
+        wrong = next((i for i in given if not ids.is_id(i)), None)
+        if wrong is not None:  # (one with a lone surrogate failed the index's query: a 500)
+            raise BulkRefused(400, f"{wrong[:100]!r} in ids is not an invocation id")
         chosen = frozenset(given)
     return BulkRequest(action, status, service, key, dry_run, limit, chosen)
 

@@ -31,6 +31,7 @@ from streams.errors import ServeError
 from streams.http.admin import AdminApi
 from streams.http.index import InvocationIndex
 from streams.http.routes import (
+    NO_SERVICE,
     ROUTED,
     Route,
     decoded,
@@ -42,6 +43,7 @@ from streams.http.routes import (
     utf8,
 )
 from streams.http.shared import (
+    LIVENESS,
     HttpError,
     app_runner,
     bearer,
@@ -163,14 +165,16 @@ class Ingress:
     def app(self) -> web.Application:
         app = web.Application(
             client_max_size=self.max_body,
-            middlewares=[json_errors, bearer(self.settings.token), same_origin],
+            middlewares=[json_errors, bearer(self.settings.token, LIVENESS), same_origin],
         )
         app.router.add_get("/health", self.admin.health)  # the same answer on both ports
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/restate/{verb:attach|output}/{id}", self.attach)
         # Any character, a newline too: an id with one after it is attach's 400, not a 404.
         app.router.add_get(r"/restate/invocation/{rest:[\s\S]+}/{verb:attach|output}", self.attach)
-        app.router.add_get("/restate/workflow/{service}/{key}/{verb:attach|output}", self.attach)
+        # [^/]+, not aiohttp's default [^{}/]+: a key may hold braces (it has them decoded).
+        workflow = "/restate/workflow/{service:[^/]+}/{key:[^/]+}/{verb:attach|output}"
+        app.router.add_get(workflow, self.attach)
         app.router.add_post("/{path:.*}", self.invoke)
         app.router.add_route("*", "/{path:.*}", self.not_a_call)
         return app
@@ -335,7 +339,7 @@ class Ingress:
         try:
             return route(raw_path, self.client.services)
         except HttpError as error:
-            if error.status != 404:
+            if error.status != 404 or error.message == NO_SERVICE:
                 raise
         await self._read_catalog_again()
         return route(raw_path, self.client.services)

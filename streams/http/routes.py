@@ -66,6 +66,9 @@ class Route:
         return f"/{target.service}{key}/{target.handler}{send}"
 
 
+#: The 404 of a path that names no service: no catalog, however fresh, has a route for it.
+NO_SERVICE = "no service in the path"
+
 #: Where a request keeps its route, once found (``Ingress.invoke`` names its span by it).
 ROUTED = web.RequestKey("kourier.route", Route)
 
@@ -96,7 +99,7 @@ def route(raw_path: str, services: dict[str, ServiceInfo]) -> Route:
     else:
         suffixed = True
     if not segments:
-        raise HttpError(404, "no service in the path")
+        raise HttpError(404, NO_SERVICE)
     info = services.get(segments[0])
     if info is None:
         raise HttpError(404, f"unknown service {segments[0]!r}")

@@ -38,12 +38,14 @@ def error_response(
     return web.json_response({"code": status, "message": message}, status=status, headers=headers)
 
 
-#: Routes served without a token, by method and path: liveness for orchestrators, and the
-#: UI's static page (it holds no data; it asks for the token and sends it with every API
-#: request). Anything else, such as ``POST /health`` to a service named ``health``, needs it.
-_OPEN_ROUTES = frozenset(
-    (method, path) for method in ("GET", "HEAD") for path in ("/health", "/ui", "/ui/", "/")
-)
+#: Routes served without a token, by method and path: liveness for orchestrators, and on
+#: the admin port the UI's static page (it holds no data; it asks for the token and sends
+#: it with every API request). Anything else, such as ``POST /health`` to a service named
+#: ``health``, needs it; on the ingress ``GET /`` and ``GET /ui`` too (its 404 asks Kafka).
+LIVENESS = frozenset((method, "/health") for method in ("GET", "HEAD"))
+ADMIN_OPEN = LIVENESS | {
+    (method, path) for method in ("GET", "HEAD") for path in ("/ui", "/ui/", "/")
+}
 
 
 @web.middleware
@@ -132,16 +134,18 @@ def _hostname(host: str) -> str:
     return host.rstrip(".")
 
 
-def bearer(token: str | None) -> Any:
-    """Require ``Authorization: Bearer <token>`` when a token is configured (401 otherwise)."""
-    expected = f"Bearer {token}".encode() if token else None
+def bearer(token: str | None, open_routes: frozenset[tuple[str, str]] = ADMIN_OPEN) -> Any:
+    """Require ``Authorization: Bearer <token>`` (the scheme in any case, RFC 7235) when a
+    token is configured, except on ``open_routes`` (401 otherwise)."""
+    expected = token.encode() if token else None
 
     @web.middleware
     async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        if expected is not None and (request.method, request.path) not in _OPEN_ROUTES:
+        if expected is not None and (request.method, request.path) not in open_routes:
             # aiohttp keeps bytes that are not UTF-8 as surrogates: such a header is no token
-            given = request.headers.get("authorization", "").encode(errors="surrogateescape")
-            if not hmac.compare_digest(given, expected):
+            header = request.headers.get("authorization", "").encode(errors="surrogateescape")
+            scheme, _, given = header.strip().partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), expected):
                 return error_response(
                     401, "missing or wrong bearer token", {"www-authenticate": "Bearer"}
                 )

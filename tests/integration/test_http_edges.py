@@ -166,6 +166,33 @@ async def test_a_key_may_hold_a_slash_sent_as_percent_2f(ingress_url: str) -> No
             assert await reply.json() == 4
 
 
+async def test_a_key_may_hold_braces(ingress_url: str) -> None:
+    """aiohttp's pattern for a path part, ``[^{}/]+``, met the key decoded: a workflow with id
+    ``{w}`` ran, and its output was a 404 ("unknown service 'restate'", after a catalog
+    read), as was the state of object ``{k}`` on the admin port."""
+    admin_url = ADMIN_URLS[ingress_url]
+    async with aiohttp.ClientSession() as http:
+        run = URL(f"{ingress_url}/Signup/%7Bw%7D/run/send", encoded=True)
+        async with http.post(run, json="a@example.com") as reply:
+            assert reply.status == 202, await reply.text()
+        click = URL(f"{ingress_url}/Signup/%7Bw%7D/click", encoded=True)
+        async with http.post(click, json="s3") as reply:
+            assert reply.status == 200, await reply.text()
+        attach = URL(f"{ingress_url}/restate/workflow/Signup/%7Bw%7D/attach", encoded=True)
+        async with http.get(attach) as reply:
+            assert reply.status == 200, await reply.text()
+            assert await reply.json() == "a@example.com verified with s3"
+        async with http.post(URL(f"{ingress_url}/Tally/%7Bk%7D/add", encoded=True), json=2) as r:
+            assert r.status == 200, await r.text()
+        state = URL(f"{admin_url}/state/Tally/%7Bk%7D", encoded=True)
+
+        async def current() -> object:
+            async with http.get(state) as reply:
+                return await reply.json()
+
+        await poll_until(current, {"count": 2}, 30, "the state of key {k} in the admin API")
+
+
 async def test_a_path_that_is_not_utf8_once_decoded_is_400(ingress_url: str) -> None:
     """Each segment is percent-decoded on its own; bytes that are not UTF-8 were replaced by
     U+FFFD, so that ``%FF`` and ``%FE`` named one object. An attach by idempotency key with

@@ -52,6 +52,11 @@ def test_a_bulk_request_needs_a_known_action_a_filter_and_a_known_status() -> No
     assert refused("cancel", {"service": "Trip", "dry_run": "maybe"})[0] == 400
     assert refused("cancel", {"service": "Trip"}, {"ids": "inv_x"})[0] == 400
     assert refused("cancel", {"service": "Trip"}, [A])[0] == 400
+    # Not an id (a lone surrogate made the on-disk index's query raise: a 500).
+    for bad in ("\ud800", "inv_x", "x" * 40):
+        status, message = refused("cancel", {"service": "Trip"}, {"ids": [A, bad]})
+        assert status == 400
+        assert "not an invocation id" in message
 
 
 def test_a_bulk_request_parses() -> None:

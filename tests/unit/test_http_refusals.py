@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from streams.http.shared import app_runner, json_errors
+from streams.http.shared import ADMIN_OPEN, LIVENESS, app_runner, bearer, json_errors
 
 
 async def hello(request: web.Request) -> web.Response:
@@ -78,3 +78,47 @@ async def test_a_request_it_takes_is_answered_as_before(port: int) -> None:
         port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert (status, json.loads(body)) == (200, {"hello": True})
+
+
+@pytest.mark.parametrize(
+    ("open_routes", "path", "authorization", "status"),
+    [
+        (LIVENESS, "/health", None, 200),
+        (LIVENESS, "/", None, 401),  # the ingress's 404 would read the catalog from Kafka
+        (LIVENESS, "/ui", None, 401),
+        (ADMIN_OPEN, "/ui", None, 200),  # the admin port's static page
+        (ADMIN_OPEN, "/hello", None, 401),
+        (ADMIN_OPEN, "/hello", "Bearer s3cret", 200),
+        (ADMIN_OPEN, "/hello", "bearer s3cret", 200),  # the scheme in any case (RFC 7235)
+        (ADMIN_OPEN, "/hello", "BEARER  s3cret", 200),
+        (ADMIN_OPEN, "/hello", "Bearer wrong", 401),
+        (ADMIN_OPEN, "/hello", "Basic s3cret", 401),
+        (ADMIN_OPEN, "/hello", "Bearers3cret", 401),
+        (ADMIN_OPEN, "/hello", "s3cret", 401),
+    ],
+)
+async def test_the_token_is_asked_for_everywhere_but_the_open_routes(
+    open_routes: frozenset[tuple[str, str]], path: str, authorization: str | None, status: int
+) -> None:
+    """``GET /`` and ``GET /ui`` were open on the ingress as on the admin port: without the
+    token, each one's 404 made the ingress read its service catalog from Kafka again."""
+    app = web.Application(middlewares=[json_errors, bearer("s3cret", open_routes)])
+    for route in ("/hello", "/health", "/", "/ui"):
+        app.router.add_get(route, hello)
+    runner = app_runner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        header = b"" if authorization is None else b"Authorization: %s\r\n" % authorization.encode()
+        request = b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n" % (
+            path.encode(),
+            header,
+        )
+        answered, _, body = await exchange(port, request)
+    finally:
+        await runner.cleanup()
+    assert answered == status, body
+    if status == 401:
+        assert json.loads(body)["code"] == 401

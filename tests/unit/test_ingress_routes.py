@@ -84,6 +84,18 @@ async def test_an_unknown_service_is_404_after_at_most_one_read_a_second(
     assert catalog.reads == 2
 
 
+@pytest.mark.parametrize("path", ["/", "//"])
+async def test_a_path_without_a_service_is_404_without_reading_the_catalog(path: str) -> None:
+    """No catalog, however fresh, routes a path that names no service: its 404 read the
+    catalog from Kafka again (``GET /`` without a token did so once a second)."""
+    catalog = Catalog({"Greeter": GREETER})
+    catalog.gate.set()
+    with pytest.raises(HttpError) as refused:
+        await ingress_with(catalog).route(path)
+    assert refused.value.status == 404
+    assert catalog.reads == 0
+
+
 @pytest.mark.parametrize(
     "failure", [KafkaUnavailable("Kafka did not answer"), RuntimeError("an ACL is missing")]
 )
