@@ -39,35 +39,54 @@ def attempt_context(invocation_id: str) -> contextvars.Context:
     return context
 
 
+def _in_callback() -> bool:
+    """Whether this runs in a callback of the loop, outside any task: whatever its context
+    says, it serves what comes next (a thread of its own is a ``ctx.run`` action's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return asyncio.current_task() is None
+
+
 def current() -> str | None:
     """The invocation whose attempt (or a task or thread of it) runs here, if any."""
     invocation_id = INVOCATION.get()
-    if invocation_id is None:
+    return None if invocation_id is None or _in_callback() else invocation_id
+
+
+def _trace_ids() -> tuple[str, str] | None:
+    """The current span's trace and span ids (one recorded here, or one a caller passed
+    on), unless this is a loop's callback, whose context is whoever scheduled it."""
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid or _in_callback():
         return None
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # a thread of its own: a ctx.run action's
-        return invocation_id
-    return invocation_id if asyncio.current_task() is not None else None
+    return format(span.trace_id, "032x"), format(span.span_id, "016x")
 
 
 class InvocationFilter(logging.Filter):
-    """Adds ``invocation_id`` (None outside an attempt) and, for the text format,
-    ``invocation`` (``"inv_... "``, or empty where the message starts with the id already)
-    to every record; drops none."""
+    """Adds ``invocation_id`` (None outside an attempt), ``trace_ids`` (see
+    :func:`_trace_ids`) and, for the text format, ``invocation`` (``"inv_... "``, or empty
+    where the message starts with the id already) to every record; drops none."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         invocation_id = current()
         record.invocation_id = invocation_id
+        record.trace_ids = _trace_ids()
+        try:
+            message = record.getMessage()
+        except Exception:  # logging never raises: the handler reports the record it cannot
+            message = ""  # format, but a filter's error went up to the line that logged it
         # Kourier's own lines about an invocation start with its id already: not twice.
-        named = invocation_id is None or record.getMessage().startswith(invocation_id)
+        named = invocation_id is None or message.startswith(invocation_id)
         record.invocation = "" if named else f"{invocation_id} "
         return True
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the
-    invocation's id and, inside a recording span, its trace and span ids."""
+    invocation's id and, inside a span, its trace and span ids (as the filter found them;
+    where no filter ran, as they are now)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -79,10 +98,9 @@ class JsonFormatter(logging.Formatter):
         invocation_id = getattr(record, "invocation_id", None)
         if invocation_id is not None:
             line["invocation_id"] = invocation_id
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
-            line["trace_id"] = format(span.trace_id, "032x")
-            line["span_id"] = format(span.span_id, "016x")
+        ids = record.trace_ids if hasattr(record, "trace_ids") else _trace_ids()
+        if ids is not None:
+            line["trace_id"], line["span_id"] = ids
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:  # formatted already (a record from a QueueHandler)

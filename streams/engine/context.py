@@ -445,9 +445,9 @@ class InvocationContext(WorkflowContext):
             if not self.invocation.journal[index].done:
                 caller = Caller(invocation_id=meta.id, entry=index)
                 fired = Completion(caller=caller, invocation_id=timer)
-                with tracing.span(
-                    f"sleep {duration}", attributes={"kourier.due": due, "kourier.entry": index}
-                ):
+                seconds = duration.total_seconds()  # named without it: span names are few
+                attributes = {"kourier.due": due, "kourier.entry": index, "kourier.sleep": seconds}
+                with tracing.span("sleep", attributes=attributes):
                     self.invocation.timer(index, due, fired)
         return _EntryFuture(self, index)
 

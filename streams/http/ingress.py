@@ -321,6 +321,10 @@ class Ingress:
             labelled(REQUESTS, kind, str(error.status)).inc()
             labelled(LATENCY, kind).observe(time.perf_counter() - began)
             raise
+        except asyncio.CancelledError:  # the client hung up (499, as nginx counts it): the
+            labelled(REQUESTS, kind, "499").inc()  # slowest calls went missing from both
+            labelled(LATENCY, kind).observe(time.perf_counter() - began)
+            raise
         except Exception as error:  # json_errors answers: 400 for a body that does not
             bad_body = isinstance(error, web.RequestPayloadError)  # decompress, else 500
             labelled(REQUESTS, kind, "400" if bad_body else "500").inc()

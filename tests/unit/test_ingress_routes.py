@@ -8,6 +8,7 @@ import asyncio
 from typing import Any, cast
 
 import pytest
+from aiohttp import ClientTimeout
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
@@ -182,6 +183,30 @@ async def test_an_unforeseen_error_is_a_500_counted_in_the_requests_metric() -> 
         reply = await http.post("/Greeter/greet", json="ada")
         assert reply.status == 500
     assert requests_counted("500") == before + 1
+
+
+class Waits(Answers):
+    """A client whose calls wait for good."""
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.Event().wait()
+
+
+async def test_a_call_whose_client_hangs_up_is_counted_as_a_499() -> None:
+    """Its handler is cancelled (``handler_cancellation``), which no ``except Exception``
+    meets: the calls slow enough for their clients to give up were in neither the request
+    count nor the latency histogram."""
+    ingress = ingress_with(Waits(RuntimeError("not raised")))
+    before = requests_counted("499")
+    async with TestClient(TestServer(ingress.app())) as http:
+        with pytest.raises(asyncio.TimeoutError):
+            await http.post("/Greeter/greet", json="ada", timeout=ClientTimeout(total=0.2))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while requests_counted("499") == before:
+            assert loop.time() < deadline, "the hung-up call was never counted"
+            await asyncio.sleep(0.01)
+    assert requests_counted("499") == before + 1
 
 
 @pytest.mark.parametrize(

@@ -86,10 +86,30 @@ async def test_a_callback_scheduled_from_an_attempt_names_no_invocation(kept: Ke
         await asyncio.to_thread(notes.warning, "a thread")
         await asyncio.create_task(child())
 
-    await loop.create_task(attempt(), context=logs.attempt_context("inv_1"))
+    with TracerProvider().get_tracer("test").start_as_current_span("attempt"):
+        await loop.create_task(attempt(), context=logs.attempt_context("inv_1"))
     await asyncio.sleep(0)
     named = {r.getMessage(): r.invocation_id for r in kept.records}
     assert named == {"a callback": None, "a thread": "inv_1", "a task": "inv_1"}
+    # Nor the attempt's trace, in JSON: the callback's lines are about someone else.
+    traced = {r.getMessage(): "trace_id" in json.loads(logs.JsonFormatter().format(r))
+              for r in kept.records}  # fmt: skip
+    assert traced == {"a callback": False, "a thread": True, "a task": True}
+
+
+async def test_a_line_that_cannot_be_formatted_does_not_raise_where_it_was_logged() -> None:
+    """The filter formats the message to see whether it names the invocation: a handler's
+    ``log.info("%d", "17")`` raised the formatting's TypeError out of the logging call,
+    failing the attempt. Logging reports such a line and goes on."""
+
+    record = logging.LogRecord("apps", logging.WARNING, __file__, 1, "order %d", ("17",), None)
+
+    async def attempt() -> bool:
+        return logs.InvocationFilter().filter(record)
+
+    loop = asyncio.get_running_loop()
+    assert await loop.create_task(attempt(), context=logs.attempt_context("inv_1"))
+    assert (record.invocation_id, record.invocation) == ("inv_1", "inv_1 ")
 
 
 def test_a_json_line_holds_the_invocation_the_trace_and_the_exception() -> None:
@@ -100,9 +120,9 @@ def test_a_json_line_holds_the_invocation_the_trace_and_the_exception() -> None:
         record.exc_info = sys.exc_info()
     token = logs.INVOCATION.set("inv_1")
     try:
-        logs.InvocationFilter().filter(record)
         tracer = TracerProvider().get_tracer("test")
         with tracer.start_as_current_span("attempt") as span:
+            logs.InvocationFilter().filter(record)  # as one logging call runs both
             line = json.loads(logs.JsonFormatter().format(record))
             context = span.get_span_context()
     finally:
