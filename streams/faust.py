@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError
 from faust.agents.agent import current_agent
 from faust.streams import current_event
 from faust.types import AppT, EventT
@@ -298,9 +299,14 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         one that comes while it is down is not delivered again unless the call is (use
         :meth:`request` when the outcome must be seen)."""
         request_id = self._client.new_request_id()
-        record = await self._invoke(target, argument, request_id, idempotency_key, headers, None)
+        # Expected at once, as the id is drawn for the client's reader: a restart of the
+        # client while the catalog is read fails it (logged), rather than leave it waiting
+        # where no response comes.
         answer = self._client.expect(request_id)
         try:
+            record = await self._invoke(
+                target, argument, request_id, idempotency_key, headers, None
+            )
             await self._produce(target, record)
         except BaseException:
             answer.cancel()
@@ -379,6 +385,15 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                 "this event comes from a channel, not a Kafka topic, so no idempotency key "
                 "can be derived from it: pass idempotency_key="
             )
+        if message.topic.endswith("-repartition"):
+            # Written by this app's group_by: forwarded again, under new offsets, when the
+            # app stops before committing the source's: the key would be new each time.
+            raise RuntimeError(
+                f"this event comes from {message.topic}, which a group_by writes again after "
+                "a restart under new offsets, so no idempotency key can be derived from it: "
+                "pass idempotency_key= (say, from the source event's topic, partition and "
+                "offset, or from its content)"
+            )
         # Faust hands one event to every agent that reads its topic, in whatever order they
         # run: counted for the event alone, a redelivery could give agent A's call the
         # number agent B's had, and each would run again under a key new to it.
@@ -408,14 +423,17 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
             raise TerminalError(f"the record cannot be written: {error.detail}", 400) from None
         key = target.key if target.key is not None else record.invocation_id
         partition = ids.partition_of(record.invocation_id, self._client.partitions)
-        delivery = await self.ingress.send(
-            key=key.encode(),
-            value=record,
-            partition=partition,
-            headers=_trace_headers(),
-            force=True,
-        )
-        await delivery
+        try:
+            delivery = await self.ingress.send(
+                key=key.encode(),
+                value=record,
+                partition=partition,
+                headers=_trace_headers(),
+                force=True,
+            )
+            await delivery
+        except MessageSizeTooLargeError as error:  # the topic takes less than Kourier does
+            raise TerminalError(f"Kafka did not take the record: {error}", 413) from None
 
 
 class _Outcomes(faust.Channel[ResponseRecord]):

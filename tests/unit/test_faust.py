@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import faust
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 
 from handlers import TerminalError
 from streams import faust as integration
@@ -111,6 +112,18 @@ def test_a_channel_event_has_no_key_to_derive(
         kourier._derived_key()
     monkeypatch.setattr(integration, "current_event", lambda: None)
     with pytest.raises(RuntimeError, match="outside an agent"):
+        kourier._derived_key()
+
+
+def test_a_group_by_event_has_no_key_to_derive(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent reading ``orders.group_by(...)`` reads what the app forwarded to a topic of
+    its own; stopped before committing the source's offsets, the app forwards those events
+    again under new offsets: the derived key changed, and each call ran once more."""
+    repartitioned = Message("unit-orders-Order.customer-repartition", 0, 7)
+    monkeypatch.setattr(integration, "current_event", lambda: Event(repartitioned))
+    with pytest.raises(RuntimeError, match="pass idempotency_key="):
         kourier._derived_key()
 
 
@@ -322,6 +335,47 @@ async def test_an_argument_past_what_a_record_carries_is_a_413(
         await kourier.send(target, "x" * MAX_RECORD_BYTES, idempotency_key="k1")
     assert refused.value.status_code == 413
     assert sent == []
+
+
+async def test_call_expects_its_outcome_before_it_waits_for_the_catalog(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``call`` drew its request id (for the response partition its client reads), waited
+    for the catalog, and only then expected the outcome: a client restarted meanwhile reads
+    another partition, and the outcome went where nobody read, unnoticed."""
+    steps: list[str] = []
+    expected: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    def expect(request_id: str) -> asyncio.Future[object]:
+        steps.append("expect")
+        return expected
+
+    async def invoke(*args: object) -> object:
+        steps.append("catalog")
+        raise RuntimeError("the catalog is not there")
+
+    monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r1")
+    monkeypatch.setattr(kourier._client, "expect", expect)
+    monkeypatch.setattr(kourier, "_invoke", invoke)
+    with pytest.raises(RuntimeError):
+        await kourier.call(Target(service="Greeter", handler="greet"), "ada")
+    assert steps == ["expect", "catalog"]
+    assert expected.cancelled(), "still expected after the call failed"
+
+
+async def test_a_record_the_topic_refuses_as_too_large_is_a_413(
+    kourier: Kourier, sent: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic whose ``max.message.bytes`` is below what Kourier takes refuses the record:
+    Faust's producer raised aiokafka's own error, as the Python client raises none."""
+
+    async def too_large(**record: object) -> None:
+        raise MessageSizeTooLargeError()
+
+    monkeypatch.setattr(kourier.ingress, "send", too_large)
+    with pytest.raises(TerminalError) as refused:
+        await kourier.send(Target(service="Greeter", handler="greet"), "ada", idempotency_key="k")
+    assert refused.value.status_code == 413
 
 
 async def test_a_record_a_worker_would_dead_letter_is_a_400_and_not_sent(
