@@ -293,21 +293,22 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         *,
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        within: timedelta | None = None,
     ) -> str:
         """Call ``target`` without waiting: returns, once Kafka has the record, the request
         id that the outcome on :attr:`outcomes` carries. Outcomes arrive while the app runs;
         one that comes while it is down is not delivered again unless the call is (use
-        :meth:`request` when the outcome must be seen)."""
+        :meth:`request` when the outcome must be seen). ``TimeoutError`` when the record is
+        not written ``within`` (see :meth:`_written`)."""
         request_id = self._client.new_request_id()
         # Expected at once, as the id is drawn for the client's reader: a restart of the
         # client while the catalog is read fails it (logged), rather than leave it waiting
         # where no response comes.
         answer = self._client.expect(request_id)
         try:
-            record = await self._invoke(
-                target, argument, request_id, idempotency_key, headers, None
+            await self._written(
+                target, argument, request_id, idempotency_key, headers, None, within
             )
-            await self._produce(target, record)
         except BaseException:
             answer.cancel()
             raise
@@ -337,14 +338,48 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         delay: timedelta | None = None,
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        within: timedelta | None = None,
     ) -> str:
-        """One-way: returns the invocation id once Kafka has the record."""
+        """One-way: returns the invocation id once Kafka has the record (``TimeoutError``
+        when it is not written ``within``, see :meth:`_written`)."""
         due = None if delay is None else due_time(delay, f"the delay of {target.path()}")
         when = None if due is None else due.isoformat()
-        record = await self._invoke(target, argument, None, idempotency_key, headers, when)
-        await self._produce(target, record)
+        record = await self._written(target, argument, None, idempotency_key, headers, when, within)
         assert record.invocation_id is not None
         return record.invocation_id
+
+    async def _written(
+        self,
+        target: Target,
+        argument: Any,
+        request_id: str | None,
+        idempotency_key: str | None,
+        headers: Mapping[str, str] | None,
+        due: str | None,
+        within: timedelta | None,
+    ) -> InvokeRecord:
+        """The call's or send's record, written. An agent waiting here (for the catalog, or
+        for Faust's producer, up to its request timeout) holds up Faust's rebalances and
+        shutdown, as in :meth:`request`: ``TimeoutError`` after ``within`` (default
+        ``KOURIER_CALL_TIMEOUT``)."""
+        limit = (self.settings.call_timeout if within is None else within).total_seconds()
+        record: InvokeRecord | None = None
+        try:
+            async with asyncio.timeout(limit):
+                record = await self._invoke(
+                    target, argument, request_id, idempotency_key, headers, due
+                )
+                await self._produce(target, record)
+        except TimeoutError:
+            if record is None:
+                raise TimeoutError(
+                    f"no catalog of services within {limit:g}s; nothing was written"
+                ) from None
+            raise TimeoutError(
+                f"{target.path()} was not written within {limit:g}s; invocation "
+                f"{record.invocation_id} may have been"
+            ) from None
+        return record
 
     # -- building and producing records --------------------------------------------------
 

@@ -337,6 +337,30 @@ async def test_an_argument_past_what_a_record_carries_is_a_413(
     assert sent == []
 
 
+@pytest.mark.parametrize("verb", ["call", "send"])
+async def test_call_and_send_are_bounded_by_within_too(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """``request`` had ``within=`` because an agent waiting on Faust's producer holds up
+    rebalances and shutdown; ``call`` and ``send`` waited there with no bound at all."""
+
+    async def kafka_away(target: object, record: object) -> None:
+        await asyncio.sleep(3600)  # stands for a producer that never hears from Kafka
+
+    monkeypatch.setattr(kourier, "_produce", kafka_away)
+    monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
+    monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r-away")
+    monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
+    monkeypatch.setattr(kourier._client._kafka, "_loop", asyncio.get_running_loop(), raising=False)
+    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
+    target = Target(service="Greeter", handler="greet")
+    bound = timedelta(seconds=0.1)
+    asking = getattr(kourier, verb)(target, "ada", idempotency_key="k1", within=bound)
+    with pytest.raises(TimeoutError, match="may have been"):
+        await asyncio.wait_for(asking, 5)
+    assert kourier._client.awaited == 0, "an outcome still expected"
+
+
 async def test_call_expects_its_outcome_before_it_waits_for_the_catalog(
     kourier: Kourier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
