@@ -148,6 +148,34 @@ def _wait_for_metadata(
         time.sleep(0.1)
 
 
+#: The topic settings :func:`config_problems` reads.
+CHECKED_CONFIGS = ("cleanup.policy", "retention.ms", "retention.bytes")
+
+
+def config_problems(spec: TopicSpec, config: dict[str, str | None]) -> list[str]:
+    """What in an existing topic's configuration deletes records Kourier still needs: a
+    changelog that is not compacted, or that also deletes by age or size, and a delay topic
+    whose records expire (a delayed send due later would never run). Topics created by
+    someone else (``--no-create-topics``) get Kafka's defaults: delete after 7 days."""
+    problems: list[str] = []
+    policy = set((config.get("cleanup.policy") or "delete").split(","))
+    compacted = spec.config.get("cleanup.policy") == "compact"
+    if compacted and "compact" not in policy:
+        problems.append(
+            f"{spec.name} has cleanup.policy={','.join(sorted(policy))}: it holds "
+            f"{spec.purpose}, kept by key; set cleanup.policy=compact"
+        )
+    if "delete" in policy and (compacted or spec.config.get("retention.ms") == "-1"):
+        for name in ("retention.ms", "retention.bytes"):
+            value = config.get(name)
+            if value is not None and int(value) >= 0:
+                problems.append(
+                    f"{spec.name} deletes records by {name}={value}: it holds "
+                    f"{spec.purpose}, needed until Kourier is done with them; set {name}=-1"
+                )
+    return problems
+
+
 class TopicsDescription(TypedDict):
     brokers: int
     topics: list[dict[str, object]]
@@ -158,8 +186,9 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
     """The cluster's brokers, and each topic of the namespace: whether it exists, its
     partitions, replication factor, the smallest in-sync replica set of its partitions,
     ``min.insync.replicas`` and cleanup policy; ``warnings`` for what risks data or
-    availability (one replica on a cluster, a partition whose ISR is below its minimum, a
-    topic that takes records smaller than :data:`RECORD_BYTES`)."""
+    availability (one replica on a cluster, or a minimum of one in-sync, a partition whose
+    ISR is below its minimum, a topic that takes records smaller than :data:`RECORD_BYTES`,
+    one that deletes records Kourier needs: :func:`config_problems`)."""
     admin, refusals = checked_admin(settings)
     specs = Topics(settings.namespace).specs(settings.partitions)
     cluster = cluster_metadata(admin, timeout, refusals)
@@ -182,7 +211,7 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
                 continue
             configs[resource.name] = {
                 name: found[name].value
-                for name in ("cleanup.policy", "min.insync.replicas", "max.message.bytes")
+                for name in ("min.insync.replicas", "max.message.bytes", *CHECKED_CONFIGS)
                 if name in found
             }
     rows: list[dict[str, object]] = []
@@ -216,6 +245,12 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
             warnings.append(
                 f"{spec.name} takes records of at most {largest} bytes (max.message.bytes), "
                 f"below the {RECORD_BYTES} Kourier writes: workers refuse to start"
+            )
+        warnings += config_problems(spec, dict(config))
+        if factor > 1 and floor < 2:
+            warnings.append(
+                f"{spec.name} has min.insync.replicas={floor} on {factor} replicas: a write "
+                "acknowledged by its leader alone is lost with it (set it to 2)"
             )
         if isr < floor:
             warnings.append(

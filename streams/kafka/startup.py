@@ -16,7 +16,7 @@ from confluent_kafka.admin._config import ConfigResource
 from streams.engine.outbox import Out
 from streams.engine.registry import Registry
 from streams.errors import KourierError
-from streams.kafka.admin import RECORD_BYTES
+from streams.kafka.admin import CHECKED_CONFIGS, RECORD_BYTES, config_problems
 from streams.kafka.offsets import MissingTopics, Refusals, required_topics
 from streams.kafka.restore import claim_slot
 from streams.settings import Settings
@@ -62,20 +62,29 @@ def check_record_limits(admin: AdminClient, topics: Topics, timeout: float = 10.
     """:class:`WorkerError` when a topic the worker writes to takes records smaller than
     :data:`RECORD_BYTES` (its ``max.message.bytes``, or the broker's default it inherits):
     Kourier checks values against what it writes, so such a record would fail every commit
-    of the worker, and again after each restore. Not checked where reading a topic's
-    configuration is not allowed (``DescribeConfigs``, an ACL) or not answered within
-    ``timeout`` seconds."""
-    names = [*topics.co_partitioned(), topics.deadletter]
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+    of the worker, and again after each restore; or when a topic deletes records Kourier
+    still needs (:func:`~streams.kafka.admin.config_problems`). Not checked where reading a
+    topic's configuration is not allowed (``DescribeConfigs``, an ACL) or not answered
+    within ``timeout`` seconds."""
+    specs = {spec.name: spec for spec in topics.specs(1)}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in specs]
     asked = admin.describe_configs(resources, request_timeout=timeout)
     for resource, future in asked.items():
         try:
             found = future.result(timeout + 5)
         except (KafkaException, TimeoutError) as exc:  # refused (an ACL), or no answer
             reason = exc.args[0] if exc.args else type(exc).__name__
-            log.info("%s: max.message.bytes not checked (%s)", resource.name, reason)
+            log.info("%s: its configuration is not checked (%s)", resource.name, reason)
             continue
+        problems = config_problems(
+            specs[resource.name],
+            {name: found[name].value for name in CHECKED_CONFIGS if name in found},
+        )
+        if problems:
+            raise WorkerError("; ".join(problems))
         entry = found.get("max.message.bytes")
+        if resource.name == topics.services:  # (manifests are small: never refused)
+            continue
         if entry is not None and entry.value is not None and int(entry.value) < RECORD_BYTES:
             raise WorkerError(
                 f"topic {resource.name} takes records of at most {entry.value} bytes "

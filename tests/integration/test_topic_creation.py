@@ -258,6 +258,38 @@ async def test_a_worker_refuses_a_topic_that_takes_records_smaller_than_it_write
     ]
 
 
+async def test_a_worker_refuses_topics_that_delete_records_it_needs(settings: Settings) -> None:
+    """Topics an operator made (``--no-create-topics``) with Kafka's defaults were taken as
+    long as their partition counts held: a state changelog deleted after 7 days restored
+    nothing, a delay topic lost every delayed send due later than that."""
+    await asyncio.to_thread(create_topics, settings)
+    admin = AdminClient(settings.client_config({}))
+    names = Topics(settings.namespace)
+    changes = {
+        names.state: ConfigEntry(
+            "cleanup.policy", "delete", incremental_operation=AlterConfigOpType.SET
+        ),
+        names.delay: ConfigEntry(
+            "retention.ms", "604800000", incremental_operation=AlterConfigOpType.SET
+        ),
+    }
+    altered = [
+        ConfigResource(ResourceType.TOPIC, name, incremental_configs=[entry])
+        for name, entry in changes.items()
+    ]
+    for future in admin.incremental_alter_configs(altered).values():
+        await asyncio.to_thread(future.result, 30)
+
+    async def warned() -> list[str]:
+        described = await asyncio.to_thread(describe_topics, settings)
+        return sorted(w.split(" ")[0] for w in described["warnings"] if "set " in w)
+
+    await poll_until(warned, sorted([names.delay, names.state, names.state]), 30, "warnings")
+    worker = Worker(settings, apps.SERVICES, worker_id=f"lossy-{settings.namespace}")
+    with pytest.raises(WorkerError, match=r"(cleanup\.policy=delete|retention\.ms=604800000)"):
+        await asyncio.wait_for(worker.run(), 60)
+
+
 async def said_it_waits(starting: asyncio.Task[None], caplog: pytest.LogCaptureFixture) -> None:
     """Until ``starting`` logs that its topics are not ready yet; its error if it ends first."""
 

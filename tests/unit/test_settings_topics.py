@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from handlers import RetryPolicy
+from streams.kafka.admin import config_problems
 from streams.settings import Settings, SettingsError
 from streams.wire.topics import Topics
 
@@ -138,3 +139,21 @@ def test_topic_names_come_from_the_namespace() -> None:
         "shop.deadletter",
         "shop.services",
     ]
+
+
+def test_a_topic_that_deletes_what_kourier_needs_is_named() -> None:
+    """Kafka's defaults (delete after 7 days) on a changelog or the delay topic."""
+    specs = {spec.name: spec for spec in Topics("ns").specs(4)}
+    week = {"cleanup.policy": "delete", "retention.ms": "604800000", "retention.bytes": "-1"}
+    assert [p.split(":")[0] for p in config_problems(specs["ns.state"], week)] == [
+        "ns.state has cleanup.policy=delete",
+        "ns.state deletes records by retention.ms=604800000",
+    ]
+    assert len(config_problems(specs["ns.delay"], week)) == 1
+    assert config_problems(specs["ns.ingress"], week) == [], "calls may expire"
+    kept = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+    assert config_problems(specs["ns.delay"], kept) == []
+    compacted = {"cleanup.policy": "compact", "retention.ms": "604800000"}
+    assert config_problems(specs["ns.state"], compacted) == [], "compaction alone keeps keys"
+    both = {"cleanup.policy": "compact,delete", "retention.bytes": "1000000"}
+    assert len(config_problems(specs["ns.dedup"], both)) == 1
