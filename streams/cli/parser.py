@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
             op.add_argument("--data", default=str(run.DEFAULT_DATA), help="data directory")
         if name == "start":
             op.add_argument(
-                "--port", type=_port, default=9092, help="listener port, the first node's with "
-                "--nodes (the others take the next ones); 0 = any free"
+                "--port", type=_port, default=None, help="listener port, the first node's with "
+                "--nodes (the others take the next ones); 0 = any free; default: the port the "
+                "data dir had, 9092 for a new one"
             )  # fmt: skip
             op.add_argument(
                 "--nodes", type=_count, default=1, help="KRaft nodes: 3 starts a local cluster"

@@ -75,6 +75,10 @@ class Cluster:
         return ",".join(node.bootstrap for node in self.nodes)
 
 
+#: A new data directory's listener port when none is asked for.
+DEFAULT_PORT = 9092
+
+
 def node_dirs(data_dir: Path) -> list[Path]:
     """The node directories of a cluster's data directory (none for a single broker)."""
     found = [p for p in data_dir.glob("node-*") if p.name[5:].isdigit()]
@@ -185,15 +189,18 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a live Kafka broker (not a recycled PID of something else)."""
+def _alive(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is the live broker of ``data_dir`` (resolved): not a recycled PID of
+    something else, nor of another data directory's broker, which a stop would kill."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:  # gone, perhaps between the two reads
         return False
     zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
-    return b"kafka.Kafka" in cmdline and not zombie
+    args = cmdline.split(b"\0")
+    props = str(data_dir / "server.properties").encode()
+    return b"kafka.Kafka" in args and props in args and not zombie
 
 
 #: The address clients are given (of whichever listener: a template may secure it).
@@ -207,25 +214,26 @@ def status(data_dir: Path) -> Broker | None:
     if not pid_file.is_file() or not props.is_file():
         return None
     pid = int(pid_file.read_text())
-    if not _alive(pid):
+    if not _alive(pid, data_dir.resolve()):
         return None
     match = _ADVERTISED.search(props.read_text())
     return Broker(bootstrap=match.group(1) if match else "?", pid=pid, data_dir=data_dir)
 
 
-def _write_properties(data_dir: Path, port: int, deploy_dir: Path) -> Path:
-    """Write ``server.properties``; a data dir keeps its ports across restarts. One written
+def _write_properties(data_dir: Path, port: int | None, deploy_dir: Path) -> Path:
+    """Write ``server.properties``; a data dir keeps its ports across restarts unless
+    another ``port`` is asked for (``None``: its own, 9092 for a new one). One written
     before single nodes stopped shutting down "controlled" gains that line (see the
     template: a graceful stop could leave a hanging transaction)."""
     props = data_dir / "server.properties"
     if props.is_file():
         text = props.read_text()
         current = re.search(r"^listeners=\w+://127\.0\.0\.1:(\d+),", text, re.M)
-        if current and (port == 0 or int(current.group(1)) == port):
+        if current and (port in (0, None) or int(current.group(1)) == port):
             if not re.search(r"^controlled\.shutdown\.enable=", text, re.M):
                 props.write_text(text.rstrip("\n") + "\ncontrolled.shutdown.enable=false\n")
             return props
-    _write_nodes([data_dir], [port], deploy_dir)
+    _write_nodes([data_dir], [DEFAULT_PORT if port is None else port], deploy_dir)
     return props
 
 
@@ -292,14 +300,15 @@ def _format_storage(
 
 def start(
     data_dir: Path,
-    port: int = 9092,
+    port: int | None = None,
     *,
     deploy_dir: Path = DEPLOY_DIR,
     heap: str = "1g",
     timeout: float = _READY_TIMEOUT,
     client: Mapping[str, str] | None = None,
 ) -> Broker:
-    """Start a broker from ``data_dir`` (``port=0`` picks a free port) and wait until it serves.
+    """Start a broker from ``data_dir`` (``port=0`` picks a free port; none given, the data
+    dir's own, or :data:`DEFAULT_PORT` for a new one) and wait until it serves.
 
     Restarting an existing data dir keeps its topics, offsets and port. ``client`` holds the
     librdkafka settings that reach a broker whose template (in ``deploy_dir``) secures its
@@ -372,7 +381,7 @@ def _launch(
 def start_cluster(
     data_dir: Path,
     nodes: int = 3,
-    port: int = 9092,
+    port: int | None = None,
     *,
     deploy_dir: Path = DEPLOY_DIR,
     heap: str = "512m",
@@ -397,7 +406,8 @@ def start_cluster(
     if existing and len(existing) != nodes:
         raise BrokerError(f"{data_dir} holds a {len(existing)}-node cluster, not {nodes}")
     if not all((d / "server.properties").is_file() for d in dirs):
-        ports = [0] * nodes if port == 0 else [port + i for i in range(nodes)]
+        first = DEFAULT_PORT if port is None else port
+        ports = [0] * nodes if first == 0 else [first + i for i in range(nodes)]
         _write_nodes(dirs, ports, deploy_dir)
     cluster_id = _cluster_id(data_dir)
     launched: dict[Path, subprocess.Popen[bytes]] = {}
@@ -498,16 +508,18 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
     # controller quorum that the first ones took away.
     pid_files = [d / "broker.pid" for d in [*node_dirs(data_dir), data_dir]]
     pids = {f: int(f.read_text()) for f in pid_files if f.is_file()}
-    alive = [pid for pid in pids.values() if _alive(pid)]
+    alive = {pid: f.parent for f, pid in pids.items() if _alive(pid, f.parent)}
     for pid in alive:
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # (it ended since)
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in alive) and time.monotonic() < deadline:
+    while any(_alive(pid, d) for pid, d in alive.items()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for pid in alive:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+    for pid, node in alive.items():
+        if _alive(pid, node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _alive(pid, node):
                 time.sleep(0.05)
     for pid_file, pid in pids.items():
         _reap(pid)
@@ -517,10 +529,12 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
 
 def kill(data_dir: Path) -> None:
     """``kill -9`` the broker of ``data_dir`` (for failure tests); its data stays."""
-    pid = int((data_dir.resolve() / "broker.pid").read_text())
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
+    data_dir = data_dir.resolve()
+    pid = int((data_dir / "broker.pid").read_text())
+    if _alive(pid, data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while _alive(pid, data_dir):
             time.sleep(0.05)
     _reap(pid)
 

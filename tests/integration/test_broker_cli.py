@@ -62,7 +62,7 @@ def test_broker_start_status_stop_and_restart_keeps_data(tmp_path: Path) -> None
 
         custom = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
         env = {**os.environ, "KAFKA_JVM_PERFORMANCE_OPTS": custom}
-        again = kourier("broker", "start", "--port", "0", "--data", str(data), env=env)
+        again = kourier("broker", "start", "--data", str(data), env=env)  # no --port: its own
         assert again.returncode == 0, again.stderr
         arguments = jvm_arguments(data)
         assert b"-XX:+UseSerialGC" in arguments

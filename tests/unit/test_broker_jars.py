@@ -8,6 +8,7 @@ and counts its runs, so nothing here downloads anything.
 from __future__ import annotations
 
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -113,3 +114,22 @@ def test_a_failed_resolve_leaves_nothing(
     with pytest.raises(broker.BrokerError, match=error):
         broker.resolve_jars(_deploy(tmp_path, ""))
     assert not cache.exists() or _files(cache) == [], f"a failed resolve left {_files(cache)}"
+
+
+def test_a_pid_file_names_only_the_broker_of_its_own_data_directory(tmp_path: Path) -> None:
+    """A node killed outright leaves its ``broker.pid``; once another data directory's broker
+    took that PID over, ``status`` called the dead node running and ``stop`` killed the other
+    broker. A broker counts as the directory's when its command names its properties."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka",
+                              str(tmp_path / "elsewhere" / "server.properties")])  # fmt: skip
+    try:
+        mine = tmp_path / "mine"
+        mine.mkdir()
+        (mine / "server.properties").write_text("advertised.listeners=PLAINTEXT://127.0.0.1:1\n")
+        (mine / "broker.pid").write_text(str(other.pid))
+        assert broker.status(mine) is None
+        assert broker.stop(mine, timeout=1) is False
+        assert other.poll() is None, "another directory's broker was stopped"
+    finally:
+        other.kill()
+        other.wait(10)
