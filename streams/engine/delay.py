@@ -17,8 +17,9 @@ time; a later one is held as its offset alone, in a bucket per due second, with 
 an ``OffsetSet`` saying whether it is still pending. Once the earliest bucket comes within
 ``LEAD`` (10 s), a ``DelayReader`` (``streams.kafka``) reads back every bucket now inside
 the horizon on a thread of its own. The invariant: every pending message due before
-``_loaded_until`` (a whole second that only grows) is held in full or being read back, and
-buckets hold only later ones, so a short delay never waits for a read-back.
+``_loaded_until`` (a whole second that only grows) is held in full, being read back or
+waiting in ``_overdue`` (a backlog), and buckets hold only later ones, so a short delay
+never waits for a read-back.
 
 A backlog of overdue messages (read while catching up, or buckets that fell due unread)
 waits as offsets in ``_overdue`` while the worker holds ``holding.BACKLOG_HELD`` in full,
@@ -116,7 +117,7 @@ class DelayProcessor:
         self._near: list[tuple[float, int]] = []
         self._held: dict[int, Out] = {}  # offset -> the record to emit when due
         self._far = Buckets()  # due later: their offsets, by due second
-        # Overdue, read while the worker held BACKLOG_HELD (a backlog): offsets in read order.
+        # Overdue, while the worker held BACKLOG_HELD (a backlog): offsets, ascending.
         self._overdue: array[int] = array("q")
         self._reading_overdue = 0  # how many are being read back (counted in Holding now)
         self._loaded_until = math.floor(clock() + horizon)
@@ -327,8 +328,8 @@ class DelayProcessor:
         offsets, emptied = self._far.take(math.floor(now), self._far.size, keep)
         self._loaded_until = max(self._loaded_until, emptied)
         self._extend_horizon(now)
-        offsets.sort()  # the read-backs ask in ascending order
-        self._overdue = array("q", heapq.merge(self._overdue, offsets))
+        # Ascending, as read-backs ask: the sort merges the two ascending runs, in C.
+        self._overdue = array("q", sorted(itertools.chain(self._overdue, offsets)))
 
     def _on_fetched(self, found: list[Fetched], missing: list[int]) -> None:
         """Records read back (on the loop): hold them in full until due."""

@@ -218,7 +218,11 @@ class DelayReader:
                     if early or quiet > self._STALL:
                         heard = time.monotonic()
                         wait = self._YIELD if early else self._BOUNDS
+                        was = i
                         i = self._skip_gone(consumer, partition, offsets, i, missing, wait)
+                        if early and i == was:  # none gone: a slow partition, after them
+                            consumer.unassign()
+                            raise _Stalled(f"no record in {self._YIELD:g}s while others wait")
                         break
         consumer.unassign()
         return found, missing

@@ -188,6 +188,35 @@ async def test_a_quiet_read_back_whose_offsets_are_gone_says_so_while_others_wai
         await asyncio.to_thread(reader.close)
 
 
+class SlowButThere(Assigned):
+    """A healthy partition, slow to give its first record: bounds (0, 100), no record yet."""
+
+    def poll(self, timeout: float = -1) -> None:
+        time.sleep(min(timeout, 0.05))
+
+    def get_watermark_offsets(self, partition: Any, timeout: float = -1) -> tuple[int, int]:
+        return 0, 100
+
+
+async def test_a_slow_read_back_whose_offsets_are_there_lets_those_waiting_go_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its bounds answered and named nothing gone: the read was started again, and again,
+    while every other partition's read-backs waited."""
+    monkeypatch.setattr(delay_reader, "Consumer", SlowButThere)
+    monkeypatch.setattr(DelayReader, "_STALL", 3600.0)
+    monkeypatch.setattr(DelayReader, "_YIELD", 0.1)
+    reader = DelayReader({}, "ns.delay")
+    loop = asyncio.get_running_loop()
+    served: asyncio.Future[str] = loop.create_future()
+    try:
+        reader.fetch(3, [7, 8], lambda found, missing: served.set_result("slow"))
+        reader.fetch(1, [], lambda found, missing: served.set_result("waiting"))
+        assert await asyncio.wait_for(served, 30) == "waiting"
+    finally:
+        await asyncio.to_thread(reader.close)
+
+
 class Leftover(Assigned):
     """Before partition 1's record at offset 7, a record of partition 5 at offset 40 (what
     an earlier read left fetched); then nothing."""
