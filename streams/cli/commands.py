@@ -149,6 +149,7 @@ def topics_create(args: argparse.Namespace) -> int:
             {
                 "topic": state.spec.name,
                 "created": state.created,
+                "mended": state.mended,
                 "partitions": state.partitions,
                 "replication_factor": state.replication_factor,
             }
@@ -157,7 +158,7 @@ def topics_create(args: argparse.Namespace) -> int:
         print(json.dumps({"topics": rows}, indent=2))
         return 0
     for state in states:
-        verb = "created" if state.created else "exists "
+        verb = "created" if state.created else "mended " if state.mended else "exists "
         shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
         print(f"{verb} {state.spec.name} ({shape})")
     return 0
@@ -169,10 +170,13 @@ def _ensure_topics(args: argparse.Namespace, settings: Settings) -> None:
         return
     from streams.kafka.admin import create_missing_topics
 
-    created, partitions = create_missing_topics(settings)
-    for state in created:
-        shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
-        say(f"kourier: created {state.spec.name} ({shape})")
+    changed, partitions = create_missing_topics(settings)
+    for state in changed:
+        if state.created:
+            shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
+            say(f"kourier: created {state.spec.name} ({shape})")
+        else:
+            say(f"kourier: mended {state.spec.name}: it deleted records Kourier needs")
     asked = getattr(args, "partitions", None)
     if asked is not None and asked != partitions:
         say(f"kourier: warning: --partitions {asked} is ignored: the namespace's topics keep (or"
@@ -228,7 +232,7 @@ def _configure_logging(verbose: bool = False) -> None:
 def _run_until_signal(
     main: Any, traced_as: str, status: Callable[[], Mapping[str, Any]] | None = None
 ) -> int:
-    """Run ``main`` (a coroutine function taking a stop event) until SIGINT or SIGTERM,
+    """Run ``main`` (a coroutine function taking a stop event) until SIGINT, SIGTERM or SIGHUP,
     exporting its spans as service ``traced_as`` when ``OTEL_TRACES_EXPORTER`` says so.
     SIGUSR1 dumps the threads, ``status()`` and the asyncio tasks (streams/cli/dump.py).
 
@@ -251,7 +255,7 @@ def _run_until_signal(
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.set_default_executor(Unwaited(thread_name_prefix=f"{RUN_THREADS}-to-thread"))
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         try:
             dump.install(loop, status)
@@ -350,9 +354,18 @@ def ingress(args: argparse.Namespace) -> int:
 
 
 def dev(args: argparse.Namespace) -> int:
-    """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go."""
+    """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go.
+    The brokers it starts run in sessions of their own: it stops them itself, whichever of
+    SIGINT, SIGTERM and SIGHUP (a closed terminal) ends it, and whenever."""
     dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
     import asyncio
+    import signal
+
+    def leave(signum: int, frame: object) -> None:  # until the loop's handlers take over
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, leave)
 
     from streams.engine import spill
     from streams.engine.registry import load_services
@@ -412,6 +425,8 @@ def dev(args: argparse.Namespace) -> int:
 
         return _run_until_signal(main, "kourier", worker.status)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # the clean-up runs to its end
         for started_dir in started:
             broker.stop(started_dir)
         _leave_blocked_actions()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._metadata import TopicMetadata
 from confluent_kafka.cimpl import NewTopic
@@ -16,6 +17,8 @@ from streams.errors import KourierError
 from streams.kafka.offsets import REFUSED, Refusals, cluster_metadata
 from streams.settings import Settings
 from streams.wire.topics import Topics, TopicSpec
+
+log = logging.getLogger("kourier.topics")
 
 #: The largest record a worker writes, about: an invocation's meta with its argument (up to
 #: 900 KiB) and its result (up to 64 KiB beside such an argument). librdkafka refuses larger
@@ -33,6 +36,7 @@ class TopicState:
     created: bool
     partitions: int
     replication_factor: int
+    mended: bool = False  # existed, with settings that lost records (mend_configs)
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -65,8 +69,9 @@ def min_insync(replication_factor: int) -> int:
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]:
     """Create every topic of the namespace that does not exist yet.
 
-    Existing topics are left alone, but one whose partition count differs from
-    the co-partitioned layout is an error: keys would land on other partitions.
+    Existing topics keep their settings, except those that delete records Kourier needs
+    (:func:`mend_configs`); one whose partition count differs from the co-partitioned
+    layout is an error: keys would land on other partitions.
     """
     admin, refusals = checked_admin(settings)
     specs = Topics(settings.namespace).specs(settings.partitions)
@@ -96,6 +101,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
                     ) from None
                 if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"could not create {name}: {error.str()}") from None
+    mended = mend_configs(admin, [spec for spec in specs if spec not in missing], timeout)
     metadata = _wait_for_metadata(admin, specs, timeout)
     states = []
     for spec in specs:
@@ -107,27 +113,32 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
             )
         partitions = metadata[spec.name].partitions.values()
         factor = min((len(p.replicas) for p in partitions), default=0)
-        states.append(TopicState(spec, spec in missing, have, factor))
+        states.append(TopicState(spec, spec in missing, have, factor, spec.name in mended))
     return states
 
 
 def create_missing_topics(
     settings: Settings, timeout: float = 30.0
 ) -> tuple[list[TopicState], int]:
-    """What ``kourier worker`` and ``kourier ingress`` do at start: nothing when every topic
-    exists (the worker checks their shape itself); otherwise create the missing ones,
-    co-partitioned with the namespace's ingress topic when that exists (its partition count
-    wins over the setting). Returns the topics it created, and the partition count in use."""
+    """What ``kourier worker`` and ``kourier ingress`` do at start: when every topic exists,
+    only mend the settings that delete records Kourier needs (the worker checks their shape
+    itself); otherwise :func:`create_topics`, co-partitioned with the namespace's ingress
+    topic when that exists (its partition count wins over the setting). Returns the topics
+    it created or mended, and the partition count in use."""
     admin, refusals = checked_admin(settings)
     metadata = cluster_metadata(admin, timeout, refusals).topics
     topics = Topics(settings.namespace)
     ingress = metadata.get(topics.ingress)
     if ingress is not None and ingress.partitions:
         settings = settings.model_copy(update={"partitions": len(ingress.partitions)})
-    if all(spec.name in metadata for spec in topics.specs(settings.partitions)):
-        return [], settings.partitions
-    created = [state for state in create_topics(settings, timeout) if state.created]
-    return created, settings.partitions
+    specs = topics.specs(settings.partitions)
+    if all(spec.name in metadata for spec in specs):
+        mended = set(mend_configs(admin, specs, timeout))
+        changed = [TopicState(s, False, settings.partitions, 0, True) for s in specs
+                   if s.name in mended]  # fmt: skip
+        return changed, settings.partitions
+    states = create_topics(settings, timeout)
+    return [state for state in states if state.created or state.mended], settings.partitions
 
 
 def _wait_for_metadata(
@@ -152,28 +163,77 @@ def _wait_for_metadata(
 CHECKED_CONFIGS = ("cleanup.policy", "retention.ms", "retention.bytes")
 
 
+def required_configs(spec: TopicSpec) -> dict[str, str]:
+    """The settings of ``spec``'s topic without which Kafka deletes records Kourier needs:
+    a changelog compacted (by key, for good), the delay topic kept until Kourier deletes
+    its records, the others deleted, never compacted (a key's earlier records count)."""
+    if spec.config.get("cleanup.policy") == "compact":
+        return {"cleanup.policy": "compact"}
+    if spec.config.get("retention.ms") == "-1":
+        return {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+    return {"cleanup.policy": "delete"}
+
+
 def config_problems(spec: TopicSpec, config: dict[str, str | None]) -> list[str]:
-    """What in an existing topic's configuration deletes records Kourier still needs: a
-    changelog that is not compacted, or that also deletes by age or size, and a delay topic
-    whose records expire (a delayed send due later would never run). Topics created by
-    someone else (``--no-create-topics``) get Kafka's defaults: delete after 7 days."""
+    """What in an existing topic's configuration deletes records Kourier still needs (see
+    :func:`required_configs`; a changelog may delete by age or size as well as compact, as
+    long as neither limit is set). Topics made by other means get Kafka's defaults, which
+    delete records after 7 days, and a delay topic made before Kourier set ``retention.ms``
+    on it has them too: ``kourier topics create`` mends them (:func:`mend_configs`)."""
     problems: list[str] = []
-    policy = set((config.get("cleanup.policy") or "delete").split(","))
-    compacted = spec.config.get("cleanup.policy") == "compact"
-    if compacted and "compact" not in policy:
+    given = config.get("cleanup.policy") or "delete"
+    policy = {word.strip().lower() for word in given.split(",") if word.strip()}
+    required = required_configs(spec)
+    wanted = required["cleanup.policy"]
+    if wanted not in policy or (wanted == "delete" and "compact" in policy):
         problems.append(
-            f"{spec.name} has cleanup.policy={','.join(sorted(policy))}: it holds "
-            f"{spec.purpose}, kept by key; set cleanup.policy=compact"
+            f"{spec.name} has cleanup.policy={given}: it holds {spec.purpose}, which needs "
+            f"cleanup.policy={wanted}"
         )
-    if "delete" in policy and (compacted or spec.config.get("retention.ms") == "-1"):
+    if ("delete" in policy and wanted == "compact") or "retention.ms" in required:
         for name in ("retention.ms", "retention.bytes"):
             value = config.get(name)
             if value is not None and int(value) >= 0:
                 problems.append(
                     f"{spec.name} deletes records by {name}={value}: it holds "
-                    f"{spec.purpose}, needed until Kourier is done with them; set {name}=-1"
+                    f"{spec.purpose}, needed until Kourier is done with them ({name}=-1)"
                 )
     return problems
+
+
+def mend_configs(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> list[str]:
+    """Set :func:`required_configs` on the topics of ``specs`` whose settings have
+    :func:`config_problems`; the names of those mended. One this principal may not alter (an
+    ACL) is left as it is: the worker refuses it, naming the settings."""
+    if not specs:
+        return []
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, spec.name) for spec in specs]
+    by_name = {spec.name: spec for spec in specs}
+    mend: list[ConfigResource] = []
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            found = future.result(timeout + 5)
+        except (KafkaException, TimeoutError):
+            continue
+        spec = by_name[resource.name]
+        config = {name: found[name].value for name in CHECKED_CONFIGS if name in found}
+        if config_problems(spec, config):
+            entries = [ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+                       for name, value in required_configs(spec).items()]  # fmt: skip
+            mend.append(
+                ConfigResource(resource.restype, resource.name, incremental_configs=entries)
+            )
+    mended: list[str] = []
+    if mend:
+        altered = admin.incremental_alter_configs(mend, request_timeout=timeout)
+        for resource, future in altered.items():
+            try:
+                future.result(timeout + 5)
+            except (KafkaException, TimeoutError) as exc:
+                log.warning("could not mend the settings of %s: %s", resource.name, exc)
+                continue
+            mended.append(resource.name)
+    return mended
 
 
 class TopicsDescription(TypedDict):

@@ -80,8 +80,8 @@ def check_record_limits(admin: AdminClient, topics: Topics, timeout: float = 10.
             specs[resource.name],
             {name: found[name].value for name in CHECKED_CONFIGS if name in found},
         )
-        if problems:
-            raise WorkerError("; ".join(problems))
+        if problems:  # (`kourier topics create` sets them, where its principal may)
+            raise WorkerError("; ".join(problems) + ": `kourier topics create` mends them")
         entry = found.get("max.message.bytes")
         if resource.name == topics.services:  # (manifests are small: never refused)
             continue

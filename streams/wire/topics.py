@@ -7,6 +7,8 @@ from functools import cached_property
 
 # Changelog topics keep only the latest value per key, and never delete it by age.
 _COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
+#: Kept until Kourier deletes them (by age or size, a broker's defaults would sooner).
+_KEPT = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Topics:
                 self.ingress, partitions, {}, "calls and control records, keyed by object key"
             ),
             # Kept until deleted: a pending record must outlive its delay, however long.
-            TopicSpec(self.delay, partitions, {"retention.ms": "-1"}, "delayed sends and timers"),
+            TopicSpec(self.delay, partitions, dict(_KEPT), "delayed sends and timers"),
             TopicSpec(self.responses, partitions, {}, "outcomes read by attach and clients"),
             TopicSpec(self.deadletter, 1, {}, "malformed records with reason headers"),
             TopicSpec(self.state, partitions, dict(_COMPACTED), "object and workflow state"),

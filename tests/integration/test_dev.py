@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from streams.kafka.broker import free_port
 from tests.integration.helpers import poll_until
@@ -30,7 +31,12 @@ def _start_dev(data: Path, log: Path, port: int, admin: int) -> subprocess.Popen
         )  # fmt: skip
 
 
-async def test_dev_starts_its_broker_serves_calls_and_stops_the_broker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+async def test_dev_starts_its_broker_serves_calls_and_stops_the_broker(
+    tmp_path: Path, ending: signal.Signals
+) -> None:
+    """A closed terminal (SIGHUP) ended dev at once, and its broker, in a session of its
+    own, ran on."""
     data, log = tmp_path / "broker", tmp_path / "dev.log"
     port, admin = free_port(), free_port()
     dev = _start_dev(data, log, port, admin)
@@ -52,13 +58,41 @@ async def test_dev_starts_its_broker_serves_calls_and_stops_the_broker(tmp_path:
         await poll_until(greeted, "Hello Ada", 120, f"a call through dev ({log})")
         broker_pid = int((data / "broker.pid").read_text())
         assert alive(broker_pid)
-        dev.send_signal(signal.SIGTERM)
+        dev.send_signal(ending)
         assert await asyncio.to_thread(dev.wait, 60) == 0, log.read_text()[-2000:]
         for _ in range(100):  # stopped by dev before it exits; bounded for the reaping
             if not alive(broker_pid):
                 break
             await asyncio.sleep(0.1)
         assert not alive(broker_pid), "the broker dev started is still running"
+    finally:
+        stop_process(dev)
+        if broker_pid is not None and alive(broker_pid):
+            os.kill(broker_pid, signal.SIGKILL)
+
+
+async def test_dev_ended_while_its_broker_starts_stops_the_broker(tmp_path: Path) -> None:
+    """Before its event loop runs, SIGTERM had its default action: dev died where it was
+    (starting the broker, creating topics) and left the broker it had launched running."""
+    data, log = tmp_path / "broker", tmp_path / "dev.log"
+    dev = _start_dev(data, log, free_port(), free_port())
+    broker_pid = None
+    try:
+
+        async def launched() -> bool:
+            assert dev.poll() is None, f"kourier dev ended: {log.read_text()[-2000:]}"
+            return (data / "broker.pid").is_file()
+
+        await poll_until(launched, True, 120, "the broker launched")
+        broker_pid = int((data / "broker.pid").read_text())
+        dev.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(dev.wait, 60)
+        assert code != 0, "it ended before it served: not a clean exit"
+        for _ in range(100):  # stopped by dev before it exits; bounded for the reaping
+            if not alive(broker_pid):
+                break
+            await asyncio.sleep(0.1)
+        assert not alive(broker_pid), f"the broker dev started is still running: {code}"
     finally:
         stop_process(dev)
         if broker_pid is not None and alive(broker_pid):
