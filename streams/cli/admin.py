@@ -70,7 +70,10 @@ def http(
         with urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")
     except HTTPError as error:
-        body = error.read()
+        try:
+            body = error.read()
+        except (OSError, HTTPException) as cut:  # the error's body cut short (a server
+            raise Unanswered(f"no answer from {url}: {cut!r}") from None  # going away)
         try:
             return error.code, json.loads(body)
         except ValueError:

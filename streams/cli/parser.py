@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list = dlq_ops.add_parser("list", help="dead letters with their reason, newest last")
     dlq_list.add_argument("--limit", type=_count, default=100)
     dlq_replay = dlq_ops.add_parser("replay", help="produce dead letters to ingress again")
-    dlq_replay.add_argument("--offset", type=int, action="append", help="a DLQ offset")
-    dlq_replay.add_argument("--all", action="store_true", help="every one (of --reason)")
+    which = dlq_replay.add_mutually_exclusive_group()  # --all took every one, --offset or not
+    which.add_argument("--offset", type=int, action="append", help="a DLQ offset")
+    which.add_argument("--all", action="store_true", help="every one (of --reason)")
     for op in (dlq_list, dlq_replay):
         op.add_argument("--reason", help="only these: not-json, bad-schema, unknown-target, ...")
         _kafka_flags(op)

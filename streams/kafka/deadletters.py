@@ -120,14 +120,23 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
     for letter in chosen:
         key = letter.original_key()
         partition = partition_for(key, partitions) if key else 0
-        producer.produce(
-            topics.ingress,
-            value=letter.original_value(),
-            key=key,
-            partition=partition,
-            headers=[("kourier.replayed-from", str(letter.dlq_offset).encode())],
-            on_delivery=lambda error, _message: errors.append(str(error)) if error else None,
-        )
+        while True:
+            try:
+                producer.produce(
+                    topics.ingress,
+                    value=letter.original_value(),
+                    key=key,
+                    partition=partition,
+                    headers=[("kourier.replayed-from", str(letter.dlq_offset).encode())],
+                    on_delivery=lambda error, _: errors.append(str(error)) if error else None,
+                )
+                break
+            except BufferError:  # librdkafka's queue is full (100,000 records, or 1 GiB)
+                if producer.flush(timeout):  # what is queued gone within the timeout, or
+                    raise ReplayIncomplete(  # the command's one line (it was a traceback)
+                        f"Kafka did not take the records queued within {timeout:g} s "
+                        f"({count} of {len(chosen)} were queued)"
+                    ) from None
         count += 1
     remaining = producer.flush(timeout)
     if remaining or errors:

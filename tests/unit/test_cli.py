@@ -9,6 +9,9 @@ from typing import Any
 import jsonschema
 import pytest
 
+from streams.settings import Settings
+from streams.wire.topics import Topics
+
 
 def test_kourier_schema_prints_valid_json_schema() -> None:
     done = subprocess.run(
@@ -105,6 +108,61 @@ def test_a_replay_that_names_no_letter_is_a_usage_error_before_kafka_is_asked(
     assert capsys.readouterr().err.strip() == (
         "kourier: error: give --offset N (repeatable) or --all"
     )
+
+
+def test_a_replay_of_named_letters_and_all_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--offset 17 --all`` replayed every letter."""
+    from streams.cli import parser
+    from streams.kafka import deadletters
+
+    monkeypatch.setattr(deadletters, "read", lambda *args, **kwargs: pytest.fail("read"))
+    with pytest.raises(SystemExit) as ended:
+        parser.main(["dlq", "replay", "--offset", "17", "--all"])
+    assert ended.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+class FullQueue:
+    """librdkafka's queue full after two records, and Kafka taking none of them."""
+
+    def __init__(self, config: object) -> None:
+        self.queued = 0
+
+    def produce(self, *args: object, **kwargs: object) -> None:
+        if self.queued == 2:
+            raise BufferError("Local: Queue full")
+        self.queued += 1
+
+    def flush(self, timeout: float) -> int:
+        return self.queued
+
+
+def test_a_replay_that_fills_the_queue_is_one_line_that_says_to_try_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``BufferError`` from the producer was a traceback, and the records queued before it
+    were never flushed."""
+    import base64
+    from datetime import UTC, datetime
+
+    from streams.kafka import deadletters
+    from streams.wire.deadletter import DeadLetter
+
+    topics = Topics("unit")
+    letters = [
+        DeadLetter(reason="bad-schema", detail="d", topic=topics.ingress, partition=0, offset=i,
+                   payload=base64.b64encode(b"{}").decode(), at=datetime.now(UTC), dlq_offset=i)
+        for i in range(5)
+    ]  # fmt: skip
+    monkeypatch.setattr(deadletters, "Producer", FullQueue)
+    monkeypatch.setattr(
+        deadletters, "required_topics",
+        lambda *args: {topics.ingress: SimpleNamespace(partitions={0: None})},
+    )  # fmt: skip
+    with pytest.raises(deadletters.ReplayIncomplete, match="2 of 5 were queued"):
+        deadletters.replay(Settings(namespace="unit"), letters, timeout=0.1)
 
 
 def test_a_long_running_command_keeps_its_startup_objects_from_the_collector(

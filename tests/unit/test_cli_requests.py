@@ -72,6 +72,34 @@ def test_an_admin_api_that_does_not_answer_is_one_line_that_says_to_try_again(
     assert line.endswith("(is `kourier ingress` up?); try again"), line
 
 
+class CutShort(BaseHTTPRequestHandler):
+    """A 503 whose body stops after 10 of the 100 bytes it announced (a server going away)."""
+
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "100")
+        self.end_headers()
+        self.wfile.write(b'{"code": 5')
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None: ...
+
+
+def test_an_error_answer_cut_short_is_one_line_that_says_to_try_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The body of an error answer was read outside the handling of a cut connection:
+    ``IncompleteRead`` was a traceback."""
+    with serving(CutShort) as url:
+        code = parser.main(["services", "--admin-url", url])
+    assert code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("kourier: error: no answer from"), line
+    assert line.endswith("try again"), line
+
+
 def test_kourier_dev_refuses_a_bad_setting_before_it_starts_a_broker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
