@@ -260,28 +260,19 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         request_id = self._client.new_request_id()
         answer = self._client.expect(request_id)
         limit = (self.settings.call_timeout if within is None else within).total_seconds()
-        record: InvokeRecord | None = None
-        produced = False
+        loop = asyncio.get_running_loop()
+        until = loop.time() + limit  # the catalog's read and Faust's producer count too
         try:
-            # The catalog's read (a service not known yet) and Faust's producer may wait
-            # for Kafka too: all of it within the limit.
-            async with asyncio.timeout(limit):
-                record = await self._invoke(
-                    target, argument, request_id, idempotency_key, headers, None
-                )
-                await self._produce(target, record)
-                produced = True
-                response = await answer
-        except TimeoutError:
-            if record is None:
+            key = idempotency_key
+            record = await self._written(target, argument, request_id, key, headers, None, within)
+            try:
+                async with asyncio.timeout_at(until):
+                    response = await answer
+            except TimeoutError:
                 raise TimeoutError(
-                    f"no catalog of services within {limit:g}s; nothing was written"
+                    f"no outcome of {target.path()} within {limit:g}s; invocation "
+                    f"{record.invocation_id} goes on"
                 ) from None
-            goes_on = "goes on" if produced else "may not have been written"
-            raise TimeoutError(
-                f"no outcome of {target.path()} within {limit:g}s; invocation "
-                f"{record.invocation_id} {goes_on}"
-            ) from None
         finally:
             answer.cancel()
         return outcome(response)
