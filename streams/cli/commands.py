@@ -176,7 +176,8 @@ def _ensure_topics(args: argparse.Namespace, settings: Settings) -> None:
             shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
             say(f"kourier: created {state.spec.name} ({shape})")
         else:
-            say(f"kourier: mended {state.spec.name}: it deleted records Kourier needs")
+            say(f"kourier: mended {state.spec.name}: its settings would delete records Kourier"
+                " needs")  # fmt: skip
     asked = getattr(args, "partitions", None)
     if asked is not None and asked != partitions:
         say(f"kourier: warning: --partitions {asked} is ignored: the namespace's topics keep (or"
@@ -264,9 +265,15 @@ def _run_until_signal(
             dump.uninstall(loop)
 
     gc.freeze()
+    # The loop's handlers end with it, leaving each signal's default action: the ones in
+    # place before it (``kourier dev``'s) hold again while the spans are sent.
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         asyncio.run(runner())
     finally:
+        for sig, handler in before.items():
+            if handler is not None:  # (None: not set from Python, so not changed here)
+                signal.signal(sig, handler)
         tracing.shutdown()
     return 0
 
@@ -356,16 +363,31 @@ def ingress(args: argparse.Namespace) -> int:
 def dev(args: argparse.Namespace) -> int:
     """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go.
     The brokers it starts run in sessions of their own: it stops them itself, whichever of
-    SIGINT, SIGTERM and SIGHUP (a closed terminal) ends it, and whenever."""
-    dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
-    import asyncio
+    SIGINT, SIGTERM and SIGHUP (a closed terminal) ends it, and whenever; a second signal
+    waits for that clean-up. The process's handlers are as they were once it returns."""
     import signal
 
-    def leave(signum: int, frame: object) -> None:  # until the loop's handlers take over
+    ended = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in ended}
+
+    def leave(signum: int, frame: object) -> None:  # outside the event loop's own handlers
+        for sig in ended:
+            signal.signal(sig, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in ended:
         signal.signal(sig, leave)
+    try:
+        return _dev(args, lambda: [signal.signal(sig, signal.SIG_IGN) for sig in ended])
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def _dev(args: argparse.Namespace, ignore_signals: Callable[[], object]) -> int:
+    dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
+    import asyncio
 
     from streams.engine import spill
     from streams.engine.registry import load_services
@@ -379,25 +401,26 @@ def dev(args: argparse.Namespace) -> int:
     data_dir = Path(args.data)
     started: list[Path] = []  # data directories of the brokers this command started
     settings = _settings(args)  # refused before a broker starts that nothing would stop
-    if not (os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers):
-        # Brokers already running from --data (another `kourier dev`, `kourier broker
-        # start`) are used and left running: only what this command started is stopped.
-        before = set(_running(data_dir))
-        with dump.default_mask():  # the brokers as `kourier broker start` starts them
-            if args.nodes > 1:
-                cluster = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port)
-                bootstrap = cluster.bootstrap
-                nodes = [d for d, _ in broker.cluster_status(data_dir)]
-                # All together when it started them all: one by one, the last would wait
-                # for a quorum the first took away.
-                started = [data_dir] if not before else [d for d in nodes if d not in before]
-            else:
-                bootstrap = broker.start(data_dir, port=args.kafka_port).bootstrap
-                started = [] if before else [data_dir]
-        if before:
-            say(f"kourier dev: using the brokers already running from {data_dir}; left running")
-        settings = settings.model_copy(update={"bootstrap_servers": bootstrap})
     try:
+        if not (os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers):
+            # Brokers already running from --data (another `kourier dev`, `kourier broker
+            # start`) are used and left running: only what this command started is stopped.
+            before = set(_running(data_dir))
+            started = [] if before else [data_dir]  # from now: a start cut short is stopped
+            with dump.default_mask():  # the brokers as `kourier broker start` starts them
+                if args.nodes > 1:
+                    cluster = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port)
+                    bootstrap = cluster.bootstrap
+                    nodes = [d for d, _ in broker.cluster_status(data_dir)]
+                    # All together when it started them all: one by one, the last would
+                    # wait for a quorum the first took away.
+                    started = started or [d for d in nodes if d not in before]
+                else:
+                    bootstrap = broker.start(data_dir, port=args.kafka_port).bootstrap
+            if before:
+                say(f"kourier dev: using the brokers already running from {data_dir}; "
+                    "left running")  # fmt: skip
+            settings = settings.model_copy(update={"bootstrap_servers": bootstrap})
         _ensure_topics(args, settings)  # an existing namespace keeps its partition count
         worker = Worker(settings, services)
 
@@ -425,8 +448,7 @@ def dev(args: argparse.Namespace) -> int:
 
         return _run_until_signal(main, "kourier", worker.status)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # the clean-up runs to its end
+        ignore_signals()  # the clean-up runs to its end
         for started_dir in started:
             broker.stop(started_dir)
         _leave_blocked_actions()

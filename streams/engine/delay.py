@@ -328,7 +328,7 @@ class DelayProcessor:
         offsets, emptied = self._far.take(math.floor(now), self._far.size, keep)
         self._loaded_until = max(self._loaded_until, emptied)
         self._extend_horizon(now)
-        # Ascending, as read-backs ask: the sort merges the two ascending runs, in C.
+        # Ascending, as read-backs ask (one sort, in C: the overdue run is ascending already).
         self._overdue = array("q", sorted(itertools.chain(self._overdue, offsets)))
 
     def _on_fetched(self, found: list[Fetched], missing: list[int]) -> None:

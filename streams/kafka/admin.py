@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
 from confluent_kafka import KafkaError, KafkaException
@@ -101,7 +101,6 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
                     ) from None
                 if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"could not create {name}: {error.str()}") from None
-    mended = mend_configs(admin, [spec for spec in specs if spec not in missing], timeout)
     metadata = _wait_for_metadata(admin, specs, timeout)
     states = []
     for spec in specs:
@@ -111,10 +110,9 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
                 f"topic {spec.name} has {have} partitions, Kourier expects {spec.partitions}: "
                 "co-partitioned topics must share one partition count (set --partitions)"
             )
-        partitions = metadata[spec.name].partitions.values()
-        factor = min((len(p.replicas) for p in partitions), default=0)
-        states.append(TopicState(spec, spec in missing, have, factor, spec.name in mended))
-    return states
+        states.append(TopicState(spec, spec in missing, have, _replicas(metadata[spec.name])))
+    mended = set(mend_configs(admin, [spec for spec in specs if spec not in missing], timeout))
+    return [replace(state, mended=state.spec.name in mended) for state in states]
 
 
 def create_missing_topics(
@@ -134,11 +132,20 @@ def create_missing_topics(
     specs = topics.specs(settings.partitions)
     if all(spec.name in metadata for spec in specs):
         mended = set(mend_configs(admin, specs, timeout))
-        changed = [TopicState(s, False, settings.partitions, 0, True) for s in specs
-                   if s.name in mended]  # fmt: skip
+        shapes = {spec.name: metadata[spec.name] for spec in specs if spec.name in mended}
+        changed = [
+            TopicState(spec, False, len(shape.partitions), _replicas(shape), mended=True)
+            for spec in specs
+            if (shape := shapes.get(spec.name)) is not None
+        ]
         return changed, settings.partitions
     states = create_topics(settings, timeout)
     return [state for state in states if state.created or state.mended], settings.partitions
+
+
+def _replicas(topic: TopicMetadata) -> int:
+    """A topic's replication factor: its partitions' smallest replica count."""
+    return min((len(p.replicas) for p in topic.partitions.values()), default=0)
 
 
 def _wait_for_metadata(
@@ -203,28 +210,18 @@ def config_problems(spec: TopicSpec, config: dict[str, str | None]) -> list[str]
 
 def mend_configs(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> list[str]:
     """Set :func:`required_configs` on the topics of ``specs`` whose settings have
-    :func:`config_problems`; the names of those mended. One this principal may not alter (an
-    ACL) is left as it is: the worker refuses it, naming the settings."""
-    if not specs:
-        return []
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, spec.name) for spec in specs]
-    by_name = {spec.name: spec for spec in specs}
-    mend: list[ConfigResource] = []
-    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
-        try:
-            found = future.result(timeout + 5)
-        except (KafkaException, TimeoutError):
-            continue
-        spec = by_name[resource.name]
-        config = {name: found[name].value for name in CHECKED_CONFIGS if name in found}
-        if config_problems(spec, config):
-            entries = [ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
-                       for name, value in required_configs(spec).items()]  # fmt: skip
-            mend.append(
-                ConfigResource(resource.restype, resource.name, incremental_configs=entries)
-            )
+    :func:`config_problems`; the names of those mended. One this principal may not read or
+    alter (an ACL) is left as it is: the worker refuses it, naming the settings."""
+    wrong = [spec for spec in _with_problems(admin, specs, timeout) if spec is not None]
     mended: list[str] = []
-    if mend:
+    if wrong:
+        mend = [
+            ConfigResource(ConfigResource.Type.TOPIC, spec.name, incremental_configs=[
+                ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+                for name, value in required_configs(spec).items()
+            ])
+            for spec in wrong
+        ]  # fmt: skip
         altered = admin.incremental_alter_configs(mend, request_timeout=timeout)
         for resource, future in altered.items():
             try:
@@ -233,7 +230,35 @@ def mend_configs(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> 
                 log.warning("could not mend the settings of %s: %s", resource.name, exc)
                 continue
             mended.append(resource.name)
+        # Other brokers learn of the change a moment later: the worker's check, which may
+        # ask one of them, must not find it still to be made.
+        done = [spec for spec in wrong if spec.name in mended]
+        deadline = time.monotonic() + timeout
+        while _with_problems(admin, done, timeout) and time.monotonic() < deadline:
+            time.sleep(0.1)
     return mended
+
+
+def _with_problems(
+    admin: AdminClient, specs: list[TopicSpec], timeout: float
+) -> list[TopicSpec | None]:
+    """The specs whose topics a broker describes with :func:`config_problems`, and None for
+    each whose settings it would not give (refused, or no answer)."""
+    if not specs:
+        return []
+    by_name = {spec.name: spec for spec in specs}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in by_name]
+    found: list[TopicSpec | None] = []
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            described = future.result(timeout + 5)
+        except (KafkaException, TimeoutError):
+            found.append(None)
+            continue
+        config = {name: described[name].value for name in CHECKED_CONFIGS if name in described}
+        if config_problems(by_name[resource.name], config):
+            found.append(by_name[resource.name])
+    return found
 
 
 class TopicsDescription(TypedDict):

@@ -30,6 +30,10 @@ class _Stalled(Exception):
     """A read-back's partition gave no record and no bounds: it waits for its leader."""
 
 
+class _Slow(_Stalled):
+    """A read-back's partition answers but gave no record yet while others wait."""
+
+
 #: What a read-back put back in the queue delivers for now: nothing.
 _PUT_BACK: tuple[list[Fetched], list[int]] = ([], [])
 
@@ -97,6 +101,7 @@ class DelayReader:
         consumer = self._consumer()
         if consumer is None:
             return
+        slow: set[int] = set()  # read-backs that went after the others for being slow
         try:
             while not self._closed:
                 rank, _, request = self._requests.get()
@@ -107,9 +112,13 @@ class DelayReader:
                     continue  # its processor closed (the partition revoked) while it waited
                 while True:
                     try:
-                        result = self._read(consumer, partition, offsets, max_bytes, rank)
+                        polite = id(request) not in slow  # a slow one goes after others once
+                        result = self._read(consumer, partition, offsets, max_bytes, rank, polite)
+                        slow.discard(id(request))
                         break
                     except _Stalled as stalled:
+                        if isinstance(stalled, _Slow):
+                            slow.add(id(request))
                         # Its partition gives nothing and no bounds (its leader away): asked
                         # again after the others of its rank, which it held back before.
                         log.warning("delay reader: partition %d stalled (%s); later",
@@ -158,13 +167,16 @@ class DelayReader:
         offsets: list[int],
         max_bytes: int | None = None,
         rank: int = 1,
+        polite: bool = True,
     ) -> tuple[list[Fetched], list[int]] | None:
         """What was found of ``offsets`` and which are gone; with ``max_bytes``, stopping
         once what was found holds that many bytes (``None`` once the reader is closed).
         With no record for ``_YIELD`` seconds while read-backs as urgent (``rank``) wait,
         the bounds are asked for at once, for as long: a partition whose leader is away held
         every other partition's read-backs for its ``_STALL`` and its bounds' timeout, 10 s
-        a turn. ``_Stalled`` when the bounds cannot be had."""
+        a turn. ``_Stalled`` when the bounds cannot be had; ``_Slow`` when they name no
+        offset gone (a slow partition), unless it went after the others once (not
+        ``polite``): two slow partitions made way for each other for good."""
         found: list[Fetched] = []
         missing: list[int] = []
         held, budget = 0, math.inf if max_bytes is None else max_bytes
@@ -220,9 +232,11 @@ class DelayReader:
                         wait = self._YIELD if early else self._BOUNDS
                         was = i
                         i = self._skip_gone(consumer, partition, offsets, i, missing, wait)
-                        if early and i == was:  # none gone: a slow partition, after them
-                            consumer.unassign()
-                            raise _Stalled(f"no record in {self._YIELD:g}s while others wait")
+                        if early and i == was:  # none gone: a slow partition
+                            if polite:  # after the others, once
+                                consumer.unassign()
+                                raise _Slow(f"no record in {self._YIELD:g}s while others wait")
+                            continue  # its fetch goes on: assigned again, it starts over
                         break
         consumer.unassign()
         return found, missing

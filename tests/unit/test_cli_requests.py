@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -110,7 +111,12 @@ def test_kourier_dev_refuses_a_bad_setting_before_it_starts_a_broker(
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
     monkeypatch.setenv("KOURIER_CALL_TIMEOUT", "5x")
     monkeypatch.delenv("KOURIER_BOOTSTRAP_SERVERS", raising=False)
+    ended = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = [signal.getsignal(sig) for sig in ended]
     code = parser.main(["dev", "examples.quickstart", "--data", str(tmp_path)])
     assert code == 2
     assert started == [], "a broker was started for settings that are refused"
     assert "kourier: error:" in capsys.readouterr().err
+    # Its own handlers (for its clean-up) are gone once it returns: a process that runs it
+    # (these tests) is interrupted as before.
+    assert [signal.getsignal(sig) for sig in ended] == before

@@ -217,6 +217,47 @@ async def test_a_slow_read_back_whose_offsets_are_there_lets_those_waiting_go_fi
         await asyncio.to_thread(reader.close)
 
 
+class SlowToStart(Assigned):
+    """Partitions 3 and 4 give their records once assigned for 0.3 s; bounds (0, 100)."""
+
+    def assign(self, partitions: list[Any]) -> None:
+        super().assign(partitions)
+        self.since = time.monotonic()
+        self.sent: set[int] = set()
+
+    def poll(self, timeout: float = -1) -> Any:
+        (tp,) = self.assigned[-1]
+        if time.monotonic() - self.since < 0.3 or tp.offset in self.sent:
+            time.sleep(min(timeout, 0.05))
+            return None
+        self.sent.add(tp.offset)
+        return record(tp.partition, tp.offset)
+
+    def get_watermark_offsets(self, partition: Any, timeout: float = -1) -> tuple[int, int]:
+        return 0, 100
+
+
+async def test_two_slow_read_backs_do_not_make_way_for_each_other_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each went after the other once its first record took longer than ``_YIELD``, and
+    was assigned anew on its next turn, which started its fetch over: neither was read."""
+    monkeypatch.setattr(delay_reader, "Consumer", SlowToStart)
+    monkeypatch.setattr(DelayReader, "_STALL", 3600.0)
+    monkeypatch.setattr(DelayReader, "_YIELD", 0.1)
+    reader = DelayReader({}, "ns.delay")
+    loop = asyncio.get_running_loop()
+    found: dict[int, asyncio.Future[list[int]]] = {p: loop.create_future() for p in (3, 4)}
+    try:
+        for partition, future in found.items():
+            reader.fetch(partition, [7], lambda hit, gone, f=future: f.set_result(
+                [offset for offset, _, _ in hit]))  # fmt: skip
+        async with asyncio.timeout(30):
+            assert [await found[3], await found[4]] == [[7], [7]]
+    finally:
+        await asyncio.to_thread(reader.close)
+
+
 class Leftover(Assigned):
     """Before partition 1's record at offset 7, a record of partition 5 at offset 40 (what
     an earlier read left fetched); then nothing."""

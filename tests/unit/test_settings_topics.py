@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from handlers import RetryPolicy
-from streams.kafka.admin import config_problems
+from streams.kafka.admin import config_problems, required_configs
 from streams.settings import Settings, SettingsError
 from streams.wire.topics import Topics
 
@@ -157,3 +157,20 @@ def test_a_topic_that_deletes_what_kourier_needs_is_named() -> None:
     assert config_problems(specs["ns.state"], compacted) == [], "compaction alone keeps keys"
     both = {"cleanup.policy": "compact,delete", "retention.bytes": "1000000"}
     assert len(config_problems(specs["ns.dedup"], both)) == 1
+
+
+def test_what_mending_sets_leaves_no_problem_and_odd_spellings_are_read() -> None:
+    specs = Topics("ns").specs(4)
+    kafka_defaults = {"cleanup.policy": "delete", "retention.ms": "604800000",
+                      "retention.bytes": "1000000000"}  # fmt: skip
+    for spec in specs:
+        mended = kafka_defaults | required_configs(spec)
+        assert config_problems(spec, mended) == [], spec.name
+    by_name = {spec.name: spec for spec in specs}
+    assert config_problems(by_name["ns.state"], {"cleanup.policy": " Compact "}) == []
+    assert config_problems(by_name["ns.state"], {"cleanup.policy": "delete, compact"}) == []
+    for name in ("ns.ingress", "ns.delay", "ns.responses", "ns.deadletter"):
+        compacted = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
+        assert config_problems(by_name[name], compacted), f"{name} compacted loses a key's past"
+    limited = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "10000"}
+    assert config_problems(by_name["ns.delay"], limited), "a broker's log.retention.bytes"
