@@ -164,13 +164,14 @@ def topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_topics(args: argparse.Namespace, settings: Settings) -> None:
-    """Create the namespace's missing topics (unless ``--no-create-topics``), saying which."""
+def _ensure_topics(args: argparse.Namespace, settings: Settings, mend: bool = True) -> None:
+    """Create the namespace's missing topics (unless ``--no-create-topics``) and, unless not
+    to ``mend``, set what Kourier needs on existing ones, saying which."""
     if not getattr(args, "create_topics", True):  # (``dev`` always creates them)
         return
     from streams.kafka.admin import create_missing_topics
 
-    changed, partitions = create_missing_topics(settings)
+    changed, partitions = create_missing_topics(settings, mend=mend)
     for state in changed:
         if state.created:
             shape = f"{state.partitions} partitions, {state.replication_factor} replicas"
@@ -341,7 +342,7 @@ def ingress(args: argparse.Namespace) -> int:
     _configure_logging()
     spill.probe()  # the admin index spills too (streams/http/index_spill.py)
     settings = _settings(args)
-    _ensure_topics(args, settings)
+    _ensure_topics(args, settings, mend=False)  # (its principal may not read settings)
 
     async def main(stop: Any) -> None:
         ingress, runners = await serve(

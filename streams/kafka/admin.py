@@ -66,12 +66,14 @@ def min_insync(replication_factor: int) -> int:
     return min(2, replication_factor)
 
 
-def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]:
+def create_topics(
+    settings: Settings, timeout: float = 30.0, mend: bool = True
+) -> list[TopicState]:
     """Create every topic of the namespace that does not exist yet.
 
     Existing topics keep their settings, except those that delete records Kourier needs
-    (:func:`mend_configs`); one whose partition count differs from the co-partitioned
-    layout is an error: keys would land on other partitions.
+    (:func:`mend_configs`, unless not to ``mend``); one whose partition count differs from
+    the co-partitioned layout is an error: keys would land on other partitions.
     """
     admin, refusals = checked_admin(settings)
     specs = Topics(settings.namespace).specs(settings.partitions)
@@ -111,18 +113,20 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[TopicState]
                 "co-partitioned topics must share one partition count (set --partitions)"
             )
         states.append(TopicState(spec, spec in missing, have, _replicas(metadata[spec.name])))
-    mended = set(mend_configs(admin, [spec for spec in specs if spec not in missing], timeout))
+    existing_specs = [spec for spec in specs if spec not in missing and mend]
+    mended = set(mend_configs(admin, existing_specs, timeout))
     return [replace(state, mended=state.spec.name in mended) for state in states]
 
 
 def create_missing_topics(
-    settings: Settings, timeout: float = 30.0
+    settings: Settings, timeout: float = 30.0, mend: bool = True
 ) -> tuple[list[TopicState], int]:
     """What ``kourier worker`` and ``kourier ingress`` do at start: when every topic exists,
     only mend the settings that delete records Kourier needs (the worker checks their shape
     itself); otherwise :func:`create_topics`, co-partitioned with the namespace's ingress
     topic when that exists (its partition count wins over the setting). Returns the topics
-    it created or mended, and the partition count in use."""
+    it created or mended, and the partition count in use. The ingress does not ``mend``:
+    its principal need not read the topics' settings (``kourier acls``)."""
     admin, refusals = checked_admin(settings)
     metadata = cluster_metadata(admin, timeout, refusals).topics
     topics = Topics(settings.namespace)
@@ -131,7 +135,7 @@ def create_missing_topics(
         settings = settings.model_copy(update={"partitions": len(ingress.partitions)})
     specs = topics.specs(settings.partitions)
     if all(spec.name in metadata for spec in specs):
-        mended = set(mend_configs(admin, specs, timeout))
+        mended = set(mend_configs(admin, specs, timeout)) if mend else set()
         shapes = {spec.name: metadata[spec.name] for spec in specs if spec.name in mended}
         changed = [
             TopicState(spec, False, len(shape.partitions), _replicas(shape), mended=True)
@@ -139,7 +143,7 @@ def create_missing_topics(
             if (shape := shapes.get(spec.name)) is not None
         ]
         return changed, settings.partitions
-    states = create_topics(settings, timeout)
+    states = create_topics(settings, timeout, mend)
     return [state for state in states if state.created or state.mended], settings.partitions
 
 

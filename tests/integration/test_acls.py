@@ -291,7 +291,7 @@ async def test_a_worker_not_allowed_to_delete_delay_records_says_so_once_and_goe
         worker.stop()
     logs = worker.read_text()
     assert logs.count(refused) == 1, logs
-    assert "max.message.bytes not checked" in logs, logs
+    assert "its configuration is not checked" in logs, logs
     assert low_watermarks(admin) == [0] * admin.partitions
 
 
