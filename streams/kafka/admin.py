@@ -66,9 +66,7 @@ def min_insync(replication_factor: int) -> int:
     return min(2, replication_factor)
 
 
-def create_topics(
-    settings: Settings, timeout: float = 30.0, mend: bool = True
-) -> list[TopicState]:
+def create_topics(settings: Settings, timeout: float = 30.0, mend: bool = True) -> list[TopicState]:
     """Create every topic of the namespace that does not exist yet.
 
     Existing topics keep their settings, except those that delete records Kourier needs
