@@ -68,7 +68,14 @@ def http(
         request.add_header("authorization", f"Bearer {token}")
     try:
         with urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
+            body = response.read() or b"null"
+            try:
+                return response.status, json.loads(body)
+            except ValueError:  # (a usage error: exit 2)
+                raise ValueError(
+                    f"{url} answered {response.status} with something that is not JSON: is it "
+                    "Kourier's admin API (--admin-url)?"
+                ) from None
     except HTTPError as error:
         try:
             body = error.read()

@@ -241,6 +241,7 @@ def _write_nodes(dirs: list[Path], ports: list[int], deploy_dir: Path) -> None:
     """Write every node's ``server.properties``: each node is broker and controller, and
     all of them vote in the controller quorum. Port 0 picks a free one."""
     template = Template((deploy_dir / "server.properties.template").read_text())
+    _given.update(port for port in ports if port)  # no controller on a listener's port
     controllers = [free_port() for _ in dirs]
     voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(controllers, 1))
     replicas = min(3, len(dirs))

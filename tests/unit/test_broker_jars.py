@@ -7,6 +7,7 @@ and counts its runs, so nothing here downloads anything.
 
 from __future__ import annotations
 
+import re
 import stat
 import subprocess
 import sys
@@ -133,3 +134,18 @@ def test_a_pid_file_names_only_the_broker_of_its_own_data_directory(tmp_path: Pa
     finally:
         other.kill()
         other.wait(10)
+
+
+def test_a_clusters_controller_ports_are_none_of_its_listener_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Controller ports were drawn at random without the listener ports given, and written
+    down: one drawn equal to ``--port`` + 1 failed every start of the cluster."""
+    monkeypatch.setattr(broker.random, "randrange", lambda low, high: 30001)
+    dirs = [tmp_path / f"node-{i}" for i in (1, 2, 3)]
+    broker._write_nodes(dirs, [30000, 30001, 30002], broker.DEPLOY_DIR)
+    ports = []
+    for node in dirs:
+        text = (node / "server.properties").read_text()
+        ports += [int(p) for p in re.findall(r"^listeners=.*?:(\d+),.*?:(\d+)$", text, re.M)[0]]
+    assert len(ports) == len(set(ports)) == 6, ports

@@ -101,6 +101,29 @@ def test_an_error_answer_cut_short_is_one_line_that_says_to_try_again(
     assert line.endswith("try again"), line
 
 
+class NotKourier(BaseHTTPRequestHandler):
+    """Some other web server: a page of HTML."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body>hello</body></html>"
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None: ...
+
+
+def test_an_admin_url_that_is_not_kourier_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """The error said ``Expecting value: line 1 column 1 (char 0)`` and nothing else."""
+    with serving(NotKourier) as url:
+        code = parser.main(["services", "--admin-url", url])
+    assert code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{url}/services answered 200 with something that is not JSON" in line, line
+
+
 def test_kourier_dev_refuses_a_bad_setting_before_it_starts_a_broker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
