@@ -282,12 +282,12 @@ class DelayProcessor:
 
     @property
     def next_wake(self) -> float | None:
-        """When a step should next :meth:`tick` this processor (wall-clock seconds): a
-        release or a read-back falling due. The worker's Kafka thread holds it against the
-        wall clock, so a step of that clock, or a suspended machine, which the loop's
-        timers do not see, delays no read-back."""
-        dues = [due for due in (self._timer_at, self._refill_at) if due is not None]
-        return min(dues) if dues else None
+        """When a step should :meth:`tick` it: the sooner of its next release and read-back,
+        held by the Kafka thread against the wall clock (loop timers miss its steps, suspends)."""
+        release, read_back = self._timer_at, self._refill_at
+        if release is None or read_back is None:
+            return read_back if release is None else release
+        return min(release, read_back)
 
     # -- horizon and read-back -------------------------------------------------------------
 

@@ -236,7 +236,7 @@ class DelayReader:
                             if polite:  # after the others, once
                                 consumer.unassign()
                                 raise _Slow(f"no record in {self._YIELD:g}s while others wait")
-                            continue  # its fetch goes on: assigned again, it starts over
+                            continue  # its fetch goes on (assigned again, it would start over)
                         break
         consumer.unassign()
         return found, missing

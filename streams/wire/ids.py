@@ -57,6 +57,13 @@ def keyed_id(key: str, seed: str) -> str:
     return _make(key_hash(key), hashlib.sha256(seed.encode()).hexdigest()[:24])
 
 
+def hashed_id(seed: str) -> str:
+    """A deterministic id for ``seed``, its routing hash drawn from the seed too (for an
+    invocation without a key, whose partition its id alone names)."""
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
+
+
 def run_of(invocation_id: str, seq: int, created_at: float) -> str:
     """One run of ``invocation_id``: the invocation created at ``seq`` (its ingress offset)
     and ``created_at`` (a call run in its caller's transaction has no record of its own, so
@@ -73,17 +80,13 @@ def child_id(parent: str, entry: int, key: str | None, partitions: int) -> str:
     Derived, not random, so a replay of the parent names the same callee.
     """
     seed = f"{parent}/{entry}"
-    if key is not None:
-        return keyed_id(key, seed)
-    digest = hashlib.sha256(seed.encode()).hexdigest()
-    return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
+    return hashed_id(seed) if key is None else keyed_id(key, seed)
 
 
 def timer_id(run: str, entry: int) -> str:
     """The id a durable sleep at journal entry ``entry`` of ``run`` (:func:`run_of`) and its
     timer's completion carry, so that a timer of an earlier run ends no sleep of this one."""
-    digest = hashlib.sha256(f"{run}/timer/{entry}".encode()).hexdigest()
-    return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
+    return hashed_id(f"{run}/timer/{entry}")
 
 
 def idempotent_id(service: str, key: str | None, handler: str, idempotency_key: str) -> str:
@@ -92,10 +95,7 @@ def idempotent_id(service: str, key: str | None, handler: str, idempotency_key: 
     Scope = target + key, so duplicates meet on one partition as one invocation.
     """
     seed = json.dumps(["idempotency", service, key, handler, idempotency_key])
-    if key is not None:
-        return keyed_id(key, seed)
-    digest = hashlib.sha256(seed.encode()).hexdigest()
-    return _make(int(digest[:8], 16) & 0x7FFFFFFF, digest[8:32])
+    return hashed_id(seed) if key is None else keyed_id(key, seed)
 
 
 def workflow_run_id(workflow: str, workflow_id: str) -> str:
