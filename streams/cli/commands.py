@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +17,9 @@ from streams.errors import KourierError, ServeError
 from streams.kafka import broker
 from streams.settings import Settings
 from streams.wire.topics import Topics
+
+#: The signals that end a long-running command, through its clean-up.
+ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 DEFAULT_DATA = broker.cache_dir() / "broker"  # KOURIER_CACHE moves it, as the jars
 
@@ -245,7 +249,6 @@ def _run_until_signal(
     each of a worker and an ingress over 2,500 sequential calls, ``hops --http``)."""
     import asyncio
     import gc
-    import signal
 
     from streams import tracing
     from streams.kafka.threads import RUN_THREADS, Unwaited
@@ -257,7 +260,7 @@ def _run_until_signal(
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.set_default_executor(Unwaited(thread_name_prefix=f"{RUN_THREADS}-to-thread"))
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in ENDING:
             loop.add_signal_handler(sig, stop.set)
         try:
             dump.install(loop, status)
@@ -268,13 +271,11 @@ def _run_until_signal(
     gc.freeze()
     # The loop's handlers end with it, leaving each signal's default action: the ones in
     # place before it (``kourier dev``'s) hold again while the spans are sent.
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    before = {sig: signal.getsignal(sig) for sig in ENDING}
     try:
         asyncio.run(runner())
     finally:
-        for sig, handler in before.items():
-            if handler is not None:  # (None: not set from Python, so not changed here)
-                signal.signal(sig, handler)
+        _restore(before)
         tracing.shutdown()
     return 0
 
@@ -366,27 +367,33 @@ def dev(args: argparse.Namespace) -> int:
     The brokers it starts run in sessions of their own: it stops them itself, whichever of
     SIGINT, SIGTERM and SIGHUP (a closed terminal) ends it, and whenever; a second signal
     waits for that clean-up. The process's handlers are as they were once it returns."""
-    import signal
-
-    ended = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.getsignal(sig) for sig in ended}
+    previous = {sig: signal.getsignal(sig) for sig in ENDING}
 
     def leave(signum: int, frame: object) -> None:  # outside the event loop's own handlers
-        for sig in ended:
-            signal.signal(sig, signal.SIG_IGN)
+        _ignore_ending()
         raise SystemExit(128 + signum)
 
-    for sig in ended:
+    for sig in ENDING:
         signal.signal(sig, leave)
     try:
-        return _dev(args, lambda: [signal.signal(sig, signal.SIG_IGN) for sig in ended])
+        return _dev(args)
     finally:
-        for sig, handler in previous.items():
-            if handler is not None:
-                signal.signal(sig, handler)
+        _restore(previous)
 
 
-def _dev(args: argparse.Namespace, ignore_signals: Callable[[], object]) -> int:
+def _ignore_ending() -> None:
+    for sig in ENDING:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _restore(handlers: Mapping[signal.Signals, Any]) -> None:
+    """Put ``handlers`` back (one that is None was not set from Python: left as it is)."""
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _dev(args: argparse.Namespace) -> int:
     dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
     import asyncio
 
@@ -449,7 +456,7 @@ def _dev(args: argparse.Namespace, ignore_signals: Callable[[], object]) -> int:
 
         return _run_until_signal(main, "kourier", worker.status)
     finally:
-        ignore_signals()  # the clean-up runs to its end
+        _ignore_ending()  # the clean-up runs to its end
         for started_dir in started:
             broker.stop(started_dir)
         _leave_blocked_actions()

@@ -111,8 +111,8 @@ def create_topics(settings: Settings, timeout: float = 30.0, mend: bool = True) 
                 "co-partitioned topics must share one partition count (set --partitions)"
             )
         states.append(TopicState(spec, spec in missing, have, _replicas(metadata[spec.name])))
-    existing_specs = [spec for spec in specs if spec not in missing and mend]
-    mended = set(mend_configs(admin, existing_specs, timeout))
+    there = [spec for spec in specs if spec not in missing]
+    mended = set(mend_configs(admin, there, timeout)) if mend else set()
     return [replace(state, mended=state.spec.name in mended) for state in states]
 
 
@@ -134,12 +134,9 @@ def create_missing_topics(
     specs = topics.specs(settings.partitions)
     if all(spec.name in metadata for spec in specs):
         mended = set(mend_configs(admin, specs, timeout)) if mend else set()
-        shapes = {spec.name: metadata[spec.name] for spec in specs if spec.name in mended}
-        changed = [
-            TopicState(spec, False, len(shape.partitions), _replicas(shape), mended=True)
-            for spec in specs
-            if (shape := shapes.get(spec.name)) is not None
-        ]
+        shapes = [(spec, metadata[spec.name]) for spec in specs if spec.name in mended]
+        changed = [TopicState(spec, False, len(topic.partitions), _replicas(topic), mended=True)
+                   for spec, topic in shapes]  # fmt: skip
         return changed, settings.partitions
     states = create_topics(settings, timeout, mend)
     return [state for state in states if state.created or state.mended], settings.partitions
@@ -170,6 +167,11 @@ def _wait_for_metadata(
 
 #: The topic settings :func:`config_problems` reads.
 CHECKED_CONFIGS = ("cleanup.policy", "retention.ms", "retention.bytes")
+
+
+def checked_configs(described: dict[str, Any]) -> dict[str, str | None]:
+    """The settings :func:`config_problems` reads, of what ``describe_configs`` gave."""
+    return {name: described[name].value for name in CHECKED_CONFIGS if name in described}
 
 
 def required_configs(spec: TopicSpec) -> dict[str, str]:
@@ -257,8 +259,7 @@ def _with_problems(
         except (KafkaException, TimeoutError):
             found.append(None)
             continue
-        config = {name: described[name].value for name in CHECKED_CONFIGS if name in described}
-        if config_problems(by_name[resource.name], config):
+        if config_problems(by_name[resource.name], checked_configs(described)):
             found.append(by_name[resource.name])
     return found
 

@@ -16,7 +16,7 @@ from confluent_kafka.admin._config import ConfigResource
 from streams.engine.outbox import Out
 from streams.engine.registry import Registry
 from streams.errors import KourierError
-from streams.kafka.admin import CHECKED_CONFIGS, RECORD_BYTES, config_problems
+from streams.kafka.admin import RECORD_BYTES, checked_configs, config_problems
 from streams.kafka.offsets import MissingTopics, Refusals, required_topics
 from streams.kafka.restore import claim_slot
 from streams.settings import Settings
@@ -76,10 +76,7 @@ def check_record_limits(admin: AdminClient, topics: Topics, timeout: float = 10.
             reason = exc.args[0] if exc.args else type(exc).__name__
             log.info("%s: its configuration is not checked (%s)", resource.name, reason)
             continue
-        problems = config_problems(
-            specs[resource.name],
-            {name: found[name].value for name in CHECKED_CONFIGS if name in found},
-        )
+        problems = config_problems(specs[resource.name], checked_configs(found))
         if problems:  # (`kourier topics create` sets them, where its principal may)
             raise WorkerError("; ".join(problems) + ": `kourier topics create` mends them")
         entry = found.get("max.message.bytes")

@@ -216,14 +216,10 @@ async def test_an_outcome_a_cancelled_getter_was_woken_for_goes_to_the_next(
     assert first.cancelled()
 
 
-@pytest.mark.parametrize(("within", "said"), [(0.2, r"within 0\.2s"), (0, r"within 0s")])
-async def test_request_within_bounds_the_produce_too(
-    kourier: Kourier, monkeypatch: pytest.MonkeyPatch, within: float, said: str
-) -> None:
-    """``within`` bounds the whole request: Faust's producer waits for Kafka (up to its
-    request timeout, 20 minutes by default), and an agent waiting there holds up Faust's
-    rebalances and shutdown as much as one waiting for the outcome. ``timedelta(0)``, false
-    as a bool, waited the 10 minutes of ``KOURIER_CALL_TIMEOUT`` instead of none."""
+@pytest.fixture
+async def produced(kourier: Kourier, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """``kourier`` as if started, with ``Greeter`` announced and Faust's producer waiting for
+    Kafka for good; set once a record reached it."""
     produced = asyncio.Event()
 
     async def kafka_away(target: object, record: object) -> None:
@@ -236,6 +232,17 @@ async def test_request_within_bounds_the_produce_too(
     monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
     monkeypatch.setattr(kourier._client._kafka, "_loop", asyncio.get_running_loop(), raising=False)
     monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
+    return produced
+
+
+@pytest.mark.parametrize(("within", "said"), [(0.2, r"within 0\.2s"), (0, r"within 0s")])
+async def test_request_within_bounds_the_produce_too(
+    kourier: Kourier, produced: asyncio.Event, within: float, said: str
+) -> None:
+    """``within`` bounds the whole request: Faust's producer waits for Kafka (up to its
+    request timeout, 20 minutes by default), and an agent waiting there holds up Faust's
+    rebalances and shutdown as much as one waiting for the outcome. ``timedelta(0)``, false
+    as a bool, waited the 10 minutes of ``KOURIER_CALL_TIMEOUT`` instead of none."""
     target = Target(service="Greeter", handler="greet")
     bound = timedelta(seconds=within)
     asking = kourier.request(target, "ada", idempotency_key="k1", within=bound)
@@ -339,20 +346,10 @@ async def test_an_argument_past_what_a_record_carries_is_a_413(
 
 @pytest.mark.parametrize("verb", ["call", "send"])
 async def test_call_and_send_are_bounded_by_within_too(
-    kourier: Kourier, monkeypatch: pytest.MonkeyPatch, verb: str
+    kourier: Kourier, produced: asyncio.Event, verb: str
 ) -> None:
     """``request`` had ``within=`` because an agent waiting on Faust's producer holds up
     rebalances and shutdown; ``call`` and ``send`` waited there with no bound at all."""
-
-    async def kafka_away(target: object, record: object) -> None:
-        await asyncio.sleep(3600)  # stands for a producer that never hears from Kafka
-
-    monkeypatch.setattr(kourier, "_produce", kafka_away)
-    monkeypatch.setitem(kourier._client._kafka.services, "Greeter", GREETER)
-    monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r-away")
-    monkeypatch.setattr(kourier._client._kafka, "partitions", 8)
-    monkeypatch.setattr(kourier._client._kafka, "_loop", asyncio.get_running_loop(), raising=False)
-    monkeypatch.setattr(kourier._client._kafka, "running", True)  # as once started
     target = Target(service="Greeter", handler="greet")
     bound = timedelta(seconds=0.1)
     asking = getattr(kourier, verb)(target, "ada", idempotency_key="k1", within=bound)

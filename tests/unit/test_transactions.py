@@ -99,22 +99,29 @@ def test_a_transaction_that_failed_for_good_is_aborted(where: str, code: int) ->
     assert fresh == [], "an abort was enough"
 
 
+TOO_LARGE = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+
+
+def refusing(first: StandIn) -> tuple[Transactions, list[StandIn]]:
+    """Transactions of one turn on ``first``, then on producers made anew that Kafka refuses
+    the record on too; every producer made, in order."""
+    made: list[StandIn] = []
+
+    def new_producer(turn: int) -> Any:
+        if not made and turn == 0 and first.calls == []:
+            made.append(first)
+            return first
+        made.append(StandIn({"produce": TOO_LARGE}))
+        return made[-1]
+
+    return Transactions(new_producer, 1), made
+
+
 def test_a_record_refused_for_good_is_named_in_the_failure() -> None:
     """After the abort, the record is sent alone on a producer made anew for the turn,
     which Kafka refuses too: the failure names it, and the turn keeps the producer made
     last."""
-    too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
-    producer = StandIn({"produce": too_large})
-    made: list[StandIn] = []
-
-    def new_producer(turn: int) -> Any:
-        if not made and turn == 0 and producer.calls == []:
-            made.append(producer)
-            return producer
-        made.append(StandIn({"produce": too_large}))
-        return made[-1]
-
-    tx = Transactions(new_producer, 1)
+    tx, made = refusing(StandIn({"produce": TOO_LARGE}))
     with pytest.raises(RecordsRefused) as raised:
         tx.commit(SNAPSHOT)
     assert [out for out, _ in raised.value.refused] == SNAPSHOT.out
@@ -129,18 +136,8 @@ def test_a_record_refused_for_good_is_looked_for_when_the_abort_fails_too() -> N
     producer and raised the plain error: nothing named the record, the replay wrote it
     again, and the worker went round until an abort happened to work. The search makes
     producers of its own anyway."""
-    too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
-    producer = StandIn({"produce": too_large, "abort": KafkaError(KafkaError._TIMED_OUT)})
-    made: list[StandIn] = []
-
-    def new_producer(turn: int) -> Any:
-        if not made and producer.calls == []:
-            made.append(producer)
-            return producer
-        made.append(StandIn({"produce": too_large}))
-        return made[-1]
-
-    tx = Transactions(new_producer, 1)
+    producer = StandIn({"produce": TOO_LARGE, "abort": KafkaError(KafkaError._TIMED_OUT)})
+    tx, made = refusing(producer)
     with pytest.raises(RecordsRefused) as raised:
         tx.commit(SNAPSHOT)
     assert [out for out, _ in raised.value.refused] == SNAPSHOT.out
