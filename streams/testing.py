@@ -39,7 +39,7 @@ from pydantic import JsonValue
 from handlers.exceptions import TerminalError
 from handlers.service import HandlerDef, ServiceDefinition, handler_of
 from streams.engine.journal import own_copy
-from streams.engine.outbox import Out, origin_of
+from streams.engine.outbox import Out, origin_of, replay_of
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
 from streams.engine.store import ObjectKey
@@ -272,7 +272,8 @@ class Harness:
             out = self._queue.pop(0)
             if out.topic == self.topics.ingress:
                 trace, origin = from_headers(out.headers), origin_of(out.headers)
-                self.processor.on_message(out.key, out.value, next(self._offsets), trace, origin)
+                offset, replayed = next(self._offsets), replay_of(out.headers)
+                self.processor.on_message(out.key, out.value, offset, trace, origin, replayed)
             elif out.topic == self.topics.responses:
                 response = decode_response(out.value)
                 waiter = self._waiting.get(response.request_id or "")

@@ -20,7 +20,7 @@ from streams.engine.journal import InvocationMeta, entry_of
 from streams.metrics import DEADLETTERS
 from streams.tracing import as_headers
 from streams.wire import ids
-from streams.wire.deadletter import DeadLetter
+from streams.wire.deadletter import REPLAY_HEADER, DeadLetter
 from streams.wire.partitioning import partition_of_key
 from streams.wire.records import (
     AttachRequest,
@@ -49,9 +49,18 @@ Headers = list[tuple[str, str | bytes | None]]
 
 def origin_of(headers: Headers | Mapping[str, str | bytes | None] | None) -> str | None:
     """The id of the caller that sent a cancel or kill on (see ``ORIGIN_HEADER``)."""
+    return _text(headers, ORIGIN_HEADER)
+
+
+def replay_of(headers: Headers | Mapping[str, str | bytes | None] | None) -> str | None:
+    """Where the dead letter a replayed record came from was first read (``REPLAY_HEADER``)."""
+    return _text(headers, REPLAY_HEADER)
+
+
+def _text(headers: Headers | Mapping[str, str | bytes | None] | None, header: str) -> str | None:
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     for name, value in pairs:
-        if name == ORIGIN_HEADER and value is not None:
+        if name == header and value is not None:
             return value.decode(errors="replace") if isinstance(value, bytes) else value
     return None
 
@@ -230,24 +239,33 @@ class Outbox:
         value: bytes | None,
         trace: str | None = None,
         origin: str | None = None,
+        replayed: str | None = None,
     ) -> None:
         """An ingress record that belongs to another partition, moved there unchanged (its
-        trace context and origin too)."""
+        trace context, origin and ``REPLAY_HEADER`` too)."""
         headers = as_headers(trace)
         if origin is not None:
             headers = [*(headers or []), (ORIGIN_HEADER, origin)]
+        if replayed is not None:
+            headers = [*(headers or []), (REPLAY_HEADER, replayed)]
         self._emit(Out(self.topics.ingress, owner, key, value, headers))
 
     def dead_letter(
-        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
+        self,
+        error: RecordError,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
+        replayed: str | None = None,
     ) -> None:
-        """An ingress record set aside, unchanged, with the reason in its headers."""
+        """An ingress record set aside, unchanged, with the reason in its headers (and, for
+        a replay, where the record it replayed was first read)."""
         log.warning(
             "dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset, error
         )
         DEADLETTERS.labels(error.reason).inc()
         source = (self.topics.ingress, self.partition, offset)
-        self._emit(set_aside(error, source, key, value, self.topics.deadletter))
+        self._emit(set_aside(error, source, key, value, self.topics.deadletter, replayed))
 
 
 def set_aside(
@@ -256,10 +274,11 @@ def set_aside(
     key: bytes | None,
     value: bytes | None,
     deadletter_topic: str,
+    replayed: str | None = None,
 ) -> Out:
     """The dead letter of the record at ``source`` (topic, partition, offset): its key and
     value unchanged, why in its headers, cut only if it would not fit."""
     topic, partition, offset = source
     letter = DeadLetter.of(error, topic=topic, partition=partition, offset=offset, key=key,
-                           value=value, at=datetime.now(UTC))  # fmt: skip
+                           value=value, at=datetime.now(UTC), replay_of=replayed)  # fmt: skip
     return Out(deadletter_topic, 0, key, *letter.record(key, value))

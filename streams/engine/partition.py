@@ -48,6 +48,7 @@ from streams.wire.records import (
     Start,
     Target,
     decode_ingress,
+    idempotency_key_refusal,
 )
 from streams.wire.topics import Topics
 
@@ -218,10 +219,12 @@ class PartitionProcessor:
         offset: int,
         trace: str | None = None,
         origin: str | None = None,
+        replayed: str | None = None,
     ) -> None:
         """Apply one ingress record; malformed ones go to the dead-letter topic. ``trace`` is
         the trace context its headers carried (:mod:`streams.tracing`), ``origin`` the
-        caller that sent a cancel or kill on (``outbox.ORIGIN_HEADER``)."""
+        caller that sent a cancel or kill on (``outbox.ORIGIN_HEADER``), ``replayed`` where
+        the dead letter it replays was first read (``REPLAY_HEADER``)."""
         try:
             if value is not None and len(value) > MAX_RECORD_BYTES:
                 self._oversize(value)
@@ -230,27 +233,27 @@ class PartitionProcessor:
                 )
             record = decode_ingress(value)
         except RecordError as error:
-            self._set_aside(error, key, value, offset)
+            self._set_aside(error, key, value, offset, replayed)
             return
         try:
             owner = routing.owner(record, self.partitions, self.partition)
         except RecordError as error:
             if isinstance(record, Invoke):  # whoever waits hears why it will not run
                 self.outbox.unrouted(record, Failure(code=400, message=error.detail))
-            self._set_aside(error, key, value, offset)
+            self._set_aside(error, key, value, offset, replayed)
             return
         if owner != self.partition:
             # A producer that partitioned differently (e.g. kcat's default): move it.
-            self.outbox.forward(owner, key, value, trace, origin)
+            self.outbox.forward(owner, key, value, trace, origin, replayed)
             return
         try:
-            self._apply(record, key, value, offset, trace, origin)
+            self._apply(record, key, value, offset, trace, origin, replayed)
         except SpillFailed:
             raise  # the partition's spill failed (streams.engine.spill), not the record
         except Exception as error:  # one record never stops the partition
             log.exception("%s/%d@%d not applied", self.topics.ingress, self.partition, offset)
             failed = RecordError("apply-failed", f"{type(error).__name__}: {error}")
-            self._set_aside(failed, key, value, offset)
+            self._set_aside(failed, key, value, offset, replayed)
             if isinstance(record, Invoke) and record.invocation_id not in self.invocations:
                 # Nobody else will answer: whoever waits hears, not waits for good.
                 self.outbox.unrouted(record, Failure(code=500, message=f"not applied: {failed}"))
@@ -264,9 +267,10 @@ class PartitionProcessor:
         offset: int,
         trace: str | None,
         origin: str | None = None,
+        replayed: str | None = None,
     ) -> None:
         if isinstance(record, Invoke):
-            self._apply_invoke(record, key, value, offset, trace)
+            self._apply_invoke(record, key, value, offset, trace, replayed)
         elif isinstance(record, Completion):
             self._apply_completion(record)
         elif isinstance(record, AttachRequest):
@@ -277,9 +281,14 @@ class PartitionProcessor:
             self.controls.apply(record, origin)
 
     def _set_aside(
-        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
+        self,
+        error: RecordError,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
+        replayed: str | None = None,
     ) -> None:
-        self.outbox.dead_letter(error, key, value, offset)
+        self.outbox.dead_letter(error, key, value, offset, replayed)
         self._wake()
 
     def _oversize(self, value: bytes) -> None:
@@ -307,15 +316,18 @@ class PartitionProcessor:
         value: bytes | None,
         offset: int,
         trace: str | None = None,
+        replayed: str | None = None,
     ) -> None:
         try:
             handler = self.registry.resolve(record.target)
         except LookupError as exc:
             if record.request_id is None and record.caller is None:
                 error = RecordError("unknown-target", str(exc))
-                self._set_aside(error, key, value, offset)
+                self._set_aside(error, key, value, offset, replayed)
             self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
             return
+        if replayed is not None and handler.kind != "workflow":
+            record = _as_replay(record, replayed)
         target = record.target
         scope = None
         if handler.kind == "workflow":
@@ -598,3 +610,16 @@ class PartitionProcessor:
         """Let go of what the partition holds on disk (:mod:`streams.engine.spill`): it is
         no longer owned, and its last changes were taken (:meth:`flush`) or are dropped."""
         self.spill.close()
+
+
+def _as_replay(record: Invoke, replayed: str) -> Invoke:
+    """A replayed dead letter's call, with an idempotency key that names the record first
+    set aside (``replayed``) when it has neither that nor an id: every replay of the letter,
+    and of the letters its replays became, is then one invocation, within the service's
+    idempotency retention. A workflow's run is one per workflow id already."""
+    key = f"kourier.replay-of/{replayed}"
+    if record.idempotency_key is not None or record.invocation_id is not None:
+        return record
+    if idempotency_key_refusal(key) is not None:  # a header no replay wrote: taken as it is
+        return record
+    return record.model_copy(update={"idempotency_key": key})

@@ -4,6 +4,9 @@ A dead letter is the original ingress record, key and value unchanged, with ``ko
 headers saying why it was set aside (:class:`~streams.wire.deadletter.DeadLetter`). Replaying
 produces the original record to the ingress topic again — after the cause is fixed (a
 service deployed, a producer corrected); a record that still fails comes back here.
+Every replay of a letter, and of the letters its replays became, names the record first set
+aside (``REPLAY_HEADER``), and a call without an id takes its id from that: replaying a
+letter twice makes one invocation, not two.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from streams.kafka.offsets import (
     watermarks,
 )
 from streams.settings import Settings
-from streams.wire.deadletter import DeadLetter
+from streams.wire.deadletter import REPLAY_HEADER, DeadLetter
 from streams.wire.partitioning import partition_for
 from streams.wire.topics import Topics
 
@@ -127,7 +130,10 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
                     value=letter.original_value(),
                     key=key,
                     partition=partition,
-                    headers=[("kourier.replayed-from", str(letter.dlq_offset).encode())],
+                    headers=[
+                        ("kourier.replayed-from", str(letter.dlq_offset).encode()),
+                        (REPLAY_HEADER, letter.first.encode()),
+                    ],
                     on_delivery=lambda error, _: errors.append(str(error)) if error else None,
                 )
                 break

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from confluent_kafka import Message, TopicPartition
 
 from streams.engine.local import LocalCalls, LocalCompletions
-from streams.engine.outbox import Out, origin_of
+from streams.engine.outbox import Out, origin_of, replay_of
 from streams.kafka.committer import Committer, Snapshot
 from streams.kafka.offsets import headers_of
 from streams.kafka.ownership import Ownership
@@ -183,7 +183,8 @@ class Stepper:
                             " is taken without its headers (trace context, origin)",
                             message.topic(), partition, offset)  # fmt: skip
             trace, origin = from_headers(headers), origin_of(headers)
-            processor.on_message(message.key(), message.value(), offset, trace, origin)
+            processor.on_message(message.key(), message.value(), offset, trace, origin,
+                                 replay_of(headers))  # fmt: skip
             self._offsets[partition] = offset + 1
 
     async def _settle(self, rounds: int = 256) -> None:

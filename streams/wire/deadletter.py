@@ -17,6 +17,10 @@ from streams.wire.records import RecordError
 MAX_DEADLETTER_BYTES = 990_000
 #: The value and headers of a dead letter as produced.
 DeadLetterRecord = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
+#: The header of a replayed record: where the record first set aside was read
+#: (``topic/partition/offset``). A record without an invocation id takes its id from it, so
+#: every replay of one letter, and of the letters its replays became, is one invocation.
+REPLAY_HEADER = "kourier.replay-of"
 
 
 _EPOCH = "1970-01-01T00:00:00+00:00"  # a dead letter's time when its header does not say
@@ -47,6 +51,9 @@ class DeadLetter(BaseModel):
     truncated: int | None = Field(
         default=None, description="the original value's length, when only its start is kept"
     )
+    replay_of: str | None = Field(
+        default=None, description="for a replay set aside again: where the first record was read"
+    )
 
     @classmethod
     def of(
@@ -59,6 +66,7 @@ class DeadLetter(BaseModel):
         key: bytes | None,
         value: bytes | None,
         at: datetime,
+        replay_of: str | None = None,
     ) -> DeadLetter:
         return cls(
             reason=error.reason,
@@ -69,6 +77,7 @@ class DeadLetter(BaseModel):
             key=None if key is None else base64.b64encode(key).decode(),
             payload=base64.b64encode(value or b"").decode(),
             at=at,
+            replay_of=replay_of,
         )
 
     def record(self, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
@@ -86,7 +95,7 @@ class DeadLetter(BaseModel):
         return value, headers
 
     def headers(self) -> list[tuple[str, str | bytes | None]]:
-        return [
+        headers: list[tuple[str, str | bytes | None]] = [
             ("kourier.reason", self.reason.encode()),
             ("kourier.detail", self.detail.encode()),
             ("kourier.topic", self.topic.encode()),
@@ -94,6 +103,9 @@ class DeadLetter(BaseModel):
             ("kourier.offset", str(self.offset).encode()),
             ("kourier.at", self.at.isoformat().encode()),
         ]
+        if self.replay_of is not None:
+            headers.append((REPLAY_HEADER, self.replay_of.encode()))
+        return headers
 
     @classmethod
     def from_record(
@@ -129,7 +141,14 @@ class DeadLetter(BaseModel):
             at=at,
             dlq_offset=dlq_offset,
             truncated=number("truncated") if "kourier.truncated" in found else None,
+            replay_of=found.get(REPLAY_HEADER),
         )
+
+    @property
+    def first(self) -> str:
+        """Where the record first set aside was read: this letter's record, or, for a
+        replay set aside again, the record it replayed (``topic/partition/offset``)."""
+        return self.replay_of or f"{self.topic}/{self.partition}/{self.offset}"
 
     def original_key(self) -> bytes | None:
         return None if self.key is None else base64.b64decode(self.key)

@@ -192,6 +192,32 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
     assert time.monotonic() - began < 10
 
 
+async def test_a_letter_replayed_twice_is_one_call(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    """``kourier dlq replay`` run twice on one letter (once per operator, or again after a
+    replay that timed out) made the call twice: a call without an id took its id from
+    where its replay landed, which differs each time."""
+    value = _TALLY_ADD.replace(b'"key": "k"', b'"key": "twice"') % b"5"
+    letter = DeadLetter(reason="unknown-target", detail="Tally was not deployed yet",
+                        topic=f"{topics.namespace}.ingress", partition=0, offset=7,
+                        payload="", at=datetime.now(UTC))  # fmt: skip
+    record, headers = letter.record(b"twice", value)
+    offsets: list[int] = []
+    producer = Producer(topics.client_config({"linger.ms": 1}))
+    dlq = f"{topics.namespace}.deadletter"
+    producer.produce(dlq, record, key=b"twice", partition=0, headers=headers,
+                     on_delivery=lambda _, m: offsets.append(m.offset()))  # fmt: skip
+    assert producer.flush(30) == 0
+    assert len(offsets) == 1
+    for replay in ("first", "second"):
+        done = await asyncio.to_thread(dlq_command, topics, "replay", "--offset", str(offsets[0]))
+        assert done.returncode == 0, done.stderr
+        # A call made after the replay was written answers after it ran (one key).
+        total = await asyncio.wait_for(client.object("Tally", "twice", "add").request(0), 60)
+        assert total == 5, f"after the {replay} replay, the letter's call has run once"
+
+
 async def test_bad_delay_records_are_dead_lettered_and_delays_go_on(
     topics: Settings, worker: Worker, client: Client
 ) -> None:

@@ -37,7 +37,7 @@ from streams.wire.records import (
 )
 from tests.unit.harness import TOPICS, Harness, of_kind, settle, until
 
-calls = {"flaky": 0, "meets_a_cancel": 0, "cancels_its_own_task": 0, "nap": 0}
+calls = {"flaky": 0, "meets_a_cancel": 0, "cancels_its_own_task": 0, "nap": 0, "replayed": 0}
 
 box = VirtualObject("Box")
 
@@ -358,9 +358,48 @@ async def test_malformed_and_misrouted_records() -> None:
     assert moved[0].partition == ids.partition_of(ids.new_id(key, 4), 4)
 
 
+replays = VirtualObject("Replays")
+
+
+@replays.handler()
+async def count(ctx: ObjectContext) -> int:
+    calls["replayed"] += 1
+    return calls["replayed"]
+
+
+async def test_a_dead_letter_replayed_twice_runs_once_and_its_copies_name_the_first() -> None:
+    """Two replays of one letter (``kourier dlq replay`` run twice, or a replay of the
+    letter its first replay became) made two invocations of a call without an id."""
+    h = Harness([replays], partitions=4)
+    key = next(k for k in (f"k{i}" for i in range(100)) if ids.key_hash(k) % 4 == 0)
+    raw = encode(Invoke(target=Target(service="Replays", key=key, handler="count"), mode="send"))
+    first = f"{TOPICS.ingress}/0/3"
+    for offset in (10, 11):  # the second while the first is queued or runs
+        h.processor.on_message(key.encode(), raw, offset, replayed=first)
+    # The same record, not a replay, is a call of its own; it answers after both (one key).
+    plain = Invoke(target=Target(service="Replays", key=key, handler="count"), request_id="one")
+    h.processor.on_message(key.encode(), encode(plain), 12)
+    await until(lambda: "one" in h.responses())
+    assert h.responses()["one"].value == 2
+    # Once the first has completed, too.
+    h.processor.on_message(key.encode(), raw, 13, replayed=first)
+    h.processor.on_message(key.encode(), encode(plain.model_copy(update={"request_id": "two"})), 14)
+    await until(lambda: "two" in h.responses())
+    assert h.responses()["two"].value == 3
+    assert calls["replayed"] == 3
+    # A replay set aside again, or moved to its partition, still names the first record.
+    h.processor.on_message(key.encode(), b"not json", 15, replayed=first)
+    assert dict(h.out[-1].headers or [])["kourier.replay-of"] == first.encode()
+    other = next(k for k in (f"k{i}" for i in range(100)) if ids.key_hash(k) % 4 == 1)
+    moved = encode(Invoke(target=Target(service="Replays", key=other, handler="count")))
+    h.processor.on_message(other.encode(), moved, 16, replayed=first)
+    assert (h.out[-1].topic, h.out[-1].partition) == (TOPICS.ingress, 1)
+    assert dict(h.out[-1].headers or [])["kourier.replay-of"] == first
+
+
 @pytest.fixture(autouse=True)
 def _reset_calls() -> None:
-    calls["flaky"] = 0
+    calls["flaky"] = calls["replayed"] = 0
 
 
 async def test_a_waiting_invocation_is_suspended_and_resumed_by_replay() -> None:

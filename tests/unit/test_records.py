@@ -74,6 +74,11 @@ def test_other_records_round_trip() -> None:
     assert again.original_key() == b"k"
     assert (again.reason, again.partition, again.offset) == ("not-json", 3, 9)
     assert (again.at, again.dlq_offset) == (letter.at, 4)
+    assert again.first == "ns.ingress/3/9", "a letter of a first record names its own place"
+    # A replay set aside again names the first record, which its replays take their id from.
+    replayed = letter.model_copy(update={"offset": 40, "replay_of": "ns.ingress/3/9"})
+    again = DeadLetter.from_record(b"k", b"\xff\x00", replayed.headers(), dlq_offset=5)
+    assert (again.offset, again.first) == (40, "ns.ingress/3/9")
 
 
 @pytest.mark.parametrize(
