@@ -80,6 +80,7 @@ def create_topics(settings: Settings, timeout: float = 30.0, mend: bool = True) 
     replicas = replication_for(settings, len(cluster.brokers))
     insync = {"min.insync.replicas": str(min_insync(replicas))}
     missing = [spec for spec in specs if spec.name not in existing]
+    made: set[str] = set()  # not those another process created since the metadata was read
     if missing:
         new = [NewTopic(s.name, s.partitions, replicas, config=s.config | insync) for s in missing]
         futures = admin.create_topics(
@@ -90,6 +91,7 @@ def create_topics(settings: Settings, timeout: float = 30.0, mend: bool = True) 
         for name, future in futures.items():
             try:
                 future.result()
+                made.add(name)
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.code() in REFUSED:
@@ -110,8 +112,8 @@ def create_topics(settings: Settings, timeout: float = 30.0, mend: bool = True) 
                 f"topic {spec.name} has {have} partitions, Kourier expects {spec.partitions}: "
                 "co-partitioned topics must share one partition count (set --partitions)"
             )
-        states.append(TopicState(spec, spec in missing, have, _replicas(metadata[spec.name])))
-    there = [spec for spec in specs if spec not in missing]
+        states.append(TopicState(spec, spec.name in made, have, _replicas(metadata[spec.name])))
+    there = [spec for spec in specs if spec.name not in made]
     mended = set(mend_configs(admin, there, timeout)) if mend else set()
     return [replace(state, mended=state.spec.name in mended) for state in states]
 

@@ -82,6 +82,29 @@ async def test_a_worker_creates_missing_topics_with_the_given_partitions(
         stop_process(worker)
 
 
+def test_topics_another_process_created_meanwhile_are_not_said_to_be_created(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers starting together both read that the topics were missing, and both
+    said they had created them: the one Kafka answered TOPIC_ALREADY_EXISTS had not."""
+    assert all(state.created for state in create_topics(settings))
+    from streams.kafka import admin
+
+    real = admin.cluster_metadata
+
+    def before_the_other_created_them(*args: Any, **kwargs: Any) -> Any:
+        metadata = real(*args, **kwargs)
+        metadata.topics = {}  # as read by a worker just before another created the topics
+        return metadata
+
+    monkeypatch.setattr(admin, "cluster_metadata", before_the_other_created_them)
+    again = create_topics(settings)
+    assert [state.spec.name for state in again] == [
+        spec.name for spec in Topics(settings.namespace).specs(settings.partitions)
+    ]
+    assert not any(state.created for state in again)
+
+
 async def test_an_ingress_creates_missing_topics_and_serves(
     settings: Settings, tmp_path: Path
 ) -> None:
