@@ -29,6 +29,7 @@ from streams.engine.outbox import Out, Outbox
 from streams.engine.outcomes import Outcomes
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
+from streams.engine.replays import as_replay, replay_place
 from streams.engine.spill import Spill, SpillFailed
 from streams.engine.starts import Starts
 from streams.engine.store import ObjectKey, PartitionStore, dedup_scope
@@ -48,7 +49,6 @@ from streams.wire.records import (
     Start,
     Target,
     decode_ingress,
-    idempotency_key_refusal,
 )
 from streams.wire.topics import Topics
 
@@ -224,7 +224,9 @@ class PartitionProcessor:
         """Apply one ingress record; malformed ones go to the dead-letter topic. ``trace`` is
         the trace context its headers carried (:mod:`streams.tracing`), ``origin`` the
         caller that sent a cancel or kill on (``outbox.ORIGIN_HEADER``), ``replayed`` where
-        the dead letter it replays was first read (``REPLAY_HEADER``)."""
+        the dead letter it replays was first read (``REPLAY_HEADER``, ``replays.py``)."""
+        if replayed is not None:
+            replayed = replay_place(self.topics.ingress, replayed)
         try:
             if value is not None and len(value) > MAX_RECORD_BYTES:
                 self._oversize(value)
@@ -235,6 +237,8 @@ class PartitionProcessor:
         except RecordError as error:
             self._set_aside(error, key, value, offset, replayed)
             return
+        if replayed is not None and isinstance(record, Invoke):
+            record = as_replay(record, replayed, self.registry)  # its key may route it
         try:
             owner = routing.owner(record, self.partitions, self.partition)
         except RecordError as error:
@@ -326,8 +330,6 @@ class PartitionProcessor:
                 self._set_aside(error, key, value, offset, replayed)
             self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
             return
-        if replayed is not None and handler.kind != "workflow":
-            record = _as_replay(record, replayed)
         target = record.target
         scope = None
         if handler.kind == "workflow":
@@ -610,16 +612,3 @@ class PartitionProcessor:
         """Let go of what the partition holds on disk (:mod:`streams.engine.spill`): it is
         no longer owned, and its last changes were taken (:meth:`flush`) or are dropped."""
         self.spill.close()
-
-
-def _as_replay(record: Invoke, replayed: str) -> Invoke:
-    """A replayed dead letter's call, with an idempotency key that names the record first
-    set aside (``replayed``) when it has neither that nor an id: every replay of the letter,
-    and of the letters its replays became, is then one invocation, within the service's
-    idempotency retention. A workflow's run is one per workflow id already."""
-    key = f"kourier.replay-of/{replayed}"
-    if record.idempotency_key is not None or record.invocation_id is not None:
-        return record
-    if idempotency_key_refusal(key) is not None:  # a header no replay wrote: taken as it is
-        return record
-    return record.model_copy(update={"idempotency_key": key})

@@ -5,8 +5,8 @@ headers saying why it was set aside (:class:`~streams.wire.deadletter.DeadLetter
 produces the original record to the ingress topic again — after the cause is fixed (a
 service deployed, a producer corrected); a record that still fails comes back here.
 Every replay of a letter, and of the letters its replays became, names the record first set
-aside (``REPLAY_HEADER``), and a call without an id takes its id from that: replaying a
-letter twice makes one invocation, not two.
+aside (``REPLAY_HEADER``): a call that names neither an id nor an idempotency key is then
+one invocation however often it is replayed (``streams.engine.replays``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class ReadTimeout(KourierError, TimeoutError):
 
 class ReplayIncomplete(KourierError, RuntimeError):
     """Some replayed records were not acknowledged by Kafka in time: some may have been
-    written, so replaying them again may invoke a call twice unless it names its id."""
+    written. Replaying them again makes no second invocation of a call without an id (see
+    above); one that names its id runs again if its outcome was not kept."""
 
     retriable = True
 

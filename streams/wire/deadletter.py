@@ -18,8 +18,8 @@ MAX_DEADLETTER_BYTES = 990_000
 #: The value and headers of a dead letter as produced.
 DeadLetterRecord = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
 #: The header of a replayed record: where the record first set aside was read
-#: (``topic/partition/offset``). A record without an invocation id takes its id from it, so
-#: every replay of one letter, and of the letters its replays became, is one invocation.
+#: (``topic/partition/offset``). A call that names neither an id nor an idempotency key
+#: takes its idempotency key from it (``streams.engine.replays``).
 REPLAY_HEADER = "kourier.replay-of"
 
 

@@ -397,6 +397,37 @@ async def test_a_dead_letter_replayed_twice_runs_once_and_its_copies_name_the_fi
     assert dict(h.out[-1].headers or [])["kourier.replay-of"] == first
 
 
+async def test_a_replayed_keyless_call_goes_to_the_partition_its_replay_key_names() -> None:
+    """It ran where it landed, under an id that names another partition: its callees'
+    completions, its Start and any cancel went there, to nobody."""
+    h = Harness([svc], partitions=4)
+    raw = encode(Invoke(target=Target(service="Helper", handler="one"), mode="send"))
+
+    def owner(place: str) -> int:
+        same = ids.idempotent_id("Helper", None, "one", f"kourier.replay-of/{place}")
+        return ids.partition_of(same, 4)
+
+    place = next(p for p in (f"{TOPICS.ingress}/0/{n}" for n in range(100)) if owner(p))
+    h.processor.on_message(None, raw, 20, replayed=place)
+    assert [(o.topic, o.partition) for o in h.out] == [(TOPICS.ingress, owner(place))]
+    assert dict(h.out[0].headers or [])["kourier.replay-of"] == place
+
+
+@pytest.mark.parametrize(
+    "header", ["elsewhere.ingress/0/3", "unit.ingress/0/3/4", "unit.ingress/0/" + "9" * 1000]
+)
+async def test_a_replay_header_that_names_no_ingress_place_is_ignored(header: str) -> None:
+    """Another producer's header went on into dead letters, where one near Kafka's limit
+    made a letter Kafka refused for good, and named a key of its choosing."""
+    h = Harness([replays], partitions=1)
+    h.processor.on_message(b"k", b"not json", 0, replayed=header)
+    assert "kourier.replay-of" not in dict(h.out[-1].headers or [])
+    raw = encode(Invoke(target=Target(service="Replays", key="k", handler="count"), mode="send"))
+    for offset in (1, 2):
+        h.processor.on_message(b"k", raw, offset, replayed=header)
+    await until(lambda: calls["replayed"] == 2)
+
+
 @pytest.fixture(autouse=True)
 def _reset_calls() -> None:
     calls["flaky"] = calls["replayed"] = 0
