@@ -109,6 +109,7 @@ class PartitionProcessor:
         )  # fmt: skip
         self.closed = False
         self.handing_over = False  # see hand_over()
+        self.restored = 0  # changelog records read back, tombstones too
         self.starts = Starts(
             self.invocations, self.outbox, enqueue=self._enqueue, touch=self.touch,
             wake=wake, closed=lambda: self.closed, clock=clock,
@@ -117,12 +118,15 @@ class PartitionProcessor:
     # -- restore ---------------------------------------------------------------------
 
     def restore_state(self, key: bytes, value: bytes | None) -> None:
+        self.restored += 1
         self.store.restore_state(key, value)
 
     def restore_dedup(self, key: bytes, value: bytes | None) -> None:
+        self.restored += 1
         self.store.restore_dedup(key, value)
 
     def restore_invocation(self, key: bytes, value: bytes | None) -> None:
+        self.restored += 1
         self.invocations.restore(key, value)
 
     def _thaw(self, meta: InvocationMeta, persisted_entries: int) -> Invocation:

@@ -139,6 +139,8 @@ class Ownership:
             for processor in restoring:
                 processor.spill.commit()  # what the restore kept cold, before any starts
                 self.processors[processor.partition] = processor
+                if processor.partition not in self.offsets and processor.restored:
+                    _offsets_lost(self.topics, processor)
             # No await from here on: no handler runs before every partition has started,
             # so one whose start fails leaves nothing the others did.
             for processor in restoring:
@@ -217,3 +219,18 @@ class Ownership:
             processor.close()
         for delay in self.delays.values():
             delay.close()
+
+
+def _offsets_lost(topics: Topics, processor: PartitionProcessor) -> None:
+    """Say that an ingress partition with changelog records has no committed offset: the
+    workers' group lost it (no worker ran for longer than the brokers'
+    ``offsets.retention.minutes``, or someone deleted or reset it). The partition is read
+    from where ``auto.offset.reset`` (earliest) puts it: records applied before are applied
+    again, and calls whose outcomes were not kept run again (README, Limits)."""
+    log.error(
+        "%s[%d] has no committed offset, but its changelogs hold %d records: the workers'"
+        " group %s.workers lost its offsets (offsets.retention.minutes passed with no worker, or"
+        " they were deleted or reset); the partition is read from its earliest record, and"
+        " calls whose outcomes were not kept run again",
+        topics.ingress, processor.partition, processor.restored, topics.namespace,
+    )  # fmt: skip

@@ -81,6 +81,31 @@ async def test_an_assignment_is_restored_in_one_go_then_started() -> None:
         owner.close_all()
 
 
+async def test_a_partition_with_changelog_records_but_no_committed_offset_is_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The group's offsets gone (no worker for longer than offsets.retention.minutes): the
+    partition rereads its ingress from the start, with nothing said."""
+    owner = ownership()
+
+    def restore(processors: list[PartitionProcessor]) -> None:
+        for processor in processors:  # both were run before
+            processor.restore_dedup(b'["S", null, "h", "k"]', None)
+
+    await owner.assign(ASSIGNED, {}, restore)
+    try:
+        lost = [r.getMessage() for r in caplog.records if "no committed offset" in r.getMessage()]
+        assert len(lost) == 1, lost
+        assert lost[0].startswith(f"{TOPICS.ingress}[1] has no committed offset"), lost
+    finally:
+        owner.close_all()
+    caplog.clear()
+    fresh = ownership()  # a new namespace: no changelog records, nothing to say
+    await fresh.assign(ASSIGNED, {}, lambda processors: None)
+    fresh.close_all()
+    assert not [r for r in caplog.records if "no committed offset" in r.getMessage()]
+
+
 async def test_a_failed_restore_leaves_nothing_of_the_assignment_running() -> None:
     given: list[PartitionProcessor] = []
 
