@@ -23,7 +23,7 @@ from handlers.retry import RetryPolicy
 from handlers.service import HandlerDef
 from streams import logs, tracing
 from streams.engine.context import InvocationContext
-from streams.engine.invocation import Invocation, InvocationClosed
+from streams.engine.invocation import Invocation
 from streams.engine.journal import CANCELLED, own_copy
 from streams.engine.values import described, failure_of, measured
 from streams.metrics import ATTEMPT_SECONDS, PAUSED, RETRIES, labelled
@@ -142,17 +142,16 @@ class Attempts:
             failure = failure_of(error)
         except NonDeterminismError as error:  # the handler's own, if not the context's
             ctx.diverged = ctx.diverged or error
-        except InvocationClosed:
-            if stopped():
-                return None
-            raise
         except GeneratorExit:  # the coroutine closed: it must not await again
             raise
         except BaseException as error:  # a library's own, or SystemExit from sys.exit():
             # the attempt fails as for any exception. Out of the task, SystemExit ended the
             # worker, which left the invocation running, so every next owner ran it again
             # and ended too. (A worker takes its signals on the event loop, not by raising
-            # them into whatever frame runs: only a handler raises these here.)
+            # them into whatever frame runs: only a handler raises these here.) So does an
+            # InvocationClosed that is not this attempt's end (a context an earlier attempt
+            # gave the handler, kept and used): out of the task, it left the invocation
+            # running with no task and its key locked.
             if stopped():
                 return None
             if ctx.diverged is not None:  # caught, then another error: failed below

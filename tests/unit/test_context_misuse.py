@@ -77,6 +77,20 @@ async def runs_typed(ctx: ObjectContext, hint: str) -> list[str]:
     return [type(untyped).__name__, type(typed).__name__]
 
 
+KEPT: list[ObjectContext] = []
+
+
+@things.handler()
+async def uses_a_kept_context(ctx: ObjectContext) -> str:
+    """Fails its first attempt, then uses that attempt's context in the second."""
+    KEPT.append(ctx)
+    if len(KEPT) == 1:
+        raise RuntimeError("transient")
+    if len(KEPT) == 2:
+        await KEPT[0].get("n")  # the mistake under test: another attempt's context
+    return "done"
+
+
 def thing(handler: str) -> Target:
     return Target(service="Things", key="k", handler=handler)
 
@@ -113,6 +127,18 @@ async def test_an_action_awaited_after_a_caught_divergence_does_not_run() -> Non
     assert failure is not None
     assert failure.code == 500
     assert LATE["runs"] == 0, "the action ran after the divergence"
+
+
+async def test_an_attempt_that_uses_an_earlier_attempt_s_context_is_retried() -> None:
+    """``InvocationClosed`` from the earlier context left the attempt's task as it is: the
+    invocation stayed running with no task, and its key locked, until the partition moved."""
+    KEPT.clear()
+    harness = Harness([things])
+    harness.call(thing("uses_a_kept_context"), request_id="kept")
+    harness.call(thing("runs_typed"), "fits", request_id="after")  # queued behind it
+    await until(lambda: {"kept", "after"} <= set(harness.responses()))
+    assert harness.responses()["kept"].value == "done"
+    assert len(KEPT) == 3, "not retried after the earlier context's error"
 
 
 async def test_a_call_target_no_record_can_carry_is_its_400_on_the_first_attempt() -> None:
