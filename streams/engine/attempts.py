@@ -31,6 +31,9 @@ from streams.wire.records import MAX_VALUE_BYTES, Failure, shorten, value_size
 
 log = logging.getLogger("kourier.partition")
 
+#: Seconds by which an inactivity timer may fire before its time (the loop's clock).
+_SLACK = 0.001
+
 #: What an attempt ends with: the invocation, its value and its failure (None: success);
 #: returns the failure written, which replaces an outcome that could not be written.
 Complete = Callable[[Invocation, JsonValue, Failure | None], Failure | None]
@@ -205,14 +208,17 @@ class Attempts:
         """``inv`` awaits a call, a timer or a promise: suspend it if it is still waiting
         after its service's inactivity timeout, so that it holds no task meanwhile."""
         timeout = inv.handler.service.inactivity_timeout.total_seconds()
-        attempt = inv.task
-        asyncio.get_running_loop().call_later(timeout, self._suspend_if_idle, inv, attempt)
+        loop = asyncio.get_running_loop()
+        inv.waited_at = loop.time()
+        loop.call_later(timeout, self._suspend_if_idle, inv, inv.task)
 
     def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
         if self._closed() or inv.task is not task or task is None or task.done():
             return
         if inv.meta.status != "running" or inv.actions or not self._is_waiting(inv):
             return  # busy, or a ctx.run action still runs (its result must be journaled)
+        if asyncio.get_running_loop().time() < inv.waited_at + _inactive_for(inv):
+            return  # it began another wait since this timer's: that wait's timer decides
         inv.close()
         inv.task = None
         inv.meta.status = "suspended"
@@ -283,3 +289,8 @@ def fits_with_argument(size: int, argument: JsonValue, path: str) -> None:
             f"the {MAX_VALUE_BYTES} bytes Kourier writes in one record",
             413,
         )
+
+
+def _inactive_for(inv: Invocation) -> float:
+    """Seconds of waiting after which ``inv`` is suspended, less the loop's timer slack."""
+    return inv.handler.service.inactivity_timeout.total_seconds() - _SLACK

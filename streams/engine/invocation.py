@@ -114,6 +114,7 @@ class Invocation:
         "retry_timer",
         "runs",
         "task",
+        "waited_at",
         "waiting",
     )
 
@@ -150,6 +151,9 @@ class Invocation:
         #: Those whose action runs now, each done once its outcome is journaled: no
         #: suspension until they end, and a hand-over waits for them.
         self.actions: set[asyncio.Task[Any]] = set()
+        #: When (the loop's clock) the attempt last began to wait: its inactivity is
+        #: counted from there (``Attempts.waiting``).
+        self.waited_at = 0.0
         #: The object key this invocation holds exclusively while it runs (its target and
         #: whether it is exclusive never change).
         self.lock_key = lock_key(meta)

@@ -52,6 +52,19 @@ edge = VirtualObject("Edge", inactivity_timeout=timedelta(milliseconds=20))
 GATE: dict[str, asyncio.Event] = {}
 
 
+steady = VirtualObject("Steady", inactivity_timeout=timedelta(milliseconds=300))
+STARTS = {"two_waits": 0}
+
+
+@steady.handler()
+async def two_waits(ctx: ObjectContext) -> str:
+    """Two waits in a row, each shorter than the inactivity timeout, together longer."""
+    STARTS["two_waits"] += 1
+    await ctx.sleep(timedelta(milliseconds=200))
+    await ctx.sleep(timedelta(milliseconds=200))
+    return "done"
+
+
 @edge.handler()
 async def put(ctx: ObjectContext, n: int) -> int:
     value: int = (await ctx.get("n") or 0) + n
@@ -531,3 +544,13 @@ async def test_a_result_refused_as_too_large_is_answered_by_its_failure_alone() 
     assert failure.code == 413
     answer = next(o for o in h.out if o.topic == TOPICS.responses)
     assert len(answer.value or b"") < 2_000, "the refused value never travels with its 413"
+
+
+async def test_the_inactivity_timeout_counts_from_the_wait_under_way() -> None:
+    """The timer of the first wait, firing during the second, suspended the invocation
+    though it had waited 100 ms of its 300: a replay per wait in a loop of such waits."""
+    h = Harness([steady])
+    h.call(Target(service="Steady", key="k", handler="two_waits"), request_id="w")
+    await until(lambda: "w" in h.responses(), 10)
+    assert h.responses()["w"].value == "done"
+    assert STARTS["two_waits"] == 1, "suspended during its second wait, and replayed"

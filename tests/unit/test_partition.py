@@ -192,7 +192,8 @@ async def test_an_attempt_suspended_then_resumed_before_it_saw_its_cancel_is_not
     processor = h.processor
     await until(lambda: (inv := processor.invocations.get(inv_id)) is not None and inv.waiting)
     inv = processor.invocations[inv_id]
-    processor.attempts._suspend_if_idle(inv, inv.task)  # its inactivity timeout fires
+    inv.waited_at -= 3600  # it has waited its hour
+    processor.attempts._suspend_if_idle(inv, inv.task)  # and its inactivity timeout fires
     assert inv.meta.status == "suspended"
     sleep = next(i for i, entry in enumerate(inv.journal) if entry.kind == "sleep")
     inv.complete_entry(sleep, value=None)  # and the timer is due in the same turn
