@@ -213,7 +213,11 @@ async def watch(
                     name="kourier-stall-look",
                     daemon=True,
                 )
-                looking.start()
+                try:
+                    looking.start()
+                except RuntimeError as error:  # no thread to be had: looked at next time
+                    log.warning("could not look at %s's metadata again: %s", topics, error)
+                    looking = None
     finally:
         forget(stalls, ())
 

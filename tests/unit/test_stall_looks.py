@@ -80,3 +80,23 @@ async def test_no_look_at_the_metadata_while_every_partition_answers() -> None:
     async with watching(admin):
         await until(lambda: admin.asked >= 6, "the watch did not look")
         assert admin.looked == []
+
+
+async def test_a_look_that_gets_no_thread_ends_neither_the_watch_nor_the_next_look(
+    monkeypatch: Any,
+) -> None:
+    """``can't start new thread`` ended the watch, and the worker never said so."""
+    admin = StandInAdmin({ANSWERS})
+    real = threading.Thread.start
+    refused: list[str] = []
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "kourier-stall-look" and not refused:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    async with watching(admin):
+        await until(lambda: admin.looked != [], "no look after the one that got no thread")
+    assert refused == ["kourier-stall-look"]
