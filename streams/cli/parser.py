@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "start":
             op.add_argument(
                 "--port", type=_port, default=None, help="listener port, the first node's with "
-                "--nodes (the others take the next ones); 0 = any free; default: the port the "
-                "data dir had, 9092 for a new one"
+                "--nodes (the others take the next ones; a cluster keeps those it was made with); "
+                "0 = any free for a new data dir; default: the port the data dir had, 9092 "
+                "for a new one"
             )  # fmt: skip
             op.add_argument(
                 "--nodes", type=_count, default=1, help="KRaft nodes: 3 starts a local cluster"

@@ -329,7 +329,10 @@ def start(
     props = _write_properties(data_dir, port, deploy_dir)
     address = _address(props)
     if _port_in_use(int(address.rsplit(":", 1)[1])):
-        raise BrokerError(f"port of {address} is already in use; choose another with --port")
+        raise BrokerError(
+            f"port of {address} is already in use; choose another with --port N (0 keeps the"
+            " port a data dir has)"
+        )
     _format_storage(java, libs, props, data_dir)
     process = _launch(java, libs, props, data_dir, deploy_dir, heap)
     broker = Broker(bootstrap=address, pid=process.pid, data_dir=data_dir)
@@ -419,7 +422,10 @@ def start_cluster(
             props = node_dir / "server.properties"
             address = _address(props)
             if _port_in_use(int(address.rsplit(":", 1)[1])):
-                raise BrokerError(f"port of {address} is already in use; choose another --port")
+                raise BrokerError(
+                    f"port of {address} is already in use: stop what holds it, or start the"
+                    " cluster with another --data (a cluster keeps the ports it was made with)"
+                )
             _format_storage(java, libs, props, node_dir, cluster_id)
             launched[node_dir] = _launch(java, libs, props, node_dir, deploy_dir, heap)
         nodes_now = [_node(d, launched.get(d)) for d in dirs]
