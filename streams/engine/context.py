@@ -34,7 +34,7 @@ from streams import tracing
 from streams.engine.invocation import Invocation, InvocationClosed, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy, state_key
 from streams.engine.registry import target_of
-from streams.engine.runs import ended, run_entry
+from streams.engine.runs import IN_ACTION, ended, run_entry
 from streams.engine.values import (
     checked_headers,
     checked_id,
@@ -199,7 +199,16 @@ class InvocationContext(WorkflowContext):
 
     def check_current(self) -> None:
         """``InvocationClosed`` unless this context's attempt is the invocation's, running;
-        ``NonDeterminismError`` again once it has diverged from the journal."""
+        ``NonDeterminismError`` again once it has diverged from the journal; a terminal 500
+        inside a ``ctx.run`` action (``runs.IN_ACTION``), journaled as the action's failure."""
+        acting = IN_ACTION.get()
+        if acting is not None:
+            raise TerminalError(
+                f"the context was used inside the action of ctx.run({acting!r}): a replay "
+                "skips the action, and would not meet what it did; use the context before or "
+                "after ctx.run, and return what the action found",
+                500,
+            )
         self.invocation.check_open()
         attempt = self._attempt
         if attempt is not None and (attempt.done() or self.invocation.task is not attempt):

@@ -24,6 +24,14 @@ from streams.engine.invocation import Invocation, outcome
 from streams.engine.journal import CANCELLED
 from streams.engine.values import failure_of, writable
 
+#: The name of the ``ctx.run`` whose action runs in this context (its task, or the thread it
+#: runs on), if any: the context refuses to be used there (``InvocationContext``). What an
+#: action does with it would be done once, and its journal entries met by no replay, which
+#: skips the action: the replay would diverge at the first of them.
+IN_ACTION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kourier_in_action", default=None
+)
+
 
 async def run_entry(inv: Invocation, index: int, action: Action, serde: Serde | None = None) -> Any:
     """The outcome of run entry ``index`` of ``inv``: journaled already, or once
@@ -69,6 +77,7 @@ def ended(runs: dict[int, asyncio.Task[Any]], index: int, task: asyncio.Task[Any
 
 async def _journal_action(inv: Invocation, index: int, name: str | None, action: Action) -> None:
     """Run the action of journal entry ``index`` and journal its outcome."""
+    acting = IN_ACTION.set(name or "")  # this task's own context: the handler's is not changed
     try:
         with tracing.span(f"run {name}", attributes={"kourier.entry": index}):
             result = await _perform(action, inv.run_executor)
@@ -78,6 +87,8 @@ async def _journal_action(inv: Invocation, index: int, name: str | None, action:
         inv.check_open()
         inv.complete_entry(index, failure=failure_of(error))
         return
+    finally:
+        IN_ACTION.reset(acting)
     inv.check_open()
     try:
         value = writable(result, f"the result of ctx.run({name!r})")

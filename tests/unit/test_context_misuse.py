@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from handlers import Context, ObjectContext, RetryPolicy, Service, VirtualObject
 from streams.engine.journal import Entry
+from streams.engine.store import ObjectKey
 from streams.wire.records import Target
 from tests.unit.harness import Harness, settle, until
 
@@ -91,6 +92,24 @@ async def uses_a_kept_context(ctx: ObjectContext) -> str:
     return "done"
 
 
+@things.handler()
+async def writes_inside_an_action(ctx: ObjectContext, how: str) -> str:
+    """Uses its context inside a ctx.run action, on the loop or on a thread."""
+    attempts[f"inside {how}"] = attempts.get(f"inside {how}", 0) + 1
+
+    async def on_the_loop() -> str:
+        ctx.set("charged", True)
+        return "charged"
+
+    def on_a_thread() -> str:
+        ctx.set("charged", True)
+        return "charged"
+
+    charged = await ctx.run("charge", on_the_loop if how == "async" else on_a_thread)
+    ctx.set("status", charged)
+    return str(charged)
+
+
 def thing(handler: str) -> Target:
     return Target(service="Things", key="k", handler=handler)
 
@@ -139,6 +158,24 @@ async def test_an_attempt_that_uses_an_earlier_attempt_s_context_is_retried() ->
     await until(lambda: {"kept", "after"} <= set(harness.responses()))
     assert harness.responses()["kept"].value == "done"
     assert len(KEPT) == 3, "not retried after the earlier context's error"
+
+
+async def test_the_context_used_inside_a_run_action_is_a_terminal_failure() -> None:
+    """It was taken: the write happened once and was journaled after the run's entry, and a
+    replay (which skips the action) diverged there, failing the invocation with a 500 that
+    named no mistake, after the fact."""
+    harness = Harness([things])
+    for how in ("async", "sync"):
+        harness.call(thing("writes_inside_an_action"), how, request_id=how)
+    await until(lambda: {"async", "sync"} <= set(harness.responses()))
+    for how in ("async", "sync"):
+        failure = harness.responses()[how].failure
+        assert failure is not None, f"{how}: taken"
+        assert failure.code == 500
+        assert "inside the action of ctx.run('charge')" in failure.message, failure
+        assert attempts[f"inside {how}"] == 1, f"{how}: retried"
+    state = harness.processor.store.state_of(ObjectKey("Things", "k"))
+    assert state == {}, "a write inside an action was kept"
 
 
 async def test_a_call_target_no_record_can_carry_is_its_400_on_the_first_attempt() -> None:
