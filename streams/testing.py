@@ -17,6 +17,14 @@ harness's clock. That clock runs with the wall clock, and :meth:`Harness.advance
 ahead by hand. Calls between handlers, one-way and delayed sends, idempotency keys, state,
 workflows and their promises, cancel and kill all behave as on a worker; what needs a real
 broker (crashes, rebalances, exactly-once across processes) is not what this is for.
+
+A worker suspends a handler that has waited its service's inactivity timeout (60 s by
+default) and resumes it by replaying its journal, as it does after a crash; a handler that
+does not take the same steps on a replay (one that branches on the time, or a random
+number, outside ``ctx.run``) then fails. The harness suspends a handler at every wait that
+does not end at once, so that each resumption is such a replay and such a handler fails
+here first (``Harness(services, replay_every_wait=False)`` keeps the services' timeouts:
+a handler waits in memory, ``running``, as it would for its first minute on a worker).
 """
 
 from __future__ import annotations
@@ -68,7 +76,9 @@ HandlerRef = Callable[..., Any] | str
 class Harness:
     """Runs ``services`` in memory, as one worker with one partition would."""
 
-    def __init__(self, services: Sequence[ServiceDefinition]) -> None:
+    def __init__(
+        self, services: Sequence[ServiceDefinition], *, replay_every_wait: bool = True
+    ) -> None:
         self.topics = Topics("testing")
         self.registry = Registry(list(services))
         self.dead_letters: list[Out] = []  # records the engine set aside, with their reasons
@@ -90,6 +100,7 @@ class Harness:
             wake=lambda: None,
             clock=self.now,
             run_executor=self._threads,
+            inactivity=timedelta(0) if replay_every_wait else None,
         )
 
     async def __aenter__(self) -> Harness:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
+from datetime import timedelta
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import JsonValue, ValidationError
@@ -51,8 +52,12 @@ class Attempts:
         closed: Callable[[], bool],
         retry_of: Callable[[HandlerDef], RetryPolicy],
         refused: MutableMapping[str, tuple[Failure, float]] | None = None,
+        inactivity: timedelta | None = None,
     ) -> None:
         self._invocations = invocations
+        #: Every service's inactivity timeout, when given (the test harness suspends a
+        #: handler at every wait, so that each resumption replays its journal).
+        self._inactivity = inactivity
         self._retry_of = retry_of  # the policy a handler's attempts follow (Registry.retry_of)
         self._complete = complete
         self._touch = touch
@@ -207,23 +212,29 @@ class Attempts:
     def waiting(self, inv: Invocation) -> None:
         """``inv`` awaits a call, a timer or a promise: suspend it if it is still waiting
         after its service's inactivity timeout, so that it holds no task meanwhile."""
-        timeout = inv.handler.service.inactivity_timeout.total_seconds()
         loop = asyncio.get_running_loop()
         inv.waited_at = loop.time()
-        loop.call_later(timeout, self._suspend_if_idle, inv, inv.task)
+        loop.call_later(self._inactive_for(inv), self._suspend_if_idle, inv, inv.task)
 
     def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
         if self._closed() or inv.task is not task or task is None or task.done():
             return
         if inv.meta.status != "running" or inv.actions or not self._is_waiting(inv):
             return  # busy, or a ctx.run action still runs (its result must be journaled)
-        if asyncio.get_running_loop().time() < inv.waited_at + _inactive_for(inv):
+        if asyncio.get_running_loop().time() < inv.waited_at + self._inactive_for(inv) - _SLACK:
             return  # it began another wait since this timer's: that wait's timer decides
         inv.close()
         inv.task = None
         inv.meta.status = "suspended"
         self._touch(inv)
         log.debug("%s suspended", inv.meta.id)
+
+    def _inactive_for(self, inv: Invocation) -> float:
+        """Seconds of waiting after which ``inv`` is suspended."""
+        timeout = self._inactivity
+        if timeout is None:
+            timeout = inv.handler.service.inactivity_timeout
+        return timeout.total_seconds()
 
     @staticmethod
     def _is_waiting(inv: Invocation) -> bool:
@@ -289,8 +300,3 @@ def fits_with_argument(size: int, argument: JsonValue, path: str) -> None:
             f"the {MAX_VALUE_BYTES} bytes Kourier writes in one record",
             413,
         )
-
-
-def _inactive_for(inv: Invocation) -> float:
-    """Seconds of waiting after which ``inv`` is suspended, less the loop's timer slack."""
-    return inv.handler.service.inactivity_timeout.total_seconds() - _SLACK

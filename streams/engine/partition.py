@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import Executor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import JsonValue
@@ -56,7 +56,9 @@ log = logging.getLogger("kourier.partition")
 
 
 class PartitionProcessor:
-    """The invocations, state and locks of ingress partition ``partition``."""
+    """The invocations, state and locks of ingress partition ``partition``. ``inactivity``,
+    when given, replaces every service's inactivity timeout (the test harness's zero
+    suspends a handler at each wait, so that every resumption replays its journal)."""
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class PartitionProcessor:
         run_executor: Executor | None = None,
         clock: Callable[[], float] = time.time,
         refused: MutableMapping[str, tuple[Failure, float]] | None = None,
+        inactivity: timedelta | None = None,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
@@ -102,7 +105,7 @@ class PartitionProcessor:
         complete = self.outcomes.complete
         self.attempts = Attempts(self.invocations, complete=complete, touch=self.touch,
                                  closed=lambda: self.closed, retry_of=registry.retry_of,
-                                 refused=refused)  # fmt: skip
+                                 refused=refused, inactivity=inactivity)  # fmt: skip
         self.controls = Controls(
             self.invocations, self.outbox, self.attempts,
             complete=complete, forget=self.outcomes.forget, touch=self.touch,

@@ -176,7 +176,7 @@ async def test_sleeps_fall_due_one_after_the_other_within_one_advance() -> None:
     async with Harness(SERVICES) as h:
         sleeper = h.send(add_later, 3, key="s")
         await h.settle()
-        assert h.status(sleeper) == "running"
+        assert h.status(sleeper) == "suspended", "waits suspended, and resumes by replay"
         await h.advance(timedelta(hours=3))
         assert h.state("Counter", "s") == {"count": 1}
         await h.advance(timedelta(hours=2, minutes=59))
@@ -206,7 +206,7 @@ async def test_a_workflow_waits_for_its_promise() -> None:
     async with Harness(SERVICES) as h:
         run_id = h.send(run, "ada@example.com", key="w1")
         await h.settle()
-        assert h.status(run_id) == "running"
+        assert h.status(run_id) == "suspended"
         await h.call(click, "s3cret", key="w1")
         await h.settle()
         assert h.outcome(run_id) == "ada@example.com verified with s3cret"
@@ -224,3 +224,38 @@ async def test_the_readme_example() -> None:
         assert h.status(later) == "scheduled"
         await h.advance(timedelta(hours=1))  # due now: it has run
         assert h.status(later) is None, "completed (and, without a key, not retained)"
+
+
+fickle = VirtualObject("Fickle")
+FICKLE_RUNS = {"n": 0}
+
+
+@fickle.handler()
+async def takes_another_path(ctx: ObjectContext) -> str:
+    """Not deterministic: its first run sleeps, any later one (a replay) runs an action."""
+    FICKLE_RUNS["n"] += 1
+    if FICKLE_RUNS["n"] == 1:
+        await ctx.sleep(timedelta(hours=1))
+    else:
+        await ctx.run("elsewhere", lambda: None)
+    return "done"
+
+
+@pytest.mark.parametrize("replay_every_wait", [True, False])
+async def test_a_handler_that_replays_differently_fails_in_the_harness(
+    replay_every_wait: bool,
+) -> None:
+    """A worker suspends a handler after its inactivity timeout and resumes it by replay,
+    where this one fails; the harness kept it in memory, and it passed."""
+    FICKLE_RUNS["n"] = 0
+    async with Harness([fickle], replay_every_wait=replay_every_wait) as h:
+        called = asyncio.ensure_future(h.call(takes_another_path, key="f"))
+        await h.settle()
+        await h.advance(timedelta(hours=1))
+        if not replay_every_wait:  # as on a worker in the first minute of its wait
+            assert await called == "done"
+            return
+        with pytest.raises(TerminalError) as failure:
+            await called
+        assert failure.value.status_code == 500
+        assert "non-deterministic" in failure.value.message
