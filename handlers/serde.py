@@ -109,6 +109,16 @@ class Signature:
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
+def _annotated(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What carries ``fn``'s annotations: itself (a function, or an object
+    ``functools.update_wrapper`` gave them to), or else its class's ``__call__`` (an
+    instance's own ``__annotations__`` are its class's attributes, not the call's)."""
+    if inspect.isroutine(fn) or hasattr(fn, "__wrapped__"):
+        return fn
+    call: Callable[..., Any] = type(fn).__call__
+    return call
+
+
 def parameters_of(fn: Callable[..., Any]) -> list[inspect.Parameter]:
     """The positional parameters a handler is called with, ``(ctx)`` or ``(ctx, input)``
     (through ``functools.wraps``); a ``TypeError`` for any other shape, which would fail on
@@ -126,7 +136,7 @@ def parameters_of(fn: Callable[..., Any]) -> list[inspect.Parameter]:
 
 def signature_of(fn: Callable[..., Any]) -> Signature:
     params = parameters_of(fn)
-    hints = get_type_hints(fn, include_extras=True)  # Annotated[int, Field(gt=0)] too
+    hints = get_type_hints(_annotated(fn), include_extras=True)  # Annotated[int, Field(gt=0)] too
     takes_input = len(params) == 2
     input_type = hints.get(params[1].name, Any) if takes_input else Any
     output_type = hints.get("return", Any)

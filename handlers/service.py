@@ -130,7 +130,9 @@ class ServiceDefinition:
         self, name: str | None, kind: HandlerKind | None, retry: RetryPolicy | None
     ) -> Callable[[F], F]:
         def record(fn: F) -> F:
-            handler_name = name or fn.__name__
+            handler_name = name or getattr(fn, "__name__", None)
+            if handler_name is None:  # an object with async __call__ has no name of its own
+                raise TypeError(f"{fn!r} has no __name__: name its handler, .handler('name')")
             _check_name("handler", handler_name)
             _check_function(f"{self.name}/{handler_name}", fn)
             if handler_name in self.handlers:

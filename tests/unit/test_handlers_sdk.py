@@ -281,6 +281,24 @@ def test_wrapped_and_callable_async_handlers_are_taken() -> None:
     assert svc.handlers["optional"].signature.input.annotation is Order
 
 
+def test_an_object_with_async_call_is_read_by_its_call_s_annotations() -> None:
+    """``get_type_hints`` of the object raised TypeError at the worker's start, or, for a
+    class with annotated attributes, read those: its input came as a dict, not an Order."""
+    svc = Service("Callable")
+
+    class Charge:
+        fee: int = 1  # an annotated attribute, which is not the call's
+
+        async def __call__(self, ctx: Context, order: Order) -> str:
+            return "charged"
+
+    svc.handler("charge")(Charge())
+    signature = svc.handlers["charge"].signature
+    assert (signature.input.annotation, signature.output.annotation) == (Order, str)
+    with pytest.raises(TypeError, match="name its handler"):
+        svc.handler()(Charge())
+
+
 def test_an_input_nested_deeper_than_the_json_parser_goes_is_still_validated() -> None:
     """A record may hold 254 levels; pydantic's JSON parser stops at 200."""
     deep: Any = 1
