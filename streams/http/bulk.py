@@ -41,6 +41,9 @@ CONCURRENCY = 32
 #: How long one control waits for its partition's answer (a partition without an owner
 #: answers when a worker takes it over).
 CONTROL_TIMEOUT = 30.0
+#: Bulk actions under way whose requester may have gone: held here, as the loop holds its
+#: tasks only weakly.
+_GOING: set[asyncio.Task[dict[str, Any]]] = set()
 
 
 class BulkRefused(KourierError):
@@ -250,7 +253,12 @@ async def bulk_control(
     async def act(inv_id: str) -> tuple[int, Any]:
         return await control_one(client, bulk.action, inv_id)
 
-    return web.json_response(await run_bulk(bulk, selection, act))
+    # A requester that hangs up (the UI gives up on a request after a while) does not stop
+    # the action half done: the handler's cancel stops its wait for the answer, not the task.
+    going = asyncio.ensure_future(run_bulk(bulk, selection, act))
+    _GOING.add(going)
+    going.add_done_callback(_GOING.discard)
+    return web.json_response(await asyncio.shield(going))
 
 
 def _refused(refused: BulkRefused) -> web.Response:

@@ -4,6 +4,7 @@ over HTTP with a stand-in for the Kafka client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, cast
 
 import pytest
@@ -219,6 +220,45 @@ async def test_bulk_over_http() -> None:
         assert "needs a filter" in (await reply.json())["message"]
         reply = await http.post("/invocations/cancel?service=Trip", data=b"{nope")
         assert reply.status == 400
+
+
+async def test_a_bulk_action_goes_on_when_its_requester_hangs_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The UI gives up on a request after 10 s; the server then cancelled the handler, and
+    with it every control not yet sent: some invocations cancelled, the rest not."""
+    monkeypatch.setattr(bulk, "CONCURRENCY", 1)  # A, then B (which waits), then D
+    gate, cancelled = asyncio.Event(), asyncio.Event()
+
+    class Slow(FakeClient):
+        async def _answer(self, action: str, inv_id: str) -> str:
+            if inv_id == B:
+                try:
+                    await gate.wait()
+                except asyncio.CancelledError:
+                    cancelled.set()
+                    raise
+            return await super()._answer(action, inv_id)
+
+    fake = Slow()
+
+    async def handler(request: web.Request) -> web.Response:
+        return await bulk.bulk_control(request, lambda **query: chosen_as_asked(query),
+                                       cast(Client, fake))  # fmt: skip
+
+    app = web.Application()
+    app.router.add_post("/invocations/{action}", handler)
+    async with TestClient(TestServer(app, handler_cancellation=True)) as http:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(http.post("/invocations/cancel?service=Trip"), 0.5)
+        with contextlib.suppress(TimeoutError):  # the hang-up's cancel, if it comes
+            await asyncio.wait_for(cancelled.wait(), 1.0)
+        gate.set()
+        deadline = asyncio.get_running_loop().time() + 5
+        while ("cancel", D) not in fake.seen:
+            assert asyncio.get_running_loop().time() < deadline, f"D never sent: {fake.seen}"
+            await asyncio.sleep(0.01)
+        assert not cancelled.is_set()
 
 
 async def test_one_control_request_answers_as_before() -> None:
