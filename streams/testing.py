@@ -185,20 +185,35 @@ class Harness:
         await self.settle()
 
     async def settle(self, rounds: int = 50, within: float = 10.0) -> None:
-        """Let every handler that can run now run, until nothing more happens: a
-        synchronous ``ctx.run`` action runs on a thread, and is waited for (at most
-        ``within`` seconds, then ``TimeoutError``). An ``async`` action is not: it may
-        wait for what the test does next."""
+        """Let every handler that can run now run, until nothing more happens: one that
+        replays a long journal, or awaits something other than the context, and a
+        synchronous ``ctx.run`` action on its thread, are waited for (at most ``within``
+        seconds, then ``TimeoutError``). An ``async`` action is not: it may wait for what
+        the test does next."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
             for _ in range(rounds):
                 await asyncio.sleep(0)
-            if not self._threads.running:
+            busy = self._busy()
+            if not busy and not self._threads.running:
                 return
             if loop.time() > deadline:
-                raise TimeoutError(f"ctx.run actions still running after {within:g} s")
+                what = f"handlers {busy} still running" if busy else "ctx.run actions running"
+                raise TimeoutError(f"{what} after {within:g} s")
             await asyncio.sleep(0.001)  # an action on a thread: no loop turn ends it
+
+    def _busy(self) -> list[str]:
+        """The invocations whose handler runs now: neither waiting on the context, nor on
+        an ``async`` action (which may wait for the test), nor done."""
+        return [
+            inv.meta.id
+            for inv in self.processor.invocations.live()
+            if inv.task is not None
+            and not inv.task.done()
+            and not inv.actions
+            and not any(not wait.done() for wait in inv.waiting.values())
+        ]
 
     def now(self) -> float:
         """The harness's clock, in epoch seconds: the wall clock plus what was advanced."""

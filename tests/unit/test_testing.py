@@ -259,3 +259,22 @@ async def test_a_handler_that_replays_differently_fails_in_the_harness(
             await called
         assert failure.value.status_code == 500
         assert "non-deterministic" in failure.value.message
+
+
+@fickle.handler()
+async def many_steps(ctx: ObjectContext) -> None:
+    """Forty actions, then a wait: its resumption replays all forty first."""
+    for step in range(40):
+        await ctx.run(f"step {step}", lambda: None)
+    await ctx.sleep(timedelta(hours=1))
+    ctx.set("done", True)
+
+
+async def test_advance_waits_for_a_long_replay_to_end() -> None:
+    """``settle`` gave handlers 50 loop turns, fewer than a replay of forty actions takes:
+    the test looked at the state before the resumed handler had written it."""
+    async with Harness([fickle]) as h:
+        h.send(many_steps, key="long")
+        await h.settle()
+        await h.advance(timedelta(hours=1))
+        assert h.state("Fickle", "long") == {"done": True}
