@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.engine.delay import DelayProcessor
@@ -41,6 +41,9 @@ from streams.kafka.threads import in_thread
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.worker")
+
+#: Seconds to ask a partition's offsets in, for :func:`offsets_lost`.
+_ASK_SECONDS = 10.0
 
 #: Seconds the ``ctx.run`` actions running on a partition get to end when it is handed over
 #: cleanly (revoked, or the worker stopping), so that their results are committed rather
@@ -139,8 +142,6 @@ class Ownership:
             for processor in restoring:
                 processor.spill.commit()  # what the restore kept cold, before any starts
                 self.processors[processor.partition] = processor
-                if processor.partition not in self.offsets and processor.restored:
-                    _offsets_lost(self.topics, processor)
             # No await from here on: no handler runs before every partition has started,
             # so one whose start fails leaves nothing the others did.
             for processor in restoring:
@@ -221,16 +222,40 @@ class Ownership:
             delay.close()
 
 
-def _offsets_lost(topics: Topics, processor: PartitionProcessor) -> None:
-    """Say that an ingress partition with changelog records has no committed offset: the
-    workers' group lost it (no worker ran for longer than the brokers'
-    ``offsets.retention.minutes``, or someone deleted or reset it). The partition is read
-    from where ``auto.offset.reset`` (earliest) puts it: records applied before are applied
-    again, and calls whose outcomes were not kept run again (README, Limits)."""
-    log.error(
-        "%s[%d] has no committed offset, but its changelogs hold %d records: the workers'"
-        " group %s.workers lost its offsets (offsets.retention.minutes passed with no worker, or"
-        " they were deleted or reset); the partition is read from its earliest record, and"
-        " calls whose outcomes were not kept run again",
-        topics.ingress, processor.partition, processor.restored, topics.namespace,
-    )  # fmt: skip
+def offsets_lost(
+    consumer: Consumer,
+    topics: Topics,
+    group: str,
+    committed: list[TopicPartition],
+    processors: Mapping[int, PartitionProcessor],
+) -> list[int]:
+    """Log an error for each ingress partition taken over with no committed offset though
+    its changelogs held records and it holds records to read again (Kafka thread): the
+    workers' ``group`` lost its offsets (no worker for longer than the brokers'
+    ``offsets.retention.minutes``, or they were deleted or reset), and the partition is read
+    from its earliest record, so calls whose outcomes were not kept run again (README,
+    Limits). A partition that only ever took calls its own worker made
+    (``streams.engine.local``) has changelog records and nothing on its ingress. The
+    partitions said."""
+    said = []
+    for tp in committed:
+        processor = processors.get(tp.partition)
+        if tp.topic != topics.ingress or tp.offset >= 0 or processor is None:
+            continue
+        if not processor.restored:
+            continue
+        try:
+            low, high = consumer.get_watermark_offsets(tp, _ASK_SECONDS)
+        except KafkaException as exc:  # it is only said: the take-over stands
+            log.warning("could not ask %s[%d]'s offsets: %s", tp.topic, tp.partition, exc)
+            continue
+        if low < high:
+            log.error(
+                "%s[%d] has no committed offset, but its changelogs hold %d records: the"
+                " workers' group %s lost its offsets (offsets.retention.minutes passed with"
+                " no worker, or they were deleted or reset); its %d records from offset %d"
+                " are read again, and calls whose outcomes were not kept run again",
+                tp.topic, tp.partition, processor.restored, group, high - low, low,
+            )  # fmt: skip
+            said.append(tp.partition)
+    return said

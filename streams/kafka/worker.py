@@ -45,7 +45,7 @@ from streams.kafka.offsets import (
     unread_offsets,
     worker_consumer,
 )
-from streams.kafka.ownership import Ownership, by_topic, delay_ends
+from streams.kafka.ownership import Ownership, by_topic, delay_ends, offsets_lost
 from streams.kafka.pacing import Pacing
 from streams.kafka.restore import RestoreError, restore_partitions
 from streams.kafka.setbacks import SPILL_WINDOW, Setbacks, pause_unless
@@ -503,6 +503,8 @@ class Worker:
                     raise KafkaException(failed.error)
                 ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
                 self._on_loop(self._ownership.assign(committed, ends, self._restore))
+                offsets_lost(self._consumer, self.topics, self._group, committed,
+                             self._ownership.processors)  # fmt: skip
                 return committed
             except (KafkaException, WorkerError, RestoreError, SpillFailed) as exc:
                 self._on_loop(self._ownership.forget(partitions, close=True))

@@ -6,15 +6,15 @@ tests/integration/test_restore.py."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from streams.engine.delay import DelayProcessor
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
-from streams.kafka.ownership import Ownership, by_topic
+from streams.kafka.ownership import Ownership, by_topic, offsets_lost
 from streams.kafka.restore import RestoreError
 from streams.kafka.stalls import StallWatch
 from tests.unit.harness import TOPICS
@@ -81,29 +81,46 @@ async def test_an_assignment_is_restored_in_one_go_then_started() -> None:
         owner.close_all()
 
 
+class Watermarks:
+    """A consumer's answer for each partition's low and high watermarks."""
+
+    def __init__(self, marks: dict[int, tuple[int, int]]) -> None:
+        self.marks = marks
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        return self.marks[tp.partition]
+
+
 async def test_a_partition_with_changelog_records_but_no_committed_offset_is_an_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The group's offsets gone (no worker for longer than offsets.retention.minutes): the
-    partition rereads its ingress from the start, with nothing said."""
-    owner = ownership()
+    partition rereads its ingress from the start, with nothing said. Not said for one with
+    nothing on its ingress (it took only calls its own worker made), nor for a new one."""
 
     def restore(processors: list[PartitionProcessor]) -> None:
-        for processor in processors:  # both were run before
+        for processor in processors:  # both were run before: 0 committed its offset, 1 not
             processor.restore_dedup(b'["S", null, "h", "k"]', None)
 
+    owner = ownership()
     await owner.assign(ASSIGNED, {}, restore)
     try:
-        lost = [r.getMessage() for r in caplog.records if "no committed offset" in r.getMessage()]
-        assert len(lost) == 1, lost
-        assert lost[0].startswith(f"{TOPICS.ingress}[1] has no committed offset"), lost
+        for low, high, said in ((0, 40, [1]), (5, 5, [])):
+            caplog.clear()
+            marks = cast(Consumer, Watermarks({1: (low, high)}))
+            assert offsets_lost(marks, TOPICS, "unit.workers", ASSIGNED, owner.processors) == said
+            errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+            assert len(errors) == len(said), errors
+            assert all("its 40 records from offset 0 are read again" in e for e in errors)
     finally:
         owner.close_all()
-    caplog.clear()
-    fresh = ownership()  # a new namespace: no changelog records, nothing to say
+    fresh = ownership()  # a new namespace: nothing restored, nothing asked
     await fresh.assign(ASSIGNED, {}, lambda processors: None)
-    fresh.close_all()
-    assert not [r for r in caplog.records if "no committed offset" in r.getMessage()]
+    try:
+        nothing = cast(Consumer, Watermarks({}))
+        assert offsets_lost(nothing, TOPICS, "unit.workers", ASSIGNED, fresh.processors) == []
+    finally:
+        fresh.close_all()
 
 
 async def test_a_failed_restore_leaves_nothing_of_the_assignment_running() -> None:
