@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable
@@ -113,9 +114,11 @@ def _annotated(fn: Callable[..., Any]) -> Callable[..., Any]:
     """What carries ``fn``'s annotations: itself (a function, or an object
     ``functools.update_wrapper`` gave them to), or else its class's ``__call__`` (an
     instance's own ``__annotations__`` are its class's attributes, not the call's)."""
-    if inspect.isroutine(fn) or hasattr(fn, "__wrapped__"):
+    while isinstance(fn, functools.partial):  # its hints are its function's, by name
+        fn = fn.func
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's, not the object's
+    if inspect.isroutine(fn) or hasattr(fn, "__wrapped__") or not inspect.isfunction(call):
         return fn
-    call: Callable[..., Any] = type(fn).__call__
     return call
 
 

@@ -82,14 +82,17 @@ async def _journal_action(inv: Invocation, index: int, name: str | None, action:
         with tracing.span(f"run {name}", attributes={"kourier.entry": index}):
             result = await _perform(action, inv.run_executor)
     except TerminalError as error:
-        # Raised from the journal by run_entry, on this run as on a replay: a
-        # TerminalError with this code and message, not the subclass the action raised.
-        inv.check_open()
-        inv.complete_entry(index, failure=failure_of(error))
-        return
-    finally:
+        refused: TerminalError | None = error
+    else:
+        refused = None
+    finally:  # before the journal is written, which may wake another attempt
         IN_ACTION.reset(acting)
     inv.check_open()
+    if refused is not None:
+        # Raised from the journal by run_entry, on this run as on a replay: a
+        # TerminalError with this code and message, not the subclass the action raised.
+        inv.complete_entry(index, failure=failure_of(refused))
+        return
     try:
         value = writable(result, f"the result of ctx.run({name!r})")
     except TerminalError as error:  # journaled as the action's outcome: never rerun

@@ -11,6 +11,7 @@ a user confirmed ("Cancel 12 invocations?") is what is acted on, even if more ma
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -41,6 +42,8 @@ CONCURRENCY = 32
 #: How long one control waits for its partition's answer (a partition without an owner
 #: answers when a worker takes it over).
 CONTROL_TIMEOUT = 30.0
+
+log = logging.getLogger("kourier.ingress")
 #: Bulk actions under way whose requester may have gone: held here, as the loop holds its
 #: tasks only weakly.
 _GOING: set[asyncio.Task[dict[str, Any]]] = set()
@@ -258,7 +261,29 @@ async def bulk_control(
     going = asyncio.ensure_future(run_bulk(bulk, selection, act))
     _GOING.add(going)
     going.add_done_callback(_GOING.discard)
-    return web.json_response(await asyncio.shield(going))
+    try:
+        return web.json_response(await asyncio.shield(going))
+    except asyncio.CancelledError:
+        going.add_done_callback(_said_after_hang_up)  # nobody else hears how it ended
+        raise
+
+
+def _said_after_hang_up(done: asyncio.Task[dict[str, Any]]) -> None:
+    if done.cancelled():
+        log.warning("a bulk action whose requester hung up was stopped (the server stops)")
+        return
+    error = done.exception()
+    if error is not None:
+        log.error("a bulk action whose requester hung up failed: %r", error)
+        return
+    answer = done.result()
+    failed = [inv_id for inv_id, result in answer["results"].items() if result["code"] >= 400]
+    log.warning(
+        "bulk %s of %d invocations ended after its requester hung up: %d succeeded, %d"
+        " failed%s", answer["action"], len(answer["ids"]), answer["succeeded"],
+        answer["failed"], f" ({', '.join(failed[:20])}{' ...' if len(failed) > 20 else ''})"
+        if failed else "",
+    )  # fmt: skip
 
 
 def _refused(refused: BulkRefused) -> web.Response:

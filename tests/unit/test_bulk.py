@@ -223,7 +223,7 @@ async def test_bulk_over_http() -> None:
 
 
 async def test_a_bulk_action_goes_on_when_its_requester_hangs_up(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The UI gives up on a request after 10 s; the server then cancelled the handler, and
     with it every control not yet sent: some invocations cancelled, the rest not."""
@@ -259,6 +259,14 @@ async def test_a_bulk_action_goes_on_when_its_requester_hangs_up(
             assert asyncio.get_running_loop().time() < deadline, f"D never sent: {fake.seen}"
             await asyncio.sleep(0.01)
         assert not cancelled.is_set()
+        deadline = asyncio.get_running_loop().time() + 5
+        while "after its requester hung up" not in caplog.text:  # said, as nobody hears it
+            assert asyncio.get_running_loop().time() < deadline, caplog.text
+            await asyncio.sleep(0.01)
+        assert (
+            "bulk cancel of 3 invocations ended after its requester hung up: 2 succeeded, 1"
+            in caplog.text
+        )
 
 
 async def test_one_control_request_answers_as_before() -> None:

@@ -292,9 +292,14 @@ def test_an_object_with_async_call_is_read_by_its_call_s_annotations() -> None:
         async def __call__(self, ctx: Context, order: Order) -> str:
             return "charged"
 
+    async def charge(ctx: Context, order: Order, fee: int) -> str:
+        return "charged"
+
     svc.handler("charge")(Charge())
-    signature = svc.handlers["charge"].signature
-    assert (signature.input.annotation, signature.output.annotation) == (Order, str)
+    svc.handler("partial")(functools.partial(charge, fee=1))  # typed by its function
+    for name in ("charge", "partial"):
+        signature = svc.handlers[name].signature
+        assert (signature.input.annotation, signature.output.annotation) == (Order, str), name
     with pytest.raises(TypeError, match="name its handler"):
         svc.handler()(Charge())
 
