@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import threading
 import time
@@ -43,7 +42,7 @@ from streams.kafka.offsets import (
 from streams.kafka.stalls import StallWatch, watch
 from streams.settings import Settings
 from streams.wire.partitioning import KeysOn
-from streams.wire.records import RecordError, Response, decode_response
+from streams.wire.records import RecordError, Response, decode_response, request_id_of
 from streams.wire.topics import Topics
 
 #: A delivery report waiting to reach the loop: whose future, and Kafka's error if any.
@@ -387,7 +386,7 @@ class Connection:
         try:
             response = decode_response(message.value())
         except RecordError as error:  # whoever waits for it would wait for good
-            request_id = _request_id_of(message.value())
+            request_id = request_id_of(message.value())
             if request_id is not None:
                 self._answered.append((request_id, error))
             return
@@ -472,16 +471,6 @@ class Connection:
                 self.services = {**self.services, **found}
             else:
                 self.services = {**found, **self.services}
-
-
-def _request_id_of(value: bytes | None) -> str | None:
-    """The ``request_id`` of a response that does not decode, if it has one to be read."""
-    try:
-        found = json.loads(value or b"")
-    except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
-        return None
-    request_id = found.get("request_id") if isinstance(found, dict) else None
-    return request_id if isinstance(request_id, str) else None
 
 
 def _settle(future: asyncio.Future[Any], error: KafkaError | None) -> None:

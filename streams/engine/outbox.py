@@ -34,6 +34,7 @@ from streams.wire.records import (
     decode_ingress,
     decode_response,
     encode,
+    request_id_of,
 )
 from streams.wire.topics import Topics
 
@@ -176,6 +177,26 @@ class Outbox:
             self.completion(Completion(
                 caller=record.caller, invocation_id=record.invocation_id, failure=failure
             ))  # fmt: skip
+
+    def oversize(self, value: bytes) -> None:
+        """Tell whoever waits for an oversize invocation that it will not run (413)."""
+        try:
+            record = decode_ingress(value)
+        except RecordError:
+            return
+        if isinstance(record, Invoke):
+            self.unrouted(
+                record, Failure(code=413, message="the record is larger than Kourier accepts")
+            )
+
+    def undecoded(self, error: RecordError, value: bytes | None) -> None:
+        """Answer the request id of a record that does not decode, if it names one (a newer
+        client's field an older worker does not know, say): its caller waited for good."""
+        request_id = request_id_of(value)
+        if request_id is not None:
+            said = f"the record was refused ({error.reason}: {error.detail}); it is on the "
+            failure = Failure(code=400, message=said + "dead-letter topic")
+            self.failure_response(request_id, None, failure)
 
     def completion(self, completion: Completion) -> None:
         """A callee's outcome, to the partition of the caller waiting for it; and, when

@@ -32,7 +32,7 @@ from streams.engine.registry import Registry
 from streams.engine.replays import as_replay, replay_place
 from streams.engine.spill import Spill, SpillFailed
 from streams.engine.starts import Starts
-from streams.engine.store import ObjectKey, PartitionStore, dedup_scope
+from streams.engine.store import ObjectKey, PartitionStore
 from streams.engine.waiters import Waiters
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
@@ -96,7 +96,7 @@ class PartitionProcessor:
         self.promises = Promises(self.store, self.invocations, wake)
         self.waiters = Waiters(
             self.invocations, self.outbox, registry, touch=self.touch,
-            named_by_key=lambda target, key: self._idempotent(target, key)[1],
+            named_by_key=lambda target, key: self.store.idempotent(target, key)[1],
         )  # fmt: skip
         self.outcomes = Outcomes(
             self.invocations, self.store, self.locks, self.outbox, self.promises,
@@ -236,12 +236,14 @@ class PartitionProcessor:
             replayed = replay_place(self.topics.ingress, replayed)
         try:
             if value is not None and len(value) > MAX_RECORD_BYTES:
-                self._oversize(value)
+                self.outbox.oversize(value)
                 raise RecordError(
                     "oversize", f"{len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
                 )
             record = decode_ingress(value)
         except RecordError as error:
+            if error.reason != "oversize":  # (one that decodes was answered 413)
+                self.outbox.undecoded(error, value)
             self._set_aside(error, key, value, offset, replayed)
             return
         if replayed is not None and isinstance(record, Invoke):
@@ -291,34 +293,10 @@ class PartitionProcessor:
         else:
             self.controls.apply(record, origin)
 
-    def _set_aside(
-        self,
-        error: RecordError,
-        key: bytes | None,
-        value: bytes | None,
-        offset: int,
-        replayed: str | None = None,
-    ) -> None:
+    def _set_aside(self, error: RecordError, key: bytes | None, value: bytes | None, offset: int,
+                   replayed: str | None = None) -> None:  # fmt: skip
         self.outbox.dead_letter(error, key, value, offset, replayed)
         self._wake()
-
-    def _oversize(self, value: bytes) -> None:
-        """Tell whoever waits for an oversize invocation that it will not run (413)."""
-        try:
-            record = decode_ingress(value)
-        except RecordError:
-            return
-        if isinstance(record, Invoke):
-            failure = Failure(code=413, message="the record is larger than Kourier accepts")
-            self.outbox.unrouted(record, failure)
-
-    def _idempotent(self, target: Target, idempotency_key: str) -> tuple[str, str]:
-        """The dedup-table scope of a request, and the invocation id it names."""
-        scope = dedup_scope(target, idempotency_key)
-        derived = self.store.deduplicated(scope) or ids.idempotent_id(
-            target.service, target.key, target.handler, idempotency_key
-        )
-        return scope, derived
 
     def _apply_invoke(
         self,
@@ -342,7 +320,7 @@ class PartitionProcessor:
         if handler.kind == "workflow":
             inv_id = ids.workflow_run_id(target.service, target.key or "")
         elif record.idempotency_key is not None:
-            scope, inv_id = self._idempotent(target, record.idempotency_key)
+            scope, inv_id = self.store.idempotent(target, record.idempotency_key)
         elif record.invocation_id is not None:
             inv_id = record.invocation_id
         elif target.key is not None:

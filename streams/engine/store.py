@@ -19,6 +19,7 @@ from pydantic import JsonValue
 from streams.engine.journal import EntryKind, Promise, parse_state_key, state_key
 from streams.engine.outbox import Out
 from streams.engine.spill import DedupTable, Spill
+from streams.wire import ids
 from streams.wire.records import Failure, Target, dump_value
 from streams.wire.topics import Topics
 
@@ -142,6 +143,15 @@ class PartitionStore:
     def deduplicated(self, scope: str) -> str | None:
         """The invocation id an idempotency scope already names, if any."""
         return self.dedup.get(scope)
+
+    def idempotent(self, target: Target, idempotency_key: str) -> tuple[str, str]:
+        """The dedup-table scope of a request, and the invocation id it names: the one the
+        table holds, else the one the key derives."""
+        scope = dedup_scope(target, idempotency_key)
+        derived = self.deduplicated(scope) or ids.idempotent_id(
+            target.service, target.key, target.handler, idempotency_key
+        )
+        return scope, derived
 
     def remember(self, scope: str, invocation_id: str) -> None:
         self.dedup.put(scope, invocation_id)

@@ -86,6 +86,8 @@ class _Record(_Model):
 
 #: The longest idempotency key, in characters.
 MAX_IDEMPOTENCY_KEY = 1024
+#: The longest request id a record refused as malformed is answered at, in characters.
+MAX_REQUEST_ID = 1024
 
 
 def idempotency_key_refusal(key: str) -> str | None:
@@ -438,6 +440,23 @@ def _validate(adapter: TypeAdapter[_T], data: bytes | None) -> _T:
         return adapter.validate_python(obj)
     except ValidationError as exc:
         raise RecordError("bad-schema", first_problem(exc, "record")) from None
+
+
+def request_id_of(value: bytes | None) -> str | None:
+    """The ``request_id`` of a record that does not decode, if it has one to be read (and
+    one a response can carry: UTF-8, of at most ``MAX_REQUEST_ID`` characters)."""
+    try:
+        found = json.loads(value or b"")
+    except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
+        return None
+    request_id = found.get("request_id") if isinstance(found, dict) else None
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
+        return None
+    try:
+        request_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate: no record can carry it
+        return None
+    return request_id
 
 
 def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Completion | Start:

@@ -398,6 +398,25 @@ async def test_a_dead_letter_replayed_twice_runs_once_and_its_copies_name_the_fi
     assert dict(h.out[-1].headers or [])["kourier.replay-of"] == first
 
 
+async def test_a_record_that_does_not_decode_answers_the_request_it_names() -> None:
+    """A newer client's field an older worker does not know (a rolling upgrade), say: the
+    record went to the dead-letter topic and its caller waited for good."""
+    h = Harness([box, svc])
+    newer = {"kind": "invoke", "target": {"service": "Helper", "handler": "one"},
+             "request_id": "r-new", "priority": 5}  # fmt: skip
+    h.send_raw(newer)
+    assert [o.topic for o in h.out] == [TOPICS.responses, TOPICS.deadletter]
+    failure = h.responses()["r-new"].failure
+    assert failure is not None
+    assert failure.code == 400
+    assert "bad-schema" in failure.message
+    assert "dead-letter topic" in failure.message
+    for unanswerable in (b"not json", b'{"request_id": 7}', b'{"request_id": "\\ud800"}'):
+        h.processor.on_message(None, unanswerable, 99)
+        assert h.out[-1].topic == TOPICS.deadletter, unanswerable
+    assert len(h.responses()) == 1
+
+
 async def test_a_replayed_keyless_call_goes_to_the_partition_its_replay_key_names() -> None:
     """It ran where it landed, under an id that names another partition: its callees'
     completions, its Start and any cancel went there, to nobody."""
