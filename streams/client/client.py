@@ -108,6 +108,12 @@ class Client:
         return self._kafka.running
 
     @property
+    def failed(self) -> str | None:
+        """Kafka's reason, once the client's producer failed for good: every call and send
+        fails until the client is started again (the ingress's ``/health`` then says 503)."""
+        return self._kafka.failed
+
+    @property
     def partitions(self) -> int:
         """The ingress topic's partitions (0 before :meth:`start`)."""
         return self._kafka.partitions

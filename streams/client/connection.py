@@ -104,6 +104,9 @@ class Connection:
         self._catalog_lock = threading.Lock()
         self._followed = 0  # the catalog's offset the follower has applied records up to
         self.running = False
+        #: Kafka's reason, once the producer failed for good (an idempotent producer that
+        #: lost its sequence, an ACL): no record goes out again until the client restarts.
+        self.failed: str | None = None
         self._pending: dict[str, asyncio.Future[Response]] = {}
         # Delivery reports and responses read by the background threads, not yet handed
         # to the loop (each list is touched by one thread at a time; see the threads).
@@ -326,6 +329,7 @@ class Connection:
                 if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the same record, again
                     raise TerminalError(said, 413) from None
                 if error.fatal():  # the idempotent producer failed for good (an ACL, say)
+                    self.failed = error.str()
                     said += "; the client's producer cannot go on: restart the client"
                 raise KafkaUnavailable(said) from None
         if failing is None:
@@ -345,9 +349,10 @@ class Connection:
         reports, self._reports = self._reports, []
         return reports
 
-    @staticmethod
-    def _settle_all(reports: list[_Report]) -> None:
+    def _settle_all(self, reports: list[_Report]) -> None:
         for future, error in reports:
+            if error is not None and error.fatal():
+                self.failed = error.str()
             _settle(future, error)
 
     # -- responses --------------------------------------------------------------------

@@ -78,8 +78,15 @@ class AdminApi:
         return app
 
     async def health(self, request: web.Request) -> web.Response:
-        """Liveness, and the services a worker has announced (the ingress's port too)."""
-        return web.json_response({"status": "ok", "services": sorted(self.client.services)})
+        """Liveness, and the services a worker has announced (the ingress's port too); 503
+        once the client's producer failed for good, so that whatever watches the process
+        restarts it (every call would be a 503 until then)."""
+        services = sorted(self.client.services)
+        failed = self.client.failed
+        if failed is not None:
+            body = {"status": "failed", "reason": f"Kafka producer: {failed}", "services": services}
+            return web.json_response(body, status=503)
+        return web.json_response({"status": "ok", "services": services})
 
     async def watch_deadlocks(self) -> None:
         """Every second: the deadlock gauge, and a log line for each new cycle."""

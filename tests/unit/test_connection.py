@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from handlers import TerminalError
+from streams.client import Client
 from streams.client import connection as connection_module
 from streams.client.connection import Connection, KafkaUnavailable, ResponseUnreadable
 from streams.settings import Settings
@@ -56,6 +57,7 @@ async def test_a_record_librdkafka_refuses_says_why(
         await connection.produce("unit.ingress", b"{}", 0, "k")
     if refusal is TerminalError:
         assert getattr(raised.value, "status_code", None) == 413
+    assert (connection.failed is not None) == error.fatal(), "the producer is done for"
 
 
 class Full:
@@ -143,6 +145,7 @@ async def test_a_record_the_broker_refuses_says_why_as_produce_does(
         await sent
     if refusal is TerminalError:
         assert getattr(raised.value, "status_code", None) == 413
+    assert (connection.failed is not None) == error.fatal(), "the producer is done for"
 
 
 class Read:
@@ -331,3 +334,25 @@ def test_a_catalog_read_to_its_end_finds_a_handler_added_to_a_known_service(
     connection.catch_up_catalog()
     handlers = set(connection.services["Grown"].handlers)
     assert handlers == ({"old", "newest"} if followed_past_it else {"old", "new"})
+
+
+async def test_health_says_503_once_the_producer_failed_for_good() -> None:
+    """Every call and send was a 503 until someone restarted the ingress, and its liveness
+    check said ok: nothing restarted it."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from streams.http.admin import AdminApi
+    from streams.http.index import InvocationIndex
+
+    class Failing:
+        services: dict[str, Any] = {}  # noqa: RUF012
+        failed: str | None = None
+
+    client = Failing()
+    api = AdminApi(cast(Client, client), cast(InvocationIndex, object()), None)
+    async with TestClient(TestServer(api.app(), host="127.0.0.1")) as http:
+        assert (await http.get("/health")).status == 200
+        client.failed = "Local: Fatal error: unknown producer id"
+        reply = await http.get("/health")
+        assert reply.status == 503
+        assert "unknown producer id" in (await reply.json())["reason"]
