@@ -761,7 +761,8 @@ async def test_a_send_due_past_the_year_9999_in_utc_is_a_dead_letter_and_nothing
     letters = [o for o in h.out if o.topic == TOPICS.deadletter]
     assert len(letters) == 1, "the record is set aside"
     assert dict(letters[0].headers or [])["kourier.reason"] == b"bad-schema"
-    assert "far" not in h.responses(), "nothing was accepted"
+    refused = h.responses()["far"]  # its sender hears it was refused, not accepted
+    assert (refused.status, refused.failure and refused.failure.code) == ("failure", 400)
     assert not h.processor.invocations, "no invocation was made"
 
 
