@@ -1,10 +1,9 @@
 """The worker process: consumes the ingress topic, runs handlers, commits effects exactly once.
 
-One consumer in the group ``<ns>.workers`` and two transactional producers, taken in
-turn, per process (``streams.kafka.transactions``). Every commit is one Kafka transaction
-holding the outgoing records, the changelog writes of every owned partition and the
-consumed offsets (``send_offsets_to_transaction`` with the consumer's group metadata, KIP-447),
-so a worker that lost its partitions (a zombie) can no longer commit anything.
+One consumer in the group ``<ns>.workers`` and two transactional producers, taken in turn, per
+process (``streams.kafka.transactions``). Every commit is one Kafka transaction: the outgoing
+records, the changelog writes of every owned partition and the consumed offsets (with the group
+metadata, KIP-447), so a worker that lost its partitions (a zombie) can no longer commit.
 """
 
 from __future__ import annotations
@@ -503,8 +502,7 @@ class Worker:
                     raise KafkaException(failed.error)
                 ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
                 self._on_loop(self._ownership.assign(committed, ends, self._restore))
-                offsets_lost(self._consumer, self.topics, self._group, committed,
-                             self._ownership.processors)  # fmt: skip
+                offsets_lost(self._consumer, self.topics, self._group, committed, self.processors)
                 return committed
             except (KafkaException, WorkerError, RestoreError, SpillFailed) as exc:
                 self._on_loop(self._ownership.forget(partitions, close=True))
