@@ -130,6 +130,7 @@ class Connection:
 
     async def _start(self) -> None:
         self._closing = None  # a client closed before may start again
+        self.failed = None  # with a producer of its own
         self._producer = Producer(
             self.settings.producer_config(
                 {
@@ -328,8 +329,8 @@ class Connection:
                 said = f"Kafka did not take the record: {error.str()}"
                 if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the same record, again
                     raise TerminalError(said, 413) from None
-                if error.fatal():  # the idempotent producer failed for good (an ACL, say)
-                    self.failed = error.str()
+                if _fatal(error):  # the idempotent producer failed for good (an ACL, say)
+                    self.failed = self.failed or error.str()
                     said += "; the client's producer cannot go on: restart the client"
                 raise KafkaUnavailable(said) from None
         if failing is None:
@@ -339,7 +340,11 @@ class Connection:
         """Background thread: delivery reports, served as soon as the broker acknowledges,
         handed to the loop once per poll (one wake-up of the loop for all of them)."""
         while self.running:
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except KafkaException as exc:  # a fatal error is raised here, once: the thread
+                error: KafkaError = exc.args[0]  # goes on, to serve the reports that follow
+                self.failed = error.str()
             reports = self._hand_over()
             if reports:
                 self._loop.call_soon_threadsafe(self._settle_all, reports)
@@ -351,9 +356,9 @@ class Connection:
 
     def _settle_all(self, reports: list[_Report]) -> None:
         for future, error in reports:
-            if error is not None and error.fatal():
-                self.failed = error.str()
-            _settle(future, error)
+            if error is not None and _fatal(error):
+                self.failed = self.failed or error.str()
+            _settle(future, error, closing=not self.running)
 
     # -- responses --------------------------------------------------------------------
 
@@ -478,21 +483,34 @@ class Connection:
                 self.services = {**found, **self.services}
 
 
-def _settle(future: asyncio.Future[Any], error: KafkaError | None) -> None:
+def _fatal(error: KafkaError) -> bool:
+    """Whether the producer failed for good: ``produce()`` and delivery reports say so by
+    the code alone (confluent-kafka sets the flag only on what ``poll()`` raises)."""
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
+
+
+def _settle(future: asyncio.Future[Any], error: KafkaError | None, closing: bool = True) -> None:
     if future.done():
         return
     if error is None:
         future.set_result(None)
-    elif error.code() in (KafkaError._PURGE_INFLIGHT, KafkaError._PURGE_QUEUE):
+    elif error.code() in (KafkaError._PURGE_INFLIGHT, KafkaError._PURGE_QUEUE) and closing:
         # Dropped by the close. One in flight may have been written; so may one still
         # queued, if it is there to be retried after a request that went unanswered
         # (librdkafka knows, but its Python client does not say which).
         future.set_exception(ClientClosed("client closed before Kafka acknowledged the record"))
+    elif error.code() in (KafkaError._PURGE_INFLIGHT, KafkaError._PURGE_QUEUE):
+        # Dropped by librdkafka once the producer failed for good: written or not, as for
+        # a close (a 504 over HTTP, "may go on"), and only a restart mends the client.
+        future.set_exception(ClientClosed(
+            f"Kafka dropped the record, which may have been written ({error.str()}): the"
+            " client's producer cannot go on: restart the client"
+        ))  # fmt: skip
     else:
         said = f"Kafka did not take the record: {error.str()}"
         if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the topic takes less: not again
             future.set_exception(TerminalError(said, 413))
             return
-        if error.fatal():  # as for produce(): the idempotent producer failed for good
+        if _fatal(error):  # as for produce(): the idempotent producer failed for good
             said += "; the client's producer cannot go on: restart the client"
         future.set_exception(KafkaUnavailable(said))

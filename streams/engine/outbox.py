@@ -178,16 +178,19 @@ class Outbox:
                 caller=record.caller, invocation_id=record.invocation_id, failure=failure
             ))  # fmt: skip
 
-    def oversize(self, value: bytes) -> None:
-        """Tell whoever waits for an oversize invocation that it will not run (413)."""
+    def oversize(self, value: bytes) -> bool:
+        """Tell whoever waits for an oversize invocation that it will not run (413); whether
+        it was one."""
         try:
             record = decode_ingress(value)
         except RecordError:
-            return
-        if isinstance(record, Invoke):
-            self.unrouted(
-                record, Failure(code=413, message="the record is larger than Kourier accepts")
-            )
+            return False
+        if not isinstance(record, Invoke):
+            return False
+        self.unrouted(
+            record, Failure(code=413, message="the record is larger than Kourier accepts")
+        )
+        return True
 
     def undecoded(self, error: RecordError, value: bytes | None) -> None:
         """Answer the request id of a record that does not decode, if it names one (a newer
@@ -195,7 +198,8 @@ class Outbox:
         request_id = request_id_of(value)
         if request_id is not None:
             said = f"the record was refused ({error.reason}: {error.detail}); it is on the "
-            failure = Failure(code=400, message=said + "dead-letter topic")
+            code = 413 if error.reason == "oversize" else 400
+            failure = Failure(code=code, message=said + "dead-letter topic")
             self.failure_response(request_id, None, failure)
 
     def completion(self, completion: Completion) -> None:

@@ -234,15 +234,16 @@ class PartitionProcessor:
         the dead letter it replays was first read (``REPLAY_HEADER``, ``replays.py``)."""
         if replayed is not None:
             replayed = replay_place(self.topics.ingress, replayed)
+        answered = False  # an oversize call that decodes is answered 413
         try:
             if value is not None and len(value) > MAX_RECORD_BYTES:
-                self.outbox.oversize(value)
+                answered = self.outbox.oversize(value)
                 raise RecordError(
                     "oversize", f"{len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
                 )
             record = decode_ingress(value)
         except RecordError as error:
-            if error.reason != "oversize":  # (one that decodes was answered 413)
+            if not answered:
                 self.outbox.undecoded(error, value)
             self._set_aside(error, key, value, offset, replayed)
             return

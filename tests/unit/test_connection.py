@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -15,7 +17,12 @@ from confluent_kafka import KafkaError, KafkaException
 from handlers import TerminalError
 from streams.client import Client
 from streams.client import connection as connection_module
-from streams.client.connection import Connection, KafkaUnavailable, ResponseUnreadable
+from streams.client.connection import (
+    ClientClosed,
+    Connection,
+    KafkaUnavailable,
+    ResponseUnreadable,
+)
 from streams.settings import Settings
 from streams.wire.topics import Topics
 from tests.unit.harness import until
@@ -43,7 +50,8 @@ def started(producer: Any) -> Connection:
     ("error", "refusal", "words"),
     [
         (KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), TerminalError, "Kafka did not take"),
-        (KafkaError(KafkaError._FATAL, fatal=True), KafkaUnavailable, "restart the client"),
+        # As confluent-kafka hands it over: the code alone, its fatal flag unset.
+        (KafkaError(KafkaError._FATAL), KafkaUnavailable, "restart the client"),
     ],
 )
 async def test_a_record_librdkafka_refuses_says_why(
@@ -57,7 +65,8 @@ async def test_a_record_librdkafka_refuses_says_why(
         await connection.produce("unit.ingress", b"{}", 0, "k")
     if refusal is TerminalError:
         assert getattr(raised.value, "status_code", None) == 413
-    assert (connection.failed is not None) == error.fatal(), "the producer is done for"
+    fatal = error.code() == KafkaError._FATAL
+    assert (connection.failed is not None) == fatal, "the producer is done for"
 
 
 class Full:
@@ -125,7 +134,8 @@ class Reporting:
     ("error", "refusal", "words"),
     [
         (KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), TerminalError, "Kafka did not take"),
-        (KafkaError(KafkaError._FATAL, fatal=True), KafkaUnavailable, "restart the client"),
+        # As confluent-kafka hands it over: the code alone, its fatal flag unset.
+        (KafkaError(KafkaError._FATAL), KafkaUnavailable, "restart the client"),
         (KafkaError(KafkaError._MSG_TIMED_OUT), KafkaUnavailable, "Kafka did not take"),
     ],
 )
@@ -145,7 +155,8 @@ async def test_a_record_the_broker_refuses_says_why_as_produce_does(
         await sent
     if refusal is TerminalError:
         assert getattr(raised.value, "status_code", None) == 413
-    assert (connection.failed is not None) == error.fatal(), "the producer is done for"
+    fatal = error.code() == KafkaError._FATAL
+    assert (connection.failed is not None) == fatal, "the producer is done for"
 
 
 class Read:
@@ -334,6 +345,45 @@ def test_a_catalog_read_to_its_end_finds_a_handler_added_to_a_known_service(
     connection.catch_up_catalog()
     handlers = set(connection.services["Grown"].handlers)
     assert handlers == ({"old", "newest"} if followed_past_it else {"old", "new"})
+
+
+class FailingForGood(Reporting):
+    """A producer whose poll raises its fatal error once, as confluent-kafka does, and then
+    serves the reports of the records librdkafka purged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raised = False
+
+    def poll(self, timeout: float) -> int:
+        if self.reports and not self.raised:
+            self.raised = True
+            error = KafkaError(KafkaError.UNKNOWN_PRODUCER_ID, "unknown producer id", fatal=True)
+            raise KafkaException(error)
+        if self.raised and self.reports:
+            self.reports.pop()(KafkaError(KafkaError._PURGE_QUEUE), None)
+        time.sleep(timeout)
+        return 0
+
+
+async def test_a_fatal_error_poll_raises_marks_the_client_failed_and_its_records_unknown() -> None:
+    """The error ended the delivery thread: the sends waiting on it waited for good, and
+    nothing said the producer had failed; a record librdkafka then purged read as one the
+    close dropped, though the client was not closing."""
+    producer = FailingForGood()
+    connection = started(producer)
+    polling = threading.Thread(target=connection._deliveries, daemon=True)
+    polling.start()
+    try:
+        sent = asyncio.ensure_future(connection.produce("unit.ingress", b"{}", 0, "k"))
+        with pytest.raises(ClientClosed, match="may have been written") as raised:
+            await asyncio.wait_for(sent, 10)
+        assert raised.value.may_be_written
+        assert connection.failed is not None
+        assert "unknown producer id" in connection.failed
+    finally:
+        connection.running = False
+        polling.join(5)
 
 
 async def test_health_says_503_once_the_producer_failed_for_good() -> None:

@@ -411,10 +411,15 @@ async def test_a_record_that_does_not_decode_answers_the_request_it_names() -> N
     assert failure.code == 400
     assert "bad-schema" in failure.message
     assert "dead-letter topic" in failure.message
+    # An oversize one that does not decode too (one that does is answered 413 as a call).
+    junk = json.dumps({"request_id": "r-big", "padding": "x" * 1_000_000}).encode()
+    h.processor.on_message(None, junk, 98)
+    assert h.responses()["r-big"].failure.code == 413
+    assert h.out[-1].topic == TOPICS.deadletter
     for unanswerable in (b"not json", b'{"request_id": 7}', b'{"request_id": "\\ud800"}'):
         h.processor.on_message(None, unanswerable, 99)
         assert h.out[-1].topic == TOPICS.deadletter, unanswerable
-    assert len(h.responses()) == 1
+    assert len(h.responses()) == 2
 
 
 async def test_a_replayed_keyless_call_goes_to_the_partition_its_replay_key_names() -> None:
