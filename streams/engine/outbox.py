@@ -31,6 +31,7 @@ from streams.wire.records import (
     Invoke,
     RecordError,
     Response,
+    Start,
     decode_ingress,
     decode_response,
     encode,
@@ -191,6 +192,16 @@ class Outbox:
             record, Failure(code=413, message="the record is larger than Kourier accepts")
         )
         return True
+
+    def refused(
+        self, record: Invoke | Control | AttachRequest | Completion | Start, failure: Failure
+    ) -> None:
+        """Answer a record that will not be applied: a call as :meth:`unrouted`, an attach or
+        a control at its request id (a completion or a start has none)."""
+        if isinstance(record, Invoke):
+            self.unrouted(record, failure)
+        elif isinstance(record, AttachRequest | Control) and record.request_id is not None:
+            self.failure_response(record.request_id, record.invocation_id, failure)
 
     def undecoded(self, error: RecordError, value: bytes | None) -> None:
         """Answer the request id of a record that does not decode, if it names one (a newer

@@ -251,9 +251,8 @@ class PartitionProcessor:
             record = as_replay(record, replayed, self.registry)  # its key may route it
         try:
             owner = routing.owner(record, self.partitions, self.partition)
-        except RecordError as error:
-            if isinstance(record, Invoke):  # whoever waits hears why it will not run
-                self.outbox.unrouted(record, Failure(code=400, message=error.detail))
+        except RecordError as error:  # whoever waits hears why it will not run
+            self.outbox.refused(record, Failure(code=400, message=error.detail))
             self._set_aside(error, key, value, offset, replayed)
             return
         if owner != self.partition:
@@ -268,9 +267,9 @@ class PartitionProcessor:
             log.exception("%s/%d@%d not applied", self.topics.ingress, self.partition, offset)
             failed = RecordError("apply-failed", f"{type(error).__name__}: {error}")
             self._set_aside(failed, key, value, offset, replayed)
-            if isinstance(record, Invoke) and record.invocation_id not in self.invocations:
+            if not isinstance(record, Invoke) or record.invocation_id not in self.invocations:
                 # Nobody else will answer: whoever waits hears, not waits for good.
-                self.outbox.unrouted(record, Failure(code=500, message=f"not applied: {failed}"))
+                self.outbox.refused(record, Failure(code=500, message=f"not applied: {failed}"))
         self._wake()
 
     def _apply(

@@ -27,6 +27,7 @@ from streams.settings import Settings
 from streams.wire import ids
 from streams.wire.records import (
     START_LEAD,
+    AttachRequest,
     Caller,
     Cancel,
     Completion,
@@ -420,6 +421,30 @@ async def test_a_record_that_does_not_decode_answers_the_request_it_names() -> N
         h.processor.on_message(None, unanswerable, 99)
         assert h.out[-1].topic == TOPICS.deadletter, unanswerable
     assert len(h.responses()) == 2
+
+
+async def test_an_attach_or_control_that_is_not_applied_answers_its_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a call was answered: an attach or a cancel whose applying raised went to the
+    dead-letter topic, and its requester waited for good."""
+    h = Harness([box, svc])
+    inv_id = ids.new_id("k", 1)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(h.processor.waiters, "apply", broken)
+    monkeypatch.setattr(h.processor.controls, "apply", broken)
+    h.send(AttachRequest(request_id="attach", invocation_id=inv_id))
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    for request_id in ("attach", "cancel"):
+        failure = h.responses()[request_id].failure
+        assert failure is not None, request_id
+        assert failure.code == 500
+        assert "not applied" in failure.message
+    letters = [o for o in h.out if o.topic == TOPICS.deadletter]
+    assert [dict(o.headers or [])["kourier.reason"] for o in letters] == [b"apply-failed"] * 2
 
 
 async def test_a_replayed_keyless_call_goes_to_the_partition_its_replay_key_names() -> None:
