@@ -212,7 +212,7 @@ class Harness:
             if inv.task is not None
             and not inv.task.done()
             and not inv.actions
-            and not any(not wait.done() for wait in inv.waiting.values())
+            and not inv.waits_open()
         ]
 
     def now(self) -> float:

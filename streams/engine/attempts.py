@@ -219,7 +219,7 @@ class Attempts:
     def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
         if self._closed() or inv.task is not task or task is None or task.done():
             return
-        if inv.meta.status != "running" or inv.actions or not self._is_waiting(inv):
+        if inv.meta.status != "running" or inv.actions or not inv.waits_open():
             return  # busy, or a ctx.run action still runs (its result must be journaled)
         if asyncio.get_running_loop().time() < inv.waited_at + self._inactive_for(inv) - _SLACK:
             return  # it began another wait since this timer's: that wait's timer decides
@@ -235,10 +235,6 @@ class Attempts:
         if timeout is None:
             timeout = inv.handler.service.inactivity_timeout
         return timeout.total_seconds()
-
-    @staticmethod
-    def _is_waiting(inv: Invocation) -> bool:
-        return any(not f.done() for f in inv.waiting.values())
 
     def resume(self, inv: Invocation) -> None:
         """Run a suspended invocation again; it replays its journal up to where it waited."""

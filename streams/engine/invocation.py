@@ -167,6 +167,11 @@ class Invocation:
     def partitions(self) -> int:
         return self.processor.partitions
 
+    def waits_open(self) -> bool:
+        """Whether the handler waits on the context now: a call, a timer, a promise or an
+        attach it awaits has not completed."""
+        return any(not future.done() for future in self.waiting.values())
+
     # -- used by the context ---------------------------------------------------
 
     def check_open(self) -> None:

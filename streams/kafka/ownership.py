@@ -240,9 +240,7 @@ def offsets_lost(
     said = []
     for tp in committed:
         processor = processors.get(tp.partition)
-        if tp.topic != topics.ingress or tp.offset >= 0 or processor is None:
-            continue
-        if not processor.restored:
+        if tp.topic != topics.ingress or tp.offset >= 0 or not (processor and processor.restored):
             continue
         try:
             low, high = consumer.get_watermark_offsets(tp, _ASK_SECONDS)

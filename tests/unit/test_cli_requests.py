@@ -21,6 +21,15 @@ from streams.kafka import broker
 from tests.unit.stand_in import serving
 
 
+def answer(handler: BaseHTTPRequestHandler, content_type: str, body: bytes) -> None:
+    """Answer 200 with ``body``, as a web server does."""
+    handler.send_response(200)
+    handler.send_header("content-type", content_type)
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class Recorder(BaseHTTPRequestHandler):
     """Answers every GET with one object's state, and keeps the paths asked for."""
 
@@ -29,11 +38,7 @@ class Recorder(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         Recorder.paths.append(self.path)
         body = json.dumps({"service": "Tally", "key": "a/b", "state": {}}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer(self, "application/json", body)
 
     def log_message(self, format: str, *args: object) -> None: ...
 
@@ -105,12 +110,7 @@ class NotKourier(BaseHTTPRequestHandler):
     """Some other web server: a page of HTML."""
 
     def do_GET(self) -> None:
-        body = b"<html><body>hello</body></html>"
-        self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer(self, "text/html", b"<html><body>hello</body></html>")
 
     def log_message(self, format: str, *args: object) -> None: ...
 
