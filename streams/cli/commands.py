@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ def say(message: str) -> None:
 def broker_start(args: argparse.Namespace) -> int:
     if args.port and args.port + args.nodes - 1 > 65535:  # the other nodes take the next ones
         raise ValueError(f"--port {args.port} leaves no room for {args.nodes} nodes' ports")
+    if args.port:  # a broker of --data already running elsewhere is not the one asked for
+        _on_port(args)
     began = time.monotonic()
     say(f"kourier: resolving Apache Kafka {broker.kafka_version()} with Maven ...")
     broker.resolve_jars()
@@ -476,9 +478,10 @@ def _parse_target(text: str) -> Any:
 def call(args: argparse.Namespace) -> int:
     import asyncio
 
-    from streams.client import Client
+    from streams.client import Client, SendReceipt
+    from streams.client.client import send_may_repeat
     from streams.http.routes import parse_duration
-    from streams.wire.records import load_json
+    from streams.wire.records import Response, load_json
 
     target = _parse_target(args.target)
     try:  # as the HTTP ingress reads a body: NaN would go as null, silently
@@ -503,32 +506,40 @@ def call(args: argparse.Namespace) -> int:
             services = await client.catalog()
             if target.service not in services:  # announced a moment ago, perhaps
                 services = await client.catalog(refresh=True)
-            if target.service not in services:
-                what, refused = ("message", "dead-letters it") if args.command == "send" else (
-                    "call", "answers 404")  # fmt: skip
-                say(f"kourier: no worker has announced {target.service}: with no worker running,"
-                    f" the {what} waits in Kafka until one does; a running worker that does not"
-                    f" host it {refused} (`kourier services` lists those announced)")  # fmt: skip
-            if args.command == "send":
-                receipt = await client.send_to(
-                    target, argument, delay=delay, idempotency_key=args.idempotency_key
-                )
-                print(json.dumps({"invocationId": receipt.invocation_id, "status": receipt.status}))
-                return 0
-            # Said before the wait, so that a call that waits can be looked up or cancelled.
             inv_id = client.invocation_id_for(target, args.idempotency_key)
-            say(f"invocation {inv_id}")
-            calling = client.call(
-                target, argument, idempotency_key=args.idempotency_key, invocation_id=inv_id
-            )
+            sending = args.command == "send"
+            # A send that may meet an earlier one waits, as a call does, for a worker to say
+            # whether it is new (Client.send_to).
+            waits = not sending or send_may_repeat(target, args.idempotency_key, inv_id)
+            if target.service not in services:
+                what, refused = ("message", "dead-letters it") if sending else (
+                    "call", "answers 404")  # fmt: skip
+                said = "and this command with it" if waits else "and this command returns"
+                say(f"kourier: no worker has announced {target.service}: with no worker running,"
+                    f" the {what} waits in Kafka until one does, {said}; a running worker that"
+                    f" does not host it {refused} (`kourier services` lists those"
+                    " announced)")  # fmt: skip
+            if waits:  # said before the wait, so that it can be looked up or cancelled
+                say(f"invocation {inv_id}")
+            key = args.idempotency_key
+            working: Awaitable[SendReceipt | tuple[str, Response]] = (
+                client.send_to(target, argument, delay=delay, idempotency_key=key,
+                               invocation_id=inv_id)
+                if sending
+                else client.call(target, argument, idempotency_key=key, invocation_id=inv_id)
+            )  # fmt: skip
             try:
-                answered_as, response = await asyncio.wait_for(calling, timeout)
+                done = await asyncio.wait_for(working, timeout)
             except TimeoutError:
                 attach = f"`kourier invocations attach {inv_id}`"
                 say(f"kourier: no answer within {args.timeout}; invocation {inv_id} may still"
                     f" run, if it was written ({attach} waits for its outcome, or answers 404"
                     " when there is none to wait for)")  # fmt: skip
                 return 1
+            if isinstance(done, SendReceipt):
+                print(json.dumps({"invocationId": done.invocation_id, "status": done.status}))
+                return 0
+            answered_as, response = done
             if answered_as != inv_id:
                 say(f"answered as invocation {answered_as}")
             if response.failure is not None:

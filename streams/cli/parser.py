@@ -196,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--idempotency-key")
         if name == "send":
             cmd.add_argument("--delay", help="run no earlier than this: 500ms, 5s, 10m, PT1H")
-        else:
-            cmd.add_argument(
-                "--timeout", help="stop waiting after this (500ms, 5s, PT1M); the call goes on"
-            )
+        waits = "the call" if name == "call" else "a send a worker must accept (a key, a run)"
+        cmd.add_argument(
+            "--timeout", help=f"stop waiting for {waits} after this (500ms, 5s, PT1M); it goes on"
+        )
         _kafka_flags(cmd)
         _json_flag(cmd)  # what they print is JSON already: the result, or the receipt
         cmd.set_defaults(func=run.call)

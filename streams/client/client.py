@@ -265,9 +265,7 @@ class Client:
         and attached to by its id before it runs.
         """
         inv_id = await self._id_for(target, idempotency_key, invocation_id)
-        may_repeat = idempotency_key is not None or inv_id == ids.workflow_run_id(
-            target.service, target.key or ""
-        )
+        may_repeat = send_may_repeat(target, idempotency_key, inv_id)
         due = None if delay is None else due_time(delay, f"the delay of {target.path()}")
         with _nesting_checked():
             record = Invoke(
@@ -463,3 +461,12 @@ class ClientRecipient:
             idempotency_key=idempotency_key,
             headers=headers,
         )
+
+
+def send_may_repeat(target: Target, idempotency_key: str | None, invocation_id: str) -> bool:
+    """Whether a send to ``target`` as ``invocation_id`` may meet an earlier one (an
+    idempotency key, a workflow's run): :meth:`Client.send_to` then waits for a worker to
+    answer ``Accepted`` or ``PreviouslyAccepted``, not only for Kafka's acknowledgement."""
+    return idempotency_key is not None or invocation_id == ids.workflow_run_id(
+        target.service, target.key or ""
+    )

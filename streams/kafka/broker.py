@@ -414,18 +414,18 @@ def start_cluster(
         ports = [0] * nodes if first == 0 else [first + i for i in range(nodes)]
         _write_nodes(dirs, ports, deploy_dir)
     cluster_id = _cluster_id(data_dir)
+    stopped = [d for d in dirs if status(d) is None]
+    for node_dir in stopped:  # every port before any node starts, which would be stopped
+        address = _address(node_dir / "server.properties")
+        if _port_in_use(int(address.rsplit(":", 1)[1])):
+            raise BrokerError(
+                f"port of {address} is already in use: stop what holds it, or start the"
+                " cluster with another --data (a cluster keeps the ports it was made with)"
+            )
     launched: dict[Path, subprocess.Popen[bytes]] = {}
     try:
-        for node_dir in dirs:
-            if status(node_dir) is not None:
-                continue
+        for node_dir in stopped:
             props = node_dir / "server.properties"
-            address = _address(props)
-            if _port_in_use(int(address.rsplit(":", 1)[1])):
-                raise BrokerError(
-                    f"port of {address} is already in use: stop what holds it, or start the"
-                    " cluster with another --data (a cluster keeps the ports it was made with)"
-                )
             _format_storage(java, libs, props, node_dir, cluster_id)
             launched[node_dir] = _launch(java, libs, props, node_dir, deploy_dir, heap)
         nodes_now = [_node(d, launched.get(d)) for d in dirs]
@@ -438,8 +438,13 @@ def start_cluster(
         for node in nodes_now:
             wait_ready(node.bootstrap, timeout, *launched.values(), brokers=nodes)
     except BaseException:
-        for node_dir in launched:  # only what this call started: running nodes stay up
-            stop(node_dir)
+        # Only what this call started (running nodes stay up), together, as stop() does.
+        _stop_all({p.pid: d for d, p in launched.items() if _alive(p.pid, d)})
+        for node_dir, process in launched.items():
+            if process.poll() is None:  # (not told apart as this node's: ended all the same)
+                process.kill()
+            process.wait()
+            (node_dir / "broker.pid").unlink(missing_ok=True)
         raise
     return cluster
 
@@ -516,6 +521,16 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
     pid_files = [d / "broker.pid" for d in [*node_dirs(data_dir), data_dir]]
     pids = {f: int(f.read_text()) for f in pid_files if f.is_file()}
     alive = {pid: f.parent for f, pid in pids.items() if _alive(pid, f.parent)}
+    _stop_all(alive, timeout)
+    for pid_file, pid in pids.items():
+        _reap(pid)
+        pid_file.unlink(missing_ok=True)
+    return bool(alive)
+
+
+def _stop_all(alive: Mapping[int, Path], timeout: float = 30.0) -> None:
+    """SIGTERM every broker in ``alive`` (PID: data dir) at once, then SIGKILL those
+    still running after ``timeout`` seconds; return once all have ended."""
     for pid in alive:
         with contextlib.suppress(ProcessLookupError):  # (it ended since)
             os.kill(pid, signal.SIGTERM)
@@ -528,10 +543,6 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
                 os.kill(pid, signal.SIGKILL)
             while _alive(pid, node):
                 time.sleep(0.05)
-    for pid_file, pid in pids.items():
-        _reap(pid)
-        pid_file.unlink(missing_ok=True)
-    return bool(alive)
 
 
 def kill(data_dir: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,30 @@ def test_a_cluster_id_that_starts_with_a_dash_formats(
     finally:
         broker.stop(tmp_path / "kafka")
     assert running.pid > 0
+
+
+def test_a_cluster_whose_later_node_port_is_taken_starts_no_node(tmp_path: Path) -> None:
+    """Every node's port is looked at before any node starts: the first was formatted and
+    launched, then stopped alone, with no quorum to leave (30 s, then SIGKILL)."""
+    for _ in range(50):  # a free port whose next one can be held
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first >= 65535:
+            continue
+        held = socket.socket()
+        try:
+            held.bind(("127.0.0.1", first + 1))
+        except OSError:
+            held.close()
+            continue
+        break
+    else:
+        pytest.fail("no free port with a free port after it in 50 tries")
+    with held:
+        held.listen()
+        with pytest.raises(broker.BrokerError, match=f"127.0.0.1:{first + 1} is already in use"):
+            broker.start_cluster(tmp_path / "cluster", 3, port=first)
+    for node in ("node-1", "node-2", "node-3"):
+        assert not (tmp_path / "cluster" / node / "kafka-logs" / "meta.properties").exists()
+        assert broker.status(tmp_path / "cluster" / node) is None

@@ -94,9 +94,26 @@ async def test_a_call_no_worker_hosts_says_so_and_names_its_invocation_first(
         await asyncio.to_thread(stop_process, process)
     sent = await asyncio.to_thread(_kourier, topics, "send", "Nowhere/run", "1")
     assert sent.returncode == 0, sent.stderr
-    assert "no worker has announced Nowhere: with no worker running, the message waits" in (
-        sent.stderr
+    assert (
+        "no worker has announced Nowhere: with no worker running, the message waits in"
+        " Kafka until one does, and this command returns" in sent.stderr
     )
+    assert "invocation inv_" not in sent.stderr  # the receipt on stdout names it
+
+
+async def test_a_send_a_worker_must_accept_names_its_invocation_and_takes_a_timeout(
+    topics: Settings,
+) -> None:
+    """A send with an idempotency key waits for a worker to answer whether it is new: with
+    no worker it waited for good, silent, after saying that it would return."""
+    args = ("send", "Nowhere/k/run", "1", "--idempotency-key", "order-1", "--timeout", "1s")
+    done = await asyncio.to_thread(_kourier, topics, *args)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert "the message waits in Kafka until one does, and this command with it" in done.stderr
+    said = re.search(r"^invocation (inv_[0-9a-f]+)$", done.stderr, re.MULTILINE)
+    assert said is not None, done.stderr
+    assert f"no answer within 1s; invocation {said.group(1)} may still run" in done.stderr
 
 
 async def test_a_port_in_use_is_one_line_that_names_it(topics: Settings) -> None:

@@ -434,6 +434,16 @@ def test_broker_stop_with_a_port_stops_only_the_broker_on_it(
     assert parser.main(["broker", "status", "--data", str(tmp_path), "--port", port]) == (
         0 if stops else 2
     )
+    started: list[Path] = []
+    monkeypatch.setattr(broker, "resolve_jars", lambda: tmp_path)
+    monkeypatch.setattr(
+        broker, "start", lambda data, port: started.append(data) or broker.status(data)
+    )
+    # It printed the other broker's address, exit 0: a script took it for the one asked for.
+    assert parser.main(["broker", "start", "--data", str(tmp_path), "--port", port]) == (
+        0 if stops else 2
+    )
+    assert bool(started) == stops
 
 
 def test_dev_on_a_cluster_with_a_node_up_stops_only_the_nodes_it_started(
