@@ -23,7 +23,7 @@ import os
 import faust
 
 from streams import Settings, Target
-from streams.faust import Kourier, ResponseRecord, broker_credentials
+from streams.faust import CallTimedOut, Kourier, ResponseRecord, broker_credentials
 
 settings = Settings.from_env()
 app = faust.App(
@@ -84,7 +84,10 @@ app.task(declare_outputs)
 async def place(stream: faust.StreamT[Order]) -> None:
     async for order in stream:
         counter = Target(service="Counter", key=order.customer, handler="add")
-        total = await kourier.request(counter, order.amount)
+        try:
+            total = await kourier.request(counter, order.amount)
+        except CallTimedOut as slow:  # leaving the agent would acknowledge the order
+            total = await kourier.attach(slow.invocation_id)  # the same call's outcome
         await totals.send(
             key=order.customer.encode(),
             value=Total(order=order.id, customer=order.customer, total=total),

@@ -57,6 +57,7 @@ from streams.wire.records import MAX_RECORD_BYTES, RecordError, Response, Target
 from streams.wire.topics import Topics
 
 __all__ = [
+    "CallTimedOut",
     "FailureRecord",
     "FaustSettingsError",
     "InvokeRecord",
@@ -213,6 +214,18 @@ def _tls_context(kafka: Mapping[str, str]) -> ssl.SSLContext:
 # -- the integration ----------------------------------------------------------------------
 
 
+class CallTimedOut(TimeoutError):
+    """No outcome of a :meth:`Kourier.request` (or :meth:`Kourier.attach`) within its bound;
+    the invocation goes on. ``invocation_id`` names it for :meth:`Kourier.attach`, which
+    waits for the same outcome: calling again would be another call, under a new derived
+    key. Caught in the agent, so that the event waits too: an exception that leaves an
+    agent acknowledges its event (Faust restarts the agent), and it is not delivered again."""
+
+    def __init__(self, message: str, invocation_id: str) -> None:
+        super().__init__(message)
+        self.invocation_id = invocation_id
+
+
 class Kourier(Service):  # mode.Service: started and stopped with the app
     """Kourier calls and sends from the agents of one Faust app."""
 
@@ -265,17 +278,34 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         try:
             key = idempotency_key
             record = await self._written(target, argument, request_id, key, headers, None, within)
+            assert record.invocation_id is not None
             try:
                 async with asyncio.timeout_at(until):
                     response = await answer
             except TimeoutError:
-                raise TimeoutError(
+                raise CallTimedOut(
                     f"no outcome of {target.path()} within {limit:g}s; invocation "
-                    f"{record.invocation_id} goes on"
+                    f"{record.invocation_id} goes on (kourier.attach() waits for it)",
+                    record.invocation_id,
                 ) from None
         finally:
             answer.cancel()
         return outcome(response)
+
+    async def attach(self, invocation_id: str, *, within: timedelta | None = None) -> Any:
+        """Wait for invocation ``invocation_id`` and return its result, as :meth:`request`
+        does (its ``TerminalError`` is raised; 404 when its outcome was not kept): after a
+        :class:`CallTimedOut`, the same call's outcome. ``CallTimedOut`` again after
+        ``within`` (default ``KOURIER_CALL_TIMEOUT``)."""
+        limit = (self.settings.call_timeout if within is None else within).total_seconds()
+        try:
+            async with asyncio.timeout(limit):
+                return await self._client.attach(invocation_id)
+        except TimeoutError:
+            raise CallTimedOut(
+                f"no outcome of invocation {invocation_id} within {limit:g}s; it goes on",
+                invocation_id,
+            ) from None
 
     async def call(
         self,
@@ -383,7 +413,8 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         headers: Mapping[str, str] | None,
         due: str | None,
     ) -> InvokeRecord:
-        key = idempotency_key or self._derived_key()
+        # An empty key is the caller's, refused as the Python client refuses it (400).
+        key = self._derived_key() if idempotency_key is None else idempotency_key
         invocation_id = await self._client.id_for(target, key)
         return InvokeRecord(
             target=TargetRecord(service=target.service, handler=target.handler, key=target.key),

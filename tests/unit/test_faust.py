@@ -480,3 +480,47 @@ def test_broker_credentials_refuse_what_faust_cannot_be_given(
 ) -> None:
     with pytest.raises(integration.FaustSettingsError, match=says):
         credentials(**kafka)
+
+
+async def test_a_request_that_times_out_names_its_invocation_to_attach_to(
+    kourier: Kourier, sent: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain ``TimeoutError`` that left the agent acknowledged its event, and calling
+    again took the next derived key, so invoked again: nothing waited for the first call."""
+    never: asyncio.Future[object] = asyncio.get_running_loop().create_future()  # no outcome
+    monkeypatch.setattr(kourier._client, "new_request_id", lambda: "r1")
+    monkeypatch.setattr(kourier._client, "expect", lambda request_id: never)
+    target = Target(service="Greeter", handler="greet")
+    bound = timedelta(seconds=0.05)
+    with pytest.raises(integration.CallTimedOut) as slow:
+        await asyncio.wait_for(
+            kourier.request(target, "ada", idempotency_key="k1", within=bound), 5
+        )
+    assert slow.value.invocation_id == ids.idempotent_id("Greeter", None, "greet", "k1")
+    assert len(sent) == 1
+    attached: list[str] = []
+
+    async def attach(invocation_id: str) -> str:
+        attached.append(invocation_id)
+        if len(attached) == 1:
+            await asyncio.sleep(3600)  # the outcome not in yet
+        return "hello ada"
+
+    monkeypatch.setattr(kourier._client, "attach", attach)
+    with pytest.raises(integration.CallTimedOut) as again:
+        await asyncio.wait_for(kourier.attach(slow.value.invocation_id, within=bound), 5)
+    assert again.value.invocation_id == slow.value.invocation_id
+    assert await kourier.attach(slow.value.invocation_id) == "hello ada"
+    assert attached == [slow.value.invocation_id] * 2
+    assert len(sent) == 1, "attach wrote a record"
+
+
+async def test_an_empty_idempotency_key_is_refused_not_derived(
+    kourier: Kourier, sent: list[object]
+) -> None:
+    """``""`` was taken for no key: derived in an agent, and outside one refused as if none
+    had been passed."""
+    with pytest.raises(TerminalError) as refused:
+        await kourier.send(Target(service="Greeter", handler="greet"), "ada", idempotency_key="")
+    assert refused.value.status_code == 400
+    assert sent == []
