@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from streams.engine.outbox import Out
 from streams.kafka.committer import Snapshot
 from streams.kafka.refused import REFUSED_FOR_GOOD, RecordsRefused, find_refused
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 
 log = logging.getLogger("kourier.worker")
 
@@ -49,21 +49,31 @@ SETTLE_PAUSE_MAX = 2.0
 
 
 def transactional_producer(settings: Settings, transactional_id: str) -> Producer:
-    """A producer for one worker's transactions, its earlier self's open one aborted."""
-    producer = Producer(
-        settings.producer_config(
-            {
-                "log_level": 4,
-                "transactional.id": transactional_id,
-                "transaction.timeout.ms": 10_000,
-                "linger.ms": 0,
-                # The default 100 ms backoff caps a transactional producer at ~10 commits/s:
-                # the next transaction waits for the previous one's markers.
-                "retry.backoff.ms": 1,
-                "retry.backoff.max.ms": 20,
-            }
+    """A producer for one worker's transactions, its earlier self's open one aborted.
+    ``SettingsError`` when librdkafka refuses its settings: made again, it would be refused
+    again (a ``KafkaException`` is tried again, as Kafka's answers are)."""
+    try:
+        producer = Producer(
+            settings.producer_config(
+                {
+                    "log_level": 4,
+                    "transactional.id": transactional_id,
+                    "transaction.timeout.ms": 10_000,
+                    "linger.ms": 0,
+                    # The default 100 ms backoff caps a transactional producer at ~10
+                    # commits/s: the next transaction waits for the previous one's markers.
+                    "retry.backoff.ms": 1,
+                    "retry.backoff.max.ms": 20,
+                }
+            )
         )
-    )
+    except KafkaException as exc:  # nothing was asked of Kafka yet
+        error = exc.args[0]
+        said = error.str() if isinstance(error, KafkaError) else str(exc)
+        raise SettingsError(
+            f"the worker's transactional producer refuses its settings: {said} (a"
+            " KOURIER_KAFKA_* setting; transaction.timeout.ms is 10000, and idempotence is on)"
+        ) from None
     producer.init_transactions(TIMEOUT)
     return producer
 

@@ -558,3 +558,19 @@ def test_a_transaction_that_failed_with_no_kafka_error_is_aborted_too() -> None:
     with pytest.raises(TypeError):
         tx.commit(SNAPSHOT)
     assert producer.calls == ["begin", "produce", "abort"]
+
+
+@pytest.mark.parametrize(
+    "kafka", [{"message.timeout.ms": "30000"}, {"enable.idempotence": "false"}, {"linger": "1"}]
+)
+def test_settings_librdkafka_refuses_for_a_transactional_producer_are_said_once(
+    kafka: dict[str, str],
+) -> None:
+    """Made again every 2 s for good, as if Kafka had not answered: the worker neither
+    started nor ended."""
+    from streams.settings import Settings, SettingsError
+
+    settings = Settings(bootstrap_servers="127.0.0.1:1", namespace="ns", kafka=kafka)
+    with pytest.raises(SettingsError, match="transactional producer refuses its settings"):
+        Transactions(lambda turn: transactions.transactional_producer(settings, f"t-{turn}"),
+                     stopping=lambda: False)  # fmt: skip
