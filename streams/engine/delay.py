@@ -8,9 +8,8 @@ ingress topic and a :class:`~streams.wire.records.Fired` marker to the same dela
 the delay partition's committed offset is the lowest offset still pending. After a
 restart or rebalance the new owner reads from that offset and skips what a marker says
 was released; it releases nothing until it has read to the partition's end, so nothing is
-released twice and nothing early (a message is released only once the wall clock has
-passed its due time). A waiting message costs memory, no CPU: nothing runs until the
-earliest timer.
+released twice and nothing early (only once the wall clock has passed its due time). A
+waiting message costs memory, no CPU: nothing runs until the earliest timer.
 
 Memory. Only messages due within the *horizon* (30 s) are held in full, in a heap by due
 time; a later one is held as its offset alone, in a bucket per due second, with one bit of
@@ -111,7 +110,7 @@ class DelayProcessor:
         self._horizon = horizon
         self._lead = lead
         self._clock = clock
-        self._next_offset = start_offset
+        self._start = self._next_offset = start_offset  # those below were dealt with
         self._pending = OffsetSet(start_offset)  # every offset not yet released
         # Due within the horizon: a heap of (due, offset) and the records themselves.
         self._near: list[tuple[float, int]] = []
@@ -150,6 +149,8 @@ class DelayProcessor:
             self._on_progress(was)
 
     def on_message(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+        if offset < self._start:  # dealt with: the consumer reset to the log's start
+            return  # (its committed offset was past the log's end: Ownership.assign)
         was = self.caught_up
         self._next_offset = offset + 1
         self._read_since_trim += 1
@@ -228,9 +229,8 @@ class DelayProcessor:
         log.exception("delay %d@%d could not be read", self.partition, offset)
         return RecordError("apply-failed", f"{type(raised).__name__}: {raised}")
 
-    def _dead_letter(
-        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
-    ) -> Out:
+    def _dead_letter(self, error: RecordError, key: bytes | None, value: bytes | None,
+                     offset: int) -> Out:  # fmt: skip
         source = (self.topics.delay, self.partition, offset)
         return set_aside(error, source, key, value, self.topics.deadletter)
 

@@ -128,9 +128,17 @@ class Ownership:
             for tp in committed:
                 if tp.topic == self.topics.delay:
                     start = max(tp.offset, 0)
-                    self.delays[tp.partition] = self._new_delay(
-                        tp.partition, start, ends.get(tp.partition, start)
-                    )
+                    end = ends.get(tp.partition, start)
+                    if end < start:
+                        # The log lost its end (deleted and made again, a leader elected
+                        # uncleanly): what it holds from here on was never read.
+                        log.error(
+                            "%s[%d]'s committed offset %d is past its end %d: records from"
+                            " %d on are taken as new; earlier ones as released",
+                            tp.topic, tp.partition, start, end, end,
+                        )  # fmt: skip
+                        start = end
+                    self.delays[tp.partition] = self._new_delay(tp.partition, start, end)
                     continue
                 if tp.offset >= 0:
                     self.offsets[tp.partition] = tp.offset

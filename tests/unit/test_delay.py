@@ -1201,3 +1201,18 @@ async def test_after_reading_many_records_freed_heap_memory_goes_back_to_the_os(
             break
         await asyncio.sleep(0.01)
     assert trims == [True]
+
+
+async def test_records_below_the_start_offset_are_skipped_not_a_crash() -> None:
+    """A delay log that lost its end (deleted and made again): the committed offset is past
+    it, the consumer resets to the log's start, and each record below the start offset
+    raised out of on_message (the offset set refuses offsets below its base), ending the
+    worker at every take-over."""
+    log, clock = Log(), Clock()
+    old = [log.delayed(T0 + 1) for _ in range(3)]
+    rig = Rig(log, clock, start=2)
+    rig.read = 0  # as the consumer reset to the log's start
+    rig.feed()
+    rig.tick(T0 + 2)
+    assert set(rig.released) == {old[2]}, "one below the start offset was released again"
+    assert rig.processor.pending == 0

@@ -6,6 +6,7 @@ tests/integration/test_restore.py."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import pytest
@@ -18,6 +19,7 @@ from streams.kafka.ownership import Ownership, by_topic, offsets_lost
 from streams.kafka.restore import RestoreError
 from streams.kafka.stalls import StallWatch
 from tests.unit.harness import TOPICS
+from tests.unit.test_delay import Log
 
 ASSIGNED = [
     TopicPartition(TOPICS.ingress, 0, 12),
@@ -165,3 +167,25 @@ async def test_a_hand_over_closes_what_it_names_and_forget_lets_go_of_it() -> No
 def test_partitions_are_named_by_topic_for_the_log() -> None:
     assert by_topic(ASSIGNED) == "delay [1], ingress [0, 1]"
     assert by_topic([]) == "nothing"
+
+
+async def test_a_delay_partition_whose_log_ends_before_its_committed_offset_starts_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its log deleted and made again (committed offset 7, end 3): the records from 3 on
+    are new delayed messages, and were skipped as if below the committed offset."""
+    owner = ownership()
+    await owner.assign(ASSIGNED, {1: 3}, lambda processors: None)
+    try:
+        delay = owner.delays[1]
+        assert delay.commit_offset() == 3
+        log = Log()
+        log.delayed(time.time() + 3600)
+        key, value = log.records[0]
+        delay.on_message(key, value, 3)  # written since the log was made again
+        assert delay.pending == 1, "a new delayed message was skipped"
+        assert delay.commit_offset() == 3
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("committed offset 7 is past its end 3" in e for e in errors), errors
+    finally:
+        owner.close_all()
