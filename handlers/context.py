@@ -135,7 +135,7 @@ class Context(ABC):
         """A durable timer: it survives crashes and costs nothing while it waits."""
 
     @overload
-    def run(self, name: str, action: Action) -> DurableFuture[Any]: ...
+    def run(self, name: str, action: Action, *, type_hint: None = None) -> DurableFuture[Any]: ...
 
     @overload
     def run(self, name: str, action: Action, *, type_hint: type[T]) -> DurableFuture[T]: ...
@@ -163,8 +163,14 @@ class ObjectSharedContext(Context):
     @abstractmethod
     def key(self) -> str: ...
 
+    @overload
+    async def get(self, name: str, type_hint: None = None) -> Any: ...
+
+    @overload
+    async def get(self, name: str, type_hint: type[T]) -> T | None: ...
+
     @abstractmethod
-    async def get(self, name: str, type_hint: type[T] | None = None) -> Any:
+    async def get(self, name: str, type_hint: type[Any] | None = None) -> Any:
         """The state value ``name``, or ``None``; validated as ``type_hint`` when given
         (a stored value that does not fit raises :class:`TerminalError` 500)."""
 
