@@ -45,7 +45,7 @@ from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out, set_aside
 from streams.metrics import CARRIED, DEADLETTERS
 from streams.wire import ids
-from streams.wire.records import START_LEAD, Delayed, Fired, RecordError, decode_delay, encode
+from streams.wire.records import Delayed, Fired, RecordError, decode_delay, encode
 from streams.wire.topics import Topics
 
 log = logging.getLogger("kourier.delay")
@@ -65,13 +65,9 @@ CARRY_SPAN = 100_000  # offsets one carry may read through (a read-back blocks o
 CARRY_RETRY = 5.0  # seconds before looking again when nothing could be carried
 
 
-def release_time(record: Delayed) -> float:
-    """When to release ``record``: its due time, or ``START_LEAD`` before it for the start
-    of a scheduled invocation, so that the release transaction and the ingress fetch (a few
-    ms) overlap the wait; the partition then queues the invocation when it is due. Timers
-    (sleeps, call deadlines) go at their due time: a waiting handler wakes on them."""
-    due = record.due.timestamp()
-    return due - START_LEAD if record.start is not None else due
+class LogRewound(Exception):
+    """A record below where the processor began: the partition's log was made again under
+    it. The worker restores its partitions; the take-over reads it from its start."""
 
 
 class DelayProcessor:
@@ -149,8 +145,8 @@ class DelayProcessor:
             self._on_progress(was)
 
     def on_message(self, key: bytes | None, value: bytes | None, offset: int) -> None:
-        if offset < self._start:  # dealt with: the consumer reset to the log's start
-            return  # (its committed offset was past the log's end: Ownership.assign)
+        if offset < self._start:  # the consumer reset to the log's start: made again
+            raise LogRewound(f"delay {self.partition}@{offset}, below {self._start}")
         was = self.caught_up
         self._next_offset = offset + 1
         self._read_since_trim += 1
@@ -188,7 +184,7 @@ class DelayProcessor:
 
     def _add(self, record: Delayed, offset: int, released: Out) -> None:
         self._pending.add(offset)
-        due = release_time(record)
+        due = record.release_time()
         now = self._clock()
         self._extend_horizon(now)
         second = math.floor(due)
@@ -378,7 +374,7 @@ class DelayProcessor:
                 record = decode_delay(value)
                 if not isinstance(record, Delayed):
                     raise RecordError("bad-schema", f"a {record.kind} record read back as delayed")
-                self._hold(offset, release_time(record), self._releasable(record, key))
+                self._hold(offset, record.release_time(), self._releasable(record, key))
             except Exception as raised:  # it was a valid delayed record when first read
                 error = self._failure(raised, offset)
                 log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
@@ -531,7 +527,7 @@ class DelayProcessor:
         self._arm()
 
     def _release(self, now: float) -> None:
-        """Emit what is due (never before its release time, see :func:`release_time`), at
+        """Emit what is due (never before its release time, see ``Delayed.release_time``), at
         most a batch at a time."""
         released = 0
         while self._near and self._near[0][0] <= now and released < RELEASE_BATCH:

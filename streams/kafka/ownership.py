@@ -130,14 +130,15 @@ class Ownership:
                     start = max(tp.offset, 0)
                     end = ends.get(tp.partition, start)
                     if end < start:
-                        # The log lost its end (deleted and made again, a leader elected
-                        # uncleanly): what it holds from here on was never read.
+                        # The log was made again (or lost its end to a leader elected
+                        # uncleanly): read from its start, so that nothing it holds is lost.
                         log.error(
-                            "%s[%d]'s committed offset %d is past its end %d: records from"
-                            " %d on are taken as new; earlier ones as released",
-                            tp.topic, tp.partition, start, end, end,
+                            "%s[%d]'s committed offset %d is past its end %d: the log was"
+                            " deleted or cut; it is read from its start, and a message it"
+                            " still holds that was released before is released again",
+                            tp.topic, tp.partition, start, end,
                         )  # fmt: skip
-                        start = end
+                        start = 0
                     self.delays[tp.partition] = self._new_delay(tp.partition, start, end)
                     continue
                 if tp.offset >= 0:

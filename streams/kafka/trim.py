@@ -11,7 +11,8 @@ asked for (a restarted worker asks once more for every partition).
 
 A committed delay offset never moves back (a new owner's oldest pending message is at or
 past where it started reading), so an offset committed earlier, even by a worker that has
-since lost the partition, is still safe to delete below. A refusal for want of the
+since lost the partition, is still safe to delete below; unless the topic is deleted and
+made again, which the README says to do with no worker running. A refusal for want of the
 ``DELETE`` permission on the topic stops the trimming, with one warning.
 """
 
@@ -53,8 +54,11 @@ class DelayTrimmer:
         with state.lock:
             for tp in offsets:
                 if tp.topic == state.topic and tp.offset >= 0:
-                    known = state.committed.get(tp.partition, 0)
-                    state.committed[tp.partition] = max(known, tp.offset)
+                    # The latest, lower too: the partition's log was made again, and its
+                    # reading began again below (Ownership.assign).
+                    state.committed[tp.partition] = tp.offset
+                    if tp.offset < state.trimmed.get(tp.partition, 0):
+                        state.trimmed[tp.partition] = 0
 
     def tick(self) -> None:
         """Ask for the deletions that are due (the worker's Kafka thread, once a second)."""
@@ -90,7 +94,7 @@ class _Trims:
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.lock = threading.Lock()
-        self.committed: dict[int, int] = {}  # partition -> highest delay offset committed
+        self.committed: dict[int, int] = {}  # partition -> delay offset last committed
         self.trimmed: dict[int, int] = {}  # partition -> offset the brokers deleted below
         self.in_flight = 0
         self.refused = False

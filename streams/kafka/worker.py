@@ -26,7 +26,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from handlers.service import ServiceDefinition
-from streams.engine.delay import DelayProcessor
+from streams.engine.delay import DelayProcessor, LogRewound
 from streams.engine.holding import Holding
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
@@ -270,12 +270,12 @@ class Worker:
     def _trusted_step(
         self, batch: list[Message], positions: dict[int, int], closing: bool = False
     ) -> Snapshot | None:
-        """:meth:`_stepped`, unless a partition's spill failed during the step or since the
-        last one (streams/engine/spill.py): then nothing of it is committed, and the owned
-        partitions are restored from what is (Kafka thread)."""
+        """:meth:`_stepped`, unless a spill failed during the step or since the last one
+        (streams/engine/spill.py), or a delay log was made again: then nothing of it is
+        committed, and the owned partitions are restored from what is (Kafka thread)."""
         try:
             snapshot = self._stepped(batch, positions, closing)
-        except SpillFailed as raised:
+        except (SpillFailed, LogRewound) as raised:
             self._recover_from_spill(raised)
             return None
         failed = self._ownership.spill_failure()
@@ -284,11 +284,11 @@ class Worker:
             return None
         return snapshot
 
-    def _recover_from_spill(self, failure: SpillFailed) -> None:
-        """A partition's spill failed: let what was submitted before commit (it was taken
-        before the failure), then restore every owned partition from Kafka, with new
-        spills, as after a failed commit (Kafka thread)."""
-        self._count_spill_failure(failure)
+    def _recover_from_spill(self, failure: SpillFailed | LogRewound) -> None:
+        """A spill failed, or a delay log was made again: let what was submitted commit, then
+        restore the owned partitions from Kafka, as after a failed commit (Kafka thread)."""
+        if isinstance(failure, SpillFailed):
+            self._count_spill_failure(failure)
         log.error("%s; restoring owned partitions from Kafka", failure)
         stuck = isinstance(self._finish_commits(), TimeoutError)
         self._recover(settled=stuck)

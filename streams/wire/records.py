@@ -320,6 +320,14 @@ class Delayed(_Record):
             )
         return self
 
+    def release_time(self) -> float:
+        """When to release it: its due time, or ``START_LEAD`` before it for the start of a
+        scheduled invocation, so that the release transaction and the ingress fetch (a few
+        ms) overlap the wait; the partition then queues the invocation when it is due.
+        Timers (sleeps, call deadlines) go at their due time: a waiting handler wakes."""
+        due = self.due.timestamp()
+        return due - START_LEAD if self.start is not None else due
+
     def released(self) -> Start | Completion | Invoke:
         """The record to put on the ingress topic when due."""
         inner = self.start or self.completion or self.invoke

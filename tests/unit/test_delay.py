@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from streams.engine import delay, holding
 from streams.engine.buckets import Deliver, Fetched
-from streams.engine.delay import DelayProcessor
+from streams.engine.delay import DelayProcessor, LogRewound
 from streams.engine.holding import Holding
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out
@@ -1203,16 +1203,15 @@ async def test_after_reading_many_records_freed_heap_memory_goes_back_to_the_os(
     assert trims == [True]
 
 
-async def test_records_below_the_start_offset_are_skipped_not_a_crash() -> None:
-    """A delay log that lost its end (deleted and made again): the committed offset is past
-    it, the consumer resets to the log's start, and each record below the start offset
-    raised out of on_message (the offset set refuses offsets below its base), ending the
-    worker at every take-over."""
+async def test_a_record_below_the_start_offset_says_the_log_was_made_again() -> None:
+    """The delay topic made again under a worker: its consumer resets to the log's start,
+    and each record there raised a ValueError out of on_message (below the offset set's
+    base), which ended the worker. ``LogRewound`` has the worker restore its partitions
+    (the take-over then reads the log from its start)."""
     log, clock = Log(), Clock()
-    old = [log.delayed(T0 + 1) for _ in range(3)]
+    log.delayed(T0 + 1)
     rig = Rig(log, clock, start=2)
-    rig.read = 0  # as the consumer reset to the log's start
-    rig.feed()
-    rig.tick(T0 + 2)
-    assert set(rig.released) == {old[2]}, "one below the start offset was released again"
+    key, value = log.records[0]
+    with pytest.raises(LogRewound, match="delay 0@0, below 2"):
+        rig.processor.on_message(key, value, 0)
     assert rig.processor.pending == 0

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import TopicPartition
 
+from streams.engine.delay import LogRewound
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.spill import SpillFailed
@@ -203,3 +204,24 @@ def test_a_hand_over_that_fails_as_the_worker_stops_still_closes_the_rest(
     assert raised.value is failure
     assert closed == ["consumer", "restorer", "offset reader", "producers"]
     assert not worker._committer._thread.is_alive(), "the committer's thread outlives the run"
+
+
+def test_a_delay_log_made_again_under_the_worker_restores_rather_than_ends_it(
+    worker: Worker,
+) -> None:
+    """A delay record below where its processor began (``LogRewound``) left the step and
+    ended the Kafka thread; nothing of the step is committed, and the partitions are
+    restored (the take-over reads the new log from its start), not counted as a spill's."""
+    rewound = LogRewound("delay 3@0, below 700")
+
+    def step(*args: object, **kwargs: object) -> Snapshot:
+        raise rewound
+
+    worker._stepped = step  # type: ignore[method-assign]
+    recovered: list[object] = []
+    worker._recover = lambda **kwargs: recovered.append(kwargs)  # type: ignore[method-assign]
+    worker._finish_commits = lambda: None  # type: ignore[method-assign]
+    worker._committer = SimpleNamespace(clear=lambda: recovered.append("cleared"))  # type: ignore[assignment]
+    assert worker._trusted_step([], {}) is None
+    assert recovered == [{"settled": False}, "cleared"]
+    assert worker._setbacks._spill_failures == [], "counted as a spill failure"

@@ -169,22 +169,23 @@ def test_partitions_are_named_by_topic_for_the_log() -> None:
     assert by_topic([]) == "nothing"
 
 
-async def test_a_delay_partition_whose_log_ends_before_its_committed_offset_starts_there(
+async def test_a_delay_partition_whose_log_ends_before_its_committed_offset_is_read_whole(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Its log deleted and made again (committed offset 7, end 3): the records from 3 on
-    are new delayed messages, and were skipped as if below the committed offset."""
+    """Its log deleted and made again (committed offset 7, end 3): every record it holds
+    is a delayed message nobody read. The first raised out of the processor, below the
+    offset set's base, and ended the worker at every take-over."""
     owner = ownership()
     await owner.assign(ASSIGNED, {1: 3}, lambda processors: None)
     try:
         delay = owner.delays[1]
-        assert delay.commit_offset() == 3
+        assert delay.commit_offset() == 0
         log = Log()
         log.delayed(time.time() + 3600)
         key, value = log.records[0]
-        delay.on_message(key, value, 3)  # written since the log was made again
-        assert delay.pending == 1, "a new delayed message was skipped"
-        assert delay.commit_offset() == 3
+        delay.on_message(key, value, 0)
+        assert delay.pending == 1, "a delayed message of the new log was not taken"
+        assert delay.commit_offset() == 0
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert any("committed offset 7 is past its end 3" in e for e in errors), errors
     finally:

@@ -80,3 +80,18 @@ def test_a_deletion_still_to_be_answered_keeps_no_admin_client_alive() -> None:
     assert gone() is None, "the answer to come holds the admin client"
     for future in pending.values():
         future.set_result(None)  # answered after: nothing left to destroy
+
+
+def test_a_committed_offset_that_moved_back_is_where_deleting_stops() -> None:
+    """The delay topic made again (Ownership.assign reads it from its start): the highest
+    offset ever committed was kept, and the new log's records below it, pending, deleted."""
+    admin = Admin()
+    t = trimmer(admin)
+    t.committed([TopicPartition(TOPIC, 0, 500)])
+    t.tick()
+    for future in admin.asked[0].values():
+        future.set_result(None)
+    t.committed([TopicPartition(TOPIC, 0, 0)])
+    t.committed([TopicPartition(TOPIC, 0, 40)])
+    t.tick()
+    assert [(tp.partition, tp.offset) for tp in admin.asked[1]] == [(0, 40)]
