@@ -84,10 +84,13 @@ app.task(declare_outputs)
 async def place(stream: faust.StreamT[Order]) -> None:
     async for order in stream:
         counter = Target(service="Counter", key=order.customer, handler="add")
-        try:
-            total = await kourier.request(counter, order.amount)
-        except CallTimedOut as slow:  # leaving the agent would acknowledge the order
-            total = await kourier.attach(slow.invocation_id)  # the same call's outcome
+        asking = kourier.request(counter, order.amount)
+        while True:
+            try:
+                total = await asking
+                break
+            except CallTimedOut as slow:  # leaving the agent would acknowledge the order
+                asking = kourier.attach(slow.invocation_id)  # the same call's outcome
         await totals.send(
             key=order.customer.encode(),
             value=Total(order=order.id, customer=order.customer, total=total),

@@ -140,10 +140,11 @@ class Context(ABC):
     @overload
     def run(self, name: str, action: Action, *, type_hint: type[T]) -> DurableFuture[T]: ...
 
+    @overload  # any other type form pydantic validates (``int | None``, ``Annotated``, ...)
+    def run(self, name: str, action: Action, *, type_hint: Any) -> DurableFuture[Any]: ...
+
     @abstractmethod
-    def run(
-        self, name: str, action: Action, *, type_hint: type[Any] | None = None
-    ) -> DurableFuture[Any]:
+    def run(self, name: str, action: Action, *, type_hint: Any = None) -> DurableFuture[Any]:
         """Run a side effect once and journal its result.
 
         Once journaled it is never executed again; a crash between the effect
@@ -169,8 +170,11 @@ class ObjectSharedContext(Context):
     @overload
     async def get(self, name: str, type_hint: type[T]) -> T | None: ...
 
+    @overload  # any other type form pydantic validates (``int | None``, ``Annotated``, ...)
+    async def get(self, name: str, type_hint: Any) -> Any: ...
+
     @abstractmethod
-    async def get(self, name: str, type_hint: type[Any] | None = None) -> Any:
+    async def get(self, name: str, type_hint: Any = None) -> Any:
         """The state value ``name``, or ``None``; validated as ``type_hint`` when given
         (a stored value that does not fit raises :class:`TerminalError` 500)."""
 

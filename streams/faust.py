@@ -215,15 +215,20 @@ def _tls_context(kafka: Mapping[str, str]) -> ssl.SSLContext:
 
 
 class CallTimedOut(TimeoutError):
-    """No outcome of a :meth:`Kourier.request` (or :meth:`Kourier.attach`) within its bound;
-    the invocation goes on. ``invocation_id`` names it for :meth:`Kourier.attach`, which
-    waits for the same outcome: calling again would be another call, under a new derived
-    key. Caught in the agent, so that the event waits too: an exception that leaves an
-    agent acknowledges its event (Faust restarts the agent), and it is not delivered again."""
+    """No outcome of a :meth:`Kourier.request` (or :meth:`Kourier.attach`) within its bound,
+    or a record of any of the three verbs not known to be written: the invocation goes on, or
+    may. ``invocation_id`` names it for :meth:`Kourier.attach`, which waits for the same
+    outcome: calling again would be another call, under a new derived key. Caught in the
+    agent, so that the event waits too: an exception that leaves an agent acknowledges its
+    event (Faust restarts the agent), and it is not delivered again. (A plain
+    ``TimeoutError``: no catalog of services in time, and nothing written.)"""
 
     def __init__(self, message: str, invocation_id: str) -> None:
-        super().__init__(message)
+        super().__init__(message, invocation_id)  # both in args: it copies and pickles
         self.invocation_id = invocation_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class Kourier(Service):  # mode.Service: started and stopped with the app
@@ -396,9 +401,11 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                 raise TimeoutError(
                     f"no catalog of services within {limit:g}s; nothing was written"
                 ) from None
-            raise TimeoutError(
+            assert record.invocation_id is not None
+            raise CallTimedOut(
                 f"{target.path()} was not written within {limit:g}s; invocation "
-                f"{record.invocation_id} may have been"
+                f"{record.invocation_id} may have been (kourier.attach() waits for it)",
+                record.invocation_id,
             ) from None
         return record
 

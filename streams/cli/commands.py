@@ -44,7 +44,7 @@ def say(message: str) -> None:
 def broker_start(args: argparse.Namespace) -> int:
     if args.port and args.port + args.nodes - 1 > 65535:  # the other nodes take the next ones
         raise ValueError(f"--port {args.port} leaves no room for {args.nodes} nodes' ports")
-    if args.port:  # a broker of --data already running elsewhere is not the one asked for
+    if args.port and args.nodes == 1:  # its broker running elsewhere is not the one asked for
         _on_port(args)
     began = time.monotonic()
     say(f"kourier: resolving Apache Kafka {broker.kafka_version()} with Maven ...")
@@ -512,9 +512,12 @@ def call(args: argparse.Namespace) -> int:
             # whether it is new (Client.send_to).
             waits = not sending or send_may_repeat(target, args.idempotency_key, inv_id)
             if target.service not in services:
-                what, refused = ("message", "dead-letters it") if sending else (
-                    "call", "answers 404")  # fmt: skip
-                said = "and this command with it" if waits else "and this command returns"
+                what = "message" if sending else "call"
+                refused = "answers 404" if waits else "dead-letters it"
+                said = "and this command returns"
+                if waits:
+                    said = f"and this command {'with it' if timeout is None else 'up to '}"
+                    said += args.timeout or ""
                 say(f"kourier: no worker has announced {target.service}: with no worker running,"
                     f" the {what} waits in Kafka until one does, {said}; a running worker that"
                     f" does not host it {refused} (`kourier services` lists those"

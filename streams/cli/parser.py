@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--idempotency-key")
         if name == "send":
             cmd.add_argument("--delay", help="run no earlier than this: 500ms, 5s, 10m, PT1H")
-        waits = "the call" if name == "call" else "a send a worker must accept (a key, a run)"
+        waits = "the call" if name == "call" else "Kafka, and a worker's accepting (a key, a run)"
         cmd.add_argument(
             "--timeout", help=f"stop waiting for {waits} after this (500ms, 5s, PT1M); it goes on"
         )

@@ -460,9 +460,7 @@ class InvocationContext(WorkflowContext):
                     self.invocation.timer(index, due, fired)
         return _EntryFuture(self, index)
 
-    def run(
-        self, name: str, action: Action, *, type_hint: type[Any] | None = None
-    ) -> DurableFuture[Any]:
+    def run(self, name: str, action: Action, *, type_hint: Any = None) -> DurableFuture[Any]:
         serde = None if type_hint is None else Serde(type_hint)  # a bad hint: nothing journaled
         index, entry = self._step("run", name=name)
         if entry is None:
@@ -479,7 +477,7 @@ class InvocationContext(WorkflowContext):
             raise TerminalError(f"{handler.path} is a service's handler, and services have "
                                 "no state: use a virtual object or a workflow")  # fmt: skip
 
-    async def get(self, name: str, type_hint: type[T] | None = None) -> Any:
+    async def get(self, name: str, type_hint: Any = None) -> Any:
         self._stateful()
         _index, entry = self._step("get", name=name)
         if entry is None:

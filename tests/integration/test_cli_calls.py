@@ -90,6 +90,10 @@ async def test_a_call_no_worker_hosts_says_so_and_names_its_invocation_first(
 
         await poll_until(told, True, 60, "the call's notice and invocation id")
         assert process.poll() is None, "the call ended instead of waiting for a worker"
+        assert (
+            "the call waits in Kafka until one does, and this command with it; a running"
+            " worker that does not host it answers 404" in log.read_text()
+        )
     finally:
         await asyncio.to_thread(stop_process, process)
     sent = await asyncio.to_thread(_kourier, topics, "send", "Nowhere/run", "1")
@@ -110,7 +114,8 @@ async def test_a_send_a_worker_must_accept_names_its_invocation_and_takes_a_time
     done = await asyncio.to_thread(_kourier, topics, *args)
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
-    assert "the message waits in Kafka until one does, and this command with it" in done.stderr
+    assert "the message waits in Kafka until one does, and this command up to 1s;" in done.stderr
+    assert "a running worker that does not host it answers 404" in done.stderr
     said = re.search(r"^invocation (inv_[0-9a-f]+)$", done.stderr, re.MULTILINE)
     assert said is not None, done.stderr
     assert f"no answer within 1s; invocation {said.group(1)} may still run" in done.stderr

@@ -4,6 +4,7 @@ idempotency keys it derives from Faust events."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -353,8 +354,11 @@ async def test_call_and_send_are_bounded_by_within_too(
     target = Target(service="Greeter", handler="greet")
     bound = timedelta(seconds=0.1)
     asking = getattr(kourier, verb)(target, "ada", idempotency_key="k1", within=bound)
-    with pytest.raises(TimeoutError, match="may have been"):
+    with pytest.raises(integration.CallTimedOut, match="may have been") as slow:
         await asyncio.wait_for(asking, 5)
+    assert slow.value.invocation_id == ids.idempotent_id("Greeter", None, "greet", "k1")
+    again = pickle.loads(pickle.dumps(slow.value))  # as a process pool hands it back
+    assert (str(again), again.invocation_id) == (str(slow.value), slow.value.invocation_id)
     assert kourier._client.awaited == 0, "an outcome still expected"
 
 

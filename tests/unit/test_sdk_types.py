@@ -7,6 +7,8 @@ from pathlib import Path
 from mypy import api
 
 HANDLER = """
+from typing import Annotated
+
 from handlers.context import ObjectContext
 
 
@@ -16,12 +18,15 @@ async def handler(ctx: ObjectContext) -> None:
     reveal_type(ctx.run("a", lambda: 1))
     reveal_type(ctx.run("a", lambda: 1, type_hint=None))
     reveal_type(ctx.run("a", lambda: 1, type_hint=str))
+    reveal_type(await ctx.get("n", int | None))
+    reveal_type(ctx.run("a", lambda: 1, type_hint=Annotated[int, "positive"]))
 """
 
 
 def test_a_type_hint_types_the_value_and_none_is_accepted(tmp_path: Path) -> None:
-    """``get(name, int)`` was ``Any``, and ``run(..., type_hint=None)``, which the runtime
-    takes, matched no overload (an error under --strict)."""
+    """``get(name, int)`` was ``Any``; ``run(..., type_hint=None)``, and a type form that is
+    not a class (``int | None``, ``Annotated``), which the runtime takes, matched no overload
+    (an error under --strict)."""
     source = tmp_path / "handler.py"
     source.write_text(HANDLER)
     out, err, _code = api.run(["--strict", "--no-incremental", "--cache-dir=/dev/null",
@@ -34,5 +39,7 @@ def test_a_type_hint_types_the_value_and_none_is_accepted(tmp_path: Path) -> Non
         '"handlers.context.DurableFuture[Any]"',
         '"handlers.context.DurableFuture[Any]"',
         '"handlers.context.DurableFuture[str]"',
+        '"Any"',
+        '"handlers.context.DurableFuture[Any]"',
     ], out + err
     assert "error" not in out, out
