@@ -41,6 +41,7 @@ from typing import Any
 import faust
 from aiokafka.errors import MessageSizeTooLargeError
 from faust.agents.agent import current_agent
+from faust.exceptions import ProducerSendError
 from faust.streams import current_event
 from faust.types import AppT, EventT
 from mode import Service
@@ -496,8 +497,13 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                 force=True,
             )
             await delivery
-        except MessageSizeTooLargeError as error:  # the topic takes less than Kourier does
-            raise TerminalError(f"Kafka did not take the record: {error}", 413) from None
+        except (MessageSizeTooLargeError, ProducerSendError) as error:
+            # The topic's refusal comes as it is; the producer's own (an app's lower
+            # producer_max_request_size), wrapped by Faust's send.
+            cause = error.__cause__ if isinstance(error, ProducerSendError) else error
+            if not isinstance(cause, MessageSizeTooLargeError):
+                raise
+            raise TerminalError(f"Kafka did not take the record: {cause}", 413) from None
 
 
 class _Outcomes(faust.Channel[ResponseRecord]):

@@ -93,7 +93,8 @@ class Client:
         ``MissingTopics`` when the namespace's topics are not there, ``KafkaUnavailable``
         when Kafka does not answer, and Kafka's ``KafkaException`` (``_SSL``,
         ``_AUTHENTICATION``) at once when the brokers refuse the connection's TLS or SASL
-        settings."""
+        settings. Started already, or starting, it waits for that start and does nothing
+        more."""
         await self._kafka.start()
 
     async def close(self) -> None:

@@ -119,6 +119,13 @@ class Connection:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start, unless running: a start under way is waited for, and tried again only if
+        it failed (two would each make a producer, a reader and threads, the first's left
+        running with nothing to stop them)."""
+        while self._starting is not None and not self._starting.done():
+            await asyncio.shield(self._starting)
+        if self.running:
+            return
         self._loop = asyncio.get_running_loop()
         self._starting = starting = self._loop.create_future()  # a close waits for it
         try:

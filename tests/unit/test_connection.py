@@ -322,6 +322,46 @@ async def test_a_start_after_a_cancelled_close_waits_for_that_close(
     assert isinstance(connection._producer, Quiet), "the old shutdown left the new one alone"
 
 
+async def test_a_second_start_makes_no_second_set_of_kafka_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two starts, together or one after the other, each made a producer, a reader, a stall
+    watch and two threads; the first set ran on with nothing to stop it."""
+    asked, answered = asyncio.Event(), asyncio.Event()
+    made: list[object] = []
+
+    async def watch_nothing(*args: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def kafka_answers_later(*args: Any, **kwargs: Any) -> None:
+        asked.set()
+        await answered.wait()
+
+    def producer(*args: Any) -> Quiet:
+        made.append("producer")
+        return Quiet()
+
+    monkeypatch.setattr(connection_module, "Producer", producer)
+    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
+    monkeypatch.setattr(connection_module, "watch", watch_nothing)
+    monkeypatch.setattr(asyncio, "to_thread", kafka_answers_later)  # the reader's assignment
+    for thread_role in ("_pump", "_deliveries"):
+        monkeypatch.setattr(Connection, thread_role, lambda self: None)
+    connection = Connection(Settings(namespace="unit"), Topics("unit"))
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    first = asyncio.ensure_future(connection.start())
+    await asyncio.wait_for(asked.wait(), 5)
+    second = asyncio.ensure_future(connection.start())
+    await asyncio.sleep(0)
+    assert not second.done(), "the second start did not wait for the first"
+    answered.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    await connection.start()  # running: nothing more
+    assert made == ["producer"]
+    assert connection.running
+    connection._stalls.cancel()
+
+
 @pytest.mark.parametrize("followed_past_it", [False, True])
 def test_a_catalog_read_to_its_end_finds_a_handler_added_to_a_known_service(
     followed_past_it: bool, monkeypatch: pytest.MonkeyPatch

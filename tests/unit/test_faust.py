@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import faust
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 
 from handlers import TerminalError
 from streams import faust as integration
@@ -401,6 +402,17 @@ async def test_a_record_the_topic_refuses_as_too_large_is_a_413(
     with pytest.raises(TerminalError) as refused:
         await kourier.send(Target(service="Greeter", handler="greet"), "ada", idempotency_key="k")
     assert refused.value.status_code == 413
+
+    async def wrapped(**record: object) -> None:  # as Faust's send wraps aiokafka's errors
+        try:
+            raise MessageSizeTooLargeError()  # the producer's own limit, below Kourier's
+        except MessageSizeTooLargeError as error:
+            raise ProducerSendError(f"Error while sending: {error!r}") from error
+
+    monkeypatch.setattr(kourier.ingress, "send", wrapped)
+    with pytest.raises(TerminalError) as refused:
+        await kourier.send(Target(service="Greeter", handler="greet"), "ada", idempotency_key="k")
+    assert refused.value.status_code == 413, "Faust's wrapping went past the 413"
 
 
 async def test_a_record_a_worker_would_dead_letter_is_a_400_and_not_sent(
