@@ -78,6 +78,7 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.topics = Topics(self.settings.namespace)
         self._kafka = Connection(self.settings, self.topics)
+        self._refreshing: asyncio.Future[None] | None = None  # the catalog's read under way
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -133,9 +134,19 @@ class Client:
         """The services workers have announced: the catalog as read to its end when the
         client started (for at most 10 s), and followed since. With ``refresh``, read to
         its end again first: the follower reads with a long fetch wait, so a service
-        announced a moment ago may not have reached it yet."""
+        announced a moment ago may not have reached it yet. Refreshes asked for while one
+        is under way share it: each call to a service no worker announced asks for one (two
+        Kafka consumers each), and a burst of them made as many."""
         if refresh:
-            await asyncio.to_thread(self._kafka.catch_up_catalog)
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.ensure_future(
+                    asyncio.to_thread(self._kafka.catch_up_catalog)
+                )
+                # Its failure is raised to each caller; one all left is not logged as lost.
+                self._refreshing.add_done_callback(
+                    lambda read: read.cancelled() or read.exception()
+                )
+            await asyncio.shield(self._refreshing)  # a cancelled caller stops no one's read
         return self.services
 
     # -- producing --------------------------------------------------------------------

@@ -446,3 +446,33 @@ async def test_health_says_503_once_the_producer_failed_for_good() -> None:
         reply = await http.get("/health")
         assert reply.status == 503
         assert "unknown producer id" in (await reply.json())["reason"]
+
+
+async def test_catalog_refreshes_asked_together_share_one_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each call to a service no worker announced refreshes the catalog (two Kafka consumers
+    each, on a thread each): a burst of 32 HTTP calls to one made 32 reads at once."""
+    client = Client(Settings(namespace="unit"))
+    reading, read = threading.Event(), threading.Event()
+    reads: list[int] = []
+
+    def catch_up() -> None:
+        reads.append(1)
+        reading.set()
+        read.wait(10)
+
+    monkeypatch.setattr(client._kafka, "catch_up_catalog", catch_up)
+    asking = [asyncio.ensure_future(client.catalog(refresh=True)) for _ in range(32)]
+    await asyncio.to_thread(reading.wait, 10)
+    asking[0].cancel()  # one caller gone: the others' read goes on
+    await asyncio.sleep(0)
+    read.set()
+    await asyncio.wait_for(asyncio.gather(*asking[1:]), 10)
+    assert reads == [1]
+    read.clear()
+    refreshing = asyncio.ensure_future(client.catalog(refresh=True))  # a later one reads again
+    await asyncio.to_thread(reading.wait, 10)
+    read.set()
+    await asyncio.wait_for(refreshing, 10)
+    assert reads == [1, 1]
