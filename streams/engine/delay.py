@@ -16,7 +16,7 @@ time; a later one is held as its offset alone, in a bucket per due second, with 
 an ``OffsetSet`` saying whether it is still pending. Once the earliest bucket comes within
 ``LEAD`` (10 s), a ``DelayReader`` (``streams.kafka``) reads back every bucket now inside
 the horizon on a thread of its own. The invariant: every pending message due before
-``_loaded_until`` (a whole second that only grows) is held in full, being read back or
+``_loaded_until`` (a whole second that grows with the clock) is held in full, being read back or
 waiting in ``_overdue`` (a backlog), and buckets hold only later ones, so a short delay
 never waits for a read-back.
 
@@ -288,8 +288,12 @@ class DelayProcessor:
     # -- horizon and read-back -------------------------------------------------------------
 
     def _extend_horizon(self, now: float) -> None:
-        """Move the horizon forward when no bucket would fall behind it."""
+        """Move the horizon forward when no bucket would fall behind it; back with a clock
+        that stepped back, or every message due within the step would be held in full."""
         limit = math.floor(now + self._horizon)
+        if limit < self._loaded_until - 1:  # (buckets are at or past it: they stay behind)
+            self._loaded_until = limit
+            return
         earliest = self._far.earliest
         if limit > self._loaded_until and (earliest is None or earliest >= limit):
             self._loaded_until = limit

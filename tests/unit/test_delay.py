@@ -1215,3 +1215,24 @@ async def test_a_record_below_the_start_offset_says_the_log_was_made_again() -> 
     with pytest.raises(LogRewound, match="delay 0@0, below 2"):
         rig.processor.on_message(key, value, 0)
     assert rig.processor.pending == 0
+
+
+async def test_after_the_clock_steps_back_far_messages_wait_as_offsets() -> None:
+    """The horizon only grew: after a step back of an hour, every message read that was due
+    within the hour and 30 s was held in full (memory, and the worker's holding count that
+    holds a backlog back) until the clock caught up with where it had been."""
+    log, clock = Log(), Clock()
+    rig = Rig(log, clock)
+    rig.feed()
+    back = T0 - 3600  # the clock stepped back an hour
+    clock.now = back
+    far = log.delayed(back + 600)  # due in ten minutes, now
+    near = log.delayed(back + 5)
+    rig.feed()
+    assert rig.processor.held == 1, "a message due in ten minutes is held in full"
+    rig.tick(back + 6)
+    assert set(rig.released) == {near}
+    rig.tick(back + 595)  # within the read-back lead of the far one
+    assert rig.fetcher.serve() == [far]
+    rig.tick(back + 600)
+    assert set(rig.released) == {near, far}
