@@ -8,12 +8,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from streams.cli import dump, output
-from streams.errors import KourierError, ServeError
+from streams.errors import ServeError
 from streams.kafka import broker
 from streams.settings import Settings
 from streams.wire.topics import Topics
@@ -24,7 +24,8 @@ ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DEFAULT_DATA = broker.cache_dir() / "broker"  # KOURIER_CACHE moves it, as the jars
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The environment's settings, with what the command's flags say instead."""
     return Settings.from_env(
         bootstrap_servers=getattr(args, "bootstrap_servers", None),
         namespace=getattr(args, "namespace", None),
@@ -42,6 +43,12 @@ def say(message: str) -> None:
 
 
 def broker_start(args: argparse.Namespace) -> int:
+    """Start a broker or a cluster. A signal that ends the command while it starts them
+    stops what it started (broker.start and start_cluster clean up on the way out)."""
+    return _ended_by_signals(lambda: _broker_start(args))
+
+
+def _broker_start(args: argparse.Namespace) -> int:
     if args.port and args.port + args.nodes - 1 > 65535:  # the other nodes take the next ones
         raise ValueError(f"--port {args.port} leaves no room for {args.nodes} nodes' ports")
     if args.port and args.nodes == 1:  # its broker running elsewhere is not the one asked for
@@ -149,7 +156,7 @@ def schema(args: argparse.Namespace) -> int:
 def topics_create(args: argparse.Namespace) -> int:
     from streams.kafka.admin import create_topics
 
-    states = create_topics(_settings(args))
+    states = create_topics(settings_of(args))
     if args.json:  # the lines below are the established output, piped or not
         rows = [
             {
@@ -194,7 +201,7 @@ def _ensure_topics(args: argparse.Namespace, settings: Settings, mend: bool = Tr
 def topics_describe(args: argparse.Namespace) -> int:
     from streams.kafka.admin import describe_topics
 
-    described = describe_topics(_settings(args))
+    described = describe_topics(settings_of(args))
     output.emit(args, described, output.topics)
     for warning in described["warnings"]:
         say(f"kourier: warning: {warning}")
@@ -218,7 +225,7 @@ def acls(args: argparse.Namespace) -> int:
         principals[role] = principal
     if not principals:
         raise ValueError("name whom to grant: --worker User:NAME, --client User:NAME or both")
-    settings = _settings(args)
+    settings = settings_of(args)
     wanted = needed(settings.namespace, principals)
     if args.apply:
         create_acls(settings, wanted)
@@ -293,7 +300,7 @@ def worker(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     spill.probe()
     sys.path.insert(0, ".")
-    settings = _settings(args)
+    settings = settings_of(args)
     services = load_services(args.module)
     _ensure_topics(args, settings)
     worker = Worker(settings, services, worker_id=args.worker_id)
@@ -344,7 +351,7 @@ def ingress(args: argparse.Namespace) -> int:
 
     _configure_logging()
     spill.probe()  # the admin index spills too (streams/http/index_spill.py)
-    settings = _settings(args)
+    settings = settings_of(args)
     _ensure_topics(args, settings, mend=False)  # (its principal may not read settings)
 
     async def main(stop: Any) -> None:
@@ -367,8 +374,15 @@ def ingress(args: argparse.Namespace) -> int:
 def dev(args: argparse.Namespace) -> int:
     """Broker (unless KOURIER_BOOTSTRAP_SERVERS is set), topics, worker and ingress in one go.
     The brokers it starts run in sessions of their own: it stops them itself, whichever of
-    SIGINT, SIGTERM and SIGHUP (a closed terminal) ends it, and whenever; a second signal
-    waits for that clean-up. The process's handlers are as they were once it returns."""
+    SIGINT, SIGTERM and SIGHUP (a closed terminal) ends it, and whenever."""
+    return _ended_by_signals(lambda: _dev(args))
+
+
+def _ended_by_signals(run: Callable[[], int]) -> int:
+    """``run()``, which SIGINT, SIGTERM and SIGHUP end as an exception (``SystemExit``), so
+    that its clean-up runs (the brokers it started run in sessions of their own, and the
+    default SIGTERM left them running); a second signal waits for that clean-up. The
+    process's handlers are as they were once it returns."""
     previous = {sig: signal.getsignal(sig) for sig in ENDING}
 
     def leave(signum: int, frame: object) -> None:  # outside the event loop's own handlers
@@ -378,7 +392,7 @@ def dev(args: argparse.Namespace) -> int:
     for sig in ENDING:
         signal.signal(sig, leave)
     try:
-        return _dev(args)
+        return run()
     finally:
         _restore(previous)
 
@@ -410,7 +424,7 @@ def _dev(args: argparse.Namespace) -> int:
     services = load_services(args.module)
     data_dir = Path(args.data)
     started: list[Path] = []  # data directories of the brokers this command started
-    settings = _settings(args)  # refused before a broker starts that nothing would stop
+    settings = settings_of(args)  # refused before a broker starts that nothing would stop
     try:
         if not (os.environ.get("KOURIER_BOOTSTRAP_SERVERS") or args.bootstrap_servers):
             # Brokers already running from --data (another `kourier dev`, `kourier broker
@@ -464,100 +478,10 @@ def _dev(args: argparse.Namespace) -> int:
         _leave_blocked_actions()
 
 
-def _parse_target(text: str) -> Any:
-    from streams.wire.records import Target
-
-    parts = text.strip("/").split("/")
-    if len(parts) == 2:
-        return Target(service=parts[0], handler=parts[1])
-    if len(parts) == 3:
-        return Target(service=parts[0], key=parts[1], handler=parts[2])
-    raise ValueError(f"target {text!r} must be Service/handler or Object/key/handler")
-
-
-def call(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from streams.client import Client, SendReceipt
-    from streams.client.client import send_may_repeat
-    from streams.http.routes import parse_duration
-    from streams.wire.records import Response, load_json
-
-    target = _parse_target(args.target)
-    try:  # as the HTTP ingress reads a body: NaN would go as null, silently
-        argument = load_json(args.argument) if args.argument is not None else None
-    except RecursionError:
-        raise ValueError("the argument is nested deeper than the JSON parser goes") from None
-    except ValueError as error:
-        raise ValueError(
-            f"the argument {args.argument[:200]!r} is not JSON ({error}); a string is quoted:"
-            " '\"ada\"'"
-        ) from None
-    delay = None if getattr(args, "delay", None) is None else parse_duration(args.delay)
-    timeout = None
-    if getattr(args, "timeout", None) is not None:
-        try:
-            timeout = parse_duration(args.timeout).total_seconds()
-        except KourierError:
-            raise ValueError(f"--timeout {args.timeout!r}: use 500ms, 5s, 10m or PT1M") from None
-
-    async def main() -> int:
-        async with Client(_settings(args)) as client:
-            services = await client.catalog()
-            if target.service not in services:  # announced a moment ago, perhaps
-                services = await client.catalog(refresh=True)
-            inv_id = client.invocation_id_for(target, args.idempotency_key)
-            sending = args.command == "send"
-            # A send that may meet an earlier one waits, as a call does, for a worker to say
-            # whether it is new (Client.send_to).
-            waits = not sending or send_may_repeat(target, args.idempotency_key, inv_id)
-            if target.service not in services:
-                what = "message" if sending else "call"
-                refused = "answers 404" if waits else "dead-letters it"
-                said = "and this command returns"
-                if waits:
-                    said = f"and this command {'with it' if timeout is None else 'up to '}"
-                    said += args.timeout or ""
-                say(f"kourier: no worker has announced {target.service}: with no worker running,"
-                    f" the {what} waits in Kafka until one does, {said}; a running worker that"
-                    f" does not host it {refused} (`kourier services` lists those"
-                    " announced)")  # fmt: skip
-            if waits:  # said before the wait, so that it can be looked up or cancelled
-                say(f"invocation {inv_id}")
-            key = args.idempotency_key
-            working: Awaitable[SendReceipt | tuple[str, Response]] = (
-                client.send_to(target, argument, delay=delay, idempotency_key=key,
-                               invocation_id=inv_id)
-                if sending
-                else client.call(target, argument, idempotency_key=key, invocation_id=inv_id)
-            )  # fmt: skip
-            try:
-                done = await asyncio.wait_for(working, timeout)
-            except TimeoutError:
-                attach = f"`kourier invocations attach {inv_id}`"
-                say(f"kourier: no answer within {args.timeout}; invocation {inv_id} may still"
-                    f" run, if it was written ({attach} waits for its outcome, or answers 404"
-                    " when there is none to wait for)")  # fmt: skip
-                return 1
-            if isinstance(done, SendReceipt):
-                print(json.dumps({"invocationId": done.invocation_id, "status": done.status}))
-                return 0
-            answered_as, response = done
-            if answered_as != inv_id:
-                say(f"answered as invocation {answered_as}")
-            if response.failure is not None:
-                print(json.dumps(response.failure.model_dump()))
-                return 1
-            print(json.dumps(response.value))
-            return 0
-
-    return asyncio.run(main())
-
-
 def dlq(args: argparse.Namespace) -> int:
     from streams.kafka import deadletters
 
-    settings = _settings(args)
+    settings = settings_of(args)
     if args.op == "list":
         letters = deadletters.read(settings, reason=args.reason, last=args.limit)
         output.emit(args, [letter.model_dump(mode="json") for letter in letters],

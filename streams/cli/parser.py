@@ -12,6 +12,7 @@ from typing import get_args
 
 from handlers.exceptions import TerminalError
 from streams.cli import admin as admin_api
+from streams.cli import calls
 from streams.cli import commands as run
 from streams.engine.journal import Status
 from streams.errors import KourierError
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _kafka_flags(cmd)
         _json_flag(cmd)  # what they print is JSON already: the result, or the receipt
-        cmd.set_defaults(func=run.call)
+        cmd.set_defaults(func=calls.call)
 
     invocations = commands.add_parser("invocations", help="list, inspect and control invocations")
     invocation_ops = invocations.add_subparsers(dest="op", required=True)

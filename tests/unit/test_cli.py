@@ -212,12 +212,12 @@ def test_a_call_the_client_refuses_is_one_line_not_a_traceback(
     ``kourier call`` and ``kourier send`` let out as a traceback. (The client's side is
     tested against the broker in tests/integration/test_bad_input.py.)"""
     from handlers.exceptions import TerminalError
-    from streams.cli import commands, parser
+    from streams.cli import calls, parser
 
     def refused(args: object) -> int:
         raise TerminalError("the record cannot be written as JSON: too deep", 400)
 
-    monkeypatch.setattr(commands, "call", refused)
+    monkeypatch.setattr(calls, "call", refused)
     for command in ("call", "send"):
         assert parser.main([command, "Relay/echo", "1"]) == 2
         err = capsys.readouterr().err.strip()
@@ -287,14 +287,14 @@ def test_kafkas_own_error_is_one_line_that_says_whether_to_try_again(
     line, exit 1 when Kafka may answer later, 2 when it refused or a topic is not there."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from streams.cli import commands, parser
+    from streams.cli import calls, parser
 
     def failing(args: object) -> int:
         raise KafkaException(
             KafkaError(getattr(KafkaError, code), retriable=code != "TOPIC_AUTHORIZATION_FAILED")
         )
 
-    monkeypatch.setattr(commands, "call", failing)
+    monkeypatch.setattr(calls, "call", failing)
     assert parser.main(["call", "Relay/echo", "1"]) == exit_code
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("kourier: error: Kafka: ")
@@ -526,3 +526,45 @@ def test_an_empty_kourier_cache_is_unset(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setenv("KOURIER_CACHE", "")
     assert broker.cache_dir() == Path.home() / ".cache" / "kourier"
+
+
+def test_a_signal_while_a_cluster_starts_stops_what_it_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGTERM's default ended ``kourier broker start`` at once, and the nodes it had
+    launched (sessions of their own) ran on; a second Ctrl-C cut the clean-up short."""
+    import os
+    import signal
+
+    from streams.cli import parser
+    from streams.kafka import broker
+
+    class Ended(Exception):
+        pass
+
+    def ended(signum: int, frame: object) -> None:  # this test's: the default would end it
+        raise Ended(signum)
+
+    steps: list[str] = []
+
+    def start_cluster(data_dir: Path, count: int, port: int) -> Any:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("went on")
+        except BaseException:
+            os.kill(os.getpid(), signal.SIGINT)  # a second, during the clean-up
+            steps.append("stopped what it started")
+            raise
+
+    monkeypatch.setattr(broker, "resolve_jars", lambda: tmp_path)
+    monkeypatch.setattr(broker, "start_cluster", start_cluster)
+    before = {sig: signal.signal(sig, ended) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(SystemExit) as exited:
+            parser.main(["broker", "start", "--nodes", "3", "--data", str(tmp_path)])
+        assert exited.value.code == 128 + signal.SIGTERM
+        assert steps == ["stopped what it started"]
+        assert signal.getsignal(signal.SIGTERM) is ended, "its handlers were not put back"
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,102 @@
+"""``kourier call`` and ``kourier send``: a call or a send through the Python client, its
+invocation id said before any wait, and a word when no worker hosts the service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable
+from typing import Any
+
+from streams.cli.commands import say, settings_of
+from streams.errors import KourierError
+
+
+def _parse_target(text: str) -> Any:
+    from streams.wire.records import Target
+
+    parts = text.strip("/").split("/")
+    if len(parts) == 2:
+        return Target(service=parts[0], handler=parts[1])
+    if len(parts) == 3:
+        return Target(service=parts[0], key=parts[1], handler=parts[2])
+    raise ValueError(f"target {text!r} must be Service/handler or Object/key/handler")
+
+
+def call(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.client import Client, SendReceipt
+    from streams.client.client import send_may_repeat
+    from streams.http.routes import parse_duration
+    from streams.wire.records import Response, load_json
+
+    target = _parse_target(args.target)
+    try:  # as the HTTP ingress reads a body: NaN would go as null, silently
+        argument = load_json(args.argument) if args.argument is not None else None
+    except RecursionError:
+        raise ValueError("the argument is nested deeper than the JSON parser goes") from None
+    except ValueError as error:
+        raise ValueError(
+            f"the argument {args.argument[:200]!r} is not JSON ({error}); a string is quoted:"
+            " '\"ada\"'"
+        ) from None
+    delay = None if getattr(args, "delay", None) is None else parse_duration(args.delay)
+    timeout = None
+    if getattr(args, "timeout", None) is not None:
+        try:
+            timeout = parse_duration(args.timeout).total_seconds()
+        except KourierError:
+            raise ValueError(f"--timeout {args.timeout!r}: use 500ms, 5s, 10m or PT1M") from None
+
+    async def main() -> int:
+        async with Client(settings_of(args)) as client:
+            services = await client.catalog()
+            if target.service not in services:  # announced a moment ago, perhaps
+                services = await client.catalog(refresh=True)
+            inv_id = client.invocation_id_for(target, args.idempotency_key)
+            sending = args.command == "send"
+            # A send that may meet an earlier one waits, as a call does, for a worker to say
+            # whether it is new (Client.send_to).
+            waits = not sending or send_may_repeat(target, args.idempotency_key, inv_id)
+            if target.service not in services:
+                what = "message" if sending else "call"
+                refused = "answers 404" if waits else "dead-letters it"
+                said = "and this command returns"
+                if waits:
+                    said = f"and this command {'with it' if timeout is None else 'up to '}"
+                    said += args.timeout or ""
+                say(f"kourier: no worker has announced {target.service}: with no worker running,"
+                    f" the {what} waits in Kafka until one does, {said}; a running worker that"
+                    f" does not host it {refused} (`kourier services` lists those"
+                    " announced)")  # fmt: skip
+            if waits:  # said before the wait, so that it can be looked up or cancelled
+                say(f"invocation {inv_id}")
+            key = args.idempotency_key
+            working: Awaitable[SendReceipt | tuple[str, Response]] = (
+                client.send_to(target, argument, delay=delay, idempotency_key=key,
+                               invocation_id=inv_id)
+                if sending
+                else client.call(target, argument, idempotency_key=key, invocation_id=inv_id)
+            )  # fmt: skip
+            try:
+                done = await asyncio.wait_for(working, timeout)
+            except TimeoutError:
+                attach = f"`kourier invocations attach {inv_id}`"
+                say(f"kourier: no answer within {args.timeout}; invocation {inv_id} may still"
+                    f" run, if it was written ({attach} waits for its outcome, or answers 404"
+                    " when there is none to wait for)")  # fmt: skip
+                return 1
+            if isinstance(done, SendReceipt):
+                print(json.dumps({"invocationId": done.invocation_id, "status": done.status}))
+                return 0
+            answered_as, response = done
+            if answered_as != inv_id:
+                say(f"answered as invocation {answered_as}")
+            if response.failure is not None:
+                print(json.dumps(response.failure.model_dump()))
+                return 1
+            print(json.dumps(response.value))
+            return 0
+
+    return asyncio.run(main())
