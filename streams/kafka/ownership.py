@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.engine.delay import DelayProcessor
@@ -83,6 +83,27 @@ def delay_ends(
     return {tp.partition: end for tp, end in zip(delays, ends, strict=True)}
 
 
+def rewound(
+    topics: Topics, committed: list[TopicPartition], ends: dict[int, int]
+) -> list[TopicPartition]:
+    """``committed``, with each delay partition whose log ends before its committed offset
+    (made again, or cut by a leader elected uncleanly) to be read from its start
+    (``OFFSET_BEGINNING``), so that nothing it holds is lost; logged as an error."""
+    taken = []
+    for tp in committed:
+        end = ends.get(tp.partition)
+        if tp.topic == topics.delay and end is not None and end < tp.offset:
+            log.error(
+                "%s[%d]'s committed offset %d is past its end %d: the log was deleted or cut;"
+                " it is read from its start, and a message it still holds that was released"
+                " before is released again",
+                tp.topic, tp.partition, tp.offset, end,
+            )  # fmt: skip
+            tp = TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
+        taken.append(tp)
+    return taken
+
+
 class Ownership:
     """The processors of the partitions a worker owns, and the ingress offsets consumed."""
 
@@ -128,18 +149,9 @@ class Ownership:
             for tp in committed:
                 if tp.topic == self.topics.delay:
                     start = max(tp.offset, 0)
-                    end = ends.get(tp.partition, start)
-                    if end < start:
-                        # The log was made again (or lost its end to a leader elected
-                        # uncleanly): read from its start, so that nothing it holds is lost.
-                        log.error(
-                            "%s[%d]'s committed offset %d is past its end %d: the log was"
-                            " deleted or cut; it is read from its start, and a message it"
-                            " still holds that was released before is released again",
-                            tp.topic, tp.partition, start, end,
-                        )  # fmt: skip
-                        start = 0
-                    self.delays[tp.partition] = self._new_delay(tp.partition, start, end)
+                    self.delays[tp.partition] = self._new_delay(
+                        tp.partition, start, ends.get(tp.partition, start)
+                    )
                     continue
                 if tp.offset >= 0:
                     self.offsets[tp.partition] = tp.offset

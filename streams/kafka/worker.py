@@ -44,7 +44,7 @@ from streams.kafka.offsets import (
     unread_offsets,
     worker_consumer,
 )
-from streams.kafka.ownership import Ownership, by_topic, delay_ends, offsets_lost
+from streams.kafka.ownership import Ownership, by_topic, delay_ends, offsets_lost, rewound
 from streams.kafka.pacing import Pacing
 from streams.kafka.restore import RestoreError, restore_partitions
 from streams.kafka.setbacks import SPILL_WINDOW, Setbacks, pause_unless
@@ -199,15 +199,14 @@ class Worker:
         """What this worker is doing, for a dump (``kill -USR1``, streams/cli/dump.py; on
         the loop): its partitions, the consumed offsets, the transaction in flight."""
         committer: Committer | None = getattr(self, "_committer", None)
+        stepped = self._pacing.stepped_at
         return {
             "worker": self._identity.worker_id,
             "stopping": self._stopping,
             "rebalances": self._rebalances,
             "commits": self.stats.commits,
             "effects_to_commit": self._steps.dirty,
-            "since_last_step_s": round(time.monotonic() - self._pacing.stepped_at, 3)
-            if self._pacing.stepped_at
-            else None,
+            "since_last_step_s": round(time.monotonic() - stepped, 3) if stepped else None,
             "restoring": self._ownership.restoring,
             "reading_ahead_to": self._steps.waiting,
             "consumed_offsets": dict(self._offsets),
@@ -255,9 +254,8 @@ class Worker:
     def _stepped(
         self, batch: list[Message], positions: dict[int, int], closing: bool = False
     ) -> Snapshot:
-        """Run a step on the loop; while held calls wait for a few records not read yet,
-        read those and run it again, up to ``_READ_AHEAD_RUNS`` times; the snapshot
-        (Kafka thread)."""
+        """Run a step on the loop, and again (``_READ_AHEAD_RUNS`` at most) while held calls
+        wait for records not read yet, read meanwhile; the snapshot (Kafka thread)."""
         snapshot = self._on_loop(self._steps.step(self._checked(batch), positions, closing))
         runs = 0
         while snapshot is None:  # ends: the last run keeps nothing, so it snapshots
@@ -270,9 +268,8 @@ class Worker:
     def _trusted_step(
         self, batch: list[Message], positions: dict[int, int], closing: bool = False
     ) -> Snapshot | None:
-        """:meth:`_stepped`, unless a spill failed during the step or since the last one
-        (streams/engine/spill.py), or a delay log was made again: then nothing of it is
-        committed, and the owned partitions are restored from what is (Kafka thread)."""
+        """:meth:`_stepped`, unless a spill failed (streams/engine/spill.py) or a delay log
+        was made again: then nothing is committed, and owned partitions restored (Kafka)."""
         try:
             snapshot = self._stepped(batch, positions, closing)
         except (SpillFailed, LogRewound) as raised:
@@ -478,7 +475,9 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
         self._group_metadata = None  # a new generation
-        self._take_over(partitions)
+        taken = self._take_over(partitions)
+        if any(tp.offset == OFFSET_BEGINNING for tp in taken):  # a delay log made again
+            consumer.assign(taken)  # (the others at their committed offsets, as by default)
 
     def _take_over(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Read the committed offsets, restore, start (Kafka thread); the offsets read.
@@ -501,6 +500,7 @@ class Worker:
                     # partition would be read again from its start, over its restored state.
                     raise KafkaException(failed.error)
                 ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
+                committed = rewound(self.topics, committed, ends)
                 self._on_loop(self._ownership.assign(committed, ends, self._restore))
                 offsets_lost(self._consumer, self.topics, self._group, committed, self.processors)
                 return committed

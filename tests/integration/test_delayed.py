@@ -6,12 +6,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.client import Client
 from streams.engine import buckets, delay
@@ -20,9 +20,11 @@ from streams.kafka.admin import admin_client
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.worker import Worker
 from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.records import Delayed, Invoke, Target, encode
 from streams.wire.topics import Topics
 from tests.integration import apps
-from tests.integration.conftest import WorkerProcesses
+from tests.integration.conftest import WorkerProcesses, in_process_worker
 from tests.integration.helpers import delay_watermarks, poll_until
 
 T = TypeVar("T")
@@ -332,3 +334,29 @@ async def test_a_far_send_is_carried_forward_past_released_records_which_are_del
     finally:
         second.stop()
         await asyncio.wait_for(running, 60)
+
+
+async def test_a_delay_partition_committed_past_its_end_is_read_from_its_start(
+    topics: Settings, client: Client
+) -> None:
+    """The delay log deleted and made again (or cut by a leader elected uncleanly) under the
+    workers' committed offset: its first record raised out of the worker at every take-over
+    (below the processor's offset set), and the messages it held never ran."""
+    key = "rewound"
+    invocation_id = ids.new_id(key, topics.partitions)
+    partition = ids.partition_of(invocation_id, topics.partitions)
+    target = Target(service="Tally", key=key, handler="add")
+    invoke = Invoke(target=target, argument=1, invocation_id=invocation_id, mode="send")
+    due = datetime.now(UTC) + timedelta(seconds=1)
+    delay_topic = Topics(topics.namespace).delay
+    producer = Producer(topics.client_config({"enable.idempotence": True}))
+    producer.produce(delay_topic, encode(Delayed(due=due, invoke=invoke)), key.encode(),
+                     partition=partition)  # fmt: skip
+    assert producer.flush(30) == 0
+    group = Consumer(topics.client_config({"group.id": f"{topics.namespace}.workers"}))
+    try:  # as the workers had committed on the log before
+        group.commit(offsets=[TopicPartition(delay_topic, partition, 1_000)], asynchronous=False)
+    finally:
+        group.close()
+    async with in_process_worker(topics, apps.SERVICES, "rewound"):
+        await time_until(client, key, 1, 60)

@@ -10,12 +10,12 @@ import time
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.engine.delay import DelayProcessor
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
-from streams.kafka.ownership import Ownership, by_topic, offsets_lost
+from streams.kafka.ownership import Ownership, by_topic, offsets_lost, rewound
 from streams.kafka.restore import RestoreError
 from streams.kafka.stalls import StallWatch
 from tests.unit.harness import TOPICS
@@ -175,8 +175,15 @@ async def test_a_delay_partition_whose_log_ends_before_its_committed_offset_is_r
     """Its log deleted and made again (committed offset 7, end 3): every record it holds
     is a delayed message nobody read. The first raised out of the processor, below the
     offset set's base, and ended the worker at every take-over."""
+    taken = rewound(TOPICS, ASSIGNED, {1: 3})
+    assert [(tp.topic, tp.partition, tp.offset) for tp in taken] == [
+        (TOPICS.ingress, 0, 12),
+        (TOPICS.ingress, 1, -1001),
+        (TOPICS.delay, 1, OFFSET_BEGINNING),  # the consumer is put there, the processor at 0
+    ]
+    assert rewound(TOPICS, ASSIGNED, {1: 7}) == ASSIGNED, "a log that ends at it is read on"
     owner = ownership()
-    await owner.assign(ASSIGNED, {1: 3}, lambda processors: None)
+    await owner.assign(taken, {1: 3}, lambda processors: None)
     try:
         delay = owner.delays[1]
         assert delay.commit_offset() == 0
