@@ -390,7 +390,8 @@ def _ended_by_signals(run: Callable[[], int]) -> int:
         raise SystemExit(128 + signum)
 
     for sig in ENDING:
-        signal.signal(sig, leave)
+        if previous[sig] is not signal.SIG_IGN:  # (nohup's SIGHUP, a background job's SIGINT)
+            signal.signal(sig, leave)
     try:
         return run()
     finally:

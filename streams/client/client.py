@@ -78,7 +78,9 @@ class Client:
         self.settings = settings or Settings.from_env()
         self.topics = Topics(self.settings.namespace)
         self._kafka = Connection(self.settings, self.topics)
-        self._refreshing: asyncio.Future[None] | None = None  # the catalog's read under way
+        # The catalog's read under way, and the next, which callers since it began share.
+        self._reading: asyncio.Future[None] | None = None
+        self._next_read: asyncio.Future[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -134,20 +136,29 @@ class Client:
         """The services workers have announced: the catalog as read to its end when the
         client started (for at most 10 s), and followed since. With ``refresh``, read to
         its end again first: the follower reads with a long fetch wait, so a service
-        announced a moment ago may not have reached it yet. Refreshes asked for while one
-        is under way share it: each call to a service no worker announced asks for one (two
-        Kafka consumers each), and a burst of them made as many."""
+        announced a moment ago may not have reached it yet. Refreshes asked for together
+        share one read, which begins after each asked: each call to a service no worker
+        announced asks for one (two Kafka consumers each), and a burst made as many."""
         if refresh:
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.ensure_future(
-                    asyncio.to_thread(self._kafka.catch_up_catalog)
-                )
+            loop = asyncio.get_running_loop()
+            queued = self._next_read
+            if queued is None or queued.done() or queued.get_loop() is not loop:
+                running = self._reading
+                if running is not None and running.get_loop() is not loop:
+                    running = None  # another loop's, before this one (asyncio.run again)
+                self._next_read = queued = asyncio.ensure_future(self._read_catalog_after(running))
                 # Its failure is raised to each caller; one all left is not logged as lost.
-                self._refreshing.add_done_callback(
-                    lambda read: read.cancelled() or read.exception()
-                )
-            await asyncio.shield(self._refreshing)  # a cancelled caller stops no one's read
+                queued.add_done_callback(lambda read: read.cancelled() or read.exception())
+            await asyncio.shield(queued)  # a cancelled caller stops no one's read
         return self.services
+
+    async def _read_catalog_after(self, running: asyncio.Future[None] | None) -> None:
+        """Read the catalog to its end once ``running``, a read that may have found the end
+        before what this one's callers look for, has ended."""
+        if running is not None:
+            await asyncio.gather(running, return_exceptions=True)
+        self._reading, self._next_read = self._next_read, None  # later callers: the next
+        await asyncio.to_thread(self._kafka.catch_up_catalog)
 
     # -- producing --------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ class Connection:
         running with nothing to stop them)."""
         while self._starting is not None and not self._starting.done():
             await asyncio.shield(self._starting)
-        if self.running:
+        if self.running and self._closing is None:  # (a close under way: started after it)
             return
         self._loop = asyncio.get_running_loop()
         self._starting = starting = self._loop.create_future()  # a close waits for it

@@ -334,14 +334,13 @@ def start(
             " port a data dir has)"
         )
     _format_storage(java, libs, props, data_dir)
-    process = _launch(java, libs, props, data_dir, deploy_dir, heap)
-    broker = Broker(bootstrap=address, pid=process.pid, data_dir=data_dir)
-    try:
+    try:  # a signal once launched stops it (by its pid file)
+        process = _launch(java, libs, props, data_dir, deploy_dir, heap)
         wait_ready(address, timeout, process, client=client)
     except BaseException:
         stop(data_dir)
         raise
-    return broker
+    return Broker(bootstrap=address, pid=process.pid, data_dir=data_dir)
 
 
 def jvm_performance_opts(environ: Mapping[str, str]) -> list[str]:
@@ -438,13 +437,18 @@ def start_cluster(
         for node in nodes_now:
             wait_ready(node.bootstrap, timeout, *launched.values(), brokers=nodes)
     except BaseException:
-        # Only what this call started (running nodes stay up), together, as stop() does.
-        _stop_all({p.pid: d for d, p in launched.items() if _alive(p.pid, d)})
-        for node_dir, process in launched.items():
+        # Only what this call started (running nodes stay up), together, as stop() does; by
+        # their pid files too, which a launch the exception cut short wrote.
+        pids = {d: d / "broker.pid" for d in stopped}
+        ours = {int(f.read_text()): d for d, f in pids.items() if f.is_file()}
+        _stop_all({pid: d for pid, d in ours.items() if _alive(pid, d)})
+        for process in launched.values():
             if process.poll() is None:  # (not told apart as this node's: ended all the same)
                 process.kill()
             process.wait()
-            (node_dir / "broker.pid").unlink(missing_ok=True)
+        for pid, node_dir in ours.items():
+            _reap(pid)
+            pids[node_dir].unlink(missing_ok=True)
         raise
     return cluster
 

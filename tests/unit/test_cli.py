@@ -568,3 +568,20 @@ def test_a_signal_while_a_cluster_starts_stops_what_it_started(
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_a_signal_the_process_ignores_stays_ignored_while_a_broker_starts() -> None:
+    """Under nohup (SIGHUP ignored) closing the terminal stopped the brokers mid-start."""
+    import signal
+
+    from streams.cli import commands
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        seen = commands._ended_by_signals(lambda: 0 if signal.getsignal(signal.SIGHUP) is
+                                          signal.SIG_IGN else 1)  # fmt: skip
+        assert seen == 0, "SIGHUP, ignored by the process, ended the command"
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

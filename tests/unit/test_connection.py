@@ -448,31 +448,77 @@ async def test_health_says_503_once_the_producer_failed_for_good() -> None:
         assert "unknown producer id" in (await reply.json())["reason"]
 
 
+async def test_a_start_asked_after_a_close_starts_again_once_that_close_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Start, close, start, while the first start waited for Kafka: the second start saw
+    the client running (the close not yet under way) and returned, and the close then shut
+    the client its caller was about to use."""
+    asked, answered = asyncio.Event(), asyncio.Event()
+    made: list[object] = []
+
+    async def watch_nothing(*args: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def kafka_answers_later(call: Any, *args: Any, **kwargs: Any) -> None:
+        if getattr(call, "__name__", "") == "_assign_reader" and not answered.is_set():
+            asked.set()
+            await answered.wait()
+
+    def producer(*args: Any) -> Quiet:
+        made.append("producer")
+        return Quiet()
+
+    monkeypatch.setattr(connection_module, "Producer", producer)
+    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
+    monkeypatch.setattr(connection_module, "watch", watch_nothing)
+    monkeypatch.setattr(asyncio, "to_thread", kafka_answers_later)
+    for thread_role in ("_pump", "_deliveries"):
+        monkeypatch.setattr(Connection, thread_role, lambda self: None)
+    connection = Connection(Settings(namespace="unit"), Topics("unit"))
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    first = asyncio.ensure_future(connection.start())
+    await asyncio.wait_for(asked.wait(), 5)
+    closing = asyncio.ensure_future(connection.close())
+    await asyncio.sleep(0)
+    again = asyncio.ensure_future(connection.start())
+    await asyncio.sleep(0)
+    answered.set()
+    await asyncio.wait_for(asyncio.gather(first, closing, again), 5)
+    assert connection.running, "closed under the start asked last"
+    assert made == ["producer", "producer"]
+    connection._stalls.cancel()
+
+
 async def test_catalog_refreshes_asked_together_share_one_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each call to a service no worker announced refreshes the catalog (two Kafka consumers
-    each, on a thread each): a burst of 32 HTTP calls to one made 32 reads at once."""
+    each, on a thread each): a burst of 32 HTTP calls to one made 32 reads at once. One that
+    asks while a read runs waits for the next read: the one under way may have found the
+    catalog's end before the announcement the caller looks for."""
     client = Client(Settings(namespace="unit"))
-    reading, read = threading.Event(), threading.Event()
+    began = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
     reads: list[int] = []
 
     def catch_up() -> None:
-        reads.append(1)
-        reading.set()
-        read.wait(10)
+        n = len(reads)
+        reads.append(n)
+        began[n].set()
+        release[n].wait(10)
 
     monkeypatch.setattr(client._kafka, "catch_up_catalog", catch_up)
     asking = [asyncio.ensure_future(client.catalog(refresh=True)) for _ in range(32)]
-    await asyncio.to_thread(reading.wait, 10)
+    await asyncio.to_thread(began[0].wait, 10)
     asking[0].cancel()  # one caller gone: the others' read goes on
-    await asyncio.sleep(0)
-    read.set()
+    late = [asyncio.ensure_future(client.catalog(refresh=True)) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    assert reads == [0], "a read began before the one under way ended"
+    release[0].set()
     await asyncio.wait_for(asyncio.gather(*asking[1:]), 10)
-    assert reads == [1]
-    read.clear()
-    refreshing = asyncio.ensure_future(client.catalog(refresh=True))  # a later one reads again
-    await asyncio.to_thread(reading.wait, 10)
-    read.set()
-    await asyncio.wait_for(refreshing, 10)
-    assert reads == [1, 1]
+    await asyncio.to_thread(began[1].wait, 10)
+    assert not any(caller.done() for caller in late), "answered by the read begun before them"
+    release[1].set()
+    await asyncio.wait_for(asyncio.gather(*late), 10)
+    assert reads == [0, 1]
