@@ -8,6 +8,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -253,28 +254,52 @@ class Quiet:
     def close(self) -> None: ...
 
 
+async def watch_nothing(*args: Any) -> None:
+    await asyncio.Event().wait()
+
+
+def quiet_connection(
+    monkeypatch: pytest.MonkeyPatch, to_thread: Callable[..., Any], producer: Any = None
+) -> Connection:
+    """A connection whose Kafka clients are stand-ins (``producer`` makes its producer),
+    with no threads or stall watch, and ``to_thread`` in place of ``asyncio.to_thread``."""
+    monkeypatch.setattr(connection_module, "Producer", producer or Quiet)
+    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
+    monkeypatch.setattr(connection_module, "watch", watch_nothing)
+    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+    for thread_role in ("_pump", "_deliveries"):
+        monkeypatch.setattr(Connection, thread_role, lambda self: None)
+    connection = Connection(Settings(namespace="unit"), Topics("unit"))
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    return connection
+
+
+def held_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Connection, asyncio.Event, asyncio.Event, list[object]]:
+    """A quiet connection whose first start waits, once Kafka is asked (``asked``), until
+    ``answered``; and the producers made."""
+    asked, answered = asyncio.Event(), asyncio.Event()
+    made: list[object] = []
+
+    async def kafka_answers_later(call: Any, *args: Any, **kwargs: Any) -> None:
+        if getattr(call, "__name__", "") == "_assign_reader" and not answered.is_set():
+            asked.set()
+            await answered.wait()
+
+    def producer(*args: Any) -> Quiet:
+        made.append("producer")
+        return Quiet()
+
+    return quiet_connection(monkeypatch, kafka_answers_later, producer), asked, answered, made
+
+
 async def test_a_close_during_the_start_closes_the_client_once_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A close while the start waited for Kafka returned at once (the client was not
     running yet), and the client then started and ran with nobody to stop it."""
-    asked, answered = asyncio.Event(), asyncio.Event()
-
-    async def watch_nothing(*args: Any) -> None:
-        await asyncio.Event().wait()
-
-    async def kafka_answers_later(*args: Any, **kwargs: Any) -> None:
-        asked.set()
-        await answered.wait()
-
-    monkeypatch.setattr(connection_module, "Producer", Quiet)
-    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
-    monkeypatch.setattr(connection_module, "watch", watch_nothing)
-    monkeypatch.setattr(asyncio, "to_thread", kafka_answers_later)  # the reader's assignment
-    for thread_role in ("_pump", "_deliveries"):
-        monkeypatch.setattr(Connection, thread_role, lambda self: None)
-    connection = Connection(Settings(namespace="unit"), Topics("unit"))
-    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    connection, asked, answered, _ = held_start(monkeypatch)
     starting = asyncio.ensure_future(connection.start())
     await asyncio.wait_for(asked.wait(), 5)
     closing = asyncio.ensure_future(connection.close())
@@ -294,22 +319,12 @@ async def test_a_start_after_a_cancelled_close_waits_for_that_close(
     which that shutdown then closed and deleted under the running client."""
     flushing, flushed = asyncio.Event(), asyncio.Event()
 
-    async def watch_nothing(*args: Any) -> None:
-        await asyncio.Event().wait()
-
     async def in_a_thread(call: Any, *args: Any, **kwargs: Any) -> None:
         if getattr(call, "__name__", "") == "flush" and not flushed.is_set():
             flushing.set()
             await flushed.wait()  # the first close's flush waits for Kafka
 
-    monkeypatch.setattr(connection_module, "Producer", Quiet)
-    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
-    monkeypatch.setattr(connection_module, "watch", watch_nothing)
-    monkeypatch.setattr(asyncio, "to_thread", in_a_thread)
-    for thread_role in ("_pump", "_deliveries"):
-        monkeypatch.setattr(Connection, thread_role, lambda self: None)
-    connection = Connection(Settings(namespace="unit"), Topics("unit"))
-    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    connection = quiet_connection(monkeypatch, in_a_thread)
     await connection.start()
     closing = asyncio.ensure_future(connection.close())
     await asyncio.wait_for(flushing.wait(), 5)
@@ -327,28 +342,7 @@ async def test_a_second_start_makes_no_second_set_of_kafka_clients(
 ) -> None:
     """Two starts, together or one after the other, each made a producer, a reader, a stall
     watch and two threads; the first set ran on with nothing to stop it."""
-    asked, answered = asyncio.Event(), asyncio.Event()
-    made: list[object] = []
-
-    async def watch_nothing(*args: Any) -> None:
-        await asyncio.Event().wait()
-
-    async def kafka_answers_later(*args: Any, **kwargs: Any) -> None:
-        asked.set()
-        await answered.wait()
-
-    def producer(*args: Any) -> Quiet:
-        made.append("producer")
-        return Quiet()
-
-    monkeypatch.setattr(connection_module, "Producer", producer)
-    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
-    monkeypatch.setattr(connection_module, "watch", watch_nothing)
-    monkeypatch.setattr(asyncio, "to_thread", kafka_answers_later)  # the reader's assignment
-    for thread_role in ("_pump", "_deliveries"):
-        monkeypatch.setattr(Connection, thread_role, lambda self: None)
-    connection = Connection(Settings(namespace="unit"), Topics("unit"))
-    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    connection, asked, answered, made = held_start(monkeypatch)
     first = asyncio.ensure_future(connection.start())
     await asyncio.wait_for(asked.wait(), 5)
     second = asyncio.ensure_future(connection.start())
@@ -454,29 +448,7 @@ async def test_a_start_asked_after_a_close_starts_again_once_that_close_ends(
     """Start, close, start, while the first start waited for Kafka: the second start saw
     the client running (the close not yet under way) and returned, and the close then shut
     the client its caller was about to use."""
-    asked, answered = asyncio.Event(), asyncio.Event()
-    made: list[object] = []
-
-    async def watch_nothing(*args: Any) -> None:
-        await asyncio.Event().wait()
-
-    async def kafka_answers_later(call: Any, *args: Any, **kwargs: Any) -> None:
-        if getattr(call, "__name__", "") == "_assign_reader" and not answered.is_set():
-            asked.set()
-            await answered.wait()
-
-    def producer(*args: Any) -> Quiet:
-        made.append("producer")
-        return Quiet()
-
-    monkeypatch.setattr(connection_module, "Producer", producer)
-    monkeypatch.setattr(connection_module, "AdminClient", Quiet)
-    monkeypatch.setattr(connection_module, "watch", watch_nothing)
-    monkeypatch.setattr(asyncio, "to_thread", kafka_answers_later)
-    for thread_role in ("_pump", "_deliveries"):
-        monkeypatch.setattr(Connection, thread_role, lambda self: None)
-    connection = Connection(Settings(namespace="unit"), Topics("unit"))
-    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Quiet())
+    connection, asked, answered, made = held_start(monkeypatch)
     first = asyncio.ensure_future(connection.start())
     await asyncio.wait_for(asked.wait(), 5)
     closing = asyncio.ensure_future(connection.close())
