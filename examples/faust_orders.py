@@ -84,13 +84,13 @@ app.task(declare_outputs)
 async def place(stream: faust.StreamT[Order]) -> None:
     async for order in stream:
         counter = Target(service="Counter", key=order.customer, handler="add")
-        asking = kourier.request(counter, order.amount)
+        key = None  # derived from the order event
         while True:
             try:
-                total = await asking
+                total = await kourier.request(counter, order.amount, idempotency_key=key)
                 break
             except CallTimedOut as slow:  # leaving the agent would acknowledge the order
-                asking = kourier.attach(slow.invocation_id)  # the same call's outcome
+                key = slow.idempotency_key  # the same call: its outcome, or it runs now
         await totals.send(
             key=order.customer.encode(),
             value=Total(order=order.id, customer=order.customer, total=total),

@@ -218,15 +218,19 @@ def _tls_context(kafka: Mapping[str, str]) -> ssl.SSLContext:
 class CallTimedOut(TimeoutError):
     """No outcome of a :meth:`Kourier.request` (or :meth:`Kourier.attach`) within its bound,
     or a record of any of the three verbs not known to be written: the invocation goes on, or
-    may. ``invocation_id`` names it for :meth:`Kourier.attach`, which waits for the same
-    outcome: calling again would be another call, under a new derived key. Caught in the
-    agent, so that the event waits too: an exception that leaves an agent acknowledges its
-    event (Faust restarts the agent), and it is not delivered again. (A plain
-    ``TimeoutError``: no catalog of services in time, and nothing written.)"""
+    may. Catch it in the agent, so that the event waits too: an exception that leaves an
+    agent acknowledges its event (Faust restarts the agent), and it is not delivered again.
+    Calling again with ``idempotency_key=error.idempotency_key`` (the key the call had,
+    derived or given) is the same invocation: its outcome once it ends, or the call made now
+    if its record was never written; calling again without it is another call, under the
+    next derived key. ``invocation_id`` names it for :meth:`Kourier.attach`, which answers
+    404 for a record never written. (A plain ``TimeoutError``: no catalog of services in
+    time, and nothing written.)"""
 
-    def __init__(self, message: str, invocation_id: str) -> None:
-        super().__init__(message, invocation_id)  # both in args: it copies and pickles
+    def __init__(self, message: str, invocation_id: str, idempotency_key: str | None) -> None:
+        super().__init__(message, invocation_id, idempotency_key)  # all in args: it pickles
         self.invocation_id = invocation_id
+        self.idempotency_key = idempotency_key
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -293,6 +297,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                     f"no outcome of {target.path()} within {limit:g}s; invocation "
                     f"{record.invocation_id} goes on (kourier.attach() waits for it)",
                     record.invocation_id,
+                    record.idempotency_key,
                 ) from None
         finally:
             answer.cancel()
@@ -311,6 +316,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
             raise CallTimedOut(
                 f"no outcome of invocation {invocation_id} within {limit:g}s; it goes on",
                 invocation_id,
+                None,
             ) from None
 
     async def call(
@@ -405,8 +411,9 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
             assert record.invocation_id is not None
             raise CallTimedOut(
                 f"{target.path()} was not written within {limit:g}s; invocation "
-                f"{record.invocation_id} may have been (kourier.attach() waits for it)",
+                f"{record.invocation_id} may have been (call again with its idempotency key)",
                 record.invocation_id,
+                record.idempotency_key,
             ) from None
         return record
 

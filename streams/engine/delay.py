@@ -40,11 +40,11 @@ from array import array
 from collections.abc import Callable
 
 from streams.engine.buckets import Buckets, Fetched, Fetcher
+from streams.engine.delay_records import LogRewound, releasable, why_set_aside
 from streams.engine.holding import Holding, trim_heap
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out, set_aside
 from streams.metrics import CARRIED, DEADLETTERS
-from streams.wire import ids
 from streams.wire.records import Delayed, Fired, RecordError, decode_delay, encode
 from streams.wire.topics import Topics
 
@@ -63,11 +63,6 @@ CARRY_BATCH = 2_000  # messages per carry (one read-back, and their copies in on
 CARRY_BYTES = 16 << 20  # ... and the read-back stops once it holds this many bytes
 CARRY_SPAN = 100_000  # offsets one carry may read through (a read-back blocks other reads)
 CARRY_RETRY = 5.0  # seconds before looking again when nothing could be carried
-
-
-class LogRewound(Exception):
-    """A record below where the processor began: the partition's log was made again under
-    it. The worker restores its partitions; the take-over reads it from its start."""
 
 
 class DelayProcessor:
@@ -146,7 +141,7 @@ class DelayProcessor:
 
     def on_message(self, key: bytes | None, value: bytes | None, offset: int) -> None:
         if offset < self._start:  # the consumer reset to the log's start: made again
-            raise LogRewound(f"delay {self.partition}@{offset}, below {self._start}")
+            raise LogRewound(self.partition, offset, self._start)
         was = self.caught_up
         self._next_offset = offset + 1
         self._read_since_trim += 1
@@ -156,9 +151,9 @@ class DelayProcessor:
                 if self._pending.discard(record.offset):
                     self._unhold(record.offset)
             else:
-                self._add(record, offset, self._releasable(record, key))
+                self._add(record, offset, releasable(record, key, self.partitions, self.topics))
         except Exception as raised:  # one record never stops the partition
-            error = self._failure(raised, offset)
+            error = why_set_aside(raised, self.partition, offset)
             self._pending.add(offset)
             if error.reason == "unsupported-version":
                 # Written by a newer Kourier (a rolling upgrade): pending, never released
@@ -197,33 +192,6 @@ class DelayProcessor:
             self._hold(offset, due, released)
             return
         self._far.add(second, offset)
-
-    def _releasable(self, record: Delayed, key: bytes | None) -> Out:
-        """The ingress record to release, on its owner's partition (``RecordError`` when the
-        record names no owner, or one that is not a Kourier id)."""
-        owner_id = record.owner_id()
-        if owner_id is None:
-            raise RecordError("bad-schema", "a delayed invoke without an invocation id")
-        try:
-            owner = ids.partition_of(owner_id, self.partitions)
-        except ids.InvalidId as error:
-            raise RecordError("bad-schema", str(error)) from None
-        try:
-            released = encode(record.released())
-        except ValueError as error:  # e.g. a lone surrogate, which JSON read but cannot write
-            raise RecordError("bad-schema", f"cannot be released: {error}") from None
-        return Out(self.topics.ingress, owner, key, released)
-
-    def _failure(self, raised: Exception, offset: int) -> RecordError:
-        """Why a record is set aside: its own fault, or else a defect of Kourier's in reading
-        it (``apply-failed``, as the ingress says), which one record never stops on. A
-        ``MemoryError`` is no fault of the record's: raised, the next owner reads it again."""
-        if isinstance(raised, MemoryError):
-            raise raised
-        if isinstance(raised, RecordError):
-            return raised
-        log.exception("delay %d@%d could not be read", self.partition, offset)
-        return RecordError("apply-failed", f"{type(raised).__name__}: {raised}")
 
     def _dead_letter(self, error: RecordError, key: bytes | None, value: bytes | None,
                      offset: int) -> Out:  # fmt: skip
@@ -378,9 +346,10 @@ class DelayProcessor:
                 record = decode_delay(value)
                 if not isinstance(record, Delayed):
                     raise RecordError("bad-schema", f"a {record.kind} record read back as delayed")
-                self._hold(offset, record.release_time(), self._releasable(record, key))
+                released = releasable(record, key, self.partitions, self.topics)
+                self._hold(offset, record.release_time(), released)
             except Exception as raised:  # it was a valid delayed record when first read
-                error = self._failure(raised, offset)
+                error = why_set_aside(raised, self.partition, offset)
                 log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
                 self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
         self._drop_missing(missing)

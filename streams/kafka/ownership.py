@@ -83,27 +83,6 @@ def delay_ends(
     return {tp.partition: end for tp, end in zip(delays, ends, strict=True)}
 
 
-def rewound(
-    topics: Topics, committed: list[TopicPartition], ends: dict[int, int]
-) -> list[TopicPartition]:
-    """``committed``, with each delay partition whose log ends before its committed offset
-    (made again, or cut by a leader elected uncleanly) to be read from its start
-    (``OFFSET_BEGINNING``), so that nothing it holds is lost; logged as an error."""
-    taken = []
-    for tp in committed:
-        end = ends.get(tp.partition)
-        if tp.topic == topics.delay and end is not None and end < tp.offset:
-            log.error(
-                "%s[%d]'s committed offset %d is past its end %d: the log was deleted or cut;"
-                " it is read from its start, and a message it still holds that was released"
-                " before is released again",
-                tp.topic, tp.partition, tp.offset, end,
-            )  # fmt: skip
-            tp = TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
-        taken.append(tp)
-    return taken
-
-
 class Ownership:
     """The processors of the partitions a worker owns, and the ingress offsets consumed."""
 
@@ -124,6 +103,34 @@ class Ownership:
         self.offsets: dict[int, int] = {}
         #: Ingress partitions whose changelogs are being read back.
         self.restoring: list[int] = []
+        #: Delay partitions whose log was made again under their processor (``LogRewound``),
+        #: to be read from their start when taken over again (:meth:`rewound`).
+        self.rewind: set[int] = set()
+        #: Told the delay partitions taken over or let go (the worker's trimmer forgets
+        #: the offsets it committed for them: a new owner's may be lower, see rewound).
+        self.let_go: Callable[[list[int]], None] = lambda partitions: None
+
+    def rewound(
+        self, committed: list[TopicPartition], ends: dict[int, int]
+    ) -> list[TopicPartition]:
+        """``committed``, with each delay partition whose log ends before its committed
+        offset (made again, or cut by a leader elected uncleanly), or whose processor met a
+        record below where it began (:attr:`rewind`), to be read from its start
+        (``OFFSET_BEGINNING``), so that nothing its log holds is lost; logged as an error."""
+        taken = []
+        for tp in committed:
+            end = ends.get(tp.partition)
+            cut = end is not None and end < tp.offset
+            if tp.topic == self.topics.delay and (cut or tp.partition in self.rewind):
+                log.error(
+                    "%s[%d]'s log ends at %s, its committed offset is %d: the log was deleted"
+                    " or cut; it is read from its start, and a message it still holds that"
+                    " was released before is released again",
+                    tp.topic, tp.partition, end, tp.offset,
+                )  # fmt: skip
+                tp = TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
+            taken.append(tp)
+        return taken
 
     def owned(self) -> list[Partition]:
         """Every partition owned, of the ingress topic and those co-partitioned with it
@@ -176,6 +183,9 @@ class Ownership:
             raise
         finally:
             self.restoring = []
+        delays = [tp.partition for tp in committed if tp.topic == self.topics.delay]
+        self.rewind.difference_update(delays)
+        self.let_go(delays)
         log.info("assigned %s (restored in %.2fs)", by_topic(committed), time.monotonic() - began)
 
     async def hand_over(self, partitions: list[TopicPartition]) -> None:
@@ -199,6 +209,7 @@ class Ownership:
     async def forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
         """Own ``partitions`` no more (closing their processors first if ``close``): drop
         their gauges and stall reports, and release the spills of the closed ones."""
+        self.let_go([tp.partition for tp in partitions if tp.topic == self.topics.delay])
         for tp in partitions:
             forget_gauges(tp)
             if tp.topic == self.topics.delay:

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from confluent_kafka import Message, TopicPartition
 
+from streams.engine.delay_records import LogRewound
 from streams.engine.local import LocalCalls, LocalCompletions
 from streams.engine.outbox import Out, origin_of, replay_of
 from streams.kafka.committer import Committer, Snapshot
@@ -171,8 +172,12 @@ class Stepper:
             assert offset is not None
             if message.topic() == self.topics.delay:
                 delay = self.delays.get(partition)
-                if delay is not None:
-                    delay.on_message(message.key(), message.value(), offset)
+                try:
+                    if delay is not None:
+                        delay.on_message(message.key(), message.value(), offset)
+                except LogRewound:  # the worker restores, and reads this log from its start
+                    self._ownership.rewind.add(partition)
+                    raise
                 continue
             processor = self.processors.get(partition)
             if processor is None:

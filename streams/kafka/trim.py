@@ -9,11 +9,12 @@ it has committed (Kafka's ``DeleteRecords``, as ``kafka-delete-records.sh`` does
 each partition whose committed offset is ``TRIM_LEAST`` records past the last deletion it
 asked for (a restarted worker asks once more for every partition).
 
-A committed delay offset never moves back (a new owner's oldest pending message is at or
-past where it started reading), so an offset committed earlier, even by a worker that has
-since lost the partition, is still safe to delete below; unless the topic is deleted and
-made again, which the README says to do with no worker running. A refusal for want of the
-``DELETE`` permission on the topic stops the trimming, with one warning.
+A worker forgets what it committed for a delay partition it takes over or lets go
+(:meth:`DelayTrimmer.forget`): the next commit for it says where deleting stops. A
+committed delay offset moves back only when the topic is deleted and made again under
+running workers (the take-over then reads the new log from its start), which the README
+says not to do. A refusal for want of the ``DELETE`` permission on the topic stops the
+trimming, with one warning.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ class DelayTrimmer:
                     state.committed[tp.partition] = tp.offset
                     if tp.offset < state.trimmed.get(tp.partition, 0):
                         state.trimmed[tp.partition] = 0
+
+    def forget(self, partitions: list[int]) -> None:
+        """Delay partitions taken over or let go (the loop): what this worker committed for
+        them is no guide to what may be deleted now (a log made again is read from its
+        start, below it), so nothing is until it commits for them again."""
+        state = self._state
+        with state.lock:
+            for partition in partitions:
+                state.committed.pop(partition, None)
+                state.trimmed.pop(partition, None)
 
     def tick(self) -> None:
         """Ask for the deletions that are due (the worker's Kafka thread, once a second)."""

@@ -26,7 +26,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from handlers.service import ServiceDefinition
-from streams.engine.delay import DelayProcessor, LogRewound
+from streams.engine.delay import DelayProcessor
+from streams.engine.delay_records import LogRewound
 from streams.engine.holding import Holding
 from streams.engine.partition import PartitionProcessor
 from streams.engine.registry import Registry
@@ -44,7 +45,7 @@ from streams.kafka.offsets import (
     unread_offsets,
     worker_consumer,
 )
-from streams.kafka.ownership import Ownership, by_topic, delay_ends, offsets_lost, rewound
+from streams.kafka.ownership import Ownership, by_topic, delay_ends, offsets_lost
 from streams.kafka.pacing import Pacing
 from streams.kafka.restore import RestoreError, restore_partitions
 from streams.kafka.setbacks import SPILL_WINDOW, Setbacks, pause_unless
@@ -167,6 +168,7 @@ class Worker:
         self._admin = admin = AdminClient(self._client({}))
         self._ends = PartitionEnds(admin, self.topics.ingress)
         self._trimmer = DelayTrimmer(admin, self.topics.delay)
+        self._ownership.let_go = self._trimmer.forget
         self._consumer.subscribe(
             [self.topics.ingress, self.topics.delay],
             on_assign=self._on_assign,
@@ -500,7 +502,7 @@ class Worker:
                     # partition would be read again from its start, over its restored state.
                     raise KafkaException(failed.error)
                 ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
-                committed = rewound(self.topics, committed, ends)
+                committed = self._ownership.rewound(committed, ends)
                 self._on_loop(self._ownership.assign(committed, ends, self._restore))
                 offsets_lost(self._consumer, self.topics, self._group, committed, self.processors)
                 return committed
@@ -574,16 +576,10 @@ class Worker:
 
     def _new_delay(self, partition: int, start: int, caught_up_at: int) -> DelayProcessor:
         return DelayProcessor(
-            partition=partition,
-            partitions=self.partitions,
-            topics=self.topics,
-            start_offset=start,
-            caught_up_at=caught_up_at,
-            emit=self._steps.emit,
-            wake=self._steps.wake,
-            fetcher=self._reader(),
-            holding=self._holding,
-        )
+            partition=partition, partitions=self.partitions, topics=self.topics,
+            start_offset=start, caught_up_at=caught_up_at, emit=self._steps.emit,
+            wake=self._steps.wake, fetcher=self._reader(), holding=self._holding,
+        )  # fmt: skip
 
     def _restore(self, processors: list[PartitionProcessor]) -> None:
         """Read back the changelogs of ``processors`` (a thread of its own)."""

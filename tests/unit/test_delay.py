@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from streams.engine import delay, holding
 from streams.engine.buckets import Deliver, Fetched
-from streams.engine.delay import DelayProcessor, LogRewound
+from streams.engine.delay import DelayProcessor
+from streams.engine.delay_records import LogRewound
 from streams.engine.holding import Holding
 from streams.engine.offset_set import OffsetSet
 from streams.engine.outbox import Out

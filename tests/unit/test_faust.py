@@ -358,8 +358,11 @@ async def test_call_and_send_are_bounded_by_within_too(
     with pytest.raises(integration.CallTimedOut, match="may have been") as slow:
         await asyncio.wait_for(asking, 5)
     assert slow.value.invocation_id == ids.idempotent_id("Greeter", None, "greet", "k1")
+    assert slow.value.idempotency_key == "k1", "calling again under it is the same call"
     again = pickle.loads(pickle.dumps(slow.value))  # as a process pool hands it back
-    assert (str(again), again.invocation_id) == (str(slow.value), slow.value.invocation_id)
+    assert (str(again), again.invocation_id, again.idempotency_key) == (
+        str(slow.value), slow.value.invocation_id, "k1"
+    )  # fmt: skip
     assert kourier._client.awaited == 0, "an outcome still expected"
 
 
@@ -513,6 +516,7 @@ async def test_a_request_that_times_out_names_its_invocation_to_attach_to(
             kourier.request(target, "ada", idempotency_key="k1", within=bound), 5
         )
     assert slow.value.invocation_id == ids.idempotent_id("Greeter", None, "greet", "k1")
+    assert slow.value.idempotency_key == "k1"
     assert len(sent) == 1
     attached: list[str] = []
 

@@ -12,9 +12,9 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from streams.engine.delay import LogRewound
+from streams.engine.delay_records import LogRewound
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
 from streams.engine.spill import SpillFailed
@@ -212,7 +212,7 @@ def test_a_delay_log_made_again_under_the_worker_restores_rather_than_ends_it(
     """A delay record below where its processor began (``LogRewound``) left the step and
     ended the Kafka thread; nothing of the step is committed, and the partitions are
     restored (the take-over reads the new log from its start), not counted as a spill's."""
-    rewound = LogRewound("delay 3@0, below 700")
+    rewound = LogRewound(3, 0, 700)
 
     def step(*args: object, **kwargs: object) -> Snapshot:
         raise rewound
@@ -225,3 +225,61 @@ def test_a_delay_log_made_again_under_the_worker_restores_rather_than_ends_it(
     assert worker._trusted_step([], {}) is None
     assert recovered == [{"settled": False}, "cleared"]
     assert worker._setbacks._spill_failures == [], "counted as a spill failure"
+
+
+class DelayRecord:
+    """A consumed record of the delay topic, as confluent-kafka's ``Message`` answers."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def topic(self) -> str:
+        return TOPICS.delay
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"{}"
+
+
+def test_a_delay_log_made_again_is_read_from_its_start_at_the_restore(worker: Worker) -> None:
+    """The restore that LogRewound starts took the partition over at its committed offset:
+    once the new log had grown past it, its records below were skipped."""
+    owner = worker._ownership
+    owner.delays[3] = worker_module.DelayProcessor(
+        partition=3, partitions=8, topics=TOPICS, start_offset=700, caught_up_at=700,
+        emit=lambda out: None, wake=lambda: None, fetcher=None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    with pytest.raises(LogRewound):
+        worker._steps._dispatch([DelayRecord(3, 0)])  # type: ignore[list-item]
+    assert owner.rewind == {3}
+    taken = owner.rewound([TopicPartition(TOPICS.delay, 3, 700)], {3: 900})
+    assert [tp.offset for tp in taken] == [OFFSET_BEGINNING]
+
+
+def test_a_take_over_that_reads_a_delay_log_from_its_start_puts_the_consumer_there(
+    worker: Worker,
+) -> None:
+    """Only the processor began at 0: the consumer, assigned by default at the committed
+    offset, read on from there."""
+    taken = [
+        TopicPartition(TOPICS.ingress, 3, 12),
+        TopicPartition(TOPICS.delay, 3, OFFSET_BEGINNING),
+    ]
+    worker._take_over = lambda partitions: taken  # type: ignore[method-assign]
+    assigned: list[list[TopicPartition]] = []
+    consumer = SimpleNamespace(assign=assigned.append)
+    worker._on_assign(
+        consumer, [TopicPartition(TOPICS.ingress, 3), TopicPartition(TOPICS.delay, 3)]
+    )  # type: ignore[arg-type]
+    assert assigned == [taken]
+    worker._take_over = lambda partitions: taken[:1]  # type: ignore[method-assign]
+    worker._on_assign(consumer, [TopicPartition(TOPICS.ingress, 3)])  # type: ignore[arg-type]
+    assert len(assigned) == 1, "assigned where the default does"

@@ -95,3 +95,14 @@ def test_a_committed_offset_that_moved_back_is_where_deleting_stops() -> None:
     t.committed([TopicPartition(TOPIC, 0, 40)])
     t.tick()
     assert [(tp.partition, tp.offset) for tp in admin.asked[1]] == [(0, 40)]
+
+
+def test_a_partition_taken_over_or_let_go_is_not_trimmed_below_its_old_offset() -> None:
+    """Its next owner's committed offset may be lower (a delay log made again is read from
+    its start): until this worker commits for it again it deleted below the old one."""
+    admin = Admin()
+    t = trimmer(admin)
+    t.committed([TopicPartition(TOPIC, 0, 500), TopicPartition(TOPIC, 1, 500)])
+    t.forget([0])
+    t.tick()
+    assert [(tp.partition, tp.offset) for tp in admin.asked[0]] == [(1, 500)]
