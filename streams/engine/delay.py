@@ -21,8 +21,8 @@ waiting in ``_overdue`` (a backlog), and buckets hold only later ones, so a shor
 never waits for a read-back.
 
 A backlog of overdue messages (read while catching up, or buckets that fell due unread)
-waits as offsets in ``_overdue`` while the worker holds ``holding.BACKLOG_HELD`` in full,
-and goes out ``RELEASE_BATCH`` a step. Far messages that pin the committed offset are
+waits as offsets in ``_overdue`` while the worker holds ``holding.BACKLOG_HELD`` overdue
+messages in full (live ones are not counted), and goes out ``RELEASE_BATCH`` a step. Far messages that pin the committed offset are
 carried forward (``_carry``): read back, written again at the end with a ``Fired`` marker
 for the old offset, in one transaction. The whole of it, and what it measured:
 ``streams/README.md``, "The delay topic" and the sections after it.
@@ -106,6 +106,7 @@ class DelayProcessor:
         # Due within the horizon: a heap of (due, offset) and the records themselves.
         self._near: list[tuple[float, int]] = []
         self._held: dict[int, Out] = {}  # offset -> the record to emit when due
+        self._overdue_held: set[int] = set()  # those overdue when held (counted in Holding)
         self._far = Buckets()  # due later: their offsets, by due second
         # Overdue, while the worker held BACKLOG_HELD (a backlog): offsets, ascending.
         self._overdue: array[int] = array("q")
@@ -199,7 +200,10 @@ class DelayProcessor:
         return set_aside(error, source, key, value, self.topics.deadletter)
 
     def _hold(self, offset: int, due: float, released: Out) -> None:
-        if offset not in self._held and not self.closed:
+        # Overdue as it is held: a backlog's, counted against BACKLOG_HELD (live ones, due
+        # within the horizon, are held whatever the count, and would hold a backlog back).
+        if offset not in self._overdue_held and due <= self._clock() and not self.closed:
+            self._overdue_held.add(offset)
             self._holding.add(1)  # (a closed processor's were dropped from the count)
         self._held[offset] = released
         heapq.heappush(self._near, (due, offset))
@@ -212,8 +216,10 @@ class DelayProcessor:
     def _unhold(self, offset: int) -> Out | None:
         """The record held for ``offset``, no longer held; None if none was."""
         held = self._held.pop(offset, None)
-        if held is not None and not self.closed:
-            self._holding.drop(1)
+        if offset in self._overdue_held:
+            self._overdue_held.discard(offset)
+            if not self.closed:
+                self._holding.drop(1)
         return held
 
     # -- what the worker asks -----------------------------------------------------------
@@ -566,4 +572,4 @@ class DelayProcessor:
         self._timer_at = self._refill_at = None
         if was_open:
             self._holding.forget(self._on_room)
-            self._holding.drop(len(self._held) + self._reading_overdue)
+            self._holding.drop(len(self._overdue_held) + self._reading_overdue)

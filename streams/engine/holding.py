@@ -1,4 +1,4 @@
-"""How many delayed messages the delay processors of one worker hold in full
+"""How many overdue delayed messages the delay processors of one worker hold in full
 (``streams.engine.delay``), against one limit for all of them; and giving the memory of
 what they read back to the OS."""
 
@@ -9,15 +9,18 @@ import ctypes
 from collections.abc import Callable
 
 #: A backlog's overdue messages are held in full only while the worker holds fewer than
-#: this over all its delay partitions (the rest wait as offsets).
+#: this overdue ones over all its delay partitions (the rest wait as offsets).
 BACKLOG_HELD = 50_000
 
 
 class Holding:
-    """How many messages the delay processors of one worker hold in full, against
-    ``BACKLOG_HELD`` for all of them, so that a worker that owns many delay partitions takes
-    no more of an outage's backlog in at once than one that owns one. A processor whose
-    overdue messages wait for room asks to be called back when there is some."""
+    """How many messages, overdue when held, the delay processors of one worker hold in
+    full, against ``BACKLOG_HELD`` for all of them, so that a worker that owns many delay
+    partitions takes no more of an outage's backlog in at once than one that owns one.
+    Live messages (due within the horizon) are held whatever the count, and are not in it:
+    counted, a steady load of them held a backlog back for as long as it lasted. A
+    processor whose overdue messages wait for room asks to be called back when there is
+    some."""
 
     def __init__(self) -> None:
         self.count = 0

@@ -933,12 +933,37 @@ async def test_max_held_counts_every_delay_partition_and_one_waiting_for_room_is
     assert soon in rigs[1].released
     assert shared.count == 0
     late = Log()
+    late.delayed(clock.now - 5)  # overdue: counted (a live one is held, not counted)
     late.delayed(clock.now + 5)
     rigs.append(Rig(late, clock, holding=shared))
     rigs[-1].feed()
-    assert shared.count == 1
+    assert (rigs[-1].processor.held, shared.count) == (2, 1)
     rigs[-1].processor.close()
     assert shared.count == 0, "a closed processor's messages still counted"
+
+
+async def test_live_messages_held_hold_no_backlog_of_overdue_ones_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Live messages, due within the horizon, counted against BACKLOG_HELD: a worker whose
+    partitions release some 1,700 a second held 50,000 of them steadily, and another
+    partition's overdue backlog was not read back while that lasted, late by as long."""
+    monkeypatch.setattr(holding, "BACKLOG_HELD", 100)
+    monkeypatch.setattr(delay, "FETCH_BATCH", 40)
+    shared, clock = Holding(), Clock()
+    busy, behind = Log(), Log()
+    clock.now = T0 + 3600
+    live = [busy.delayed(clock.now + 20 + i / 100) for i in range(150)]
+    rigs = [Rig(busy, clock, holding=shared)]
+    rigs[0].feed()
+    assert rigs[0].processor.held == len(live)
+    backlog = [behind.delayed(T0 + i / 10) for i in range(300)]  # an outage's, overdue
+    rigs.append(Rig(behind, clock, holding=shared))
+    rigs[1].feed()
+    await steps(rigs, lambda: len(rigs[1].released) == len(backlog), most=len(live) + 100 + 1)
+    assert set(rigs[1].released) == set(backlog)
+    assert rigs[0].released == {}, "a live message went early"
+    assert all(at < clock.now + 20 for at in rigs[1].released.values())
 
 
 async def test_partitions_woken_by_one_release_share_the_room_it_made(
