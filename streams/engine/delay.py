@@ -22,10 +22,11 @@ never waits for a read-back.
 
 A backlog of overdue messages (read while catching up, or buckets that fell due unread)
 waits as offsets in ``_overdue`` while the worker holds ``holding.BACKLOG_HELD`` overdue
-messages in full (live ones are not counted), and goes out ``RELEASE_BATCH`` a step. Far messages that pin the committed offset are
-carried forward (``_carry``): read back, written again at the end with a ``Fired`` marker
-for the old offset, in one transaction. The whole of it, and what it measured:
-``streams/README.md``, "The delay topic" and the sections after it.
+messages in full (live ones are not counted), and goes out ``RELEASE_BATCH`` a step. Far
+messages that pin the committed offset are carried forward (``_carry``): read back, written
+again at the end with a ``Fired`` marker for the old offset, in one transaction. The whole
+of it, and what it measured: ``streams/README.md``, "The delay topic" and the sections
+after it.
 """
 
 from __future__ import annotations
