@@ -200,10 +200,12 @@ class DelayProcessor:
         source = (self.topics.delay, self.partition, offset)
         return set_aside(error, source, key, value, self.topics.deadletter)
 
-    def _hold(self, offset: int, due: float, released: Out) -> None:
-        # Overdue as it is held: a backlog's, counted against BACKLOG_HELD (live ones, due
-        # within the horizon, are held whatever the count, and would hold a backlog back).
-        if offset not in self._overdue_held and due <= self._clock() and not self.closed:
+    def _hold(self, offset: int, due: float, released: Out, backlog: bool = False) -> None:
+        # Overdue as it is held, or read back from ``_overdue`` (whatever the clock says
+        # since), is a backlog's: counted against BACKLOG_HELD. Live ones, due within the
+        # horizon, are held whatever the count, and counted would hold a backlog back.
+        overdue = backlog or due <= self._clock()
+        if offset not in self._overdue_held and overdue and not self.closed:
             self._overdue_held.add(offset)
             self._holding.add(1)  # (a closed processor's were dropped from the count)
         self._held[offset] = released
@@ -338,14 +340,14 @@ class DelayProcessor:
             return
         self._holding.drop(self._reading_overdue)  # counted again as each is held
         self._reading_overdue = 0
-        self._take(found, missing)
+        self._take(found, missing, backlog=True)
 
     def _on_room(self) -> None:
         """The worker holds fewer than BACKLOG_HELD again (another partition released some)."""
         if not self.closed:
             self._arm()
 
-    def _take(self, found: list[Fetched], missing: list[int]) -> None:
+    def _take(self, found: list[Fetched], missing: list[int], backlog: bool = False) -> None:
         for offset, key, value in found:
             if offset not in self._pending:
                 continue  # released or marked fired meanwhile
@@ -354,7 +356,7 @@ class DelayProcessor:
                 if not isinstance(record, Delayed):
                     raise RecordError("bad-schema", f"a {record.kind} record read back as delayed")
                 released = releasable(record, key, self.partitions, self.topics)
-                self._hold(offset, record.release_time(), released)
+                self._hold(offset, record.release_time(), released, backlog)
             except Exception as raised:  # it was a valid delayed record when first read
                 error = why_set_aside(raised, self.partition, offset)
                 log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
