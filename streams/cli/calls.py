@@ -62,10 +62,12 @@ def call(args: argparse.Namespace) -> int:
             if target.service not in services:
                 what = "message" if sending else "call"
                 refused = "answers 404" if waits else "dead-letters it"
-                said = "and this command returns"
-                if waits:
-                    said = f"and this command {'with it' if timeout is None else 'up to '}"
-                    said += args.timeout or ""
+                if not waits:
+                    said = "and this command returns"
+                elif timeout is None:
+                    said = "and this command with it"
+                else:
+                    said = f"and this command up to {args.timeout}"
                 say(f"kourier: no worker has announced {target.service}: with no worker running,"
                     f" the {what} waits in Kafka until one does, {said}; a running worker that"
                     f" does not host it {refused} (`kourier services` lists those"

@@ -501,18 +501,18 @@ def _settle(future: asyncio.Future[Any], error: KafkaError | None, closing: bool
         return
     if error is None:
         future.set_result(None)
-    elif error.code() in (KafkaError._PURGE_INFLIGHT, KafkaError._PURGE_QUEUE) and closing:
-        # Dropped by the close. One in flight may have been written; so may one still
-        # queued, if it is there to be retried after a request that went unanswered
-        # (librdkafka knows, but its Python client does not say which).
-        future.set_exception(ClientClosed("client closed before Kafka acknowledged the record"))
     elif error.code() in (KafkaError._PURGE_INFLIGHT, KafkaError._PURGE_QUEUE):
-        # Dropped by librdkafka once the producer failed for good: written or not, as for
-        # a close (a 504 over HTTP, "may go on"), and only a restart mends the client.
-        future.set_exception(ClientClosed(
-            f"Kafka dropped the record, which may have been written ({error.str()}): the"
-            " client's producer cannot go on: restart the client"
-        ))  # fmt: skip
+        if closing:
+            # Dropped by the close. One in flight may have been written; so may one still
+            # queued, if it is there to be retried after a request that went unanswered
+            # (librdkafka knows, but its Python client does not say which).
+            said = "client closed before Kafka acknowledged the record"
+        else:
+            # Dropped by librdkafka once the producer failed for good: written or not, as
+            # for a close (a 504 over HTTP, "may go on"), and only a restart mends it.
+            said = (f"Kafka dropped the record, which may have been written ({error.str()}):"
+                    " the client's producer cannot go on: restart the client")  # fmt: skip
+        future.set_exception(ClientClosed(said))
     else:
         said = f"Kafka did not take the record: {error.str()}"
         if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the topic takes less: not again

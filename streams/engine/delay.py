@@ -165,7 +165,7 @@ class DelayProcessor:
             else:
                 # Released at once, to the dead-letter topic, with a Fired marker like any
                 # other: so it is set aside once, however often the partition is read again.
-                self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
+                self._hold(offset, 0.0, self._dead_letter(error, key, value, offset), True)
         self._on_progress(was)
 
     def _on_progress(self, was_caught_up: bool) -> None:
@@ -191,20 +191,21 @@ class DelayProcessor:
                 # read back as releases make room, in the order read.
                 self._overdue.append(offset)
                 return
-            self._hold(offset, due, released)
+            self._hold(offset, due, released, due <= now)
             return
         self._far.add(second, offset)
 
-    def _dead_letter(self, error: RecordError, key: bytes | None, value: bytes | None,
-                     offset: int) -> Out:  # fmt: skip
+    def _dead_letter(
+        self, error: RecordError, key: bytes | None, value: bytes | None, offset: int
+    ) -> Out:
         source = (self.topics.delay, self.partition, offset)
         return set_aside(error, source, key, value, self.topics.deadletter)
 
-    def _hold(self, offset: int, due: float, released: Out, backlog: bool = False) -> None:
-        # Overdue as it is held, or read back from ``_overdue`` (whatever the clock says
-        # since), is a backlog's: counted against BACKLOG_HELD. Live ones, due within the
-        # horizon, are held whatever the count, and counted would hold a backlog back.
-        overdue = backlog or due <= self._clock()
+    def _hold(self, offset: int, due: float, released: Out, overdue: bool) -> None:
+        """Hold ``offset``'s record in full until ``due``. An ``overdue`` one (due when held,
+        or read back from ``_overdue`` whatever the clock says since) is a backlog's, counted
+        against BACKLOG_HELD; live ones, due within the horizon, are held whatever the
+        count, and counted would hold a backlog back."""
         if offset not in self._overdue_held and overdue and not self.closed:
             self._overdue_held.add(offset)
             self._holding.add(1)  # (a closed processor's were dropped from the count)
@@ -348,6 +349,7 @@ class DelayProcessor:
             self._arm()
 
     def _take(self, found: list[Fetched], missing: list[int], backlog: bool = False) -> None:
+        now = self._clock()
         for offset, key, value in found:
             if offset not in self._pending:
                 continue  # released or marked fired meanwhile
@@ -356,11 +358,12 @@ class DelayProcessor:
                 if not isinstance(record, Delayed):
                     raise RecordError("bad-schema", f"a {record.kind} record read back as delayed")
                 released = releasable(record, key, self.partitions, self.topics)
-                self._hold(offset, record.release_time(), released, backlog)
+                due = record.release_time()
+                self._hold(offset, due, released, backlog or due <= now)
             except Exception as raised:  # it was a valid delayed record when first read
                 error = why_set_aside(raised, self.partition, offset)
                 log.error("delay %d@%d: %s (dead-lettered)", self.partition, offset, error)
-                self._hold(offset, 0.0, self._dead_letter(error, key, value, offset))
+                self._hold(offset, 0.0, self._dead_letter(error, key, value, offset), True)
         self._drop_missing(missing)
         self._changed()
         self._arm()

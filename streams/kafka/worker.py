@@ -275,15 +275,15 @@ class Worker:
         try:
             snapshot = self._stepped(batch, positions, closing)
         except (SpillFailed, LogRewound) as raised:
-            self._recover_from_spill(raised)
+            self._recover_from_step(raised)
             return None
         failed = self._ownership.spill_failure()
         if failed is not None:
-            self._recover_from_spill(failed)
+            self._recover_from_step(failed)
             return None
         return snapshot
 
-    def _recover_from_spill(self, failure: SpillFailed | LogRewound) -> None:
+    def _recover_from_step(self, failure: SpillFailed | LogRewound) -> None:
         """A spill failed, or a delay log was made again: let what was submitted commit, then
         restore the owned partitions from Kafka, as after a failed commit (Kafka thread)."""
         if isinstance(failure, SpillFailed):

@@ -75,7 +75,7 @@ def test_a_step_after_a_spill_failed_between_steps_is_not_committed(worker: Work
     taken = Snapshot([Out("t", 0, b"k", b"v")], [])
     worker._stepped = lambda *args, **kwargs: taken  # type: ignore[method-assign]
     recovered: list[SpillFailed] = []
-    worker._recover_from_spill = recovered.append  # type: ignore[method-assign]
+    worker._recover_from_step = recovered.append  # type: ignore[method-assign]
     worker.processors[0] = Owned()  # type: ignore[assignment]
     assert worker._trusted_step([], {}) is taken
     failure = SpillFailed("partition spill: OperationalError: disk I/O error")

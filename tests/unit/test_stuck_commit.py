@@ -334,7 +334,7 @@ def test_a_failed_commit_found_by_another_recovery_is_counted(
         for failed in (1, 2):
             worker._committer.submit(SNAPSHOT)
             if recovery == "spill":
-                worker._recover_from_spill(SpillFailed("disk full"))
+                worker._recover_from_step(SpillFailed("disk full"))
             else:
                 worker._on_lost(None, [])  # type: ignore[arg-type]
             assert worker._setbacks.failed_in_a_row == failed
