@@ -216,8 +216,20 @@ class DurablePromise(ABC, Generic[T]):
 class WorkflowSharedContext(ObjectSharedContext):
     """A workflow's shared handler: reads state and uses promises, during and after ``run``."""
 
+    @overload
+    def promise(self, name: str, type_hint: None = None) -> DurablePromise[Any]: ...
+
+    @overload
+    def promise(self, name: str, type_hint: type[T]) -> DurablePromise[T]: ...
+
+    @overload  # any other type form pydantic validates (``int | None``, ``Annotated``, ...)
+    def promise(self, name: str, type_hint: Any) -> DurablePromise[Any]: ...
+
     @abstractmethod
-    def promise(self, name: str) -> DurablePromise[Any]: ...
+    def promise(self, name: str, type_hint: Any = None) -> DurablePromise[Any]:
+        """Workflow promise ``name``. Its value (``value()``, ``peek()``) is the JSON it was
+        resolved with, or validated as ``type_hint`` when given (a value that does not fit
+        raises :class:`TerminalError` 500 in the handler that reads it)."""
 
 
 class WorkflowContext(WorkflowSharedContext, ObjectContext):

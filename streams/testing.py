@@ -222,8 +222,12 @@ class Harness:
     # -- what a test looks at -------------------------------------------------------------
 
     def state(self, service: str, key: str) -> dict[str, JsonValue]:
-        """The state of virtual object (or workflow) ``service`` with ``key``."""
-        return dict(self.processor.store.state_of(ObjectKey(service, key)))
+        """The state of virtual object (or workflow) ``service`` with ``key``: a copy, so a
+        test that changes a nested value changes neither the stored state nor the journal."""
+        state: dict[str, JsonValue] = own_copy(
+            self.processor.store.state_of(ObjectKey(service, key))
+        )
+        return state
 
     def status(self, invocation_id: str) -> str | None:
         """``pending``, ``scheduled``, ``running``, ``suspended``, ``backing-off``, ``paused``

@@ -9,13 +9,12 @@ differs from its entry fails the invocation with :class:`NonDeterminismError`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from opentelemetry.trace import SpanKind
 
-from handlers.combinators import Combinable
 from handlers.context import (
     Action,
     Callee,
@@ -31,10 +30,11 @@ from handlers.context import (
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.serde import Serde
 from streams import tracing
+from streams.engine.futures import EntryFuture, RunFuture, SentHandle, awaited, can_win
 from streams.engine.invocation import Invocation, InvocationClosed, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy, state_key
 from streams.engine.registry import target_of
-from streams.engine.runs import IN_ACTION, ended, run_entry
+from streams.engine.runs import IN_ACTION, run_entry
 from streams.engine.values import (
     checked_headers,
     checked_id,
@@ -63,82 +63,6 @@ MAX_NAME = 4096
 MAX_STATE_RECORD = MAX_VALUE_BYTES + 64 * 1024
 
 
-async def _awaited(future: DurableFuture[T]) -> T:
-    return await future
-
-
-class _Selectable(Combinable):
-    """Futures of one context can be raced with ``handlers.select``."""
-
-    _ctx: InvocationContext
-
-    async def _kourier_select(self, futures: dict[str, DurableFuture[Any]]) -> tuple[str, Any]:
-        return await self._ctx.select(futures)
-
-
-class _EntryFuture(_Selectable, CallFuture[Any]):
-    """Awaits journal entry ``index`` of an invocation."""
-
-    def __init__(self, ctx: InvocationContext, index: int) -> None:
-        self._ctx = ctx
-        self._index = index
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._ctx.invocation.wait_for(self._index).__await__()
-
-    async def invocation_id(self) -> str:
-        callee = self._ctx.invocation.journal[self._index].callee
-        assert callee is not None
-        return callee
-
-
-class _RunFuture(_Selectable, DurableFuture[T]):
-    """A ``ctx.run``. Its action starts at the first await, as a task of its own (kept in
-    ``Invocation.runs``), and runs once: every later await, in this attempt or the next,
-    and a ``select`` that it lost, wait for the same outcome. A cancel of an awaiter (a
-    timeout of the handler's, a task group) stops the wait, not the action: only the
-    invocation's close and its outcome stop it (:meth:`Invocation.stop_runs`)."""
-
-    def __init__(
-        self, ctx: InvocationContext, index: int, make: Callable[[], Coroutine[Any, Any, T]]
-    ) -> None:
-        self._ctx = ctx
-        self._index = index
-        self._make = make
-        self._task: asyncio.Task[T] | None = None
-
-    def task(self) -> asyncio.Task[T]:
-        if self._task is None or self._task.cancelled():
-            runs, index = self._ctx.invocation.runs, self._index
-            task = runs.get(index)
-            if task is None or task.cancelled():
-                # Code left over from an attempt that ended, or after the outcome, starts
-                # no action (as it makes no other journal entry).
-                self._ctx.check_current()
-                task = asyncio.ensure_future(self._make())
-                runs[index] = task
-                task.add_done_callback(lambda done: ended(runs, index, done))
-            self._task = task
-        return self._task
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.shield(self.task()).__await__()
-
-
-def _can_win(task: asyncio.Task[Any]) -> bool:
-    """Whether a branch of a select that is done may be journaled its winner (which also
-    marks its exception as seen)."""
-    return not task.cancelled() and isinstance(task.exception(), TerminalError | None)
-
-
-class _SentHandle(SendHandle):
-    def __init__(self, callee: str) -> None:
-        self._callee = callee
-
-    async def invocation_id(self) -> str:
-        return self._callee
-
-
 class _Callee(Callee):
     def __init__(self, ctx: InvocationContext, target: Target) -> None:
         self._ctx = ctx
@@ -158,7 +82,7 @@ class _Callee(Callee):
         index = self._ctx.outgoing("call", self._target, arg, idempotency_key, headers, None)
         if timeout is not None:
             self._ctx.deadline(index, timeout)
-        return _EntryFuture(self._ctx, index)
+        return EntryFuture(self._ctx, index)
 
 
 class _Recipient(Recipient):
@@ -177,7 +101,7 @@ class _Recipient(Recipient):
         index = self._ctx.outgoing("send", self._target, arg, idempotency_key, headers, delay)
         callee = self._ctx.invocation.journal[index].callee
         assert callee is not None
-        return _SentHandle(callee)
+        return SentHandle(callee)
 
 
 class InvocationContext(WorkflowContext):
@@ -390,7 +314,7 @@ class InvocationContext(WorkflowContext):
             index = self._new_entry(Entry(kind="attach", callee=invocation_id))
             if not self.invocation.journal[index].done:
                 self.invocation.attach(index, invocation_id)
-        return _EntryFuture(self, index)
+        return EntryFuture(self, index)
 
     def cancel_invocation(self, invocation_id: str) -> None:
         checked_id(invocation_id)
@@ -414,10 +338,10 @@ class InvocationContext(WorkflowContext):
         tasks: dict[asyncio.Task[Any], str] = {}
         waits: list[asyncio.Task[Any]] = []
         for name, future in futures.items():
-            if isinstance(future, _RunFuture):
+            if isinstance(future, RunFuture):
                 tasks[future.task()] = name
             else:
-                waits.append(asyncio.ensure_future(_awaited(future)))
+                waits.append(asyncio.ensure_future(awaited(future)))
                 tasks[waits[-1]] = name
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -429,7 +353,7 @@ class InvocationContext(WorkflowContext):
         # cannot win: journaled, the next attempt would wait on it alone, its timer no longer
         # in the race. The first done that can win wins, in the order of the names.
         finished = [task for task in tasks if task in done]
-        winnable = [task for task in finished if _can_win(task)]
+        winnable = [task for task in finished if can_win(task)]
         first = winnable[0] if winnable else finished[0]
         winner = tasks[first]
         self.invocation.check_open()
@@ -458,14 +382,14 @@ class InvocationContext(WorkflowContext):
                 attributes = {"kourier.due": due, "kourier.entry": index, "kourier.sleep": seconds}
                 with tracing.span("sleep", attributes=attributes):
                     self.invocation.timer(index, due, fired)
-        return _EntryFuture(self, index)
+        return EntryFuture(self, index)
 
     def run(self, name: str, action: Action, *, type_hint: Any = None) -> DurableFuture[Any]:
         serde = None if type_hint is None else Serde(type_hint)  # a bad hint: nothing journaled
         index, entry = self._step("run", name=name)
         if entry is None:
             self.invocation.append(Entry(kind="run", name=name))
-        return _RunFuture(self, index, lambda: run_entry(self.invocation, index, action, serde))
+        return RunFuture(self, index, lambda: run_entry(self.invocation, index, action, serde))
 
     # -- state -------------------------------------------------------------------
 
@@ -543,18 +467,20 @@ class InvocationContext(WorkflowContext):
 
     # -- workflow promises -------------------------------------------------------
 
-    def promise(self, name: str) -> DurablePromise[Any]:
+    def promise(self, name: str, type_hint: Any = None) -> DurablePromise[Any]:
         if self.invocation.handler.service.kind != "workflow":
             raise TerminalError("durable promises belong to workflows", 400)
-        return _Promise(self, name)
+        return _Promise(self, name, None if type_hint is None else Serde(type_hint))
 
 
 class _Promise(DurablePromise[Any]):
-    """A workflow promise, kept by the workflow's partition; every use is journaled."""
+    """A workflow promise, kept by the workflow's partition; every use is journaled. Its
+    value is journaled as JSON and loaded as the handler's type, if it gave one, when read."""
 
-    def __init__(self, ctx: InvocationContext, name: str) -> None:
+    def __init__(self, ctx: InvocationContext, name: str, serde: Serde | None) -> None:
         self._ctx = ctx
         self._name = name
+        self._serde = serde
 
     def value(self) -> DurableFuture[Any]:
         ctx, invocation = self._ctx, self._ctx.invocation
@@ -563,7 +489,7 @@ class _Promise(DurablePromise[Any]):
             index = ctx._new_entry(Entry(kind="promise_get", name=self._name))
             if not invocation.journal[index].done:
                 invocation.await_promise(index, self._name)
-        return _EntryFuture(ctx, index)
+        return EntryFuture(ctx, index, self._serde, f"promise {self._name!r}")
 
     async def peek(self) -> Any:
         invocation = self._ctx.invocation
@@ -574,7 +500,10 @@ class _Promise(DurablePromise[Any]):
             failure = None if promise is None else promise.failure
             entry = Entry(kind="promise_peek", name=self._name, value=value, failure=failure)
             invocation.append(entry.replace(done=True))
-        return outcome(entry)
+        value = outcome(entry)
+        if self._serde is None or value is None:
+            return value
+        return self._serde.load(value, f"promise {self._name!r}", status_code=500)
 
     async def resolve(self, value: Any) -> None:
         stored = self._ctx._stored(self._name, value, f"promise {self._name!r}", promise=True)

@@ -1,7 +1,7 @@
 """``ctx.run``: performing an action and journaling its outcome.
 
 Each run is a task of its own, one per journal entry (``Invocation.runs``; the future a
-handler awaits is ``streams.engine.context._RunFuture``). This module is what that task
+handler awaits is ``streams.engine.futures.RunFuture``). This module is what that task
 runs: the action, on the event loop or on a thread of the run pool, then its outcome into
 the journal, which every await of the entry and every replay then read.
 """
@@ -47,7 +47,7 @@ async def run_entry(inv: Invocation, index: int, action: Action, serde: Serde | 
             # Start no action that the partition's next owner would start again; the
             # close that ends the hand-over cancels this wait.
             await loop.create_future()
-        # This task (its own, see _RunFuture) ends once the action's outcome is journaled.
+        # This task (its own, see RunFuture) ends once the action's outcome is journaled.
         this = asyncio.current_task()
         assert this is not None
         inv.actions.add(this)
@@ -116,7 +116,7 @@ async def _perform(action: Action, executor: Executor | None) -> Any:
             return await result
         return result
     except (SystemExit, KeyboardInterrupt) as exc:  # the action's own: no signal lands there
-        # Out of a task (the run's, see _RunFuture), asyncio would end the event loop
+        # Out of a task (the run's, see RunFuture), asyncio would end the event loop
         # with it: the worker, and every next owner of the partition after it.
         raise RuntimeError(f"the action raised {exc!r}") from None
 

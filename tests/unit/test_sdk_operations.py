@@ -4,7 +4,9 @@ retention. Driven with the engine's harness, no Kafka."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
+
+from pydantic import BaseModel
 
 from handlers import (
     Context,
@@ -62,6 +64,32 @@ async def look(ctx: WorkflowSharedContext) -> object:
     return await ctx.promise("approval").peek()
 
 
+class Approval(BaseModel):
+    by: str
+    on: date
+
+
+typed = Workflow("Typed")
+
+
+@typed.main()
+async def approve(ctx: WorkflowContext) -> str:
+    approval = await ctx.promise("approval", Approval).value()
+    seen = await ctx.promise("approval", Approval).peek()
+    assert seen == approval
+    try:
+        await ctx.promise("count", int).value()
+    except TerminalError as error:
+        return f"{approval.by} on {approval.on.isoformat()} ({error.status_code}: {error.message})"
+    return "a count that is not a number was taken"
+
+
+@typed.handler()
+async def settle(ctx: WorkflowSharedContext, by: str) -> None:
+    await ctx.promise("approval", Approval).resolve(Approval(by=by, on=date(2026, 12, 7)))
+    await ctx.promise("count").resolve("many")
+
+
 @tools.handler()
 async def both(ctx: Context) -> list[object]:
     return await gather(ctx.run("one", lambda: 1), ctx.run("two", lambda: "two"))
@@ -111,6 +139,22 @@ async def test_a_rejected_promise_fails_its_waiter_and_peek_raises_it_too() -> N
     failure = h.responses()["look"].failure
     assert failure is not None
     assert "full" in failure.message
+
+
+async def test_a_promise_given_a_type_is_read_as_that_type() -> None:
+    """``ctx.promise(name, Model)`` resolves with a model (journaled as JSON) and reads it
+    back as the model, in ``value()`` and ``peek()``; a value that does not fit the type
+    is the reader's TerminalError 500."""
+    h = Harness([typed])
+    h.call(Target(service="Typed", key="t1", handler="run"), request_id="run")
+    h.call(Target(service="Typed", key="t1", handler="settle"), "ada", request_id="settle")
+    await until(lambda: {"run", "settle"} <= set(h.responses()))
+    assert h.responses()["settle"].failure is None
+    answer = h.responses()["run"]
+    assert answer.failure is None, answer.failure
+    assert answer.value.startswith("ada on 2026-12-07 (500: invalid promise 'count': "), (
+        answer.value
+    )
 
 
 async def test_gather_returns_the_results_in_order() -> None:

@@ -84,6 +84,24 @@ async def test_calls_between_handlers_and_state() -> None:
         assert await h.call("Counter/current", key="bob") == 0, "by name, too"
 
 
+tags = VirtualObject("Tags")
+
+
+@tags.handler()
+async def tag(ctx: ObjectContext, name: str) -> None:
+    names: dict[str, list[str]] = await ctx.get("names") or {"all": []}
+    names["all"].append(name)
+    ctx.set("names", names)
+
+
+async def test_state_is_a_copy_down_to_nested_values() -> None:
+    async with Harness([tags]) as h:
+        await h.call(tag, "red", key="t")
+        seen = h.state("Tags", "t")
+        seen["names"]["all"].append("changed by the test")
+        assert h.state("Tags", "t") == {"names": {"all": ["red"]}}, "the stored state changed"
+
+
 async def test_a_terminal_error_reaches_the_caller() -> None:
     async with Harness(SERVICES) as h:
         with pytest.raises(TerminalError) as failure:
