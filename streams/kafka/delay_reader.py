@@ -62,9 +62,10 @@ class DelayReader:
             "queued.max.messages.kbytes": 8192,
         }
         self._topic = topic
-        # (rank, sequence, request): stop first, then urgent reads, then the rest, each in
-        # the order asked; the sequence keeps requests from ever being compared.
-        self._requests: queue.PriorityQueue[tuple[int, int, _Request | None]] = (
+        # (rank, sequence, request, whether it went after the others for being slow): stop
+        # first, then urgent reads, then the rest, each in the order asked; the sequence
+        # keeps requests from ever being compared.
+        self._requests: queue.PriorityQueue[tuple[int, int, _Request | None, bool]] = (
             queue.PriorityQueue()
         )
         self._asked = itertools.count()
@@ -87,13 +88,13 @@ class DelayReader:
             self._thread.daemon = True
             self._thread.start()
         request = (partition, list(offsets), max_bytes, deliver, asyncio.get_running_loop(), wanted)
-        self._requests.put((1 if urgent else 2, next(self._asked), request))
+        self._requests.put((1 if urgent else 2, next(self._asked), request, False))
 
     def close(self) -> None:
         """Stop the thread (a read in progress is abandoned) and close the consumer."""
         self._closed = True
         if self._thread is not None:
-            self._requests.put((0, next(self._asked), None))
+            self._requests.put((0, next(self._asked), None, False))
             self._thread.join(30)
             self._thread = None
 
@@ -101,10 +102,9 @@ class DelayReader:
         consumer = self._consumer()
         if consumer is None:
             return
-        slow: set[int] = set()  # read-backs that went after the others for being slow
         try:
             while not self._closed:
-                rank, _, request = self._requests.get()
+                rank, _, request, went_after = self._requests.get()
                 if request is None:
                     return
                 partition, offsets, max_bytes, deliver, loop, wanted = request
@@ -112,18 +112,17 @@ class DelayReader:
                     continue  # its processor closed (the partition revoked) while it waited
                 while True:
                     try:
-                        polite = id(request) not in slow  # a slow one goes after others once
+                        # A slow one goes after the others once.
+                        polite = not went_after
                         result = self._read(consumer, partition, offsets, max_bytes, rank, polite)
-                        slow.discard(id(request))
                         break
                     except _Stalled as stalled:
-                        if isinstance(stalled, _Slow):
-                            slow.add(id(request))
+                        went_after = went_after or isinstance(stalled, _Slow)
                         # Its partition gives nothing and no bounds (its leader away): asked
                         # again after the others of its rank, which it held back before.
                         log.warning("delay reader: partition %d stalled (%s); later",
                                     partition, stalled)  # fmt: skip
-                        self._requests.put((rank, next(self._asked), request))
+                        self._requests.put((rank, next(self._asked), request, went_after))
                         result = _PUT_BACK
                         break
                     except Exception:  # a dead reader would strand every far message
@@ -135,7 +134,7 @@ class DelayReader:
                             return
                         # A second's pause, a tenth when other read-backs wait for their turn.
                         time.sleep(1.0 if self._requests.empty() else 0.1)
-                        self._requests.put((rank, next(self._asked), request))
+                        self._requests.put((rank, next(self._asked), request, went_after))
                         result = _PUT_BACK
                         break
                 if result is None:
