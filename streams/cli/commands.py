@@ -347,7 +347,7 @@ def _leave_blocked_actions() -> None:
 def ingress(args: argparse.Namespace) -> int:
     dump.from_the_start()  # a SIGUSR1 must not end it; a crash says where it was
     from streams.engine import spill
-    from streams.http.ingress import bound_port, serve
+    from streams.http.ingress import bound_port, serve, shut_down
 
     _configure_logging()
     spill.probe()  # the admin index spills too (streams/http/index_spill.py)
@@ -364,9 +364,7 @@ def ingress(args: argparse.Namespace) -> int:
         )
         print(f"http://{args.host}:{bound_port(runners[0])}", flush=True)
         await stop.wait()
-        for runner in runners:
-            await runner.cleanup()
-        await ingress.close()
+        await shut_down(ingress, runners)
 
     return _run_until_signal(main, "kourier-ingress")
 
@@ -416,7 +414,7 @@ def _dev(args: argparse.Namespace) -> int:
 
     from streams.engine import spill
     from streams.engine.registry import load_services
-    from streams.http.ingress import bound_port, serve
+    from streams.http.ingress import bound_port, serve, shut_down
     from streams.kafka.worker import Worker
 
     _configure_logging(args.verbose)
@@ -465,9 +463,7 @@ def _dev(args: argparse.Namespace) -> int:
             )
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for runner in runners:
-                await runner.cleanup()
-            await ingress.close()
+            await shut_down(ingress, runners)
             worker.stop()
             await work
 

@@ -472,6 +472,21 @@ async def serve(
     return ingress, runners
 
 
+async def shut_down(ingress: Ingress, runners: list[web.AppRunner]) -> None:
+    """Stop serving in the order that answers every request: the sites stop taking
+    connections; the client closes, so a call or attach still waiting answers 504 with its
+    invocation id (its caller can attach to it, or retry with an idempotency key) rather
+    than have its connection cut; the servers then end, which gives the handlers their
+    runner's shutdown timeout to write those answers; the ingress closes the rest."""
+    for runner in runners:
+        for site in list(runner.sites):
+            await site.stop()
+    await ingress.client.close()
+    for runner in runners:
+        await runner.cleanup()
+    await ingress.close()
+
+
 def bound_port(runner: web.AppRunner) -> int:
     """The port ``runner`` listens on: the one the system chose when 0 was asked for."""
     return int(runner.addresses[0][1])

@@ -254,13 +254,25 @@ class _Runner(web.AppRunner):
         return server
 
 
+#: Seconds a stopping server gives the requests it is serving to end (aiohttp's default is
+#: 60); the ingress's client is closed before it, so its calls have answered by then.
+SHUTDOWN_GRACE = 10.0
+
+
 def app_runner(app: web.Application) -> web.AppRunner:
     """A runner for an ingress or admin app. A client that hangs up cancels its request's
-    handler, so a call nobody waits for any more frees its slot and its pending response."""
+    handler, so a call nobody waits for any more frees its slot and its pending response.
+    At a stop, a request still served after ``SHUTDOWN_GRACE`` is cancelled."""
     server_log = logging.getLogger("aiohttp.server")
     if _BAD_BODIES not in server_log.filters:
         server_log.addFilter(_BAD_BODIES)
-    return _Runner(app, access_log=None, handler_cancellation=True, max_line_size=_MAX_REQUEST_LINE)
+    return _Runner(
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        max_line_size=_MAX_REQUEST_LINE,
+        shutdown_timeout=SHUTDOWN_GRACE,
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from aiohttp import web
 from handlers.service import ServiceDefinition
 from streams.cli import dump
 from streams.client import Client
-from streams.http.ingress import Ingress
+from streams.http.ingress import Ingress, shut_down
 from streams.http.shared import app_runner
 from streams.kafka.admin import create_topics
 from streams.kafka.broker import free_port
@@ -98,9 +98,7 @@ async def served_ingress(settings: Settings, **options: int) -> AsyncIterator[tu
         ADMIN_URLS[urls[0]] = urls[1]
         yield ingress, urls[0]
     finally:
-        for runner in runners:
-            await runner.cleanup()
-        await ingress.close()
+        await shut_down(ingress, runners)
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,6 +16,18 @@ from streams.settings import Settings
 from streams.wire.topics import Topics
 
 T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kourier_process(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``kourier *args`` as its own process, on ``settings``' broker and namespace, its
+    output in ``log`` (stop it with ``tests.processes.stop_process``)."""
+    env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+               KOURIER_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))  # fmt: skip
+    env.pop("KOURIER_PARTITIONS", None)
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
 
 
 async def poll_until(

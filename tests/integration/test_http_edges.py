@@ -7,9 +7,12 @@ import asyncio
 import gzip
 import json
 import logging
+import re
+import signal
 import threading
 import zlib
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -18,11 +21,13 @@ import pytest
 from yarl import URL
 
 from streams.client import Client
+from streams.kafka.broker import free_port
 from streams.kafka.worker import Worker
 from streams.settings import Settings
 from tests.integration import apps
 from tests.integration.conftest import ADMIN_URLS, in_process_worker, served_ingress
-from tests.integration.helpers import invocation_status, poll_until
+from tests.integration.helpers import invocation_status, kourier_process, poll_until
+from tests.processes import stop_process
 
 
 @pytest.mark.parametrize(
@@ -379,6 +384,50 @@ async def test_a_call_waiting_when_the_ingress_shuts_down_answers_504(topics: Se
         assert "may go on" in message
         assert inv_id is not None, "a call's own id is what one attaches to"
         assert f"/restate/attach/{inv_id}" in message
+
+
+async def test_a_call_waiting_when_kourier_ingress_is_stopped_answers_504_with_its_id(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """``kourier ingress`` stopped its HTTP servers before its client: a call waiting for
+    its outcome held the stop for aiohttp's 60 s, then had its connection cut, with no
+    status and no ``x-restate-id``; a caller without an idempotency key could then neither
+    attach to the invocation nor retry it safely."""
+    async with in_process_worker(topics, apps.SERVICES, f"gone-{topics.namespace}"):
+        pass  # announces the services, then stops: no worker answers the call
+    port, admin = free_port(), free_port()
+    log = tmp_path / "ingress.log"
+    ingress = kourier_process(topics, "ingress", "--port", str(port), "--admin-port", str(admin),
+                              log=log)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def in_flight() -> str | None:
+                try:
+                    async with http.get(f"{url}/metrics") as reply:
+                        text = await reply.text()
+                    found = re.search(r"\nkourier_ingress_in_flight (\S+)\n", text)
+                    return None if found is None else found[1]
+                except aiohttp.ClientError:
+                    return None  # not up yet
+
+            async def waiting() -> bool:
+                return await in_flight() == "1.0"
+
+            await poll_until(in_flight, "0.0", 60, f"the ingress up ({log.read_text()[-300:]})")
+            call = asyncio.create_task(http.post(f"{url}/Tally/k/add", json=1))
+            await poll_until(waiting, True, 60, "the call waiting for its outcome")
+            ingress.send_signal(signal.SIGTERM)
+            async with await asyncio.wait_for(call, 30) as reply:
+                assert reply.status == 504, await reply.text()
+                message = (await reply.json())["message"]
+                inv_id = reply.headers.get("x-restate-id")
+            assert inv_id is not None, "a call's own id is what one attaches to"
+            assert f"/restate/attach/{inv_id}" in message
+        assert await asyncio.to_thread(ingress.wait, 30) == 0, log.read_text()[-500:]
+    finally:
+        stop_process(ingress)
 
 
 async def test_an_admin_read_that_waits_for_the_index_holds_up_no_call(

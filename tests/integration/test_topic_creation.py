@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -38,19 +35,10 @@ from streams.kafka.worker import Worker
 from streams.settings import Settings
 from streams.wire.topics import Topics
 from tests.integration import apps
+from tests.integration.helpers import kourier_process as kourier
 from tests.integration.helpers import poll_until
 from tests.processes import stop_process
 from tests.threads import in_thread
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def kourier(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, KOURIER_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-               KOURIER_NAMESPACE=settings.namespace, PYTHONPATH=str(ROOT))  # fmt: skip
-    env.pop("KOURIER_PARTITIONS", None)
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def shapes(settings: Settings) -> list[tuple[str, bool, int]]:
