@@ -248,13 +248,14 @@ class Attempts:
         inv.task = None
         # A cancel that this attempt began with and failed before reaching ends it: the next
         # could fail as early, again and again, with the key held. One that came during the
-        # attempt goes to the next, at once, so that the handler can compensate.
+        # attempt goes to the next, at once, so that the handler can compensate: its last
+        # attempt's too, as a cancel of a paused invocation runs it once more.
         cancelled = meta.cancel_requested
-        if cancelled and (inv.began_cancelled or policy.exhausted(meta.attempt)):
+        if cancelled and inv.began_cancelled:
             inv.close()
             self._complete(inv, None, CANCELLED)
             return
-        if policy.exhausted(meta.attempt):
+        if policy.exhausted(meta.attempt) and not cancelled:
             labelled(PAUSED, meta.target.service).inc()
             meta.status = "paused"
             log.error("%s paused after %d attempts: %s", meta.id, meta.attempt, meta.last_error)

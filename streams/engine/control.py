@@ -1,8 +1,9 @@
 """Cancel, kill, purge and resume: what operators and handlers do to an invocation by id.
 
 A cancel is cooperative: an invocation that has not started completes at once with 409;
-a running one gets the 409 at its next await (a timer, a promise, an attach; an awaited
-call first cancels its callee, leaves first, and the 409 comes back as its outcome). A kill
+a started one (running, suspended, backing off or paused) gets the 409 at its next await (a
+timer, a promise, an attach; an awaited call first cancels its callee, leaves first, and the
+409 comes back as its outcome). A kill
 stops it now, without compensation, and kills the calls it has open. Purge forgets a
 completed invocation's retained outcome; resume runs a paused one again.
 """
@@ -118,11 +119,14 @@ class Controls:
             self._outbox.response(response)
 
     def cancel(self, inv: Invocation) -> bool:
-        """Cancel ``inv``; True when it is done with at once (it had not started)."""
+        """Cancel ``inv``; True when it is done with at once: it had not started, or it is
+        paused and its handler is not deployed here. A paused one that can run runs once
+        more (``deliver_cancel``), so that its handler compensates, as a running one does."""
         meta = inv.meta
         for callee in _open_calls(inv):  # a paused one may have left calls open, too
             self._outbox.control(Cancel(invocation_id=callee), origin=meta.id)
-        if meta.status in ("pending", "paused", "scheduled"):
+        unstarted = meta.status in ("pending", "scheduled")
+        if unstarted or (meta.status == "paused" and inv.handler_def is None):
             inv.close()
             self._complete(inv, None, CANCELLED)
             return True
@@ -144,13 +148,18 @@ class Controls:
         """Fail what ``inv`` awaits right now (a timer, a promise, an attach) with 409.
 
         Only a wait the handler is in counts: an entry left open by a ``select`` it lost
-        is no longer awaited. A suspended or backing-off invocation runs again at once,
-        and its replay meets the cancel at the first open wait or new entry it reaches (one
-        that fails before either ends cancelled: see ``Attempts._back_off``). Awaited calls
+        is no longer awaited. A suspended, backing-off or paused invocation runs again at
+        once (a paused one as its next attempt), and its replay meets the cancel at the first
+        open wait or new entry it reaches (one that fails before either ends cancelled: see
+        ``Attempts._back_off``). Awaited calls
         are not failed here: the cancel travels to the callee first (leaves first), and its
         409 comes back as the call's outcome.
         """
         if not inv.meta.cancel_requested:
+            return
+        if inv.meta.status == "paused" and inv.handler_def is not None:
+            inv.meta.attempt += 1
+            self._attempts.run(inv)
             return
         if inv.meta.status in ("suspended", "backing-off"):  # now, not at its retry time
             self._attempts.run(inv)

@@ -3,6 +3,7 @@ idempotent sends: the partition processor's rules, driven without Kafka."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -100,6 +101,29 @@ async def strand(ctx: ObjectContext) -> str:
     raise RuntimeError("fails before it awaits its call")
 
 
+stubborn = VirtualObject("Stubborn", retry=RetryPolicy(max_attempts=1))
+#: What ``charge`` waits for before it fails (made by the ``_reset`` fixture, set by a test).
+card_service: dict[str, asyncio.Event] = {}
+
+
+async def charge() -> None:
+    await card_service["down"].wait()
+    raise RuntimeError("the card service is down")
+
+
+@stubborn.handler()
+async def reserve(ctx: ObjectContext) -> str:
+    """Reserves, then charges, which fails: its only attempt, so it is paused."""
+    ctx.set("reserved", True)
+    try:
+        await ctx.run("charge", charge)
+    except TerminalError as error:
+        ctx.clear("reserved")
+        trail.append(f"release {ctx.key} {error.status_code}")
+        raise
+    return "charged"
+
+
 signup = Workflow("Signup", idempotency_retention=timedelta(seconds=1))
 
 
@@ -139,10 +163,11 @@ async def join_run(ctx: ObjectContext, email: str) -> str:
 def _reset() -> None:
     trail.clear()
     flaky_state.update(failing=True, runs=0)
+    card_service["down"] = asyncio.Event()
 
 
 def harness(loopback: bool = False) -> Harness:
-    return Harness([saga, signup], loopback=loopback)
+    return Harness([saga, signup, stubborn], loopback=loopback)
 
 
 def saga_target(key: str, handler: str) -> Target:
@@ -530,17 +555,50 @@ async def test_a_delayed_send_of_an_earlier_run_under_the_same_id_does_not_swall
 
 
 async def test_cancelling_a_paused_invocation_cancels_the_calls_it_left_open() -> None:
-    """A paused invocation completes as cancelled at once; the cancel still travels to the
-    calls it made and never awaited, whose callees would otherwise run on, holding their
-    keys."""
+    """The cancel travels to the calls a paused invocation made and never awaited, whose
+    callees would otherwise run on, holding their keys; the invocation, run once more with
+    the cancel, fails before it awaits anything, and ends cancelled."""
     h = harness()
     inv_id = h.call(saga_target("s", "strand"), request_id="strand")
     await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
     child = next(e.callee for e in h.processor.invocations[inv_id].journal if e.kind == "call")
     h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
-    assert h.responses()["cancel"].status == "success"
+    assert h.responses()["cancel"].status == "accepted"
+    await until(lambda: "strand" in h.responses())
     assert h.responses()["strand"].failure.code == 409
     assert [r["invocation_id"] for r in h.records("cancel")] == [child]
+
+
+async def test_a_paused_invocation_cancelled_compensates() -> None:
+    """A cancel of a paused invocation completed it at once with 409: its handler never met
+    the cancel, and what it had done stayed done (here, the reservation), although DESIGN
+    §5 gives a started invocation the cancel at its next await, so that it compensates."""
+    h = harness()
+    card_service["down"].set()
+    inv_id = h.call(Target(service="Stubborn", key="k", handler="reserve"), request_id="reserve")
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
+    assert h.processor.store.state_of(ObjectKey("Stubborn", "k")) == {"reserved": True}
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    assert h.responses()["cancel"].status == "accepted"
+    await until(lambda: "reserve" in h.responses())
+    assert h.responses()["reserve"].failure.code == 409
+    assert trail == ["release k 409"]
+    assert h.processor.store.state_of(ObjectKey("Stubborn", "k")) == {}
+
+
+async def test_a_cancel_during_the_last_attempt_reaches_the_handler() -> None:
+    """A cancel that came during an invocation's last attempt, which then failed, ended it
+    at once with 409, without the handler meeting it."""
+    h = harness()
+    inv_id = h.call(Target(service="Stubborn", key="k", handler="reserve"), request_id="reserve")
+    await until(lambda: waiting_in(h, inv_id, "run"))
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    assert h.responses()["cancel"].status == "accepted"
+    card_service["down"].set()  # the action fails: the last attempt with it
+    await until(lambda: "reserve" in h.responses())
+    assert h.responses()["reserve"].failure.code == 409
+    assert trail == ["release k 409"]
+    assert h.processor.store.state_of(ObjectKey("Stubborn", "k")) == {}
 
 
 async def test_idempotent_sends_are_accepted_once_and_recorded_in_the_dedup_table() -> None:
