@@ -418,10 +418,15 @@ class InvocationContext(WorkflowContext):
 
     async def state_keys(self) -> list[str]:
         self._stateful()
+        keys, value = None, None
+        if self._cursor >= len(self.invocation.journal):
+            # 413 past a record's size, before the step claims its index: a refusal that
+            # the handler catches must leave the next operation its own entry.
+            keys = self.invocation.state_keys()
+            value = writable(list(keys), "the state's keys")
         _index, entry = self._step("state_keys")
         if entry is None:
-            keys = self.invocation.state_keys()
-            value = writable(list(keys), "the state's keys")  # 413 past a record's size
+            assert keys is not None
             self.invocation.append(Entry(kind="state_keys", value=value, done=True))
             return keys
         return list(cast(list[str], entry.value))

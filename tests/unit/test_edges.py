@@ -518,6 +518,31 @@ async def test_a_state_write_replayed_is_not_measured_again(
     assert h.responses()["replayed"].value == "kept"
 
 
+@edge.handler()
+async def list_too_many(ctx: ObjectContext, count: int) -> str:
+    for n in range(count):
+        ctx.set(f"{n:04d}" + "k" * 4_000, n)
+    try:
+        await ctx.state_keys()
+    except TerminalError as error:
+        refused = error.status_code
+    after: str = await ctx.run("after", lambda: "ran")
+    return f"refused {refused}, then {after}"
+
+
+async def test_a_state_keys_refused_as_too_large_leaves_the_next_step_its_entry() -> None:
+    """``state_keys`` claimed its journal index, then raised 413 and journaled nothing: the
+    handler's next operation, caught up, claimed the index after the one its entry went to
+    (a ``ctx.run`` failed with IndexError), and a replay met that entry where it asked for
+    the keys (a divergence)."""
+    h = harness()
+    h.call(Target(service="Edge", key="many", handler="list_too_many"), 300, request_id="keys")
+    await until(lambda: "keys" in h.responses())
+    answer = h.responses()["keys"]
+    assert answer.failure is None, answer.failure
+    assert answer.value == "refused 413, then ran"
+
+
 async def test_error_texts_are_bounded() -> None:
     h = harness()
     h.call(Target(service="Edge", key="t", handler="shout"), "terminal", request_id="t")
