@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     Consumer,
     IsolationLevel,
     KafkaError,
@@ -426,6 +427,30 @@ def worker_consumer(settings: Settings, group: str, fetch_wait_ms: int = FETCH_W
 
 #: Where a group's committed offsets live.
 OFFSETS_TOPIC = "__consumer_offsets"
+
+
+def read_on_from(consumer: Consumer, taken: Sequence[TopicPartition]) -> None:
+    """Put the group's ``consumer`` at the offsets of partitions ``taken`` over (a
+    partition's start where none is committed). A partition whose fetch has not started
+    (its assignment's own read of the committed offset still under way) cannot be sought:
+    librdkafka answers ``_STATE``. The assignment is then made again, at those offsets,
+    rather than the ``KafkaException`` end the worker (an eager group's consumer may be
+    assigned at any time)."""
+    at = {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+          for tp in taken}  # fmt: skip
+    for (topic, partition), offset in at.items():
+        try:
+            consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            log.warning("cannot seek %s [%d] (%s): assigning again at the offsets read",
+                        topic, partition, exc)  # fmt: skip
+            break
+    else:
+        return
+    consumer.assign([
+        TopicPartition(tp.topic, tp.partition, at.get((tp.topic, tp.partition), tp.offset))
+        for tp in consumer.assignment()
+    ])  # fmt: skip
 
 
 def offsets_partition(group: str, partitions: int) -> int:

@@ -41,6 +41,7 @@ from streams.kafka.offsets import (
     FETCH_WAIT_MS,
     REFUSED,
     consume_ready,
+    read_on_from,
     records_of,
     unread_offsets,
     worker_consumer,
@@ -463,9 +464,7 @@ class Worker:
             return  # a worker on its way out restores nothing: the next owner does
         if not settled and not self._settle_producers():
             return
-        for tp in self._take_over(owned):  # then read on from what is committed
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        read_on_from(self._consumer, self._take_over(owned))
 
     async def _drop_all(self) -> list[TopicPartition]:
         owned = self._ownership.drop_all()

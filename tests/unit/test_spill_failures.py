@@ -12,7 +12,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from streams.engine.delay_records import LogRewound
 from streams.engine.outbox import Out
@@ -283,3 +283,46 @@ def test_a_take_over_that_reads_a_delay_log_from_its_start_puts_the_consumer_the
     worker._take_over = lambda partitions: taken[:1]  # type: ignore[method-assign]
     worker._on_assign(consumer, [TopicPartition(TOPICS.ingress, 3)])  # type: ignore[arg-type]
     assert len(assigned) == 1, "assigned where the default does"
+
+
+class FetchNotStarted:
+    """A group's consumer whose partition 3 of the ingress topic has been assigned, and
+    whose own read of its committed offset is still under way: librdkafka refuses a seek
+    of a partition whose fetch has not started (``_STATE``)."""
+
+    def __init__(self, assigned: list[TopicPartition]) -> None:
+        self.assigned = assigned
+        self.sought: list[TopicPartition] = []
+        self.assigns: list[list[TopicPartition]] = []
+
+    def seek(self, tp: TopicPartition) -> None:
+        if (tp.topic, tp.partition) == (TOPICS.ingress, 3):
+            raise KafkaException(KafkaError(KafkaError._STATE, "Local: Erroneous state"))
+        self.sought.append(tp)
+
+    def assignment(self) -> list[TopicPartition]:
+        return self.assigned
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigns.append(partitions)
+
+
+def test_a_restore_that_cannot_seek_a_partition_assigns_it_at_its_offset(worker: Worker) -> None:
+    """A restore (after a failed commit, a spill failure, a stuck producer) in the moment
+    after an assignment, before the consumer had read its committed offsets: the seek's
+    ``KafkaException`` left the Kafka thread and ended the worker."""
+    owned = [TopicPartition(TOPICS.ingress, 3), TopicPartition(TOPICS.delay, 3),
+             TopicPartition(TOPICS.ingress, 5)]  # fmt: skip
+    taken = [TopicPartition(TOPICS.delay, 3, 40), TopicPartition(TOPICS.ingress, 3, 12),
+             TopicPartition(TOPICS.ingress, 5, -1001)]  # fmt: skip
+    consumer = FetchNotStarted([*owned, TopicPartition(TOPICS.ingress, 7)])
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker._take_over = lambda partitions: taken  # type: ignore[method-assign]
+    worker._recover(settled=True, owned=owned)
+    (assigned,) = consumer.assigns
+    assert [(tp.topic, tp.partition, tp.offset) for tp in assigned] == [
+        (TOPICS.ingress, 3, 12),
+        (TOPICS.delay, 3, 40),
+        (TOPICS.ingress, 5, OFFSET_BEGINNING),  # none committed: its start
+        (TOPICS.ingress, 7, -1001),  # not taken over here: where the group's offset says
+    ]
