@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -487,8 +488,8 @@ class Worker:
         or the worker stops, which ends it with nothing taken over. A worker that stays in
         here past ``max.poll.interval.ms``, or whose session expired while Kafka was away,
         is out of the group (librdkafka clears its member id): the group gives its
-        partitions to others, so it stops trying and lets its next poll deliver the loss
-        and rejoin, rather than restore, without end, partitions others now write."""
+        partitions to others, so it gives them up, even restored, and lets its next poll
+        deliver the loss and rejoin, rather than run or restore partitions others own."""
         member = self._consumer.memberid()
         while True:
             try:
@@ -504,6 +505,8 @@ class Worker:
                 committed = self._ownership.rewound(committed, ends)
                 self._on_loop(self._ownership.assign(committed, ends, self._restore))
                 offsets_lost(self._consumer, self.topics, self._group, committed, self.processors)
+                if self._consumer.memberid() != member:  # restored past max.poll.interval.ms
+                    raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "too late"))
                 return committed
             except (KafkaException, WorkerError, RestoreError, SpillFailed) as exc:
                 self._on_loop(self._ownership.forget(partitions, close=True))

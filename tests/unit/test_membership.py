@@ -157,3 +157,44 @@ def test_a_committed_offset_that_comes_back_with_an_error_is_asked_again(
     monkeypatch.setattr(worker_module, "time", SimpleNamespace(sleep=lambda seconds: None))
     assert worker._take_over([TopicPartition(TOPICS.ingress, 0)]) == []
     assert went_on == [[42]], "an offset answered with an error was taken"
+
+
+def test_a_take_over_that_outlasts_the_membership_gives_its_partitions_up(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A take-over runs outside any poll: one whose restore outlasted
+    ``max.poll.interval.ms`` was out of the group by its end (librdkafka clears the member
+    id), and started its partitions all the same; their handlers ran while another worker,
+    now their owner, ran them too, until the next poll told this one."""
+    consumer = Consumer()
+    consumer.member = "rdkafka-1"
+
+    class Reader:
+        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Answer]:
+            return [Answer(42)]
+
+    forgotten: list[list[TopicPartition]] = []
+
+    class Owned:
+        def rewound(self, committed: list[Answer], ends: object) -> list[Answer]:
+            return committed
+
+        async def assign(self, committed: object, ends: object, restore: object) -> None:
+            pass
+
+        async def forget(self, partitions: list[TopicPartition], close: bool) -> None:
+            forgotten.append(partitions)
+
+    def offsets_lost(consumer_: Consumer, *args: object) -> None:
+        consumer.member = ""  # the restore took longer than max.poll.interval.ms
+
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker._offset_reader = Reader()  # type: ignore[assignment]
+    worker._ownership = Owned()  # type: ignore[assignment]
+    worker._admin = None  # type: ignore[assignment]  # delay_ends is a stand-in
+    monkeypatch.setattr(worker_module, "delay_ends", lambda *args: {})
+    monkeypatch.setattr(worker_module, "offsets_lost", offsets_lost)
+    partitions = [TopicPartition(TOPICS.ingress, 0)]
+    assert worker._take_over(partitions) == []
+    assert forgotten == [partitions]
+    assert any("out of group unit.workers since" in said for said in warnings(caplog))
