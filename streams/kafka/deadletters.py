@@ -65,6 +65,9 @@ def read(
         {
             "group.id": f"{settings.namespace}.dlq.{uuid.uuid4().hex}",
             "enable.auto.commit": False,
+            # A segment deleted by retention as it is read puts the position at the oldest
+            # letter kept: at the end (librdkafka's default), the rest would go unlisted.
+            "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "log_level": 3,
         }
