@@ -209,7 +209,11 @@ class Ownership:
     async def forget(self, partitions: list[TopicPartition], close: bool = False) -> None:
         """Own ``partitions`` no more (closing their processors first if ``close``): drop
         their gauges and stall reports, and release the spills of the closed ones."""
-        self.let_go([tp.partition for tp in partitions if tp.topic == self.topics.delay])
+        delays = [tp.partition for tp in partitions if tp.topic == self.topics.delay]
+        self.let_go(delays)
+        # Its next owner cannot know of a rewind: one that comes back here reads from what
+        # is committed (a log made again is found again, by its first record below that).
+        self.rewind.difference_update(delays)
         for tp in partitions:
             forget_gauges(tp)
             if tp.topic == self.topics.delay:

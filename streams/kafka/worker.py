@@ -483,16 +483,18 @@ class Worker:
 
     def _take_over(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Read the committed offsets, restore, start (Kafka thread); the offsets read.
-        While brokers come and go, or a transaction stays open on a changelog, this can
-        fail: it is tried again, from scratch, rather than end the worker, until it succeeds
-        or the worker stops, which ends it with nothing taken over. A worker that stays in
-        here past ``max.poll.interval.ms``, or whose session expired while Kafka was away,
-        is out of the group (librdkafka clears its member id): the group gives its
-        partitions to others, so it gives them up, even restored, and lets its next poll
-        deliver the loss and rejoin, rather than run or restore partitions others own."""
+        While brokers come and go, or a transaction stays open on a changelog, this can fail:
+        it is tried again, from scratch, until it succeeds or the worker stops (nothing taken
+        over). A worker that stays in here past ``max.poll.interval.ms``, or whose session
+        expired while Kafka was away, is out of the group (librdkafka clears its member id):
+        the group gives its partitions to others, so it gives them up, even restored, and
+        lets its next poll deliver the loss and rejoin."""
         member = self._consumer.memberid()
+        rewinding = {tp.partition for tp in partitions if tp.topic == self.topics.delay}
+        rewinding &= self._ownership.rewind  # across the tries (forget lets go of it)
         while True:
             try:
+                self._ownership.rewind |= rewinding
                 committed = (
                     self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
                 )

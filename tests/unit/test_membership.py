@@ -176,6 +176,9 @@ def test_a_take_over_that_outlasts_the_membership_gives_its_partitions_up(
     forgotten: list[list[TopicPartition]] = []
 
     class Owned:
+        def __init__(self) -> None:
+            self.rewind: set[int] = set()
+
         def rewound(self, committed: list[Answer], ends: object) -> list[Answer]:
             return committed
 
@@ -198,3 +201,41 @@ def test_a_take_over_that_outlasts_the_membership_gives_its_partitions_up(
     assert worker._take_over(partitions) == []
     assert forgotten == [partitions]
     assert any("out of group unit.workers since" in said for said in warnings(caplog))
+
+
+def test_a_take_over_tried_again_still_reads_a_rewound_delay_log_from_its_start(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed try forgets the partitions, which lets go of their rewind: the next try
+    must still read the delay log made again from its start, not from the offset
+    committed on the old one."""
+    consumer = Consumer()
+    consumer.member = "rdkafka-1"
+    tries = [KafkaException(KafkaError(KafkaError._TIMED_OUT, "committed offsets")), None]
+
+    class Reader:
+        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Answer]:
+            failure = tries.pop(0)
+            if failure is not None:
+                raise failure
+            return [Answer(700)]
+
+    seen: list[set[int]] = []
+    owner = worker._ownership
+
+    def rewound(committed: list[Answer], ends: object) -> list[Answer]:
+        seen.append(set(owner.rewind))
+        worker.stop()  # and end here: the rest of a take-over needs Kafka
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "delay ends"))
+
+    owner.rewind.add(3)
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker._offset_reader = Reader()  # type: ignore[assignment]
+    offsets = SimpleNamespace(error=None, partitions=dict.fromkeys(range(8)))
+    listed = SimpleNamespace(topics={"__consumer_offsets": offsets})
+    worker._admin = SimpleNamespace(list_topics=lambda **_: listed)  # type: ignore[assignment]
+    monkeypatch.setattr(owner, "rewound", rewound)
+    monkeypatch.setattr(worker_module, "delay_ends", lambda *args: {})
+    monkeypatch.setattr(worker_module, "time", SimpleNamespace(sleep=lambda seconds: None))
+    assert worker._take_over([TopicPartition(TOPICS.delay, 3)]) == []
+    assert seen == [{3}], "the second try forgot the rewind"

@@ -205,6 +205,15 @@ async def test_a_delay_partition_whose_log_ends_before_its_committed_offset_is_r
         owner.close_all()
 
 
+async def test_a_delay_partition_let_go_is_no_longer_to_be_read_from_its_start() -> None:
+    """A rewind outlived the partition's hand-over: when it came back, maybe days later,
+    its whole retained log was read again and said to have been made again."""
+    owner = ownership()
+    owner.rewind.update({1, 0})
+    await owner.forget([TopicPartition(TOPICS.delay, 1), TopicPartition(TOPICS.ingress, 0)])
+    assert owner.rewind == {0}, "only the delay partition let go"
+
+
 def offsets(partitions: list[TopicPartition]) -> list[tuple[str, int, int]]:
     """What TopicPartition's == leaves out (it compares topics and partitions only)."""
     return [(tp.topic, tp.partition, tp.offset) for tp in partitions]
