@@ -255,6 +255,8 @@ class Ingress:
 
     def _idempotent_target(self, segments: list[str]) -> tuple[Target, str]:
         """``Svc/handler/idemKey`` or ``Obj/key/handler/idemKey``."""
+        if segments[0] == "" or segments[-2] == "":  # no call's path names either empty
+            raise HttpError(400, "bad path: a service and a handler are named")
         info = self.client.services.get(segments[0])
         if info is None:
             raise HttpError(404, f"unknown service {segments[0]!r}")

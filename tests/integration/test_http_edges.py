@@ -201,7 +201,8 @@ async def test_a_key_may_hold_braces(ingress_url: str) -> None:
 async def test_a_path_that_is_not_utf8_once_decoded_is_400(ingress_url: str) -> None:
     """Each segment is percent-decoded on its own; bytes that are not UTF-8 were replaced by
     U+FFFD, so that ``%FF`` and ``%FE`` named one object. An attach by idempotency key with
-    an empty object key, which no call's path can name, is 400 too."""
+    an empty object key, handler or service, which no call's path can name, is 400 too
+    (an empty handler was a 404)."""
     async with aiohttp.ClientSession() as http:
         for path in ("Tally/%FF/add", "Tally/%C0%AF/add", "restate/send/Tally/a%FEb/add"):
             async with http.post(URL(f"{ingress_url}/{path}", encoded=True), json=1) as reply:
@@ -215,6 +216,10 @@ async def test_a_path_that_is_not_utf8_once_decoded_is_400(ingress_url: str) -> 
         async with http.get(f"{ingress_url}/restate/invocation/Tally//add/i/output") as reply:
             assert reply.status == 400, await reply.text()
             assert "needs a key" in (await reply.json())["message"]
+        for path in ("Tally/k//i", "/Tally/add/i", "Relay//i"):  # no handler, no service
+            async with http.get(f"{ingress_url}/restate/invocation/{path}/attach") as reply:
+                assert reply.status == 400, (path, await reply.text())
+                assert "a service and a handler are named" in (await reply.json())["message"]
         # A valid escape still names its key.
         async with http.post(URL(f"{ingress_url}/Tally/caf%C3%A9/add", encoded=True),
                              json=2) as reply:  # fmt: skip
