@@ -25,8 +25,10 @@ from streams.engine import context as context_module
 from streams.engine.context import MAX_STATE_RECORD
 from streams.engine.journal import meta_key
 from streams.engine.outbox import Out
+from streams.engine.values import due_after
 from streams.wire import ids
 from streams.wire.records import (
+    LAST_DUE,
     MAX_VALUE_BYTES,
     Caller,
     Cancel,
@@ -223,6 +225,22 @@ async def test_a_delay_past_the_year_9999_is_a_400_at_the_call_site() -> None:
     await until(lambda: "t" in h.responses())
     assert h.responses()["t"].value == 400
     assert h.invokes() == []
+
+
+@pytest.mark.parametrize("before", [0.0, 1e-5, 0.5])
+def test_a_due_time_in_the_last_second_allowed_is_a_400(before: float) -> None:
+    """The last due time allowed, as a float, was a microsecond past ``LAST_DUE``: a delay
+    ending in the last microseconds before it passed the check, then failed the record's
+    validation (the ingress's 500, the client's ``ValidationError``)."""
+    with pytest.raises(TerminalError) as refused:
+        due_after(timedelta(0), "a delay", now=LAST_DUE.timestamp() - before)
+    assert refused.value.status_code == 400
+
+
+@pytest.mark.parametrize("before", [1.0, 1.5, 3600.0])
+def test_a_due_time_allowed_is_one_a_record_carries(before: float) -> None:
+    due = due_after(timedelta(0), "a delay", now=LAST_DUE.timestamp() - before)
+    assert datetime.fromtimestamp(due, UTC) <= LAST_DUE
 
 
 async def test_a_cancel_is_not_used_up_by_a_call_that_lost_a_select() -> None:
