@@ -171,6 +171,14 @@ class Client:
         failing: asyncio.Future[Response] | None = None,
     ) -> None:
         """Write ``record``; with ``failing``, see :meth:`Connection.produce`."""
+        value, headers = self._encoded(record)
+        await self._kafka.produce(topic, value, partition, key, headers, failing=failing)
+
+    def _encoded(
+        self, record: BaseModel
+    ) -> tuple[bytes, list[tuple[str, str | bytes | None]] | None]:
+        """``record`` as written (400 when it cannot be, 413 past ``MAX_RECORD_BYTES``),
+        and the trace headers of an invocation, which continues its invoker's trace."""
         try:
             value = encode(record)
         except PydanticSerializationError as error:
@@ -185,9 +193,8 @@ class Client:
                 " bytes Kourier takes",
                 413,
             )
-        # An invocation continues the trace of whoever invokes (streams.tracing).
         headers = tracing.as_headers(tracing.current()) if isinstance(record, Invoke) else None
-        await self._kafka.produce(topic, value, partition, key, headers, failing=failing)
+        return value, headers
 
     async def call(
         self,
@@ -210,18 +217,26 @@ class Client:
                 request_id=request_id,
                 headers=dict(headers or {}),
             )
-        response = await self._request(record, inv_id, target.key or inv_id)
+        sent = self._request(record, inv_id, target.key or inv_id)
+        del record, argument  # the request lets go of them once written (_request)
+        response = await sent
         return response.invocation_id or inv_id, response
 
     async def _request(self, record: BaseModel, owner: str, key: str) -> Response:
         """Produce a record carrying ``request_id`` to the partition of invocation ``owner``
-        and wait for the worker's response."""
+        and wait for the worker's response. Only the record's bytes are kept, and only
+        until Kafka has them: a call waiting for its outcome keeps neither its argument
+        nor its record (a body of 900 KiB can be tens of MB of Python objects)."""
         request_id = getattr(record, "request_id", None)
         assert isinstance(request_id, str)
         partition = ids.partition_of(owner, self.partitions)
+        value, headers = self._encoded(record)
+        del record
         future = self.expect(request_id)
         try:
-            await self._produce(self.topics.ingress, record, partition, key, failing=future)
+            topic = self.topics.ingress
+            await self._kafka.produce(topic, value, partition, key, headers, failing=future)
+            del value
             return await future
         finally:
             future.cancel()
@@ -303,7 +318,9 @@ class Client:
             )
         key = target.key or inv_id
         if record.request_id is not None:
-            response = await self._request(record, inv_id, key)
+            sent = self._request(record, inv_id, key)
+            del record, argument  # the request lets go of them once written (_request)
+            response = await sent
             if response.failure is not None:
                 raise TerminalError(response.failure.message, response.failure.code)
             again = response.status == "previously_accepted"

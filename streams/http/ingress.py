@@ -397,6 +397,7 @@ class Ingress:
                     headers=headers,
                     invocation_id=inv_id,
                 )
+                del argument  # as a call's (below)
                 try:
                     receipt = await asyncio.wait_for(send, self.call_timeout)
                 except TimeoutError:
@@ -414,6 +415,7 @@ class Ingress:
                 headers=headers,
                 invocation_id=inv_id,
             )
+            del argument  # the call lets go of it once written, and so does this wait
             try:
                 inv_id, outcome = await asyncio.wait_for(call, self.call_timeout)
             except TimeoutError:

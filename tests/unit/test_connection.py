@@ -1,18 +1,21 @@
 """The client's connection to Kafka where librdkafka refuses a record (raised by
-``produce``, or in its delivery report) and where a response cannot be read: no Kafka is
-needed to see how each is told."""
+``produce``, or in its delivery report) and where a response cannot be read, and what a
+call keeps while it waits: no Kafka is needed to see how each is told."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import KafkaError, KafkaException
 
 from handlers import TerminalError
@@ -23,8 +26,12 @@ from streams.client.connection import (
     Connection,
     KafkaUnavailable,
     ResponseUnreadable,
+    ServiceInfo,
 )
+from streams.http.ingress import Ingress
 from streams.settings import Settings
+from streams.wire import ids
+from streams.wire.records import Response, Target
 from streams.wire.topics import Topics
 from tests.unit.harness import until
 
@@ -494,3 +501,95 @@ async def test_catalog_refreshes_asked_together_share_one_read(
     release[1].set()
     await asyncio.wait_for(asyncio.gather(*late), 10)
     assert reads == [0, 1]
+
+
+class Waiting:
+    """A connection that takes every record at once and answers no call until told."""
+
+    partitions = 4
+
+    def __init__(self) -> None:
+        self.services: dict[str, ServiceInfo] = {}
+        self.written = asyncio.Event()
+        self.answers: dict[str, asyncio.Future[Response]] = {}
+
+    def check_open(self) -> None: ...
+
+    def new_request_id(self) -> str:
+        return f"r{len(self.answers)}"
+
+    def expect(self, request_id: str) -> asyncio.Future[Response]:
+        self.answers[request_id] = asyncio.get_running_loop().create_future()
+        return self.answers[request_id]
+
+    async def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.written.set()
+
+
+class Argument(dict[str, Any]):
+    """A JSON object that can be referred to weakly (a plain dict cannot)."""
+
+
+@pytest.mark.parametrize("mode", ["call", "send"])
+async def test_a_call_that_waits_keeps_neither_its_argument_nor_its_record(mode: str) -> None:
+    """Waiting for its outcome (up to the call timeout), a call held its argument and its
+    record: a body of 900 KiB of small objects is tens of MB of them, per call that waits.
+    A send that waits for the worker's receipt held them as well."""
+    client = Client(Settings(namespace="unit"))
+    kafka = Waiting()
+    client._kafka = kafka  # type: ignore[assignment]
+    records: list[weakref.ref[Any]] = []
+    encoded = client._encoded
+
+    def encoding(record: Any) -> Any:
+        records.append(weakref.ref(record))
+        return encoded(record)
+
+    client._encoded = encoding  # type: ignore[method-assign]
+    argument = Argument(items=[{} for _ in range(1000)])
+    held = weakref.ref(argument)
+    inv_id = ids.new_id("k", 4)
+    target = Target(service="Orders", handler="place")
+    if mode == "call":
+        waiting = client.call(target, argument, invocation_id=inv_id)
+    else:
+        waiting = client.send_to(target, argument, idempotency_key="once", invocation_id=inv_id)
+    task = asyncio.ensure_future(waiting)
+    del argument, waiting
+    await asyncio.wait_for(kafka.written.wait(), 10)
+    gc.collect()
+    assert held() is None, "the argument is held while the call waits"
+    (record,) = records
+    assert record() is None, "the record is held while the call waits"
+    (answer,) = kafka.answers.values()
+    status = "success" if mode == "call" else "accepted"
+    answer.set_result(Response(request_id="r0", invocation_id=inv_id, status=status, value=1))
+    await asyncio.wait_for(task, 10)
+
+
+def lists_of(length: int) -> int:
+    """How many lists of ``length`` items live (after a collection)."""
+    gc.collect()
+    return sum(1 for found in gc.get_objects() if type(found) is list and len(found) == length)
+
+
+async def test_an_http_call_that_waits_keeps_no_parsed_body() -> None:
+    """The ingress's handler held the parsed body while its call waited for the outcome."""
+    ingress = Ingress(Settings(namespace="unit"))
+    kafka = Waiting()
+    kafka.services = {"Orders": ServiceInfo(name="Orders", kind="service",
+                                            handlers={"place": {"kind": "exclusive"}})}  # fmt: skip
+    ingress.client._kafka = kafka  # type: ignore[assignment]
+    length = 54_321  # a list of it is the parsed body
+    assert lists_of(length) == 0
+    async with TestClient(TestServer(ingress.app())) as http:
+        body = json.dumps(list(range(length)))  # the test keeps no list of its own
+        call = asyncio.ensure_future(
+            http.post("/Orders/place", data=body, headers={"content-type": "application/json"})
+        )
+        await asyncio.wait_for(kafka.written.wait(), 10)
+        assert lists_of(length) == 0, "the parsed body is held while the call waits"
+        (request_id, answer) = next(iter(kafka.answers.items()))
+        answer.set_result(Response(request_id=request_id, status="success", value=1))
+        async with await asyncio.wait_for(call, 10) as reply:
+            assert reply.status == 200, await reply.text()
