@@ -103,6 +103,7 @@ def restore_partitions(
     tps = [TopicPartition(topic, partition) for topic, partition in sinks]
     ends = dict(zip(sinks, log_ends(admin, tps, stopping=stopping), strict=True))
     named = ", ".join(str(processor.partition) for processor in processors)
+    _await_stopped(restorer, tps, named, stopping)
     read: Counter[tuple[str, int]] = Counter()
     assigned: list[TopicPartition] = []  # the partitions read, at their positions
     try:
@@ -144,6 +145,24 @@ def restore_partitions(
         if assigned:
             restorer.unassign()
     _report(named, ends, read)
+
+
+def _await_stopped(
+    restorer: Consumer, tps: list[TopicPartition], named: str, stopping: Callable[[], bool]
+) -> None:
+    """Wait until ``restorer`` holds no position for ``tps``. librdkafka forgets a
+    partition's position only once its fetch has stopped, which follows an unassign
+    asynchronously (on the thread of the partition's leader, slow while that broker is
+    away), and an assignment does not reset it: assigned again before that, a changelog
+    the restorer read last time showed that restore's end at once, and was taken for read
+    to its end with nothing read. Raises :class:`RestoreError` after ``RESTORE_TIMEOUT``,
+    or once ``stopping()``."""
+    deadline = time.monotonic() + RESTORE_TIMEOUT
+    while held := [tp for tp in restorer.position(tps) if tp.offset >= 0]:
+        if stopping() or time.monotonic() > deadline:
+            where = ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in held)
+            raise RestoreError(f"restoring partitions {named}: positions kept ({where})")
+        time.sleep(0.05)  # librdkafka's threads stop the fetches; nothing to poll for
 
 
 def _read_to_ends(

@@ -99,13 +99,13 @@ class Restorer:
 
     def __init__(self, message: object | None, step: int) -> None:
         self.message, self.step = message, step
-        self.offset = 0
+        self.offset = -1001  # none, before the first assignment
 
     def list_topics(self, topic: str, timeout: float) -> None:
         pass
 
     def assign(self, partitions: list[TopicPartition]) -> None:
-        pass
+        self.offset = 0
 
     def unassign(self) -> None:
         pass
@@ -313,7 +313,8 @@ class Logs:
         return []
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition, self.at[tp.topic]) for tp in partitions]
+        return [TopicPartition(tp.topic, tp.partition, self.at.get(tp.topic, -1001))
+                for tp in partitions]  # fmt: skip
 
 
 class Both(Sink):
@@ -341,3 +342,26 @@ def test_a_failed_restore_lets_go_of_its_partitions() -> None:
     with pytest.raises(KafkaException):
         restore_partitions(logs, logs, TOPICS, [Both()])  # type: ignore[arg-type]
     assert logs.unassigned == 1, "the restorer keeps its partitions assigned"
+
+
+class Stopping(Log):
+    """The state changelog, read to its end 3 by the last restore, whose fetch stops only
+    after ``polls`` more positions are asked: librdkafka keeps the old position until then,
+    through an assignment, which does not reset it."""
+
+    def __init__(self, polls: int) -> None:
+        super().__init__(written=3, ends=[3])
+        self.at, self.left = 3, polls
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        if self.left:
+            self.left -= 1
+            if not self.left:  # stopped now: the position is forgotten
+                self.at = -1001
+        return super().position(partitions)
+
+
+def test_a_changelog_whose_last_fetch_has_not_stopped_is_read_once_it_has() -> None:
+    """Assigned again before its fetch from the last restore had stopped, the changelog
+    showed that restore's end at once: taken for read, it restored nothing."""
+    assert restore_from(Stopping(polls=5)).keys == [b"k0", b"k1", b"k2"]
