@@ -123,6 +123,15 @@ class Transactions:
         for producer in self.producers:
             producer.flush(max(0.0, deadline - time.monotonic()))
 
+    def close(self, timeout: float) -> None:
+        """Flush every producer within ``timeout`` seconds, then let go of them: a
+        committer abandoned in a commit that stays in doubt stops trying it again
+        (:meth:`_settled`) rather than go on after the worker, for good."""
+        try:
+            self.flush(timeout)
+        finally:
+            self.producers = []  # what the committer replaces meanwhile fails (IndexError)
+
     def settle(self, stopping: Callable[[], bool]) -> None:
         """A new producer for every turn, before the worker restores from Kafka (Kafka
         thread, with the committer idle or abandoned); each tried until Kafka answers or the

@@ -253,7 +253,7 @@ class Worker:
                 self._committer.close()
                 self._restorer.close()
                 self._offset_reader.close()
-                self._transactions.flush(5)
+                self._transactions.close(5)
 
     def _stepped(
         self, batch: list[Message], positions: dict[int, int], closing: bool = False

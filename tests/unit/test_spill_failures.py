@@ -185,7 +185,7 @@ def test_a_hand_over_that_fails_as_the_worker_stops_still_closes_the_rest(
         def __init__(self, name: str, raises: Exception | None = None) -> None:
             self.name, self.raises = name, raises
 
-        def close(self) -> None:
+        def close(self, *timeout: float) -> None:
             closed.append(self.name)
             if self.raises is not None:
                 raise self.raises

@@ -20,6 +20,7 @@ from streams.kafka.committer import Snapshot
 from streams.kafka.offsets import REFUSED
 from streams.kafka.refused import RecordsRefused
 from streams.kafka.transactions import Transactions
+from tests.threads import in_thread
 
 
 class StandIn:
@@ -153,6 +154,34 @@ def test_a_commit_in_doubt_is_tried_again_not_restored() -> None:
     tx.commit(SNAPSHOT)  # settles on the third try: no failure for the Kafka thread
     assert producer.calls == ["begin", "produce", "commit", "commit", "commit"]
     assert fresh == []
+
+
+class InDoubt(StandIn):
+    """A producer whose every commit stays in doubt; ``tried`` once it has been tried 3 times."""
+
+    def __init__(self) -> None:
+        super().__init__({"commit": KafkaError(KafkaError._TIMED_OUT, retriable=True)})
+        self.tried = threading.Event()
+
+    def commit_transaction(self, *args: Any) -> None:
+        if self.calls.count("commit") >= 3:
+            self.tried.set()
+        super().commit_transaction(*args)
+
+
+def test_a_commit_in_doubt_is_no_longer_tried_once_the_transactions_close() -> None:
+    """A committer abandoned in a commit that stays in doubt (Kafka away as the worker
+    stops) went on trying it after the worker had stopped, for good: the worker's producers
+    stayed its own."""
+    producer = InDoubt()
+    tx, _ = transactions_on(producer)
+    thread, errors = in_thread(lambda: tx.commit(SNAPSHOT))
+    assert producer.tried.wait(10), "the commit was not tried again"
+    tx.close(1)
+    thread.join(10)
+    assert not thread.is_alive(), "the commit is still tried after the close"
+    assert [type(error) for error in errors] == [KafkaException]
+    assert "flush" in producer.calls, "closed without a flush"
 
 
 def test_a_commit_in_doubt_on_a_fenced_producer_is_raised() -> None:
