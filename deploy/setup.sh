@@ -22,6 +22,13 @@ if ((${#missing[@]})); then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Kafka 4's broker runs on Java 17 or newer; an older java on the PATH fails it obscurely.
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9][0-9]*\).*/\1/p' | head -n 1)
+[ "${java_major:-0}" -ge 17 ] || {
+  echo "setup: the Kafka broker needs Java 17 or newer, found ${java_major:-none} (java on the" \
+    "PATH): install openjdk-17-jre-headless and put it first" >&2
+  exit 1
+}
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Kourier needs Python 3.11 or newer" >&2; exit 1; }
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
@@ -31,7 +38,8 @@ if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
     || { echo "setup: $VENV has no pip and cannot get one: remove it and run again" >&2; exit 1; }
 fi
 stamp="$VENV/.kourier-installed"
-want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+# The checkout counts too: an editable install points at the checkout it was made from.
+want=$( (cat "$ROOT/pyproject.toml"; echo "$ROOT") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Kourier and its dev tools into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip

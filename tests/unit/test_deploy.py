@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -579,3 +581,28 @@ def test_a_single_broker_s_existing_properties_gain_the_setting_and_keep_their_p
     assert updated == old + "\ncontrolled.shutdown.enable=false\n"
     broker._write_properties(tmp_path, 0, broker.DEPLOY_DIR)
     assert props.read_text() == updated, "written once"
+
+
+def test_compose_runs_the_kafka_version_the_tests_run() -> None:
+    """Compose ran Kafka 4.1 while every test ran the version ``deploy/kafka/pom.xml`` pins."""
+    (compose,) = _documents(DEPLOY / "docker-compose.yml")
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{broker.kafka_version()}"
+
+
+def test_setup_refuses_a_java_older_than_the_broker_needs(tmp_path: Path) -> None:
+    """``deploy/setup.sh`` took any ``java`` on the PATH; with Java 11 first, the broker
+    then failed to start with a class-version error deep in its log."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    java = fake / "java"
+    java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
+    java.chmod(0o755)
+    for tool in ("mvn", "kcat"):  # present, as setup checks for them first
+        (fake / tool).symlink_to("/bin/true")
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "KOURIER_VENV": str(tmp_path / "venv"),
+           "HOME": os.environ.get("HOME", str(tmp_path))}  # fmt: skip
+    done = subprocess.run(["bash", str(DEPLOY / "setup.sh")], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "needs Java 17 or newer, found 11" in done.stderr
+    assert not (tmp_path / "venv").exists(), "went on past the check"
