@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from opentelemetry.trace import SpanKind
 
@@ -40,6 +40,7 @@ from streams.engine.values import (
     checked_id,
     checked_idempotency_key,
     due_after,
+    failure_of,
     measured,
     writable,
 )
@@ -418,26 +419,35 @@ class InvocationContext(WorkflowContext):
 
     async def state_keys(self) -> list[str]:
         self._stateful()
-        keys, value = None, None
-        if self._cursor >= len(self.invocation.journal):
-            # 413 past a record's size, before the step claims its index: a refusal that
-            # the handler catches must leave the next operation its own entry.
-            keys = self.invocation.state_keys()
-            value = writable(list(keys), "the state's keys")
         _index, entry = self._step("state_keys")
         if entry is None:
-            assert keys is not None
+            keys = self.invocation.state_keys()
+            try:
+                value = writable(list(keys), "the state's keys")  # 413 past a record's size
+            except TerminalError as refused:
+                self._refused("state_keys", None, refused)
             self.invocation.append(Entry(kind="state_keys", value=value, done=True))
             return keys
-        return list(cast(list[str], entry.value))
+        return list(cast(list[str], outcome(entry)))
+
+    def _refused(self, kind: EntryKind, name: str | None, refusal: TerminalError) -> NoReturn:
+        """Journal ``refusal`` as the outcome of the step just taken, and raise it. A
+        refusal that depends on more than the handler's own values (the state's keys, a
+        limit an upgrade may change) is raised again from the journal on a replay: a handler
+        that catches it has its next operation at the next index on every run."""
+        entry = Entry(kind=kind, name=name, failure=failure_of(refusal), done=True)
+        self.invocation.append(entry)
+        raise refusal
 
     def set(self, name: str, value: Any) -> None:
-        self._write("set", name, self._stored(name, value, f"state {name!r}"))
+        self._write("set", name, *self._stored(name, value, f"state {name!r}"))
 
-    def _stored(self, name: str, value: Any, what: str, *, promise: bool = False) -> Any:
-        """``value`` as :func:`writable` makes it, and a 413 when its state record, key and
-        all, would be larger than ``MAX_STATE_RECORD``: checked before the step is taken (a
-        refusal journals nothing), and not for a step replayed, which was written."""
+    def _stored(
+        self, name: str, value: Any, what: str, *, promise: bool = False
+    ) -> tuple[Any, TerminalError | None]:
+        """``value`` as :func:`writable` makes it, and the 413 to journal (:meth:`_refused`)
+        when its state record, key and all, would be larger than ``MAX_STATE_RECORD``:
+        looked for in a new step only (one replayed was written, or its refusal journaled)."""
         encoded, size = measured(value, what)
         target = self.invocation.meta.target
         obj = target.key or ""
@@ -447,13 +457,13 @@ class InvocationContext(WorkflowContext):
         if new and isinstance(name, str) and len(name) <= MAX_NAME and not (name + obj).isascii():
             key = state_key(target.service, obj, name, promise=promise)
             if size + len(key) > MAX_STATE_RECORD:
-                raise TerminalError(
+                return encoded, TerminalError(
                     f"{what} is {size} bytes of JSON, and its record's key {len(key)} (its"
                     f" object key and name escaped): Kourier writes at most {MAX_STATE_RECORD}"
                     " in one record",
                     413,
                 )
-        return encoded
+        return encoded, None
 
     def clear(self, name: str) -> None:
         self._write("clear", name, None)
@@ -461,14 +471,20 @@ class InvocationContext(WorkflowContext):
     def clear_all(self) -> None:
         self._write("clear_all", None, None)
 
-    def _write(self, kind: EntryKind, name: str | None, value: Any) -> None:
+    def _write(
+        self, kind: EntryKind, name: str | None, value: Any, refusal: TerminalError | None = None
+    ) -> None:
         self._stateful()
         if not self.invocation.handler.exclusive:
             raise TerminalError(f"shared handler {self.invocation.handler.path} cannot write state")
         _index, entry = self._step(kind, name=name)
         if entry is None:
+            if refusal is not None:
+                self._refused(kind, name, refusal)
             self.invocation.append(Entry(kind=kind, name=name, value=value, done=True))
             self.invocation.state_write(kind, name, value)
+        else:
+            outcome(entry)  # a refusal journaled is raised again
 
     # -- workflow promises -------------------------------------------------------
 
@@ -511,15 +527,24 @@ class _Promise(DurablePromise[Any]):
         return self._serde.load(value, f"promise {self._name!r}", status_code=500)
 
     async def resolve(self, value: Any) -> None:
-        stored = self._ctx._stored(self._name, value, f"promise {self._name!r}", promise=True)
-        await self._complete("promise_resolve", stored, None)
+        what = f"promise {self._name!r}"
+        stored, refusal = self._ctx._stored(self._name, value, what, promise=True)
+        await self._complete("promise_resolve", stored, None, refusal)
 
     async def reject(self, message: str) -> None:
         await self._complete("promise_reject", None, Failure(code=500, message=message))
 
-    async def _complete(self, kind: EntryKind, value: Any, failure: Failure | None) -> None:
+    async def _complete(
+        self,
+        kind: EntryKind,
+        value: Any,
+        failure: Failure | None,
+        refusal: TerminalError | None = None,
+    ) -> None:
         invocation = self._ctx.invocation
         _index, entry = self._ctx._step(kind, name=self._name)
+        if entry is None and refusal is not None:
+            self._ctx._refused(kind, self._name, refusal)
         if entry is None:
             promise = Promise(value=value, failure=failure)
             done = invocation.complete_promise(self._name, promise)

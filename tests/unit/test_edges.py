@@ -536,8 +536,12 @@ async def test_a_state_write_replayed_is_not_measured_again(
     assert h.responses()["replayed"].value == "kept"
 
 
+listed_once: list[str] = []
+
+
 @edge.handler()
 async def list_too_many(ctx: ObjectContext, count: int) -> str:
+    """Lists too many keys (413), goes on, and fails once after that: replayed."""
     for n in range(count):
         ctx.set(f"{n:04d}" + "k" * 4_000, n)
     try:
@@ -545,20 +549,57 @@ async def list_too_many(ctx: ObjectContext, count: int) -> str:
     except TerminalError as error:
         refused = error.status_code
     after: str = await ctx.run("after", lambda: "ran")
+    if ctx.key not in listed_once:
+        listed_once.append(ctx.key)
+        raise RuntimeError("the first attempt fails after the listing")
     return f"refused {refused}, then {after}"
 
 
-async def test_a_state_keys_refused_as_too_large_leaves_the_next_step_its_entry() -> None:
+async def test_a_state_keys_refused_as_too_large_is_refused_again_on_a_replay() -> None:
     """``state_keys`` claimed its journal index, then raised 413 and journaled nothing: the
     handler's next operation, caught up, claimed the index after the one its entry went to
     (a ``ctx.run`` failed with IndexError), and a replay met that entry where it asked for
-    the keys (a divergence)."""
+    the keys (a divergence, 500)."""
     h = harness()
     h.call(Target(service="Edge", key="many", handler="list_too_many"), 300, request_id="keys")
     await until(lambda: "keys" in h.responses())
     answer = h.responses()["keys"]
     assert answer.failure is None, answer.failure
     assert answer.value == "refused 413, then ran"
+    assert listed_once == ["many"], "not replayed"
+
+
+wide_once: list[str] = []
+
+
+@edge.handler()
+async def keep_wide_then_go_on(ctx: ObjectContext, size: int) -> str:
+    """A state write whose escaped key makes its record too large (413), caught; then a
+    step, and a failure once after it: replayed."""
+    try:
+        ctx.set(ctx.key, "x" * size)
+    except TerminalError as error:
+        refused = error.status_code
+    after: str = await ctx.run("after", lambda: "ran")
+    if ctx.key not in wide_once:
+        wide_once.append(ctx.key)
+        raise RuntimeError("the first attempt fails after the write")
+    return f"refused {refused}, then {after}"
+
+
+async def test_a_state_write_refused_for_its_key_is_refused_again_on_a_replay() -> None:
+    """The key's 413 is looked for in a new step only (a write replayed was written): it
+    journaled nothing, and on a replay the write found the next step's entry (a
+    divergence, 500)."""
+    h = harness()
+    wide = "\U0001f600" * 4096
+    h.call(Target(service="Edge", key=wide, handler="keep_wide_then_go_on"), MAX_VALUE_BYTES - 2,
+           request_id="wide")  # fmt: skip
+    await until(lambda: "wide" in h.responses())
+    answer = h.responses()["wide"]
+    assert answer.failure is None, answer.failure
+    assert answer.value == "refused 413, then ran"
+    assert wide_once == [wide], "not replayed"
 
 
 async def test_error_texts_are_bounded() -> None:
