@@ -241,7 +241,8 @@ class Ingress:
         except ResponseUnreadable as error:  # the worker answered what this cannot read
             return error_response(502, str(error), {"x-restate-id": inv_id})
         except ClientClosed as error:  # 504 if it may be written, else 503 as Kafka refusing it
-            return error_response(504 if error.may_be_written else 503, str(error))
+            named = {"x-restate-id": inv_id} if inv_id else None  # what to attach to again
+            return error_response(504 if error.may_be_written else 503, str(error), named)
         return outcome_response(outcome)
 
     def _workflow_run(self, service: str, key: str) -> Target:

@@ -397,7 +397,8 @@ async def test_a_call_waiting_when_kourier_ingress_is_stopped_answers_504_with_i
     """``kourier ingress`` stopped its HTTP servers before its client: a call waiting for
     its outcome held the stop for aiohttp's 60 s, then had its connection cut, with no
     status and no ``x-restate-id``; a caller without an idempotency key could then neither
-    attach to the invocation nor retry it safely."""
+    attach to the invocation nor retry it safely. An attach that waits is answered 504
+    with the id it waited for, too."""
     async with in_process_worker(topics, apps.SERVICES, f"gone-{topics.namespace}"):
         pass  # announces the services, then stops: no worker answers the call
     port, admin = free_port(), free_port()
@@ -418,11 +419,12 @@ async def test_a_call_waiting_when_kourier_ingress_is_stopped_answers_504_with_i
                     return None  # not up yet
 
             async def waiting() -> bool:
-                return await in_flight() == "1.0"
+                return await in_flight() == "2.0"
 
             await poll_until(in_flight, "0.0", 60, f"the ingress up ({log.read_text()[-300:]})")
             call = asyncio.create_task(http.post(f"{url}/Tally/k/add", json=1))
-            await poll_until(waiting, True, 60, "the call waiting for its outcome")
+            attach = asyncio.create_task(http.get(f"{url}/restate/workflow/Signup/w/attach"))
+            await poll_until(waiting, True, 60, "the call and the attach waiting")
             ingress.send_signal(signal.SIGTERM)
             async with await asyncio.wait_for(call, 30) as reply:
                 assert reply.status == 504, await reply.text()
@@ -430,6 +432,9 @@ async def test_a_call_waiting_when_kourier_ingress_is_stopped_answers_504_with_i
                 inv_id = reply.headers.get("x-restate-id")
             assert inv_id is not None, "a call's own id is what one attaches to"
             assert f"/restate/attach/{inv_id}" in message
+            async with await asyncio.wait_for(attach, 30) as reply:
+                assert reply.status == 504, await reply.text()
+                assert reply.headers.get("x-restate-id", "").startswith("inv_"), reply.headers
         assert await asyncio.to_thread(ingress.wait, 30) == 0, log.read_text()[-500:]
     finally:
         stop_process(ingress)
