@@ -328,7 +328,9 @@ class Client:
                 response.invocation_id or inv_id, "PreviouslyAccepted" if again else "Accepted"
             )
         partition = ids.partition_of(inv_id, self.partitions)
-        await self._produce(self.topics.ingress, record, partition, key)
+        value, trace = self._encoded(record)
+        del record, argument  # as a call's: not kept while Kafka is away (see _request)
+        await self._kafka.produce(self.topics.ingress, value, partition, key, trace)
         return SendReceipt(invocation_id=inv_id, status="Accepted")
 
     async def attach(

@@ -530,13 +530,26 @@ class Argument(dict[str, Any]):
     """A JSON object that can be referred to weakly (a plain dict cannot)."""
 
 
-@pytest.mark.parametrize("mode", ["call", "send"])
+class Unacknowledged(Waiting):
+    """Takes a record, and acknowledges it only when told (Kafka away meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acknowledged = asyncio.Event()
+
+    async def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.written.set()
+        await self.acknowledged.wait()
+
+
+@pytest.mark.parametrize("mode", ["call", "send", "plain send"])
 async def test_a_call_that_waits_keeps_neither_its_argument_nor_its_record(mode: str) -> None:
     """Waiting for its outcome (up to the call timeout), a call held its argument and its
     record: a body of 900 KiB of small objects is tens of MB of them, per call that waits.
-    A send that waits for the worker's receipt held them as well."""
+    A send that waits for the worker's receipt held them as well, and a plain send while
+    Kafka did not acknowledge its record."""
     client = Client(Settings(namespace="unit"))
-    kafka = Waiting()
+    kafka = Unacknowledged() if mode == "plain send" else Waiting()
     client._kafka = kafka  # type: ignore[assignment]
     records: list[weakref.ref[Any]] = []
     encoded = client._encoded
@@ -552,8 +565,10 @@ async def test_a_call_that_waits_keeps_neither_its_argument_nor_its_record(mode:
     target = Target(service="Orders", handler="place")
     if mode == "call":
         waiting = client.call(target, argument, invocation_id=inv_id)
-    else:
+    elif mode == "send":
         waiting = client.send_to(target, argument, idempotency_key="once", invocation_id=inv_id)
+    else:
+        waiting = client.send_to(target, argument, invocation_id=inv_id)
     task = asyncio.ensure_future(waiting)
     del argument, waiting
     await asyncio.wait_for(kafka.written.wait(), 10)
@@ -561,9 +576,12 @@ async def test_a_call_that_waits_keeps_neither_its_argument_nor_its_record(mode:
     assert held() is None, "the argument is held while the call waits"
     (record,) = records
     assert record() is None, "the record is held while the call waits"
-    (answer,) = kafka.answers.values()
-    status = "success" if mode == "call" else "accepted"
-    answer.set_result(Response(request_id="r0", invocation_id=inv_id, status=status, value=1))
+    if isinstance(kafka, Unacknowledged):
+        kafka.acknowledged.set()
+    else:
+        (answer,) = kafka.answers.values()
+        status = "success" if mode == "call" else "accepted"
+        answer.set_result(Response(request_id="r0", invocation_id=inv_id, status=status, value=1))
     await asyncio.wait_for(task, 10)
 
 
