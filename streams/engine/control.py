@@ -120,13 +120,14 @@ class Controls:
 
     def cancel(self, inv: Invocation) -> bool:
         """Cancel ``inv``; True when it is done with at once: it had not started, or it is
-        paused and its handler is not deployed here. A paused one that can run runs once
+        paused and cannot run (its handler not deployed here, or its journal incomplete in
+        the changelog, which a replay would not follow). A paused one that can run runs once
         more (``deliver_cancel``), so that its handler compensates, as a running one does."""
         meta = inv.meta
         for callee in _open_calls(inv):  # a paused one may have left calls open, too
             self._outbox.control(Cancel(invocation_id=callee), origin=meta.id)
         unstarted = meta.status in ("pending", "scheduled")
-        if unstarted or (meta.status == "paused" and inv.handler_def is None):
+        if unstarted or (meta.status == "paused" and not _can_run(inv)):
             inv.close()
             self._complete(inv, None, CANCELLED)
             return True
@@ -157,7 +158,7 @@ class Controls:
         """
         if not inv.meta.cancel_requested:
             return
-        if inv.meta.status == "paused" and inv.handler_def is not None:
+        if inv.meta.status == "paused" and _can_run(inv):
             inv.meta.attempt += 1
             self._attempts.run(inv)
             return
@@ -198,6 +199,12 @@ class Controls:
             self._outbox.control(Kill(invocation_id=callee), origin=inv.meta.id)
         inv.close()
         self._complete(inv, None, KILLED)
+
+
+def _can_run(inv: Invocation) -> bool:
+    """Whether a paused ``inv`` can run again here: its handler is deployed, and its
+    journal was restored whole."""
+    return inv.handler_def is not None and len(inv.journal) == inv.meta.journal_length
 
 
 def _open_calls(inv: Invocation) -> list[str]:

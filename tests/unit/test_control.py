@@ -586,6 +586,23 @@ async def test_a_paused_invocation_cancelled_compensates() -> None:
     assert h.processor.store.state_of(ObjectKey("Stubborn", "k")) == {}
 
 
+async def test_a_paused_invocation_whose_journal_came_back_incomplete_is_cancelled_at_once() -> (
+    None
+):
+    """A restore pauses an invocation whose journal is missing entries in the changelog:
+    run again to meet the cancel, it would replay a journal that is not what it did."""
+    h = harness()
+    card_service["down"].set()
+    inv_id = h.call(Target(service="Stubborn", key="k", handler="reserve"), request_id="reserve")
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
+    inv = h.processor.invocations[inv_id]
+    inv.meta.journal_length = len(inv.journal) + 1  # as a restore leaves it
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    assert h.responses()["cancel"].status == "success"
+    assert h.responses()["reserve"].failure.code == 409
+    assert trail == [], "replayed to compensate"
+
+
 async def test_a_cancel_during_the_last_attempt_reaches_the_handler() -> None:
     """A cancel that came during an invocation's last attempt, which then failed, ended it
     at once with 409, without the handler meeting it."""
