@@ -15,6 +15,7 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    OFFSET_INVALID,
     Consumer,
     IsolationLevel,
     KafkaError,
@@ -447,8 +448,10 @@ def read_on_from(consumer: Consumer, taken: Sequence[TopicPartition]) -> None:
             break
     else:
         return
+    # The others (none taken over here) where the group's committed offsets say: what
+    # assignment() gives is the offset of the last assign, perhaps an explicit one.
     consumer.assign([
-        TopicPartition(tp.topic, tp.partition, at.get((tp.topic, tp.partition), tp.offset))
+        TopicPartition(tp.topic, tp.partition, at.get((tp.topic, tp.partition), OFFSET_INVALID))
         for tp in consumer.assignment()
     ])  # fmt: skip
 

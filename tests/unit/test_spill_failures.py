@@ -315,7 +315,7 @@ def test_a_restore_that_cannot_seek_a_partition_assigns_it_at_its_offset(worker:
              TopicPartition(TOPICS.ingress, 5)]  # fmt: skip
     taken = [TopicPartition(TOPICS.delay, 3, 40), TopicPartition(TOPICS.ingress, 3, 12),
              TopicPartition(TOPICS.ingress, 5, -1001)]  # fmt: skip
-    consumer = FetchNotStarted([*owned, TopicPartition(TOPICS.ingress, 7)])
+    consumer = FetchNotStarted([*owned, TopicPartition(TOPICS.ingress, 7, 55)])  # as assigned
     worker._consumer = consumer  # type: ignore[assignment]
     worker._take_over = lambda partitions: taken  # type: ignore[method-assign]
     worker._recover(settled=True, owned=owned)
