@@ -105,11 +105,11 @@ def restore_partitions(
     named = ", ".join(str(processor.partition) for processor in processors)
     _await_stopped(restorer, tps, named, stopping)
     read: Counter[tuple[str, int]] = Counter()
-    assigned: list[TopicPartition] = []  # the partitions read, at their positions
+    at: dict[tuple[str, int], int] = {}  # the changelogs assigned, and where each is read to
+    assigned = False
     try:
         for attempt in range(CONFIRM):
-            reading = {(tp.topic, tp.partition) for tp in assigned}
-            new = [key for key, end in ends.items() if end and key not in reading]
+            new = [key for key, end in ends.items() if end and key not in at]
             if new:
                 # Looked up first, the changelogs' leaders are known when they are assigned.
                 # A restorer that does not know them (a new worker's, or one idle past
@@ -120,13 +120,18 @@ def restore_partitions(
                 # of a partition whose leader it does not know yet asks again only after
                 # 500 ms. Compaction keeps a log's start at 0; were it moved,
                 # auto.offset.reset=earliest applies. Those read already go on from where
-                # they are.
-                at = restorer.position(assigned) if assigned else []
-                assigned = [TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)) for tp in at]
-                assigned += [TopicPartition(topic, partition, 0) for topic, partition in new]
-                restorer.assign(assigned)
-            if assigned:
-                _read_to_ends(restorer, admin, sinks, ends, assigned, read, named, stopping)
+                # they were read to: assigned again, they lose their positions (librdkafka
+                # stops and starts their fetches), and one at its end gets no record that
+                # would give it one again, so only those still behind are waited for.
+                at.update(dict.fromkeys(new, 0))
+                restorer.assign([TopicPartition(t, p, offset) for (t, p), offset in at.items()])
+                assigned = True
+            behind = [TopicPartition(t, p, offset) for (t, p), offset in at.items()
+                      if offset < ends[(t, p)]]  # fmt: skip
+            if behind:
+                for tp in _read_to_ends(restorer, admin, sinks, ends, behind, read, named,
+                                        stopping):  # fmt: skip
+                    at[(tp.topic, tp.partition)] = tp.offset
             # Asked of the leaders a fresh look names: the first answers may have come from
             # one that has since been replaced.
             look_again(admin, sorted({topic for topic, _ in sinks}), _LOOK_WITHIN)
@@ -174,10 +179,11 @@ def _read_to_ends(
     read: Counter[tuple[str, int]],
     named: str,
     stopping: Callable[[], bool],
-) -> None:
+) -> list[TopicPartition]:
     """Hand every record of the ``assigned`` changelogs to its sink until each position has
-    reached its end, counting them in ``read``; raises :class:`RestoreError` when nothing
-    has been read for ``RESTORE_TIMEOUT`` seconds, or once ``stopping()``."""
+    reached its end, counting them in ``read``; the positions then. Raises
+    :class:`RestoreError` when nothing has been read for ``RESTORE_TIMEOUT`` seconds, or
+    once ``stopping()``."""
     pending = [TopicPartition(tp.topic, tp.partition) for tp in assigned]
     read_at = noted = time.monotonic()
     last: list[int] = []  # the positions after the previous poll
@@ -197,7 +203,7 @@ def _read_to_ends(
         positions = restorer.position(pending)
         behind = [tp for tp in positions if tp.offset < ends[(tp.topic, tp.partition)]]
         if not behind:
-            return
+            return positions
         now = time.monotonic()
         # Progress is a record read or a position moved (past aborted records, say); an
         # error, as while brokers are away, is none.

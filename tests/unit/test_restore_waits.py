@@ -365,3 +365,42 @@ def test_a_changelog_whose_last_fetch_has_not_stopped_is_read_once_it_has() -> N
     """Assigned again before its fetch from the last restore had stopped, the changelog
     showed that restore's end at once: taken for read, it restored nothing."""
     assert restore_from(Stopping(polls=5)).keys == [b"k0", b"k1", b"k2"]
+
+
+class Restarted(Logs):
+    """As librdkafka does: assigned again, a changelog already assigned stops and starts its
+    fetch (at the offset given), and has no position until a record comes; at its end,
+    none comes."""
+
+    def __init__(self, written: dict[str, int], ends: list[dict[str, int] | KafkaError]) -> None:
+        super().__init__(written, ends)
+        self.fetching: dict[str, int] = {}  # where each fetch reads next
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        kept = set(self.at)
+        super().assign(partitions)
+        self.fetching = dict(self.at)
+        for topic in kept:
+            self.at[topic] = -1001
+
+    def poll(self, timeout: float) -> object | None:
+        for topic, offset in self.fetching.items():
+            if offset < self.written[topic]:
+                self.fetching[topic] = self.at[topic] = offset + 1
+                return Record(topic, offset)
+        return None
+
+
+def test_a_changelog_read_to_its_end_is_not_waited_for_again_when_another_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A changelog found later (its end 0 at first) was assigned with those read already:
+    their fetches restarted, with no position until a record came, and one read to its end
+    got none, so the restore waited for it until ``RESTORE_TIMEOUT`` and failed."""
+    monkeypatch.setattr(restore, "RESTORE_TIMEOUT", 1.0)
+    invocations = TOPICS.invocations
+    logs = Restarted({STATE: 3, invocations: 2}, [{STATE: 3}, {STATE: 3, invocations: 2}])
+    sink = Both()
+    restore_partitions(logs, logs, TOPICS, [sink])  # type: ignore[arg-type]
+    assert sink.keys == [b"k0", b"k1", b"k2"]
+    assert sink.invocations == [b"k0", b"k1"]
