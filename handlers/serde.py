@@ -52,26 +52,29 @@ class Serde:
             raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
 
     def _validated(self, value: Any) -> Any:
+        # A model's fields are read by alias or by name: :meth:`dump` writes aliases, and a
+        # caller may send either.
         if self.__dict__["_scalar"]:
             return self.adapter.validate_python(value)
         try:
             text = json.dumps(value, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError, RecursionError):  # not JSON: validated as it is
-            return self.adapter.validate_python(value)
+            return self.adapter.validate_python(value, by_alias=True, by_name=True)
         try:
-            return self.adapter.validate_json(text)
+            return self.adapter.validate_json(text, by_alias=True, by_name=True)
         except ValidationError as error:
             if not _unparsed(error):
                 raise
             # JSON pydantic's parser cannot read (nested past its 200 levels, where a record
             # may hold 254): validated as it is.
-            return self.adapter.validate_python(value)
+            return self.adapter.validate_python(value, by_alias=True, by_name=True)
 
     def dump(self, value: Any) -> Any:
-        """A JSON-compatible value (pydantic models become dicts)."""
+        """A JSON-compatible value (pydantic models become dicts, their fields named by
+        their aliases, as pydantic validates them by default)."""
         if self.annotation is Any and type(value) in _AS_IS:  # as the serializer would
             return value
-        return self.adapter.dump_python(value, mode="json")
+        return self.adapter.dump_python(value, mode="json", by_alias=True)
 
     def encode(self, value: Any, what: str) -> Any:
         """:meth:`dump`, where a value that is not JSON is the caller's mistake (400)."""

@@ -6,7 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
 from handlers import Context, ObjectContext, Service, VirtualObject
+from streams import testing
 from streams.wire.records import Target
 from tests.unit.harness import Harness, until
 
@@ -108,3 +112,38 @@ async def test_a_result_too_deep_for_a_record_fails_the_call_with_400() -> None:
     assert failure is not None
     assert failure.code == 400
     assert "the result of Tools/deep_result is not JSON" in failure.message
+
+
+class Profile(BaseModel):
+    """A model whose fields have aliases (camelCase on the wire)."""
+
+    model_config = ConfigDict(alias_generator=to_camel)
+
+    user_name: str
+
+
+profiles = VirtualObject("Profiles")
+
+
+@profiles.handler()
+async def keep(ctx: ObjectContext, profile: Profile) -> Profile:
+    ctx.set("profile", profile)
+    kept: Profile | None = await ctx.get("profile", Profile)
+    assert kept is not None
+    return kept
+
+
+@tools.handler()
+async def save_profile(ctx: Context, name: str) -> Any:
+    return await ctx.object(keep, "p").request(Profile.model_validate({"userName": name}))
+
+
+async def test_a_model_with_aliases_goes_from_handler_to_handler_and_to_state() -> None:
+    """A model was written by its field names and read by its aliases: a call with one
+    failed with 400 in the callee (``userName: Field required``), and a state value of one
+    with 500 when read back."""
+    async with testing.Harness([profiles, tools]) as h:
+        assert await h.call(save_profile, "ada") == {"userName": "ada"}
+        assert h.state("Profiles", "p") == {"profile": {"userName": "ada"}}
+        by_name = await h.call(keep, {"user_name": "bob"}, key="q")
+        assert by_name == {"userName": "bob"}, "read by its field's name too"
