@@ -56,6 +56,8 @@ def measured(value: Any, what: str) -> tuple[Any, int]:
         size = value_size(encoded)
     except UnicodeEncodeError:
         raise TerminalError(f"{what} holds a lone UTF-16 surrogate: not JSON", 400) from None
+    except ValueError as error:  # an integer past Python's 4,300 digits, which no reader takes
+        raise TerminalError(f"{what} is not JSON that Kourier reads: {error}", 400) from None
     if size > MAX_VALUE_BYTES:
         raise TerminalError(
             f"{what} is {size} bytes of JSON; Kourier writes at most {MAX_VALUE_BYTES} "

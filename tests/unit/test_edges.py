@@ -602,6 +602,32 @@ async def test_a_state_write_refused_for_its_key_is_refused_again_on_a_replay() 
     assert wide_once == [wide], "not replayed"
 
 
+@edge.handler()
+async def huge_number(ctx: ObjectContext, where: str) -> Any:
+    """An integer of 5,001 digits, past what Python writes as text or reads back."""
+    if where == "state":
+        try:
+            ctx.set("n", 10**5000)
+        except TerminalError as error:
+            return error.status_code
+    return 10**5000
+
+
+@pytest.mark.parametrize("where", ["state", "result"])
+async def test_an_integer_too_long_to_write_is_a_400_not_retried(where: str) -> None:
+    """Measuring it raised Python's ValueError (its digit limit): retried on every attempt
+    until the invocation paused, with its key held."""
+    h = harness()
+    h.call(Target(service="Edge", key=where, handler="huge_number"), where, request_id=where)
+    await until(lambda: where in h.responses())
+    answer = h.responses()[where]
+    if where == "state":
+        assert answer.value == 400, answer
+    else:
+        assert answer.failure is not None
+        assert answer.failure.code == 400, answer.failure
+
+
 async def test_error_texts_are_bounded() -> None:
     h = harness()
     h.call(Target(service="Edge", key="t", handler="shout"), "terminal", request_id="t")
