@@ -317,4 +317,4 @@ def set_aside(
     topic, partition, offset = source
     letter = DeadLetter.of(error, topic=topic, partition=partition, offset=offset, key=key,
                            value=value, at=datetime.now(UTC), replay_of=replayed)  # fmt: skip
-    return Out(deadletter_topic, 0, key, *letter.record(key, value))
+    return Out(deadletter_topic, 0, *letter.record(key, value))

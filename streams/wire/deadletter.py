@@ -15,8 +15,10 @@ from streams.wire.records import RecordError
 #: 1,000,000 bytes. A copy that would not fit keeps what does of the original value, and
 #: ``kourier.truncated`` gives the original length.
 MAX_DEADLETTER_BYTES = 990_000
-#: The value and headers of a dead letter as produced.
-DeadLetterRecord = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
+#: The most of the original key a dead letter keeps (``kourier.key-truncated``: its length).
+MAX_DEADLETTER_KEY = 64 * 1024
+#: The key, value and headers of a dead letter as produced.
+DeadLetterRecord = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
 #: The header of a replayed record: where the record first set aside was read
 #: (``topic/partition/offset``). A call that names neither an id nor an idempotency key
 #: takes its idempotency key from it (``streams.engine.replays``).
@@ -81,18 +83,25 @@ class DeadLetter(BaseModel):
         )
 
     def record(self, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
-        """The value and headers to put on the dead-letter topic: the original value, cut
-        (and marked ``kourier.truncated``) only when it would not fit with its headers."""
+        """The key, value and headers to put on the dead-letter topic: the original key and
+        value, cut only when they would not fit. A key past ``MAX_DEADLETTER_KEY`` keeps
+        its start (``kourier.key-truncated``, the original length); a value that does not
+        fit with the key and headers keeps what does (``kourier.truncated``, the original
+        length), and so does a letter whose key was cut: it cannot be replayed either."""
         headers = self.headers()
+        key_cut = key is not None and len(key) > MAX_DEADLETTER_KEY
+        if key is not None and key_cut:
+            headers.append(("kourier.key-truncated", str(len(key)).encode()))
+            key = key[:MAX_DEADLETTER_KEY]
         room = (
             MAX_DEADLETTER_BYTES
             - len(key or b"")
             - sum(len(name) + len(data or b"") for name, data in headers)
         )
-        if value is not None and len(value) > room:
-            headers.append(("kourier.truncated", str(len(value)).encode()))
-            value = value[: max(0, room - 64)]
-        return value, headers
+        if key_cut or (value is not None and len(value) > room):
+            headers.append(("kourier.truncated", str(len(value or b"")).encode()))
+            value = None if value is None else value[: max(0, room - 64)]
+        return key, value, headers
 
     def headers(self) -> list[tuple[str, str | bytes | None]]:
         headers: list[tuple[str, str | bytes | None]] = [

@@ -202,7 +202,7 @@ async def test_a_letter_replayed_twice_is_one_call(
     letter = DeadLetter(reason="unknown-target", detail="Tally was not deployed yet",
                         topic=f"{topics.namespace}.ingress", partition=0, offset=7,
                         payload="", at=datetime.now(UTC))  # fmt: skip
-    record, headers = letter.record(b"twice", value)
+    _key, record, headers = letter.record(b"twice", value)
     offsets: list[int] = []
     producer = Producer(topics.client_config({"linger.ms": 1}))
     dlq = f"{topics.namespace}.deadletter"

@@ -7,8 +7,9 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
+from streams.engine.outbox import set_aside
 from streams.wire import records as r
-from streams.wire.deadletter import DeadLetter
+from streams.wire.deadletter import MAX_DEADLETTER_BYTES, DeadLetter
 
 ID0 = "inv_" + "0" * 32
 ID1 = "inv_" + "1" * 32
@@ -78,6 +79,26 @@ def test_other_records_round_trip() -> None:
     replayed = letter.model_copy(update={"offset": 40, "replay_of": "ns.ingress/3/9"})
     again = DeadLetter.from_record(b"k", b"\xff\x00", replayed.headers(), dlq_offset=5)
     assert (again.offset, again.first) == (40, "ns.ingress/3/9")
+
+
+@pytest.mark.parametrize("value", [b"{not json", None])
+def test_a_dead_letter_of_a_record_with_a_huge_key_fits_and_cannot_be_replayed(
+    value: bytes | None,
+) -> None:
+    """Only the value was cut: a record with a key near a megabyte (another producer's) made
+    a dead letter Kafka refused, and its partition stalled on it, restored again and again."""
+    key = b"k" * 1_000_000
+    out = set_aside(r.RecordError("not-json", "boom"), ("ns.ingress", 3, 9), key, value,
+                    "ns.deadletter")  # fmt: skip
+    size = len(out.key or b"") + len(out.value or b"")
+    size += sum(len(name) + len(data or b"") for name, data in out.headers or [])
+    assert size <= MAX_DEADLETTER_BYTES
+    headers = dict(out.headers or [])
+    assert headers["kourier.key-truncated"] == b"1000000"
+    headers_read = [(n, d if isinstance(d, bytes) else (d or "").encode())
+                    for n, d in out.headers or []]  # fmt: skip
+    letter = DeadLetter.from_record(out.key, out.value, headers_read)
+    assert letter.truncated is not None, "a letter whose key was cut can be replayed"
 
 
 @pytest.mark.parametrize(
