@@ -310,9 +310,9 @@ class PartitionProcessor:
         try:
             handler = self.registry.resolve(record.target)
         except LookupError as exc:
-            if record.request_id is None and record.caller is None:
-                error = RecordError("unknown-target", str(exc))
-                self._set_aside(error, key, value, offset, replayed)
+            # Set aside (DESIGN §6), so that it can be replayed once the handler is deployed,
+            # and answered: whoever waits for it (a client, a caller) is told 404.
+            self._set_aside(RecordError("unknown-target", str(exc)), key, value, offset, replayed)
             self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
             return
         target = record.target

@@ -56,6 +56,23 @@ async def test_a_malformed_caller_id_is_a_dead_letter_and_locks_nothing() -> Non
     assert h.responses()["after"].value == 5, "the key was never locked"
 
 
+async def test_a_call_to_a_handler_not_hosted_is_answered_404_and_set_aside() -> None:
+    """One that someone waited for (a client's, a caller's) was answered 404 and dropped:
+    DESIGN §6 sets every record for an unknown service or handler aside, to be replayed
+    once it is deployed."""
+    h = Harness([box])
+    missing = Target(service="Box", key="a", handler="nowhere")
+    h.call(missing, 1, request_id="client")
+    caller = Caller(invocation_id=ids.new_id("c", 1), entry=3)
+    h.send(Invoke(target=missing, argument=1, caller=caller, invocation_id=ids.new_id("a", 1)))
+    assert reasons(h) == ["unknown-target", "unknown-target"]
+    failure = h.responses()["client"].failure
+    assert failure is not None
+    assert failure.code == 404
+    (completion,) = [json.loads(o.value or b"") for o in h.out if o.topic == TOPICS.ingress]
+    assert completion["failure"]["code"] == 404
+
+
 async def test_every_id_field_is_checked_when_decoded() -> None:
     h = Harness([box])
     bad = "inv_zz"
