@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from pydantic import JsonValue
 
@@ -23,6 +23,7 @@ from streams.wire import ids
 from streams.wire.records import Failure, Target, dump_value
 from streams.wire.topics import Topics
 
+_V = TypeVar("_V")
 log = logging.getLogger("kourier.partition")
 
 
@@ -68,7 +69,7 @@ class PartitionStore:
         obj = ObjectKey(service, name_of_key)
         if is_promise:
             if value is None:
-                self.promises.get(obj, {}).pop(name, None)
+                _forget(self.promises, obj, name)
             else:
                 data = json.loads(value)
                 if not isinstance(data, dict):
@@ -79,7 +80,7 @@ class PartitionStore:
                 )
                 self.promises.setdefault(obj, {})[name] = promise
         elif value is None:
-            self.state.get(obj, {}).pop(name, None)
+            _forget(self.state, obj, name)
         else:
             self.state.setdefault(obj, {})[name] = json.loads(value)
 
@@ -197,3 +198,13 @@ def _promise_row(promise: Promise) -> JsonValue:
     if promise.failure is not None:
         row["failure"] = promise.failure.model_dump()
     return row
+
+
+def _forget(by_object: dict[ObjectKey, dict[str, _V]], obj: ObjectKey, name: str) -> None:
+    """A tombstone read back: ``name`` of ``obj`` is gone, and so is ``obj`` once it holds
+    nothing (as a write that empties it leaves it); an empty one was kept for good."""
+    held = by_object.get(obj)
+    if held is not None:
+        held.pop(name, None)
+        if not held:
+            del by_object[obj]

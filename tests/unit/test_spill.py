@@ -127,6 +127,18 @@ def test_unreadable_state_and_dedup_records_are_left_out_not_raised(
     assert len(unreadable) == 7
 
 
+def test_an_object_whose_state_a_restore_reads_cleared_is_not_kept() -> None:
+    """A write that empties an object's state lets go of the object; a restore that read
+    its names set and then cleared (the changelog's tail, not compacted yet) kept an empty
+    one for each such object, a workflow's once its retention ended among them."""
+    store = PartitionStore(TOPICS, 0)
+    for key in (b'["Signup", "ada", "email"]', b'["Signup", "ada", "link", "promise"]'):
+        store.restore_state(key, b'"x"' if b"promise" not in key else b'{"value": "x"}')
+        store.restore_state(key, None)
+    assert store.state == {}
+    assert store.promises == {}
+
+
 def test_a_closed_spill_holds_nothing_and_takes_nothing() -> None:
     spill = Spill()
     store, table = ColdStore(spill), DedupTable(spill)
