@@ -108,6 +108,8 @@ class Signature:
     takes_input: bool
     input: Serde
     output: Serde
+    #: The input parameter has a default, which a call without an argument (``null``) gets.
+    input_default: bool = False
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -150,4 +152,5 @@ def signature_of(fn: Callable[..., Any]) -> Signature:
         takes_input=takes_input,
         input=Serde(input_type),
         output=Serde(output_type),
+        input_default=takes_input and params[1].default is not inspect.Parameter.empty,
     )

@@ -133,10 +133,10 @@ class Attempts:
             refusal = self._refusal(inv)
             if refusal is not None:  # its last run wrote a record Kafka refused for good
                 raise TerminalError(refusal.message, refusal.code)
-            if signature.takes_input:
-                argument = signature.input.load(own_copy(inv.meta.argument), "input")
-                result = await handler.fn(ctx, argument)
-            else:
+            argument = inv.meta.argument
+            if signature.takes_input and (argument is not None or not signature.input_default):
+                result = await handler.fn(ctx, signature.input.load(own_copy(argument), "input"))
+            else:  # no input, or none given (null) where the handler has a default for it
                 result = await handler.fn(ctx)
             try:
                 value = signature.output.dump(result)

@@ -147,3 +147,16 @@ async def test_a_model_with_aliases_goes_from_handler_to_handler_and_to_state() 
         assert h.state("Profiles", "p") == {"profile": {"userName": "ada"}}
         by_name = await h.call(keep, {"user_name": "bob"}, key="q")
         assert by_name == {"userName": "bob"}, "read by its field's name too"
+
+
+@tools.handler()
+async def greet(ctx: Context, name: str = "world") -> str:
+    return f"hello {name}"
+
+
+async def test_a_call_without_an_argument_gets_the_input_s_default() -> None:
+    """The default was never used: a call without a body passed ``None``, which ``str``
+    refused with 400 on every call, though the handler registered."""
+    async with testing.Harness([tools]) as h:
+        assert await h.call(greet) == "hello world"
+        assert await h.call(greet, "ada") == "hello ada"
