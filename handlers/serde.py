@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_type_hints
@@ -142,9 +143,31 @@ def parameters_of(fn: Callable[..., Any]) -> list[inspect.Parameter]:
     return params
 
 
+def _hints(fn: Callable[..., Any], needed: list[str]) -> dict[str, Any]:
+    """``fn``'s type hints, with ``Annotated`` kept (``Annotated[int, Field(gt=0)]``). When
+    one does not resolve (the context's type imported for type checking only, under
+    ``from __future__ import annotations``), those ``needed`` are resolved one by one, and
+    only theirs raise ``NameError``."""
+    try:
+        return get_type_hints(fn, include_extras=True)
+    except NameError:
+        annotations = getattr(fn, "__annotations__", {})
+        hints: dict[str, Any] = {}
+        for name in needed:
+            if name in annotations:
+                probe = types.FunctionType(_probe.__code__, getattr(fn, "__globals__", {}))
+                probe.__annotations__ = {name: annotations[name]}
+                hints.update(get_type_hints(probe, include_extras=True))
+        return hints
+
+
+def _probe() -> None: ...
+
+
 def signature_of(fn: Callable[..., Any]) -> Signature:
     params = parameters_of(fn)
-    hints = get_type_hints(_annotated(fn), include_extras=True)  # Annotated[int, Field(gt=0)] too
+    needed = [params[1].name, "return"] if len(params) == 2 else ["return"]
+    hints = _hints(_annotated(fn), needed)
     takes_input = len(params) == 2
     input_type = hints.get(params[1].name, Any) if takes_input else Any
     output_type = hints.get("return", Any)

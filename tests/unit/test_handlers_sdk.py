@@ -310,3 +310,37 @@ def test_an_input_nested_deeper_than_the_json_parser_goes_is_still_validated() -
     for _ in range(230):
         deep = [deep]
     assert Serde(list[Any]).load(deep, "input") == deep
+
+
+MODULE_TYPED_FOR_CHECKING_ONLY = '''
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from handlers import Service
+
+if TYPE_CHECKING:
+    from handlers import Context
+
+svc = Service("Checked")
+
+
+@svc.handler()
+async def double(ctx: Context, n: int) -> int:
+    return n * 2
+'''
+
+
+def test_a_context_type_imported_for_type_checking_only_is_not_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resolving every annotation raised ``NameError`` for the context's, which Kourier
+    never uses, and the worker ended at its start."""
+    (tmp_path / "checked_only.py").write_text(MODULE_TYPED_FOR_CHECKING_ONLY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = __import__("checked_only")
+    signature = module.svc.handlers["double"].signature
+    assert signature.input.load(4, "input") == 4
+    with pytest.raises(TerminalError):
+        signature.input.load("four", "input")
+    assert signature.output.annotation is int
