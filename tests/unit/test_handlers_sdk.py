@@ -312,7 +312,7 @@ def test_an_input_nested_deeper_than_the_json_parser_goes_is_still_validated() -
     assert Serde(list[Any]).load(deep, "input") == deep
 
 
-MODULE_TYPED_FOR_CHECKING_ONLY = '''
+MODULE_TYPED_FOR_CHECKING_ONLY = """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -328,7 +328,7 @@ svc = Service("Checked")
 @svc.handler()
 async def double(ctx: Context, n: int) -> int:
     return n * 2
-'''
+"""
 
 
 def test_a_context_type_imported_for_type_checking_only_is_not_needed(
