@@ -53,8 +53,9 @@ class Serde:
             raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
 
     def _validated(self, value: Any) -> Any:
-        # A model's fields are read by alias or by name: :meth:`dump` writes aliases, and a
-        # caller may send either.
+        # A model's fields are read by alias or by name: :meth:`dump` writes names (what any
+        # model reads back, one with a serialization alias alone too), and a caller may send
+        # its aliases.
         if self.__dict__["_scalar"]:
             return self.adapter.validate_python(value)
         try:
@@ -71,11 +72,10 @@ class Serde:
             return self.adapter.validate_python(value, by_alias=True, by_name=True)
 
     def dump(self, value: Any) -> Any:
-        """A JSON-compatible value (pydantic models become dicts, their fields named by
-        their aliases, as pydantic validates them by default)."""
+        """A JSON-compatible value (pydantic models become dicts, their fields by name)."""
         if self.annotation is Any and type(value) in _AS_IS:  # as the serializer would
             return value
-        return self.adapter.dump_python(value, mode="json", by_alias=True)
+        return self.adapter.dump_python(value, mode="json")
 
     def encode(self, value: Any, what: str) -> Any:
         """:meth:`dump`, where a value that is not JSON is the caller's mistake (400)."""
@@ -154,8 +154,9 @@ def _hints(fn: Callable[..., Any], needed: list[str]) -> dict[str, Any]:
         annotations = getattr(fn, "__annotations__", {})
         hints: dict[str, Any] = {}
         for name in needed:
-            if name in annotations:
-                probe = types.FunctionType(_probe.__code__, getattr(fn, "__globals__", {}))
+            if name in annotations:  # in the module of what it wraps, as get_type_hints
+                where = getattr(inspect.unwrap(fn), "__globals__", {})
+                probe = types.FunctionType(_probe.__code__, where)
                 probe.__annotations__ = {name: annotations[name]}
                 hints.update(get_type_hints(probe, include_extras=True))
         return hints

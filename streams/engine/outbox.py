@@ -293,15 +293,18 @@ class Outbox:
         value: bytes | None,
         offset: int,
         replayed: str | None = None,
+        answered: int | None = None,
     ) -> None:
         """An ingress record set aside, unchanged, with the reason in its headers (and, for
-        a replay, where the record it replayed was first read)."""
+        a replay, where the record it replayed was first read; for one whose client or
+        caller was ``answered``, that status)."""
         log.warning(
             "dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset, error
         )
         DEADLETTERS.labels(error.reason).inc()
         source = (self.topics.ingress, self.partition, offset)
-        self._emit(set_aside(error, source, key, value, self.topics.deadletter, replayed))
+        deadletter = self.topics.deadletter
+        self._emit(set_aside(error, source, key, value, deadletter, replayed, answered))
 
 
 def set_aside(
@@ -311,10 +314,12 @@ def set_aside(
     value: bytes | None,
     deadletter_topic: str,
     replayed: str | None = None,
+    answered: int | None = None,
 ) -> Out:
     """The dead letter of the record at ``source`` (topic, partition, offset): its key and
     value unchanged, why in its headers, cut only if it would not fit."""
     topic, partition, offset = source
     letter = DeadLetter.of(error, topic=topic, partition=partition, offset=offset, key=key,
-                           value=value, at=datetime.now(UTC), replay_of=replayed)  # fmt: skip
+                           value=value, at=datetime.now(UTC), replay_of=replayed,
+                           answered=answered)  # fmt: skip
     return Out(deadletter_topic, 0, *letter.record(key, value))

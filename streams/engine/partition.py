@@ -294,8 +294,8 @@ class PartitionProcessor:
             self.controls.apply(record, origin)
 
     def _set_aside(self, error: RecordError, key: bytes | None, value: bytes | None, offset: int,
-                   replayed: str | None = None) -> None:  # fmt: skip
-        self.outbox.dead_letter(error, key, value, offset, replayed)
+                   replayed: str | None = None, answered: int | None = None) -> None:  # fmt: skip
+        self.outbox.dead_letter(error, key, value, offset, replayed, answered)
         self._wake()
 
     def _apply_invoke(
@@ -310,9 +310,10 @@ class PartitionProcessor:
         try:
             handler = self.registry.resolve(record.target)
         except LookupError as exc:
-            # Set aside (DESIGN §6), so that it can be replayed once the handler is deployed,
-            # and answered: whoever waits for it (a client, a caller) is told 404.
-            self._set_aside(RecordError("unknown-target", str(exc)), key, value, offset, replayed)
+            # Set aside (DESIGN §6) to replay once deployed; whoever waits is answered 404.
+            answered = 404 if record.request_id is not None or record.caller else None
+            self._set_aside(RecordError("unknown-target", str(exc)), key, value, offset, replayed,
+                            answered)  # fmt: skip
             self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
             return
         target = record.target

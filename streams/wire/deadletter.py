@@ -56,6 +56,11 @@ class DeadLetter(BaseModel):
     replay_of: str | None = Field(
         default=None, description="for a replay set aside again: where the first record was read"
     )
+    answered: int | None = Field(
+        default=None,
+        description="the status its client or calling handler was answered with, if any: "
+        "replayed, it would run what they were told did not",
+    )
 
     @classmethod
     def of(
@@ -69,6 +74,7 @@ class DeadLetter(BaseModel):
         value: bytes | None,
         at: datetime,
         replay_of: str | None = None,
+        answered: int | None = None,
     ) -> DeadLetter:
         return cls(
             reason=error.reason,
@@ -80,6 +86,7 @@ class DeadLetter(BaseModel):
             payload=base64.b64encode(value or b"").decode(),
             at=at,
             replay_of=replay_of,
+            answered=answered,
         )
 
     def record(self, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
@@ -114,6 +121,8 @@ class DeadLetter(BaseModel):
         ]
         if self.replay_of is not None:
             headers.append((REPLAY_HEADER, self.replay_of.encode()))
+        if self.answered is not None:
+            headers.append(("kourier.answered", str(self.answered).encode()))
         return headers
 
     @classmethod
@@ -151,6 +160,7 @@ class DeadLetter(BaseModel):
             dlq_offset=dlq_offset,
             truncated=number("truncated") if "kourier.truncated" in found else None,
             replay_of=found.get(REPLAY_HEADER),
+            answered=number("answered") if "kourier.answered" in found else None,
         )
 
     @property

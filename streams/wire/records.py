@@ -403,6 +403,16 @@ def _finite(text: str) -> float:
 
 #: One decoder for :func:`load_json`: ``json.loads`` with hooks would build one a call.
 _STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+#: Finds ``NaN`` and ``Infinity`` and nothing else (numbers are not even converted).
+_CONSTANTS = json.JSONDecoder(parse_constant=_not_json, parse_float=len, parse_int=len)
+
+
+def _constants(data: bytes) -> None:
+    """``RecordError`` ``not-json`` when ``data`` holds ``NaN`` or ``Infinity`` as a value."""
+    try:
+        _CONSTANTS.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
+    except ValueError as exc:
+        raise RecordError("not-json", str(exc)) from None
 
 
 def value_size(value: Any) -> int:
@@ -475,8 +485,8 @@ def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Com
         if b"NaN" in raw or b"Infinity" in raw:
             # pydantic's parser takes them, as Python's json.dumps writes them, but no record
             # writes them again: a replay would find null where the first attempt had NaN.
-            # Read strictly, the record is not JSON (a string that holds the word is).
-            _load(raw)
+            # Read for them alone, the record is not JSON (a string that holds the word is).
+            _constants(raw)
     except ValidationError:
         record = _validate(_INGRESS, data)
         # Read past UTF-8 (UTF-16, or surrogates spelt as raw bytes): can it be written?

@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from handlers import Context, ObjectContext, Service, VirtualObject
+from handlers.serde import Serde
 from streams import testing
 from streams.wire.records import Target
 from tests.unit.harness import Harness, until
@@ -115,11 +116,17 @@ async def test_a_result_too_deep_for_a_record_fails_the_call_with_400() -> None:
 
 
 class Profile(BaseModel):
-    """A model whose fields have aliases (camelCase on the wire)."""
+    """A model whose fields have aliases (camelCase)."""
 
     model_config = ConfigDict(alias_generator=to_camel)
 
     user_name: str
+
+
+class Shown(BaseModel):
+    """A model whose field has an alias to be written by, and none to be read by."""
+
+    user_name: str = Field(serialization_alias="userName")
 
 
 profiles = VirtualObject("Profiles")
@@ -143,10 +150,16 @@ async def test_a_model_with_aliases_goes_from_handler_to_handler_and_to_state() 
     failed with 400 in the callee (``userName: Field required``), and a state value of one
     with 500 when read back."""
     async with testing.Harness([profiles, tools]) as h:
-        assert await h.call(save_profile, "ada") == {"userName": "ada"}
-        assert h.state("Profiles", "p") == {"profile": {"userName": "ada"}}
-        by_name = await h.call(keep, {"user_name": "bob"}, key="q")
-        assert by_name == {"userName": "bob"}, "read by its field's name too"
+        assert await h.call(save_profile, "ada") == {"user_name": "ada"}
+        assert h.state("Profiles", "p") == {"profile": {"user_name": "ada"}}
+        by_alias = await h.call(keep, {"userName": "bob"}, key="q")
+        assert by_alias == {"user_name": "bob"}, "read by its alias too"
+
+
+def test_a_model_with_a_serialization_alias_alone_reads_back_what_was_written() -> None:
+    serde = Serde(Shown)
+    written = serde.dump(Shown(user_name="ada"))
+    assert serde.load(written, "state") == Shown(user_name="ada")
 
 
 @tools.handler()

@@ -15,6 +15,7 @@ from streams.engine.control import Controls
 from streams.engine.journal import InvocationLog, meta_key
 from streams.engine.partition import PartitionProcessor
 from streams.wire import ids
+from streams.wire.deadletter import DeadLetter
 from streams.wire.records import Caller, Cancel, Invoke, Resume, Target
 from tests.unit.harness import TOPICS, Harness, settle, until
 
@@ -65,7 +66,16 @@ async def test_a_call_to_a_handler_not_hosted_is_answered_404_and_set_aside() ->
     h.call(missing, 1, request_id="client")
     caller = Caller(invocation_id=ids.new_id("c", 1), entry=3)
     h.send(Invoke(target=missing, argument=1, caller=caller, invocation_id=ids.new_id("a", 1)))
-    assert reasons(h) == ["unknown-target", "unknown-target"]
+    h.send(Invoke(target=missing, argument=1, mode="send"))  # nobody waits for it
+    assert reasons(h) == ["unknown-target"] * 3
+    # Whom a letter's call was answered, its letter says: `dlq replay --all` leaves those.
+    answered = [
+        DeadLetter.from_record(o.key, o.value, [(n, v) for n, v in o.headers or []
+                                                if isinstance(v, bytes)]).answered
+        for o in h.out
+        if o.topic == TOPICS.deadletter
+    ]  # fmt: skip
+    assert answered == [404, 404, None]
     failure = h.responses()["client"].failure
     assert failure is not None
     assert failure.code == 404

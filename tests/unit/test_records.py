@@ -210,6 +210,13 @@ def test_a_number_a_record_cannot_write_again_is_not_json() -> None:
     with pytest.raises(r.RecordError) as refused:
         r.decode_ingress(record)
     assert refused.value.reason == "not-json"
+    # The look for them decides nothing else: a record is read alike with the word or not.
+    base = b'{"v":1,"kind":"invoke","target":{"service":"S","handler":"h"},"argument":%s}'
+    for other in (b"1e400", b"123456789012345678901234567890"):
+        plain = r.decode_ingress(base % b"[%s]" % other)
+        worded = r.decode_ingress(base % b'["NaN", %s]' % other)
+        assert isinstance(plain, r.Invoke)
+        assert isinstance(worded, r.Invoke)
 
 
 def test_load_json_reads_json_and_refuses_what_python_takes_beyond_it() -> None:
