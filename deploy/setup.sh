@@ -23,7 +23,7 @@ if ((${#missing[@]})); then
 fi
 
 # Kafka 4's broker runs on Java 17 or newer; an older java on the PATH fails it obscurely.
-java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9][0-9]*\).*/\1/p' | head -n 1)
+java_major=$({ java -version 2>&1 || true; } | sed -n 's/.*version "\([0-9][0-9]*\).*/\1/p' | head -n 1)
 [ "${java_major:-0}" -ge 17 ] || {
   echo "setup: the Kafka broker needs Java 17 or newer, found ${java_major:-none} (java on the" \
     "PATH): install openjdk-17-jre-headless and put it first" >&2

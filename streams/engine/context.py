@@ -483,8 +483,8 @@ class InvocationContext(WorkflowContext):
                 self._refused(kind, name, refusal)
             self.invocation.append(Entry(kind=kind, name=name, value=value, done=True))
             self.invocation.state_write(kind, name, value)
-        else:
-            outcome(entry)  # a refusal journaled is raised again
+        elif entry.failure is not None:  # a refusal journaled is raised again
+            outcome(entry)
 
     # -- workflow promises -------------------------------------------------------
 

@@ -589,13 +589,23 @@ def test_compose_runs_the_kafka_version_the_tests_run() -> None:
     assert compose["services"]["kafka"]["image"] == f"apache/kafka:{broker.kafka_version()}"
 
 
-def test_setup_refuses_a_java_older_than_the_broker_needs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("script", "found"),
+    [
+        ("echo 'openjdk version \"11.0.22\" 2024-01-16' >&2", "found 11"),
+        ("echo 'Error: could not find agent library' >&2; exit 1", "found none"),
+    ],
+    ids=["java 11", "a java that does not start"],
+)
+def test_setup_refuses_a_java_older_than_the_broker_needs(
+    tmp_path: Path, script: str, found: str
+) -> None:
     """``deploy/setup.sh`` took any ``java`` on the PATH; with Java 11 first, the broker
     then failed to start with a class-version error deep in its log."""
     fake = tmp_path / "bin"
     fake.mkdir()
     java = fake / "java"
-    java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
+    java.write_text(f"#!/bin/sh\n{script}\n")
     java.chmod(0o755)
     for tool in ("mvn", "kcat"):  # present, as setup checks for them first
         (fake / tool).symlink_to("/bin/true")
@@ -604,5 +614,5 @@ def test_setup_refuses_a_java_older_than_the_broker_needs(tmp_path: Path) -> Non
     done = subprocess.run(["bash", str(DEPLOY / "setup.sh")], env=env, capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert "needs Java 17 or newer, found 11" in done.stderr
+    assert f"needs Java 17 or newer, {found}" in done.stderr
     assert not (tmp_path / "venv").exists(), "went on past the check"
