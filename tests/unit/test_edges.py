@@ -174,6 +174,24 @@ async def resolve(ctx: WorkflowSharedContext, value: str) -> None:
     await ctx.promise("p").resolve(value)
 
 
+resolved_once: list[str] = []
+
+
+@flow.handler()
+async def resolve_wide(ctx: WorkflowSharedContext, size: int) -> str:
+    """Resolves a promise whose escaped record key makes it too large (413), goes on, and
+    fails once after that: replayed."""
+    try:
+        await ctx.promise(ctx.key).resolve("x" * size)
+    except TerminalError as error:
+        refused = error.status_code
+    after: str = await ctx.run("after", lambda: "ran")
+    if ctx.key not in resolved_once:
+        resolved_once.append(ctx.key)
+        raise RuntimeError("the first attempt fails after the resolve")
+    return f"refused {refused}, then {after}"
+
+
 def harness() -> Harness:
     return Harness([helper, edge, flow])
 
@@ -611,6 +629,18 @@ async def huge_number(ctx: ObjectContext, where: str) -> Any:
         except TerminalError as error:
             return error.status_code
     return 10**5000
+
+
+async def test_a_promise_refused_for_its_key_is_refused_again_on_a_replay() -> None:
+    h = harness()
+    wide = "\U0001f600" * 4096
+    h.call(Target(service="Flow", key=wide, handler="resolve_wide"), MAX_VALUE_BYTES - 2,
+           request_id="wide")  # fmt: skip
+    await until(lambda: "wide" in h.responses())
+    answer = h.responses()["wide"]
+    assert answer.failure is None, answer.failure
+    assert answer.value == "refused 413, then ran"
+    assert resolved_once == [wide], "not replayed"
 
 
 @pytest.mark.parametrize("where", ["state", "result"])
