@@ -75,7 +75,9 @@ class Serde:
         """A JSON-compatible value (pydantic models become dicts, their fields by name)."""
         if self.annotation is Any and type(value) in _AS_IS:  # as the serializer would
             return value
-        return self.adapter.dump_python(value, mode="json")
+        # By name even where the model's config says otherwise (serialize_by_alias): a field
+        # with an alias to be written by and none to be read by reads back its name alone.
+        return self.adapter.dump_python(value, mode="json", by_alias=False)
 
     def encode(self, value: Any, what: str) -> Any:
         """:meth:`dump`, where a value that is not JSON is the caller's mistake (400)."""

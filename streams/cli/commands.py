@@ -491,10 +491,14 @@ def dlq(args: argparse.Namespace) -> int:
     chosen = [x for x in letters if args.all or x.dlq_offset in set(args.offset or [])]
     if args.all:  # letters that cannot be replayed are left where they are, and named
         ingress = Topics(settings.namespace).ingress
-        kept = [x.dlq_offset for x in chosen if x.truncated is not None or x.topic != ingress
-                or x.answered is not None]  # fmt: skip
-        if kept:  # (one whose caller was answered is replayed by --offset alone)
+        kept = [x.dlq_offset for x in chosen if x.truncated is not None or x.topic != ingress]
+        if kept:
             say(f"kourier: leaving {len(kept)} letters that cannot be replayed: offsets {kept}")
+        told = [x.dlq_offset for x in chosen if x.answered is not None and x.dlq_offset not in kept]
+        if told:
+            say(f"kourier: leaving {len(told)} letters whose caller was answered (replay them by"
+                f" --offset to run them all the same): offsets {told}")  # fmt: skip
+            kept += told
         chosen = [x for x in chosen if x.dlq_offset not in kept]
     else:
         missing = sorted(set(args.offset or []) - {x.dlq_offset for x in chosen})

@@ -248,8 +248,8 @@ def deadlocks(body: dict[str, Any]) -> str:
 
 
 def dead_letters(rows: list[dict[str, Any]]) -> str:
-    return table(rows, ["dlq_offset", "reason", "topic", "partition", "offset", "at", "detail"],
-                 "no dead letters")  # fmt: skip
+    columns = ["dlq_offset", "reason", "topic", "partition", "offset", "at", "answered", "detail"]
+    return table(rows, columns, "no dead letters")
 
 
 def topics(body: dict[str, Any]) -> str:

@@ -169,49 +169,59 @@ class Outbox:
             self.response(Response(request_id=request_id, invocation_id=meta.id,
                                    status="success", value=meta.value))  # fmt: skip
 
-    def unrouted(self, record: Invoke, failure: Failure) -> None:
+    # Each answer below returns the status it told whoever waits (None: nobody was told),
+    # which the record's dead letter then carries (``kourier.answered``).
+
+    def unrouted(self, record: Invoke, failure: Failure) -> int | None:
         """Answer a call that cannot run (unknown target, too large, a bad id) without
         creating an invocation: to its request id, and to a calling handler."""
+        told = None
         if record.request_id is not None:
             self.failure_response(record.request_id, record.invocation_id, failure)
+            told = failure.code
         if record.caller is not None and record.invocation_id is not None:
             self.completion(Completion(
                 caller=record.caller, invocation_id=record.invocation_id, failure=failure
             ))  # fmt: skip
+            told = failure.code
+        return told
 
-    def oversize(self, value: bytes) -> bool:
-        """Tell whoever waits for an oversize invocation that it will not run (413); whether
-        it was one."""
+    def oversize(self, value: bytes) -> int | None:
+        """Tell whoever waits for an oversize invocation that it will not run (413)."""
         try:
             record = decode_ingress(value)
         except RecordError:
-            return False
+            return None
         if not isinstance(record, Invoke):
-            return False
-        self.unrouted(
+            return None
+        return self.unrouted(
             record, Failure(code=413, message="the record is larger than Kourier accepts")
         )
-        return True
 
     def refused(
         self, record: Invoke | Control | AttachRequest | Completion | Start, failure: Failure
-    ) -> None:
+    ) -> int | None:
         """Answer a record that will not be applied: a call as :meth:`unrouted`, an attach or
         a control at its request id (a completion or a start has none)."""
         if isinstance(record, Invoke):
-            self.unrouted(record, failure)
-        elif isinstance(record, AttachRequest | Control) and record.request_id is not None:
+            return self.unrouted(record, failure)
+        if isinstance(record, AttachRequest | Control) and record.request_id is not None:
             self.failure_response(record.request_id, record.invocation_id, failure)
+            return failure.code
+        return None
 
-    def undecoded(self, error: RecordError, value: bytes | None) -> None:
+    def undecoded(self, error: RecordError, value: bytes | None) -> int | None:
         """Answer the request id of a record that does not decode, if it names one (a newer
         client's field an older worker does not know, say): its caller waited for good."""
         request_id = request_id_of(value)
-        if request_id is not None:
-            said = f"the record was refused ({error.reason}: {error.detail}); it is on the "
-            code = 413 if error.reason == "oversize" else 400
-            failure = Failure(code=code, message=said + "dead-letter topic")
-            self.failure_response(request_id, None, failure)
+        if request_id is None:
+            return None
+        said = f"the record was refused ({error.reason}: {error.detail}); it is on the "
+        code = 413 if error.reason == "oversize" else 400
+        self.failure_response(
+            request_id, None, Failure(code=code, message=said + "dead-letter topic")
+        )
+        return code
 
     def completion(self, completion: Completion) -> None:
         """A callee's outcome, to the partition of the caller waiting for it; and, when

@@ -234,7 +234,7 @@ class PartitionProcessor:
         the dead letter it replays was first read (``REPLAY_HEADER``, ``replays.py``)."""
         if replayed is not None:
             replayed = replay_place(self.topics.ingress, replayed)
-        answered = False  # an oversize call that decodes is answered 413
+        answered = None  # what whoever waits was told: an oversize call that decodes, 413
         try:
             if value is not None and len(value) > MAX_RECORD_BYTES:
                 answered = self.outbox.oversize(value)
@@ -243,17 +243,17 @@ class PartitionProcessor:
                 )
             record = decode_ingress(value)
         except RecordError as error:
-            if not answered:
-                self.outbox.undecoded(error, value)
-            self._set_aside(error, key, value, offset, replayed)
+            if answered is None:
+                answered = self.outbox.undecoded(error, value)
+            self._set_aside(error, key, value, offset, replayed, answered)
             return
         if replayed is not None and isinstance(record, Invoke):
             record = as_replay(record, replayed, self.registry)  # its key may route it
         try:
             owner = routing.owner(record, self.partitions, self.partition)
         except RecordError as error:  # whoever waits hears why it will not run
-            self.outbox.refused(record, Failure(code=400, message=error.detail))
-            self._set_aside(error, key, value, offset, replayed)
+            answered = self.outbox.refused(record, Failure(code=400, message=error.detail))
+            self._set_aside(error, key, value, offset, replayed, answered)
             return
         if owner != self.partition:
             # A producer that partitioned differently (e.g. kcat's default): move it.
@@ -266,10 +266,11 @@ class PartitionProcessor:
         except Exception as error:  # one record never stops the partition
             log.exception("%s/%d@%d not applied", self.topics.ingress, self.partition, offset)
             failed = RecordError("apply-failed", f"{type(error).__name__}: {error}")
-            self._set_aside(failed, key, value, offset, replayed)
             if not isinstance(record, Invoke) or record.invocation_id not in self.invocations:
                 # Nobody else will answer: whoever waits hears, not waits for good.
-                self.outbox.refused(record, Failure(code=500, message=f"not applied: {failed}"))
+                why = Failure(code=500, message=f"not applied: {failed}")
+                answered = self.outbox.refused(record, why)
+            self._set_aside(failed, key, value, offset, replayed, answered)
         self._wake()
 
     def _apply(
@@ -311,10 +312,9 @@ class PartitionProcessor:
             handler = self.registry.resolve(record.target)
         except LookupError as exc:
             # Set aside (DESIGN §6) to replay once deployed; whoever waits is answered 404.
-            answered = 404 if record.request_id is not None or record.caller else None
-            self._set_aside(RecordError("unknown-target", str(exc)), key, value, offset, replayed,
-                            answered)  # fmt: skip
-            self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
+            answered = self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
+            error = RecordError("unknown-target", str(exc))
+            self._set_aside(error, key, value, offset, replayed, answered)
             return
         target = record.target
         scope = None

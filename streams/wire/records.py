@@ -413,6 +413,8 @@ def _constants(data: bytes) -> None:
         _CONSTANTS.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
     except ValueError as exc:
         raise RecordError("not-json", str(exc)) from None
+    except RecursionError:  # as _load says it (pydantic's parser refuses such depths first)
+        raise RecordError("not-json", "nested deeper than the JSON parser goes") from None
 
 
 def value_size(value: Any) -> int:

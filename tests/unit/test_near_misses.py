@@ -69,13 +69,21 @@ async def test_a_call_to_a_handler_not_hosted_is_answered_404_and_set_aside() ->
     h.send(Invoke(target=missing, argument=1, mode="send"))  # nobody waits for it
     assert reasons(h) == ["unknown-target"] * 3
     # Whom a letter's call was answered, its letter says: `dlq replay --all` leaves those.
-    answered = [
+    assert answered(h) == [404, 404, None]
+    h.send_raw({"kind": "invoke", "target": put_on("b").model_dump(), "request_id": "newer",
+                "a_field_of_a_newer_client": 1})  # fmt: skip
+    assert h.responses()["newer"].failure.code == 400
+    assert answered(h)[-1] == 400
+
+
+def answered(h: Harness) -> list[int | None]:
+    """What each dead letter says its client or caller was answered."""
+    return [
         DeadLetter.from_record(o.key, o.value, [(n, v) for n, v in o.headers or []
                                                 if isinstance(v, bytes)]).answered
         for o in h.out
         if o.topic == TOPICS.deadletter
     ]  # fmt: skip
-    assert answered == [404, 404, None]
     failure = h.responses()["client"].failure
     assert failure is not None
     assert failure.code == 404
@@ -144,6 +152,7 @@ async def test_a_call_that_fails_to_apply_answers_its_caller(
     h.send(Invoke(target=put_on("x"), argument=1, request_id="x", caller=caller,
                   invocation_id=ids.new_id("x", 1)))  # fmt: skip
     assert reasons(h) == ["apply-failed"]
+    assert answered(h) == [500], "its letter says whoever waited was answered"
     failure = h.responses()["x"].failure
     assert failure is not None
     assert failure.code == 500
