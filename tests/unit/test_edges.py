@@ -13,6 +13,7 @@ import pytest
 from handlers import (
     Context,
     ObjectContext,
+    ObjectSharedContext,
     Service,
     TerminalError,
     VirtualObject,
@@ -185,11 +186,7 @@ async def resolve_wide(ctx: WorkflowSharedContext, size: int) -> str:
         await ctx.promise(ctx.key).resolve("x" * size)
     except TerminalError as error:
         refused = error.status_code
-    after: str = await ctx.run("after", lambda: "ran")
-    if ctx.key not in resolved_once:
-        resolved_once.append(ctx.key)
-        raise RuntimeError("the first attempt fails after the resolve")
-    return f"refused {refused}, then {after}"
+    return await go_on_and_fail_once(ctx, refused, resolved_once)
 
 
 def harness() -> Harness:
@@ -566,10 +563,16 @@ async def list_too_many(ctx: ObjectContext, count: int) -> str:
         await ctx.state_keys()
     except TerminalError as error:
         refused = error.status_code
+    return await go_on_and_fail_once(ctx, refused, listed_once)
+
+
+async def go_on_and_fail_once(ctx: ObjectSharedContext, refused: int, once: list[str]) -> str:
+    """What the handlers below do after a refusal they caught: a step, then a failure the
+    first time (so that the next attempt replays the refusal)."""
     after: str = await ctx.run("after", lambda: "ran")
-    if ctx.key not in listed_once:
-        listed_once.append(ctx.key)
-        raise RuntimeError("the first attempt fails after the listing")
+    if ctx.key not in once:
+        once.append(ctx.key)
+        raise RuntimeError("the first attempt fails after the refusal")
     return f"refused {refused}, then {after}"
 
 
@@ -598,26 +601,29 @@ async def keep_wide_then_go_on(ctx: ObjectContext, size: int) -> str:
         ctx.set(ctx.key, "x" * size)
     except TerminalError as error:
         refused = error.status_code
-    after: str = await ctx.run("after", lambda: "ran")
-    if ctx.key not in wide_once:
-        wide_once.append(ctx.key)
-        raise RuntimeError("the first attempt fails after the write")
-    return f"refused {refused}, then {after}"
+    return await go_on_and_fail_once(ctx, refused, wide_once)
 
 
-async def test_a_state_write_refused_for_its_key_is_refused_again_on_a_replay() -> None:
+@pytest.mark.parametrize(
+    ("service", "handler", "once"),
+    [("Edge", "keep_wide_then_go_on", wide_once), ("Flow", "resolve_wide", resolved_once)],
+    ids=["a state write", "a promise"],
+)
+async def test_a_record_refused_for_its_key_is_refused_again_on_a_replay(
+    service: str, handler: str, once: list[str]
+) -> None:
     """The key's 413 is looked for in a new step only (a write replayed was written): it
     journaled nothing, and on a replay the write found the next step's entry (a
     divergence, 500)."""
     h = harness()
     wide = "\U0001f600" * 4096
-    h.call(Target(service="Edge", key=wide, handler="keep_wide_then_go_on"), MAX_VALUE_BYTES - 2,
+    h.call(Target(service=service, key=wide, handler=handler), MAX_VALUE_BYTES - 2,
            request_id="wide")  # fmt: skip
     await until(lambda: "wide" in h.responses())
     answer = h.responses()["wide"]
     assert answer.failure is None, answer.failure
     assert answer.value == "refused 413, then ran"
-    assert wide_once == [wide], "not replayed"
+    assert once == [wide], "not replayed"
 
 
 @edge.handler()
@@ -629,18 +635,6 @@ async def huge_number(ctx: ObjectContext, where: str) -> Any:
         except TerminalError as error:
             return error.status_code
     return 10**5000
-
-
-async def test_a_promise_refused_for_its_key_is_refused_again_on_a_replay() -> None:
-    h = harness()
-    wide = "\U0001f600" * 4096
-    h.call(Target(service="Flow", key=wide, handler="resolve_wide"), MAX_VALUE_BYTES - 2,
-           request_id="wide")  # fmt: skip
-    await until(lambda: "wide" in h.responses())
-    answer = h.responses()["wide"]
-    assert answer.failure is None, answer.failure
-    assert answer.value == "refused 413, then ran"
-    assert resolved_once == [wide], "not replayed"
 
 
 @pytest.mark.parametrize("where", ["state", "result"])
