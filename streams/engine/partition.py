@@ -228,10 +228,9 @@ class PartitionProcessor:
         origin: str | None = None,
         replayed: str | None = None,
     ) -> None:
-        """Apply one ingress record; malformed ones go to the dead-letter topic. ``trace`` is
-        the trace context its headers carried (:mod:`streams.tracing`), ``origin`` the
-        caller that sent a cancel or kill on (``outbox.ORIGIN_HEADER``), ``replayed`` where
-        the dead letter it replays was first read (``REPLAY_HEADER``, ``replays.py``)."""
+        """Apply one ingress record; malformed ones go to the dead-letter topic. ``trace``: its
+        headers' trace context (:mod:`streams.tracing`); ``origin``: the caller that sent a
+        cancel or kill on; ``replayed``: where the dead letter it replays was first read."""
         if replayed is not None:
             replayed = replay_place(self.topics.ingress, replayed)
         answered = None  # what whoever waits was told: an oversize call that decodes, 413
@@ -245,7 +244,7 @@ class PartitionProcessor:
         except RecordError as error:
             if answered is None:
                 answered = self.outbox.undecoded(error, value)
-            self._set_aside(error, key, value, offset, replayed, answered)
+            self._set_aside(error, key, value, offset, replayed, answered, trace)
             return
         if replayed is not None and isinstance(record, Invoke):
             record = as_replay(record, replayed, self.registry)  # its key may route it
@@ -253,7 +252,7 @@ class PartitionProcessor:
             owner = routing.owner(record, self.partitions, self.partition)
         except RecordError as error:  # whoever waits hears why it will not run
             answered = self.outbox.refused(record, Failure(code=400, message=error.detail))
-            self._set_aside(error, key, value, offset, replayed, answered)
+            self._set_aside(error, key, value, offset, replayed, answered, trace)
             return
         if owner != self.partition:
             # A producer that partitioned differently (e.g. kcat's default): move it.
@@ -270,7 +269,7 @@ class PartitionProcessor:
                 # Nobody else will answer: whoever waits hears, not waits for good.
                 why = Failure(code=500, message=f"not applied: {failed}")
                 answered = self.outbox.refused(record, why)
-            self._set_aside(failed, key, value, offset, replayed, answered)
+            self._set_aside(failed, key, value, offset, replayed, answered, trace)
         self._wake()
 
     def _apply(
@@ -295,8 +294,9 @@ class PartitionProcessor:
             self.controls.apply(record, origin)
 
     def _set_aside(self, error: RecordError, key: bytes | None, value: bytes | None, offset: int,
-                   replayed: str | None = None, answered: int | None = None) -> None:  # fmt: skip
-        self.outbox.dead_letter(error, key, value, offset, replayed, answered)
+                   replayed: str | None = None, answered: int | None = None,
+                   trace: str | None = None) -> None:  # fmt: skip
+        self.outbox.dead_letter(error, key, value, offset, replayed, answered, trace)
         self._wake()
 
     def _apply_invoke(
@@ -314,7 +314,7 @@ class PartitionProcessor:
             # Set aside (DESIGN §6) to replay once deployed; whoever waits is answered 404.
             answered = self.outbox.unrouted(record, Failure(code=404, message=str(exc)))
             error = RecordError("unknown-target", str(exc))
-            self._set_aside(error, key, value, offset, replayed, answered)
+            self._set_aside(error, key, value, offset, replayed, answered, trace)
             return
         target = record.target
         scope = None

@@ -137,6 +137,7 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
                     headers=[
                         ("kourier.replayed-from", str(letter.dlq_offset).encode()),
                         (REPLAY_HEADER, letter.first.encode()),
+                        *letter.trace_headers(),  # the call joins its first record's trace
                     ],
                     on_delivery=lambda error, _: errors.append(str(error)) if error else None,
                 )

@@ -61,6 +61,11 @@ class DeadLetter(BaseModel):
         description="the status its client or calling handler was answered with, if any: "
         "replayed, it would run what they were told did not",
     )
+    trace: str | None = Field(
+        default=None,
+        description="the W3C trace context its record carried (traceparent[;tracestate]), "
+        "which a replay carries on",
+    )
 
     @classmethod
     def of(
@@ -75,6 +80,7 @@ class DeadLetter(BaseModel):
         at: datetime,
         replay_of: str | None = None,
         answered: int | None = None,
+        trace: str | None = None,
     ) -> DeadLetter:
         return cls(
             reason=error.reason,
@@ -87,6 +93,7 @@ class DeadLetter(BaseModel):
             at=at,
             replay_of=replay_of,
             answered=answered,
+            trace=trace,
         )
 
     def record(self, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
@@ -123,7 +130,17 @@ class DeadLetter(BaseModel):
             headers.append((REPLAY_HEADER, self.replay_of.encode()))
         if self.answered is not None:
             headers.append(("kourier.answered", str(self.answered).encode()))
-        return headers
+        return headers + self.trace_headers()
+
+    def trace_headers(self) -> list[tuple[str, str | bytes | None]]:
+        """The trace context its record carried, as W3C headers (a replay writes them too)."""
+        if not self.trace:
+            return []
+        parent, _, state = self.trace.partition(";")
+        found: list[tuple[str, str | bytes | None]] = [("traceparent", parent.encode())]
+        if state:
+            found.append(("tracestate", state.encode()))
+        return found
 
     @classmethod
     def from_record(
@@ -161,6 +178,7 @@ class DeadLetter(BaseModel):
             truncated=number("truncated") if "kourier.truncated" in found else None,
             replay_of=found.get(REPLAY_HEADER),
             answered=number("answered") if "kourier.answered" in found else None,
+            trace=";".join(found[n] for n in ("traceparent", "tracestate") if n in found) or None,
         )
 
     @property

@@ -269,3 +269,21 @@ def test_a_meta_written_before_ids_were_checked_still_restores() -> None:
     assert restored.caller is None
     assert restored.attachers == []
     assert restored.status == "running"
+
+
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01;vendor=1"
+
+
+async def test_a_dead_letter_keeps_its_records_trace_context_for_its_replay() -> None:
+    """A letter dropped the record's ``traceparent``: its replay started a trace of its own,
+    apart from the one its producer began (DESIGN §8: one trace per call)."""
+    h = Harness([box])
+    h.processor.on_message(b"k", b"{not json", 5, trace=TRACE)
+    (out,) = [o for o in h.out if o.topic == TOPICS.deadletter]
+    headers = [(n, v) for n, v in out.headers or [] if isinstance(v, bytes)]
+    assert ("traceparent", TRACE.split(";")[0].encode()) in headers
+    assert ("tracestate", b"vendor=1") in headers
+    letter = DeadLetter.from_record(out.key, out.value, headers)
+    assert letter.trace == TRACE
+    assert letter.trace_headers() == [("traceparent", TRACE.split(";")[0].encode()),
+                                      ("tracestate", b"vendor=1")]  # fmt: skip
