@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -113,6 +114,11 @@ class Signature:
     output: Serde
     #: The input parameter has a default, which a call without an argument (``null``) gets.
     input_default: bool = False
+
+    def default_input(self, fn: Callable[..., Any]) -> Any:
+        """A copy of ``fn``'s input default, each call its own: one that a handler changes
+        (``items: list = []``) would otherwise reach the next call, and a replay, changed."""
+        return copy.deepcopy(parameters_of(fn)[1].default)
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

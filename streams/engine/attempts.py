@@ -134,10 +134,12 @@ class Attempts:
             if refusal is not None:  # its last run wrote a record Kafka refused for good
                 raise TerminalError(refusal.message, refusal.code)
             argument = inv.meta.argument
-            if signature.takes_input and (argument is not None or not signature.input_default):
-                result = await handler.fn(ctx, signature.input.load(own_copy(argument), "input"))
-            else:  # no input, or none given (null) where the handler has a default for it
+            if not signature.takes_input:
                 result = await handler.fn(ctx)
+            elif argument is None and signature.input_default:  # none given (null): a copy
+                result = await handler.fn(ctx, signature.default_input(handler.fn))
+            else:
+                result = await handler.fn(ctx, signature.input.load(own_copy(argument), "input"))
             try:
                 value = signature.output.dump(result)
             except (ValidationError, TypeError, ValueError) as exc:

@@ -185,3 +185,17 @@ async def test_a_call_without_an_argument_gets_the_input_s_default() -> None:
     async with testing.Harness([tools]) as h:
         assert await h.call(greet) == "hello world"
         assert await h.call(greet, "ada") == "hello ada"
+
+
+@tools.handler()
+async def tag(ctx: Context, tags: list[str] = []) -> list[str]:  # noqa: B006 - the point
+    tags.append("seen")
+    return tags
+
+
+async def test_each_call_without_an_argument_gets_a_default_of_its_own() -> None:
+    """Python's default object was shared: a handler that changed it (``tags.append``)
+    handed the change to every later call, and to a replay of this one."""
+    async with testing.Harness([tools]) as h:
+        assert await h.call(tag) == ["seen"]
+        assert await h.call(tag) == ["seen"], "the first call's change reached the second"
