@@ -112,13 +112,18 @@ class Signature:
     takes_input: bool
     input: Serde
     output: Serde
-    #: The input parameter has a default, which a call without an argument (``null``) gets.
-    input_default: bool = False
+    #: The input parameter's default (``inspect.Parameter.empty`` for none), which a call
+    #: without an argument (``null``) gets a copy of (:meth:`default_input`).
+    default: Any = inspect.Parameter.empty
 
-    def default_input(self, fn: Callable[..., Any]) -> Any:
-        """A copy of ``fn``'s input default, each call its own: one that a handler changes
+    @property
+    def input_default(self) -> bool:
+        return self.default is not inspect.Parameter.empty
+
+    def default_input(self) -> Any:
+        """A copy of the input's default, each call its own: one that a handler changes
         (``items: list = []``) would otherwise reach the next call, and a replay, changed."""
-        return copy.deepcopy(parameters_of(fn)[1].default)
+        return copy.deepcopy(self.default)
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -184,5 +189,5 @@ def signature_of(fn: Callable[..., Any]) -> Signature:
         takes_input=takes_input,
         input=Serde(input_type),
         output=Serde(output_type),
-        input_default=takes_input and params[1].default is not inspect.Parameter.empty,
+        default=params[1].default if takes_input else inspect.Parameter.empty,
     )

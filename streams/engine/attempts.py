@@ -137,7 +137,7 @@ class Attempts:
             if not signature.takes_input:
                 result = await handler.fn(ctx)
             elif argument is None and signature.input_default:  # none given (null): a copy
-                result = await handler.fn(ctx, signature.default_input(handler.fn))
+                result = await handler.fn(ctx, signature.default_input())
             else:
                 result = await handler.fn(ctx, signature.input.load(own_copy(argument), "input"))
             try:

@@ -106,7 +106,6 @@ def restore_partitions(
     _await_stopped(restorer, tps, named, stopping)
     read: Counter[tuple[str, int]] = Counter()
     at: dict[tuple[str, int], int] = {}  # the changelogs assigned, and where each is read to
-    assigned = False
     try:
         for attempt in range(CONFIRM):
             new = [key for key, end in ends.items() if end and key not in at]
@@ -125,7 +124,6 @@ def restore_partitions(
                 # would give it one again, so only those still behind are waited for.
                 at.update(dict.fromkeys(new, 0))
                 restorer.assign([TopicPartition(t, p, offset) for (t, p), offset in at.items()])
-                assigned = True
             behind = [TopicPartition(t, p, offset) for (t, p), offset in at.items()
                       if offset < ends[(t, p)]]  # fmt: skip
             if behind:
@@ -147,7 +145,7 @@ def restore_partitions(
                      named, what)  # fmt: skip
             ends.update(moved)
     finally:
-        if assigned:
+        if at:
             restorer.unassign()
     _report(named, ends, read)
 
