@@ -250,12 +250,12 @@ def log_ends(
         futures = _ask_latest(admin, asked, IsolationLevel.READ_UNCOMMITTED, left)
         failed: dict[str, KafkaError] = {}
         for tp, future in futures.items():
-            if not future.done():
+            error = future.exception() if future.done() else None
+            end = _answered(future)
+            if end is not None:
+                ends[(tp.topic, tp.partition)] = end
+            elif error is None:
                 failed[tp.topic] = KafkaError(KafkaError._TIMED_OUT, "no answer")
-                continue
-            error = future.exception()
-            if error is None:
-                ends[(tp.topic, tp.partition)] = future.result().offset
             elif isinstance(error, KafkaException) and not transient(error.args[0]):
                 raise error
             else:
@@ -308,11 +308,20 @@ def answered_offsets(
         futures = _ask_latest(admin, partitions, level, within)
     except KafkaException:
         return {}
-    return {
-        (tp.topic, tp.partition): future.result().offset
-        for tp, future in futures.items()
-        if future.done() and future.exception() is None
-    }
+    answered = {tp: _answered(future) for tp, future in futures.items()}
+    return {(tp.topic, tp.partition): end for tp, end in answered.items() if end is not None}
+
+
+def _answered(future: concurrent.futures.Future[Any] | asyncio.Future[Any]) -> int | None:
+    """The end a ``list_offsets`` future gave, or None when it failed or has not answered.
+    A request to a broker that failed as a whole (it timed out, its connection was lost)
+    answers its partitions with ``OFFSET_INVALID`` and no error: librdkafka's ListOffsets
+    fans out one request per leader and merges no error of one (``rdkafka_admin.c``). Taken
+    for an end, that offset made a restore read nothing and a delay partition caught up."""
+    if not future.done() or future.exception() is not None:
+        return None
+    end: int = future.result().offset
+    return end if end >= 0 else None
 
 
 async def latest_offsets(
@@ -333,11 +342,8 @@ async def latest_offsets(
     finally:
         for future in waiting:
             future.cancel()  # those that did not answer in time (or all, when cancelled)
-    return {
-        (tp.topic, tp.partition): f.result().offset
-        for f, tp in waiting.items()
-        if f in done and f.exception() is None
-    }
+    answered = {tp: _answered(f) for f, tp in waiting.items() if f in done}  # (not cancelled)
+    return {(tp.topic, tp.partition): end for tp, end in answered.items() if end is not None}
 
 
 def consume_ready(

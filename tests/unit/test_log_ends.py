@@ -5,14 +5,21 @@ cluster tier)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
-from streams.kafka.offsets import log_ends
+from streams.kafka.offsets import answered_offsets, latest_offsets, log_ends
 from tests.unit.offset_answers import Reply, answers
 
 A, B = TopicPartition("ns.state", 0), TopicPartition("ns.dedup", 0)
@@ -97,3 +104,26 @@ def test_a_worker_that_stops_is_not_kept_waiting() -> None:
         log_ends(admin, [A], timeout=30, stopping=lambda: True)  # type: ignore[arg-type]
     assert raised.value.args[0].code() == KafkaError._DESTROY
     assert len(admin.asked) == 1, "asked again after the worker began to stop"
+
+
+#: What librdkafka answers for the partitions of a broker whose ListOffsets request failed
+#: as a whole (timed out, connection lost): OFFSET_INVALID, and no error.
+LOST = OFFSET_INVALID
+
+
+def test_a_partition_whose_brokers_request_failed_is_asked_again() -> None:
+    """Its ``OFFSET_INVALID`` was taken for an end: a restore read none of the changelog,
+    and a delay partition counted as caught up before its ``Fired`` markers were read."""
+    admin = StandInAdmin({A.topic: LOST, B.topic: 2}, {A.topic: 5})
+    assert log_ends(admin, [A, B], timeout=10) == [5, 2]  # type: ignore[arg-type]
+    assert admin.asked == [["ns.dedup", "ns.state"], ["ns.state"]]
+    assert admin.looked == ["ns.state"], "no fresh look at the lost broker's topic"
+
+
+def test_the_ends_of_a_look_leave_out_the_partitions_whose_brokers_request_failed() -> None:
+    admin = StandInAdmin({A.topic: LOST, B.topic: 2}, {A.topic: LOST, B.topic: 2})
+    level = IsolationLevel.READ_COMMITTED
+    got = answered_offsets(admin, [A, B], level, within=1.0)  # type: ignore[arg-type]
+    assert got == {(B.topic, 0): 2}
+    got = asyncio.run(latest_offsets(admin, [A, B], level, within=1.0))  # type: ignore[arg-type]
+    assert got == {(B.topic, 0): 2}
