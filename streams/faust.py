@@ -482,7 +482,10 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         as the Python client does: to the partition its invocation id names (for an object,
         its key's), keyed by the object key."""
         assert record.invocation_id is not None
-        written = record.dumps()
+        try:
+            written = record.dumps()  # (Faust's JSON: the stdlib's)
+        except ValueError as error:  # an integer past the interpreter's 4,300 digits
+            raise TerminalError(f"the record cannot be written: {error}", 400) from None
         if len(written) > MAX_RECORD_BYTES:  # a worker would dead-letter it: no invocation
             raise TerminalError(
                 f"the record is {len(written)} bytes of JSON, larger than the"
@@ -498,7 +501,7 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
         try:
             delivery = await self.ingress.send(
                 key=key.encode(),
-                value=record,
+                value=written,  # the bytes checked above; Faust writes bytes as they are
                 partition=partition,
                 headers=_trace_headers(),
                 force=True,

@@ -435,6 +435,36 @@ async def test_a_record_a_worker_would_dead_letter_is_a_400_and_not_sent(
     assert len(sent) == 1
 
 
+async def test_an_integer_past_the_interpreters_digits_is_a_400_and_not_sent(
+    kourier: Kourier, sent: list[object]
+) -> None:
+    """Faust's JSON (the stdlib's) cannot write an integer past 4,300 digits: ``send``
+    raised its ``ValueError``, which no caller expects of a bad argument."""
+    target = Target(service="Greeter", handler="greet")
+    with pytest.raises(TerminalError) as refused:
+        await kourier.send(target, [10**5000], idempotency_key="k1")
+    assert refused.value.status_code == 400
+    assert "the record cannot be written" in refused.value.message
+    assert sent == []
+
+
+async def test_faust_is_given_the_bytes_that_were_checked(
+    kourier: Kourier, sent: list[object]
+) -> None:
+    """The record was checked as bytes (its size, what a worker decodes), then handed to
+    Faust as a record, which wrote it to JSON once more on the event loop: up to 900 KiB."""
+    await kourier.send(Target(service="Greeter", handler="greet"), "ada", idempotency_key="k1")
+    [given] = sent
+    assert isinstance(given, dict)
+    value = given["value"]
+    assert isinstance(value, bytes)
+    decoded = decode_ingress(value)
+    assert isinstance(decoded, Invoke)
+    assert (decoded.target.path(), decoded.argument) == ("Greeter/greet", "ada")
+    prepared, _ = kourier.ingress.prepare_value(value, None)
+    assert prepared is value, "Faust writes it again"
+
+
 async def test_a_delayed_send_past_what_a_record_carries_is_a_400(kourier: Kourier) -> None:
     target = Target(service="Greeter", handler="greet")
     last_hour = datetime.max.replace(tzinfo=UTC) - datetime.now(UTC) - timedelta(hours=1)
