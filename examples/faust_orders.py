@@ -19,6 +19,8 @@ default 2.8) is how often Faust commits the offsets of events it has processed.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import faust
 
@@ -40,6 +42,7 @@ app = faust.App(
     broker_commit_interval=float(os.environ.get("ORDERS_COMMIT_INTERVAL", "2.8")),
 )
 kourier = Kourier(app, settings)
+T = TypeVar("T")
 
 
 class Order(faust.Record, serializer="json", include_metadata=False):
@@ -55,8 +58,11 @@ class Total(faust.Record, serializer="json", include_metadata=False):
 
 
 class Greeting(faust.Record, serializer="json", include_metadata=False):
+    """A greeting, or why there is none (a worker that does not host ``Greeter``: 404)."""
+
     request_id: str
-    greeting: str
+    greeting: str | None = None
+    failure: str | None = None
 
 
 # The app owns these topics (internal=True): Faust creates them, with 4 partitions, when
@@ -80,17 +86,24 @@ async def declare_outputs() -> None:
 app.task(declare_outputs)
 
 
+async def until_written(ask: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``ask(*args, idempotency_key=...)``, again while Kafka has not taken it within the bound
+    (``CallTimedOut``): leaving the agent would acknowledge the event, and the call would
+    be lost if it was not written. The first key is derived from the event; the next ones
+    are the same, so the call is made once, however often it is asked."""
+    key = None
+    while True:
+        try:
+            return await ask(*args, idempotency_key=key)
+        except CallTimedOut as slow:
+            key = slow.idempotency_key  # the same call: its outcome, or it runs now
+
+
 @app.agent(orders)
 async def place(stream: faust.StreamT[Order]) -> None:
     async for order in stream:
         counter = Target(service="Counter", key=order.customer, handler="add")
-        key = None  # derived from the order event
-        while True:
-            try:
-                total = await kourier.request(counter, order.amount, idempotency_key=key)
-                break
-            except CallTimedOut as slow:  # leaving the agent would acknowledge the order
-                key = slow.idempotency_key  # the same call: its outcome, or it runs now
+        total = await until_written(kourier.request, counter, order.amount)
         await totals.send(
             key=order.customer.encode(),
             value=Total(order=order.id, customer=order.customer, total=total),
@@ -99,16 +112,20 @@ async def place(stream: faust.StreamT[Order]) -> None:
 
 @app.agent(signups)
 async def welcome(stream: faust.StreamT[str]) -> None:
+    greet = Target(service="Greeter", handler="greet")
     async for name in stream:
-        await kourier.call(Target(service="Greeter", handler="greet"), name)
+        await until_written(kourier.call, greet, name)
 
 
 @app.agent(kourier.outcomes)
 async def greeted(stream: faust.StreamT[ResponseRecord]) -> None:
     async for outcome in stream:
-        await greetings.send(
-            value=Greeting(request_id=outcome.request_id, greeting=outcome.result())
-        )
+        if outcome.failure is None:
+            greeting = Greeting(request_id=outcome.request_id, greeting=outcome.value)
+        else:  # raised (outcome.result()), it would end the agent, and a burst the app
+            failure = f"{outcome.failure.code} {outcome.failure.message}"
+            greeting = Greeting(request_id=outcome.request_id, failure=failure)
+        await greetings.send(value=greeting)
 
 
 if __name__ == "__main__":
