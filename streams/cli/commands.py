@@ -308,10 +308,11 @@ def worker(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         try:
-            start_http_server(args.metrics_port, addr=args.metrics_host)
+            served, _ = start_http_server(args.metrics_port, addr=args.metrics_host)
         except OSError as error:
             raise ServeError(args.metrics_host, args.metrics_port, error) from None
-        say(f"kourier: worker metrics on http://{args.metrics_host}:{args.metrics_port}/metrics")
+        port = served.server_port  # the one bound, for --metrics-port 0
+        say(f"kourier: worker metrics on http://{args.metrics_host}:{port}/metrics")
 
     async def main(stop: Any) -> None:
         task = asyncio.create_task(worker.run())
@@ -338,7 +339,11 @@ def _leave_blocked_actions() -> None:
     global EXIT_AT_ONCE
     from streams.kafka.threads import actions_left
 
-    left = actions_left(5.0)
+    try:
+        left = actions_left(5.0)
+    except KeyboardInterrupt:  # a second Ctrl-C while they are waited for: out at once
+        EXIT_AT_ONCE = True
+        raise
     if left:
         say(f"kourier: {left} blocking call(s) of handlers still on their threads; exiting")
         EXIT_AT_ONCE = True

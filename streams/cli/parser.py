@@ -20,12 +20,15 @@ from streams.errors import KourierError
 STATUSES = get_args(Status)
 
 
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print JSON (the default when standard output is not a terminal)",
-    )
+#: ``--json`` of a command whose lines are its output, piped or not.
+_LINES = "print JSON instead of the lines it prints, piped or not"
+
+
+def _json_flag(
+    parser: argparse.ArgumentParser,
+    help: str = "print JSON (the default when standard output is not a terminal)",
+) -> None:
+    parser.add_argument("--json", action="store_true", help=help)
 
 
 def _port(text: str) -> int:
@@ -118,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--port", type=_port, default=None,
                 help="refuse (exit 2) unless the broker of --data listens on this port",
             )  # fmt: skip
-        if name in ("start", "status"):
+        if name == "start":
+            _json_flag(op, _LINES)
+        elif name == "status":
             _json_flag(op)
         op.set_defaults(func=func)
 
@@ -135,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         help="replicas per topic (KOURIER_REPLICATION_FACTOR; default min(3, brokers))",
     )
-    _json_flag(create)
+    _json_flag(create, _LINES)
     create.set_defaults(func=run.topics_create)
     describe = topic_ops.add_parser("describe", help="show the namespace's topics")
     _kafka_flags(describe, partitions=True)
@@ -202,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--timeout", help=f"stop waiting for {waits} after this (500ms, 5s, PT1M); it goes on"
         )
         _kafka_flags(cmd)
-        _json_flag(cmd)  # what they print is JSON already: the result, or the receipt
+        _json_flag(cmd, "taken, and changes nothing: the result or receipt is JSON already")
         cmd.set_defaults(func=calls.call)
 
     invocations = commands.add_parser("invocations", help="list, inspect and control invocations")
@@ -313,8 +318,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except Exception as exc:
         refused = isinstance(exc, KourierError) and not exc.retriable
-        if refused or isinstance(exc, (ValueError, ConnectionError)):
-            run.say(f"kourier: error: {exc}")
+        if refused or isinstance(exc, (ValueError, OSError)):  # (a file it may not read)
+            run.say(f"kourier: error: {exc or type(exc).__name__}")
             return 2
         if isinstance(exc, KourierError):  # retriable: the same command may succeed later
             run.say(f"kourier: error: {exc}; try again")

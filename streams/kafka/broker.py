@@ -90,9 +90,10 @@ def cache_dir() -> Path:
 
 
 def kafka_version(deploy_dir: Path = DEPLOY_DIR) -> str:
-    match = re.search(
-        r"<kafka.version>([^<]+)</kafka.version>", (deploy_dir / "pom.xml").read_text()
-    )
+    pom = deploy_dir / "pom.xml"
+    if not pom.is_file():
+        raise BrokerError(f"no {pom}: run Kourier from its source checkout")
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom.read_text())
     if not match:
         raise BrokerError(f"{deploy_dir / 'pom.xml'} does not pin <kafka.version>")
     return match.group(1)
@@ -104,11 +105,10 @@ def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
     Each revision of ``pom.xml`` gets a directory of its own, named by its digest, so a
     broker that runs from older jars keeps them while newer ones are resolved beside them.
     Nothing here deletes a directory: which brokers run from one is not known for sure."""
+    version = kafka_version(deploy_dir)  # (which says when there is no pom.xml)
     pom = deploy_dir / "pom.xml"
-    if not pom.is_file():
-        raise BrokerError(f"no {pom}: run Kourier from its source checkout")
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
-    libs = cache_dir() / f"kafka-{kafka_version(deploy_dir)}" / f"libs-{digest}"
+    libs = cache_dir() / f"kafka-{version}" / f"libs-{digest}"
     if libs.is_dir():  # a directory is renamed into place only once complete
         return libs
     mvn = shutil.which("mvn")
@@ -330,8 +330,8 @@ def start(
     address = _address(props)
     if _port_in_use(int(address.rsplit(":", 1)[1])):
         raise BrokerError(
-            f"port of {address} is already in use; choose another with --port N (0 keeps the"
-            " port a data dir has)"
+            f"port of {address} is already in use; choose another with --port N (`kourier"
+            " dev`: --kafka-port N; 0 keeps the port a data dir has)"
         )
     _format_storage(java, libs, props, data_dir)
     try:  # a signal once launched stops it (by its pid file)

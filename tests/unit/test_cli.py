@@ -585,3 +585,116 @@ def test_a_signal_the_process_ignores_stays_ignored_while_a_broker_starts() -> N
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_second_ctrl_c_while_a_stopped_worker_waits_for_blocked_actions_ends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The 5 s wait for handlers' blocking ``ctx.run`` work runs once the signal handlers
+    are back to Python's: a second Ctrl-C there raised ``KeyboardInterrupt`` before the
+    flag was set, ``main`` returned 130, and the interpreter then waited for the thread."""
+    import signal
+    import threading
+
+    from streams.cli import commands, parser
+    from streams.kafka.threads import RUN_THREADS
+
+    release = threading.Event()
+    blocked = threading.Thread(target=release.wait, name=f"{RUN_THREADS}-0", daemon=True)
+    blocked.start()
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
+    interrupt = threading.Timer(0.3, signal.pthread_kill, (main_thread, signal.SIGINT))
+
+    def stopped_worker(args: object) -> int:  # what `worker` does once its loop has ended
+        interrupt.start()
+        commands._leave_blocked_actions()
+        return 0
+
+    exits: list[int] = []
+    monkeypatch.setattr(commands, "worker", stopped_worker)
+    monkeypatch.setattr("os._exit", exits.append)
+    try:
+        assert parser.main(["worker", "some.module"]) == 130
+        assert exits == [130], "the second Ctrl-C left the process to wait for the thread"
+    finally:
+        interrupt.cancel()
+        release.set()
+        blocked.join(5)
+
+
+def test_a_worker_on_metrics_port_0_names_the_port_it_bound(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--metrics-port 0`` takes any free port, and the worker said it served on ``:0``."""
+    import prometheus_client
+
+    from streams.cli import commands, parser
+    from streams.kafka import worker
+
+    servers: list[Any] = []
+    start = prometheus_client.start_http_server
+
+    def recorded(port: int, addr: str = "") -> Any:
+        served = start(port, addr=addr)
+        servers.append(served[0])
+        return served
+
+    monkeypatch.setattr(prometheus_client, "start_http_server", recorded)
+    monkeypatch.setattr(commands, "_ensure_topics", lambda *args: None)
+    monkeypatch.setattr(worker, "Worker", lambda *args, **kwargs: SimpleNamespace(status=None))
+    monkeypatch.setattr(commands, "_run_until_signal", lambda *args: 0)
+    argv = ["worker", "examples.quickstart", "--metrics-port", "0", *NOWHERE]
+    try:
+        assert parser.main(argv) == 0
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert len(servers) == 1
+    port = servers[0].server_port
+    assert port != 0
+    assert f"worker metrics on http://127.0.0.1:{port}/metrics" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [PermissionError(13, "Permission denied", "/root/x/broker.pid"), FileNotFoundError()],
+)
+def test_a_file_the_command_cannot_read_is_one_line_not_a_traceback(
+    failure: OSError,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """``kourier broker status --data`` a directory of another user's (``Path.is_file``
+    raises ``PermissionError`` there) ended in a traceback."""
+    from streams.cli import parser
+    from streams.kafka import broker
+
+    def unreadable(data_dir: Path) -> object:
+        raise failure
+
+    monkeypatch.setattr(broker, "cluster_status", unreadable)
+    assert parser.main(["broker", "status", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("kourier: error: "), err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_broker_start_away_from_the_checkout_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Installed without its ``deploy/`` (not editable), ``kourier broker start`` failed
+    reading ``pom.xml`` for the version it names, before the check that says why."""
+    from streams.cli import parser
+    from streams.kafka import broker
+
+    monkeypatch.setattr(broker, "DEPLOY_DIR", tmp_path)
+    monkeypatch.setattr(broker.kafka_version, "__defaults__", (tmp_path,))
+    monkeypatch.setattr(broker.resolve_jars, "__defaults__", (tmp_path,))
+    assert parser.main(["broker", "start", "--data", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert "run Kourier from its source checkout" in err, err
+    assert "Traceback" not in err, err
