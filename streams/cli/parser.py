@@ -317,9 +317,12 @@ def _main(argv: Sequence[str] | None) -> int:
         run.say(f"kourier: error: {exc.status_code} {exc.message}")
         return 2
     except Exception as exc:
+        if isinstance(exc, TimeoutError):  # (an OSError) no answer in time: it may pass
+            run.say(f"kourier: error: {str(exc) or 'no answer in time'}; try again")
+            return 1
         refused = isinstance(exc, KourierError) and not exc.retriable
         if refused or isinstance(exc, (ValueError, OSError)):  # (a file it may not read)
-            run.say(f"kourier: error: {exc or type(exc).__name__}")
+            run.say(f"kourier: error: {str(exc) or type(exc).__name__}")
             return 2
         if isinstance(exc, KourierError):  # retriable: the same command may succeed later
             run.say(f"kourier: error: {exc}; try again")

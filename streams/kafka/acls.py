@@ -110,7 +110,7 @@ def create_acls(settings: Settings, wanted: Sequence[Acl], timeout: float = 30.0
     futures = admin.create_acls([acl.binding() for acl in wanted], request_timeout=timeout)
     for future in futures.values():
         try:
-            future.result(timeout=timeout)
+            future.result(timeout + 5)  # librdkafka's _TIMED_OUT, not a wait of our own
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if isinstance(error, KafkaError) and error.code() == _NOT_ALLOWED:

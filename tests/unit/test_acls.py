@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceType
@@ -60,3 +61,35 @@ def test_the_command_prints_them_without_apply_and_refuses_no_principal(
     assert "--worker User:NAME" in capsys.readouterr().err
     assert main(["acls", "--worker", "web"]) == 2
     assert "write User:web" in capsys.readouterr().err
+
+
+def test_slow_brokers_give_kafkas_timed_out_not_a_timeout_of_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait for each ACL was as long as librdkafka's request timeout, so it could end
+    first with a bare ``TimeoutError``, which ``kourier acls --apply`` showed as a
+    traceback: librdkafka's ``_TIMED_OUT``, a moment later, is a "try again"."""
+    import threading
+    from concurrent.futures import Future
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streams.kafka import acls
+    from streams.settings import Settings
+
+    def answered_late(request_timeout: float) -> Future[None]:  # as librdkafka ends it
+        future: Future[None] = Future()
+        timed_out = KafkaException(KafkaError(KafkaError._TIMED_OUT, "request timed out"))
+        threading.Timer(request_timeout + 0.2, future.set_exception, (timed_out,)).start()
+        return future
+
+    class SlowAdmin:
+        def create_acls(self, bindings: list[object], request_timeout: float) -> dict[Any, Any]:
+            return {binding: answered_late(request_timeout) for binding in bindings}
+
+    monkeypatch.setattr(acls, "checked_admin", lambda settings: (SlowAdmin(), None))
+    monkeypatch.setattr(acls, "cluster_metadata", lambda *args: None)
+    wanted = needed("shop", {"client": "User:web"})[:1]
+    with pytest.raises(KafkaException) as raised:
+        acls.create_acls(Settings(namespace="shop"), wanted, timeout=0.3)
+    assert raised.value.args[0].code() == KafkaError._TIMED_OUT

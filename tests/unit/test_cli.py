@@ -680,7 +680,22 @@ def test_a_file_the_command_cannot_read_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.startswith("kourier: error: "), err
+    assert err[len("kourier: error: ") :].strip(), "no word of what failed"
     assert len(err.splitlines()) == 1, err
+
+
+def test_a_wait_that_timed_out_is_a_try_again(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``TimeoutError`` is an ``OSError``: not a refusal (exit 2), but one that may pass."""
+    from streams.cli import commands, parser
+
+    def slow(args: object) -> int:
+        raise TimeoutError
+
+    monkeypatch.setattr(commands, "acls", slow)
+    assert parser.main(["acls", "--client", "User:web"]) == 1
+    assert capsys.readouterr().err == "kourier: error: no answer in time; try again\n"
 
 
 def test_broker_start_away_from_the_checkout_says_so(
