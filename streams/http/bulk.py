@@ -277,6 +277,8 @@ def _said_after_hang_up(done: asyncio.Task[dict[str, Any]]) -> None:
         log.error("a bulk action whose requester hung up failed: %r", error)
         return
     answer = done.result()
+    if answer["dry_run"]:  # nothing was done
+        return
     failed = [inv_id for inv_id, result in answer["results"].items() if result["code"] >= 400]
     log.warning(
         "bulk %s of %d invocations ended after its requester hung up: %d succeeded, %d"

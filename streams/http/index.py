@@ -271,12 +271,15 @@ class InvocationIndex:
         it has caught up again, as after a start. Raises what stops it (a spill failing
         again, Kafka not answering): ``_follow`` then pauses and calls it again."""
         with self._lock:
+            # First, as it may fail again (then the next pause, and again): the views are
+            # then left whole, as read before, not half forgotten over a closed spill.
+            cold = IndexSpill()
             self.cold.close()
+            self.cold = cold
             self.log = InvocationLog()
             self.links = CallLinks()
             self._kept, self._completions = {}, []
             self._version += 1
-            self.cold = IndexSpill()  # may fail again: then the next pause, and again
             self.metas = _Metas(self.log.metas, self.cold)
         self._assign()
 

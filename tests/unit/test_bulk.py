@@ -157,6 +157,23 @@ async def test_a_dry_run_acts_on_nothing_and_a_real_run_reports_each() -> None:
     assert (done["succeeded"], done["failed"]) == (2, 1)
 
 
+async def test_a_dry_run_whose_requester_hung_up_ends_without_a_word(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What is said of a bulk action whose requester hung up read its results, which a dry
+    run has not: ``KeyError`` in a done callback, logged by asyncio as an error."""
+
+    async def act(inv_id: str) -> tuple[int, Any]:
+        raise AssertionError("a dry run acts on nothing")
+
+    chosen = select(BulkRequest("cancel", service="Trip"), MATCHES)
+    dry = BulkRequest("cancel", service="Trip", dry_run=True)
+    done = asyncio.ensure_future(bulk.run_bulk(dry, chosen, act))
+    await done
+    bulk._said_after_hang_up(done)
+    assert "hung up" not in caplog.text
+
+
 class FakeClient:
     """The control half of the Client: answers like a partition would."""
 

@@ -489,6 +489,34 @@ def test_a_rebuild_that_fails_is_tried_again_and_the_index_is_not_caught_up_mean
     index.close()
 
 
+def test_a_rebuild_whose_new_spill_fails_leaves_the_views_as_they_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rebuild forgot the journals, closed the spill, then failed to make the new one
+    (the disk still full): the detail kept the old metas over an empty journal, and the
+    listing queried the closed spill (a 500), for as long as the disk stayed full."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    running, done = an_id("running"), an_id("done")
+    index._apply(
+        topic, meta_key(running), meta(running, "h", "running", journal_length=1).to_json()
+    )
+    index._apply(topic, entry_key(running, 0), Entry(kind="get", name="n", done=True).to_json())
+    index._apply(topic, meta_key(done), meta(done, "h", "completed").to_json())
+
+    def full() -> None:
+        raise SpillFailed("admin index spill: OperationalError: database or disk is full")
+
+    monkeypatch.setattr(index_module, "IndexSpill", full)
+    with pytest.raises(SpillFailed):
+        index._rebuild()
+    row = index.describe(running)
+    assert row is not None
+    assert [e["kind"] for e in row["journal"]] == ["get"], "the journal was forgotten"
+    assert {m[0] for m in index.choose(service="Svc", among=EVERY, limit=5)[0]} == {running, done}
+    index.close()
+
+
 def test_a_cold_meta_nested_deeper_than_pydantic_parses_is_listed() -> None:
     """pydantic's JSON parser stops at 200 levels, its serializer at 255: a retained outcome
     nested between the two went to disk and could not be read back."""
