@@ -373,7 +373,10 @@ class InvocationLog:
         admin index holds cold ones) with their indexes, which an entry missing would shift
         in the list :meth:`journal` gives (one unreadable, one not kept)."""
         entries = self.entries.get(meta.id, {})
-        return [(i, entries[i]) for i in range(meta.journal_length) if i in entries]
+        # By the entries held, not by the length the meta gives: a meta another producer
+        # wrote may give 10**12, and the admin index asks this while it holds its lock.
+        held = [(i, entry) for i, entry in entries.items() if i < meta.journal_length]
+        return sorted(held, key=lambda numbered: numbered[0])
 
 
 def _salvaged(value: bytes) -> tuple[InvocationMeta | None, bool]:

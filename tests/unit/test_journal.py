@@ -88,3 +88,27 @@ def test_a_meta_whose_attachers_are_not_a_list_is_left_out() -> None:
     log = InvocationLog()
     log.apply(meta_key(inv_id), json.dumps(row).encode())
     assert inv_id not in log.metas
+
+
+def test_a_meta_giving_a_huge_journal_length_is_numbered_by_what_is_held() -> None:
+    """The journal was numbered by counting to the meta's ``journal_length``: one another
+    producer wrote with ``10**12`` held the admin index's lock (its deadlock search runs
+    every second over every active invocation) for good. The entries past the length are
+    left out, as before; the order is the entries' own, whatever order they came in."""
+    import threading
+
+    log = InvocationLog()
+    target = Target(service="S", handler="h")
+    meta = InvocationMeta(id="a", target=target, exclusive=False, journal_length=10**12)
+    log.apply(meta_key("a"), meta.to_json())
+    for index, name in [(3, "d"), (0, "a")]:
+        log.apply(entry_key("a", index), Entry(kind="get", name=name).to_json())
+    numbered: list[list[tuple[int, str | None]]] = []
+    counting = threading.Thread(
+        target=lambda: numbered.append([(i, e.name) for i, e in log.numbered(meta)]), daemon=True
+    )
+    counting.start()
+    counting.join(10)
+    assert numbered == [[(0, "a"), (3, "d")]], "still counting to the meta's length after 10 s"
+    short = InvocationMeta(id="a", target=target, exclusive=False, journal_length=2)
+    assert [(i, e.name) for i, e in log.numbered(short)] == [(0, "a")]
