@@ -125,14 +125,14 @@ COLD = frozenset({"completed", "scheduled"})
 
 class _Metas(Mapping[str, InvocationMeta]):
     """Every meta the index holds, in memory (in flight) or on disk, by id: what a call
-    tree looks its nodes up in."""
+    tree looks its nodes up in (those on disk without their argument and value)."""
 
     def __init__(self, live: dict[str, InvocationMeta], cold: IndexSpill) -> None:
         self._live = live
         self._cold = cold
 
     def __getitem__(self, inv_id: str) -> InvocationMeta:
-        meta = self._live.get(inv_id) or self._cold.get(inv_id)
+        meta = self._live.get(inv_id) or self._cold.node(inv_id)
         if meta is None:
             raise KeyError(inv_id)
         return meta
@@ -454,7 +454,7 @@ class InvocationIndex:
         """An invocation's detail, with the last ``journal_limit`` entries of its journal
         (``journal_omitted`` counts those before them)."""
         with self._lock:
-            meta = self.metas.get(invocation_id)
+            meta = self.log.metas.get(invocation_id) or self.cold.get(invocation_id)
             if meta is None:
                 return None
             if invocation_id in self._kept:  # completed (waits on nothing): the last ones read

@@ -24,6 +24,7 @@ from pydantic import JsonValue
 
 from streams.engine.journal import Entry, InvocationMeta
 from streams.engine.spill import Spill
+from streams.wire.records import Failure
 
 #: Page cache of the index's database, in KiB.
 CACHE_KIB = 8192
@@ -58,7 +59,7 @@ _SCHEMA = (
     f"PRAGMA cache_size = -{CACHE_KIB}",
     "CREATE TABLE metas (id TEXT NOT NULL UNIQUE, status TEXT NOT NULL,"
     " service TEXT NOT NULL, key TEXT, target TEXT NOT NULL, created_at REAL NOT NULL,"
-    " due REAL, meta BLOB NOT NULL, listed BLOB NOT NULL)",
+    " due REAL, meta BLOB NOT NULL, listed BLOB NOT NULL, failure BLOB)",
     "CREATE INDEX metas_created ON metas (created_at)",
     "CREATE INDEX metas_status ON metas (status, created_at)",
     "CREATE INDEX metas_due ON metas (status, due)",
@@ -86,14 +87,16 @@ class IndexSpill:
         """Hold ``meta``, written as ``written``, in place of what was held under its id."""
         target = meta.target
         listed = meta.to_json(exclude=_NOT_LISTED)
+        failure = None if meta.failure is None else meta.failure.model_dump_json()
         self._db.write(
-            "INSERT INTO metas (id, status, service, key, target, created_at, due, meta, listed)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            "INSERT INTO metas (id, status, service, key, target, created_at, due, meta, listed,"
+            " failure) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
             " status = excluded.status, service = excluded.service, key = excluded.key,"
             " target = excluded.target, created_at = excluded.created_at,"
-            " due = excluded.due, meta = excluded.meta, listed = excluded.listed",
+            " due = excluded.due, meta = excluded.meta, listed = excluded.listed,"
+            " failure = excluded.failure",
             (meta.id, meta.status, target.service, target.key, target.path(),
-             meta.created_at, meta.due, written, listed),
+             meta.created_at, meta.due, written, listed, failure),
         )  # fmt: skip
         self._any = True
 
@@ -106,6 +109,20 @@ class IndexSpill:
             return None
         rows = self._db.query("SELECT meta FROM metas WHERE id = ?", (inv_id,))
         return InvocationMeta.from_json(rows[0][0]) if rows else None
+
+    def node(self, inv_id: str) -> InvocationMeta | None:
+        """The meta held under ``inv_id`` as a call tree shows it: as listed, with its
+        failure, but not its argument and value, which may be 900 KiB each, and a tree
+        of a hundred nodes is asked for every second while the UI shows it."""
+        if not self._any:
+            return None
+        rows = self._db.query("SELECT listed, failure FROM metas WHERE id = ?", (inv_id,))
+        if not rows:
+            return None
+        meta = InvocationMeta.from_json(rows[0][0])
+        if rows[0][1] is not None:
+            meta.failure = Failure.model_validate_json(rows[0][1])
+        return meta
 
     def status(self, inv_id: str) -> str | None:
         """The status of the meta held under ``inv_id`` (none decoded), or None."""

@@ -655,3 +655,44 @@ def test_the_tree_of_a_kept_journal_reads_what_it_shows_and_counts_the_rest(
     assert shallow["callees"] == []
     assert index._calls_made(done) == made
     index.close()
+
+
+def test_the_tree_reads_no_argument_or_value_of_the_nodes_on_disk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each completed callee of a tree was read whole from disk, up to three times, its
+    argument and value included (900 KiB each, perhaps), under the index's lock, every
+    second its page was open. Its failure is still shown."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topic = index.topics.invocations
+    parent, fine, failed = an_id("parent"), an_id("fine"), an_id("failed")
+    started = meta(parent, "h", "running", journal_length=2)
+    index._apply(topic, meta_key(parent), started.to_json())
+    for n, callee in enumerate((fine, failed)):
+        index._apply(topic, entry_key(parent, n), call(callee, "c").to_json())
+    for callee in (fine, failed):
+        ended = meta(callee, "c", "completed", caller=parent)
+        ended.argument, ended.value = "x" * 100_000, "y" * 100_000
+        if callee == failed:
+            ended.failure = Failure(code=409, message="sold out")
+        index._apply(topic, meta_key(callee), ended.to_json())
+    read_whole: list[str] = []
+    whole = index.cold.get
+
+    def get(inv_id: str) -> InvocationMeta | None:
+        read_whole.append(inv_id)
+        return whole(inv_id)
+
+    monkeypatch.setattr(index.cold, "get", get)
+    described = index.describe(parent)
+    assert described is not None
+    nodes = {node["id"]: node for node in described["tree"]["callees"]}
+    assert nodes[failed]["failure"] == {"code": 409, "message": "sold out"}
+    assert nodes[fine]["status"] == "completed"
+    assert "failure" not in nodes[fine]
+    assert read_whole == [], "a node of the tree read whole"
+    cold = index.describe(fine)  # the detail of one on disk is whole
+    assert cold is not None
+    assert cold["argument"] == "x" * 100_000
+    assert cold["outcome"] == {"value": "y" * 100_000}
+    index.close()
