@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable
 from typing import Any
 
+from streams.cli import commands
 from streams.cli.commands import say, settings_of
 from streams.errors import KourierError
 
@@ -29,6 +30,7 @@ def call(args: argparse.Namespace) -> int:
     from streams.client import Client, SendReceipt
     from streams.client.client import send_may_repeat
     from streams.http.routes import parse_duration
+    from streams.kafka.threads import Unwaited
     from streams.wire.records import Response, load_json
 
     target = _parse_target(args.target)
@@ -49,7 +51,29 @@ def call(args: argparse.Namespace) -> int:
         except KourierError:
             raise ValueError(f"--timeout {args.timeout!r}: use 500ms, 5s, 10m or PT1M") from None
 
+    called: list[str] = []  # the invocation's id, once said
+
     async def main() -> int:
+        # --timeout bounds the whole command, Kafka's connection and the catalog included.
+        # A start it ends may leave a thread in a Kafka call for Kafka's own 30 s: the loop
+        # does not wait for it, and the command then ends at once (EXIT_AT_ONCE).
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(Unwaited(thread_name_prefix="kourier-call"))
+        try:
+            async with asyncio.timeout(timeout):
+                return await invoke()
+        except TimeoutError:
+            commands.EXIT_AT_ONCE = True
+            if not called:
+                say(f"kourier: no answer from Kafka within {args.timeout}; nothing was written")
+                return 1
+            attach = f"`kourier invocations attach {called[0]}`"
+            say(f"kourier: no answer within {args.timeout}; invocation {called[0]} may still"
+                f" run, if it was written ({attach} waits for its outcome, or answers 404"
+                " when there is none to wait for)")  # fmt: skip
+            return 1
+
+    async def invoke() -> int:
         async with Client(settings_of(args)) as client:
             services = await client.catalog()
             if target.service not in services:  # announced a moment ago, perhaps
@@ -74,6 +98,7 @@ def call(args: argparse.Namespace) -> int:
                     " announced)")  # fmt: skip
             if waits:  # said before the wait, so that it can be looked up or cancelled
                 say(f"invocation {inv_id}")
+            called.append(inv_id)
             key = args.idempotency_key
             working: Awaitable[SendReceipt | tuple[str, Response]] = (
                 client.send_to(target, argument, delay=delay, idempotency_key=key,
@@ -81,14 +106,7 @@ def call(args: argparse.Namespace) -> int:
                 if sending
                 else client.call(target, argument, idempotency_key=key, invocation_id=inv_id)
             )  # fmt: skip
-            try:
-                done = await asyncio.wait_for(working, timeout)
-            except TimeoutError:
-                attach = f"`kourier invocations attach {inv_id}`"
-                say(f"kourier: no answer within {args.timeout}; invocation {inv_id} may still"
-                    f" run, if it was written ({attach} waits for its outcome, or answers 404"
-                    " when there is none to wait for)")  # fmt: skip
-                return 1
+            done = await working
             if isinstance(done, SendReceipt):
                 print(json.dumps({"invocationId": done.invocation_id, "status": done.status}))
                 return 0

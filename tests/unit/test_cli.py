@@ -713,3 +713,22 @@ def test_broker_start_away_from_the_checkout_says_so(
     err = capsys.readouterr().err
     assert "run Kourier from its source checkout" in err, err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("verb", ["call", "send"])
+def test_the_timeout_of_call_and_send_bounds_the_wait_for_kafka_too(verb: str) -> None:
+    """``--timeout`` began once the client had started and read the catalog: with Kafka
+    away, ``kourier call --timeout 1s`` waited Kafka's own 30 s, and said to try again."""
+    import time
+
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", verb, "Greeter/greet", '"ada"', "--timeout", "1s",
+         "--idempotency-key", "k1", *NOWHERE],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    took = time.monotonic() - began
+    assert done.returncode == 1, done.stderr[-2000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("kourier:")]
+    assert said == ["kourier: no answer from Kafka within 1s; nothing was written"], said
+    assert took < 20, f"{took:.0f}s: not bounded by --timeout 1s"
