@@ -13,8 +13,9 @@ A worker forgets what it committed for a delay partition it takes over or lets g
 (:meth:`DelayTrimmer.forget`): the next commit for it says where deleting stops. A
 committed delay offset moves back only when the topic is deleted and made again under
 running workers (the take-over then reads the new log from its start), which the README
-says not to do. A refusal for want of the ``DELETE`` permission on the topic stops the
-trimming, with one warning.
+says not to do. A refusal for want of the ``DELETE`` permission on the topic pauses the
+trimming for ``REFUSED_PAUSE`` (one warning, and a word once a later deletion is allowed):
+an ACL granted later takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("kourier.delay")
 
 TRIM_EVERY = 60.0  # seconds between deletions
 TRIM_LEAST = 10_000  # records past the last deletion before a partition is trimmed again
+REFUSED_PAUSE = 600.0  # seconds before a deletion refused by an ACL is asked for again
 
 
 class DelayTrimmer:
@@ -76,7 +78,7 @@ class DelayTrimmer:
         state = self._state
         with state.lock:
             now = time.monotonic()
-            if state.refused or state.in_flight or now < self._next:
+            if state.in_flight or now < max(self._next, state.paused_until):
                 return
             self._next = now + self._every
             wanted = [
@@ -108,7 +110,8 @@ class _Trims:
         self.committed: dict[int, int] = {}  # partition -> delay offset last committed
         self.trimmed: dict[int, int] = {}  # partition -> offset the brokers deleted below
         self.in_flight = 0
-        self.refused = False
+        self.refused = False  # the last deletion was refused by an ACL (warned once)
+        self.paused_until = 0.0  # monotonic: no deletion asked for before
 
     def done(self, tp: TopicPartition, future: Future[object]) -> None:
         """A deletion's answer (librdkafka's background thread)."""
@@ -118,6 +121,9 @@ class _Trims:
             if error is None:
                 self.trimmed[tp.partition] = max(self.trimmed.get(tp.partition, 0), tp.offset)
                 log.debug("delay %d: records below %d deleted", tp.partition, tp.offset)
+                if self.refused:
+                    log.info("delay topic %s: deleting released records again", self.topic)
+                    self.refused = False
                 return
             kafka_error = error.args[0] if error.args else None
             refused = isinstance(kafka_error, KafkaError) and kafka_error.code() in (
@@ -129,10 +135,12 @@ class _Trims:
                     log.warning(
                         "delay topic %s: not allowed to delete released records (%s); grant "
                         "this worker DELETE on the topic, or delete below the committed "
-                        "offsets by hand (README, Limits)",
+                        "offsets by hand (README, Limits); asked again every %gs",
                         self.topic,
                         kafka_error,
+                        REFUSED_PAUSE,
                     )
                 self.refused = True
+                self.paused_until = time.monotonic() + REFUSED_PAUSE
                 return
         log.warning("delay %d: deleting below %d failed: %s", tp.partition, tp.offset, error)

@@ -4,9 +4,11 @@ keeps no admin client alive (librdkafka's answering thread would destroy it, and
 
 from __future__ import annotations
 
+import logging
 import weakref
 from concurrent.futures import Future
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.kafka import trim
@@ -54,7 +56,14 @@ def test_a_partition_is_trimmed_once_its_committed_offset_has_moved_far_enough()
     assert [(tp.partition, tp.offset) for tp in admin.asked[1]] == [(0, 10), (1, 22)]
 
 
-def test_a_refusal_by_acl_stops_the_trimming() -> None:
+def test_a_refusal_by_acl_pauses_the_trimming_and_a_grant_later_resumes_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal stopped the trimming until the worker restarted: an ACL granted once the
+    warning was read took no effect, and the delay topic went on growing."""
+    caplog.set_level(logging.INFO, "kourier.delay")
+    now = [1000.0]
+    monkeypatch.setattr(trim.time, "monotonic", lambda: now[0])
     admin = Admin()
     t = trimmer(admin)
     t.committed([TopicPartition(TOPIC, 0, 50)])
@@ -63,7 +72,25 @@ def test_a_refusal_by_acl_stops_the_trimming() -> None:
     future.set_exception(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
     t.committed([TopicPartition(TOPIC, 0, 500)])
     t.tick()
-    assert len(admin.asked) == 1
+    assert len(admin.asked) == 1, "asked again at once after a refusal"
+    now[0] += trim.REFUSED_PAUSE - 1
+    t.tick()
+    assert len(admin.asked) == 1, "asked again within the pause"
+    now[0] += 1
+    t.tick()
+    assert len(admin.asked) == 2, "not asked again after the pause"
+    (again,) = admin.asked[1].values()
+    again.set_exception(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    assert caplog.text.count("not allowed to delete released records") == 1, "warned again"
+    now[0] += trim.REFUSED_PAUSE
+    t.tick()
+    (granted,) = admin.asked[2].values()
+    granted.set_result(None)
+    assert "deleting released records again" in caplog.text
+    t.committed([TopicPartition(TOPIC, 0, 600)])
+    now[0] += 0.5
+    t.tick()
+    assert len(admin.asked) == 4, "still paused once allowed"
 
 
 def test_a_deletion_still_to_be_answered_keeps_no_admin_client_alive() -> None:
