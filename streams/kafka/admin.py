@@ -51,15 +51,37 @@ def checked_admin(settings: Settings) -> tuple[AdminClient, Refusals]:
     return AdminClient(config), refusals
 
 
-def replication_for(settings: Settings, brokers: int) -> int:
+def replication_for(settings: Settings, brokers: int, cluster_default: int | None = None) -> int:
     """Replicas per topic: as configured, else min(3, brokers), so that one broker's loss
-    loses nothing and (with ``min.insync.replicas`` = min(2, RF)) stalls no write."""
-    wanted = settings.replication_factor or min(3, max(1, brokers))
+    loses nothing and (with ``min.insync.replicas`` = min(2, RF)) stalls no write. The
+    cluster's ``default.replication.factor``, when higher, counts as brokers too (up to 3):
+    the metadata lists only the brokers up, and a topic made while one of three restarts
+    would otherwise get two replicas for good, and stop its writes at the next loss."""
+    wanted = settings.replication_factor or min(3, max(1, brokers, cluster_default or 0))
     if wanted > brokers:
+        why = (
+            f" (the cluster's default.replication.factor is {cluster_default}: start the"
+            " brokers that are away, or give --replication-factor)"
+            if not settings.replication_factor
+            else ""
+        )
         raise TopicError(
-            f"replication factor {wanted} needs {wanted} brokers; the cluster has {brokers}"
+            f"replication factor {wanted} needs {wanted} brokers; the cluster has {brokers}{why}"
         )
     return wanted
+
+
+def cluster_replication(admin: AdminClient, broker: int, timeout: float) -> int | None:
+    """``default.replication.factor`` of ``broker``; None where it may not be read (an ACL:
+    DescribeConfigs on the cluster) or is not answered in time."""
+    resource = ConfigResource(ConfigResource.Type.BROKER, str(broker))
+    future = admin.describe_configs([resource], request_timeout=timeout)[resource]
+    try:
+        entry = future.result(timeout + 5).get("default.replication.factor")
+    except (KafkaException, TimeoutError) as exc:
+        log.info("the brokers' default.replication.factor is not known (%s)", exc)
+        return None
+    return int(entry.value) if entry is not None and entry.value is not None else None
 
 
 def min_insync(replication_factor: int) -> int:
@@ -77,11 +99,14 @@ def create_topics(settings: Settings, timeout: float = 30.0, mend: bool = True) 
     specs = Topics(settings.namespace).specs(settings.partitions)
     cluster = cluster_metadata(admin, timeout, refusals)
     existing = cluster.topics
-    replicas = replication_for(settings, len(cluster.brokers))
-    insync = {"min.insync.replicas": str(min_insync(replicas))}
     missing = [spec for spec in specs if spec.name not in existing]
     made: set[str] = set()  # not those another process created since the metadata was read
     if missing:
+        default = None
+        if not settings.replication_factor and cluster.brokers:
+            default = cluster_replication(admin, min(cluster.brokers), timeout)
+        replicas = replication_for(settings, len(cluster.brokers), default)
+        insync = {"min.insync.replicas": str(min_insync(replicas))}
         new = [NewTopic(s.name, s.partitions, replicas, config=s.config | insync) for s in missing]
         futures = admin.create_topics(
             new,

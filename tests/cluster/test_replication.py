@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from streams.client import Client
 from streams.kafka import broker
-from streams.kafka.admin import TopicsDescription, create_topics, describe_topics
+from streams.kafka.admin import TopicError, TopicsDescription, create_topics, describe_topics
 from streams.settings import Settings
 from tests.integration.conftest import ROOT, WorkerProcesses, served_ingress
 from tests.integration.helpers import poll_until
@@ -77,6 +78,31 @@ def test_describe_warns_about_one_replica_on_a_cluster(settings: Settings) -> No
     described = once_every_topic_exists(describe)
     assert {row["replication_factor"] for row in described["topics"]} == {1}
     assert "one replica on a 3-broker cluster" in runs[-1].stderr
+
+
+def test_topics_are_not_made_with_fewer_replicas_while_a_broker_is_away(
+    cluster: broker.Cluster, settings: Settings
+) -> None:
+    """The metadata lists the brokers that are up: topics made while one of three was away
+    (a restart, pods starting together) got two replicas for good, and with
+    ``min.insync.replicas`` 2 the next broker's loss stopped their writes. The cluster's
+    ``default.replication.factor`` (3 here) says how many there are to be."""
+    admin = AdminClient(settings.client_config())
+    broker.kill(cluster.nodes[2].data_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while len(admin.list_topics(timeout=10).brokers) > 2:  # fenced once it misses 3 s
+            assert time.monotonic() < deadline, "the cluster still lists a killed broker"
+            time.sleep(0.2)
+        with pytest.raises(TopicError, match=r"default\.replication\.factor is 3: start the"):
+            create_topics(settings)
+        assert not any(
+            topic.startswith(f"{settings.namespace}.")
+            for topic in admin.list_topics(timeout=10).topics
+        ), "a topic was made with fewer replicas"
+    finally:
+        broker.start_cluster(cluster.data_dir, 3, 0)
+    assert {state.replication_factor for state in create_topics(settings)} == {3}
 
 
 async def test_sends_while_two_brokers_are_down_wait_for_their_outcome(

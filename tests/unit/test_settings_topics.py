@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from handlers import RetryPolicy
-from streams.kafka.admin import config_problems, required_configs
+from streams.kafka.admin import TopicError, config_problems, replication_for, required_configs
 from streams.settings import Settings, SettingsError
 from streams.wire.topics import Topics
 
@@ -174,3 +174,18 @@ def test_what_mending_sets_leaves_no_problem_and_odd_spellings_are_read() -> Non
         assert config_problems(by_name[name], compacted), f"{name} compacted loses a key's past"
     limited = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "10000"}
     assert config_problems(by_name["ns.delay"], limited), "a broker's log.retention.bytes"
+
+
+def test_the_clusters_default_replication_counts_the_brokers_that_are_away() -> None:
+    """The metadata lists only the brokers up: topics made while one of three restarted
+    got two replicas for good, and with ``min.insync.replicas`` 2 stopped their writes at
+    the next broker's loss. The cluster's default only raises the count (Kafka's own
+    default is 1), up to 3; a factor given is taken as given."""
+    unset = Settings()
+    assert replication_for(unset, 3) == 3
+    assert replication_for(unset, 3, cluster_default=1) == 3
+    assert replication_for(unset, 1, cluster_default=1) == 1
+    assert replication_for(unset, 5, cluster_default=5) == 3
+    with pytest.raises(TopicError, match=r"default.replication.factor is 3: start the brokers"):
+        replication_for(unset, 2, cluster_default=3)
+    assert replication_for(Settings(replication_factor=2), 2, cluster_default=3) == 2
