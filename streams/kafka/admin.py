@@ -30,6 +30,12 @@ class TopicError(KourierError, RuntimeError):
     """A topic exists with a shape Kourier cannot use, or could not be created."""
 
 
+class BrokersAway(TopicError):
+    """Fewer brokers are up than the topics' replicas need: it may pass once they are back."""
+
+    retriable = True
+
+
 @dataclass(frozen=True)
 class TopicState:
     spec: TopicSpec
@@ -65,7 +71,8 @@ def replication_for(settings: Settings, brokers: int, cluster_default: int | Non
             if not settings.replication_factor
             else ""
         )
-        raise TopicError(
+        failure = BrokersAway if why else TopicError
+        raise failure(
             f"replication factor {wanted} needs {wanted} brokers; the cluster has {brokers}{why}"
         )
     return wanted

@@ -75,6 +75,10 @@ def test_every_runtime_error_is_a_kourier_error_that_says_whether_to_retry() -> 
     assert KafkaUnavailable.retriable, "Kafka away: the same send may succeed later"
     assert issubclass(RestoreError, KourierError)
     assert RestoreError.retriable, "a slow restore: the take-over is tried again"
+    from streams.kafka.admin import BrokersAway
+
+    assert issubclass(BrokersAway, TopicError)
+    assert BrokersAway.retriable, "brokers away: the topics are made once they are back"
     from streams.cli.admin import Unanswered
     from streams.kafka.deadletters import ReadTimeout
 
