@@ -9,8 +9,8 @@ The screenshots the README shows are taken here, into ``docs/ui/``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -352,3 +352,146 @@ async def test_the_ui_page_may_not_be_framed_and_runs_only_its_own_script(
     await page.goto(f"{admin_url}/ui")
     await expect(page.locator("#invocations")).to_be_visible(timeout=30_000)
     assert refused == [], "the page's own script or style refused by its policy"
+
+
+async def until(done: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    """Wait for ``done()`` (what the page's requests have done so far), up to ``within``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not done():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {within:g}s: {what}"
+        await asyncio.sleep(0.05)
+
+
+def a_row(inv: str, **fields: Any) -> dict[str, Any]:
+    """A list row as the admin API gives it."""
+    return {"id": inv, "target": "Trip/ui-fake/reserve", "service": "Trip", "handler": "reserve",
+            "key": "ui-fake", "status": "running", "mode": "call", "attempt": 1,
+            "created_at": "2026-12-07T12:00:00.000Z", "modified_at": "2026-12-07T12:00:01.000Z",
+            **fields}  # fmt: skip
+
+
+async def test_a_refresh_that_fails_keeps_what_is_shown_and_says_so(
+    page: Page, admin_url: str
+) -> None:
+    """A read the server answered 503 (or not at all) was drawn as an empty answer: the
+    list said "No invocations match.", the deadlock banner went away, and the header still
+    said "updated" at each refresh, so an operator took a stalled index for a quiet one."""
+    inv = "inv_" + "a" * 32
+    failing = False
+    failed: list[str] = []
+    cycle = {"size": 2, "members": [
+        {"id": inv, "target": "Trip/ui-fake/reserve", "status": "suspended",
+         "waits_for": "inv_" + "b" * 32, "how": "call"}]}  # fmt: skip
+
+    async def answer(route: Route) -> None:
+        if failing:
+            failed.append(route.request.url)
+            await route.fulfill(status=503, json={"code": 503, "message": "the index is behind"})
+        elif "/deadlocks" in route.request.url:
+            await route.fulfill(json={"deadlocks": [cycle]})
+        else:
+            await route.fulfill(json={"invocations": [a_row(inv)], "caught_up": True})
+
+    await page.route(lambda url: "/invocations?" in url or url.endswith("/deadlocks"), answer)
+    await page.goto(f"{admin_url}/ui#/")
+    await expect(page.locator("#invocations tr.row")).to_have_count(1, timeout=30_000)
+    await expect(page.locator("#banner")).to_be_visible()
+    await expect(page.locator("#updated")).to_contain_text("UTC")  # as every time shown
+    failing = True
+    problem = page.locator("#problem")
+    await expect(problem).to_contain_text("could not refresh (503 the index is behind)")
+    updated = await page.locator("#updated").text_content()
+    await expect(problem).to_contain_text("what is shown was read before")
+    await until(lambda: len(failed) >= 6, "three refreshes that fail")  # list and banner each
+    await expect(page.locator("#invocations tr.row")).to_have_count(1)
+    await expect(page.locator("#invocations")).not_to_contain_text("No invocations match.")
+    await expect(page.locator("#banner")).to_be_visible()
+    await expect(page.locator("#updated")).to_have_text(updated or "")
+    failing = False
+    await expect(problem).to_have_text("", timeout=10_000)
+
+
+async def test_the_list_says_when_it_is_cut_or_incomplete_and_when_a_due_time_passed(
+    page: Page, admin_url: str
+) -> None:
+    """The list asks for 200 rows and showed them as if they were all; an index still
+    reading the changelogs (``caught_up: false``) was not said; an invocation 10 minutes
+    overdue (workers away) said "due in 0ms". Each row's id is a link (a keyboard reaches
+    it), and the filters have names."""
+    overdue = (datetime.now(UTC) - timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
+    rows = [a_row(f"inv_{i:032x}", status="scheduled", due_at=overdue) for i in range(200)]
+
+    async def answer(route: Route) -> None:
+        await route.fulfill(json={"invocations": rows, "caught_up": False})
+
+    await page.route(lambda url: "/invocations?" in url, answer)
+    await page.goto(f"{admin_url}/ui#/?status=scheduled")
+    await expect(page.locator("#invocations tr.row")).to_have_count(200, timeout=30_000)
+    note = page.get_by_test_id("list-note")
+    await expect(note).to_contain_text("The newest 200 are shown")
+    await expect(note).to_contain_text("the list may be incomplete")
+    await expect(page.get_by_test_id("due-in").first).to_contain_text("overdue by 10m")
+    await expect(page.get_by_role("link", name=rows[0]["id"])).to_have_count(1)
+    await expect(page.get_by_role("combobox", name="status")).to_have_count(1)
+    await expect(page.get_by_role("textbox", name="service")).to_have_count(1)
+
+
+async def test_the_state_page_shows_what_its_address_names_not_what_is_being_typed(
+    page: Page, admin_url: str
+) -> None:
+    """Each refresh read the key boxes: typing "bob" over "ada" asked for the state of
+    "b", then "bo", and showed it under an address that named "ada"."""
+    asked: list[str] = []
+
+    async def answer(route: Route) -> None:
+        asked.append(route.request.url.rsplit("/", 1)[1])
+        await route.fulfill(json={"count": len(asked)})
+
+    await page.route("**/state/Counter/*", answer)
+    await page.goto(f"{admin_url}/ui#/state?service=Counter&key=ada")
+    await expect(page.locator("#state")).to_contain_text('"count"', timeout=30_000)
+    await page.get_by_role("textbox", name="key").fill("bo")
+    typed = len(asked)
+    await until(lambda: len(asked) >= typed + 2, "two refreshes while 'bo' is in the box")
+    assert set(asked) == {"ada"}, asked
+    await page.get_by_role("button", name="Show").click()
+    await until(lambda: asked[-1] == "bo", "the state of 'bo' asked for once shown")
+
+
+async def test_a_bulk_action_says_which_confirmed_invocations_it_left_alone(
+    page: Page, admin_url: str
+) -> None:
+    """The server acts on the confirmed ids that still match the filter: a scheduled one
+    that fell due between the question and the click was left alone, and the page said
+    "2 of 2 done" to a user who had confirmed 3."""
+    ids = [f"inv_{i:032x}" for i in range(3)]
+    rows = [a_row(inv, status="scheduled") for inv in ids]
+
+    async def listed(route: Route) -> None:
+        await route.fulfill(json={"invocations": rows, "caught_up": True})
+
+    async def bulk(route: Route) -> None:
+        chosen = [{"id": inv, "target": "Trip/ui-fake/reserve", "status": "scheduled"}
+                  for inv in ids]  # fmt: skip
+        answer: dict[str, Any] = {"action": "cancel", "matched": 3, "skipped": 0,
+                                  "invocations": chosen, "truncated": False}  # fmt: skip
+        if "dry_run=true" in route.request.url:
+            await route.fulfill(json={**answer, "dry_run": True, "ids": ids})
+            return
+        done = ids[:2]  # the third fell due: no longer scheduled
+        results = {inv: {"code": 202, "status": "accepted"} for inv in done}
+        await route.fulfill(json={**answer, "dry_run": False, "ids": done, "results": results,
+                                  "succeeded": 2, "failed": 0})  # fmt: skip
+
+    await page.route(lambda url: "/invocations?" in url, listed)
+    await page.route("**/invocations/cancel?*", bulk)
+    await page.goto(f"{admin_url}/ui#/?status=scheduled&service=Trip")
+    await expect(page.locator("#invocations tr.row")).to_have_count(3, timeout=30_000)
+    await page.locator("[data-bulk=cancel]").click()
+    await expect(page.get_by_test_id("confirm")).to_contain_text("Cancel 3 invocations?")
+    await page.locator("[data-confirm=yes]").click()
+    message = page.locator("#bulk-message")
+    await expect(message).to_contain_text("Cancel: 2 of 3 done")
+    await expect(message).to_contain_text(
+        f"1 no longer matched the filter and was left alone ({ids[2]})"
+    )
