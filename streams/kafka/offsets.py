@@ -436,13 +436,22 @@ def worker_consumer(settings: Settings, group: str, fetch_wait_ms: int = FETCH_W
 OFFSETS_TOPIC = "__consumer_offsets"
 
 
-def read_on_from(consumer: Consumer, taken: Sequence[TopicPartition]) -> None:
+def read_on_from(
+    consumer: Consumer, taken: Sequence[TopicPartition], timeout: float = 30.0
+) -> None:
     """Put the group's ``consumer`` at the offsets of partitions ``taken`` over (a
     partition's start where none is committed). A partition whose fetch has not started
     (its assignment's own read of the committed offset still under way) cannot be sought:
     librdkafka answers ``_STATE``. The assignment is then made again, at those offsets,
     rather than the ``KafkaException`` end the worker (an eager group's consumer may be
-    assigned at any time)."""
+    assigned at any time).
+
+    A seek forgets the partition's position before it returns; an assignment does not:
+    librdkafka forgets it once the partition's fetch has stopped, on another thread, and
+    until then ``position()`` gives the one from before. A delay partition's processor took
+    that for how far it had read, and committed it: the messages between its committed
+    offset and there were never released. So the assignment returns once no partition
+    holds a position, and raises ``KafkaException`` (``_TIMED_OUT``) after ``timeout``."""
     at = {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
           for tp in taken}  # fmt: skip
     for (topic, partition), offset in at.items():
@@ -456,10 +465,19 @@ def read_on_from(consumer: Consumer, taken: Sequence[TopicPartition]) -> None:
         return
     # The others (none taken over here) where the group's committed offsets say: what
     # assignment() gives is the offset of the last assign, perhaps an explicit one.
-    consumer.assign([
+    assigned = [
         TopicPartition(tp.topic, tp.partition, at.get((tp.topic, tp.partition), OFFSET_INVALID))
         for tp in consumer.assignment()
-    ])  # fmt: skip
+    ]
+    consumer.assign(assigned)
+    deadline = time.monotonic() + timeout
+    while held := [tp for tp in consumer.position(assigned) if tp.offset >= 0]:
+        if time.monotonic() > deadline:
+            where = ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in held)
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, f"positions kept after assigning ({where})")
+            )
+        time.sleep(0.01)  # librdkafka's threads stop the fetches; nothing to poll for
 
 
 def offsets_partition(group: str, partitions: int) -> int:

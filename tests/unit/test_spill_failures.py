@@ -12,7 +12,13 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from streams.engine.delay_records import LogRewound
 from streams.engine.outbox import Out
@@ -21,6 +27,7 @@ from streams.engine.spill import SpillFailed
 from streams.kafka import setbacks
 from streams.kafka import worker as worker_module
 from streams.kafka.committer import Committer, Snapshot
+from streams.kafka.offsets import read_on_from
 from streams.kafka.startup import WorkerError
 from streams.kafka.worker import Worker
 from tests.unit.harness import TOPICS
@@ -290,10 +297,12 @@ class FetchNotStarted:
     whose own read of its committed offset is still under way: librdkafka refuses a seek
     of a partition whose fetch has not started (``_STATE``)."""
 
-    def __init__(self, assigned: list[TopicPartition]) -> None:
+    def __init__(self, assigned: list[TopicPartition], kept: int = 3) -> None:
         self.assigned = assigned
         self.sought: list[TopicPartition] = []
         self.assigns: list[list[TopicPartition]] = []
+        self.kept = kept  # asks for positions that still get the old ones, once assigned
+        self.stale = 0
 
     def seek(self, tp: TopicPartition) -> None:
         if (tp.topic, tp.partition) == (TOPICS.ingress, 3):
@@ -305,6 +314,13 @@ class FetchNotStarted:
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.assigns.append(partitions)
+        self.stale = self.kept  # librdkafka forgets them once the fetches have stopped
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Where the consumer had read to before the assignment, until its fetches stop."""
+        offset = 900 if self.stale else OFFSET_INVALID
+        self.stale = max(0, self.stale - 1)
+        return [TopicPartition(tp.topic, tp.partition, offset) for tp in partitions]
 
 
 def test_a_restore_that_cannot_seek_a_partition_assigns_it_at_its_offset(worker: Worker) -> None:
@@ -326,3 +342,15 @@ def test_a_restore_that_cannot_seek_a_partition_assigns_it_at_its_offset(worker:
         (TOPICS.ingress, 5, OFFSET_BEGINNING),  # none committed: its start
         (TOPICS.ingress, 7, -1001),  # not taken over here: where the group's offset says
     ]
+    # Returned once the positions from before are gone: a delay partition's processor took
+    # them for how far it had read, and committed past messages it never released.
+    assert consumer.stale == 0, "returned while the consumer still held the old positions"
+    assert {tp.offset for tp in consumer.position(assigned)} == {OFFSET_INVALID}
+
+
+def test_positions_that_outlast_the_assignment_are_a_kafka_timeout() -> None:
+    consumer = FetchNotStarted([TopicPartition(TOPICS.ingress, 3)], kept=10**9)
+    with pytest.raises(KafkaException) as raised:
+        read_on_from(consumer, [TopicPartition(TOPICS.ingress, 3, 12)], timeout=0.2)  # type: ignore[arg-type]
+    assert raised.value.args[0].code() == KafkaError._TIMED_OUT
+    assert "positions kept after assigning" in raised.value.args[0].str()
