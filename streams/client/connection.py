@@ -75,10 +75,11 @@ class KafkaUnavailable(KourierError, RuntimeError):
 
 
 class ClientClosed(KourierError, RuntimeError):
-    """The client closed while a call waited: its record may have been written and its
-    invocation may run. Attach to it (by its id) with another client for its outcome;
-    calling again without an idempotency key could run it twice. Raised for a call made
-    once the client is closing or closed, ``may_be_written`` is False: nothing was."""
+    """The client closed while a call waited, or Kafka failed a record that may have been
+    written: its invocation may run. Attach to it (by its id) with another client for its
+    outcome; calling again without an idempotency key could run it twice. Raised for a
+    call made once the client is closing or closed, ``may_be_written`` is False: nothing
+    was."""
 
     def __init__(self, message: str, *, may_be_written: bool = True) -> None:
         super().__init__(message)
@@ -496,6 +497,19 @@ def _fatal(error: KafkaError) -> bool:
     return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
 
+#: Delivery-report errors that say the record was not written: the broker refused it as
+#: it was, or librdkafka never sent it. Any other (an idempotence error, a request given up
+#: on after it went out) may come for a record that was written: librdkafka knows which
+#: ("possibly persisted", ``rdkafka_request.c``), but its Python client does not say.
+NOT_WRITTEN = frozenset({
+    KafkaError._FATAL,  # produced once the producer had failed for good: never sent
+    KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_REQUIRED_ACKS, KafkaError.POLICY_VIOLATION,
+})  # fmt: skip
+
+
 def _settle(future: asyncio.Future[Any], error: KafkaError | None, closing: bool = True) -> None:
     if future.done():
         return
@@ -518,6 +532,11 @@ def _settle(future: asyncio.Future[Any], error: KafkaError | None, closing: bool
         if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the topic takes less: not again
             future.set_exception(TerminalError(said, 413))
             return
+        restart = "; the client's producer cannot go on: restart the client"
+        if error.code() not in NOT_WRITTEN:  # (a 504 over HTTP, "may go on", not a 503)
+            said = f"Kafka failed the record, which may have been written ({error.str()})"
+            future.set_exception(ClientClosed(said + (restart if _fatal(error) else "")))
+            return
         if _fatal(error):  # as for produce(): the idempotent producer failed for good
-            said += "; the client's producer cannot go on: restart the client"
+            said += restart
         future.set_exception(KafkaUnavailable(said))

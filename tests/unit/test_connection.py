@@ -144,7 +144,13 @@ class Reporting:
         (KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), TerminalError, "Kafka did not take"),
         # As confluent-kafka hands it over: the code alone, its fatal flag unset.
         (KafkaError(KafkaError._FATAL), KafkaUnavailable, "restart the client"),
-        (KafkaError(KafkaError._MSG_TIMED_OUT), KafkaUnavailable, "Kafka did not take"),
+        (KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), KafkaUnavailable, "did not take"),
+        # Given up on after it went out, or failed by the idempotent producer: librdkafka
+        # marks such a record "possibly persisted", and a 503 ("not written") would have the
+        # caller send it again, and run it twice.
+        (KafkaError(KafkaError._MSG_TIMED_OUT), ClientClosed, "may have been written"),
+        (KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER), ClientClosed, "may have been"),
+        (KafkaError(KafkaError.UNKNOWN_PRODUCER_ID), ClientClosed, "may have been written"),
     ],
 )
 async def test_a_record_the_broker_refuses_says_why_as_produce_does(
@@ -163,6 +169,8 @@ async def test_a_record_the_broker_refuses_says_why_as_produce_does(
         await sent
     if refusal is TerminalError:
         assert getattr(raised.value, "status_code", None) == 413
+    if refusal is ClientClosed:
+        assert getattr(raised.value, "may_be_written", None) is True
     fatal = error.code() == KafkaError._FATAL
     assert (connection.failed is not None) == fatal, "the producer is done for"
 
