@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -335,23 +334,34 @@ class Harness:
 
 
 class _Threads(ThreadPoolExecutor):
-    """The threads of synchronous ``ctx.run`` actions, counting the actions not done."""
+    """The threads of synchronous ``ctx.run`` actions, counting the actions whose outcome
+    the event loop has not taken yet.
+
+    An action counts until the loop has handed its outcome on: the pool thread's future
+    is done a moment before (``run_in_executor`` passes it to the loop with a callback of
+    its own), and ``settle`` that looked in that moment found no action running and no
+    handler busy (the action's task still open), and returned before the handler went on.
+    The count drops in a loop callback queued behind the one that hands the outcome on."""
 
     def __init__(self) -> None:
         super().__init__(thread_name_prefix="kourier-harness-run")
-        self.running = 0  # changed on the event loop's thread (submit) and the pool's (done)
-        self._count = threading.Lock()
+        self.running = 0  # changed on the event loop's thread only
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
-        with self._count:
-            self.running += 1
+        loop = asyncio.get_running_loop()  # (run_in_executor submits on the loop)
+        self.running += 1
         future = super().submit(fn, *args, **kwargs)
-        future.add_done_callback(self._done)
+        future.add_done_callback(lambda _: self._done(loop))
         return future
 
-    def _done(self, _: Future[Any]) -> None:
-        with self._count:
-            self.running -= 1
+    def _done(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the pool's thread, before the outcome's own callback is queued: queue, on
+        the loop, a drop of the count that is queued behind it."""
+        with contextlib.suppress(RuntimeError):  # the loop closed: nothing counts any more
+            loop.call_soon_threadsafe(loop.call_soon, self._finished)
+
+    def _finished(self) -> None:
+        self.running -= 1
 
 
 def _target(handler: HandlerRef, key: str | None) -> Target:

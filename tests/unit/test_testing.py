@@ -296,3 +296,31 @@ async def test_advance_waits_for_a_long_replay_to_end() -> None:
         await h.settle()
         await h.advance(timedelta(hours=1))
         assert h.state("Fickle", "long") == {"done": True}
+
+
+async def test_an_action_counts_as_running_until_the_loop_has_its_outcome() -> None:
+    """The count of running actions dropped on the pool's thread, a moment before the loop
+    got the action's outcome: ``settle`` that looked then found no action and no handler
+    busy (the action's task still open), and returned before the handler went on; a test
+    then read the state before the handler wrote it."""
+    import threading
+
+    from streams.testing import _Threads
+
+    threads = _Threads()
+    try:
+        ran = threads.submit(lambda: "done")
+        outcome = asyncio.wrap_future(ran)  # as run_in_executor hands it to the loop
+        called_back = threading.Event()
+        ran.add_done_callback(lambda _: called_back.set())  # after the count's and the loop's
+        # The loop held until the thread is done and its callbacks have run: it has not
+        # seen the outcome yet.
+        assert called_back.wait(10)
+        assert not outcome.done()
+        assert threads.running == 1, "counted done before the loop had the outcome"
+        assert await asyncio.wait_for(outcome, 10) == "done"
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert threads.running == 0
+    finally:
+        threads.shutdown(wait=True)
