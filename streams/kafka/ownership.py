@@ -106,8 +106,10 @@ class Ownership:
         #: Delay partitions whose log was made again under their processor (``LogRewound``),
         #: to be read from their start when taken over again (:meth:`rewound`).
         self.rewind: set[int] = set()
-        #: Told the delay partitions taken over or let go (the worker's trimmer forgets
-        #: the offsets it committed for them: a new owner's may be lower, see rewound).
+        #: Told the delay partitions taken over, and those let go (the worker's trimmer
+        #: forgets the offsets it committed for them: a new owner's may be lower, see
+        #: rewound; and it trims those let go no more).
+        self.took: Callable[[list[int]], None] = lambda partitions: None
         self.let_go: Callable[[list[int]], None] = lambda partitions: None
 
     def rewound(
@@ -185,7 +187,7 @@ class Ownership:
             self.restoring = []
         delays = [tp.partition for tp in committed if tp.topic == self.topics.delay]
         self.rewind.difference_update(delays)
-        self.let_go(delays)
+        self.took(delays)
         log.info("assigned %s (restored in %.2fs)", by_topic(committed), time.monotonic() - began)
 
     async def hand_over(self, partitions: list[TopicPartition]) -> None:

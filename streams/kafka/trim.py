@@ -9,8 +9,10 @@ it has committed (Kafka's ``DeleteRecords``, as ``kafka-delete-records.sh`` does
 each partition whose committed offset is ``TRIM_LEAST`` records past the last deletion it
 asked for (a restarted worker asks once more for every partition).
 
-A worker forgets what it committed for a delay partition it takes over or lets go
-(:meth:`DelayTrimmer.forget`): the next commit for it says where deleting stops. A
+A worker forgets what it committed for a delay partition it takes over
+(:meth:`DelayTrimmer.took`): the next commit for it says where deleting stops. One it lets
+go (:meth:`DelayTrimmer.forget`) is trimmed no more, whatever commits for it after that (a
+snapshot taken before the hand-over commits after it). A
 committed delay offset moves back only when the topic is deleted and made again under
 running workers (the take-over then reads the new log from its start), which the README
 says not to do. A refusal for want of the ``DELETE`` permission on the topic pauses the
@@ -56,22 +58,35 @@ class DelayTrimmer:
         state = self._state
         with state.lock:
             for tp in offsets:
-                if tp.topic == state.topic and tp.offset >= 0:
+                if tp.topic == state.topic and tp.offset >= 0 and tp.partition not in state.gone:
                     # The latest, lower too: the partition's log was made again, and its
                     # reading began again below (Ownership.assign).
                     state.committed[tp.partition] = tp.offset
                     if tp.offset < state.trimmed.get(tp.partition, 0):
                         state.trimmed[tp.partition] = 0
 
-    def forget(self, partitions: list[int]) -> None:
-        """Delay partitions taken over or let go (the loop): what this worker committed for
-        them is no guide to what may be deleted now (a log made again is read from its
+    def took(self, partitions: list[int]) -> None:
+        """Delay partitions taken over (the loop): what this worker committed for them
+        before is no guide to what may be deleted now (a log made again is read from its
         start, below it), so nothing is until it commits for them again."""
         state = self._state
         with state.lock:
             for partition in partitions:
                 state.committed.pop(partition, None)
                 state.trimmed.pop(partition, None)
+                state.gone.discard(partition)
+
+    def forget(self, partitions: list[int]) -> None:
+        """Delay partitions let go (the loop): nothing is deleted for them any more. What
+        this worker submitted for them before commits after this (the hand-over's own
+        snapshot among it), and is not taken for where deleting stops: a log made again
+        holds the next owner's messages below it."""
+        state = self._state
+        with state.lock:
+            for partition in partitions:
+                state.committed.pop(partition, None)
+                state.trimmed.pop(partition, None)
+                state.gone.add(partition)
 
     def tick(self) -> None:
         """Ask for the deletions that are due (the worker's Kafka thread, once a second)."""
@@ -108,6 +123,7 @@ class _Trims:
         self.topic = topic
         self.lock = threading.Lock()
         self.committed: dict[int, int] = {}  # partition -> delay offset last committed
+        self.gone: set[int] = set()  # partitions let go: their commits are not taken
         self.trimmed: dict[int, int] = {}  # partition -> offset the brokers deleted below
         self.in_flight = 0
         self.refused = False  # the last deletion was refused by an ACL (warned once)

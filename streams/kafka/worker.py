@@ -170,7 +170,7 @@ class Worker:
         self._admin = admin = AdminClient(self._client({}))
         self._ends = PartitionEnds(admin, self.topics.ingress)
         self._trimmer = DelayTrimmer(admin, self.topics.delay)
-        self._ownership.let_go = self._trimmer.forget
+        self._ownership.took, self._ownership.let_go = self._trimmer.took, self._trimmer.forget
         self._consumer.subscribe(
             [self.topics.ingress, self.topics.delay],
             on_assign=self._on_assign,

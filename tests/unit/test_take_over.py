@@ -176,8 +176,8 @@ async def test_a_delay_partition_whose_log_ends_before_its_committed_offset_is_r
     is a delayed message nobody read. The first raised out of the processor, below the
     offset set's base, and ended the worker at every take-over."""
     owner = ownership()
-    let_go: list[list[int]] = []
-    owner.let_go = let_go.append
+    took: list[list[int]] = []
+    owner.took = took.append
     taken = owner.rewound(ASSIGNED, {1: 3})
     assert offsets(taken) == [
         (TOPICS.ingress, 0, 12),
@@ -189,7 +189,7 @@ async def test_a_delay_partition_whose_log_ends_before_its_committed_offset_is_r
     assert offsets(owner.rewound(ASSIGNED, {1: 9}))[2] == (TOPICS.delay, 1, OFFSET_BEGINNING)
     await owner.assign(taken, {1: 3}, lambda processors: None)
     assert owner.rewind == set(), "read from its start again at the next take-over"
-    assert let_go == [[1]], "the trimmer kept what it committed on the old log"
+    assert took == [[1]], "the trimmer kept what it committed on the old log"
     try:
         delay = owner.delays[1]
         assert delay.commit_offset() == 0

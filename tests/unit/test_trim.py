@@ -133,3 +133,25 @@ def test_a_partition_taken_over_or_let_go_is_not_trimmed_below_its_old_offset() 
     t.forget([0])
     t.tick()
     assert [(tp.partition, tp.offset) for tp in admin.asked[0]] == [(1, 500)]
+    t.took([2])
+    t.committed([TopicPartition(TOPIC, 2, 40)])
+    for future in admin.asked[0].values():
+        future.set_result(None)
+    t.tick()
+    assert [(tp.partition, tp.offset) for tp in admin.asked[1]] == [(2, 40)], "taken: trimmed"
+
+
+def test_what_commits_for_a_partition_after_it_was_let_go_is_not_trimmed_below() -> None:
+    """The hand-over's own snapshot (and any submitted before it) commits after the
+    partition was let go, and put its offset back: the worker went on deleting below it on
+    a partition another worker owns now, whose log, made again, holds its messages there."""
+    admin = Admin()
+    t = trimmer(admin)
+    t.forget([0])
+    t.committed([TopicPartition(TOPIC, 0, 500)])  # the hand-over's snapshot, committed
+    t.tick()
+    assert admin.asked == [], "a partition let go was trimmed"
+    t.took([0])  # back here: its commits count again
+    t.committed([TopicPartition(TOPIC, 0, 700)])
+    t.tick()
+    assert [(tp.partition, tp.offset) for tp in admin.asked[0]] == [(0, 700)]
