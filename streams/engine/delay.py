@@ -123,8 +123,9 @@ class DelayProcessor:
         self._report: asyncio.TimerHandle | None = None
         self._reported = -1
         self._read_since_trim = 0
-        self._carry_at = 0.0  # no look for messages to carry forward before this
-        self._carry_timer: asyncio.TimerHandle | None = None  # ... and then a look
+        # No look for messages to carry forward until this timer (the loop's clock, which
+        # the wall clock's steps do not move) says to look again.
+        self._carry_timer: asyncio.TimerHandle | None = None
         self.carried = 0  # messages carried forward, in all
         self.closed = False
 
@@ -383,7 +384,7 @@ class DelayProcessor:
     def _carry(self, now: float) -> None:
         """Read back the oldest messages kept as offsets when they hold the committed offset
         far behind a partition that is mostly released (see the module's docstring)."""
-        if self._carrying or now < self._carry_at or len(self._held) >= MAX_HELD:
+        if self._carrying or self._carry_timer is not None or len(self._held) >= MAX_HELD:
             return
         if self._overdue or self._reading_overdue:
             return  # a backlog is being released: none of it is worth copying
@@ -436,7 +437,6 @@ class DelayProcessor:
             )
             self._wake()
         elif not missing:  # nothing moved: look again later, not at once
-            self._carry_at = self._clock() + CARRY_RETRY
             if self._carry_timer is not None:
                 self._carry_timer.cancel()
             self._carry_timer = self._later(CARRY_RETRY, self._on_carry_timer)

@@ -626,6 +626,28 @@ async def test_a_far_message_behind_released_records_is_carried_forward_and_rele
     assert invoke == original.released()
 
 
+async def test_a_carry_that_moved_nothing_looks_again_after_its_pause_whatever_the_wall_clock(
+    carry_after_100: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next look was due at a wall-clock time: the wall clock stepped back (NTP), the
+    loop's timer fired on time, and the look found itself early and asked for no timer
+    again, so nothing was carried until the wall clock caught up, the committed offset held
+    back all the while."""
+    monkeypatch.setattr(delay, "CARRY_RETRY", 0.05)
+    log, clock = Log(), Clock()
+    rig, far = far_behind_released(log, clock)
+    _, deliver, _ = rig.fetcher.requests.pop(0)
+    deliver([], [])  # the carry moved nothing (what it asked for was not read back)
+    clock.now -= 600  # and the wall clock steps back ten minutes
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not rig.fetcher.requests:
+        assert loop.time() < deadline, "no carry asked for again after its pause"
+        await asyncio.sleep(0.01)
+    assert rig.fetcher.asked[-1] == [far]
+    rig.processor.close()
+
+
 async def test_a_carry_lost_with_its_transaction_leaves_the_original_to_the_next_owner(
     carry_after_100: None,
 ) -> None:
