@@ -95,9 +95,9 @@ def checked_idempotency_key(key: Any, what: str) -> str | None:
     return key
 
 
-#: Latest due time a timer or a delayed send may have: what a record carries. The whole
-#: second before ``LAST_DUE``: its own timestamp, as a float, rounds up past it.
-_LATEST = float(int(LAST_DUE.timestamp()) - 1)
+#: Latest due time a timer or a delayed send may have: what a record carries (a whole
+#: second, exact as a float).
+_LATEST = LAST_DUE.timestamp()
 
 
 def due_after(duration: timedelta, what: str, now: float | None = None) -> float:

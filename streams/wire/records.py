@@ -43,9 +43,11 @@ MAX_RECORD_BYTES = 900 * 1024
 #: An invocation id (``inv_`` + 32 hex digits): checked when a record is decoded, so that a
 #: malformed one is a dead letter, not an error deep inside a partition.
 InvocationId = Annotated[str, Field(pattern=ID_PATTERN)]
-#: The latest due time a record may carry: a day inside Python's datetime range in UTC,
-#: so that every clock and timestamp conversion of it works.
-LAST_DUE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+#: The latest due time a record may carry: more than a day inside Python's datetime range
+#: in UTC, so that every clock and timestamp conversion of it works, and a whole second, so
+#: that its timestamp is exact as a float (one a microsecond short of the range's last day
+#: rounded up past it, and an invocation scheduled that late could not be written).
+LAST_DUE = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 def _in_range(due: datetime) -> datetime:

@@ -34,6 +34,7 @@ from streams.wire.records import (
     Caller,
     Cancel,
     Completion,
+    Delayed,
     Failure,
     Invoke,
     Kill,
@@ -242,20 +243,26 @@ async def test_a_delay_past_the_year_9999_is_a_400_at_the_call_site() -> None:
     assert h.invokes() == []
 
 
-@pytest.mark.parametrize("before", [0.0, 1e-5, 0.5])
-def test_a_due_time_in_the_last_second_allowed_is_a_400(before: float) -> None:
-    """The last due time allowed, as a float, was a microsecond past ``LAST_DUE``: a delay
-    ending in the last microseconds before it passed the check, then failed the record's
-    validation (the ingress's 500, the client's ``ValidationError``)."""
+@pytest.mark.parametrize("after", [1e-4, 0.5])
+def test_a_due_time_past_the_last_allowed_is_a_400(after: float) -> None:
     with pytest.raises(TerminalError) as refused:
-        due_after(timedelta(0), "a delay", now=LAST_DUE.timestamp() - before)
+        due_after(timedelta(0), "a delay", now=LAST_DUE.timestamp() + after)
     assert refused.value.status_code == 400
 
 
-@pytest.mark.parametrize("before", [1.0, 1.5, 3600.0])
+@pytest.mark.parametrize("before", [0.0, 1e-6, 1e-5, 0.5, 1.0, 3600.0])
 def test_a_due_time_allowed_is_one_a_record_carries(before: float) -> None:
+    """``LAST_DUE`` was a microsecond short of a whole second: as a float, a due time in
+    its last microseconds rounded up past it, passed the checks, then failed the record's
+    validation (the ingress's 500; from a Kafka-ingress record, an invocation left
+    scheduled for good, its ``Delayed`` never written)."""
     due = due_after(timedelta(0), "a delay", now=LAST_DUE.timestamp() - before)
-    assert datetime.fromtimestamp(due, UTC) <= LAST_DUE
+    when = datetime.fromtimestamp(due, UTC)
+    assert when <= LAST_DUE
+    Delayed(due=when, start=Start(invocation_id=ids.new_id("k", 4), seq=0))  # (validates)
+    for late in (LAST_DUE, LAST_DUE - timedelta(microseconds=1)):  # as a record may carry
+        Delayed(due=datetime.fromtimestamp(late.timestamp(), UTC), start=Start(
+            invocation_id=ids.new_id("k", 4), seq=0))  # fmt: skip
 
 
 async def test_a_cancel_is_not_used_up_by_a_call_that_lost_a_select() -> None:
