@@ -31,7 +31,13 @@ from streams.engine.journal import Entry, InvocationLog, InvocationMeta, parse_s
 from streams.engine.spill import SpillFailed
 from streams.http.calltree import MAX_NODES, CallLinks, call_tree, iso, parent_of
 from streams.http.index_spill import IndexSpill, choose_among
-from streams.kafka.offsets import FETCH_WAIT_MS, consume_ready, listed_topics, watermarks
+from streams.kafka.offsets import (
+    FETCH_WAIT_MS,
+    await_positions_forgotten,
+    consume_ready,
+    listed_topics,
+    watermarks,
+)
 from streams.kafka.setbacks import pause_unless
 from streams.settings import Settings
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
@@ -48,6 +54,8 @@ KEPT_JOURNALS = 10_000
 #: while it keeps failing (a disk that stays full), up to the max.
 REBUILD_PAUSE = 1.0
 REBUILD_PAUSE_MAX = 60.0
+#: Seconds an assignment may take to let go of the positions read before (a rebuild's).
+ASSIGN_TIMEOUT = 30.0
 #: Journal entries an invocation's detail shows by default, the last ones (a workflow may
 #: have taken a hundred thousand steps; the UI asks for its detail every second).
 JOURNAL_SHOWN = 1_000
@@ -185,6 +193,9 @@ class InvocationIndex:
                     "group.id": f"{self.settings.namespace}.admin.{uuid.uuid4().hex}",
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
+                    # A segment compacted away under the read: from the start again, not
+                    # from the end (the default), which left the index short, caught up.
+                    "auto.offset.reset": "earliest",
                     "fetch.wait.max.ms": FETCH_WAIT_MS,
                     "log_level": 3,
                 }
@@ -223,6 +234,9 @@ class InvocationIndex:
                 ends[tp.topic, tp.partition] = high
         self._ends = ends
         self._consumer.assign(assignment)
+        # A rebuild assigns again what the consumer read before: a position from then
+        # would pass for having read to the ends, and the index for caught up, empty.
+        await_positions_forgotten(self._consumer, assignment, ASSIGN_TIMEOUT)
 
     def close(self) -> None:
         self._closed = True  # first: a start in progress gives up at its next step

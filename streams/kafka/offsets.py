@@ -470,8 +470,19 @@ def read_on_from(
         for tp in consumer.assignment()
     ]
     consumer.assign(assigned)
+    await_positions_forgotten(consumer, assigned, timeout)
+
+
+def await_positions_forgotten(
+    consumer: Consumer, assigned: Sequence[TopicPartition], timeout: float
+) -> None:
+    """Return once ``consumer``, just ``assigned`` partitions it may have read before,
+    holds no position for them: librdkafka forgets one only once the fetch has stopped,
+    on another thread, and until then ``position()`` gives the one from before, which
+    would pass for how far the new assignment has read. Raises ``KafkaException``
+    (``_TIMED_OUT``) after ``timeout`` seconds. Nothing may poll the consumer meanwhile."""
     deadline = time.monotonic() + timeout
-    while held := [tp for tp in consumer.position(assigned) if tp.offset >= 0]:
+    while held := [tp for tp in consumer.position(list(assigned)) if tp.offset >= 0]:
         if time.monotonic() > deadline:
             where = ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in held)
             raise KafkaException(

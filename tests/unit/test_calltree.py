@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any, get_args
 
 import pytest
+from confluent_kafka import OFFSET_INVALID, TopicPartition
 
 from streams.engine.journal import Entry, InvocationMeta, Status, entry_key, meta_key
 from streams.engine.spill import SpillFailed
@@ -695,4 +696,38 @@ def test_the_tree_reads_no_argument_or_value_of_the_nodes_on_disk(
     assert cold is not None
     assert cold["argument"] == "x" * 100_000
     assert cold["outcome"] == {"value": "y" * 100_000}
+    index.close()
+
+
+def test_a_rebuild_follows_once_the_positions_read_before_are_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebuild assigns the changelogs again from their start; librdkafka forgets the
+    positions read before only once the fetches stop, and until then the index took them
+    for having read to the ends: caught up, and empty."""
+    index = InvocationIndex(Settings(namespace="unit"))
+    topics = (index.topics.invocations, index.topics.state)
+
+    class ReadBefore:
+        """A consumer that read both changelogs to offset 50 before it was assigned again."""
+
+        def __init__(self) -> None:
+            self.stale = 0
+
+        def assign(self, partitions: list[TopicPartition]) -> None:
+            self.stale = 3  # asks that still get the old positions
+
+        def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+            offset = 50 if self.stale else OFFSET_INVALID
+            self.stale = max(0, self.stale - 1)
+            return [TopicPartition(tp.topic, tp.partition, offset) for tp in partitions]
+
+    listed = {name: SimpleNamespace(partitions={0: None}) for name in topics}
+    monkeypatch.setattr(index_module, "listed_topics", lambda consumer, names: (listed, []))
+    monkeypatch.setattr(index_module, "watermarks", lambda consumer, tp: (0, 40))
+    consumer = ReadBefore()
+    index._consumer = consumer  # type: ignore[assignment]
+    index._assign()
+    assert consumer.stale == 0, "followed while the old positions stood"
+    assert not index.caught_up()
     index.close()
