@@ -9,13 +9,15 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.engine import buckets as buckets_module
 from streams.engine import delay, holding
-from streams.engine.buckets import Deliver, Fetched
+from streams.engine.buckets import Buckets, Deliver, Fetched
 from streams.engine.delay import DelayProcessor
 from streams.engine.delay_records import LogRewound
 from streams.engine.holding import Holding
@@ -573,6 +575,68 @@ async def test_an_idle_processor_has_one_timer_for_its_next_read_back_and_none_e
     processor = rig.processor
     assert processor.next_due is None, "no release timer"
     assert processor.next_read_back == T0 + 5 * 3600 - delay.LEAD
+
+
+# -- far messages, by due second ------------------------------------------------------------
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(0, 40)),
+            st.tuples(st.just("take"), st.integers(0, 45), st.integers(1, 6)),
+            st.tuples(st.just("compact"), st.integers(2, 5)),
+        ),
+        max_size=200,
+    )
+)
+@settings(max_examples=300)
+def test_buckets_give_the_earliest_seconds_first(operations: list[tuple[Any, ...]]) -> None:
+    """Against a model: every offset comes back once, the earliest due seconds first,
+    whichever way it was kept (a bucket, or alone); ``emptied`` passes no second that
+    still holds one; a compact keeps what it is told to."""
+    original = buckets_module.RECENT
+    buckets_module.RECENT = 3  # seconds fall out of the recent ones as they would
+    try:
+        far = Buckets()
+        model: dict[int, int] = {}  # offset -> second
+        for offset, operation in enumerate(operations):
+            if operation[0] == "add":
+                far.add(operation[1], offset)
+                model[offset] = operation[1]
+            elif operation[0] == "take":
+                _, before, most = operation
+                taken, emptied = far.take(before, most, lambda o: True)
+                due = sorted(second for second in model.values() if second < before)
+                assert sorted(model[o] for o in taken) == due[:most]
+                for o in taken:
+                    del model[o]
+                assert all(second >= emptied for second in model.values()), "emptied too far"
+            else:
+                divisor = operation[1]
+                far.compact(lambda o, d=divisor: o % d != 0)
+                model = {o: second for o, second in model.items() if o % divisor != 0}
+            assert far.size == len(model)
+            assert far.earliest == (min(model.values()) if model else None)
+    finally:
+        buckets_module.RECENT = original
+
+
+def test_far_messages_each_alone_in_its_second_cost_tens_of_bytes() -> None:
+    """Sends with long delays, one a second (a reminder a week on): each due second had a
+    bucket of its own, about 190 bytes a message (190 MiB for a million pending)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        far = Buckets()
+        for i in range(200_000):
+            far.add(int(T0) + i, 10**9 + i)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held / 200_000 < 64, f"{held / 200_000:.0f} bytes a message"
+    assert far.earliest == int(T0)
 
 
 # -- carrying far messages forward ---------------------------------------------------------
