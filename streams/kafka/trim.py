@@ -69,24 +69,14 @@ class DelayTrimmer:
         """Delay partitions taken over (the loop): what this worker committed for them
         before is no guide to what may be deleted now (a log made again is read from its
         start, below it), so nothing is until it commits for them again."""
-        state = self._state
-        with state.lock:
-            for partition in partitions:
-                state.committed.pop(partition, None)
-                state.trimmed.pop(partition, None)
-                state.gone.discard(partition)
+        self._state.restart(partitions, gone=False)
 
     def forget(self, partitions: list[int]) -> None:
         """Delay partitions let go (the loop): nothing is deleted for them any more. What
         this worker submitted for them before commits after this (the hand-over's own
         snapshot among it), and is not taken for where deleting stops: a log made again
         holds the next owner's messages below it."""
-        state = self._state
-        with state.lock:
-            for partition in partitions:
-                state.committed.pop(partition, None)
-                state.trimmed.pop(partition, None)
-                state.gone.add(partition)
+        self._state.restart(partitions, gone=True)
 
     def tick(self) -> None:
         """Ask for the deletions that are due (the worker's Kafka thread, once a second)."""
@@ -128,6 +118,17 @@ class _Trims:
         self.in_flight = 0
         self.refused = False  # the last deletion was refused by an ACL (warned once)
         self.paused_until = 0.0  # monotonic: no deletion asked for before
+
+    def restart(self, partitions: list[int], gone: bool) -> None:
+        """Forget what was committed and deleted for ``partitions``; ``gone``: let go."""
+        with self.lock:
+            for partition in partitions:
+                self.committed.pop(partition, None)
+                self.trimmed.pop(partition, None)
+                if gone:
+                    self.gone.add(partition)
+                else:
+                    self.gone.discard(partition)
 
     def done(self, tp: TopicPartition, future: Future[object]) -> None:
         """A deletion's answer (librdkafka's background thread)."""
