@@ -52,6 +52,7 @@ def call(args: argparse.Namespace) -> int:
             raise ValueError(f"--timeout {args.timeout!r}: use 500ms, 5s, 10m or PT1M") from None
 
     called: list[str] = []  # the invocation's id, once said
+    ended: list[int] = []  # the exit code, once the outcome is printed (the close may follow)
 
     async def main() -> int:
         # --timeout bounds the whole command, Kafka's connection and the catalog included.
@@ -59,11 +60,16 @@ def call(args: argparse.Namespace) -> int:
         # does not wait for it, and the command then ends at once (EXIT_AT_ONCE).
         loop = asyncio.get_running_loop()
         loop.set_default_executor(Unwaited(thread_name_prefix="kourier-call"))
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 return await invoke()
         except TimeoutError:
+            if not deadline.expired():
+                raise  # another's
             commands.EXIT_AT_ONCE = True
+            if ended:  # the outcome came, and the client's close outlasted the timeout
+                return ended[0]
             if not called:
                 say(f"kourier: no answer from Kafka within {args.timeout}; nothing was written")
                 return 1
@@ -106,17 +112,24 @@ def call(args: argparse.Namespace) -> int:
                 if sending
                 else client.call(target, argument, idempotency_key=key, invocation_id=inv_id)
             )  # fmt: skip
-            done = await working
-            if isinstance(done, SendReceipt):
-                print(json.dumps({"invocationId": done.invocation_id, "status": done.status}))
-                return 0
-            answered_as, response = done
-            if answered_as != inv_id:
-                say(f"answered as invocation {answered_as}")
-            if response.failure is not None:
-                print(json.dumps(response.failure.model_dump()))
-                return 1
-            print(json.dumps(response.value))
-            return 0
+            ended.append(_print(await working, inv_id))
+            return ended[0]
 
     return asyncio.run(main())
+
+
+def _print(done: Any, inv_id: str) -> int:
+    """Print a send's receipt, or a call's outcome; the exit code."""
+    from streams.client import SendReceipt
+
+    if isinstance(done, SendReceipt):
+        print(json.dumps({"invocationId": done.invocation_id, "status": done.status}))
+        return 0
+    answered_as, response = done
+    if answered_as != inv_id:
+        say(f"answered as invocation {answered_as}")
+    if response.failure is not None:
+        print(json.dumps(response.failure.model_dump()))
+        return 1
+    print(json.dumps(response.value))
+    return 0

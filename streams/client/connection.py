@@ -145,9 +145,10 @@ class Connection:
                     "enable.idempotence": True,
                     "linger.ms": 0,
                     # No delivery timeout: a record whose fate is unknown (brokers away) is
-                    # retried until Kafka says, so a failure Kafka reports always means "not
-                    # written" (HTTP 503), never "perhaps written". Only the close gives up on
-                    # such a record (ClientClosed, may be written: see _settle).
+                    # retried until Kafka says. What Kafka then reports says "not written"
+                    # (HTTP 503) or "perhaps written" (an idempotence error: ClientClosed, may
+                    # be written, 504) by its code; so does the close, which gives up on such
+                    # a record (see _settle).
                     "message.timeout.ms": 0,
                     "log_level": 3,
                 }
@@ -504,9 +505,12 @@ def _fatal(error: KafkaError) -> bool:
 NOT_WRITTEN = frozenset({
     KafkaError._FATAL,  # produced once the producer had failed for good: never sent
     KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.TOPIC_EXCEPTION, KafkaError.UNKNOWN_TOPIC_ID,
     KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
     KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG, KafkaError.RECORD_LIST_TOO_LARGE,
-    KafkaError.INVALID_REQUIRED_ACKS, KafkaError.POLICY_VIOLATION,
+    KafkaError.INVALID_REQUIRED_ACKS, KafkaError.POLICY_VIOLATION, KafkaError.INVALID_TIMESTAMP,
+    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT, KafkaError.UNSUPPORTED_VERSION,
+    KafkaError.UNSUPPORTED_COMPRESSION_TYPE,
 })  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -63,7 +64,9 @@ class Buckets:
         self._by_second: dict[int, array[int]] = {}
         self._seconds: list[int] = []  # a heap of the keys of _by_second
         self._alone: list[int] = []  # a heap of second << 64 | offset
-        self._recent: dict[int, None] = {}  # seconds last met alone, oldest first
+        # Seconds last met alone, oldest first (a dict's first key, once deleted, is
+        # found again past every slot deleted before it: OrderedDict pops it at once).
+        self._recent: OrderedDict[int, None] = OrderedDict()
         self.size = 0  # offsets held, some of them perhaps released since
 
     @property
@@ -82,7 +85,7 @@ class Buckets:
                 heapq.heappush(self._alone, second << _SHIFT | offset)
                 self._recent[second] = None
                 if len(self._recent) > RECENT:
-                    del self._recent[next(iter(self._recent))]
+                    self._recent.popitem(last=False)
                 self.size += 1
                 return
             bucket = self._by_second[second] = array("q")

@@ -171,7 +171,7 @@ async def control_one(client: Client, action: str, inv_id: str) -> tuple[int, di
         return 503, {"code": 503, "message": str(error)}
     except ResponseUnreadable as error:  # a worker answered what this cannot read
         return 502, {"code": 502, "message": str(error)}
-    except ClientClosed as error:  # shutting down: the request may be on Kafka
+    except ClientClosed as error:  # shutting down, or Kafka failed it: it may be on Kafka
         code = 504 if error.may_be_written else 503  # 503: it is not
         return code, {"code": code, "message": str(error)}
     code = 202 if status == "accepted" else 200

@@ -236,7 +236,9 @@ class InvocationIndex:
         self._consumer.assign(assignment)
         # A rebuild assigns again what the consumer read before: a position from then
         # would pass for having read to the ends, and the index for caught up, empty.
-        await_positions_forgotten(self._consumer, assignment, ASSIGN_TIMEOUT)
+        await_positions_forgotten(
+            self._consumer, assignment, ASSIGN_TIMEOUT, stopping=lambda: self._closed
+        )
 
     def close(self) -> None:
         self._closed = True  # first: a start in progress gives up at its next step

@@ -474,15 +474,21 @@ def read_on_from(
 
 
 def await_positions_forgotten(
-    consumer: Consumer, assigned: Sequence[TopicPartition], timeout: float
+    consumer: Consumer,
+    assigned: Sequence[TopicPartition],
+    timeout: float,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> None:
     """Return once ``consumer``, just ``assigned`` partitions it may have read before,
     holds no position for them: librdkafka forgets one only once the fetch has stopped,
     on another thread, and until then ``position()`` gives the one from before, which
     would pass for how far the new assignment has read. Raises ``KafkaException``
-    (``_TIMED_OUT``) after ``timeout`` seconds. Nothing may poll the consumer meanwhile."""
+    (``_TIMED_OUT``) after ``timeout`` seconds; returns once ``stopping()``, whatever it
+    holds. Nothing may poll the consumer meanwhile."""
     deadline = time.monotonic() + timeout
     while held := [tp for tp in consumer.position(list(assigned)) if tp.offset >= 0]:
+        if stopping():
+            return
         if time.monotonic() > deadline:
             where = ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in held)
             raise KafkaException(

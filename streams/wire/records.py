@@ -56,7 +56,7 @@ def _in_range(due: datetime) -> datetime:
     except OverflowError:  # 9999-12-31 at a negative offset is year 10000 in UTC
         late = True
     if late:
-        raise ValueError(f"'due' {due.isoformat()} is past {LAST_DUE.date()} in UTC")
+        raise ValueError(f"'due' {due.isoformat()} is past {LAST_DUE.isoformat()}")
     return due
 
 

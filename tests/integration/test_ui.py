@@ -419,7 +419,7 @@ async def test_the_list_says_when_it_is_cut_or_incomplete_and_when_a_due_time_pa
     overdue (workers away) said "due in 0ms". Each row's id is a link (a keyboard reaches
     it), and the filters have names."""
     overdue = (datetime.now(UTC) - timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
-    rows = [a_row(f"inv_{i:032x}", status="scheduled", due_at=overdue) for i in range(200)]
+    rows = [a_row(f"inv_{i:032x}", status="scheduled", due_at=overdue) for i in range(201)]
 
     async def answer(route: Route) -> None:
         await route.fulfill(json={"invocations": rows, "caught_up": False})

@@ -145,6 +145,8 @@ class Reporting:
         # As confluent-kafka hands it over: the code alone, its fatal flag unset.
         (KafkaError(KafkaError._FATAL), KafkaUnavailable, "restart the client"),
         (KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), KafkaUnavailable, "did not take"),
+        (KafkaError(KafkaError.INVALID_TIMESTAMP), KafkaUnavailable, "did not take"),
+        (KafkaError(KafkaError.UNKNOWN_TOPIC_ID), KafkaUnavailable, "did not take"),
         # Given up on after it went out, or failed by the idempotent producer: librdkafka
         # marks such a record "possibly persisted", and a 503 ("not written") would have the
         # caller send it again, and run it twice.
