@@ -618,10 +618,13 @@ def test_a_second_ctrl_c_while_a_stopped_worker_waits_for_blocked_actions_ends_i
     exits: list[int] = []
     monkeypatch.setattr(commands, "worker", stopped_worker)
     monkeypatch.setattr("os._exit", exits.append)
+    # As in a terminal: a background job (a CI run started with &) ignores SIGINT.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert parser.main(["worker", "some.module"]) == 130
         assert exits == [130], "the second Ctrl-C left the process to wait for the thread"
     finally:
+        signal.signal(signal.SIGINT, before)
         interrupt.cancel()
         release.set()
         blocked.join(5)
