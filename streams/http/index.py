@@ -33,7 +33,7 @@ from streams.http.calltree import MAX_NODES, CallLinks, call_tree, iso, parent_o
 from streams.http.index_spill import IndexSpill, choose_among
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
-    await_positions_forgotten,
+    assign_afresh,
     consume_ready,
     listed_topics,
     watermarks,
@@ -233,12 +233,9 @@ class InvocationIndex:
             if high > low:  # one with no record left (all deleted) gives nothing to read
                 ends[tp.topic, tp.partition] = high
         self._ends = ends
-        self._consumer.assign(assignment)
         # A rebuild assigns again what the consumer read before: a position from then
         # would pass for having read to the ends, and the index for caught up, empty.
-        await_positions_forgotten(
-            self._consumer, assignment, ASSIGN_TIMEOUT, stopping=lambda: self._closed
-        )
+        assign_afresh(self._consumer, assignment, ASSIGN_TIMEOUT, lambda: self._closed)
 
     def close(self) -> None:
         self._closed = True  # first: a start in progress gives up at its next step

@@ -469,32 +469,44 @@ def read_on_from(
         TopicPartition(tp.topic, tp.partition, at.get((tp.topic, tp.partition), OFFSET_INVALID))
         for tp in consumer.assignment()
     ]
-    consumer.assign(assigned)
-    await_positions_forgotten(consumer, assigned, timeout)
+    assign_afresh(consumer, assigned, timeout)
 
 
-def await_positions_forgotten(
+def assign_afresh(
     consumer: Consumer,
-    assigned: Sequence[TopicPartition],
+    partitions: list[TopicPartition],
     timeout: float,
     stopping: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Return once ``consumer``, just ``assigned`` partitions it may have read before,
-    holds no position for them: librdkafka forgets one only once the fetch has stopped,
-    on another thread, and until then ``position()`` gives the one from before, which
-    would pass for how far the new assignment has read. Raises ``KafkaException``
-    (``_TIMED_OUT``) after ``timeout`` seconds; returns once ``stopping()``, whatever it
-    holds. Nothing may poll the consumer meanwhile."""
+    """``consumer.assign(partitions)``, returning once it holds no position from before
+    for them (:func:`positions_kept`); ``KafkaException`` (``_TIMED_OUT``) if it still
+    does after ``timeout`` seconds, unless ``stopping()``."""
+    consumer.assign(partitions)
+    held = positions_kept(consumer, partitions, timeout, stopping)
+    if held and not stopping():
+        raise KafkaException(
+            KafkaError(KafkaError._TIMED_OUT, f"positions kept after assigning ({held})")
+        )
+
+
+def positions_kept(
+    consumer: Consumer,
+    partitions: Sequence[TopicPartition],
+    timeout: float,
+    stopping: Callable[[], bool] = lambda: False,
+) -> str:
+    """Wait until ``consumer`` holds no position for ``partitions``, just assigned or let
+    go, which it may have read before: librdkafka forgets a position only once the fetch
+    has stopped, on another thread, and until then ``position()`` gives the one from
+    before, which would pass for how far a new assignment has read. The positions still
+    held after ``timeout`` seconds, or once ``stopping()``, named (``t [0] at 12``); ""
+    once none is. Nothing may poll the consumer meanwhile."""
     deadline = time.monotonic() + timeout
-    while held := [tp for tp in consumer.position(list(assigned)) if tp.offset >= 0]:
-        if stopping():
-            return
-        if time.monotonic() > deadline:
-            where = ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in held)
-            raise KafkaException(
-                KafkaError(KafkaError._TIMED_OUT, f"positions kept after assigning ({where})")
-            )
+    while held := [tp for tp in consumer.position(list(partitions)) if tp.offset >= 0]:
+        if stopping() or time.monotonic() > deadline:
+            return ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in held)
         time.sleep(0.01)  # librdkafka's threads stop the fetches; nothing to poll for
+    return ""
 
 
 def offsets_partition(group: str, partitions: int) -> int:

@@ -38,7 +38,13 @@ from confluent_kafka.admin import AdminClient
 
 from streams.errors import KourierError
 from streams.kafka.broker import cache_dir
-from streams.kafka.offsets import answered_offsets, consume_ready, log_ends, look_again
+from streams.kafka.offsets import (
+    answered_offsets,
+    consume_ready,
+    log_ends,
+    look_again,
+    positions_kept,
+)
 from streams.wire.topics import Topics
 
 #: A restore that reads nothing for this long fails, and the worker takes its partitions over
@@ -103,7 +109,12 @@ def restore_partitions(
     tps = [TopicPartition(topic, partition) for topic, partition in sinks]
     ends = dict(zip(sinks, log_ends(admin, tps, stopping=stopping), strict=True))
     named = ", ".join(str(processor.partition) for processor in processors)
-    _await_stopped(restorer, tps, named, stopping)
+    # Let go by the last restore: assigned again before its fetches stop, a changelog the
+    # restorer read then showed that restore's end at once, and was taken for read to its
+    # end with nothing read (an assignment does not reset a position). Slow while the
+    # partition's leader is away.
+    if held := positions_kept(restorer, tps, RESTORE_TIMEOUT, stopping):
+        raise RestoreError(f"restoring partitions {named}: positions kept ({held})")
     read: Counter[tuple[str, int]] = Counter()
     at: dict[tuple[str, int], int] = {}  # the changelogs assigned, and where each is read to
     try:
@@ -148,24 +159,6 @@ def restore_partitions(
         if at:
             restorer.unassign()
     _report(named, ends, read)
-
-
-def _await_stopped(
-    restorer: Consumer, tps: list[TopicPartition], named: str, stopping: Callable[[], bool]
-) -> None:
-    """Wait until ``restorer`` holds no position for ``tps``. librdkafka forgets a
-    partition's position only once its fetch has stopped, which follows an unassign
-    asynchronously (on the thread of the partition's leader, slow while that broker is
-    away), and an assignment does not reset it: assigned again before that, a changelog
-    the restorer read last time showed that restore's end at once, and was taken for read
-    to its end with nothing read. Raises :class:`RestoreError` after ``RESTORE_TIMEOUT``,
-    or once ``stopping()``."""
-    deadline = time.monotonic() + RESTORE_TIMEOUT
-    while held := [tp for tp in restorer.position(tps) if tp.offset >= 0]:
-        if stopping() or time.monotonic() > deadline:
-            where = ", ".join(f"{tp.topic} [{tp.partition}] at {tp.offset}" for tp in held)
-            raise RestoreError(f"restoring partitions {named}: positions kept ({where})")
-        time.sleep(0.05)  # librdkafka's threads stop the fetches; nothing to poll for
 
 
 def _read_to_ends(
