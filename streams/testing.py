@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import inspect
 import itertools
 import time
 import uuid
@@ -334,34 +335,42 @@ class Harness:
 
 
 class _Threads(ThreadPoolExecutor):
-    """The threads of synchronous ``ctx.run`` actions, counting the actions whose outcome
-    the event loop has not taken yet.
+    """The threads of synchronous ``ctx.run`` actions, and the tasks that wait for them.
 
-    An action counts until the loop has handed its outcome on: the pool thread's future
-    is done a moment before (``run_in_executor`` passes it to the loop with a callback of
-    its own), and ``settle`` that looked in that moment found no action running and no
-    handler busy (the action's task still open), and returned before the handler went on.
-    The count drops in a loop callback queued behind the one that hands the outcome on."""
+    An action counts as running until the task that started it is done: by then its
+    outcome is journaled and the handler woken. Its thread's future is done before that,
+    and the pool's thread hands the outcome to the loop in callbacks of its own, between
+    which it may be held up for as long as the OS likes: no count dropped from that thread
+    is sure to come after them. A plain function that returned an awaitable counts while
+    on its thread only: what the loop then awaits is an ``async`` action, not waited for."""
 
     def __init__(self) -> None:
         super().__init__(thread_name_prefix="kourier-harness-run")
-        self.running = 0  # changed on the event loop's thread only
+        self._started: list[tuple[asyncio.Task[Any] | None, Future[Any]]] = []  # loop's thread
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
-        loop = asyncio.get_running_loop()  # (run_in_executor submits on the loop)
-        self.running += 1
         future = super().submit(fn, *args, **kwargs)
-        future.add_done_callback(lambda _: self._done(loop))
+        self._started.append((asyncio.current_task(), future))  # run_in_executor's caller
         return future
 
-    def _done(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the pool's thread, before the outcome's own callback is queued: queue, on
-        the loop, a drop of the count that is queued behind it."""
-        with contextlib.suppress(RuntimeError):  # the loop closed: nothing counts any more
-            loop.call_soon_threadsafe(loop.call_soon, self._finished)
+    @property
+    def running(self) -> bool:
+        """Whether an action has not yet handed its outcome to its task."""
+        self._started = [
+            (task, future)
+            for task, future in self._started
+            if not future.done() or (task is not None and not task.done() and not _awaits(future))
+        ]
+        return bool(self._started)
 
-    def _finished(self) -> None:
-        self.running -= 1
+
+def _awaits(future: Future[Any]) -> bool:
+    """Whether an action's thread returned an awaitable, for its task to await on the loop."""
+    return (
+        not future.cancelled()
+        and future.exception() is None
+        and inspect.isawaitable(future.result())
+    )
 
 
 def _target(handler: HandlerRef, key: str | None) -> Target:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
 
 import pytest
@@ -190,6 +191,29 @@ async def test_settle_does_not_wait_for_an_async_action_the_test_lets_go() -> No
         assert h.state("Counter", "gate") == {"count": 2}
 
 
+@counter.handler()
+async def add_when_let_by_a_plain_function(ctx: ObjectContext) -> int:
+    async def let_in() -> int:
+        await GATE["open"].wait()
+        return 3
+
+    def start() -> Awaitable[int]:  # a plain function: what it returns is awaited on the loop
+        return let_in()
+
+    return await add(ctx, await ctx.run("let in", start))
+
+
+async def test_settle_does_not_wait_for_what_a_plain_action_returns_to_await() -> None:
+    async with Harness(SERVICES) as h:
+        GATE["open"] = asyncio.Event()
+        h.send(add_when_let_by_a_plain_function, key="plain")
+        await h.settle(within=1.0)  # returns: the awaitable waits for the test
+        assert h.state("Counter", "plain") == {}
+        GATE["open"].set()
+        await h.settle()
+        assert h.state("Counter", "plain") == {"count": 3}
+
+
 async def test_sleeps_fall_due_one_after_the_other_within_one_advance() -> None:
     async with Harness(SERVICES) as h:
         sleeper = h.send(add_later, 3, key="s")
@@ -298,29 +322,35 @@ async def test_advance_waits_for_a_long_replay_to_end() -> None:
         assert h.state("Fickle", "long") == {"done": True}
 
 
-async def test_an_action_counts_as_running_until_the_loop_has_its_outcome() -> None:
-    """The count of running actions dropped on the pool's thread, a moment before the loop
-    got the action's outcome: ``settle`` that looked then found no action and no handler
-    busy (the action's task still open), and returned before the handler went on; a test
-    then read the state before the handler wrote it."""
+async def test_an_action_counts_as_running_until_its_task_has_the_outcome() -> None:
+    """The pool's thread hands an action's outcome to the loop in callbacks, and may be held
+    up between them (here by a callback of the test's): the count of running actions
+    dropped in the first, and ``settle`` that looked then found no action and no handler
+    busy (the action's task still waiting), and returned before the handler went on; a
+    test then read the state before the handler wrote it."""
     import threading
 
     from streams.testing import _Threads
 
     threads = _Threads()
+    let_go = threading.Event()
+
+    async def act() -> bool:  # as run_in_executor does, in the action's own task
+        ran = threads.submit(let_go.wait, 10)
+        ran.add_done_callback(lambda _: time.sleep(0.3))  # the pool's thread held up
+        return await asyncio.wrap_future(ran)
+
+    acting = asyncio.create_task(act())
     try:
-        ran = threads.submit(lambda: "done")
-        outcome = asyncio.wrap_future(ran)  # as run_in_executor hands it to the loop
-        called_back = threading.Event()
-        ran.add_done_callback(lambda _: called_back.set())  # after the count's and the loop's
-        # The loop held until the thread is done and its callbacks have run: it has not
-        # seen the outcome yet.
-        assert called_back.wait(10)
-        assert not outcome.done()
-        assert threads.running == 1, "counted done before the loop had the outcome"
-        assert await asyncio.wait_for(outcome, 10) == "done"
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert threads.running == 0
+        await asyncio.sleep(0)
+        assert threads.running
+        let_go.set()
+        async with asyncio.timeout(10):
+            while not acting.done():
+                assert threads.running, "counted done before the action's task had the outcome"
+                await asyncio.sleep(0.005)
+        assert acting.result() is True
+        assert not threads.running
     finally:
+        let_go.set()
         threads.shutdown(wait=True)
