@@ -71,6 +71,7 @@ class AdminApi:
         app.router.add_patch("/invocations/{id}/{action}", self.control_invocation)
         app.router.add_post("/invocations/{action}", self.bulk_control)
         app.router.add_get("/state/{service:[^/]+}/{key:[^/]+}", self.object_state)  # {}s too
+        app.router.add_get("/state/{service:[^/]+}", self.object_state)  # ?key=: "..", "" too
         app.router.add_get("/deadlocks", self.list_deadlocks)
         app.router.add_get("/ui", ui_page)
         app.router.add_get("/ui/", ui_page)
@@ -176,7 +177,12 @@ class AdminApi:
         return web.json_response({"deadlocks": await asyncio.to_thread(self.index.deadlocks)})
 
     async def object_state(self, request: web.Request) -> web.Response:
-        service, key = request.match_info["service"], request.match_info["key"]
+        """``GET /state/{service}/{key}``, or ``?key=`` for a key no path can hold: one that
+        is empty, or ``.`` or ``..``, which a client resolves as a path segment first."""
+        service = request.match_info["service"]
+        key = request.match_info.get("key", request.query.get("key"))
+        if key is None:
+            return error_response(400, "name the key: /state/{service}/{key} or ?key=")
         state = await asyncio.to_thread(self.index.state_of, service, key)
         if not state and service not in self.client.services:  # a typo, not an empty state
             return error_response(404, f"unknown service {service!r}")

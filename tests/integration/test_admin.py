@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from streams.client import Client
 from streams.wire.records import Target
@@ -183,6 +184,27 @@ async def test_the_state_of_an_unknown_service_is_404(admin_url: str) -> None:
         async with http.get(f"{admin_url}/state/Tally/never-used") as reply:
             assert reply.status == 200, await reply.text()
             assert await reply.json() == {}
+
+
+@pytest.mark.parametrize("key", ["..", ".", ""])
+async def test_the_state_of_a_key_no_path_can_hold_is_read_by_query(
+    client: Client, admin_url: str, key: str
+) -> None:
+    """Clients resolve ``/state/Tally/..`` to ``/state/`` before they send it: an object
+    whose key is ``.`` or ``..`` (or empty), which the Kafka ingress takes, had a state no
+    request could read."""
+    await client.call(Target(service="Tally", key=key, handler="add"), 6)
+    async with aiohttp.ClientSession() as http:
+
+        async def current() -> object:
+            async with http.get(f"{admin_url}/state/Tally", params={"key": key}) as reply:
+                assert reply.status == 200, await reply.text()
+                return await reply.json()
+
+        await poll_until(current, {"count": 6}, 30, f"the state of key {key!r} by query")
+        async with http.get(f"{admin_url}/state/Tally") as reply:
+            assert reply.status == 400, await reply.text()
+            assert "name the key" in (await reply.json())["message"]
 
 
 async def test_a_change_another_site_asks_for_is_refused(client: Client, admin_url: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 import pytest
@@ -436,18 +437,24 @@ async def test_the_list_says_when_it_is_cut_or_incomplete_and_when_a_due_time_pa
     await expect(page.get_by_role("textbox", name="service")).to_have_count(1)
 
 
+async def answer_state_of_counter(page: Page) -> list[str]:
+    """The keys the page asks Counter's state of, each answered with how many were asked."""
+    asked: list[str] = []
+
+    async def answer(route: Route) -> None:
+        asked.append(parse_qs(urlsplit(route.request.url).query, keep_blank_values=True)["key"][0])
+        await route.fulfill(json={"count": len(asked)})
+
+    await page.route(lambda url: urlsplit(url).path == "/state/Counter", answer)
+    return asked
+
+
 async def test_the_state_page_shows_what_its_address_names_not_what_is_being_typed(
     page: Page, admin_url: str
 ) -> None:
     """Each refresh read the key boxes: typing "bob" over "ada" asked for the state of
     "b", then "bo", and showed it under an address that named "ada"."""
-    asked: list[str] = []
-
-    async def answer(route: Route) -> None:
-        asked.append(route.request.url.rsplit("/", 1)[1])
-        await route.fulfill(json={"count": len(asked)})
-
-    await page.route("**/state/Counter/*", answer)
+    asked = await answer_state_of_counter(page)
     await page.goto(f"{admin_url}/ui#/state?service=Counter&key=ada")
     await expect(page.locator("#state")).to_contain_text('"count"', timeout=30_000)
     await page.get_by_role("textbox", name="key").fill("bo")
@@ -456,6 +463,18 @@ async def test_the_state_page_shows_what_its_address_names_not_what_is_being_typ
     assert set(asked) == {"ada"}, asked
     await page.get_by_role("button", name="Show").click()
     await until(lambda: asked[-1] == "bo", "the state of 'bo' asked for once shown")
+
+
+@pytest.mark.parametrize("key", ["..", ".", ""])
+async def test_the_state_page_shows_a_key_no_path_can_hold(
+    page: Page, admin_url: str, key: str
+) -> None:
+    """The page asked for ``/state/Counter/..``, which the browser resolved to ``/state/``
+    (a 404): the state of objects ``.`` and ``..`` could not be shown, nor that of ``""``."""
+    asked = await answer_state_of_counter(page)
+    await page.goto(f"{admin_url}/ui#/state?service=Counter&key={quote(key, safe='')}")
+    await expect(page.locator("#state")).to_contain_text('"count": 1', timeout=30_000)
+    assert asked[0] == key, asked
 
 
 async def test_a_bulk_action_says_which_confirmed_invocations_it_left_alone(
