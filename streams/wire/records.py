@@ -405,12 +405,17 @@ def _finite(text: str) -> float:
 
 #: One decoder for :func:`load_json`: ``json.loads`` with hooks would build one a call.
 _STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
-#: Finds ``NaN`` and ``Infinity`` and nothing else (numbers are not even converted).
-_CONSTANTS = json.JSONDecoder(parse_constant=_not_json, parse_float=len, parse_int=len)
+#: Finds ``NaN``, ``Infinity`` and floats past their range, and nothing else (integers are
+#: not even converted).
+_CONSTANTS = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite, parse_int=len)
+#: What a number past a float's range must hold: a three-digit exponent, or 200 digits in
+#: a row (a mantissa of fewer, times at most 1e99, is below 1.8e308).
+_HUGE = re.compile(rb"[eE][+-]?[0-9]{3}|(?<![0-9])[0-9]{200}")  # (each run looked at once)
 
 
 def _constants(data: bytes) -> None:
-    """``RecordError`` ``not-json`` when ``data`` holds ``NaN`` or ``Infinity`` as a value."""
+    """``RecordError`` ``not-json`` when ``data`` holds ``NaN`` or ``Infinity`` as a value,
+    or a number past a float's range."""
     try:
         _CONSTANTS.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
     except ValueError as exc:
@@ -486,10 +491,11 @@ def decode_ingress(data: bytes | None) -> Invoke | Control | AttachRequest | Com
     raw = data or b""
     try:  # the common case, in one pass; a record that fails is decoded again to say why
         record = _INGRESS.validate_json(raw)
-        if b"NaN" in raw or b"Infinity" in raw:
-            # pydantic's parser takes them, as Python's json.dumps writes them, but no record
-            # writes them again: a replay would find null where the first attempt had NaN.
-            # Read for them alone, the record is not JSON (a string that holds the word is).
+        if b"NaN" in raw or b"Infinity" in raw or _HUGE.search(raw) is not None:
+            # pydantic's parser takes them (a number past a float's range as infinity), as
+            # Python's json.dumps writes them, but no record writes them again: a replay
+            # would find null where the first attempt had NaN. Read for them alone, the
+            # record is not JSON (a string that holds such a word or number is).
             _constants(raw)
     except ValidationError:
         record = _validate(_INGRESS, data)

@@ -212,11 +212,26 @@ def test_a_number_a_record_cannot_write_again_is_not_json() -> None:
     assert refused.value.reason == "not-json"
     # The look for them decides nothing else: a record is read alike with the word or not.
     base = b'{"v":1,"kind":"invoke","target":{"service":"S","handler":"h"},"argument":%s}'
-    for other in (b"1e400", b"123456789012345678901234567890"):
+    for other in (b"1e300", b"123456789012345678901234567890", b"1" * 250):
         plain = r.decode_ingress(base % b"[%s]" % other)
         worded = r.decode_ingress(base % b'["NaN", %s]' % other)
         assert isinstance(plain, r.Invoke)
         assert isinstance(worded, r.Invoke)
+
+
+def test_a_number_past_a_floats_range_is_not_json_on_the_ingress_topic() -> None:
+    """pydantic's parser read ``1e400`` as infinity, which a record writes as ``null``: the
+    first attempt saw ``inf``, a replay ``None``; the HTTP ingress refused the same body."""
+    base = b'{"v":1,"kind":"invoke","target":{"service":"S","handler":"h"},"argument":[%s]}'
+    for huge in (b"1e400", b"-1e999", b"1" * 400 + b".5", b"1" * 250 + b"e99"):
+        with pytest.raises(r.RecordError) as refused:
+            r.decode_ingress(base % huge)
+        assert refused.value.reason == "not-json", huge[:20]
+        assert "past a float's range" in str(refused.value)
+    for kept in (b"1e308", b"1e-400", b'"1e400"', b'"' + b"1" * 400 + b'"'):
+        record = r.decode_ingress(base % kept)
+        assert isinstance(record, r.Invoke)
+        assert r.decode_ingress(r.encode(record)) == record, "read alike again"
 
 
 def test_load_json_reads_json_and_refuses_what_python_takes_beyond_it() -> None:
