@@ -88,7 +88,9 @@ class _Record(_Model):
 
 #: The longest idempotency key, in characters.
 MAX_IDEMPOTENCY_KEY = 1024
-#: The longest request id a record refused as malformed is answered at, in characters.
+#: The longest request id, in characters: a response's key holds it, and an invocation's
+#: record the ids of all who wait for it (a longer one, in a record that decodes, grew
+#: the worker's responses past what Kafka takes, and its commits stalled).
 MAX_REQUEST_ID = 1024
 
 
@@ -180,7 +182,9 @@ class Invoke(_Record):
     )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
     request_id: str | None = Field(
-        default=None, description="correlation id echoed on the response topic"
+        default=None,
+        max_length=MAX_REQUEST_ID,
+        description="correlation id echoed on the response topic",
     )
     headers: dict[str, str] = Field(default_factory=dict)
     caller: Caller | None = Field(default=None, description="internal: set by Kourier workers")
@@ -201,7 +205,7 @@ class _ControlRecord(_Record):
     """Acts on the invocation ``invocation_id``; its partition answers ``request_id``."""
 
     invocation_id: InvocationId
-    request_id: str | None = None
+    request_id: str | None = Field(default=None, max_length=MAX_REQUEST_ID)
 
 
 class Cancel(_ControlRecord):
@@ -237,7 +241,7 @@ class AttachRequest(_Record):
     """
 
     kind: Literal["attach"] = "attach"
-    request_id: str
+    request_id: str = Field(max_length=MAX_REQUEST_ID)
     invocation_id: InvocationId | None = None
     target: Target | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)

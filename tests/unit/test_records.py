@@ -127,6 +127,26 @@ def test_an_attach_by_an_empty_idempotency_key_is_refused_as_a_call_by_one_is() 
             r.decode_ingress(json.dumps(record).encode())
 
 
+def test_a_request_id_longer_than_a_response_can_carry_is_refused() -> None:
+    """Only a record that did not decode had its request id bounded: an invoke with one of
+    600,000 characters decoded, and its receipt (the id as key and in the value) was more
+    than Kafka takes in one record, so every transaction of the worker was refused."""
+    target = {"service": "S", "handler": "h"}
+    longest = "r" * r.MAX_REQUEST_ID
+    records = [
+        {"kind": "invoke", "target": target, "mode": "send"},
+        {"kind": "cancel", "invocation_id": "inv_" + "0" * 32},
+        {"kind": "attach", "invocation_id": "inv_" + "0" * 32},
+    ]
+    for record in records:
+        assert r.decode_ingress(json.dumps({**record, "request_id": longest}).encode())
+        too_long = json.dumps({**record, "request_id": longest + "r"}).encode()
+        with pytest.raises(r.RecordError, match="request_id") as refused:
+            r.decode_ingress(too_long)
+        assert refused.value.reason == "bad-schema"
+        assert r.request_id_of(too_long) is None, "a dead letter answered at it"
+
+
 def test_minimal_external_invoke_gets_defaults() -> None:
     record = r.decode_ingress(
         b'{"kind":"invoke","target":{"service":"Greeter","handler":"greet"},"argument":"bob"}'
