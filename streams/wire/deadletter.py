@@ -156,7 +156,8 @@ class DeadLetter(BaseModel):
         def number(name: str) -> int:
             text = found.get(f"kourier.{name}", "-1")
             digits = text.removeprefix("-")
-            return int(text) if digits.isascii() and digits.isdigit() else -1
+            number = digits.isascii() and digits.isdigit() and len(digits) <= 20  # 2**63 too
+            return int(text) if number else -1
 
         try:  # another producer's header may be anything: the letter is still listed
             at = datetime.fromisoformat(found.get("kourier.at", _EPOCH))

@@ -107,6 +107,7 @@ def test_a_dead_letter_of_a_record_with_a_huge_key_fits_and_cannot_be_replayed(
         ("kourier.at", b"yesterday"),
         ("kourier.partition", "\u00b2".encode()),
         ("kourier.at", b"2026-12-01"),
+        ("kourier.partition", b"1" * 5000),  # past the digits int() reads
     ],
 )
 def test_a_dead_letter_with_a_header_another_producer_wrote_still_reads(
