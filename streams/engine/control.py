@@ -93,6 +93,12 @@ class Controls:
                 outcome = Failure(
                     code=409, message=f"{inv.meta.target.path()} is not deployed on this worker"
                 )
+            elif inv.meta.status == "paused" and not _can_run(inv):
+                outcome = Failure(
+                    code=409,
+                    message="its journal came back incomplete from the changelog, and a "
+                    "replay would not follow it: cancel or kill it",
+                )
             elif inv.meta.status == "paused":
                 inv.meta.attempt, inv.meta.last_error = 1, None
                 self._attempts.run(inv)

@@ -603,6 +603,27 @@ async def test_a_paused_invocation_whose_journal_came_back_incomplete_is_cancell
     assert trail == [], "replayed to compensate"
 
 
+async def test_a_paused_invocation_whose_journal_came_back_incomplete_does_not_resume() -> None:
+    """Resume replayed a journal a restore found entries missing from (which a cancel will
+    not replay): its entries shifted, the handler re-ran a step it had taken, and its new
+    entries were written over others'."""
+    h = harness()
+    card_service["down"].set()
+    inv_id = h.call(Target(service="Stubborn", key="k", handler="reserve"), request_id="reserve")
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
+    inv = h.processor.invocations[inv_id]
+    inv.meta.journal_length = len(inv.journal) + 1  # as a restore leaves it
+    card_service["down"].clear()
+    h.send(Resume(invocation_id=inv_id, request_id="resume"))
+    refused = h.responses()["resume"].failure
+    assert refused is not None, h.responses()["resume"]
+    assert refused.code == 409
+    assert "incomplete" in refused.message
+    assert inv.meta.status == "paused"
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
+    assert h.responses()["cancel"].status == "success", "what to do instead works"
+
+
 async def test_a_cancel_during_the_last_attempt_reaches_the_handler() -> None:
     """A cancel that came during an invocation's last attempt, which then failed, ended it
     at once with 409, without the handler meeting it."""
