@@ -127,7 +127,7 @@ class Attempts:
             before this one has seen its cancel)."""
             return inv.closed or self._closed() or inv.task is not attempt
 
-        failure: Failure | None = None
+        failure = refusal = None
         value: JsonValue = None
         try:
             refusal = self._refusal(inv)
@@ -175,6 +175,8 @@ class Attempts:
             return described(error)
         if stopped():
             return None
+        if refusal is None:  # the handler ran
+            ctx.ended()
         return self._finish(inv, ctx, value, failure)
 
     def _finish(

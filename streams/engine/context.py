@@ -179,6 +179,19 @@ class InvocationContext(WorkflowContext):
             raise self.diverged
         return index, entry
 
+    def ended(self) -> None:
+        """The handler returned, or raised a terminal error: an attempt that ended short of
+        its journal diverged (a first run took steps this one did not), as one that took
+        another step would have."""
+        journal, taken = self.invocation.journal, self._cursor
+        if self.diverged is None and taken < len(journal):
+            self.diverged = NonDeterminismError(
+                f"the handler of {self.invocation.meta.id} ended after {taken} of the "
+                f"{len(journal)} entries of its journal, the next being "
+                f"{journal[taken].describe()}: handlers must repeat the same context "
+                "operations in the same order on every run"
+            )
+
     def _new_entry(self, entry: Entry) -> int:
         """Append ``entry``, or, when a cancel is pending, the same operation already failed
         with 409 (it never takes effect): this is where a cancel reaches the handler."""

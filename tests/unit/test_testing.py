@@ -304,6 +304,34 @@ async def test_a_handler_that_replays_differently_fails_in_the_harness(
 
 
 @fickle.handler()
+async def stops_short(ctx: ObjectContext, how: str) -> str:
+    """Its first run adds one and sleeps; its replay returns (or fails) before either."""
+    FICKLE_RUNS["n"] += 1
+    if FICKLE_RUNS["n"] > 1:
+        if how == "fails":
+            raise TerminalError("given up", 409)
+        return "short"
+    await add(ctx, 1)
+    await ctx.sleep(timedelta(hours=1))
+    return "long"
+
+
+@pytest.mark.parametrize("how", ["returns", "fails"])
+async def test_a_replay_that_ends_short_of_its_journal_is_non_deterministic(how: str) -> None:
+    """A replay that met no mismatched step, only fewer of them, completed with its own
+    outcome: the state its first run wrote stayed, under a result that says it never did."""
+    FICKLE_RUNS["n"] = 0
+    async with Harness([fickle]) as h:
+        called = asyncio.ensure_future(h.call(stops_short, how, key="short"))
+        await h.settle()
+        await h.advance(timedelta(hours=1))
+        with pytest.raises(TerminalError) as failure:
+            await called
+        assert failure.value.status_code == 500
+        assert "ended after 0 of the 3 entries of its journal" in failure.value.message
+
+
+@fickle.handler()
 async def many_steps(ctx: ObjectContext) -> None:
     """Forty actions, then a wait: its resumption replays all forty first."""
     for step in range(40):
