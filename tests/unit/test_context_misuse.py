@@ -57,6 +57,10 @@ async def calls_badly(ctx: ObjectContext, how: str) -> str:
         await ctx.object("Things", "k" * 5000, "swallows").request(None)
     elif how == "bad name":
         await ctx.service("not a name", "h").request(None)
+    elif how == "object as service":
+        await ctx.service(swallows).request(None)
+    elif how == "service as object":
+        ctx.object_send(wants_key, "k").send(None)
     else:
         await ctx.service("Plain", None).request(None)
     return "called"
@@ -180,10 +184,19 @@ async def test_the_context_used_inside_a_run_action_is_a_terminal_failure() -> N
 
 async def test_a_call_target_no_record_can_carry_is_its_400_on_the_first_attempt() -> None:
     harness = Harness([things, plain])
-    for how in ("long key", "bad name", "no handler"):
+    hows = {
+        "long key": "key",
+        "bad name": "service",
+        "no handler": "name",
+        "object as service": "use ctx.object()",
+        "service as object": "use ctx.service_send()",
+    }
+    for how in hows:
         harness.call(thing("calls_badly"), how, request_id=how)
-    await until(lambda: {"long key", "bad name", "no handler"} <= set(harness.responses()))
-    for how, said in (("long key", "key"), ("bad name", "service"), ("no handler", "name")):
+    await until(lambda: set(hows) <= set(harness.responses()))
+    # A handler of another kind made a record that reached no handler (a dead letter) or
+    # was refused at its callee, long after the call was taken.
+    for how, said in hows.items():
         failure = harness.responses()[how].failure
         assert failure is not None, how
         assert (failure.code, said in failure.message) == (400, True), failure
