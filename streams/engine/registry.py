@@ -104,8 +104,8 @@ def load_services(spec: str) -> list[ServiceDefinition]:
 
 def target_of(ref: HandlerRef, key: str | None, handler: str | None, kind: str) -> Target:
     """The target a handler names; one no record can carry (a key over 4,096 characters,
-    a name with a space), or a handler of another kind than ``kind`` says (``ctx.object()``
-    for a service's), fails the same way on every attempt, so it is its 400."""
+    a name with a space), or a keyed handler named as a service's or the other way round
+    (``ctx.object()`` for a service's), fails the same way on every attempt: its 400."""
     if isinstance(ref, str):
         if handler is None:
             raise TerminalError(f"name the handler: ctx.{kind}({ref!r}, ..., 'handler')", 400)
@@ -117,7 +117,8 @@ def target_of(ref: HandlerRef, key: str | None, handler: str | None, kind: str) 
             raise TerminalError(str(error), 400) from None
         service, handler = definition.service.name, handler or definition.name
         wanted, found = kind.removesuffix("_send"), definition.service.kind
-        if wanted != found:  # its record would reach no handler: a dead letter, unanswered
+        if (wanted == "service") != (found == "service"):  # a key where none goes, or none
+            # where one must: its record would reach no handler (a dead letter, unanswered)
             raise TerminalError(
                 f"ctx.{kind}() names {definition.path}, a handler of {found} {service}: "
                 f"use ctx.{found}{kind[len(wanted) :]}()",
