@@ -545,7 +545,8 @@ class _Promise(DurablePromise[Any]):
         await self._complete("promise_resolve", stored, None, refusal)
 
     async def reject(self, message: str) -> None:
-        await self._complete("promise_reject", None, Failure(code=500, message=message))
+        text = message if isinstance(message, str) else str(message)  # as TerminalError's
+        await self._complete("promise_reject", None, Failure(code=500, message=text))
 
     async def _complete(
         self,

@@ -103,7 +103,11 @@ _LATEST = LAST_DUE.timestamp()
 def due_after(duration: timedelta, what: str, now: float | None = None) -> float:
     """``now`` (the wall clock when not given) plus ``duration`` as epoch seconds; past
     the year 9999 it is a 400. A duration below zero counts as none: a due time far in the
-    past is no time a record can carry either."""
+    past is no time a record can carry either. Anything but a ``timedelta`` is a 400 too
+    (a number of seconds, say: retried, it failed alike until the invocation paused)."""
+    if not isinstance(duration, timedelta):
+        kind = type(duration).__name__
+        raise TerminalError(f"{what} must be a datetime.timedelta, not {kind}", 400)
     due = (time.time() if now is None else now) + max(duration.total_seconds(), 0.0)
     if due > _LATEST:
         raise TerminalError(f"{what} ({duration}) ends after the year 9999", 400)

@@ -57,6 +57,12 @@ async def calls_badly(ctx: ObjectContext, how: str) -> str:
         await ctx.object("Things", "k" * 5000, "swallows").request(None)
     elif how == "bad name":
         await ctx.service("not a name", "h").request(None)
+    elif how == "sleep in seconds":
+        await ctx.sleep(5)
+    elif how == "delay in seconds":
+        ctx.object_send(swallows, "k").send(None, delay=5)
+    elif how == "timeout in seconds":
+        await ctx.object(swallows, "k").request(None, timeout=5.0)
     elif how == "object as service":
         await ctx.service(swallows).request(None)
     elif how == "service as object":
@@ -190,6 +196,10 @@ async def test_a_call_target_no_record_can_carry_is_its_400_on_the_first_attempt
         "no handler": "name",
         "object as service": "use ctx.object()",
         "service as object": "use ctx.service_send()",
+        # Retried as the AttributeError they raised, until the invocation paused.
+        "sleep in seconds": "a sleep must be a datetime.timedelta, not int",
+        "delay in seconds": "the delay of Things/k/swallows must be a datetime.timedelta",
+        "timeout in seconds": "must be a datetime.timedelta, not float",
     }
     for how in hows:
         harness.call(thing("calls_badly"), how, request_id=how)

@@ -60,6 +60,11 @@ async def decline(ctx: WorkflowSharedContext, why: str) -> None:
 
 
 @booking.handler()
+async def decline_with(ctx: WorkflowSharedContext, why: int) -> None:
+    await ctx.promise("approval").reject(why)  # not text: its str(), as a TerminalError's
+
+
+@booking.handler()
 async def look(ctx: WorkflowSharedContext) -> object:
     return await ctx.promise("approval").peek()
 
@@ -139,6 +144,16 @@ async def test_a_rejected_promise_fails_its_waiter_and_peek_raises_it_too() -> N
     failure = h.responses()["look"].failure
     assert failure is not None
     assert "full" in failure.message
+
+
+async def test_a_promise_rejected_with_what_is_not_text_fails_its_waiter_with_its_text() -> None:
+    """The failure refused what was not a string, and the rejecting handler was retried."""
+    h = Harness([booking])
+    h.call(Target(service="Booking", key="b2", handler="run"), request_id="run")
+    h.call(Target(service="Booking", key="b2", handler="decline_with"), 404, request_id="no")
+    await until(lambda: {"run", "no"} <= set(h.responses()))
+    assert h.responses()["no"].failure is None
+    assert h.responses()["run"].value == "rejected 500: 404"
 
 
 async def test_a_promise_given_a_type_is_read_as_that_type() -> None:
