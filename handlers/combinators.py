@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
 from handlers.context import DurableFuture
+from handlers.exceptions import TerminalError
 
 
 class Combinable(ABC):
@@ -23,9 +25,20 @@ async def select(**futures: DurableFuture[Any]) -> tuple[str, Any]:
     """
     if not futures:
         raise ValueError("select needs at least one future")
+    for name, future in futures.items():
+        if not isinstance(future, Combinable):
+            # Not durable (asyncio.sleep, a task): a suspension would drop it, and the
+            # select would wait for good on the others; a replay could not take its branch.
+            for other in futures.values():
+                if inspect.iscoroutine(other):
+                    other.close()  # never to be awaited: no "never awaited" warning
+            raise TerminalError(
+                f"select takes futures from a Kourier context (a call, ctx.sleep, ctx.run, a "
+                f"promise); {name!r} is a {type(future).__name__}",
+                500,
+            )
     first = next(iter(futures.values()))
-    if not isinstance(first, Combinable):
-        raise TypeError("select takes futures from a Kourier context")
+    assert isinstance(first, Combinable)  # as every one is
     return await first._kourier_select(futures)
 
 

@@ -5,12 +5,13 @@ with the engine's harness, no Kafka."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import timedelta
 
 from pydantic import BaseModel
 
-from handlers import Context, ObjectContext, RetryPolicy, Service, VirtualObject
+from handlers import Context, ObjectContext, RetryPolicy, Service, VirtualObject, select
 from streams.engine.journal import Entry
 from streams.engine.store import ObjectKey
 from streams.wire.records import Target
@@ -120,6 +121,13 @@ async def writes_inside_an_action(ctx: ObjectContext, how: str) -> str:
     return str(charged)
 
 
+@things.handler()
+async def selects_a_plain_awaitable(ctx: ObjectContext) -> str:
+    attempts["select"] = attempts.get("select", 0) + 1
+    name, _ = await select(nap=ctx.sleep(timedelta(hours=1)), t=asyncio.sleep(0.01))
+    return name
+
+
 def thing(handler: str) -> Target:
     return Target(service="Things", key="k", handler=handler)
 
@@ -211,6 +219,20 @@ async def test_a_call_target_no_record_can_carry_is_its_400_on_the_first_attempt
         assert failure is not None, how
         assert (failure.code, said in failure.message) == (400, True), failure
         assert attempts[how] == 1, f"{how}: retried"
+
+
+async def test_a_select_of_what_is_not_durable_is_a_terminal_failure() -> None:
+    """A branch other than the first was awaited as it was: an ``asyncio.sleep`` won in
+    memory, but a suspension drops it, and the select then waited on its other branches
+    for good (a replay could not take its branch either)."""
+    harness = Harness([things])
+    harness.call(thing("selects_a_plain_awaitable"), request_id="select")
+    await until(lambda: "select" in harness.responses())
+    failure = harness.responses()["select"].failure
+    assert failure is not None, harness.responses()["select"]
+    assert failure.code == 500
+    assert "'t' is a coroutine" in failure.message
+    assert attempts["select"] == 1, "retried"
 
 
 async def test_the_key_of_a_service_is_a_terminal_failure() -> None:
