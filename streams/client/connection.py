@@ -64,7 +64,8 @@ class ServiceInfo(BaseModel):
 
 #: Seconds a record waits for room in librdkafka's queue, full in a long outage, before
 #: it is refused (KafkaUnavailable, nothing written): a call waiting on did so until its
-#: timeout, whose answer says the invocation may go on.
+#: timeout, whose answer says the invocation may go on. Half the call timeout when that
+#: is shorter (``KOURIER_CALL_TIMEOUT``), for the same reason.
 QUEUE_FULL_WAIT = 30.0
 
 
@@ -312,7 +313,8 @@ class Connection:
                 self._reports.append((delivered, error))
 
         pause = 0.005  # while librdkafka's queue is full, doubling: a long outage fills it
-        full_until = self._loop.time() + QUEUE_FULL_WAIT
+        full_wait = min(QUEUE_FULL_WAIT, self.settings.call_timeout.total_seconds() / 2)
+        full_until = self._loop.time() + full_wait
         while True:
             try:
                 self._producer.produce(
@@ -328,7 +330,7 @@ class Connection:
                 if self._loop.time() > full_until:  # not queued: a 503, not "it may go on"
                     raise KafkaUnavailable(
                         f"the client's queue of records for Kafka has been full for"
-                        f" {QUEUE_FULL_WAIT:g}s (Kafka unreachable?): nothing was written"
+                        f" {full_wait:g}s (Kafka unreachable?): nothing was written"
                     ) from None
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 0.1)

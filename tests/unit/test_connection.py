@@ -11,6 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -46,8 +47,8 @@ class Refusing:
         raise KafkaException(self.error)
 
 
-def started(producer: Any) -> Connection:
-    connection = Connection(Settings(namespace="unit"), Topics("unit"))
+def started(producer: Any, settings: Settings | None = None) -> Connection:
+    connection = Connection(settings or Settings(namespace="unit"), Topics("unit"))
     connection._loop = asyncio.get_running_loop()
     connection._producer = producer  # type: ignore[assignment]
     connection.running = True
@@ -125,6 +126,18 @@ async def test_a_queue_full_for_long_refuses_the_record_as_not_written(
             connection.produce("unit.ingress", b"{}", 0, "k", failing=response), 10
         )
     assert producer.tries > 2
+
+
+async def test_a_queue_full_for_half_a_short_call_timeout_refuses_the_record() -> None:
+    """With a call timeout under twice ``QUEUE_FULL_WAIT`` the call's own timeout came
+    first: over HTTP a 408 that said the invocation goes on, though nothing was written."""
+    producer = Full(times=10**9)
+    connection = started(producer, Settings(namespace="unit", call_timeout=timedelta(seconds=1)))
+    response: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    with pytest.raises(KafkaUnavailable, match=r"full for 0\.5s"):
+        await asyncio.wait_for(
+            connection.produce("unit.ingress", b"{}", 0, "k", failing=response), 1
+        )
 
 
 class Reporting:
