@@ -69,6 +69,14 @@ class ServiceInfo(BaseModel):
 QUEUE_FULL_WAIT = 30.0
 
 
+def _close_after(reading: asyncio.Future[None], reader: Consumer) -> None:
+    """Close the reader of a start that failed, or was cancelled, once its thread is done
+    with it (what that thread raised was the start's, or nobody's)."""
+    if not reading.cancelled():
+        reading.exception()
+    reader.close()
+
+
 class KafkaUnavailable(KourierError, RuntimeError):
     """Kafka could not take or deliver the record in time (HTTP 503)."""
 
@@ -117,6 +125,7 @@ class Connection:
         self._answered: list[Response | tuple[str, RecordError]] = []
         self._closing: asyncio.Future[None] | None = None
         self._starting: asyncio.Future[None] | None = None  # done once a start has ended
+        self._reading: asyncio.Future[None] | None = None  # a start's thread that reads Kafka
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -130,12 +139,17 @@ class Connection:
             return
         self._loop = asyncio.get_running_loop()
         self._starting = starting = self._loop.create_future()  # a close waits for it
+        self._reading = None
         try:
             if self._closing is not None and not self._closing.done():
                 await asyncio.shield(self._closing)  # a cancelled close still shutting down
             await self._start()
         finally:
-            starting.set_result(None)
+            reading = self._reading
+            if reading is None or reading.done():
+                starting.set_result(None)
+            else:  # cancelled while its thread reads Kafka: the start ends with that thread
+                reading.add_done_callback(lambda _: starting.set_result(None))
 
     async def _start(self) -> None:
         self._closing = None  # a client closed before may start again
@@ -158,12 +172,15 @@ class Connection:
         # Its error callback, served by its polls, tells a TLS handshake or a SASL login the
         # brokers refused from brokers that do not answer: the start fails at once then.
         self._refusals = Refusals()
-        self._reader = self._new_reader(FETCH_WAIT_MS, refusals=self._refusals)
+        self._reader = reader = self._new_reader(FETCH_WAIT_MS, refusals=self._refusals)
+        # Shielded: on a cancel the thread goes on, in calls on the reader and setting what
+        # the client reads; its reader is closed, and the next start begins, once it ends.
+        self._reading = asyncio.ensure_future(asyncio.to_thread(self._assign_reader))
         try:
-            await asyncio.to_thread(self._assign_reader)
-        except Exception:  # not on a cancel: the thread may still be in a call on the reader
-            self._reader.close()  # nothing was produced: the producer has nothing to flush
-            del self._producer, self._reader
+            await asyncio.shield(self._reading)
+        except BaseException:
+            self._reading.add_done_callback(lambda done: _close_after(done, reader))
+            del self._producer, self._reader  # nothing was produced: nothing to flush
             raise
         # A transaction left open on the response partition would hold every answer back.
         self._admin = AdminClient(self.settings.client_config({"log_level": 3}))

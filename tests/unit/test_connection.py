@@ -386,6 +386,29 @@ async def test_a_second_start_makes_no_second_set_of_kafka_clients(
     connection._stalls.cancel()
 
 
+async def test_a_start_after_a_cancelled_start_waits_for_its_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start cancelled while its thread read Kafka left that thread running, in calls on
+    the connection's reader; a second start made a new reader and read again, and whichever
+    thread ended last chose the response partition the client reads."""
+    connection, asked, answered, made = held_start(monkeypatch)
+    first = asyncio.ensure_future(connection.start())
+    await asyncio.wait_for(asked.wait(), 5)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = asyncio.ensure_future(connection.start())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert made == ["producer"], "the second start began while the first's thread ran"
+    answered.set()
+    await asyncio.wait_for(second, 5)
+    assert made == ["producer", "producer"]
+    assert connection.running
+    connection._stalls.cancel()
+
+
 @pytest.mark.parametrize("followed_past_it", [False, True])
 def test_a_catalog_read_to_its_end_finds_a_handler_added_to_a_known_service(
     followed_past_it: bool, monkeypatch: pytest.MonkeyPatch
