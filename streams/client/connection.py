@@ -69,12 +69,22 @@ class ServiceInfo(BaseModel):
 QUEUE_FULL_WAIT = 30.0
 
 
-def _close_after(reading: asyncio.Future[None], reader: Consumer) -> None:
-    """Close the reader of a start that failed, or was cancelled, once its thread is done
-    with it (what that thread raised was the start's, or nobody's)."""
-    if not reading.cancelled():
-        reading.exception()
-    reader.close()
+class _Shared:
+    """A start's reader, which its thread reads Kafka with: closed by the last to let go of
+    it, the thread done with it or the start that failed or was cancelled (a close while
+    the thread is in a call on it would wait for that call: Kafka's own 30 s)."""
+
+    def __init__(self, reader: Consumer) -> None:
+        self.reader = reader
+        self._lock = threading.Lock()
+        self._holders = 2
+
+    def let_go(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            last = self._holders == 0
+        if last:
+            self.reader.close()
 
 
 class KafkaUnavailable(KourierError, RuntimeError):
@@ -139,17 +149,14 @@ class Connection:
             return
         self._loop = asyncio.get_running_loop()
         self._starting = starting = self._loop.create_future()  # a close waits for it
-        self._reading = None
         try:
             if self._closing is not None and not self._closing.done():
                 await asyncio.shield(self._closing)  # a cancelled close still shutting down
+            if self._reading is not None and not self._reading.done():
+                await asyncio.wait([self._reading])  # a cancelled start's thread, still on
             await self._start()
         finally:
-            reading = self._reading
-            if reading is None or reading.done():
-                starting.set_result(None)
-            else:  # cancelled while its thread reads Kafka: the start ends with that thread
-                reading.add_done_callback(lambda _: starting.set_result(None))
+            starting.set_result(None)
 
     async def _start(self) -> None:
         self._closing = None  # a client closed before may start again
@@ -172,14 +179,16 @@ class Connection:
         # Its error callback, served by its polls, tells a TLS handshake or a SASL login the
         # brokers refused from brokers that do not answer: the start fails at once then.
         self._refusals = Refusals()
-        self._reader = reader = self._new_reader(FETCH_WAIT_MS, refusals=self._refusals)
+        self._reader = self._new_reader(FETCH_WAIT_MS, refusals=self._refusals)
         # Shielded: on a cancel the thread goes on, in calls on the reader and setting what
-        # the client reads; its reader is closed, and the next start begins, once it ends.
-        self._reading = asyncio.ensure_future(asyncio.to_thread(self._assign_reader))
+        # the client reads; a next start begins once it ends (a close does not wait for it:
+        # it leaves nothing of the client's running).
+        shared = _Shared(self._reader)
+        self._reading = asyncio.ensure_future(asyncio.to_thread(self._assign_reader, shared))
         try:
             await asyncio.shield(self._reading)
         except BaseException:
-            self._reading.add_done_callback(lambda done: _close_after(done, reader))
+            shared.let_go()
             del self._producer, self._reader  # nothing was produced: nothing to flush
             raise
         # A transaction left open on the response partition would hold every answer back.
@@ -199,12 +208,15 @@ class Connection:
         """Responses still waited for (one per call in flight)."""
         return len(self._pending)
 
-    def _assign_reader(self) -> None:
+    def _assign_reader(self, shared: _Shared) -> None:
         """Read responses from the current end, fixed now, so no response can be missed.
         Kafka away (or a partition without a leader) past the timeouts: KafkaUnavailable; a
         connection the brokers refused (TLS, SASL): their ``KafkaException`` at once."""
         with self._unavailable():
-            self._assign_reader_at_end()
+            try:
+                self._assign_reader_at_end(shared.reader)
+            finally:
+                shared.let_go()
 
     @contextlib.contextmanager
     def _unavailable(self) -> Iterator[None]:
@@ -218,20 +230,20 @@ class Connection:
             where = self.settings.bootstrap_servers
             raise KafkaUnavailable(f"Kafka at {where} did not answer: {error.str()}") from None
 
-    def _assign_reader_at_end(self) -> None:
+    def _assign_reader_at_end(self, reader: Consumer) -> None:
         needed = (self.topics.ingress, self.topics.responses, self.topics.services)
-        metadata = required_topics(self._reader, needed, refusals=self._refusals)
+        metadata = required_topics(reader, needed, refusals=self._refusals)
         self.partitions = len(metadata[self.topics.ingress].partitions)
         response_partitions = len(metadata[self.topics.responses].partitions)
         self._home = random.randrange(response_partitions)
         self._request_ids = KeysOn(self._home, response_partitions)
         tp = TopicPartition(self.topics.responses, self._home)
-        _, high = watermarks(self._reader, tp)
+        _, high = watermarks(reader, tp)
         start = [TopicPartition(self.topics.responses, self._home, high)]
-        low, end = watermarks(self._reader, TopicPartition(self.topics.services, 0))
+        low, end = watermarks(reader, TopicPartition(self.topics.services, 0))
         self._followed = self._read_catalog(low, end)
         start.append(TopicPartition(self.topics.services, 0, self._followed))
-        self._reader.assign(start)
+        reader.assign(start)
 
     def read(self) -> list[tuple[str, int]]:
         """The partitions this client reads: its responses, and the service catalog."""

@@ -409,6 +409,20 @@ async def test_a_start_after_a_cancelled_start_waits_for_its_thread(
     connection._stalls.cancel()
 
 
+def test_a_starts_reader_is_closed_by_the_last_to_let_go_of_it() -> None:
+    """A cancelled start closed its reader while its thread was still in a call on it: the
+    close waited for that call, Kafka's own 30 s, past ``kourier call --timeout``."""
+    closed: list[str] = []
+    for first, second in (("start", "thread"), ("thread", "start")):
+        reader = SimpleNamespace(close=lambda: closed.append("x"))
+        shared = connection_module._Shared(reader)  # type: ignore[arg-type]
+        shared.let_go()
+        assert closed == [], f"closed once the {first} let go, the {second} still holding it"
+        shared.let_go()
+        assert closed == ["x"]
+        closed.clear()
+
+
 @pytest.mark.parametrize("followed_past_it", [False, True])
 def test_a_catalog_read_to_its_end_finds_a_handler_added_to_a_known_service(
     followed_past_it: bool, monkeypatch: pytest.MonkeyPatch
