@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -306,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+#: ``OSError`` numbers of a machine short of something for now (files, memory, buffers).
+_PASSING = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM, errno.ENOBUFS})
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -319,6 +324,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except Exception as exc:
         if isinstance(exc, TimeoutError):  # (an OSError) no answer in time: it may pass
             run.say(f"kourier: error: {str(exc) or 'no answer in time'}; try again")
+            return 1
+        if isinstance(exc, ConnectionError) or getattr(exc, "errno", None) in _PASSING:
+            run.say(f"kourier: error: {exc}; try again")  # not the command's: it may pass
             return 1
         refused = isinstance(exc, KourierError) and not exc.retriable
         if refused or isinstance(exc, (ValueError, OSError)):  # (a file it may not read)

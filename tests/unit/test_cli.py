@@ -514,6 +514,27 @@ def test_a_wait_that_timed_out_is_a_try_again(
     assert capsys.readouterr().err == "kourier: error: no answer in time; try again\n"
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [ConnectionRefusedError(111, "Connection refused"), OSError(24, "Too many open files")],
+)
+def test_an_os_error_that_may_pass_is_a_try_again(
+    failure: OSError, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused connection, or a process out of file descriptors, exited 2, as a usage
+    error: a script took the command for wrong, not for one to run again."""
+    from streams.cli import commands, parser
+
+    def short_of_something(args: object) -> int:
+        raise failure
+
+    monkeypatch.setattr(commands, "acls", short_of_something)
+    assert parser.main(["acls", "--client", "User:web"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kourier: error: "), err
+    assert err.endswith("; try again\n"), err
+
+
 @pytest.mark.parametrize("verb", ["call", "send"])
 def test_the_timeout_of_call_and_send_bounds_the_wait_for_kafka_too(verb: str) -> None:
     """``--timeout`` began once the client had started and read the catalog: with Kafka
