@@ -88,9 +88,9 @@ class _Record(_Model):
 
 #: The longest idempotency key, in characters.
 MAX_IDEMPOTENCY_KEY = 1024
-#: The longest request id, in characters: a response's key holds it, and an invocation's
-#: record the ids of all who wait for it (a longer one, in a record that decodes, grew
-#: the worker's responses past what Kafka takes, and its commits stalled).
+#: The longest request id, in characters: a response holds it twice, as its key and in
+#: its value (a longer one, in a record that decodes, grew a response past what Kafka
+#: takes in one record).
 MAX_REQUEST_ID = 1024
 
 
@@ -412,9 +412,11 @@ _STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 #: Finds ``NaN``, ``Infinity`` and floats past their range, and nothing else (integers are
 #: not even converted).
 _CONSTANTS = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite, parse_int=len)
-#: What a number past a float's range must hold: a three-digit exponent, or 200 digits in
-#: a row (a mantissa of fewer, times at most 1e99, is below 1.8e308).
-_HUGE = re.compile(rb"[eE][+-]?[0-9]{3}|(?<![0-9])[0-9]{200}")  # (each run looked at once)
+#: What a number past a float's range must hold, where a JSON number may begin (not in an
+#: id such as ``inv_...e501...``, which would send most records the slow way): a
+#: three-digit exponent, or 200 digits in a row (fewer, times at most 1e99, stay below
+#: 1.8e308). Each number is looked at once, from its first character.
+_HUGE = re.compile(rb"(?<=[\[:,\s])-?(?:[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3}|[0-9]{200})")
 
 
 def _constants(data: bytes) -> None:
