@@ -127,19 +127,24 @@ class Attempts:
             before this one has seen its cancel)."""
             return inv.closed or self._closed() or inv.task is not attempt
 
-        failure = refusal = None
+        failure: Failure | None = None
         value: JsonValue = None
+        ran = False  # the handler was called: its end is checked against its journal
         try:
             refusal = self._refusal(inv)
             if refusal is not None:  # its last run wrote a record Kafka refused for good
                 raise TerminalError(refusal.message, refusal.code)
             argument = inv.meta.argument
             if not signature.takes_input:
+                ran = True
                 result = await handler.fn(ctx)
             elif argument is None and signature.input_default:  # none given (null): a copy
+                ran = True
                 result = await handler.fn(ctx, signature.default_input())
             else:
-                result = await handler.fn(ctx, signature.input.load(own_copy(argument), "input"))
+                loaded = signature.input.load(own_copy(argument), "input")
+                ran = True
+                result = await handler.fn(ctx, loaded)
             try:
                 value = signature.output.dump(result)
             except (ValidationError, TypeError, ValueError) as exc:
@@ -175,7 +180,7 @@ class Attempts:
             return described(error)
         if stopped():
             return None
-        if refusal is None:  # the handler ran
+        if ran:
             ctx.ended()
         return self._finish(inv, ctx, value, failure)
 

@@ -128,6 +128,12 @@ async def selects_a_plain_awaitable(ctx: ObjectContext) -> str:
     return name
 
 
+@things.handler()
+async def waits_with_a_number(ctx: ObjectContext, n: int) -> int:
+    await ctx.sleep(timedelta(hours=1))
+    return n
+
+
 def thing(handler: str) -> Target:
     return Target(service="Things", key="k", handler=handler)
 
@@ -233,6 +239,22 @@ async def test_a_select_of_what_is_not_durable_is_a_terminal_failure() -> None:
     assert failure.code == 500
     assert "'t' is a coroutine" in failure.message
     assert attempts["select"] == 1, "retried"
+
+
+async def test_an_input_refused_before_a_replay_is_its_400_not_a_divergence() -> None:
+    """The handler was never called, and its journal counted as not replayed to its end:
+    a 500 "non-deterministic" for an input its (upgraded) model refuses."""
+    harness = Harness([things])
+    inv_id = harness.call(thing("waits_with_a_number"), 1, request_id="n")
+    await until(lambda: bool(harness.processor.invocations[inv_id].journal))
+    inv = harness.processor.invocations[inv_id]
+    inv.meta.argument = "one"  # as a new model of the input would refuse the old one
+    inv.close()
+    harness.processor.attempts.run(inv)
+    await until(lambda: "n" in harness.responses())
+    failure = harness.responses()["n"].failure
+    assert failure is not None
+    assert failure.code == 400, failure
 
 
 async def test_the_key_of_a_service_is_a_terminal_failure() -> None:
