@@ -103,8 +103,9 @@ def admin(args: argparse.Namespace) -> int:
         status, body = http("GET", f"{base}/services")
         render = output.services
     elif args.command == "state":
-        service, key = quote(args.service, safe=""), quote(args.key, safe="")  # a key's "/"
-        status, body = http("GET", f"{base}/state/{service}/{key}")
+        # By query: any key, "/" in it or "." or "" as it, which no path segment holds.
+        service, key = quote(args.service, safe=""), urlencode({"key": args.key})
+        status, body = http("GET", f"{base}/state/{service}?{key}")
         render = output.state
     elif op == "list":
         query = {"status": args.status, "service": args.service, "key": args.key}

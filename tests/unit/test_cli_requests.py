@@ -50,11 +50,15 @@ def recording() -> Iterator[str]:
         yield url
 
 
-def test_state_get_asks_for_a_key_holding_a_slash_as_one_segment(recording: str) -> None:
-    """``quote`` keeps "/" by default: key ``a/b`` asked for ``/state/Tally/a/b``, a 404."""
-    code = parser.main(["state", "get", "Tally", "a/b", "--admin-url", recording, "--json"])
+@pytest.mark.parametrize(
+    ("key", "query"), [("a/b", "a%2Fb"), ("..", ".."), ("", ""), ("a b&c", "a+b%26c")]
+)
+def test_state_get_asks_for_any_key_by_query(recording: str, key: str, query: str) -> None:
+    """``quote`` keeps "/" by default: key ``a/b`` asked for ``/state/Tally/a/b``, a 404;
+    no path segment holds ``..`` (resolved away) or the empty key."""
+    code = parser.main(["state", "get", "Tally", key, "--admin-url", recording, "--json"])
     assert code == 0
-    assert Recorder.paths == ["/state/Tally/a%2Fb"]
+    assert Recorder.paths == [f"/state/Tally?key={query}"]
 
 
 def test_an_admin_api_that_does_not_answer_is_one_line_that_says_to_try_again(
