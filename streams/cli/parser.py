@@ -325,7 +325,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(exc, TimeoutError):  # (an OSError) no answer in time: it may pass
             run.say(f"kourier: error: {str(exc) or 'no answer in time'}; try again")
             return 1
-        if isinstance(exc, ConnectionError) or getattr(exc, "errno", None) in _PASSING:
+        passing = isinstance(exc, ConnectionError) and not isinstance(exc, BrokenPipeError)
+        if passing or getattr(exc, "errno", None) in _PASSING:  # (a closed stdout: not so)
             run.say(f"kourier: error: {exc}; try again")  # not the command's: it may pass
             return 1
         refused = isinstance(exc, KourierError) and not exc.retriable

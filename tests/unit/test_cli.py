@@ -535,6 +535,21 @@ def test_an_os_error_that_may_pass_is_a_try_again(
     assert err.endswith("; try again\n"), err
 
 
+def test_a_closed_output_is_not_a_try_again(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kourier ... | head -1``: a ``BrokenPipeError`` is a ``ConnectionError``, and said
+    "try again" to a command that had done its work."""
+    from streams.cli import commands, parser
+
+    def piped(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(commands, "acls", piped)
+    assert parser.main(["acls", "--client", "User:web"]) == 2
+    assert "try again" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("verb", ["call", "send"])
 def test_the_timeout_of_call_and_send_bounds_the_wait_for_kafka_too(verb: str) -> None:
     """``--timeout`` began once the client had started and read the catalog: with Kafka
