@@ -409,18 +409,42 @@ async def test_a_start_after_a_cancelled_start_waits_for_its_thread(
     connection._stalls.cancel()
 
 
-def test_a_starts_reader_is_closed_by_the_last_to_let_go_of_it() -> None:
+@pytest.mark.parametrize("ends", ["cancelled", "failed"])
+async def test_a_start_that_ends_closes_its_reader_once_its_thread_is_done_with_it(
+    ends: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A cancelled start closed its reader while its thread was still in a call on it: the
     close waited for that call, Kafka's own 30 s, past ``kourier call --timeout``."""
+    in_call, answered = threading.Event(), threading.Event()
     closed: list[str] = []
-    for first, second in (("start", "thread"), ("thread", "start")):
-        reader = SimpleNamespace(close=lambda: closed.append("x"))
-        shared = connection_module._Shared(reader)  # type: ignore[arg-type]
-        shared.let_go()
-        assert closed == [], f"closed once the {first} let go, the {second} still holding it"
-        shared.let_go()
-        assert closed == ["x"]
-        closed.clear()
+
+    class Reader(Quiet):
+        def close(self) -> None:
+            closed.append(threading.current_thread().name)
+
+    def reads_kafka(reader: Any) -> None:
+        in_call.set()
+        if ends == "failed":
+            raise RuntimeError("refused")
+        answered.wait(10)
+
+    connection = quiet_connection(monkeypatch, asyncio.to_thread)  # real threads
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: Reader())
+    monkeypatch.setattr(connection, "_assign_reader_at_end", reads_kafka)
+    starting = asyncio.ensure_future(connection.start())
+    assert await asyncio.to_thread(in_call.wait, 10)
+    if ends == "cancelled":
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert closed == [], "closed while its thread was in a call on it"
+        answered.set()
+    else:
+        with pytest.raises(RuntimeError, match="refused"):
+            await starting
+    await until(lambda: bool(closed))
+    assert len(closed) == 1
+    assert not connection.running
 
 
 @pytest.mark.parametrize("followed_past_it", [False, True])
