@@ -21,6 +21,7 @@ from handlers import (
     WorkflowContext,
     WorkflowSharedContext,
 )
+from streams.engine.invocation import Invocation
 from streams.engine.outbox import origin_of
 from streams.engine.store import ObjectKey
 from streams.wire import ids
@@ -586,17 +587,24 @@ async def test_a_paused_invocation_cancelled_compensates() -> None:
     assert h.processor.store.state_of(ObjectKey("Stubborn", "k")) == {}
 
 
+async def paused_with_its_journal_incomplete(h: Harness) -> Invocation:
+    """``Stubborn/k/reserve``, paused, and then as a restore leaves an invocation whose
+    journal misses entries in the changelog."""
+    card_service["down"].set()
+    inv_id = h.call(Target(service="Stubborn", key="k", handler="reserve"), request_id="reserve")
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
+    inv = h.processor.invocations[inv_id]
+    inv.meta.journal_length = len(inv.journal) + 1
+    return inv
+
+
 async def test_a_paused_invocation_whose_journal_came_back_incomplete_is_cancelled_at_once() -> (
     None
 ):
     """A restore pauses an invocation whose journal is missing entries in the changelog:
     run again to meet the cancel, it would replay a journal that is not what it did."""
     h = harness()
-    card_service["down"].set()
-    inv_id = h.call(Target(service="Stubborn", key="k", handler="reserve"), request_id="reserve")
-    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
-    inv = h.processor.invocations[inv_id]
-    inv.meta.journal_length = len(inv.journal) + 1  # as a restore leaves it
+    inv_id = (await paused_with_its_journal_incomplete(h)).meta.id
     h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
     assert h.responses()["cancel"].status == "success"
     assert h.responses()["reserve"].failure.code == 409
@@ -608,11 +616,8 @@ async def test_a_paused_invocation_whose_journal_came_back_incomplete_does_not_r
     not replay): its entries shifted, the handler re-ran a step it had taken, and its new
     entries were written over others'."""
     h = harness()
-    card_service["down"].set()
-    inv_id = h.call(Target(service="Stubborn", key="k", handler="reserve"), request_id="reserve")
-    await until(lambda: h.processor.invocations[inv_id].meta.status == "paused")
-    inv = h.processor.invocations[inv_id]
-    inv.meta.journal_length = len(inv.journal) + 1  # as a restore leaves it
+    inv = await paused_with_its_journal_incomplete(h)
+    inv_id = inv.meta.id
     card_service["down"].clear()
     h.send(Resume(invocation_id=inv_id, request_id="resume"))
     refused = h.responses()["resume"].failure

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -180,17 +181,6 @@ async def add_when_let(ctx: ObjectContext) -> int:
     return await add(ctx, await ctx.run("let in", let_in))
 
 
-async def test_settle_does_not_wait_for_an_async_action_the_test_lets_go() -> None:
-    async with Harness(SERVICES) as h:
-        GATE["open"] = asyncio.Event()
-        h.send(add_when_let, key="gate")
-        await h.settle(within=1.0)  # returns: the action waits for the test
-        assert h.state("Counter", "gate") == {}
-        GATE["open"].set()
-        await h.settle()
-        assert h.state("Counter", "gate") == {"count": 2}
-
-
 @counter.handler()
 async def add_when_let_by_a_plain_function(ctx: ObjectContext) -> int:
     async def let_in() -> int:
@@ -203,15 +193,22 @@ async def add_when_let_by_a_plain_function(ctx: ObjectContext) -> int:
     return await add(ctx, await ctx.run("let in", start))
 
 
-async def test_settle_does_not_wait_for_what_a_plain_action_returns_to_await() -> None:
+@pytest.mark.parametrize(
+    ("handler", "added"), [(add_when_let, 2), (add_when_let_by_a_plain_function, 3)]
+)
+async def test_settle_does_not_wait_for_an_async_action_the_test_lets_go(
+    handler: Callable[..., Any], added: int
+) -> None:
+    """An ``async`` action, or what a plain function's action returns to be awaited on the
+    loop, may wait for what the test does next."""
     async with Harness(SERVICES) as h:
         GATE["open"] = asyncio.Event()
-        h.send(add_when_let_by_a_plain_function, key="plain")
-        await h.settle(within=1.0)  # returns: the awaitable waits for the test
-        assert h.state("Counter", "plain") == {}
+        h.send(handler, key="gate")
+        await h.settle(within=1.0)  # returns: the action waits for the test
+        assert h.state("Counter", "gate") == {}
         GATE["open"].set()
         await h.settle()
-        assert h.state("Counter", "plain") == {"count": 3}
+        assert h.state("Counter", "gate") == {"count": added}
 
 
 async def test_sleeps_fall_due_one_after_the_other_within_one_advance() -> None:
