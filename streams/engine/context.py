@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar, cast
 
 from opentelemetry.trace import SpanKind
@@ -39,6 +39,7 @@ from streams.engine.values import (
     checked_headers,
     checked_id,
     checked_idempotency_key,
+    checked_record,
     due_after,
     failure_of,
     measured,
@@ -50,6 +51,7 @@ from streams.wire.records import (
     Caller,
     Completion,
     Failure,
+    Invoke,
     Target,
 )
 
@@ -232,7 +234,7 @@ class InvocationContext(WorkflowContext):
         # Checked before the journal, on every run: an argument that cannot be sent fails
         # here on replay too, so the handler's next operation meets the same entry, and no
         # entry is left behind that a retry would wait on forever.
-        argument = writable(arg, f"the argument of {kind} {target.path()}")
+        argument, size = measured(arg, f"the argument of {kind} {target.path()}")
         idempotency_key = checked_idempotency_key(idempotency_key, f"{kind} {target.path()}")
         sent_headers = checked_headers(headers)
         due = None
@@ -240,6 +242,15 @@ class InvocationContext(WorkflowContext):
             now = self.invocation.processor.now()
             due = due_after(delay, f"the delay of {target.path()}", now)
         inv = self.invocation
+
+        def record() -> Invoke:  # as Invocation.invoke makes it (its id as the callee's)
+            caller = Caller(invocation_id=inv.meta.id, entry=self._cursor)
+            when = None if due is None else datetime.fromtimestamp(due, UTC)
+            return Invoke(target=target, argument=argument, invocation_id=inv.meta.id,
+                          idempotency_key=idempotency_key, headers=sent_headers, due=when,
+                          caller=caller if kind == "call" else None)  # fmt: skip
+
+        checked_record(size, sent_headers, record, f"{kind} {target.path()}")
         if kind == "call" and inv.callee_id(self._cursor, target, idempotency_key) == inv.meta.id:
             # A workflow's run calling its own run, or a call whose idempotency key names the
             # invocation itself: it would wait for itself.

@@ -9,7 +9,7 @@ replay meets the same error at the same place.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -18,8 +18,11 @@ from handlers.serde import JSON
 from streams.wire import ids
 from streams.wire.records import (
     LAST_DUE,
+    MAX_RECORD_BYTES,
     MAX_VALUE_BYTES,
     Failure,
+    Invoke,
+    encode,
     idempotency_key_refusal,
     value_size,
 )
@@ -80,6 +83,26 @@ def checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 
 _MAX_HEADER_BYTES = 64 * 1024
+#: Room in a call's or send's record for all but its argument and headers (its target,
+#: ids, idempotency key); one that comes nearer the limit is measured as written.
+_ENVELOPE = 64 * 1024
+
+
+def checked_record(
+    size: int, headers: dict[str, str], record: Callable[[], Invoke], what: str
+) -> None:
+    """A call's or send's record, whose argument (``size`` bytes) and headers each fit,
+    may still not: 413 past ``MAX_RECORD_BYTES`` (its callee's partition would dead-letter
+    it, and nobody would hear of a send). Only one near the limit is made to measure."""
+    if size + (value_size(headers) if headers else 0) + _ENVELOPE <= MAX_RECORD_BYTES:
+        return
+    length = len(encode(record()))
+    if length > MAX_RECORD_BYTES:
+        raise TerminalError(
+            f"the record of {what} would be {length} bytes; Kourier takes at most "
+            f"{MAX_RECORD_BYTES}",
+            413,
+        )
 
 
 def checked_idempotency_key(key: Any, what: str) -> str | None:

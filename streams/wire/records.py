@@ -39,7 +39,10 @@ WIRE_VERSION = 1
 #: (``message.max.bytes``); the rest is room for the record around the value.
 MAX_VALUE_BYTES = 900 * 1024
 #: Larger ingress records go to the dead-letter topic; the client refuses to write one (413).
-MAX_RECORD_BYTES = 900 * 1024
+#: Room past the largest value for the record around it: a completion that carries a result
+#: of ``MAX_VALUE_BYTES`` reaches its caller (a call's or send's record is measured where the
+#: handler makes it, ``values.checked_record``: its headers may take 64 KiB more).
+MAX_RECORD_BYTES = MAX_VALUE_BYTES + 8 * 1024
 #: An invocation id (``inv_`` + 32 hex digits): checked when a record is decoded, so that a
 #: malformed one is a dead letter, not an error deep inside a partition.
 InvocationId = Annotated[str, Field(pattern=ID_PATTERN)]

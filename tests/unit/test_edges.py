@@ -687,6 +687,51 @@ async def test_a_result_refused_as_too_large_is_answered_by_its_failure_alone() 
     assert len(answer.value or b"") < 2_000, "the refused value never travels with its 413"
 
 
+@edge.handler()
+async def calls_large(ctx: ObjectContext, size: int) -> int:
+    return len(await ctx.service(large).request(size))
+
+
+@edge.handler()
+async def sends_large(ctx: ObjectContext, spec: dict[str, int]) -> str:
+    headers = {f"h{i}": "v" * 1000 for i in range(spec["headers"])}
+    try:
+        ctx.object_send(keep, "big").send("x" * spec["size"], headers=headers)
+    except TerminalError as error:
+        return f"{error.status_code}: {error.message}"
+    return "sent"
+
+
+async def test_a_result_of_the_largest_size_reaches_a_caller_on_another_worker() -> None:
+    """Its completion, the value and the record around it, was larger than an ingress record
+    may be: the caller's partition dead-lettered it, and the caller waited for good (in one
+    worker the completion is handed over without its record, and it worked)."""
+    h = Harness([helper, edge], loopback=True)
+    h.call(Target(service="Edge", key="c", handler="calls_large"), MAX_VALUE_BYTES - 2,
+           request_id="c")  # fmt: skip
+    await until(lambda: "c" in h.responses(), 10)
+    assert h.responses()["c"].value == MAX_VALUE_BYTES - 2
+    assert not [o for o in h.out if o.topic == TOPICS.deadletter]
+
+
+@pytest.mark.parametrize(("size", "headers", "said"), [
+    (MAX_VALUE_BYTES - 2, 60, "413: the record of send Edge/big/keep would be"),
+    (MAX_VALUE_BYTES - 2, 0, "sent"),
+])  # fmt: skip
+async def test_a_send_whose_record_is_too_large_is_a_413_at_the_send(
+    size: int, headers: int, said: str
+) -> None:
+    """An argument and headers that each fit made a record that did not: the callee's
+    partition dead-lettered it, and nobody heard of the send."""
+    h = Harness([helper, edge], loopback=True)
+    h.call(Target(service="Edge", key="s", handler="sends_large"),
+           {"size": size, "headers": headers}, request_id="s")  # fmt: skip
+    await until(lambda: "s" in h.responses(), 10)
+    assert str(h.responses()["s"].value).startswith(said), h.responses()["s"]
+    await settle()
+    assert not [o for o in h.out if o.topic == TOPICS.deadletter]
+
+
 async def test_the_inactivity_timeout_counts_from_the_wait_under_way() -> None:
     """The timer of the first wait, firing during the second, suspended the invocation
     though it had waited 100 ms of its 300: a replay per wait in a loop of such waits."""
