@@ -286,13 +286,13 @@ class Worker:
         return snapshot
 
     def _recover_from_step(self, failure: SpillFailed | LogRewound) -> None:
-        """A spill failed, or a delay log was made again: let what was submitted commit, then
-        restore the owned partitions from Kafka, as after a failed commit (Kafka thread)."""
+        """A spill failed, or a delay log was made again: drop the partitions (their handlers
+        stop now), let what was submitted commit, restore them from Kafka (Kafka thread)."""
         if isinstance(failure, SpillFailed):
             self._count_spill_failure(failure)
         log.error("%s; restoring owned partitions from Kafka", failure)
-        stuck = isinstance(self._finish_commits(), TimeoutError)
-        self._recover(settled=stuck)
+        owned = self._on_loop(self._drop_all())
+        self._recover(settled=isinstance(self._finish_commits(), TimeoutError), owned=owned)
         self._committer.clear()
 
     def _finish_commits(self) -> Exception | None:
@@ -402,15 +402,15 @@ class Worker:
             self._committer.busy_for(),
         )
         self._committer.abandon()
-        # New producers fence the stuck one. If Kafka does not answer and the worker stops,
-        # it commits nothing more: Kafka aborts the transaction after transaction.timeout.ms
-        # (at once when this worker restarts with the same ids), and the partitions' next
-        # owner waits for that to restore.
+        stop = recover and not self._stopping  # (a stopping one hands its partitions over)
+        owned = self._on_loop(self._drop_all()) if stop else None  # their handlers stop now
+        # New producers fence the stuck one; if Kafka does not answer and the worker stops, it
+        # commits nothing more: Kafka aborts the transaction after transaction.timeout.ms.
         if not self._settle_producers():
             return
         self._committer = Committer(self._transact_counted)
         if recover:
-            self._recover(settled=True)
+            self._recover(settled=True, owned=owned)
 
     def _settle_producers(self) -> bool:
         """Wait until every producer's last transaction is complete (Kafka thread;
@@ -557,10 +557,10 @@ class Worker:
         log.warning("lost %s without a clean hand-over", by_topic(partitions))
         self._rebalances += 1
         self._group_metadata = None
-        # What was queued cannot commit any more: let it fail, or fence it if it is stuck.
-        stuck = isinstance(self._finish_commits(), TimeoutError)
+        # Their handlers stop now. What was queued cannot commit any more: let it fail, or
+        # fence it if it is stuck (a wait, while their next owner may run them already).
         self._on_loop(self._ownership.forget(partitions, close=True))
-        self._recover(settled=stuck)
+        self._recover(settled=isinstance(self._finish_commits(), TimeoutError))
         self._committer.clear()
 
     def _new_processor(self, partition: int) -> PartitionProcessor:

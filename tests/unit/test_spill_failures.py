@@ -230,7 +230,7 @@ def test_a_delay_log_made_again_under_the_worker_restores_rather_than_ends_it(
     worker._finish_commits = lambda: None  # type: ignore[method-assign]
     worker._committer = SimpleNamespace(clear=lambda: recovered.append("cleared"))  # type: ignore[assignment]
     assert worker._trusted_step([], {}) is None
-    assert recovered == [{"settled": False}, "cleared"]
+    assert recovered == [{"settled": False, "owned": []}, "cleared"]  # dropped first
     assert worker._setbacks._spill_failures == [], "counted as a spill failure"
 
 

@@ -340,3 +340,41 @@ def test_a_failed_commit_found_by_another_recovery_is_counted(
             assert worker._setbacks.failed_in_a_row == failed
     finally:
         worker._committer.close()
+
+
+@pytest.mark.parametrize("recovery", ["lost", "spill", "stuck"])
+def test_handlers_of_partitions_to_restore_stop_before_the_worker_waits_on_kafka(
+    monkeypatch: pytest.MonkeyPatch, recovery: str
+) -> None:
+    """Partitions lost, a spill failed, or a transaction stuck: the worker waited for what
+    it had submitted (up to 20 s), or for new producers to fence the stuck one (as long as
+    Kafka took), before it closed the partitions, and their handlers ran on meanwhile, while
+    a lost partition's next owner could run the same invocations."""
+    worker = Worker(Settings(namespace=TOPICS.namespace), [])
+    steps: list[str] = []
+
+    def on_loop(work: Any) -> list[TopicPartition]:
+        steps.append(work.__qualname__.rsplit(".", 1)[-1])  # forget, or _drop_all
+        work.close()
+        return []
+
+    class Settling:
+        def settle(self, stopping: Any) -> None:
+            steps.append("settle")
+
+    monkeypatch.setattr(worker, "_on_loop", on_loop)
+    monkeypatch.setattr(worker, "_finish_commits", lambda: steps.append("flush"))
+    worker._transactions = Settling()  # type: ignore[assignment]
+    worker._committer = Committer(lambda snapshot: None)
+    try:
+        if recovery == "lost":
+            worker._on_lost(None, [])  # type: ignore[arg-type]
+        elif recovery == "spill":
+            worker._recover_from_step(SpillFailed("disk full"))
+        else:
+            worker._replace_stuck_producer()
+    finally:
+        worker._committer.close()
+    waited = "settle" if recovery == "stuck" else "flush"
+    assert steps[0] in ("forget", "_drop_all"), steps
+    assert steps.index(waited) > 0, f"waited on Kafka before stopping the handlers: {steps}"
