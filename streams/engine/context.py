@@ -248,6 +248,7 @@ class InvocationContext(WorkflowContext):
             when = None if due is None else datetime.fromtimestamp(due, UTC)
             return Invoke(target=target, argument=argument, invocation_id=inv.meta.id,
                           idempotency_key=idempotency_key, headers=sent_headers, due=when,
+                          mode="call" if kind == "call" else "send",
                           caller=caller if kind == "call" else None)  # fmt: skip
 
         checked_record(size, sent_headers, record, f"{kind} {target.path()}")

@@ -695,8 +695,9 @@ async def calls_large(ctx: ObjectContext, size: int) -> int:
 @edge.handler()
 async def sends_large(ctx: ObjectContext, spec: dict[str, int]) -> str:
     headers = {f"h{i}": "v" * 1000 for i in range(spec["headers"])}
+    delay = timedelta(seconds=spec.get("delay", 0))
     try:
-        ctx.object_send(keep, "big").send("x" * spec["size"], headers=headers)
+        ctx.object_send(keep, "big").send("x" * spec["size"], headers=headers, delay=delay)
     except TerminalError as error:
         return f"{error.status_code}: {error.message}"
     return "sent"
@@ -714,18 +715,19 @@ async def test_a_result_of_the_largest_size_reaches_a_caller_on_another_worker()
     assert not [o for o in h.out if o.topic == TOPICS.deadletter]
 
 
-@pytest.mark.parametrize(("size", "headers", "said"), [
-    (MAX_VALUE_BYTES - 2, 60, "413: the record of send Edge/big/keep would be"),
-    (MAX_VALUE_BYTES - 2, 0, "sent"),
+@pytest.mark.parametrize(("size", "headers", "delay", "said"), [
+    (MAX_VALUE_BYTES - 2, 60, 0, "413: the record of send Edge/big/keep would be"),
+    (MAX_VALUE_BYTES - 2, 0, 0, "sent"),
+    (MAX_VALUE_BYTES - 2, 0, 3600, "sent"),  # measured as a delayed send is written
 ])  # fmt: skip
 async def test_a_send_whose_record_is_too_large_is_a_413_at_the_send(
-    size: int, headers: int, said: str
+    size: int, headers: int, delay: int, said: str
 ) -> None:
     """An argument and headers that each fit made a record that did not: the callee's
     partition dead-lettered it, and nobody heard of the send."""
     h = Harness([helper, edge], loopback=True)
     h.call(Target(service="Edge", key="s", handler="sends_large"),
-           {"size": size, "headers": headers}, request_id="s")  # fmt: skip
+           {"size": size, "headers": headers, "delay": delay}, request_id="s")  # fmt: skip
     await until(lambda: "s" in h.responses(), 10)
     assert str(h.responses()["s"].value).startswith(said), h.responses()["s"]
     await settle()
