@@ -7,6 +7,7 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
+from handlers import TerminalError
 from streams.engine.outbox import set_aside
 from streams.wire import records as r
 from streams.wire.deadletter import MAX_DEADLETTER_BYTES, DeadLetter
@@ -258,6 +259,25 @@ def test_a_number_past_a_floats_range_is_not_json_on_the_ingress_topic() -> None
     ids_only = b'{"invocation_id":"inv_2291e501e0000000000000000000000a","request_id":"1e999"}'
     assert r._HUGE.search(ids_only) is None
     assert r._HUGE.search(b'{"a": -1.5e400}') is not None
+
+
+def test_a_value_of_the_largest_size_fits_the_record_that_carries_it() -> None:
+    """Values were measured as Python's ``json`` writes them, and records are written by
+    pydantic, which spells 1e-05 as 0.00001: a result of such floats that measured within
+    the limit made a completion a third larger, which its caller's partition refused."""
+    from streams.engine.values import measured
+
+    for item in (1e-05, 1.5e-05, 8.631589417736051e-05):
+        count = r.MAX_VALUE_BYTES // len(json.dumps(item) + ",")
+        while True:  # the most of them the limit takes
+            try:
+                value, _ = measured([item] * count, "a result")
+                break
+            except TerminalError:
+                count -= max(1, count // 1000)
+        caller = r.Caller(invocation_id="inv_" + "0" * 32, entry=0)
+        record = r.Completion(caller=caller, invocation_id="inv_" + "1" * 32, value=value)
+        assert len(r.encode(record)) <= r.MAX_RECORD_BYTES, (item, count)
 
 
 def test_load_json_reads_json_and_refuses_what_python_takes_beyond_it() -> None:
