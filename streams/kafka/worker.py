@@ -557,10 +557,10 @@ class Worker:
         log.warning("lost %s without a clean hand-over", by_topic(partitions))
         self._rebalances += 1
         self._group_metadata = None
-        # Their handlers stop now. What was queued cannot commit any more: let it fail, or
-        # fence it if it is stuck (a wait, while their next owner may run them already).
+        # Every handler stops first; what was queued then fails, or is fenced if stuck.
         self._on_loop(self._ownership.forget(partitions, close=True))
-        self._recover(settled=isinstance(self._finish_commits(), TimeoutError))
+        owned = self._on_loop(self._drop_all())  # the kept ones, restored after the wait
+        self._recover(settled=isinstance(self._finish_commits(), TimeoutError), owned=owned)
         self._committer.clear()
 
     def _new_processor(self, partition: int) -> PartitionProcessor:

@@ -376,5 +376,6 @@ def test_handlers_of_partitions_to_restore_stop_before_the_worker_waits_on_kafka
     finally:
         worker._committer.close()
     waited = "settle" if recovery == "stuck" else "flush"
-    assert steps[0] in ("forget", "_drop_all"), steps
-    assert steps.index(waited) > 0, f"waited on Kafka before stopping the handlers: {steps}"
+    assert "_drop_all" in steps, steps  # a lost partition's kept neighbours too
+    stopped = [i for i, step in enumerate(steps) if step in ("forget", "_drop_all")]
+    assert max(stopped) < steps.index(waited), f"waited on Kafka with handlers running: {steps}"
