@@ -37,7 +37,7 @@ from streams.engine.waiters import Waiters
 from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
-    MAX_RECORD_BYTES,
+    MAX_INGRESS_BYTES,
     AttachRequest,
     Caller,
     Cancel,
@@ -235,10 +235,10 @@ class PartitionProcessor:
             replayed = replay_place(self.topics.ingress, replayed)
         answered = None  # what whoever waits was told: an oversize call that decodes, 413
         try:
-            if value is not None and len(value) > MAX_RECORD_BYTES:
+            if value is not None and len(value) > MAX_INGRESS_BYTES:
                 answered = self.outbox.oversize(value)
                 raise RecordError(
-                    "oversize", f"{len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
+                    "oversize", f"{len(value)} bytes; the limit is {MAX_INGRESS_BYTES}"
                 )
             record = decode_ingress(value)
         except RecordError as error:
@@ -380,7 +380,7 @@ class PartitionProcessor:
         ``seq`` (``streams.engine.local``): only when it runs at once, so that nothing
         queued for its key is passed, and only when its record would be applied. False when
         the record must travel instead (nothing was applied)."""
-        if self.closed or out.value is None or len(out.value) > MAX_RECORD_BYTES:
+        if self.closed or out.value is None or len(out.value) > MAX_INGRESS_BYTES:
             return False
         try:
             if routing.owner(record, self.partitions, self.partition) != self.partition:

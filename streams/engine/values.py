@@ -18,7 +18,7 @@ from handlers.serde import JSON
 from streams.wire import ids
 from streams.wire.records import (
     LAST_DUE,
-    MAX_RECORD_BYTES,
+    MAX_INGRESS_BYTES,
     MAX_VALUE_BYTES,
     Failure,
     Invoke,
@@ -92,15 +92,15 @@ def checked_record(
     size: int, headers: dict[str, str], record: Callable[[], Invoke], what: str
 ) -> None:
     """A call's or send's record, whose argument (``size`` bytes) and headers each fit,
-    may still not: 413 past ``MAX_RECORD_BYTES`` (its callee's partition would dead-letter
+    may still not: 413 past ``MAX_INGRESS_BYTES`` (its callee's partition would dead-letter
     it, and nobody would hear of a send). Only one near the limit is made to measure."""
-    if size + (value_size(headers) if headers else 0) + _ENVELOPE <= MAX_RECORD_BYTES:
+    if size + (value_size(headers) if headers else 0) + _ENVELOPE <= MAX_INGRESS_BYTES:
         return
     length = len(encode(record()))
-    if length > MAX_RECORD_BYTES:
+    if length > MAX_INGRESS_BYTES:
         raise TerminalError(
             f"the record of {what} would be {length} bytes; Kourier takes at most "
-            f"{MAX_RECORD_BYTES}",
+            f"{MAX_INGRESS_BYTES}",
             413,
         )
 

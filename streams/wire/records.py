@@ -38,11 +38,14 @@ WIRE_VERSION = 1
 #: state value, a promise, a ``ctx.run`` result. Brokers refuse records over 1 MiB by default
 #: (``message.max.bytes``); the rest is room for the record around the value.
 MAX_VALUE_BYTES = 900 * 1024
-#: Larger ingress records go to the dead-letter topic; the client refuses to write one (413).
-#: Room past the largest value for the record around it: a completion that carries a result
-#: of ``MAX_VALUE_BYTES`` reaches its caller (a call's or send's record is measured where the
-#: handler makes it, ``values.checked_record``: its headers may take 64 KiB more).
-MAX_RECORD_BYTES = MAX_VALUE_BYTES + 8 * 1024
+#: The largest ingress record a client writes (the Python client, the HTTP ingress, Faust
+#: refuse a larger one: 413).
+MAX_RECORD_BYTES = 900 * 1024
+#: Larger ingress records go to the dead-letter topic. Room past the largest value for the
+#: record around it: a completion that carries a result of ``MAX_VALUE_BYTES`` reaches its
+#: caller, and a handler's call or send is measured against it where the handler makes it
+#: (``values.checked_record``: its headers may take 64 KiB more than its argument).
+MAX_INGRESS_BYTES = MAX_VALUE_BYTES + 8 * 1024
 #: An invocation id (``inv_`` + 32 hex digits): checked when a record is decoded, so that a
 #: malformed one is a dead letter, not an error deep inside a partition.
 InvocationId = Annotated[str, Field(pattern=ID_PATTERN)]

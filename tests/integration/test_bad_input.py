@@ -32,7 +32,7 @@ from streams.wire import ids
 from streams.wire.deadletter import DeadLetter
 from streams.wire.partitioning import partition_for
 from streams.wire.records import (
-    MAX_RECORD_BYTES,
+    MAX_INGRESS_BYTES,
     Delayed,
     Invoke,
     RecordError,
@@ -82,7 +82,7 @@ def dead_count(reason: str) -> float:
 
 def rejected(payload: bytes) -> bool:
     """Whether Kourier must set ``payload`` aside (it does not decode, or is too large)."""
-    if len(payload) > MAX_RECORD_BYTES:
+    if len(payload) > MAX_INGRESS_BYTES:
         return True
     try:
         record = decode_ingress(payload)
@@ -116,7 +116,7 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
         (b'{"v": 9, "kind": "invoke"}', "unsupported-version"),
         (json.dumps({"kind": "invoke", "target": {"service": "Nope", "handler": "h"}}).encode(),
          "unknown-target"),
-        (b'"' + b"x" * (MAX_RECORD_BYTES + 10) + b'"', "oversize"),
+        (b'"' + b"x" * (MAX_INGRESS_BYTES + 10) + b'"', "oversize"),
         # Deeper than Python's JSON parser goes: its RecursionError once stalled the partition.
         (b'{"v": 1, "kind": "invoke", "target": {"service": "Tally", "key": "k", '
          b'"handler": "add"}, "argument": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "not-json"),
