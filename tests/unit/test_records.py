@@ -267,17 +267,23 @@ def test_a_value_of_the_largest_size_fits_the_record_that_carries_it() -> None:
     the limit made a completion a third larger, which its caller's partition refused."""
     from streams.engine.values import measured
 
+    def fits(value: list[float]) -> bool:
+        try:
+            measured(value, "a result")
+        except TerminalError:
+            return False
+        return True
+
     for item in (1e-05, 1.5e-05, 8.631589417736051e-05):
-        count = r.MAX_VALUE_BYTES // len(json.dumps(item) + ",")
-        while True:  # the most of them the limit takes
-            try:
-                value, _ = measured([item] * count, "a result")
-                break
-            except TerminalError:
-                count -= max(1, count // 1000)
+        low, high = 1, r.MAX_VALUE_BYTES  # the most of them the limit takes, by halving
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits([item] * middle) else (low, middle - 1)
+        count = low
+        value, _ = measured([item] * count, "a result")
         caller = r.Caller(invocation_id="inv_" + "0" * 32, entry=0)
         record = r.Completion(caller=caller, invocation_id="inv_" + "1" * 32, value=value)
-        assert len(r.encode(record)) <= r.MAX_RECORD_BYTES, (item, count)
+        assert len(r.encode(record)) <= r.MAX_INGRESS_BYTES, (item, count)
 
 
 def test_load_json_reads_json_and_refuses_what_python_takes_beyond_it() -> None:
