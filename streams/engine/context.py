@@ -9,8 +9,9 @@ differs from its entry fails the invocation with :class:`NonDeterminismError`.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar, cast
 
 from opentelemetry.trace import SpanKind
@@ -33,6 +34,7 @@ from streams import tracing
 from streams.engine.futures import EntryFuture, RunFuture, SentHandle, awaited, can_win
 from streams.engine.invocation import Invocation, InvocationClosed, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy, state_key
+from streams.engine.outbox import handler_invoke
 from streams.engine.registry import target_of
 from streams.engine.runs import IN_ACTION, run_entry
 from streams.engine.values import (
@@ -51,7 +53,6 @@ from streams.wire.records import (
     Caller,
     Completion,
     Failure,
-    Invoke,
     Target,
 )
 
@@ -242,15 +243,11 @@ class InvocationContext(WorkflowContext):
             now = self.invocation.processor.now()
             due = due_after(delay, f"the delay of {target.path()}", now)
         inv = self.invocation
-
-        def record() -> Invoke:  # as Invocation.invoke makes it (its id as the callee's)
-            caller = Caller(invocation_id=inv.meta.id, entry=self._cursor)
-            when = None if due is None else datetime.fromtimestamp(due, UTC)
-            return Invoke(target=target, argument=argument, invocation_id=inv.meta.id,
-                          idempotency_key=idempotency_key, headers=sent_headers, due=when,
-                          mode="call" if kind == "call" else "send",
-                          caller=caller if kind == "call" else None)  # fmt: skip
-
+        record = functools.partial(  # as it will be written, its own id as the callee's
+            handler_invoke, inv.meta.id, self._cursor, target=target, argument=argument,
+            callee=inv.meta.id, mode="call" if kind == "call" else "send",
+            idempotency_key=idempotency_key, headers=sent_headers, due=due,
+        )  # fmt: skip
         checked_record(size, sent_headers, record, f"{kind} {target.path()}")
         if kind == "call" and inv.callee_id(self._cursor, target, idempotency_key) == inv.meta.id:
             # A workflow's run calling its own run, or a call whose idempotency key names the

@@ -15,6 +15,9 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import JsonValue
 
 from streams.engine.journal import InvocationMeta, entry_of
 from streams.metrics import DEADLETTERS
@@ -24,6 +27,7 @@ from streams.wire.deadletter import REPLAY_HEADER, DeadLetter
 from streams.wire.partitioning import partition_of_key
 from streams.wire.records import (
     AttachRequest,
+    Caller,
     Completion,
     Control,
     Delayed,
@@ -32,6 +36,7 @@ from streams.wire.records import (
     RecordError,
     Response,
     Start,
+    Target,
     decode_ingress,
     decode_response,
     encode,
@@ -79,6 +84,34 @@ class Out:
     #: The invocation whose step made it, where the record does not name it (a send); in
     #: memory only: see :func:`author_of`.
     author: str | None = None
+
+
+def handler_invoke(
+    caller_id: str,
+    index: int,
+    *,
+    target: Target,
+    argument: JsonValue,
+    callee: str,
+    mode: Literal["call", "send"],
+    idempotency_key: str | None,
+    headers: dict[str, str],
+    due: float | None,
+) -> Invoke:
+    """The record of the call or send that invocation ``caller_id`` journaled at ``index``:
+    a call names that entry, for its completion; a delayed send its due time."""
+    record = Invoke(
+        target=target,
+        argument=argument,
+        invocation_id=callee,
+        mode=mode,
+        idempotency_key=idempotency_key,
+        headers=headers,
+        caller=Caller(invocation_id=caller_id, entry=index) if mode == "call" else None,
+    )
+    if due is not None:  # scheduled by the callee's partition from now on
+        record = record.model_copy(update={"due": datetime.fromtimestamp(due, UTC)})
+    return record
 
 
 def author_of(out: Out, topics: Topics) -> str | None:

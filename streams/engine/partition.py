@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import Executor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import JsonValue
@@ -25,7 +25,7 @@ from streams.engine.invocation import Invocation, lock_key
 from streams.engine.invocations import SWEEP_AGAIN, InvocationTable
 from streams.engine.journal import EntryKind, InvocationMeta, Promise, is_cancel
 from streams.engine.locks import KeyLocks
-from streams.engine.outbox import Out, Outbox
+from streams.engine.outbox import Out, Outbox, handler_invoke
 from streams.engine.outcomes import Outcomes
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
@@ -479,17 +479,10 @@ class PartitionProcessor:
         due: float | None,
         trace: str | None,
     ) -> None:
-        record = Invoke(
-            target=target,
-            argument=argument,
-            invocation_id=callee,
-            mode=mode,
-            idempotency_key=idempotency_key,
-            headers=headers,
-            caller=Caller(invocation_id=caller.meta.id, entry=index) if mode == "call" else None,
-        )
-        if due is not None:  # scheduled by the callee's partition from now on
-            record = record.model_copy(update={"due": datetime.fromtimestamp(due, UTC)})
+        record = handler_invoke(
+            caller.meta.id, index, target=target, argument=argument, callee=callee, mode=mode,
+            idempotency_key=idempotency_key, headers=headers, due=due,
+        )  # fmt: skip
         self.outbox.invoke(record, trace, caller.meta.id)
 
     def handler_callee_id(
