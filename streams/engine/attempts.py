@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from datetime import timedelta
+from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import JsonValue, ValidationError
@@ -136,15 +137,13 @@ class Attempts:
                 raise TerminalError(refusal.message, refusal.code)
             argument = inv.meta.argument
             if not signature.takes_input:
-                ran = True
-                result = await handler.fn(ctx)
+                given: tuple[Any, ...] = ()
             elif argument is None and signature.input_default:  # none given (null): a copy
-                ran = True
-                result = await handler.fn(ctx, signature.default_input())
+                given = (signature.default_input(),)
             else:
-                loaded = signature.input.load(own_copy(argument), "input")
-                ran = True
-                result = await handler.fn(ctx, loaded)
+                given = (signature.input.load(own_copy(argument), "input"),)
+            ran = True
+            result = await handler.fn(ctx, *given)
             try:
                 value = signature.output.dump(result)
             except (ValidationError, TypeError, ValueError) as exc:
