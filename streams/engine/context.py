@@ -60,6 +60,10 @@ T = TypeVar("T")
 
 #: Characters a state, promise or ``ctx.run`` name may have (as an object's key).
 MAX_NAME = 4096
+#: The steps a handler names; ``None`` is no name (``select`` and the rest name none).
+_NAMED = frozenset(
+    "get set clear run promise_get promise_peek promise_resolve promise_reject".split()
+)
 #: Bytes a state or promise record may hold, its key (service, object key and name, as
 #: escaped JSON) and its value together: a broker takes 1,000,000 (``message.max.bytes``),
 #: the rest is room around them. A key of many characters past ASCII is escaped six- or
@@ -148,9 +152,10 @@ class InvocationContext(WorkflowContext):
         """Claim the next journal index; return the recorded entry when replaying."""
         self.check_current()
         name = expected.get("name")
-        if name is not None and not isinstance(name, str):
+        if not isinstance(name, str) and (name is not None or kind in _NAMED):
             # A UUID or an int for a state or promise name journals, then fails to be
-            # written (or read back): names are strings, as in the changelog's keys.
+            # written (or read back): names are strings, as in the changelog's keys. None
+            # journaled too, and went nowhere: ``set`` wrote nothing, a promise was lost.
             raise TypeError(f"the name of a {kind} must be a string, not {type(name).__name__}")
         if name is not None and kind != "select" and len(name) > MAX_NAME:
             # Its journal entry, or its state record's key, could grow past what the

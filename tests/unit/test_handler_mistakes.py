@@ -23,6 +23,7 @@ from handlers import (
     WorkflowContext,
     select,
 )
+from streams.wire import ids
 from streams.wire.records import Cancel, Target
 from tests.unit.harness import Harness, until
 
@@ -61,6 +62,20 @@ async def wrapped_in_run(ctx: ObjectContext) -> str:
 async def odd_name(ctx: ObjectContext) -> str:
     ctx.set(uuid.UUID(int=1), 1)  # type: ignore[arg-type]
     return "set"
+
+
+@objects.handler()
+async def none_name(ctx: ObjectContext, kind: str) -> str:
+    """``None`` for a name: it journaled, and ``set`` wrote nothing, ``get`` read nothing."""
+    if kind == "set":
+        ctx.set(None, 1)  # type: ignore[arg-type]
+    elif kind == "clear":
+        ctx.clear(None)  # type: ignore[arg-type]
+    elif kind == "get":
+        await ctx.get(None)  # type: ignore[arg-type]
+    else:
+        await ctx.run(None, lambda: 1)  # type: ignore[arg-type]
+    return kind
 
 
 @objects.handler()
@@ -187,6 +202,13 @@ async def awaits_twice(ctx: ObjectContext, lose_one: bool) -> list[str]:
 
 
 selfish = Workflow("Selfish")
+nameless = Workflow("Nameless", retry=ONCE)
+
+
+@nameless.main()
+async def resolve_nameless(ctx: WorkflowContext) -> str:
+    await ctx.promise(None).resolve(1)  # type: ignore[arg-type]
+    return "resolved"
 
 
 @selfish.main()
@@ -297,6 +319,27 @@ async def test_a_state_name_that_is_no_string_fails_the_attempt_not_the_worker()
     )
     harness.processor.flush()  # raised TypeError
     assert "odd" not in harness.responses()
+
+
+@pytest.mark.parametrize("kind", ["set", "clear", "get", "run"])
+async def test_none_for_a_name_fails_the_attempt_with_its_reason(kind: str) -> None:
+    """``ctx.set(None, 1)`` answered as if written, and nothing was: a name is a string."""
+    harness = Harness([objects])
+    inv_id = harness.call(mistake("none_name"), kind, request_id=kind)
+    await until(lambda: harness.processor.invocations[inv_id].meta.status == "paused")
+    meta = harness.processor.invocations[inv_id].meta
+    assert f"name of a {kind} must be a string, not NoneType" in (meta.last_error or "")
+    assert kind not in harness.responses()
+
+
+async def test_none_for_a_promise_name_fails_the_attempt_with_its_reason() -> None:
+    """A promise named ``None`` resolved, and was lost when its workflow was restored."""
+    harness = Harness([nameless])
+    harness.call(Target(service="Nameless", key="w", handler="run"), request_id="w")
+    inv_id = ids.workflow_run_id("Nameless", "w")
+    await until(lambda: harness.processor.invocations[inv_id].meta.status == "paused")
+    meta = harness.processor.invocations[inv_id].meta
+    assert "name of a promise_resolve must be a string, not NoneType" in (meta.last_error or "")
 
 
 @pytest.mark.parametrize("kind", ["set", "run", "get"])
