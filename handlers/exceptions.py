@@ -7,15 +7,19 @@ class TerminalError(Exception):
     """Ends the invocation with a failure that is returned to the caller and never retried.
 
     ``status_code`` is HTTP-like: 4xx for the caller's mistakes, 5xx for the
-    handler's, 409 for a cancelled or killed invocation, 408 for a timed-out call.
+    handler's, 409 for a cancelled or killed invocation, 408 for a timed-out call. Any
+    other code is sent as 500, with the code given named in the message.
     """
 
     def __init__(self, message: str, status_code: int = 500) -> None:
-        if not 400 <= status_code <= 599:
-            raise ValueError(f"status_code must be 400-599, got {status_code}")
         # ``raise TerminalError(err, 400)`` with an exception or a dict for the message is
         # common: the failure written for the caller holds its text.
         message = message if isinstance(message, str) else str(message)
+        if type(status_code) is not int or not 400 <= status_code <= 599:
+            # Raising ValueError here retried a handler that meant to fail for good (a 302
+            # for "moved"): it fails, as 500, and says why.
+            message = f"{message} (status_code {status_code!r} is not 400-599: sent as 500)"
+            status_code = 500
         super().__init__(message)
         self.message = message
         self.status_code = status_code

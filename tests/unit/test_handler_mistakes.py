@@ -30,7 +30,7 @@ from tests.unit.harness import Harness, until
 ONCE = RetryPolicy(initial=timedelta(milliseconds=1), max_attempts=2)
 objects = VirtualObject("Mistakes", retry=ONCE)
 services = Service("Sender", retry=ONCE)
-ran = {"action": 0, "send": 0}
+ran = {"action": 0, "send": 0, "moved": 0}
 
 
 class Outcome(BaseException):
@@ -62,6 +62,12 @@ async def wrapped_in_run(ctx: ObjectContext) -> str:
 async def odd_name(ctx: ObjectContext) -> str:
     ctx.set(uuid.UUID(int=1), 1)  # type: ignore[arg-type]
     return "set"
+
+
+@objects.handler()
+async def moved(ctx: ObjectContext) -> str:
+    ran["moved"] += 1
+    raise TerminalError("moved to k2", 302)
 
 
 @objects.handler()
@@ -319,6 +325,20 @@ async def test_a_state_name_that_is_no_string_fails_the_attempt_not_the_worker()
     )
     harness.processor.flush()  # raised TypeError
     assert "odd" not in harness.responses()
+
+
+async def test_a_terminal_error_with_a_code_no_failure_has_fails_as_500_not_retried() -> None:
+    """``TerminalError("moved", 302)`` raised ValueError: an error like any other, retried
+    until the invocation was paused with its key held."""
+    harness = Harness([objects])
+    harness.call(mistake("moved"), request_id="moved")
+    await until(lambda: "moved" in harness.responses())
+    failure = harness.responses()["moved"].failure
+    assert failure is not None
+    assert (failure.code, failure.message) == (
+        500, "moved to k2 (status_code 302 is not 400-599: sent as 500)"
+    )  # fmt: skip
+    assert ran["moved"] == 1
 
 
 @pytest.mark.parametrize("kind", ["set", "clear", "get", "run"])

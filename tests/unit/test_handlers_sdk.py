@@ -149,8 +149,10 @@ def test_a_retry_policy_refuses_a_factor_that_is_not_a_number_and_a_cap_of_zero(
 def test_terminal_error_keeps_code_and_message() -> None:
     error = TerminalError("nope", status_code=404)
     assert (error.message, error.status_code) == ("nope", 404)
-    with pytest.raises(ValueError, match="400-599"):
-        TerminalError("bad", status_code=200)
+    for code in (200, 302, 600, True, 404.0, "404"):
+        error = TerminalError("bad", status_code=code)  # type: ignore[arg-type]
+        assert error.status_code == 500
+        assert error.message == f"bad (status_code {code!r} is not 400-599: sent as 500)"
 
 
 def test_a_name_a_call_record_cannot_carry_is_refused() -> None:
