@@ -27,6 +27,7 @@ from streams.http.shared import (
     json_errors,
     local_names,
     metrics,
+    no_store,
     same_origin,
 )
 from streams.metrics import DEADLOCKS
@@ -63,6 +64,7 @@ class AdminApi:
             middlewares=[json_errors, local_names(self.allowed_hosts), bearer(self.token),
                          same_origin]
         )  # fmt: skip
+        app.on_response_prepare.append(no_store)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/services", self.list_services)

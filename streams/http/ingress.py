@@ -50,6 +50,7 @@ from streams.http.shared import (
     error_response,
     json_errors,
     metrics,
+    no_store,
     same_origin,
 )
 from streams.metrics import labelled
@@ -167,6 +168,7 @@ class Ingress:
             client_max_size=self.max_body,
             middlewares=[json_errors, bearer(self.settings.token, LIVENESS), same_origin],
         )
+        app.on_response_prepare.append(no_store)
         app.router.add_get("/health", self.admin.health)  # the same answer on both ports
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/restate/{verb:attach|output}/{id}", self.attach)

@@ -78,6 +78,12 @@ async def same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
+async def no_store(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer is as of now and may hold state or arguments: a browser, or a proxy
+    between, keeps none of them (an app's ``on_response_prepare``), errors included."""
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
 #: Names a client on this machine reaches a loopback address by, besides loopback IPs and
 #: ``*.localhost`` (RFC 6761): the unspecified address, which Kourier prints when bound to
 #: it, and the machine's own name (Debian points it at 127.0.1.1). A page on another site

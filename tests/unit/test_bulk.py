@@ -423,3 +423,16 @@ async def test_the_deadlock_watch_goes_on_after_a_failed_read() -> None:
                 await asyncio.sleep(0.05)
     finally:
         watch.cancel()
+
+
+async def test_no_answer_of_the_admin_api_or_its_page_is_kept_by_a_cache() -> None:
+    """Invocations, their arguments and objects' state as of now: a browser's cache or a
+    proxy between kept them, and the UI showed an answer from before (nothing said not to)."""
+    fake, index = FakeClient(), FakeIndex()
+    index.up = True
+    api = AdminApi(cast(Client, fake), cast(InvocationIndex, index), token=None)
+    async with TestClient(TestServer(api.app())) as http:
+        for path, status in (("/invocations/" + A, 200), ("/ui", 200), ("/nowhere", 404)):
+            reply = await http.get(path)
+            assert reply.status == status, path
+            assert reply.headers.get("cache-control") == "no-store", path

@@ -231,6 +231,7 @@ async def test_another_method_on_a_route_is_405_with_the_methods_it_takes(
         reply = await http.request(method, path)
         assert reply.status == 405, await reply.text()
         assert reply.headers["allow"] == allow
+        assert reply.headers["cache-control"] == "no-store"  # an error too: as of now
     # A POST is a call's request, counted as one (it was not); other methods are not.
     assert (requests_counted("405"), requests_counted("500")) == (
         before[0] + (method == "POST"), before[1]
