@@ -465,8 +465,12 @@ def _load(data: bytes | None) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise RecordError("bad-schema", f"expected a JSON object, got {type(obj).__name__}")
     version = obj.get("v", WIRE_VERSION)
-    if version != WIRE_VERSION:
-        raise RecordError("unsupported-version", f"v={version!r}; this Kourier reads v=1")
+    if type(version) is not int or version != WIRE_VERSION:
+        if type(version) is int and version > WIRE_VERSION:  # a newer Kourier's
+            raise RecordError("unsupported-version", f"v={version!r}; this Kourier reads v=1")
+        # Not a version at all: no newer worker reads it either (a delay record kept for
+        # one was held, and copied again at each carry, for good).
+        raise RecordError("bad-schema", f"v: {version!r} is no version; this Kourier reads v=1")
     return obj
 
 

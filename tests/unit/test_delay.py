@@ -457,6 +457,21 @@ async def test_a_record_of_a_newer_version_waits_for_a_newer_worker() -> None:
     assert good > newer
 
 
+@pytest.mark.parametrize("version", [b"null", b'"1"', b"0", b"-3", b"true", b"1.0", b"2.5"])
+async def test_a_record_whose_version_is_no_version_is_dead_lettered(version: bytes) -> None:
+    """Any ``v`` but 1 was taken for a newer worker's: held pending for good, never set
+    aside, and copied again at every carry."""
+    log, clock = Log(), Clock()
+    log.append(b"n", b'{"v": ' + version + b', "kind": "delayed"}')
+    rig = Rig(log, clock)
+    rig.feed()
+    rig.tick()
+    (letter,) = rig.emitted
+    assert letter.topic == TOPICS.deadletter
+    assert dict(letter.headers or [])["kourier.reason"] in (b"bad-schema", "bad-schema")
+    assert rig.processor.pending == 0
+
+
 async def test_a_record_that_cannot_be_written_again_is_dead_lettered_not_raised() -> None:
     log, clock = Log(), Clock()
     invoke = Invoke(target=Target(service="S", key="k", handler="h"),

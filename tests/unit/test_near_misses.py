@@ -238,7 +238,7 @@ async def test_a_dead_letter_fits_however_long_the_reason_quotes_the_record() ->
     h = Harness([box])
     value = b'{"v":[' + b",".join([b"0"] * 460_000) + b"]}"
     h.processor.on_message(None, value, 0)
-    assert reasons(h) == ["unsupported-version"]
+    assert reasons(h) == ["bad-schema"]
     (letter,) = [o for o in h.out if o.topic == TOPICS.deadletter]
     headers = sum(len(name) + len(data or b"") for name, data in letter.headers or [])
     assert headers + len(letter.value or b"") < 1_000_000, "the dead letter does not fit"
