@@ -6,7 +6,8 @@ that names an invocation that exists already (the same idempotency key, a workfl
 joins it instead of running again; a send gets a receipt. An attach names an invocation by
 id, by idempotency key, or as a workflow's run, and waits for its outcome (or, without
 ``wait``, asks for it now: 470 while it runs). At most ``MAX_WAITERS`` wait for one
-invocation, so that its record never grows past what Kafka takes. A request id stays until
+invocation, their ids ``MAX_WAITER_BYTES`` at most, so that its record never grows past
+what Kafka takes. A request id stays until
 the outcome: an HTTP client whose attach was cut off (its own timeout, a proxy's) leaves its
 id behind, and nothing tells the worker. So a new waiter takes the place of the request id
 that has waited longest, which is answered 429 (attach again), except the call that made
@@ -17,6 +18,7 @@ tells this partition), whose attach fails with 429. The calling handler is never
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 
@@ -36,6 +38,19 @@ from streams.wire.records import (
 
 #: Callers and attached handlers one invocation answers at most.
 MAX_WAITERS = 1_000
+#: Bytes their request ids and attached handlers take in the invocation's record at most
+#: (as JSON): 1,000 ids of a UUID's length fit, as do 1,000 attached handlers; 1,000 ids
+#: of the longest kind (1,024 characters) took a megabyte, past what Kafka takes in one
+#: record, and the invocation failed with 413 however small its argument.
+MAX_WAITER_BYTES = 64 * 1024
+_CALLER_BYTES = 64  # {"invocation_id":"inv_<32 hex>","entry":N}, and a comma
+
+
+def _size(request_id: str) -> int:
+    """At most the bytes ``request_id`` takes as JSON (escaped, with quotes and comma)."""
+    if request_id.isascii() and request_id.isprintable():
+        return len(request_id) + 3 + request_id.count('"') + request_id.count("\\")
+    return len(json.dumps(request_id)) + 1
 
 
 class Waiters:
@@ -99,24 +114,35 @@ class Waiters:
         new_request = request_id is not None and request_id not in meta.request_ids
         new_caller = caller is not None and caller != meta.caller and caller not in meta.attachers
         places = MAX_WAITERS - new_request - new_caller  # for those who wait already
+        room = MAX_WAITER_BYTES - new_caller * _CALLER_BYTES  # and the bytes they may take
+        if request_id is not None and new_request:
+            room -= _size(request_id)
+        taken = sum(map(_size, meta.request_ids)) + _CALLER_BYTES * len(meta.attachers)
+
+        def crowded() -> bool:
+            return len(meta.request_ids) + len(meta.attachers) > places or taken > room
+
         # The call that made the invocation (its request id first) is never let go: it may
         # have no idempotency key, and a caller that tried again would run it twice.
         kept = 1 if meta.mode == "call" and meta.caller is None else 0
         message = (
-            f"newer waiters took the {MAX_WAITERS} places for {meta.id}: attach again (or "
-            "call again with the same idempotency key)"
+            f"newer waiters took the places for {meta.id} ({MAX_WAITERS} at most, their ids "
+            f"{MAX_WAITER_BYTES} bytes): attach again (or call again with the same idempotency "
+            "key)"
         )
-        while len(meta.request_ids) + len(meta.attachers) > places and len(meta.request_ids) > kept:
+        while crowded() and len(meta.request_ids) > kept:
             oldest = meta.request_ids.pop(kept)
+            taken -= _size(oldest)
             self._outbox.failure_response(oldest, meta.id, Failure(code=429, message=message))
             self._touch(inv)
-        while len(meta.request_ids) + len(meta.attachers) > places and meta.attachers:
+        while crowded() and meta.attachers:
             gone = meta.attachers.pop(0)
+            taken -= _CALLER_BYTES
             failure = Failure(code=429, message=message)
             self._outbox.completion(Completion(caller=gone, invocation_id=meta.id, failure=failure))
             self._touch(inv)
-        if len(meta.request_ids) + len(meta.attachers) > places:  # the call that made it
-            busy = Failure(code=429, message=f"{MAX_WAITERS} already wait for {meta.id}")
+        if crowded():  # the call that made it, and room for no one else
+            busy = Failure(code=429, message=f"as many as fit already wait for {meta.id}")
             if request_id is not None and new_request:
                 self._outbox.failure_response(request_id, meta.id, busy)
             if caller is not None and new_caller:

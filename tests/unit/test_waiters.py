@@ -70,3 +70,25 @@ async def test_handlers_attached_longest_make_room_too(monkeypatch: pytest.Monke
     RELEASE.set()
     await until(lambda: "late" in harness.responses())
     assert harness.responses()["late"].value == "done"
+
+
+async def test_attaches_with_long_ids_make_room_by_their_bytes_too() -> None:
+    """A thousand attaches with ids of 1,024 characters each (the longest a record takes)
+    grew the invocation's record past a megabyte, what Kafka takes in one: the invocation
+    failed with 413, however small its argument. The oldest are let go instead (429)."""
+    RELEASE.clear()
+    harness = Harness([slow])
+    inv_id = harness.call(Target(service="Slow", handler="wait"), request_id="call")
+    long_ids = [f"{n:04d}" + "x" * 1020 for n in range(100)]
+    for request_id in long_ids:
+        harness.send(AttachRequest(request_id=request_id, invocation_id=inv_id))
+    meta = harness.processor.invocations[inv_id].meta
+    assert len(meta.to_json()) < 70_000, "the ids take 64 KiB at most"
+    let_go = sorted(harness.responses())
+    assert let_go == long_ids[: len(let_go)], "the oldest are let go, in order"
+    assert 30 < len(let_go) < 100 - 50, len(let_go)
+    assert {r.failure.code for r in harness.responses().values() if r.failure} == {429}
+    assert meta.request_ids[0] == "call", "the call that made it is kept"
+    RELEASE.set()
+    await until(lambda: long_ids[-1] in harness.responses())
+    assert harness.responses()["call"].value == "done"
