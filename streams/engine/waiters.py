@@ -183,14 +183,16 @@ class Waiters:
             return record.invocation_id
         target = record.target
         assert target is not None
-        if record.idempotency_key is not None:
-            return self._named_by_key(target, record.idempotency_key)
         try:
             handler = self._registry.resolve(target)
         except LookupError:
-            return None
-        if handler.kind == "workflow" and target.key is not None:
+            handler = None
+        # A workflow's run is named by its id whatever key it was called with, as the
+        # invoke named it (an idempotency key looked up first found nothing: 404).
+        if handler is not None and handler.kind == "workflow" and target.key is not None:
             return ids.workflow_run_id(target.service, target.key)
+        if record.idempotency_key is not None:
+            return self._named_by_key(target, record.idempotency_key)
         return None
 
     def _answer_attach(self, record: AttachRequest, inv_id: str | None, failure: Failure) -> None:

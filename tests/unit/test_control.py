@@ -443,9 +443,13 @@ async def test_workflow_runs_once_and_promises_connect_its_handlers() -> None:
     # After run: shared handlers still see state and the promise; attach gets the result.
     h.call(Target(service="Signup", key="w1", handler="status"), request_id="after")
     h.send(AttachRequest(request_id="attach", target=run_target))
-    await until(lambda: "after" in h.responses() and "attach" in h.responses())
+    # With an idempotency key too (a run called with one ignores it): it was looked up
+    # first, found nothing, and the attach was answered 404 while the run was there.
+    h.send(AttachRequest(request_id="keyed", target=run_target, idempotency_key="K"))
+    await until(lambda: {"after", "attach", "keyed"} <= set(h.responses()))
     assert h.responses()["after"].value == {"status": "verified", "link": "ok"}
     assert h.responses()["attach"].value == "a@example.com:ok"
+    assert h.responses()["keyed"].value == "a@example.com:ok"
     changelog = [json.loads(o.key or b"") for o in h.processor.flush() if o.topic == TOPICS.state]
     assert ["Signup", "w1", "link", "promise"] in changelog
     # Past the workflow's retention its run, state and promises are gone.
