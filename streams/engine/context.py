@@ -61,9 +61,9 @@ T = TypeVar("T")
 #: Characters a state, promise or ``ctx.run`` name may have (as an object's key).
 MAX_NAME = 4096
 #: The steps a handler names; ``None`` is no name (``select`` and the rest name none).
-_NAMED = frozenset(
-    "get set clear run promise_get promise_peek promise_resolve promise_reject".split()
-)
+_NAMED = frozenset(("get", "set", "clear", "run")) | {
+    f"promise_{verb}" for verb in ("get", "peek", "resolve", "reject")
+}
 #: Bytes a state or promise record may hold, its key (service, object key and name, as
 #: escaped JSON) and its value together: a broker takes 1,000,000 (``message.max.bytes``),
 #: the rest is room around them. A key of many characters past ASCII is escaped six- or
