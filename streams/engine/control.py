@@ -130,8 +130,7 @@ class Controls:
         the changelog, which a replay would not follow). A paused one that can run runs once
         more (``deliver_cancel``), so that its handler compensates, as a running one does."""
         meta = inv.meta
-        for callee in _open_calls(inv):  # a paused one may have left calls open, too
-            self._outbox.control(Cancel(invocation_id=callee), origin=meta.id)
+        self._pass_on(inv, Cancel)  # a paused one may have left calls open, too
         unstarted = meta.status in ("pending", "scheduled")
         if unstarted or (meta.status == "paused" and not _can_run(inv)):
             inv.close()
@@ -201,10 +200,21 @@ class Controls:
 
     def kill(self, inv: Invocation) -> None:
         """Stop ``inv`` now, without compensation; its open calls are killed too."""
-        for callee in _open_calls(inv):
-            self._outbox.control(Kill(invocation_id=callee), origin=inv.meta.id)
+        self._pass_on(inv, Kill)
         inv.close()
         self._complete(inv, None, KILLED)
+
+    def _pass_on(self, inv: Invocation, kind: type[Cancel | Kill]) -> None:
+        """Cancel or kill the calls ``inv`` has open, as their caller. One queued on this
+        partition is done with here and now: sent as a record, it was still queued when
+        ``inv`` let go of its key, and one queued behind that key (``inv`` called its own
+        object) was handed the key and ran before its record came back."""
+        for callee in _open_calls(inv):
+            queued = self._invocations.get(callee)
+            if queued is not None and queued.meta.status in ("pending", "scheduled"):
+                self.apply(kind(invocation_id=callee), origin=inv.meta.id)
+            else:
+                self._outbox.control(kind(invocation_id=callee), origin=inv.meta.id)
 
 
 def _can_run(inv: Invocation) -> bool:

@@ -88,6 +88,21 @@ async def watch(ctx: ObjectSharedContext, invocation_id: str) -> Any:
 
 
 @saga.handler()
+async def call_own_key(ctx: ObjectContext) -> str:
+    """Calls its own object: the call queues behind this very invocation, which holds the
+    key (a deadlock, which a kill breaks)."""
+    result: str = await ctx.object("Saga", ctx.key, "mark").request()
+    return result
+
+
+@saga.handler()
+async def mark(ctx: ObjectContext) -> str:
+    ctx.set("marked", True)
+    trail.append(f"marked {ctx.key}")
+    return "marked"
+
+
+@saga.handler()
 async def flaky(ctx: ObjectContext) -> int:
     flaky_state["runs"] += 1
     if flaky_state["failing"]:
@@ -260,6 +275,25 @@ async def test_kill_stops_the_tree_without_compensation_and_unlocks_keys() -> No
     h.call(saga_target("k-child", "book"), 0, request_id="after")
     await until(lambda: "after" in h.responses())
     assert h.responses()["after"].value == "booked"
+
+
+async def test_a_kill_of_a_deadlock_kills_the_call_queued_behind_it_before_it_runs() -> None:
+    """The kill of a handler that called its own object sent a kill record to its callee
+    and let go of the key: the callee, queued behind that key, was handed it and ran (its
+    state written, its effects made) before the record came back, which found it done."""
+    h = harness(loopback=True)
+    holder = h.call(saga_target("d", "call_own_key"), request_id="holder")
+    await until(lambda: len(h.processor.invocations) == 2)
+    callee = next(i for i in h.processor.invocations if i != holder)
+    assert h.processor.invocations[callee].meta.status == "pending"
+    h.send(Kill(invocation_id=holder, request_id="kill"))
+    assert h.responses()["kill"].status == "success"
+    await settle()
+    assert trail == [], "the call queued behind the killed one ran"
+    assert ("Saga", "d") not in h.processor.store.state
+    assert callee not in h.processor.invocations  # completed (killed), and not retained
+    assert h.records("kill") == [], "done with here: no record to come back"
+    assert h.processor.locks.holders == {}
 
 
 async def test_cancelling_the_holder_of_a_key_lets_the_next_call_run() -> None:
