@@ -382,7 +382,10 @@ class InvocationContext(WorkflowContext):
         # in the race. The first done that can win wins, in the order of the names.
         finished = [task for task in tasks if task in done]
         winnable = [task for task in finished if can_win(task)]
-        first = winnable[0] if winnable else finished[0]
+        # A branch the pending cancel failed wins over one done with it: the cancel counts
+        # as delivered, and a value winning instead would lose it for good.
+        cancelled = [task for task in winnable if _cancelled(task)]
+        first = (cancelled or winnable or finished)[0]
         winner = tasks[first]
         self.invocation.check_open()
         if not winnable:
@@ -519,6 +522,14 @@ class InvocationContext(WorkflowContext):
         if self.invocation.handler.service.kind != "workflow":
             raise TerminalError("durable promises belong to workflows", 400)
         return _Promise(self, name, None if type_hint is None else Serde(type_hint))
+
+
+def _cancelled(task: asyncio.Task[Any]) -> bool:
+    """Whether a branch that may win failed with 409 cancelled."""
+    error = task.exception()
+    return isinstance(error, TerminalError) and (error.status_code, error.message) == (
+        CANCELLED.code, CANCELLED.message
+    )  # fmt: skip
 
 
 class _Promise(DurablePromise[Any]):

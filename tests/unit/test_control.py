@@ -20,6 +20,7 @@ from handlers import (
     Workflow,
     WorkflowContext,
     WorkflowSharedContext,
+    select,
 )
 from streams.engine.invocation import Invocation
 from streams.engine.outbox import origin_of
@@ -29,6 +30,7 @@ from streams.wire.records import (
     AttachRequest,
     Caller,
     Cancel,
+    Completion,
     Invoke,
     Kill,
     Purge,
@@ -100,6 +102,18 @@ async def mark(ctx: ObjectContext) -> str:
     ctx.set("marked", True)
     trail.append(f"marked {ctx.key}")
     return "marked"
+
+
+@saga.handler()
+async def race(ctx: ObjectContext) -> str:
+    """A call raced against an hour: cancelled, it compensates."""
+    reply = ctx.object("Saga", f"{ctx.key}-booked", "book").request(0)
+    try:
+        name, value = await select(reply=reply, timeout=ctx.sleep(timedelta(hours=1)))
+    except TerminalError as error:
+        trail.append(f"compensate {ctx.key} {error.status_code}")
+        raise
+    return f"{name}: {value}"
 
 
 @saga.handler()
@@ -294,6 +308,27 @@ async def test_a_kill_of_a_deadlock_kills_the_call_queued_behind_it_before_it_ru
     assert callee not in h.processor.invocations  # completed (killed), and not retained
     assert h.records("kill") == [], "done with here: no record to come back"
     assert h.processor.locks.holders == {}
+
+
+async def test_a_cancel_that_fails_a_branch_of_a_select_wins_over_one_done_with_it() -> None:
+    """A call's outcome and a cancel applied before the handler woke: the cancel failed
+    the sleep, and counted as delivered; the call, named first, won the select, and the
+    invocation completed as if never cancelled (its cancel answered "accepted")."""
+    h = harness()
+    inv_id = h.call(saga_target("s", "race"), request_id="race")
+    await until(lambda: waiting_in(h, inv_id, "sleep"))
+    journal = h.processor.invocations[inv_id].journal
+    index, call = next((i, e) for i, e in enumerate(journal) if e.kind == "call")
+    assert call.callee is not None
+    caller = Caller(invocation_id=inv_id, entry=index)
+    h.send(Completion(caller=caller, invocation_id=call.callee, value="booked"))
+    h.send(Cancel(invocation_id=inv_id, request_id="cancel"))  # before the handler wakes
+    assert h.responses()["cancel"].status == "accepted"
+    await until(lambda: "race" in h.responses())
+    failure = h.responses()["race"].failure
+    assert failure is not None, h.responses()["race"].value
+    assert failure.code == 409
+    assert trail == ["compensate s 409"]
 
 
 async def test_cancelling_the_holder_of_a_key_lets_the_next_call_run() -> None:
