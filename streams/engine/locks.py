@@ -45,8 +45,15 @@ class KeyLocks:
 
     def queue(self, obj: ObjectKey, invocation_id: str, seq: int) -> None:
         """``invocation_id`` waits for the key (behind its holder, or, in a restore,
-        behind whoever held it)."""
-        self.inboxes.setdefault(obj, deque()).append((invocation_id, seq))
+        behind whoever held it), in the line's order of arrival: its offset, ``seq``. A
+        started invocation comes late, once due, with its ``Start``'s offset: behind it,
+        calls that arrived meanwhile went ahead, and a restore, which lines up by offset,
+        put them back behind it."""
+        line = self.inboxes.setdefault(obj, deque())
+        place = len(line)
+        while place and line[place - 1][1] > seq:
+            place -= 1
+        line.insert(place, (invocation_id, seq))
         self._lined[invocation_id, seq] += 1
 
     def release(self, obj: ObjectKey, invocation_id: str) -> bool:

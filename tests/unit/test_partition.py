@@ -650,6 +650,27 @@ async def test_a_step_releases_a_started_invocation_once_it_is_due_and_its_timer
     assert queued(ObjectKey("Box", "q")) == [held], "queued a second time by its timer"
 
 
+async def test_a_started_invocation_takes_its_place_in_line_by_its_start_as_in_a_restore() -> None:
+    """A call that arrived while a Start waited out its lead queued ahead of it, and a
+    restore, which lines up by offset, put it behind: the order of two calls to one key
+    depended on whether the partition moved in between."""
+    clock = HeldClock()
+    h = Harness([box, svc, patient], clock=clock)
+    due = clock.now + 0.3
+    started, seq = scheduled(h, "line", due)
+    await settle()
+    h.call(Target(service="Box", key="line", handler="wait_twice"), request_id="blocker")
+    await until(lambda: len(h.invokes()) == 1)  # the blocker holds the key, awaiting a call
+    h.send(Start(invocation_id=started, seq=seq))
+    later = h.call(Target(service="Box", key="line", handler="put"), 1, request_id="later")
+    clock.now = due + 0.001
+    h.processor.release_due(clock.now)
+    obj = ObjectKey("Box", "line")
+    assert h.processor.locks.queued(obj) == [started, later]
+    restored = h.hand_over()
+    assert restored.locks.queued(obj) == [started, later]
+
+
 async def started_early(key: str) -> tuple[Harness, HeldClock, str, float]:
     """A partition that applied the Start of Box/key/put(5) START_LEAD before it is due:
     the harness, its clock, the invocation and its due time."""
