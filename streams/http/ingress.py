@@ -177,8 +177,9 @@ class Ingress:
         # [^/]+, not aiohttp's default [^{}/]+: a key may hold braces (it has them decoded).
         workflow = "/restate/workflow/{service:[^/]+}/{key:[^/]+}/{verb:attach|output}"
         app.router.add_get(workflow, self.attach)
-        app.router.add_post("/{path:.*}", self.invoke)
-        app.router.add_route("*", "/{path:.*}", self.not_a_call)
+        # [\s\S], not ".": aiohttp matches the decoded path, and a key may hold a newline.
+        app.router.add_post(r"/{path:[\s\S]*}", self.invoke)
+        app.router.add_route("*", r"/{path:[\s\S]*}", self.not_a_call)
         return app
 
     async def not_a_call(self, request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from streams.http.ingress import Ingress
 from streams.http.shared import HttpError
 from streams.settings import Settings
 from streams.wire import ids
-from streams.wire.records import Target
+from streams.wire.records import Response, Target
 from tests.unit.harness import until
 
 GREETER = ServiceInfo(name="Greeter", kind="service", handlers={"greet": {"kind": "shared"}})
@@ -183,6 +183,30 @@ async def test_an_unforeseen_error_is_a_500_counted_in_the_requests_metric() -> 
         reply = await http.post("/Greeter/greet", json="ada")
         assert reply.status == 500
     assert requests_counted("500") == before + 1
+
+
+COUNTER = ServiceInfo(name="Counter", kind="object", handlers={"add": {"kind": "exclusive"}})
+
+
+class Takes(Answers):
+    """A client that knows Counter and answers every call with the key it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(RuntimeError("not raised"))
+        self.services = {"Counter": COUNTER}
+
+    async def call(self, target: Any, *args: Any, **kwargs: Any) -> Any:
+        return ID, Response(request_id="r", invocation_id=ID, status="success", value=target.key)
+
+
+@pytest.mark.parametrize("path", ["/Counter/a%0Ab/add", "/restate/call/Counter/a%0Ab/add"])
+async def test_a_key_with_a_line_break_is_called(path: str) -> None:
+    """aiohttp matches a route against the decoded path, and ``.*`` stops at a newline: a
+    key with one was aiohttp's bare 404, never routed nor counted (attach took it)."""
+    async with TestClient(TestServer(ingress_with(Takes()).app())) as http:
+        reply = await http.post(path, json=1)
+        assert reply.status == 200, await reply.text()
+        assert await reply.json() == "a\nb"
 
 
 class Waits(Answers):
