@@ -27,8 +27,20 @@ class InvalidId(KourierError, ValueError):
     """Not a Kourier invocation id, or one of another partition."""
 
 
-@lru_cache(maxsize=65_536)
 def key_hash(key: str) -> int:
+    """The murmur2 hash an object key routes by. Short keys, the many, are remembered; a
+    long one is hashed again (the cache keeps its keys: 65,536 keys of 4,096 characters
+    kept a gigabyte in the ingress and in every worker, for good)."""
+    if len(key) <= _CACHED_KEY:
+        return _cached_hash(key)
+    return murmur2(key.encode()) & 0x7FFFFFFF
+
+
+_CACHED_KEY = 64  # characters
+
+
+@lru_cache(maxsize=65_536)
+def _cached_hash(key: str) -> int:
     return murmur2(key.encode()) & 0x7FFFFFFF
 
 

@@ -1,7 +1,9 @@
+import tracemalloc
+
 import pytest
 
 from streams.wire import ids
-from streams.wire.partitioning import partition_for
+from streams.wire.partitioning import murmur2, partition_for
 
 
 def test_keyed_ids_route_to_the_keys_partition() -> None:
@@ -46,3 +48,21 @@ def test_a_later_run_under_an_id_derives_other_child_and_timer_ids() -> None:
     assert ids.timer_id(first, 3) == ids.timer_id(first, 3)
     assert ids.timer_id(first, 3) not in (ids.timer_id(second, 3), ids.timer_id(first, 4))
     assert ids.is_id(ids.timer_id(first, 3)), "a timer's completion carries it as an id"
+
+
+def test_long_keys_are_hashed_without_being_kept() -> None:
+    """The hashes' cache held every key it was asked, up to 65,536 of them: keys of 4,096
+    characters past the BMP (16 KiB each in Python) pinned a gigabyte."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        long_keys = [f"{n:04d}" + "k" * 196 for n in range(500)]  # 100 KB
+        hashed = sum(ids.key_hash(key) for key in long_keys)
+        expected = sum(murmur2(key.encode()) & 0x7FFFFFFF for key in long_keys)
+        del long_keys
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert hashed == expected
+    assert kept < 20_000, f"{kept} bytes kept after hashing 100 KB of keys"
+    assert ids.key_hash("short") == murmur2(b"short") & 0x7FFFFFFF
