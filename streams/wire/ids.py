@@ -16,7 +16,7 @@ import secrets
 from functools import lru_cache
 
 from streams.errors import KourierError
-from streams.wire.partitioning import murmur2
+from streams.wire.partitioning import CACHED_KEY, murmur2
 
 #: What every invocation id looks like; records validate theirs against it when decoded.
 ID_PATTERN = r"^inv_[0-9a-f]{32}$"
@@ -28,15 +28,11 @@ class InvalidId(KourierError, ValueError):
 
 
 def key_hash(key: str) -> int:
-    """The murmur2 hash an object key routes by. Short keys, the many, are remembered; a
-    long one is hashed again (the cache keeps its keys: 65,536 keys of 4,096 characters
-    kept a gigabyte in the ingress and in every worker, for good)."""
-    if len(key) <= _CACHED_KEY:
+    """The murmur2 hash an object key routes by, remembered for short keys (as
+    :func:`~streams.wire.partitioning.partition_for` remembers partitions)."""
+    if len(key) <= CACHED_KEY:
         return _cached_hash(key)
     return murmur2(key.encode()) & 0x7FFFFFFF
-
-
-_CACHED_KEY = 64  # characters
 
 
 @lru_cache(maxsize=65_536)

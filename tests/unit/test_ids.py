@@ -3,7 +3,7 @@ import tracemalloc
 import pytest
 
 from streams.wire import ids
-from streams.wire.partitioning import murmur2, partition_for
+from streams.wire.partitioning import murmur2, partition_for, partition_of_key
 
 
 def test_keyed_ids_route_to_the_keys_partition() -> None:
@@ -59,10 +59,12 @@ def test_long_keys_are_hashed_without_being_kept() -> None:
         long_keys = [f"{n:04d}" + "k" * 196 for n in range(500)]  # 100 KB
         hashed = sum(ids.key_hash(key) for key in long_keys)
         expected = sum(murmur2(key.encode()) & 0x7FFFFFFF for key in long_keys)
+        routed = sum(partition_for(key, 8) for key in long_keys)
+        routed_as = sum(partition_of_key(key, 8) for key in long_keys)
         del long_keys
         kept = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert hashed == expected
+    assert (hashed, routed) == (expected, routed_as)
     assert kept < 20_000, f"{kept} bytes kept after hashing 100 KB of keys"
     assert ids.key_hash("short") == murmur2(b"short") & 0x7FFFFFFF
