@@ -35,6 +35,9 @@ log = logging.getLogger("kourier.partition")
 
 #: Seconds by which an inactivity timer may fire before its time (the loop's clock).
 _SLACK = 0.001
+#: Turns of the loop a suspension waits for a handler to take a step (a select's branch
+#: that ended wakes it within one or two).
+_SETTLE_TURNS = 8
 
 #: What an attempt ends with: the invocation, its value and its failure (None: success);
 #: returns the failure written, which replaces an outcome that could not be written.
@@ -224,13 +227,26 @@ class Attempts:
         inv.waited_at = loop.time()
         loop.call_later(self._inactive_for(inv), self._suspend_if_idle, inv, inv.task)
 
-    def _suspend_if_idle(self, inv: Invocation, task: asyncio.Task[None] | None) -> None:
+    def _suspend_if_idle(
+        self, inv: Invocation, task: asyncio.Task[None] | None, turns: int = 0, steps: int = -1
+    ) -> None:
+        """Suspend ``inv`` if it still waits, and has for its inactivity timeout, once the
+        loop has turned ``_SETTLE_TURNS`` times more without it taking a step. A branch of a
+        ``select`` that just ended (a ctx.run's action, a completion applied in this turn)
+        wakes its handler a few turns later: suspended now, it was stopped before it took
+        that branch, and its replay took the branch first in the order of the names."""
         if self._closed() or inv.task is not task or task is None or task.done():
             return
         if inv.meta.status != "running" or inv.actions or not inv.waits_open():
             return  # busy, or a ctx.run action still runs (its result must be journaled)
-        if asyncio.get_running_loop().time() < inv.waited_at + self._inactive_for(inv) - _SLACK:
+        loop = asyncio.get_running_loop()
+        if loop.time() < inv.waited_at + self._inactive_for(inv) - _SLACK:
             return  # it began another wait since this timer's: that wait's timer decides
+        if steps not in (-1, inv.steps):
+            return  # it went on: its next wait has a timer of its own
+        if turns < _SETTLE_TURNS:
+            loop.call_soon(self._suspend_if_idle, inv, task, turns + 1, inv.steps)
+            return
         inv.close()
         inv.task = None
         inv.meta.status = "suspended"

@@ -113,6 +113,7 @@ class Invocation:
         "processor",
         "retry_timer",
         "runs",
+        "steps",
         "task",
         "waited_at",
         "waiting",
@@ -154,6 +155,8 @@ class Invocation:
         #: When (the loop's clock) the attempt last began to wait: its inactivity is
         #: counted from there (``Attempts.waiting``).
         self.waited_at = 0.0
+        #: Entries journaled or completed: a suspension looks whether it moved (``Attempts``).
+        self.steps = 0
         #: The object key this invocation holds exclusively while it runs (its target and
         #: whether it is exclusive never change).
         self.lock_key = lock_key(meta)
@@ -181,6 +184,7 @@ class Invocation:
     def append(self, entry: Entry) -> None:
         self.check_open()
         self.journal.append(entry)
+        self.steps += 1
         self.dirty_entries.add(len(self.journal) - 1)
         self.meta.journal_length = len(self.journal)
         self.processor.touch(self)
@@ -194,6 +198,7 @@ class Invocation:
             return
         entry = old.replace(value=value, failure=failure, done=True)
         self.journal[index] = entry
+        self.steps += 1
         self.dirty_entries.add(index)
         self.processor.touch(self)
         waiter = self.waiting.pop(index, None)

@@ -18,6 +18,7 @@ from handlers import (
     VirtualObject,
     select,
 )
+from streams.engine.attempts import _SETTLE_TURNS
 from streams.engine.journal import entry_key
 from streams.engine.outbox import Out
 from streams.engine.partition import PartitionProcessor
@@ -194,7 +195,8 @@ async def test_an_attempt_suspended_then_resumed_before_it_saw_its_cancel_is_not
     await until(lambda: (inv := processor.invocations.get(inv_id)) is not None and inv.waiting)
     inv = processor.invocations[inv_id]
     inv.waited_at -= 3600  # it has waited its hour
-    processor.attempts._suspend_if_idle(inv, inv.task)  # and its inactivity timeout fires
+    # Its inactivity timeout fires, and the loop has turned since without it taking a step.
+    processor.attempts._suspend_if_idle(inv, inv.task, turns=_SETTLE_TURNS)
     assert inv.meta.status == "suspended"
     sleep = next(i for i, entry in enumerate(inv.journal) if entry.kind == "sleep")
     inv.complete_entry(sleep, value=None)  # and the timer is due in the same turn

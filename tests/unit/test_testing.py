@@ -20,6 +20,7 @@ from handlers import (
     Workflow,
     WorkflowContext,
     WorkflowSharedContext,
+    select,
 )
 from streams.testing import Harness
 
@@ -379,3 +380,39 @@ async def test_an_action_counts_as_running_until_its_task_has_the_outcome() -> N
     finally:
         let_go.set()
         threads.shutdown(wait=True)
+
+
+quotes = Service("Quotes")
+
+
+@quotes.handler()
+async def quote(ctx: Context) -> str:
+    async def fetch() -> str:
+        return "42"
+
+    price = ctx.run("fetch", fetch)
+    name, value = await select(timeout=ctx.sleep(timedelta(minutes=5)), price=price)
+    return f"{name}: {value}"
+
+
+@quotes.handler()
+async def relay(ctx: Context) -> str:
+    reply = ctx.service("Quotes", "echo").request("x")
+    name, value = await select(timeout=ctx.sleep(timedelta(minutes=5)), reply=reply)
+    return f"{name}: {value}"
+
+
+@quotes.handler()
+async def echo(ctx: Context, x: str) -> str:
+    return x
+
+
+@pytest.mark.parametrize(("handler", "answer"), [(quote, "price: 42"), (relay, "reply: x")])
+async def test_a_select_whose_branch_ended_takes_it_and_is_not_suspended(
+    handler: Callable[..., Awaitable[str]], answer: str
+) -> None:
+    """With the harness's inactivity of 0, the open sleep's timer suspended the handler in
+    the loop turn after the run (or, on the replay, the call) had ended, before the handler
+    woke to take that branch: it waited out the sleep, then took the branch named first."""
+    async with Harness([quotes]) as h:
+        assert await asyncio.wait_for(h.call(handler), 10) == answer
