@@ -1,4 +1,6 @@
-"""JSON in and out of handlers; pydantic-typed parameters and results are validated."""
+"""JSON in and out of handlers: pydantic-typed parameters (and state, promise and
+``ctx.run`` values read with a type) are validated; results are written as pydantic
+serializes their annotated type, not validated against it."""
 
 from __future__ import annotations
 
@@ -51,6 +53,14 @@ class Serde:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             detail = f"{where}: {first['msg']}" if where else first["msg"]
+            raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
+        except TerminalError:  # a validator's own
+            raise
+        except Exception as exc:  # a validator's KeyError, TypeError, ...
+            # pydantic wraps a validator's ValueError and AssertionError alone; anything
+            # else it raises came through, and was retried as the handler's failure, though
+            # the same value fails the same way on every attempt.
+            detail = f"{type(exc).__name__}: {exc}"
             raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
 
     def _validated(self, value: Any) -> Any:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from handlers import Context, ObjectContext, Service, VirtualObject
@@ -199,3 +199,38 @@ async def test_each_call_without_an_argument_gets_a_default_of_its_own() -> None
     async with testing.Harness([tools]) as h:
         assert await h.call(tag) == ["seen"]
         assert await h.call(tag) == ["seen"], "the first call's change reached the second"
+
+
+class Order(BaseModel):
+    sku: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def upper(cls, data: Any) -> Any:
+        data["sku"] = data["sku"].upper()  # KeyError without one, TypeError for a list
+        return data
+
+
+placed = {"count": 0}
+
+
+@tools.handler()
+async def place(ctx: Context, order: Order) -> str:
+    placed["count"] += 1
+    return order.sku
+
+
+@pytest.mark.parametrize("argument", [{}, [1]])
+async def test_an_input_a_validator_fails_on_with_no_value_error_is_a_400(argument: Any) -> None:
+    """pydantic wraps a validator's ValueError alone: its KeyError or TypeError came
+    through, was taken for the handler's failure, and retried until the invocation was
+    paused, its caller never answered (the same input fails on every attempt)."""
+    h = Harness([tools])
+    h.call(on("place", None), argument, request_id="bad")
+    h.call(on("place", None), {"sku": "ab"}, request_id="good")
+    await until(lambda: {"bad", "good"} <= set(h.responses()))
+    failure = h.responses()["bad"].failure
+    assert failure is not None
+    assert failure.code == 400
+    assert failure.message.startswith("invalid input: ")
+    assert h.responses()["good"].value == "AB"
