@@ -457,20 +457,29 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                 "this event comes from a channel, not a Kafka topic, so no idempotency key "
                 "can be derived from it: pass idempotency_key="
             )
-        if message.topic.endswith("-repartition"):
-            # Written by this app's group_by: forwarded again, under new offsets, when the
-            # app stops before committing the source's: the key would be new each time.
+        if message.topic.endswith("-repartition") or message.topic.startswith(
+            f"{self.app.conf.id}-"
+        ):
+            # Written by this app (a group_by's topic; an agent's own, which cast, send and
+            # ask write to): written again, under new offsets, when the app stops before
+            # committing the source's offset: the key would be new each time.
             raise RuntimeError(
-                f"this event comes from {message.topic}, which a group_by writes again after "
+                f"this event comes from {message.topic}, which this app writes again after "
                 "a restart under new offsets, so no idempotency key can be derived from it: "
                 "pass idempotency_key= (say, from the source event's topic, partition and "
                 "offset, or from its content)"
             )
         # Faust hands one event to every agent that reads its topic, in whatever order they
         # run: counted for the event alone, a redelivery could give agent A's call the
-        # number agent B's had, and each would run again under a key new to it.
+        # number agent B's had, and each would run again under a key new to it. Outside an
+        # agent (a task's or a timer's stream) nothing names the reader: refused.
         agent = current_agent()
-        name = "" if agent is None else agent.name
+        if agent is None:
+            raise RuntimeError(
+                "this event is processed outside an agent, and streams there share its "
+                "count of calls in no fixed order: pass idempotency_key="
+            )
+        name = agent.name
         counts = self._calls.setdefault(event, {})
         n = counts.get(name, 0)
         counts[name] = n + 1

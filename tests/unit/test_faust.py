@@ -81,11 +81,37 @@ def test_keys_derive_from_the_event_and_repeat_on_redelivery(
 ) -> None:
     first = Event(Message("unit.orders", 2, 41))
     monkeypatch.setattr(integration, "current_event", lambda: first)
-    assert kourier._derived_key() == "faust:unit-orders::unit.orders:2:41:0"
-    assert kourier._derived_key() == "faust:unit-orders::unit.orders:2:41:1"
+    monkeypatch.setattr(integration, "current_agent", lambda: SimpleNamespace(name="app.a"))
+    assert kourier._derived_key() == "faust:unit-orders:app.a:unit.orders:2:41:0"
+    assert kourier._derived_key() == "faust:unit-orders:app.a:unit.orders:2:41:1"
     again = Event(Message("unit.orders", 2, 41))  # the same record, delivered again
     monkeypatch.setattr(integration, "current_event", lambda: again)
-    assert kourier._derived_key() == "faust:unit-orders::unit.orders:2:41:0"
+    assert kourier._derived_key() == "faust:unit-orders:app.a:unit.orders:2:41:0"
+
+
+def test_an_event_read_outside_an_agent_has_no_key_to_derive(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's or a timer's stream: two of them on one topic share its events and counted
+    their calls together, in no fixed order, so a redelivery could swap their keys (each
+    answered with the other's outcome). The README said it was refused; it was derived."""
+    monkeypatch.setattr(integration, "current_event", lambda: Event(Message("unit.orders", 2, 41)))
+    monkeypatch.setattr(integration, "current_agent", lambda: None)
+    with pytest.raises(RuntimeError, match="outside an agent"):
+        kourier._derived_key()
+
+
+def test_an_event_on_an_agents_own_topic_has_no_key_to_derive(
+    kourier: Kourier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``agent.cast()``, ``send()`` and ``ask()`` write to the agent's own topic (the app's
+    id, then the agent's name) as the casting agent runs: stopped before committing its
+    source's offset, the app casts again under new offsets, and each call ran once more."""
+    cast = Message("unit-orders-app.reserve", 0, 7)
+    monkeypatch.setattr(integration, "current_event", lambda: Event(cast))
+    monkeypatch.setattr(integration, "current_agent", lambda: SimpleNamespace(name="app.b"))
+    with pytest.raises(RuntimeError, match="this app writes again"):
+        kourier._derived_key()
 
 
 def test_agents_sharing_an_event_count_their_calls_apart(
