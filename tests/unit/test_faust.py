@@ -600,3 +600,23 @@ async def test_an_empty_idempotency_key_is_refused_not_derived(
         await kourier.send(Target(service="Greeter", handler="greet"), "ada", idempotency_key="")
     assert refused.value.status_code == 400
     assert sent == []
+
+
+async def test_an_outcome_a_stop_drops_says_so(
+    kourier: Kourier, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop suspends the streams and waits for the agents: an outcome of ``call()`` read
+    meanwhile waits to be put on ``kourier.outcomes`` until the stop cancels it, and was
+    dropped without a word (its event committed long since: nothing calls again)."""
+    app = kourier.app
+    app.flow_control.suspend()  # as App.stop does first
+    stream = app.stream(kourier.outcomes)  # an agent subscribes
+    assert stream.channel is not None
+    answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+    answer.set_result(Response(request_id="r9", status="success", value="Hello"))
+    kourier._forward(answer)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert stream.channel.queue.qsize() == 0, "put while the streams were suspended"
+    await kourier._stop_futures()  # as the stop of the app's services does
+    assert "outcome of request r9" in caplog.text
