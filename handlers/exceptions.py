@@ -15,11 +15,13 @@ class TerminalError(Exception):
         # ``raise TerminalError(err, 400)`` with an exception or a dict for the message is
         # common: the failure written for the caller holds its text.
         message = message if isinstance(message, str) else str(message)
-        if type(status_code) is not int or not 400 <= status_code <= 599:
+        code = status_code if isinstance(status_code, int) else None  # HTTPStatus too
+        if code is None or isinstance(code, bool) or not 400 <= code <= 599:
             # Raising ValueError here retried a handler that meant to fail for good (a 302
             # for "moved"): it fails, as 500, and says why.
             message = f"{message} (status_code {status_code!r} is not 400-599: sent as 500)"
-            status_code = 500
+            code = 500
+        status_code = int(code)
         super().__init__(message)
         self.message = message
         self.status_code = status_code

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import uuid
 from datetime import datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -149,7 +150,9 @@ def test_a_retry_policy_refuses_a_factor_that_is_not_a_number_and_a_cap_of_zero(
 def test_terminal_error_keeps_code_and_message() -> None:
     error = TerminalError("nope", status_code=404)
     assert (error.message, error.status_code) == ("nope", 404)
-    for code in (200, 302, 600, True, 404.0, "404"):
+    assert TerminalError("gone", HTTPStatus.NOT_FOUND).status_code == 404
+    assert type(TerminalError("gone", HTTPStatus.NOT_FOUND).status_code) is int
+    for code in (200, 302, 600, True, 404.0, "404", HTTPStatus.FOUND):
         error = TerminalError("bad", status_code=code)  # type: ignore[arg-type]
         assert error.status_code == 500
         assert error.message == f"bad (status_code {code!r} is not 400-599: sent as 500)"
