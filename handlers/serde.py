@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
 from handlers.exceptions import TerminalError
 
@@ -54,7 +54,9 @@ class Serde:
             where = ".".join(str(p) for p in first["loc"])
             detail = f"{where}: {first['msg']}" if where else first["msg"]
             raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
-        except TerminalError:  # a validator's own
+        except (TerminalError, OSError, PydanticUserError):
+            # A validator's own terminal error; a network error, which may pass; a model not
+            # fully defined, a deployment's fault, not the value's: retried, as before.
             raise
         except Exception as exc:  # a validator's KeyError, TypeError, ...
             # pydantic wraps a validator's ValueError and AssertionError alone; anything

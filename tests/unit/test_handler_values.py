@@ -234,3 +234,19 @@ async def test_an_input_a_validator_fails_on_with_no_value_error_is_a_400(argume
     assert failure.code == 400
     assert failure.message.startswith("invalid input: ")
     assert h.responses()["good"].value == "AB"
+
+
+class Priced(BaseModel):
+    sku: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def look_up(cls, data: Any) -> Any:
+        raise ConnectionError("the price service is down")
+
+
+def test_a_validator_s_network_error_is_retried_not_the_caller_s_400() -> None:
+    """What a validator raises is the value's fault, unless it is a network error (it may
+    pass) or a model not fully defined (the deployment's): those are retried, as before."""
+    with pytest.raises(ConnectionError):
+        Serde(Priced).load({"sku": "a"}, "input")
