@@ -39,11 +39,11 @@ from streams.wire.records import (
 #: Callers and attached handlers one invocation answers at most.
 MAX_WAITERS = 1_000
 #: Bytes their request ids and attached handlers take in the invocation's record at most
-#: (as JSON): 1,000 ids of a UUID's length fit, as do 1,000 attached handlers; 1,000 ids
-#: of the longest kind (1,024 characters) took a megabyte, past what Kafka takes in one
+#: (as JSON): 1,000 ids of a UUID's length fit, and 900 attached handlers; 1,000 ids of
+#: the longest kind (1,024 characters) took a megabyte, past what Kafka takes in one
 #: record, and the invocation failed with 413 however small its argument.
 MAX_WAITER_BYTES = 64 * 1024
-_CALLER_BYTES = 64  # {"invocation_id":"inv_<32 hex>","entry":N}, and a comma
+_CALLER_BYTES = 72  # {"invocation_id":"inv_<32 hex>","entry":N}: 66 bytes, N's digits, a comma
 
 
 def _size(request_id: str) -> int:
