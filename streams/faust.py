@@ -468,9 +468,8 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
                 "this event comes from a channel, not a Kafka topic, so no idempotency key "
                 "can be derived from it: pass idempotency_key="
             )
-        if message.topic.endswith("-repartition") or message.topic.startswith(
-            f"{self.app.conf.id}-"
-        ):
+        own = {f"{self.app.conf.id}-{name}" for name in self.app.agents}
+        if message.topic.endswith("-repartition") or message.topic in own:
             # Written by this app (a group_by's topic; an agent's own, which cast, send and
             # ask write to): written again, under new offsets, when the app stops before
             # committing the source's offset: the key would be new each time.

@@ -107,11 +107,21 @@ def test_an_event_on_an_agents_own_topic_has_no_key_to_derive(
     """``agent.cast()``, ``send()`` and ``ask()`` write to the agent's own topic (the app's
     id, then the agent's name) as the casting agent runs: stopped before committing its
     source's offset, the app casts again under new offsets, and each call ran once more."""
-    cast = Message("unit-orders-app.reserve", 0, 7)
+
+    @kourier.app.agent()
+    async def reserve(stream: faust.StreamT[str]) -> None:
+        async for _ in stream:
+            pass
+
+    cast = Message(f"unit-orders-{reserve.name}", 0, 7)  # what reserve.cast() writes
     monkeypatch.setattr(integration, "current_event", lambda: Event(cast))
     monkeypatch.setattr(integration, "current_agent", lambda: SimpleNamespace(name="app.b"))
     with pytest.raises(RuntimeError, match="this app writes again"):
         kourier._derived_key()
+    # Another producer's topic whose name begins as the app's id does: its own events.
+    placed = Message("unit-orders-placed", 0, 7)
+    monkeypatch.setattr(integration, "current_event", lambda: Event(placed))
+    assert kourier._derived_key() == "faust:unit-orders:app.b:unit-orders-placed:0:7:0"
 
 
 def test_agents_sharing_an_event_count_their_calls_apart(
