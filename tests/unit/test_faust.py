@@ -628,5 +628,11 @@ async def test_an_outcome_a_stop_drops_says_so(
     for _ in range(10):
         await asyncio.sleep(0)
     assert stream.channel.queue.qsize() == 0, "put while the streams were suspended"
+    late: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+    late.set_result(Response(request_id="r10", status="success", value="Hello"))
+    kourier._forward(late)  # and one whose put has not begun
     await kourier._stop_futures()  # as the stop of the app's services does
+    for _ in range(3):
+        await asyncio.sleep(0)
     assert "outcome of request r9" in caplog.text
+    assert "outcome of request r10" in caplog.text
