@@ -243,7 +243,10 @@ class Attempts:
         if loop.time() < inv.waited_at + self._inactive_for(inv) - _SLACK:
             return  # it began another wait since this timer's: that wait's timer decides
         if steps not in (-1, inv.steps):
-            return  # it went on: its next wait has a timer of its own
+            # It took a step, or an entry it does not await completed (a call it fanned
+            # out): look again after a whole timeout (a next wait has its own timer too).
+            self.waiting(inv)
+            return
         if turns < _SETTLE_TURNS:
             loop.call_soon(self._suspend_if_idle, inv, task, turns + 1, inv.steps)
             return

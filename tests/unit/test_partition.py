@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -205,6 +206,36 @@ async def test_an_attempt_suspended_then_resumed_before_it_saw_its_cancel_is_not
     assert h.responses()["nap"].value == "done"
     assert calls["nap"] == 2, "the first attempt and the resumed one, no retry"
     assert (inv.meta.attempt, inv.meta.last_error) == (1, None)
+
+
+drowsy = VirtualObject("Drowsy", inactivity_timeout=timedelta(milliseconds=100))
+
+
+@drowsy.handler()
+async def doze(ctx: ObjectContext) -> str:
+    await ctx.sleep(timedelta(hours=1))
+    return "done"
+
+
+async def test_a_step_while_a_suspension_looks_again_puts_it_off_not_away() -> None:
+    """An entry it does not await completing while the timer looked again (a call it fanned
+    out answering) ended the look with no timer after it: the invocation stayed in memory
+    for the whole of its wait, however long, never suspended."""
+    h = Harness([drowsy])
+    inv_id = h.call(Target(service="Drowsy", key="k", handler="doze"), request_id="doze")
+    attempts = h.processor.attempts
+    look = attempts._suspend_if_idle
+    stepped: list[int] = []
+
+    def once_mid_look(inv: Any, task: Any, turns: int = 0, steps: int = -1) -> None:
+        if turns == 1 and not stepped:
+            inv.steps += 1  # as a completion of an entry it does not await does
+            stepped.append(turns)
+        look(inv, task, turns, steps)
+
+    attempts._suspend_if_idle = once_mid_look  # type: ignore[method-assign]
+    await until(lambda: h.processor.invocations[inv_id].meta.status == "suspended", seconds=3)
+    assert stepped == [1]
 
 
 async def test_a_restored_invocation_replays_without_repeating_its_calls() -> None:
