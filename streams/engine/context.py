@@ -362,6 +362,7 @@ class InvocationContext(WorkflowContext):
             return winner, await futures[winner]
         if entry is None:
             self.invocation.append(Entry(kind="select", name=",".join(futures)))
+        cancels = self.invocation.cancels
         # A losing ctx.run goes on (its action may be half done); the waits that lose stop.
         tasks: dict[asyncio.Task[Any], str] = {}
         waits: list[asyncio.Task[Any]] = []
@@ -382,12 +383,17 @@ class InvocationContext(WorkflowContext):
         # in the race. The first done that can win wins, in the order of the names.
         finished = [task for task in tasks if task in done]
         winnable = [task for task in finished if can_win(task)]
-        # A branch the pending cancel failed wins over one done with it: the cancel counts
-        # as delivered, and a value winning instead would lose it for good.
-        cancelled = [task for task in winnable if _cancelled(task)]
+        # A branch the cancel failed while the select waited wins over one done with it; if
+        # another wins all the same (done first, the cancel's branch not yet), the cancel is
+        # pending again, for the handler's next step: it counted as delivered.
+        delivered = self.invocation.cancels != cancels
+        cancelled = [task for task in winnable if delivered and _cancelled(task)]
         first = (cancelled or winnable or finished)[0]
         winner = tasks[first]
         self.invocation.check_open()
+        if delivered and not cancelled:
+            self.invocation.meta.cancel_requested = True
+            self.invocation.processor.touch(self.invocation)
         if not winnable:
             first.result()  # raises it
         self.invocation.complete_entry(index, value=winner)
@@ -527,9 +533,7 @@ class InvocationContext(WorkflowContext):
 def _cancelled(task: asyncio.Task[Any]) -> bool:
     """Whether a branch that may win failed with 409 cancelled."""
     error = task.exception()
-    return isinstance(error, TerminalError) and (error.status_code, error.message) == (
-        CANCELLED.code, CANCELLED.message
-    )  # fmt: skip
+    return isinstance(error, TerminalError) and failure_of(error) == CANCELLED
 
 
 class _Promise(DurablePromise[Any]):

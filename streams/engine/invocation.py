@@ -102,6 +102,7 @@ class Invocation:
         "awaiting",
         "began_cancelled",
         "cancel_calls",
+        "cancels",
         "closed",
         "dirty_entries",
         "handler_def",
@@ -144,6 +145,8 @@ class Invocation:
         #: Whether the current attempt began with a cancel pending (``Attempts._back_off``),
         #: and the timer of its next attempt while it backs off.
         self.began_cancelled = False
+        #: Cancels delivered to a wait of the handler (``select`` looks whether one was).
+        self.cancels = 0
         self.retry_timer: asyncio.TimerHandle | None = None
         #: The task of each ctx.run begun and not ended, by journal index: every await of
         #: it, in this attempt or the next, waits for that one; a close or the outcome
@@ -220,6 +223,7 @@ class Invocation:
         which the attempt did not begin with (``Attempts._back_off``)."""
         self.meta.cancel_requested = False
         self.began_cancelled = False
+        self.cancels += 1
 
     def cancelled_through(self, index: int) -> bool:
         """Whether call ``index``'s 409 cancelled is the pending cancel coming back: the call

@@ -110,6 +110,7 @@ async def race(ctx: ObjectContext) -> str:
     reply = ctx.object("Saga", f"{ctx.key}-booked", "book").request(0)
     try:
         name, value = await select(reply=reply, timeout=ctx.sleep(timedelta(hours=1)))
+        await ctx.sleep(timedelta(hours=1))  # and then waits more
     except TerminalError as error:
         trail.append(f"compensate {ctx.key} {error.status_code}")
         raise
@@ -310,10 +311,14 @@ async def test_a_kill_of_a_deadlock_kills_the_call_queued_behind_it_before_it_ru
     assert h.processor.locks.holders == {}
 
 
-async def test_a_cancel_that_fails_a_branch_of_a_select_wins_over_one_done_with_it() -> None:
+@pytest.mark.parametrize("turns", [0, 1, 2])
+async def test_a_cancel_that_fails_a_branch_of_a_select_that_loses_still_reaches_the_handler(
+    turns: int,
+) -> None:
     """A call's outcome and a cancel applied before the handler woke: the cancel failed
-    the sleep, and counted as delivered; the call, named first, won the select, and the
-    invocation completed as if never cancelled (its cancel answered "accepted")."""
+    the sleep, and counted as delivered; the call won the select (named first, or done
+    first when the cancel came a turn later), and the invocation completed as if never
+    cancelled (its cancel answered "accepted")."""
     h = harness()
     inv_id = h.call(saga_target("s", "race"), request_id="race")
     await until(lambda: waiting_in(h, inv_id, "sleep"))
@@ -322,6 +327,8 @@ async def test_a_cancel_that_fails_a_branch_of_a_select_wins_over_one_done_with_
     assert call.callee is not None
     caller = Caller(invocation_id=inv_id, entry=index)
     h.send(Completion(caller=caller, invocation_id=call.callee, value="booked"))
+    for _ in range(turns):  # the call's branch ends as the loop turns
+        await asyncio.sleep(0)
     h.send(Cancel(invocation_id=inv_id, request_id="cancel"))  # before the handler wakes
     assert h.responses()["cancel"].status == "accepted"
     await until(lambda: "race" in h.responses())
