@@ -54,14 +54,13 @@ class Serde:
             where = ".".join(str(p) for p in first["loc"])
             detail = f"{where}: {first['msg']}" if where else first["msg"]
             raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
-        except (TerminalError, OSError, PydanticUserError):
-            # A validator's own terminal error; a network error, which may pass; a model not
-            # fully defined, a deployment's fault, not the value's: retried, as before.
+        except PydanticUserError:  # a model not fully defined: the deployment's fault
             raise
-        except Exception as exc:  # a validator's KeyError, TypeError, ...
-            # pydantic wraps a validator's ValueError and AssertionError alone; anything
-            # else it raises came through, and was retried as the handler's failure, though
-            # the same value fails the same way on every attempt.
+        except (LookupError, TypeError, AttributeError, ArithmeticError, RecursionError) as exc:
+            # pydantic wraps a validator's ValueError and AssertionError alone: its KeyError
+            # on a field missing came through, and was retried as the handler's failure,
+            # though the same value fails so on every attempt. Anything else (a network
+            # error of a validator that looks something up, a MemoryError) may pass: retried.
             detail = f"{type(exc).__name__}: {exc}"
             raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
 

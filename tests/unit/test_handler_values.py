@@ -236,17 +236,26 @@ async def test_an_input_a_validator_fails_on_with_no_value_error_is_a_400(argume
     assert h.responses()["good"].value == "AB"
 
 
+class Unreachable(Exception):
+    """As an HTTP library's connection error is: no OSError."""
+
+
 class Priced(BaseModel):
     sku: str
 
     @model_validator(mode="before")
     @classmethod
     def look_up(cls, data: Any) -> Any:
-        raise ConnectionError("the price service is down")
+        raise FAILURE[0]
 
 
-def test_a_validator_s_network_error_is_retried_not_the_caller_s_400() -> None:
-    """What a validator raises is the value's fault, unless it is a network error (it may
-    pass) or a model not fully defined (the deployment's): those are retried, as before."""
-    with pytest.raises(ConnectionError):
+FAILURE: list[Exception] = []
+
+
+@pytest.mark.parametrize("error", [ConnectionError("down"), Unreachable("down")])
+def test_a_validator_s_network_error_is_retried_not_the_caller_s_400(error: Exception) -> None:
+    """A validator's KeyError or TypeError is the value's fault, the same on every attempt;
+    a network error, an OSError or an HTTP library's own, may pass: it is retried."""
+    FAILURE[:] = [error]
+    with pytest.raises(type(error)):
         Serde(Priced).load({"sku": "a"}, "input")
