@@ -383,15 +383,15 @@ class InvocationContext(WorkflowContext):
         # in the race. The first done that can win wins, in the order of the names.
         finished = [task for task in tasks if task in done]
         winnable = [task for task in finished if can_win(task)]
-        # A branch the cancel failed while the select waited wins over one done with it; if
-        # another wins all the same (done first, the cancel's branch not yet), the cancel is
-        # pending again, for the handler's next step: it counted as delivered.
-        delivered = self.invocation.cancels != cancels
-        cancelled = [task for task in winnable if delivered and _cancelled(task)]
+        # A branch the cancel failed wins over one done with it (on a replay too, where both
+        # were done before it began); if another wins all the same (done first, the cancel's
+        # branch not yet), a cancel delivered while it waited is pending again, for the
+        # handler's next await: it counted as delivered.
+        cancelled = [task for task in winnable if _cancelled(task)]
         first = (cancelled or winnable or finished)[0]
         winner = tasks[first]
         self.invocation.check_open()
-        if delivered and not cancelled:
+        if self.invocation.cancels != cancels and not cancelled:
             self.invocation.meta.cancel_requested = True
             self.invocation.processor.touch(self.invocation)
         if not winnable:
