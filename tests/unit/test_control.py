@@ -311,6 +311,18 @@ async def test_a_kill_of_a_deadlock_kills_the_call_queued_behind_it_before_it_ru
     assert h.processor.locks.holders == {}
 
 
+async def answer_the_race(h: Harness, key: str) -> str:
+    """Start ``race`` on ``key``, and once it waits in its select, answer its call: its id."""
+    inv_id = h.call(saga_target(key, "race"), request_id="race")
+    await until(lambda: waiting_in(h, inv_id, "sleep"))
+    journal = h.processor.invocations[inv_id].journal
+    index, call = next((i, e) for i, e in enumerate(journal) if e.kind == "call")
+    assert call.callee is not None
+    caller = Caller(invocation_id=inv_id, entry=index)
+    h.send(Completion(caller=caller, invocation_id=call.callee, value="booked"))
+    return inv_id
+
+
 @pytest.mark.parametrize("turns", [0, 2])
 async def test_a_cancel_that_fails_a_branch_of_a_select_that_loses_still_reaches_the_handler(
     turns: int,
@@ -320,13 +332,7 @@ async def test_a_cancel_that_fails_a_branch_of_a_select_that_loses_still_reaches
     cancel two turns after the outcome, done first), and the invocation completed as if
     never cancelled, its cancel answered "accepted". Now it fails with 409, compensated."""
     h = harness()
-    inv_id = h.call(saga_target("s", "race"), request_id="race")
-    await until(lambda: waiting_in(h, inv_id, "sleep"))
-    journal = h.processor.invocations[inv_id].journal
-    index, call = next((i, e) for i, e in enumerate(journal) if e.kind == "call")
-    assert call.callee is not None
-    caller = Caller(invocation_id=inv_id, entry=index)
-    h.send(Completion(caller=caller, invocation_id=call.callee, value="booked"))
+    inv_id = await answer_the_race(h, "s")
     for _ in range(turns):  # the call's branch ends as the loop turns
         await asyncio.sleep(0)
     h.send(Cancel(invocation_id=inv_id, request_id="cancel"))  # before the handler wakes
@@ -343,13 +349,7 @@ async def test_a_cancel_that_failed_a_branch_before_a_restore_wins_the_select_re
     handler woke: the replayed select found both branches done and nothing delivered while
     it waited, and the call, named first, won; the cancel was lost."""
     h = harness()
-    inv_id = h.call(saga_target("m", "race"), request_id="race")
-    await until(lambda: waiting_in(h, inv_id, "sleep"))
-    journal = h.processor.invocations[inv_id].journal
-    index, call = next((i, e) for i, e in enumerate(journal) if e.kind == "call")
-    assert call.callee is not None
-    caller = Caller(invocation_id=inv_id, entry=index)
-    h.send(Completion(caller=caller, invocation_id=call.callee, value="booked"))
+    inv_id = await answer_the_race(h, "m")
     h.send(Cancel(invocation_id=inv_id, request_id="cancel"))
     h.hand_over()  # before the handler wakes
     await until(lambda: "race" in h.responses())

@@ -651,17 +651,24 @@ async def test_a_start_waiting_for_its_due_time_is_the_partitions_next_due() -> 
     assert ("Box", "n3") not in h.processor.store.state, "the cancelled one never ran"
 
 
+async def blocked_behind_a_call(key: str) -> tuple[Harness, HeldClock, str, int, float]:
+    """A send to Box/key due in 0.3 s, and a call holding that key, awaiting a call of its
+    own: the harness, its clock, the send's id and the offset of its Start, its due time."""
+    clock = HeldClock()
+    h = Harness([box, svc, patient], clock=clock)
+    due = clock.now + 0.3
+    inv_id, seq = scheduled(h, key, due)
+    await settle()
+    h.call(Target(service="Box", key=key, handler="wait_twice"), request_id="blocker")
+    await until(lambda: len(h.invokes()) == 1)  # the blocker holds the key, awaiting a call
+    return h, clock, inv_id, seq, due
+
+
 async def test_a_step_releases_a_started_invocation_once_it_is_due_and_its_timer_then_not() -> None:
     """The worker's step releases what fell due (``release_due``), ahead of the loop's
     timer; the timer, when it comes, leaves alone an invocation released already, also
     one still queued behind its key's exclusive call, so it is queued once."""
-    clock = HeldClock()
-    h = Harness([box, svc, patient], clock=clock)
-    due = clock.now + 0.3
-    held, seq = scheduled(h, "q", due)
-    await settle()
-    h.call(Target(service="Box", key="q", handler="wait_twice"), request_id="blocker")
-    await until(lambda: len(h.invokes()) == 1)  # the blocker holds the key, awaiting a call
+    h, clock, held, seq, due = await blocked_behind_a_call("q")
     timer_came = asyncio.Event()
     on_timer = h.processor.starts._on_timer
 
@@ -687,13 +694,7 @@ async def test_a_started_invocation_takes_its_place_in_line_by_its_start_as_in_a
     """A call that arrived while a Start waited out its lead queued ahead of it, and a
     restore, which lines up by offset, put it behind: the order of two calls to one key
     depended on whether the partition moved in between."""
-    clock = HeldClock()
-    h = Harness([box, svc, patient], clock=clock)
-    due = clock.now + 0.3
-    started, seq = scheduled(h, "line", due)
-    await settle()
-    h.call(Target(service="Box", key="line", handler="wait_twice"), request_id="blocker")
-    await until(lambda: len(h.invokes()) == 1)  # the blocker holds the key, awaiting a call
+    h, clock, started, seq, due = await blocked_behind_a_call("line")
     h.send(Start(invocation_id=started, seq=seq))
     later = h.call(Target(service="Box", key="line", handler="put"), 1, request_id="later")
     clock.now = due + 0.001
