@@ -63,6 +63,8 @@ class Serde:
             # error of a validator that looks something up, a MemoryError) may pass: retried.
             detail = f"{type(exc).__name__}: {exc}"
             raise TerminalError(f"invalid {what}: {detail}", status_code=status_code) from None
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _contained(exc) from None
 
     def _validated(self, value: Any) -> Any:
         # A model's fields are read by alias or by name: :meth:`dump` writes names (what any
@@ -97,6 +99,14 @@ class Serde:
             return self.dump(value)
         except (ValueError, TypeError) as exc:
             raise TerminalError(f"{what} is not JSON: {exc}", status_code=400) from None
+
+
+def _contained(exc: BaseException) -> RuntimeError:
+    """A validator's ``sys.exit()``, as an error the attempt fails with: in a task (a
+    ctx.run's, a select's branch), asyncio ends the event loop with it, and with the loop
+    the worker, and every next owner of the partition after it. (pydantic wraps what a
+    serializer raises in a ``PydanticSerializationError``.)"""
+    return RuntimeError(f"a validator raised {exc!r}")
 
 
 #: Types whose values validate the same in pydantic's Python and JSON modes.

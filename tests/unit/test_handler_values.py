@@ -3,11 +3,12 @@ object's state, nor the journal, nor the stored argument that a replay starts fr
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 from pydantic.alias_generators import to_camel
 
 from handlers import Context, ObjectContext, Service, VirtualObject
@@ -259,3 +260,25 @@ def test_a_validator_s_network_error_is_retried_not_the_caller_s_400(error: Exce
     FAILURE[:] = [error]
     with pytest.raises(type(error)):
         Serde(Priced).load({"sku": "a"}, "input")
+
+
+class Quitter(BaseModel):
+    n: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def quit(cls, data: Any) -> Any:
+        sys.exit(3)
+
+    @field_serializer("n")
+    def leave(self, n: int) -> int:
+        sys.exit(4)
+
+
+def test_a_validator_that_exits_fails_the_attempt_not_the_worker() -> None:
+    """Raised in a ctx.run's task (validating its ``type_hint``), ``SystemExit`` ended the
+    event loop: the worker, and every next owner of the partition."""
+    with pytest.raises(RuntimeError, match="SystemExit"):
+        Serde(Quitter).load({"n": 1}, "result of ctx.run('x')")
+    with pytest.raises(ValueError, match="SystemExit"):  # pydantic's own wrapping
+        Serde(Quitter).dump(Quitter.model_construct(n=1))
