@@ -19,9 +19,9 @@ among the agent's calls for the event), so an event that Faust delivers again af
 or a rebalance invokes nothing twice: Kourier answers the repeat with the first outcome.
 
 Outcomes are read ``read_committed`` from the response topic by a :class:`streams.Client`
-running inside the app (Faust's own consumer reads ``read_uncommitted`` unless the whole
-app runs with ``processing_guarantee="exactly_once"``, and would see responses of aborted
-transactions). :meth:`Kourier.request` returns one; the outcomes of :meth:`Kourier.call`
+running inside the app (Faust's own consumer reads ``read_uncommitted``, and would see
+responses of aborted transactions). An app with ``processing_guarantee="exactly_once"`` is
+refused: Faust's transaction manager cannot produce to a topic the app does not consume. :meth:`Kourier.request` returns one; the outcomes of :meth:`Kourier.call`
 arrive on :attr:`Kourier.outcomes`, a Faust channel that agents consume as a stream.
 """
 
@@ -44,6 +44,7 @@ from faust.agents.agent import current_agent
 from faust.exceptions import ProducerSendError
 from faust.streams import current_event
 from faust.types import AppT, EventT
+from faust.types.enums import ProcessingGuarantee
 from mode import Service
 from mode.utils.queues import ThrowableQueue
 
@@ -240,6 +241,18 @@ class Kourier(Service):  # mode.Service: started and stopped with the app
     """Kourier calls and sends from the agents of one Faust app."""
 
     def __init__(self, app: faust.App, settings: Settings | None = None) -> None:
+        guarantee: object = app.conf.processing_guarantee  # (faust types it as the enum class)
+        if guarantee == ProcessingGuarantee.EXACTLY_ONCE:
+            # Faust's transaction manager then sends every record, and names its producer
+            # by the group of the record's topic among those the app consumes: the ingress
+            # is none of them, and every call and send would fail with a KeyError.
+            raise ValueError(
+                "Kourier calls from a Faust app need processing_guarantee='at_least_once' "
+                "(the default): with exactly_once, Faust cannot produce to "
+                f"{Topics((settings or Settings.from_env()).namespace).ingress}, which the app "
+                "does not consume; the idempotency keys derived from each event keep a call "
+                "from running twice"
+            )
         super().__init__(loop=None)
         self.app = app
         self.settings = settings or Settings.from_env()

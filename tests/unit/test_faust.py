@@ -636,3 +636,13 @@ async def test_an_outcome_a_stop_drops_says_so(
         await asyncio.sleep(0)
     assert "outcome of request r9" in caplog.text
     assert "outcome of request r10" in caplog.text
+
+
+def test_an_exactly_once_app_is_refused_with_its_reason() -> None:
+    """Faust's transaction manager then sends every record, naming its producer by the
+    group of the record's topic among those the app consumes: every call and send failed
+    with a KeyError naming the ingress topic."""
+    app = faust.App("unit-eos", broker="kafka://127.0.0.1:1", web_enabled=False,
+                    processing_guarantee="exactly_once")  # fmt: skip
+    with pytest.raises(ValueError, match="at_least_once"):
+        Kourier(app, Settings(namespace="unit"))
