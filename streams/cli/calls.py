@@ -14,14 +14,19 @@ from streams.errors import KourierError
 
 
 def _parse_target(text: str) -> Any:
-    from streams.wire.records import Target
+    from pydantic import ValidationError
+
+    from streams.wire.records import Target, first_problem
 
     parts = text.strip("/").split("/")
-    if len(parts) == 2:
-        return Target(service=parts[0], handler=parts[1])
-    if len(parts) == 3:
+    if len(parts) not in (2, 3):
+        raise ValueError(f"target {text!r} must be Service/handler or Object/key/handler")
+    try:
+        if len(parts) == 2:
+            return Target(service=parts[0], handler=parts[1])
         return Target(service=parts[0], key=parts[1], handler=parts[2])
-    raise ValueError(f"target {text!r} must be Service/handler or Object/key/handler")
+    except ValidationError as error:  # one line, not pydantic's four
+        raise ValueError(f"target {text!r}: {first_problem(error, 'target')}") from None
 
 
 def call(args: argparse.Namespace) -> int:
