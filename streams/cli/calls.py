@@ -120,7 +120,13 @@ def call(args: argparse.Namespace) -> int:
             ended.append(_print(await working, inv_id))
             return ended[0]
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        # The client's start may be in a Kafka call on the loop's threads (30 s, with no
+        # broker): the interpreter would wait for it, silent, as it ends.
+        commands.EXIT_AT_ONCE = True
+        raise
 
 
 def _print(done: Any, inv_id: str) -> int:

@@ -567,18 +567,3 @@ def test_the_timeout_of_call_and_send_bounds_the_wait_for_kafka_too(verb: str) -
     said = [line for line in done.stderr.splitlines() if line.startswith("kourier:")]
     assert said == ["kourier: no answer from Kafka within 1s; nothing was written"], said
     assert took < 20, f"{took:.0f}s: not bounded by --timeout 1s"
-
-
-@pytest.mark.parametrize("target", ["Order Service/place", "1st/go", "Obj/" + "k" * 4097 + "/go"])
-def test_a_target_that_is_no_name_is_one_line(
-    target: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """pydantic's ValidationError (a ValueError) was printed whole: four lines, with its
-    input and a link, where a bad argument is one line."""
-    from streams.cli import parser
-
-    for command in ("call", "send"):
-        assert parser.main([command, target, "{}"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert "\n" not in err, err
-        assert err.startswith(f"kourier: error: target {target!r}: "), err
