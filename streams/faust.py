@@ -21,8 +21,9 @@ or a rebalance invokes nothing twice: Kourier answers the repeat with the first 
 Outcomes are read ``read_committed`` from the response topic by a :class:`streams.Client`
 running inside the app (Faust's own consumer reads ``read_uncommitted``, and would see
 responses of aborted transactions). An app with ``processing_guarantee="exactly_once"`` is
-refused: Faust's transaction manager cannot produce to a topic the app does not consume. :meth:`Kourier.request` returns one; the outcomes of :meth:`Kourier.call`
-arrive on :attr:`Kourier.outcomes`, a Faust channel that agents consume as a stream.
+refused: Faust's transaction manager cannot produce to a topic the app does not consume.
+:meth:`Kourier.request` returns one; the outcomes of :meth:`Kourier.call` arrive on
+:attr:`Kourier.outcomes`, a Faust channel that agents consume as a stream.
 """
 
 from __future__ import annotations
