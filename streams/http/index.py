@@ -431,7 +431,14 @@ class InvocationIndex:
     ) -> tuple[list[tuple[str, str, str]], int, int]:
         """What a bulk action acts on: ``(id, status, target)`` of the newest ``limit``
         invocations the filter matches (and ``ids`` names, when given) whose status is
-        ``among`` those the action applies to; how many such; how many others matched."""
+        ``among`` those the action applies to; how many such; how many others matched.
+
+        ``ids`` are what a dry run listed by the filter's status: one whose status changed
+        since (a scheduled send that started) is acted on all the same where the action
+        applies, as its control record would be. Filtered by the status again, it was left
+        out, uncounted, and the requester told all was done."""
+        if ids is not None:
+            status = None
         with self._lock:
             live = choose_among(
                 (

@@ -130,6 +130,12 @@ def test_the_index_chooses_from_memory_and_disk_alike() -> None:
     assert index.choose(service="Other", among=APPLIES_TO["cancel"], limit=5) == ([], 0, 0)
     by_status = index.choose(status="completed", among=APPLIES_TO["purge"], limit=10)
     assert [row[0] for row in by_status[0]] == [newest[2], newest[4], newest[7]]
+    # Listed by a dry run as scheduled, since started (running): cancelled all the same.
+    started = next(i for i in newest if made[i] == "running")
+    listed = frozenset({started, *(i for i in newest if made[i] == "scheduled")})
+    confirmed = index.choose(status="scheduled", service="Svc", among=APPLIES_TO["cancel"],
+                             ids=listed, limit=10)  # fmt: skip
+    assert {row[0] for row in confirmed[0]} == listed
     index.close()
 
 
