@@ -482,18 +482,18 @@ class Worker:
             consumer.assign(taken)  # (the others at their committed offsets, as by default)
 
     def _take_over(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        """Read the committed offsets, restore, start (Kafka thread); the offsets read.
-        While brokers come and go, or a transaction stays open on a changelog, this can fail:
-        it is tried again, from scratch, until it succeeds or the worker stops (nothing taken
-        over). A worker that stays in here past ``max.poll.interval.ms``, or whose session
-        expired while Kafka was away, is out of the group (librdkafka clears its member id):
-        the group gives its partitions to others, so it gives them up, even restored, and
-        lets its next poll deliver the loss and rejoin."""
+        """Read the committed offsets, restore, start (Kafka thread); the offsets read. This
+        can fail while brokers come and go, or a transaction stays open on a changelog: tried
+        again until it succeeds or the worker stops (nothing taken over). Out of the group (in
+        here past ``max.poll.interval.ms``, or its session expired while Kafka was away: no
+        member id), it gives its partitions up, and its next poll delivers the loss."""
         member = self._consumer.memberid()
         rewinding = {tp.partition for tp in partitions if tp.topic == self.topics.delay}
         rewinding &= self._ownership.rewind  # across the tries (forget lets go of it)
         while True:
             try:
+                if not member:  # out already (a recovery after Kafka was away): none started
+                    raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "no member"))
                 self._ownership.rewind |= rewinding
                 committed = (
                     self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []

@@ -203,6 +203,45 @@ def test_a_take_over_that_outlasts_the_membership_gives_its_partitions_up(
     assert any("out of group unit.workers since" in said for said in warnings(caplog))
 
 
+def test_a_recovery_out_of_the_group_restores_nothing_and_gives_its_partitions_up(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kafka away long enough for the session to expire: librdkafka cleared the member id
+    before the recovery's take-over began, the check after the restore compared "" with
+    "", and the partitions, the group's to give to another worker by then, were restored
+    and their handlers started beside that worker's, until the next poll told this one."""
+    consumer = Consumer()
+    consumer.member = ""
+    assigned: list[object] = []
+
+    class Owned:
+        def __init__(self) -> None:
+            self.rewind: set[int] = set()
+
+        def rewound(self, committed: list[Answer], ends: object) -> list[Answer]:
+            return committed
+
+        async def assign(self, committed: object, ends: object, restore: object) -> None:
+            assigned.append(committed)
+
+        async def forget(self, partitions: list[TopicPartition], close: bool) -> None:
+            pass
+
+    class Reader:
+        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Answer]:
+            return [Answer(42)]
+
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker._offset_reader = Reader()  # type: ignore[assignment]
+    worker._ownership = Owned()  # type: ignore[assignment]
+    worker._admin = None  # type: ignore[assignment]  # delay_ends is a stand-in
+    monkeypatch.setattr(worker_module, "delay_ends", lambda *args: {})
+    monkeypatch.setattr(worker_module, "offsets_lost", lambda *args: None)
+    assert worker._take_over([TopicPartition(TOPICS.ingress, 0)]) == []
+    assert assigned == [], "restored and started while out of the group"
+    assert any("out of group unit.workers since" in said for said in warnings(caplog))
+
+
 def test_a_take_over_tried_again_still_reads_a_rewound_delay_log_from_its_start(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
