@@ -159,6 +159,44 @@ def test_a_committed_offset_that_comes_back_with_an_error_is_asked_again(
     assert went_on == [[42]], "an offset answered with an error was taken"
 
 
+class Owned:
+    """The worker's ownership, as far as a take-over asks it: what it assigned, forgot."""
+
+    def __init__(self) -> None:
+        self.rewind: set[int] = set()
+        self.assigned: list[object] = []
+        self.forgotten: list[list[TopicPartition]] = []
+
+    def rewound(self, committed: list[Answer], ends: object) -> list[Answer]:
+        return committed
+
+    async def assign(self, committed: object, ends: object, restore: object) -> None:
+        self.assigned.append(committed)
+
+    async def forget(self, partitions: list[TopicPartition], close: bool) -> None:
+        self.forgotten.append(partitions)
+
+
+def set_to_take_over(
+    worker: Worker, consumer: Consumer, monkeypatch: pytest.MonkeyPatch, lost: Callable[..., None]
+) -> Owned:
+    """``worker`` set to take partitions over with ``consumer``, its committed offset 42 and
+    ``lost`` as ``offsets_lost``: its ownership."""
+
+    class Reader:
+        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Answer]:
+            return [Answer(42)]
+
+    owned = Owned()
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker._offset_reader = Reader()  # type: ignore[assignment]
+    worker._ownership = owned  # type: ignore[assignment]
+    worker._admin = None  # type: ignore[assignment]  # delay_ends is a stand-in
+    monkeypatch.setattr(worker_module, "delay_ends", lambda *args: {})
+    monkeypatch.setattr(worker_module, "offsets_lost", lost)
+    return owned
+
+
 def test_a_take_over_that_outlasts_the_membership_gives_its_partitions_up(
     worker: Worker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -169,37 +207,13 @@ def test_a_take_over_that_outlasts_the_membership_gives_its_partitions_up(
     consumer = Consumer()
     consumer.member = "rdkafka-1"
 
-    class Reader:
-        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Answer]:
-            return [Answer(42)]
-
-    forgotten: list[list[TopicPartition]] = []
-
-    class Owned:
-        def __init__(self) -> None:
-            self.rewind: set[int] = set()
-
-        def rewound(self, committed: list[Answer], ends: object) -> list[Answer]:
-            return committed
-
-        async def assign(self, committed: object, ends: object, restore: object) -> None:
-            pass
-
-        async def forget(self, partitions: list[TopicPartition], close: bool) -> None:
-            forgotten.append(partitions)
-
     def offsets_lost(consumer_: Consumer, *args: object) -> None:
         consumer.member = ""  # the restore took longer than max.poll.interval.ms
 
-    worker._consumer = consumer  # type: ignore[assignment]
-    worker._offset_reader = Reader()  # type: ignore[assignment]
-    worker._ownership = Owned()  # type: ignore[assignment]
-    worker._admin = None  # type: ignore[assignment]  # delay_ends is a stand-in
-    monkeypatch.setattr(worker_module, "delay_ends", lambda *args: {})
-    monkeypatch.setattr(worker_module, "offsets_lost", offsets_lost)
+    owned = set_to_take_over(worker, consumer, monkeypatch, offsets_lost)
     partitions = [TopicPartition(TOPICS.ingress, 0)]
     assert worker._take_over(partitions) == []
-    assert forgotten == [partitions]
+    assert owned.forgotten == [partitions]
     assert any("out of group unit.workers since" in said for said in warnings(caplog))
 
 
@@ -212,33 +226,9 @@ def test_a_recovery_out_of_the_group_restores_nothing_and_gives_its_partitions_u
     and their handlers started beside that worker's, until the next poll told this one."""
     consumer = Consumer()
     consumer.member = ""
-    assigned: list[object] = []
-
-    class Owned:
-        def __init__(self) -> None:
-            self.rewind: set[int] = set()
-
-        def rewound(self, committed: list[Answer], ends: object) -> list[Answer]:
-            return committed
-
-        async def assign(self, committed: object, ends: object, restore: object) -> None:
-            assigned.append(committed)
-
-        async def forget(self, partitions: list[TopicPartition], close: bool) -> None:
-            pass
-
-    class Reader:
-        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Answer]:
-            return [Answer(42)]
-
-    worker._consumer = consumer  # type: ignore[assignment]
-    worker._offset_reader = Reader()  # type: ignore[assignment]
-    worker._ownership = Owned()  # type: ignore[assignment]
-    worker._admin = None  # type: ignore[assignment]  # delay_ends is a stand-in
-    monkeypatch.setattr(worker_module, "delay_ends", lambda *args: {})
-    monkeypatch.setattr(worker_module, "offsets_lost", lambda *args: None)
+    owned = set_to_take_over(worker, consumer, monkeypatch, lambda *args: None)
     assert worker._take_over([TopicPartition(TOPICS.ingress, 0)]) == []
-    assert assigned == [], "restored and started while out of the group"
+    assert owned.assigned == [], "restored and started while out of the group"
     assert any("out of group unit.workers since" in said for said in warnings(caplog))
 
 
