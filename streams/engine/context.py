@@ -248,12 +248,13 @@ class InvocationContext(WorkflowContext):
             now = self.invocation.processor.now()
             due = due_after(delay, f"the delay of {target.path()}", now)
         inv = self.invocation
-        record = functools.partial(  # as it will be written, its own id as the callee's
-            handler_invoke, inv.meta.id, self._cursor, target=target, argument=argument,
-            callee=inv.meta.id, mode="call" if kind == "call" else "send",
-            idempotency_key=idempotency_key, headers=sent_headers, due=due,
+        record = functools.partial(  # the record as it is written, given its index and callee
+            handler_invoke, inv.meta.id, target=target, argument=argument,
+            mode="call" if kind == "call" else "send", idempotency_key=idempotency_key,
+            headers=sent_headers, due=due,
         )  # fmt: skip
-        checked_record(size, sent_headers, record, f"{kind} {target.path()}")
+        measured_as = functools.partial(record, self._cursor, callee=inv.meta.id)  # its own id
+        checked_record(size, sent_headers, measured_as, f"{kind} {target.path()}")
         if kind == "call" and inv.callee_id(self._cursor, target, idempotency_key) == inv.meta.id:
             # A workflow's run calling its own run, or a call whose idempotency key names the
             # invocation itself: it would wait for itself.
@@ -277,17 +278,7 @@ class InvocationContext(WorkflowContext):
                     "kourier.target": target.path(),
                 },
             ):
-                self.invocation.invoke(
-                    index,
-                    target=target,
-                    argument=argument,
-                    callee=callee,
-                    mode="call" if kind == "call" else "send",
-                    idempotency_key=idempotency_key,
-                    headers=sent_headers,
-                    due=due,
-                    trace=tracing.current(),
-                )
+                self.invocation.invoke(record(index, callee=callee), tracing.current())
         return index
 
     # -- identity ------------------------------------------------------------

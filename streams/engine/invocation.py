@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor
 from datetime import timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import JsonValue
 
@@ -24,7 +24,7 @@ from streams.engine.journal import (
 from streams.engine.store import ObjectKey
 from streams.errors import KourierError
 from streams.wire import ids
-from streams.wire.records import Completion, Failure, Target
+from streams.wire.records import Completion, Failure, Invoke, Target
 
 
 class InvocationClosed(KourierError):
@@ -65,20 +65,7 @@ class Partition(Protocol):
     def handler_callee_id(
         self, caller: Invocation, index: int, target: Target, idempotency_key: str | None
     ) -> str: ...
-    def handler_invoke(
-        self,
-        caller: Invocation,
-        *,
-        target: Target,
-        argument: JsonValue,
-        callee: str,
-        index: int,
-        mode: Literal["call", "send"],
-        idempotency_key: str | None,
-        headers: dict[str, str],
-        due: float | None,
-        trace: str | None,
-    ) -> None: ...
+    def handler_invoke(self, caller: Invocation, record: Invoke, trace: str | None) -> None: ...
     def handler_attach(self, inv: Invocation, index: int, invocation_id: str) -> None: ...
     def handler_cancel(self, invocation_id: str) -> None: ...
     def handler_timer(
@@ -285,25 +272,11 @@ class Invocation:
     def callee_id(self, index: int, target: Target, idempotency_key: str | None) -> str:
         return self.processor.handler_callee_id(self, index, target, idempotency_key)
 
-    def invoke(
-        self,
-        index: int,
-        *,
-        target: Target,
-        argument: JsonValue,
-        callee: str,
-        mode: Literal["call", "send"],
-        idempotency_key: str | None,
-        headers: dict[str, str],
-        due: float | None,
-        trace: str | None,
-    ) -> None:
-        """Send the call or one-way send journaled at ``index`` (``trace``: the span that
-        made it, the parent of the callee's attempts)."""
-        self.processor.handler_invoke(
-            self, target=target, argument=argument, callee=callee, index=index, mode=mode,
-            idempotency_key=idempotency_key, headers=headers, due=due, trace=trace,
-        )  # fmt: skip
+    def invoke(self, record: Invoke, trace: str | None) -> None:
+        """Send the call or one-way send the handler journaled, as ``record``
+        (``outbox.handler_invoke``; ``trace``: the span that made it, the parent of the
+        callee's attempts)."""
+        self.processor.handler_invoke(self, record, trace)
 
     def attach(self, index: int, invocation_id: str) -> None:
         self.processor.handler_attach(self, index, invocation_id)

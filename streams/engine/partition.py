@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import Executor
 from datetime import timedelta
-from typing import Literal
 
 from pydantic import JsonValue
 
@@ -25,7 +24,7 @@ from streams.engine.invocation import Invocation, lock_key
 from streams.engine.invocations import SWEEP_AGAIN, InvocationTable
 from streams.engine.journal import EntryKind, InvocationMeta, Promise, is_cancel
 from streams.engine.locks import KeyLocks
-from streams.engine.outbox import Out, Outbox, handler_invoke
+from streams.engine.outbox import Out, Outbox
 from streams.engine.outcomes import Outcomes
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
@@ -465,24 +464,7 @@ class PartitionProcessor:
 
     # -- outputs -------------------------------------------------------------------
 
-    def handler_invoke(
-        self,
-        caller: Invocation,
-        *,
-        target: Target,
-        argument: JsonValue,
-        callee: str,
-        index: int,
-        mode: Literal["call", "send"],
-        idempotency_key: str | None,
-        headers: dict[str, str],
-        due: float | None,
-        trace: str | None,
-    ) -> None:
-        record = handler_invoke(
-            caller.meta.id, index, target=target, argument=argument, callee=callee, mode=mode,
-            idempotency_key=idempotency_key, headers=headers, due=due,
-        )  # fmt: skip
+    def handler_invoke(self, caller: Invocation, record: Invoke, trace: str | None) -> None:
         self.outbox.invoke(record, trace, caller.meta.id)
 
     def handler_callee_id(
