@@ -13,10 +13,9 @@ import hashlib
 import json
 import re
 import secrets
-from functools import lru_cache
 
 from streams.errors import KourierError
-from streams.wire.partitioning import CACHED_KEY, murmur2
+from streams.wire.partitioning import key_hash
 
 #: What every invocation id looks like; records validate theirs against it when decoded.
 ID_PATTERN = r"^inv_[0-9a-f]{32}$"
@@ -25,19 +24,6 @@ _ID = re.compile(ID_PATTERN)
 
 class InvalidId(KourierError, ValueError):
     """Not a Kourier invocation id, or one of another partition."""
-
-
-def key_hash(key: str) -> int:
-    """The murmur2 hash an object key routes by, remembered for short keys (as
-    :func:`~streams.wire.partitioning.partition_for` remembers partitions)."""
-    if len(key) <= CACHED_KEY:
-        return _cached_hash(key)
-    return murmur2(key.encode()) & 0x7FFFFFFF
-
-
-@lru_cache(maxsize=65_536)
-def _cached_hash(key: str) -> int:
-    return murmur2(key.encode()) & 0x7FFFFFFF
 
 
 def _make(routing: int, unique: str) -> str:

@@ -59,21 +59,31 @@ def _partition(hash_: int, partitions: int) -> int:
     return (hash_ & 0x7FFFFFFF) % partitions
 
 
-#: Characters of the longest key whose hash or partition is remembered: object keys repeat,
-#: and murmur2 in Python costs microseconds, but a cache keeps its keys, and 65,536 keys
-#: of 4,096 characters pinned up to a gigabyte, for good.
+#: Characters of the longest key whose hash is remembered: object keys repeat, and murmur2
+#: in Python costs microseconds, but a cache keeps its keys, and 65,536 keys of 4,096
+#: characters pinned up to a gigabyte, for good.
 CACHED_KEY = 64
 
 
-def partition_for(key: str | bytes, partitions: int) -> int:
-    """:func:`partition_of_key`, remembered for short keys. Keys used once (request ids)
-    go to :func:`partition_of_key` instead."""
+def key_hash(key: str | bytes) -> int:
+    """``key``'s murmur2 hash as the partitioner reads it (its sign bit cleared): what an
+    object key routes by, in partitions and in invocation ids. Remembered for short keys;
+    keys used once (request ids) go to :func:`partition_of_key` instead."""
     if len(key) <= CACHED_KEY:
-        return _remembered(key, partitions)
-    return partition_of_key(key, partitions)
+        return _remembered(key)
+    return _key_hash(key)
 
 
-_remembered = lru_cache(maxsize=65_536)(partition_of_key)
+def _key_hash(key: str | bytes) -> int:
+    return murmur2(key.encode() if isinstance(key, str) else key) & 0x7FFFFFFF
+
+
+_remembered = lru_cache(maxsize=65_536)(_key_hash)
+
+
+def partition_for(key: str | bytes, partitions: int) -> int:
+    """:func:`partition_of_key`, by the remembered :func:`key_hash`."""
+    return key_hash(key) % partitions
 
 
 class KeysOn:
