@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.engine.delay import DelayProcessor
@@ -146,12 +146,19 @@ class Ownership:
         return owned
 
     async def assign(
-        self, committed: list[TopicPartition], ends: dict[int, int], restore: Restore
+        self,
+        committed: list[TopicPartition],
+        ends: dict[int, int],
+        restore: Restore,
+        member: Callable[[], bool] = lambda: True,
     ) -> None:
         """Take over partitions at their ``committed`` offsets: ingress ones restore their
         changelogs, all together, and start once all are restored; delay ones re-read their
         pending messages before releasing any, up to their ``ends`` (:func:`delay_ends`).
-        A restore or a start that fails leaves none of the ingress partitions owned."""
+        A restore or a start that fails leaves none of the ingress partitions owned, and so
+        does a restore that outlasted the worker's membership of its group (``member()``
+        false: ``max.poll.interval.ms`` passed while it ran), whose partitions another
+        worker owns by now: none of their handlers starts here."""
         began = time.monotonic()
         restoring: list[PartitionProcessor] = []
         try:
@@ -169,6 +176,8 @@ class Ownership:
             # Cancelled (the worker's loop ending), the restore's thread reads on until it
             # sees the worker stop: waited for, so nothing below lets go under it.
             await in_thread(lambda: restore(restoring))
+            if not member():
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "restored late"))
             for processor in restoring:
                 processor.spill.commit()  # what the restore kept cold, before any starts
                 self.processors[processor.partition] = processor

@@ -68,8 +68,7 @@ _TIMEOUT = 30.0
 #: ``init_transactions`` completes a transaction that reached its commit and aborts one that
 #: had not, before the restore. Shorter than ``_TIMEOUT``: a hung call is cut short by it.
 _STUCK = 20.0
-#: Reads ahead in one step at most (``streams.kafka.ends``): the records read start handlers
-#: whose calls may find their partitions short in turn; the last run keeps nothing.
+#: Reads ahead in one step at most (``streams.kafka.ends``), each run's calls reading on.
 _READ_AHEAD_RUNS = 3
 _T = TypeVar("_T")
 
@@ -505,7 +504,8 @@ class Worker:
                     raise KafkaException(failed.error)
                 ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
                 committed = self._ownership.rewound(committed, ends)
-                self._on_loop(self._ownership.assign(committed, ends, self._restore))
+                still = lambda: self._consumer.memberid() == member  # noqa: E731
+                self._on_loop(self._ownership.assign(committed, ends, self._restore, still))
                 offsets_lost(self._consumer, self.topics, self._group, committed, self.processors)
                 if self._consumer.memberid() != member:  # restored past max.poll.interval.ms
                     raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "too late"))

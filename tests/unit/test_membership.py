@@ -170,8 +170,11 @@ class Owned:
     def rewound(self, committed: list[Answer], ends: object) -> list[Answer]:
         return committed
 
-    async def assign(self, committed: object, ends: object, restore: object) -> None:
+    async def assign(
+        self, committed: object, ends: object, restore: object, member: Callable[[], bool]
+    ) -> None:
         self.assigned.append(committed)
+        assert member(), "a member's take-over is told it is out of the group"
 
     async def forget(self, partitions: list[TopicPartition], close: bool) -> None:
         self.forgotten.append(partitions)
@@ -215,6 +218,31 @@ def test_a_take_over_that_outlasts_the_membership_gives_its_partitions_up(
     assert worker._take_over(partitions) == []
     assert owned.forgotten == [partitions]
     assert any("out of group unit.workers since" in said for said in warnings(caplog))
+
+
+def test_the_take_over_asks_whether_the_member_it_began_as_is_still_in(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``Ownership.assign`` asks after its restore, before it starts anything: a
+    member id cleared, or another one (the consumer joined again), is not the member whose
+    partitions these were."""
+    consumer = Consumer()
+    consumer.member = "rdkafka-1"
+    owned = set_to_take_over(worker, consumer, monkeypatch, lambda *args: None)
+    answers: list[bool] = []
+
+    async def assign(
+        committed: object, ends: object, restore: object, member: Callable[[], bool]
+    ) -> None:
+        answers.append(member())
+        for consumer.member in ("", "rdkafka-2"):
+            answers.append(member())
+        consumer.member = "rdkafka-1"
+
+    monkeypatch.setattr(owned, "assign", assign)
+    partitions = [TopicPartition(TOPICS.ingress, 0)]
+    assert worker._take_over(partitions) != []
+    assert answers == [True, False, False]
 
 
 def test_a_recovery_out_of_the_group_restores_nothing_and_gives_its_partitions_up(

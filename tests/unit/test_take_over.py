@@ -10,7 +10,7 @@ import time
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.engine.delay import DelayProcessor
 from streams.engine.partition import PartitionProcessor
@@ -138,6 +138,35 @@ async def test_a_failed_restore_leaves_nothing_of_the_assignment_running() -> No
     assert owner.processors == {}, "a partition runs that was not restored"
     assert owner.owned() == [], "the stall watch still looks at what was given up"
     assert [p.spill.db for p in given] == [None, None], "what was read back stays on disk"
+
+
+async def test_a_restore_that_outlasts_the_membership_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of the group by the restore's end (``max.poll.interval.ms`` passed while it
+    ran), the partitions are another worker's: starting them would resume their handlers,
+    and their ``ctx.run`` actions, beside that worker's until the next poll said so."""
+    started: list[int] = []
+    monkeypatch.setattr(PartitionProcessor, "start", lambda self: started.append(self.partition))
+    member = [True]
+    given: list[PartitionProcessor] = []
+
+    def restore(processors: list[PartitionProcessor]) -> None:
+        given.extend(processors)
+        member[0] = False  # librdkafka cleared the member id meanwhile
+
+    owner = ownership()
+    with pytest.raises(KafkaException) as raised:
+        await owner.assign(ASSIGNED[:2], {}, restore, lambda: member[0])
+    assert raised.value.args[0].code() == KafkaError.UNKNOWN_MEMBER_ID
+    assert started == [], "a partition started after its worker left the group"
+    assert owner.processors == {}
+    assert owner.owned() == []
+    assert all(p.closed for p in given)
+    assert [p.spill.db for p in given] == [None, None]
+    await owner.assign(ASSIGNED[:2], {}, lambda processors: None, lambda: True)
+    assert started == [0, 1], "a member's partitions were not started"
+    owner.close_all()
 
 
 async def test_a_hand_over_closes_what_it_names_and_forget_lets_go_of_it() -> None:
