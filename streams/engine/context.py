@@ -369,6 +369,8 @@ class InvocationContext(WorkflowContext):
             for task in waits:
                 if not task.done():
                     task.cancel()
+        if stopped := [task for task in waits if task not in done]:  # their waits end first,
+            await asyncio.wait(stopped)  # or a cancel could fail a wait no longer awaited
         # A branch that failed for now (a ctx.run's error is retried) or was cancelled
         # cannot win: journaled, the next attempt would wait on it alone, its timer no longer
         # in the race. The first done that can win wins, in the order of the names.

@@ -323,14 +323,17 @@ async def answer_the_race(h: Harness, key: str) -> str:
     return inv_id
 
 
-@pytest.mark.parametrize("turns", [0, 2])
+@pytest.mark.parametrize("turns", range(10))
 async def test_a_cancel_that_fails_a_branch_of_a_select_that_loses_still_reaches_the_handler(
     turns: int,
 ) -> None:
-    """A call's outcome and a cancel applied before the handler woke: the cancel failed
-    the sleep, and counted as delivered; the call won the select (named first; or, with the
-    cancel two turns after the outcome, done first), and the invocation completed as if
-    never cancelled, its cancel answered "accepted". Now it fails with 409, compensated."""
+    """A call's outcome, then a cancel ``turns`` loop turns later. Applied before the
+    handler woke, the cancel failed the sleep, and counted as delivered; the call won the
+    select (named first; or, a few turns on, done first), and the invocation completed as
+    if never cancelled, its cancel answered "accepted". Applied just after the select
+    returned (4 turns), it failed the lost sleep, still waited on until its task's
+    cancellation ran, and the handler slept its next hour. Now it fails with 409,
+    compensated, wherever the cancel lands."""
     h = harness()
     inv_id = await answer_the_race(h, "s")
     for _ in range(turns):  # the call's branch ends as the loop turns
