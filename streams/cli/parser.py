@@ -318,6 +318,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # its output closed early (`kourier ... | head`): out quietly,
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as by SIGPIPE,
+        return 128 + 13  # with nothing left to flush at exit
     except TerminalError as exc:  # a request the client refused (an argument too deep)
         run.say(f"kourier: error: {exc.status_code} {exc.message}")
         return 2
@@ -325,8 +328,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(exc, TimeoutError):  # (an OSError) no answer in time: it may pass
             run.say(f"kourier: error: {str(exc) or 'no answer in time'}; try again")
             return 1
-        passing = isinstance(exc, ConnectionError) and not isinstance(exc, BrokenPipeError)
-        if passing or getattr(exc, "errno", None) in _PASSING:  # (a closed stdout: not so)
+        passing = isinstance(exc, ConnectionError)
+        if passing or getattr(exc, "errno", None) in _PASSING:
             run.say(f"kourier: error: {exc}; try again")  # not the command's: it may pass
             return 1
         refused = isinstance(exc, KourierError) and not exc.retriable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,21 @@ def test_kourier_schema_prints_valid_json_schema() -> None:
         {"v": 1, "kind": "invoke", "target": {"service": "Greeter", "handler": "greet"}}
     )
     assert not ingress.is_valid({"v": 1, "kind": "invoke"})
+
+
+def test_output_closed_early_ends_the_command_quietly() -> None:
+    """``kourier ... | head``: a reader gone before the output is written ends the command
+    as SIGPIPE would, with no error line and no "Exception ignored" at exit."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "schema"],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_kourier_without_arguments_explains_itself() -> None:
