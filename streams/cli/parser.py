@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -307,6 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null: what is left in its buffer would fail again
+    at exit ("Exception ignored ... BrokenPipeError")."""
+    with contextlib.suppress(OSError, ValueError):  # not a file (a test's capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 #: ``OSError`` numbers of a machine short of something for now (files, memory, buffers).
 _PASSING = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM, errno.ENOBUFS})
 
@@ -318,9 +326,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return func(args)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # its output closed early (`kourier ... | head`): out quietly,
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as by SIGPIPE,
-        return 128 + 13  # with nothing left to flush at exit
+    except BrokenPipeError:  # its output closed early (`kourier ... | head`)
+        _quiet_stdout()
+        return 128 + 13  # out quietly, as SIGPIPE would end it
     except TerminalError as exc:  # a request the client refused (an argument too deep)
         run.say(f"kourier: error: {exc.status_code} {exc.message}")
         return 2
