@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Protocol
 
+from confluent_kafka import KafkaError, KafkaException
+
 log = logging.getLogger("kourier.worker")
 
 
@@ -45,3 +47,11 @@ class Membership:
                 out_for,
             )
         return False
+
+
+def still_member(consumer: _Member, member: str | None, why: str) -> None:
+    """Raise ``UNKNOWN_MEMBER_ID`` unless ``consumer`` is the group's member ``member`` still
+    (Kafka thread): it had none, or it left the group and perhaps joined again since, and
+    the partitions it took over as ``member`` are another worker's."""
+    if not member or consumer.memberid() != member:
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, why))

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.engine.delay import DelayProcessor
@@ -103,6 +103,8 @@ class Ownership:
         self.offsets: dict[int, int] = {}
         #: Ingress partitions whose changelogs are being read back.
         self.restoring: list[int] = []
+        self._restored: list[PartitionProcessor] = []  # read back, not started yet
+        self._began = 0.0  # when the last restore began
         #: Delay partitions whose log was made again under their processor (``LogRewound``),
         #: to be read from their start when taken over again (:meth:`rewound`).
         self.rewind: set[int] = set()
@@ -146,20 +148,28 @@ class Ownership:
         return owned
 
     async def assign(
-        self,
-        committed: list[TopicPartition],
-        ends: dict[int, int],
-        restore: Restore,
-        member: Callable[[], bool] = lambda: True,
+        self, committed: list[TopicPartition], ends: dict[int, int], restore: Restore
     ) -> None:
         """Take over partitions at their ``committed`` offsets: ingress ones restore their
         changelogs, all together, and start once all are restored; delay ones re-read their
         pending messages before releasing any, up to their ``ends`` (:func:`delay_ends`).
-        A restore or a start that fails leaves none of the ingress partitions owned, and so
-        does a restore that outlasted the worker's membership of its group (``member()``
-        false: ``max.poll.interval.ms`` passed while it ran), whose partitions another
-        worker owns by now: none of their handlers starts here."""
-        began = time.monotonic()
+        A restore or a start that fails leaves none of the ingress partitions owned.
+
+        :meth:`restore` then :meth:`start`, which the worker runs apart, to ask between
+        them whether it is still a member of its group: a restore that outlasted
+        ``max.poll.interval.ms`` has its partitions given to another worker, and starting
+        them would resume their handlers (and ``ctx.run`` actions) beside that worker's.
+        (The consumer is asked on the Kafka thread: inside a rebalance callback, a call to
+        it from another thread waits for the callback to end.)"""
+        await self.restore(committed, ends, restore)
+        await self.start(committed)
+
+    async def restore(
+        self, committed: list[TopicPartition], ends: dict[int, int], restore: Restore
+    ) -> None:
+        """The first half of :meth:`assign`: build the processors and restore the ingress
+        ones, not started (:meth:`start`; :meth:`forget` drops them)."""
+        self._began = time.monotonic()
         restoring: list[PartitionProcessor] = []
         try:
             for tp in committed:
@@ -176,28 +186,36 @@ class Ownership:
             # Cancelled (the worker's loop ending), the restore's thread reads on until it
             # sees the worker stop: waited for, so nothing below lets go under it.
             await in_thread(lambda: restore(restoring))
-            if not member():
-                raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "restored late"))
-            for processor in restoring:
+            self._restored = restoring
+        except BaseException:
+            _let_go(restoring)
+            raise
+        finally:
+            self.restoring = []
+
+    async def start(self, committed: list[TopicPartition]) -> None:
+        """The second half of :meth:`assign`: start what :meth:`restore` restored."""
+        restored, self._restored = self._restored, []
+        try:
+            for processor in restored:
                 processor.spill.commit()  # what the restore kept cold, before any starts
                 self.processors[processor.partition] = processor
             # No await from here on: no handler runs before every partition has started,
             # so one whose start fails leaves nothing the others did.
-            for processor in restoring:
+            for processor in restored:
                 processor.start()
         except BaseException:
-            for processor in restoring:
+            for processor in restored:
                 if self.processors.get(processor.partition) is processor:
                     del self.processors[processor.partition]
-                processor.close()
-                processor.release()  # never owned: what it read back on disk goes
+            _let_go(restored)
             raise
-        finally:
-            self.restoring = []
         delays = [tp.partition for tp in committed if tp.topic == self.topics.delay]
         self.rewind.difference_update(delays)
         self.took(delays)
-        log.info("assigned %s (restored in %.2fs)", by_topic(committed), time.monotonic() - began)
+        log.info(
+            "assigned %s (restored in %.2fs)", by_topic(committed), time.monotonic() - self._began
+        )
 
     async def hand_over(self, partitions: list[TopicPartition]) -> None:
         """Let the handlers of the ingress partitions among ``partitions`` end, up to
@@ -239,6 +257,8 @@ class Ownership:
                 processor.release()  # a running one keeps what it holds until it closes
             self.offsets.pop(tp.partition, None)
         forget(self._stalls, self.owned())
+        _let_go(self._restored)  # restored, never started (:meth:`restore`)
+        self._restored = []
 
     def spill_failure(self) -> SpillFailed | None:
         """The failure of an owned partition's spill, if one failed (on the Kafka thread
@@ -267,6 +287,13 @@ class Ownership:
             processor.close()
         for delay in self.delays.values():
             delay.close()
+
+
+def _let_go(processors: list[PartitionProcessor]) -> None:
+    """Close ``processors``, never owned: what they read back on disk goes."""
+    for processor in processors:
+        processor.close()
+        processor.release()
 
 
 def offsets_lost(

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -37,7 +36,7 @@ from streams.kafka.committer import CommitStats, Committer, Snapshot
 from streams.kafka.delay_reader import DelayReader
 from streams.kafka.ends import PartitionEnds
 from streams.kafka.gauges import describe, observe
-from streams.kafka.membership import Membership
+from streams.kafka.membership import Membership, still_member
 from streams.kafka.offsets import (
     FETCH_WAIT_MS,
     REFUSED,
@@ -491,8 +490,7 @@ class Worker:
         rewinding &= self._ownership.rewind  # across the tries (forget lets go of it)
         while True:
             try:
-                if not member:  # out already (a recovery after Kafka was away): none started
-                    raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "no member"))
+                still_member(self._consumer, member, "no member")  # out already: none started
                 self._ownership.rewind |= rewinding
                 committed = (
                     self._offset_reader.committed(partitions, _TIMEOUT) if partitions else []
@@ -504,11 +502,11 @@ class Worker:
                     raise KafkaException(failed.error)
                 ends = delay_ends(self._admin, self.topics, committed, _TIMEOUT, self._stopped)
                 committed = self._ownership.rewound(committed, ends)
-                still = lambda: self._consumer.memberid() == member  # noqa: E731
-                self._on_loop(self._ownership.assign(committed, ends, self._restore, still))
+                self._on_loop(self._ownership.restore(committed, ends, self._restore))
+                still_member(self._consumer, member, "restored too late")  # (ownership.py)
+                self._on_loop(self._ownership.start(committed))
                 offsets_lost(self._consumer, self.topics, self._group, committed, self.processors)
-                if self._consumer.memberid() != member:  # restored past max.poll.interval.ms
-                    raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, "too late"))
+                still_member(self._consumer, member, "too late")
                 return committed
             except (KafkaException, WorkerError, RestoreError, SpillFailed) as exc:
                 self._on_loop(self._ownership.forget(partitions, close=True))

@@ -164,17 +164,18 @@ class Owned:
 
     def __init__(self) -> None:
         self.rewind: set[int] = set()
-        self.assigned: list[object] = []
+        self.restored: list[object] = []
+        self.assigned: list[object] = []  # restored, then started
         self.forgotten: list[list[TopicPartition]] = []
 
     def rewound(self, committed: list[Answer], ends: object) -> list[Answer]:
         return committed
 
-    async def assign(
-        self, committed: object, ends: object, restore: object, member: Callable[[], bool]
-    ) -> None:
+    async def restore(self, committed: object, ends: object, restore: object) -> None:
+        self.restored.append(committed)
+
+    async def start(self, committed: object) -> None:
         self.assigned.append(committed)
-        assert member(), "a member's take-over is told it is out of the group"
 
     async def forget(self, partitions: list[TopicPartition], close: bool) -> None:
         self.forgotten.append(partitions)
@@ -220,29 +221,26 @@ def test_a_take_over_that_outlasts_the_membership_gives_its_partitions_up(
     assert any("out of group unit.workers since" in said for said in warnings(caplog))
 
 
-def test_the_take_over_asks_whether_the_member_it_began_as_is_still_in(
-    worker: Worker, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("then", ["", "rdkafka-2"])
+def test_a_restore_that_outlasts_the_membership_starts_nothing(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, then: str
 ) -> None:
-    """What ``Ownership.assign`` asks after its restore, before it starts anything: a
-    member id cleared, or another one (the consumer joined again), is not the member whose
-    partitions these were."""
+    """Out of the group by the restore's end (its member id cleared, or another one: the
+    consumer joined again), the partitions are another worker's: started, their handlers
+    (and ``ctx.run`` actions) ran beside that worker's until the take-over's last check."""
     consumer = Consumer()
     consumer.member = "rdkafka-1"
     owned = set_to_take_over(worker, consumer, monkeypatch, lambda *args: None)
-    answers: list[bool] = []
 
-    async def assign(
-        committed: object, ends: object, restore: object, member: Callable[[], bool]
-    ) -> None:
-        answers.append(member())
-        for consumer.member in ("", "rdkafka-2"):
-            answers.append(member())
-        consumer.member = "rdkafka-1"
+    async def restore(committed: object, ends: object, restore: object) -> None:
+        consumer.member = then  # max.poll.interval.ms passed while it read
 
-    monkeypatch.setattr(owned, "assign", assign)
+    monkeypatch.setattr(owned, "restore", restore)
     partitions = [TopicPartition(TOPICS.ingress, 0)]
-    assert worker._take_over(partitions) != []
-    assert answers == [True, False, False]
+    assert worker._take_over(partitions) == []
+    assert owned.assigned == [], "started after the worker left the group"
+    assert owned.forgotten == [partitions], "what was restored is kept"
+    assert any("out of group unit.workers since" in said for said in warnings(caplog))
 
 
 def test_a_recovery_out_of_the_group_restores_nothing_and_gives_its_partitions_up(

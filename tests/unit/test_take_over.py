@@ -10,7 +10,7 @@ import time
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.engine.delay import DelayProcessor
 from streams.engine.partition import PartitionProcessor
@@ -140,32 +140,28 @@ async def test_a_failed_restore_leaves_nothing_of_the_assignment_running() -> No
     assert [p.spill.db for p in given] == [None, None], "what was read back stays on disk"
 
 
-async def test_a_restore_that_outlasts_the_membership_starts_nothing(
+async def test_what_a_restore_read_back_starts_only_when_asked_and_forget_drops_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Out of the group by the restore's end (``max.poll.interval.ms`` passed while it
-    ran), the partitions are another worker's: starting them would resume their handlers,
-    and their ``ctx.run`` actions, beside that worker's until the next poll said so."""
+    """The worker asks whether it is still a member of its group between :meth:`restore`
+    and :meth:`start`: restored, nothing runs yet, and a take-over given up there lets go
+    of what was read back (the worker's ``forget``)."""
     started: list[int] = []
     monkeypatch.setattr(PartitionProcessor, "start", lambda self: started.append(self.partition))
-    member = [True]
     given: list[PartitionProcessor] = []
-
-    def restore(processors: list[PartitionProcessor]) -> None:
-        given.extend(processors)
-        member[0] = False  # librdkafka cleared the member id meanwhile
-
     owner = ownership()
-    with pytest.raises(KafkaException) as raised:
-        await owner.assign(ASSIGNED[:2], {}, restore, lambda: member[0])
-    assert raised.value.args[0].code() == KafkaError.UNKNOWN_MEMBER_ID
-    assert started == [], "a partition started after its worker left the group"
-    assert owner.processors == {}
-    assert owner.owned() == []
+    await owner.restore(ASSIGNED[:2], {}, given.extend)
+    assert started == []
+    assert owner.processors == {}, "a partition is owned before it starts"
+    await owner.forget(ASSIGNED[:2], close=True)
     assert all(p.closed for p in given)
-    assert [p.spill.db for p in given] == [None, None]
-    await owner.assign(ASSIGNED[:2], {}, lambda processors: None, lambda: True)
-    assert started == [0, 1], "a member's partitions were not started"
+    assert [p.spill.db for p in given] == [None, None], "what was read back stays on disk"
+    await owner.start(ASSIGNED[:2])
+    assert started == [], "what was given up started all the same"
+    await owner.restore(ASSIGNED[:2], {}, lambda processors: None)
+    await owner.start(ASSIGNED[:2])
+    assert started == [0, 1]
+    assert sorted(owner.processors) == [0, 1]
     owner.close_all()
 
 
