@@ -79,13 +79,24 @@ class CommitStats:
 
 
 class Committer:
-    """One thread that runs ``transact(snapshot)`` for what the Kafka thread submits."""
+    """One thread that runs ``transact(snapshot)`` for what the Kafka thread submits.
+
+    A snapshot with records is always worth a transaction; one of offsets alone (records
+    consumed that wrote nothing: a send to a handler that only returns) is worth one when
+    its offsets moved since the last submitted, once ``OFFSETS_EVERY`` seconds have passed
+    since then, or at once at a hand-over (:meth:`worth`). Left out, those records were
+    read and run again by the next owner, or after a restart, from the last commit that
+    carried records, however far back that was.
+    """
 
     #: Records waiting beyond this make :meth:`submit` wait for the commit in flight.
     MAX_PENDING = 20_000
     #: ... and bytes: large records, merged by the thousand, would make a transaction that
     #: takes longer to write than the transaction timeout (10 s) allows.
     MAX_PENDING_BYTES = 32 << 20
+    #: Seconds between transactions of offsets alone (at most a second's records without
+    #: effects are read again after a crash).
+    OFFSETS_EVERY = 1.0
 
     def __init__(self, transact: Callable[[Snapshot], None]) -> None:
         self._transact = transact
@@ -97,6 +108,8 @@ class Committer:
         self._closing = False
         self.abandoned = False
         self._changed = threading.Condition()
+        self._offsets: dict[tuple[str, int], int] = {}  # the last submitted, by partition
+        self._offsets_at = 0.0  # when they were submitted
         self._thread = threading.Thread(target=self._run, name="kourier-committer", daemon=True)
         self._thread.start()
 
@@ -116,13 +129,25 @@ class Committer:
             snapshots = [s for s in (self._current, self._pending) if s is not None]
             return {(o.partition, o.key) for s in snapshots for o in s.out if o.topic == topic}
 
+    def worth(self, snapshot: Snapshot, now: bool = False) -> bool:
+        """Whether ``snapshot`` is worth a transaction (see the class); ``now`` at a
+        hand-over, whose next owner would read again what its offsets passed."""
+        if snapshot.out:
+            return True
+        with self._changed:
+            due = now or time.monotonic() - self._offsets_at >= self.OFFSETS_EVERY
+            sent = self._offsets
+            return due and any(
+                sent.get((o.topic, o.partition)) != o.offset for o in snapshot.offsets
+            )
+
     def submit(self, snapshot: Snapshot, stuck_after: float | None = None) -> bool:
         """Queue ``snapshot`` (merged with what already waits); dropped after a failure.
 
         With more than :attr:`MAX_PENDING` records or :attr:`MAX_PENDING_BYTES` waiting,
         wait for the transaction in flight; False, with nothing queued, once it has run for
         ``stuck_after`` seconds (when given): it is stuck, and the caller fences it."""
-        if not snapshot.out:
+        if not snapshot.out and not snapshot.offsets:
             return True
         with self._changed:
             while (
@@ -147,6 +172,8 @@ class Committer:
                 self._pending = snapshot
             else:
                 self._pending.merge(snapshot)
+            self._offsets.update({(o.topic, o.partition): o.offset for o in snapshot.offsets})
+            self._offsets_at = time.monotonic()
             self._changed.notify_all()
             return True
 
@@ -203,6 +230,7 @@ class Committer:
         with self._changed:
             self._failure = None
             self._pending = None
+            self._offsets = {}  # what is committed is read again
             self._changed.notify_all()
 
     def close(self) -> None:

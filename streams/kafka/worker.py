@@ -229,7 +229,7 @@ class Worker:
                 positions = self._delay_positions()
                 if self._pacing.needs_step(batch, positions):
                     snapshot = self._trusted_step(batch, positions)
-                    if snapshot is not None and snapshot.out:
+                    if snapshot is not None and self._committer.worth(snapshot):
                         snapshot.metadata = self._metadata()
                         if not self._committer.submit(snapshot, _STUCK):
                             self._replace_stuck_producer()  # and restore: drops the snapshot
@@ -364,7 +364,7 @@ class Worker:
         """Commit ``snapshot`` after everything submitted before it, and wait (Kafka thread);
         on failure, restore and go on."""
         taken = True
-        if snapshot.out:
+        if self._committer.worth(snapshot, now=True):
             snapshot.metadata = self._metadata()
             taken = self._committer.submit(snapshot, _STUCK)
         failure = self._committer.flush(_STUCK) if taken else TimeoutError("stuck")

@@ -164,6 +164,16 @@ async def fan_out(ctx: Context, spec: dict[str, object]) -> int:
     return total
 
 
+#: How many times ``Relay/tick`` ran for each mark, in this process.
+TICKS: dict[str, int] = {}
+
+
+@relay.handler()
+async def tick(ctx: Context, mark: str) -> None:
+    """Counts its runs and writes nothing: sent, its record is all a worker commits."""
+    TICKS[mark] = TICKS.get(mark, 0) + 1
+
+
 @relay.handler()
 async def note(ctx: Context, text: str) -> str:
     """Logs ``text`` on the loop and from a ``ctx.run`` action's thread; returns its own

@@ -9,14 +9,17 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from streams.client import Client
 from streams.kafka.worker import Worker
 from streams.settings import Settings
+from streams.wire.topics import Topics
 from tests.integration import apps
 from tests.integration.conftest import in_process_worker
 from tests.integration.helpers import poll_until
@@ -96,6 +99,57 @@ async def test_a_rebalance_lets_a_running_action_end(
             apps.ACTION_GATES[action_key].set()
             await asyncio.wait([call], timeout=60)
             call.cancel()
+
+
+def unread(settings: Settings, every: bool = False) -> dict[int, tuple[int, int]]:
+    """Ingress partitions whose records go past the workers' committed offset (``every``:
+    all of them): (committed, end). Only the test's client writes there, without
+    transactions (no markers)."""
+    topic = Topics(settings.namespace).ingress
+    consumer = Consumer(settings.client_config({"group.id": f"{settings.namespace}.workers"}))
+    try:
+        wanted = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        committed = {tp.partition: max(tp.offset, 0) for tp in consumer.committed(wanted, 10)}
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, 10)[1] for tp in wanted}
+        return {p: (committed[p], end) for p, end in ends.items() if every or committed[p] != end}
+    finally:
+        consumer.close()
+
+
+async def test_sends_that_wrote_nothing_are_not_run_again_by_the_next_owner(
+    topics: Settings, client: Client
+) -> None:
+    """A send to a handler that only returns leaves nothing to commit but its offset: the
+    worker committed offsets only along with records, so a clean stop left these for the
+    next owner, which ran every one of them again."""
+    marks = [f"{topics.namespace}-{n}" for n in range(20)]
+    tick = client.service_send("Relay", "tick")
+
+    async def ticked() -> bool:
+        return all(mark in apps.TICKS for mark in marks)
+
+    async with in_process_worker(topics, apps.SERVICES, f"first-{topics.namespace}"):
+        for mark in marks:
+            await tick.send(mark)
+        await poll_until(ticked, True, 60, "the sends to run")
+    assert await asyncio.to_thread(unread, topics) == {}, "a clean stop left records unread"
+    ends = {p: end for p, (_, end) in (await asyncio.to_thread(unread, topics, True)).items()}
+    async with in_process_worker(topics, apps.SERVICES, f"second-{topics.namespace}") as second:
+
+        async def read_to_the_ends() -> bool:  # every record handed to its partition
+            return all(second._ownership.offsets.get(p, 0) >= end for p, end in ends.items())
+
+        await poll_until(read_to_the_ends, True, 60, "the second worker to read to the ends")
+        began = time.monotonic()
+
+        async def stepped_twice() -> bool:  # ... and a step begun after one that ran them
+            return second._pacing.stepped_at > began
+
+        await poll_until(stepped_twice, True, 60, "a step after the records")
+        began = second._pacing.stepped_at
+        await poll_until(stepped_twice, True, 60, "a second step after the records")
+    again = {mark: apps.TICKS[mark] for mark in marks if apps.TICKS[mark] != 1}
+    assert again == {}, "run again by the next owner"
 
 
 def _kafka_threads(worker: Worker) -> list[str]:
