@@ -515,9 +515,9 @@ class Connection:
         finally:
             reader.close()
         found: dict[str, ServiceInfo] = {}
-        self._read_catalog(low, end, found)
+        reached = self._read_catalog(low, end, found)  # short of the end after 10 s
         with self._catalog_lock:
-            if self._followed < end:  # this read is the newer
+            if self._followed < reached:  # this read is the newer
                 self.services = {**self.services, **found}
             else:
                 self.services = {**found, **self.services}

@@ -472,6 +472,30 @@ def test_a_catalog_read_to_its_end_finds_a_handler_added_to_a_known_service(
     assert handlers == ({"old", "newest"} if followed_past_it else {"old", "new"})
 
 
+def test_a_catalog_read_cut_short_does_not_undo_what_the_follower_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read that stopped at its 10 s limit short of the end, below what the follower had
+    applied, was taken as the newer for being short of the end: its older entry replaced
+    the follower's, a handler added since went missing, and the follower, past that
+    record, never put it back."""
+    connection = Connection(Settings(namespace="unit"), Topics("unit"))
+    connection._on_catalog(Announced("Grown", ("old", "new"), offset=3))  # the follower, at 4
+    monkeypatch.setattr(connection_module, "watermarks", lambda *a, **k: (0, 6))
+    monkeypatch.setattr(connection, "_new_reader", lambda *a, **k: SimpleNamespace(
+        close=lambda: None))  # fmt: skip
+
+    def cut_short(low: int, end: int, found: dict[str, Any]) -> int:
+        connection._on_catalog(Announced("Grown", ("old",), offset=1), found)
+        connection._on_catalog(Announced("Other", ("h",), offset=2), found)
+        return 3  # where its time ran out
+
+    monkeypatch.setattr(connection, "_read_catalog", cut_short)
+    connection.catch_up_catalog()
+    assert set(connection.services["Grown"].handlers) == {"old", "new"}
+    assert set(connection.services["Other"].handlers) == {"h"}, "a service it found, lost"
+
+
 class FailingForGood(Reporting):
     """A producer whose poll raises its fatal error once, as confluent-kafka does, and then
     serves the reports of the records librdkafka purged."""
