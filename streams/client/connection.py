@@ -281,6 +281,7 @@ class Connection:
         if self._closing is None:
             if not self.running:
                 return
+            self.running = False  # no call from now on: check_open says so at once
             self._closing = asyncio.ensure_future(self._shut_down())
         await asyncio.shield(self._closing)
 

@@ -342,6 +342,27 @@ async def test_a_close_during_the_start_closes_the_client_once_started(
     assert connection._closing.done()
 
 
+async def test_a_call_made_once_the_close_has_begun_is_refused_unwritten() -> None:
+    """The client stopped taking calls only when its shutdown task first ran, a loop turn
+    after ``close()``: a call that ran in between was written, and its caller told it may
+    have been (504) instead of that it was not (503)."""
+    connection = started(Refusing(KafkaError(KafkaError._FATAL)))
+    shut_down = asyncio.Event()
+
+    async def shutting_down() -> None:
+        await shut_down.wait()
+        connection.running = False
+
+    connection._shut_down = shutting_down  # type: ignore[method-assign]
+    closing = asyncio.ensure_future(connection.close())
+    await asyncio.sleep(0)  # close() has run; its shutdown has not
+    with pytest.raises(ClientClosed) as raised:
+        connection.check_open()
+    assert raised.value.may_be_written is False
+    shut_down.set()
+    await asyncio.wait_for(closing, 5)
+
+
 async def test_a_start_after_a_cancelled_close_waits_for_that_close(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
