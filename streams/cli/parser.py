@@ -312,7 +312,10 @@ def _quiet_stdout() -> None:
     """Point standard output at /dev/null: what is left in its buffer would fail again
     at exit ("Exception ignored ... BrokenPipeError")."""
     with contextlib.suppress(OSError, ValueError):  # not a file (a test's capture)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        out = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out)
+        os.close(devnull)
 
 
 #: ``OSError`` numbers of a machine short of something for now (files, memory, buffers).
@@ -323,7 +326,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # what it printed, written here: a closed output is met below,
+        return code  # not at exit ("Exception ignored ...", exit status 120)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # its output closed early (`kourier ... | head`)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import io
 import json
 import os
 import subprocess
@@ -46,6 +47,24 @@ def test_output_closed_early_ends_the_command_quietly() -> None:
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_short_output_closed_early_ends_the_command_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Less than a buffer's worth, printed without a flush, is written at exit, where the
+    closed output was met outside the command: "Exception ignored ... BrokenPipeError"."""
+    from streams.cli import commands, parser
+
+    read, write = os.pipe()
+    os.close(read)
+    piped = io.TextIOWrapper(io.BufferedWriter(io.FileIO(write, "w")))
+    monkeypatch.setattr(sys, "stdout", piped)
+    monkeypatch.setattr(commands, "acls", lambda args: print("one short line") or 0)
+    try:
+        assert parser.main(["acls", "--client", "User:web"]) == 141
+    finally:
+        piped.close()  # what was left goes to /dev/null now
 
 
 def test_kourier_without_arguments_explains_itself() -> None:
