@@ -206,14 +206,15 @@ def main() -> int:
                              "argument": 100, "request_id": "demo-kcat"})  # fmt: skip
         print(f"$ echo '{record}' | kcat -P -b {running.bootstrap} -t demo.ingress -k ada")
         subprocess.run([kcat, "-P", "-b", running.bootstrap, "-t", "demo.ingress", "-k", "ada"],
-                       input=record.encode(), check=True)  # fmt: skip
+                       input=record.encode(), check=True, timeout=30)  # fmt: skip
         reader = [kcat, "-C", "-b", running.bootstrap, "-t", "demo.responses", "-o", "beginning",
                   "-X", "isolation.level=read_committed", "-e", "-q"]  # fmt: skip
         print(f"$ kcat {' '.join(reader[1:])} | grep demo-kcat")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            lines = subprocess.run(reader, capture_output=True, check=True).stdout.splitlines()
-            found = [line for line in lines if b'"demo-kcat"' in line]
+            left = max(1.0, deadline - time.monotonic())
+            read = subprocess.run(reader, capture_output=True, check=True, timeout=left)
+            found = [line for line in read.stdout.splitlines() if b'"demo-kcat"' in line]
             if found:
                 print(f"  {found[0].decode()}")
                 break
@@ -223,7 +224,9 @@ def main() -> int:
             return 1
         return 0
     finally:
-        for ending in ENDING:  # one now (a terminal closing) must not cut the clean-up short
+        # One now (a terminal closing, a second Ctrl-C) must not cut the clean-up short:
+        # the broker runs in a session of its own, which no terminal signal reaches.
+        for ending in (*ENDING, signal.SIGINT):
             signal.signal(ending, signal.SIG_IGN)
         step("stopping the ingress, the worker and the broker (by PID)")
         for process in processes:

@@ -11,26 +11,47 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.processes import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def ended(demo: subprocess.Popen[str], seconds: float) -> tuple[str, str]:
+    """``demo``'s output once it ends, or, ``seconds`` on, once SIGTERM has ended it: its
+    clean-up stops the broker, the worker and the ingress it started (SIGKILL, which
+    ``subprocess.run``'s timeout sends, left all three running)."""
+    try:
+        return demo.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        demo.send_signal(signal.SIGTERM)
+        try:
+            out, err = demo.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            out, err = demo.communicate()
+        raise AssertionError(
+            f"the demo ran past {seconds:.0f}s\n{out[-3000:]}{err[-3000:]}"
+        ) from None
+
+
+@pytest.mark.timeout(420)  # past ended()'s own waits
 def test_the_demo_runs_end_to_end() -> None:
     """Started as the README says, from another directory (``examples`` was then not
     found), and with a user's own ``KOURIER_TOKEN`` exported (its worker and ingress took
     it, and every call the demo made was a 401)."""
     env = dict(os.environ, KOURIER_TOKEN="the-users-own")
-    done = subprocess.run(
+    demo = subprocess.Popen(
         [str(ROOT / "deploy" / "demo.sh")],
         cwd=ROOT / "deploy",
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
+    out, err = ended(demo, 300)
+    assert demo.returncode == 0, out[-3000:] + err[-3000:]
     assert '200 "Hello Ada"' in out
     assert "200 7" in out  # 5 then 2 added to one counter
     assert '"status": "Accepted"' in out
@@ -50,6 +71,7 @@ def test_the_demo_runs_end_to_end() -> None:
     assert "stopping the ingress, the worker and the broker" in out
 
 
+@pytest.mark.timeout(420)  # past the watchdog's and the waits' own
 def test_a_demo_ended_by_sigterm_stops_its_broker() -> None:
     """Python's default for SIGTERM ended the demo without its ``finally``: the broker, in a
     session of its own, went on running."""
@@ -61,7 +83,8 @@ def test_a_demo_ended_by_sigterm_stops_its_broker() -> None:
         text=True,
     )
     pid = None
-    watchdog = threading.Timer(180, demo.kill)  # the read below ends with the demo
+    # The read below ends with the demo; SIGTERM, so that it stops what it started.
+    watchdog = threading.Timer(180, demo.send_signal, (signal.SIGTERM,))
     watchdog.start()
     try:
         assert demo.stdout is not None
