@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import io
 import json
 import os
 import subprocess
@@ -32,39 +31,6 @@ def test_kourier_schema_prints_valid_json_schema() -> None:
         {"v": 1, "kind": "invoke", "target": {"service": "Greeter", "handler": "greet"}}
     )
     assert not ingress.is_valid({"v": 1, "kind": "invoke"})
-
-
-def test_output_closed_early_ends_the_command_quietly() -> None:
-    """``kourier ... | head``: a reader gone before the output is written ends the command
-    as SIGPIPE would, with no error line and no "Exception ignored" at exit."""
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "schema"],
-            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
-        )  # fmt: skip
-    finally:
-        os.close(write)
-    assert (done.returncode, done.stderr) == (141, "")
-
-
-def test_a_short_output_closed_early_ends_the_command_quietly(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Less than a buffer's worth, printed without a flush, is written at exit, where the
-    closed output was met outside the command: "Exception ignored ... BrokenPipeError"."""
-    from streams.cli import commands, parser
-
-    read, write = os.pipe()
-    os.close(read)
-    piped = io.TextIOWrapper(io.BufferedWriter(io.FileIO(write, "w")))
-    monkeypatch.setattr(sys, "stdout", piped)
-    monkeypatch.setattr(commands, "acls", lambda args: print("one short line") or 0)
-    try:
-        assert parser.main(["acls", "--client", "User:web"]) == 141
-    finally:
-        piped.close()  # what was left goes to /dev/null now
 
 
 def test_kourier_without_arguments_explains_itself() -> None:
@@ -416,7 +382,6 @@ def test_a_worker_that_fails_with_handlers_threads_blocked_still_ends(
 ) -> None:
     """An error the CLI does not turn into a message left ``main`` before the exit that
     does not wait for blocked threads: the interpreter then waited for them as it ended."""
-    import os
 
     from streams.cli import commands, parser
 
@@ -568,21 +533,6 @@ def test_an_os_error_that_may_pass_is_a_try_again(
     err = capsys.readouterr().err
     assert err.startswith("kourier: error: "), err
     assert err.endswith("; try again\n"), err
-
-
-def test_a_closed_output_is_not_a_try_again(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """``kourier ... | head -1``: a ``BrokenPipeError`` is a ``ConnectionError``, and said
-    "try again" to a command that had done its work (now: nothing, as below)."""
-    from streams.cli import commands, parser
-
-    def piped(args: object) -> int:
-        raise BrokenPipeError(32, "Broken pipe")
-
-    monkeypatch.setattr(commands, "acls", piped)
-    assert parser.main(["acls", "--client", "User:web"]) == 141
-    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("verb", ["call", "send"])
