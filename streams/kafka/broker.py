@@ -189,6 +189,21 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+_LISTENERS = re.compile(r"^listeners=(\S+)$", re.M)
+
+
+def _taken(props: Path) -> str | None:
+    """The first listener of ``props`` whose port something already holds, as ``host:port``
+    (the controller's said so): a data dir keeps the controller port it was made with, and
+    a broker that cannot bind it only exited with code 1."""
+    found = _LISTENERS.search(props.read_text())
+    for listener in found.group(1).split(",") if found else ():
+        name, _, address = listener.partition("://")
+        if _port_in_use(int(address.rsplit(":", 1)[1])):
+            return address if name != "CONTROLLER" else f"{address} (its controller's)"
+    return None
+
+
 def _alive(pid: int, data_dir: Path) -> bool:
     """Whether ``pid`` is the live broker of ``data_dir`` (resolved): not a recycled PID of
     something else, nor of another data directory's broker, which a stop would kill."""
@@ -328,9 +343,10 @@ def start(
     libs = resolve_jars(deploy_dir)
     props = _write_properties(data_dir, port, deploy_dir)
     address = _address(props)
-    if _port_in_use(int(address.rsplit(":", 1)[1])):
+    taken = _taken(props)
+    if taken is not None:
         raise BrokerError(
-            f"port of {address} is already in use; choose another with --port N (`kourier"
+            f"port of {taken} is already in use; choose another with --port N (`kourier"
             " dev`: --kafka-port N; 0 keeps the port a data dir has)"
         )
     _format_storage(java, libs, props, data_dir)
@@ -415,10 +431,10 @@ def start_cluster(
     cluster_id = _cluster_id(data_dir)
     stopped = [d for d in dirs if status(d) is None]
     for node_dir in stopped:  # every port before any node starts, which would be stopped
-        address = _address(node_dir / "server.properties")
-        if _port_in_use(int(address.rsplit(":", 1)[1])):
+        taken = _taken(node_dir / "server.properties")
+        if taken is not None:
             raise BrokerError(
-                f"port of {address} is already in use: stop what holds it, or start the"
+                f"port of {taken} is already in use: stop what holds it, or start the"
                 " cluster with another --data (a cluster keeps the ports it was made with)"
             )
     launched: dict[Path, subprocess.Popen[bytes]] = {}

@@ -222,3 +222,38 @@ def test_broker_start_away_from_the_checkout_says_so(
     err = capsys.readouterr().err
     assert "run Kourier from its source checkout" in err, err
     assert "Traceback" not in err, err
+
+
+def test_a_broker_whose_controller_port_is_taken_is_refused_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data dir keeps the controller port it was made with: one another program holds
+    now was only seen once Java had started and exited ("exited with code 1")."""
+    import socket
+
+    from streams.kafka import broker
+
+    with socket.socket() as client_port, socket.socket() as controller:
+        for held in (client_port, controller):
+            held.bind(("127.0.0.1", 0))
+        ports = [held.getsockname()[1] for held in (client_port, controller)]
+        props = tmp_path / "server.properties"
+        props.write_text(
+            f"listeners=PLAINTEXT://127.0.0.1:{ports[0]},CONTROLLER://127.0.0.1:{ports[1]}\n"
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{ports[0]}\n"
+        )
+        assert broker._taken(props) is None
+        controller.listen()
+        assert broker._taken(props) == f"127.0.0.1:{ports[1]} (its controller's)"
+
+        def never(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("formatted or launched with its controller port taken")
+
+        monkeypatch.setattr(broker, "resolve_jars", lambda deploy_dir: [])
+        monkeypatch.setattr(broker, "_write_properties", lambda *args: props)
+        monkeypatch.setattr(broker, "_format_storage", never)
+        monkeypatch.setattr(broker, "_launch", never)
+        with pytest.raises(broker.BrokerError, match=r"\(its controller's\) is already in use"):
+            broker.start(tmp_path)
+        client_port.listen()
+        assert broker._taken(props) == f"127.0.0.1:{ports[0]}", "the clients' port, first"
