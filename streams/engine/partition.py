@@ -317,6 +317,10 @@ class PartitionProcessor:
             return
         target = record.target
         scope = None
+        if handler.service.kind == "workflow":  # a run past its retention is gone, before
+            run = self.invocations.get(ids.workflow_run_id(target.service, target.key or ""))
+            if run is not None and run.meta.outlived(time.time()):  # the sweep comes: for a
+                self.outcomes.forget(run)  # shared handler too, with its state and promises
         if handler.kind == "workflow":
             inv_id = ids.workflow_run_id(target.service, target.key or "")
         elif record.idempotency_key is not None:
@@ -330,7 +334,8 @@ class PartitionProcessor:
         existing = self.invocations.get(inv_id)
         if existing is not None and existing.meta.outlived(time.time()):
             self.outcomes.forget(existing)  # its key and id are free again: a new call
-        elif existing is not None:
+            existing = None
+        if existing is not None:
             self.waiters.duplicate(existing, record)
             return
         now = self._clock()  # the clock that decides when a started one is due (Starts)

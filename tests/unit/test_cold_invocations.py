@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from handlers import ObjectContext, VirtualObject
+from handlers import ObjectContext, VirtualObject, Workflow, WorkflowContext, WorkflowSharedContext
 from streams.engine import invocations
 from streams.engine.invocation import Invocation
 from streams.engine.invocations import InvocationTable
@@ -573,3 +573,47 @@ def test_a_sweep_stopped_for_its_time_says_so(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(invocations, "time", time)
     assert table.sweep(4e9, table.forget) is False
     assert len(table) == 0
+
+
+brief_flow = Workflow("BriefFlow", idempotency_retention=timedelta(milliseconds=50))
+
+
+@brief_flow.main()
+async def brief_run(ctx: WorkflowContext, note: str) -> str:
+    ctx.set("note", note)
+    await ctx.promise("go").resolve(note)
+    return note
+
+
+@brief_flow.handler("look")
+async def brief_look(ctx: WorkflowSharedContext) -> list[Any]:
+    return [await ctx.get("note"), await ctx.promise("go").peek()]
+
+
+@brief_flow.handler("signal")
+async def brief_signal(ctx: WorkflowSharedContext, value: str) -> None:
+    await ctx.promise("go").resolve(value)
+
+
+@pytest.mark.usefixtures("no_sweep")
+async def test_a_shared_handler_after_the_runs_retention_meets_none_of_it() -> None:
+    """Until the sweep came (a second, longer after an outage), a workflow's shared
+    handlers still read the state of a run past its retention, and a signal to its promise
+    was refused as resolved already (409) or stored only to be dropped with the run; as
+    README says, a signal after the run's retention is kept for the next run."""
+    h = Harness([brief_flow])
+    run = Target(service="BriefFlow", key="w", handler="run")
+    h.send(Invoke(target=run, argument="first", request_id="run"))
+    await until(lambda: "run" in h.responses())
+    run_id = h.responses()["run"].invocation_id
+    expires = h.processor.invocations[run_id].meta.expires_at
+    assert expires is not None, "the run's outcome is not retained"
+    await until(lambda: time.time() >= expires, seconds=2.0)
+    signal = Target(service="BriefFlow", key="w", handler="signal")
+    h.send(Invoke(target=signal, argument="second", request_id="signal"))
+    await until(lambda: "signal" in h.responses())
+    assert h.responses()["signal"].failure is None, h.responses()["signal"].failure
+    look = Target(service="BriefFlow", key="w", handler="look")
+    h.send(Invoke(target=look, argument=None, request_id="look"))
+    await until(lambda: "look" in h.responses())
+    assert h.responses()["look"].value == [None, "second"], "the old run's state or promise"
