@@ -149,7 +149,8 @@ class Client:
                 self._next_read = queued = asyncio.ensure_future(self._read_catalog_after(running))
                 # Its failure is raised to each caller; one all left is not logged as lost.
                 queued.add_done_callback(lambda read: read.cancelled() or read.exception())
-            await asyncio.shield(queued)  # a cancelled caller stops no one's read
+            # A cancelled caller stops no one's read, nor does a close: it ends the wait.
+            await self._kafka.unless_closed(asyncio.shield(queued), "the service catalog")
         return self.services
 
     async def _read_catalog_after(self, running: asyncio.Future[None] | None) -> None:

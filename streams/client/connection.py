@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from confluent_kafka import (
     Consumer,
@@ -44,6 +44,8 @@ from streams.settings import Settings
 from streams.wire.partitioning import KeysOn
 from streams.wire.records import RecordError, Response, decode_response, request_id_of
 from streams.wire.topics import Topics
+
+_T = TypeVar("_T")
 
 #: A delivery report waiting to reach the loop: whose future, and Kafka's error if any.
 _Report = tuple[asyncio.Future[Any], KafkaError | None]
@@ -128,6 +130,7 @@ class Connection:
         #: lost its sequence, an ACL): no record goes out again until the client restarts.
         self.failed: str | None = None
         self._pending: dict[str, asyncio.Future[Response]] = {}
+        self._closes: set[asyncio.Future[None]] = set()  # set when a close begins
         # Delivery reports and responses read by the background threads, not yet handed
         # to the loop (each list is touched by one thread at a time; see the threads).
         self._reports: list[_Report] = []
@@ -282,6 +285,9 @@ class Connection:
             if not self.running:
                 return
             self.running = False  # no call from now on: check_open says so at once
+            for closing in self._closes:
+                if not closing.done():
+                    closing.set_result(None)
             self._closing = asyncio.ensure_future(self._shut_down())
         await asyncio.shield(self._closing)
 
@@ -309,6 +315,22 @@ class Connection:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ClientClosed("client closed before the outcome came"))
+
+    async def unless_closed(self, waited: asyncio.Future[_T], what: str) -> _T:
+        """``waited``'s result, or ``ClientClosed`` (nothing written) once a close begins:
+        a call waiting for ``what`` (the catalog's read, up to 40 s) ends with the close,
+        as one waiting for its outcome does; what it waited for goes on by itself."""
+        closing = asyncio.get_running_loop().create_future()
+        self._closes.add(closing)
+        try:
+            await asyncio.wait({waited, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._closes.discard(closing)
+            if not waited.done():  # left to end by itself: a failure is not "never retrieved"
+                waited.add_done_callback(lambda left: left.cancelled() or left.exception())
+        if not waited.done():
+            raise ClientClosed(f"the client closed while waiting for {what}", may_be_written=False)
+        return waited.result()
 
     def check_open(self) -> None:
         """``ClientClosed`` (nothing written) before the client has started, and once it is

@@ -632,6 +632,38 @@ async def test_catalog_refreshes_asked_together_share_one_read(
     assert reads == [0, 1]
 
 
+async def test_a_call_waiting_for_the_catalog_is_ended_by_the_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call to a service the catalog does not list waits for the catalog's read, up to
+    40 s with Kafka slow: the close ended the calls waiting for their outcomes, not that
+    one, which failed only once the read ended, long after the client was closed."""
+    client = Client(Settings(namespace="unit"))
+    began, release = threading.Event(), threading.Event()
+
+    def catch_up() -> None:
+        began.set()
+        release.wait(10)
+
+    monkeypatch.setattr(client._kafka, "catch_up_catalog", catch_up)
+    connection = client._kafka
+    connection.running = True  # as started
+
+    async def shut_down() -> None:
+        connection.running = False
+
+    connection._shut_down = shut_down  # type: ignore[method-assign]
+    try:
+        waiting = asyncio.ensure_future(client.catalog(refresh=True))
+        await asyncio.to_thread(began.wait, 10)
+        await asyncio.wait_for(connection.close(), 5)
+        with pytest.raises(ClientClosed, match="the service catalog") as raised:
+            await asyncio.wait_for(waiting, 5)
+        assert raised.value.may_be_written is False
+    finally:
+        release.set()
+
+
 class Waiting:
     """A connection that takes every record at once and answers no call until told."""
 
