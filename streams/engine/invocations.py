@@ -125,6 +125,12 @@ class InvocationTable(Mapping[str, Invocation]):
     def __len__(self) -> int:
         return len(self._live) + len(self._cold) - len(self._thawed)
 
+    def outlived(self, inv_id: str, now: float) -> bool:
+        """Whether ``inv_id`` is a retained outcome past its time (``InvocationMeta.outlived``),
+        asked of one kept cold without reading it back."""
+        inv = self._live.get(inv_id)
+        return inv.meta.outlived(now) if inv is not None else self._cold.expired(inv_id, now)
+
     def live(self) -> list[Invocation]:
         """The invocations held as objects (every one that runs or waits), none thawed."""
         return list(self._live.values())

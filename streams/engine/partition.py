@@ -318,9 +318,9 @@ class PartitionProcessor:
         target = record.target
         scope = None
         if handler.service.kind == "workflow":  # a run past its retention is gone, before
-            run = self.invocations.get(ids.workflow_run_id(target.service, target.key or ""))
-            if run is not None and run.meta.outlived(time.time()):  # the sweep comes: for a
-                self.outcomes.forget(run)  # shared handler too, with its state and promises
+            run_id = ids.workflow_run_id(target.service, target.key or "")  # the sweep comes:
+            if self.invocations.outlived(run_id, time.time()):  # for a shared handler too,
+                self.outcomes.forget(self.invocations[run_id])  # its state and promises with it
         if handler.kind == "workflow":
             inv_id = ids.workflow_run_id(target.service, target.key or "")
         elif record.idempotency_key is not None:

@@ -234,6 +234,11 @@ class ColdStore(_Counted):
         """Every id held (read at once: the store may change while they are used)."""
         return iter([row[0] for row in self._spill.query("SELECT id FROM cold")])
 
+    def expired(self, inv_id: str, now: float) -> bool:
+        """Whether ``inv_id`` is held with a retention that ended at or before ``now``."""
+        query = "SELECT 1 FROM cold WHERE id = ? AND expires <= ?"
+        return bool(self._count and self._spill.query(query, (inv_id, now)))
+
     def due(self, now: float, limit: int) -> list[str]:
         """The ids whose retention ends at or before ``now``, soonest first, at most
         ``limit`` of them."""

@@ -596,7 +596,8 @@ async def brief_signal(ctx: WorkflowSharedContext, value: str) -> None:
 
 
 @pytest.mark.usefixtures("no_sweep")
-async def test_a_shared_handler_after_the_runs_retention_meets_none_of_it() -> None:
+@pytest.mark.parametrize("cold", [False, True])
+async def test_a_shared_handler_after_the_runs_retention_meets_none_of_it(cold: bool) -> None:
     """Until the sweep came (a second, longer after an outage), a workflow's shared
     handlers still read the state of a run past its retention, and a signal to its promise
     was refused as resolved already (409) or stored only to be dropped with the run; as
@@ -608,6 +609,12 @@ async def test_a_shared_handler_after_the_runs_retention_meets_none_of_it() -> N
     run_id = h.responses()["run"].invocation_id
     expires = h.processor.invocations[run_id].meta.expires_at
     assert expires is not None, "the run's outcome is not retained"
+    if cold:  # written, as a commit would: kept on disk, its expiry asked there
+        h.processor.flush()
+        table = h.processor.invocations
+        assert not table.outlived(run_id, expires - 1)
+        assert table.outlived(run_id, expires)
+        assert run_id not in {inv.meta.id for inv in table.live()}, "read back to be asked"
     await until(lambda: time.time() >= expires, seconds=2.0)
     signal = Target(service="BriefFlow", key="w", handler="signal")
     h.send(Invoke(target=signal, argument="second", request_id="signal"))
