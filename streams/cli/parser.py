@@ -327,7 +327,8 @@ def _main(argv: Sequence[str] | None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         code = func(args)
-        sys.stdout.flush()  # what it printed, written here: a closed output is met below,
+        if sys.stdout is not None:  # (None: started with its output closed, `>&-`)
+            sys.stdout.flush()  # what it printed, written here: a closed output is met below,
         return code  # not at exit ("Exception ignored ...", exit status 120)
     except KeyboardInterrupt:
         return 130

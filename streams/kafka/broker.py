@@ -189,18 +189,22 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-_LISTENERS = re.compile(r"^listeners=(\S+)$", re.M)
+_LISTENERS = re.compile(r"^\s*listeners\s*=\s*(\S+?)\s*$", re.M)
 
 
 def _taken(props: Path) -> str | None:
-    """The first listener of ``props`` whose port something already holds, as ``host:port``
-    (the controller's said so): a data dir keeps the controller port it was made with, and
-    a broker that cannot bind it only exited with code 1."""
+    """The address of ``props``' broker, or of its controller (said so), if something
+    already holds its port: a data dir keeps the controller port it was made with, and a
+    broker that cannot bind it only exited with code 1."""
+    address = _address(props)
+    if _port_in_use(int(address.rsplit(":", 1)[1])):
+        return address
     found = _LISTENERS.search(props.read_text())
     for listener in found.group(1).split(",") if found else ():
-        name, _, address = listener.partition("://")
-        if _port_in_use(int(address.rsplit(":", 1)[1])):
-            return address if name != "CONTROLLER" else f"{address} (its controller's)"
+        name, _, controller = listener.partition("://")
+        port = controller.rpartition(":")[2]
+        if name == "CONTROLLER" and port.isdigit() and _port_in_use(int(port)):
+            return f"{controller} (its controller's)"
     return None
 
 

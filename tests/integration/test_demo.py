@@ -27,7 +27,7 @@ def ended(demo: subprocess.Popen[str], seconds: float) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         demo.send_signal(signal.SIGTERM)
         try:
-            out, err = demo.communicate(timeout=90)
+            out, err = demo.communicate(timeout=150)  # its clean-up takes 90 s at most
         except subprocess.TimeoutExpired:
             demo.kill()
             out, err = demo.communicate()
@@ -36,7 +36,7 @@ def ended(demo: subprocess.Popen[str], seconds: float) -> tuple[str, str]:
         ) from None
 
 
-@pytest.mark.timeout(420)  # past ended()'s own waits
+@pytest.mark.timeout(480)  # past ended()'s own waits
 def test_the_demo_runs_end_to_end() -> None:
     """Started as the README says, from another directory (``examples`` was then not
     found), and with a user's own ``KOURIER_TOKEN`` exported (its worker and ingress took

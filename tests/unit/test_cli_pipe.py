@@ -57,3 +57,14 @@ def test_a_closed_output_is_not_a_try_again(
     monkeypatch.setattr(commands, "acls", piped)
     assert parser.main(["acls", "--client", "User:web"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_a_command_started_with_its_output_closed_ends_as_before() -> None:
+    """``kourier ... >&-``: Python has no ``sys.stdout`` then, and ``print`` writes nothing;
+    the flush after the command raised ``AttributeError``, a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "schema"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
+        preexec_fn=lambda: os.close(1),  # (the child only closes its standard output)
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
