@@ -317,12 +317,14 @@ class PartitionProcessor:
             return
         target = record.target
         scope = None
-        if handler.service.kind == "workflow":  # a run past its retention is gone, before
-            run_id = ids.workflow_run_id(target.service, target.key or "")  # the sweep comes:
-            if self.invocations.outlived(run_id, time.time()):  # for a shared handler too,
-                self.outcomes.forget(self.invocations[run_id])  # its state and promises with it
+        workflow = handler.service.kind == "workflow"
+        run_id = ids.workflow_run_id(target.service, target.key or "") if workflow else ""
+        if workflow and self.invocations.outlived(run_id, time.time()):
+            # A run past its retention is gone before the sweep comes, for a call to a
+            # shared handler too: its state and promises with it.
+            self.outcomes.forget(self.invocations[run_id])
         if handler.kind == "workflow":
-            inv_id = ids.workflow_run_id(target.service, target.key or "")
+            inv_id = run_id
         elif record.idempotency_key is not None:
             scope, inv_id = self.store.idempotent(target, record.idempotency_key)
         elif record.invocation_id is not None:
@@ -334,8 +336,7 @@ class PartitionProcessor:
         existing = self.invocations.get(inv_id)
         if existing is not None and existing.meta.outlived(time.time()):
             self.outcomes.forget(existing)  # its key and id are free again: a new call
-            existing = None
-        if existing is not None:
+        elif existing is not None:
             self.waiters.duplicate(existing, record)
             return
         now = self._clock()  # the clock that decides when a started one is due (Starts)
