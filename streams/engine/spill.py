@@ -62,7 +62,7 @@ class Spill:
     are dropped (the partition is gone).
 
     Writes go into one SQLite transaction until :meth:`commit`: the partition commits once
-    per flush, and ``Ownership.assign`` once a restore is read, before any partition
+    per flush, and ``Ownership.start`` once a restore is read, before any partition
     starts. A few dozen rows' pages are then written to the file once, not once per row
     (10.7 against 13.6 µs per idempotent send's two lookups and two inserts, measured in
     batches of 40).

@@ -5,10 +5,11 @@ A worker owns ingress partitions, each run by a
 :class:`~streams.engine.delay.DelayProcessor`. :class:`Ownership` holds both, with the
 ingress offsets consumed so far, and carries them through the group's rebalances:
 
-- **Taken over** (:meth:`Ownership.assign`): from the committed offsets, the processors are
-  built, the ingress partitions' changelogs are restored in one go, and none of them starts
-  before all are restored. A delay partition re-reads its pending messages from its
-  committed offset and releases nothing until it reaches :func:`delay_ends`.
+- **Taken over** (:meth:`Ownership.restore`, then :meth:`Ownership.start`): from the
+  committed offsets, the processors are built, the ingress partitions' changelogs are
+  restored in one go, and none of them starts before all are restored. A delay partition
+  re-reads its pending messages from its committed offset and releases nothing until it
+  reaches :func:`delay_ends`.
 - **Handed over** (:meth:`Ownership.hand_over`): their handlers get ``HAND_OVER`` seconds to
   finish their ``ctx.run`` actions, so that what they did is committed rather than run
   again by the next owner; then they close.
@@ -147,28 +148,20 @@ class Ownership:
             owned += [(topic, p) for p in self.restoring]  # a restore may wait there
         return owned
 
-    async def assign(
-        self, committed: list[TopicPartition], ends: dict[int, int], restore: Restore
-    ) -> None:
-        """Take over partitions at their ``committed`` offsets: ingress ones restore their
-        changelogs, all together, and start once all are restored; delay ones re-read their
-        pending messages before releasing any, up to their ``ends`` (:func:`delay_ends`).
-        A restore or a start that fails leaves none of the ingress partitions owned.
-
-        :meth:`restore` then :meth:`start`, which the worker runs apart, to ask between
-        them whether it is still a member of its group: a restore that outlasted
-        ``max.poll.interval.ms`` has its partitions given to another worker, and starting
-        them would resume their handlers (and ``ctx.run`` actions) beside that worker's.
-        (The consumer is asked on the Kafka thread: inside a rebalance callback, a call to
-        it from another thread waits for the callback to end.)"""
-        await self.restore(committed, ends, restore)
-        await self.start(committed)
-
     async def restore(
         self, committed: list[TopicPartition], ends: dict[int, int], restore: Restore
     ) -> None:
-        """The first half of :meth:`assign`: build the processors and restore the ingress
-        ones, not started (:meth:`start`; :meth:`forget` drops them)."""
+        """Take over partitions at their ``committed`` offsets, up to the start: ingress ones
+        restore their changelogs, all together, and start (:meth:`start`) once all are
+        restored; delay ones re-read their pending messages before releasing any, up to
+        their ``ends`` (:func:`delay_ends`). A restore or a start that fails leaves none of
+        the ingress partitions owned; :meth:`forget` drops what was restored, not started.
+
+        The worker asks between the two halves whether it is still a member of its group:
+        a restore that outlasted ``max.poll.interval.ms`` has its partitions given to
+        another worker, and starting them would resume their handlers (and ``ctx.run``
+        actions) beside that worker's. (It asks on the Kafka thread: inside a rebalance
+        callback, a call to the consumer from another thread waits for the callback.)"""
         self._began = time.monotonic()
         restoring: list[PartitionProcessor] = []
         try:
@@ -194,7 +187,7 @@ class Ownership:
             self.restoring = []
 
     async def start(self, committed: list[TopicPartition]) -> None:
-        """The second half of :meth:`assign`: start what :meth:`restore` restored."""
+        """The second half of a take-over: start what :meth:`restore` restored."""
         restored, self._restored = self._restored, []
         try:
             for processor in restored:
@@ -262,7 +255,7 @@ class Ownership:
 
     def spill_failure(self) -> SpillFailed | None:
         """The failure of an owned partition's spill, if one failed (on the Kafka thread
-        too: only :meth:`assign`, :meth:`forget` and :meth:`drop_all` change
+        too: only :meth:`start`, :meth:`forget` and :meth:`drop_all` change
         ``processors``, and the Kafka thread waits for each)."""
         failed = (p.spill.failed for p in list(self.processors.values()) if p.spill.failed)
         return next(failed, None)

@@ -60,7 +60,7 @@ class DelayTrimmer:
             for tp in offsets:
                 if tp.topic == state.topic and tp.offset >= 0 and tp.partition not in state.gone:
                     # The latest, lower too: the partition's log was made again, and its
-                    # reading began again below (Ownership.assign).
+                    # reading began again below (Ownership.rewound).
                     state.committed[tp.partition] = tp.offset
                     if tp.offset < state.trimmed.get(tp.partition, 0):
                         state.trimmed[tp.partition] = 0

@@ -31,7 +31,7 @@ from streams.kafka.offsets import read_on_from
 from streams.kafka.startup import WorkerError
 from streams.kafka.worker import Worker
 from tests.unit.harness import TOPICS
-from tests.unit.test_take_over import ownership
+from tests.unit.test_take_over import ownership, take_over
 
 
 async def test_an_assignment_whose_start_fails_leaves_nothing_owned_or_running() -> None:
@@ -48,7 +48,7 @@ async def test_an_assignment_whose_start_fails_leaves_nothing_owned_or_running()
     owner = ownership()
     assigned = [TopicPartition(TOPICS.ingress, 0, 0), TopicPartition(TOPICS.ingress, 1, 0)]
     with pytest.raises(SpillFailed):
-        await owner.assign(assigned, {}, restore)
+        await take_over(owner, assigned, {}, restore)
     assert owner.processors == {}, "a partition is owned whose assignment failed"
     assert [p.closed for p in given] == [True, True], "a started partition still runs"
     assert [p.spill.db for p in given] == [None, None], "what was read back stays on disk"

@@ -60,6 +60,14 @@ def ownership() -> Ownership:
     return Ownership(TOPICS, StallWatch(120.0), new_processor, new_delay)
 
 
+async def take_over(
+    owner: Ownership, committed: list[TopicPartition], ends: dict[int, int], restore: Any
+) -> None:
+    """A take-over as the worker runs it, with no member check between the halves."""
+    await owner.restore(committed, ends, restore)
+    await owner.start(committed)
+
+
 async def test_an_assignment_is_restored_in_one_go_then_started() -> None:
     restores: list[list[int]] = []
     owner = ownership()
@@ -71,7 +79,7 @@ async def test_an_assignment_is_restored_in_one_go_then_started() -> None:
         ), "the stall watch does not see the changelogs being restored"
         restores.append([processor.partition for processor in processors])
 
-    await owner.assign(ASSIGNED, {1: 9}, restore)
+    await take_over(owner, ASSIGNED, {1: 9}, restore)
     try:
         assert restores == [[0, 1]], "not restored together"
         assert sorted(owner.processors) == [0, 1]
@@ -105,7 +113,7 @@ async def test_a_partition_with_changelog_records_but_no_committed_offset_is_an_
             processor.restore_dedup(b'["S", null, "h", "k"]', None)
 
     owner = ownership()
-    await owner.assign(ASSIGNED, {}, restore)
+    await take_over(owner, ASSIGNED, {}, restore)
     try:
         for low, high, said in ((0, 40, [1]), (5, 5, [])):
             caplog.clear()
@@ -117,7 +125,7 @@ async def test_a_partition_with_changelog_records_but_no_committed_offset_is_an_
     finally:
         owner.close_all()
     fresh = ownership()  # a new namespace: nothing restored, nothing asked
-    await fresh.assign(ASSIGNED, {}, lambda processors: None)
+    await take_over(fresh, ASSIGNED, {}, lambda processors: None)
     try:
         nothing = cast(Consumer, Watermarks({}))
         assert offsets_lost(nothing, TOPICS, "unit.workers", ASSIGNED, fresh.processors) == []
@@ -134,7 +142,7 @@ async def test_a_failed_restore_leaves_nothing_of_the_assignment_running() -> No
 
     owner = ownership()
     with pytest.raises(RestoreError):
-        await owner.assign(ASSIGNED[:2], {}, restore)
+        await take_over(owner, ASSIGNED[:2], {}, restore)
     assert owner.processors == {}, "a partition runs that was not restored"
     assert owner.owned() == [], "the stall watch still looks at what was given up"
     assert [p.spill.db for p in given] == [None, None], "what was read back stays on disk"
@@ -167,7 +175,7 @@ async def test_what_a_restore_read_back_starts_only_when_asked_and_forget_drops_
 
 async def test_a_hand_over_closes_what_it_names_and_forget_lets_go_of_it() -> None:
     owner = ownership()
-    await owner.assign(ASSIGNED, {}, lambda processors: None)
+    await take_over(owner, ASSIGNED, {}, lambda processors: None)
     try:
         given_up = [TopicPartition(TOPICS.ingress, 0), TopicPartition(TOPICS.delay, 1)]
         await owner.hand_over(given_up)
@@ -212,7 +220,7 @@ async def test_a_delay_partition_whose_log_ends_before_its_committed_offset_is_r
     assert offsets(owner.rewound(ASSIGNED, {1: 7})) == offsets(ASSIGNED), "it ends at it"
     owner.rewind.add(1)  # its processor met a record below its start: the log made again
     assert offsets(owner.rewound(ASSIGNED, {1: 9}))[2] == (TOPICS.delay, 1, OFFSET_BEGINNING)
-    await owner.assign(taken, {1: 3}, lambda processors: None)
+    await take_over(owner, taken, {1: 3}, lambda processors: None)
     assert owner.rewind == set(), "read from its start again at the next take-over"
     assert took == [[1]], "the trimmer kept what it committed on the old log"
     try:

@@ -110,7 +110,7 @@ def test_a_deletion_still_to_be_answered_keeps_no_admin_client_alive() -> None:
 
 
 def test_a_committed_offset_that_moved_back_is_where_deleting_stops() -> None:
-    """The delay topic made again (Ownership.assign reads it from its start): the highest
+    """The delay topic made again (Ownership.rewound reads it from its start): the highest
     offset ever committed was kept, and the new log's records below it, pending, deleted."""
     admin = Admin()
     t = trimmer(admin)
