@@ -34,6 +34,10 @@ from streams.errors import KourierError
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 _READY_TIMEOUT = 90.0
+#: How long Maven may take to resolve the broker jars (the first run downloads about
+#: 100 MB) and Kafka's StorageTool to format a data directory, before both are stopped.
+MAVEN_TIMEOUT = 900.0
+FORMAT_TIMEOUT = 120.0
 #: The JVM's garbage collector and compiler options for a local broker (its heap is set
 #: apart). ``KAFKA_JVM_PERFORMANCE_OPTS``, the variable of Kafka's own start scripts,
 #: replaces them when it is set. The default keeps C2, which pays for itself after about
@@ -126,11 +130,9 @@ def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
         "-DincludeScope=runtime",
     ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise BrokerError(
-                f"Maven could not resolve the Kafka jars:\n{done.stdout}{done.stderr}"
-            )
+        code, output = _run_bounded(command, MAVEN_TIMEOUT, "Maven")
+        if code != 0:
+            raise BrokerError(f"Maven could not resolve the Kafka jars:\n{output}")
         if not staging.is_dir():
             raise BrokerError(f"Maven wrote no jars to {staging}")
         try:
@@ -294,6 +296,30 @@ def _cluster_id(data_dir: Path) -> str:
     return cluster_id
 
 
+def _run_bounded(command: list[str], timeout: float, what: str) -> tuple[int, str]:
+    """Run ``command`` in a process group of its own and return its exit code and output
+    (stdout, then stderr). Past ``timeout`` seconds, or on any exception here (Ctrl-C), the
+    whole group is killed: ``mvn`` is a script whose JVM would outlive its shell."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except BaseException as error:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        if isinstance(error, subprocess.TimeoutExpired):
+            raise BrokerError(f"{what} did not finish within {timeout:.0f}s") from None
+        raise
+    return process.returncode, out + err
+
+
 def _format_storage(
     java: str, libs: Path, props: Path, data_dir: Path, cluster_id: str | None = None
 ) -> None:
@@ -313,9 +339,9 @@ def _format_storage(
         "-c",
         str(props),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BrokerError(f"formatting KRaft storage failed:\n{done.stdout}{done.stderr}")
+    code, output = _run_bounded(command, FORMAT_TIMEOUT, "Kafka's StorageTool")
+    if code != 0:
+        raise BrokerError(f"formatting KRaft storage failed:\n{output}")
 
 
 def start(
@@ -389,15 +415,22 @@ def _launch(
         "kafka.Kafka",
         str(props),
     ]
-    with (data_dir / "broker.out").open("ab") as out:
-        process = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    (data_dir / "broker.pid").write_text(str(process.pid))
+    process = None
+    try:  # until its PID is written down, nothing else could stop it
+        with (data_dir / "broker.out").open("ab") as out:
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        (data_dir / "broker.pid").write_text(str(process.pid))
+    except BaseException:
+        if process is not None:
+            process.kill()
+            process.wait()
+        raise
     return process
 
 
