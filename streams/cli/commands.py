@@ -48,6 +48,13 @@ def broker_start(args: argparse.Namespace) -> int:
     return _ended_by_signals(lambda: _broker_start(args))
 
 
+def _warn_of_two(nodes: int) -> None:
+    """Two nodes are allowed (replication can be tried on them) but survive no loss."""
+    if nodes == 2:
+        say("kourier: warning: 2 nodes tolerate the loss of neither (the KRaft quorum and "
+            "writes with min.insync.replicas=2 need both); 3 tolerate one")  # fmt: skip
+
+
 def _broker_start(args: argparse.Namespace) -> int:
     if args.port and args.port + args.nodes - 1 > 65535:  # the other nodes take the next ones
         raise ValueError(f"--port {args.port} leaves no room for {args.nodes} nodes' ports")
@@ -57,6 +64,7 @@ def _broker_start(args: argparse.Namespace) -> int:
     say(f"kourier: resolving Apache Kafka {broker.kafka_version()} with Maven ...")
     broker.resolve_jars()
     if args.nodes > 1:
+        _warn_of_two(args.nodes)
         say(f"kourier: starting {args.nodes} KRaft nodes in {args.data} ...")
         cluster = broker.start_cluster(Path(args.data), args.nodes, port=args.port)
         pids = ", ".join(str(node.pid) for node in cluster.nodes)
@@ -437,6 +445,7 @@ def _dev(args: argparse.Namespace) -> int:
             started = [] if before else [data_dir]  # from now: a start cut short is stopped
             with dump.default_mask():  # the brokers as `kourier broker start` starts them
                 if args.nodes > 1:
+                    _warn_of_two(args.nodes)
                     cluster = broker.start_cluster(data_dir, args.nodes, port=args.kafka_port)
                     bootstrap = cluster.bootstrap
                     nodes = [d for d, _ in broker.cluster_status(data_dir)]

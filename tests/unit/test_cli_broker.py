@@ -257,3 +257,26 @@ def test_a_broker_whose_controller_port_is_taken_is_refused_before_it_starts(
             broker.start(tmp_path)
         client_port.listen()
         assert broker._taken(props) == f"127.0.0.1:{ports[0]}", "the clients' port, first"
+
+
+@pytest.mark.parametrize(("nodes", "warned"), [(2, True), (3, False)])
+def test_two_nodes_are_started_with_a_warning_that_they_survive_no_loss(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    nodes: int,
+    warned: bool,
+) -> None:
+    from streams.cli import parser
+    from streams.kafka import broker
+
+    def start_cluster(data_dir: Path, count: int, port: int) -> Any:
+        assert count == nodes
+        return SimpleNamespace(bootstrap="127.0.0.1:1", nodes=[])
+
+    monkeypatch.setattr(broker, "resolve_jars", lambda: tmp_path)
+    monkeypatch.setattr(broker, "start_cluster", start_cluster)
+    argv = ["broker", "start", "--nodes", str(nodes), "--data", str(tmp_path), "--port", "0"]
+    assert parser.main(argv) == 0
+    said = capsys.readouterr().err
+    assert ("tolerate the loss of neither" in said) is warned, said
