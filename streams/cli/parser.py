@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(create, _LINES)
     create.set_defaults(func=run.topics_create)
     describe = topic_ops.add_parser("describe", help="show the namespace's topics")
-    _kafka_flags(describe, partitions=True)
+    _kafka_flags(describe)
     _json_flag(describe)
     describe.set_defaults(func=run.topics_describe)
     acls = commands.add_parser(

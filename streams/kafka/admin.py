@@ -379,4 +379,18 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
                 f"{spec.name}: a partition has {isr} in-sync replicas, below its "
                 f"min.insync.replicas={floor}; writes to it fail until a replica catches up"
             )
+    warnings += _partition_counts(Topics(settings.namespace), rows)
     return {"brokers": brokers, "topics": rows, "warnings": warnings}
+
+
+def _partition_counts(topics: Topics, rows: list[dict[str, object]]) -> list[str]:
+    """A co-partitioned topic whose count is not the ingress topic's: workers refuse to
+    start (``startup.ingress_partitions``)."""
+    counts = {row["topic"]: row["partitions"] for row in rows if row["exists"]}
+    ingress = counts.get(topics.ingress)
+    return [
+        f"{name} has {counts[name]} partitions and {topics.ingress} {ingress}: co-partitioned "
+        "topics must share one partition count; workers refuse to start"
+        for name in topics.co_partitioned()
+        if ingress is not None and name in counts and counts[name] != ingress
+    ]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.kafka import broker
 from streams.kafka.admin import TopicError, create_topics, describe_topics
@@ -94,6 +95,23 @@ def test_topics_create_refuses_a_different_partition_count(settings: Settings) -
     create_topics(settings)
     with pytest.raises(TopicError, match="partitions"):
         create_topics(settings.model_copy(update={"partitions": 6}))
+
+
+def test_describe_warns_of_a_co_partitioned_topic_with_another_count(
+    settings: Settings,
+) -> None:
+    """A delay topic made apart with another partition count: workers refuse to start, and
+    ``describe``, which showed the counts, did not say so."""
+    admin = AdminClient(settings.client_config({}))
+    delay = f"{settings.namespace}.delay"
+    admin.create_topics([NewTopic(delay, 6, 1)])[delay].result(30)
+    with pytest.raises(TopicError, match="partitions"):
+        create_topics(settings)  # the others are made, with the setting's 4
+    warnings = describe_topics(settings)["warnings"]
+    assert [w for w in warnings if " partitions " in w] == [
+        f"{delay} has 6 partitions and {settings.namespace}.ingress 4: co-partitioned "
+        "topics must share one partition count; workers refuse to start"
+    ]
 
 
 def test_kourier_partitioning_matches_the_kafka_client(settings: Settings) -> None:
