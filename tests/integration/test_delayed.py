@@ -181,13 +181,15 @@ async def test_far_off_pending_sends_move_to_a_new_worker_and_run_once(
     first = Worker(topics, apps.SERVICES, worker_id=f"first-{topics.namespace}")
     running = asyncio.create_task(first.run())
     keys = [f"moved-{i}" for i in range(10)]
-    assert await asyncio.wait_for(count(client, keys[0]), 60) == 0
-    sent = time.monotonic()
-    for key in keys:
-        await client.object_send("Tally", key, "add").send(1, delay=timedelta(seconds=8))
-    await poll_until(lambda: _async(pending_and_held(first)), (10, 0), 5, "held as offsets")
-    first.stop()
-    await asyncio.wait_for(running, 60)
+    try:
+        assert await asyncio.wait_for(count(client, keys[0]), 60) == 0
+        sent = time.monotonic()
+        for key in keys:
+            await client.object_send("Tally", key, "add").send(1, delay=timedelta(seconds=8))
+        await poll_until(lambda: _async(pending_and_held(first)), (10, 0), 5, "held as offsets")
+    finally:
+        first.stop()
+        await asyncio.wait_for(running, 60)
 
     second = Worker(topics, apps.SERVICES, worker_id=f"second-{topics.namespace}")
     running = asyncio.create_task(second.run())

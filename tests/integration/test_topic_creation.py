@@ -441,7 +441,8 @@ def test_an_index_closed_while_it_starts_stops_at_its_next_step(
     assert entered.wait(30), "the index never began to read where its changelogs end"
     closing, close_errors = in_thread(index.close)
     deadline = time.monotonic() + 30
-    while not index._closed and time.monotonic() < deadline:  # the close has begun
+    while not index._closed:  # the close has begun
+        assert time.monotonic() < deadline, "the close never began"
         time.sleep(0.001)
     # The close waits for the start; the start gives up once the request under way answers.
     gate.set()
