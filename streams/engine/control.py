@@ -53,7 +53,9 @@ class Controls:
 
     def apply(self, record: Control, origin: str | None = None) -> None:
         """Act on an invocation by id; answer ``request_id`` with what happened. A cancel or
-        kill that caller ``origin`` sends on to it acts only if that caller started it."""
+        kill that caller ``origin`` sends on to it acts only if that caller started it. Those
+        carry no ``request_id``: one that does is a client's, whatever its headers say, and is
+        answered as any."""
         inv = self._invocations.get(record.invocation_id)
         if inv is not None and inv.meta.outlived(time.time()):
             inv = None  # its retention has passed: as if the sweep had forgotten it
@@ -65,6 +67,7 @@ class Controls:
         if (
             inv is not None
             and origin is not None
+            and record.request_id is None
             and isinstance(record, Cancel | Kill)
             and (
                 starter is None

@@ -445,6 +445,23 @@ async def test_a_caller_that_joined_an_invocation_lets_go_of_it_when_cancelled()
     assert (answer["failure"]["code"], answer["failure"]["message"]) == (409, "cancelled")
 
 
+async def test_a_clients_cancel_with_an_origin_header_is_answered() -> None:
+    """``kourier.origin`` is the worker's own header on the cancels it sends on, which
+    carry no request id. A client's cancel with one (copied headers, a mirror) was taken for
+    a caller letting go: it did nothing and its sender waited for an answer for ever."""
+    h = harness()
+    holder = h.call(saga_target("o", "book"), 60_000, request_id="first")
+    await until(lambda: waiting_in(h, holder, "sleep"))
+    cancel = Cancel(invocation_id=holder, request_id="stop")
+    h.processor.on_message(None, encode(cancel), 99, origin=ids.new_id("x", 1))
+    await until(lambda: "stop" in h.responses())
+    assert h.responses()["stop"].status in ("success", "accepted")
+    await until(lambda: "first" in h.responses())
+    failure = h.responses()["first"].failure
+    assert failure is not None
+    assert failure.code == 409
+
+
 async def test_a_joined_callers_deadline_ends_that_calls_wait_alone() -> None:
     """The cancel a call's deadline sends names its entry: another call of the same caller
     that joined the same invocation (a retry with the same idempotency key) waits on."""
