@@ -340,6 +340,7 @@ class PartitionProcessor:
             self.waiters.duplicate(existing, record)
             return
         now = self._clock()  # the clock that decides when a started one is due (Starts)
+        reply_to = record.request_id if record.mode == "call" else None  # (may be "")
         meta = InvocationMeta(
             id=inv_id,
             target=target,
@@ -348,7 +349,7 @@ class PartitionProcessor:
             headers=allowed_headers(record.headers, self.denied_headers),
             mode=record.mode,
             idempotency_key=record.idempotency_key,
-            request_ids=[record.request_id] if record.request_id and record.mode == "call" else [],
+            request_ids=[] if reply_to is None else [reply_to],
             caller=record.caller,
             seq=offset,
             created_at=now,

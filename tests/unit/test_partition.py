@@ -151,6 +151,15 @@ async def test_exclusive_calls_on_one_key_run_in_order_and_answer() -> None:
     assert [responses[f"r{i}"].value for i in range(5)] == [1, 2, 3, 4, 5]
 
 
+async def test_a_call_whose_request_id_is_empty_is_answered() -> None:
+    """The schema takes an empty request id, and duplicates and refusals answered it; the
+    call's own outcome, found by truth rather than by ``None``, was never sent."""
+    h = Harness([box, svc, patient])
+    h.call(Target(service="Box", key="e", handler="put"), 2, request_id="")
+    await settle()
+    assert h.responses()[""].value == 2
+
+
 async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
     h = Harness([box, svc, patient])
     h.call(Target(service="Helper", handler="refuse"), request_id="no")
