@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,9 +55,16 @@ ORIGIN_HEADER = "kourier.origin"
 Headers = list[tuple[str, str | bytes | None]]
 
 
+#: What the worker writes in ``ORIGIN_HEADER``: the caller's id, and the entry of a call
+#: whose deadline passed.
+_ORIGIN = re.compile(r"inv_[0-9a-f]{32}(/[0-9]{1,10})?")
+
+
 def origin_of(headers: Headers | Mapping[str, str | bytes | None] | None) -> str | None:
-    """The id of the caller that sent a cancel or kill on (see ``ORIGIN_HEADER``)."""
-    return _text(headers, ORIGIN_HEADER)
+    """The id of the caller that sent a cancel or kill on (see ``ORIGIN_HEADER``); None
+    when the header holds anything else, which another producer put there."""
+    origin = _text(headers, ORIGIN_HEADER)
+    return origin if origin is not None and _ORIGIN.fullmatch(origin) else None
 
 
 def replay_of(headers: Headers | Mapping[str, str | bytes | None] | None) -> str | None:

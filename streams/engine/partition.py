@@ -37,6 +37,7 @@ from streams.wire import ids
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
     MAX_INGRESS_BYTES,
+    MAX_INGRESS_KEY_BYTES,
     AttachRequest,
     Caller,
     Cancel,
@@ -238,6 +239,11 @@ class PartitionProcessor:
                 answered = self.outbox.oversize(value)
                 raise RecordError(
                     "oversize", f"{len(value)} bytes; the limit is {MAX_INGRESS_BYTES}"
+                )
+            if key is not None and len(key) > MAX_INGRESS_KEY_BYTES:  # moved, it would not fit
+                answered = None if value is None else self.outbox.oversize(value)
+                raise RecordError(
+                    "oversize", f"a key of {len(key)} bytes; the limit is {MAX_INGRESS_KEY_BYTES}"
                 )
             record = decode_ingress(value)
         except RecordError as error:

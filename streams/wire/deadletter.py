@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from streams.wire.records import RecordError
+from streams.wire.records import MAX_INGRESS_KEY_BYTES, RecordError
 
 #: What a dead letter (key, value and headers) may take: librdkafka refuses records over
 #: 1,000,000 bytes. A copy that would not fit keeps what does of the original value, and
 #: ``kourier.truncated`` gives the original length.
 MAX_DEADLETTER_BYTES = 990_000
 #: The most of the original key a dead letter keeps (``kourier.key-truncated``: its length).
-MAX_DEADLETTER_KEY = 64 * 1024
+MAX_DEADLETTER_KEY = MAX_INGRESS_KEY_BYTES
 #: The key, value and headers of a dead letter as produced.
 DeadLetterRecord = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
 #: The header of a replayed record: where the record first set aside was read

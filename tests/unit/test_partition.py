@@ -21,7 +21,7 @@ from handlers import (
 )
 from streams.engine.attempts import _SETTLE_TURNS
 from streams.engine.journal import entry_key
-from streams.engine.outbox import Out
+from streams.engine.outbox import Out, origin_of
 from streams.engine.partition import PartitionProcessor
 from streams.engine.store import ObjectKey
 from streams.kafka.worker import Worker
@@ -464,6 +464,35 @@ async def test_a_record_that_does_not_decode_answers_the_request_it_names() -> N
         h.processor.on_message(None, unanswerable, 99)
         assert h.out[-1].topic == TOPICS.deadletter, unanswerable
     assert len(h.responses()) == 2
+
+
+async def test_a_record_with_a_key_too_long_to_move_is_a_dead_letter() -> None:
+    """A record on another key's partition is moved there with its key. One whose key and
+    value together passed what the worker's producer takes (1,000,000 bytes; brokers take
+    more) failed every commit: the partition was restored and the step failed again."""
+    h = Harness([box, svc], partitions=2)
+    key = next(k for k in "abcdefgh" if ids.partition_of(ids.new_id(k, 2), 2) == 1)
+    target = Target(service="Box", key=key, handler="put")
+    elsewhere = ids.new_id(key, 2)
+    call = Invoke(target=target, argument=1, invocation_id=elsewhere, request_id="long")
+    h.processor.on_message(b"k" * (64 * 1024 + 1), encode(call), 7)
+    assert [o.topic for o in h.out] == [TOPICS.responses, TOPICS.deadletter]
+    failure = h.responses()["long"].failure
+    assert failure is not None
+    assert failure.code == 413
+    reason = dict(h.out[-1].headers or [])["kourier.detail"]
+    assert reason == b"a key of 65537 bytes; the limit is 65536", reason
+    h.processor.on_message(b"k" * (64 * 1024), encode(call), 8)  # the longest it takes
+    assert (h.out[-1].topic, h.out[-1].partition) == (TOPICS.ingress, 1)
+
+
+@pytest.mark.parametrize("origin", [b"", b"x" * 100_000, b"inv_1/2", b"inv_" + b"0" * 32 + b"/x"])
+async def test_an_origin_header_of_another_shape_is_not_taken(origin: bytes) -> None:
+    """``kourier.origin`` is the worker's; any other producer's value is dropped, not moved
+    on with the record it came with (a long one would not fit)."""
+    assert origin_of([("kourier.origin", origin)]) is None
+    worker_s = "inv_" + "a" * 32 + "/17"
+    assert origin_of([("kourier.origin", worker_s.encode())]) == worker_s
 
 
 async def test_an_attach_or_control_that_is_not_applied_answers_its_request(
