@@ -173,6 +173,7 @@ class Attempts:
                 return None
             if ctx.diverged is not None:  # caught, then another error: failed below
                 return self._finish(inv, ctx, None, None)
+            error = ctx.failed or error  # caught, then the context's refusal or another
             # Kourier closes an invocation or its partition, or starts another attempt,
             # before it cancels one. Any other cancel (a future the handler awaited, or code
             # that cancelled the attempt's task itself) is a failure like any exception:
@@ -182,6 +183,9 @@ class Attempts:
             return described(error)
         if stopped():
             return None
+        if ctx.failed is not None and ctx.diverged is None:  # caught, and the handler went on
+            self._back_off(inv, ctx.failed)
+            return described(ctx.failed)
         if ran:
             ctx.ended()
         return self._finish(inv, ctx, value, failure)

@@ -48,13 +48,7 @@ from streams.engine.values import (
     writable,
 )
 from streams.wire import ids
-from streams.wire.records import (
-    MAX_VALUE_BYTES,
-    Caller,
-    Completion,
-    Failure,
-    Target,
-)
+from streams.wire.records import MAX_VALUE_BYTES, Caller, Completion, Failure, Target
 
 T = TypeVar("T")
 
@@ -126,6 +120,9 @@ class InvocationContext(WorkflowContext):
         #: with it even when the handler catches it (an ``except Exception`` that carried
         #: on would check its next operations against the wrong entries).
         self.diverged: NonDeterminismError | None = None
+        #: A ``ctx.run``'s error that is retried, once it reached the handler: not journaled,
+        #: so the attempt fails with it even when the handler catches it and goes on.
+        self.failed: Exception | None = None
 
     # -- journal -----------------------------------------------------------
 
@@ -147,6 +144,12 @@ class InvocationContext(WorkflowContext):
             raise InvocationClosed(self.invocation.meta.id)
         if self.diverged is not None:  # caught, and the handler went on: no step, no action
             raise NonDeterminismError(str(self.diverged))
+        if self.failed is not None:  # likewise
+            raise self.failed
+
+    def failed_for_now(self, error: Exception) -> None:
+        """A ``ctx.run``'s error that is retried reached the handler (``failed``)."""
+        self.failed = self.failed or error
 
     def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
         """Claim the next journal index; return the recorded entry when replaying."""
@@ -387,8 +390,11 @@ class InvocationContext(WorkflowContext):
         if self.invocation.cancels != cancels and not cancelled:
             self.invocation.meta.cancel_requested = True
             self.invocation.processor.touch(self.invocation)
-        if not winnable:
-            first.result()  # raises it
+        if not winnable:  # raises it; a ctx.run's error that is retried fails the attempt
+            error = first.exception()
+            if isinstance(error, Exception) and not isinstance(error, TerminalError):
+                self.failed_for_now(error)
+            first.result()
         self.invocation.complete_entry(index, value=winner)
         return winner, first.result()
 

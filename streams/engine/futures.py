@@ -30,6 +30,9 @@ class Journaled(Protocol):
     def check_current(self) -> None:
         """Raises when the attempt the context served has ended."""
 
+    def failed_for_now(self, error: Exception) -> None:
+        """A ``ctx.run``'s error that is retried reached the handler: the attempt fails."""
+
     async def select(self, futures: dict[str, DurableFuture[Any]]) -> tuple[str, Any]:
         """The first of ``futures`` to complete, journaled."""
 
@@ -111,7 +114,13 @@ class RunFuture(Selectable, DurableFuture[T]):
         return self._task
 
     def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.shield(self.task()).__await__()
+        try:
+            return (yield from asyncio.shield(self.task()).__await__())
+        except TerminalError:
+            raise
+        except Exception as error:  # retried: not journaled, so no branch may follow it
+            self._ctx.failed_for_now(error)
+            raise
 
 
 class SentHandle(SendHandle):

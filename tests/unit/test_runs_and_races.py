@@ -236,6 +236,32 @@ async def reads_state(ctx: Context) -> Any:
     return await ctx.get("n")  # type: ignore[attr-defined]  # a service's context has none
 
 
+@races.handler()
+async def catch_for_now(ctx: ObjectContext, then: str) -> str:
+    """Catches an error of a ctx.run that is retried, and goes on."""
+
+    def fetch() -> str:
+        if _count("fetch") == 1:
+            raise ConnectionError("refused, for now")
+        return "data"
+
+    try:
+        if then == "select":
+            _, found = await select(r=ctx.run("fetch", fetch))
+        else:
+            found = await ctx.run("fetch", fetch)
+    except ConnectionError:
+        found = "fallback"
+    if then == "swallow":  # and whatever the context raises after it
+        try:
+            ctx.set("found", found)
+        except Exception:
+            seen.append("swallowed")
+    elif then != "return":
+        ctx.set("found", found)
+    return str(found)
+
+
 @pytest.fixture(autouse=True)
 def _fresh() -> None:
     counts.clear()
@@ -260,6 +286,22 @@ async def test_a_run_that_fails_for_now_does_not_win_a_select(cancelled: bool) -
     assert h.responses()["race"].value == ["t", None]
     assert counts["fetch"] == 2, "the first attempt's run failed, the retry raced again"
     await until(lambda: seen == ["fetch stopped"])  # the outcome stopped the run that lost
+
+
+@pytest.mark.parametrize("then", ["go on", "return", "swallow", "select"])
+async def test_a_run_that_fails_for_now_fails_its_attempt_even_when_caught(then: str) -> None:
+    """A ctx.run's error other than TerminalError is not journaled. A handler that caught it
+    and went on completed on that branch (state written, a result returned), and a replay,
+    whose action may succeed, would have taken the other: what it did had no record. The
+    attempt now fails however the handler handles it, and the next one runs the action."""
+    h = Harness([races])
+    h.call(_target("catch_for_now", key=then), then, request_id="caught")
+    await until(lambda: "caught" in h.responses())
+    assert h.responses()["caught"].value == "data"
+    assert counts["fetch"] == 2
+    if then != "return":
+        assert h.processor.store.state[("Races", then)] == {"found": "data"}
+    assert seen == (["swallowed"] if then == "swallow" else [])
 
 
 async def test_a_run_that_lost_a_select_runs_once_and_is_awaited_after() -> None:
