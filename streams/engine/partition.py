@@ -342,6 +342,10 @@ class PartitionProcessor:
         existing = self.invocations.get(inv_id)
         if existing is not None and existing.meta.outlived(time.time()):
             self.outcomes.forget(existing)  # its key and id are free again: a new call
+        elif existing is not None and existing.meta.target != target:  # an id given again
+            taken = f"invocation {inv_id} is one of {existing.meta.target.path()}"
+            self.outbox.unrouted(record, Failure(code=409, message=taken))
+            return
         elif existing is not None:
             self.waiters.duplicate(existing, record)
             return

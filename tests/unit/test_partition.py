@@ -160,6 +160,20 @@ async def test_a_call_whose_request_id_is_empty_is_answered() -> None:
     assert h.responses()[""].value == 2
 
 
+async def test_an_invocation_id_given_again_for_another_handler_is_refused() -> None:
+    """A call that names an existing invocation's id joins it (a client's retry). One for
+    another handler joined it too: it never ran, and its caller got the other's result."""
+    h = Harness([box, svc, patient])
+    inv_id = h.call(Target(service="Box", key="j", handler="put"), 3, request_id="first")
+    h.send(Invoke(target=Target(service="Box", key="j", handler="wait_twice"), invocation_id=inv_id,
+                  request_id="other"))  # fmt: skip
+    await settle()
+    assert h.responses()["first"].value == 3
+    failure = h.responses()["other"].failure
+    assert failure is not None
+    assert (failure.code, failure.message) == (409, f"invocation {inv_id} is one of Box/j/put")
+
+
 async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
     h = Harness([box, svc, patient])
     h.call(Target(service="Helper", handler="refuse"), request_id="no")
