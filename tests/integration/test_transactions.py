@@ -1,4 +1,9 @@
-"""Kafka transactions on the project's broker: the mechanism exactly-once rests on."""
+"""Kafka transactions on the project's broker: the mechanism exactly-once rests on.
+
+These drive confluent-kafka and the broker alone, not Kourier's code: they hold the
+assumptions Kourier's transactions make, and fail when an upgrade of the broker
+(``deploy/kafka/pom.xml``) or of librdkafka (``confluent-kafka``) breaks one. Kourier's own
+use of them is tested in ``test_restore.py``, ``test_hand_over.py`` and the chaos tier."""
 
 from __future__ import annotations
 
