@@ -192,6 +192,35 @@ async def test_malformed_records_are_dead_lettered_with_reasons(
     assert time.monotonic() - began < 10
 
 
+async def test_a_record_too_large_to_move_to_its_partition_stalls_nothing(
+    topics: Settings, worker: Worker, client: Client
+) -> None:
+    """A record on another key's partition is moved with its key. A long key with a value
+    under the limit made a record the broker took (1,048,588 bytes) but the worker's
+    producer did not (1,000,000): every commit failed, the partitions were restored and the
+    step failed again, and no call of the worker was answered."""
+    producer = Producer(topics.client_config({"message.max.bytes": 1_040_000}))
+    key = "moved-too-large"
+    wrong = (partition_for(key, topics.partitions) + 1) % topics.partitions
+    send = Invoke(target=Target(service="Tally", key=key, handler="add"), argument=1,
+                  mode="send", headers={"pad": "x" * 880_000})  # fmt: skip
+    value = encode(send)
+    assert len(value) <= MAX_INGRESS_BYTES
+    before = dead_count("oversize")
+    producer.produce(f"{topics.namespace}.ingress", value, key=b"k" * 120_000, partition=wrong)
+    assert producer.flush(30) == 0
+    for partition in range(topics.partitions):  # every partition still answers
+        after = next(
+            f"after-{i}"
+            for i in range(1000)
+            if partition_for(f"after-{i}", topics.partitions) == partition
+        )
+        answer = client.object("Tally", after, "add").request(1)
+        assert await asyncio.wait_for(answer, 60) == 1, after
+    assert dead_count("oversize") == before + 1
+    assert await asyncio.wait_for(client.object("Tally", key, "add").request(0), 60) == 0
+
+
 async def test_a_letter_replayed_twice_is_one_call(
     topics: Settings, worker: Worker, client: Client
 ) -> None:
