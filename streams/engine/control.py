@@ -43,6 +43,7 @@ class Controls:
         complete: Complete,
         forget: Callable[[Invocation], None],
         touch: Callable[[Invocation], None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._invocations = invocations
         self._outbox = outbox
@@ -50,6 +51,7 @@ class Controls:
         self._complete = complete
         self._forget = forget
         self._touch = touch
+        self._clock = clock  # the partition's, which retention counts by
 
     def apply(self, record: Control, origin: str | None = None) -> None:
         """Act on an invocation by id; answer ``request_id`` with what happened. A cancel or
@@ -57,7 +59,7 @@ class Controls:
         carry no ``request_id``: one that does is a client's, whatever its headers say, and is
         answered as any."""
         inv = self._invocations.get(record.invocation_id)
-        if inv is not None and inv.meta.outlived(time.time()):
+        if inv is not None and inv.meta.outlived(self._clock()):
             inv = None  # its retention has passed: as if the sweep had forgotten it
         outcome: Failure | Literal["success", "accepted"]
         # The caller that sent it on, and the entry whose deadline passed (if that was why).

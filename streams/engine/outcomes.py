@@ -44,6 +44,7 @@ class Outcomes:
         run: Callable[[Invocation], None],
         touch: Callable[[Invocation], None],
         wake: Callable[[], None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._invocations = invocations
         self._store = store
@@ -53,6 +54,7 @@ class Outcomes:
         self._run = run  # start an attempt of the invocation a freed key goes to
         self._touch = touch
         self._wake = wake
+        self._clock = clock  # the partition's, which retention counts by
 
     def complete(
         self, inv: Invocation, value: JsonValue, failure: Failure | None
@@ -62,7 +64,7 @@ class Outcomes:
         goes out) is replaced by a 500 failure, so that nobody waits for ever and the calls
         queued on the key run. The failure written (None: success)."""
         meta = inv.meta
-        now = time.time()
+        now = self._clock()
         meta.status = "completed"
         meta.modified_at = now
         inv.task = None

@@ -96,11 +96,11 @@ class PartitionProcessor:
         self.promises = Promises(self.store, self.invocations, wake)
         self.waiters = Waiters(
             self.invocations, self.outbox, registry, touch=self.touch,
-            named_by_key=lambda target, key: self.store.idempotent(target, key)[1],
+            named_by_key=lambda target, key: self.store.idempotent(target, key)[1], clock=clock,
         )  # fmt: skip
         self.outcomes = Outcomes(
             self.invocations, self.store, self.locks, self.outbox, self.promises,
-            run=lambda inv: self.attempts.run(inv), touch=self.touch, wake=wake,
+            run=lambda inv: self.attempts.run(inv), touch=self.touch, wake=wake, clock=clock,
         )  # fmt: skip
         complete = self.outcomes.complete
         self.attempts = Attempts(self.invocations, complete=complete, touch=self.touch,
@@ -108,7 +108,7 @@ class PartitionProcessor:
                                  refused=refused, inactivity=inactivity)  # fmt: skip
         self.controls = Controls(
             self.invocations, self.outbox, self.attempts,
-            complete=complete, forget=self.outcomes.forget, touch=self.touch,
+            complete=complete, forget=self.outcomes.forget, touch=self.touch, clock=clock,
         )  # fmt: skip
         self.closed = False
         self.handing_over = False  # see hand_over()
@@ -213,7 +213,7 @@ class PartitionProcessor:
         if self.closed:
             return
         later = asyncio.get_running_loop().call_later(1.0, self._sweep)  # also after a failure
-        if self.invocations.sweep(time.time(), self.outcomes.forget):
+        if self.invocations.sweep(self._clock(), self.outcomes.forget):
             later.cancel()
             asyncio.get_running_loop().call_later(SWEEP_AGAIN, self._sweep)
 
@@ -325,7 +325,7 @@ class PartitionProcessor:
         scope = None
         workflow = handler.service.kind == "workflow"
         run_id = ids.workflow_run_id(target.service, target.key or "") if workflow else ""
-        if workflow and self.invocations.outlived(run_id, time.time()):
+        if workflow and self.invocations.outlived(run_id, self._clock()):
             # A run past its retention is gone before the sweep comes, for a call to a
             # shared handler too: its state and promises with it.
             self.outcomes.forget(self.invocations[run_id])
@@ -340,7 +340,7 @@ class PartitionProcessor:
         else:
             inv_id = ids.id_on_partition(self.partition, self.partitions, self._seed(offset))
         existing = self.invocations.get(inv_id)
-        if existing is not None and existing.meta.outlived(time.time()):
+        if existing is not None and existing.meta.outlived(self._clock()):
             self.outcomes.forget(existing)  # its key and id are free again: a new call
         elif existing is not None and existing.meta.target != target:  # an id given again
             taken = f"invocation {inv_id} is one of {existing.meta.target.path()}"

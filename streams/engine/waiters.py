@@ -64,12 +64,14 @@ class Waiters:
         *,
         named_by_key: Callable[[Target, str], str],
         touch: Callable[[Invocation], None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._invocations = invocations
         self._outbox = outbox
         self._registry = registry
         self._named_by_key = named_by_key
         self._touch = touch
+        self._clock = clock  # the partition's, which retention counts by
 
     def duplicate(self, inv: Invocation, record: Invoke) -> None:
         """An invoke for an invocation that exists: same idempotency key, or a workflow's
@@ -164,7 +166,7 @@ class Waiters:
             self._answer_attach(record, None, Failure(code=400, message=problem))
             return
         inv = self._invocations.get(inv_id)
-        if inv is None or inv.meta.outlived(time.time()):
+        if inv is None or inv.meta.outlived(self._clock()):
             message = (
                 f"invocation {inv_id} is unknown here: it never existed, or it completed and "
                 "its outcome was not retained: an invocation keeps it for its service's "

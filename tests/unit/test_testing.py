@@ -123,6 +123,20 @@ async def test_sends_once_per_idempotency_key() -> None:
         assert h.state("Counter", "k") == {"count": 5}
 
 
+async def test_an_idempotency_key_is_free_again_once_the_clock_passes_its_retention() -> None:
+    """Retention was judged by the wall clock while due times went by the harness's, so no
+    ``advance`` could end an idempotency key's retention (24 h by default)."""
+    async with Harness(SERVICES) as h:
+        first = h.send(add, 5, key="r", idempotency_key="order-2")
+        await h.settle()
+        await h.advance(timedelta(hours=23))
+        assert h.send(add, 5, key="r", idempotency_key="order-2") == first
+        await h.advance(timedelta(hours=2))
+        h.send(add, 5, key="r", idempotency_key="order-2")
+        await h.settle()
+        assert h.state("Counter", "r") == {"count": 10}
+
+
 async def test_a_delayed_send_runs_when_the_clock_is_advanced() -> None:
     async with Harness(SERVICES) as h:
         sent = h.send(add, 1, key="d", delay=timedelta(hours=2))
