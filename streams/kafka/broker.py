@@ -16,11 +16,9 @@ import base64
 import contextlib
 import hashlib
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -31,6 +29,8 @@ from pathlib import Path
 from string import Template
 
 from streams.errors import KourierError
+from streams.kafka.ports import free_port as free_port  # (where callers have found it)
+from streams.kafka.ports import port_in_use, reserve
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 _READY_TIMEOUT = 90.0
@@ -145,52 +145,6 @@ def resolve_jars(deploy_dir: Path = DEPLOY_DIR) -> Path:
     return libs
 
 
-#: Ports this process has handed out, never handed out twice.
-_given: set[int] = set()
-
-
-def _ephemeral_start() -> int:
-    """The first port the kernel gives outgoing connections (Linux; 32768 elsewhere)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on, below the range the kernel draws
-    outgoing connections' ports from: a broker restarted on its old port, or a server that
-    binds a moment after this returns, cannot find it taken by some client's connection.
-    Never the same port twice in this process; another process that picks ports this way
-    may draw it before either binds (as with any check of a free port), one time in
-    thousands for a handful of ports."""
-    top = _ephemeral_start()
-    low = max(1024, top - 12_000)
-    for _ in range(200 if top - low >= 1000 else 0):
-        port = random.randrange(low, top)
-        if port in _given:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _given.add(port)
-        return port
-    while True:  # no room below the range: let the kernel choose
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            chosen: int = sock.getsockname()[1]
-        if chosen not in _given:
-            _given.add(chosen)
-            return chosen
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 _LISTENERS = re.compile(r"^\s*listeners\s*=\s*(\S+?)\s*$", re.M)
 
 
@@ -199,13 +153,13 @@ def _taken(props: Path) -> str | None:
     already holds its port: a data dir keeps the controller port it was made with, and a
     broker that cannot bind it only exited with code 1."""
     address = _address(props)
-    if _port_in_use(int(address.rsplit(":", 1)[1])):
+    if port_in_use(int(address.rsplit(":", 1)[1])):
         return address
     found = _LISTENERS.search(props.read_text())
     for listener in found.group(1).split(",") if found else ():
         name, _, controller = listener.partition("://")
         port = controller.rpartition(":")[2]
-        if name == "CONTROLLER" and port.isdigit() and _port_in_use(int(port)):
+        if name == "CONTROLLER" and port.isdigit() and port_in_use(int(port)):
             return f"{controller} (its controller's)"
     return None
 
@@ -262,7 +216,7 @@ def _write_nodes(dirs: list[Path], ports: list[int], deploy_dir: Path) -> None:
     """Write every node's ``server.properties``: each node is broker and controller, and
     all of them vote in the controller quorum. Port 0 picks a free one."""
     template = Template((deploy_dir / "server.properties.template").read_text())
-    _given.update(port for port in ports if port)  # no controller on a listener's port
+    reserve(ports)  # no controller on a listener's port
     controllers = [free_port() for _ in dirs]
     voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(controllers, 1))
     replicas = min(3, len(dirs))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from streams.kafka import broker
+from streams.kafka import ports as free_ports
 
 FAKE_MVN = """#!/bin/sh
 # Stand-in for `mvn -f POM dependency:copy-dependencies`: one "jar" holding the pom it
@@ -141,7 +142,7 @@ def test_a_clusters_controller_ports_are_none_of_its_listener_ports(
 ) -> None:
     """Controller ports were drawn at random without the listener ports given, and written
     down: one drawn equal to ``--port`` + 1 failed every start of the cluster."""
-    monkeypatch.setattr(broker.random, "randrange", lambda low, high: 30001)
+    monkeypatch.setattr(free_ports.random, "randrange", lambda low, high: 30001)
     dirs = [tmp_path / f"node-{i}" for i in (1, 2, 3)]
     broker._write_nodes(dirs, [30000, 30001, 30002], broker.DEPLOY_DIR)
     ports = []

@@ -7,12 +7,12 @@ import socket
 
 import pytest
 
-from streams.kafka import broker
+from streams.kafka import ports as free_ports
 
 
 def test_ports_lie_below_the_outgoing_range_and_are_distinct() -> None:
-    top = broker._ephemeral_start()
-    ports = [broker.free_port() for _ in range(50)]
+    top = free_ports._ephemeral_start()
+    ports = [free_ports.free_port() for _ in range(50)]
     assert len(set(ports)) == 50
     if top - 1024 >= 1000:  # else there is no room below the range, and the kernel chooses
         assert all(1024 <= port < top for port in ports), (top, sorted(ports))
@@ -24,12 +24,12 @@ def test_ports_lie_below_the_outgoing_range_and_are_distinct() -> None:
 
 def test_a_port_in_use_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", broker.free_port()))
+        taken.bind(("127.0.0.1", free_ports.free_port()))
         taken.listen()
         busy = taken.getsockname()[1]
-        broker._given.discard(busy)  # only the bind may turn it down
-        other = broker.free_port()
+        free_ports._given.discard(busy)  # only the bind may turn it down
+        other = free_ports.free_port()
         tries = iter([busy, other])
-        monkeypatch.setattr(broker.random, "randrange", lambda low, high: next(tries))
-        broker._given.discard(other)
-        assert broker.free_port() == other
+        monkeypatch.setattr(free_ports.random, "randrange", lambda low, high: next(tries))
+        free_ports._given.discard(other)
+        assert free_ports.free_port() == other
