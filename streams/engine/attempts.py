@@ -183,9 +183,6 @@ class Attempts:
             return described(error)
         if stopped():
             return None
-        if ctx.failed is not None and ctx.diverged is None:  # caught, and the handler went on
-            self._back_off(inv, ctx.failed)
-            return described(ctx.failed)
         if ran:
             ctx.ended()
         return self._finish(inv, ctx, value, failure)

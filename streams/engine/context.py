@@ -31,7 +31,7 @@ from handlers.context import (
 from handlers.exceptions import NonDeterminismError, TerminalError
 from handlers.serde import Serde
 from streams import tracing
-from streams.engine.futures import EntryFuture, RunFuture, SentHandle, awaited, can_win
+from streams.engine.futures import EntryFuture, RunFailed, RunFuture, SentHandle, awaited, can_win
 from streams.engine.invocation import Invocation, InvocationClosed, outcome
 from streams.engine.journal import CANCELLED, Entry, EntryKind, Promise, own_copy, state_key
 from streams.engine.outbox import handler_invoke
@@ -121,7 +121,7 @@ class InvocationContext(WorkflowContext):
         #: on would check its next operations against the wrong entries).
         self.diverged: NonDeterminismError | None = None
         #: A ``ctx.run``'s error that is retried, once it reached the handler: not journaled,
-        #: so the attempt fails with it even when the handler catches it and goes on.
+        #: so the handler may end its attempt on it but not go on to another operation.
         self.failed: Exception | None = None
 
     # -- journal -----------------------------------------------------------
@@ -144,12 +144,12 @@ class InvocationContext(WorkflowContext):
             raise InvocationClosed(self.invocation.meta.id)
         if self.diverged is not None:  # caught, and the handler went on: no step, no action
             raise NonDeterminismError(str(self.diverged))
-        if self.failed is not None:  # likewise
-            raise self.failed
+        if self.failed is not None:  # likewise (RunFailed)
+            raise RunFailed(f"ctx.run failed, and is retried: {self.failed!r}") from self.failed
 
-    def failed_for_now(self, error: Exception) -> None:
-        """A ``ctx.run``'s error that is retried reached the handler (``failed``)."""
-        self.failed = self.failed or error
+    def failed_for_now(self, error: Exception) -> bool:
+        told, self.failed = self.failed is not None, self.failed or error
+        return told
 
     def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
         """Claim the next journal index; return the recorded entry when replaying."""
@@ -390,7 +390,7 @@ class InvocationContext(WorkflowContext):
         if self.invocation.cancels != cancels and not cancelled:
             self.invocation.meta.cancel_requested = True
             self.invocation.processor.touch(self.invocation)
-        if not winnable:  # raises it; a ctx.run's error that is retried fails the attempt
+        if not winnable:  # raises it; after a ctx.run's error that is retried, nothing more
             error = first.exception()
             if isinstance(error, Exception) and not isinstance(error, TerminalError):
                 self.failed_for_now(error)

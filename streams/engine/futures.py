@@ -30,11 +30,19 @@ class Journaled(Protocol):
     def check_current(self) -> None:
         """Raises when the attempt the context served has ended."""
 
-    def failed_for_now(self, error: Exception) -> None:
-        """A ``ctx.run``'s error that is retried reached the handler: the attempt fails."""
+    def failed_for_now(self, error: Exception) -> bool:
+        """A ``ctx.run``'s error that is retried reached the handler; whether one had."""
 
     async def select(self, futures: dict[str, DurableFuture[Any]]) -> tuple[str, Any]:
         """The first of ``futures`` to complete, journaled."""
+
+
+class RunFailed(BaseException):
+    """What the context raises once a ``ctx.run``'s error that is retried has reached the
+    handler (``InvocationContext.failed``) and the handler goes on to another operation: the
+    error is not journaled, so a replay, whose action may succeed, would not meet it. A
+    ``BaseException``, which an ``except Exception`` retry loop does not catch: the attempt
+    fails and is retried."""
 
 
 async def awaited(future: DurableFuture[T]) -> T:
@@ -118,8 +126,9 @@ class RunFuture(Selectable, DurableFuture[T]):
             return (yield from asyncio.shield(self.task()).__await__())
         except TerminalError:
             raise
-        except Exception as error:  # retried: not journaled, so no branch may follow it
-            self._ctx.failed_for_now(error)
+        except Exception as error:  # retried: not journaled, so no operation may follow it
+            if self._ctx.failed_for_now(error):  # awaited again after that, in a loop say
+                raise RunFailed(f"ctx.run failed, and is retried: {error!r}") from error
             raise
 
 

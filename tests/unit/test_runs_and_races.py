@@ -245,18 +245,24 @@ async def catch_for_now(ctx: ObjectContext, then: str) -> str:
             raise ConnectionError("refused, for now")
         return "data"
 
-    try:
-        if then == "select":
-            _, found = await select(r=ctx.run("fetch", fetch))
-        else:
-            found = await ctx.run("fetch", fetch)
-    except ConnectionError:
-        found = "fallback"
+    while True:
+        try:
+            if then == "select":
+                _, found = await select(r=ctx.run("fetch", fetch))
+            else:
+                found = await ctx.run("fetch", fetch)
+            break
+        except ConnectionError:
+            found = "fallback"
+            if then != "loop":  # a retry loop that never yields: it ran the loop for good
+                break
     if then == "swallow":  # and whatever the context raises after it
         try:
             ctx.set("found", found)
         except Exception:
             seen.append("swallowed")
+    elif then == "terminal" and found == "fallback":
+        raise TerminalError("no data", 503)
     elif then != "return":
         ctx.set("found", found)
     return str(found)
@@ -288,20 +294,36 @@ async def test_a_run_that_fails_for_now_does_not_win_a_select(cancelled: bool) -
     await until(lambda: seen == ["fetch stopped"])  # the outcome stopped the run that lost
 
 
-@pytest.mark.parametrize("then", ["go on", "return", "swallow", "select"])
-async def test_a_run_that_fails_for_now_fails_its_attempt_even_when_caught(then: str) -> None:
+@pytest.mark.parametrize("then", ["go on", "swallow", "select", "loop"])
+async def test_no_operation_follows_a_run_that_failed_for_now(then: str) -> None:
     """A ctx.run's error other than TerminalError is not journaled. A handler that caught it
-    and went on completed on that branch (state written, a result returned), and a replay,
-    whose action may succeed, would have taken the other: what it did had no record. The
-    attempt now fails however the handler handles it, and the next one runs the action."""
+    and went on journaled what it did next after the unfinished run: a replay (after a
+    suspension, a hand-over) ran the action again, which may succeed, and met entries the
+    other branch had made (a state write it skipped, by name). The next operation now ends
+    the attempt, which is retried, and an ``except Exception`` does not keep it going."""
     h = Harness([races])
     h.call(_target("catch_for_now", key=then), then, request_id="caught")
     await until(lambda: "caught" in h.responses())
     assert h.responses()["caught"].value == "data"
     assert counts["fetch"] == 2
-    if then != "return":
-        assert h.processor.store.state[("Races", then)] == {"found": "data"}
-    assert seen == (["swallowed"] if then == "swallow" else [])
+    assert h.processor.store.state[("Races", then)] == {"found": "data"}
+    assert seen == []
+
+
+@pytest.mark.parametrize("then", ["return", "terminal"])
+async def test_a_run_that_failed_for_now_may_still_end_the_attempt(then: str) -> None:
+    """Returning, or raising a TerminalError, right after the error journals nothing after
+    the run: the outcome is written with the rest of the attempt, once."""
+    h = Harness([races])
+    h.call(_target("catch_for_now", key=then), then, request_id="ended")
+    await until(lambda: "ended" in h.responses())
+    response = h.responses()["ended"]
+    if then == "return":
+        assert response.value == "fallback"
+    else:
+        assert response.failure is not None
+        assert (response.failure.code, response.failure.message) == (503, "no data")
+    assert counts["fetch"] == 1
 
 
 async def test_a_run_that_lost_a_select_runs_once_and_is_awaited_after() -> None:
