@@ -344,6 +344,7 @@ class PartitionProcessor:
             self.outcomes.forget(existing)  # its key and id are free again: a new call
         elif existing is not None and existing.meta.target != target:  # an id given again
             taken = f"invocation {inv_id} is one of {existing.meta.target.path()}"
+            log.warning("%s/%d@%d refused: %s", self.topics.ingress, self.partition, offset, taken)
             self.outbox.unrouted(record, Failure(code=409, message=taken))
             return
         elif existing is not None:

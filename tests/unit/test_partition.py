@@ -160,7 +160,9 @@ async def test_a_call_whose_request_id_is_empty_is_answered() -> None:
     assert h.responses()[""].value == 2
 
 
-async def test_an_invocation_id_given_again_for_another_handler_is_refused() -> None:
+async def test_an_invocation_id_given_again_for_another_handler_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A call that names an existing invocation's id joins it (a client's retry). One for
     another handler joined it too: it never ran, and its caller got the other's result."""
     h = Harness([box, svc, patient])
@@ -172,6 +174,7 @@ async def test_an_invocation_id_given_again_for_another_handler_is_refused() -> 
     failure = h.responses()["other"].failure
     assert failure is not None
     assert (failure.code, failure.message) == (409, f"invocation {inv_id} is one of Box/j/put")
+    assert f"refused: invocation {inv_id} is one of Box/j/put" in caplog.text  # a send says so
 
 
 async def test_terminal_errors_answer_once_and_retries_end_paused() -> None:
