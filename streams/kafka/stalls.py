@@ -134,6 +134,8 @@ class StallWatch:
         more, to warn about now (``stable`` and ``high`` -1: not known)."""
         now = self._clock()
         warn: list[Stall] = []
+        for tp in [tp for tp in self._silent if tp not in owned]:  # not asked: it may have
+            del self._silent[tp]  # answered since, so a silence starts again
         for tp in owned:
             if tp in answered:
                 self._silent.pop(tp, None)

@@ -114,6 +114,21 @@ def test_a_partition_that_does_not_answer_keeps_its_wait_and_is_reported_when_si
     assert watch.silent({TP}, set()) == []  # answered since: a new silence starts
 
 
+def test_a_silence_counts_only_looks_in_a_row() -> None:
+    """A partition out of the owned set for a look (restored after a failed commit) kept the
+    start of its silence from before: one miss after it was reported at once, as the whole
+    time since, though it may have answered meanwhile."""
+    clock = Clock()
+    watch = StallWatch(60, clock)
+    assert watch.silent({TP}, set()) == []
+    clock.now += 50
+    assert watch.silent(set(), set()) == []  # not owned for that look: not asked
+    clock.now += 20
+    assert watch.silent({TP}, set()) == []  # a new silence, not one of 70 s
+    clock.now += 60
+    assert [s.seconds for s in watch.silent({TP}, set())] == [60.0]
+
+
 def test_a_partition_given_up_loses_its_gauge_and_its_wait() -> None:
     clock = Clock()
     watch = StallWatch(60, clock)
