@@ -70,7 +70,7 @@ def test_describe_warns_about_one_replica_on_a_cluster(settings: Settings) -> No
 
     def describe() -> TopicsDescription:
         runs.append(kourier("topics", "describe", "--bootstrap-servers", settings.bootstrap_servers,
-                            "--namespace", settings.namespace, "--partitions", "4"))  # fmt: skip
+                            "--namespace", settings.namespace))  # fmt: skip
         assert runs[-1].returncode == 0, runs[-1].stderr
         described: TopicsDescription = json.loads(runs[-1].stdout)
         return described
