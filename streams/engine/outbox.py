@@ -346,17 +346,21 @@ class Outbox:
         replayed: str | None = None,
         answered: int | None = None,
         trace: str | None = None,
+        headers: Headers | None = None,
     ) -> None:
         """An ingress record set aside, unchanged, with the reason in its headers (and, for
         a replay, where the record it replayed was first read; for one whose client or
-        caller was ``answered``, that status; the ``trace`` context it carried)."""
+        caller was ``answered``, that status; the ``trace`` context it carried; its other
+        ``headers``)."""
         log.warning(
             "dead letter at %s/%d@%d: %s", self.topics.ingress, self.partition, offset, error
         )
         DEADLETTERS.labels(error.reason).inc()
         source = (self.topics.ingress, self.partition, offset)
         deadletter = self.topics.deadletter
-        self._emit(set_aside(error, source, key, value, deadletter, replayed, answered, trace))
+        self._emit(
+            set_aside(error, source, key, value, deadletter, replayed, answered, trace, headers)
+        )
 
 
 def set_aside(
@@ -368,11 +372,12 @@ def set_aside(
     replayed: str | None = None,
     answered: int | None = None,
     trace: str | None = None,
+    headers: Headers | None = None,
 ) -> Out:
     """The dead letter of the record at ``source`` (topic, partition, offset): its key and
     value unchanged, why in its headers, cut only if it would not fit."""
     topic, partition, offset = source
     letter = DeadLetter.of(error, topic=topic, partition=partition, offset=offset, key=key,
                            value=value, at=datetime.now(UTC), replay_of=replayed,
-                           answered=answered, trace=trace)  # fmt: skip
+                           answered=answered, trace=trace, headers=headers)  # fmt: skip
     return Out(deadletter_topic, 0, *letter.record(key, value))

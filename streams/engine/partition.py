@@ -24,7 +24,7 @@ from streams.engine.invocation import Invocation, lock_key
 from streams.engine.invocations import SWEEP_AGAIN, InvocationTable
 from streams.engine.journal import EntryKind, InvocationMeta, Promise, is_cancel
 from streams.engine.locks import KeyLocks
-from streams.engine.outbox import Out, Outbox
+from streams.engine.outbox import Headers, Out, Outbox
 from streams.engine.outcomes import Outcomes
 from streams.engine.promises import Promises
 from streams.engine.registry import Registry
@@ -86,6 +86,7 @@ class PartitionProcessor:
         self.denied_headers = denied_headers
         self.run_executor = run_executor  # threads for synchronous ctx.run actions
         self._clock = clock  # wall-clock seconds (the test harness moves its own)
+        self._headers: Headers | None = None  # of the record being applied, for its letter
         self.spill = Spill()  # the cold invocations and idempotency keys, on disk
         self.invocations = InvocationTable(
             topics, partition, self._thaw, self.spill,
@@ -227,10 +228,13 @@ class PartitionProcessor:
         trace: str | None = None,
         origin: str | None = None,
         replayed: str | None = None,
+        headers: Headers | None = None,
     ) -> None:
         """Apply one ingress record; malformed ones go to the dead-letter topic. ``trace``: its
         headers' trace context (:mod:`streams.tracing`); ``origin``: the caller that sent a
-        cancel or kill on; ``replayed``: where the dead letter it replays was first read."""
+        cancel or kill on; ``replayed``: where the dead letter it replays was first read;
+        ``headers``: all of them, which its dead letter keeps."""
+        self._headers = headers  # for its dead letter (_set_aside, within this call)
         if replayed is not None:
             replayed = replay_place(self.topics.ingress, replayed)
         answered = None  # what whoever waits was told: an oversize call that decodes, 413
@@ -301,7 +305,7 @@ class PartitionProcessor:
     def _set_aside(self, error: RecordError, key: bytes | None, value: bytes | None, offset: int,
                    replayed: str | None = None, answered: int | None = None,
                    trace: str | None = None) -> None:  # fmt: skip
-        self.outbox.dead_letter(error, key, value, offset, replayed, answered, trace)
+        self.outbox.dead_letter(error, key, value, offset, replayed, answered, trace, self._headers)
         self._wake()
 
     def _apply_invoke(

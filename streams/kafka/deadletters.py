@@ -90,12 +90,8 @@ def read(
                     continue
                 pairs = headers_of(message) or []  # a name not UTF-8: its own are lost
                 letter = DeadLetter.from_record(
-                    message.key(),
-                    message.value(),
-                    [(name, value if isinstance(value, bytes) else (value or "").encode())
-                     for name, value in pairs],
-                    message.offset(),
-                )  # fmt: skip
+                    message.key(), message.value(), pairs, message.offset()
+                )
                 if reason is None or letter.reason == reason:
                     letters.append(letter)
     finally:
@@ -138,6 +134,7 @@ def replay(settings: Settings, letters: Iterable[DeadLetter], timeout: float = 3
                         ("kourier.replayed-from", str(letter.dlq_offset).encode()),
                         (REPLAY_HEADER, letter.first.encode()),
                         *letter.trace_headers(),  # the call joins its first record's trace
+                        *letter.original_headers(),
                     ],
                     on_delivery=lambda error, _: errors.append(str(error)) if error else None,
                 )

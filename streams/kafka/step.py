@@ -189,7 +189,7 @@ class Stepper:
                             message.topic(), partition, offset)  # fmt: skip
             trace, origin = from_headers(headers), origin_of(headers)
             processor.on_message(message.key(), message.value(), offset, trace, origin,
-                                 replay_of(headers))  # fmt: skip
+                                 replay_of(headers), headers)  # fmt: skip
             self._offsets[partition] = offset + 1
 
     async def _settle(self, rounds: int = 256) -> None:

@@ -5,6 +5,7 @@ and replays them)."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,14 @@ DeadLetterRecord = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes
 #: (``topic/partition/offset``). A call that names neither an id nor an idempotency key
 #: takes its idempotency key from it (``streams.engine.replays``).
 REPLAY_HEADER = "kourier.replay-of"
+#: The headers a dead letter writes of its own; the record's others it keeps as they were.
+OWN_HEADERS = frozenset({
+    "kourier.reason", "kourier.detail", "kourier.topic", "kourier.partition", "kourier.offset",
+    "kourier.at", "kourier.answered", "kourier.truncated", "kourier.key-truncated",
+    "kourier.replayed-from", REPLAY_HEADER, "traceparent", "tracestate",
+})  # fmt: skip
+#: A record's header as kept: its name, and its value in base64 (None: a null value).
+KeptHeader = tuple[str, str | None]
 
 
 _EPOCH = "1970-01-01T00:00:00+00:00"  # a dead letter's time when its header does not say
@@ -66,6 +75,11 @@ class DeadLetter(BaseModel):
         description="the W3C trace context its record carried (traceparent[;tracestate]), "
         "which a replay carries on",
     )
+    record_headers: list[KeptHeader] = Field(
+        default_factory=list,
+        description="its record's other headers (name, value in base64), which a replay "
+        "writes again",
+    )
 
     @classmethod
     def of(
@@ -81,6 +95,7 @@ class DeadLetter(BaseModel):
         replay_of: str | None = None,
         answered: int | None = None,
         trace: str | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> DeadLetter:
         return cls(
             reason=error.reason,
@@ -94,6 +109,7 @@ class DeadLetter(BaseModel):
             replay_of=replay_of,
             answered=answered,
             trace=trace,
+            record_headers=kept(headers),
         )
 
     def record(self, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
@@ -101,7 +117,9 @@ class DeadLetter(BaseModel):
         value, cut only when they would not fit. A key past ``MAX_DEADLETTER_KEY`` keeps
         its start (``kourier.key-truncated``, the original length); a value that does not
         fit with the key and headers keeps what does (``kourier.truncated``, the original
-        length), and so does a letter whose key was cut: it cannot be replayed either."""
+        length), and so does a letter whose key was cut: it cannot be replayed either. The
+        record's other headers go along when the value fits with them, else none do
+        (``kourier.headers-dropped``, how many): the value is what a replay needs."""
         headers = self.headers()
         key_cut = key is not None and len(key) > MAX_DEADLETTER_KEY
         if key is not None and key_cut:
@@ -112,6 +130,12 @@ class DeadLetter(BaseModel):
             - len(key or b"")
             - sum(len(name) + len(data or b"") for name, data in headers)
         )
+        original = self.original_headers()
+        theirs = sum(len(name) + len(data or b"") for name, data in original)
+        if len(value or b"") + theirs <= room:
+            headers += original
+        elif original:
+            headers.append(("kourier.headers-dropped", str(len(original)).encode()))
         if key_cut or (value is not None and len(value) > room):
             headers.append(("kourier.truncated", str(len(value or b"")).encode()))
             value = None if value is None else value[: max(0, room - 64)]
@@ -132,6 +156,11 @@ class DeadLetter(BaseModel):
             headers.append(("kourier.answered", str(self.answered).encode()))
         return headers + self.trace_headers()
 
+    def original_headers(self) -> list[tuple[str, str | bytes | None]]:
+        """The record's other headers, as it had them (a replay writes them too)."""
+        return [(name, None if data is None else base64.b64decode(data))
+                for name, data in self.record_headers]  # fmt: skip
+
     def trace_headers(self) -> list[tuple[str, str | bytes | None]]:
         """The trace context its record carried, as W3C headers (a replay writes them too)."""
         if not self.trace:
@@ -147,11 +176,14 @@ class DeadLetter(BaseModel):
         cls,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes]] | None,
+        headers: Sequence[tuple[str, str | bytes | None]] | None,
         dlq_offset: int | None = None,
     ) -> DeadLetter:
         """Read a dead-letter topic record back (missing headers read as unknown)."""
-        found = {name: data.decode(errors="replace") for name, data in headers or []}
+        found = {
+            name: data.decode(errors="replace") if isinstance(data, bytes) else data or ""
+            for name, data in headers or []
+        }
 
         def number(name: str) -> int:
             text = found.get(f"kourier.{name}", "-1")
@@ -180,6 +212,7 @@ class DeadLetter(BaseModel):
             replay_of=found.get(REPLAY_HEADER),
             answered=number("answered") if "kourier.answered" in found else None,
             trace=";".join(found[n] for n in ("traceparent", "tracestate") if n in found) or None,
+            record_headers=kept(headers),
         )
 
     @property
@@ -193,3 +226,14 @@ class DeadLetter(BaseModel):
 
     def original_value(self) -> bytes:
         return base64.b64decode(self.payload)
+
+
+def kept(headers: Sequence[tuple[str, str | bytes | None]] | None) -> list[KeptHeader]:
+    """Of a record's ``headers``, those a dead letter keeps as they were: all but its own
+    (``OWN_HEADERS``: what it writes itself, and the trace context it keeps apart)."""
+    return [
+        (name, None if data is None else base64.b64encode(
+            data.encode() if isinstance(data, str) else data).decode())
+        for name, data in headers or ()
+        if name not in OWN_HEADERS and name != "kourier.headers-dropped"
+    ]  # fmt: skip

@@ -247,6 +247,38 @@ async def test_a_letter_replayed_twice_is_one_call(
         assert total == 5, f"after the {replay} replay, the letter's call has run once"
 
 
+async def test_a_replay_writes_the_records_own_headers_again(
+    topics: Settings, worker: Worker
+) -> None:
+    """A dead letter kept only its record's trace context: a producer's own headers were
+    gone from the letter, and from the record a replay wrote."""
+    producer = Producer(topics.client_config({"linger.ms": 1}))
+    unknown = json.dumps({"kind": "invoke", "target": {"service": "Later", "handler": "h"}})
+    producer.produce(f"{topics.namespace}.ingress", unknown.encode(), key=b"later",
+                     headers=[("x-correlation", b"c-42"), ("x-empty", None)])  # fmt: skip
+    assert producer.flush(30) == 0
+
+    async def letters() -> list[dict[str, Any]]:
+        listed = await asyncio.to_thread(dlq_command, topics, "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        found: list[dict[str, Any]] = json.loads(listed.stdout)
+        return found
+
+    async def count() -> int:
+        return len(await letters())
+
+    await poll_until(count, 1, 60, "the record set aside")
+    (first,) = await letters()
+    kept = [["x-correlation", base64.b64encode(b"c-42").decode()], ["x-empty", None]]
+    assert first["record_headers"] == kept
+    replayed = await asyncio.to_thread(dlq_command, topics, "replay", "--all")
+    assert replayed.returncode == 0, replayed.stderr
+    await poll_until(count, 2, 60, "the replay set aside again (Later is still not deployed)")
+    again = (await letters())[1]
+    assert again["replay_of"] == f"{first['topic']}/{first['partition']}/{first['offset']}"
+    assert again["record_headers"] == kept, "the replay did not write the headers again"
+
+
 async def test_bad_delay_records_are_dead_lettered_and_delays_go_on(
     topics: Settings, worker: Worker, client: Client
 ) -> None:

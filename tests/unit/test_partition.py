@@ -397,6 +397,34 @@ async def test_a_diverging_replay_fails_with_a_clear_error() -> None:
     assert "non-deterministic" in failure.message
 
 
+async def test_a_dead_letter_keeps_the_records_other_headers() -> None:
+    """A dead letter kept only the trace context of its record's headers: a producer's own
+    (a correlation id, a content type) and a worker's ``kourier.origin`` were lost, and a
+    replay wrote the record without them."""
+    from streams.wire.deadletter import DeadLetter
+
+    h = Harness([box, svc])
+    origin = "inv_" + "b" * 32
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("x-correlation", b"42"), ("kourier.origin", origin.encode()), ("empty", None),
+        ("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"),
+    ]  # fmt: skip
+    h.processor.on_message(b"k", b"not json", 3, headers=headers)
+    (letter,) = [o for o in h.out if o.topic == TOPICS.deadletter]
+    written = letter.headers or []
+    theirs = [(n, v) for n, v in written if not n.startswith("kourier.") or n == "kourier.origin"]
+    assert theirs == headers[:3]
+    read = DeadLetter.from_record(letter.key, letter.value, written)
+    assert read.original_headers() == headers[:3]
+    # The value comes first: headers it would not fit with are dropped, and counted.
+    heavy = [("x-heavy", b"h" * 200_000)]
+    h.processor.on_message(b"k", b"x" * 900_000, 4, headers=heavy)
+    dropped = dict(h.out[-1].headers or [])
+    assert "x-heavy" not in dropped
+    assert dropped["kourier.headers-dropped"] == b"1"
+    assert "kourier.truncated" not in dropped
+
+
 async def test_malformed_and_misrouted_records() -> None:
     h = Harness([box, svc, patient], partitions=4)
     h.processor.on_message(b"k", b"not json", 0)
