@@ -183,6 +183,9 @@ class Attempts:
             return described(error)
         if stopped():
             return None
+        if ctx.refused and ctx.failed is not None:  # RunFailed swallowed, the operation undone
+            self._back_off(inv, ctx.failed)
+            return described(ctx.failed)
         if ran:
             ctx.ended()
         return self._finish(inv, ctx, value, failure)

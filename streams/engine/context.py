@@ -123,6 +123,7 @@ class InvocationContext(WorkflowContext):
         #: A ``ctx.run``'s error that is retried, once it reached the handler: not journaled,
         #: so the handler may end its attempt on it but not go on to another operation.
         self.failed: Exception | None = None
+        self.refused = False  # an operation was refused for it (RunFailed)
 
     # -- journal -----------------------------------------------------------
 
@@ -144,11 +145,13 @@ class InvocationContext(WorkflowContext):
             raise InvocationClosed(self.invocation.meta.id)
         if self.diverged is not None:  # caught, and the handler went on: no step, no action
             raise NonDeterminismError(str(self.diverged))
-        if self.failed is not None:  # likewise (RunFailed)
+        if self.failed is not None:  # likewise (RunFailed); retried however the handler ends
+            self.refused = True
             raise RunFailed(f"ctx.run failed, and is retried: {self.failed!r}") from self.failed
 
     def failed_for_now(self, error: Exception) -> bool:
         told, self.failed = self.failed is not None, self.failed or error
+        self.refused = self.refused or told  # awaited again: RunFailed, as for an operation
         return told
 
     def _step(self, kind: EntryKind, **expected: Any) -> tuple[int, Entry | None]:
@@ -391,8 +394,7 @@ class InvocationContext(WorkflowContext):
             self.invocation.meta.cancel_requested = True
             self.invocation.processor.touch(self.invocation)
         if not winnable:  # raises it; after a ctx.run's error that is retried, nothing more
-            error = first.exception()
-            if isinstance(error, Exception) and not isinstance(error, TerminalError):
+            if isinstance(error := first.exception(), Exception):  # (none may win: not terminal)
                 self.failed_for_now(error)
             first.result()
         self.invocation.complete_entry(index, value=winner)

@@ -261,6 +261,14 @@ async def catch_for_now(ctx: ObjectContext, then: str) -> str:
             ctx.set("found", found)
         except Exception:
             seen.append("swallowed")
+    elif then == "gather":  # RunFailed too, as a result: the write it refused never happened
+
+        async def write() -> None:
+            ctx.set("found", found)
+
+        (refused,) = await asyncio.gather(write(), return_exceptions=True)
+        if refused is not None:
+            return "fallback, and a write that was refused"
     elif then == "terminal" and found == "fallback":
         raise TerminalError("no data", 503)
     elif then != "return":
@@ -294,7 +302,7 @@ async def test_a_run_that_fails_for_now_does_not_win_a_select(cancelled: bool) -
     await until(lambda: seen == ["fetch stopped"])  # the outcome stopped the run that lost
 
 
-@pytest.mark.parametrize("then", ["go on", "swallow", "select", "loop"])
+@pytest.mark.parametrize("then", ["go on", "swallow", "select", "loop", "gather"])
 async def test_no_operation_follows_a_run_that_failed_for_now(then: str) -> None:
     """A ctx.run's error other than TerminalError is not journaled. A handler that caught it
     and went on journaled what it did next after the unfinished run: a replay (after a
