@@ -327,9 +327,14 @@ class Outbox:
         trace: str | None = None,
         origin: str | None = None,
         replayed: str | None = None,
+        original: Headers | None = None,
     ) -> None:
-        """An ingress record that belongs to another partition, moved there unchanged (its
-        trace context, origin and ``REPLAY_HEADER`` too)."""
+        """An ingress record that belongs to another partition, moved there unchanged: with
+        its ``original`` headers when known, else with its trace context, origin and
+        ``REPLAY_HEADER``."""
+        if original is not None:
+            self._emit(Out(self.topics.ingress, owner, key, value, original))
+            return
         headers = as_headers(trace)
         if origin is not None:
             headers = [*(headers or []), (ORIGIN_HEADER, origin)]

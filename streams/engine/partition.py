@@ -34,10 +34,10 @@ from streams.engine.starts import Starts
 from streams.engine.store import ObjectKey, PartitionStore
 from streams.engine.waiters import Waiters
 from streams.wire import ids
+from streams.wire.deadletter import MAX_MOVED_BYTES, headers_bytes
 from streams.wire.headers import DENIED_HEADERS, allowed_headers
 from streams.wire.records import (
     MAX_INGRESS_BYTES,
-    MAX_INGRESS_KEY_BYTES,
     AttachRequest,
     Caller,
     Cancel,
@@ -244,11 +244,6 @@ class PartitionProcessor:
                 raise RecordError(
                     "oversize", f"{len(value)} bytes; the limit is {MAX_INGRESS_BYTES}"
                 )
-            if key is not None and len(key) > MAX_INGRESS_KEY_BYTES:  # moved, it would not fit
-                answered = None if value is None else self.outbox.oversize(value)
-                raise RecordError(
-                    "oversize", f"a key of {len(key)} bytes; the limit is {MAX_INGRESS_KEY_BYTES}"
-                )
             record = decode_ingress(value)
         except RecordError as error:
             if answered is None:
@@ -263,9 +258,14 @@ class PartitionProcessor:
             answered = self.outbox.refused(record, Failure(code=400, message=error.detail))
             self._set_aside(error, key, value, offset, replayed, answered, trace)
             return
-        if owner != self.partition:
-            # A producer that partitioned differently (e.g. kcat's default): move it.
-            self.outbox.forward(owner, key, value, trace, origin, replayed)
+        if owner != self.partition:  # a producer that partitioned otherwise (kcat's default)
+            size = len(key or b"") + len(value or b"") + headers_bytes(self._headers)
+            if size <= MAX_MOVED_BYTES:  # moved; larger, it would fail every commit
+                self.outbox.forward(owner, key, value, trace, origin, replayed, self._headers)
+            else:
+                big = RecordError("oversize", f"{size} bytes with key and headers, to move")
+                told = self.outbox.refused(record, Failure(code=413, message=big.detail))
+                self._set_aside(big, key, value, offset, replayed, told, trace)
             return
         try:
             self._apply(record, key, value, offset, trace, origin, replayed)

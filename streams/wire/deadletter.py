@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from streams.wire.records import MAX_INGRESS_KEY_BYTES, RecordError
+from streams.wire.records import RecordError
 
 #: What a dead letter (key, value and headers) may take: librdkafka refuses records over
 #: 1,000,000 bytes. A copy that would not fit keeps what does of the original value, and
 #: ``kourier.truncated`` gives the original length.
 MAX_DEADLETTER_BYTES = 990_000
 #: The most of the original key a dead letter keeps (``kourier.key-truncated``: its length).
-MAX_DEADLETTER_KEY = MAX_INGRESS_KEY_BYTES
+MAX_DEADLETTER_KEY = 64 * 1024
 #: The key, value and headers of a dead letter as produced.
 DeadLetterRecord = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
 #: The header of a replayed record: where the record first set aside was read
@@ -32,6 +32,20 @@ OWN_HEADERS = frozenset({
 })  # fmt: skip
 #: A record's header as kept: its name, and its value in base64 (None: a null value).
 KeptHeader = tuple[str, str | None]
+#: The largest record a worker writes again as it came (moved to its key's partition): the
+#: worker's producer takes 1,000,000 bytes, with the batch around it.
+MAX_MOVED_BYTES = 990_000
+
+
+def headers_bytes(headers: Sequence[tuple[str, str | bytes | None]] | None) -> int:
+    """What ``headers`` take in a record: names and values as UTF-8, and the varint
+    lengths around each, counted at their largest (5 bytes each)."""
+    return sum(
+        len(name.encode(errors="replace"))
+        + len(data.encode() if isinstance(data, str) else data or b"")
+        + 10
+        for name, data in headers or ()
+    )
 
 
 _EPOCH = "1970-01-01T00:00:00+00:00"  # a dead letter's time when its header does not say
@@ -79,6 +93,11 @@ class DeadLetter(BaseModel):
         default_factory=list,
         description="its record's other headers (name, value in base64), which a replay "
         "writes again",
+    )
+    headers_dropped: int | None = Field(
+        default=None,
+        description="how many headers of its record were dropped, as its value would not fit "
+        "with them: a replay writes it without them",
     )
 
     @classmethod
@@ -131,8 +150,7 @@ class DeadLetter(BaseModel):
             - sum(len(name) + len(data or b"") for name, data in headers)
         )
         original = self.original_headers()
-        theirs = sum(len(name) + len(data or b"") for name, data in original)
-        if len(value or b"") + theirs <= room:
+        if len(value or b"") + headers_bytes(original) <= room:
             headers += original
         elif original:
             headers.append(("kourier.headers-dropped", str(len(original)).encode()))
@@ -211,6 +229,9 @@ class DeadLetter(BaseModel):
             truncated=number("truncated") if "kourier.truncated" in found else None,
             replay_of=found.get(REPLAY_HEADER),
             answered=number("answered") if "kourier.answered" in found else None,
+            headers_dropped=(
+                number("headers-dropped") if "kourier.headers-dropped" in found else None
+            ),
             trace=";".join(found[n] for n in ("traceparent", "tracestate") if n in found) or None,
             record_headers=kept(headers),
         )

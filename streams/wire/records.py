@@ -46,11 +46,6 @@ MAX_RECORD_BYTES = 900 * 1024
 #: caller, and a handler's call or send is measured against it where the handler makes it
 #: (``values.checked_record``: its headers may take 64 KiB more than its argument).
 MAX_INGRESS_BYTES = MAX_VALUE_BYTES + 8 * 1024
-#: The longest Kafka key an ingress record may have (Kourier's are an object key or an
-#: invocation id, 16 KiB at most); a longer one goes to the dead-letter topic. With the
-#: largest value a record moved to its partition then still fits in what the worker's
-#: producer takes (1,000,000 bytes).
-MAX_INGRESS_KEY_BYTES = 64 * 1024
 #: An invocation id (``inv_`` + 32 hex digits): checked when a record is decoded, so that a
 #: malformed one is a dead letter, not an error deep inside a partition.
 InvocationId = Annotated[str, Field(pattern=ID_PATTERN)]

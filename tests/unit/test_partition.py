@@ -422,6 +422,8 @@ async def test_a_dead_letter_keeps_the_records_other_headers() -> None:
     dropped = dict(h.out[-1].headers or [])
     assert "x-heavy" not in dropped
     assert dropped["kourier.headers-dropped"] == b"1"
+    listed = DeadLetter.from_record(h.out[-1].key, h.out[-1].value, h.out[-1].headers)
+    assert (listed.headers_dropped, listed.record_headers) == (1, [])
     assert "kourier.truncated" not in dropped
 
 
@@ -511,24 +513,36 @@ async def test_a_record_that_does_not_decode_answers_the_request_it_names() -> N
     assert len(h.responses()) == 2
 
 
-async def test_a_record_with_a_key_too_long_to_move_is_a_dead_letter() -> None:
-    """A record on another key's partition is moved there with its key. One whose key and
-    value together passed what the worker's producer takes (1,000,000 bytes; brokers take
-    more) failed every commit: the partition was restored and the step failed again."""
+async def test_a_record_too_large_to_move_is_a_dead_letter_and_one_moved_keeps_its_headers() -> (
+    None
+):
+    """A record on another key's partition is moved there. One whose key, value and headers
+    together passed what the worker's producer takes (1,000,000 bytes; brokers take more)
+    failed every commit: the partition was restored and the step failed again. One moved
+    kept only its trace context, origin and replay header of all its headers."""
     h = Harness([box, svc], partitions=2)
     key = next(k for k in "abcdefgh" if ids.partition_of(ids.new_id(k, 2), 2) == 1)
     target = Target(service="Box", key=key, handler="put")
-    elsewhere = ids.new_id(key, 2)
-    call = Invoke(target=target, argument=1, invocation_id=elsewhere, request_id="long")
-    h.processor.on_message(b"k" * (64 * 1024 + 1), encode(call), 7)
+    call = Invoke(target=target, argument="x" * 880_000, invocation_id=ids.new_id(key, 2),
+                  request_id="big")  # fmt: skip
+    value = encode(call)
+    h.processor.on_message(b"k" * 120_000, value, 7)
     assert [o.topic for o in h.out] == [TOPICS.responses, TOPICS.deadletter]
-    failure = h.responses()["long"].failure
+    failure = h.responses()["big"].failure
     assert failure is not None
     assert failure.code == 413
-    reason = dict(h.out[-1].headers or [])["kourier.detail"]
-    assert reason == b"a key of 65537 bytes; the limit is 65536", reason
-    h.processor.on_message(b"k" * (64 * 1024), encode(call), 8)  # the longest it takes
-    assert (h.out[-1].topic, h.out[-1].partition) == (TOPICS.ingress, 1)
+    detail = dict(h.out[-1].headers or [])["kourier.detail"]
+    assert detail.endswith(b"bytes with key and headers, to move"), detail
+    heavy: list[tuple[str, str | bytes | None]] = [("x-heavy", b"h" * 120_000)]
+    h.processor.on_message(b"k", value, 8, headers=heavy)  # the headers count too
+    assert h.out[-1].topic == TOPICS.deadletter
+    mine: list[tuple[str, str | bytes | None]] = [("x-correlation", b"42"), ("x-empty", None)]
+    h.processor.on_message(b"k" * 64_000, value, 9, headers=mine)  # fits: moved as it came
+    moved = h.out[-1]
+    assert (moved.topic, moved.partition, moved.key, moved.value) == (
+        TOPICS.ingress, 1, b"k" * 64_000, value,
+    )  # fmt: skip
+    assert moved.headers == mine
 
 
 @pytest.mark.parametrize("origin", [b"", b"x" * 100_000, b"inv_1/2", b"inv_" + b"0" * 32 + b"/x"])
