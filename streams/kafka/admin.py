@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
@@ -338,6 +339,7 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
             }
     rows: list[dict[str, object]] = []
     warnings: list[str] = []
+    counts: dict[str, int] = {}  # of the topics there
     for spec in specs:
         topic = None if spec.name in unknown else metadata.get(spec.name)
         partitions = list(topic.partitions.values()) if topic is not None else []
@@ -357,6 +359,7 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
         })  # fmt: skip
         if topic is None:
             continue
+        counts[spec.name] = len(partitions)
         if factor == 1 and brokers > 1:
             warnings.append(
                 f"{spec.name} has one replica on a {brokers}-broker cluster: losing its broker "
@@ -379,18 +382,20 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> TopicsDescript
                 f"{spec.name}: a partition has {isr} in-sync replicas, below its "
                 f"min.insync.replicas={floor}; writes to it fail until a replica catches up"
             )
-    warnings += _partition_counts(Topics(settings.namespace), rows)
+    warnings += [
+        f"{miscount}: co-partitioned topics must share one partition count; workers refuse to start"
+        for miscount in miscounted(Topics(settings.namespace), counts)
+    ]
     return {"brokers": brokers, "topics": rows, "warnings": warnings}
 
 
-def _partition_counts(topics: Topics, rows: list[dict[str, object]]) -> list[str]:
-    """A co-partitioned topic whose count is not the ingress topic's: workers refuse to
-    start (``startup.ingress_partitions``)."""
-    counts = {row["topic"]: row["partitions"] for row in rows if row["exists"]}
+def miscounted(topics: Topics, counts: Mapping[str, int]) -> list[str]:
+    """Of the topics ``counts`` gives partition counts for, each co-partitioned one whose
+    count is not the ingress topic's, said as "X has N partitions and <ingress> M": a
+    worker refuses to start on it (``startup.ingress_partitions``), and ``describe`` warns."""
     ingress = counts.get(topics.ingress)
     return [
-        f"{name} has {counts[name]} partitions and {topics.ingress} {ingress}: co-partitioned "
-        "topics must share one partition count; workers refuse to start"
+        f"{name} has {counts[name]} partitions and {topics.ingress} {ingress}"
         for name in topics.co_partitioned()
         if ingress is not None and name in counts and counts[name] != ingress
     ]

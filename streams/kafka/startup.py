@@ -16,7 +16,7 @@ from confluent_kafka.admin._config import ConfigResource
 from streams.engine.outbox import Out
 from streams.engine.registry import Registry
 from streams.errors import KourierError
-from streams.kafka.admin import RECORD_BYTES, checked_configs, config_problems
+from streams.kafka.admin import RECORD_BYTES, checked_configs, config_problems, miscounted
 from streams.kafka.offsets import MissingTopics, Refusals, required_topics
 from streams.kafka.restore import claim_slot
 from streams.settings import Settings
@@ -45,16 +45,14 @@ def ingress_partitions(settings: Settings, topics: Topics) -> int:
         raise WorkerError(str(exc)) from None
     partitions = len(listed[topics.ingress].partitions)
     check_record_limits(admin, topics)
-    for name in topics.co_partitioned():
-        have = len(listed[name].partitions)
-        if have != partitions:
-            # With another count a worker would write to partitions that are not there, or
-            # look for a key's state and timers where they are not.
-            raise WorkerError(
-                f"topic {name} has {have} partitions and {topics.ingress} {partitions}: "
-                "co-partitioned topics must share one partition count, which must not change "
-                "once they hold records (README, Limits)"
-            )
+    miscounts = miscounted(topics, {name: len(listed[name].partitions) for name in topics.all()})
+    if miscounts:
+        # With another count a worker would write to partitions that are not there, or
+        # look for a key's state and timers where they are not.
+        raise WorkerError(
+            f"topic {miscounts[0]}: co-partitioned topics must share one partition count, "
+            "which must not change once they hold records (README, Limits)"
+        )
     return partitions
 
 
