@@ -147,7 +147,7 @@ class InvocationContext(WorkflowContext):
             raise NonDeterminismError(str(self.diverged))
         if self.failed is not None:  # likewise (RunFailed); retried however the handler ends
             self.refused = True
-            raise RunFailed(f"ctx.run failed, and is retried: {self.failed!r}") from self.failed
+            raise RunFailed(self.failed) from self.failed
 
     def failed_for_now(self, error: Exception) -> bool:
         told, self.failed = self.failed is not None, self.failed or error

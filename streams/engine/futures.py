@@ -44,6 +44,9 @@ class RunFailed(BaseException):
     ``BaseException``, which an ``except Exception`` retry loop does not catch: the attempt
     fails and is retried."""
 
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"ctx.run failed, and is retried: {error!r}")
+
 
 async def awaited(future: DurableFuture[T]) -> T:
     return await future
@@ -128,7 +131,7 @@ class RunFuture(Selectable, DurableFuture[T]):
             raise
         except Exception as error:  # retried: not journaled, so no operation may follow it
             if self._ctx.failed_for_now(error):  # awaited again after that, in a loop say
-                raise RunFailed(f"ctx.run failed, and is retried: {error!r}") from error
+                raise RunFailed(error) from error
             raise
 
 

@@ -28,7 +28,8 @@ REPLAY_HEADER = "kourier.replay-of"
 OWN_HEADERS = frozenset({
     "kourier.reason", "kourier.detail", "kourier.topic", "kourier.partition", "kourier.offset",
     "kourier.at", "kourier.answered", "kourier.truncated", "kourier.key-truncated",
-    "kourier.replayed-from", REPLAY_HEADER, "traceparent", "tracestate",
+    "kourier.replayed-from", "kourier.headers-dropped", REPLAY_HEADER, "traceparent",
+    "tracestate",
 })  # fmt: skip
 #: A record's header as kept: its name, and its value in base64 (None: a null value).
 KeptHeader = tuple[str, str | None]
@@ -256,5 +257,5 @@ def kept(headers: Sequence[tuple[str, str | bytes | None]] | None) -> list[KeptH
         (name, None if data is None else base64.b64encode(
             data.encode() if isinstance(data, str) else data).decode())
         for name, data in headers or ()
-        if name not in OWN_HEADERS and name != "kourier.headers-dropped"
+        if name not in OWN_HEADERS
     ]  # fmt: skip
